@@ -1,0 +1,277 @@
+//! Decoding the canonical JSON form, with a field path and a machine-readable code for every
+//! failure (`payload.stake.amount_minor: invalid_type`), never a panic.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::event::*;
+use crate::time::Timestamp;
+use crate::validate::{Violation, ViolationCode};
+
+/// The envelope as it arrives, before the payload is decoded by its type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    #[serde(default)]
+    event_id: Option<String>,
+    tenant_id: String,
+    player_id: String,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    occurred_at: Timestamp,
+    #[serde(default)]
+    received_at: Option<Timestamp>,
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    late: bool,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+}
+
+/// Decodes one event from JSON bytes. On failure, says where (`path`) and what (`code`).
+pub fn decode_event(json: &[u8]) -> Result<Event, Violation> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let raw: RawEvent =
+        serde_path_to_error::deserialize(&mut de).map_err(|e| path_violation(e, None))?;
+    de.end()
+        .map_err(|e| Violation::new("", ViolationCode::Malformed, e.to_string()))?;
+    raw.into_event()
+}
+
+/// Decodes one event from a JSON value that is already parsed (e.g. one element of a batch).
+pub fn decode_event_str(json: &str) -> Result<Event, Violation> {
+    decode_event(json.as_bytes())
+}
+
+impl RawEvent {
+    fn into_event(self) -> Result<Event, Violation> {
+        let payload_text = self.payload.as_deref().map_or("{}", RawValue::get);
+        if !payload_text.trim_start().starts_with('{') {
+            // serde would otherwise accept a struct written as an array of its fields.
+            return Err(Violation::new(
+                "payload",
+                ViolationCode::InvalidType,
+                "payload must be a JSON object",
+            ));
+        }
+        let kind = EventType::parse(&self.kind).ok_or_else(|| {
+            Violation::new(
+                "type",
+                ViolationCode::UnknownEventType,
+                format!(
+                    "unknown event type {:?}; expected one of: {}",
+                    truncate(&self.kind, 64),
+                    EventType::ALL.map(EventType::as_str).join(", ")
+                ),
+            )
+        })?;
+        let payload = match kind {
+            EventType::BetPlaced => Payload::BetPlaced(payload(payload_text)?),
+            EventType::BetSettled => Payload::BetSettled(payload(payload_text)?),
+            EventType::Deposit => Payload::Deposit(payload(payload_text)?),
+            EventType::Withdrawal => Payload::Withdrawal(payload(payload_text)?),
+            EventType::Login => Payload::Login(payload(payload_text)?),
+            EventType::Logout => Payload::Logout(payload(payload_text)?),
+            EventType::SessionStarted => Payload::SessionStarted(payload(payload_text)?),
+            EventType::SessionEnded => Payload::SessionEnded(payload(payload_text)?),
+            EventType::Bonus => Payload::Bonus(payload(payload_text)?),
+            EventType::Custom => Payload::Custom(payload(payload_text)?),
+        };
+        Ok(Event {
+            event_id: self.event_id,
+            tenant_id: self.tenant_id,
+            player_id: self.player_id,
+            session_id: self.session_id,
+            occurred_at: self.occurred_at,
+            received_at: self.received_at,
+            schema_version: self.schema_version.unwrap_or(SCHEMA_VERSION),
+            late: self.late,
+            payload,
+        })
+    }
+}
+
+fn payload<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, Violation> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| path_violation(e, Some("payload")))
+}
+
+impl<'de> Deserialize<'de> for Event {
+    /// Deserializes the canonical JSON form. Works with serde_json deserializers (the payload
+    /// is captured raw and decoded by its `type`); use [`decode_event`] for precise errors.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawEvent::deserialize(d)?
+            .into_event()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// Turns a serde error with its path into a violation, classifying serde_json's messages.
+fn path_violation(
+    err: serde_path_to_error::Error<serde_json::Error>,
+    prefix: Option<&str>,
+) -> Violation {
+    let mut path = err.path().to_string();
+    if path == "." {
+        path.clear();
+    }
+    let inner = err.into_inner();
+    let message = inner.to_string();
+    let code = match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ViolationCode::Malformed
+        }
+        serde_json::error::Category::Io => ViolationCode::Malformed,
+        serde_json::error::Category::Data => {
+            if let Some(field) = backticked(&message, "missing field `") {
+                path = join(&path, field);
+                ViolationCode::Required
+            } else if let Some(field) = backticked(&message, "unknown field `") {
+                // serde_path_to_error already ends the path with the unknown key.
+                if !path.ends_with(field) {
+                    path = join(&path, field);
+                }
+                ViolationCode::UnknownField
+            } else if message.starts_with("invalid type") {
+                ViolationCode::InvalidType
+            } else {
+                ViolationCode::InvalidValue
+            }
+        }
+    };
+    let mut path = match prefix {
+        Some(p) => join(p, &path),
+        None => path,
+    };
+    if path.len() > MAX_PATH {
+        // Deeply nested input would otherwise echo a path as long as the input.
+        let cut = (0..=MAX_PATH)
+            .rev()
+            .find(|i| path.is_char_boundary(*i))
+            .unwrap_or(0);
+        path.truncate(cut);
+        path.push('…');
+    }
+    Violation::new(path, code, message)
+}
+
+/// Longest field path reported in a violation.
+const MAX_PATH: usize = 128;
+
+fn backticked<'m>(message: &'m str, lead: &str) -> Option<&'m str> {
+    let rest = message.strip_prefix(lead)?;
+    rest.split('`').next()
+}
+
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_owned(),
+        (_, true) => a.to_owned(),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> Violation {
+        decode_event(json.as_bytes()).expect_err("must not decode")
+    }
+
+    const BASE: &str =
+        r#""tenant_id":"acme","player_id":"p1","occurred_at":"2026-11-28T10:00:00Z""#;
+
+    #[test]
+    fn missing_nested_field_names_its_path() {
+        let v = err(&format!(
+            r#"{{{BASE},"type":"bet_placed","payload":{{"bet_id":"b","game_id":"g"}}}}"#
+        ));
+        assert_eq!(v.path, "payload.stake");
+        assert_eq!(v.code, ViolationCode::Required);
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let v = err(&format!(
+            r#"{{{BASE},"type":"deposit","payload":{{"transaction_id":"t","amount":{{"amount_minor":"12","currency":"EUR"}}}}}}"#
+        ));
+        assert_eq!(v.path, "payload.amount.amount_minor");
+        assert_eq!(v.code, ViolationCode::InvalidType);
+    }
+
+    #[test]
+    fn float_money_is_rejected() {
+        let v = err(&format!(
+            r#"{{{BASE},"type":"deposit","payload":{{"transaction_id":"t","amount":{{"amount_minor":12.5,"currency":"EUR"}}}}}}"#
+        ));
+        assert_eq!(v.path, "payload.amount.amount_minor");
+        assert_eq!(v.code, ViolationCode::InvalidType);
+    }
+
+    #[test]
+    fn unknown_type_and_unknown_field() {
+        let v = err(&format!(r#"{{{BASE},"type":"jackpot"}}"#));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("type", ViolationCode::UnknownEventType)
+        );
+        let v = err(&format!(r#"{{{BASE},"type":"logout","colour":"red"}}"#));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("colour", ViolationCode::UnknownField)
+        );
+        let v = err(&format!(
+            r#"{{{BASE},"type":"logout","payload":{{"why":1}}}}"#
+        ));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("payload.why", ViolationCode::UnknownField)
+        );
+    }
+
+    #[test]
+    fn malformed_and_trailing_garbage() {
+        assert_eq!(err("{").code, ViolationCode::Malformed);
+        assert_eq!(err("").code, ViolationCode::Malformed);
+        let v = err(&format!(r#"{{{BASE},"type":"logout"}} x"#));
+        assert_eq!(v.code, ViolationCode::Malformed);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!(
+            r#"{{{BASE},"type":"custom","payload":{{"name":"x","properties":{{"a":{}1{}}}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let v = err(&deep);
+        assert!(v.path.starts_with("payload.properties.a[0]"), "{}", v.path);
+        assert!(v.path.len() <= MAX_PATH + '…'.len_utf8());
+    }
+
+    #[test]
+    fn payload_must_be_an_object() {
+        let v = err(&format!(
+            r#"{{{BASE},"type":"session_ended","payload":[-1,null]}}"#
+        ));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("payload", ViolationCode::InvalidType)
+        );
+    }
+
+    #[test]
+    fn payload_may_be_omitted_when_all_its_fields_are_optional() {
+        let e = decode_event(format!(r#"{{{BASE},"type":"logout"}}"#).as_bytes()).expect("ok");
+        assert_eq!(e.payload, Payload::Logout(Logout { reason: None }));
+        assert_eq!(e.schema_version, SCHEMA_VERSION);
+    }
+}

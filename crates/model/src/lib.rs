@@ -1,0 +1,24 @@
+//! The Pitboss event model: the canonical JSON form of player events, their validation with
+//! machine-readable reasons, lossless conversion to the protobuf form used on the bus and over
+//! gRPC, and the generated JSON Schema.
+//!
+//! Money is integer minor units plus an ISO 4217 code everywhere; there are no floats for money.
+
+pub mod convert;
+pub mod currency;
+pub mod decode;
+pub mod event;
+pub mod schema;
+pub mod time;
+pub mod validate;
+
+pub use convert::{decode_proto, encode_proto};
+pub use decode::decode_event;
+pub use event::*;
+pub use time::Timestamp;
+pub use validate::{ValidationConfig, Verdict, Violation, ViolationCode, validate};
+
+/// Generates a new UUIDv7 event id (time-ordered, so ids sort by creation time).
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

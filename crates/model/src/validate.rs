@@ -1,0 +1,446 @@
+//! Validation of decoded events: every rule yields a machine-readable reason (field path,
+//! code, message). Pure: the current time and all limits are passed in.
+
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::currency::is_iso4217;
+use crate::event::*;
+
+/// Why an event (or one of its fields) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[error("{path}: {code}: {message}")]
+pub struct Violation {
+    /// Dotted path of the offending field (`payload.stake.amount_minor`); empty for the whole event.
+    pub path: String,
+    /// Stable machine-readable reason.
+    pub code: ViolationCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl Violation {
+    /// A violation at `path`.
+    pub fn new(path: impl Into<String>, code: ViolationCode, message: impl Into<String>) -> Self {
+        Violation {
+            path: path.into(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The stable reason codes. Clients may switch on these; new codes may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationCode {
+    /// Not valid JSON (or trailing data after it).
+    Malformed,
+    /// A required field is missing or empty.
+    Required,
+    /// A field the contract does not define.
+    UnknownField,
+    /// A field has the wrong JSON type (e.g. a string or float where an integer is expected).
+    InvalidType,
+    /// A field has a value outside its allowed set.
+    InvalidValue,
+    /// `type` is not one of the contract's event types.
+    UnknownEventType,
+    /// `schema_version` is newer than this server understands.
+    UnsupportedSchemaVersion,
+    /// Not a UUID in canonical hyphenated form.
+    InvalidUuid,
+    /// An identifier with characters outside `[A-Za-z0-9._~@+-]`.
+    InvalidCharacters,
+    /// A text or identifier longer than its limit.
+    TooLong,
+    /// A money amount below zero.
+    NegativeAmount,
+    /// A money amount above the configured ceiling.
+    AmountTooLarge,
+    /// Not an ISO 4217 (or configured extra) currency code.
+    InvalidCurrency,
+    /// Decimal odds that are not of the form `2.50` (at least 1).
+    InvalidOdds,
+    /// Not an IPv4 or IPv6 address.
+    InvalidIp,
+    /// Not an ISO 3166-1 alpha-2 code.
+    InvalidCountry,
+    /// A timestamp before 1970 or not representable.
+    InvalidTimestamp,
+    /// `occurred_at` further in the future than the allowed clock skew.
+    FutureTimestamp,
+    /// A custom event with too many properties, or a non-finite number.
+    InvalidProperty,
+}
+
+impl std::fmt::Display for ViolationCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// Limits the validator enforces; defaults in one place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Largest accepted amount in minor units.
+    pub max_amount_minor: i64,
+    /// How far `occurred_at` may be ahead of the server clock, in milliseconds.
+    pub max_future_skew_ms: i64,
+    /// Events older than this (by `occurred_at`, in milliseconds) are accepted but flagged `late`.
+    pub late_after_ms: i64,
+    /// Currency codes accepted besides ISO 4217 (e.g. "BTC", "USDT"); upper case.
+    pub extra_currencies: Vec<String>,
+    /// Most properties a custom event may carry.
+    pub max_custom_properties: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            // 10^13 minor units: 100 billion in a two-decimal currency.
+            max_amount_minor: 10_000_000_000_000,
+            max_future_skew_ms: 5 * 60 * 1000,
+            late_after_ms: 7 * 24 * 3600 * 1000,
+            extra_currencies: Vec::new(),
+            max_custom_properties: 64,
+        }
+    }
+}
+
+/// What validation concluded about an acceptable event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// `occurred_at` is older than the lateness horizon: keep it, but flag it.
+    pub late: bool,
+}
+
+/// Longest tenant id.
+pub const MAX_TENANT_ID: usize = 64;
+/// Longest player, session, bet, game, round, transaction or bonus id.
+pub const MAX_ID: usize = 128;
+/// Longest free-text field (reasons, device ids).
+pub const MAX_TEXT: usize = 256;
+/// Longest user agent.
+pub const MAX_USER_AGENT: usize = 512;
+/// Longest custom text property value.
+pub const MAX_PROPERTY_TEXT: usize = 1024;
+/// Longest custom event name or property key.
+pub const MAX_NAME: usize = 64;
+/// Longest session duration accepted (31 days).
+pub const MAX_SESSION_MS: i64 = 31 * 24 * 3600 * 1000;
+
+/// Checks every rule and returns all violations (not just the first), or the verdict.
+pub fn validate(
+    event: &Event,
+    cfg: &ValidationConfig,
+    now_ms: i64,
+) -> Result<Verdict, Vec<Violation>> {
+    let mut v = Checker {
+        out: Vec::new(),
+        cfg,
+    };
+    if let Some(id) = &event.event_id {
+        v.uuid("event_id", id);
+    }
+    v.id("tenant_id", &event.tenant_id, MAX_TENANT_ID);
+    v.id("player_id", &event.player_id, MAX_ID);
+    v.opt_id("session_id", event.session_id.as_deref(), MAX_ID);
+    if event.schema_version == 0 || event.schema_version > SCHEMA_VERSION {
+        v.push(
+            "schema_version",
+            ViolationCode::UnsupportedSchemaVersion,
+            format!(
+                "schema_version {} is not supported (1..={SCHEMA_VERSION})",
+                event.schema_version
+            ),
+        );
+    }
+    let occurred = event.occurred_at.as_millis();
+    let mut late = false;
+    if occurred < 0 {
+        v.push(
+            "occurred_at",
+            ViolationCode::InvalidTimestamp,
+            "occurred_at is before 1970",
+        );
+    } else if occurred > now_ms.saturating_add(cfg.max_future_skew_ms) {
+        v.push(
+            "occurred_at",
+            ViolationCode::FutureTimestamp,
+            format!(
+                "occurred_at is {} ms ahead of the server clock (allowed skew {} ms)",
+                occurred.saturating_sub(now_ms),
+                cfg.max_future_skew_ms
+            ),
+        );
+    } else if occurred < now_ms.saturating_sub(cfg.late_after_ms) {
+        late = true;
+    }
+    if let Some(r) = event.received_at {
+        if r.as_millis() < 0 {
+            v.push(
+                "received_at",
+                ViolationCode::InvalidTimestamp,
+                "received_at is before 1970",
+            );
+        }
+    }
+    v.payload(&event.payload);
+    if v.out.is_empty() {
+        Ok(Verdict { late })
+    } else {
+        Err(v.out)
+    }
+}
+
+struct Checker<'c> {
+    out: Vec<Violation>,
+    cfg: &'c ValidationConfig,
+}
+
+fn id_char_ok(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '@' | '+' | '-')
+}
+
+impl Checker<'_> {
+    fn push(&mut self, path: &str, code: ViolationCode, message: impl Into<String>) {
+        self.out.push(Violation::new(path, code, message));
+    }
+
+    fn uuid(&mut self, path: &str, value: &str) {
+        // Canonical hyphenated form only: 36 characters, as produced by every UUID library.
+        let ok = value.len() == 36 && uuid::Uuid::try_parse(value).is_ok();
+        if !ok {
+            self.push(
+                path,
+                ViolationCode::InvalidUuid,
+                "expected a UUID like 0192f0c1-7a2b-7c3d-8e4f-5a6b7c8d9e0f",
+            );
+        }
+    }
+
+    fn id(&mut self, path: &str, value: &str, max: usize) {
+        if value.is_empty() {
+            self.push(path, ViolationCode::Required, "must not be empty");
+        } else if value.len() > max {
+            self.push(
+                path,
+                ViolationCode::TooLong,
+                format!("longer than {max} bytes"),
+            );
+        } else if let Some(bad) = value.chars().find(|c| !id_char_ok(*c)) {
+            self.push(
+                path,
+                ViolationCode::InvalidCharacters,
+                format!("character {bad:?} is not allowed; use [A-Za-z0-9._~@+-]"),
+            );
+        }
+    }
+
+    fn opt_id(&mut self, path: &str, value: Option<&str>, max: usize) {
+        if let Some(value) = value {
+            self.id(path, value, max);
+        }
+    }
+
+    fn text(&mut self, path: &str, value: Option<&str>, max: usize) {
+        if let Some(value) = value {
+            if value.len() > max {
+                self.push(
+                    path,
+                    ViolationCode::TooLong,
+                    format!("longer than {max} bytes"),
+                );
+            }
+        }
+    }
+
+    fn money(&mut self, path: &str, m: &Money) {
+        if m.amount_minor < 0 {
+            self.push(
+                &format!("{path}.amount_minor"),
+                ViolationCode::NegativeAmount,
+                format!("{} is below zero", m.amount_minor),
+            );
+        } else if m.amount_minor > self.cfg.max_amount_minor {
+            self.push(
+                &format!("{path}.amount_minor"),
+                ViolationCode::AmountTooLarge,
+                format!(
+                    "{} exceeds the ceiling {}",
+                    m.amount_minor, self.cfg.max_amount_minor
+                ),
+            );
+        }
+        let known =
+            is_iso4217(&m.currency) || self.cfg.extra_currencies.iter().any(|c| c == &m.currency);
+        if !known {
+            self.push(
+                &format!("{path}.currency"),
+                ViolationCode::InvalidCurrency,
+                format!(
+                    "{:?} is not an ISO 4217 code (upper case, e.g. EUR)",
+                    m.currency.chars().take(16).collect::<String>()
+                ),
+            );
+        }
+    }
+
+    fn odds(&mut self, path: &str, odds: Option<&str>) {
+        let Some(odds) = odds else { return };
+        let (int, frac) = odds.split_once('.').unwrap_or((odds, ""));
+        let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+        let shape_ok = (1..=6).contains(&int.len())
+            && digits(int)
+            && frac.len() <= 4
+            && digits(frac)
+            && !(odds.contains('.') && frac.is_empty());
+        let at_least_one = int.parse::<u32>().is_ok_and(|i| i >= 1);
+        if !shape_ok || !at_least_one {
+            self.push(
+                path,
+                ViolationCode::InvalidOdds,
+                "expected decimal odds of at least 1, like \"2.50\"",
+            );
+        }
+    }
+
+    fn payload(&mut self, p: &Payload) {
+        match p {
+            Payload::BetPlaced(b) => {
+                self.id("payload.bet_id", &b.bet_id, MAX_ID);
+                self.id("payload.game_id", &b.game_id, MAX_ID);
+                self.opt_id("payload.round_id", b.round_id.as_deref(), MAX_ID);
+                self.money("payload.stake", &b.stake);
+                self.odds("payload.odds", b.odds.as_deref());
+                self.text("payload.device_id", b.device_id.as_deref(), MAX_TEXT);
+            }
+            Payload::BetSettled(b) => {
+                self.id("payload.bet_id", &b.bet_id, MAX_ID);
+                self.id("payload.game_id", &b.game_id, MAX_ID);
+                self.opt_id("payload.round_id", b.round_id.as_deref(), MAX_ID);
+                self.money("payload.payout", &b.payout);
+            }
+            Payload::Deposit(d) => {
+                self.id("payload.transaction_id", &d.transaction_id, MAX_ID);
+                self.money("payload.amount", &d.amount);
+            }
+            Payload::Withdrawal(w) => {
+                self.id("payload.transaction_id", &w.transaction_id, MAX_ID);
+                self.money("payload.amount", &w.amount);
+            }
+            Payload::Login(l) => {
+                if l.ip.parse::<IpAddr>().is_err() {
+                    self.push(
+                        "payload.ip",
+                        ViolationCode::InvalidIp,
+                        "expected an IPv4 or IPv6 address",
+                    );
+                }
+                self.text("payload.device_id", l.device_id.as_deref(), MAX_TEXT);
+                self.text(
+                    "payload.user_agent",
+                    l.user_agent.as_deref(),
+                    MAX_USER_AGENT,
+                );
+                if let Some(c) = &l.country {
+                    if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                        self.push(
+                            "payload.country",
+                            ViolationCode::InvalidCountry,
+                            "expected an ISO 3166-1 alpha-2 code like \"DE\"",
+                        );
+                    }
+                }
+            }
+            Payload::Logout(l) => self.text("payload.reason", l.reason.as_deref(), MAX_TEXT),
+            Payload::SessionStarted(s) => {
+                self.text("payload.device_id", s.device_id.as_deref(), MAX_TEXT)
+            }
+            Payload::SessionEnded(s) => {
+                if let Some(d) = s.duration_ms {
+                    if !(0..=MAX_SESSION_MS).contains(&d) {
+                        self.push(
+                            "payload.duration_ms",
+                            ViolationCode::InvalidValue,
+                            format!("must be between 0 and {MAX_SESSION_MS}"),
+                        );
+                    }
+                }
+                self.text("payload.reason", s.reason.as_deref(), MAX_TEXT);
+            }
+            Payload::Bonus(b) => {
+                self.id("payload.bonus_id", &b.bonus_id, MAX_ID);
+                self.money("payload.amount", &b.amount);
+            }
+            Payload::Custom(c) => self.custom(c),
+        }
+    }
+
+    fn custom(&mut self, c: &Custom) {
+        self.name("payload.name", &c.name);
+        if c.properties.len() > self.cfg.max_custom_properties {
+            self.push(
+                "payload.properties",
+                ViolationCode::InvalidProperty,
+                format!(
+                    "{} properties; at most {}",
+                    c.properties.len(),
+                    self.cfg.max_custom_properties
+                ),
+            );
+            return;
+        }
+        for (key, value) in &c.properties {
+            let path = format!(
+                "payload.properties.{}",
+                key.chars().take(MAX_NAME).collect::<String>()
+            );
+            self.name(&path, key);
+            match value {
+                CustomValue::Text(t) if t.len() > MAX_PROPERTY_TEXT => self.push(
+                    &path,
+                    ViolationCode::TooLong,
+                    format!("longer than {MAX_PROPERTY_TEXT} bytes"),
+                ),
+                CustomValue::Number(n) if !n.is_finite() => self.push(
+                    &path,
+                    ViolationCode::InvalidProperty,
+                    "numbers must be finite",
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Custom event names and property keys: `[a-z0-9_.]`, starting with a letter.
+    fn name(&mut self, path: &str, value: &str) {
+        let ok_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.';
+        if value.is_empty() {
+            self.push(path, ViolationCode::Required, "must not be empty");
+        } else if value.len() > MAX_NAME {
+            self.push(
+                path,
+                ViolationCode::TooLong,
+                format!("longer than {MAX_NAME} bytes"),
+            );
+        } else if !value.starts_with(|c: char| c.is_ascii_lowercase())
+            || !value.chars().all(ok_char)
+        {
+            self.push(
+                path,
+                ViolationCode::InvalidCharacters,
+                "use [a-z0-9_.], starting with a letter",
+            );
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Generated protobuf types of the Pitboss contract (`proto/pitboss/v1/*.proto`).
+//!
+//! Domain code works with `pitboss-model`, which converts to and from these types; only
+//! the wire adapters (bus, gRPC) touch them directly.
+
+/// Version 1 of the contract.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/pitboss.v1.rs"));
+}
+
+/// The contract's file descriptor path, for tools that want to locate the sources.
+pub const PROTO_FILES: &[&str] = &["pitboss/v1/events.proto"];
