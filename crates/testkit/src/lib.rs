@@ -1,1 +1,64 @@
-//! placeholder
+//! Test support: where the real services started by `scripts/stack.sh` listen, and unique
+//! names for test topics and tables.
+//!
+//! Tests that need a service call [`kafka`], [`clickhouse`] or [`kinesis`]; when the variable
+//! is missing they fail with a message that says how to start the stack. Nothing skips.
+
+use rand::Rng;
+
+fn required(var: &str, what: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => panic!(
+            "{var} is not set: this test needs {what}. Run the suite with ./scripts/test.sh, \
+             which installs and starts the services and exports their addresses \
+             (or `source .stack/env` after `./scripts/stack.sh start`)."
+        ),
+    }
+}
+
+/// Kafka bootstrap servers (one broker).
+pub fn kafka() -> String {
+    required("PITBOSS_TEST_KAFKA", "a Kafka broker")
+}
+
+/// Bootstrap servers of the 3-broker cluster (RF 3, min.insync.replicas 2), for fault tests.
+pub fn kafka_cluster() -> String {
+    required("PITBOSS_TEST_KAFKA_CLUSTER", "the 3-broker Kafka cluster")
+}
+
+/// ClickHouse HTTP URL.
+pub fn clickhouse() -> String {
+    required("PITBOSS_TEST_CLICKHOUSE", "a ClickHouse server")
+}
+
+/// Kinesis endpoint (moto server).
+pub fn kinesis() -> String {
+    required("PITBOSS_TEST_KINESIS", "a Kinesis endpoint (moto)")
+}
+
+/// A name unique to this test run: `prefix_<random>`, safe for topics and tables.
+pub fn unique_name(prefix: &str) -> String {
+    let suffix: u64 = rand::rng().random();
+    format!("{prefix}_{suffix:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_safe() {
+        let a = unique_name("events");
+        let b = unique_name("events");
+        assert_ne!(a, b);
+        assert!(a.starts_with("events_"));
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+
+    #[test]
+    #[should_panic(expected = "PITBOSS_TEST_NOPE is not set")]
+    fn missing_service_fails_loudly() {
+        required("PITBOSS_TEST_NOPE", "nothing");
+    }
+}

@@ -1,0 +1,266 @@
+//! The embedded log: the shared contract suite, plus what only a local log has to prove —
+//! durability across reopen and SIGKILL, retention, the directory lock, revoke timeouts.
+
+#![allow(clippy::unwrap_used)]
+
+mod contract;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pitboss_bus::embedded::{Durability, EmbeddedBus, EmbeddedConfig};
+use pitboss_bus::{
+    Bus, BusError, Consumer, ConsumerConfig, Delivery, OutRecord, Position, Publisher,
+};
+use rand::Rng;
+use tempfile::TempDir;
+
+/// An embedded bus in a temporary directory that lives as long as the bus.
+#[derive(Debug)]
+struct TempBus {
+    bus: EmbeddedBus,
+    _dir: TempDir,
+}
+
+#[async_trait]
+impl Bus for TempBus {
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.bus.create_topic(topic, partitions).await
+    }
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        self.bus.publisher()
+    }
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        config: ConsumerConfig,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        self.bus.consumer(group, topic, config).await
+    }
+}
+
+async fn make_bus() -> Arc<dyn Bus> {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    Arc::new(TempBus { bus, _dir: dir })
+}
+
+contract_suite!(make_bus);
+
+async fn read_all(bus: &EmbeddedBus, topic: &str, group: &str) -> Vec<pitboss_bus::Record> {
+    let mut c = bus
+        .consumer(group, topic, ConsumerConfig::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        match c.poll(10_000, Duration::from_millis(300)).await.unwrap() {
+            Delivery::Records(rs) if rs.is_empty() => break,
+            Delivery::Records(rs) => out.extend(rs),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn records_offsets_and_commits_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "events";
+    let first_acks: Vec<pitboss_bus::Ack>;
+    {
+        let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        bus.create_topic(topic, 2).await.unwrap();
+        first_acks = bus
+            .publish(topic, contract::records(4, 10, "x"))
+            .await
+            .unwrap();
+        let mut c = bus
+            .consumer("g", topic, ConsumerConfig::default())
+            .await
+            .unwrap();
+        let mut seen = 0;
+        while seen < 40 {
+            if let Delivery::Records(rs) = c.poll(100, Duration::from_millis(200)).await.unwrap() {
+                for r in &rs {
+                    c.store(r.partition, &r.position).unwrap();
+                }
+                seen += rs.len();
+            }
+        }
+        c.commit().await.unwrap();
+        // The directory is locked while the bus is open.
+        let err = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).expect_err("locked");
+        assert!(matches!(err, BusError::Config(_)), "{err:?}");
+    }
+    // The writer thread releases the lock when the last handle is gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    assert!(
+        read_all(&bus, topic, "g").await.is_empty(),
+        "committed offsets survived"
+    );
+    assert_eq!(
+        read_all(&bus, topic, "other").await.len(),
+        40,
+        "records survived"
+    );
+    let acks = bus
+        .publish(topic, vec![OutRecord::new("tenant-x:player-0", "more")])
+        .await
+        .unwrap();
+    let already = first_acks
+        .iter()
+        .filter(|a| a.partition == acks[0].partition)
+        .count();
+    assert_eq!(
+        acks[0].position,
+        Position::Offset(already as i64),
+        "offsets continue after reopen"
+    );
+}
+
+#[tokio::test]
+async fn retention_by_size_and_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        retention_bytes_per_partition: Some(10_000),
+        retention_age: None,
+        ..EmbeddedConfig::default()
+    };
+    let bus = EmbeddedBus::open(dir.path(), config).unwrap();
+    bus.create_topic("t", 1).await.unwrap();
+    let recs: Vec<_> = (0..100)
+        .map(|i| OutRecord::new("k", vec![b'a' + (i % 26) as u8; 999]))
+        .collect();
+    bus.publish("t", recs).await.unwrap(); // 100 x 1000 bytes
+    bus.enforce_retention().await.unwrap();
+    let earliest = bus.earliest_offsets("t").unwrap()[0];
+    assert_eq!(earliest, 90, "only the newest 10 KB are kept");
+    let kept = read_all(&bus, "t", "g").await;
+    assert_eq!(kept.len(), 10);
+    assert_eq!(kept[0].position, Position::Offset(90));
+    drop(bus);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let config = EmbeddedConfig {
+        retention_age: Some(Duration::from_millis(1)),
+        ..EmbeddedConfig::default()
+    };
+    let bus = EmbeddedBus::open(dir.path(), config).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    bus.enforce_retention().await.unwrap();
+    assert!(
+        read_all(&bus, "t", "g2").await.is_empty(),
+        "old records expired"
+    );
+    let acks = bus
+        .publish("t", vec![OutRecord::new("k", "new")])
+        .await
+        .unwrap();
+    assert_eq!(
+        acks[0].position,
+        Position::Offset(100),
+        "offsets never go back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_never_hands_back_loses_its_partitions_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    bus.create_topic("t", 2).await.unwrap();
+    let quick = ConsumerConfig {
+        revoke_timeout: Duration::from_millis(300),
+        ..ConsumerConfig::default()
+    };
+    let mut stuck = bus.consumer("g", "t", quick.clone()).await.unwrap();
+    assert_eq!(
+        stuck.poll(10, Duration::from_secs(1)).await.unwrap(),
+        Delivery::Assigned(vec![0, 1])
+    );
+    let mut other = bus.consumer("g", "t", quick).await.unwrap();
+    // `stuck` never polls again; after the timeout `other` gets a partition anyway.
+    let start = std::time::Instant::now();
+    loop {
+        if let Delivery::Assigned(p) = other.poll(10, Duration::from_millis(200)).await.unwrap() {
+            assert_eq!(p.len(), 1);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "partition never moved"
+        );
+    }
+    // The stuck member finds out on its next poll and stops reading that partition.
+    let _ = stuck.poll(10, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(stuck.assignment().len(), 1);
+}
+
+/// A process appending to the log is killed with SIGKILL at random moments; every record it
+/// was told was durable is in the log afterwards.
+#[test]
+fn acknowledged_records_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<String> = Vec::new();
+    let mut rng = rand::rng();
+    for round in 0..4 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss-log-append"))
+            .arg(dir.path())
+            .arg(format!("r{round}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let lines = reader.join().unwrap();
+        let before = acked.len();
+        acked.extend(
+            lines
+                .into_iter()
+                .filter_map(|l| l.strip_prefix("acked ").map(str::to_owned)),
+        );
+        assert!(
+            acked.len() > before,
+            "round {round}: the writer acknowledged nothing before the kill"
+        );
+    }
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let bus = EmbeddedBus::open(
+            dir.path(),
+            EmbeddedConfig {
+                durability: Durability::Fsync,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let stored: std::collections::HashSet<String> = read_all(&bus, "events", "verify")
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.value).unwrap())
+            .collect();
+        let missing: Vec<_> = acked.iter().filter(|a| !stored.contains(*a)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged records lost, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            missing.first()
+        );
+    });
+}
