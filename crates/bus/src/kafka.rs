@@ -523,8 +523,10 @@ impl Consumer for KafkaConsumer {
         if !self.assigned.contains(&partition) {
             return Err(BusError::NotAssigned(partition));
         }
+        // librdkafka stores `offset + 1` itself (the next offset to consume), as
+        // `store_offset_from_message` relies on: pass the record's own offset.
         self.consumer()?
-            .store_offset(&self.topic, partition as i32, o + 1)
+            .store_offset(&self.topic, partition as i32, *o)
             .map_err(|e| match e.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::State) => BusError::NotAssigned(partition),
                 _ => kafka_error(e),

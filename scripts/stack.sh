@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# The Pitboss test stack: installs (idempotently) and runs the real services the tests use,
+# on loopback and free ports, as plain processes (no Docker):
+#   - Apache Kafka (KRaft; the broker jars resolved from Maven Central with Maven),
+#     one broker, and on request a 3-broker cluster (RF 3, min.insync.replicas 2);
+#   - ClickHouse (Debian's clickhouse-server, own config and data directory);
+#   - moto server (Kinesis API).
+#
+#   scripts/stack.sh install              install what is missing
+#   scripts/stack.sh start [--cluster]    start everything, wait until ready, write $STACK/env
+#   scripts/stack.sh stop                 stop everything started (by PID) and delete its data
+#   scripts/stack.sh status               what is running
+#
+# $PITBOSS_STACK_DIR (default: .stack in the repository) holds configs, data, logs and `env`,
+# a file of `export PITBOSS_TEST_*=…` lines for the tests.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK=${PITBOSS_STACK_DIR:-$ROOT/.stack}
+CACHE=${PITBOSS_CACHE_DIR:-$HOME/.cache/pitboss}
+KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/scripts/kafka/pom.xml")
+KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ---------------------------------------------------------------- install
+install_apt() {
+  local missing=()
+  command -v clickhouse-server >/dev/null || missing+=(clickhouse-server clickhouse-client)
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  command -v curl >/dev/null || missing+=(curl)
+  if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_moto() {
+  if ! command -v moto_server >/dev/null; then
+    log "pip install moto[server]"
+    python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5.1,<6' 2>&1 | grep -v 'WARNING: Running pip as' >&2 || true
+    hash -r
+    command -v moto_server >/dev/null || die "moto_server not on PATH after pip install"
+  fi
+}
+
+install_kafka() {
+  if [[ ! -f $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]]; then
+    log "resolving Apache Kafka $KAFKA_VERSION from Maven Central"
+    rm -rf "$KAFKA_LIBS.tmp"
+    mvn -q -B -f "$ROOT/scripts/kafka/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$KAFKA_LIBS.tmp" -DincludeScope=runtime >&2
+    rm -rf "$KAFKA_LIBS"
+    mkdir -p "$(dirname "$KAFKA_LIBS")"
+    mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+  fi
+}
+
+cmd_install() {
+  install_apt
+  install_moto
+  install_kafka
+  log "installed: kafka $KAFKA_VERSION, $(clickhouse-client --version 2>/dev/null | head -1), moto $(python3 -c 'import moto; print(moto.__version__)')"
+}
+
+# ---------------------------------------------------------------- processes
+spawn() { # name, logfile, command...
+  local name=$1 logfile=$2
+  shift 2
+  mkdir -p "$STACK/pids"
+  setsid "$@" >"$logfile" 2>&1 < /dev/null &
+  echo $! >"$STACK/pids/$name.pid"
+}
+
+wait_for() { # description, seconds, command...
+  local what=$1 secs=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { log "$what not ready after ${secs}s"; return 1; }
+    sleep 0.3
+  done
+}
+
+port_open() { (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- kafka
+kafka_node() { # dir, node id, broker port, controller port, voters, cluster id, replication
+  local dir=$1 id=$2 port=$3 cport=$4 voters=$5 cid=$6 rf=$7
+  mkdir -p "$dir/data"
+  local isr=$(( rf >= 3 ? 2 : 1 ))
+  cat >"$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$id
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+log.segment.bytes=67108864
+EOF
+  cat >"$dir/log4j.properties" <<EOF
+log4j.rootLogger=INFO, F
+log4j.appender.F=org.apache.log4j.FileAppender
+log4j.appender.F.File=$dir/server.log
+log4j.appender.F.layout=org.apache.log4j.PatternLayout
+log4j.appender.F.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.org.apache.kafka.raft=WARN
+EOF
+  java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
+    >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "kafka storage format failed"; }
+  spawn "kafka-$id" "$dir/stdout.log" java -Xms256m -Xmx768m -XX:+UseG1GC \
+    -Dlog4j.configuration="file:$dir/log4j.properties" -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
+}
+
+kafka_ready() { # dir, port
+  grep -q 'Kafka Server started' "$1/server.log" 2>/dev/null && port_open "$2"
+}
+
+cluster_id() { python3 -c 'import uuid,base64;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'; }
+
+start_kafka() {
+  local port cport
+  port=$(free_port); cport=$(free_port)
+  kafka_node "$STACK/kafka" 1 "$port" "$cport" "1@127.0.0.1:$cport" "$(cluster_id)" 1
+  echo "export PITBOSS_TEST_KAFKA=127.0.0.1:$port" >>"$STACK/env"
+  KAFKA_WAIT+=("$STACK/kafka:$port")
+}
+
+start_kafka_cluster() {
+  local cid voters="" ports=() cports=() i
+  cid=$(cluster_id)
+  for i in 1 2 3; do ports+=("$(free_port)"); cports+=("$(free_port)"); done
+  for i in 0 1 2; do voters+="${voters:+,}$((i + 1))@127.0.0.1:${cports[$i]}"; done
+  for i in 0 1 2; do
+    kafka_node "$STACK/kafka-cluster-$((i + 1))" $((i + 1)) "${ports[$i]}" "${cports[$i]}" "$voters" "$cid" 3
+    KAFKA_WAIT+=("$STACK/kafka-cluster-$((i + 1)):${ports[$i]}")
+  done
+  echo "export PITBOSS_TEST_KAFKA_CLUSTER=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}" >>"$STACK/env"
+  echo "export PITBOSS_TEST_KAFKA_CLUSTER_PIDS=$STACK/pids" >>"$STACK/env"
+}
+
+# ---------------------------------------------------------------- clickhouse
+start_clickhouse() {
+  local dir=$STACK/clickhouse http tcp
+  http=$(free_port); tcp=$(free_port)
+  mkdir -p "$dir"/{data,tmp,user_files,format_schemas}
+  cat >"$dir/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>$dir/server.log</log>
+        <errorlog>$dir/error.log</errorlog>
+        <console>0</console>
+    </logger>
+    <http_port>$http</http_port>
+    <tcp_port>$tcp</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>$dir/data/</path>
+    <tmp_path>$dir/tmp/</tmp_path>
+    <user_files_path>$dir/user_files/</user_files_path>
+    <format_schema_path>$dir/format_schemas/</format_schema_path>
+    <users_config>/etc/clickhouse-server/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mark_cache_size>268435456</mark_cache_size>
+    <max_concurrent_queries>100</max_concurrent_queries>
+</yandex>
+EOF
+  spawn clickhouse "$dir/stdout.log" clickhouse-server --config-file="$dir/config.xml"
+  echo "export PITBOSS_TEST_CLICKHOUSE=http://127.0.0.1:$http" >>"$STACK/env"
+  CLICKHOUSE_HTTP=$http
+}
+
+# ---------------------------------------------------------------- moto
+start_moto() {
+  local port
+  port=$(free_port)
+  mkdir -p "$STACK/moto"
+  spawn moto "$STACK/moto/server.log" moto_server -H 127.0.0.1 -p "$port"
+  echo "export PITBOSS_TEST_KINESIS=http://127.0.0.1:$port" >>"$STACK/env"
+  MOTO_PORT=$port
+}
+
+# ---------------------------------------------------------------- commands
+cmd_start() {
+  local cluster=0
+  for a in "$@"; do
+    case $a in
+      --cluster) cluster=1 ;;
+      *) die "unknown option $a" ;;
+    esac
+  done
+  [[ -d $STACK/pids ]] && cmd_stop
+  rm -rf "$STACK"
+  mkdir -p "$STACK"
+  : >"$STACK/env"
+  KAFKA_WAIT=()
+  local t0=$SECONDS
+  start_kafka
+  ((cluster)) && start_kafka_cluster
+  start_clickhouse
+  start_moto
+  wait_for clickhouse 60 curl -sf "http://127.0.0.1:$CLICKHOUSE_HTTP/ping" \
+    || { tail -20 "$STACK/clickhouse/error.log" "$STACK/clickhouse/stdout.log" >&2 || true; die "clickhouse did not start"; }
+  wait_for moto 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/" \
+    || { tail -20 "$STACK/moto/server.log" >&2; die "moto did not start"; }
+  local k
+  for k in "${KAFKA_WAIT[@]}"; do
+    wait_for "kafka ${k%%:*}" 120 kafka_ready "${k%%:*}" "${k##*:}" \
+      || { tail -30 "${k%%:*}/server.log" "${k%%:*}/stdout.log" >&2 || true; die "kafka did not start"; }
+  done
+  log "ready in $((SECONDS - t0))s:"
+  sed 's/^export /  /' "$STACK/env" >&2
+}
+
+cmd_stop() {
+  [[ -d $STACK/pids ]] || return 0
+  local f pid
+  for f in "$STACK"/pids/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    local alive=0
+    for f in "$STACK"/pids/*.pid; do
+      [[ -e $f ]] && kill -0 "$(cat "$f")" 2>/dev/null && alive=1
+    done
+    ((alive)) || break
+    sleep 0.2
+  done
+  for f in "$STACK"/pids/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f")
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$STACK/pids"
+  log "stopped"
+}
+
+cmd_status() {
+  [[ -d $STACK/pids ]] || { echo "not running"; return 0; }
+  local f
+  for f in "$STACK"/pids/*.pid; do
+    local name pid
+    name=$(basename "$f" .pid); pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then echo "$name: running (pid $pid)"; else echo "$name: dead (pid $pid)"; fi
+  done
+  cat "$STACK/env"
+}
+
+case ${1:-} in
+  install) cmd_install ;;
+  start) shift; cmd_start "$@" ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 install|start [--cluster]|stop|status" >&2; exit 2 ;;
+esac
