@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole Pitboss test suite on a fresh machine: installs what is missing (apt, pip, Maven),
+# starts the real services on loopback (scripts/stack.sh), runs every test, stops the services
+# (also on failure). Build output goes to a fixed directory outside the clone so warm runs reuse it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pitboss/target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+mkdir -p "$CARGO_TARGET_DIR"
+if ! command -v cargo >/dev/null; then
+  # rustup installs into ~/.cargo; a non-login shell may not have it on PATH yet.
+  # shellcheck disable=SC1091
+  [[ -f $HOME/.cargo/env ]] && source "$HOME/.cargo/env"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup" >&2; exit 1; }
+
+t0=$SECONDS
+scripts/stack.sh install
+# Compile before starting services, so they do not idle through a cold build.
+cargo test --workspace --locked --no-run
+trap 'scripts/stack.sh stop' EXIT
+scripts/stack.sh start
+# shellcheck disable=SC1091
+source "${PITBOSS_STACK_DIR:-$ROOT/.stack}/env"
+cargo test --workspace --locked "$@"
+echo "[test] all tests passed in $((SECONDS - t0))s"
