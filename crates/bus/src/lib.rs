@@ -2,7 +2,7 @@
 //!
 //! - [`embedded::EmbeddedBus`]: a durable partitioned log in SQLite for the one-process mode;
 //! - [`kafka::KafkaBus`]: Apache Kafka (or any Kafka-compatible broker) through rdkafka;
-//! - Kinesis (AWS-native option).
+//! - [`kinesis::KinesisBus`]: AWS Kinesis, with consumer groups coordinated through DynamoDB leases.
 //!
 //! All implementations keep the same contract, checked by the same test suite
 //! (`tests/contract/`):
@@ -27,6 +27,8 @@ use async_trait::async_trait;
 pub mod embedded;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kinesis")]
+pub mod kinesis;
 pub mod partition;
 
 /// Partition (Kafka) or shard index (Kinesis) within a topic.
