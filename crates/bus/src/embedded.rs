@@ -591,6 +591,14 @@ impl Publisher for EmbeddedBus {
         self.inner.notify();
         Ok(acks)
     }
+
+    async fn check(&self) -> Result<(), BusError> {
+        if self.inner.ops.is_closed() {
+            Err(closed())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[async_trait]

@@ -193,6 +193,19 @@ impl Publisher for KafkaPublisher {
             None => Ok(acks),
         }
     }
+
+    async fn check(&self) -> Result<(), BusError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(kafka_error)
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(e.to_string()))?
+    }
 }
 
 #[async_trait]
@@ -465,6 +478,9 @@ impl KafkaConsumer {
     fn stop_thread(&mut self) -> Option<std::thread::JoinHandle<()>> {
         self.flags.stop.store(true, Ordering::SeqCst);
         self.finish_revoke();
+        // The poll thread may be blocked handing over a record while the channel is full:
+        // closing the receiving side fails that send, so the thread sees the stop flag.
+        self.events.close();
         self.thread.take()
     }
 }

@@ -275,6 +275,17 @@ impl Publisher for KinesisBus {
             .map(|a| a.ok_or_else(|| BusError::Unavailable("a record was not acknowledged".into())))
             .collect()
     }
+
+    async fn check(&self) -> Result<(), BusError> {
+        self.shared
+            .kinesis
+            .list_streams()
+            .limit(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(sdk(e)))
+    }
 }
 
 /// Splits a batch into PutRecords calls, in order, with at most one record per key per call

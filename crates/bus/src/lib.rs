@@ -29,6 +29,7 @@ pub mod embedded;
 pub mod kafka;
 #[cfg(feature = "kinesis")]
 pub mod kinesis;
+pub mod memory;
 pub mod partition;
 
 /// Partition (Kafka) or shard index (Kinesis) within a topic.
@@ -104,7 +105,7 @@ pub enum Delivery {
 }
 
 /// Errors of the bus; each knows whether retrying can help.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     /// The bus cannot be reached or did not confirm durability; retry with backoff.
     #[error("bus unavailable: {0}")]
@@ -140,6 +141,9 @@ pub trait Publisher: Send + Sync + fmt::Debug {
     /// in the order of `records`. On error, some records may have been stored (a retry may
     /// duplicate them; consumers deduplicate by event id).
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Ack>, BusError>;
+
+    /// Whether the bus can take writes now (for readiness probes); cheap, bounded by the caller.
+    async fn check(&self) -> Result<(), BusError>;
 }
 
 /// A member of a consumer group reading one topic.

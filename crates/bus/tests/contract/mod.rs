@@ -446,6 +446,47 @@ pub async fn acks_point_at_the_records(bus: Arc<dyn Bus>) {
     m.consumer.close().await.expect("close");
 }
 
+/// A consumer that stops reading with many records still buffered can still close promptly,
+/// and its commit holds: the next member resumes right after what it stored.
+pub async fn close_with_unread_records(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("close");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 2).await.expect("create topic");
+    let recs = records(100, 150, "u"); // 15,000: more than any client-side buffer
+    publish_all(&*bus, &topic, recs.clone(), 500).await;
+    let mut a = Member::join(&*bus, &group, &topic).await;
+    let start = Instant::now();
+    while a.received.len() < 10 {
+        assert!(start.elapsed() < PATIENCE);
+        a.step(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // let the client buffer fill up
+    a.flush_and_commit().await;
+    let done = distinct(&a.durable);
+    tokio::time::timeout(Duration::from_secs(30), a.consumer.close())
+        .await
+        .expect("close must not hang on unread records")
+        .expect("close");
+
+    let mut b = Member::join(&*bus, &group, &topic).await;
+    let start = Instant::now();
+    while done.len() + b.received.len() < recs.len() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{} + {} of {}",
+            done.len(),
+            b.received.len(),
+            recs.len()
+        );
+        b.step(Duration::from_millis(200)).await;
+    }
+    assert!(
+        distinct(&b.received).is_disjoint(&done),
+        "committed records redelivered"
+    );
+    b.consumer.close().await.expect("close");
+}
+
 /// Instantiates the suite for one implementation. `$make` is an async fn returning
 /// `Arc<dyn Bus>` (a fresh or shared instance).
 #[macro_export]
@@ -474,6 +515,10 @@ macro_rules! contract_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_producer_errors_surface() {
             contract::producer_errors_surface($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_close_with_unread_records() {
+            contract::close_with_unread_records($make().await).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_acks_point_at_the_records() {
