@@ -1,0 +1,94 @@
+//! Typed configuration of the ingest function, with every default in one place. Unknown keys
+//! are rejected; `validate` runs at start-up.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::CoreConfig;
+use crate::error::ConfigError;
+
+/// One tenant: its API keys (SHA-256 hex of each key) and optional rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// `sha256(key)` in hex for every API key of the tenant (`pitboss hash-key KEY` prints it).
+    pub api_key_sha256: Vec<String>,
+    /// Events per second this tenant may send (burst: one second's worth).
+    #[serde(default)]
+    pub events_per_second: Option<u32>,
+}
+
+/// Settings of the ingest function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address the standalone server listens on.
+    pub listen: SocketAddr,
+    /// Bus topic events are written to.
+    pub topic: String,
+    /// Largest request body after decompression (PostHog's /batch: 20 MB).
+    pub max_body_bytes: usize,
+    /// Per-event and per-request limits and validation.
+    pub core: CoreConfig,
+    /// How long accepted event ids are remembered for edge dedup, in seconds.
+    pub dedup_window_secs: u64,
+    /// Most ids the dedup window holds.
+    pub dedup_capacity: u64,
+    /// How long to wait for the bus to acknowledge a batch before answering 503, in ms.
+    pub publish_timeout_ms: u64,
+    /// Events per second per tenant unless the tenant says otherwise.
+    pub default_events_per_second: u32,
+    pub tenants: Vec<TenantConfig>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            topic: "events".into(),
+            max_body_bytes: 20 * 1024 * 1024,
+            core: CoreConfig::default(),
+            dedup_window_secs: 15 * 60,
+            dedup_capacity: 1_000_000,
+            publish_timeout_ms: 10_000,
+            default_events_per_second: 100_000,
+            tenants: Vec::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.topic.is_empty() {
+            return err("topic must not be empty".into());
+        }
+        if self.core.max_event_bytes == 0 || self.core.max_events == 0 || self.max_body_bytes == 0 {
+            return err("limits must be positive".into());
+        }
+        if self.default_events_per_second == 0
+            || self.tenants.iter().any(|t| t.events_per_second == Some(0))
+        {
+            return err("events_per_second must be positive".into());
+        }
+        let mut ids = std::collections::HashSet::new();
+        for t in &self.tenants {
+            if t.id.is_empty() || t.id.contains(':') {
+                return err(format!(
+                    "tenant id {:?} must be non-empty and must not contain ':'",
+                    t.id
+                ));
+            }
+            if !ids.insert(&t.id) {
+                return err(format!("tenant {:?} is configured twice", t.id));
+            }
+            if t.api_key_sha256.is_empty() {
+                return err(format!("tenant {:?} has no api_key_sha256", t.id));
+            }
+        }
+        Ok(())
+    }
+}

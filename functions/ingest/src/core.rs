@@ -1,0 +1,479 @@
+//! The pure ingest core: a request body and the caller's tenant in, a plan out — one outcome
+//! per event (accepted, duplicate, rejected with reasons) and the bus records to publish.
+//! No I/O happens here; the adapters (HTTP, WebSocket, gRPC, Lambda) publish and answer.
+
+use std::collections::HashSet;
+
+use pitboss_model::{
+    Event, SCHEMA_VERSION, Timestamp, ValidationConfig, Violation, decode_event, encode_proto,
+    new_event_id, validate,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// How the events are laid out in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// A JSON array of events (a single JSON object is accepted as a batch of one).
+    Json,
+    /// One JSON event per line.
+    Ndjson,
+}
+
+/// Limits and validation settings of the core; defaults in one place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// Largest single event, in bytes of JSON (Segment's limit: 32 KiB).
+    pub max_event_bytes: usize,
+    /// Most events in one request.
+    pub max_events: usize,
+    pub validation: ValidationConfig,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            max_event_bytes: 32 * 1024,
+            max_events: 10_000,
+            validation: ValidationConfig::default(),
+        }
+    }
+}
+
+/// What happened to one event of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Validated, stamped and (once the adapter has published) durable on the bus.
+    Accepted {
+        event_id: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
+    },
+    /// Already accepted recently (a client retry): not written again.
+    Duplicate { event_id: String },
+    /// Refused; nothing was written. `errors` says why.
+    Rejected {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_id: Option<String>,
+        errors: Vec<Violation>,
+    },
+}
+
+/// A record the adapter must publish, with the index of its event in the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub index: usize,
+    pub event_id: String,
+    /// Bus key: `tenant:player`.
+    pub key: String,
+    /// The enriched event, protobuf-encoded.
+    pub value: Vec<u8>,
+}
+
+/// The core's answer for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub outcomes: Vec<Outcome>,
+    pub publish: Vec<Prepared>,
+}
+
+impl Plan {
+    /// Counts of (accepted, duplicate, rejected).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.outcomes
+            .iter()
+            .fold((0, 0, 0), |(a, d, r), o| match o {
+                Outcome::Accepted { .. } => (a + 1, d, r),
+                Outcome::Duplicate { .. } => (a, d + 1, r),
+                Outcome::Rejected { .. } => (a, d, r + 1),
+            })
+    }
+}
+
+/// Why a whole request is refused (as opposed to single events).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("the body is empty")]
+    Empty,
+    #[error("the body is not a JSON array of events: {0}")]
+    Unreadable(String),
+    #[error("{count} events in one request; the limit is {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("event {index} has {size} bytes; the limit is {limit}")]
+    EventTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error(
+        "event {index} belongs to tenant {found:?}; this API key writes only tenant {expected:?}"
+    )]
+    ForeignTenant {
+        index: usize,
+        found: String,
+        expected: String,
+    },
+}
+
+/// Recently accepted event ids, per tenant (the edge dedup window).
+pub trait SeenIds {
+    fn seen(&self, tenant: &str, event_id: &str) -> bool;
+}
+
+/// A window that has seen nothing (for callers without dedup).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDedup;
+
+impl SeenIds for NoDedup {
+    fn seen(&self, _: &str, _: &str) -> bool {
+        false
+    }
+}
+
+/// Splits a body into the raw JSON text of each event.
+pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<&[u8]>, RequestError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(RequestError::Empty);
+    }
+    match format {
+        BodyFormat::Json if trimmed.starts_with(b"{") => Ok(vec![trimmed]),
+        BodyFormat::Json => {
+            let raws: Vec<&RawValue> = serde_json::from_slice(trimmed)
+                .map_err(|e| RequestError::Unreadable(e.to_string()))?;
+            Ok(raws.into_iter().map(|r| r.get().as_bytes()).collect())
+        }
+        BodyFormat::Ndjson => Ok(trimmed
+            .split(|b| *b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|l| !l.is_empty())
+            .collect()),
+    }
+}
+
+/// Plans one request: every event decoded, checked against the caller's tenant, validated,
+/// deduplicated (within the request and against `seen`), stamped with `received_at = now_ms`
+/// and an event id (UUIDv7 when absent), and encoded for the bus.
+pub fn plan(
+    body: &[u8],
+    format: BodyFormat,
+    tenant: &str,
+    config: &CoreConfig,
+    now_ms: i64,
+    seen: &dyn SeenIds,
+) -> Result<Plan, RequestError> {
+    let raws = split(body, format)?;
+    if raws.len() > config.max_events {
+        return Err(RequestError::TooManyEvents {
+            count: raws.len(),
+            limit: config.max_events,
+        });
+    }
+    if let Some((index, raw)) = raws
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() > config.max_event_bytes)
+    {
+        return Err(RequestError::EventTooLarge {
+            index,
+            size: raw.len(),
+            limit: config.max_event_bytes,
+        });
+    }
+    let decoded: Vec<Result<Event, Violation>> = raws.iter().map(|r| decode_event(r)).collect();
+    if let Some((index, e)) = decoded.iter().enumerate().find_map(|(i, d)| {
+        d.as_ref()
+            .ok()
+            .filter(|e| e.tenant_id != tenant)
+            .map(|e| (i, e))
+    }) {
+        return Err(RequestError::ForeignTenant {
+            index,
+            found: e.tenant_id.clone(),
+            expected: tenant.to_owned(),
+        });
+    }
+
+    let mut outcomes = Vec::with_capacity(decoded.len());
+    let mut publish = Vec::with_capacity(decoded.len());
+    let mut in_request: HashSet<String> = HashSet::with_capacity(decoded.len());
+    for (index, d) in decoded.into_iter().enumerate() {
+        let mut event = match d {
+            Ok(e) => e,
+            Err(v) => {
+                outcomes.push(Outcome::Rejected {
+                    event_id: None,
+                    errors: vec![v],
+                });
+                continue;
+            }
+        };
+        let verdict = match validate(&event, &config.validation, now_ms) {
+            Ok(v) => v,
+            Err(errors) => {
+                outcomes.push(Outcome::Rejected {
+                    event_id: event.event_id,
+                    errors,
+                });
+                continue;
+            }
+        };
+        // Ids are compared in canonical (lower-case) form.
+        let event_id = event
+            .event_id
+            .take()
+            .map_or_else(new_event_id, |id| id.to_ascii_lowercase());
+        if in_request.contains(&event_id) || seen.seen(tenant, &event_id) {
+            outcomes.push(Outcome::Duplicate { event_id });
+            continue;
+        }
+        in_request.insert(event_id.clone());
+        event.event_id = Some(event_id.clone());
+        event.received_at = Some(Timestamp::from_millis(now_ms));
+        event.late = verdict.late;
+        if event.schema_version == 0 {
+            event.schema_version = SCHEMA_VERSION;
+        }
+        publish.push(Prepared {
+            index,
+            event_id: event_id.clone(),
+            key: event.bus_key(),
+            value: encode_proto(&event),
+        });
+        outcomes.push(Outcome::Accepted {
+            event_id,
+            late: verdict.late,
+        });
+    }
+    Ok(Plan { outcomes, publish })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pitboss_model::{Payload, ViolationCode, decode_proto};
+
+    const NOW: i64 = 1_795_870_800_000; // 2026-11-28T13:00:00Z
+
+    fn bet(id: Option<&str>, tenant: &str, amount: i64) -> String {
+        let id = id
+            .map(|i| format!(r#""event_id":"{i}","#))
+            .unwrap_or_default();
+        format!(
+            r#"{{{id}"tenant_id":"{tenant}","player_id":"p1","type":"bet_placed","occurred_at":"2026-11-28T12:00:00Z","payload":{{"bet_id":"b1","game_id":"g1","stake":{{"amount_minor":{amount},"currency":"EUR"}}}}}}"#
+        )
+    }
+
+    fn run(body: &str, format: BodyFormat) -> Result<Plan, RequestError> {
+        plan(
+            body.as_bytes(),
+            format,
+            "acme",
+            &CoreConfig::default(),
+            NOW,
+            &NoDedup,
+        )
+    }
+
+    const ID1: &str = "0193735a-6b2e-7c41-9d3f-2a1b4c5d6e7f";
+    const ID2: &str = "0193735a-6b2e-7c41-9d3f-2a1b4c5d6e80";
+
+    #[test]
+    fn accepts_a_json_array_and_stamps_events() {
+        let body = format!(
+            "[{},{}]",
+            bet(Some(ID1), "acme", 100),
+            bet(None, "acme", 200)
+        );
+        let plan = run(&body, BodyFormat::Json).expect("plan");
+        assert_eq!(plan.counts(), (2, 0, 0));
+        assert_eq!(plan.publish.len(), 2);
+        assert_eq!(plan.publish[0].event_id, ID1);
+        assert_eq!(plan.publish[0].key, "acme:p1");
+        let generated = uuid::Uuid::parse_str(&plan.publish[1].event_id).expect("uuid");
+        assert_eq!(generated.get_version_num(), 7, "missing ids become UUIDv7");
+        let event = decode_proto(&plan.publish[1].value).expect("proto");
+        assert_eq!(event.received_at, Some(Timestamp::from_millis(NOW)));
+        assert_eq!(
+            event.event_id.as_deref(),
+            Some(plan.publish[1].event_id.as_str())
+        );
+        assert!(matches!(event.payload, Payload::BetPlaced(ref b) if b.stake.amount_minor == 200));
+    }
+
+    #[test]
+    fn accepts_ndjson_and_a_single_object() {
+        let body = format!(
+            "{}\n\n{}\n",
+            bet(Some(ID1), "acme", 1),
+            bet(Some(ID2), "acme", 2)
+        );
+        assert_eq!(
+            run(&body, BodyFormat::Ndjson).expect("ndjson").counts(),
+            (2, 0, 0)
+        );
+        assert_eq!(
+            run(&bet(None, "acme", 1), BodyFormat::Json)
+                .expect("object")
+                .counts(),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn rejects_single_events_with_reasons_and_keeps_order() {
+        let body = format!(
+            "[{},{},{{\"nope\":1}}]",
+            bet(Some(ID1), "acme", -5),
+            bet(Some(ID2), "acme", 5)
+        );
+        let plan = run(&body, BodyFormat::Json).expect("plan");
+        assert_eq!(plan.counts(), (1, 0, 2));
+        match &plan.outcomes[0] {
+            Outcome::Rejected { event_id, errors } => {
+                assert_eq!(event_id.as_deref(), Some(ID1));
+                assert_eq!(errors[0].code, ViolationCode::NegativeAmount);
+                assert_eq!(errors[0].path, "payload.stake.amount_minor");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(plan.outcomes[1], Outcome::Accepted { .. }));
+        assert!(
+            matches!(&plan.outcomes[2], Outcome::Rejected { errors, .. } if errors[0].code == ViolationCode::UnknownField)
+        );
+        assert_eq!(plan.publish.len(), 1);
+        assert_eq!(plan.publish[0].index, 1);
+    }
+
+    #[test]
+    fn duplicates_within_a_request_and_within_the_window() {
+        let body = format!(
+            "[{},{}]",
+            bet(Some(ID1), "acme", 1),
+            bet(Some(&ID1.to_uppercase()), "acme", 1)
+        );
+        let plan = run(&body, BodyFormat::Json).expect("plan");
+        assert_eq!(plan.counts(), (1, 1, 0));
+        assert_eq!(plan.publish.len(), 1);
+
+        struct Seen;
+        impl SeenIds for Seen {
+            fn seen(&self, tenant: &str, id: &str) -> bool {
+                tenant == "acme" && id == ID2
+            }
+        }
+        let body = format!(
+            "[{},{}]",
+            bet(Some(ID1), "acme", 1),
+            bet(Some(ID2), "acme", 1)
+        );
+        let planned = super::plan(
+            body.as_bytes(),
+            BodyFormat::Json,
+            "acme",
+            &CoreConfig::default(),
+            NOW,
+            &Seen,
+        )
+        .expect("plan");
+        assert_eq!(
+            planned.outcomes[1],
+            Outcome::Duplicate {
+                event_id: ID2.into()
+            }
+        );
+        assert_eq!(planned.publish.len(), 1);
+    }
+
+    #[test]
+    fn whole_request_errors() {
+        assert_eq!(run("", BodyFormat::Json), Err(RequestError::Empty));
+        assert_eq!(run("  \n ", BodyFormat::Ndjson), Err(RequestError::Empty));
+        assert!(matches!(
+            run("[1,", BodyFormat::Json),
+            Err(RequestError::Unreadable(_))
+        ));
+        assert!(matches!(
+            run("\"text\"", BodyFormat::Json),
+            Err(RequestError::Unreadable(_))
+        ));
+        let foreign = format!("[{},{}]", bet(None, "acme", 1), bet(None, "other", 1));
+        assert_eq!(
+            run(&foreign, BodyFormat::Json),
+            Err(RequestError::ForeignTenant {
+                index: 1,
+                found: "other".into(),
+                expected: "acme".into()
+            })
+        );
+        let many = format!("[{}]", vec![bet(None, "acme", 1); 10_001].join(","));
+        assert_eq!(
+            run(&many, BodyFormat::Json),
+            Err(RequestError::TooManyEvents {
+                count: 10_001,
+                limit: 10_000
+            })
+        );
+        let huge = bet(None, "acme", 1).replace("\"g1\"", &format!("\"{}\"", "g".repeat(40_000)));
+        assert!(matches!(
+            run(&huge, BodyFormat::Json),
+            Err(RequestError::EventTooLarge { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error_never_a_panic() {
+        let mut body = bet(None, "acme", 1).into_bytes();
+        let at = body.len() - 10;
+        body[at] = 0xff;
+        let array = [b"[".as_slice(), &body, b"]"].concat();
+        assert!(matches!(
+            plan(
+                &array,
+                BodyFormat::Json,
+                "acme",
+                &CoreConfig::default(),
+                NOW,
+                &NoDedup
+            ),
+            Err(RequestError::Unreadable(_))
+        ));
+        let ndjson = [bet(None, "acme", 1).as_bytes(), b"\n", &body].concat();
+        let p = plan(
+            &ndjson,
+            BodyFormat::Ndjson,
+            "acme",
+            &CoreConfig::default(),
+            NOW,
+            &NoDedup,
+        )
+        .expect("plan");
+        assert_eq!(p.counts(), (1, 0, 1));
+        assert!(
+            matches!(&p.outcomes[1], Outcome::Rejected { errors, .. } if errors[0].code == ViolationCode::Malformed)
+        );
+    }
+
+    #[test]
+    fn outcomes_serialize_in_the_documented_shape() {
+        let json = serde_json::to_value(Outcome::Accepted {
+            event_id: ID1.into(),
+            late: false,
+        })
+        .expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"status": "accepted", "event_id": ID1})
+        );
+        let json = serde_json::to_value(Outcome::Duplicate {
+            event_id: ID1.into(),
+        })
+        .expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"status": "duplicate", "event_id": ID1})
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! HTTP adapter (axum): `POST /v1/events`, `/healthz`, `/readyz`, `/metrics`. It only
+//! translates between HTTP and the pure core; every status code comes from `IngestError`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use pitboss_bus::{OutRecord, Publisher};
+use serde::{Deserialize, Serialize};
+use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+use crate::config::IngestConfig;
+use crate::core::{self, BodyFormat, Outcome};
+use crate::dedup::DedupWindow;
+use crate::error::IngestError;
+use crate::limit::TenantLimits;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub publisher: Arc<dyn Publisher>,
+    pub config: Arc<IngestConfig>,
+    pub auth: Authenticator,
+    pub limits: TenantLimits,
+    pub dedup: DedupWindow,
+    pub metrics: PrometheusHandle,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("publisher", &self.publisher)
+            .field("topic", &self.config.topic)
+            .finish()
+    }
+}
+
+/// The tenant an authenticated request writes for.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub String);
+
+/// The response to `POST /v1/events`: counts and one result per event, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub results: Vec<Outcome>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        metrics::counter!("pitboss_ingest_requests_total", "status" => status.as_u16().to_string())
+            .increment(1);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().into(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The router, for the standalone server and (through lambda_http) for AWS Lambda alike.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let events = post(post_events)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/v1/events", events)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .layer(RequestDecompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(str::trim);
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// Rejects a request without a valid API key before its body is read.
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let tenant = presented_key(request.headers())
+        .and_then(|k| state.auth.tenant(k))
+        .map(str::to_owned);
+    match tenant {
+        Some(t) => {
+            request.extensions_mut().insert(Tenant(t));
+            next.run(request).await
+        }
+        None => IngestError::Unauthorized.into_response(),
+    }
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, IngestError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines" => Ok(BodyFormat::Ndjson),
+        _ => Err(IngestError::UnsupportedMediaType(
+            raw.chars().take(100).collect(),
+        )),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn post_events(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, IngestError> {
+    let format = body_format(&headers)?;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            IngestError::BodyTooLarge {
+                limit: state.config.max_body_bytes,
+            }
+        } else {
+            IngestError::Request(core::RequestError::Unreadable(r.body_text()))
+        }
+    })?;
+    let plan = core::plan(
+        &body,
+        format,
+        &tenant,
+        &state.config.core,
+        now_ms(),
+        &state.dedup,
+    )?;
+    metrics::histogram!("pitboss_ingest_batch_events").record(plan.outcomes.len() as f64);
+
+    if !plan.publish.is_empty() {
+        state
+            .limits
+            .admit(&tenant, plan.publish.len())
+            .map_err(|secs| IngestError::RateLimited {
+                retry_after_secs: secs,
+            })?;
+        let records: Vec<OutRecord> = plan
+            .publish
+            .iter()
+            .map(|p| OutRecord {
+                key: p.key.clone(),
+                value: p.value.clone(),
+            })
+            .collect();
+        let started = Instant::now();
+        let timeout = Duration::from_millis(state.config.publish_timeout_ms);
+        let published = tokio::time::timeout(
+            timeout,
+            state.publisher.publish(&state.config.topic, records),
+        )
+        .await;
+        metrics::histogram!("pitboss_ingest_bus_ack_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match published {
+            Ok(Ok(_acks)) => {}
+            Ok(Err(e)) if e.is_retryable() => return Err(IngestError::BusUnavailable(e)),
+            Ok(Err(e)) => return Err(IngestError::BusRejected(e)),
+            Err(_) => {
+                return Err(IngestError::BusUnavailable(
+                    pitboss_bus::BusError::Unavailable(format!(
+                        "no acknowledgement within {} ms",
+                        timeout.as_millis()
+                    )),
+                ));
+            }
+        }
+        state
+            .dedup
+            .remember(&tenant, plan.publish.iter().map(|p| p.event_id.as_str()));
+    }
+
+    let (accepted, duplicates, rejected) = plan.counts();
+    for (outcome, n) in [
+        ("accepted", accepted),
+        ("duplicate", duplicates),
+        ("rejected", rejected),
+    ] {
+        metrics::counter!("pitboss_ingest_events_total", "outcome" => outcome).increment(n as u64);
+    }
+    // 200 when anything was taken (or was already there); 400 when every event was refused.
+    let status = if rejected > 0 && accepted + duplicates == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    metrics::counter!("pitboss_ingest_requests_total", "status" => status.as_u16().to_string())
+        .increment(1);
+    let body = IngestResponse {
+        accepted,
+        duplicates,
+        rejected,
+        results: plan.outcomes,
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus: no answer within 3 s").into_response(),
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

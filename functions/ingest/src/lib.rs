@@ -1,0 +1,61 @@
+//! The Pitboss ingest function: the front door for player events.
+//!
+//! A pure core ([`core::plan`]) turns a request body and the caller's tenant into one outcome
+//! per event and the bus records to write; the HTTP adapter ([`http::router`]) authenticates,
+//! rate-limits, publishes, and answers 2xx only after the bus acknowledged every accepted event.
+
+pub mod auth;
+pub mod config;
+pub mod core;
+pub mod dedup;
+pub mod error;
+pub mod http;
+pub mod limit;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitboss_bus::Publisher;
+
+pub use config::{IngestConfig, TenantConfig};
+pub use error::{ConfigError, IngestError};
+
+/// Builds the handler state from a validated config and a publisher.
+pub fn state(
+    config: IngestConfig,
+    publisher: Arc<dyn Publisher>,
+) -> Result<http::AppState, ConfigError> {
+    config.validate()?;
+    let auth = auth::Authenticator::new(&config.tenants)?;
+    let limits = limit::TenantLimits::new(
+        config.default_events_per_second,
+        config
+            .tenants
+            .iter()
+            .filter_map(|t| t.events_per_second.map(|r| (t.id.clone(), r))),
+    );
+    let dedup = dedup::DedupWindow::new(
+        Duration::from_secs(config.dedup_window_secs),
+        config.dedup_capacity,
+    );
+    Ok(http::AppState {
+        publisher,
+        config: Arc::new(config),
+        auth,
+        limits,
+        dedup,
+        metrics: telemetry::prometheus(),
+    })
+}
+
+/// Serves the ingest API on `listener` until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    state: http::AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
