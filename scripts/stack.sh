@@ -153,10 +153,11 @@ start_kafka_cluster() {
   local cid voters="" ports=() cports=() i
   cid=$(cluster_id)
   for i in 1 2 3; do ports+=("$(free_port)"); cports+=("$(free_port)"); done
-  for i in 0 1 2; do voters+="${voters:+,}$((i + 1))@127.0.0.1:${cports[$i]}"; done
+  # Node ids 11-13 (pid files kafka-11.pid …), apart from the single broker's node 1.
+  for i in 0 1 2; do voters+="${voters:+,}$((i + 11))@127.0.0.1:${cports[$i]}"; done
   for i in 0 1 2; do
-    kafka_node "$STACK/kafka-cluster-$((i + 1))" $((i + 1)) "${ports[$i]}" "${cports[$i]}" "$voters" "$cid" 3
-    KAFKA_WAIT+=("$STACK/kafka-cluster-$((i + 1)):${ports[$i]}")
+    kafka_node "$STACK/kafka-cluster-$((i + 11))" $((i + 11)) "${ports[$i]}" "${cports[$i]}" "$voters" "$cid" 3
+    KAFKA_WAIT+=("$STACK/kafka-cluster-$((i + 11)):${ports[$i]}")
   done
   echo "export PITBOSS_TEST_KAFKA_CLUSTER=127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}" >>"$STACK/env"
   echo "export PITBOSS_TEST_KAFKA_CLUSTER_PIDS=$STACK/pids" >>"$STACK/env"

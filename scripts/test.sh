@@ -20,7 +20,7 @@ scripts/stack.sh install
 # Compile before starting services, so they do not idle through a cold build.
 cargo test --workspace --locked --no-run
 trap 'scripts/stack.sh stop' EXIT
-scripts/stack.sh start
+scripts/stack.sh start --cluster
 # shellcheck disable=SC1091
 source "${PITBOSS_STACK_DIR:-$ROOT/.stack}/env"
 cargo test --workspace --locked "$@"

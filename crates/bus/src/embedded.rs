@@ -344,6 +344,7 @@ impl Writer {
     }
 
     /// Runs every op of the batch in one transaction and answers each after the commit.
+    /// (A reply that cannot be delivered means the caller stopped waiting; the outcome stands.)
     fn execute(&mut self, batch: Vec<WriteOp>) {
         let before = self.partitions.clone();
         let mut answers: Vec<Box<dyn FnOnce(Option<&BusError>)>> = Vec::with_capacity(batch.len());
@@ -1045,6 +1046,7 @@ impl Consumer for EmbeddedConsumer {
                 return Ok(Delivery::Records(Vec::new()));
             }
             let nap = (deadline - now).min(Duration::from_secs(1));
+            // Either a change arrived or the nap ended: both mean "look again".
             let _ = tokio::time::timeout(nap, self.changed.changed()).await;
         }
     }

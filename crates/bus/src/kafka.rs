@@ -393,6 +393,7 @@ impl ConsumerContext for Ctx {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = self.partitions(tpl);
             if !parts.is_empty() {
+                // Fails only when the consumer is closing: nobody is left to tell.
                 let _ = self.events.blocking_send(Event::Assigned(parts));
             }
         }
@@ -456,6 +457,7 @@ impl KafkaConsumer {
     /// Lets the revoke callback continue: it commits what is stored and releases the partitions.
     fn finish_revoke(&mut self) {
         if let Some(ack) = self.pending_ack.take() {
+            // The callback may already have timed out waiting; then there is nobody to wake.
             let _ = ack.send(());
             for p in std::mem::take(&mut self.revoking) {
                 self.assigned.remove(&p);
