@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, ConsumerConfig, Delivery, OutRecord, Publisher};
 
@@ -85,38 +86,54 @@ async fn consume_n(bus: &dyn Bus, topic: &str, n: usize) -> Duration {
     elapsed
 }
 
+/// Registers `publish` (and, when `consume`, `consume` over the same topic) for one bus.
+fn publish_and_consume(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    bus: Arc<dyn Bus>,
+    topic: &str,
+    n: usize,
+    consume: bool,
+) {
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("publish", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (bus, topic) = (bus.clone(), topic.to_owned());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += publish_n(bus.publisher(), &topic, n).await;
+                }
+                total
+            }
+        })
+    });
+    if !consume {
+        return;
+    }
+    rt.block_on(publish_n(bus.publisher(), topic, n)); // data for consume, whatever ran before
+    g.bench_function("consume", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (bus, topic) = (bus.clone(), topic.to_owned());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += consume_n(&*bus, &topic, n).await;
+                }
+                total
+            }
+        })
+    });
+}
+
 fn bench_embedded(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     const N: usize = 20_000;
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
     rt.block_on(bus.create_topic("bench", 8)).unwrap();
     let mut g = c.benchmark_group("embedded");
-    g.sample_size(10).throughput(Throughput::Elements(N as u64));
-    g.bench_function("publish", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let bus = bus.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += publish_n(bus.publisher(), "bench", N).await;
-                }
-                total
-            }
-        })
-    });
-    rt.block_on(publish_n(bus.publisher(), "bench", N)); // data for consume, whatever ran before
-    g.bench_function("consume", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let bus = bus.clone();
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += consume_n(&bus, "bench", N).await;
-                }
-                total
-            }
-        })
-    });
+    g.sample_size(10);
+    publish_and_consume(&mut g, rt, Arc::new(bus), "bench", N, true);
     // Baseline: the same rows straight into SQLite (same pragmas, one transaction per batch
     // of 100, one writer), i.e. the storage engine without the bus around it.
     g.bench_function("baseline_sqlite_insert", |b| {
@@ -164,32 +181,8 @@ fn bench_kafka(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let topic = format!("bench-{}", rand::random::<u32>());
     rt.block_on(bus.create_topic(&topic, 8)).unwrap();
     let mut g = c.benchmark_group("kafka");
-    g.sample_size(10).throughput(Throughput::Elements(N as u64));
-    g.bench_function("publish", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let (bus, topic) = (bus.clone(), topic.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += publish_n(bus.publisher(), &topic, N).await;
-                }
-                total
-            }
-        })
-    });
-    rt.block_on(publish_n(bus.publisher(), &topic, N)); // data for consume, whatever ran before
-    g.bench_function("consume", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let (bus, topic) = (bus.clone(), topic.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += consume_n(&bus, &topic, N).await;
-                }
-                total
-            }
-        })
-    });
+    g.sample_size(10);
+    publish_and_consume(&mut g, rt, Arc::new(bus), &topic, N, true);
     // Baseline: rdkafka's FutureProducer with the same settings, every record sent at once and
     // all deliveries awaited (the fastest way to use it), no bus layer.
     let raw: FutureProducer = rdkafka::ClientConfig::new()
@@ -246,21 +239,10 @@ fn bench_kinesis(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let topic = format!("bench-{}", rand::random::<u32>());
     rt.block_on(bus.create_topic(&topic, 4)).unwrap();
     let mut g = c.benchmark_group("kinesis_moto");
-    g.sample_size(10).throughput(Throughput::Elements(N as u64));
-    g.bench_function("publish", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let (bus, topic) = (bus.clone(), topic.clone());
-            async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    total += publish_n(bus.publisher(), &topic, N).await;
-                }
-                total
-            }
-        })
-    });
+    g.sample_size(10);
     // No consume figure on moto: 2,000 records come back in one or two GetRecords calls, so the
     // timed part is a few milliseconds of moto's single response (see docs/benchmarks.md).
+    publish_and_consume(&mut g, rt, Arc::new(bus), &topic, N, false);
     // Baseline: raw PutRecords calls of 100 records from the same 8 tasks, no bus layer.
     let sdk = rt.block_on(
         aws_config::defaults(aws_config::BehaviorVersion::latest())

@@ -544,29 +544,20 @@ impl KinesisConsumer {
             .chain(self.releasing.iter().copied())
             .collect();
         for p in owned {
-            let renewed = dynamo
-                .update_item()
-                .table_name(&table)
-                .key("pk", s(&self.pk))
-                .key("sk", s(self.shard_key(p)))
-                .update_expression("SET lease_expires = :exp, lease_counter = lease_counter + :one")
-                .condition_expression("lease_owner = :me")
-                .expression_attribute_values(":exp", n(now_ms() + self.lease_ms))
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":me", s(&self.member))
-                .send()
-                .await;
-            match renewed {
-                Ok(_) => {}
-                Err(e) if conditional_failed(&e) => {
-                    tracing::warn!(shard = p, "lease lost; another member owns it now");
-                    self.owned.remove(&p);
-                    self.stored.remove(&p);
-                    self.releasing.retain(|r| *r != p);
-                    self.to_revoke.retain(|r| *r != p);
-                    self.to_assign.retain(|r| *r != p);
-                }
-                Err(e) => return Err(unavailable(sdk(e))),
+            let renewed = self
+                .update_owned_lease(
+                    p,
+                    "SET lease_expires = :exp, lease_counter = lease_counter + :one",
+                    &[(":exp", n(now_ms() + self.lease_ms)), (":one", n(1))],
+                )
+                .await?;
+            if !renewed {
+                tracing::warn!(shard = p, "lease lost; another member owns it now");
+                self.owned.remove(&p);
+                self.stored.remove(&p);
+                self.releasing.retain(|r| *r != p);
+                self.to_revoke.retain(|r| *r != p);
+                self.to_assign.retain(|r| *r != p);
             }
         }
 
@@ -691,27 +682,13 @@ impl KinesisConsumer {
         let stored: Vec<(Partition, String)> =
             self.stored.iter().map(|(p, q)| (*p, q.clone())).collect();
         for (p, seq) in stored {
-            let written = self
-                .shared
-                .dynamo
-                .update_item()
-                .table_name(&self.shared.config.lease_table)
-                .key("pk", s(&self.pk))
-                .key("sk", s(self.shard_key(p)))
-                .update_expression("SET checkpoint = :seq")
-                .condition_expression("lease_owner = :me")
-                .expression_attribute_values(":seq", s(&seq))
-                .expression_attribute_values(":me", s(&self.member))
-                .send()
-                .await;
-            match written {
-                Ok(_) => {}
-                Err(e) if conditional_failed(&e) => {
-                    // Fenced: the lease moved on; its new owner resumes from the last checkpoint.
-                    self.owned.remove(&p);
-                    self.stored.remove(&p);
-                }
-                Err(e) => return Err(unavailable(sdk(e))),
+            if !self
+                .update_owned_lease(p, "SET checkpoint = :seq", &[(":seq", s(&seq))])
+                .await?
+            {
+                // Fenced: the lease moved on; its new owner resumes from the last checkpoint.
+                self.owned.remove(&p);
+                self.stored.remove(&p);
             }
         }
         Ok(())
@@ -719,30 +696,45 @@ impl KinesisConsumer {
 
     async fn release(&mut self, parts: &[Partition]) -> Result<(), BusError> {
         for &p in parts {
-            let freed = self
-                .shared
-                .dynamo
-                .update_item()
-                .table_name(&self.shared.config.lease_table)
-                .key("pk", s(&self.pk))
-                .key("sk", s(self.shard_key(p)))
-                .update_expression("SET lease_owner = :none, lease_expires = :zero, lease_counter = lease_counter + :one")
-                .condition_expression("lease_owner = :me")
-                .expression_attribute_values(":none", s(""))
-                .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":me", s(&self.member))
-                .send()
-                .await;
-            match freed {
-                Ok(_) => {}
-                Err(e) if conditional_failed(&e) => {}
-                Err(e) => return Err(unavailable(sdk(e))),
-            }
+            // Not owned any more is fine too: someone else has it already.
+            self.update_owned_lease(
+                p,
+                "SET lease_owner = :none, lease_expires = :zero, lease_counter = lease_counter + :one",
+                &[(":none", s("")), (":zero", n(0)), (":one", n(1))],
+            )
+            .await?;
             self.owned.remove(&p);
             self.stored.remove(&p);
         }
         Ok(())
+    }
+
+    /// Updates this member's lease row of shard `p`, only while this member owns it.
+    /// `Ok(false)`: it does not (any more) — the update was fenced off.
+    async fn update_owned_lease(
+        &self,
+        p: Partition,
+        expression: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<bool, BusError> {
+        let mut request = self
+            .shared
+            .dynamo
+            .update_item()
+            .table_name(&self.shared.config.lease_table)
+            .key("pk", s(&self.pk))
+            .key("sk", s(self.shard_key(p)))
+            .update_expression(expression)
+            .condition_expression("lease_owner = :me")
+            .expression_attribute_values(":me", s(&self.member));
+        for (name, value) in values {
+            request = request.expression_attribute_values(*name, value.clone());
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable(sdk(e))),
+        }
     }
 
     async fn finish_revoke(&mut self) -> Result<(), BusError> {
