@@ -6,12 +6,11 @@
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use pitboss_bus::Bus;
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
+use pitboss_bus::{Bus, BusSpec};
 use pitboss_ingest::{IngestConfig, TenantConfig};
 
 #[derive(Debug, Parser)]
@@ -189,20 +188,19 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         data_dir,
     } = args;
     let config = load_config(&config)?;
-    let publisher: Arc<dyn pitboss_bus::Publisher> = match bus {
-        BusKind::Embedded => {
-            EmbeddedBus::open(data_dir.join("log"), EmbeddedConfig::default())?.publisher()
-        }
-        BusKind::Kafka => pitboss_bus::kafka::KafkaBus::new(pitboss_bus::kafka::KafkaConfig::new(
-            kafka_bootstrap,
-        ))?
-        .publisher(),
-        BusKind::Kinesis => {
-            let mut k = pitboss_bus::kinesis::KinesisConfig::new(kinesis_region);
-            k.endpoint_url = kinesis_endpoint;
-            pitboss_bus::kinesis::KinesisBus::new(k).await?.publisher()
-        }
+    let spec = match bus {
+        BusKind::Embedded => BusSpec::Embedded {
+            dir: data_dir.join("log"),
+        },
+        BusKind::Kafka => BusSpec::Kafka {
+            bootstrap: kafka_bootstrap,
+        },
+        BusKind::Kinesis => BusSpec::Kinesis {
+            region: kinesis_region,
+            endpoint: kinesis_endpoint,
+        },
     };
+    let publisher = spec.publisher().await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -202,3 +202,40 @@ pub trait Bus: Send + Sync + fmt::Debug {
         config: ConsumerConfig,
     ) -> Result<Box<dyn Consumer>, BusError>;
 }
+
+/// Which bus a process writes to, as chosen by configuration (CLI flags, environment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusSpec {
+    /// The embedded log in a directory (one process only).
+    Embedded { dir: std::path::PathBuf },
+    /// Kafka with these bootstrap servers.
+    #[cfg(feature = "kafka")]
+    Kafka { bootstrap: String },
+    /// Kinesis in a region, optionally at a custom endpoint (LocalStack).
+    #[cfg(feature = "kinesis")]
+    Kinesis {
+        region: String,
+        endpoint: Option<String>,
+    },
+}
+
+impl BusSpec {
+    /// Opens the bus and returns its publisher.
+    pub async fn publisher(&self) -> Result<std::sync::Arc<dyn Publisher>, BusError> {
+        Ok(match self {
+            BusSpec::Embedded { dir } => {
+                embedded::EmbeddedBus::open(dir, embedded::EmbeddedConfig::default())?.publisher()
+            }
+            #[cfg(feature = "kafka")]
+            BusSpec::Kafka { bootstrap } => {
+                kafka::KafkaBus::new(kafka::KafkaConfig::new(bootstrap.clone()))?.publisher()
+            }
+            #[cfg(feature = "kinesis")]
+            BusSpec::Kinesis { region, endpoint } => {
+                let mut config = kinesis::KinesisConfig::new(region.clone());
+                config.endpoint_url = endpoint.clone();
+                kinesis::KinesisBus::new(config).await?.publisher()
+            }
+        })
+    }
+}
