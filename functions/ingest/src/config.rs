@@ -92,3 +92,47 @@ impl IngestConfig {
         Ok(())
     }
 }
+
+/// Reads the config the way a Lambda function gets it: inline TOML in `PITBOSS_CONFIG_TOML`, or
+/// a file named by `PITBOSS_CONFIG` (e.g. bundled with the function).
+pub fn config_from_env() -> Result<IngestConfig, ConfigError> {
+    let text = match (
+        std::env::var("PITBOSS_CONFIG_TOML"),
+        std::env::var("PITBOSS_CONFIG"),
+    ) {
+        (Ok(inline), _) => inline,
+        (Err(_), Ok(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError(format!("reading {path}: {e}")))?,
+        _ => {
+            return Err(ConfigError(
+                "set PITBOSS_CONFIG_TOML (inline) or PITBOSS_CONFIG (a file)".into(),
+            ));
+        }
+    };
+    let config: IngestConfig =
+        toml::from_str(&text).map_err(|e| ConfigError(format!("ingest config: {e}")))?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Reads the bus choice from `PITBOSS_BUS` (`kafka`, `kinesis`, `embedded`) and its settings
+/// (`PITBOSS_KAFKA_BOOTSTRAP`; `AWS_REGION`, `PITBOSS_KINESIS_ENDPOINT`; `PITBOSS_DATA_DIR`).
+pub fn bus_from_env() -> Result<pitboss_bus::BusSpec, ConfigError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let required = |name: &str| var(name).ok_or_else(|| ConfigError(format!("{name} is not set")));
+    match var("PITBOSS_BUS").as_deref().unwrap_or("kafka") {
+        "kafka" => Ok(pitboss_bus::BusSpec::Kafka {
+            bootstrap: required("PITBOSS_KAFKA_BOOTSTRAP")?,
+        }),
+        "kinesis" => Ok(pitboss_bus::BusSpec::Kinesis {
+            region: required("AWS_REGION")?,
+            endpoint: var("PITBOSS_KINESIS_ENDPOINT"),
+        }),
+        "embedded" => Ok(pitboss_bus::BusSpec::Embedded {
+            dir: required("PITBOSS_DATA_DIR")?.into(),
+        }),
+        other => Err(ConfigError(format!(
+            "PITBOSS_BUS={other:?}: expected kafka, kinesis or embedded"
+        ))),
+    }
+}
