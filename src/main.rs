@@ -4,6 +4,9 @@
 //! - `pitboss ingest`: the ingest function as a standalone server over Kafka, Kinesis or the
 //!   embedded log.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
+//! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles.
+
+mod loadgen;
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +35,8 @@ enum Command {
     Ingest(IngestArgs),
     /// Print the api_key_sha256 config entry for an API key.
     HashKey { key: String },
+    /// Send sustained load to an ingest API and report events/s and latency.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +76,10 @@ struct IngestArgs {
     /// Directory of the embedded log (with `--bus embedded`).
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
     data_dir: PathBuf,
+    /// Create the topic with this many partitions if it does not exist (development; in
+    /// production topics come from the deployment).
+    #[arg(long)]
+    ensure_topic_partitions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -186,6 +195,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         kinesis_region,
         kinesis_endpoint,
         data_dir,
+        ensure_topic_partitions,
     } = args;
     let config = load_config(&config)?;
     let spec = match bus {
@@ -200,7 +210,11 @@ async fn ingest(args: IngestArgs) -> Result<()> {
             endpoint: kinesis_endpoint,
         },
     };
-    let publisher = spec.publisher().await?;
+    let bus = spec.open().await?;
+    if let Some(n) = ensure_topic_partitions {
+        bus.create_topic(&config.topic, n).await?;
+    }
+    let publisher = bus.publisher();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -222,6 +236,7 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
         Command::Ingest(args) => ingest(args).await,
+        Command::Loadgen(args) => loadgen::run(args).await,
         Command::HashKey { key } => {
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");

@@ -220,22 +220,28 @@ pub enum BusSpec {
 }
 
 impl BusSpec {
-    /// Opens the bus and returns its publisher.
-    pub async fn publisher(&self) -> Result<std::sync::Arc<dyn Publisher>, BusError> {
+    /// Opens the bus.
+    pub async fn open(&self) -> Result<std::sync::Arc<dyn Bus>, BusError> {
         Ok(match self {
-            BusSpec::Embedded { dir } => {
-                embedded::EmbeddedBus::open(dir, embedded::EmbeddedConfig::default())?.publisher()
-            }
+            BusSpec::Embedded { dir } => std::sync::Arc::new(embedded::EmbeddedBus::open(
+                dir,
+                embedded::EmbeddedConfig::default(),
+            )?),
             #[cfg(feature = "kafka")]
-            BusSpec::Kafka { bootstrap } => {
-                kafka::KafkaBus::new(kafka::KafkaConfig::new(bootstrap.clone()))?.publisher()
-            }
+            BusSpec::Kafka { bootstrap } => std::sync::Arc::new(kafka::KafkaBus::new(
+                kafka::KafkaConfig::new(bootstrap.clone()),
+            )?),
             #[cfg(feature = "kinesis")]
             BusSpec::Kinesis { region, endpoint } => {
                 let mut config = kinesis::KinesisConfig::new(region.clone());
                 config.endpoint_url = endpoint.clone();
-                kinesis::KinesisBus::new(config).await?.publisher()
+                std::sync::Arc::new(kinesis::KinesisBus::new(config).await?)
             }
         })
+    }
+
+    /// Opens the bus and returns its publisher.
+    pub async fn publisher(&self) -> Result<std::sync::Arc<dyn Publisher>, BusError> {
+        Ok(self.open().await?.publisher())
     }
 }

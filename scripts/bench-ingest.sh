@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Ingest HTTP benchmark: events/s and latency for batches of 1, 10 and 100 into the embedded log
+# and into Kafka, each next to the raw JSON decode rate of the same bodies (pitboss loadgen).
+#
+#   scripts/stack.sh start && source .stack/env     # for the Kafka rows (PITBOSS_TEST_KAFKA)
+#   scripts/bench-ingest.sh [seconds per run, default 10] [concurrency, default 32]
+#
+# Server and load generator share this machine's cores, as they would on one small host.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECONDS_PER_RUN=${1:-10}
+CONCURRENCY=${2:-32}
+PROFILE=${PITBOSS_BENCH_PROFILE:-release}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pitboss/target}
+cd "$ROOT"
+if [[ $PROFILE == release ]]; then cargo build --release -q -p pitboss; else cargo build -q -p pitboss; fi
+BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == release ]] && echo release || echo debug)/pitboss
+
+WORK=$(mktemp -d)
+SERVER=""
+cleanup() { [[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+KEY="bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cat >"$WORK/ingest.toml" <<EOF
+listen = "127.0.0.1:0"
+default_events_per_second = 100000000
+[[tenants]]
+id = "demo"
+api_key_sha256 = ["$("$BIN" hash-key "$KEY")"]
+EOF
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+serve() { # name, then the server command
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 100); do
+    curl -sf "http://$ADDR/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  cat "$WORK/$name.log" >&2
+  return 1
+}
+
+run_matrix() { # bus name
+  for batch in 1 10 100; do
+    local line
+    line=$(PITBOSS_API_KEY=$KEY "$BIN" loadgen --url "http://$ADDR" --batch "$batch" \
+      --concurrency "$CONCURRENCY" --seconds "$SECONDS_PER_RUN" | tail -1)
+    echo "{\"bus\":\"$1\",${line#\{}" | tee -a "$WORK/results.jsonl"
+  done
+}
+
+ADDR=127.0.0.1:$(port)
+serve embedded "$BIN" up --config "$WORK/ingest.toml" --listen "$ADDR" --data-dir "$WORK/up"
+run_matrix embedded
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
+
+if [[ -n ${PITBOSS_TEST_KAFKA:-} ]]; then
+  ADDR=127.0.0.1:$(port)
+  sed -i "s/^listen = .*/listen = \"$ADDR\"/" "$WORK/ingest.toml"
+  sed -i "s/^topic = .*//" "$WORK/ingest.toml"
+  printf 'topic = "bench_events_%s"\n%s\n' "$RANDOM" "$(cat "$WORK/ingest.toml")" >"$WORK/kafka.toml"
+  serve kafka "$BIN" ingest --config "$WORK/kafka.toml" --bus kafka --kafka-bootstrap "$PITBOSS_TEST_KAFKA" \
+    --ensure-topic-partitions 8
+  run_matrix kafka
+else
+  echo "PITBOSS_TEST_KAFKA not set: Kafka rows skipped (scripts/stack.sh start; source .stack/env)" >&2
+fi
+
+echo
+printf '%-9s %6s %12s %9s %9s %14s %7s\n' bus batch events/s p50_ms p99_ms raw_decode/s ratio
+python3 - "$WORK/results.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f"{r['bus']:<9} {r['batch']:>6} {r['events_per_sec']:>12,.0f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['raw_decode_events_per_sec']:>14,.0f} {r['ratio']:>7.3f}")
+PY

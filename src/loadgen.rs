@@ -1,0 +1,244 @@
+//! `pitboss loadgen`: sustained HTTP load against `POST /v1/events`, reporting accepted
+//! events/s and request latency percentiles, next to the raw JSON decode rate of the very same
+//! bodies measured in the same run (the ceiling a single core could parse).
+//!
+//! Bodies are generated before the clock starts: realistic mixed events (bets, settlements,
+//! deposits, logins) without `event_id`, so the server assigns ids and every event is new.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use hdrhistogram::Histogram;
+
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Base URL of the ingest API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API key (or use --key-file).
+    #[arg(long, env = "PITBOSS_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// File holding the API key (e.g. .pitboss/demo-api-key).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Tenant of the key.
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Distinct players the events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    players: usize,
+}
+
+fn event(tenant: &str, i: usize, players: usize, now: &str) -> serde_json::Value {
+    let player = format!("player-{}", i % players);
+    let (kind, payload) = match i % 10 {
+        0..=4 => (
+            "bet_placed",
+            serde_json::json!({
+                "bet_id": format!("bet-{i}"), "game_id": format!("slot-{}", i % 40), "round_id": format!("r-{i}"),
+                "stake": {"amount_minor": 100 + (i % 5000) as i64, "currency": "EUR"}, "bet_type": "spin", "channel": "android"
+            }),
+        ),
+        5..=7 => (
+            "bet_settled",
+            serde_json::json!({
+                "bet_id": format!("bet-{}", i - 5), "game_id": format!("slot-{}", i % 40),
+                "result": if i % 3 == 0 { "win" } else { "loss" }, "payout": {"amount_minor": (i % 7) as i64 * 250, "currency": "EUR"}
+            }),
+        ),
+        8 => (
+            "deposit",
+            serde_json::json!({
+                "transaction_id": format!("dep-{i}"), "amount": {"amount_minor": 5_000, "currency": "EUR"}, "method": "card"
+            }),
+        ),
+        _ => (
+            "login",
+            serde_json::json!({
+                "ip": format!("203.0.113.{}", i % 250), "device_id": format!("dev-{}", i % players),
+                "user_agent": "LuckyBetClient/1.9 (Android 15)", "country": "DE"
+            }),
+        ),
+    };
+    serde_json::json!({
+        "tenant_id": tenant, "player_id": player, "session_id": format!("s-{}", i % players),
+        "type": kind, "occurred_at": now, "payload": payload
+    })
+}
+
+/// Events/s at which one core parses `bodies` into `serde_json::Value`, over about a second.
+fn raw_decode_rate(bodies: &[Vec<u8>], batch: usize) -> f64 {
+    let start = Instant::now();
+    let mut events = 0usize;
+    while start.elapsed() < Duration::from_secs(1) {
+        for b in bodies {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap_or(serde_json::Value::Null);
+            std::hint::black_box(&v);
+            events += batch;
+        }
+    }
+    events as f64 / start.elapsed().as_secs_f64()
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    throttled: u64,
+    unavailable: u64,
+    other: u64,
+    transport: u64,
+}
+
+pub async fn run(args: LoadgenArgs) -> Result<()> {
+    let key = match (&args.key, &args.key_file) {
+        (Some(k), _) => k.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => bail!("pass --key, --key-file or PITBOSS_API_KEY"),
+    };
+    if args.batch == 0 || args.concurrency == 0 {
+        bail!("--batch and --concurrency must be positive");
+    }
+    let now = pitboss_model::Timestamp::now()
+        .to_rfc3339()
+        .unwrap_or_default();
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..64)
+            .map(|b| {
+                let events: Vec<_> = (0..args.batch)
+                    .map(|i| event(&args.tenant, b * args.batch + i, args.players, &now))
+                    .collect();
+                serde_json::to_vec(&events).unwrap_or_default()
+            })
+            .collect(),
+    );
+    let decode = raw_decode_rate(&bodies, args.batch);
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let url = format!("{}/v1/events", args.url.trim_end_matches('/'));
+    // One request first: the bodies must be accepted whole, or the figures mean nothing.
+    let probe = client
+        .post(&url)
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(bodies[0].clone())
+        .send()
+        .await?;
+    let status = probe.status();
+    let answer: serde_json::Value = probe.json().await.unwrap_or_default();
+    if !status.is_success() || answer["accepted"] != args.batch {
+        bail!("the server did not accept a probe batch ({status}): {answer}");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.concurrency)
+        .map(|t| {
+            let (client, url, key, bodies) =
+                (client.clone(), url.clone(), key.clone(), bodies.clone());
+            tokio::spawn(async move {
+                let mut hist =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                let mut tally = Tally::default();
+                let mut i = t;
+                while Instant::now() < deadline {
+                    let body = bodies[i % bodies.len()].clone();
+                    i += 1;
+                    let sent = Instant::now();
+                    let result = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                    let micros = sent.elapsed().as_micros() as u64;
+                    match result {
+                        Ok(resp) => {
+                            let code = resp.status().as_u16();
+                            let _ = resp.bytes().await; // read the answer fully, as a client must
+                            match code {
+                                200..=299 => {
+                                    tally.ok += 1;
+                                    hist.saturating_record(micros);
+                                }
+                                429 => tally.throttled += 1,
+                                503 => tally.unavailable += 1,
+                                _ => tally.other += 1,
+                            }
+                        }
+                        Err(_) => tally.transport += 1,
+                    }
+                }
+                (hist, tally)
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut tally = Tally::default();
+    for t in tasks {
+        let (h, t) = t.await?;
+        hist.add(&h).ok();
+        tally.ok += t.ok;
+        tally.throttled += t.throttled;
+        tally.unavailable += t.unavailable;
+        tally.other += t.other;
+        tally.transport += t.transport;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let events_per_sec = (tally.ok as usize * args.batch) as f64 / secs;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "batch {} x concurrency {} for {:.1} s against {}",
+        args.batch, args.concurrency, secs, args.url
+    );
+    println!(
+        "requests: {} ok, {} throttled (429), {} unavailable (503), {} other, {} transport errors",
+        tally.ok, tally.throttled, tally.unavailable, tally.other, tally.transport
+    );
+    println!("accepted events/s: {events_per_sec:.0}");
+    println!(
+        "latency ms (2xx): p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        hist.max() as f64 / 1000.0
+    );
+    println!(
+        "baseline: raw JSON decode of the same bodies, 1 core: {decode:.0} events/s; ratio {:.3}",
+        events_per_sec / decode
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "batch": args.batch, "concurrency": args.concurrency, "seconds": secs,
+            "ok": tally.ok, "throttled": tally.throttled, "unavailable": tally.unavailable,
+            "other": tally.other, "transport_errors": tally.transport,
+            "events_per_sec": events_per_sec.round(), "p50_ms": ms(0.5), "p99_ms": ms(0.99),
+            "raw_decode_events_per_sec": decode.round(), "ratio": events_per_sec / decode
+        })
+    );
+    if tally.other + tally.transport > 0 {
+        bail!(
+            "{} requests failed unexpectedly",
+            tally.other + tally.transport
+        );
+    }
+    Ok(())
+}
