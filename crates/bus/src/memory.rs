@@ -17,11 +17,23 @@ pub struct MemoryPublisher {
     inner: Arc<Mutex<Inner>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     /// Topic -> partitions -> records.
     topics: HashMap<String, Vec<Vec<OutRecord>>>,
     failure: Option<BusError>,
+    /// While true, publishes wait (a bus that is slow to acknowledge).
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            topics: HashMap::new(),
+            failure: None,
+            held: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl MemoryPublisher {
@@ -45,6 +57,11 @@ impl MemoryPublisher {
     /// From now on every publish and readiness check fails with `failure` (None: recover).
     pub fn fail_publishes(&self, failure: Option<BusError>) {
         self.lock().failure = failure;
+    }
+
+    /// While `held`, every publish waits without answering (a slow bus); false releases them.
+    pub fn hold_publishes(&self, held: bool) {
+        self.lock().held.send_replace(held);
     }
 
     /// How many records `topic` holds.
@@ -78,6 +95,9 @@ impl MemoryPublisher {
 #[async_trait]
 impl Publisher for MemoryPublisher {
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Ack>, BusError> {
+        let mut held = self.lock().held.subscribe();
+        // Waits while held; an error means the sender is gone, which cannot happen while `self` lives.
+        let _ = held.wait_for(|h| !*h).await;
         let mut inner = self.lock();
         if let Some(f) = &inner.failure {
             return Err(f.clone());

@@ -102,8 +102,10 @@ pub fn router(state: AppState) -> Router {
     let events = post(post_events)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let ws = get(ws_ingest).layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/events", events)
+        .route("/v1/ingest/ws", ws)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -184,10 +186,31 @@ async fn post_events(
             IngestError::Request(core::RequestError::Unreadable(r.body_text()))
         }
     })?;
-    let plan = core::plan(
-        &body,
+    let response = ingest_batch(&state, &tenant, &body, format).await?;
+    // 200 when anything was taken (or was already there); 400 when every event was refused.
+    let status = if response.rejected > 0 && response.accepted + response.duplicates == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    metrics::counter!("pitboss_ingest_requests_total", "status" => status.as_u16().to_string())
+        .increment(1);
+    Ok((status, Json(response)).into_response())
+}
+
+/// One batch, whatever transport it came by: plan it with the pure core, take it from the
+/// tenant's rate budget, publish the accepted events, and only after the bus acknowledged them
+/// remember their ids and report them accepted.
+pub async fn ingest_batch(
+    state: &AppState,
+    tenant: &str,
+    body: &[u8],
+    format: BodyFormat,
+) -> Result<IngestResponse, IngestError> {
+    let mut plan = core::plan(
+        body,
         format,
-        &tenant,
+        tenant,
         &state.config.core,
         now_ms(),
         &state.dedup,
@@ -197,18 +220,22 @@ async fn post_events(
     if !plan.publish.is_empty() {
         state
             .limits
-            .admit(&tenant, plan.publish.len())
+            .admit(tenant, plan.publish.len())
             .map_err(|secs| IngestError::RateLimited {
                 retry_after_secs: secs,
             })?;
-        let records: Vec<OutRecord> = plan
-            .publish
-            .iter()
-            .map(|p| OutRecord {
-                key: p.key.clone(),
-                value: p.value.clone(),
+        let (ids, records): (Vec<String>, Vec<OutRecord>) = std::mem::take(&mut plan.publish)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.event_id,
+                    OutRecord {
+                        key: p.key,
+                        value: p.value,
+                    },
+                )
             })
-            .collect();
+            .unzip();
         let started = Instant::now();
         let timeout = Duration::from_millis(state.config.publish_timeout_ms);
         let published = tokio::time::timeout(
@@ -231,9 +258,7 @@ async fn post_events(
                 ));
             }
         }
-        state
-            .dedup
-            .remember(&tenant, plan.publish.iter().map(|p| p.event_id.as_str()));
+        state.dedup.remember(tenant, ids.iter().map(String::as_str));
     }
 
     let (accepted, duplicates, rejected) = plan.counts();
@@ -244,21 +269,47 @@ async fn post_events(
     ] {
         metrics::counter!("pitboss_ingest_events_total", "outcome" => outcome).increment(n as u64);
     }
-    // 200 when anything was taken (or was already there); 400 when every event was refused.
-    let status = if rejected > 0 && accepted + duplicates == 0 {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::OK
-    };
-    metrics::counter!("pitboss_ingest_requests_total", "status" => status.as_u16().to_string())
-        .increment(1);
-    let body = IngestResponse {
+    Ok(IngestResponse {
         accepted,
         duplicates,
         rejected,
         results: plan.outcomes,
-    };
-    Ok((status, Json(body)).into_response())
+    })
+}
+
+/// Upgrades an authenticated request to a WebSocket that ingests frames (see [`crate::ws`]).
+async fn ws_ingest(
+    State(state): State<AppState>,
+    Extension(Tenant(tenant)): Extension<Tenant>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use axum::extract::ws::Message;
+    use futures::{SinkExt, StreamExt};
+    let max = state.config.max_body_bytes;
+    upgrade
+        .max_message_size(max)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            let frames = stream
+                .take_while(|m| {
+                    std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_))))
+                })
+                .filter_map(|m| {
+                    std::future::ready(match m {
+                        Ok(Message::Text(t)) => Some(t.as_bytes().to_vec()),
+                        Ok(Message::Binary(b)) => Some(b.to_vec()),
+                        _ => None, // pings are answered by axum; nothing else carries events
+                    })
+                });
+            let replies = sink.with(|text: String| {
+                std::future::ready(Ok::<_, axum::Error>(Message::Text(text.into())))
+            });
+            if let Err(e) =
+                crate::ws::serve_frames(&state, &tenant, Box::pin(frames), Box::pin(replies)).await
+            {
+                tracing::debug!(error = %e, "websocket closed while replying");
+            }
+        })
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod limit;
 pub mod telemetry;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,136 @@
+//! WebSocket ingest: through a real socket (tokio-tungstenite client against the served
+//! router), and the frame loop on its own to show backpressure.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pitboss_bus::memory::MemoryPublisher;
+use pitboss_ingest::auth::hash_key;
+use pitboss_ingest::ws::{FrameReply, FrameResult, serve_frames};
+use pitboss_ingest::{IngestConfig, TenantConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const KEY: &str = "pk_test_ws_5e4d3c2b1a09";
+
+fn config() -> IngestConfig {
+    IngestConfig {
+        tenants: vec![TenantConfig {
+            id: "acme".into(),
+            api_key_sha256: vec![hash_key(KEY)],
+            events_per_second: None,
+        }],
+        ..IngestConfig::default()
+    }
+}
+
+fn events(n: usize) -> String {
+    let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let list: Vec<_> = (0..n)
+        .map(|i| serde_json::json!({
+            "tenant_id": "acme", "player_id": format!("p{i}"), "type": "login", "occurred_at": now,
+            "payload": {"ip": "203.0.113.9", "country": "DE"}
+        }))
+        .collect();
+    serde_json::to_string(&list).unwrap()
+}
+
+async fn serve(bus: &MemoryPublisher) -> String {
+    let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(pitboss_ingest::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    format!("ws://{addr}/v1/ingest/ws")
+}
+
+#[tokio::test]
+async fn frames_get_per_event_results_in_order() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve(&bus).await;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    socket.send(Message::text(events(3))).await.unwrap();
+    socket.send(Message::text("{not json")).await.unwrap(); // a batch of one, rejected
+    socket.send(Message::text("[1,")).await.unwrap(); // not a batch at all
+    socket
+        .send(Message::text(events(1).replace("\"acme\"", "\"other\"")))
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 4 {
+        let msg = socket.next().await.unwrap().unwrap();
+        replies.push(serde_json::from_str::<FrameReply>(msg.to_text().unwrap()).unwrap());
+    }
+    let seqs: Vec<u64> = replies.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    assert!(matches!(&replies[0].result, FrameResult::Done(r) if r.accepted == 3));
+    assert!(
+        matches!(&replies[1].result, FrameResult::Done(r) if r.rejected == 1 && r.accepted == 0)
+    );
+    let code = |r: &FrameReply| match &r.result {
+        FrameResult::Failed { error, .. } => error.code.clone(),
+        FrameResult::Done(_) => "done".into(),
+    };
+    assert_eq!(code(&replies[2]), "unreadable_body");
+    assert_eq!(code(&replies[3]), "forbidden_tenant");
+    assert_eq!(bus.len("events"), 3);
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_without_a_valid_key_is_refused() {
+    let bus = MemoryPublisher::new();
+    let url = serve(&bus).await;
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect_err("no key");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// While the bus holds a publish, the next frame is not even read: the sender is slowed by
+/// the socket, not buffered in server memory.
+#[tokio::test]
+async fn a_slow_bus_slows_the_sender_down() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let frames = futures::stream::iter((0..3).map(|_| events(2).into_bytes())).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<String>();
+    bus.hold_publishes(true);
+    let task = tokio::spawn(async move { serve_frames(&state, "acme", frames, tx).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pulled.load(Ordering::SeqCst),
+        1,
+        "only the first frame is read while its publish waits"
+    );
+    assert!(
+        rx.try_recv().is_err(),
+        "no reply before the bus acknowledged"
+    );
+    bus.hold_publishes(false);
+    task.await.unwrap().unwrap();
+    let replies: Vec<String> = rx.collect().await;
+    assert_eq!(replies.len(), 3);
+    assert_eq!(bus.len("events"), 6);
+}
