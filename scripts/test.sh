@@ -24,4 +24,8 @@ scripts/stack.sh start --cluster
 # shellcheck disable=SC1091
 source "${PITBOSS_STACK_DIR:-$ROOT/.stack}/env"
 cargo test --workspace --locked "$@"
+# The served OpenAPI document (kept equal to docs/openapi.json by a test) must be valid 3.1.
+python3 -c 'import openapi_spec_validator' 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check 'openapi-spec-validator>=0.7,<1' 2>&1 | grep -v 'Running pip as' >&2 || true
+python3 -c 'import json, openapi_spec_validator as v; v.validate(json.load(open("docs/openapi.json"))); print("docs/openapi.json: valid OpenAPI 3.1")'
 echo "[test] all tests passed in $((SECONDS - t0))s"

@@ -42,7 +42,7 @@ impl Default for CoreConfig {
 }
 
 /// What happened to one event of a request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
     /// Validated, stamped and (once the adapter has published) durable on the bus.

@@ -50,7 +50,7 @@ impl std::fmt::Debug for AppState {
 pub struct Tenant(pub String);
 
 /// The response to `POST /v1/events`: counts and one result per event, in request order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IngestResponse {
     pub accepted: usize,
     pub duplicates: usize,
@@ -59,12 +59,12 @@ pub struct IngestResponse {
 }
 
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -106,6 +106,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", events)
         .route("/v1/ingest/ws", ws)
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))

@@ -11,6 +11,7 @@ pub mod dedup;
 pub mod error;
 pub mod http;
 pub mod limit;
+pub mod openapi;
 pub mod telemetry;
 pub mod ws;
 

@@ -13,7 +13,7 @@ use crate::core::BodyFormat;
 use crate::http::{AppState, ErrorDetail, IngestResponse, ingest_batch};
 
 /// The answer to one frame.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FrameReply {
     /// 1 for the first frame of the connection, then 2, 3, …
     pub seq: u64,
@@ -22,7 +22,7 @@ pub struct FrameReply {
 }
 
 /// Per-event results, or why the whole frame was refused (nothing of it was written).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum FrameResult {
     Done(IngestResponse),
