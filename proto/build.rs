@@ -1,12 +1,17 @@
 //! Compiles the .proto contract with protox (a pure-Rust protobuf compiler, so no `protoc`
-//! has to be installed) and generates the Rust types with prost-build.
+//! has to be installed) and generates the Rust types (prost) and gRPC stubs (tonic).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=pitboss");
-    let descriptors = protox::compile(["pitboss/v1/events.proto"], ["."])?;
-    prost_build::Config::new()
+    let descriptors = protox::compile(
+        ["pitboss/v1/events.proto", "pitboss/v1/ingest.proto"],
+        ["."],
+    )?;
+    tonic_prost_build::configure()
         // Deterministic encoding of maps: the same event always encodes to the same bytes.
-        .btree_map(["."])
+        .btree_map(".")
+        .build_client(true)
+        .build_server(true)
         .compile_fds(descriptors)?;
     Ok(())
 }

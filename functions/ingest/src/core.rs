@@ -165,24 +165,56 @@ pub fn plan(
     seen: &dyn SeenIds,
 ) -> Result<Plan, RequestError> {
     let raws = split(body, format)?;
-    if raws.len() > config.max_events {
+    check_limits(raws.iter().map(|r| r.len()), config)?;
+    let decoded = raws.iter().map(|r| decode_event(r)).collect();
+    plan_decoded(decoded, tenant, config, now_ms, seen)
+}
+
+/// [`plan`] for events that arrived in protobuf form (gRPC); limits apply to encoded sizes.
+pub fn plan_proto(
+    events: Vec<pitboss_proto::v1::Event>,
+    tenant: &str,
+    config: &CoreConfig,
+    now_ms: i64,
+    seen: &dyn SeenIds,
+) -> Result<Plan, RequestError> {
+    if events.is_empty() {
+        return Err(RequestError::Empty);
+    }
+    check_limits(events.iter().map(prost::Message::encoded_len), config)?;
+    let decoded = events.into_iter().map(Event::try_from).collect();
+    plan_decoded(decoded, tenant, config, now_ms, seen)
+}
+
+fn check_limits(
+    sizes: impl ExactSizeIterator<Item = usize>,
+    config: &CoreConfig,
+) -> Result<(), RequestError> {
+    if sizes.len() > config.max_events {
         return Err(RequestError::TooManyEvents {
-            count: raws.len(),
+            count: sizes.len(),
             limit: config.max_events,
         });
     }
-    if let Some((index, raw)) = raws
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.len() > config.max_event_bytes)
-    {
-        return Err(RequestError::EventTooLarge {
-            index,
-            size: raw.len(),
-            limit: config.max_event_bytes,
-        });
+    for (index, size) in sizes.enumerate() {
+        if size > config.max_event_bytes {
+            return Err(RequestError::EventTooLarge {
+                index,
+                size,
+                limit: config.max_event_bytes,
+            });
+        }
     }
-    let decoded: Vec<Result<Event, Violation>> = raws.iter().map(|r| decode_event(r)).collect();
+    Ok(())
+}
+
+fn plan_decoded(
+    decoded: Vec<Result<Event, Violation>>,
+    tenant: &str,
+    config: &CoreConfig,
+    now_ms: i64,
+    seen: &dyn SeenIds,
+) -> Result<Plan, RequestError> {
     if let Some((index, e)) = decoded.iter().enumerate().find_map(|(i, d)| {
         d.as_ref()
             .ok()

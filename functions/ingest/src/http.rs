@@ -115,7 +115,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(render_metrics))
         .layer(RequestDecompressionLayer::new())
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::grpc::routes(state))
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -211,7 +212,7 @@ pub async fn ingest_batch(
     body: &[u8],
     format: BodyFormat,
 ) -> Result<IngestResponse, IngestError> {
-    let mut plan = core::plan(
+    let plan = core::plan(
         body,
         format,
         tenant,
@@ -219,6 +220,24 @@ pub async fn ingest_batch(
         now_ms(),
         &state.dedup,
     )?;
+    publish_plan(state, tenant, plan).await
+}
+
+/// [`ingest_batch`] for events that arrived in protobuf form (gRPC).
+pub async fn ingest_events(
+    state: &AppState,
+    tenant: &str,
+    events: Vec<pitboss_proto::v1::Event>,
+) -> Result<IngestResponse, IngestError> {
+    let plan = core::plan_proto(events, tenant, &state.config.core, now_ms(), &state.dedup)?;
+    publish_plan(state, tenant, plan).await
+}
+
+async fn publish_plan(
+    state: &AppState,
+    tenant: &str,
+    mut plan: core::Plan,
+) -> Result<IngestResponse, IngestError> {
     metrics::histogram!("pitboss_ingest_batch_events").record(plan.outcomes.len() as f64);
 
     if !plan.publish.is_empty() {

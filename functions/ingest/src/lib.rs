@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod dedup;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod limit;
 pub mod openapi;

@@ -1,0 +1,125 @@
+//! gRPC adapter (tonic) for the `pitboss.v1.Ingest` service: unary batches and client
+//! streaming. It authenticates from metadata and translates between protobuf and the shared
+//! ingest path; HTTP statuses map to gRPC codes in `status`. Served on the same port as HTTP.
+
+use pitboss_proto::v1 as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::Outcome;
+use crate::error::IngestError;
+use crate::http::{AppState, IngestResponse, ingest_events};
+
+/// The `Ingest` gRPC service.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    state: AppState,
+}
+
+impl IngestService {
+    pub fn new(state: AppState) -> Self {
+        IngestService { state }
+    }
+
+    fn tenant(&self, metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
+        let key = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| metadata.get("x-api-key").and_then(|v| v.to_str().ok()));
+        key.map(str::trim)
+            .and_then(|k| self.state.auth.tenant(k))
+            .map(str::to_owned)
+            .ok_or_else(|| status(IngestError::Unauthorized))
+    }
+}
+
+/// The gRPC status for an ingest error (the HTTP mapping lives in `IngestError::status`).
+pub fn status(e: IngestError) -> Status {
+    let message = format!("{}: {e}", e.code());
+    match e.status().as_u16() {
+        401 => Status::unauthenticated(message),
+        403 => Status::permission_denied(message),
+        413 | 429 => Status::resource_exhausted(message),
+        400 | 415 => Status::invalid_argument(message),
+        503 => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
+fn to_reply(r: IngestResponse, into: &mut pb::IngestReply) {
+    into.accepted += r.accepted as u32;
+    into.duplicates += r.duplicates as u32;
+    into.rejected += r.rejected as u32;
+    into.results.extend(r.results.into_iter().map(|o| {
+        match o {
+            Outcome::Accepted { event_id, late } => pb::EventResult {
+                status: pb::EventStatus::Accepted as i32,
+                event_id,
+                late,
+                errors: Vec::new(),
+            },
+            Outcome::Duplicate { event_id } => pb::EventResult {
+                status: pb::EventStatus::Duplicate as i32,
+                event_id,
+                late: false,
+                errors: Vec::new(),
+            },
+            Outcome::Rejected { event_id, errors } => pb::EventResult {
+                status: pb::EventStatus::Rejected as i32,
+                event_id: event_id.unwrap_or_default(),
+                late: false,
+                errors: errors
+                    .into_iter()
+                    .map(|v| pb::Violation {
+                        path: v.path,
+                        code: v.code.to_string(),
+                        message: v.message,
+                    })
+                    .collect(),
+            },
+        }
+    }));
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for IngestService {
+    async fn ingest_batch(
+        &self,
+        request: Request<pb::EventBatch>,
+    ) -> Result<Response<pb::IngestReply>, Status> {
+        let tenant = self.tenant(request.metadata())?;
+        let response = ingest_events(&self.state, &tenant, request.into_inner().events)
+            .await
+            .map_err(status)?;
+        let mut reply = pb::IngestReply::default();
+        to_reply(response, &mut reply);
+        Ok(Response::new(reply))
+    }
+
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<pb::EventBatch>>,
+    ) -> Result<Response<pb::IngestReply>, Status> {
+        let tenant = self.tenant(request.metadata())?;
+        let mut batches = request.into_inner();
+        let mut reply = pb::IngestReply::default();
+        // One batch at a time: the next is read only after the bus acknowledged this one.
+        while let Some(batch) = batches.message().await? {
+            let response = ingest_events(&self.state, &tenant, batch.events)
+                .await
+                .map_err(status)?;
+            to_reply(response, &mut reply);
+        }
+        Ok(Response::new(reply))
+    }
+}
+
+/// The gRPC routes, to merge into the HTTP router (one port serves both; gRPC needs HTTP/2).
+pub fn routes(state: AppState) -> axum::Router {
+    let max = state.config.max_body_bytes;
+    tonic::service::Routes::new(
+        pb::ingest_server::IngestServer::new(IngestService::new(state))
+            .max_decoding_message_size(max),
+    )
+    .into_axum_router()
+}

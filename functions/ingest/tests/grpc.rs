@@ -1,0 +1,157 @@
+//! gRPC ingest through a real tonic client (HTTP/2 over the same port as the HTTP API):
+//! unary batches, client streaming, auth, tenant isolation, and a bus that cannot accept.
+
+#![allow(clippy::unwrap_used)]
+
+use pitboss_bus::BusError;
+use pitboss_bus::memory::MemoryPublisher;
+use pitboss_ingest::auth::hash_key;
+use pitboss_ingest::{IngestConfig, TenantConfig};
+use pitboss_model::{BetPlaced, Event, Money, Payload, Timestamp};
+use pitboss_proto::v1 as pb;
+use pitboss_proto::v1::ingest_client::IngestClient;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+const KEY: &str = "pk_test_grpc_0a1b2c3d4e5f";
+
+async fn serve(bus: &MemoryPublisher) -> String {
+    let config = IngestConfig {
+        tenants: vec![TenantConfig {
+            id: "acme".into(),
+            api_key_sha256: vec![hash_key(KEY)],
+            events_per_second: None,
+        }],
+        ..IngestConfig::default()
+    };
+    let state = pitboss_ingest::state(config, bus.publisher()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(pitboss_ingest::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+fn event(tenant: &str, amount: i64) -> pb::Event {
+    let e = Event {
+        event_id: None,
+        tenant_id: tenant.into(),
+        player_id: "p-1".into(),
+        session_id: None,
+        occurred_at: Timestamp::now(),
+        received_at: None,
+        schema_version: 1,
+        late: false,
+        payload: Payload::BetPlaced(BetPlaced {
+            bet_id: "b-1".into(),
+            game_id: "roulette".into(),
+            round_id: None,
+            stake: Money::new(amount, "EUR"),
+            odds: None,
+            bet_type: None,
+            channel: None,
+            device_id: None,
+        }),
+    };
+    pb::Event::from(&e)
+}
+
+fn authed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {KEY}")).unwrap(),
+    );
+    request
+}
+
+#[tokio::test]
+async fn unary_batches_get_per_event_results() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let mut client = IngestClient::connect(serve(&bus).await).await.unwrap();
+    let batch = pb::EventBatch {
+        events: vec![event("acme", 100), event("acme", -1), event("acme", 300)],
+    };
+    let reply = client
+        .ingest_batch(authed(batch))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.accepted, reply.duplicates, reply.rejected),
+        (2, 0, 1)
+    );
+    let rejected = &reply.results[1];
+    assert_eq!(rejected.status, pb::EventStatus::Rejected as i32);
+    assert_eq!(rejected.errors[0].path, "payload.stake.amount_minor");
+    assert_eq!(rejected.errors[0].code, "negative_amount");
+    assert_eq!(
+        uuid::Uuid::parse_str(&reply.results[0].event_id)
+            .unwrap()
+            .get_version_num(),
+        7
+    );
+    assert_eq!(bus.len("events"), 2);
+}
+
+#[tokio::test]
+async fn client_streaming_adds_up_every_batch() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let mut client = IngestClient::connect(serve(&bus).await).await.unwrap();
+    let batches = (0..3).map(|i| pb::EventBatch {
+        events: vec![event("acme", i); 4],
+    });
+    let reply = client
+        .ingest_stream(authed(futures::stream::iter(batches)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.accepted, 12);
+    assert_eq!(reply.results.len(), 12);
+    assert_eq!(bus.len("events"), 12);
+}
+
+#[tokio::test]
+async fn auth_tenants_and_bus_failures_map_to_grpc_codes() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let mut client = IngestClient::connect(serve(&bus).await).await.unwrap();
+    let err = client
+        .ingest_batch(tonic::Request::new(pb::EventBatch {
+            events: vec![event("acme", 1)],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .ingest_batch(authed(pb::EventBatch {
+            events: vec![event("other", 1)],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = client
+        .ingest_batch(authed(pb::EventBatch { events: vec![] }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
+    let err = client
+        .ingest_batch(authed(pb::EventBatch {
+            events: vec![event("acme", 1)],
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message().contains("bus_unavailable"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(bus.len("events"), 0);
+}
