@@ -28,4 +28,6 @@ cargo test --workspace --locked "$@"
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check 'openapi-spec-validator>=0.7,<1' 2>&1 | grep -v 'Running pip as' >&2 || true
 python3 -c 'import json, openapi_spec_validator as v; v.validate(json.load(open("docs/openapi.json"))); print("docs/openapi.json: valid OpenAPI 3.1")'
+# Fuzz the JSON and protobuf decoders briefly (longer runs: scripts/fuzz.sh 600).
+scripts/fuzz.sh "${PITBOSS_FUZZ_SECONDS:-20}"
 echo "[test] all tests passed in $((SECONDS - t0))s"
