@@ -86,6 +86,19 @@ fn sdk<E: std::error::Error>(e: E) -> String {
     text
 }
 
+/// A Kinesis call's error: `UnknownTopic` when the stream does not exist, else `Unavailable`.
+fn stream_error<E, R>(stream: &str, e: aws_sdk_kinesis::error::SdkError<E, R>) -> BusError
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    if e.as_service_error().and_then(|s| s.code()) == Some("ResourceNotFoundException") {
+        BusError::UnknownTopic(stream.to_owned())
+    } else {
+        unavailable(sdk(e))
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -155,15 +168,7 @@ impl Shared {
                 Some(t) => self.kinesis.list_shards().next_token(t),
                 None => self.kinesis.list_shards().stream_name(stream),
             };
-            let out = req.send().await.map_err(|e| {
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception())
-                {
-                    BusError::UnknownTopic(stream.to_owned())
-                } else {
-                    unavailable(sdk(e))
-                }
-            })?;
+            let out = req.send().await.map_err(|e| stream_error(stream, e))?;
             ids.extend(out.shards().iter().map(|s| s.shard_id().to_owned()));
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
@@ -345,15 +350,7 @@ impl KinesisBus {
                 .set_records(Some(entries))
                 .send()
                 .await
-                .map_err(|e| {
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_resource_not_found_exception())
-                    {
-                        BusError::UnknownTopic(stream.to_owned())
-                    } else {
-                        unavailable(sdk(e))
-                    }
-                })?;
+                .map_err(|e| stream_error(stream, e))?;
             let mut failed = Vec::new();
             let mut last_error = String::new();
             for (&i, entry) in todo.iter().zip(out.records()) {

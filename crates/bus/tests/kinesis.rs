@@ -179,3 +179,15 @@ async fn records_that_keep_failing_surface_an_error() {
     );
     assert_eq!(fake.calls.lock().unwrap().len(), 3, "three attempts");
 }
+
+#[tokio::test]
+async fn a_missing_stream_is_unknown_topic() {
+    let bus = make_bus().await;
+    let missing = pitboss_testkit::unique_name("missing");
+    let err = bus
+        .publisher()
+        .publish(&missing, vec![OutRecord::new("t:p", "x")])
+        .await
+        .expect_err("no such stream");
+    assert!(matches!(err, BusError::UnknownTopic(_)), "{err:?}");
+}
