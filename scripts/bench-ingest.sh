@@ -24,6 +24,7 @@ trap cleanup EXIT
 KEY="bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 cat >"$WORK/ingest.toml" <<EOF
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 default_events_per_second = 100000000
 [[tenants]]
 id = "demo"
@@ -54,7 +55,7 @@ run_matrix() { # bus name
 }
 
 ADDR=127.0.0.1:$(port)
-serve embedded "$BIN" up --config "$WORK/ingest.toml" --listen "$ADDR" --data-dir "$WORK/up"
+serve embedded "$BIN" up --config "$WORK/ingest.toml" --listen "$ADDR" --admin-listen 127.0.0.1:0 --data-dir "$WORK/up"
 run_matrix embedded
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
 

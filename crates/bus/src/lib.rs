@@ -204,19 +204,62 @@ pub trait Bus: Send + Sync + fmt::Debug {
 }
 
 /// Which bus a process writes to, as chosen by configuration (CLI flags, environment).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum BusSpec {
     /// The embedded log in a directory (one process only).
     Embedded { dir: std::path::PathBuf },
-    /// Kafka with these bootstrap servers.
+    /// Kafka with these bootstrap servers and extra librdkafka properties (security.protocol,
+    /// sasl.*, linger.ms, …; applied last).
     #[cfg(feature = "kafka")]
-    Kafka { bootstrap: String },
+    Kafka {
+        bootstrap: String,
+        options: std::collections::BTreeMap<String, String>,
+    },
     /// Kinesis in a region, optionally at a custom endpoint (LocalStack).
     #[cfg(feature = "kinesis")]
     Kinesis {
         region: String,
         endpoint: Option<String>,
     },
+}
+
+/// Parses `key=value` librdkafka properties (from a flag or `PITBOSS_KAFKA_OPTIONS`).
+pub fn parse_options<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::BTreeMap<String, String>, BusError> {
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => Err(BusError::Config(format!(
+                "expected key=value, got {:?}",
+                item.split('=').next().unwrap_or_default()
+            ))),
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for BusSpec {
+    /// Option values may be credentials (sasl.password): only their keys are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusSpec::Embedded { dir } => f.debug_struct("Embedded").field("dir", dir).finish(),
+            #[cfg(feature = "kafka")]
+            BusSpec::Kafka { bootstrap, options } => f
+                .debug_struct("Kafka")
+                .field("bootstrap", bootstrap)
+                .field("options", &options.keys().collect::<Vec<_>>())
+                .finish(),
+            #[cfg(feature = "kinesis")]
+            BusSpec::Kinesis { region, endpoint } => f
+                .debug_struct("Kinesis")
+                .field("region", region)
+                .field("endpoint", endpoint)
+                .finish(),
+        }
+    }
 }
 
 impl BusSpec {
@@ -228,9 +271,11 @@ impl BusSpec {
                 embedded::EmbeddedConfig::default(),
             )?),
             #[cfg(feature = "kafka")]
-            BusSpec::Kafka { bootstrap } => std::sync::Arc::new(kafka::KafkaBus::new(
-                kafka::KafkaConfig::new(bootstrap.clone()),
-            )?),
+            BusSpec::Kafka { bootstrap, options } => {
+                let mut config = kafka::KafkaConfig::new(bootstrap.clone());
+                config.extra = options.clone();
+                std::sync::Arc::new(kafka::KafkaBus::new(config)?)
+            }
             #[cfg(feature = "kinesis")]
             BusSpec::Kinesis { region, endpoint } => {
                 let mut config = kinesis::KinesisConfig::new(region.clone());

@@ -33,6 +33,10 @@ struct RawEvent {
 
 /// Decodes one event from JSON bytes. On failure, says where (`path`) and what (`code`).
 pub fn decode_event(json: &[u8]) -> Result<Event, Violation> {
+    // Fast path: plain serde. Only a failure pays for path tracking, by decoding again.
+    if let Ok(raw) = serde_json::from_slice::<RawEvent>(json) {
+        return raw.into_event();
+    }
     let mut de = serde_json::Deserializer::from_slice(json);
     let raw: RawEvent =
         serde_path_to_error::deserialize(&mut de).map_err(|e| path_violation(e, None))?;
@@ -95,6 +99,9 @@ impl RawEvent {
 }
 
 fn payload<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, Violation> {
+    if let Ok(v) = serde_json::from_str(text) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| path_violation(e, Some("payload")))
 }

@@ -26,6 +26,8 @@ pub struct TenantConfig {
 pub struct IngestConfig {
     /// Address the standalone server listens on.
     pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, probes): loopback or a private network.
+    pub admin_listen: SocketAddr,
     /// Bus topic events are written to.
     pub topic: String,
     /// Largest request body after decompression (PostHog's /batch: 20 MB).
@@ -40,6 +42,13 @@ pub struct IngestConfig {
     pub publish_timeout_ms: u64,
     /// Events per second per tenant unless the tenant says otherwise.
     pub default_events_per_second: u32,
+    /// Events per second one bus key (`tenant:player`) may send before its events are
+    /// rerouted to the overflow topic (0: never reroute).
+    pub hot_key_events_per_second: u32,
+    /// How long a hot key stays rerouted after its last excess, in seconds.
+    pub hot_key_sticky_secs: u64,
+    /// Topic of rerouted events (default: `<topic>_overflow`).
+    pub overflow_topic: Option<String>,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -47,6 +56,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         IngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             topic: "events".into(),
             max_body_bytes: 20 * 1024 * 1024,
             core: CoreConfig::default(),
@@ -54,17 +64,30 @@ impl Default for IngestConfig {
             dedup_capacity: 1_000_000,
             publish_timeout_ms: 10_000,
             default_events_per_second: 100_000,
+            hot_key_events_per_second: 200,
+            hot_key_sticky_secs: 60,
+            overflow_topic: None,
             tenants: Vec::new(),
         }
     }
 }
 
 impl IngestConfig {
+    /// Where hot keys' events go.
+    pub fn overflow_topic(&self) -> String {
+        self.overflow_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}_overflow", self.topic))
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         if self.topic.is_empty() {
             return err("topic must not be empty".into());
+        }
+        if self.overflow_topic() == self.topic {
+            return err("overflow_topic must differ from topic".into());
         }
         if self.core.max_event_bytes == 0 || self.core.max_events == 0 || self.max_body_bytes == 0 {
             return err("limits must be positive".into());
@@ -123,6 +146,13 @@ pub fn bus_from_env() -> Result<pitboss_bus::BusSpec, ConfigError> {
     match var("PITBOSS_BUS").as_deref().unwrap_or("kafka") {
         "kafka" => Ok(pitboss_bus::BusSpec::Kafka {
             bootstrap: required("PITBOSS_KAFKA_BOOTSTRAP")?,
+            options: pitboss_bus::parse_options(
+                var("PITBOSS_KAFKA_OPTIONS")
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(','),
+            )
+            .map_err(|e| ConfigError(format!("PITBOSS_KAFKA_OPTIONS: {e}")))?,
         }),
         "kinesis" => Ok(pitboss_bus::BusSpec::Kinesis {
             region: required("AWS_REGION")?,

@@ -119,7 +119,8 @@ pub enum RequestError {
 
 /// Recently accepted event ids, per tenant (the edge dedup window).
 pub trait SeenIds {
-    fn seen(&self, tenant: &str, event_id: &str) -> bool;
+    /// Whether `event_id` of `tenant` was accepted recently; `now_ms` is the request's clock.
+    fn seen(&self, tenant: &str, event_id: &str, now_ms: i64) -> bool;
 }
 
 /// A window that has seen nothing (for callers without dedup).
@@ -127,7 +128,7 @@ pub trait SeenIds {
 pub struct NoDedup;
 
 impl SeenIds for NoDedup {
-    fn seen(&self, _: &str, _: &str) -> bool {
+    fn seen(&self, _: &str, _: &str, _: i64) -> bool {
         false
     }
 }
@@ -257,7 +258,7 @@ fn plan_decoded(
             .event_id
             .take()
             .map_or_else(new_event_id, |id| id.to_ascii_lowercase());
-        if in_request.contains(&event_id) || seen.seen(tenant, &event_id) {
+        if in_request.contains(&event_id) || seen.seen(tenant, &event_id, now_ms) {
             outcomes.push(Outcome::Duplicate { event_id });
             continue;
         }
@@ -392,7 +393,7 @@ mod tests {
 
         struct Seen;
         impl SeenIds for Seen {
-            fn seen(&self, tenant: &str, id: &str) -> bool {
+            fn seen(&self, tenant: &str, id: &str, _: i64) -> bool {
                 tenant == "acme" && id == ID2
             }
         }

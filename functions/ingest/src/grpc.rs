@@ -122,4 +122,7 @@ pub fn routes(state: AppState) -> axum::Router {
             .max_decoding_message_size(max),
     )
     .into_axum_router()
+    // tonic's fallback answers every unknown path with HTTP 200 + grpc-status 12; REST clients
+    // (and scanners) must see a 404 instead.
+    .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
 }

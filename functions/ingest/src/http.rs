@@ -1,4 +1,4 @@
-//! HTTP adapter (axum): `POST /v1/events`, `/healthz`, `/readyz`, `/metrics`. It only
+//! HTTP adapter (axum): `POST /v1/events`, `/healthz`, `/readyz`; `/metrics` on the admin router. It only
 //! translates between HTTP and the pure core; every status code comes from `IngestError`.
 
 use std::sync::Arc;
@@ -32,7 +32,9 @@ pub struct AppState {
     pub config: Arc<IngestConfig>,
     pub auth: Authenticator,
     pub limits: TenantLimits,
-    pub dedup: DedupWindow,
+    pub dedup: Arc<DedupWindow>,
+    /// Hot-key rerouting (None: off).
+    pub hot_keys: Option<Arc<crate::hot::HotKeys>>,
     pub metrics: PrometheusHandle,
 }
 
@@ -112,11 +114,21 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
         .layer(RequestDecompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
         .merge(crate::grpc::routes(state))
+}
+
+/// The operator's router, for the admin listener only (loopback or a private network; never
+/// exposed with the public API): Prometheus `/metrics`, and `/healthz` and `/readyz` again for
+/// probes that use this port.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -218,7 +230,7 @@ pub async fn ingest_batch(
         tenant,
         &state.config.core,
         now_ms(),
-        &state.dedup,
+        state.dedup.as_ref(),
     )?;
     publish_plan(state, tenant, plan).await
 }
@@ -229,7 +241,13 @@ pub async fn ingest_events(
     tenant: &str,
     events: Vec<pitboss_proto::v1::Event>,
 ) -> Result<IngestResponse, IngestError> {
-    let plan = core::plan_proto(events, tenant, &state.config.core, now_ms(), &state.dedup)?;
+    let plan = core::plan_proto(
+        events,
+        tenant,
+        &state.config.core,
+        now_ms(),
+        state.dedup.as_ref(),
+    )?;
     publish_plan(state, tenant, plan).await
 }
 
@@ -259,13 +277,45 @@ async fn publish_plan(
                 )
             })
             .unzip();
+        let now = now_ms();
+        let (main, overflow) = match &state.hot_keys {
+            Some(hot) => {
+                hot.tick(now);
+                let (overflow, main): (Vec<OutRecord>, Vec<OutRecord>) =
+                    records.into_iter().partition(|r| hot.reroute(&r.key, now));
+                metrics::gauge!("pitboss_ingest_hot_keys").set(hot.hot_count() as f64);
+                (main, overflow)
+            }
+            None => (records, Vec::new()),
+        };
+        if !overflow.is_empty() {
+            metrics::counter!("pitboss_ingest_overflow_events_total")
+                .increment(overflow.len() as u64);
+        }
         let started = Instant::now();
         let timeout = Duration::from_millis(state.config.publish_timeout_ms);
-        let published = tokio::time::timeout(
-            timeout,
-            state.publisher.publish(&state.config.topic, records),
-        )
-        .await;
+        let overflow_topic = state.config.overflow_topic();
+        let publish_all = async {
+            let (a, b) = futures::future::join(
+                async {
+                    if main.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        state.publisher.publish(&state.config.topic, main).await
+                    }
+                },
+                async {
+                    if overflow.is_empty() {
+                        Ok(Vec::new())
+                    } else {
+                        state.publisher.publish(&overflow_topic, overflow).await
+                    }
+                },
+            )
+            .await;
+            a.and(b)
+        };
+        let published = tokio::time::timeout(timeout, publish_all).await;
         metrics::histogram!("pitboss_ingest_bus_ack_seconds")
             .record(started.elapsed().as_secs_f64());
         match published {
@@ -281,7 +331,9 @@ async fn publish_plan(
                 ));
             }
         }
-        state.dedup.remember(tenant, ids.iter().map(String::as_str));
+        state
+            .dedup
+            .remember(tenant, ids.iter().map(String::as_str), now_ms());
     }
 
     let (accepted, duplicates, rejected) = plan.counts();

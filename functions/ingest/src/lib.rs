@@ -10,6 +10,7 @@ pub mod core;
 pub mod dedup;
 pub mod error;
 pub mod grpc;
+pub mod hot;
 pub mod http;
 pub mod limit;
 pub mod openapi;
@@ -38,18 +39,36 @@ pub fn state(
             .iter()
             .filter_map(|t| t.events_per_second.map(|r| (t.id.clone(), r))),
     );
-    let dedup = dedup::DedupWindow::new(
+    let dedup = Arc::new(dedup::DedupWindow::new(
         Duration::from_secs(config.dedup_window_secs),
         config.dedup_capacity,
-    );
+    ));
+    let hot_keys = (config.hot_key_events_per_second > 0).then(|| {
+        Arc::new(hot::HotKeys::new(
+            config.hot_key_events_per_second,
+            config.hot_key_sticky_secs,
+        ))
+    });
     Ok(http::AppState {
         publisher,
+        hot_keys,
         config: Arc::new(config),
         auth,
         limits,
         dedup,
         metrics: telemetry::prometheus(),
     })
+}
+
+/// Serves the admin router (`/metrics`, probes) on `listener` until `shutdown` resolves.
+pub async fn serve_admin(
+    state: http::AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, http::admin_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Serves the ingest API on `listener` until `shutdown` resolves, then drains in-flight requests.

@@ -68,8 +68,7 @@ pub fn document() -> Value {
             "/v1/openapi.json": {"get": {"operationId": "openapi", "security": [], "responses": {"200": {"description": "this document"}}}},
             "/healthz": {"get": {"operationId": "health", "security": [], "responses": {"200": {"description": "serving"}}}},
             "/readyz": {"get": {"operationId": "ready", "security": [], "responses": {
-                "200": {"description": "the bus can take writes"}, "503": {"description": "the bus cannot take writes"}}}},
-            "/metrics": {"get": {"operationId": "metrics", "security": [], "responses": {"200": {"description": "Prometheus text format"}}}}
+                "200": {"description": "the bus can take writes"}, "503": {"description": "the bus cannot take writes"}}}}
         },
         "components": {
             "schemas": schemas,

@@ -16,7 +16,7 @@ use pitboss_bus::memory::MemoryPublisher;
 use pitboss_bus::{Bus, BusError, ConsumerConfig, Delivery, Publisher};
 use pitboss_ingest::auth::hash_key;
 use pitboss_ingest::core::Outcome;
-use pitboss_ingest::http::{ErrorBody, IngestResponse, router};
+use pitboss_ingest::http::{ErrorBody, IngestResponse, admin_router, router};
 use pitboss_ingest::{IngestConfig, TenantConfig};
 use pitboss_model::{ViolationCode, decode_proto};
 use tower::ServiceExt;
@@ -62,17 +62,32 @@ fn uuid7() -> String {
 
 struct Api {
     app: axum::Router,
+    admin: axum::Router,
 }
 
 impl Api {
     fn new(config: IngestConfig, publisher: Arc<dyn Publisher>) -> Api {
+        let state = pitboss_ingest::state(config, publisher).unwrap();
         Api {
-            app: router(pitboss_ingest::state(config, publisher).unwrap()),
+            app: router(state.clone()),
+            admin: admin_router(state),
         }
     }
 
     async fn send(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let resp = self.app.clone().oneshot(req).await.unwrap();
+        Self::call(&self.app, req).await
+    }
+
+    /// A request to the admin listener.
+    async fn admin(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        Self::call(&self.admin, req).await
+    }
+
+    async fn call(
+        app: &axum::Router,
+        req: Request<Body>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -99,6 +114,10 @@ impl Api {
     }
 }
 
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
 fn ok(body: &[u8]) -> IngestResponse {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
@@ -114,12 +133,17 @@ async fn embedded() -> (EmbeddedBus, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
     bus.create_topic("events", 4).await.unwrap();
+    bus.create_topic("events_overflow", 2).await.unwrap();
     (bus, dir)
 }
 
 async fn read_back(bus: &EmbeddedBus, n: usize) -> Vec<pitboss_model::Event> {
+    read_topic(bus, "events", n).await
+}
+
+async fn read_topic(bus: &EmbeddedBus, topic: &str, n: usize) -> Vec<pitboss_model::Event> {
     let mut c = bus
-        .consumer("verify", "events", ConsumerConfig::default())
+        .consumer("verify", topic, ConsumerConfig::default())
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -155,6 +179,56 @@ async fn accepted_events_are_on_the_bus_when_the_answer_comes() {
         stored
             .iter()
             .all(|e| e.received_at.is_some() && e.tenant_id == "acme")
+    );
+}
+
+#[tokio::test]
+async fn a_hot_key_is_rerouted_to_the_overflow_topic_and_nothing_is_lost() {
+    let (bus, _dir) = embedded().await;
+    let api = Api::new(
+        IngestConfig {
+            hot_key_events_per_second: 5,
+            ..config()
+        },
+        bus.publisher(),
+    );
+    let mut events: Vec<String> = (0..20).map(|_| event(None, "acme", "bot")).collect();
+    events.push(event(None, "acme", "calm"));
+    let (status, _, body) = api
+        .post(
+            Some(ACME_KEY),
+            "application/json",
+            format!("[{}]", events.join(",")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ok(&body).accepted, 21, "rerouted events are accepted too");
+    let main = read_topic(&bus, "events", 6).await;
+    let overflow = read_topic(&bus, "events_overflow", 15).await;
+    let players =
+        |es: &[pitboss_model::Event], p: &str| es.iter().filter(|e| e.player_id == p).count();
+    assert_eq!(
+        (players(&main, "bot"), players(&main, "calm")),
+        (5, 1),
+        "the burst stays"
+    );
+    assert_eq!(overflow.len(), 15);
+    assert_eq!(players(&overflow, "bot"), 15, "only the hot key moved");
+    // The hot key stays rerouted: its next event goes to the overflow topic at once.
+    let (status, _, _) = api
+        .post(
+            Some(ACME_KEY),
+            "application/json",
+            event(None, "acme", "bot"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read_topic(&bus, "events_overflow", 16).await.len(), 16);
+    let (_, _, metrics) = api.admin(get("/metrics")).await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("pitboss_ingest_overflow_events_total"),
+        "{metrics}"
     );
 }
 
@@ -493,7 +567,6 @@ async fn a_bus_that_refuses_for_good_is_500_not_a_client_error() {
 async fn health_readiness_and_metrics() {
     let bus = MemoryPublisher::new();
     let api = Api::new(config(), bus.publisher());
-    let get = |path: &str| Request::get(path).body(Body::empty()).unwrap();
     assert_eq!(api.send(get("/healthz")).await.0, StatusCode::OK);
     assert_eq!(api.send(get("/readyz")).await.0, StatusCode::OK);
     bus.fail_publishes(Some(BusError::Unavailable("down".into())));
@@ -505,7 +578,12 @@ async fn health_readiness_and_metrics() {
     bus.create_topic("events", 1);
     api.post(Some(ACME_KEY), "application/json", event(None, "acme", "p"))
         .await;
-    let (status, _, body) = api.send(get("/metrics")).await;
+    assert_eq!(
+        api.send(get("/metrics")).await.0,
+        StatusCode::NOT_FOUND,
+        "metrics are not on the public listener"
+    );
+    let (status, _, body) = api.admin(get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("pitboss_ingest_events_total"), "{text}");

@@ -7,6 +7,9 @@
 
 use pitboss_ingest::config::{bus_from_env, config_from_env};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     tracing_subscriber::fmt()
