@@ -55,7 +55,7 @@ fn event(tenant: &str, i: usize, players: usize, now: &str) -> serde_json::Value
             "bet_settled",
             serde_json::json!({
                 "bet_id": format!("bet-{}", i - 5), "game_id": format!("slot-{}", i % 40),
-                "result": if i % 3 == 0 { "win" } else { "loss" }, "payout": {"amount_minor": (i % 7) as i64 * 250, "currency": "EUR"}
+                "result": if i.is_multiple_of(3) { "win" } else { "loss" }, "payout": {"amount_minor": (i % 7) as i64 * 250, "currency": "EUR"}
             }),
         ),
         8 => (

@@ -41,6 +41,91 @@ enum Command {
     HashKey { key: String },
     /// Send sustained load to an ingest API and report events/s and latency.
     Loadgen(loadgen::LoadgenArgs),
+    /// Bring the ClickHouse schema up to date (versioned, idempotent migrations).
+    Migrate(ClickHouseArgs),
+    /// Run the processor: events from Kafka into ClickHouse, effectively once.
+    Process(ProcessArgs),
+}
+
+#[derive(Debug, Args)]
+struct ClickHouseArgs {
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        env = "PITBOSS_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    clickhouse: String,
+    /// Database of the Pitboss tables (created if missing).
+    #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
+    database: String,
+}
+
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "PITBOSS_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    kafka_bootstrap: String,
+    /// Extra librdkafka property, `key=value` (repeatable).
+    #[arg(
+        long = "kafka-option",
+        env = "PITBOSS_KAFKA_OPTIONS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    kafka_options: Vec<String>,
+    /// Topic to consume.
+    #[arg(long, default_value = "events")]
+    topic: String,
+    /// Consumer group.
+    #[arg(long, default_value = "pitboss-processor")]
+    group: String,
+}
+
+async fn clickhouse_client(
+    args: &ClickHouseArgs,
+) -> Result<pitboss_processor::sink::ClickHouseClient> {
+    if !args
+        .database
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        bail!("--database must be letters, digits and '_'");
+    }
+    pitboss_processor::sink::client(&args.clickhouse, "default")
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", args.database))
+        .execute()
+        .await
+        .context("creating the database")?;
+    let client = pitboss_processor::sink::client(&args.clickhouse, &args.database);
+    let ran = pitboss_processor::schema::migrate(&client).await?;
+    tracing::info!(database = %args.database, applied = ?ran, "schema up to date");
+    Ok(client)
+}
+
+async fn process(args: ProcessArgs) -> Result<()> {
+    let client = clickhouse_client(&args.clickhouse).await?;
+    let spec = BusSpec::Kafka {
+        bootstrap: args.kafka_bootstrap,
+        options: pitboss_bus::parse_options(args.kafka_options.iter().map(String::as_str))?,
+    };
+    let bus = spec.open().await?;
+    let config = pitboss_processor::ProcessorConfig {
+        dead_letter_topic: format!("{}_dead_letter", args.topic),
+        topic: args.topic,
+        group: args.group,
+        ..pitboss_processor::ProcessorConfig::default()
+    };
+    let sink = std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(client));
+    let stats = pitboss_processor::run(bus, sink, config, shutdown_signal()).await?;
+    tracing::info!(?stats, "processor stopped");
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -278,11 +363,14 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,
+        Command::Migrate(args) => clickhouse_client(&args).await.map(|_| ()),
+        Command::Process(args) => process(args).await,
         Command::HashKey { key } => {
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");

@@ -803,10 +803,11 @@ impl Group {
                     }
                 }
                 (Some(o), Some(t)) if o != t => {
-                    if let Some(m) = self.members.get_mut(&o) {
-                        if m.revoke_pending.insert(p32) && m.revoke_deadline.is_none() {
-                            m.revoke_deadline = Some(Instant::now() + self.revoke_timeout);
-                        }
+                    if let Some(m) = self.members.get_mut(&o)
+                        && m.revoke_pending.insert(p32)
+                        && m.revoke_deadline.is_none()
+                    {
+                        m.revoke_deadline = Some(Instant::now() + self.revoke_timeout);
                     }
                 }
                 (Some(o), Some(_)) => {

@@ -160,10 +160,10 @@ impl ProducerContext for BatchContext {
             }
         }
         state.remaining -= 1;
-        if state.remaining == 0 {
-            if let Some(done) = state.done.take() {
-                let _ = done.send(());
-            }
+        if state.remaining == 0
+            && let Some(done) = state.done.take()
+        {
+            let _ = done.send(());
         }
     }
 }

@@ -184,14 +184,14 @@ pub fn validate(
     } else if occurred < now_ms.saturating_sub(cfg.late_after_ms) {
         late = true;
     }
-    if let Some(r) = event.received_at {
-        if r.as_millis() < 0 {
-            v.push(
-                "received_at",
-                ViolationCode::InvalidTimestamp,
-                "received_at is before 1970",
-            );
-        }
+    if let Some(r) = event.received_at
+        && r.as_millis() < 0
+    {
+        v.push(
+            "received_at",
+            ViolationCode::InvalidTimestamp,
+            "received_at is before 1970",
+        );
     }
     v.payload(&event.payload);
     if v.out.is_empty() {
@@ -252,14 +252,14 @@ impl Checker<'_> {
     }
 
     fn text(&mut self, path: &str, value: Option<&str>, max: usize) {
-        if let Some(value) = value {
-            if value.len() > max {
-                self.push(
-                    path,
-                    ViolationCode::TooLong,
-                    format!("longer than {max} bytes"),
-                );
-            }
+        if let Some(value) = value
+            && value.len() > max
+        {
+            self.push(
+                path,
+                ViolationCode::TooLong,
+                format!("longer than {max} bytes"),
+            );
         }
     }
 
@@ -351,14 +351,14 @@ impl Checker<'_> {
                     l.user_agent.as_deref(),
                     MAX_USER_AGENT,
                 );
-                if let Some(c) = &l.country {
-                    if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
-                        self.push(
-                            "payload.country",
-                            ViolationCode::InvalidCountry,
-                            "expected an ISO 3166-1 alpha-2 code like \"DE\"",
-                        );
-                    }
+                if let Some(c) = &l.country
+                    && (c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+                {
+                    self.push(
+                        "payload.country",
+                        ViolationCode::InvalidCountry,
+                        "expected an ISO 3166-1 alpha-2 code like \"DE\"",
+                    );
                 }
             }
             Payload::Logout(l) => self.text("payload.reason", l.reason.as_deref(), MAX_TEXT),
@@ -366,14 +366,14 @@ impl Checker<'_> {
                 self.text("payload.device_id", s.device_id.as_deref(), MAX_TEXT)
             }
             Payload::SessionEnded(s) => {
-                if let Some(d) = s.duration_ms {
-                    if !(0..=MAX_SESSION_MS).contains(&d) {
-                        self.push(
-                            "payload.duration_ms",
-                            ViolationCode::InvalidValue,
-                            format!("must be between 0 and {MAX_SESSION_MS}"),
-                        );
-                    }
+                if let Some(d) = s.duration_ms
+                    && !(0..=MAX_SESSION_MS).contains(&d)
+                {
+                    self.push(
+                        "payload.duration_ms",
+                        ViolationCode::InvalidValue,
+                        format!("must be between 0 and {MAX_SESSION_MS}"),
+                    );
                 }
                 self.text("payload.reason", s.reason.as_deref(), MAX_TEXT);
             }

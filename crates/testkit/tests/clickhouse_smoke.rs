@@ -31,7 +31,7 @@ fn row(i: u64) -> EventRow {
         event_id: format!("0193735a-0000-7000-8000-{i:012x}"),
         tenant_id: format!("tenant-{}", i % 3),
         player_id: format!("player-{}", i % 1000),
-        event_type: if i % 2 == 0 {
+        event_type: if i.is_multiple_of(2) {
             "bet_placed"
         } else {
             "bet_settled"

@@ -84,10 +84,10 @@ impl IntoResponse for IngestError {
             },
         };
         let mut response = (status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after() {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = self.retry_after()
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
         }
         if status == StatusCode::UNAUTHORIZED {
             response

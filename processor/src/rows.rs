@@ -1,0 +1,269 @@
+//! From a bus record to a row of `events`: the protobuf event decoded, its payload spread over
+//! the typed columns, and the record's bus position kept with it.
+
+use pitboss_bus::{Position, Record};
+use pitboss_model::{Event, Payload, decode_proto};
+use serde::{Deserialize, Serialize};
+
+/// One row of `events`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub player_id: String,
+    pub session_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub occurred_at: u32,
+    pub occurred_at_ms: u64,
+    pub received_at: u32,
+    pub received_at_ms: u64,
+    pub schema_version: u32,
+    pub late: u8,
+    pub game_id: String,
+    pub bet_id: String,
+    pub round_id: String,
+    pub transaction_id: String,
+    pub result: String,
+    pub status: String,
+    pub method: String,
+    pub channel: String,
+    pub device_id: String,
+    pub ip: String,
+    pub country: String,
+    pub success: u8,
+    pub amount_minor: i64,
+    pub payout_minor: i64,
+    pub currency: String,
+    /// The canonical JSON of the payload (everything, including fields without a column).
+    pub payload: String,
+    pub bus_topic: String,
+    pub bus_partition: u32,
+    pub bus_offset: u64,
+}
+
+impl EventRow {
+    /// Approximate bytes of the row (for the batch byte limit).
+    pub fn size(&self) -> usize {
+        128 + self.tenant_id.len()
+            + self.event_id.len()
+            + self.player_id.len()
+            + self.session_id.len()
+            + self.payload.len()
+            + self.game_id.len()
+            + self.bet_id.len()
+    }
+}
+
+/// Why a record cannot become a row (it goes to the dead-letter topic with this reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Poison {
+    #[error("undecodable protobuf event: {0}")]
+    Undecodable(String),
+    #[error("event without event_id or received_at (not stamped by ingest)")]
+    Unstamped,
+    #[error("timestamp out of range: {0}")]
+    Time(i64),
+}
+
+fn seconds(ms: i64) -> Result<(u32, u64), Poison> {
+    let s = u32::try_from(ms.div_euclid(1000)).map_err(|_| Poison::Time(ms))?;
+    Ok((s, ms as u64))
+}
+
+fn text<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// The bus position as the `bus_offset` column (Kinesis sequence numbers do not fit: 0).
+pub fn offset_of(position: &Position) -> Option<u64> {
+    match position {
+        Position::Offset(o) => u64::try_from(*o).ok(),
+        Position::Sequence(_) => None,
+    }
+}
+
+/// Decodes a record into a row.
+pub fn row(topic: &str, record: &Record) -> Result<EventRow, Poison> {
+    let event = decode_proto(&record.value).map_err(|v| Poison::Undecodable(v.to_string()))?;
+    from_event(
+        event,
+        topic,
+        record.partition,
+        offset_of(&record.position).unwrap_or(0),
+    )
+}
+
+/// Spreads an event over the columns.
+pub fn from_event(
+    event: Event,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<EventRow, Poison> {
+    let (Some(event_id), Some(received_at)) = (event.event_id.clone(), event.received_at) else {
+        return Err(Poison::Unstamped);
+    };
+    let (occurred_s, occurred_ms) = seconds(event.occurred_at.as_millis())?;
+    let (received_s, received_ms) = seconds(received_at.as_millis())?;
+    let payload_json = serde_json::to_value(&event.payload)
+        .ok()
+        .and_then(|v| v.get("payload").map(ToString::to_string))
+        .unwrap_or_else(|| "{}".into());
+    let mut row = EventRow {
+        tenant_id: event.tenant_id,
+        event_id,
+        player_id: event.player_id,
+        session_id: event.session_id.unwrap_or_default(),
+        kind: event.payload.event_type().as_str().to_owned(),
+        occurred_at: occurred_s,
+        occurred_at_ms: occurred_ms,
+        received_at: received_s,
+        received_at_ms: received_ms,
+        schema_version: event.schema_version,
+        late: u8::from(event.late),
+        game_id: String::new(),
+        bet_id: String::new(),
+        round_id: String::new(),
+        transaction_id: String::new(),
+        result: String::new(),
+        status: String::new(),
+        method: String::new(),
+        channel: String::new(),
+        device_id: String::new(),
+        ip: String::new(),
+        country: String::new(),
+        success: 0,
+        amount_minor: 0,
+        payout_minor: 0,
+        currency: String::new(),
+        payload: payload_json,
+        bus_topic: topic.to_owned(),
+        bus_partition: partition,
+        bus_offset: offset,
+    };
+    match event.payload {
+        Payload::BetPlaced(b) => {
+            row.bet_id = b.bet_id;
+            row.game_id = b.game_id;
+            row.round_id = b.round_id.unwrap_or_default();
+            row.amount_minor = b.stake.amount_minor;
+            row.currency = b.stake.currency;
+            row.channel = b.channel.as_ref().map(text).unwrap_or_default();
+            row.device_id = b.device_id.unwrap_or_default();
+        }
+        Payload::BetSettled(b) => {
+            row.bet_id = b.bet_id;
+            row.game_id = b.game_id;
+            row.round_id = b.round_id.unwrap_or_default();
+            row.result = text(&b.result);
+            row.payout_minor = b.payout.amount_minor;
+            row.currency = b.payout.currency;
+        }
+        Payload::Deposit(d) => {
+            row.transaction_id = d.transaction_id;
+            row.amount_minor = d.amount.amount_minor;
+            row.currency = d.amount.currency;
+            row.method = d.method.as_ref().map(text).unwrap_or_default();
+        }
+        Payload::Withdrawal(w) => {
+            row.transaction_id = w.transaction_id;
+            row.amount_minor = w.amount.amount_minor;
+            row.currency = w.amount.currency;
+            row.status = text(&w.status);
+            row.method = w.method.as_ref().map(text).unwrap_or_default();
+        }
+        Payload::Login(l) => {
+            row.ip = l.ip;
+            row.device_id = l.device_id.unwrap_or_default();
+            row.country = l.country.unwrap_or_default();
+            row.success = u8::from(l.success);
+        }
+        Payload::SessionStarted(s) => {
+            row.channel = s.channel.as_ref().map(text).unwrap_or_default();
+            row.device_id = s.device_id.unwrap_or_default();
+        }
+        Payload::Bonus(b) => {
+            row.bet_id = b.bonus_id;
+            row.status = text(&b.action);
+            row.amount_minor = b.amount.amount_minor;
+            row.currency = b.amount.currency;
+        }
+        Payload::Logout(_) | Payload::SessionEnded(_) | Payload::Custom(_) => {}
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pitboss_model::{Money, Timestamp, encode_proto};
+
+    fn bet() -> Event {
+        Event {
+            event_id: Some("0193735a-6b2e-7c41-9d3f-2a1b4c5d6e7f".into()),
+            tenant_id: "acme".into(),
+            player_id: "p1".into(),
+            session_id: None,
+            occurred_at: Timestamp::from_millis(1_795_870_800_123),
+            received_at: Some(Timestamp::from_millis(1_795_870_801_000)),
+            schema_version: 1,
+            late: false,
+            payload: Payload::BetPlaced(pitboss_model::BetPlaced {
+                bet_id: "b1".into(),
+                game_id: "slot-7".into(),
+                round_id: None,
+                stake: Money::new(250, "EUR"),
+                odds: None,
+                bet_type: None,
+                channel: None,
+                device_id: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_bet_fills_its_columns_and_keeps_its_position() {
+        let record = Record {
+            partition: 3,
+            position: Position::Offset(42),
+            key: "acme:p1".into(),
+            value: encode_proto(&bet()),
+            timestamp_ms: 0,
+        };
+        let r = row("events", &record).expect("row");
+        assert_eq!(
+            (r.kind.as_str(), r.game_id.as_str()),
+            ("bet_placed", "slot-7")
+        );
+        assert_eq!((r.amount_minor, r.currency.as_str()), (250, "EUR"));
+        assert_eq!(
+            (r.occurred_at, r.occurred_at_ms),
+            (1_795_870_800, 1_795_870_800_123)
+        );
+        assert_eq!((r.bus_partition, r.bus_offset), (3, 42));
+        assert!(r.payload.contains("\"bet_id\":\"b1\""), "{}", r.payload);
+    }
+
+    #[test]
+    fn garbage_and_unstamped_events_are_poison() {
+        let mut record = Record {
+            partition: 0,
+            position: Position::Offset(1),
+            key: String::new(),
+            value: vec![0xff, 0xff, 0xff],
+            timestamp_ms: 0,
+        };
+        assert!(matches!(
+            row("events", &record),
+            Err(Poison::Undecodable(_))
+        ));
+        let mut e = bet();
+        e.received_at = None;
+        record.value = encode_proto(&e);
+        assert_eq!(row("events", &record), Err(Poison::Unstamped));
+    }
+}

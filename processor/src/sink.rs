@@ -1,0 +1,172 @@
+//! Where batches go: ClickHouse in production, an in-memory table in unit tests (with failure
+//! injection), behind one small trait.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use clickhouse::Client;
+
+/// The ClickHouse client type, re-exported for binaries.
+pub use clickhouse::Client as ClickHouseClient;
+
+use crate::ProcessorError;
+use crate::batch::Batch;
+use crate::rows::EventRow;
+
+/// A store for batches of event rows.
+#[async_trait]
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// The highest bus offset stored for (topic, partition), if any: everything at or below it
+    /// is already in the store (inserts are all-or-nothing), so a replay skips it.
+    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError>;
+
+    /// Inserts the batch, all or nothing.
+    async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError>;
+}
+
+/// ClickHouse over HTTP (the `clickhouse` crate, RowBinary, validation off for 18.16).
+#[derive(Clone)]
+pub struct ClickHouseSink {
+    client: Client,
+    table: String,
+}
+
+impl std::fmt::Debug for ClickHouseSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseSink")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+/// A client for `url` (credentials, if any, from the URL's user info are not logged).
+pub fn client(url: &str, database: &str) -> Client {
+    Client::default()
+        .with_url(url)
+        .with_database(database)
+        .with_validation(false)
+        // One insert is one block (one part per partition): all or nothing.
+        .with_setting("max_insert_block_size", "1048576")
+}
+
+impl ClickHouseSink {
+    pub fn new(client: Client) -> Self {
+        ClickHouseSink {
+            client,
+            table: "events".into(),
+        }
+    }
+
+    /// Writes into another table with the `events` layout (tests use unique names).
+    pub fn with_table(mut self, table: &str) -> Self {
+        self.table = table.to_owned();
+        self
+    }
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct HighWater {
+    rows: u64,
+    top: u64,
+}
+
+#[async_trait]
+impl Sink for ClickHouseSink {
+    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError> {
+        let hw: HighWater = self
+            .client
+            .query(&format!(
+                "SELECT count() AS rows, max(bus_offset) AS top FROM {} \
+                 WHERE bus_topic = ? AND bus_partition = ?",
+                self.table
+            ))
+            .bind(topic)
+            .bind(partition)
+            .fetch_one()
+            .await?;
+        Ok((hw.rows > 0).then_some(hw.top))
+    }
+
+    async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError> {
+        let mut insert = self.client.insert::<EventRow>(&self.table).await?;
+        for row in &batch.rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+}
+
+/// An in-memory `events` table for unit tests, with failure injection.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    rows: Vec<EventRow>,
+    fail_next: usize,
+    /// Fail after storing (the insert landed but the answer was lost).
+    lose_answer_next: usize,
+    inserts: usize,
+}
+
+impl MemorySink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The next `n` inserts fail without storing anything.
+    pub fn fail_next(&self, n: usize) {
+        self.lock().fail_next = n;
+    }
+
+    /// The next `n` inserts store their rows and then report a failure.
+    pub fn lose_answer_next(&self, n: usize) {
+        self.lock().lose_answer_next = n;
+    }
+
+    pub fn rows(&self) -> Vec<EventRow> {
+        self.lock().rows.clone()
+    }
+
+    /// Successful or answer-lost inserts so far.
+    pub fn inserts(&self) -> usize {
+        self.lock().inserts
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError> {
+        Ok(self
+            .lock()
+            .rows
+            .iter()
+            .filter(|r| r.bus_topic == topic && r.bus_partition == partition)
+            .map(|r| r.bus_offset)
+            .max())
+    }
+
+    async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError> {
+        let mut inner = self.lock();
+        if inner.fail_next > 0 {
+            inner.fail_next -= 1;
+            return Err(ProcessorError::Store("injected failure".into()));
+        }
+        inner.rows.extend(batch.rows.iter().cloned());
+        inner.inserts += 1;
+        if inner.lose_answer_next > 0 {
+            inner.lose_answer_next -= 1;
+            return Err(ProcessorError::Store("injected lost answer".into()));
+        }
+        Ok(())
+    }
+}

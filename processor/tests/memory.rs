@@ -1,0 +1,168 @@
+//! The processor loop over the embedded log and the in-memory sink with failure injection:
+//! retries until the insert lands, a lost answer is not inserted twice, a restart after a
+//! crash skips what the store already has, poison goes to the dead-letter topic.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
+use pitboss_bus::{Bus, ConsumerConfig, Delivery, OutRecord};
+use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
+use pitboss_processor::{BatchConfig, MemorySink, ProcessorConfig, run};
+
+fn event(i: u64) -> OutRecord {
+    let e = Event {
+        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
+        tenant_id: "acme".into(),
+        player_id: format!("p{}", i % 50),
+        session_id: None,
+        occurred_at: Timestamp::now(),
+        received_at: Some(Timestamp::now()),
+        schema_version: 1,
+        late: false,
+        payload: Payload::Deposit(pitboss_model::Deposit {
+            transaction_id: format!("tx{i}"),
+            amount: Money::new(100, "EUR"),
+            method: None,
+        }),
+    };
+    OutRecord::new(format!("acme:p{}", i % 50), encode_proto(&e))
+}
+
+fn config() -> ProcessorConfig {
+    ProcessorConfig {
+        batch: BatchConfig {
+            max_rows: 100,
+            max_age: Duration::from_millis(50),
+            ..BatchConfig::default()
+        },
+        retry_initial: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        ..ProcessorConfig::default()
+    }
+}
+
+async fn bus() -> (Arc<EmbeddedBus>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    bus.create_topic("events", 3).await.unwrap();
+    bus.create_topic("events_dead_letter", 1).await.unwrap();
+    (Arc::new(bus), dir)
+}
+
+async fn publish(bus: &EmbeddedBus, range: std::ops::Range<u64>) {
+    let records: Vec<_> = range.map(event).collect();
+    bus.publisher().publish("events", records).await.unwrap();
+}
+
+/// Runs the processor until the sink holds `n` rows (or 10 s), then stops it cleanly.
+async fn run_until(
+    bus: Arc<EmbeddedBus>,
+    sink: &MemorySink,
+    n: usize,
+) -> pitboss_processor::RunStats {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(bus, Arc::new(sink.clone()), config(), async {
+        let _ = stopped.await;
+    }));
+    let start = std::time::Instant::now();
+    while sink.rows().len() < n && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap()
+}
+
+fn unique_ids(sink: &MemorySink) -> usize {
+    sink.rows()
+        .iter()
+        .map(|r| r.event_id.clone())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+#[tokio::test]
+async fn failed_inserts_are_retried_and_a_lost_answer_is_not_inserted_twice() {
+    let (bus, _dir) = bus().await;
+    publish(&bus, 0..1000).await;
+    let sink = MemorySink::new();
+    sink.fail_next(3);
+    let stats = run_until(bus.clone(), &sink, 1000).await;
+    assert!(stats.insert_retries >= 3, "{stats:?}");
+    assert_eq!((sink.rows().len(), unique_ids(&sink)), (1000, 1000));
+
+    let sink = MemorySink::new();
+    let (bus, _dir) = self::bus().await;
+    publish(&bus, 0..1000).await;
+    sink.lose_answer_next(1);
+    run_until(bus, &sink, 1000).await;
+    assert_eq!(
+        sink.rows().len(),
+        1000,
+        "the landed batch was recognised, not re-inserted"
+    );
+    assert_eq!(unique_ids(&sink), 1000);
+}
+
+#[tokio::test]
+async fn a_restart_after_a_crash_skips_what_the_store_has() {
+    let (bus, _dir) = bus().await;
+    publish(&bus, 0..2000).await;
+    let sink = MemorySink::new();
+    // A "crash": the task is aborted once rows landed; whatever it had not committed is
+    // delivered again to the next member.
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(sink.clone()),
+        config(),
+        std::future::pending(),
+    ));
+    while sink.rows().len() < 2000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    publish(&bus, 2000..2500).await;
+    let stats = run_until(bus, &sink, 2500).await;
+    assert_eq!(
+        (sink.rows().len(), unique_ids(&sink)),
+        (2500, 2500),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn poison_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() {
+    let (bus, _dir) = bus().await;
+    publish(&bus, 0..100).await;
+    bus.publisher()
+        .publish(
+            "events",
+            vec![OutRecord::new("acme:p1", vec![0xff, 0x01, 0x02])],
+        )
+        .await
+        .unwrap();
+    publish(&bus, 100..200).await;
+    let sink = MemorySink::new();
+    let stats = run_until(bus.clone(), &sink, 200).await;
+    assert_eq!(sink.rows().len(), 200);
+    assert_eq!(stats.dead_lettered, 1);
+    let mut c = bus
+        .consumer("check", "events_dead_letter", ConsumerConfig::default())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        if let Delivery::Records(rs) = c.poll(10, Duration::from_millis(100)).await.unwrap() {
+            got.extend(rs);
+        }
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value, vec![0xff, 0x01, 0x02], "the record as it was");
+    assert!(got[0].key.contains("undecodable"), "{}", got[0].key);
+}
