@@ -61,10 +61,9 @@ struct ClickHouseArgs {
     database: String,
 }
 
+/// Where Kafka is and how to talk to it (ingest and processor alike).
 #[derive(Debug, Args)]
-struct ProcessArgs {
-    #[command(flatten)]
-    clickhouse: ClickHouseArgs,
+struct KafkaArgs {
     /// Kafka bootstrap servers.
     #[arg(
         long,
@@ -72,7 +71,8 @@ struct ProcessArgs {
         default_value = "127.0.0.1:9092"
     )]
     kafka_bootstrap: String,
-    /// Extra librdkafka property, `key=value` (repeatable).
+    /// Extra librdkafka property, `key=value` (repeatable; e.g. security.protocol=SASL_SSL,
+    /// linger.ms=10). Applied after Pitboss's own settings; values are never logged.
     #[arg(
         long = "kafka-option",
         env = "PITBOSS_KAFKA_OPTIONS",
@@ -80,6 +80,23 @@ struct ProcessArgs {
         hide_env_values = true
     )]
     kafka_options: Vec<String>,
+}
+
+impl KafkaArgs {
+    fn spec(&self) -> Result<BusSpec> {
+        Ok(BusSpec::Kafka {
+            bootstrap: self.kafka_bootstrap.clone(),
+            options: pitboss_bus::parse_options(self.kafka_options.iter().map(String::as_str))?,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct ProcessArgs {
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Topic to consume.
     #[arg(long, default_value = "events")]
     topic: String,
@@ -111,11 +128,7 @@ async fn clickhouse_client(
 
 async fn process(args: ProcessArgs) -> Result<()> {
     let client = clickhouse_client(&args.clickhouse).await?;
-    let spec = BusSpec::Kafka {
-        bootstrap: args.kafka_bootstrap,
-        options: pitboss_bus::parse_options(args.kafka_options.iter().map(String::as_str))?,
-    };
-    let bus = spec.open().await?;
+    let bus = args.kafka.spec()?.open().await?;
     let config = pitboss_processor::ProcessorConfig {
         dead_letter_topic: format!("{}_dead_letter", args.topic),
         topic: args.topic,
@@ -152,22 +165,8 @@ struct IngestArgs {
     /// Which bus to write to.
     #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
     bus: BusKind,
-    /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "PITBOSS_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
-    )]
-    kafka_bootstrap: String,
-    /// Extra librdkafka property, `key=value` (repeatable; e.g. security.protocol=SASL_SSL,
-    /// linger.ms=10). Applied after Pitboss's own settings.
-    #[arg(
-        long = "kafka-option",
-        env = "PITBOSS_KAFKA_OPTIONS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    kafka_options: Vec<String>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// AWS region for Kinesis.
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     kinesis_region: String,
@@ -321,8 +320,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let IngestArgs {
         config,
         bus,
-        kafka_bootstrap,
-        kafka_options,
+        kafka,
         kinesis_region,
         kinesis_endpoint,
         data_dir,
@@ -333,10 +331,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         BusKind::Embedded => BusSpec::Embedded {
             dir: data_dir.join("log"),
         },
-        BusKind::Kafka => BusSpec::Kafka {
-            bootstrap: kafka_bootstrap,
-            options: pitboss_bus::parse_options(kafka_options.iter().map(String::as_str))?,
-        },
+        BusKind::Kafka => kafka.spec()?,
         BusKind::Kinesis => BusSpec::Kinesis {
             region: kinesis_region,
             endpoint: kinesis_endpoint,

@@ -6,7 +6,7 @@ use pitboss_model::{Event, Payload, decode_proto};
 use serde::{Deserialize, Serialize};
 
 /// One row of `events`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct EventRow {
     pub tenant_id: String,
     pub event_id: String,

@@ -238,6 +238,7 @@ impl Processor {
         loop {
             match self.sink.insert(batch).await {
                 Ok(()) => break,
+                Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     self.stats.insert_retries += 1;
                     metrics::counter!("pitboss_processor_insert_retries_total").increment(1);

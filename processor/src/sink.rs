@@ -109,6 +109,8 @@ struct MemoryInner {
     fail_next: usize,
     /// Fail after storing (the insert landed but the answer was lost).
     lose_answer_next: usize,
+    /// Never answer after storing (the process dies before it hears back).
+    hang_after_store_next: usize,
     inserts: usize,
 }
 
@@ -131,6 +133,11 @@ impl MemorySink {
     /// The next `n` inserts store their rows and then report a failure.
     pub fn lose_answer_next(&self, n: usize) {
         self.lock().lose_answer_next = n;
+    }
+
+    /// The next `n` inserts store their rows and then never answer.
+    pub fn hang_after_store_next(&self, n: usize) {
+        self.lock().hang_after_store_next = n;
     }
 
     pub fn rows(&self) -> Vec<EventRow> {
@@ -156,16 +163,24 @@ impl Sink for MemorySink {
     }
 
     async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError> {
-        let mut inner = self.lock();
-        if inner.fail_next > 0 {
-            inner.fail_next -= 1;
-            return Err(ProcessorError::Store("injected failure".into()));
-        }
-        inner.rows.extend(batch.rows.iter().cloned());
-        inner.inserts += 1;
-        if inner.lose_answer_next > 0 {
-            inner.lose_answer_next -= 1;
-            return Err(ProcessorError::Store("injected lost answer".into()));
+        let hang = {
+            let mut inner = self.lock();
+            if inner.fail_next > 0 {
+                inner.fail_next -= 1;
+                return Err(ProcessorError::Store("injected failure".into()));
+            }
+            inner.rows.extend(batch.rows.iter().cloned());
+            inner.inserts += 1;
+            if inner.lose_answer_next > 0 {
+                inner.lose_answer_next -= 1;
+                return Err(ProcessorError::Store("injected lost answer".into()));
+            }
+            let hang = inner.hang_after_store_next > 0;
+            inner.hang_after_store_next = inner.hang_after_store_next.saturating_sub(1);
+            hang
+        };
+        if hang {
+            std::future::pending::<()>().await;
         }
         Ok(())
     }

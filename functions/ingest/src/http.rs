@@ -333,7 +333,7 @@ async fn publish_plan(
         }
         state
             .dedup
-            .remember(tenant, ids.iter().map(String::as_str), now_ms());
+            .remember(tenant, ids.iter().map(String::as_str), now);
     }
 
     let (accepted, duplicates, rejected) = plan.counts();
