@@ -194,6 +194,9 @@ start_clickhouse() {
 EOF
   spawn clickhouse "$dir/stdout.log" clickhouse-server --config-file="$dir/config.xml"
   echo "export PITBOSS_TEST_CLICKHOUSE=http://127.0.0.1:$http" >>"$STACK/env"
+  # For fault tests that stop and restart ClickHouse (tests/processor_faults.rs).
+  echo "export PITBOSS_TEST_CLICKHOUSE_PIDFILE=$STACK/pids/clickhouse.pid" >>"$STACK/env"
+  echo "export PITBOSS_TEST_CLICKHOUSE_CONFIG=$dir/config.xml" >>"$STACK/env"
   CLICKHOUSE_HTTP=$http
 }
 

@@ -8,6 +8,16 @@ cd "$ROOT"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pitboss/target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 mkdir -p "$CARGO_TARGET_DIR"
+# Incremental artifacts do not help a test run and grew the shared target dir by GBs per run.
+export CARGO_INCREMENTAL=0
+# Each clone in a new directory builds its own workspace test binaries next to the old ones:
+# when the shared target dir grows past 40 GB or the disk has under 10 GB free, start it over.
+target_gb=$(du -s --block-size=1G "$CARGO_TARGET_DIR" 2>/dev/null | cut -f1)
+free_gb=$(df --output=avail --block-size=1G "$CARGO_TARGET_DIR" | tail -1 | tr -d ' ')
+if (( ${target_gb:-0} > 40 || ${free_gb:-100} < 10 )); then
+  echo "[test] target dir ${target_gb} GB, ${free_gb} GB free: clearing $CARGO_TARGET_DIR/debug" >&2
+  rm -rf "$CARGO_TARGET_DIR/debug"
+fi
 if ! command -v cargo >/dev/null; then
   # rustup installs into ~/.cargo; a non-login shell may not have it on PATH yet.
   # shellcheck disable=SC1091

@@ -103,6 +103,10 @@ struct ProcessArgs {
     /// Consumer group.
     #[arg(long, default_value = "pitboss-processor")]
     group: String,
+    /// Seconds without heartbeats before the group gives a dead member's partitions away
+    /// (the broker's minimum is usually 6).
+    #[arg(long, default_value_t = 10)]
+    session_timeout_secs: u64,
 }
 
 async fn clickhouse_client(
@@ -133,6 +137,10 @@ async fn process(args: ProcessArgs) -> Result<()> {
         dead_letter_topic: format!("{}_dead_letter", args.topic),
         topic: args.topic,
         group: args.group,
+        consumer: pitboss_bus::ConsumerConfig {
+            session_timeout: std::time::Duration::from_secs(args.session_timeout_secs),
+            ..pitboss_bus::ConsumerConfig::default()
+        },
         ..pitboss_processor::ProcessorConfig::default()
     };
     let sink = std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(client));

@@ -14,6 +14,11 @@ pub fn encode_proto(event: &Event) -> Vec<u8> {
     pb::Event::from(event).encode_to_vec()
 }
 
+/// [`encode_proto`] consuming the event (no string copies).
+pub fn encode_proto_owned(event: Event) -> Vec<u8> {
+    pb::Event::from(event).encode_to_vec()
+}
+
 /// Decodes protobuf bytes into an event.
 pub fn decode_proto(bytes: &[u8]) -> Result<Event, Violation> {
     let msg = pb::Event::decode(bytes)
@@ -21,18 +26,14 @@ pub fn decode_proto(bytes: &[u8]) -> Result<Event, Violation> {
     Event::try_from(msg)
 }
 
-fn opt(s: &Option<String>) -> String {
-    s.clone().unwrap_or_default()
-}
-
 fn none_if_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
-fn money_to(m: &Money) -> Option<pb::Money> {
+fn money_to(m: Money) -> Option<pb::Money> {
     Some(pb::Money {
         amount_minor: m.amount_minor,
-        currency: m.currency.clone(),
+        currency: m.currency,
     })
 }
 
@@ -92,13 +93,13 @@ enum_map!(BonusAction, pb::BonusAction, action_to, action_from, _action_opt, {
     Granted => Granted, Wagered => Wagered, Released => Released, Forfeited => Forfeited,
 });
 
-fn custom_value_to(v: &CustomValue) -> pb::CustomValue {
+fn custom_value_to(v: CustomValue) -> pb::CustomValue {
     use pb::custom_value::Kind;
     let kind = match v {
-        CustomValue::Flag(b) => Kind::Flag(*b),
-        CustomValue::Integer(i) => Kind::Integer(*i),
-        CustomValue::Number(n) => Kind::Number(*n),
-        CustomValue::Text(t) => Kind::Text(t.clone()),
+        CustomValue::Flag(b) => Kind::Flag(b),
+        CustomValue::Integer(i) => Kind::Integer(i),
+        CustomValue::Number(n) => Kind::Number(n),
+        CustomValue::Text(t) => Kind::Text(t),
     };
     pb::CustomValue { kind: Some(kind) }
 }
@@ -118,81 +119,88 @@ fn custom_value_from(v: pb::CustomValue, path: &str) -> Result<CustomValue, Viol
     }
 }
 
-impl From<&Event> for pb::Event {
-    fn from(e: &Event) -> Self {
+impl From<Event> for pb::Event {
+    /// By value: the strings move into the message (the ingest hot path encodes each event once).
+    fn from(e: Event) -> Self {
         use pb::event::Payload as P;
-        let payload = match &e.payload {
+        let payload = match e.payload {
             Payload::BetPlaced(b) => P::BetPlaced(pb::BetPlaced {
-                bet_id: b.bet_id.clone(),
-                game_id: b.game_id.clone(),
-                round_id: opt(&b.round_id),
-                stake: money_to(&b.stake),
-                odds: opt(&b.odds),
+                bet_id: b.bet_id,
+                game_id: b.game_id,
+                round_id: b.round_id.unwrap_or_default(),
+                stake: money_to(b.stake),
+                odds: b.odds.unwrap_or_default(),
                 bet_type: b.bet_type.map_or(0, bet_type_to),
                 channel: b.channel.map_or(0, channel_to),
-                device_id: opt(&b.device_id),
+                device_id: b.device_id.unwrap_or_default(),
             }),
             Payload::BetSettled(b) => P::BetSettled(pb::BetSettled {
-                bet_id: b.bet_id.clone(),
-                game_id: b.game_id.clone(),
-                round_id: opt(&b.round_id),
+                bet_id: b.bet_id,
+                game_id: b.game_id,
+                round_id: b.round_id.unwrap_or_default(),
                 result: result_to(b.result),
-                payout: money_to(&b.payout),
+                payout: money_to(b.payout),
             }),
             Payload::Deposit(d) => P::Deposit(pb::Deposit {
-                transaction_id: d.transaction_id.clone(),
-                amount: money_to(&d.amount),
+                transaction_id: d.transaction_id,
+                amount: money_to(d.amount),
                 method: d.method.map_or(0, method_to),
             }),
             Payload::Withdrawal(w) => P::Withdrawal(pb::Withdrawal {
-                transaction_id: w.transaction_id.clone(),
-                amount: money_to(&w.amount),
+                transaction_id: w.transaction_id,
+                amount: money_to(w.amount),
                 status: status_to(w.status),
                 method: w.method.map_or(0, method_to),
             }),
             Payload::Login(l) => P::Login(pb::Login {
-                ip: l.ip.clone(),
-                device_id: opt(&l.device_id),
-                user_agent: opt(&l.user_agent),
-                country: opt(&l.country),
+                ip: l.ip,
+                device_id: l.device_id.unwrap_or_default(),
+                user_agent: l.user_agent.unwrap_or_default(),
+                country: l.country.unwrap_or_default(),
                 success: l.success,
             }),
             Payload::Logout(l) => P::Logout(pb::Logout {
-                reason: opt(&l.reason),
+                reason: l.reason.unwrap_or_default(),
             }),
             Payload::SessionStarted(s) => P::SessionStarted(pb::SessionStarted {
                 channel: s.channel.map_or(0, channel_to),
-                device_id: opt(&s.device_id),
+                device_id: s.device_id.unwrap_or_default(),
             }),
             Payload::SessionEnded(s) => P::SessionEnded(pb::SessionEnded {
                 duration_ms: s.duration_ms,
-                reason: opt(&s.reason),
+                reason: s.reason.unwrap_or_default(),
             }),
             Payload::Bonus(b) => P::Bonus(pb::Bonus {
-                bonus_id: b.bonus_id.clone(),
+                bonus_id: b.bonus_id,
                 action: action_to(b.action),
-                amount: money_to(&b.amount),
+                amount: money_to(b.amount),
             }),
             Payload::Custom(c) => P::Custom(pb::Custom {
-                name: c.name.clone(),
+                name: c.name,
                 properties: c
                     .properties
-                    .iter()
-                    .map(|(k, v)| (k.clone(), custom_value_to(v)))
+                    .into_iter()
+                    .map(|(k, v)| (k, custom_value_to(v)))
                     .collect(),
             }),
         };
         pb::Event {
-            event_id: opt(&e.event_id),
-            tenant_id: e.tenant_id.clone(),
-            player_id: e.player_id.clone(),
-            session_id: opt(&e.session_id),
+            event_id: e.event_id.unwrap_or_default(),
+            tenant_id: e.tenant_id,
+            player_id: e.player_id,
+            session_id: e.session_id.unwrap_or_default(),
             occurred_at_ms: e.occurred_at.as_millis(),
             received_at_ms: e.received_at.map_or(0, Timestamp::as_millis),
             schema_version: e.schema_version,
             late: e.late,
             payload: Some(payload),
         }
+    }
+}
+
+impl From<&Event> for pb::Event {
+    fn from(e: &Event) -> Self {
+        pb::Event::from(e.clone())
     }
 }
 

@@ -12,7 +12,7 @@ pub mod schema;
 pub mod time;
 pub mod validate;
 
-pub use convert::{decode_proto, encode_proto};
+pub use convert::{decode_proto, encode_proto, encode_proto_owned};
 pub use decode::decode_event;
 pub use event::*;
 pub use time::Timestamp;

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use pitboss_model::{
-    Event, SCHEMA_VERSION, Timestamp, ValidationConfig, Violation, decode_event, encode_proto,
-    new_event_id, validate,
+    Event, SCHEMA_VERSION, Timestamp, ValidationConfig, Violation, decode_event,
+    encode_proto_owned, new_event_id, validate,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -231,7 +231,8 @@ fn plan_decoded(
 
     let mut outcomes = Vec::with_capacity(decoded.len());
     let mut publish = Vec::with_capacity(decoded.len());
-    let mut in_request: HashSet<String> = HashSet::with_capacity(decoded.len());
+    let mut in_request: HashSet<String, foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(decoded.len(), Default::default());
     for (index, d) in decoded.into_iter().enumerate() {
         let mut event = match d {
             Ok(e) => e,
@@ -269,11 +270,12 @@ fn plan_decoded(
         if event.schema_version == 0 {
             event.schema_version = SCHEMA_VERSION;
         }
+        let key = event.bus_key();
         publish.push(Prepared {
             index,
             event_id: event_id.clone(),
-            key: event.bus_key(),
-            value: encode_proto(&event),
+            key,
+            value: encode_proto_owned(event),
         });
         outcomes.push(Outcome::Accepted {
             event_id,

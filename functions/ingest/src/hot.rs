@@ -13,7 +13,16 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
+use governor::middleware::NoOpMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Keys are player ids chosen by clients: a randomly seeded hasher (foldhash; SipHash was a
+/// visible share of the per-event cost).
+type Limiter = DefaultKeyedRateLimiter<
+    String,
+    NoOpMiddleware<governor::clock::QuantaInstant>,
+    foldhash::fast::RandomState,
+>;
 
 /// Most keys held as hot at once (memory bound); past it, only the excess events reroute.
 const MAX_STICKY: usize = 100_000;
@@ -21,7 +30,7 @@ const MAX_STICKY: usize = 100_000;
 /// Which keys are hot now.
 #[derive(Debug)]
 pub struct HotKeys {
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: Limiter,
     /// Key -> rerouted until (ms since the epoch).
     sticky: Mutex<HashMap<String, i64>>,
     sticky_count: AtomicUsize,
@@ -37,7 +46,10 @@ impl HotKeys {
     pub fn new(per_second: u32, sticky_secs: u64) -> Self {
         let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
         HotKeys {
-            limiter: RateLimiter::keyed(Quota::per_second(rate)),
+            limiter: RateLimiter::dashmap_with_hasher(
+                Quota::per_second(rate),
+                foldhash::fast::RandomState::default(),
+            ),
             sticky: Mutex::new(HashMap::new()),
             sticky_count: AtomicUsize::new(0),
             sticky_ms: i64::try_from(sticky_secs.saturating_mul(1000)).unwrap_or(i64::MAX),

@@ -1,0 +1,199 @@
+//! Processor figures on real Kafka and ClickHouse (services from scripts/stack.sh):
+//!
+//! 1. Rows/s from the bus into ClickHouse (`pitboss_processor::run`, default batching) next to
+//!    the raw insert rate of the `clickhouse` crate writing the same rows in one insert,
+//!    measured in the same run.
+//! 2. Freshness at 10,000 events/s: events are published with `received_at` = now for 20 s;
+//!    every 100 ms the newest stored `received_at` is read back, and freshness is now minus it
+//!    (the issue's definition). p50 and p95 of those samples.
+//!
+//! ```sh
+//! scripts/stack.sh start && source .stack/env
+//! cargo bench -p pitboss-processor --bench pipeline
+//! ```
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
+use pitboss_bus::{Bus, OutRecord};
+use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
+use pitboss_processor::rows::from_event;
+use pitboss_processor::{ClickHouseSink, ProcessorConfig, run, schema, sink};
+
+const ROWS: u64 = 500_000;
+
+fn event(i: u64) -> Event {
+    let now = Timestamp::now();
+    Event {
+        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
+        tenant_id: "acme".into(),
+        player_id: format!("p{}", i % 10_000),
+        session_id: Some(format!("s{}", i % 10_000)),
+        occurred_at: now,
+        received_at: Some(now),
+        schema_version: 1,
+        late: false,
+        payload: Payload::BetPlaced(pitboss_model::BetPlaced {
+            bet_id: format!("b{i}"),
+            game_id: format!("slot-{}", i % 40),
+            round_id: Some(format!("r{i}")),
+            stake: Money::new(100 + (i % 5000) as i64, "EUR"),
+            odds: None,
+            bet_type: None,
+            channel: None,
+            device_id: None,
+        }),
+    }
+}
+
+fn record(i: u64) -> OutRecord {
+    let e = event(i);
+    OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
+}
+
+async fn database(url: &str, name: &str) -> clickhouse::Client {
+    let db = pitboss_testkit::unique_name(name);
+    sink::client(url, "default")
+        .query(&format!("CREATE DATABASE {db}"))
+        .execute()
+        .await
+        .unwrap();
+    let client = sink::client(url, &db);
+    schema::migrate(&client).await.unwrap();
+    client
+}
+
+async fn count(client: &clickhouse::Client) -> u64 {
+    client
+        .query("SELECT count() FROM events")
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let url = pitboss_testkit::clickhouse();
+    let kafka = pitboss_testkit::kafka();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(kafka)).unwrap());
+
+    // Raw: the clickhouse crate inserting the same rows, one insert.
+    let raw_db = database(&url, "bench_raw").await;
+    let rows: Vec<_> = (0..ROWS)
+        .map(|i| from_event(event(i), "events", 0, i).unwrap())
+        .collect();
+    let t = Instant::now();
+    let mut insert = raw_db
+        .insert::<pitboss_processor::rows::EventRow>("events")
+        .await
+        .unwrap();
+    for r in &rows {
+        insert.write(r).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    let raw = ROWS as f64 / t.elapsed().as_secs_f64();
+    drop(rows);
+
+    // Pipeline: the records already on the bus, the processor from a cold start to the last row.
+    let db = database(&url, "bench_pipeline").await;
+    let topic = pitboss_testkit::unique_name("bench_events");
+    bus.create_topic(&topic, 4).await.unwrap();
+    let publisher = bus.publisher();
+    for chunk in (0..ROWS).collect::<Vec<_>>().chunks(10_000) {
+        publisher
+            .publish(&topic, chunk.iter().map(|i| record(*i)).collect())
+            .await
+            .unwrap();
+    }
+    let config = ProcessorConfig {
+        topic: topic.clone(),
+        group: format!("{topic}_g"),
+        dead_letter_topic: format!("{topic}_dead_letter"),
+        ..ProcessorConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let t = Instant::now();
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(ClickHouseSink::new(db.clone())),
+        config.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    while count(&db).await < ROWS {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pipeline = ROWS as f64 / t.elapsed().as_secs_f64();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    // Freshness at 10,000 events/s for 20 s.
+    let db = database(&url, "bench_fresh").await;
+    let topic = pitboss_testkit::unique_name("bench_fresh");
+    bus.create_topic(&topic, 4).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(ClickHouseSink::new(db.clone())),
+        ProcessorConfig {
+            topic: topic.clone(),
+            group: format!("{topic}_g"),
+            dead_letter_topic: format!("{topic}_dead_letter"),
+            ..ProcessorConfig::default()
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let publisher = bus.publisher();
+    let pub_topic = topic.clone();
+    let publishing = tokio::spawn(async move {
+        // 100 events every 10 ms.
+        let start = Instant::now();
+        for k in 0..2000u64 {
+            let batch = (k * 100..(k + 1) * 100).map(record).collect();
+            publisher.publish(&pub_topic, batch).await.unwrap();
+            tokio::time::sleep_until((start + Duration::from_millis(10 * (k + 1))).into()).await;
+        }
+    });
+    let mut samples = Vec::new();
+    let sampling_start = Instant::now();
+    while !publishing.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let newest = db
+            .query("SELECT max(received_at_ms) FROM events")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0);
+        // Skip the first 2 s (group join) and empty reads.
+        if newest > 0 && sampling_start.elapsed() > Duration::from_secs(2) {
+            let now = Timestamp::now().as_millis() as f64;
+            samples.push((now - newest as f64) / 1000.0);
+        }
+    }
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    samples.sort_by(f64::total_cmp);
+
+    println!("processor pipeline, {ROWS} rows, 4 partitions, default batching (100k rows / 1 s):");
+    println!("  raw clickhouse insert (one insert):   {raw:>12.0} rows/s");
+    println!(
+        "  bus -> processor -> clickhouse:       {pipeline:>12.0} rows/s  (ratio {:.2})",
+        pipeline / raw
+    );
+    println!(
+        "freshness at 10,000 events/s ({} samples): p50 {:.3} s, p95 {:.3} s, max {:.3} s",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.95),
+        samples.last().copied().unwrap_or(f64::NAN)
+    );
+}

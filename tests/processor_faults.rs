@@ -1,0 +1,241 @@
+//! The processor's fault test on real services (scripts/stack.sh): 1,000,000 events published
+//! to Kafka while `pitboss process` is SIGKILLed at random moments five times and restarted, and
+//! ClickHouse is stopped for 30 s and started again under load. Afterwards ClickHouse holds
+//! exactly the 1,000,000 events — count() = uniqExact(event_id), without FINAL or OPTIMIZE —
+//! and, since the ids are 0..1,000,000, no gaps.
+//!
+//! Alone in its test binary: it stops the shared ClickHouse, which no other test may see.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
+use pitboss_bus::{Bus, OutRecord};
+use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
+use rand::Rng;
+
+const N: u64 = 1_000_000;
+
+fn event(i: u64) -> OutRecord {
+    let now = Timestamp::now();
+    let player = format!("p{}", i % 5000);
+    let e = Event {
+        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
+        tenant_id: "acme".into(),
+        player_id: player.clone(),
+        session_id: None,
+        occurred_at: now,
+        received_at: Some(now),
+        schema_version: 1,
+        late: false,
+        payload: Payload::Deposit(pitboss_model::Deposit {
+            transaction_id: format!("tx{i}"),
+            amount: Money::new(100, "EUR"),
+            method: None,
+        }),
+    };
+    OutRecord::new(format!("acme:{player}"), encode_proto(&e))
+}
+
+struct Stack {
+    clickhouse: String,
+    kafka: String,
+    database: String,
+    topic: String,
+    logs: tempfile::TempDir,
+}
+
+impl Stack {
+    fn processor(&self, n: usize) -> Child {
+        let log = std::fs::File::create(self.logs.path().join(format!("process-{n}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "process",
+                "--clickhouse",
+                &self.clickhouse,
+                "--database",
+                &self.database,
+            ])
+            .args(["--kafka-bootstrap", &self.kafka, "--topic", &self.topic])
+            .args([
+                "--group",
+                &format!("{}_processor", self.topic),
+                "--session-timeout-secs",
+                "6",
+            ])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.logs.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out += &format!("--- {}\n", path.display());
+            for l in tail.into_iter().rev() {
+                out += l;
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+async fn scalar(clickhouse: &str, database: &str, sql: &str) -> Option<u64> {
+    pitboss_processor::sink::client(clickhouse, database)
+        .query(sql)
+        .fetch_one::<u64>()
+        .await
+        .ok()
+}
+
+/// The ClickHouse of scripts/stack.sh, stopped and started the way the stack does it.
+struct ClickHouseProcess {
+    pid_file: String,
+    config: String,
+}
+
+impl ClickHouseProcess {
+    fn from_env() -> Self {
+        let var = |v: &str| {
+            std::env::var(v).unwrap_or_else(|_| {
+                panic!("{v} is not set: run ./scripts/test.sh (or source .stack/env)")
+            })
+        };
+        ClickHouseProcess {
+            pid_file: var("PITBOSS_TEST_CLICKHOUSE_PIDFILE"),
+            config: var("PITBOSS_TEST_CLICKHOUSE_CONFIG"),
+        }
+    }
+
+    fn pid(&self) -> String {
+        std::fs::read_to_string(&self.pid_file)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn stop(&self) {
+        let pid = self.pid();
+        Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pid}")])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(Instant::now() < deadline, "clickhouse did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Started detached, like scripts/stack.sh does; `stack.sh stop` ends it via the pid file.
+    #[allow(clippy::zombie_processes)]
+    fn start(&self) {
+        let child = Command::new("setsid")
+            .args([
+                "clickhouse-server",
+                &format!("--config-file={}", self.config),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::fs::write(&self.pid_file, child.id().to_string()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_events_exactly_once_through_five_sigkills_and_a_clickhouse_outage() {
+    let clickhouse = pitboss_testkit::clickhouse();
+    let ch_process = ClickHouseProcess::from_env();
+    let stack = Stack {
+        clickhouse: clickhouse.clone(),
+        kafka: pitboss_testkit::kafka(),
+        database: pitboss_testkit::unique_name("faults"),
+        topic: pitboss_testkit::unique_name("events"),
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let bus = KafkaBus::new(KafkaConfig::new(stack.kafka.clone())).unwrap();
+    bus.create_topic(&stack.topic, 4).await.unwrap();
+    bus.create_topic(&format!("{}_dead_letter", stack.topic), 1)
+        .await
+        .unwrap();
+
+    // Events arrive all along: 1M over about 40 s, 10,000 per acknowledged batch.
+    let publisher = bus.publisher();
+    let topic = stack.topic.clone();
+    let publishing = tokio::spawn(async move {
+        let start = Instant::now();
+        for (k, chunk) in (0..N).collect::<Vec<_>>().chunks(10_000).enumerate() {
+            publisher
+                .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
+                .await
+                .unwrap();
+            let due = start + Duration::from_millis(400 * (k as u64 + 1));
+            tokio::time::sleep_until(due.into()).await;
+        }
+    });
+
+    let count = |sql: &'static str| {
+        let (c, d) = (stack.clickhouse.clone(), stack.database.clone());
+        async move { scalar(&c, &d, sql).await }
+    };
+
+    // Five processors SIGKILLed at random moments (2–9 s: some before, some after they got
+    // their partitions, some in the middle of an insert).
+    let mut seen = Vec::new();
+    for n in 0..5 {
+        let mut child = stack.processor(n);
+        let wait = rand::rng().random_range(2_000..9_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        seen.push(count("SELECT count() FROM events").await.unwrap_or(0));
+    }
+
+    // The last processor keeps running; ClickHouse goes away for 30 s under load.
+    let mut last = stack.processor(5);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ch_process.stop();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    ch_process.start();
+
+    publishing.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while count("SELECT count() FROM events").await != Some(N) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Anything written twice would show up now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = count("SELECT count() FROM events").await;
+    let ids = count("SELECT uniqExact(event_id) FROM events").await;
+    let dead =
+        count("SELECT count() FROM events WHERE event_id NOT LIKE '0193735a-0000-7000-8000-%'")
+            .await;
+    last.kill().unwrap();
+    last.wait().unwrap();
+    assert_eq!(
+        (rows, ids, dead),
+        (Some(N), Some(N), Some(0)),
+        "rows after each kill: {seen:?}\n{}",
+        stack.logs()
+    );
+    assert!(
+        seen.iter().any(|c| *c > 0 && *c < N),
+        "some kills landed while work was in progress: {seen:?}"
+    );
+}
