@@ -28,6 +28,9 @@ use crate::{
     Publisher, Record,
 };
 
+/// Delivers one op's outcome to its caller after the commit (None: it succeeded).
+type Answer = Box<dyn FnOnce(Option<&BusError>)>;
+
 /// How hard a commit pushes data to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -347,7 +350,7 @@ impl Writer {
     /// (A reply that cannot be delivered means the caller stopped waiting; the outcome stands.)
     fn execute(&mut self, batch: Vec<WriteOp>) {
         let before = self.partitions.clone();
-        let mut answers: Vec<Box<dyn FnOnce(Option<&BusError>)>> = Vec::with_capacity(batch.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
         let result = (|| -> Result<(), BusError> {
             let tx = self
                 .conn
