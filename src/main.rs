@@ -3,6 +3,9 @@
 //! - `pitboss up`: Pitboss in one process over the embedded durable log — no servers needed.
 //! - `pitboss ingest`: the ingest function as a standalone server over Kafka, Kinesis or the
 //!   embedded log.
+//! - `pitboss migrate` / `pitboss process`: the ClickHouse schema, and the processor from Kafka
+//!   into ClickHouse.
+//! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles.
 
@@ -45,6 +48,29 @@ enum Command {
     Migrate(ClickHouseArgs),
     /// Run the processor: events from Kafka into ClickHouse, effectively once.
     Process(ProcessArgs),
+    /// Query the embedded store of `pitboss up` (read-only SQLite SQL).
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+struct SqlArgs {
+    /// One SQLite statement, e.g. "SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10".
+    sql: String,
+    /// The data directory of `pitboss up`.
+    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
+    data_dir: PathBuf,
+    /// Output: tab-separated with a header row (NULL as \N), or one JSON object per row.
+    #[arg(long, value_enum, default_value_t = SqlFormat::Tsv)]
+    format: SqlFormat,
+    /// Refuse answers longer than this (add a LIMIT).
+    #[arg(long, default_value_t = 100_000)]
+    max_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SqlFormat {
+    Tsv,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -97,9 +123,10 @@ struct ProcessArgs {
     clickhouse: ClickHouseArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Topic to consume.
-    #[arg(long, default_value = "events")]
-    topic: String,
+    /// Topic to consume (repeatable): the events topic and its hot-key overflow by default.
+    /// Each topic gets its own consumer in the group and its own `<topic>_dead_letter`.
+    #[arg(long = "topic", default_values = ["events", "events_overflow"])]
+    topics: Vec<String>,
     /// Consumer group.
     #[arg(long, default_value = "pitboss-processor")]
     group: String,
@@ -107,6 +134,13 @@ struct ProcessArgs {
     /// (the broker's minimum is usually 6).
     #[arg(long, default_value_t = 10)]
     session_timeout_secs: u64,
+    /// Address of the admin listener (/metrics, /healthz).
+    #[arg(
+        long,
+        env = "PITBOSS_PROCESSOR_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
+    admin_listen: std::net::SocketAddr,
 }
 
 async fn clickhouse_client(
@@ -130,22 +164,72 @@ async fn clickhouse_client(
     Ok(client)
 }
 
+fn processor_config(topic: &str, group: &str) -> pitboss_processor::ProcessorConfig {
+    pitboss_processor::ProcessorConfig {
+        dead_letter_topic: format!("{topic}_dead_letter"),
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+        ..pitboss_processor::ProcessorConfig::default()
+    }
+}
+
+/// One processor per topic into `sink`, all stopped by `stop`; their figures, logged.
+async fn run_processors(
+    bus: std::sync::Arc<dyn Bus>,
+    sink: std::sync::Arc<dyn pitboss_processor::Sink>,
+    configs: Vec<pitboss_processor::ProcessorConfig>,
+    stop: tokio::sync::watch::Receiver<()>,
+) -> Result<()> {
+    let runs = configs.into_iter().map(|config| {
+        let topic = config.topic.clone();
+        let stop = until_stopped(stop.clone());
+        let (bus, sink) = (bus.clone(), sink.clone());
+        async move {
+            let stats = pitboss_processor::run(bus, sink, config, stop)
+                .await
+                .with_context(|| format!("processor of {topic}"))?;
+            tracing::info!(%topic, ?stats, "processor stopped");
+            anyhow::Ok(())
+        }
+    });
+    futures::future::try_join_all(runs).await?;
+    Ok(())
+}
+
 async fn process(args: ProcessArgs) -> Result<()> {
     let client = clickhouse_client(&args.clickhouse).await?;
     let bus = args.kafka.spec()?.open().await?;
-    let config = pitboss_processor::ProcessorConfig {
-        dead_letter_topic: format!("{}_dead_letter", args.topic),
-        topic: args.topic,
-        group: args.group,
-        consumer: pitboss_bus::ConsumerConfig {
-            session_timeout: std::time::Duration::from_secs(args.session_timeout_secs),
-            ..pitboss_bus::ConsumerConfig::default()
-        },
-        ..pitboss_processor::ProcessorConfig::default()
-    };
+    let metrics = pitboss_ingest::telemetry::prometheus();
+    let admin = bind(args.admin_listen).await?;
+    tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, "processor starting");
+    let configs = args
+        .topics
+        .iter()
+        .map(|topic| {
+            let mut c = processor_config(topic, &args.group);
+            c.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
+            c
+        })
+        .collect();
     let sink = std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(client));
-    let stats = pitboss_processor::run(bus, sink, config, shutdown_signal()).await?;
-    tracing::info!(?stats, "processor stopped");
+    let stop = stop_on_signal();
+    let admin_router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let admin_stop = until_stopped(stop.clone());
+    let serve_admin = async move {
+        axum::serve(admin, admin_router)
+            .with_graceful_shutdown(admin_stop)
+            .await
+            .context("admin listener")
+    };
+    tokio::try_join!(run_processors(bus, sink, configs, stop), serve_admin)?;
     Ok(())
 }
 
@@ -277,7 +361,22 @@ async fn up(
     let bus = EmbeddedBus::open(data_dir.join("log"), EmbeddedConfig::default())?;
     bus.create_topic(&ingest.topic, 8).await?;
     bus.create_topic(&ingest.overflow_topic(), 2).await?;
+    let store_path = data_dir.join("pitboss.db");
+    let store = std::sync::Arc::new(
+        pitboss_processor::SqliteSink::open(&store_path)
+            .with_context(|| format!("opening {}", store_path.display()))?,
+    );
+    let configs = vec![
+        processor_config(&ingest.topic, "pitboss-processor"),
+        processor_config(&ingest.overflow_topic(), "pitboss-processor"),
+    ];
+    for c in &configs {
+        bus.create_topic(&c.dead_letter_topic, 1).await?;
+    }
+    let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
+    let stop = stop_on_signal();
+    let processors = tokio::spawn(run_processors(bus.clone(), store, configs, stop.clone()));
     let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
     let admin = bind(admin_listen).await?;
@@ -294,7 +393,14 @@ async fn up(
             path.display()
         );
     }
-    serve_both(state, listener, admin).await
+    println!(
+        "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
+        store_path.display()
+    );
+    serve_both(state, listener, admin, stop).await?;
+    // The processors stop on the same signal, after flushing what they hold.
+    processors.await.context("processor task")??;
+    Ok(())
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -303,23 +409,30 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-/// The public API and the admin listener, stopped together by SIGINT/SIGTERM.
-async fn serve_both(
-    state: pitboss_ingest::http::AppState,
-    public: tokio::net::TcpListener,
-    admin: tokio::net::TcpListener,
-) -> Result<()> {
+/// A channel that changes once, on SIGINT or SIGTERM.
+fn stop_on_signal() -> tokio::sync::watch::Receiver<()> {
     let (stop, stopped) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(());
     });
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
-        let _ = rx.changed().await;
-    };
+    stopped
+}
+
+async fn until_stopped(mut rx: tokio::sync::watch::Receiver<()>) {
+    let _ = rx.changed().await;
+}
+
+/// The public API and the admin listener, stopped together by `stop`.
+async fn serve_both(
+    state: pitboss_ingest::http::AppState,
+    public: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<()>,
+) -> Result<()> {
     tokio::try_join!(
-        pitboss_ingest::serve(state.clone(), public, until_stopped(stopped.clone())),
-        pitboss_ingest::serve_admin(state, admin, until_stopped(stopped)),
+        pitboss_ingest::serve(state.clone(), public, until_stopped(stop.clone())),
+        pitboss_ingest::serve_admin(state, admin, until_stopped(stop)),
     )?;
     Ok(())
 }
@@ -355,7 +468,51 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let admin = bind(config.admin_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
     let state = pitboss_ingest::state(config, publisher)?;
-    serve_both(state, listener, admin).await
+    serve_both(state, listener, admin, stop_on_signal()).await
+}
+
+/// `pitboss sql`: prints the answer as TSV (header row; NULL as \N; tab, newline and
+/// backslash escaped) or as one JSON object per row.
+fn sql(args: &SqlArgs) -> Result<()> {
+    use std::io::Write;
+    let path = args.data_dir.join("pitboss.db");
+    if !path.exists() {
+        bail!(
+            "no embedded store at {} (start `pitboss up` with this --data-dir first)",
+            path.display()
+        );
+    }
+    let answer = pitboss_processor::sqlite::query(&path, &args.sql, args.max_rows)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.format {
+        SqlFormat::Tsv => {
+            writeln!(out, "{}", answer.columns.join("\t"))?;
+            for row in &answer.rows {
+                let cells: Vec<String> = row.iter().map(tsv_cell).collect();
+                writeln!(out, "{}", cells.join("\t"))?;
+            }
+        }
+        SqlFormat::Json => {
+            for row in answer.rows {
+                let object: serde_json::Map<String, serde_json::Value> =
+                    answer.columns.iter().cloned().zip(row).collect();
+                writeln!(out, "{}", serde_json::Value::Object(object))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn tsv_cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "\\N".into(),
+        serde_json::Value::String(s) => s
+            .replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n"),
+        other => other.to_string(),
+    }
 }
 
 #[tokio::main]
@@ -374,6 +531,7 @@ async fn main() -> Result<()> {
         Command::Loadgen(args) => loadgen::run(args).await,
         Command::Migrate(args) => clickhouse_client(&args).await.map(|_| ()),
         Command::Process(args) => process(args).await,
+        Command::Sql(args) => sql(&args),
         Command::HashKey { key } => {
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");

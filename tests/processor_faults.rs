@@ -59,6 +59,7 @@ impl Stack {
                 &self.database,
             ])
             .args(["--kafka-bootstrap", &self.kafka, "--topic", &self.topic])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args([
                 "--group",
                 &format!("{}_processor", self.topic),

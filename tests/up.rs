@@ -94,3 +94,157 @@ async fn up_accepts_events_and_keeps_them_across_shutdown() {
     }
     assert_eq!(seen, 3, "the acknowledged events are in the log");
 }
+
+fn pitboss_sql(data_dir: &std::path::Path, sql: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["sql", "--format", "json", "--data-dir"])
+        .arg(data_dir)
+        .arg(sql)
+        .output()
+        .unwrap()
+}
+
+fn json_rows(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_keeps_queryable_history_with_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pitboss_sql(dir.path(), "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no embedded store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut head = Vec::new();
+    for _ in 0..3 {
+        head.push(lines.next().unwrap().unwrap());
+    }
+    let addr = head[0]
+        .strip_prefix("Pitboss is up: http://")
+        .unwrap_or_else(|| panic!("{head:?}"))
+        .to_owned();
+    let metrics_url = head[2]
+        .split_whitespace()
+        .find(|w| w.ends_with("/metrics"))
+        .unwrap_or_else(|| panic!("{head:?}"))
+        .to_owned();
+    let key = std::fs::read_to_string(dir.path().join("demo-api-key")).unwrap();
+    std::thread::spawn(move || for _ in lines {});
+
+    // 20 bets of 100 and 10 settlements paying 150, by 4 players, in one minute.
+    let minute = "2026-11-28T12:34:00Z";
+    let minute_epoch = 1_795_869_240i64;
+    let mut body: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({
+            "tenant_id": "demo", "player_id": format!("p{}", i % 4), "type": "bet_placed",
+            "occurred_at": format!("2026-11-28T12:34:{:02}Z", i),
+            "payload": {"bet_id": format!("b{i}"), "game_id": "roulette", "stake": {"amount_minor": 100, "currency": "EUR"}}
+        }))
+        .collect();
+    body.extend((0..10).map(|i| serde_json::json!({
+        "tenant_id": "demo", "player_id": format!("p{}", i % 4), "type": "bet_settled",
+        "occurred_at": format!("2026-11-28T12:34:{:02}Z", 30 + i),
+        "payload": {"bet_id": format!("b{i}"), "game_id": "roulette", "result": "win", "payout": {"amount_minor": 150, "currency": "EUR"}}
+    })));
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("http://{addr}/v1/events"))
+        .bearer_auth(key.trim())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["accepted"], 30, "{answer}");
+
+    let mut stored = 0;
+    for _ in 0..100 {
+        let rows = json_rows(&pitboss_sql(dir.path(), "SELECT count(*) AS n FROM events"));
+        stored = rows[0]["n"].as_u64().unwrap();
+        if stored == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored, 30,
+        "the processor of `pitboss up` stores what ingest accepted"
+    );
+
+    let rows = json_rows(&pitboss_sql(
+        dir.path(),
+        "SELECT tenant_id, minute, game_id, currency, bets, settlements, stakes_minor, payouts_minor, ggr_minor FROM bets_per_minute",
+    ));
+    assert_eq!(
+        rows,
+        [serde_json::json!({
+            "tenant_id": "demo", "minute": minute_epoch, "game_id": "roulette", "currency": "EUR",
+            "bets": 20, "settlements": 10, "stakes_minor": 2000, "payouts_minor": 1500, "ggr_minor": 500
+        })],
+        "rollup of the minute {minute}"
+    );
+    let rows = json_rows(&pitboss_sql(
+        dir.path(),
+        "SELECT players FROM players_per_minute",
+    ));
+    assert_eq!(rows, [serde_json::json!({"players": 4})]);
+    let out = pitboss_sql(dir.path(), "DROP TABLE events");
+    assert!(
+        !out.status.success(),
+        "the store is read-only through `pitboss sql`"
+    );
+
+    let metrics = client
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let inserted: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pitboss_processor_rows_inserted_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert_eq!(inserted, 30.0);
+    assert!(
+        metrics.contains("pitboss_processor_freshness_seconds"),
+        "{metrics}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

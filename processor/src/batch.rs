@@ -39,12 +39,13 @@ pub struct Batch {
     /// Position of the last record covered (rows and skipped records): stored after insert.
     pub last: Position,
     pub bytes: usize,
+    /// When its first record arrived (for the batch-age metric).
+    pub opened: Instant,
 }
 
 #[derive(Debug)]
 struct Open {
     batch: Batch,
-    started: Instant,
     month: Option<u32>,
 }
 
@@ -89,8 +90,8 @@ impl Batcher {
                 offsets: None,
                 last: position.clone(),
                 bytes: 0,
+                opened: now,
             },
-            started: now,
             month: None,
         })
     }
@@ -144,7 +145,7 @@ impl Batcher {
         let due: Vec<Partition> = self
             .open
             .iter()
-            .filter(|(_, o)| now.duration_since(o.started) >= age)
+            .filter(|(_, o)| now.duration_since(o.batch.opened) >= age)
             .map(|(p, _)| *p)
             .collect();
         due.into_iter().filter_map(|p| self.take(p)).collect()
@@ -154,7 +155,7 @@ impl Batcher {
     pub fn next_due(&self) -> Option<Instant> {
         self.open
             .values()
-            .map(|o| o.started + self.config.max_age)
+            .map(|o| o.batch.opened + self.config.max_age)
             .min()
     }
 

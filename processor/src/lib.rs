@@ -1,16 +1,18 @@
 //! The Pitboss processor: a long-running consumer-group member that batches events from the
 //! bus into ClickHouse, effectively once (see [`run`]), with the schema as versioned
-//! migrations ([`schema`]).
+//! migrations ([`schema`]); and the embedded store of `pitboss up` ([`sqlite`]).
 
 pub mod batch;
 pub mod rows;
 pub mod run;
 pub mod schema;
 pub mod sink;
+pub mod sqlite;
 
 pub use batch::{Batch, BatchConfig};
 pub use run::{ProcessorConfig, RunStats, run};
 pub use sink::{ClickHouseSink, MemorySink, Sink};
+pub use sqlite::SqliteSink;
 
 /// Errors of the processor; each knows whether a retry can help.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+
 use pitboss_bus::{
-    Bus, Consumer, ConsumerConfig, Delivery, OutRecord, Partition, Publisher, Record,
+    Bus, Consumer, ConsumerConfig, Delivery, OutRecord, Partition, Position, Publisher, Record,
 };
 
 use crate::ProcessorError;
@@ -32,6 +34,8 @@ pub struct ProcessorConfig {
     pub batch: BatchConfig,
     /// Records fetched per poll.
     pub poll_max: usize,
+    /// Closed batches queued for the inserter while the next ones are decoded.
+    pub max_in_flight: usize,
     /// First and largest wait between insert retries.
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -46,6 +50,7 @@ impl Default for ProcessorConfig {
             dead_letter_topic: "events_dead_letter".into(),
             batch: BatchConfig::default(),
             poll_max: 10_000,
+            max_in_flight: 2,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             consumer: ConsumerConfig::default(),
@@ -72,9 +77,28 @@ struct Processor {
     /// Per assigned partition: the store's high-water mark (None: nothing stored yet).
     high_water: HashMap<Partition, Option<u64>>,
     stats: RunStats,
+    /// Closed batches on their way to the inserter (bounded: a slow store pauses consumption).
+    to_insert: Option<mpsc::Sender<Batch>>,
+    /// Batches the inserter finished, in the order they were sent.
+    inserted: mpsc::UnboundedReceiver<Result<Inserted, ProcessorError>>,
+    in_flight: usize,
+}
+
+/// A batch that landed: its partition may now be stored up to `last`.
+#[derive(Debug)]
+struct Inserted {
+    partition: Partition,
+    last: Position,
+    offsets: Option<(u64, u64)>,
 }
 
 /// Runs until `shutdown` resolves; then flushes what is open, commits and leaves the group.
+///
+/// Decoding and inserting overlap: closed batches go to one inserter task through a queue of
+/// `config.max_in_flight` batches, inserted one at a time in the order they were closed (so
+/// a partition's rows never overtake each other), while the next records are decoded. Offsets
+/// are stored and committed as the inserter reports batches landed. A revoke or shutdown
+/// waits for every batch in flight first.
 pub async fn run(
     bus: Arc<dyn Bus>,
     sink: Arc<dyn Sink>,
@@ -84,6 +108,15 @@ pub async fn run(
     let consumer = bus
         .consumer(&config.group, &config.topic, config.consumer.clone())
         .await?;
+    let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
+    let (report, inserted) = mpsc::unbounded_channel();
+    let inserter = tokio::spawn(insert_loop(
+        sink.clone(),
+        config.topic.clone(),
+        (config.retry_initial, config.retry_max),
+        queue,
+        report,
+    ));
     let mut p = Processor {
         batcher: Batcher::new(&config.topic, config.batch.clone()),
         dead_letters: bus.publisher(),
@@ -92,49 +125,159 @@ pub async fn run(
         consumer,
         high_water: HashMap::new(),
         stats: RunStats::default(),
+        to_insert: Some(to_insert),
+        inserted,
+        in_flight: 0,
     };
-    tokio::pin!(shutdown);
-    loop {
-        let wait = p
-            .batcher
-            .next_due()
-            .map_or(Duration::from_millis(500), |d| {
-                d.saturating_duration_since(Instant::now())
-            })
-            .clamp(Duration::from_millis(1), Duration::from_millis(500));
-        let delivery = tokio::select! {
-            () = &mut shutdown => break,
-            d = p.consumer.poll(p.config.poll_max, wait) => d?,
-        };
-        match delivery {
-            Delivery::Records(records) => p.take_records(records).await?,
-            Delivery::Assigned(parts) => {
-                for part in parts {
-                    p.high_water.remove(&part);
-                }
-            }
-            Delivery::Revoking(parts) => {
-                // Flush what is open for them; the next poll commits and lets them go.
-                for part in parts {
-                    if let Some(batch) = p.batcher.take(part) {
-                        p.flush(batch).await?;
-                    }
-                    p.high_water.remove(&part);
-                }
-            }
-        }
-        let due = p.batcher.due(Instant::now());
-        p.flush_all(due).await?;
+    if let Err(e) = p.run_loop(shutdown).await {
+        // Nothing more is stored or committed: what is in flight is replayed by the next owner.
+        inserter.abort();
+        return Err(e);
     }
-    let open = p.batcher.take_all();
-    p.flush_all(open).await?;
+    // Everything landed (run_loop waited for it): stop the inserter and merge its figures.
+    p.to_insert = None;
+    let inserter_stats = inserter
+        .await
+        .map_err(|e| ProcessorError::Store(format!("inserter task: {e}")))?;
+    p.stats.rows_inserted = inserter_stats.rows_inserted;
+    p.stats.batches = inserter_stats.batches;
+    p.stats.insert_retries = inserter_stats.insert_retries;
     p.consumer.close().await?;
     Ok(p.stats)
 }
 
 impl Processor {
-    fn backoff(&self) -> (Duration, Duration) {
-        (self.config.retry_initial, self.config.retry_max)
+    async fn run_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ProcessorError> {
+        tokio::pin!(shutdown);
+        loop {
+            self.collect(false).await?;
+            let mut wait = self
+                .batcher
+                .next_due()
+                .map_or(Duration::from_millis(500), |d| {
+                    d.saturating_duration_since(Instant::now())
+                })
+                .clamp(Duration::from_millis(1), Duration::from_millis(500));
+            if self.in_flight > 0 {
+                // Come back soon to store what lands.
+                wait = wait.min(Duration::from_millis(20));
+            }
+            let delivery = tokio::select! {
+                () = &mut shutdown => break,
+                d = self.consumer.poll(self.config.poll_max, wait) => d?,
+            };
+            match delivery {
+                Delivery::Records(records) => self.take_records(records).await?,
+                Delivery::Assigned(parts) => {
+                    self.collect(true).await?;
+                    for part in parts {
+                        self.high_water.remove(&part);
+                    }
+                }
+                Delivery::Revoking(parts) => {
+                    // Flush what is open for them and wait until it landed; the next poll
+                    // commits and lets them go.
+                    for part in &parts {
+                        if let Some(batch) = self.batcher.take(*part) {
+                            self.send(batch).await?;
+                        }
+                    }
+                    self.collect(true).await?;
+                    for part in parts {
+                        self.high_water.remove(&part);
+                    }
+                }
+            }
+            let due = self.batcher.due(Instant::now());
+            for batch in due {
+                self.send(batch).await?;
+            }
+        }
+        for batch in self.batcher.take_all() {
+            self.send(batch).await?;
+        }
+        self.collect(true).await
+    }
+
+    /// Hands a closed batch to the inserter (waiting while its queue is full).
+    async fn send(&mut self, batch: Batch) -> Result<(), ProcessorError> {
+        metrics::histogram!("pitboss_processor_batch_age_seconds")
+            .record(batch.opened.elapsed().as_secs_f64());
+        let Some(queue) = self.to_insert.clone() else {
+            return Err(ProcessorError::Store("inserter stopped".into()));
+        };
+        let mut batch = batch;
+        loop {
+            match queue.try_send(batch) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    // Full: consumption pauses; store what lands meanwhile.
+                    batch = back;
+                    match self.inserted.recv().await {
+                        Some(done) => self.landed(done)?,
+                        None => return Err(ProcessorError::Store("inserter stopped".into())),
+                    }
+                    self.consumer.commit().await?;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(self.inserter_error().await);
+                }
+            }
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Stores the offsets of the batches that landed and commits them; with `all`, waits
+    /// until nothing is in flight.
+    async fn collect(&mut self, all: bool) -> Result<(), ProcessorError> {
+        let mut stored = false;
+        loop {
+            let done = if all && self.in_flight > 0 {
+                self.inserted.recv().await
+            } else {
+                match self.inserted.try_recv() {
+                    Ok(done) => Some(done),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(done) = done else {
+                return Err(ProcessorError::Store("inserter stopped".into()));
+            };
+            self.landed(done)?;
+            stored = true;
+            if all && self.in_flight == 0 {
+                break;
+            }
+        }
+        if stored {
+            self.consumer.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Why the inserter stopped (its last report), once its queue has closed.
+    async fn inserter_error(&mut self) -> ProcessorError {
+        while let Some(done) = self.inserted.recv().await {
+            if let Err(e) = done {
+                return e;
+            }
+        }
+        ProcessorError::Store("inserter stopped".into())
+    }
+
+    fn landed(&mut self, done: Result<Inserted, ProcessorError>) -> Result<(), ProcessorError> {
+        let done = done?;
+        self.in_flight -= 1;
+        self.consumer.store(done.partition, &done.last)?;
+        if let Some((_, last)) = done.offsets {
+            self.high_water.insert(done.partition, Some(last));
+        }
+        Ok(())
     }
 
     async fn high_water(&mut self, partition: Partition) -> Result<Option<u64>, ProcessorError> {
@@ -144,7 +287,7 @@ impl Processor {
         let hw = with_retry(
             self.sink.clone(),
             self.config.topic.clone(),
-            self.backoff(),
+            (self.config.retry_initial, self.config.retry_max),
             |sink, topic| async move { sink.high_water(&topic, partition).await },
         )
         .await?;
@@ -207,79 +350,103 @@ impl Processor {
             self.stats.dead_lettered += n;
             metrics::counter!("pitboss_processor_dead_letters_total").increment(n);
         }
-        self.flush_all(full).await
-    }
-
-    async fn flush_all(&mut self, batches: Vec<Batch>) -> Result<(), ProcessorError> {
-        let mut stored = false;
-        for batch in batches {
-            self.insert(&batch).await?;
-            self.consumer.store(batch.partition, &batch.last)?;
-            stored = true;
-        }
-        if stored {
-            self.consumer.commit().await?;
+        for batch in full {
+            self.send(batch).await?;
         }
         Ok(())
     }
+}
 
-    async fn flush(&mut self, batch: Batch) -> Result<(), ProcessorError> {
-        self.flush_all(vec![batch]).await
-    }
+/// What the inserter did.
+#[derive(Debug, Default)]
+struct InsertStats {
+    rows_inserted: u64,
+    batches: u64,
+    insert_retries: u64,
+}
 
-    /// Inserts until it lands. After a failure the store is asked whether the batch landed
-    /// anyway (a lost answer): then it is not inserted again.
-    async fn insert(&mut self, batch: &Batch) -> Result<(), ProcessorError> {
-        if batch.rows.is_empty() {
-            return Ok(());
+/// The inserter task: inserts batches one at a time, in order, each until it lands, and
+/// reports each. Stops at the first error that a retry cannot fix, or when the queue closes.
+async fn insert_loop(
+    sink: Arc<dyn Sink>,
+    topic: String,
+    backoff: (Duration, Duration),
+    mut queue: mpsc::Receiver<Batch>,
+    report: mpsc::UnboundedSender<Result<Inserted, ProcessorError>>,
+) -> InsertStats {
+    let mut stats = InsertStats::default();
+    while let Some(batch) = queue.recv().await {
+        let batch = Arc::new(batch);
+        let result = insert(&sink, &topic, backoff, &batch, &mut stats).await;
+        let failed = result.is_err();
+        let sent = report.send(result.map(|()| Inserted {
+            partition: batch.partition,
+            last: batch.last.clone(),
+            offsets: batch.offsets,
+        }));
+        if failed || sent.is_err() {
+            break;
         }
-        let started = Instant::now();
-        let mut delay = self.config.retry_initial;
-        loop {
-            match self.sink.insert(batch).await {
-                Ok(()) => break,
-                Err(e) if !e.is_retryable() => return Err(e),
-                Err(e) => {
-                    self.stats.insert_retries += 1;
-                    metrics::counter!("pitboss_processor_insert_retries_total").increment(1);
-                    tracing::warn!(partition = batch.partition, rows = batch.rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "insert failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.config.retry_max);
-                    let last = batch.offsets.map(|(_, last)| last);
-                    let partition = batch.partition;
-                    let landed = with_retry(
-                        self.sink.clone(),
-                        self.config.topic.clone(),
-                        self.backoff(),
-                        |sink, topic| async move { sink.high_water(&topic, partition).await },
-                    )
-                    .await?;
-                    if let (Some(last), Some(hw)) = (last, landed)
-                        && hw >= last
-                    {
-                        tracing::info!(partition = batch.partition, "the failed insert had landed");
-                        break;
-                    }
+    }
+    stats
+}
+
+/// Inserts until it lands. After a failure the store is asked whether the batch landed
+/// anyway (a lost answer): then it is not inserted again.
+async fn insert(
+    sink: &Arc<dyn Sink>,
+    topic: &str,
+    (initial, max): (Duration, Duration),
+    batch: &Arc<Batch>,
+    stats: &mut InsertStats,
+) -> Result<(), ProcessorError> {
+    if batch.rows.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut delay = initial;
+    loop {
+        match sink.insert(batch).await {
+            Ok(()) => break,
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                stats.insert_retries += 1;
+                metrics::counter!("pitboss_processor_insert_retries_total").increment(1);
+                tracing::warn!(partition = batch.partition, rows = batch.rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "insert failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(max);
+                let last = batch.offsets.map(|(_, last)| last);
+                let partition = batch.partition;
+                let landed = with_retry(
+                    sink.clone(),
+                    topic.to_owned(),
+                    (initial, max),
+                    |sink, topic| async move { sink.high_water(&topic, partition).await },
+                )
+                .await?;
+                if let (Some(last), Some(hw)) = (last, landed)
+                    && hw >= last
+                {
+                    tracing::info!(partition = batch.partition, "the failed insert had landed");
+                    break;
                 }
             }
         }
-        let rows = batch.rows.len() as u64;
-        self.stats.rows_inserted += rows;
-        self.stats.batches += 1;
-        if let Some((_, last)) = batch.offsets {
-            self.high_water.insert(batch.partition, Some(last));
-        }
-        metrics::counter!("pitboss_processor_rows_inserted_total").increment(rows);
-        metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
-        metrics::histogram!("pitboss_processor_insert_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if let Some(newest) = batch.rows.iter().map(|r| r.received_at_ms).max() {
-            let now_ms = pitboss_model::Timestamp::now().as_millis();
-            metrics::histogram!("pitboss_processor_freshness_seconds")
-                .record((now_ms - newest as i64).max(0) as f64 / 1000.0);
-        }
-        Ok(())
     }
+    let rows = batch.rows.len() as u64;
+    stats.rows_inserted += rows;
+    stats.batches += 1;
+    metrics::counter!("pitboss_processor_rows_inserted_total").increment(rows);
+    metrics::counter!("pitboss_processor_batches_total").increment(1);
+    metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
+    metrics::histogram!("pitboss_processor_insert_seconds").record(started.elapsed().as_secs_f64());
+    if let Some(newest) = batch.rows.iter().map(|r| r.received_at_ms).max() {
+        let now_ms = pitboss_model::Timestamp::now().as_millis();
+        let freshness = (now_ms - newest as i64).max(0) as f64 / 1000.0;
+        metrics::histogram!("pitboss_processor_freshness_seconds").record(freshness);
+        metrics::gauge!("pitboss_processor_freshness_last_seconds").set(freshness);
+    }
+    Ok(())
 }
 
 /// Calls the store until it answers (it may be down for a while).

@@ -21,7 +21,7 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError>;
 
     /// Inserts the batch, all or nothing.
-    async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError>;
+    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError>;
 }
 
 /// ClickHouse over HTTP (the `clickhouse` crate, RowBinary, validation off for 18.16).
@@ -87,7 +87,7 @@ impl Sink for ClickHouseSink {
         Ok((hw.rows > 0).then_some(hw.top))
     }
 
-    async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError> {
+    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
         let mut insert = self.client.insert::<EventRow>(&self.table).await?;
         for row in &batch.rows {
             insert.write(row).await?;
@@ -162,7 +162,7 @@ impl Sink for MemorySink {
             .max())
     }
 
-    async fn insert(&self, batch: &Batch) -> Result<(), ProcessorError> {
+    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
         let hang = {
             let mut inner = self.lock();
             if inner.fail_next > 0 {

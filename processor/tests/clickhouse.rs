@@ -180,3 +180,91 @@ async fn events_land_exactly_once_through_a_crash_and_fill_the_rollups() {
         .unwrap();
     assert_eq!(players, 1000);
 }
+
+#[tokio::test]
+async fn poison_reaches_the_dead_letter_topic_and_its_partition_keeps_flowing() {
+    const N: u64 = 2_000;
+    let client = database().await;
+    schema::migrate(&client).await.unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = pitboss_testkit::unique_name("events");
+    let dead = format!("{topic}_dead_letter");
+    // One partition: every poison record sits between good ones of the same partition.
+    bus.create_topic(&topic, 1).await.unwrap();
+    bus.create_topic(&dead, 1).await.unwrap();
+    let mut records = Vec::new();
+    let mut poison = Vec::new();
+    for i in 0..N {
+        records.push(event(i));
+        if i % 400 == 7 {
+            let value = format!("not protobuf {i}").into_bytes();
+            poison.push(value.clone());
+            records.push(OutRecord::new(format!("bad{i}"), value));
+        }
+    }
+    bus.publisher().publish(&topic, records).await.unwrap();
+
+    let config = ProcessorConfig {
+        topic: topic.clone(),
+        group: format!("{topic}_processor"),
+        dead_letter_topic: dead.clone(),
+        batch: BatchConfig {
+            max_rows: 500,
+            max_age: Duration::from_millis(200),
+            ..BatchConfig::default()
+        },
+        ..ProcessorConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(ClickHouseSink::new(client.clone())),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_for_rows(&client, N).await;
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!(stats.dead_lettered, poison.len() as u64, "{stats:?}");
+    let c = counts(&client).await;
+    assert_eq!(
+        (c.rows, c.ids),
+        (N, N),
+        "every good record behind the poison landed"
+    );
+
+    // The dead-letter topic holds each poison record, unchanged, keyed by where it came
+    // from and why.
+    let mut consumer = bus
+        .consumer(
+            &format!("{topic}_check"),
+            &dead,
+            pitboss_bus::ConsumerConfig::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    while got.len() < poison.len() && start.elapsed() < Duration::from_secs(30) {
+        if let pitboss_bus::Delivery::Records(rs) = consumer
+            .poll(100, Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            got.extend(rs);
+        }
+    }
+    assert_eq!(
+        got.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        poison
+    );
+    for r in &got {
+        assert!(
+            r.key.starts_with(&format!("{topic}:0:")) && r.key.contains("undecodable protobuf"),
+            "{}",
+            r.key
+        );
+    }
+}
