@@ -11,26 +11,11 @@ use std::time::{Duration, Instant};
 
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, OutRecord};
-use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
+use pitboss_model::encode_proto;
 
 fn event(i: u64) -> OutRecord {
-    let now = Timestamp::now();
-    let e = Event {
-        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
-        tenant_id: "acme".into(),
-        player_id: format!("p{}", i % 10),
-        session_id: None,
-        occurred_at: now,
-        received_at: Some(now),
-        schema_version: 1,
-        late: false,
-        payload: Payload::Deposit(pitboss_model::Deposit {
-            transaction_id: format!("tx{i}"),
-            amount: Money::new(100, "EUR"),
-            method: None,
-        }),
-    };
-    OutRecord::new(format!("acme:p{}", i % 10), encode_proto(&e))
+    let e = pitboss_testkit::deposit(i, 10);
+    OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
 }
 
 fn metric(text: &str, prefix: &str) -> Option<f64> {

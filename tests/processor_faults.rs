@@ -13,30 +13,14 @@ use std::time::{Duration, Instant};
 
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, OutRecord};
-use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
+use pitboss_model::encode_proto;
 use rand::Rng;
 
 const N: u64 = 1_000_000;
 
 fn event(i: u64) -> OutRecord {
-    let now = Timestamp::now();
-    let player = format!("p{}", i % 5000);
-    let e = Event {
-        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
-        tenant_id: "acme".into(),
-        player_id: player.clone(),
-        session_id: None,
-        occurred_at: now,
-        received_at: Some(now),
-        schema_version: 1,
-        late: false,
-        payload: Payload::Deposit(pitboss_model::Deposit {
-            transaction_id: format!("tx{i}"),
-            amount: Money::new(100, "EUR"),
-            method: None,
-        }),
-    };
-    OutRecord::new(format!("acme:{player}"), encode_proto(&e))
+    let e = pitboss_testkit::deposit(i, 5000);
+    OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
 }
 
 struct Stack {

@@ -11,9 +11,16 @@ use std::time::Duration;
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, ConsumerConfig, Delivery};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_accepts_events_and_keeps_them_across_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
+/// A running `pitboss up` and what it printed.
+struct Up {
+    child: std::process::Child,
+    addr: String,
+    metrics_url: String,
+    key: String,
+}
+
+/// Starts `pitboss up` on free ports over `data_dir`, as a user would.
+fn up(data_dir: &std::path::Path) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args([
             "up",
@@ -23,19 +30,44 @@ async fn up_accepts_events_and_keeps_them_across_shutdown() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(dir.path())
+        .arg(data_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("Pitboss is up: http://")
-        .unwrap_or_else(|| panic!("{first}"))
-        .to_owned();
-    let key = std::fs::read_to_string(dir.path().join("demo-api-key")).unwrap();
+    let head: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
     std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
+    let addr = head[0]
+        .strip_prefix("Pitboss is up: http://")
+        .unwrap_or_else(|| panic!("{head:?}"))
+        .to_owned();
+    let metrics_url = head[2]
+        .split_whitespace()
+        .find(|w| w.ends_with("/metrics"))
+        .unwrap_or_else(|| panic!("{head:?}"))
+        .to_owned();
+    let key = std::fs::read_to_string(data_dir.join("demo-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Up {
+        child,
+        addr,
+        metrics_url,
+        key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_accepts_events_and_keeps_them_across_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let Up {
+        mut child,
+        addr,
+        key,
+        ..
+    } = up(dir.path());
 
     let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
     let body: Vec<serde_json::Value> = (0..3)
@@ -47,7 +79,7 @@ async fn up_accepts_events_and_keeps_them_across_shutdown() {
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("http://{addr}/v1/events"))
-        .bearer_auth(key.trim())
+        .bearer_auth(&key)
         .json(&body)
         .send()
         .await
@@ -128,36 +160,12 @@ async fn up_keeps_queryable_history_with_rollups() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut head = Vec::new();
-    for _ in 0..3 {
-        head.push(lines.next().unwrap().unwrap());
-    }
-    let addr = head[0]
-        .strip_prefix("Pitboss is up: http://")
-        .unwrap_or_else(|| panic!("{head:?}"))
-        .to_owned();
-    let metrics_url = head[2]
-        .split_whitespace()
-        .find(|w| w.ends_with("/metrics"))
-        .unwrap_or_else(|| panic!("{head:?}"))
-        .to_owned();
-    let key = std::fs::read_to_string(dir.path().join("demo-api-key")).unwrap();
-    std::thread::spawn(move || for _ in lines {});
+    let Up {
+        mut child,
+        addr,
+        metrics_url,
+        key,
+    } = up(dir.path());
 
     // 20 bets of 100 and 10 settlements paying 150, by 4 players, in one minute.
     let minute = "2026-11-28T12:34:00Z";
@@ -177,7 +185,7 @@ async fn up_keeps_queryable_history_with_rollups() {
     let client = reqwest::Client::new();
     let resp = client
         .post(format!("http://{addr}/v1/events"))
-        .bearer_auth(key.trim())
+        .bearer_auth(&key)
         .json(&body)
         .send()
         .await

@@ -9,26 +9,12 @@ use std::time::Duration;
 
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, ConsumerConfig, Delivery, OutRecord};
-use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
+use pitboss_model::encode_proto;
 use pitboss_processor::{BatchConfig, MemorySink, ProcessorConfig, run};
 
 fn event(i: u64) -> OutRecord {
-    let e = Event {
-        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
-        tenant_id: "acme".into(),
-        player_id: format!("p{}", i % 50),
-        session_id: None,
-        occurred_at: Timestamp::now(),
-        received_at: Some(Timestamp::now()),
-        schema_version: 1,
-        late: false,
-        payload: Payload::Deposit(pitboss_model::Deposit {
-            transaction_id: format!("tx{i}"),
-            amount: Money::new(100, "EUR"),
-            method: None,
-        }),
-    };
-    OutRecord::new(format!("acme:p{}", i % 50), encode_proto(&e))
+    let e = pitboss_testkit::deposit(i, 50);
+    OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
 }
 
 fn config() -> ProcessorConfig {

@@ -43,6 +43,28 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{suffix:016x}")
 }
 
+/// A stamped deposit of 1.00 EUR by tenant `acme`, player `p{i % players}`, with the event id
+/// `0193735a-0000-7000-8000-{i:012x}` (so ids 0..n are distinct and gaps are visible), as
+/// ingest would have put it on the bus.
+pub fn deposit(i: u64, players: u64) -> pitboss_model::Event {
+    let now = pitboss_model::Timestamp::now();
+    pitboss_model::Event {
+        event_id: Some(format!("0193735a-0000-7000-8000-{i:012x}")),
+        tenant_id: "acme".into(),
+        player_id: format!("p{}", i % players),
+        session_id: None,
+        occurred_at: now,
+        received_at: Some(now),
+        schema_version: 1,
+        late: false,
+        payload: pitboss_model::Payload::Deposit(pitboss_model::Deposit {
+            transaction_id: format!("tx{i}"),
+            amount: pitboss_model::Money::new(100, "EUR"),
+            method: None,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
