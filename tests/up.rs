@@ -249,6 +249,30 @@ async fn up_keeps_queryable_history_with_rollups() {
         metrics.contains("pitboss_processor_freshness_seconds"),
         "{metrics}"
     );
+    // Consumer lag of the embedded log, every 5 s: all 8 partitions of `events` caught up.
+    let caught_up = |m: &str| {
+        (0..8).all(|p| {
+            m.contains(&format!(
+                "pitboss_consumer_lag_records{{topic=\"events\",partition=\"{p}\"}} 0\n"
+            ))
+        })
+    };
+    let mut metrics = metrics;
+    for _ in 0..60 {
+        if caught_up(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        metrics = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    assert!(caught_up(&metrics), "{metrics}");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -652,6 +652,9 @@ impl Bus for EmbeddedBus {
             releasing: Vec::new(),
             cursor: 0,
             left: false,
+            topic: topic.to_owned(),
+            processed: BTreeMap::new(),
+            lag_reported: None,
         }))
     }
 }
@@ -871,6 +874,11 @@ pub struct EmbeddedConsumer {
     cursor: usize,
     changed: watch::Receiver<u64>,
     left: bool,
+    topic: String,
+    /// Next offset not yet processed (committed at assignment, then as stored), per owned
+    /// partition: the base of the lag metric.
+    processed: BTreeMap<Partition, i64>,
+    lag_reported: Option<std::time::Instant>,
 }
 
 enum Change {
@@ -1007,6 +1015,51 @@ impl EmbeddedConsumer {
         Ok(records)
     }
 
+    /// Every 5 s: `pitboss_consumer_lag_records{topic, partition}` — records between each owned
+    /// partition's end and the next offset not yet processed (as for Kafka).
+    async fn report_lag(&mut self) -> Result<(), BusError> {
+        if self
+            .lag_reported
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+            || self.processed.is_empty()
+        {
+            return Ok(());
+        }
+        self.lag_reported = Some(std::time::Instant::now());
+        let reader = self.reader.clone();
+        let topic_id = self.member.topic_id;
+        let parts: Vec<(Partition, i64)> = self.processed.iter().map(|(p, o)| (*p, *o)).collect();
+        let lags =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(Partition, i64)>, BusError> {
+                let conn = lock(&reader);
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT next_offset FROM partitions WHERE topic_id=?1 AND partition=?2",
+                    )
+                    .map_err(storage)?;
+                parts
+                    .into_iter()
+                    .map(|(p, done)| {
+                        let end: i64 = stmt
+                            .query_row(params![topic_id, p], |r| r.get(0))
+                            .map_err(storage)?;
+                        Ok((p, (end - done).max(0)))
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(storage)??;
+        for (p, lag) in lags {
+            metrics::gauge!(
+                "pitboss_consumer_lag_records",
+                "topic" => self.topic.clone(),
+                "partition" => p.to_string(),
+            )
+            .set(lag as f64);
+        }
+        Ok(())
+    }
+
     fn leave(&mut self) {
         if !self.left {
             self.left = true;
@@ -1020,6 +1073,7 @@ impl EmbeddedConsumer {
 impl Consumer for EmbeddedConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Delivery, BusError> {
         self.finish_revoke().await?;
+        self.report_lag().await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             self.changed.borrow_and_update();
@@ -1027,6 +1081,7 @@ impl Consumer for EmbeddedConsumer {
                 Change::Revoking(parts) => {
                     for p in &parts {
                         self.positions.remove(p);
+                        self.processed.remove(p);
                     }
                     self.releasing = parts.clone();
                     return Ok(Delivery::Revoking(parts));
@@ -1035,6 +1090,7 @@ impl Consumer for EmbeddedConsumer {
                     let offsets = self.committed(&parts)?;
                     for (p, o) in parts.iter().zip(offsets) {
                         self.positions.insert(*p, o);
+                        self.processed.insert(*p, o);
                     }
                     return Ok(Delivery::Assigned(parts));
                 }
@@ -1067,6 +1123,9 @@ impl Consumer for EmbeddedConsumer {
         let next = o + 1;
         let slot = self.stored.entry(partition).or_insert(next);
         *slot = (*slot).max(next);
+        if let Some(done) = self.processed.get_mut(&partition) {
+            *done = (*done).max(next);
+        }
         Ok(())
     }
 
