@@ -397,7 +397,16 @@ async fn up(
         "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
         store_path.display()
     );
-    serve_both(state, listener, admin, stop).await?;
+    let mut processors = processors;
+    tokio::select! {
+        served = serve_both(state, listener, admin, stop) => served?,
+        // A processor that stops on its own (its store failed) stops Pitboss: accepting events
+        // that nothing stores would hide the failure.
+        ended = &mut processors => {
+            ended.context("processor task")??;
+            bail!("the processor stopped before shutdown");
+        }
+    }
     // The processors stop on the same signal, after flushing what they hold.
     processors.await.context("processor task")??;
     Ok(())
