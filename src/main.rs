@@ -213,15 +213,7 @@ async fn process(args: ProcessArgs) -> Result<()> {
         .collect();
     let sink = std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(client));
     let stop = stop_on_signal();
-    let admin_router = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let admin_router = pitboss_ingest::http::metrics_router(metrics);
     let admin_stop = until_stopped(stop.clone());
     let serve_admin = async move {
         axum::serve(admin, admin_router)

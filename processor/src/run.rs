@@ -89,7 +89,6 @@ struct Processor {
 struct Inserted {
     partition: Partition,
     last: Position,
-    offsets: Option<(u64, u64)>,
 }
 
 /// Runs until `shutdown` resolves; then flushes what is open, commits and leaves the group.
@@ -172,7 +171,8 @@ impl Processor {
             match delivery {
                 Delivery::Records(records) => self.take_records(records).await?,
                 Delivery::Assigned(parts) => {
-                    self.collect(true).await?;
+                    // New to this member (a partition taken away was revoked and drained
+                    // first): nothing of theirs is in flight.
                     for part in parts {
                         self.high_water.remove(&part);
                     }
@@ -274,9 +274,6 @@ impl Processor {
         let done = done?;
         self.in_flight -= 1;
         self.consumer.store(done.partition, &done.last)?;
-        if let Some((_, last)) = done.offsets {
-            self.high_water.insert(done.partition, Some(last));
-        }
         Ok(())
     }
 
@@ -382,7 +379,6 @@ async fn insert_loop(
         let sent = report.send(result.map(|()| Inserted {
             partition: batch.partition,
             last: batch.last.clone(),
-            offsets: batch.offsets,
         }));
         if failed || sent.is_err() {
             break;

@@ -124,11 +124,30 @@ pub fn router(state: AppState) -> Router {
 /// exposed with the public API): Prometheus `/metrics`, and `/healthz` and `/readyz` again for
 /// probes that use this port.
 pub fn admin_router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(metrics_router(metrics))
+}
+
+/// Prometheus `/metrics` and `/healthz`: the admin listener of any Pitboss process (the
+/// processor serves this alone).
+pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
 }
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -393,12 +412,4 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")).into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus: no answer within 3 s").into_response(),
     }
-}
-
-async fn render_metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
 }
