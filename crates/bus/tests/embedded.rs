@@ -264,3 +264,65 @@ fn acknowledged_records_survive_sigkill() {
         );
     });
 }
+
+fn lag_of(text: &str, partition: u32) -> Option<f64> {
+    let prefix =
+        format!("pitboss_consumer_lag_records{{topic=\"lagged\",partition=\"{partition}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The lag gauge counts what is on each owned partition and not yet processed, and falls to 0
+/// once everything is stored (reported at most every 5 s, so the test waits once).
+#[test]
+fn consumer_lag_per_partition_follows_what_is_processed() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+            bus.create_topic("lagged", 2).await.unwrap();
+            let records = (0..40)
+                .map(|i| OutRecord::new(format!("k{i}"), vec![1]))
+                .collect();
+            bus.publisher().publish("lagged", records).await.unwrap();
+            let mut c = bus
+                .consumer("g", "lagged", ConsumerConfig::default())
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while got.len() < 40 {
+                if let Delivery::Records(rs) =
+                    c.poll(1000, Duration::from_millis(100)).await.unwrap()
+                {
+                    got.extend(rs);
+                }
+            }
+            let text = handle.render();
+            for p in 0..2 {
+                let on_p = got.iter().filter(|r| r.partition == p).count();
+                assert!(on_p > 0, "both partitions hold records");
+                assert_eq!(lag_of(&text, p), Some(on_p as f64), "{text}");
+            }
+
+            for r in &got {
+                c.store(r.partition, &r.position).unwrap();
+            }
+            c.commit().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5100)).await;
+            c.poll(10, Duration::from_millis(10)).await.unwrap();
+            let text = handle.render();
+            assert_eq!(
+                (lag_of(&text, 0), lag_of(&text, 1)),
+                (Some(0.0), Some(0.0)),
+                "{text}"
+            );
+        });
+    });
+}
