@@ -145,7 +145,12 @@ struct Discard {
 
 #[async_trait::async_trait]
 impl Sink for Discard {
-    async fn high_water(&self, _: &str, _: u32) -> Result<Option<u64>, ProcessorError> {
+    async fn high_water(
+        &self,
+        _: &str,
+        _: u32,
+        _: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError> {
         Ok(None)
     }
 

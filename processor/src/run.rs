@@ -24,6 +24,13 @@ use crate::batch::{Batch, BatchConfig, Batcher};
 use crate::rows::{self, offset_of};
 use crate::sink::Sink;
 
+/// How much earlier than a record's `received_at` a later record of the same partition may
+/// have been stamped: ingest instances' clock skew plus how long a publish may take (the
+/// Kafka producer gives up after `delivery_timeout`, 30 s by default). The high-water query
+/// only reads rows received after the first replayed record minus this margin; a day is far
+/// beyond both.
+pub const REPLAY_MARGIN_MS: i64 = 24 * 3600 * 1000;
+
 /// Settings of one processor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessorConfig {
@@ -277,7 +284,13 @@ impl Processor {
         Ok(())
     }
 
-    async fn high_water(&mut self, partition: Partition) -> Result<Option<u64>, ProcessorError> {
+    /// The partition's high-water mark, asked of the store once per assignment, at its first
+    /// record: `since_ms` comes from that record (see [`REPLAY_MARGIN_MS`]).
+    async fn high_water(
+        &mut self,
+        partition: Partition,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError> {
         if let Some(hw) = self.high_water.get(&partition) {
             return Ok(*hw);
         }
@@ -285,7 +298,7 @@ impl Processor {
             self.sink.clone(),
             self.config.topic.clone(),
             (self.config.retry_initial, self.config.retry_max),
-            |sink, topic| async move { sink.high_water(&topic, partition).await },
+            |sink, topic| async move { sink.high_water(&topic, partition, since_ms).await },
         )
         .await?;
         self.high_water.insert(partition, hw);
@@ -298,7 +311,12 @@ impl Processor {
         let mut full = Vec::new();
         for record in records {
             let offset = offset_of(&record.position);
-            let hw = self.high_water(record.partition).await?;
+            let decoded = rows::row(&self.config.topic, &record);
+            let since = decoded
+                .as_ref()
+                .ok()
+                .map(|r| r.received_at_ms as i64 - REPLAY_MARGIN_MS);
+            let hw = self.high_water(record.partition, since).await?;
             if let (Some(o), Some(hw)) = (offset, hw)
                 && o <= hw
             {
@@ -306,7 +324,7 @@ impl Processor {
                 self.batcher.skip(record.partition, record.position, now);
                 continue;
             }
-            match rows::row(&self.config.topic, &record) {
+            match decoded {
                 Ok(row) => full.extend(self.batcher.push(
                     record.partition,
                     record.position,
@@ -413,11 +431,17 @@ async fn insert(
                 delay = (delay * 2).min(max);
                 let last = batch.offsets.map(|(_, last)| last);
                 let partition = batch.partition;
+                let since = batch
+                    .rows
+                    .iter()
+                    .map(|r| r.received_at_ms as i64)
+                    .min()
+                    .map(|ms| ms - REPLAY_MARGIN_MS);
                 let landed = with_retry(
                     sink.clone(),
                     topic.to_owned(),
                     (initial, max),
-                    |sink, topic| async move { sink.high_water(&topic, partition).await },
+                    |sink, topic| async move { sink.high_water(&topic, partition, since).await },
                 )
                 .await?;
                 if let (Some(last), Some(hw)) = (last, landed)

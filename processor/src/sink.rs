@@ -18,7 +18,16 @@ use crate::rows::EventRow;
 pub trait Sink: Send + Sync + std::fmt::Debug {
     /// The highest bus offset stored for (topic, partition), if any: everything at or below it
     /// is already in the store (inserts are all-or-nothing), so a replay skips it.
-    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError>;
+    ///
+    /// `since_ms`: rows received (`received_at_ms`) before it cannot hold a higher offset, so
+    /// a store may leave them unread (ClickHouse skips whole parts by their `received_at`
+    /// range; without it the query reads the `bus_*` columns of the whole table).
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError>;
 
     /// Inserts the batch, all or nothing.
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError>;
@@ -72,16 +81,25 @@ struct HighWater {
 
 #[async_trait]
 impl Sink for ClickHouseSink {
-    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError> {
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError> {
+        // `received_at` is in the partition key, so every part keeps its min/max: parts
+        // entirely older than `since` are not read.
+        let since_s = since_ms.map_or(0, |ms| ms.div_euclid(1000).max(0));
         let hw: HighWater = self
             .client
             .query(&format!(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM {} \
-                 WHERE bus_topic = ? AND bus_partition = ?",
+                 WHERE bus_topic = ? AND bus_partition = ? AND received_at >= toDateTime(?)",
                 self.table
             ))
             .bind(topic)
             .bind(partition)
+            .bind(since_s)
             .fetch_one()
             .await?;
         Ok((hw.rows > 0).then_some(hw.top))
@@ -152,12 +170,22 @@ impl MemorySink {
 
 #[async_trait]
 impl Sink for MemorySink {
-    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError> {
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError> {
+        let since = since_ms.unwrap_or(i64::MIN);
         Ok(self
             .lock()
             .rows
             .iter()
-            .filter(|r| r.bus_topic == topic && r.bus_partition == partition)
+            .filter(|r| {
+                r.bus_topic == topic
+                    && r.bus_partition == partition
+                    && r.received_at_ms as i64 >= since
+            })
             .map(|r| r.bus_offset)
             .max())
     }

@@ -354,7 +354,13 @@ fn write_batch(conn: &mut Connection, batch: &Batch) -> Result<(), ProcessorErro
 
 #[async_trait]
 impl Sink for SqliteSink {
-    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError> {
+    /// Exact from `bus_positions` (one row per partition): `since_ms` is not needed.
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        _since_ms: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError> {
         let conn = self.conn.clone();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {

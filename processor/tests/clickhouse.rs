@@ -268,3 +268,39 @@ async fn poison_reaches_the_dead_letter_topic_and_its_partition_keeps_flowing() 
         );
     }
 }
+
+#[tokio::test]
+async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
+    use pitboss_processor::Sink;
+    use pitboss_processor::rows::EventRow;
+    let client = database().await;
+    schema::migrate(&client).await.unwrap();
+    let now_ms = Timestamp::now().as_millis();
+    let row = |offset: u64, received_ms: i64| EventRow {
+        event_id: format!("e{offset}"),
+        received_at: (received_ms / 1000) as u32,
+        received_at_ms: received_ms as u64,
+        occurred_at: (received_ms / 1000) as u32,
+        occurred_at_ms: received_ms as u64,
+        bus_topic: "t".into(),
+        bus_partition: 0,
+        bus_offset: offset,
+        ..EventRow::default()
+    };
+    let mut insert = client.insert::<EventRow>("events").await.unwrap();
+    // A probe the processor's assumption rules out (a higher offset received 3 days before a
+    // lower one), so the answer shows which rows the query read.
+    insert
+        .write(&row(1_000, now_ms - 3 * 86_400_000))
+        .await
+        .unwrap();
+    for offset in 0..10 {
+        insert.write(&row(offset, now_ms)).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    let sink = ClickHouseSink::new(client.clone());
+    assert_eq!(sink.high_water("t", 0, None).await.unwrap(), Some(1_000));
+    let since = now_ms - pitboss_processor::run::REPLAY_MARGIN_MS;
+    assert_eq!(sink.high_water("t", 0, Some(since)).await.unwrap(), Some(9));
+    assert_eq!(sink.high_water("t", 1, Some(since)).await.unwrap(), None);
+}

@@ -156,3 +156,40 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() 
     assert_eq!(got[0].value, vec![0xff, 0x01, 0x02], "the record as it was");
     assert!(got[0].key.contains("undecodable"), "{}", got[0].key);
 }
+
+#[tokio::test]
+async fn the_high_water_mark_is_asked_only_about_rows_received_since_the_first_record() {
+    let (bus, _dir) = bus().await;
+    let sink = MemorySink::new();
+    // Probes the processor's assumption rules out: on every partition, a far higher offset
+    // received 3 days before the records now on the bus. Asked with the bound taken from
+    // the first record, the store ignores them and nothing real is skipped.
+    let old_ms = pitboss_model::Timestamp::now().as_millis() - 3 * 86_400_000;
+    for partition in 0..3 {
+        let probe = pitboss_processor::rows::EventRow {
+            event_id: format!("probe{partition}"),
+            received_at: (old_ms / 1000) as u32,
+            received_at_ms: old_ms as u64,
+            bus_topic: "events".into(),
+            bus_partition: partition,
+            bus_offset: 1_000_000,
+            ..Default::default()
+        };
+        let batch = pitboss_processor::Batch {
+            topic: "events".into(),
+            partition,
+            rows: vec![probe],
+            offsets: Some((1_000_000, 1_000_000)),
+            last: pitboss_bus::Position::Offset(1_000_000),
+            bytes: 0,
+            opened: std::time::Instant::now(),
+        };
+        pitboss_processor::Sink::insert(&sink, &Arc::new(batch))
+            .await
+            .unwrap();
+    }
+    publish(&bus, 0..300).await;
+    let stats = run_until(bus, &sink, 303).await;
+    assert_eq!(sink.rows().len(), 303, "{stats:?}");
+    assert_eq!(stats.skipped_replays, 0);
+}

@@ -114,8 +114,13 @@ struct HangAfter {
 
 #[async_trait::async_trait]
 impl Sink for HangAfter {
-    async fn high_water(&self, topic: &str, partition: u32) -> Result<Option<u64>, ProcessorError> {
-        self.inner.high_water(topic, partition).await
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, ProcessorError> {
+        self.inner.high_water(topic, partition, since_ms).await
     }
 
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
