@@ -135,14 +135,29 @@ CREATE VIEW IF NOT EXISTS players_per_minute AS
 /// once: the check and the migrations run in one write transaction.
 pub fn open(path: &Path) -> Result<(Connection, Vec<u32>), ProcessorError> {
     let mut conn = Connection::open(path).map_err(store)?;
+    // First: switching to WAL and the migration transaction both wait for other openers.
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(store)?;
     // WAL: readers (`pitboss sql`, the console) never block the writer. NORMAL: a commit
     // survives a process crash; only an OS crash may lose the last transactions, which the
     // bus then replays (the positions roll back with the rows).
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(store)?;
+    //
+    // Two openers that both read the schema and then both want the lock for the switch get
+    // SQLITE_BUSY at once, without the busy handler (SQLite's deadlock rule): retry it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(store(e)),
+        }
+    }
     conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(store)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))
         .map_err(store)?;
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
