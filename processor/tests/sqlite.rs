@@ -158,7 +158,12 @@ async fn rows_and_rollups_land_exactly_once_across_a_crash() {
         let task = tokio::spawn(run(bus.clone(), sink.clone(), config(), async {
             let _ = stopped.await;
         }));
+        let start = std::time::Instant::now();
         while sink.inserts_left.load(Ordering::SeqCst) > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "5 inserts within 20 s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

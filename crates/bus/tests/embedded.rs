@@ -297,7 +297,9 @@ fn consumer_lag_per_partition_follows_what_is_processed() {
                 .await
                 .unwrap();
             let mut got = Vec::new();
+            let start = std::time::Instant::now();
             while got.len() < 40 {
+                assert!(start.elapsed() < Duration::from_secs(20), "{got:?}");
                 if let Delivery::Records(rs) =
                     c.poll(1000, Duration::from_millis(100)).await.unwrap()
                 {
