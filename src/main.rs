@@ -134,6 +134,15 @@ struct ProcessArgs {
     /// (the broker's minimum is usually 6).
     #[arg(long, default_value_t = 10)]
     session_timeout_secs: u64,
+    /// A partition's batch is inserted when it holds this many rows…
+    #[arg(long, default_value_t = 100_000)]
+    batch_max_rows: usize,
+    /// …or this many bytes…
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    batch_max_bytes: usize,
+    /// …or its first record is this old (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    batch_max_age_ms: u64,
     /// Address of the admin listener (/metrics, /healthz).
     #[arg(
         long,
@@ -208,6 +217,11 @@ async fn process(args: ProcessArgs) -> Result<()> {
         .map(|topic| {
             let mut c = processor_config(topic, &args.group);
             c.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
+            c.batch = pitboss_processor::BatchConfig {
+                max_rows: args.batch_max_rows.max(1),
+                max_bytes: args.batch_max_bytes.max(1),
+                max_age: std::time::Duration::from_millis(args.batch_max_age_ms),
+            };
             c
         })
         .collect();

@@ -1,7 +1,7 @@
 //! `pitboss process` as an operator runs it (real Kafka and ClickHouse from scripts/stack.sh):
-//! it consumes the events topic and its overflow topic, and its admin listener serves the
-//! metrics an operator watches — rows inserted, batch sizes and ages, insert latency,
-//! freshness, and the consumer lag of each partition.
+//! it consumes the events topic and its overflow topic, batches as its flags say, and its
+//! admin listener serves the metrics an operator watches — rows inserted, batch sizes and
+//! ages, insert latency, freshness, and the consumer lag of each partition.
 
 #![allow(clippy::unwrap_used)]
 
@@ -64,7 +64,7 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
             &overflow,
         ])
         .args(["--group", &format!("{topic}_processor")])
-        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--batch-max-rows", "100"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -103,6 +103,10 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
         metric(&text, "pitboss_processor_rows_inserted_total "),
         Some(1000.0),
         "{text}"
+    );
+    assert!(
+        metric(&text, "pitboss_processor_batches_total ").is_some_and(|b| b >= 10.0),
+        "--batch-max-rows 100 cuts 1,000 rows into at least 10 batches: {text}"
     );
     for name in [
         "pitboss_processor_batch_rows_count ",
