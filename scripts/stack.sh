@@ -3,11 +3,13 @@
 # on loopback and free ports, as plain processes (no Docker):
 #   - Apache Kafka (KRaft; the broker jars resolved from Maven Central with Maven),
 #     one broker, and on request a 3-broker cluster (RF 3, min.insync.replicas 2);
-#   - ClickHouse (Debian's clickhouse-server, own config and data directory);
+#   - ClickHouse (Debian's clickhouse-server, own config and data directory), and on request
+#     a 2-shard x 2-replica cluster named `pitboss` of four more servers with ZooKeeper (Debian);
 #   - moto server (Kinesis API).
 #
 #   scripts/stack.sh install              install what is missing
-#   scripts/stack.sh start [--cluster]    start everything, wait until ready, write $STACK/env
+#   scripts/stack.sh start [--cluster]    start everything (--cluster: also the 3-broker Kafka and
+#                                         the 2x2 ClickHouse cluster), wait until ready, write $STACK/env
 #   scripts/stack.sh stop                 stop everything started (by PID) and delete its data
 #   scripts/stack.sh status               what is running
 #
@@ -35,6 +37,7 @@ install_apt() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
+  [[ -f /usr/share/java/zookeeper.jar ]] || missing+=(zookeeper)
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -164,9 +167,8 @@ start_kafka_cluster() {
 }
 
 # ---------------------------------------------------------------- clickhouse
-start_clickhouse() {
-  local dir=$STACK/clickhouse http tcp
-  http=$(free_port); tcp=$(free_port)
+clickhouse_config() { # dir, http port, tcp port, extra XML
+  local dir=$1 http=$2 tcp=$3 extra=${4:-}
   mkdir -p "$dir"/{data,tmp,user_files,format_schemas}
   cat >"$dir/config.xml" <<EOF
 <?xml version="1.0"?>
@@ -190,14 +192,77 @@ start_clickhouse() {
     <timezone>UTC</timezone>
     <mark_cache_size>268435456</mark_cache_size>
     <max_concurrent_queries>100</max_concurrent_queries>
+$extra
 </yandex>
 EOF
+}
+
+start_clickhouse() {
+  local dir=$STACK/clickhouse http tcp
+  http=$(free_port); tcp=$(free_port)
+  clickhouse_config "$dir" "$http" "$tcp"
   spawn clickhouse "$dir/stdout.log" clickhouse-server --config-file="$dir/config.xml"
   echo "export PITBOSS_TEST_CLICKHOUSE=http://127.0.0.1:$http" >>"$STACK/env"
   # For fault tests that stop and restart ClickHouse (tests/processor_faults.rs).
   echo "export PITBOSS_TEST_CLICKHOUSE_PIDFILE=$STACK/pids/clickhouse.pid" >>"$STACK/env"
   echo "export PITBOSS_TEST_CLICKHOUSE_CONFIG=$dir/config.xml" >>"$STACK/env"
-  CLICKHOUSE_HTTP=$http
+  CLICKHOUSE_WAIT+=("$dir:$http")
+}
+
+# ZooKeeper (Debian's jar, standalone) for the replicated tables of the ClickHouse cluster.
+start_zookeeper() {
+  local dir=$STACK/zookeeper
+  ZOOKEEPER_PORT=$(free_port)
+  mkdir -p "$dir/data"
+  cat >"$dir/zoo.cfg" <<EOF
+tickTime=500
+dataDir=$dir/data
+clientPort=$ZOOKEEPER_PORT
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+admin.enableServer=false
+4lw.commands.whitelist=ruok
+EOF
+  spawn zookeeper "$dir/stdout.log" java -Xms64m -Xmx256m -cp /usr/share/java/zookeeper.jar \
+    org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
+}
+
+zookeeper_ok() {
+  local answer
+  answer=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && echo ruok >&3 && cat <&3' _ "$ZOOKEEPER_PORT")
+  [[ $answer == imok ]]
+}
+
+# Cluster `pitboss`: shard 1 = servers 1, 2; shard 2 = servers 3, 4 (macros shard 1|2, replica
+# ch1…ch4). Their HTTP URLs, in that order, go to PITBOSS_TEST_CLICKHOUSE_CLUSTER.
+start_clickhouse_cluster() {
+  local i s r http=() tcp=() inter=() urls="" shards=""
+  for i in 0 1 2 3; do http+=("$(free_port)"); tcp+=("$(free_port)"); inter+=("$(free_port)"); done
+  for s in 0 1; do
+    shards+="<shard><internal_replication>true</internal_replication>"
+    for r in 0 1; do
+      shards+="<replica><host>127.0.0.1</host><port>${tcp[$((s * 2 + r))]}</port></replica>"
+    done
+    shards+="</shard>"
+  done
+  for i in 0 1 2 3; do
+    local dir=$STACK/clickhouse-cluster-$((i + 1))
+    clickhouse_config "$dir" "${http[$i]}" "${tcp[$i]}" "
+    <interserver_http_port>${inter[$i]}</interserver_http_port>
+    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <zookeeper><node><host>127.0.0.1</host><port>$ZOOKEEPER_PORT</port></node></zookeeper>
+    <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+    <macros><shard>$((i / 2 + 1))</shard><replica>ch$((i + 1))</replica></macros>
+    <remote_servers><pitboss>$shards</pitboss></remote_servers>"
+    spawn "clickhouse-cluster-$((i + 1))" "$dir/stdout.log" clickhouse-server --config-file="$dir/config.xml"
+    CLICKHOUSE_WAIT+=("$dir:${http[$i]}")
+    urls+="${urls:+,}http://127.0.0.1:${http[$i]}"
+  done
+  echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER=$urls" >>"$STACK/env"
+  echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER_NAME=pitboss" >>"$STACK/env"
+  # For fault tests that kill and restart a replica: pids/clickhouse-cluster-N.pid and
+  # clickhouse-cluster-N/config.xml under it.
+  echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER_STACK=$STACK" >>"$STACK/env"
 }
 
 # ---------------------------------------------------------------- moto
@@ -224,13 +289,23 @@ cmd_start() {
   mkdir -p "$STACK"
   : >"$STACK/env"
   KAFKA_WAIT=()
+  CLICKHOUSE_WAIT=()
   local t0=$SECONDS
   start_kafka
   ((cluster)) && start_kafka_cluster
   start_clickhouse
+  if ((cluster)); then
+    start_zookeeper
+    wait_for zookeeper 60 zookeeper_ok \
+      || { tail -20 "$STACK/zookeeper/stdout.log" >&2 || true; die "zookeeper did not start"; }
+    start_clickhouse_cluster
+  fi
   start_moto
-  wait_for clickhouse 60 curl -sf "http://127.0.0.1:$CLICKHOUSE_HTTP/ping" \
-    || { tail -20 "$STACK/clickhouse/error.log" "$STACK/clickhouse/stdout.log" >&2 || true; die "clickhouse did not start"; }
+  local c
+  for c in "${CLICKHOUSE_WAIT[@]}"; do
+    wait_for "clickhouse ${c%%:*}" 60 curl -sf "http://127.0.0.1:${c##*:}/ping" \
+      || { tail -20 "${c%%:*}/error.log" "${c%%:*}/stdout.log" >&2 || true; die "clickhouse did not start"; }
+  done
   wait_for moto 60 curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/" \
     || { tail -20 "$STACK/moto/server.log" >&2; die "moto did not start"; }
   local k

@@ -85,6 +85,20 @@ struct ClickHouseArgs {
     /// Database of the Pitboss tables (created if missing).
     #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
     database: String,
+    /// Cluster (from the servers' `remote_servers`) for the replicated, sharded layout:
+    /// `ON CLUSTER` migrations, `Replicated*MergeTree` tables behind `Distributed` ones.
+    /// Without it, the schema lives on the one server of `--clickhouse`.
+    #[arg(long = "clickhouse-cluster", env = "PITBOSS_CLICKHOUSE_CLUSTER")]
+    cluster: Option<String>,
+}
+
+impl ClickHouseArgs {
+    fn layout(&self) -> Result<pitboss_processor::schema::Layout> {
+        Ok(match &self.cluster {
+            None => pitboss_processor::schema::Layout::Single,
+            Some(c) => pitboss_processor::schema::Layout::cluster(c, &self.database)?,
+        })
+    }
 }
 
 /// Where Kafka is and how to talk to it (ingest and processor alike).
@@ -155,21 +169,20 @@ struct ProcessArgs {
 async fn clickhouse_client(
     args: &ClickHouseArgs,
 ) -> Result<pitboss_processor::sink::ClickHouseClient> {
-    if !args
-        .database
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        bail!("--database must be letters, digits and '_'");
+    if !pitboss_processor::schema::valid_identifier(&args.database) {
+        bail!("--database must be letters, digits and '_' (not starting with a digit)");
     }
-    pitboss_processor::sink::client(&args.clickhouse, "default")
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", args.database))
-        .execute()
-        .await
-        .context("creating the database")?;
+    let layout = args.layout()?;
+    pitboss_processor::schema::create_database(
+        &pitboss_processor::sink::client(&args.clickhouse, "default"),
+        &args.database,
+        &layout,
+    )
+    .await
+    .context("creating the database")?;
     let client = pitboss_processor::sink::client(&args.clickhouse, &args.database);
-    let ran = pitboss_processor::schema::migrate(&client).await?;
-    tracing::info!(database = %args.database, applied = ?ran, "schema up to date");
+    let ran = pitboss_processor::schema::migrate(&client, &layout).await?;
+    tracing::info!(database = %args.database, cluster = ?args.cluster, applied = ?ran, "schema up to date");
     Ok(client)
 }
 
@@ -225,7 +238,13 @@ async fn process(args: ProcessArgs) -> Result<()> {
             c
         })
         .collect();
-    let sink = std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(client));
+    let sink = std::sync::Arc::new(match &args.clickhouse.cluster {
+        None => pitboss_processor::ClickHouseSink::new(client),
+        Some(cluster) => {
+            pitboss_processor::ClickHouseSink::cluster(client, cluster, &args.clickhouse.database)
+                .await?
+        }
+    });
     let stop = stop_on_signal();
     let admin_router = pitboss_ingest::http::metrics_router(metrics);
     let admin_stop = until_stopped(stop.clone());

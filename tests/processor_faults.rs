@@ -81,72 +81,10 @@ async fn scalar(clickhouse: &str, database: &str, sql: &str) -> Option<u64> {
         .ok()
 }
 
-/// The ClickHouse of scripts/stack.sh, stopped and started the way the stack does it.
-struct ClickHouseProcess {
-    pid_file: String,
-    config: String,
-}
-
-impl ClickHouseProcess {
-    fn from_env() -> Self {
-        let var = |v: &str| {
-            std::env::var(v).unwrap_or_else(|_| {
-                panic!("{v} is not set: run ./scripts/test.sh (or source .stack/env)")
-            })
-        };
-        ClickHouseProcess {
-            pid_file: var("PITBOSS_TEST_CLICKHOUSE_PIDFILE"),
-            config: var("PITBOSS_TEST_CLICKHOUSE_CONFIG"),
-        }
-    }
-
-    fn pid(&self) -> String {
-        std::fs::read_to_string(&self.pid_file)
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    fn stop(&self) {
-        let pid = self.pid();
-        Command::new("kill")
-            .args(["-TERM", "--", &format!("-{pid}")])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Command::new("kill")
-            .args(["-0", &pid])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-        {
-            assert!(Instant::now() < deadline, "clickhouse did not stop");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Started detached, like scripts/stack.sh does; `stack.sh stop` ends it via the pid file.
-    #[allow(clippy::zombie_processes)]
-    fn start(&self) {
-        let child = Command::new("setsid")
-            .args([
-                "clickhouse-server",
-                &format!("--config-file={}", self.config),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::fs::write(&self.pid_file, child.id().to_string()).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_events_exactly_once_through_five_sigkills_and_a_clickhouse_outage() {
     let clickhouse = pitboss_testkit::clickhouse();
-    let ch_process = ClickHouseProcess::from_env();
+    let ch_process = pitboss_testkit::ClickHouseProcess::single();
     let stack = Stack {
         clickhouse: clickhouse.clone(),
         kafka: pitboss_testkit::kafka(),
@@ -195,7 +133,7 @@ async fn a_million_events_exactly_once_through_five_sigkills_and_a_clickhouse_ou
     // The last processor keeps running; ClickHouse goes away for 30 s under load.
     let mut last = stack.processor(5);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    ch_process.stop();
+    ch_process.stop("TERM");
     tokio::time::sleep(Duration::from_secs(30)).await;
     ch_process.start();
 

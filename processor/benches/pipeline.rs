@@ -71,7 +71,9 @@ async fn database(url: &str, name: &str) -> clickhouse::Client {
         .await
         .unwrap();
     let client = sink::client(url, &db);
-    schema::migrate(&client).await.unwrap();
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
     client
 }
 

@@ -17,17 +17,177 @@
 //! - `bets_per_minute` (SummingMergeTree), fed by a materialized view on `events`: bets,
 //!   stakes, payouts and GGR by tenant, game and currency per minute; `players_per_minute`
 //!   (AggregatingMergeTree with `uniqState`) for active players.
+//!
+//! Two layouts render the same migrations ([`Layout`]):
+//! - **single**: the tables above on one server;
+//! - **cluster** (`ON CLUSTER`, for N shards × M replicas with ZooKeeper): each table becomes
+//!   `<name>_local`, a `Replicated*MergeTree` at `/clickhouse/tables/{shard}/<db>/<name>_local`
+//!   with replica `{replica}` (the servers' macros), plus `<name>`, a `Distributed` table over
+//!   them with the same name and columns, so queries and inserts read as in the single layout.
+//!   `events` is sharded by `cityHash64(bus_topic, bus_partition)`: a batch (one bus partition)
+//!   lands on one shard as one block, all or nothing, and a replica deduplicates a block it has
+//!   seen (the hashes live in ZooKeeper, shared by the shard's replicas). The materialized views
+//!   read `events_local` and write `<rollup>_local` on each shard; the migrations ledger is one
+//!   replicated table for the whole cluster (`{replica}` must be unique across it).
 
 use clickhouse::Client;
 
 use crate::ProcessorError;
+
+/// Where the schema lives: one server, or a cluster named in the servers' `remote_servers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    Single,
+    Cluster { cluster: String, database: String },
+}
+
+/// Names that go into DDL unquoted: letters, digits and `_`.
+pub fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl Layout {
+    /// The cluster layout; cluster and database must be identifiers.
+    pub fn cluster(cluster: &str, database: &str) -> Result<Self, ProcessorError> {
+        for (what, name) in [("cluster", cluster), ("database", database)] {
+            if !valid_identifier(name) {
+                return Err(ProcessorError::Migration(format!(
+                    "{what} name {name:?} must be letters, digits and '_'"
+                )));
+            }
+        }
+        Ok(Layout::Cluster {
+            cluster: cluster.to_owned(),
+            database: database.to_owned(),
+        })
+    }
+
+    fn on_cluster(&self) -> String {
+        match self {
+            Layout::Single => String::new(),
+            Layout::Cluster { cluster, .. } => format!(" ON CLUSTER {cluster}"),
+        }
+    }
+}
+
+/// Table engines of the schema (replicated in the cluster layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    MergeTree,
+    SummingMergeTree,
+    AggregatingMergeTree,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::MergeTree => "MergeTree",
+            Engine::SummingMergeTree => "SummingMergeTree",
+            Engine::AggregatingMergeTree => "AggregatingMergeTree",
+        }
+    }
+}
+
+/// One schema object, rendered per [`Layout`].
+#[derive(Debug, Clone, Copy)]
+pub enum Statement {
+    Table {
+        name: &'static str,
+        columns: &'static str,
+        engine: Engine,
+        partition_by: Option<&'static str>,
+        order_by: &'static str,
+        /// The `Distributed` sharding key in the cluster layout.
+        shard_by: &'static str,
+    },
+    /// A materialized view from `events` into a table; `{events}` in `select` is the source.
+    View {
+        name: &'static str,
+        to: &'static str,
+        select: &'static str,
+    },
+}
+
+impl Statement {
+    /// The SQL for `layout`, in order.
+    pub fn render(&self, layout: &Layout) -> Vec<String> {
+        match (*self, layout) {
+            (
+                Statement::Table {
+                    name,
+                    columns,
+                    engine,
+                    partition_by,
+                    order_by,
+                    ..
+                },
+                Layout::Single,
+            ) => vec![format!(
+                "CREATE TABLE IF NOT EXISTS {name} ({columns}) ENGINE = {}{}\nORDER BY {order_by}",
+                engine.name(),
+                partition_by.map_or(String::new(), |p| format!("\nPARTITION BY {p}")),
+            )],
+            (
+                Statement::Table {
+                    name,
+                    columns,
+                    engine,
+                    partition_by,
+                    order_by,
+                    shard_by,
+                },
+                Layout::Cluster { cluster, database },
+            ) => vec![
+                // Names qualified: a server running an `ON CLUSTER` task resolves unqualified
+                // ones (such as the `AS` source) in its default database.
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {database}.{name}_local{on} ({columns}) \
+                     ENGINE = Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{name}_local', '{{replica}}'){partition}\nORDER BY {order_by}",
+                    on = layout.on_cluster(),
+                    engine = engine.name(),
+                    partition =
+                        partition_by.map_or(String::new(), |p| format!("\nPARTITION BY {p}")),
+                ),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {database}.{name}{on} AS {database}.{name}_local \
+                     ENGINE = Distributed({cluster}, {database}, {name}_local, {shard_by})",
+                    on = layout.on_cluster(),
+                ),
+            ],
+            (Statement::View { name, to, select }, Layout::Single) => vec![format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {to} AS\n{}",
+                select.replace("{events}", "events")
+            )],
+            (Statement::View { name, to, select }, Layout::Cluster { database, .. }) => {
+                vec![format!(
+                    "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{name}{on} TO {database}.{to}_local AS\n{}",
+                    select.replace("{events}", &format!("{database}.events_local")),
+                    on = layout.on_cluster(),
+                )]
+            }
+        }
+    }
+}
 
 /// One schema version: statements run in order.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub version: u32,
     pub name: &'static str,
-    pub statements: &'static [&'static str],
+    pub statements: &'static [Statement],
+}
+
+impl Migration {
+    /// Every statement of this version for `layout`.
+    pub fn sql(&self, layout: &Layout) -> Vec<String> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.render(layout))
+            .collect()
+    }
 }
 
 /// Every migration, oldest first. Never edit a released one: add a new version.
@@ -35,7 +195,9 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "events",
-        statements: &[r"CREATE TABLE IF NOT EXISTS events (
+        statements: &[Statement::Table {
+            name: "events",
+            columns: r"
     tenant_id String,
     event_id String,
     player_id String,
@@ -66,15 +228,20 @@ pub const MIGRATIONS: &[Migration] = &[
     bus_topic String,
     bus_partition UInt32,
     bus_offset UInt64
-) ENGINE = MergeTree
-PARTITION BY toYYYYMM(received_at)
-ORDER BY (tenant_id, occurred_at, player_id, event_id)"],
+",
+            engine: Engine::MergeTree,
+            partition_by: Some("toYYYYMM(received_at)"),
+            order_by: "(tenant_id, occurred_at, player_id, event_id)",
+            shard_by: "cityHash64(bus_topic, bus_partition)",
+        }],
     },
     Migration {
         version: 2,
         name: "alerts and pushes",
         statements: &[
-            r"CREATE TABLE IF NOT EXISTS alerts (
+            Statement::Table {
+                name: "alerts",
+                columns: r"
     tenant_id String,
     alert_id String,
     rule String,
@@ -84,10 +251,15 @@ ORDER BY (tenant_id, occurred_at, player_id, event_id)"],
     raised_at DateTime,
     raised_at_ms UInt64,
     details String
-) ENGINE = MergeTree
-PARTITION BY toYYYYMM(raised_at)
-ORDER BY (tenant_id, raised_at, rule, player_id)",
-            r"CREATE TABLE IF NOT EXISTS pushes (
+",
+                engine: Engine::MergeTree,
+                partition_by: Some("toYYYYMM(raised_at)"),
+                order_by: "(tenant_id, raised_at, rule, player_id)",
+                shard_by: "cityHash64(tenant_id, player_id)",
+            },
+            Statement::Table {
+                name: "pushes",
+                columns: r"
     tenant_id String,
     push_id String,
     player_id String,
@@ -96,16 +268,21 @@ ORDER BY (tenant_id, raised_at, rule, player_id)",
     created_at_ms UInt64,
     delivered_at_ms UInt64,
     outcome String
-) ENGINE = MergeTree
-PARTITION BY toYYYYMM(created_at)
-ORDER BY (tenant_id, created_at, player_id)",
+",
+                engine: Engine::MergeTree,
+                partition_by: Some("toYYYYMM(created_at)"),
+                order_by: "(tenant_id, created_at, player_id)",
+                shard_by: "cityHash64(tenant_id, player_id)",
+            },
         ],
     },
     Migration {
         version: 3,
         name: "per-minute rollups",
         statements: &[
-            r"CREATE TABLE IF NOT EXISTS bets_per_minute (
+            Statement::Table {
+                name: "bets_per_minute",
+                columns: r"
     tenant_id String,
     minute DateTime,
     game_id String,
@@ -115,11 +292,17 @@ ORDER BY (tenant_id, created_at, player_id)",
     stakes_minor Int64,
     payouts_minor Int64,
     ggr_minor Int64
-) ENGINE = SummingMergeTree
-PARTITION BY toYYYYMM(minute)
-ORDER BY (tenant_id, minute, game_id, currency)",
-            r"CREATE MATERIALIZED VIEW IF NOT EXISTS bets_per_minute_mv TO bets_per_minute AS
-SELECT
+",
+                engine: Engine::SummingMergeTree,
+                partition_by: Some("toYYYYMM(minute)"),
+                order_by: "(tenant_id, minute, game_id, currency)",
+                // Filled on each shard by the view; never inserted into directly.
+                shard_by: "rand()",
+            },
+            Statement::View {
+                name: "bets_per_minute_mv",
+                to: "bets_per_minute",
+                select: r"SELECT
     tenant_id,
     toStartOfMinute(occurred_at) AS minute,
     game_id,
@@ -129,39 +312,78 @@ SELECT
     sum(if(type = 'bet_placed', amount_minor, 0)) AS stakes_minor,
     sum(if(type = 'bet_settled', payout_minor, 0)) AS payouts_minor,
     sum(if(type = 'bet_placed', amount_minor, 0)) - sum(if(type = 'bet_settled', payout_minor, 0)) AS ggr_minor
-FROM events
+FROM {events}
 WHERE type IN ('bet_placed', 'bet_settled')
 GROUP BY tenant_id, minute, game_id, currency",
-            r"CREATE TABLE IF NOT EXISTS players_per_minute (
+            },
+            Statement::Table {
+                name: "players_per_minute",
+                columns: r"
     tenant_id String,
     minute DateTime,
     players AggregateFunction(uniq, String)
-) ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMM(minute)
-ORDER BY (tenant_id, minute)",
-            r"CREATE MATERIALIZED VIEW IF NOT EXISTS players_per_minute_mv TO players_per_minute AS
-SELECT tenant_id, toStartOfMinute(occurred_at) AS minute, uniqState(player_id) AS players
-FROM events
+",
+                engine: Engine::AggregatingMergeTree,
+                partition_by: Some("toYYYYMM(minute)"),
+                order_by: "(tenant_id, minute)",
+                shard_by: "rand()",
+            },
+            Statement::View {
+                name: "players_per_minute_mv",
+                to: "players_per_minute",
+                select: r"SELECT tenant_id, toStartOfMinute(occurred_at) AS minute, uniqState(player_id) AS players
+FROM {events}
 GROUP BY tenant_id, minute",
+            },
         ],
     },
 ];
 
-const LEDGER: &str = r"CREATE TABLE IF NOT EXISTS pitboss_migrations (
-    version UInt32,
-    name String,
-    applied_at DateTime
-) ENGINE = MergeTree
-ORDER BY version";
+const LEDGER_COLUMNS: &str = "version UInt32, name String, applied_at DateTime";
+
+fn ledger(layout: &Layout) -> String {
+    match layout {
+        Layout::Single => format!(
+            "CREATE TABLE IF NOT EXISTS pitboss_migrations ({LEDGER_COLUMNS}) ENGINE = MergeTree ORDER BY version"
+        ),
+        // One ledger for the whole cluster: every server is a replica of it.
+        Layout::Cluster { database, .. } => format!(
+            "CREATE TABLE IF NOT EXISTS {database}.pitboss_migrations{} ({LEDGER_COLUMNS}) \
+             ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{database}/pitboss_migrations', '{{replica}}') ORDER BY version",
+            layout.on_cluster()
+        ),
+    }
+}
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
 struct Applied {
     version: u32,
 }
 
+/// Creates `database` (on every server of a cluster layout) through a client of any database.
+pub async fn create_database(
+    client: &Client,
+    database: &str,
+    layout: &Layout,
+) -> Result<(), ProcessorError> {
+    if !valid_identifier(database) {
+        return Err(ProcessorError::Migration(format!(
+            "database name {database:?} must be letters, digits and '_'"
+        )));
+    }
+    client
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {database}{}",
+            layout.on_cluster()
+        ))
+        .execute()
+        .await?;
+    Ok(())
+}
+
 /// Versions recorded as applied.
-pub async fn applied(client: &Client) -> Result<Vec<u32>, ProcessorError> {
-    client.query(LEDGER).execute().await?;
+pub async fn applied(client: &Client, layout: &Layout) -> Result<Vec<u32>, ProcessorError> {
+    client.query(&ledger(layout)).execute().await?;
     let rows: Vec<Applied> = client
         .query("SELECT DISTINCT version FROM pitboss_migrations ORDER BY version")
         .fetch_all()
@@ -170,12 +392,12 @@ pub async fn applied(client: &Client) -> Result<Vec<u32>, ProcessorError> {
 }
 
 /// Brings the schema up to date; returns the versions this call applied.
-pub async fn migrate(client: &Client) -> Result<Vec<u32>, ProcessorError> {
-    let done = applied(client).await?;
+pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, ProcessorError> {
+    let done = applied(client, layout).await?;
     let mut ran = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        for statement in m.statements {
-            client.query(statement).execute().await.map_err(|e| {
+        for statement in m.sql(layout) {
+            client.query(&statement).execute().await.map_err(|e| {
                 ProcessorError::Migration(format!("version {} ({}): {e}", m.version, m.name))
             })?;
         }
@@ -191,4 +413,64 @@ pub async fn migrate(client: &Client) -> Result<Vec<u32>, ProcessorError> {
         ran.push(m.version);
     }
     Ok(ran)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_single_layout_creates_plain_tables_and_views_on_events() {
+        let sql: Vec<String> = MIGRATIONS
+            .iter()
+            .flat_map(|m| m.sql(&Layout::Single))
+            .collect();
+        assert_eq!(sql.len(), 7);
+        assert!(sql[0].starts_with("CREATE TABLE IF NOT EXISTS events ("));
+        assert!(sql[0].ends_with(
+            "ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY (tenant_id, occurred_at, player_id, event_id)"
+        ));
+        assert!(
+            sql.iter()
+                .all(|s| !s.contains("ON CLUSTER") && !s.contains("_local"))
+        );
+        assert!(sql[4].contains("TO bets_per_minute AS") && sql[4].contains("FROM events\n"));
+    }
+
+    #[test]
+    fn the_cluster_layout_replicates_local_tables_behind_distributed_ones() {
+        let layout = Layout::cluster("pitboss", "analytics").expect("valid names");
+        let v1 = MIGRATIONS[0].sql(&layout);
+        assert_eq!(v1.len(), 2);
+        assert!(
+            v1[0].starts_with(
+                "CREATE TABLE IF NOT EXISTS analytics.events_local ON CLUSTER pitboss ("
+            )
+        );
+        assert!(v1[0].contains(
+            "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/analytics/events_local', '{replica}')"
+        ));
+        assert_eq!(
+            v1[1],
+            "CREATE TABLE IF NOT EXISTS analytics.events ON CLUSTER pitboss AS analytics.events_local \
+             ENGINE = Distributed(pitboss, analytics, events_local, cityHash64(bus_topic, bus_partition))"
+        );
+        let v3 = MIGRATIONS[2].sql(&layout);
+        assert!(v3[0].contains("ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/analytics/bets_per_minute_local'"));
+        assert!(v3[2].starts_with("CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.bets_per_minute_mv ON CLUSTER pitboss TO analytics.bets_per_minute_local AS"));
+        assert!(v3[2].contains("FROM analytics.events_local\n"));
+        assert!(
+            ledger(&layout)
+                .contains("'/clickhouse/tables/all/analytics/pitboss_migrations', '{replica}'")
+        );
+    }
+
+    #[test]
+    fn names_that_would_break_the_ddl_are_refused() {
+        for bad in ["", "a-b", "a b", "x;DROP", "1abc", "é"] {
+            assert!(Layout::cluster(bad, "db").is_err(), "{bad:?}");
+            assert!(Layout::cluster("c", bad).is_err(), "{bad:?}");
+        }
+        assert!(Layout::cluster("pitboss_2x2", "db_1").is_ok());
+    }
 }

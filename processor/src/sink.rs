@@ -33,11 +33,17 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError>;
 }
 
-/// ClickHouse over HTTP (the `clickhouse` crate, RowBinary, validation off for 18.16).
+/// ClickHouse over HTTP (the `clickhouse` crate, RowBinary, validation off for 18.16), on one
+/// server or a cluster ([`crate::schema::Layout`]).
 #[derive(Clone)]
 pub struct ClickHouseSink {
     client: Client,
     table: String,
+    /// Cluster layout: every replica's native address (`host:port`) and the database. The
+    /// high-water mark is read from all of them: a `Distributed` read asks one replica per
+    /// shard, which may not have fetched the newest part yet — a stale mark would replay a
+    /// batch that landed.
+    replicas: Option<(String, String)>,
 }
 
 impl std::fmt::Debug for ClickHouseSink {
@@ -63,6 +69,61 @@ impl ClickHouseSink {
         ClickHouseSink {
             client,
             table: "events".into(),
+            replicas: None,
+        }
+    }
+
+    /// Into the cluster layout's `events` (a `Distributed` table) of `database`: inserts wait
+    /// until the shard has the block (`insert_distributed_sync`); the replicas are read from
+    /// `system.clusters` of the server `client` talks to.
+    pub async fn cluster(
+        client: Client,
+        cluster: &str,
+        database: &str,
+    ) -> Result<Self, ProcessorError> {
+        #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+        struct Replica {
+            host: String,
+            port: u16,
+        }
+        let replicas: Vec<Replica> = client
+            .query(
+                "SELECT host_address AS host, port FROM system.clusters \
+                 WHERE cluster = ? ORDER BY shard_num, replica_num",
+            )
+            .bind(cluster)
+            .fetch_all()
+            .await?;
+        if replicas.is_empty() {
+            return Err(ProcessorError::Store(format!(
+                "cluster {cluster:?} is not in the server's remote_servers"
+            )));
+        }
+        let addresses = replicas
+            .iter()
+            .map(|r| {
+                if r.host.contains(':') {
+                    format!("[{}]:{}", r.host, r.port)
+                } else {
+                    format!("{}:{}", r.host, r.port)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(ClickHouseSink {
+            client: client.with_setting("insert_distributed_sync", "1"),
+            table: "events".into(),
+            replicas: Some((addresses, database.to_owned())),
+        })
+    }
+
+    /// Where the high-water mark is read from.
+    fn high_water_source(&self) -> String {
+        match &self.replicas {
+            None => self.table.clone(),
+            Some((addresses, database)) => {
+                format!("remote('{addresses}', {database}, {}_local)", self.table)
+            }
         }
     }
 
@@ -95,7 +156,7 @@ impl Sink for ClickHouseSink {
             .query(&format!(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM {} \
                  WHERE bus_topic = ? AND bus_partition = ? AND received_at >= toDateTime(?)",
-                self.table
+                self.high_water_source()
             ))
             .bind(topic)
             .bind(partition)

@@ -86,14 +86,22 @@ async fn wait_for_rows(client: &Client, n: u64) {
 #[tokio::test]
 async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     let client = database().await;
-    let (a, b) = tokio::join!(schema::migrate(&client), schema::migrate(&client));
+    let (a, b) = tokio::join!(
+        schema::migrate(&client, &schema::Layout::Single),
+        schema::migrate(&client, &schema::Layout::Single)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert!(!a.is_empty() || !b.is_empty());
     assert!(
-        schema::migrate(&client).await.unwrap().is_empty(),
+        schema::migrate(&client, &schema::Layout::Single)
+            .await
+            .unwrap()
+            .is_empty(),
         "nothing left to apply"
     );
-    let applied = schema::applied(&client).await.unwrap();
+    let applied = schema::applied(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
     let all: Vec<u32> = schema::MIGRATIONS.iter().map(|m| m.version).collect();
     assert_eq!(applied, all);
 }
@@ -102,7 +110,9 @@ async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
 async fn events_land_exactly_once_through_a_crash_and_fill_the_rollups() {
     const N: u64 = 100_000;
     let client = database().await;
-    schema::migrate(&client).await.unwrap();
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
     let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
     let topic = pitboss_testkit::unique_name("events");
     bus.create_topic(&topic, 4).await.unwrap();
@@ -185,7 +195,9 @@ async fn events_land_exactly_once_through_a_crash_and_fill_the_rollups() {
 async fn poison_reaches_the_dead_letter_topic_and_its_partition_keeps_flowing() {
     const N: u64 = 2_000;
     let client = database().await;
-    schema::migrate(&client).await.unwrap();
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
     let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
     let topic = pitboss_testkit::unique_name("events");
     let dead = format!("{topic}_dead_letter");
@@ -274,7 +286,9 @@ async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
     use pitboss_processor::Sink;
     use pitboss_processor::rows::EventRow;
     let client = database().await;
-    schema::migrate(&client).await.unwrap();
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
     let now_ms = Timestamp::now().as_millis();
     let row = |offset: u64, received_ms: i64| EventRow {
         event_id: format!("e{offset}"),

@@ -32,6 +32,20 @@ pub fn clickhouse() -> String {
     required("PITBOSS_TEST_CLICKHOUSE", "a ClickHouse server")
 }
 
+/// HTTP URLs of the 2-shard x 2-replica ClickHouse cluster, in the order shard 1 replica 1,
+/// shard 1 replica 2, shard 2 replica 1, shard 2 replica 2; and the cluster's name.
+pub fn clickhouse_cluster() -> (Vec<String>, String) {
+    let urls = required(
+        "PITBOSS_TEST_CLICKHOUSE_CLUSTER",
+        "the 2x2 ClickHouse cluster (scripts/stack.sh start --cluster)",
+    );
+    let name = required(
+        "PITBOSS_TEST_CLICKHOUSE_CLUSTER_NAME",
+        "the 2x2 ClickHouse cluster (scripts/stack.sh start --cluster)",
+    );
+    (urls.split(',').map(str::to_owned).collect(), name)
+}
+
 /// Kinesis endpoint (moto server).
 pub fn kinesis() -> String {
     required("PITBOSS_TEST_KINESIS", "a Kinesis endpoint (moto)")
@@ -82,5 +96,85 @@ mod tests {
     #[should_panic(expected = "PITBOSS_TEST_NOPE is not set")]
     fn missing_service_fails_loudly() {
         required("PITBOSS_TEST_NOPE", "nothing");
+    }
+}
+
+/// A clickhouse-server of `scripts/stack.sh`, stopped and started the way the stack does it
+/// (for fault tests; `stack.sh stop` ends it via its pid file either way).
+#[derive(Debug, Clone)]
+pub struct ClickHouseProcess {
+    pub pid_file: String,
+    pub config: String,
+}
+
+impl ClickHouseProcess {
+    /// The single server.
+    pub fn single() -> Self {
+        ClickHouseProcess {
+            pid_file: required("PITBOSS_TEST_CLICKHOUSE_PIDFILE", "the ClickHouse pid file"),
+            config: required("PITBOSS_TEST_CLICKHOUSE_CONFIG", "the ClickHouse config"),
+        }
+    }
+
+    /// Server `i` (0-based, in [`clickhouse_cluster`] order) of the cluster.
+    pub fn cluster_member(i: usize) -> Self {
+        let dir = required(
+            "PITBOSS_TEST_CLICKHOUSE_CLUSTER_STACK",
+            "the 2x2 ClickHouse cluster (scripts/stack.sh start --cluster)",
+        );
+        ClickHouseProcess {
+            pid_file: format!("{dir}/pids/clickhouse-cluster-{}.pid", i + 1),
+            config: format!("{dir}/clickhouse-cluster-{}/config.xml", i + 1),
+        }
+    }
+
+    fn pid(&self) -> String {
+        std::fs::read_to_string(&self.pid_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.pid_file))
+            .trim()
+            .to_owned()
+    }
+
+    fn alive(pid: &str) -> bool {
+        std::process::Command::new("kill")
+            .args(["-0", pid])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to the server's process group and waits until it is gone.
+    pub fn stop(&self, signal: &str) {
+        let pid = self.pid();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -{signal} clickhouse {pid}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while Self::alive(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "clickhouse {pid} did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Starts it again, detached (like scripts/stack.sh), and records the new pid.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(&self) {
+        let child = std::process::Command::new("setsid")
+            .args([
+                "clickhouse-server",
+                &format!("--config-file={}", self.config),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting clickhouse-server: {e}"));
+        std::fs::write(&self.pid_file, child.id().to_string())
+            .unwrap_or_else(|e| panic!("{}: {e}", self.pid_file));
     }
 }

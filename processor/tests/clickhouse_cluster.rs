@@ -1,0 +1,354 @@
+//! The cluster layout on a real 2-shard x 2-replica ClickHouse 18.16 cluster with ZooKeeper
+//! (`scripts/stack.sh start --cluster`):
+//! - `ON CLUSTER` migrations started at once from two servers create every table on all four,
+//!   and the replicated ledger tells any server that nothing is left to apply;
+//! - the high-water mark is read from every replica, so a replica that has not fetched the
+//!   newest part yet cannot make a replay insert a batch twice;
+//! - a retried batch is dropped by the shard (block deduplication in ZooKeeper), and so are
+//!   its rollups;
+//! - Kafka → processor → cluster through a crash: each row once, each bus partition on one
+//!   shard, both replicas of a shard equal, rollups exact.
+//!
+//! Each test uses its own database, so they run in parallel on the shared cluster.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
+use pitboss_bus::{Bus, OutRecord, Position};
+use pitboss_model::{Timestamp, encode_proto};
+use pitboss_processor::rows::EventRow;
+use pitboss_processor::schema::{self, Layout};
+use pitboss_processor::{Batch, BatchConfig, ClickHouseSink, ProcessorConfig, Sink, run, sink};
+
+struct Cluster {
+    urls: Vec<String>,
+    name: String,
+    database: String,
+    layout: Layout,
+}
+
+impl Cluster {
+    async fn new() -> Self {
+        let (urls, name) = pitboss_testkit::clickhouse_cluster();
+        assert_eq!(urls.len(), 4, "2 shards x 2 replicas");
+        let database = pitboss_testkit::unique_name("cluster");
+        let layout = Layout::cluster(&name, &database).unwrap();
+        schema::create_database(&sink::client(&urls[0], "default"), &database, &layout)
+            .await
+            .unwrap();
+        Cluster {
+            urls,
+            name,
+            database,
+            layout,
+        }
+    }
+
+    /// A client of server `i` (0, 1: shard 1; 2, 3: shard 2).
+    fn client(&self, i: usize) -> Client {
+        sink::client(&self.urls[i], &self.database)
+    }
+
+    async fn sink(&self, i: usize) -> ClickHouseSink {
+        ClickHouseSink::cluster(self.client(i), &self.name, &self.database)
+            .await
+            .unwrap()
+    }
+
+    async fn scalar(&self, i: usize, sql: &str) -> u64 {
+        self.client(i).query(sql).fetch_one::<u64>().await.unwrap()
+    }
+
+    /// Every server: fetches of `events_local` parts from other replicas on or off.
+    async fn fetches(&self, on: bool) {
+        let verb = if on { "START" } else { "STOP" };
+        for i in 0..4 {
+            self.client(i)
+                .query(&format!(
+                    "SYSTEM {verb} FETCHES {}.events_local",
+                    self.database
+                ))
+                .execute()
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until every replica has fetched what the others have.
+    async fn sync_replicas(&self, table: &str) {
+        for i in 0..4 {
+            self.client(i)
+                .query(&format!("SYSTEM SYNC REPLICA {}.{table}", self.database))
+                .execute()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn row(topic: &str, partition: u32, offset: u64, now_ms: i64) -> EventRow {
+    EventRow {
+        tenant_id: "acme".into(),
+        event_id: format!("{topic}-{partition}-{offset}"),
+        player_id: format!("p{}", offset % 10),
+        kind: "bet_placed".into(),
+        game_id: "slot-1".into(),
+        currency: "EUR".into(),
+        amount_minor: 100,
+        received_at: (now_ms / 1000) as u32,
+        received_at_ms: now_ms as u64,
+        occurred_at: (now_ms / 1000) as u32,
+        occurred_at_ms: now_ms as u64,
+        bus_topic: topic.into(),
+        bus_partition: partition,
+        bus_offset: offset,
+        ..EventRow::default()
+    }
+}
+
+fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batch> {
+    let now_ms = Timestamp::now().as_millis();
+    Arc::new(Batch {
+        topic: topic.into(),
+        partition,
+        rows: offsets
+            .clone()
+            .map(|o| row(topic, partition, o, now_ms))
+            .collect(),
+        offsets: Some((offsets.start, offsets.end - 1)),
+        last: Position::Offset(offsets.end as i64 - 1),
+        bytes: 0,
+        opened: Instant::now(),
+    })
+}
+
+#[tokio::test]
+async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everywhere() {
+    let c = Cluster::new().await;
+    let (one, four) = (c.client(0), c.client(3));
+    let (a, b) = tokio::join!(
+        schema::migrate(&one, &c.layout),
+        schema::migrate(&four, &c.layout)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(!a.is_empty() || !b.is_empty());
+
+    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+    struct Table {
+        name: String,
+        engine: String,
+    }
+    let expected = [
+        ("alerts", "Distributed"),
+        ("alerts_local", "ReplicatedMergeTree"),
+        ("bets_per_minute", "Distributed"),
+        ("bets_per_minute_local", "ReplicatedSummingMergeTree"),
+        ("bets_per_minute_mv", "MaterializedView"),
+        ("events", "Distributed"),
+        ("events_local", "ReplicatedMergeTree"),
+        ("pitboss_migrations", "ReplicatedMergeTree"),
+        ("players_per_minute", "Distributed"),
+        ("players_per_minute_local", "ReplicatedAggregatingMergeTree"),
+        ("players_per_minute_mv", "MaterializedView"),
+        ("pushes", "Distributed"),
+        ("pushes_local", "ReplicatedMergeTree"),
+    ];
+    for i in 0..4 {
+        let tables: Vec<Table> = c
+            .client(i)
+            .query("SELECT name, engine FROM system.tables WHERE database = ? ORDER BY name")
+            .bind(&c.database)
+            .fetch_all()
+            .await
+            .unwrap();
+        let tables: Vec<(&str, &str)> = tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.engine.as_str()))
+            .collect();
+        assert_eq!(tables, expected, "server {}", i + 1);
+    }
+
+    // The ledger is one replicated table: every server learns that all versions ran.
+    let all: Vec<u32> = schema::MIGRATIONS.iter().map(|m| m.version).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..4 {
+        while schema::applied(&c.client(i), &c.layout).await.unwrap() != all {
+            assert!(
+                Instant::now() < deadline,
+                "server {} has no full ledger",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        schema::migrate(&c.client(1), &c.layout)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing left to apply"
+    );
+}
+
+#[tokio::test]
+async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dropped() {
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    // No replica fetches from another: each part stays on the one replica that took it, as
+    // when replication lags.
+    c.fetches(false).await;
+    let sink = c.sink(0).await;
+    let topic = "t";
+    let partitions = 0..6u32;
+    let batches: Vec<Arc<Batch>> = partitions
+        .clone()
+        .map(|p| batch(topic, p, 0..100))
+        .collect();
+    for b in &batches {
+        sink.insert(b).await.unwrap();
+    }
+    // Some partitions went to shard 2, where the Distributed table reads one of two replicas
+    // at random and only one has the part.
+    let on_shard_2 = c
+        .scalar(2, "SELECT uniqExact(bus_partition) FROM events_local")
+        .await
+        + c.scalar(3, "SELECT uniqExact(bus_partition) FROM events_local")
+            .await;
+    assert!(on_shard_2 > 0, "no partition hashed to shard 2");
+    for _ in 0..10 {
+        for p in partitions.clone() {
+            assert_eq!(
+                sink.high_water(topic, p, None).await.unwrap(),
+                Some(99),
+                "partition {p}"
+            );
+        }
+    }
+
+    // The same batches again (an uncertain insert retried, or a replay): each shard drops
+    // the block it has seen, whichever replica takes it, and the views do not count it again.
+    for b in &batches {
+        sink.insert(b).await.unwrap();
+    }
+    c.fetches(true).await;
+    c.sync_replicas("events_local").await;
+    c.sync_replicas("bets_per_minute_local").await;
+    let n = 100 * partitions.len() as u64;
+    assert_eq!(c.scalar(0, "SELECT count() FROM events").await, n);
+    assert_eq!(
+        c.scalar(0, "SELECT sum(bets) FROM bets_per_minute").await,
+        n
+    );
+    for i in 0..4 {
+        let local = c.scalar(i, "SELECT count() FROM events_local").await;
+        let twin = c.scalar(i ^ 1, "SELECT count() FROM events_local").await;
+        assert_eq!(local, twin, "replicas of one shard differ");
+    }
+}
+
+fn event(i: u64) -> OutRecord {
+    let e = pitboss_testkit::deposit(i, 1000);
+    OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
+}
+
+#[tokio::test]
+async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard() {
+    const N: u64 = 60_000;
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = pitboss_testkit::unique_name("events");
+    bus.create_topic(&topic, 4).await.unwrap();
+    bus.create_topic(&format!("{topic}_dead_letter"), 1)
+        .await
+        .unwrap();
+    let publisher = bus.publisher();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        publisher
+            .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
+            .await
+            .unwrap();
+    }
+    let config = ProcessorConfig {
+        topic: topic.clone(),
+        group: format!("{topic}_processor"),
+        dead_letter_topic: format!("{topic}_dead_letter"),
+        batch: BatchConfig {
+            max_rows: 5_000,
+            max_age: Duration::from_millis(300),
+            ..BatchConfig::default()
+        },
+        ..ProcessorConfig::default()
+    };
+    let count = || async { c.scalar(0, "SELECT count() FROM events").await };
+    let wait_for = |n: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count().await < n {
+            assert!(Instant::now() < deadline, "rows did not reach {n}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+
+    // A member on server 1 crashes (aborted) once a third of the rows are in; a member on
+    // server 4 takes over from the committed offsets.
+    let first = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(c.sink(0).await),
+        config.clone(),
+        std::future::pending(),
+    ));
+    wait_for(N / 3).await;
+    first.abort();
+    let _ = first.await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(run(bus.clone(), Arc::new(c.sink(3).await), config, async {
+        let _ = stopped.await;
+    }));
+    wait_for(N).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // anything extra would show up now
+    stop.send(()).unwrap();
+    let stats = second.await.unwrap().unwrap();
+
+    c.sync_replicas("events_local").await;
+    c.sync_replicas("bets_per_minute_local").await;
+    assert_eq!(
+        (
+            count().await,
+            c.scalar(0, "SELECT uniqExact(event_id) FROM events").await
+        ),
+        (N, N),
+        "exactly once, without FINAL: {stats:?}"
+    );
+    // Both replicas of a shard hold the same rows; the shards split the partitions.
+    let c = &c;
+    let local = |i: usize| async move {
+        (
+            c.scalar(i, "SELECT count() FROM events_local").await,
+            c.scalar(
+                i,
+                "SELECT groupBitOr(bitShiftLeft(toUInt64(1), bus_partition)) FROM events_local",
+            )
+            .await,
+        )
+    };
+    let (s1, s1b, s2, s2b) = (
+        local(0).await,
+        local(1).await,
+        local(2).await,
+        local(3).await,
+    );
+    assert_eq!((s1, s2), (s1b, s2b), "replicas of a shard differ");
+    assert_eq!(s1.0 + s2.0, N);
+    assert_eq!(s1.1 & s2.1, 0, "a bus partition is on both shards");
+    assert_eq!(s1.1 | s2.1, 0b1111);
+    // Deposits only: no bets; the player view counts every player once across shards.
+    assert_eq!(
+        c.scalar(2, "SELECT uniqMerge(players) FROM players_per_minute")
+            .await,
+        1000
+    );
+}
