@@ -55,6 +55,17 @@ install_moto() {
   fi
 }
 
+# chDB: the current ClickHouse engine in-process, for the schema check on a current release
+# (tests/current_clickhouse.rs); 18.16 from Debian is the only server here.
+CHDB_VERSION=26.9.0
+install_chdb() {
+  if [[ $(python3 -c 'import importlib.metadata as m; print(m.version("chdb-core"))' 2>/dev/null) != "$CHDB_VERSION" ]]; then
+    log "pip install chdb-core==$CHDB_VERSION"
+    python3 -m pip install -q --disable-pip-version-check "chdb-core==$CHDB_VERSION" 2>&1 | grep -v 'WARNING: Running pip as' >&2 || true
+    python3 -c 'import chdb' || die "chdb not importable after pip install"
+  fi
+}
+
 install_kafka() {
   if [[ ! -f $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]]; then
     log "resolving Apache Kafka $KAFKA_VERSION from Maven Central"
@@ -70,6 +81,7 @@ install_kafka() {
 cmd_install() {
   install_apt
   install_moto
+  install_chdb
   install_kafka
   log "installed: kafka $KAFKA_VERSION, $(clickhouse-client --version 2>/dev/null | head -1), moto $(python3 -c 'import moto; print(moto.__version__)')"
 }

@@ -45,7 +45,7 @@ enum Command {
     /// Send sustained load to an ingest API and report events/s and latency.
     Loadgen(loadgen::LoadgenArgs),
     /// Bring the ClickHouse schema up to date (versioned, idempotent migrations).
-    Migrate(ClickHouseArgs),
+    Migrate(MigrateArgs),
     /// Run the processor: events from Kafka into ClickHouse, effectively once.
     Process(ProcessArgs),
     /// Query the embedded store of `pitboss up` (read-only SQLite SQL).
@@ -129,6 +129,16 @@ impl KafkaArgs {
             options: pitboss_bus::parse_options(self.kafka_options.iter().map(String::as_str))?,
         })
     }
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+    /// Print every migration's SQL for the layout (`;`-terminated, `-- version` comments)
+    /// instead of applying it; connects to nothing.
+    #[arg(long)]
+    print_sql: bool,
 }
 
 #[derive(Debug, Args)]
@@ -563,7 +573,14 @@ async fn main() -> Result<()> {
         Command::Up(args) => up(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,
-        Command::Migrate(args) => clickhouse_client(&args).await.map(|_| ()),
+        Command::Migrate(args) if args.print_sql => {
+            print!(
+                "{}",
+                pitboss_processor::schema::script(&args.clickhouse.layout()?)
+            );
+            Ok(())
+        }
+        Command::Migrate(args) => clickhouse_client(&args.clickhouse).await.map(|_| ()),
         Command::Process(args) => process(args).await,
         Command::Sql(args) => sql(&args),
         Command::HashKey { key } => {

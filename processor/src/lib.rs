@@ -25,6 +25,9 @@ pub enum ProcessorError {
     Store(String),
     #[error("migration {0}")]
     Migration(String),
+    /// A setting that cannot work (retrying does not help).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl ProcessorError {
@@ -33,7 +36,7 @@ impl ProcessorError {
         match self {
             ProcessorError::Bus(e) => e.is_retryable(),
             ProcessorError::ClickHouse(_) | ProcessorError::Store(_) => true,
-            ProcessorError::Migration(_) => false,
+            ProcessorError::Migration(_) | ProcessorError::Config(_) => false,
         }
     }
 }

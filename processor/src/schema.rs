@@ -54,8 +54,8 @@ impl Layout {
     pub fn cluster(cluster: &str, database: &str) -> Result<Self, ProcessorError> {
         for (what, name) in [("cluster", cluster), ("database", database)] {
             if !valid_identifier(name) {
-                return Err(ProcessorError::Migration(format!(
-                    "{what} name {name:?} must be letters, digits and '_'"
+                return Err(ProcessorError::Config(format!(
+                    "{what} name {name:?} must be letters, digits and '_' (not starting with a digit)"
                 )));
             }
         }
@@ -367,8 +367,8 @@ pub async fn create_database(
     layout: &Layout,
 ) -> Result<(), ProcessorError> {
     if !valid_identifier(database) {
-        return Err(ProcessorError::Migration(format!(
-            "database name {database:?} must be letters, digits and '_'"
+        return Err(ProcessorError::Config(format!(
+            "database name {database:?} must be letters, digits and '_' (not starting with a digit)"
         )));
     }
     client
@@ -379,6 +379,26 @@ pub async fn create_database(
         .execute()
         .await?;
     Ok(())
+}
+
+/// Every migration as one SQL script for `layout`, ledger included (`;`-terminated
+/// statements, `-- version` comments): what [`migrate`] runs on an empty database, for review
+/// or for another tool to apply.
+pub fn script(layout: &Layout) -> String {
+    let mut out = format!("-- the migrations ledger\n{};\n\n", ledger(layout));
+    for m in MIGRATIONS {
+        out += &format!("-- version {}: {}\n", m.version, m.name);
+        for statement in m.sql(layout) {
+            out += &statement;
+            out += ";\n\n";
+        }
+        out += &format!(
+            "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES ({}, '{}', now());\n\n",
+            m.version,
+            m.name.replace('\'', "''")
+        );
+    }
+    out
 }
 
 /// Versions recorded as applied.

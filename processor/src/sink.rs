@@ -95,7 +95,7 @@ impl ClickHouseSink {
             .fetch_all()
             .await?;
         if replicas.is_empty() {
-            return Err(ProcessorError::Store(format!(
+            return Err(ProcessorError::Config(format!(
                 "cluster {cluster:?} is not in the server's remote_servers"
             )));
         }
