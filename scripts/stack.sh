@@ -154,7 +154,17 @@ kafka_ready() { # dir, port
   grep -q 'Kafka Server started' "$1/server.log" 2>/dev/null && port_open "$2"
 }
 
-cluster_id() { python3 -c 'import uuid,base64;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'; }
+# A random KRaft cluster id. Like Kafka's own Uuid.randomUuid, never one that starts with '-':
+# the storage tool would read it as an option ("argument --cluster-id: expected one argument").
+cluster_id() {
+  python3 -c '
+import base64, uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not s.startswith("-"):
+        print(s)
+        break'
+}
 
 start_kafka() {
   local port cport
