@@ -52,7 +52,7 @@ fn the_schema_applies_and_fills_its_rollups_on_current_clickhouse() {
     let version = report["clickhouse"].as_str().unwrap();
     let major: u32 = version.split('.').next().unwrap().parse().unwrap();
     assert!(major >= 24, "not a current ClickHouse: {version}");
-    assert_eq!(report["statements"], 11, "ledger + 7 objects + 3 records");
+    assert_eq!(report["statements"], 13, "ledger + 8 objects + 4 records");
 }
 
 #[test]

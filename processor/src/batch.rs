@@ -1,6 +1,10 @@
 //! The pure batcher: rows per partition, cut into batches on max rows, max bytes, max age, a
 //! change of month (one batch, one ClickHouse partition, one part: all or nothing) and
 //! rebalances. Each batch knows the bus position to store once it is durable.
+//!
+//! A partition replaying a batch that a crashed member had begun to insert
+//! ([`Batcher::replay_until`]) is cut exactly where that batch ended, whatever the limits say,
+//! so the replay inserts the same block.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -55,6 +59,8 @@ pub struct Batcher {
     config: BatchConfig,
     topic: String,
     open: BTreeMap<Partition, Open>,
+    /// Partitions replaying an intended batch: its first and last row offsets.
+    replay: BTreeMap<Partition, (u64, u64)>,
 }
 
 /// `YYYYMM` of a UTC epoch second, as ClickHouse's `toYYYYMM` computes it.
@@ -78,7 +84,16 @@ impl Batcher {
             config,
             topic: topic.to_owned(),
             open: BTreeMap::new(),
+            replay: BTreeMap::new(),
         }
+    }
+
+    /// The partition's next batch is the rows `first..=last`: it ends at `last` — no sooner
+    /// for max rows, bytes or age, and no later — re-cutting a batch whose insert may have
+    /// landed. A row outside the range (a log that is not the one the range came from) ends
+    /// the replay, and the usual limits apply again.
+    pub fn replay(&mut self, partition: Partition, first: u64, last: u64) {
+        self.replay.insert(partition, (first, last));
     }
 
     fn entry(&mut self, partition: Partition, position: &Position, now: Instant) -> &mut Open {
@@ -107,6 +122,13 @@ impl Batcher {
         now: Instant,
     ) -> Vec<Batch> {
         let mut done = Vec::new();
+        if let (Some((first, last)), Some(o)) = (self.replay.get(&partition).copied(), offset) {
+            if o > last {
+                done.extend(self.take(partition));
+            } else if o < first {
+                self.replay.remove(&partition);
+            }
+        }
         let row_month = month(row.received_at);
         if let Some(open) = self.open.get(&partition)
             && open.month.is_some_and(|m| m != row_month)
@@ -126,7 +148,12 @@ impl Batcher {
             });
         }
         open.batch.last = position;
-        if open.batch.rows.len() >= max_rows || open.batch.bytes >= max_bytes {
+        let full = open.batch.rows.len() >= max_rows || open.batch.bytes >= max_bytes;
+        let cut = match self.replay.get(&partition) {
+            Some((_, last)) => offset.is_some_and(|o| o >= *last),
+            None => full,
+        };
+        if cut {
             done.extend(self.take(partition));
         }
         done
@@ -135,6 +162,12 @@ impl Batcher {
     /// A record that yields no row (dead-lettered, or already stored): its position is
     /// stored with the partition's next flush.
     pub fn skip(&mut self, partition: Partition, position: Position, now: Instant) {
+        if let (Some((_, last)), Position::Offset(o)) = (self.replay.get(&partition), &position)
+            && u64::try_from(*o).is_ok_and(|o| o >= *last)
+        {
+            // The intended range ended in records that yield no row now: nothing to re-cut.
+            self.replay.remove(&partition);
+        }
         let open = self.entry(partition, &position, now);
         open.batch.last = position;
     }
@@ -145,7 +178,9 @@ impl Batcher {
         let due: Vec<Partition> = self
             .open
             .iter()
-            .filter(|(_, o)| now.duration_since(o.batch.opened) >= age)
+            .filter(|(p, o)| {
+                !self.replay.contains_key(p) && now.duration_since(o.batch.opened) >= age
+            })
             .map(|(p, _)| *p)
             .collect();
         due.into_iter().filter_map(|p| self.take(p)).collect()
@@ -154,18 +189,21 @@ impl Batcher {
     /// When the oldest open batch becomes due.
     pub fn next_due(&self) -> Option<Instant> {
         self.open
-            .values()
-            .map(|o| o.batch.opened + self.config.max_age)
+            .iter()
+            .filter(|(p, _)| !self.replay.contains_key(p))
+            .map(|(_, o)| o.batch.opened + self.config.max_age)
             .min()
     }
 
     /// Closes the partition's open batch.
     pub fn take(&mut self, partition: Partition) -> Option<Batch> {
+        self.replay.remove(&partition);
         self.open.remove(&partition).map(|o| o.batch)
     }
 
     /// Closes every open batch.
     pub fn take_all(&mut self) -> Vec<Batch> {
+        self.replay.clear();
         std::mem::take(&mut self.open)
             .into_values()
             .map(|o| o.batch)
@@ -174,6 +212,7 @@ impl Batcher {
 
     /// Drops the partition's open batch (its records will be delivered again).
     pub fn abandon(&mut self, partition: Partition) {
+        self.replay.remove(&partition);
         self.open.remove(&partition);
     }
 }
@@ -265,5 +304,62 @@ mod tests {
             (0, Position::Offset(9))
         );
         assert_eq!(due[1].offsets, None);
+    }
+
+    #[test]
+    fn a_replayed_batch_ends_exactly_where_the_intended_one_did() {
+        let mut b = Batcher::new(
+            "events",
+            BatchConfig {
+                max_rows: 3,
+                max_age: Duration::from_millis(10),
+                ..BatchConfig::default()
+            },
+        );
+        let t0 = Instant::now();
+        b.replay(0, 10, 16);
+        let mut done = Vec::new();
+        for o in 10..16 {
+            done.extend(b.push(0, Position::Offset(o as i64), Some(o), row(NOV_28, o), t0));
+        }
+        // Neither max rows nor age cut it.
+        assert!(done.is_empty());
+        assert_eq!(b.next_due(), None);
+        assert!(b.due(t0 + Duration::from_secs(60)).is_empty());
+        let done = b.push(0, Position::Offset(16), Some(16), row(NOV_28, 16), t0);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].offsets, Some((10, 16)));
+        // Then the limits apply again.
+        let mut done = Vec::new();
+        for o in 17..20 {
+            done.extend(b.push(0, Position::Offset(o as i64), Some(o), row(NOV_28, o), t0));
+        }
+        assert_eq!(done[0].offsets, Some((17, 19)));
+    }
+
+    #[test]
+    fn a_replay_whose_last_row_never_comes_ends_at_the_first_row_past_it() {
+        let mut b = Batcher::new("events", BatchConfig::default());
+        let t0 = Instant::now();
+        b.replay(0, 10, 12);
+        assert!(
+            b.push(0, Position::Offset(10), Some(10), row(NOV_28, 10), t0)
+                .is_empty()
+        );
+        let done = b.push(0, Position::Offset(14), Some(14), row(NOV_28, 14), t0);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].offsets, Some((10, 10)));
+        assert_eq!(b.take(0).expect("open").offsets, Some((14, 14)));
+
+        // Skipped records past the end stop the replay too: age applies again.
+        b.replay(1, 4, 5);
+        b.push(1, Position::Offset(4), Some(4), row(NOV_28, 4), t0);
+        b.skip(1, Position::Offset(5), t0);
+        assert_eq!(b.due(t0 + Duration::from_secs(2)).len(), 1);
+
+        // A row before the range: not the log the range came from; limits apply.
+        b.replay(2, 100, 200);
+        b.push(2, Position::Offset(0), Some(0), row(NOV_28, 0), t0);
+        assert_eq!(b.due(t0 + Duration::from_secs(2)).len(), 1);
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! Effectively once: each partition's high-water mark is read from the store when the
 //! partition is assigned, and records at or below it are skipped — a batch that landed but
-//! whose offsets were never committed (a crash, a lost answer) is not written again. An
+//! whose offsets were never committed (a crash, a lost answer) is not written again. Before
+//! each insert the batch's offset range is recorded ([`Sink::intend`]); a replay re-cuts the
+//! last recorded batch past the mark exactly, so a store that drops duplicate blocks drops it
+//! if the crashed member's insert lands after all. An
 //! undecodable record goes to the dead-letter topic with its reason and its partition keeps
 //! flowing.
 
@@ -294,13 +297,29 @@ impl Processor {
         if let Some(hw) = self.high_water.get(&partition) {
             return Ok(*hw);
         }
+        let backoff = (self.config.retry_initial, self.config.retry_max);
         let hw = with_retry(
             self.sink.clone(),
             self.config.topic.clone(),
-            (self.config.retry_initial, self.config.retry_max),
+            backoff,
             |sink, topic| async move { sink.high_water(&topic, partition, since_ms).await },
         )
         .await?;
+        // A batch begun past the mark may still land (its member died mid-insert): cut the
+        // same one, so that whichever insert comes second is a duplicate block.
+        let intended = with_retry(
+            self.sink.clone(),
+            self.config.topic.clone(),
+            backoff,
+            |sink, topic| async move { sink.intended(&topic, partition).await },
+        )
+        .await?;
+        if let Some((first, last)) = intended
+            && hw.is_none_or(|hw| last > hw)
+        {
+            tracing::info!(partition, first, last, "replaying an intended batch");
+            self.batcher.replay(partition, first, last);
+        }
         self.high_water.insert(partition, hw);
         Ok(hw)
     }
@@ -418,6 +437,12 @@ async fn insert(
         return Ok(());
     }
     let started = Instant::now();
+    let intent = batch.clone();
+    with_retry(sink.clone(), topic.to_owned(), (initial, max), |sink, _| {
+        let intent = intent.clone();
+        async move { sink.intend(&intent).await }
+    })
+    .await?;
     let mut delay = initial;
     loop {
         match sink.insert(batch).await {

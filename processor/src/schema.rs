@@ -79,6 +79,10 @@ pub enum Engine {
     MergeTree,
     SummingMergeTree,
     AggregatingMergeTree,
+    /// Keeps the row with the highest `version` per sorting key (after merges).
+    ReplacingMergeTree {
+        version: &'static str,
+    },
 }
 
 impl Engine {
@@ -87,6 +91,15 @@ impl Engine {
             Engine::MergeTree => "MergeTree",
             Engine::SummingMergeTree => "SummingMergeTree",
             Engine::AggregatingMergeTree => "AggregatingMergeTree",
+            Engine::ReplacingMergeTree { .. } => "ReplacingMergeTree",
+        }
+    }
+
+    /// Engine arguments after the replication ones.
+    fn args(self) -> Option<&'static str> {
+        match self {
+            Engine::ReplacingMergeTree { version } => Some(version),
+            _ => None,
         }
     }
 }
@@ -126,8 +139,9 @@ impl Statement {
                 },
                 Layout::Single,
             ) => vec![format!(
-                "CREATE TABLE IF NOT EXISTS {name} ({columns}) ENGINE = {}{}\nORDER BY {order_by}",
+                "CREATE TABLE IF NOT EXISTS {name} ({columns}) ENGINE = {}{}{}\nORDER BY {order_by}",
                 engine.name(),
+                engine.args().map_or(String::new(), |a| format!("({a})")),
                 partition_by.map_or(String::new(), |p| format!("\nPARTITION BY {p}")),
             )],
             (
@@ -145,9 +159,10 @@ impl Statement {
                 // ones (such as the `AS` source) in its default database.
                 format!(
                     "CREATE TABLE IF NOT EXISTS {database}.{name}_local{on} ({columns}) \
-                     ENGINE = Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{name}_local', '{{replica}}'){partition}\nORDER BY {order_by}",
+                     ENGINE = Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{name}_local', '{{replica}}'{args}){partition}\nORDER BY {order_by}",
                     on = layout.on_cluster(),
                     engine = engine.name(),
+                    args = engine.args().map_or(String::new(), |a| format!(", {a}")),
                     partition =
                         partition_by.map_or(String::new(), |p| format!("\nPARTITION BY {p}")),
                 ),
@@ -337,6 +352,29 @@ GROUP BY tenant_id, minute",
             },
         ],
     },
+    Migration {
+        version: 4,
+        name: "batch intents",
+        statements: &[Statement::Table {
+            // The offset range of each partition's batch about to be inserted, written before
+            // the insert (run.rs): a member replaying the partition after a crash cuts the
+            // same batch, which a replicated table then drops if the first insert landed.
+            // One row per partition after merges.
+            name: "pitboss_batches",
+            columns: r"
+    bus_topic String,
+    bus_partition UInt32,
+    first_offset UInt64,
+    last_offset UInt64
+",
+            engine: Engine::ReplacingMergeTree {
+                version: "last_offset",
+            },
+            partition_by: None,
+            order_by: "(bus_topic, bus_partition)",
+            shard_by: "cityHash64(bus_topic, bus_partition)",
+        }],
+    },
 ];
 
 const LEDGER_COLUMNS: &str = "version UInt32, name String, applied_at DateTime";
@@ -445,7 +483,10 @@ mod tests {
             .iter()
             .flat_map(|m| m.sql(&Layout::Single))
             .collect();
-        assert_eq!(sql.len(), 7);
+        assert_eq!(sql.len(), 8);
+        assert!(sql[7].contains(
+            "ENGINE = ReplacingMergeTree(last_offset)\nORDER BY (bus_topic, bus_partition)"
+        ));
         assert!(sql[0].starts_with("CREATE TABLE IF NOT EXISTS events ("));
         assert!(sql[0].ends_with(
             "ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY (tenant_id, occurred_at, player_id, event_id)"

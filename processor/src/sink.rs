@@ -31,6 +31,25 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 
     /// Inserts the batch, all or nothing.
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError>;
+
+    /// Records the offset range of `batch` before it is inserted, for [`Sink::intended`].
+    /// A store that drops a block it has seen (ClickHouse's replicated tables) needs it: a
+    /// member that replays the partition after a crash then cuts the very same batch, and a
+    /// first insert that lands late — after the replaying member read the high-water mark —
+    /// makes the replayed one a duplicate block, which the store drops. Stores that cannot
+    /// drop duplicates, or that commit their position with the rows, do nothing.
+    async fn intend(&self, _batch: &Batch) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// The offset range (first, last row) of the partition's last recorded batch, if any.
+    async fn intended(
+        &self,
+        _topic: &str,
+        _partition: u32,
+    ) -> Result<Option<(u64, u64)>, ProcessorError> {
+        Ok(None)
+    }
 }
 
 /// ClickHouse over HTTP (the `clickhouse` crate, RowBinary, validation off for 18.16), on one
@@ -117,12 +136,13 @@ impl ClickHouseSink {
         })
     }
 
-    /// Where the high-water mark is read from.
-    fn high_water_source(&self) -> String {
+    /// Where to read `table` from: itself, or in the cluster layout its local table on every
+    /// replica (see `replicas`).
+    fn source(&self, table: &str) -> String {
         match &self.replicas {
-            None => self.table.clone(),
+            None => table.to_owned(),
             Some((addresses, database)) => {
-                format!("remote('{addresses}', {database}, {}_local)", self.table)
+                format!("remote('{addresses}', {database}, {table}_local)")
             }
         }
     }
@@ -138,6 +158,22 @@ impl ClickHouseSink {
 struct HighWater {
     rows: u64,
     top: u64,
+}
+
+/// A row of `pitboss_batches`.
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct Intent {
+    bus_topic: String,
+    bus_partition: u32,
+    first_offset: u64,
+    last_offset: u64,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct LastIntent {
+    rows: u64,
+    first: u64,
+    last: u64,
 }
 
 #[async_trait]
@@ -156,7 +192,7 @@ impl Sink for ClickHouseSink {
             .query(&format!(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM {} \
                  WHERE bus_topic = ? AND bus_partition = ? AND received_at >= toDateTime(?)",
-                self.high_water_source()
+                self.source(&self.table)
             ))
             .bind(topic)
             .bind(partition)
@@ -173,6 +209,47 @@ impl Sink for ClickHouseSink {
         }
         insert.end().await?;
         Ok(())
+    }
+
+    /// Only in the cluster layout: its replicated tables drop a duplicate block. On one
+    /// 18.16 server nothing would drop it, so the extra insert would buy nothing.
+    async fn intend(&self, batch: &Batch) -> Result<(), ProcessorError> {
+        let (Some(_), Some((first, last))) = (&self.replicas, batch.offsets) else {
+            return Ok(());
+        };
+        let mut insert = self.client.insert::<Intent>("pitboss_batches").await?;
+        insert
+            .write(&Intent {
+                bus_topic: batch.topic.clone(),
+                bus_partition: batch.partition,
+                first_offset: first,
+                last_offset: last,
+            })
+            .await?;
+        insert.end().await?;
+        Ok(())
+    }
+
+    async fn intended(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, u64)>, ProcessorError> {
+        if self.replicas.is_none() {
+            return Ok(None);
+        }
+        let i: LastIntent = self
+            .client
+            .query(&format!(
+                "SELECT count() AS rows, argMax(first_offset, last_offset) AS first, \
+                 max(last_offset) AS last FROM {} WHERE bus_topic = ? AND bus_partition = ?",
+                self.source("pitboss_batches")
+            ))
+            .bind(topic)
+            .bind(partition)
+            .fetch_one()
+            .await?;
+        Ok((i.rows > 0).then_some((i.first, i.last)))
     }
 }
 
@@ -191,6 +268,8 @@ struct MemoryInner {
     /// Never answer after storing (the process dies before it hears back).
     hang_after_store_next: usize,
     inserts: usize,
+    /// Last intended (first, last) per (topic, partition).
+    intents: std::collections::HashMap<(String, u32), (u64, u64)>,
 }
 
 impl MemorySink {
@@ -272,5 +351,26 @@ impl Sink for MemorySink {
             std::future::pending::<()>().await;
         }
         Ok(())
+    }
+
+    async fn intend(&self, batch: &Batch) -> Result<(), ProcessorError> {
+        if let Some(range) = batch.offsets {
+            self.lock()
+                .intents
+                .insert((batch.topic.clone(), batch.partition), range);
+        }
+        Ok(())
+    }
+
+    async fn intended(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, u64)>, ProcessorError> {
+        Ok(self
+            .lock()
+            .intents
+            .get(&(topic.to_owned(), partition))
+            .copied())
     }
 }

@@ -150,6 +150,8 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
         ("bets_per_minute_mv", "MaterializedView"),
         ("events", "Distributed"),
         ("events_local", "ReplicatedMergeTree"),
+        ("pitboss_batches", "Distributed"),
+        ("pitboss_batches_local", "ReplicatedReplacingMergeTree"),
         ("pitboss_migrations", "ReplicatedMergeTree"),
         ("players_per_minute", "Distributed"),
         ("players_per_minute_local", "ReplicatedAggregatingMergeTree"),
@@ -350,5 +352,174 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
         c.scalar(2, "SELECT uniqMerge(players) FROM players_per_minute")
             .await,
         1000
+    );
+}
+
+/// Shared by the two members of the late-landing test: the insert the first one began.
+#[derive(Debug, Default)]
+struct Held {
+    batch: std::sync::Mutex<Option<Arc<Batch>>>,
+    inserts: std::sync::atomic::AtomicUsize,
+}
+
+/// The first member's store: its second insert never returns (the member dies mid-insert);
+/// the batch is kept to land later.
+#[derive(Debug)]
+struct Holding {
+    inner: ClickHouseSink,
+    held: Arc<Held>,
+}
+
+/// The second member's store: the first member's insert lands right after this member read
+/// the high-water mark — too late for the mark to show it.
+#[derive(Debug)]
+struct LandsLate {
+    inner: ClickHouseSink,
+    held: Arc<Held>,
+}
+
+#[async_trait::async_trait]
+impl Sink for Holding {
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
+        self.inner.high_water(topic, partition, since_ms).await
+    }
+    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), pitboss_processor::ProcessorError> {
+        use std::sync::atomic::Ordering;
+        if self.held.inserts.fetch_add(1, Ordering::SeqCst) == 1 {
+            *self.held.batch.lock().unwrap() = Some(batch.clone());
+            std::future::pending::<()>().await;
+        }
+        self.inner.insert(batch).await
+    }
+    async fn intend(&self, batch: &Batch) -> Result<(), pitboss_processor::ProcessorError> {
+        self.inner.intend(batch).await
+    }
+    async fn intended(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, u64)>, pitboss_processor::ProcessorError> {
+        self.inner.intended(topic, partition).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for LandsLate {
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
+        let mark = self.inner.high_water(topic, partition, since_ms).await?;
+        let late = self.held.batch.lock().unwrap().take();
+        if let Some(batch) = late {
+            self.inner.insert(&batch).await?;
+        }
+        Ok(mark)
+    }
+    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), pitboss_processor::ProcessorError> {
+        self.inner.insert(batch).await
+    }
+    async fn intend(&self, batch: &Batch) -> Result<(), pitboss_processor::ProcessorError> {
+        self.inner.intend(batch).await
+    }
+    async fn intended(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, u64)>, pitboss_processor::ProcessorError> {
+        self.inner.intended(topic, partition).await
+    }
+}
+
+/// A member dies in the middle of an insert that lands only after the next member read the
+/// high-water mark. The next member re-cuts exactly the batch the first had recorded (its
+/// own limits would cut another), so its insert is a duplicate block and the shard drops it.
+/// Without the recorded range: 1,300 rows instead of 1,000.
+#[tokio::test]
+async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
+    use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
+    const N: u64 = 1000;
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap());
+    let topic = pitboss_testkit::unique_name("events");
+    bus.create_topic(&topic, 1).await.unwrap();
+    bus.create_topic(&format!("{topic}_dead_letter"), 1)
+        .await
+        .unwrap();
+    bus.publisher()
+        .publish(&topic, (0..N).map(event).collect())
+        .await
+        .unwrap();
+    let config = |max_rows| ProcessorConfig {
+        topic: topic.clone(),
+        group: format!("{topic}_processor"),
+        dead_letter_topic: format!("{topic}_dead_letter"),
+        batch: BatchConfig {
+            max_rows,
+            max_age: Duration::from_millis(300),
+            ..BatchConfig::default()
+        },
+        ..ProcessorConfig::default()
+    };
+    let held = Arc::new(Held::default());
+
+    // First member: batches of 300; the second ([300, 599]) is recorded, then its insert hangs.
+    let first = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(Holding {
+            inner: c.sink(0).await,
+            held: held.clone(),
+        }),
+        config(300),
+        std::future::pending(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.batch.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the second insert never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    assert_eq!(c.scalar(0, "SELECT count() FROM events").await, 300);
+
+    // Second member: batches of up to 10,000 — but its first is [300, 599] again.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(LandsLate {
+            inner: c.sink(2).await,
+            held: held.clone(),
+        }),
+        config(10_000),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.scalar(0, "SELECT count() FROM events").await < N {
+        assert!(Instant::now() < deadline, "rows did not reach {N}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // anything extra would show up now
+    stop.send(()).unwrap();
+    let stats = second.await.unwrap().unwrap();
+    assert!(held.batch.lock().unwrap().is_none(), "the late insert ran");
+    c.sync_replicas("events_local").await;
+    assert_eq!(
+        (
+            c.scalar(0, "SELECT count() FROM events").await,
+            c.scalar(0, "SELECT uniqExact(event_id) FROM events").await
+        ),
+        (N, N),
+        "{stats:?}"
     );
 }
