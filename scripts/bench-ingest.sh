@@ -47,19 +47,47 @@ serve() { # name, then the server command
   return 1
 }
 
-loadgen() { # batch seconds
-  PITBOSS_API_KEY=$KEY "$BIN" loadgen --url "http://$ADDR" --batch "$1" \
-    --concurrency "$CONCURRENCY" --seconds "$2" | tail -1
+# CPU seconds (user + system) a process has used so far.
+cpu_secs() { [[ -r /proc/$1/stat ]] && awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" || echo 0; }
+
+# The Kafka broker of scripts/stack.sh, for its CPU per event (none for the embedded log).
+BROKER=""
+STACK_DIR=${PITBOSS_STACK_DIR:-$ROOT/.stack}
+[[ -f $STACK_DIR/pids/kafka-1.pid ]] && BROKER=$(cat "$STACK_DIR/pids/kafka-1.pid")
+
+loadgen() { # batch seconds [broker pid]: loadgen's JSON line plus the CPU each process spent per event
+  local broker=${3:-} s0 b0 out lg
+  s0=$(cpu_secs "$SERVER"); b0=$([[ -n $broker ]] && cpu_secs "$broker" || echo 0)
+  out=$(PITBOSS_API_KEY=$KEY python3 -c '
+import resource, subprocess, sys
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, check=True)
+sys.stdout.write(p.stdout.decode().strip().splitlines()[-1] + "\n")
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{r.ru_utime + r.ru_stime:.2f}")' "$BIN" loadgen --url "http://$ADDR" --batch "$1" \
+    --concurrency "$CONCURRENCY" --seconds "$2")
+  lg=$(tail -1 <<<"$out")
+  python3 - "$(head -1 <<<"$out")" "$2" "$s0" "$(cpu_secs "$SERVER")" "$b0" \
+    "$([[ -n $broker ]] && cpu_secs "$broker" || echo 0)" "$lg" "$broker" <<'PY'
+import json, sys
+line, secs, s0, s1, b0, b1, lg, broker = sys.argv[1:]
+r = json.loads(line)
+events = r["events_per_sec"] * float(secs)
+per = lambda cpu: round(cpu / events * 1e6, 2) if events else None
+r["server_cpu_us_per_event"] = per(float(s1) - float(s0))
+r["broker_cpu_us_per_event"] = per(float(b1) - float(b0)) if broker else None
+r["loadgen_cpu_us_per_event"] = per(float(lg))
+print(json.dumps(r))
+PY
 }
 
-run_matrix() { # bus name
+run_matrix() { # bus name, broker pid (Kafka)
   # Warm-up, discarded: the JVM broker and the page cache take a few seconds to settle (a cold
   # broker used three times the CPU per record of a warm one).
-  loadgen 100 5 >/dev/null
+  loadgen 100 5 "${2:-}" >/dev/null
   for batch in 1 10 100; do
     # The median of RUNS runs: two shared cores make single runs vary by about 10%.
     local runs=()
-    for _ in $(seq 1 "$RUNS"); do runs+=("$(loadgen "$batch" "$SECONDS_PER_RUN")"); done
+    for _ in $(seq 1 "$RUNS"); do runs+=("$(loadgen "$batch" "$SECONDS_PER_RUN" "${2:-}")"); done
     local line
     line=$(printf '%s\n' "${runs[@]}" | python3 -c '
 import json, sys
@@ -84,17 +112,18 @@ if [[ -n ${PITBOSS_TEST_KAFKA:-} ]]; then
   printf 'topic = "bench_events_%s"\n%s\n' "$RANDOM" "$(cat "$WORK/ingest.toml")" >"$WORK/kafka.toml"
   serve kafka "$BIN" ingest --config "$WORK/kafka.toml" --bus kafka --kafka-bootstrap "$PITBOSS_TEST_KAFKA" \
     --ensure-topic-partitions 8
-  run_matrix kafka
+  run_matrix kafka "$BROKER"
 else
   echo "PITBOSS_TEST_KAFKA not set: Kafka rows skipped (scripts/stack.sh start; source .stack/env)" >&2
 fi
 
 echo
-printf '%-9s %6s %12s %9s %9s %14s %7s  %s\n' bus batch events/s p50_ms p99_ms raw_decode/s ratio 'all runs'
+printf '%-9s %6s %12s %9s %9s %14s %7s %22s  %s\n' bus batch events/s p50_ms p99_ms raw_decode/s ratio 'cpu us/event s/b/l' 'all runs'
 python3 - "$WORK/results.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     runs = ", ".join(f"{x:,.0f}" for x in r.get("runs_events_per_sec", []))
-    print(f"{r['bus']:<9} {r['batch']:>6} {r['events_per_sec']:>12,.0f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['raw_decode_events_per_sec']:>14,.0f} {r['ratio']:>7.3f}  {runs}")
+    cpu = " / ".join("-" if r.get(k) is None else f"{r[k]:.1f}" for k in ("server_cpu_us_per_event", "broker_cpu_us_per_event", "loadgen_cpu_us_per_event"))
+    print(f"{r['bus']:<9} {r['batch']:>6} {r['events_per_sec']:>12,.0f} {r['p50_ms']:>9.2f} {r['p99_ms']:>9.2f} {r['raw_decode_events_per_sec']:>14,.0f} {r['ratio']:>7.3f} {cpu:>22}  {runs}")
 PY
