@@ -35,21 +35,6 @@ fn pitboss(args: &[&str], log: &std::path::Path) -> Child {
         .unwrap()
 }
 
-fn tails(dir: &std::path::Path) -> String {
-    let mut out = String::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(12).collect();
-        out += &format!("--- {}\n", path.display());
-        for l in tail.into_iter().rev() {
-            out += l;
-            out.push('\n');
-        }
-    }
-    out
-}
-
 async fn scalar(url: &str, database: &str, sql: &str) -> Option<u64> {
     pitboss_processor::sink::client(url, database)
         .query(sql)
@@ -161,7 +146,7 @@ async fn the_cluster_keeps_every_event_once_through_processor_and_replica_kills(
         (rows, ids, stray),
         (Some(N), Some(N), Some(0)),
         "rows after each kill: {seen:?}\n{}",
-        tails(logs.path())
+        pitboss_testkit::log_tails(logs.path(), 12)
     );
     assert!(
         seen.iter().any(|c| *c > 0 && *c < N),

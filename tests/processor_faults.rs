@@ -58,18 +58,7 @@ impl Stack {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.logs.path()).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out += &format!("--- {}\n", path.display());
-            for l in tail.into_iter().rev() {
-                out += l;
-                out.push('\n');
-            }
-        }
-        out
+        pitboss_testkit::log_tails(self.logs.path(), 15)
     }
 }
 

@@ -362,54 +362,19 @@ struct Held {
     inserts: std::sync::atomic::AtomicUsize,
 }
 
-/// The first member's store: its second insert never returns (the member dies mid-insert);
-/// the batch is kept to land later.
+/// The store of the late-landing test's members, around the cluster sink.
 #[derive(Debug)]
-struct Holding {
+struct Crashing {
     inner: ClickHouseSink,
     held: Arc<Held>,
-}
-
-/// The second member's store: the first member's insert lands right after this member read
-/// the high-water mark — too late for the mark to show it.
-#[derive(Debug)]
-struct LandsLate {
-    inner: ClickHouseSink,
-    held: Arc<Held>,
+    /// First member: its second insert never returns (the member dies mid-insert) and the
+    /// batch is kept. Second member (false): that insert lands right after this member read
+    /// the high-water mark — too late for the mark to show it.
+    holds: bool,
 }
 
 #[async_trait::async_trait]
-impl Sink for Holding {
-    async fn high_water(
-        &self,
-        topic: &str,
-        partition: u32,
-        since_ms: Option<i64>,
-    ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
-        self.inner.high_water(topic, partition, since_ms).await
-    }
-    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), pitboss_processor::ProcessorError> {
-        use std::sync::atomic::Ordering;
-        if self.held.inserts.fetch_add(1, Ordering::SeqCst) == 1 {
-            *self.held.batch.lock().unwrap() = Some(batch.clone());
-            std::future::pending::<()>().await;
-        }
-        self.inner.insert(batch).await
-    }
-    async fn intend(&self, batch: &Batch) -> Result<(), pitboss_processor::ProcessorError> {
-        self.inner.intend(batch).await
-    }
-    async fn intended(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<Option<(u64, u64)>, pitboss_processor::ProcessorError> {
-        self.inner.intended(topic, partition).await
-    }
-}
-
-#[async_trait::async_trait]
-impl Sink for LandsLate {
+impl Sink for Crashing {
     async fn high_water(
         &self,
         topic: &str,
@@ -417,13 +382,22 @@ impl Sink for LandsLate {
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
         let mark = self.inner.high_water(topic, partition, since_ms).await?;
-        let late = self.held.batch.lock().unwrap().take();
+        let late = if self.holds {
+            None
+        } else {
+            self.held.batch.lock().unwrap().take()
+        };
         if let Some(batch) = late {
             self.inner.insert(&batch).await?;
         }
         Ok(mark)
     }
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), pitboss_processor::ProcessorError> {
+        use std::sync::atomic::Ordering;
+        if self.holds && self.held.inserts.fetch_add(1, Ordering::SeqCst) == 1 {
+            *self.held.batch.lock().unwrap() = Some(batch.clone());
+            std::future::pending::<()>().await;
+        }
         self.inner.insert(batch).await
     }
     async fn intend(&self, batch: &Batch) -> Result<(), pitboss_processor::ProcessorError> {
@@ -475,9 +449,10 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
     // First member: batches of 300; the second ([300, 599]) is recorded, then its insert hangs.
     let first = tokio::spawn(run(
         bus.clone(),
-        Arc::new(Holding {
+        Arc::new(Crashing {
             inner: c.sink(0).await,
             held: held.clone(),
+            holds: true,
         }),
         config(300),
         std::future::pending(),
@@ -495,9 +470,10 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let second = tokio::spawn(run(
         bus.clone(),
-        Arc::new(LandsLate {
+        Arc::new(Crashing {
             inner: c.sink(2).await,
             held: held.clone(),
+            holds: false,
         }),
         config(10_000),
         async {

@@ -57,6 +57,25 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{suffix:016x}")
 }
 
+/// The last `lines` lines of every file in `dir` (logs of processes a test ran), each under a
+/// `--- path` header: for assertion messages.
+pub fn log_tails(dir: &std::path::Path, lines: usize) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return format!("(no logs in {})", dir.display());
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        out += &format!("--- {}\n", path.display());
+        for l in tail.into_iter().rev() {
+            out += l;
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// A stamped deposit of 1.00 EUR by tenant `acme`, player `p{i % players}`, with the event id
 /// `0193735a-0000-7000-8000-{i:012x}` (so ids 0..n are distinct and gaps are visible), as
 /// ingest would have put it on the bus.
