@@ -120,14 +120,8 @@ impl ClickHouseSink {
         }
         let addresses = replicas
             .iter()
-            .map(|r| {
-                if r.host.contains(':') {
-                    format!("[{}]:{}", r.host, r.port)
-                } else {
-                    format!("{}:{}", r.host, r.port)
-                }
-            })
-            .collect::<Vec<_>>()
+            .map(|r| replica_address(&r.host, r.port))
+            .collect::<Result<Vec<_>, _>>()?
             .join(",");
         Ok(ClickHouseSink {
             client: client.with_setting("insert_distributed_sync", "1"),
@@ -253,6 +247,25 @@ impl Sink for ClickHouseSink {
     }
 }
 
+/// `host:port` of a replica for `remote()`, which takes it inside a SQL string: only the
+/// characters of a host name or an IP address pass.
+fn replica_address(host: &str, port: u16) -> Result<String, ProcessorError> {
+    let plain = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if !plain {
+        return Err(ProcessorError::Config(format!(
+            "replica host {host:?} in system.clusters is not a host name or an IP address"
+        )));
+    }
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
 /// An in-memory `events` table for unit tests, with failure injection.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
@@ -372,5 +385,29 @@ impl Sink for MemorySink {
             .intents
             .get(&(topic.to_owned(), partition))
             .copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_addresses_are_host_port_and_nothing_else() {
+        assert_eq!(
+            replica_address("127.0.0.1", 9000).ok(),
+            Some("127.0.0.1:9000".to_owned())
+        );
+        assert_eq!(
+            replica_address("::1", 9000).ok(),
+            Some("[::1]:9000".to_owned())
+        );
+        assert_eq!(
+            replica_address("ch-1.internal", 9000).ok(),
+            Some("ch-1.internal:9000".to_owned())
+        );
+        for bad in ["", "a'b", "a,b", "a b", "a)"] {
+            assert!(replica_address(bad, 9000).is_err(), "{bad:?}");
+        }
     }
 }
