@@ -13,6 +13,8 @@ use pitboss_bus::{Bus, OutRecord};
 use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
 use pitboss_processor::{BatchConfig, ClickHouseSink, ProcessorConfig, run, schema, sink};
 
+mod common;
+
 fn event(i: u64) -> OutRecord {
     let now = Timestamp::now();
     let player = format!("p{}", i % 1000);
@@ -114,29 +116,8 @@ async fn events_land_exactly_once_through_a_crash_and_fill_the_rollups() {
         .await
         .unwrap();
     let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
-    let topic = pitboss_testkit::unique_name("events");
-    bus.create_topic(&topic, 4).await.unwrap();
-    bus.create_topic(&format!("{topic}_dead_letter"), 1)
-        .await
-        .unwrap();
-    let publisher = bus.publisher();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
-        publisher
-            .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
-            .await
-            .unwrap();
-    }
-    let config = ProcessorConfig {
-        topic: topic.clone(),
-        group: format!("{topic}_processor"),
-        dead_letter_topic: format!("{topic}_dead_letter"),
-        batch: BatchConfig {
-            max_rows: 20_000,
-            max_age: Duration::from_millis(300),
-            ..BatchConfig::default()
-        },
-        ..ProcessorConfig::default()
-    };
+    let topic = common::published_topic(&bus, N, event).await;
+    let config = common::config(&topic, 20_000);
     let sink = Arc::new(ClickHouseSink::new(client.clone()));
 
     // First member: aborted (a crash) once about half the rows are in; its last batches are

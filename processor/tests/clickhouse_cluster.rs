@@ -22,7 +22,9 @@ use pitboss_bus::{Bus, OutRecord, Position};
 use pitboss_model::{Timestamp, encode_proto};
 use pitboss_processor::rows::EventRow;
 use pitboss_processor::schema::{self, Layout};
-use pitboss_processor::{Batch, BatchConfig, ClickHouseSink, ProcessorConfig, Sink, run, sink};
+use pitboss_processor::{Batch, ClickHouseSink, Sink, run, sink};
+
+mod common;
 
 struct Cluster {
     urls: Vec<String>,
@@ -263,29 +265,8 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
     let c = Cluster::new().await;
     schema::migrate(&c.client(0), &c.layout).await.unwrap();
     let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
-    let topic = pitboss_testkit::unique_name("events");
-    bus.create_topic(&topic, 4).await.unwrap();
-    bus.create_topic(&format!("{topic}_dead_letter"), 1)
-        .await
-        .unwrap();
-    let publisher = bus.publisher();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
-        publisher
-            .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
-            .await
-            .unwrap();
-    }
-    let config = ProcessorConfig {
-        topic: topic.clone(),
-        group: format!("{topic}_processor"),
-        dead_letter_topic: format!("{topic}_dead_letter"),
-        batch: BatchConfig {
-            max_rows: 5_000,
-            max_age: Duration::from_millis(300),
-            ..BatchConfig::default()
-        },
-        ..ProcessorConfig::default()
-    };
+    let topic = common::published_topic(&bus, N, event).await;
+    let config = common::config(&topic, 5_000);
     let count = || async { c.scalar(0, "SELECT count() FROM events").await };
     let wait_for = |n: u64| async move {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -433,17 +414,7 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
         .publish(&topic, (0..N).map(event).collect())
         .await
         .unwrap();
-    let config = |max_rows| ProcessorConfig {
-        topic: topic.clone(),
-        group: format!("{topic}_processor"),
-        dead_letter_topic: format!("{topic}_dead_letter"),
-        batch: BatchConfig {
-            max_rows,
-            max_age: Duration::from_millis(300),
-            ..BatchConfig::default()
-        },
-        ..ProcessorConfig::default()
-    };
+    let config = |max_rows| common::config(&topic, max_rows);
     let held = Arc::new(Held::default());
 
     // First member: batches of 300; the second ([300, 599]) is recorded, then its insert hangs.

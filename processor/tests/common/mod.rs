@@ -1,0 +1,43 @@
+//! Shared by the processor's tests on real services: a Kafka topic holding `n` events, and
+//! the processor settings they use.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pitboss_bus::kafka::KafkaBus;
+use pitboss_bus::{Bus, OutRecord};
+use pitboss_processor::{BatchConfig, ProcessorConfig};
+
+/// A fresh topic of 4 partitions (and its dead-letter topic) holding `event(0..n)`,
+/// published 10,000 per acknowledged batch.
+pub async fn published_topic(bus: &KafkaBus, n: u64, event: impl Fn(u64) -> OutRecord) -> String {
+    let topic = pitboss_testkit::unique_name("events");
+    bus.create_topic(&topic, 4).await.unwrap();
+    bus.create_topic(&format!("{topic}_dead_letter"), 1)
+        .await
+        .unwrap();
+    let publisher = bus.publisher();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        publisher
+            .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
+            .await
+            .unwrap();
+    }
+    topic
+}
+
+/// The processor of `topic` in group `<topic>_processor`, batches of `max_rows` or 300 ms.
+pub fn config(topic: &str, max_rows: usize) -> ProcessorConfig {
+    ProcessorConfig {
+        topic: topic.to_owned(),
+        group: format!("{topic}_processor"),
+        dead_letter_topic: format!("{topic}_dead_letter"),
+        batch: BatchConfig {
+            max_rows,
+            max_age: Duration::from_millis(300),
+            ..BatchConfig::default()
+        },
+        ..ProcessorConfig::default()
+    }
+}
