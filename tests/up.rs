@@ -77,15 +77,7 @@ async fn up_accepts_events_and_keeps_them_across_shutdown() {
         }))
         .collect();
     let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("http://{addr}/v1/events"))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let answer: serde_json::Value = resp.json().await.unwrap();
+    let answer = post_events(&client, &addr, &key, &body).await;
     assert_eq!(answer["accepted"], 3, "{answer}");
     let unauthorized = client
         .post(format!("http://{addr}/v1/events"))
@@ -125,6 +117,24 @@ async fn up_accepts_events_and_keeps_them_across_shutdown() {
         }
     }
     assert_eq!(seen, 3, "the acknowledged events are in the log");
+}
+
+/// Posts `body` to `/v1/events` with `key`; the answer of a 200.
+async fn post_events(
+    client: &reqwest::Client,
+    addr: &str,
+    key: &str,
+    body: &[serde_json::Value],
+) -> serde_json::Value {
+    let resp = client
+        .post(format!("http://{addr}/v1/events"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
 }
 
 fn pitboss_sql(data_dir: &std::path::Path, sql: &str) -> std::process::Output {
@@ -183,14 +193,7 @@ async fn up_keeps_queryable_history_with_rollups() {
         "payload": {"bet_id": format!("b{i}"), "game_id": "roulette", "result": "win", "payout": {"amount_minor": 150, "currency": "EUR"}}
     })));
     let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("http://{addr}/v1/events"))
-        .bearer_auth(&key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let answer: serde_json::Value = resp.json().await.unwrap();
+    let answer = post_events(&client, &addr, &key, &body).await;
     assert_eq!(answer["accepted"], 30, "{answer}");
 
     let mut stored = 0;
