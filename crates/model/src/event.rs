@@ -73,7 +73,9 @@ pub enum Payload {
 }
 
 /// The event types, as they appear in the `type` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     BetPlaced,
@@ -157,7 +159,11 @@ impl Event {
 
     /// The bus key: `tenant:player`, so one player's events stay in order on one partition.
     pub fn bus_key(&self) -> String {
-        format!("{}:{}", self.tenant_id, self.player_id)
+        let mut key = String::with_capacity(self.tenant_id.len() + 1 + self.player_id.len());
+        key.push_str(&self.tenant_id);
+        key.push(':');
+        key.push_str(&self.player_id);
+        key
     }
 }
 

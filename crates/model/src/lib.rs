@@ -13,12 +13,16 @@ pub mod time;
 pub mod validate;
 
 pub use convert::{decode_proto, encode_proto, encode_proto_owned};
-pub use decode::decode_event;
+pub use decode::{decode_event, decode_event_exact, decode_event_str};
 pub use event::*;
 pub use time::Timestamp;
 pub use validate::{ValidationConfig, Verdict, Violation, ViolationCode, validate};
 
 /// Generates a new UUIDv7 event id (time-ordered, so ids sort by creation time).
 pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }

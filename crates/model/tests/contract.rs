@@ -425,3 +425,91 @@ proptest! {
         let _ = validate(&event, &ValidationConfig::default(), now);
     }
 }
+
+/// One fixture's top-level members as (key, JSON text) pairs, in the file's order.
+fn members(text: &str) -> Vec<(String, String)> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).expect("fixture");
+    map.into_iter()
+        .map(|(k, v)| (k, serde_json::to_string(&v).expect("json")))
+        .collect()
+}
+
+fn object(members: &[(String, String)]) -> String {
+    let body: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", serde_json::to_string(k).expect("key")))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+#[test]
+fn the_one_pass_decoder_takes_every_fixture_in_any_key_order() {
+    for (path, text) in fixtures() {
+        let mut m = members(&text);
+        let expected = decode_event_exact(text.as_bytes()).expect("fixture");
+        // Every rotation puts `payload` before and after `type` at least once.
+        for _ in 0..m.len() {
+            m.rotate_left(1);
+            let json = object(&m);
+            assert_eq!(
+                decode_event(json.as_bytes()),
+                Ok(expected.clone()),
+                "{path:?}: {json}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// `decode_event` (one pass when it can) returns exactly what the reference decoder does,
+    /// good input or bad: members shuffled, dropped, repeated, nulled, swapped between types.
+    #[test]
+    fn the_one_pass_decoder_agrees_with_the_reference(
+        which in 0usize..64, other in 0usize..64, order in any::<prop::sample::Index>(),
+        drop in prop::option::of(any::<prop::sample::Index>()),
+        repeat in prop::option::of(any::<prop::sample::Index>()),
+        null in prop::option::of(any::<prop::sample::Index>()),
+        swap_payload in any::<bool>(), payload_as_array in any::<bool>(),
+        unknown in any::<bool>(), escape_key in any::<bool>(),
+    ) {
+        let all = fixtures();
+        let mut m = members(&all[which % all.len()].1);
+        let n = m.len();
+        m.rotate_left(order.index(n));
+        if swap_payload {
+            let donor = members(&all[other % all.len()].1);
+            if let (Some(p), Some(d)) = (m.iter_mut().find(|(k, _)| k == "payload"), donor.into_iter().find(|(k, _)| k == "payload")) {
+                p.1 = d.1;
+            }
+        }
+        if payload_as_array && let Some(p) = m.iter_mut().find(|(k, _)| k == "payload") {
+            let v: serde_json::Value = serde_json::from_str(&p.1).expect("json");
+            let values: Vec<serde_json::Value> = v.as_object().map(|o| o.values().cloned().collect()).unwrap_or_default();
+            p.1 = serde_json::to_string(&values).expect("json");
+        }
+        if let Some(i) = null {
+            let i = i.index(m.len());
+            m[i].1 = "null".into();
+        }
+        if let Some(i) = repeat {
+            let i = i.index(m.len());
+            let again = m[i].clone();
+            m.push(again);
+        }
+        if let Some(i) = drop {
+            let i = i.index(m.len());
+            m.remove(i);
+        }
+        if unknown {
+            m.push(("colour".into(), "\"red\"".into()));
+        }
+        let mut json = object(&m);
+        if escape_key {
+            json = json.replacen("\"tenant_id\"", "\"tenant\\u005fid\"", 1);
+        }
+        prop_assert_eq!(decode_event(json.as_bytes()), decode_event_exact(json.as_bytes()), "{}", json);
+    }
+}
