@@ -4,7 +4,11 @@
 #
 #   scripts/stack.sh start && source .stack/env     # for the Kafka rows (PITBOSS_TEST_KAFKA)
 #   scripts/bench-ingest.sh [seconds per run, default 10] [concurrency, default 32]
-#   (PITBOSS_BENCH_RUNS=3: each row is the median of that many runs, after a warm-up)
+#   (PITBOSS_BENCH_RUNS=3: each row is the median of that many runs, after a warm-up;
+#    PITBOSS_BENCH_BUSES="embedded kafka" and PITBOSS_BENCH_BATCHES="1 10 100" pick the rows;
+#    PITBOSS_BENCH_BIN=path runs that pitboss binary instead of building this checkout, and
+#    PITBOSS_BENCH_LOADGEN_BIN=path another one as the load generator (same load for an A/B);
+#    PITBOSS_BENCH_CLIENT_IDS=1 has every event carry its own id, checked by the dedup window)
 #
 # Server and load generator share this machine's cores, as they would on one small host.
 set -euo pipefail
@@ -12,11 +16,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_PER_RUN=${1:-10}
 CONCURRENCY=${2:-32}
 RUNS=${PITBOSS_BENCH_RUNS:-3}
+BUSES=${PITBOSS_BENCH_BUSES:-embedded kafka}
+BATCHES=${PITBOSS_BENCH_BATCHES:-1 10 100}
 PROFILE=${PITBOSS_BENCH_PROFILE:-release}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pitboss/target}
 cd "$ROOT"
-if [[ $PROFILE == release ]]; then cargo build --release -q -p pitboss; else cargo build -q -p pitboss; fi
-BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == release ]] && echo release || echo debug)/pitboss
+if [[ -n ${PITBOSS_BENCH_BIN:-} ]]; then
+  BIN=$PITBOSS_BENCH_BIN # a prebuilt binary, e.g. another commit's for an A/B run
+else
+  if [[ $PROFILE == release ]]; then cargo build --release -q -p pitboss; else cargo build -q -p pitboss; fi
+  BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == release ]] && echo release || echo debug)/pitboss
+fi
 
 WORK=$(mktemp -d)
 SERVER=""
@@ -63,8 +73,8 @@ import resource, subprocess, sys
 p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, check=True)
 sys.stdout.write(p.stdout.decode().strip().splitlines()[-1] + "\n")
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(f"{r.ru_utime + r.ru_stime:.2f}")' "$BIN" loadgen --url "http://$ADDR" --batch "$1" \
-    --concurrency "$CONCURRENCY" --seconds "$2")
+print(f"{r.ru_utime + r.ru_stime:.2f}")' "${PITBOSS_BENCH_LOADGEN_BIN:-$BIN}" loadgen --url "http://$ADDR" --batch "$1" \
+    --concurrency "$CONCURRENCY" --seconds "$2" ${PITBOSS_BENCH_CLIENT_IDS:+--client-ids})
   lg=$(tail -1 <<<"$out")
   python3 - "$(head -1 <<<"$out")" "$2" "$s0" "$(cpu_secs "$SERVER")" "$b0" \
     "$([[ -n $broker ]] && cpu_secs "$broker" || echo 0)" "$lg" "$broker" <<'PY'
@@ -84,7 +94,7 @@ run_matrix() { # bus name, broker pid (Kafka)
   # Warm-up, discarded: the JVM broker and the page cache take a few seconds to settle (a cold
   # broker used three times the CPU per record of a warm one).
   loadgen 100 5 "${2:-}" >/dev/null
-  for batch in 1 10 100; do
+  for batch in $BATCHES; do
     # The median of RUNS runs: two shared cores make single runs vary by about 10%.
     local runs=()
     for _ in $(seq 1 "$RUNS"); do runs+=("$(loadgen "$batch" "$SECONDS_PER_RUN" "${2:-}")"); done
@@ -100,12 +110,16 @@ print(json.dumps(m))')
   done
 }
 
-ADDR=127.0.0.1:$(port)
-serve embedded "$BIN" up --config "$WORK/ingest.toml" --listen "$ADDR" --admin-listen 127.0.0.1:0 --data-dir "$WORK/up"
-run_matrix embedded
-kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
+if [[ " $BUSES " == *" embedded "* ]]; then
+  ADDR=127.0.0.1:$(port)
+  serve embedded "$BIN" up --config "$WORK/ingest.toml" --listen "$ADDR" --admin-listen 127.0.0.1:0 --data-dir "$WORK/up"
+  run_matrix embedded
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
+fi
 
-if [[ -n ${PITBOSS_TEST_KAFKA:-} ]]; then
+if [[ " $BUSES " != *" kafka "* ]]; then
+  :
+elif [[ -n ${PITBOSS_TEST_KAFKA:-} ]]; then
   ADDR=127.0.0.1:$(port)
   sed -i "s/^listen = .*/listen = \"$ADDR\"/" "$WORK/ingest.toml"
   sed -i "s/^topic = .*//" "$WORK/ingest.toml"

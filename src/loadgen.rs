@@ -3,7 +3,13 @@
 //! bodies measured in the same run (the ceiling a single core could parse).
 //!
 //! Bodies are generated before the clock starts: realistic mixed events (bets, settlements,
-//! deposits, logins) without `event_id`, so the server assigns ids and every event is new.
+//! deposits, logins; `pitboss_ingest::sample`) without `event_id`, so the server assigns ids
+//! and every event is new. With `--client-ids` every event carries its own fresh UUIDv7, written
+//! into a copy of the body just before it is sent, as an idempotent client does; the server
+//! then checks each id against its dedup window.
+//!
+//! Only events the server reports accepted count: the `accepted` figure is read from the head
+//! of each response (`{"accepted":N,…`, the documented field order).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
+use pitboss_ingest::sample;
 
 #[derive(Debug, Args)]
 pub struct LoadgenArgs {
@@ -39,43 +46,54 @@ pub struct LoadgenArgs {
     /// Distinct players the events are spread over.
     #[arg(long, default_value_t = 10_000)]
     players: usize,
+    /// Send a fresh client-chosen `event_id` (UUIDv7) with every event.
+    #[arg(long)]
+    client_ids: bool,
 }
 
-fn event(tenant: &str, i: usize, players: usize, now: &str) -> serde_json::Value {
-    let player = format!("player-{}", i % players);
-    let (kind, payload) = match i % 10 {
-        0..=4 => (
-            "bet_placed",
-            serde_json::json!({
-                "bet_id": format!("bet-{i}"), "game_id": format!("slot-{}", i % 40), "round_id": format!("r-{i}"),
-                "stake": {"amount_minor": 100 + (i % 5000) as i64, "currency": "EUR"}, "bet_type": "spin", "channel": "android"
-            }),
-        ),
-        5..=7 => (
-            "bet_settled",
-            serde_json::json!({
-                "bet_id": format!("bet-{}", i - 5), "game_id": format!("slot-{}", i % 40),
-                "result": if i.is_multiple_of(3) { "win" } else { "loss" }, "payout": {"amount_minor": (i % 7) as i64 * 250, "currency": "EUR"}
-            }),
-        ),
-        8 => (
-            "deposit",
-            serde_json::json!({
-                "transaction_id": format!("dep-{i}"), "amount": {"amount_minor": 5_000, "currency": "EUR"}, "method": "card"
-            }),
-        ),
-        _ => (
-            "login",
-            serde_json::json!({
-                "ip": format!("203.0.113.{}", i % 250), "device_id": format!("dev-{}", i % players),
-                "user_agent": "LuckyBetClient/1.9 (Android 15)", "country": "DE"
-            }),
-        ),
-    };
-    serde_json::json!({
-        "tenant_id": tenant, "player_id": player, "session_id": format!("s-{}", i % players),
-        "type": kind, "occurred_at": now, "payload": payload
-    })
+/// A body whose events' ids are rewritten before each send (`--client-ids`): the template and
+/// where each 36-character id sits in it.
+struct IdTemplate {
+    body: Vec<u8>,
+    offsets: Vec<usize>,
+}
+
+/// The id every template event carries until it is rewritten.
+const PLACEHOLDER_ID: &str = "00000000-0000-7000-8000-000000000000";
+
+impl IdTemplate {
+    fn new(mut events: Vec<sample::SampleEvent>) -> Result<Self> {
+        for e in &mut events {
+            e.event_id = Some(PLACEHOLDER_ID.into());
+        }
+        let body = serde_json::to_vec(&events)?;
+        let needle = format!("\"{PLACEHOLDER_ID}\"");
+        let offsets: Vec<usize> = body
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle.as_bytes())
+            .map(|(i, _)| i + 1)
+            .collect();
+        Ok(IdTemplate { body, offsets })
+    }
+
+    /// The body with a fresh UUIDv7 in every event.
+    fn fresh(&self) -> bytes::Bytes {
+        let mut body = self.body.clone();
+        for &at in &self.offsets {
+            uuid::Uuid::now_v7()
+                .hyphenated()
+                .encode_lower(&mut body[at..at + PLACEHOLDER_ID.len()]);
+        }
+        body.into()
+    }
+}
+
+/// The `accepted` count at the head of an ingest response, if it has one.
+fn accepted_count(response: &[u8]) -> Option<u64> {
+    let rest = response.strip_prefix(b"{\"accepted\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// Events/s at which one core parses `bodies` into `serde_json::Value`, over about a second.
@@ -95,6 +113,8 @@ fn raw_decode_rate(bodies: &[Vec<u8>], batch: usize) -> f64 {
 #[derive(Debug, Default)]
 struct Tally {
     ok: u64,
+    /// Events the server reported accepted, over all 2xx answers.
+    accepted: u64,
     throttled: u64,
     unavailable: u64,
     other: u64,
@@ -116,17 +136,33 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
     let now = pitboss_model::Timestamp::now()
         .to_rfc3339()
         .unwrap_or_default();
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..64)
-            .map(|b| {
-                let events: Vec<_> = (0..args.batch)
-                    .map(|i| event(&args.tenant, b * args.batch + i, args.players, &now))
-                    .collect();
-                serde_json::to_vec(&events).unwrap_or_default()
-            })
-            .collect(),
-    );
+    let bodies: Vec<Vec<u8>> = (0..64)
+        .map(|b| sample::body(&args.tenant, b * args.batch, args.batch, args.players, &now))
+        .collect();
     let decode = raw_decode_rate(&bodies, args.batch);
+    let templates = if args.client_ids {
+        Some(Arc::new(
+            (0..bodies.len())
+                .map(|b| {
+                    let first = b * args.batch;
+                    IdTemplate::new(sample::events(
+                        &args.tenant,
+                        first,
+                        args.batch,
+                        args.players,
+                        &now,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    } else {
+        None
+    };
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(bodies.into_iter().map(Into::into).collect());
+    let next_body = move |i: usize| match &templates {
+        Some(t) => t[i % t.len()].fresh(),
+        None => bodies[i % bodies.len()].clone(),
+    };
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -137,7 +173,7 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         .post(&url)
         .bearer_auth(&key)
         .header("content-type", "application/json")
-        .body(bodies[0].clone())
+        .body(next_body(0))
         .send()
         .await?;
     let status = probe.status();
@@ -150,15 +186,15 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.concurrency)
         .map(|t| {
-            let (client, url, key, bodies) =
-                (client.clone(), url.clone(), key.clone(), bodies.clone());
+            let (client, url, key, next_body) =
+                (client.clone(), url.clone(), key.clone(), next_body.clone());
             tokio::spawn(async move {
                 let mut hist =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
                 let mut tally = Tally::default();
                 let mut i = t;
                 while Instant::now() < deadline {
-                    let body = bodies[i % bodies.len()].clone();
+                    let body = next_body(i);
                     i += 1;
                     let sent = Instant::now();
                     let result = client
@@ -172,10 +208,12 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
                     match result {
                         Ok(resp) => {
                             let code = resp.status().as_u16();
-                            let _ = resp.bytes().await; // read the answer fully, as a client must
+                            // Read the answer fully, as a client must.
+                            let answer = resp.bytes().await.unwrap_or_default();
                             match code {
                                 200..=299 => {
                                     tally.ok += 1;
+                                    tally.accepted += accepted_count(&answer).unwrap_or(0);
                                     hist.saturating_record(micros);
                                 }
                                 429 => tally.throttled += 1,
@@ -196,13 +234,14 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         let (h, t) = t.await?;
         hist.add(&h).ok();
         tally.ok += t.ok;
+        tally.accepted += t.accepted;
         tally.throttled += t.throttled;
         tally.unavailable += t.unavailable;
         tally.other += t.other;
         tally.transport += t.transport;
     }
     let secs = started.elapsed().as_secs_f64();
-    let events_per_sec = (tally.ok as usize * args.batch) as f64 / secs;
+    let events_per_sec = tally.accepted as f64 / secs;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
         "batch {} x concurrency {} for {:.1} s against {}",
@@ -228,12 +267,17 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
         "{}",
         serde_json::json!({
             "batch": args.batch, "concurrency": args.concurrency, "seconds": secs,
+            "client_ids": args.client_ids, "accepted": tally.accepted,
             "ok": tally.ok, "throttled": tally.throttled, "unavailable": tally.unavailable,
             "other": tally.other, "transport_errors": tally.transport,
             "events_per_sec": events_per_sec.round(), "p50_ms": ms(0.5), "p99_ms": ms(0.99),
             "raw_decode_events_per_sec": decode.round(), "ratio": events_per_sec / decode
         })
     );
+    let refused = (tally.ok * args.batch as u64).saturating_sub(tally.accepted);
+    if refused > 0 {
+        bail!("{refused} events in 2xx answers were not accepted (duplicates or rejected)");
+    }
     if tally.other + tally.transport > 0 {
         bail!(
             "{} requests failed unexpectedly",

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use pitboss_model::{
-    Event, SCHEMA_VERSION, Timestamp, ValidationConfig, Violation, decode_event,
+    Event, SCHEMA_VERSION, Timestamp, ValidationConfig, Violation, decode_event, decode_event_str,
     encode_proto_owned, new_event_id, validate,
 };
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prepared {
     pub index: usize,
-    pub event_id: String,
+    /// The client-chosen id's fingerprint, for the dedup window once the bus has the record
+    /// (`None` for an id the server assigned).
+    pub client_id: Option<IdFingerprint>,
     /// Bus key: `tenant:player`.
     pub key: String,
     /// The enriched event, protobuf-encoded.
@@ -80,6 +82,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The event id of a record to publish (as its outcome reports it).
+    pub fn event_id(&self, record: &Prepared) -> &str {
+        match self.outcomes.get(record.index) {
+            Some(Outcome::Accepted { event_id, .. }) => event_id,
+            _ => "",
+        }
+    }
+
     /// Counts of (accepted, duplicate, rejected).
     pub fn counts(&self) -> (usize, usize, usize) {
         self.outcomes
@@ -117,10 +127,37 @@ pub enum RequestError {
     },
 }
 
-/// Recently accepted event ids, per tenant (the edge dedup window).
+/// How a client-chosen event id is compared, within a request and in the edge dedup window:
+/// the 128-bit XXH3 of (tenant, id in lower case). 16 bytes, no allocation; two different
+/// pairs share one with probability 2^-128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdFingerprint(pub u128);
+
+/// The fingerprint of `event_id` (already in lower case) of `tenant`.
+pub fn fingerprint(tenant: &str, event_id: &str) -> IdFingerprint {
+    // 0xff is not valid UTF-8: no (tenant, id) pair can shift across the separator.
+    let len = tenant.len() + 1 + event_id.len();
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    buf[..tenant.len()].copy_from_slice(tenant.as_bytes());
+    buf[tenant.len()] = 0xff;
+    buf[tenant.len() + 1..].copy_from_slice(event_id.as_bytes());
+    IdFingerprint(twox_hash::XxHash3_128::oneshot(buf))
+}
+
+/// Recently accepted client-chosen event ids (the edge dedup window). Ids the server assigns
+/// are never looked up nor remembered: they are new by construction, and a client that sends
+/// no id cannot retry idempotently anyway, so the window's bounded memory goes to ids that can
+/// come back.
 pub trait SeenIds {
-    /// Whether `event_id` of `tenant` was accepted recently; `now_ms` is the request's clock.
-    fn seen(&self, tenant: &str, event_id: &str, now_ms: i64) -> bool;
+    /// Whether the id with this fingerprint was accepted recently; `now_ms` is the request's clock.
+    fn seen(&self, id: IdFingerprint, now_ms: i64) -> bool;
 }
 
 /// A window that has seen nothing (for callers without dedup).
@@ -128,28 +165,51 @@ pub trait SeenIds {
 pub struct NoDedup;
 
 impl SeenIds for NoDedup {
-    fn seen(&self, _: &str, _: &str, _: i64) -> bool {
+    fn seen(&self, _: IdFingerprint, _: i64) -> bool {
         false
     }
 }
 
-/// Splits a body into the raw JSON text of each event.
-pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<&[u8]>, RequestError> {
+/// The raw JSON of one event of a body: its text, or (`Err`) an NDJSON line that is not UTF-8,
+/// kept so that the decoder rejects that line alone with a precise reason.
+pub type RawEvent<'a> = Result<&'a str, &'a [u8]>;
+
+fn raw_len(raw: &RawEvent<'_>) -> usize {
+    raw.map_or_else(<[u8]>::len, str::len)
+}
+
+/// Splits a body into the raw JSON text of each event. The body is checked for UTF-8 once, so
+/// the events are decoded as text (serde_json then skips its per-string UTF-8 checks).
+pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, RequestError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(RequestError::Empty);
     }
     match format {
-        BodyFormat::Json if trimmed.starts_with(b"{") => Ok(vec![trimmed]),
         BodyFormat::Json => {
-            let raws: Vec<&RawValue> = serde_json::from_slice(trimmed)
-                .map_err(|e| RequestError::Unreadable(e.to_string()))?;
-            Ok(raws.into_iter().map(|r| r.get().as_bytes()).collect())
+            let text = match std::str::from_utf8(trimmed) {
+                Ok(t) => t,
+                // serde_json says where the bad byte is.
+                Err(_) => {
+                    return Err(RequestError::Unreadable(
+                        serde_json::from_slice::<Vec<&RawValue>>(trimmed)
+                            .err()
+                            .map_or_else(|| "invalid UTF-8".to_owned(), |e| e.to_string()),
+                    ));
+                }
+            };
+            if text.starts_with('{') {
+                return Ok(vec![Ok(text)]);
+            }
+            let raws: Vec<&RawValue> =
+                serde_json::from_str(text).map_err(|e| RequestError::Unreadable(e.to_string()))?;
+            Ok(raws.into_iter().map(|r| Ok(r.get())).collect())
         }
         BodyFormat::Ndjson => Ok(trimmed
             .split(|b| *b == b'\n')
             .map(<[u8]>::trim_ascii)
             .filter(|l| !l.is_empty())
+            .map(|l| std::str::from_utf8(l).map_err(|_| l))
             .collect()),
     }
 }
@@ -166,8 +226,14 @@ pub fn plan(
     seen: &dyn SeenIds,
 ) -> Result<Plan, RequestError> {
     let raws = split(body, format)?;
-    check_limits(raws.iter().map(|r| r.len()), config)?;
-    let decoded = raws.iter().map(|r| decode_event(r)).collect();
+    check_limits(raws.iter().map(raw_len), config)?;
+    let decoded = raws
+        .iter()
+        .map(|r| match r {
+            Ok(text) => decode_event_str(text),
+            Err(bytes) => decode_event(bytes),
+        })
+        .collect();
     plan_decoded(decoded, tenant, config, now_ms, seen)
 }
 
@@ -231,8 +297,8 @@ fn plan_decoded(
 
     let mut outcomes = Vec::with_capacity(decoded.len());
     let mut publish = Vec::with_capacity(decoded.len());
-    let mut in_request: HashSet<String, foldhash::fast::RandomState> =
-        HashSet::with_capacity_and_hasher(decoded.len(), Default::default());
+    let mut in_request: HashSet<IdFingerprint, foldhash::fast::RandomState> =
+        HashSet::with_hasher(Default::default());
     for (index, d) in decoded.into_iter().enumerate() {
         let mut event = match d {
             Ok(e) => e,
@@ -254,16 +320,19 @@ fn plan_decoded(
                 continue;
             }
         };
-        // Ids are compared in canonical (lower-case) form.
-        let event_id = event
-            .event_id
-            .take()
-            .map_or_else(new_event_id, |id| id.to_ascii_lowercase());
-        if in_request.contains(&event_id) || seen.seen(tenant, &event_id, now_ms) {
-            outcomes.push(Outcome::Duplicate { event_id });
-            continue;
-        }
-        in_request.insert(event_id.clone());
+        let (event_id, client_id) = match event.event_id.take() {
+            Some(mut id) => {
+                // Client ids are compared in canonical (lower-case) form.
+                id.make_ascii_lowercase();
+                let fp = fingerprint(tenant, &id);
+                if !in_request.insert(fp) || seen.seen(fp, now_ms) {
+                    outcomes.push(Outcome::Duplicate { event_id: id });
+                    continue;
+                }
+                (id, Some(fp))
+            }
+            None => (new_event_id(), None),
+        };
         event.event_id = Some(event_id.clone());
         event.received_at = Some(Timestamp::from_millis(now_ms));
         event.late = verdict.late;
@@ -273,7 +342,7 @@ fn plan_decoded(
         let key = event.bus_key();
         publish.push(Prepared {
             index,
-            event_id: event_id.clone(),
+            client_id,
             key,
             value: encode_proto_owned(event),
         });
@@ -325,15 +394,20 @@ mod tests {
         let plan = run(&body, BodyFormat::Json).expect("plan");
         assert_eq!(plan.counts(), (2, 0, 0));
         assert_eq!(plan.publish.len(), 2);
-        assert_eq!(plan.publish[0].event_id, ID1);
+        assert_eq!(plan.event_id(&plan.publish[0]), ID1);
+        assert!(plan.publish[0].client_id.is_some());
+        assert_eq!(
+            plan.publish[1].client_id, None,
+            "a server id is not for the window"
+        );
         assert_eq!(plan.publish[0].key, "acme:p1");
-        let generated = uuid::Uuid::parse_str(&plan.publish[1].event_id).expect("uuid");
+        let generated = uuid::Uuid::parse_str(plan.event_id(&plan.publish[1])).expect("uuid");
         assert_eq!(generated.get_version_num(), 7, "missing ids become UUIDv7");
         let event = decode_proto(&plan.publish[1].value).expect("proto");
         assert_eq!(event.received_at, Some(Timestamp::from_millis(NOW)));
         assert_eq!(
             event.event_id.as_deref(),
-            Some(plan.publish[1].event_id.as_str())
+            Some(plan.event_id(&plan.publish[1]))
         );
         assert!(matches!(event.payload, Payload::BetPlaced(ref b) if b.stake.amount_minor == 200));
     }
@@ -395,8 +469,8 @@ mod tests {
 
         struct Seen;
         impl SeenIds for Seen {
-            fn seen(&self, tenant: &str, id: &str, _: i64) -> bool {
-                tenant == "acme" && id == ID2
+            fn seen(&self, id: IdFingerprint, _: i64) -> bool {
+                id == fingerprint("acme", ID2)
             }
         }
         let body = format!(

@@ -284,18 +284,15 @@ async fn publish_plan(
             .map_err(|secs| IngestError::RateLimited {
                 retry_after_secs: secs,
             })?;
-        let (ids, records): (Vec<String>, Vec<OutRecord>) = std::mem::take(&mut plan.publish)
+        let client_ids: Vec<core::IdFingerprint> =
+            plan.publish.iter().filter_map(|p| p.client_id).collect();
+        let records: Vec<OutRecord> = std::mem::take(&mut plan.publish)
             .into_iter()
-            .map(|p| {
-                (
-                    p.event_id,
-                    OutRecord {
-                        key: p.key,
-                        value: p.value,
-                    },
-                )
+            .map(|p| OutRecord {
+                key: p.key,
+                value: p.value,
             })
-            .unzip();
+            .collect();
         let now = now_ms();
         let (main, overflow) = match &state.hot_keys {
             Some(hot) => {
@@ -350,9 +347,7 @@ async fn publish_plan(
                 ));
             }
         }
-        state
-            .dedup
-            .remember(tenant, ids.iter().map(String::as_str), now);
+        state.dedup.remember(client_ids, now);
     }
 
     let (accepted, duplicates, rejected) = plan.counts();

@@ -14,6 +14,7 @@ pub mod hot;
 pub mod http;
 pub mod limit;
 pub mod openapi;
+pub mod sample;
 pub mod telemetry;
 pub mod ws;
 
