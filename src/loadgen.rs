@@ -286,3 +286,45 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_send_carries_fresh_valid_ids() {
+        let t = IdTemplate::new(sample::events(
+            "demo",
+            0,
+            50,
+            10,
+            "2026-12-01T10:00:00.000Z",
+        ))
+        .expect("template");
+        assert_eq!(t.offsets.len(), 50);
+        let ids = |body: &[u8]| -> Vec<String> {
+            let v: serde_json::Value = serde_json::from_slice(body).expect("still JSON");
+            v.as_array()
+                .expect("array")
+                .iter()
+                .map(|e| e["event_id"].as_str().expect("id").to_owned())
+                .collect()
+        };
+        let (a, b) = (ids(&t.fresh()), ids(&t.fresh()));
+        let distinct: std::collections::HashSet<&String> = a.iter().chain(&b).collect();
+        assert_eq!(distinct.len(), 100, "no id repeats within or across sends");
+        for id in &a {
+            let u = uuid::Uuid::parse_str(id).expect("uuid");
+            assert_eq!(u.get_version_num(), 7);
+        }
+    }
+
+    #[test]
+    fn accepted_is_read_from_the_head_of_the_answer() {
+        assert_eq!(
+            accepted_count(br#"{"accepted":100,"duplicates":0,"rejected":0,"results":[]}"#),
+            Some(100)
+        );
+        assert_eq!(accepted_count(br#"{"error":{"code":"x"}}"#), None);
+    }
+}
