@@ -189,6 +189,8 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, Reque
         BodyFormat::Json => {
             let text = match std::str::from_utf8(trimmed) {
                 Ok(t) => t,
+                // A single event: the decoder rejects it with the bad byte's position.
+                Err(_) if trimmed.starts_with(b"{") => return Ok(vec![Err(trimmed)]),
                 // serde_json says where the bad byte is.
                 Err(_) => {
                     return Err(RequestError::Unreadable(
@@ -549,6 +551,19 @@ mod tests {
             ),
             Err(RequestError::Unreadable(_))
         ));
+        // A single object is one event: rejected alone, with a reason.
+        let single = plan(
+            &body,
+            BodyFormat::Json,
+            "acme",
+            &CoreConfig::default(),
+            NOW,
+            &NoDedup,
+        )
+        .expect("plan");
+        assert!(
+            matches!(&single.outcomes[0], Outcome::Rejected { errors, .. } if errors[0].code == ViolationCode::Malformed)
+        );
         let ndjson = [bet(None, "acme", 1).as_bytes(), b"\n", &body].concat();
         let p = plan(
             &ndjson,
