@@ -174,6 +174,10 @@ impl SeenIds for NoDedup {
 /// kept so that the decoder rejects that line alone with a precise reason.
 pub type RawEvent<'a> = Result<&'a str, &'a [u8]>;
 
+fn utf8(event: &[u8]) -> RawEvent<'_> {
+    std::str::from_utf8(event).map_err(|_| event)
+}
+
 fn raw_len(raw: &RawEvent<'_>) -> usize {
     raw.map_or_else(<[u8]>::len, str::len)
 }
@@ -186,23 +190,17 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, Reque
         return Err(RequestError::Empty);
     }
     match format {
+        // A single object is one event, checked as one (like an NDJSON line).
+        BodyFormat::Json if trimmed.starts_with(b"{") => Ok(vec![utf8(trimmed)]),
         BodyFormat::Json => {
-            let text = match std::str::from_utf8(trimmed) {
-                Ok(t) => t,
-                // A single event: the decoder rejects it with the bad byte's position.
-                Err(_) if trimmed.starts_with(b"{") => return Ok(vec![Err(trimmed)]),
+            let text = std::str::from_utf8(trimmed).map_err(|_| {
                 // serde_json says where the bad byte is.
-                Err(_) => {
-                    return Err(RequestError::Unreadable(
-                        serde_json::from_slice::<Vec<&RawValue>>(trimmed)
-                            .err()
-                            .map_or_else(|| "invalid UTF-8".to_owned(), |e| e.to_string()),
-                    ));
-                }
-            };
-            if text.starts_with('{') {
-                return Ok(vec![Ok(text)]);
-            }
+                RequestError::Unreadable(
+                    serde_json::from_slice::<Vec<&RawValue>>(trimmed)
+                        .err()
+                        .map_or_else(|| "invalid UTF-8".to_owned(), |e| e.to_string()),
+                )
+            })?;
             let raws: Vec<&RawValue> =
                 serde_json::from_str(text).map_err(|e| RequestError::Unreadable(e.to_string()))?;
             Ok(raws.into_iter().map(|r| Ok(r.get())).collect())
@@ -211,7 +209,7 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, Reque
             .split(|b| *b == b'\n')
             .map(<[u8]>::trim_ascii)
             .filter(|l| !l.is_empty())
-            .map(|l| std::str::from_utf8(l).map_err(|_| l))
+            .map(utf8)
             .collect()),
     }
 }
@@ -372,9 +370,9 @@ mod tests {
         )
     }
 
-    fn run(body: &str, format: BodyFormat) -> Result<Plan, RequestError> {
+    fn run(body: impl AsRef<[u8]>, format: BodyFormat) -> Result<Plan, RequestError> {
         plan(
-            body.as_bytes(),
+            body.as_ref(),
             format,
             "acme",
             &CoreConfig::default(),
@@ -426,7 +424,7 @@ mod tests {
             (2, 0, 0)
         );
         assert_eq!(
-            run(&bet(None, "acme", 1), BodyFormat::Json)
+            run(bet(None, "acme", 1), BodyFormat::Json)
                 .expect("object")
                 .counts(),
             (1, 0, 0)
@@ -541,39 +539,16 @@ mod tests {
         body[at] = 0xff;
         let array = [b"[".as_slice(), &body, b"]"].concat();
         assert!(matches!(
-            plan(
-                &array,
-                BodyFormat::Json,
-                "acme",
-                &CoreConfig::default(),
-                NOW,
-                &NoDedup
-            ),
+            run(&array, BodyFormat::Json),
             Err(RequestError::Unreadable(_))
         ));
         // A single object is one event: rejected alone, with a reason.
-        let single = plan(
-            &body,
-            BodyFormat::Json,
-            "acme",
-            &CoreConfig::default(),
-            NOW,
-            &NoDedup,
-        )
-        .expect("plan");
+        let single = run(&body, BodyFormat::Json).expect("plan");
         assert!(
             matches!(&single.outcomes[0], Outcome::Rejected { errors, .. } if errors[0].code == ViolationCode::Malformed)
         );
         let ndjson = [bet(None, "acme", 1).as_bytes(), b"\n", &body].concat();
-        let p = plan(
-            &ndjson,
-            BodyFormat::Ndjson,
-            "acme",
-            &CoreConfig::default(),
-            NOW,
-            &NoDedup,
-        )
-        .expect("plan");
+        let p = run(&ndjson, BodyFormat::Ndjson).expect("plan");
         assert_eq!(p.counts(), (1, 0, 1));
         assert!(
             matches!(&p.outcomes[1], Outcome::Rejected { errors, .. } if errors[0].code == ViolationCode::Malformed)
