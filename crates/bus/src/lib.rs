@@ -18,6 +18,11 @@
 //! - Before a partition is taken away, [`Consumer::poll`] returns [`Delivery::Revoking`]: the
 //!   consumer flushes its pending work for those partitions and stores their offsets; the next
 //!   call to `poll` commits what was stored and hands the partitions over.
+//! - A group member starts where [`ConsumerConfig::start`] says (committed, earliest, latest or
+//!   a time) and may follow co-partitioned companion topics ([`ConsumerConfig::companions`]).
+//! - A [`Reader`] reads chosen partitions from chosen positions or times without a group and
+//!   leaves nothing behind.
+//! - Records carry [`Headers`] (type, tenant, event time; see [`header`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -53,6 +58,92 @@ impl fmt::Display for Position {
     }
 }
 
+/// Names of the headers Pitboss components put on their records, so a consumer can route a
+/// record without decoding it. Values are UTF-8 text; times are decimal milliseconds since the
+/// Unix epoch.
+pub mod header {
+    /// What the record carries: an event type (`bet_placed`, …), `alert`, `push`, `alert_ack`.
+    pub const TYPE: &str = "pitboss-type";
+    /// The tenant the record belongs to.
+    pub const TENANT: &str = "pitboss-tenant";
+    /// When it happened by the client's clock (`occurred_at` of an event), in ms.
+    pub const EVENT_TIME: &str = "pitboss-event-time";
+    /// When Pitboss received the triggering event (`received_at`), in ms: the start of
+    /// time-to-notify.
+    pub const RECEIVED_AT: &str = "pitboss-received-at";
+}
+
+/// Record headers: names with byte values, in order (Kafka record headers; an envelope on
+/// Kinesis; a column on the embedded log). A name may repeat; [`Headers::get`] returns the
+/// first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, Vec<u8>)>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Appends a header.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// These headers plus one more.
+    #[must_use]
+    pub fn with(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    /// The value of the first header called `name`.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The value of the first header called `name`, if it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The value of the first header called `name` read as a decimal integer (times in ms).
+    pub fn get_i64(&self, name: &str) -> Option<i64> {
+        self.get_str(name).and_then(|v| v.parse().ok())
+    }
+
+    /// Every header, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Bytes the names and values take (counted against record size limits).
+    pub fn byte_len(&self) -> usize {
+        self.0.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+}
+
+impl<N: Into<String>, V: Into<Vec<u8>>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        Headers(
+            iter.into_iter()
+                .map(|(n, v)| (n.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
 /// A record to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
@@ -60,15 +151,30 @@ pub struct OutRecord {
     pub key: String,
     /// Record body (protobuf-encoded event, alert or push).
     pub value: Vec<u8>,
+    /// Headers, delivered with the record.
+    pub headers: Headers,
 }
 
 impl OutRecord {
-    /// A record with this key and value.
+    /// A record with this key and value and no headers.
     pub fn new(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         OutRecord {
             key: key.into(),
             value: value.into(),
+            headers: Headers::new(),
         }
+    }
+
+    /// This record with one more header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Bytes of key, value and headers (what size limits count).
+    pub fn byte_len(&self) -> usize {
+        self.key.len() + self.value.len() + self.headers.byte_len()
     }
 }
 
@@ -82,12 +188,15 @@ pub struct Ack {
 /// A consumed record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The topic it was read from (a group consumer with companions reads several).
+    pub topic: std::sync::Arc<str>,
     pub partition: Partition,
     pub position: Position,
     pub key: String,
     pub value: Vec<u8>,
     /// When the bus stored the record, in milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    pub headers: Headers,
 }
 
 /// What one call to [`Consumer::poll`] returns.
@@ -95,8 +204,8 @@ pub struct Record {
 pub enum Delivery {
     /// Records from assigned partitions, in partition order; empty when the wait elapsed.
     Records(Vec<Record>),
-    /// These partitions were assigned to this consumer; delivery resumes after the group's
-    /// committed offset.
+    /// These partitions were assigned to this consumer (with the same partitions of every
+    /// companion topic); delivery starts where [`ConsumerConfig::start`] says.
     Assigned(Vec<Partition>),
     /// These partitions are about to move to another member. Flush pending work for them and
     /// [`Consumer::store`] the offsets of what is durable; the next `poll` (or `commit`)
@@ -152,9 +261,14 @@ pub trait Consumer: Send + fmt::Debug {
     /// Waits up to `wait` for records (at most `max`) or a change of assignment.
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Delivery, BusError>;
 
-    /// Marks the record at `position` of `partition` (and everything before it) as processed;
-    /// the next commit makes the group resume after it.
-    fn store(&mut self, partition: Partition, position: &Position) -> Result<(), BusError>;
+    /// Marks the record at `position` of `partition` of `topic` (the main topic or a companion)
+    /// and everything before it as processed; the next commit makes the group resume after it.
+    fn store(
+        &mut self,
+        topic: &str,
+        partition: Partition,
+        position: &Position,
+    ) -> Result<(), BusError>;
 
     /// Durably commits the stored offsets of the partitions this consumer still owns.
     async fn commit(&mut self) -> Result<(), BusError>;
@@ -167,6 +281,22 @@ pub trait Consumer: Send + fmt::Debug {
     async fn close(self: Box<Self>) -> Result<(), BusError>;
 }
 
+/// Where a group member starts reading a partition it is assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Right after the group's committed offset; the earliest retained record when the group
+    /// has none.
+    #[default]
+    Committed,
+    /// The earliest retained record, whatever the group committed.
+    Earliest,
+    /// The end of the partition when it is assigned: only records published after that.
+    Latest,
+    /// The first record the bus stored at or after this time (ms since the Unix epoch),
+    /// whatever the group committed; the end when there is none.
+    Timestamp(i64),
+}
+
 /// Consumer tuning shared by the implementations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerConfig {
@@ -174,6 +304,16 @@ pub struct ConsumerConfig {
     pub revoke_timeout: Duration,
     /// Kafka session timeout (member considered dead after this long without heartbeats).
     pub session_timeout: Duration,
+    /// Where reading starts in each partition this member is assigned. Offsets are stored and
+    /// committed the same way whatever it is.
+    pub start: StartFrom,
+    /// Co-partitioned topics read together with the main topic: the member assigned partition
+    /// `p` of the topic also reads partition `p` of each companion, and commits their offsets
+    /// in the same group. Every companion must have the topic's partition count (else
+    /// [`BusError::Config`]); as keys map to partitions the same way on every topic of a bus,
+    /// one key's records on all of them are read by one member. Pitboss follows `events` with
+    /// its hot-key overflow topic this way (docs/bus.md, "Hot keys").
+    pub companions: Vec<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -181,8 +321,48 @@ impl Default for ConsumerConfig {
         ConsumerConfig {
             revoke_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
+            start: StartFrom::Committed,
+            companions: Vec::new(),
         }
     }
+}
+
+/// Where an ungrouped [`Reader`] starts in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The earliest retained record.
+    Earliest,
+    /// The end of the partition when the reader opens: only records published after that.
+    Latest,
+    /// The first record stored at or after this time (ms since the Unix epoch).
+    Timestamp(i64),
+    /// The record at this position (inclusive).
+    At(Position),
+    /// The record after this position (a client resuming after the last record it has).
+    After(Position),
+}
+
+/// Reads partitions of one topic without joining a group: nothing is committed, and nothing
+/// is left behind in the broker (no group, no offsets) or in DynamoDB (no lease rows) once it
+/// is dropped. Every gateway instance reads every partition of `alerts` and `pushes` this way;
+/// the rules engine rebuilds a partition's windows this way.
+#[async_trait]
+pub trait Reader: Send + fmt::Debug {
+    /// Waits up to `wait` for records (at most `max`) of the partitions being read; empty when
+    /// the wait elapsed. Records of one partition come in order.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Record>, BusError>;
+
+    /// The partitions being read.
+    fn partitions(&self) -> Vec<Partition>;
+
+    /// Per partition, the position of the newest record stored when the reader opened (None:
+    /// the partition was empty). Kinesis cannot tell this without reading: its reader returns
+    /// the newest position it has seen once a shard reported nothing left behind, None before.
+    fn end_positions(&self) -> std::collections::BTreeMap<Partition, Option<Position>>;
+
+    /// Whether every partition has been read up to where it ended when the reader opened
+    /// (Kinesis: every shard has answered a fetch with nothing left behind).
+    fn caught_up(&self) -> bool;
 }
 
 /// A bus: creates topics, publishers and group consumers.
@@ -194,13 +374,31 @@ pub trait Bus: Send + Sync + fmt::Debug {
     /// A publisher; cheap to clone and share.
     fn publisher(&self) -> std::sync::Arc<dyn Publisher>;
 
-    /// Joins `group` as a new member consuming `topic`.
+    /// How many partitions (shards) `topic` has.
+    async fn partition_count(&self, topic: &str) -> Result<u32, BusError>;
+
+    /// Joins `group` as a new member consuming `topic` (and `config.companions`).
     async fn consumer(
         &self,
         group: &str,
         topic: &str,
         config: ConsumerConfig,
     ) -> Result<Box<dyn Consumer>, BusError>;
+
+    /// An ungrouped reader of these partitions of `topic`, each from its own start
+    /// ([`BusError::Config`] for a partition the topic does not have, or none at all).
+    async fn reader(
+        &self,
+        topic: &str,
+        starts: Vec<(Partition, ReadFrom)>,
+    ) -> Result<Box<dyn Reader>, BusError>;
+
+    /// An ungrouped reader of every partition of `topic`, all from `from`.
+    async fn reader_all(&self, topic: &str, from: ReadFrom) -> Result<Box<dyn Reader>, BusError> {
+        let n = self.partition_count(topic).await?;
+        self.reader(topic, (0..n).map(|p| (p, from.clone())).collect())
+            .await
+    }
 }
 
 /// Which bus a process writes to, as chosen by configuration (CLI flags, environment).
