@@ -1,0 +1,546 @@
+//! A Kafka consumer-group member: librdkafka polled on a dedicated thread, records handed over
+//! in chunks through a bounded channel, start offsets chosen in the rebalance callback, and
+//! the revoke handshake (hand `Revoking` to the application, wait until it stored its offsets,
+//! commit, and only then let the partitions go).
+//!
+//! Without companions the member uses the cooperative-sticky assignor. With companions it
+//! subscribes to the topic and every companion with the range assignor, which gives a member
+//! the same partition indexes of every topic of equal partition count; range is eager, so a
+//! rebalance revokes everything and assigns anew (the same handshake applies).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::{
+    KafkaConfig, POLL_CHUNK, TopicPart, kafka_error, record_of, start_offsets_at_time, watermarks,
+};
+use crate::{BusError, Consumer, ConsumerConfig, Delivery, Partition, Position, Record, StartFrom};
+
+#[derive(Debug, Default)]
+struct Flags {
+    /// The poll thread must stop.
+    stop: AtomicBool,
+    /// The consumer is being dropped without close: commit nothing on the way out.
+    abandon: AtomicBool,
+}
+
+enum Event {
+    Records(Vec<Record>),
+    Assigned(Vec<Partition>),
+    Revoking(Vec<Partition>, std::sync::mpsc::Sender<()>),
+}
+
+pub(super) struct Ctx {
+    events: mpsc::Sender<Event>,
+    /// Records polled but not yet handed over (see `poll_loop`).
+    staged: std::sync::Mutex<Vec<Record>>,
+    revoke_timeout: Duration,
+    /// The topic first, then its companions.
+    topics: Vec<Arc<str>>,
+    start: StartFrom,
+    request_timeout: Duration,
+    flags: Arc<Flags>,
+}
+
+impl Ctx {
+    /// Adds a polled record to the chunk; returns the chunk's length.
+    fn stage(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> usize {
+        let topic = self.topic_of(rdkafka::Message::topic(m));
+        let mut staged = self
+            .staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        staged.push(record_of(m, topic));
+        staged.len()
+    }
+
+    /// The shared name of a subscribed topic (records carry it without a copy each).
+    fn topic_of(&self, name: &str) -> Arc<str> {
+        self.topics
+            .iter()
+            .find(|t| &***t == name)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(name))
+    }
+
+    /// Hands the staged chunk to the consumer; false when the consumer is gone.
+    fn send_staged(&self) -> bool {
+        let chunk = std::mem::take(
+            &mut *self
+                .staged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        chunk.is_empty() || self.events.blocking_send(Event::Records(chunk)).is_ok()
+    }
+
+    /// The partition indexes in `tpl`, once each whatever the number of topics.
+    fn partitions(&self, tpl: &TopicPartitionList) -> Vec<Partition> {
+        tpl.elements()
+            .iter()
+            .filter(|e| self.topics.iter().any(|t| &**t == e.topic()))
+            .map(|e| e.partition() as Partition)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Sets where each newly assigned partition starts, as `self.start` says. Lookups that fail
+    /// (broker unreachable) are retried until they succeed or the consumer stops: assigning
+    /// from anywhere else would skip or replay records.
+    fn set_start(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let parts: Vec<TopicPart> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let offsets = match self.start {
+                StartFrom::Committed => return,
+                StartFrom::Earliest => Ok(parts
+                    .iter()
+                    .map(|tp| (tp.clone(), Offset::Beginning))
+                    .collect::<BTreeMap<_, _>>()),
+                // The end now, not when fetching starts: records published once `Assigned` was
+                // delivered are read.
+                StartFrom::Latest => watermarks(consumer, &parts, self.request_timeout).map(|m| {
+                    m.into_iter()
+                        .map(|(tp, (_, high))| (tp, Offset::Offset(high)))
+                        .collect()
+                }),
+                StartFrom::Timestamp(ms) => {
+                    start_offsets_at_time(consumer, &parts, ms, self.request_timeout).map(|m| {
+                        m.into_iter()
+                            .map(|(tp, o)| (tp, Offset::Offset(o)))
+                            .collect()
+                    })
+                }
+            };
+            match offsets {
+                Ok(offsets) => {
+                    for ((topic, p), offset) in offsets {
+                        if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
+                            tracing::error!(error = %e, topic, partition = p, "cannot set the start offset");
+                        }
+                    }
+                    return;
+                }
+                Err(e) if self.flags.stop.load(Ordering::SeqCst) => {
+                    tracing::debug!(error = %e, "start offsets not looked up: consumer closing");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, start = ?self.start, "looking up start offsets failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Before partitions go: hands `Revoking` to the application, waits until it has stored its
+    /// offsets (up to the revoke timeout), and commits.
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let parts = self.partitions(tpl);
+        if parts.is_empty() || self.flags.abandon.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.flags.stop.load(Ordering::SeqCst) {
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+            if self.send_staged()
+                && self
+                    .events
+                    .blocking_send(Event::Revoking(parts.clone(), ack_tx))
+                    .is_ok()
+                && ack_rx.recv_timeout(self.revoke_timeout).is_err()
+            {
+                tracing::warn!(?parts, "application did not finish the revoke in time");
+            }
+        }
+        if self.flags.abandon.load(Ordering::SeqCst) {
+            return;
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, ?parts, "commit before revoke failed; records will be redelivered")
+            }
+        }
+    }
+}
+
+impl ClientContext for Ctx {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each partition this
+    /// member owns, as records between the partition's end and the offset stored as processed.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for name in &self.topics {
+            let Some(topic) = statistics.topics.get(&**name) else {
+                continue;
+            };
+            for (id, p) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a negative lag means
+                // unknown (not owned, or nothing fetched yet).
+                if *id < 0 || p.consumer_lag_stored < 0 {
+                    continue;
+                }
+                metrics::gauge!(
+                    "pitboss_consumer_lag_records",
+                    "topic" => name.to_string(),
+                    "partition" => id.to_string(),
+                )
+                .set(p.consumer_lag_stored as f64);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    /// rdkafka's default rebalance, with start offsets set on the assignment and the revoke
+    /// handshake before partitions are released. Runs on the poll thread, inside `poll`.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.set_start(consumer, tpl);
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    tracing::error!(error = %e, "kafka assign failed");
+                    return;
+                }
+                let parts = self.partitions(tpl);
+                if !parts.is_empty() {
+                    // Fails only when the consumer is closing: nobody is left to tell.
+                    let _ = self.send_staged()
+                        && self.events.blocking_send(Event::Assigned(parts)).is_ok();
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.hand_over(consumer, tpl);
+                self.release(consumer, tpl, cooperative);
+            }
+            other => {
+                tracing::error!(error = ?RDKafkaErrorCode::from(other), "kafka rebalance error");
+                self.release(consumer, tpl, cooperative);
+            }
+        }
+    }
+}
+
+impl Ctx {
+    fn release(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, cooperative: bool) {
+        let released = if cooperative {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = released {
+            tracing::error!(error = %e, "kafka unassign failed");
+        }
+    }
+}
+
+fn poll_loop(consumer: &BaseConsumer<Ctx>, flags: &Flags) {
+    let ctx = consumer.context();
+    while !flags.stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                // Take what is already fetched, without waiting, up to a chunk. A rebalance
+                // callback runs inside poll: it sends the chunk so far before its own event.
+                let mut n = ctx.stage(&m);
+                drop(m);
+                while n < POLL_CHUNK && !flags.stop.load(Ordering::SeqCst) {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(m)) => n = ctx.stage(&m),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "kafka consumer error");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if !ctx.send_staged() {
+                    return;
+                }
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka consumer error"),
+        }
+    }
+}
+
+/// A consumer-group member on a [`super::KafkaBus`].
+pub struct KafkaConsumer {
+    consumer: Option<Arc<BaseConsumer<Ctx>>>,
+    /// The topic first, then its companions.
+    topics: Vec<Arc<str>>,
+    events: mpsc::Receiver<Event>,
+    stashed: Option<Event>,
+    pending_ack: Option<std::sync::mpsc::Sender<()>>,
+    assigned: BTreeSet<Partition>,
+    revoking: BTreeSet<Partition>,
+    flags: Arc<Flags>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("topics", &self.topics)
+            .field("assigned", &self.assigned)
+            .finish()
+    }
+}
+
+impl KafkaConsumer {
+    /// Joins `group` reading `topic` and `config.companions` (already checked to be
+    /// co-partitioned) and starts the poll thread.
+    pub(super) fn join(
+        kafka: &KafkaConfig,
+        group: &str,
+        topic: &str,
+        config: ConsumerConfig,
+    ) -> Result<Self, BusError> {
+        let mut c = kafka.client();
+        let session = config.session_timeout.as_millis();
+        let assignor = if config.companions.is_empty() {
+            "cooperative-sticky"
+        } else {
+            // The same partition indexes of every subscribed topic go to the same member.
+            "range"
+        };
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", assignor)
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 3).max(100).to_string())
+            .set("enable.partition.eof", "false")
+            // Per-partition lag for the metrics (see `Ctx::stats`).
+            .set("statistics.interval.ms", "5000");
+        kafka.apply_extra(&mut c);
+        let topics: Vec<Arc<str>> = std::iter::once(topic)
+            .chain(config.companions.iter().map(String::as_str))
+            .map(Arc::from)
+            .collect();
+        // Chunks of up to POLL_CHUNK records: at most ~64k records wait here.
+        let (tx, rx) = mpsc::channel(64);
+        let flags = Arc::new(Flags::default());
+        let ctx = Ctx {
+            events: tx,
+            staged: std::sync::Mutex::new(Vec::with_capacity(POLL_CHUNK)),
+            revoke_timeout: config.revoke_timeout,
+            topics: topics.clone(),
+            start: config.start,
+            request_timeout: kafka.request_timeout,
+            flags: flags.clone(),
+        };
+        let consumer: BaseConsumer<Ctx> = c
+            .create_with_context(ctx)
+            .map_err(|e| BusError::Config(e.to_string()))?;
+        let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
+        consumer.subscribe(&names).map_err(kafka_error)?;
+        let consumer = Arc::new(consumer);
+        let poller = consumer.clone();
+        let thread_flags = flags.clone();
+        let thread = std::thread::Builder::new()
+            .name("pitboss-kafka-poll".into())
+            .spawn(move || poll_loop(&poller, &thread_flags))
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        Ok(KafkaConsumer {
+            consumer: Some(consumer),
+            topics,
+            events: rx,
+            stashed: None,
+            pending_ack: None,
+            assigned: BTreeSet::new(),
+            revoking: BTreeSet::new(),
+            flags,
+            thread: Some(thread),
+        })
+    }
+
+    fn consumer(&self) -> Result<&Arc<BaseConsumer<Ctx>>, BusError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| BusError::Unavailable("consumer closed".into()))
+    }
+
+    /// Lets the revoke callback continue: it commits what is stored and releases the partitions.
+    fn finish_revoke(&mut self) {
+        if let Some(ack) = self.pending_ack.take() {
+            // The callback may already have timed out waiting; then there is nobody to wake.
+            let _ = ack.send(());
+            for p in std::mem::take(&mut self.revoking) {
+                self.assigned.remove(&p);
+            }
+        }
+    }
+
+    async fn commit_stored(&self) -> Result<(), BusError> {
+        let consumer = self.consumer()?.clone();
+        super::blocking(
+            move || match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+                Err(e) => Err(kafka_error(e)),
+            },
+        )
+        .await
+    }
+
+    fn stop_thread(&mut self) -> Option<std::thread::JoinHandle<()>> {
+        self.flags.stop.store(true, Ordering::SeqCst);
+        self.finish_revoke();
+        // The poll thread may be blocked handing over a record while the channel is full:
+        // closing the receiving side fails that send, so the thread sees the stop flag.
+        self.events.close();
+        self.thread.take()
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Delivery, BusError> {
+        self.finish_revoke();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let event = match self.stashed.take() {
+                Some(e) => Some(e),
+                None if out.is_empty() => {
+                    match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                        Ok(Some(e)) => Some(e),
+                        Ok(None) => {
+                            return Err(BusError::Unavailable("kafka poll thread stopped".into()));
+                        }
+                        Err(_) => None,
+                    }
+                }
+                None => self.events.try_recv().ok(),
+            };
+            let Some(event) = event else { break };
+            match event {
+                Event::Records(mut chunk) => {
+                    let room = max.saturating_sub(out.len()).max(1);
+                    if chunk.len() > room {
+                        // Keep the rest, in order, for the next poll.
+                        self.stashed = Some(Event::Records(chunk.split_off(room)));
+                        out.append(&mut chunk);
+                        break;
+                    }
+                    if out.is_empty() {
+                        out = chunk;
+                    } else {
+                        out.append(&mut chunk);
+                    }
+                    if out.len() >= max {
+                        break;
+                    }
+                }
+                other if !out.is_empty() => {
+                    // Hand out the records first; the change comes on the next poll.
+                    self.stashed = Some(other);
+                    break;
+                }
+                Event::Assigned(parts) => {
+                    self.assigned.extend(parts.iter().copied());
+                    return Ok(Delivery::Assigned(parts));
+                }
+                Event::Revoking(parts, ack) => {
+                    self.revoking.extend(parts.iter().copied());
+                    self.pending_ack = Some(ack);
+                    return Ok(Delivery::Revoking(parts));
+                }
+            }
+        }
+        Ok(Delivery::Records(out))
+    }
+
+    fn store(
+        &mut self,
+        topic: &str,
+        partition: Partition,
+        position: &Position,
+    ) -> Result<(), BusError> {
+        let Position::Offset(o) = position else {
+            return Err(BusError::Config(format!("not a Kafka offset: {position}")));
+        };
+        if !self.topics.iter().any(|t| &**t == topic) {
+            return Err(BusError::Config(format!(
+                "{topic} is not read by this consumer ({:?})",
+                self.topics
+            )));
+        }
+        if !self.assigned.contains(&partition) {
+            return Err(BusError::NotAssigned(partition));
+        }
+        // librdkafka stores `offset + 1` itself (the next offset to consume), as
+        // `store_offset_from_message` relies on: pass the record's own offset.
+        self.consumer()?
+            .store_offset(topic, partition as i32, *o)
+            .map_err(|e| match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::State) => BusError::NotAssigned(partition),
+                _ => kafka_error(e),
+            })
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        self.commit_stored().await?;
+        self.finish_revoke();
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<Partition> {
+        self.assigned.difference(&self.revoking).copied().collect()
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<(), BusError> {
+        let committed = self.commit_stored().await;
+        let thread = self.stop_thread();
+        let consumer = self.consumer.take();
+        super::blocking(move || {
+            if let Some(t) = thread {
+                let _ = t.join();
+            }
+            // Dropping the last handle leaves the group (librdkafka consumer close).
+            drop(consumer);
+            Ok(())
+        })
+        .await?;
+        committed
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if self.consumer.is_some() {
+            // Dropped without close: behave like a crash and commit nothing more.
+            self.flags.abandon.store(true, Ordering::SeqCst);
+            self.stop_thread();
+        }
+    }
+}
