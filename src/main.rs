@@ -395,7 +395,8 @@ async fn up(
     }
     let bus = EmbeddedBus::open(data_dir.join("log"), EmbeddedConfig::default())?;
     bus.create_topic(&ingest.topic, 8).await?;
-    bus.create_topic(&ingest.overflow_topic(), 2).await?;
+    bus.create_topic(&ingest.overflow_topic(), 8).await?;
+    check_copartitioned(&bus, &ingest.topic, &ingest.overflow_topic()).await?;
     let store_path = data_dir.join("pitboss.db");
     let store = std::sync::Arc::new(
         pitboss_processor::SqliteSink::open(&store_path)
@@ -507,12 +508,31 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         bus.create_topic(&config.topic, n).await?;
         bus.create_topic(&config.overflow_topic(), n).await?;
     }
+    check_copartitioned(&*bus, &config.topic, &config.overflow_topic()).await?;
     let publisher = bus.publisher();
     let listener = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
     let state = pitboss_ingest::state(config, publisher)?;
     serve_both(state, listener, admin, stop_on_signal()).await
+}
+
+/// The hot-key overflow topic must have the events topic's partition count, so a player's
+/// events sit at the same partition index on both and one group member reads them all
+/// (docs/bus.md, "Hot keys"). Topics not created yet are not checked.
+async fn check_copartitioned(bus: &dyn Bus, topic: &str, overflow: &str) -> Result<()> {
+    match (bus.partition_count(topic).await, bus.partition_count(overflow).await) {
+        (Ok(a), Ok(b)) if a != b => anyhow::bail!(
+            "topic {overflow:?} has {b} partitions and {topic:?} has {a}: the overflow topic must be \
+             co-partitioned with the events topic (docs/bus.md, \"Hot keys\"); recreate it with {a}"
+        ),
+        (Err(pitboss_bus::BusError::UnknownTopic(_)), _) | (_, Err(pitboss_bus::BusError::UnknownTopic(_))) => {
+            tracing::warn!(topic, overflow, "topics not created yet: co-partitioning not checked");
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// `pitboss sql`: prints the answer as TSV (header row; NULL as \N; tab, newline and

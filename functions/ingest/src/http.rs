@@ -291,6 +291,7 @@ async fn publish_plan(
             .map(|p| OutRecord {
                 key: p.key,
                 value: p.value,
+                headers: p.headers,
             })
             .collect();
         let now = now_ms();
