@@ -96,10 +96,15 @@ impl Ctx {
             .collect()
     }
 
-    /// Sets where each newly assigned partition starts, as `self.start` says. Lookups that fail
-    /// (broker unreachable) are retried until they succeed or the consumer stops: assigning
-    /// from anywhere else would skip or replay records.
+    /// Sets where each newly assigned partition starts, as `self.start` says. Lookups that may
+    /// pass later (broker unreachable) are retried until they succeed or the consumer stops:
+    /// assigning from anywhere else would skip or replay records. One that cannot (the topic
+    /// is gone) leaves the partitions at the group's commit.
     fn set_start(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        // A member joining a cooperative group is first assigned nothing.
+        if tpl.count() == 0 {
+            return;
+        }
         let parts: Vec<TopicPart> = tpl
             .elements()
             .iter()
@@ -139,6 +144,10 @@ impl Ctx {
                 }
                 Err(e) if self.flags.stop.load(Ordering::SeqCst) => {
                     tracing::debug!(error = %e, "start offsets not looked up: consumer closing");
+                    return;
+                }
+                Err(e) if !e.is_retryable() => {
+                    tracing::error!(error = %e, start = ?self.start, "cannot look up start offsets; starting at the group's commit");
                     return;
                 }
                 Err(e) => {

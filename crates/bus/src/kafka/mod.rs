@@ -201,6 +201,10 @@ fn offsets_at_time<C: ConsumerContext>(
     times: &[(TopicPart, i64)],
     timeout: Duration,
 ) -> Result<BTreeMap<TopicPart, Option<i64>>, BusError> {
+    if times.is_empty() {
+        // librdkafka refuses an empty list.
+        return Ok(BTreeMap::new());
+    }
     let mut query = TopicPartitionList::with_capacity(times.len());
     for ((topic, p), ms) in times {
         // Negative times are Kafka's "latest" and "earliest" markers: the epoch means "all".
