@@ -1,6 +1,6 @@
 //! The Kafka bus against a real Apache Kafka broker (started by scripts/stack.sh): the shared
-//! contract suite, failures only a networked bus has, and the Kafka side of headers, start
-//! options, companion topics ([`group`]) and ungrouped readers ([`reader`]).
+//! contract suite, failures only a networked bus has, and what the contract leaves to each
+//! implementation about start options and companions ([`group`]) and readers ([`reader`]).
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,15 +10,12 @@ mod group;
 #[path = "kafka/reader.rs"]
 mod reader;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
-use pitboss_bus::{
-    Bus, BusError, Consumer, Delivery, Headers, OutRecord, Partition, ReadFrom, Reader, Record,
-    header,
-};
+use pitboss_bus::{Bus, BusError, Consumer, Delivery, OutRecord, Partition, Reader, Record};
 
 fn kafka_config() -> KafkaConfig {
     let mut config = KafkaConfig::new(pitboss_testkit::kafka());
@@ -42,16 +39,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A time every record published before the call is older than, and every record published
-/// after it is not.
-async fn time_boundary() -> i64 {
-    let t = now_ms() + 1;
-    while now_ms() < t {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    t
 }
 
 /// Publishes one record to every partition of `topic` (16 keys spread over up to 4 partitions:
@@ -193,66 +180,6 @@ async fn partition_count_from_metadata() {
         assert!(matches!(err, BusError::UnknownTopic(_)), "{err:?}");
         assert!(!err.is_retryable());
     }
-}
-
-/// Headers arrive with their record, in order, repeated names and binary values included, at
-/// a group member and at a reader; records say which topic they come from.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn headers_round_trip() {
-    let bus = make_bus().await;
-    let topic = pitboss_testkit::unique_name("headers");
-    bus.create_topic(&topic, 2).await.unwrap();
-    let mut sent: Vec<OutRecord> = (0..20)
-        .map(|i| {
-            OutRecord::new(format!("tenant-h:player-{}", i % 5), format!("h#{i}"))
-                .with_header(header::TYPE, "bet_placed")
-                .with_header(header::TENANT, "tenant-h")
-                .with_header(header::EVENT_TIME, (1_700_000_000_000_i64 + i).to_string())
-                .with_header("x-binary", vec![0u8, 255, i as u8])
-                .with_header("x-empty", Vec::new())
-                .with_header("x-binary", "second")
-        })
-        .collect();
-    sent.push(OutRecord::new("tenant-h:player-0", "no headers"));
-    bus.publisher().publish(&topic, sent.clone()).await.unwrap();
-    let expected: BTreeMap<Vec<u8>, Headers> = sent
-        .iter()
-        .map(|r| (r.value.clone(), r.headers.clone()))
-        .collect();
-    let check = |records: &[Record]| {
-        assert_eq!(records.len(), sent.len());
-        for r in records {
-            assert_eq!(&*r.topic, topic.as_str());
-            assert_eq!(Some(&r.headers), expected.get(&r.value), "{r:?}");
-        }
-        let r = records.iter().find(|r| r.value == b"h#7").unwrap();
-        assert_eq!(
-            r.headers.get_i64(header::EVENT_TIME),
-            Some(1_700_000_000_007)
-        );
-        assert_eq!(r.headers.get("x-binary"), Some(&[0u8, 255, 7][..]));
-    };
-
-    let sentinels = publish_sentinels(&*bus, &topic, "h").await;
-    let mut consumer = bus
-        .consumer(
-            &pitboss_testkit::unique_name("g"),
-            &topic,
-            pitboss_bus::ConsumerConfig::default(),
-        )
-        .await
-        .unwrap();
-    check(&without(
-        &consume_until(&mut *consumer, &sentinels).await,
-        &[&sentinels],
-    ));
-    consumer.close().await.unwrap();
-
-    let mut reader = bus.reader_all(&topic, ReadFrom::Earliest).await.unwrap();
-    check(&without(
-        &read_until(&mut *reader, &sentinels).await,
-        &[&sentinels],
-    ));
 }
 
 /// Header bytes count against the record size limit (librdkafka's `message.max.bytes`, 1 MB by

@@ -1,19 +1,17 @@
-//! Kafka group members: where they start (committed, earliest, latest, a time) and companion
-//! topics read together with the main topic by the member owning the partition (range
-//! assignor), including the eager rebalance's revoke handshake.
+//! Kafka group members, beyond the contract: a start option still stores and commits, a start
+//! time past the end starts at the end, companions are checked when the member is created, and
+//! the eager (range) rebalance that companions bring keeps the revoke handshake.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pitboss_bus::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivery, Partition, Position, Record, StartFrom,
+    BusError, Consumer, ConsumerConfig, Delivery, Partition, Position, Record, StartFrom,
 };
 use tokio::time::Instant;
 
-use super::contract::{self, PATIENCE};
-use super::{
-    consume_until, make_bus, out_values, publish_sentinels, time_boundary, values, without,
-};
+use super::contract::{self, Member, PATIENCE};
+use super::{consume_until, make_bus, out_values, publish_sentinels, values, without};
 
 fn start(start: StartFrom) -> ConsumerConfig {
     ConsumerConfig {
@@ -101,251 +99,41 @@ async fn start_earliest_ignores_the_commit_and_commits() {
     c.close().await.unwrap();
 }
 
-/// `Latest` reads only what is published once the partitions are assigned.
+/// A start time with no record at or after it starts each partition at its end when assigned:
+/// nothing already stored is read, everything published after the assignment is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn start_latest_reads_only_later_records() {
+async fn start_at_a_time_past_the_end_starts_at_the_end() {
     let bus = make_bus().await;
-    let topic = pitboss_testkit::unique_name("latest");
+    let topic = pitboss_testkit::unique_name("tend");
     bus.create_topic(&topic, 2).await.unwrap();
     contract::publish_all(&*bus, &topic, contract::records(8, 5, "old"), 100).await;
-
+    let in_an_hour = super::now_ms() + 3_600_000;
     let mut m = bus
         .consumer(
             &pitboss_testkit::unique_name("g"),
             &topic,
-            start(StartFrom::Latest),
+            start(StartFrom::Timestamp(in_an_hour)),
         )
         .await
         .unwrap();
     let before = until_assigned(&mut *m, 2).await;
-    assert!(before.is_empty(), "nothing old: {}", before.len());
-    let new = contract::records(8, 5, "new");
-    contract::publish_all(&*bus, &topic, new.clone(), 100).await;
-    let sentinels = publish_sentinels(&*bus, &topic, "l").await;
-    let got = without(&consume_until(&mut *m, &sentinels).await, &[&sentinels]);
-    assert_eq!(values(&got), out_values(&new));
-    m.close().await.unwrap();
-}
-
-/// `Timestamp(t)` reads exactly the records stored at or after `t`, whatever was committed; a
-/// time past the end reads what comes after the assignment.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn start_timestamp_reads_from_that_time() {
-    let bus = make_bus().await;
-    let topic = pitboss_testkit::unique_name("time");
-    let group = pitboss_testkit::unique_name("g");
-    bus.create_topic(&topic, 2).await.unwrap();
-    let old = contract::records(8, 5, "t-old");
-    contract::publish_all(&*bus, &topic, old.clone(), 100).await;
-    let t = time_boundary().await;
-    let new = contract::records(8, 5, "t-new");
-    contract::publish_all(&*bus, &topic, new.clone(), 100).await;
-
-    // The group has committed everything first: Timestamp ignores that.
-    let mut a = bus
-        .consumer(&group, &topic, ConsumerConfig::default())
-        .await
-        .unwrap();
-    let s1 = publish_sentinels(&*bus, &topic, "t1").await;
-    let all = consume_until(&mut *a, &s1).await;
-    assert_eq!(all.len(), old.len() + new.len() + s1.len());
-    store_all(&mut *a, &all).await;
-    a.close().await.unwrap();
-
-    let mut b = bus
-        .consumer(&group, &topic, start(StartFrom::Timestamp(t)))
-        .await
-        .unwrap();
-    let s2 = publish_sentinels(&*bus, &topic, "t2").await;
-    let got = without(&consume_until(&mut *b, &s2).await, &[&s1, &s2]);
-    assert_eq!(values(&got), out_values(&new), "exactly the records from t");
-    assert!(got.iter().all(|r| r.timestamp_ms >= t));
-    b.close().await.unwrap();
-
-    // An hour ahead: nothing stored yet, so the partitions start at their end.
-    let mut c = bus
-        .consumer(
-            &pitboss_testkit::unique_name("g"),
-            &topic,
-            start(StartFrom::Timestamp(t + 3_600_000)),
-        )
-        .await
-        .unwrap();
-    let before = until_assigned(&mut *c, 2).await;
     assert!(
         before.is_empty(),
         "nothing before the end: {}",
         before.len()
     );
-    let later = contract::records(4, 2, "t-later");
+    let later = contract::records(4, 2, "later");
     contract::publish_all(&*bus, &topic, later.clone(), 100).await;
-    let s3 = publish_sentinels(&*bus, &topic, "t3").await;
-    let got = without(&consume_until(&mut *c, &s3).await, &[&s3]);
+    let sentinels = publish_sentinels(&*bus, &topic, "t").await;
+    let got = without(&consume_until(&mut *m, &sentinels).await, &[&sentinels]);
     assert_eq!(values(&got), out_values(&later));
-    c.close().await.unwrap();
+    m.close().await.unwrap();
 }
 
-/// A group member that processes like a sink, with companions: buffers records, makes them
-/// "durable" (stores their offsets, per topic) every `FLUSH` records, when idle, and on revoke.
-struct Member {
-    name: &'static str,
-    consumer: Box<dyn Consumer>,
-    received: Vec<Record>,
-    pending: Vec<Record>,
-    durable: Vec<Record>,
-    revokes: usize,
-}
-
-const FLUSH: usize = 40;
-
-impl Member {
-    async fn new(
-        bus: &dyn Bus,
-        name: &'static str,
-        group: &str,
-        topic: &str,
-        companion: &str,
-    ) -> Member {
-        let config = ConsumerConfig {
-            companions: vec![companion.to_owned()],
-            ..ConsumerConfig::default()
-        };
-        Member {
-            name,
-            consumer: bus.consumer(group, topic, config).await.unwrap(),
-            received: Vec::new(),
-            pending: Vec::new(),
-            durable: Vec::new(),
-            revokes: 0,
-        }
-    }
-
-    fn flush(&mut self, only: Option<&[Partition]>) {
-        let (go, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|r| only.is_none_or(|ps| ps.contains(&r.partition)));
-        for r in &go {
-            self.consumer
-                .store(&r.topic, r.partition, &r.position)
-                .unwrap_or_else(|e| panic!("{}: store {r:?}: {e}", self.name));
-        }
-        self.durable.extend(go);
-        self.pending = keep;
-    }
-
-    async fn step(&mut self) {
-        match self
-            .consumer
-            .poll(500, Duration::from_millis(50))
-            .await
-            .unwrap()
-        {
-            Delivery::Records(rs) if rs.is_empty() => self.flush(None),
-            Delivery::Records(rs) => {
-                self.received.extend(rs.iter().cloned());
-                self.pending.extend(rs);
-                if self.pending.len() >= FLUSH {
-                    self.flush(None);
-                }
-            }
-            Delivery::Revoking(parts) => {
-                self.flush(Some(&parts));
-                self.revokes += 1;
-            }
-            Delivery::Assigned(_) => {}
-        }
-    }
-
-    fn owned(&self) -> BTreeSet<Partition> {
-        self.consumer.assignment().into_iter().collect()
-    }
-}
-
-fn id(r: &Record) -> (String, Partition, Position) {
-    (r.topic.to_string(), r.partition, r.position.clone())
-}
-
-/// Steps both members until they own disjoint, non-empty sets covering all partitions.
-async fn settle(a: &mut Member, b: &mut Member, partitions: u32) {
-    let start = Instant::now();
-    loop {
-        a.step().await;
-        b.step().await;
-        let (pa, pb) = (a.owned(), b.owned());
-        if !pa.is_empty()
-            && !pb.is_empty()
-            && pa.is_disjoint(&pb)
-            && pa.len() + pb.len() == partitions as usize
-        {
-            return;
-        }
-        assert!(
-            start.elapsed() < PATIENCE,
-            "group did not settle: {pa:?} {pb:?}"
-        );
-    }
-}
-
-/// Two members of a group following a companion topic: each member reads the same partition
-/// indexes of both topics, so all records of one key, on either topic, go to one member.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn companions_are_read_by_the_owner_of_the_partition() {
-    let bus = make_bus().await;
-    let (topic, overflow) = (
-        pitboss_testkit::unique_name("main"),
-        pitboss_testkit::unique_name("overflow"),
-    );
-    let group = pitboss_testkit::unique_name("g");
-    bus.create_topic(&topic, 4).await.unwrap();
-    bus.create_topic(&overflow, 4).await.unwrap();
-    let mut a = Member::new(&*bus, "a", &group, &topic, &overflow).await;
-    let mut b = Member::new(&*bus, "b", &group, &topic, &overflow).await;
-    settle(&mut a, &mut b, 4).await;
-
-    let recs = contract::records(40, 5, "co");
-    contract::publish_all(&*bus, &topic, recs.clone(), 100).await;
-    contract::publish_all(&*bus, &overflow, recs.clone(), 100).await;
-    let start = Instant::now();
-    while a.received.len() + b.received.len() < 2 * recs.len() {
-        assert!(
-            start.elapsed() < PATIENCE,
-            "{} + {} of {}",
-            a.received.len(),
-            b.received.len(),
-            2 * recs.len()
-        );
-        a.step().await;
-        b.step().await;
-    }
-    assert_eq!(a.revokes + b.revokes, 0, "the group stayed settled");
-    let mut reader_of: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for m in [&a, &b] {
-        let mut by_topic: BTreeMap<&str, BTreeSet<Partition>> = BTreeMap::new();
-        for r in &m.received {
-            reader_of.entry(r.key.clone()).or_default().insert(m.name);
-            by_topic.entry(&r.topic).or_default().insert(r.partition);
-        }
-        assert_eq!(
-            by_topic.get(topic.as_str()),
-            by_topic.get(overflow.as_str()),
-            "{}: the same partitions of both topics",
-            m.name
-        );
-        assert_eq!(by_topic.get(topic.as_str()), Some(&m.owned()), "{}", m.name);
-    }
-    assert_eq!(reader_of.len(), 40);
-    for (key, members) in &reader_of {
-        assert_eq!(members.len(), 1, "key {key} read by {members:?}");
-    }
-    let ids: BTreeSet<_> = a.received.iter().chain(&b.received).map(id).collect();
-    assert_eq!(ids.len(), 2 * recs.len(), "no record read twice");
-    a.consumer.close().await.unwrap();
-    b.consumer.close().await.unwrap();
-}
-
-/// A companion must exist, differ from the topic, and have the topic's partition count.
+/// A companion must exist, differ from the topic, and have the topic's partition count; the
+/// refusal names both counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn companions_must_be_co_partitioned() {
+async fn companions_are_checked_when_joining() {
     let bus = make_bus().await;
     let (topic, other) = (
         pitboss_testkit::unique_name("main"),
@@ -367,7 +155,8 @@ async fn companions_must_be_co_partitioned() {
         panic!("{err:?}")
     };
     assert!(
-        text.contains(&other) && text.contains('3') && text.contains('4'),
+        text.contains(&format!("{other} has 3 partitions"))
+            && text.contains(&format!("{topic} has 4")),
         "{text}"
     );
 
@@ -385,9 +174,14 @@ async fn companions_must_be_co_partitioned() {
     assert!(matches!(err, BusError::Config(_)), "{err:?}");
 }
 
-/// With companions the assignor is eager: a second member joining revokes everything from the
-/// first. The Revoking → store → commit handshake still holds on both topics: every record is
-/// made durable exactly once, and records keep the topic they were stored for.
+fn id(r: &Record) -> (String, Partition, Position) {
+    (r.topic.to_string(), r.partition, r.position.clone())
+}
+
+/// With companions the assignor (range) is eager: a second member joining revokes every
+/// partition of the first. The Revoking → store → commit handshake still holds on both topics:
+/// every record is made durable exactly once, and the second member only gets what the first
+/// gave up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn companions_rebalance_without_loss() {
     let bus = make_bus().await;
@@ -398,25 +192,30 @@ async fn companions_rebalance_without_loss() {
     let group = pitboss_testkit::unique_name("g");
     bus.create_topic(&topic, 4).await.unwrap();
     bus.create_topic(&overflow, 4).await.unwrap();
+    let config = ConsumerConfig {
+        companions: vec![overflow.clone()],
+        ..ConsumerConfig::default()
+    };
     let first = contract::records(40, 10, "r1");
     contract::publish_all(&*bus, &topic, first.clone(), 100).await;
     contract::publish_all(&*bus, &overflow, first.clone(), 100).await;
 
-    let mut a = Member::new(&*bus, "a", &group, &topic, &overflow).await;
+    let mut a = Member::join_with(&*bus, &group, &topic, config.clone()).await;
+    a.flush_every = 40;
     let start = Instant::now();
     while a.received.len() < 300 {
         assert!(start.elapsed() < PATIENCE);
-        a.step().await;
+        a.step(Duration::from_millis(100)).await;
     }
-    let mut b = Member::new(&*bus, "b", &group, &topic, &overflow).await;
+    let mut b = Member::join_with(&*bus, &group, &topic, config).await;
     let second = contract::records(40, 10, "r2");
     let total = 2 * (first.len() + second.len());
     let mut published_second = false;
     let start = Instant::now();
     loop {
-        a.step().await;
-        b.step().await;
-        if !published_second && a.revokes > 0 {
+        a.step(Duration::from_millis(50)).await;
+        b.step(Duration::from_millis(50)).await;
+        if !published_second && !a.revoked.is_empty() {
             contract::publish_all(&*bus, &topic, second.clone(), 100).await;
             contract::publish_all(&*bus, &overflow, second.clone(), 100).await;
             published_second = true;
@@ -427,12 +226,14 @@ async fn companions_rebalance_without_loss() {
         }
         assert!(
             start.elapsed() < PATIENCE,
-            "durable {} of {total}; a revoked {} times",
+            "durable {} of {total}; a revoked {:?}",
             durable.len(),
-            a.revokes
+            a.revoked
         );
     }
-    assert!(a.revokes > 0, "the first member gave its partitions up");
+    // Eager: the first revoke took all four partitions, not just the ones that moved.
+    let first_revoke: BTreeSet<Partition> = a.revoked.iter().take(4).copied().collect();
+    assert_eq!(first_revoke, (0..4).collect(), "revoked: {:?}", a.revoked);
     assert!(
         !b.durable.is_empty(),
         "the second member took partitions over"
@@ -442,14 +243,16 @@ async fn companions_rebalance_without_loss() {
         total,
         "a record was made durable twice"
     );
-    for m in [&a, &b] {
-        let topics: BTreeSet<&str> = m.durable.iter().map(|r| &*r.topic).collect();
-        assert_eq!(topics.len(), 2, "{} made both topics durable", m.name);
+    let a_kept: BTreeSet<Partition> = a.consumer.assignment().into_iter().collect();
+    for r in &b.durable {
+        assert!(!a_kept.contains(&r.partition), "b read a partition a owns");
     }
-    a.flush(None);
-    b.flush(None);
-    a.consumer.commit().await.unwrap();
-    b.consumer.commit().await.unwrap();
+    for (name, m) in [("a", &a), ("b", &b)] {
+        let topics: BTreeSet<&str> = m.durable.iter().map(|r| &*r.topic).collect();
+        assert_eq!(topics.len(), 2, "{name} made both topics durable");
+    }
+    a.flush_and_commit().await;
+    b.flush_and_commit().await;
     a.consumer.close().await.unwrap();
     b.consumer.close().await.unwrap();
 }
