@@ -494,7 +494,8 @@ async fn insert(
     Ok(())
 }
 
-/// Calls the store until it answers (it may be down for a while).
+/// Calls the store until it answers (it may be down for a while); an error that a retry
+/// cannot fix is returned at once.
 async fn with_retry<T, F, Fut>(
     sink: Arc<dyn Sink>,
     topic: String,
@@ -509,11 +510,12 @@ where
     loop {
         match f(sink.clone(), topic.clone()).await {
             Ok(v) => return Ok(v),
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "store unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);
             }
+            Err(e) => return Err(e),
         }
     }
 }
