@@ -8,9 +8,10 @@ pub mod rows;
 pub mod run;
 pub mod schema;
 pub mod sink;
+pub mod split;
 pub mod sqlite;
 
-pub use batch::{Batch, BatchConfig};
+pub use batch::{Batch, BatchConfig, Recut};
 pub use run::{ProcessorConfig, RunStats, run};
 pub use sink::{ClickHouseSink, MemorySink, Sink};
 pub use sqlite::SqliteSink;
@@ -25,7 +26,7 @@ pub enum ProcessorError {
     #[error("clickhouse: {0}")]
     ClickHouse(clickhouse::error::Error),
     /// ClickHouse refused values of the rows of an insert (the server's answer): the same rows
-    /// are refused again, so a retry does not help.
+    /// are refused again, so the batch is split to find them (run.rs).
     #[error("clickhouse refused the rows: {0}")]
     Refused(String),
     /// The statement does not fit the server's schema, settings or grants — an unknown table
