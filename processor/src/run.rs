@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use pitboss_bus::{
-    Bus, Consumer, ConsumerConfig, Delivery, OutRecord, Partition, Position, Publisher, Record,
-};
+use async_trait::async_trait;
+use pitboss_bus::{Bus, ConsumerConfig, OutRecord, Partition, Position, Publisher, Record};
+use pitboss_runtime::worker::{PartitionWork, run_partitioned};
 
 use crate::ProcessorError;
 use crate::batch::{Batch, BatchConfig, Batcher, Recut};
@@ -89,8 +89,10 @@ struct Processor {
     config: ProcessorConfig,
     sink: Arc<dyn Sink>,
     dead_letters: Arc<dyn Publisher>,
-    consumer: Box<dyn Consumer>,
     batcher: Batcher,
+    /// Positions whose batches landed, not yet stored with the consumer.
+    durable: Vec<(Arc<str>, Partition, Position)>,
+    topic: Arc<str>,
     /// Per assigned partition: the store's high-water mark (None: nothing stored yet).
     high_water: HashMap<Partition, Option<u64>>,
     stats: RunStats,
@@ -121,7 +123,7 @@ pub async fn run(
     config: ProcessorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunStats, ProcessorError> {
-    let consumer = bus
+    let mut consumer = bus
         .consumer(&config.group, &config.topic, config.consumer.clone())
         .await?;
     let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
@@ -138,16 +140,18 @@ pub async fn run(
     let mut p = Processor {
         batcher: Batcher::new(&config.topic, config.batch.clone()),
         dead_letters: bus.publisher(),
+        durable: Vec::new(),
+        topic: Arc::from(config.topic.as_str()),
         config,
         sink,
-        consumer,
         high_water: HashMap::new(),
         stats: RunStats::default(),
         to_insert: Some(to_insert),
         inserted,
         in_flight: 0,
     };
-    if let Err(e) = p.run_loop(shutdown).await {
+    let poll_max = p.config.poll_max;
+    if let Err(e) = run_partitioned(&mut *consumer, &mut p, poll_max, shutdown).await {
         // Nothing more is stored or committed: what is in flight is replayed by the next owner.
         inserter.abort();
         return Err(e);
@@ -161,67 +165,78 @@ pub async fn run(
     p.stats.batches = inserter_stats.batches;
     p.stats.insert_retries = inserter_stats.insert_retries;
     p.stats.dead_lettered += inserter_stats.dead_lettered;
-    p.consumer.close().await?;
+    consumer.close().await?;
     Ok(p.stats)
 }
 
-impl Processor {
-    async fn run_loop(
-        &mut self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ProcessorError> {
-        tokio::pin!(shutdown);
-        loop {
-            self.collect(false).await?;
-            let mut wait = self
-                .batcher
-                .next_due()
-                .map_or(Duration::from_millis(500), |d| {
-                    d.saturating_duration_since(Instant::now())
-                })
-                .clamp(Duration::from_millis(1), Duration::from_millis(500));
-            if self.in_flight > 0 {
-                // Come back soon to store what lands.
-                wait = wait.min(Duration::from_millis(20));
-            }
-            let delivery = tokio::select! {
-                () = &mut shutdown => break,
-                d = self.consumer.poll(self.config.poll_max, wait) => d?,
-            };
-            match delivery {
-                Delivery::Records(records) => self.take_records(records).await?,
-                Delivery::Assigned(parts) => {
-                    // New to this member (a partition taken away was revoked and drained
-                    // first): nothing of theirs is in flight.
-                    for part in parts {
-                        self.high_water.remove(&part);
-                    }
-                }
-                Delivery::Revoking(parts) => {
-                    // Flush what is open for them and wait until it landed; the next poll
-                    // commits and lets them go.
-                    for part in &parts {
-                        if let Some(batch) = self.batcher.take(*part) {
-                            self.send(batch).await?;
-                        }
-                    }
-                    self.collect(true).await?;
-                    for part in parts {
-                        self.high_water.remove(&part);
-                    }
-                }
-            }
-            let due = self.batcher.due(Instant::now());
-            for batch in due {
+#[async_trait]
+impl PartitionWork for Processor {
+    type Error = ProcessorError;
+
+    async fn assigned(&mut self, parts: &[Partition]) -> Result<(), ProcessorError> {
+        // New to this member (a partition taken away was revoked and drained first): nothing
+        // of theirs is in flight; their marks are asked afresh.
+        for part in parts {
+            self.high_water.remove(part);
+        }
+        Ok(())
+    }
+
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), ProcessorError> {
+        self.take_records(records).await
+    }
+
+    async fn revoking(&mut self, parts: &[Partition]) -> Result<(), ProcessorError> {
+        // Flush what is open for them and wait until it landed.
+        for part in parts {
+            if let Some(batch) = self.batcher.take(*part) {
                 self.send(batch).await?;
             }
         }
+        self.collect(true).await?;
+        for part in parts {
+            self.high_water.remove(part);
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), ProcessorError> {
+        let due = self.batcher.due(Instant::now());
+        for batch in due {
+            self.send(batch).await?;
+        }
+        self.collect(false).await
+    }
+
+    fn poll_wait(&self) -> Duration {
+        let wait = self
+            .batcher
+            .next_due()
+            .map_or(Duration::from_millis(500), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .clamp(Duration::from_millis(1), Duration::from_millis(500));
+        if self.in_flight > 0 {
+            // Come back soon to store what lands.
+            wait.min(Duration::from_millis(20))
+        } else {
+            wait
+        }
+    }
+
+    fn take_durable(&mut self) -> Vec<(Arc<str>, Partition, Position)> {
+        std::mem::take(&mut self.durable)
+    }
+
+    async fn finish(&mut self) -> Result<(), ProcessorError> {
         for batch in self.batcher.take_all() {
             self.send(batch).await?;
         }
         self.collect(true).await
     }
+}
 
+impl Processor {
     /// Hands a closed batch to the inserter (waiting while its queue is full).
     async fn send(&mut self, batch: Batch) -> Result<(), ProcessorError> {
         metrics::histogram!("pitboss_processor_batch_age_seconds")
@@ -240,7 +255,6 @@ impl Processor {
                         Some(done) => self.landed(done)?,
                         None => return Err(ProcessorError::Store("inserter stopped".into())),
                     }
-                    self.consumer.commit().await?;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     return Err(self.inserter_error().await);
@@ -251,10 +265,9 @@ impl Processor {
         Ok(())
     }
 
-    /// Stores the offsets of the batches that landed and commits them; with `all`, waits
-    /// until nothing is in flight.
+    /// Takes the reports of the batches that landed (their positions become durable); with
+    /// `all`, waits until nothing is in flight.
     async fn collect(&mut self, all: bool) -> Result<(), ProcessorError> {
-        let mut stored = false;
         loop {
             let done = if all && self.in_flight > 0 {
                 self.inserted.recv().await
@@ -269,13 +282,9 @@ impl Processor {
                 return Err(ProcessorError::Store("inserter stopped".into()));
             };
             self.landed(done)?;
-            stored = true;
             if all && self.in_flight == 0 {
                 break;
             }
-        }
-        if stored {
-            self.consumer.commit().await?;
         }
         Ok(())
     }
@@ -293,8 +302,8 @@ impl Processor {
     fn landed(&mut self, done: Result<Inserted, ProcessorError>) -> Result<(), ProcessorError> {
         let done = done?;
         self.in_flight -= 1;
-        self.consumer
-            .store(&self.config.topic, done.partition, &done.last)?;
+        self.durable
+            .push((self.topic.clone(), done.partition, done.last));
         Ok(())
     }
 
