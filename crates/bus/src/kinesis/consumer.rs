@@ -206,15 +206,15 @@ impl KinesisConsumer {
                     )
                 })
                 .collect();
-            self.owned.insert(
-                p,
-                Lease {
-                    cursors,
-                    stored: vec![None; committed.len()],
-                    committed,
-                },
-            );
+            let lease = self.owned.entry(p).or_insert(Lease {
+                cursors,
+                stored: vec![None; committed.len()],
+                committed,
+            });
             self.to_assign.push(p);
+            for cursor in &mut lease.cursors {
+                cursor.prime(&self.shared).await?;
+            }
         }
         Ok(())
     }

@@ -156,6 +156,19 @@ impl ShardCursor {
         }
     }
 
+    /// Takes the iterator of a `Latest` start now, so that "latest" means when the reader
+    /// opened or the lease was taken, not when the shard is first read. Other starts are
+    /// anchored to a time or a position and take theirs when first read.
+    pub(super) async fn prime(&mut self, shared: &Shared) -> Result<(), BusError> {
+        if self.start == Start::Latest && self.iterator.is_none() && self.delivered.is_none() {
+            match self.new_iterator(shared).await? {
+                Some(it) => self.iterator = Some(it),
+                None => self.finish(),
+            }
+        }
+        Ok(())
+    }
+
     /// One GetRecords call of at most `limit` records, unless the shard is resting.
     async fn fetch(&mut self, shared: &Shared, limit: usize) -> Result<Vec<Record>, BusError> {
         if self.resting(Instant::now()) {
@@ -325,6 +338,9 @@ impl KinesisReader {
                 ReadFrom::After(pos) => Start::After(sequence(pos)?),
             };
             cursors.push(ShardCursor::new(name.clone(), p, shard_id.clone(), start));
+        }
+        for cursor in &mut cursors {
+            cursor.prime(&shared).await?;
         }
         Ok(KinesisReader {
             shared,
