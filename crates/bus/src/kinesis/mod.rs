@@ -3,13 +3,13 @@
 //! (aws-sdk-dynamodb).
 //!
 //! - Topic = stream, partition = shard (index in shard-id order).
-//! - [`publisher`]: PutRecords, at most one record per partition key per call, so a retried
+//! - `publisher`: PutRecords, at most one record per partition key per call, so a retried
 //!   record can never overtake a later record of the same key; records that failed inside a
 //!   successful response (throttling, internal errors) are retried with backoff; the call
 //!   resolves only when every record has a sequence number.
 //! - [`envelope`]: Kinesis records have no headers; a record's headers travel in an envelope at
 //!   the start of its data blob (none when it has no headers).
-//! - [`consumer`] and [`leases`]: a group member heartbeats a member row and holds shard leases
+//! - `consumer` and `leases`: a group member heartbeats a member row and holds shard leases
 //!   (owner, expiry, counter, one checkpoint per stream). Members take free or expired leases up
 //!   to their fair share; a member above its share sheds leases cooperatively
 //!   ([`Delivery::Revoking`](crate::Delivery::Revoking), the application stores, the member
@@ -17,7 +17,7 @@
 //!   owns the lease (conditional update), so a member that lost its lease cannot move the
 //!   group backwards or forwards. The lease of shard `p` also covers shard `p` of every
 //!   companion stream.
-//! - [`reader`]: ungrouped readers, shard iterators and nothing else (no DynamoDB).
+//! - `reader`: ungrouped readers, shard iterators and nothing else (no DynamoDB).
 //! - A member that dies stops renewing; its leases expire after the session timeout and the
 //!   others resume from the last checkpoint (records after it are redelivered).
 //!
