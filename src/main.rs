@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, BusSpec};
+use pitboss_runtime::Shutdown;
 use pitboss_ingest::{IngestConfig, TenantConfig};
 
 #[derive(Debug, Parser)]
@@ -167,13 +168,16 @@ struct ProcessArgs {
     /// …or its first record is this old (milliseconds).
     #[arg(long, default_value_t = 1000)]
     batch_max_age_ms: u64,
-    /// Address of the admin listener (/metrics, /healthz).
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
         env = "PITBOSS_PROCESSOR_ADMIN_LISTEN",
         default_value = "127.0.0.1:9465"
     )]
     admin_listen: std::net::SocketAddr,
+    /// On SIGTERM/SIGINT, how long the processors may take to store what they hold.
+    #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
 }
 
 async fn clickhouse_client(
@@ -210,11 +214,14 @@ async fn run_processors(
     bus: std::sync::Arc<dyn Bus>,
     sink: std::sync::Arc<dyn pitboss_processor::Sink>,
     configs: Vec<pitboss_processor::ProcessorConfig>,
-    stop: tokio::sync::watch::Receiver<()>,
+    stop: Shutdown,
 ) -> Result<()> {
     let runs = configs.into_iter().map(|config| {
         let topic = config.topic.clone();
-        let stop = until_stopped(stop.clone());
+        let stop = {
+            let stop = stop.clone();
+            async move { stop.wait().await }
+        };
         let (bus, sink) = (bus.clone(), sink.clone());
         async move {
             let stats = pitboss_processor::run(bus, sink, config, stop)
@@ -224,14 +231,43 @@ async fn run_processors(
             anyhow::Ok(())
         }
     });
-    futures::future::try_join_all(runs).await?;
+    let ran = futures::future::try_join_all(runs).await;
+    if let Err(e) = &ran {
+        // A processor that stops on its own (its store failed) stops the whole process:
+        // accepting events that nothing stores would hide the failure.
+        stop.trigger("a processor failed");
+        return Err(anyhow::anyhow!("{e:#}"));
+    }
+    if !stop.is_triggered() {
+        stop.trigger("the processors stopped");
+        bail!("the processors stopped before shutdown");
+    }
     Ok(())
+}
+
+/// Runs the processors until the stop signal, then gives them `deadline` to store what they
+/// hold (the log keeps the rest: it is processed at the next start).
+async fn drain_processors(
+    processors: impl std::future::Future<Output = Result<()>>,
+    stop: Shutdown,
+    deadline: std::time::Duration,
+) -> Result<()> {
+    match stop.drain(deadline, processors).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::warn!(
+                ?deadline,
+                "processors still busy at the drain deadline; the log keeps the rest for the next start"
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn process(args: ProcessArgs) -> Result<()> {
     let client = clickhouse_client(&args.clickhouse).await?;
     let bus = args.kafka.spec()?.open().await?;
-    let metrics = pitboss_ingest::telemetry::prometheus();
+    let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
     tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, "processor starting");
     let configs = args
@@ -255,16 +291,20 @@ async fn process(args: ProcessArgs) -> Result<()> {
                 .await?
         }
     });
-    let stop = stop_on_signal();
-    let admin_router = pitboss_ingest::http::metrics_router(metrics);
-    let admin_stop = until_stopped(stop.clone());
-    let serve_admin = async move {
-        axum::serve(admin, admin_router)
-            .with_graceful_shutdown(admin_stop)
-            .await
-            .context("admin listener")
-    };
-    tokio::try_join!(run_processors(bus, sink, configs, stop), serve_admin)?;
+    let stop = Shutdown::on_signals();
+    let serve_admin = pitboss_runtime::admin::serve(
+        admin,
+        pitboss_runtime::admin::router(metrics, stop.clone()),
+        stop.clone(),
+    );
+    let processors = drain_processors(
+        run_processors(bus, sink, configs, stop.clone()),
+        stop.clone(),
+        std::time::Duration::from_secs(args.drain_timeout_secs),
+    );
+    tokio::try_join!(processors, async {
+        serve_admin.await.context("admin listener")
+    })?;
     Ok(())
 }
 
@@ -282,6 +322,9 @@ struct UpArgs {
     /// Ingest config (TOML); without one, a "demo" tenant with a generated key is used.
     #[arg(long, env = "PITBOSS_CONFIG")]
     config: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, how long the processors may take to store what they hold.
+    #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -348,31 +391,13 @@ fn demo_key(data_dir: &Path) -> Result<(String, PathBuf)> {
     Ok((key, path))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
-    tracing::info!("shutting down: draining in-flight requests");
-}
-
 async fn up(
     UpArgs {
         data_dir,
         listen,
         admin_listen,
         config,
+        drain_timeout_secs,
     }: UpArgs,
 ) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
@@ -395,7 +420,8 @@ async fn up(
     }
     let bus = EmbeddedBus::open(data_dir.join("log"), EmbeddedConfig::default())?;
     bus.create_topic(&ingest.topic, 8).await?;
-    bus.create_topic(&ingest.overflow_topic(), 2).await?;
+    bus.create_topic(&ingest.overflow_topic(), 8).await?;
+    check_copartitioned(&bus, &ingest.topic, &ingest.overflow_topic()).await?;
     let store_path = data_dir.join("pitboss.db");
     let store = std::sync::Arc::new(
         pitboss_processor::SqliteSink::open(&store_path)
@@ -410,8 +436,12 @@ async fn up(
     }
     let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
-    let stop = stop_on_signal();
-    let processors = tokio::spawn(run_processors(bus.clone(), store, configs, stop.clone()));
+    let stop = Shutdown::on_signals();
+    let processors = drain_processors(
+        run_processors(bus.clone(), store, configs, stop.clone()),
+        stop.clone(),
+        std::time::Duration::from_secs(drain_timeout_secs),
+    );
     let listener = bind(listen).await?;
     let addr = listener.local_addr()?;
     let admin = bind(admin_listen).await?;
@@ -432,18 +462,9 @@ async fn up(
         "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
         store_path.display()
     );
-    let mut processors = processors;
-    tokio::select! {
-        served = serve_both(state, listener, admin, stop) => served?,
-        // A processor that stops on its own (its store failed) stops Pitboss: accepting events
-        // that nothing stores would hide the failure.
-        ended = &mut processors => {
-            ended.context("processor task")??;
-            bail!("the processor stopped before shutdown");
-        }
-    }
-    // The processors stop on the same signal, after flushing what they hold.
-    processors.await.context("processor task")??;
+    // The processors stop on the same signal, after storing what they hold; one that stops
+    // on its own stops the server too (run_processors).
+    tokio::try_join!(serve_both(state, listener, admin, stop), processors)?;
     Ok(())
 }
 
@@ -453,30 +474,17 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-/// A channel that changes once, on SIGINT or SIGTERM.
-fn stop_on_signal() -> tokio::sync::watch::Receiver<()> {
-    let (stop, stopped) = tokio::sync::watch::channel(());
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(());
-    });
-    stopped
-}
-
-async fn until_stopped(mut rx: tokio::sync::watch::Receiver<()>) {
-    let _ = rx.changed().await;
-}
-
 /// The public API and the admin listener, stopped together by `stop`.
 async fn serve_both(
     state: pitboss_ingest::http::AppState,
     public: tokio::net::TcpListener,
     admin: tokio::net::TcpListener,
-    stop: tokio::sync::watch::Receiver<()>,
+    stop: Shutdown,
 ) -> Result<()> {
+    let (a, b) = (stop.clone(), stop);
     tokio::try_join!(
-        pitboss_ingest::serve(state.clone(), public, until_stopped(stop.clone())),
-        pitboss_ingest::serve_admin(state, admin, until_stopped(stop)),
+        pitboss_ingest::serve(state.clone(), public, async move { a.wait().await }),
+        pitboss_ingest::serve_admin(state, admin, async move { b.wait().await }),
     )?;
     Ok(())
 }
@@ -507,12 +515,31 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         bus.create_topic(&config.topic, n).await?;
         bus.create_topic(&config.overflow_topic(), n).await?;
     }
+    check_copartitioned(&*bus, &config.topic, &config.overflow_topic()).await?;
     let publisher = bus.publisher();
     let listener = bind(config.listen).await?;
     let admin = bind(config.admin_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
     let state = pitboss_ingest::state(config, publisher)?;
-    serve_both(state, listener, admin, stop_on_signal()).await
+    serve_both(state, listener, admin, Shutdown::on_signals()).await
+}
+
+/// The hot-key overflow topic must have the events topic's partition count, so a player's
+/// events sit at the same partition index on both and one group member reads them all
+/// (docs/bus.md, "Hot keys"). Topics not created yet are not checked.
+async fn check_copartitioned(bus: &dyn Bus, topic: &str, overflow: &str) -> Result<()> {
+    match (bus.partition_count(topic).await, bus.partition_count(overflow).await) {
+        (Ok(a), Ok(b)) if a != b => anyhow::bail!(
+            "topic {overflow:?} has {b} partitions and {topic:?} has {a}: the overflow topic must be \
+             co-partitioned with the events topic (docs/bus.md, \"Hot keys\"); recreate it with {a}"
+        ),
+        (Err(pitboss_bus::BusError::UnknownTopic(_)), _) | (_, Err(pitboss_bus::BusError::UnknownTopic(_))) => {
+            tracing::warn!(topic, overflow, "topics not created yet: co-partitioning not checked");
+            Ok(())
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// `pitboss sql`: prints the answer as TSV (header row; NULL as \N; tab, newline and
@@ -561,14 +588,7 @@ fn tsv_cell(v: &serde_json::Value) -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    pitboss_runtime::telemetry::init_tracing();
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
         Command::Ingest(args) => ingest(args).await,

@@ -200,6 +200,8 @@ async fn main() {
                 key: r.key,
                 value: r.value,
                 timestamp_ms: 0,
+                topic: "events".into(),
+                headers: Default::default(),
             }
         })
         .collect();

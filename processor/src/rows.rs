@@ -248,6 +248,8 @@ mod tests {
             key: "acme:p1".into(),
             value: encode_proto(&bet()),
             timestamp_ms: 0,
+            topic: "events".into(),
+            headers: Default::default(),
         };
         let r = row("events", &record).expect("row");
         assert_eq!(
@@ -271,6 +273,8 @@ mod tests {
             key: String::new(),
             value: vec![0xff, 0xff, 0xff],
             timestamp_ms: 0,
+            topic: "events".into(),
+            headers: Default::default(),
         };
         assert!(matches!(
             row("events", &record),

@@ -283,7 +283,8 @@ impl Processor {
     fn landed(&mut self, done: Result<Inserted, ProcessorError>) -> Result<(), ProcessorError> {
         let done = done?;
         self.in_flight -= 1;
-        self.consumer.store(done.partition, &done.last)?;
+        self.consumer
+            .store(&self.config.topic, done.partition, &done.last)?;
         Ok(())
     }
 

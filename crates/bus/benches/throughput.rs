@@ -74,7 +74,7 @@ async fn consume_n(bus: &dyn Bus, topic: &str, n: usize) -> Duration {
             }
             Delivery::Records(rs) => {
                 if let Some(last) = rs.last() {
-                    c.store(last.partition, &last.position).ok();
+                    c.store(&last.topic, last.partition, &last.position).ok();
                 }
                 got += rs.len();
             }

@@ -33,6 +33,9 @@ impl Bus for TempBus {
     fn publisher(&self) -> Arc<dyn Publisher> {
         self.bus.publisher()
     }
+    async fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
+        self.bus.partition_count(topic).await
+    }
     async fn consumer(
         &self,
         group: &str,
@@ -40,6 +43,13 @@ impl Bus for TempBus {
         config: ConsumerConfig,
     ) -> Result<Box<dyn Consumer>, BusError> {
         self.bus.consumer(group, topic, config).await
+    }
+    async fn reader(
+        &self,
+        topic: &str,
+        starts: Vec<(pitboss_bus::Partition, pitboss_bus::ReadFrom)>,
+    ) -> Result<Box<dyn pitboss_bus::Reader>, BusError> {
+        self.bus.reader(topic, starts).await
     }
 }
 
@@ -50,6 +60,54 @@ async fn make_bus() -> Arc<dyn Bus> {
 }
 
 contract_suite!(make_bus);
+
+/// Two hundred readers come and go; the log holds no group offsets afterwards and a group
+/// that joins later starts from the beginning, as if no reader had been there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_lived_readers_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    let shared: Arc<dyn Bus> = Arc::new(bus.clone());
+    contract::many_short_lived_readers(shared, "short", 200).await;
+    let conn = rusqlite::Connection::open(dir.path().join("log.sqlite")).unwrap();
+    let offsets: i64 = conn
+        .query_row("SELECT COUNT(*) FROM group_offsets", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(offsets, 0, "a reader committed offsets");
+    let got = read_all(&bus, "short", "after-readers").await;
+    assert_eq!(got.len(), 4, "a new group starts at the beginning");
+}
+
+/// A log written before record headers existed (no `headers` column) opens, keeps its
+/// records, and takes new records with headers.
+#[tokio::test]
+async fn a_log_from_before_headers_opens_and_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        bus.create_topic("t", 1).await.unwrap();
+        bus.publisher()
+            .publish("t", vec![OutRecord::new("k", "old")])
+            .await
+            .unwrap();
+    }
+    {
+        // Make it look like the old layout.
+        let conn = rusqlite::Connection::open(dir.path().join("log.sqlite")).unwrap();
+        conn.execute_batch("ALTER TABLE records DROP COLUMN headers")
+            .unwrap();
+    }
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    bus.publisher()
+        .publish("t", vec![OutRecord::new("k", "new").with_header("h", "v")])
+        .await
+        .unwrap();
+    let got = read_all(&bus, "t", "g").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].value, b"old");
+    assert!(got[0].headers.is_empty());
+    assert_eq!(got[1].headers.get_str("h"), Some("v"));
+}
 
 async fn read_all(bus: &EmbeddedBus, topic: &str, group: &str) -> Vec<pitboss_bus::Record> {
     let mut c = bus
@@ -87,7 +145,7 @@ async fn records_offsets_and_commits_survive_reopen() {
         while seen < 40 {
             if let Delivery::Records(rs) = c.poll(100, Duration::from_millis(200)).await.unwrap() {
                 for r in &rs {
-                    c.store(r.partition, &r.position).unwrap();
+                    c.store(&r.topic, r.partition, &r.position).unwrap();
                 }
                 seen += rs.len();
             }
@@ -314,7 +372,7 @@ fn consumer_lag_per_partition_follows_what_is_processed() {
             }
 
             for r in &got {
-                c.store(r.partition, &r.position).unwrap();
+                c.store(&r.topic, r.partition, &r.position).unwrap();
             }
             c.commit().await.unwrap();
             tokio::time::sleep(Duration::from_millis(5100)).await;

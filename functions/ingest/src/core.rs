@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use pitboss_bus::{Headers, header};
 use pitboss_model::{
     Event, SCHEMA_VERSION, Timestamp, ValidationConfig, Violation, decode_event, decode_event_str,
     encode_proto_owned, new_event_id, validate,
@@ -72,6 +73,8 @@ pub struct Prepared {
     pub key: String,
     /// The enriched event, protobuf-encoded.
     pub value: Vec<u8>,
+    /// Bus headers, so consumers route without decoding: type, tenant, event time, received at.
+    pub headers: Headers,
 }
 
 /// The core's answer for one request.
@@ -340,11 +343,17 @@ fn plan_decoded(
             event.schema_version = SCHEMA_VERSION;
         }
         let key = event.bus_key();
+        let headers = Headers::new()
+            .with(header::TYPE, event.event_type().as_str())
+            .with(header::TENANT, tenant)
+            .with(header::EVENT_TIME, event.occurred_at.as_millis().to_string())
+            .with(header::RECEIVED_AT, now_ms.to_string());
         publish.push(Prepared {
             index,
             client_id,
             key,
             value: encode_proto_owned(event),
+            headers,
         });
         outcomes.push(Outcome::Accepted {
             event_id,

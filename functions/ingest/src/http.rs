@@ -128,27 +128,9 @@ pub fn admin_router(state: AppState) -> Router {
     Router::new()
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(metrics_router(metrics))
+        .merge(pitboss_runtime::admin::metrics_router(metrics))
 }
 
-/// Prometheus `/metrics` and `/healthz`: the admin listener of any Pitboss process (the
-/// processor serves this alone).
-pub fn metrics_router(metrics: PrometheusHandle) -> Router {
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        metrics.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-}
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
@@ -291,6 +273,7 @@ async fn publish_plan(
             .map(|p| OutRecord {
                 key: p.key,
                 value: p.value,
+                headers: p.headers,
             })
             .collect();
         let now = now_ms();

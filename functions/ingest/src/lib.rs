@@ -15,7 +15,6 @@ pub mod http;
 pub mod limit;
 pub mod openapi;
 pub mod sample;
-pub mod telemetry;
 pub mod ws;
 
 use std::sync::Arc;
@@ -57,7 +56,7 @@ pub fn state(
         auth,
         limits,
         dedup,
-        metrics: telemetry::prometheus(),
+        metrics: pitboss_runtime::telemetry::prometheus(),
     })
 }
 

@@ -133,7 +133,8 @@ async fn embedded() -> (EmbeddedBus, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
     bus.create_topic("events", 4).await.unwrap();
-    bus.create_topic("events_overflow", 2).await.unwrap();
+    // Co-partitioned with `events` (docs/bus.md, "Hot keys").
+    bus.create_topic("events_overflow", 4).await.unwrap();
     (bus, dir)
 }
 
@@ -230,6 +231,100 @@ async fn a_hot_key_is_rerouted_to_the_overflow_topic_and_nothing_is_lost() {
         metrics.contains("pitboss_ingest_overflow_events_total"),
         "{metrics}"
     );
+}
+
+/// A hot player is split over `events` and `events_overflow` by the real ingest; a group
+/// member following `events` with the overflow topic as its companion reads all of that
+/// player's events, and ordering them by the received-at header (then `events` before the
+/// overflow, then position) gives back the order they were sent in. Every record carries the
+/// type, tenant, event-time and received-at headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_players_events_on_both_topics_reach_one_member_in_order() {
+    let (bus, _dir) = embedded().await;
+    let api = Api::new(
+        IngestConfig {
+            hot_key_events_per_second: 5,
+            ..config()
+        },
+        bus.publisher(),
+    );
+    let companions = ConsumerConfig {
+        companions: vec!["events_overflow".into()],
+        ..ConsumerConfig::default()
+    };
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        members.push(bus.consumer("rules", "events", companions.clone()).await.unwrap());
+    }
+    // Let the group settle: two members, four partitions between them.
+    let start = std::time::Instant::now();
+    while members.iter().any(|m| m.assignment().is_empty())
+        || members.iter().map(|m| m.assignment().len()).sum::<usize>() != 4
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "group never settled");
+        for m in &mut members {
+            if let Delivery::Revoking(parts) = m.poll(10, Duration::from_millis(50)).await.unwrap() {
+                assert!(!parts.is_empty());
+            }
+        }
+    }
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        let mut events = Vec::new();
+        for _ in 0..(12 - round * 3) {
+            let id = uuid7();
+            events.push(event(Some(&id), "acme", "bot"));
+            sent.push(id);
+        }
+        events.push(event(None, "acme", &format!("calm-{round}")));
+        let (status, _, body) = api
+            .post(Some(ACME_KEY), "application/json", format!("[{}]", events.join(",")))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ok(&body).accepted, events.len());
+    }
+    let mut got: Vec<Vec<pitboss_bus::Record>> = vec![Vec::new(), Vec::new()];
+    let start = std::time::Instant::now();
+    while got.iter().map(Vec::len).sum::<usize>() < sent.len() + 3 {
+        assert!(start.elapsed() < Duration::from_secs(30), "not all read");
+        for (m, out) in members.iter_mut().zip(got.iter_mut()) {
+            if let Delivery::Records(rs) = m.poll(1000, Duration::from_millis(50)).await.unwrap() {
+                out.extend(rs);
+            }
+        }
+    }
+    let topics_of_bot: std::collections::BTreeSet<&str> = got
+        .iter()
+        .flatten()
+        .filter(|r| r.key == "acme:bot")
+        .map(|r| &*r.topic)
+        .collect();
+    assert_eq!(topics_of_bot.len(), 2, "the hot player was split over both topics");
+    let readers: Vec<usize> = (0..2)
+        .filter(|&i| got[i].iter().any(|r| r.key == "acme:bot"))
+        .collect();
+    assert_eq!(readers.len(), 1, "one member reads the hot player on both topics");
+    let mut bot: Vec<&pitboss_bus::Record> =
+        got[readers[0]].iter().filter(|r| r.key == "acme:bot").collect();
+    for r in got.iter().flatten() {
+        let h = &r.headers;
+        assert_eq!(h.get_str(pitboss_bus::header::TYPE), Some("deposit"));
+        assert_eq!(h.get_str(pitboss_bus::header::TENANT), Some("acme"));
+        assert!(h.get_i64(pitboss_bus::header::EVENT_TIME).is_some());
+        assert!(h.get_i64(pitboss_bus::header::RECEIVED_AT).is_some());
+    }
+    bot.sort_by_key(|r| {
+        (
+            r.headers.get_i64(pitboss_bus::header::RECEIVED_AT),
+            &*r.topic == "events_overflow",
+            r.position.clone(),
+        )
+    });
+    let order: Vec<String> = bot
+        .iter()
+        .map(|r| decode_proto(&r.value).unwrap().event_id.unwrap())
+        .collect();
+    assert_eq!(order, sent);
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pitboss_bus::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivery, OutRecord, Partition, Position, Record,
+    Bus, BusError, Consumer, ConsumerConfig, Delivery, Headers, OutRecord, Partition, Position,
+    ReadFrom, Reader, Record, StartFrom, header,
 };
 use tokio::time::Instant;
 
@@ -59,21 +60,29 @@ pub struct Member {
     pending: Vec<Record>,
     pub durable: Vec<Record>,
     pub revoked: Vec<Partition>,
+    pub assigned: Vec<Partition>,
     pub flush_every: usize,
 }
 
 impl Member {
     pub async fn join(bus: &dyn Bus, group: &str, topic: &str) -> Member {
-        let consumer = bus
-            .consumer(group, topic, ConsumerConfig::default())
-            .await
-            .expect("consumer");
+        Member::join_with(bus, group, topic, ConsumerConfig::default()).await
+    }
+
+    pub async fn join_with(
+        bus: &dyn Bus,
+        group: &str,
+        topic: &str,
+        config: ConsumerConfig,
+    ) -> Member {
+        let consumer = bus.consumer(group, topic, config).await.expect("consumer");
         Member {
             consumer,
             received: Vec::new(),
             pending: Vec::new(),
             durable: Vec::new(),
             revoked: Vec::new(),
+            assigned: Vec::new(),
             flush_every: 50,
         }
     }
@@ -84,7 +93,7 @@ impl Member {
             .partition(|r| only.is_none_or(|ps| ps.contains(&r.partition)));
         for r in &go {
             self.consumer
-                .store(r.partition, &r.position)
+                .store(&r.topic, r.partition, &r.position)
                 .expect("store offset of an owned partition");
         }
         self.durable.extend(go);
@@ -112,7 +121,10 @@ impl Member {
                 self.revoked.extend(parts);
                 0
             }
-            Delivery::Assigned(_) => 0,
+            Delivery::Assigned(parts) => {
+                self.assigned.extend(parts);
+                0
+            }
         }
     }
 
@@ -489,6 +501,497 @@ pub async fn close_with_unread_records(bus: Arc<dyn Bus>) {
 
 /// Instantiates the suite for one implementation. `$make` is an async fn returning
 /// `Arc<dyn Bus>` (a fresh or shared instance).
+/// Reads with `member` until it has `n` records.
+async fn receive(m: &mut Member, n: usize) {
+    let start = Instant::now();
+    while m.received.len() < n {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "got {} of {n}",
+            m.received.len()
+        );
+        m.step(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls until the member has been assigned partitions.
+async fn until_assigned(m: &mut Member) {
+    let start = Instant::now();
+    while m.assigned.is_empty() {
+        assert!(start.elapsed() < PATIENCE, "never assigned");
+        m.step(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads with `reader` until it caught up and holds at least `n` records; then a little
+/// longer, so a record too many would show.
+async fn read_until(reader: &mut dyn Reader, n: usize) -> Vec<Record> {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n || !reader.caught_up() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "reader got {} of {n}, caught up: {}",
+            out.len(),
+            reader.caught_up()
+        );
+        out.extend(
+            reader
+                .poll(500, Duration::from_millis(200))
+                .await
+                .expect("read"),
+        );
+    }
+    out.extend(
+        reader
+            .poll(500, Duration::from_millis(300))
+            .await
+            .expect("read"),
+    );
+    out
+}
+
+fn values(records: &[Record]) -> BTreeSet<Vec<u8>> {
+    records.iter().map(|r| r.value.clone()).collect()
+}
+
+fn out_values(records: &[OutRecord]) -> BTreeSet<Vec<u8>> {
+    records.iter().map(|r| r.value.clone()).collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A gap between two batches wide enough for every bus's timestamp resolution.
+const GAP: Duration = Duration::from_millis(1100);
+
+/// Publishes `before`, waits, takes a time, waits, publishes `after`; returns the time.
+async fn publish_around_a_time(
+    bus: &dyn Bus,
+    topic: &str,
+    before: Vec<OutRecord>,
+    after: Vec<OutRecord>,
+) -> i64 {
+    publish_all(bus, topic, before, 100).await;
+    tokio::time::sleep(GAP).await;
+    let t = now_ms();
+    tokio::time::sleep(GAP).await;
+    publish_all(bus, topic, after, 100).await;
+    t
+}
+
+/// Headers published with a record come back with it, in order, with the record's topic;
+/// a record published without headers has none.
+pub async fn headers_round_trip(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("headers");
+    bus.create_topic(&topic, 2).await.expect("create topic");
+    let mut recs = records(6, 2, "h");
+    for (i, r) in recs.iter_mut().enumerate().filter(|(i, _)| i % 3 != 0) {
+        r.headers = Headers::new()
+            .with(header::TYPE, "bet_placed")
+            .with(header::TENANT, format!("tenant-{i}"))
+            .with(header::EVENT_TIME, "1764322872345")
+            .with("binary", vec![0u8, 1, 255])
+            .with("empty", "");
+    }
+    publish_all(&*bus, &topic, recs.clone(), 100).await;
+    let mut m = Member::join(&*bus, &pitboss_testkit::unique_name("g"), &topic).await;
+    receive(&mut m, recs.len()).await;
+    let by_value: HashMap<&[u8], &Headers> = recs
+        .iter()
+        .map(|r| (r.value.as_slice(), &r.headers))
+        .collect();
+    for r in &m.received {
+        assert_eq!(&*r.topic, topic.as_str());
+        assert_eq!(
+            &r.headers,
+            by_value[r.value.as_slice()],
+            "headers of {:?}",
+            r.value
+        );
+    }
+    let with = m
+        .received
+        .iter()
+        .find(|r| !r.headers.is_empty())
+        .expect("some with headers");
+    assert_eq!(with.headers.get_str(header::TYPE), Some("bet_placed"));
+    assert_eq!(
+        with.headers.get_i64(header::EVENT_TIME),
+        Some(1_764_322_872_345)
+    );
+    m.consumer.close().await.expect("close");
+
+    // The same through a reader.
+    let mut reader = bus
+        .reader_all(&topic, ReadFrom::Earliest)
+        .await
+        .expect("reader");
+    let got = read_until(&mut *reader, recs.len()).await;
+    assert_eq!(got.len(), recs.len());
+    for r in &got {
+        assert_eq!(&r.headers, by_value[r.value.as_slice()]);
+    }
+}
+
+/// `StartFrom`: earliest ignores what the group committed, latest reads only what comes
+/// after the assignment, a time reads exactly the records stored at or after it.
+pub async fn group_start_options(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("start");
+    bus.create_topic(&topic, 2).await.expect("create topic");
+    let old = records(8, 3, "old");
+    let new = records(8, 3, "new");
+    let t = publish_around_a_time(&*bus, &topic, old.clone(), new.clone()).await;
+    let all: BTreeSet<Vec<u8>> = out_values(&old).union(&out_values(&new)).cloned().collect();
+
+    // A group that has read and committed everything.
+    let group = pitboss_testkit::unique_name("g");
+    let mut m = Member::join(&*bus, &group, &topic).await;
+    receive(&mut m, all.len()).await;
+    m.flush_and_commit().await;
+    m.consumer.close().await.expect("close");
+
+    let config = |start| ConsumerConfig {
+        start,
+        ..ConsumerConfig::default()
+    };
+    // Earliest: everything again, although the group committed it all.
+    let mut m = Member::join_with(&*bus, &group, &topic, config(StartFrom::Earliest)).await;
+    receive(&mut m, all.len()).await;
+    assert_eq!(values(&m.received), all);
+    m.consumer.close().await.expect("close");
+
+    // Timestamp: exactly the records at or after t, whatever was committed.
+    let mut m = Member::join_with(&*bus, &group, &topic, config(StartFrom::Timestamp(t))).await;
+    receive(&mut m, new.len()).await;
+    m.step(Duration::from_millis(500)).await;
+    assert_eq!(
+        values(&m.received),
+        out_values(&new),
+        "records at or after the time, only"
+    );
+    m.consumer.close().await.expect("close");
+
+    // Latest: nothing already there; what comes after the assignment.
+    let mut m = Member::join_with(
+        &*bus,
+        &pitboss_testkit::unique_name("g"),
+        &topic,
+        config(StartFrom::Latest),
+    )
+    .await;
+    until_assigned(&mut m).await;
+    let later = records(8, 1, "later");
+    publish_all(&*bus, &topic, later.clone(), 100).await;
+    receive(&mut m, later.len()).await;
+    m.step(Duration::from_millis(500)).await;
+    assert_eq!(values(&m.received), out_values(&later));
+    m.consumer.close().await.expect("close");
+}
+
+/// Members started at a time, across a rebalance (a second member joins midway): every record
+/// at or after the time is read by some member (redelivery allowed), none before it.
+pub async fn start_at_a_time_across_a_rebalance(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("trebal");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 4).await.expect("create topic");
+    let old = records(20, 2, "old");
+    let new = records(20, 20, "new");
+    let t = publish_around_a_time(&*bus, &topic, old.clone(), new.clone()).await;
+    let config = ConsumerConfig {
+        start: StartFrom::Timestamp(t),
+        ..ConsumerConfig::default()
+    };
+    let mut a = Member::join_with(&*bus, &group, &topic, config.clone()).await;
+    a.flush_every = 20;
+    receive(&mut a, 50).await;
+    let mut b = Member::join_with(&*bus, &group, &topic, config).await;
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < PATIENCE, "records never all read");
+        a.step(Duration::from_millis(100)).await;
+        b.step(Duration::from_millis(100)).await;
+        let seen: BTreeSet<Vec<u8>> = values(&a.received)
+            .union(&values(&b.received))
+            .cloned()
+            .collect();
+        if seen.len() >= new.len() && !b.assigned.is_empty() {
+            assert_eq!(
+                seen,
+                out_values(&new),
+                "exactly the records at or after the time"
+            );
+            break;
+        }
+    }
+    a.consumer.close().await.expect("close");
+    b.consumer.close().await.expect("close");
+}
+
+/// A reader started at a time gets exactly the records stored at or after it, reports
+/// itself caught up, knows where each partition ended, and goes on with new records.
+pub async fn reader_from_a_time(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("rtime");
+    bus.create_topic(&topic, 3).await.expect("create topic");
+    let old = records(9, 3, "old");
+    let new = records(9, 3, "new");
+    let t = publish_around_a_time(&*bus, &topic, old, new.clone()).await;
+    let mut reader = bus
+        .reader_all(&topic, ReadFrom::Timestamp(t))
+        .await
+        .expect("reader");
+    assert_eq!(reader.partitions(), vec![0, 1, 2]);
+    let got = read_until(&mut *reader, new.len()).await;
+    assert_eq!(
+        got.len(),
+        new.len(),
+        "no record twice, none before the time"
+    );
+    assert_eq!(values(&got), out_values(&new));
+    // Where each partition ended: the newest record read from it.
+    let mut newest: BTreeMap<Partition, Position> = BTreeMap::new();
+    for r in &got {
+        newest.insert(r.partition, r.position.clone());
+    }
+    for (p, end) in reader.end_positions() {
+        assert_eq!(end, newest.get(&p).cloned(), "end of partition {p}");
+    }
+    let more = records(9, 1, "more");
+    publish_all(&*bus, &topic, more.clone(), 100).await;
+    let got = read_until(&mut *reader, more.len()).await;
+    assert_eq!(
+        values(&got),
+        out_values(&more),
+        "a reader follows new records"
+    );
+}
+
+/// A reader from a position: `After` resumes right after it, `At` includes it; only the
+/// chosen partitions are read; a partition the topic lacks is refused.
+pub async fn reader_from_a_position(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("rpos");
+    bus.create_topic(&topic, 2).await.expect("create topic");
+    let recs = records(6, 5, "p");
+    let acks = bus
+        .publisher()
+        .publish(&topic, recs.clone())
+        .await
+        .expect("publish");
+    let mut in_p0: Vec<(Position, Vec<u8>)> = acks
+        .iter()
+        .zip(&recs)
+        .filter(|(a, _)| a.partition == 0)
+        .map(|(a, r)| (a.position.clone(), r.value.clone()))
+        .collect();
+    assert!(
+        in_p0.len() >= 4,
+        "partition 0 holds enough records: {}",
+        in_p0.len()
+    );
+    in_p0.sort();
+    let k = in_p0.len() / 2;
+    let expect_after: BTreeSet<Vec<u8>> = in_p0[k + 1..].iter().map(|(_, v)| v.clone()).collect();
+    let mut reader = bus
+        .reader(&topic, vec![(0, ReadFrom::After(in_p0[k].0.clone()))])
+        .await
+        .expect("reader");
+    assert_eq!(reader.partitions(), vec![0]);
+    let got = read_until(&mut *reader, expect_after.len()).await;
+    assert!(got.iter().all(|r| r.partition == 0));
+    assert_eq!(got.len(), expect_after.len());
+    assert_eq!(values(&got), expect_after);
+
+    let mut reader = bus
+        .reader(&topic, vec![(0, ReadFrom::At(in_p0[k].0.clone()))])
+        .await
+        .expect("reader");
+    let got = read_until(&mut *reader, expect_after.len() + 1).await;
+    assert_eq!(got.len(), expect_after.len() + 1);
+    assert_eq!(
+        got[0].value, in_p0[k].1,
+        "At includes the record at the position"
+    );
+
+    // Latest: only what comes next.
+    let mut reader = bus
+        .reader_all(&topic, ReadFrom::Latest)
+        .await
+        .expect("reader");
+    let got = read_until(&mut *reader, 0).await;
+    assert!(
+        got.is_empty(),
+        "nothing before the reader opened: {}",
+        got.len()
+    );
+    let more = records(6, 1, "more");
+    publish_all(&*bus, &topic, more.clone(), 100).await;
+    let got = read_until(&mut *reader, more.len()).await;
+    assert_eq!(values(&got), out_values(&more));
+
+    let err = bus
+        .reader(&topic, vec![(7, ReadFrom::Earliest)])
+        .await
+        .expect_err("no partition 7");
+    assert!(matches!(err, BusError::Config(_)), "{err:?}");
+}
+
+/// Many short-lived readers (a gateway's restarts and clients): each reads what it should.
+/// Each implementation's test then checks that nothing was left behind.
+pub async fn many_short_lived_readers(bus: Arc<dyn Bus>, topic: &str, readers: usize) {
+    bus.create_topic(topic, 2).await.expect("create topic");
+    let recs = records(4, 1, "s");
+    publish_all(&*bus, topic, recs.clone(), 100).await;
+    for _ in 0..readers {
+        let mut reader = bus
+            .reader_all(topic, ReadFrom::Earliest)
+            .await
+            .expect("reader");
+        let start = Instant::now();
+        let mut got = Vec::new();
+        while got.len() < recs.len() {
+            assert!(
+                start.elapsed() < PATIENCE,
+                "reader got {} of {}",
+                got.len(),
+                recs.len()
+            );
+            got.extend(
+                reader
+                    .poll(100, Duration::from_millis(200))
+                    .await
+                    .expect("read"),
+            );
+        }
+        assert_eq!(values(&got), out_values(&recs));
+    }
+}
+
+/// Companion topics: the member assigned partition p of the topic also reads partition p of
+/// its companion, so one key's records on both topics reach one member; offsets of both are
+/// committed in the group; a companion with another partition count is refused.
+pub async fn companions_follow_the_same_partitions(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("main");
+    let overflow = format!("{topic}_overflow");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 4).await.expect("create topic");
+    bus.create_topic(&overflow, 4).await.expect("create topic");
+    let main_recs = records(16, 4, "k");
+    // The same keys, other values.
+    let over_recs: Vec<OutRecord> = main_recs
+        .iter()
+        .map(|r| OutRecord::new(r.key.clone(), [r.value.as_slice(), b"+o"].concat()))
+        .collect();
+    let total = main_recs.len() + over_recs.len();
+    let config = ConsumerConfig {
+        companions: vec![overflow.clone()],
+        ..ConsumerConfig::default()
+    };
+    let mut a = Member::join_with(&*bus, &group, &topic, config.clone()).await;
+    let mut b = Member::join_with(&*bus, &group, &topic, config.clone()).await;
+    // Let the group settle (both members own partitions, together all), then publish.
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < PATIENCE, "group never settled");
+        a.step(Duration::from_millis(100)).await;
+        b.step(Duration::from_millis(100)).await;
+        let (pa, pb): (BTreeSet<Partition>, BTreeSet<Partition>) = (
+            a.consumer.assignment().into_iter().collect(),
+            b.consumer.assignment().into_iter().collect(),
+        );
+        if !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && pa.len() + pb.len() == 4 {
+            break;
+        }
+    }
+    publish_all(&*bus, &topic, main_recs.clone(), 100).await;
+    publish_all(&*bus, &overflow, over_recs.clone(), 100).await;
+    let start = Instant::now();
+    while a.received.len() + b.received.len() < total {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "not all read: {} + {}",
+            a.received.len(),
+            b.received.len()
+        );
+        a.step(Duration::from_millis(100)).await;
+        b.step(Duration::from_millis(100)).await;
+    }
+    // Each key's records, on both topics, reached one member, from the same partition index.
+    let mut readers_of: HashMap<&str, BTreeSet<usize>> = HashMap::new();
+    let mut partitions_of: HashMap<&str, BTreeSet<Partition>> = HashMap::new();
+    for (i, m) in [&a, &b].into_iter().enumerate() {
+        for r in &m.received {
+            assert!(
+                &*r.topic == topic.as_str() || &*r.topic == overflow.as_str(),
+                "record of {}",
+                r.topic
+            );
+            readers_of.entry(r.key.as_str()).or_default().insert(i);
+            partitions_of
+                .entry(r.key.as_str())
+                .or_default()
+                .insert(r.partition);
+        }
+    }
+    let received: BTreeSet<Vec<u8>> = values(&a.received)
+        .union(&values(&b.received))
+        .cloned()
+        .collect();
+    let sent: BTreeSet<Vec<u8>> = out_values(&main_recs)
+        .union(&out_values(&over_recs))
+        .cloned()
+        .collect();
+    assert_eq!(received, sent);
+    for r in &main_recs {
+        assert_eq!(
+            readers_of[r.key.as_str()].len(),
+            1,
+            "key {} read by both members",
+            r.key
+        );
+        assert_eq!(
+            partitions_of[r.key.as_str()].len(),
+            1,
+            "key {} on two partition indexes",
+            r.key
+        );
+    }
+    // Offsets of both topics are committed: a new member after both leave reads nothing again.
+    a.flush_and_commit().await;
+    b.flush_and_commit().await;
+    a.consumer.close().await.expect("close");
+    b.consumer.close().await.expect("close");
+    let mut c = Member::join_with(&*bus, &group, &topic, config).await;
+    until_assigned(&mut c).await;
+    for _ in 0..3 {
+        c.step(Duration::from_millis(300)).await;
+    }
+    assert!(
+        c.received.is_empty(),
+        "{} records read again",
+        c.received.len()
+    );
+    c.consumer.close().await.expect("close");
+
+    // Another partition count is refused.
+    let odd = pitboss_testkit::unique_name("odd");
+    bus.create_topic(&odd, 3).await.expect("create topic");
+    let err = bus
+        .consumer(
+            &pitboss_testkit::unique_name("g"),
+            &topic,
+            ConsumerConfig {
+                companions: vec![odd],
+                ..ConsumerConfig::default()
+            },
+        )
+        .await
+        .expect_err("3 partitions next to 4");
+    assert!(matches!(err, BusError::Config(_)), "{err:?}");
+}
+
 #[macro_export]
 macro_rules! contract_suite {
     ($make:path) => {
@@ -523,6 +1026,30 @@ macro_rules! contract_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_acks_point_at_the_records() {
             contract::acks_point_at_the_records($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_headers_round_trip() {
+            contract::headers_round_trip($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_group_start_options() {
+            contract::group_start_options($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_start_at_a_time_across_a_rebalance() {
+            contract::start_at_a_time_across_a_rebalance($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_reader_from_a_time() {
+            contract::reader_from_a_time($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_reader_from_a_position() {
+            contract::reader_from_a_position($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_companions_follow_the_same_partitions() {
+            contract::companions_follow_the_same_partitions($make().await).await;
         }
     };
 }

@@ -1,0 +1,342 @@
+//! A consumer-group member of the embedded log: follows the coordinator's assignment (and
+//! its companion topics' same partitions), starts each partition where the config says,
+//! stores and commits offsets through the writer, reports lag.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{oneshot, watch};
+
+use super::coordinator::MemberRef;
+use super::reader::{Cursor, blocking, end_offset, fetch, offset_at_time, wait_for_change};
+use super::storage::WriteOp;
+use super::{Inner, TopicMeta, closed, lock, storage};
+use crate::{BusError, Consumer, ConsumerConfig, Delivery, Partition, Position, StartFrom};
+
+/// A topic this member reads: the group's topic first, then its companions.
+#[derive(Debug, Clone)]
+struct Followed {
+    name: Arc<str>,
+    meta: TopicMeta,
+}
+
+/// A member of a consumer group on an [`super::EmbeddedBus`].
+#[derive(Debug)]
+pub struct EmbeddedConsumer {
+    inner: Arc<Inner>,
+    member: MemberRef,
+    start: StartFrom,
+    topics: Vec<Followed>,
+    reader: Arc<Mutex<Connection>>,
+    /// What is being fetched: one cursor per owned partition and followed topic.
+    cursors: Vec<Cursor>,
+    /// Next offset to commit, per (topic id, partition).
+    stored: BTreeMap<(i64, Partition), i64>,
+    /// Partitions reported as revoking, released on the next poll or commit.
+    releasing: Vec<Partition>,
+    turn: usize,
+    changed: watch::Receiver<u64>,
+    left: bool,
+    /// Next offset not yet processed (where reading started, then as stored), per owned
+    /// (topic id, partition): the base of the lag metric.
+    processed: BTreeMap<(i64, Partition), i64>,
+    lag_reported: Option<Instant>,
+}
+
+enum Change {
+    Revoking(Vec<Partition>),
+    Assigned(Vec<Partition>),
+    None,
+}
+
+impl EmbeddedConsumer {
+    pub(super) fn join(
+        inner: Arc<Inner>,
+        group: &str,
+        topic: &str,
+        config: ConsumerConfig,
+    ) -> Result<Self, BusError> {
+        let meta = inner.topic(topic)?;
+        let mut topics = vec![Followed {
+            name: Arc::from(topic),
+            meta,
+        }];
+        for companion in &config.companions {
+            let m = inner.topic(companion)?;
+            if m.partitions != meta.partitions {
+                return Err(BusError::Config(format!(
+                    "companion topic {companion:?} has {} partitions; {topic:?} has {}: companions must be co-partitioned",
+                    m.partitions, meta.partitions
+                )));
+            }
+            if topics.iter().any(|t| t.meta.id == m.id) {
+                return Err(BusError::Config(format!(
+                    "topic {companion:?} is followed twice"
+                )));
+            }
+            topics.push(Followed {
+                name: Arc::from(companion.as_str()),
+                meta: m,
+            });
+        }
+        let reader = inner.reader()?;
+        let member = lock(&inner.coord).join(group, meta, config.revoke_timeout);
+        inner.notify();
+        Ok(EmbeddedConsumer {
+            changed: inner.changed.subscribe(),
+            inner,
+            member,
+            start: config.start,
+            topics,
+            reader: Arc::new(Mutex::new(reader)),
+            cursors: Vec::new(),
+            stored: BTreeMap::new(),
+            releasing: Vec::new(),
+            turn: 0,
+            left: false,
+            processed: BTreeMap::new(),
+            lag_reported: None,
+        })
+    }
+
+    /// Commits what is stored, then hands back the partitions reported as revoking.
+    async fn finish_revoke(&mut self) -> Result<(), BusError> {
+        if self.releasing.is_empty() {
+            return Ok(());
+        }
+        self.commit_stored().await?;
+        let parts = std::mem::take(&mut self.releasing);
+        lock(&self.inner.coord).release(&self.member, &parts);
+        self.stored.retain(|(_, p), _| !parts.contains(p));
+        self.inner.notify();
+        Ok(())
+    }
+
+    async fn commit_stored(&mut self) -> Result<(), BusError> {
+        if self.stored.is_empty() {
+            return Ok(());
+        }
+        let offsets: Vec<_> = self.stored.iter().map(|((t, p), o)| (*t, *p, *o)).collect();
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .ops
+            .send(WriteOp::Commit {
+                member: self.member.clone(),
+                offsets,
+                reply,
+            })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    fn sync_with_group(&mut self) -> Change {
+        let mut coord = lock(&self.inner.coord);
+        let Some(g) = coord.group(&self.member) else {
+            return Change::None;
+        };
+        g.expire(Instant::now());
+        let owned = g.owned_by(self.member.id);
+        // Partitions taken away by a revoke timeout: stop fetching, forget stored offsets.
+        self.cursors.retain(|c| owned.contains(&c.partition));
+        let releasing = &self.releasing;
+        self.stored
+            .retain(|(_, p), _| owned.contains(p) || releasing.contains(p));
+        let Some(m) = g.members.get_mut(&self.member.id) else {
+            return Change::None;
+        };
+        if !m.revoke_pending.is_empty() {
+            let parts = std::mem::take(&mut m.revoke_pending);
+            m.revoking.extend(parts.iter().copied());
+            return Change::Revoking(parts.into_iter().collect());
+        }
+        if !m.granted.is_empty() {
+            let parts: Vec<_> = std::mem::take(&mut m.granted).into_iter().collect();
+            return Change::Assigned(parts);
+        }
+        Change::None
+    }
+
+    /// Where each followed topic's partition starts, for newly assigned partitions.
+    fn starts(&self, parts: &[Partition]) -> Result<Vec<Cursor>, BusError> {
+        let conn = lock(&self.reader);
+        let mut out = Vec::with_capacity(parts.len() * self.topics.len());
+        for &p in parts {
+            for t in &self.topics {
+                let id = t.meta.id;
+                let next = match self.start {
+                    StartFrom::Committed => conn
+                        .query_row(
+                            "SELECT next_offset FROM group_offsets WHERE grp=?1 AND topic_id=?2 AND partition=?3",
+                            params![self.member.group, id, p],
+                            |r| r.get::<_, i64>(0),
+                        )
+                        .optional()
+                        .map_err(storage)?
+                        .unwrap_or(0),
+                    StartFrom::Earliest => 0,
+                    StartFrom::Latest => end_offset(&conn, id, p)?,
+                    StartFrom::Timestamp(ts) => offset_at_time(&conn, id, p, ts)?,
+                };
+                out.push(Cursor {
+                    topic: t.name.clone(),
+                    topic_id: id,
+                    partition: p,
+                    next,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every 5 s: `pitboss_consumer_lag_records{topic, partition}` — records between each owned
+    /// partition's end and the next offset not yet processed (as for Kafka).
+    async fn report_lag(&mut self) -> Result<(), BusError> {
+        if self
+            .lag_reported
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+            || self.processed.is_empty()
+        {
+            return Ok(());
+        }
+        self.lag_reported = Some(Instant::now());
+        let parts: Vec<((i64, Partition), i64)> =
+            self.processed.iter().map(|(k, o)| (*k, *o)).collect();
+        let lags = blocking(&self.reader, move |conn| {
+            parts
+                .into_iter()
+                .map(|((t, p), done)| Ok(((t, p), (end_offset(conn, t, p)? - done).max(0))))
+                .collect::<Result<Vec<_>, BusError>>()
+        })
+        .await?;
+        for ((t, p), lag) in lags {
+            let Some(name) = self.topics.iter().find(|f| f.meta.id == t) else {
+                continue;
+            };
+            metrics::gauge!(
+                "pitboss_consumer_lag_records",
+                "topic" => name.name.to_string(),
+                "partition" => p.to_string(),
+            )
+            .set(lag as f64);
+        }
+        Ok(())
+    }
+
+    fn leave(&mut self) {
+        if !self.left {
+            self.left = true;
+            lock(&self.inner.coord).leave(&self.member);
+            self.inner.notify();
+        }
+    }
+
+    fn owns(&self, partition: Partition) -> bool {
+        self.cursors.iter().any(|c| c.partition == partition) || self.releasing.contains(&partition)
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Delivery, BusError> {
+        self.finish_revoke().await?;
+        self.report_lag().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            self.changed.borrow_and_update();
+            match self.sync_with_group() {
+                Change::Revoking(parts) => {
+                    self.cursors.retain(|c| !parts.contains(&c.partition));
+                    self.processed.retain(|(_, p), _| !parts.contains(p));
+                    self.releasing = parts.clone();
+                    return Ok(Delivery::Revoking(parts));
+                }
+                Change::Assigned(parts) => {
+                    for c in self.starts(&parts)? {
+                        self.processed.insert((c.topic_id, c.partition), c.next);
+                        self.cursors.push(c);
+                    }
+                    self.cursors.sort_by_key(|c| (c.partition, c.topic_id));
+                    return Ok(Delivery::Assigned(parts));
+                }
+                Change::None => {}
+            }
+            if !self.cursors.is_empty() && max > 0 {
+                let mut cursors = self.cursors.clone();
+                let start = self.turn;
+                self.turn = self.turn.wrapping_add(1);
+                let (cursors, records) = blocking(&self.reader, move |conn| {
+                    let records = fetch(conn, &mut cursors, start, max)?;
+                    Ok((cursors, records))
+                })
+                .await?;
+                self.cursors = cursors;
+                if !records.is_empty() {
+                    return Ok(Delivery::Records(records));
+                }
+            }
+            // Wake on new records or a group change; re-check revoke deadlines once a second.
+            if !wait_for_change(&mut self.changed, deadline).await {
+                return Ok(Delivery::Records(Vec::new()));
+            }
+        }
+    }
+
+    fn store(
+        &mut self,
+        topic: &str,
+        partition: Partition,
+        position: &Position,
+    ) -> Result<(), BusError> {
+        let Position::Offset(o) = position else {
+            return Err(BusError::Config(format!(
+                "not an embedded-log offset: {position}"
+            )));
+        };
+        let Some(t) = self.topics.iter().find(|t| &*t.name == topic) else {
+            return Err(BusError::Config(format!(
+                "topic {topic:?} is not followed by this consumer"
+            )));
+        };
+        if !self.owns(partition) {
+            return Err(BusError::NotAssigned(partition));
+        }
+        let key = (t.meta.id, partition);
+        let next = o + 1;
+        let slot = self.stored.entry(key).or_insert(next);
+        *slot = (*slot).max(next);
+        if let Some(done) = self.processed.get_mut(&key) {
+            *done = (*done).max(next);
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), BusError> {
+        self.commit_stored().await?;
+        self.finish_revoke().await
+    }
+
+    fn assignment(&self) -> Vec<Partition> {
+        self.cursors
+            .iter()
+            .map(|c| c.partition)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<(), BusError> {
+        self.commit_stored().await?;
+        self.leave();
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedConsumer {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}

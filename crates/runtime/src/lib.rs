@@ -1,0 +1,14 @@
+//! The runtime every long-running Pitboss service shares (ingest, processor, and the rules
+//! engine and gateway to come), like Centrifugo's `Run(ctx)` services: a new service is a pure
+//! core plus its adapters, composed from these parts instead of a copy of another's `main`.
+//!
+//! - [`telemetry`]: tracing to stderr, the process-wide Prometheus recorder;
+//! - [`admin`]: the admin listener's router (`/healthz`, `/readyz`, `/metrics`);
+//! - [`shutdown`]: one stop signal for the whole process (SIGINT, SIGTERM, or a part that
+//!   failed), and a drain deadline.
+
+pub mod admin;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use shutdown::Shutdown;
