@@ -1,5 +1,6 @@
 //! Every fixture round-trips through both forms; keys, header values and times are as documented;
-//! the checked-in JSON Schemas are the generated ones.
+//! the checked-in JSON Schemas are the generated ones; the JSON examples in docs/alerts.md are
+//! fixtures.
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -152,4 +153,29 @@ fn checked_in_json_schemas_match_the_types() {
     }
     assert!(delivery.contains("\"alert\"") && delivery.contains("\"push\""));
     assert!(ack.contains("\"false_positive\"") && ack.contains("\"confirmed\""));
+}
+
+#[test]
+fn every_json_example_in_the_docs_is_a_fixture() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/alerts.md"))
+            .expect("docs/alerts.md");
+    let fixtures: Vec<serde_json::Value> = fixtures()
+        .iter()
+        .map(|(_, text)| serde_json::from_str(text).expect("fixture"))
+        .collect();
+    let examples: Vec<&str> = doc
+        .split("```json\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default())
+        .collect();
+    assert!(examples.len() >= 5, "{} examples", examples.len());
+    for example in examples {
+        let value: serde_json::Value = serde_json::from_str(example)
+            .unwrap_or_else(|e| panic!("docs/alerts.md example is not JSON ({e}):\n{example}"));
+        assert!(
+            fixtures.contains(&value),
+            "docs/alerts.md example is not one of the fixtures (which are round-tripped and validated):\n{example}"
+        );
+    }
 }
