@@ -85,7 +85,8 @@ impl fmt::Display for Position {
 /// record without decoding it. Values are UTF-8 text; times are decimal milliseconds since the
 /// Unix epoch.
 pub mod header {
-    /// What the record carries: an event type (`bet_placed`, …), `alert`, `push`, `alert_ack`.
+    /// What the record carries: an event type (`bet_placed`, …), `alert`, `push`, `delivery`,
+    /// `alert_ack` (docs/alerts.md).
     pub const TYPE: &str = "pitboss-type";
     /// The tenant the record belongs to.
     pub const TENANT: &str = "pitboss-tenant";
