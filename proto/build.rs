@@ -1,10 +1,15 @@
 //! Compiles the .proto contract with protox (a pure-Rust protobuf compiler, so no `protoc`
-//! has to be installed) and generates the Rust types (prost) and gRPC stubs (tonic).
+//! has to be installed) and generates the Rust types (prost) and gRPC stubs (tonic). Every file
+//! of the contract is listed here and in `PROTO_FILES` (src/lib.rs); a test checks the two agree.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=pitboss");
     let descriptors = protox::compile(
-        ["pitboss/v1/events.proto", "pitboss/v1/ingest.proto"],
+        [
+            "pitboss/v1/events.proto",
+            "pitboss/v1/ingest.proto",
+            "pitboss/v1/live.proto",
+        ],
         ["."],
     )?;
     tonic_prost_build::configure()

@@ -3,13 +3,15 @@
 //! migrations ([`schema`]); and the embedded store of `pitboss up` ([`sqlite`]).
 
 pub mod batch;
+pub mod classify;
 pub mod rows;
 pub mod run;
 pub mod schema;
 pub mod sink;
+pub mod split;
 pub mod sqlite;
 
-pub use batch::{Batch, BatchConfig};
+pub use batch::{Batch, BatchConfig, Recut};
 pub use run::{ProcessorConfig, RunStats, run};
 pub use sink::{ClickHouseSink, MemorySink, Sink};
 pub use sqlite::SqliteSink;
@@ -19,8 +21,19 @@ pub use sqlite::SqliteSink;
 pub enum ProcessorError {
     #[error("bus: {0}")]
     Bus(#[from] pitboss_bus::BusError),
+    /// ClickHouse unreachable, overloaded or busy, or an answer without an exception code
+    /// (see [`classify`]): the same call may succeed later.
     #[error("clickhouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
+    ClickHouse(clickhouse::error::Error),
+    /// ClickHouse refused values of the rows of an insert (the server's answer): the same rows
+    /// are refused again, so the batch is split to find them (run.rs).
+    #[error("clickhouse refused the rows: {0}")]
+    Refused(String),
+    /// The statement does not fit the server's schema, settings or grants — an unknown table
+    /// or column, a column whose type changed, a type mismatch of the whole insert, access
+    /// denied: neither a retry nor a split helps, so the processor stops with this message.
+    #[error("clickhouse schema: {0}")]
+    Schema(String),
     #[error("store: {0}")]
     Store(String),
     #[error("migration {0}")]
@@ -30,13 +43,27 @@ pub enum ProcessorError {
     Config(String),
 }
 
+impl From<clickhouse::error::Error> for ProcessorError {
+    /// Sorted by the exception code of the server's answer ([`classify`]).
+    fn from(error: clickhouse::error::Error) -> Self {
+        match classify::classify(&error) {
+            classify::Class::Transient => ProcessorError::ClickHouse(error),
+            classify::Class::Data => ProcessorError::Refused(classify::reason(&error)),
+            classify::Class::Schema => ProcessorError::Schema(classify::reason(&error)),
+        }
+    }
+}
+
 impl ProcessorError {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
             ProcessorError::Bus(e) => e.is_retryable(),
             ProcessorError::ClickHouse(_) | ProcessorError::Store(_) => true,
-            ProcessorError::Migration(_) | ProcessorError::Config(_) => false,
+            ProcessorError::Refused(_)
+            | ProcessorError::Schema(_)
+            | ProcessorError::Migration(_)
+            | ProcessorError::Config(_) => false,
         }
     }
 }

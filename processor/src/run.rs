@@ -10,6 +10,11 @@
 //! if the crashed member's insert lands after all. An
 //! undecodable record goes to the dead-letter topic with its reason and its partition keeps
 //! flowing.
+//!
+//! Errors are retried only where a retry can help ([`ProcessorError::is_retryable`]). A batch
+//! whose rows the store refuses for their values is split ([`crate::split`]) until the refused
+//! rows are found: they go to the dead-letter topic with the store's reason, the rest lands.
+//! A schema error stops the processor.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,14 +23,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use pitboss_bus::{
-    Bus, Consumer, ConsumerConfig, Delivery, OutRecord, Partition, Position, Publisher, Record,
-};
+use async_trait::async_trait;
+use pitboss_bus::{Bus, ConsumerConfig, OutRecord, Partition, Position, Publisher, Record};
+use pitboss_runtime::worker::{PartitionWork, run_partitioned};
 
 use crate::ProcessorError;
-use crate::batch::{Batch, BatchConfig, Batcher};
+use crate::batch::{Batch, BatchConfig, Batcher, Recut};
 use crate::rows::{self, offset_of};
 use crate::sink::Sink;
+use crate::split::Split;
 
 /// How much earlier than a record's `received_at` a later record of the same partition may
 /// have been stamped: ingest instances' clock skew plus how long a publish may take (the
@@ -39,7 +45,8 @@ pub const REPLAY_MARGIN_MS: i64 = 24 * 3600 * 1000;
 pub struct ProcessorConfig {
     pub topic: String,
     pub group: String,
-    /// Where undecodable records go, with the reason in the record key.
+    /// Where undecodable records and rows the store refuses go, with the reason in the
+    /// record key.
     pub dead_letter_topic: String,
     pub batch: BatchConfig,
     /// Records fetched per poll.
@@ -82,8 +89,10 @@ struct Processor {
     config: ProcessorConfig,
     sink: Arc<dyn Sink>,
     dead_letters: Arc<dyn Publisher>,
-    consumer: Box<dyn Consumer>,
     batcher: Batcher,
+    /// Positions whose batches landed, not yet stored with the consumer.
+    durable: Vec<(Arc<str>, Partition, Position)>,
+    topic: Arc<str>,
     /// Per assigned partition: the store's high-water mark (None: nothing stored yet).
     high_water: HashMap<Partition, Option<u64>>,
     stats: RunStats,
@@ -114,31 +123,35 @@ pub async fn run(
     config: ProcessorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunStats, ProcessorError> {
-    let consumer = bus
+    let mut consumer = bus
         .consumer(&config.group, &config.topic, config.consumer.clone())
         .await?;
     let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
     let (report, inserted) = mpsc::unbounded_channel();
-    let inserter = tokio::spawn(insert_loop(
-        sink.clone(),
-        config.topic.clone(),
-        (config.retry_initial, config.retry_max),
-        queue,
-        report,
-    ));
+    let inserter = Inserter {
+        sink: sink.clone(),
+        topic: config.topic.clone(),
+        backoff: (config.retry_initial, config.retry_max),
+        dead_letters: bus.publisher(),
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        stats: InsertStats::default(),
+    };
+    let inserter = tokio::spawn(inserter.run(queue, report));
     let mut p = Processor {
         batcher: Batcher::new(&config.topic, config.batch.clone()),
         dead_letters: bus.publisher(),
+        durable: Vec::new(),
+        topic: Arc::from(config.topic.as_str()),
         config,
         sink,
-        consumer,
         high_water: HashMap::new(),
         stats: RunStats::default(),
         to_insert: Some(to_insert),
         inserted,
         in_flight: 0,
     };
-    if let Err(e) = p.run_loop(shutdown).await {
+    let poll_max = p.config.poll_max;
+    if let Err(e) = run_partitioned(&mut *consumer, &mut p, poll_max, shutdown).await {
         // Nothing more is stored or committed: what is in flight is replayed by the next owner.
         inserter.abort();
         return Err(e);
@@ -151,67 +164,79 @@ pub async fn run(
     p.stats.rows_inserted = inserter_stats.rows_inserted;
     p.stats.batches = inserter_stats.batches;
     p.stats.insert_retries = inserter_stats.insert_retries;
-    p.consumer.close().await?;
+    p.stats.dead_lettered += inserter_stats.dead_lettered;
+    consumer.close().await?;
     Ok(p.stats)
 }
 
-impl Processor {
-    async fn run_loop(
-        &mut self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ProcessorError> {
-        tokio::pin!(shutdown);
-        loop {
-            self.collect(false).await?;
-            let mut wait = self
-                .batcher
-                .next_due()
-                .map_or(Duration::from_millis(500), |d| {
-                    d.saturating_duration_since(Instant::now())
-                })
-                .clamp(Duration::from_millis(1), Duration::from_millis(500));
-            if self.in_flight > 0 {
-                // Come back soon to store what lands.
-                wait = wait.min(Duration::from_millis(20));
-            }
-            let delivery = tokio::select! {
-                () = &mut shutdown => break,
-                d = self.consumer.poll(self.config.poll_max, wait) => d?,
-            };
-            match delivery {
-                Delivery::Records(records) => self.take_records(records).await?,
-                Delivery::Assigned(parts) => {
-                    // New to this member (a partition taken away was revoked and drained
-                    // first): nothing of theirs is in flight.
-                    for part in parts {
-                        self.high_water.remove(&part);
-                    }
-                }
-                Delivery::Revoking(parts) => {
-                    // Flush what is open for them and wait until it landed; the next poll
-                    // commits and lets them go.
-                    for part in &parts {
-                        if let Some(batch) = self.batcher.take(*part) {
-                            self.send(batch).await?;
-                        }
-                    }
-                    self.collect(true).await?;
-                    for part in parts {
-                        self.high_water.remove(&part);
-                    }
-                }
-            }
-            let due = self.batcher.due(Instant::now());
-            for batch in due {
+#[async_trait]
+impl PartitionWork for Processor {
+    type Error = ProcessorError;
+
+    async fn assigned(&mut self, parts: &[Partition]) -> Result<(), ProcessorError> {
+        // New to this member (a partition taken away was revoked and drained first): nothing
+        // of theirs is in flight; their marks are asked afresh.
+        for part in parts {
+            self.high_water.remove(part);
+        }
+        Ok(())
+    }
+
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), ProcessorError> {
+        self.take_records(records).await
+    }
+
+    async fn revoking(&mut self, parts: &[Partition]) -> Result<(), ProcessorError> {
+        // Flush what is open for them and wait until it landed.
+        for part in parts {
+            if let Some(batch) = self.batcher.take(*part) {
                 self.send(batch).await?;
             }
         }
+        self.collect(true).await?;
+        for part in parts {
+            self.high_water.remove(part);
+        }
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), ProcessorError> {
+        let due = self.batcher.due(Instant::now());
+        for batch in due {
+            self.send(batch).await?;
+        }
+        self.collect(false).await
+    }
+
+    fn poll_wait(&self) -> Duration {
+        let wait = self
+            .batcher
+            .next_due()
+            .map_or(Duration::from_millis(500), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .clamp(Duration::from_millis(1), Duration::from_millis(500));
+        if self.in_flight > 0 {
+            // Come back soon to store what lands.
+            wait.min(Duration::from_millis(20))
+        } else {
+            wait
+        }
+    }
+
+    fn take_durable(&mut self) -> Vec<(Arc<str>, Partition, Position)> {
+        std::mem::take(&mut self.durable)
+    }
+
+    async fn finish(&mut self) -> Result<(), ProcessorError> {
         for batch in self.batcher.take_all() {
             self.send(batch).await?;
         }
         self.collect(true).await
     }
+}
 
+impl Processor {
     /// Hands a closed batch to the inserter (waiting while its queue is full).
     async fn send(&mut self, batch: Batch) -> Result<(), ProcessorError> {
         metrics::histogram!("pitboss_processor_batch_age_seconds")
@@ -230,7 +255,6 @@ impl Processor {
                         Some(done) => self.landed(done)?,
                         None => return Err(ProcessorError::Store("inserter stopped".into())),
                     }
-                    self.consumer.commit().await?;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     return Err(self.inserter_error().await);
@@ -241,10 +265,9 @@ impl Processor {
         Ok(())
     }
 
-    /// Stores the offsets of the batches that landed and commits them; with `all`, waits
-    /// until nothing is in flight.
+    /// Takes the reports of the batches that landed (their positions become durable); with
+    /// `all`, waits until nothing is in flight.
     async fn collect(&mut self, all: bool) -> Result<(), ProcessorError> {
-        let mut stored = false;
         loop {
             let done = if all && self.in_flight > 0 {
                 self.inserted.recv().await
@@ -259,13 +282,9 @@ impl Processor {
                 return Err(ProcessorError::Store("inserter stopped".into()));
             };
             self.landed(done)?;
-            stored = true;
             if all && self.in_flight == 0 {
                 break;
             }
-        }
-        if stored {
-            self.consumer.commit().await?;
         }
         Ok(())
     }
@@ -283,8 +302,8 @@ impl Processor {
     fn landed(&mut self, done: Result<Inserted, ProcessorError>) -> Result<(), ProcessorError> {
         let done = done?;
         self.in_flight -= 1;
-        self.consumer
-            .store(&self.config.topic, done.partition, &done.last)?;
+        self.durable
+            .push((self.topic.clone(), done.partition, done.last));
         Ok(())
     }
 
@@ -319,7 +338,8 @@ impl Processor {
             && hw.is_none_or(|hw| last > hw)
         {
             tracing::info!(partition, first, last, "replaying an intended batch");
-            self.batcher.replay(partition, first, last);
+            let floor = hw;
+            self.batcher.replay(partition, Recut { first, last, floor });
         }
         self.high_water.insert(partition, hw);
         Ok(hw)
@@ -348,8 +368,8 @@ impl Processor {
                 Ok(row) => full.extend(self.batcher.push(
                     record.partition,
                     record.position,
-                    offset,
                     row,
+                    record.value,
                     now,
                 )),
                 Err(reason) => {
@@ -368,22 +388,14 @@ impl Processor {
         if !poison.is_empty() {
             // Durable before any offset past them is stored.
             let n = poison.len() as u64;
-            let topic = self.config.dead_letter_topic.clone();
-            let publisher = self.dead_letters.clone();
-            let mut delay = self.config.retry_initial;
-            loop {
-                match publisher.publish(&topic, poison.clone()).await {
-                    Ok(_) => break,
-                    Err(e) if e.is_retryable() => {
-                        tracing::warn!(error = %e, "dead-letter publish failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(self.config.retry_max);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            dead_letter(
+                &self.dead_letters,
+                &self.config.dead_letter_topic,
+                poison,
+                (self.config.retry_initial, self.config.retry_max),
+            )
+            .await?;
             self.stats.dead_lettered += n;
-            metrics::counter!("pitboss_processor_dead_letters_total").increment(n);
         }
         for batch in full {
             self.send(batch).await?;
@@ -392,110 +404,225 @@ impl Processor {
     }
 }
 
+/// Publishes dead letters, retrying while the bus may take them later.
+async fn dead_letter(
+    publisher: &Arc<dyn Publisher>,
+    topic: &str,
+    records: Vec<OutRecord>,
+    (initial, max): (Duration, Duration),
+) -> Result<(), ProcessorError> {
+    let n = records.len() as u64;
+    let mut delay = initial;
+    loop {
+        match publisher.publish(topic, records.clone()).await {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "dead-letter publish failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(max);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    metrics::counter!("pitboss_processor_dead_letters_total").increment(n);
+    Ok(())
+}
+
 /// What the inserter did.
 #[derive(Debug, Default)]
 struct InsertStats {
     rows_inserted: u64,
     batches: u64,
     insert_retries: u64,
+    dead_lettered: u64,
 }
 
-/// The inserter task: inserts batches one at a time, in order, each until it lands, and
-/// reports each. Stops at the first error that a retry cannot fix, or when the queue closes.
-async fn insert_loop(
+/// The inserter task: inserts batches one at a time, in order, each until it lands (split if
+/// the store refuses some of its rows), and reports each. Stops at the first error that
+/// neither a retry nor a split can fix, or when the queue closes.
+struct Inserter {
     sink: Arc<dyn Sink>,
     topic: String,
     backoff: (Duration, Duration),
-    mut queue: mpsc::Receiver<Batch>,
-    report: mpsc::UnboundedSender<Result<Inserted, ProcessorError>>,
-) -> InsertStats {
-    let mut stats = InsertStats::default();
-    while let Some(batch) = queue.recv().await {
-        let batch = Arc::new(batch);
-        let result = insert(&sink, &topic, backoff, &batch, &mut stats).await;
-        let failed = result.is_err();
-        let sent = report.send(result.map(|()| Inserted {
-            partition: batch.partition,
-            last: batch.last.clone(),
-        }));
-        if failed || sent.is_err() {
-            break;
-        }
-    }
-    stats
+    dead_letters: Arc<dyn Publisher>,
+    dead_letter_topic: String,
+    stats: InsertStats,
 }
 
-/// Inserts until it lands. After a failure the store is asked whether the batch landed
-/// anyway (a lost answer): then it is not inserted again.
-async fn insert(
-    sink: &Arc<dyn Sink>,
-    topic: &str,
-    (initial, max): (Duration, Duration),
-    batch: &Arc<Batch>,
-    stats: &mut InsertStats,
-) -> Result<(), ProcessorError> {
-    if batch.rows.is_empty() {
-        return Ok(());
+impl Inserter {
+    async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Batch>,
+        report: mpsc::UnboundedSender<Result<Inserted, ProcessorError>>,
+    ) -> InsertStats {
+        while let Some(batch) = queue.recv().await {
+            let batch = Arc::new(batch);
+            let result = self.insert(&batch).await;
+            let failed = result.is_err();
+            let sent = report.send(result.map(|()| Inserted {
+                partition: batch.partition,
+                last: batch.last.clone(),
+            }));
+            if failed || sent.is_err() {
+                break;
+            }
+        }
+        self.stats
     }
-    let started = Instant::now();
-    let intent = batch.clone();
-    with_retry(sink.clone(), topic.to_owned(), (initial, max), |sink, _| {
-        let intent = intent.clone();
-        async move { sink.intend(&intent).await }
-    })
-    .await?;
-    let mut delay = initial;
-    loop {
-        match sink.insert(batch).await {
-            Ok(()) => break,
-            Err(e) if !e.is_retryable() => return Err(e),
-            Err(e) => {
-                stats.insert_retries += 1;
-                metrics::counter!("pitboss_processor_insert_retries_total").increment(1);
-                tracing::warn!(partition = batch.partition, rows = batch.rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "insert failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(max);
-                let last = batch.offsets.map(|(_, last)| last);
-                let partition = batch.partition;
-                let since = batch
-                    .rows
-                    .iter()
-                    .map(|r| r.received_at_ms as i64)
-                    .min()
-                    .map(|ms| ms - REPLAY_MARGIN_MS);
-                let landed = with_retry(
-                    sink.clone(),
-                    topic.to_owned(),
-                    (initial, max),
-                    |sink, topic| async move { sink.high_water(&topic, partition, since).await },
-                )
-                .await?;
-                if let (Some(last), Some(hw)) = (last, landed)
-                    && hw >= last
-                {
-                    tracing::info!(partition = batch.partition, "the failed insert had landed");
-                    break;
+
+    /// Records the batch's range, then inserts it — whole, or piece by piece in offset order
+    /// when the store refuses some of its rows ([`Split`]): each refused row goes to the
+    /// dead-letter topic with the store's reason before any piece after it is inserted, so
+    /// the high-water mark never passes a row that is neither stored nor dead-lettered.
+    async fn insert(&mut self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
+        if batch.rows.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let intent = batch.clone();
+        with_retry(
+            self.sink.clone(),
+            self.topic.clone(),
+            self.backoff,
+            |sink, _| {
+                let intent = intent.clone();
+                async move { sink.intend(&intent).await }
+            },
+        )
+        .await?;
+        let offsets = batch.rows.iter().map(|r| r.bus_offset).collect();
+        let recut = batch.recut;
+        let mut split = Split::new(
+            offsets,
+            recut.map(|r| (r.first, r.last)),
+            recut.and_then(|r| r.floor),
+        );
+        let (mut rows, mut split_up) = (0, false);
+        while let Some(range) = split.next_piece() {
+            let piece = if range.len() == batch.rows.len() {
+                batch.clone()
+            } else {
+                Arc::new(batch.piece(range.clone()))
+            };
+            match self.land(&piece).await {
+                Ok(()) => rows += range.len() as u64,
+                Err(ProcessorError::Refused(reason)) => {
+                    if !split_up {
+                        split_up = true;
+                        metrics::counter!("pitboss_processor_batches_split_total").increment(1);
+                    }
+                    if split.refused() {
+                        tracing::warn!(partition = batch.partition, rows = range.len(), %reason, "store refused the rows; splitting");
+                    } else {
+                        self.refused(batch, range.start, &reason).await?;
+                    }
                 }
+                Err(e) => return Err(e),
+            }
+        }
+        self.stats.rows_inserted += rows;
+        self.stats.batches += 1;
+        metrics::counter!("pitboss_processor_rows_inserted_total").increment(rows);
+        metrics::counter!("pitboss_processor_batches_total").increment(1);
+        metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
+        metrics::histogram!("pitboss_processor_insert_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Some(newest) = batch.rows.iter().map(|r| r.received_at_ms).max() {
+            let now_ms = pitboss_model::Timestamp::now().as_millis();
+            let freshness = (now_ms - newest as i64).max(0) as f64 / 1000.0;
+            metrics::histogram!("pitboss_processor_freshness_seconds").record(freshness);
+            metrics::gauge!("pitboss_processor_freshness_last_seconds").set(freshness);
+        }
+        Ok(())
+    }
+
+    /// Sends row `index` of `batch`, which the store refused on its own, to the dead-letter
+    /// topic: its record as it came, keyed by where it came from and the store's reason.
+    async fn refused(
+        &mut self,
+        batch: &Batch,
+        index: usize,
+        reason: &str,
+    ) -> Result<(), ProcessorError> {
+        let row = &batch.rows[index];
+        // Without offsets (Kinesis) the row does not know its position.
+        let position = batch
+            .offsets
+            .map_or_else(|| "?".to_owned(), |_| row.bus_offset.to_string());
+        tracing::warn!(partition = batch.partition, %position, %reason, "row refused by the store; dead-lettered");
+        let key = format!(
+            "{}:{}:{position}: {}",
+            batch.topic,
+            batch.partition,
+            ProcessorError::Refused(reason.to_owned())
+        );
+        let value = batch.values.get(index).cloned().unwrap_or_default();
+        dead_letter(
+            &self.dead_letters,
+            &self.dead_letter_topic,
+            vec![OutRecord::new(key, value)],
+            self.backoff,
+        )
+        .await?;
+        self.stats.dead_lettered += 1;
+        Ok(())
+    }
+
+    /// Inserts one piece until it lands, or until the store refuses its rows or cannot take
+    /// it at all. After a failure the store is asked whether the piece landed anyway (a lost
+    /// answer; or, on ClickHouse, a materialized view that refused rows the table had taken):
+    /// then it is not inserted again.
+    async fn land(&mut self, piece: &Arc<Batch>) -> Result<(), ProcessorError> {
+        let (initial, max) = self.backoff;
+        let mut delay = initial;
+        loop {
+            let error = match self.sink.insert(piece).await {
+                Ok(()) => return Ok(()),
+                Err(e @ ProcessorError::Refused(_)) => e,
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    self.stats.insert_retries += 1;
+                    metrics::counter!("pitboss_processor_insert_retries_total").increment(1);
+                    tracing::warn!(partition = piece.partition, rows = piece.rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "insert failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                    e
+                }
+            };
+            let last = piece.offsets.map(|(_, last)| last);
+            let partition = piece.partition;
+            let since = piece
+                .rows
+                .iter()
+                .map(|r| r.received_at_ms as i64)
+                .min()
+                .map(|ms| ms - REPLAY_MARGIN_MS);
+            let landed = with_retry(
+                self.sink.clone(),
+                self.topic.clone(),
+                self.backoff,
+                |sink, topic| async move { sink.high_water(&topic, partition, since).await },
+            )
+            .await?;
+            if let (Some(last), Some(hw)) = (last, landed)
+                && hw >= last
+            {
+                if let ProcessorError::Refused(reason) = &error {
+                    tracing::warn!(partition, %reason, "the store refused rows it had stored (a materialized view?); kept as stored");
+                } else {
+                    tracing::info!(partition, "the failed insert had landed");
+                }
+                return Ok(());
+            }
+            if matches!(error, ProcessorError::Refused(_)) {
+                return Err(error);
             }
         }
     }
-    let rows = batch.rows.len() as u64;
-    stats.rows_inserted += rows;
-    stats.batches += 1;
-    metrics::counter!("pitboss_processor_rows_inserted_total").increment(rows);
-    metrics::counter!("pitboss_processor_batches_total").increment(1);
-    metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
-    metrics::histogram!("pitboss_processor_insert_seconds").record(started.elapsed().as_secs_f64());
-    if let Some(newest) = batch.rows.iter().map(|r| r.received_at_ms).max() {
-        let now_ms = pitboss_model::Timestamp::now().as_millis();
-        let freshness = (now_ms - newest as i64).max(0) as f64 / 1000.0;
-        metrics::histogram!("pitboss_processor_freshness_seconds").record(freshness);
-        metrics::gauge!("pitboss_processor_freshness_last_seconds").set(freshness);
-    }
-    Ok(())
 }
 
-/// Calls the store until it answers (it may be down for a while).
+/// Calls the store until it answers (it may be down for a while); an error that a retry
+/// cannot fix is returned at once.
 async fn with_retry<T, F, Fut>(
     sink: Arc<dyn Sink>,
     topic: String,
@@ -510,11 +637,12 @@ where
     loop {
         match f(sink.clone(), topic.clone()).await {
             Ok(v) => return Ok(v),
-            Err(e) => {
+            Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "store unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);
             }
+            Err(e) => return Err(e),
         }
     }
 }

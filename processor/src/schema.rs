@@ -377,6 +377,25 @@ GROUP BY tenant_id, minute",
     },
 ];
 
+/// The columns of `table` as its migrations create it — name and type, in order — for a check
+/// that the server's table still reads rows as the processor writes them.
+pub fn columns(table: &str) -> Option<Vec<(&'static str, &'static str)>> {
+    MIGRATIONS
+        .iter()
+        .flat_map(|m| m.statements)
+        .find_map(|s| match s {
+            Statement::Table { name, columns, .. } if *name == table => Some(*columns),
+            _ => None,
+        })
+        .map(|columns| {
+            columns
+                .lines()
+                .map(|line| line.trim().trim_end_matches(','))
+                .filter_map(|line| line.split_once(' '))
+                .collect()
+        })
+}
+
 const LEDGER_COLUMNS: &str = "version UInt32, name String, applied_at DateTime";
 
 fn ledger(layout: &Layout) -> String {
@@ -524,6 +543,21 @@ mod tests {
             ledger(&layout)
                 .contains("'/clickhouse/tables/all/analytics/pitboss_migrations', '{replica}'")
         );
+    }
+
+    #[test]
+    fn the_events_columns_are_the_ones_an_event_row_writes() {
+        use clickhouse::Row;
+        let events = columns("events").expect("events");
+        let names: Vec<&str> = events.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, crate::rows::EventRow::COLUMN_NAMES);
+        assert_eq!(events[5], ("occurred_at", "DateTime"));
+        assert_eq!(events[23], ("amount_minor", "Int64"));
+        assert_eq!(
+            columns("players_per_minute").expect("rollup")[2],
+            ("players", "AggregateFunction(uniq, String)")
+        );
+        assert_eq!(columns("nope"), None);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! Where batches go: ClickHouse in production, an in-memory table in unit tests (with failure
 //! injection), behind one small trait.
+//!
+//! ClickHouse's errors are sorted by their exception code ([`crate::classify`]). An insert
+//! refused for its data is checked against the table's columns first: RowBinary carries no
+//! column types, so a column whose type changed under the processor makes every row
+//! unreadable, which the server reports like bad data — that is a schema error.
 
 use std::sync::{Arc, Mutex};
 
@@ -29,10 +34,13 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, ProcessorError>;
 
-    /// Inserts the batch, all or nothing.
+    /// Inserts the batch, all or nothing. [`ProcessorError::Refused`] when the store refuses
+    /// values of its rows (the same rows fail again; the caller splits the batch);
+    /// [`ProcessorError::Schema`] when the store cannot take such rows at all.
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError>;
 
-    /// Records the offset range of `batch` before it is inserted, for [`Sink::intended`].
+    /// Records the offset range of `batch` ([`Batch::intent`]) before it is inserted, for
+    /// [`Sink::intended`].
     /// A store that drops a block it has seen (ClickHouse's replicated tables) needs it: a
     /// member that replays the partition after a crash then cuts the very same batch, and a
     /// first insert that lands late — after the replaying member read the high-water mark —
@@ -197,18 +205,19 @@ impl Sink for ClickHouseSink {
     }
 
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
-        let mut insert = self.client.insert::<EventRow>(&self.table).await?;
-        for row in &batch.rows {
-            insert.write(row).await?;
+        match self.write(batch).await {
+            Err(ProcessorError::Refused(reason)) => {
+                self.check_columns().await?;
+                Err(ProcessorError::Refused(reason))
+            }
+            other => other,
         }
-        insert.end().await?;
-        Ok(())
     }
 
     /// Only in the cluster layout: its replicated tables drop a duplicate block. On one
     /// 18.16 server nothing would drop it, so the extra insert would buy nothing.
     async fn intend(&self, batch: &Batch) -> Result<(), ProcessorError> {
-        let (Some(_), Some((first, last))) = (&self.replicas, batch.offsets) else {
+        let (Some(_), Some((first, last))) = (&self.replicas, batch.intent()) else {
             return Ok(());
         };
         let mut insert = self.client.insert::<Intent>("pitboss_batches").await?;
@@ -247,6 +256,71 @@ impl Sink for ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    async fn write(&self, batch: &Batch) -> Result<(), ProcessorError> {
+        let mut insert = self.client.insert::<EventRow>(&self.table).await?;
+        for row in &batch.rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    /// A schema error if the table's columns are no longer the ones an [`EventRow`] is
+    /// written as (RowBinary: by position, without types).
+    async fn check_columns(&self) -> Result<(), ProcessorError> {
+        #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+        struct Column {
+            name: String,
+            kind: String,
+        }
+        let Some(expected) = crate::schema::columns("events") else {
+            return Err(ProcessorError::Config(
+                "no events table in the migrations".into(),
+            ));
+        };
+        let actual: Vec<Column> = self
+            .client
+            .query(
+                "SELECT name, type AS kind FROM system.columns \
+                 WHERE database = currentDatabase() AND table = ?",
+            )
+            .bind(&self.table)
+            .fetch_all()
+            .await?;
+        let mismatch = column_mismatch(
+            &expected,
+            actual.iter().map(|c| (c.name.as_str(), c.kind.as_str())),
+        );
+        match mismatch {
+            Some(what) => Err(ProcessorError::Schema(format!(
+                "table {}: {what}; the processor writes it as the migrations made it",
+                self.table
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What differs between the columns the rows are written as and the table's (extra columns of
+/// the table do not matter: the server fills them).
+fn column_mismatch<'a>(
+    expected: &[(&str, &str)],
+    actual: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<String> {
+    let actual: std::collections::HashMap<&str, &str> = actual.collect();
+    if actual.is_empty() {
+        return Some("the table is gone".into());
+    }
+    expected
+        .iter()
+        .find_map(|(name, kind)| match actual.get(name) {
+            None => Some(format!("column {name} is gone")),
+            Some(found) if found != kind => Some(format!("column {name} is {found}, not {kind}")),
+            Some(_) => None,
+        })
+}
+
 /// `host:port` of a replica for `remote()`, which takes it inside a SQL string: only the
 /// characters of a host name or an IP address pass.
 fn replica_address(host: &str, port: u16) -> Result<String, ProcessorError> {
@@ -266,6 +340,9 @@ fn replica_address(host: &str, port: u16) -> Result<String, ProcessorError> {
     })
 }
 
+/// What tells a row from another in a block: bus topic, partition, offset and event id.
+type RowId = (String, u32, u64, String);
+
 /// An in-memory `events` table for unit tests, with failure injection.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySink {
@@ -283,6 +360,15 @@ struct MemoryInner {
     inserts: usize,
     /// Last intended (first, last) per (topic, partition).
     intents: std::collections::HashMap<(String, u32), (u64, u64)>,
+    /// Inserts holding a row with one of these event ids are refused, as ClickHouse refuses
+    /// a value: nothing of them is stored, and the answer does not say which row it was.
+    refused_ids: std::collections::HashSet<String>,
+    /// Drop a block stored before, as a replicated ClickHouse table does: every block stored.
+    seen_blocks: Option<std::collections::HashSet<Vec<RowId>>>,
+    /// Every call fails with this schema error.
+    broken_schema: Option<String>,
+    /// The rows of every insert attempt, in order (refused ones included).
+    attempts: Vec<Vec<u64>>,
 }
 
 impl MemorySink {
@@ -319,6 +405,29 @@ impl MemorySink {
     pub fn inserts(&self) -> usize {
         self.lock().inserts
     }
+
+    /// Inserts holding a row with one of these event ids are refused for their data.
+    pub fn refuse(&self, event_ids: impl IntoIterator<Item = String>) {
+        self.lock().refused_ids.extend(event_ids);
+    }
+
+    /// From now on a block identical to one stored before is dropped (and the insert
+    /// succeeds), as a replicated ClickHouse table drops it.
+    pub fn drop_seen_blocks(&self) {
+        self.lock()
+            .seen_blocks
+            .get_or_insert_with(std::collections::HashSet::new);
+    }
+
+    /// From now on every call fails with a schema error.
+    pub fn break_schema(&self, reason: &str) {
+        self.lock().broken_schema = Some(reason.to_owned());
+    }
+
+    /// The bus offsets of every insert attempt so far, in order.
+    pub fn attempts(&self) -> Vec<Vec<u64>> {
+        self.lock().attempts.clone()
+    }
 }
 
 #[async_trait]
@@ -330,8 +439,11 @@ impl Sink for MemorySink {
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, ProcessorError> {
         let since = since_ms.unwrap_or(i64::MIN);
-        Ok(self
-            .lock()
+        let inner = self.lock();
+        if let Some(reason) = &inner.broken_schema {
+            return Err(ProcessorError::Schema(reason.clone()));
+        }
+        Ok(inner
             .rows
             .iter()
             .filter(|r| {
@@ -346,9 +458,37 @@ impl Sink for MemorySink {
     async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
         let hang = {
             let mut inner = self.lock();
+            inner
+                .attempts
+                .push(batch.rows.iter().map(|r| r.bus_offset).collect());
+            if let Some(reason) = &inner.broken_schema {
+                return Err(ProcessorError::Schema(reason.clone()));
+            }
             if inner.fail_next > 0 {
                 inner.fail_next -= 1;
                 return Err(ProcessorError::Store("injected failure".into()));
+            }
+            if batch
+                .rows
+                .iter()
+                .any(|r| inner.refused_ids.contains(&r.event_id))
+            {
+                return Err(ProcessorError::Refused("injected refusal".into()));
+            }
+            let block: Vec<_> = batch
+                .rows
+                .iter()
+                .map(|r| {
+                    let topic = r.bus_topic.clone();
+                    (topic, r.bus_partition, r.bus_offset, r.event_id.clone())
+                })
+                .collect();
+            let seen = inner
+                .seen_blocks
+                .as_mut()
+                .is_some_and(|seen| !seen.insert(block));
+            if seen {
+                return Ok(());
             }
             inner.rows.extend(batch.rows.iter().cloned());
             inner.inserts += 1;
@@ -367,7 +507,7 @@ impl Sink for MemorySink {
     }
 
     async fn intend(&self, batch: &Batch) -> Result<(), ProcessorError> {
-        if let Some(range) = batch.offsets {
+        if let Some(range) = batch.intent() {
             self.lock()
                 .intents
                 .insert((batch.topic.clone(), batch.partition), range);
@@ -391,6 +531,31 @@ impl Sink for MemorySink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_gone_or_of_another_type_is_a_mismatch_and_extra_columns_are_not() {
+        let expected = [("tenant_id", "String"), ("amount_minor", "Int64")];
+        let table = |columns: &[(&'static str, &'static str)]| {
+            column_mismatch(&expected, columns.iter().copied())
+        };
+        assert_eq!(
+            table(&[
+                ("tenant_id", "String"),
+                ("amount_minor", "Int64"),
+                ("currency_code", "FixedString(3)"),
+            ]),
+            None
+        );
+        assert_eq!(
+            table(&[("tenant_id", "String"), ("amount_minor", "Int32")]).as_deref(),
+            Some("column amount_minor is Int32, not Int64")
+        );
+        assert_eq!(
+            table(&[("tenant_id", "String")]).as_deref(),
+            Some("column amount_minor is gone")
+        );
+        assert_eq!(table(&[]).as_deref(), Some("the table is gone"));
+    }
 
     #[test]
     fn replica_addresses_are_host_port_and_nothing_else() {

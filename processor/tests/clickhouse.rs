@@ -1,6 +1,8 @@
 //! Real Kafka into real ClickHouse (services from scripts/stack.sh): the schema migrates on
 //! 18.16 (twice, concurrently, without harm), 100,000 events land exactly once, a crash after
-//! the insert and before the commit does not duplicate, and the per-minute rollups fill.
+//! the insert and before the commit does not duplicate, and the per-minute rollups fill. Rows
+//! the server refuses go to the dead-letter topic with its reason while the rest lands; a
+//! table dropped or a column altered under the processor stops it with the reason.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,6 +18,11 @@ use pitboss_processor::{BatchConfig, ClickHouseSink, ProcessorConfig, run, schem
 mod common;
 
 fn event(i: u64) -> OutRecord {
+    event_in(i, "EUR")
+}
+
+/// Event `i`, its money in `currency` (not checked on the way to ClickHouse).
+fn event_in(i: u64, currency: &str) -> OutRecord {
     let now = Timestamp::now();
     let player = format!("p{}", i % 1000);
     let payload = if i.is_multiple_of(2) {
@@ -23,7 +30,7 @@ fn event(i: u64) -> OutRecord {
             bet_id: format!("b{i}"),
             game_id: format!("slot-{}", i % 7),
             round_id: None,
-            stake: Money::new(100, "EUR"),
+            stake: Money::new(100, currency),
             odds: None,
             bet_type: None,
             channel: None,
@@ -35,7 +42,7 @@ fn event(i: u64) -> OutRecord {
             game_id: format!("slot-{}", (i - 1) % 7),
             round_id: None,
             result: pitboss_model::SettlementResult::Win,
-            payout: Money::new(40, "EUR"),
+            payout: Money::new(40, currency),
         })
     };
     let e = Event {
@@ -298,4 +305,258 @@ async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
     let since = now_ms - pitboss_processor::run::REPLAY_MARGIN_MS;
     assert_eq!(sink.high_water("t", 0, Some(since)).await.unwrap(), Some(9));
     assert_eq!(sink.high_water("t", 1, Some(since)).await.unwrap(), None);
+}
+
+/// Every record of `topic` (one partition) on Kafka, read until `n` are in (or 30 s).
+async fn read_all(bus: &KafkaBus, topic: &str, n: usize) -> Vec<pitboss_bus::Record> {
+    let mut consumer = bus
+        .consumer(
+            &pitboss_testkit::unique_name("check"),
+            topic,
+            pitboss_bus::ConsumerConfig::default(),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    while got.len() < n && start.elapsed() < Duration::from_secs(30) {
+        if let pitboss_bus::Delivery::Records(rs) = consumer
+            .poll(100, Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            got.extend(rs);
+        }
+    }
+    got
+}
+
+/// A topic of one partition (and its dead-letter topic) holding `records`.
+async fn one_partition(bus: &KafkaBus, records: Vec<OutRecord>) -> String {
+    let topic = pitboss_testkit::unique_name("events");
+    bus.create_topic(&topic, 1).await.unwrap();
+    bus.create_topic(&format!("{topic}_dead_letter"), 1)
+        .await
+        .unwrap();
+    bus.publisher().publish(&topic, records).await.unwrap();
+    topic
+}
+
+/// Runs a processor of `topic` until `events` holds `n` rows, then stops it.
+async fn process_until(
+    bus: &Arc<KafkaBus>,
+    client: &Client,
+    config: &ProcessorConfig,
+    n: u64,
+) -> pitboss_processor::RunStats {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(ClickHouseSink::new(client.clone())),
+        config.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_for_rows(client, n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // anything extra would show up now
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap()
+}
+
+/// No event from the bus can be refused by the migrated `events` (strings, integers and
+/// DateTime take any RowBinary value), but a column an operator adds can refuse one: here a
+/// currency code that must fit FixedString(3). ClickHouse refuses the whole insert without
+/// saying which row; the processor halves the batch until it knows, dead-letters those rows
+/// with the server's answer, lands the rest, and stores its offsets past them.
+#[tokio::test]
+async fn rows_clickhouse_refuses_are_dead_lettered_with_its_reason_and_the_rest_lands() {
+    const N: u64 = 2_000;
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    client
+        .query(
+            "ALTER TABLE events ADD COLUMN currency_code FixedString(3) \
+             MATERIALIZED toFixedString(currency, 3)",
+        )
+        .execute()
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let bad: Vec<u64> = (0..N).filter(|i| i % 400 == 7).collect();
+    let records: Vec<OutRecord> = (0..N)
+        .map(|i| {
+            if bad.contains(&i) {
+                event_in(i, "EURO")
+            } else {
+                event(i)
+            }
+        })
+        .collect();
+    let refused: Vec<Vec<u8>> = bad
+        .iter()
+        .map(|i| records[*i as usize].value.clone())
+        .collect();
+    let topic = one_partition(&bus, records).await;
+    let config = common::config(&topic, 500);
+
+    let good = N - bad.len() as u64;
+    let stats = process_until(&bus, &client, &config, good).await;
+    assert_eq!(stats.dead_lettered, bad.len() as u64, "{stats:?}");
+    let c = counts(&client).await;
+    assert_eq!((c.rows, c.ids), (good, good), "every other row, once");
+    let odd: u64 = client
+        .query("SELECT count() FROM events WHERE currency NOT IN ('EUR', '')")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(odd, 0);
+
+    let dead = read_all(&bus, &format!("{topic}_dead_letter"), bad.len()).await;
+    assert_eq!(
+        dead.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+        refused,
+        "the records as they were, in order"
+    );
+    for (r, i) in dead.iter().zip(&bad) {
+        let key = &r.key;
+        assert!(
+            key.starts_with(&format!(
+                "{topic}:0:{i}: clickhouse refused the rows: Code: 131"
+            )),
+            "{key}"
+        );
+        assert!(
+            key.contains("String too long for type FixedString(3)"),
+            "{key}"
+        );
+    }
+
+    // The partition keeps flowing, and the offsets were stored past the refused rows: the
+    // next member neither inserts nor dead-letters anything twice.
+    bus.publisher()
+        .publish(&topic, (N..N + 100).map(event).collect())
+        .await
+        .unwrap();
+    let stats = process_until(&bus, &client, &config, good + 100).await;
+    assert_eq!(
+        (stats.rows_inserted, stats.dead_lettered),
+        (100, 0),
+        "{stats:?}"
+    );
+    let c = counts(&client).await;
+    assert_eq!((c.rows, c.ids), (good + 100, good + 100));
+}
+
+/// ClickHouse (18.16 and current) writes the table before its materialized views: a view that
+/// refuses a row fails the insert after the rows landed. The processor sees them landed (the
+/// high-water mark) and does not split the batch — a split would write them again.
+#[tokio::test]
+async fn rows_a_materialized_view_refuses_after_the_table_took_them_are_not_written_twice() {
+    const N: u64 = 1_000;
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE TABLE currencies (currency FixedString(3)) ENGINE = MergeTree ORDER BY currency",
+        "CREATE MATERIALIZED VIEW currencies_mv TO currencies AS \
+         SELECT toFixedString(currency, 3) AS currency FROM events",
+    ] {
+        client.query(ddl).execute().await.unwrap();
+    }
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let records = (0..N)
+        .map(|i| {
+            if i == 500 {
+                event_in(i, "EURO")
+            } else {
+                event(i)
+            }
+        })
+        .collect();
+    let topic = one_partition(&bus, records).await;
+    let stats = process_until(&bus, &client, &common::config(&topic, 10_000), N).await;
+    let c = counts(&client).await;
+    assert_eq!((c.rows, c.ids), (N, N), "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+}
+
+/// Awaits a processor that must stop by itself (the guard only keeps a processor that
+/// retries forever from hanging the suite).
+async fn stopped(
+    task: tokio::task::JoinHandle<
+        Result<pitboss_processor::RunStats, pitboss_processor::ProcessorError>,
+    >,
+) -> pitboss_processor::ProcessorError {
+    tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("the processor stopped by itself")
+        .unwrap()
+        .expect_err("the processor failed")
+}
+
+#[tokio::test]
+async fn a_table_dropped_under_the_processor_stops_it_with_the_reason() {
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = one_partition(&bus, (0..200).map(event).collect()).await;
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(ClickHouseSink::new(client.clone())),
+        common::config(&topic, 10_000),
+        std::future::pending(),
+    ));
+    wait_for_rows(&client, 200).await;
+    client.query("DROP TABLE events").execute().await.unwrap();
+    bus.publisher()
+        .publish(&topic, (200..210).map(event).collect())
+        .await
+        .unwrap();
+    let error = stopped(task).await;
+    assert!(
+        matches!(error, pitboss_processor::ProcessorError::Schema(_)),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.starts_with("clickhouse schema: Code: 60") && text.contains("events doesn't exist"),
+        "{text}"
+    );
+}
+
+/// RowBinary carries no types: after a column's type changed, the server cannot read the
+/// rows and answers like bad data (`CANNOT_READ_ALL_DATA`…). The processor checks the table's
+/// columns before splitting: a schema error, not every row in the dead-letter topic.
+#[tokio::test]
+async fn a_column_altered_under_the_processor_stops_it_with_the_reason() {
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    client
+        .query("ALTER TABLE events MODIFY COLUMN amount_minor Int32")
+        .execute()
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = one_partition(&bus, (0..200).map(event).collect()).await;
+    let task = tokio::spawn(run(
+        bus.clone(),
+        Arc::new(ClickHouseSink::new(client.clone())),
+        common::config(&topic, 10_000),
+        std::future::pending(),
+    ));
+    let error = stopped(task).await;
+    assert_eq!(
+        error.to_string(),
+        "clickhouse schema: table events: column amount_minor is Int32, not Int64; \
+         the processor writes it as the migrations made it"
+    );
+    assert_eq!(counts(&client).await.rows, 0);
 }

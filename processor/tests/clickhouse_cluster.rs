@@ -125,6 +125,8 @@ fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batc
         last: Position::Offset(offsets.end as i64 - 1),
         bytes: 0,
         opened: Instant::now(),
+        values: Vec::new(),
+        recut: None,
     })
 }
 

@@ -3,11 +3,16 @@
 //! Domain code works with `pitboss-model`, which converts to and from these types; only
 //! the wire adapters (bus, gRPC) touch them directly.
 
-/// Version 1 of the contract: messages and the `Ingest` gRPC service (client and server).
+/// Version 1 of the contract: events, the live-path messages (alerts, pushes, deliveries, alert
+/// acks) and the `Ingest` gRPC service (client and server).
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pitboss.v1.rs"));
 }
 
 /// The contract's file descriptor path, for tools that want to locate the sources.
-pub const PROTO_FILES: &[&str] = &["pitboss/v1/events.proto", "pitboss/v1/ingest.proto"];
+pub const PROTO_FILES: &[&str] = &[
+    "pitboss/v1/events.proto",
+    "pitboss/v1/ingest.proto",
+    "pitboss/v1/live.proto",
+];

@@ -40,13 +40,36 @@ pub mod partition;
 /// Partition (Kafka) or shard index (Kinesis) within a topic.
 pub type Partition = u32;
 
-/// Where a record sits in its partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Where a record sits in its partition. Positions of one partition order as its records do
+/// (see the `Ord` implementation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Position {
     /// Kafka and embedded-log offset.
     Offset(i64),
     /// Kinesis sequence number (decimal text, up to 128 digits).
     Sequence(String),
+}
+
+/// Offsets order numerically, and so do sequence numbers: decimal text without leading zeros,
+/// so the longer is the larger, then the text decides. (Ordered as text, "10" would come
+/// before "9": moto's sequence numbers are small integers; AWS's grow in length too.) An offset
+/// orders before any sequence number (they never share a partition).
+impl Ord for Position {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        match (self, other) {
+            (Position::Offset(a), Position::Offset(b)) => a.cmp(b),
+            (Position::Sequence(a), Position::Sequence(b)) => (a.len(), a).cmp(&(b.len(), b)),
+            (Position::Offset(_), Position::Sequence(_)) => Ordering::Less,
+            (Position::Sequence(_), Position::Offset(_)) => Ordering::Greater,
+        }
+    }
+}
+
+impl PartialOrd for Position {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl fmt::Display for Position {
@@ -62,7 +85,8 @@ impl fmt::Display for Position {
 /// record without decoding it. Values are UTF-8 text; times are decimal milliseconds since the
 /// Unix epoch.
 pub mod header {
-    /// What the record carries: an event type (`bet_placed`, …), `alert`, `push`, `alert_ack`.
+    /// What the record carries: an event type (`bet_placed`, …), `alert`, `push`, `delivery`,
+    /// `alert_ack` (docs/alerts.md).
     pub const TYPE: &str = "pitboss-type";
     /// The tenant the record belongs to.
     pub const TENANT: &str = "pitboss-tenant";
@@ -486,5 +510,24 @@ impl BusSpec {
     /// Opens the bus and returns its publisher.
     pub async fn publisher(&self) -> Result<std::sync::Arc<dyn Publisher>, BusError> {
         Ok(self.open().await?.publisher())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_order_as_numbers() {
+        let seq = |s: &str| Position::Sequence(s.to_owned());
+        let mut sequences = vec![seq("10"), seq("9"), seq("100"), seq("11"), seq("2")];
+        sequences.sort();
+        assert_eq!(
+            sequences,
+            vec![seq("2"), seq("9"), seq("10"), seq("11"), seq("100")]
+        );
+        assert!(Position::Offset(9) < Position::Offset(10));
+        assert!(Position::Offset(i64::MAX) < seq("0"));
+        assert_eq!(seq("42").cmp(&seq("42")), std::cmp::Ordering::Equal);
     }
 }

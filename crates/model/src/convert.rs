@@ -26,7 +26,7 @@ pub fn decode_proto(bytes: &[u8]) -> Result<Event, Violation> {
     Event::try_from(msg)
 }
 
-fn none_if_empty(s: String) -> Option<String> {
+pub(crate) fn none_if_empty(s: String) -> Option<String> {
     if s.is_empty() { None } else { Some(s) }
 }
 
@@ -45,7 +45,7 @@ fn money_from(m: Option<pb::Money>, path: &str) -> Result<Money, Violation> {
     })
 }
 
-fn bad_enum(path: &str, raw: i32) -> Violation {
+pub(crate) fn bad_enum(path: &str, raw: i32) -> Violation {
     Violation::new(
         path,
         ViolationCode::InvalidValue,
@@ -53,6 +53,8 @@ fn bad_enum(path: &str, raw: i32) -> Violation {
     )
 }
 
+/// Maps a model enum to its protobuf enum and back: `$to`, `$from` (UNSPECIFIED is refused as
+/// `required`) and `$opt_from` (UNSPECIFIED is `None`); shared with the live-path conversions.
 macro_rules! enum_map {
     ($model:ty, $pb:ty, $to:ident, $from:ident, $opt_from:ident, { $($m:ident => $p:ident),+ $(,)? }) => {
         fn $to(v: $model) -> i32 {
@@ -71,6 +73,8 @@ macro_rules! enum_map {
         }
     };
 }
+
+pub(crate) use enum_map;
 
 enum_map!(BetType, pb::BetType, bet_type_to, _bet_type_from, bet_type_from, {
     Single => Single, Accumulator => Accumulator, System => System, Spin => Spin, Hand => Hand, Other => Other,

@@ -289,7 +289,7 @@ fn truncate(s: &str, max_chars: usize) -> String {
 }
 
 /// Turns a serde error with its path into a violation, classifying serde_json's messages.
-fn path_violation(
+pub(crate) fn path_violation(
     err: serde_path_to_error::Error<serde_json::Error>,
     prefix: Option<&str>,
 ) -> Violation {

@@ -1,6 +1,7 @@
 //! The Pitboss event model: the canonical JSON form of player events, their validation with
 //! machine-readable reasons, lossless conversion to the protobuf form used on the bus and over
-//! gRPC, and the generated JSON Schema.
+//! gRPC, and the generated JSON Schema; and the same for the live-path messages (alerts, pushes,
+//! deliveries, alert acks) in [`live`].
 //!
 //! Money is integer minor units plus an ISO 4217 code everywhere; there are no floats for money.
 
@@ -8,6 +9,7 @@ pub mod convert;
 pub mod currency;
 pub mod decode;
 pub mod event;
+pub mod live;
 pub mod schema;
 pub mod time;
 pub mod validate;

@@ -210,39 +210,56 @@ fn id_char_ok(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '@' | '+' | '-')
 }
 
+/// The UUID rule (canonical hyphenated form only: 36 characters, as produced by every UUID
+/// library), shared with the live-path messages.
+pub(crate) fn uuid_violation(path: &str, value: &str) -> Option<Violation> {
+    let ok = value.len() == 36 && uuid::Uuid::try_parse(value).is_ok();
+    (!ok).then(|| {
+        Violation::new(
+            path,
+            ViolationCode::InvalidUuid,
+            "expected a UUID like 0192f0c1-7a2b-7c3d-8e4f-5a6b7c8d9e0f",
+        )
+    })
+}
+
+/// The id rule (required, at most `max` bytes, `[A-Za-z0-9._~@+-]`), shared with the live-path
+/// messages.
+pub(crate) fn id_violation(path: &str, value: &str, max: usize) -> Option<Violation> {
+    if value.is_empty() {
+        Some(Violation::new(
+            path,
+            ViolationCode::Required,
+            "must not be empty",
+        ))
+    } else if value.len() > max {
+        Some(Violation::new(
+            path,
+            ViolationCode::TooLong,
+            format!("longer than {max} bytes"),
+        ))
+    } else {
+        value.chars().find(|c| !id_char_ok(*c)).map(|bad| {
+            Violation::new(
+                path,
+                ViolationCode::InvalidCharacters,
+                format!("character {bad:?} is not allowed; use [A-Za-z0-9._~@+-]"),
+            )
+        })
+    }
+}
+
 impl Checker<'_> {
     fn push(&mut self, path: &str, code: ViolationCode, message: impl Into<String>) {
         self.out.push(Violation::new(path, code, message));
     }
 
     fn uuid(&mut self, path: &str, value: &str) {
-        // Canonical hyphenated form only: 36 characters, as produced by every UUID library.
-        let ok = value.len() == 36 && uuid::Uuid::try_parse(value).is_ok();
-        if !ok {
-            self.push(
-                path,
-                ViolationCode::InvalidUuid,
-                "expected a UUID like 0192f0c1-7a2b-7c3d-8e4f-5a6b7c8d9e0f",
-            );
-        }
+        self.out.extend(uuid_violation(path, value));
     }
 
     fn id(&mut self, path: &str, value: &str, max: usize) {
-        if value.is_empty() {
-            self.push(path, ViolationCode::Required, "must not be empty");
-        } else if value.len() > max {
-            self.push(
-                path,
-                ViolationCode::TooLong,
-                format!("longer than {max} bytes"),
-            );
-        } else if let Some(bad) = value.chars().find(|c| !id_char_ok(*c)) {
-            self.push(
-                path,
-                ViolationCode::InvalidCharacters,
-                format!("character {bad:?} is not allowed; use [A-Za-z0-9._~@+-]"),
-            );
-        }
+        self.out.extend(id_violation(path, value, max));
     }
 
     fn opt_id(&mut self, path: &str, value: Option<&str>, max: usize) {

@@ -5,10 +5,13 @@
 //! - [`telemetry`]: tracing to stderr, the process-wide Prometheus recorder;
 //! - [`admin`]: the admin listener's router (`/healthz`, `/readyz`, `/metrics`);
 //! - [`shutdown`]: one stop signal for the whole process (SIGINT, SIGTERM, or a part that
-//!   failed), and a drain deadline.
+//!   failed), and a drain deadline;
+//! - [`worker`]: the partitioned-worker loop of group consumers (offsets stored only for
+//!   output that is durable).
 
 pub mod admin;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;
 
 pub use shutdown::Shutdown;

@@ -1,0 +1,302 @@
+//! The partitioned-worker loop every group consumer of Pitboss runs (the processor today, the
+//! rules engine next): poll → hand records, assignments and revocations to the work → store
+//! the offsets of what the work reports durable, and only those → commit. A revocation is
+//! answered only after the work made everything of those partitions durable, so the next
+//! owner resumes exactly after it; on shutdown the work finishes and the last offsets are
+//! committed before the member leaves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pitboss_bus::{BusError, Consumer, Delivery, Partition, Position, Record};
+
+/// What a worker does with what its group member receives. Implementations keep their own
+/// state per partition; the loop only moves records in and durable positions out.
+#[async_trait]
+pub trait PartitionWork: Send {
+    type Error: From<BusError> + Send;
+
+    /// These partitions (and the same partitions of the consumer's companion topics) are now
+    /// this member's.
+    async fn assigned(&mut self, partitions: &[Partition]) -> Result<(), Self::Error>;
+
+    /// Records of owned partitions, in order within each partition.
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), Self::Error>;
+
+    /// These partitions are leaving: make everything pending for them durable before
+    /// returning (their positions then come out of [`PartitionWork::take_durable`]) and forget
+    /// them.
+    async fn revoking(&mut self, partitions: &[Partition]) -> Result<(), Self::Error>;
+
+    /// Runs after every poll: time-based work (a batch that came due) and collecting output
+    /// that became durable meanwhile.
+    async fn tick(&mut self) -> Result<(), Self::Error>;
+
+    /// How long the next poll may wait for records (until the next piece of work is due).
+    fn poll_wait(&self) -> Duration;
+
+    /// Positions whose output became durable since the last call: `(topic, partition,
+    /// position)`, each meaning "this record and everything before it in its partition".
+    fn take_durable(&mut self) -> Vec<(Arc<str>, Partition, Position)>;
+
+    /// Shutdown: make everything pending durable.
+    async fn finish(&mut self) -> Result<(), Self::Error>;
+}
+
+/// Runs `work` on `consumer` until `shutdown` resolves or either fails. On shutdown the work
+/// finishes and what it made durable is committed; on an error nothing more is committed (the
+/// next owner replays from the last commit). The consumer is left open for the caller to
+/// close.
+pub async fn run_partitioned<W: PartitionWork>(
+    consumer: &mut dyn Consumer,
+    work: &mut W,
+    poll_max: usize,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), W::Error> {
+    tokio::pin!(shutdown);
+    loop {
+        store_and_commit(consumer, work).await?;
+        let wait = work.poll_wait();
+        let delivery = tokio::select! {
+            () = &mut shutdown => break,
+            d = consumer.poll(poll_max, wait) => d?,
+        };
+        match delivery {
+            Delivery::Records(records) => {
+                if !records.is_empty() {
+                    work.records(records).await?;
+                }
+            }
+            Delivery::Assigned(partitions) => work.assigned(&partitions).await?,
+            Delivery::Revoking(partitions) => {
+                work.revoking(&partitions).await?;
+                // Stored now; the next poll commits them and lets the partitions go.
+                store(consumer, work)?;
+            }
+        }
+        work.tick().await?;
+    }
+    work.finish().await?;
+    store_and_commit(consumer, work).await
+}
+
+/// Stores the durable positions; true when there were any.
+fn store<W: PartitionWork>(consumer: &mut dyn Consumer, work: &mut W) -> Result<bool, W::Error> {
+    let durable = work.take_durable();
+    for (topic, partition, position) in &durable {
+        consumer.store(topic, *partition, position)?;
+    }
+    Ok(!durable.is_empty())
+}
+
+async fn store_and_commit<W: PartitionWork>(
+    consumer: &mut dyn Consumer,
+    work: &mut W,
+) -> Result<(), W::Error> {
+    if store(consumer, work)? {
+        consumer.commit().await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::{BTreeMap, VecDeque};
+
+    use super::*;
+
+    /// A consumer that plays a script of deliveries and records what was stored and committed.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        script: VecDeque<Delivery>,
+        stored: BTreeMap<Partition, i64>,
+        committed: Vec<BTreeMap<Partition, i64>>,
+        /// What was stored when each poll came.
+        at_poll: Vec<BTreeMap<Partition, i64>>,
+    }
+
+    #[async_trait]
+    impl Consumer for Scripted {
+        async fn poll(&mut self, _: usize, _: Duration) -> Result<Delivery, BusError> {
+            self.at_poll.push(self.stored.clone());
+            match self.script.pop_front() {
+                Some(d) => Ok(d),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(Delivery::Records(Vec::new()))
+                }
+            }
+        }
+        fn store(&mut self, _: &str, p: Partition, pos: &Position) -> Result<(), BusError> {
+            let Position::Offset(o) = pos else {
+                return Err(BusError::Config("offset".into()));
+            };
+            self.stored.insert(p, *o);
+            Ok(())
+        }
+        async fn commit(&mut self) -> Result<(), BusError> {
+            self.committed.push(self.stored.clone());
+            Ok(())
+        }
+        fn assignment(&self) -> Vec<Partition> {
+            Vec::new()
+        }
+        async fn close(self: Box<Self>) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    /// Holds records until `flush_every` are pending, then reports them durable.
+    #[derive(Default)]
+    struct Batching {
+        pending: Vec<Record>,
+        durable: Vec<(Arc<str>, Partition, Position)>,
+        flush_every: usize,
+        log: Vec<String>,
+    }
+
+    impl Batching {
+        fn flush(&mut self, only: Option<&[Partition]>) {
+            let (go, keep): (Vec<Record>, Vec<Record>) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|r| only.is_none_or(|ps| ps.contains(&r.partition)));
+            self.pending = keep;
+            for r in go {
+                self.durable.push((r.topic, r.partition, r.position));
+            }
+        }
+    }
+
+    #[async_trait]
+    impl PartitionWork for Batching {
+        type Error = BusError;
+        async fn assigned(&mut self, p: &[Partition]) -> Result<(), BusError> {
+            self.log.push(format!("assigned {p:?}"));
+            Ok(())
+        }
+        async fn records(&mut self, records: Vec<Record>) -> Result<(), BusError> {
+            self.pending.extend(records);
+            if self.pending.len() >= self.flush_every {
+                self.flush(None);
+            }
+            Ok(())
+        }
+        async fn revoking(&mut self, p: &[Partition]) -> Result<(), BusError> {
+            self.log.push(format!("revoking {p:?}"));
+            self.flush(Some(p));
+            Ok(())
+        }
+        async fn tick(&mut self) -> Result<(), BusError> {
+            Ok(())
+        }
+        fn poll_wait(&self) -> Duration {
+            Duration::from_millis(5)
+        }
+        fn take_durable(&mut self) -> Vec<(Arc<str>, Partition, Position)> {
+            std::mem::take(&mut self.durable)
+        }
+        async fn finish(&mut self) -> Result<(), BusError> {
+            self.log.push("finish".into());
+            self.flush(None);
+            Ok(())
+        }
+    }
+
+    fn rec(p: Partition, o: i64) -> Record {
+        Record {
+            topic: "t".into(),
+            partition: p,
+            position: Position::Offset(o),
+            key: String::new(),
+            value: Vec::new(),
+            timestamp_ms: 0,
+            headers: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_durable_positions_are_stored_and_revokes_flush_first() {
+        let mut consumer = Scripted {
+            script: VecDeque::from([
+                Delivery::Assigned(vec![0, 1]),
+                Delivery::Records(vec![rec(0, 0), rec(1, 0), rec(0, 1)]),
+                // Not durable yet (3 pending of 4): nothing may be committed.
+                Delivery::Revoking(vec![1]),
+                Delivery::Records(vec![rec(0, 2), rec(0, 3)]),
+                Delivery::Records(vec![rec(0, 4)]),
+            ]),
+            ..Scripted::default()
+        };
+        let mut work = Batching {
+            flush_every: 4,
+            ..Batching::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = run_partitioned(&mut consumer, &mut work, 100, async {
+            let _ = stopped.await;
+        });
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = stop.send(());
+        };
+        let (ran, ()) = tokio::join!(run, stopper);
+        ran.unwrap();
+        assert_eq!(
+            work.log,
+            ["assigned [0, 1]", "revoking [1]", "finish"],
+            "the work saw the revoke and the shutdown"
+        );
+        // Partition 1 was flushed by the revoke and stored before the next poll (which hands
+        // it over); partition 0's three pending records were not stored.
+        assert!(consumer.at_poll[2].is_empty(), "{:?}", consumer.at_poll);
+        assert_eq!(consumer.at_poll[3], BTreeMap::from([(1, 0)]));
+        // The first commit comes once the batch of 4 records of partition 0 is durable.
+        assert_eq!(consumer.committed[0], BTreeMap::from([(0, 3), (1, 0)]));
+        assert_eq!(
+            consumer.committed.last().unwrap(),
+            &BTreeMap::from([(0, 4), (1, 0)]),
+            "everything durable is committed at shutdown"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_of_the_work_stops_the_loop_without_committing_more() {
+        struct Failing;
+        #[async_trait]
+        impl PartitionWork for Failing {
+            type Error = BusError;
+            async fn assigned(&mut self, _: &[Partition]) -> Result<(), BusError> {
+                Ok(())
+            }
+            async fn records(&mut self, _: Vec<Record>) -> Result<(), BusError> {
+                Err(BusError::Storage("disk full".into()))
+            }
+            async fn revoking(&mut self, _: &[Partition]) -> Result<(), BusError> {
+                Ok(())
+            }
+            async fn tick(&mut self) -> Result<(), BusError> {
+                Ok(())
+            }
+            fn poll_wait(&self) -> Duration {
+                Duration::from_millis(1)
+            }
+            fn take_durable(&mut self) -> Vec<(Arc<str>, Partition, Position)> {
+                Vec::new()
+            }
+            async fn finish(&mut self) -> Result<(), BusError> {
+                panic!("finish must not run after an error")
+            }
+        }
+        let mut consumer = Scripted {
+            script: VecDeque::from([Delivery::Records(vec![rec(0, 0)])]),
+            ..Scripted::default()
+        };
+        let err = run_partitioned(&mut consumer, &mut Failing, 10, std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BusError::Storage(_)));
+        assert!(consumer.committed.is_empty());
+    }
+}
