@@ -270,7 +270,7 @@ mod tests {
         let b = c.join("g", TOPIC, Duration::from_secs(30));
         c.leave(&a);
         assert_eq!(owned(&mut c, &b), vec![0, 1, 2, 3]);
-        assert!(c.group(&a).unwrap().members.get(&a.id).is_none());
+        assert!(!c.group(&a).unwrap().members.contains_key(&a.id));
     }
 
     #[test]
