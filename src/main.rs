@@ -481,10 +481,10 @@ async fn serve_both(
     admin: tokio::net::TcpListener,
     stop: Shutdown,
 ) -> Result<()> {
-    let (a, b) = (stop.clone(), stop);
+    pitboss_runtime::http::raise_fd_limit();
     tokio::try_join!(
-        pitboss_ingest::serve(state.clone(), public, async move { a.wait().await }),
-        pitboss_ingest::serve_admin(state, admin, async move { b.wait().await }),
+        pitboss_ingest::serve(state.clone(), public, stop.clone()),
+        pitboss_ingest::serve_admin(state, admin, stop),
     )?;
     Ok(())
 }

@@ -4,12 +4,14 @@
 //!
 //! - [`telemetry`]: tracing to stderr, the process-wide Prometheus recorder;
 //! - [`admin`]: the admin listener's router (`/healthz`, `/readyz`, `/metrics`);
+//! - [`http`]: serving a router with bounded connections and a graceful drain;
 //! - [`shutdown`]: one stop signal for the whole process (SIGINT, SIGTERM, or a part that
 //!   failed), and a drain deadline;
 //! - [`worker`]: the partitioned-worker loop of group consumers (offsets stored only for
 //!   output that is durable).
 
 pub mod admin;
+pub mod http;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -49,6 +49,17 @@ pub struct IngestConfig {
     pub hot_key_sticky_secs: u64,
     /// Topic of rerouted events (default: `<topic>_overflow`).
     pub overflow_topic: Option<String>,
+    /// Connections the public listener holds at once; past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head, which is also how long an idle
+    /// keep-alive connection stays open, in ms.
+    pub header_read_timeout_ms: u64,
+    /// A WebSocket ping every this many seconds…
+    pub ws_ping_interval_secs: u64,
+    /// …and a WebSocket from which nothing (not even a pong) came for this long is closed.
+    pub ws_idle_timeout_secs: u64,
+    /// On SIGTERM, how long requests and sockets in progress may take before being cut, in s.
+    pub drain_timeout_secs: u64,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -67,6 +78,11 @@ impl Default for IngestConfig {
             hot_key_events_per_second: 200,
             hot_key_sticky_secs: 60,
             overflow_topic: None,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            ws_ping_interval_secs: 20,
+            ws_idle_timeout_secs: 60,
+            drain_timeout_secs: 30,
             tenants: Vec::new(),
         }
     }
@@ -80,6 +96,24 @@ impl IngestConfig {
             .unwrap_or_else(|| format!("{}_overflow", self.topic))
     }
 
+    /// Limits of the public listener.
+    pub fn limits(&self) -> pitboss_runtime::http::Limits {
+        pitboss_runtime::http::Limits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            drain_timeout: std::time::Duration::from_secs(self.drain_timeout_secs),
+            ..pitboss_runtime::http::Limits::default()
+        }
+    }
+
+    /// Limits of the admin listener (a few probes and a scraper).
+    pub fn admin_limits(&self) -> pitboss_runtime::http::Limits {
+        pitboss_runtime::http::Limits {
+            max_connections: 64,
+            ..self.limits()
+        }
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
@@ -88,6 +122,15 @@ impl IngestConfig {
         }
         if self.overflow_topic() == self.topic {
             return err("overflow_topic must differ from topic".into());
+        }
+        if self.max_connections == 0
+            || self.header_read_timeout_ms == 0
+            || self.ws_ping_interval_secs == 0
+            || self.ws_idle_timeout_secs <= self.ws_ping_interval_secs
+        {
+            return err(
+                "max_connections, header_read_timeout_ms and ws_ping_interval_secs must be positive, and ws_idle_timeout_secs longer than the ping interval".into(),
+            );
         }
         if self.core.max_event_bytes == 0 || self.core.max_events == 0 || self.max_body_bytes == 0 {
             return err("limits must be positive".into());

@@ -350,38 +350,119 @@ async fn publish_plan(
 }
 
 /// Upgrades an authenticated request to a WebSocket that ingests frames (see [`crate::ws`]).
+/// The server pings every `ws_ping_interval_secs`; a socket from which nothing came for
+/// `ws_idle_timeout_secs` is closed (1001); on shutdown the frame in progress is answered and
+/// the socket closed with 1012 so the client reconnects elsewhere.
 async fn ws_ingest(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
+    shutdown: Option<Extension<pitboss_runtime::Shutdown>>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    use axum::extract::ws::Message;
-    use futures::{SinkExt, StreamExt};
     let max = state.config.max_body_bytes;
+    let shutdown = shutdown.map_or_else(pitboss_runtime::Shutdown::new, |Extension(s)| s);
     upgrade
         .max_message_size(max)
-        .on_upgrade(move |socket| async move {
-            let (sink, stream) = socket.split();
-            let frames = stream
-                .take_while(|m| {
-                    std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_))))
-                })
-                .filter_map(|m| {
-                    std::future::ready(match m {
-                        Ok(Message::Text(t)) => Some(t.as_bytes().to_vec()),
-                        Ok(Message::Binary(b)) => Some(b.to_vec()),
-                        _ => None, // pings are answered by axum; nothing else carries events
-                    })
-                });
-            let replies = sink.with(|text: String| {
-                std::future::ready(Ok::<_, axum::Error>(Message::Text(text.into())))
-            });
-            if let Err(e) =
-                crate::ws::serve_frames(&state, &tenant, Box::pin(frames), Box::pin(replies)).await
-            {
-                tracing::debug!(error = %e, "websocket closed while replying");
+        .max_frame_size(max)
+        .on_upgrade(move |socket| ws_session(state, tenant, socket, shutdown))
+}
+
+/// Why the server ended a WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WsEnd {
+    /// The client closed, or the socket failed.
+    Client,
+    /// Nothing came for the idle timeout: a dead peer.
+    Idle,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+async fn ws_session(
+    state: AppState,
+    tenant: String,
+    socket: axum::extract::ws::WebSocket,
+    shutdown: pitboss_runtime::Shutdown,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures::{SinkExt, StreamExt};
+    let idle = Duration::from_secs(state.config.ws_idle_timeout_secs);
+    let ping_every = Duration::from_secs(state.config.ws_ping_interval_secs);
+    let (mut sink, stream) = socket.split();
+    let ended = Arc::new(std::sync::Mutex::new(WsEnd::Client));
+    let end = |why: WsEnd, ended: &Arc<std::sync::Mutex<WsEnd>>| {
+        *ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    };
+    let reader_end = ended.clone();
+    let stop = shutdown.clone();
+    let frames = futures::stream::unfold(stream, move |mut stream| {
+        let (stop, reader_end) = (stop.clone(), reader_end.clone());
+        async move {
+            loop {
+                let next = tokio::select! {
+                    () = stop.wait() => {
+                        end(WsEnd::Shutdown, &reader_end);
+                        return None;
+                    }
+                    next = tokio::time::timeout(idle, stream.next()) => next,
+                };
+                match next {
+                    Err(_) => {
+                        end(WsEnd::Idle, &reader_end);
+                        return None;
+                    }
+                    Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+                    Ok(Some(Ok(Message::Text(t)))) => return Some((t.as_bytes().to_vec(), stream)),
+                    Ok(Some(Ok(Message::Binary(b)))) => return Some((b.to_vec(), stream)),
+                    // Pings (answered by axum) and pongs: the peer is alive.
+                    Ok(Some(Ok(_))) => {}
+                }
             }
-        })
+        }
+    });
+    let (replies, mut outgoing) = futures::channel::mpsc::channel::<String>(4);
+    let writer = async move {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        loop {
+            tokio::select! {
+                reply = outgoing.next() => match reply {
+                    Some(text) => {
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Every frame read has been answered: the session is over.
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let why = *ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (code, reason) = match why {
+            WsEnd::Shutdown => (1012, "server restarting: reconnect"),
+            WsEnd::Idle => (1001, "idle: nothing received within the idle timeout"),
+            WsEnd::Client => return,
+        };
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    };
+    let replies = replies.sink_map_err(|e| axum::Error::new(e));
+    let serve = async {
+        if let Err(e) =
+            crate::ws::serve_frames(&state, &tenant, Box::pin(frames), Box::pin(replies)).await
+        {
+            tracing::debug!(error = %e, "websocket closed while replying");
+        }
+    };
+    tokio::join!(serve, writer);
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

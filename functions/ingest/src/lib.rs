@@ -60,24 +60,26 @@ pub fn state(
     })
 }
 
-/// Serves the admin router (`/metrics`, probes) on `listener` until `shutdown` resolves.
+/// Serves the admin router (`/metrics`, probes) on `listener` until `shutdown` is triggered.
 pub async fn serve_admin(
     state: http::AppState,
     listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: pitboss_runtime::Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::admin_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.admin_limits();
+    pitboss_runtime::http::serve(listener, http::admin_router(state), limits, shutdown).await
 }
 
-/// Serves the ingest API on `listener` until `shutdown` resolves, then drains in-flight requests.
+/// Serves the ingest API on `listener` until `shutdown` is triggered, within the config's
+/// connection limits; then stops accepting, answers the requests already read, closes
+/// WebSockets with 1012 (reconnect), and returns (connections still busy at the drain deadline
+/// are cut).
 pub async fn serve(
     state: http::AppState,
     listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: pitboss_runtime::Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config.limits();
+    let router = http::router(state).layer(axum::Extension(shutdown.clone()));
+    pitboss_runtime::http::serve(listener, router, limits, shutdown).await
 }

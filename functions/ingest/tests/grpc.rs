@@ -30,7 +30,7 @@ async fn serve(bus: &MemoryPublisher) -> String {
     tokio::spawn(pitboss_ingest::serve(
         state,
         listener,
-        std::future::pending(),
+        pitboss_runtime::Shutdown::new(),
     ));
     format!("http://{addr}")
 }

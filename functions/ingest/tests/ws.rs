@@ -40,14 +40,18 @@ fn events(n: usize) -> String {
 }
 
 async fn serve(bus: &MemoryPublisher) -> String {
-    let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
+    serve_with(bus, config(), pitboss_runtime::Shutdown::new()).await
+}
+
+async fn serve_with(
+    bus: &MemoryPublisher,
+    config: IngestConfig,
+    shutdown: pitboss_runtime::Shutdown,
+) -> String {
+    let state = pitboss_ingest::state(config, bus.publisher()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(pitboss_ingest::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
+    tokio::spawn(pitboss_ingest::serve(state, listener, shutdown));
     format!("ws://{addr}/v1/ingest/ws")
 }
 
@@ -133,4 +137,116 @@ async fn a_slow_bus_slows_the_sender_down() {
     let replies: Vec<String> = rx.collect().await;
     assert_eq!(replies.len(), 3);
     assert_eq!(bus.len("events"), 6);
+}
+
+async fn connect(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// The next message that is not a ping, within 10 s.
+async fn next_message(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<Message> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10 s")
+        {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(m)) => return Some(m),
+            _ => return None,
+        }
+    }
+}
+
+/// On shutdown the frame already read is answered, then the socket is closed with 1012 so the
+/// client knows to reconnect (to another instance, or this one once it is back).
+#[tokio::test]
+async fn shutdown_answers_the_frame_in_flight_then_closes_with_1012() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let shutdown = pitboss_runtime::Shutdown::new();
+    let url = serve_with(&bus, config(), shutdown.clone()).await;
+    let mut socket = connect(&url).await;
+    bus.hold_publishes(true);
+    socket.send(Message::text(events(2))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    shutdown.trigger("test");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.hold_publishes(false);
+    let reply = next_message(&mut socket).await.expect("the reply");
+    let reply: FrameReply = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert!(matches!(reply.result, FrameResult::Done(r) if r.accepted == 2));
+    match next_message(&mut socket).await {
+        Some(Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1012, "{frame:?}");
+            assert!(frame.reason.contains("reconnect"), "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(bus.len("events"), 2);
+}
+
+/// A peer that stops reading (it never answers pings) is closed after the idle timeout, with
+/// 1001; one that answers pings stays.
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_the_idle_timeout() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve_with(
+        &bus,
+        IngestConfig {
+            ws_ping_interval_secs: 1,
+            ws_idle_timeout_secs: 2,
+            ..config()
+        },
+        pitboss_runtime::Shutdown::new(),
+    )
+    .await;
+    let mut silent = connect(&url).await;
+    let mut lively = connect(&url).await;
+    // The lively client reads (tungstenite answers pings while reading); the silent one not.
+    let lively_reads = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while tokio::time::Instant::now() < until {
+            if let Ok(Some(Ok(Message::Close(c)))) =
+                tokio::time::timeout(Duration::from_millis(200), lively.next()).await
+            {
+                panic!("a client answering pings was closed: {c:?}");
+            }
+        }
+        lively
+    });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    match next_message(&mut silent).await {
+        Some(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1001, "{frame:?}"),
+        None => {}
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let mut lively = lively_reads.await.unwrap();
+    lively.send(Message::text(events(1))).await.unwrap();
+    let reply = next_message(&mut lively).await.expect("still served");
+    assert!(reply.to_text().unwrap().contains("\"accepted\":1"));
+}
+
+/// A frame up to the documented body limit (20 MiB) is read and answered, not reset.
+#[tokio::test]
+async fn a_17_mib_frame_is_answered() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve(&bus).await;
+    let mut socket = connect(&url).await;
+    let big = format!("[{}]", " ".repeat(17 << 20));
+    socket.send(Message::text(big)).await.unwrap();
+    let reply = next_message(&mut socket).await.expect("an answer");
+    let reply: FrameReply = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply.seq, 1);
 }

@@ -1,0 +1,236 @@
+//! Serving an axum router with bounded connections: at most `max_connections` at once (a
+//! connection over the limit is closed at once, before the process runs out of descriptors),
+//! a deadline for a request head — which also ends an idle keep-alive connection, since the
+//! wait for the next head is the same wait — HTTP/2 keep-alive pings with a dead-peer
+//! timeout, and a graceful stop: on shutdown no new connection is accepted, requests already
+//! read are answered, and connections still open after the drain deadline are dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::Shutdown;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; past it, new ones are closed as soon as accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head, and how long a keep-alive
+    /// connection may stay idle between requests.
+    pub header_read_timeout: Duration,
+    /// HTTP/2 (gRPC): a ping this often on a quiet connection…
+    pub http2_keepalive_interval: Duration,
+    /// …and the connection is closed when its answer takes longer than this.
+    pub http2_keepalive_timeout: Duration,
+    /// After the stop signal, how long connections may take to finish what they are doing.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(30),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, so the connection limit (not the
+/// descriptor table) is what refuses connections. Returns the limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            None
+        }
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` is triggered; then stops
+/// accepting and drains (see the module doc). WebSocket upgrades are supported.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: back off a
+                    // little instead of spinning, and keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("pitboss_http_connections_refused_total").increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        metrics::gauge!("pitboss_http_connections").increment(1.0);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            metrics::gauge!("pitboss_http_connections").decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout = ?limits.drain_timeout,
+            "connections still open at the drain deadline were dropped"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Instant;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, Shutdown, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let router = Router::new()
+            .route("/", get(|| async { "hi" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "slow"
+                }),
+            );
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { serve(listener, router, limits, s).await.unwrap() });
+        (addr, shutdown, task)
+    }
+
+    /// Reads until the peer closes; the bytes read. Fails the test after 10 s.
+    async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection")
+            .unwrap_or_default();
+        out
+    }
+
+    async fn get_ok(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_head_and_an_idle_keep_alive_connection_are_closed() {
+        let (addr, _shutdown, _task) = start(Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let started = Instant::now();
+        let got = read_to_close(&mut half).await;
+        assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+        assert!(started.elapsed() >= Duration::from_millis(250), "not before the deadline");
+
+        // A keep-alive connection answered once, then silent, is closed too.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let got = read_to_close(&mut idle).await;
+        assert!(String::from_utf8_lossy(&got).contains("200 OK"), "answered first");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_and_the_others_served() {
+        let (addr, _shutdown, _task) = start(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        })
+        .await;
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        // Let the server accept both.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        over.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.ok();
+        assert!(read_to_close(&mut over).await.is_empty(), "closed without an answer");
+        // The connections within the limit still work.
+        a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&read_to_close(&mut a).await).contains("hi"));
+        // And a slot freed is a slot again.
+        assert!(get_ok(addr, "/").await.contains("hi"));
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_the_request_in_progress_and_refuses_new_connections() {
+        let (addr, shutdown, task) = start(Limits::default()).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.trigger("test");
+        let got = read_to_close(&mut slow).await;
+        assert!(String::from_utf8_lossy(&got).contains("slow"), "answered while draining");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("serve returns after the drain")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+    }
+}
