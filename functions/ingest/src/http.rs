@@ -364,8 +364,15 @@ async fn ws_ingest(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        // tungstenite's defaults (128 KiB each) made an idle socket cost ~117 KB; a busy one
+        // grows its buffers as frames need.
+        .read_buffer_size(WS_BUFFER_BYTES)
+        .write_buffer_size(WS_BUFFER_BYTES)
         .on_upgrade(move |socket| ws_session(state, tenant, socket, shutdown))
 }
+
+/// Initial read and write buffer of a WebSocket.
+const WS_BUFFER_BYTES: usize = 4096;
 
 /// Why the server ended a WebSocket session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

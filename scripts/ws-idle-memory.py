@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Memory per idle authenticated WebSocket: opens N ingest sockets (/v1/ingest/ws) to a running
+server and reports the growth of the server's resident memory divided by N.
+
+usage: scripts/ws-idle-memory.py ADDR API_KEY SERVER_PID [N]
+e.g.   scripts/ws-idle-memory.py 127.0.0.1:8080 "$(cat .pitboss/demo-api-key)" "$(pgrep -f 'pitboss up')" 2000
+"""
+import base64, os, resource, socket, sys, time
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit("no VmRSS")
+
+def connect(host, port, key):
+    s = socket.create_connection((host, port), timeout=10)
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /v1/ingest/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
+               f"Authorization: Bearer {key}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise SystemExit("closed during the handshake")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise SystemExit(f"handshake refused: {head.splitlines()[0]!r}")
+    return s
+
+def main():
+    addr, key, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    n = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
+    host, port = addr.rsplit(":", 1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 100), hard))
+    warm = [connect(host, int(port), key) for _ in range(50)]  # allocator and runtime warm-up
+    time.sleep(1)
+    before = rss_kb(pid)
+    socks = [connect(host, int(port), key) for _ in range(n)]
+    time.sleep(2)
+    after = rss_kb(pid)
+    per = (after - before) * 1024 / n
+    print(f"{n} idle WebSockets: server RSS {before} kB -> {after} kB: {per:,.0f} bytes per socket")
+    for s in socks + warm:
+        s.close()
+
+if __name__ == "__main__":
+    main()
