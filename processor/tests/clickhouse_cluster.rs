@@ -112,7 +112,7 @@ fn row(topic: &str, partition: u32, offset: u64, now_ms: i64) -> EventRow {
     }
 }
 
-fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batch> {
+fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batch<EventRow>> {
     let now_ms = Timestamp::now().as_millis();
     Arc::new(Batch {
         topic: topic.into(),
@@ -210,7 +210,7 @@ async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dro
     let sink = c.sink(0).await;
     let topic = "t";
     let partitions = 0..6u32;
-    let batches: Vec<Arc<Batch>> = partitions
+    let batches: Vec<Arc<Batch<EventRow>>> = partitions
         .clone()
         .map(|p| batch(topic, p, 0..100))
         .collect();
@@ -228,7 +228,9 @@ async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dro
     for _ in 0..10 {
         for p in partitions.clone() {
             assert_eq!(
-                sink.high_water(topic, p, None).await.unwrap(),
+                Sink::<EventRow>::high_water(&sink, topic, p, None)
+                    .await
+                    .unwrap(),
                 Some(99),
                 "partition {p}"
             );
@@ -280,7 +282,7 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
 
     // A member on server 1 crashes (aborted) once a third of the rows are in; a member on
     // server 4 takes over from the committed offsets.
-    let first = tokio::spawn(run(
+    let first = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(c.sink(0).await),
         config.clone(),
@@ -290,9 +292,14 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
     first.abort();
     let _ = first.await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run(bus.clone(), Arc::new(c.sink(3).await), config, async {
-        let _ = stopped.await;
-    }));
+    let second = tokio::spawn(run::<EventRow>(
+        bus.clone(),
+        Arc::new(c.sink(3).await),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     wait_for(N).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // anything extra would show up now
     stop.send(()).unwrap();
@@ -341,7 +348,7 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
 /// Shared by the two members of the late-landing test: the insert the first one began.
 #[derive(Debug, Default)]
 struct Held {
-    batch: std::sync::Mutex<Option<Arc<Batch>>>,
+    batch: std::sync::Mutex<Option<Arc<Batch<EventRow>>>>,
     inserts: std::sync::atomic::AtomicUsize,
 }
 
@@ -357,14 +364,14 @@ struct Crashing {
 }
 
 #[async_trait::async_trait]
-impl Sink for Crashing {
+impl Sink<EventRow> for Crashing {
     async fn high_water(
         &self,
         topic: &str,
         partition: u32,
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
-        let mark = self.inner.high_water(topic, partition, since_ms).await?;
+        let mark = Sink::<EventRow>::high_water(&self.inner, topic, partition, since_ms).await?;
         let late = if self.holds {
             None
         } else {
@@ -375,7 +382,10 @@ impl Sink for Crashing {
         }
         Ok(mark)
     }
-    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), pitboss_processor::ProcessorError> {
+    async fn insert(
+        &self,
+        batch: &Arc<Batch<EventRow>>,
+    ) -> Result<(), pitboss_processor::ProcessorError> {
         use std::sync::atomic::Ordering;
         if self.holds && self.held.inserts.fetch_add(1, Ordering::SeqCst) == 1 {
             *self.held.batch.lock().unwrap() = Some(batch.clone());
@@ -383,7 +393,10 @@ impl Sink for Crashing {
         }
         self.inner.insert(batch).await
     }
-    async fn intend(&self, batch: &Batch) -> Result<(), pitboss_processor::ProcessorError> {
+    async fn intend(
+        &self,
+        batch: &Batch<EventRow>,
+    ) -> Result<(), pitboss_processor::ProcessorError> {
         self.inner.intend(batch).await
     }
     async fn intended(
@@ -391,7 +404,7 @@ impl Sink for Crashing {
         topic: &str,
         partition: u32,
     ) -> Result<Option<(u64, u64)>, pitboss_processor::ProcessorError> {
-        self.inner.intended(topic, partition).await
+        Sink::<EventRow>::intended(&self.inner, topic, partition).await
     }
 }
 
@@ -420,7 +433,7 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
     let held = Arc::new(Held::default());
 
     // First member: batches of 300; the second ([300, 599]) is recorded, then its insert hangs.
-    let first = tokio::spawn(run(
+    let first = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(Crashing {
             inner: c.sink(0).await,
@@ -441,7 +454,7 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
 
     // Second member: batches of up to 10,000 — but its first is [300, 599] again.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run(
+    let second = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(Crashing {
             inner: c.sink(2).await,
