@@ -492,6 +492,9 @@ async fn up(
         "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
         store_path.display()
     );
+    println!(
+        "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
+    );
     // The processors stop on the same signal, after storing what they hold; one that stops
     // on its own stops the server too (run_processors).
     tokio::try_join!(serve_both(state, listener, admin, stop), processors)?;
