@@ -92,7 +92,7 @@ def main():
             "ggr_minor": scalar("SELECT sum(ggr_minor) FROM bets_per_minute"),
             "minutes": scalar("SELECT uniqExact(minute) FROM bets_per_minute"),
             "players": scalar("SELECT uniqMerge(players) FROM players_per_minute"),
-            # The processor's high-water query, as sink.rs sends it.
+            # The processor's high-water query, as sink/clickhouse.rs sends it.
             "high_water": scalar(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM events "
                 "WHERE bus_topic = 't' AND bus_partition = 3 AND received_at >= toDateTime(0)"
