@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """Runs the Pitboss schema on a current ClickHouse engine (chDB, ClickHouse in-process) and checks
-that it works there as it does on 18.16: every migration applies, twice without harm, and the
-materialized views fill the per-minute rollups from inserted events.
+that it works there as it does on 18.16: every migration applies, twice without harm, the
+materialized views fill the per-minute rollups from inserted events and alerts, and the live
+path's tables keep one row per message id (FINAL).
 
     pitboss migrate --print-sql | python3 scripts/current_clickhouse.py
+    pitboss migrate --print-sql --clickhouse-cluster c --database d \
+        | python3 scripts/current_clickhouse.py --parse-only
 
-Prints one JSON line with the engine's version and what was checked; exits non-zero on the
-first statement or check that fails. tests/current_clickhouse.rs runs it.
+With --parse-only (the cluster layout, which needs servers, ZooKeeper and macros to run) every
+statement is only parsed (EXPLAIN AST). Prints one JSON line with the engine's version and what
+was checked; exits non-zero on the first statement or check that fails. tests/current_clickhouse.rs
+runs it.
 """
 import json
 import sys
@@ -28,6 +33,14 @@ def main():
     with tempfile.TemporaryDirectory() as path:
         db = session.Session(path)
         version = db.query("SELECT version()", "CSV").bytes().decode().strip().strip('"')
+        if "--parse-only" in sys.argv[1:]:
+            for sql in statements:
+                try:
+                    db.query("EXPLAIN AST " + sql)
+                except Exception as e:  # chdb raises its own error types
+                    sys.exit(f"does not parse: {e}\n--- statement:\n{sql}")
+            print(json.dumps({"clickhouse": version, "statements": len(statements), "parsed": True}))
+            return
         db.query("CREATE DATABASE IF NOT EXISTS pitboss")
         db.query("USE pitboss")
         for attempt in range(2):  # every statement is idempotent (the ledger gets two rows)
@@ -55,6 +68,22 @@ def main():
             "received_at, received_at_ms, game_id, currency, amount_minor, payout_minor, "
             "bus_topic, bus_partition, bus_offset) VALUES " + ", ".join(rows)
         )
+        # Alerts: a1 twice (a second rules engine, detected later), a2 and a3 of another rule.
+        alerts = []
+        for n, (alert, rule, detected) in enumerate(
+            [("a1", "r.one", now), ("a2", "r.one", now + 1), ("a3", "r.two", now), ("a1", "r.one", now + 5)]
+        ):
+            alerts.append(
+                f"('acme', '{alert}', '{rule}', 'high', ['p1', 'p2'], '[]', "
+                f"{now}, {now * 1000}, {detected}, {detected * 1000}, 'alerts', 2, {n})"
+            )
+        # The copy in an insert of its own (within one block, ReplacingMergeTree collapses at once).
+        for block in (alerts[:3], alerts[3:]):
+            db.query(
+                "INSERT INTO alerts (tenant_id, alert_id, rule_id, severity, related_player_ids, "
+                "measures, received_at, received_at_ms, detected_at, detected_at_ms, bus_topic, "
+                "bus_partition, bus_offset) VALUES " + ", ".join(block)
+            )
         checks = {
             "events": scalar("SELECT count() FROM events"),
             "bets": scalar("SELECT sum(bets) FROM bets_per_minute"),
@@ -63,13 +92,28 @@ def main():
             "ggr_minor": scalar("SELECT sum(ggr_minor) FROM bets_per_minute"),
             "minutes": scalar("SELECT uniqExact(minute) FROM bets_per_minute"),
             "players": scalar("SELECT uniqMerge(players) FROM players_per_minute"),
-            # The processor's high-water query, as sink.rs sends it.
+            # The processor's high-water query, as sink/clickhouse.rs sends it.
             "high_water": scalar(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM events "
                 "WHERE bus_topic = 't' AND bus_partition = 3 AND received_at >= toDateTime(0)"
             ),
             "rollup_objects": scalar(
                 "SELECT count() FROM system.tables WHERE database = 'pitboss' AND name LIKE '%per_minute%'"
+            ),
+            "alerts": scalar("SELECT count() FROM alerts"),
+            "alerts_final": scalar("SELECT count() FROM alerts FINAL"),
+            "a1_kept": scalar("SELECT detected_at_ms FROM alerts FINAL WHERE alert_id = 'a1'"),
+            "alerts_per_minute": scalar(
+                "SELECT groupArray(n) FROM (SELECT rule_id, uniqExactMerge(alerts) AS n "
+                "FROM alerts_per_minute GROUP BY rule_id ORDER BY rule_id)"
+            ),
+            "alerts_high_water": scalar(
+                "SELECT count() AS rows, max(bus_offset) AS top FROM alerts "
+                "WHERE bus_topic = 'alerts' AND bus_partition = 2 AND detected_at >= toDateTime(0)"
+            ),
+            "live_tables": scalar(
+                "SELECT groupArray(engine) FROM (SELECT engine FROM system.tables WHERE database = 'pitboss' "
+                "AND name IN ('alerts', 'pushes', 'deliveries', 'alert_acks') ORDER BY name)"
             ),
             "ledger": scalar("SELECT groupArray(version) FROM (SELECT DISTINCT version FROM pitboss_migrations ORDER BY version)"),
         }
@@ -82,8 +126,14 @@ def main():
             "minutes": "2",
             "players": "7",
             "high_water": "30,119",
-            "rollup_objects": "4",
-            "ledger": '"[1,2,3,4]"',
+            "rollup_objects": "6",
+            "alerts": "4",
+            "alerts_final": "3",
+            "a1_kept": str((now + 5) * 1000),
+            "alerts_per_minute": '"[2,1]"',
+            "alerts_high_water": "4,3",
+            "live_tables": "\"['ReplacingMergeTree','ReplacingMergeTree','ReplacingMergeTree','ReplacingMergeTree']\"",
+            "ledger": '"[1,2,3,4,5]"',
         }
         failed = {k: (checks[k], v) for k, v in expected.items() if checks[k] != v}
         print(json.dumps({"clickhouse": version, "statements": len(statements), "checks": checks}))

@@ -4,7 +4,7 @@
 //! - `pitboss ingest`: the ingest function as a standalone server over Kafka, Kinesis or the
 //!   embedded log.
 //! - `pitboss migrate` / `pitboss process`: the ClickHouse schema, and the processor from Kafka
-//!   into ClickHouse.
+//!   into ClickHouse (events, and the live path's alerts, pushes, deliveries and acks).
 //! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles.
@@ -21,8 +21,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, BusSpec};
-use pitboss_runtime::Shutdown;
 use pitboss_ingest::{IngestConfig, TenantConfig};
+use pitboss_model::live::{Alert, AlertAck, Delivery, LiveMessage, Push};
+use pitboss_processor::Table;
+use pitboss_runtime::Shutdown;
+
+/// The live path's topics `pitboss up` creates (8 partitions, like `events`) and stores.
+const LIVE_TOPICS: [&str; 4] = [Alert::TOPIC, Push::TOPIC, Delivery::TOPIC, AlertAck::TOPIC];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,7 +52,8 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Bring the ClickHouse schema up to date (versioned, idempotent migrations).
     Migrate(MigrateArgs),
-    /// Run the processor: events from Kafka into ClickHouse, effectively once.
+    /// Run the processor: events (and alerts, pushes, deliveries, acks) from Kafka into
+    /// ClickHouse, effectively once.
     Process(ProcessArgs),
     /// Query the embedded store of `pitboss up` (read-only SQLite SQL).
     Sql(SqlArgs),
@@ -148,8 +154,11 @@ struct ProcessArgs {
     clickhouse: ClickHouseArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// Topic to consume (repeatable): the events topic and its hot-key overflow by default.
-    /// Each topic gets its own consumer in the group and its own `<topic>_dead_letter`.
+    /// Topic to consume (repeatable), `NAME` or `NAME=TABLE`: the events topic and its hot-key
+    /// overflow by default. `alerts`, `pushes`, `deliveries` and `alert_acks` are stored in
+    /// the tables of those names, any other topic in `events`; `=TABLE` says otherwise
+    /// (`--topic alerts_eu=alerts`). Each topic gets its own consumer in the group and its own
+    /// `<topic>_dead_letter`.
     #[arg(long = "topic", default_values = ["events", "events_overflow"])]
     topics: Vec<String>,
     /// Consumer group.
@@ -209,14 +218,15 @@ fn processor_config(topic: &str, group: &str) -> pitboss_processor::ProcessorCon
     }
 }
 
-/// One processor per topic into `sink`, all stopped by `stop`; their figures, logged.
-async fn run_processors(
+/// One processor per topic into `sink` (each into its table), all stopped by `stop`; their
+/// figures, logged.
+async fn run_processors<S: pitboss_processor::AnySink>(
     bus: std::sync::Arc<dyn Bus>,
-    sink: std::sync::Arc<dyn pitboss_processor::Sink>,
-    configs: Vec<pitboss_processor::ProcessorConfig>,
+    sink: std::sync::Arc<S>,
+    configs: Vec<(pitboss_processor::ProcessorConfig, Table)>,
     stop: Shutdown,
 ) -> Result<()> {
-    let runs = configs.into_iter().map(|config| {
+    let runs = configs.into_iter().map(|(config, table)| {
         let topic = config.topic.clone();
         let stop = {
             let stop = stop.clone();
@@ -224,10 +234,10 @@ async fn run_processors(
         };
         let (bus, sink) = (bus.clone(), sink.clone());
         async move {
-            let stats = pitboss_processor::run(bus, sink, config, stop)
+            let stats = pitboss_processor::run_table(table, bus, sink, config, stop)
                 .await
                 .with_context(|| format!("processor of {topic}"))?;
-            tracing::info!(%topic, ?stats, "processor stopped");
+            tracing::info!(%topic, table = table.name(), ?stats, "processor stopped");
             anyhow::Ok(())
         }
     });
@@ -265,6 +275,10 @@ async fn drain_processors(
 }
 
 async fn process(args: ProcessArgs) -> Result<()> {
+    // Refuse a bad --topic before connecting to anything.
+    for arg in &args.topics {
+        Table::parse_topic(arg)?;
+    }
     let client = clickhouse_client(&args.clickhouse).await?;
     let bus = args.kafka.spec()?.open().await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
@@ -273,17 +287,18 @@ async fn process(args: ProcessArgs) -> Result<()> {
     let configs = args
         .topics
         .iter()
-        .map(|topic| {
-            let mut c = processor_config(topic, &args.group);
+        .map(|arg| {
+            let (topic, table) = Table::parse_topic(arg)?;
+            let mut c = processor_config(&topic, &args.group);
             c.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
             c.batch = pitboss_processor::BatchConfig {
                 max_rows: args.batch_max_rows.max(1),
                 max_bytes: args.batch_max_bytes.max(1),
                 max_age: std::time::Duration::from_millis(args.batch_max_age_ms),
             };
-            c
+            Ok((c, table))
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     let sink = std::sync::Arc::new(match &args.clickhouse.cluster {
         None => pitboss_processor::ClickHouseSink::new(client),
         Some(cluster) => {
@@ -427,11 +442,26 @@ async fn up(
         pitboss_processor::SqliteSink::open(&store_path)
             .with_context(|| format!("opening {}", store_path.display()))?,
     );
-    let configs = vec![
-        processor_config(&ingest.topic, "pitboss-processor"),
-        processor_config(&ingest.overflow_topic(), "pitboss-processor"),
+    // Events (and their overflow) from ingest; the live path's topics, which the rules engine
+    // and the gateway publish to, each stored in its table.
+    let mut configs = vec![
+        (
+            processor_config(&ingest.topic, "pitboss-processor"),
+            Table::Events,
+        ),
+        (
+            processor_config(&ingest.overflow_topic(), "pitboss-processor"),
+            Table::Events,
+        ),
     ];
-    for c in &configs {
+    for topic in LIVE_TOPICS {
+        bus.create_topic(topic, 8).await?;
+        configs.push((
+            processor_config(topic, "pitboss-processor"),
+            Table::for_topic(topic),
+        ));
+    }
+    for (c, _) in &configs {
         bus.create_topic(&c.dead_letter_topic, 1).await?;
     }
     let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
@@ -461,6 +491,9 @@ async fn up(
     println!(
         "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
         store_path.display()
+    );
+    println!(
+        "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
     );
     // The processors stop on the same signal, after storing what they hold; one that stops
     // on its own stops the server too (run_processors).
@@ -528,13 +561,21 @@ async fn ingest(args: IngestArgs) -> Result<()> {
 /// events sit at the same partition index on both and one group member reads them all
 /// (docs/bus.md, "Hot keys"). Topics not created yet are not checked.
 async fn check_copartitioned(bus: &dyn Bus, topic: &str, overflow: &str) -> Result<()> {
-    match (bus.partition_count(topic).await, bus.partition_count(overflow).await) {
+    match (
+        bus.partition_count(topic).await,
+        bus.partition_count(overflow).await,
+    ) {
         (Ok(a), Ok(b)) if a != b => anyhow::bail!(
             "topic {overflow:?} has {b} partitions and {topic:?} has {a}: the overflow topic must be \
              co-partitioned with the events topic (docs/bus.md, \"Hot keys\"); recreate it with {a}"
         ),
-        (Err(pitboss_bus::BusError::UnknownTopic(_)), _) | (_, Err(pitboss_bus::BusError::UnknownTopic(_))) => {
-            tracing::warn!(topic, overflow, "topics not created yet: co-partitioning not checked");
+        (Err(pitboss_bus::BusError::UnknownTopic(_)), _)
+        | (_, Err(pitboss_bus::BusError::UnknownTopic(_))) => {
+            tracing::warn!(
+                topic,
+                overflow,
+                "topics not created yet: co-partitioning not checked"
+            );
             Ok(())
         }
         (Err(e), _) | (_, Err(e)) => Err(e.into()),

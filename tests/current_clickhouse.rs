@@ -1,7 +1,9 @@
 //! The schema on current ClickHouse, next to the 18.16 the other tests use: `pitboss migrate
 //! --print-sql` (what `migrate` runs on an empty database, ledger included) applied twice to
 //! chDB — the ClickHouse engine in-process, 26.x (scripts/stack.sh install) — whose
-//! materialized views must then fill the rollups exactly (scripts/current_clickhouse.py).
+//! materialized views must then fill the rollups exactly and whose live-path tables keep one row
+//! per message id (scripts/current_clickhouse.py); the cluster layout's script, which needs a
+//! cluster to run, parsed there statement by statement.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,12 +26,18 @@ fn print_sql(extra: &[&str]) -> String {
 
 #[test]
 fn the_schema_applies_and_fills_its_rollups_on_current_clickhouse() {
-    let sql = print_sql(&[]);
+    let report = current_clickhouse(&print_sql(&[]), &[]);
+    assert_eq!(report["statements"], 18, "ledger + 12 objects + 5 records");
+}
+
+/// Runs scripts/current_clickhouse.py on `sql` with `args`; its report.
+fn current_clickhouse(sql: &str, args: &[&str]) -> serde_json::Value {
     let mut check = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/current_clickhouse.py"
         ))
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -52,7 +60,34 @@ fn the_schema_applies_and_fills_its_rollups_on_current_clickhouse() {
     let version = report["clickhouse"].as_str().unwrap();
     let major: u32 = version.split('.').next().unwrap().parse().unwrap();
     assert!(major >= 24, "not a current ClickHouse: {version}");
-    assert_eq!(report["statements"], 13, "ledger + 8 objects + 4 records");
+    report
+}
+
+#[test]
+fn the_cluster_script_shards_the_live_tables_by_bus_partition_and_parses_on_current_clickhouse() {
+    let sql = print_sql(&["--clickhouse-cluster", "analytics", "--database", "games"]);
+    for table in ["alerts", "pushes", "deliveries", "alert_acks"] {
+        assert!(
+            sql.contains(&format!(
+                "CREATE TABLE IF NOT EXISTS games.{table} ON CLUSTER analytics AS games.{table}_local \
+                 ENGINE = Distributed(analytics, games, {table}_local, cityHash64(bus_topic, bus_partition))"
+            )),
+            "{table}"
+        );
+        assert!(sql.contains(&format!(
+            "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/games/{table}_local', '{{replica}}', "
+        )));
+    }
+    assert!(sql.contains(
+        "TO games.alerts_per_minute_local AS\nSELECT tenant_id, toStartOfMinute(received_at) AS minute, rule_id, uniqExactState(alert_id) AS alerts\nFROM games.alerts_local\n"
+    ));
+    assert!(
+        !sql.contains("DROP") && !sql.contains("raised_at"),
+        "an empty database never gets version 2's tables"
+    );
+    let report = current_clickhouse(&sql, &["--parse-only"]);
+    assert_eq!(report["parsed"], true);
+    assert_eq!(report["statements"], 27, "ledger + 21 objects + 5 records");
 }
 
 #[test]

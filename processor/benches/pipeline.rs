@@ -25,7 +25,7 @@ use pitboss_bus::{Bus, OutRecord, Position, Record};
 use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
 use pitboss_processor::rows::from_event;
 use pitboss_processor::{
-    Batch, ClickHouseSink, ProcessorConfig, ProcessorError, Sink, run, schema, sink,
+    Batch, ClickHouseSink, EventRow, ProcessorConfig, ProcessorError, Sink, run, schema, sink,
 };
 
 // The allocator of the `pitboss` binary that runs the processor.
@@ -90,7 +90,7 @@ async fn count(client: &clickhouse::Client) -> u64 {
 /// running (from the first rows seen stored to the last).
 async fn through_processor<F, Fut>(
     bus: &Arc<KafkaBus>,
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn Sink<EventRow>>,
     stored: F,
 ) -> (f64, f64)
 where
@@ -114,7 +114,7 @@ where
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let t = Instant::now();
-    let task = tokio::spawn(run(bus.clone(), sink, config, async {
+    let task = tokio::spawn(run::<EventRow>(bus.clone(), sink, config, async {
         let _ = stopped.await;
     }));
     let mut first = None;
@@ -146,7 +146,7 @@ struct Discard {
 }
 
 #[async_trait::async_trait]
-impl Sink for Discard {
+impl Sink<EventRow> for Discard {
     async fn high_water(
         &self,
         _: &str,
@@ -156,7 +156,7 @@ impl Sink for Discard {
         Ok(None)
     }
 
-    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
+    async fn insert(&self, batch: &Arc<Batch<EventRow>>) -> Result<(), ProcessorError> {
         self.rows
             .fetch_add(batch.rows.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -236,7 +236,7 @@ async fn main() {
     let topic = pitboss_testkit::unique_name("bench_fresh");
     bus.create_topic(&topic, 4).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(
+    let task = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(ClickHouseSink::new(db.clone())),
         ProcessorConfig {

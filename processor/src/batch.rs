@@ -1,6 +1,7 @@
-//! The pure batcher: rows per partition, cut into batches on max rows, max bytes, max age, a
-//! change of month (one batch, one ClickHouse partition, one part: all or nothing) and
-//! rebalances. Each batch knows the bus position to store once it is durable.
+//! The pure batcher: rows (of any table, [`StoredRow`]) per partition, cut into batches on max
+//! rows, max bytes, max age, a change of month of the rows' stamp (one batch, one ClickHouse
+//! partition, one part: all or nothing) and rebalances. Each batch knows the bus position to
+//! store once it is durable.
 //!
 //! A partition replaying a batch that a crashed member had begun to insert
 //! ([`Batcher::replay`]) is cut exactly where that batch ended, whatever the limits say, so
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pitboss_bus::{Partition, Position};
 
-use crate::rows::{EventRow, offset_of};
+use crate::rows::{StoredRow, offset_of};
 
 /// When a batch is flushed. Defaults follow ClickHouse's guidance: large inserts (>= 1,000
 /// rows), about one per second per table.
@@ -35,10 +36,10 @@ impl Default for BatchConfig {
 
 /// Rows of one partition, ready to insert.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
+pub struct Batch<R> {
     pub topic: String,
     pub partition: Partition,
-    pub rows: Vec<EventRow>,
+    pub rows: Vec<R>,
     /// Offset range of the rows (None for a batch of skipped records only).
     pub offsets: Option<(u64, u64)>,
     /// Position of the last record covered (rows and skipped records): stored after insert.
@@ -66,15 +67,15 @@ pub struct Recut {
     pub floor: Option<u64>,
 }
 
-impl Batch {
+impl<R: StoredRow> Batch<R> {
     /// The rows `range` as a batch of their own: a piece of a split (run.rs), with the offsets
     /// of its rows and neither record values nor a re-cut range.
-    pub fn piece(&self, range: std::ops::Range<usize>) -> Batch {
+    pub fn piece(&self, range: std::ops::Range<usize>) -> Batch<R> {
         let rows = self.rows[range].to_vec();
         let offsets = self
             .offsets
             .and(rows.first().zip(rows.last()))
-            .map(|(first, last)| (first.bus_offset, last.bus_offset));
+            .map(|(first, last)| (first.bus_offset(), last.bus_offset()));
         Batch {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -83,7 +84,7 @@ impl Batch {
                 || self.last.clone(),
                 |(_, last)| Position::Offset(last as i64),
             ),
-            bytes: rows.iter().map(EventRow::size).sum(),
+            bytes: rows.iter().map(R::size).sum(),
             opened: self.opened,
             values: Vec::new(),
             recut: None,
@@ -100,17 +101,17 @@ impl Batch {
 }
 
 #[derive(Debug)]
-struct Open {
-    batch: Batch,
+struct Open<R> {
+    batch: Batch<R>,
     month: Option<u32>,
 }
 
 /// Open batches by partition.
 #[derive(Debug)]
-pub struct Batcher {
+pub struct Batcher<R> {
     config: BatchConfig,
     topic: String,
-    open: BTreeMap<Partition, Open>,
+    open: BTreeMap<Partition, Open<R>>,
     /// Partitions replaying an intended batch.
     replay: BTreeMap<Partition, Recut>,
 }
@@ -130,7 +131,7 @@ pub fn month(epoch_seconds: u32) -> u32 {
     (y * 100 + m) as u32
 }
 
-impl Batcher {
+impl<R: StoredRow> Batcher<R> {
     pub fn new(topic: &str, config: BatchConfig) -> Self {
         Batcher {
             config,
@@ -159,7 +160,7 @@ impl Batcher {
         })
     }
 
-    fn entry(&mut self, partition: Partition, position: &Position, now: Instant) -> &mut Open {
+    fn entry(&mut self, partition: Partition, position: &Position, now: Instant) -> &mut Open<R> {
         self.open.entry(partition).or_insert_with(|| Open {
             batch: Batch {
                 topic: self.topic.clone(),
@@ -182,10 +183,10 @@ impl Batcher {
         &mut self,
         partition: Partition,
         position: Position,
-        row: EventRow,
+        row: R,
         value: Vec<u8>,
         now: Instant,
-    ) -> Vec<Batch> {
+    ) -> Vec<Batch<R>> {
         let mut done = Vec::new();
         let offset = offset_of(&position);
         if let (Some(r), Some(o)) = (self.replay.get(&partition).copied(), offset) {
@@ -196,7 +197,8 @@ impl Batcher {
                 done.extend(self.close(partition));
             }
         }
-        let row_month = month(row.received_at);
+        // One batch, one month of the table's partition key (the stamp), one part.
+        let row_month = month((row.stamped_at_ms() / 1000) as u32);
         if let Some(open) = self.open.get(&partition)
             && open.month.is_some_and(|m| m != row_month)
         {
@@ -242,7 +244,7 @@ impl Batcher {
     }
 
     /// Batches older than `max_age` at `now` (a re-cut one waits for its last row).
-    pub fn due(&mut self, now: Instant) -> Vec<Batch> {
+    pub fn due(&mut self, now: Instant) -> Vec<Batch<R>> {
         let age = self.config.max_age;
         let due: Vec<Partition> = self
             .open
@@ -263,7 +265,7 @@ impl Batcher {
     }
 
     /// Closes the partition's open batch, ending a replay.
-    pub fn take(&mut self, partition: Partition) -> Option<Batch> {
+    pub fn take(&mut self, partition: Partition) -> Option<Batch<R>> {
         let batch = self.close(partition);
         self.replay.remove(&partition);
         batch
@@ -271,7 +273,7 @@ impl Batcher {
 
     /// Closes the partition's open batch; a replay goes on (the batch held rows before its
     /// range) unless this was the re-cut batch, marked as such.
-    fn close(&mut self, partition: Partition) -> Option<Batch> {
+    fn close(&mut self, partition: Partition) -> Option<Batch<R>> {
         let recut = self.recutting(partition);
         let mut batch = self.open.remove(&partition)?.batch;
         if recut && batch.offsets.is_some() {
@@ -281,7 +283,7 @@ impl Batcher {
     }
 
     /// Closes every open batch.
-    pub fn take_all(&mut self) -> Vec<Batch> {
+    pub fn take_all(&mut self) -> Vec<Batch<R>> {
         let partitions: Vec<Partition> = self.open.keys().copied().collect();
         let batches = partitions
             .into_iter()
@@ -301,11 +303,13 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::EventRow;
 
     fn row(received_at: u32, offset: u64) -> EventRow {
         EventRow {
             event_id: format!("e{offset}"),
             received_at,
+            received_at_ms: u64::from(received_at) * 1000,
             bus_offset: offset,
             ..EventRow::default()
         }
@@ -490,7 +494,7 @@ mod tests {
             floor: Some(9),
         };
         b.replay(0, range);
-        let push = |b: &mut Batcher, o: u64| {
+        let push = |b: &mut Batcher<EventRow>, o: u64| {
             b.push(
                 0,
                 Position::Offset(o as i64),

@@ -1,6 +1,8 @@
-//! The Pitboss processor: a long-running consumer-group member that batches events from the
-//! bus into ClickHouse, effectively once (see [`run`]), with the schema as versioned
-//! migrations ([`schema`]); and the embedded store of `pitboss up` ([`sqlite`]).
+//! The Pitboss processor: a long-running consumer-group member that batches records from the
+//! bus into ClickHouse, effectively once (see [`run`]) — events, and the live path's alerts,
+//! pushes, deliveries and alert acks, each into its table along the same path ([`rows`],
+//! [`table`]) — with the schema as versioned migrations ([`schema`]); and the embedded store of
+//! `pitboss up` ([`sqlite`]).
 
 pub mod batch;
 pub mod classify;
@@ -10,11 +12,14 @@ pub mod schema;
 pub mod sink;
 pub mod split;
 pub mod sqlite;
+pub mod table;
 
 pub use batch::{Batch, BatchConfig, Recut};
+pub use rows::{AckRow, AlertRow, DeliveryRow, EventRow, Poison, PushRow, StoredRow};
 pub use run::{ProcessorConfig, RunStats, run};
 pub use sink::{ClickHouseSink, MemorySink, Sink};
 pub use sqlite::SqliteSink;
+pub use table::{AnySink, Table, run_table};
 
 /// Errors of the processor; each knows whether a retry can help.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! The processor loop: a consumer-group member that turns records into rows, batches them per
+//! The processor loop: a consumer-group member that turns records into rows of one table
+//! (any [`StoredRow`]: events, alerts, pushes, deliveries, alert acks), batches them per
 //! partition, inserts each batch (retrying with backoff until it lands, consumption paused
 //! meanwhile), and stores and commits the bus offsets only after the insert succeeded.
 //!
@@ -29,13 +30,14 @@ use pitboss_runtime::worker::{PartitionWork, run_partitioned};
 
 use crate::ProcessorError;
 use crate::batch::{Batch, BatchConfig, Batcher, Recut};
-use crate::rows::{self, offset_of};
+use crate::rows::{StoredRow, offset_of};
 use crate::sink::Sink;
 use crate::split::Split;
 
-/// How much earlier than a record's `received_at` a later record of the same partition may
-/// have been stamped: ingest instances' clock skew plus how long a publish may take (the
-/// Kafka producer gives up after `delivery_timeout`, 30 s by default). The high-water query
+/// How much earlier than a record's stamp ([`StoredRow::stamped_at_ms`]: `received_at` of an
+/// event) a later record of the same partition may have been stamped: the publishers' clock
+/// skew plus how long a publish may take (the Kafka producer gives up after
+/// `delivery_timeout`, 30 s by default). The high-water query
 /// only reads rows received after the first replayed record minus this margin; a day is far
 /// beyond both.
 pub const REPLAY_MARGIN_MS: i64 = 24 * 3600 * 1000;
@@ -85,11 +87,11 @@ pub struct RunStats {
     pub insert_retries: u64,
 }
 
-struct Processor {
+struct Processor<R: StoredRow> {
     config: ProcessorConfig,
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn Sink<R>>,
     dead_letters: Arc<dyn Publisher>,
-    batcher: Batcher,
+    batcher: Batcher<R>,
     /// Positions whose batches landed, not yet stored with the consumer.
     durable: Vec<(Arc<str>, Partition, Position)>,
     topic: Arc<str>,
@@ -97,7 +99,7 @@ struct Processor {
     high_water: HashMap<Partition, Option<u64>>,
     stats: RunStats,
     /// Closed batches on their way to the inserter (bounded: a slow store pauses consumption).
-    to_insert: Option<mpsc::Sender<Batch>>,
+    to_insert: Option<mpsc::Sender<Batch<R>>>,
     /// Batches the inserter finished, in the order they were sent.
     inserted: mpsc::UnboundedReceiver<Result<Inserted, ProcessorError>>,
     in_flight: usize,
@@ -111,15 +113,16 @@ struct Inserted {
 }
 
 /// Runs until `shutdown` resolves; then flushes what is open, commits and leaves the group.
+/// Records of `config.topic` become rows of `R::TABLE` in `sink`.
 ///
 /// Decoding and inserting overlap: closed batches go to one inserter task through a queue of
 /// `config.max_in_flight` batches, inserted one at a time in the order they were closed (so
 /// a partition's rows never overtake each other), while the next records are decoded. Offsets
 /// are stored and committed as the inserter reports batches landed. A revoke or shutdown
 /// waits for every batch in flight first.
-pub async fn run(
+pub async fn run<R: StoredRow>(
     bus: Arc<dyn Bus>,
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn Sink<R>>,
     config: ProcessorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunStats, ProcessorError> {
@@ -170,7 +173,7 @@ pub async fn run(
 }
 
 #[async_trait]
-impl PartitionWork for Processor {
+impl<R: StoredRow> PartitionWork for Processor<R> {
     type Error = ProcessorError;
 
     async fn assigned(&mut self, parts: &[Partition]) -> Result<(), ProcessorError> {
@@ -236,9 +239,9 @@ impl PartitionWork for Processor {
     }
 }
 
-impl Processor {
+impl<R: StoredRow> Processor<R> {
     /// Hands a closed batch to the inserter (waiting while its queue is full).
-    async fn send(&mut self, batch: Batch) -> Result<(), ProcessorError> {
+    async fn send(&mut self, batch: Batch<R>) -> Result<(), ProcessorError> {
         metrics::histogram!("pitboss_processor_batch_age_seconds")
             .record(batch.opened.elapsed().as_secs_f64());
         let Some(queue) = self.to_insert.clone() else {
@@ -351,11 +354,11 @@ impl Processor {
         let mut full = Vec::new();
         for record in records {
             let offset = offset_of(&record.position);
-            let decoded = rows::row(&self.config.topic, &record);
+            let decoded = R::decode(&self.config.topic, &record);
             let since = decoded
                 .as_ref()
                 .ok()
-                .map(|r| r.received_at_ms as i64 - REPLAY_MARGIN_MS);
+                .map(|r| r.stamped_at_ms() as i64 - REPLAY_MARGIN_MS);
             let hw = self.high_water(record.partition, since).await?;
             if let (Some(o), Some(hw)) = (offset, hw)
                 && o <= hw
@@ -440,8 +443,8 @@ struct InsertStats {
 /// The inserter task: inserts batches one at a time, in order, each until it lands (split if
 /// the store refuses some of its rows), and reports each. Stops at the first error that
 /// neither a retry nor a split can fix, or when the queue closes.
-struct Inserter {
-    sink: Arc<dyn Sink>,
+struct Inserter<R: StoredRow> {
+    sink: Arc<dyn Sink<R>>,
     topic: String,
     backoff: (Duration, Duration),
     dead_letters: Arc<dyn Publisher>,
@@ -449,10 +452,10 @@ struct Inserter {
     stats: InsertStats,
 }
 
-impl Inserter {
+impl<R: StoredRow> Inserter<R> {
     async fn run(
         mut self,
-        mut queue: mpsc::Receiver<Batch>,
+        mut queue: mpsc::Receiver<Batch<R>>,
         report: mpsc::UnboundedSender<Result<Inserted, ProcessorError>>,
     ) -> InsertStats {
         while let Some(batch) = queue.recv().await {
@@ -474,7 +477,7 @@ impl Inserter {
     /// when the store refuses some of its rows ([`Split`]): each refused row goes to the
     /// dead-letter topic with the store's reason before any piece after it is inserted, so
     /// the high-water mark never passes a row that is neither stored nor dead-lettered.
-    async fn insert(&mut self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
+    async fn insert(&mut self, batch: &Arc<Batch<R>>) -> Result<(), ProcessorError> {
         if batch.rows.is_empty() {
             return Ok(());
         }
@@ -490,7 +493,7 @@ impl Inserter {
             },
         )
         .await?;
-        let offsets = batch.rows.iter().map(|r| r.bus_offset).collect();
+        let offsets = batch.rows.iter().map(StoredRow::bus_offset).collect();
         let recut = batch.recut;
         let mut split = Split::new(
             offsets,
@@ -527,7 +530,7 @@ impl Inserter {
         metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
         metrics::histogram!("pitboss_processor_insert_seconds")
             .record(started.elapsed().as_secs_f64());
-        if let Some(newest) = batch.rows.iter().map(|r| r.received_at_ms).max() {
+        if let Some(newest) = batch.rows.iter().map(StoredRow::stamped_at_ms).max() {
             let now_ms = pitboss_model::Timestamp::now().as_millis();
             let freshness = (now_ms - newest as i64).max(0) as f64 / 1000.0;
             metrics::histogram!("pitboss_processor_freshness_seconds").record(freshness);
@@ -540,7 +543,7 @@ impl Inserter {
     /// topic: its record as it came, keyed by where it came from and the store's reason.
     async fn refused(
         &mut self,
-        batch: &Batch,
+        batch: &Batch<R>,
         index: usize,
         reason: &str,
     ) -> Result<(), ProcessorError> {
@@ -548,7 +551,7 @@ impl Inserter {
         // Without offsets (Kinesis) the row does not know its position.
         let position = batch
             .offsets
-            .map_or_else(|| "?".to_owned(), |_| row.bus_offset.to_string());
+            .map_or_else(|| "?".to_owned(), |_| row.bus_offset().to_string());
         tracing::warn!(partition = batch.partition, %position, %reason, "row refused by the store; dead-lettered");
         let key = format!(
             "{}:{}:{position}: {}",
@@ -572,7 +575,7 @@ impl Inserter {
     /// it at all. After a failure the store is asked whether the piece landed anyway (a lost
     /// answer; or, on ClickHouse, a materialized view that refused rows the table had taken):
     /// then it is not inserted again.
-    async fn land(&mut self, piece: &Arc<Batch>) -> Result<(), ProcessorError> {
+    async fn land(&mut self, piece: &Arc<Batch<R>>) -> Result<(), ProcessorError> {
         let (initial, max) = self.backoff;
         let mut delay = initial;
         loop {
@@ -594,7 +597,7 @@ impl Inserter {
             let since = piece
                 .rows
                 .iter()
-                .map(|r| r.received_at_ms as i64)
+                .map(|r| r.stamped_at_ms() as i64)
                 .min()
                 .map(|ms| ms - REPLAY_MARGIN_MS);
             let landed = with_retry(
@@ -623,14 +626,14 @@ impl Inserter {
 
 /// Calls the store until it answers (it may be down for a while); an error that a retry
 /// cannot fix is returned at once.
-async fn with_retry<T, F, Fut>(
-    sink: Arc<dyn Sink>,
+async fn with_retry<S: ?Sized, T, F, Fut>(
+    sink: Arc<S>,
     topic: String,
     (initial, max): (Duration, Duration),
     f: F,
 ) -> Result<T, ProcessorError>
 where
-    F: Fn(Arc<dyn Sink>, String) -> Fut,
+    F: Fn(Arc<S>, String) -> Fut,
     Fut: Future<Output = Result<T, ProcessorError>>,
 {
     let mut delay = initial;

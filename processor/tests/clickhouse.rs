@@ -13,7 +13,9 @@ use clickhouse::Client;
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, OutRecord};
 use pitboss_model::{Event, Money, Payload, Timestamp, encode_proto};
-use pitboss_processor::{BatchConfig, ClickHouseSink, ProcessorConfig, run, schema, sink};
+use pitboss_processor::{
+    BatchConfig, ClickHouseSink, EventRow, ProcessorConfig, run, schema, sink,
+};
 
 mod common;
 
@@ -129,7 +131,7 @@ async fn events_land_exactly_once_through_a_crash_and_fill_the_rollups() {
 
     // First member: aborted (a crash) once about half the rows are in; its last batches are
     // inserted but their offsets not committed.
-    let crashing = tokio::spawn(run(
+    let crashing = tokio::spawn(run::<EventRow>(
         bus.clone(),
         sink.clone(),
         config.clone(),
@@ -141,7 +143,7 @@ async fn events_land_exactly_once_through_a_crash_and_fill_the_rollups() {
 
     // Second member: takes over from the committed offsets, skips what ClickHouse has.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run(bus.clone(), sink.clone(), config, async {
+    let second = tokio::spawn(run::<EventRow>(bus.clone(), sink.clone(), config, async {
         let _ = stopped.await;
     }));
     wait_for_rows(&client, N).await;
@@ -216,7 +218,7 @@ async fn poison_reaches_the_dead_letter_topic_and_its_partition_keeps_flowing() 
         ..ProcessorConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(
+    let task = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(ClickHouseSink::new(client.clone())),
         config,
@@ -272,7 +274,6 @@ async fn poison_reaches_the_dead_letter_topic_and_its_partition_keeps_flowing() 
 #[tokio::test]
 async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
     use pitboss_processor::Sink;
-    use pitboss_processor::rows::EventRow;
     let client = database().await;
     schema::migrate(&client, &schema::Layout::Single)
         .await
@@ -301,10 +302,11 @@ async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
     }
     insert.end().await.unwrap();
     let sink = ClickHouseSink::new(client.clone());
-    assert_eq!(sink.high_water("t", 0, None).await.unwrap(), Some(1_000));
+    let mark = |partition, since| Sink::<EventRow>::high_water(&sink, "t", partition, since);
+    assert_eq!(mark(0, None).await.unwrap(), Some(1_000));
     let since = now_ms - pitboss_processor::run::REPLAY_MARGIN_MS;
-    assert_eq!(sink.high_water("t", 0, Some(since)).await.unwrap(), Some(9));
-    assert_eq!(sink.high_water("t", 1, Some(since)).await.unwrap(), None);
+    assert_eq!(mark(0, Some(since)).await.unwrap(), Some(9));
+    assert_eq!(mark(1, Some(since)).await.unwrap(), None);
 }
 
 /// Every record of `topic` (one partition) on Kafka, read until `n` are in (or 30 s).
@@ -350,7 +352,7 @@ async fn process_until(
     n: u64,
 ) -> pitboss_processor::RunStats {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(
+    let task = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(ClickHouseSink::new(client.clone())),
         config.clone(),
@@ -506,7 +508,7 @@ async fn a_table_dropped_under_the_processor_stops_it_with_the_reason() {
         .unwrap();
     let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
     let topic = one_partition(&bus, (0..200).map(event).collect()).await;
-    let task = tokio::spawn(run(
+    let task = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(ClickHouseSink::new(client.clone())),
         common::config(&topic, 10_000),
@@ -546,7 +548,7 @@ async fn a_column_altered_under_the_processor_stops_it_with_the_reason() {
         .unwrap();
     let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
     let topic = one_partition(&bus, (0..200).map(event).collect()).await;
-    let task = tokio::spawn(run(
+    let task = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(ClickHouseSink::new(client.clone())),
         common::config(&topic, 10_000),

@@ -7,7 +7,8 @@
 //! - a retried batch is dropped by the shard (block deduplication in ZooKeeper), and so are
 //!   its rollups;
 //! - Kafka → processor → cluster through a crash: each row once, each bus partition on one
-//!   shard, both replicas of a shard equal, rollups exact.
+//!   shard, both replicas of a shard equal, rollups exact — for events and for alerts (the
+//!   live path's tables, ReplacingMergeTrees since migration 5).
 //!
 //! Each test uses its own database, so they run in parallel on the shared cluster.
 
@@ -20,7 +21,7 @@ use clickhouse::Client;
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, OutRecord, Position};
 use pitboss_model::{Timestamp, encode_proto};
-use pitboss_processor::rows::EventRow;
+use pitboss_processor::rows::{AlertRow, EventRow};
 use pitboss_processor::schema::{self, Layout};
 use pitboss_processor::{Batch, ClickHouseSink, Sink, run, sink};
 
@@ -112,7 +113,7 @@ fn row(topic: &str, partition: u32, offset: u64, now_ms: i64) -> EventRow {
     }
 }
 
-fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batch> {
+fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batch<EventRow>> {
     let now_ms = Timestamp::now().as_millis();
     Arc::new(Batch {
         topic: topic.into(),
@@ -146,12 +147,20 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
         name: String,
         engine: String,
     }
+    // Version 2's `alerts` and `pushes` are never created: version 5 replaces them.
     let expected = [
+        ("alert_acks", "Distributed"),
+        ("alert_acks_local", "ReplicatedReplacingMergeTree"),
         ("alerts", "Distributed"),
-        ("alerts_local", "ReplicatedMergeTree"),
+        ("alerts_local", "ReplicatedReplacingMergeTree"),
+        ("alerts_per_minute", "Distributed"),
+        ("alerts_per_minute_local", "ReplicatedAggregatingMergeTree"),
+        ("alerts_per_minute_mv", "MaterializedView"),
         ("bets_per_minute", "Distributed"),
         ("bets_per_minute_local", "ReplicatedSummingMergeTree"),
         ("bets_per_minute_mv", "MaterializedView"),
+        ("deliveries", "Distributed"),
+        ("deliveries_local", "ReplicatedReplacingMergeTree"),
         ("events", "Distributed"),
         ("events_local", "ReplicatedMergeTree"),
         ("pitboss_batches", "Distributed"),
@@ -161,7 +170,7 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
         ("players_per_minute_local", "ReplicatedAggregatingMergeTree"),
         ("players_per_minute_mv", "MaterializedView"),
         ("pushes", "Distributed"),
-        ("pushes_local", "ReplicatedMergeTree"),
+        ("pushes_local", "ReplicatedReplacingMergeTree"),
     ];
     for i in 0..4 {
         let tables: Vec<Table> = c
@@ -210,7 +219,7 @@ async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dro
     let sink = c.sink(0).await;
     let topic = "t";
     let partitions = 0..6u32;
-    let batches: Vec<Arc<Batch>> = partitions
+    let batches: Vec<Arc<Batch<EventRow>>> = partitions
         .clone()
         .map(|p| batch(topic, p, 0..100))
         .collect();
@@ -228,7 +237,9 @@ async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dro
     for _ in 0..10 {
         for p in partitions.clone() {
             assert_eq!(
-                sink.high_water(topic, p, None).await.unwrap(),
+                Sink::<EventRow>::high_water(&sink, topic, p, None)
+                    .await
+                    .unwrap(),
                 Some(99),
                 "partition {p}"
             );
@@ -280,7 +291,7 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
 
     // A member on server 1 crashes (aborted) once a third of the rows are in; a member on
     // server 4 takes over from the committed offsets.
-    let first = tokio::spawn(run(
+    let first = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(c.sink(0).await),
         config.clone(),
@@ -290,9 +301,14 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
     first.abort();
     let _ = first.await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run(bus.clone(), Arc::new(c.sink(3).await), config, async {
-        let _ = stopped.await;
-    }));
+    let second = tokio::spawn(run::<EventRow>(
+        bus.clone(),
+        Arc::new(c.sink(3).await),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     wait_for(N).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // anything extra would show up now
     stop.send(()).unwrap();
@@ -338,10 +354,92 @@ async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard()
     );
 }
 
+/// The live path on the cluster: alerts from Kafka through a crash, as events above — each
+/// alert once (without FINAL), each bus partition on one shard, both replicas of a shard equal,
+/// the per-rule rollup counting each alert once across the shards.
+#[tokio::test]
+async fn kafka_alerts_to_the_cluster_through_a_crash_land_each_alert_once_on_one_shard() {
+    const N: u64 = 6_000;
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = common::published_topic(&bus, N, |i| {
+        common::live_record(&pitboss_testkit::live::alert(i))
+    })
+    .await;
+    let config = common::config(&topic, 500);
+    let count = || async { c.scalar(0, "SELECT count() FROM alerts").await };
+    let wait_for = |n: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count().await < n {
+            assert!(Instant::now() < deadline, "rows did not reach {n}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let first = tokio::spawn(run::<AlertRow>(
+        bus.clone(),
+        Arc::new(c.sink(0).await),
+        config.clone(),
+        std::future::pending(),
+    ));
+    wait_for(N / 3).await;
+    first.abort();
+    let _ = first.await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let second = tokio::spawn(run::<AlertRow>(
+        bus.clone(),
+        Arc::new(c.sink(3).await),
+        config,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_for(N).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // anything extra would show up now
+    stop.send(()).unwrap();
+    let stats = second.await.unwrap().unwrap();
+
+    c.sync_replicas("alerts_local").await;
+    c.sync_replicas("alerts_per_minute_local").await;
+    assert_eq!(
+        (
+            count().await,
+            c.scalar(0, "SELECT uniqExact(alert_id) FROM alerts").await
+        ),
+        (N, N),
+        "exactly once, without FINAL: {stats:?}"
+    );
+    let c = &c;
+    let local = |i: usize| async move {
+        (
+            c.scalar(i, "SELECT count() FROM alerts_local").await,
+            c.scalar(
+                i,
+                "SELECT groupBitOr(bitShiftLeft(toUInt64(1), bus_partition)) FROM alerts_local",
+            )
+            .await,
+        )
+    };
+    let (s1, s1b, s2, s2b) = (
+        local(0).await,
+        local(1).await,
+        local(2).await,
+        local(3).await,
+    );
+    assert_eq!((s1, s2), (s1b, s2b), "replicas of a shard differ");
+    assert_eq!(s1.0 + s2.0, N);
+    assert_eq!(s1.1 & s2.1, 0, "a bus partition is on both shards");
+    assert_eq!(
+        c.scalar(1, "SELECT uniqExactMerge(alerts) FROM alerts_per_minute")
+            .await,
+        N
+    );
+}
+
 /// Shared by the two members of the late-landing test: the insert the first one began.
 #[derive(Debug, Default)]
 struct Held {
-    batch: std::sync::Mutex<Option<Arc<Batch>>>,
+    batch: std::sync::Mutex<Option<Arc<Batch<EventRow>>>>,
     inserts: std::sync::atomic::AtomicUsize,
 }
 
@@ -357,14 +455,14 @@ struct Crashing {
 }
 
 #[async_trait::async_trait]
-impl Sink for Crashing {
+impl Sink<EventRow> for Crashing {
     async fn high_water(
         &self,
         topic: &str,
         partition: u32,
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
-        let mark = self.inner.high_water(topic, partition, since_ms).await?;
+        let mark = Sink::<EventRow>::high_water(&self.inner, topic, partition, since_ms).await?;
         let late = if self.holds {
             None
         } else {
@@ -375,7 +473,10 @@ impl Sink for Crashing {
         }
         Ok(mark)
     }
-    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), pitboss_processor::ProcessorError> {
+    async fn insert(
+        &self,
+        batch: &Arc<Batch<EventRow>>,
+    ) -> Result<(), pitboss_processor::ProcessorError> {
         use std::sync::atomic::Ordering;
         if self.holds && self.held.inserts.fetch_add(1, Ordering::SeqCst) == 1 {
             *self.held.batch.lock().unwrap() = Some(batch.clone());
@@ -383,7 +484,10 @@ impl Sink for Crashing {
         }
         self.inner.insert(batch).await
     }
-    async fn intend(&self, batch: &Batch) -> Result<(), pitboss_processor::ProcessorError> {
+    async fn intend(
+        &self,
+        batch: &Batch<EventRow>,
+    ) -> Result<(), pitboss_processor::ProcessorError> {
         self.inner.intend(batch).await
     }
     async fn intended(
@@ -391,7 +495,7 @@ impl Sink for Crashing {
         topic: &str,
         partition: u32,
     ) -> Result<Option<(u64, u64)>, pitboss_processor::ProcessorError> {
-        self.inner.intended(topic, partition).await
+        Sink::<EventRow>::intended(&self.inner, topic, partition).await
     }
 }
 
@@ -420,7 +524,7 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
     let held = Arc::new(Held::default());
 
     // First member: batches of 300; the second ([300, 599]) is recorded, then its insert hangs.
-    let first = tokio::spawn(run(
+    let first = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(Crashing {
             inner: c.sink(0).await,
@@ -441,7 +545,7 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
 
     // Second member: batches of up to 10,000 — but its first is [300, 599] again.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let second = tokio::spawn(run(
+    let second = tokio::spawn(run::<EventRow>(
         bus.clone(),
         Arc::new(Crashing {
             inner: c.sink(2).await,

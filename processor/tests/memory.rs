@@ -13,7 +13,7 @@ use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, ConsumerConfig, Delivery, OutRecord};
 use pitboss_model::encode_proto;
 use pitboss_processor::{
-    Batch, BatchConfig, MemorySink, ProcessorConfig, ProcessorError, Sink, run,
+    Batch, BatchConfig, EventRow, MemorySink, ProcessorConfig, ProcessorError, Sink, run,
 };
 
 fn event(i: u64) -> OutRecord {
@@ -50,7 +50,7 @@ async fn publish(bus: &EmbeddedBus, range: std::ops::Range<u64>) {
 /// Runs the processor until the sink holds `n` rows (or 10 s), then stops it cleanly.
 async fn run_until(
     bus: Arc<EmbeddedBus>,
-    sink: &MemorySink,
+    sink: &MemorySink<EventRow>,
     n: usize,
 ) -> pitboss_processor::RunStats {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -65,7 +65,7 @@ async fn run_until(
     task.await.unwrap().unwrap()
 }
 
-fn unique_ids(sink: &MemorySink) -> usize {
+fn unique_ids(sink: &MemorySink<EventRow>) -> usize {
     sink.rows()
         .iter()
         .map(|r| r.event_id.clone())
@@ -77,13 +77,13 @@ fn unique_ids(sink: &MemorySink) -> usize {
 async fn failed_inserts_are_retried_and_a_lost_answer_is_not_inserted_twice() {
     let (bus, _dir) = bus().await;
     publish(&bus, 0..1000).await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     sink.fail_next(3);
     let stats = run_until(bus.clone(), &sink, 1000).await;
     assert!(stats.insert_retries >= 3, "{stats:?}");
     assert_eq!((sink.rows().len(), unique_ids(&sink)), (1000, 1000));
 
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     let (bus, _dir) = self::bus().await;
     publish(&bus, 0..1000).await;
     sink.lose_answer_next(1);
@@ -100,7 +100,7 @@ async fn failed_inserts_are_retried_and_a_lost_answer_is_not_inserted_twice() {
 async fn a_restart_after_a_crash_skips_what_the_store_has() {
     let (bus, _dir) = bus().await;
     publish(&bus, 0..1000).await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     // The first insert lands, and the process dies before it hears back: its offsets were never
     // stored or committed, so the next member is handed those records again.
     sink.hang_after_store_next(1);
@@ -139,7 +139,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() 
         .await
         .unwrap();
     publish(&bus, 100..200).await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     let stats = run_until(bus.clone(), &sink, 200).await;
     assert_eq!(sink.rows().len(), 200);
     assert_eq!(stats.dead_lettered, 1);
@@ -164,13 +164,13 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing() 
 #[tokio::test]
 async fn the_high_water_mark_is_asked_only_about_rows_received_since_the_first_record() {
     let (bus, _dir) = bus().await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     // Probes the processor's assumption rules out: on every partition, a far higher offset
     // received 3 days before the records now on the bus. Asked with the bound taken from
     // the first record, the store ignores them and nothing real is skipped.
     let old_ms = pitboss_model::Timestamp::now().as_millis() - 3 * 86_400_000;
     for partition in 0..3 {
-        let probe = pitboss_processor::rows::EventRow {
+        let probe = EventRow {
             event_id: format!("probe{partition}"),
             received_at: (old_ms / 1000) as u32,
             received_at_ms: old_ms as u64,
@@ -242,7 +242,7 @@ async fn dead_letters(bus: &EmbeddedBus, n: usize) -> Vec<pitboss_bus::Record> {
 #[tokio::test]
 async fn rows_the_store_refuses_are_dead_lettered_with_its_reason_and_the_rest_lands() {
     let (bus, _dir, values) = one_partition(300).await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     let bad = [0, 41, 42, 299];
     sink.refuse(bad.iter().map(|i| event_id(*i)));
     let stats = run_until(bus.clone(), &sink, 296).await;
@@ -282,7 +282,7 @@ async fn rows_the_store_refuses_are_dead_lettered_with_its_reason_and_the_rest_l
 #[tokio::test]
 async fn a_schema_error_stops_the_processor_with_its_reason() {
     let (bus, _dir, _) = one_partition(10).await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     sink.break_schema("Code: 60, e.displayText() = DB::Exception: Table pitboss.events doesn't exist., e.what() = DB::Exception");
     // Without the classification this would retry forever: the guard only keeps a broken
     // build from hanging the suite.
@@ -310,20 +310,20 @@ async fn a_schema_error_stops_the_processor_with_its_reason() {
 
 /// Shared by the two members of the mid-split test: the piece the first one had in flight.
 #[derive(Debug, Default)]
-struct Held(std::sync::Mutex<Option<Arc<Batch>>>);
+struct Held(std::sync::Mutex<Option<Arc<Batch<EventRow>>>>);
 
 /// The first member (`holds`) never returns from the insert of the piece starting at offset
 /// 13 — it dies mid-split — and keeps it; the second lands it right after reading the
 /// high-water mark, too late for the mark to show it.
 #[derive(Debug)]
 struct DiesMidSplit {
-    inner: MemorySink,
+    inner: MemorySink<EventRow>,
     held: Arc<Held>,
     holds: bool,
 }
 
 #[async_trait::async_trait]
-impl Sink for DiesMidSplit {
+impl Sink<EventRow> for DiesMidSplit {
     async fn high_water(
         &self,
         topic: &str,
@@ -341,14 +341,14 @@ impl Sink for DiesMidSplit {
         }
         Ok(mark)
     }
-    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
+    async fn insert(&self, batch: &Arc<Batch<EventRow>>) -> Result<(), ProcessorError> {
         if self.holds && batch.rows[0].bus_offset == 13 {
             *self.held.0.lock().unwrap() = Some(batch.clone());
             std::future::pending::<()>().await;
         }
         self.inner.insert(batch).await
     }
-    async fn intend(&self, batch: &Batch) -> Result<(), ProcessorError> {
+    async fn intend(&self, batch: &Batch<EventRow>) -> Result<(), ProcessorError> {
         self.inner.intend(batch).await
     }
     async fn intended(
@@ -369,7 +369,7 @@ impl Sink for DiesMidSplit {
 #[tokio::test]
 async fn a_member_taking_over_in_the_middle_of_a_split_inserts_the_piece_in_flight_again() {
     let (bus, _dir, _) = one_partition(100).await;
-    let sink = MemorySink::new();
+    let sink = MemorySink::<EventRow>::new();
     sink.refuse([event_id(10), event_id(70)]);
     sink.drop_seen_blocks();
     let held = Arc::new(Held::default());

@@ -13,7 +13,7 @@ use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, OutRecord};
 use pitboss_model::{BetPlaced, BetSettled, Event, Money, Payload, Timestamp, encode_proto};
 use pitboss_processor::sqlite::{self, SqliteSink};
-use pitboss_processor::{Batch, BatchConfig, ProcessorConfig, ProcessorError, Sink, run};
+use pitboss_processor::{Batch, BatchConfig, EventRow, ProcessorConfig, ProcessorError, Sink, run};
 
 const MINUTE_MS: i64 = 60_000;
 /// 2026-11-28T12:00:00Z.
@@ -93,7 +93,7 @@ fn count(db: &std::path::Path, sql: &str) -> u64 {
 async fn run_until(bus: Arc<EmbeddedBus>, db: &std::path::Path, n: u64) {
     let sink = Arc::new(SqliteSink::open(db).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(bus, sink, config(), async {
+    let task = tokio::spawn(run::<EventRow>(bus, sink, config(), async {
         let _ = stopped.await;
     }));
     let start = std::time::Instant::now();
@@ -113,17 +113,17 @@ struct HangAfter {
 }
 
 #[async_trait::async_trait]
-impl Sink for HangAfter {
+impl Sink<EventRow> for HangAfter {
     async fn high_water(
         &self,
         topic: &str,
         partition: u32,
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, ProcessorError> {
-        self.inner.high_water(topic, partition, since_ms).await
+        Sink::<EventRow>::high_water(&self.inner, topic, partition, since_ms).await
     }
 
-    async fn insert(&self, batch: &Arc<Batch>) -> Result<(), ProcessorError> {
+    async fn insert(&self, batch: &Arc<Batch<EventRow>>) -> Result<(), ProcessorError> {
         if self.inserts_left.load(Ordering::SeqCst) == 0 {
             return std::future::pending().await;
         }

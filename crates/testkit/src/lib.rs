@@ -1,8 +1,10 @@
-//! Test support: where the real services started by `scripts/stack.sh` listen, and unique
-//! names for test topics and tables.
+//! Test support: where the real services started by `scripts/stack.sh` listen, unique names
+//! for test topics and tables, and events and live-path messages to publish ([`live`]).
 //!
 //! Tests that need a service call [`kafka`], [`clickhouse`] or [`kinesis`]; when the variable
 //! is missing they fail with a message that says how to start the stack. Nothing skips.
+
+pub mod live;
 
 use rand::Rng;
 

@@ -41,3 +41,18 @@ pub fn config(topic: &str, max_rows: usize) -> ProcessorConfig {
         ..ProcessorConfig::default()
     }
 }
+
+/// A live-path message as its publisher puts it on the bus: keyed by its bus key, with the
+/// `pitboss-type`, `pitboss-tenant`, `pitboss-event-time` and `pitboss-received-at` headers
+/// (docs/alerts.md).
+pub fn live_record<M: pitboss_model::live::LiveMessage>(m: &M) -> OutRecord {
+    use pitboss_bus::header;
+    let mut r = OutRecord::new(m.bus_key(), m.encode_proto())
+        .with_header(header::TYPE, M::TYPE)
+        .with_header(header::TENANT, m.tenant_id())
+        .with_header(header::EVENT_TIME, m.event_time().as_millis().to_string());
+    if let Some(at) = m.received_at() {
+        r = r.with_header(header::RECEIVED_AT, at.as_millis().to_string());
+    }
+    r
+}

@@ -13,10 +13,13 @@
 //!   the month of `received_at` (stamped at ingest, so one batch falls in one partition and is
 //!   written as one part: an insert is all or nothing). ORDER BY (tenant, time, player) for
 //!   the dashboards.
-//! - `alerts`, `pushes`: what antifraud raised and what the edge delivered.
+//! - `alerts`, `pushes`, `deliveries`, `alert_acks` (version 5, which replaced version 2's
+//!   `alerts` and `pushes`): the live path's messages (docs/alerts.md), with their bus
+//!   position like `events`; ReplacingMergeTrees keeping one row per message id.
 //! - `bets_per_minute` (SummingMergeTree), fed by a materialized view on `events`: bets,
 //!   stakes, payouts and GGR by tenant, game and currency per minute; `players_per_minute`
-//!   (AggregatingMergeTree with `uniqState`) for active players.
+//!   (AggregatingMergeTree with `uniqState`) for active players; `alerts_per_minute`
+//!   (`uniqExactState` of alert ids) per rule, fed by a view on `alerts`.
 //!
 //! Two layouts render the same migrations ([`Layout`]):
 //! - **single**: the tables above on one server;
@@ -24,15 +27,20 @@
 //!   `<name>_local`, a `Replicated*MergeTree` at `/clickhouse/tables/{shard}/<db>/<name>_local`
 //!   with replica `{replica}` (the servers' macros), plus `<name>`, a `Distributed` table over
 //!   them with the same name and columns, so queries and inserts read as in the single layout.
-//!   `events` is sharded by `cityHash64(bus_topic, bus_partition)`: a batch (one bus partition)
+//!   `events` and the live-path tables are sharded by `cityHash64(bus_topic, bus_partition)`:
+//!   a batch (one bus partition)
 //!   lands on one shard as one block, all or nothing, and a replica deduplicates a block it has
 //!   seen (the hashes live in ZooKeeper, shared by the shard's replicas). The materialized views
-//!   read `events_local` and write `<rollup>_local` on each shard; the migrations ledger is one
+//!   read `events_local` (`alerts_local`) and write `<rollup>_local` on each shard; the migrations ledger is one
 //!   replicated table for the whole cluster (`{replica}` must be unique across it).
 
 use clickhouse::Client;
 
 use crate::ProcessorError;
+
+mod migrations;
+
+pub use migrations::MIGRATIONS;
 
 /// Where the schema lives: one server, or a cluster named in the servers' `remote_servers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,11 +124,21 @@ pub enum Statement {
         /// The `Distributed` sharding key in the cluster layout.
         shard_by: &'static str,
     },
-    /// A materialized view from `events` into a table; `{events}` in `select` is the source.
+    /// A materialized view from the table `from` into the table `to`; `{from}` in `select` is
+    /// the source (`<from>_local` of each shard in the cluster layout).
     View {
         name: &'static str,
         to: &'static str,
+        from: &'static str,
         select: &'static str,
+    },
+    /// Drops a table an earlier migration created (and, in the cluster layout, its local
+    /// table) — [`migrate`] only while it still has `old_column`, a column of that earlier
+    /// shape, so a second `migrate` running at once never drops what replaced it. A table that
+    /// a pending migration drops is not created in the first place ([`plan`]).
+    Drop {
+        name: &'static str,
+        old_column: &'static str,
     },
 }
 
@@ -172,17 +190,46 @@ impl Statement {
                     on = layout.on_cluster(),
                 ),
             ],
-            (Statement::View { name, to, select }, Layout::Single) => vec![format!(
+            (
+                Statement::View {
+                    name,
+                    to,
+                    from,
+                    select,
+                },
+                Layout::Single,
+            ) => vec![format!(
                 "CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {to} AS\n{}",
-                select.replace("{events}", "events")
+                select.replace("{from}", from)
             )],
-            (Statement::View { name, to, select }, Layout::Cluster { database, .. }) => {
+            (
+                Statement::View {
+                    name,
+                    to,
+                    from,
+                    select,
+                },
+                Layout::Cluster { database, .. },
+            ) => {
                 vec![format!(
                     "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{name}{on} TO {database}.{to}_local AS\n{}",
-                    select.replace("{events}", &format!("{database}.events_local")),
+                    select.replace("{from}", &format!("{database}.{from}_local")),
                     on = layout.on_cluster(),
                 )]
             }
+            (Statement::Drop { name, .. }, Layout::Single) => {
+                vec![format!("DROP TABLE IF EXISTS {name}")]
+            }
+            (Statement::Drop { name, .. }, Layout::Cluster { database, .. }) => vec![
+                format!(
+                    "DROP TABLE IF EXISTS {database}.{name}{on}",
+                    on = layout.on_cluster()
+                ),
+                format!(
+                    "DROP TABLE IF EXISTS {database}.{name}_local{on}",
+                    on = layout.on_cluster()
+                ),
+            ],
         }
     }
 }
@@ -205,184 +252,13 @@ impl Migration {
     }
 }
 
-/// Every migration, oldest first. Never edit a released one: add a new version.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "events",
-        statements: &[Statement::Table {
-            name: "events",
-            columns: r"
-    tenant_id String,
-    event_id String,
-    player_id String,
-    session_id String,
-    type String,
-    occurred_at DateTime,
-    occurred_at_ms UInt64,
-    received_at DateTime,
-    received_at_ms UInt64,
-    schema_version UInt32,
-    late UInt8,
-    game_id String,
-    bet_id String,
-    round_id String,
-    transaction_id String,
-    result String,
-    status String,
-    method String,
-    channel String,
-    device_id String,
-    ip String,
-    country String,
-    success UInt8,
-    amount_minor Int64,
-    payout_minor Int64,
-    currency String,
-    payload String,
-    bus_topic String,
-    bus_partition UInt32,
-    bus_offset UInt64
-",
-            engine: Engine::MergeTree,
-            partition_by: Some("toYYYYMM(received_at)"),
-            order_by: "(tenant_id, occurred_at, player_id, event_id)",
-            shard_by: "cityHash64(bus_topic, bus_partition)",
-        }],
-    },
-    Migration {
-        version: 2,
-        name: "alerts and pushes",
-        statements: &[
-            Statement::Table {
-                name: "alerts",
-                columns: r"
-    tenant_id String,
-    alert_id String,
-    rule String,
-    severity String,
-    player_id String,
-    event_id String,
-    raised_at DateTime,
-    raised_at_ms UInt64,
-    details String
-",
-                engine: Engine::MergeTree,
-                partition_by: Some("toYYYYMM(raised_at)"),
-                order_by: "(tenant_id, raised_at, rule, player_id)",
-                shard_by: "cityHash64(tenant_id, player_id)",
-            },
-            Statement::Table {
-                name: "pushes",
-                columns: r"
-    tenant_id String,
-    push_id String,
-    player_id String,
-    kind String,
-    created_at DateTime,
-    created_at_ms UInt64,
-    delivered_at_ms UInt64,
-    outcome String
-",
-                engine: Engine::MergeTree,
-                partition_by: Some("toYYYYMM(created_at)"),
-                order_by: "(tenant_id, created_at, player_id)",
-                shard_by: "cityHash64(tenant_id, player_id)",
-            },
-        ],
-    },
-    Migration {
-        version: 3,
-        name: "per-minute rollups",
-        statements: &[
-            Statement::Table {
-                name: "bets_per_minute",
-                columns: r"
-    tenant_id String,
-    minute DateTime,
-    game_id String,
-    currency String,
-    bets UInt64,
-    settlements UInt64,
-    stakes_minor Int64,
-    payouts_minor Int64,
-    ggr_minor Int64
-",
-                engine: Engine::SummingMergeTree,
-                partition_by: Some("toYYYYMM(minute)"),
-                order_by: "(tenant_id, minute, game_id, currency)",
-                // Filled on each shard by the view; never inserted into directly.
-                shard_by: "rand()",
-            },
-            Statement::View {
-                name: "bets_per_minute_mv",
-                to: "bets_per_minute",
-                select: r"SELECT
-    tenant_id,
-    toStartOfMinute(occurred_at) AS minute,
-    game_id,
-    currency,
-    toUInt64(sum(type = 'bet_placed')) AS bets,
-    toUInt64(sum(type = 'bet_settled')) AS settlements,
-    sum(if(type = 'bet_placed', amount_minor, 0)) AS stakes_minor,
-    sum(if(type = 'bet_settled', payout_minor, 0)) AS payouts_minor,
-    sum(if(type = 'bet_placed', amount_minor, 0)) - sum(if(type = 'bet_settled', payout_minor, 0)) AS ggr_minor
-FROM {events}
-WHERE type IN ('bet_placed', 'bet_settled')
-GROUP BY tenant_id, minute, game_id, currency",
-            },
-            Statement::Table {
-                name: "players_per_minute",
-                columns: r"
-    tenant_id String,
-    minute DateTime,
-    players AggregateFunction(uniq, String)
-",
-                engine: Engine::AggregatingMergeTree,
-                partition_by: Some("toYYYYMM(minute)"),
-                order_by: "(tenant_id, minute)",
-                shard_by: "rand()",
-            },
-            Statement::View {
-                name: "players_per_minute_mv",
-                to: "players_per_minute",
-                select: r"SELECT tenant_id, toStartOfMinute(occurred_at) AS minute, uniqState(player_id) AS players
-FROM {events}
-GROUP BY tenant_id, minute",
-            },
-        ],
-    },
-    Migration {
-        version: 4,
-        name: "batch intents",
-        statements: &[Statement::Table {
-            // The offset range of each partition's batch about to be inserted, written before
-            // the insert (run.rs): a member replaying the partition after a crash cuts the
-            // same batch, which a replicated table then drops if the first insert landed.
-            // One row per partition after merges.
-            name: "pitboss_batches",
-            columns: r"
-    bus_topic String,
-    bus_partition UInt32,
-    first_offset UInt64,
-    last_offset UInt64
-",
-            engine: Engine::ReplacingMergeTree {
-                version: "last_offset",
-            },
-            partition_by: None,
-            order_by: "(bus_topic, bus_partition)",
-            shard_by: "cityHash64(bus_topic, bus_partition)",
-        }],
-    },
-];
-
-/// The columns of `table` as its migrations create it — name and type, in order — for a check
-/// that the server's table still reads rows as the processor writes them.
+/// The columns of `table` as its latest migration creates it — name and type, in order — for a
+/// check that the server's table still reads rows as the processor writes them.
 pub fn columns(table: &str) -> Option<Vec<(&'static str, &'static str)>> {
     MIGRATIONS
         .iter()
-        .flat_map(|m| m.statements)
+        .rev()
+        .flat_map(|m| m.statements.iter().rev())
         .find_map(|s| match s {
             Statement::Table { name, columns, .. } if *name == table => Some(*columns),
             _ => None,
@@ -438,14 +314,57 @@ pub async fn create_database(
     Ok(())
 }
 
+/// The migrations not in `done` and, for each, the statements to run, in order: a table (or
+/// a view on one) that a pending migration drops again is not created, and a table is dropped
+/// only if a migration in `done` created it — on an empty database nothing is dropped.
+pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<&'static Statement>)> {
+    let pending: Vec<(usize, &'static Migration)> = MIGRATIONS
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !done.contains(&m.version))
+        .collect();
+    let dropped_after = |i: usize, table: &str| {
+        pending.iter().any(|(j, m)| {
+            *j > i
+                && m.statements
+                    .iter()
+                    .any(|s| matches!(s, Statement::Drop { name, .. } if *name == table))
+        })
+    };
+    let created = |table: &str| {
+        MIGRATIONS
+            .iter()
+            .filter(|m| done.contains(&m.version))
+            .flat_map(|m| m.statements)
+            .any(|s| matches!(s, Statement::Table { name, .. } if *name == table))
+    };
+    pending
+        .iter()
+        .map(|(i, m)| {
+            let statements = m
+                .statements
+                .iter()
+                .filter(|s| match s {
+                    Statement::Table { name, .. } => !dropped_after(*i, name),
+                    Statement::View { from, to, .. } => {
+                        !dropped_after(*i, from) && !dropped_after(*i, to)
+                    }
+                    Statement::Drop { name, .. } => created(name),
+                })
+                .collect();
+            (*m, statements)
+        })
+        .collect()
+}
+
 /// Every migration as one SQL script for `layout`, ledger included (`;`-terminated
 /// statements, `-- version` comments): what [`migrate`] runs on an empty database, for review
-/// or for another tool to apply.
+/// or for another tool to apply. Every statement is `IF NOT EXISTS`, so it may run twice.
 pub fn script(layout: &Layout) -> String {
     let mut out = format!("-- the migrations ledger\n{};\n\n", ledger(layout));
-    for m in MIGRATIONS {
+    for (m, statements) in plan(&[]) {
         out += &format!("-- version {}: {}\n", m.version, m.name);
-        for statement in m.sql(layout) {
+        for statement in statements.iter().flat_map(|s| s.render(layout)) {
             out += &statement;
             out += ";\n\n";
         }
@@ -468,15 +387,45 @@ pub async fn applied(client: &Client, layout: &Layout) -> Result<Vec<u32>, Proce
     Ok(rows.into_iter().map(|a| a.version).collect())
 }
 
-/// Brings the schema up to date; returns the versions this call applied.
+/// Whether `table` (or, in the cluster layout, `<table>_local`) of the client's database has
+/// the column `column`.
+async fn has_column(client: &Client, table: &str, column: &str) -> Result<bool, ProcessorError> {
+    let n: u64 = client
+        .query(
+            "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+             AND table IN (?, ?) AND name = ?",
+        )
+        .bind(table)
+        .bind(format!("{table}_local"))
+        .bind(column)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
+}
+
+/// Brings the schema up to date ([`plan`]); returns the versions this call applied.
 pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, ProcessorError> {
     let done = applied(client, layout).await?;
     let mut ran = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
-        for statement in m.sql(layout) {
-            client.query(&statement).execute().await.map_err(|e| {
-                ProcessorError::Migration(format!("version {} ({}): {e}", m.version, m.name))
-            })?;
+    for (m, statements) in plan(&done) {
+        let failed = |e: String| {
+            ProcessorError::Migration(format!("version {} ({}): {e}", m.version, m.name))
+        };
+        for statement in statements {
+            if let Statement::Drop { name, old_column } = statement
+                && !has_column(client, name, old_column)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            {
+                continue;
+            }
+            for sql in statement.render(layout) {
+                client
+                    .query(&sql)
+                    .execute()
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+            }
         }
         client
             .query(
@@ -498,7 +447,7 @@ mod tests {
 
     #[test]
     fn the_single_layout_creates_plain_tables_and_views_on_events() {
-        let sql: Vec<String> = MIGRATIONS
+        let sql: Vec<String> = MIGRATIONS[..4]
             .iter()
             .flat_map(|m| m.sql(&Layout::Single))
             .collect();
@@ -558,6 +507,58 @@ mod tests {
             ("players", "AggregateFunction(uniq, String)")
         );
         assert_eq!(columns("nope"), None);
+    }
+
+    /// The statements `plan` keeps, rendered for the single layout, by version.
+    fn planned(done: &[u32]) -> Vec<(u32, Vec<String>)> {
+        plan(done)
+            .into_iter()
+            .map(|(m, statements)| {
+                let sql = statements
+                    .iter()
+                    .flat_map(|s| s.render(&Layout::Single))
+                    .collect();
+                (m.version, sql)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_database_never_gets_the_tables_a_later_migration_replaces() {
+        let all = planned(&[]);
+        assert_eq!(
+            all.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert!(all[1].1.is_empty(), "version 2 is superseded: {:?}", all[1]);
+        let sql: Vec<&String> = all.iter().flat_map(|(_, sql)| sql).collect();
+        assert!(
+            sql.iter().all(|s| !s.starts_with("DROP")),
+            "nothing to drop"
+        );
+        assert_eq!(
+            sql.iter()
+                .filter(|s| s.starts_with("CREATE TABLE IF NOT EXISTS alerts ("))
+                .count(),
+            1
+        );
+        assert_eq!(
+            script(&Layout::Single).matches("CREATE").count(),
+            sql.len() + 1
+        );
+
+        // A database at version 4 has version 2's tables: version 5 drops them (if they still
+        // have that shape, which `migrate` checks) and creates the new ones.
+        let from_4 = planned(&[1, 2, 3, 4]);
+        assert_eq!(from_4.len(), 1);
+        let (version, sql) = &from_4[0];
+        assert_eq!(*version, 5);
+        assert_eq!(
+            sql[..2],
+            ["DROP TABLE IF EXISTS alerts", "DROP TABLE IF EXISTS pushes"]
+        );
+        assert!(sql[2].starts_with("CREATE TABLE IF NOT EXISTS alerts (\n    tenant_id String,"));
+        assert_eq!(sql.len(), 8);
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! From a bus record to a row of `events`: the protobuf event decoded, its payload spread over
-//! the typed columns, and the record's bus position kept with it.
+//! A row of `events`: the protobuf event decoded, its payload spread over the typed columns,
+//! and the record's bus position kept with it.
 
-use pitboss_bus::{Position, Record};
+use pitboss_bus::Record;
 use pitboss_model::{Event, Payload, decode_proto};
 use serde::{Deserialize, Serialize};
+
+use super::{Poison, StoredRow, check_type, offset_of, seconds, text};
 
 /// One row of `events`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -42,42 +44,6 @@ pub struct EventRow {
     pub bus_offset: u64,
 }
 
-impl EventRow {
-    /// Approximate bytes of the row (for the batch byte limit).
-    pub fn size(&self) -> usize {
-        128 + self.tenant_id.len()
-            + self.event_id.len()
-            + self.player_id.len()
-            + self.session_id.len()
-            + self.payload.len()
-            + self.game_id.len()
-            + self.bet_id.len()
-    }
-}
-
-/// Why a record cannot become a row (it goes to the dead-letter topic with this reason).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Poison {
-    #[error("undecodable protobuf event: {0}")]
-    Undecodable(String),
-    #[error("event without event_id or received_at (not stamped by ingest)")]
-    Unstamped,
-    #[error("timestamp out of range: {0}")]
-    Time(i64),
-}
-
-fn seconds(ms: i64) -> Result<(u32, u64), Poison> {
-    let s = u32::try_from(ms.div_euclid(1000)).map_err(|_| Poison::Time(ms))?;
-    Ok((s, ms as u64))
-}
-
-fn text<T: Serialize>(v: &T) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 /// The payload's canonical JSON, without the type tag (serialized straight to text: going
 /// through `serde_json::Value` was a visible share of the processor's CPU).
 fn payload_json(payload: &Payload) -> String {
@@ -96,17 +62,45 @@ fn payload_json(payload: &Payload) -> String {
     text.unwrap_or_else(|_| "{}".into())
 }
 
-/// The bus position as the `bus_offset` column (Kinesis sequence numbers do not fit: 0).
-pub fn offset_of(position: &Position) -> Option<u64> {
-    match position {
-        Position::Offset(o) => u64::try_from(*o).ok(),
-        Position::Sequence(_) => None,
+impl StoredRow for EventRow {
+    const TABLE: &'static str = "events";
+    const STAMP_COLUMN: &'static str = "received_at";
+
+    fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
+        row(topic, record)
+    }
+
+    fn stamped_at_ms(&self) -> u64 {
+        self.received_at_ms
+    }
+
+    fn bus_offset(&self) -> u64 {
+        self.bus_offset
+    }
+
+    fn size(&self) -> usize {
+        128 + self.tenant_id.len()
+            + self.event_id.len()
+            + self.player_id.len()
+            + self.session_id.len()
+            + self.payload.len()
+            + self.game_id.len()
+            + self.bet_id.len()
+    }
+
+    fn id(&self) -> String {
+        self.event_id.clone()
     }
 }
 
-/// Decodes a record into a row.
+/// Decodes a record into a row (a record whose `pitboss-type` names a live-path message is
+/// refused).
 pub fn row(topic: &str, record: &Record) -> Result<EventRow, Poison> {
-    let event = decode_proto(&record.value).map_err(|v| Poison::Undecodable(v.to_string()))?;
+    check_type(record, None, EventRow::TABLE)?;
+    let event = decode_proto(&record.value).map_err(|v| Poison::Undecodable {
+        what: "event",
+        reason: v.to_string(),
+    })?;
     from_event(
         event,
         topic,
@@ -215,6 +209,7 @@ pub fn from_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pitboss_bus::Position;
     use pitboss_model::{Money, Timestamp, encode_proto};
 
     fn bet() -> Event {
@@ -278,7 +273,7 @@ mod tests {
         };
         assert!(matches!(
             row("events", &record),
-            Err(Poison::Undecodable(_))
+            Err(Poison::Undecodable { what: "event", .. })
         ));
         let mut e = bet();
         e.received_at = None;
