@@ -318,6 +318,11 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_96_bytes_as_docs_rules_md_says() {
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
+    }
+
+    #[test]
     fn stddev_and_mean() {
         let (m, s) = stddev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
         assert_eq!((m, s), (5.0, 2.0));
