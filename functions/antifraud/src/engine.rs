@@ -27,7 +27,7 @@ use crate::join::StakeJoin;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
 use crate::template::Fill;
-use crate::window::{Entry, KeyState, Scratch, TRIGGER_BIT, Trigger, measure_all};
+use crate::window::{Entry, Eval, KeyState, Scratch, TRIGGER_BIT, Trigger};
 
 type Map = HashMap<Box<str>, KeyState, foldhash::fast::RandomState>;
 
@@ -289,6 +289,7 @@ impl Engine {
                 None => (0, None),
             };
             state.last_active = now_ms;
+            let mut held = None;
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
                 let ins = state.insert(
                     Entry {
@@ -300,13 +301,17 @@ impl Engine {
                         tag,
                         label,
                     },
-                    rule.duration_ms,
-                    rule.cap,
+                    rule,
                 );
                 if !ins.fresh {
                     continue;
                 }
                 *entries = *entries + 1 - ins.evicted;
+                held = state
+                    .entries
+                    .front()
+                    .is_some_and(|f| f.t <= t)
+                    .then_some((mask, vals));
             }
             if !triggers {
                 continue;
@@ -318,12 +323,21 @@ impl Engine {
             {
                 continue;
             }
-            let trig = Trigger { id, t, cur };
+            if let Some(d) = rule.duration_ms {
+                *entries -= state.expire(t.saturating_sub(d), rule);
+            }
+            let trig = Trigger { id, t, cur, held };
             let current = |i: usize| {
                 let m = &rule.measures[i];
                 m.field.as_ref().and_then(|f| f.get(event, &extra).number())
             };
-            measure_all(rule, state, &trig, current, scratch);
+            let eval = Eval {
+                rule,
+                state,
+                trig: &trig,
+                current,
+            };
+            eval.reset(scratch);
             scratch.thresholds.clear();
             scratch.thresholds.resize(rule.measures.len(), None);
             scratch.cond_thresholds.clear();
@@ -331,10 +345,10 @@ impl Engine {
             for c in &rule.conditions {
                 let threshold = match (c.value, c.baseline) {
                     (Some(v), _) => Some(v),
-                    (None, Some(b)) => scratch.values[b].map(|v| v * c.factor),
+                    (None, Some(b)) => eval.get(b, scratch).map(|v| v * c.factor),
                     (None, None) => None,
                 };
-                let holds = match (scratch.values[c.measure], threshold) {
+                let holds = match (eval.get(c.measure, scratch), threshold) {
                     (Some(v), Some(th)) => c.cmp.holds(v, th),
                     _ => false,
                 };
@@ -348,6 +362,7 @@ impl Engine {
             if !all {
                 continue;
             }
+            eval.all(scratch);
             state.last_hit = Some(t);
             let total = scores.add(
                 key_player(&event.tenant_id, &event.player_id).as_str(),

@@ -29,10 +29,29 @@ pub(crate) struct Entry {
     pub label: Option<Box<str>>,
 }
 
+/// Running totals of one measure over a key's whole window, kept as events enter and leave,
+/// so plain counts, sums and averages cost nothing per evaluation and a measure with no
+/// matching event is known to be empty without a scan.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Acc {
+    /// Entries that pass the measure's filter.
+    pub n: u32,
+    /// Of those, entries with a value in the measure's slot.
+    pub n_vals: u32,
+    /// Sum of those values.
+    pub sum: f64,
+}
+
 /// A key's state within one rule.
 #[derive(Debug, Default)]
 pub(crate) struct KeyState {
     pub entries: VecDeque<Entry>,
+    /// Per measure (by index): totals over `entries`.
+    pub acc: Vec<Acc>,
+    /// The currency of the key's money events, packed (0: none yet).
+    pub cur: u32,
+    /// The key has seen money in more than one currency: money totals need a scan.
+    pub mixed: bool,
     /// Event time of the last hit (for the cooldown).
     pub last_hit: Option<i64>,
     /// Engine clock when the key last saw an event (for idle eviction).
@@ -50,9 +69,43 @@ pub(crate) struct Inserted {
 }
 
 impl KeyState {
+    fn account(&mut self, e: &Entry, rule: &CompiledRule, sign: i32) {
+        for (i, m) in rule.measures.iter().enumerate() {
+            if e.mask & (1 << i) == 0 || !m.windowed {
+                continue;
+            }
+            let a = &mut self.acc[i];
+            a.n = a.n.wrapping_add_signed(sign);
+            if let Some(slot) = m.slot {
+                let v = e.vals[slot];
+                if !v.is_nan() {
+                    a.n_vals = a.n_vals.wrapping_add_signed(sign);
+                    a.sum += f64::from(sign) * v;
+                }
+            }
+        }
+    }
+
+    fn pop_front(&mut self, rule: &CompiledRule) {
+        if let Some(e) = self.entries.pop_front() {
+            self.account(&e, rule, -1);
+        }
+    }
+
+    /// Drops entries at or before `horizon`; returns how many.
+    pub fn expire(&mut self, horizon: i64, rule: &CompiledRule) -> usize {
+        let mut n = 0;
+        while self.entries.front().is_some_and(|x| x.t <= horizon) {
+            self.pop_front(rule);
+            n += 1;
+        }
+        n
+    }
+
     /// Inserts in time order, unless the id is already in the window; then drops what fell
-    /// out of the window.
-    pub fn insert(&mut self, e: Entry, duration_ms: Option<i64>, cap: usize) -> Inserted {
+    /// out of the window (older than the rule's duration before the newest event, or over its
+    /// cap).
+    pub fn insert(&mut self, e: Entry, rule: &CompiledRule) -> Inserted {
         let pos = match self.entries.back() {
             Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
             _ => self.entries.len(),
@@ -70,22 +123,29 @@ impl KeyState {
                 evicted: 0,
             };
         }
+        if self.acc.len() != rule.measures.len() {
+            self.acc = vec![Acc::default(); rule.measures.len()];
+        }
+        if e.cur != 0 {
+            if self.cur == 0 {
+                self.cur = e.cur;
+            } else if self.cur != e.cur {
+                self.mixed = true;
+            }
+        }
         self.newest = if self.entries.is_empty() {
             e.t
         } else {
             self.newest.max(e.t)
         };
+        self.account(&e, rule, 1);
         self.entries.insert(pos, e);
         let mut evicted = 0;
-        if let Some(d) = duration_ms {
-            let horizon = self.newest.saturating_sub(d);
-            while self.entries.front().is_some_and(|x| x.t <= horizon) {
-                self.entries.pop_front();
-                evicted += 1;
-            }
+        if let Some(d) = rule.duration_ms {
+            evicted += self.expire(self.newest.saturating_sub(d), rule);
         }
-        while self.entries.len() > cap {
-            self.entries.pop_front();
+        while self.entries.len() > rule.cap {
+            self.pop_front(rule);
             evicted += 1;
         }
         Inserted {
@@ -94,7 +154,8 @@ impl KeyState {
         }
     }
 
-    /// Approximate bytes held for this key (entries, labels, the key itself and the map slot).
+    /// Approximate bytes held for this key (entries, labels, totals, the key itself and the
+    /// map slot).
     pub fn bytes(&self, key_len: usize) -> usize {
         let labels: usize = self
             .entries
@@ -106,6 +167,7 @@ impl KeyState {
             + 1
             + key_len
             + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.acc.capacity() * std::mem::size_of::<Acc>()
             + labels
     }
 }
@@ -114,6 +176,8 @@ impl KeyState {
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     pub values: Vec<Option<f64>>,
+    /// Whether `values[i]` is computed.
+    pub known: Vec<bool>,
     pub thresholds: Vec<Option<f64>>,
     /// The threshold of each condition, by condition.
     pub cond_thresholds: Vec<Option<f64>>,
@@ -126,31 +190,60 @@ pub(crate) struct Trigger {
     pub id: u128,
     pub t: i64,
     pub cur: u32,
+    /// The trigger's filter bits and values when the window holds it (for `exclude_trigger`
+    /// on running totals).
+    pub held: Option<(u32, [f64; MAX_SLOTS])>,
 }
 
 /// Computes every measure of `rule` into `scratch.values`; `current(i)` gives the trigger
 /// event's value for `current` measures.
-pub(crate) fn measure_all(
-    rule: &CompiledRule,
-    state: &KeyState,
-    trig: &Trigger,
-    current: impl Fn(usize) -> Option<f64>,
-    scratch: &mut Scratch,
-) {
-    scratch.values.clear();
-    for (i, m) in rule.measures.iter().enumerate() {
+/// Measures of one evaluation, computed on demand (a condition that fails spares the
+/// measures after it) and remembered in the scratch buffers.
+pub(crate) struct Eval<'a, F: Fn(usize) -> Option<f64>> {
+    pub rule: &'a CompiledRule,
+    pub state: &'a KeyState,
+    pub trig: &'a Trigger,
+    /// The trigger event's value for `current` measures.
+    pub current: F,
+}
+
+impl<F: Fn(usize) -> Option<f64>> Eval<'_, F> {
+    /// Forgets the previous evaluation.
+    pub fn reset(&self, s: &mut Scratch) {
+        s.values.clear();
+        s.values.resize(self.rule.measures.len(), None);
+        s.known.clear();
+        s.known.resize(self.rule.measures.len(), false);
+    }
+
+    /// Measure `i` (its `default` when undefined).
+    pub fn get(&self, i: usize, s: &mut Scratch) -> Option<f64> {
+        if s.known[i] {
+            return s.values[i];
+        }
+        let m = &self.rule.measures[i];
         let v = match m.agg {
-            Agg::Current => current(i),
+            Agg::Current => (self.current)(i),
             Agg::Ratio => match m.of {
-                Some((a, b)) => match (scratch.values[a], scratch.values[b]) {
+                Some((a, b)) => match (self.get(a, s), self.get(b, s)) {
                     (Some(x), Some(y)) if y != 0.0 => Some(x / y),
                     _ => None,
                 },
                 None => None,
             },
-            _ => windowed(i, m, rule.duration_ms, state, trig, scratch),
-        };
-        scratch.values.push(v.or(m.default));
+            _ => windowed(i, m, self.rule.duration_ms, self.state, self.trig, s),
+        }
+        .or(m.default);
+        s.values[i] = v;
+        s.known[i] = true;
+        v
+    }
+
+    /// Every measure (for the messages of a hit).
+    pub fn all(&self, s: &mut Scratch) {
+        for i in 0..self.rule.measures.len() {
+            self.get(i, s);
+        }
     }
 }
 
@@ -163,6 +256,39 @@ fn windowed(
     s: &mut Scratch,
 ) -> Option<f64> {
     let bit = 1u32 << i;
+    let acc = state.acc.get(i).copied().unwrap_or_default();
+    if acc.n == 0 {
+        // Nothing in the whole window passes the filter: the aggregate of nothing.
+        return match m.agg {
+            Agg::Count | Agg::Sum | Agg::CountDistinct => Some(0.0),
+            _ => None,
+        };
+    }
+    let plain = matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg)
+        && m.within_ms.is_none()
+        && m.last.is_none()
+        && m.since.is_none()
+        && state.newest <= trig.t
+        && !(m.money && (state.mixed || state.cur != trig.cur));
+    if plain {
+        // Running totals: the engine expired what lies before the trigger's window.
+        let (mut n, mut nv, mut sum) = (f64::from(acc.n), f64::from(acc.n_vals), acc.sum);
+        if m.exclude_trigger
+            && let Some((mask, vals)) = &trig.held
+            && mask & bit != 0
+        {
+            n -= 1.0;
+            if let Some(v) = m.slot.map(|s| vals[s]).filter(|v| !v.is_nan()) {
+                nv -= 1.0;
+                sum -= v;
+            }
+        }
+        return match m.agg {
+            Agg::Count => Some(n),
+            Agg::Sum => Some(sum),
+            _ => (nv > 0.0).then(|| sum / nv),
+        };
+    }
     // The window ends at the trigger: what is older than the rule's duration (or the
     // measure's `within`) before it does not count, even if no later event evicted it yet.
     let lo = m
@@ -172,6 +298,9 @@ fn windowed(
     // `since`: only events at or after the latest event of the anchor measure.
     let from = match m.since {
         Some(a) => {
+            if state.acc.get(a).is_none_or(|x| x.n == 0) {
+                return None;
+            }
             let abit = 1u32 << a;
             state
                 .entries
@@ -248,13 +377,16 @@ fn windowed(
             Some(s.tags.len() as f64)
         }
         Agg::IntervalMean | Agg::IntervalCv => {
-            // Times newest first: the gaps between neighbours.
-            let gaps: Vec<f64> = s.nums.windows(2).map(|w| w[0] - w[1]).collect();
+            // Times newest first: the gaps between neighbours, in place.
+            for k in 1..s.nums.len() {
+                s.nums[k - 1] -= s.nums[k];
+            }
+            s.nums.pop();
             let min_gaps = if m.agg == Agg::IntervalCv { 2 } else { 1 };
-            if gaps.len() < min_gaps {
+            if s.nums.len() < min_gaps {
                 return None;
             }
-            let (mean, sd) = stddev(&gaps);
+            let (mean, sd) = stddev(&s.nums);
             match m.agg {
                 Agg::IntervalMean => Some(mean),
                 _ => (mean > 0.0).then(|| sd / mean),
@@ -277,6 +409,14 @@ fn stddev(xs: &[f64]) -> (f64, f64) {
 mod tests {
     use super::*;
 
+    fn rule(duration: i64, cap: usize) -> CompiledRule {
+        let text = format!(
+            "[[rule]]\nid = \"t.t\"\nversion = 1\ncategory = \"fraud\"\nseverity = \"low\"\nscore = 1\nevents = [\"bet_placed\"]\ngroup_by = \"player\"\nwindow = {{ duration = \"{duration}ms\", max_events = {cap} }}\nreason = \"x\"\n[[rule.measure]]\nname = \"n\"\nagg = \"count\"\n[[rule.when]]\nmeasure = \"n\"\nop = \"gte\"\nvalue = 1\n"
+        );
+        let set = crate::rules::RuleSet::from_sources(&[("t.toml".into(), text)]).expect("rule");
+        (*set.rules[0]).clone()
+    }
+
     fn entry(id: u128, t: i64) -> Entry {
         Entry {
             id,
@@ -291,11 +431,12 @@ mod tests {
 
     #[test]
     fn keeps_time_order_drops_duplicates_and_bounds_by_duration_and_cap() {
+        let r = rule(1000, 3);
         let mut k = KeyState::default();
-        assert!(k.insert(entry(1, 100), Some(1000), 3).fresh);
-        assert!(k.insert(entry(2, 300), Some(1000), 3).fresh);
+        assert!(k.insert(entry(1, 100), &r).fresh);
+        assert!(k.insert(entry(2, 300), &r).fresh);
         assert!(
-            k.insert(entry(3, 200), Some(1000), 3).fresh,
+            k.insert(entry(3, 200), &r).fresh,
             "out of order goes in its place"
         );
         assert_eq!(
@@ -303,18 +444,25 @@ mod tests {
             [100, 200, 300]
         );
         assert!(
-            !k.insert(entry(3, 200), Some(1000), 3).fresh,
+            !k.insert(entry(3, 200), &r).fresh,
             "same id and time: a duplicate"
         );
-        assert!(!k.insert(entry(1, 100), Some(1000), 3).fresh);
-        let r = k.insert(entry(4, 400), Some(1000), 3);
-        assert_eq!((r.fresh, r.evicted), (true, 1), "the cap drops the oldest");
-        let r = k.insert(entry(5, 1300), Some(1000), 3);
+        assert!(!k.insert(entry(1, 100), &r).fresh);
+        let ins = k.insert(entry(4, 400), &r);
         assert_eq!(
-            r.evicted, 2,
+            (ins.fresh, ins.evicted),
+            (true, 1),
+            "the cap drops the oldest"
+        );
+        let ins = k.insert(entry(5, 1300), &r);
+        assert_eq!(
+            ins.evicted, 2,
             "200 and 300 are 1000 ms or more older than 1300"
         );
         assert_eq!(k.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(k.acc[0].n, 2, "the running count follows the window");
+        assert_eq!(k.expire(1300, &r), 2);
+        assert_eq!((k.entries.len(), k.acc[0].n), (0, 0));
     }
 
     #[test]
