@@ -29,7 +29,34 @@ use crate::scoring::{Scores, recommend};
 use crate::template::Fill;
 use crate::window::{Entry, Eval, KeyState, Scratch, TRIGGER_BIT, Trigger};
 
-type Map = HashMap<Box<str>, KeyState, foldhash::fast::RandomState>;
+/// A window key: a 128-bit hash of `(tenant, group value)` from two independently seeded
+/// hashers. Keys are compared as numbers (no string to chase); two different keys share a
+/// hash with probability about n² / 2¹²⁹, i.e. never in practice.
+type Key = u128;
+
+/// Hashes an already well-mixed [`Key`] by folding it to 64 bits.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+type Map = HashMap<Key, KeyState, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// What one or more events produced.
 #[derive(Debug, Default)]
@@ -95,7 +122,7 @@ pub struct Engine {
     scores: Scores,
     entries: usize,
     last_sweep: i64,
-    key: String,
+    key_hashers: (foldhash::fast::FixedState, foldhash::fast::FixedState),
     scratch: Scratch,
     hasher: foldhash::fast::FixedState,
 }
@@ -139,7 +166,10 @@ impl Engine {
             scores: Scores::default(),
             entries: 0,
             last_sweep: i64::MIN,
-            key: String::new(),
+            key_hashers: (
+                foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
+                foldhash::fast::FixedState::with_seed(0x1319_8a2e_0370_7344),
+            ),
             scratch: Scratch::default(),
             hasher: foldhash::fast::FixedState::with_seed(0x9e37_79b9),
             set,
@@ -233,7 +263,7 @@ impl Engine {
             by_type,
             scores,
             entries,
-            key,
+            key_hashers,
             scratch,
             hasher,
             ..
@@ -262,15 +292,10 @@ impl Engine {
             if mask == 0 {
                 continue;
             }
-            key.clear();
-            key.push_str(&event.tenant_id);
-            key.push('\u{1f}');
-            key.push_str(group);
+            let k: Key = (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
+                | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)));
             let map = &mut states[ri];
-            let state = match map.get_mut(key.as_str()) {
-                Some(s) => s,
-                None => map.entry(key.as_str().into()).or_default(),
-            };
+            let state = map.entry(k).or_default();
             let mut vals = [f64::NAN; crate::rules::MAX_SLOTS];
             for (slot, f) in rule.slots.iter().enumerate() {
                 vals[slot] = f.get(event, &extra).number().unwrap_or(f64::NAN);
@@ -415,11 +440,11 @@ impl Engine {
         let max = self.set.limits.max_entries;
         if self.entries > max {
             // Least recently active first, until 90 % of the bound.
-            let mut all: Vec<(i64, usize, Box<str>)> = self
+            let mut all: Vec<(i64, usize, Key)> = self
                 .states
                 .iter()
                 .enumerate()
-                .flat_map(|(ri, m)| m.iter().map(move |(k, s)| (s.last_active, ri, k.clone())))
+                .flat_map(|(ri, m)| m.iter().map(move |(k, s)| (s.last_active, ri, *k)))
                 .collect();
             all.sort_unstable();
             let target = max / 10 * 9;
@@ -442,7 +467,7 @@ impl Engine {
         };
         for map in &self.states {
             s.keys += map.len();
-            s.bytes += map.iter().map(|(k, st)| st.bytes(k.len())).sum::<usize>();
+            s.bytes += map.values().map(KeyState::bytes).sum::<usize>();
         }
         s.joined_bets = self.join.len();
         s.scored_players = self.scores.len();

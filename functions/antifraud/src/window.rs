@@ -154,18 +154,16 @@ impl KeyState {
         }
     }
 
-    /// Approximate bytes held for this key (entries, labels, totals, the key itself and the
-    /// map slot).
-    pub fn bytes(&self, key_len: usize) -> usize {
+    /// Approximate bytes held for this key (entries, labels, totals and the map slot).
+    pub fn bytes(&self) -> usize {
         let labels: usize = self
             .entries
             .iter()
             .filter_map(|e| e.label.as_ref())
             .map(|l| l.len())
             .sum();
-        std::mem::size_of::<(Box<str>, KeyState)>()
+        std::mem::size_of::<(u128, KeyState)>()
             + 1
-            + key_len
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.acc.capacity() * std::mem::size_of::<Acc>()
             + labels
