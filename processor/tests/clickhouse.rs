@@ -43,7 +43,7 @@ fn event_in(i: u64, currency: &str) -> OutRecord {
             round_id: None,
             result: pitboss_model::SettlementResult::Win,
             payout: Money::new(40, currency),
-        stake: None,
+            stake: None,
         })
     };
     let e = Event {

@@ -44,7 +44,7 @@ fn event(i: u64) -> Event {
             round_id: None,
             result: pitboss_model::SettlementResult::Win,
             payout: Money::new(50 + i as i64, currency),
-        stake: None,
+            stake: None,
         })
     };
     Event {

@@ -243,7 +243,13 @@ fn rule_odds_ip_country_duration_schema_version() {
 #[test]
 fn rule_fields_the_rules_engine_reads() {
     let mut e = fixture("bet_placed.json");
-    for (offset, ok) in [(-720, true), (840, true), (0, true), (-721, false), (841, false)] {
+    for (offset, ok) in [
+        (-720, true),
+        (840, true),
+        (0, true),
+        (-721, false),
+        (841, false),
+    ] {
         e.utc_offset_min = Some(offset);
         let expected = if ok {
             vec![]

@@ -131,7 +131,6 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(pitboss_runtime::admin::metrics_router(metrics))
 }
 
-
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
