@@ -131,6 +131,7 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(pitboss_runtime::admin::metrics_router(metrics))
 }
 
+
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
