@@ -45,6 +45,7 @@ fn event(i: u64) -> Event {
         received_at: Some(now),
         schema_version: 1,
         late: false,
+        utc_offset_min: None,
         payload: Payload::BetPlaced(pitboss_model::BetPlaced {
             bet_id: format!("b{i}"),
             game_id: format!("slot-{}", i % 40),

@@ -45,6 +45,7 @@ fn event_in(i: u64, currency: &str) -> OutRecord {
             round_id: None,
             result: pitboss_model::SettlementResult::Win,
             payout: Money::new(40, currency),
+            stake: None,
         })
     };
     let e = Event {
@@ -56,6 +57,7 @@ fn event_in(i: u64, currency: &str) -> OutRecord {
         received_at: Some(now),
         schema_version: 1,
         late: false,
+        utc_offset_min: None,
         payload,
     };
     OutRecord::new(format!("acme:{player}"), encode_proto(&e))

@@ -44,6 +44,7 @@ fn event(i: u64) -> Event {
             round_id: None,
             result: pitboss_model::SettlementResult::Win,
             payout: Money::new(50 + i as i64, currency),
+            stake: None,
         })
     };
     Event {
@@ -55,6 +56,7 @@ fn event(i: u64) -> Event {
         received_at: Some(Timestamp::now()),
         schema_version: 1,
         late: false,
+        utc_offset_min: None,
         payload,
     }
 }

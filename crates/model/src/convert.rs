@@ -45,6 +45,13 @@ fn money_from(m: Option<pb::Money>, path: &str) -> Result<Money, Violation> {
     })
 }
 
+fn money_opt(m: pb::Money) -> Money {
+    Money {
+        amount_minor: m.amount_minor,
+        currency: m.currency,
+    }
+}
+
 pub(crate) fn bad_enum(path: &str, raw: i32) -> Violation {
     Violation::new(
         path,
@@ -92,6 +99,10 @@ enum_map!(PaymentMethod, pb::PaymentMethod, method_to, _method_from, method_from
 });
 enum_map!(WithdrawalStatus, pb::WithdrawalStatus, status_to, status_from, _status_opt, {
     Requested => Requested, Approved => Approved, Cancelled => Cancelled,
+});
+enum_map!(LoginFailure, pb::LoginFailure, failure_to, _failure_from, failure_from, {
+    BadCredentials => BadCredentials, UnknownAccount => UnknownAccount,
+    AccountLocked => AccountLocked, SecondFactor => SecondFactor, Other => Other,
 });
 enum_map!(BonusAction, pb::BonusAction, action_to, action_from, _action_opt, {
     Granted => Granted, Wagered => Wagered, Released => Released, Forfeited => Forfeited,
@@ -144,17 +155,24 @@ impl From<Event> for pb::Event {
                 round_id: b.round_id.unwrap_or_default(),
                 result: result_to(b.result),
                 payout: money_to(b.payout),
+                stake: b.stake.and_then(money_to),
             }),
             Payload::Deposit(d) => P::Deposit(pb::Deposit {
                 transaction_id: d.transaction_id,
                 amount: money_to(d.amount),
                 method: d.method.map_or(0, method_to),
+                device_id: d.device_id.unwrap_or_default(),
+                ip: d.ip.unwrap_or_default(),
+                payment_instrument: d.payment_instrument.unwrap_or_default(),
             }),
             Payload::Withdrawal(w) => P::Withdrawal(pb::Withdrawal {
                 transaction_id: w.transaction_id,
                 amount: money_to(w.amount),
                 status: status_to(w.status),
                 method: w.method.map_or(0, method_to),
+                device_id: w.device_id.unwrap_or_default(),
+                ip: w.ip.unwrap_or_default(),
+                payment_instrument: w.payment_instrument.unwrap_or_default(),
             }),
             Payload::Login(l) => P::Login(pb::Login {
                 ip: l.ip,
@@ -162,6 +180,7 @@ impl From<Event> for pb::Event {
                 user_agent: l.user_agent.unwrap_or_default(),
                 country: l.country.unwrap_or_default(),
                 success: l.success,
+                failure_reason: l.failure_reason.map_or(0, failure_to),
             }),
             Payload::Logout(l) => P::Logout(pb::Logout {
                 reason: l.reason.unwrap_or_default(),
@@ -178,6 +197,8 @@ impl From<Event> for pb::Event {
                 bonus_id: b.bonus_id,
                 action: action_to(b.action),
                 amount: money_to(b.amount),
+                wagering_requirement: b.wagering_requirement.and_then(money_to),
+                wagered: b.wagered.and_then(money_to),
             }),
             Payload::Custom(c) => P::Custom(pb::Custom {
                 name: c.name,
@@ -197,6 +218,7 @@ impl From<Event> for pb::Event {
             received_at_ms: e.received_at.map_or(0, Timestamp::as_millis),
             schema_version: e.schema_version,
             late: e.late,
+            utc_offset_min: e.utc_offset_min,
             payload: Some(payload),
         }
     }
@@ -237,17 +259,24 @@ impl TryFrom<pb::Event> for Event {
                 round_id: none_if_empty(b.round_id),
                 result: result_from(b.result, "payload.result")?,
                 payout: money_from(b.payout, "payload.payout")?,
+                stake: b.stake.map(money_opt),
             }),
             Some(P::Deposit(d)) => Payload::Deposit(Deposit {
                 transaction_id: d.transaction_id,
                 amount: money_from(d.amount, "payload.amount")?,
                 method: method_from(d.method, "payload.method")?,
+                device_id: none_if_empty(d.device_id),
+                ip: none_if_empty(d.ip),
+                payment_instrument: none_if_empty(d.payment_instrument),
             }),
             Some(P::Withdrawal(w)) => Payload::Withdrawal(Withdrawal {
                 transaction_id: w.transaction_id,
                 amount: money_from(w.amount, "payload.amount")?,
                 status: status_from(w.status, "payload.status")?,
                 method: method_from(w.method, "payload.method")?,
+                device_id: none_if_empty(w.device_id),
+                ip: none_if_empty(w.ip),
+                payment_instrument: none_if_empty(w.payment_instrument),
             }),
             Some(P::Login(l)) => Payload::Login(Login {
                 ip: l.ip,
@@ -255,6 +284,7 @@ impl TryFrom<pb::Event> for Event {
                 user_agent: none_if_empty(l.user_agent),
                 country: none_if_empty(l.country),
                 success: l.success,
+                failure_reason: failure_from(l.failure_reason, "payload.failure_reason")?,
             }),
             Some(P::Logout(l)) => Payload::Logout(Logout {
                 reason: none_if_empty(l.reason),
@@ -271,6 +301,8 @@ impl TryFrom<pb::Event> for Event {
                 bonus_id: b.bonus_id,
                 action: action_from(b.action, "payload.action")?,
                 amount: money_from(b.amount, "payload.amount")?,
+                wagering_requirement: b.wagering_requirement.map(money_opt),
+                wagered: b.wagered.map(money_opt),
             }),
             Some(P::Custom(c)) => Payload::Custom(Custom {
                 name: c.name,
@@ -293,6 +325,7 @@ impl TryFrom<pb::Event> for Event {
             received_at: (e.received_at_ms != 0).then(|| Timestamp::from_millis(e.received_at_ms)),
             schema_version: e.schema_version,
             late: e.late,
+            utc_offset_min: e.utc_offset_min,
             payload,
         })
     }

@@ -29,6 +29,8 @@ struct RawEvent {
     #[serde(default)]
     late: bool,
     #[serde(default)]
+    utc_offset_min: Option<i32>,
+    #[serde(default)]
     payload: Option<Box<RawValue>>,
 }
 
@@ -85,6 +87,7 @@ enum Field {
     ReceivedAt,
     SchemaVersion,
     Late,
+    UtcOffsetMin,
     Payload,
 }
 
@@ -126,6 +129,7 @@ impl<'de> Visitor<'de> for OnePassVisitor {
         let mut received_at: Option<Option<Timestamp>> = None;
         let mut schema_version: Option<Option<u32>> = None;
         let mut late: Option<bool> = None;
+        let mut utc_offset_min: Option<Option<i32>> = None;
         let mut payload: Option<Payload> = None;
         let mut raw_payload: Option<&'de RawValue> = None;
         while let Some(field) = map.next_key::<Field>()? {
@@ -141,6 +145,9 @@ impl<'de> Visitor<'de> for OnePassVisitor {
                     once(&mut schema_version, map.next_value()?, "schema_version")?
                 }
                 Field::Late => once(&mut late, map.next_value()?, "late")?,
+                Field::UtcOffsetMin => {
+                    once(&mut utc_offset_min, map.next_value()?, "utc_offset_min")?
+                }
                 Field::Payload => {
                     if payload.is_some() || raw_payload.is_some() {
                         return Err(serde::de::Error::duplicate_field("payload"));
@@ -170,6 +177,7 @@ impl<'de> Visitor<'de> for OnePassVisitor {
             received_at: received_at.flatten(),
             schema_version: schema_version.flatten().unwrap_or(SCHEMA_VERSION),
             late: late.unwrap_or(false),
+            utc_offset_min: utc_offset_min.flatten(),
             payload,
         }))
     }
@@ -261,6 +269,7 @@ impl RawEvent {
             received_at: self.received_at,
             schema_version: self.schema_version.unwrap_or(SCHEMA_VERSION),
             late: self.late,
+            utc_offset_min: self.utc_offset_min,
             payload,
         })
     }

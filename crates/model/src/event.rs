@@ -37,7 +37,9 @@ pub struct Event {
     pub tenant_id: String,
     /// Player id within the tenant; `[A-Za-z0-9._~@+-]`, at most 128 characters.
     pub player_id: String,
-    /// Game or wallet session the event belongs to.
+    /// Game or wallet session the event belongs to. Issued by the operator's backend (the game
+    /// server or the wallet) when the session starts, carried by every event of that session
+    /// and bracketed by `session_started` / `session_ended`; Pitboss never issues one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     /// When the event happened, by the client's clock (RFC 3339, millisecond precision).
@@ -51,6 +53,11 @@ pub struct Event {
     /// Set by validation when `occurred_at` is older than the lateness horizon.
     #[serde(default, skip_serializing_if = "is_false")]
     pub late: bool,
+    /// The player's offset from UTC at `occurred_at`, in minutes (`120` for UTC+2, `-300` for
+    /// UTC-5), from -720 to 840: lets rules reason about the player's local time (late-night
+    /// play). Absent when the client does not know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset_min: Option<i32>,
     /// The event type (`type`) and its typed body (`payload`).
     #[serde(flatten)]
     pub payload: Payload,
@@ -248,6 +255,10 @@ pub struct BetSettled {
     pub result: SettlementResult,
     /// What the player receives: 0 on a loss, the stake back on a void.
     pub payout: Money,
+    /// The stake of the settled bet, as placed. Optional: when absent, consumers that need it
+    /// (the rules engine) join the settlement to its `bet_placed` by `bet_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stake: Option<Money>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -268,8 +279,22 @@ pub struct Deposit {
     pub amount: Money,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<PaymentMethod>,
+    /// Device the request came from (the same id as on `login` and `bet_placed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// IPv4 or IPv6 address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// A stable, non-reversible fingerprint of the payment instrument (card, IBAN, wallet)
+    /// issued by the payment provider or the operator, e.g. a hash of the card number: the same
+    /// instrument always has the same fingerprint. Never the instrument itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_instrument: Option<String>,
 }
 
+/// Where a withdrawal is in its lifecycle. One withdrawal is one `transaction_id`: first
+/// `requested`, then either `approved` (paid out) or `cancelled` (by the player or the operator;
+/// the money goes back to the player's balance). Each step is its own event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WithdrawalStatus {
@@ -286,6 +311,17 @@ pub struct Withdrawal {
     pub status: WithdrawalStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<PaymentMethod>,
+    /// Device the request came from (the same id as on `login` and `bet_placed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// IPv4 or IPv6 address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// A stable, non-reversible fingerprint of the payment instrument (card, IBAN, wallet)
+    /// issued by the payment provider or the operator, e.g. a hash of the card number: the same
+    /// instrument always has the same fingerprint. Never the instrument itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_instrument: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -311,6 +347,24 @@ pub struct Login {
     /// False for a failed attempt; defaults to true.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub success: bool,
+    /// Why a failed attempt failed; only on a failed attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<LoginFailure>,
+}
+
+/// Why a login attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginFailure {
+    /// Wrong password (or other first factor).
+    BadCredentials,
+    /// No such account.
+    UnknownAccount,
+    /// The account is locked or self-excluded.
+    AccountLocked,
+    /// The second factor (OTP, push approval) failed.
+    SecondFactor,
+    Other,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -354,6 +408,14 @@ pub struct Bonus {
     pub bonus_id: String,
     pub action: BonusAction,
     pub amount: Money,
+    /// How much the player must stake before the bonus can be withdrawn (the wagering
+    /// requirement), when the bonus has one. Sent with `granted`, repeatable on later actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wagering_requirement: Option<Money>,
+    /// How much of the requirement the player has staked so far (the progress), as of this
+    /// event; typically sent with `wagered` and `released`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wagered: Option<Money>,
 }
 
 /// A scalar property value of a custom event.

@@ -134,6 +134,10 @@ pub const MAX_USER_AGENT: usize = 512;
 pub const MAX_PROPERTY_TEXT: usize = 1024;
 /// Longest custom event name or property key.
 pub const MAX_NAME: usize = 64;
+/// Westernmost UTC offset in minutes (UTC-12).
+pub const MIN_UTC_OFFSET_MIN: i32 = -720;
+/// Easternmost UTC offset in minutes (UTC+14).
+pub const MAX_UTC_OFFSET_MIN: i32 = 840;
 /// Longest session duration accepted (31 days).
 pub const MAX_SESSION_MS: i64 = 31 * 24 * 3600 * 1000;
 
@@ -191,6 +195,15 @@ pub fn validate(
             "received_at",
             ViolationCode::InvalidTimestamp,
             "received_at is before 1970",
+        );
+    }
+    if let Some(offset) = event.utc_offset_min
+        && !(MIN_UTC_OFFSET_MIN..=MAX_UTC_OFFSET_MIN).contains(&offset)
+    {
+        v.push(
+            "utc_offset_min",
+            ViolationCode::InvalidValue,
+            format!("must be between {MIN_UTC_OFFSET_MIN} and {MAX_UTC_OFFSET_MIN} minutes"),
         );
     }
     v.payload(&event.payload);
@@ -311,6 +324,22 @@ impl Checker<'_> {
         }
     }
 
+    /// Where a deposit or withdrawal came from: device id and instrument fingerprint as text,
+    /// the IP address parsed.
+    fn fingerprint(&mut self, device: Option<&str>, ip: Option<&str>, instrument: Option<&str>) {
+        self.text("payload.device_id", device, MAX_TEXT);
+        if let Some(ip) = ip
+            && ip.parse::<IpAddr>().is_err()
+        {
+            self.push(
+                "payload.ip",
+                ViolationCode::InvalidIp,
+                "expected an IPv4 or IPv6 address",
+            );
+        }
+        self.text("payload.payment_instrument", instrument, MAX_TEXT);
+    }
+
     fn odds(&mut self, path: &str, odds: Option<&str>) {
         let Some(odds) = odds else { return };
         let (int, frac) = odds.split_once('.').unwrap_or((odds, ""));
@@ -345,14 +374,27 @@ impl Checker<'_> {
                 self.id("payload.game_id", &b.game_id, MAX_ID);
                 self.opt_id("payload.round_id", b.round_id.as_deref(), MAX_ID);
                 self.money("payload.payout", &b.payout);
+                if let Some(stake) = &b.stake {
+                    self.money("payload.stake", stake);
+                }
             }
             Payload::Deposit(d) => {
                 self.id("payload.transaction_id", &d.transaction_id, MAX_ID);
                 self.money("payload.amount", &d.amount);
+                self.fingerprint(
+                    d.device_id.as_deref(),
+                    d.ip.as_deref(),
+                    d.payment_instrument.as_deref(),
+                );
             }
             Payload::Withdrawal(w) => {
                 self.id("payload.transaction_id", &w.transaction_id, MAX_ID);
                 self.money("payload.amount", &w.amount);
+                self.fingerprint(
+                    w.device_id.as_deref(),
+                    w.ip.as_deref(),
+                    w.payment_instrument.as_deref(),
+                );
             }
             Payload::Login(l) => {
                 if l.ip.parse::<IpAddr>().is_err() {
@@ -377,6 +419,13 @@ impl Checker<'_> {
                         "expected an ISO 3166-1 alpha-2 code like \"DE\"",
                     );
                 }
+                if l.success && l.failure_reason.is_some() {
+                    self.push(
+                        "payload.failure_reason",
+                        ViolationCode::InvalidValue,
+                        "only a failed attempt (success: false) has a failure_reason",
+                    );
+                }
             }
             Payload::Logout(l) => self.text("payload.reason", l.reason.as_deref(), MAX_TEXT),
             Payload::SessionStarted(s) => {
@@ -397,6 +446,12 @@ impl Checker<'_> {
             Payload::Bonus(b) => {
                 self.id("payload.bonus_id", &b.bonus_id, MAX_ID);
                 self.money("payload.amount", &b.amount);
+                if let Some(m) = &b.wagering_requirement {
+                    self.money("payload.wagering_requirement", m);
+                }
+                if let Some(m) = &b.wagered {
+                    self.money("payload.wagered", m);
+                }
             }
             Payload::Custom(c) => self.custom(c),
         }

@@ -241,6 +241,74 @@ fn rule_odds_ip_country_duration_schema_version() {
 }
 
 #[test]
+fn rule_fields_the_rules_engine_reads() {
+    let mut e = fixture("bet_placed.json");
+    for (offset, ok) in [
+        (-720, true),
+        (840, true),
+        (0, true),
+        (-721, false),
+        (841, false),
+    ] {
+        e.utc_offset_min = Some(offset);
+        let expected = if ok {
+            vec![]
+        } else {
+            one("utc_offset_min", ViolationCode::InvalidValue)
+        };
+        assert_eq!(violations(&e), expected, "{offset}");
+    }
+    let mut l = fixture("login.json");
+    if let Payload::Login(p) = &mut l.payload {
+        p.success = true;
+        p.failure_reason = Some(LoginFailure::BadCredentials);
+    }
+    assert_eq!(
+        violations(&l),
+        one("payload.failure_reason", ViolationCode::InvalidValue)
+    );
+    for name in ["deposit.json", "withdrawal.json"] {
+        let mut d = fixture(name);
+        match &mut d.payload {
+            Payload::Deposit(p) => p.ip = Some("10.0.0.256".into()),
+            Payload::Withdrawal(p) => p.ip = Some("10.0.0.256".into()),
+            _ => unreachable!("fixture type"),
+        }
+        assert_eq!(
+            violations(&d),
+            one("payload.ip", ViolationCode::InvalidIp),
+            "{name}"
+        );
+    }
+    let mut b = fixture("bonus_wagered.json");
+    if let Payload::Bonus(p) = &mut b.payload {
+        p.wagered = Some(Money::new(-1, "USD"));
+        p.wagering_requirement = Some(Money::new(1, "XXQ"));
+    }
+    assert_eq!(
+        violations(&b),
+        vec![
+            (
+                "payload.wagering_requirement.currency".into(),
+                ViolationCode::InvalidCurrency
+            ),
+            (
+                "payload.wagered.amount_minor".into(),
+                ViolationCode::NegativeAmount
+            ),
+        ]
+    );
+    let mut s = fixture("bet_settled_cashout.json");
+    if let Payload::BetSettled(p) = &mut s.payload {
+        p.stake = Some(Money::new(-5, "GBP"));
+    }
+    assert_eq!(
+        violations(&s),
+        one("payload.stake.amount_minor", ViolationCode::NegativeAmount)
+    );
+}
+
+#[test]
 fn rule_custom_events_are_bounded() {
     let mut e = fixture("custom.json");
     let Payload::Custom(c) = &mut e.payload else {
@@ -416,6 +484,7 @@ proptest! {
             received_at: None,
             schema_version: 1,
             late: false,
+            utc_offset_min: None,
             payload: Payload::BetPlaced(BetPlaced {
                 bet_id: "b".into(), game_id: "g".into(), round_id: None,
                 stake: Money { amount_minor: amount, currency },

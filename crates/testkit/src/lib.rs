@@ -92,10 +92,14 @@ pub fn deposit(i: u64, players: u64) -> pitboss_model::Event {
         received_at: Some(now),
         schema_version: 1,
         late: false,
+        utc_offset_min: None,
         payload: pitboss_model::Payload::Deposit(pitboss_model::Deposit {
             transaction_id: format!("tx{i}"),
             amount: pitboss_model::Money::new(100, "EUR"),
             method: None,
+            device_id: None,
+            ip: None,
+            payment_instrument: None,
         }),
     }
 }

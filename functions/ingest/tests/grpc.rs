@@ -45,6 +45,7 @@ fn event(tenant: &str, amount: i64) -> pb::Event {
         received_at: None,
         schema_version: 1,
         late: false,
+        utc_offset_min: None,
         payload: Payload::BetPlaced(BetPlaced {
             bet_id: "b-1".into(),
             game_id: "roulette".into(),

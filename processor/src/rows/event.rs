@@ -222,6 +222,7 @@ mod tests {
             received_at: Some(Timestamp::from_millis(1_795_870_801_000)),
             schema_version: 1,
             late: false,
+            utc_offset_min: None,
             payload: Payload::BetPlaced(pitboss_model::BetPlaced {
                 bet_id: "b1".into(),
                 game_id: "slot-7".into(),

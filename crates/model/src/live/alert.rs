@@ -51,8 +51,8 @@ pub struct Alert {
     pub recommendation: Recommendation,
     /// What the rule's window is grouped by.
     pub group_by: GroupBy,
-    /// The group's value: a device id, an IP address, a session id, or the player id (then equal
-    /// to `player_id`). At most 256 bytes.
+    /// The group's value: a device id, an IP address, a session id, a payment-instrument
+    /// fingerprint, a game id, or the player id (then equal to `player_id`). At most 256 bytes.
     pub group_key: String,
     /// Other players the window saw in the group: the linked accounts of a multi-accounting
     /// alert. At most 100.
@@ -117,6 +117,10 @@ pub enum GroupBy {
     Device,
     Ip,
     Session,
+    /// A payment instrument's fingerprint (deposits, withdrawals).
+    PaymentInstrument,
+    /// A game (`game_id` of bets).
+    Game,
 }
 
 /// How a measure's value is compared with its threshold: `value <comparison> threshold`.

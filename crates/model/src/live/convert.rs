@@ -24,6 +24,7 @@ enum_map!(Recommendation, pb::Recommendation, recommendation_to, recommendation_
 });
 enum_map!(GroupBy, pb::GroupBy, group_by_to, group_by_from, _group_by_opt, {
     Player => Player, Device => Device, Ip => Ip, Session => Session,
+    PaymentInstrument => PaymentInstrument, Game => Game,
 });
 enum_map!(Comparison, pb::Comparison, comparison_to, comparison_from, _comparison_opt, {
     Gt => Gt, Gte => Gte, Lt => Lt, Lte => Lte, Eq => Eq,

@@ -1,0 +1,180 @@
+//! The engine with both shipped packs on one core, next to the baseline of merely decoding the
+//! same bus records (protobuf) in the same run:
+//!
+//! ```sh
+//! cargo bench -p pitboss-antifraud --bench engine
+//! ```
+//!
+//! - `decode`: protobuf bytes → `Event` (what the consumer adapter does anyway);
+//! - `decode_and_evaluate`: the same, then `Engine::process` with every shipped rule, over
+//!   windows warmed by a first pass over the stream;
+//! - after the run: memory per tracked player (`Engine::stats`), printed.
+//!
+//! The stream: 2,000 players, each a login, a deposit, then bets and their settlements (no
+//! stake on the settlement: the join supplies it), sessions, the odd withdrawal and bonus;
+//! 100,000 events, in time order, 0.5 s apart per player on average.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pitboss_antifraud::{Engine, Output, RuleSet};
+use pitboss_model::{Event, Timestamp, decode_event, decode_proto, encode_proto};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PLAYERS: u64 = 2_000;
+const EVENTS: u64 = 100_000;
+const T0: i64 = 1_795_867_200_000;
+
+fn event(n: u64, player: u64, t: i64, kind: &str, payload: String) -> Event {
+    let json = format!(
+        r#"{{"event_id":"0193735a-0000-7000-8000-{n:012x}","tenant_id":"acme","player_id":"p-{player}","session_id":"s-{player}","type":"{kind}","occurred_at":"{}","received_at":"{}","payload":{payload}}}"#,
+        Timestamp::from_millis(t).to_rfc3339().unwrap(),
+        Timestamp::from_millis(t + 40).to_rfc3339().unwrap(),
+    );
+    decode_event(json.as_bytes()).unwrap()
+}
+
+/// A realistic mix, deterministic.
+fn stream() -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(EVENTS as usize);
+    let mut seq = vec![0u64; PLAYERS as usize];
+    let mut x: u64 = 42;
+    for n in 0..EVENTS {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let p = (x >> 33) % PLAYERS;
+        let k = seq[p as usize];
+        seq[p as usize] += 1;
+        let t = T0 + (n as i64) * 10;
+        let stake = 100 + ((x >> 20) % 5000) as i64;
+        let (kind, payload) = match k {
+            0 => (
+                "login",
+                format!(
+                    r#"{{"ip":"10.{}.{}.1","device_id":"dev-{p}"}}"#,
+                    p / 250,
+                    p % 250
+                ),
+            ),
+            1 => ("session_started", r#"{"channel":"web"}"#.to_string()),
+            2 => (
+                "deposit",
+                format!(
+                    r#"{{"transaction_id":"d-{p}-{k}","amount":{{"amount_minor":20000,"currency":"EUR"}},"device_id":"dev-{p}","ip":"10.0.0.1","payment_instrument":"card-{p}"}}"#
+                ),
+            ),
+            k if k % 97 == 0 => (
+                "withdrawal",
+                format!(
+                    r#"{{"transaction_id":"w-{p}-{k}","amount":{{"amount_minor":5000,"currency":"EUR"}},"status":"requested"}}"#
+                ),
+            ),
+            k if k % 89 == 0 => (
+                "bonus",
+                format!(
+                    r#"{{"bonus_id":"b-{p}","action":"granted","amount":{{"amount_minor":1000,"currency":"EUR"}},"wagering_requirement":{{"amount_minor":35000,"currency":"EUR"}}}}"#
+                ),
+            ),
+            k if k % 2 == 1 => (
+                "bet_placed",
+                format!(
+                    r#"{{"bet_id":"bet-{p}-{k}","game_id":"roulette-{}","stake":{{"amount_minor":{stake},"currency":"EUR"}}}}"#,
+                    p % 7
+                ),
+            ),
+            k => {
+                let (result, payout) = if x.is_multiple_of(3) {
+                    ("win", 2 * stake)
+                } else {
+                    ("loss", 0)
+                };
+                (
+                    "bet_settled",
+                    format!(
+                        r#"{{"bet_id":"bet-{p}-{}","game_id":"roulette-{}","result":"{result}","payout":{{"amount_minor":{payout},"currency":"EUR"}}}}"#,
+                        k - 1,
+                        p % 7
+                    ),
+                )
+            }
+        };
+        out.push(encode_proto(&event(n, p, t, kind, payload)));
+    }
+    out
+}
+
+fn rules() -> RuleSet {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    RuleSet::load_dir(&dir).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let records = stream();
+    let mut engine = Engine::new(rules());
+    let mut out = Output::default();
+    // Warm the windows with one pass (and count what the stream raises).
+    for r in &records {
+        let e = decode_proto(r).unwrap();
+        engine.process(&e, e.occurred_at, &mut out).unwrap();
+    }
+    let stats = engine.stats();
+    println!(
+        "after one pass: {} alerts, {} pushes; {} keys, {} entries, {} joined bets, {} bytes = {} bytes per tracked player",
+        out.alerts.len(),
+        out.pushes.len(),
+        stats.keys,
+        stats.entries,
+        stats.joined_bets,
+        stats.bytes,
+        stats.bytes / PLAYERS as usize
+    );
+
+    let mut g = c.benchmark_group("antifraud_engine");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(8));
+    let mut i = 0usize;
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            i = (i + 1) % records.len();
+            decode_proto(&records[i]).unwrap()
+        })
+    });
+    // Replays of the stream, shifted by its length each lap so the windows move forward and
+    // ids stay new (a replay of the same ids would be dropped as duplicates: too cheap).
+    let span = EVENTS as i64 * 10;
+    let mut lap = 1i64;
+    let mut j = 0usize;
+    g.bench_function("decode_and_evaluate", |b| {
+        b.iter(|| {
+            j += 1;
+            if j == records.len() {
+                j = 0;
+                lap += 1;
+            }
+            let mut e = decode_proto(&records[j]).unwrap();
+            e.occurred_at = Timestamp::from_millis(e.occurred_at.as_millis() + lap * span);
+            let id = e.event_id.as_mut().unwrap();
+            id.replace_range(19..23, &format!("{:04x}", 0x8000 + lap as u16 % 0x7fff));
+            out.clear();
+            engine.process(&e, e.occurred_at, &mut out).unwrap();
+            out.alerts.len()
+        })
+    });
+    g.finish();
+    let stats = engine.stats();
+    println!(
+        "after the run: {} keys, {} entries, {} bytes = {} bytes per tracked player",
+        stats.keys,
+        stats.entries,
+        stats.bytes,
+        stats.bytes / PLAYERS as usize
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,672 @@
+//! The engine: runs a rule set over events, one at a time, keeping per-rule, per-key windows
+//! in memory. Pure: the caller passes each event and the current time (`detected_at`), and
+//! gets alerts and pushes back; nothing here reads a clock, a file or the network.
+//!
+//! Memory is bounded: each window by its rule's duration and cap; all windows together by
+//! `[engine] max_entries` (past it, the least recently active keys go); keys idle for longer
+//! than their window plus `idle_after` are swept; the stake join and the scores have their own
+//! bounds. [`Engine::stats`] reports what is held.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use pitboss_model::live::limits::{
+    MAX_BODY_CHARS, MAX_EVIDENCE_EVENTS, MAX_GROUP_KEY, MAX_REASON_CHARS, MAX_RELATED_PLAYERS,
+    MAX_TITLE_CHARS,
+};
+use pitboss_model::live::{
+    Alert, GroupBy, LiveMessage, Measure, Push, PushSource, RuleSource, Target, alert_id, push_id,
+};
+use pitboss_model::validate::Violation;
+use pitboss_model::{Event, Payload, Timestamp};
+
+use crate::error::AntifraudError;
+use crate::field::{Extra, Value, currency_of};
+use crate::join::StakeJoin;
+use crate::rules::{Agg, CompiledRule, RuleSet};
+use crate::scoring::{Scores, recommend};
+use crate::template::Fill;
+use crate::window::{Entry, Eval, KeyState, Scratch, TRIGGER_BIT, Trigger};
+
+/// A window key: a 128-bit hash of `(tenant, group value)` from two independently seeded
+/// hashers. Keys are compared as numbers (no string to chase); two different keys share a
+/// hash with probability about n² / 2¹²⁹, i.e. never in practice.
+type Key = u128;
+
+/// Hashes an already well-mixed [`Key`] by folding it to 64 bits.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+type Map = HashMap<Key, KeyState, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// What one or more events produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub alerts: Vec<Alert>,
+    pub pushes: Vec<Push>,
+    /// Messages a rule produced that break the live contract (a room template that renders to
+    /// an invalid id, say): reported, never published.
+    pub rejected: Vec<Rejected>,
+}
+
+impl Output {
+    pub fn clear(&mut self) {
+        self.alerts.clear();
+        self.pushes.clear();
+        self.rejected.clear();
+    }
+}
+
+/// A message the engine refused to publish, and why.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub rule_id: String,
+    /// `alert` or `push`.
+    pub message: &'static str,
+    pub violations: Vec<Violation>,
+}
+
+/// What a reload kept and what it started afresh.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Rules whose id, version and window are unchanged: their windows, cooldowns carried over.
+    pub kept: Vec<String>,
+    /// New rules, and rules whose version or window changed: empty windows.
+    pub fresh: Vec<String>,
+    /// Rules no longer in the set: their state is gone.
+    pub removed: Vec<String>,
+}
+
+/// What the engine holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Window keys across all rules.
+    pub keys: usize,
+    /// Window entries across all rules.
+    pub entries: usize,
+    /// Bets remembered for the settlement join.
+    pub joined_bets: usize,
+    /// Players with a score.
+    pub scored_players: usize,
+    /// Approximate bytes of all of it (windows, join, scores).
+    pub bytes: usize,
+}
+
+/// The rules engine.
+#[derive(Debug)]
+pub struct Engine {
+    set: RuleSet,
+    states: Vec<Map>,
+    /// Rule indexes by event type (position in `EventType::ALL`).
+    by_type: [Vec<usize>; 10],
+    join: StakeJoin,
+    scores: Scores,
+    entries: usize,
+    last_sweep: i64,
+    key_hashers: (foldhash::fast::FixedState, foldhash::fast::FixedState),
+    scratch: Scratch,
+    hasher: foldhash::fast::FixedState,
+}
+
+fn dispatch(set: &RuleSet) -> [Vec<usize>; 10] {
+    let mut by_type: [Vec<usize>; 10] = Default::default();
+    for (i, r) in set.rules.iter().enumerate() {
+        for t in r.types.iter() {
+            by_type[crate::filter::index(t)].push(i);
+        }
+    }
+    by_type
+}
+
+/// Parses a canonical UUID into a number.
+fn event_number(id: Option<&str>) -> Result<u128, AntifraudError> {
+    let id = id.ok_or_else(|| AntifraudError::Event("the event has no event_id".into()))?;
+    uuid::Uuid::try_parse(id).map(|u| u.as_u128()).map_err(|_| {
+        AntifraudError::Event(format!(
+            "event_id {:?} is not a UUID",
+            id.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
+fn cut(text: &str, max_chars: usize, one_line: bool) -> String {
+    let mut s: String = text.chars().take(max_chars).collect();
+    if one_line {
+        s = s.replace(['\n', '\r', '\t'], " ");
+    }
+    s
+}
+
+impl Engine {
+    /// An engine running `set`, with empty windows.
+    pub fn new(set: RuleSet) -> Engine {
+        Engine {
+            states: set.rules.iter().map(|_| Map::default()).collect(),
+            by_type: dispatch(&set),
+            join: StakeJoin::new(set.limits.join_max_bets, set.limits.join_horizon_ms),
+            scores: Scores::default(),
+            entries: 0,
+            last_sweep: i64::MIN,
+            key_hashers: (
+                foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
+                foldhash::fast::FixedState::with_seed(0x1319_8a2e_0370_7344),
+            ),
+            scratch: Scratch::default(),
+            hasher: foldhash::fast::FixedState::with_seed(0x9e37_79b9),
+            set,
+        }
+    }
+
+    /// The running rule set.
+    pub fn rules(&self) -> &RuleSet {
+        &self.set
+    }
+
+    /// Swaps in a new rule set. Rules with the same id, version and window definition keep
+    /// their windows and cooldowns; others start empty; removed rules' state is dropped. The
+    /// join and the scores carry over. Pure and infallible: a set that loaded is valid.
+    pub fn replace_rules(&mut self, set: RuleSet) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        let mut old: HashMap<String, (Arc<CompiledRule>, Map)> = self
+            .set
+            .rules
+            .iter()
+            .cloned()
+            .zip(std::mem::take(&mut self.states))
+            .map(|(r, m)| (r.id.clone(), (r, m)))
+            .collect();
+        let mut states = Vec::with_capacity(set.rules.len());
+        for r in &set.rules {
+            match old.remove(&r.id) {
+                Some((o, m)) if o.version == r.version && o.signature == r.signature => {
+                    report.kept.push(r.id.clone());
+                    states.push(m);
+                }
+                _ => {
+                    report.fresh.push(r.id.clone());
+                    states.push(Map::default());
+                }
+            }
+        }
+        report.removed = old.into_keys().collect();
+        report.removed.sort();
+        self.states = states;
+        self.entries = self
+            .states
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|k| k.entries.len())
+            .sum();
+        self.by_type = dispatch(&set);
+        self.set = set;
+        report
+    }
+
+    /// Loads a rule set from `(file, text)` pairs and swaps it in; on any error the running set
+    /// stays and the error lists every problem.
+    pub fn reload_from_sources(
+        &mut self,
+        files: &[(String, String)],
+    ) -> Result<ReloadReport, AntifraudError> {
+        let set = RuleSet::from_sources(files)?;
+        Ok(self.replace_rules(set))
+    }
+
+    /// Evaluates one event at engine time `now`, appending what it raises to `out`. An event
+    /// without a UUID `event_id` is refused (it belongs on the dead-letter topic).
+    pub fn process(
+        &mut self,
+        event: &Event,
+        now: Timestamp,
+        out: &mut Output,
+    ) -> Result<(), AntifraudError> {
+        let id = event_number(event.event_id.as_deref())?;
+        let t = event.occurred_at.as_millis();
+        let mut extra = Extra {
+            joined_stake: None,
+            default_offset_min: self.set.limits.default_utc_offset_min,
+        };
+        match &event.payload {
+            Payload::BetPlaced(b) => {
+                self.join
+                    .placed(&event.tenant_id, &b.bet_id, b.stake.amount_minor, t)
+            }
+            Payload::BetSettled(b) if b.stake.is_none() => {
+                extra.joined_stake = self.join.stake(&event.tenant_id, &b.bet_id)
+            }
+            _ => {}
+        }
+        let cur = currency_of(event).map_or(0, |c| (self.hasher.hash_one(c) as u32) | 1);
+        let now_ms = now.as_millis();
+        let Engine {
+            set,
+            states,
+            by_type,
+            scores,
+            entries,
+            key_hashers,
+            scratch,
+            hasher,
+            ..
+        } = self;
+        for &ri in &by_type[crate::filter::index(event.event_type())] {
+            let rule = &set.rules[ri];
+            let group = match &rule.key_field {
+                None => event.player_id.as_str(),
+                Some(f) => match f.get(event, &extra) {
+                    Value::Text(s) if !s.is_empty() => s,
+                    _ => continue,
+                },
+            };
+            let mut mask = 0u32;
+            // Trigger-only events are kept (so a redelivered one is recognised) unless the
+            // rule has a cooldown, which already stops a redelivered trigger from firing twice.
+            for (i, m) in rule.measures.iter().enumerate() {
+                if m.windowed && m.filter.matches(event, &extra) {
+                    mask |= 1 << i;
+                }
+            }
+            let triggers = rule.trigger.matches(event, &extra);
+            if triggers {
+                mask |= TRIGGER_BIT;
+            }
+            if mask == 0 {
+                continue;
+            }
+            let k: Key = (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
+                | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)));
+            let map = &mut states[ri];
+            let state = map.entry(k).or_default();
+            let mut vals = [f64::NAN; crate::rules::MAX_SLOTS];
+            for (slot, f) in rule.slots.iter().enumerate() {
+                vals[slot] = f.get(event, &extra).number().unwrap_or(f64::NAN);
+            }
+            let (tag, label) = match &rule.distinct {
+                Some(f) => {
+                    let v = f.get(event, &extra);
+                    let tag = match v {
+                        Value::Text(s) => hasher.hash_one(s),
+                        Value::Missing => 0,
+                        other => hasher.hash_one(format!("{other:?}")),
+                    };
+                    let label = rule.keep_labels.then(|| event.player_id.as_str().into());
+                    (tag, label)
+                }
+                None => (0, None),
+            };
+            state.last_active = now_ms;
+            let mut held = None;
+            if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
+                let ins = state.insert(
+                    Entry {
+                        id,
+                        t,
+                        mask,
+                        cur,
+                        vals,
+                        tag,
+                        label,
+                    },
+                    rule,
+                );
+                if !ins.fresh {
+                    continue;
+                }
+                *entries = *entries + 1 - ins.evicted;
+                held = state
+                    .entries
+                    .front()
+                    .is_some_and(|f| f.t <= t)
+                    .then_some((mask, vals));
+            }
+            if !triggers {
+                continue;
+            }
+            if rule.cooldown_ms > 0
+                && state
+                    .last_hit
+                    .is_some_and(|h| (t - h).abs() < rule.cooldown_ms)
+            {
+                continue;
+            }
+            if let Some(d) = rule.duration_ms {
+                *entries -= state.expire(t.saturating_sub(d), rule);
+            }
+            let trig = Trigger { id, t, cur, held };
+            let current = |i: usize| {
+                let m = &rule.measures[i];
+                m.field.as_ref().and_then(|f| f.get(event, &extra).number())
+            };
+            let eval = Eval {
+                rule,
+                state,
+                trig: &trig,
+                current,
+            };
+            eval.reset(scratch);
+            scratch.thresholds.clear();
+            scratch.thresholds.resize(rule.measures.len(), None);
+            scratch.cond_thresholds.clear();
+            let mut all = true;
+            for c in &rule.conditions {
+                let threshold = match (c.value, c.baseline) {
+                    (Some(v), _) => Some(v),
+                    (None, Some(b)) => eval.get(b, scratch).map(|v| v * c.factor),
+                    (None, None) => None,
+                };
+                let holds = match (eval.get(c.measure, scratch), threshold) {
+                    (Some(v), Some(th)) => c.cmp.holds(v, th),
+                    _ => false,
+                };
+                scratch.thresholds[c.measure] = threshold;
+                scratch.cond_thresholds.push(threshold);
+                if !holds {
+                    all = false;
+                    break;
+                }
+            }
+            if !all {
+                continue;
+            }
+            eval.all(scratch);
+            state.last_hit = Some(t);
+            let total = scores.add(
+                key_player(&event.tenant_id, &event.player_id).as_str(),
+                t,
+                rule.score,
+                &set.scoring,
+                set.limits.max_scored_players,
+            );
+            let hit = Hit {
+                rule,
+                event,
+                extra: &extra,
+                state,
+                group,
+                total,
+                now,
+                scratch,
+            };
+            hit.emit(set, out);
+        }
+        if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms
+            || self.entries > self.set.limits.max_entries
+        {
+            self.sweep(now);
+        }
+        Ok(())
+    }
+
+    /// Drops keys idle (by engine time) for longer than their window plus `idle_after`, scores
+    /// out of their window, and, while over `max_entries`, the least recently active keys.
+    pub fn sweep(&mut self, now: Timestamp) {
+        let now_ms = now.as_millis();
+        self.last_sweep = now_ms;
+        let idle = self.set.limits.idle_after_ms;
+        for (r, map) in self.set.rules.iter().zip(&mut self.states) {
+            let keep = r
+                .duration_ms
+                .unwrap_or(0)
+                .saturating_add(idle)
+                .max(r.cooldown_ms);
+            map.retain(|_, s| now_ms.saturating_sub(s.last_active) <= keep);
+        }
+        self.scores.sweep(now_ms, &self.set.scoring);
+        self.entries = self
+            .states
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|k| k.entries.len())
+            .sum();
+        let max = self.set.limits.max_entries;
+        if self.entries > max {
+            // Least recently active first, until 90 % of the bound.
+            let mut all: Vec<(i64, usize, Key)> = self
+                .states
+                .iter()
+                .enumerate()
+                .flat_map(|(ri, m)| m.iter().map(move |(k, s)| (s.last_active, ri, *k)))
+                .collect();
+            all.sort_unstable();
+            let target = max / 10 * 9;
+            for (_, ri, k) in all {
+                if self.entries <= target {
+                    break;
+                }
+                if let Some(s) = self.states[ri].remove(&k) {
+                    self.entries -= s.entries.len();
+                }
+            }
+        }
+    }
+
+    /// What the engine holds now (walks every key: for diagnostics and benchmarks, not per event).
+    pub fn stats(&self) -> EngineStats {
+        let mut s = EngineStats {
+            entries: self.entries,
+            ..Default::default()
+        };
+        for map in &self.states {
+            s.keys += map.len();
+            s.bytes += map.values().map(KeyState::bytes).sum::<usize>();
+        }
+        s.joined_bets = self.join.len();
+        s.scored_players = self.scores.len();
+        s.bytes += self.join.bytes() + self.scores.bytes();
+        s
+    }
+}
+
+fn key_player(tenant: &str, player: &str) -> String {
+    let mut k = String::with_capacity(tenant.len() + 1 + player.len());
+    k.push_str(tenant);
+    k.push('\u{1f}');
+    k.push_str(player);
+    k
+}
+
+fn uuid_text(id: u128) -> String {
+    uuid::Uuid::from_u128(id).hyphenated().to_string()
+}
+
+/// One rule hit, turned into its alert and push.
+struct Hit<'a> {
+    rule: &'a CompiledRule,
+    event: &'a Event,
+    extra: &'a Extra,
+    state: &'a KeyState,
+    group: &'a str,
+    total: u32,
+    now: Timestamp,
+    scratch: &'a Scratch,
+}
+
+impl Hit<'_> {
+    fn emit(&self, set: &RuleSet, out: &mut Output) {
+        let rule = self.rule;
+        let event = self.event;
+        let trigger_id = event.event_id.clone().unwrap_or_default();
+        let currency = currency_of(event);
+        let fill = Fill {
+            event,
+            extra: self.extra,
+            values: &self.scratch.values,
+            thresholds: &self.scratch.thresholds,
+            currency,
+            group_key: self.group,
+            rule_id: &rule.id,
+        };
+        let id = alert_id(&rule.id, rule.version, &trigger_id);
+        let received_at = event.received_at.unwrap_or(self.now);
+        if rule.alert {
+            let measures = rule
+                .conditions
+                .iter()
+                .zip(&self.scratch.cond_thresholds)
+                .filter_map(|(c, threshold)| {
+                    let m = &rule.measures[c.measure];
+                    let value = self.scratch.values[c.measure]?;
+                    let threshold = (*threshold)?;
+                    Some(Measure {
+                        name: m.name.clone(),
+                        value,
+                        threshold,
+                        comparison: c.cmp,
+                        currency: (m.money
+                            || m.agg == Agg::Current
+                                && m.field.as_ref().is_some_and(|f| f.is_money()))
+                        .then(|| currency.map(str::to_owned))
+                        .flatten(),
+                        window_ms: m
+                            .windowed
+                            .then(|| m.within_ms.or(rule.duration_ms))
+                            .flatten()
+                            .map(|w| w as u64),
+                    })
+                })
+                .collect();
+            let cond_mask: u32 = rule
+                .conditions
+                .iter()
+                .flat_map(|c| [Some(c.measure), c.baseline])
+                .flatten()
+                .flat_map(|i| {
+                    let m = &rule.measures[i];
+                    match m.of {
+                        Some((a, b)) => vec![a, b],
+                        None => vec![i],
+                    }
+                })
+                .filter(|i| rule.measures[*i].windowed)
+                .fold(0, |acc, i| acc | 1 << i);
+            let trig = uuid::Uuid::try_parse(&trigger_id).map_or(0, |u| u.as_u128());
+            let mut evidence: Vec<String> = self
+                .state
+                .entries
+                .iter()
+                .rev()
+                .filter(|e| e.mask & cond_mask != 0 && e.id != trig)
+                .take(MAX_EVIDENCE_EVENTS)
+                .map(|e| uuid_text(e.id))
+                .collect();
+            evidence.reverse();
+            let mut related: Vec<String> = Vec::new();
+            if rule.group_by != GroupBy::Player {
+                for e in &self.state.entries {
+                    if let Some(l) = &e.label
+                        && **l != *event.player_id
+                        && !related.iter().any(|r| **r == **l)
+                        && related.len() < MAX_RELATED_PLAYERS
+                    {
+                        related.push(l.to_string());
+                    }
+                }
+            }
+            let group_key = if rule.group_by == GroupBy::Player {
+                event.player_id.clone()
+            } else {
+                truncate_bytes(self.group, MAX_GROUP_KEY)
+            };
+            let alert = Alert {
+                alert_id: id.clone(),
+                tenant_id: event.tenant_id.clone(),
+                player_id: Some(event.player_id.clone()),
+                rule_id: rule.id.clone(),
+                rule_version: rule.version,
+                category: rule.category,
+                severity: rule.severity,
+                score: rule.score,
+                total_score: self.total,
+                recommendation: recommend(self.total, &set.scoring),
+                group_by: rule.group_by,
+                group_key,
+                related_player_ids: related,
+                reason: cut(&rule.reason.render(&fill), MAX_REASON_CHARS, true),
+                measures,
+                trigger_event_id: trigger_id.clone(),
+                evidence_event_ids: evidence,
+                event_time: event.occurred_at,
+                received_at,
+                detected_at: self.now,
+            };
+            match alert.validate() {
+                Ok(()) => out.alerts.push(alert),
+                Err(violations) => out.rejected.push(Rejected {
+                    rule_id: rule.id.clone(),
+                    message: "alert",
+                    violations,
+                }),
+            }
+        }
+        if let Some(p) = &rule.push {
+            let target = match &p.room {
+                Some(room) => Target::Room(room.render(&fill)),
+                None => Target::Player(event.player_id.clone()),
+            };
+            let mut data = serde_json::Map::new();
+            for (i, m) in rule.measures.iter().enumerate() {
+                if let Some(v) = self.scratch.values[i]
+                    && let Some(n) = serde_json::Number::from_f64(v)
+                {
+                    data.insert(m.name.clone(), serde_json::Value::Number(n));
+                }
+            }
+            let push = Push {
+                push_id: push_id(&rule.id, rule.version, &trigger_id, &target),
+                tenant_id: event.tenant_id.clone(),
+                target,
+                kind: p.kind.clone(),
+                title: cut(&p.title.render(&fill), MAX_TITLE_CHARS, true),
+                body: cut(&p.body.render(&fill), MAX_BODY_CHARS, false),
+                data,
+                source: PushSource::Rule(RuleSource {
+                    rule_id: rule.id.clone(),
+                    rule_version: rule.version,
+                    alert_id: rule.alert.then_some(id),
+                    trigger_event_id: trigger_id,
+                }),
+                event_time: event.occurred_at,
+                received_at,
+                created_at: self.now,
+                expires_at: p
+                    .expires_ms
+                    .map(|e| Timestamp::from_millis(self.now.as_millis().saturating_add(e))),
+            };
+            match push.validate() {
+                Ok(()) => out.pushes.push(push),
+                Err(violations) => out.rejected.push(Rejected {
+                    rule_id: rule.id.clone(),
+                    message: "push",
+                    violations,
+                }),
+            }
+        }
+    }
+}
+
+fn truncate_bytes(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}

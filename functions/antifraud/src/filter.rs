@@ -1,0 +1,375 @@
+//! Event filters: a set of event types plus field predicates, all of which must hold.
+//! In a rule file a predicate list is a TOML table, `{ status = "requested", stake = { gte =
+//! 10000 }, result = ["win", "cashout"], device_id = { exists = true } }`: a scalar means `eq`,
+//! an array `in`, a table names operators (`eq`, `ne`, `in`, `gt`, `gte`, `lt`, `lte`,
+//! `exists`).
+
+use pitboss_model::{Event, EventType};
+
+use crate::field::{Extra, Field, Value};
+
+/// A set of event types, as a bit mask over [`EventType::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Types(pub u16);
+
+impl Types {
+    pub fn of(t: EventType) -> Types {
+        Types(1 << index(t))
+    }
+
+    pub fn contains(self, t: EventType) -> bool {
+        self.0 & (1 << index(t)) != 0
+    }
+
+    pub fn is_subset(self, of: Types) -> bool {
+        self.0 & !of.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = EventType> {
+        EventType::ALL
+            .into_iter()
+            .filter(move |t| self.contains(*t))
+    }
+}
+
+/// The position of an event type in [`EventType::ALL`].
+pub fn index(t: EventType) -> usize {
+    EventType::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Eq,
+    Ne,
+    In,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Exists,
+}
+
+/// A constant a field is compared with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operand {
+    Num(f64),
+    Text(String),
+    Bool(bool),
+    List(Vec<Operand>),
+}
+
+/// One predicate: `field op operand`. A missing field fails every predicate but
+/// `exists = false`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pred {
+    pub field: Field,
+    pub op: Op,
+    pub operand: Operand,
+}
+
+/// Event types plus predicates.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    pub types: Types,
+    pub preds: Vec<Pred>,
+}
+
+impl Filter {
+    /// Whether the event passes.
+    pub fn matches(&self, e: &Event, extra: &Extra) -> bool {
+        self.types.contains(e.event_type()) && self.preds.iter().all(|p| p.holds(e, extra))
+    }
+}
+
+fn same(v: Value<'_>, o: &Operand) -> bool {
+    match (v, o) {
+        (Value::Text(a), Operand::Text(b)) => a == b,
+        (Value::Bool(a), Operand::Bool(b)) => a == *b,
+        (v, Operand::Num(b)) => v.number() == Some(*b),
+        _ => false,
+    }
+}
+
+impl Pred {
+    pub fn holds(&self, e: &Event, extra: &Extra) -> bool {
+        let v = self.field.get(e, extra);
+        if self.op == Op::Exists {
+            return (v != Value::Missing) == (self.operand == Operand::Bool(true));
+        }
+        if v == Value::Missing {
+            return false;
+        }
+        match (self.op, &self.operand) {
+            (Op::Eq, o) => same(v, o),
+            (Op::Ne, o) => !same(v, o),
+            (Op::In, Operand::List(list)) => list.iter().any(|o| same(v, o)),
+            (op, Operand::Num(b)) => v.number().is_some_and(|a| match op {
+                Op::Gt => a > *b,
+                Op::Gte => a >= *b,
+                Op::Lt => a < *b,
+                Op::Lte => a <= *b,
+                _ => false,
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// What kind of values a field holds, for checking predicates at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Number,
+    Text,
+    Flag,
+    Any,
+}
+
+fn kind(f: &Field) -> Kind {
+    match f {
+        Field::LocalHour | Field::Odds | Field::DurationMs => Kind::Number,
+        f if f.is_money() => Kind::Number,
+        Field::Success => Kind::Flag,
+        Field::Property(_) => Kind::Any,
+        _ => Kind::Text,
+    }
+}
+
+/// The values an enum-like text field can take (a typo in a rule is refused at load).
+fn allowed(f: &Field) -> Option<&'static [&'static str]> {
+    Some(match f {
+        Field::Type => &[
+            "bet_placed",
+            "bet_settled",
+            "deposit",
+            "withdrawal",
+            "login",
+            "logout",
+            "session_started",
+            "session_ended",
+            "bonus",
+            "custom",
+        ],
+        Field::Result => &["win", "loss", "void", "cashout"],
+        Field::Status => &["requested", "approved", "cancelled"],
+        Field::Action => &["granted", "wagered", "released", "forfeited"],
+        Field::Method => &[
+            "card",
+            "bank_transfer",
+            "ewallet",
+            "crypto",
+            "voucher",
+            "other",
+        ],
+        Field::BetType => &["single", "accumulator", "system", "spin", "hand", "other"],
+        Field::Channel => &[
+            "web",
+            "mobile_web",
+            "ios",
+            "android",
+            "desktop",
+            "retail",
+            "api",
+        ],
+        Field::FailureReason => &[
+            "bad_credentials",
+            "unknown_account",
+            "account_locked",
+            "second_factor",
+            "other",
+        ],
+        _ => return None,
+    })
+}
+
+fn operand(v: &toml::Value, field: &Field, name: &str) -> Result<Operand, String> {
+    let o = match v {
+        toml::Value::String(s) => Operand::Text(s.clone()),
+        toml::Value::Integer(i) => Operand::Num(*i as f64),
+        toml::Value::Float(f) if f.is_finite() => Operand::Num(*f),
+        toml::Value::Boolean(b) => Operand::Bool(*b),
+        other => {
+            return Err(format!(
+                "`{name}`: {} is not a string, number or boolean",
+                other.type_str()
+            ));
+        }
+    };
+    let ok = match (kind(field), &o) {
+        (Kind::Any, _) | (Kind::Number, Operand::Num(_)) | (Kind::Flag, Operand::Bool(_)) => true,
+        (Kind::Text, Operand::Text(t)) => match allowed(field) {
+            Some(values) if !values.contains(&t.as_str()) => {
+                return Err(format!(
+                    "`{name}` is never {t:?}; it is one of: {}",
+                    values.join(", ")
+                ));
+            }
+            _ => true,
+        },
+        _ => false,
+    };
+    if !ok {
+        let want = match kind(field) {
+            Kind::Number => "a number",
+            Kind::Flag => "true or false",
+            _ => "a string",
+        };
+        return Err(format!("`{name}` is compared with {want}"));
+    }
+    Ok(o)
+}
+
+/// Compiles a predicate table, checking each field exists on at least one of `types`.
+pub fn compile(table: &toml::Table, types: Types) -> Result<Vec<Pred>, String> {
+    let mut out = Vec::new();
+    for (name, v) in table {
+        let field = Field::parse(name).ok_or_else(|| {
+            format!(
+                "unknown field `{name}`; fields are {} and properties.<key>",
+                crate::field::NAMES.join(", ")
+            )
+        })?;
+        if !types.iter().any(|t| field.possible_on(t)) {
+            let list: Vec<_> = types.iter().map(EventType::as_str).collect();
+            return Err(format!(
+                "no event of [{}] has a field `{name}`",
+                list.join(", ")
+            ));
+        }
+        match v {
+            toml::Value::Table(ops) => {
+                if ops.is_empty() {
+                    return Err(format!("`{name}`: an empty table compares nothing"));
+                }
+                for (op, arg) in ops {
+                    out.push(pred(field.clone(), op, arg, name)?);
+                }
+            }
+            toml::Value::Array(_) => out.push(pred(field, "in", v, name)?),
+            scalar => out.push(Pred {
+                operand: operand(scalar, &field, name)?,
+                field,
+                op: Op::Eq,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn pred(field: Field, op: &str, arg: &toml::Value, name: &str) -> Result<Pred, String> {
+    let op = match op {
+        "eq" => Op::Eq,
+        "ne" => Op::Ne,
+        "in" => Op::In,
+        "gt" => Op::Gt,
+        "gte" => Op::Gte,
+        "lt" => Op::Lt,
+        "lte" => Op::Lte,
+        "exists" => Op::Exists,
+        other => {
+            return Err(format!(
+                "`{name}`: unknown operator `{other}`; use eq, ne, in, gt, gte, lt, lte or exists"
+            ));
+        }
+    };
+    let operand = match op {
+        Op::In => match arg {
+            toml::Value::Array(items) if !items.is_empty() => Operand::List(
+                items
+                    .iter()
+                    .map(|i| operand(i, &field, name))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => return Err(format!("`{name}`: `in` takes a non-empty array")),
+        },
+        Op::Exists => match arg {
+            toml::Value::Boolean(b) => Operand::Bool(*b),
+            _ => return Err(format!("`{name}`: `exists` takes true or false")),
+        },
+        Op::Gt | Op::Gte | Op::Lt | Op::Lte => match operand(arg, &field, name)? {
+            n @ Operand::Num(_) => n,
+            _ => return Err(format!("`{name}`: `{}` compares numbers", op_name(op))),
+        },
+        Op::Eq | Op::Ne => operand(arg, &field, name)?,
+    };
+    Ok(Pred { field, op, operand })
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "eq",
+        Op::Ne => "ne",
+        Op::In => "in",
+        Op::Gt => "gt",
+        Op::Gte => "gte",
+        Op::Lt => "lt",
+        Op::Lte => "lte",
+        Op::Exists => "exists",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).expect("toml")
+    }
+
+    fn withdrawal(status: &str, amount: i64) -> Event {
+        let json = format!(
+            r#"{{"event_id":"0193735a-2222-7333-8444-555566667777","tenant_id":"t","player_id":"p","type":"withdrawal","occurred_at":"2026-11-28T12:30:00Z","payload":{{"transaction_id":"w1","amount":{{"amount_minor":{amount},"currency":"EUR"}},"status":"{status}","ip":"10.0.0.1"}}}}"#
+        );
+        pitboss_model::decode_event(json.as_bytes()).expect("event")
+    }
+
+    #[test]
+    fn scalar_array_and_operator_forms() {
+        let types = Types::of(EventType::Withdrawal);
+        let preds = compile(
+            &table(
+                r#"status = "requested"
+amount = { gte = 100, lt = 1000 }
+ip = { exists = true }
+method = { exists = false }"#,
+            ),
+            types,
+        )
+        .expect("compiles");
+        let f = Filter { types, preds };
+        let x = Extra::default();
+        assert!(f.matches(&withdrawal("requested", 500), &x));
+        assert!(!f.matches(&withdrawal("approved", 500), &x));
+        assert!(!f.matches(&withdrawal("requested", 1000), &x));
+        assert!(!f.matches(&withdrawal("requested", 99), &x));
+        let any = Filter {
+            types,
+            preds: compile(&table(r#"status = ["approved", "cancelled"]"#), types).expect("in"),
+        };
+        assert!(any.matches(&withdrawal("cancelled", 1), &x));
+        assert!(!any.matches(&withdrawal("requested", 1), &x));
+        let ne = Filter {
+            types,
+            preds: compile(&table(r#"status = { ne = "requested" }"#), types).expect("ne"),
+        };
+        assert!(ne.matches(&withdrawal("approved", 1), &x));
+    }
+
+    #[test]
+    fn typos_and_type_mismatches_are_refused() {
+        let types = Types::of(EventType::Withdrawal);
+        for (src, needle) in [
+            (r#"staus = "requested""#, "unknown field `staus`"),
+            (r#"status = "requsted""#, "never \"requsted\""),
+            (r#"amount = "100""#, "compared with a number"),
+            (r#"amount = { above = 1 }"#, "unknown operator `above`"),
+            (
+                r#"result = "win""#,
+                "no event of [withdrawal] has a field `result`",
+            ),
+            (r#"amount = { in = [] }"#, "non-empty array"),
+        ] {
+            let err = compile(&table(src), types).expect_err(src);
+            assert!(err.contains(needle), "{src}: {err}");
+        }
+    }
+}

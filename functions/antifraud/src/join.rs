@@ -1,0 +1,93 @@
+//! The settlement join: `bet_settled` carries no stake unless the client sends it, so the
+//! engine remembers each `bet_placed` stake by `(tenant, bet_id)` for a bounded time and number
+//! of bets, and lends it to the settlement.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+
+/// Remembered stakes, oldest first out.
+#[derive(Debug)]
+pub(crate) struct StakeJoin {
+    stakes: HashMap<u64, (i64, i64), foldhash::fast::FixedState>,
+    order: VecDeque<(i64, u64)>,
+    hasher: foldhash::fast::FixedState,
+    max: usize,
+    horizon_ms: i64,
+    newest: i64,
+}
+
+impl StakeJoin {
+    pub fn new(max: usize, horizon_ms: i64) -> Self {
+        StakeJoin {
+            stakes: HashMap::default(),
+            order: VecDeque::new(),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed_ba75),
+            max,
+            horizon_ms,
+            newest: i64::MIN,
+        }
+    }
+
+    fn key(&self, tenant: &str, bet_id: &str) -> u64 {
+        self.hasher.hash_one((tenant, bet_id))
+    }
+
+    /// Remembers a placed bet's stake (minor units) at event time `t`.
+    pub fn placed(&mut self, tenant: &str, bet_id: &str, stake: i64, t: i64) {
+        let k = self.key(tenant, bet_id);
+        if self.stakes.insert(k, (stake, t)).is_none() {
+            self.order.push_back((t, k));
+        }
+        self.newest = self.newest.max(t);
+        let horizon = self.newest.saturating_sub(self.horizon_ms);
+        while let Some(&(ot, ok)) = self.order.front() {
+            if self.order.len() <= self.max && ot >= horizon {
+                break;
+            }
+            self.order.pop_front();
+            // A key re-inserted later keeps its newer time; remove only the entry of this time.
+            if self.stakes.get(&ok).is_some_and(|(_, st)| *st == ot) {
+                self.stakes.remove(&ok);
+            }
+        }
+    }
+
+    /// The stake of a bet, if remembered.
+    pub fn stake(&self, tenant: &str, bet_id: &str) -> Option<i64> {
+        self.stakes.get(&self.key(tenant, bet_id)).map(|(s, _)| *s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.stakes.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.stakes.capacity() * (std::mem::size_of::<(u64, (i64, i64))>() + 1)
+            + self.order.capacity() * std::mem::size_of::<(i64, u64)>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_within_bounds() {
+        let mut j = StakeJoin::new(2, 1000);
+        j.placed("t", "b1", 100, 0);
+        j.placed("t", "b2", 200, 10);
+        assert_eq!(j.stake("t", "b1"), Some(100));
+        assert_eq!(j.stake("u", "b1"), None, "tenants are apart");
+        j.placed("t", "b3", 300, 20);
+        assert_eq!(
+            j.stake("t", "b1"),
+            None,
+            "over the count bound the oldest goes"
+        );
+        assert_eq!(j.len(), 2);
+        j.placed("t", "b4", 400, 1021);
+        assert_eq!(j.stake("t", "b2"), None, "older than the horizon");
+        assert_eq!(j.stake("t", "b3"), None);
+        assert_eq!(j.stake("t", "b4"), Some(400));
+    }
+}

@@ -1,0 +1,367 @@
+//! Rule sets: a directory of `*.toml` files holding `[[rule]]` tables, plus (once in the set)
+//! `[scoring]` and `[engine]`. Loading parses and checks everything and refuses the whole set
+//! on any problem, listing each with file, line, column and reason; a set that loads is ready
+//! to run. The language is documented in docs/rules.md.
+
+mod compile;
+mod spec;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use pitboss_model::live::{Category, Comparison, GroupBy, Severity};
+
+use crate::duration::parse_duration_ms;
+use crate::error::{AntifraudError, LoadError};
+use crate::field::Field;
+use crate::filter::{Filter, Types};
+use crate::template::Template;
+
+pub use compile::{Agg, MAX_SLOTS, dotted_name_ok};
+
+/// One rule, ready to run.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub id: String,
+    pub version: u32,
+    pub category: Category,
+    pub severity: Severity,
+    /// Points a hit adds to the player's score.
+    pub score: u32,
+    pub description: String,
+    pub group_by: GroupBy,
+    /// The event field holding the group key; `None` when grouped by player.
+    pub(crate) key_field: Option<Field>,
+    /// The event types the rule reads.
+    pub types: Types,
+    pub duration_ms: Option<i64>,
+    /// Most events one key's window holds.
+    pub cap: usize,
+    pub cooldown_ms: i64,
+    pub(crate) trigger: Filter,
+    /// The fields kept per event, for the measures that aggregate them.
+    pub(crate) slots: Vec<Field>,
+    /// The field `count_distinct` counts.
+    pub(crate) distinct: Option<Field>,
+    /// Whether window entries keep the player id (for `related_player_ids`).
+    pub(crate) keep_labels: bool,
+    pub(crate) measures: Vec<Measure>,
+    pub(crate) conditions: Vec<Condition>,
+    pub(crate) reason: Template,
+    pub alert: bool,
+    pub(crate) push: Option<PushAction>,
+    /// What the window state depends on: state is kept across a reload only when this, the id
+    /// and the version are unchanged.
+    pub(crate) signature: String,
+    pub file: String,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Measure {
+    pub name: String,
+    pub agg: Agg,
+    pub field: Option<Field>,
+    pub slot: Option<usize>,
+    pub filter: Filter,
+    /// Reads the window (everything but `ratio` and `current`).
+    pub windowed: bool,
+    pub within_ms: Option<i64>,
+    pub last: Option<usize>,
+    pub exclude_trigger: bool,
+    pub since: Option<usize>,
+    pub of: Option<(usize, usize)>,
+    pub default: Option<f64>,
+    pub money: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Condition {
+    pub measure: usize,
+    pub cmp: Comparison,
+    pub value: Option<f64>,
+    pub baseline: Option<usize>,
+    pub factor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PushAction {
+    pub room: Option<Template>,
+    pub kind: String,
+    pub title: Template,
+    pub body: Template,
+    pub expires_ms: Option<i64>,
+}
+
+/// How hits add up per player: within `window_ms`, a total of at least `review` recommends a
+/// review, at least `block` a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoringConfig {
+    pub window_ms: i64,
+    pub review: u32,
+    pub block: u32,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        ScoringConfig {
+            window_ms: 24 * 3_600_000,
+            review: 50,
+            block: 100,
+        }
+    }
+}
+
+/// The engine's memory bounds and defaults (`[engine]` in a rule set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most window entries across all rules and keys; past it the least recently active keys
+    /// are dropped.
+    pub max_entries: usize,
+    /// Most events one key's window may hold (and the cap of a rule that sets none).
+    pub max_events_per_key: usize,
+    /// A key with no event for this long (beyond its window) is dropped.
+    pub idle_after_ms: i64,
+    /// How often (by the engine clock) idle keys are swept.
+    pub sweep_every_ms: i64,
+    /// Most `bet_placed` stakes remembered for the settlement join.
+    pub join_max_bets: usize,
+    /// How long a `bet_placed` stake is remembered.
+    pub join_horizon_ms: i64,
+    /// Most players whose scores are tracked.
+    pub max_scored_players: usize,
+    /// The offset `local_hour` uses for events without `utc_offset_min`.
+    pub default_utc_offset_min: i32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: 20_000_000,
+            max_events_per_key: 10_000,
+            idle_after_ms: 3_600_000,
+            sweep_every_ms: 60_000,
+            join_max_bets: 2_000_000,
+            join_horizon_ms: 7 * 86_400_000,
+            max_scored_players: 2_000_000,
+            default_utc_offset_min: 0,
+        }
+    }
+}
+
+/// A loaded, checked rule set.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Arc<CompiledRule>>,
+    pub scoring: ScoringConfig,
+    pub limits: Limits,
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn located(file: &str, text: &str, span: std::ops::Range<usize>, reason: String) -> LoadError {
+    let (line, column) = line_col(text, span.start);
+    LoadError {
+        file: file.to_owned(),
+        line,
+        column,
+        reason,
+    }
+}
+
+impl RuleSet {
+    /// Loads every `*.toml` file of a directory (sorted by name, not recursive).
+    pub fn load_dir(dir: &Path) -> Result<RuleSet, AntifraudError> {
+        let io = |source| AntifraudError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        paths.sort();
+        let mut files = Vec::new();
+        for p in paths {
+            let text = std::fs::read_to_string(&p).map_err(|source| AntifraudError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            files.push((p.display().to_string(), text));
+        }
+        if files.is_empty() {
+            return Err(AntifraudError::Rules(vec![LoadError {
+                file: dir.display().to_string(),
+                line: 0,
+                column: 0,
+                reason: "no *.toml rule files".into(),
+            }]));
+        }
+        RuleSet::from_sources(&files)
+    }
+
+    /// Builds a set from `(file name, text)` pairs: the pure part of loading. Every problem of
+    /// every file is reported; nothing of a refused set is used.
+    pub fn from_sources(files: &[(String, String)]) -> Result<RuleSet, AntifraudError> {
+        let mut errors = Vec::new();
+        let mut parsed = Vec::new();
+        for (name, text) in files {
+            match toml::from_str::<spec::FileSpec>(text) {
+                Ok(f) => parsed.push((name, text, f)),
+                Err(e) => {
+                    let span = e.span().unwrap_or(0..0);
+                    let reason = e.message().trim().to_owned();
+                    errors.push(located(name, text, span, reason));
+                }
+            }
+        }
+        // [engine] and [scoring] first: rules are checked against the limits.
+        let mut set = RuleSet::default();
+        let mut seen_engine: Option<String> = None;
+        let mut seen_scoring: Option<String> = None;
+        for (name, text, f) in &mut parsed {
+            if let Some(e) = f.engine.take() {
+                let span = e.span();
+                if let Some(first) = &seen_engine {
+                    errors.push(located(
+                        name,
+                        text,
+                        span,
+                        format!("[engine] is already set in {first}"),
+                    ));
+                    continue;
+                }
+                seen_engine = Some(name.to_string());
+                match limits(e.into_inner()) {
+                    Ok(l) => set.limits = l,
+                    Err((s, m)) => errors.push(located(name, text, s.unwrap_or(span), m)),
+                }
+            }
+            if let Some(s) = f.scoring.take() {
+                let span = s.span();
+                if let Some(first) = &seen_scoring {
+                    errors.push(located(
+                        name,
+                        text,
+                        span,
+                        format!("[scoring] is already set in {first}"),
+                    ));
+                    continue;
+                }
+                seen_scoring = Some(name.to_string());
+                let s = s.into_inner();
+                match parse_duration_ms(s.window.get_ref()) {
+                    Err(m) => errors.push(located(name, text, s.window.span(), m)),
+                    Ok(_) if s.review == 0 || s.review > s.block => errors.push(located(
+                        name,
+                        text,
+                        span,
+                        "scoring needs 0 < review <= block".into(),
+                    )),
+                    Ok(w) => {
+                        set.scoring = ScoringConfig {
+                            window_ms: w,
+                            review: s.review,
+                            block: s.block,
+                        }
+                    }
+                }
+            }
+        }
+        let mut ids: HashMap<String, (String, usize)> = HashMap::new();
+        for (name, text, f) in parsed {
+            for r in f.rule {
+                let (line, _) = line_col(text, r.span().start);
+                let id_span = r.get_ref().id.span();
+                let id = r.get_ref().id.get_ref().clone();
+                match compile::compile(r, &set.limits, name, line) {
+                    Err((span, m)) => {
+                        errors.push(located(name, text, span, format!("rule {id:?}: {m}")))
+                    }
+                    Ok(rule) => {
+                        if let Some((f0, l0)) = ids.get(&rule.id) {
+                            errors.push(located(
+                                name,
+                                text,
+                                id_span,
+                                format!("rule id {id:?} is already defined at {f0}:{l0}"),
+                            ));
+                        } else {
+                            ids.insert(rule.id.clone(), (name.to_string(), line));
+                            set.rules.push(Arc::new(rule));
+                        }
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(AntifraudError::Rules(errors))
+        }
+    }
+
+    /// The rule with this id.
+    pub fn rule(&self, id: &str) -> Option<&Arc<CompiledRule>> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+type SpanErr = (Option<std::ops::Range<usize>>, String);
+
+fn limits(spec: spec::LimitsSpec) -> Result<Limits, SpanErr> {
+    let d = Limits::default();
+    let dur = |s: &Option<toml::Spanned<String>>, default: i64| -> Result<i64, SpanErr> {
+        match s {
+            Some(s) => parse_duration_ms(s.get_ref()).map_err(|e| (Some(s.span()), e)),
+            None => Ok(default),
+        }
+    };
+    let positive = |v: Option<usize>, default: usize, what: &str| -> Result<usize, SpanErr> {
+        match v {
+            Some(0) => Err((None, format!("[engine] {what} must be at least 1"))),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    };
+    let offset = spec.default_utc_offset_min.unwrap_or(0);
+    if !(pitboss_model::validate::MIN_UTC_OFFSET_MIN..=pitboss_model::validate::MAX_UTC_OFFSET_MIN)
+        .contains(&offset)
+    {
+        return Err((
+            None,
+            "[engine] default_utc_offset_min must be between -720 and 840".into(),
+        ));
+    }
+    Ok(Limits {
+        max_entries: positive(spec.max_entries, d.max_entries, "max_entries")?,
+        max_events_per_key: positive(
+            spec.max_events_per_key,
+            d.max_events_per_key,
+            "max_events_per_key",
+        )?,
+        idle_after_ms: dur(&spec.idle_after, d.idle_after_ms)?,
+        sweep_every_ms: dur(&spec.sweep_every, d.sweep_every_ms)?,
+        join_max_bets: positive(spec.join_max_bets, d.join_max_bets, "join_max_bets")?,
+        join_horizon_ms: dur(&spec.join_horizon, d.join_horizon_ms)?,
+        max_scored_players: positive(
+            spec.max_scored_players,
+            d.max_scored_players,
+            "max_scored_players",
+        )?,
+        default_utc_offset_min: offset,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! The rule file format as serde reads it: every table refuses unknown keys, and the parts
+//! that are checked after parsing keep their position (`Spanned`) so an error names the line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// One `*.toml` file of a rule set: rules, and at most once in the whole set the `[scoring]`
+/// and `[engine]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    #[serde(default)]
+    pub rule: Vec<Spanned<RuleSpec>>,
+    pub scoring: Option<Spanned<ScoringSpec>>,
+    pub engine: Option<Spanned<LimitsSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub id: Spanned<String>,
+    pub version: Spanned<u32>,
+    pub category: CategorySpec,
+    #[serde(default)]
+    pub description: String,
+    pub severity: SeveritySpec,
+    pub score: u32,
+    pub events: Spanned<Vec<String>>,
+    pub group_by: GroupBySpec,
+    pub window: Spanned<WindowSpec>,
+    pub cooldown: Option<Spanned<String>>,
+    pub trigger: Option<Spanned<FilterSpec>>,
+    #[serde(default)]
+    pub measure: Vec<Spanned<MeasureSpec>>,
+    #[serde(default)]
+    pub when: Vec<Spanned<CondSpec>>,
+    pub reason: Spanned<String>,
+    #[serde(default = "yes")]
+    pub alert: bool,
+    pub push: Option<Spanned<PushSpec>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CategorySpec {
+    Fraud,
+    ResponsibleGambling,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeveritySpec {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBySpec {
+    Player,
+    Device,
+    Ip,
+    PaymentInstrument,
+    Game,
+    Session,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub duration: Option<Spanned<String>>,
+    pub max_events: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSpec {
+    pub events: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    pub filter: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggSpec {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Last,
+    Median,
+    Stddev,
+    CountDistinct,
+    Ratio,
+    IntervalMean,
+    IntervalCv,
+    Age,
+    Current,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureSpec {
+    pub name: String,
+    pub agg: AggSpec,
+    pub field: Option<String>,
+    pub events: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    pub filter: Option<toml::Table>,
+    pub within: Option<String>,
+    pub last: Option<usize>,
+    #[serde(default)]
+    pub exclude_trigger: bool,
+    pub since: Option<String>,
+    pub of: Option<Vec<String>>,
+    pub default: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpSpec {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    Eq,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CondSpec {
+    pub measure: String,
+    pub op: CmpSpec,
+    pub value: Option<f64>,
+    pub baseline: Option<String>,
+    pub factor: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushTo {
+    Player,
+    Room,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSpec {
+    pub to: PushTo,
+    pub room: Option<String>,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub expires_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringSpec {
+    pub window: Spanned<String>,
+    pub review: u32,
+    pub block: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub max_entries: Option<usize>,
+    pub max_events_per_key: Option<usize>,
+    pub idle_after: Option<Spanned<String>>,
+    pub sweep_every: Option<Spanned<String>>,
+    pub join_max_bets: Option<usize>,
+    pub join_horizon: Option<Spanned<String>>,
+    pub max_scored_players: Option<usize>,
+    pub default_utc_offset_min: Option<i32>,
+}

@@ -1,0 +1,253 @@
+//! Loading: what a good rule compiles to, and every refusal with its file, line and reason.
+
+use super::*;
+
+const GOOD: &str = r#"
+[[rule]]
+id = "fraud.test"
+version = 2
+category = "fraud"
+severity = "low"
+score = 10
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "1m" }
+reason = "{bets} bets"
+
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = 3
+"#;
+
+fn load(text: &str) -> Result<RuleSet, Vec<LoadError>> {
+    RuleSet::from_sources(&[("rules/x.toml".into(), text.into())]).map_err(|e| match e {
+        AntifraudError::Rules(v) => v,
+        other => panic!("unexpected {other}"),
+    })
+}
+
+/// Loads `text` with one line replaced and expects one error on `line` containing `needle`.
+fn refused(text: &str, needle: &str) -> LoadError {
+    let errors = load(text).expect_err("must be refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let e = errors.into_iter().next().expect("one");
+    assert!(e.reason.contains(needle), "{e}");
+    assert_eq!(e.file, "rules/x.toml");
+    e
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
+}
+
+#[test]
+fn a_good_rule_compiles_with_defaults() {
+    let set = load(GOOD).expect("loads");
+    let r = &set.rules[0];
+    assert_eq!((r.id.as_str(), r.version, r.line), ("fraud.test", 2, 2));
+    assert_eq!(r.duration_ms, Some(60_000));
+    assert_eq!(
+        r.cap,
+        Limits::default().max_events_per_key,
+        "no max_events: the engine's cap"
+    );
+    assert!(r.alert);
+    assert_eq!(set.scoring, ScoringConfig::default());
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    let text = GOOD.replace("score = 10", "score = 10\ncolour = \"red\"");
+    let e = refused(&text, "unknown field `colour`");
+    assert_eq!(e.line, line_of(&text, "colour"));
+    let text = GOOD.replace("  agg = \"count\"", "  agg = \"count\"\n  windw = \"1m\"");
+    let e = refused(&text, "unknown field `windw`");
+    assert_eq!(e.line, line_of(&text, "windw"));
+}
+
+#[test]
+fn syntax_errors_and_bad_values_name_their_line() {
+    let text = GOOD.replace("version = 2", "version = ");
+    let e = refused(&text, "");
+    assert_eq!(e.line, line_of(&text, "version ="));
+    let text = GOOD.replace("category = \"fraud\"", "category = \"frud\"");
+    let e = refused(&text, "unknown variant `frud`");
+    assert_eq!(e.line, line_of(&text, "frud"));
+    let text = GOOD.replace("\"1m\"", "\"1 minute\"");
+    let e = refused(&text, "not a duration");
+    assert_eq!(e.line, line_of(&text, "1 minute"));
+}
+
+#[test]
+fn unbounded_windows_are_refused() {
+    let text = GOOD.replace("window = { duration = \"1m\" }", "window = { }");
+    let e = refused(&text, "without either it would hold state without bound");
+    assert_eq!(e.line, line_of(&text, "window ="));
+    let text = GOOD.replace("{ duration = \"1m\" }", "{ max_events = 1_000_000 }");
+    refused(&text, "max_events must be between 1 and");
+    let text = GOOD.replace("{ duration = \"1m\" }", "{ max_events = 100 }");
+    assert_eq!(
+        load(&text).expect("a count window alone is bounded").rules[0].cap,
+        100
+    );
+}
+
+#[test]
+fn duplicate_ids_are_refused_across_files() {
+    let errors = RuleSet::from_sources(&[
+        ("a.toml".into(), GOOD.into()),
+        ("b.toml".into(), GOOD.into()),
+    ]);
+    let Err(AntifraudError::Rules(errors)) = errors else {
+        panic!("must be refused")
+    };
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        (errors[0].file.as_str(), errors[0].line),
+        ("b.toml", line_of(GOOD, "id ="))
+    );
+    assert!(
+        errors[0].reason.contains("already defined at a.toml:2"),
+        "{}",
+        errors[0]
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_part() {
+    for (from, to, needle) in [
+        ("id = \"fraud.test\"", "id = \"Fraud\"", "dotted name"),
+        ("version = 2", "version = 0", "at least 1"),
+        (
+            "events = [\"bet_placed\"]",
+            "events = [\"bet\"]",
+            "unknown event type \"bet\"",
+        ),
+        ("measure = \"bets\"", "measure = \"bet\"", "no such measure"),
+        (
+            "value = 3",
+            "baseline = \"bets\"\n  value = 3",
+            "either `value`",
+        ),
+        ("agg = \"count\"", "agg = \"sum\"", "needs a `field`"),
+        (
+            "agg = \"count\"",
+            "agg = \"sum\"\n  field = \"payout\"",
+            "none of its events has a field `payout`",
+        ),
+        (
+            "reason = \"{bets} bets\"",
+            "reason = \"{bts}\"",
+            "neither a measure",
+        ),
+        ("group_by = \"player\"", "group_by = \"ip\"", "grouped by"),
+    ] {
+        let text = GOOD.replace(from, to);
+        assert_ne!(text, GOOD, "{from}");
+        let e = refused(&text, needle);
+        assert!(e.line > 0, "{e}");
+    }
+    let text = GOOD.replace(
+        "  agg = \"count\"",
+        "  agg = \"count\"\n  where = { stats = \"x\" }",
+    );
+    let e = refused(&text, "unknown field `stats`");
+    assert_eq!(e.line, line_of(&text, "[[rule.measure]]"));
+}
+
+#[test]
+fn a_rule_that_does_nothing_is_refused() {
+    let text = GOOD.replace("score = 10", "score = 10\nalert = false");
+    refused(&text, "does nothing");
+}
+
+#[test]
+fn scoring_and_engine_are_set_once() {
+    let scoring = "[scoring]\nwindow = \"1h\"\nreview = 10\nblock = 20\n";
+    let set = RuleSet::from_sources(&[
+        ("a.toml".into(), GOOD.into()),
+        ("s.toml".into(), scoring.into()),
+    ])
+    .expect("loads");
+    assert_eq!(
+        set.scoring,
+        ScoringConfig {
+            window_ms: 3_600_000,
+            review: 10,
+            block: 20
+        }
+    );
+    let twice = RuleSet::from_sources(&[
+        ("s.toml".into(), scoring.into()),
+        ("t.toml".into(), scoring.into()),
+    ]);
+    let Err(AntifraudError::Rules(errors)) = twice else {
+        panic!("must be refused")
+    };
+    assert!(
+        errors[0].reason.contains("already set in s.toml"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[0].file, "t.toml");
+    let bad = "[scoring]\nwindow = \"1h\"\nreview = 30\nblock = 20\n";
+    let Err(AntifraudError::Rules(errors)) =
+        RuleSet::from_sources(&[("s.toml".into(), bad.into())])
+    else {
+        panic!("must be refused")
+    };
+    assert!(errors[0].reason.contains("review <= block"));
+}
+
+#[test]
+fn every_problem_of_every_file_is_listed() {
+    let bad1 = GOOD.replace("version = 2", "version = 0");
+    let bad2 = GOOD
+        .replace("fraud.test", "fraud.other")
+        .replace("\"1m\"", "\"soon\"");
+    let Err(AntifraudError::Rules(errors)) =
+        RuleSet::from_sources(&[("a.toml".into(), bad1), ("b.toml".into(), bad2)])
+    else {
+        panic!("must be refused")
+    };
+    assert_eq!(
+        errors.iter().map(|e| e.file.as_str()).collect::<Vec<_>>(),
+        ["a.toml", "b.toml"]
+    );
+    let shown = AntifraudError::Rules(errors).to_string();
+    assert!(
+        shown.contains("a.toml:4:11: rule \"fraud.test\": version must be at least 1"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn the_shipped_packs_load() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let set = RuleSet::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(set.rules.len(), 14);
+    assert_eq!(
+        set.scoring,
+        ScoringConfig {
+            window_ms: 86_400_000,
+            review: 40,
+            block: 100
+        }
+    );
+}
+
+#[test]
+fn a_missing_directory_is_an_io_error_and_retryable() {
+    let e = RuleSet::load_dir(std::path::Path::new("/nonexistent/rules")).expect_err("missing");
+    assert!(e.retryable(), "{e}");
+    let empty = tempfile::tempdir().expect("tempdir");
+    let e = RuleSet::load_dir(empty.path()).expect_err("empty");
+    assert!(!e.retryable() && e.to_string().contains("no *.toml"), "{e}");
+}

@@ -1,0 +1,131 @@
+//! Player scores: each hit's points add up per player within the scoring window; thresholds
+//! map the total to a recommendation. Bounded: a player keeps at most [`MAX_HITS`] hits, and at
+//! most the configured number of players is tracked (the least recently hit go first).
+
+use std::collections::{HashMap, VecDeque};
+
+use pitboss_model::live::Recommendation;
+
+use crate::rules::ScoringConfig;
+
+/// Most hits remembered per player.
+pub(crate) const MAX_HITS: usize = 64;
+
+#[derive(Debug, Default)]
+pub(crate) struct Scores {
+    players: HashMap<Box<str>, VecDeque<(i64, u32)>, foldhash::fast::RandomState>,
+}
+
+impl Scores {
+    /// Adds a hit of `score` points at event time `t` to `key`'s score and returns the total
+    /// within the window (this hit included).
+    pub fn add(
+        &mut self,
+        key: &str,
+        t: i64,
+        score: u32,
+        cfg: &ScoringConfig,
+        max_players: usize,
+    ) -> u32 {
+        if !self.players.contains_key(key) && self.players.len() >= max_players {
+            self.evict_oldest(max_players / 10 + 1);
+        }
+        let hits = match self.players.get_mut(key) {
+            Some(h) => h,
+            None => self.players.entry(key.into()).or_default(),
+        };
+        let from = t.saturating_sub(cfg.window_ms);
+        hits.retain(|(ht, _)| *ht > from);
+        hits.push_back((t, score));
+        while hits.len() > MAX_HITS {
+            hits.pop_front();
+        }
+        hits.iter()
+            .filter(|(ht, _)| *ht <= t)
+            .map(|(_, s)| *s)
+            .fold(0u32, u32::saturating_add)
+    }
+
+    fn evict_oldest(&mut self, n: usize) {
+        let mut last: Vec<(i64, Box<str>)> = self
+            .players
+            .iter()
+            .map(|(k, h)| (h.back().map_or(i64::MIN, |x| x.0), k.clone()))
+            .collect();
+        last.sort_unstable();
+        for (_, k) in last.into_iter().take(n) {
+            self.players.remove(&k);
+        }
+    }
+
+    /// Drops players whose last hit is older than the window at time `t`.
+    pub fn sweep(&mut self, t: i64, cfg: &ScoringConfig) {
+        let from = t.saturating_sub(cfg.window_ms);
+        self.players
+            .retain(|_, h| h.back().is_some_and(|x| x.0 > from));
+    }
+
+    pub fn len(&self) -> usize {
+        self.players.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.players
+            .iter()
+            .map(|(k, h)| {
+                std::mem::size_of::<(Box<str>, VecDeque<(i64, u32)>)>()
+                    + 1
+                    + k.len()
+                    + h.capacity() * 16
+            })
+            .sum()
+    }
+}
+
+/// The recommendation for a total score.
+pub(crate) fn recommend(total: u32, cfg: &ScoringConfig) -> Recommendation {
+    if total >= cfg.block {
+        Recommendation::Block
+    } else if total >= cfg.review {
+        Recommendation::Review
+    } else {
+        Recommendation::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_add_up_within_the_window_and_map_to_recommendations() {
+        let cfg = ScoringConfig {
+            window_ms: 1000,
+            review: 30,
+            block: 60,
+        };
+        let mut s = Scores::default();
+        assert_eq!(s.add("t\u{1f}p", 0, 20, &cfg, 10), 20);
+        assert_eq!(recommend(20, &cfg), Recommendation::None);
+        assert_eq!(s.add("t\u{1f}p", 500, 20, &cfg, 10), 40);
+        assert_eq!(recommend(40, &cfg), Recommendation::Review);
+        assert_eq!(s.add("t\u{1f}p", 900, 20, &cfg, 10), 60);
+        assert_eq!(recommend(60, &cfg), Recommendation::Block);
+        assert_eq!(s.add("t\u{1f}q", 900, 5, &cfg, 10), 5, "players are apart");
+        assert_eq!(
+            s.add("t\u{1f}p", 1600, 1, &cfg, 10),
+            21,
+            "hits at 0 and 500 left the window"
+        );
+    }
+
+    #[test]
+    fn player_count_is_bounded() {
+        let cfg = ScoringConfig::default();
+        let mut s = Scores::default();
+        for i in 0..100 {
+            s.add(&format!("p{i}"), i, 1, &cfg, 10);
+        }
+        assert!(s.len() <= 10);
+    }
+}

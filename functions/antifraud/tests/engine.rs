@@ -1,0 +1,351 @@
+//! Engine behaviour across rules: replays give the same ids, scores add up to a
+//! recommendation, hot reload keeps what it should, memory stays bounded.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use pitboss_antifraud::{AntifraudError, Engine, Output, RuleSet};
+use pitboss_model::Timestamp;
+use pitboss_model::live::{LiveMessage, Recommendation};
+
+/// A stream that fires several rules: velocity, then account takeover and deposit → withdrawal
+/// on one withdrawal.
+fn busy(s: &mut Script) {
+    s.send("p1", T0, "deposit", deposit("d1", 50_000));
+    for i in 0..30 {
+        s.send(
+            "p1",
+            T0 + MIN + i * 1000,
+            "bet_placed",
+            bet(&format!("b{i}"), 100),
+        );
+    }
+    for i in 0..5 {
+        s.send(
+            "p1",
+            T0 + 2 * MIN + i * 1000,
+            "login",
+            login("203.0.113.9", "d", false),
+        );
+    }
+    s.send(
+        "p1",
+        T0 + 3 * MIN,
+        "withdrawal",
+        withdrawal("w1", 45_000, "requested"),
+    );
+}
+
+#[test]
+fn hits_on_one_player_add_up_to_a_block_recommendation() {
+    let mut s = Script::default();
+    busy(&mut s);
+    let seen: Vec<_> = s
+        .out
+        .alerts
+        .iter()
+        .map(|a| (a.rule_id.as_str(), a.score, a.total_score, a.recommendation))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("fraud.bet_velocity", 20, 20, Recommendation::None),
+            (
+                "fraud.deposit_withdrawal_no_play",
+                40,
+                60,
+                Recommendation::Review
+            ),
+            ("fraud.account_takeover", 60, 120, Recommendation::Block),
+        ]
+    );
+    for a in &s.out.alerts {
+        a.validate().unwrap();
+    }
+}
+
+#[test]
+fn a_replay_into_a_fresh_engine_produces_the_same_messages() {
+    let mut first = Script::default();
+    busy(&mut first);
+    let mut second = Script::default();
+    for e in first.sent.clone() {
+        second.feed(e);
+    }
+    assert!(!first.out.alerts.is_empty());
+    assert_eq!(first.out.alerts, second.out.alerts);
+    assert_eq!(first.out.pushes, second.out.pushes);
+}
+
+#[test]
+fn redelivering_the_whole_stream_raises_nothing_more() {
+    let mut s = Script::default();
+    busy(&mut s);
+    let alerts = s.out.alerts.len();
+    for i in 0..s.sent.len() {
+        assert_eq!(s.redeliver(i), 0, "event {i} raised something twice");
+    }
+    assert_eq!(s.out.alerts.len(), alerts);
+}
+
+#[test]
+fn an_event_without_a_uuid_is_refused_for_the_dead_letter_topic() {
+    let mut s = Script::default();
+    let mut e = s.event("p1", T0, "bet_placed", bet("b", 1), serde_json::json!({}));
+    e.event_id = Some("not-a-uuid".into());
+    let err = s
+        .engine
+        .process(&e, Timestamp::from_millis(T0), &mut Output::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, AntifraudError::Event(_)) && !err.retryable(),
+        "{err}"
+    );
+    e.event_id = None;
+    assert!(
+        s.engine
+            .process(&e, Timestamp::from_millis(T0), &mut Output::default())
+            .is_err()
+    );
+}
+
+fn velocity(threshold: u32, version: u32, window: &str) -> RuleSet {
+    let text = format!(
+        r#"
+[[rule]]
+id = "fraud.velocity"
+version = {version}
+category = "fraud"
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = {{ duration = "{window}" }}
+reason = "{{bets}} bets"
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = {threshold}
+"#
+    );
+    RuleSet::from_sources(&[("v.toml".into(), text)]).unwrap()
+}
+
+#[test]
+fn hot_reload_keeps_windows_of_unchanged_rules_and_resets_changed_ones() {
+    let mut s = Script::new(velocity(10, 1, "1h"));
+    for i in 0..8 {
+        s.send("p1", T0 + i * MIN, "bet_placed", bet(&format!("b{i}"), 1));
+    }
+    // A new threshold under the same version and window: the 8 bets stay in the window.
+    let report = s.engine.replace_rules(velocity(9, 1, "1h"));
+    assert_eq!(report.kept, ["fraud.velocity"]);
+    assert_eq!(
+        s.send("p1", T0 + 9 * MIN, "bet_placed", bet("b9", 1)),
+        1,
+        "8 kept + 1 = 9"
+    );
+    // A new version starts empty.
+    let report = s.engine.replace_rules(velocity(2, 2, "1h"));
+    assert_eq!(
+        (report.kept.len(), report.fresh.as_slice()),
+        (0, ["fraud.velocity".to_owned()].as_slice())
+    );
+    assert_eq!(
+        s.send("p1", T0 + 10 * MIN, "bet_placed", bet("b10", 1)),
+        0,
+        "1 bet in a fresh window"
+    );
+    // So does a changed window under the same version.
+    let report = s.engine.replace_rules(velocity(2, 2, "2h"));
+    assert_eq!(report.fresh, ["fraud.velocity"]);
+    assert_eq!(s.engine.stats().entries, 0);
+}
+
+#[test]
+fn a_malformed_reload_is_refused_and_the_running_set_stays() {
+    let mut s = Script::new(velocity(3, 1, "1h"));
+    s.send("p1", T0, "bet_placed", bet("b0", 1));
+    s.send("p1", T0 + 1, "bet_placed", bet("b1", 1));
+    let err = s
+        .engine
+        .reload_from_sources(&[(
+            "v.toml".into(),
+            "[[rule]]\nid = \"fraud.velocity\"\nversion = \"two\"\n".into(),
+        )])
+        .unwrap_err();
+    let AntifraudError::Rules(errors) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!((errors[0].file.as_str(), errors[0].line), ("v.toml", 3));
+    assert_eq!(s.engine.rules().rules[0].version, 1);
+    assert_eq!(
+        s.send("p1", T0 + 2, "bet_placed", bet("b2", 1)),
+        1,
+        "the old rule and its window still run"
+    );
+    let report = s.engine.replace_rules(
+        RuleSet::from_sources(&[(
+            "e.toml".into(),
+            "[scoring]\nwindow = \"1h\"\nreview = 1\nblock = 2\n".into(),
+        )])
+        .unwrap(),
+    );
+    assert_eq!(report.removed, ["fraud.velocity"]);
+}
+
+#[test]
+fn idle_keys_are_swept_and_the_entry_bound_holds() {
+    let mut set = shipped();
+    set.limits.max_entries = 5_000;
+    let mut engine = Engine::new(set);
+    let mut out = Output::default();
+    let mut s = Script::default();
+    for p in 0..2_000 {
+        for i in 0..3 {
+            let e = s.event(
+                &format!("p{p}"),
+                T0 + p * 10 + i,
+                "bet_placed",
+                bet(&format!("b{p}-{i}"), 100),
+                serde_json::json!({}),
+            );
+            engine
+                .process(&e, Timestamp::from_millis(T0 + p * 10), &mut out)
+                .unwrap();
+        }
+        assert!(
+            engine.stats().entries <= 5_000 + 20,
+            "player {p}: {:?}",
+            engine.stats()
+        );
+    }
+    let busy = engine.stats();
+    assert!(busy.keys > 0 && busy.bytes > 0);
+    engine.sweep(Timestamp::from_millis(T0 + 60 * D));
+    let after = engine.stats();
+    assert_eq!(
+        (after.keys, after.entries, after.scored_players),
+        (0, 0, 0),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn memory_per_tracked_player_is_reported_and_modest() {
+    let mut s = Script::default();
+    for p in 0..100 {
+        let player = format!("p{p}");
+        s.send(
+            &player,
+            T0,
+            "login",
+            login("10.1.1.1", &format!("d{p}"), true),
+        );
+        s.send(
+            &player,
+            T0 + MIN,
+            "deposit",
+            deposit(&format!("d{p}"), 10_000),
+        );
+        for i in 0..20 {
+            let id = format!("{player}-{i}");
+            s.send(
+                &player,
+                T0 + 2 * MIN + i * 20 * S,
+                "bet_placed",
+                bet(&id, 500),
+            );
+            s.send(
+                &player,
+                T0 + 2 * MIN + i * 20 * S + S,
+                "bet_settled",
+                settle(&id, "loss", 0),
+            );
+        }
+    }
+    let st = s.engine.stats();
+    let per_player = st.bytes / 100;
+    // 42 events a player, a dozen rules: a few tens of kilobytes at most.
+    assert!(
+        (5_000..100_000).contains(&per_player),
+        "{per_player} bytes per player: {st:?}"
+    );
+    assert_eq!(st.joined_bets, 2000);
+}
+
+/// Running totals (plain `count`, `sum`, `avg`) must equal the same measures computed by a scan
+/// (`within` = the window forces one): a rule whose conditions hold only when each pair is
+/// equal fires on every fresh bet of a long, shuffled-in-time stream with evictions,
+/// duplicates and excluded triggers.
+#[test]
+fn running_totals_agree_with_a_scan() {
+    let mut text = String::from(
+        r#"
+[[rule]]
+id = "test.totals"
+version = 1
+category = "fraud"
+severity = "info"
+score = 0
+events = ["bet_placed", "deposit"]
+group_by = "player"
+window = { duration = "10m", max_events = 40 }
+trigger = { events = ["bet_placed"] }
+reason = "equal"
+"#,
+    );
+    let pairs = [
+        ("count", "", false),
+        ("sum", "field = \"stake\"", false),
+        ("avg", "field = \"stake\"", false),
+        ("count", "", true),
+        ("sum", "field = \"stake\"", true),
+        ("avg", "field = \"stake\"", true),
+    ];
+    for (i, (agg, field, exclude)) in pairs.iter().enumerate() {
+        for (suffix, within) in [("run", ""), ("scan", "within = \"10m\"")] {
+            text.push_str(&format!(
+                "  [[rule.measure]]\n  name = \"m{i}_{suffix}\"\n  agg = \"{agg}\"\n  {field}\n  events = [\"bet_placed\"]\n  exclude_trigger = {exclude}\n  default = -1\n  {within}\n"
+            ));
+        }
+        for (a, b) in [("run", "scan"), ("scan", "run")] {
+            text.push_str(&format!(
+                "  [[rule.when]]\n  measure = \"m{i}_{a}\"\n  op = \"gte\"\n  baseline = \"m{i}_{b}\"\n"
+            ));
+        }
+    }
+    let set = RuleSet::from_sources(&[("t.toml".into(), text)]).unwrap();
+    let mut s = Script::new(set);
+    let mut x: i64 = 99;
+    let mut t = T0;
+    let mut fresh = 0;
+    for i in 0..3000 {
+        x = (x * 1_103_515_245 + 12_345) % 2_147_483_648;
+        t += x % 40_000;
+        let player = format!("p{}", x % 3);
+        if x % 11 == 0 {
+            s.send(&player, t, "deposit", deposit(&format!("d{i}"), 100));
+        } else if x % 13 == 0 && !s.sent.is_empty() {
+            s.redeliver(s.sent.len() - 1 - (x as usize % s.sent.len().min(5)));
+        } else {
+            // Now and then a little late, to land inside the window rather than at its end.
+            let when = if x % 7 == 0 { t - 30_000 } else { t };
+            s.send(
+                &player,
+                when,
+                "bet_placed",
+                bet(&format!("b{i}"), 1 + x % 10_000),
+            );
+            fresh += 1;
+        }
+    }
+    let hits = s.alerts("test.totals").len();
+    assert!(fresh > 2000);
+    assert_eq!(hits, fresh, "every fresh bet must see equal totals");
+}
