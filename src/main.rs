@@ -5,6 +5,8 @@
 //!   embedded log.
 //! - `pitboss migrate` / `pitboss process`: the ClickHouse schema, and the processor from Kafka
 //!   into ClickHouse (events, and the live path's alerts, pushes, deliveries and acks).
+//! - `pitboss antifraud`: the rules engine over Kafka, Kinesis or the embedded log, publishing
+//!   alerts and pushes (it also runs inside `pitboss up`).
 //! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles.
@@ -57,6 +59,58 @@ enum Command {
     Process(ProcessArgs),
     /// Query the embedded store of `pitboss up` (read-only SQLite SQL).
     Sql(SqlArgs),
+    /// Run the rules engine: events in, alerts and pushes out (docs/rules.md).
+    Antifraud(AntifraudArgs),
+}
+
+#[derive(Debug, Args)]
+struct AntifraudArgs {
+    /// Which bus to read events from and publish alerts and pushes to.
+    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
+    bus: BusKind,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// AWS region for Kinesis.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    kinesis_region: String,
+    /// Custom Kinesis endpoint (LocalStack).
+    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
+    kinesis_endpoint: Option<String>,
+    /// Directory of the embedded log (with `--bus embedded`).
+    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
+    data_dir: PathBuf,
+    /// Directory of rule files (`*.toml`, reloaded on change); the shipped packs without it.
+    #[arg(long, env = "PITBOSS_RULES")]
+    rules: Option<PathBuf>,
+    /// Where the engine keeps its snapshot and batch log (one instance's own).
+    #[arg(
+        long,
+        env = "PITBOSS_ANTIFRAUD_STATE_DIR",
+        default_value = ".pitboss-antifraud"
+    )]
+    state_dir: PathBuf,
+    /// Events topic (its hot-key overflow topic `<topic>_overflow` is read with it).
+    #[arg(long, default_value = "events")]
+    topic: String,
+    /// Consumer group.
+    #[arg(long, default_value = "pitboss-antifraud")]
+    group: String,
+    /// How often the engine's state is saved and the offsets committed (milliseconds).
+    #[arg(long, default_value_t = 5000)]
+    snapshot_interval_ms: u64,
+    /// Seconds without heartbeats before the group gives a dead member's partitions away.
+    #[arg(long, default_value_t = 10)]
+    session_timeout_secs: u64,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(
+        long,
+        env = "PITBOSS_ANTIFRAUD_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9466"
+    )]
+    admin_listen: std::net::SocketAddr,
+    /// On SIGTERM/SIGINT, how long the engine may take to publish and save what it holds.
+    #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    drain_timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -274,6 +328,92 @@ async fn drain_processors(
     }
 }
 
+fn antifraud_config(
+    topic: &str,
+    overflow: &str,
+    rules: Option<PathBuf>,
+) -> pitboss_antifraud::stream::StreamConfig {
+    use pitboss_antifraud::stream::{RulesSource, StreamConfig};
+    let mut c = StreamConfig {
+        topic: topic.to_owned(),
+        rules: rules.map_or(RulesSource::Shipped, RulesSource::Dir),
+        ..StreamConfig::default()
+    };
+    c.consumer.companions = vec![overflow.to_owned()];
+    c
+}
+
+/// The rules engine until `stop` (nothing when `config` is None); like a processor, an engine
+/// that stops on its own stops the whole process.
+async fn run_antifraud(
+    bus: std::sync::Arc<dyn Bus>,
+    config: Option<pitboss_antifraud::stream::StreamConfig>,
+    stop: Shutdown,
+) -> Result<()> {
+    let Some(config) = config else {
+        return Ok(());
+    };
+    let stopped = {
+        let stop = stop.clone();
+        async move { stop.wait().await }
+    };
+    match pitboss_antifraud::stream::run(bus, config, stopped).await {
+        Ok(stats) if stop.is_triggered() => {
+            tracing::info!(?stats, "rules engine stopped");
+            Ok(())
+        }
+        Ok(_) => {
+            stop.trigger("the rules engine stopped");
+            bail!("the rules engine stopped before shutdown")
+        }
+        Err(e) => {
+            stop.trigger("the rules engine failed");
+            Err(anyhow::anyhow!("rules engine: {e}"))
+        }
+    }
+}
+
+async fn antifraud(args: AntifraudArgs) -> Result<()> {
+    let spec = match args.bus {
+        BusKind::Embedded => BusSpec::Embedded {
+            dir: args.data_dir.join("log"),
+        },
+        BusKind::Kafka => args.kafka.spec()?,
+        BusKind::Kinesis => BusSpec::Kinesis {
+            region: args.kinesis_region.clone(),
+            endpoint: args.kinesis_endpoint.clone(),
+        },
+    };
+    let overflow = format!("{}_overflow", args.topic);
+    let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
+    config.group = args.group.clone();
+    config.state_path = args.state_dir.join("antifraud.db");
+    config.snapshot_interval = std::time::Duration::from_millis(args.snapshot_interval_ms.max(1));
+    config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
+    // Refuse bad rules before connecting to anything.
+    let set = config.rules.load()?;
+    let bus = spec.open().await?;
+    check_copartitioned(&*bus, &args.topic, &overflow).await?;
+    let metrics = pitboss_runtime::telemetry::prometheus();
+    let admin = bind(args.admin_listen).await?;
+    tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus, "rules engine starting");
+    let stop = Shutdown::on_signals();
+    let serve_admin = pitboss_runtime::admin::serve(
+        admin,
+        pitboss_runtime::admin::router(metrics, stop.clone()),
+        stop.clone(),
+    );
+    let engine = drain_processors(
+        run_antifraud(bus, Some(config), stop.clone()),
+        stop.clone(),
+        std::time::Duration::from_secs(args.drain_timeout_secs),
+    );
+    tokio::try_join!(engine, async {
+        serve_admin.await.context("admin listener")
+    })?;
+    Ok(())
+}
+
 async fn process(args: ProcessArgs) -> Result<()> {
     // Refuse a bad --topic before connecting to anything.
     for arg in &args.topics {
@@ -340,6 +480,19 @@ struct UpArgs {
     /// On SIGTERM/SIGINT, how long the processors may take to store what they hold.
     #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     drain_timeout_secs: u64,
+    /// Directory of rule files (`*.toml`, reloaded on change); the shipped packs without it.
+    #[arg(long, env = "PITBOSS_RULES")]
+    rules: Option<PathBuf>,
+    /// Do not run the rules engine (no alerts or pushes from events).
+    #[arg(long, conflicts_with = "rules")]
+    no_rules: bool,
+    /// How often the rules engine saves its state and commits (milliseconds).
+    #[arg(
+        long,
+        env = "PITBOSS_ANTIFRAUD_SNAPSHOT_INTERVAL_MS",
+        default_value_t = 5000
+    )]
+    snapshot_interval_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -413,6 +566,9 @@ async fn up(
         admin_listen,
         config,
         drain_timeout_secs,
+        rules,
+        no_rules,
+        snapshot_interval_ms,
     }: UpArgs,
 ) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
@@ -464,11 +620,26 @@ async fn up(
     for (c, _) in &configs {
         bus.create_topic(&c.dead_letter_topic, 1).await?;
     }
+    let antifraud = (!no_rules).then(|| {
+        let mut c = antifraud_config(&ingest.topic, &ingest.overflow_topic(), rules);
+        c.state_path = data_dir.join("antifraud.db");
+        c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
+        c
+    });
+    if let Some(c) = &antifraud {
+        // Refuse bad rules before serving anything.
+        c.rules.load()?;
+        bus.create_topic(&c.dead_letter_topic, 1).await?;
+    }
     let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
     let stop = Shutdown::on_signals();
-    let processors = drain_processors(
+    let (processors, engine) = (
         run_processors(bus.clone(), store, configs, stop.clone()),
+        run_antifraud(bus.clone(), antifraud, stop.clone()),
+    );
+    let processors = drain_processors(
+        async { tokio::try_join!(processors, engine).map(|_| ()) },
         stop.clone(),
         std::time::Duration::from_secs(drain_timeout_secs),
     );
@@ -644,6 +815,7 @@ async fn main() -> Result<()> {
         Command::Migrate(args) => clickhouse_client(&args.clickhouse).await.map(|_| ()),
         Command::Process(args) => process(args).await,
         Command::Sql(args) => sql(&args),
+        Command::Antifraud(args) => antifraud(args).await,
         Command::HashKey { key } => {
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");

@@ -295,7 +295,10 @@ async fn sigterm_under_load_drains_and_exits_0_every_time() {
     let mut unanswered = 0usize;
     for round in 0..20 {
         let Up {
-            mut child, addr, key, ..
+            mut child,
+            addr,
+            key,
+            ..
         } = up(dir.path());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut load = Vec::new();
@@ -360,26 +363,45 @@ async fn sigterm_under_load_drains_and_exits_0_every_time() {
             .await
             .unwrap();
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(status.success(), "round {round}: SIGTERM {wait} ms into the load: {status}");
+        assert!(
+            status.success(),
+            "round {round}: SIGTERM {wait} ms into the load: {status}"
+        );
         for l in load {
             let (ok, failed) = l.await.unwrap();
             accepted.extend(ok);
             unanswered += failed;
         }
     }
-    assert!(accepted.len() > 1000, "the load ran: {} accepted", accepted.len());
+    assert!(
+        accepted.len() > 1000,
+        "the load ran: {} accepted",
+        accepted.len()
+    );
     // Every accepted event is in the log (events or the hot-key overflow topic), once.
     let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
     let mut logged = std::collections::HashSet::new();
     for topic in ["events", "events_overflow"] {
-        let mut reader = bus.reader_all(topic, pitboss_bus::ReadFrom::Earliest).await.unwrap();
+        let mut reader = bus
+            .reader_all(topic, pitboss_bus::ReadFrom::Earliest)
+            .await
+            .unwrap();
         while !reader.caught_up() {
-            for r in reader.poll(10_000, Duration::from_millis(100)).await.unwrap() {
+            for r in reader
+                .poll(10_000, Duration::from_millis(100))
+                .await
+                .unwrap()
+            {
                 let e = pitboss_model::decode_proto(&r.value).unwrap();
                 logged.insert(e.event_id.unwrap());
             }
         }
     }
     let missing: Vec<&String> = accepted.iter().filter(|id| !logged.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} accepted events missing (of {}), {unanswered} requests unanswered", missing.len(), accepted.len());
+    assert!(
+        missing.is_empty(),
+        "{} accepted events missing (of {}), {unanswered} requests unanswered",
+        missing.len(),
+        accepted.len()
+    );
 }

@@ -81,14 +81,21 @@ mod tests {
     async fn readiness_turns_to_draining_on_shutdown() {
         let shutdown = Shutdown::new();
         let router = router(crate::telemetry::prometheus(), shutdown.clone());
-        assert_eq!(get(&router, "/readyz").await, (StatusCode::OK, "ready".into()));
+        assert_eq!(
+            get(&router, "/readyz").await,
+            (StatusCode::OK, "ready".into())
+        );
         assert_eq!(get(&router, "/healthz").await.0, StatusCode::OK);
         shutdown.trigger("test");
         assert_eq!(
             get(&router, "/readyz").await,
             (StatusCode::SERVICE_UNAVAILABLE, "draining".into())
         );
-        assert_eq!(get(&router, "/healthz").await.0, StatusCode::OK, "still alive");
+        assert_eq!(
+            get(&router, "/healthz").await.0,
+            StatusCode::OK,
+            "still alive"
+        );
         let (status, text) = get(&router, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(text.is_empty() || text.contains("# TYPE"), "{text}");

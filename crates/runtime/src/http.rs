@@ -138,19 +138,19 @@ mod tests {
 
     use super::*;
 
-    async fn start(limits: Limits) -> (std::net::SocketAddr, Shutdown, tokio::task::JoinHandle<()>) {
+    async fn start(
+        limits: Limits,
+    ) -> (std::net::SocketAddr, Shutdown, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let router = Router::new()
-            .route("/", get(|| async { "hi" }))
-            .route(
-                "/slow",
-                get(|| async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    "slow"
-                }),
-            );
+        let router = Router::new().route("/", get(|| async { "hi" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "slow"
+            }),
+        );
         let s = shutdown.clone();
         let task = tokio::spawn(async move { serve(listener, router, limits, s).await.unwrap() });
         (addr, shutdown, task)
@@ -168,9 +168,11 @@ mod tests {
 
     async fn get_ok(addr: std::net::SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned()
     }
 
@@ -182,17 +184,27 @@ mod tests {
         })
         .await;
         let mut half = TcpStream::connect(addr).await.unwrap();
-        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         let started = Instant::now();
         let got = read_to_close(&mut half).await;
         assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
-        assert!(started.elapsed() >= Duration::from_millis(250), "not before the deadline");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "not before the deadline"
+        );
 
         // A keep-alive connection answered once, then silent, is closed too.
         let mut idle = TcpStream::connect(addr).await.unwrap();
-        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let got = read_to_close(&mut idle).await;
-        assert!(String::from_utf8_lossy(&got).contains("200 OK"), "answered first");
+        assert!(
+            String::from_utf8_lossy(&got).contains("200 OK"),
+            "answered first"
+        );
     }
 
     #[tokio::test]
@@ -207,8 +219,13 @@ mod tests {
         // Let the server accept both.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut over = TcpStream::connect(addr).await.unwrap();
-        over.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.ok();
-        assert!(read_to_close(&mut over).await.is_empty(), "closed without an answer");
+        over.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok();
+        assert!(
+            read_to_close(&mut over).await.is_empty(),
+            "closed without an answer"
+        );
         // The connections within the limit still work.
         a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
@@ -222,15 +239,23 @@ mod tests {
     async fn shutdown_answers_the_request_in_progress_and_refuses_new_connections() {
         let (addr, shutdown, task) = start(Limits::default()).await;
         let mut slow = TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         shutdown.trigger("test");
         let got = read_to_close(&mut slow).await;
-        assert!(String::from_utf8_lossy(&got).contains("slow"), "answered while draining");
+        assert!(
+            String::from_utf8_lossy(&got).contains("slow"),
+            "answered while draining"
+        );
         tokio::time::timeout(Duration::from_secs(10), task)
             .await
             .expect("serve returns after the drain")
             .unwrap();
-        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer listening"
+        );
     }
 }

@@ -134,7 +134,10 @@ mod tests {
     async fn drain_gives_work_the_deadline_after_the_signal_and_no_more() {
         let s = Shutdown::new();
         // Work that finishes before any signal is not cut.
-        assert_eq!(s.drain(Duration::from_secs(1), async { 7 }).await.ok(), Some(7));
+        assert_eq!(
+            s.drain(Duration::from_secs(1), async { 7 }).await.ok(),
+            Some(7)
+        );
         s.trigger("test");
         let slow = tokio::time::sleep(Duration::from_secs(10));
         assert!(s.drain(Duration::from_secs(2), slow).await.is_err());

@@ -476,6 +476,115 @@ impl Engine {
     }
 }
 
+/// The snapshot format; a snapshot of another format is refused (the caller starts cold).
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// A rule's state in a snapshot, written from borrowed state.
+#[derive(serde::Serialize)]
+struct RuleStateOut<'a> {
+    id: &'a str,
+    version: u32,
+    signature: &'a str,
+    keys: &'a Map,
+}
+
+#[derive(serde::Serialize)]
+struct SnapshotOut<'a> {
+    format: u32,
+    rules: Vec<RuleStateOut<'a>>,
+    join: (Vec<(u64, i64, i64)>, i64),
+    scores: Vec<(&'a str, &'a std::collections::VecDeque<(i64, u32)>)>,
+    last_sweep: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleStateIn {
+    id: String,
+    version: u32,
+    signature: String,
+    keys: Map,
+}
+
+#[derive(serde::Deserialize)]
+struct SnapshotIn {
+    format: u32,
+    rules: Vec<RuleStateIn>,
+    join: (Vec<(u64, i64, i64)>, i64),
+    scores: Vec<crate::scoring::PlayerHits>,
+    last_sweep: i64,
+}
+
+impl Engine {
+    /// The engine's whole state (windows, cooldowns, the stake join, scores) as bytes, to be
+    /// restored with [`Engine::restore`] after a restart: the same events then raise the same
+    /// alerts and pushes (same ids) as if the engine had never stopped.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let out = SnapshotOut {
+            format: SNAPSHOT_FORMAT,
+            rules: self
+                .set
+                .rules
+                .iter()
+                .zip(&self.states)
+                .map(|(r, keys)| RuleStateOut {
+                    id: &r.id,
+                    version: r.version,
+                    signature: &r.signature,
+                    keys,
+                })
+                .collect(),
+            join: self.join.export(),
+            scores: self.scores.export(),
+            last_sweep: self.last_sweep,
+        };
+        // Serializing plain maps, numbers and strings into a Vec cannot fail.
+        postcard::to_stdvec(&out).unwrap_or_default()
+    }
+
+    /// An engine running `set` with the state of `snapshot`. Like [`Engine::replace_rules`],
+    /// rules with the same id, version and window definition get their windows back; others
+    /// start empty. Refused (the caller starts cold) when the bytes are not a snapshot of this
+    /// format.
+    pub fn restore(
+        set: RuleSet,
+        snapshot: &[u8],
+    ) -> Result<(Engine, ReloadReport), AntifraudError> {
+        let snap: SnapshotIn = postcard::from_bytes(snapshot)
+            .map_err(|e| AntifraudError::Snapshot(format!("unreadable: {e}")))?;
+        if snap.format != SNAPSHOT_FORMAT {
+            return Err(AntifraudError::Snapshot(format!(
+                "format {} (this build reads {SNAPSHOT_FORMAT})",
+                snap.format
+            )));
+        }
+        let mut engine = Engine::new(set);
+        let mut old: HashMap<String, RuleStateIn> =
+            snap.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let mut report = ReloadReport::default();
+        for (r, state) in engine.set.rules.iter().zip(engine.states.iter_mut()) {
+            match old.remove(&r.id) {
+                Some(o) if o.version == r.version && o.signature == r.signature => {
+                    report.kept.push(r.id.clone());
+                    *state = o.keys;
+                }
+                _ => report.fresh.push(r.id.clone()),
+            }
+        }
+        report.removed = old.into_keys().collect();
+        report.removed.sort();
+        engine.entries = engine
+            .states
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|k| k.entries.len())
+            .sum();
+        engine.join.import(snap.join.0, snap.join.1);
+        engine.scores.import(snap.scores);
+        engine.last_sweep = snap.last_sweep;
+        Ok((engine, report))
+    }
+}
+
 fn key_player(tenant: &str, player: &str) -> String {
     let mut k = String::with_capacity(tenant.len() + 1 + player.len());
     k.push_str(tenant);

@@ -43,6 +43,10 @@ pub enum AntifraudError {
     /// dead-letter topic; retrying does not help.
     #[error("event refused: {0}")]
     Event(String),
+    /// A saved engine state that cannot be restored (corrupt, or written by another format):
+    /// the engine starts from empty windows instead.
+    #[error("engine snapshot refused: {0}")]
+    Snapshot(String),
 }
 
 impl AntifraudError {

@@ -57,6 +57,31 @@ impl StakeJoin {
         self.stakes.get(&self.key(tenant, bet_id)).map(|(s, _)| *s)
     }
 
+    /// What it holds, for a snapshot: (key, stake, time) oldest first, and the newest time.
+    pub fn export(&self) -> (Vec<(u64, i64, i64)>, i64) {
+        let rows = self
+            .order
+            .iter()
+            .filter_map(|(t, k)| {
+                self.stakes
+                    .get(k)
+                    .filter(|(_, st)| st == t)
+                    .map(|(s, st)| (*k, *s, *st))
+            })
+            .collect();
+        (rows, self.newest)
+    }
+
+    /// Refills an empty join from [`StakeJoin::export`]'s output.
+    pub fn import(&mut self, rows: Vec<(u64, i64, i64)>, newest: i64) {
+        for (k, s, t) in rows {
+            if self.stakes.insert(k, (s, t)).is_none() {
+                self.order.push_back((t, k));
+            }
+        }
+        self.newest = newest;
+    }
+
     pub fn len(&self) -> usize {
         self.stakes.len()
     }

@@ -17,7 +17,10 @@ pub mod field;
 pub mod filter;
 mod join;
 pub mod rules;
+pub mod scenario;
 mod scoring;
+pub mod state;
+pub mod stream;
 pub mod template;
 mod window;
 

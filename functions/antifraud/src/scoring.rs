@@ -11,6 +11,9 @@ use crate::rules::ScoringConfig;
 /// Most hits remembered per player.
 pub(crate) const MAX_HITS: usize = 64;
 
+/// A player's key and hits (time, points), as a snapshot holds them.
+pub(crate) type PlayerHits = (Box<str>, VecDeque<(i64, u32)>);
+
 #[derive(Debug, Default)]
 pub(crate) struct Scores {
     players: HashMap<Box<str>, VecDeque<(i64, u32)>, foldhash::fast::RandomState>,
@@ -63,6 +66,16 @@ impl Scores {
         let from = t.saturating_sub(cfg.window_ms);
         self.players
             .retain(|_, h| h.back().is_some_and(|x| x.0 > from));
+    }
+
+    /// Every player's hits, for a snapshot.
+    pub fn export(&self) -> Vec<(&str, &VecDeque<(i64, u32)>)> {
+        self.players.iter().map(|(k, h)| (&**k, h)).collect()
+    }
+
+    /// Refills from [`Scores::export`]'s output.
+    pub fn import(&mut self, players: Vec<PlayerHits>) {
+        self.players.extend(players);
     }
 
     pub fn len(&self) -> usize {

@@ -11,7 +11,7 @@ use crate::rules::{Agg, CompiledRule, MAX_SLOTS, Measure};
 pub(crate) const TRIGGER_BIT: u32 = 1 << 31;
 
 /// One event as a window keeps it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Entry {
     /// The event id (a UUID) as a number: the dedup key and the evidence.
     pub id: u128,
@@ -32,7 +32,7 @@ pub(crate) struct Entry {
 /// Running totals of one measure over a key's whole window, kept as events enter and leave,
 /// so plain counts, sums and averages cost nothing per evaluation and a measure with no
 /// matching event is known to be empty without a scan.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Acc {
     /// Entries that pass the measure's filter.
     pub n: u32,
@@ -43,7 +43,7 @@ pub(crate) struct Acc {
 }
 
 /// A key's state within one rule.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct KeyState {
     pub entries: VecDeque<Entry>,
     /// Per measure (by index): totals over `entries`.

@@ -346,7 +346,10 @@ fn plan_decoded(
         let headers = Headers::new()
             .with(header::TYPE, event.event_type().as_str())
             .with(header::TENANT, tenant)
-            .with(header::EVENT_TIME, event.occurred_at.as_millis().to_string())
+            .with(
+                header::EVENT_TIME,
+                event.occurred_at.as_millis().to_string(),
+            )
             .with(header::RECEIVED_AT, now_ms.to_string());
         publish.push(Prepared {
             index,

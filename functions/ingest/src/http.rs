@@ -131,7 +131,6 @@ pub fn admin_router(state: AppState) -> Router {
         .merge(pitboss_runtime::admin::metrics_router(metrics))
 }
 
-
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
@@ -398,7 +397,9 @@ async fn ws_session(
     let (mut sink, stream) = socket.split();
     let ended = Arc::new(std::sync::Mutex::new(WsEnd::Client));
     let end = |why: WsEnd, ended: &Arc<std::sync::Mutex<WsEnd>>| {
-        *ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+        *ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
     };
     let reader_end = ended.clone();
     let stop = shutdown.clone();
@@ -429,7 +430,8 @@ async fn ws_session(
     });
     let (replies, mut outgoing) = futures::channel::mpsc::channel::<String>(4);
     let writer = async move {
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         loop {
             tokio::select! {
                 reply = outgoing.next() => match reply {
@@ -448,7 +450,9 @@ async fn ws_session(
                 }
             }
         }
-        let why = *ended.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let why = *ended
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (code, reason) = match why {
             WsEnd::Shutdown => (1012, "server restarting: reconnect"),
             WsEnd::Idle => (1001, "idle: nothing received within the idle timeout"),
@@ -461,7 +465,7 @@ async fn ws_session(
             })))
             .await;
     };
-    let replies = replies.sink_map_err(|e| axum::Error::new(e));
+    let replies = replies.sink_map_err(axum::Error::new);
     let serve = async {
         if let Err(e) =
             crate::ws::serve_frames(&state, &tenant, Box::pin(frames), Box::pin(replies)).await

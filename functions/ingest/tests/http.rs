@@ -254,16 +254,24 @@ async fn a_hot_players_events_on_both_topics_reach_one_member_in_order() {
     };
     let mut members = Vec::new();
     for _ in 0..2 {
-        members.push(bus.consumer("rules", "events", companions.clone()).await.unwrap());
+        members.push(
+            bus.consumer("rules", "events", companions.clone())
+                .await
+                .unwrap(),
+        );
     }
     // Let the group settle: two members, four partitions between them.
     let start = std::time::Instant::now();
     while members.iter().any(|m| m.assignment().is_empty())
         || members.iter().map(|m| m.assignment().len()).sum::<usize>() != 4
     {
-        assert!(start.elapsed() < Duration::from_secs(30), "group never settled");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "group never settled"
+        );
         for m in &mut members {
-            if let Delivery::Revoking(parts) = m.poll(10, Duration::from_millis(50)).await.unwrap() {
+            if let Delivery::Revoking(parts) = m.poll(10, Duration::from_millis(50)).await.unwrap()
+            {
                 assert!(!parts.is_empty());
             }
         }
@@ -278,7 +286,11 @@ async fn a_hot_players_events_on_both_topics_reach_one_member_in_order() {
         }
         events.push(event(None, "acme", &format!("calm-{round}")));
         let (status, _, body) = api
-            .post(Some(ACME_KEY), "application/json", format!("[{}]", events.join(",")))
+            .post(
+                Some(ACME_KEY),
+                "application/json",
+                format!("[{}]", events.join(",")),
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(ok(&body).accepted, events.len());
@@ -299,13 +311,23 @@ async fn a_hot_players_events_on_both_topics_reach_one_member_in_order() {
         .filter(|r| r.key == "acme:bot")
         .map(|r| &*r.topic)
         .collect();
-    assert_eq!(topics_of_bot.len(), 2, "the hot player was split over both topics");
+    assert_eq!(
+        topics_of_bot.len(),
+        2,
+        "the hot player was split over both topics"
+    );
     let readers: Vec<usize> = (0..2)
         .filter(|&i| got[i].iter().any(|r| r.key == "acme:bot"))
         .collect();
-    assert_eq!(readers.len(), 1, "one member reads the hot player on both topics");
-    let mut bot: Vec<&pitboss_bus::Record> =
-        got[readers[0]].iter().filter(|r| r.key == "acme:bot").collect();
+    assert_eq!(
+        readers.len(),
+        1,
+        "one member reads the hot player on both topics"
+    );
+    let mut bot: Vec<&pitboss_bus::Record> = got[readers[0]]
+        .iter()
+        .filter(|r| r.key == "acme:bot")
+        .collect();
     for r in got.iter().flatten() {
         let h = &r.headers;
         assert_eq!(h.get_str(pitboss_bus::header::TYPE), Some("deposit"));

@@ -1,0 +1,643 @@
+//! The engine on the bus: a consumer-group member reading `events` (with its co-partitioned
+//! overflow topic) that feeds the [`Engine`] and publishes what it raises onto `alerts` and
+//! `pushes`. Runs in `pitboss antifraud` and inside `pitboss up`.
+//!
+//! **Neither missed nor doubled across a crash.** Each poll is one batch, processed in a
+//! canonical order (bus time, topic, partition, position), so its output depends only on the
+//! batch's records and the engine's state. Before a batch's alerts and pushes are published, its
+//! boundaries (per partition, the last position) are logged in the state file; every
+//! `snapshot_interval` the engine's state is saved with the positions it covers, the log up to
+//! it is dropped, and only then are those positions committed to the group. After a crash the
+//! snapshot is restored, records up to its positions are skipped, and the logged batches are
+//! rebuilt from the redelivered records with their logged boundaries — so the engine sees the
+//! same records in the same order and raises the same messages, with the same ids. Messages of
+//! the batch that was being published when the process died may reach the bus twice; their ids
+//! are equal, and the processor and the gateway keep one per id.
+//!
+//! The engine's clock is the bus time of each record (when ingest published it), so a replay
+//! evaluates exactly as the first run did; `detected_at` of an alert is the wall clock.
+//!
+//! A record that is not an event the engine can read goes to the dead-letter topic with the
+//! reason in its key; its partition keeps flowing.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pitboss_bus::{
+    Bus, BusError, ConsumerConfig, OutRecord, Partition, Position, Publisher, Record, header,
+};
+use pitboss_model::Timestamp;
+use pitboss_model::live::{Alert, LiveMessage, Push};
+use pitboss_runtime::worker::{PartitionWork, run_partitioned};
+
+use crate::state::{LoggedBatch, Positions, Snapshot, StateError, StateStore};
+use crate::{AntifraudError, Engine, Output, RuleSet};
+
+/// The shipped rule packs (`rules/` at the repository root), built into the binary.
+pub fn shipped_sources() -> Vec<(String, String)> {
+    [
+        (
+            "rules/fraud.toml",
+            include_str!("../../../rules/fraud.toml"),
+        ),
+        (
+            "rules/responsible_gambling.toml",
+            include_str!("../../../rules/responsible_gambling.toml"),
+        ),
+        (
+            "rules/scoring.toml",
+            include_str!("../../../rules/scoring.toml"),
+        ),
+    ]
+    .into_iter()
+    .map(|(n, t)| (n.to_owned(), t.to_owned()))
+    .collect()
+}
+
+/// Where the rules come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RulesSource {
+    /// The packs built into the binary.
+    Shipped,
+    /// Every `*.toml` in a directory, reloaded when a file changes.
+    Dir(PathBuf),
+}
+
+impl RulesSource {
+    /// Loads the rule set (refused with file, line and reason).
+    pub fn load(&self) -> Result<RuleSet, AntifraudError> {
+        match self {
+            RulesSource::Shipped => RuleSet::from_sources(&shipped_sources()),
+            RulesSource::Dir(d) => RuleSet::load_dir(d),
+        }
+    }
+
+    /// What identifies the files' current content (names, sizes, modification times); `None`
+    /// for the built-in packs, which never change.
+    fn fingerprint(&self) -> Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>> {
+        let RulesSource::Dir(d) = self else {
+            return None;
+        };
+        let mut out: Vec<_> = std::fs::read_dir(d)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            .map(|e| {
+                let m = e.metadata().ok();
+                (
+                    e.path(),
+                    m.as_ref().map_or(0, std::fs::Metadata::len),
+                    m.and_then(|m| m.modified().ok()),
+                )
+            })
+            .collect();
+        out.sort();
+        Some(out)
+    }
+}
+
+/// Settings of the streaming engine.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// The events topic; its companions (the hot-key overflow topic) in `consumer.companions`.
+    pub topic: String,
+    pub group: String,
+    pub alerts_topic: String,
+    pub pushes_topic: String,
+    pub dead_letter_topic: String,
+    pub rules: RulesSource,
+    /// The state file (snapshot and batch log).
+    pub state_path: PathBuf,
+    /// How often the engine's state is saved and the offsets committed.
+    pub snapshot_interval: Duration,
+    /// How often the rules directory is checked for changes.
+    pub reload_interval: Duration,
+    /// Records fetched per poll (one batch).
+    pub poll_max: usize,
+    pub consumer: ConsumerConfig,
+    /// First and largest wait between publish retries.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            topic: "events".into(),
+            group: "pitboss-antifraud".into(),
+            alerts_topic: Alert::TOPIC.into(),
+            pushes_topic: Push::TOPIC.into(),
+            dead_letter_topic: "antifraud_dead_letter".into(),
+            rules: RulesSource::Shipped,
+            state_path: PathBuf::from("antifraud-state.db"),
+            snapshot_interval: Duration::from_secs(5),
+            reload_interval: Duration::from_secs(2),
+            poll_max: 5_000,
+            consumer: ConsumerConfig {
+                companions: vec!["events_overflow".into()],
+                ..ConsumerConfig::default()
+            },
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a run did (for logs and tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub events: u64,
+    pub alerts: u64,
+    pub pushes: u64,
+    pub dead_lettered: u64,
+    /// Records skipped at start because the restored snapshot already held them.
+    pub skipped: u64,
+    /// Logged batches replayed after a restart.
+    pub replayed_batches: u64,
+    pub snapshots: u64,
+    pub reloads: u64,
+}
+
+/// Why the streaming engine stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Rules(#[from] AntifraudError),
+}
+
+/// Wraps a live-path message into its bus record with the four headers.
+pub fn live_record<M: LiveMessage>(m: &M) -> OutRecord {
+    let mut r = OutRecord::new(m.bus_key(), m.encode_proto())
+        .with_header(header::TYPE, M::TYPE)
+        .with_header(header::TENANT, m.tenant_id())
+        .with_header(header::EVENT_TIME, m.event_time().as_millis().to_string());
+    if let Some(t) = m.received_at() {
+        r = r.with_header(header::RECEIVED_AT, t.as_millis().to_string());
+    }
+    r
+}
+
+type Tp = (Arc<str>, Partition);
+
+/// How long the logged batches may wait for their records after a restart.
+const REPLAY_PATIENCE: Duration = Duration::from_secs(30);
+
+struct Work {
+    config: StreamConfig,
+    engine: Engine,
+    store: StateStore,
+    publisher: Arc<dyn Publisher>,
+    /// Records at or before these positions are already in the engine's state.
+    skip_upto: HashMap<Tp, Position>,
+    /// Batches logged before the restart, still to be rebuilt and replayed.
+    replay: VecDeque<LoggedBatch>,
+    /// Records waiting for the batch they belong to (while replaying).
+    buffer: HashMap<Tp, VecDeque<Record>>,
+    /// Highest position received per partition.
+    received: HashMap<Tp, Position>,
+    /// Last position processed per partition (what a snapshot covers).
+    processed: Positions,
+    next_seq: u64,
+    /// Sequence of the last logged batch, and whether anything was processed since the
+    /// last snapshot.
+    last_seq: Option<u64>,
+    dirty: bool,
+    last_snapshot: Instant,
+    durable: Vec<(Arc<str>, Partition, Position)>,
+    fingerprint: Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+    last_reload_check: Instant,
+    /// When replaying began: past [`REPLAY_PATIENCE`], the logged batches are replayed with
+    /// whatever arrived (a partition whose records never come cannot hold the rest back).
+    replay_since: Instant,
+    out: Output,
+    stats: StreamStats,
+}
+
+/// Runs the engine on `bus` until `shutdown` resolves; then saves its state, commits and
+/// leaves the group.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    config: StreamConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<StreamStats, StreamError> {
+    let set = config.rules.load()?;
+    let store = StateStore::open(&config.state_path, &config.group)?;
+    let (engine, skip_upto, replay) = match store.snapshot()? {
+        None => (Engine::new(set), HashMap::new(), VecDeque::new()),
+        Some(s) => match Engine::restore(set.clone(), &s.engine) {
+            Ok((engine, report)) => {
+                tracing::info!(
+                    kept = report.kept.len(),
+                    fresh = ?report.fresh,
+                    removed = ?report.removed,
+                    taken_at_ms = s.taken_at_ms,
+                    "antifraud state restored"
+                );
+                let skip = s.positions.into_iter().collect();
+                (engine, skip, store.batches()?.into())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "antifraud snapshot not restored; starting with empty windows");
+                (Engine::new(set), HashMap::new(), VecDeque::new())
+            }
+        },
+    };
+    let next_seq = replay.back().map_or(1, |b| b.seq + 1);
+    let mut work = Work {
+        fingerprint: config.rules.fingerprint(),
+        engine,
+        store,
+        publisher: bus.publisher(),
+        skip_upto,
+        replay,
+        buffer: HashMap::new(),
+        received: HashMap::new(),
+        processed: Positions::new(),
+        next_seq,
+        last_seq: None,
+        dirty: false,
+        last_snapshot: Instant::now(),
+        durable: Vec::new(),
+        last_reload_check: Instant::now(),
+        replay_since: Instant::now(),
+        out: Output::default(),
+        stats: StreamStats::default(),
+        config,
+    };
+    if !work.replay.is_empty() {
+        tracing::info!(
+            batches = work.replay.len(),
+            "replaying the batches logged before the restart"
+        );
+    }
+    let mut consumer = bus
+        .consumer(
+            &work.config.group,
+            &work.config.topic,
+            work.config.consumer.clone(),
+        )
+        .await?;
+    let poll_max = work.config.poll_max;
+    run_partitioned(&mut *consumer, &mut work, poll_max, shutdown).await?;
+    consumer.close().await?;
+    Ok(work.stats)
+}
+
+impl Work {
+    /// Takes records in: skips what the snapshot holds, then either processes them as a new
+    /// batch or, while logged batches remain, files them for those.
+    async fn take(&mut self, records: Vec<Record>) -> Result<(), StreamError> {
+        let mut fresh = Vec::with_capacity(records.len());
+        for r in records {
+            let tp = (r.topic.clone(), r.partition);
+            if self.skip_upto.get(&tp).is_some_and(|s| r.position <= *s) {
+                self.stats.skipped += 1;
+                continue;
+            }
+            self.received.insert(tp, r.position.clone());
+            fresh.push(r);
+        }
+        if self.replay.is_empty() {
+            if !fresh.is_empty() {
+                self.batch(fresh, None).await?;
+            }
+            return Ok(());
+        }
+        for r in fresh {
+            self.buffer
+                .entry((r.topic.clone(), r.partition))
+                .or_default()
+                .push_back(r);
+        }
+        self.replay_ready(false).await
+    }
+
+    /// Replays every logged batch whose records have all arrived (`force`: whatever arrived).
+    /// When none remain, what is left in the buffer is a new batch.
+    async fn replay_ready(&mut self, force: bool) -> Result<(), StreamError> {
+        while let Some(b) = self.replay.front() {
+            let complete = b
+                .ends
+                .iter()
+                .all(|(tp, end)| self.received.get(tp).is_some_and(|got| got >= end));
+            if !complete && !force {
+                return Ok(());
+            }
+            let Some(b) = self.replay.pop_front() else {
+                break;
+            };
+            let mut records = Vec::new();
+            for (tp, end) in &b.ends {
+                if let Some(q) = self.buffer.get_mut(tp) {
+                    while q.front().is_some_and(|r| r.position <= *end) {
+                        records.extend(q.pop_front());
+                    }
+                }
+            }
+            self.stats.replayed_batches += 1;
+            self.batch(records, Some(b)).await?;
+        }
+        let rest: Vec<Record> = self.buffer.drain().flat_map(|(_, q)| q).collect();
+        if !rest.is_empty() {
+            self.batch(rest, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Processes one batch in canonical order, logs it (unless it is a logged one being
+    /// replayed), publishes what it raised, and remembers where each partition got to.
+    async fn batch(
+        &mut self,
+        records: Vec<Record>,
+        logged: Option<LoggedBatch>,
+    ) -> Result<(), StreamError> {
+        let records = canonical_order(records);
+        let seq = match logged {
+            Some(b) => b.seq,
+            None => {
+                if records.is_empty() {
+                    return Ok(());
+                }
+                let mut ends = Positions::new();
+                for r in &records {
+                    let e = ends
+                        .entry((r.topic.clone(), r.partition))
+                        .or_insert_with(|| r.position.clone());
+                    if r.position > *e {
+                        *e = r.position.clone();
+                    }
+                }
+                let b = LoggedBatch {
+                    seq: self.next_seq,
+                    logged_at_ms: Timestamp::now().as_millis(),
+                    ends,
+                };
+                self.next_seq += 1;
+                self.store.log_batch(&b)?;
+                b.seq
+            }
+        };
+        self.out.clear();
+        let mut dead = Vec::new();
+        for r in &records {
+            let reason = match pitboss_model::decode_proto(&r.value) {
+                Ok(event) => {
+                    self.stats.events += 1;
+                    match self.engine.process(
+                        &event,
+                        Timestamp::from_millis(r.timestamp_ms),
+                        &mut self.out,
+                    ) {
+                        Ok(()) => None,
+                        Err(e) => Some(e.to_string()),
+                    }
+                }
+                Err(v) => Some(format!("undecodable event: {v}")),
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(topic = %r.topic, partition = r.partition, position = %r.position, %reason, "event dead-lettered");
+                dead.push(OutRecord::new(
+                    format!("{}:{}:{}: {reason}", r.topic, r.partition, r.position),
+                    r.value.clone(),
+                ));
+            }
+        }
+        for rej in self.out.rejected.drain(..) {
+            tracing::warn!(rule = %rej.rule_id, message = rej.message, violations = ?rej.violations, "rule output breaks the contract; not published");
+        }
+        let detected = Timestamp::now();
+        let alerts: Vec<OutRecord> = self
+            .out
+            .alerts
+            .iter_mut()
+            .map(|a| {
+                a.detected_at = detected.max(a.received_at);
+                live_record(&*a)
+            })
+            .collect();
+        let pushes: Vec<OutRecord> = self.out.pushes.iter().map(live_record).collect();
+        let (na, np, nd) = (alerts.len() as u64, pushes.len() as u64, dead.len() as u64);
+        let alerts_topic = self.config.alerts_topic.clone();
+        let pushes_topic = self.config.pushes_topic.clone();
+        let dead_topic = self.config.dead_letter_topic.clone();
+        let backoff = (self.config.retry_initial, self.config.retry_max);
+        tokio::try_join!(
+            publish(&self.publisher, &alerts_topic, alerts, backoff),
+            publish(&self.publisher, &pushes_topic, pushes, backoff),
+            publish(&self.publisher, &dead_topic, dead, backoff),
+        )?;
+        if let Some(first) = self.out.alerts.first() {
+            metrics::histogram!("pitboss_antifraud_event_to_alert_seconds").record(
+                (detected.as_millis() - first.received_at.as_millis()).max(0) as f64 / 1000.0,
+            );
+        }
+        metrics::counter!("pitboss_antifraud_events_total").increment(records.len() as u64);
+        metrics::counter!("pitboss_antifraud_alerts_total").increment(na);
+        metrics::counter!("pitboss_antifraud_pushes_total").increment(np);
+        metrics::counter!("pitboss_antifraud_dead_letters_total").increment(nd);
+        self.stats.alerts += na;
+        self.stats.pushes += np;
+        self.stats.dead_lettered += nd;
+        for r in records {
+            let tp = (r.topic, r.partition);
+            let e = self
+                .processed
+                .entry(tp)
+                .or_insert_with(|| r.position.clone());
+            if r.position > *e {
+                *e = r.position;
+            }
+        }
+        self.last_seq = Some(seq);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Saves the engine's state with the positions it covers, drops the batch log up to it,
+    /// and hands those positions to the loop to commit.
+    fn snapshot(&mut self) -> Result<(), StreamError> {
+        self.last_snapshot = Instant::now();
+        if !self.dirty {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let engine = self.engine.snapshot();
+        let bytes = engine.len();
+        // Positions restored at start and not moved since stay covered too.
+        let mut positions = self.processed.clone();
+        for (tp, p) in &self.skip_upto {
+            positions.entry(tp.clone()).or_insert_with(|| p.clone());
+        }
+        self.store.save(
+            &Snapshot {
+                taken_at_ms: Timestamp::now().as_millis(),
+                positions,
+                engine,
+            },
+            self.last_seq,
+        )?;
+        metrics::histogram!("pitboss_antifraud_snapshot_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("pitboss_antifraud_snapshot_bytes").set(bytes as f64);
+        let s = self.engine.stats();
+        metrics::gauge!("pitboss_antifraud_window_entries").set(s.entries as f64);
+        metrics::gauge!("pitboss_antifraud_window_keys").set(s.keys as f64);
+        metrics::gauge!("pitboss_antifraud_state_bytes").set(s.bytes as f64);
+        self.durable.extend(
+            self.processed
+                .iter()
+                .map(|((t, p), pos)| (t.clone(), *p, pos.clone())),
+        );
+        self.stats.snapshots += 1;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn maybe_reload(&mut self) {
+        if self.last_reload_check.elapsed() < self.config.reload_interval {
+            return;
+        }
+        self.last_reload_check = Instant::now();
+        let now = self.config.rules.fingerprint();
+        if now == self.fingerprint {
+            return;
+        }
+        self.fingerprint = now;
+        match self.config.rules.load() {
+            Ok(set) => {
+                let report = self.engine.replace_rules(set);
+                self.stats.reloads += 1;
+                metrics::counter!("pitboss_antifraud_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(kept = report.kept.len(), fresh = ?report.fresh, removed = ?report.removed, "rules reloaded");
+            }
+            Err(e) => {
+                metrics::counter!("pitboss_antifraud_reloads_total", "result" => "refused")
+                    .increment(1);
+                tracing::error!(error = %e, "rules not reloaded; the running set stays in force");
+            }
+        }
+    }
+}
+
+/// The batch in the order the engine sees it, which depends only on the records: each
+/// partition's records stay in their order, and the partitions are merged by bus time (then
+/// topic, partition) — the same order however the bus delivered them.
+fn canonical_order(records: Vec<Record>) -> Vec<Record> {
+    let n = records.len();
+    let mut queues: std::collections::BTreeMap<Tp, VecDeque<Record>> = Default::default();
+    for r in records {
+        queues
+            .entry((r.topic.clone(), r.partition))
+            .or_default()
+            .push_back(r);
+    }
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(i64, Tp)>> = queues
+        .iter()
+        .filter_map(|(tp, q)| {
+            q.front()
+                .map(|r| std::cmp::Reverse((r.timestamp_ms, tp.clone())))
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    while let Some(std::cmp::Reverse((_, tp))) = heap.pop() {
+        let Some(q) = queues.get_mut(&tp) else {
+            continue;
+        };
+        out.extend(q.pop_front());
+        if let Some(next) = q.front() {
+            heap.push(std::cmp::Reverse((next.timestamp_ms, tp)));
+        }
+    }
+    out
+}
+
+/// Publishes, retrying while the bus may take the records later.
+async fn publish(
+    publisher: &Arc<dyn Publisher>,
+    topic: &str,
+    records: Vec<OutRecord>,
+    (initial, max): (Duration, Duration),
+) -> Result<(), StreamError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut delay = initial;
+    loop {
+        match publisher.publish(topic, records.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(%topic, error = %e, "publish failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(max);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl PartitionWork for Work {
+    type Error = StreamError;
+
+    async fn assigned(&mut self, _partitions: &[Partition]) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    async fn records(&mut self, records: Vec<Record>) -> Result<(), StreamError> {
+        self.take(records).await
+    }
+
+    async fn revoking(&mut self, partitions: &[Partition]) -> Result<(), StreamError> {
+        // Whatever was filed for a logged batch is processed now, then everything is saved.
+        if !self.replay.is_empty() {
+            self.replay_ready(true).await?;
+        }
+        self.snapshot()?;
+        let gone = |tp: &Tp| partitions.contains(&tp.1);
+        self.processed.retain(|tp, _| !gone(tp));
+        self.received.retain(|tp, _| !gone(tp));
+        self.skip_upto.retain(|tp, _| !gone(tp));
+        Ok(())
+    }
+
+    async fn tick(&mut self) -> Result<(), StreamError> {
+        self.maybe_reload();
+        if !self.replay.is_empty() && self.replay_since.elapsed() >= REPLAY_PATIENCE {
+            tracing::warn!(
+                batches = self.replay.len(),
+                "logged batches incomplete after {REPLAY_PATIENCE:?}; replaying what arrived"
+            );
+            self.replay_ready(true).await?;
+        }
+        if self.last_snapshot.elapsed() >= self.config.snapshot_interval {
+            self.snapshot()?;
+        }
+        Ok(())
+    }
+
+    fn poll_wait(&self) -> Duration {
+        self.config
+            .snapshot_interval
+            .saturating_sub(self.last_snapshot.elapsed())
+            .clamp(Duration::from_millis(10), Duration::from_millis(500))
+    }
+
+    fn take_durable(&mut self) -> Vec<(Arc<str>, Partition, Position)> {
+        std::mem::take(&mut self.durable)
+    }
+
+    async fn finish(&mut self) -> Result<(), StreamError> {
+        if !self.replay.is_empty() {
+            self.replay_ready(true).await?;
+        }
+        self.snapshot()
+    }
+}
