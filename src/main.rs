@@ -95,6 +95,15 @@ struct AntifraudArgs {
     /// Consumer group.
     #[arg(long, default_value = "pitboss-antifraud")]
     group: String,
+    /// Topic the alerts are published to.
+    #[arg(long, default_value = "alerts")]
+    alerts_topic: String,
+    /// Topic the pushes are published to.
+    #[arg(long, default_value = "pushes")]
+    pushes_topic: String,
+    /// Where events the engine cannot evaluate go, with the reason in the key.
+    #[arg(long, default_value = "antifraud_dead_letter")]
+    dead_letter_topic: String,
     /// How often the engine's state is saved and the offsets committed (milliseconds).
     #[arg(long, default_value_t = 5000)]
     snapshot_interval_ms: u64,
@@ -387,6 +396,9 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     let overflow = format!("{}_overflow", args.topic);
     let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
     config.group = args.group.clone();
+    config.alerts_topic = args.alerts_topic.clone();
+    config.pushes_topic = args.pushes_topic.clone();
+    config.dead_letter_topic = args.dead_letter_topic.clone();
     config.state_path = args.state_dir.join("antifraud.db");
     config.snapshot_interval = std::time::Duration::from_millis(args.snapshot_interval_ms.max(1));
     config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);

@@ -179,3 +179,255 @@ async fn alerts_and_pushes_exactly_once_through_four_sigkills() {
         "some kills landed while work was in progress: {seen:?}"
     );
 }
+
+/// Kills the child processes it holds when dropped (a failed assertion leaves nothing running).
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The rules engine over Kafka, SIGKILLed five times at random moments while a scripted day of
+/// play (fraud and risky-play patterns among normal players) is posted to the real ingest
+/// (`pitboss ingest --bus kafka`) and `pitboss process` stores what the engine publishes into
+/// ClickHouse. Afterwards ClickHouse holds exactly the alerts and pushes the pure engine raises
+/// from the same events — none missed, none extra, one row per id after collapsing — and none for
+/// a normal player.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_five_sigkills() {
+    let name = pitboss_testkit::unique_name("af");
+    let stack = Stack {
+        clickhouse: pitboss_testkit::clickhouse(),
+        kafka: pitboss_testkit::kafka(),
+        database: format!("{name}_db"),
+        alerts: format!("{name}_alerts"),
+        pushes: format!("{name}_pushes"),
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let events_topic = format!("{name}_events");
+    let bus = KafkaBus::new(KafkaConfig::new(stack.kafka.clone())).unwrap();
+    for topic in [&stack.alerts, &stack.pushes] {
+        bus.create_topic(topic, 4).await.unwrap();
+        bus.create_topic(&format!("{topic}_dead_letter"), 1)
+            .await
+            .unwrap();
+    }
+    bus.create_topic(&events_topic, 8).await.unwrap();
+    bus.create_topic(&format!("{events_topic}_overflow"), 8)
+        .await
+        .unwrap();
+    bus.create_topic(&format!("{name}_af_dead_letter"), 1)
+        .await
+        .unwrap();
+
+    // The real ingest, on Kafka.
+    let key = "kafka-e2e-key";
+    let port = free_port();
+    let config = stack.logs.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\ntopic = \"{events_topic}\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
+            pitboss_ingest::auth::hash_key(key)
+        ),
+    )
+    .unwrap();
+    let ingest_log = std::fs::File::create(stack.logs.path().join("ingest.log")).unwrap();
+    let mut children = Children(vec![
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "ingest",
+                "--bus",
+                "kafka",
+                "--kafka-bootstrap",
+                &stack.kafka,
+            ])
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(ingest_log)
+            .spawn()
+            .unwrap(),
+        stack.processor(0),
+    ]);
+    let addr = format!("127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    while client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ingest did not start\n{}",
+            stack.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let state = tempfile::tempdir().unwrap();
+    let engine = |n: usize| {
+        let log =
+            std::fs::File::create(stack.logs.path().join(format!("antifraud-{n}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "antifraud",
+                "--bus",
+                "kafka",
+                "--kafka-bootstrap",
+                &stack.kafka,
+            ])
+            .args(["--topic", &events_topic, "--group", &format!("{name}_af")])
+            .args([
+                "--alerts-topic",
+                &stack.alerts,
+                "--pushes-topic",
+                &stack.pushes,
+            ])
+            .args(["--dead-letter-topic", &format!("{name}_af_dead_letter")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args([
+                "--snapshot-interval-ms",
+                "500",
+                "--session-timeout-secs",
+                "6",
+            ])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+
+    let now = pitboss_model::Timestamp::now().as_millis();
+    let parts = pitboss_antifraud::scenario::script("demo", now, 300, 3);
+    let mut events = Vec::new();
+    let longest = parts.iter().map(|p| p.events.len()).max().unwrap();
+    for i in 0..longest {
+        for p in &parts {
+            events.extend(p.events.get(i).cloned());
+        }
+    }
+    let (want_alerts, want_pushes) = {
+        let set =
+            pitboss_antifraud::RuleSet::from_sources(&pitboss_antifraud::stream::shipped_sources())
+                .unwrap();
+        let mut engine = pitboss_antifraud::Engine::new(set);
+        let mut out = pitboss_antifraud::Output::default();
+        for e in &events {
+            let event = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+            engine
+                .process(&event, pitboss_model::Timestamp::now(), &mut out)
+                .unwrap();
+        }
+        let a: std::collections::BTreeSet<String> =
+            out.alerts.iter().map(|a| a.alert_id.clone()).collect();
+        let p: std::collections::BTreeSet<String> =
+            out.pushes.iter().map(|p| p.push_id.clone()).collect();
+        (a, p)
+    };
+
+    // Posted at a steady pace (about 30 s in all) while the engine is killed five times.
+    let posting = {
+        let (client, addr) = (client.clone(), addr.clone());
+        let batches: Vec<Vec<serde_json::Value>> = events.chunks(40).map(<[_]>::to_vec).collect();
+        tokio::spawn(async move {
+            for b in batches {
+                let r = client
+                    .post(format!("http://{addr}/v1/events"))
+                    .bearer_auth(key)
+                    .json(&b)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    for n in 0..5 {
+        let mut child = engine(n);
+        let wait = rand::rng().random_range(3_000..10_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        seen.push(
+            stack
+                .scalar("SELECT uniqExact(alert_id) FROM alerts")
+                .await
+                .unwrap_or(0),
+        );
+    }
+    children.0.push(engine(5));
+    posting.await.unwrap();
+
+    let want = want_alerts.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while stack.scalar("SELECT uniqExact(alert_id) FROM alerts").await != Some(want)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // anything extra would show up now
+    let ids = |sql: &'static str| {
+        let client = pitboss_processor::sink::client(&stack.clickhouse, &stack.database);
+        async move {
+            client
+                .query(sql)
+                .fetch_all::<String>()
+                .await
+                .unwrap()
+                .into_iter()
+                .collect::<std::collections::BTreeSet<String>>()
+        }
+    };
+    let alerts = ids("SELECT DISTINCT alert_id FROM alerts").await;
+    let pushes = ids("SELECT DISTINCT push_id FROM pushes").await;
+    assert_eq!(
+        alerts,
+        want_alerts,
+        "distinct alerts after each kill: {seen:?}\n{}",
+        stack.logs()
+    );
+    assert_eq!(pushes, want_pushes);
+    assert_eq!(
+        stack.scalar("SELECT count() FROM alerts FINAL").await,
+        Some(want),
+        "one row per alert id once collapsed"
+    );
+    let raised: std::collections::BTreeSet<(String, String)> =
+        pitboss_processor::sink::client(&stack.clickhouse, &stack.database)
+            .query("SELECT DISTINCT rule_id, player_id FROM alerts")
+            .fetch_all::<(String, String)>()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let scripted: std::collections::BTreeSet<(String, String)> = parts
+        .iter()
+        .flat_map(|p| p.fires.iter().map(|r| ((*r).to_owned(), p.player.clone())))
+        .collect();
+    assert_eq!(
+        raised, scripted,
+        "each pattern's player raised its rule, nobody else anything"
+    );
+}
