@@ -337,6 +337,26 @@ async fn drain_processors(
     }
 }
 
+/// The bus `--bus` names: the embedded log in `data_dir/log`, Kafka, or Kinesis.
+fn bus_spec(
+    kind: BusKind,
+    kafka: &KafkaArgs,
+    kinesis_region: String,
+    kinesis_endpoint: Option<String>,
+    data_dir: &Path,
+) -> Result<BusSpec> {
+    Ok(match kind {
+        BusKind::Embedded => BusSpec::Embedded {
+            dir: data_dir.join("log"),
+        },
+        BusKind::Kafka => kafka.spec()?,
+        BusKind::Kinesis => BusSpec::Kinesis {
+            region: kinesis_region,
+            endpoint: kinesis_endpoint,
+        },
+    })
+}
+
 fn antifraud_config(
     topic: &str,
     overflow: &str,
@@ -383,16 +403,13 @@ async fn run_antifraud(
 }
 
 async fn antifraud(args: AntifraudArgs) -> Result<()> {
-    let spec = match args.bus {
-        BusKind::Embedded => BusSpec::Embedded {
-            dir: args.data_dir.join("log"),
-        },
-        BusKind::Kafka => args.kafka.spec()?,
-        BusKind::Kinesis => BusSpec::Kinesis {
-            region: args.kinesis_region.clone(),
-            endpoint: args.kinesis_endpoint.clone(),
-        },
-    };
+    let spec = bus_spec(
+        args.bus,
+        &args.kafka,
+        args.kinesis_region.clone(),
+        args.kinesis_endpoint.clone(),
+        &args.data_dir,
+    )?;
     let overflow = format!("{}_overflow", args.topic);
     let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
     config.group = args.group.clone();
@@ -716,16 +733,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         ensure_topic_partitions,
     } = args;
     let config = load_config(&config)?;
-    let spec = match bus {
-        BusKind::Embedded => BusSpec::Embedded {
-            dir: data_dir.join("log"),
-        },
-        BusKind::Kafka => kafka.spec()?,
-        BusKind::Kinesis => BusSpec::Kinesis {
-            region: kinesis_region,
-            endpoint: kinesis_endpoint,
-        },
-    };
+    let spec = bus_spec(bus, &kafka, kinesis_region, kinesis_endpoint, &data_dir)?;
     let bus = spec.open().await?;
     if let Some(n) = ensure_topic_partitions {
         bus.create_topic(&config.topic, n).await?;

@@ -518,7 +518,7 @@ impl Engine {
     /// The engine's whole state (windows, cooldowns, the stake join, scores) as bytes, to be
     /// restored with [`Engine::restore`] after a restart: the same events then raise the same
     /// alerts and pushes (same ids) as if the engine had never stopped.
-    pub fn snapshot(&self) -> Vec<u8> {
+    pub fn snapshot(&self) -> Result<Vec<u8>, AntifraudError> {
         let out = SnapshotOut {
             format: SNAPSHOT_FORMAT,
             rules: self
@@ -537,8 +537,7 @@ impl Engine {
             scores: self.scores.export(),
             last_sweep: self.last_sweep,
         };
-        // Serializing plain maps, numbers and strings into a Vec cannot fail.
-        postcard::to_stdvec(&out).unwrap_or_default()
+        postcard::to_stdvec(&out).map_err(|e| AntifraudError::Snapshot(format!("encoding: {e}")))
     }
 
     /// An engine running `set` with the state of `snapshot`. Like [`Engine::replace_rules`],

@@ -44,12 +44,12 @@ impl From<Pos> for Position {
 /// Per `(topic, partition)`: a position.
 pub type Positions = BTreeMap<(Arc<str>, Partition), Position>;
 
-fn encode(positions: &Positions) -> Vec<u8> {
+fn encode(positions: &Positions) -> Result<Vec<u8>, StateError> {
     let rows: Vec<(&str, Partition, Pos)> = positions
         .iter()
         .map(|((t, p), pos)| (&**t, *p, Pos::from(pos)))
         .collect();
-    postcard::to_stdvec(&rows).unwrap_or_default()
+    postcard::to_stdvec(&rows).map_err(|e| StateError(format!("encoding positions: {e}")))
 }
 
 fn decode(bytes: &[u8]) -> Result<Positions, StateError> {
@@ -188,7 +188,7 @@ impl StateStore {
                 self.group,
                 i64::try_from(batch.seq).unwrap_or(i64::MAX),
                 batch.logged_at_ms,
-                encode(&batch.ends)
+                encode(&batch.ends)?
             ],
         )?;
         Ok(())
@@ -202,7 +202,7 @@ impl StateStore {
             params![
                 self.group,
                 snapshot.taken_at_ms,
-                encode(&snapshot.positions),
+                encode(&snapshot.positions)?,
                 snapshot.engine
             ],
         )?;

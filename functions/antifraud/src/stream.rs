@@ -469,7 +469,7 @@ impl Work {
             return Ok(());
         }
         let started = Instant::now();
-        let engine = self.engine.snapshot();
+        let engine = self.engine.snapshot()?;
         let bytes = engine.len();
         // Positions restored at start and not moved since stay covered too.
         let mut positions = self.processed.clone();

@@ -404,7 +404,7 @@ fn a_restored_snapshot_continues_exactly_where_the_engine_stopped() {
     let mut got = Output::default();
     for (i, e) in events.iter().enumerate() {
         if i > 0 && i % (events.len() / 3) == 0 {
-            let bytes = engine.snapshot();
+            let bytes = engine.snapshot().unwrap();
             let (restored, report) = Engine::restore(shipped(), &bytes).unwrap();
             assert!(
                 report.fresh.is_empty() && report.removed.is_empty(),
@@ -425,7 +425,7 @@ fn a_restored_snapshot_continues_exactly_where_the_engine_stopped() {
         |s: pitboss_antifraud::EngineStats| (s.keys, s.entries, s.joined_bets, s.scored_players);
     assert_eq!(held(engine.stats()), held(whole.stats()));
     // Redelivered events after a restore raise nothing: their ids are in the restored windows.
-    let (mut again, _) = Engine::restore(shipped(), &engine.snapshot()).unwrap();
+    let (mut again, _) = Engine::restore(shipped(), &engine.snapshot().unwrap()).unwrap();
     let mut more = Output::default();
     for e in &events {
         again.process(e, now(e), &mut more).unwrap();
