@@ -5,12 +5,15 @@
 //!   embedded log.
 //! - `pitboss migrate` / `pitboss process`: the ClickHouse schema, and the processor from Kafka
 //!   into ClickHouse (events, and the live path's alerts, pushes, deliveries and acks).
+//! - `pitboss gateway`: the edge gateway (WebSocket pushes and alerts) over Kafka, Kinesis or
+//!   the embedded log (it also runs inside `pitboss up`); `pitboss token`: a connection token.
 //! - `pitboss antifraud`: the rules engine over Kafka, Kinesis or the embedded log, publishing
 //!   alerts and pushes (it also runs inside `pitboss up`).
 //! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles.
 
+mod gateway;
 mod loadgen;
 
 /// mimalloc: the ingest path allocates per event; glibc malloc took a fifth of its CPU.
@@ -61,6 +64,10 @@ enum Command {
     Sql(SqlArgs),
     /// Run the rules engine: events in, alerts and pushes out (docs/rules.md).
     Antifraud(AntifraudArgs),
+    /// Run the edge gateway: WebSocket pushes to players and alerts to operators (docs/gateway.md).
+    Gateway(gateway::GatewayArgs),
+    /// Print a signed connection token for the gateway (HS256).
+    Token(gateway::TokenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -522,6 +529,11 @@ struct UpArgs {
         default_value_t = 5000
     )]
     snapshot_interval_ms: u64,
+    /// Address of the edge gateway (WebSocket pushes and alerts, operator publish API).
+    #[arg(long, env = "PITBOSS_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
+    gateway_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    gateway: gateway::GatewayTuning,
 }
 
 #[derive(Debug, Args)]
@@ -572,6 +584,12 @@ fn demo_key(data_dir: &Path) -> Result<(String, PathBuf)> {
         return Ok((existing.trim().to_owned(), path));
     }
     let key = format!("pb_demo_{}", hex::encode(rand::random::<[u8; 24]>()));
+    write_private(&path, &key)?;
+    Ok((key, path))
+}
+
+/// Creates `path` with `content`, readable by its owner only; fails if it exists.
+fn write_private(path: &Path, content: &str) -> Result<()> {
     #[cfg(unix)]
     {
         use std::io::Write;
@@ -580,12 +598,13 @@ fn demo_key(data_dir: &Path) -> Result<(String, PathBuf)> {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
-        f.write_all(key.as_bytes())?;
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(content.as_bytes())?;
     }
     #[cfg(not(unix))]
-    std::fs::write(&path, &key)?;
-    Ok((key, path))
+    std::fs::write(path, content)?;
+    Ok(())
 }
 
 async fn up(
@@ -598,6 +617,8 @@ async fn up(
         rules,
         no_rules,
         snapshot_interval_ms,
+        gateway_listen,
+        gateway: gateway_tuning,
     }: UpArgs,
 ) -> Result<()> {
     std::fs::create_dir_all(&data_dir)
@@ -676,6 +697,16 @@ async fn up(
     let addr = listener.local_addr()?;
     let admin = bind(admin_listen).await?;
     let admin_addr = admin.local_addr()?;
+    let gateway_listener = bind(gateway_listen).await?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    gateway::up_secret(&data_dir)?;
+    let gateway = gateway::serve_in_up(
+        bus.clone(),
+        &data_dir,
+        gateway_listener,
+        &gateway_tuning,
+        stop.clone(),
+    );
     println!("Pitboss is up: http://{addr}");
     println!(
         "  POST http://{addr}/v1/events   (JSON array or NDJSON of events; see docs/events.md)"
@@ -695,9 +726,17 @@ async fn up(
     println!(
         "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
     );
+    println!(
+        "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token --role operator --subject ops --data-dir {})   (docs/gateway.md)",
+        data_dir.display()
+    );
     // The processors stop on the same signal, after storing what they hold; one that stops
     // on its own stops the server too (run_processors).
-    tokio::try_join!(serve_both(state, listener, admin, stop), processors)?;
+    tokio::try_join!(
+        serve_both(state, listener, admin, stop),
+        processors,
+        gateway
+    )?;
     Ok(())
 }
 
@@ -836,6 +875,8 @@ async fn main() -> Result<()> {
         Command::Process(args) => process(args).await,
         Command::Sql(args) => sql(&args),
         Command::Antifraud(args) => antifraud(args).await,
+        Command::Gateway(args) => gateway::gateway(args).await,
+        Command::Token(args) => gateway::token(args),
         Command::HashKey { key } => {
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");

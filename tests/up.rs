@@ -28,6 +28,8 @@ fn up(data_dir: &std::path::Path) -> Up {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -72,12 +72,20 @@ fn up(data_dir: &std::path::Path) -> Child {
 /// Starts `pitboss up` on free ports over `data_dir` with `extra` arguments; returns once it is
 /// up, with the address of its API.
 fn up_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+    let (child, addr, _) = up_full(data_dir, extra);
+    (child, addr)
+}
+
+/// As [`up_with`], also returning the gateway's address.
+fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args([
             "up",
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
             "127.0.0.1:0",
             "--data-dir",
         ])
@@ -93,8 +101,16 @@ fn up_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
         .strip_prefix("Pitboss is up: http://")
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
+    // The last line of the banner names the gateway: `  live:    ws://ADDR/v1/ws?token=…`.
+    let gateway = loop {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(rest) = line.trim_start().strip_prefix("live:") {
+            let url = rest.trim_start().strip_prefix("ws://").unwrap();
+            break url.split('/').next().unwrap().to_owned();
+        }
+    };
     std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
-    (child, addr)
+    (child, addr, gateway)
 }
 
 /// `pitboss sql --format json` over `data_dir`: one JSON object per row.
@@ -375,4 +391,169 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
         .flat_map(|p| p.fires.iter().map(|r| ((*r).to_owned(), p.player.clone())))
         .collect();
     assert_eq!(raised, scripted);
+}
+
+/// `pitboss token` for `pitboss up`'s gateway.
+fn token(data_dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON frame of `ws` (fails the test after 30 s or on a close).
+async fn frame(ws: &mut Ws) -> serde_json::Value {
+    use futures::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a frame within 30 s")
+            .expect("open")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            return serde_json::from_str(t.as_str()).unwrap();
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: serde_json::Value) {
+    use futures::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        v.to_string().into(),
+    ))
+    .await
+    .unwrap();
+}
+
+/// An operator console on `pitboss up`'s gateway sees the scripted day's alerts live as the
+/// rules engine raises them, acknowledges each; `pitboss up` is SIGKILLed; the rest of the day
+/// is posted to a restarted `pitboss up` while the console is away; the console reconnects to
+/// the new process with its cursor and gets exactly the alerts it missed — none it had (acked
+/// or seen), none twice — and the resume says `complete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_console_sees_alerts_live_and_resumes_after_a_sigkill_with_exactly_what_it_missed()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let now = pitboss_model::Timestamp::now().as_millis();
+    let parts = pitboss_antifraud::scenario::script("demo", now, 300, 2);
+    let (first, second): (Vec<_>, Vec<_>) = parts.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let events = |half: &[(usize, &pitboss_antifraud::scenario::Part)]| -> Vec<serde_json::Value> {
+        half.iter().flat_map(|(_, p)| p.events.clone()).collect()
+    };
+    let (first, second) = (events(&first), events(&second));
+    let (want_first, _) = expected(&first);
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    let (want_all, _) = expected(&all);
+    assert!(!want_first.is_empty() && want_all.len() > want_first.len());
+
+    let client = reqwest::Client::new();
+    let (mut child, addr, gateway) = up_full(dir.path(), &["--snapshot-interval-ms", "500"]);
+    let key = std::fs::read_to_string(dir.path().join("demo-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let ops = token(
+        dir.path(),
+        &["--tenant", "demo", "--role", "operator", "--subject", "ops"],
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{gateway}/v1/ws?token={ops}"))
+        .await
+        .unwrap();
+    assert_eq!(frame(&mut ws).await["type"], "welcome");
+    send(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "operator:demo"}),
+    )
+    .await;
+    assert_eq!(frame(&mut ws).await["type"], "subscribed");
+    for batch in first.chunks(40) {
+        assert!(post_until_answered(&client, &addr, &key, batch).await);
+    }
+    // Live: every alert of the first half, each acknowledged as it arrives.
+    let mut seen = BTreeSet::new();
+    let mut cursor = String::new();
+    while seen.len() < want_first.len() {
+        let f = frame(&mut ws).await;
+        match f["type"].as_str() {
+            Some("message") => {
+                let id = f["id"].as_str().unwrap().to_owned();
+                assert!(seen.insert(id.clone()), "{id} delivered twice");
+                cursor = f["cursor"].as_str().unwrap().to_owned();
+                send(&mut ws, serde_json::json!({"type": "ack", "alert_id": id})).await;
+            }
+            Some("cursor") => cursor = f["cursor"].as_str().unwrap().to_owned(),
+            Some("acked") => {}
+            other => panic!("{other:?}: {f}"),
+        }
+    }
+    assert_eq!(seen, want_first);
+    // Every ack answered (stored on the bus) before the kill.
+    let mut acked = 0;
+    while acked < want_first.len() {
+        let f = frame(&mut ws).await;
+        match f["type"].as_str() {
+            Some("acked") => acked += 1,
+            Some("cursor") => cursor = f["cursor"].as_str().unwrap().to_owned(),
+            other => panic!("{other:?}: {f}"),
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    drop(ws);
+
+    let (mut child, addr, gateway) = up_full(dir.path(), &["--snapshot-interval-ms", "500"]);
+    for batch in second.chunks(40) {
+        assert!(post_until_answered(&client, &addr, &key, batch).await);
+    }
+    let start = Instant::now();
+    while (sql(dir.path(), "SELECT count(*) AS n FROM alerts")[0]["n"]
+        .as_u64()
+        .unwrap() as usize)
+        < want_all.len()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "alerts not all raised"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{gateway}/v1/ws?token={ops}"))
+        .await
+        .unwrap();
+    assert_eq!(frame(&mut ws).await["type"], "welcome");
+    send(
+        &mut ws,
+        serde_json::json!({"type": "subscribe", "channel": "operator:demo", "since": cursor}),
+    )
+    .await;
+    let mut replayed = BTreeSet::new();
+    let subscribed = loop {
+        let f = frame(&mut ws).await;
+        match f["type"].as_str() {
+            Some("message") => {
+                assert_eq!(f["replayed"], true);
+                let id = f["id"].as_str().unwrap().to_owned();
+                assert!(replayed.insert(id.clone()), "{id} replayed twice");
+            }
+            _ => break f,
+        }
+    };
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["recovery"], "complete", "{subscribed}");
+    let missed: BTreeSet<String> = want_all.difference(&want_first).cloned().collect();
+    assert_eq!(replayed, missed);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -238,7 +238,7 @@ pub(crate) fn uuid_violation(path: &str, value: &str) -> Option<Violation> {
 
 /// The id rule (required, at most `max` bytes, `[A-Za-z0-9._~@+-]`), shared with the live-path
 /// messages.
-pub(crate) fn id_violation(path: &str, value: &str, max: usize) -> Option<Violation> {
+pub fn id_violation(path: &str, value: &str, max: usize) -> Option<Violation> {
     if value.is_empty() {
         Some(Violation::new(
             path,

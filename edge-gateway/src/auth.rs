@@ -1,0 +1,493 @@
+//! Connection tokens: a JWT signed with HS256 (a shared secret) or RS256/ES256 (keys from a JWKS
+//! file or URL, chosen by `kid`). Claims: `sub` (player or operator id), `tenant`, `role`
+//! (`player` | `operator`), `rooms` (room ids the holder may join; `"*"` for every room of the
+//! tenant), `exp` (required). Optional `aud`/`iss` are checked when configured.
+//!
+//! What a token allows is decided here too ([`Claims::may_subscribe`]), so the rule is one pure
+//! function with a test matrix beside it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use pitboss_model::live::ChannelName;
+use pitboss_model::validate::{MAX_ID, MAX_TENANT_ID, id_violation};
+use serde::{Deserialize, Serialize};
+
+/// Who holds a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A game client: its own player channel and the rooms its token lists.
+    Player,
+    /// An operator console: its tenant's alerts, the rooms its token lists, acks, publishing.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Player => "player",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// The claims of a connection token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The player id (role player) or the operator's user id (role operator).
+    pub sub: String,
+    /// The tenant; channels of other tenants are never allowed.
+    pub tenant: String,
+    pub role: Role,
+    /// Rooms the holder may join; `"*"` allows every room of the tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rooms: Vec<String>,
+    /// Expiry, seconds since the Unix epoch. Enforced at connect and on the live connection.
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+impl Claims {
+    /// Whether this token may subscribe to `channel`: only its tenant's channels; a player its
+    /// own player channel, an operator its tenant's operator channel; rooms listed in `rooms`.
+    pub fn may_subscribe(&self, channel: &ChannelName) -> bool {
+        if channel.tenant_id() != self.tenant {
+            return false;
+        }
+        match channel {
+            ChannelName::Player { player_id, .. } => {
+                self.role == Role::Player && *player_id == self.sub
+            }
+            ChannelName::Operator { .. } => self.role == Role::Operator,
+            ChannelName::Room { room_id, .. } => {
+                self.rooms.iter().any(|r| r == "*" || r == room_id)
+            }
+        }
+    }
+
+    /// The claims' own rules (ids well formed, rooms well formed), beyond the signature.
+    fn check(&self) -> Result<(), AuthError> {
+        let bad = |m: String| Err(AuthError::Claims(m));
+        if let Some(v) = id_violation("sub", &self.sub, MAX_ID) {
+            return bad(format!("{}: {}", v.path, v.message));
+        }
+        if let Some(v) = id_violation("tenant", &self.tenant, MAX_TENANT_ID) {
+            return bad(format!("{}: {}", v.path, v.message));
+        }
+        if self.rooms.len() > MAX_ROOMS {
+            return bad(format!("rooms: at most {MAX_ROOMS}"));
+        }
+        for r in &self.rooms {
+            if r != "*"
+                && let Some(v) = id_violation("rooms", r, MAX_ID)
+            {
+                return bad(format!("{}: {}", v.path, v.message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Seconds until the token expires (0 when it has).
+    pub fn expires_in(&self) -> Duration {
+        Duration::from_secs(
+            self.exp
+                .saturating_sub(jsonwebtoken::get_current_timestamp()),
+        )
+    }
+}
+
+/// Most rooms one token may list.
+pub const MAX_ROOMS: usize = 256;
+
+/// Why a token was refused; `code` is what clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: send it as `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
+    Missing,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token's signature does not verify")]
+    Signature,
+    #[error("the token's algorithm {0} is not accepted here (configured: {1})")]
+    Algorithm(String, String),
+    #[error("no key for the token (kid {0:?})")]
+    UnknownKey(Option<String>),
+    #[error("the token's claims are invalid: {0}")]
+    Claims(String),
+    #[error("the new token is for another {0}: a refresh keeps the tenant, subject and role")]
+    Mismatch(&'static str),
+}
+
+impl AuthError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::Malformed => "token_malformed",
+            AuthError::Expired => "token_expired",
+            AuthError::Signature => "token_signature",
+            AuthError::Algorithm(..) => "token_algorithm",
+            AuthError::UnknownKey(_) => "token_unknown_key",
+            AuthError::Claims(_) => "token_claims",
+            AuthError::Mismatch(_) => "token_mismatch",
+        }
+    }
+}
+
+/// Where verification keys come from.
+#[derive(Debug, Clone, Default)]
+pub struct KeySource {
+    /// HS256 shared secret (raw bytes).
+    pub hs256_secret: Option<Vec<u8>>,
+    /// A JWKS document on disk (RS256/ES256 public keys), read at start.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, fetched at start and every `jwks_refresh`.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh: Duration,
+    /// Required `aud` (when set, tokens without it are refused).
+    pub audience: Option<String>,
+    /// Required `iss` (when set, tokens without it are refused).
+    pub issuer: Option<String>,
+}
+
+#[derive(Clone)]
+struct PublicKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies connection tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Verifier {
+    hs: Option<DecodingKey>,
+    jwks: Arc<RwLock<Vec<PublicKey>>>,
+    source: Arc<KeySource>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hs256", &self.hs.is_some())
+            .field("jwks_keys", &self.jwks.read().map(|k| k.len()).unwrap_or(0))
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// Loads the keys (fetching the JWKS URL once); fails when there is no key at all or a key
+    /// source cannot be read.
+    pub async fn new(source: KeySource) -> anyhow::Result<Verifier> {
+        let hs = match &source.hs256_secret {
+            Some(s) if s.len() < 32 => anyhow::bail!("the HS256 secret must be at least 32 bytes"),
+            Some(s) => Some(DecodingKey::from_secret(s)?),
+            None => None,
+        };
+        let mut keys = Vec::new();
+        if let Some(path) = &source.jwks_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            keys.extend(parse_jwks(&text)?);
+        }
+        if let Some(url) = &source.jwks_url {
+            keys.extend(fetch_jwks(url).await?);
+        }
+        if hs.is_none() && keys.is_empty() {
+            anyhow::bail!("no token keys: give an HS256 secret, a JWKS file or a JWKS URL");
+        }
+        Ok(Verifier {
+            hs,
+            jwks: Arc::new(RwLock::new(keys)),
+            source: Arc::new(source),
+        })
+    }
+
+    /// A verifier with one HS256 secret (tests, `pitboss up`).
+    pub fn hs256(secret: &[u8]) -> anyhow::Result<Verifier> {
+        if secret.len() < 32 {
+            anyhow::bail!("the HS256 secret must be at least 32 bytes");
+        }
+        Ok(Verifier {
+            hs: Some(DecodingKey::from_secret(secret)?),
+            jwks: Arc::new(RwLock::new(Vec::new())),
+            source: Arc::new(KeySource {
+                hs256_secret: Some(secret.to_vec()),
+                ..KeySource::default()
+            }),
+        })
+    }
+
+    /// Re-fetches the JWKS URL every `jwks_refresh` until the process ends (keys rotate); a
+    /// failed fetch keeps the keys it had. Nothing to do without a URL.
+    pub fn spawn_refresh(&self) {
+        let Some(url) = self.source.jwks_url.clone() else {
+            return;
+        };
+        let every = self.source.jwks_refresh.max(Duration::from_secs(10));
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match fetch_jwks(&url).await {
+                    Ok(mut keys) => {
+                        if let Some(path) = &this.source.jwks_file
+                            && let Ok(text) = std::fs::read_to_string(path)
+                            && let Ok(file_keys) = parse_jwks(&text)
+                        {
+                            keys.extend(file_keys);
+                        }
+                        if let Ok(mut k) = this.jwks.write() {
+                            *k = keys;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the old keys")
+                    }
+                }
+            }
+        });
+    }
+
+    fn accepted(&self) -> String {
+        let mut a = Vec::new();
+        if self.hs.is_some() {
+            a.push("HS256");
+        }
+        if self.jwks.read().is_ok_and(|k| !k.is_empty()) {
+            a.extend(["RS256", "ES256"]);
+        }
+        a.join(", ")
+    }
+
+    /// Verifies `token`: signature, expiry, audience/issuer when configured, and the claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let key = match header.alg {
+            Algorithm::HS256 => self
+                .hs
+                .clone()
+                .ok_or_else(|| AuthError::Algorithm("HS256".into(), self.accepted()))?,
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let keys = self.jwks.read().map_err(|_| AuthError::UnknownKey(None))?;
+                keys.iter()
+                    .find(|k| k.alg == alg && (header.kid.is_none() || k.kid == header.kid))
+                    .map(|k| k.key.clone())
+                    .ok_or_else(|| {
+                        if keys.is_empty() {
+                            AuthError::Algorithm(format!("{alg:?}"), self.accepted())
+                        } else {
+                            AuthError::UnknownKey(header.kid.clone())
+                        }
+                    })?
+            }
+            other => return Err(AuthError::Algorithm(format!("{other:?}"), self.accepted())),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.source.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.source.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::InvalidSignature => AuthError::Signature,
+                K::InvalidAlgorithm => {
+                    AuthError::Algorithm(format!("{:?}", header.alg), self.accepted())
+                }
+                K::InvalidToken | K::Base64(_) | K::Utf8(_) => AuthError::Malformed,
+                K::Json(e) => AuthError::Claims(e.to_string()),
+                other => AuthError::Claims(format!("{other:?}")),
+            }
+        })?;
+        data.claims.check()?;
+        Ok(data.claims)
+    }
+}
+
+fn parse_jwks(text: &str) -> anyhow::Result<Vec<PublicKey>> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        match jwk_algorithm(jwk) {
+            Some(alg) => keys.push(PublicKey {
+                kid: jwk.common.key_id.clone(),
+                alg,
+                key: DecodingKey::from_jwk(jwk).map_err(|e| anyhow::anyhow!("JWKS key: {e}"))?,
+            }),
+            None => {
+                tracing::warn!(kid = ?jwk.common.key_id, "JWKS key skipped: not RS256 or ES256 (P-256)")
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// RS256 for RSA keys, ES256 for P-256 keys (an `alg` on the key must agree); others skipped.
+fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(by_type),
+        Some(KeyAlgorithm::RS256) if by_type == Algorithm::RS256 => Some(by_type),
+        Some(KeyAlgorithm::ES256) if by_type == Algorithm::ES256 => Some(by_type),
+        Some(_) => None,
+    }
+}
+
+async fn fetch_jwks(url: &str) -> anyhow::Result<Vec<PublicKey>> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let text = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| anyhow::anyhow!("fetching JWKS {url}: {e}"))?
+        .text()
+        .await?;
+    parse_jwks(&text)
+}
+
+/// Signs an HS256 token (for `pitboss token`, tests and the demo).
+pub fn sign_hs256(claims: &Claims, secret: &[u8]) -> anyhow::Result<String> {
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret)?,
+    )?)
+}
+
+/// Claims for `role` in `tenant` as `sub`, valid for `ttl`.
+pub fn claims(tenant: &str, sub: &str, role: Role, rooms: Vec<String>, ttl: Duration) -> Claims {
+    let now = jsonwebtoken::get_current_timestamp();
+    Claims {
+        sub: sub.to_owned(),
+        tenant: tenant.to_owned(),
+        role,
+        rooms,
+        exp: now + ttl.as_secs(),
+        iat: Some(now),
+        aud: None,
+        iss: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn token(c: &Claims) -> String {
+        sign_hs256(c, SECRET).unwrap()
+    }
+
+    #[test]
+    fn a_signed_token_verifies_and_bad_ones_are_refused_with_their_code() {
+        let v = Verifier::hs256(SECRET).unwrap();
+        let c = claims("acme", "p-1", Role::Player, vec![], Duration::from_secs(60));
+        assert_eq!(v.verify(&token(&c)).unwrap(), c);
+
+        let mut expired = c.clone();
+        expired.exp = jsonwebtoken::get_current_timestamp() - 60;
+        assert_eq!(v.verify(&token(&expired)).unwrap_err(), AuthError::Expired);
+
+        let forged = sign_hs256(&c, b"another-secret-another-secret-xx").unwrap();
+        assert_eq!(v.verify(&forged).unwrap_err(), AuthError::Signature);
+
+        assert_eq!(v.verify("not a jwt").unwrap_err(), AuthError::Malformed);
+        assert_eq!(v.verify("").unwrap_err(), AuthError::Malformed);
+
+        let mut bad_tenant = c.clone();
+        bad_tenant.tenant = "ac me".into();
+        assert_eq!(
+            v.verify(&token(&bad_tenant)).unwrap_err().code(),
+            "token_claims"
+        );
+
+        // alg "none" and other algorithms are refused.
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&serde_json::to_string(&c).unwrap())
+        );
+        assert!(v.verify(&none).is_err());
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &c,
+            &EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&hs512).unwrap_err().code(), "token_algorithm");
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Verifier::hs256(b"short").is_err());
+    }
+
+    #[test]
+    fn who_may_subscribe_to_what() {
+        let player = claims(
+            "acme",
+            "p-1",
+            Role::Player,
+            vec!["table-1".into()],
+            Duration::from_secs(60),
+        );
+        let operator = claims(
+            "acme",
+            "ops",
+            Role::Operator,
+            vec!["*".into()],
+            Duration::from_secs(60),
+        );
+        let ch = |s: &str| ChannelName::parse(s, "channel").unwrap();
+        // (channel, player may, operator may)
+        let matrix = [
+            ("player:acme:p-1", true, false),
+            ("player:acme:p-2", false, false),
+            ("player:other:p-1", false, false),
+            ("operator:acme", false, true),
+            ("operator:other", false, false),
+            ("room:acme:table-1", true, true),
+            ("room:acme:table-2", false, true),
+            ("room:other:table-1", false, false),
+        ];
+        for (name, p, o) in matrix {
+            assert_eq!(player.may_subscribe(&ch(name)), p, "player on {name}");
+            assert_eq!(operator.may_subscribe(&ch(name)), o, "operator on {name}");
+        }
+    }
+}

@@ -1,0 +1,1271 @@
+//! The routing core, apart from sockets and the bus: which connection gets which message, the
+//! bounded history that a resuming client recovers from, cursors, acks and presence. Pure and
+//! synchronous (the caller holds it behind a mutex and feeds it records and requests), so every
+//! rule here is unit-tested without a socket.
+//!
+//! **Positions.** A message's position is its bus position (partition, offset or sequence
+//! number), the same on every gateway instance. A *cursor* says how far a client has got in a
+//! channel: `"<partition>=<position>"` for each partition the channel's messages can be in
+//! (`"3=1042"` for a player or room channel, whose messages share one bus key and so one
+//! partition; `"0=17,1=5,…"` for an operator channel, whose alerts come from every partition).
+//!
+//! **History.** Per topic, the newest `history_max` records read in the last `history_max_age`
+//! (rebuilt from the bus when the gateway starts), indexed per channel. For each partition the
+//! hub knows a *floor*: every record after it is in the history. A resume from a cursor at or
+//! after the floor of each of the channel's partitions is complete; one before it is `too_old`.
+//! So that an idle subscription's cursor does not fall behind the floor, the hub sends it a
+//! fresh `cursor` frame on every tick when its channel's partitions moved.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use pitboss_bus::{Partition, Position, Record};
+use pitboss_model::live::{Alert, AlertAck, ChannelName, LiveMessage, MessageType, Push, Target};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{ProtocolError, Recovery, RequestId, ServerFrame, close};
+
+/// A connection's id within this instance.
+pub type ConnId = u64;
+
+/// A frame's text, shared by every connection it goes to (a reference-counted buffer).
+pub type Text = axum::extract::ws::Utf8Bytes;
+
+/// What the hub hands a connection's writer.
+#[derive(Debug)]
+pub enum Out {
+    /// A frame as it is (control frames, cursors).
+    Frame(Text),
+    /// A message delivered live: timed for time-to-notify.
+    Live {
+        text: Text,
+        kind: MessageType,
+        received_at_ms: i64,
+    },
+    /// Replayed messages and the `subscribed` frame that follows them, in order.
+    Batch(Vec<Text>),
+}
+
+/// Tuning of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Records kept per topic for resumes…
+    pub history_max: usize,
+    /// …and for at most this long (by bus time), in milliseconds.
+    pub history_max_age_ms: i64,
+    /// Most messages one subscribe may replay; more is `too_old` (the client reloads).
+    pub max_replay: usize,
+    /// Most subscriptions per connection.
+    pub max_subscriptions: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history_max: 200_000,
+            history_max_age_ms: 10 * 60 * 1000,
+            max_replay: 10_000,
+            max_subscriptions: 64,
+        }
+    }
+}
+
+/// Which partitions a key maps to, when the hub can tell (Kafka and the embedded log: CRC-32 of
+/// the key; Kinesis: by hash-key ranges the hub does not know, so every partition counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    Crc32,
+    Unknown,
+}
+
+/// Every record after the floor's position is in the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Floor {
+    /// Not known yet (the feed has not reached the partition's end).
+    Pending,
+    /// Everything after this position is held (`Offset(-1)`: the whole partition).
+    After(Position),
+    /// Nothing can be proven (a Kinesis shard read from a time with no record since).
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Entry {
+    partition: Partition,
+    position: Position,
+    id: Arc<str>,
+    channel: Arc<str>,
+    kind: MessageType,
+    /// The message's canonical JSON.
+    data: Box<str>,
+    cursor: Arc<str>,
+    bus_ms: i64,
+    expires_at_ms: Option<i64>,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    partitions: u32,
+    sequences: bool,
+    floor: BTreeMap<Partition, Floor>,
+    head: BTreeMap<Partition, Position>,
+    history: VecDeque<Arc<Entry>>,
+    ids: HashSet<Arc<str>>,
+    caught_up: bool,
+}
+
+impl TopicState {
+    fn new() -> Self {
+        TopicState {
+            partitions: 0,
+            sequences: false,
+            floor: BTreeMap::new(),
+            head: BTreeMap::new(),
+            history: VecDeque::new(),
+            ids: HashSet::new(),
+            caught_up: false,
+        }
+    }
+
+    /// The cursor over `partitions` as they stand.
+    fn cursor(&self, partitions: &[Partition]) -> String {
+        let mut out = String::new();
+        for &p in partitions {
+            let pos = match (self.head.get(&p), self.floor.get(&p)) {
+                (Some(h), _) => h.to_string(),
+                (None, Some(Floor::After(f))) => f.to_string(),
+                _ => continue,
+            };
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&p.to_string());
+            out.push('=');
+            out.push_str(&pos);
+        }
+        out
+    }
+
+    fn parse_cursor(&self, text: &str) -> Result<BTreeMap<Partition, Position>, String> {
+        let mut out = BTreeMap::new();
+        if text.is_empty() {
+            return Ok(out);
+        }
+        for part in text.split(',') {
+            let (p, pos) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected <partition>=<position>"))?;
+            let p: Partition = p
+                .parse()
+                .map_err(|_| format!("{p:?}: not a partition number"))?;
+            if p >= self.partitions {
+                return Err(format!("partition {p}: the topic has {}", self.partitions));
+            }
+            let pos = if self.sequences {
+                if pos.is_empty() || pos.len() > 128 || !pos.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("{pos:?}: not a sequence number"));
+                }
+                Position::Sequence(pos.to_owned())
+            } else {
+                Position::Offset(
+                    pos.parse::<i64>()
+                        .ok()
+                        .filter(|o| *o >= -1)
+                        .ok_or_else(|| format!("{pos:?}: not an offset"))?,
+                )
+            };
+            out.insert(p, pos);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug)]
+struct Channel {
+    kind: MessageType,
+    /// The partitions its messages can be in.
+    partitions: Vec<Partition>,
+    subscribers: Vec<ConnId>,
+    history: VecDeque<Arc<Entry>>,
+    /// The cursor sent to subscribers at the last tick (or with the last message).
+    last_cursor: String,
+}
+
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::Sender<Out>,
+    kill: Option<oneshot::Sender<(u16, String)>>,
+    subject: Arc<str>,
+    subscriptions: HashSet<Arc<str>>,
+    /// Per channel, positions this connection already has beyond the feed (see `subscribe`).
+    ahead: HashMap<Arc<str>, BTreeMap<Partition, Position>>,
+}
+
+/// What a `subscribe` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    pub recovery: Recovery,
+    pub replayed: usize,
+}
+
+/// The routing core (see the module doc).
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    keying: Keying,
+    alerts: TopicState,
+    pushes: TopicState,
+    channels: HashMap<Arc<str>, Channel>,
+    conns: HashMap<ConnId, Conn>,
+    acked: HashSet<Arc<str>>,
+    acked_order: VecDeque<Arc<str>>,
+}
+
+/// Counts of what `apply` did, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub messages: usize,
+    pub duplicates: usize,
+    pub invalid: usize,
+    pub expired: usize,
+    pub deliveries: usize,
+    pub slow_closed: usize,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, keying: Keying) -> Self {
+        Hub {
+            config,
+            keying,
+            alerts: TopicState::new(),
+            pushes: TopicState::new(),
+            channels: HashMap::new(),
+            conns: HashMap::new(),
+            acked: HashSet::new(),
+            acked_order: VecDeque::new(),
+        }
+    }
+
+    fn topic(&self, kind: MessageType) -> &TopicState {
+        match kind {
+            MessageType::Alert => &self.alerts,
+            MessageType::Push => &self.pushes,
+        }
+    }
+
+    fn topic_mut(&mut self, kind: MessageType) -> &mut TopicState {
+        match kind {
+            MessageType::Alert => &mut self.alerts,
+            MessageType::Push => &mut self.pushes,
+        }
+    }
+
+    /// The feed of `kind` reads `partitions` partitions; `sequences` for Kinesis.
+    pub fn open_topic(&mut self, kind: MessageType, partitions: u32, sequences: bool) {
+        let t = self.topic_mut(kind);
+        t.partitions = partitions;
+        t.sequences = sequences;
+        t.floor = (0..partitions).map(|p| (p, Floor::Pending)).collect();
+    }
+
+    /// The feed of `kind` has read every partition up to where it ended when it opened
+    /// (`ends`: the newest position then, None for an empty partition). Partitions that gave no
+    /// record are held from their end on.
+    pub fn caught_up(&mut self, kind: MessageType, ends: &BTreeMap<Partition, Option<Position>>) {
+        let t = self.topic_mut(kind);
+        let sequences = t.sequences;
+        for (p, floor) in t.floor.iter_mut() {
+            if *floor == Floor::Pending {
+                *floor = match ends.get(p).cloned().flatten() {
+                    Some(end) => Floor::After(end),
+                    None if !sequences => Floor::After(Position::Offset(-1)),
+                    None => Floor::Unknown,
+                };
+            }
+        }
+        t.caught_up = true;
+    }
+
+    /// Whether both feeds have caught up (the gateway is ready for resumes).
+    pub fn ready(&self) -> bool {
+        self.alerts.caught_up && self.pushes.caught_up
+    }
+
+    fn channel_partitions(&self, kind: MessageType, key: Option<&str>) -> Vec<Partition> {
+        let n = self.topic(kind).partitions;
+        match (self.keying, key) {
+            (Keying::Crc32, Some(key)) if n > 0 => {
+                vec![pitboss_bus::partition::partition_for(key, n)]
+            }
+            _ => (0..n).collect(),
+        }
+    }
+
+    /// The topic and partitions of a channel.
+    fn channel_shape(&self, channel: &ChannelName) -> (MessageType, Vec<Partition>) {
+        match channel {
+            ChannelName::Operator { .. } => (
+                MessageType::Alert,
+                self.channel_partitions(MessageType::Alert, None),
+            ),
+            ChannelName::Player {
+                tenant_id,
+                player_id,
+            } => (
+                MessageType::Push,
+                self.channel_partitions(
+                    MessageType::Push,
+                    Some(&format!("{tenant_id}:{player_id}")),
+                ),
+            ),
+            ChannelName::Room { tenant_id, room_id } => (
+                MessageType::Push,
+                self.channel_partitions(MessageType::Push, Some(&format!("{tenant_id}:{room_id}"))),
+            ),
+        }
+    }
+
+    fn channel_entry(&mut self, name: &Arc<str>, parsed: &ChannelName) -> &mut Channel {
+        if !self.channels.contains_key(name) {
+            let (kind, partitions) = self.channel_shape(parsed);
+            self.channels.insert(
+                name.clone(),
+                Channel {
+                    kind,
+                    partitions,
+                    subscribers: Vec::new(),
+                    history: VecDeque::new(),
+                    last_cursor: String::new(),
+                },
+            );
+        }
+        // Inserted just above when missing.
+        self.channels.get_mut(name).expect("channel present")
+    }
+
+    /// Applies records read from the alerts or pushes topic (`kind`), in partition order:
+    /// stores them in the history and hands each to the live subscribers of its channel.
+    /// A record whose message id is already held (a republished batch) moves the position on
+    /// but is not delivered again.
+    pub fn apply(&mut self, kind: MessageType, records: &[Record], now_ms: i64) -> Applied {
+        let mut applied = Applied::default();
+        for r in records {
+            self.apply_one(kind, r, now_ms, &mut applied);
+        }
+        self.evict(now_ms);
+        applied
+    }
+
+    fn apply_one(&mut self, kind: MessageType, r: &Record, now_ms: i64, applied: &mut Applied) {
+        let t = self.topic_mut(kind);
+        if r.partition >= t.partitions {
+            // A partition added after the feed opened: the feed reopens (see feed.rs).
+            t.partitions = r.partition + 1;
+        }
+        let floor = t.floor.entry(r.partition).or_insert(Floor::Pending);
+        if *floor == Floor::Pending {
+            *floor = Floor::After(match &r.position {
+                Position::Offset(o) => Position::Offset(o - 1),
+                // No predecessor can be named: this record and what follows are held.
+                seq @ Position::Sequence(_) => seq.clone(),
+            });
+        }
+        t.head.insert(r.partition, r.position.clone());
+        let decoded = match kind {
+            MessageType::Alert => Alert::decode_proto(&r.value).map(|a| {
+                let channel = ChannelName::Operator {
+                    tenant_id: a.tenant_id.clone(),
+                };
+                (
+                    a.alert_id.clone(),
+                    channel,
+                    serde_json::to_string(&a),
+                    a.received_at.as_millis(),
+                    None,
+                )
+            }),
+            MessageType::Push => Push::decode_proto(&r.value).map(|p| {
+                let channel = match &p.target {
+                    Target::Player(id) => ChannelName::Player {
+                        tenant_id: p.tenant_id.clone(),
+                        player_id: id.clone(),
+                    },
+                    Target::Room(id) => ChannelName::Room {
+                        tenant_id: p.tenant_id.clone(),
+                        room_id: id.clone(),
+                    },
+                };
+                (
+                    p.push_id.clone(),
+                    channel,
+                    serde_json::to_string(&p),
+                    p.received_at.as_millis(),
+                    p.expires_at.map(|e| e.as_millis()),
+                )
+            }),
+        };
+        let Ok((id, channel, Ok(data), received_at_ms, expires_at_ms)) = decoded else {
+            applied.invalid += 1;
+            return;
+        };
+        let t = self.topic_mut(kind);
+        if t.ids.contains(id.as_str()) {
+            applied.duplicates += 1;
+            return;
+        }
+        if expires_at_ms.is_some_and(|e| e <= now_ms) {
+            applied.expired += 1;
+            return;
+        }
+        let id: Arc<str> = id.into();
+        t.ids.insert(id.clone());
+        let name: Arc<str> = channel.to_string().into();
+        let partitions = self.channel_entry(&name, &channel).partitions.clone();
+        let cursor: Arc<str> = self.topic(kind).cursor(&partitions).into();
+        let live: Text = message_frame(&name, &cursor, kind, &id, &data, false).into();
+        let entry = Arc::new(Entry {
+            partition: r.partition,
+            position: r.position.clone(),
+            id,
+            channel: name.clone(),
+            kind,
+            data: data.into_boxed_str(),
+            cursor: cursor.clone(),
+            bus_ms: r.timestamp_ms,
+            expires_at_ms,
+        });
+        self.topic_mut(kind).history.push_back(entry.clone());
+        applied.messages += 1;
+        let ch = self.channels.get_mut(&name).expect("channel present");
+        ch.history.push_back(entry);
+        ch.last_cursor = cursor.to_string();
+        let subscribers = ch.subscribers.clone();
+        for conn in subscribers {
+            if self.already_has(conn, &name, r.partition, &r.position) {
+                continue;
+            }
+            let out = Out::Live {
+                text: live.clone(),
+                kind,
+                received_at_ms,
+            };
+            match self.offer(conn, out) {
+                Offer::Sent => applied.deliveries += 1,
+                Offer::Closed => applied.slow_closed += 1,
+            }
+        }
+    }
+
+    /// Whether `conn` came with a cursor at or past this position of the channel; forgets the
+    /// partition's mark once the feed has passed it.
+    fn already_has(
+        &mut self,
+        conn: ConnId,
+        channel: &Arc<str>,
+        p: Partition,
+        pos: &Position,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.ahead.is_empty() {
+            return false;
+        }
+        let Some(marks) = c.ahead.get_mut(channel) else {
+            return false;
+        };
+        let Some(mark) = marks.get(&p) else {
+            return false;
+        };
+        let has = pos <= mark;
+        if pos >= mark {
+            marks.remove(&p);
+            if marks.is_empty() {
+                c.ahead.remove(channel);
+            }
+        }
+        has
+    }
+
+    /// Queues `out` for `conn`; a full queue closes the connection (slow consumer).
+    fn offer(&mut self, conn: ConnId, out: Out) -> Offer {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Offer::Closed;
+        };
+        match c.tx.try_send(out) {
+            Ok(()) => Offer::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(kill) = c.kill.take() {
+                    let _ = kill.send((
+                        close::SLOW_CONSUMER,
+                        format!(
+                            "slow consumer: {} frames queued and unread",
+                            c.tx.max_capacity()
+                        ),
+                    ));
+                }
+                self.unregister(conn);
+                Offer::Closed
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.unregister(conn);
+                Offer::Closed
+            }
+        }
+    }
+
+    fn evict(&mut self, now_ms: i64) {
+        for kind in [MessageType::Alert, MessageType::Push] {
+            loop {
+                let (max, age) = (self.config.history_max, self.config.history_max_age_ms);
+                let t = self.topic_mut(kind);
+                let Some(front) = t.history.front() else {
+                    break;
+                };
+                if t.history.len() <= max && front.bus_ms >= now_ms - age {
+                    break;
+                }
+                let Some(e) = t.history.pop_front() else {
+                    break;
+                };
+                t.ids.remove(&e.id);
+                t.floor
+                    .insert(e.partition, Floor::After(e.position.clone()));
+                if kind == MessageType::Alert {
+                    // Its place in `acked_order` goes when the order's bound passes it.
+                    self.acked.remove(&e.id);
+                }
+                if let Some(ch) = self.channels.get_mut(&e.channel) {
+                    if ch.history.front().is_some_and(|f| Arc::ptr_eq(f, &e)) {
+                        ch.history.pop_front();
+                    }
+                    if ch.history.is_empty() && ch.subscribers.is_empty() {
+                        self.channels.remove(&e.channel);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records acks read from `alert_acks`: acknowledged alerts are no longer redelivered.
+    pub fn apply_acks(&mut self, records: &[Record]) -> usize {
+        let mut n = 0;
+        for r in records {
+            let Ok(ack) = AlertAck::decode_proto(&r.value) else {
+                continue;
+            };
+            let id: Arc<str> = ack.alert_id.into();
+            if self.acked.insert(id.clone()) {
+                self.acked_order.push_back(id);
+                n += 1;
+            }
+        }
+        // Acks of alerts long gone are forgotten with them; the bound covers early acks.
+        while self.acked_order.len() > self.config.history_max {
+            if let Some(old) = self.acked_order.pop_front() {
+                self.acked.remove(&old);
+            }
+        }
+        n
+    }
+
+    /// Registers a connection; `kill` is how the hub closes it (slow consumer).
+    pub fn register(
+        &mut self,
+        conn: ConnId,
+        subject: &str,
+        tx: mpsc::Sender<Out>,
+        kill: oneshot::Sender<(u16, String)>,
+    ) {
+        metrics::gauge!("pitboss_gateway_connections").increment(1.0);
+        self.conns.insert(
+            conn,
+            Conn {
+                tx,
+                kill: Some(kill),
+                subject: subject.into(),
+                subscriptions: HashSet::new(),
+                ahead: HashMap::new(),
+            },
+        );
+    }
+
+    /// Forgets a connection and its subscriptions.
+    pub fn unregister(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        metrics::gauge!("pitboss_gateway_connections").decrement(1.0);
+        metrics::gauge!("pitboss_gateway_subscriptions").decrement(c.subscriptions.len() as f64);
+        for name in c.subscriptions {
+            self.drop_subscriber(&name, conn);
+        }
+    }
+
+    fn drop_subscriber(&mut self, name: &Arc<str>, conn: ConnId) {
+        if let Some(ch) = self.channels.get_mut(name) {
+            ch.subscribers.retain(|c| *c != conn);
+            if ch.subscribers.is_empty() && ch.history.is_empty() {
+                self.channels.remove(name);
+            }
+        }
+    }
+
+    /// Subscribes `conn` to `channel` (already authorized by the caller). With `since`, the
+    /// messages after it are queued first (plus, on an operator channel, every alert in the
+    /// history not acknowledged yet), then the `subscribed` frame, in one batch; live messages
+    /// follow in order. Subscribing again to a channel only replays and confirms.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        channel: &ChannelName,
+        since: Option<&str>,
+        id: Option<RequestId>,
+        now_ms: i64,
+    ) -> Result<Subscribed, ProtocolError> {
+        let name: Arc<str> = channel.to_string().into();
+        let Some(c) = self.conns.get(&conn) else {
+            return Err(ProtocolError::new("closed", "the connection is closed"));
+        };
+        if !c.subscriptions.contains(&name)
+            && c.subscriptions.len() >= self.config.max_subscriptions
+        {
+            return Err(ProtocolError::new(
+                "too_many_subscriptions",
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.config.max_subscriptions
+                ),
+            ));
+        }
+        let (kind, partitions) = self.channel_shape(channel);
+        let topic = self.topic(kind);
+        let since = match since {
+            None => None,
+            Some(text) => Some(
+                topic
+                    .parse_cursor(text)
+                    .map_err(|m| ProtocolError::new("invalid_cursor", format!("since: {m}")))?,
+            ),
+        };
+        let recoverable = since.as_ref().is_none_or(|s| {
+            partitions
+                .iter()
+                .all(|p| match (s.get(p), topic.floor.get(p)) {
+                    (Some(pos), Some(Floor::After(f))) => pos >= f,
+                    (None, Some(Floor::After(Position::Offset(-1)))) => true,
+                    _ => false,
+                })
+        });
+        // A cursor ahead of this instance's feed (the client came from an instance that had
+        // read further): live messages up to it are not sent again.
+        let ahead: BTreeMap<Partition, Position> = since
+            .iter()
+            .flatten()
+            .filter(|(p, pos)| partitions.contains(p) && topic.head.get(p).is_none_or(|h| *pos > h))
+            .map(|(p, pos)| (*p, pos.clone()))
+            .collect();
+        self.channel_entry(&name, channel);
+        let is_operator = matches!(channel, ChannelName::Operator { .. });
+        let ch = self.channels.get(&name).expect("channel present");
+        let mut replay = Vec::new();
+        for e in &ch.history {
+            if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
+                continue;
+            }
+            let missed = since.as_ref().is_some_and(|s| {
+                recoverable && s.get(&e.partition).is_none_or(|pos| e.position > *pos)
+            });
+            let unacked = is_operator && !self.acked.contains(&e.id);
+            if missed || unacked {
+                replay.push(e.clone());
+            }
+        }
+        let mut recovery = match (&since, recoverable) {
+            (None, _) => Recovery::None,
+            (Some(_), true) => Recovery::Complete,
+            (Some(_), false) => Recovery::TooOld,
+        };
+        if replay.len() > self.config.max_replay {
+            recovery = Recovery::TooOld;
+            let skip = replay.len() - self.config.max_replay;
+            replay.drain(..skip);
+        }
+        let cursor = self.topic(kind).cursor(&partitions);
+        let mut batch: Vec<Text> = replay
+            .iter()
+            .map(|e| {
+                Text::from(message_frame(
+                    &e.channel, &e.cursor, e.kind, &e.id, &e.data, true,
+                ))
+            })
+            .collect();
+        let replayed = batch.len();
+        batch.push(
+            ServerFrame::Subscribed {
+                id,
+                channel: name.to_string(),
+                cursor,
+                recovery,
+                replayed,
+            }
+            .to_text()
+            .into(),
+        );
+        let c = self.conns.get_mut(&conn).expect("checked above");
+        if ahead.is_empty() {
+            c.ahead.remove(&name);
+        } else {
+            c.ahead.insert(name.clone(), ahead);
+        }
+        if c.subscriptions.insert(name.clone()) {
+            metrics::gauge!("pitboss_gateway_subscriptions").increment(1.0);
+            let ch = self.channels.get_mut(&name).expect("channel present");
+            ch.subscribers.push(conn);
+        }
+        if let Offer::Closed = self.offer(conn, Out::Batch(batch)) {
+            return Err(ProtocolError::new("closed", "the connection is closed"));
+        }
+        Ok(Subscribed { recovery, replayed })
+    }
+
+    /// Ends `conn`'s subscription to `channel`; whether it had one.
+    pub fn unsubscribe(&mut self, conn: ConnId, channel: &str) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let Some(name) = c.subscriptions.take(channel) else {
+            return false;
+        };
+        c.ahead.remove(&name);
+        metrics::gauge!("pitboss_gateway_subscriptions").decrement(1.0);
+        self.drop_subscriber(&name, conn);
+        true
+    }
+
+    /// The channels `conn` is subscribed to.
+    pub fn subscriptions(&self, conn: ConnId) -> Vec<String> {
+        self.conns
+            .get(&conn)
+            .map(|c| c.subscriptions.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Connections subscribed to `channel` on this instance, and their distinct subjects.
+    pub fn presence(&self, channel: &str) -> (usize, Vec<String>) {
+        let Some(ch) = self.channels.get(channel) else {
+            return (0, Vec::new());
+        };
+        let mut subjects: Vec<String> = ch
+            .subscribers
+            .iter()
+            .filter_map(|c| self.conns.get(c).map(|c| c.subject.to_string()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        subjects.sort();
+        subjects.truncate(1000);
+        (ch.subscribers.len(), subjects)
+    }
+
+    /// Periodic work: evicts history past its age, and sends each subscription whose channel's
+    /// partitions moved since the last tick its new cursor (so an idle client's cursor stays
+    /// within the history). Returns how many cursor frames were queued.
+    pub fn tick(&mut self, now_ms: i64) -> usize {
+        self.evict(now_ms);
+        let mut updates = Vec::new();
+        for (name, ch) in &self.channels {
+            if ch.subscribers.is_empty() {
+                continue;
+            }
+            let cursor = self.topic(ch.kind).cursor(&ch.partitions);
+            if cursor != ch.last_cursor {
+                updates.push((name.clone(), cursor));
+            }
+        }
+        let mut sent = 0;
+        for (name, cursor) in updates {
+            let frame: Text = format!(
+                r#"{{"type":"cursor","channel":{},"cursor":{}}}"#,
+                json_str(&name),
+                json_str(&cursor)
+            )
+            .into();
+            let Some(ch) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            ch.last_cursor = cursor;
+            for conn in ch.subscribers.clone() {
+                // A full queue is left alone here: the live path decides about slow clients.
+                if let Some(c) = self.conns.get(&conn)
+                    && c.tx.try_send(Out::Frame(frame.clone())).is_ok()
+                {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Whether an ack of `alert_id` has been read.
+    pub fn is_acked(&self, alert_id: &str) -> bool {
+        self.acked.contains(alert_id)
+    }
+
+    /// How many messages the history holds (alerts, pushes).
+    pub fn history_len(&self) -> (usize, usize) {
+        (self.alerts.history.len(), self.pushes.history.len())
+    }
+
+    /// The current cursor of a channel (tests, the publish API's answer).
+    pub fn cursor_of(&mut self, channel: &ChannelName) -> String {
+        let (kind, partitions) = self.channel_shape(channel);
+        self.topic(kind).cursor(&partitions)
+    }
+}
+
+enum Offer {
+    Sent,
+    Closed,
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// `{"type":"message","channel","cursor","kind","id","replayed"?,"data"}`.
+fn message_frame(
+    channel: &str,
+    cursor: &str,
+    kind: MessageType,
+    id: &str,
+    data: &str,
+    replayed: bool,
+) -> String {
+    let kind = match kind {
+        MessageType::Alert => "alert",
+        MessageType::Push => "push",
+    };
+    format!(
+        r#"{{"type":"message","channel":{},"cursor":{},"kind":"{kind}","id":{}{},"data":{data}}}"#,
+        json_str(channel),
+        json_str(cursor),
+        json_str(id),
+        if replayed { r#","replayed":true"# } else { "" },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::BTreeMap;
+
+    use pitboss_model::Timestamp;
+    use pitboss_model::live::{AckOutcome, Target};
+    use pitboss_testkit::live;
+
+    use super::*;
+
+    const PARTITIONS: u32 = 4;
+
+    fn hub(config: HubConfig) -> Hub {
+        let mut h = Hub::new(config, Keying::Crc32);
+        for kind in [MessageType::Alert, MessageType::Push] {
+            h.open_topic(kind, PARTITIONS, false);
+            h.caught_up(kind, &(0..PARTITIONS).map(|p| (p, None)).collect());
+        }
+        h
+    }
+
+    /// Records as the bus would hand them: each message on its key's partition, at the next
+    /// offset of that partition.
+    #[derive(Default)]
+    struct Log {
+        next: BTreeMap<Partition, i64>,
+    }
+
+    impl Log {
+        fn record<M: LiveMessage>(&mut self, m: &M) -> Record {
+            let p = pitboss_bus::partition::partition_for(&m.bus_key(), PARTITIONS);
+            let o = self.next.entry(p).or_insert(0);
+            let r = Record {
+                topic: M::TOPIC.into(),
+                partition: p,
+                position: Position::Offset(*o),
+                key: m.bus_key(),
+                value: m.encode_proto(),
+                timestamp_ms: Timestamp::now().as_millis(),
+                headers: Default::default(),
+            };
+            *o += 1;
+            r
+        }
+    }
+
+    struct Client {
+        rx: mpsc::Receiver<Out>,
+        kill: oneshot::Receiver<(u16, String)>,
+    }
+
+    impl Client {
+        /// Every frame queued so far, as JSON.
+        fn frames(&mut self) -> Vec<serde_json::Value> {
+            let mut out = Vec::new();
+            while let Ok(o) = self.rx.try_recv() {
+                let texts = match o {
+                    Out::Frame(t) | Out::Live { text: t, .. } => vec![t],
+                    Out::Batch(b) => b,
+                };
+                out.extend(
+                    texts
+                        .iter()
+                        .map(|t| serde_json::from_str(t.as_str()).unwrap()),
+                );
+            }
+            out
+        }
+
+        fn message_ids(&mut self) -> Vec<String> {
+            self.frames()
+                .into_iter()
+                .filter(|f| f["type"] == "message")
+                .map(|f| f["id"].as_str().unwrap().to_owned())
+                .collect()
+        }
+    }
+
+    fn connect(h: &mut Hub, conn: ConnId, subject: &str, capacity: usize) -> Client {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (kill_tx, kill) = oneshot::channel();
+        h.register(conn, subject, tx, kill_tx);
+        Client { rx, kill }
+    }
+
+    fn now() -> i64 {
+        Timestamp::now().as_millis()
+    }
+
+    fn player_push(i: u64, player: &str) -> Push {
+        let mut p = live::push(i);
+        p.target = Target::Player(player.into());
+        p.push_id = format!("push-{i}");
+        p
+    }
+
+    fn channel(name: &str) -> ChannelName {
+        ChannelName::parse(name, "channel").unwrap()
+    }
+
+    #[test]
+    fn a_push_reaches_its_player_and_no_one_else() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let mut a = connect(&mut h, 1, "a", 64);
+        let mut b = connect(&mut h, 2, "b", 64);
+        h.subscribe(
+            1,
+            &channel(&format!("player:{tenant}:a")),
+            None,
+            None,
+            now(),
+        )
+        .unwrap();
+        h.subscribe(
+            2,
+            &channel(&format!("player:{tenant}:b")),
+            None,
+            None,
+            now(),
+        )
+        .unwrap();
+        a.frames();
+        b.frames();
+        let recs = [
+            log.record(&player_push(1, "a")),
+            log.record(&player_push(2, "b")),
+            log.record(&player_push(3, "a")),
+        ];
+        let applied = h.apply(MessageType::Push, &recs, now());
+        assert_eq!(applied.deliveries, 3);
+        assert_eq!(a.message_ids(), ["push-1", "push-3"]);
+        assert_eq!(b.message_ids(), ["push-2"]);
+        // Another tenant's player of the same id gets nothing.
+        let mut other = player_push(4, "a");
+        other.tenant_id = "other-tenant".into();
+        h.apply(MessageType::Push, &[log.record(&other)], now());
+        assert!(a.message_ids().is_empty());
+    }
+
+    #[test]
+    fn a_resume_gets_exactly_what_was_missed_and_a_republished_copy_is_not_sent_twice() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("player:{tenant}:a"));
+        let mut a = connect(&mut h, 1, "a", 64);
+        h.subscribe(1, &ch, None, None, now()).unwrap();
+        let first = [
+            log.record(&player_push(1, "a")),
+            log.record(&player_push(2, "a")),
+        ];
+        h.apply(MessageType::Push, &first, now());
+        let frames = a.frames();
+        let cursor = frames.last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        h.unregister(1);
+        // Missed while away: 3 and 4 (and a copy of 2 republished with the same id).
+        let missed = [
+            log.record(&player_push(3, "a")),
+            log.record(&player_push(2, "a")),
+            log.record(&player_push(4, "a")),
+        ];
+        let applied = h.apply(MessageType::Push, &missed, now());
+        assert_eq!(applied.duplicates, 1);
+        let mut back = connect(&mut h, 2, "a", 64);
+        let s = h.subscribe(2, &ch, Some(&cursor), None, now()).unwrap();
+        assert_eq!(
+            s,
+            Subscribed {
+                recovery: Recovery::Complete,
+                replayed: 2
+            }
+        );
+        let frames = back.frames();
+        let ids: Vec<_> = frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["push-3", "push-4"]);
+        assert!(
+            frames
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .all(|f| f["replayed"] == true)
+        );
+        let subscribed = frames.last().unwrap();
+        assert_eq!(subscribed["type"], "subscribed");
+        assert_eq!(subscribed["recovery"], "complete");
+        // Live delivery continues after the replay.
+        h.apply(
+            MessageType::Push,
+            &[log.record(&player_push(5, "a"))],
+            now(),
+        );
+        assert_eq!(back.message_ids(), ["push-5"]);
+    }
+
+    #[test]
+    fn a_cursor_older_than_the_history_is_too_old() {
+        let mut h = hub(HubConfig {
+            history_max: 2,
+            ..HubConfig::default()
+        });
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("player:{tenant}:a"));
+        let mut a = connect(&mut h, 1, "a", 64);
+        h.subscribe(1, &ch, None, None, now()).unwrap();
+        h.apply(
+            MessageType::Push,
+            &[log.record(&player_push(1, "a"))],
+            now(),
+        );
+        let cursor = a.frames().last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        h.unregister(1);
+        for i in 2..6 {
+            h.apply(
+                MessageType::Push,
+                &[log.record(&player_push(i, "a"))],
+                now(),
+            );
+        }
+        let mut back = connect(&mut h, 2, "a", 64);
+        let s = h.subscribe(2, &ch, Some(&cursor), None, now()).unwrap();
+        assert_eq!(s.recovery, Recovery::TooOld);
+        assert_eq!(s.replayed, 0);
+        assert_eq!(back.frames().last().unwrap()["recovery"], "too_old");
+        // A malformed cursor is an error, not a silent reset.
+        let e = h
+            .subscribe(2, &ch, Some("zero=1"), None, now())
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_cursor");
+        let e = h.subscribe(2, &ch, Some("99=1"), None, now()).unwrap_err();
+        assert_eq!(e.code, "invalid_cursor");
+    }
+
+    #[test]
+    fn an_idle_subscription_gets_fresh_cursors_and_stays_recoverable() {
+        let mut h = hub(HubConfig {
+            history_max: 3,
+            ..HubConfig::default()
+        });
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("player:{tenant}:idle"));
+        let mut idle = connect(&mut h, 1, "idle", 64);
+        h.subscribe(1, &ch, None, None, now()).unwrap();
+        idle.frames();
+        // Other players' pushes on the idle player's partition turn the history over.
+        let p_idle = pitboss_bus::partition::partition_for(&format!("{tenant}:idle"), PARTITIONS);
+        let mut n = 0;
+        let mut i = 100;
+        while n < 6 {
+            let name = format!("other-{i}");
+            i += 1;
+            if pitboss_bus::partition::partition_for(&format!("{tenant}:{name}"), PARTITIONS)
+                != p_idle
+            {
+                continue;
+            }
+            h.apply(
+                MessageType::Push,
+                &[log.record(&player_push(i, &name))],
+                now(),
+            );
+            n += 1;
+            assert_eq!(
+                h.tick(now()),
+                1,
+                "the idle subscription gets the moved cursor"
+            );
+        }
+        let frames = idle.frames();
+        assert!(frames.iter().all(|f| f["type"] == "cursor"), "{frames:?}");
+        let cursor = frames.last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(h.tick(now()), 0, "nothing moved: nothing sent");
+        h.unregister(1);
+        let mut back = connect(&mut h, 2, "idle", 64);
+        assert_eq!(
+            h.subscribe(2, &ch, Some(&cursor), None, now())
+                .unwrap()
+                .recovery,
+            Recovery::Complete
+        );
+        back.frames();
+    }
+
+    #[test]
+    fn a_client_ahead_of_this_instance_is_not_sent_what_it_has() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("player:{tenant}:a"));
+        let recs: Vec<_> = (1..=3).map(|i| log.record(&player_push(i, "a"))).collect();
+        // The client saw 1 and 2 on another instance; this one has read only 1.
+        h.apply(MessageType::Push, &recs[..1], now());
+        let p = recs[1].partition;
+        let mut a = connect(&mut h, 1, "a", 64);
+        let s = h
+            .subscribe(1, &ch, Some(&format!("{p}=1")), None, now())
+            .unwrap();
+        assert_eq!(s.recovery, Recovery::Complete);
+        a.frames();
+        h.apply(MessageType::Push, &recs[1..], now());
+        assert_eq!(a.message_ids(), ["push-3"]);
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_is_closed_and_the_others_served() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("room:{tenant}:table"));
+        let mut slow = connect(&mut h, 1, "slow", 2);
+        let mut fast = connect(&mut h, 2, "fast", 64);
+        for c in [1, 2] {
+            h.subscribe(c, &ch, None, None, now()).unwrap();
+        }
+        fast.frames();
+        for i in 0..5 {
+            let mut p = player_push(i, "x");
+            p.target = Target::Room("table".into());
+            let applied = h.apply(MessageType::Push, &[log.record(&p)], now());
+            assert!(applied.deliveries >= 1);
+        }
+        let (code, reason) = slow.kill.try_recv().expect("closed");
+        assert_eq!(code, close::SLOW_CONSUMER);
+        assert!(reason.contains("slow consumer"), "{reason}");
+        assert_eq!(fast.message_ids().len(), 5);
+        assert_eq!(h.presence(&ch.to_string()).0, 1);
+    }
+
+    #[test]
+    fn operators_get_unacknowledged_alerts_on_subscribe_and_acked_ones_are_not_redelivered() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let alerts: Vec<_> = (1..=3).map(live::alert).collect();
+        let tenant = alerts[0].tenant_id.clone();
+        let recs: Vec<_> = alerts.iter().map(|a| log.record(a)).collect();
+        h.apply(MessageType::Alert, &recs, now());
+        let mut ack = live::ack(1);
+        ack.alert_id = alerts[1].alert_id.clone();
+        ack.outcome = AckOutcome::Confirmed;
+        let ack_rec = log.record(&ack);
+        assert_eq!(h.apply_acks(&[ack_rec]), 1);
+        let mut ops = connect(&mut h, 1, "ops", 64);
+        let s = h
+            .subscribe(
+                1,
+                &channel(&format!("operator:{tenant}")),
+                None,
+                None,
+                now(),
+            )
+            .unwrap();
+        assert_eq!(s.replayed, 2);
+        let ids = ops.message_ids();
+        assert_eq!(
+            ids,
+            [alerts[0].alert_id.clone(), alerts[2].alert_id.clone()]
+        );
+    }
+
+    #[test]
+    fn expired_pushes_are_not_delivered() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let mut a = connect(&mut h, 1, "a", 64);
+        h.subscribe(
+            1,
+            &channel(&format!("player:{tenant}:a")),
+            None,
+            None,
+            now(),
+        )
+        .unwrap();
+        a.frames();
+        let mut p = player_push(1, "a");
+        p.expires_at = Some(Timestamp::from_millis(now() - 1));
+        assert_eq!(
+            h.apply(MessageType::Push, &[log.record(&p)], now()).expired,
+            1
+        );
+        assert!(a.message_ids().is_empty());
+    }
+
+    #[test]
+    fn garbage_on_the_topic_is_skipped() {
+        let mut h = hub(HubConfig::default());
+        let r = Record {
+            topic: "pushes".into(),
+            partition: 0,
+            position: Position::Offset(0),
+            key: "k".into(),
+            value: vec![0xff, 0x00, 0x13],
+            timestamp_ms: now(),
+            headers: Default::default(),
+        };
+        assert_eq!(h.apply(MessageType::Push, &[r], now()).invalid, 1);
+    }
+}

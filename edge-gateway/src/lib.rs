@@ -1,0 +1,129 @@
+//! Pitboss edge gateway: holds the WebSocket connections of game clients and operator consoles
+//! and delivers alerts and pushes from the bus in milliseconds (docs/gateway.md).
+//!
+//! - [`auth`]: connection tokens (JWT HS256 / RS256 / ES256 with JWKS) and who may subscribe to
+//!   what.
+//! - [`protocol`]: the versioned JSON protocol.
+//! - [`hub`]: the pure routing core — channels, bounded history, cursors, resume, acks,
+//!   presence, slow consumers.
+//! - [`feed`]: every instance reads every partition of `alerts`, `pushes` and `alert_acks`.
+//! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`) and the admin listener.
+
+pub mod auth;
+pub mod feed;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pitboss_bus::Bus;
+use pitboss_model::live::{Alert, AlertAck, LiveMessage, MessageType, Push};
+use pitboss_runtime::Shutdown;
+use tokio::sync::watch;
+
+pub use auth::{Claims, KeySource, Role, Verifier};
+pub use hub::{Hub, HubConfig, Keying};
+pub use server::{GatewayState, ServerConfig};
+
+/// Everything a gateway needs besides the bus and the keys.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub hub: HubConfig,
+    pub server: ServerConfig,
+    pub alerts_topic: String,
+    pub pushes_topic: String,
+    pub acks_topic: String,
+    /// How keys map to partitions on this bus (Kafka, embedded: CRC-32; Kinesis: unknown).
+    pub keying: Keying,
+    /// The bus numbers records with sequence numbers (Kinesis), not offsets.
+    pub sequences: bool,
+    /// Cursor refresh and history eviction period.
+    pub tick: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            hub: HubConfig::default(),
+            server: ServerConfig::default(),
+            alerts_topic: Alert::TOPIC.into(),
+            pushes_topic: Push::TOPIC.into(),
+            acks_topic: AlertAck::TOPIC.into(),
+            keying: Keying::Crc32,
+            sequences: false,
+            tick: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Starts the feeds and the periodic tick on `bus`; the state the handlers serve. Everything
+/// stops with `shutdown`.
+pub fn start(
+    bus: Arc<dyn Bus>,
+    verifier: Verifier,
+    mut config: GatewayConfig,
+    shutdown: Shutdown,
+) -> GatewayState {
+    config.server.pushes_topic = config.pushes_topic.clone();
+    config.server.acks_topic = config.acks_topic.clone();
+    let hub = Arc::new(Mutex::new(Hub::new(config.hub.clone(), config.keying)));
+    let history_age = Duration::from_millis(config.hub.history_max_age_ms.max(0) as u64);
+    let feeds = [
+        (
+            feed::FeedKind::Messages(MessageType::Alert),
+            config.alerts_topic.clone(),
+        ),
+        (
+            feed::FeedKind::Messages(MessageType::Push),
+            config.pushes_topic.clone(),
+        ),
+        (feed::FeedKind::Acks, config.acks_topic.clone()),
+    ];
+    let mut waits = Vec::new();
+    for (kind, topic) in feeds {
+        let (tx, rx) = watch::channel(false);
+        waits.push(rx);
+        let spec = feed::Feed {
+            kind,
+            topic,
+            history_max_age: history_age,
+            sequences: config.sequences,
+        };
+        tokio::spawn(feed::run(
+            bus.clone(),
+            hub.clone(),
+            spec,
+            tx,
+            shutdown.clone(),
+        ));
+    }
+    let (ready_tx, ready_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        for mut w in waits {
+            if w.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+        }
+        let _ = ready_tx.send(true);
+        tracing::info!("gateway ready: history rebuilt from the bus");
+    });
+    {
+        let (hub, stop, every) = (hub.clone(), shutdown.clone(), config.tick);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = stop.wait() => return,
+                    _ = t.tick() => {
+                        let now = pitboss_model::Timestamp::now().as_millis();
+                        feed::lock(&hub).tick(now);
+                    }
+                }
+            }
+        });
+    }
+    let publisher = bus.publisher();
+    GatewayState::new(hub, verifier, publisher, config.server, ready_rx, shutdown)
+}

@@ -1,0 +1,739 @@
+//! The sockets: `GET /v1/ws` (WebSocket, protocol v1), `POST /v1/publish` (an operator's push,
+//! through the bus like any push), and the admin listener (`/healthz`, `/readyz` — ready once
+//! the feeds have rebuilt the history, 503 while draining —, `/metrics`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use pitboss_bus::{OutRecord, Publisher};
+use pitboss_model::Timestamp;
+use pitboss_model::live::{
+    AlertAck, ChannelName, LiveMessage, MessageType, OperatorSource, Push, PushSource, Target,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::auth::{AuthError, Claims, Role, Verifier};
+use crate::feed::lock;
+use crate::hub::{ConnId, Hub, Out};
+use crate::protocol::{
+    ClientMessage, MAX_CLIENT_FRAME, PROTOCOL_VERSION, ProtocolError, ServerFrame, close,
+    parse_client,
+};
+
+/// Tuning of the socket side.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This instance's name (in `welcome`).
+    pub gateway_id: String,
+    /// Frames queued for one connection before it is closed as a slow consumer (4008).
+    pub queue_capacity: usize,
+    /// A WebSocket ping this often…
+    pub ping_interval: Duration,
+    /// …and a connection from which nothing came for this long is closed (1001).
+    pub idle_timeout: Duration,
+    /// A write to a socket that takes longer than this closes it.
+    pub write_timeout: Duration,
+    /// Requests a connection may send per second (and in a burst); past it, `rate_limited`.
+    pub requests_per_second: u32,
+    pub requests_burst: u32,
+    /// Error answers a connection may provoke before it is closed (1008).
+    pub max_errors: u32,
+    /// Topic operator pushes go to, and acks.
+    pub pushes_topic: String,
+    pub acks_topic: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            gateway_id: "gateway".into(),
+            queue_capacity: 1024,
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            requests_per_second: 20,
+            requests_burst: 100,
+            max_errors: 50,
+            pushes_topic: Push::TOPIC.into(),
+            acks_topic: AlertAck::TOPIC.into(),
+        }
+    }
+}
+
+/// Shared state of the gateway's handlers.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub hub: Arc<Mutex<Hub>>,
+    pub verifier: Verifier,
+    pub publisher: Arc<dyn Publisher>,
+    pub config: Arc<ServerConfig>,
+    pub ready: watch::Receiver<bool>,
+    pub shutdown: pitboss_runtime::Shutdown,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayState {
+    pub fn new(
+        hub: Arc<Mutex<Hub>>,
+        verifier: Verifier,
+        publisher: Arc<dyn Publisher>,
+        config: ServerConfig,
+        ready: watch::Receiver<bool>,
+        shutdown: pitboss_runtime::Shutdown,
+    ) -> Self {
+        GatewayState {
+            hub,
+            verifier,
+            publisher,
+            config: Arc::new(config),
+            ready,
+            shutdown,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+/// The public router: `/v1/ws` and `/v1/publish`.
+pub fn router(state: GatewayState) -> Router {
+    Router::new()
+        .route("/v1/ws", get(ws))
+        .route("/v1/publish", post(publish))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// The admin router: `/metrics`, `/healthz`, and `/readyz` (200 once every feed has caught up,
+/// 503 before and while draining).
+pub fn admin_router(
+    state: GatewayState,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    pitboss_runtime::admin::metrics_router(metrics).route(
+        "/readyz",
+        get(move || {
+            let (ready, draining) = (*state.ready.borrow(), state.shutdown.is_triggered());
+            async move {
+                match (ready, draining) {
+                    (_, true) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "catching up"),
+                    (true, false) => (StatusCode::OK, "ready"),
+                }
+            }
+        }),
+    )
+}
+
+/// `{"error":{"code","message"}}` with a status.
+fn error_response(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message.to_string()}})),
+    )
+        .into_response()
+}
+
+fn auth_error(e: &AuthError) -> Response {
+    error_response(StatusCode::UNAUTHORIZED, e.code(), e)
+}
+
+/// The bearer token of a request, or its `token` query parameter (browsers cannot set headers
+/// on a WebSocket).
+fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Result<&'a str, AuthError> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| AuthError::Malformed)?;
+        return v
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .ok_or(AuthError::Malformed);
+    }
+    query.token.as_deref().ok_or(AuthError::Missing)
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn ws(
+    State(st): State<GatewayState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if st.shutdown.is_triggered() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the gateway is restarting: connect to another instance",
+        );
+    }
+    let claims = match token(&headers, &query).and_then(|t| st.verifier.verify(t)) {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("pitboss_gateway_auth_failures_total", "code" => e.code())
+                .increment(1);
+            return auth_error(&e);
+        }
+    };
+    upgrade
+        .max_message_size(MAX_CLIENT_FRAME)
+        .max_frame_size(MAX_CLIENT_FRAME)
+        // tungstenite's default buffers (128 KiB each) would make an idle connection cost
+        // over 100 KB; these grow when a frame needs it.
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| session(st, claims, socket))
+}
+
+/// Why a session ended, and what to tell the client.
+struct End {
+    code: u16,
+    reason: String,
+}
+
+async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
+    let conn: ConnId = st.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Out>(st.config.queue_capacity.max(1));
+    let (kill_tx, mut kill_rx) = oneshot::channel::<(u16, String)>();
+    lock(&st.hub).register(conn, &claims.sub, tx, kill_tx);
+    let (mut sink, mut stream) = socket.split();
+    let mut claims = claims;
+    let welcome = ServerFrame::Welcome {
+        protocol: PROTOCOL_VERSION,
+        gateway: st.config.gateway_id.clone(),
+        connection: format!("{}-{conn}", st.config.gateway_id),
+        tenant: claims.tenant.clone(),
+        subject: claims.sub.clone(),
+        role: claims.role.as_str(),
+        expires_at: claims.exp,
+    };
+    let mut conn_state = ConnState {
+        limiter: RateLimiter::direct(
+            Quota::per_second(
+                std::num::NonZeroU32::new(st.config.requests_per_second.max(1))
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )
+            .allow_burst(
+                std::num::NonZeroU32::new(st.config.requests_burst.max(1))
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            ),
+        ),
+        errors: 0,
+    };
+    let write_timeout = st.config.write_timeout;
+    let mut ready = st.ready.clone();
+    let end: Option<End> = 'session: {
+        if send_text(&mut sink, welcome.to_text().into(), write_timeout)
+            .await
+            .is_err()
+        {
+            break 'session None;
+        }
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + st.config.ping_interval,
+            st.config.ping_interval,
+        );
+        let mut last_seen = Instant::now();
+        loop {
+            let expiry = tokio::time::sleep(claims.expires_in());
+            tokio::select! {
+                biased;
+                () = st.shutdown.wait() => {
+                    let frame = ServerFrame::Reconnect { reason: "the gateway is restarting".into() };
+                    let _ = send_text(&mut sink, frame.to_text().into(), write_timeout).await;
+                    break 'session Some(End { code: close::RESTART, reason: "gateway restarting: reconnect".into() });
+                }
+                killed = &mut kill_rx => {
+                    let (code, reason) = killed.unwrap_or((close::SLOW_CONSUMER, "closed".into()));
+                    break 'session Some(End { code, reason });
+                }
+                () = expiry => {
+                    let frame = ServerFrame::Error(ProtocolError::new("token_expired", "the token expired: connect again with a fresh one (refresh before expires_at)"));
+                    let _ = send_text(&mut sink, frame.to_text().into(), write_timeout).await;
+                    break 'session Some(End { code: close::TOKEN_EXPIRED, reason: "token expired".into() });
+                }
+                out = rx.recv() => {
+                    let Some(out) = out else { break 'session None };
+                    // A peer that does not read blocks the write: the hub's verdict (slow
+                    // consumer) ends it rather than the write timeout.
+                    tokio::select! {
+                        written = write_out(&mut sink, out, write_timeout) => {
+                            if written.is_err() {
+                                break 'session None;
+                            }
+                        }
+                        killed = &mut kill_rx => {
+                            let (code, reason) = killed.unwrap_or((close::SLOW_CONSUMER, "closed".into()));
+                            break 'session Some(End { code, reason });
+                        }
+                    }
+                }
+                incoming = stream.next() => {
+                    last_seen = Instant::now();
+                    match incoming {
+                        None | Some(Ok(Message::Close(_))) => break 'session None,
+                        Some(Err(e)) => {
+                            let text = e.to_string();
+                            tracing::debug!(conn, error = %text, "websocket read failed");
+                            if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                                break 'session Some(End { code: close::TOO_BIG, reason: format!("frame larger than {MAX_CLIENT_FRAME} bytes") });
+                            }
+                            break 'session None;
+                        }
+                        Some(Ok(Message::Text(t))) => {
+                            let is_ready = *ready.borrow_and_update();
+                            let replies = handle(&st, conn, &mut claims, &mut conn_state, is_ready, &mut ready, t.as_str()).await;
+                            for text in replies {
+                                if send_text(&mut sink, text.into(), write_timeout).await.is_err() {
+                                    break 'session None;
+                                }
+                            }
+                            if conn_state.errors > st.config.max_errors {
+                                break 'session Some(End { code: close::POLICY, reason: "too many invalid requests".into() });
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            conn_state.errors += 1;
+                            let frame = ServerFrame::Error(ProtocolError::new("binary_not_supported", "send JSON text frames"));
+                            if send_text(&mut sink, frame.to_text().into(), write_timeout).await.is_err() {
+                                break 'session None;
+                            }
+                        }
+                        Some(Ok(_)) => {} // pings (answered by the library) and pongs
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > st.config.idle_timeout {
+                        break 'session Some(End { code: close::IDLE, reason: "idle: nothing received within the idle timeout".into() });
+                    }
+                    if tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                        break 'session None;
+                    }
+                }
+            }
+        }
+    };
+    lock(&st.hub).unregister(conn);
+    if let Some(End { code, reason }) = end {
+        metrics::counter!("pitboss_gateway_closes_total", "code" => code.to_string()).increment(1);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))),
+        )
+        .await;
+        // Read on until the client answers the close (or a second passes): closing while its
+        // frames are still arriving would reset the connection and lose the close frame.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+struct ConnState {
+    limiter: DefaultDirectRateLimiter,
+    errors: u32,
+}
+
+type WsSink = futures::stream::SplitSink<WebSocket, Message>;
+
+async fn send_text(sink: &mut WsSink, text: crate::hub::Text, timeout: Duration) -> Result<(), ()> {
+    match tokio::time::timeout(timeout, sink.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+async fn write_out(sink: &mut WsSink, out: Out, timeout: Duration) -> Result<(), ()> {
+    match out {
+        Out::Frame(t) => send_text(sink, t, timeout).await,
+        Out::Batch(frames) => {
+            let n = frames.len().saturating_sub(1);
+            for t in frames {
+                send_text(sink, t, timeout).await?;
+            }
+            metrics::counter!("pitboss_gateway_messages_replayed_total").increment(n as u64);
+            Ok(())
+        }
+        Out::Live {
+            text,
+            kind,
+            received_at_ms,
+        } => {
+            send_text(sink, text, timeout).await?;
+            let kind = match kind {
+                MessageType::Alert => "alert",
+                MessageType::Push => "push",
+            };
+            let seconds = (Timestamp::now().as_millis() - received_at_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind).record(seconds);
+            metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind)
+                .increment(1);
+            Ok(())
+        }
+    }
+}
+
+/// Handles one request; the answer to write, if it is not queued through the hub.
+async fn handle(
+    st: &GatewayState,
+    conn: ConnId,
+    claims: &mut Claims,
+    cs: &mut ConnState,
+    is_ready: bool,
+    ready: &mut watch::Receiver<bool>,
+    text: &str,
+) -> Vec<String> {
+    let msg = match parse_client(text) {
+        Ok(m) => m,
+        Err(e) => {
+            cs.errors += 1;
+            return vec![ServerFrame::Error(e).to_text()];
+        }
+    };
+    let id = msg.id().cloned();
+    if cs.limiter.check().is_err() {
+        cs.errors += 1;
+        return vec![
+            ServerFrame::Error(
+                ProtocolError::new(
+                    "rate_limited",
+                    format!(
+                        "at most {} requests per second",
+                        st.config.requests_per_second
+                    ),
+                )
+                .for_request(id.as_ref()),
+            )
+            .to_text(),
+        ];
+    }
+    let fail = |cs: &mut ConnState, e: ProtocolError| {
+        cs.errors += 1;
+        vec![ServerFrame::Error(e.for_request(id.as_ref())).to_text()]
+    };
+    match msg {
+        ClientMessage::Ping { id } => vec![ServerFrame::Pong { id }.to_text()],
+        ClientMessage::Subscribe { id, channel, since } => {
+            let parsed = match ChannelName::parse(&channel, "channel") {
+                Ok(c) => c,
+                Err(v) => return fail(cs, ProtocolError::new("invalid_channel", v.message)),
+            };
+            if !claims.may_subscribe(&parsed) {
+                return fail(
+                    cs,
+                    ProtocolError::new("forbidden", format!("the token does not allow {channel}")),
+                );
+            }
+            if !is_ready {
+                // The history is still being rebuilt from the bus: answer once it is, so a
+                // resume is complete.
+                let _ = ready.wait_for(|r| *r).await;
+            }
+            let now = Timestamp::now().as_millis();
+            match lock(&st.hub).subscribe(conn, &parsed, since.as_deref(), id.clone(), now) {
+                Ok(_) => Vec::new(),
+                Err(e) => fail(cs, e),
+            }
+        }
+        ClientMessage::Unsubscribe { id, channel } => {
+            if lock(&st.hub).unsubscribe(conn, &channel) {
+                vec![
+                    ServerFrame::Unsubscribed {
+                        id,
+                        channel,
+                        reason: None,
+                    }
+                    .to_text(),
+                ]
+            } else {
+                fail(
+                    cs,
+                    ProtocolError::new("not_subscribed", format!("not subscribed to {channel}")),
+                )
+            }
+        }
+        ClientMessage::Presence { id, channel } => {
+            let parsed = match ChannelName::parse(&channel, "channel") {
+                Ok(c) => c,
+                Err(v) => return fail(cs, ProtocolError::new("invalid_channel", v.message)),
+            };
+            if !matches!(parsed, ChannelName::Room { .. }) || !claims.may_subscribe(&parsed) {
+                return fail(
+                    cs,
+                    ProtocolError::new(
+                        "forbidden",
+                        format!(
+                            "presence of {channel} is not allowed: rooms the token allows only"
+                        ),
+                    ),
+                );
+            }
+            let (connections, subjects) = lock(&st.hub).presence(&channel);
+            vec![
+                ServerFrame::Presence {
+                    id,
+                    channel,
+                    connections,
+                    subjects,
+                }
+                .to_text(),
+            ]
+        }
+        ClientMessage::Refresh { id, token } => match st.verifier.verify(&token) {
+            Ok(new) => {
+                if new.tenant != claims.tenant {
+                    return fail(
+                        cs,
+                        ProtocolError::new(
+                            "token_mismatch",
+                            AuthError::Mismatch("tenant").to_string(),
+                        ),
+                    );
+                }
+                if new.sub != claims.sub || new.role != claims.role {
+                    return fail(
+                        cs,
+                        ProtocolError::new(
+                            "token_mismatch",
+                            AuthError::Mismatch("subject or role").to_string(),
+                        ),
+                    );
+                }
+                let expires_at = new.exp;
+                *claims = new;
+                // Rooms the new token no longer allows are left.
+                let mut hub = lock(&st.hub);
+                let mut frames = Vec::new();
+                for ch in hub.subscriptions(conn) {
+                    if ChannelName::parse(&ch, "channel").is_ok_and(|c| !claims.may_subscribe(&c)) {
+                        hub.unsubscribe(conn, &ch);
+                        frames.push(ServerFrame::Unsubscribed {
+                            id: None,
+                            channel: ch,
+                            reason: Some("the refreshed token does not allow it".into()),
+                        });
+                    }
+                }
+                drop(hub);
+                frames.push(ServerFrame::Refreshed { id, expires_at });
+                frames.iter().map(ServerFrame::to_text).collect()
+            }
+            Err(e) => fail(cs, ProtocolError::new(e.code(), e.to_string())),
+        },
+        ClientMessage::Ack {
+            id,
+            alert_id,
+            outcome,
+            note,
+            ack_id,
+        } => {
+            if claims.role != Role::Operator {
+                return fail(
+                    cs,
+                    ProtocolError::new("forbidden", "only operators acknowledge alerts"),
+                );
+            }
+            let ack = AlertAck {
+                ack_id: ack_id.unwrap_or_else(pitboss_model::live::new_message_id),
+                alert_id,
+                tenant_id: claims.tenant.clone(),
+                operator_id: claims.sub.clone(),
+                outcome,
+                note,
+                acked_at: Timestamp::now(),
+            };
+            if let Err(violations) = ack.validate() {
+                let m = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.path, v.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return fail(cs, ProtocolError::new("invalid_ack", m));
+            }
+            match publish_message(&*st.publisher, &st.config.acks_topic, &ack).await {
+                Ok(_) => vec![
+                    ServerFrame::Acked {
+                        id,
+                        alert_id: ack.alert_id,
+                        ack_id: ack.ack_id,
+                    }
+                    .to_text(),
+                ],
+                Err(e) => fail(
+                    cs,
+                    ProtocolError::new(
+                        "bus_unavailable",
+                        format!("the ack was not stored; retry with the same ack_id: {e}"),
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// Publishes one live message with its headers; where it was stored.
+pub async fn publish_message<M: LiveMessage>(
+    publisher: &dyn Publisher,
+    topic: &str,
+    message: &M,
+) -> Result<pitboss_bus::Ack, pitboss_bus::BusError> {
+    use pitboss_bus::header;
+    let mut record = OutRecord::new(message.bus_key(), message.encode_proto())
+        .with_header(header::TYPE, M::TYPE)
+        .with_header(header::TENANT, message.tenant_id())
+        .with_header(
+            header::EVENT_TIME,
+            message.event_time().as_millis().to_string(),
+        );
+    if let Some(r) = message.received_at() {
+        record = record.with_header(header::RECEIVED_AT, r.as_millis().to_string());
+    }
+    let acks = publisher.publish(topic, vec![record]).await?;
+    acks.into_iter()
+        .next()
+        .ok_or_else(|| pitboss_bus::BusError::Unavailable("no ack".into()))
+}
+
+/// The body of `POST /v1/publish`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    pub target: Target,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    #[serde(default)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// A UUID the operator's tool picks, so a retried request is the same push.
+    #[serde(default)]
+    pub push_id: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The answer of `POST /v1/publish`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishResponse {
+    pub push_id: String,
+    pub channel: String,
+    pub partition: u32,
+    pub position: String,
+}
+
+async fn publish(
+    State(st): State<GatewayState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let claims =
+        match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
+            Ok(c) => c,
+            Err(e) => return auth_error(&e),
+        };
+    if claims.role != Role::Operator {
+        return error_response(StatusCode::FORBIDDEN, "forbidden", "only operators publish");
+    }
+    let req: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "malformed", e),
+    };
+    let channel = match &req.target {
+        Target::Player(p) => ChannelName::Player {
+            tenant_id: claims.tenant.clone(),
+            player_id: p.clone(),
+        },
+        Target::Room(r) => ChannelName::Room {
+            tenant_id: claims.tenant.clone(),
+            room_id: r.clone(),
+        },
+    };
+    let now = Timestamp::now();
+    let push = Push {
+        push_id: req
+            .push_id
+            .unwrap_or_else(pitboss_model::live::new_message_id),
+        tenant_id: claims.tenant.clone(),
+        target: req.target,
+        kind: req.kind,
+        title: req.title,
+        body: req.body,
+        data: req.data,
+        source: PushSource::Operator(OperatorSource {
+            operator_id: claims.sub.clone(),
+        }),
+        event_time: now,
+        received_at: now,
+        created_at: now,
+        expires_at: req.expires_at,
+    };
+    if let Err(violations) = push.validate() {
+        let details: Vec<_> = violations
+            .iter()
+            .map(|v| serde_json::json!({"path": v.path, "code": v.code, "message": v.message}))
+            .collect();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({"error": {"code": "invalid_push", "message": "the push breaks the contract (docs/alerts.md)", "violations": details}})),
+        )
+            .into_response();
+    }
+    match publish_message(&*st.publisher, &st.config.pushes_topic, &push).await {
+        Ok(ack) => (
+            StatusCode::ACCEPTED,
+            axum::Json(PublishResponse {
+                push_id: push.push_id,
+                channel: channel.to_string(),
+                partition: ack.partition,
+                position: ack.position.to_string(),
+            }),
+        )
+            .into_response(),
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus_unavailable",
+            format!("not stored; retry with the same push_id: {e}"),
+        ),
+    }
+}
+
+/// Serves the public router until `shutdown`, then closes every socket with 1012.
+pub async fn serve(
+    state: GatewayState,
+    listener: tokio::net::TcpListener,
+    limits: pitboss_runtime::http::Limits,
+) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    pitboss_runtime::http::serve(listener, router(state), limits, shutdown).await
+}
+
+/// The address a listener is bound to, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("ws://{addr}/v1/ws")
+}

@@ -1,0 +1,499 @@
+//! The gateway through real sockets over the embedded bus: isolation between tenants and
+//! players, resume on a second instance and after a restart, acks, the publish API, bad input,
+//! slow clients, token expiry and refresh, and the drain. (One test binary: the Kafka and nginx
+//! tests live in `kafka.rs`.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use pitboss_gateway::Role;
+use pitboss_model::live::Target;
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn every_client_gets_its_own_messages_and_nothing_of_other_tenants_or_players() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let (t1, t2) = ("acme", "zeta");
+    // Who connects, and what each tries to subscribe to: (tenant, subject, role, rooms).
+    let mut p1 = gw
+        .connect(&env.token(t1, "p1", Role::Player, &["table"]))
+        .await;
+    let mut p2 = gw.connect(&env.token(t1, "p2", Role::Player, &[])).await;
+    let mut q1 = gw
+        .connect(&env.token(t2, "p1", Role::Player, &["table"]))
+        .await;
+    let mut ops1 = gw
+        .connect(&env.token(t1, "ops", Role::Operator, &["*"]))
+        .await;
+    let mut ops2 = gw.connect(&env.token(t2, "ops", Role::Operator, &[])).await;
+    // The matrix: (client, channel, allowed).
+    let cases = [
+        ("p1", "player:acme:p1", true),
+        ("p1", "player:acme:p2", false),
+        ("p1", "player:zeta:p1", false),
+        ("p1", "operator:acme", false),
+        ("p1", "room:acme:table", true),
+        ("p1", "room:acme:other", false),
+        ("p1", "room:zeta:table", false),
+        ("p2", "player:acme:p2", true),
+        ("p2", "room:acme:table", false),
+        ("q1", "player:zeta:p1", true),
+        ("q1", "player:acme:p1", false),
+        ("q1", "room:zeta:table", true),
+        ("q1", "operator:zeta", false),
+        ("ops1", "operator:acme", true),
+        ("ops1", "operator:zeta", false),
+        ("ops1", "player:acme:p1", false),
+        ("ops1", "room:acme:table", true),
+        ("ops1", "room:zeta:table", false),
+        ("ops2", "operator:zeta", true),
+        ("ops2", "operator:acme", false),
+        ("ops2", "room:zeta:table", false),
+    ];
+    for (who, channel, allowed) in cases {
+        let c = match who {
+            "p1" => &mut p1,
+            "p2" => &mut p2,
+            "q1" => &mut q1,
+            "ops1" => &mut ops1,
+            _ => &mut ops2,
+        };
+        let reply = c.subscribe(channel, None).await;
+        if allowed {
+            assert_eq!(reply["type"], "subscribed", "{who} on {channel}: {reply}");
+        } else {
+            assert_eq!(reply["type"], "error", "{who} on {channel}: {reply}");
+            assert_eq!(reply["code"], "forbidden", "{who} on {channel}: {reply}");
+        }
+    }
+    // One message for every channel of both tenants.
+    let mut sent = Vec::new();
+    for tenant in [t1, t2] {
+        for target in [
+            Target::Player("p1".into()),
+            Target::Player("p2".into()),
+            Target::Room("table".into()),
+        ] {
+            sent.push(env.publish_push(tenant, target).await);
+        }
+        sent.push(env.publish_alert(tenant, "p1").await);
+    }
+    let want = |tenant: &str, what: &[&str]| -> Vec<String> {
+        sent.iter()
+            .filter(|(t, ch, _)| t == tenant && what.contains(&ch.as_str()))
+            .map(|(_, _, id)| id.clone())
+            .collect()
+    };
+    let expect = [
+        (&mut p1, want(t1, &["player:acme:p1", "room:acme:table"])),
+        (&mut p2, want(t1, &["player:acme:p2"])),
+        (&mut q1, want(t2, &["player:zeta:p1", "room:zeta:table"])),
+        (&mut ops1, want(t1, &["operator:acme", "room:acme:table"])),
+        (&mut ops2, want(t2, &["operator:zeta"])),
+    ];
+    for (client, mut ids) in expect {
+        ids.sort();
+        let mut got = client.messages(ids.len()).await;
+        got.sort();
+        assert_eq!(got, ids);
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_a_second_instance_and_after_a_restart_with_nothing_missed_or_repeated()
+{
+    let env = Env::new().await;
+    let a = env.gateway().await;
+    let token = env.token("acme", "p1", Role::Player, &[]);
+    let mut c = a.connect(&token).await;
+    assert_eq!(
+        c.subscribe("player:acme:p1", None).await["recovery"],
+        "none"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            env.publish_push("acme", Target::Player("p1".into()))
+                .await
+                .2,
+        );
+    }
+    assert_eq!(c.messages(3).await, ids);
+    let cursor = c.cursor.clone().expect("a cursor");
+    drop(c);
+    // Missed while away.
+    let mut missed = Vec::new();
+    for _ in 0..4 {
+        missed.push(
+            env.publish_push("acme", Target::Player("p1".into()))
+                .await
+                .2,
+        );
+    }
+    // A second instance, started after: it rebuilt its history from the bus.
+    let b = env.gateway().await;
+    let mut c = b.connect(&token).await;
+    let reply = c.subscribe_collect("player:acme:p1", Some(&cursor)).await;
+    assert_eq!(
+        reply.subscribed["recovery"], "complete",
+        "{:?}",
+        reply.subscribed
+    );
+    assert_eq!(reply.replayed, missed);
+    let cursor = c.cursor.clone().unwrap();
+    drop(c);
+    // The first instance stops; a restarted one (a new process's state) resumes the client too.
+    a.stop().await;
+    let more = env
+        .publish_push("acme", Target::Player("p1".into()))
+        .await
+        .2;
+    let restarted = env.gateway().await;
+    let mut c = restarted.connect(&token).await;
+    let reply = c.subscribe_collect("player:acme:p1", Some(&cursor)).await;
+    assert_eq!(reply.subscribed["recovery"], "complete");
+    assert_eq!(reply.replayed, vec![more]);
+    // And live delivery goes on.
+    let live = env
+        .publish_push("acme", Target::Player("p1".into()))
+        .await
+        .2;
+    assert_eq!(c.messages(1).await, vec![live]);
+    c.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let token = env.token("acme", "ops", Role::Operator, &[]);
+    let mut ops = gw.connect(&token).await;
+    ops.subscribe("operator:acme", None).await;
+    let a1 = env.publish_alert("acme", "p1").await.2;
+    let a2 = env.publish_alert("acme", "p2").await.2;
+    assert_eq!(ops.messages(2).await, vec![a1.clone(), a2.clone()]);
+    let reply = ops
+        .request(json!({"type": "ack", "id": 9, "alert_id": a1, "outcome": "confirmed", "note": "called the player"}))
+        .await;
+    assert_eq!(reply["type"], "acked", "{reply}");
+    assert_eq!(reply["id"], 9);
+    // The ack is on the bus, with the operator from the token.
+    let acks = env
+        .read_all::<pitboss_model::live::AlertAck>("alert_acks")
+        .await;
+    assert_eq!(acks.len(), 1);
+    assert_eq!(
+        (acks[0].alert_id.as_str(), acks[0].operator_id.as_str()),
+        (a1.as_str(), "ops")
+    );
+    // A player cannot ack.
+    let mut p = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    let reply = p.request(json!({"type": "ack", "alert_id": a2})).await;
+    assert_eq!(reply["code"], "forbidden");
+    // Reconnect (without a cursor): the unacknowledged alert comes again, the acked one not.
+    drop(ops);
+    env.wait_until(|| async { gw.hub_acked(&a1) }).await;
+    let mut ops = gw.connect(&token).await;
+    let reply = ops.subscribe_collect("operator:acme", None).await;
+    assert_eq!(reply.replayed, vec![a2]);
+}
+
+#[tokio::test]
+async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut player = gw
+        .connect(&env.token("acme", "p7", Role::Player, &[]))
+        .await;
+    player.subscribe("player:acme:p7", None).await;
+    let ops = env.token("acme", "ops", Role::Operator, &[]);
+    let body = json!({"target": {"player": "p7"}, "kind": "operator.message", "title": "Hello", "body": "Your bonus is ready"});
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["push_id"].as_str().unwrap().to_owned();
+    assert_eq!(answer["channel"], "player:acme:p7");
+    let frame = player.next_message().await;
+    assert_eq!(frame["id"], id.as_str());
+    assert_eq!(frame["data"]["source"]["operator"]["operator_id"], "ops");
+    assert_eq!(frame["data"]["tenant_id"], "acme");
+    // The operator's tenant is the token's: nothing can be sent into another tenant.
+    let (status, answer) = gw
+        .post(
+            "/v1/publish",
+            Some(&env.token("acme", "p7", Role::Player, &[])),
+            &body,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (status, answer) = gw.post("/v1/publish", None, &body).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("token_missing"))
+    );
+    let (status, answer) = gw
+        .post(
+            "/v1/publish",
+            Some(&ops),
+            &json!({"target": {"player": "p7"}, "kind": "x", "title": "", "body": ""}),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = gw
+        .post(
+            "/v1/publish",
+            Some(&ops),
+            &json!({"target": {"planet": "p7"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("malformed"))
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_unaffected() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut good = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    good.subscribe("player:acme:p1", None).await;
+
+    // Refused before the upgrade, with the reason.
+    assert_eq!(gw.refused(None).await, (401, "token_missing".to_owned()));
+    assert_eq!(
+        gw.refused(Some("garbage")).await,
+        (401, "token_malformed".to_owned())
+    );
+    let expired = env.token_with("acme", "p1", Role::Player, &[], |c| c.exp -= 7200);
+    assert_eq!(
+        gw.refused(Some(&expired)).await,
+        (401, "token_expired".to_owned())
+    );
+    let forged = pitboss_gateway::auth::sign_hs256(
+        &pitboss_gateway::auth::claims("acme", "p1", Role::Player, vec![], Duration::from_secs(60)),
+        b"an attacker's secret, 32 bytes long!",
+    )
+    .unwrap();
+    assert_eq!(
+        gw.refused(Some(&forged)).await,
+        (401, "token_signature".to_owned())
+    );
+
+    let mut bad = gw
+        .connect(&env.token("acme", "p2", Role::Player, &[]))
+        .await;
+    for (frame, code) in [
+        ("{", "malformed"),
+        (r#"{"type":"teleport"}"#, "unknown_type"),
+        (r#"{"type":"subscribe"}"#, "malformed"),
+        (
+            r#"{"type":"subscribe","channel":"lobby"}"#,
+            "invalid_channel",
+        ),
+        (
+            r#"{"type":"subscribe","channel":"player:acme:p1"}"#,
+            "forbidden",
+        ),
+        (
+            r#"{"type":"subscribe","channel":"player:acme:p2","since":"x"}"#,
+            "invalid_cursor",
+        ),
+        (
+            r#"{"type":"unsubscribe","channel":"player:acme:p9"}"#,
+            "not_subscribed",
+        ),
+        (
+            r#"{"type":"presence","channel":"room:acme:vip"}"#,
+            "forbidden",
+        ),
+    ] {
+        let reply = bad.raw(frame).await;
+        assert_eq!(reply["type"], "error", "{frame}: {reply}");
+        assert_eq!(reply["code"], code, "{frame}: {reply}");
+    }
+    // A flood of requests is rate limited, then the connection is closed (1008).
+    let mut flood = gw
+        .connect(&env.token("acme", "p3", Role::Player, &[]))
+        .await;
+    let (code, seen) = flood
+        .flood(r#"{"type":"subscribe","channel":"player:acme:p3"}"#, 400)
+        .await;
+    assert!(
+        seen.iter().any(|c| c == "rate_limited"),
+        "{code:?} {seen:?}"
+    );
+    assert_eq!(code, Some(1008));
+    // An oversized frame closes with 1009.
+    let mut big = gw
+        .connect(&env.token("acme", "p4", Role::Player, &[]))
+        .await;
+    let text = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(64 * 1024));
+    assert_eq!(big.send_and_close_code(&text).await, Some(1009));
+    // The well-behaved client still gets its pushes.
+    let id = env
+        .publish_push("acme", Target::Player("p1".into()))
+        .await
+        .2;
+    assert_eq!(good.messages(1).await, vec![id]);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_and_the_others_get_everything() {
+    let env = Env::new().await;
+    let gw = env
+        .gateway_with(|c| {
+            c.server.queue_capacity = 1000;
+        })
+        .await;
+    let token = env.token("acme", "p1", Role::Player, &["hall"]);
+    let mut reader = gw.connect(&token).await;
+    reader.subscribe("room:acme:hall", None).await;
+    let mut stalled = gw.connect(&token).await;
+    stalled.subscribe("room:acme:hall", None).await;
+    let stalled = stalled.stop_reading();
+    // Enough bytes to fill the kernel's socket buffers and the queue many times over, in
+    // bursts the reading client keeps up with.
+    let n = 10_000;
+    let body = "x".repeat(990);
+    let mut ids = Vec::new();
+    let reading = tokio::spawn(async move { reader.messages(n).await });
+    for chunk in 0..(n / 100) {
+        ids.extend(
+            env.publish_pushes("acme", Target::Room("hall".into()), 100, &body, chunk)
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = reading.await.unwrap();
+    assert_eq!(got, ids, "the reading client got every push, in order");
+    // The gateway closed it (4008 when the close frame still fits in the socket; a stalled
+    // peer may only see the connection end).
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("pitboss_gateway_closes_total{code=\"4008\"}"),
+        "{metrics}"
+    );
+    let (code, reason) = stalled.close_code().await;
+    assert!(code.is_none() || code == Some(4008), "{code:?} {reason}");
+}
+
+#[tokio::test]
+async fn a_token_expires_on_a_live_connection_unless_refreshed() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let short = |secs: u64| {
+        env.token_with("acme", "p1", Role::Player, &["a"], move |c| {
+            c.exp = jsonwebtoken_now() + secs;
+        })
+    };
+    let mut c = gw.connect(&short(2)).await;
+    c.subscribe("room:acme:a", None).await;
+    // A refresh for another subject is refused; a good one extends the connection and drops
+    // rooms it no longer allows.
+    let other = env.token("acme", "p2", Role::Player, &[]);
+    let reply = c.request(json!({"type": "refresh", "token": other})).await;
+    assert_eq!(reply["code"], "token_mismatch");
+    let fresh = env.token_with("acme", "p1", Role::Player, &[], |c| {
+        c.exp = jsonwebtoken_now() + 4
+    });
+    let frames = c
+        .request_all(
+            json!({"type": "refresh", "id": 1, "token": fresh}),
+            "refreshed",
+        )
+        .await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "unsubscribed" && f["channel"] == "room:acme:a"),
+        "{frames:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        c.request(json!({"type": "ping"})).await["type"],
+        "pong",
+        "still open after the first token's expiry"
+    );
+    let (code, _) = c.close_code().await;
+    assert_eq!(code, Some(4001));
+}
+
+#[tokio::test]
+async fn on_shutdown_clients_are_told_to_reconnect_and_closed_with_1012() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut c = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    c.subscribe("player:acme:p1", None).await;
+    gw.shutdown.trigger("test");
+    let next = c.next_frame().await.expect("a frame");
+    assert_eq!(next["type"], "reconnect");
+    assert_eq!(c.close_code().await.0, Some(1012));
+    assert_ne!(gw.ready().await, 200, "not ready while draining");
+}
+
+#[tokio::test]
+async fn time_to_notify_is_measured_per_delivered_message() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut c = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    c.subscribe("player:acme:p1", None).await;
+    env.publish_push("acme", Target::Player("p1".into())).await;
+    c.messages(1).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("pitboss_time_to_notify_seconds_bucket{kind=\"push\",le=\"10\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("pitboss_gateway_messages_delivered_total{kind=\"push\"}"));
+}
+
+/// The presence of a room on this instance.
+#[tokio::test]
+async fn presence_lists_who_is_in_a_room() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut a = gw
+        .connect(&env.token("acme", "p1", Role::Player, &["vip"]))
+        .await;
+    let mut b = gw
+        .connect(&env.token("acme", "p2", Role::Player, &["vip"]))
+        .await;
+    a.subscribe("room:acme:vip", None).await;
+    b.subscribe("room:acme:vip", None).await;
+    let reply = a
+        .request(json!({"type": "presence", "channel": "room:acme:vip"}))
+        .await;
+    assert_eq!(reply["connections"], 2);
+    assert_eq!(reply["subjects"], json!(["p1", "p2"]));
+    drop(b);
+    env.wait_until(|| async { gw.presence("room:acme:vip") == 1 })
+        .await;
+    let reply = a
+        .request(json!({"type": "presence", "channel": "room:acme:vip"}))
+        .await;
+    assert_eq!(reply["subjects"], json!(["p1"]));
+}
+
+fn jsonwebtoken_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

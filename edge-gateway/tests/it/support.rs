@@ -1,0 +1,526 @@
+//! A bus, gateways on it, and WebSocket clients that speak protocol v1.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
+use pitboss_bus::{Bus, ReadFrom};
+use pitboss_gateway::auth::{Claims, claims, sign_hs256};
+use pitboss_gateway::server::publish_message;
+use pitboss_gateway::{GatewayConfig, GatewayState, Role, Verifier};
+use pitboss_model::live::{LiveMessage, Target};
+use pitboss_runtime::Shutdown;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+const WAIT: Duration = Duration::from_secs(15);
+pub const PARTITIONS: u32 = 4;
+
+pub struct Env {
+    _dir: tempfile::TempDir,
+    pub bus: Arc<dyn Bus>,
+    n: AtomicU64,
+}
+
+impl Env {
+    pub async fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
+        for topic in ["alerts", "pushes", "alert_acks"] {
+            bus.create_topic(topic, PARTITIONS).await.unwrap();
+        }
+        Env {
+            _dir: dir,
+            bus: Arc::new(bus),
+            n: AtomicU64::new(1),
+        }
+    }
+
+    pub fn token(&self, tenant: &str, sub: &str, role: Role, rooms: &[&str]) -> String {
+        self.token_with(tenant, sub, role, rooms, |_| {})
+    }
+
+    pub fn token_with(
+        &self,
+        tenant: &str,
+        sub: &str,
+        role: Role,
+        rooms: &[&str],
+        edit: impl FnOnce(&mut Claims),
+    ) -> String {
+        let mut c = claims(
+            tenant,
+            sub,
+            role,
+            rooms.iter().map(|r| (*r).to_owned()).collect(),
+            Duration::from_secs(3600),
+        );
+        edit(&mut c);
+        sign_hs256(&c, SECRET).unwrap()
+    }
+
+    pub async fn gateway(&self) -> Gw {
+        self.gateway_with(|_| {}).await
+    }
+
+    pub async fn gateway_with(&self, edit: impl FnOnce(&mut GatewayConfig)) -> Gw {
+        pitboss_runtime::telemetry::init_tracing();
+        let mut config = GatewayConfig {
+            tick: Duration::from_millis(200),
+            ..GatewayConfig::default()
+        };
+        edit(&mut config);
+        let shutdown = Shutdown::new();
+        let verifier = Verifier::hs256(SECRET).unwrap();
+        let state = pitboss_gateway::start(self.bus.clone(), verifier, config, shutdown.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let limits = pitboss_runtime::http::Limits {
+            drain_timeout: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let task = tokio::spawn(pitboss_gateway::server::serve(
+            state.clone(),
+            listener,
+            limits,
+        ));
+        let admin_router = pitboss_gateway::server::admin_router(
+            state.clone(),
+            pitboss_runtime::telemetry::prometheus(),
+        );
+        tokio::spawn(pitboss_runtime::admin::serve(
+            admin,
+            admin_router,
+            shutdown.clone(),
+        ));
+        let gw = Gw {
+            addr,
+            admin_addr,
+            shutdown,
+            state,
+            task,
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gw.ready().await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gw
+    }
+
+    fn next(&self) -> u64 {
+        self.n.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn push(&self, tenant: &str, target: Target, body: Option<&str>) -> pitboss_model::live::Push {
+        let mut p = pitboss_testkit::live::push(self.next());
+        p.tenant_id = tenant.into();
+        p.target = target;
+        p.push_id = pitboss_model::live::new_message_id();
+        if let Some(b) = body {
+            p.body = b.into();
+        }
+        p
+    }
+
+    fn channel(tenant: &str, target: &Target) -> String {
+        match target {
+            Target::Player(p) => format!("player:{tenant}:{p}"),
+            Target::Room(r) => format!("room:{tenant}:{r}"),
+        }
+    }
+
+    /// Publishes a push; (tenant, channel, push id).
+    pub async fn publish_push(&self, tenant: &str, target: Target) -> (String, String, String) {
+        let p = self.push(tenant, target.clone(), None);
+        publish_message(&*self.bus.publisher(), "pushes", &p)
+            .await
+            .unwrap();
+        (tenant.into(), Self::channel(tenant, &target), p.push_id)
+    }
+
+    /// Publishes `n` pushes in one batch; their ids in order.
+    pub async fn publish_pushes(
+        &self,
+        tenant: &str,
+        target: Target,
+        n: usize,
+        body: &str,
+        _chunk: usize,
+    ) -> Vec<String> {
+        let pushes: Vec<_> = (0..n)
+            .map(|_| self.push(tenant, target.clone(), Some(body)))
+            .collect();
+        let records = pushes
+            .iter()
+            .map(|p| {
+                pitboss_bus::OutRecord::new(p.bus_key(), p.encode_proto())
+                    .with_header(pitboss_bus::header::TYPE, "push")
+            })
+            .collect();
+        self.bus
+            .publisher()
+            .publish("pushes", records)
+            .await
+            .unwrap();
+        pushes.into_iter().map(|p| p.push_id).collect()
+    }
+
+    /// Publishes an alert about `player`; (tenant, channel, alert id).
+    pub async fn publish_alert(&self, tenant: &str, player: &str) -> (String, String, String) {
+        let mut a = pitboss_testkit::live::alert(self.next());
+        a.tenant_id = tenant.into();
+        a.player_id = Some(player.into());
+        a.group_key = player.into();
+        publish_message(&*self.bus.publisher(), "alerts", &a)
+            .await
+            .unwrap();
+        (tenant.into(), format!("operator:{tenant}"), a.alert_id)
+    }
+
+    /// Every message on `topic`.
+    pub async fn read_all<M: LiveMessage>(&self, topic: &str) -> Vec<M> {
+        let mut reader = self
+            .bus
+            .reader_all(topic, ReadFrom::Earliest)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while !reader.caught_up() {
+            for r in reader.poll(1000, Duration::from_millis(50)).await.unwrap() {
+                out.push(M::decode_proto(&r.value).unwrap());
+            }
+        }
+        out
+    }
+
+    /// Polls `check` until it holds (fails the test after 15 s).
+    pub async fn wait_until<F, Fut>(&self, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition never held"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Gw {
+    pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub shutdown: Shutdown,
+    pub state: GatewayState,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Gw {
+    pub async fn connect(&self, token: &str) -> Client {
+        let url = format!("ws://{}/v1/ws?token={token}", self.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut c = Client {
+            ws,
+            cursor: None,
+            pending: VecDeque::new(),
+            next_id: 100,
+        };
+        let welcome = c.next_frame().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["protocol"], 1);
+        c
+    }
+
+    /// Tries to connect; the refusal's status and error code.
+    pub async fn refused(&self, token: Option<&str>) -> (u16, String) {
+        let url = match token {
+            Some(t) => format!("ws://{}/v1/ws?token={t}", self.addr),
+            None => format!("ws://{}/v1/ws", self.addr),
+        };
+        match tokio_tungstenite::connect_async(url).await {
+            Ok(_) => panic!("connected"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                let body: Value =
+                    serde_json::from_slice(res.body().as_deref().unwrap_or_default()).unwrap();
+                (
+                    res.status().as_u16(),
+                    body["error"]["code"].as_str().unwrap().to_owned(),
+                )
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("http://{}{path}", self.addr))
+            .json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn ready(&self) -> u16 {
+        match reqwest::get(format!("http://{}/readyz", self.admin_addr)).await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn hub_acked(&self, alert_id: &str) -> bool {
+        pitboss_gateway::feed::lock(&self.state.hub).is_acked(alert_id)
+    }
+
+    pub fn presence(&self, channel: &str) -> usize {
+        pitboss_gateway::feed::lock(&self.state.hub)
+            .presence(channel)
+            .0
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger("test");
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("stopped")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The newest cursor seen (of the last channel that sent one).
+    pub cursor: Option<String>,
+    pending: VecDeque<Value>,
+    next_id: u64,
+}
+
+/// What a subscribe brought.
+pub struct Collected {
+    pub replayed: Vec<String>,
+    pub subscribed: Value,
+}
+
+impl Client {
+    /// The next frame (None when the connection closed); fails after 15 s.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within 15 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if let Some(c) = v.get("cursor").and_then(Value::as_str) {
+                        self.cursor = Some(c.to_owned());
+                    }
+                    return Some(v);
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    /// Sends `request` and returns the first frame that is not a message or cursor (those are
+    /// kept for [`Client::messages`]).
+    pub async fn request(&mut self, request: Value) -> Value {
+        self.raw(&request.to_string()).await
+    }
+
+    pub async fn raw(&mut self, text: &str) -> Value {
+        self.send(text).await;
+        loop {
+            let f = self.next_frame().await.expect("an answer");
+            match f["type"].as_str() {
+                Some("message") => self.pending.push_back(f),
+                Some("cursor") => {}
+                _ => return f,
+            }
+        }
+    }
+
+    /// Sends `request` and returns the frames up to the first of type `until`.
+    pub async fn request_all(&mut self, request: Value, until: &str) -> Vec<Value> {
+        self.send(&request.to_string()).await;
+        let mut out = Vec::new();
+        loop {
+            let f = self.next_frame().await.expect("an answer");
+            let done = f["type"] == until;
+            out.push(f);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str, since: Option<&str>) -> Value {
+        self.subscribe_collect(channel, since).await.subscribed
+    }
+
+    /// Subscribes; the ids of the messages replayed before `subscribed` (or the error).
+    pub async fn subscribe_collect(&mut self, channel: &str, since: Option<&str>) -> Collected {
+        self.next_id += 1;
+        let mut req = json!({"type": "subscribe", "id": self.next_id, "channel": channel});
+        if let Some(s) = since {
+            req["since"] = json!(s);
+        }
+        self.send(&req.to_string()).await;
+        let mut replayed = Vec::new();
+        loop {
+            let f = self.next_frame().await.expect("an answer");
+            match f["type"].as_str() {
+                Some("message") if f["replayed"] == true => {
+                    replayed.push(f["id"].as_str().unwrap().to_owned())
+                }
+                Some("message") => self.pending.push_back(f),
+                Some("cursor") => {}
+                _ => {
+                    return Collected {
+                        replayed,
+                        subscribed: f,
+                    };
+                }
+            }
+        }
+    }
+
+    pub async fn next_message(&mut self) -> Value {
+        if let Some(f) = self.pending.pop_front() {
+            return f;
+        }
+        loop {
+            let f = self.next_frame().await.expect("a message");
+            if f["type"] == "message" {
+                return f;
+            }
+        }
+    }
+
+    /// The ids of the next `n` messages.
+    pub async fn messages(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.next_message().await["id"].as_str().unwrap().to_owned());
+        }
+        out
+    }
+
+    /// No message arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        assert!(self.pending.is_empty(), "unexpected: {:?}", self.pending);
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    assert_ne!(v["type"], "message", "unexpected: {v}");
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends `text` up to `n` times, each as soon as the last was answered, until the gateway
+    /// closes: (close code, error codes seen).
+    pub async fn flood(&mut self, text: &str, n: usize) -> (Option<u16>, Vec<String>) {
+        let mut codes = Vec::new();
+        for _ in 0..n {
+            if self.ws.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+            loop {
+                match tokio::time::timeout(WAIT, self.ws.next())
+                    .await
+                    .expect("an answer within 15 s")
+                {
+                    Some(Ok(Message::Text(t))) => {
+                        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                        if let Some(c) = v["code"].as_str() {
+                            codes.push(c.to_owned());
+                        }
+                        if matches!(v["type"].as_str(), Some("error" | "subscribed")) {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => return (f.map(|f| u16::from(f.code)), codes),
+                    None | Some(Err(_)) => return (None, codes),
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        (None, codes)
+    }
+
+    pub async fn send_and_close_code(&mut self, text: &str) -> Option<u16> {
+        let _ = self.ws.send(Message::Text(text.into())).await;
+        self.close_code().await.0
+    }
+
+    /// Reads to the close: (code, reason).
+    pub async fn close_code(&mut self) -> (Option<u16>, String) {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("closed within 15 s")
+            {
+                Some(Ok(Message::Close(f))) => {
+                    return (
+                        f.as_ref().map(|f| u16::from(f.code)),
+                        f.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    );
+                }
+                None | Some(Err(_)) => return (None, String::new()),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Keeps the socket open without reading it.
+    pub fn stop_reading(self) -> Stalled {
+        Stalled(self)
+    }
+}
+
+/// A client that does not read.
+pub struct Stalled(Client);
+
+impl Stalled {
+    /// Reads what is buffered, then the close: (code, reason).
+    pub async fn close_code(mut self) -> (Option<u16>, String) {
+        self.0.close_code().await
+    }
+}

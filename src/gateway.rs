@@ -1,0 +1,327 @@
+//! `pitboss gateway` (the edge gateway over Kafka, Kinesis or the embedded log), `pitboss token`
+//! (a signed connection token), and the gateway inside `pitboss up`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use pitboss_gateway::{GatewayConfig, KeySource, Keying, Role, Verifier};
+use pitboss_runtime::Shutdown;
+
+use crate::{BusKind, KafkaArgs};
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Which bus to read alerts and pushes from (and publish acks and operator pushes to).
+    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
+    pub bus: BusKind,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// AWS region for Kinesis.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub kinesis_region: String,
+    /// Custom Kinesis endpoint (LocalStack).
+    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
+    pub kinesis_endpoint: Option<String>,
+    /// Directory of the embedded log (with `--bus embedded`).
+    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
+    pub data_dir: PathBuf,
+    /// Address of the WebSocket and publish API.
+    #[arg(long, env = "PITBOSS_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: std::net::SocketAddr,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9467"
+    )]
+    pub admin_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// This instance's name (in `welcome` frames and logs); the host name by default.
+    #[arg(long, env = "PITBOSS_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    #[command(flatten)]
+    pub tuning: GatewayTuning,
+    /// Topics read and written.
+    #[arg(long, default_value = "alerts")]
+    pub alerts_topic: String,
+    #[arg(long, default_value = "pushes")]
+    pub pushes_topic: String,
+    #[arg(long, default_value = "alert_acks")]
+    pub acks_topic: String,
+    /// On SIGTERM/SIGINT, how long sockets get to take their `reconnect` and close.
+    #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+}
+
+/// Where connection-token keys come from.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// File holding the HS256 secret (at least 32 bytes; surrounding whitespace ignored).
+    #[arg(long, env = "PITBOSS_GATEWAY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// JWKS document with RS256/ES256 public keys.
+    #[arg(long, env = "PITBOSS_GATEWAY_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL, fetched at start and every `--jwks-refresh-secs`.
+    #[arg(long, env = "PITBOSS_GATEWAY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    #[arg(long, default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+    /// Required `aud` claim.
+    #[arg(long, env = "PITBOSS_GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "PITBOSS_GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+}
+
+/// Limits and history of the gateway (the same in `pitboss up`).
+#[derive(Debug, Clone, Args)]
+pub struct GatewayTuning {
+    /// Messages kept per topic for resumes…
+    #[arg(long, default_value_t = 200_000)]
+    pub history_max: usize,
+    /// …for at most this long: a client away longer gets `too_old`.
+    #[arg(long, default_value_t = 600)]
+    pub history_max_age_secs: u64,
+    /// Frames queued per connection before it is closed as a slow consumer (4008).
+    #[arg(long, default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Connections held at once; more are refused.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_MAX_CONNECTIONS",
+        default_value_t = 200_000
+    )]
+    pub max_connections: usize,
+    /// WebSocket ping period; a connection silent for `--idle-timeout-secs` is closed (1001).
+    #[arg(long, default_value_t = 25)]
+    pub ping_interval_secs: u64,
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// How often idle subscriptions get a fresh cursor (and old history is dropped).
+    #[arg(long, default_value_t = 15)]
+    pub cursor_refresh_secs: u64,
+}
+
+impl GatewayTuning {
+    fn config(&self, gateway_id: String, keying: Keying, sequences: bool) -> GatewayConfig {
+        let mut c = GatewayConfig {
+            keying,
+            sequences,
+            tick: Duration::from_secs(self.cursor_refresh_secs.max(1)),
+            ..GatewayConfig::default()
+        };
+        c.hub.history_max = self.history_max.max(1);
+        c.hub.history_max_age_ms = (self.history_max_age_secs.max(1) * 1000) as i64;
+        c.server.gateway_id = gateway_id;
+        c.server.queue_capacity = self.queue_capacity.max(1);
+        c.server.ping_interval = Duration::from_secs(self.ping_interval_secs.max(1));
+        c.server.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        c
+    }
+
+    fn limits(&self, drain: Duration) -> pitboss_runtime::http::Limits {
+        pitboss_runtime::http::Limits {
+            max_connections: self.max_connections.max(1),
+            drain_timeout: drain,
+            ..pitboss_runtime::http::Limits::default()
+        }
+    }
+}
+
+fn read_secret(path: &Path) -> Result<Vec<u8>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let secret = text.trim().as_bytes().to_vec();
+    if secret.len() < 32 {
+        bail!(
+            "{}: the HS256 secret must be at least 32 bytes",
+            path.display()
+        );
+    }
+    Ok(secret)
+}
+
+impl KeyArgs {
+    async fn verifier(&self) -> Result<Verifier> {
+        let source = KeySource {
+            hs256_secret: self
+                .jwt_secret_file
+                .as_deref()
+                .map(read_secret)
+                .transpose()?,
+            jwks_file: self.jwks_file.clone(),
+            jwks_url: self.jwks_url.clone(),
+            jwks_refresh: Duration::from_secs(self.jwks_refresh_secs),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+        };
+        let v = Verifier::new(source).await?;
+        v.spawn_refresh();
+        Ok(v)
+    }
+}
+
+fn host_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
+}
+
+pub async fn gateway(args: GatewayArgs) -> Result<()> {
+    let spec = crate::bus_spec(
+        args.bus,
+        &args.kafka,
+        args.kinesis_region.clone(),
+        args.kinesis_endpoint.clone(),
+        &args.data_dir,
+    )?;
+    let verifier = args.keys.verifier().await?;
+    let bus = spec.open().await?;
+    let (keying, sequences) = match args.bus {
+        BusKind::Kinesis => (Keying::Unknown, true),
+        BusKind::Kafka | BusKind::Embedded => (Keying::Crc32, false),
+    };
+    let mut config = args.tuning.config(
+        args.gateway_id.clone().unwrap_or_else(host_id),
+        keying,
+        sequences,
+    );
+    config.alerts_topic = args.alerts_topic.clone();
+    config.pushes_topic = args.pushes_topic.clone();
+    config.acks_topic = args.acks_topic.clone();
+    let metrics = pitboss_runtime::telemetry::prometheus();
+    let listener = crate::bind(args.listen).await?;
+    let admin = crate::bind(args.admin_listen).await?;
+    tracing::info!(
+        ws = %pitboss_gateway::server::describe(listener.local_addr()?),
+        admin = %admin.local_addr()?,
+        bus = ?args.bus,
+        "gateway starting"
+    );
+    pitboss_runtime::http::raise_fd_limit();
+    let stop = Shutdown::on_signals();
+    let state = pitboss_gateway::start(bus, verifier, config, stop.clone());
+    let admin_router = pitboss_gateway::server::admin_router(state.clone(), metrics);
+    let limits = args
+        .tuning
+        .limits(Duration::from_secs(args.drain_timeout_secs));
+    tokio::try_join!(
+        async {
+            pitboss_gateway::server::serve(state, listener, limits)
+                .await
+                .context("gateway listener")
+        },
+        async {
+            pitboss_runtime::admin::serve(admin, admin_router, stop.clone())
+                .await
+                .context("admin listener")
+        },
+    )?;
+    Ok(())
+}
+
+/// The gateway inside `pitboss up`: over the embedded bus, HS256 with the secret in
+/// `data_dir/gateway-jwt-secret` (made once, readable by its owner only).
+pub async fn serve_in_up(
+    bus: std::sync::Arc<dyn pitboss_bus::Bus>,
+    data_dir: &Path,
+    listener: tokio::net::TcpListener,
+    tuning: &GatewayTuning,
+    stop: Shutdown,
+) -> Result<()> {
+    let secret = read_secret(&up_secret(data_dir)?)?;
+    let verifier = Verifier::hs256(&secret)?;
+    let config = tuning.config("up".into(), Keying::Crc32, false);
+    let state = pitboss_gateway::start(bus, verifier, config, stop);
+    let limits = tuning.limits(Duration::from_secs(5));
+    pitboss_gateway::server::serve(state, listener, limits)
+        .await
+        .context("gateway listener")
+}
+
+/// The HS256 secret of `pitboss up`'s gateway: created on first use.
+pub fn up_secret(data_dir: &Path) -> Result<PathBuf> {
+    let path = data_dir.join("gateway-jwt-secret");
+    if path.exists() {
+        return Ok(path);
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    crate::write_private(&path, &secret)?;
+    Ok(path)
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The tenant.
+    #[arg(long, default_value = "demo")]
+    pub tenant: String,
+    #[arg(long, value_enum, default_value_t = TokenRole::Player)]
+    pub role: TokenRole,
+    /// The player or operator id (`sub`).
+    #[arg(long, default_value = "p1")]
+    pub subject: String,
+    /// Rooms the token allows (comma-separated; `*` for all).
+    #[arg(long, value_delimiter = ',')]
+    pub rooms: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+    /// The HS256 secret file; `pitboss up`'s (`<data-dir>/gateway-jwt-secret`) by default.
+    #[arg(long, env = "PITBOSS_GATEWAY_JWT_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokenRole {
+    Player,
+    Operator,
+}
+
+pub fn token(args: TokenArgs) -> Result<()> {
+    let path = match args.secret_file {
+        Some(p) => p,
+        None => {
+            let p = args.data_dir.join("gateway-jwt-secret");
+            if !p.exists() {
+                bail!(
+                    "{} not found: run `pitboss up` once, or give --secret-file",
+                    p.display()
+                );
+            }
+            p
+        }
+    };
+    let secret = read_secret(&path)?;
+    let role = match args.role {
+        TokenRole::Player => Role::Player,
+        TokenRole::Operator => Role::Operator,
+    };
+    let claims = pitboss_gateway::auth::claims(
+        &args.tenant,
+        &args.subject,
+        role,
+        args.rooms,
+        Duration::from_secs(args.ttl_secs),
+    );
+    let token = pitboss_gateway::auth::sign_hs256(&claims, &secret)?;
+    // Verify what we print, so a bad tenant or subject fails here and not at connect.
+    Verifier::hs256(&secret)?
+        .verify(&token)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{token}");
+    Ok(())
+}
