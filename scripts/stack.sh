@@ -38,6 +38,8 @@ install_apt() {
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
   [[ -f /usr/share/java/zookeeper.jar ]] || missing+=(zookeeper)
+  # nginx in front of the gateways (tests/gateway_live.rs); run as a plain process.
+  [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -294,7 +294,9 @@ impl Verifier {
             other => return Err(AuthError::Algorithm(format!("{other:?}"), self.accepted())),
         };
         let mut validation = Validation::new(header.alg);
-        validation.leeway = 5;
+        // No leeway: a token is refused at connect exactly when the live connection would be
+        // closed for it (the issuer's clock is the reference).
+        validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &self.source.audience {
             Some(aud) => {

@@ -129,11 +129,22 @@ impl TopicState {
 
     /// The cursor over `partitions` as they stand.
     fn cursor(&self, partitions: &[Partition]) -> String {
+        self.cursor_with(partitions, &BTreeMap::new())
+    }
+
+    /// The cursor over `partitions`, where a client already `ahead` of this instance keeps its
+    /// own (further) positions.
+    fn cursor_with(
+        &self,
+        partitions: &[Partition],
+        ahead: &BTreeMap<Partition, Position>,
+    ) -> String {
         let mut out = String::new();
         for &p in partitions {
-            let pos = match (self.head.get(&p), self.floor.get(&p)) {
-                (Some(h), _) => h.to_string(),
-                (None, Some(Floor::After(f))) => f.to_string(),
+            let pos = match (ahead.get(&p), self.head.get(&p), self.floor.get(&p)) {
+                (Some(a), _, _) => a.to_string(),
+                (None, Some(h), _) => h.to_string(),
+                (None, None, Some(Floor::After(f))) => f.to_string(),
                 _ => continue,
             };
             if !out.is_empty() {
@@ -691,7 +702,7 @@ impl Hub {
             let skip = replay.len() - self.config.max_replay;
             replay.drain(..skip);
         }
-        let cursor = self.topic(kind).cursor(&partitions);
+        let cursor = self.topic(kind).cursor_with(&partitions, &ahead);
         let mut batch: Vec<Text> = replay
             .iter()
             .map(|e| {
@@ -1169,7 +1180,12 @@ mod tests {
             .subscribe(1, &ch, Some(&format!("{p}=1")), None, now())
             .unwrap();
         assert_eq!(s.recovery, Recovery::Complete);
-        a.frames();
+        let frames = a.frames();
+        assert_eq!(
+            frames.last().unwrap()["cursor"],
+            format!("{p}=1"),
+            "its own cursor, not behind it"
+        );
         h.apply(MessageType::Push, &recs[1..], now());
         assert_eq!(a.message_ids(), ["push-3"]);
     }

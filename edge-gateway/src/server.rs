@@ -290,7 +290,13 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                 incoming = stream.next() => {
                     last_seen = Instant::now();
                     match incoming {
-                        None | Some(Ok(Message::Close(_))) => break 'session None,
+                        None => break 'session None,
+                        Some(Ok(Message::Close(_))) => {
+                            // The library queued the close reply: send it, so the client's
+                            // close is clean.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                            break 'session None;
+                        }
                         Some(Err(e)) => {
                             let text = e.to_string();
                             tracing::debug!(conn, error = %text, "websocket read failed");
