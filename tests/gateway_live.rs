@@ -54,6 +54,13 @@ fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16]) -> String {
             out.push_str(&format!("        listen 127.0.0.1:{port};\n"));
             continue;
         }
+        if t.starts_with("error_log") {
+            out.push_str(&format!(
+                "            error_log {}/ws-error.log crit;\n",
+                dir.display()
+            ));
+            continue;
+        }
         if t.starts_with("access_log") {
             out.push_str(&format!(
                 "        access_log {}/access.log pitboss;\n",
@@ -419,4 +426,102 @@ async fn a_gateway_killed_behind_nginx_loses_and_repeats_nothing() {
     for t in tasks {
         t.abort();
     }
+}
+
+/// SIGTERM on a `pitboss gateway` process with clients connected: each client is told to
+/// reconnect and closed with 1012, and the process exits 0 (not before the sockets closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_tells_every_client_to_reconnect_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = pitboss_testkit::unique_name("gwterm");
+    let topics = Topics {
+        alerts: format!("{name}_alerts"),
+        pushes: format!("{name}_pushes"),
+        acks: format!("{name}_acks"),
+    };
+    let bus = BusSpec::Kafka {
+        bootstrap: pitboss_testkit::kafka(),
+        options: Default::default(),
+    }
+    .open()
+    .await
+    .unwrap();
+    for t in [&topics.alerts, &topics.pushes, &topics.acks] {
+        bus.create_topic(t, 2).await.unwrap();
+    }
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let port = free_port();
+    let mut gw = gateway(port, "gw-t", &secret, &topics, &dir.path().join("gw.log"));
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let claims = pitboss_gateway::auth::claims(
+            "acme",
+            &format!("p{i}"),
+            Role::Player,
+            vec![],
+            Duration::from_secs(3600),
+        );
+        let token = pitboss_gateway::auth::sign_hs256(&claims, SECRET.as_bytes()).unwrap();
+        let url = format!("ws://127.0.0.1:{port}/v1/ws?token={token}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut ws = loop {
+            match tokio_tungstenite::connect_async(&url).await {
+                Ok((ws, _)) => break ws,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let req = serde_json::json!({"type": "subscribe", "channel": format!("player:acme:p{i}")});
+        ws.send(Message::Text(req.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                panic!("closed")
+            };
+            if t.as_str().contains("\"subscribed\"") {
+                break;
+            }
+        }
+        clients.push(ws);
+    }
+    let pid = gw.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for mut ws in clients {
+        let mut told = false;
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(15), ws.next())
+                .await
+                .expect("closed within 15 s")
+            {
+                Some(Ok(Message::Text(t))) => told |= t.as_str().contains("\"reconnect\""),
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break None,
+            }
+        };
+        assert!(told, "a reconnect frame before the close");
+        assert_eq!(code, Some(1012));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = gw.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }

@@ -454,6 +454,107 @@ mod tests {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
     }
 
+    /// Test-only key pairs (edge-gateway/tests/keys: made for these tests, never used elsewhere).
+    fn keys(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/keys")
+            .join(name)
+    }
+
+    fn sign(alg: Algorithm, kid: Option<&str>, pem: &str, c: &Claims) -> String {
+        let pem = std::fs::read(keys(pem)).unwrap();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, c, &key).unwrap()
+    }
+
+    async fn jwks_cases(v: &Verifier) {
+        let c = claims(
+            "acme",
+            "ops",
+            Role::Operator,
+            vec![],
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::ES256, Some("ec-1"), "es256.pem", &c))
+                .unwrap(),
+            c
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, Some("rsa-1"), "rs256.pem", &c))
+                .unwrap(),
+            c
+        );
+        // Without a kid, the key of the algorithm is used.
+        assert_eq!(
+            v.verify(&sign(Algorithm::ES256, None, "es256.pem", &c))
+                .unwrap(),
+            c
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::ES256, Some("ec-9"), "es256.pem", &c))
+                .unwrap_err(),
+            AuthError::UnknownKey(Some("ec-9".into()))
+        );
+        // Signed by another key under a known kid: the signature fails.
+        let mut other = c.clone();
+        other.sub = "intruder".into();
+        let token = sign(Algorithm::RS256, Some("rsa-1"), "rs256.pem", &other);
+        let (head, rest) = token.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let good = sign(Algorithm::RS256, Some("rsa-1"), "rs256.pem", &c);
+        let payload = good.split('.').nth(1).unwrap();
+        assert_eq!(
+            v.verify(&format!("{head}.{payload}.{sig}")).unwrap_err(),
+            AuthError::Signature
+        );
+        // No HS256 secret configured: an HS256 token is refused for its algorithm.
+        let hs = sign_hs256(&c, SECRET).unwrap();
+        assert_eq!(v.verify(&hs).unwrap_err().code(), "token_algorithm");
+    }
+
+    #[tokio::test]
+    async fn rs256_and_es256_tokens_verify_with_keys_from_a_jwks_file_or_url() {
+        let file = Verifier::new(KeySource {
+            jwks_file: Some(keys("jwks.json")),
+            ..KeySource::default()
+        })
+        .await
+        .unwrap();
+        jwks_cases(&file).await;
+
+        // The same keys served over HTTP.
+        let body = std::fs::read_to_string(keys("jwks.json")).unwrap();
+        let app =
+            axum::Router::new().route("/jwks", axum::routing::get(move || async move { body }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = Verifier::new(KeySource {
+            jwks_url: Some(format!("http://{addr}/jwks")),
+            ..KeySource::default()
+        })
+        .await
+        .unwrap();
+        jwks_cases(&url).await;
+
+        // No keys at all, or an unreachable URL: refused at start.
+        assert!(Verifier::new(KeySource::default()).await.is_err());
+        assert!(
+            Verifier::new(KeySource {
+                jwks_url: Some("http://127.0.0.1:9/jwks".into()),
+                ..KeySource::default()
+            })
+            .await
+            .is_err()
+        );
+    }
+
     #[test]
     fn short_secrets_are_refused() {
         assert!(Verifier::hs256(b"short").is_err());

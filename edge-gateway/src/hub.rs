@@ -94,6 +94,9 @@ struct Entry {
     partition: Partition,
     position: Position,
     id: Arc<str>,
+    /// `tenant` + `id`: ids are unique within a tenant only (a rule alert's id derives from the
+    /// client's event id), so duplicates and acks are matched on this.
+    key: Arc<str>,
     channel: Arc<str>,
     kind: MessageType,
     /// The message's canonical JSON.
@@ -374,7 +377,8 @@ impl Hub {
             t.partitions = r.partition + 1;
         }
         let floor = t.floor.entry(r.partition).or_insert(Floor::Pending);
-        if *floor == Floor::Pending {
+        // A shard nothing could be proven about holds everything from its first record on.
+        if matches!(*floor, Floor::Pending | Floor::Unknown) {
             *floor = Floor::After(match &r.position {
                 Position::Offset(o) => Position::Offset(o - 1),
                 // No predecessor can be named: this record and what follows are held.
@@ -419,8 +423,9 @@ impl Hub {
             applied.invalid += 1;
             return;
         };
+        let key = scoped(channel.tenant_id(), &id);
         let t = self.topic_mut(kind);
-        if t.ids.contains(id.as_str()) {
+        if t.ids.contains(&key) {
             applied.duplicates += 1;
             return;
         }
@@ -429,7 +434,7 @@ impl Hub {
             return;
         }
         let id: Arc<str> = id.into();
-        t.ids.insert(id.clone());
+        t.ids.insert(key.clone());
         let name: Arc<str> = channel.to_string().into();
         let partitions = self.channel_entry(&name, &channel).partitions.clone();
         let cursor: Arc<str> = self.topic(kind).cursor(&partitions).into();
@@ -438,6 +443,7 @@ impl Hub {
             partition: r.partition,
             position: r.position.clone(),
             id,
+            key,
             channel: name.clone(),
             kind,
             data: data.into_boxed_str(),
@@ -539,12 +545,12 @@ impl Hub {
                 let Some(e) = t.history.pop_front() else {
                     break;
                 };
-                t.ids.remove(&e.id);
+                t.ids.remove(&e.key);
                 t.floor
                     .insert(e.partition, Floor::After(e.position.clone()));
                 if kind == MessageType::Alert {
                     // Its place in `acked_order` goes when the order's bound passes it.
-                    self.acked.remove(&e.id);
+                    self.acked.remove(&e.key);
                 }
                 if let Some(ch) = self.channels.get_mut(&e.channel) {
                     if ch.history.front().is_some_and(|f| Arc::ptr_eq(f, &e)) {
@@ -565,7 +571,7 @@ impl Hub {
             let Ok(ack) = AlertAck::decode_proto(&r.value) else {
                 continue;
             };
-            let id: Arc<str> = ack.alert_id.into();
+            let id = scoped(&ack.tenant_id, &ack.alert_id);
             if self.acked.insert(id.clone()) {
                 self.acked_order.push_back(id);
                 n += 1;
@@ -687,7 +693,7 @@ impl Hub {
             let missed = since.as_ref().is_some_and(|s| {
                 recoverable && s.get(&e.partition).is_none_or(|pos| e.position > *pos)
             });
-            let unacked = is_operator && !self.acked.contains(&e.id);
+            let unacked = is_operator && !self.acked.contains(&e.key);
             if missed || unacked {
                 replay.push(e.clone());
             }
@@ -808,7 +814,9 @@ impl Hub {
             ch.last_cursor = cursor;
             for conn in ch.subscribers.clone() {
                 // A full queue is left alone here: the live path decides about slow clients.
+                // A client ahead of this instance keeps its own, further cursor.
                 if let Some(c) = self.conns.get(&conn)
+                    && !c.ahead.contains_key(&name)
                     && c.tx.try_send(Out::Frame(frame.clone())).is_ok()
                 {
                     sent += 1;
@@ -818,9 +826,9 @@ impl Hub {
         sent
     }
 
-    /// Whether an ack of `alert_id` has been read.
-    pub fn is_acked(&self, alert_id: &str) -> bool {
-        self.acked.contains(alert_id)
+    /// Whether an ack of `tenant`'s alert `alert_id` has been read.
+    pub fn is_acked(&self, tenant: &str, alert_id: &str) -> bool {
+        self.acked.contains(&scoped(tenant, alert_id))
     }
 
     /// How many messages the history holds (alerts, pushes).
@@ -838,6 +846,11 @@ impl Hub {
 enum Offer {
     Sent,
     Closed,
+}
+
+/// `tenant` and `id` as one key (the separator cannot occur in either).
+fn scoped(tenant: &str, id: &str) -> Arc<str> {
+    format!("{tenant}\u{1f}{id}").into()
 }
 
 fn json_str(s: &str) -> String {
@@ -1244,6 +1257,31 @@ mod tests {
             ids,
             [alerts[0].alert_id.clone(), alerts[2].alert_id.clone()]
         );
+    }
+
+    #[test]
+    fn the_same_id_in_two_tenants_is_two_messages_and_an_ack_is_its_tenants_only() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let a = live::alert(1);
+        let mut b = a.clone();
+        b.tenant_id = "zeta".into();
+        h.apply(MessageType::Alert, &[log.record(&a), log.record(&b)], now());
+        let mut ack = live::ack(1);
+        ack.tenant_id = a.tenant_id.clone();
+        ack.alert_id = a.alert_id.clone();
+        h.apply_acks(&[log.record(&ack)]);
+        assert!(h.is_acked(&a.tenant_id, &a.alert_id));
+        assert!(!h.is_acked("zeta", &a.alert_id));
+        let mut ops = connect(&mut h, 1, "ops", 64);
+        let s = h
+            .subscribe(1, &channel("operator:zeta"), None, None, now())
+            .unwrap();
+        assert_eq!(
+            s.replayed, 1,
+            "zeta's alert is delivered and still unacknowledged"
+        );
+        assert_eq!(ops.message_ids(), vec![a.alert_id.clone()]);
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct GatewayState {
     pub ready: watch::Receiver<bool>,
     pub shutdown: pitboss_runtime::Shutdown,
     next_conn: Arc<AtomicU64>,
+    /// Sessions running (upgraded sockets are not tracked by the HTTP server's drain).
+    sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -108,6 +110,7 @@ impl GatewayState {
             ready,
             shutdown,
             next_conn: Arc::new(AtomicU64::new(1)),
+            sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
 }
@@ -212,8 +215,11 @@ struct End {
 
 async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
     let conn: ConnId = st.next_conn.fetch_add(1, Ordering::Relaxed);
+    let _running = Running::start(&st.sessions);
     let (tx, mut rx) = mpsc::channel::<Out>(st.config.queue_capacity.max(1));
     let (kill_tx, mut kill_rx) = oneshot::channel::<(u16, String)>();
+    // Answers that finish later (an ack stored on the bus) are queued behind the messages.
+    let own = tx.clone();
     lock(&st.hub).register(conn, &claims.sub, tx, kill_tx);
     let (mut sink, mut stream) = socket.split();
     let mut claims = claims;
@@ -253,8 +259,9 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
             st.config.ping_interval,
         );
         let mut last_seen = Instant::now();
+        let expiry = tokio::time::sleep(claims.expires_in());
+        tokio::pin!(expiry);
         loop {
-            let expiry = tokio::time::sleep(claims.expires_in());
             tokio::select! {
                 biased;
                 () = st.shutdown.wait() => {
@@ -266,7 +273,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                     let (code, reason) = killed.unwrap_or((close::SLOW_CONSUMER, "closed".into()));
                     break 'session Some(End { code, reason });
                 }
-                () = expiry => {
+                () = &mut expiry => {
                     let frame = ServerFrame::Error(ProtocolError::new("token_expired", "the token expired: connect again with a fresh one (refresh before expires_at)"));
                     let _ = send_text(&mut sink, frame.to_text().into(), write_timeout).await;
                     break 'session Some(End { code: close::TOKEN_EXPIRED, reason: "token expired".into() });
@@ -307,7 +314,9 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                         }
                         Some(Ok(Message::Text(t))) => {
                             let is_ready = *ready.borrow_and_update();
-                            let replies = handle(&st, conn, &mut claims, &mut conn_state, is_ready, &mut ready, t.as_str()).await;
+                            let replies = handle(&st, conn, &own, &mut claims, &mut conn_state, is_ready, &mut ready, t.as_str()).await;
+                            // A refresh may have moved the expiry.
+                            expiry.as_mut().reset(tokio::time::Instant::now() + claims.expires_in());
                             for text in replies {
                                 if send_text(&mut sink, text.into(), write_timeout).await.is_err() {
                                     break 'session None;
@@ -407,9 +416,11 @@ async fn write_out(sink: &mut WsSink, out: Out, timeout: Duration) -> Result<(),
 }
 
 /// Handles one request; the answer to write, if it is not queued through the hub.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     st: &GatewayState,
     conn: ConnId,
+    own: &mpsc::Sender<Out>,
     claims: &mut Claims,
     cs: &mut ConnState,
     is_ready: bool,
@@ -441,7 +452,10 @@ async fn handle(
         ];
     }
     let fail = |cs: &mut ConnState, e: ProtocolError| {
-        cs.errors += 1;
+        // The client's faults count toward the close; the server's (a closed connection) not.
+        if e.code != "closed" {
+            cs.errors += 1;
+        }
         vec![ServerFrame::Error(e.for_request(id.as_ref())).to_text()]
     };
     match msg {
@@ -583,23 +597,31 @@ async fn handle(
                     .join("; ");
                 return fail(cs, ProtocolError::new("invalid_ack", m));
             }
-            match publish_message(&*st.publisher, &st.config.acks_topic, &ack).await {
-                Ok(_) => vec![
-                    ServerFrame::Acked {
+            // Stored in the background, so the connection keeps delivering (and pinging) while
+            // the bus confirms; the answer follows in the connection's queue.
+            let (publisher, topic, own) = (
+                st.publisher.clone(),
+                st.config.acks_topic.clone(),
+                own.clone(),
+            );
+            tokio::spawn(async move {
+                let frame = match publish_message(&*publisher, &topic, &ack).await {
+                    Ok(_) => ServerFrame::Acked {
                         id,
                         alert_id: ack.alert_id,
                         ack_id: ack.ack_id,
-                    }
-                    .to_text(),
-                ],
-                Err(e) => fail(
-                    cs,
-                    ProtocolError::new(
-                        "bus_unavailable",
-                        format!("the ack was not stored; retry with the same ack_id: {e}"),
+                    },
+                    Err(e) => ServerFrame::Error(
+                        ProtocolError::new(
+                            "bus_unavailable",
+                            format!("the ack was not stored; retry with the same ack_id: {e}"),
+                        )
+                        .for_request(id.as_ref()),
                     ),
-                ),
-            }
+                };
+                let _ = own.send(Out::Frame(frame.to_text().into())).await;
+            });
+            Vec::new()
         }
     }
 }
@@ -736,7 +758,31 @@ pub async fn serve(
     limits: pitboss_runtime::http::Limits,
 ) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
-    pitboss_runtime::http::serve(listener, router(state), limits, shutdown).await
+    let (sessions, drain) = (state.sessions.clone(), limits.drain_timeout);
+    pitboss_runtime::http::serve(listener, router(state), limits, shutdown).await?;
+    // The HTTP drain does not wait for upgraded sockets: wait for every session to have sent
+    // its `reconnect` and close (bounded by the drain deadline).
+    let deadline = tokio::time::Instant::now() + drain;
+    while sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Counts a session while it runs.
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Running {
+    fn start(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The address a listener is bound to, for logs.

@@ -296,7 +296,7 @@ impl Gw {
     }
 
     pub fn hub_acked(&self, alert_id: &str) -> bool {
-        pitboss_gateway::feed::lock(&self.state.hub).is_acked(alert_id)
+        pitboss_gateway::feed::lock(&self.state.hub).is_acked("acme", alert_id)
     }
 
     pub fn presence(&self, channel: &str) -> usize {
