@@ -182,6 +182,28 @@ fn gateway(
     Killed(child)
 }
 
+/// Kafka, with fresh alerts/pushes/acks topics of `partitions` partitions.
+async fn kafka_topics(
+    prefix: &str,
+    partitions: u32,
+) -> (std::sync::Arc<dyn pitboss_bus::Bus>, Topics) {
+    let name = pitboss_testkit::unique_name(prefix);
+    let topics = Topics {
+        alerts: format!("{name}_alerts"),
+        pushes: format!("{name}_pushes"),
+        acks: format!("{name}_acks"),
+    };
+    let spec = BusSpec::Kafka {
+        bootstrap: pitboss_testkit::kafka(),
+        options: Default::default(),
+    };
+    let bus = spec.open().await.unwrap();
+    for t in [&topics.alerts, &topics.pushes, &topics.acks] {
+        bus.create_topic(t, partitions).await.unwrap();
+    }
+    (bus, topics)
+}
+
 struct Topics {
     alerts: String,
     pushes: String,
@@ -268,20 +290,7 @@ async fn player(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_behind_nginx_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let name = pitboss_testkit::unique_name("gw");
-    let topics = Topics {
-        alerts: format!("{name}_alerts"),
-        pushes: format!("{name}_pushes"),
-        acks: format!("{name}_acks"),
-    };
-    let spec = BusSpec::Kafka {
-        bootstrap: pitboss_testkit::kafka(),
-        options: Default::default(),
-    };
-    let bus = spec.open().await.unwrap();
-    for t in [&topics.alerts, &topics.pushes, &topics.acks] {
-        bus.create_topic(t, 4).await.unwrap();
-    }
+    let (bus, topics) = kafka_topics("gw", 4).await;
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let (pa, pb, pn) = (free_port(), free_port(), free_port());
@@ -433,22 +442,7 @@ async fn a_gateway_killed_behind_nginx_loses_and_repeats_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_tells_every_client_to_reconnect_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let name = pitboss_testkit::unique_name("gwterm");
-    let topics = Topics {
-        alerts: format!("{name}_alerts"),
-        pushes: format!("{name}_pushes"),
-        acks: format!("{name}_acks"),
-    };
-    let bus = BusSpec::Kafka {
-        bootstrap: pitboss_testkit::kafka(),
-        options: Default::default(),
-    }
-    .open()
-    .await
-    .unwrap();
-    for t in [&topics.alerts, &topics.pushes, &topics.acks] {
-        bus.create_topic(t, 2).await.unwrap();
-    }
+    let (_bus, topics) = kafka_topics("gwterm", 2).await;
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).unwrap();
     let port = free_port();
