@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Memory per idle authenticated WebSocket: opens N ingest sockets (/v1/ingest/ws) to a running
-server and reports the growth of the server's resident memory divided by N.
+"""Memory per idle authenticated WebSocket: opens N sockets (ingest's /v1/ingest/ws, or the
+gateway's /v1/ws with WS_PATH=/v1/ws, each in its own room with SUBSCRIBE_ROOM=<tenant>) to a
+running server and reports the growth of the server's resident memory divided by N.
 
-usage: scripts/ws-idle-memory.py ADDR API_KEY SERVER_PID [N]
+usage: [WS_PATH=/v1/ws] scripts/ws-idle-memory.py ADDR API_KEY_OR_TOKEN SERVER_PID [N]
 e.g.   scripts/ws-idle-memory.py 127.0.0.1:8080 "$(cat .pitboss/demo-api-key)" "$(pgrep -f 'pitboss up')" 2000
 """
 import base64, os, resource, socket, sys, time
@@ -14,10 +15,18 @@ def rss_kb(pid):
                 return int(line.split()[1])
     raise SystemExit("no VmRSS")
 
-def connect(host, port, key):
+def frame(text):
+    """A masked client text frame (RFC 6455)."""
+    data = text.encode()
+    mask = os.urandom(4)
+    head = bytes([0x81, 0x80 | len(data)]) if len(data) < 126 else bytes([0x81, 0xFE]) + len(data).to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+def connect(host, port, key, i=0):
     s = socket.create_connection((host, port), timeout=10)
     nonce = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /v1/ingest/ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    path = os.environ.get("WS_PATH", "/v1/ingest/ws")
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
                f"Connection: Upgrade\r\nSec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\n"
                f"Authorization: Bearer {key}\r\n\r\n").encode())
     head = b""
@@ -28,6 +37,11 @@ def connect(host, port, key):
         head += chunk
     if not head.startswith(b"HTTP/1.1 101"):
         raise SystemExit(f"handshake refused: {head.splitlines()[0]!r}")
+    # Gateway sockets (WS_PATH=/v1/ws) with SUBSCRIBE_ROOM=<tenant>: each joins its own room
+    # (`room:<tenant>:r-<i>`; the token needs --rooms '*').
+    tenant = os.environ.get("SUBSCRIBE_ROOM")
+    if tenant:
+        s.sendall(frame(f'{{"type":"subscribe","channel":"room:{tenant}:r-{i}"}}'))
     return s
 
 def main():
@@ -39,7 +53,7 @@ def main():
     warm = [connect(host, int(port), key) for _ in range(50)]  # allocator and runtime warm-up
     time.sleep(1)
     before = rss_kb(pid)
-    socks = [connect(host, int(port), key) for _ in range(n)]
+    socks = [connect(host, int(port), key, i) for i in range(n)]
     time.sleep(2)
     after = rss_kb(pid)
     per = (after - before) * 1024 / n
