@@ -109,7 +109,19 @@ fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16]) -> String {
     out
 }
 
-fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16]) -> Killed {
+/// nginx, stopped with SIGTERM so its master takes its workers with it (a SIGKILLed master
+/// leaves them running, holding the port).
+struct Nginx(Child);
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16]) -> Nginx {
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_conf(dir, port, gateways)).unwrap();
     let bin = if std::path::Path::new("/usr/sbin/nginx").exists() {
@@ -139,7 +151,7 @@ fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16]) -> Killed {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Killed(child)
+    Nginx(child)
 }
 
 fn gateway(
