@@ -40,11 +40,13 @@ install_apt() {
   [[ -f /usr/share/java/zookeeper.jar ]] || missing+=(zookeeper)
   # nginx in front of the gateways (tests/gateway_live.rs); run as a plain process.
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+  # Headless Chromium for the console test (tests/browser, driven by npm playwright-core).
+  command -v chromium >/dev/null || missing+=(chromium)
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
 

@@ -37,6 +37,9 @@ cargo test --workspace --locked "$@"
 # The TypeScript client (clients/typescript) against the real gateway (`pitboss up`, built above).
 command -v npm >/dev/null || { echo "npm not found: install Node.js 20 or later" >&2; exit 1; }
 (cd clients/typescript && npm ci --no-audit --no-fund && PITBOSS_BIN="$CARGO_TARGET_DIR/debug/pitboss" npm test)
+# The operator console in headless Chromium (Debian chromium, npm playwright-core) against a real
+# `pitboss up --demo`; its screenshot lands in target/artifacts/console.png.
+(cd tests/browser && npm ci --no-audit --no-fund && PITBOSS_BIN="$CARGO_TARGET_DIR/debug/pitboss" npm test)
 # The served OpenAPI document (kept equal to docs/openapi.json by a test) must be valid 3.1.
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
   || python3 -m pip install -q --disable-pip-version-check 'openapi-spec-validator>=0.7,<1' 2>&1 | grep -v 'Running pip as' >&2 || true

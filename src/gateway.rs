@@ -239,16 +239,31 @@ pub async fn serve_in_up(
     data_dir: &Path,
     listener: tokio::net::TcpListener,
     tuning: &GatewayTuning,
+    store: PathBuf,
     stop: Shutdown,
 ) -> Result<()> {
     let secret = read_secret(&up_secret(data_dir)?)?;
     let verifier = Verifier::hs256(&secret)?;
     let config = tuning.config("up".into(), Keying::Crc32, false);
-    let state = pitboss_gateway::start(bus, verifier, config, stop);
+    let state = pitboss_gateway::start(bus, verifier, config, stop)
+        .with_stats(std::sync::Arc::new(SqliteStats { path: store }));
     let limits = tuning.limits(Duration::from_secs(5));
     pitboss_gateway::server::serve(state, listener, limits)
         .await
         .context("gateway listener")
+}
+
+/// An operator token of `tenant` for the console link `pitboss up` prints (12 hours).
+pub fn console_token(data_dir: &Path, tenant: &str) -> Result<String> {
+    let secret = read_secret(&up_secret(data_dir)?)?;
+    let claims = pitboss_gateway::auth::claims(
+        tenant,
+        "console",
+        Role::Operator,
+        Vec::new(),
+        Duration::from_secs(12 * 3600),
+    );
+    pitboss_gateway::auth::sign_hs256(&claims, &secret)
 }
 
 /// The HS256 secret of `pitboss up`'s gateway: created on first use.
@@ -324,4 +339,92 @@ pub fn token(args: TokenArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{token}");
     Ok(())
+}
+
+/// The console's traffic figures from the embedded store of `pitboss up` (read-only queries
+/// on the rollups and the live-path tables, one short-lived connection per request).
+#[derive(Debug)]
+pub struct SqliteStats {
+    pub path: PathBuf,
+}
+
+impl SqliteStats {
+    fn figures(path: &Path, tenant: &str) -> Result<serde_json::Value, String> {
+        use pitboss_processor::sqlite::{SqlValue, query_with};
+        use serde_json::{Value, json};
+        let now_ms = pitboss_model::Timestamp::now().as_millis();
+        let now = now_ms / 1000;
+        let t = || SqlValue::Text(tenant.to_owned());
+        let ask = |sql: &str, since: i64| {
+            query_with(path, sql, &[t(), SqlValue::Integer(since)], 100).map_err(|e| e.to_string())
+        };
+        let objects = |a: pitboss_processor::sqlite::Answer| -> Vec<Value> {
+            a.rows
+                .into_iter()
+                .map(|row| Value::Object(a.columns.iter().cloned().zip(row).collect()))
+                .collect()
+        };
+        let scalar = |a: pitboss_processor::sqlite::Answer| {
+            a.rows
+                .into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .unwrap_or(Value::Null)
+        };
+        // The last ten whole seconds (the current one is still being stored).
+        let recent = scalar(ask(
+            "SELECT count(*) FROM events WHERE tenant_id = ?1 AND occurred_at >= ?2 AND occurred_at < ?2 + 10",
+            now - 11,
+        )?);
+        let events_per_second = recent.as_f64().unwrap_or(0.0) / 10.0;
+        let active_players = scalar(ask(
+            "SELECT count(DISTINCT player_id) FROM player_minutes WHERE tenant_id = ?1 AND minute >= ?2",
+            now - 300,
+        )?);
+        let alerts_last_hour = scalar(ask(
+            "SELECT count(*) FROM alerts WHERE tenant_id = ?1 AND received_at >= ?2",
+            now - 3600,
+        )?);
+        let alerts_by_rule = objects(ask(
+            "SELECT rule_id, count(*) AS alerts FROM alerts WHERE tenant_id = ?1 AND received_at >= ?2 \
+             GROUP BY rule_id ORDER BY alerts DESC, rule_id LIMIT 30",
+            now - 3600,
+        )?);
+        let ggr_by_game = objects(ask(
+            "SELECT game_id, currency, sum(bets) AS bets, sum(stakes_minor) AS stakes_minor, \
+             sum(payouts_minor) AS payouts_minor, sum(ggr_minor) AS ggr_minor FROM bets_per_minute \
+             WHERE tenant_id = ?1 AND minute >= ?2 GROUP BY game_id, currency \
+             ORDER BY ggr_minor DESC, game_id LIMIT 30",
+            now - 3600,
+        )?);
+        let recent_pushes = objects(ask(
+            "SELECT push_id, target_type, target_id, kind, title, rule_id, created_at_ms FROM pushes \
+             WHERE tenant_id = ?1 AND created_at >= ?2 ORDER BY created_at DESC, created_at_ms DESC LIMIT 15",
+            now - 86_400,
+        )?);
+        let newest = scalar(ask(
+            "SELECT max(received_at_ms) FROM events WHERE tenant_id = ?1 AND occurred_at >= ?2",
+            now - 60,
+        )?);
+        let lag_ms = newest.as_i64().map(|r| (now_ms - r).max(0));
+        Ok(json!({
+            "events_per_second": events_per_second,
+            "active_players": active_players,
+            "alerts_last_hour": alerts_last_hour,
+            "alerts_by_rule": alerts_by_rule,
+            "ggr_by_game": ggr_by_game,
+            "recent_pushes": recent_pushes,
+            "pipeline": {"lag_ms": lag_ms, "newest_event_received_at_ms": newest},
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl pitboss_gateway::StatsSource for SqliteStats {
+    async fn tenant_stats(&self, tenant: &str) -> Result<serde_json::Value, String> {
+        let (path, tenant) = (self.path.clone(), tenant.to_owned());
+        tokio::task::spawn_blocking(move || SqliteStats::figures(&path, &tenant))
+            .await
+            .map_err(|e| e.to_string())?
+    }
 }

@@ -13,6 +13,7 @@
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles.
 
+mod demo;
 mod gateway;
 mod loadgen;
 
@@ -534,7 +535,27 @@ struct UpArgs {
     gateway_listen: std::net::SocketAddr,
     #[command(flatten)]
     gateway: gateway::GatewayTuning,
+    /// Run the built-in traffic simulator: thousands of players of two tenants (`demo` and
+    /// `northbet`) across several games, with injected fraud and risky play, so alerts and
+    /// pushes appear within seconds. The console link is printed at start.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// The simulator's seed: the same seed gives the same players and events.
+    #[arg(long, default_value_t = 1, requires = "demo")]
+    seed: u64,
+    /// Events per second the simulator sends.
+    #[arg(long, default_value_t = 200.0, requires = "demo")]
+    demo_rate: f64,
+    /// Players per tenant.
+    #[arg(long, default_value_t = 2000, requires = "demo")]
+    demo_players: usize,
+    /// Share (0–0.5) of the events that come from injected fraud and risky-play patterns.
+    #[arg(long, default_value_t = 0.05, requires = "demo")]
+    demo_risky_share: f64,
 }
+
+/// The tenants of `pitboss up --demo`; the first is `pitboss up`'s own.
+const DEMO_TENANTS: [&str; 2] = ["demo", "northbet"];
 
 #[derive(Debug, Args)]
 struct IngestArgs {
@@ -577,13 +598,14 @@ fn load_config(path: &Path) -> Result<IngestConfig> {
     Ok(config)
 }
 
-/// The demo tenant's key: generated once, kept in a file only its owner can read, never logged.
-fn demo_key(data_dir: &Path) -> Result<(String, PathBuf)> {
-    let path = data_dir.join("demo-api-key");
+/// A built-in tenant's key (`<tenant>-api-key`): generated once, kept in a file only its owner
+/// can read, never logged.
+fn demo_key(data_dir: &Path, tenant: &str) -> Result<(String, PathBuf)> {
+    let path = data_dir.join(format!("{tenant}-api-key"));
     if let Ok(existing) = std::fs::read_to_string(&path) {
         return Ok((existing.trim().to_owned(), path));
     }
-    let key = format!("pb_demo_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let key = format!("pb_{tenant}_{}", hex::encode(rand::random::<[u8; 24]>()));
     write_private(&path, &key)?;
     Ok((key, path))
 }
@@ -619,8 +641,23 @@ async fn up(
         snapshot_interval_ms,
         gateway_listen,
         gateway: gateway_tuning,
+        demo,
+        seed,
+        demo_rate,
+        demo_players,
+        demo_risky_share,
     }: UpArgs,
 ) -> Result<()> {
+    let demo = demo.then(|| demo::DemoConfig {
+        seed,
+        tenants: DEMO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
+        players_per_tenant: demo_players,
+        events_per_second: demo_rate,
+        risky_share: demo_risky_share,
+    });
+    if let Some(d) = &demo {
+        d.validate().map_err(anyhow::Error::msg)?;
+    }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut ingest = match &config {
@@ -630,14 +667,24 @@ async fn up(
     ingest.listen = listen;
     ingest.admin_listen = admin_listen;
     let mut key_note = None;
+    let mut demo_keys = Vec::new();
     if ingest.tenants.is_empty() {
-        let (key, path) = demo_key(&data_dir)?;
-        ingest.tenants.push(TenantConfig {
-            id: "demo".into(),
-            api_key_sha256: vec![pitboss_ingest::auth::hash_key(&key)],
-            events_per_second: None,
-        });
-        key_note = Some(path);
+        // `demo`, and with --demo the simulator's second tenant.
+        let tenants = if demo.is_some() {
+            &DEMO_TENANTS[..]
+        } else {
+            &DEMO_TENANTS[..1]
+        };
+        for tenant in tenants {
+            let (key, path) = demo_key(&data_dir, tenant)?;
+            ingest.tenants.push(TenantConfig {
+                id: (*tenant).into(),
+                api_key_sha256: vec![pitboss_ingest::auth::hash_key(&key)],
+                events_per_second: None,
+            });
+            key_note.get_or_insert(path);
+            demo_keys.push(((*tenant).to_owned(), key));
+        }
     }
     let bus = EmbeddedBus::open(data_dir.join("log"), EmbeddedConfig::default())?;
     bus.create_topic(&ingest.topic, 8).await?;
@@ -705,8 +752,32 @@ async fn up(
         &data_dir,
         gateway_listener,
         &gateway_tuning,
+        store_path.clone(),
         stop.clone(),
     );
+    let console_token = gateway::console_token(&data_dir, DEMO_TENANTS[0])?;
+    let demo_banner = demo.as_ref().map(|d| {
+        format!(
+            "  demo:    {} players of {} at {} events/s, {:.0} % of them from injected fraud and risky play (seed {})",
+            d.players_per_tenant * d.tenants.len(),
+            d.tenants.join(" and "),
+            d.events_per_second,
+            d.risky_share * 100.0,
+            d.seed
+        )
+    });
+    let simulator = {
+        let stop = stop.clone();
+        async move {
+            match demo {
+                Some(d) => {
+                    let sim = demo::Simulator::new(d, pitboss_model::Timestamp::now().as_millis());
+                    demo::drive(sim, format!("http://{addr}/v1/events"), demo_keys, stop).await
+                }
+                None => Ok(()),
+            }
+        }
+    };
     println!("Pitboss is up: http://{addr}");
     println!(
         "  POST http://{addr}/v1/events   (JSON array or NDJSON of events; see docs/events.md)"
@@ -730,12 +801,18 @@ async fn up(
         "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token --role operator --subject ops --data-dir {})   (docs/gateway.md)",
         data_dir.display()
     );
+    // The token rides in the fragment, which browsers never send to a server.
+    println!("  console: http://{gateway_addr}/console#token={console_token}");
+    if let Some(line) = demo_banner {
+        println!("{line}");
+    }
     // The processors stop on the same signal, after storing what they hold; one that stops
     // on its own stops the server too (run_processors).
     tokio::try_join!(
         serve_both(state, listener, admin, stop),
         processors,
-        gateway
+        gateway,
+        simulator
     )?;
     Ok(())
 }

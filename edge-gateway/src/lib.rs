@@ -7,13 +7,17 @@
 //! - [`hub`]: the pure routing core — channels, bounded history, cursors, resume, acks,
 //!   presence, slow consumers.
 //! - [`feed`]: every instance reads every partition of `alerts`, `pushes` and `alert_acks`.
-//! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`) and the admin listener.
+//! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`, `/v1/stats`) and the admin listener.
+//! - [`console`]: the operator console (`/console`), its files embedded in the binary.
+//! - [`stats`]: the console's figures: time to notify per tenant, and the store's traffic.
 
 pub mod auth;
+pub mod console;
 pub mod feed;
 pub mod hub;
 pub mod protocol;
 pub mod server;
+pub mod stats;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +30,7 @@ use tokio::sync::watch;
 pub use auth::{Claims, KeySource, Role, Verifier};
 pub use hub::{Hub, HubConfig, Keying};
 pub use server::{GatewayState, ServerConfig};
+pub use stats::{NotifyLatency, StatsSource};
 
 /// Everything a gateway needs besides the bus and the keys.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use crate::protocol::{
     ClientMessage, MAX_CLIENT_FRAME, PROTOCOL_VERSION, ProtocolError, ServerFrame, close,
     parse_client,
 };
+use crate::stats::{NotifyLatency, StatsSource};
 
 /// Tuning of the socket side.
 #[derive(Debug, Clone)]
@@ -83,6 +84,10 @@ pub struct GatewayState {
     next_conn: Arc<AtomicU64>,
     /// Sessions running (upgraded sockets are not tracked by the HTTP server's drain).
     sessions: Arc<std::sync::atomic::AtomicUsize>,
+    /// Time to notify per tenant, for the console (`/v1/stats`).
+    pub latency: Arc<NotifyLatency>,
+    /// Where the tenant's traffic figures come from (the embedded store in `pitboss up`).
+    pub stats: Option<Arc<dyn StatsSource>>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -111,17 +116,28 @@ impl GatewayState {
             shutdown,
             next_conn: Arc::new(AtomicU64::new(1)),
             sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            latency: Arc::new(NotifyLatency::default()),
+            stats: None,
         }
+    }
+
+    /// Adds the source of the tenant's traffic figures `/v1/stats` answers with.
+    pub fn with_stats(mut self, source: Arc<dyn StatsSource>) -> Self {
+        self.stats = Some(source);
+        self
     }
 }
 
-/// The public router: `/v1/ws` and `/v1/publish`.
+/// The public router: `/v1/ws`, `/v1/publish`, `/v1/stats` and the operator console
+/// (`/console`).
 pub fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
         .route("/v1/publish", post(publish))
+        .route("/v1/stats", get(stats))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
+        .merge(crate::console::router())
 }
 
 /// The admin router: `/metrics`, `/healthz`, and `/readyz` (200 once every feed has caught up,
@@ -283,7 +299,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                     // A peer that does not read blocks the write: the hub's verdict (slow
                     // consumer) ends it rather than the write timeout.
                     tokio::select! {
-                        written = write_out(&mut sink, out, write_timeout) => {
+                        written = write_out(&mut sink, out, write_timeout, &st.latency, &claims.tenant) => {
                             if written.is_err() {
                                 break 'session None;
                             }
@@ -385,7 +401,13 @@ async fn send_text(sink: &mut WsSink, text: crate::hub::Text, timeout: Duration)
     }
 }
 
-async fn write_out(sink: &mut WsSink, out: Out, timeout: Duration) -> Result<(), ()> {
+async fn write_out(
+    sink: &mut WsSink,
+    out: Out,
+    timeout: Duration,
+    latency: &NotifyLatency,
+    tenant: &str,
+) -> Result<(), ()> {
     match out {
         Out::Frame(t) => send_text(sink, t, timeout).await,
         Out::Batch(frames) => {
@@ -406,8 +428,11 @@ async fn write_out(sink: &mut WsSink, out: Out, timeout: Duration) -> Result<(),
                 MessageType::Alert => "alert",
                 MessageType::Push => "push",
             };
-            let seconds = (Timestamp::now().as_millis() - received_at_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind).record(seconds);
+            let now = Timestamp::now().as_millis();
+            let ms = (now - received_at_ms).max(0);
+            metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind)
+                .record(ms as f64 / 1000.0);
+            latency.record(tenant, ms, now);
             metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind)
                 .increment(1);
             Ok(())
@@ -673,6 +698,42 @@ pub struct PublishResponse {
     pub channel: String,
     pub partition: u32,
     pub position: String,
+}
+
+/// `GET /v1/stats`: the console's figures for the operator's own tenant.
+async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
+    let claims =
+        match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
+            Ok(c) => c,
+            Err(e) => return auth_error(&e),
+        };
+    if claims.role != Role::Operator {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only operators read the tenant's figures",
+        );
+    }
+    let now = Timestamp::now().as_millis();
+    let mut body = serde_json::json!({
+        "tenant": claims.tenant,
+        "at_ms": now,
+        "gateway": st.config.gateway_id,
+        "time_to_notify": st.latency.summary(&claims.tenant, now),
+        "store": st.stats.is_some(),
+    });
+    if let Some(source) = &st.stats {
+        match source.tenant_stats(&claims.tenant).await {
+            Ok(serde_json::Value::Object(figures)) => {
+                if let Some(b) = body.as_object_mut() {
+                    b.extend(figures);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => body["store_error"] = e.into(),
+        }
+    }
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
 async fn publish(

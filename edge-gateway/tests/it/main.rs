@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pitboss_gateway::Role;
 use pitboss_model::live::Target;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 #[tokio::test]
@@ -462,6 +462,120 @@ async fn time_to_notify_is_measured_per_delivered_message() {
         "{metrics}"
     );
     assert!(metrics.contains("pitboss_gateway_messages_delivered_total{kind=\"push\"}"));
+}
+
+/// A store that answers with the tenant it was asked about, or fails for one tenant.
+struct FakeStore;
+
+#[async_trait::async_trait]
+impl pitboss_gateway::StatsSource for FakeStore {
+    async fn tenant_stats(&self, tenant: &str) -> Result<Value, String> {
+        if tenant == "broken" {
+            return Err("store unavailable".into());
+        }
+        Ok(json!({"events_per_second": 12.5, "asked_for": tenant}))
+    }
+}
+
+#[tokio::test]
+async fn operators_read_their_own_tenants_figures_and_the_console_is_served() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut c = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    c.subscribe("player:acme:p1", None).await;
+    env.publish_push("acme", Target::Player("p1".into())).await;
+    c.messages(1).await;
+    let ops = env.token("acme", "ops", Role::Operator, &[]);
+    let (status, headers, body) = gw.get("/v1/stats", Some(&ops)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["store"], false);
+    assert_eq!(body["time_to_notify"]["count"], 1, "{body}");
+    assert!(body["time_to_notify"]["p99_ms"].as_u64().is_some());
+    // Another tenant's operators see nothing of acme's deliveries.
+    let (_, _, other) = gw
+        .get(
+            "/v1/stats",
+            Some(&env.token("globex", "ops", Role::Operator, &[])),
+        )
+        .await;
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert_eq!(other["tenant"], "globex");
+    assert_eq!(other["time_to_notify"], Value::Null);
+    // Players may not read them; a request without a token is refused.
+    let (status, _, body) = gw
+        .get(
+            "/v1/stats",
+            Some(&env.token("acme", "p1", Role::Player, &[])),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("\"forbidden\""));
+    let (status, _, body) = gw.get("/v1/stats", None).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("token_missing"));
+
+    // The console: the page and its files, with a policy that allows nothing else.
+    let (status, headers, page) = gw.get("/console", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(page.contains("/console/app.js"));
+    let (status, headers, js) = gw.get("/console/app.js", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.contains("/v1/stats"));
+    let (status, _, _) = gw.get("/console/app.css", None).await;
+    assert_eq!(status, 200);
+    let (status, headers, _) = gw.get("/", None).await;
+    assert_eq!(
+        (status, &headers["location"]),
+        (303, &"/console".parse().unwrap())
+    );
+    assert_eq!(gw.get("/console/other.js", None).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_stats_source_adds_the_tenants_figures_and_its_failure_is_reported() {
+    let env = Env::new().await;
+    let gw = env.gateway_with_stats(std::sync::Arc::new(FakeStore)).await;
+    let (status, _, body) = gw
+        .get(
+            "/v1/stats",
+            Some(&env.token("acme", "ops", Role::Operator, &[])),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (body["store"].clone(), body["asked_for"].clone()),
+        (json!(true), json!("acme"))
+    );
+    assert_eq!(body["events_per_second"], 12.5);
+    let (status, _, body) = gw
+        .get(
+            "/v1/stats",
+            Some(&env.token("broken", "ops", Role::Operator, &[])),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["store_error"], "store unavailable");
 }
 
 /// The presence of a room on this instance.

@@ -70,6 +70,22 @@ impl Env {
     }
 
     pub async fn gateway_with(&self, edit: impl FnOnce(&mut GatewayConfig)) -> Gw {
+        self.gateway_full(edit, None).await
+    }
+
+    /// A gateway whose `/v1/stats` adds the figures of `stats`.
+    pub async fn gateway_with_stats(
+        &self,
+        stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
+    ) -> Gw {
+        self.gateway_full(|_| {}, Some(stats)).await
+    }
+
+    async fn gateway_full(
+        &self,
+        edit: impl FnOnce(&mut GatewayConfig),
+        stats: Option<std::sync::Arc<dyn pitboss_gateway::StatsSource>>,
+    ) -> Gw {
         pitboss_runtime::telemetry::init_tracing();
         let mut config = GatewayConfig {
             tick: Duration::from_millis(200),
@@ -78,7 +94,11 @@ impl Env {
         edit(&mut config);
         let shutdown = Shutdown::new();
         let verifier = Verifier::hs256(SECRET).unwrap();
-        let state = pitboss_gateway::start(self.bus.clone(), verifier, config, shutdown.clone());
+        let mut state =
+            pitboss_gateway::start(self.bus.clone(), verifier, config, shutdown.clone());
+        if let Some(stats) = stats {
+            state = state.with_stats(stats);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -277,6 +297,26 @@ impl Gw {
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GETs `path` without following redirects: status, headers, body.
+    pub async fn get(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut req = client.get(format!("http://{}{path}", self.addr));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        (status, headers, res.text().await.unwrap())
     }
 
     pub async fn ready(&self) -> u16 {

@@ -205,6 +205,19 @@ pub struct Answer {
 /// Runs one read-only statement against the store at `path` (`pitboss sql`). Writes are
 /// refused by SQLite itself (the connection is opened read-only).
 pub fn query(path: &Path, sql: &str, max_rows: usize) -> Result<Answer, ProcessorError> {
+    query_with(path, sql, &[], max_rows)
+}
+
+/// A value bound to a parameter of [`query_with`].
+pub use rusqlite::types::Value as SqlValue;
+
+/// [`query`] with values bound to its `?1`, `?2`… parameters.
+pub fn query_with(
+    path: &Path,
+    sql: &str,
+    params: &[SqlValue],
+    max_rows: usize,
+) -> Result<Answer, ProcessorError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -216,7 +229,9 @@ pub fn query(path: &Path, sql: &str, max_rows: usize) -> Result<Answer, Processo
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let n = columns.len();
     let mut rows = Vec::new();
-    let mut cursor = stmt.query([]).map_err(store)?;
+    let mut cursor = stmt
+        .query(rusqlite::params_from_iter(params.iter()))
+        .map_err(store)?;
     while let Some(row) = cursor.next().map_err(store)? {
         if rows.len() >= max_rows {
             return Err(ProcessorError::Store(format!(

@@ -1,0 +1,323 @@
+// Pitboss operator console: alerts live over the gateway's WebSocket (protocol v1,
+// docs/gateway.md) with acknowledgements, and the tenant's figures from /v1/stats.
+// Plain browser JavaScript, no build step; every value from the server is set as text.
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = 'pitboss.console.token';
+const MAX_ALERTS = 300;
+
+const state = {
+  token: null,
+  claims: null,
+  ws: null,
+  cursor: null,
+  attempt: 0,
+  nextId: 1,
+  pendingAcks: new Map(), // request id -> alert id
+  alerts: new Map(), // alert id -> element
+  statsTimer: null,
+  reconnectTimer: null,
+  stopped: false,
+};
+
+function decodeClaims(token) {
+  const parts = token.split('.');
+  if (parts.length !== 3) throw new Error('not a JWT (expected three dot-separated parts)');
+  const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+  const json = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+  const claims = JSON.parse(json);
+  if (claims.role !== 'operator') throw new Error('this token is for a ' + claims.role + ', not an operator');
+  if (typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now()) throw new Error('this token has expired');
+  return claims;
+}
+
+function money(minor, currency) {
+  const v = (Number(minor) / 100).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  return currency ? v + ' ' + currency : v;
+}
+
+function time(ms) {
+  return new Date(ms).toLocaleTimeString();
+}
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+
+function setStatus(text, live) {
+  const s = $('status');
+  s.textContent = text;
+  s.classList.toggle('live', !!live);
+}
+
+// ------------------------------------------------------------------ sign in / out
+
+function showLogin(message) {
+  $('app').hidden = true;
+  $('who').hidden = true;
+  $('login').hidden = false;
+  $('login-error').textContent = message || '';
+}
+
+function signIn(token) {
+  let claims;
+  try {
+    claims = decodeClaims(token.trim());
+  } catch (e) {
+    showLogin('Cannot use this token: ' + e.message);
+    return;
+  }
+  state.token = token.trim();
+  state.claims = claims;
+  state.stopped = false;
+  sessionStorage.setItem(TOKEN_KEY, state.token);
+  $('login').hidden = true;
+  $('app').hidden = false;
+  $('who').hidden = false;
+  $('tenant').textContent = claims.tenant;
+  $('operator').textContent = claims.sub;
+  connect();
+  pollStats();
+}
+
+function signOut(message) {
+  state.stopped = true;
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(state.statsTimer);
+  clearTimeout(state.reconnectTimer);
+  if (state.ws) state.ws.close(1000, 'signed out');
+  state.ws = null;
+  state.token = null;
+  state.cursor = null;
+  state.alerts.clear();
+  $('alerts').replaceChildren();
+  showLogin(message);
+}
+
+// ------------------------------------------------------------------ live alerts
+
+function send(frame) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify(frame));
+    return true;
+  }
+  return false;
+}
+
+function connect() {
+  if (state.stopped) return;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const ws = new WebSocket(scheme + '://' + location.host + '/v1/ws?token=' + encodeURIComponent(state.token));
+  state.ws = ws;
+  setStatus('connecting', false);
+  ws.onmessage = (ev) => {
+    let f;
+    try {
+      f = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    onFrame(f);
+  };
+  ws.onclose = (ev) => {
+    if (state.ws !== ws) return;
+    state.ws = null;
+    if (state.stopped) return;
+    if (ev.code === 4001) {
+      signOut('The token expired: sign in with a fresh one.');
+      return;
+    }
+    // Backoff with full jitter, up to 15 s; resume from the cursor.
+    const delay = Math.random() * Math.min(15000, 500 * 2 ** state.attempt);
+    state.attempt += 1;
+    setStatus('reconnecting', false);
+    state.reconnectTimer = setTimeout(connect, delay);
+  };
+}
+
+function onFrame(f) {
+  switch (f.type) {
+    case 'welcome': {
+      state.attempt = 0;
+      $('status').title = 'gateway ' + f.gateway + ', connection ' + f.connection;
+      const sub = { type: 'subscribe', id: state.nextId++, channel: 'operator:' + state.claims.tenant };
+      if (state.cursor) sub.since = state.cursor;
+      send(sub);
+      break;
+    }
+    case 'subscribed':
+      state.cursor = f.cursor || state.cursor;
+      setStatus('live', true);
+      break;
+    case 'cursor':
+      state.cursor = f.cursor;
+      break;
+    case 'message':
+      if (f.cursor) state.cursor = f.cursor;
+      if (f.kind === 'alert') addAlert(f.data);
+      break;
+    case 'acked': {
+      const alertId = state.pendingAcks.get(f.id) || f.alert_id;
+      state.pendingAcks.delete(f.id);
+      markAcked(alertId, 'acknowledged');
+      break;
+    }
+    case 'error': {
+      const alertId = state.pendingAcks.get(f.id);
+      if (alertId) {
+        state.pendingAcks.delete(f.id);
+        const card = state.alerts.get(alertId);
+        if (card) {
+          card.querySelector('.ack-status').textContent = 'not saved: ' + f.message;
+          card.querySelectorAll('button').forEach((b) => (b.disabled = false));
+        }
+      } else if (f.code && f.code.startsWith('token_')) {
+        signOut('The gateway refused the token: ' + f.message);
+      }
+      break;
+    }
+    case 'reconnect':
+      setStatus('reconnecting', false);
+      break;
+    default:
+      break;
+  }
+}
+
+function addAlert(a) {
+  if (!a || !a.alert_id || state.alerts.has(a.alert_id)) return;
+  const li = el('li', 'alert ' + (a.severity || ''));
+  li.dataset.alertId = a.alert_id;
+  li.dataset.rule = a.rule_id;
+  const top = el('div', 'top');
+  const left = el('div');
+  left.append(el('span', 'sev', a.severity), document.createTextNode(' '), el('span', 'rule', a.rule_id));
+  top.append(left, el('span', 'meta', time(a.detected_at ? Date.parse(a.detected_at) : Date.now())));
+  const who = el('div', 'meta', 'player ' + (a.player_id || a.group_key) + ' · score ' + a.score + ' (total ' + a.total_score + ') · ' + a.recommendation);
+  const why = el('div', 'why', a.reason);
+  const actions = el('div', 'actions');
+  for (const [label, outcome] of [['Acknowledge', 'acknowledged'], ['False positive', 'false_positive'], ['Confirm', 'confirmed']]) {
+    const b = el('button', null, label);
+    b.type = 'button';
+    b.dataset.outcome = outcome;
+    b.addEventListener('click', () => ack(a.alert_id, outcome));
+    actions.append(b);
+  }
+  actions.append(el('span', 'ack-status meta'));
+  li.append(top, who, why, actions);
+  state.alerts.set(a.alert_id, li);
+  $('alerts').prepend(li);
+  while (state.alerts.size > MAX_ALERTS) {
+    const last = $('alerts').lastElementChild;
+    if (!last) break;
+    state.alerts.delete(last.dataset.alertId);
+    last.remove();
+  }
+  $('alert-count').textContent = '(' + state.alerts.size + ')';
+}
+
+function ack(alertId, outcome) {
+  const id = state.nextId++;
+  const card = state.alerts.get(alertId);
+  const frame = { type: 'ack', id, alert_id: alertId, outcome, ack_id: crypto.randomUUID() };
+  if (!send(frame)) {
+    if (card) card.querySelector('.ack-status').textContent = 'offline: try again when live';
+    return;
+  }
+  state.pendingAcks.set(id, alertId);
+  if (card) {
+    card.querySelectorAll('button').forEach((b) => (b.disabled = true));
+    card.querySelector('.ack-status').textContent = 'saving…';
+  }
+}
+
+function markAcked(alertId, text) {
+  const card = state.alerts.get(alertId);
+  if (!card) return;
+  card.classList.add('acked');
+  card.querySelectorAll('button').forEach((b) => (b.disabled = true));
+  card.querySelector('.ack-status').textContent = text;
+}
+
+// ------------------------------------------------------------------ figures
+
+async function pollStats() {
+  if (state.stopped) return;
+  try {
+    const res = await fetch('/v1/stats', { headers: { Authorization: 'Bearer ' + state.token }, cache: 'no-store' });
+    if (res.status === 401) {
+      const body = await res.json().catch(() => ({}));
+      signOut('The gateway refused the token: ' + ((body.error && body.error.message) || res.status));
+      return;
+    }
+    if (res.ok) renderStats(await res.json());
+  } catch {
+    // The gateway is restarting; the next poll tries again.
+  }
+  state.statsTimer = setTimeout(pollStats, 2000);
+}
+
+function renderStats(s) {
+  const t = s.time_to_notify;
+  $('kpi-ttn').textContent = t ? t.p50_ms + ' / ' + t.p95_ms + ' / ' + t.p99_ms + ' ms' : '–';
+  const note = $('store-note');
+  if (!s.store) {
+    note.hidden = false;
+    note.textContent = 'This gateway has no store attached: traffic figures are not available here.';
+    return;
+  }
+  note.hidden = !s.store_error;
+  note.textContent = s.store_error ? 'Store: ' + s.store_error : '';
+  if (typeof s.events_per_second === 'number') $('kpi-eps').textContent = s.events_per_second.toFixed(1);
+  if (typeof s.active_players === 'number') $('kpi-players').textContent = s.active_players.toLocaleString();
+  if (typeof s.alerts_last_hour === 'number') $('kpi-alerts').textContent = s.alerts_last_hour.toLocaleString();
+  if (s.pipeline && typeof s.pipeline.lag_ms === 'number') {
+    $('kpi-lag').textContent = s.pipeline.lag_ms < 1000 ? s.pipeline.lag_ms + ' ms' : (s.pipeline.lag_ms / 1000).toFixed(1) + ' s';
+  }
+  const ggr = $('ggr').querySelector('tbody');
+  ggr.replaceChildren(
+    ...(s.ggr_by_game || []).map((g) => {
+      const tr = el('tr');
+      tr.append(el('td', null, g.game_id), el('td', null, g.currency), el('td', 'num', g.bets), el('td', 'num', money(g.stakes_minor)), el('td', 'num', money(g.ggr_minor)));
+      return tr;
+    }),
+  );
+  $('pushes').replaceChildren(
+    ...(s.recent_pushes || []).map((p) => {
+      const li = el('li', 'push');
+      li.append(el('div', null, p.title), el('div', 'meta', time(p.created_at_ms) + ' · ' + p.kind + ' → ' + p.target_type + ' ' + p.target_id));
+      return li;
+    }),
+  );
+  $('rules').querySelector('tbody').replaceChildren(
+    ...(s.alerts_by_rule || []).map((r) => {
+      const tr = el('tr');
+      tr.append(el('td', null, r.rule_id), el('td', 'num', r.alerts));
+      return tr;
+    }),
+  );
+}
+
+// ------------------------------------------------------------------ start
+
+function start() {
+  $('login-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    signIn($('token').value);
+  });
+  $('signout').addEventListener('click', () => signOut(''));
+  // `pitboss up` prints /console#token=…: the fragment never reaches a server or its logs.
+  const m = /[#&]token=([^&]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    history.replaceState(null, '', location.pathname);
+  }
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) signIn(saved);
+  else showLogin('');
+}
+
+start();

@@ -1,0 +1,54 @@
+//! The operator console: a single page served by the gateway at `/console`, its files embedded
+//! in the binary (plain HTML, CSS and JavaScript in `edge-gateway/console/`, no build step).
+//! It signs in with the operator's gateway token (kept in the tab's session storage, passed in
+//! the URL fragment by `pitboss up`, which browsers never send to a server), takes the
+//! tenant's alerts live over `/v1/ws` with acknowledgement buttons, and polls `/v1/stats`.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+const INDEX: &str = include_str!("../console/index.html");
+const APP_JS: &str = include_str!("../console/app.js");
+const APP_CSS: &str = include_str!("../console/app.css");
+
+/// Only the page's own files and its own gateway; no inline script, no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `/console` (the page), `/console/app.js`, `/console/app.css`; `/` leads to the console.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route(
+            "/console",
+            get(|| async { file("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/console/",
+            get(|| async { file("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/console/app.js",
+            get(|| async { file("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/console/app.css",
+            get(|| async { file("text/css; charset=utf-8", APP_CSS) }),
+        )
+}

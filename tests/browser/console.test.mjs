@@ -1,0 +1,194 @@
+// The operator console (served by the gateway at /console) in headless Chromium against a real
+// `pitboss up --demo`: the page loads with no console errors, the alert feed fills from the
+// simulator within seconds, an acknowledgement round-trips to storage (`alert_acks` in the
+// embedded store), the figures fill in, bad tokens are refused with a message; a screenshot is
+// saved under target/artifacts/ for CI.
+//
+// Needs: PITBOSS_BIN (a built `pitboss`), Debian `chromium` (CHROMIUM_BIN to override).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const PITBOSS_BIN = process.env.PITBOSS_BIN || '/var/cache/pitboss/target/debug/pitboss';
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const ARTIFACTS = resolve(HERE, '../../target/artifacts');
+
+function childEnv() {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('PITBOSS_') && k !== 'RUST_LOG') env[k] = v;
+  }
+  env.RUST_LOG = 'warn';
+  return env;
+}
+
+function run(args) {
+  return new Promise((res, rej) => {
+    execFile(PITBOSS_BIN, args, { env: childEnv() }, (err, stdout, stderr) => {
+      if (err) rej(new Error(`pitboss ${args.join(' ')}: ${err.message}\n${stderr}`));
+      else res(stdout);
+    });
+  });
+}
+
+async function sql(dataDir, query) {
+  const out = await run(['sql', '--data-dir', dataDir, '--format', 'json', query]);
+  return out.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+}
+
+async function eventually(what, fn, timeoutMs = 60_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+}
+
+let up;
+let dataDir;
+let consoleUrl;
+let gatewayBase;
+let browser;
+let stderr = '';
+
+before(async () => {
+  dataDir = mkdtempSync(join(tmpdir(), 'pitboss-console-'));
+  up = spawn(
+    PITBOSS_BIN,
+    [
+      'up', '--demo', '--seed', '7', '--demo-rate', '300', '--demo-players', '300', '--demo-risky-share', '0.2',
+      '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--gateway-listen', '127.0.0.1:0',
+    ],
+    { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  up.stderr.on('data', (d) => (stderr += d));
+  const lines = createInterface({ input: up.stdout });
+  consoleUrl = await new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`pitboss up printed no console link\n${stderr}`)), 60_000);
+    up.once('exit', (code) => rej(new Error(`pitboss up exited (${code})\n${stderr}`)));
+    lines.on('line', (line) => {
+      const m = /console: (http:\/\/\S+)/.exec(line);
+      if (m) {
+        clearTimeout(timer);
+        res(m[1]);
+      }
+    });
+  });
+  gatewayBase = new URL(consoleUrl).origin;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM_BIN,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (up && up.exitCode === null) {
+    const exited = new Promise((r) => up.once('exit', r));
+    up.kill('SIGTERM');
+    await exited;
+  }
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+function watchErrors(page) {
+  const errors = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => errors.push(`page: ${e.message}`));
+  return errors;
+}
+
+test('the console fills with live alerts and an acknowledgement reaches storage', async () => {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const errors = watchErrors(page);
+  await page.goto(consoleUrl);
+  // The token leaves the address bar (and history) at once.
+  assert.equal(new URL(page.url()).hash, '');
+  await page.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
+  assert.equal(await page.getByTestId('tenant').textContent(), 'demo');
+
+  // The simulator injects a pattern every few hundred milliseconds at this rate.
+  const alerts = page.locator('#alerts li.alert');
+  await eventually('three alerts in the feed', async () => (await alerts.count()) >= 3, 60_000);
+  const first = alerts.first();
+  const reason = await first.locator('.why').textContent();
+  assert.ok(reason && reason.length > 10, `an alert says why: ${reason}`);
+
+  // Acknowledge one as confirmed: the gateway answers `acked` once it is on the bus…
+  const alertId = await first.getAttribute('data-alert-id');
+  await first.getByRole('button', { name: 'Confirm' }).click();
+  await first.locator('.ack-status', { hasText: 'acknowledged' }).waitFor({ timeout: 30_000 });
+  assert.match(await first.getAttribute('class'), /acked/);
+  // …and the processor stores it.
+  const rows = await eventually('the ack in alert_acks', async () => {
+    const r = await sql(dataDir, `SELECT alert_id, outcome, operator_id FROM alert_acks WHERE alert_id = '${alertId}'`);
+    return r.length > 0 ? r : null;
+  });
+  assert.deepEqual(rows, [{ alert_id: alertId, outcome: 'confirmed', operator_id: 'console' }]);
+
+  // The figures fill in from /v1/stats: events/s, GGR by game, time to notify.
+  await eventually('events/s', async () => /\d/.test(await page.getByTestId('events-per-second').textContent()));
+  await eventually('GGR rows', async () => (await page.locator('#ggr tbody tr').count()) > 0);
+  await eventually('time to notify', async () => /ms$/.test(await page.getByTestId('time-to-notify').textContent()));
+  await eventually('a push to a player', async () => (await page.locator('#pushes li').count()) > 0);
+
+  // A reload keeps the session (the tab's storage) and replays the unacknowledged alerts.
+  await page.reload();
+  await page.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
+  await eventually('alerts after a reload', async () => (await alerts.count()) >= 1, 30_000);
+  assert.equal(await page.locator(`#alerts li[data-alert-id="${alertId}"]`).count(), 0, 'the acknowledged alert is not redelivered');
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, 'console.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('the console refuses tokens it cannot use, with a reason', async () => {
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  await page.goto(`${gatewayBase}/console`);
+  await page.locator('#login').waitFor({ state: 'visible' });
+  const tokenBox = page.getByLabel('operator token');
+
+  await tokenBox.fill('not-a-token');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  assert.match(await page.locator('#login-error').textContent(), /not a JWT/);
+
+  const player = (await run(['token', '--data-dir', dataDir, '--role', 'player', '--subject', 'p-000001'])).trim();
+  await tokenBox.fill(player);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  assert.match(await page.locator('#login-error').textContent(), /not an operator/);
+
+  // Signed by another key: the gateway refuses it and the console says so.
+  const parts = (await run(['token', '--data-dir', dataDir, '--role', 'operator', '--subject', 'ops'])).trim().split('.');
+  const forged = `${parts[0]}.${parts[1]}.${'A'.repeat(43)}`;
+  await tokenBox.fill(forged);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.locator('#login-error', { hasText: 'refused' }).waitFor({ timeout: 15_000 });
+
+  const operator = (await run(['token', '--data-dir', dataDir, '--role', 'operator', '--subject', 'ops', '--tenant', 'northbet'])).trim();
+  await tokenBox.fill(operator);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
+  assert.equal(await page.getByTestId('tenant').textContent(), 'northbet');
+  // Failed loads of the forged token's requests are the browser's 401 lines; nothing else.
+  assert.deepEqual(errors.filter((e) => !/401/.test(e)), []);
+  await page.close();
+});
