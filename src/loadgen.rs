@@ -24,7 +24,7 @@ use pitboss_ingest::sample;
 pub struct LoadgenArgs {
     /// Base URL of the ingest API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub(crate) url: String,
     /// API key (or use --key-file).
     #[arg(long, env = "PITBOSS_API_KEY", hide_env_values = true)]
     key: Option<String>,
@@ -33,7 +33,7 @@ pub struct LoadgenArgs {
     key_file: Option<PathBuf>,
     /// Tenant of the key.
     #[arg(long, default_value = "demo")]
-    tenant: String,
+    pub(crate) tenant: String,
     /// Events per request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -42,13 +42,23 @@ pub struct LoadgenArgs {
     concurrency: usize,
     /// How long to send, in seconds.
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub(crate) seconds: u64,
     /// Distinct players the events are spread over.
     #[arg(long, default_value_t = 10_000)]
-    players: usize,
+    pub(crate) players: usize,
     /// Send a fresh client-chosen `event_id` (UUIDv7) with every event.
     #[arg(long)]
     client_ids: bool,
+    /// Drive the live path instead: the demo simulator's events (normal play with injected
+    /// fraud and risky play) at --rate events/s with WebSocket clients connected to
+    /// --gateway; reports time to notify and lost or duplicated pushes and alerts.
+    #[arg(long)]
+    pub(crate) live: bool,
+    /// Events per second to send (with --live).
+    #[arg(long, default_value_t = 1000.0, requires = "live")]
+    pub(crate) rate: f64,
+    #[command(flatten)]
+    pub(crate) live_args: crate::loadgen_live::LiveArgs,
 }
 
 /// A body whose events' ids are rewritten before each send (`--client-ids`): the template and
@@ -130,6 +140,9 @@ pub async fn run(args: LoadgenArgs) -> Result<()> {
             .to_owned(),
         (None, None) => bail!("pass --key, --key-file or PITBOSS_API_KEY"),
     };
+    if args.live {
+        return crate::loadgen_live::run(&args, key).await;
+    }
     if args.batch == 0 || args.concurrency == 0 {
         bail!("--batch and --concurrency must be positive");
     }

@@ -17,6 +17,8 @@ struct Up {
     addr: String,
     metrics_url: String,
     key: String,
+    /// The gateway's address (`host:port`).
+    gateway: String,
 }
 
 /// Starts `pitboss up` on free ports over `data_dir`, as a user would.
@@ -38,8 +40,18 @@ fn up(data_dir: &std::path::Path) -> Up {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let head: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    let mut head: Vec<String> = Vec::new();
+    // The banner, up to the console link (the last line that is always printed).
+    while !head.last().is_some_and(|l| l.starts_with("  console:")) {
+        head.push(lines.next().unwrap().unwrap());
+    }
     std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
+    let gateway = head
+        .iter()
+        .find_map(|l| l.strip_prefix("  console: http://"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("{head:?}"))
+        .to_owned();
     let addr = head[0]
         .strip_prefix("Pitboss is up: http://")
         .unwrap_or_else(|| panic!("{head:?}"))
@@ -58,6 +70,7 @@ fn up(data_dir: &std::path::Path) -> Up {
         addr,
         metrics_url,
         key,
+        gateway,
     }
 }
 
@@ -177,6 +190,7 @@ async fn up_keeps_queryable_history_with_rollups() {
         addr,
         metrics_url,
         key,
+        ..
     } = up(dir.path());
 
     // 20 bets of 100 and 10 settlements paying 150, by 4 players, in one minute.
@@ -406,4 +420,142 @@ async fn sigterm_under_load_drains_and_exits_0_every_time() {
         missing.len(),
         accepted.len()
     );
+}
+
+fn loadgen_live(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["loadgen", "--live"])
+        .args(args)
+        .env_remove("PITBOSS_API_KEY")
+        .env_remove("PITBOSS_GATEWAY_JWT_SECRET_FILE")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+/// The error a failed command printed: one line, after `Error: `.
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "it should have failed");
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_live_matches_every_expected_push_and_alert_and_refuses_bad_targets_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = up(dir.path());
+    let url = format!("http://{}", up.addr);
+    let gateway = format!("ws://{}", up.gateway);
+    let key_file = dir.path().join("demo-api-key");
+    let secret = dir.path().join("gateway-jwt-secret");
+    let (key_file, secret) = (key_file.to_str().unwrap(), secret.to_str().unwrap());
+    let common = |url: &str, gateway: &str, key_file: &str, secret: &str| -> Vec<String> {
+        [
+            "--url",
+            url,
+            "--gateway",
+            gateway,
+            "--key-file",
+            key_file,
+            "--jwt-secret-file",
+            secret,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let run = |extra: &[&str], base: Vec<String>| {
+        let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        loadgen_live(&args)
+    };
+    let out = run(
+        &[
+            "--rate",
+            "300",
+            "--seconds",
+            "8",
+            "--sockets",
+            "50",
+            "--risky-share",
+            "0.2",
+            "--settle-secs",
+            "30",
+        ],
+        common(&url, &gateway, key_file, secret),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report in {stdout}"));
+    assert!(report["pushes_expected"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["alerts_expected"].as_u64().unwrap() > 0, "{report}");
+    for k in [
+        "pushes_lost",
+        "pushes_duplicated",
+        "alerts_lost",
+        "alerts_duplicated",
+        "refused",
+    ] {
+        assert_eq!(report[k], 0, "{k}: {report}");
+    }
+    assert!(report["push_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["sockets"].as_u64().unwrap() >= 52, "{report}");
+
+    // A stopped or wrong ingest address, a wrong key, a wrong gateway, a wrong secret: one line.
+    let quick = ["--rate", "10", "--seconds", "1", "--sockets", "1"];
+    let e = one_line_error(&run(
+        &quick,
+        common("http://127.0.0.1:1", &gateway, key_file, secret),
+    ));
+    assert!(e.contains("cannot reach the ingest API"), "{e}");
+    let wrong_key = dir.path().join("wrong-key");
+    std::fs::write(&wrong_key, "pb_demo_wrong").unwrap();
+    let e = one_line_error(&run(
+        &quick,
+        common(&url, &gateway, wrong_key.to_str().unwrap(), secret),
+    ));
+    assert!(e.contains("refused the key"), "{e}");
+    let e = one_line_error(&run(
+        &quick,
+        common(&url, "ws://127.0.0.1:1", key_file, secret),
+    ));
+    assert!(e.contains("cannot reach the gateway"), "{e}");
+    let wrong_secret = dir.path().join("wrong-secret");
+    std::fs::write(&wrong_secret, "x".repeat(64)).unwrap();
+    let e = one_line_error(&run(
+        &quick,
+        common(&url, &gateway, key_file, wrong_secret.to_str().unwrap()),
+    ));
+    assert!(e.contains("refused the connection (401"), "{e}");
+    let e = one_line_error(&run(
+        &quick,
+        common(&url, &gateway, key_file, "/nonexistent/secret"),
+    ));
+    assert!(e.contains("cannot read the gateway's secret"), "{e}");
+
+    // The demo refuses settings it cannot run, naming them.
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["up", "--demo", "--demo-rate", "0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap();
+    let e = one_line_error(&out);
+    assert!(e.contains("--demo-rate"), "{e}");
+
+    Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(up.child.wait().unwrap().success());
 }
