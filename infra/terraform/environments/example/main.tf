@@ -37,7 +37,7 @@ module "stream" {
   vpc_id                    = var.vpc_id
   vpc_cidr                  = var.vpc_cidr
   subnet_ids                = var.private_subnet_ids
-  client_security_group_ids = [module.ingest.security_group_id, module.antifraud.security_group_id, module.processor.security_group_id, module.gateway.security_group_id]
+  client_security_group_ids = concat([module.ingest.security_group_id, module.antifraud.security_group_id, module.gateway.security_group_id], module.processor[*].security_group_id)
 }
 
 module "ingest" {
@@ -114,42 +114,11 @@ resource "aws_ecs_cluster" "pitboss" {
   }
 }
 
-data "aws_iam_policy_document" "processor" {
-  dynamic "statement" {
-    for_each = local.kinesis ? [1] : []
-    content {
-      sid       = "ReadTopics"
-      actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
-      resources = [for t in local.processor_read : local.streams[t]]
-    }
-  }
-  dynamic "statement" {
-    for_each = local.kinesis ? [1] : []
-    content {
-      sid       = "DeadLetters"
-      actions   = ["kinesis:PutRecord", "kinesis:PutRecords", "kinesis:DescribeStreamSummary", "kinesis:ListShards"]
-      resources = [for t in local.processor_read : local.streams["${t}_dead_letter"]]
-    }
-  }
-  dynamic "statement" {
-    for_each = local.kinesis ? [1] : []
-    content {
-      sid = "Leases"
-      actions = [
-        "dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem",
-        "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query",
-      ]
-      resources = [module.stream.lease_table_arn]
-    }
-  }
-  statement {
-    sid       = "StreamKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [module.observability.kms_key_arn]
-  }
-}
-
+# `pitboss process` consumes Kafka only today (src/main.rs: ProcessArgs has no --bus), so the
+# processor runs with bus = "msk"; with "kinesis" the events feed the rules engine and the
+# gateways but are not stored in ClickHouse until the processor reads Kinesis (docs/deploy.md).
 module "processor" {
+  count              = local.kinesis ? 0 : 1
   source             = "../../modules/service"
   name               = "${var.name}-processor"
   image              = var.image
@@ -189,10 +158,13 @@ data "aws_iam_policy_document" "gateway" {
       resources = [local.streams["alert_acks"], local.streams["pushes"]]
     }
   }
-  statement {
-    sid       = "StreamKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [module.observability.kms_key_arn]
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "StreamKey"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [module.observability.kms_key_arn]
+    }
   }
 }
 
