@@ -7,13 +7,6 @@ locals {
   kinesis = var.bus == "kinesis"
 }
 
-resource "aws_cloudwatch_log_group" "lambda" {
-  name              = "/aws/lambda/${var.name}"
-  retention_in_days = var.log_retention_days
-  kms_key_id        = var.kms_key_arn
-  tags              = var.tags
-}
-
 resource "aws_sqs_queue" "on_failure" {
   name                              = "${var.name}-on-failure"
   message_retention_seconds         = 1209600
@@ -22,24 +15,7 @@ resource "aws_sqs_queue" "on_failure" {
   tags                              = var.tags
 }
 
-data "aws_iam_policy_document" "assume" {
-  statement {
-    actions = ["sts:AssumeRole"]
-    principals {
-      type        = "Service"
-      identifiers = ["lambda.amazonaws.com"]
-    }
-  }
-}
-
 data "aws_iam_policy_document" "antifraud" {
-  #checkov:skip=CKV_AWS_111:Only the EC2 network-interface and X-Ray actions have Resource "*": AWS does not support resource-level permissions for them (Lambda in a VPC, active tracing); every other statement names its resources.
-  #checkov:skip=CKV_AWS_356:Same statements: ec2:*NetworkInterface* and xray:Put* cannot be scoped to resources.
-  statement {
-    sid       = "Logs"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["${aws_cloudwatch_log_group.lambda.arn}:*"]
-  }
   dynamic "statement" {
     for_each = local.kinesis ? [1] : []
     content {
@@ -80,101 +56,33 @@ data "aws_iam_policy_document" "antifraud" {
     actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
     resources = [aws_sqs_queue.on_failure.arn]
   }
-  statement {
-    sid       = "EncryptWithTheKey"
-    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
-    resources = [var.kms_key_arn]
-  }
-  statement {
-    # Network interfaces in the VPC (the function, and the MSK event source's pollers); these
-    # EC2 actions do not support resource-level permissions.
-    sid = "VpcNetworkInterfaces"
-    actions = [
-      "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DeleteNetworkInterface",
-      "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeVpcs",
-      "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses",
-    ]
-    resources = ["*"]
-  }
-  statement {
-    sid       = "Tracing"
-    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
-    resources = ["*"]
-  }
 }
 
-resource "aws_iam_role" "antifraud" {
-  name               = var.name
-  assume_role_policy = data.aws_iam_policy_document.assume.json
+module "function" {
+  source               = "../lambda_function"
+  name                 = var.name
+  zip                  = var.lambda_zip
+  architecture         = var.architecture
+  memory_mb            = var.memory_mb
+  timeout_seconds      = 60
+  reserved_concurrency = var.reserved_concurrency
+  policy_json          = data.aws_iam_policy_document.antifraud.json
+  environment = merge({
+    PITBOSS_BUS = var.bus
+    RUST_LOG    = "info"
+    }, local.kinesis ? {} : {
+    PITBOSS_KAFKA_BOOTSTRAP = var.kafka_bootstrap
+  })
+  kms_key_arn        = var.kms_key_arn
+  vpc_id             = var.vpc_id
+  vpc_cidr           = var.vpc_cidr
+  subnet_ids         = var.subnet_ids
+  log_retention_days = var.log_retention_days
   tags               = var.tags
 }
 
-resource "aws_iam_role_policy" "antifraud" {
-  name   = "${var.name}-least-privilege"
-  role   = aws_iam_role.antifraud.id
-  policy = data.aws_iam_policy_document.antifraud.json
-}
-
-resource "aws_security_group" "lambda" {
-  name        = "${var.name}-lambda"
-  description = "Pitboss antifraud Lambda: outbound to the bus and AWS endpoints only"
-  vpc_id      = var.vpc_id
-
-  egress {
-    description = "HTTPS to AWS endpoints and Kafka (SASL/SCRAM over TLS) inside the VPC"
-    from_port   = 443
-    to_port     = 9096
-    protocol    = "tcp"
-    cidr_blocks = [var.vpc_cidr]
-  }
-
-  tags = var.tags
-}
-
-resource "aws_lambda_function" "antifraud" {
-  function_name                  = var.name
-  role                           = aws_iam_role.antifraud.arn
-  filename                       = var.lambda_zip
-  source_code_hash               = filebase64sha256(var.lambda_zip)
-  handler                        = "bootstrap"
-  runtime                        = "provided.al2023"
-  architectures                  = [var.architecture]
-  memory_size                    = var.memory_mb
-  timeout                        = 60
-  reserved_concurrent_executions = var.reserved_concurrency
-  kms_key_arn                    = var.kms_key_arn
-
-  environment {
-    variables = merge({
-      PITBOSS_BUS = var.bus
-      RUST_LOG    = "info"
-      }, local.kinesis ? {} : {
-      PITBOSS_KAFKA_BOOTSTRAP = var.kafka_bootstrap
-    })
-  }
-
-  vpc_config {
-    subnet_ids         = var.subnet_ids
-    security_group_ids = [aws_security_group.lambda.id]
-  }
-
-  tracing_config {
-    mode = "Active"
-  }
-
-  logging_config {
-    log_format = "Text"
-    log_group  = aws_cloudwatch_log_group.lambda.name
-  }
-
-  tags = var.tags
-
-  #checkov:skip=CKV_AWS_116:Invoked by an event source mapping, whose own on-failure destination (SQS) takes what fails; a function-level DLQ applies only to asynchronous invocations.
-  #checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile the operator owns; the zip's hash is pinned by source_code_hash.
-}
-
 resource "aws_lambda_event_source_mapping" "events" {
-  function_name     = aws_lambda_function.antifraud.arn
+  function_name     = module.function.arn
   event_source_arn  = local.kinesis ? var.events_stream_arn : var.msk_cluster_arn
   topics            = local.kinesis ? null : ["events"]
   starting_position = var.starting_position

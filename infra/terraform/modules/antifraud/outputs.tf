@@ -1,6 +1,6 @@
 output "function_name" {
   description = "The antifraud Lambda."
-  value       = aws_lambda_function.antifraud.function_name
+  value       = module.function.function_name
 }
 
 output "on_failure_queue_url" {
@@ -10,5 +10,5 @@ output "on_failure_queue_url" {
 
 output "security_group_id" {
   description = "The function's security group (allowed into MSK)."
-  value       = aws_security_group.lambda.id
+  value       = module.function.security_group_id
 }

@@ -5,10 +5,10 @@ output "api_endpoint" {
 
 output "function_name" {
   description = "The ingest Lambda."
-  value       = aws_lambda_function.ingest.function_name
+  value       = module.function.function_name
 }
 
 output "security_group_id" {
   description = "The function's security group (allowed into MSK)."
-  value       = aws_security_group.lambda.id
+  value       = module.function.security_group_id
 }
