@@ -79,7 +79,7 @@ run() { # name, function
     TIMES+=("FAIL  $name ($((SECONDS - t0))s)")
     FAILED+=("$name")
     log "FAIL $name:"
-    tail -40 "$out" | sed 's/^/    /' >&2
+    { grep -E 'FAIL|[Ee]rror' "$out" || tail -40 "$out"; } | head -40 | sed 's/^/    /' >&2
   fi
 }
 
