@@ -193,7 +193,7 @@ check_sql_current() {
   python3 scripts/check_dashboard_sql.py --chdb "$WORK/schema.sql"
 }
 
-start_clickhouse() { # prints the URL of a ClickHouse of our own
+start_clickhouse() { # a ClickHouse of our own: sets CH_URL and CH_PID (so not in a $(subshell))
   local dir=$WORK/clickhouse http tcp
   http=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   tcp=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -213,7 +213,7 @@ XML
   clickhouse-server --config-file="$dir/config.xml" >"$dir/stdout.log" 2>&1 </dev/null &
   CH_PID=$!
   for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$http/ping" >/dev/null 2>&1 && { echo "http://127.0.0.1:$http"; return 0; }
+    curl -sf "http://127.0.0.1:$http/ping" >/dev/null 2>&1 && { CH_URL=http://127.0.0.1:$http; return 0; }
     sleep 0.3
   done
   tail -20 "$dir/error.log" >&2
@@ -225,7 +225,8 @@ check_sql_18() {
   bin=$(pitboss_bin) || { echo "no pitboss binary (PITBOSS_BIN, or cargo build): cannot migrate"; return 1; }
   url=${PITBOSS_TEST_CLICKHOUSE_URL:-${PITBOSS_TEST_CLICKHOUSE:-}}
   if [[ -z $url ]]; then
-    url=$(start_clickhouse) || { echo "could not start clickhouse-server"; return 1; }
+    start_clickhouse || { echo "could not start clickhouse-server"; return 1; }
+    url=$CH_URL
   fi
   "$bin" migrate --clickhouse "$url" --database "$db" >"$WORK/migrate.log" 2>&1 \
     || { cat "$WORK/migrate.log"; return 1; }
