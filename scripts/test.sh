@@ -34,6 +34,7 @@ scripts/stack.sh start --cluster
 # shellcheck disable=SC1091
 source "${PITBOSS_STACK_DIR:-$ROOT/.stack}/env"
 cargo test --workspace --locked "$@"
+PITBOSS_TEST_CLICKHOUSE_URL=$PITBOSS_TEST_CLICKHOUSE PITBOSS_BIN="$CARGO_TARGET_DIR/debug/pitboss" scripts/deploy-check.sh
 # The TypeScript client (clients/typescript) against the real gateway (`pitboss up`, built above).
 command -v npm >/dev/null || { echo "npm not found: install Node.js 20 or later" >&2; exit 1; }
 (cd clients/typescript && npm ci --no-audit --no-fund && PITBOSS_BIN="$CARGO_TARGET_DIR/debug/pitboss" npm test)

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Pitboss Grafana dashboards as code: writes deploy/grafana/dashboards/*.json.
+
+    python3 deploy/grafana/dashboards.py            # (re)write the JSON files
+    python3 deploy/grafana/dashboards.py --check    # exit 1 if a JSON file differs from this
+    python3 deploy/grafana/dashboards.py --queries  # every panel query as JSON lines (the checks)
+
+Each ClickHouse query names the columns its panel reads (`cols`); scripts/deploy-check.sh
+runs every query against the real schema on ClickHouse 18.16 and on current ClickHouse (chDB)
+and compares the columns it gets. The SQL keeps to what both understand: no
+toStartOfInterval, explicit join strictness, GLOBAL for subqueries over Distributed tables.
+Grafana ClickHouse plugin macros: $__timeFilter(col), $__interval_s; the dashboard variable
+${tenant}. Prometheus panels query the admin /metrics of every component.
+"""
+import json
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+CH = {"type": "grafana-clickhouse-datasource", "uid": "pitboss-clickhouse"}
+PROM = {"type": "prometheus", "uid": "pitboss-prometheus"}
+TENANT = "tenant_id = '${tenant}'"
+
+
+def bucket(col):
+    """Start of the panel's interval (at least a minute) containing `col` (a DateTime)."""
+    return f"toDateTime(intDiv(toUInt32({col}), $__interval_s) * $__interval_s)"
+
+
+def ch(title, sql, cols, kind="timeseries", unit=None, w=12, h=8, description=None):
+    return {"title": title, "ds": "ch", "sql": " ".join(sql.split()), "cols": cols, "kind": kind,
+            "unit": unit, "w": w, "h": h, "description": description}
+
+
+def prom(title, exprs, kind="timeseries", unit=None, w=12, h=8, thresholds=None, description=None):
+    return {"title": title, "ds": "prom", "exprs": exprs, "kind": kind, "unit": unit, "w": w,
+            "h": h, "thresholds": thresholds, "description": description}
+
+
+SLO_10S = [("green", None), ("red", 10)]
+
+DASHBOARDS = {
+    "live-betting": ("Pitboss · Live betting", [
+        ch("Bets and settlements", f"""
+            SELECT {bucket('minute')} AS t, sum(bets) AS bets, sum(settlements) AS settlements
+            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            GROUP BY t ORDER BY t""", ["t", "bets", "settlements"]),
+        ch("Stakes and payouts by currency (minor units)", f"""
+            SELECT {bucket('minute')} AS t, currency, sum(stakes_minor) AS stakes_minor,
+                   sum(payouts_minor) AS payouts_minor
+            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            GROUP BY t, currency ORDER BY t""", ["t", "currency", "stakes_minor", "payouts_minor"]),
+        ch("GGR by currency (minor units)", f"""
+            SELECT {bucket('minute')} AS t, currency, sum(ggr_minor) AS ggr_minor
+            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            GROUP BY t, currency ORDER BY t""", ["t", "currency", "ggr_minor"]),
+        ch("GGR by game and currency", f"""
+            SELECT game_id, currency, sum(bets) AS bets, sum(stakes_minor) AS stakes_minor,
+                   sum(payouts_minor) AS payouts_minor, sum(ggr_minor) AS ggr_minor
+            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            GROUP BY game_id, currency ORDER BY ggr_minor DESC LIMIT 100""",
+           ["game_id", "currency", "bets", "stakes_minor", "payouts_minor", "ggr_minor"], kind="table"),
+    ]),
+    "players": ("Pitboss · Players", [
+        ch("Active players", f"""
+            SELECT {bucket('minute')} AS t, uniqMerge(players) AS active_players
+            FROM players_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            GROUP BY t ORDER BY t""", ["t", "active_players"]),
+        ch("Active players in the range", f"""
+            SELECT uniqMerge(players) AS active_players
+            FROM players_per_minute WHERE {TENANT} AND $__timeFilter(minute)""",
+           ["active_players"], kind="stat", w=6),
+        ch("New players (first event in the range)", f"""
+            SELECT count() AS new_players FROM (
+                SELECT player_id, min(occurred_at) AS first_seen FROM events
+                WHERE {TENANT} GROUP BY player_id)
+            WHERE $__timeFilter(first_seen)""", ["new_players"], kind="stat", w=6,
+           description="Players whose first stored event falls in the range (scans the tenant's events)."),
+        ch("Sessions and logins", f"""
+            SELECT {bucket('occurred_at')} AS t,
+                   countIf(type = 'session_started') AS sessions_started,
+                   countIf(type = 'login') AS logins
+            FROM events WHERE {TENANT} AND $__timeFilter(occurred_at)
+              AND type IN ('session_started', 'login')
+            GROUP BY t ORDER BY t""", ["t", "sessions_started", "logins"]),
+        ch("Deposits and withdrawals by currency", f"""
+            SELECT currency, countIf(type = 'deposit') AS deposits,
+                   sumIf(amount_minor, type = 'deposit') AS deposits_minor,
+                   countIf(type = 'withdrawal') AS withdrawals,
+                   sumIf(amount_minor, type = 'withdrawal') AS withdrawals_minor
+            FROM events WHERE {TENANT} AND $__timeFilter(occurred_at)
+              AND type IN ('deposit', 'withdrawal')
+            GROUP BY currency ORDER BY deposits_minor DESC""",
+           ["currency", "deposits", "deposits_minor", "withdrawals", "withdrawals_minor"], kind="table"),
+    ]),
+    "antifraud": ("Pitboss · Antifraud", [
+        ch("Alerts by rule", f"""
+            SELECT {bucket('minute')} AS t, rule_id, uniqExactMerge(alerts) AS alerts
+            FROM alerts_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            GROUP BY t, rule_id ORDER BY t""", ["t", "rule_id", "alerts"]),
+        ch("Alerts by severity", f"""
+            SELECT severity, count() AS alerts FROM (
+                SELECT alert_id, any(severity) AS severity FROM alerts
+                WHERE {TENANT} AND $__timeFilter(detected_at) GROUP BY alert_id)
+            GROUP BY severity ORDER BY alerts DESC""", ["severity", "alerts"], kind="table"),
+        ch("Top risky players", f"""
+            SELECT player_id, max(total_score) AS max_score, uniqExact(alert_id) AS alerts,
+                   arrayStringConcat(groupUniqArray(rule_id), ', ') AS rules
+            FROM alerts WHERE {TENANT} AND $__timeFilter(detected_at)
+            GROUP BY player_id ORDER BY max_score DESC, alerts DESC LIMIT 20""",
+           ["player_id", "max_score", "alerts", "rules"], kind="table"),
+        ch("Time to acknowledge by rule (seconds)", f"""
+            SELECT rule_id, count() AS acknowledged,
+                   quantile(0.5)(ack_seconds) AS p50_seconds, quantile(0.95)(ack_seconds) AS p95_seconds
+            FROM (
+                SELECT rule_id, (toInt64(acked_ms) - toInt64(detected_ms)) / 1000 AS ack_seconds
+                FROM (
+                    SELECT alert_id, any(rule_id) AS rule_id, min(detected_at_ms) AS detected_ms
+                    FROM alerts WHERE {TENANT} AND $__timeFilter(detected_at) GROUP BY alert_id) AS a
+                GLOBAL ALL INNER JOIN (
+                    SELECT alert_id, min(acked_at_ms) AS acked_ms
+                    FROM alert_acks WHERE {TENANT} GROUP BY alert_id) AS k
+                USING alert_id)
+            GROUP BY rule_id ORDER BY p95_seconds DESC""",
+           ["rule_id", "acknowledged", "p50_seconds", "p95_seconds"], kind="table"),
+        ch("Alerts not acknowledged", f"""
+            SELECT alert_id, any(rule_id) AS rule_id, any(severity) AS severity,
+                   any(player_id) AS player_id, min(detected_at) AS first_detected_at, any(reason) AS reason
+            FROM alerts WHERE {TENANT} AND $__timeFilter(detected_at)
+              AND alert_id GLOBAL NOT IN (SELECT alert_id FROM alert_acks WHERE {TENANT})
+            GROUP BY alert_id ORDER BY first_detected_at DESC LIMIT 100""",
+           ["alert_id", "rule_id", "severity", "player_id", "first_detected_at", "reason"], kind="table", w=24),
+    ]),
+    "responsible-gambling": ("Pitboss · Responsible gambling", [
+        ch("Pushes by marker", f"""
+            SELECT {bucket('created_at')} AS t, kind, uniqExact(push_id) AS pushes
+            FROM pushes WHERE {TENANT} AND $__timeFilter(created_at) AND kind LIKE 'rg.%'
+            GROUP BY t, kind ORDER BY t""", ["t", "kind", "pushes"]),
+        ch("Markers in the range", f"""
+            SELECT kind, uniqExact(push_id) AS pushes, uniqExact(target_id) AS players
+            FROM pushes WHERE {TENANT} AND $__timeFilter(created_at) AND kind LIKE 'rg.%'
+            GROUP BY kind ORDER BY pushes DESC""", ["kind", "pushes", "players"], kind="table"),
+        ch("Responsible-gambling alerts by rule", f"""
+            SELECT rule_id, uniqExact(alert_id) AS alerts, uniqExact(player_id) AS players
+            FROM alerts WHERE {TENANT} AND $__timeFilter(detected_at)
+              AND category = 'responsible_gambling'
+            GROUP BY rule_id ORDER BY alerts DESC""", ["rule_id", "alerts", "players"], kind="table"),
+    ]),
+    "slo": ("Pitboss · SLO", [
+        prom("Time to notify p95 / p99 (objective: 95% within 10 s)", [
+            ("p95", "histogram_quantile(0.95, sum by (le) (rate(pitboss_time_to_notify_seconds_bucket[$__rate_interval])))"),
+            ("p99", "histogram_quantile(0.99, sum by (le) (rate(pitboss_time_to_notify_seconds_bucket[$__rate_interval])))"),
+        ], unit="s", thresholds=SLO_10S),
+        prom("Notified within 10 s", [
+            ("within 10 s", "sum(rate(pitboss_time_to_notify_seconds_bucket{le=\"10\"}[$__rate_interval])) / sum(rate(pitboss_time_to_notify_seconds_count[$__rate_interval]))"),
+        ], kind="stat", unit="percentunit", w=6, thresholds=[("red", None), ("green", 0.95)]),
+        prom("Processor freshness (newest stored event's age)", [
+            ("{{instance}}", "max by (instance) (pitboss_processor_freshness_last_seconds)"),
+        ], kind="stat", unit="s", w=6, thresholds=SLO_10S),
+        ch("Time to notify from stored deliveries", f"""
+            SELECT {bucket('delivered_at')} AS t,
+                   quantile(0.95)((toInt64(delivered_at_ms) - toInt64(received_at_ms)) / 1000) AS p95_seconds,
+                   quantile(0.99)((toInt64(delivered_at_ms) - toInt64(received_at_ms)) / 1000) AS p99_seconds
+            FROM deliveries WHERE {TENANT} AND $__timeFilter(delivered_at) AND replayed = 0
+            GROUP BY t ORDER BY t""", ["t", "p95_seconds", "p99_seconds"], unit="s"),
+        ch("Freshness in ClickHouse (seconds since the newest event)", f"""
+            SELECT toInt64(now()) - toInt64(max(received_at)) AS freshness_seconds
+            FROM events WHERE {TENANT} AND received_at >= now() - 86400""",
+           ["freshness_seconds"], kind="stat", unit="s", w=6),
+        prom("Consumer lag by topic (records)", [
+            ("{{topic}}", "sum by (topic) (pitboss_consumer_lag_records)"),
+        ], w=18),
+    ]),
+    "platform-health": ("Pitboss · Platform health", [
+        prom("Targets up", [("{{job}} {{instance}}", "up")], kind="stat", w=24, h=5,
+             thresholds=[("red", None), ("green", 1)]),
+        prom("Ingest requests/s by status", [
+            ("{{status}}", "sum by (status) (rate(pitboss_ingest_requests_total[$__rate_interval]))")]),
+        prom("Ingest events/s by outcome", [
+            ("{{outcome}}", "sum by (outcome) (rate(pitboss_ingest_events_total[$__rate_interval]))")]),
+        prom("Bus acknowledgement p99 (ingest)", [
+            ("p99", "histogram_quantile(0.99, sum by (le) (rate(pitboss_ingest_bus_ack_seconds_bucket[$__rate_interval])))")],
+             unit="s"),
+        prom("Processor rows inserted/s", [
+            ("{{instance}}", "sum by (instance) (rate(pitboss_processor_rows_inserted_total[$__rate_interval]))")]),
+        prom("ClickHouse insert p95", [
+            ("p95", "histogram_quantile(0.95, sum by (le) (rate(pitboss_processor_insert_seconds_bucket[$__rate_interval])))")],
+             unit="s"),
+        prom("Dead letters/s", [
+            ("processor", "sum(rate(pitboss_processor_dead_letters_total[$__rate_interval]))"),
+            ("antifraud", "sum(rate(pitboss_antifraud_dead_letters_total[$__rate_interval]))")]),
+        prom("Antifraud events/s and alerts/s", [
+            ("events", "sum(rate(pitboss_antifraud_events_total[$__rate_interval]))"),
+            ("alerts", "sum(rate(pitboss_antifraud_alerts_total[$__rate_interval]))")]),
+        prom("Gateway connections", [
+            ("{{instance}}", "sum by (instance) (pitboss_gateway_connections)")]),
+        prom("Connections refused/s (limits)", [
+            ("{{job}}", "sum by (job) (rate(pitboss_http_connections_refused_total[$__rate_interval]))")]),
+        prom("ClickHouse rows inserted/s", [
+            ("{{instance}}", "sum by (instance) (rate(ClickHouseProfileEvents_InsertedRows[$__rate_interval]))")]),
+    ]),
+}
+
+
+def thresholds(steps):
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
+def panel(spec, pid, x, y):
+    kind = spec["kind"]
+    p = {"id": pid, "type": kind, "title": spec["title"],
+         "gridPos": {"x": x, "y": y, "w": spec["w"], "h": spec["h"]},
+         "fieldConfig": {"defaults": {}, "overrides": []}, "options": {}}
+    if spec.get("description"):
+        p["description"] = spec["description"]
+    if spec["unit"]:
+        p["fieldConfig"]["defaults"]["unit"] = spec["unit"]
+    if spec.get("thresholds"):
+        p["fieldConfig"]["defaults"]["thresholds"] = thresholds(spec["thresholds"])
+        if kind == "timeseries":
+            p["fieldConfig"]["defaults"]["custom"] = {"thresholdsStyle": {"mode": "line"}}
+    if kind == "table":
+        p["options"] = {"showHeader": True}
+    if kind == "stat":
+        p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "colorMode": "value", "graphMode": "area"}
+    if spec["ds"] == "ch":
+        p["datasource"] = CH
+        p["interval"] = "1m"  # the rollups are per minute: no bucket below that
+        p["targets"] = [{"refId": "A", "datasource": CH, "editorType": "sql",
+                         "queryType": "timeseries" if kind == "timeseries" else "table",
+                         "format": 0 if kind == "timeseries" else 1, "rawSql": spec["sql"]}]
+    else:
+        p["datasource"] = PROM
+        p["targets"] = [{"refId": chr(ord("A") + i), "datasource": PROM, "expr": expr,
+                         "legendFormat": legend, "range": True}
+                        for i, (legend, expr) in enumerate(spec["exprs"])]
+    return p
+
+
+def dashboard(uid, title, specs):
+    panels, x, y, row_h = [], 0, 0, 0
+    for i, spec in enumerate(specs, 1):
+        if x + spec["w"] > 24:
+            x, y, row_h = 0, y + row_h, 0
+        panels.append(panel(spec, i, x, y))
+        x += spec["w"]
+        row_h = max(row_h, spec["h"])
+    uses_ch = any(s["ds"] == "ch" for s in specs)
+    variables = []
+    if uses_ch:
+        variables.append({
+            "name": "tenant", "label": "Tenant", "type": "query", "datasource": CH,
+            "query": "SELECT DISTINCT tenant_id FROM players_per_minute ORDER BY tenant_id",
+            "refresh": 2, "multi": False, "includeAll": False})
+    return {
+        "uid": f"pitboss-{uid}", "title": title, "tags": ["pitboss"], "editable": False,
+        "schemaVersion": 41, "version": 1, "timezone": "utc", "refresh": "30s",
+        "graphTooltip": 1, "time": {"from": "now-6h", "to": "now"},
+        "templating": {"list": variables}, "annotations": {"list": []}, "links": [],
+        "panels": panels,
+    }
+
+
+def render():
+    return {f"{uid}.json": json.dumps(dashboard(uid, title, specs), indent=2) + "\n"
+            for uid, (title, specs) in DASHBOARDS.items()}
+
+
+def queries():
+    for uid, (_, specs) in DASHBOARDS.items():
+        for spec in specs:
+            if spec["ds"] == "ch":
+                yield {"dashboard": uid, "panel": spec["title"], "kind": spec["kind"],
+                       "sql": spec["sql"], "cols": spec["cols"]}
+            else:
+                for legend, expr in spec["exprs"]:
+                    yield {"dashboard": uid, "panel": spec["title"], "promql": expr}
+
+
+def main():
+    files = render()
+    if "--queries" in sys.argv[1:]:
+        for q in queries():
+            print(json.dumps(q))
+    elif "--check" in sys.argv[1:]:
+        stale = [n for n, text in files.items()
+                 if not (OUT / n).exists() or (OUT / n).read_text() != text]
+        extra = sorted(p.name for p in OUT.glob("*.json") if p.name not in files)
+        if stale or extra:
+            sys.exit(f"dashboards out of date (run python3 deploy/grafana/dashboards.py): {stale + extra}")
+        print(f"{len(files)} dashboards match deploy/grafana/dashboards.py")
+    else:
+        OUT.mkdir(exist_ok=True)
+        for n, text in files.items():
+            (OUT / n).write_text(text)
+        print(f"wrote {len(files)} dashboards to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+# Pitboss on AWS, an example environment (docs/deploy.md walks through it):
+#   API Gateway HTTP API -> ingest Lambda -> Kinesis (on-demand) or MSK  (var.bus)
+#   events -> antifraud Lambda (event source mapping) -> alerts, pushes
+#   processor (ECS Fargate, 2+ tasks, one group) -> ClickHouse (var.clickhouse_url: ClickHouse
+#   Cloud or self-managed) -> Grafana (var.grafana_url: Amazon Managed Grafana)
+#   alerts, pushes -> edge gateway (ECS Fargate behind an ALB: WebSockets) -> players, operators
+# The network (VPC, subnets, endpoints), the ECR image and the alarm topic are inputs.
+
+locals {
+  kinesis     = var.bus == "kinesis"
+  bus_env     = local.kinesis ? { PITBOSS_BUS = "kinesis", AWS_REGION = var.region } : { PITBOSS_BUS = "kafka", PITBOSS_KAFKA_BOOTSTRAP = module.stream.kafka_bootstrap }
+  bus_secrets = local.kinesis ? {} : { PITBOSS_KAFKA_OPTIONS = module.stream.kafka_options_secret_arn }
+  topics = [
+    "events", "events_overflow", "alerts", "pushes", "deliveries", "alert_acks",
+    "events_dead_letter", "events_overflow_dead_letter", "alerts_dead_letter", "pushes_dead_letter",
+    "deliveries_dead_letter", "alert_acks_dead_letter", "antifraud_dead_letter",
+  ]
+  streams        = module.stream.stream_arns
+  processor_read = ["events", "events_overflow", "alerts", "pushes", "deliveries", "alert_acks"]
+  egress_cidrs   = concat([var.vpc_cidr], var.clickhouse_cidrs)
+}
+
+module "observability" {
+  source                       = "../../modules/observability"
+  name                         = var.name
+  alarm_topic_arns             = var.alarm_topic_arns
+  antifraud_failure_queue_name = "${var.name}-antifraud-on-failure"
+}
+
+module "stream" {
+  source                    = "../../modules/stream"
+  name                      = var.name
+  kind                      = var.bus
+  topics                    = local.topics
+  kms_key_arn               = module.observability.kms_key_arn
+  partitions                = var.partitions
+  vpc_id                    = var.vpc_id
+  vpc_cidr                  = var.vpc_cidr
+  subnet_ids                = var.private_subnet_ids
+  client_security_group_ids = concat([module.ingest.security_group_id, module.antifraud.security_group_id, module.gateway.security_group_id], module.processor[*].security_group_id)
+}
+
+module "ingest" {
+  source            = "../../modules/ingest"
+  name              = "${var.name}-ingest"
+  lambda_zip        = var.ingest_lambda_zip
+  architecture      = var.lambda_architecture
+  tenants           = var.tenants
+  bus               = local.kinesis ? "kinesis" : "kafka"
+  event_stream_arns = local.kinesis ? [local.streams["events"], local.streams["events_overflow"]] : []
+  kafka_bootstrap   = module.stream.kafka_bootstrap
+  kafka_options     = module.stream.kafka_options
+  kms_key_arn       = module.observability.kms_key_arn
+  vpc_id            = var.vpc_id
+  vpc_cidr          = var.vpc_cidr
+  subnet_ids        = var.private_subnet_ids
+}
+
+module "antifraud" {
+  source               = "../../modules/antifraud"
+  name                 = "${var.name}-antifraud"
+  lambda_zip           = var.antifraud_lambda_zip
+  architecture         = var.lambda_architecture
+  bus                  = local.kinesis ? "kinesis" : "kafka"
+  events_stream_arn    = local.kinesis ? local.streams["events"] : null
+  output_stream_arns   = local.kinesis ? [local.streams["alerts"], local.streams["pushes"], local.streams["antifraud_dead_letter"]] : []
+  msk_cluster_arn      = module.stream.msk_cluster_arn
+  msk_scram_secret_arn = module.stream.scram_secret_arn
+  kafka_bootstrap      = module.stream.kafka_bootstrap
+  kms_key_arn          = module.observability.kms_key_arn
+  vpc_id               = var.vpc_id
+  vpc_cidr             = var.vpc_cidr
+  subnet_ids           = var.private_subnet_ids
+}
+
+# ------------------------------------------------------------------ secrets
+resource "aws_secretsmanager_secret" "clickhouse_url" {
+  name                    = "${var.name}/clickhouse-url"
+  description             = "PITBOSS_CLICKHOUSE_URL of the processors (credentials in its query: ?user=…&password=…)"
+  kms_key_id              = module.observability.kms_key_arn
+  recovery_window_in_days = 7
+  #checkov:skip=CKV2_AWS_57:The ClickHouse credentials belong to the ClickHouse service (ClickHouse Cloud or self-managed) and rotate there; update var.clickhouse_url after a rotation.
+}
+
+resource "aws_secretsmanager_secret_version" "clickhouse_url" {
+  secret_id     = aws_secretsmanager_secret.clickhouse_url.id
+  secret_string = var.clickhouse_url
+}
+
+resource "random_password" "gateway_jwt" {
+  length  = 64
+  special = false
+}
+
+resource "aws_secretsmanager_secret" "gateway_jwt" {
+  name                    = "${var.name}/gateway-jwt-secret"
+  description             = "HS256 secret of the edge gateway's connection tokens (pitboss token)"
+  kms_key_id              = module.observability.kms_key_arn
+  recovery_window_in_days = 7
+  #checkov:skip=CKV2_AWS_57:Rotating an HS256 secret invalidates every live token at once; rotate by replacing random_password.gateway_jwt in a maintenance window, or use JWKS (RS256/ES256) instead.
+}
+
+resource "aws_secretsmanager_secret_version" "gateway_jwt" {
+  secret_id     = aws_secretsmanager_secret.gateway_jwt.id
+  secret_string = random_password.gateway_jwt.result
+}
+
+# ------------------------------------------------------------------ ECS
+resource "aws_ecs_cluster" "pitboss" {
+  name = var.name
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+}
+
+# `pitboss process` consumes Kafka only today (src/main.rs: ProcessArgs has no --bus), so the
+# processor runs with bus = "msk"; with "kinesis" the events feed the rules engine and the
+# gateways but are not stored in ClickHouse until the processor reads Kinesis (docs/deploy.md).
+module "processor" {
+  count              = local.kinesis ? 0 : 1
+  source             = "../../modules/service"
+  name               = "${var.name}-processor"
+  image              = var.image
+  ecr_repository_arn = var.ecr_repository_arn
+  command            = concat(["process"], flatten([for t in local.processor_read : ["--topic", t]]))
+  admin_port         = 9465
+  environment = merge(local.bus_env, {
+    PITBOSS_CLICKHOUSE_DATABASE    = var.clickhouse_database
+    PITBOSS_PROCESSOR_ADMIN_LISTEN = "0.0.0.0:9465"
+  }, var.clickhouse_cluster == "" ? {} : { PITBOSS_CLICKHOUSE_CLUSTER = var.clickhouse_cluster })
+  secrets          = merge(local.bus_secrets, { PITBOSS_CLICKHOUSE_URL = aws_secretsmanager_secret.clickhouse_url.arn })
+  task_policy_json = data.aws_iam_policy_document.processor.json
+  desired_count    = var.processor_count
+  cpu              = 2048
+  memory_mb        = 4096
+  cluster_arn      = aws_ecs_cluster.pitboss.arn
+  vpc_id           = var.vpc_id
+  subnet_ids       = var.private_subnet_ids
+  egress_cidrs     = local.egress_cidrs
+  kms_key_arn      = module.observability.kms_key_arn
+}
+
+data "aws_iam_policy_document" "gateway" {
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "ReadLivePath"
+      actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
+      resources = [local.streams["alerts"], local.streams["pushes"], local.streams["alert_acks"]]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "PublishAcksAndOperatorPushes"
+      actions   = ["kinesis:PutRecord", "kinesis:PutRecords"]
+      resources = [local.streams["alert_acks"], local.streams["pushes"]]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "StreamKey"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [module.observability.kms_key_arn]
+    }
+  }
+}
+
+module "gateway" {
+  source             = "../../modules/service"
+  name               = "${var.name}-gateway"
+  image              = var.image
+  ecr_repository_arn = var.ecr_repository_arn
+  # The gateway reads its HS256 secret from a file: the task writes it (mode 600) from the
+  # secret environment variable before starting.
+  entry_point = ["/bin/sh", "-c"]
+  command     = ["umask 077 && printf '%s' \"$PITBOSS_GATEWAY_JWT_SECRET\" > /tmp/jwt && exec pitboss gateway --jwt-secret-file /tmp/jwt"]
+  port        = 8081
+  admin_port  = 9467
+  environment = merge(local.bus_env, {
+    PITBOSS_GATEWAY_LISTEN       = "0.0.0.0:8081"
+    PITBOSS_GATEWAY_ADMIN_LISTEN = "0.0.0.0:9467"
+  })
+  secrets               = merge(local.bus_secrets, { PITBOSS_GATEWAY_JWT_SECRET = aws_secretsmanager_secret.gateway_jwt.arn })
+  task_policy_json      = data.aws_iam_policy_document.gateway.json
+  desired_count         = var.gateway_count
+  cpu                   = 1024
+  memory_mb             = 4096
+  cluster_arn           = aws_ecs_cluster.pitboss.arn
+  vpc_id                = var.vpc_id
+  subnet_ids            = var.private_subnet_ids
+  egress_cidrs          = [var.vpc_cidr]
+  kms_key_arn           = module.observability.kms_key_arn
+  drain_timeout_seconds = 10
+  load_balancer = {
+    public_subnet_ids    = var.public_subnet_ids
+    certificate_arn      = var.certificate_arn
+    ingress_cidrs        = var.client_cidrs
+    idle_timeout_seconds = var.gateway_idle_timeout_seconds
+    access_logs_bucket   = var.access_logs_bucket
+  }
+}

@@ -1,0 +1,44 @@
+output "ingest_url" {
+  description = "POST events here: <url>/v1/events (Authorization: Bearer <tenant API key>)."
+  value       = module.ingest.api_endpoint
+}
+
+output "gateway_host" {
+  description = "The gateway's ALB: point the certificate's host name at it (CNAME), then wss://<host>/v1/ws."
+  value       = module.gateway.load_balancer_dns
+}
+
+output "antifraud_on_failure_queue" {
+  description = "SQS queue of events the rules engine gave up on."
+  value       = module.antifraud.on_failure_queue_url
+}
+
+output "time_to_notify_alarms" {
+  description = "CloudWatch alarms on the 10 s objective."
+  value       = module.observability.time_to_notify_alarms
+}
+
+output "kafka_bootstrap" {
+  description = "MSK brokers (bus = msk)."
+  value       = module.stream.kafka_bootstrap
+}
+
+output "lease_table" {
+  description = "DynamoDB lease table of the Kinesis bus (bus = kinesis)."
+  value       = module.stream.lease_table_name
+}
+
+output "grafana_url" {
+  description = "Where the analysts' dashboards live (input, echoed for the runbook)."
+  value       = var.grafana_url
+}
+
+output "log_groups" {
+  description = "CloudWatch log groups of the ECS services."
+  value       = { processor = try(module.processor[0].log_group, null), gateway = module.gateway.log_group }
+}
+
+output "processor" {
+  description = "The processor's ECS service (null with bus = kinesis: `pitboss process` reads Kafka only today)."
+  value       = try(module.processor[0].service_name, null)
+}

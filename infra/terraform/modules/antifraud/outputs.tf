@@ -1,0 +1,14 @@
+output "function_name" {
+  description = "The antifraud Lambda."
+  value       = module.function.function_name
+}
+
+output "on_failure_queue_url" {
+  description = "SQS queue receiving the records that exhausted their retries."
+  value       = aws_sqs_queue.on_failure.url
+}
+
+output "security_group_id" {
+  description = "The function's security group (allowed into MSK)."
+  value       = module.function.security_group_id
+}
