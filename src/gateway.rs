@@ -246,7 +246,7 @@ pub async fn serve_in_up(
     let verifier = Verifier::hs256(&secret)?;
     let config = tuning.config("up".into(), Keying::Crc32, false);
     let state = pitboss_gateway::start(bus, verifier, config, stop)
-        .with_stats(std::sync::Arc::new(SqliteStats { path: store }));
+        .with_stats(std::sync::Arc::new(SqliteStats::new(store)));
     let limits = tuning.limits(Duration::from_secs(5));
     pitboss_gateway::server::serve(state, listener, limits)
         .await
@@ -342,10 +342,23 @@ pub fn token(args: TokenArgs) -> Result<()> {
 }
 
 /// The console's traffic figures from the embedded store of `pitboss up` (read-only queries
-/// on the rollups and the live-path tables, one short-lived connection per request).
+/// on the rollups and the live-path tables, one short-lived connection per request). Answers
+/// are kept for a second per tenant, so any number of consoles cost one query set a second.
 #[derive(Debug)]
 pub struct SqliteStats {
     pub path: PathBuf,
+    cache: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, serde_json::Value)>,
+    >,
+}
+
+impl SqliteStats {
+    pub fn new(path: PathBuf) -> Self {
+        SqliteStats {
+            path,
+            cache: Default::default(),
+        }
+    }
 }
 
 impl SqliteStats {
@@ -422,9 +435,25 @@ impl SqliteStats {
 #[async_trait::async_trait]
 impl pitboss_gateway::StatsSource for SqliteStats {
     async fn tenant_stats(&self, tenant: &str) -> Result<serde_json::Value, String> {
-        let (path, tenant) = (self.path.clone(), tenant.to_owned());
-        tokio::task::spawn_blocking(move || SqliteStats::figures(&path, &tenant))
+        let fresh = |cache: &std::collections::HashMap<_, (std::time::Instant, _)>| {
+            cache
+                .get(tenant)
+                .filter(|(at, _): &&(std::time::Instant, serde_json::Value)| {
+                    at.elapsed() < Duration::from_secs(1)
+                })
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(v) = fresh(&self.cache.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(v);
+        }
+        let (path, owned) = (self.path.clone(), tenant.to_owned());
+        let v = tokio::task::spawn_blocking(move || SqliteStats::figures(&path, &owned))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())??;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_owned(), (std::time::Instant::now(), v.clone()));
+        Ok(v)
     }
 }

@@ -36,9 +36,9 @@ impl Drop for Killed {
     }
 }
 
-/// The shipped nginx.conf with its upstreams pointed at `gateways` (and ingest at an unused
-/// port), listening on `port`, with every path inside `dir`.
-fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16]) -> String {
+/// The shipped nginx.conf with its upstreams pointed at `gateways` and `ingests` (an unused
+/// port when there is none), listening on `port`, with every path inside `dir`.
+fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16]) -> String {
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nginx/nginx.conf"
@@ -91,10 +91,17 @@ fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16]) -> String {
             }
         }
         if t.starts_with("upstream pitboss_ingest") {
-            out.push_str(&format!(
-                "        server 127.0.0.1:{} max_fails=1 fail_timeout=10s;\n",
-                free_port()
-            ));
+            let unused = [free_port()];
+            let ports = if ingests.is_empty() {
+                &unused[..]
+            } else {
+                ingests
+            };
+            for p in ports {
+                out.push_str(&format!(
+                    "        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n"
+                ));
+            }
         }
         if t.starts_with("http {") {
             for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
@@ -121,9 +128,9 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16]) -> Nginx {
+fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16]) -> Nginx {
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, port, gateways)).unwrap();
+    std::fs::write(&conf, nginx_conf(dir, port, gateways, ingests)).unwrap();
     let bin = if std::path::Path::new("/usr/sbin/nginx").exists() {
         "/usr/sbin/nginx"
     } else {
@@ -309,7 +316,7 @@ async fn a_gateway_killed_behind_nginx_loses_and_repeats_nothing() {
     let mut a = gateway(pa, "gw-a", &secret, &topics, &dir.path().join("gw-a.log"));
     let _b = gateway(pb, "gw-b", &secret, &topics, &dir.path().join("gw-b.log"));
     let ng = tempfile::tempdir().unwrap();
-    let _nginx = nginx(ng.path(), pn, &[pa, pb]);
+    let _nginx = nginx(ng.path(), pn, &[pa, pb], &[]);
     // Both gateways ready (history rebuilt from Kafka).
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -530,4 +537,230 @@ async fn sigterm_tells_every_client_to_reconnect_and_exits_0() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// A process of the distributed scenario, killed when the test ends.
+fn pitboss(args: &[&str], log: &std::path::Path) -> Killed {
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The distributed scenario of docs/benchmarks.md as a test: real Kafka and ClickHouse; ingest,
+/// the rules engine, the processor and two gateways as separate processes behind real nginx
+/// (the shipped config); `pitboss loadgen --live` drives it through nginx with the simulator's
+/// fraud and risky-play patterns and players connected. Every push and alert the patterns must
+/// raise arrives once (none lost, none duplicated), and the alerts are stored in ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_and_stores_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path();
+    let (bus, topics) = kafka_topics("dist", 4).await;
+    let name = topics.alerts.trim_end_matches("_alerts").to_owned();
+    let events = format!("{name}_events");
+    for (t, n) in [
+        (events.clone(), 8),
+        (format!("{events}_overflow"), 8),
+        (format!("{name}_af_dead_letter"), 1),
+    ] {
+        bus.create_topic(&t, n).await.unwrap();
+    }
+    for t in [
+        &events,
+        &format!("{events}_overflow"),
+        &topics.alerts,
+        &topics.pushes,
+        &topics.acks,
+    ] {
+        bus.create_topic(&format!("{t}_dead_letter"), 1)
+            .await
+            .unwrap();
+    }
+    let (kafka, clickhouse) = (pitboss_testkit::kafka(), pitboss_testkit::clickhouse());
+    let database = format!("{name}_db");
+    let secret = logs.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+
+    // Ingest on Kafka.
+    let key = "distributed-scenario-key";
+    let pi = free_port();
+    let config = logs.join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{pi}\"\nadmin_listen = \"127.0.0.1:0\"\ntopic = \"{events}\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
+            pitboss_ingest::auth::hash_key(key)
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let _ingest = pitboss(
+        &[
+            "ingest",
+            "--bus",
+            "kafka",
+            "--kafka-bootstrap",
+            &kafka,
+            "--config",
+            &config,
+        ],
+        &logs.join("ingest.log"),
+    );
+    // The rules engine, its own state directory.
+    let state = logs.join("antifraud-state");
+    let _engine = pitboss(
+        &[
+            "antifraud",
+            "--bus",
+            "kafka",
+            "--kafka-bootstrap",
+            &kafka,
+            "--topic",
+            &events,
+            "--group",
+            &format!("{name}_af"),
+            "--alerts-topic",
+            &topics.alerts,
+            "--pushes-topic",
+            &topics.pushes,
+            "--dead-letter-topic",
+            &format!("{name}_af_dead_letter"),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &logs.join("antifraud.log"),
+    );
+    // The processor: events, alerts, pushes and acks into ClickHouse.
+    let _processor = pitboss(
+        &[
+            "process",
+            "--clickhouse",
+            &clickhouse,
+            "--database",
+            &database,
+            "--kafka-bootstrap",
+            &kafka,
+            "--topic",
+            &events,
+            "--topic",
+            &format!("{events}_overflow"),
+            "--topic",
+            &format!("{}=alerts", topics.alerts),
+            "--topic",
+            &format!("{}=pushes", topics.pushes),
+            "--topic",
+            &format!("{}=alert_acks", topics.acks),
+            "--group",
+            &format!("{name}_processor"),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &logs.join("process.log"),
+    );
+    // Two gateways and nginx in front of everything.
+    let (pa, pb, pn) = (free_port(), free_port(), free_port());
+    let _a = gateway(pa, "gw-a", &secret, &topics, &logs.join("gw-a.log"));
+    let _b = gateway(pb, "gw-b", &secret, &topics, &logs.join("gw-b.log"));
+    let ng = tempfile::tempdir().unwrap();
+    let _nginx = nginx(ng.path(), pn, &[pa, pb], &[pi]);
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in [
+        format!("http://127.0.0.1:{pi}/healthz"),
+        format!("http://127.0.0.1:{pa}/v1/ws"),
+        format!("http://127.0.0.1:{pb}/v1/ws"),
+    ] {
+        while client.get(&url).send().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{url} never answered\n{}",
+                pitboss_testkit::log_tails(logs, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The load: through nginx, players and operators connected.
+    let out = tokio::task::spawn_blocking({
+        let secret = secret.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_pitboss"))
+                .args([
+                    "loadgen",
+                    "--live",
+                    "--url",
+                    &format!("http://127.0.0.1:{pn}"),
+                ])
+                .args(["--gateway", &format!("ws://127.0.0.1:{pn}"), "--key", key])
+                .arg("--jwt-secret-file")
+                .arg(&secret)
+                .args(["--rate", "300", "--seconds", "20", "--sockets", "200"])
+                .args([
+                    "--operators",
+                    "2",
+                    "--risky-share",
+                    "0.2",
+                    "--settle-secs",
+                    "90",
+                ])
+                .env_remove("RUST_BACKTRACE")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pitboss_testkit::log_tails(logs, 20)
+    );
+    let report: serde_json::Value = stdout
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON report in {stdout}"));
+    for k in [
+        "pushes_lost",
+        "pushes_duplicated",
+        "alerts_lost",
+        "alerts_duplicated",
+        "refused",
+    ] {
+        assert_eq!(report[k], 0, "{k}: {report}");
+    }
+    let expected_alerts = report["alerts_expected"].as_u64().unwrap();
+    assert!(
+        expected_alerts > 0 && report["pushes_expected"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    // The alerts are stored: at least every expected one (normal play may raise more).
+    let ch = pitboss_processor::sink::client(&clickhouse, &database);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = ch
+            .query("SELECT uniqExact(alert_id) FROM alerts")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0);
+        if stored >= expected_alerts {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} alerts stored, {expected_alerts} expected\n{}",
+            pitboss_testkit::log_tails(logs, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -179,16 +179,20 @@ test('the console refuses tokens it cannot use, with a reason', async () => {
   // Signed by another key: the gateway refuses it and the console says so.
   const parts = (await run(['token', '--data-dir', dataDir, '--role', 'operator', '--subject', 'ops'])).trim().split('.');
   const forged = `${parts[0]}.${parts[1]}.${'A'.repeat(43)}`;
+  const before = errors.length;
   await tokenBox.fill(forged);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.locator('#login-error', { hasText: 'refused' }).waitFor({ timeout: 15_000 });
+  // The browser logs the refused WebSocket handshake and request itself (wording varies by
+  // version); those are the refusal, not faults of the page.
+  const refusals = errors.splice(before);
+  assert.ok(refusals.every((e) => /401|Authentication failed|v1\/ws|v1\/stats/.test(e)), refusals.join('\n'));
 
   const operator = (await run(['token', '--data-dir', dataDir, '--role', 'operator', '--subject', 'ops', '--tenant', 'northbet'])).trim();
   await tokenBox.fill(operator);
   await page.getByRole('button', { name: 'Sign in' }).click();
   await page.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
   assert.equal(await page.getByTestId('tenant').textContent(), 'northbet');
-  // Failed loads of the forged token's requests are the browser's 401 lines; nothing else.
-  assert.deepEqual(errors.filter((e) => !/401/.test(e)), []);
+  assert.deepEqual(errors, []);
   await page.close();
 });

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Time to notify under load, embedded: `pitboss up` (release) and `pitboss loadgen --live` with
+# 10,000 player sockets and 2 operators connected, at each rate given; one JSON line per rate
+# (loadgen's report), plus the server's CPU seconds. Server and load generator share this
+# machine's cores.
+#
+#   scripts/bench-live.sh [seconds per rate, default 60] [rates..., default 1000 10000]
+#   (PITBOSS_BENCH_SOCKETS=10000, PITBOSS_BENCH_RISKY_SHARE=0.02, PITBOSS_BENCH_BIN=path)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECONDS_PER_RATE=${1:-60}
+shift || true
+RATES=("${@:-1000 10000}")
+# shellcheck disable=SC2206
+RATES=(${RATES[*]})
+SOCKETS=${PITBOSS_BENCH_SOCKETS:-10000}
+RISKY=${PITBOSS_BENCH_RISKY_SHARE:-0.02}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pitboss/target}
+cd "$ROOT"
+if [[ -n ${PITBOSS_BENCH_BIN:-} ]]; then
+  BIN=$PITBOSS_BENCH_BIN
+else
+  cargo build --release -q -p pitboss
+  BIN=$CARGO_TARGET_DIR/release/pitboss
+fi
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+for rate in "${RATES[@]}"; do
+  WORK=$(mktemp -d)
+  API=$(port); GW=$(port); ADMIN=$(port)
+  RUST_LOG=warn "$BIN" up --data-dir "$WORK/data" --listen "127.0.0.1:$API" --admin-listen "127.0.0.1:$ADMIN" \
+    --gateway-listen "127.0.0.1:$GW" >"$WORK/up.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  set +e
+  RUST_LOG=warn "$BIN" loadgen --live --url "http://127.0.0.1:$API" --gateway "ws://127.0.0.1:$GW" \
+    --key-file "$WORK/data/demo-api-key" --jwt-secret-file "$WORK/data/gateway-jwt-secret" \
+    --rate "$rate" --seconds "$SECONDS_PER_RATE" --sockets "$SOCKETS" --operators 2 \
+    --risky-share "$RISKY" --settle-secs 30 >"$WORK/loadgen.out" 2>"$WORK/loadgen.err"
+  rc=$?
+  set -e
+  cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVER/stat")
+  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+  grep -v '^{' "$WORK/loadgen.out" >&2 || true
+  tail -3 "$WORK/loadgen.err" >&2 || true
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["server_cpu_s"]=float(sys.argv[2]); r["exit"]=int(sys.argv[3]); print(json.dumps(r))' \
+    "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc"
+  rm -rf "$WORK"
+done
