@@ -5,7 +5,8 @@
 # machine's cores.
 #
 #   scripts/bench-live.sh [seconds per rate, default 60] [rates..., default 1000 10000]
-#   (PITBOSS_BENCH_SOCKETS=10000, PITBOSS_BENCH_RISKY_SHARE=0.02, PITBOSS_BENCH_BIN=path)
+#   (PITBOSS_BENCH_SOCKETS=10000, PITBOSS_BENCH_RISKY_SHARE=0.02, PITBOSS_BENCH_BIN=path,
+#    PITBOSS_BENCH_UP_ARGS="--snapshot-interval-ms 60000" adds flags to `pitboss up`)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_PER_RATE=${1:-60}
@@ -29,11 +30,11 @@ for rate in "${RATES[@]}"; do
   WORK=$(mktemp -d)
   API=$(port); GW=$(port); ADMIN=$(port)
   RUST_LOG=warn "$BIN" up --data-dir "$WORK/data" --listen "127.0.0.1:$API" --admin-listen "127.0.0.1:$ADMIN" \
-    --gateway-listen "127.0.0.1:$GW" >"$WORK/up.log" 2>&1 &
+    --gateway-listen "127.0.0.1:$GW" ${PITBOSS_BENCH_UP_ARGS:-} >"$WORK/up.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
   set +e
-  RUST_LOG=warn "$BIN" loadgen --live --url "http://127.0.0.1:$API" --gateway "ws://127.0.0.1:$GW" \
+  RUST_BACKTRACE=0 RUST_LOG=warn "$BIN" loadgen --live --url "http://127.0.0.1:$API" --gateway "ws://127.0.0.1:$GW" \
     --key-file "$WORK/data/demo-api-key" --jwt-secret-file "$WORK/data/gateway-jwt-secret" \
     --rate "$rate" --seconds "$SECONDS_PER_RATE" --sockets "$SOCKETS" --operators 2 \
     --risky-share "$RISKY" --settle-secs 30 >"$WORK/loadgen.out" 2>"$WORK/loadgen.err"
@@ -42,7 +43,7 @@ for rate in "${RATES[@]}"; do
   cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVER/stat")
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
   grep -v '^{' "$WORK/loadgen.out" >&2 || true
-  tail -3 "$WORK/loadgen.err" >&2 || true
+  grep -v '^\s' "$WORK/loadgen.err" | tail -5 >&2 || true
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["server_cpu_s"]=float(sys.argv[2]); r["exit"]=int(sys.argv[3]); print(json.dumps(r))' \
     "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc"
   rm -rf "$WORK"

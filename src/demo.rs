@@ -45,6 +45,13 @@ impl DemoConfig {
         if !(self.events_per_second.is_finite() && self.events_per_second > 0.0) {
             return Err("--demo-rate must be a positive number of events per second".into());
         }
+        let players = self.players_per_tenant * self.tenants.len();
+        if self.events_per_second > players as f64 / 10.0 {
+            return Err(format!(
+                "--demo-rate {} is more than {} players can play (a person acts every 10 s or so): raise --demo-players",
+                self.events_per_second, players
+            ));
+        }
         if !(0.0..=0.5).contains(&self.risky_share) {
             return Err("--demo-risky-share must be between 0 and 0.5".into());
         }

@@ -92,7 +92,13 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     let demo = DemoConfig {
         seed: live.seed,
         tenants: vec![args.tenant.clone()],
-        players_per_tenant: args.players.max(live.sockets).max(1),
+        // A person acts every 20 s or so: enough players that the rate is human per player
+        // (faster normal play would itself be fraud to the rules).
+        players_per_tenant: args
+            .players
+            .max(live.sockets)
+            .max((args.rate * 20.0) as usize)
+            .max(1),
         events_per_second: args.rate,
         risky_share: live.risky_share,
     };
@@ -115,7 +121,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             Vec::new(),
             Duration::from_secs(args.seconds + live.settle_secs + 3600),
         );
-        Ok(pitboss_gateway::auth::sign_hs256(&c, &secret)?)
+        pitboss_gateway::auth::sign_hs256(&c, &secret)
     };
     pitboss_runtime::http::raise_fd_limit();
 
@@ -198,9 +204,12 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     let mut received: Vec<Received> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The simulator's time of the last events handed out: what is due by then has been sent.
+    let mut advanced_to = start_ms;
     while Instant::now() < deadline {
         tick.tick().await;
-        let events = sim.advance(pitboss_model::Timestamp::now().as_millis());
+        advanced_to = pitboss_model::Timestamp::now().as_millis();
+        let events = sim.advance(advanced_to);
         // Connect the players of newly injected patterns before their events leave.
         let fresh: Vec<Expected> = sim.expected()[seen_expected..].to_vec();
         seen_expected = sim.expected().len();
@@ -269,8 +278,10 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     // Settle: wait for what the last events must still raise.
     let expected: Vec<Expected> = sim.expected().to_vec();
     let settle_until = Instant::now() + Duration::from_secs(live.settle_secs);
-    let sent_until = start_ms + (send_secs * 1000.0) as i64;
-    let due: Vec<&Expected> = expected.iter().filter(|x| x.due_ms <= sent_until).collect();
+    let due: Vec<&Expected> = expected
+        .iter()
+        .filter(|x| x.due_ms <= advanced_to)
+        .collect();
     loop {
         while let Ok(r) = rx.try_recv() {
             received.push(r);
