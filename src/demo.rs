@@ -718,7 +718,8 @@ impl Simulator {
             "rg.late_night" => {
                 // 20 bets in the small hours of the player's own time zone.
                 let utc_hour = ((self.start_ms + t).div_euclid(H)).rem_euclid(24);
-                let local = self.rng.random_range(1..5);
+                // 01:00–03:59, so the twenty bets stay before 05:00 even across an hour.
+                let local = self.rng.random_range(1..4);
                 let mut offset = (local - utc_hour).rem_euclid(24) * 60;
                 if offset > 840 {
                     offset -= 1440;

@@ -70,7 +70,7 @@ before(async () => {
   up = spawn(
     PITBOSS_BIN,
     [
-      'up', '--demo', '--seed', '7', '--demo-rate', '300', '--demo-players', '300', '--demo-risky-share', '0.2',
+      'up', '--demo', '--seed', '7', '--demo-rate', '300', '--demo-players', '3000', '--demo-risky-share', '0.2',
       '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--gateway-listen', '127.0.0.1:0',
     ],
     { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
