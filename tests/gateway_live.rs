@@ -725,6 +725,8 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         String::from_utf8_lossy(&out.stderr),
         pitboss_testkit::log_tails(logs, 20)
     );
+    // The figures, for docs/benchmarks.md (`cargo test --test gateway_live distributed -- --nocapture`).
+    eprintln!("{stdout}");
     let report: serde_json::Value = stdout
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())

@@ -98,9 +98,10 @@ before(async () => {
 after(async () => {
   await browser?.close();
   if (up && up.exitCode === null) {
-    const exited = new Promise((r) => up.once('exit', r));
+    const exited = new Promise((r) => up.once('exit', (code, signal) => r({ code, signal })));
     up.kill('SIGTERM');
-    await exited;
+    // The demo stops with the rest: a clean drain and exit 0.
+    assert.deepEqual(await exited, { code: 0, signal: null }, stderr);
   }
   if (dataDir) rmSync(dataDir, { recursive: true, force: true });
 });
