@@ -26,13 +26,20 @@ else
 fi
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+SERVER=""
+WORK=""
+cleanup() { [[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null; wait 2>/dev/null; [[ -n $WORK ]] && rm -rf "$WORK"; }
+trap cleanup EXIT
+
 for rate in "${RATES[@]}"; do
   WORK=$(mktemp -d)
   API=$(port); GW=$(port); ADMIN=$(port)
   RUST_LOG=warn "$BIN" up --data-dir "$WORK/data" --listen "127.0.0.1:$API" --admin-listen "127.0.0.1:$ADMIN" \
     --gateway-listen "127.0.0.1:$GW" ${PITBOSS_BENCH_UP_ARGS:-} >"$WORK/up.log" 2>&1 &
   SERVER=$!
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  ready=0
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null 2>&1 && { ready=1; break; }; sleep 0.2; done
+  if ((!ready)); then cat "$WORK/up.log" >&2; echo "pitboss up did not get ready" >&2; exit 1; fi
   set +e
   RUST_BACKTRACE=0 RUST_LOG=warn "$BIN" loadgen --live --url "http://127.0.0.1:$API" --gateway "ws://127.0.0.1:$GW" \
     --key-file "$WORK/data/demo-api-key" --jwt-secret-file "$WORK/data/gateway-jwt-secret" \
@@ -44,7 +51,9 @@ for rate in "${RATES[@]}"; do
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
   grep -v '^{' "$WORK/loadgen.out" >&2 || true
   grep -v '^\s' "$WORK/loadgen.err" | tail -5 >&2 || true
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["server_cpu_s"]=float(sys.argv[2]); r["exit"]=int(sys.argv[3]); print(json.dumps(r))' \
-    "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc"
+  # A run that failed before its report still gets a line (and the next rate still runs).
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1] or "{}"); r.update(rate=float(sys.argv[4]), server_cpu_s=float(sys.argv[2]), exit=int(sys.argv[3])); print(json.dumps(r))' \
+    "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc" "$rate"
+  SERVER=""
   rm -rf "$WORK"
 done

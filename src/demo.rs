@@ -8,7 +8,7 @@
 //! returns the events due by a given time, in time order. The same seed and start time give the
 //! same players, the same events and the same ids; a later start gives other ids, so a restarted
 //! demo never collides with the events it sent before. Every injected pattern is recorded with
-//! the rule it must fire ([`Simulator::expected`]).
+//! the rule it must fire ([`Simulator::take_expected`]).
 
 use std::collections::BTreeMap;
 
@@ -39,21 +39,31 @@ impl DemoConfig {
         if self.tenants.is_empty() {
             return Err("the demo needs at least one tenant".into());
         }
-        if self.players_per_tenant == 0 {
-            return Err("--demo-players must be at least 1".into());
+        if !(1..=MAX_PLAYERS).contains(&self.players_per_tenant) {
+            return Err(format!(
+                "players per tenant (--demo-players, --players) must be 1 to {MAX_PLAYERS}"
+            ));
         }
-        if !(self.events_per_second.is_finite() && self.events_per_second > 0.0) {
-            return Err("--demo-rate must be a positive number of events per second".into());
+        if !(self.events_per_second.is_finite()
+            && self.events_per_second > 0.0
+            && self.events_per_second <= MAX_RATE)
+        {
+            return Err(format!(
+                "the rate (--demo-rate, --rate) must be a number of events per second above 0 and at most {MAX_RATE}"
+            ));
         }
         let players = self.players_per_tenant * self.tenants.len();
         if self.events_per_second > players as f64 / 10.0 {
             return Err(format!(
-                "--demo-rate {} is more than {} players can play (a person acts every 10 s or so): raise --demo-players",
-                self.events_per_second, players
+                "a rate of {} events/s is more than {players} players can play (one event every 10 s each, on average): raise the players (--demo-players, --players)",
+                self.events_per_second
             ));
         }
         if !(0.0..=0.5).contains(&self.risky_share) {
-            return Err("--demo-risky-share must be between 0 and 0.5".into());
+            return Err(
+                "the risky share (--demo-risky-share, --risky-share) must be between 0 and 0.5"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -88,6 +98,10 @@ pub const PATTERNS: [(&str, bool); 14] = [
     ("rg.deposit_frequency_rising", true),
     ("rg.cancelled_withdrawal_gambled", true),
 ];
+
+/// The most players per tenant and events per second the simulator takes (memory bounds).
+const MAX_PLAYERS: usize = 5_000_000;
+const MAX_RATE: f64 = 1_000_000.0;
 
 /// Events per injected pattern, on average (sets how often one is injected).
 const EVENTS_PER_PATTERN: f64 = 16.0;
@@ -283,9 +297,10 @@ impl Simulator {
         ready.into_values().collect()
     }
 
-    /// Every injected pattern so far, with the rule it must fire.
-    pub fn expected(&self) -> &[Expected] {
-        &self.expected
+    /// The patterns injected since the last call, with the rule each must fire (the caller
+    /// keeps what it needs: a long demo does not accumulate them).
+    pub fn take_expected(&mut self) -> Vec<Expected> {
+        std::mem::take(&mut self.expected)
     }
 
     fn schedule(&mut self, t: i64, player: usize, kind: &str, payload: Value) {
@@ -397,6 +412,10 @@ impl Simulator {
     }
 
     fn start_session(&mut self, i: usize, t: i64) {
+        // Normal players play in their day or evening, however long the demo runs (late-night
+        // play is a pattern of its own).
+        let utc_hour = ((self.start_ms + t).div_euclid(H)).rem_euclid(24);
+        self.players[i].utc_offset_min = day_offset(&mut self.rng, utc_hour);
         let (ip, device, channel) = {
             let p = &self.players[i];
             (p.ip.clone(), p.device.clone(), p.channel)
@@ -552,6 +571,9 @@ impl Simulator {
         let pattern = self.cycle.pop().unwrap_or(0);
         let tenant = self.rng.random_range(0..self.cfg.tenants.len());
         self.pattern(pattern, tenant, t);
+        // A pattern's events are built when it is injected: its players are not needed after.
+        self.players
+            .truncate(self.cfg.players_per_tenant * self.cfg.tenants.len());
     }
 
     fn small_bets(&mut self, i: usize, t: i64, n: usize, gap: (i64, i64), stake: i64) -> i64 {
@@ -763,12 +785,7 @@ fn new_player(rng: &mut StdRng, tenant: usize, n: usize, utc_hour: i64) -> Playe
     };
     // Typical stakes: log-normal around 1.50, most between 0.40 and 6.00.
     let median_stake = ((150.0 * (0.7 * normal(rng)).exp()).round() as i64).clamp(10, 1_000);
-    // A time zone where it is day or evening now (late-night play is a pattern of its own).
-    let local = rng.random_range(10..21);
-    let mut offset = (local - utc_hour).rem_euclid(24) * 60;
-    if offset > 840 {
-        offset -= 1440;
-    }
+    let offset = day_offset(rng, utc_hour);
     let k = tenant * 1_000_000 + n;
     Player {
         tenant,
@@ -793,6 +810,13 @@ fn new_player(rng: &mut StdRng, tenant: usize, n: usize, utc_hour: i64) -> Playe
         sessions: 0,
         bets: 0,
     }
+}
+
+/// A UTC offset (minutes) at which it is between 10:00 and 20:59 when it is `utc_hour` in UTC.
+fn day_offset(rng: &mut StdRng, utc_hour: i64) -> i64 {
+    let local = rng.random_range(10..21);
+    let offset = (local - utc_hour).rem_euclid(24) * 60;
+    if offset > 840 { offset - 1440 } else { offset }
 }
 
 /// A standard normal variate (Box–Muller).
@@ -975,8 +999,10 @@ mod tests {
         let end = T0 + 12 * MIN;
         let mut fired: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
         let mut pushed: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut expected = Vec::new();
         for ms in (0..=end - T0).step_by(1000) {
             let events = sim.advance(T0 + ms);
+            expected.extend(sim.take_expected());
             for e in events {
                 let event = pitboss_model::decode_event(e.to_string().as_bytes())
                     .unwrap_or_else(|v| panic!("{v}"));
@@ -1000,7 +1026,6 @@ mod tests {
                 }
             }
         }
-        let expected = sim.expected().to_vec();
         let due: Vec<_> = expected
             .iter()
             .filter(|x| x.due_ms + 2 * S <= end)
@@ -1028,7 +1053,10 @@ mod tests {
         let normal_alerts: Vec<_> = fired
             .iter()
             .filter(|(k, _)| {
-                let n: usize = k.1[2..].parse().unwrap_or(usize::MAX);
+                let n: usize =
+                    k.1.strip_prefix("p-")
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
                 n < 500 && !pattern_players.contains(*k)
             })
             .collect();

@@ -343,13 +343,15 @@ pub fn token(args: TokenArgs) -> Result<()> {
 
 /// The console's traffic figures from the embedded store of `pitboss up` (read-only queries
 /// on the rollups and the live-path tables, one short-lived connection per request). Answers
-/// are kept for a second per tenant, so any number of consoles cost one query set a second.
+/// are kept for a second per tenant and one refresh runs at a time, so any number of consoles
+/// cost at most one query set a second per tenant.
 #[derive(Debug)]
 pub struct SqliteStats {
     pub path: PathBuf,
     cache: std::sync::Mutex<
         std::collections::HashMap<String, (std::time::Instant, serde_json::Value)>,
     >,
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStats {
@@ -357,6 +359,7 @@ impl SqliteStats {
         SqliteStats {
             path,
             cache: Default::default(),
+            refresh: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -443,6 +446,11 @@ impl pitboss_gateway::StatsSource for SqliteStats {
                 })
                 .map(|(_, v)| v.clone())
         };
+        if let Some(v) = fresh(&self.cache.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(v);
+        }
+        // Requests that missed the cache together wait for one refresh.
+        let _refreshing = self.refresh.lock().await;
         if let Some(v) = fresh(&self.cache.lock().unwrap_or_else(|e| e.into_inner())) {
             return Ok(v);
         }

@@ -53,6 +53,15 @@ pub struct LiveArgs {
     /// After sending, how long to wait for the last pushes and alerts (seconds).
     #[arg(long, default_value_t = 15, requires = "live")]
     pub settle_secs: u64,
+    /// Local addresses the sockets connect from, in turn (e.g. 127.0.0.2,127.0.0.3: a load
+    /// balancer that hashes the client address then spreads them over its gateways; `ws://`
+    /// only).
+    #[arg(long, value_delimiter = ',', requires = "live")]
+    pub source_addresses: Vec<std::net::IpAddr>,
+    /// Writes every push and alert the run expected, one JSON object a line (tenant, player,
+    /// rule, push), e.g. to check the store afterwards.
+    #[arg(long, requires = "live")]
+    pub expected_file: Option<std::path::PathBuf>,
 }
 
 /// A push or alert as it arrived on a socket.
@@ -66,15 +75,19 @@ struct Received {
     trigger: String,
     /// The connection it came on.
     socket: usize,
+    /// Sent as part of a subscribe (missed ones; on an operator channel, every alert not
+    /// acknowledged yet, which loadgen never acknowledges).
+    replayed: bool,
     at: Instant,
 }
 
-/// What one socket subscribes to and as whom.
+/// What one socket subscribes to, as whom, and from which local address.
 #[derive(Debug, Clone)]
 struct SocketSpec {
     n: usize,
     token: String,
     channel: String,
+    source: Option<std::net::IpAddr>,
 }
 
 /// Every event id sent, with when it left.
@@ -133,6 +146,10 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     check_ingest(&http, &url, &key).await?;
     let ws_url = format!("{}/v1/ws", live.gateway.trim_end_matches('/'));
 
+    let source = |n: usize| {
+        (!live.source_addresses.is_empty())
+            .then(|| live.source_addresses[n % live.source_addresses.len()])
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Received>();
     let (stop_tx, stop_rx) = watch::channel(false);
     // Operators first: a refused token or a wrong address fails here, in one line.
@@ -142,6 +159,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             n: o,
             token: token(&format!("loadgen-ops-{o}"), Role::Operator)?,
             channel: format!("operator:{}", args.tenant),
+            source: source(o),
         });
     }
     let player_spec = |n: usize, player: &str| -> Result<SocketSpec> {
@@ -149,6 +167,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             n,
             token: token(player, Role::Player)?,
             channel: format!("player:{}:{player}", args.tenant),
+            source: source(n),
         })
     };
     for p in 0..live.sockets {
@@ -191,7 +210,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     let start_ms = pitboss_model::Timestamp::now().as_millis();
     let mut sim = Simulator::new(demo, start_ms);
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
-    let mut seen_expected = 0usize;
+    let mut expected: Vec<Expected> = Vec::new();
     let mut pattern_players: HashSet<String> = HashSet::new();
     let mut next_socket = live.operators + live.sockets;
     let (mut accepted, mut refused, mut failed_requests) = (0u64, 0u64, 0u64);
@@ -211,10 +230,9 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
         advanced_to = pitboss_model::Timestamp::now().as_millis();
         let events = sim.advance(advanced_to);
         // Connect the players of newly injected patterns before their events leave.
-        let fresh: Vec<Expected> = sim.expected()[seen_expected..].to_vec();
-        seen_expected = sim.expected().len();
+        let fresh = sim.take_expected();
         let mut starting = Vec::new();
-        for x in fresh {
+        for x in &fresh {
             if x.push && pattern_players.insert(x.player.clone()) {
                 let spec = player_spec(next_socket, &x.player)?;
                 next_socket += 1;
@@ -227,6 +245,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
                 ));
             }
         }
+        expected.extend(fresh);
         for ready in starting {
             match ready.await {
                 Ok(Ok(())) => connected += 1,
@@ -276,7 +295,6 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     progress.finish_and_clear();
 
     // Settle: wait for what the last events must still raise.
-    let expected: Vec<Expected> = sim.expected().to_vec();
     let settle_until = Instant::now() + Duration::from_secs(live.settle_secs);
     let due: Vec<&Expected> = expected
         .iter()
@@ -286,7 +304,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
         while let Ok(r) = rx.try_recv() {
             received.push(r);
         }
-        let report = Matching::new(&due, &received, live.operators > 0);
+        let report = Matching::new(&due, &received, live.operators > 0, &sent);
         if report.missing() == 0 || Instant::now() >= settle_until {
             break;
         }
@@ -299,10 +317,11 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     }
 
     // Time to notify: from sending the event that fired the rule to the socket.
-    let sent = sent.lock().unwrap_or_else(|e| e.into_inner());
+    let m = Matching::new(&due, &received, live.operators > 0, &sent);
+    let sent_at = sent.lock().unwrap_or_else(|e| e.into_inner());
     let (mut pushes_h, mut alerts_h) = (histogram(), histogram());
-    for r in &received {
-        if let Some(t) = sent.get(&r.trigger) {
+    for r in received.iter().filter(|r| !r.replayed) {
+        if let Some(t) = sent_at.get(&r.trigger) {
             let micros = r.at.saturating_duration_since(*t).as_micros() as u64;
             if r.alert {
                 alerts_h.saturating_record(micros.max(1));
@@ -311,7 +330,6 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             }
         }
     }
-    let m = Matching::new(&due, &received, live.operators > 0);
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let events_per_sec = accepted as f64 / send_secs;
     println!(
@@ -361,6 +379,19 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             "alerts_lost": m.alerts_lost, "alerts_duplicated": m.alerts_duplicated,
         })
     );
+    if let Some(path) = &live.expected_file {
+        let lines: String = due
+            .iter()
+            .map(|x| {
+                format!(
+                    "{}\n",
+                    json!({"tenant": x.tenant, "player": x.player, "rule": x.rule, "push": x.push})
+                )
+            })
+            .collect();
+        std::fs::write(path, lines)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
     if !m.lost_examples.is_empty() {
         eprintln!("not delivered: {}", m.lost_examples.join(", "));
     }
@@ -388,16 +419,23 @@ struct Matching {
 }
 
 impl Matching {
-    /// Alerts are expected only when operators are connected (`alerts`).
-    fn new(due: &[&Expected], received: &[Received], alerts: bool) -> Matching {
+    /// Alerts are expected only when operators are connected (`alerts`). Only messages that
+    /// events of this run fired count (`sent`: a gateway's history may hold an earlier run's).
+    /// An alert replayed to an operator is the gateway redelivering what is not acknowledged,
+    /// not a copy; anything else twice on one connection is.
+    fn new(due: &[&Expected], received: &[Received], alerts: bool, sent: &Sent) -> Matching {
         let mut m = Matching::default();
+        let sent = sent.lock().unwrap_or_else(|e| e.into_inner());
         // (alert?, player, rule) delivered, and how often each (socket, id) came.
         let mut delivered: HashSet<(bool, &str, &str)> = HashSet::new();
         let mut copies: HashMap<(usize, &str), usize> = HashMap::new();
-        for r in received {
+        for r in received.iter().filter(|r| sent.contains_key(&r.trigger)) {
             delivered.insert((r.alert, &r.player, &r.rule));
-            *copies.entry((r.socket, &r.id)).or_default() += 1;
+            if !(r.alert && r.replayed) {
+                *copies.entry((r.socket, &r.id)).or_default() += 1;
+            }
         }
+        drop(sent);
         for ((_, id), n) in &copies {
             if *n > 1 {
                 let alert = received.iter().any(|r| r.id == *id && r.alert);
@@ -518,6 +556,45 @@ fn start_socket(
     ready_rx
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `address`, from `source` when one is given (`ws://` only).
+async fn connect(
+    address: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let Some(source) = source else {
+        return tokio_tungstenite::connect_async(address).await;
+    };
+    let request = address.into_client_request()?;
+    let uri = request.uri();
+    let (host, port) = (
+        uri.host().unwrap_or_default().to_owned(),
+        uri.port_u16().unwrap_or(80),
+    );
+    let peer = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| Error::Io(std::io::Error::other(format!("no address for {host}"))))?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind((source, 0).into())?;
+    let stream = socket.connect(peer).await?;
+    tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await
+}
+
 /// One connection; `Ok(true)` when told to stop, `Ok(false)` when the gateway closed it.
 async fn session(
     url: &str,
@@ -529,9 +606,7 @@ async fn session(
 ) -> Result<bool> {
     let address = format!("{url}?token={}", spec.token);
     let (mut ws, _) =
-        match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(&address))
-            .await
-        {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(&address, spec.source)).await {
             Err(_) => bail!("the gateway at {url} did not answer within {CONNECT_TIMEOUT:?}"),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
                 let body =
@@ -613,6 +688,7 @@ async fn session(
                     rule: rule.as_str().unwrap_or_default().to_owned(),
                     trigger: trigger.as_str().unwrap_or_default().to_owned(),
                     socket: spec.n,
+                    replayed: f["replayed"] == true,
                     at: Instant::now(),
                 });
             }
@@ -641,10 +717,20 @@ mod tests {
             id: id.into(),
             player: player.into(),
             rule: rule.into(),
-            trigger: String::new(),
+            trigger: format!("t-{player}"),
             socket,
+            replayed: false,
             at: Instant::now(),
         }
+    }
+
+    fn sent(players: &[&str]) -> Sent {
+        Arc::new(Mutex::new(
+            players
+                .iter()
+                .map(|p| (format!("t-{p}"), Instant::now()))
+                .collect(),
+        ))
     }
 
     #[test]
@@ -653,8 +739,16 @@ mod tests {
         let b = expected("p-2", "fraud.bet_velocity", false);
         let c = expected("p-3", "rg.loss_chasing", true);
         let due = vec![&a, &b, &c];
+        let mut replayed = got(true, "a1", "p-1", "rg.late_night", 0);
+        replayed.replayed = true;
+        let mut stale = got(true, "a9", "p-3", "rg.loss_chasing", 0);
+        stale.trigger = "an earlier run's event".into();
         let received = vec![
             got(true, "a1", "p-1", "rg.late_night", 0),
+            // An operator's reconnect: the unacknowledged alert again, marked replayed.
+            replayed,
+            // p-3's alert from an earlier run against the same gateway does not count.
+            stale,
             got(false, "x1", "p-1", "rg.late_night", 5),
             got(true, "a2", "p-2", "fraud.bet_velocity", 0),
             // The same alert on a second operator socket is not a copy…
@@ -664,7 +758,8 @@ mod tests {
             // p-3's push came, its alert did not.
             got(false, "x3", "p-3", "rg.loss_chasing", 6),
         ];
-        let m = Matching::new(&due, &received, true);
+        let run = sent(&["p-1", "p-2", "p-3"]);
+        let m = Matching::new(&due, &received, true, &run);
         assert_eq!(
             (m.alerts_expected, m.alerts_matched, m.alerts_lost),
             (3, 2, 1)
@@ -677,7 +772,7 @@ mod tests {
         assert_eq!(m.missing(), 1);
         assert_eq!(m.lost_examples, vec!["alert rg.loss_chasing for p-3"]);
         // Without operators, alerts are not expected.
-        let m = Matching::new(&due, &received, false);
+        let m = Matching::new(&due, &received, false, &run);
         assert_eq!((m.alerts_expected, m.alerts_lost, m.missing()), (0, 0, 0));
     }
 }

@@ -757,7 +757,12 @@ async fn up(
         store_path.clone(),
         stop.clone(),
     );
-    let console_token = gateway::console_token(&data_dir, DEMO_TENANTS[0])?;
+    // A ready-to-use console link only with the demo (its token can also publish pushes):
+    // otherwise the console asks for a token.
+    let console_token = match &demo {
+        Some(_) => Some(gateway::console_token(&data_dir, DEMO_TENANTS[0])?),
+        None => None,
+    };
     let demo_banner = demo.as_ref().map(|d| {
         format!(
             "  demo:    {} players of {} at {} events/s, {:.0} % of them from injected fraud and risky play (seed {})",
@@ -803,8 +808,14 @@ async fn up(
         "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token --role operator --subject ops --data-dir {})   (docs/gateway.md)",
         data_dir.display()
     );
-    // The token rides in the fragment, which browsers never send to a server.
-    println!("  console: http://{gateway_addr}/console#token={console_token}");
+    match console_token {
+        // The token rides in the fragment, which browsers never send to a server.
+        Some(token) => println!("  console: http://{gateway_addr}/console#token={token}"),
+        None => println!(
+            "  console: http://{gateway_addr}/console   (sign in with: pitboss token --role operator --subject ops --data-dir {})",
+            data_dir.display()
+        ),
+    }
     if let Some(line) = demo_banner {
         println!("{line}");
     }

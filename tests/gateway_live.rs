@@ -689,8 +689,9 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     }
 
     // The load: through nginx, players and operators connected.
+    let expected_file = logs.join("expected.jsonl");
     let out = tokio::task::spawn_blocking({
-        let secret = secret.clone();
+        let (secret, expected_file) = (secret.clone(), expected_file.clone());
         move || {
             Command::new(env!("CARGO_BIN_EXE_pitboss"))
                 .args([
@@ -711,6 +712,13 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
                     "--settle-secs",
                     "90",
                 ])
+                // From eight loopback addresses, so nginx's address hash uses both gateways.
+                .args([
+                    "--source-addresses",
+                    "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9",
+                ])
+                .arg("--expected-file")
+                .arg(&expected_file)
                 .env_remove("RUST_BACKTRACE")
                 .output()
                 .unwrap()
@@ -740,27 +748,53 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     ] {
         assert_eq!(report[k], 0, "{k}: {report}");
     }
+    // Both gateways held sockets (nginx logs each finished WebSocket with its upstream).
+    let access = std::fs::read_to_string(ng.path().join("access.log")).unwrap_or_default();
+    for port in [pa, pb] {
+        assert!(
+            access
+                .lines()
+                .any(|l| l.contains("/v1/ws") && l.contains(&format!("127.0.0.1:{port}\""))),
+            "no socket went to the gateway on {port}:\n{access}"
+        );
+    }
     let expected_alerts = report["alerts_expected"].as_u64().unwrap();
     assert!(
         expected_alerts > 0 && report["pushes_expected"].as_u64().unwrap() > 0,
         "{report}"
     );
 
-    // The alerts are stored: at least every expected one (normal play may raise more).
+    // The alerts are stored: every expected one, by player and rule.
+    let expected: std::collections::BTreeSet<(String, String)> =
+        std::fs::read_to_string(&expected_file)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let x: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    x["player"].as_str().unwrap().to_owned(),
+                    x["rule"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+    assert_eq!(expected.len() as u64, expected_alerts);
     let ch = pitboss_processor::sink::client(&clickhouse, &database);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let stored = ch
-            .query("SELECT uniqExact(alert_id) FROM alerts")
-            .fetch_one::<u64>()
+        let stored: std::collections::BTreeSet<(String, String)> = ch
+            .query("SELECT DISTINCT player_id, rule_id FROM alerts")
+            .fetch_all::<(String, String)>()
             .await
-            .unwrap_or(0);
-        if stored >= expected_alerts {
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let missing: Vec<_> = expected.difference(&stored).collect();
+        if missing.is_empty() {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{stored} alerts stored, {expected_alerts} expected\n{}",
+            "expected alerts not stored: {missing:?}\n{}",
             pitboss_testkit::log_tails(logs, 20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;

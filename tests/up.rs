@@ -11,9 +11,34 @@ use std::time::Duration;
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
 use pitboss_bus::{Bus, ConsumerConfig, Delivery};
 
+/// A child process killed when dropped (a failed assertion does not leave it running).
+struct Guard(std::process::Child);
+
+impl std::ops::Deref for Guard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A running `pitboss up` and what it printed.
 struct Up {
-    child: std::process::Child,
+    child: Guard,
     addr: String,
     metrics_url: String,
     key: String,
@@ -23,22 +48,24 @@ struct Up {
 
 /// Starts `pitboss up` on free ports over `data_dir`, as a user would.
 fn up(data_dir: &std::path::Path) -> Up {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut head: Vec<String> = Vec::new();
     // The banner, up to the console link (the last line that is always printed).

@@ -14,6 +14,7 @@ const state = {
   attempt: 0,
   nextId: 1,
   pendingAcks: new Map(), // request id -> alert id
+  ackIds: new Map(), // alert id -> ack_id (a retry is the same ack)
   alerts: new Map(), // alert id -> element
   statsTimer: null,
   reconnectTimer: null,
@@ -125,6 +126,15 @@ function connect() {
   ws.onclose = (ev) => {
     if (state.ws !== ws) return;
     state.ws = null;
+    // Acks in flight have no answer coming: let the operator send them again (same ack_id).
+    for (const alertId of state.pendingAcks.values()) {
+      const card = state.alerts.get(alertId);
+      if (card && !card.classList.contains('acked')) {
+        card.querySelector('.ack-status').textContent = 'not confirmed: connection lost, try again';
+        card.querySelectorAll('button').forEach((b) => (b.disabled = false));
+      }
+    }
+    state.pendingAcks.clear();
     if (state.stopped) return;
     if (ev.code === 4001) {
       signOut('The token expired: sign in with a fresh one.');
@@ -222,7 +232,8 @@ function addAlert(a) {
 function ack(alertId, outcome) {
   const id = state.nextId++;
   const card = state.alerts.get(alertId);
-  const frame = { type: 'ack', id, alert_id: alertId, outcome, ack_id: crypto.randomUUID() };
+  if (!state.ackIds.has(alertId)) state.ackIds.set(alertId, crypto.randomUUID());
+  const frame = { type: 'ack', id, alert_id: alertId, outcome, ack_id: state.ackIds.get(alertId) };
   if (!send(frame)) {
     if (card) card.querySelector('.ack-status').textContent = 'offline: try again when live';
     return;

@@ -13,9 +13,10 @@ const INDEX: &str = include_str!("../console/index.html");
 const APP_JS: &str = include_str!("../console/app.js");
 const APP_CSS: &str = include_str!("../console/app.css");
 
-/// Only the page's own files and its own gateway; no inline script, no framing.
+/// Only the page's own files and its own gateway (`'self'` covers the same origin's `ws:` and
+/// `wss:` in CSP 3); no inline script, no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
     (

@@ -127,12 +127,13 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   // The simulator injects a pattern every few hundred milliseconds at this rate.
   const alerts = page.locator('#alerts li.alert');
   await eventually('three alerts in the feed', async () => (await alerts.count()) >= 3, 60_000);
-  const first = alerts.first();
+  // New alerts are prepended as they come: pin one card by its id.
+  const alertId = await alerts.first().getAttribute('data-alert-id');
+  const first = page.locator(`#alerts li[data-alert-id="${alertId}"]`);
   const reason = await first.locator('.why').textContent();
   assert.ok(reason && reason.length > 10, `an alert says why: ${reason}`);
 
-  // Acknowledge one as confirmed: the gateway answers `acked` once it is on the bus…
-  const alertId = await first.getAttribute('data-alert-id');
+  // Acknowledge it as confirmed: the gateway answers `acked` once it is on the bus…
   await first.getByRole('button', { name: 'Confirm' }).click();
   await first.locator('.ack-status', { hasText: 'acknowledged' }).waitFor({ timeout: 30_000 });
   assert.match(await first.getAttribute('class'), /acked/);

@@ -530,6 +530,7 @@ async fn operators_read_their_own_tenants_figures_and_the_console_is_served() {
     );
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(csp.contains("connect-src 'self';"), "no other host: {csp}");
     assert!(page.contains("/console/app.js"));
     let (status, headers, js) = gw.get("/console/app.js", None).await;
     assert_eq!(status, 200);
