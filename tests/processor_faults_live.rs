@@ -431,3 +431,218 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
         "each pattern's player raised its rule, nobody else anything"
     );
 }
+
+/// Event `i` with the client's own id: even ones bet 100 + i, odd ones settle for 40.
+fn client_event(i: u64, at: &str) -> serde_json::Value {
+    let payload = if i.is_multiple_of(2) {
+        serde_json::json!({"bet_id": format!("b{i}"), "game_id": "roulette",
+            "stake": {"amount_minor": 100 + i, "currency": "EUR"}})
+    } else {
+        serde_json::json!({"bet_id": format!("b{}", i - 1), "game_id": "roulette",
+            "result": "win", "payout": {"amount_minor": 40, "currency": "EUR"}})
+    };
+    serde_json::json!({
+        "event_id": format!("0193735a-0000-7000-8000-{i:012x}"),
+        "tenant_id": "demo", "player_id": format!("p{}", i % 50), "occurred_at": at,
+        "type": if i.is_multiple_of(2) { "bet_placed" } else { "bet_settled" },
+        "payload": payload,
+    })
+}
+
+/// Posts `body` until it is answered 200 (waiting out 429, 503 and a server not up yet).
+async fn post_until_answered(client: &reqwest::Client, addr: &str, body: &[serde_json::Value]) {
+    for _ in 0..600 {
+        match client
+            .post(format!("http://{addr}/v1/events"))
+            .bearer_auth(RETRY_KEY)
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status() == 200 => {
+                let answer: serde_json::Value = resp.json().await.unwrap();
+                let answered =
+                    answer["accepted"].as_u64().unwrap() + answer["duplicates"].as_u64().unwrap();
+                assert_eq!(answered, body.len() as u64, "{answer}");
+                return;
+            }
+            Ok(resp) => assert!(matches!(resp.status().as_u16(), 429 | 503), "{resp:?}"),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no answer from {addr}");
+}
+
+const RETRY_KEY: &str = "retry-e2e-key";
+
+/// Issue #12 on the distributed path: `pitboss ingest` on Kafka and `pitboss process` into
+/// ClickHouse. The client's batches are retried after both were SIGKILLed (one batch in
+/// flight at the kill), then after both were SIGTERMed, and the retries go to a second ingest
+/// instance as well. ClickHouse holds each event id once, and the rollups count it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_retried_after_sigkill_sigterm_and_through_another_ingest_are_stored_once() {
+    const N: u64 = 3_000;
+    let name = pitboss_testkit::unique_name("retry");
+    let (kafka, clickhouse) = (pitboss_testkit::kafka(), pitboss_testkit::clickhouse());
+    let database = format!("{name}_db");
+    let topic = format!("{name}_events");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    bus.create_topic(&topic, 4).await.unwrap();
+    // The hot-key overflow topic is co-partitioned with the events topic.
+    bus.create_topic(&format!("{topic}_overflow"), 4)
+        .await
+        .unwrap();
+    bus.create_topic(&format!("{topic}_dead_letter"), 1)
+        .await
+        .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port()];
+    let ingest = |n: usize| {
+        let config = logs.path().join(format!("ingest-{n}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:0\"\ntopic = \"{topic}\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
+                ports[n],
+                pitboss_ingest::auth::hash_key(RETRY_KEY)
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(logs.path().join(format!("ingest-{n}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["ingest", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let process = || {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(logs.path().join("process.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "process",
+                "--clickhouse",
+                &clickhouse,
+                "--database",
+                &database,
+            ])
+            .args(["--kafka-bootstrap", &kafka, "--topic", &topic])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--group",
+                &format!("{name}_p"),
+            ])
+            .args(["--session-timeout-secs", "6"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let signal = |children: &mut Children, sig: &str| {
+        for c in &mut children.0 {
+            Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap();
+        }
+        for c in &mut children.0 {
+            let status = c.wait().unwrap();
+            if sig == "-TERM" {
+                assert!(
+                    status.success(),
+                    "{status} after SIGTERM\n{}",
+                    pitboss_testkit::log_tails(logs.path(), 15)
+                );
+            }
+        }
+        children.0.clear();
+    };
+    let at = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let events: Vec<serde_json::Value> = (0..2 * N).map(|i| client_event(i, &at)).collect();
+    let client = reqwest::Client::new();
+    let addrs = ports.map(|p| format!("127.0.0.1:{p}"));
+
+    // First run: N acknowledged, the next N posted while both are SIGKILLed.
+    let mut children = Children(vec![ingest(0), process()]);
+    for chunk in events[..N as usize].chunks(200) {
+        post_until_answered(&client, &addrs[0], chunk).await;
+    }
+    let in_flight = {
+        let (client, addr) = (client.clone(), addrs[0].clone());
+        let rest = events[N as usize..].to_vec();
+        tokio::spawn(async move {
+            for chunk in rest.chunks(200) {
+                let sent = client
+                    .post(format!("http://{addr}/v1/events"))
+                    .bearer_auth(RETRY_KEY)
+                    .json(chunk)
+                    .send()
+                    .await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&mut children, "-KILL");
+    in_flight.await.unwrap();
+
+    // Second run: everything retried, half through each of two ingest instances; SIGTERM.
+    children.0.extend([ingest(0), ingest(1), process()]);
+    for (i, chunk) in events.chunks(200).enumerate() {
+        post_until_answered(&client, &addrs[i % 2], chunk).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&mut children, "-TERM");
+
+    // Third run: everything retried again, the other way round; the store settles.
+    children.0.extend([ingest(0), ingest(1), process()]);
+    for (i, chunk) in events.chunks(200).enumerate() {
+        post_until_answered(&client, &addrs[(i + 1) % 2], chunk).await;
+    }
+    // The last retries are stored (or dropped) once the consumer group has no lag left: wait
+    // for the count, then for a while longer in which nothing may change.
+    let ch = pitboss_processor::sink::client(&clickhouse, &database);
+    let count = || async {
+        ch.query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while count().await < 2 * N && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(&mut children, "-TERM");
+
+    let t: (u64, u64, u64, u64, i64, i64) = ch
+        .query(
+            "SELECT (SELECT count() FROM events), (SELECT uniqExact(event_id) FROM events), \
+             sum(bets), sum(settlements), sum(stakes_minor), sum(payouts_minor) FROM bets_per_minute",
+        )
+        .fetch_one()
+        .await
+        .unwrap();
+    let stakes: i64 = (0..2 * N).step_by(2).map(|i| 100 + i as i64).sum();
+    assert_eq!(
+        t,
+        (2 * N, 2 * N, N, N, stakes, (N * 40) as i64),
+        "{}",
+        pitboss_testkit::log_tails(logs.path(), 15)
+    );
+}

@@ -586,3 +586,137 @@ async fn loadgen_live_matches_every_expected_push_and_alert_and_refuses_bad_targ
         .unwrap();
     assert!(up.child.wait().unwrap().success());
 }
+
+/// Event `i` of the retry test, with the client's own id: even ones bet 100 + i, odd ones
+/// settle the previous bet for 40.
+fn retried_event(i: u64, at: &str) -> serde_json::Value {
+    let player = format!("p{}", i % 50);
+    let payload = if i.is_multiple_of(2) {
+        serde_json::json!({"bet_id": format!("b{i}"), "game_id": "roulette",
+            "stake": {"amount_minor": 100 + i, "currency": "EUR"}})
+    } else {
+        serde_json::json!({"bet_id": format!("b{}", i - 1), "game_id": "roulette",
+            "result": "win", "payout": {"amount_minor": 40, "currency": "EUR"}})
+    };
+    serde_json::json!({
+        "event_id": format!("0193735a-0000-7000-8000-{i:012x}"),
+        "tenant_id": "demo", "player_id": player, "occurred_at": at,
+        "type": if i.is_multiple_of(2) { "bet_placed" } else { "bet_settled" },
+        "payload": payload,
+    })
+}
+
+/// Posts `body` until it is answered 200 (waiting out 429 and 503, and a server that is not
+/// up yet); every event must be `accepted` or `duplicate`. Returns the duplicates.
+async fn post_until_answered(
+    client: &reqwest::Client,
+    addr: &str,
+    key: &str,
+    body: &[serde_json::Value],
+) -> u64 {
+    for _ in 0..300 {
+        let Ok(resp) = client
+            .post(format!("http://{addr}/v1/events"))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if matches!(resp.status().as_u16(), 429 | 503) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        assert_eq!(resp.status(), 200);
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        let (accepted, duplicates) = (
+            answer["accepted"].as_u64().unwrap(),
+            answer["duplicates"].as_u64().unwrap(),
+        );
+        assert_eq!(accepted + duplicates, body.len() as u64, "{answer}");
+        return duplicates;
+    }
+    panic!("no answer from {addr}");
+}
+
+/// Issue #12: a client retries events after `pitboss up` restarted — SIGKILLed with a batch in
+/// flight, then SIGTERMed — well inside the dedup window. Each event id is stored once and
+/// counted once in the rollups, whatever the answers said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_ids_retried_after_sigkill_and_sigterm_are_stored_and_counted_once() {
+    const N: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let at = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let events: Vec<serde_json::Value> = (0..2 * N).map(|i| retried_event(i, &at)).collect();
+    let client = reqwest::Client::new();
+
+    // First run: the first N acknowledged; the next N posted while the process is SIGKILLed,
+    // so one batch is in flight at the kill and the rest never sent.
+    let first = up(dir.path());
+    for chunk in events[..N as usize].chunks(100) {
+        post_until_answered(&client, &first.addr, &first.key, chunk).await;
+    }
+    let in_flight = {
+        let (client, addr, key) = (client.clone(), first.addr.clone(), first.key.clone());
+        let rest = events[N as usize..].to_vec();
+        tokio::spawn(async move {
+            for chunk in rest.chunks(100) {
+                let sent = client
+                    .post(format!("http://{addr}/v1/events"))
+                    .bearer_auth(&key)
+                    .json(chunk)
+                    .send()
+                    .await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut child = first.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    in_flight.await.unwrap();
+
+    // Second run: the client retries everything it sent; then SIGTERM.
+    let second = up(dir.path());
+    for chunk in events.chunks(100) {
+        post_until_answered(&client, &second.addr, &second.key, chunk).await;
+    }
+    let mut child = second.child;
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // Third run: the same retries again; answered within the window or not, stored once.
+    let third = up(dir.path());
+    for chunk in events.chunks(100) {
+        post_until_answered(&client, &third.addr, &third.key, chunk).await;
+    }
+    let mut child = third.child;
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let rows = json_rows(&pitboss_sql(
+        dir.path(),
+        "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM events",
+    ));
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["ids"].as_u64()),
+        (Some(2 * N), Some(2 * N))
+    );
+    let rows = json_rows(&pitboss_sql(
+        dir.path(),
+        "SELECT sum(bets) AS bets, sum(settlements) AS settlements, sum(stakes_minor) AS stakes, \
+         sum(payouts_minor) AS payouts FROM bets_per_minute",
+    ));
+    let stakes: u64 = (0..2 * N).step_by(2).map(|i| 100 + i).sum();
+    assert_eq!(rows[0]["bets"].as_u64(), Some(N));
+    assert_eq!(rows[0]["settlements"].as_u64(), Some(N));
+    assert_eq!(rows[0]["stakes"].as_u64(), Some(stakes));
+    assert_eq!(rows[0]["payouts"].as_u64(), Some(N * 40));
+}

@@ -77,6 +77,77 @@ impl Default for ProcessorConfig {
     }
 }
 
+/// Every metric the processor records: name, kind and the help text Prometheus shows
+/// ([`describe_metrics`]; docs/processor.md, "Metrics", lists the same).
+pub const METRICS: &[(&str, &str, &str)] = &[
+    (
+        "pitboss_processor_rows_inserted_total",
+        "counter",
+        "Rows stored (every table), copies dropped before the insert not included.",
+    ),
+    (
+        "pitboss_processor_batches_total",
+        "counter",
+        "Batches stored.",
+    ),
+    (
+        "pitboss_processor_batch_rows",
+        "histogram",
+        "Rows per stored batch.",
+    ),
+    (
+        "pitboss_processor_batch_age_seconds",
+        "histogram",
+        "Seconds from a batch's first record to the batch closing.",
+    ),
+    (
+        "pitboss_processor_insert_seconds",
+        "histogram",
+        "Seconds to store a batch, retries included.",
+    ),
+    (
+        "pitboss_processor_insert_retries_total",
+        "counter",
+        "Failed inserts retried.",
+    ),
+    (
+        "pitboss_processor_dead_letters_total",
+        "counter",
+        "Records sent to the dead-letter topic (undecodable, or refused by the store).",
+    ),
+    (
+        "pitboss_processor_batches_split_total",
+        "counter",
+        "Batches split because the store refused some of their rows.",
+    ),
+    (
+        "pitboss_processor_copies_dropped_total",
+        "counter",
+        "Rows not stored because the store held them already (a client's retry of an event id) or the batch held them twice, by table.",
+    ),
+    (
+        "pitboss_processor_freshness_seconds",
+        "histogram",
+        "Seconds from the stamp of the OLDEST row of each stored batch (received_at of an event: when ingest accepted it) to the batch being stored: the longest any row of the batch waited.",
+    ),
+    (
+        "pitboss_processor_freshness_last_seconds",
+        "gauge",
+        "pitboss_processor_freshness_seconds of the latest stored batch.",
+    ),
+];
+
+/// Registers the help text of [`METRICS`] with the metrics recorder (idempotent).
+pub fn describe_metrics() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            "counter" => metrics::describe_counter!(name, help),
+            "gauge" => metrics::describe_gauge!(name, help),
+            _ => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
 /// What a run did (for tests and logs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunStats {
@@ -126,6 +197,7 @@ pub async fn run<R: StoredRow>(
     config: ProcessorConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunStats, ProcessorError> {
+    describe_metrics();
     let mut consumer = bus
         .consumer(&config.group, &config.topic, config.consumer.clone())
         .await?;
@@ -530,9 +602,10 @@ impl<R: StoredRow> Inserter<R> {
         metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
         metrics::histogram!("pitboss_processor_insert_seconds")
             .record(started.elapsed().as_secs_f64());
-        if let Some(newest) = batch.rows.iter().map(StoredRow::stamped_at_ms).max() {
+        // The oldest row of the batch: what the client that sent it waited longest for.
+        if let Some(oldest) = batch.rows.iter().map(StoredRow::stamped_at_ms).min() {
             let now_ms = pitboss_model::Timestamp::now().as_millis();
-            let freshness = (now_ms - newest as i64).max(0) as f64 / 1000.0;
+            let freshness = (now_ms - oldest as i64).max(0) as f64 / 1000.0;
             metrics::histogram!("pitboss_processor_freshness_seconds").record(freshness);
             metrics::gauge!("pitboss_processor_freshness_last_seconds").set(freshness);
         }
@@ -646,6 +719,28 @@ where
                 delay = (delay * 2).min(max);
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod metrics_docs {
+    use super::METRICS;
+
+    #[test]
+    fn every_metric_is_in_the_docs_with_its_kind() {
+        let docs = include_str!("../../docs/processor.md");
+        for (name, kind, _) in METRICS {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}")))
+                .unwrap_or_else(|| panic!("{name} is not in docs/processor.md's metrics table"));
+            let documented = if *kind == "histogram" {
+                row.contains("| histogram |") || row.contains("| summary |")
+            } else {
+                row.contains(&format!("| {kind} |"))
+            };
+            assert!(documented, "{name} is a {kind}, docs say: {row}");
         }
     }
 }

@@ -368,6 +368,55 @@ async fn process_until(
     task.await.unwrap().unwrap()
 }
 
+/// A client's retry of an event id the ingest edge did not recognise (after a restart of any
+/// part, or through another ingest instance) reaches the bus again, at offsets past the
+/// high-water mark: the store drops those copies — after the processor restarted, and twice
+/// within one batch — and the rollups count each event once.
+#[tokio::test]
+async fn an_event_id_retried_after_a_restart_is_stored_and_rolled_up_once() {
+    const N: u64 = 3_000;
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let events: Vec<OutRecord> = (0..N).map(event).collect();
+    let topic = one_partition(&bus, events.clone()).await;
+    let config = common::config(&topic, 500);
+    process_until(&bus, &client, &config, N).await;
+
+    // The retries, to a new processor: every event again, the second half twice in a row
+    // (copies inside one batch), then one new event, stored once all before it was read.
+    let mut retries = events.clone();
+    for e in &events[N as usize / 2..] {
+        retries.extend([e.clone(), e.clone()]);
+    }
+    retries.push(event(N));
+    bus.publisher().publish(&topic, retries).await.unwrap();
+    let stats = process_until(&bus, &client, &config, N + 1).await;
+
+    let c = counts(&client).await;
+    assert_eq!((c.rows, c.ids), (N + 1, N + 1), "{stats:?}");
+    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+    struct Rollup {
+        bets: u64,
+        settlements: u64,
+        stakes: i64,
+        payouts: i64,
+    }
+    let r: Rollup = client
+        .query("SELECT sum(bets) AS bets, sum(settlements) AS settlements, sum(stakes_minor) AS stakes, sum(payouts_minor) AS payouts FROM bets_per_minute")
+        .fetch_one()
+        .await
+        .unwrap();
+    // Even i are bets (0..=N: N / 2 + 1), odd i settlements.
+    assert_eq!((r.bets, r.settlements), (N / 2 + 1, N / 2));
+    assert_eq!(
+        (r.stakes, r.payouts),
+        ((N / 2 + 1) as i64 * 100, (N / 2) as i64 * 40)
+    );
+}
+
 /// No event from the bus can be refused by the migrated `events` (strings, integers and
 /// DateTime take any RowBinary value), but a column an operator adds can refuse one: here a
 /// currency code that must fit FixedString(3). ClickHouse refuses the whole insert without

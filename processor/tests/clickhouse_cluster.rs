@@ -272,6 +272,69 @@ fn event(i: u64) -> OutRecord {
     OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
 }
 
+/// A client's retry of events the ingest edge did not recognise reaches the bus again, maybe
+/// in another partition (another ingest instance, a hot key's overflow topic) whose rows live
+/// on the other shard, and reaches a processor of another server: every replica is looked up,
+/// so the copies are dropped and the rollups count each event once — even while replicas do
+/// not fetch from each other.
+#[tokio::test]
+async fn copies_of_stored_events_from_another_partition_and_shard_are_dropped() {
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    c.fetches(false).await;
+    let topic = "t";
+    let originals: Vec<Arc<Batch<EventRow>>> = (0..4u32).map(|p| batch(topic, p, 0..100)).collect();
+    let first = c.sink(0).await;
+    for b in &originals {
+        first.insert(b).await.unwrap();
+    }
+    // The copies: each batch's rows at new offsets of the next partition (another shard for
+    // some), plus each row twice, stored through server 3.
+    let other = c.sink(3).await;
+    for (p, b) in originals.iter().enumerate() {
+        let partition = (p as u32 + 1) % 4;
+        let mut copy = (**b).clone();
+        copy.partition = partition;
+        copy.rows = b
+            .rows
+            .iter()
+            .flat_map(|r| [r.clone(), r.clone()])
+            .enumerate()
+            .map(|(i, mut r)| {
+                r.bus_partition = partition;
+                r.bus_offset = 1_000 + i as u64;
+                r
+            })
+            .collect();
+        copy.offsets = Some((1_000, 1_000 + copy.rows.len() as u64 - 1));
+        other.insert(&Arc::new(copy)).await.unwrap();
+    }
+    // And one new event among copies: it lands.
+    let mut mixed = (*batch(topic, 0, 2_000..2_010)).clone();
+    mixed.rows[0] = EventRow {
+        event_id: "new".into(),
+        ..mixed.rows[0].clone()
+    };
+    mixed.rows.truncate(1);
+    mixed.rows.extend(originals[2].rows[..5].iter().cloned());
+    for (i, r) in mixed.rows.iter_mut().enumerate() {
+        (r.bus_partition, r.bus_offset) = (0, 2_000 + i as u64);
+    }
+    mixed.offsets = Some((2_000, 2_005));
+    other.insert(&Arc::new(mixed)).await.unwrap();
+    c.fetches(true).await;
+    c.sync_replicas("events_local").await;
+    assert_eq!(c.scalar(0, "SELECT count() FROM events").await, 401);
+    assert_eq!(
+        c.scalar(0, "SELECT uniqExact(event_id) FROM events").await,
+        401
+    );
+    assert_eq!(
+        c.scalar(1, "SELECT sum(bets) FROM bets_per_minute").await,
+        401
+    );
+}
+
 #[tokio::test]
 async fn kafka_to_the_cluster_through_a_crash_lands_each_row_once_on_one_shard() {
     const N: u64 = 60_000;

@@ -93,14 +93,18 @@ fn count(db: &std::path::Path, sql: &str) -> u64 {
 
 /// Runs a processor until the store holds `n` rows (or 20 s), then stops it cleanly.
 async fn run_until(bus: Arc<EmbeddedBus>, db: &std::path::Path, n: u64) {
+    run_until_count(bus, db, "SELECT count(*) FROM events", n).await;
+}
+
+/// Runs a processor until `sql` counts `n` (or 20 s), then stops it cleanly.
+async fn run_until_count(bus: Arc<EmbeddedBus>, db: &std::path::Path, sql: &str, n: u64) {
     let sink = Arc::new(SqliteSink::open(db).unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run::<EventRow>(bus, sink, config(), async {
         let _ = stopped.await;
     }));
     let start = std::time::Instant::now();
-    while count(db, "SELECT count(*) FROM events") < n && start.elapsed() < Duration::from_secs(20)
-    {
+    while count(db, sql) < n && start.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.send(()).unwrap();
@@ -135,6 +139,91 @@ impl Sink<EventRow> for HangAfter {
         }
         Ok(())
     }
+}
+
+/// The rollups in the store are exactly those of `events`, each counted once.
+fn assert_rollups_are_those_of(db: &std::path::Path, events: std::ops::Range<u64>) {
+    let mut bets: BTreeMap<(String, i64, String, String), [i64; 5]> = BTreeMap::new();
+    let mut players: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
+    for i in events {
+        let e = event(i);
+        let minute = e.occurred_at.as_millis() / MINUTE_MS * 60;
+        players
+            .entry((e.tenant_id.clone(), minute))
+            .or_default()
+            .insert(e.player_id.clone());
+        match &e.payload {
+            Payload::BetPlaced(b) => {
+                let s = bets
+                    .entry((
+                        e.tenant_id.clone(),
+                        minute,
+                        b.game_id.clone(),
+                        b.stake.currency.to_string(),
+                    ))
+                    .or_default();
+                s[0] += 1;
+                s[2] += b.stake.amount_minor;
+                s[4] += b.stake.amount_minor;
+            }
+            Payload::BetSettled(b) => {
+                let s = bets
+                    .entry((
+                        e.tenant_id.clone(),
+                        minute,
+                        b.game_id.clone(),
+                        b.payout.currency.to_string(),
+                    ))
+                    .or_default();
+                s[1] += 1;
+                s[3] += b.payout.amount_minor;
+                s[4] -= b.payout.amount_minor;
+            }
+            _ => unreachable!(),
+        }
+    }
+    let answer = sqlite::query(
+        db,
+        "SELECT tenant_id, minute, game_id, currency, bets, settlements, stakes_minor,
+                payouts_minor, ggr_minor
+         FROM bets_per_minute ORDER BY tenant_id, minute, game_id, currency",
+        1000,
+    )
+    .unwrap();
+    let stored: BTreeMap<(String, i64, String, String), [i64; 5]> = answer
+        .rows
+        .iter()
+        .map(|r| {
+            let v = |i: usize| r[i].as_str().unwrap().to_owned();
+            let int = |i: usize| r[i].as_i64().unwrap();
+            (
+                (v(0), int(1), v(2), v(3)),
+                [int(4), int(5), int(6), int(7), int(8)],
+            )
+        })
+        .collect();
+    assert_eq!(stored, bets);
+    let answer = sqlite::query(
+        db,
+        "SELECT tenant_id, minute, players FROM players_per_minute ORDER BY tenant_id, minute",
+        1000,
+    )
+    .unwrap();
+    let stored: BTreeMap<(String, i64), u64> = answer
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                (r[0].as_str().unwrap().to_owned(), r[1].as_i64().unwrap()),
+                r[2].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<(String, i64), u64> = players
+        .into_iter()
+        .map(|(k, set)| (k, set.len() as u64))
+        .collect();
+    assert_eq!(stored, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,92 +272,76 @@ async fn rows_and_rollups_land_exactly_once_across_a_crash() {
     assert_eq!(count(&db, "SELECT count(*) FROM events"), n);
     assert_eq!(count(&db, "SELECT count(DISTINCT event_id) FROM events"), n);
 
-    // Rollups equal what the raw rows say.
-    let mut bets: BTreeMap<(String, i64, String, String), [i64; 5]> = BTreeMap::new();
-    let mut players: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
-    for i in 0..n {
-        let e = event(i);
-        let minute = e.occurred_at.as_millis() / MINUTE_MS * 60;
-        players
-            .entry((e.tenant_id.clone(), minute))
-            .or_default()
-            .insert(e.player_id.clone());
-        match &e.payload {
-            Payload::BetPlaced(b) => {
-                let s = bets
-                    .entry((
-                        e.tenant_id.clone(),
-                        minute,
-                        b.game_id.clone(),
-                        b.stake.currency.to_string(),
-                    ))
-                    .or_default();
-                s[0] += 1;
-                s[2] += b.stake.amount_minor;
-                s[4] += b.stake.amount_minor;
-            }
-            Payload::BetSettled(b) => {
-                let s = bets
-                    .entry((
-                        e.tenant_id.clone(),
-                        minute,
-                        b.game_id.clone(),
-                        b.payout.currency.to_string(),
-                    ))
-                    .or_default();
-                s[1] += 1;
-                s[3] += b.payout.amount_minor;
-                s[4] -= b.payout.amount_minor;
-            }
-            _ => unreachable!(),
-        }
-    }
-    let answer = sqlite::query(
-        &db,
-        "SELECT tenant_id, minute, game_id, currency, bets, settlements, stakes_minor,
-                payouts_minor, ggr_minor
-         FROM bets_per_minute ORDER BY tenant_id, minute, game_id, currency",
-        1000,
-    )
-    .unwrap();
-    let stored: BTreeMap<(String, i64, String, String), [i64; 5]> = answer
-        .rows
-        .iter()
-        .map(|r| {
-            let v = |i: usize| r[i].as_str().unwrap().to_owned();
-            let int = |i: usize| r[i].as_i64().unwrap();
-            (
-                (v(0), int(1), v(2), v(3)),
-                [int(4), int(5), int(6), int(7), int(8)],
-            )
-        })
-        .collect();
-    assert_eq!(stored, bets);
-    let answer = sqlite::query(
-        &db,
-        "SELECT tenant_id, minute, players FROM players_per_minute ORDER BY tenant_id, minute",
-        1000,
-    )
-    .unwrap();
-    let stored: BTreeMap<(String, i64), u64> = answer
-        .rows
-        .iter()
-        .map(|r| {
-            (
-                (r[0].as_str().unwrap().to_owned(), r[1].as_i64().unwrap()),
-                r[2].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let expected: BTreeMap<(String, i64), u64> = players
-        .into_iter()
-        .map(|(k, set)| (k, set.len() as u64))
-        .collect();
-    assert_eq!(stored, expected);
+    assert_rollups_are_those_of(&db, 0..n);
 
     // Positions: each partition's high-water mark is the offset of its last row.
     let positions = count(&db, "SELECT sum(high_water + 1) FROM bus_positions");
     assert_eq!(positions, n, "offsets 0..k per partition sum to n records");
+}
+
+/// A client's retry of an event id that the ingest edge did not recognise (after a restart
+/// of any part) reaches the log again: the store keeps the first row and counts the event
+/// once in every rollup — across a processor restart, and twice within one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_retried_after_a_restart_is_stored_and_rolled_up_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pitboss.db");
+    let bus = bus(dir.path()).await;
+    let n = 1000u64;
+    bus.publisher()
+        .publish("events", (0..n).map(record).collect())
+        .await
+        .unwrap();
+    run_until(bus.clone(), &db, n).await;
+    let mut retries: Vec<OutRecord> = (0..n).map(record).collect();
+    retries.extend((n / 2..n).flat_map(|i| [record(i), record(i)]));
+    retries.push(record(n));
+    bus.publisher().publish("events", retries).await.unwrap();
+    // Until every record of the log is stored or dropped.
+    let records = n + n + n + 1;
+    let positions = "SELECT coalesce(sum(high_water + 1), 0) FROM bus_positions";
+    run_until_count(bus.clone(), &db, positions, records).await;
+    assert_eq!(count(&db, positions), records);
+
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), n + 1);
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT event_id) FROM events"),
+        n + 1
+    );
+    assert_rollups_are_those_of(&db, 0..n + 1);
+}
+
+/// A store written before version 5 may hold an event twice (a retry after a restart):
+/// migrating keeps its first row and rebuilds the bets rollup from what is left.
+#[tokio::test]
+async fn migrating_to_one_event_per_id_drops_stored_copies_and_rebuilds_the_rollups() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pitboss.db");
+    let bus = bus(dir.path()).await;
+    let n = 300u64;
+    bus.publisher()
+        .publish("events", (0..n).map(record).collect())
+        .await
+        .unwrap();
+    run_until(bus.clone(), &db, n).await;
+    // Back to version 4's shape: no unique index, every bet stored and rolled up twice.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "DROP INDEX events_by_id;
+             DELETE FROM pitboss_migrations WHERE version = 5;
+             INSERT INTO events SELECT * FROM events WHERE type = 'bet_placed';
+             UPDATE bets_per_minute SET bets = 2 * bets, stakes_minor = 2 * stakes_minor,
+                 ggr_minor = 2 * stakes_minor - payouts_minor;",
+        )
+        .unwrap();
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), n + n / 2);
+    let (_, ran) = sqlite::open(&db).unwrap();
+    assert_eq!(ran, vec![5]);
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), n);
+    assert_eq!(count(&db, "SELECT count(DISTINCT event_id) FROM events"), n);
+    assert_rollups_are_those_of(&db, 0..n);
 }
 
 #[test]

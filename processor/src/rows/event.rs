@@ -5,7 +5,7 @@ use pitboss_bus::Record;
 use pitboss_model::{Event, Payload, decode_proto};
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, check_type, offset_of, seconds, text};
+use super::{CopyKey, Poison, StoredRow, check_type, offset_of, seconds, text};
 
 /// One row of `events`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -90,6 +90,15 @@ impl StoredRow for EventRow {
 
     fn id(&self) -> String {
         self.event_id.clone()
+    }
+
+    fn copy_key(&self) -> Option<CopyKey<'_>> {
+        Some(CopyKey {
+            tenant_id: &self.tenant_id,
+            occurred_at: self.occurred_at,
+            player_id: &self.player_id,
+            event_id: &self.event_id,
+        })
     }
 }
 

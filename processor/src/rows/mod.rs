@@ -65,6 +65,34 @@ pub trait StoredRow:
     /// What the table keeps one row per, within the tenant (`event_id`; `alert_id`;
     /// `message_id/connection_id` for a delivery…): for tests and test stores.
     fn id(&self) -> String;
+
+    /// For a table whose store does not keep one row per id by itself (`events`, a plain
+    /// MergeTree with rollups fed by its inserts): the row's sort key, by which the
+    /// ClickHouse sink finds a copy already stored and drops it before the insert (see
+    /// [`CopyKey`]). The tables of the live path keep one row per id on their own
+    /// (ReplacingMergeTree, rollups of distinct ids) and return None.
+    fn copy_key(&self) -> Option<CopyKey<'_>> {
+        None
+    }
+}
+
+/// Where a copy of an event would be in `events`: its sort key `(tenant_id, occurred_at,
+/// player_id, event_id)`. A retry of the same event has the same key; looking the batch up by
+/// the whole sort key reads only the index marks around each key, not the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CopyKey<'a> {
+    pub tenant_id: &'a str,
+    pub occurred_at: u32,
+    pub player_id: &'a str,
+    pub event_id: &'a str,
+}
+
+/// Counts rows a store dropped as copies of rows it had (`pitboss_processor_copies_dropped_total`).
+pub(crate) fn count_copies<R: StoredRow>(copies: u64) {
+    if copies > 0 {
+        metrics::counter!("pitboss_processor_copies_dropped_total", "table" => R::TABLE)
+            .increment(copies);
+    }
 }
 
 /// Why a record cannot become a row (it goes to the dead-letter topic with this reason).

@@ -7,6 +7,7 @@
 //! column types, so a column whose type changed under the processor makes every row
 //! unreadable, which the server reports like bad data — that is a schema error.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -18,7 +19,7 @@ pub use clickhouse::Client as ClickHouseClient;
 use super::Sink;
 use crate::ProcessorError;
 use crate::batch::Batch;
-use crate::rows::StoredRow;
+use crate::rows::{CopyKey, StoredRow, count_copies};
 
 /// ClickHouse over HTTP (the `clickhouse` crate, RowBinary, validation off for 18.16), on one
 /// server or a cluster ([`crate::schema::Layout`]): a [`Sink<R>`] for every [`StoredRow`],
@@ -224,14 +225,106 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
     }
 }
 
+/// A row of the lookup's temporary table: an event's sort key ([`CopyKey`]).
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash)]
+struct StoredKey {
+    tenant_id: String,
+    occurred_at: u32,
+    player_id: String,
+    event_id: String,
+}
+
+impl StoredKey {
+    fn of(k: CopyKey<'_>) -> Self {
+        StoredKey {
+            tenant_id: k.tenant_id.to_owned(),
+            occurred_at: k.occurred_at,
+            player_id: k.player_id.to_owned(),
+            event_id: k.event_id.to_owned(),
+        }
+    }
+}
+
 impl ClickHouseSink {
+    /// Inserts the rows of `batch` that are not copies — of a row stored already (a client's
+    /// retry the ingest edge did not recognise: after a restart of any part, or through
+    /// another ingest instance) or of an earlier row of the batch. Nothing is inserted when
+    /// every row is a copy.
     async fn write<R: StoredRow>(&self, batch: &Batch<R>) -> Result<(), ProcessorError> {
-        let mut insert = self.client.insert::<R>(self.table_of::<R>()).await?;
+        let stored = self.stored_copies(&batch.rows).await?;
+        let mut seen = HashSet::new();
+        let mut copies = 0;
+        let mut insert = None;
         for row in &batch.rows {
+            if let Some(key) = row.copy_key() {
+                let copy = !seen.insert(key)
+                    || (!stored.is_empty() && stored.contains(&StoredKey::of(key)));
+                if copy {
+                    copies += 1;
+                    continue;
+                }
+            }
+            let insert = match &mut insert {
+                Some(insert) => insert,
+                None => insert.insert(self.client.insert::<R>(self.table_of::<R>()).await?),
+            };
             insert.write(row).await?;
         }
-        insert.end().await?;
+        if let Some(insert) = insert {
+            insert.end().await?;
+        }
+        count_copies::<R>(copies);
         Ok(())
+    }
+
+    /// The sort keys of `rows` that the table holds already (none for rows without a
+    /// [`CopyKey`]). The keys go into a temporary table of a one-off session, which the
+    /// lookup joins by the table's sort key: ClickHouse 18.16 parses a literal list of
+    /// thousands of tuples slowly, and `IN` a table uses the primary key all the same. In the
+    /// cluster layout every replica is read (`GLOBAL IN` ships the keys to them): a replica
+    /// that has not fetched a part yet could hide a copy.
+    async fn stored_copies<R: StoredRow>(
+        &self,
+        rows: &[R],
+    ) -> Result<HashSet<StoredKey>, ProcessorError> {
+        if rows.first().and_then(StoredRow::copy_key).is_none() {
+            return Ok(HashSet::new());
+        }
+        let session = self
+            .client
+            .clone()
+            .with_setting("session_id", format!("pitboss-{}", uuid::Uuid::now_v7()))
+            .with_setting("session_timeout", "30");
+        session
+            .query(
+                "CREATE TEMPORARY TABLE pitboss_batch_keys (tenant_id String, \
+                 occurred_at DateTime, player_id String, event_id String) ENGINE = Memory",
+            )
+            .execute()
+            .await?;
+        let mut keys = session.insert::<StoredKey>("pitboss_batch_keys").await?;
+        for key in rows.iter().filter_map(StoredRow::copy_key) {
+            keys.write(&StoredKey::of(key)).await?;
+        }
+        keys.end().await?;
+        let found: Vec<StoredKey> = session
+            .query(&format!(
+                "SELECT tenant_id, toUInt32(occurred_at) AS occurred_at_s, player_id, event_id \
+                 FROM {} WHERE (tenant_id, occurred_at, player_id, event_id) {} pitboss_batch_keys",
+                self.source(self.table_of::<R>()),
+                if self.replicas.is_some() {
+                    "GLOBAL IN"
+                } else {
+                    "IN"
+                },
+            ))
+            .fetch_all()
+            .await?;
+        session
+            .query("DROP TEMPORARY TABLE pitboss_batch_keys")
+            .execute()
+            .await?;
+        Ok(found.into_iter().collect())
     }
 
     /// A schema error if the table's columns are no longer the ones an `R` is written as

@@ -216,4 +216,27 @@ CREATE TABLE IF NOT EXISTS alert_acks (
 );
 CREATE INDEX IF NOT EXISTS alert_acks_by_alert ON alert_acks (tenant_id, alert_id, acked_at);",
     },
+    Migration {
+        version: 5,
+        name: "one event per id",
+        // An event id is stored once per tenant (docs/api.md, "Duplicates"): a client's retry
+        // after a restart, or through another ingest instance, is dropped by the store
+        // (`write.rs`: `ON CONFLICT DO NOTHING`, rolled up only when stored). Copies stored
+        // before this version keep their first row, and the bets rollup is rebuilt from the
+        // remaining events (`player_minutes` is a set: copies never added to it).
+        sql: r"
+DELETE FROM events WHERE rowid NOT IN (SELECT min(rowid) FROM events GROUP BY tenant_id, event_id);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_id ON events (tenant_id, event_id);
+DELETE FROM bets_per_minute;
+INSERT INTO bets_per_minute
+    SELECT tenant_id, occurred_at / 60 * 60 AS minute, game_id, currency,
+        sum(type = 'bet_placed'),
+        sum(type = 'bet_settled'),
+        sum(CASE WHEN type = 'bet_placed' THEN amount_minor ELSE 0 END),
+        sum(CASE WHEN type = 'bet_settled' THEN payout_minor ELSE 0 END),
+        sum(CASE WHEN type = 'bet_placed' THEN amount_minor ELSE 0 END)
+            - sum(CASE WHEN type = 'bet_settled' THEN payout_minor ELSE 0 END)
+    FROM events WHERE type IN ('bet_placed', 'bet_settled')
+    GROUP BY tenant_id, minute, game_id, currency;",
+    },
 ];

@@ -34,19 +34,23 @@ struct BetSums {
 
 impl SqliteRow for EventRow {
     /// Every event is a new row (one per bus record: the batch's position commits with it),
-    /// folded into `bets_per_minute` (upserted by tenant, minute, game and currency) and
-    /// `player_minutes` (inserted or ignored).
+    /// unless its tenant's event id is stored already (a client's retry the ingest edge did
+    /// not recognise, e.g. after a restart): then it is dropped, here and from the rollups.
+    /// Stored rows are folded into `bets_per_minute` (upserted by tenant, minute, game and
+    /// currency) and `player_minutes` (inserted or ignored).
     fn write(tx: &Transaction<'_>, rows: &[Self]) -> Result<(), ProcessorError> {
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                 ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
+                 ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+                 ON CONFLICT (tenant_id, event_id) DO NOTHING",
             )
             .map_err(store)?;
         let mut bets: HashMap<(&str, i64, &str, &str), BetSums> = HashMap::new();
         let mut players: HashSet<(&str, i64, &str)> = HashSet::new();
+        let mut copies = 0u64;
         for r in rows {
-            insert
+            let stored = insert
                 .execute(params![
                     r.tenant_id,
                     r.event_id,
@@ -80,6 +84,10 @@ impl SqliteRow for EventRow {
                     r.bus_offset as i64,
                 ])
                 .map_err(store)?;
+            if stored == 0 {
+                copies += 1;
+                continue;
+            }
             let m = minute(r.occurred_at);
             players.insert((&r.tenant_id, m, &r.player_id));
             // The same rollup as ClickHouse's bets_per_minute_mv.
@@ -133,6 +141,7 @@ impl SqliteRow for EventRow {
         for (tenant, m, player) in players {
             seen.execute(params![tenant, m, player]).map_err(store)?;
         }
+        crate::rows::count_copies::<Self>(copies);
         Ok(())
     }
 }
