@@ -3,6 +3,8 @@
 //! Domain code works with `pitboss-model`, which converts to and from these types; only
 //! the wire adapters (bus, gRPC) touch them directly.
 
+pub mod codec;
+
 /// Version 1 of the contract: events, the live-path messages (alerts, pushes, deliveries, alert
 /// acks) and the `Ingest` gRPC service (client and server).
 #[allow(missing_debug_implementations, clippy::all)]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::event::*;
-use crate::time::Timestamp;
+use crate::time::{NOT_RFC3339, Timestamp};
 use crate::validate::{Violation, ViolationCode};
 
 /// The envelope as it arrives, before the payload is decoded by its type.
@@ -58,6 +58,19 @@ pub fn decode_event_str(json: &str) -> Result<Event, Violation> {
 /// failure. [`decode_event`] returns exactly what this returns, for every input; it only gets
 /// there faster when the event is good (checked by a property test and the JSON fuzz target).
 pub fn decode_event_exact(json: &[u8]) -> Result<Event, Violation> {
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        // serde would otherwise accept an event written as an array of its fields.
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(json) {
+                Ok(_) => Violation::new(
+                    "",
+                    ViolationCode::InvalidType,
+                    "an event must be a JSON object",
+                ),
+                Err(e) => Violation::new("", ViolationCode::Malformed, e.to_string()),
+            },
+        );
+    }
     if let Ok(raw) = serde_json::from_slice::<RawEvent>(json) {
         return raw.into_event();
     }
@@ -308,11 +321,18 @@ pub(crate) fn path_violation(
     }
     let inner = err.into_inner();
     let message = inner.to_string();
+    // Text that is not JSON (a syntax error, input cut off) leaves the whole event unreadable,
+    // whatever field the parser had reached: a line cut off inside `payload` is reported like
+    // a line of prose, at the empty path. Nesting too deep is JSON the decoder refuses to
+    // descend into: there the path says where.
+    let mut whole_event = false;
     let code = match inner.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => {
+            whole_event = !message.starts_with("recursion limit exceeded");
             ViolationCode::Malformed
         }
-        serde_json::error::Category::Io => ViolationCode::Malformed,
         serde_json::error::Category::Data => {
             if let Some(field) = backticked(&message, "missing field `") {
                 path = join(&path, field);
@@ -325,12 +345,15 @@ pub(crate) fn path_violation(
                 ViolationCode::UnknownField
             } else if message.starts_with("invalid type") {
                 ViolationCode::InvalidType
+            } else if message.starts_with(NOT_RFC3339) {
+                ViolationCode::InvalidTimestamp
             } else {
                 ViolationCode::InvalidValue
             }
         }
     };
     let mut path = match prefix {
+        _ if whole_event => String::new(),
         Some(p) => join(p, &path),
         None => path,
     };
@@ -430,15 +453,118 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_an_error_not_a_stack_overflow() {
-        let deep = format!(
-            r#"{{{BASE},"type":"custom","payload":{{"name":"x","properties":{{"a":{}1{}}}}}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
+    fn a_timestamp_that_is_not_rfc_3339_is_invalid_timestamp() {
+        for bad in ["28/11/2026", "2026-11-28", "", "2026-11-28T10:00:00"] {
+            let v = err(&format!(
+                r#"{{"tenant_id":"acme","player_id":"p1","type":"logout","occurred_at":"{bad}"}}"#
+            ));
+            assert_eq!(
+                (v.path.as_str(), v.code),
+                ("occurred_at", ViolationCode::InvalidTimestamp),
+                "{bad:?}: {v}"
+            );
+        }
+        let v = err(&format!(
+            r#"{{{BASE},"type":"logout","received_at":"yesterday"}}"#
+        ));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("received_at", ViolationCode::InvalidTimestamp)
         );
-        let v = err(&deep);
-        assert!(v.path.starts_with("payload.properties.a[0]"), "{}", v.path);
+    }
+
+    #[test]
+    fn a_custom_property_of_another_json_type_is_invalid_type_with_a_plain_message() {
+        for value in [r#"{"b":1}"#, "[1]", "null"] {
+            let v = err(&format!(
+                r#"{{{BASE},"type":"custom","payload":{{"name":"x","properties":{{"a":{value}}}}}}}"#
+            ));
+            assert_eq!(
+                (v.path.as_str(), v.code),
+                ("payload.properties.a", ViolationCode::InvalidType),
+                "{value}: {v}"
+            );
+            assert!(v.message.contains("custom properties are flat"), "{v}");
+            assert!(!v.message.contains("untagged"), "{v}");
+        }
+        let e = decode_event(
+            format!(
+                r#"{{{BASE},"type":"custom","payload":{{"name":"x","properties":{{"b":true,"i":-3,"u":18446744073709551615,"f":1.5,"t":"x"}}}}}}"#
+            )
+            .as_bytes(),
+        )
+        .expect("scalars decode");
+        let Payload::Custom(c) = e.payload else {
+            panic!("custom")
+        };
+        assert_eq!(c.properties["b"], CustomValue::Flag(true));
+        assert_eq!(c.properties["i"], CustomValue::Integer(-3));
+        assert_eq!(
+            c.properties["u"],
+            CustomValue::Number(18446744073709551615.0)
+        );
+        assert_eq!(c.properties["f"], CustomValue::Number(1.5));
+        assert_eq!(c.properties["t"], CustomValue::Text("x".into()));
+    }
+
+    /// Text that is not JSON is refused at the empty path, wherever it breaks off.
+    #[test]
+    fn text_that_is_not_json_is_malformed_at_the_empty_path() {
+        let good = format!(
+            r#"{{{BASE},"type":"bet_placed","payload":{{"bet_id":"b","game_id":"g","stake":{{"amount_minor":1,"currency":"EUR"}}}}}}"#
+        );
+        for cut in [good.len() - 20, good.len() - 1, 30, 1] {
+            let v = err(&good[..cut]);
+            assert_eq!(
+                (v.path.as_str(), v.code),
+                ("", ViolationCode::Malformed),
+                "{}: {v}",
+                &good[..cut]
+            );
+        }
+        let v = err(&good.replace("\"stake\":{", "\"stake\":{,"));
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
+        let v = err("not json");
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let (open, close) = ("[".repeat(100_000), "]".repeat(100_000));
+        // A property value is a scalar: the nesting is refused before it is read.
+        let v = err(&format!(
+            r#"{{{BASE},"type":"custom","payload":{{"name":"x","properties":{{"a":{open}1{close}}}}}}}"#
+        ));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("payload.properties.a", ViolationCode::InvalidType)
+        );
+        // Valid JSON, but not an object.
+        let v = err(&format!("{open}1{close}"));
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::InvalidType));
+        let v = err(&format!("{open}1"));
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
+        let v = err(&format!(r#"{{{BASE},"type":"logout","x":{open}1{close}}}"#));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("x", ViolationCode::UnknownField)
+        );
+        // A path never echoes more than MAX_PATH bytes of the input.
+        let long = "k".repeat(10_000);
+        let v = err(&format!(
+            r#"{{{BASE},"type":"logout","payload":{{"{long}":1}}}}"#
+        ));
+        assert_eq!(v.code, ViolationCode::UnknownField);
+        assert!(v.path.starts_with("payload.kkk"), "{}", v.path);
         assert!(v.path.len() <= MAX_PATH + '…'.len_utf8());
+    }
+
+    #[test]
+    fn an_event_is_an_object_not_an_array_of_its_fields() {
+        let v = err(r#"[null,"acme","p1",null,"logout","2026-11-28T10:00:00Z"]"#);
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::InvalidType));
+        let v = err(r#""text""#);
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::InvalidType));
     }
 
     #[test]

@@ -419,13 +419,57 @@ pub struct Bonus {
 }
 
 /// A scalar property value of a custom event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum CustomValue {
     Flag(bool),
     Integer(i64),
     Number(f64),
     Text(String),
+}
+
+/// By hand rather than `untagged`: one pass without buffering, and a value of another JSON type
+/// (an object, an array, null) is refused as `invalid type: map, expected …`, which the decoder
+/// reports as `invalid_type`, instead of serde's "data did not match any variant".
+impl<'de> Deserialize<'de> for CustomValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CustomValueVisitor)
+    }
+}
+
+struct CustomValueVisitor;
+
+impl serde::de::Visitor<'_> for CustomValueVisitor {
+    type Value = CustomValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string, integer, number or bool (custom properties are flat)")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<CustomValue, E> {
+        Ok(CustomValue::Flag(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<CustomValue, E> {
+        Ok(CustomValue::Integer(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<CustomValue, E> {
+        // Above i64::MAX: a number, as the untagged form decoded it.
+        Ok(i64::try_from(v).map_or(CustomValue::Number(v as f64), CustomValue::Integer))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<CustomValue, E> {
+        Ok(CustomValue::Number(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<CustomValue, E> {
+        Ok(CustomValue::Text(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<CustomValue, E> {
+        Ok(CustomValue::Text(v))
+    }
 }
 
 /// An operator-defined event: a name and a bounded, flat set of scalar properties.

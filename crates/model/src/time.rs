@@ -51,11 +51,15 @@ impl Serialize for Timestamp {
     }
 }
 
+/// How every timestamp that is not RFC 3339 text is refused; the decoder reports these as
+/// `invalid_timestamp`.
+pub(crate) const NOT_RFC3339: &str = "expected an RFC 3339 timestamp";
+
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = Cow::<'de, str>::deserialize(d)?;
         Timestamp::parse_rfc3339(&text)
-            .map_err(|e| serde::de::Error::custom(format!("expected an RFC 3339 timestamp: {e}")))
+            .map_err(|e| serde::de::Error::custom(format!("{NOT_RFC3339}: {e}")))
     }
 }
 

@@ -32,7 +32,9 @@ impl Violation {
     }
 }
 
-/// The stable reason codes. Clients may switch on these; new codes may be added.
+/// The stable reason codes. Clients may switch on these; new codes may be added. What each
+/// means, for clients, is documented in one table (`pitboss_ingest::codes::ERROR_CODES`), from
+/// which docs/events.md and the OpenAPI document are generated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ViolationCode {
@@ -42,7 +44,8 @@ pub enum ViolationCode {
     Required,
     /// A field the contract does not define.
     UnknownField,
-    /// A field has the wrong JSON type (e.g. a string or float where an integer is expected).
+    /// A field has the wrong JSON type (e.g. a string or float where an integer is expected, an
+    /// object as a custom property value).
     InvalidType,
     /// A field has a value outside its allowed set.
     InvalidValue,
@@ -68,7 +71,7 @@ pub enum ViolationCode {
     InvalidIp,
     /// Not an ISO 3166-1 alpha-2 code.
     InvalidCountry,
-    /// A timestamp before 1970 or not representable.
+    /// A timestamp that is not RFC 3339 text, or before 1970.
     InvalidTimestamp,
     /// `occurred_at` further in the future than the allowed clock skew.
     FutureTimestamp,
@@ -76,13 +79,59 @@ pub enum ViolationCode {
     InvalidProperty,
 }
 
+impl ViolationCode {
+    /// Every code, in declaration order (`ALL[c as usize] == c`).
+    pub const ALL: [ViolationCode; 19] = [
+        ViolationCode::Malformed,
+        ViolationCode::Required,
+        ViolationCode::UnknownField,
+        ViolationCode::InvalidType,
+        ViolationCode::InvalidValue,
+        ViolationCode::UnknownEventType,
+        ViolationCode::UnsupportedSchemaVersion,
+        ViolationCode::InvalidUuid,
+        ViolationCode::InvalidCharacters,
+        ViolationCode::TooLong,
+        ViolationCode::NegativeAmount,
+        ViolationCode::AmountTooLarge,
+        ViolationCode::InvalidCurrency,
+        ViolationCode::InvalidOdds,
+        ViolationCode::InvalidIp,
+        ViolationCode::InvalidCountry,
+        ViolationCode::InvalidTimestamp,
+        ViolationCode::FutureTimestamp,
+        ViolationCode::InvalidProperty,
+    ];
+
+    /// The code as it appears in JSON (`"negative_amount"`); no allocation.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ViolationCode::Malformed => "malformed",
+            ViolationCode::Required => "required",
+            ViolationCode::UnknownField => "unknown_field",
+            ViolationCode::InvalidType => "invalid_type",
+            ViolationCode::InvalidValue => "invalid_value",
+            ViolationCode::UnknownEventType => "unknown_event_type",
+            ViolationCode::UnsupportedSchemaVersion => "unsupported_schema_version",
+            ViolationCode::InvalidUuid => "invalid_uuid",
+            ViolationCode::InvalidCharacters => "invalid_characters",
+            ViolationCode::TooLong => "too_long",
+            ViolationCode::NegativeAmount => "negative_amount",
+            ViolationCode::AmountTooLarge => "amount_too_large",
+            ViolationCode::InvalidCurrency => "invalid_currency",
+            ViolationCode::InvalidOdds => "invalid_odds",
+            ViolationCode::InvalidIp => "invalid_ip",
+            ViolationCode::InvalidCountry => "invalid_country",
+            ViolationCode::InvalidTimestamp => "invalid_timestamp",
+            ViolationCode::FutureTimestamp => "future_timestamp",
+            ViolationCode::InvalidProperty => "invalid_property",
+        }
+    }
+}
+
 impl std::fmt::Display for ViolationCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(self.as_str())
     }
 }
 
@@ -514,5 +563,36 @@ impl Checker<'_> {
                 "use [a-z0-9_.], starting with a letter",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `as_str` is what serde writes, and `ALL` lists every code once, in order: the JSON
+    /// Schema derived from the enum names every variant.
+    #[test]
+    fn every_code_is_listed_and_named_as_serde_names_it() {
+        for (i, code) in ViolationCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code:?} out of order in ALL");
+            let serde = serde_json::to_value(code).expect("json");
+            assert_eq!(serde.as_str(), Some(code.as_str()));
+            assert_eq!(code.to_string(), code.as_str());
+        }
+        let schema = schemars::schema_for!(ViolationCode).to_value();
+        let mut variants: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .expect("oneOf")
+            .iter()
+            .filter_map(|v| v["const"].as_str())
+            .collect();
+        let mut all: Vec<&str> = ViolationCode::ALL.iter().map(|c| c.as_str()).collect();
+        variants.sort_unstable();
+        all.sort_unstable();
+        assert_eq!(
+            variants, all,
+            "ViolationCode::ALL must list every variant once"
+        );
     }
 }

@@ -206,6 +206,10 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, Reque
             })?;
             let raws: Vec<&RawValue> =
                 serde_json::from_str(text).map_err(|e| RequestError::Unreadable(e.to_string()))?;
+            if raws.is_empty() {
+                // `[]`: no events, like an empty body.
+                return Err(RequestError::Empty);
+            }
             Ok(raws.into_iter().map(|r| Ok(r.get())).collect())
         }
         BodyFormat::Ndjson => Ok(trimmed
@@ -232,12 +236,55 @@ pub fn plan(
     check_limits(raws.iter().map(raw_len), config)?;
     let decoded = raws
         .iter()
-        .map(|r| match r {
-            Ok(text) => decode_event_str(text),
-            Err(bytes) => decode_event(bytes),
+        .map(|r| {
+            let (result, bytes) = match r {
+                Ok(text) => (decode_event_str(text), text.as_bytes()),
+                Err(bytes) => (decode_event(bytes), *bytes),
+            };
+            result.map_err(|v| locate(v, body, bytes))
         })
         .collect();
     plan_decoded(decoded, tenant, config, now_ms, seen)
+}
+
+/// A decoding violation of the event at `event` (a slice of `body`), told in terms of the
+/// body the client sent: serde_json's " at line L column C" counts within the event (or its
+/// payload), so an NDJSON line's error always said "line 1". Text that is not JSON gets the
+/// position in the body (line 3 of an NDJSON body is line 3); for any other violation the
+/// path says where, and the position is dropped. Runs only for refused events.
+fn locate(mut v: Violation, body: &[u8], event: &[u8]) -> Violation {
+    let Some((head, line, column)) = serde_position(&v.message) else {
+        return v;
+    };
+    if v.code != pitboss_model::ViolationCode::Malformed {
+        v.message.truncate(head);
+        return v;
+    }
+    let start = (event.as_ptr() as usize)
+        .checked_sub(body.as_ptr() as usize)
+        .filter(|s| *s <= body.len())
+        .unwrap_or(0);
+    let before = &body[..start];
+    let body_line = before.iter().filter(|b| **b == b'\n').count() + line;
+    let body_column = if line == 1 {
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        column + (start - line_start)
+    } else {
+        column
+    };
+    v.message.truncate(head);
+    v.message = format!("{} at line {body_line} column {body_column}", v.message);
+    v
+}
+
+/// The byte index where serde_json's " at line L column C" suffix starts, and L and C.
+fn serde_position(message: &str) -> Option<(usize, usize, usize)> {
+    let head = message.rfind(" at line ")?;
+    let (line, column) = message[head + " at line ".len()..].split_once(" column ")?;
+    Some((head, line.parse().ok()?, column.parse().ok()?))
 }
 
 /// [`plan`] for events that arrived in protobuf form (gRPC); limits apply to encoded sizes.
@@ -512,6 +559,8 @@ mod tests {
     fn whole_request_errors() {
         assert_eq!(run("", BodyFormat::Json), Err(RequestError::Empty));
         assert_eq!(run("  \n ", BodyFormat::Ndjson), Err(RequestError::Empty));
+        assert_eq!(run("[]", BodyFormat::Json), Err(RequestError::Empty));
+        assert_eq!(run(" [ ] ", BodyFormat::Json), Err(RequestError::Empty));
         assert!(matches!(
             run("[1,", BodyFormat::Json),
             Err(RequestError::Unreadable(_))
@@ -542,6 +591,41 @@ mod tests {
             run(&huge, BodyFormat::Json),
             Err(RequestError::EventTooLarge { index: 0, .. })
         ));
+    }
+
+    /// A line that is not JSON is refused at the empty path, wherever it breaks off, and the
+    /// message gives its line in the body (blank lines count); other reasons name the field and
+    /// carry no position of serde's (which counted within the line or the payload).
+    #[test]
+    fn ndjson_lines_that_are_not_json_say_which_line() {
+        let good = bet(None, "acme", 1);
+        let cut = &good[..good.len() - 20];
+        let body = format!(
+            "{good}\n\n  {cut}\nnot json\n{}\n",
+            bet(None, "acme", 1).replace("\"g1\"", "7")
+        );
+        let plan = run(&body, BodyFormat::Ndjson).expect("plan");
+        assert_eq!(plan.counts(), (1, 0, 3));
+        let errors = |i: usize| match &plan.outcomes[i] {
+            Outcome::Rejected { errors, .. } => errors[0].clone(),
+            other => panic!("{other:?}"),
+        };
+        let v = errors(1);
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
+        assert!(
+            v.message
+                .ends_with(&format!("at line 3 column {}", cut.len() + 2)),
+            "{v}"
+        );
+        let v = errors(2);
+        assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
+        assert!(v.message.ends_with("at line 4 column 2"), "{v}");
+        let v = errors(3);
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("payload.game_id", ViolationCode::InvalidType)
+        );
+        assert!(!v.message.contains(" at line "), "{v}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Errors of the ingest function, mapped to HTTP in exactly one place (`IngestError::status`).
+//! Errors of the ingest function. Each has a [`RequestCode`], whose row of the error table
+//! (`crate::codes::ERROR_CODES`) gives its code, HTTP status, gRPC code and retry advice.
 
 use axum::http::StatusCode;
 use pitboss_bus::BusError;
 
+use crate::codes::RequestCode;
 use crate::core::RequestError;
 
 /// Invalid configuration, found at start-up.
@@ -23,6 +25,8 @@ pub enum IngestError {
         "unsupported content type {0:?}; send application/json (an array of events) or application/x-ndjson"
     )]
     UnsupportedMediaType(String),
+    #[error("unsupported content encoding {0:?}; send gzip or an uncompressed body")]
+    UnsupportedEncoding(String),
     #[error("tenant rate limit exceeded; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("the event bus did not acknowledge the events; nothing was accepted: {0}")]
@@ -32,44 +36,39 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    /// The HTTP status for this error.
-    pub fn status(&self) -> StatusCode {
+    /// Its row of the error table.
+    pub fn kind(&self) -> RequestCode {
         match self {
-            IngestError::Unauthorized => StatusCode::UNAUTHORIZED,
-            IngestError::Request(RequestError::ForeignTenant { .. }) => StatusCode::FORBIDDEN,
-            IngestError::Request(
-                RequestError::TooManyEvents { .. } | RequestError::EventTooLarge { .. },
-            )
-            | IngestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::Request(RequestError::Empty | RequestError::Unreadable(_)) => {
-                StatusCode::BAD_REQUEST
+            IngestError::Unauthorized => RequestCode::Unauthorized,
+            IngestError::Request(RequestError::ForeignTenant { .. }) => {
+                RequestCode::ForbiddenTenant
             }
-            IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            IngestError::BusUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Request(RequestError::TooManyEvents { .. }) => RequestCode::TooManyEvents,
+            IngestError::Request(RequestError::EventTooLarge { .. }) => RequestCode::EventTooLarge,
+            IngestError::BodyTooLarge { .. } => RequestCode::BodyTooLarge,
+            IngestError::Request(RequestError::Empty) => RequestCode::EmptyBody,
+            IngestError::Request(RequestError::Unreadable(_)) => RequestCode::UnreadableBody,
+            IngestError::UnsupportedMediaType(_) => RequestCode::UnsupportedMediaType,
+            IngestError::UnsupportedEncoding(_) => RequestCode::UnsupportedEncoding,
+            IngestError::RateLimited { .. } => RequestCode::RateLimited,
+            IngestError::BusUnavailable(_) => RequestCode::BusUnavailable,
             // A bus that refuses for good (unknown topic, broker-side limits) is a server fault.
-            IngestError::BusRejected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            IngestError::BusRejected(_) => RequestCode::BusRejected,
         }
     }
 
-    /// Stable machine-readable code.
+    /// The HTTP status for this error (from the table).
+    pub fn status(&self) -> StatusCode {
+        self.kind().http_status()
+    }
+
+    /// Stable machine-readable code (from the table).
     pub fn code(&self) -> &'static str {
-        match self {
-            IngestError::Unauthorized => "unauthorized",
-            IngestError::Request(RequestError::ForeignTenant { .. }) => "forbidden_tenant",
-            IngestError::Request(RequestError::TooManyEvents { .. }) => "too_many_events",
-            IngestError::Request(RequestError::EventTooLarge { .. }) => "event_too_large",
-            IngestError::BodyTooLarge { .. } => "body_too_large",
-            IngestError::Request(RequestError::Empty) => "empty_body",
-            IngestError::Request(RequestError::Unreadable(_)) => "unreadable_body",
-            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
-            IngestError::RateLimited { .. } => "rate_limited",
-            IngestError::BusUnavailable(_) => "bus_unavailable",
-            IngestError::BusRejected(_) => "bus_rejected",
-        }
+        self.kind().as_str()
     }
 
-    /// Seconds a client should wait before retrying, when a retry can help.
+    /// Seconds a client should wait before retrying, when a retry can help (the table's
+    /// `Retry::AfterRetryAfter` rows; a test checks they agree).
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             IngestError::RateLimited { retry_after_secs } => Some(*retry_after_secs),

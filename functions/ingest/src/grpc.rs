@@ -1,8 +1,9 @@
 //! gRPC adapter (tonic) for the `pitboss.v1.Ingest` service: unary batches and client
 //! streaming. It authenticates from metadata and translates between protobuf and the shared
-//! ingest path; HTTP statuses map to gRPC codes in `status`. Served on the same port as HTTP.
+//! ingest path; error codes map to gRPC codes in `status`, through the error table. Served on the same port as HTTP.
 
 use pitboss_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Outcome;
@@ -33,17 +34,17 @@ impl IngestService {
     }
 }
 
-/// The gRPC status for an ingest error (the HTTP mapping lives in `IngestError::status`).
+/// The gRPC status for an ingest error, from its row of the error table: the table's gRPC
+/// code, a message that starts with the error code, and the code again in the
+/// `pitboss-error-code` metadata.
 pub fn status(e: IngestError) -> Status {
-    let message = format!("{}: {e}", e.code());
-    match e.status().as_u16() {
-        401 => Status::unauthenticated(message),
-        403 => Status::permission_denied(message),
-        413 | 429 => Status::resource_exhausted(message),
-        400 | 415 => Status::invalid_argument(message),
-        503 => Status::unavailable(message),
-        _ => Status::internal(message),
-    }
+    let kind = e.kind();
+    let mut status = Status::new(kind.grpc_code(), format!("{}: {e}", kind.as_str()));
+    status.metadata_mut().insert(
+        pitboss_proto::codec::ERROR_CODE_METADATA,
+        MetadataValue::from_static(kind.as_str()),
+    );
+    status
 }
 
 fn to_reply(r: IngestResponse, into: &mut pb::IngestReply) {

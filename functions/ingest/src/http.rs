@@ -1,6 +1,7 @@
 //! HTTP adapter (axum): `POST /v1/events`, `/healthz`, `/readyz`; `/metrics` on the admin router. It only
 //! translates between HTTP and the pure core; every status code comes from `IngestError`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,9 +102,12 @@ impl IntoResponse for IngestError {
 /// The router, for the standalone server and (through lambda_http) for AWS Lambda alike.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    // Outermost first: authenticate, check the encoding, decompress, limit the body.
     let events = post(post_events)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .layer::<_, Infallible>(DefaultBodyLimit::max(max_body))
+        .layer::<_, Infallible>(RequestDecompressionLayer::new())
+        .layer::<_, Infallible>(middleware::from_fn(check_encoding))
+        .layer::<_, Infallible>(middleware::from_fn_with_state(state.clone(), authenticate));
     let ws = get(ws_ingest).layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/events", events)
@@ -114,7 +118,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(RequestDecompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
         .merge(crate::grpc::routes(state))
@@ -156,6 +159,38 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         }
         None => IngestError::Unauthorized.into_response(),
     }
+}
+
+/// Lets through a body in `gzip` (decompressed by the layer inside) or `identity`; any other
+/// `Content-Encoding`, or more than one, is 415 `unsupported_encoding` with the usual JSON
+/// error body. Runs after authentication, so an unauthenticated caller learns nothing more.
+async fn check_encoding(mut request: Request, next: Next) -> Response {
+    let mut values = request.headers().get_all(header::CONTENT_ENCODING).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        if request.headers().contains_key(header::CONTENT_ENCODING) {
+            return IngestError::UnsupportedEncoding("more than one Content-Encoding".into())
+                .into_response();
+        }
+        return next.run(request).await;
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text.eq_ignore_ascii_case("gzip") || text.eq_ignore_ascii_case("x-gzip") {
+        if text != "gzip" {
+            // The decompression layer matches exactly `gzip`.
+            request
+                .headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+    } else if text.eq_ignore_ascii_case("identity") {
+        request.headers_mut().remove(header::CONTENT_ENCODING);
+    } else {
+        let shown = String::from_utf8_lossy(value.as_bytes())
+            .chars()
+            .take(100)
+            .collect();
+        return IngestError::UnsupportedEncoding(shown).into_response();
+    }
+    next.run(request).await
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, IngestError> {

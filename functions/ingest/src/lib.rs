@@ -5,6 +5,7 @@
 //! rate-limits, publishes, and answers 2xx only after the bus acknowledged every accepted event.
 
 pub mod auth;
+pub mod codes;
 pub mod config;
 pub mod core;
 pub mod dedup;

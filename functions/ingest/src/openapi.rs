@@ -7,11 +7,47 @@ use pitboss_model::Event;
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
+use crate::codes::{ERROR_CODES, Level, Retry, json_schema};
 use crate::http::{ErrorBody, IngestResponse};
 use crate::ws::FrameReply;
 
 fn error(description: &str, schema: &Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The error responses of `POST /v1/events`, one per HTTP status of the error table, each
+/// describing its codes; `Retry-After` where a code of that status can be retried.
+fn error_responses(err: &Value, response: &Value) -> serde_json::Map<String, Value> {
+    let retry = json!({"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}});
+    let mut statuses: Vec<u16> = ERROR_CODES.iter().filter_map(|d| d.http).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    statuses
+        .into_iter()
+        .map(|status| {
+            let rows: Vec<_> = ERROR_CODES
+                .iter()
+                .filter(|d| d.level == Level::Request && d.http == Some(status))
+                .collect();
+            let codes = rows
+                .iter()
+                .map(|d| format!("`{}`: {}", d.code, d.meaning))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut value = if status == 400 {
+                json!({
+                    "description": format!("every event refused (body: IngestResponse), or the request refused (body: ErrorBody) — {codes}"),
+                    "content": {"application/json": {"schema": {"oneOf": [response, err]}}}
+                })
+            } else {
+                error(&codes, err)
+            };
+            if rows.iter().any(|d| d.retry == Retry::AfterRetryAfter) {
+                value["headers"] = retry.clone();
+            }
+            (status.to_string(), value)
+        })
+        .collect()
 }
 
 /// The document, as served.
@@ -24,8 +60,30 @@ pub fn document() -> Value {
     let response = generator.subschema_for::<IngestResponse>().to_value();
     let err = generator.subschema_for::<ErrorBody>().to_value();
     let frame = generator.subschema_for::<FrameReply>().to_value();
-    let schemas = generator.take_definitions(true);
-    let retry = json!({"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}});
+    let mut schemas = generator.take_definitions(true);
+    // The codes and what they mean come from the error table, not from doc comments.
+    if let Some(code) = schemas
+        .get_mut("ErrorDetail")
+        .and_then(|d| d["properties"].get_mut("code"))
+    {
+        *code = json_schema(
+            Level::Request,
+            "Why the whole request (or frame) was refused: a stable machine-readable code.",
+        );
+    }
+    schemas.insert(
+        "ViolationCode".into(),
+        json_schema(
+            Level::Event,
+            "Why one event was refused: a stable machine-readable code. Clients may switch on these; new codes may be added.",
+        ),
+    );
+    let mut responses = serde_json::Map::new();
+    responses.insert(
+        "200".into(),
+        json!({"description": "processed; per-event results in request order", "content": {"application/json": {"schema": response}}}),
+    );
+    responses.extend(error_responses(&err, &response));
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -39,22 +97,14 @@ pub fn document() -> Value {
             "/v1/events": {"post": {
                 "operationId": "postEvents",
                 "summary": "Ingest a batch of events",
+                "parameters": [{"name": "Content-Encoding", "in": "header", "required": false,
+                    "description": "gzip, or none; any other is 415 unsupported_encoding",
+                    "schema": {"type": "string", "enum": ["gzip", "identity"]}}],
                 "requestBody": {"required": true, "content": {
                     "application/json": {"schema": {"oneOf": [batch, event]}},
                     "application/x-ndjson": {"schema": {"type": "string", "description": "one event per line"}}
                 }},
-                "responses": {
-                    "200": {"description": "processed; per-event results in request order", "content": {"application/json": {"schema": response}}},
-                    "400": {"description": "every event refused (body: IngestResponse), or an empty/unreadable body (body: ErrorBody)",
-                            "content": {"application/json": {"schema": {"oneOf": [response, err]}}}},
-                    "401": error("missing or invalid API key", &err),
-                    "403": error("an event of another tenant", &err),
-                    "413": error("body, event or event count over the limits", &err),
-                    "415": error("unsupported content type", &err),
-                    "429": {"description": "tenant rate exceeded", "headers": retry, "content": {"application/json": {"schema": err}}},
-                    "500": error("the bus refused for good (a server fault)", &err),
-                    "503": {"description": "the bus did not acknowledge; nothing was accepted", "headers": retry, "content": {"application/json": {"schema": err}}}
-                }
+                "responses": responses
             }},
             "/v1/ingest/ws": {"get": {
                 "operationId": "ingestWebSocket",

@@ -13,6 +13,8 @@ use pitboss_proto::v1::ingest_client::IngestClient;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
+mod common;
+
 const KEY: &str = "pk_test_grpc_0a1b2c3d4e5f";
 
 async fn serve(bus: &MemoryPublisher) -> String {
@@ -86,6 +88,7 @@ async fn unary_batches_get_per_event_results() {
         (reply.accepted, reply.duplicates, reply.rejected),
         (2, 0, 1)
     );
+    assert_eq!(common::check_grpc_reply(&reply), ["negative_amount"]);
     let rejected = &reply.results[1];
     assert_eq!(rejected.status, pb::EventStatus::Rejected as i32);
     assert_eq!(rejected.errors[0].path, "payload.stake.amount_minor");
@@ -129,6 +132,7 @@ async fn auth_tenants_and_bus_failures_map_to_grpc_codes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    assert_eq!(common::check_grpc_status(&err), "unauthorized");
     let err = client
         .ingest_batch(authed(pb::EventBatch {
             events: vec![event("other", 1)],
@@ -136,11 +140,13 @@ async fn auth_tenants_and_bus_failures_map_to_grpc_codes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(common::check_grpc_status(&err), "forbidden_tenant");
     let err = client
         .ingest_batch(authed(pb::EventBatch { events: vec![] }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(common::check_grpc_status(&err), "empty_body");
     bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
     let err = client
         .ingest_batch(authed(pb::EventBatch {
@@ -149,6 +155,7 @@ async fn auth_tenants_and_bus_failures_map_to_grpc_codes() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(common::check_grpc_status(&err), "bus_unavailable");
     assert!(
         err.message().contains("bus_unavailable"),
         "{}",

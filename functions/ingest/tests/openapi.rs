@@ -8,58 +8,13 @@ use std::path::Path;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use common::every_error;
 use http_body_util::BodyExt;
-use pitboss_bus::BusError;
 use pitboss_bus::memory::MemoryPublisher;
-use pitboss_ingest::IngestError;
-use pitboss_ingest::core::RequestError;
 use pitboss_ingest::openapi::{document, document_text};
 use tower::ServiceExt;
 
-/// One of every error; the `match` below stops compiling when a variant is added.
-fn every_error() -> Vec<IngestError> {
-    let all = vec![
-        IngestError::Unauthorized,
-        IngestError::Request(RequestError::Empty),
-        IngestError::Request(RequestError::Unreadable("x".into())),
-        IngestError::Request(RequestError::TooManyEvents { count: 2, limit: 1 }),
-        IngestError::Request(RequestError::EventTooLarge {
-            index: 0,
-            size: 2,
-            limit: 1,
-        }),
-        IngestError::Request(RequestError::ForeignTenant {
-            index: 0,
-            found: "a".into(),
-            expected: "b".into(),
-        }),
-        IngestError::BodyTooLarge { limit: 1 },
-        IngestError::UnsupportedMediaType("text/plain".into()),
-        IngestError::RateLimited {
-            retry_after_secs: 1,
-        },
-        IngestError::BusUnavailable(BusError::Unavailable("x".into())),
-        IngestError::BusRejected(BusError::UnknownTopic("x".into())),
-    ];
-    for e in &all {
-        match e {
-            IngestError::Unauthorized
-            | IngestError::Request(
-                RequestError::Empty
-                | RequestError::Unreadable(_)
-                | RequestError::TooManyEvents { .. }
-                | RequestError::EventTooLarge { .. }
-                | RequestError::ForeignTenant { .. },
-            )
-            | IngestError::BodyTooLarge { .. }
-            | IngestError::UnsupportedMediaType(_)
-            | IngestError::RateLimited { .. }
-            | IngestError::BusUnavailable(_)
-            | IngestError::BusRejected(_) => {}
-        }
-    }
-    all
-}
+mod common;
 
 #[test]
 fn checked_in_document_matches_the_code() {
@@ -151,5 +106,43 @@ async fn served_and_every_documented_operation_exists() {
                 resp.status()
             );
         }
+    }
+}
+
+/// The codes the document lists are the table's, with its descriptions.
+#[test]
+fn the_documents_codes_are_the_tables() {
+    use pitboss_ingest::codes::{ERROR_CODES, Level};
+    let doc = document();
+    let schemas = &doc["components"]["schemas"];
+    for (schema, level) in [
+        (
+            &schemas["ErrorDetail"]["properties"]["code"],
+            Level::Request,
+        ),
+        (&schemas["ViolationCode"], Level::Event),
+    ] {
+        let listed: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["const"].as_str().unwrap())
+            .collect();
+        let table: Vec<&str> = ERROR_CODES
+            .iter()
+            .filter(|d| d.level == level)
+            .map(|d| d.code)
+            .collect();
+        assert_eq!(listed, table, "{level:?}");
+    }
+    let responses = &doc["paths"]["/v1/events"]["post"]["responses"];
+    for d in ERROR_CODES.iter().filter(|d| d.level == Level::Request) {
+        let status = d.http.unwrap().to_string();
+        let description = responses[&status]["description"].as_str().unwrap();
+        assert!(
+            description.contains(&format!("`{}`", d.code)),
+            "{status} does not describe {}",
+            d.code
+        );
     }
 }

@@ -15,6 +15,8 @@ use pitboss_ingest::{IngestConfig, TenantConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+mod common;
+
 const KEY: &str = "pk_test_ws_5e4d3c2b1a09";
 
 fn config() -> IngestConfig {
@@ -76,6 +78,7 @@ async fn frames_get_per_event_results_in_order() {
     let mut replies = Vec::new();
     while replies.len() < 4 {
         let msg = socket.next().await.unwrap().unwrap();
+        common::check_json_answer(None, msg.to_text().unwrap().as_bytes());
         replies.push(serde_json::from_str::<FrameReply>(msg.to_text().unwrap()).unwrap());
     }
     let seqs: Vec<u64> = replies.iter().map(|r| r.seq).collect();

@@ -63,7 +63,7 @@ fn json_refusals_name_the_field() {
         json_refusal::<Alert>(&with(a, |v| {
             v["detected_at"] = "28/11/2026".into();
         })),
-        v("detected_at", ViolationCode::InvalidValue)
+        v("detected_at", ViolationCode::InvalidTimestamp)
     );
 
     let p = "push_loss_chasing.json";
@@ -129,7 +129,8 @@ fn json_refusals_name_the_field() {
         v("", ViolationCode::Malformed)
     );
     assert_eq!(
+        // Cut off: the whole message is unreadable, wherever it broke off.
         json_refusal::<AlertAck>("{\"ack_id\": "),
-        v("ack_id", ViolationCode::Malformed)
+        v("", ViolationCode::Malformed)
     );
 }

@@ -1,0 +1,816 @@
+//! The error table (`pitboss_ingest::codes::ERROR_CODES`) is the one source of every error
+//! code: the code maps status, gRPC code and retry advice from it; the docs are generated from
+//! it; and every code in it is produced by a concrete input — over HTTP, and over gRPC and
+//! WebSocket where the code applies there — with every answer checked against it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use http_body_util::BodyExt;
+use pitboss_bus::BusError;
+use pitboss_bus::memory::MemoryPublisher;
+use pitboss_ingest::auth::hash_key;
+use pitboss_ingest::codes::{self, ERROR_CODES, Level, RequestCode, Retry, event_doc, lookup};
+use pitboss_ingest::core::CoreConfig;
+use pitboss_ingest::{IngestConfig, TenantConfig};
+use pitboss_model::ViolationCode;
+use pitboss_proto::v1 as pb;
+use tower::ServiceExt;
+
+mod common;
+
+const KEY: &str = "pk_test_errors_acme";
+const SLOW_KEY: &str = "pk_test_errors_slow";
+
+fn config() -> IngestConfig {
+    IngestConfig {
+        tenants: vec![
+            TenantConfig {
+                id: "acme".into(),
+                api_key_sha256: vec![hash_key(KEY)],
+                events_per_second: None,
+            },
+            TenantConfig {
+                id: "slow".into(),
+                api_key_sha256: vec![hash_key(SLOW_KEY)],
+                events_per_second: Some(2),
+            },
+        ],
+        // Small limits, so that each is reached by a small input.
+        max_body_bytes: 64 * 1024,
+        core: CoreConfig {
+            max_event_bytes: 4096,
+            max_events: 5,
+            ..CoreConfig::default()
+        },
+        ..IngestConfig::default()
+    }
+}
+
+#[test]
+fn the_table_is_consistent_and_every_mapping_comes_from_it() {
+    // Request-level rows first, in RequestCode order; then the events', in ViolationCode order.
+    for (i, code) in RequestCode::ALL.iter().enumerate() {
+        assert_eq!(*code as usize, i, "{code:?}");
+        let doc = code.doc();
+        assert_eq!(doc.level, Level::Request, "{}", doc.code);
+        assert!(doc.http.is_some_and(|s| s >= 400), "{}", doc.code);
+    }
+    for code in ViolationCode::ALL {
+        let doc = event_doc(code);
+        assert_eq!((doc.code, doc.level), (code.as_str(), Level::Event));
+        assert_eq!((doc.http, doc.grpc, doc.retry), (None, None, Retry::No));
+    }
+    assert_eq!(
+        ERROR_CODES.len(),
+        RequestCode::ALL.len() + ViolationCode::ALL.len(),
+        "a row that is neither a RequestCode nor a ViolationCode"
+    );
+    let mut codes: Vec<&str> = ERROR_CODES.iter().map(|d| d.code).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), ERROR_CODES.len(), "a code is listed twice");
+    for d in ERROR_CODES {
+        assert!(
+            !d.meaning.is_empty() && !d.meaning.contains('|'),
+            "{}",
+            d.code
+        );
+    }
+
+    // Every error of the code takes its code, status, gRPC code and retry advice from its row.
+    for e in common::every_error() {
+        let doc = e.kind().doc();
+        assert_eq!(e.code(), doc.code);
+        assert_eq!(Some(e.status().as_u16()), doc.http, "{}", doc.code);
+        assert_eq!(
+            e.retry_after().is_some(),
+            doc.retry == Retry::AfterRetryAfter,
+            "{}",
+            doc.code
+        );
+        let status = pitboss_ingest::grpc::status(e);
+        assert_eq!(
+            status.code(),
+            doc.grpc.unwrap_or(tonic::Code::InvalidArgument)
+        );
+        assert!(status.message().starts_with(&format!("{}: ", doc.code)));
+        if doc.grpc.is_some() {
+            common::check_grpc_status(&status);
+        }
+    }
+    // The gRPC codec's code for a message that is not protobuf is a row too.
+    let doc = common::documented(pitboss_proto::codec::UNREADABLE_CODE, Level::Request);
+    assert_eq!(doc.grpc, Some(tonic::Code::InvalidArgument));
+    common::check_grpc_status(&pitboss_proto::codec::unreadable("x"));
+}
+
+/// docs/api.md and docs/events.md carry the table between their markers, as generated.
+/// `PITBOSS_UPDATE_SCHEMA=1 cargo test -p pitboss-ingest --test errors` rewrites them.
+#[test]
+fn the_markdown_docs_carry_the_table() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    for (file, table) in [
+        ("api.md", codes::request_table_markdown()),
+        ("events.md", codes::event_table_markdown()),
+    ] {
+        let path = docs.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let generated = codes::splice(&text, &table).unwrap_or_else(|| {
+            panic!(
+                "docs/{file} has no {} … {} markers",
+                codes::BEGIN_MARKER,
+                codes::END_MARKER
+            )
+        });
+        if std::env::var_os("PITBOSS_UPDATE_SCHEMA").is_some() && text != generated {
+            std::fs::write(&path, &generated).unwrap();
+            continue;
+        }
+        assert!(
+            text == generated,
+            "docs/{file}'s error table is stale: rerun with PITBOSS_UPDATE_SCHEMA=1"
+        );
+    }
+}
+
+/// What a test input produced, by code.
+#[derive(Default)]
+struct Seen(BTreeMap<String, Vec<String>>);
+
+impl Seen {
+    fn add(&mut self, code: &str, how: impl Into<String>) {
+        self.0.entry(code.to_owned()).or_default().push(how.into());
+    }
+}
+
+struct Http {
+    app: axum::Router,
+}
+
+impl Http {
+    fn new(config: IngestConfig, bus: &MemoryPublisher) -> Http {
+        let state = pitboss_ingest::state(config, bus.publisher()).unwrap();
+        Http {
+            app: pitboss_ingest::http::router(state),
+        }
+    }
+
+    /// Sends `req` and returns (status, body as JSON), checking the answer against the table.
+    async fn send(&self, req: Request<Body>) -> (u16, serde_json::Value) {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        common::check_json_answer(Some(status), &body);
+        let json = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "{status}: not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, json)
+    }
+}
+
+fn post(key: Option<&str>, content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    let mut req = Request::post("/v1/events").header(header::CONTENT_TYPE, content_type);
+    if let Some(k) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    req.body(body.into()).unwrap()
+}
+
+fn now() -> String {
+    pitboss_model::Timestamp::now().to_rfc3339().unwrap()
+}
+
+/// A valid deposit of `tenant`, as a JSON object to modify.
+fn deposit(tenant: &str) -> serde_json::Value {
+    serde_json::json!({
+        "tenant_id": tenant, "player_id": "p1", "type": "deposit", "occurred_at": now(),
+        "payload": {"transaction_id": "tx-1", "amount": {"amount_minor": 5000, "currency": "EUR"}}
+    })
+}
+
+fn with(f: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut e = deposit("acme");
+    f(&mut e);
+    e.to_string()
+}
+
+fn event(kind: &str, payload: serde_json::Value) -> String {
+    with(|e| {
+        e["type"] = kind.into();
+        e["payload"] = payload;
+    })
+}
+
+/// Inputs that make each event-level code: (what, the event's text, expected path).
+fn event_cases() -> Vec<(ViolationCode, &'static str, String, &'static str)> {
+    use ViolationCode as V;
+    let bet = |odds: &str| {
+        event(
+            "bet_placed",
+            serde_json::json!({"bet_id": "b", "game_id": "g", "odds": odds,
+                "stake": {"amount_minor": 1, "currency": "EUR"}}),
+        )
+    };
+    let login =
+        |ip: &str, country: &str| event("login", serde_json::json!({"ip": ip, "country": country}));
+    let props: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("p{i}"), 1.into())).collect();
+    let good = deposit("acme").to_string();
+    vec![
+        (
+            V::Malformed,
+            "a cut-off event",
+            good[..good.len() - 12].to_owned(),
+            "",
+        ),
+        (V::Malformed, "text that is not JSON", "not json".into(), ""),
+        (
+            V::Required,
+            "an empty player id",
+            with(|e| e["player_id"] = "".into()),
+            "player_id",
+        ),
+        (
+            V::Required,
+            "no transaction id",
+            with(|e| {
+                e["payload"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("transaction_id");
+            }),
+            "payload.transaction_id",
+        ),
+        (
+            V::UnknownField,
+            "an unknown field",
+            with(|e| e["colour"] = "red".into()),
+            "colour",
+        ),
+        (
+            V::InvalidType,
+            "a string amount",
+            with(|e| {
+                e["payload"]["amount"]["amount_minor"] = "5000".into();
+            }),
+            "payload.amount.amount_minor",
+        ),
+        (
+            V::InvalidType,
+            "an object as a custom property value",
+            event(
+                "custom",
+                serde_json::json!({"name": "x", "properties": {"a": {"b": 1}}}),
+            ),
+            "payload.properties.a",
+        ),
+        (
+            V::InvalidValue,
+            "a UTC offset out of range",
+            with(|e| e["utc_offset_min"] = 9999.into()),
+            "utc_offset_min",
+        ),
+        (
+            V::UnknownEventType,
+            "an unknown type",
+            with(|e| e["type"] = "jackpot".into()),
+            "type",
+        ),
+        (
+            V::UnsupportedSchemaVersion,
+            "schema version 99",
+            with(|e| e["schema_version"] = 99.into()),
+            "schema_version",
+        ),
+        (
+            V::InvalidUuid,
+            "an event id that is no UUID",
+            with(|e| e["event_id"] = "nope".into()),
+            "event_id",
+        ),
+        (
+            V::InvalidCharacters,
+            "a colon in a player id",
+            with(|e| e["player_id"] = "p:1".into()),
+            "player_id",
+        ),
+        (
+            V::TooLong,
+            "a long player id",
+            with(|e| e["player_id"] = "p".repeat(200).into()),
+            "player_id",
+        ),
+        (
+            V::NegativeAmount,
+            "a negative amount",
+            with(|e| {
+                e["payload"]["amount"]["amount_minor"] = (-1).into();
+            }),
+            "payload.amount.amount_minor",
+        ),
+        (
+            V::AmountTooLarge,
+            "a huge amount",
+            with(|e| {
+                e["payload"]["amount"]["amount_minor"] = 99_999_999_999_999_999_i64.into();
+            }),
+            "payload.amount.amount_minor",
+        ),
+        (
+            V::InvalidCurrency,
+            "an unknown currency",
+            with(|e| {
+                e["payload"]["amount"]["currency"] = "EURO".into();
+            }),
+            "payload.amount.currency",
+        ),
+        (V::InvalidOdds, "odds below 1", bet("0.5"), "payload.odds"),
+        (
+            V::InvalidIp,
+            "an IP that is not one",
+            login("x", "DE"),
+            "payload.ip",
+        ),
+        (
+            V::InvalidCountry,
+            "a lower-case country",
+            login("203.0.113.9", "de"),
+            "payload.country",
+        ),
+        (
+            V::InvalidTimestamp,
+            "an occurred_at that is not RFC 3339",
+            with(|e| e["occurred_at"] = "28/11/2026".into()),
+            "occurred_at",
+        ),
+        (
+            V::InvalidTimestamp,
+            "an occurred_at before 1970",
+            with(|e| e["occurred_at"] = "1969-12-31T23:59:59Z".into()),
+            "occurred_at",
+        ),
+        (
+            V::FutureTimestamp,
+            "an occurred_at in 2999",
+            with(|e| e["occurred_at"] = "2999-01-01T00:00:00Z".into()),
+            "occurred_at",
+        ),
+        (
+            V::InvalidProperty,
+            "65 custom properties",
+            event(
+                "custom",
+                serde_json::json!({"name": "x", "properties": props}),
+            ),
+            "payload.properties",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_code_is_produced_by_some_input() {
+    let mut seen = Seen::default();
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let http = Http::new(config(), &bus);
+    let json = "application/json";
+    let good = deposit("acme").to_string();
+
+    // Request-level, over HTTP: (expected code, what, request).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, b"[1,").unwrap();
+    let broken_gzip = {
+        let mut r = post(Some(KEY), json, "not gzip at all");
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        r
+    };
+    let gzip_not_json = {
+        let mut r = post(Some(KEY), json, gz.finish().unwrap());
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, "GZIP".parse().unwrap());
+        r
+    };
+    let encoded = |key: Option<&str>, encoding: &str| {
+        let mut r = post(key, json, good.clone());
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, encoding.parse().unwrap());
+        r
+    };
+    let cases: Vec<(&str, &str, Request<Body>)> = vec![
+        ("empty_body", "an empty body", post(Some(KEY), json, "")),
+        ("empty_body", "[]", post(Some(KEY), json, "[]")),
+        (
+            "empty_body",
+            "blank NDJSON",
+            post(Some(KEY), "application/x-ndjson", "\n \n"),
+        ),
+        (
+            "unreadable_body",
+            "a cut-off array",
+            post(Some(KEY), json, "[1,"),
+        ),
+        (
+            "unreadable_body",
+            "a JSON string",
+            post(Some(KEY), json, "\"x\""),
+        ),
+        ("unreadable_body", "a broken gzip stream", broken_gzip),
+        (
+            "unreadable_body",
+            "gzip (upper case) of a cut-off array",
+            gzip_not_json,
+        ),
+        ("unauthorized", "no key", post(None, json, good.clone())),
+        (
+            "unauthorized",
+            "no key and an unsupported encoding",
+            encoded(None, "br"),
+        ),
+        (
+            "forbidden_tenant",
+            "another tenant's event",
+            post(Some(KEY), json, deposit("lucky").to_string()),
+        ),
+        (
+            "body_too_large",
+            "a 90 KB body",
+            post(
+                Some(KEY),
+                json,
+                format!("[{}]", vec![good.as_str(); 450].join(",")),
+            ),
+        ),
+        (
+            "event_too_large",
+            "a 5 KB event",
+            post(
+                Some(KEY),
+                json,
+                with(|e| e["payload"]["transaction_id"] = "x".repeat(5000).into()),
+            ),
+        ),
+        (
+            "too_many_events",
+            "six events",
+            post(
+                Some(KEY),
+                json,
+                format!("[{}]", [good.as_str(); 6].join(",")),
+            ),
+        ),
+        (
+            "unsupported_media_type",
+            "text/plain",
+            post(Some(KEY), "text/plain", good.clone()),
+        ),
+        (
+            "unsupported_encoding",
+            "Content-Encoding: br",
+            encoded(Some(KEY), "br"),
+        ),
+        (
+            "unsupported_encoding",
+            "Content-Encoding: gzip, br",
+            encoded(Some(KEY), "gzip, br"),
+        ),
+    ];
+    for (code, what, req) in cases {
+        let (status, body) = http.send(req).await;
+        assert_eq!(body["error"]["code"], code, "{what}: {status} {body}");
+        seen.add(code, format!("HTTP: {what}"));
+    }
+    // identity is no encoding at all.
+    let (status, body) = http.send(encoded(Some(KEY), "identity")).await;
+    assert_eq!((status, &body["accepted"]), (200, &1.into()), "{body}");
+
+    // The tenant's rate: 2 events/s, then 429 with Retry-After.
+    let slow = |n: usize| {
+        post(
+            Some(SLOW_KEY),
+            json,
+            format!("[{}]", vec![deposit("slow").to_string(); n].join(",")),
+        )
+    };
+    assert_eq!(http.send(slow(2)).await.0, 200);
+    let (_, body) = http.send(slow(2)).await;
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    seen.add("rate_limited", "HTTP: over the tenant's rate");
+
+    bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
+    let (_, body) = http.send(post(Some(KEY), json, good.clone())).await;
+    assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
+    seen.add("bus_unavailable", "HTTP: the bus is down");
+    bus.fail_publishes(None);
+
+    let no_topic = MemoryPublisher::new();
+    let (_, body) = Http::new(config(), &no_topic)
+        .send(post(Some(KEY), json, good.clone()))
+        .await;
+    assert_eq!(body["error"]["code"], "bus_rejected", "{body}");
+    seen.add("bus_rejected", "HTTP: the topic does not exist");
+
+    // Event-level, over HTTP: each case as an NDJSON line beside a good event, whose results
+    // say exactly that code at that path.
+    for (code, what, text, path) in event_cases() {
+        let (status, body) = http
+            .send(post(
+                Some(KEY),
+                "application/x-ndjson",
+                format!("{good}\n{text}\n"),
+            ))
+            .await;
+        assert_eq!(status, 200, "{what}: {body}");
+        let errors = body["results"][1]["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: not rejected: {body}"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["code"] == code.as_str() && e["path"] == path),
+            "{what}: expected {} at {path:?}, got {body}",
+            code.as_str()
+        );
+        seen.add(code.as_str(), format!("HTTP: {what}"));
+    }
+
+    // WebSocket frames (the frame loop, as the socket runs it).
+    let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
+    let frames = [
+        "[]",
+        "[1,",
+        &format!("[{}]", deposit("lucky")),
+        &format!("[{good}]"),
+    ];
+    let (tx, rx) = futures::channel::mpsc::unbounded::<String>();
+    pitboss_ingest::ws::serve_frames(
+        &state,
+        "acme",
+        futures::stream::iter(frames.map(|f| f.as_bytes().to_vec())),
+        tx,
+    )
+    .await
+    .unwrap();
+    let replies: Vec<String> = futures::StreamExt::collect(rx).await;
+    let codes: Vec<Vec<String>> = replies
+        .iter()
+        .map(|r| common::check_json_answer(None, r.as_bytes()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            vec!["empty_body".to_owned()],
+            vec!["unreadable_body".to_owned()],
+            vec!["forbidden_tenant".to_owned()],
+            vec![]
+        ],
+        "{replies:?}"
+    );
+    for c in codes.iter().flatten() {
+        seen.add(c, "WebSocket frame");
+    }
+
+    // gRPC, through a real client.
+    for (code, how) in grpc_cases().await {
+        seen.add(&code, format!("gRPC: {how}"));
+    }
+
+    let missing: Vec<&str> = ERROR_CODES
+        .iter()
+        .map(|d| d.code)
+        .filter(|c| !seen.0.contains_key(*c))
+        .collect();
+    assert!(missing.is_empty(), "no input produced {missing:?}");
+    for code in seen.0.keys() {
+        assert!(lookup(code).is_some(), "{code} is not in the table");
+    }
+}
+
+/// A message the client encodes that is not an `EventBatch`: field 1 (`events`, a
+/// length-delimited message) as a varint.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotABatch {
+    #[prost(uint64, tag = "1")]
+    events: u64,
+}
+
+/// gRPC calls that fail, each with the code it must produce; returns (code, how).
+async fn grpc_cases() -> Vec<(String, &'static str)> {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(pitboss_ingest::serve(
+        state,
+        listener,
+        pitboss_runtime::Shutdown::new(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let authed = |key: Option<&str>, events: Vec<pb::Event>| {
+        let mut r = tonic::Request::new(pb::EventBatch { events });
+        if let Some(key) = key {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        }
+        r
+    };
+    let proto = |tenant: &str| {
+        let e: pitboss_model::Event = serde_json::from_value(deposit(tenant)).unwrap();
+        pb::Event::from(&e)
+    };
+    let mut client = pb::ingest_client::IngestClient::new(channel.clone());
+    let mut out = Vec::new();
+    let calls: Vec<(&str, &'static str, tonic::Request<pb::EventBatch>)> = vec![
+        ("unauthorized", "no key", authed(None, vec![proto("acme")])),
+        (
+            "forbidden_tenant",
+            "another tenant's event",
+            authed(Some(KEY), vec![proto("lucky")]),
+        ),
+        ("empty_body", "an empty batch", authed(Some(KEY), vec![])),
+        (
+            "too_many_events",
+            "six events",
+            authed(Some(KEY), vec![proto("acme"); 6]),
+        ),
+        (
+            "rate_limited",
+            "over the tenant's rate",
+            authed(Some(SLOW_KEY), vec![proto("slow"); 3]),
+        ),
+    ];
+    for (code, how, request) in calls {
+        let status = client.ingest_batch(request).await.unwrap_err();
+        assert_eq!(
+            common::check_grpc_status(&status),
+            code,
+            "{how}: {status:?}"
+        );
+        out.push((code.to_owned(), how));
+    }
+    // A per-event refusal travels in the reply.
+    let mut bad = proto("acme");
+    if let Some(pb::event::Payload::Deposit(d)) = &mut bad.payload {
+        d.amount.as_mut().unwrap().amount_minor = -1;
+    }
+    let reply = client
+        .ingest_batch(authed(Some(KEY), vec![proto("acme"), bad]))
+        .await
+        .unwrap()
+        .into_inner();
+    for code in common::check_grpc_reply(&reply) {
+        out.push((code, "an event with a negative amount"));
+    }
+    bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
+    let status = client
+        .ingest_batch(authed(Some(KEY), vec![proto("acme")]))
+        .await
+        .unwrap_err();
+    assert_eq!(common::check_grpc_status(&status), "bus_unavailable");
+    out.push(("bus_unavailable".into(), "the bus is down"));
+    bus.fail_publishes(None);
+
+    // Bytes that are not an EventBatch: INVALID_ARGUMENT unreadable_body (tonic-prost says
+    // INTERNAL), unary and streaming.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in [
+        "/pitboss.v1.Ingest/IngestBatch",
+        "/pitboss.v1.Ingest/IngestStream",
+    ] {
+        grpc.ready().await.unwrap();
+        let mut request = tonic::Request::new(NotABatch { events: 7 });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        let codec = tonic_prost::ProstCodec::<NotABatch, pb::IngestReply>::default();
+        let status = if path.ends_with("Stream") {
+            grpc.client_streaming(
+                request.map(|m| futures::stream::iter([m])),
+                path.parse().unwrap(),
+                codec,
+            )
+            .await
+            .unwrap_err()
+        } else {
+            grpc.unary(request, path.parse().unwrap(), codec)
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{path}: {status:?}"
+        );
+        assert_eq!(common::check_grpc_status(&status), "unreadable_body");
+        out.push((
+            "unreadable_body".into(),
+            "a message that is not an EventBatch",
+        ));
+    }
+    out
+}
+
+/// The issue's observations, one by one, as a client sees them.
+#[tokio::test]
+async fn the_issues_observations_get_the_documented_answers() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let http = Http::new(config(), &bus);
+    let json = "application/json";
+
+    // `occurred_at` that is not RFC 3339: invalid_timestamp.
+    let (status, body) = http
+        .send(post(
+            Some(KEY),
+            json,
+            with(|e| e["occurred_at"] = "28/11/2026".into()),
+        ))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["results"][0]["errors"][0]["code"], "invalid_timestamp");
+    assert_eq!(body["results"][0]["errors"][0]["path"], "occurred_at");
+
+    // `[]`: 400 empty_body.
+    let (status, body) = http.send(post(Some(KEY), json, "[]")).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &"empty_body".into())
+    );
+
+    // An object as a custom property value: invalid_type, in words of the contract.
+    let (_, body) = http
+        .send(post(
+            Some(KEY),
+            json,
+            event(
+                "custom",
+                serde_json::json!({"name": "x", "properties": {"a": {"b": 1}}}),
+            ),
+        ))
+        .await;
+    let error = &body["results"][0]["errors"][0];
+    assert_eq!(error["code"], "invalid_type", "{body}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("custom properties are flat") && !message.contains("untagged"),
+        "{message}"
+    );
+
+    // An unsupported Content-Encoding: authenticated first (401 without a key), then 415
+    // unsupported_encoding with a JSON body.
+    for (key, expected) in [
+        (None, (401, "unauthorized")),
+        (Some(KEY), (415, "unsupported_encoding")),
+    ] {
+        let mut req = post(key, json, "x");
+        req.headers_mut()
+            .insert(header::CONTENT_ENCODING, "br".parse().unwrap());
+        let (status, body) = http.send(req).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap()),
+            expected,
+            "{body}"
+        );
+    }
+
+    // NDJSON: a line cut off inside `payload` and a line that is not JSON are both refused at
+    // the empty path (the event is the line), the message saying which line of the body.
+    let good = deposit("acme").to_string();
+    let cut = &good[..good.len() - 12];
+    assert!(cut.contains("\"payload\""));
+    let (_, body) = http
+        .send(post(
+            Some(KEY),
+            "application/x-ndjson",
+            format!("{good}\n\n{cut}\nnot json\n"),
+        ))
+        .await;
+    for (i, line) in [(1, 3), (2, 4)] {
+        let error = &body["results"][i]["errors"][0];
+        assert_eq!(
+            (&error["code"], &error["path"]),
+            (&"malformed".into(), &"".into()),
+            "{body}"
+        );
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("at line {line} column")),
+            "{body}"
+        );
+    }
+}
