@@ -732,6 +732,7 @@ async fn up(
     }
     let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
+    recall_dedup(bus.clone(), &state).await;
     let stop = Shutdown::on_signals();
     let (processors, engine) = (
         run_processors(bus.clone(), store, configs, stop.clone()),
@@ -874,7 +875,33 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let admin = bind(config.admin_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
     let state = pitboss_ingest::state(config, publisher)?;
+    recall_dedup(bus, &state).await;
     serve_both(state, listener, admin, Shutdown::on_signals()).await
+}
+
+/// Reads the dedup window back from the bus, so a client retrying after a restart, or through
+/// another instance, is answered `duplicate` (docs/api.md, "Duplicates"). Serving waits up to
+/// 10 s for it; a longer log is read on while serving.
+async fn recall_dedup(bus: std::sync::Arc<dyn Bus>, state: &pitboss_ingest::http::AppState) {
+    let window = std::time::Duration::from_secs(state.config.dedup_window_secs);
+    if window.is_zero() {
+        return;
+    }
+    let topics = vec![state.config.topic.clone(), state.config.overflow_topic()];
+    let dedup = state.dedup.clone();
+    let task = tokio::spawn(async move {
+        pitboss_ingest::recall::recall(&*bus, &topics, &dedup, window).await
+    });
+    match tokio::time::timeout(std::time::Duration::from_secs(10), task).await {
+        Ok(Ok(Ok(_))) => {}
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "dedup window not read back: retries of ids accepted before the start are answered accepted (and stored once)");
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "dedup window read-back failed"),
+        Err(_) => tracing::warn!(
+            "dedup window still being read back from the bus after 10 s; serving meanwhile"
+        ),
+    }
 }
 
 /// The hot-key overflow topic must have the events topic's partition count, so a player's

@@ -449,8 +449,13 @@ fn client_event(i: u64, at: &str) -> serde_json::Value {
     })
 }
 
-/// Posts `body` until it is answered 200 (waiting out 429, 503 and a server not up yet).
-async fn post_until_answered(client: &reqwest::Client, addr: &str, body: &[serde_json::Value]) {
+/// Posts `body` until it is answered 200 (waiting out 429, 503 and a server not up yet);
+/// returns how many events were answered `duplicate`.
+async fn post_until_answered(
+    client: &reqwest::Client,
+    addr: &str,
+    body: &[serde_json::Value],
+) -> u64 {
     for _ in 0..600 {
         match client
             .post(format!("http://{addr}/v1/events"))
@@ -461,10 +466,10 @@ async fn post_until_answered(client: &reqwest::Client, addr: &str, body: &[serde
         {
             Ok(resp) if resp.status() == 200 => {
                 let answer: serde_json::Value = resp.json().await.unwrap();
-                let answered =
-                    answer["accepted"].as_u64().unwrap() + answer["duplicates"].as_u64().unwrap();
+                let duplicates = answer["duplicates"].as_u64().unwrap();
+                let answered = answer["accepted"].as_u64().unwrap() + duplicates;
                 assert_eq!(answered, body.len() as u64, "{answer}");
-                return;
+                return duplicates;
             }
             Ok(resp) => assert!(matches!(resp.status().as_u16(), 429 | 503), "{resp:?}"),
             Err(_) => {}
@@ -602,18 +607,27 @@ async fn event_ids_retried_after_sigkill_sigterm_and_through_another_ingest_are_
     in_flight.await.unwrap();
 
     // Second run: everything retried, half through each of two ingest instances; SIGTERM.
+    // Both instances read their dedup window back from Kafka: every acknowledged event is a
+    // duplicate, whichever instance gets it.
     children.0.extend([ingest(0), ingest(1), process()]);
+    let mut duplicates = 0;
     for (i, chunk) in events.chunks(200).enumerate() {
-        post_until_answered(&client, &addrs[i % 2], chunk).await;
+        duplicates += post_until_answered(&client, &addrs[i % 2], chunk).await;
     }
+    assert!(
+        duplicates >= N,
+        "{duplicates} duplicates of {N} acknowledged events"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(&mut children, "-TERM");
 
     // Third run: everything retried again, the other way round; the store settles.
     children.0.extend([ingest(0), ingest(1), process()]);
+    let mut duplicates = 0;
     for (i, chunk) in events.chunks(200).enumerate() {
-        post_until_answered(&client, &addrs[(i + 1) % 2], chunk).await;
+        duplicates += post_until_answered(&client, &addrs[(i + 1) % 2], chunk).await;
     }
+    assert_eq!(duplicates, 2 * N, "all acknowledged before");
     // The last retries are stored (or dropped) once the consumer group has no lag left: wait
     // for the count, then for a while longer in which nothing may change.
     let ch = pitboss_processor::sink::client(&clickhouse, &database);

@@ -642,8 +642,9 @@ async fn post_until_answered(
 }
 
 /// Issue #12: a client retries events after `pitboss up` restarted — SIGKILLed with a batch in
-/// flight, then SIGTERMed — well inside the dedup window. Each event id is stored once and
-/// counted once in the rollups, whatever the answers said.
+/// flight, then SIGTERMed — well inside the dedup window. Every acknowledged event is answered
+/// `duplicate` (the window is read back from the log), and each event id is stored once and
+/// counted once in the rollups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_ids_retried_after_sigkill_and_sigterm_are_stored_and_counted_once() {
     const N: u64 = 2_000;
@@ -681,21 +682,29 @@ async fn event_ids_retried_after_sigkill_and_sigterm_are_stored_and_counted_once
     child.wait().unwrap();
     in_flight.await.unwrap();
 
-    // Second run: the client retries everything it sent; then SIGTERM.
+    // Second run: the client retries everything it sent; then SIGTERM. The restarted ingest
+    // read its dedup window back from the log: every acknowledged event is a duplicate.
     let second = up(dir.path());
+    let mut duplicates = 0;
     for chunk in events.chunks(100) {
-        post_until_answered(&client, &second.addr, &second.key, chunk).await;
+        duplicates += post_until_answered(&client, &second.addr, &second.key, chunk).await;
     }
+    assert!(
+        duplicates >= N,
+        "{duplicates} duplicates of {N} acknowledged events"
+    );
     let mut child = second.child;
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(child.wait().unwrap().success());
 
-    // Third run: the same retries again; answered within the window or not, stored once.
+    // Third run: the same retries again, all acknowledged before: all duplicates.
     let third = up(dir.path());
+    let mut duplicates = 0;
     for chunk in events.chunks(100) {
-        post_until_answered(&client, &third.addr, &third.key, chunk).await;
+        duplicates += post_until_answered(&client, &third.addr, &third.key, chunk).await;
     }
+    assert_eq!(duplicates, 2 * N);
     let mut child = third.child;
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -59,9 +59,16 @@ fn event(i: u64) -> Event {
     }
 }
 
+/// With `PITBOSS_BENCH_CLIENT_IDS=1` every record is marked as ingest marks an event whose id
+/// the client chose, so every batch is looked up for copies before its insert.
 fn record(i: u64) -> OutRecord {
     let e = event(i);
-    OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
+    let r = OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e));
+    if std::env::var_os("PITBOSS_BENCH_CLIENT_IDS").is_some() {
+        r.with_header(pitboss_bus::header::CLIENT_ID, "1")
+    } else {
+        r
+    }
 }
 
 async fn database(url: &str, name: &str) -> clickhouse::Client {

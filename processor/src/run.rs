@@ -83,7 +83,7 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     (
         "pitboss_processor_rows_inserted_total",
         "counter",
-        "Rows stored (every table), copies dropped before the insert not included.",
+        "Rows of stored batches (every table), copies the store dropped included (see pitboss_processor_copies_dropped_total).",
     ),
     (
         "pitboss_processor_batches_total",

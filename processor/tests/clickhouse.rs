@@ -60,7 +60,9 @@ fn event_in(i: u64, currency: &str) -> OutRecord {
         utc_offset_min: None,
         payload,
     };
+    // As ingest publishes an event whose id the client chose.
     OutRecord::new(format!("acme:{player}"), encode_proto(&e))
+        .with_header(pitboss_bus::header::CLIENT_ID, "1")
 }
 
 async fn database() -> Client {

@@ -109,6 +109,7 @@ fn row(topic: &str, partition: u32, offset: u64, now_ms: i64) -> EventRow {
         bus_topic: topic.into(),
         bus_partition: partition,
         bus_offset: offset,
+        client_id: true,
         ..EventRow::default()
     }
 }

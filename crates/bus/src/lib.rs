@@ -95,6 +95,9 @@ pub mod header {
     /// When Pitboss received the triggering event (`received_at`), in ms: the start of
     /// time-to-notify.
     pub const RECEIVED_AT: &str = "pitboss-received-at";
+    /// Set (to `1`) on an event whose `event_id` the client chose: the ids an ingest instance
+    /// reads back into its dedup window when it starts (docs/api.md, "Duplicates").
+    pub const CLIENT_ID: &str = "pitboss-client-id";
 }
 
 /// Record headers: names with byte values, in order (Kafka record headers; an envelope on

@@ -390,7 +390,7 @@ fn plan_decoded(
             event.schema_version = SCHEMA_VERSION;
         }
         let key = event.bus_key();
-        let headers = Headers::new()
+        let mut headers = Headers::new()
             .with(header::TYPE, event.event_type().as_str())
             .with(header::TENANT, tenant)
             .with(
@@ -398,6 +398,9 @@ fn plan_decoded(
                 event.occurred_at.as_millis().to_string(),
             )
             .with(header::RECEIVED_AT, now_ms.to_string());
+        if client_id.is_some() {
+            headers.insert(header::CLIENT_ID, "1");
+        }
         publish.push(Prepared {
             index,
             client_id,

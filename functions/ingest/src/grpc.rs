@@ -123,7 +123,42 @@ pub fn routes(state: AppState) -> axum::Router {
             .max_decoding_message_size(max),
     )
     .into_axum_router()
+    .layer(axum::middleware::map_response(
+        move |response: axum::response::Response| async move { too_large(response, max) },
+    ))
     // tonic's fallback answers every unknown path with HTTP 200 + grpc-status 12; REST clients
     // (and scanners) must see a 404 instead.
     .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
+}
+
+/// tonic refuses a message over `max_decoding_message_size` with OUT_OF_RANGE before any
+/// handler sees it; the documented answer (docs/api.md) is RESOURCE_EXHAUSTED `body_too_large`,
+/// as for HTTP. Nothing else here answers OUT_OF_RANGE, so every such answer is that one.
+fn too_large(mut response: axum::response::Response, limit: usize) -> axum::response::Response {
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11")
+    {
+        let status = status(IngestError::BodyTooLarge { limit });
+        let fields = [
+            ("grpc-status", (status.code() as i32).to_string()),
+            ("grpc-message", status.message().to_owned()),
+            (
+                pitboss_proto::codec::ERROR_CODE_METADATA,
+                status
+                    .metadata()
+                    .get(pitboss_proto::codec::ERROR_CODE_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        ];
+        for (name, value) in fields {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    response
 }

@@ -15,6 +15,7 @@ pub mod hot;
 pub mod http;
 pub mod limit;
 pub mod openapi;
+pub mod recall;
 pub mod sample;
 pub mod ws;
 

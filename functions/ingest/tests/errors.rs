@@ -674,6 +674,30 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
     for code in common::check_grpc_reply(&reply) {
         out.push((code, "an event with a negative amount"));
     }
+    // A message over max_body_bytes: tonic refuses it before the handler (OUT_OF_RANGE); the
+    // documented answer is RESOURCE_EXHAUSTED body_too_large, unary and streaming.
+    let mut big = proto("acme");
+    big.player_id = "p".repeat(70 * 1024);
+    let status = client
+        .ingest_batch(authed(Some(KEY), vec![big.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), "body_too_large");
+    let mut stream = tonic::Request::new(futures::stream::iter([pb::EventBatch {
+        events: vec![big],
+    }]));
+    stream
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let status = client.ingest_stream(stream).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), "body_too_large");
+    out.push((
+        "body_too_large".into(),
+        "a gRPC message over max_body_bytes",
+    ));
+
     bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
     let status = client
         .ingest_batch(authed(Some(KEY), vec![proto("acme")]))

@@ -1,7 +1,7 @@
 //! A row of `events`: the protobuf event decoded, its payload spread over the typed columns,
 //! and the record's bus position kept with it.
 
-use pitboss_bus::Record;
+use pitboss_bus::{Record, header};
 use pitboss_model::{Event, Payload, decode_proto};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,11 @@ pub struct EventRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
+    /// Whether the client chose `event_id` (the record's `pitboss-client-id` header): only such
+    /// an id can come back in a retry, so only such rows are looked up before an insert. Not
+    /// a column.
+    #[serde(skip)]
+    pub client_id: bool,
 }
 
 /// The payload's canonical JSON, without the type tag (serialized straight to text: going
@@ -92,6 +97,10 @@ impl StoredRow for EventRow {
         self.event_id.clone()
     }
 
+    fn id_from_client(&self) -> bool {
+        self.client_id
+    }
+
     fn copy_key(&self) -> Option<CopyKey<'_>> {
         Some(CopyKey {
             tenant_id: &self.tenant_id,
@@ -110,12 +119,14 @@ pub fn row(topic: &str, record: &Record) -> Result<EventRow, Poison> {
         what: "event",
         reason: v.to_string(),
     })?;
-    from_event(
+    let mut row = from_event(
         event,
         topic,
         record.partition,
         offset_of(&record.position).unwrap_or(0),
-    )
+    )?;
+    row.client_id = record.headers.get(header::CLIENT_ID).is_some();
+    Ok(row)
 }
 
 /// Spreads an event over the columns.
@@ -162,6 +173,7 @@ pub fn from_event(
         bus_topic: topic.to_owned(),
         bus_partition: partition,
         bus_offset: offset,
+        client_id: false,
     };
     match event.payload {
         Payload::BetPlaced(b) => {

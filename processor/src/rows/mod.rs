@@ -74,6 +74,13 @@ pub trait StoredRow:
     fn copy_key(&self) -> Option<CopyKey<'_>> {
         None
     }
+
+    /// Whether the row's id was chosen by a client, so that a copy may be stored already (a
+    /// retry): the ClickHouse sink looks only such rows up. An id the server generated is new
+    /// by construction (a replayed bus record is the high-water skip's business, not this).
+    fn id_from_client(&self) -> bool {
+        false
+    }
 }
 
 /// Where a copy of an event would be in `events`: its sort key `(tenant_id, occurred_at,

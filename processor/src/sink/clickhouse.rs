@@ -277,8 +277,8 @@ impl ClickHouseSink {
         Ok(())
     }
 
-    /// The sort keys of `rows` that the table holds already (none for rows without a
-    /// [`CopyKey`]). The keys go into a temporary table of a one-off session, which the
+    /// The sort keys of `rows` that the table holds already, among the rows whose id a client
+    /// chose ([`StoredRow::id_from_client`]; no round trip when there are none). The keys go into a temporary table of a one-off session, which the
     /// lookup joins by the table's sort key: ClickHouse 18.16 parses a literal list of
     /// thousands of tuples slowly, and `IN` a table uses the primary key all the same. In the
     /// cluster layout every replica is read (`GLOBAL IN` ships the keys to them): a replica
@@ -287,7 +287,12 @@ impl ClickHouseSink {
         &self,
         rows: &[R],
     ) -> Result<HashSet<StoredKey>, ProcessorError> {
-        if rows.first().and_then(StoredRow::copy_key).is_none() {
+        let keys: Vec<StoredKey> = rows
+            .iter()
+            .filter(|r| r.id_from_client())
+            .filter_map(|r| r.copy_key().map(StoredKey::of))
+            .collect();
+        if keys.is_empty() {
             return Ok(HashSet::new());
         }
         let session = self
@@ -302,11 +307,11 @@ impl ClickHouseSink {
             )
             .execute()
             .await?;
-        let mut keys = session.insert::<StoredKey>("pitboss_batch_keys").await?;
-        for key in rows.iter().filter_map(StoredRow::copy_key) {
-            keys.write(&StoredKey::of(key)).await?;
+        let mut insert = session.insert::<StoredKey>("pitboss_batch_keys").await?;
+        for key in &keys {
+            insert.write(key).await?;
         }
-        keys.end().await?;
+        insert.end().await?;
         let found: Vec<StoredKey> = session
             .query(&format!(
                 "SELECT tenant_id, toUInt32(occurred_at) AS occurred_at_s, player_id, event_id \
