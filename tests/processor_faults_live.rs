@@ -432,23 +432,6 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
     );
 }
 
-/// Event `i` with the client's own id: even ones bet 100 + i, odd ones settle for 40.
-fn client_event(i: u64, at: &str) -> serde_json::Value {
-    let payload = if i.is_multiple_of(2) {
-        serde_json::json!({"bet_id": format!("b{i}"), "game_id": "roulette",
-            "stake": {"amount_minor": 100 + i, "currency": "EUR"}})
-    } else {
-        serde_json::json!({"bet_id": format!("b{}", i - 1), "game_id": "roulette",
-            "result": "win", "payout": {"amount_minor": 40, "currency": "EUR"}})
-    };
-    serde_json::json!({
-        "event_id": format!("0193735a-0000-7000-8000-{i:012x}"),
-        "tenant_id": "demo", "player_id": format!("p{}", i % 50), "occurred_at": at,
-        "type": if i.is_multiple_of(2) { "bet_placed" } else { "bet_settled" },
-        "payload": payload,
-    })
-}
-
 /// Posts `body` until it is answered 200 (waiting out 429, 503 and a server not up yet);
 /// returns how many events were answered `duplicate`.
 async fn post_until_answered(
@@ -576,7 +559,9 @@ async fn event_ids_retried_after_sigkill_sigterm_and_through_another_ingest_are_
         children.0.clear();
     };
     let at = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
-    let events: Vec<serde_json::Value> = (0..2 * N).map(|i| client_event(i, &at)).collect();
+    let events: Vec<serde_json::Value> = (0..2 * N)
+        .map(|i| pitboss_testkit::client_bet(i, &at))
+        .collect();
     let client = reqwest::Client::new();
     let addrs = ports.map(|p| format!("127.0.0.1:{p}"));
 
@@ -658,5 +643,119 @@ async fn event_ids_retried_after_sigkill_sigterm_and_through_another_ingest_are_
         (2 * N, 2 * N, N, N, stakes, (N * 40) as i64),
         "{}",
         pitboss_testkit::log_tails(logs.path(), 15)
+    );
+}
+
+/// Issue #12: `pitboss process` on SIGTERM stores what it holds and exits 0 — 20 times, each at
+/// a random moment while events stream in. Afterwards ClickHouse holds every published event
+/// exactly once: what a drained processor stored and committed is neither lost nor replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitboss_process_drains_on_sigterm_under_load_and_exits_0_every_time() {
+    use rand::Rng;
+    let name = pitboss_testkit::unique_name("drain");
+    let (kafka, clickhouse) = (pitboss_testkit::kafka(), pitboss_testkit::clickhouse());
+    let database = format!("{name}_db");
+    let topic = format!("{name}_events");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    bus.create_topic(&topic, 4).await.unwrap();
+    bus.create_topic(&format!("{topic}_dead_letter"), 1)
+        .await
+        .unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let process = || {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(logs.path().join("process.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "process",
+                "--clickhouse",
+                &clickhouse,
+                "--database",
+                &database,
+            ])
+            .args(["--kafka-bootstrap", &kafka, "--topic", &topic])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--group",
+                &format!("{name}_p"),
+            ])
+            .args(["--session-timeout-secs", "6", "--batch-max-age-ms", "200"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+
+    // Events stream in, 100 every 10 ms, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (publisher, topic, stop) = (bus.publisher(), topic.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let records = (n..n + 100)
+                    .map(|i| {
+                        let e = pitboss_testkit::deposit(i, 500);
+                        OutRecord::new(e.bus_key(), pitboss_model::encode_proto(&e))
+                    })
+                    .collect();
+                publisher.publish(&topic, records).await.unwrap();
+                n += 100;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
+    for round in 0..20 {
+        let mut child = Children(vec![process()]);
+        let wait = rand::rng().random_range(300..2_500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let pid = child.0[0].id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let mut c = child.0.remove(0);
+        let status = tokio::task::spawn_blocking(move || c.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            status.success(),
+            "round {round}: SIGTERM {wait} ms after start: {status}\n{}",
+            pitboss_testkit::log_tails(logs.path(), 20)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let published = publisher.await.unwrap();
+
+    // A last processor stores the rest.
+    let mut last = Children(vec![process()]);
+    let ch = pitboss_processor::sink::client(&clickhouse, &database);
+    let count = || async {
+        ch.query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while count().await < published && start.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = last.0[0].id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(last.0[0].wait().unwrap().success());
+    let ids: u64 = ch
+        .query("SELECT uniqExact(event_id) FROM events")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        (count().await, ids),
+        (published, published),
+        "every published event once\n{}",
+        pitboss_testkit::log_tails(logs.path(), 20)
     );
 }

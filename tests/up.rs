@@ -332,97 +332,175 @@ async fn up_keeps_queryable_history_with_rollups() {
 /// answer means durable, whatever the signal interrupted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_exits_0_every_time() {
-    use rand::Rng;
     let dir = tempfile::tempdir().unwrap();
-    let mut accepted: Vec<String> = Vec::new();
-    let mut unanswered = 0usize;
+    let (mut accepted, mut unanswered) = (Vec::new(), 0);
     for round in 0..20 {
         let Up {
-            mut child,
-            addr,
-            key,
-            ..
+            child, addr, key, ..
         } = up(dir.path());
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut load = Vec::new();
-        for worker in 0..4 {
-            let (addr, key, stop) = (addr.clone(), key.clone(), stop.clone());
-            load.push(tokio::spawn(async move {
-                let client = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(20))
-                    .build()
-                    .unwrap();
-                let (mut ok, mut failed) = (Vec::new(), 0usize);
-                let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    n += 1;
-                    let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
-                    let ids: Vec<String> = (0..10).map(|_| uuid::Uuid::now_v7().to_string()).collect();
-                    let body: Vec<serde_json::Value> = ids
-                        .iter()
-                        .map(|id| serde_json::json!({
-                            "event_id": id, "tenant_id": "demo", "player_id": format!("p{worker}-{}", n % 7),
-                            "type": "bet_placed", "occurred_at": now,
-                            "payload": {"bet_id": id, "game_id": "roulette", "stake": {"amount_minor": 100, "currency": "EUR"}}
-                        }))
-                        .collect();
-                    match client
-                        .post(format!("http://{addr}/v1/events"))
-                        .bearer_auth(&key)
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(resp) => {
-                            let status = resp.status();
-                            assert!(
-                                status == 200 || status == 503,
-                                "an answer during shutdown is 200 or 503, got {status}"
-                            );
-                            if status == 200 {
-                                let answer: serde_json::Value = resp.json().await.unwrap();
-                                assert_eq!(answer["accepted"], 10, "{answer}");
-                                ok.extend(ids);
-                            }
-                        }
-                        // Refused or closed before the request was read: no answer, nothing
-                        // promised.
-                        Err(_) => {
-                            failed += 1;
-                            tokio::time::sleep(Duration::from_millis(5)).await;
+        let (ok, failed) = sigterm_under_load(child, &addr, &key, round).await;
+        accepted.extend(ok);
+        unanswered += failed;
+    }
+    assert_all_logged(dir.path(), &accepted, unanswered).await;
+}
+
+/// The same for the standalone `pitboss ingest` (here on the embedded log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_ingest_drains_on_sigterm_under_load_and_exits_0_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "standalone-ingest-key";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
+            pitboss_ingest::auth::hash_key(key)
+        ),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let (mut accepted, mut unanswered) = (Vec::new(), 0);
+    for round in 0..20 {
+        let child = Guard(
+            Command::new(env!("CARGO_BIN_EXE_pitboss"))
+                .args([
+                    "ingest",
+                    "--bus",
+                    "embedded",
+                    "--ensure-topic-partitions",
+                    "4",
+                ])
+                .arg("--data-dir")
+                .arg(dir.path())
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let start = std::time::Instant::now();
+        while client
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ingest did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (ok, failed) = sigterm_under_load(child, &addr, key, round).await;
+        accepted.extend(ok);
+        unanswered += failed;
+    }
+    assert_all_logged(dir.path(), &accepted, unanswered).await;
+}
+
+/// Four clients post batches of 10 bets to `addr` until `child` has been sent SIGTERM at a
+/// random moment and exited: it must exit 0, and every answer is 200 (all accepted) or 503.
+/// Returns the ids answered accepted and the requests that got no answer (refused or cut
+/// before they were read: nothing promised).
+async fn sigterm_under_load(
+    mut child: Guard,
+    addr: &str,
+    key: &str,
+    round: usize,
+) -> (Vec<String>, usize) {
+    use rand::Rng;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (addr, key, stop) = (addr.to_owned(), key.to_owned(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap();
+            let (mut ok, mut failed) = (Vec::new(), 0usize);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+                let ids: Vec<String> = (0..10).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+                let body: Vec<serde_json::Value> = ids
+                    .iter()
+                    .map(|id| serde_json::json!({
+                        "event_id": id, "tenant_id": "demo", "player_id": format!("p{worker}-{}", n % 7),
+                        "type": "bet_placed", "occurred_at": now,
+                        "payload": {"bet_id": id, "game_id": "roulette", "stake": {"amount_minor": 100, "currency": "EUR"}}
+                    }))
+                    .collect();
+                match client
+                    .post(format!("http://{addr}/v1/events"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        assert!(
+                            status == 200 || status == 503,
+                            "an answer during shutdown is 200 or 503, got {status}"
+                        );
+                        if status == 200 {
+                            let answer: serde_json::Value = resp.json().await.unwrap();
+                            assert_eq!(answer["accepted"], 10, "{answer}");
+                            ok.extend(ids);
                         }
                     }
+                    // Refused or closed before the request was read: no answer, nothing
+                    // promised.
+                    Err(_) => {
+                        failed += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
-                (ok, failed)
-            }));
-        }
-        let wait = rand::rng().random_range(20..600);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-            .await
-            .unwrap();
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(
-            status.success(),
-            "round {round}: SIGTERM {wait} ms into the load: {status}"
-        );
-        for l in load {
-            let (ok, failed) = l.await.unwrap();
-            accepted.extend(ok);
-            unanswered += failed;
-        }
+            }
+            (ok, failed)
+        }));
     }
+    let wait = rand::rng().random_range(20..600);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        status.success(),
+        "round {round}: SIGTERM {wait} ms into the load: {status}"
+    );
+    let (mut accepted, mut unanswered) = (Vec::new(), 0);
+    for l in load {
+        let (ok, failed) = l.await.unwrap();
+        accepted.extend(ok);
+        unanswered += failed;
+    }
+    (accepted, unanswered)
+}
+
+/// Every accepted event is in the log under `dir` (events or the hot-key overflow topic).
+async fn assert_all_logged(dir: &std::path::Path, accepted: &[String], unanswered: usize) {
     assert!(
         accepted.len() > 1000,
         "the load ran: {} accepted",
         accepted.len()
     );
-    // Every accepted event is in the log (events or the hot-key overflow topic), once.
-    let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
+    let bus = EmbeddedBus::open(dir.join("log"), EmbeddedConfig::default()).unwrap();
     let mut logged = std::collections::HashSet::new();
     for topic in ["events", "events_overflow"] {
         let mut reader = bus
@@ -587,25 +665,6 @@ async fn loadgen_live_matches_every_expected_push_and_alert_and_refuses_bad_targ
     assert!(up.child.wait().unwrap().success());
 }
 
-/// Event `i` of the retry test, with the client's own id: even ones bet 100 + i, odd ones
-/// settle the previous bet for 40.
-fn retried_event(i: u64, at: &str) -> serde_json::Value {
-    let player = format!("p{}", i % 50);
-    let payload = if i.is_multiple_of(2) {
-        serde_json::json!({"bet_id": format!("b{i}"), "game_id": "roulette",
-            "stake": {"amount_minor": 100 + i, "currency": "EUR"}})
-    } else {
-        serde_json::json!({"bet_id": format!("b{}", i - 1), "game_id": "roulette",
-            "result": "win", "payout": {"amount_minor": 40, "currency": "EUR"}})
-    };
-    serde_json::json!({
-        "event_id": format!("0193735a-0000-7000-8000-{i:012x}"),
-        "tenant_id": "demo", "player_id": player, "occurred_at": at,
-        "type": if i.is_multiple_of(2) { "bet_placed" } else { "bet_settled" },
-        "payload": payload,
-    })
-}
-
 /// Posts `body` until it is answered 200 (waiting out 429 and 503, and a server that is not
 /// up yet); every event must be `accepted` or `duplicate`. Returns the duplicates.
 async fn post_until_answered(
@@ -650,7 +709,9 @@ async fn event_ids_retried_after_sigkill_and_sigterm_are_stored_and_counted_once
     const N: u64 = 2_000;
     let dir = tempfile::tempdir().unwrap();
     let at = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
-    let events: Vec<serde_json::Value> = (0..2 * N).map(|i| retried_event(i, &at)).collect();
+    let events: Vec<serde_json::Value> = (0..2 * N)
+        .map(|i| pitboss_testkit::client_bet(i, &at))
+        .collect();
     let client = reqwest::Client::new();
 
     // First run: the first N acknowledged; the next N posted while the process is SIGKILLed,

@@ -78,6 +78,26 @@ pub fn log_tails(dir: &std::path::Path, lines: usize) -> String {
     out
 }
 
+/// Event `i` as a client posts it (JSON) for tenant `demo`, with its own event id
+/// `0193735a-0000-7000-8000-{i:012x}`, occurred `at` (RFC 3339), player `p{i % 50}`: even `i`
+/// bet `100 + i` minor units of EUR on roulette, odd `i` settle the previous bet with a payout
+/// of 40. So `0..2n` holds `n` bets staking `sum(100 + 2k)` and `n` settlements paying `40 n`.
+pub fn client_bet(i: u64, at: &str) -> serde_json::Value {
+    let payload = if i.is_multiple_of(2) {
+        serde_json::json!({"bet_id": format!("b{i}"), "game_id": "roulette",
+            "stake": {"amount_minor": 100 + i, "currency": "EUR"}})
+    } else {
+        serde_json::json!({"bet_id": format!("b{}", i - 1), "game_id": "roulette",
+            "result": "win", "payout": {"amount_minor": 40, "currency": "EUR"}})
+    };
+    serde_json::json!({
+        "event_id": format!("0193735a-0000-7000-8000-{i:012x}"),
+        "tenant_id": "demo", "player_id": format!("p{}", i % 50), "occurred_at": at,
+        "type": if i.is_multiple_of(2) { "bet_placed" } else { "bet_settled" },
+        "payload": payload,
+    })
+}
+
 /// A stamped deposit of 1.00 EUR by tenant `acme`, player `p{i % players}`, with the event id
 /// `0193735a-0000-7000-8000-{i:012x}` (so ids 0..n are distinct and gaps are visible), as
 /// ingest would have put it on the bus.
