@@ -458,6 +458,9 @@ async fn process(args: ProcessArgs) -> Result<()> {
     for arg in &args.topics {
         Table::parse_topic(arg)?;
     }
+    // From the start: a SIGTERM during start-up (migrations, joining the group) stops the
+    // processors as soon as they run, and the process exits 0.
+    let stop = Shutdown::on_signals();
     let client = clickhouse_client(&args.clickhouse).await?;
     let bus = args.kafka.spec()?.open().await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
@@ -485,7 +488,6 @@ async fn process(args: ProcessArgs) -> Result<()> {
                 .await?
         }
     });
-    let stop = Shutdown::on_signals();
     let serve_admin = pitboss_runtime::admin::serve(
         admin,
         pitboss_runtime::admin::router(metrics, stop.clone()),
@@ -732,8 +734,8 @@ async fn up(
     }
     let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
-    recall_dedup(bus.clone(), &state).await;
     let stop = Shutdown::on_signals();
+    recall_dedup(bus.clone(), &state).await;
     let (processors, engine) = (
         run_processors(bus.clone(), store, configs, stop.clone()),
         run_antifraud(bus.clone(), antifraud, stop.clone()),
@@ -871,12 +873,15 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     }
     check_copartitioned(&*bus, &config.topic, &config.overflow_topic()).await?;
     let publisher = bus.publisher();
-    let listener = bind(config.listen).await?;
-    let admin = bind(config.admin_listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
+    let (listen, admin_listen) = (config.listen, config.admin_listen);
     let state = pitboss_ingest::state(config, publisher)?;
-    recall_dedup(bus, &state).await;
-    serve_both(state, listener, admin, Shutdown::on_signals()).await
+    let stop = Shutdown::on_signals();
+    // Before the listeners: nothing connects to a port that does not answer yet.
+    recall_dedup(bus.clone(), &state).await;
+    let listener = bind(listen).await?;
+    let admin = bind(admin_listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
+    serve_both(state, listener, admin, stop).await
 }
 
 /// Reads the dedup window back from the bus, so a client retrying after a restart, or through

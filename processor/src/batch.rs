@@ -53,6 +53,11 @@ pub struct Batch<R> {
     /// Set when the batch re-cuts a range a member recorded before it died (see
     /// [`Batcher::replay`]).
     pub recut: Option<Recut>,
+    /// An earlier insert of these rows may have landed unseen: a retry after a failed or
+    /// unanswered insert (run.rs), or a piece of a re-cut batch. The store then looks every row
+    /// up for a stored copy, not only rows whose id a client chose, so the retry inserts
+    /// nothing that landed (see [`crate::Sink::insert`]).
+    pub uncertain: bool,
 }
 
 /// A batch's offset range as a member recorded it before inserting it, met again by the
@@ -88,6 +93,7 @@ impl<R: StoredRow> Batch<R> {
             opened: self.opened,
             values: Vec::new(),
             recut: None,
+            uncertain: self.uncertain || self.recut.is_some(),
             rows,
         }
     }
@@ -172,6 +178,7 @@ impl<R: StoredRow> Batcher<R> {
                 opened: now,
                 values: Vec::new(),
                 recut: None,
+                uncertain: false,
             },
             month: None,
         })

@@ -651,8 +651,9 @@ impl<R: StoredRow> Inserter<R> {
     async fn land(&mut self, piece: &Arc<Batch<R>>) -> Result<(), ProcessorError> {
         let (initial, max) = self.backoff;
         let mut delay = initial;
+        let mut piece = piece.clone();
         loop {
-            let error = match self.sink.insert(piece).await {
+            let error = match self.sink.insert(&piece).await {
                 Ok(()) => return Ok(()),
                 Err(e @ ProcessorError::Refused(_)) => e,
                 Err(e) if !e.is_retryable() => return Err(e),
@@ -692,6 +693,15 @@ impl<R: StoredRow> Inserter<R> {
             }
             if matches!(error, ProcessorError::Refused(_)) {
                 return Err(error);
+            }
+            // The failed insert may still land (an unanswered one), or have landed with copies
+            // dropped from its tail, which the mark above cannot tell: the retry looks every
+            // row up.
+            if !piece.uncertain {
+                piece = Arc::new(Batch {
+                    uncertain: true,
+                    ..(*piece).clone()
+                });
             }
         }
     }

@@ -129,6 +129,7 @@ fn batch(topic: &str, partition: u32, offsets: std::ops::Range<u64>) -> Arc<Batc
         opened: Instant::now(),
         values: Vec::new(),
         recut: None,
+        uncertain: false,
     })
 }
 

@@ -189,6 +189,7 @@ async fn the_high_water_mark_is_asked_only_about_rows_received_since_the_first_r
             opened: std::time::Instant::now(),
             values: Vec::new(),
             recut: None,
+            uncertain: false,
         };
         pitboss_processor::Sink::insert(&sink, &Arc::new(batch))
             .await

@@ -34,6 +34,8 @@ pub struct ClickHouseSink {
     /// shard, which may not have fetched the newest part yet — a stale mark would replay a
     /// batch that landed.
     replicas: Option<(String, String)>,
+    /// Held while a batch of a table with copy keys (`events`) is looked up and inserted.
+    lookups: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for ClickHouseSink {
@@ -60,6 +62,7 @@ impl ClickHouseSink {
             client,
             table: None,
             replicas: None,
+            lookups: Arc::default(),
         }
     }
 
@@ -98,6 +101,7 @@ impl ClickHouseSink {
             client: client.with_setting("insert_distributed_sync", "1"),
             table: None,
             replicas: Some((addresses, database.to_owned())),
+            lookups: Arc::default(),
         })
     }
 
@@ -251,7 +255,15 @@ impl ClickHouseSink {
     /// another ingest instance) or of an earlier row of the batch. Nothing is inserted when
     /// every row is a copy.
     async fn write<R: StoredRow>(&self, batch: &Batch<R>) -> Result<(), ProcessorError> {
-        let stored = self.stored_copies(&batch.rows).await?;
+        // Lookup and insert of one table's batches one at a time in this process: the events
+        // topic and its hot-key overflow have a processor each, and a copy on one must not
+        // pass the lookup while its original from the other is being inserted.
+        let _one_at_a_time = match batch.rows.first().and_then(StoredRow::copy_key) {
+            Some(_) => Some(self.lookups.lock().await),
+            None => None,
+        };
+        let everything = batch.uncertain || batch.recut.is_some();
+        let stored = self.stored_copies(&batch.rows, everything).await?;
         let mut seen = HashSet::new();
         let mut copies = 0;
         let mut insert = None;
@@ -286,10 +298,11 @@ impl ClickHouseSink {
     async fn stored_copies<R: StoredRow>(
         &self,
         rows: &[R],
+        everything: bool,
     ) -> Result<HashSet<StoredKey>, ProcessorError> {
         let keys: Vec<StoredKey> = rows
             .iter()
-            .filter(|r| r.id_from_client())
+            .filter(|r| everything || r.id_from_client())
             .filter_map(|r| r.copy_key().map(StoredKey::of))
             .collect();
         if keys.is_empty() {
@@ -299,7 +312,10 @@ impl ClickHouseSink {
             .client
             .clone()
             .with_setting("session_id", format!("pitboss-{}", uuid::Uuid::now_v7()))
-            .with_setting("session_timeout", "30");
+            .with_setting("session_timeout", "30")
+            // Cluster layout: a replica that is down is skipped (the other replica of its shard
+            // is read) instead of holding up every batch.
+            .with_setting("skip_unavailable_shards", "1");
         session
             .query(
                 "CREATE TEMPORARY TABLE pitboss_batch_keys (tenant_id String, \
@@ -325,10 +341,14 @@ impl ClickHouseSink {
             ))
             .fetch_all()
             .await?;
-        session
+        // Best effort: the session expires anyway.
+        if let Err(e) = session
             .query("DROP TEMPORARY TABLE pitboss_batch_keys")
             .execute()
-            .await?;
+            .await
+        {
+            tracing::debug!(error = %e, "temporary key table not dropped; its session expires");
+        }
         Ok(found.into_iter().collect())
     }
 
