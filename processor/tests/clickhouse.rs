@@ -615,3 +615,81 @@ async fn a_column_altered_under_the_processor_stops_it_with_the_reason() {
     );
     assert_eq!(counts(&client).await.rows, 0);
 }
+
+/// Stores through `inner`, but the first insert's answer is lost (an error after the rows
+/// landed), as when the connection drops just after ClickHouse committed.
+#[derive(Debug)]
+struct LoseFirstAnswer {
+    inner: ClickHouseSink,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl pitboss_processor::Sink<EventRow> for LoseFirstAnswer {
+    async fn high_water(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<u64>, pitboss_processor::ProcessorError> {
+        pitboss_processor::Sink::<EventRow>::high_water(&self.inner, topic, partition, since_ms)
+            .await
+    }
+
+    async fn insert(
+        &self,
+        batch: &Arc<pitboss_processor::Batch<EventRow>>,
+    ) -> Result<(), pitboss_processor::ProcessorError> {
+        self.inner.insert(batch).await?;
+        if !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(pitboss_processor::ProcessorError::Store(
+                "answer lost".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A batch whose last row is a copy of a stored event lands without it, so the high-water mark
+/// stays below the batch's last offset; when the answer to that insert is lost, the retry must
+/// not store the batch's other rows (ids the server generated, never looked up otherwise) a
+/// second time.
+#[tokio::test]
+async fn a_retry_after_a_lost_answer_does_not_store_the_landed_rows_twice() {
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let original = event(0);
+    let topic = one_partition(&bus, vec![original.clone()]).await;
+    let config = common::config(&topic, 500);
+    process_until(&bus, &client, &config, 1).await;
+
+    // Five events with ids the server generated (no client-id header), then the copy.
+    let mut batch: Vec<OutRecord> = (1..=5)
+        .map(|i| {
+            let mut r = event(i);
+            r.headers = pitboss_bus::Headers::new();
+            r
+        })
+        .collect();
+    batch.push(original);
+    bus.publisher().publish(&topic, batch).await.unwrap();
+    let sink = Arc::new(LoseFirstAnswer {
+        inner: ClickHouseSink::new(client.clone()),
+        lost: std::sync::atomic::AtomicBool::new(false),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run::<EventRow>(bus.clone(), sink.clone(), config, async {
+        let _ = stopped.await;
+    }));
+    wait_for_rows(&client, 6).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // a second insert would show up now
+    stop.send(()).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert!(sink.lost.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(stats.insert_retries >= 1, "{stats:?}");
+    let c = counts(&client).await;
+    assert_eq!((c.rows, c.ids), (6, 6), "{stats:?}");
+}
