@@ -515,34 +515,7 @@ async fn event_ids_retried_after_sigkill_sigterm_and_through_another_ingest_are_
             .spawn()
             .unwrap()
     };
-    let process = || {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(logs.path().join("process.log"))
-            .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_pitboss"))
-            .args([
-                "process",
-                "--clickhouse",
-                &clickhouse,
-                "--database",
-                &database,
-            ])
-            .args(["--kafka-bootstrap", &kafka, "--topic", &topic])
-            .args([
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--group",
-                &format!("{name}_p"),
-            ])
-            .args(["--session-timeout-secs", "6"])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    };
+    let process = || events_processor(&logs, &kafka, &clickhouse, &database, &topic, &name, &[]);
     let signal = |children: &mut Children, sig: &str| {
         for c in &mut children.0 {
             Command::new("kill")
@@ -666,32 +639,15 @@ async fn pitboss_process_drains_on_sigterm_under_load_and_exits_0_every_time() {
         .unwrap();
     let logs = tempfile::tempdir().unwrap();
     let process = || {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(logs.path().join("process.log"))
-            .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_pitboss"))
-            .args([
-                "process",
-                "--clickhouse",
-                &clickhouse,
-                "--database",
-                &database,
-            ])
-            .args(["--kafka-bootstrap", &kafka, "--topic", &topic])
-            .args([
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--group",
-                &format!("{name}_p"),
-            ])
-            .args(["--session-timeout-secs", "6", "--batch-max-age-ms", "200"])
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        events_processor(
+            &logs,
+            &kafka,
+            &clickhouse,
+            &database,
+            &topic,
+            &name,
+            &["--batch-max-age-ms", "200"],
+        )
     };
 
     // Events stream in, 100 every 10 ms, until told to stop.
@@ -761,4 +717,44 @@ async fn pitboss_process_drains_on_sigterm_under_load_and_exits_0_every_time() {
         "every published event once\n{}",
         pitboss_testkit::log_tails(logs.path(), 20)
     );
+}
+
+/// `pitboss process` of the events `topic` into `database` (group `<name>_p`), logging to
+/// `process.log` in `logs` (appended across restarts), with `extra` arguments.
+fn events_processor(
+    logs: &tempfile::TempDir,
+    kafka: &str,
+    clickhouse: &str,
+    database: &str,
+    topic: &str,
+    name: &str,
+    extra: &[&str],
+) -> Child {
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(logs.path().join("process.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args([
+            "process",
+            "--clickhouse",
+            clickhouse,
+            "--database",
+            database,
+        ])
+        .args(["--kafka-bootstrap", kafka, "--topic", topic])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--group",
+            &format!("{name}_p"),
+        ])
+        .args(["--session-timeout-secs", "6"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
