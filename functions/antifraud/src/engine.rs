@@ -29,6 +29,10 @@ use crate::scoring::{Scores, recommend};
 use crate::template::Fill;
 use crate::window::{Entry, Eval, KeyState, Scratch, TRIGGER_BIT, Trigger};
 
+mod units;
+pub use units::{Change, Changes, Unit};
+use units::{Dirty, rule_tags};
+
 /// A window key: a 128-bit hash of `(tenant, group value)` from two independently seeded
 /// hashers. Keys are compared as numbers (no string to chase); two different keys share a
 /// hash with probability about n² / 2¹²⁹, i.e. never in practice.
@@ -125,6 +129,10 @@ pub struct Engine {
     key_hashers: (foldhash::fast::FixedState, foldhash::fast::FixedState),
     scratch: Scratch,
     hasher: foldhash::fast::FixedState,
+    /// Per rule (by index): the tag naming its state in saved [`Unit`]s.
+    tags: Vec<Arc<str>>,
+    /// While tracking changes ([`Engine::track_changes`]): the windows touched.
+    dirty: Option<Box<Dirty>>,
 }
 
 fn dispatch(set: &RuleSet) -> [Vec<usize>; 10] {
@@ -172,6 +180,8 @@ impl Engine {
             ),
             scratch: Scratch::default(),
             hasher: foldhash::fast::FixedState::with_seed(0x9e37_79b9),
+            tags: rule_tags(&set),
+            dirty: None,
             set,
         }
     }
@@ -217,6 +227,12 @@ impl Engine {
             .map(|k| k.entries.len())
             .sum();
         self.by_type = dispatch(&set);
+        self.tags = rule_tags(&set);
+        if let Some(d) = &mut self.dirty {
+            // Rule indexes changed: the next changes are the whole state.
+            d.full = true;
+            d.windows.clear();
+        }
         self.set = set;
         report
     }
@@ -266,6 +282,7 @@ impl Engine {
             key_hashers,
             scratch,
             hasher,
+            dirty,
             ..
         } = self;
         for &ri in &by_type[crate::filter::index(event.event_type())] {
@@ -296,6 +313,9 @@ impl Engine {
                 | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)));
             let map = &mut states[ri];
             let state = map.entry(k).or_default();
+            if let Some(d) = dirty {
+                d.windows.insert((ri as u32, k));
+            }
             let mut vals = [f64::NAN; crate::rules::MAX_SLOTS];
             for (slot, f) in rule.slots.iter().enumerate() {
                 vals[slot] = f.get(event, &extra).number().unwrap_or(f64::NAN);
@@ -422,13 +442,16 @@ impl Engine {
         let now_ms = now.as_millis();
         self.last_sweep = now_ms;
         let idle = self.set.limits.idle_after_ms;
-        for (r, map) in self.set.rules.iter().zip(&mut self.states) {
-            let keep = r
-                .duration_ms
-                .unwrap_or(0)
-                .saturating_add(idle)
-                .max(r.cooldown_ms);
-            map.retain(|_, s| now_ms.saturating_sub(s.last_active) <= keep);
+        for (ri, (r, map)) in self.set.rules.iter().zip(&mut self.states).enumerate() {
+            let keep = units::keep_ms(r, idle);
+            let dirty = &mut self.dirty;
+            map.retain(|k, s| {
+                let kept = now_ms.saturating_sub(s.last_active) <= keep;
+                if !kept && let Some(d) = dirty {
+                    d.windows.insert((ri as u32, *k));
+                }
+                kept
+            });
         }
         self.scores.sweep(now_ms, &self.set.scoring);
         self.entries = self
@@ -454,6 +477,9 @@ impl Engine {
                 }
                 if let Some(s) = self.states[ri].remove(&k) {
                     self.entries -= s.entries.len();
+                    if let Some(d) = &mut self.dirty {
+                        d.windows.insert((ri as u32, k));
+                    }
                 }
             }
         }

@@ -14,6 +14,8 @@ pub(crate) struct StakeJoin {
     max: usize,
     horizon_ms: i64,
     newest: i64,
+    /// When tracking (the engine's [`crate::engine::Unit`] changes): bets placed or dropped.
+    pub changed: Option<std::collections::HashSet<u64, foldhash::fast::FixedState>>,
 }
 
 impl StakeJoin {
@@ -25,6 +27,7 @@ impl StakeJoin {
             max,
             horizon_ms,
             newest: i64::MIN,
+            changed: None,
         }
     }
 
@@ -38,6 +41,9 @@ impl StakeJoin {
         if self.stakes.insert(k, (stake, t)).is_none() {
             self.order.push_back((t, k));
         }
+        if let Some(c) = &mut self.changed {
+            c.insert(k);
+        }
         self.newest = self.newest.max(t);
         let horizon = self.newest.saturating_sub(self.horizon_ms);
         while let Some(&(ot, ok)) = self.order.front() {
@@ -48,11 +54,52 @@ impl StakeJoin {
             // A key re-inserted later keeps its newer time; remove only the entry of this time.
             if self.stakes.get(&ok).is_some_and(|(_, st)| *st == ot) {
                 self.stakes.remove(&ok);
+                if let Some(c) = &mut self.changed {
+                    c.insert(ok);
+                }
             }
         }
     }
 
     /// The stake of a bet, if remembered.
+    /// The key of a bet (a hash of tenant and bet id).
+    pub fn key_of(&self, tenant: &str, bet_id: &str) -> u64 {
+        self.key(tenant, bet_id)
+    }
+
+    /// One bet's `(stake, placed at)`.
+    pub fn get(&self, k: u64) -> Option<(i64, i64)> {
+        self.stakes.get(&k).copied()
+    }
+
+    /// Loads one bet (as saved from [`StakeJoin::get`]).
+    pub fn put(&mut self, k: u64, stake: i64, t: i64) {
+        if self.stakes.insert(k, (stake, t)).is_none() {
+            self.order.push_back((t, k));
+        }
+        self.newest = self.newest.max(t);
+    }
+
+    /// The newest bet's time.
+    pub fn newest(&self) -> i64 {
+        self.newest
+    }
+
+    /// Restores the newest bet's time.
+    pub fn put_newest(&mut self, t: i64) {
+        self.newest = self.newest.max(t);
+    }
+
+    /// Every bet's key.
+    pub fn keys(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stakes.keys().copied()
+    }
+
+    /// The horizon after which a bet is forgotten.
+    pub fn horizon_ms(&self) -> i64 {
+        self.horizon_ms
+    }
+
     pub fn stake(&self, tenant: &str, bet_id: &str) -> Option<i64> {
         self.stakes.get(&self.key(tenant, bet_id)).map(|(s, _)| *s)
     }

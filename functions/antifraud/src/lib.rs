@@ -24,6 +24,6 @@ pub mod stream;
 pub mod template;
 mod window;
 
-pub use engine::{Engine, EngineStats, Output, Rejected, ReloadReport};
+pub use engine::{Change, Changes, Engine, EngineStats, Output, Rejected, ReloadReport, Unit};
 pub use error::{AntifraudError, LoadError};
 pub use rules::{CompiledRule, RuleSet};

@@ -17,6 +17,9 @@ pub(crate) type PlayerHits = (Box<str>, VecDeque<(i64, u32)>);
 #[derive(Debug, Default)]
 pub(crate) struct Scores {
     players: HashMap<Box<str>, VecDeque<(i64, u32)>, foldhash::fast::RandomState>,
+    /// When tracking (the engine's [`crate::engine::Unit`] changes): players whose hits
+    /// changed or went.
+    pub changed: Option<std::collections::HashSet<Box<str>, foldhash::fast::RandomState>>,
 }
 
 impl Scores {
@@ -32,6 +35,11 @@ impl Scores {
     ) -> u32 {
         if !self.players.contains_key(key) && self.players.len() >= max_players {
             self.evict_oldest(max_players / 10 + 1);
+        }
+        if let Some(c) = &mut self.changed
+            && !c.contains(key)
+        {
+            c.insert(key.into());
         }
         let hits = match self.players.get_mut(key) {
             Some(h) => h,
@@ -58,14 +66,23 @@ impl Scores {
         last.sort_unstable();
         for (_, k) in last.into_iter().take(n) {
             self.players.remove(&k);
+            if let Some(c) = &mut self.changed {
+                c.insert(k);
+            }
         }
     }
 
     /// Drops players whose last hit is older than the window at time `t`.
     pub fn sweep(&mut self, t: i64, cfg: &ScoringConfig) {
         let from = t.saturating_sub(cfg.window_ms);
-        self.players
-            .retain(|_, h| h.back().is_some_and(|x| x.0 > from));
+        let changed = &mut self.changed;
+        self.players.retain(|k, h| {
+            let keep = h.back().is_some_and(|x| x.0 > from);
+            if !keep && let Some(c) = changed {
+                c.insert(k.clone());
+            }
+            keep
+        });
     }
 
     /// Every player's hits, for a snapshot.
@@ -76,6 +93,21 @@ impl Scores {
     /// Refills from [`Scores::export`]'s output.
     pub fn import(&mut self, players: Vec<PlayerHits>) {
         self.players.extend(players);
+    }
+
+    /// One player's hits.
+    pub fn get(&self, key: &str) -> Option<&VecDeque<(i64, u32)>> {
+        self.players.get(key)
+    }
+
+    /// Sets one player's hits.
+    pub fn put(&mut self, key: Box<str>, hits: VecDeque<(i64, u32)>) {
+        self.players.insert(key, hits);
+    }
+
+    /// Every player's key.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.players.keys().map(|k| &**k)
     }
 
     pub fn len(&self) -> usize {

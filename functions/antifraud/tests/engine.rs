@@ -434,3 +434,152 @@ fn a_restored_snapshot_continues_exactly_where_the_engine_stopped() {
     // Not a snapshot: refused, so the caller starts cold.
     assert!(Engine::restore(shipped(), b"garbage").is_err());
 }
+
+/// A unit store as the adapters keep one: name → bytes.
+fn apply(
+    store: &mut std::collections::HashMap<String, Vec<u8>>,
+    changes: pitboss_antifraud::Changes,
+) {
+    if changes.full {
+        store.clear();
+    }
+    for c in changes.units {
+        match c.value {
+            Some(v) => {
+                assert!(
+                    c.expires_at_ms > T0 - 10 * D,
+                    "{:?} expires {}",
+                    c.unit,
+                    c.expires_at_ms
+                );
+                store.insert(c.unit.name(), v);
+            }
+            None => {
+                store.remove(&c.unit.name());
+            }
+        }
+    }
+}
+
+fn scripted_events() -> Vec<pitboss_model::Event> {
+    let parts = pitboss_antifraud::scenario::script("acme", T0, 20, 2);
+    (0..60)
+        .flat_map(|i| parts.iter().filter_map(move |p| p.events.get(i)))
+        .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
+        .collect()
+}
+
+fn message_ids(out: &pitboss_antifraud::Output) -> Vec<String> {
+    let mut v: Vec<String> = out.alerts.iter().map(|a| a.alert_id.clone()).collect();
+    v.extend(out.pushes.iter().map(|p| p.push_id.clone()));
+    v
+}
+
+#[test]
+fn changed_units_saved_incrementally_rebuild_the_engine_exactly() {
+    use pitboss_antifraud::{Engine, Output, Unit};
+    let events = scripted_events();
+    let now = pitboss_model::Timestamp::from_millis(T0);
+    let mut whole = Engine::new(shipped());
+    let mut want = Output::default();
+    for e in &events {
+        whole.process(e, now, &mut want).unwrap();
+    }
+    let mut engine = Engine::new(shipped());
+    engine.track_changes(true);
+    let mut store = std::collections::HashMap::new();
+    let mut got = Output::default();
+    let mut saved_units = 0;
+    for (i, e) in events.iter().enumerate() {
+        engine.process(e, now, &mut got).unwrap();
+        if i % 50 == 49 {
+            let c = engine.take_changes().unwrap();
+            assert_eq!(c.full, i == 49, "only the first save is the whole state");
+            saved_units += c.units.len();
+            let meta = c.meta.clone();
+            apply(&mut store, c);
+            // Restart from the store: every unit loaded, nothing else.
+            let mut restored = Engine::new(shipped());
+            for (name, bytes) in &store {
+                let unit = Unit::parse(name).unwrap();
+                assert_eq!(unit.name(), *name);
+                assert!(restored.load_unit(&unit, bytes).unwrap(), "{name}");
+            }
+            restored.set_meta(&meta).unwrap();
+            restored.track_changes_from_here();
+            engine = restored;
+        }
+    }
+    assert!(message_ids(&want).len() > 10);
+    assert_eq!(message_ids(&got), message_ids(&want));
+    let held =
+        |s: pitboss_antifraud::EngineStats| (s.keys, s.entries, s.joined_bets, s.scored_players);
+    assert_eq!(held(engine.stats()), held(whole.stats()));
+    // Incremental: fewer units written than a full save at every step would have.
+    let full_each_time = (events.len() / 50) * store.len();
+    assert!(
+        saved_units < full_each_time,
+        "{saved_units} vs {full_each_time}"
+    );
+    // A unit of another format, or of a rule definition that is not running, is not loaded.
+    let mut e = Engine::new(shipped());
+    let (name, bytes) = store.iter().find(|(n, _)| n.starts_with("w|")).unwrap();
+    let mut bad = bytes.clone();
+    bad[0] = 99;
+    assert!(e.load_unit(&Unit::parse(name).unwrap(), &bad).is_err());
+    let other = name.replacen("@1.", "@2.", 1);
+    assert!(!e.load_unit(&Unit::parse(&other).unwrap(), bytes).unwrap());
+}
+
+#[test]
+fn a_stateless_run_loading_only_the_units_each_batch_reads_raises_what_one_engine_does() {
+    use pitboss_antifraud::{Engine, Output, Unit};
+    let events = scripted_events();
+    let now = pitboss_model::Timestamp::from_millis(T0);
+    let mut whole = Engine::new(shipped());
+    let mut want = Output::default();
+    for e in &events {
+        whole.process(e, now, &mut want).unwrap();
+    }
+    // As the Lambda adapter runs: a fresh engine per batch of 37, loaded with the units its
+    // events read, writing back what changed.
+    let mut store: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut got = Output::default();
+    let mut loads = 0;
+    for batch in events.chunks(37) {
+        let mut engine = Engine::new(shipped());
+        let mut units = Vec::new();
+        for e in batch {
+            engine.units_for(e, &mut units);
+        }
+        units.sort();
+        units.dedup();
+        for u in &units {
+            if let Some(bytes) = store.get(&u.name()) {
+                loads += 1;
+                engine.load_unit(u, bytes).unwrap();
+            }
+        }
+        engine.track_changes_from_here();
+        for e in batch {
+            engine.process(e, now, &mut got).unwrap();
+        }
+        let c = engine.take_changes().unwrap();
+        assert!(!c.full);
+        for ch in &c.units {
+            assert!(
+                units.contains(&ch.unit) || matches!(ch.unit, Unit::Bet(_)),
+                "{:?} was not loaded",
+                ch.unit
+            );
+        }
+        apply(&mut store, c);
+    }
+    assert!(loads > 100, "{loads}");
+    let mut w = message_ids(&want);
+    let mut g = message_ids(&got);
+    w.sort();
+    g.sort();
+    assert!(w.len() > 10);
+    assert_eq!(g, w);
+}

@@ -1,0 +1,335 @@
+//! The engine's state cut into **units** that can be saved and loaded one at a time: one rule's
+//! window of one key, one placed bet of the stake join, one player's recent hits. Two adapters
+//! need them:
+//!
+//! - the streaming engine saves only the units that changed since its last save (its state
+//!   file stays proportional to activity, not to every player ever seen);
+//! - the Lambda adapter keeps no state between invocations: before a batch it loads the units
+//!   the batch's events read ([`Engine::units_for`]) from an external store, and after it
+//!   writes back those that changed.
+//!
+//! A window unit is named by its rule's id, version and a hash of its window definition, so a
+//! unit saved under another definition of the rule is never loaded into it (the rule starts
+//! that key empty, as a reload does).
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use pitboss_model::{Event, Payload};
+
+use super::{Engine, Key, key_player};
+use crate::error::AntifraudError;
+use crate::field::{Extra, Value};
+use crate::rules::{CompiledRule, RuleSet};
+use crate::window::KeyState;
+
+/// The encoding of a unit's bytes; bytes of another format are refused.
+const UNIT_FORMAT: u8 = 1;
+
+/// One unit of engine state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unit {
+    /// One rule's window of one key (`rule`: the rule's tag, id@version.definition-hash).
+    Window { rule: Arc<str>, key: u128 },
+    /// One placed bet (a hash of tenant and bet id): its stake, for the settlement join.
+    Bet(u64),
+    /// One player's recent hits, for scoring (`tenant` U+001F `player`).
+    Score(Box<str>),
+}
+
+impl Unit {
+    /// The unit's name as text (a store key): `w|<rule tag>|<key, 32 hex>`, `b|<16 hex>` or
+    /// `s|<tenant>\u{1f}<player>`.
+    pub fn name(&self) -> String {
+        match self {
+            Unit::Window { rule, key } => format!("w|{rule}|{key:032x}"),
+            Unit::Bet(k) => format!("b|{k:016x}"),
+            Unit::Score(p) => format!("s|{p}"),
+        }
+    }
+
+    /// The unit a [`Unit::name`] names.
+    pub fn parse(name: &str) -> Option<Unit> {
+        let (kind, rest) = name.split_once('|')?;
+        match kind {
+            "w" => {
+                let (rule, key) = rest.rsplit_once('|')?;
+                Some(Unit::Window {
+                    rule: rule.into(),
+                    key: u128::from_str_radix(key, 16).ok()?,
+                })
+            }
+            "b" => u64::from_str_radix(rest, 16).ok().map(Unit::Bet),
+            "s" => Some(Unit::Score(rest.into())),
+            _ => None,
+        }
+    }
+}
+
+/// A unit that changed: its new bytes, or `None` when it is gone.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub unit: Unit,
+    pub value: Option<Vec<u8>>,
+    /// Engine time (ms) after which the unit holds nothing the engine would read: a store may
+    /// expire it then (DynamoDB TTL).
+    pub expires_at_ms: i64,
+}
+
+/// What changed since the last [`Engine::take_changes`].
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// The units are the whole state: a store should drop every unit not among them (after
+    /// the first call, and after a rule reload).
+    pub full: bool,
+    pub units: Vec<Change>,
+    /// The engine-wide values (the last sweep, the join's newest bet), for
+    /// [`Engine::set_meta`].
+    pub meta: Vec<u8>,
+}
+
+/// Windows touched while tracking.
+#[derive(Debug, Default)]
+pub(super) struct Dirty {
+    pub windows: HashSet<(u32, Key), foldhash::fast::FixedState>,
+    pub full: bool,
+}
+
+/// Each rule's tag: id, version, and a hash of what its window state depends on.
+pub(super) fn rule_tags(set: &RuleSet) -> Vec<Arc<str>> {
+    set.rules
+        .iter()
+        .map(|r| {
+            let h = twox_hash::XxHash3_128::oneshot(r.signature.as_bytes()) as u64;
+            Arc::from(format!("{}@{}.{h:016x}", r.id, r.version))
+        })
+        .collect()
+}
+
+/// How long a key of `rule` is kept after its last event (the sweep's rule).
+pub(super) fn keep_ms(rule: &CompiledRule, idle_after_ms: i64) -> i64 {
+    rule.duration_ms
+        .unwrap_or(0)
+        .saturating_add(idle_after_ms)
+        .max(rule.cooldown_ms)
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, AntifraudError> {
+    postcard::to_extend(v, vec![UNIT_FORMAT])
+        .map_err(|e| AntifraudError::Snapshot(format!("encoding a unit: {e}")))
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, AntifraudError> {
+    match bytes.split_first() {
+        Some((&UNIT_FORMAT, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| AntifraudError::Snapshot(format!("unreadable unit: {e}"))),
+        Some((f, _)) => Err(AntifraudError::Snapshot(format!(
+            "unit format {f} (this build reads {UNIT_FORMAT})"
+        ))),
+        None => Err(AntifraudError::Snapshot("empty unit".into())),
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Meta {
+    last_sweep: i64,
+    join_newest: i64,
+}
+
+impl Engine {
+    /// Starts (or stops) recording which units change; the first [`Engine::take_changes`]
+    /// after starting returns the whole state.
+    pub fn track_changes(&mut self, on: bool) {
+        if on {
+            self.dirty = Some(Box::new(Dirty {
+                full: true,
+                ..Dirty::default()
+            }));
+            self.join.changed = Some(HashSet::default());
+            self.scores.changed = Some(HashSet::default());
+        } else {
+            self.dirty = None;
+            self.join.changed = None;
+            self.scores.changed = None;
+        }
+    }
+
+    /// Like [`Engine::track_changes`], but the state as it is counts as saved: only what
+    /// changes from now on is returned (after loading units from a store).
+    pub fn track_changes_from_here(&mut self) {
+        self.track_changes(true);
+        if let Some(d) = &mut self.dirty {
+            d.full = false;
+        }
+    }
+
+    /// The units `process` may read or write for `event`, appended to `out` (a superset: a
+    /// unit that does not exist yet is simply not found).
+    pub fn units_for(&self, event: &Event, out: &mut Vec<Unit>) {
+        let extra = Extra {
+            joined_stake: None,
+            default_offset_min: self.set.limits.default_utc_offset_min,
+        };
+        for &ri in &self.by_type[crate::filter::index(event.event_type())] {
+            let rule = &self.set.rules[ri];
+            let group = match &rule.key_field {
+                None => event.player_id.as_str(),
+                Some(f) => match f.get(event, &extra) {
+                    Value::Text(s) if !s.is_empty() => s,
+                    _ => continue,
+                },
+            };
+            out.push(Unit::Window {
+                rule: self.tags[ri].clone(),
+                key: self.key_of(&event.tenant_id, group),
+            });
+        }
+        match &event.payload {
+            Payload::BetPlaced(b) => {
+                out.push(Unit::Bet(self.join.key_of(&event.tenant_id, &b.bet_id)))
+            }
+            Payload::BetSettled(b) if b.stake.is_none() => {
+                out.push(Unit::Bet(self.join.key_of(&event.tenant_id, &b.bet_id)));
+            }
+            _ => {}
+        }
+        out.push(Unit::Score(
+            key_player(&event.tenant_id, &event.player_id).into(),
+        ));
+    }
+
+    pub(super) fn key_of(&self, tenant: &str, group: &str) -> Key {
+        (u128::from(self.key_hashers.0.hash_one((tenant, group))) << 64)
+            | u128::from(self.key_hashers.1.hash_one((tenant, group)))
+    }
+
+    /// Loads one unit saved by [`Engine::take_changes`]. A window of a rule that is not
+    /// running (another version or definition) is ignored: `Ok(false)`.
+    pub fn load_unit(&mut self, unit: &Unit, bytes: &[u8]) -> Result<bool, AntifraudError> {
+        match unit {
+            Unit::Window { rule, key } => {
+                let Some(ri) = self.tags.iter().position(|t| t == rule) else {
+                    return Ok(false);
+                };
+                let state: KeyState = decode(bytes)?;
+                self.entries += state.entries.len();
+                if let Some(old) = self.states[ri].insert(*key, state) {
+                    self.entries -= old.entries.len();
+                }
+            }
+            Unit::Bet(k) => {
+                let (stake, t): (i64, i64) = decode(bytes)?;
+                self.join.put(*k, stake, t);
+            }
+            Unit::Score(p) => {
+                let hits: VecDeque<(i64, u32)> = decode(bytes)?;
+                self.scores.put(p.clone(), hits);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Restores the engine-wide values saved in [`Changes::meta`].
+    pub fn set_meta(&mut self, meta: &[u8]) -> Result<(), AntifraudError> {
+        let m: Meta = decode(meta)?;
+        self.last_sweep = m.last_sweep;
+        self.join.put_newest(m.join_newest);
+        Ok(())
+    }
+
+    /// The units changed since the last call (or, the first time, all of them), encoded.
+    /// Empty when not tracking.
+    pub fn take_changes(&mut self) -> Result<Changes, AntifraudError> {
+        let Some(dirty) = self.dirty.as_mut() else {
+            return Ok(Changes::default());
+        };
+        let full = std::mem::take(&mut dirty.full);
+        let windows: Vec<(u32, Key)> = if full {
+            dirty.windows.clear();
+            self.states
+                .iter()
+                .enumerate()
+                .flat_map(|(ri, m)| m.keys().map(move |k| (ri as u32, *k)))
+                .collect()
+        } else {
+            dirty.windows.drain().collect()
+        };
+        let bets: Vec<u64> = match (&mut self.join.changed, full) {
+            (Some(c), true) => {
+                c.clear();
+                self.join.keys().collect()
+            }
+            (Some(c), false) => c.drain().collect(),
+            (None, _) => Vec::new(),
+        };
+        let players: Vec<Box<str>> = match (&mut self.scores.changed, full) {
+            (Some(c), true) => {
+                c.clear();
+                self.scores.keys().map(Box::from).collect()
+            }
+            (Some(c), false) => c.drain().collect(),
+            (None, _) => Vec::new(),
+        };
+        let idle = self.set.limits.idle_after_ms;
+        let mut units = Vec::with_capacity(windows.len() + bets.len() + players.len());
+        for (ri, k) in windows {
+            let ri = ri as usize;
+            let (Some(rule), Some(tag)) = (self.set.rules.get(ri), self.tags.get(ri)) else {
+                continue;
+            };
+            let unit = Unit::Window {
+                rule: tag.clone(),
+                key: k,
+            };
+            units.push(match self.states[ri].get(&k) {
+                Some(s) => Change {
+                    unit,
+                    value: Some(encode(s)?),
+                    expires_at_ms: s.last_active.saturating_add(keep_ms(rule, idle)),
+                },
+                None => Change {
+                    unit,
+                    value: None,
+                    expires_at_ms: 0,
+                },
+            });
+        }
+        let horizon = self.join.horizon_ms();
+        for k in bets {
+            units.push(match self.join.get(k) {
+                Some((stake, t)) => Change {
+                    unit: Unit::Bet(k),
+                    value: Some(encode(&(stake, t))?),
+                    expires_at_ms: t.saturating_add(horizon),
+                },
+                None => Change {
+                    unit: Unit::Bet(k),
+                    value: None,
+                    expires_at_ms: 0,
+                },
+            });
+        }
+        let window = self.set.scoring.window_ms;
+        for p in players {
+            let hits = self.scores.get(&p).filter(|h| !h.is_empty());
+            units.push(match hits {
+                Some(h) => Change {
+                    expires_at_ms: h.back().map_or(0, |x| x.0).saturating_add(window),
+                    value: Some(encode(h)?),
+                    unit: Unit::Score(p),
+                },
+                None => Change {
+                    unit: Unit::Score(p),
+                    value: None,
+                    expires_at_ms: 0,
+                },
+            });
+        }
+        let meta = encode(&Meta {
+            last_sweep: self.last_sweep,
+            join_newest: self.join.newest(),
+        })?;
+        Ok(Changes { full, units, meta })
+    }
+}
