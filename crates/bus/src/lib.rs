@@ -488,6 +488,40 @@ impl std::fmt::Debug for BusSpec {
 }
 
 impl BusSpec {
+    /// The bus named by the environment, as the Lambda functions are configured: `PITBOSS_BUS`
+    /// (`kafka` by default, `kinesis`, `embedded`) and its settings (`PITBOSS_KAFKA_BOOTSTRAP`
+    /// and `PITBOSS_KAFKA_OPTIONS`; `AWS_REGION` and `PITBOSS_KINESIS_ENDPOINT`;
+    /// `PITBOSS_DATA_DIR`).
+    pub fn from_env() -> Result<BusSpec, BusError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let required =
+            |name: &str| var(name).ok_or_else(|| BusError::Config(format!("{name} is not set")));
+        match var("PITBOSS_BUS").as_deref().unwrap_or("kafka") {
+            #[cfg(feature = "kafka")]
+            "kafka" => Ok(BusSpec::Kafka {
+                bootstrap: required("PITBOSS_KAFKA_BOOTSTRAP")?,
+                options: parse_options(
+                    var("PITBOSS_KAFKA_OPTIONS")
+                        .as_deref()
+                        .unwrap_or("")
+                        .split(','),
+                )
+                .map_err(|e| BusError::Config(format!("PITBOSS_KAFKA_OPTIONS: {e}")))?,
+            }),
+            #[cfg(feature = "kinesis")]
+            "kinesis" => Ok(BusSpec::Kinesis {
+                region: required("AWS_REGION")?,
+                endpoint: var("PITBOSS_KINESIS_ENDPOINT"),
+            }),
+            "embedded" => Ok(BusSpec::Embedded {
+                dir: required("PITBOSS_DATA_DIR")?.into(),
+            }),
+            other => Err(BusError::Config(format!(
+                "PITBOSS_BUS={other:?}: expected kafka, kinesis or embedded"
+            ))),
+        }
+    }
+
     /// Opens the bus.
     pub async fn open(&self) -> Result<std::sync::Arc<dyn Bus>, BusError> {
         Ok(match self {

@@ -4,6 +4,7 @@
 //! Tests that need a service call [`kafka`], [`clickhouse`] or [`kinesis`]; when the variable
 //! is missing they fail with a message that says how to start the stack. Nothing skips.
 
+pub mod lambda;
 pub mod live;
 
 use rand::Rng;

@@ -16,6 +16,7 @@ pub mod error;
 pub mod field;
 pub mod filter;
 mod join;
+pub mod lambda;
 pub mod rules;
 pub mod scenario;
 mod scoring;

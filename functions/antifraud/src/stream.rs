@@ -530,7 +530,7 @@ impl Work {
 /// The batch in the order the engine sees it, which depends only on the records: each
 /// partition's records stay in their order, and the partitions are merged by bus time (then
 /// topic, partition) — the same order however the bus delivered them.
-fn canonical_order(records: Vec<Record>) -> Vec<Record> {
+pub(crate) fn canonical_order(records: Vec<Record>) -> Vec<Record> {
     let n = records.len();
     let mut queues: std::collections::BTreeMap<Tp, VecDeque<Record>> = Default::default();
     for r in records {
@@ -560,7 +560,7 @@ fn canonical_order(records: Vec<Record>) -> Vec<Record> {
 }
 
 /// Publishes, retrying while the bus may take the records later.
-async fn publish(
+pub(crate) async fn publish(
     publisher: &Arc<dyn Publisher>,
     topic: &str,
     records: Vec<OutRecord>,

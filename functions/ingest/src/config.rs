@@ -184,28 +184,5 @@ pub fn config_from_env() -> Result<IngestConfig, ConfigError> {
 /// Reads the bus choice from `PITBOSS_BUS` (`kafka`, `kinesis`, `embedded`) and its settings
 /// (`PITBOSS_KAFKA_BOOTSTRAP`; `AWS_REGION`, `PITBOSS_KINESIS_ENDPOINT`; `PITBOSS_DATA_DIR`).
 pub fn bus_from_env() -> Result<pitboss_bus::BusSpec, ConfigError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let required = |name: &str| var(name).ok_or_else(|| ConfigError(format!("{name} is not set")));
-    match var("PITBOSS_BUS").as_deref().unwrap_or("kafka") {
-        "kafka" => Ok(pitboss_bus::BusSpec::Kafka {
-            bootstrap: required("PITBOSS_KAFKA_BOOTSTRAP")?,
-            options: pitboss_bus::parse_options(
-                var("PITBOSS_KAFKA_OPTIONS")
-                    .as_deref()
-                    .unwrap_or("")
-                    .split(','),
-            )
-            .map_err(|e| ConfigError(format!("PITBOSS_KAFKA_OPTIONS: {e}")))?,
-        }),
-        "kinesis" => Ok(pitboss_bus::BusSpec::Kinesis {
-            region: required("AWS_REGION")?,
-            endpoint: var("PITBOSS_KINESIS_ENDPOINT"),
-        }),
-        "embedded" => Ok(pitboss_bus::BusSpec::Embedded {
-            dir: required("PITBOSS_DATA_DIR")?.into(),
-        }),
-        other => Err(ConfigError(format!(
-            "PITBOSS_BUS={other:?}: expected kafka, kinesis or embedded"
-        ))),
-    }
+    pitboss_bus::BusSpec::from_env().map_err(|e| ConfigError(e.to_string()))
 }

@@ -4,99 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::routing::{get, post};
 use base64::Engine as _;
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, ConsumerConfig, Delivery};
 use pitboss_ingest::auth::hash_key;
-use tokio::sync::Notify;
+use pitboss_testkit::lambda::Runtime;
 
 const KEY: &str = "pk_live_lambda_9d8c7b6a5f4e";
-
-/// The fake Runtime API: hands out queued invocations, records what the function answered.
-#[derive(Clone, Default)]
-struct Runtime {
-    queue: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
-    arrived: Arc<Notify>,
-    answers: Arc<Mutex<HashMap<String, serde_json::Value>>>,
-    answered: Arc<Notify>,
-}
-
-async fn next(State(rt): State<Runtime>) -> (HeaderMap, String) {
-    loop {
-        // Registered before looking, so a job queued in between still wakes us.
-        let arrived = rt.arrived.notified();
-        let job = rt.queue.lock().unwrap().pop();
-        if let Some((id, event)) = job {
-            let mut h = HeaderMap::new();
-            h.insert("lambda-runtime-aws-request-id", id.parse().unwrap());
-            let deadline = pitboss_model::Timestamp::now().as_millis() + 30_000;
-            h.insert(
-                "lambda-runtime-deadline-ms",
-                deadline.to_string().parse().unwrap(),
-            );
-            h.insert(
-                "lambda-runtime-invoked-function-arn",
-                "arn:aws:lambda:eu-west-1:123456789012:function:pitboss-ingest"
-                    .parse()
-                    .unwrap(),
-            );
-            h.insert(
-                "lambda-runtime-trace-id",
-                "Root=1-6748a1f0-0f4c2a1b3d5e6f7a8b9c0d1e".parse().unwrap(),
-            );
-            return (h, event.to_string());
-        }
-        arrived.await;
-    }
-}
-
-async fn respond(State(rt): State<Runtime>, Path(id): Path<String>, body: String) -> &'static str {
-    let value = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-    rt.answers.lock().unwrap().insert(id, value);
-    rt.answered.notify_waiters();
-    "{}"
-}
-
-impl Runtime {
-    async fn start(&self) -> String {
-        let app = axum::Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(respond),
-            )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(respond))
-            .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        addr.to_string()
-    }
-
-    async fn invoke(&self, id: &str, event: serde_json::Value) -> serde_json::Value {
-        self.queue.lock().unwrap().insert(0, (id.to_owned(), event));
-        self.arrived.notify_waiters();
-        tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                let waiting = self.answered.notified();
-                if let Some(answer) = self.answers.lock().unwrap().get(id).cloned() {
-                    return answer;
-                }
-                waiting.await;
-            }
-        })
-        .await
-        .expect("the function answered the invocation")
-    }
-}
 
 fn fixture(name: &str) -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
