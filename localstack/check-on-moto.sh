@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI stand-in for LocalStack (which needs Docker): runs localstack/ready.d/*.sh against a moto
 # server, twice (the hooks must be idempotent), then checks that the streams, the lease table,
-# the on-failure queue, both functions and the event source mapping exist as specified.
+# the antifraud state table, the on-failure queue, both functions (and their environments) and
+# the event source mapping exist as specified.
 # moto creates Lambda functions without Docker (it needs Docker only to invoke them), so the
 # zips here are stand-ins: this checks the scripts, not the functions' code.
 #
@@ -62,6 +63,24 @@ table = c("dynamodb").describe_table(TableName="pitboss-leases")["Table"]
 keys = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
 if keys != {"pk": "HASH", "sk": "RANGE"}:
     problems.append(f"pitboss-leases keys {keys}, the bus uses pk (HASH) + sk (RANGE)")
+# The antifraud state table: as infra/terraform/modules/antifraud makes it.
+state = re.search(r"^STATE_TABLE=(\S+)$", text, re.M).group(1)
+ddb = c("dynamodb")
+names = ddb.list_tables()["TableNames"]
+if names.count(state) != 1:
+    problems.append(f"state table {state} listed {names.count(state)} times, expected once (tables: {names})")
+else:
+    table = ddb.describe_table(TableName=state)["Table"]
+    keys = {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]}
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    if keys != {"unit": "HASH"} or types != {"unit": "S"}:
+        problems.append(f"{state} keys {keys} {types}, the antifraud Lambda uses unit (HASH, S) only")
+    billing = table.get("BillingModeSummary", {}).get("BillingMode")
+    if billing != "PAY_PER_REQUEST":
+        problems.append(f"{state} billing mode {billing}, not PAY_PER_REQUEST")
+    ttl = ddb.describe_time_to_live(TableName=state)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING") or ttl.get("AttributeName") != "ttl":
+        problems.append(f"{state} TTL {ttl}, expected enabled on `ttl`")
 lam = c("lambda")
 functions = {f["FunctionName"]: f for f in lam.list_functions()["Functions"]}
 for name in ("pitboss-ingest", "pitboss-antifraud"):
@@ -73,6 +92,16 @@ for name in ("pitboss-ingest", "pitboss-antifraud"):
 env = functions.get("pitboss-ingest", {}).get("Environment", {}).get("Variables", {})
 if env.get("PITBOSS_BUS") != "kinesis" or "api_key_sha256" not in env.get("PITBOSS_CONFIG_TOML", ""):
     problems.append(f"pitboss-ingest environment incomplete: {sorted(env)}")
+env = functions.get("pitboss-antifraud", {}).get("Environment", {}).get("Variables", {})
+endpoint = re.search(r"^ENDPOINT=\$\{PITBOSS_LAMBDA_AWS_ENDPOINT:-(\S+)\}$", text, re.M).group(1)
+want = {"PITBOSS_BUS": "kinesis", "PITBOSS_STATE_TABLE": state, "PITBOSS_DYNAMODB_ENDPOINT": endpoint,
+        "PITBOSS_KINESIS_ENDPOINT": endpoint, "PITBOSS_ALERTS_TOPIC": "alerts", "PITBOSS_PUSHES_TOPIC": "pushes",
+        "PITBOSS_DEAD_LETTER_TOPIC": "antifraud_dead_letter"}
+wrong = {k: env.get(k) for k, v in want.items() if env.get(k) != v}
+if wrong:
+    problems.append(f"pitboss-antifraud environment: {wrong}, expected {want}")
+if "PITBOSS_CONFIG_TOML" in env:
+    problems.append("pitboss-antifraud has the ingest config (PITBOSS_CONFIG_TOML) in its environment")
 maps = lam.list_event_source_mappings(FunctionName="pitboss-antifraud")["EventSourceMappings"]
 if len(maps) != 1:
     problems.append(f"{len(maps)} event source mappings on pitboss-antifraud, expected 1 (idempotent hooks)")
@@ -85,7 +114,7 @@ for m in maps:
         problems.append(f"mapping without the on-failure queue: {m.get('DestinationConfig')}")
 for p in problems:
     print(f"FAIL {p}")
-print(f"localstack hooks on moto: {len(topics)} streams, lease table, {len(functions)} functions, "
+print(f"localstack hooks on moto: {len(topics)} streams, lease table, state table, {len(functions)} functions, "
       f"{len(maps)} event source mapping; {len(problems)} problems")
 sys.exit(1 if problems else 0)
 PY

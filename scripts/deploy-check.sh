@@ -118,8 +118,10 @@ check_dockerfile() {
 
 check_lambda_zip() {
   bash -n scripts/lambda-zip.sh || return 1
-  [[ -f dist/lambda/ingest.zip ]] || { echo "dist/lambda/ingest.zip not built (scripts/lambda-zip.sh): layout not checked"; return 0; }
-  python3 - dist/lambda/ingest.zip <<'PY'
+  local f ok=0
+  for f in ingest antifraud; do
+    [[ -f dist/lambda/$f.zip ]] || { echo "dist/lambda/$f.zip not built (scripts/lambda-zip.sh): layout not checked"; continue; }
+    python3 - "dist/lambda/$f.zip" <<'PY' || ok=1
 import os, stat, sys, zipfile
 p = sys.argv[1]
 z = zipfile.ZipFile(p)
@@ -129,6 +131,8 @@ assert os.path.getsize(p) < 50 * 1000 * 1000, "zip above Lambda's 50 MB direct u
 assert info.file_size < 250 * 1000 * 1000, "unzipped above Lambda's 250 MB"
 print(f"{p}: bootstrap at the root, {os.path.getsize(p)} bytes zipped, {info.file_size} unzipped")
 PY
+  done
+  return $ok
 }
 
 terraform_cmd() {

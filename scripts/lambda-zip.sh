@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds the ingest Lambda (`pitboss-ingest-lambda`) for the `provided.al2023` runtime: the
-# binary named `bootstrap` at the root of a zip, written to dist/lambda/ingest.zip (the path
-# infra/terraform takes as `ingest_lambda_zip`).
+# Builds the Lambda functions for the `provided.al2023` runtime: each binary named `bootstrap`
+# at the root of a zip, written to dist/lambda/ (the paths infra/terraform takes as
+# `ingest_lambda_zip` and `antifraud_lambda_zip`, and localstack/ready.d deploys):
+#   ingest.zip     the binary `pitboss-ingest-lambda` of package `pitboss-ingest`
+#   antifraud.zip  the binary `pitboss-antifraud-lambda` of package `pitboss-antifraud`
 #
-#   scripts/lambda-zip.sh                        # x86_64 (default)
+#   scripts/lambda-zip.sh                        # both, x86_64 (default)
+#   LAMBDA_FUNCTIONS=ingest scripts/lambda-zip.sh   # only these (space-separated: ingest antifraud)
 #   LAMBDA_ARCH=arm64 scripts/lambda-zip.sh
 #   LAMBDA_BUILDER=cargo scripts/lambda-zip.sh   # plain cargo + zip, no cargo-lambda/zig
 #   LAMBDA_KEEP_DEBUG=1 scripts/lambda-zip.sh    # keep the line tables (backtraces with
@@ -21,6 +24,7 @@ CARGO_LAMBDA_VERSION=1.9.2
 ARCH=${LAMBDA_ARCH:-x86_64}
 BUILDER=${LAMBDA_BUILDER:-cargo-lambda}
 OUT_DIR=${LAMBDA_OUT_DIR:-dist/lambda}
+read -r -a FUNCTIONS <<<"${LAMBDA_FUNCTIONS:-ingest antifraud}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/pitboss/target}
 export CARGO_INCREMENTAL=0
 
@@ -35,36 +39,61 @@ command -v objcopy >/dev/null || [[ -n ${LAMBDA_KEEP_DEBUG:-} ]] \
 lock=()
 if [[ -d /var/cache/pitboss ]]; then lock=(flock /var/cache/pitboss/build.lock); fi
 
+# package_of NAME, bin_of NAME: the cargo package and binary of each function.
+package_of() { case $1 in ingest) echo pitboss-ingest ;; antifraud) echo pitboss-antifraud ;; esac; }
+bin_of() { echo "pitboss-$1-lambda"; }
+((${#FUNCTIONS[@]})) || { echo "lambda-zip: LAMBDA_FUNCTIONS is empty" >&2; exit 2; }
+for f in "${FUNCTIONS[@]}"; do
+  [[ -n $(package_of "$f") ]] \
+    || { echo "lambda-zip: LAMBDA_FUNCTIONS lists '$f'; the functions are ingest and antifraud" >&2; exit 2; }
+done
+
 case "$BUILDER" in
   cargo-lambda)
     if ! command -v cargo-lambda >/dev/null 2>&1; then
       python3 -m pip install --quiet "cargo-lambda==$CARGO_LAMBDA_VERSION"
     fi
-    "${lock[@]}" cargo lambda build --release --locked "$arch_flag" \
-      -p pitboss-ingest --bin pitboss-ingest-lambda
-    bin=$CARGO_TARGET_DIR/lambda/pitboss-ingest-lambda/bootstrap
     ;;
   cargo)
     if [[ $ARCH != "$(uname -m | sed 's/aarch64/arm64/')" ]]; then
       echo "lambda-zip: LAMBDA_BUILDER=cargo builds for this machine only ($(uname -m)); use cargo-lambda for $ARCH" >&2
       exit 2
     fi
-    "${lock[@]}" cargo build --release --locked -p pitboss-ingest --bin pitboss-ingest-lambda
-    bin=$CARGO_TARGET_DIR/release/pitboss-ingest-lambda
     ;;
   *) echo "lambda-zip: LAMBDA_BUILDER must be cargo-lambda or cargo, got '$BUILDER'" >&2; exit 2 ;;
 esac
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-cp "$bin" "$stage/bootstrap"
-chmod 755 "$stage/bootstrap"
-if [[ -z ${LAMBDA_KEEP_DEBUG:-} ]]; then
-  objcopy --strip-debug "$stage/bootstrap"
-fi
 mkdir -p "$OUT_DIR"
-zip_path=$OUT_DIR/ingest.zip
-python3 - "$stage/bootstrap" "$zip_path" <<'PY'
+
+# build NAME: prints the path of the function's built binary.
+build() {
+  local pkg bin
+  pkg=$(package_of "$1")
+  bin=$(bin_of "$1")
+  case "$BUILDER" in
+    cargo-lambda)
+      "${lock[@]}" cargo lambda build --release --locked "$arch_flag" -p "$pkg" --bin "$bin" >&2
+      echo "$CARGO_TARGET_DIR/lambda/$bin/bootstrap"
+      ;;
+    cargo)
+      "${lock[@]}" cargo build --release --locked -p "$pkg" --bin "$bin" >&2
+      echo "$CARGO_TARGET_DIR/release/$bin"
+      ;;
+  esac
+}
+
+for f in "${FUNCTIONS[@]}"; do
+  bin=$(build "$f")
+  rm -f "$stage/bootstrap"
+  cp "$bin" "$stage/bootstrap"
+  chmod 755 "$stage/bootstrap"
+  if [[ -z ${LAMBDA_KEEP_DEBUG:-} ]]; then
+    objcopy --strip-debug "$stage/bootstrap"
+  fi
+  zip_path=$OUT_DIR/$f.zip
+  python3 - "$stage/bootstrap" "$zip_path" <<'PY'
 import os, sys, zipfile
 src, dst = sys.argv[1], sys.argv[2]
 tmp = dst + ".tmp"
@@ -80,3 +109,4 @@ with zipfile.ZipFile(dst) as z:
 print(f"{dst}: zip {os.path.getsize(dst)} bytes, bootstrap {size} bytes unzipped "
       f"(Lambda limits: 50 MB zipped direct upload, 250 MB unzipped)")
 PY
+done

@@ -1,6 +1,6 @@
 # Pitboss on AWS, an example environment (docs/deploy.md walks through it):
 #   API Gateway HTTP API -> ingest Lambda -> Kinesis (on-demand) or MSK  (var.bus)
-#   events -> antifraud Lambda (event source mapping) -> alerts, pushes
+#   events -> antifraud Lambda (event source mapping; state in DynamoDB) -> alerts, pushes
 #   processor (ECS Fargate, 2+ tasks, one group) -> ClickHouse (var.clickhouse_url: ClickHouse
 #   Cloud or self-managed) -> Grafana (var.grafana_url: Amazon Managed Grafana)
 #   alerts, pushes -> edge gateway (ECS Fargate behind an ALB: WebSockets) -> players, operators
@@ -67,10 +67,12 @@ module "antifraud" {
   msk_cluster_arn      = module.stream.msk_cluster_arn
   msk_scram_secret_arn = module.stream.scram_secret_arn
   kafka_bootstrap      = module.stream.kafka_bootstrap
+  kafka_options        = module.stream.kafka_options
   kms_key_arn          = module.observability.kms_key_arn
   vpc_id               = var.vpc_id
   vpc_cidr             = var.vpc_cidr
   subnet_ids           = var.private_subnet_ids
+  # Its state table is "<name>-antifraud-state", with deletion protection on (the module's default).
 }
 
 # ------------------------------------------------------------------ secrets

@@ -13,6 +13,11 @@ output "antifraud_on_failure_queue" {
   value       = module.antifraud.on_failure_queue_url
 }
 
+output "antifraud_state_table" {
+  description = "DynamoDB table of the rules engine's state (per-key windows; deletion protection on)."
+  value       = module.antifraud.state_table_name
+}
+
 output "time_to_notify_alarms" {
   description = "CloudWatch alarms on the 10 s objective."
   value       = module.observability.time_to_notify_alarms

@@ -136,11 +136,11 @@ variable "ingest_lambda_zip" {
 }
 
 variable "antifraud_lambda_zip" {
-  description = "The antifraud Lambda zip (provided.al2023 bootstrap from the antifraud Lambda adapter)."
+  description = "The antifraud Lambda zip: dist/lambda/antifraud.zip from scripts/lambda-zip.sh."
   type        = string
   validation {
     condition     = can(regex("\\.zip$", var.antifraud_lambda_zip)) && fileexists(var.antifraud_lambda_zip)
-    error_message = "antifraud_lambda_zip must name an existing .zip with the antifraud Lambda's bootstrap."
+    error_message = "antifraud_lambda_zip must name an existing .zip with the antifraud Lambda's bootstrap (run scripts/lambda-zip.sh)."
   }
 }
 

@@ -1,10 +1,57 @@
 # The rules engine on AWS Lambda, triggered by the events stream (Kinesis or MSK): partial
 # batch failures (ReportBatchItemFailures), bisect on error (Kinesis), and an on-failure
-# destination (SQS) for records that exhaust their retries. The function's zip comes from the
-# antifraud Lambda adapter (functions/antifraud, its own issue): `lambda_zip` names it.
+# destination (SQS) for records that exhaust their retries. The function's zip is
+# dist/lambda/antifraud.zip from scripts/lambda-zip.sh (the binary `pitboss-antifraud-lambda`
+# of functions/antifraud): `lambda_zip` names it.
+#
+# The function keeps no state between invocations: before a batch it loads the state units
+# (one rule's window of one key, one placed bet, one player's hits) its events read from a
+# DynamoDB table, and writes back the ones that changed, with a version for conditional writes.
 
 locals {
-  kinesis = var.bus == "kinesis"
+  kinesis          = var.bus == "kinesis"
+  state_table_name = coalesce(var.state_table_name, "${var.name}-state")
+  # Where the function publishes (its defaults, spelled out so the environment says what the
+  # IAM statement PublishAlertsAndPushes allows): the stream module's names of these topics.
+  topics = {
+    PITBOSS_ALERTS_TOPIC      = "alerts"
+    PITBOSS_PUSHES_TOPIC      = "pushes"
+    PITBOSS_DEAD_LETTER_TOPIC = "antifraud_dead_letter"
+  }
+}
+
+# The rules engine's state, one item per unit: partition key `unit` (S) only, no sort key.
+# The function writes `v` (N, a version for its conditional writes), `d` (B, the data), `n`
+# (N, the number of chunks) and `ttl` (N, epoch seconds): with TTL on `ttl`, DynamoDB deletes
+# expired units instead of the table keeping every key ever seen. Only `unit` has an
+# `attribute` block: DynamoDB takes definitions of key attributes only.
+resource "aws_dynamodb_table" "state" {
+  name         = local.state_table_name
+  billing_mode = "PAY_PER_REQUEST" # follows the events' rate, bursts included, with no capacity to plan
+  hash_key     = "unit"
+
+  attribute {
+    name = "unit"
+    type = "S"
+  }
+
+  ttl {
+    attribute_name = "ttl"
+    enabled        = true
+  }
+
+  # Losing the table loses every open window: alerts that needed earlier events would not fire.
+  point_in_time_recovery {
+    enabled = true
+  }
+  deletion_protection_enabled = var.state_table_deletion_protection
+
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = var.kms_key_arn
+  }
+
+  tags = var.tags
 }
 
 resource "aws_sqs_queue" "on_failure" {
@@ -13,6 +60,12 @@ resource "aws_sqs_queue" "on_failure" {
   kms_master_key_id                 = var.kms_key_arn
   kms_data_key_reuse_period_seconds = 300
   tags                              = var.tags
+}
+
+data "aws_region" "current" {}
+
+data "aws_ec2_managed_prefix_list" "dynamodb" {
+  name = "com.amazonaws.${data.aws_region.current.region}.dynamodb"
 }
 
 data "aws_iam_policy_document" "antifraud" {
@@ -52,6 +105,15 @@ data "aws_iam_policy_document" "antifraud" {
     }
   }
   statement {
+    # The state units, and only this table: the calls the function makes (no Scan, no Query).
+    sid = "StateTable"
+    actions = [
+      "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem",
+      "dynamodb:BatchWriteItem",
+    ]
+    resources = [aws_dynamodb_table.state.arn]
+  }
+  statement {
     sid       = "OnFailureDestination"
     actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes"]
     resources = [aws_sqs_queue.on_failure.arn]
@@ -67,11 +129,15 @@ module "function" {
   timeout_seconds      = 60
   reserved_concurrency = var.reserved_concurrency
   policy_json          = data.aws_iam_policy_document.antifraud.json
+  # PITBOSS_RULES_DIR is left unset: the function runs the rule packs built into its binary.
+  # AWS_REGION (the Kinesis bus's region) is set by Lambda itself.
   environment = merge({
-    PITBOSS_BUS = var.bus
-    RUST_LOG    = "info"
-    }, local.kinesis ? {} : {
+    PITBOSS_BUS         = var.bus
+    PITBOSS_STATE_TABLE = aws_dynamodb_table.state.name
+    RUST_LOG            = "info"
+    }, local.topics, local.kinesis ? {} : {
     PITBOSS_KAFKA_BOOTSTRAP = var.kafka_bootstrap
+    PITBOSS_KAFKA_OPTIONS   = var.kafka_options
   })
   kms_key_arn        = var.kms_key_arn
   vpc_id             = var.vpc_id
@@ -79,6 +145,11 @@ module "function" {
   subnet_ids         = var.subnet_ids
   log_retention_days = var.log_retention_days
   tags               = var.tags
+
+  # DynamoDB through its gateway endpoint (or a NAT) is reached at DynamoDB's public addresses,
+  # outside the VPC's CIDR that the function's security group otherwise allows: the region's
+  # AWS-managed prefix list names them.
+  egress_prefix_list_ids = [data.aws_ec2_managed_prefix_list.dynamodb.id]
 }
 
 resource "aws_lambda_event_source_mapping" "events" {

@@ -8,11 +8,11 @@ variable "name" {
 }
 
 variable "lambda_zip" {
-  description = "Path of the antifraud Lambda zip (bootstrap at its root, provided.al2023), built by the antifraud Lambda adapter's issue."
+  description = "Path of the antifraud Lambda zip (bootstrap at its root, provided.al2023): dist/lambda/antifraud.zip from scripts/lambda-zip.sh."
   type        = string
   validation {
     condition     = can(regex("\\.zip$", var.lambda_zip)) && fileexists(var.lambda_zip)
-    error_message = "lambda_zip must name an existing .zip file with the antifraud Lambda's bootstrap."
+    error_message = "lambda_zip must name an existing .zip file with the antifraud Lambda's bootstrap (run scripts/lambda-zip.sh)."
   }
 }
 
@@ -85,6 +85,34 @@ variable "kafka_bootstrap" {
   default     = null
 }
 
+variable "kafka_options" {
+  description = "librdkafka options for MSK, PITBOSS_KAFKA_OPTIONS (bus = kafka: SASL/SCRAM to publish alerts and pushes); the Lambda environment is encrypted with kms_key_arn."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "state_table_name" {
+  description = "DynamoDB table of the rules engine's state (PITBOSS_STATE_TABLE); null for \"<name>-state\"."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.state_table_name == null || can(regex("^[A-Za-z0-9_.-]{3,255}$", var.state_table_name))
+    error_message = "state_table_name must be null or 3-255 characters of A-Z, a-z, 0-9, '_', '-', '.'."
+  }
+}
+
+variable "state_table_deletion_protection" {
+  description = "Deletion protection of the state table (its open windows are lost with it). Turn off only to destroy the environment."
+  type        = bool
+  default     = true
+  validation {
+    # null would leave the provider's default, which is off.
+    condition     = var.state_table_deletion_protection != null
+    error_message = "state_table_deletion_protection must be true or false."
+  }
+}
+
 variable "starting_position" {
   description = "Where a new mapping starts: TRIM_HORIZON (everything retained) or LATEST."
   type        = string
@@ -126,7 +154,7 @@ variable "maximum_record_age_seconds" {
 }
 
 variable "kms_key_arn" {
-  description = "KMS key for logs, the queue and the environment."
+  description = "KMS key for logs, the queue, the state table and the environment."
   type        = string
   validation {
     condition     = can(regex("^arn:aws[a-z-]*:kms:", var.kms_key_arn))

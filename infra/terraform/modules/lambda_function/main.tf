@@ -76,6 +76,18 @@ resource "aws_security_group" "function" {
     cidr_blocks = [var.vpc_cidr]
   }
 
+  # AWS services reached outside the VPC's CIDR, such as DynamoDB through its gateway endpoint.
+  dynamic "egress" {
+    for_each = var.egress_prefix_list_ids
+    content {
+      description     = "HTTPS to an AWS service by its managed prefix list"
+      from_port       = 443
+      to_port         = 443
+      protocol        = "tcp"
+      prefix_list_ids = [egress.value]
+    }
+  }
+
   tags = var.tags
 }
 

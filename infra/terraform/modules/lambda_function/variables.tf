@@ -106,6 +106,16 @@ variable "subnet_ids" {
   }
 }
 
+variable "egress_prefix_list_ids" {
+  description = "Managed prefix lists (pl-...) the function may also reach on 443, e.g. DynamoDB's for its gateway endpoint."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for p in var.egress_prefix_list_ids : can(regex("^pl-[0-9a-f]+$", p))])
+    error_message = "egress_prefix_list_ids must be prefix list ids (pl-...)."
+  }
+}
+
 variable "log_retention_days" {
   description = "CloudWatch retention."
   type        = number
