@@ -134,6 +134,8 @@ fn bench(c: &mut Criterion) {
         stats.bytes / PLAYERS as usize
     );
 
+    lambda_store_calls(&records, 100);
+
     let mut g = c.benchmark_group("antifraud_engine");
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
@@ -173,6 +175,60 @@ fn bench(c: &mut Criterion) {
         stats.entries,
         stats.bytes,
         stats.bytes / PLAYERS as usize
+    );
+}
+
+/// The Lambda adapter's cost in store calls: the stream in batches of `batch` (the Kinesis
+/// event source mapping's default), each evaluated by a fresh engine loaded with the units its
+/// events read from a store (a map here; DynamoDB in the function), then written back.
+fn lambda_store_calls(records: &[Vec<u8>], batch: usize) {
+    let mut store: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let (mut asked, mut found, mut written, mut bytes, mut gets) = (0usize, 0usize, 0, 0, 0);
+    let mut out = Output::default();
+    for chunk in records.chunks(batch) {
+        let events: Vec<Event> = chunk.iter().map(|r| decode_proto(r).unwrap()).collect();
+        let mut engine = Engine::new(rules());
+        let mut units = Vec::new();
+        for e in &events {
+            engine.units_for(e, &mut units);
+        }
+        units.sort();
+        units.dedup();
+        asked += units.len();
+        gets += units.len().div_ceil(100);
+        for u in &units {
+            if let Some(b) = store.get(&u.name()) {
+                found += 1;
+                engine.load_unit(u, b).unwrap();
+            }
+        }
+        engine.track_changes_from_here();
+        for e in &events {
+            engine.process(e, e.occurred_at, &mut out).unwrap();
+        }
+        for c in engine.take_changes().unwrap().units {
+            written += 1;
+            match c.value {
+                Some(v) => {
+                    bytes += v.len();
+                    store.insert(c.unit.name(), v);
+                }
+                None => {
+                    store.remove(&c.unit.name());
+                }
+            }
+        }
+    }
+    let n = records.len() as f64;
+    println!(
+        "lambda, batches of {batch}: per event {:.2} units asked ({:.2} found), {:.2} written ({:.0} bytes); store calls per event: {:.3} BatchGetItem + {:.2} PutItem/DeleteItem = {:.2}",
+        asked as f64 / n,
+        found as f64 / n,
+        written as f64 / n,
+        bytes as f64 / n,
+        gets as f64 / n,
+        written as f64 / n,
+        (gets + written) as f64 / n
     );
 }
 
