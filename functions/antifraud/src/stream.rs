@@ -6,9 +6,10 @@
 //! canonical order (bus time, topic, partition, position), so its output depends only on the
 //! batch's records and the engine's state. Before a batch's alerts and pushes are published, its
 //! boundaries (per partition, the last position) are logged in the state file; every
-//! `snapshot_interval` the engine's state is saved with the positions it covers, the log up to
-//! it is dropped, and only then are those positions committed to the group. After a crash the
-//! snapshot is restored, records up to its positions are skipped, and the logged batches are
+//! `snapshot_interval` what changed in the engine's state since the last save (its units:
+//! [`crate::Unit`]) is saved with the positions it covers, the log up to it is dropped, and only
+//! then are those positions committed to the group. After a crash the engine is rebuilt from the
+//! saved units, records up to its positions are skipped, and the logged batches are
 //! rebuilt from the redelivered records with their logged boundaries — so the engine sees the
 //! same records in the same order and raises the same messages, with the same ids. Messages of
 //! the batch that was being published when the process died may reach the bus twice; their ids
@@ -34,8 +35,8 @@ use pitboss_model::Timestamp;
 use pitboss_model::live::{Alert, LiveMessage, Push};
 use pitboss_runtime::worker::{PartitionWork, run_partitioned};
 
-use crate::state::{LoggedBatch, Positions, Snapshot, StateError, StateStore};
-use crate::{AntifraudError, Engine, Output, RuleSet};
+use crate::state::{LoggedBatch, Positions, Saved, StateError, StateStore};
+use crate::{AntifraudError, Engine, Output, RuleSet, Unit};
 
 /// The shipped rule packs (`rules/` at the repository root), built into the binary.
 pub fn shipped_sources() -> Vec<(String, String)> {
@@ -110,9 +111,9 @@ pub struct StreamConfig {
     pub pushes_topic: String,
     pub dead_letter_topic: String,
     pub rules: RulesSource,
-    /// The state file (snapshot and batch log).
+    /// The state file (snapshot, the engine's units and the batch log).
     pub state_path: PathBuf,
-    /// How often the engine's state is saved and the offsets committed.
+    /// How often what changed in the engine's state is saved and the offsets committed.
     pub snapshot_interval: Duration,
     /// How often the rules directory is checked for changes.
     pub reload_interval: Duration,
@@ -230,27 +231,14 @@ pub async fn run(
 ) -> Result<StreamStats, StreamError> {
     let set = config.rules.load()?;
     let store = StateStore::open(&config.state_path, &config.group)?;
-    let (engine, skip_upto, replay) = match store.snapshot()? {
-        None => (Engine::new(set), HashMap::new(), VecDeque::new()),
-        Some(s) => match Engine::restore(set.clone(), &s.engine) {
-            Ok((engine, report)) => {
-                tracing::info!(
-                    kept = report.kept.len(),
-                    fresh = ?report.fresh,
-                    removed = ?report.removed,
-                    taken_at_ms = s.taken_at_ms,
-                    "antifraud state restored"
-                );
-                let skip = s.positions.into_iter().collect();
-                (engine, skip, store.batches()?.into())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "antifraud snapshot not restored; starting with empty windows");
-                (Engine::new(set), HashMap::new(), VecDeque::new())
-            }
-        },
-    };
-    let next_seq = replay.back().map_or(1, |b| b.seq + 1);
+    let Restored {
+        engine,
+        skip_upto,
+        replay,
+    } = restore(set, &store)?;
+    // After the logged batches — or, starting cold, after any left in the log, so the first
+    // save drops them too rather than a new batch taking the sequence of a stale one.
+    let next_seq = store.batches()?.last().map_or(1, |b| b.seq + 1);
     let mut work = Work {
         fingerprint: config.rules.fingerprint(),
         engine,
@@ -289,6 +277,113 @@ pub async fn run(
     run_partitioned(&mut *consumer, &mut work, poll_max, shutdown).await?;
     consumer.close().await?;
     Ok(work.stats)
+}
+
+/// The engine as the state file left it: what it holds, the positions it covers, the batches
+/// to replay.
+struct Restored {
+    engine: Engine,
+    skip_upto: HashMap<Tp, Position>,
+    replay: VecDeque<LoggedBatch>,
+}
+
+/// Rebuilds the engine from the state file, tracking its changes so each save writes only what
+/// changed since the one before:
+///
+/// - no snapshot: empty windows, and the first save writes the whole state;
+/// - a snapshot of units: every stored unit loaded, then the engine-wide values. When a unit
+///   could not be loaded because its rule is not running any more (removed, or another version
+///   or window definition) the next save is full — it rewrites every unit, which drops those —
+///   otherwise the state as loaded counts as saved and the next save writes only changes;
+/// - a whole-engine blob (a file written before units): [`Engine::restore`], and the next save
+///   is full, which turns the file into units.
+///
+/// State that cannot be read (a unit or blob of another format, corrupt bytes) is dropped: the
+/// engine starts with empty windows, as before any snapshot, and its first save is full. A
+/// failing state file (I/O) is an error.
+fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, StreamError> {
+    let cold = |set: RuleSet| {
+        let mut engine = Engine::new(set);
+        engine.track_changes(true);
+        Restored {
+            engine,
+            skip_upto: HashMap::new(),
+            replay: VecDeque::new(),
+        }
+    };
+    let Some(s) = store.snapshot()? else {
+        return Ok(cold(set));
+    };
+    let engine = match s.engine {
+        Saved::Whole(bytes) => match Engine::restore(set.clone(), &bytes) {
+            Ok((mut engine, report)) => {
+                tracing::info!(
+                    kept = report.kept.len(),
+                    fresh = ?report.fresh,
+                    removed = ?report.removed,
+                    taken_at_ms = s.taken_at_ms,
+                    "antifraud state restored from a whole-engine snapshot; the next save writes it as units"
+                );
+                engine.track_changes(true);
+                engine
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "antifraud snapshot not restored; starting with empty windows");
+                return Ok(cold(set));
+            }
+        },
+        Saved::Units { meta } => match load_units(set.clone(), store, &meta) {
+            Ok((engine, loaded, skipped)) => {
+                tracing::info!(
+                    loaded,
+                    skipped,
+                    taken_at_ms = s.taken_at_ms,
+                    "antifraud state restored{}",
+                    if skipped > 0 {
+                        "; units of rules no longer running are dropped at the next save"
+                    } else {
+                        ""
+                    }
+                );
+                engine
+            }
+            Err(StreamError::Rules(e)) => {
+                tracing::warn!(error = %e, "antifraud state not restored; starting with empty windows");
+                return Ok(cold(set));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    Ok(Restored {
+        engine,
+        skip_upto: s.positions.into_iter().collect(),
+        replay: store.batches()?.into(),
+    })
+}
+
+/// An engine running `set` with every stored unit it can take and the engine-wide values
+/// `meta`, tracking changes; with how many units were loaded and skipped.
+fn load_units(
+    set: RuleSet,
+    store: &StateStore,
+    meta: &[u8],
+) -> Result<(Engine, usize, usize), StreamError> {
+    let mut engine = Engine::new(set);
+    let (mut loaded, mut skipped) = (0usize, 0usize);
+    store.for_each_unit(|name, bytes| {
+        match Unit::parse(name) {
+            Some(unit) if engine.load_unit(&unit, bytes)? => loaded += 1,
+            _ => skipped += 1,
+        }
+        Ok::<_, StreamError>(())
+    })?;
+    engine.set_meta(meta)?;
+    if skipped > 0 {
+        engine.track_changes(true);
+    } else {
+        engine.track_changes_from_here();
+    }
+    Ok((engine, loaded, skipped))
 }
 
 impl Work {
@@ -461,32 +556,40 @@ impl Work {
         Ok(())
     }
 
-    /// Saves the engine's state with the positions it covers, drops the batch log up to it,
-    /// and hands those positions to the loop to commit.
+    /// Saves what changed in the engine's state since the last save with the positions it
+    /// covers, drops the batch log up to it, and hands those positions to the loop to commit.
     fn snapshot(&mut self) -> Result<(), StreamError> {
         self.last_snapshot = Instant::now();
         if !self.dirty {
             return Ok(());
         }
         let started = Instant::now();
-        let engine = self.engine.snapshot()?;
-        let bytes = engine.len();
+        // Taken changes are gone from the engine's tracker: if the save fails the run stops,
+        // and the next one restores from what the file holds.
+        let changes = self.engine.take_changes()?;
         // Positions restored at start and not moved since stay covered too.
         let mut positions = self.processed.clone();
         for (tp, p) in &self.skip_upto {
             positions.entry(tp.clone()).or_insert_with(|| p.clone());
         }
-        self.store.save(
-            &Snapshot {
-                taken_at_ms: Timestamp::now().as_millis(),
-                positions,
-                engine,
-            },
+        let saved = self.store.save(
+            Timestamp::now().as_millis(),
+            &positions,
+            &changes,
             self.last_seq,
         )?;
         metrics::histogram!("pitboss_antifraud_snapshot_seconds")
             .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("pitboss_antifraud_snapshot_bytes").set(bytes as f64);
+        metrics::gauge!("pitboss_antifraud_snapshot_bytes").set(saved.bytes as f64);
+        metrics::gauge!("pitboss_antifraud_snapshot_units")
+            .set((saved.upserted + saved.deleted) as f64);
+        if saved.full {
+            tracing::info!(
+                units = saved.upserted,
+                bytes = saved.bytes,
+                "antifraud state saved whole"
+            );
+        }
         let s = self.engine.stats();
         metrics::gauge!("pitboss_antifraud_window_entries").set(s.entries as f64);
         metrics::gauge!("pitboss_antifraud_window_keys").set(s.keys as f64);
@@ -639,5 +742,138 @@ impl PartitionWork for Work {
             self.replay_ready(true).await?;
         }
         self.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::state::write_file_before_units;
+    use crate::{Change, Changes, EngineStats};
+
+    const T0: i64 = 1_780_000_000_000;
+
+    fn shipped() -> RuleSet {
+        RulesSource::Shipped.load().unwrap()
+    }
+
+    fn positions() -> Positions {
+        let mut p = Positions::new();
+        p.insert((Arc::from("events"), 0), Position::Offset(99));
+        p
+    }
+
+    /// An engine that has seen the scripted day of play for 20 normal players.
+    fn busy_engine() -> Engine {
+        let now = Timestamp::from_millis(T0);
+        let mut engine = Engine::new(shipped());
+        let mut out = Output::default();
+        for p in crate::scenario::script("acme", T0, 20, 1) {
+            for e in &p.events {
+                let e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+                engine.process(&e, now, &mut out).unwrap();
+            }
+        }
+        engine
+    }
+
+    fn held(s: EngineStats) -> (usize, usize, usize, usize) {
+        (s.keys, s.entries, s.joined_bets, s.scored_players)
+    }
+
+    fn saved(engine: &mut Engine, store: &mut StateStore) {
+        let c = engine.take_changes().unwrap();
+        store.save(1, &positions(), &c, Some(1)).unwrap();
+    }
+
+    #[test]
+    fn restored_from_units_the_next_save_writes_only_what_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut r = restore(shipped(), &store).unwrap();
+        assert!(r.skip_upto.is_empty() && r.replay.is_empty());
+        assert!(r.engine.take_changes().unwrap().full, "first start: full");
+
+        let mut engine = busy_engine();
+        engine.track_changes(true);
+        saved(&mut engine, &mut store);
+        let mut r = restore(shipped(), &store).unwrap();
+        assert_eq!(held(r.engine.stats()), held(engine.stats()));
+        assert_eq!(r.skip_upto, positions().into_iter().collect());
+        let next = r.engine.take_changes().unwrap();
+        assert!(
+            !next.full && next.units.is_empty(),
+            "the loaded state counts as saved"
+        );
+    }
+
+    #[test]
+    fn units_of_a_rule_no_longer_running_make_the_next_save_full_which_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut engine = busy_engine();
+        engine.track_changes(true);
+        saved(&mut engine, &mut store);
+        let n = store.unit_count().unwrap();
+        // A window of a rule's earlier definition.
+        let stale = Changes {
+            full: false,
+            units: vec![Change {
+                unit: Unit::Window {
+                    rule: "fraud.bet_velocity@0.0000000000000000".into(),
+                    key: 1,
+                },
+                value: Some(vec![1, 0]),
+                expires_at_ms: 0,
+            }],
+            meta: engine.take_changes().unwrap().meta,
+        };
+        store.save(2, &positions(), &stale, None).unwrap();
+        assert_eq!(store.unit_count().unwrap(), n + 1);
+
+        let mut r = restore(shipped(), &store).unwrap();
+        assert_eq!(held(r.engine.stats()), held(engine.stats()));
+        saved(&mut r.engine, &mut store);
+        assert_eq!(store.unit_count().unwrap(), n, "the stale unit is gone");
+        let mut r = restore(shipped(), &store).unwrap();
+        assert!(!r.engine.take_changes().unwrap().full);
+    }
+
+    #[test]
+    fn a_whole_engine_snapshot_is_restored_and_the_next_save_writes_it_as_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let engine = busy_engine();
+        write_file_before_units(&path, "g", &positions(), &engine.snapshot().unwrap());
+        let mut store = StateStore::open(&path, "g").unwrap();
+        let mut r = restore(shipped(), &store).unwrap();
+        assert_eq!(held(r.engine.stats()), held(engine.stats()));
+        assert_eq!(r.skip_upto, positions().into_iter().collect());
+        saved(&mut r.engine, &mut store);
+        assert!(matches!(
+            store.snapshot().unwrap().unwrap().engine,
+            Saved::Units { .. }
+        ));
+        let mut r = restore(shipped(), &store).unwrap();
+        assert_eq!(held(r.engine.stats()), held(engine.stats()));
+        assert!(!r.engine.take_changes().unwrap().full);
+    }
+
+    #[test]
+    fn an_unreadable_unit_starts_the_engine_cold_and_its_first_save_rewrites_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut engine = busy_engine();
+        engine.track_changes(true);
+        let mut c = engine.take_changes().unwrap();
+        let bad = c.units.iter_mut().find(|c| matches!(c.unit, Unit::Bet(_)));
+        bad.unwrap().value = Some(vec![99, 1, 2]);
+        store.save(1, &positions(), &c, None).unwrap();
+        let mut r = restore(shipped(), &store).unwrap();
+        assert_eq!(r.engine.stats().keys, 0);
+        assert!(r.skip_upto.is_empty() && r.replay.is_empty());
+        saved(&mut r.engine, &mut store);
+        assert_eq!(store.unit_count().unwrap(), 0);
     }
 }
