@@ -498,27 +498,11 @@ impl Work {
                 Err(v) => Some(format!("undecodable event: {v}")),
             };
             if let Some(reason) = reason {
-                tracing::warn!(topic = %r.topic, partition = r.partition, position = %r.position, %reason, "event dead-lettered");
-                dead.push(OutRecord::new(
-                    format!("{}:{}:{}: {reason}", r.topic, r.partition, r.position),
-                    r.value.clone(),
-                ));
+                dead.push(dead_letter(r, &reason));
             }
         }
-        for rej in self.out.rejected.drain(..) {
-            tracing::warn!(rule = %rej.rule_id, message = rej.message, violations = ?rej.violations, "rule output breaks the contract; not published");
-        }
         let detected = Timestamp::now();
-        let alerts: Vec<OutRecord> = self
-            .out
-            .alerts
-            .iter_mut()
-            .map(|a| {
-                a.detected_at = detected.max(a.received_at);
-                live_record(&*a)
-            })
-            .collect();
-        let pushes: Vec<OutRecord> = self.out.pushes.iter().map(live_record).collect();
+        let (alerts, pushes) = output_records(&mut self.out, detected);
         let (na, np, nd) = (alerts.len() as u64, pushes.len() as u64, dead.len() as u64);
         let alerts_topic = self.config.alerts_topic.clone();
         let pushes_topic = self.config.pushes_topic.clone();
@@ -628,6 +612,37 @@ impl Work {
             }
         }
     }
+}
+
+/// The dead-letter record of a record the engine cannot evaluate: its value, keyed by
+/// `topic:partition:position: reason`.
+pub(crate) fn dead_letter(r: &Record, reason: &str) -> OutRecord {
+    tracing::warn!(topic = %r.topic, partition = r.partition, position = %r.position, %reason, "event dead-lettered");
+    OutRecord::new(
+        format!("{}:{}:{}: {reason}", r.topic, r.partition, r.position),
+        r.value.clone(),
+    )
+}
+
+/// The bus records of what a batch raised (alerts stamped `detected_at`); messages that break
+/// the live contract are logged and dropped.
+pub(crate) fn output_records(
+    out: &mut Output,
+    detected: Timestamp,
+) -> (Vec<OutRecord>, Vec<OutRecord>) {
+    for rej in out.rejected.drain(..) {
+        tracing::warn!(rule = %rej.rule_id, message = rej.message, violations = ?rej.violations, "rule output breaks the contract; not published");
+    }
+    let alerts = out
+        .alerts
+        .iter_mut()
+        .map(|a| {
+            a.detected_at = detected.max(a.received_at);
+            live_record(&*a)
+        })
+        .collect();
+    let pushes = out.pushes.iter().map(live_record).collect();
+    (alerts, pushes)
 }
 
 /// The batch in the order the engine sees it, which depends only on the records: each

@@ -30,12 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pitboss_bus::{OutRecord, Partition, Position, Publisher, Record};
+use pitboss_bus::{Partition, Position, Publisher, Record};
 use pitboss_model::Timestamp;
 use pitboss_model::live::LiveMessage;
 use serde_json::{Value, json};
 
-use crate::stream::{canonical_order, live_record, publish};
+use crate::stream::{canonical_order, dead_letter, output_records, publish};
 use crate::{Engine, Output, RuleSet, Unit};
 
 /// Evaluations of one batch before it is reported failed when its units keep changing under it.
@@ -160,11 +160,7 @@ impl Function {
                 Err(v) => Some(format!("undecodable event: {v}")),
             };
             if let Some(reason) = reason {
-                tracing::warn!(topic = %r.topic, partition = r.partition, position = %r.position, %reason, "event dead-lettered");
-                dead.push(OutRecord::new(
-                    format!("{}:{}:{}: {reason}", r.topic, r.partition, r.position),
-                    r.value.clone(),
-                ));
+                dead.push(dead_letter(r, &reason));
             }
         }
         stats.events = events.len();
@@ -203,19 +199,7 @@ impl Function {
             for (e, now) in &events {
                 engine.process(e, *now, &mut out)?;
             }
-            for rej in out.rejected.drain(..) {
-                tracing::warn!(rule = %rej.rule_id, message = rej.message, violations = ?rej.violations, "rule output breaks the contract; not published");
-            }
-            let detected = Timestamp::now();
-            let alerts: Vec<OutRecord> = out
-                .alerts
-                .iter_mut()
-                .map(|a| {
-                    a.detected_at = detected.max(a.received_at);
-                    live_record(&*a)
-                })
-                .collect();
-            let pushes: Vec<OutRecord> = out.pushes.iter().map(live_record).collect();
+            let (alerts, pushes) = output_records(&mut out, Timestamp::now());
             stats.alerts = alerts.len();
             stats.pushes = pushes.len();
             tokio::try_join!(
