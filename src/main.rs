@@ -9,11 +9,14 @@
 //!   the embedded log (it also runs inside `pitboss up`); `pitboss token`: a connection token.
 //! - `pitboss antifraud`: the rules engine over Kafka, Kinesis or the embedded log, publishing
 //!   alerts and pushes (it also runs inside `pitboss up`).
+//! - `pitboss rules backtest`: stored events replayed through a rule set, with hits per rule,
+//!   example alerts and the score distribution.
 //! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles; with
 //!   `--live`, the live path under load (time to notify, lost and duplicated pushes).
 
+mod backtest;
 mod demo;
 mod gateway;
 mod loadgen;
@@ -71,6 +74,8 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Print a signed connection token for the gateway (HS256).
     Token(gateway::TokenArgs),
+    /// Work with rule sets: `pitboss rules backtest` replays stored events through one.
+    Rules(backtest::RulesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -999,6 +1004,7 @@ async fn main() -> Result<()> {
         Command::Antifraud(args) => antifraud(args).await,
         Command::Gateway(args) => gateway::gateway(args).await,
         Command::Token(args) => gateway::token(args),
+        Command::Rules(args) => backtest::rules(args).await,
         Command::HashKey { key } => {
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");

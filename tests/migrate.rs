@@ -46,3 +46,112 @@ fn a_hostile_database_name_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--database must be"));
 }
+
+/// `pitboss rules backtest --clickhouse-url` on events in ClickHouse (small pages, copies not
+/// merged away) reports exactly what it reports on the same events in the embedded store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store() {
+    use pitboss_model::Timestamp;
+    use pitboss_processor::sqlite::SqliteRow;
+
+    let db = pitboss_testkit::unique_name("backtest");
+    let out = migrate(&db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = Timestamp::now().as_millis();
+    let events: Vec<pitboss_model::Event> = pitboss_antifraud::scenario::script("demo", now, 10, 1)
+        .into_iter()
+        .flat_map(|p| p.events)
+        .map(|e| {
+            let mut e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+            e.received_at = Some(Timestamp::from_millis(e.occurred_at.as_millis() + 250));
+            e
+        })
+        .collect();
+    let rows: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
+        })
+        .collect();
+    // ClickHouse: every row, and a second copy of the first 30 in another insert (two parts,
+    // not merged yet).
+    let url = pitboss_testkit::clickhouse();
+    let http = reqwest::Client::new();
+    for part in [&rows[..], &rows[..30]] {
+        let body: String = part
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        let answer = http
+            .post(&url)
+            .query(&[(
+                "query",
+                format!("INSERT INTO {db}.events FORMAT JSONEachRow"),
+            )])
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            answer.text().await.unwrap()
+        );
+    }
+    // The embedded store: the same rows.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+    let tx = conn.transaction().unwrap();
+    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let first = events.iter().filter_map(|e| e.received_at).min().unwrap();
+    let from = first.to_rfc3339().unwrap();
+    let to = Timestamp::from_millis(now + 1000).to_rfc3339().unwrap();
+    let run = |store: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "rules", "backtest", "--from", &from, "--to", &to, "--format", "json",
+            ])
+            .args(store)
+            .env_remove("PITBOSS_DATA_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let clickhouse = run(&[
+        "--clickhouse-url",
+        &url,
+        "--database",
+        &db,
+        "--page-rows",
+        "7",
+    ]);
+    let embedded = run(&["--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(clickhouse["events_counted"], events.len() as u64);
+    assert_eq!(clickhouse["events_unreadable"], 0);
+    assert_eq!(clickhouse["rules"], embedded["rules"]);
+    assert_eq!(
+        clickhouse["score_distribution"],
+        embedded["score_distribution"]
+    );
+    let fired = embedded["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["hits"].as_u64().unwrap() > 0)
+        .count();
+    assert!(fired >= 7, "{embedded}");
+}

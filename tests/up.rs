@@ -790,3 +790,190 @@ async fn event_ids_retried_after_sigkill_and_sigterm_are_stored_and_counted_once
     assert_eq!(rows[0]["stakes"].as_u64(), Some(stakes));
     assert_eq!(rows[0]["payouts"].as_u64(), Some(N * 40));
 }
+
+/// `pitboss rules backtest` on a store written by the processor's own SQLite writer.
+fn backtest(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["rules", "backtest"])
+        .args(args)
+        .env_remove("PITBOSS_DATA_DIR")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+/// The hits per rule of a `--format json` report (rules that fired).
+fn report_hits(out: &std::process::Output) -> std::collections::BTreeMap<String, u64> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["hits"].as_u64().unwrap() > 0)
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["hits"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input_precisely() {
+    use pitboss_antifraud::{Engine, Output, RuleSet};
+    use pitboss_model::Timestamp;
+    use pitboss_processor::sqlite::SqliteRow;
+
+    let dir = tempfile::tempdir().unwrap();
+    let now = Timestamp::now().as_millis();
+    // The scripted days, received 250 ms after they happened, plus another tenant's events.
+    let mut events: Vec<pitboss_model::Event> =
+        pitboss_antifraud::scenario::script("demo", now, 30, 1)
+            .into_iter()
+            .chain(pitboss_antifraud::scenario::script("other", now - 1, 5, 1))
+            .flat_map(|p| p.events)
+            .map(|e| {
+                let mut e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+                e.received_at = Some(Timestamp::from_millis(e.occurred_at.as_millis() + 250));
+                e
+            })
+            .collect();
+    events.sort_by_key(|e| (e.received_at, e.event_id.clone(), e.tenant_id.clone()));
+    let rows: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
+        })
+        .collect();
+    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+    let tx = conn.transaction().unwrap();
+    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    // What one engine raises on tenant demo's events, per rule.
+    let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut engine = Engine::new(RuleSet::load_dir(&shipped_dir).unwrap());
+    let mut out = Output::default();
+    let demo: Vec<_> = events.iter().filter(|e| e.tenant_id == "demo").collect();
+    for e in &demo {
+        engine.process(e, e.received_at.unwrap(), &mut out).unwrap();
+    }
+    let mut want = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for a in &out.alerts {
+        want.entry(a.rule_id.clone())
+            .or_default()
+            .insert(a.trigger_event_id.clone());
+    }
+    for p in &out.pushes {
+        if let pitboss_model::live::PushSource::Rule(r) = &p.source {
+            want.entry(r.rule_id.clone())
+                .or_default()
+                .insert(r.trigger_event_id.clone());
+        }
+    }
+    let want: std::collections::BTreeMap<String, u64> =
+        want.into_iter().map(|(k, v)| (k, v.len() as u64)).collect();
+    assert!(want.len() >= 7, "{want:?}");
+
+    let ms = |t: i64| Timestamp::from_millis(t).to_rfc3339().unwrap();
+    let from = ms(demo[0].received_at.unwrap().as_millis());
+    let to = ms(now + 1000);
+    let data_dir = dir.path().to_str().unwrap();
+    let base = [
+        "--data-dir",
+        data_dir,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--tenant",
+        "demo",
+    ];
+    let json = backtest(&[&base[..], &["--format", "json"]].concat());
+    assert_eq!(report_hits(&json), want);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["events_counted"], demo.len() as u64);
+    assert_eq!(report["events_unreadable"], 0);
+
+    // The text report names every rule, an example and the distribution.
+    let text = backtest(&base);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    for needle in [
+        "fraud.bet_velocity",
+        "velocity-0",
+        "bets within one minute",
+        "Recommendations:",
+        "200+",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
+
+    // A rules directory with the bet velocity threshold lowered: more hits.
+    let lowered = dir.path().join("rules");
+    std::fs::create_dir(&lowered).unwrap();
+    for f in std::fs::read_dir(&shipped_dir).unwrap() {
+        let f = f.unwrap().path();
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        if f.ends_with("fraud.toml") {
+            text = text.replacen("value = 30", "value = 3", 1);
+        }
+        std::fs::write(lowered.join(f.file_name().unwrap()), text).unwrap();
+    }
+    let rules = lowered.to_str().unwrap();
+    let more = report_hits(&backtest(
+        &[&base[..], &["--format", "json", "--rules", rules]].concat(),
+    ));
+    assert!(
+        more["fraud.bet_velocity"] > want["fraud.bet_velocity"],
+        "{more:?} vs {want:?}"
+    );
+
+    // Precise refusals, one each.
+    let refused = |args: &[&str], needle: &str| {
+        let out = backtest(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{needle}: {err}"
+        );
+    };
+    refused(
+        &["--data-dir", data_dir, "--from", "yesterday", "--to", &to],
+        "--from \"yesterday\" is not an RFC 3339 time",
+    );
+    refused(
+        &["--data-dir", data_dir, "--from", &to, "--to", &from],
+        "is not before --to",
+    );
+    let empty = dir.path().join("empty");
+    refused(
+        &[
+            "--data-dir",
+            empty.to_str().unwrap(),
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+        "no embedded store at",
+    );
+    std::fs::write(
+        lowered.join("fraud.toml"),
+        "[[rule]]\nid = \"fraud.x\"\nversion = 0\n",
+    )
+    .unwrap();
+    refused(&[&base[..], &["--rules", rules]].concat(), "fraud.toml:");
+}

@@ -15,7 +15,7 @@ pub mod sqlite;
 pub mod table;
 
 pub use batch::{Batch, BatchConfig, Recut};
-pub use rows::{AckRow, AlertRow, DeliveryRow, EventRow, Poison, PushRow, StoredRow};
+pub use rows::{AckRow, AlertRow, DeliveryRow, EventRow, Poison, PushRow, StoredEvent, StoredRow};
 pub use run::{ProcessorConfig, RunStats, run};
 pub use sink::{ClickHouseSink, MemorySink, Sink};
 pub use sqlite::SqliteSink;

@@ -10,6 +10,7 @@
 //! The language, the shipped packs (`rules/` at the repository root) and the limits are
 //! described in `docs/rules.md`.
 
+pub mod backtest;
 pub mod duration;
 pub mod engine;
 pub mod error;

@@ -227,6 +227,77 @@ pub fn from_event(
     Ok(row)
 }
 
+/// The columns an event is rebuilt from ([`StoredEvent::to_event`]), as the backtest reads
+/// them back (`SELECT` in this order).
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub player_id: String,
+    pub session_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub occurred_at_ms: u64,
+    pub received_at_ms: u64,
+    pub schema_version: u32,
+    pub late: u8,
+    pub payload: String,
+}
+
+impl StoredEvent {
+    /// The columns, in the order of the struct (for a `SELECT`).
+    pub const COLUMNS: &'static str = "tenant_id, event_id, player_id, session_id, type, \
+        occurred_at_ms, received_at_ms, schema_version, late, payload";
+
+    /// Rebuilds the event: its canonical JSON (the stored payload under its `type`) decoded by
+    /// the contract's decoder, then `received_at` and `late` from the row. The stored row does
+    /// not keep `utc_offset_min`, so the event has none. A row that is not a valid event says
+    /// why.
+    pub fn to_event(&self) -> Result<Event, String> {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            event_id: &'a str,
+            tenant_id: &'a str,
+            player_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            session_id: Option<&'a str>,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            occurred_at: String,
+            schema_version: u32,
+            payload: &'a serde_json::value::RawValue,
+        }
+        let why =
+            |reason: String| format!("event {} of {}: {reason}", self.event_id, self.tenant_id);
+        let payload: &serde_json::value::RawValue = serde_json::from_str(&self.payload)
+            .map_err(|e| why(format!("payload is not JSON: {e}")))?;
+        let ms = |v: u64, what: &str| {
+            i64::try_from(v)
+                .ok()
+                .map(pitboss_model::Timestamp::from_millis)
+                .filter(|t| t.to_rfc3339().is_some())
+                .ok_or_else(|| why(format!("{what} {v} ms is out of range")))
+        };
+        let occurred_at = ms(self.occurred_at_ms, "occurred_at")?;
+        let received_at = ms(self.received_at_ms, "received_at")?;
+        let json = serde_json::to_vec(&Canonical {
+            event_id: &self.event_id,
+            tenant_id: &self.tenant_id,
+            player_id: &self.player_id,
+            session_id: Some(self.session_id.as_str()).filter(|s| !s.is_empty()),
+            kind: &self.kind,
+            occurred_at: occurred_at.to_rfc3339().unwrap_or_default(),
+            schema_version: self.schema_version,
+            payload,
+        })
+        .map_err(|e| why(e.to_string()))?;
+        let mut event = pitboss_model::decode_event(&json).map_err(|v| why(v.to_string()))?;
+        event.received_at = Some(received_at);
+        event.late = self.late != 0;
+        Ok(event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +372,46 @@ mod tests {
         e.received_at = None;
         record.value = encode_proto(&e);
         assert_eq!(row("events", &record), Err(Poison::Unstamped));
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_stored_row_is_rebuilt_into_the_event() {
+        let mut event = bet();
+        event.session_id = Some("s-1".into());
+        event.late = true;
+        let row = from_event(event.clone(), "events", 0, 0).unwrap();
+        let stored = StoredEvent {
+            tenant_id: row.tenant_id,
+            event_id: row.event_id,
+            player_id: row.player_id,
+            session_id: row.session_id,
+            kind: row.kind,
+            occurred_at_ms: row.occurred_at_ms,
+            received_at_ms: row.received_at_ms,
+            schema_version: row.schema_version,
+            late: row.late,
+            payload: row.payload,
+        };
+        assert_eq!(stored.to_event().unwrap(), event);
+        let broken = StoredEvent {
+            payload: "{\"bet_id\": 1".into(),
+            ..stored.clone()
+        };
+        assert!(
+            broken
+                .to_event()
+                .unwrap_err()
+                .contains("payload is not JSON")
+        );
+        let wrong = StoredEvent {
+            payload: "{}".into(),
+            ..stored
+        };
+        let err = wrong.to_event().unwrap_err();
+        assert!(
+            err.starts_with("event 0193735a-6b2e-7c41-9d3f-2a1b4c5d6e7f of acme: "),
+            "{err}"
+        );
     }
 }

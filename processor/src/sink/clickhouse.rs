@@ -475,3 +475,88 @@ mod tests {
         }
     }
 }
+
+/// Where a page of [`events_page`] ended: the key of its last row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventCursor {
+    pub received_at_ms: u64,
+    pub event_id: String,
+    pub tenant_id: String,
+}
+
+impl EventCursor {
+    /// The cursor after `row`.
+    pub fn after(row: &crate::rows::StoredEvent) -> Self {
+        EventCursor {
+            received_at_ms: row.received_at_ms,
+            event_id: row.event_id.clone(),
+            tenant_id: row.tenant_id.clone(),
+        }
+    }
+}
+
+/// How many events of `events` were received in `[from_ms, to_ms)` (of `tenant`, or all),
+/// copies not yet merged away included.
+pub async fn count_events(
+    client: &Client,
+    from_ms: u64,
+    to_ms: u64,
+    tenant: Option<&str>,
+) -> Result<u64, ProcessorError> {
+    let sql = format!(
+        "SELECT count() FROM events WHERE received_at_ms >= ? AND received_at_ms < ?{}",
+        if tenant.is_some() {
+            " AND tenant_id = ?"
+        } else {
+            ""
+        }
+    );
+    let mut q = client.query(&sql).bind(from_ms).bind(to_ms);
+    if let Some(t) = tenant {
+        q = q.bind(t);
+    }
+    Ok(q.fetch_one::<u64>().await?)
+}
+
+/// One page of the events received in `[from_ms, to_ms)` (of `tenant`, or all), after
+/// `after`, ordered by `(received_at_ms, event_id, tenant_id)` (keyset pagination: each page
+/// costs the same). Without `FINAL`: a copy the table has not merged away yet comes back as
+/// the same key twice, and the caller drops it ([`EventCursor`] of the previous row).
+pub async fn events_page(
+    client: &Client,
+    from_ms: u64,
+    to_ms: u64,
+    tenant: Option<&str>,
+    after: Option<&EventCursor>,
+    limit: u64,
+) -> Result<Vec<crate::rows::StoredEvent>, ProcessorError> {
+    let mut sql = format!(
+        "SELECT {} FROM events WHERE received_at_ms >= ? AND received_at_ms < ?",
+        crate::rows::StoredEvent::COLUMNS
+    );
+    if tenant.is_some() {
+        sql.push_str(" AND tenant_id = ?");
+    }
+    if after.is_some() {
+        sql.push_str(
+            " AND (received_at_ms > ? OR (received_at_ms = ? AND (event_id > ? \
+             OR (event_id = ? AND tenant_id > ?))))",
+        );
+    }
+    sql.push_str(" ORDER BY received_at_ms, event_id, tenant_id LIMIT ?");
+    let mut q = client.query(&sql).bind(from_ms).bind(to_ms);
+    if let Some(t) = tenant {
+        q = q.bind(t);
+    }
+    if let Some(c) = after {
+        q = q
+            .bind(c.received_at_ms)
+            .bind(c.received_at_ms)
+            .bind(c.event_id.as_str())
+            .bind(c.event_id.as_str())
+            .bind(c.tenant_id.as_str());
+    }
+    Ok(q.bind(limit)
+        .fetch_all::<crate::rows::StoredEvent>()
+        .await?)
+}

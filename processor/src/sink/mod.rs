@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use self::clickhouse::{ClickHouseClient, ClickHouseSink, client};
+pub use self::clickhouse::{
+    ClickHouseClient, ClickHouseSink, EventCursor, client, count_events, events_page,
+};
 pub use self::memory::MemorySink;
 
 use crate::ProcessorError;

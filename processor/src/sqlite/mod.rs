@@ -23,9 +23,11 @@ use crate::rows::StoredRow;
 use crate::sink::Sink;
 
 mod migrations;
+mod read;
 mod write;
 
 pub use migrations::{MIGRATIONS, Migration};
+pub use read::{count_events, scan_events};
 pub use write::SqliteRow;
 
 /// Opens (creating if needed) the store at `path` and brings its schema up to date; returns
