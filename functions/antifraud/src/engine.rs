@@ -413,6 +413,7 @@ impl Engine {
                 key_player(&event.tenant_id, &event.player_id).as_str(),
                 t,
                 rule.score,
+                hasher.hash_one((&rule.id, id)) as u32,
                 &set.scoring,
                 set.limits.max_scored_players,
             );
@@ -519,7 +520,7 @@ struct SnapshotOut<'a> {
     format: u32,
     rules: Vec<RuleStateOut<'a>>,
     join: (Vec<(u64, i64, i64)>, i64),
-    scores: Vec<(&'a str, &'a std::collections::VecDeque<(i64, u32)>)>,
+    scores: Vec<(&'a str, std::collections::VecDeque<(i64, u32)>)>,
     last_sweep: i64,
 }
 

@@ -16,6 +16,9 @@ pub(crate) struct StakeJoin {
     newest: i64,
     /// When tracking (the engine's [`crate::engine::Unit`] changes): bets placed or dropped.
     pub changed: Option<std::collections::HashSet<u64, foldhash::fast::FixedState>>,
+    /// False after [`StakeJoin::put`] loaded bets out of time order: `order` is sorted before
+    /// the next eviction.
+    sorted: bool,
 }
 
 impl StakeJoin {
@@ -28,6 +31,7 @@ impl StakeJoin {
             horizon_ms,
             newest: i64::MIN,
             changed: None,
+            sorted: true,
         }
     }
 
@@ -38,6 +42,10 @@ impl StakeJoin {
     /// Remembers a placed bet's stake (minor units) at event time `t`.
     pub fn placed(&mut self, tenant: &str, bet_id: &str, stake: i64, t: i64) {
         let k = self.key(tenant, bet_id);
+        if !self.sorted {
+            self.order.make_contiguous().sort_unstable();
+            self.sorted = true;
+        }
         if self.stakes.insert(k, (stake, t)).is_none() {
             self.order.push_back((t, k));
         }
@@ -61,7 +69,6 @@ impl StakeJoin {
         }
     }
 
-    /// The stake of a bet, if remembered.
     /// The key of a bet (a hash of tenant and bet id).
     pub fn key_of(&self, tenant: &str, bet_id: &str) -> u64 {
         self.key(tenant, bet_id)
@@ -76,6 +83,7 @@ impl StakeJoin {
     pub fn put(&mut self, k: u64, stake: i64, t: i64) {
         if self.stakes.insert(k, (stake, t)).is_none() {
             self.order.push_back((t, k));
+            self.sorted = false;
         }
         self.newest = self.newest.max(t);
     }
@@ -100,6 +108,7 @@ impl StakeJoin {
         self.horizon_ms
     }
 
+    /// The stake of a bet, if remembered.
     pub fn stake(&self, tenant: &str, bet_id: &str) -> Option<i64> {
         self.stakes.get(&self.key(tenant, bet_id)).map(|(s, _)| *s)
     }

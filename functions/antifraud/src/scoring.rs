@@ -14,22 +14,28 @@ pub(crate) const MAX_HITS: usize = 64;
 /// A player's key and hits (time, points), as a snapshot holds them.
 pub(crate) type PlayerHits = (Box<str>, VecDeque<(i64, u32)>);
 
+/// One hit: event time, points, and a hash of (rule id, trigger event id) so the same hit
+/// applied twice (an evaluation repeated over partly saved state) counts once.
+pub(crate) type Hit = (i64, u32, u32);
+
 #[derive(Debug, Default)]
 pub(crate) struct Scores {
-    players: HashMap<Box<str>, VecDeque<(i64, u32)>, foldhash::fast::RandomState>,
+    players: HashMap<Box<str>, VecDeque<Hit>, foldhash::fast::RandomState>,
     /// When tracking (the engine's [`crate::engine::Unit`] changes): players whose hits
     /// changed or went.
     pub changed: Option<std::collections::HashSet<Box<str>, foldhash::fast::RandomState>>,
 }
 
 impl Scores {
-    /// Adds a hit of `score` points at event time `t` to `key`'s score and returns the total
-    /// within the window (this hit included).
+    /// Adds a hit of `score` points at event time `t` to `key`'s score (unless the hit with this
+    /// `tag` at `t` is already there) and returns the total within the window (this hit
+    /// included).
     pub fn add(
         &mut self,
         key: &str,
         t: i64,
         score: u32,
+        tag: u32,
         cfg: &ScoringConfig,
         max_players: usize,
     ) -> u32 {
@@ -46,14 +52,16 @@ impl Scores {
             None => self.players.entry(key.into()).or_default(),
         };
         let from = t.saturating_sub(cfg.window_ms);
-        hits.retain(|(ht, _)| *ht > from);
-        hits.push_back((t, score));
+        hits.retain(|(ht, _, _)| *ht > from);
+        if !hits.iter().any(|(ht, _, hg)| *ht == t && *hg == tag) {
+            hits.push_back((t, score, tag));
+        }
         while hits.len() > MAX_HITS {
             hits.pop_front();
         }
         hits.iter()
-            .filter(|(ht, _)| *ht <= t)
-            .map(|(_, s)| *s)
+            .filter(|(ht, _, _)| *ht <= t)
+            .map(|(_, s, _)| *s)
             .fold(0u32, u32::saturating_add)
     }
 
@@ -86,22 +94,29 @@ impl Scores {
     }
 
     /// Every player's hits, for a snapshot.
-    pub fn export(&self) -> Vec<(&str, &VecDeque<(i64, u32)>)> {
-        self.players.iter().map(|(k, h)| (&**k, h)).collect()
+    pub fn export(&self) -> Vec<(&str, VecDeque<(i64, u32)>)> {
+        self.players
+            .iter()
+            .map(|(k, h)| (&**k, h.iter().map(|(t, s, _)| (*t, *s)).collect()))
+            .collect()
     }
 
     /// Refills from [`Scores::export`]'s output.
     pub fn import(&mut self, players: Vec<PlayerHits>) {
-        self.players.extend(players);
+        self.players.extend(
+            players
+                .into_iter()
+                .map(|(k, h)| (k, h.into_iter().map(|(t, s)| (t, s, 0)).collect())),
+        );
     }
 
     /// One player's hits.
-    pub fn get(&self, key: &str) -> Option<&VecDeque<(i64, u32)>> {
+    pub fn get(&self, key: &str) -> Option<&VecDeque<Hit>> {
         self.players.get(key)
     }
 
     /// Sets one player's hits.
-    pub fn put(&mut self, key: Box<str>, hits: VecDeque<(i64, u32)>) {
+    pub fn put(&mut self, key: Box<str>, hits: VecDeque<Hit>) {
         self.players.insert(key, hits);
     }
 
@@ -118,10 +133,7 @@ impl Scores {
         self.players
             .iter()
             .map(|(k, h)| {
-                std::mem::size_of::<(Box<str>, VecDeque<(i64, u32)>)>()
-                    + 1
-                    + k.len()
-                    + h.capacity() * 16
+                std::mem::size_of::<(Box<str>, VecDeque<Hit>)>() + 1 + k.len() + h.capacity() * 16
             })
             .sum()
     }
@@ -150,18 +162,24 @@ mod tests {
             block: 60,
         };
         let mut s = Scores::default();
-        assert_eq!(s.add("t\u{1f}p", 0, 20, &cfg, 10), 20);
+        assert_eq!(s.add("t\u{1f}p", 0, 20, 1, &cfg, 10), 20);
         assert_eq!(recommend(20, &cfg), Recommendation::None);
-        assert_eq!(s.add("t\u{1f}p", 500, 20, &cfg, 10), 40);
+        assert_eq!(s.add("t\u{1f}p", 500, 20, 1, &cfg, 10), 40);
         assert_eq!(recommend(40, &cfg), Recommendation::Review);
-        assert_eq!(s.add("t\u{1f}p", 900, 20, &cfg, 10), 60);
+        assert_eq!(s.add("t\u{1f}p", 900, 20, 1, &cfg, 10), 60);
         assert_eq!(recommend(60, &cfg), Recommendation::Block);
-        assert_eq!(s.add("t\u{1f}q", 900, 5, &cfg, 10), 5, "players are apart");
+        assert_eq!(s.add("t\u{1f}q", 900, 5, 1, &cfg, 10), 5, "players are apart");
         assert_eq!(
-            s.add("t\u{1f}p", 1600, 1, &cfg, 10),
+            s.add("t\u{1f}p", 1600, 1, 1, &cfg, 10),
             21,
             "hits at 0 and 500 left the window"
         );
+        assert_eq!(
+            s.add("t\u{1f}p", 1600, 1, 1, &cfg, 10),
+            21,
+            "the same hit (time and tag) applied again counts once"
+        );
+        assert_eq!(s.add("t\u{1f}p", 1600, 1, 2, &cfg, 10), 22, "another rule's hit");
     }
 
     #[test]
@@ -169,7 +187,7 @@ mod tests {
         let cfg = ScoringConfig::default();
         let mut s = Scores::default();
         for i in 0..100 {
-            s.add(&format!("p{i}"), i, 1, &cfg, 10);
+            s.add(&format!("p{i}"), i, 1, 1, &cfg, 10);
         }
         assert!(s.len() <= 10);
     }

@@ -223,7 +223,7 @@ impl Engine {
                 self.join.put(*k, stake, t);
             }
             Unit::Score(p) => {
-                let hits: VecDeque<(i64, u32)> = decode(bytes)?;
+                let hits: VecDeque<crate::scoring::Hit> = decode(bytes)?;
                 self.scores.put(p.clone(), hits);
             }
         }
@@ -315,7 +315,12 @@ impl Engine {
             let hits = self.scores.get(&p).filter(|h| !h.is_empty());
             units.push(match hits {
                 Some(h) => Change {
-                    expires_at_ms: h.back().map_or(0, |x| x.0).saturating_add(window),
+                    expires_at_ms: h
+                        .iter()
+                        .map(|x| x.0)
+                        .max()
+                        .unwrap_or(0)
+                        .saturating_add(window),
                     value: Some(encode(h)?),
                     unit: Unit::Score(p),
                 },

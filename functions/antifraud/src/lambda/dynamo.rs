@@ -4,8 +4,13 @@
 //!
 //! An item holds at most 400 KB: a unit larger than [`CHUNK`] bytes (a window near its cap)
 //! keeps its first chunk in its own item and the rest in items named
-//! `c|<unit>|<version>|<i>`, written before the unit's item; a reader fetches the chunks of the
-//! version it read. Chunks of older versions are left to the TTL.
+//! `c|<unit>|<version>|<nonce>|<i>` (`c` (S) in the unit's item holds `<version>|<nonce>`: two
+//! writers of the same version never share chunk items), written before the unit's item; a
+//! reader fetches the chunks the item names. Chunks of older versions are left to the TTL.
+//!
+//! A unit that cannot be read whole — its TTL passed (DynamoDB deletes expired items late and in
+//! any order), or a chunk is gone — loads as an empty unit at its version: the rule starts that
+//! key empty and the next write replaces the item (rather than failing every retry).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -60,8 +65,8 @@ where
         .is_some_and(|c| c == "ConditionalCheckFailedException")
 }
 
-fn chunk_name(unit: &str, version: u64, i: usize) -> String {
-    format!("c|{unit}|{version}|{i}")
+fn chunk_name(unit: &str, chunks: &str, i: usize) -> String {
+    format!("c|{unit}|{chunks}|{i}")
 }
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
@@ -175,11 +180,12 @@ impl DynamoUnits {
         } else {
             value.chunks(CHUNK).collect()
         };
+        let chunks = format!("{version}|{:016x}", uuid::Uuid::now_v7().as_u128() as u64);
         for (i, piece) in pieces.iter().enumerate().skip(1) {
             self.client
                 .put_item()
                 .table_name(&self.table)
-                .item("unit", AttributeValue::S(chunk_name(&w.name, version, i)))
+                .item("unit", AttributeValue::S(chunk_name(&w.name, &chunks, i)))
                 .item("d", AttributeValue::B(Blob::new(piece.to_vec())))
                 .item("ttl", ttl.clone())
                 .send()
@@ -193,6 +199,7 @@ impl DynamoUnits {
             .item("unit", unit)
             .item("v", AttributeValue::N(version.to_string()))
             .item("n", AttributeValue::N(pieces.len().to_string()))
+            .item("c", AttributeValue::S(chunks))
             .item("d", AttributeValue::B(Blob::new(pieces[0].to_vec())))
             .item("ttl", ttl)
             .condition_expression(condition.0);
@@ -214,24 +221,39 @@ impl DynamoUnits {
 impl UnitStore for DynamoUnits {
     async fn load(&self, names: &[String]) -> Result<HashMap<String, Stored>, StoreError> {
         let items = self.get_items(names).await?;
+        let now_s = pitboss_model::Timestamp::now().as_millis() / 1000;
         let mut out = HashMap::with_capacity(items.len());
-        let mut chunked: Vec<(String, u64, usize)> = Vec::new();
+        let mut chunked: Vec<(String, String, usize)> = Vec::new();
         for item in items {
-            let (Some(AttributeValue::S(name)), Some(version), Some(d)) =
-                (item.get("unit"), number(&item, "v"), bytes(&item))
+            let (Some(AttributeValue::S(name)), Some(version)) =
+                (item.get("unit"), number(&item, "v"))
             else {
                 continue;
             };
+            let expired = number(&item, "ttl").is_some_and(|t| (t as i64) < now_s);
+            let d = bytes(&item).filter(|_| !expired).unwrap_or_default();
             let n = number(&item, "n").unwrap_or(1) as usize;
-            if n > 1 {
-                chunked.push((name.clone(), version, n));
+            if n > 1 && !expired {
+                match item.get("c").and_then(|c| c.as_s().ok()) {
+                    Some(c) => chunked.push((name.clone(), c.clone(), n)),
+                    None => {
+                        out.insert(
+                            name.clone(),
+                            Stored {
+                                version,
+                                bytes: Vec::new(),
+                            },
+                        );
+                        continue;
+                    }
+                }
             }
             out.insert(name.clone(), Stored { version, bytes: d });
         }
         if !chunked.is_empty() {
             let names: Vec<String> = chunked
                 .iter()
-                .flat_map(|(u, v, n)| (1..*n).map(move |i| chunk_name(u, *v, i)))
+                .flat_map(|(u, c, n)| (1..*n).map(move |i| chunk_name(u, c, i)))
                 .collect();
             let pieces: HashMap<String, Vec<u8>> = self
                 .get_items(&names)
@@ -242,30 +264,19 @@ impl UnitStore for DynamoUnits {
                     _ => None,
                 })
                 .collect();
-            for (unit, version, n) in chunked {
-                let mut all = match out.remove(&unit) {
-                    Some(s) => s.bytes,
-                    None => continue,
+            for (unit, chunks, n) in chunked {
+                let Some(stored) = out.get_mut(&unit) else {
+                    continue;
                 };
-                let mut complete = true;
                 for i in 1..n {
-                    match pieces.get(&chunk_name(&unit, version, i)) {
-                        Some(p) => all.extend_from_slice(p),
-                        None => complete = false,
+                    match pieces.get(&chunk_name(&unit, &chunks, i)) {
+                        Some(p) => stored.bytes.extend_from_slice(p),
+                        None => {
+                            tracing::warn!(%unit, %chunks, "a chunk of the unit is gone; it starts empty");
+                            stored.bytes.clear();
+                            break;
+                        }
                     }
-                }
-                if complete {
-                    out.insert(
-                        unit,
-                        Stored {
-                            version,
-                            bytes: all,
-                        },
-                    );
-                } else {
-                    return Err(StoreError::Unavailable(format!(
-                        "unit {unit} version {version}: a chunk is missing"
-                    )));
                 }
             }
         }
