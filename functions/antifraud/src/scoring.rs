@@ -168,7 +168,11 @@ mod tests {
         assert_eq!(recommend(40, &cfg), Recommendation::Review);
         assert_eq!(s.add("t\u{1f}p", 900, 20, 1, &cfg, 10), 60);
         assert_eq!(recommend(60, &cfg), Recommendation::Block);
-        assert_eq!(s.add("t\u{1f}q", 900, 5, 1, &cfg, 10), 5, "players are apart");
+        assert_eq!(
+            s.add("t\u{1f}q", 900, 5, 1, &cfg, 10),
+            5,
+            "players are apart"
+        );
         assert_eq!(
             s.add("t\u{1f}p", 1600, 1, 1, &cfg, 10),
             21,
@@ -179,7 +183,11 @@ mod tests {
             21,
             "the same hit (time and tag) applied again counts once"
         );
-        assert_eq!(s.add("t\u{1f}p", 1600, 1, 2, &cfg, 10), 22, "another rule's hit");
+        assert_eq!(
+            s.add("t\u{1f}p", 1600, 1, 2, &cfg, 10),
+            22,
+            "another rule's hit"
+        );
     }
 
     #[test]

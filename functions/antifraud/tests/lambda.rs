@@ -358,3 +358,82 @@ async fn msk_batches_over_two_partitions_publish_to_kafka_exactly_one_engines_al
         .collect();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_units_are_chunked_versioned_and_written_all_or_none() {
+    use pitboss_antifraud::lambda::dynamo::DynamoUnits;
+    use pitboss_antifraud::lambda::{StoreError, UnitStore, Write};
+    let moto = pitboss_testkit::kinesis();
+    let table = state_table(&moto).await;
+    let store = DynamoUnits::new(dynamo(&moto).await, &table);
+    let far = Timestamp::now().as_millis() / 1000 + 86_400;
+    let big: Vec<u8> = (0..900_000u32).map(|i| (i % 251) as u8).collect();
+    let write = |name: &str, expected: Option<u64>, value: Option<Vec<u8>>| Write {
+        name: name.into(),
+        expected,
+        value,
+        expires_at_s: far,
+    };
+    // A unit over the item limit, in three items.
+    store
+        .save(vec![write("w|big|1", None, Some(big.clone()))])
+        .await
+        .unwrap();
+    let got = store
+        .load(&["w|big|1".into(), "w|none".into()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got["w|big|1"].version, 1);
+    assert!(got["w|big|1"].bytes == big, "chunks reassembled");
+    // Written again as if it did not exist: refused.
+    assert!(matches!(
+        store
+            .save(vec![write("w|big|1", None, Some(vec![1]))])
+            .await,
+        Err(StoreError::Conflict(1))
+    ));
+    // One stale version in a transaction: none of its writes is applied.
+    let r = store
+        .save(vec![
+            write("w|big|1", Some(7), Some(vec![2])),
+            write("w|other|1", None, Some(vec![3])),
+        ])
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    let got = store
+        .load(&["w|big|1".into(), "w|other|1".into()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the other write was not applied");
+    assert!(got["w|big|1"].bytes == big);
+    // The right versions: both applied; then a delete.
+    store
+        .save(vec![
+            write("w|big|1", Some(1), Some(vec![4, 5])),
+            write("w|other|1", None, Some(vec![6])),
+        ])
+        .await
+        .unwrap();
+    let got = store
+        .load(&["w|big|1".into(), "w|other|1".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        (got["w|big|1"].version, &got["w|big|1"].bytes[..]),
+        (2, &[4u8, 5][..])
+    );
+    store
+        .save(vec![write("w|other|1", Some(1), None)])
+        .await
+        .unwrap();
+    let got = store.load(&["w|other|1".into()]).await.unwrap();
+    assert!(got.is_empty());
+    // 250 units in one save: three transactions.
+    let many: Vec<Write> = (0..250)
+        .map(|i| write(&format!("s|acme\u{1f}p{i}"), None, Some(vec![i as u8])))
+        .collect();
+    let names: Vec<String> = many.iter().map(|w| w.name.clone()).collect();
+    store.save(many).await.unwrap();
+    assert_eq!(store.load(&names).await.unwrap().len(), 250);
+}

@@ -8,6 +8,11 @@
 //! writers of the same version never share chunk items), written before the unit's item; a
 //! reader fetches the chunks the item names. Chunks of older versions are left to the TTL.
 //!
+//! A batch's writes go in `TransactWriteItems` of up to 100 conditional actions (and ~3.5 MB),
+//! so the units of a batch that fit in one transaction are written all or none; one unit whose
+//! version changed cancels its transaction (reported as a conflict: the batch is evaluated
+//! again). A transaction costs one call, at twice the write units of single writes.
+//!
 //! A unit that cannot be read whole — its TTL passed (DynamoDB deletes expired items late and in
 //! any order), or a chunk is gone — loads as an empty unit at its version: the rule starts that
 //! key empty and the next write replaces the item (rather than failing every retry).
@@ -17,8 +22,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem};
 use futures::{StreamExt, TryStreamExt};
 
 use super::{StoreError, Stored, UnitStore, Write};
@@ -27,8 +33,14 @@ use super::{StoreError, Stored, UnitStore, Write};
 pub const CHUNK: usize = 350_000;
 /// Keys per `BatchGetItem` (DynamoDB's limit).
 const BATCH_GET: usize = 100;
-/// Writes in flight at once.
+/// Chunk writes in flight at once.
 const CONCURRENT_WRITES: usize = 16;
+/// A batch's unit writes go in transactions of at most this many actions (DynamoDB's limit)…
+const TRANSACTION_ITEMS: usize = 100;
+/// …and about this many bytes (DynamoDB's limit is 4 MB per transaction).
+const TRANSACTION_BYTES: usize = 3_500_000;
+/// Transactions in flight at once.
+const CONCURRENT_TRANSACTIONS: usize = 4;
 
 /// The DynamoDB unit store.
 #[derive(Debug, Clone)]
@@ -56,14 +68,8 @@ where
     }
 }
 
-fn conditional_failed<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|s| s.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
-}
+/// A chunk item: its name, bytes and expiry (seconds).
+type Chunk = (String, Vec<u8>, i64);
 
 fn chunk_name(unit: &str, chunks: &str, i: usize) -> String {
     format!("c|{unit}|{chunks}|{i}")
@@ -148,31 +154,39 @@ impl DynamoUnits {
         Ok(found)
     }
 
-    async fn write_one(&self, w: Write) -> Result<bool, StoreError> {
-        let unit = AttributeValue::S(w.name.clone());
+    /// The chunk items a write puts first (unconditionally: their names are unique to this
+    /// write), and the conditional action on the unit's own item.
+    fn prepare(&self, w: Write) -> Result<(Vec<Chunk>, TransactWriteItem, usize), StoreError> {
         let ttl = AttributeValue::N(w.expires_at_s.to_string());
-        let condition = match w.expected {
-            Some(v) => ("#v = :v", Some(AttributeValue::N(v.to_string()))),
+        let (condition, values) = match w.expected {
+            Some(v) => (
+                "#v = :v",
+                Some(HashMap::from([(
+                    ":v".to_owned(),
+                    AttributeValue::N(v.to_string()),
+                )])),
+            ),
             None => ("attribute_not_exists(#u)", None),
         };
+        let names = match w.expected {
+            Some(_) => HashMap::from([("#v".to_owned(), "v".to_owned())]),
+            None => HashMap::from([("#u".to_owned(), "unit".to_owned())]),
+        };
+        let key = HashMap::from([("unit".to_owned(), AttributeValue::S(w.name.clone()))]);
         let Some(value) = w.value else {
-            let mut del = self
-                .client
-                .delete_item()
+            let delete = Delete::builder()
                 .table_name(&self.table)
-                .key("unit", unit)
-                .condition_expression(condition.0);
-            del = match condition.1 {
-                Some(v) => del
-                    .expression_attribute_names("#v", "v")
-                    .expression_attribute_values(":v", v),
-                None => del.expression_attribute_names("#u", "unit"),
-            };
-            return match del.send().await {
-                Ok(_) => Ok(true),
-                Err(e) if conditional_failed(&e) => Ok(false),
-                Err(e) => Err(StoreError::Unavailable(sdk(&e))),
-            };
+                .set_key(Some(key))
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(values)
+                .build()
+                .map_err(unavailable)?;
+            return Ok((
+                Vec::new(),
+                TransactWriteItem::builder().delete(delete).build(),
+                w.name.len() + 64,
+            ));
         };
         let version = w.expected.map_or(1, |v| v + 1);
         let pieces: Vec<&[u8]> = if value.is_empty() {
@@ -181,38 +195,77 @@ impl DynamoUnits {
             value.chunks(CHUNK).collect()
         };
         let chunks = format!("{version}|{:016x}", uuid::Uuid::now_v7().as_u128() as u64);
-        for (i, piece) in pieces.iter().enumerate().skip(1) {
-            self.client
-                .put_item()
-                .table_name(&self.table)
-                .item("unit", AttributeValue::S(chunk_name(&w.name, &chunks, i)))
-                .item("d", AttributeValue::B(Blob::new(piece.to_vec())))
-                .item("ttl", ttl.clone())
-                .send()
-                .await
-                .map_err(|e| StoreError::Unavailable(sdk(&e)))?;
-        }
-        let mut put = self
-            .client
+        let extra: Vec<Chunk> = pieces
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, p)| (chunk_name(&w.name, &chunks, i), p.to_vec(), w.expires_at_s))
+            .collect();
+        let size = w.name.len() + pieces[0].len() + chunks.len() + 96;
+        let mut item = key;
+        item.insert("v".into(), AttributeValue::N(version.to_string()));
+        item.insert("n".into(), AttributeValue::N(pieces.len().to_string()));
+        item.insert("c".into(), AttributeValue::S(chunks));
+        item.insert("d".into(), AttributeValue::B(Blob::new(pieces[0].to_vec())));
+        item.insert("ttl".into(), ttl);
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(values)
+            .build()
+            .map_err(unavailable)?;
+        Ok((extra, TransactWriteItem::builder().put(put).build(), size))
+    }
+
+    async fn put_chunk(
+        &self,
+        (name, bytes, expires_at_s): (String, Vec<u8>, i64),
+    ) -> Result<(), StoreError> {
+        self.client
             .put_item()
             .table_name(&self.table)
-            .item("unit", unit)
-            .item("v", AttributeValue::N(version.to_string()))
-            .item("n", AttributeValue::N(pieces.len().to_string()))
-            .item("c", AttributeValue::S(chunks))
-            .item("d", AttributeValue::B(Blob::new(pieces[0].to_vec())))
-            .item("ttl", ttl)
-            .condition_expression(condition.0);
-        put = match condition.1 {
-            Some(v) => put
-                .expression_attribute_names("#v", "v")
-                .expression_attribute_values(":v", v),
-            None => put.expression_attribute_names("#u", "unit"),
-        };
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if conditional_failed(&e) => Ok(false),
-            Err(e) => Err(StoreError::Unavailable(sdk(&e))),
+            .item("unit", AttributeValue::S(name))
+            .item("d", AttributeValue::B(Blob::new(bytes)))
+            .item("ttl", AttributeValue::N(expires_at_s.to_string()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(sdk(&e)))
+    }
+
+    /// One transaction; `Ok(n)`: n of its actions found their unit changed (then none of them
+    /// was applied).
+    async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<usize, StoreError> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(0),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
+                    e.as_service_error()
+                {
+                    let conflicts = c
+                        .cancellation_reasons()
+                        .iter()
+                        .filter(|r| {
+                            matches!(
+                                r.code(),
+                                Some("ConditionalCheckFailed" | "TransactionConflict")
+                            )
+                        })
+                        .count();
+                    if conflicts > 0 {
+                        return Ok(conflicts);
+                    }
+                }
+                Err(StoreError::Unavailable(sdk(&e)))
+            }
         }
     }
 }
@@ -284,12 +337,36 @@ impl UnitStore for DynamoUnits {
     }
 
     async fn save(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        let results: Vec<bool> = futures::stream::iter(writes)
-            .map(|w| self.write_one(w))
+        let mut chunks = Vec::new();
+        let mut transactions: Vec<Vec<TransactWriteItem>> = vec![Vec::new()];
+        let mut size = 0;
+        for w in writes {
+            let (extra, action, bytes) = self.prepare(w)?;
+            chunks.extend(extra);
+            let full = transactions.last().is_some_and(|t| {
+                t.len() >= TRANSACTION_ITEMS || (!t.is_empty() && size + bytes > TRANSACTION_BYTES)
+            });
+            if full {
+                transactions.push(Vec::new());
+                size = 0;
+            }
+            size += bytes;
+            if let Some(t) = transactions.last_mut() {
+                t.push(action);
+            }
+        }
+        futures::stream::iter(chunks)
+            .map(|c| self.put_chunk(c))
             .buffer_unordered(CONCURRENT_WRITES)
-            .try_collect()
+            .try_collect::<Vec<()>>()
             .await?;
-        let conflicts = results.iter().filter(|ok| !**ok).count();
+        let conflicts: Vec<usize> =
+            futures::stream::iter(transactions.into_iter().filter(|t| !t.is_empty()))
+                .map(|t| self.transact(t))
+                .buffer_unordered(CONCURRENT_TRANSACTIONS)
+                .try_collect()
+                .await?;
+        let conflicts: usize = conflicts.into_iter().sum();
         if conflicts > 0 {
             return Err(StoreError::Conflict(conflicts));
         }
