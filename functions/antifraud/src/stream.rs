@@ -212,6 +212,8 @@ struct Work {
     last_seq: Option<u64>,
     dirty: bool,
     last_snapshot: Instant,
+    /// When the state gauges were last refreshed.
+    last_stats: Option<Instant>,
     durable: Vec<(Arc<str>, Partition, Position)>,
     fingerprint: Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
     last_reload_check: Instant,
@@ -253,6 +255,7 @@ pub async fn run(
         last_seq: None,
         dirty: false,
         last_snapshot: Instant::now(),
+        last_stats: None,
         durable: Vec::new(),
         last_reload_check: Instant::now(),
         replay_since: Instant::now(),
@@ -574,10 +577,18 @@ impl Work {
                 "antifraud state saved whole"
             );
         }
-        let s = self.engine.stats();
-        metrics::gauge!("pitboss_antifraud_window_entries").set(s.entries as f64);
-        metrics::gauge!("pitboss_antifraud_window_keys").set(s.keys as f64);
-        metrics::gauge!("pitboss_antifraud_state_bytes").set(s.bytes as f64);
+        // Walking every key costs tens of milliseconds on a large state, on the engine's
+        // thread: the gauges are refreshed once a minute, not at every save.
+        if self
+            .last_stats
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.last_stats = Some(Instant::now());
+            let s = self.engine.stats();
+            metrics::gauge!("pitboss_antifraud_window_entries").set(s.entries as f64);
+            metrics::gauge!("pitboss_antifraud_window_keys").set(s.keys as f64);
+            metrics::gauge!("pitboss_antifraud_state_bytes").set(s.bytes as f64);
+        }
         self.durable.extend(
             self.processed
                 .iter()
