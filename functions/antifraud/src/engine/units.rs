@@ -241,8 +241,20 @@ impl Engine {
     /// The units changed since the last call (or, the first time, all of them), encoded.
     /// Empty when not tracking.
     pub fn take_changes(&mut self) -> Result<Changes, AntifraudError> {
+        let (full, units) = self.take_dirty();
+        Ok(Changes {
+            full,
+            units: self.changes_of(units)?,
+            meta: self.meta()?,
+        })
+    }
+
+    /// Which units changed since the last call (all of them the first time, and after a
+    /// reload: `full`), without encoding them; [`Engine::changes_of`] encodes them later,
+    /// as they are then. Empty when not tracking.
+    pub fn take_dirty(&mut self) -> (bool, Vec<Unit>) {
         let Some(dirty) = self.dirty.as_mut() else {
-            return Ok(Changes::default());
+            return (false, Vec::new());
         };
         let full = std::mem::take(&mut dirty.full);
         let windows: Vec<(u32, Key)> = if full {
@@ -271,70 +283,78 @@ impl Engine {
             (Some(c), false) => c.drain().collect(),
             (None, _) => Vec::new(),
         };
-        let idle = self.set.limits.idle_after_ms;
         let mut units = Vec::with_capacity(windows.len() + bets.len() + players.len());
         for (ri, k) in windows {
-            let ri = ri as usize;
-            let (Some(rule), Some(tag)) = (self.set.rules.get(ri), self.tags.get(ri)) else {
-                continue;
-            };
-            let unit = Unit::Window {
-                rule: tag.clone(),
-                key: k,
-            };
-            units.push(match self.states[ri].get(&k) {
-                Some(s) => Change {
-                    unit,
-                    value: Some(encode(s)?),
-                    expires_at_ms: s.last_active.saturating_add(keep_ms(rule, idle)),
-                },
-                None => Change {
-                    unit,
-                    value: None,
-                    expires_at_ms: 0,
-                },
-            });
+            if let Some(tag) = self.tags.get(ri as usize) {
+                units.push(Unit::Window {
+                    rule: tag.clone(),
+                    key: k,
+                });
+            }
         }
-        let horizon = self.join.horizon_ms();
-        for k in bets {
-            units.push(match self.join.get(k) {
-                Some((stake, t)) => Change {
-                    unit: Unit::Bet(k),
-                    value: Some(encode(&(stake, t))?),
-                    expires_at_ms: t.saturating_add(horizon),
-                },
-                None => Change {
-                    unit: Unit::Bet(k),
-                    value: None,
-                    expires_at_ms: 0,
-                },
-            });
-        }
-        let window = self.set.scoring.window_ms;
-        for p in players {
-            let hits = self.scores.get(&p).filter(|h| !h.is_empty());
-            units.push(match hits {
-                Some(h) => Change {
-                    expires_at_ms: h
-                        .iter()
-                        .map(|x| x.0)
-                        .max()
-                        .unwrap_or(0)
-                        .saturating_add(window),
-                    value: Some(encode(h)?),
-                    unit: Unit::Score(p),
-                },
-                None => Change {
-                    unit: Unit::Score(p),
-                    value: None,
-                    expires_at_ms: 0,
-                },
-            });
-        }
-        let meta = encode(&Meta {
+        units.extend(bets.into_iter().map(Unit::Bet));
+        units.extend(players.into_iter().map(Unit::Score));
+        (full, units)
+    }
+
+    /// The engine-wide values, for [`Engine::set_meta`].
+    pub fn meta(&self) -> Result<Vec<u8>, AntifraudError> {
+        encode(&Meta {
             last_sweep: self.last_sweep,
             join_newest: self.join.newest(),
-        })?;
-        Ok(Changes { full, units, meta })
+        })
+    }
+
+    /// These units as they are now: bytes, or `None` for a unit that is gone (a window of a
+    /// rule no longer running included).
+    pub fn changes_of(&self, units: Vec<Unit>) -> Result<Vec<Change>, AntifraudError> {
+        let idle = self.set.limits.idle_after_ms;
+        let horizon = self.join.horizon_ms();
+        let window = self.set.scoring.window_ms;
+        let gone = |unit| Change {
+            unit,
+            value: None,
+            expires_at_ms: 0,
+        };
+        let mut out = Vec::with_capacity(units.len());
+        for unit in units {
+            out.push(match &unit {
+                Unit::Window { rule, key } => {
+                    let found = self.tags.iter().position(|t| t == rule).and_then(|ri| {
+                        Some((self.set.rules.get(ri)?, self.states.get(ri)?.get(key)?))
+                    });
+                    match found {
+                        Some((r, s)) => Change {
+                            value: Some(encode(s)?),
+                            expires_at_ms: s.last_active.saturating_add(keep_ms(r, idle)),
+                            unit,
+                        },
+                        None => gone(unit),
+                    }
+                }
+                Unit::Bet(k) => match self.join.get(*k) {
+                    Some((stake, t)) => Change {
+                        value: Some(encode(&(stake, t))?),
+                        expires_at_ms: t.saturating_add(horizon),
+                        unit,
+                    },
+                    None => gone(unit),
+                },
+                Unit::Score(p) => match self.scores.get(p).filter(|h| !h.is_empty()) {
+                    Some(h) => Change {
+                        value: Some(encode(h)?),
+                        expires_at_ms: h
+                            .iter()
+                            .map(|x| x.0)
+                            .max()
+                            .unwrap_or(0)
+                            .saturating_add(window),
+                        unit,
+                    },
+                    None => gone(unit),
+                },
+            });
+        }
+        Ok(out)
     }
 }
