@@ -122,6 +122,9 @@ struct AntifraudArgs {
     /// How often the engine's state is saved and the offsets committed (milliseconds).
     #[arg(long, default_value_t = 5000)]
     snapshot_interval_ms: u64,
+    /// Units of state a save writes between two polls (a larger save is spread over several).
+    #[arg(long, default_value_t = 2000)]
+    save_slice_units: usize,
     /// Seconds without heartbeats before the group gives a dead member's partitions away.
     #[arg(long, default_value_t = 10)]
     session_timeout_secs: u64,
@@ -433,6 +436,7 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     config.dead_letter_topic = args.dead_letter_topic.clone();
     config.state_path = args.state_dir.join("antifraud.db");
     config.snapshot_interval = std::time::Duration::from_millis(args.snapshot_interval_ms.max(1));
+    config.save_slice_units = args.save_slice_units;
     config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
     // Refuse bad rules before connecting to anything.
     let set = config.rules.load()?;
@@ -539,6 +543,13 @@ struct UpArgs {
         default_value_t = 5000
     )]
     snapshot_interval_ms: u64,
+    /// Units of the rules engine's state a save writes between two polls.
+    #[arg(
+        long,
+        env = "PITBOSS_ANTIFRAUD_SAVE_SLICE_UNITS",
+        default_value_t = 2000
+    )]
+    save_slice_units: usize,
     /// Address of the edge gateway (WebSocket pushes and alerts, operator publish API).
     #[arg(long, env = "PITBOSS_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
     gateway_listen: std::net::SocketAddr,
@@ -648,6 +659,7 @@ async fn up(
         rules,
         no_rules,
         snapshot_interval_ms,
+        save_slice_units,
         gateway_listen,
         gateway: gateway_tuning,
         demo,
@@ -730,6 +742,7 @@ async fn up(
         let mut c = antifraud_config(&ingest.topic, &ingest.overflow_topic(), rules);
         c.state_path = data_dir.join("antifraud.db");
         c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
+        c.save_slice_units = save_slice_units;
         c
     });
     if let Some(c) = &antifraud {

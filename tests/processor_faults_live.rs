@@ -306,6 +306,9 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
             .args([
                 "--snapshot-interval-ms",
                 "500",
+                // Saves spread over several polls, so kills land between their slices too.
+                "--save-slice-units",
+                "20",
                 "--session-timeout-secs",
                 "6",
             ])

@@ -320,7 +320,10 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
     let mut rounds = Vec::new();
     for round in 0..6 {
         // Snapshots every 700 ms: some kills land after one, most with batches logged since.
-        let (mut child, addr) = up_with(dir.path(), &["--snapshot-interval-ms", "700"]);
+        let (mut child, addr) = up_with(
+            dir.path(),
+            &["--snapshot-interval-ms", "700", "--save-slice-units", "20"],
+        );
         let key = std::fs::read_to_string(dir.path().join("demo-api-key"))
             .unwrap()
             .trim()

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use pitboss_bus::{Partition, Position};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::Changes;
+use crate::{Change, Changes};
 
 /// `snapshots.format` of a snapshot whose engine state is the whole-engine blob in
 /// `snapshots.engine` (files written before units; the column's default).
@@ -314,46 +314,9 @@ impl StateStore {
         covers_seq: Option<u64>,
     ) -> Result<SaveStats, StateError> {
         let positions = encode(positions)?;
-        let mut stats = SaveStats {
-            full: changes.full,
-            bytes: positions.len() + changes.meta.len(),
-            ..SaveStats::default()
-        };
         let tx = self.conn.transaction()?;
-        if changes.full {
-            tx.execute("DELETE FROM units WHERE group_id = ?1", params![self.group])?;
-        }
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO units (group_id, unit, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (group_id, unit) DO UPDATE SET value = excluded.value",
-            )?;
-            let mut delete =
-                tx.prepare_cached("DELETE FROM units WHERE group_id = ?1 AND unit = ?2")?;
-            // In name order, rows that share B-tree pages are written together (a full save
-            // takes half the time it takes in the engine's order).
-            let mut named: Vec<(String, &Option<Vec<u8>>)> = changes
-                .units
-                .iter()
-                .map(|c| (c.unit.name(), &c.value))
-                .collect();
-            named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (name, value) in named {
-                match value {
-                    Some(v) => {
-                        upsert.execute(params![self.group, name, v])?;
-                        stats.upserted += 1;
-                        stats.bytes += v.len();
-                    }
-                    // After a full drop there is nothing to delete.
-                    None if changes.full => {}
-                    None => {
-                        delete.execute(params![self.group, name])?;
-                        stats.deleted += 1;
-                    }
-                }
-            }
-        }
+        let mut stats = write_units(&tx, &self.group, changes.full, &changes.units)?;
+        stats.bytes += positions.len() + changes.meta.len();
         tx.execute(
             "INSERT OR REPLACE INTO snapshots (group_id, taken_at_ms, positions, engine, format, meta)
              VALUES (?1, ?2, ?3, X'', ?4, ?5)",
@@ -368,10 +331,63 @@ impl StateStore {
         tx.commit()?;
         Ok(stats)
     }
+
+    /// Writes a slice of a save's units (one transaction) without touching the snapshot's
+    /// positions: the units may hold events after those positions, which a restart then
+    /// replays onto them harmlessly (a window counts an event id once, a score hit counts once;
+    /// docs/rules.md, "Across crashes").
+    pub fn save_units(&mut self, units: &[Change]) -> Result<SaveStats, StateError> {
+        let tx = self.conn.transaction()?;
+        let stats = write_units(&tx, &self.group, false, units)?;
+        tx.commit()?;
+        Ok(stats)
+    }
 }
 
 /// Writes a state file as the build before units did: `blob` ([`crate::Engine::snapshot`]) as
 /// the group's snapshot, taken at 5.
+/// Upserts and deletes `units` of `group` in `tx` (after dropping all of them when `full`).
+fn write_units(
+    tx: &rusqlite::Transaction<'_>,
+    group: &str,
+    full: bool,
+    units: &[Change],
+) -> Result<SaveStats, StateError> {
+    let mut stats = SaveStats {
+        full,
+        ..SaveStats::default()
+    };
+    if full {
+        tx.execute("DELETE FROM units WHERE group_id = ?1", params![group])?;
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO units (group_id, unit, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (group_id, unit) DO UPDATE SET value = excluded.value",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM units WHERE group_id = ?1 AND unit = ?2")?;
+    // In name order, rows that share B-tree pages are written together (a full save takes
+    // half the time it takes in the engine's order).
+    let mut named: Vec<(String, &Option<Vec<u8>>)> =
+        units.iter().map(|c| (c.unit.name(), &c.value)).collect();
+    named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, value) in named {
+        match value {
+            Some(v) => {
+                upsert.execute(params![group, name, v])?;
+                stats.upserted += 1;
+                stats.bytes += v.len();
+            }
+            // After a full drop there is nothing to delete.
+            None if full => {}
+            None => {
+                delete.execute(params![group, name])?;
+                stats.deleted += 1;
+            }
+        }
+    }
+    Ok(stats)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) fn write_file_before_units(
