@@ -123,7 +123,7 @@ struct AntifraudArgs {
     #[arg(long, default_value_t = 5000)]
     snapshot_interval_ms: u64,
     /// Units of state a save writes between two polls (a larger save is spread over several).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 200)]
     save_slice_units: usize,
     /// Seconds without heartbeats before the group gives a dead member's partitions away.
     #[arg(long, default_value_t = 10)]

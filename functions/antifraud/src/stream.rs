@@ -139,7 +139,7 @@ impl Default for StreamConfig {
             rules: RulesSource::Shipped,
             state_path: PathBuf::from("antifraud-state.db"),
             snapshot_interval: Duration::from_secs(5),
-            save_slice_units: 2_000,
+            save_slice_units: 200,
             reload_interval: Duration::from_secs(2),
             poll_max: 5_000,
             consumer: ConsumerConfig {
