@@ -547,7 +547,7 @@ struct UpArgs {
     #[arg(
         long,
         env = "PITBOSS_ANTIFRAUD_SAVE_SLICE_UNITS",
-        default_value_t = 2000
+        default_value_t = 200
     )]
     save_slice_units: usize,
     /// Address of the edge gateway (WebSocket pushes and alerts, operator publish API).
