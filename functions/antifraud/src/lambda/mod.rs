@@ -169,12 +169,11 @@ impl Function {
         publish(&self.publisher, &self.topics.dead_letter, dead, backoff)
             .await
             .map_err(|e| BatchError::Bus(e.to_string()))?;
+        // The first attempt's engine also says which units the batch reads.
+        let mut engine = Engine::new(self.set.clone());
         let mut units = Vec::new();
-        {
-            let probe = Engine::new(self.set.clone());
-            for (e, _) in &events {
-                probe.units_for(e, &mut units);
-            }
+        for (e, _) in &events {
+            engine.units_for(e, &mut units);
         }
         units.sort();
         units.dedup();
@@ -184,9 +183,12 @@ impl Function {
             stats.attempts = attempt;
             let loaded = self.store.load(&names).await?;
             stats.loaded = loaded.len();
-            let mut engine = Engine::new(self.set.clone());
+            if attempt > 1 {
+                engine = Engine::new(self.set.clone());
+            }
             for (unit, name) in units.iter().zip(&names) {
-                if let Some(s) = loaded.get(name)
+                // Empty: expired or incomplete in the store; the key starts empty.
+                if let Some(s) = loaded.get(name).filter(|s| !s.bytes.is_empty())
                     && let Err(e) = engine.load_unit(unit, &s.bytes)
                 {
                     // Unreadable (another build's format): the key starts empty and the write
@@ -337,13 +339,13 @@ pub fn parse_event(event: Value) -> Result<Invocation, EventShapeError> {
                     .rsplit_once('-')
                     .map_or(topic_partition.clone(), |(t, _)| t.to_owned())
             });
-            let value = r
-                .value
-                .as_deref()
-                .map(|v| base64::engine::general_purpose::STANDARD.decode(v))
-                .transpose()
-                .unwrap_or_else(|_| Some(Vec::new()))
-                .unwrap_or_default();
+            // A value that is not base64 stays as its text: it then fails to decode as an
+            // event and goes to the dead-letter topic with the decoder's reason.
+            let value = r.value.as_deref().map_or_else(Vec::new, |v| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .unwrap_or_else(|_| v.as_bytes().to_vec())
+            });
             let key = r
                 .key
                 .as_deref()
