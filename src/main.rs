@@ -233,8 +233,20 @@ struct MigrateArgs {
 struct ProcessArgs {
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
+    /// Which bus to read from (Kinesis: at-least-once, see docs/processor.md).
+    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
+    bus: BusKind,
     #[command(flatten)]
     kafka: KafkaArgs,
+    /// AWS region for Kinesis.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    kinesis_region: String,
+    /// Custom Kinesis endpoint (LocalStack).
+    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
+    kinesis_endpoint: Option<String>,
+    /// Directory of the embedded log (with `--bus embedded`).
+    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
+    data_dir: PathBuf,
     /// Topic to consume (repeatable), `NAME` or `NAME=TABLE`: the events topic and its hot-key
     /// overflow by default. `alerts`, `pushes`, `deliveries` and `alert_acks` are stored in
     /// the tables of those names, any other topic in `events`; `=TABLE` says otherwise
@@ -471,10 +483,17 @@ async fn process(args: ProcessArgs) -> Result<()> {
     // processors as soon as they run, and the process exits 0.
     let stop = Shutdown::on_signals();
     let client = clickhouse_client(&args.clickhouse).await?;
-    let bus = args.kafka.spec()?.open().await?;
+    let spec = bus_spec(
+        args.bus,
+        &args.kafka,
+        args.kinesis_region.clone(),
+        args.kinesis_endpoint.clone(),
+        &args.data_dir,
+    )?;
+    let bus = spec.open().await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
-    tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, "processor starting");
+    tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, bus = ?args.bus, "processor starting");
     let configs = args
         .topics
         .iter()
