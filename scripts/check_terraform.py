@@ -10,11 +10,20 @@
 - every CloudWatch log group has a retention and a KMS key;
 - every variable without a default has a validation block, so an empty or malformed value
   fails naming it; and the example environment's variables all have one;
-- no secret version holds a literal: secret_string comes from a variable or a generated value.
+- no secret version holds a literal: secret_string comes from a variable or a generated value;
+- references, what `terraform validate` would reject without needing the providers (it cannot
+  run here: no provider registry): in each directory of .tf files, every var.X, local.X, data.T.N,
+  resource T.N (T of a provider in required_providers), module.N and module.N.OUT is declared
+  (OUT an output of the module's source directory); an instance key only on what has count or
+  for_each, and one where it has; every module call passes variables the module declares, and
+  every one it declares without a default.
 
     python3 scripts/check_terraform.py [infra/terraform]
+    python3 scripts/check_terraform.py --self-test
 
-Prints each failure with its file; exits 1 if there is any.
+Prints each failure with its file; exits 1 if there is any. --self-test runs the reference check
+on scripts/testdata/terraform-bad, which must fail with exactly the messages of its expected.txt
+(the check catches what it should, and flags none of the valid forms there).
 """
 import json
 import re
@@ -23,7 +32,6 @@ from pathlib import Path
 
 import hcl2
 
-root = Path(sys.argv[1] if len(sys.argv) > 1 else "infra/terraform")
 failures = []
 
 
@@ -69,6 +77,252 @@ def walk_actions(value):
         for v in value:
             yield from walk_actions(v)
 
+
+# ------------------------------------------------------------------ references
+# python-hcl2 gives each expression back as text: "${...}" around an expression, templates as
+# they are ("${var.name}-ingest"), string literals inside an expression quoted with " or '
+# (object keys too: {'name': '${k}'}), "$${" for a literal "${". code_of() keeps the expression
+# text only, string literals' own text dropped, their interpolations kept.
+
+META_ARGS = {"source", "version", "count", "for_each", "depends_on", "providers"}
+ALWAYS = {"each", "count", "self", "path", "terraform"}
+IDENT = r"[A-Za-z_][\w-]*"
+CHAIN = re.compile(rf"(?<![\w.])({IDENT})((?:\.(?:{IDENT}|\d+|\*)|\[(?:[^\[\]]|\[[^\[\]]*\])*\])*)(\s*\()?")
+PART = re.compile(rf"\.({IDENT}|\d+|\*)|\[((?:[^\[\]]|\[[^\[\]]*\])*)\]")
+FOR_VARS = re.compile(rf"\bfor\s+({IDENT})(?:\s*,\s*({IDENT}))?\s+in\b")
+
+
+def code_of(s):
+    """The expression text of a python-hcl2 value: what is inside ${...} and %{...}, at any
+    depth of nesting in string literals, each string literal's own text replaced by ""."""
+    out, stack, i = [], [["str", None]], 0  # frames: ["str", quote or None (a template)], ["expr", depth]
+    while i < len(s):
+        frame, c = stack[-1], s[i]
+        if frame[0] == "str":
+            if c == "\\" and frame[1]:
+                i += 2
+            elif s.startswith(("$${", "%%{"), i):
+                i += 3
+            elif s.startswith(("${", "%{"), i):
+                stack.append(["expr", 0])
+                out.append(" ")
+                i += 2
+            else:
+                if c == frame[1]:
+                    stack.pop()
+                    out.append('""')
+                i += 1
+        else:
+            i += 1
+            if c in "\"'":
+                stack.append(["str", c])
+                continue
+            if c == "{":
+                frame[1] += 1
+            elif c == "}":
+                if frame[1] == 0:
+                    stack.pop()
+                    out.append(" ")
+                    continue
+                frame[1] -= 1
+            out.append(c)
+    return "".join(out)
+
+
+def references(s):
+    """(root, [parts]) of every reference in a python-hcl2 value; a part is ("attr", name) or
+    ("index", text); function calls and names without a traversal are left out."""
+    code = code_of(s)
+    local_names = {n for m in FOR_VARS.finditer(code) for n in m.groups() if n}
+    for m in CHAIN.finditer(code):
+        root, rest, call = m.groups()
+        if call or not rest or root in local_names:
+            continue
+        parts = [("attr", a) if a else ("index", ix.strip()) for a, ix in PART.findall(rest)]
+        yield root, parts
+
+
+def load_dir(d):
+    """Declarations of one directory of .tf files (a module)."""
+    decl = {"variable": {}, "locals": set(), "output": set(), "resource": {}, "data": {}, "module": {},
+            "providers": set(), "files": []}
+    for path in sorted(d.glob("*.tf")):
+        try:
+            with path.open() as f:
+                doc = hcl2.load(f)
+        except Exception:  # reported by the file loop below
+            continue
+        decl["files"].append((path, doc))
+        for entry in doc.get("variable", []):
+            for name, body in entry.items():
+                decl["variable"][unquote(name)] = body
+        for entry in doc.get("output", []):
+            decl["output"].update(unquote(n) for n in entry)
+        for entry in doc.get("locals", []):
+            decl["locals"].update(k for k in entry if not k.startswith("__"))
+        for kind in ("resource", "data"):
+            for rtype, name, body in blocks(doc, kind):
+                decl[kind][(rtype, name)] = body
+        for entry in doc.get("module", []):
+            for name, body in entry.items():
+                decl["module"][unquote(name)] = body
+        for tf in doc.get("terraform", []):
+            for rp in tf.get("required_providers", []):
+                decl["providers"].update(k for k in rp if not k.startswith("__"))
+    return decl
+
+
+def module_source(d, body):
+    src = unquote(val(body, "source", ""))
+    return (d / src).resolve() if isinstance(src, str) and src.startswith(("./", "../")) else None
+
+
+def walk_values(value, scope, key=None):
+    """(attribute, string, names in scope) of every string under a block body: dynamic blocks
+    bring their iterator's name into scope (the block's label, or its `iterator`)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k.startswith("__") or k in ("provider", "providers", "ignore_changes"):
+                continue
+            if k == "dynamic":
+                for entry in v:
+                    for label, body in entry.items():
+                        it = code_of(str(val(body, "iterator", "${%s}" % unquote(label)))).strip()
+                        yield from walk_values(body, scope | {it}, "dynamic " + unquote(label))
+            else:
+                yield from walk_values(v, scope, k if key is None else key)
+    elif isinstance(value, list):
+        for v in value:
+            yield from walk_values(v, scope, key)
+    elif isinstance(value, str):
+        yield key, value, scope
+
+
+REFS_CHECKED = {}
+
+
+def check_references(root):
+    """Messages for what `terraform validate` would reject in the modules under root; counts
+    the references it checked by kind in REFS_CHECKED."""
+    root = root.resolve()
+    out, dirs, cache = [], sorted({p.parent for p in root.rglob("*.tf") if ".terraform" not in p.parts}), {}
+
+    def decl_of(d):
+        if d not in cache:
+            cache[d] = load_dir(d)
+        return cache[d]
+
+    for d in dirs:
+        decl = decl_of(d)
+        prefixes = tuple(p + "_" for p in decl["providers"])
+
+        def instance(what, body, parts, i):
+            """An instance key where `what` has count/for_each, none where it has not."""
+            multi = "count" in body or "for_each" in body
+            nxt = parts[i] if i < len(parts) else None
+            if nxt and nxt[0] == "index" and nxt[1] != "*" and not multi:
+                return f"{what} has no count or for_each: [{nxt[1]}] is not an instance of it"
+            if nxt and nxt[0] == "attr" and nxt[1] != "*" and multi:
+                return f"{what} has count or for_each: .{nxt[1]} needs an instance key ([0], [key], [*])"
+            return None
+
+        for path, doc in decl["files"]:
+            rel = path.relative_to(root.parent)
+            for kind, entries in doc.items():
+                if kind in ("terraform", "moved", "removed", "import"):
+                    continue
+                for entry in entries:
+                    if kind == "locals":
+                        named = [("locals", entry)]
+                    elif kind in ("resource", "data"):
+                        named = [(("data." if kind == "data" else "") + f"{unquote(t)}.{unquote(n)}", b)
+                                 for t, bs in entry.items() for n, b in bs.items()]
+                    else:
+                        named = [(f"{kind}.{unquote(n)}", b) for n, b in entry.items()]
+                    for where, body in named:
+                        line = body.get("__start_line__") if isinstance(body, dict) else None
+                        if line is None:  # python-hcl2 gives no line for some blocks (output)
+                            m = re.search(r'^%s\s+"?%s"?' % tuple(map(re.escape, where.split(".", 1))),
+                                          path.read_text(), re.M)
+                            line = path.read_text().count("\n", 0, m.start()) + 1 if m else "?"
+                        seen = set()
+
+                        def bad(msg):
+                            if msg not in seen:
+                                seen.add(msg)
+                                out.append(f"{rel}:{line}: {where}: {msg}")
+
+                        for attr, s, scope in walk_values(body, set()):
+                            for rootname, parts in references(s):
+                                names = [p[1] if p[0] == "attr" else None for p in parts]
+                                first = names[0] if names else None
+                                if rootname in ALWAYS or rootname in scope:
+                                    continue
+                                kind_of = rootname if rootname in ("var", "local", "data", "module") else "resource"
+                                REFS_CHECKED[kind_of] = REFS_CHECKED.get(kind_of, 0) + 1
+                                if rootname == "var":
+                                    if first not in decl["variable"]:
+                                        bad(f"{attr}: var.{first}: no variable \"{first}\" in {d.relative_to(root.parent)}")
+                                elif rootname == "local":
+                                    if first not in decl["locals"]:
+                                        bad(f"{attr}: local.{first}: no such key in a locals block of {d.relative_to(root.parent)}")
+                                elif rootname == "data":
+                                    n = names[1] if len(names) > 1 else None
+                                    body2 = decl["data"].get((first, n))
+                                    if body2 is None:
+                                        bad(f"{attr}: data.{first}.{n} is not declared (no data \"{first}\" \"{n}\")")
+                                    elif msg := instance(f"data.{first}.{n}", body2, parts, 2):
+                                        bad(f"{attr}: {msg}")
+                                elif rootname == "module":
+                                    call = decl["module"].get(first)
+                                    if call is None:
+                                        bad(f"{attr}: module.{first} is not declared")
+                                        continue
+                                    if msg := instance(f"module.{first}", call, parts, 1):
+                                        bad(f"{attr}: {msg}")
+                                    outs = [p[1] for p in parts[1:] if p[0] == "attr" and p[1] != "*"][:1]
+                                    src = module_source(d, call)
+                                    if outs and src is not None and src.is_dir() and outs[0] not in decl_of(src)["output"]:
+                                        bad(f"{attr}: module.{first}.{outs[0]}: no output \"{outs[0]}\" in {src.relative_to(root.parent.resolve())}")
+                                elif rootname.startswith(prefixes):
+                                    body2 = decl["resource"].get((rootname, first))
+                                    if body2 is None:
+                                        bad(f"{attr}: {rootname}.{first} is not declared (no resource \"{rootname}\" \"{first}\")")
+                                    elif msg := instance(f"{rootname}.{first}", body2, parts, 1):
+                                        bad(f"{attr}: {msg}")
+                                else:
+                                    bad(f"{attr}: {rootname}.{first}: {rootname!r} is not a variable, local, data source, "
+                                        f"module, resource type (providers: {', '.join(sorted(decl['providers'])) or 'none'}) or iterator here")
+                        if kind == "module":
+                            src = module_source(d, body)
+                            if src is None:
+                                continue
+                            if not src.is_dir():
+                                bad(f"source {val(body, 'source')!r}: no such directory")
+                                continue
+                            called = decl_of(src)["variable"]
+                            args = {k for k in body if not k.startswith("__") and k not in META_ARGS}
+                            for a in sorted(args - called.keys()):
+                                bad(f"argument {a}: the module ({src.relative_to(root.parent.resolve())}) declares no variable \"{a}\"")
+                            for v in sorted(k for k, b in called.items() if "default" not in b and k not in args):
+                                bad(f"variable {v} of {src.relative_to(root.parent.resolve())} has no default and is not passed")
+    return out
+
+
+if sys.argv[1:2] == ["--self-test"]:
+    fixture = Path(__file__).resolve().parent / "testdata" / "terraform-bad"
+    got = check_references(fixture)
+    want = [l for l in (fixture / "expected.txt").read_text().splitlines() if l and not l.startswith("#")]
+    for m in sorted(set(want) - set(got)):
+        print(f"FAIL self-test: not reported: {m}")
+    for m in sorted(set(got) - set(want)):
+        print(f"FAIL self-test: reported, not expected: {m}")
+    ok = set(got) == set(want) and len(got) == len(want)
+    print(f"reference check self-test on {fixture.name}: {len(got)} findings, {len(want)} expected: "
+          f"{'as expected' if ok else 'MISMATCH'}")
+    sys.exit(0 if ok else 1)
+
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "infra/terraform")
 
 files = sorted(root.rglob("*.tf"))
 if not files:
@@ -123,11 +377,17 @@ for path in files:
                     and "validation" not in body and name not in ("tags",):
                 fail(path, f"variable {name}: no validation block (a wrong value must fail naming it)")
 
-for what, n in (("event source mapping", esm), ("ALB", albs), ("target group", tgs)):
+refs = check_references(root)
+failures.extend(refs)
+for what, n in (("event source mapping", esm), ("ALB", albs), ("target group", tgs),
+                ("var. reference", REFS_CHECKED.get("var", 0)), ("module output reference", REFS_CHECKED.get("module", 0))):
     if n == 0:
         failures.append(f"no {what} found under {root}: the assertions above checked nothing")
 for f in failures:
     print(f"FAIL {f}")
 print(f"terraform assertions: {len(files)} files, {esm} event source mappings, {albs} ALBs, "
-      f"{tgs} target groups; {len(failures)} failures")
+      f"{tgs} target groups, {sum(REFS_CHECKED.values())} references ("
+      f"{', '.join(f'{n} {k}' for k, n in sorted(REFS_CHECKED.items()))}) in {len({p.parent for p in files})} "
+      f"module directories; "
+      f"{len(failures)} failures")
 sys.exit(1 if failures else 0)

@@ -149,7 +149,11 @@ check_checkov() {
   "$VENV/bin/checkov" -d infra/terraform --framework terraform --skip-download --quiet --compact
 }
 
-check_terraform_assertions() { "$VENV/bin/python" scripts/check_terraform.py infra/terraform; }
+# The self-test first: the reference check must reject scripts/testdata/terraform-bad with
+# exactly the messages of its expected.txt (a check that cannot fail would pass anything).
+check_terraform_assertions() {
+  "$VENV/bin/python" scripts/check_terraform.py --self-test && "$VENV/bin/python" scripts/check_terraform.py infra/terraform
+}
 
 check_dashboards_generated() { python3 deploy/grafana/dashboards.py --check; }
 

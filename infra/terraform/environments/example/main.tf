@@ -1,8 +1,9 @@
 # Pitboss on AWS, an example environment (docs/deploy.md walks through it):
 #   API Gateway HTTP API -> ingest Lambda -> Kinesis (on-demand) or MSK  (var.bus)
 #   events -> antifraud Lambda (event source mapping; state in DynamoDB) -> alerts, pushes
-#   processor (ECS Fargate, 2+ tasks, one group) -> ClickHouse (var.clickhouse_url: ClickHouse
-#   Cloud or self-managed) -> Grafana (var.grafana_url: Amazon Managed Grafana)
+#   events, live path -> processor (ECS Fargate, 2+ tasks, one group; either bus) -> ClickHouse
+#   (var.clickhouse_url: ClickHouse Cloud or self-managed) -> Grafana (var.grafana_url: Amazon
+#   Managed Grafana)
 #   alerts, pushes -> edge gateway (ECS Fargate behind an ALB: WebSockets) -> players, operators
 # The network (VPC, subnets, endpoints), the ECR image and the alarm topic are inputs.
 
@@ -37,7 +38,7 @@ module "stream" {
   vpc_id                    = var.vpc_id
   vpc_cidr                  = var.vpc_cidr
   subnet_ids                = var.private_subnet_ids
-  client_security_group_ids = concat([module.ingest.security_group_id, module.antifraud.security_group_id, module.gateway.security_group_id], module.processor[*].security_group_id)
+  client_security_group_ids = [module.ingest.security_group_id, module.antifraud.security_group_id, module.gateway.security_group_id, module.processor.security_group_id]
 }
 
 module "ingest" {
@@ -116,11 +117,64 @@ resource "aws_ecs_cluster" "pitboss" {
   }
 }
 
-# `pitboss process` consumes Kafka only today (src/main.rs: ProcessArgs has no --bus), so the
-# processor runs with bus = "msk"; with "kinesis" the events feed the rules engine and the
-# gateways but are not stored in ClickHouse until the processor reads Kinesis (docs/deploy.md).
+# The processor reads either bus (PITBOSS_BUS in local.bus_env): on Kinesis it is
+# at-least-once (docs/processor.md), its consumer group's leases in the stream module's table,
+# which is the bus's default name (pitboss-leases).
+data "aws_iam_policy_document" "processor" {
+  # What the Kinesis bus calls for a consumer group and its dead letters (crates/bus/src/
+  # kinesis): ListShards, GetShardIterator and GetRecords on the streams it reads; ListShards
+  # and PutRecords on their `<topic>_dead_letter` streams; the lease table's calls. On MSK
+  # nothing: SASL/SCRAM credentials come in PITBOSS_KAFKA_OPTIONS (a secret the execution role
+  # reads), as for the gateway.
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "ReadTopics"
+      actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
+      resources = [for t in local.processor_read : local.streams[t]]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "PublishDeadLetters"
+      actions   = ["kinesis:ListShards", "kinesis:PutRecords"]
+      resources = [for t in local.processor_read : local.streams["${t}_dead_letter"]]
+    }
+  }
+  dynamic "statement" {
+    # The consumer group's leases and checkpoints. CreateTable: the bus calls it before
+    # DescribeTable on first use and takes ResourceInUseException as "already there"
+    # (crates/bus/src/kinesis/leases.rs); a denied call would stop the processor, so it may
+    # create this one table, which the stream module has already created.
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid = "LeaseTable"
+      actions = [
+        "dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem", "dynamodb:Query",
+      ]
+      resources = [module.stream.lease_table_arn]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.kinesis ? [1] : []
+    content {
+      sid       = "StreamAndTableKey"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [module.observability.kms_key_arn]
+    }
+  }
+}
+
+# DynamoDB (the lease table) through its gateway endpoint or a NAT answers at public addresses,
+# outside egress_cidrs: the region's managed prefix list names them.
+data "aws_ec2_managed_prefix_list" "dynamodb" {
+  count = local.kinesis ? 1 : 0
+  name  = "com.amazonaws.${var.region}.dynamodb"
+}
+
 module "processor" {
-  count              = local.kinesis ? 0 : 1
   source             = "../../modules/service"
   name               = "${var.name}-processor"
   image              = var.image
@@ -141,6 +195,8 @@ module "processor" {
   subnet_ids       = var.private_subnet_ids
   egress_cidrs     = local.egress_cidrs
   kms_key_arn      = module.observability.kms_key_arn
+
+  egress_prefix_list_ids = data.aws_ec2_managed_prefix_list.dynamodb[*].id
 }
 
 data "aws_iam_policy_document" "gateway" {

@@ -40,10 +40,10 @@ output "grafana_url" {
 
 output "log_groups" {
   description = "CloudWatch log groups of the ECS services."
-  value       = { processor = try(module.processor[0].log_group, null), gateway = module.gateway.log_group }
+  value       = { processor = module.processor.log_group, gateway = module.gateway.log_group }
 }
 
 output "processor" {
-  description = "The processor's ECS service (null with bus = kinesis: `pitboss process` reads Kafka only today)."
-  value       = try(module.processor[0].service_name, null)
+  description = "The processor's ECS service (it reads Kinesis or MSK, whichever var.bus is)."
+  value       = module.processor.service_name
 }

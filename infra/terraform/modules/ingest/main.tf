@@ -51,6 +51,15 @@ module "function" {
   tags               = var.tags
 }
 
+# The API's access log (the stage's access_log_settings); the function's own log group is in
+# modules/lambda_function.
+resource "aws_cloudwatch_log_group" "api" {
+  name              = "/pitboss/${var.name}/api-access"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+  tags              = var.tags
+}
+
 resource "aws_apigatewayv2_api" "ingest" {
   name          = var.name
   protocol_type = "HTTP"

@@ -211,6 +211,18 @@ resource "aws_security_group" "service" {
     cidr_blocks = var.egress_cidrs
   }
 
+  # AWS services reached outside egress_cidrs, such as DynamoDB through its gateway endpoint.
+  dynamic "egress" {
+    for_each = var.egress_prefix_list_ids
+    content {
+      description     = "HTTPS to an AWS service by its managed prefix list"
+      from_port       = 443
+      to_port         = 443
+      protocol        = "tcp"
+      prefix_list_ids = [egress.value]
+    }
+  }
+
   tags = var.tags
 }
 

@@ -163,6 +163,16 @@ variable "egress_cidrs" {
   }
 }
 
+variable "egress_prefix_list_ids" {
+  description = "Managed prefix lists (pl-...) the tasks may also reach on 443, e.g. DynamoDB's for its gateway endpoint (the processor's lease table on Kinesis)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for p in var.egress_prefix_list_ids : can(regex("^pl-[0-9a-f]+$", p))])
+    error_message = "egress_prefix_list_ids must be prefix list ids (pl-...)."
+  }
+}
+
 variable "load_balancer" {
   description = "An ALB in front (gateway): public subnets, TLS certificate, client CIDRs, idle timeout, access-log bucket."
   type = object({
