@@ -110,6 +110,7 @@ check_dockerfile() {
   grep -q '^USER 10001' "$f" || { echo "$f: no non-root USER"; ok=1; }
   grep -A1 '^HEALTHCHECK ' "$f" | grep -q '/healthz' || { echo "$f: no HEALTHCHECK on /healthz"; ok=1; }
   grep -q 'cargo build --release --locked' "$f" || { echo "$f: not cargo build --release --locked"; ok=1; }
+  grep -q 'cargo build --release --locked --features aws' "$f" || { echo "$f: built without --features aws (no --bus kinesis)"; ok=1; }
   grep -Eq '^FROM .* AS runtime' "$f" || { echo "$f: no runtime stage"; ok=1; }
   grep -E '^FROM ' "$f" | grep -Eqv '^FROM [^ ]+:[0-9][0-9A-Za-z._-]* AS ' && { echo "$f: a base image is not pinned to a version"; ok=1; }
   "$VENV/bin/checkov" -f "$f" --framework dockerfile --skip-download --quiet --compact || ok=1

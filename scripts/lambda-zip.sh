@@ -16,7 +16,9 @@
 # runs on AL2023) builds offline; it is installed when missing. By default the debug sections
 # are stripped from `bootstrap` (objcopy --strip-debug, as the Docker image does): measured on
 # the ingest function, 93.7 MB -> 24.5 MB unzipped, 28.9 MB -> 9.2 MB zipped (docs/deploy.md).
-# On the shared build machine every cargo run takes /var/cache/pitboss/build.lock.
+# Each package's `lambda` feature builds its Lambda binary (lambda_runtime / lambda_http, the AWS
+# SDK, the Kinesis bus); it is off by default. On the shared build machine every cargo run takes
+# /var/cache/pitboss/build.lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,11 +76,11 @@ build() {
   bin=$(bin_of "$1")
   case "$BUILDER" in
     cargo-lambda)
-      "${lock[@]}" cargo lambda build --release --locked "$arch_flag" -p "$pkg" --bin "$bin" >&2
+      "${lock[@]}" cargo lambda build --release --locked "$arch_flag" -p "$pkg" --features lambda --bin "$bin" >&2
       echo "$CARGO_TARGET_DIR/lambda/$bin/bootstrap"
       ;;
     cargo)
-      "${lock[@]}" cargo build --release --locked -p "$pkg" --bin "$bin" >&2
+      "${lock[@]}" cargo build --release --locked -p "$pkg" --features lambda --bin "$bin" >&2
       echo "$CARGO_TARGET_DIR/release/$bin"
       ;;
   esac

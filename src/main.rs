@@ -380,12 +380,24 @@ fn bus_spec(
             dir: data_dir.join("log"),
         },
         BusKind::Kafka => kafka.spec()?,
+        #[cfg(feature = "aws")]
         BusKind::Kinesis => BusSpec::Kinesis {
             region: kinesis_region,
             endpoint: kinesis_endpoint,
         },
+        #[cfg(not(feature = "aws"))]
+        BusKind::Kinesis => {
+            let _ = (kinesis_region, kinesis_endpoint);
+            bail!("{NO_KINESIS}")
+        }
     })
 }
+
+/// `--bus kinesis` on a binary built without the `aws` feature (the default: the quickstart
+/// does not compile the AWS SDK).
+#[cfg(not(feature = "aws"))]
+const NO_KINESIS: &str = "--bus kinesis: this pitboss was built without Kinesis; \
+    build it with `cargo build --release --features aws`";
 
 fn antifraud_config(
     topic: &str,
@@ -1044,5 +1056,47 @@ async fn main() -> Result<()> {
             println!("{}", pitboss_ingest::auth::hash_key(&key));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn kinesis_spec() -> Result<BusSpec> {
+        let kafka = KafkaArgs {
+            kafka_bootstrap: "127.0.0.1:9092".into(),
+            kafka_options: Vec::new(),
+        };
+        bus_spec(
+            BusKind::Kinesis,
+            &kafka,
+            "eu-west-1".into(),
+            None,
+            Path::new(".pitboss"),
+        )
+    }
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn kinesis_is_the_kinesis_bus() {
+        assert_eq!(
+            kinesis_spec().unwrap(),
+            BusSpec::Kinesis {
+                region: "eu-west-1".into(),
+                endpoint: None
+            }
+        );
+    }
+
+    /// Without the `aws` feature `--bus kinesis` is still an option, and says how to get it.
+    #[cfg(not(feature = "aws"))]
+    #[test]
+    fn kinesis_without_aws_says_how_to_build() {
+        let e = kinesis_spec().unwrap_err().to_string();
+        assert!(e.contains("built without Kinesis"), "{e}");
+        assert!(e.contains("--features aws"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }

@@ -513,6 +513,14 @@ impl BusSpec {
                 region: required("AWS_REGION")?,
                 endpoint: var("PITBOSS_KINESIS_ENDPOINT"),
             }),
+            #[cfg(not(feature = "kafka"))]
+            "kafka" => Err(BusError::Config(
+                "PITBOSS_BUS=kafka: built without Kafka (pitboss-bus feature `kafka`)".into(),
+            )),
+            #[cfg(not(feature = "kinesis"))]
+            "kinesis" => Err(BusError::Config(
+                "PITBOSS_BUS=kinesis: built without Kinesis (pitboss-bus feature `kinesis`)".into(),
+            )),
             "embedded" => Ok(BusSpec::Embedded {
                 dir: required("PITBOSS_DATA_DIR")?.into(),
             }),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod field;
 pub mod filter;
 mod join;
+#[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod rules;
 pub mod scenario;
