@@ -139,161 +139,168 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
     assert!(child.wait().unwrap().success());
 }
 
-/// A `pitboss process` over Kinesis, its admin address read from its log.
-struct KinesisProcessor {
-    child: std::process::Child,
-    admin: String,
-}
+/// `--bus kinesis` needs the `aws` feature (on in scripts/test.sh: `--all-features`).
+#[cfg(feature = "aws")]
+mod kinesis {
+    use super::*;
 
-fn kinesis_processor(
-    endpoint: &str,
-    clickhouse: &str,
-    database: &str,
-    topics: &[&str],
-) -> KinesisProcessor {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pitboss"));
-    command
-        .args([
-            "process",
-            "--clickhouse",
-            clickhouse,
-            "--database",
-            database,
-        ])
-        .args(["--bus", "kinesis", "--kinesis-endpoint", endpoint]);
-    for t in topics {
-        command.args(["--topic", t]);
+    /// A `pitboss process` over Kinesis, its admin address read from its log.
+    struct KinesisProcessor {
+        child: std::process::Child,
+        admin: String,
     }
-    let mut child = command
-        .args(["--group", &format!("{}_processor", topics[0])])
-        .args(["--session-timeout-secs", "6", "--batch-max-rows", "100"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let admin = loop {
-        let line = lines
-            .next()
-            .expect("the processor exited before its admin listener started")
+
+    fn kinesis_processor(
+        endpoint: &str,
+        clickhouse: &str,
+        database: &str,
+        topics: &[&str],
+    ) -> KinesisProcessor {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pitboss"));
+        command
+            .args([
+                "process",
+                "--clickhouse",
+                clickhouse,
+                "--database",
+                database,
+            ])
+            .args(["--bus", "kinesis", "--kinesis-endpoint", endpoint]);
+        for t in topics {
+            command.args(["--topic", t]);
+        }
+        let mut child = command
+            .args(["--group", &format!("{}_processor", topics[0])])
+            .args(["--session-timeout-secs", "6", "--batch-max-rows", "100"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        if let Some(rest) = line.split("admin=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("processor: {line}");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let admin = loop {
+            let line = lines
+                .next()
+                .expect("the processor exited before its admin listener started")
+                .unwrap();
+            if let Some(rest) = line.split("admin=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
             }
-        }
-    });
-    KinesisProcessor { child, admin }
-}
+        };
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("processor: {line}");
+                }
+            }
+        });
+        KinesisProcessor { child, admin }
+    }
 
-async fn rows_inserted(admin: &str) -> f64 {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric(&text, "pitboss_processor_rows_inserted_total ").unwrap_or(0.0)
-}
-
-/// `pitboss process --bus kinesis` (moto): every event published to the stream and its overflow
-/// stream is stored across a SIGKILL, two instances sharing the group's shards, and a SIGTERM.
-/// Over Kinesis the processor is at-least-once (docs/processor.md): nothing lost, and what a
-/// killed member inserted but did not checkpoint may be stored twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn process_reads_kinesis_across_a_sigkill_a_second_instance_and_a_sigterm() {
-    let endpoint = pitboss_testkit::kinesis();
-    let clickhouse = pitboss_testkit::clickhouse();
-    let topic = pitboss_testkit::unique_name("events");
-    let overflow = format!("{topic}_overflow");
-    let mut config = pitboss_bus::kinesis::KinesisConfig::new("us-east-1");
-    config.endpoint_url = Some(endpoint.clone());
-    config.static_credentials = Some(("test".into(), "test".into()));
-    let bus = pitboss_bus::kinesis::KinesisBus::new(config).await.unwrap();
-    for t in [&topic, &overflow] {
-        bus.create_topic(t, 2).await.unwrap();
-        bus.create_topic(&format!("{t}_dead_letter"), 1)
+    async fn rows_inserted(admin: &str) -> f64 {
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
             .await
             .unwrap();
+        metric(&text, "pitboss_processor_rows_inserted_total ").unwrap_or(0.0)
     }
-    let publish = |from: u64, to: u64| {
-        let publisher = bus.publisher();
-        let (topic, overflow) = (topic.clone(), overflow.clone());
-        async move {
-            let split = from + (to - from) * 9 / 10;
-            for chunk in (from..split).collect::<Vec<_>>().chunks(500) {
-                publisher
-                    .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
-                    .await
-                    .unwrap();
-            }
-            publisher
-                .publish(&overflow, (split..to).map(event).collect())
+
+    /// `pitboss process --bus kinesis` (moto): every event published to the stream and its overflow
+    /// stream is stored across a SIGKILL, two instances sharing the group's shards, and a SIGTERM.
+    /// Over Kinesis the processor is at-least-once (docs/processor.md): nothing lost, and what a
+    /// killed member inserted but did not checkpoint may be stored twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn process_reads_kinesis_across_a_sigkill_a_second_instance_and_a_sigterm() {
+        let endpoint = pitboss_testkit::kinesis();
+        let clickhouse = pitboss_testkit::clickhouse();
+        let topic = pitboss_testkit::unique_name("events");
+        let overflow = format!("{topic}_overflow");
+        let mut config = pitboss_bus::kinesis::KinesisConfig::new("us-east-1");
+        config.endpoint_url = Some(endpoint.clone());
+        config.static_credentials = Some(("test".into(), "test".into()));
+        let bus = pitboss_bus::kinesis::KinesisBus::new(config).await.unwrap();
+        for t in [&topic, &overflow] {
+            bus.create_topic(t, 2).await.unwrap();
+            bus.create_topic(&format!("{t}_dead_letter"), 1)
                 .await
                 .unwrap();
         }
-    };
-    publish(0, 2000).await;
+        let publish = |from: u64, to: u64| {
+            let publisher = bus.publisher();
+            let (topic, overflow) = (topic.clone(), overflow.clone());
+            async move {
+                let split = from + (to - from) * 9 / 10;
+                for chunk in (from..split).collect::<Vec<_>>().chunks(500) {
+                    publisher
+                        .publish(&topic, chunk.iter().map(|i| event(*i)).collect())
+                        .await
+                        .unwrap();
+                }
+                publisher
+                    .publish(&overflow, (split..to).map(event).collect())
+                    .await
+                    .unwrap();
+            }
+        };
+        publish(0, 2000).await;
 
-    let database = pitboss_testkit::unique_name("pitboss");
-    let count = |sql: &'static str| {
-        let client = pitboss_processor::sink::client(&clickhouse, &database);
-        async move { client.query(sql).fetch_one::<u64>().await.ok() }
-    };
-    let topics = [topic.as_str(), overflow.as_str()];
+        let database = pitboss_testkit::unique_name("pitboss");
+        let count = |sql: &'static str| {
+            let client = pitboss_processor::sink::client(&clickhouse, &database);
+            async move { client.query(sql).fetch_one::<u64>().await.ok() }
+        };
+        let topics = [topic.as_str(), overflow.as_str()];
 
-    // The first member gets every shard and is SIGKILLed once it has stored some rows.
-    let mut first = kinesis_processor(&endpoint, &clickhouse, &database, &topics);
-    let start = Instant::now();
-    while rows_inserted(&first.admin).await < 100.0 && start.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rows_inserted(&first.admin).await >= 100.0, "nothing stored");
-    first.child.kill().unwrap(); // SIGKILL
-    first.child.wait().unwrap();
+        // The first member gets every shard and is SIGKILLed once it has stored some rows.
+        let mut first = kinesis_processor(&endpoint, &clickhouse, &database, &topics);
+        let start = Instant::now();
+        while rows_inserted(&first.admin).await < 100.0 && start.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(rows_inserted(&first.admin).await >= 100.0, "nothing stored");
+        first.child.kill().unwrap(); // SIGKILL
+        first.child.wait().unwrap();
 
-    // Two members share the group; their leases come free when the dead one's expire.
-    let mut a = kinesis_processor(&endpoint, &clickhouse, &database, &topics);
-    let mut b = kinesis_processor(&endpoint, &clickhouse, &database, &topics);
-    // The second half arrives over 10 s, while the members settle who reads which shard.
-    for k in 0..20 {
-        publish(2000 + k * 100, 2100 + k * 100).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Two members share the group; their leases come free when the dead one's expire.
+        let mut a = kinesis_processor(&endpoint, &clickhouse, &database, &topics);
+        let mut b = kinesis_processor(&endpoint, &clickhouse, &database, &topics);
+        // The second half arrives over 10 s, while the members settle who reads which shard.
+        for k in 0..20 {
+            publish(2000 + k * 100, 2100 + k * 100).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count("SELECT uniqExact(event_id) FROM events").await != Some(4000)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let (by_a, by_b) = (rows_inserted(&a.admin).await, rows_inserted(&b.admin).await);
+        for p in [&mut a, &mut b] {
+            Command::new("kill")
+                .args(["-TERM", &p.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(p.child.wait().unwrap().success(), "SIGTERM exits 0");
+        }
+        let ids = count("SELECT uniqExact(event_id) FROM events").await;
+        let rows = count("SELECT count() FROM events").await.unwrap();
+        assert_eq!(ids, Some(4000), "every event stored: {rows} rows");
+        assert!(rows >= 4000);
+        assert!(
+            by_a > 0.0 && by_b > 0.0,
+            "both members stored rows: {by_a} and {by_b}"
+        );
+        eprintln!(
+            "kinesis: 4000 events, {rows} rows ({} stored twice after the SIGKILL); members stored {by_a} and {by_b}",
+            rows - 4000
+        );
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count("SELECT uniqExact(event_id) FROM events").await != Some(4000)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let (by_a, by_b) = (rows_inserted(&a.admin).await, rows_inserted(&b.admin).await);
-    for p in [&mut a, &mut b] {
-        Command::new("kill")
-            .args(["-TERM", &p.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(p.child.wait().unwrap().success(), "SIGTERM exits 0");
-    }
-    let ids = count("SELECT uniqExact(event_id) FROM events").await;
-    let rows = count("SELECT count() FROM events").await.unwrap();
-    assert_eq!(ids, Some(4000), "every event stored: {rows} rows");
-    assert!(rows >= 4000);
-    assert!(
-        by_a > 0.0 && by_b > 0.0,
-        "both members stored rows: {by_a} and {by_b}"
-    );
-    eprintln!(
-        "kinesis: 4000 events, {rows} rows ({} stored twice after the SIGKILL); members stored {by_a} and {by_b}",
-        rows - 4000
-    );
 }
