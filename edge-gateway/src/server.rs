@@ -218,7 +218,7 @@ async fn ws(
         .max_frame_size(MAX_CLIENT_FRAME)
         // tungstenite's default buffers (128 KiB each) would make an idle connection cost
         // over 100 KB; these grow when a frame needs it.
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| session(st, claims, socket))
 }
