@@ -59,6 +59,13 @@ pub struct LoadgenArgs {
     pub(crate) rate: f64,
     #[command(flatten)]
     pub(crate) live_args: crate::loadgen_live::LiveArgs,
+    /// Broadcast to one room instead: --sockets clients of a Pitboss gateway or a Socket.IO 4
+    /// server (at --gateway) join it, pushes go to it at each of --rates messages/s for
+    /// --seconds; reports deliveries/s, lost ones and latency (scripts/bench-broadcast.sh).
+    #[arg(long, value_enum, conflicts_with = "live")]
+    pub(crate) broadcast: Option<crate::loadgen_broadcast::Server>,
+    #[command(flatten)]
+    pub(crate) broadcast_args: crate::loadgen_broadcast::BroadcastArgs,
 }
 
 /// A body whose events' ids are rewritten before each send (`--client-ids`): the template and
@@ -132,6 +139,9 @@ struct Tally {
 }
 
 pub async fn run(args: LoadgenArgs) -> Result<()> {
+    if let Some(server) = args.broadcast {
+        return crate::loadgen_broadcast::run(&args, server).await;
+    }
     let key = match (&args.key, &args.key_file) {
         (Some(k), _) => k.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)

@@ -28,11 +28,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The live-path options of `pitboss loadgen --live`.
 #[derive(Debug, clap::Args)]
 pub struct LiveArgs {
-    /// Base URL of the gateway's WebSocket API.
-    #[arg(long, default_value = "ws://127.0.0.1:8081", requires = "live")]
+    /// Base URL of the gateway's WebSocket API (with --broadcast socketio, of the Socket.IO
+    /// server).
+    #[arg(long, default_value = "ws://127.0.0.1:8081")]
     pub gateway: String,
-    /// Player connections held open besides those of the injected patterns' players.
-    #[arg(long, default_value_t = 1000, requires = "live")]
+    /// Player connections held open besides those of the injected patterns' players (with
+    /// --broadcast: the clients in the room).
+    #[arg(long, default_value_t = 1000)]
     pub sockets: usize,
     /// Operator connections (each subscribed to the tenant's alerts).
     #[arg(long, default_value_t = 2, requires = "live")]
@@ -50,8 +52,9 @@ pub struct LiveArgs {
     /// The simulator's seed.
     #[arg(long, default_value_t = 1, requires = "live")]
     pub seed: u64,
-    /// After sending, how long to wait for the last pushes and alerts (seconds).
-    #[arg(long, default_value_t = 15, requires = "live")]
+    /// After sending, how long to wait for the last pushes and alerts (seconds; with
+    /// --broadcast, after each rate).
+    #[arg(long, default_value_t = 15)]
     pub settle_secs: u64,
     /// Local addresses the sockets connect from, in turn (e.g. 127.0.0.2,127.0.0.3: a load
     /// balancer that hashes the client address then spreads them over its gateways; `ws://`

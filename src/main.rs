@@ -14,12 +14,14 @@
 //! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
 //! - `pitboss loadgen`: sustained HTTP load with events/s and latency percentiles; with
-//!   `--live`, the live path under load (time to notify, lost and duplicated pushes).
+//!   `--live`, the live path under load (time to notify, lost and duplicated pushes); with
+//!   `--broadcast`, broadcast to one room against Pitboss or Socket.IO.
 
 mod backtest;
 mod demo;
 mod gateway;
 mod loadgen;
+mod loadgen_broadcast;
 mod loadgen_live;
 
 /// mimalloc: the ingest path allocates per event; glibc malloc took a fifth of its CPU.

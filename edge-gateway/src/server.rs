@@ -299,7 +299,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                     // A peer that does not read blocks the write: the hub's verdict (slow
                     // consumer) ends it rather than the write timeout.
                     tokio::select! {
-                        written = write_out(&mut sink, out, write_timeout, &st.latency, &claims.tenant) => {
+                        written = write_queued(&mut sink, out, &mut rx, write_timeout, &st.latency, &claims.tenant) => {
                             if written.is_err() {
                                 break 'session None;
                             }
@@ -401,43 +401,81 @@ async fn send_text(sink: &mut WsSink, text: crate::hub::Text, timeout: Duration)
     }
 }
 
-async fn write_out(
+/// Most queued frames written with one flush.
+const MAX_COALESCED: usize = 64;
+
+/// Writes `first` and whatever else is queued already (up to [`MAX_COALESCED`] frames) with one
+/// flush: under a broadcast a socket's queue holds several frames, and they go out in a few
+/// writes (tungstenite's 4 KiB write buffer) instead of one system call each. Live messages are
+/// timed once they are flushed.
+async fn write_queued(
     sink: &mut WsSink,
-    out: Out,
+    first: Out,
+    rx: &mut mpsc::Receiver<Out>,
     timeout: Duration,
     latency: &NotifyLatency,
     tenant: &str,
 ) -> Result<(), ()> {
-    match out {
-        Out::Frame(t) => send_text(sink, t, timeout).await,
-        Out::Batch(frames) => {
-            let n = frames.len().saturating_sub(1);
-            for t in frames {
-                send_text(sink, t, timeout).await?;
+    let mut live: Vec<(MessageType, i64)> = Vec::new();
+    let write = async {
+        let mut next = Some(first);
+        let mut fed = 0usize;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(t) => sink.feed(Message::Text(t)).await.map_err(|_| ())?,
+                Out::Batch(frames) => {
+                    let n = frames.len().saturating_sub(1);
+                    for t in frames {
+                        sink.feed(Message::Text(t)).await.map_err(|_| ())?;
+                    }
+                    metrics::counter!("pitboss_gateway_messages_replayed_total")
+                        .increment(n as u64);
+                }
+                Out::Live {
+                    text,
+                    kind,
+                    received_at_ms,
+                } => {
+                    sink.feed(Message::Text(text)).await.map_err(|_| ())?;
+                    live.push((kind, received_at_ms));
+                }
             }
-            metrics::counter!("pitboss_gateway_messages_replayed_total").increment(n as u64);
-            Ok(())
+            fed += 1;
+            if fed < MAX_COALESCED {
+                next = rx.try_recv().ok();
+            }
         }
-        Out::Live {
-            text,
-            kind,
-            received_at_ms,
-        } => {
-            send_text(sink, text, timeout).await?;
-            let kind = match kind {
-                MessageType::Alert => "alert",
-                MessageType::Push => "push",
-            };
-            let now = Timestamp::now().as_millis();
-            let ms = (now - received_at_ms).max(0);
-            metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind)
-                .record(ms as f64 / 1000.0);
-            latency.record(tenant, ms, now);
+        sink.flush().await.map_err(|_| ())
+    };
+    tokio::time::timeout(timeout, write).await.map_err(|_| ())??;
+    if live.is_empty() {
+        return Ok(());
+    }
+    let now = Timestamp::now().as_millis();
+    let (mut alerts, mut pushes) = (0u64, 0u64);
+    for (kind, received_at_ms) in live {
+        let kind = match kind {
+            MessageType::Alert => {
+                alerts += 1;
+                "alert"
+            }
+            MessageType::Push => {
+                pushes += 1;
+                "push"
+            }
+        };
+        let ms = (now - received_at_ms).max(0);
+        metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind)
+            .record(ms as f64 / 1000.0);
+        latency.record(tenant, ms, now);
+    }
+    for (kind, n) in [("alert", alerts), ("push", pushes)] {
+        if n > 0 {
             metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind)
-                .increment(1);
-            Ok(())
+                .increment(n);
         }
     }
+    Ok(())
 }
 
 /// Handles one request; the answer to write, if it is not queued through the hub.
