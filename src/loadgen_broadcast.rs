@@ -43,11 +43,21 @@ pub enum Server {
 #[derive(Debug, clap::Args)]
 pub struct BroadcastArgs {
     /// Offered broadcast rates, messages/s to the room, one step each (ascending).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100,200,500", requires = "broadcast")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,10,50,100,200,500",
+        requires = "broadcast"
+    )]
     pub rates: Vec<f64>,
     /// An operator token allowing the room (`pitboss token --role operator --rooms '*'`); the
     /// sockets connect with it too (Pitboss only).
-    #[arg(long, env = "PITBOSS_BENCH_TOKEN", hide_env_values = true, requires = "broadcast")]
+    #[arg(
+        long,
+        env = "PITBOSS_BENCH_TOKEN",
+        hide_env_values = true,
+        requires = "broadcast"
+    )]
     pub token: Option<String>,
     /// The room.
     #[arg(long, default_value = "bench", requires = "broadcast")]
@@ -433,7 +443,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
                 format!("{i}: {} sockets", merged.per_message.get(*i).copied().unwrap_or(0))
             }).collect::<Vec<_>>(),
             "sockets_closed": shared.closed.load(Ordering::Relaxed),
-            "frame_bytes": if delivered > 0 { merged.bytes / delivered } else { 0 },
+            "frame_bytes": merged.bytes.checked_div(delivered).unwrap_or(0),
             "p50_ms": ms(0.5),
             "p99_ms": ms(0.99),
             "max_ms": merged.latency.max() as f64 / 1000.0,

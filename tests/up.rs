@@ -101,6 +101,77 @@ fn up(data_dir: &std::path::Path) -> Up {
     }
 }
 
+/// A log pipe whose reader goes away (a `| head`, a crashed log shipper) does not keep
+/// `pitboss up` from serving or from draining on SIGTERM: before, every log line then panicked
+/// in the task that wrote it, the signal handler's included, and SIGTERM hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_and_stops_on_sigterm_after_its_output_pipes_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--gateway-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("Pitboss is up: http://")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    // Both readers go away: from now on every write to stdout or stderr fails (EPIPE).
+    drop(lines);
+    drop(stderr);
+    let key = std::fs::read_to_string(dir.path().join("demo-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let body: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({
+            "tenant_id": "demo", "player_id": format!("p{i}"), "type": "bet_placed", "occurred_at": now,
+            "payload": {"bet_id": format!("b{i}"), "game_id": "roulette", "stake": {"amount_minor": 100, "currency": "EUR"}}
+        }))
+        .collect();
+    let client = reqwest::Client::new();
+    // post_events asserts the 200.
+    post_events(&client, &addr, &key, &body).await;
+    let health = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop pitboss up within 30 s once its output pipes closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_accepts_events_and_keeps_them_across_shutdown() {
     let dir = tempfile::tempdir().unwrap();

@@ -447,7 +447,9 @@ async fn write_queued(
         }
         sink.flush().await.map_err(|_| ())
     };
-    tokio::time::timeout(timeout, write).await.map_err(|_| ())??;
+    tokio::time::timeout(timeout, write)
+        .await
+        .map_err(|_| ())??;
     if live.is_empty() {
         return Ok(());
     }

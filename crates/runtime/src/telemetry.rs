@@ -13,6 +13,10 @@ pub fn init_tracing() {
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a log pipe whose reader went away) must not stop the process: with
+        // this on, every event would `eprintln!` the write error, which panics on a closed
+        // stderr — in the task that logged, the signal handler's included, so SIGTERM hung.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
