@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use pitboss_bus::{Partition, Position, Record};
 use pitboss_model::live::{Alert, AlertAck, ChannelName, LiveMessage, MessageType, Push, Target};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::protocol::{ProtocolError, Recovery, RequestId, ServerFrame, close};
 
@@ -207,7 +207,7 @@ struct Channel {
 
 #[derive(Debug)]
 struct Conn {
-    tx: mpsc::Sender<Out>,
+    tx: flume::Sender<Out>,
     kill: Option<oneshot::Sender<(u16, String)>>,
     subject: Arc<str>,
     subscriptions: HashSet<Arc<str>>,
@@ -511,20 +511,20 @@ impl Hub {
         };
         match c.tx.try_send(out) {
             Ok(()) => Offer::Sent,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(flume::TrySendError::Full(_)) => {
                 if let Some(kill) = c.kill.take() {
                     let _ = kill.send((
                         close::SLOW_CONSUMER,
                         format!(
                             "slow consumer: {} frames queued and unread",
-                            c.tx.max_capacity()
+                            c.tx.capacity().unwrap_or_default()
                         ),
                     ));
                 }
                 self.unregister(conn);
                 Offer::Closed
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(flume::TrySendError::Disconnected(_)) => {
                 self.unregister(conn);
                 Offer::Closed
             }
@@ -591,7 +591,7 @@ impl Hub {
         &mut self,
         conn: ConnId,
         subject: &str,
-        tx: mpsc::Sender<Out>,
+        tx: flume::Sender<Out>,
         kill: oneshot::Sender<(u16, String)>,
     ) {
         metrics::gauge!("pitboss_gateway_connections").increment(1.0);
@@ -927,7 +927,7 @@ mod tests {
     }
 
     struct Client {
-        rx: mpsc::Receiver<Out>,
+        rx: flume::Receiver<Out>,
         kill: oneshot::Receiver<(u16, String)>,
     }
 
@@ -959,7 +959,7 @@ mod tests {
     }
 
     fn connect(h: &mut Hub, conn: ConnId, subject: &str, capacity: usize) -> Client {
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = flume::bounded(capacity);
         let (kill_tx, kill) = oneshot::channel();
         h.register(conn, subject, tx, kill_tx);
         Client { rx, kill }
