@@ -682,6 +682,15 @@ fn write_private(path: &Path, content: &str) -> Result<()> {
     Ok(())
 }
 
+/// `println!` that does not panic when stdout is closed (`pitboss up | head -1`): the banner
+/// is for whoever reads it; a server keeps serving when nobody does.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 async fn up(
     UpArgs {
         data_dir,
@@ -839,39 +848,37 @@ async fn up(
             }
         }
     };
-    println!("Pitboss is up: http://{addr}");
-    println!(
-        "  POST http://{addr}/v1/events   (JSON array or NDJSON of events; see docs/events.md)"
-    );
-    println!("  GET  http://{addr}/healthz | /readyz    admin: http://{admin_addr}/metrics");
+    say!("Pitboss is up: http://{addr}");
+    say!("  POST http://{addr}/v1/events   (JSON array or NDJSON of events; see docs/events.md)");
+    say!("  GET  http://{addr}/healthz | /readyz    admin: http://{admin_addr}/metrics");
     if let Some(path) = key_note {
-        println!("  API key of tenant \"demo\": in {}", path.display());
-        println!(
+        say!("  API key of tenant \"demo\": in {}", path.display());
+        say!(
             "  try: curl -s -H \"Authorization: Bearer $(cat {})\" -H 'Content-Type: application/json' \\\n       -d '[{{\"tenant_id\":\"demo\",\"player_id\":\"p1\",\"type\":\"deposit\",\"occurred_at\":\"'$(date -u +%FT%TZ)'\",\"payload\":{{\"transaction_id\":\"t1\",\"amount\":{{\"amount_minor\":5000,\"currency\":\"EUR\"}}}}}}]' \\\n       http://{addr}/v1/events",
             path.display()
         );
     }
-    println!(
+    say!(
         "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
         store_path.display()
     );
-    println!(
+    say!(
         "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
     );
-    println!(
+    say!(
         "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token --role operator --subject ops --data-dir {})   (docs/gateway.md)",
         data_dir.display()
     );
     match console_token {
         // The token rides in the fragment, which browsers never send to a server.
-        Some(token) => println!("  console: http://{gateway_addr}/console#token={token}"),
-        None => println!(
+        Some(token) => say!("  console: http://{gateway_addr}/console#token={token}"),
+        None => say!(
             "  console: http://{gateway_addr}/console   (sign in with: pitboss token --role operator --subject ops --data-dir {})",
             data_dir.display()
         ),
     }
     if let Some(line) = demo_banner {
-        println!("{line}");
+        say!("{line}");
     }
     // The processors stop on the same signal, after storing what they hold; one that stops
     // on its own stops the server too (run_processors).

@@ -172,6 +172,63 @@ async fn up_serves_and_stops_on_sigterm_after_its_output_pipes_close() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Nobody reads the banner either (`pitboss up | head -0`): stdout is closed before it is
+/// printed, and the server still comes up and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_when_its_stdout_is_closed_before_the_banner() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (addr, admin, gateway) = (free(), free(), free());
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["up", "--listen", &addr, "--admin-listen", &admin])
+            .args(["--gateway-listen", &gateway, "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    drop(child.stdout.take()); // closed before the process gets to its banner
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("http://{addr}/healthz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pitboss up exited: {:?}",
+            child.try_wait()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not serving after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_accepts_events_and_keeps_them_across_shutdown() {
     let dir = tempfile::tempdir().unwrap();
