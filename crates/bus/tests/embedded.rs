@@ -386,3 +386,81 @@ fn consumer_lag_per_partition_follows_what_is_processed() {
         });
     });
 }
+
+/// Every append wakes every reader of the log; a reader (or group member) whose partitions did
+/// not grow goes back to waiting without querying the database. Without that, each record
+/// published cost every consumer of every topic a query on a blocking thread (`pitboss up`
+/// runs a dozen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_of_a_quiet_topic_do_not_query_when_another_topic_grows() {
+    use pitboss_bus::ReadFrom;
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    bus.create_topic("busy", 2).await.unwrap();
+    bus.create_topic("quiet", 2).await.unwrap();
+    let mut reader = bus
+        .reader(
+            "quiet",
+            vec![(0, ReadFrom::Earliest), (1, ReadFrom::Earliest)],
+        )
+        .await
+        .unwrap();
+    let mut member = bus
+        .consumer("g", "quiet", ConsumerConfig::default())
+        .await
+        .unwrap();
+    // The member's assignment first.
+    loop {
+        if let Delivery::Assigned(_) = member.poll(10, Duration::from_secs(5)).await.unwrap() {
+            break;
+        }
+    }
+    let publisher = bus.publisher();
+    let before = bus.fetches();
+    let polling = tokio::spawn(async move {
+        let mut got = 0;
+        for _ in 0..20 {
+            got += reader
+                .poll(10, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .len();
+            if let Delivery::Records(r) = member.poll(10, Duration::from_millis(50)).await.unwrap()
+            {
+                got += r.len();
+            }
+        }
+        (got, reader, member)
+    });
+    for i in 0..200 {
+        publisher
+            .publish("busy", vec![OutRecord::new(format!("k{i}"), b"v".to_vec())])
+            .await
+            .unwrap();
+    }
+    let (got, mut reader, mut member) = polling.await.unwrap();
+    assert_eq!(got, 0, "nothing was published to the quiet topic");
+    assert_eq!(
+        bus.fetches() - before,
+        0,
+        "200 appends to another topic made the quiet topic's reader and member query the log"
+    );
+    // And what grows is read at once.
+    publisher
+        .publish("quiet", vec![OutRecord::new("k", b"v".to_vec())])
+        .await
+        .unwrap();
+    let mut seen = reader.poll(10, Duration::from_secs(5)).await.unwrap().len();
+    for _ in 0..50 {
+        if seen == 2 {
+            break;
+        }
+        if let Delivery::Records(r) = member.poll(10, Duration::from_secs(1)).await.unwrap() {
+            seen += r.len();
+        }
+    }
+    assert_eq!(
+        seen, 2,
+        "the reader and the member each read the new record"
+    );
+}

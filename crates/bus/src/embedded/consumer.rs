@@ -264,7 +264,9 @@ impl Consumer for EmbeddedConsumer {
                 }
                 Change::None => {}
             }
-            if !self.cursors.is_empty() && max > 0 {
+            if max > 0
+                && super::may_have_records(&self.inner.tails, &self.inner.fetches, &self.cursors)
+            {
                 let mut cursors = self.cursors.clone();
                 let start = self.turn;
                 self.turn = self.turn.wrapping_add(1);

@@ -107,8 +107,36 @@ struct Inner {
     ops: mpsc::Sender<WriteOp>,
     topics: Mutex<HashMap<String, TopicMeta>>,
     coord: Arc<Mutex<Coordinator>>,
-    changed: watch::Sender<u64>,
+    changed: Arc<watch::Sender<u64>>,
+    /// Per (topic id, partition), the offset the next appended record gets, as of the last
+    /// commit: a reader woken by a change looks here first and queries the database only
+    /// for partitions that grew (every append wakes every reader of the log).
+    tails: Arc<Tails>,
+    /// Database fetches made by consumers and readers (see [`EmbeddedBus::fetches`]).
+    fetches: Arc<std::sync::atomic::AtomicU64>,
     _lock: File,
+}
+
+/// The end offsets of every partition, updated by the writer after each commit.
+type Tails = Mutex<HashMap<(i64, u32), i64>>;
+
+/// Whether any cursor may have records to fetch (a partition without a known end: yes); a
+/// yes is counted as a fetch.
+fn may_have_records(
+    tails: &Tails,
+    fetches: &std::sync::atomic::AtomicU64,
+    cursors: &[reader::Cursor],
+) -> bool {
+    let tails = lock(tails);
+    let may = cursors.iter().any(|c| {
+        tails
+            .get(&(c.topic_id, c.partition))
+            .is_none_or(|&end| c.next < end)
+    });
+    if may {
+        fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    may
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,12 +192,18 @@ impl EmbeddedBus {
 
         let (ops_tx, ops_rx) = mpsc::channel(4096);
         let (changed, _) = watch::channel(0u64);
+        let changed = Arc::new(changed);
+        let tails: Arc<Tails> = Arc::new(Mutex::new(
+            next.iter().map(|(k, st)| (*k, st.next)).collect(),
+        ));
         let coord = Arc::new(Mutex::new(Coordinator::default()));
         let writer = Writer {
             conn,
             partitions: next,
             config: config.clone(),
             coord: coord.clone(),
+            tails: tails.clone(),
+            changed: changed.clone(),
         };
         std::thread::Builder::new()
             .name("pitboss-log-writer".into())
@@ -183,10 +217,21 @@ impl EmbeddedBus {
             topics: Mutex::new(topics),
             coord,
             changed,
+            tails,
+            fetches: Arc::default(),
             _lock: lock,
         });
         spawn_retention(Arc::downgrade(&inner), config.retention_interval)?;
         Ok(EmbeddedBus { inner })
+    }
+
+    /// How many times consumers and readers of this log have queried it for records so far.
+    /// Every append wakes every reader; one whose partitions did not grow goes back to
+    /// waiting without a query.
+    pub fn fetches(&self) -> u64 {
+        self.inner
+            .fetches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs retention now (it also runs every `retention_interval`).
@@ -301,9 +346,8 @@ impl Publisher for EmbeddedBus {
             })
             .await
             .map_err(|_| closed())?;
-        let acks = rx.await.map_err(|_| closed())??;
-        self.inner.notify();
-        Ok(acks)
+        // The writer told the readers (tails, then a change) before it answered.
+        rx.await.map_err(|_| closed())?
     }
 
     async fn check(&self) -> Result<(), BusError> {

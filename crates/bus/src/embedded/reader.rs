@@ -174,6 +174,10 @@ pub struct EmbeddedReader {
     /// Per partition: the newest record's position when the reader opened.
     newest: BTreeMap<Partition, Option<Position>>,
     changed: watch::Receiver<u64>,
+    /// The log's end offsets and fetch count (not the log itself: a reader does not keep it
+    /// open).
+    tails: Arc<super::Tails>,
+    fetches: Arc<std::sync::atomic::AtomicU64>,
     turn: usize,
 }
 
@@ -231,6 +235,8 @@ impl EmbeddedReader {
             ends,
             newest,
             changed,
+            tails: inner.tails.clone(),
+            fetches: inner.fetches.clone(),
             turn: 0,
         })
     }
@@ -242,20 +248,25 @@ impl Reader for EmbeddedReader {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             self.changed.borrow_and_update();
-            let mut cursors = self.cursors.clone();
-            let start = self.turn;
-            self.turn = self.turn.wrapping_add(1);
-            let (cursors, records) = blocking(&self.conn, move |conn| {
-                let records = fetch(conn, &mut cursors, start, max)?;
-                Ok((cursors, records))
-            })
-            .await?;
-            self.cursors = cursors;
-            if !records.is_empty() || max == 0 {
-                return Ok(records);
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            if super::may_have_records(&self.tails, &self.fetches, &self.cursors) {
+                let mut cursors = self.cursors.clone();
+                let start = self.turn;
+                self.turn = self.turn.wrapping_add(1);
+                let (cursors, records) = blocking(&self.conn, move |conn| {
+                    let records = fetch(conn, &mut cursors, start, max)?;
+                    Ok((cursors, records))
+                })
+                .await?;
+                self.cursors = cursors;
+                if !records.is_empty() {
+                    return Ok(records);
+                }
             }
             if !wait_for_change(&mut self.changed, deadline).await {
-                return Ok(records);
+                return Ok(Vec::new());
             }
         }
     }

@@ -216,6 +216,9 @@ pub(super) struct Writer {
     pub partitions: HashMap<(i64, u32), PartState>,
     pub config: EmbeddedConfig,
     pub coord: Arc<Mutex<Coordinator>>,
+    /// Where readers look for what grew (`super::Tails`), and how they are woken.
+    pub tails: Arc<super::Tails>,
+    pub changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Writer {
@@ -237,6 +240,9 @@ impl Writer {
     fn execute(&mut self, batch: Vec<WriteOp>) {
         let before = self.partitions.clone();
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        // Partitions appended to, or all of them (after a topic was created).
+        let mut grown: Vec<(i64, u32)> = Vec::new();
+        let mut created = false;
         let result = (|| -> Result<(), BusError> {
             let tx = self
                 .conn
@@ -250,6 +256,7 @@ impl Writer {
                         reply,
                     } => {
                         let acks = append(&tx, &mut self.partitions, topic, records)?;
+                        grown.extend(acks.iter().map(|a| (topic.id, a.partition)));
                         answers.push(Box::new(move |err| {
                             let _ = reply.send(match err {
                                 None => Ok(acks),
@@ -263,6 +270,7 @@ impl Writer {
                         reply,
                     } => {
                         let res = create_topic(&tx, &mut self.partitions, &name, partitions);
+                        created = true;
                         answers.push(Box::new(move |err| {
                             let _ = reply.send(match err {
                                 None => res,
@@ -307,6 +315,22 @@ impl Writer {
         })();
         if result.is_err() {
             self.partitions = before;
+        } else if created || !grown.is_empty() {
+            // Readers first learn what grew, then are woken; both before any publisher hears
+            // its records are stored, so what was acknowledged is always visible.
+            {
+                let mut tails = lock(&self.tails);
+                if created {
+                    tails.extend(self.partitions.iter().map(|(k, st)| (*k, st.next)));
+                } else {
+                    for k in grown {
+                        if let Some(st) = self.partitions.get(&k) {
+                            tails.insert(k, st.next);
+                        }
+                    }
+                }
+            }
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
         for answer in answers {
             answer(result.as_ref().err());
