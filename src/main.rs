@@ -328,13 +328,13 @@ async fn run_processors<S: pitboss_processor::AnySink>(
             async move { stop.wait().await }
         };
         let (bus, sink) = (bus.clone(), sink.clone());
-        async move {
+        on_worker("processor", async move {
             let stats = pitboss_processor::run_table(table, bus, sink, config, stop)
                 .await
                 .with_context(|| format!("processor of {topic}"))?;
             tracing::info!(%topic, table = table.name(), ?stats, "processor stopped");
             anyhow::Ok(())
-        }
+        })
     });
     let ran = futures::future::try_join_all(runs).await;
     if let Err(e) = &ran {
@@ -348,6 +348,29 @@ async fn run_processors<S: pitboss_processor::AnySink>(
         bail!("the processors stopped before shutdown");
     }
     Ok(())
+}
+
+/// Runs `task` on the runtime's worker threads and waits for it; dropping the returned future
+/// aborts the task. Every long-running part of a process goes through this: a future merely
+/// joined in `main` is polled on the one thread that runs `main`, so the parts of `pitboss up`
+/// (processors, rules engine, simulator) would share one core between them.
+async fn on_worker<T: Send + 'static>(
+    what: &'static str,
+    task: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let handle = tokio::spawn(task);
+    let _abort = AbortOnDrop(handle.abort_handle());
+    match handle.await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => Err(anyhow::anyhow!("the {what} panicked: {e}")),
+        Err(e) => Err(anyhow::anyhow!("the {what} was cancelled: {e}")),
+    }
 }
 
 /// Runs the processors until the stop signal, then gives them `deadline` to store what they
@@ -430,7 +453,10 @@ async fn run_antifraud(
         let stop = stop.clone();
         async move { stop.wait().await }
     };
-    match pitboss_antifraud::stream::run(bus, config, stopped).await {
+    let engine = on_worker("rules engine", async move {
+        Ok(pitboss_antifraud::stream::run(bus, config, stopped).await)
+    });
+    match engine.await? {
         Ok(stats) if stop.is_triggered() => {
             tracing::info!(?stats, "rules engine stopped");
             Ok(())
@@ -838,7 +864,7 @@ async fn up(
     });
     let simulator = {
         let stop = stop.clone();
-        async move {
+        on_worker("demo simulator", async move {
             match demo {
                 Some(d) => {
                     let sim = demo::Simulator::new(d, pitboss_model::Timestamp::now().as_millis());
@@ -846,7 +872,7 @@ async fn up(
                 }
                 None => Ok(()),
             }
-        }
+        })
     };
     say!("Pitboss is up: http://{addr}");
     say!("  POST http://{addr}/v1/events   (JSON array or NDJSON of events; see docs/events.md)");
@@ -1072,6 +1098,48 @@ async fn main() -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// What `main` merely awaits runs on the thread that runs `main`; `on_worker` puts it on
+    /// a worker, so the parts of `pitboss up` use every core.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_worker_runs_off_the_callers_thread_and_aborts_when_dropped() {
+        let here = std::thread::current().id();
+        let there = on_worker("test", async { Ok(std::thread::current().id()) })
+            .await
+            .unwrap();
+        assert_ne!(here, there);
+
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct SetOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let guard = SetOnDrop(dropped.clone());
+        let task = on_worker("test", async move {
+            let _guard = guard;
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        tokio::select! {
+            _ = task => unreachable!("the task never ends"),
+            _ = started => {}
+        }
+        // The select dropped the waiting future: the task is aborted, its state dropped.
+        for _ in 0..100 {
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+
+        let failed = on_worker("test", async { Err::<(), _>(anyhow::anyhow!("no")) }).await;
+        assert_eq!(failed.unwrap_err().to_string(), "no");
+    }
 
     fn kinesis_spec() -> Result<BusSpec> {
         let kafka = KafkaArgs {
