@@ -7,6 +7,12 @@
 //! client records receive time minus send time. Per rate: deliveries/s summed over the sockets,
 //! lost and duplicated deliveries, latency p50/p99/max, and the CPU this process and the server
 //! (`--server-pid`) used. The same client for both servers, so the comparison is fair.
+//!
+//! `--rooms N` (Pitboss) spreads the sockets over N rooms (socket n in room n mod N) and sends
+//! message i to room i mod N: with as many rooms as sockets every message reaches one socket,
+//! which measures publish-to-socket latency at a rate of single pushes. `--bind` spreads the
+//! sockets' source addresses (one loopback address gives one client ~28,000 ports toward one
+//! server port; 100,000 sockets need four).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -75,6 +81,26 @@ pub struct BroadcastArgs {
     /// A label for the JSON lines (e.g. the server's name and version).
     #[arg(long, default_value = "", requires = "broadcast")]
     pub label: String,
+    /// Rooms the sockets are spread over (Pitboss only; `--sockets` must be a multiple): socket
+    /// n joins `<room>-<n mod N>`, message i goes to `<room>-<i mod N>`. 1: every socket in
+    /// `<room>`.
+    #[arg(long, default_value_t = 1, requires = "broadcast")]
+    pub rooms: usize,
+    /// Local addresses the sockets connect from, in turn (ws:// only), e.g.
+    /// `127.0.0.2,127.0.0.3`: each gives ~28,000 ports toward one server address.
+    #[arg(long, value_delimiter = ',', requires = "broadcast")]
+    pub bind: Vec<std::net::IpAddr>,
+}
+
+impl BroadcastArgs {
+    /// The channel socket `n` joins (and message `n` goes to) among `rooms` rooms.
+    fn room_of(&self, n: usize) -> String {
+        if self.rooms <= 1 {
+            self.room.clone()
+        } else {
+            format!("{}-{}", self.room, n % self.rooms)
+        }
+    }
 }
 
 /// Microseconds since the first call in this process: publisher and sockets share the clock.
@@ -201,6 +227,14 @@ fn step_messages(rate: f64, seconds: u64) -> u64 {
     (rate * seconds as f64).round().max(1.0) as u64
 }
 
+/// Resident memory of a process (bytes), from `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// CPU time (user + system) of a process so far, in seconds.
 fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
@@ -223,6 +257,17 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
     if b.rates.is_empty() || b.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         bail!("--rates must be positive numbers of messages per second");
     }
+    if b.rooms == 0 || !sockets.is_multiple_of(b.rooms) {
+        bail!(
+            "--rooms must divide --sockets ({sockets}) evenly; {} does not",
+            b.rooms
+        );
+    }
+    if b.rooms > 1 && server != Server::Pitboss {
+        bail!("--rooms works with --broadcast pitboss only (the Socket.IO server has one room)");
+    }
+    // Deliveries each message is due: the sockets of its room.
+    let room_size = sockets / b.rooms;
     let token = match (server, &b.token) {
         (Server::Pitboss, None) => bail!("--broadcast pitboss needs --token (an operator token)"),
         (_, t) => t.clone().unwrap_or_default(),
@@ -242,7 +287,14 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             format!("{http_base}/publish"),
         ),
     };
-    let channel = format!("room:{}:{}", args.tenant, b.room);
+    if !b.bind.is_empty() && !base.starts_with("ws://") {
+        bail!("--bind works with a ws:// gateway only");
+    }
+    let target = if b.bind.is_empty() {
+        None
+    } else {
+        Some(resolve(&base).await?)
+    };
     let shared = Arc::new(Shared {
         shards: (0..SHARDS)
             .map(|_| {
@@ -259,6 +311,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
     });
     now_us();
 
+    let rss_before = b.server_pid.and_then(rss_bytes);
     // Connect every socket, 256 at a time.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -274,12 +327,16 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let (url, channel, shared, stop) = (
                 ws_url.clone(),
-                channel.clone(),
+                format!("room:{}:{}", args.tenant, b.room_of(n)),
                 shared.clone(),
                 stop_rx.clone(),
             );
+            let from = match (target, b.bind.get(n % b.bind.len().max(1))) {
+                (Some(to), Some(&ip)) => Some((std::net::SocketAddr::new(ip, 0), to)),
+                _ => None,
+            };
             tasks.spawn(async move {
-                let r = socket(server, n, &url, &channel, &shared, stop, ready_tx).await;
+                let r = socket(server, n, &url, from, &channel, &shared, stop, ready_tx).await;
                 if r.is_err() {
                     shared.closed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -303,6 +360,19 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
         connect_started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // What the sockets cost the server: its resident memory's growth while they connected.
+    let per_socket = match (rss_before, b.server_pid.and_then(rss_bytes)) {
+        (Some(before), Some(after)) => {
+            let per = after.saturating_sub(before) as f64 / sockets.max(1) as f64;
+            eprintln!(
+                "server resident memory {} -> {} MB while they connected: {per:.0} bytes per socket",
+                before / 1_000_000,
+                after / 1_000_000
+            );
+            Some(per.round())
+        }
+        _ => None,
+    };
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -326,7 +396,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             // A fixed schedule: message i leaves at i / rate, whatever the answers take.
             tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
             let body = json!({
-                "target": {"room": b.room},
+                "target": {"room": b.room_of(i as usize)},
                 "kind": "operator.message",
                 "title": "Broadcast benchmark",
                 "body": "One of the messages of scripts/bench-broadcast.sh",
@@ -369,7 +439,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
         let send_secs = (now_us() - start_us) as f64 / 1e6;
         // Settle: until every delivery is in, or nothing arrived for a while.
         let open = sockets - shared.closed.load(Ordering::Relaxed).min(sockets);
-        let expected = sent.load(Ordering::Relaxed) * open as u64;
+        let expected = sent.load(Ordering::Relaxed) * open.div_ceil(b.rooms) as u64;
         let delivered_now = || {
             shared
                 .delivered
@@ -414,13 +484,13 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             .per_message
             .iter()
             .enumerate()
-            .filter(|(_, n)| (**n as usize) < sockets)
+            .filter(|(_, n)| (**n as usize) < room_size)
             .map(|(i, _)| i)
             .collect();
         let delivered = merged.latency.len();
         let sent_n = sent.load(Ordering::Relaxed);
         // Everything the sockets subscribed at the start should have had.
-        let due = sent_n * sockets as u64;
+        let due = sent_n * room_size as u64;
         let lost = due.saturating_sub(delivered);
         let span = (merged.last_us.saturating_sub(start_us) as f64 / 1e6).max(send_secs);
         let ms = |q: f64| merged.latency.value_at_quantile(q) as f64 / 1000.0;
@@ -428,6 +498,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             "server": match server { Server::Pitboss => "pitboss", Server::Socketio => "socketio" },
             "label": b.label,
             "sockets": sockets,
+            "rooms": b.rooms,
             "rate": rate,
             "seconds": args.seconds,
             "messages_sent": sent_n,
@@ -449,6 +520,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             "max_ms": merged.latency.max() as f64 / 1000.0,
             "client_cpu": client_cpu.map(|c| (c * 100.0).round() / 100.0),
             "server_cpu": server_cpu.map(|c| (c * 100.0).round() / 100.0),
+            "server_bytes_per_socket": per_socket,
         });
         println!("{row}");
         let sustained = lost == 0 && delivered > 0 && ms(0.99) <= b.max_p99_ms;
@@ -467,15 +539,57 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
     Ok(())
 }
 
+/// The address of a `ws://host:port` gateway.
+async fn resolve(base: &str) -> Result<std::net::SocketAddr> {
+    let authority = base
+        .strip_prefix("ws://")
+        .unwrap_or(base)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    tokio::net::lookup_host(&with_port)
+        .await
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))
+}
+
+/// A TCP connection to `to` from `local` (port 0: any free one).
+async fn bind_connect(
+    local: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket
+        .bind(local)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind to {local}: {e}")))?;
+    socket.set_nodelay(true)?;
+    socket.connect(to).await
+}
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One client: connects, joins the room (says so on `ready`), records every message until
 /// `stop`. An error after joining means the server closed it.
+#[allow(clippy::too_many_arguments)]
 async fn socket(
     server: Server,
     n: usize,
     url: &str,
+    from: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     channel: &str,
     shared: &Shared,
     mut stop: watch::Receiver<bool>,
@@ -486,10 +600,22 @@ async fn socket(
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let connected = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
-    )
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        match from {
+            None => tokio_tungstenite::connect_async_with_config(url, Some(config), true).await,
+            Some((local, to)) => {
+                let tcp = bind_connect(local, to)
+                    .await
+                    .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+                tokio_tungstenite::client_async_with_config(
+                    url,
+                    tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+                    Some(config),
+                )
+                .await
+            }
+        }
+    })
     .await;
     let mut ws: Ws = match connected {
         Err(_) => {
@@ -586,7 +712,53 @@ async fn socket(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn args(rooms: usize) -> BroadcastArgs {
+        BroadcastArgs {
+            rates: vec![1.0],
+            token: None,
+            room: "bench".into(),
+            server_pid: None,
+            max_p99_ms: 1000.0,
+            keep_going: false,
+            label: String::new(),
+            rooms,
+            bind: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sockets_and_messages_are_spread_over_the_rooms() {
+        assert_eq!(args(1).room_of(7), "bench");
+        let many = args(4);
+        assert_eq!(many.room_of(0), "bench-0");
+        assert_eq!(many.room_of(7), "bench-3");
+    }
+
+    /// `--bind`: the connection leaves from the address given (the server sees it as the peer).
+    #[tokio::test]
+    async fn sockets_connect_from_the_bound_address() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = listener.local_addr().unwrap();
+        assert_eq!(
+            resolve(&format!("ws://{to}/v1/ws?token=x")).await.unwrap(),
+            to
+        );
+        let from: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+        let (client, accepted) = tokio::join!(bind_connect(from, to), listener.accept());
+        let (_, peer) = accepted.unwrap();
+        assert_eq!(client.unwrap().local_addr().unwrap().ip(), from.ip());
+        assert_eq!(peer.ip(), from.ip());
+        let taken = bind_connect("192.0.2.1:0".parse().unwrap(), to).await;
+        assert!(
+            taken
+                .unwrap_err()
+                .to_string()
+                .contains("cannot bind to 192.0.2.1:0")
+        );
+    }
 
     #[test]
     fn marks_are_read_from_both_servers_frames() {
