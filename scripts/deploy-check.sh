@@ -276,7 +276,61 @@ check_clickhouse_xml() {
 import sys, xml.etree.ElementTree as ET
 for p in sys.argv[1:]:
     ET.parse(p)
-print(f"{len(sys.argv) - 1} ClickHouse XML files parse")' deploy/clickhouse/config.d/*.xml deploy/clickhouse/users.d/*.xml deploy/clickhouse/keeper/*.xml
+print(f"{len(sys.argv) - 1} ClickHouse XML files parse")' deploy/clickhouse/config.d/*.xml deploy/clickhouse/users.d/*.xml deploy/clickhouse/keeper/*.xml \
+    || return 1
+  # No user without a password (the image's password-less `default` removed), every replica
+  # in remote_servers with a user and a password from the environment, and for each cluster
+  # with replicas the cluster <name>_replicas of the processor: each of them a shard of its own.
+  python3 - deploy/clickhouse/users.d/*.xml -- deploy/clickhouse/config.d/*.xml <<'PY'
+import sys, xml.etree.ElementTree as ET
+args = sys.argv[1:]
+users_files, config_files = args[:args.index("--")], args[args.index("--") + 1:]
+bad = []
+users = {}
+for p in users_files:
+    for user in ET.parse(p).getroot().findall("users/*"):
+        users[user.tag] = user
+        if "remove" in user.attrib:
+            continue
+        secret = [e for e in user if e.tag.startswith("password")]
+        if not secret or not (secret[0].get("from_env") or (secret[0].text or "").strip()):
+            bad.append(f"{p}: user {user.tag} has no password")
+        elif secret[0].text and secret[0].tag == "password":
+            bad.append(f"{p}: user {user.tag} has a password in the file (from_env, not a literal)")
+if "remove" not in users.get("default", ET.Element("x")).attrib:
+    bad.append("users.d: the image's password-less user `default` is not removed")
+clusters = {}
+for p in config_files:
+    for cluster in ET.parse(p).getroot().findall("remote_servers/*"):
+        shards = []
+        for shard in cluster.findall("shard"):
+            replicas = []
+            for r in shard.findall("replica"):
+                host, port = r.findtext("host"), r.findtext("port")
+                password = r.find("password")
+                if not r.findtext("user") or r.findtext("user") == "default":
+                    bad.append(f"{p}: cluster {cluster.tag}: replica {host} connects as default")
+                if password is None or not password.get("from_env"):
+                    bad.append(f"{p}: cluster {cluster.tag}: replica {host} has no password from the environment")
+                elif r.findtext("user") not in users or users[r.findtext("user")].find("password").get("from_env") != password.get("from_env"):
+                    bad.append(f"{p}: cluster {cluster.tag}: replica {host}: not the password of user {r.findtext('user')}")
+                replicas.append((host, port))
+            shards.append(replicas)
+        clusters[cluster.tag] = shards
+for name, shards in clusters.items():
+    if name.endswith("_replicas") or all(len(s) == 1 for s in shards):
+        continue
+    every = clusters.get(name + "_replicas")
+    if every is None:
+        bad.append(f"no cluster {name}_replicas: the processor reads the high-water marks of {name} through it")
+    elif any(len(s) != 1 for s in every) or sorted(r for s in every for r in s) != sorted(r for s in shards for r in s):
+        bad.append(f"cluster {name}_replicas is not every replica of {name} as a shard of its own")
+if bad:
+    print("\n".join(bad))
+    sys.exit(1)
+kept = sorted(u for u, e in users.items() if "remove" not in e.attrib)
+print(f"ClickHouse users {kept}, each with a password from the environment, no default; clusters {sorted(clusters)} connect as one")
+PY
 }
 
 check_localstack() { localstack/check-on-moto.sh; }

@@ -4,7 +4,8 @@
 #   - Apache Kafka (KRaft; the broker jars resolved from Maven Central with Maven),
 #     one broker, and on request a 3-broker cluster (RF 3, min.insync.replicas 2);
 #   - ClickHouse (Debian's clickhouse-server, own config and data directory), and on request
-#     a 2-shard x 2-replica cluster named `pitboss` of four more servers with ZooKeeper (Debian);
+#     a 2-shard x 2-replica cluster named `pitboss` of four more servers with ZooKeeper (Debian),
+#     reachable only as user `pitboss` with a random password (no `default` user);
 #   - moto server (Kinesis API).
 #
 #   scripts/stack.sh install              install what is missing
@@ -193,8 +194,8 @@ start_kafka_cluster() {
 }
 
 # ---------------------------------------------------------------- clickhouse
-clickhouse_config() { # dir, http port, tcp port, extra XML
-  local dir=$1 http=$2 tcp=$3 extra=${4:-}
+clickhouse_config() { # dir, http port, tcp port, extra XML, users config
+  local dir=$1 http=$2 tcp=$3 extra=${4:-} users=${5:-/etc/clickhouse-server/users.xml}
   mkdir -p "$dir"/{data,tmp,user_files,format_schemas}
   cat >"$dir/config.xml" <<EOF
 <?xml version="1.0"?>
@@ -212,7 +213,7 @@ clickhouse_config() { # dir, http port, tcp port, extra XML
     <tmp_path>$dir/tmp/</tmp_path>
     <user_files_path>$dir/user_files/</user_files_path>
     <format_schema_path>$dir/format_schemas/</format_schema_path>
-    <users_config>/etc/clickhouse-server/users.xml</users_config>
+    <users_config>$users</users_config>
     <default_profile>default</default_profile>
     <default_database>default</default_database>
     <timezone>UTC</timezone>
@@ -260,31 +261,64 @@ zookeeper_ok() {
 }
 
 # Cluster `pitboss`: shard 1 = servers 1, 2; shard 2 = servers 3, 4 (macros shard 1|2, replica
-# ch1…ch4). Their HTTP URLs, in that order, go to PITBOSS_TEST_CLICKHOUSE_CLUSTER.
+# ch1…ch4); and cluster `pitboss_replicas`, each of the four servers a shard of its own, through
+# which the processor reads its high-water marks from every replica. As in the compose stack
+# (deploy/clickhouse), the servers have no `default` user: the only one is `pitboss`, with a
+# random password, which both clusters carry for the servers' queries to each other — a query
+# that connects without credentials (remote() without a user, a cluster without one) fails.
+# The HTTP URLs, in server order, with user and password in the query string (the `clickhouse`
+# crate keeps it), go to PITBOSS_TEST_CLICKHOUSE_CLUSTER.
 start_clickhouse_cluster() {
-  local i s r http=() tcp=() inter=() urls="" shards=""
+  local i s r http=() tcp=() inter=() urls="" shards="" replicas="" password credentials
+  password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+  credentials="<user>pitboss</user><password>$password</password>"
   for i in 0 1 2 3; do http+=("$(free_port)"); tcp+=("$(free_port)"); inter+=("$(free_port)"); done
   for s in 0 1; do
     shards+="<shard><internal_replication>true</internal_replication>"
     for r in 0 1; do
-      shards+="<replica><host>127.0.0.1</host><port>${tcp[$((s * 2 + r))]}</port></replica>"
+      shards+="<replica><host>127.0.0.1</host><port>${tcp[$((s * 2 + r))]}</port>$credentials</replica>"
     done
     shards+="</shard>"
   done
   for i in 0 1 2 3; do
+    replicas+="<shard><replica><host>127.0.0.1</host><port>${tcp[$i]}</port>$credentials</replica></shard>"
+  done
+  for i in 0 1 2 3; do
     local dir=$STACK/clickhouse-cluster-$((i + 1))
+    # Debian's users.xml (profiles, quotas) with users.d on top, as in deploy/clickhouse.
+    mkdir -p "$dir/users.d"
+    cp /etc/clickhouse-server/users.xml "$dir/users.xml"
+    (
+      umask 077
+      cat >"$dir/users.d/pitboss.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+    <users>
+        <default remove="remove"/>
+        <pitboss>
+            <password>$password</password>
+            <networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </pitboss>
+    </users>
+</yandex>
+EOF
+    )
     clickhouse_config "$dir" "${http[$i]}" "${tcp[$i]}" "
     <interserver_http_port>${inter[$i]}</interserver_http_port>
     <interserver_http_host>127.0.0.1</interserver_http_host>
     <zookeeper><node><host>127.0.0.1</host><port>$ZOOKEEPER_PORT</port></node></zookeeper>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
     <macros><shard>$((i / 2 + 1))</shard><replica>ch$((i + 1))</replica></macros>
-    <remote_servers><pitboss>$shards</pitboss></remote_servers>"
+    <remote_servers><pitboss>$shards</pitboss><pitboss_replicas>$replicas</pitboss_replicas></remote_servers>" \
+      "$dir/users.xml"
+    chmod 600 "$dir/config.xml"
     spawn "clickhouse-cluster-$((i + 1))" "$dir/stdout.log" clickhouse-server --config-file="$dir/config.xml"
     CLICKHOUSE_WAIT+=("$dir:${http[$i]}")
-    urls+="${urls:+,}http://127.0.0.1:${http[$i]}"
+    urls+="${urls:+,}http://127.0.0.1:${http[$i]}/?user=pitboss&password=$password"
   done
-  echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER=$urls" >>"$STACK/env"
+  echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER='$urls'" >>"$STACK/env"
   echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER_NAME=pitboss" >>"$STACK/env"
   # For fault tests that kill and restart a replica: pids/clickhouse-cluster-N.pid and
   # clickhouse-cluster-N/config.xml under it.
@@ -314,6 +348,7 @@ cmd_start() {
   rm -rf "$STACK"
   mkdir -p "$STACK"
   : >"$STACK/env"
+  chmod 600 "$STACK/env" # with --cluster, it holds the ClickHouse cluster's password
   KAFKA_WAIT=()
   CLICKHOUSE_WAIT=()
   local t0=$SECONDS
@@ -340,7 +375,7 @@ cmd_start() {
       || { tail -30 "${k%%:*}/server.log" "${k%%:*}/stdout.log" >&2 || true; die "kafka did not start"; }
   done
   log "ready in $((SECONDS - t0))s:"
-  sed 's/^export /  /' "$STACK/env" >&2
+  sed -e 's/^export /  /' -e "s/password=[^&,']*/password=…/g" "$STACK/env" >&2
 }
 
 cmd_stop() {

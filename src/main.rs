@@ -177,6 +177,8 @@ struct ClickHouseArgs {
     database: String,
     /// Cluster (from the servers' `remote_servers`) for the replicated, sharded layout:
     /// `ON CLUSTER` migrations, `Replicated*MergeTree` tables behind `Distributed` ones.
+    /// `process` also needs `<NAME>_replicas` there: every replica a shard of its own, with
+    /// the cluster's user and password (high-water marks are read from every replica).
     /// Without it, the schema lives on the one server of `--clickhouse`.
     #[arg(long = "clickhouse-cluster", env = "PITBOSS_CLICKHOUSE_CLUSTER")]
     cluster: Option<String>,

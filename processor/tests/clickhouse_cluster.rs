@@ -3,7 +3,10 @@
 //! - `ON CLUSTER` migrations started at once from two servers create every table on all four,
 //!   and the replicated ledger tells any server that nothing is left to apply;
 //! - the high-water mark is read from every replica, so a replica that has not fetched the
-//!   newest part yet cannot make a replay insert a batch twice;
+//!   newest part yet cannot make a replay insert a batch twice — through the cluster
+//!   `pitboss_replicas`, as user `pitboss` with the password of the servers' config: the
+//!   servers have no `default` user (scripts/stack.sh, as deploy/clickhouse), and no password
+//!   is in a query;
 //! - a retried batch is dropped by the shard (block deduplication in ZooKeeper), and so are
 //!   its rollups;
 //! - Kafka → processor → cluster through a crash: each row once, each bus partition on one
@@ -266,6 +269,97 @@ async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dro
         let local = c.scalar(i, "SELECT count() FROM events_local").await;
         let twin = c.scalar(i ^ 1, "SELECT count() FROM events_local").await;
         assert_eq!(local, twin, "replicas of one shard differ");
+    }
+}
+
+/// The old way to read every replica, `remote()` over their addresses, connects as `default`
+/// without a password, which these servers (like the compose stack's) do not have. The sink
+/// reads them through `pitboss_replicas` instead: each other server is asked as `pitboss` (the
+/// server the sink talks to reads its own replica in-process), and the password is in no
+/// query — only in the servers' config.
+#[tokio::test]
+async fn every_replica_is_read_as_the_clusters_user_and_no_password_is_in_a_query() {
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    let addresses: Vec<String> = c
+        .client(0)
+        .query(
+            "SELECT concat(host_address, ':', toString(port)) FROM system.clusters \
+             WHERE cluster = ? ORDER BY shard_num, replica_num",
+        )
+        .bind(&c.name)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(addresses.len(), 4);
+    let refused = c
+        .client(0)
+        .query(&format!(
+            "SELECT count() FROM remote('{}', {}, events_local)",
+            addresses.join(","),
+            c.database
+        ))
+        .fetch_one::<u64>()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("Unknown user default"), "{refused}");
+
+    let sink = ClickHouseSink::cluster(
+        c.client(0).with_setting("log_queries", "1"),
+        &c.name,
+        &c.database,
+    )
+    .await
+    .unwrap();
+    sink.insert(&batch("t", 0, 0..10)).await.unwrap();
+    assert_eq!(
+        Sink::<EventRow>::high_water(&sink, "t", 0, None)
+            .await
+            .unwrap(),
+        Some(9)
+    );
+    assert_eq!(
+        Sink::<EventRow>::intended(&sink, "t", 0).await.unwrap(),
+        None
+    );
+    for i in 0..4 {
+        c.client(i)
+            .query("SYSTEM FLUSH LOGS")
+            .execute()
+            .await
+            .unwrap();
+    }
+    let pattern = format!("SELECT %FROM {}.%_local%", c.database);
+    for i in 1..4 {
+        let users: Vec<String> = c
+            .client(i)
+            .query(
+                "SELECT DISTINCT user FROM system.query_log \
+                 WHERE NOT is_initial_query AND query LIKE ? ORDER BY user",
+            )
+            .bind(&pattern)
+            .fetch_all()
+            .await
+            .unwrap();
+        assert_eq!(users, ["pitboss"], "server {}", i + 1);
+    }
+    let url = &c.urls[0];
+    let password = &url[url.find("password=").expect("a password in the URL") + 9..];
+    assert!(password.len() >= 16);
+    for i in 0..4 {
+        let queries: Vec<String> = c
+            .client(i)
+            .query("SELECT query FROM system.query_log")
+            .fetch_all()
+            .await
+            .unwrap();
+        assert!(!queries.is_empty(), "server {}: nothing logged", i + 1);
+        assert!(
+            queries.iter().all(|q| !q.contains(password)),
+            "server {}: the password is in a query",
+            i + 1
+        );
     }
 }
 

@@ -29,10 +29,10 @@ pub struct ClickHouseSink {
     client: Client,
     /// Another table than `R::TABLE`, with its layout (tests use unique names).
     table: Option<String>,
-    /// Cluster layout: every replica's native address (`host:port`) and the database. The
-    /// high-water mark is read from all of them: a `Distributed` read asks one replica per
-    /// shard, which may not have fetched the newest part yet — a stale mark would replay a
-    /// batch that landed.
+    /// Cluster layout: the cluster of every replica as a shard of its own
+    /// ([`replicas_cluster`]) and the database. The high-water mark is read from all of them:
+    /// a `Distributed` read asks one replica per shard, which may not have fetched the newest
+    /// part yet — a stale mark would replay a batch that landed.
     replicas: Option<(String, String)>,
     /// Held while a batch of a table with copy keys (`events`) is looked up and inserted.
     lookups: Arc<tokio::sync::Mutex<()>>,
@@ -46,14 +46,55 @@ impl std::fmt::Debug for ClickHouseSink {
     }
 }
 
-/// A client for `url` (credentials, if any, from the URL's user info are not logged).
+/// A client for `url`, whose query may carry `user` and `password` (as ClickHouse's HTTP
+/// interface takes them; docker-compose.yml and the terraform pass them so). The `clickhouse`
+/// crate drops the URL's query from every request, so they are taken out of it here and sent
+/// as the `X-ClickHouse-User` and `X-ClickHouse-Key` headers (ClickHouse 18.16 and current
+/// releases): never in a request line that a proxy logs, and never logged by Pitboss.
 pub fn client(url: &str, database: &str) -> Client {
-    Client::default()
+    let (url, user, password) = credentials(url);
+    let mut client = Client::default()
         .with_url(url)
         .with_database(database)
         .with_validation(false)
         // One insert is one block (one part per partition): all or nothing.
-        .with_setting("max_insert_block_size", "1048576")
+        .with_setting("max_insert_block_size", "1048576");
+    if let Some(user) = user {
+        client = client.with_user(user);
+    }
+    if let Some(password) = password {
+        client = client.with_password(password);
+    }
+    client
+}
+
+/// `url` without its `user` and `password` query parameters, and their (decoded) values. A URL
+/// that does not parse is left as it is: the client reports it on its first request.
+fn credentials(url: &str) -> (String, Option<String>, Option<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), None, None);
+    };
+    let (mut user, mut password) = (None, None);
+    let rest: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(key, value)| match &*key {
+            "user" => {
+                user = Some(value.into_owned());
+                None
+            }
+            "password" => {
+                password = Some(value.into_owned());
+                None
+            }
+            _ => Some((key.into_owned(), value.into_owned())),
+        })
+        .collect();
+    if rest.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    (parsed.into(), user, password)
 }
 
 impl ClickHouseSink {
@@ -67,8 +108,10 @@ impl ClickHouseSink {
     }
 
     /// Into the cluster layout's tables (`Distributed` ones) of `database`: inserts wait
-    /// until the shard has the block (`insert_distributed_sync`); the replicas are read from
-    /// `system.clusters` of the server `client` talks to.
+    /// until the shard has the block (`insert_distributed_sync`). Reads that must see every
+    /// replica go through the cluster [`replicas_cluster`]`(cluster)` of the servers'
+    /// `remote_servers`, checked here against `cluster` in `system.clusters` of the server
+    /// `client` talks to: each of its shards one replica, together the replicas of `cluster`.
     pub async fn cluster(
         client: Client,
         cluster: &str,
@@ -76,43 +119,46 @@ impl ClickHouseSink {
     ) -> Result<Self, ProcessorError> {
         #[derive(Debug, clickhouse::Row, serde::Deserialize)]
         struct Replica {
+            cluster: String,
+            shard: u32,
             host: String,
             port: u16,
         }
+        // The names go into SQL text.
+        crate::schema::Layout::cluster(cluster, database)?;
+        let all = replicas_cluster(cluster);
         let replicas: Vec<Replica> = client
             .query(
-                "SELECT host_address AS host, port FROM system.clusters \
-                 WHERE cluster = ? ORDER BY shard_num, replica_num",
+                "SELECT cluster, shard_num AS shard, host_address AS host, port \
+                 FROM system.clusters WHERE cluster IN (?, ?) ORDER BY shard_num, replica_num",
             )
             .bind(cluster)
+            .bind(&all)
             .fetch_all()
             .await?;
-        if replicas.is_empty() {
-            return Err(ProcessorError::Config(format!(
-                "cluster {cluster:?} is not in the server's remote_servers"
-            )));
-        }
-        let addresses = replicas
-            .iter()
-            .map(|r| replica_address(&r.host, r.port))
-            .collect::<Result<Vec<_>, _>>()?
-            .join(",");
+        let of = |name: &str| -> Vec<(u32, String, u16)> {
+            replicas
+                .iter()
+                .filter(|r| r.cluster == name)
+                .map(|r| (r.shard, r.host.clone(), r.port))
+                .collect()
+        };
+        check_replicas_cluster(cluster, &of(cluster), &of(&all))?;
         Ok(ClickHouseSink {
             client: client.with_setting("insert_distributed_sync", "1"),
             table: None,
-            replicas: Some((addresses, database.to_owned())),
+            replicas: Some((all, database.to_owned())),
             lookups: Arc::default(),
         })
     }
 
     /// Where to read `table` from: itself, or in the cluster layout its local table on every
-    /// replica (see `replicas`).
+    /// replica, through the cluster of all replicas (see `replicas`) — whose user and password
+    /// come from the servers' config, never from the query.
     fn source(&self, table: &str) -> String {
         match &self.replicas {
             None => table.to_owned(),
-            Some((addresses, database)) => {
-                format!("remote('{addresses}', {database}, {table}_local)")
-            }
+            Some((all, database)) => format!("cluster('{all}', {database}, {table}_local)"),
         }
     }
 
@@ -408,23 +454,60 @@ fn column_mismatch<'a>(
         })
 }
 
-/// `host:port` of a replica for `remote()`, which takes it inside a SQL string: only the
-/// characters of a host name or an IP address pass.
-fn replica_address(host: &str, port: u16) -> Result<String, ProcessorError> {
-    let plain = !host.is_empty()
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-    if !plain {
+/// The cluster the high-water marks and the copy lookups read through in the cluster layout:
+/// `<cluster>_replicas`, every replica of `cluster` a shard of its own (a `Distributed` read
+/// asks one replica per shard), with the same user and password as `cluster` in the servers'
+/// `remote_servers`. The `cluster()` table function reads it on ClickHouse 18.16 and current
+/// releases alike (current ones also have `clusterAllReplicas`, 18.16 does not); `remote()`
+/// would connect without credentials, as `default`.
+pub fn replicas_cluster(cluster: &str) -> String {
+    format!("{cluster}_replicas")
+}
+
+/// Whether `all` (shard, host, port, as `system.clusters` lists the cluster
+/// [`replicas_cluster`]`(cluster)`) has every replica of `cluster` as a shard of its own, and
+/// nothing else: a shard of two replicas would be read on one of them, and a missing replica
+/// not at all — either could hide the newest part.
+fn check_replicas_cluster(
+    cluster: &str,
+    replicas: &[(u32, String, u16)],
+    all: &[(u32, String, u16)],
+) -> Result<(), ProcessorError> {
+    let name = replicas_cluster(cluster);
+    let fix = format!(
+        "define it in the servers' remote_servers: every replica of {cluster:?} as a shard of \
+         its own, with the user and password of {cluster:?} (docs/processor.md, \"Cluster layout\")"
+    );
+    if replicas.is_empty() {
         return Err(ProcessorError::Config(format!(
-            "replica host {host:?} in system.clusters is not a host name or an IP address"
+            "cluster {cluster:?} is not in the server's remote_servers"
         )));
     }
-    Ok(if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    })
+    if all.is_empty() {
+        return Err(ProcessorError::Config(format!(
+            "cluster {name:?} is not in the server's remote_servers: {fix}"
+        )));
+    }
+    let mut shards: Vec<u32> = all.iter().map(|(shard, ..)| *shard).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    if shards.len() != all.len() {
+        return Err(ProcessorError::Config(format!(
+            "cluster {name:?} has a shard of more than one replica, which a read would ask \
+             only one of: {fix}"
+        )));
+    }
+    let hosts = |list: &[(u32, String, u16)]| -> std::collections::BTreeSet<(String, u16)> {
+        list.iter()
+            .map(|(_, host, port)| (host.clone(), *port))
+            .collect()
+    };
+    if hosts(replicas) != hosts(all) || all.len() != replicas.len() {
+        return Err(ProcessorError::Config(format!(
+            "cluster {name:?} is not the replicas of {cluster:?}: {fix}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -457,22 +540,66 @@ mod tests {
     }
 
     #[test]
-    fn replica_addresses_are_host_port_and_nothing_else() {
+    fn user_and_password_leave_the_url_for_headers() {
         assert_eq!(
-            replica_address("127.0.0.1", 9000).ok(),
-            Some("127.0.0.1:9000".to_owned())
+            credentials("http://ch:8123/?user=pitboss&password=a%2Bb%26c&database=x"),
+            (
+                "http://ch:8123/?database=x".to_owned(),
+                Some("pitboss".to_owned()),
+                Some("a+b&c".to_owned())
+            )
         );
         assert_eq!(
-            replica_address("::1", 9000).ok(),
-            Some("[::1]:9000".to_owned())
+            credentials("https://ch:8443/?password=p&user=u"),
+            (
+                "https://ch:8443/".to_owned(),
+                Some("u".to_owned()),
+                Some("p".to_owned())
+            )
         );
         assert_eq!(
-            replica_address("ch-1.internal", 9000).ok(),
-            Some("ch-1.internal:9000".to_owned())
+            credentials("http://127.0.0.1:8123"),
+            ("http://127.0.0.1:8123/".to_owned(), None, None)
         );
-        for bad in ["", "a'b", "a,b", "a b", "a)"] {
-            assert!(replica_address(bad, 9000).is_err(), "{bad:?}");
-        }
+        assert_eq!(
+            credentials("not a url"),
+            ("not a url".to_owned(), None, None)
+        );
+    }
+
+    #[test]
+    fn the_replicas_cluster_must_be_every_replica_as_a_shard_of_its_own() {
+        let r = |shard: u32, host: &str, port: u16| (shard, host.to_owned(), port);
+        let pitboss = [
+            r(1, "10.0.0.1", 9000),
+            r(1, "10.0.0.2", 9000),
+            r(2, "10.0.0.3", 9000),
+            r(2, "10.0.0.4", 9000),
+        ];
+        let each: Vec<_> = pitboss
+            .iter()
+            .enumerate()
+            .map(|(i, (_, host, port))| r(i as u32 + 1, host, *port))
+            .collect();
+        assert!(check_replicas_cluster("pitboss", &pitboss, &each).is_ok());
+        let refused =
+            |all: &[(u32, String, u16)]| match check_replicas_cluster("pitboss", &pitboss, all) {
+                Err(ProcessorError::Config(why)) => why,
+                other => panic!("{other:?}"),
+            };
+        assert!(refused(&[]).starts_with(
+            "cluster \"pitboss_replicas\" is not in the server's remote_servers: define it"
+        ));
+        // A copy of `pitboss`: one replica per shard would be read.
+        assert!(refused(&pitboss).contains("a shard of more than one replica"));
+        assert!(refused(&each[..3]).contains("is not the replicas of \"pitboss\""));
+        let mut moved = each.clone();
+        moved[3].2 = 9001;
+        assert!(refused(&moved).contains("is not the replicas of"));
+        assert!(matches!(
+            check_replicas_cluster("pitboss", &[], &each),
+            Err(ProcessorError::Config(why)) if why == "cluster \"pitboss\" is not in the server's remote_servers"
+        ));
     }
 }
 

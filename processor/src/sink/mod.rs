@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 pub use self::clickhouse::{
     ClickHouseClient, ClickHouseSink, EventCursor, client, count_events, events_page,
+    replicas_cluster,
 };
 pub use self::memory::MemorySink;
 

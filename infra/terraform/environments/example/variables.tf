@@ -190,7 +190,7 @@ variable "clickhouse_database" {
 }
 
 variable "clickhouse_cluster" {
-  description = "ClickHouse cluster for the replicated layout (ON CLUSTER); empty for one server or ClickHouse Cloud."
+  description = "ClickHouse cluster for the replicated layout (ON CLUSTER; the servers also need <name>_replicas, docs/processor.md); empty for one server or ClickHouse Cloud."
   type        = string
   default     = ""
   validation {
