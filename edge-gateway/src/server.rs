@@ -135,7 +135,7 @@ pub fn router(state: GatewayState) -> Router {
         .route("/v1/ws", get(ws))
         .route("/v1/publish", post(publish))
         .route("/v1/stats", get(stats))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
         .merge(crate::console::router())
 }
@@ -701,6 +701,14 @@ pub async fn publish_message<M: LiveMessage>(
     topic: &str,
     message: &M,
 ) -> Result<pitboss_bus::Ack, pitboss_bus::BusError> {
+    let acks = publisher.publish(topic, vec![live_record(message)]).await?;
+    acks.into_iter()
+        .next()
+        .ok_or_else(|| pitboss_bus::BusError::Unavailable("no ack".into()))
+}
+
+/// A live message as a bus record, with its headers.
+fn live_record<M: LiveMessage>(message: &M) -> OutRecord {
     use pitboss_bus::header;
     let mut record = OutRecord::new(message.bus_key(), message.encode_proto())
         .with_header(header::TYPE, M::TYPE)
@@ -712,10 +720,7 @@ pub async fn publish_message<M: LiveMessage>(
     if let Some(r) = message.received_at() {
         record = record.with_header(header::RECEIVED_AT, r.as_millis().to_string());
     }
-    let acks = publisher.publish(topic, vec![record]).await?;
-    acks.into_iter()
-        .next()
-        .ok_or_else(|| pitboss_bus::BusError::Unavailable("no ack".into()))
+    record
 }
 
 /// The body of `POST /v1/publish`.
@@ -780,6 +785,11 @@ async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
+/// Most pushes in one `POST /v1/publish` array (the body, at most 1 MiB).
+pub const MAX_PUBLISH_BATCH: usize = 1000;
+/// Largest body of a single push.
+const MAX_PUBLISH_BODY: usize = 64 * 1024;
+
 async fn publish(
     State(st): State<GatewayState>,
     headers: HeaderMap,
@@ -793,61 +803,123 @@ async fn publish(
     if claims.role != Role::Operator {
         return error_response(StatusCode::FORBIDDEN, "forbidden", "only operators publish");
     }
-    let req: PublishRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, "malformed", e),
+    // One push (an object) or several (an array, published together in one bus write).
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if !batch && body.len() > MAX_PUBLISH_BODY {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("a push is at most {MAX_PUBLISH_BODY} bytes (an array of pushes, 1 MiB)"),
+        );
+    }
+    let requests: Vec<PublishRequest> = if batch {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, "malformed", e),
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => vec![r],
+            Err(e) => return error_response(StatusCode::BAD_REQUEST, "malformed", e),
+        }
     };
-    let channel = match &req.target {
-        Target::Player(p) => ChannelName::Player {
-            tenant_id: claims.tenant.clone(),
-            player_id: p.clone(),
-        },
-        Target::Room(r) => ChannelName::Room {
-            tenant_id: claims.tenant.clone(),
-            room_id: r.clone(),
-        },
-    };
+    if requests.is_empty() || requests.len() > MAX_PUBLISH_BATCH {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!(
+                "an array of 1 to {MAX_PUBLISH_BATCH} pushes; this one has {}",
+                requests.len()
+            ),
+        );
+    }
     let now = Timestamp::now();
-    let push = Push {
-        push_id: req
-            .push_id
-            .unwrap_or_else(pitboss_model::live::new_message_id),
-        tenant_id: claims.tenant.clone(),
-        target: req.target,
-        kind: req.kind,
-        title: req.title,
-        body: req.body,
-        data: req.data,
-        source: PushSource::Operator(OperatorSource {
-            operator_id: claims.sub.clone(),
-        }),
-        event_time: now,
-        received_at: now,
-        created_at: now,
-        expires_at: req.expires_at,
-    };
-    if let Err(violations) = push.validate() {
-        let details: Vec<_> = violations
-            .iter()
-            .map(|v| serde_json::json!({"path": v.path, "code": v.code, "message": v.message}))
-            .collect();
+    let mut pushes = Vec::with_capacity(requests.len());
+    let mut invalid = Vec::new();
+    for (i, req) in requests.into_iter().enumerate() {
+        let channel = match &req.target {
+            Target::Player(p) => ChannelName::Player {
+                tenant_id: claims.tenant.clone(),
+                player_id: p.clone(),
+            },
+            Target::Room(r) => ChannelName::Room {
+                tenant_id: claims.tenant.clone(),
+                room_id: r.clone(),
+            },
+        };
+        let push = Push {
+            push_id: req
+                .push_id
+                .unwrap_or_else(pitboss_model::live::new_message_id),
+            tenant_id: claims.tenant.clone(),
+            target: req.target,
+            kind: req.kind,
+            title: req.title,
+            body: req.body,
+            data: req.data,
+            source: PushSource::Operator(OperatorSource {
+                operator_id: claims.sub.clone(),
+            }),
+            event_time: now,
+            received_at: now,
+            created_at: now,
+            expires_at: req.expires_at,
+        };
+        if let Err(violations) = push.validate() {
+            for v in violations {
+                // In a batch, each violation names its push: `[3].title`.
+                let path = if batch {
+                    format!("[{i}].{}", v.path)
+                } else {
+                    v.path.to_string()
+                };
+                invalid
+                    .push(serde_json::json!({"path": path, "code": v.code, "message": v.message}));
+            }
+        }
+        pushes.push((push, channel));
+    }
+    if !invalid.is_empty() {
+        // Nothing of a batch is published when any of its pushes is invalid.
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(serde_json::json!({"error": {"code": "invalid_push", "message": "the push breaks the contract (docs/alerts.md)", "violations": details}})),
+            axum::Json(serde_json::json!({"error": {"code": "invalid_push", "message": "the push breaks the contract (docs/alerts.md); nothing was published", "violations": invalid}})),
         )
             .into_response();
     }
-    match publish_message(&*st.publisher, &st.config.pushes_topic, &push).await {
-        Ok(ack) => (
-            StatusCode::ACCEPTED,
-            axum::Json(PublishResponse {
-                push_id: push.push_id,
-                channel: channel.to_string(),
-                partition: ack.partition,
-                position: ack.position.to_string(),
-            }),
-        )
-            .into_response(),
+    let records = pushes.iter().map(|(p, _)| live_record(p)).collect();
+    match st.publisher.publish(&st.config.pushes_topic, records).await {
+        Ok(acks) if acks.len() == pushes.len() => {
+            let mut answers: Vec<PublishResponse> = pushes
+                .into_iter()
+                .zip(acks)
+                .map(|((push, channel), ack)| PublishResponse {
+                    push_id: push.push_id,
+                    channel: channel.to_string(),
+                    partition: ack.partition,
+                    position: ack.position.to_string(),
+                })
+                .collect();
+            if batch {
+                (StatusCode::ACCEPTED, axum::Json(answers)).into_response()
+            } else {
+                match answers.pop() {
+                    Some(one) => (StatusCode::ACCEPTED, axum::Json(one)).into_response(),
+                    None => {
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable", "no ack")
+                    }
+                }
+            }
+        }
+        Ok(acks) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus_unavailable",
+            format!(
+                "the bus acknowledged {} of {} pushes; retry with the same push_ids",
+                acks.len(),
+                pushes.len()
+            ),
+        ),
         Err(e) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "bus_unavailable",

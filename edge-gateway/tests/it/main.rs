@@ -262,6 +262,69 @@ async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
     );
 }
 
+/// An array of pushes is one request and one bus write: each push reaches its own channel, the
+/// answers come in the array's order, and one invalid push refuses the whole array (nothing
+/// published, the violation named by its index).
+#[tokio::test]
+async fn operators_publish_an_array_of_pushes_at_once_all_or_nothing() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut players = Vec::new();
+    for p in ["p1", "p2", "p3"] {
+        let mut c = gw.connect(&env.token("acme", p, Role::Player, &[])).await;
+        c.subscribe(&format!("player:acme:{p}"), None).await;
+        players.push(c);
+    }
+    let ops = env.token("acme", "ops", Role::Operator, &[]);
+    let push = |p: &str, title: &str| json!({"target": {"player": p}, "kind": "operator.message", "title": title, "body": "b"});
+    // Invalid third push: nothing of the array is published.
+    let (status, answer) = gw
+        .post(
+            "/v1/publish",
+            Some(&ops),
+            &json!([
+                push("p1", "bad batch"),
+                push("p2", "bad batch"),
+                push("p3", "")
+            ]),
+        )
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_push");
+    assert_eq!(answer["error"]["violations"][0]["path"], "[2].title");
+    let body = json!([push("p1", "one"), push("p2", "two"), push("p3", "three")]);
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let answers = answer.as_array().unwrap();
+    assert_eq!(answers.len(), 3);
+    for (i, (player, title)) in players.iter_mut().zip(["one", "two", "three"]).enumerate() {
+        assert_eq!(answers[i]["channel"], format!("player:acme:p{}", i + 1));
+        // The first message each player gets is this array's, not the refused one's.
+        let frame = player.next_message().await;
+        assert_eq!(frame["id"], answers[i]["push_id"]);
+        assert_eq!(frame["data"]["title"], title);
+    }
+    // Empty and oversized arrays are refused precisely.
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!([])).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("malformed"))
+    );
+    let many: Vec<Value> = (0..1001).map(|_| push("p1", "x")).collect();
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!(many)).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("malformed")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1001")
+    );
+}
+
 #[tokio::test]
 async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_unaffected() {
     let env = Env::new().await;
