@@ -14,6 +14,8 @@
 #   scripts/bench-broadcast.sh [seconds per rate, default 15] [rates..., default 1 10 50 100 200 500]
 #   (PITBOSS_BENCH_SOCKETS=10000, PITBOSS_BENCH_SERVERS="pitboss socketio",
 #    PITBOSS_BENCH_BIN=path (skips the build), PITBOSS_BENCH_UP_ARGS adds flags to `pitboss up`,
+#    PITBOSS_BENCH_CLIENT_ARGS adds flags to the Pitboss client, e.g. "--rooms 10000
+#    --publish-batch-ms 10": one socket per room, so each message is one push to one socket,
 #    PITBOSS_BENCH_MAX_P99_MS=1000 (a rate is sustained with nothing lost and p99 under it;
 #    higher rates are skipped after the first that is not), PITBOSS_BENCH_OUT=file for the lines)
 set -euo pipefail
@@ -77,7 +79,8 @@ for server in $SERVERS; do
       SERVER=$!
       if ! wait_for "http://127.0.0.1:$API/readyz"; then cat "$WORK/up.log" >&2; echo "pitboss up did not get ready" >&2; exit 1; fi
       TOKEN=$("$BIN" token --data-dir "$WORK/data" --role operator --subject ops --rooms '*' --ttl-secs 7200)
-      PITBOSS_BENCH_TOKEN=$TOKEN client pitboss "ws://127.0.0.1:$GW" "pitboss $(git rev-parse --short HEAD)"
+      # shellcheck disable=SC2086
+      PITBOSS_BENCH_TOKEN=$TOKEN client pitboss "ws://127.0.0.1:$GW" "pitboss $(git rev-parse --short HEAD)" ${PITBOSS_BENCH_CLIENT_ARGS:-}
       ;;
     socketio)
       PORT=$(port)

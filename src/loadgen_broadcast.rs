@@ -86,6 +86,10 @@ pub struct BroadcastArgs {
     /// `<room>`.
     #[arg(long, default_value_t = 1, requires = "broadcast")]
     pub rooms: usize,
+    /// Publish every this many milliseconds the messages due by then as one array (Pitboss's
+    /// `POST /v1/publish` takes up to 1000); 0: one request per message.
+    #[arg(long, default_value_t = 0, requires = "broadcast")]
+    pub publish_batch_ms: u64,
     /// Local addresses the sockets connect from, in turn (ws:// only), e.g.
     /// `127.0.0.2,127.0.0.3`: each gives ~28,000 ports toward one server address.
     #[arg(long, value_delimiter = ',', requires = "broadcast")]
@@ -263,6 +267,16 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             b.rooms
         );
     }
+    if b.publish_batch_ms > 0 && server != Server::Pitboss {
+        bail!("--publish-batch-ms works with --broadcast pitboss only");
+    }
+    if b.publish_batch_ms > 0
+        && b.rates
+            .iter()
+            .any(|r| r * b.publish_batch_ms as f64 / 1000.0 > 1000.0)
+    {
+        bail!("--publish-batch-ms: a batch would hold more than 1000 messages at the highest rate");
+    }
     if b.rooms > 1 && server != Server::Pitboss {
         bail!("--rooms works with --broadcast pitboss only (the Socket.IO server has one room)");
     }
@@ -392,17 +406,35 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
         let total = step_messages(rate, args.seconds);
         let started = tokio::time::Instant::now();
         let mut publishes = tokio::task::JoinSet::new();
-        for i in 0..total {
-            // A fixed schedule: message i leaves at i / rate, whatever the answers take.
-            tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
-            let body = json!({
+        let message = |i: u64| {
+            json!({
                 "target": {"room": b.room_of(i as usize)},
                 "kind": "operator.message",
                 "title": "Broadcast benchmark",
                 "body": "One of the messages of scripts/bench-broadcast.sh",
                 "data": {"bench_mark": format!("{step}:{i}:{}", now_us())},
             })
-            .to_string();
+        };
+        let mut i = 0;
+        let mut tick = 0u64;
+        while i < total {
+            // A fixed schedule, whatever the answers take: message i leaves at i / rate, or
+            // with --publish-batch-ms, with the others due by the end of its interval.
+            let (body, n) = if b.publish_batch_ms == 0 {
+                tokio::time::sleep_until(started + Duration::from_secs_f64(i as f64 / rate)).await;
+                (message(i).to_string(), 1)
+            } else {
+                tick += 1;
+                let at = Duration::from_millis(tick * b.publish_batch_ms);
+                tokio::time::sleep_until(started + at).await;
+                let upto = ((at.as_secs_f64() * rate).floor() as u64).clamp(i, total);
+                if upto == i {
+                    continue;
+                }
+                let batch: Vec<_> = (i..upto).map(message).collect();
+                (serde_json::Value::Array(batch).to_string(), upto - i)
+            };
+            i += n;
             let permit = inflight.clone().acquire_owned().await?;
             let (http, url, token, sent, failed) = (
                 http.clone(),
@@ -421,14 +453,14 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
                 }
                 match req.send().await {
                     Ok(r) if r.status().is_success() => {
-                        sent.fetch_add(1, Ordering::Relaxed);
+                        sent.fetch_add(n, Ordering::Relaxed);
                     }
                     Ok(r) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        failed.fetch_add(n, Ordering::Relaxed);
                         eprintln!("publish answered {}", r.status());
                     }
                     Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        failed.fetch_add(n, Ordering::Relaxed);
                         eprintln!("publish failed: {e}");
                     }
                 }
@@ -499,6 +531,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             "label": b.label,
             "sockets": sockets,
             "rooms": b.rooms,
+            "publish_batch_ms": b.publish_batch_ms,
             "rate": rate,
             "seconds": args.seconds,
             "messages_sent": sent_n,
@@ -725,6 +758,7 @@ mod tests {
             keep_going: false,
             label: String::new(),
             rooms,
+            publish_batch_ms: 0,
             bind: Vec::new(),
         }
     }
