@@ -9,24 +9,12 @@ use clap::{Args, ValueEnum};
 use pitboss_gateway::{GatewayConfig, KeySource, Keying, Role, Verifier};
 use pitboss_runtime::Shutdown;
 
-use crate::{BusKind, KafkaArgs};
+use crate::BusKind;
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// Which bus to read alerts and pushes from (and publish acks and operator pushes to).
-    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
-    pub bus: BusKind,
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    /// AWS region for Kinesis.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    pub kinesis_region: String,
-    /// Custom Kinesis endpoint (LocalStack).
-    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
-    pub kinesis_endpoint: Option<String>,
-    /// Directory of the embedded log (with `--bus embedded`).
-    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
-    pub data_dir: PathBuf,
+    pub bus: crate::BusArgs,
     /// Address of the WebSocket and publish API.
     #[arg(long, env = "PITBOSS_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: std::net::SocketAddr,
@@ -180,16 +168,10 @@ fn host_id() -> String {
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
-    let spec = crate::bus_spec(
-        args.bus,
-        &args.kafka,
-        args.kinesis_region.clone(),
-        args.kinesis_endpoint.clone(),
-        &args.data_dir,
-    )?;
+    let spec = args.bus.spec()?;
     let verifier = args.keys.verifier().await?;
     let bus = spec.open().await?;
-    let (keying, sequences) = match args.bus {
+    let (keying, sequences) = match args.bus.kind {
         BusKind::Kinesis => (Keying::Unknown, true),
         BusKind::Kafka | BusKind::Embedded => (Keying::Crc32, false),
     };
@@ -207,7 +189,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     tracing::info!(
         ws = %pitboss_gateway::server::describe(listener.local_addr()?),
         admin = %admin.local_addr()?,
-        bus = ?args.bus,
+        bus = ?args.bus.kind,
         "gateway starting"
     );
     pitboss_runtime::http::raise_fd_limit();

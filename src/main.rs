@@ -82,20 +82,8 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct AntifraudArgs {
-    /// Which bus to read events from and publish alerts and pushes to.
-    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
-    bus: BusKind,
     #[command(flatten)]
-    kafka: KafkaArgs,
-    /// AWS region for Kinesis.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    kinesis_region: String,
-    /// Custom Kinesis endpoint (LocalStack).
-    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
-    kinesis_endpoint: Option<String>,
-    /// Directory of the embedded log (with `--bus embedded`).
-    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
-    data_dir: PathBuf,
+    bus: BusArgs,
     /// Directory of rule files (`*.toml`, reloaded on change); the shipped packs without it.
     #[arg(long, env = "PITBOSS_RULES")]
     rules: Option<PathBuf>,
@@ -237,20 +225,8 @@ struct MigrateArgs {
 struct ProcessArgs {
     #[command(flatten)]
     clickhouse: ClickHouseArgs,
-    /// Which bus to read from (Kinesis: at-least-once, see docs/processor.md).
-    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
-    bus: BusKind,
     #[command(flatten)]
-    kafka: KafkaArgs,
-    /// AWS region for Kinesis.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    kinesis_region: String,
-    /// Custom Kinesis endpoint (LocalStack).
-    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
-    kinesis_endpoint: Option<String>,
-    /// Directory of the embedded log (with `--bus embedded`).
-    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
-    data_dir: PathBuf,
+    bus: BusArgs,
     /// Topic to consume (repeatable), `NAME` or `NAME=TABLE`: the events topic and its hot-key
     /// overflow by default. `alerts`, `pushes`, `deliveries` and `alert_acks` are stored in
     /// the tables of those names, any other topic in `events`; `=TABLE` says otherwise
@@ -394,6 +370,38 @@ async fn drain_processors(
     }
 }
 
+/// The bus flags of every service (ingest, antifraud, process, gateway).
+#[derive(Debug, Args)]
+pub(crate) struct BusArgs {
+    /// Which bus: Kafka, Kinesis (a build with `--features aws`) or the embedded log in
+    /// `--data-dir`.
+    #[arg(long = "bus", value_name = "BUS", env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
+    pub kind: BusKind,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// AWS region for Kinesis.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub kinesis_region: String,
+    /// Custom Kinesis endpoint (LocalStack).
+    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
+    pub kinesis_endpoint: Option<String>,
+    /// Directory of the embedded log (with `--bus embedded`) and of local files.
+    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
+    pub data_dir: PathBuf,
+}
+
+impl BusArgs {
+    pub(crate) fn spec(&self) -> Result<BusSpec> {
+        bus_spec(
+            self.kind,
+            &self.kafka,
+            self.kinesis_region.clone(),
+            self.kinesis_endpoint.clone(),
+            &self.data_dir,
+        )
+    }
+}
+
 /// The bus `--bus` names: the embedded log in `data_dir/log`, Kafka, or Kinesis.
 fn bus_spec(
     kind: BusKind,
@@ -475,13 +483,7 @@ async fn run_antifraud(
 }
 
 async fn antifraud(args: AntifraudArgs) -> Result<()> {
-    let spec = bus_spec(
-        args.bus,
-        &args.kafka,
-        args.kinesis_region.clone(),
-        args.kinesis_endpoint.clone(),
-        &args.data_dir,
-    )?;
+    let spec = args.bus.spec()?;
     let overflow = format!("{}_overflow", args.topic);
     let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
     config.group = args.group.clone();
@@ -498,7 +500,7 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     check_copartitioned(&*bus, &args.topic, &overflow).await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
-    tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus, "rules engine starting");
+    tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus.kind, "rules engine starting");
     let stop = Shutdown::on_signals();
     let serve_admin = pitboss_runtime::admin::serve(
         admin,
@@ -525,17 +527,11 @@ async fn process(args: ProcessArgs) -> Result<()> {
     // processors as soon as they run, and the process exits 0.
     let stop = Shutdown::on_signals();
     let client = clickhouse_client(&args.clickhouse).await?;
-    let spec = bus_spec(
-        args.bus,
-        &args.kafka,
-        args.kinesis_region.clone(),
-        args.kinesis_endpoint.clone(),
-        &args.data_dir,
-    )?;
+    let spec = args.bus.spec()?;
     let bus = spec.open().await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
-    tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, bus = ?args.bus, "processor starting");
+    tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, bus = ?args.bus.kind, "processor starting");
     let configs = args
         .topics
         .iter()
@@ -643,20 +639,8 @@ struct IngestArgs {
     /// Ingest config (TOML): tenants, limits, listen address.
     #[arg(long, env = "PITBOSS_CONFIG")]
     config: PathBuf,
-    /// Which bus to write to.
-    #[arg(long, env = "PITBOSS_BUS", value_enum, default_value_t = BusKind::Kafka)]
-    bus: BusKind,
     #[command(flatten)]
-    kafka: KafkaArgs,
-    /// AWS region for Kinesis.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    kinesis_region: String,
-    /// Custom Kinesis endpoint (LocalStack).
-    #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
-    kinesis_endpoint: Option<String>,
-    /// Directory of the embedded log (with `--bus embedded`).
-    #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
-    data_dir: PathBuf,
+    bus: BusArgs,
     /// Create the topic with this many partitions if it does not exist (development; in
     /// production topics come from the deployment).
     #[arg(long)]
@@ -944,14 +928,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     let IngestArgs {
         config,
         bus,
-        kafka,
-        kinesis_region,
-        kinesis_endpoint,
-        data_dir,
         ensure_topic_partitions,
     } = args;
     let config = load_config(&config)?;
-    let spec = bus_spec(bus, &kafka, kinesis_region, kinesis_endpoint, &data_dir)?;
+    let spec = bus.spec()?;
     let bus = spec.open().await?;
     if let Some(n) = ensure_topic_partitions {
         bus.create_topic(&config.topic, n).await?;
