@@ -10,9 +10,9 @@
 //!
 //! `--rooms N` (Pitboss) spreads the sockets over N rooms (socket n in room n mod N) and sends
 //! message i to room i mod N: with as many rooms as sockets every message reaches one socket,
-//! which measures publish-to-socket latency at a rate of single pushes. `--bind` spreads the
-//! sockets' source addresses (one loopback address gives one client ~28,000 ports toward one
-//! server port; 100,000 sockets need four).
+//! which measures publish-to-socket latency at a rate of single pushes. `--source-addresses`
+//! spreads the sockets' source addresses (one loopback address gives one client ~28,000 ports
+//! toward one server port; 100,000 sockets need four).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -90,10 +90,6 @@ pub struct BroadcastArgs {
     /// `POST /v1/publish` takes up to 1000); 0: one request per message.
     #[arg(long, default_value_t = 0, requires = "broadcast")]
     pub publish_batch_ms: u64,
-    /// Local addresses the sockets connect from, in turn (ws:// only), e.g.
-    /// `127.0.0.2,127.0.0.3`: each gives ~28,000 ports toward one server address.
-    #[arg(long, value_delimiter = ',', requires = "broadcast")]
-    pub bind: Vec<std::net::IpAddr>,
 }
 
 impl BroadcastArgs {
@@ -301,14 +297,10 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
             format!("{http_base}/publish"),
         ),
     };
-    if !b.bind.is_empty() && !base.starts_with("ws://") {
-        bail!("--bind works with a ws:// gateway only");
+    let sources = &args.live_args.source_addresses;
+    if !sources.is_empty() && !base.starts_with("ws://") {
+        bail!("--source-addresses works with a ws:// gateway only");
     }
-    let target = if b.bind.is_empty() {
-        None
-    } else {
-        Some(resolve(&base).await?)
-    };
     let shared = Arc::new(Shared {
         shards: (0..SHARDS)
             .map(|_| {
@@ -345,10 +337,7 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
                 shared.clone(),
                 stop_rx.clone(),
             );
-            let from = match (target, b.bind.get(n % b.bind.len().max(1))) {
-                (Some(to), Some(&ip)) => Some((std::net::SocketAddr::new(ip, 0), to)),
-                _ => None,
-            };
+            let from = sources.get(n % sources.len().max(1)).copied();
             tasks.spawn(async move {
                 let r = socket(server, n, &url, from, &channel, &shared, stop, ready_tx).await;
                 if r.is_err() {
@@ -572,46 +561,6 @@ pub async fn run(args: &LoadgenArgs, server: Server) -> Result<()> {
     Ok(())
 }
 
-/// The address of a `ws://host:port` gateway.
-async fn resolve(base: &str) -> Result<std::net::SocketAddr> {
-    let authority = base
-        .strip_prefix("ws://")
-        .unwrap_or(base)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    tokio::net::lookup_host(&with_port)
-        .await
-        .with_context(|| format!("cannot resolve {authority}"))?
-        .next()
-        .with_context(|| format!("{authority} has no address"))
-}
-
-/// A TCP connection to `to` from `local` (port 0: any free one).
-async fn bind_connect(
-    local: std::net::SocketAddr,
-    to: std::net::SocketAddr,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let socket = if local.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket
-        .bind(local)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind to {local}: {e}")))?;
-    socket.set_nodelay(true)?;
-    socket.connect(to).await
-}
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -622,7 +571,7 @@ async fn socket(
     server: Server,
     n: usize,
     url: &str,
-    from: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    from: Option<std::net::IpAddr>,
     channel: &str,
     shared: &Shared,
     mut stop: watch::Receiver<bool>,
@@ -633,23 +582,13 @@ async fn socket(
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        match from {
-            None => tokio_tungstenite::connect_async_with_config(url, Some(config), true).await,
-            Some((local, to)) => {
-                let tcp = bind_connect(local, to)
-                    .await
-                    .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
-                tokio_tungstenite::client_async_with_config(
-                    url,
-                    tokio_tungstenite::MaybeTlsStream::Plain(tcp),
-                    Some(config),
-                )
-                .await
-            }
-        }
-    })
+    let connected = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        crate::loadgen_live::connect_with(url, from, Some(config)),
+    )
     .await;
+    // Messages name the address without its query, which carries the token.
+    let url = url.split('?').next().unwrap_or_default();
     let mut ws: Ws = match connected {
         Err(_) => {
             let _ = ready.send(Err(anyhow::anyhow!(
@@ -759,7 +698,6 @@ mod tests {
             label: String::new(),
             rooms,
             publish_batch_ms: 0,
-            bind: Vec::new(),
         }
     }
 
@@ -769,29 +707,6 @@ mod tests {
         let many = args(4);
         assert_eq!(many.room_of(0), "bench-0");
         assert_eq!(many.room_of(7), "bench-3");
-    }
-
-    /// `--bind`: the connection leaves from the address given (the server sees it as the peer).
-    #[tokio::test]
-    async fn sockets_connect_from_the_bound_address() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let to = listener.local_addr().unwrap();
-        assert_eq!(
-            resolve(&format!("ws://{to}/v1/ws?token=x")).await.unwrap(),
-            to
-        );
-        let from: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
-        let (client, accepted) = tokio::join!(bind_connect(from, to), listener.accept());
-        let (_, peer) = accepted.unwrap();
-        assert_eq!(client.unwrap().local_addr().unwrap().ip(), from.ip());
-        assert_eq!(peer.ip(), from.ip());
-        let taken = bind_connect("192.0.2.1:0".parse().unwrap(), to).await;
-        assert!(
-            taken
-                .unwrap_err()
-                .to_string()
-                .contains("cannot bind to 192.0.2.1:0")
-        );
     }
 
     #[test]

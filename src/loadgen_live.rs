@@ -59,7 +59,7 @@ pub struct LiveArgs {
     /// Local addresses the sockets connect from, in turn (e.g. 127.0.0.2,127.0.0.3: a load
     /// balancer that hashes the client address then spreads them over its gateways; `ws://`
     /// only).
-    #[arg(long, value_delimiter = ',', requires = "live")]
+    #[arg(long, value_delimiter = ',')]
     pub source_addresses: Vec<std::net::IpAddr>,
     /// Writes every push and alert the run expected, one JSON object a line (tenant, player,
     /// rule, push), e.g. to check the store afterwards.
@@ -573,10 +573,25 @@ async fn connect(
     ),
     tokio_tungstenite::tungstenite::Error,
 > {
+    connect_with(address, source, None).await
+}
+
+/// [`connect`] with a WebSocket configuration (buffer sizes).
+pub(crate) async fn connect_with(
+    address: &str,
+    source: Option<std::net::IpAddr>,
+    config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     use tokio_tungstenite::tungstenite::Error;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let Some(source) = source else {
-        return tokio_tungstenite::connect_async(address).await;
+        return tokio_tungstenite::connect_async_with_config(address, config, true).await;
     };
     let request = address.into_client_request()?;
     let uri = request.uri();
@@ -593,9 +608,20 @@ async fn connect(
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    socket.bind((source, 0).into())?;
+    socket.bind((source, 0).into()).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot bind to {source}: {e}"),
+        ))
+    })?;
+    socket.set_nodelay(true)?;
     let stream = socket.connect(peer).await?;
-    tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await
+    tokio_tungstenite::client_async_with_config(
+        request,
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        config,
+    )
+    .await
 }
 
 /// One connection; `Ok(true)` when told to stop, `Ok(false)` when the gateway closed it.
@@ -703,6 +729,27 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--source-addresses`: a socket leaves from the address given (the server sees it as the
+    /// peer); one that cannot be bound says which.
+    #[tokio::test]
+    async fn sockets_connect_from_the_source_address_given() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a listener");
+        let to = listener.local_addr().expect("its address");
+        let url = format!("ws://{to}/v1/ws");
+        let from: std::net::IpAddr = [127, 0, 0, 2].into();
+        // The listener accepts and hangs up: the handshake fails, the peer address stays.
+        let (_, accepted) = tokio::join!(connect_with(&url, Some(from), None), async {
+            let accepted = listener.accept().await;
+            accepted.map(|(_, peer)| peer)
+        });
+        assert_eq!(accepted.expect("accepted").ip(), from);
+        let refused = connect_with(&url, Some([192, 0, 2, 1].into()), None).await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("cannot bind to 192.0.2.1"), "{message}");
+    }
 
     fn expected(player: &str, rule: &'static str, push: bool) -> Expected {
         Expected {
