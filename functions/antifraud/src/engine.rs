@@ -27,7 +27,7 @@ use crate::join::StakeJoin;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
 use crate::template::Fill;
-use crate::window::{Entry, Eval, KeyState, Scratch, TRIGGER_BIT, Trigger};
+use crate::window::{Entry, Eval, KeyState, KeyStateV1, Scratch, TRIGGER_BIT, Trigger};
 
 mod units;
 pub use units::{Change, Changes, Unit};
@@ -105,8 +105,10 @@ pub struct ReloadReport {
 pub struct EngineStats {
     /// Window keys across all rules.
     pub keys: usize,
-    /// Window entries across all rules.
+    /// Window entries across all rules (events kept one by one).
     pub entries: usize,
+    /// Buckets of bucketed windows across all rules (`window.bucket`).
+    pub buckets: usize,
     /// Bets remembered for the settlement join.
     pub joined_bets: usize,
     /// Players with a score.
@@ -207,8 +209,14 @@ impl Engine {
         let mut states = Vec::with_capacity(set.rules.len());
         for r in &set.rules {
             match old.remove(&r.id) {
-                Some((o, m)) if o.version == r.version && o.signature == r.signature => {
+                Some((o, mut m)) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
+                    if o.bucket_ms != r.bucket_ms || o.fold_mask != r.fold_mask {
+                        // `window.bucket` changed: the state takes the new form.
+                        for k in m.values_mut() {
+                            k.conform(r);
+                        }
+                    }
                     states.push(m);
                 }
                 _ => {
@@ -224,7 +232,7 @@ impl Engine {
             .states
             .iter()
             .flat_map(|m| m.values())
-            .map(|k| k.entries.len())
+            .map(KeyState::held)
             .sum();
         self.by_type = dispatch(&set);
         self.tags = rule_tags(&set);
@@ -335,7 +343,9 @@ impl Engine {
             };
             state.last_active = now_ms;
             let mut held = None;
+            let mut folded = false;
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
+                let before = state.held();
                 let ins = state.insert(
                     Entry {
                         id,
@@ -351,11 +361,11 @@ impl Engine {
                 if !ins.fresh {
                     continue;
                 }
-                *entries = *entries + 1 - ins.evicted;
+                *entries = (*entries + state.held()).saturating_sub(before);
+                folded = ins.folded;
                 held = state
-                    .entries
-                    .front()
-                    .is_some_and(|f| f.t <= t)
+                    .oldest()
+                    .is_some_and(|o| o <= t)
                     .then_some((mask, vals));
             }
             if !triggers {
@@ -369,9 +379,17 @@ impl Engine {
                 continue;
             }
             if let Some(d) = rule.duration_ms {
-                *entries -= state.expire(t.saturating_sub(d), rule);
+                let before = state.held();
+                state.expire(t.saturating_sub(d), rule);
+                *entries = (*entries + state.held()).saturating_sub(before);
             }
-            let trig = Trigger { id, t, cur, held };
+            let trig = Trigger {
+                id,
+                t,
+                cur,
+                held,
+                folded,
+            };
             let current = |i: usize| {
                 let m = &rule.measures[i];
                 m.field.as_ref().and_then(|f| f.get(event, &extra).number())
@@ -459,7 +477,7 @@ impl Engine {
             .states
             .iter()
             .flat_map(|m| m.values())
-            .map(|k| k.entries.len())
+            .map(KeyState::held)
             .sum();
         let max = self.set.limits.max_entries;
         if self.entries > max {
@@ -477,7 +495,7 @@ impl Engine {
                     break;
                 }
                 if let Some(s) = self.states[ri].remove(&k) {
-                    self.entries -= s.entries.len();
+                    self.entries = self.entries.saturating_sub(s.held());
                     if let Some(d) = &mut self.dirty {
                         d.windows.insert((ri as u32, k));
                     }
@@ -488,13 +506,14 @@ impl Engine {
 
     /// What the engine holds now (walks every key: for diagnostics and benchmarks, not per event).
     pub fn stats(&self) -> EngineStats {
-        let mut s = EngineStats {
-            entries: self.entries,
-            ..Default::default()
-        };
+        let mut s = EngineStats::default();
         for map in &self.states {
             s.keys += map.len();
-            s.bytes += map.values().map(KeyState::bytes).sum::<usize>();
+            for k in map.values() {
+                s.bytes += k.bytes();
+                s.entries += k.entries.len();
+                s.buckets += k.held() - k.entries.len();
+            }
         }
         s.joined_bets = self.join.len();
         s.scored_players = self.scores.len();
@@ -503,8 +522,9 @@ impl Engine {
     }
 }
 
-/// The snapshot format; a snapshot of another format is refused (the caller starts cold).
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The snapshot format written; format 1 (before buckets: window states without them) is still
+/// read. A snapshot of another format is refused (the caller starts cold).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// A rule's state in a snapshot, written from borrowed state.
 #[derive(serde::Serialize)]
@@ -525,17 +545,17 @@ struct SnapshotOut<'a> {
 }
 
 #[derive(serde::Deserialize)]
-struct RuleStateIn {
+struct RuleStateIn<K> {
     id: String,
     version: u32,
     signature: String,
-    keys: Map,
+    keys: HashMap<Key, K, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
 #[derive(serde::Deserialize)]
-struct SnapshotIn {
+struct SnapshotIn<K> {
     format: u32,
-    rules: Vec<RuleStateIn>,
+    rules: Vec<RuleStateIn<K>>,
     join: (Vec<(u64, i64, i64)>, i64),
     scores: Vec<crate::scoring::PlayerHits>,
     last_sweep: i64,
@@ -575,22 +595,47 @@ impl Engine {
         set: RuleSet,
         snapshot: &[u8],
     ) -> Result<(Engine, ReloadReport), AntifraudError> {
-        let snap: SnapshotIn = postcard::from_bytes(snapshot)
-            .map_err(|e| AntifraudError::Snapshot(format!("unreadable: {e}")))?;
-        if snap.format != SNAPSHOT_FORMAT {
-            return Err(AntifraudError::Snapshot(format!(
-                "format {} (this build reads {SNAPSHOT_FORMAT})",
-                snap.format
-            )));
-        }
+        let unreadable = |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable: {e}"));
+        let (format, _) = postcard::take_from_bytes::<u32>(snapshot).map_err(unreadable)?;
+        let snap: SnapshotIn<KeyState> = match format {
+            SNAPSHOT_FORMAT => postcard::from_bytes(snapshot).map_err(unreadable)?,
+            1 => {
+                let old: SnapshotIn<KeyStateV1> =
+                    postcard::from_bytes(snapshot).map_err(unreadable)?;
+                SnapshotIn {
+                    format: old.format,
+                    rules: old
+                        .rules
+                        .into_iter()
+                        .map(|r| RuleStateIn {
+                            id: r.id,
+                            version: r.version,
+                            signature: r.signature,
+                            keys: r.keys.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                        })
+                        .collect(),
+                    join: old.join,
+                    scores: old.scores,
+                    last_sweep: old.last_sweep,
+                }
+            }
+            f => {
+                return Err(AntifraudError::Snapshot(format!(
+                    "format {f} (this build reads 1 and {SNAPSHOT_FORMAT})"
+                )));
+            }
+        };
         let mut engine = Engine::new(set);
-        let mut old: HashMap<String, RuleStateIn> =
+        let mut old: HashMap<String, RuleStateIn<KeyState>> =
             snap.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut report = ReloadReport::default();
         for (r, state) in engine.set.rules.iter().zip(engine.states.iter_mut()) {
             match old.remove(&r.id) {
-                Some(o) if o.version == r.version && o.signature == r.signature => {
+                Some(mut o) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
+                    for k in o.keys.values_mut() {
+                        k.conform(r);
+                    }
                     *state = o.keys;
                 }
                 _ => report.fresh.push(r.id.clone()),
@@ -602,12 +647,61 @@ impl Engine {
             .states
             .iter()
             .flat_map(|m| m.values())
-            .map(|k| k.entries.len())
+            .map(KeyState::held)
             .sum();
         engine.join.import(snap.join.0, snap.join.1);
         engine.scores.import(snap.scores);
         engine.last_sweep = snap.last_sweep;
         Ok((engine, report))
+    }
+}
+
+#[cfg(test)]
+impl Engine {
+    /// The whole state as a build before buckets wrote it (snapshot format 1), for tests; the
+    /// windows must have no buckets.
+    pub(crate) fn snapshot_format1(&self) -> Vec<u8> {
+        use crate::window::KeyStateV1Ref;
+        #[derive(serde::Serialize)]
+        struct Rule<'a> {
+            id: &'a str,
+            version: u32,
+            signature: &'a str,
+            keys: Vec<(Key, KeyStateV1Ref<'a>)>,
+        }
+        #[derive(serde::Serialize)]
+        struct Snap<'a> {
+            format: u32,
+            rules: Vec<Rule<'a>>,
+            join: (Vec<(u64, i64, i64)>, i64),
+            scores: Vec<(&'a str, std::collections::VecDeque<(i64, u32)>)>,
+            last_sweep: i64,
+        }
+        let snap = Snap {
+            format: 1,
+            rules: self
+                .set
+                .rules
+                .iter()
+                .zip(&self.states)
+                .map(|(r, m)| Rule {
+                    id: &r.id,
+                    version: r.version,
+                    signature: &r.signature,
+                    keys: m
+                        .iter()
+                        .map(|(k, s)| {
+                            assert!(s.buckets.is_none());
+                            (*k, KeyStateV1Ref::of(s))
+                        })
+                        .collect(),
+                })
+                .collect(),
+            join: self.join.export(),
+            scores: self.scores.export(),
+            last_sweep: self.last_sweep,
+        };
+        postcard::to_stdvec(&snap).expect("encoding")
     }
 }
 

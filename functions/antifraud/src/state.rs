@@ -685,6 +685,96 @@ mod tests {
         assert_eq!(held(reloaded(&store).stats()), held(engine.stats()));
     }
 
+    /// The shipped rules as before buckets: the same windows, every event kept.
+    fn unbucketed() -> RuleSet {
+        let sources: Vec<(String, String)> = crate::stream::shipped_sources()
+            .into_iter()
+            .map(|(n, t)| (n, t.replace(", bucket = \"5m\"", "")))
+            .collect();
+        let set = RuleSet::from_sources(&sources).unwrap();
+        assert!(set.rules.iter().all(|r| r.bucket_ms.is_none()));
+        set
+    }
+
+    fn message_ids(out: &Output) -> Vec<String> {
+        let mut ids: Vec<String> = out.alerts.iter().map(|a| a.alert_id.clone()).collect();
+        ids.extend(out.pushes.iter().map(|p| p.push_id.clone()));
+        ids
+    }
+
+    #[test]
+    fn state_saved_before_buckets_loads_into_the_bucketed_rules_folded() {
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let mut all = events(30);
+        all.sort_by_key(|e| e.occurred_at.as_millis());
+        let (head, tail) = all.split_at(all.len() / 2);
+        let mut out = Output::default();
+        // A build before buckets: exact windows, saved as units and as a whole snapshot.
+        let mut old = Engine::new(unbucketed());
+        old.track_changes(true);
+        // This build, bucketed from the start.
+        let mut new = Engine::new(shipped());
+        for e in head {
+            old.process(e, now, &mut out).unwrap();
+            new.process(e, now, &mut out).unwrap();
+        }
+        let changes = old.take_changes().unwrap();
+        let whole = old.snapshot_format1();
+        let mut loaded = Engine::new(shipped());
+        for c in &changes.units {
+            let bytes = c.value.as_ref().unwrap();
+            if matches!(c.unit, Unit::Window { .. }) {
+                assert_eq!(bytes[0], 1, "format 1, as before buckets");
+            }
+            assert!(loaded.load_unit(&c.unit, bytes).unwrap(), "{:?}", c.unit);
+        }
+        loaded.set_meta(&changes.meta).unwrap();
+        let (mut restored, report) = Engine::restore(shipped(), &whole).unwrap();
+        assert!(
+            report.fresh.is_empty() && report.removed.is_empty(),
+            "{report:?}"
+        );
+        let stats = new.stats();
+        assert!(stats.buckets > 10, "{stats:?}");
+        for e in [&loaded, &restored] {
+            let s = e.stats();
+            assert_eq!(
+                (s.keys, s.entries, s.buckets),
+                (stats.keys, stats.entries, stats.buckets)
+            );
+        }
+        // What the bucketed engine writes now is format 2 for windows with buckets, and it
+        // loads back.
+        new.track_changes(true);
+        let saved = new.take_changes().unwrap();
+        let mut again = Engine::new(shipped());
+        let mut formats = [0usize; 3];
+        for c in &saved.units {
+            let bytes = c.value.as_ref().unwrap();
+            if matches!(c.unit, Unit::Window { .. }) {
+                formats[usize::from(bytes[0]).min(2)] += 1;
+            }
+            assert!(again.load_unit(&c.unit, bytes).unwrap());
+        }
+        assert!(formats[1] > 0 && formats[2] > 0, "{formats:?}");
+        again.set_meta(&saved.meta).unwrap();
+        let counts = |s: EngineStats| (s.keys, s.entries, s.buckets, s.joined_bets);
+        assert_eq!(counts(again.stats()), counts(new.stats()));
+        // The rest of the stream raises the same on all of them.
+        let mut want = Output::default();
+        for e in tail {
+            new.process(e, now, &mut want).unwrap();
+        }
+        for engine in [&mut loaded, &mut restored, &mut again] {
+            let mut got = Output::default();
+            for e in tail {
+                engine.process(e, now, &mut got).unwrap();
+            }
+            assert_eq!(message_ids(&got), message_ids(&want));
+        }
+        assert!(message_ids(&want).len() >= 3, "{:?}", message_ids(&want));
+    }
+
     #[test]
     fn a_whole_engine_snapshot_from_before_units_is_still_read_and_replaced_by_units() {
         let dir = tempfile::tempdir().unwrap();
