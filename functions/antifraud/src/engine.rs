@@ -7,7 +7,8 @@
 //! than their window plus `idle_after` are swept; the stake join and the scores have their own
 //! bounds. [`Engine::stats`] reports what is held.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -128,6 +129,12 @@ pub struct Engine {
     scores: Scores,
     entries: usize,
     last_sweep: i64,
+    /// Every window key once (rarely twice), by the engine time after which it is idle if
+    /// nothing touches it (`last_active` + its rule's keep, as of when it was queued): the
+    /// incremental sweep pops the due ones, a few per event.
+    idle: BinaryHeap<Reverse<(i64, u32, Key)>>,
+    /// Per rule (by index): how long a key is kept after its last event.
+    keeps: Vec<i64>,
     key_hashers: (foldhash::fast::FixedState, foldhash::fast::FixedState),
     scratch: Scratch,
     hasher: foldhash::fast::FixedState,
@@ -135,6 +142,16 @@ pub struct Engine {
     tags: Vec<Arc<str>>,
     /// While tracking changes ([`Engine::track_changes`]): the windows touched.
     dirty: Option<Box<Dirty>>,
+}
+
+/// Keys checked for idleness per event, at most (the incremental sweep).
+const SWEEP_PER_EVENT: usize = 32;
+
+fn keeps(set: &RuleSet) -> Vec<i64> {
+    set.rules
+        .iter()
+        .map(|r| units::keep_ms(r, set.limits.idle_after_ms))
+        .collect()
 }
 
 fn dispatch(set: &RuleSet) -> [Vec<usize>; 10] {
@@ -176,6 +193,8 @@ impl Engine {
             scores: Scores::default(),
             entries: 0,
             last_sweep: i64::MIN,
+            idle: BinaryHeap::new(),
+            keeps: keeps(&set),
             key_hashers: (
                 foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
                 foldhash::fast::FixedState::with_seed(0x1319_8a2e_0370_7344),
@@ -236,12 +255,14 @@ impl Engine {
             .sum();
         self.by_type = dispatch(&set);
         self.tags = rule_tags(&set);
+        self.keeps = keeps(&set);
         if let Some(d) = &mut self.dirty {
             // Rule indexes changed: the next changes are the whole state.
             d.full = true;
             d.windows.clear();
         }
         self.set = set;
+        self.requeue_all();
         report
     }
 
@@ -291,6 +312,8 @@ impl Engine {
             scratch,
             hasher,
             dirty,
+            idle,
+            keeps,
             ..
         } = self;
         for &ri in &by_type[crate::filter::index(event.event_type())] {
@@ -320,7 +343,14 @@ impl Engine {
             let k: Key = (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
                 | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)));
             let map = &mut states[ri];
-            let state = map.entry(k).or_default();
+            let state = match map.entry(k) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let keep = keeps.get(ri).copied().unwrap_or(0);
+                    idle.push(Reverse((now_ms.saturating_add(keep), ri as u32, k)));
+                    v.insert(KeyState::default())
+                }
+            };
             if let Some(d) = dirty {
                 d.windows.insert((ri as u32, k));
             }
@@ -447,12 +477,63 @@ impl Engine {
             };
             hit.emit(set, out);
         }
-        if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms
-            || self.entries > self.set.limits.max_entries
-        {
-            self.sweep(now);
+        self.sweep_idle(now_ms, SWEEP_PER_EVENT);
+        if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms {
+            self.last_sweep = now_ms;
+            self.scores.sweep(now_ms, &self.set.scoring);
+        }
+        if self.entries > self.set.limits.max_entries {
+            self.evict_least_active();
         }
         Ok(())
+    }
+
+    /// The incremental sweep: checks up to `budget` keys whose idle time is due, dropping those
+    /// idle (by engine time) for longer than their window plus `idle_after` and queueing the
+    /// others again at their new due time. A key is checked when it may have become idle, not
+    /// on every sweep, so an event costs at most `budget` lookups.
+    fn sweep_idle(&mut self, now_ms: i64, budget: usize) {
+        for _ in 0..budget {
+            let Some(Reverse((due, ri, k))) = self.idle.peek().copied() else {
+                return;
+            };
+            if due >= now_ms {
+                return;
+            }
+            self.idle.pop();
+            let Some(map) = self.states.get_mut(ri as usize) else {
+                continue;
+            };
+            let Some(s) = map.get(&k) else {
+                // Gone already (evicted, reloaded).
+                continue;
+            };
+            let keep = self.keeps.get(ri as usize).copied().unwrap_or(0);
+            let due = s.last_active.saturating_add(keep);
+            if now_ms > due {
+                if let Some(s) = map.remove(&k) {
+                    self.entries = self.entries.saturating_sub(s.held());
+                }
+                if let Some(d) = &mut self.dirty {
+                    d.windows.insert((ri, k));
+                }
+            } else {
+                self.idle.push(Reverse((due, ri, k)));
+            }
+        }
+    }
+
+    /// Queues every key afresh (after a reload, a restore, a full sweep).
+    fn requeue_all(&mut self) {
+        let mut q = Vec::with_capacity(self.states.iter().map(|m| m.len()).sum());
+        for (ri, map) in self.states.iter().enumerate() {
+            let keep = self.keeps.get(ri).copied().unwrap_or(0);
+            q.extend(
+                map.iter()
+                    .map(|(k, s)| Reverse((s.last_active.saturating_add(keep), ri as u32, *k))),
+            );
+        }
+        self.idle = BinaryHeap::from(q);
     }
 
     /// Drops keys idle (by engine time) for longer than their window plus `idle_after`, scores
@@ -479,6 +560,12 @@ impl Engine {
             .flat_map(|m| m.values())
             .map(KeyState::held)
             .sum();
+        self.evict_least_active();
+        self.requeue_all();
+    }
+
+    /// While over `max_entries`, drops the least recently active keys, to 90 % of the bound.
+    fn evict_least_active(&mut self) {
         let max = self.set.limits.max_entries;
         if self.entries > max {
             // Least recently active first, until 90 % of the bound.
@@ -501,6 +588,8 @@ impl Engine {
                     }
                 }
             }
+            // The queue no longer names some keys; a key made again must be queued once.
+            self.requeue_all();
         }
     }
 
@@ -515,6 +604,7 @@ impl Engine {
                 s.buckets += k.held() - k.entries.len();
             }
         }
+        s.bytes += self.idle.capacity() * std::mem::size_of::<Reverse<(i64, u32, Key)>>();
         s.joined_bets = self.join.len();
         s.scored_players = self.scores.len();
         s.bytes += self.join.bytes() + self.scores.bytes();
@@ -652,6 +742,7 @@ impl Engine {
         engine.join.import(snap.join.0, snap.join.1);
         engine.scores.import(snap.scores);
         engine.last_sweep = snap.last_sweep;
+        engine.requeue_all();
         Ok((engine, report))
     }
 }

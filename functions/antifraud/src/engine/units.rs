@@ -243,8 +243,12 @@ impl Engine {
                     state.conform(r);
                 }
                 self.entries += state.held();
-                if let Some(old) = self.states[ri].insert(*key, state) {
-                    self.entries = self.entries.saturating_sub(old.held());
+                let due = state
+                    .last_active
+                    .saturating_add(self.keeps.get(ri).copied().unwrap_or(0));
+                match self.states[ri].insert(*key, state) {
+                    Some(old) => self.entries = self.entries.saturating_sub(old.held()),
+                    None => self.idle.push(std::cmp::Reverse((due, ri as u32, *key))),
                 }
             }
             Unit::Bet(k) => {
