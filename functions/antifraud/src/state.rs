@@ -736,13 +736,18 @@ mod tests {
         );
         let stats = new.stats();
         assert!(stats.buckets > 10, "{stats:?}");
-        for e in [&loaded, &restored] {
-            let s = e.stats();
-            assert_eq!(
-                (s.keys, s.entries, s.buckets),
-                (stats.keys, stats.entries, stats.buckets)
-            );
-        }
+        // Folded when loaded (one width before each key's newest event; the engine that ran
+        // bucketed folds in batches, so more or fewer of the newest events may be exact).
+        let (ls, rs) = (loaded.stats(), restored.stats());
+        assert_eq!(
+            (ls.keys, ls.entries, ls.buckets),
+            (rs.keys, rs.entries, rs.buckets)
+        );
+        assert_eq!(ls.keys, stats.keys);
+        assert!(
+            ls.buckets > 10 && ls.entries < old.stats().entries,
+            "{ls:?}"
+        );
         // What the bucketed engine writes now is format 2 for windows with buckets, and it
         // loads back.
         new.track_changes(true);

@@ -368,6 +368,23 @@ impl KeyState {
         }
     }
 
+    /// Folds in batches: once the oldest entry held one by one is two bucket widths older than
+    /// the newest event, every foldable entry one width older than it is folded. So the exact
+    /// part spans one to two widths, and a bucket is touched about once a width of the key's
+    /// time rather than on every event.
+    fn fold_due(&mut self, rule: &CompiledRule) {
+        if let Some(w) = rule.bucket_ms {
+            let h = self.newest.saturating_sub(w);
+            if self
+                .entries
+                .front()
+                .is_some_and(|f| f.t <= h.saturating_sub(w))
+            {
+                self.fold_upto(h, rule);
+            }
+        }
+    }
+
     /// Folds the foldable entries at or before `horizon` into buckets.
     fn fold_upto(&mut self, horizon: i64, rule: &CompiledRule) {
         let done = self.buckets.as_ref().map_or(i64::MIN, |b| b.horizon);
@@ -416,18 +433,15 @@ impl KeyState {
         if !same || (!self.acc.is_empty() && self.acc.len() != rule.measures.len()) {
             self.recount(rule);
         }
-        if let Some(w) = rule.bucket_ms
-            && !self.entries.is_empty()
-        {
-            self.fold_upto(self.newest.saturating_sub(w), rule);
-        }
+        self.fold_due(rule);
     }
 
     /// Inserts in time order, unless the id is already in the window; then drops what fell
     /// out of the window (older than the rule's duration before the newest event, or over its
-    /// cap). In a bucketed window, entries one bucket width older than the newest event are
-    /// folded into their buckets, and an event that old goes straight into its bucket (its id
-    /// cannot be checked there).
+    /// cap). In a bucketed window, entries more than one bucket width older than the newest
+    /// event are folded into their buckets (in batches, [`KeyState::fold_due`]), and an event
+    /// older than what was folded goes straight into its bucket (its id cannot be checked
+    /// there).
     pub fn insert(&mut self, e: Entry, rule: &CompiledRule) -> Inserted {
         if self.acc.len() != rule.measures.len() {
             self.acc = vec![Acc::default(); rule.measures.len()];
@@ -476,9 +490,7 @@ impl KeyState {
                 _ => self.entries.len(),
             };
             self.entries.insert(pos, e);
-            if let Some(w) = rule.bucket_ms {
-                self.fold_upto(self.newest.saturating_sub(w), rule);
-            }
+            self.fold_due(rule);
         }
         let mut evicted = 0;
         if let Some(d) = rule.duration_ms {
