@@ -230,11 +230,9 @@ impl Engine {
             match old.remove(&r.id) {
                 Some((o, mut m)) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
-                    if o.bucket_ms != r.bucket_ms || o.fold_mask != r.fold_mask {
-                        // `window.bucket` changed: the state takes the new form.
-                        for k in m.values_mut() {
-                            k.conform(r);
-                        }
+                    // A changed `window.bucket` (or measures) gives the state a new form.
+                    for k in m.values_mut() {
+                        k.conform(r);
                     }
                     states.push(m);
                 }

@@ -781,6 +781,86 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_that_adds_or_removes_buckets_keeps_the_state_converted() {
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let mut all = events(20);
+        all.sort_by_key(|e| e.occurred_at.as_millis());
+        let (head, tail) = all.split_at(all.len() / 2);
+        let mut out = Output::default();
+        let mut e = Engine::new(unbucketed());
+        let mut bucketed = Engine::new(shipped());
+        for x in head {
+            e.process(x, now, &mut out).unwrap();
+            bucketed.process(x, now, &mut out).unwrap();
+        }
+        assert_eq!(e.stats().buckets, 0);
+        let report = e.replace_rules(shipped());
+        assert!(
+            report.fresh.is_empty() && report.removed.is_empty(),
+            "{report:?}"
+        );
+        assert!(e.stats().buckets > 0);
+        let (mut want, mut got) = (Output::default(), Output::default());
+        for x in tail {
+            bucketed.process(x, now, &mut want).unwrap();
+            e.process(x, now, &mut got).unwrap();
+        }
+        assert_eq!(message_ids(&got), message_ids(&want));
+        // Without buckets again: they cannot be split, so they go; the rest stays.
+        let entries = e.stats().entries;
+        let report = e.replace_rules(unbucketed());
+        assert!(report.fresh.is_empty(), "{report:?}");
+        let s = e.stats();
+        assert_eq!((s.buckets, s.entries), (0, entries));
+    }
+
+    #[test]
+    fn window_units_of_any_bytes_load_or_fail_without_panicking() {
+        // Bucketed windows as saved, then damaged byte by byte, loaded and run on.
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let all = events(3);
+        let mut e = Engine::new(shipped());
+        e.track_changes(true);
+        let mut out = Output::default();
+        for ev in &all {
+            e.process(ev, now, &mut out).unwrap();
+        }
+        let saved: Vec<Change> = e
+            .take_changes()
+            .unwrap()
+            .units
+            .into_iter()
+            .filter(|c| c.value.as_ref().is_some_and(|v| v[0] == 2))
+            .collect();
+        assert!(!saved.is_empty());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..400 {
+            let c = &saved[round % saved.len()];
+            let mut bytes = c.value.clone().unwrap();
+            for _ in 0..1 + round % 4 {
+                let i = 1 + (next() as usize) % (bytes.len() - 1);
+                bytes[i] = next() as u8;
+            }
+            if round % 7 == 0 {
+                bytes.truncate(1 + (next() as usize) % bytes.len());
+            }
+            let mut engine = Engine::new(shipped());
+            let _ = engine.load_unit(&c.unit, &bytes);
+            engine.track_changes(true);
+            for ev in &all {
+                engine.process(ev, now, &mut out).unwrap();
+            }
+            engine.take_changes().unwrap();
+        }
+    }
+
+    #[test]
     fn a_whole_engine_snapshot_from_before_units_is_still_read_and_replaced_by_units() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");

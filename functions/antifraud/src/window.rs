@@ -444,7 +444,13 @@ impl KeyState {
     /// there).
     pub fn insert(&mut self, e: Entry, rule: &CompiledRule) -> Inserted {
         if self.acc.len() != rule.measures.len() {
-            self.acc = vec![Acc::default(); rule.measures.len()];
+            if self.held() == 0 {
+                self.acc = vec![Acc::default(); rule.measures.len()];
+            } else {
+                // Totals of another shape (not brought to this rule by `conform`): counted
+                // again from the entries; buckets, whose cells have that shape too, go.
+                self.recount(rule);
+            }
         }
         let late =
             Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
@@ -697,7 +703,7 @@ fn windowed(
     {
         let cols = b.cols();
         let col = b.col(i);
-        let trig_slot = (b.width > 0).then(|| trig.t.div_euclid(b.width) * b.width);
+        let trig_slot = (b.width > 0).then(|| trig.t.div_euclid(b.width).saturating_mul(b.width));
         let mut trig_counted = false;
         for (k, h) in b.heads.iter().enumerate().rev() {
             if h.start.saturating_add(b.width) <= lo.saturating_add(1) {
