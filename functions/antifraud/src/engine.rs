@@ -28,7 +28,7 @@ use crate::join::StakeJoin;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
 use crate::template::Fill;
-use crate::window::{Entry, Eval, KeyState, KeyStateV1, Scratch, TRIGGER_BIT, Trigger};
+use crate::window::{Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger};
 
 mod units;
 pub use units::{Change, Changes, Unit};
@@ -402,6 +402,7 @@ impl Engine {
             if rule.cooldown_ms > 0
                 && state
                     .last_hit
+                    .get()
                     .is_some_and(|h| (t - h).abs() < rule.cooldown_ms)
             {
                 continue;
@@ -454,7 +455,7 @@ impl Engine {
                 continue;
             }
             eval.all(scratch);
-            state.last_hit = Some(t);
+            state.last_hit = LastHit::at(t);
             let total = scores.add(
                 key_player(&event.tenant_id, &event.player_id).as_str(),
                 t,
