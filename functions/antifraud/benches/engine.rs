@@ -134,8 +134,27 @@ fn bench(c: &mut Criterion) {
         stats.bytes / PLAYERS as usize
     );
 
-    lambda_store_calls(&records, 100);
+    lambda_store_calls(&records, 100, 1);
+    lambda_store_calls(&records, 100, 4);
+    memory_after_laps(&records, 9);
     evaluation_percentiles(&mut engine, &records);
+    // One sweep of idle keys over the warm windows (it runs every `sweep_every` of engine
+    // time, on the event that finds it due): what it costs that event.
+    let mut sweeps: Vec<u64> = (0..5)
+        .map(|k| {
+            let now = Timestamp::from_millis(T0 + 3 * EVENTS as i64 * 10 + k * 60_000);
+            let started = std::time::Instant::now();
+            engine.sweep(now);
+            started.elapsed().as_nanos() as u64
+        })
+        .collect();
+    sweeps.sort_unstable();
+    println!(
+        "a sweep of idle keys over {} keys: median {:.1} µs, max {:.1} µs (5 sweeps)",
+        engine.stats().keys,
+        sweeps[2] as f64 / 1000.0,
+        sweeps[4] as f64 / 1000.0
+    );
 
     let mut g = c.benchmark_group("antifraud_engine");
     g.throughput(Throughput::Elements(1));
@@ -179,6 +198,34 @@ fn bench(c: &mut Criterion) {
     );
 }
 
+/// The stream `laps` times over (each lap shifted forward in time with new ids, as the timed
+/// benchmark does, so ~1,000 s of stream time a lap): memory per tracked player after a fixed
+/// span of play, which the timed run's (as many laps as criterion runs) is not.
+fn memory_after_laps(records: &[Vec<u8>], laps: i64) {
+    let span = EVENTS as i64 * 10;
+    let mut engine = Engine::new(rules());
+    let mut out = Output::default();
+    for lap in 0..laps {
+        for r in records {
+            let mut e = decode_proto(r).unwrap();
+            e.occurred_at = Timestamp::from_millis(e.occurred_at.as_millis() + lap * span);
+            let id = e.event_id.as_mut().unwrap();
+            id.replace_range(19..23, &format!("{:04x}", 0x8000 + lap as u16));
+            out.clear();
+            engine.process(&e, e.occurred_at, &mut out).unwrap();
+        }
+    }
+    let stats = engine.stats();
+    println!(
+        "after {laps} laps ({:.1} h of stream time): {} keys, {} entries, {} bytes = {} bytes per tracked player",
+        (laps * span) as f64 / 3_600_000.0,
+        stats.keys,
+        stats.entries,
+        stats.bytes,
+        stats.bytes / PLAYERS as usize
+    );
+}
+
 /// Time of each `Engine::process` call over one more lap of the stream (shifted forward in
 /// time with new ids, as the timed benchmark does), on warm windows: percentiles, which
 /// criterion's means do not give.
@@ -211,14 +258,31 @@ fn evaluation_percentiles(engine: &mut Engine, records: &[Vec<u8>]) {
 /// The Lambda adapter's cost in store calls: the stream in batches of `batch` (the Kinesis
 /// event source mapping's default), each evaluated by a fresh engine loaded with the units its
 /// events read from a store (a map here; DynamoDB in the function), then written back in
-/// transactions of up to 100 units.
-fn lambda_store_calls(records: &[Vec<u8>], batch: usize) {
+/// transactions of up to 100 units. With `laps` > 1 the stream runs that many times (shifted
+/// forward in time with new ids) and the figures are those of the last lap: windows that have
+/// seen ~1,000 s of play a lap before it.
+fn lambda_store_calls(records: &[Vec<u8>], batch: usize, laps: i64) {
     let mut store: std::collections::HashMap<String, Vec<u8>> = Default::default();
     let (mut asked, mut found, mut written, mut bytes, mut gets, mut txs) =
         (0usize, 0usize, 0usize, 0, 0, 0);
     let mut out = Output::default();
-    for chunk in records.chunks(batch) {
-        let events: Vec<Event> = chunk.iter().map(|r| decode_proto(r).unwrap()).collect();
+    let span = EVENTS as i64 * 10;
+    let last_lap = laps - 1;
+    for (lap, chunk) in (0..laps).flat_map(|lap| records.chunks(batch).map(move |c| (lap, c))) {
+        if lap != last_lap {
+            // Only the last lap is counted.
+            (asked, found, written, bytes, gets, txs) = (0, 0, 0, 0, 0, 0);
+        }
+        let events: Vec<Event> = chunk
+            .iter()
+            .map(|r| {
+                let mut e = decode_proto(r).unwrap();
+                e.occurred_at = Timestamp::from_millis(e.occurred_at.as_millis() + lap * span);
+                let id = e.event_id.as_mut().unwrap();
+                id.replace_range(19..23, &format!("{:04x}", 0xa000 + lap as u16));
+                e
+            })
+            .collect();
         let mut engine = Engine::new(rules());
         let mut units = Vec::new();
         for e in &events {
@@ -255,7 +319,7 @@ fn lambda_store_calls(records: &[Vec<u8>], batch: usize) {
     }
     let n = records.len() as f64;
     println!(
-        "lambda, batches of {batch}: per event {:.2} units asked ({:.2} found), {:.2} written ({:.0} bytes); store calls per event: {:.3} BatchGetItem + {:.3} TransactWriteItems (of up to 100 writes) = {:.3}",
+        "lambda, batches of {batch}, lap {laps} of {laps}: per event {:.2} units asked ({:.2} found), {:.2} written ({:.0} bytes); store calls per event: {:.3} BatchGetItem + {:.3} TransactWriteItems (of up to 100 writes) = {:.3}",
         asked as f64 / n,
         found as f64 / n,
         written as f64 / n,

@@ -7,7 +7,8 @@
 //! than their window plus `idle_after` are swept; the stake join and the scores have their own
 //! bounds. [`Engine::stats`] reports what is held.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use crate::join::StakeJoin;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
 use crate::template::Fill;
-use crate::window::{Entry, Eval, KeyState, Scratch, TRIGGER_BIT, Trigger};
+use crate::window::{Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger};
 
 mod units;
 pub use units::{Change, Changes, Unit};
@@ -105,8 +106,10 @@ pub struct ReloadReport {
 pub struct EngineStats {
     /// Window keys across all rules.
     pub keys: usize,
-    /// Window entries across all rules.
+    /// Window entries across all rules (events kept one by one).
     pub entries: usize,
+    /// Buckets of bucketed windows across all rules (`window.bucket`).
+    pub buckets: usize,
     /// Bets remembered for the settlement join.
     pub joined_bets: usize,
     /// Players with a score.
@@ -126,6 +129,12 @@ pub struct Engine {
     scores: Scores,
     entries: usize,
     last_sweep: i64,
+    /// Every window key once (rarely twice), by the engine time after which it is idle if
+    /// nothing touches it (`last_active` + its rule's keep, as of when it was queued): the
+    /// incremental sweep pops the due ones, a few per event.
+    idle: BinaryHeap<Reverse<(i64, u32, Key)>>,
+    /// Per rule (by index): how long a key is kept after its last event.
+    keeps: Vec<i64>,
     key_hashers: (foldhash::fast::FixedState, foldhash::fast::FixedState),
     scratch: Scratch,
     hasher: foldhash::fast::FixedState,
@@ -133,6 +142,16 @@ pub struct Engine {
     tags: Vec<Arc<str>>,
     /// While tracking changes ([`Engine::track_changes`]): the windows touched.
     dirty: Option<Box<Dirty>>,
+}
+
+/// Keys checked for idleness per event, at most (the incremental sweep).
+const SWEEP_PER_EVENT: usize = 32;
+
+fn keeps(set: &RuleSet) -> Vec<i64> {
+    set.rules
+        .iter()
+        .map(|r| units::keep_ms(r, set.limits.idle_after_ms))
+        .collect()
 }
 
 fn dispatch(set: &RuleSet) -> [Vec<usize>; 10] {
@@ -174,6 +193,8 @@ impl Engine {
             scores: Scores::default(),
             entries: 0,
             last_sweep: i64::MIN,
+            idle: BinaryHeap::new(),
+            keeps: keeps(&set),
             key_hashers: (
                 foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
                 foldhash::fast::FixedState::with_seed(0x1319_8a2e_0370_7344),
@@ -207,8 +228,12 @@ impl Engine {
         let mut states = Vec::with_capacity(set.rules.len());
         for r in &set.rules {
             match old.remove(&r.id) {
-                Some((o, m)) if o.version == r.version && o.signature == r.signature => {
+                Some((o, mut m)) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
+                    // A changed `window.bucket` (or measures) gives the state a new form.
+                    for k in m.values_mut() {
+                        k.conform(r);
+                    }
                     states.push(m);
                 }
                 _ => {
@@ -224,16 +249,18 @@ impl Engine {
             .states
             .iter()
             .flat_map(|m| m.values())
-            .map(|k| k.entries.len())
+            .map(KeyState::held)
             .sum();
         self.by_type = dispatch(&set);
         self.tags = rule_tags(&set);
+        self.keeps = keeps(&set);
         if let Some(d) = &mut self.dirty {
             // Rule indexes changed: the next changes are the whole state.
             d.full = true;
             d.windows.clear();
         }
         self.set = set;
+        self.requeue_all();
         report
     }
 
@@ -283,6 +310,8 @@ impl Engine {
             scratch,
             hasher,
             dirty,
+            idle,
+            keeps,
             ..
         } = self;
         for &ri in &by_type[crate::filter::index(event.event_type())] {
@@ -312,7 +341,14 @@ impl Engine {
             let k: Key = (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
                 | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)));
             let map = &mut states[ri];
-            let state = map.entry(k).or_default();
+            let state = match map.entry(k) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let keep = keeps.get(ri).copied().unwrap_or(0);
+                    idle.push(Reverse((now_ms.saturating_add(keep), ri as u32, k)));
+                    v.insert(KeyState::default())
+                }
+            };
             if let Some(d) = dirty {
                 d.windows.insert((ri as u32, k));
             }
@@ -335,7 +371,9 @@ impl Engine {
             };
             state.last_active = now_ms;
             let mut held = None;
+            let mut folded = false;
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
+                let before = state.held();
                 let ins = state.insert(
                     Entry {
                         id,
@@ -351,11 +389,11 @@ impl Engine {
                 if !ins.fresh {
                     continue;
                 }
-                *entries = *entries + 1 - ins.evicted;
+                *entries = (*entries + state.held()).saturating_sub(before);
+                folded = ins.folded;
                 held = state
-                    .entries
-                    .front()
-                    .is_some_and(|f| f.t <= t)
+                    .oldest()
+                    .is_some_and(|o| o <= t)
                     .then_some((mask, vals));
             }
             if !triggers {
@@ -364,14 +402,23 @@ impl Engine {
             if rule.cooldown_ms > 0
                 && state
                     .last_hit
+                    .get()
                     .is_some_and(|h| (t - h).abs() < rule.cooldown_ms)
             {
                 continue;
             }
             if let Some(d) = rule.duration_ms {
-                *entries -= state.expire(t.saturating_sub(d), rule);
+                let before = state.held();
+                state.expire(t.saturating_sub(d), rule);
+                *entries = (*entries + state.held()).saturating_sub(before);
             }
-            let trig = Trigger { id, t, cur, held };
+            let trig = Trigger {
+                id,
+                t,
+                cur,
+                held,
+                folded,
+            };
             let current = |i: usize| {
                 let m = &rule.measures[i];
                 m.field.as_ref().and_then(|f| f.get(event, &extra).number())
@@ -408,7 +455,7 @@ impl Engine {
                 continue;
             }
             eval.all(scratch);
-            state.last_hit = Some(t);
+            state.last_hit = LastHit::at(t);
             let total = scores.add(
                 key_player(&event.tenant_id, &event.player_id).as_str(),
                 t,
@@ -429,12 +476,63 @@ impl Engine {
             };
             hit.emit(set, out);
         }
-        if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms
-            || self.entries > self.set.limits.max_entries
-        {
-            self.sweep(now);
+        self.sweep_idle(now_ms, SWEEP_PER_EVENT);
+        if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms {
+            self.last_sweep = now_ms;
+            self.scores.sweep(now_ms, &self.set.scoring);
+        }
+        if self.entries > self.set.limits.max_entries {
+            self.evict_least_active();
         }
         Ok(())
+    }
+
+    /// The incremental sweep: checks up to `budget` keys whose idle time is due, dropping those
+    /// idle (by engine time) for longer than their window plus `idle_after` and queueing the
+    /// others again at their new due time. A key is checked when it may have become idle, not
+    /// on every sweep, so an event costs at most `budget` lookups.
+    fn sweep_idle(&mut self, now_ms: i64, budget: usize) {
+        for _ in 0..budget {
+            let Some(Reverse((due, ri, k))) = self.idle.peek().copied() else {
+                return;
+            };
+            if due >= now_ms {
+                return;
+            }
+            self.idle.pop();
+            let Some(map) = self.states.get_mut(ri as usize) else {
+                continue;
+            };
+            let Some(s) = map.get(&k) else {
+                // Gone already (evicted, reloaded).
+                continue;
+            };
+            let keep = self.keeps.get(ri as usize).copied().unwrap_or(0);
+            let due = s.last_active.saturating_add(keep);
+            if now_ms > due {
+                if let Some(s) = map.remove(&k) {
+                    self.entries = self.entries.saturating_sub(s.held());
+                }
+                if let Some(d) = &mut self.dirty {
+                    d.windows.insert((ri, k));
+                }
+            } else {
+                self.idle.push(Reverse((due, ri, k)));
+            }
+        }
+    }
+
+    /// Queues every key afresh (after a reload, a restore, a full sweep).
+    fn requeue_all(&mut self) {
+        let mut q = Vec::with_capacity(self.states.iter().map(|m| m.len()).sum());
+        for (ri, map) in self.states.iter().enumerate() {
+            let keep = self.keeps.get(ri).copied().unwrap_or(0);
+            q.extend(
+                map.iter()
+                    .map(|(k, s)| Reverse((s.last_active.saturating_add(keep), ri as u32, *k))),
+            );
+        }
+        self.idle = BinaryHeap::from(q);
     }
 
     /// Drops keys idle (by engine time) for longer than their window plus `idle_after`, scores
@@ -459,8 +557,14 @@ impl Engine {
             .states
             .iter()
             .flat_map(|m| m.values())
-            .map(|k| k.entries.len())
+            .map(KeyState::held)
             .sum();
+        self.evict_least_active();
+        self.requeue_all();
+    }
+
+    /// While over `max_entries`, drops the least recently active keys, to 90 % of the bound.
+    fn evict_least_active(&mut self) {
         let max = self.set.limits.max_entries;
         if self.entries > max {
             // Least recently active first, until 90 % of the bound.
@@ -477,25 +581,29 @@ impl Engine {
                     break;
                 }
                 if let Some(s) = self.states[ri].remove(&k) {
-                    self.entries -= s.entries.len();
+                    self.entries = self.entries.saturating_sub(s.held());
                     if let Some(d) = &mut self.dirty {
                         d.windows.insert((ri as u32, k));
                     }
                 }
             }
+            // The queue no longer names some keys; a key made again must be queued once.
+            self.requeue_all();
         }
     }
 
     /// What the engine holds now (walks every key: for diagnostics and benchmarks, not per event).
     pub fn stats(&self) -> EngineStats {
-        let mut s = EngineStats {
-            entries: self.entries,
-            ..Default::default()
-        };
+        let mut s = EngineStats::default();
         for map in &self.states {
             s.keys += map.len();
-            s.bytes += map.values().map(KeyState::bytes).sum::<usize>();
+            for k in map.values() {
+                s.bytes += k.bytes();
+                s.entries += k.entries.len();
+                s.buckets += k.held() - k.entries.len();
+            }
         }
+        s.bytes += self.idle.capacity() * std::mem::size_of::<Reverse<(i64, u32, Key)>>();
         s.joined_bets = self.join.len();
         s.scored_players = self.scores.len();
         s.bytes += self.join.bytes() + self.scores.bytes();
@@ -503,8 +611,9 @@ impl Engine {
     }
 }
 
-/// The snapshot format; a snapshot of another format is refused (the caller starts cold).
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The snapshot format written; format 1 (before buckets: window states without them) is still
+/// read. A snapshot of another format is refused (the caller starts cold).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 /// A rule's state in a snapshot, written from borrowed state.
 #[derive(serde::Serialize)]
@@ -525,17 +634,17 @@ struct SnapshotOut<'a> {
 }
 
 #[derive(serde::Deserialize)]
-struct RuleStateIn {
+struct RuleStateIn<K> {
     id: String,
     version: u32,
     signature: String,
-    keys: Map,
+    keys: HashMap<Key, K, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
 #[derive(serde::Deserialize)]
-struct SnapshotIn {
+struct SnapshotIn<K> {
     format: u32,
-    rules: Vec<RuleStateIn>,
+    rules: Vec<RuleStateIn<K>>,
     join: (Vec<(u64, i64, i64)>, i64),
     scores: Vec<crate::scoring::PlayerHits>,
     last_sweep: i64,
@@ -575,22 +684,47 @@ impl Engine {
         set: RuleSet,
         snapshot: &[u8],
     ) -> Result<(Engine, ReloadReport), AntifraudError> {
-        let snap: SnapshotIn = postcard::from_bytes(snapshot)
-            .map_err(|e| AntifraudError::Snapshot(format!("unreadable: {e}")))?;
-        if snap.format != SNAPSHOT_FORMAT {
-            return Err(AntifraudError::Snapshot(format!(
-                "format {} (this build reads {SNAPSHOT_FORMAT})",
-                snap.format
-            )));
-        }
+        let unreadable = |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable: {e}"));
+        let (format, _) = postcard::take_from_bytes::<u32>(snapshot).map_err(unreadable)?;
+        let snap: SnapshotIn<KeyState> = match format {
+            SNAPSHOT_FORMAT => postcard::from_bytes(snapshot).map_err(unreadable)?,
+            1 => {
+                let old: SnapshotIn<KeyStateV1> =
+                    postcard::from_bytes(snapshot).map_err(unreadable)?;
+                SnapshotIn {
+                    format: old.format,
+                    rules: old
+                        .rules
+                        .into_iter()
+                        .map(|r| RuleStateIn {
+                            id: r.id,
+                            version: r.version,
+                            signature: r.signature,
+                            keys: r.keys.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                        })
+                        .collect(),
+                    join: old.join,
+                    scores: old.scores,
+                    last_sweep: old.last_sweep,
+                }
+            }
+            f => {
+                return Err(AntifraudError::Snapshot(format!(
+                    "format {f} (this build reads 1 and {SNAPSHOT_FORMAT})"
+                )));
+            }
+        };
         let mut engine = Engine::new(set);
-        let mut old: HashMap<String, RuleStateIn> =
+        let mut old: HashMap<String, RuleStateIn<KeyState>> =
             snap.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut report = ReloadReport::default();
         for (r, state) in engine.set.rules.iter().zip(engine.states.iter_mut()) {
             match old.remove(&r.id) {
-                Some(o) if o.version == r.version && o.signature == r.signature => {
+                Some(mut o) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
+                    for k in o.keys.values_mut() {
+                        k.conform(r);
+                    }
                     *state = o.keys;
                 }
                 _ => report.fresh.push(r.id.clone()),
@@ -602,12 +736,62 @@ impl Engine {
             .states
             .iter()
             .flat_map(|m| m.values())
-            .map(|k| k.entries.len())
+            .map(KeyState::held)
             .sum();
         engine.join.import(snap.join.0, snap.join.1);
         engine.scores.import(snap.scores);
         engine.last_sweep = snap.last_sweep;
+        engine.requeue_all();
         Ok((engine, report))
+    }
+}
+
+#[cfg(test)]
+impl Engine {
+    /// The whole state as a build before buckets wrote it (snapshot format 1), for tests; the
+    /// windows must have no buckets.
+    pub(crate) fn snapshot_format1(&self) -> Vec<u8> {
+        use crate::window::KeyStateV1Ref;
+        #[derive(serde::Serialize)]
+        struct Rule<'a> {
+            id: &'a str,
+            version: u32,
+            signature: &'a str,
+            keys: Vec<(Key, KeyStateV1Ref<'a>)>,
+        }
+        #[derive(serde::Serialize)]
+        struct Snap<'a> {
+            format: u32,
+            rules: Vec<Rule<'a>>,
+            join: (Vec<(u64, i64, i64)>, i64),
+            scores: Vec<(&'a str, std::collections::VecDeque<(i64, u32)>)>,
+            last_sweep: i64,
+        }
+        let snap = Snap {
+            format: 1,
+            rules: self
+                .set
+                .rules
+                .iter()
+                .zip(&self.states)
+                .map(|(r, m)| Rule {
+                    id: &r.id,
+                    version: r.version,
+                    signature: &r.signature,
+                    keys: m
+                        .iter()
+                        .map(|(k, s)| {
+                            assert!(s.buckets.is_none());
+                            (*k, KeyStateV1Ref::of(s))
+                        })
+                        .collect(),
+                })
+                .collect(),
+            join: self.join.export(),
+            scores: self.scores.export(),
+            last_sweep: self.last_sweep,
+        };
+        postcard::to_stdvec(&snap).expect("encoding")
     }
 }
 

@@ -685,6 +685,181 @@ mod tests {
         assert_eq!(held(reloaded(&store).stats()), held(engine.stats()));
     }
 
+    /// The shipped rules as before buckets: the same windows, every event kept.
+    fn unbucketed() -> RuleSet {
+        let sources: Vec<(String, String)> = crate::stream::shipped_sources()
+            .into_iter()
+            .map(|(n, t)| (n, t.replace(", bucket = \"5m\"", "")))
+            .collect();
+        let set = RuleSet::from_sources(&sources).unwrap();
+        assert!(set.rules.iter().all(|r| r.bucket_ms.is_none()));
+        set
+    }
+
+    fn message_ids(out: &Output) -> Vec<String> {
+        let mut ids: Vec<String> = out.alerts.iter().map(|a| a.alert_id.clone()).collect();
+        ids.extend(out.pushes.iter().map(|p| p.push_id.clone()));
+        ids
+    }
+
+    #[test]
+    fn state_saved_before_buckets_loads_into_the_bucketed_rules_folded() {
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let mut all = events(30);
+        all.sort_by_key(|e| e.occurred_at.as_millis());
+        let (head, tail) = all.split_at(all.len() / 2);
+        let mut out = Output::default();
+        // A build before buckets: exact windows, saved as units and as a whole snapshot.
+        let mut old = Engine::new(unbucketed());
+        old.track_changes(true);
+        // This build, bucketed from the start.
+        let mut new = Engine::new(shipped());
+        for e in head {
+            old.process(e, now, &mut out).unwrap();
+            new.process(e, now, &mut out).unwrap();
+        }
+        let changes = old.take_changes().unwrap();
+        let whole = old.snapshot_format1();
+        let mut loaded = Engine::new(shipped());
+        for c in &changes.units {
+            let bytes = c.value.as_ref().unwrap();
+            if matches!(c.unit, Unit::Window { .. }) {
+                assert_eq!(bytes[0], 1, "format 1, as before buckets");
+            }
+            assert!(loaded.load_unit(&c.unit, bytes).unwrap(), "{:?}", c.unit);
+        }
+        loaded.set_meta(&changes.meta).unwrap();
+        let (mut restored, report) = Engine::restore(shipped(), &whole).unwrap();
+        assert!(
+            report.fresh.is_empty() && report.removed.is_empty(),
+            "{report:?}"
+        );
+        let stats = new.stats();
+        assert!(stats.buckets > 10, "{stats:?}");
+        // Folded when loaded (one width before each key's newest event; the engine that ran
+        // bucketed folds in batches, so more or fewer of the newest events may be exact).
+        let (ls, rs) = (loaded.stats(), restored.stats());
+        assert_eq!(
+            (ls.keys, ls.entries, ls.buckets),
+            (rs.keys, rs.entries, rs.buckets)
+        );
+        assert_eq!(ls.keys, stats.keys);
+        assert!(
+            ls.buckets > 10 && ls.entries < old.stats().entries,
+            "{ls:?}"
+        );
+        // What the bucketed engine writes now is format 2 for windows with buckets, and it
+        // loads back.
+        new.track_changes(true);
+        let saved = new.take_changes().unwrap();
+        let mut again = Engine::new(shipped());
+        let mut formats = [0usize; 3];
+        for c in &saved.units {
+            let bytes = c.value.as_ref().unwrap();
+            if matches!(c.unit, Unit::Window { .. }) {
+                formats[usize::from(bytes[0]).min(2)] += 1;
+            }
+            assert!(again.load_unit(&c.unit, bytes).unwrap());
+        }
+        assert!(formats[1] > 0 && formats[2] > 0, "{formats:?}");
+        again.set_meta(&saved.meta).unwrap();
+        let counts = |s: EngineStats| (s.keys, s.entries, s.buckets, s.joined_bets);
+        assert_eq!(counts(again.stats()), counts(new.stats()));
+        // The rest of the stream raises the same on all of them.
+        let mut want = Output::default();
+        for e in tail {
+            new.process(e, now, &mut want).unwrap();
+        }
+        for engine in [&mut loaded, &mut restored, &mut again] {
+            let mut got = Output::default();
+            for e in tail {
+                engine.process(e, now, &mut got).unwrap();
+            }
+            assert_eq!(message_ids(&got), message_ids(&want));
+        }
+        assert!(message_ids(&want).len() >= 3, "{:?}", message_ids(&want));
+    }
+
+    #[test]
+    fn a_reload_that_adds_or_removes_buckets_keeps_the_state_converted() {
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let mut all = events(20);
+        all.sort_by_key(|e| e.occurred_at.as_millis());
+        let (head, tail) = all.split_at(all.len() / 2);
+        let mut out = Output::default();
+        let mut e = Engine::new(unbucketed());
+        let mut bucketed = Engine::new(shipped());
+        for x in head {
+            e.process(x, now, &mut out).unwrap();
+            bucketed.process(x, now, &mut out).unwrap();
+        }
+        assert_eq!(e.stats().buckets, 0);
+        let report = e.replace_rules(shipped());
+        assert!(
+            report.fresh.is_empty() && report.removed.is_empty(),
+            "{report:?}"
+        );
+        assert!(e.stats().buckets > 0);
+        let (mut want, mut got) = (Output::default(), Output::default());
+        for x in tail {
+            bucketed.process(x, now, &mut want).unwrap();
+            e.process(x, now, &mut got).unwrap();
+        }
+        assert_eq!(message_ids(&got), message_ids(&want));
+        // Without buckets again: they cannot be split, so they go; the rest stays.
+        let entries = e.stats().entries;
+        let report = e.replace_rules(unbucketed());
+        assert!(report.fresh.is_empty(), "{report:?}");
+        let s = e.stats();
+        assert_eq!((s.buckets, s.entries), (0, entries));
+    }
+
+    #[test]
+    fn window_units_of_any_bytes_load_or_fail_without_panicking() {
+        // Bucketed windows as saved, then damaged byte by byte, loaded and run on.
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let all = events(3);
+        let mut e = Engine::new(shipped());
+        e.track_changes(true);
+        let mut out = Output::default();
+        for ev in &all {
+            e.process(ev, now, &mut out).unwrap();
+        }
+        let saved: Vec<Change> = e
+            .take_changes()
+            .unwrap()
+            .units
+            .into_iter()
+            .filter(|c| c.value.as_ref().is_some_and(|v| v[0] == 2))
+            .collect();
+        assert!(!saved.is_empty());
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..400 {
+            let c = &saved[round % saved.len()];
+            let mut bytes = c.value.clone().unwrap();
+            for _ in 0..1 + round % 4 {
+                let i = 1 + (next() as usize) % (bytes.len() - 1);
+                bytes[i] = next() as u8;
+            }
+            if round % 7 == 0 {
+                bytes.truncate(1 + (next() as usize) % bytes.len());
+            }
+            let mut engine = Engine::new(shipped());
+            let _ = engine.load_unit(&c.unit, &bytes);
+            engine.track_changes(true);
+            for ev in &all {
+                engine.process(ev, now, &mut out).unwrap();
+            }
+            engine.take_changes().unwrap();
+        }
+    }
+
     #[test]
     fn a_whole_engine_snapshot_from_before_units_is_still_read_and_replaced_by_units() {
         let dir = tempfile::tempdir().unwrap();

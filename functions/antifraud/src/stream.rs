@@ -668,6 +668,7 @@ impl Work {
             self.last_stats = Some(Instant::now());
             let s = self.engine.stats();
             metrics::gauge!("pitboss_antifraud_window_entries").set(s.entries as f64);
+            metrics::gauge!("pitboss_antifraud_window_buckets").set(s.buckets as f64);
             metrics::gauge!("pitboss_antifraud_window_keys").set(s.keys as f64);
             metrics::gauge!("pitboss_antifraud_state_bytes").set(s.bytes as f64);
         }

@@ -42,30 +42,170 @@ pub(crate) struct Acc {
     pub sum: f64,
 }
 
+/// Event time of a key's last hit (for the cooldown), in 8 bytes (`i64::MIN`: none; an
+/// `Option<i64>` takes 16). Written as an `Option<i64>`, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastHit(i64);
+
+impl Default for LastHit {
+    fn default() -> Self {
+        LastHit(i64::MIN)
+    }
+}
+
+impl LastHit {
+    pub fn at(t: i64) -> LastHit {
+        LastHit(t)
+    }
+
+    pub fn get(self) -> Option<i64> {
+        (self.0 != i64::MIN).then_some(self.0)
+    }
+}
+
+impl serde::Serialize for LastHit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LastHit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<LastHit, D::Error> {
+        Ok(LastHit(Option::<i64>::deserialize(d)?.unwrap_or(i64::MIN)))
+    }
+}
+
 /// A key's state within one rule.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct KeyState {
+    /// Events kept one by one, in time order: all of them, or for a bucketed window
+    /// (`window.bucket`) those within one bucket width of the newest event and those a measure
+    /// reads one by one.
     pub entries: VecDeque<Entry>,
-    /// Per measure (by index): totals over `entries`.
+    /// Per measure (by index): totals over `entries` and `buckets`.
     pub acc: Vec<Acc>,
     /// The currency of the key's money events, packed (0: none yet).
     pub cur: u32,
     /// The key has seen money in more than one currency: money totals need a scan.
     pub mixed: bool,
     /// Event time of the last hit (for the cooldown).
-    pub last_hit: Option<i64>,
+    pub last_hit: LastHit,
     /// Engine clock when the key last saw an event (for idle eviction).
     pub last_active: i64,
     /// Latest event time seen.
     pub newest: i64,
+    /// A bucketed window's older events, as per-bucket totals (`None` until one is folded).
+    pub buckets: Option<Box<Buckets>>,
+}
+
+/// [`KeyState`] as units and snapshots wrote it before buckets (unit format 1, snapshot
+/// format 1): the same fields without `buckets`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct KeyStateV1 {
+    entries: VecDeque<Entry>,
+    acc: Vec<Acc>,
+    cur: u32,
+    mixed: bool,
+    last_hit: LastHit,
+    last_active: i64,
+    newest: i64,
+}
+
+impl From<KeyStateV1> for KeyState {
+    fn from(v: KeyStateV1) -> KeyState {
+        KeyState {
+            entries: v.entries,
+            acc: v.acc,
+            cur: v.cur,
+            mixed: v.mixed,
+            last_hit: v.last_hit,
+            last_active: v.last_active,
+            newest: v.newest,
+            buckets: None,
+        }
+    }
+}
+
+/// Writes a [`KeyState`] without buckets in the layout of [`KeyStateV1`] (byte for byte what
+/// builds before buckets wrote, and read).
+#[derive(serde::Serialize)]
+pub(crate) struct KeyStateV1Ref<'a> {
+    entries: &'a VecDeque<Entry>,
+    acc: &'a Vec<Acc>,
+    cur: u32,
+    mixed: bool,
+    last_hit: LastHit,
+    last_active: i64,
+    newest: i64,
+}
+
+impl<'a> KeyStateV1Ref<'a> {
+    pub fn of(k: &'a KeyState) -> KeyStateV1Ref<'a> {
+        KeyStateV1Ref {
+            entries: &k.entries,
+            acc: &k.acc,
+            cur: k.cur,
+            mixed: k.mixed,
+            last_hit: k.last_hit,
+            last_active: k.last_active,
+            newest: k.newest,
+        }
+    }
+}
+
+/// One bucket: where its events lie and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Head {
+    /// Start of its slot, ms: a multiple of the width (slots are aligned to the Unix epoch, so
+    /// which bucket an event lands in does not depend on the order events arrive in).
+    pub start: i64,
+    /// Its events are at or after this: the slot's start, or the newest `since` anchor of the
+    /// slot at or before them when they were folded.
+    pub from: i64,
+    /// Their currency, packed (0: none): money measures add only the trigger's currency.
+    pub cur: u32,
+    /// Events folded into it.
+    pub n: u32,
+}
+
+/// A bucketed window's older events: per bucket, the totals of each folded measure.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Buckets {
+    /// The width the buckets were made with, ms.
+    pub width: i64,
+    /// The measures folded (the rule's `fold_mask` when they were made).
+    pub mask: u32,
+    /// Entries at or before this time have been folded (the newest event's time minus the
+    /// width, at the last fold).
+    pub horizon: i64,
+    /// Events held in buckets.
+    pub events: u32,
+    /// In (start, from, cur) order.
+    pub heads: Vec<Head>,
+    /// Per bucket, one cell per folded measure (in measure order): its totals.
+    pub cells: Vec<Acc>,
+}
+
+impl Buckets {
+    fn cols(&self) -> usize {
+        self.mask.count_ones() as usize
+    }
+
+    /// The cell column of measure `i` (folded).
+    fn col(&self, i: usize) -> usize {
+        (self.mask & ((1u32 << i) - 1)).count_ones() as usize
+    }
 }
 
 /// What an insertion did.
 pub(crate) struct Inserted {
     /// False: the event id was already in the window.
     pub fresh: bool,
-    /// Entries that left the window (age or cap).
+    /// Entries and buckets that left the window (age or cap).
+    #[cfg(test)]
     pub evicted: usize,
+    /// The event went straight into a bucket (it is older than the window's exact part).
+    pub folded: bool,
 }
 
 impl KeyState {
@@ -74,7 +214,9 @@ impl KeyState {
             if e.mask & (1 << i) == 0 || !m.windowed {
                 continue;
             }
-            let a = &mut self.acc[i];
+            let Some(a) = self.acc.get_mut(i) else {
+                continue;
+            };
             a.n = a.n.wrapping_add_signed(sign);
             if let Some(slot) = m.slot {
                 let v = e.vals[slot];
@@ -86,45 +228,285 @@ impl KeyState {
         }
     }
 
+    /// Entries and buckets held (what `[engine] max_entries` bounds).
+    pub fn held(&self) -> usize {
+        self.entries.len() + self.buckets.as_ref().map_or(0, |b| b.heads.len())
+    }
+
+    /// Events held, one by one or in buckets (what the rule's cap bounds).
+    fn events(&self) -> usize {
+        self.entries.len() + self.buckets.as_ref().map_or(0, |b| b.events as usize)
+    }
+
+    /// The time of the oldest event held (a bucket's: its slot's start).
+    pub fn oldest(&self) -> Option<i64> {
+        let e = self.entries.front().map(|e| e.t);
+        let b = self
+            .buckets
+            .as_ref()
+            .and_then(|b| b.heads.first())
+            .map(|h| h.start);
+        match (e, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        }
+    }
+
     fn pop_front(&mut self, rule: &CompiledRule) {
         if let Some(e) = self.entries.pop_front() {
             self.account(&e, rule, -1);
         }
     }
 
-    /// Drops entries at or before `horizon`; returns how many.
+    /// Drops the oldest bucket and its totals.
+    fn pop_bucket(&mut self) {
+        let Some(b) = self.buckets.as_mut() else {
+            return;
+        };
+        if b.heads.is_empty() {
+            return;
+        }
+        let head = b.heads.remove(0);
+        let cols = b.cols();
+        b.events = b.events.saturating_sub(head.n);
+        let cells: Vec<Acc> = b.cells.drain(..cols.min(b.cells.len())).collect();
+        let mask = b.mask;
+        let mut c = 0;
+        for i in 0..32 {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            if let (Some(a), Some(x)) = (self.acc.get_mut(i), cells.get(c)) {
+                a.n = a.n.wrapping_sub(x.n);
+                a.n_vals = a.n_vals.wrapping_sub(x.n_vals);
+                a.sum -= x.sum;
+            }
+            c += 1;
+        }
+        if b.heads.is_empty() {
+            // Nothing folded is held: the state is written as before buckets again.
+            self.buckets = None;
+        }
+    }
+
+    /// Drops entries at or before `horizon`, and buckets whose slot ends at or before it;
+    /// returns how many.
     pub fn expire(&mut self, horizon: i64, rule: &CompiledRule) -> usize {
         let mut n = 0;
         while self.entries.front().is_some_and(|x| x.t <= horizon) {
             self.pop_front(rule);
             n += 1;
         }
+        while let Some(b) = &self.buckets
+            && b.heads
+                .first()
+                .is_some_and(|h| h.start.saturating_add(b.width) <= horizon.saturating_add(1))
+        {
+            self.pop_bucket();
+            n += 1;
+        }
         n
+    }
+
+    /// Whether an entry is folded into buckets once it is older than the exact part: no
+    /// measure that reads events one by one wants it.
+    fn foldable(mask: u32, rule: &CompiledRule) -> bool {
+        rule.bucket_ms.is_some() && mask & rule.exact_mask == 0
+    }
+
+    /// Adds `e` (folded, already counted in `acc`) to its bucket.
+    fn add_to_bucket(&mut self, e: &Entry, rule: &CompiledRule) {
+        let Some(w) = rule.bucket_ms.filter(|w| *w > 0) else {
+            return;
+        };
+        if e.mask & rule.fold_mask == 0 {
+            // Kept only as a trigger (to recognise a redelivery): nothing to add up.
+            return;
+        }
+        let start = e.t.div_euclid(w).saturating_mul(w);
+        // The newest `since` anchor of the slot at or before the event: a `since` measure
+        // counts the bucket only when it lies wholly after its anchor.
+        let from = if rule.anchor_mask != 0 {
+            let lo = self.entries.partition_point(|x| x.t < start);
+            let hi = self.entries.partition_point(|x| x.t <= e.t);
+            self.entries
+                .range(lo..hi)
+                .rev()
+                .find(|x| x.mask & rule.anchor_mask != 0)
+                .map_or(start, |x| x.t)
+        } else {
+            start
+        };
+        let b = self.buckets.get_or_insert_with(|| {
+            Box::new(Buckets {
+                width: w,
+                mask: rule.fold_mask,
+                horizon: i64::MIN,
+                ..Buckets::default()
+            })
+        });
+        let cols = b.cols();
+        let key = (start, from, e.cur);
+        let mut pos = b.heads.len();
+        while pos > 0
+            && (
+                b.heads[pos - 1].start,
+                b.heads[pos - 1].from,
+                b.heads[pos - 1].cur,
+            ) > key
+        {
+            pos -= 1;
+        }
+        let found = pos > 0
+            && (
+                b.heads[pos - 1].start,
+                b.heads[pos - 1].from,
+                b.heads[pos - 1].cur,
+            ) == key;
+        let at = if found {
+            pos - 1
+        } else {
+            b.heads.insert(
+                pos,
+                Head {
+                    start,
+                    from,
+                    cur: e.cur,
+                    n: 0,
+                },
+            );
+            let c = (pos * cols).min(b.cells.len());
+            b.cells
+                .splice(c..c, std::iter::repeat_n(Acc::default(), cols));
+            pos
+        };
+        b.heads[at].n = b.heads[at].n.saturating_add(1);
+        b.events = b.events.saturating_add(1);
+        for (i, m) in rule.measures.iter().enumerate() {
+            if e.mask & b.mask & (1 << i) == 0 {
+                continue;
+            }
+            let col = b.col(i);
+            let Some(cell) = b.cells.get_mut(at * cols + col) else {
+                continue;
+            };
+            cell.n += 1;
+            if let Some(slot) = m.slot {
+                let v = e.vals[slot];
+                if !v.is_nan() {
+                    cell.n_vals += 1;
+                    cell.sum += v;
+                }
+            }
+        }
+    }
+
+    /// Folds in batches: once the oldest entry held one by one is two bucket widths older than
+    /// the newest event, every foldable entry one width older than it is folded. So the exact
+    /// part spans one to two widths, and a bucket is touched about once a width of the key's
+    /// time rather than on every event.
+    fn fold_due(&mut self, rule: &CompiledRule) {
+        if let Some(w) = rule.bucket_ms {
+            let h = self.newest.saturating_sub(w);
+            if self
+                .entries
+                .front()
+                .is_some_and(|f| f.t <= h.saturating_sub(w))
+            {
+                self.fold_upto(h, rule);
+            }
+        }
+    }
+
+    /// Folds the foldable entries at or before `horizon` into buckets.
+    fn fold_upto(&mut self, horizon: i64, rule: &CompiledRule) {
+        let done = self.buckets.as_ref().map_or(i64::MIN, |b| b.horizon);
+        if horizon <= done {
+            return;
+        }
+        let lo = self.entries.partition_point(|x| x.t <= done);
+        let hi = self.entries.partition_point(|x| x.t <= horizon);
+        let mut i = hi;
+        while i > lo {
+            i -= 1;
+            if self
+                .entries
+                .get(i)
+                .is_some_and(|e| Self::foldable(e.mask, rule))
+                && let Some(e) = self.entries.remove(i)
+            {
+                self.add_to_bucket(&e, rule);
+            }
+        }
+        if let Some(b) = self.buckets.as_mut() {
+            b.horizon = horizon;
+        }
+    }
+
+    /// Recomputes the running totals from the entries (buckets dropped).
+    fn recount(&mut self, rule: &CompiledRule) {
+        self.buckets = None;
+        self.acc = vec![Acc::default(); rule.measures.len()];
+        let entries = std::mem::take(&mut self.entries);
+        for e in &entries {
+            self.account(e, rule, 1);
+        }
+        self.entries = entries;
+    }
+
+    /// Brings a state made under another definition of the rule's buckets (a unit saved before
+    /// buckets, a reload that added, changed or removed `window.bucket`) to the rule's: entries
+    /// are folded as the rule would have folded them; buckets of another width or another set
+    /// of folded measures cannot be split again and are dropped (with their events).
+    pub fn conform(&mut self, rule: &CompiledRule) {
+        let same = match &self.buckets {
+            None => true,
+            Some(b) => Some(b.width) == rule.bucket_ms && b.mask == rule.fold_mask,
+        };
+        if !same || (!self.acc.is_empty() && self.acc.len() != rule.measures.len()) {
+            self.recount(rule);
+        }
+        self.fold_due(rule);
     }
 
     /// Inserts in time order, unless the id is already in the window; then drops what fell
     /// out of the window (older than the rule's duration before the newest event, or over its
-    /// cap).
+    /// cap). In a bucketed window, entries more than one bucket width older than the newest
+    /// event are folded into their buckets (in batches, [`KeyState::fold_due`]), and an event
+    /// older than what was folded goes straight into its bucket (its id cannot be checked
+    /// there).
     pub fn insert(&mut self, e: Entry, rule: &CompiledRule) -> Inserted {
-        let pos = match self.entries.back() {
-            Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
-            _ => self.entries.len(),
-        };
-        // A duplicate has the same occurred_at, so it sits just before `pos`.
-        let dup = self
-            .entries
-            .range(..pos)
-            .rev()
-            .take_while(|x| x.t == e.t)
-            .any(|x| x.id == e.id);
-        if dup {
-            return Inserted {
-                fresh: false,
-                evicted: 0,
-            };
-        }
         if self.acc.len() != rule.measures.len() {
-            self.acc = vec![Acc::default(); rule.measures.len()];
+            if self.held() == 0 {
+                self.acc = vec![Acc::default(); rule.measures.len()];
+            } else {
+                // Totals of another shape (not brought to this rule by `conform`): counted
+                // again from the entries; buckets, whose cells have that shape too, go.
+                self.recount(rule);
+            }
+        }
+        let late =
+            Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
+        if !late {
+            let pos = match self.entries.back() {
+                Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
+                _ => self.entries.len(),
+            };
+            // A duplicate has the same occurred_at, so it sits just before `pos`.
+            let dup = self
+                .entries
+                .range(..pos)
+                .rev()
+                .take_while(|x| x.t == e.t)
+                .any(|x| x.id == e.id);
+            if dup {
+                return Inserted {
+                    fresh: false,
+                    #[cfg(test)]
+                    evicted: 0,
+                    folded: false,
+                };
+            }
         }
         if e.cur != 0 {
             if self.cur == 0 {
@@ -133,28 +515,54 @@ impl KeyState {
                 self.mixed = true;
             }
         }
-        self.newest = if self.entries.is_empty() {
+        self.newest = if self.held() == 0 {
             e.t
         } else {
             self.newest.max(e.t)
         };
         self.account(&e, rule, 1);
-        self.entries.insert(pos, e);
+        if late {
+            self.add_to_bucket(&e, rule);
+        } else {
+            let pos = match self.entries.back() {
+                Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
+                _ => self.entries.len(),
+            };
+            self.entries.insert(pos, e);
+            self.fold_due(rule);
+        }
         let mut evicted = 0;
         if let Some(d) = rule.duration_ms {
             evicted += self.expire(self.newest.saturating_sub(d), rule);
         }
-        while self.entries.len() > rule.cap {
-            self.pop_front(rule);
+        while self.events() > rule.cap {
+            // The oldest leave first; a bucket leaves whole.
+            let bucket_first = match (
+                self.entries.front(),
+                self.buckets.as_ref().and_then(|b| b.heads.first()),
+            ) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(e), Some(h)) => h.start <= e.t,
+            };
+            if bucket_first {
+                self.pop_bucket();
+            } else {
+                self.pop_front(rule);
+            }
             evicted += 1;
         }
+        #[cfg(not(test))]
+        let _ = evicted;
         Inserted {
             fresh: true,
+            #[cfg(test)]
             evicted,
+            folded: late,
         }
     }
 
-    /// Approximate bytes held for this key (entries, labels, totals and the map slot).
+    /// Approximate bytes held for this key (entries, labels, totals, buckets and the map slot).
     pub fn bytes(&self) -> usize {
         let labels: usize = self
             .entries
@@ -162,11 +570,17 @@ impl KeyState {
             .filter_map(|e| e.label.as_ref())
             .map(|l| l.len())
             .sum();
+        let buckets = self.buckets.as_ref().map_or(0, |b| {
+            std::mem::size_of::<Buckets>()
+                + b.heads.capacity() * std::mem::size_of::<Head>()
+                + b.cells.capacity() * std::mem::size_of::<Acc>()
+        });
         std::mem::size_of::<(u128, KeyState)>()
             + 1
             + self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.acc.capacity() * std::mem::size_of::<Acc>()
             + labels
+            + buckets
     }
 }
 
@@ -191,6 +605,8 @@ pub(crate) struct Trigger {
     /// The trigger's filter bits and values when the window holds it (for `exclude_trigger`
     /// on running totals).
     pub held: Option<(u32, [f64; MAX_SLOTS])>,
+    /// The trigger went straight into a bucket (older than the window's exact part).
+    pub folded: bool,
 }
 
 /// Computes every measure of `rule` into `scratch.values`; `current(i)` gives the trigger
@@ -311,6 +727,44 @@ fn windowed(
     };
     let limit = m.last.unwrap_or(usize::MAX);
     let money_cur = if m.money { trig.cur } else { 0 };
+    // A bucketed window's older events of this measure: the buckets that overlap the span
+    // (a bucket counts whole), start at or before the trigger, and lie after the `since`
+    // anchor.
+    let (mut bn, mut bnv, mut bsum) = (0.0f64, 0.0f64, 0.0f64);
+    if let Some(b) = &state.buckets
+        && b.mask & bit != 0
+    {
+        let cols = b.cols();
+        let col = b.col(i);
+        let trig_slot = (b.width > 0).then(|| trig.t.div_euclid(b.width).saturating_mul(b.width));
+        let mut trig_counted = false;
+        for (k, h) in b.heads.iter().enumerate().rev() {
+            if h.start.saturating_add(b.width) <= lo.saturating_add(1) {
+                break;
+            }
+            if h.start > trig.t || h.from < from || (money_cur != 0 && h.cur != money_cur) {
+                continue;
+            }
+            if let Some(c) = b.cells.get(k * cols + col) {
+                bn += f64::from(c.n);
+                bnv += f64::from(c.n_vals);
+                bsum += c.sum;
+            }
+            trig_counted |= Some(h.start) == trig_slot && h.cur == trig.cur;
+        }
+        if m.exclude_trigger
+            && trig.folded
+            && trig_counted
+            && let Some((mask, vals)) = &trig.held
+            && mask & bit != 0
+        {
+            bn -= 1.0;
+            if let Some(v) = m.slot.map(|s| vals[s]).filter(|v| !v.is_nan()) {
+                bnv -= 1.0;
+                bsum -= v;
+            }
+        }
+    }
     s.nums.clear();
     s.tags.clear();
     let mut count = 0usize;
@@ -348,9 +802,9 @@ fn windowed(
     }
     let n = s.nums.len() as f64;
     match m.agg {
-        Agg::Count => Some(count as f64),
-        Agg::Sum => Some(s.nums.iter().sum()),
-        Agg::Avg => (n > 0.0).then(|| s.nums.iter().sum::<f64>() / n),
+        Agg::Count => Some(count as f64 + bn),
+        Agg::Sum => Some(s.nums.iter().sum::<f64>() + bsum),
+        Agg::Avg => (n + bnv > 0.0).then(|| (s.nums.iter().sum::<f64>() + bsum) / (n + bnv)),
         Agg::Min => s.nums.iter().copied().reduce(f64::min),
         Agg::Max => s.nums.iter().copied().reduce(f64::max),
         Agg::Last => s.nums.first().copied(),
@@ -405,6 +859,7 @@ fn stddev(xs: &[f64]) -> (f64, f64) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn rule(duration: i64, cap: usize) -> CompiledRule {
@@ -463,9 +918,264 @@ mod tests {
         assert_eq!((k.entries.len(), k.acc[0].n), (0, 0));
     }
 
+    const MIN: i64 = 60_000;
+
+    /// A 1 h window in 5 min buckets: `n` counts bets, `s` sums stakes, `c` is the last
+    /// cancelled withdrawal, `since` sums stakes since it.
+    fn bucketed(cap: usize) -> CompiledRule {
+        let text = format!(
+            r#"[[rule]]
+id = "t.b"
+version = 1
+category = "fraud"
+severity = "low"
+score = 1
+events = ["bet_placed", "withdrawal"]
+group_by = "player"
+window = {{ duration = "1h", max_events = {cap}, bucket = "5m" }}
+reason = "x"
+[[rule.measure]]
+name = "n"
+agg = "count"
+events = ["bet_placed"]
+[[rule.measure]]
+name = "s"
+agg = "sum"
+field = "stake"
+events = ["bet_placed"]
+[[rule.measure]]
+name = "c"
+agg = "last"
+field = "amount"
+events = ["withdrawal"]
+[[rule.measure]]
+name = "since"
+agg = "sum"
+field = "stake"
+events = ["bet_placed"]
+since = "c"
+[[rule.when]]
+measure = "n"
+op = "gte"
+value = 1
+"#
+        );
+        let set = crate::rules::RuleSet::from_sources(&[("t.toml".into(), text)]).expect("rule");
+        (*set.rules[0]).clone()
+    }
+
+    /// A bet (slot 0: stake) or, with `withdrawal`, a cancelled withdrawal (slot 1: amount).
+    fn ev(id: u128, t: i64, v: f64, withdrawal: bool) -> Entry {
+        let mut vals = [f64::NAN; MAX_SLOTS];
+        let mask = if withdrawal {
+            vals[1] = v;
+            0b0100
+        } else {
+            vals[0] = v;
+            0b1011
+        };
+        Entry {
+            id,
+            t,
+            mask,
+            cur: 7,
+            vals,
+            tag: 0,
+            label: None,
+        }
+    }
+
+    fn measure(k: &KeyState, r: &CompiledRule, i: usize, t: i64) -> Option<f64> {
+        let trig = Trigger {
+            id: 0,
+            t,
+            cur: 7,
+            held: None,
+            folded: false,
+        };
+        let mut s = Scratch::default();
+        let eval = Eval {
+            rule: r,
+            state: k,
+            trig: &trig,
+            current: |_| None,
+        };
+        eval.reset(&mut s);
+        eval.get(i, &mut s)
+    }
+
+    /// The measures as an exact window would give them: `(count, sum)` of bets in
+    /// `(t - 1h, t]`.
+    fn exact(events: &[(i64, f64)], t: i64) -> (f64, f64) {
+        let inside = events.iter().filter(|(x, _)| *x > t - 60 * MIN && *x <= t);
+        inside.fold((0.0, 0.0), |(n, s), (_, v)| (n + 1.0, s + v))
+    }
+
+    #[test]
+    fn a_bucketed_window_keeps_the_newest_bucket_exact_and_folds_the_rest() {
+        let r = bucketed(1000);
+        assert_eq!(
+            (r.bucket_ms, r.fold_mask, r.exact_mask),
+            (Some(5 * MIN), 0b1011, 0b0100)
+        );
+        let mut k = KeyState::default();
+        let t0 = 1_000 * 60 * MIN; // a multiple of 5 min
+        let mut sent = Vec::new();
+        for i in 0..120 {
+            let t = t0 + i * 30_000; // a bet every 30 s for an hour
+            let v = 100.0 + i as f64;
+            assert!(k.insert(ev(i as u128, t, v, false), &r).fresh);
+            sent.push((t, v));
+        }
+        let newest = t0 + 119 * 30_000;
+        // Exact: the bets within 5 min of the newest (10 of them); the rest in 5 min buckets.
+        assert_eq!(k.entries.len(), 10);
+        let b = k.buckets.as_ref().unwrap();
+        assert_eq!((b.heads.len(), b.events), (11, 110));
+        assert!(
+            b.heads
+                .iter()
+                .all(|h| h.start % (5 * MIN) == 0 && h.from == h.start)
+        );
+        // While nothing has left the hour, the totals are exact.
+        assert_eq!(measure(&k, &r, 0, newest), Some(120.0));
+        assert_eq!(measure(&k, &r, 1, newest), Some(exact(&sent, newest).1));
+        // A duplicate within the exact part is recognised.
+        assert!(!k.insert(ev(119, newest, 0.0, false), &r).fresh);
+        assert!(!k.insert(ev(115, newest - 120_000, 0.0, false), &r).fresh);
+
+        // 40 min later: the window (t - 1h, t] starts at t0 + 39:30; the bucket [35:00, 40:00)
+        // overlaps it and counts whole, those before it are gone.
+        let t = newest + 40 * MIN;
+        k.insert(ev(1000, t, 1.0, false), &r);
+        sent.push((t, 1.0));
+        let (n, sum) = exact(&sent, t);
+        let counted_early: Vec<_> = sent
+            .iter()
+            .filter(|(x, _)| *x >= t0 + 35 * MIN && *x <= t - 60 * MIN)
+            .collect();
+        assert_eq!(counted_early.len(), 10, "35:00 .. 39:30 every 30 s");
+        let early: f64 = counted_early.iter().map(|(_, v)| v).sum();
+        assert_eq!(measure(&k, &r, 0, t), Some(n + 10.0));
+        assert_eq!(measure(&k, &r, 1, t), Some(sum + early));
+        assert_eq!(
+            k.acc[0].n as usize,
+            n as usize + 10,
+            "the running totals agree"
+        );
+        // When the window's edge falls on a bucket's, the buckets count exactly.
+        let t2 = t0 + 100 * MIN - 1;
+        k.insert(ev(1001, t2, 1.0, false), &r);
+        sent.push((t2, 1.0));
+        assert_eq!(measure(&k, &r, 0, t2), Some(exact(&sent, t2).0));
+        assert_eq!(measure(&k, &r, 1, t2), Some(exact(&sent, t2).1));
+
+        // An event older than the exact part goes straight into its bucket (counted, though its
+        // id cannot be checked there).
+        let ins = k.insert(ev(1002, t2 - 30 * MIN, 5.0, false), &r);
+        assert!(ins.fresh && ins.folded);
+        assert_eq!(measure(&k, &r, 0, t2), Some(exact(&sent, t2).0 + 1.0));
+    }
+
+    #[test]
+    fn since_counts_buckets_after_the_anchor_exactly_and_the_cap_drops_whole_buckets() {
+        let r = bucketed(1000);
+        let mut k = KeyState::default();
+        let t0 = 1_000 * 60 * MIN;
+        // Bets every minute; a cancelled withdrawal at 12:30, inside the 10:00 slot.
+        for i in 0..30 {
+            k.insert(ev(i, t0 + i as i64 * MIN, 10.0, false), &r);
+            if i == 12 {
+                k.insert(ev(500, t0 + 12 * MIN + 30_000, 300.0, true), &r);
+            }
+        }
+        let now = t0 + 29 * MIN;
+        assert_eq!(
+            k.entries.iter().filter(|e| e.mask == 0b0100).count(),
+            1,
+            "the anchor stays exact"
+        );
+        let b = k.buckets.as_ref().unwrap();
+        assert!(
+            b.heads
+                .iter()
+                .any(|h| h.start == t0 + 10 * MIN && h.from == t0 + 12 * MIN + 30_000)
+        );
+        assert_eq!(measure(&k, &r, 2, now), Some(300.0));
+        assert_eq!(
+            measure(&k, &r, 3, now),
+            Some(170.0),
+            "bets at 13..29 min, not those before 12:30"
+        );
+        assert_eq!(measure(&k, &r, 1, now), Some(300.0));
+
+        // The cap counts folded events; over it the oldest bucket leaves whole.
+        let r = bucketed(20);
+        let mut k = KeyState::default();
+        for i in 0..20 {
+            k.insert(ev(i, t0 + i as i64 * MIN, 1.0, false), &r);
+        }
+        assert_eq!(k.events(), 20);
+        let ins = k.insert(ev(20, t0 + 20 * MIN, 1.0, false), &r);
+        assert_eq!((ins.evicted, k.events()), (1, 16), "the 0..4 min bucket");
+        assert_eq!(k.acc[0].n, 16);
+    }
+
+    #[test]
+    fn an_exact_state_takes_the_bucketed_form_of_its_rule_and_foreign_buckets_are_dropped() {
+        let exact_rule = {
+            let mut r = bucketed(1000);
+            r.bucket_ms = None;
+            r.fold_mask = 0;
+            r.exact_mask = 0b1111;
+            r
+        };
+        let r = bucketed(1000);
+        let t0 = 1_000 * 60 * MIN;
+        let (mut a, mut b) = (KeyState::default(), KeyState::default());
+        for i in 0..40 {
+            let e = ev(i, t0 + i as i64 * MIN, i as f64, i % 7 == 3);
+            a.insert(e.clone(), &exact_rule);
+            b.insert(e, &r);
+        }
+        assert!(a.buckets.is_none() && a.entries.len() == 40);
+        a.conform(&r);
+        let enc = |k: &KeyState| postcard::to_stdvec(k).unwrap();
+        assert_eq!(
+            enc(&a),
+            enc(&b),
+            "folding later gives what folding as they came gave"
+        );
+        for i in 0..4 {
+            assert_eq!(
+                measure(&a, &r, i, t0 + 39 * MIN),
+                measure(&b, &r, i, t0 + 39 * MIN)
+            );
+        }
+        // Buckets of another width cannot be split: dropped, the exact part stays.
+        let mut other = r.clone();
+        other.bucket_ms = Some(10 * MIN);
+        b.conform(&other);
+        assert!(b.buckets.as_ref().is_none_or(|x| x.width == 10 * MIN));
+        assert_eq!(
+            b.acc[0].n as usize,
+            b.entries.iter().filter(|e| e.mask & 1 != 0).count()
+                + b.buckets.as_ref().map_or(0, |x| x.events as usize)
+        );
+        // Without buckets again: what is left is exact.
+        b.conform(&exact_rule);
+        assert!(b.buckets.is_none());
+        assert_eq!(
+            b.acc[0].n as usize,
+            b.entries.iter().filter(|e| e.mask & 1 != 0).count()
+        );
+    }
+
     #[test]
     fn an_entry_is_96_bytes_as_docs_rules_md_says() {
         assert_eq!(std::mem::size_of::<Entry>(), 96);
+        // A key's map slot (key and state) is no bigger than before buckets.
+        assert_eq!(std::mem::size_of::<(u128, KeyState)>(), 112);
     }
 
     #[test]

@@ -237,6 +237,59 @@ fn idle_keys_are_swept_and_the_entry_bound_holds() {
 }
 
 #[test]
+fn idle_keys_leave_a_few_per_event_without_a_full_sweep() {
+    let mut engine = Engine::new(shipped());
+    engine.track_changes(true);
+    let mut out = Output::default();
+    let mut s = Script::default();
+    for p in 0..500 {
+        let e = s.event(
+            &format!("p{p}"),
+            T0 + p,
+            "bet_placed",
+            bet(&format!("b{p}"), 100),
+            serde_json::json!({}),
+        );
+        engine
+            .process(&e, Timestamp::from_millis(T0 + p), &mut out)
+            .unwrap();
+    }
+    let busy = engine.stats().keys;
+    assert!(busy >= 2_000, "{busy}");
+    engine.take_changes().unwrap();
+    // 31 days on (past the longest window, 30 days, and idle_after): one player's bets, each
+    // checking at most 32 of the idle keys.
+    let later = T0 + 31 * D + 2 * 3_600_000;
+    let mut keys = vec![busy];
+    for i in 0..200 {
+        let e = s.event(
+            "late",
+            later + i,
+            "bet_placed",
+            bet(&format!("late{i}"), 100),
+            serde_json::json!({}),
+        );
+        engine
+            .process(&e, Timestamp::from_millis(later + i), &mut out)
+            .unwrap();
+        keys.push(engine.stats().keys);
+    }
+    let own = *keys.last().unwrap();
+    assert!(own < 10, "only the late player's keys are left: {own}");
+    for w in keys.windows(2) {
+        assert!(w[0] <= w[1] + 32, "at most 32 keys leave per event: {w:?}");
+    }
+    let gone = engine
+        .take_changes()
+        .unwrap()
+        .units
+        .iter()
+        .filter(|c| c.value.is_none() && matches!(c.unit, pitboss_antifraud::Unit::Window { .. }))
+        .count();
+    assert_eq!(gone, busy, "every swept key is a unit to delete");
+}
+
+#[test]
 fn memory_per_tracked_player_is_reported_and_modest() {
     let mut s = Script::default();
     for p in 0..100 {

@@ -22,10 +22,14 @@ use super::{Engine, Key, key_player};
 use crate::error::AntifraudError;
 use crate::field::{Extra, Value};
 use crate::rules::{CompiledRule, RuleSet};
-use crate::window::KeyState;
+use crate::window::{KeyState, KeyStateV1, KeyStateV1Ref};
 
-/// The encoding of a unit's bytes; bytes of another format are refused.
+/// The encoding of a unit's bytes (a leading byte); bytes of another format are refused.
 const UNIT_FORMAT: u8 = 1;
+/// A window unit with buckets (`window.bucket`): the format-1 window followed by its buckets.
+/// Windows without buckets are still written in format 1, byte for byte as before buckets, so
+/// a build from before them reads every unit but those.
+const UNIT_FORMAT_BUCKETS: u8 = 2;
 
 /// One unit of engine state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,6 +124,28 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, AntifraudError> {
         .map_err(|e| AntifraudError::Snapshot(format!("encoding a unit: {e}")))
 }
 
+/// A window's bytes: format 1 without buckets, 2 with.
+fn encode_window(s: &KeyState) -> Result<Vec<u8>, AntifraudError> {
+    let out = if s.buckets.is_some() {
+        postcard::to_extend(s, vec![UNIT_FORMAT_BUCKETS])
+    } else {
+        postcard::to_extend(&KeyStateV1Ref::of(s), vec![UNIT_FORMAT])
+    };
+    out.map_err(|e| AntifraudError::Snapshot(format!("encoding a unit: {e}")))
+}
+
+fn decode_window(bytes: &[u8]) -> Result<KeyState, AntifraudError> {
+    match bytes.split_first() {
+        Some((&UNIT_FORMAT_BUCKETS, rest)) => postcard::from_bytes(rest)
+            .map_err(|e| AntifraudError::Snapshot(format!("unreadable unit: {e}"))),
+        Some((&UNIT_FORMAT, _)) => decode::<KeyStateV1>(bytes).map(KeyState::from),
+        Some((f, _)) => Err(AntifraudError::Snapshot(format!(
+            "window unit format {f} (this build reads {UNIT_FORMAT} and {UNIT_FORMAT_BUCKETS})"
+        ))),
+        None => Err(AntifraudError::Snapshot("empty unit".into())),
+    }
+}
+
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, AntifraudError> {
     match bytes.split_first() {
         Some((&UNIT_FORMAT, rest)) => postcard::from_bytes(rest)
@@ -212,10 +238,17 @@ impl Engine {
                 let Some(ri) = self.tags.iter().position(|t| t == rule) else {
                     return Ok(false);
                 };
-                let state: KeyState = decode(bytes)?;
-                self.entries += state.entries.len();
-                if let Some(old) = self.states[ri].insert(*key, state) {
-                    self.entries -= old.entries.len();
+                let mut state = decode_window(bytes)?;
+                if let Some(r) = self.set.rules.get(ri) {
+                    state.conform(r);
+                }
+                self.entries += state.held();
+                let due = state
+                    .last_active
+                    .saturating_add(self.keeps.get(ri).copied().unwrap_or(0));
+                match self.states[ri].insert(*key, state) {
+                    Some(old) => self.entries = self.entries.saturating_sub(old.held()),
+                    None => self.idle.push(std::cmp::Reverse((due, ri as u32, *key))),
                 }
             }
             Unit::Bet(k) => {
@@ -325,7 +358,7 @@ impl Engine {
                     });
                     match found {
                         Some((r, s)) => Change {
-                            value: Some(encode(s)?),
+                            value: Some(encode_window(s)?),
                             expires_at_ms: s.last_active.saturating_add(keep_ms(r, idle)),
                             unit,
                         },

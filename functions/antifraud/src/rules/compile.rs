@@ -19,6 +19,13 @@ use crate::template::{Names, Template};
 pub const MAX_SLOTS: usize = 4;
 /// Most windowed measures one rule may have.
 pub const MAX_WINDOW_MEASURES: usize = 24;
+/// Most measures one rule may have (each is a bit of a window entry's filter mask, whose top
+/// bit marks a trigger).
+pub const MAX_MEASURES_PER_RULE: usize = 31;
+/// Most buckets a window may be cut into (`duration / bucket`).
+pub const MAX_BUCKETS: i64 = 1024;
+/// The narrowest bucket.
+pub const MIN_BUCKET_MS: i64 = 1000;
 
 /// A problem and the byte range it is about.
 pub type Located = (Range<usize>, String);
@@ -132,6 +139,30 @@ pub fn compile(
         (Some(m), _) => *m.get_ref(),
         (None, Some(_)) => limits.max_events_per_key,
     };
+    let bucket_ms = match (&w.bucket, duration_ms) {
+        (None, _) => None,
+        (Some(b), None) => {
+            return Err((b.span(), "window.bucket needs a window.duration".into()));
+        }
+        (Some(b), Some(d)) => {
+            let ms = duration(b)?;
+            if ms < MIN_BUCKET_MS || ms >= d {
+                return Err((
+                    b.span(),
+                    "window.bucket must be at least 1s and shorter than the window".into(),
+                ));
+            }
+            if d / ms > MAX_BUCKETS {
+                return Err((
+                    b.span(),
+                    format!(
+                        "window.bucket is too narrow: the window would hold more than {MAX_BUCKETS} buckets"
+                    ),
+                ));
+            }
+            Some(ms)
+        }
+    };
     let cooldown_ms = r.cooldown.as_ref().map(duration).transpose()?.unwrap_or(0);
 
     let group_by = match r.group_by {
@@ -196,6 +227,12 @@ pub fn compile(
         return Err((
             whole.clone(),
             "a rule needs at least one [[rule.measure]]".into(),
+        ));
+    }
+    if r.measure.len() > MAX_MEASURES_PER_RULE {
+        return Err((
+            whole.clone(),
+            format!("a rule may have at most {MAX_MEASURES_PER_RULE} measures"),
         ));
     }
     let measure_names: Vec<String> = r.measure.iter().map(|m| m.get_ref().name.clone()).collect();
@@ -376,6 +413,37 @@ pub fn compile(
         });
     }
 
+    // Which measures a bucketed window keeps as per-bucket totals: counts, sums and averages
+    // over the whole span (no `last`), unless a `since` reads their newest event's time.
+    let anchor_mask: u32 = measures
+        .iter()
+        .filter_map(|m| m.since)
+        .fold(0, |acc, a| acc | 1 << a);
+    let fold_mask: u32 = match bucket_ms {
+        None => 0,
+        Some(_) => measures
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                m.windowed
+                    && matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg)
+                    && m.last.is_none()
+                    && anchor_mask & (1 << i) == 0
+            })
+            .fold(0, |acc, (i, _)| acc | 1 << i),
+    };
+    if let (Some(b), 0) = (&w.bucket, fold_mask) {
+        return Err((
+            b.span(),
+            "window.bucket: no measure of this rule can be kept in buckets (only count, sum and avg without `last`, and not named by a `since`)".into(),
+        ));
+    }
+    let exact_mask: u32 = measures
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| m.windowed && fold_mask & (1 << i) == 0)
+        .fold(0, |acc, (i, _)| acc | 1 << i);
+
     if r.when.is_empty() {
         return Err((
             whole.clone(),
@@ -524,6 +592,10 @@ pub fn compile(
         types,
         duration_ms,
         cap,
+        bucket_ms,
+        fold_mask,
+        exact_mask,
+        anchor_mask,
         cooldown_ms,
         trigger,
         slots,

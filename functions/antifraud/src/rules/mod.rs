@@ -18,7 +18,7 @@ use crate::field::Field;
 use crate::filter::{Filter, Types};
 use crate::template::Template;
 
-pub use compile::{Agg, MAX_SLOTS, dotted_name_ok};
+pub use compile::{Agg, MAX_BUCKETS, MAX_SLOTS, MIN_BUCKET_MS, dotted_name_ok};
 
 /// One rule, ready to run.
 #[derive(Debug, Clone)]
@@ -38,6 +38,15 @@ pub struct CompiledRule {
     pub duration_ms: Option<i64>,
     /// Most events one key's window holds.
     pub cap: usize,
+    /// `window.bucket`: events older than this before the key's newest event are folded into
+    /// per-bucket totals of this width (docs/rules.md, "Buckets").
+    pub bucket_ms: Option<i64>,
+    /// Measures kept as per-bucket totals (bit `i`: measure `i`); 0 without buckets.
+    pub(crate) fold_mask: u32,
+    /// Windowed measures that read their events one by one (bit `i`: measure `i`).
+    pub(crate) exact_mask: u32,
+    /// Measures a `since` reads the newest event of (bit `i`: measure `i`).
+    pub(crate) anchor_mask: u32,
     pub cooldown_ms: i64,
     pub(crate) trigger: Filter,
     /// The fields kept per event, for the measures that aggregate them.

@@ -77,6 +77,8 @@ pub enum GroupBySpec {
 pub struct WindowSpec {
     pub duration: Option<Spanned<String>>,
     pub max_events: Option<Spanned<usize>>,
+    /// Width of the buckets events older than it are folded into (docs/rules.md, "Buckets").
+    pub bucket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
