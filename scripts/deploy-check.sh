@@ -95,7 +95,7 @@ check_compose() {
     echo "docker-compose config succeeded without the generated env file: a secret has a default"; return 1
   fi
   local v
-  for v in PITBOSS_CLICKHOUSE_PASSWORD GRAFANA_CLICKHOUSE_PASSWORD GRAFANA_ADMIN_PASSWORD \
+  for v in PITBOSS_CLICKHOUSE_PASSWORD GRAFANA_CLICKHOUSE_PASSWORD GRAFANA_ADMIN_PASSWORD PITBOSS_CLICKHOUSE_INTERSERVER_PASSWORD \
            PITBOSS_GATEWAY_JWT_SECRET PITBOSS_INGEST_API_KEY_SHA256 KAFKA_CLUSTER_ID; do
     grep -q "$v is not set" "$WORK/noenv.log" \
       || { echo "compose without .env did not refuse for $v (a default secret?):"; cat "$WORK/noenv.log"; return 1; }
@@ -325,11 +325,22 @@ for name, shards in clusters.items():
         bad.append(f"no cluster {name}_replicas: the processor reads the high-water marks of {name} through it")
     elif any(len(s) != 1 for s in every) or sorted(r for s in every for r in s) != sorted(r for s in shards for r in s):
         bad.append(f"cluster {name}_replicas is not every replica of {name} as a shard of its own")
+# Replication (interserver port) with credentials whose password comes from the environment;
+# without them any host that reaches the port can download every part.
+inter = [c for p in config_files for c in ET.parse(p).getroot().findall("interserver_http_credentials")]
+if any(r for s in clusters.values() for r in s if len(r) > 1) and not inter:
+    bad.append("replicated clusters without interserver_http_credentials: the replication port is open to anyone")
+for c in inter:
+    pw = c.find("password")
+    if not c.findtext("user") or pw is None or not pw.get("from_env") or (pw.text or "").strip():
+        bad.append("interserver_http_credentials: a user and a password from the environment (not a literal)")
+    if (c.findtext("allow_empty") or "").strip().lower() in ("1", "true"):
+        bad.append("interserver_http_credentials: allow_empty lets replicas in without them")
 if bad:
     print("\n".join(bad))
     sys.exit(1)
 kept = sorted(u for u, e in users.items() if "remove" not in e.attrib)
-print(f"ClickHouse users {kept}, each with a password from the environment, no default; clusters {sorted(clusters)} connect as one")
+print(f"ClickHouse users {kept}, each with a password from the environment, no default; clusters {sorted(clusters)} connect as one; replication with credentials")
 PY
 }
 

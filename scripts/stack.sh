@@ -266,11 +266,15 @@ zookeeper_ok() {
 # (deploy/clickhouse), the servers have no `default` user: the only one is `pitboss`, with a
 # random password, which both clusters carry for the servers' queries to each other — a query
 # that connects without credentials (remote() without a user, a cluster without one) fails.
+# Replicas fetch parts from each other over the interserver port only with the interserver
+# credentials (another random password, as deploy/clickhouse/config.d does it): a request
+# without them is refused (401). Those ports go to PITBOSS_TEST_CLICKHOUSE_CLUSTER_INTERSERVER.
 # The HTTP URLs, in server order, with user and password in the query string (the `clickhouse`
 # crate keeps it), go to PITBOSS_TEST_CLICKHOUSE_CLUSTER.
 start_clickhouse_cluster() {
-  local i s r http=() tcp=() inter=() urls="" shards="" replicas="" password credentials
+  local i s r http=() tcp=() inter=() urls="" shards="" replicas="" password credentials interserver
   password=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+  interserver=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
   credentials="<user>pitboss</user><password>$password</password>"
   for i in 0 1 2 3; do http+=("$(free_port)"); tcp+=("$(free_port)"); inter+=("$(free_port)"); done
   for s in 0 1; do
@@ -308,6 +312,7 @@ EOF
     clickhouse_config "$dir" "${http[$i]}" "${tcp[$i]}" "
     <interserver_http_port>${inter[$i]}</interserver_http_port>
     <interserver_http_host>127.0.0.1</interserver_http_host>
+    <interserver_http_credentials><user>interserver</user><password>$interserver</password></interserver_http_credentials>
     <zookeeper><node><host>127.0.0.1</host><port>$ZOOKEEPER_PORT</port></node></zookeeper>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
     <macros><shard>$((i / 2 + 1))</shard><replica>ch$((i + 1))</replica></macros>
@@ -320,6 +325,7 @@ EOF
   done
   echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER='$urls'" >>"$STACK/env"
   echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER_NAME=pitboss" >>"$STACK/env"
+  echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER_INTERSERVER='$(IFS=,; echo "${inter[*]/#/http://127.0.0.1:}")'" >>"$STACK/env"
   # For fault tests that kill and restart a replica: pids/clickhouse-cluster-N.pid and
   # clickhouse-cluster-N/config.xml under it.
   echo "export PITBOSS_TEST_CLICKHOUSE_CLUSTER_STACK=$STACK" >>"$STACK/env"

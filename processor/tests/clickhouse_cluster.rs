@@ -11,7 +11,9 @@
 //!   its rollups;
 //! - Kafka → processor → cluster through a crash: each row once, each bus partition on one
 //!   shard, both replicas of a shard equal, rollups exact — for events and for alerts (the
-//!   live path's tables, ReplacingMergeTrees since migration 5).
+//!   live path's tables, ReplacingMergeTrees since migration 5);
+//! - replicas fetch parts from each other with the interserver credentials, and the
+//!   replication port refuses anyone without them.
 //!
 //! Each test uses its own database, so they run in parallel on the shared cluster.
 
@@ -269,6 +271,90 @@ async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dro
         let local = c.scalar(i, "SELECT count() FROM events_local").await;
         let twin = c.scalar(i ^ 1, "SELECT count() FROM events_local").await;
         assert_eq!(local, twin, "replicas of one shard differ");
+    }
+}
+
+/// The status line of a GET of `path` on `base` (a raw HTTP/1.0 request), with an
+/// `Authorization` header when given.
+fn http_status(base: &str, path: &str, authorization: Option<&str>) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server may keep the connection open after its answer: the status line is enough.
+    let mut chunk = [0u8; 1024];
+    while !answer.contains(&b'\n') {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The servers replicate through their interserver ports with credentials of their own
+/// (scripts/stack.sh, as deploy/clickhouse/config.d does it): a part inserted on one replica
+/// reaches its twin, while a request to any replication port without those credentials, or
+/// with wrong ones, is refused — without them anyone who reaches the port could download
+/// every part of every table.
+#[tokio::test]
+async fn replicas_fetch_with_the_interserver_credentials_and_the_port_refuses_anyone_else() {
+    let c = Cluster::new().await;
+    schema::migrate(&c.client(0), &c.layout).await.unwrap();
+    // Six bus partitions through the Distributed table: each lands on one replica of the
+    // shard it hashes to, and its twin has to fetch it over the interserver port.
+    let sink = c.sink(0).await;
+    for p in 0..6u32 {
+        sink.insert(&batch("t", p, 0..50)).await.unwrap();
+    }
+    // Not SYNC REPLICA: it waits without end when a fetch is refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut counts = [0u64; 4];
+        for (i, n) in counts.iter_mut().enumerate() {
+            *n = c.scalar(i, "SELECT count() FROM events_local").await;
+        }
+        if counts[0] == counts[1] && counts[2] == counts[3] && counts[0] + counts[2] == 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not fetch each other's parts in 60 s (rows per server {counts:?}): \
+             are the interserver credentials the same on every server?"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let interserver = pitboss_testkit::clickhouse_cluster_interserver();
+    assert_eq!(interserver.len(), 4);
+    let part = format!(
+        "/?endpoint=DataPartsExchange:/clickhouse/tables/1/{}/events_local/replicas/ch1&part=all_0_0_0",
+        c.database
+    );
+    for url in &interserver {
+        // None; interserver:wrong; default with no password (Basic, base64).
+        for auth in [
+            None,
+            Some("Basic aW50ZXJzZXJ2ZXI6d3Jvbmc="),
+            Some("Basic ZGVmYXVsdDo="),
+        ] {
+            let status = http_status(url, &part, auth);
+            assert!(
+                status.contains(" 401 "),
+                "{url} with {auth:?}: {status} (a replication port must ask for credentials)"
+            );
+        }
     }
 }
 

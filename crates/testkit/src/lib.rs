@@ -49,6 +49,18 @@ pub fn clickhouse_cluster() -> (Vec<String>, String) {
     (urls.split(',').map(str::to_owned).collect(), name)
 }
 
+/// Interserver (replication) HTTP URLs of the cluster's servers, in [`clickhouse_cluster`] order:
+/// replicas fetch parts there only with the cluster's interserver credentials.
+pub fn clickhouse_cluster_interserver() -> Vec<String> {
+    required(
+        "PITBOSS_TEST_CLICKHOUSE_CLUSTER_INTERSERVER",
+        "the 2x2 ClickHouse cluster (scripts/stack.sh start --cluster)",
+    )
+    .split(',')
+    .map(str::to_owned)
+    .collect()
+}
+
 /// Kinesis endpoint (moto server).
 pub fn kinesis() -> String {
     required("PITBOSS_TEST_KINESIS", "a Kinesis endpoint (moto)")
