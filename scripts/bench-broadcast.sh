@@ -16,6 +16,8 @@
 #    PITBOSS_BENCH_BIN=path (skips the build), PITBOSS_BENCH_UP_ARGS adds flags to `pitboss up`,
 #    PITBOSS_BENCH_CLIENT_ARGS adds flags to the Pitboss client, e.g. "--rooms 10000
 #    --publish-batch-ms 10": one socket per room, so each message is one push to one socket,
+#    PITBOSS_BENCH_HISTOGRAM=1 prints the gateway's own time-to-notify histogram of pushes
+#    (accepted to written to the socket, from /metrics) after Pitboss's run, over all its rates,
 #    PITBOSS_BENCH_MAX_P99_MS=1000 (a rate is sustained with nothing lost and p99 under it;
 #    higher rates are skipped after the first that is not), PITBOSS_BENCH_OUT=file for the lines)
 set -euo pipefail
@@ -81,6 +83,20 @@ for server in $SERVERS; do
       TOKEN=$("$BIN" token --data-dir "$WORK/data" --role operator --subject ops --rooms '*' --ttl-secs 7200)
       # shellcheck disable=SC2086
       PITBOSS_BENCH_TOKEN=$TOKEN client pitboss "ws://127.0.0.1:$GW" "pitboss $(git rev-parse --short HEAD)" ${PITBOSS_BENCH_CLIENT_ARGS:-}
+      if [[ -n ${PITBOSS_BENCH_HISTOGRAM:-} ]]; then
+        curl -sf "http://127.0.0.1:$ADMIN/metrics" | python3 -c '
+import re, sys
+b = {}
+for line in sys.stdin:
+    m = re.match(r"pitboss_time_to_notify_seconds_bucket\{kind=\"push\",le=\"([^\"]+)\"\} (\S+)", line)
+    if m:
+        b[m.group(1)] = float(m.group(2))
+total = b.get("+Inf", 0)
+if not total:
+    sys.exit("no pushes in the gateway histogram")
+parts = [f"{v / total:.1%} within {float(le) * 1000:g} ms" for le, v in b.items() if le != "+Inf"]
+print(f"gateway histogram, {total:,.0f} pushes: " + ", ".join(parts))' >&2
+      fi
       ;;
     socketio)
       PORT=$(port)
