@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use pitboss_gateway::{GatewayConfig, KeySource, Keying, Role, Verifier};
+use pitboss_gateway::{GatewayConfig, KeySource, Keying, ReceiptPolicy, Role, Verifier};
 use pitboss_runtime::Shutdown;
 
 use crate::BusKind;
@@ -39,6 +39,9 @@ pub struct GatewayArgs {
     pub pushes_topic: String,
     #[arg(long, default_value = "alert_acks")]
     pub acks_topic: String,
+    /// Topic delivery receipts go to.
+    #[arg(long, default_value = "deliveries")]
+    pub deliveries_topic: String,
     /// On SIGTERM/SIGINT, how long sockets get to take their `reconnect` and close.
     #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -93,6 +96,23 @@ pub struct GatewayTuning {
     /// How often idle subscriptions get a fresh cursor (and old history is dropped).
     #[arg(long, default_value_t = 15)]
     pub cursor_refresh_secs: u64,
+    /// Which deliveries get a receipt on the `deliveries` topic: `direct` (player pushes and
+    /// operator alerts), `all` (also every socket a room push reached), or `off`.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_RECEIPTS",
+        value_enum,
+        default_value_t = ReceiptsArg::Direct
+    )]
+    pub receipts: ReceiptsArg,
+}
+
+/// `--receipts`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReceiptsArg {
+    Off,
+    Direct,
+    All,
 }
 
 impl GatewayTuning {
@@ -109,6 +129,11 @@ impl GatewayTuning {
         c.server.queue_capacity = self.queue_capacity.max(1);
         c.server.ping_interval = Duration::from_secs(self.ping_interval_secs.max(1));
         c.server.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        c.receipts.policy = match self.receipts {
+            ReceiptsArg::Off => ReceiptPolicy::Off,
+            ReceiptsArg::Direct => ReceiptPolicy::Direct,
+            ReceiptsArg::All => ReceiptPolicy::All,
+        };
         c
     }
 
@@ -183,6 +208,7 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     config.alerts_topic = args.alerts_topic.clone();
     config.pushes_topic = args.pushes_topic.clone();
     config.acks_topic = args.acks_topic.clone();
+    config.receipts.topic = args.deliveries_topic.clone();
     let metrics = pitboss_runtime::telemetry::prometheus();
     let listener = crate::bind(args.listen).await?;
     let admin = crate::bind(args.admin_listen).await?;

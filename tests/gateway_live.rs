@@ -192,6 +192,8 @@ fn gateway(
             &topics.pushes,
             "--acks-topic",
             &topics.acks,
+            "--deliveries-topic",
+            &topics.deliveries,
         ])
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
@@ -211,13 +213,19 @@ async fn kafka_topics(
         alerts: format!("{name}_alerts"),
         pushes: format!("{name}_pushes"),
         acks: format!("{name}_acks"),
+        deliveries: format!("{name}_deliveries"),
     };
     let spec = BusSpec::Kafka {
         bootstrap: pitboss_testkit::kafka(),
         options: Default::default(),
     };
     let bus = spec.open().await.unwrap();
-    for t in [&topics.alerts, &topics.pushes, &topics.acks] {
+    for t in [
+        &topics.alerts,
+        &topics.pushes,
+        &topics.acks,
+        &topics.deliveries,
+    ] {
         bus.create_topic(t, partitions).await.unwrap();
     }
     (bus, topics)
@@ -227,6 +235,7 @@ struct Topics {
     alerts: String,
     pushes: String,
     acks: String,
+    deliveries: String,
 }
 
 /// What one player's client has received: every message id, in order, and which gateways it
@@ -577,6 +586,7 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         &topics.alerts,
         &topics.pushes,
         &topics.acks,
+        &topics.deliveries,
     ] {
         bus.create_topic(&format!("{t}_dead_letter"), 1)
             .await
@@ -638,7 +648,7 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         ],
         &logs.join("antifraud.log"),
     );
-    // The processor: events, alerts, pushes and acks into ClickHouse.
+    // The processor: events, alerts, pushes, acks and delivery receipts into ClickHouse.
     let _processor = pitboss(
         &[
             "process",
@@ -658,6 +668,8 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
             &format!("{}=pushes", topics.pushes),
             "--topic",
             &format!("{}=alert_acks", topics.acks),
+            "--topic",
+            &format!("{}=deliveries", topics.deliveries),
             "--group",
             &format!("{name}_processor"),
             "--admin-listen",
@@ -795,6 +807,38 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         assert!(
             Instant::now() < deadline,
             "expected alerts not stored: {missing:?}\n{}",
+            pitboss_testkit::log_tails(logs, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Every push and alert a socket got live has a receipt from the gateway that wrote it,
+    // stored in ClickHouse (through Kafka): both gateways wrote some.
+    let (pushes, alerts) = (
+        report["pushes_measured"].as_u64().unwrap(),
+        report["alerts_measured"].as_u64().unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: Vec<(String, String, u64)> = ch
+            .query(
+                "SELECT message_type, gateway_id, count() FROM
+                   (SELECT DISTINCT message_type, gateway_id, message_id, connection_id
+                    FROM deliveries WHERE replayed = 0)
+                 GROUP BY message_type, gateway_id",
+            )
+            .fetch_all::<(String, String, u64)>()
+            .await
+            .unwrap_or_default();
+        let n = |t: &str| -> u64 { rows.iter().filter(|r| r.0 == t).map(|r| r.2).sum() };
+        let gateways: std::collections::BTreeSet<&str> =
+            rows.iter().map(|r| r.1.as_str()).collect();
+        if n("push") >= pushes && n("alert") >= alerts && gateways.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "receipts stored {rows:?}, sockets got {pushes} pushes and {alerts} alerts live\n{}",
             pitboss_testkit::log_tails(logs, 20)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -743,6 +743,43 @@ async fn loadgen_live_matches_every_expected_push_and_alert_and_refuses_bad_targ
     assert!(report["push_p99_ms"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["sockets"].as_u64().unwrap() >= 52, "{report}");
 
+    // Every push and alert a socket got live has the gateway's receipt in the store, with its
+    // time to notify.
+    let (pushes, alerts) = (
+        report["pushes_measured"].as_u64().unwrap(),
+        report["alerts_measured"].as_u64().unwrap(),
+    );
+    assert!(pushes > 0 && alerts > 0, "{report}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let receipts = loop {
+        let rows = json_rows(&pitboss_sql(
+            dir.path(),
+            "SELECT message_type, count(*) AS n, min(delivered_at_ms - received_at_ms) AS min_ttn
+             FROM deliveries WHERE replayed = 0 GROUP BY message_type ORDER BY message_type",
+        ));
+        let n = |t: &str| {
+            rows.iter()
+                .find(|r| r["message_type"] == t)
+                .map_or(0, |r| r["n"].as_u64().unwrap())
+        };
+        if (n("push") >= pushes && n("alert") >= alerts) || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let n = |t: &str| {
+        receipts
+            .iter()
+            .find(|r| r["message_type"] == t)
+            .map_or(0, |r| r["n"].as_u64().unwrap())
+    };
+    assert!(n("push") >= pushes, "{receipts:?} vs {report}");
+    assert!(n("alert") >= alerts, "{receipts:?} vs {report}");
+    assert!(
+        receipts.iter().all(|r| r["min_ttn"].as_i64().unwrap() >= 0),
+        "{receipts:?}"
+    );
+
     // A stopped or wrong ingest address, a wrong key, a wrong gateway, a wrong secret: one line.
     let quick = ["--rate", "10", "--seconds", "1", "--sockets", "1"];
     let e = one_line_error(&run(

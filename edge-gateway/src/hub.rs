@@ -36,14 +36,14 @@ pub type Text = axum::extract::ws::Utf8Bytes;
 pub enum Out {
     /// A frame as it is (control frames, cursors).
     Frame(Text),
-    /// A message delivered live: timed for time-to-notify.
-    Live {
-        text: Text,
-        kind: MessageType,
-        received_at_ms: i64,
+    /// A message delivered live: timed for time-to-notify, and receipted.
+    Live { text: Text, message: Arc<Entry> },
+    /// Replayed messages and the `subscribed` frame that follows them, in order; the replayed
+    /// messages (receipted as replayed).
+    Batch {
+        frames: Vec<Text>,
+        replayed: Vec<Arc<Entry>>,
     },
-    /// Replayed messages and the `subscribed` frame that follows them, in order.
-    Batch(Vec<Text>),
 }
 
 /// Tuning of the hub.
@@ -89,8 +89,9 @@ enum Floor {
     Unknown,
 }
 
+/// A message in the history: what a frame and a delivery receipt need of it.
 #[derive(Debug)]
-struct Entry {
+pub struct Entry {
     partition: Partition,
     position: Position,
     id: Arc<str>,
@@ -104,6 +105,29 @@ struct Entry {
     cursor: Arc<str>,
     bus_ms: i64,
     expires_at_ms: Option<i64>,
+    /// `received_at` of the triggering event: the start of time-to-notify.
+    received_at_ms: i64,
+}
+
+impl Entry {
+    /// The `alert_id` or `push_id`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The channel it goes out on.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub fn kind(&self) -> MessageType {
+        self.kind
+    }
+
+    /// `received_at` of the triggering event, in ms.
+    pub fn received_at_ms(&self) -> i64 {
+        self.received_at_ms
+    }
 }
 
 #[derive(Debug)]
@@ -450,11 +474,12 @@ impl Hub {
             cursor: cursor.clone(),
             bus_ms: r.timestamp_ms,
             expires_at_ms,
+            received_at_ms,
         });
         self.topic_mut(kind).history.push_back(entry.clone());
         applied.messages += 1;
         let ch = self.channels.get_mut(&name).expect("channel present");
-        ch.history.push_back(entry);
+        ch.history.push_back(entry.clone());
         ch.last_cursor = cursor.to_string();
         let subscribers = ch.subscribers.clone();
         for conn in subscribers {
@@ -463,8 +488,7 @@ impl Hub {
             }
             let out = Out::Live {
                 text: live.clone(),
-                kind,
-                received_at_ms,
+                message: entry.clone(),
             };
             match self.offer(conn, out) {
                 Offer::Sent => applied.deliveries += 1,
@@ -740,7 +764,11 @@ impl Hub {
             let ch = self.channels.get_mut(&name).expect("channel present");
             ch.subscribers.push(conn);
         }
-        if let Offer::Closed = self.offer(conn, Out::Batch(batch)) {
+        let out = Out::Batch {
+            frames: batch,
+            replayed: replay,
+        };
+        if let Offer::Closed = self.offer(conn, out) {
             return Err(ProtocolError::new("closed", "the connection is closed"));
         }
         Ok(Subscribed { recovery, replayed })
@@ -938,7 +966,7 @@ mod tests {
             while let Ok(o) = self.rx.try_recv() {
                 let texts = match o {
                     Out::Frame(t) | Out::Live { text: t, .. } => vec![t],
-                    Out::Batch(b) => b,
+                    Out::Batch { frames, .. } => frames,
                 };
                 out.extend(
                     texts

@@ -7,6 +7,7 @@
 //! - [`hub`]: the pure routing core — channels, bounded history, cursors, resume, acks,
 //!   presence, slow consumers.
 //! - [`feed`]: every instance reads every partition of `alerts`, `pushes` and `alert_acks`.
+//! - [`receipts`]: delivery receipts onto the `deliveries` topic.
 //! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`, `/v1/stats`) and the admin listener.
 //! - [`console`]: the operator console (`/console`), its files embedded in the binary.
 //! - [`stats`]: the console's figures: time to notify per tenant, and the store's traffic.
@@ -16,6 +17,7 @@ pub mod console;
 pub mod feed;
 pub mod hub;
 pub mod protocol;
+pub mod receipts;
 pub mod server;
 pub mod stats;
 
@@ -29,6 +31,7 @@ use tokio::sync::watch;
 
 pub use auth::{Claims, KeySource, Role, Verifier};
 pub use hub::{Hub, HubConfig, Keying};
+pub use receipts::{ReceiptConfig, ReceiptPolicy, Receipts};
 pub use server::{GatewayState, ServerConfig};
 pub use stats::{NotifyLatency, StatsSource};
 
@@ -46,6 +49,8 @@ pub struct GatewayConfig {
     pub sequences: bool,
     /// Cursor refresh and history eviction period.
     pub tick: Duration,
+    /// Delivery receipts (topic `deliveries`).
+    pub receipts: ReceiptConfig,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +64,7 @@ impl Default for GatewayConfig {
             keying: Keying::Crc32,
             sequences: false,
             tick: Duration::from_secs(15),
+            receipts: ReceiptConfig::default(),
         }
     }
 }
@@ -130,5 +136,14 @@ pub fn start(
         });
     }
     let publisher = bus.publisher();
-    GatewayState::new(hub, verifier, publisher, config.server, ready_rx, shutdown)
+    let receipts = Receipts::start(publisher.clone(), config.receipts.clone());
+    GatewayState::new(
+        hub,
+        verifier,
+        publisher,
+        config.server,
+        ready_rx,
+        shutdown,
+        receipts,
+    )
 }

@@ -18,18 +18,20 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pitboss_bus::{OutRecord, Publisher};
 use pitboss_model::Timestamp;
 use pitboss_model::live::{
-    AlertAck, ChannelName, LiveMessage, MessageType, OperatorSource, Push, PushSource, Target,
+    AlertAck, ChannelName, Delivery, LiveMessage, MessageType, OperatorSource, Push, PushSource,
+    Target,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{AuthError, Claims, Role, Verifier};
 use crate::feed::lock;
-use crate::hub::{ConnId, Hub, Out};
+use crate::hub::{ConnId, Entry, Hub, Out};
 use crate::protocol::{
     ClientMessage, MAX_CLIENT_FRAME, PROTOCOL_VERSION, ProtocolError, ServerFrame, close,
     parse_client,
 };
+use crate::receipts::Receipts;
 use crate::stats::{NotifyLatency, StatsSource};
 
 /// Tuning of the socket side.
@@ -88,6 +90,11 @@ pub struct GatewayState {
     pub latency: Arc<NotifyLatency>,
     /// Where the tenant's traffic figures come from (the embedded store in `pitboss up`).
     pub stats: Option<Arc<dyn StatsSource>>,
+    /// Delivery receipts onto the `deliveries` topic.
+    pub receipts: Receipts,
+    /// Connection ids are `<gateway>-<boot>-<n>`: `boot` (this start's time, base 36) keeps
+    /// them unique across restarts, so receipts of two runs never collide.
+    boot: Arc<str>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -106,6 +113,7 @@ impl GatewayState {
         config: ServerConfig,
         ready: watch::Receiver<bool>,
         shutdown: pitboss_runtime::Shutdown,
+        receipts: Receipts,
     ) -> Self {
         GatewayState {
             hub,
@@ -118,6 +126,8 @@ impl GatewayState {
             sessions: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             latency: Arc::new(NotifyLatency::default()),
             stats: None,
+            receipts,
+            boot: base36(Timestamp::now().as_millis().max(0) as u64).into(),
         }
     }
 
@@ -126,6 +136,20 @@ impl GatewayState {
         self.stats = Some(source);
         self
     }
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The public router: `/v1/ws`, `/v1/publish`, `/v1/stats` and the operator console
@@ -243,10 +267,11 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
     lock(&st.hub).register(conn, &claims.sub, tx, kill_tx);
     let (mut sink, mut stream) = socket.split();
     let mut claims = claims;
+    let connection_id: Arc<str> = format!("{}-{}-{conn}", st.config.gateway_id, st.boot).into();
     let welcome = ServerFrame::Welcome {
         protocol: PROTOCOL_VERSION,
         gateway: st.config.gateway_id.clone(),
-        connection: format!("{}-{conn}", st.config.gateway_id),
+        connection: connection_id.to_string(),
         tenant: claims.tenant.clone(),
         subject: claims.sub.clone(),
         role: claims.role.as_str(),
@@ -303,7 +328,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                     // A peer that does not read blocks the write: the hub's verdict (slow
                     // consumer) ends it rather than the write timeout.
                     tokio::select! {
-                        written = write_queued(&mut sink, out, &rx, write_timeout, &st.latency, &claims.tenant) => {
+                        written = write_queued(&mut sink, out, &rx, write_timeout, Written { st: &st, claims: &claims, connection_id: &connection_id }) => {
                             if written.is_err() {
                                 break 'session None;
                             }
@@ -408,40 +433,47 @@ async fn send_text(sink: &mut WsSink, text: crate::hub::Text, timeout: Duration)
 /// Most queued frames written with one flush.
 const MAX_COALESCED: usize = 64;
 
+/// Who a socket's frames are written for: for time-to-notify and receipts.
+#[derive(Clone, Copy)]
+struct Written<'a> {
+    st: &'a GatewayState,
+    claims: &'a Claims,
+    connection_id: &'a Arc<str>,
+}
+
 /// Writes `first` and whatever else is queued already (up to [`MAX_COALESCED`] frames) with one
 /// flush: under a broadcast a socket's queue holds several frames, and they go out in a few
-/// writes (tungstenite's 4 KiB write buffer) instead of one system call each. Live messages are
-/// timed once they are flushed.
+/// writes (tungstenite's 4 KiB write buffer) instead of one system call each. Once flushed,
+/// live messages are timed, and live and replayed ones receipted.
 async fn write_queued(
     sink: &mut WsSink,
     first: Out,
     rx: &flume::Receiver<Out>,
     timeout: Duration,
-    latency: &NotifyLatency,
-    tenant: &str,
+    to: Written<'_>,
 ) -> Result<(), ()> {
-    let mut live: Vec<(MessageType, i64)> = Vec::new();
+    let mut live: Vec<Arc<Entry>> = Vec::new();
+    let mut replayed: Vec<Arc<Entry>> = Vec::new();
     let write = async {
         let mut next = Some(first);
         let mut fed = 0usize;
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(t) => sink.feed(Message::Text(t)).await.map_err(|_| ())?,
-                Out::Batch(frames) => {
-                    let n = frames.len().saturating_sub(1);
+                Out::Batch {
+                    frames,
+                    replayed: messages,
+                } => {
                     for t in frames {
                         sink.feed(Message::Text(t)).await.map_err(|_| ())?;
                     }
                     metrics::counter!("pitboss_gateway_messages_replayed_total")
-                        .increment(n as u64);
+                        .increment(messages.len() as u64);
+                    replayed.extend(messages);
                 }
-                Out::Live {
-                    text,
-                    kind,
-                    received_at_ms,
-                } => {
+                Out::Live { text, message } => {
                     sink.feed(Message::Text(text)).await.map_err(|_| ())?;
-                    live.push((kind, received_at_ms));
+                    live.push(message);
                 }
             }
             fed += 1;
@@ -454,13 +486,14 @@ async fn write_queued(
     tokio::time::timeout(timeout, write)
         .await
         .map_err(|_| ())??;
-    if live.is_empty() {
+    if live.is_empty() && replayed.is_empty() {
         return Ok(());
     }
     let now = Timestamp::now().as_millis();
+    let tenant = &to.claims.tenant;
     let (mut alerts, mut pushes) = (0u64, 0u64);
-    for (kind, received_at_ms) in live {
-        let kind = match kind {
+    for m in &live {
+        let kind = match m.kind() {
             MessageType::Alert => {
                 alerts += 1;
                 "alert"
@@ -470,16 +503,38 @@ async fn write_queued(
                 "push"
             }
         };
-        let ms = (now - received_at_ms).max(0);
+        let ms = (now - m.received_at_ms()).max(0);
         metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind)
             .record(ms as f64 / 1000.0);
-        latency.record(tenant, ms, now);
+        to.st.latency.record(tenant, ms, now);
     }
     for (kind, n) in [("alert", alerts), ("push", pushes)] {
         if n > 0 {
             metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind)
                 .increment(n);
         }
+    }
+    let receipts = &to.st.receipts;
+    let tagged = live
+        .iter()
+        .map(|m| (m, false))
+        .chain(replayed.iter().map(|m| (m, true)));
+    for (m, was_replayed) in tagged {
+        if !receipts.covers(m.channel()) {
+            continue;
+        }
+        receipts.record(Delivery {
+            message_type: m.kind(),
+            message_id: m.id().to_owned(),
+            tenant_id: tenant.clone(),
+            channel: m.channel().to_owned(),
+            subscriber: to.claims.sub.clone(),
+            gateway_id: to.st.config.gateway_id.clone(),
+            connection_id: to.connection_id.to_string(),
+            delivered_at: Timestamp::from_millis(now),
+            received_at: Timestamp::from_millis(m.received_at_ms()),
+            replayed: was_replayed,
+        });
     }
     Ok(())
 }
@@ -708,7 +763,7 @@ pub async fn publish_message<M: LiveMessage>(
 }
 
 /// A live message as a bus record, with its headers.
-fn live_record<M: LiveMessage>(message: &M) -> OutRecord {
+pub(crate) fn live_record<M: LiveMessage>(message: &M) -> OutRecord {
     use pitboss_bus::header;
     let mut record = OutRecord::new(message.bus_key(), message.encode_proto())
         .with_header(header::TYPE, M::TYPE)
@@ -936,6 +991,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let (sessions, drain) = (state.sessions.clone(), limits.drain_timeout);
+    let receipts = state.receipts.clone();
     pitboss_runtime::http::serve(listener, router(state), limits, shutdown).await?;
     // The HTTP drain does not wait for upgraded sockets: wait for every session to have sent
     // its `reconnect` and close (bounded by the drain deadline).
@@ -943,6 +999,11 @@ pub async fn serve(
     while sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The receipts of what the sessions wrote, published before the process exits.
+    let left = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1));
+    receipts.finish(left).await;
     Ok(())
 }
 

@@ -675,3 +675,177 @@ fn jsonwebtoken_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The receipts on the `deliveries` topic, once `n` are there (fails after 15 s).
+async fn receipts(env: &Env, n: usize) -> Vec<pitboss_model::live::Delivery> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got: Vec<pitboss_model::live::Delivery> = env.read_all("deliveries").await;
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} receipts of {n}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_delivery_to_a_player_or_an_operator_is_receipted_on_the_bus_live_or_replayed() {
+    use pitboss_model::live::{Delivery, LiveMessage, MessageType};
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let token = env.token("acme", "p1", Role::Player, &["lobby"]);
+    let mut p1 = gw.connect(&token).await;
+    let first_conn = p1.welcome["connection"].as_str().unwrap().to_owned();
+    p1.subscribe("player:acme:p1", None).await;
+    let mut ops = gw
+        .connect(&env.token("acme", "ops", Role::Operator, &[]))
+        .await;
+    let ops_conn = ops.welcome["connection"].as_str().unwrap().to_owned();
+    ops.subscribe("operator:acme", None).await;
+    let live = env
+        .publish_push("acme", Target::Player("p1".into()))
+        .await
+        .2;
+    assert_eq!(p1.messages(1).await, vec![live.clone()]);
+    let alert = env.publish_alert("acme", "p1").await.2;
+    assert_eq!(ops.messages(1).await, vec![alert.clone()]);
+    let cursor = p1.cursor.clone().unwrap();
+    drop(p1);
+    // Missed while away, replayed on resume; a room push is not receipted (policy `direct`).
+    let missed = env
+        .publish_push("acme", Target::Player("p1".into()))
+        .await
+        .2;
+    let mut p1 = gw.connect(&token).await;
+    let second_conn = p1.welcome["connection"].as_str().unwrap().to_owned();
+    assert_ne!(first_conn, second_conn);
+    let reply = p1.subscribe_collect("player:acme:p1", Some(&cursor)).await;
+    assert_eq!(reply.replayed, vec![missed.clone()]);
+    p1.subscribe("room:acme:lobby", None).await;
+    let room = env
+        .publish_push("acme", Target::Room("lobby".into()))
+        .await
+        .2;
+    assert_eq!(p1.messages(1).await, vec![room.clone()]);
+
+    let got = receipts(&env, 3).await;
+    let mut seen: Vec<(String, String, String, String, bool, &str)> = got
+        .iter()
+        .map(|d| {
+            d.validate().unwrap_or_else(|v| panic!("{d:?}: {v:?}"));
+            assert_eq!(d.tenant_id, "acme");
+            assert_eq!(d.gateway_id, "gateway");
+            assert!(d.delivered_at >= d.received_at, "{d:?}");
+            (
+                d.message_id.clone(),
+                d.channel.clone(),
+                d.subscriber.clone(),
+                d.connection_id.clone(),
+                d.replayed,
+                match d.message_type {
+                    MessageType::Push => "push",
+                    MessageType::Alert => "alert",
+                },
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut want = vec![
+        (
+            live,
+            "player:acme:p1".to_owned(),
+            "p1".to_owned(),
+            first_conn,
+            false,
+            "push",
+        ),
+        (
+            alert,
+            "operator:acme".to_owned(),
+            "ops".to_owned(),
+            ops_conn,
+            false,
+            "alert",
+        ),
+        (
+            missed,
+            "player:acme:p1".to_owned(),
+            "p1".to_owned(),
+            second_conn,
+            true,
+            "push",
+        ),
+    ];
+    want.sort();
+    assert_eq!(seen, want, "no receipt for the room push");
+    // Receipts are keyed by tenant and subscriber (a player's land with the player's events).
+    let records = {
+        let mut reader = env
+            .bus
+            .reader_all("deliveries", pitboss_bus::ReadFrom::Earliest)
+            .await
+            .unwrap();
+        reader.poll(100, Duration::from_millis(500)).await.unwrap()
+    };
+    for r in &records {
+        let d = Delivery::decode_proto(&r.value).unwrap();
+        assert_eq!(r.key, format!("acme:{}", d.subscriber));
+        assert_eq!(
+            r.headers.get(pitboss_bus::header::TYPE),
+            Some(&b"delivery"[..])
+        );
+    }
+    let metrics = gw.metrics().await;
+    // (The recorder is shared by the tests of this binary: only its presence is checked.)
+    assert!(
+        metrics.contains("pitboss_gateway_receipts_published_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn receipts_all_covers_room_pushes_and_off_writes_none() {
+    use pitboss_gateway::ReceiptPolicy;
+    let env = Env::new().await;
+    let all = env
+        .gateway_with(|c| c.receipts.policy = ReceiptPolicy::All)
+        .await;
+    let off = env
+        .gateway_with(|c| c.receipts.policy = ReceiptPolicy::Off)
+        .await;
+    let token = env.token("acme", "p1", Role::Player, &["lobby"]);
+    let (mut a, mut o) = (all.connect(&token).await, off.connect(&token).await);
+    for c in [&mut a, &mut o] {
+        c.subscribe("room:acme:lobby", None).await;
+        c.subscribe("player:acme:p1", None).await;
+    }
+    let room = env
+        .publish_push("acme", Target::Room("lobby".into()))
+        .await
+        .2;
+    let direct = env
+        .publish_push("acme", Target::Player("p1".into()))
+        .await
+        .2;
+    for c in [&mut a, &mut o] {
+        assert_eq!(c.messages(2).await, vec![room.clone(), direct.clone()]);
+    }
+    let got = receipts(&env, 2).await;
+    // Give the `off` gateway time to (wrongly) publish too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_later: Vec<pitboss_model::live::Delivery> = env.read_all("deliveries").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got_later.len(), 2, "the `off` gateway wrote receipts");
+    let a_conn = a.welcome["connection"].as_str().unwrap();
+    assert!(got.iter().all(|d| d.connection_id == a_conn));
+    let mut ids: Vec<&str> = got.iter().map(|d| d.message_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![room.as_str(), direct.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+}

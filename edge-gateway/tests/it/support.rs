@@ -32,7 +32,7 @@ impl Env {
     pub async fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
-        for topic in ["alerts", "pushes", "alert_acks"] {
+        for topic in ["alerts", "pushes", "alert_acks", "deliveries"] {
             bus.create_topic(topic, PARTITIONS).await.unwrap();
         }
         Env {
@@ -260,10 +260,12 @@ impl Gw {
             cursor: None,
             pending: VecDeque::new(),
             next_id: 100,
+            welcome: Value::Null,
         };
         let welcome = c.next_frame().await.expect("welcome");
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         assert_eq!(welcome["protocol"], 1);
+        c.welcome = welcome;
         c
     }
 
@@ -361,6 +363,8 @@ pub struct Client {
     pub cursor: Option<String>,
     pending: VecDeque<Value>,
     next_id: u64,
+    /// The `welcome` frame.
+    pub welcome: Value,
 }
 
 /// What a subscribe brought.
