@@ -82,7 +82,7 @@ for server in $SERVERS; do
       if ! wait_for "http://127.0.0.1:$API/readyz"; then cat "$WORK/up.log" >&2; echo "pitboss up did not get ready" >&2; exit 1; fi
       TOKEN=$("$BIN" token --data-dir "$WORK/data" --role operator --subject ops --rooms '*' --ttl-secs 7200)
       # shellcheck disable=SC2086
-      PITBOSS_BENCH_TOKEN=$TOKEN client pitboss "ws://127.0.0.1:$GW" "pitboss $(git rev-parse --short HEAD)" ${PITBOSS_BENCH_CLIENT_ARGS:-}
+      PITBOSS_BENCH_TOKEN=$TOKEN client pitboss "ws://127.0.0.1:$GW" "pitboss $(git rev-parse --short HEAD)${PITBOSS_BENCH_UP_ARGS:+ $PITBOSS_BENCH_UP_ARGS}" ${PITBOSS_BENCH_CLIENT_ARGS:-}
       if [[ -n ${PITBOSS_BENCH_HISTOGRAM:-} ]]; then
         curl -sf "http://127.0.0.1:$ADMIN/metrics" | python3 -c '
 import re, sys
@@ -96,6 +96,8 @@ if not total:
     sys.exit("no pushes in the gateway histogram")
 parts = [f"{v / total:.1%} within {float(le) * 1000:g} ms" for le, v in b.items() if le != "+Inf"]
 print(f"gateway histogram, {total:,.0f} pushes: " + ", ".join(parts))' >&2
+        # Delivery receipts (with --receipts all in PITBOSS_BENCH_UP_ARGS: one per push).
+        curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -E '^pitboss_gateway_receipts_' >&2 || true
       fi
       ;;
     socketio)

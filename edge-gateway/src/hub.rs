@@ -227,6 +227,9 @@ struct Channel {
     history: VecDeque<Arc<Entry>>,
     /// The cursor sent to subscribers at the last tick (or with the last message).
     last_cursor: String,
+    /// When (wall clock, ms) its last message arrived: a channel with a message since the
+    /// last tick got a fresh cursor with it, and the tick leaves it alone.
+    last_message_ms: i64,
 }
 
 #[derive(Debug)]
@@ -257,6 +260,8 @@ pub struct Hub {
     conns: HashMap<ConnId, Conn>,
     acked: HashSet<Arc<str>>,
     acked_order: VecDeque<Arc<str>>,
+    /// When the last tick listed the idle channels.
+    last_tick_ms: i64,
 }
 
 /// Counts of what `apply` did, for metrics and tests.
@@ -281,6 +286,7 @@ impl Hub {
             conns: HashMap::new(),
             acked: HashSet::new(),
             acked_order: VecDeque::new(),
+            last_tick_ms: i64::MIN,
         }
     }
 
@@ -374,6 +380,7 @@ impl Hub {
                     subscribers: Vec::new(),
                     history: VecDeque::new(),
                     last_cursor: String::new(),
+                    last_message_ms: i64::MIN,
                 },
             );
         }
@@ -481,6 +488,7 @@ impl Hub {
         let ch = self.channels.get_mut(&name).expect("channel present");
         ch.history.push_back(entry.clone());
         ch.last_cursor = cursor.to_string();
+        ch.last_message_ms = now_ms;
         let subscribers = ch.subscribers.clone();
         for conn in subscribers {
             if self.already_has(conn, &name, r.partition, &r.position) {
@@ -813,38 +821,61 @@ impl Hub {
         (ch.subscribers.len(), subjects)
     }
 
-    /// Periodic work: evicts history past its age, and sends each subscription whose channel's
-    /// partitions moved since the last tick its new cursor (so an idle client's cursor stays
-    /// within the history). Returns how many cursor frames were queued.
+    /// Periodic work: evicts history past its age, and sends each subscription whose channel
+    /// had no message since the last tick and whose partitions moved its new cursor (so an idle
+    /// client's cursor stays within the history). Returns how many cursor frames were queued.
+    /// (The gateway runs it in two halves, [`Hub::idle_channels`] and chunks of
+    /// [`Hub::refresh_cursors`].)
     pub fn tick(&mut self, now_ms: i64) -> usize {
+        let idle = self.idle_channels(now_ms);
+        self.refresh_cursors(&idle)
+    }
+
+    /// The first half of a tick: drops expired history and lists the subscribed channels
+    /// without a message since the previous tick (the others got a cursor with their
+    /// messages). The gateway then refreshes them in chunks ([`Hub::refresh_cursors`]),
+    /// releasing the hub between chunks, so that 100,000 idle subscriptions do not hold up the
+    /// live path.
+    pub fn idle_channels(&mut self, now_ms: i64) -> Vec<Arc<str>> {
         self.evict(now_ms);
-        let mut updates = Vec::new();
-        for (name, ch) in &self.channels {
+        let since = self.last_tick_ms;
+        self.last_tick_ms = now_ms;
+        self.channels
+            .iter()
+            .filter(|(_, ch)| !ch.subscribers.is_empty() && ch.last_message_ms <= since)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Sends each of `channels` whose cursor moved its new cursor; how many frames were sent.
+    pub fn refresh_cursors(&mut self, channels: &[Arc<str>]) -> usize {
+        let mut sent = 0;
+        for name in channels {
+            let Some(ch) = self.channels.get(name) else {
+                continue;
+            };
             if ch.subscribers.is_empty() {
                 continue;
             }
             let cursor = self.topic(ch.kind).cursor(&ch.partitions);
-            if cursor != ch.last_cursor {
-                updates.push((name.clone(), cursor));
+            if cursor == ch.last_cursor {
+                continue;
             }
-        }
-        let mut sent = 0;
-        for (name, cursor) in updates {
             let frame: Text = format!(
                 r#"{{"type":"cursor","channel":{},"cursor":{}}}"#,
-                json_str(&name),
+                json_str(name),
                 json_str(&cursor)
             )
             .into();
-            let Some(ch) = self.channels.get_mut(&name) else {
+            let Some(ch) = self.channels.get_mut(name) else {
                 continue;
             };
             ch.last_cursor = cursor;
-            for conn in ch.subscribers.clone() {
+            for conn in &ch.subscribers {
                 // A full queue is left alone here: the live path decides about slow clients.
                 // A client ahead of this instance keeps its own, further cursor.
-                if let Some(c) = self.conns.get(&conn)
-                    && !c.ahead.contains_key(&name)
+                if let Some(c) = self.conns.get(conn)
+                    && !c.ahead.contains_key(name)
                     && c.tx.try_send(Out::Frame(frame.clone())).is_ok()
                 {
                     sent += 1;
@@ -1150,6 +1181,47 @@ mod tests {
         assert_eq!(e.code, "invalid_cursor");
         let e = h.subscribe(2, &ch, Some("99=1"), None, now()).unwrap_err();
         assert_eq!(e.code, "invalid_cursor");
+    }
+
+    #[test]
+    fn the_tick_leaves_channels_with_a_message_since_the_last_tick_alone() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let busy = channel(&format!("player:{tenant}:busy"));
+        let mut c = connect(&mut h, 1, "busy", 64);
+        h.subscribe(1, &busy, None, None, now()).unwrap();
+        let t0 = now();
+        h.tick(t0);
+        c.frames();
+        // Another player on the same partition, so that the busy channel's cursor moves.
+        let p = pitboss_bus::partition::partition_for(&format!("{tenant}:busy"), PARTITIONS);
+        let mut others = (100..).map(|i| format!("other-{i}")).filter(|name| {
+            pitboss_bus::partition::partition_for(&format!("{tenant}:{name}"), PARTITIONS) == p
+        });
+        let mut i = 0;
+        let mut push_to = |h: &mut Hub, player: &str, at: i64| {
+            i += 1;
+            h.apply(
+                MessageType::Push,
+                &[log.record(&player_push(i, player))],
+                at,
+            );
+        };
+        push_to(&mut h, "busy", t0 + 500);
+        let other = others.next().unwrap();
+        push_to(&mut h, &other, t0 + 600);
+        assert_eq!(c.frames().len(), 1, "the message, with its cursor");
+        assert_eq!(
+            h.tick(t0 + 1000),
+            0,
+            "a message since the last tick brought a fresh cursor: none sent"
+        );
+        push_to(&mut h, &other, t0 + 1500);
+        assert_eq!(h.tick(t0 + 2000), 1, "idle since the last tick: refreshed");
+        let frames = c.frames();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0]["type"], "cursor");
     }
 
     #[test]

@@ -69,6 +69,9 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Idle channels refreshed per hold of the hub lock by the periodic tick.
+const TICK_CHUNK: usize = 256;
+
 /// Starts the feeds and the periodic tick on `bus`; the state the handlers serve. Everything
 /// stops with `shutdown`.
 pub fn start(
@@ -129,7 +132,12 @@ pub fn start(
                     () = stop.wait() => return,
                     _ = t.tick() => {
                         let now = pitboss_model::Timestamp::now().as_millis();
-                        feed::lock(&hub).tick(now);
+                        let idle = feed::lock(&hub).idle_channels(now);
+                        // In chunks, the hub released in between: the live path goes on.
+                        for chunk in idle.chunks(TICK_CHUNK) {
+                            feed::lock(&hub).refresh_cursors(chunk);
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
             }
