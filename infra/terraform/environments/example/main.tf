@@ -211,9 +211,9 @@ data "aws_iam_policy_document" "gateway" {
   dynamic "statement" {
     for_each = local.kinesis ? [1] : []
     content {
-      sid       = "PublishAcksAndOperatorPushes"
+      sid       = "PublishAcksOperatorPushesAndReceipts"
       actions   = ["kinesis:PutRecord", "kinesis:PutRecords"]
-      resources = [local.streams["alert_acks"], local.streams["pushes"]]
+      resources = [local.streams["alert_acks"], local.streams["pushes"], local.streams["deliveries"]]
     }
   }
   dynamic "statement" {
