@@ -42,6 +42,17 @@ pub struct GatewayArgs {
     /// Topic delivery receipts go to.
     #[arg(long, default_value = "deliveries")]
     pub deliveries_topic: String,
+    /// Topic the instances share presence on; `none`: each instance answers for itself.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_PRESENCE_TOPIC",
+        default_value = "presence"
+    )]
+    pub presence_topic: String,
+    /// How often this instance publishes who is in its rooms (another instance's snapshot is
+    /// forgotten after three times this without a newer one).
+    #[arg(long, default_value_t = 5)]
+    pub presence_interval_secs: u64,
     /// On SIGTERM/SIGINT, how long sockets get to take their `reconnect` and close.
     #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -209,6 +220,12 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     config.pushes_topic = args.pushes_topic.clone();
     config.acks_topic = args.acks_topic.clone();
     config.receipts.topic = args.deliveries_topic.clone();
+    let interval = Duration::from_secs(args.presence_interval_secs.max(1));
+    config.presence = pitboss_gateway::PresenceConfig {
+        topic: (args.presence_topic != "none").then(|| args.presence_topic.clone()),
+        interval,
+        ttl: interval * 3,
+    };
     let metrics = pitboss_runtime::telemetry::prometheus();
     let listener = crate::bind(args.listen).await?;
     let admin = crate::bind(args.admin_listen).await?;
@@ -252,7 +269,9 @@ pub async fn serve_in_up(
 ) -> Result<()> {
     let secret = read_secret(&up_secret(data_dir)?)?;
     let verifier = Verifier::hs256(&secret)?;
-    let config = tuning.config("up".into(), Keying::Crc32, false);
+    let mut config = tuning.config("up".into(), Keying::Crc32, false);
+    // One gateway: presence is its own.
+    config.presence.topic = None;
     let state = pitboss_gateway::start(bus, verifier, config, stop)
         .with_stats(std::sync::Arc::new(SqliteStats::new(store)));
     let limits = tuning.limits(Duration::from_secs(5));

@@ -168,6 +168,17 @@ fn gateway(
     topics: &Topics,
     log: &std::path::Path,
 ) -> Killed {
+    gateway_with(port, id, secret, topics, log, &[])
+}
+
+fn gateway_with(
+    port: u16,
+    id: &str,
+    secret: &std::path::Path,
+    topics: &Topics,
+    log: &std::path::Path,
+    extra: &[&str],
+) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args([
             "gateway",
@@ -194,7 +205,10 @@ fn gateway(
             &topics.acks,
             "--deliveries-topic",
             &topics.deliveries,
+            "--presence-topic",
+            &topics.presence,
         ])
+        .args(extra)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -214,6 +228,7 @@ async fn kafka_topics(
         pushes: format!("{name}_pushes"),
         acks: format!("{name}_acks"),
         deliveries: format!("{name}_deliveries"),
+        presence: format!("{name}_presence"),
     };
     let spec = BusSpec::Kafka {
         bootstrap: pitboss_testkit::kafka(),
@@ -225,6 +240,7 @@ async fn kafka_topics(
         &topics.pushes,
         &topics.acks,
         &topics.deliveries,
+        &topics.presence,
     ] {
         bus.create_topic(t, partitions).await.unwrap();
     }
@@ -236,6 +252,7 @@ struct Topics {
     pushes: String,
     acks: String,
     deliveries: String,
+    presence: String,
 }
 
 /// What one player's client has received: every message id, in order, and which gateways it
@@ -546,6 +563,132 @@ async fn sigterm_tells_every_client_to_reconnect_and_exits_0() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A player of `acme` connected to the gateway on `port` (retrying while it starts) and in
+/// `room:acme:vip`.
+async fn in_room(port: u16, player: &str) -> Ws {
+    let claims = pitboss_gateway::auth::claims(
+        "acme",
+        player,
+        Role::Player,
+        vec!["vip".into()],
+        Duration::from_secs(3600),
+    );
+    let token = pitboss_gateway::auth::sign_hs256(&claims, SECRET.as_bytes()).unwrap();
+    let url = format!("ws://127.0.0.1:{port}/v1/ws?token={token}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let req = serde_json::json!({"type": "subscribe", "channel": "room:acme:vip"});
+    ws.send(Message::Text(req.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("closed")
+        };
+        if t.as_str().contains("\"subscribed\"") {
+            break ws;
+        }
+    }
+}
+
+/// Asks for the room's presence until `holds` or `within` passed; the last answer.
+async fn presence_until(
+    ws: &mut Ws,
+    within: Duration,
+    holds: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let req = serde_json::json!({"type": "presence", "channel": "room:acme:vip"});
+        ws.send(Message::Text(req.to_string().into()))
+            .await
+            .unwrap();
+        let reply = loop {
+            let t = match ws.next().await {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => panic!("closed"),
+                Some(Ok(_)) => continue, // pings
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "presence" {
+                break v;
+            }
+        };
+        if holds(&reply) || Instant::now() >= deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Presence across three `pitboss gateway` processes over Kafka: each answers for all three;
+/// one that is SIGTERMed says it is gone and leaves the answers long before its snapshot would
+/// expire; one that is SIGKILLed is forgotten once its snapshot is three intervals old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_gateway_processes_through_sigterm_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bus, topics) = kafka_topics("gwpres", 2).await;
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut gws: Vec<Killed> = ["gw-a", "gw-b", "gw-c"]
+        .iter()
+        .zip(ports)
+        .map(|(id, port)| {
+            gateway_with(
+                port,
+                id,
+                &secret,
+                &topics,
+                &dir.path().join(format!("{id}.log")),
+                &["--presence-interval-secs", "5"],
+            )
+        })
+        .collect();
+    let mut a = in_room(ports[0], "pa").await;
+    let _b = in_room(ports[1], "pb").await;
+    let _c = in_room(ports[2], "pc").await;
+    let all = presence_until(&mut a, Duration::from_secs(30), |r| r["connections"] == 3).await;
+    assert_eq!(
+        all["subjects"],
+        serde_json::json!(["pa", "pb", "pc"]),
+        "{all}\n{}",
+        pitboss_testkit::log_tails(dir.path(), 20)
+    );
+    assert_eq!(all["gateways"], 3, "{all}");
+
+    // SIGTERM: gone at once (well within the 15 s its snapshot would still hold).
+    let pid = gws[1].0.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let after_term =
+        presence_until(&mut a, Duration::from_secs(8), |r| r["connections"] == 2).await;
+    assert_eq!(after_term["connections"], 2, "{after_term}");
+    assert_eq!(after_term["subjects"], serde_json::json!(["pa", "pc"]));
+
+    // SIGKILL: no word from it; forgotten after three intervals.
+    gws[2].0.kill().unwrap();
+    let killed_at = Instant::now();
+    let after_kill =
+        presence_until(&mut a, Duration::from_secs(40), |r| r["connections"] == 1).await;
+    assert_eq!(after_kill["connections"], 1, "{after_kill}");
+    assert_eq!(after_kill["gateways"], 1);
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(5),
+        "a killed instance's snapshot holds until it is old"
+    );
 }
 
 /// A process of the distributed scenario, killed when the test ends.

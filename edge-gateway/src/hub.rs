@@ -804,6 +804,22 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Every room with someone in it on this instance (for the presence snapshot).
+    pub fn rooms_presence(&self) -> Vec<crate::presence::RoomPresence> {
+        self.channels
+            .iter()
+            .filter(|(name, ch)| !ch.subscribers.is_empty() && name.starts_with("room:"))
+            .map(|(name, _)| {
+                let (connections, subjects) = self.presence(name);
+                crate::presence::RoomPresence {
+                    channel: name.to_string(),
+                    connections,
+                    subjects,
+                }
+            })
+            .collect()
+    }
+
     /// Connections subscribed to `channel` on this instance, and their distinct subjects.
     pub fn presence(&self, channel: &str) -> (usize, Vec<String>) {
         let Some(ch) = self.channels.get(channel) else {
@@ -817,7 +833,7 @@ impl Hub {
             .into_iter()
             .collect();
         subjects.sort();
-        subjects.truncate(1000);
+        subjects.truncate(crate::presence::MAX_SUBJECTS);
         (ch.subscribers.len(), subjects)
     }
 

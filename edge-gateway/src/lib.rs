@@ -7,6 +7,7 @@
 //! - [`hub`]: the pure routing core — channels, bounded history, cursors, resume, acks,
 //!   presence, slow consumers.
 //! - [`feed`]: every instance reads every partition of `alerts`, `pushes` and `alert_acks`.
+//! - [`presence`]: presence across instances (the `presence` topic).
 //! - [`receipts`]: delivery receipts onto the `deliveries` topic.
 //! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`, `/v1/stats`) and the admin listener.
 //! - [`console`]: the operator console (`/console`), its files embedded in the binary.
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod console;
 pub mod feed;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 pub mod receipts;
 pub mod server;
@@ -31,6 +33,7 @@ use tokio::sync::watch;
 
 pub use auth::{Claims, KeySource, Role, Verifier};
 pub use hub::{Hub, HubConfig, Keying};
+pub use presence::PresenceConfig;
 pub use receipts::{ReceiptConfig, ReceiptPolicy, Receipts};
 pub use server::{GatewayState, ServerConfig};
 pub use stats::{NotifyLatency, StatsSource};
@@ -51,6 +54,8 @@ pub struct GatewayConfig {
     pub tick: Duration,
     /// Delivery receipts (topic `deliveries`).
     pub receipts: ReceiptConfig,
+    /// Presence across instances (topic `presence`).
+    pub presence: PresenceConfig,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +70,7 @@ impl Default for GatewayConfig {
             sequences: false,
             tick: Duration::from_secs(15),
             receipts: ReceiptConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -145,13 +151,23 @@ pub fn start(
     }
     let publisher = bus.publisher();
     let receipts = Receipts::start(publisher.clone(), config.receipts.clone());
-    GatewayState::new(
-        hub,
+    let gateway_id = config.server.gateway_id.clone();
+    let state = GatewayState::new(
+        hub.clone(),
         verifier,
         publisher,
         config.server,
         ready_rx,
-        shutdown,
+        shutdown.clone(),
         receipts,
-    )
+    );
+    tokio::spawn(presence::run(
+        bus,
+        hub,
+        state.cluster.clone(),
+        gateway_id,
+        config.presence,
+        shutdown,
+    ));
+    state
 }

@@ -209,10 +209,12 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,
         channel: String,
-        /// Connections subscribed on this instance.
+        /// Connections subscribed, on every gateway instance.
         connections: usize,
         /// Distinct subjects among them (at most 1000 listed).
         subjects: Vec<String>,
+        /// Gateway instances with at least one of them.
+        gateways: usize,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -92,6 +92,8 @@ pub struct GatewayState {
     pub stats: Option<Arc<dyn StatsSource>>,
     /// Delivery receipts onto the `deliveries` topic.
     pub receipts: Receipts,
+    /// Presence on the other instances.
+    pub cluster: Arc<Mutex<crate::presence::Cluster>>,
     /// Connection ids are `<gateway>-<boot>-<n>`: `boot` (this start's time, base 36) keeps
     /// them unique across restarts, so receipts of two runs never collide.
     boot: Arc<str>,
@@ -115,6 +117,7 @@ impl GatewayState {
         shutdown: pitboss_runtime::Shutdown,
         receipts: Receipts,
     ) -> Self {
+        let gateway_id = config.gateway_id.clone();
         GatewayState {
             hub,
             verifier,
@@ -127,6 +130,7 @@ impl GatewayState {
             latency: Arc::new(NotifyLatency::default()),
             stats: None,
             receipts,
+            cluster: Arc::new(Mutex::new(crate::presence::Cluster::new(&gateway_id))),
             boot: base36(Timestamp::now().as_millis().max(0) as u64).into(),
         }
     }
@@ -639,13 +643,16 @@ async fn handle(
                     ),
                 );
             }
-            let (connections, subjects) = lock(&st.hub).presence(&channel);
+            let now = Timestamp::now().as_millis();
+            let (connections, subjects, gateways) =
+                crate::presence::merged(&lock(&st.hub), &st.cluster, &channel, now);
             vec![
                 ServerFrame::Presence {
                     id,
                     channel,
                     connections,
                     subjects,
+                    gateways,
                 }
                 .to_text(),
             ]

@@ -26,7 +26,7 @@ KEY_SHA256=${PITBOSS_INGEST_API_KEY_SHA256:?PITBOSS_INGEST_API_KEY_SHA256 is not
 ENDPOINT=${PITBOSS_LAMBDA_AWS_ENDPOINT:-http://localhost.localstack.cloud:4566}
 LEASES=pitboss-leases
 STATE_TABLE=pitboss-antifraud-state
-TOPICS=(events events_overflow alerts pushes deliveries alert_acks
+TOPICS=(events events_overflow alerts pushes deliveries alert_acks presence
         events_dead_letter events_overflow_dead_letter alerts_dead_letter pushes_dead_letter
         deliveries_dead_letter alert_acks_dead_letter antifraud_dead_letter)
 

@@ -116,9 +116,12 @@ export interface AckResult {
 
 export interface PresenceResult {
   channel: string;
-  /** Connections subscribed to the room on this gateway instance. */
+  /** Connections subscribed to the room, on every gateway instance. */
   connections: number;
+  /** Distinct subjects among them (at most 1000). */
   subjects: string[];
+  /** Gateway instances with at least one of them. */
+  gateways: number;
 }
 
 export interface ClientEvents {
@@ -490,7 +493,12 @@ export class PitbossClient extends Emitter<ClientEvents> {
       channel: room.startsWith('room:') ? room : `room:${this.welcomeInfo?.tenant ?? ''}:${room}`,
     })).then((f) => {
       const p = f as Extract<ServerFrame, { type: 'presence' }>;
-      return { channel: p.channel, connections: p.connections, subjects: p.subjects };
+      return {
+        channel: p.channel,
+        connections: p.connections,
+        subjects: p.subjects,
+        gateways: p.gateways,
+      };
     });
   }
 

@@ -97,8 +97,12 @@ export interface PresenceFrame {
   type: 'presence';
   id?: RequestId;
   channel: string;
+  /** Connections in the room, on every gateway instance. */
   connections: number;
+  /** Distinct subjects among them (at most 1000). */
   subjects: string[];
+  /** Gateway instances with at least one of them. */
+  gateways: number;
 }
 
 export interface PongFrame {

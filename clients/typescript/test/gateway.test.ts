@@ -134,7 +134,12 @@ describe('PitbossClient against pitboss up', () => {
     assert.equal(r.client.cursor(P1), `${last.partition}=${last.position}`);
 
     const presence = await r.client.presence('a');
-    assert.deepEqual(presence, { channel: 'room:demo:a', connections: 1, subjects: ['p1'] });
+    assert.deepEqual(presence, {
+      channel: 'room:demo:a',
+      connections: 1,
+      subjects: ['p1'],
+      gateways: 1,
+    });
     assert.ok((await r.client.ping()) >= 0);
     assert.deepEqual(r.errors, []);
   });

@@ -849,3 +849,65 @@ async fn receipts_all_covers_room_pushes_and_off_writes_none() {
     want.sort_unstable();
     assert_eq!(ids, want);
 }
+
+/// Asks `c` for the presence of `channel` until `holds` (fails after 15 s); the last answer.
+async fn presence_until(c: &mut Client, channel: &str, holds: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = c
+            .request(json!({"type": "presence", "channel": channel}))
+            .await;
+        if holds(&reply) {
+            return reply;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never held: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_adds_up_across_instances_and_an_instance_that_drains_leaves_it_at_once() {
+    use std::time::Duration as D;
+    // A long TTL: what goes away below goes because it was published, not because it expired.
+    let shared = |id: &'static str| {
+        move |c: &mut pitboss_gateway::GatewayConfig| {
+            c.server.gateway_id = id.into();
+            c.presence.interval = D::from_millis(200);
+            c.presence.ttl = D::from_secs(120);
+        }
+    };
+    let env = Env::new().await;
+    let a = env.gateway_with(shared("gw-a")).await;
+    let b = env.gateway_with(shared("gw-b")).await;
+    let room = "room:acme:vip";
+    let token = |sub: &str| env.token("acme", sub, Role::Player, &["vip"]);
+    let mut p1 = a.connect(&token("p1")).await;
+    let mut p2 = b.connect(&token("p2")).await;
+    let mut p3 = b.connect(&token("p3")).await;
+    for c in [&mut p1, &mut p2, &mut p3] {
+        c.subscribe(room, None).await;
+    }
+    // Another tenant's room of the same name is not counted.
+    let mut z = b
+        .connect(&env.token("zeta", "p9", Role::Player, &["vip"]))
+        .await;
+    z.subscribe("room:zeta:vip", None).await;
+    let reply = presence_until(&mut p1, room, |r| r["connections"] == 3).await;
+    assert_eq!(reply["subjects"], json!(["p1", "p2", "p3"]));
+    assert_eq!(reply["gateways"], 2);
+    let reply = presence_until(&mut p2, room, |r| r["connections"] == 3).await;
+    assert_eq!(reply["subjects"], json!(["p1", "p2", "p3"]));
+    // Someone leaves on b: a sees it within an interval.
+    p3.request(json!({"type": "unsubscribe", "channel": room}))
+        .await;
+    let reply = presence_until(&mut p1, room, |r| r["connections"] == 2).await;
+    assert_eq!(reply["subjects"], json!(["p1", "p2"]));
+    // b drains: it says it is gone, and a answers for itself alone (long before the TTL).
+    b.stop().await;
+    let reply = presence_until(&mut p1, room, |r| r["connections"] == 1).await;
+    assert_eq!(reply["subjects"], json!(["p1"]));
+    assert_eq!(reply["gateways"], 1);
+}

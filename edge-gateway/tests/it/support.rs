@@ -32,7 +32,7 @@ impl Env {
     pub async fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
-        for topic in ["alerts", "pushes", "alert_acks", "deliveries"] {
+        for topic in ["alerts", "pushes", "alert_acks", "deliveries", "presence"] {
             bus.create_topic(topic, PARTITIONS).await.unwrap();
         }
         Env {

@@ -12,7 +12,7 @@ locals {
   bus_env     = local.kinesis ? { PITBOSS_BUS = "kinesis", AWS_REGION = var.region } : { PITBOSS_BUS = "kafka", PITBOSS_KAFKA_BOOTSTRAP = module.stream.kafka_bootstrap }
   bus_secrets = local.kinesis ? {} : { PITBOSS_KAFKA_OPTIONS = module.stream.kafka_options_secret_arn }
   topics = [
-    "events", "events_overflow", "alerts", "pushes", "deliveries", "alert_acks",
+    "events", "events_overflow", "alerts", "pushes", "deliveries", "alert_acks", "presence",
     "events_dead_letter", "events_overflow_dead_letter", "alerts_dead_letter", "pushes_dead_letter",
     "deliveries_dead_letter", "alert_acks_dead_letter", "antifraud_dead_letter",
   ]
@@ -205,7 +205,7 @@ data "aws_iam_policy_document" "gateway" {
     content {
       sid       = "ReadLivePath"
       actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
-      resources = [local.streams["alerts"], local.streams["pushes"], local.streams["alert_acks"]]
+      resources = [local.streams["alerts"], local.streams["pushes"], local.streams["alert_acks"], local.streams["presence"]]
     }
   }
   dynamic "statement" {
@@ -213,7 +213,7 @@ data "aws_iam_policy_document" "gateway" {
     content {
       sid       = "PublishAcksOperatorPushesAndReceipts"
       actions   = ["kinesis:PutRecord", "kinesis:PutRecords"]
-      resources = [local.streams["alert_acks"], local.streams["pushes"], local.streams["deliveries"]]
+      resources = [local.streams["alert_acks"], local.streams["pushes"], local.streams["deliveries"], local.streams["presence"]]
     }
   }
   dynamic "statement" {
