@@ -838,7 +838,7 @@ impl Hub {
     }
 
     /// Periodic work: evicts history past its age, and sends each subscription whose channel
-    /// had no message since the last tick and whose partitions moved its new cursor (so an idle
+    /// had no message in the last half interval and whose partitions moved its new cursor (so an idle
     /// client's cursor stays within the history). Returns how many cursor frames were queued.
     /// (The gateway runs it in two halves, [`Hub::idle_channels`] and chunks of
     /// [`Hub::refresh_cursors`].)
@@ -848,7 +848,7 @@ impl Hub {
     }
 
     /// The first half of a tick: drops expired history and lists the subscribed channels
-    /// without a message since the previous tick (the others got a cursor with their
+    /// without a message in the last half interval (the others got a fresh cursor with their
     /// messages). The gateway then refreshes them in chunks ([`Hub::refresh_cursors`]),
     /// releasing the hub between chunks, so that 100,000 idle subscriptions do not hold up the
     /// live path.
@@ -856,9 +856,16 @@ impl Hub {
         self.evict(now_ms);
         let since = self.last_tick_ms;
         self.last_tick_ms = now_ms;
+        // A message in the last half interval is fresh enough; one older gets a refresh, so a
+        // cursor is at most one and a half intervals old.
+        let fresh_after = if since == i64::MIN {
+            i64::MAX
+        } else {
+            now_ms - (now_ms - since) / 2
+        };
         self.channels
             .iter()
-            .filter(|(_, ch)| !ch.subscribers.is_empty() && ch.last_message_ms <= since)
+            .filter(|(_, ch)| !ch.subscribers.is_empty() && ch.last_message_ms <= fresh_after)
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -1200,7 +1207,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tick_leaves_channels_with_a_message_since_the_last_tick_alone() {
+    fn the_tick_leaves_channels_with_a_message_in_the_last_half_interval_alone() {
         let mut h = hub(HubConfig::default());
         let mut log = Log::default();
         let tenant = live::push(0).tenant_id;
@@ -1224,17 +1231,21 @@ mod tests {
                 at,
             );
         };
-        push_to(&mut h, "busy", t0 + 500);
+        push_to(&mut h, "busy", t0 + 700);
         let other = others.next().unwrap();
-        push_to(&mut h, &other, t0 + 600);
+        push_to(&mut h, &other, t0 + 800);
         assert_eq!(c.frames().len(), 1, "the message, with its cursor");
         assert_eq!(
             h.tick(t0 + 1000),
             0,
-            "a message since the last tick brought a fresh cursor: none sent"
+            "a message in the last half interval brought a fresh cursor: none sent"
         );
         push_to(&mut h, &other, t0 + 1500);
-        assert_eq!(h.tick(t0 + 2000), 1, "idle since the last tick: refreshed");
+        assert_eq!(
+            h.tick(t0 + 2000),
+            1,
+            "the message is older than half an interval: refreshed"
+        );
         let frames = c.frames();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0]["type"], "cursor");

@@ -152,7 +152,7 @@ pub fn start(
     let publisher = bus.publisher();
     let receipts = Receipts::start(publisher.clone(), config.receipts.clone());
     let gateway_id = config.server.gateway_id.clone();
-    let state = GatewayState::new(
+    let mut state = GatewayState::new(
         hub.clone(),
         verifier,
         publisher,
@@ -161,13 +161,23 @@ pub fn start(
         shutdown.clone(),
         receipts,
     );
-    tokio::spawn(presence::run(
+    let boot = state.boot().to_owned();
+    state.cluster = Arc::new(Mutex::new(presence::Cluster::new(
+        &gateway_id,
+        &boot,
+        config.presence.ttl.as_millis() as i64,
+    )));
+    let task = tokio::spawn(presence::run(
         bus,
         hub,
         state.cluster.clone(),
-        gateway_id,
+        (gateway_id, boot),
         config.presence,
         shutdown,
     ));
+    *state
+        .presence_task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
     state
 }

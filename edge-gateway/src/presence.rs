@@ -22,9 +22,10 @@ use crate::hub::Hub;
 
 /// Subjects listed per room (in snapshots and answers).
 pub const MAX_SUBJECTS: usize = 1000;
-/// Subjects per snapshot record, so that a record stays far below a bus's size limit (Kafka's
-/// default 1 MB, Kinesis' 1 MiB).
-const SUBJECTS_PER_PART: usize = 10_000;
+/// Bytes of rooms per snapshot record, so that a record stays far below a bus's size limit
+/// (Kafka's default 1 MB, Kinesis' 1 MiB): a room holds at most 1000 subjects of at most 128
+/// bytes, about 135 KB, so any room fits.
+const BYTES_PER_PART: usize = 512 * 1024;
 
 /// Tuning of presence sharing.
 #[derive(Debug, Clone)]
@@ -60,11 +61,15 @@ pub struct RoomPresence {
 pub struct Snapshot {
     /// Format version (1).
     pub v: u32,
-    /// The instance (its `--gateway-id`).
+    /// The instance (its `--gateway-id`)…
     pub gateway: String,
+    /// …and its start: two processes with the same id are told apart.
+    #[serde(default)]
+    pub boot: String,
     /// When the snapshot was taken (ms); all its parts carry the same.
     pub at_ms: i64,
-    /// How long it holds without a newer one.
+    /// How long the sender means it to hold (for reference: each reader expires snapshots
+    /// by its own clock and TTL).
     pub ttl_ms: i64,
     /// This part's number and how many there are.
     pub part: u32,
@@ -76,18 +81,26 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// `rooms` of `gateway` as records of at most [`SUBJECTS_PER_PART`] subjects each (at least
-    /// one, so that an instance with no one in its rooms still replaces its last snapshot).
-    pub fn parts(gateway: &str, at_ms: i64, ttl_ms: i64, rooms: Vec<RoomPresence>) -> Vec<Self> {
+    /// `rooms` of `gateway` (this start: `boot`) as records of at most [`BYTES_PER_PART`] of
+    /// rooms each (at least one, so that an instance with no one in its rooms still replaces its
+    /// last snapshot).
+    pub fn parts(
+        gateway: &str,
+        boot: &str,
+        at_ms: i64,
+        ttl_ms: i64,
+        rooms: Vec<RoomPresence>,
+    ) -> Vec<Self> {
         let mut chunks: Vec<Vec<RoomPresence>> = vec![Vec::new()];
-        let mut subjects = 0;
+        let mut bytes = 0;
         for r in rooms {
-            let n = r.subjects.len().max(1);
-            if subjects + n > SUBJECTS_PER_PART && !chunks.last().is_some_and(Vec::is_empty) {
+            // Its JSON: the channel, each subject quoted with a comma, the field names.
+            let n = 64 + r.channel.len() + r.subjects.iter().map(|s| s.len() + 3).sum::<usize>();
+            if bytes + n > BYTES_PER_PART && !chunks.last().is_some_and(Vec::is_empty) {
                 chunks.push(Vec::new());
-                subjects = 0;
+                bytes = 0;
             }
-            subjects += n;
+            bytes += n;
             if let Some(last) = chunks.last_mut() {
                 last.push(r);
             }
@@ -99,6 +112,7 @@ impl Snapshot {
             .map(|(i, rooms)| Snapshot {
                 v: 1,
                 gateway: gateway.to_owned(),
+                boot: boot.to_owned(),
                 at_ms,
                 ttl_ms,
                 part: i as u32,
@@ -113,66 +127,125 @@ impl Snapshot {
 /// Rooms of one instance: connections and subjects per channel.
 type Rooms = HashMap<String, (usize, Vec<String>)>;
 
+/// A snapshot whose parts are still arriving.
+#[derive(Debug)]
+struct Pending {
+    at_ms: i64,
+    parts: u32,
+    got: BTreeSet<u32>,
+    rooms: Rooms,
+    /// When its first part arrived (this instance's clock).
+    since_ms: i64,
+}
+
 #[derive(Debug, Default)]
 struct Instance {
-    /// The newest complete snapshot's rooms and time.
+    boot: String,
+    /// The newest complete snapshot's rooms, its time (the sender's clock, for order only)…
     rooms: Rooms,
     at_ms: i64,
-    ttl_ms: i64,
-    /// A snapshot whose parts are still arriving.
-    next: Option<(i64, Rooms)>,
+    /// …and when it was complete here (this instance's clock, for expiry).
+    seen_ms: i64,
+    next: Option<Pending>,
 }
 
 /// What the other instances said, by instance.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Cluster {
     own: String,
+    own_boot: String,
+    ttl_ms: i64,
     instances: HashMap<String, Instance>,
+    /// Records with this instance's id from another process were seen (a misconfiguration).
+    pub id_conflicts: u64,
+}
+
+/// What [`Cluster::apply`] made of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Taken,
+    /// Not a snapshot of this format, or dated far in the future.
+    Invalid,
+    /// Another process publishes with this instance's gateway id.
+    IdConflict,
 }
 
 impl Cluster {
-    /// `own` is this instance's id: its own records are ignored (its figures are exact).
-    pub fn new(own: &str) -> Self {
+    /// `own` and `own_boot` identify this instance (its own records are ignored: its figures
+    /// are exact); another instance's snapshot counts for `ttl_ms` after it arrived.
+    pub fn new(own: &str, own_boot: &str, ttl_ms: i64) -> Self {
         Cluster {
             own: own.to_owned(),
+            own_boot: own_boot.to_owned(),
+            ttl_ms,
             instances: HashMap::new(),
+            id_conflicts: 0,
         }
     }
 
-    /// Applies one snapshot part; false when it is not one (skipped).
-    pub fn apply(&mut self, s: Snapshot) -> bool {
-        if s.v != 1 || s.parts == 0 || s.part >= s.parts {
-            return false;
+    /// Applies one snapshot part received at `now_ms`.
+    pub fn apply(&mut self, s: Snapshot, now_ms: i64) -> Applied {
+        if s.v != 1 || s.parts == 0 || s.part >= s.parts || s.at_ms > now_ms + self.ttl_ms {
+            return Applied::Invalid;
         }
         if s.gateway == self.own {
-            return true;
+            if s.boot == self.own_boot {
+                return Applied::Taken;
+            }
+            self.id_conflicts += 1;
+            return Applied::IdConflict;
+        }
+        let inst = self.instances.entry(s.gateway.clone()).or_default();
+        if s.boot != inst.boot {
+            // A restarted process (or the first word from this one): its snapshots replace
+            // whatever the previous process said. A late word from an older process that is
+            // already replaced is ignored.
+            if s.gone || (!inst.boot.is_empty() && s.at_ms < inst.at_ms) {
+                return Applied::Taken;
+            }
+            *inst = Instance {
+                boot: s.boot.clone(),
+                ..Instance::default()
+            };
         }
         if s.gone {
             self.instances.remove(&s.gateway);
-            return true;
+            return Applied::Taken;
         }
-        let inst = self.instances.entry(s.gateway.clone()).or_default();
-        if s.at_ms <= inst.at_ms {
-            return true; // older than what it has
+        if inst.seen_ms != 0 && s.at_ms <= inst.at_ms {
+            return Applied::Taken; // older than what it has
         }
-        let next = match &mut inst.next {
-            Some((at, rooms)) if *at == s.at_ms => rooms,
+        match &inst.next {
+            Some(p) if p.at_ms > s.at_ms => return Applied::Taken, // older than the one arriving
+            Some(p) if p.at_ms == s.at_ms => {}
             _ => {
-                inst.next = Some((s.at_ms, HashMap::new()));
-                &mut inst.next.as_mut().expect("just set").1
+                inst.next = Some(Pending {
+                    at_ms: s.at_ms,
+                    parts: s.parts,
+                    got: BTreeSet::new(),
+                    rooms: HashMap::new(),
+                    since_ms: now_ms,
+                });
             }
+        }
+        let Some(next) = inst.next.as_mut() else {
+            return Applied::Taken;
         };
+        if next.parts != s.parts {
+            return Applied::Invalid;
+        }
+        next.got.insert(s.part);
         for r in s.rooms {
-            next.insert(r.channel, (r.connections, r.subjects));
+            next.rooms.insert(r.channel, (r.connections, r.subjects));
         }
-        if s.part + 1 == s.parts
-            && let Some((at, rooms)) = inst.next.take()
+        if next.got.len() as u32 == next.parts
+            && let Some(done) = inst.next.take()
         {
-            inst.rooms = rooms;
-            inst.at_ms = at;
-            inst.ttl_ms = s.ttl_ms;
+            inst.rooms = done.rooms;
+            inst.at_ms = done.at_ms;
+            inst.seen_ms = now_ms;
         }
-        true
+        Applied::Taken
     }
 
     /// The other instances' figures for `channel` at `now_ms`: connections, subjects, how many
@@ -182,7 +255,7 @@ impl Cluster {
         let mut subjects = Vec::new();
         let mut instances = 0;
         for inst in self.instances.values() {
-            if now_ms - inst.at_ms > inst.ttl_ms {
+            if inst.seen_ms == 0 || now_ms - inst.seen_ms > self.ttl_ms {
                 continue;
             }
             if let Some((n, s)) = inst.rooms.get(channel)
@@ -196,21 +269,23 @@ impl Cluster {
         (connections, subjects, instances)
     }
 
-    /// Forgets instances whose snapshot expired.
+    /// Forgets instances with no snapshot newer than the TTL, complete or arriving.
     pub fn expire(&mut self, now_ms: i64) {
-        self.instances
-            .retain(|_, i| i.next.is_some() || now_ms - i.at_ms <= i.ttl_ms);
+        let ttl = self.ttl_ms;
+        self.instances.retain(|_, i| {
+            now_ms - i.seen_ms <= ttl || i.next.as_ref().is_some_and(|p| now_ms - p.since_ms <= ttl)
+        });
     }
 }
 
-/// A room's presence across instances: this hub's exact figures and the cluster's.
+/// A room's presence across instances: this instance's exact figures (taken with the hub's lock,
+/// released before this) and the cluster's.
 pub fn merged(
-    hub: &Hub,
+    (local, local_subjects): (usize, Vec<String>),
     cluster: &Mutex<Cluster>,
     channel: &str,
     now_ms: i64,
 ) -> (usize, Vec<String>, usize) {
-    let (local, local_subjects) = hub.presence(channel);
     let (remote, remote_subjects, instances) = lock_cluster(cluster).room(channel, now_ms);
     let subjects: BTreeSet<String> = local_subjects.into_iter().chain(remote_subjects).collect();
     let subjects: Vec<String> = subjects.into_iter().take(MAX_SUBJECTS).collect();
@@ -228,12 +303,12 @@ fn record(s: &Snapshot) -> OutRecord {
 
 /// Publishes this instance's snapshot every interval, and `gone` when `stop` fires; reads the
 /// others' into `cluster`. Failures are logged and retried: presence falls back to this
-/// instance's own.
+/// instance's own. Returns once `gone` is published (or could not be, within 2 s).
 pub async fn run(
     bus: Arc<dyn Bus>,
     hub: Arc<Mutex<Hub>>,
     cluster: Arc<Mutex<Cluster>>,
-    gateway: String,
+    (gateway, boot): (String, String),
     config: PresenceConfig,
     stop: Shutdown,
 ) {
@@ -260,7 +335,7 @@ pub async fn run(
         let now = Timestamp::now().as_millis();
         let rooms = lock(&hub).rooms_presence();
         lock_cluster(&cluster).expire(now);
-        let records: Vec<OutRecord> = Snapshot::parts(&gateway, now, ttl_ms, rooms)
+        let records: Vec<OutRecord> = Snapshot::parts(&gateway, &boot, now, ttl_ms, rooms)
             .iter()
             .map(record)
             .collect();
@@ -278,6 +353,7 @@ pub async fn run(
     let gone = Snapshot {
         v: 1,
         gateway: gateway.clone(),
+        boot,
         at_ms: Timestamp::now().as_millis(),
         ttl_ms,
         part: 0,
@@ -313,6 +389,7 @@ async fn read(
             }
         }
     };
+    let mut conflict_reported = false;
     loop {
         let polled = tokio::select! {
             () = stop.wait() => return,
@@ -320,14 +397,36 @@ async fn read(
         };
         match polled {
             Ok(records) => {
-                let mut c = lock_cluster(&cluster);
-                for r in records {
-                    let ok = serde_json::from_slice::<Snapshot>(&r.value)
-                        .ok()
-                        .is_some_and(|s| c.apply(s));
-                    if !ok {
-                        metrics::counter!("pitboss_gateway_records_skipped_total", "topic" => "presence", "reason" => "invalid")
-                            .increment(1);
+                // Parsed before the lock: the presence answers wait for nothing but the merge.
+                let parsed: Vec<Option<Snapshot>> = records
+                    .iter()
+                    .map(|r| serde_json::from_slice::<Snapshot>(&r.value).ok())
+                    .collect();
+                let now = Timestamp::now().as_millis();
+                let (mut invalid, mut conflicts) = (0u64, 0u64);
+                {
+                    let mut c = lock_cluster(&cluster);
+                    for s in parsed {
+                        match s.map(|s| c.apply(s, now)) {
+                            Some(Applied::Taken) => {}
+                            Some(Applied::IdConflict) => conflicts += 1,
+                            Some(Applied::Invalid) | None => invalid += 1,
+                        }
+                    }
+                }
+                if invalid > 0 {
+                    metrics::counter!("pitboss_gateway_records_skipped_total", "topic" => "presence", "reason" => "invalid")
+                        .increment(invalid);
+                }
+                if conflicts > 0 {
+                    metrics::counter!("pitboss_gateway_presence_id_conflicts_total")
+                        .increment(conflicts);
+                    if !conflict_reported {
+                        tracing::warn!(
+                            topic,
+                            "another gateway process publishes presence with this instance's --gateway-id: give each instance its own"
+                        );
+                        conflict_reported = true;
                     }
                 }
             }
@@ -353,45 +452,74 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_snapshot_replaces_the_instances_previous_one_once_all_its_parts_arrived() {
-        let mut c = Cluster::new("me");
-        for p in Snapshot::parts("b", 1000, 15_000, vec![room("room:t:a", &["p1", "p2"])]) {
-            assert!(c.apply(p));
+    fn parts(gw: &str, boot: &str, at: i64, rooms: Vec<RoomPresence>) -> Vec<Snapshot> {
+        Snapshot::parts(gw, boot, at, 15_000, rooms)
+    }
+
+    fn big_room(channel: &str, n: usize) -> RoomPresence {
+        let subjects: Vec<String> = (0..n).map(|i| format!("{i:0>120}")).collect();
+        RoomPresence {
+            channel: channel.into(),
+            connections: subjects.len(),
+            subjects,
         }
-        assert_eq!(c.room("room:t:a", 2000).0, 2);
-        // A newer snapshot in two parts: until the second arrives the old one holds.
-        let mut rooms = vec![room("room:t:b", &["p3"])];
-        let many: Vec<String> = (0..SUBJECTS_PER_PART).map(|i| format!("x{i}")).collect();
-        rooms.push(RoomPresence {
-            channel: "room:t:c".into(),
-            connections: many.len(),
-            subjects: many,
-        });
-        let parts = Snapshot::parts("b", 3000, 15_000, rooms);
-        assert_eq!(parts.len(), 2);
-        c.apply(parts[0].clone());
-        assert_eq!(c.room("room:t:a", 3500).0, 2, "the old snapshot holds");
-        c.apply(parts[1].clone());
-        assert_eq!(c.room("room:t:a", 3500).0, 0, "the room emptied");
-        assert_eq!(c.room("room:t:b", 3500), (1, vec!["p3".into()], 1));
-        // An older snapshot arriving late changes nothing.
-        for p in Snapshot::parts("b", 2000, 15_000, vec![room("room:t:a", &["p9"])]) {
-            c.apply(p);
-        }
-        assert_eq!(c.room("room:t:a", 3500).0, 0);
     }
 
     #[test]
-    fn instances_add_up_expire_and_leave_and_the_own_is_ignored() {
-        let mut c = Cluster::new("me");
-        for (gw, subjects) in [
-            ("b", &["p1"][..]),
-            ("c", &["p1", "p2"][..]),
-            ("me", &["p7"][..]),
-        ] {
-            for p in Snapshot::parts(gw, 1000, 15_000, vec![room("room:t:a", subjects)]) {
-                c.apply(p);
+    fn parts_stay_under_the_size_limit_with_the_longest_ids() {
+        let rooms: Vec<RoomPresence> = (0..20)
+            .map(|i| big_room(&format!("room:t:r{i}"), 1000))
+            .collect();
+        let ps = parts("b", "1", 1000, rooms);
+        assert!(ps.len() > 1);
+        for p in &ps {
+            let bytes = serde_json::to_vec(p).unwrap().len();
+            assert!(bytes < 900_000, "{bytes} bytes in part {}", p.part);
+        }
+        assert_eq!(ps.iter().map(|p| p.rooms.len()).sum::<usize>(), 20);
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_instances_previous_one_once_all_its_parts_arrived() {
+        let mut c = Cluster::new("me", "0", 15_000);
+        for p in parts("b", "1", 1000, vec![room("room:t:a", &["p1", "p2"])]) {
+            assert_eq!(c.apply(p, 1000), Applied::Taken);
+        }
+        assert_eq!(c.room("room:t:a", 2000).0, 2);
+        // A newer snapshot in three parts: until all three arrived (in any order) the old one
+        // holds; a part of an older snapshot arriving in between changes nothing.
+        let mut rooms = vec![room("room:t:b", &["p3"])];
+        rooms.push(big_room("room:t:c", 1000));
+        rooms.extend((0..12).map(|i| big_room(&format!("room:t:d{i}"), 1000)));
+        let new = parts("b", "1", 3000, rooms);
+        assert!(new.len() >= 3, "{} parts", new.len());
+        let last = new.len() - 1;
+        c.apply(new[last].clone(), 3100);
+        c.apply(
+            parts("b", "1", 2000, vec![room("room:t:a", &["p9"])])[0].clone(),
+            3100,
+        );
+        for p in &new[1..last] {
+            c.apply(p.clone(), 3100);
+        }
+        assert_eq!(c.room("room:t:a", 3500).0, 2, "the old snapshot holds");
+        c.apply(new[0].clone(), 3200);
+        assert_eq!(c.room("room:t:a", 3500).0, 0, "the room emptied");
+        assert_eq!(c.room("room:t:b", 3500), (1, vec!["p3".into()], 1));
+        // An older snapshot arriving late changes nothing.
+        for p in parts("b", "1", 2000, vec![room("room:t:a", &["p9"])]) {
+            c.apply(p, 3600);
+        }
+        assert_eq!(c.room("room:t:a", 3700).0, 0);
+    }
+
+    #[test]
+    fn instances_add_up_expire_by_this_clock_and_leave() {
+        let mut c = Cluster::new("me", "0", 15_000);
+        // c's clock is a minute behind: its snapshot still counts (expiry is by arrival here).
+        for (gw, at, subjects) in [("b", 1000, &["p1"][..]), ("c", -59_000, &["p1", "p2"][..])] {
+            for p in parts(gw, "1", at, vec![room("room:t:a", subjects)]) {
+                c.apply(p, 1000);
             }
         }
         let (n, mut subjects, instances) = c.room("room:t:a", 2000);
@@ -400,38 +528,83 @@ mod tests {
             (n, subjects, instances),
             (3, vec!["p1".into(), "p1".into(), "p2".into()], 2)
         );
-        // c drains; b's snapshot expires after its TTL.
-        c.apply(Snapshot {
-            v: 1,
-            gateway: "c".into(),
-            at_ms: 3000,
-            ttl_ms: 15_000,
-            part: 0,
-            parts: 1,
-            gone: true,
-            rooms: vec![],
-        });
+        // c drains; b's snapshot expires 15 s after it arrived.
+        let mut gone = parts("c", "1", -58_000, vec![]).remove(0);
+        gone.gone = true;
+        c.apply(gone, 3000);
         assert_eq!(c.room("room:t:a", 3000).0, 1);
-        assert_eq!(c.room("room:t:a", 16_001).0, 0, "b is older than its TTL");
+        assert_eq!(
+            c.room("room:t:a", 16_001).0,
+            0,
+            "b arrived more than 15 s ago"
+        );
         c.expire(16_001);
         assert!(c.instances.is_empty());
     }
 
     #[test]
+    fn a_restarted_instance_replaces_its_old_self_and_a_late_gone_of_the_old_one_is_ignored() {
+        let mut c = Cluster::new("me", "0", 15_000);
+        for p in parts("b", "old", 1000, vec![room("room:t:a", &["p1"])]) {
+            c.apply(p, 1000);
+        }
+        for p in parts("b", "new", 2000, vec![room("room:t:a", &["p2"])]) {
+            c.apply(p, 2000);
+        }
+        assert_eq!(c.room("room:t:a", 2500), (1, vec!["p2".into()], 1));
+        let mut gone = parts("b", "old", 1500, vec![]).remove(0);
+        gone.gone = true;
+        c.apply(gone, 2600);
+        assert_eq!(
+            c.room("room:t:a", 2700).0,
+            1,
+            "the old process's gone is not the new one's"
+        );
+    }
+
+    #[test]
+    fn own_records_are_ignored_and_another_process_with_this_id_is_reported() {
+        let mut c = Cluster::new("me", "0", 15_000);
+        let own = parts("me", "0", 1000, vec![room("room:t:a", &["p1"])]).remove(0);
+        assert_eq!(c.apply(own, 1000), Applied::Taken);
+        let other = parts("me", "9", 1000, vec![room("room:t:a", &["p1"])]).remove(0);
+        assert_eq!(c.apply(other, 1000), Applied::IdConflict);
+        assert_eq!(c.room("room:t:a", 1000).0, 0);
+    }
+
+    #[test]
     fn bad_snapshots_are_refused() {
-        let mut c = Cluster::new("me");
-        let mut s = Snapshot::parts("b", 1000, 15_000, vec![]).remove(0);
+        let mut c = Cluster::new("me", "0", 15_000);
+        let mut s = parts("b", "1", 1000, vec![]).remove(0);
         s.v = 2;
-        assert!(!c.apply(s.clone()));
+        assert_eq!(c.apply(s.clone(), 1000), Applied::Invalid);
         s.v = 1;
         s.part = 1;
-        assert!(!c.apply(s));
+        assert_eq!(c.apply(s.clone(), 1000), Applied::Invalid);
+        s.part = 0;
+        s.at_ms = 1000 + 3_600_000;
+        assert_eq!(c.apply(s, 1000), Applied::Invalid, "dated an hour ahead");
+    }
+
+    #[test]
+    fn an_instance_that_never_completes_a_snapshot_is_forgotten() {
+        let mut c = Cluster::new("me", "0", 15_000);
+        let rooms: Vec<RoomPresence> = (0..8)
+            .map(|i| big_room(&format!("room:t:r{i}"), 1000))
+            .collect();
+        let ps = parts("b", "1", 1000, rooms);
+        assert!(ps.len() > 1);
+        c.apply(ps[0].clone(), 1000);
+        c.expire(10_000);
+        assert_eq!(c.instances.len(), 1);
+        c.expire(16_001);
+        assert!(c.instances.is_empty());
     }
 
     #[test]
     fn an_empty_instance_still_publishes_one_part() {
-        let parts = Snapshot::parts("b", 1000, 15_000, vec![]);
-        assert_eq!(parts.len(), 1);
-        assert!(parts[0].rooms.is_empty());
+        let ps = parts("b", "1", 1000, vec![]);
+        assert_eq!(ps.len(), 1);
+        assert!(ps[0].rooms.is_empty());
     }
 }

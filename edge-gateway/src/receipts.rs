@@ -90,6 +90,12 @@ impl Receipts {
                 task: Arc::new(Mutex::new(None)),
             };
         }
+        // Registered at zero, so that an alert on their increase sees the first drop.
+        for reason in ["queue_full", "rejected", "stopped"] {
+            metrics::counter!("pitboss_gateway_receipts_dropped_total", "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!("pitboss_gateway_receipts_published_total").increment(0);
         let (tx, rx) = flume::bounded(config.queue.max(1));
         let task = tokio::spawn(write(publisher, config.clone(), rx, finish_rx));
         Receipts {
@@ -108,10 +114,13 @@ impl Receipts {
     /// Queues a receipt; never waits. A full queue drops it (counted).
     pub fn record(&self, d: Delivery) {
         let Some(tx) = &self.tx else { return };
-        if tx.try_send(d).is_err() {
-            metrics::counter!("pitboss_gateway_receipts_dropped_total", "reason" => "queue_full")
-                .increment(1);
-        }
+        let reason = match tx.try_send(d) {
+            Ok(()) => return,
+            Err(flume::TrySendError::Full(_)) => "queue_full",
+            Err(flume::TrySendError::Disconnected(_)) => "stopped",
+        };
+        metrics::counter!("pitboss_gateway_receipts_dropped_total", "reason" => reason)
+            .increment(1);
     }
 
     /// Publishes what is queued and stops the writer, waiting at most `within`. Receipts
@@ -170,6 +179,14 @@ async fn write(
             match publisher.publish(&config.topic, batch.clone()).await {
                 Ok(_) => {
                     metrics::counter!("pitboss_gateway_receipts_published_total").increment(n);
+                    break;
+                }
+                Err(e) if !e.is_retryable() => {
+                    // Refused for good (a record too large, no such topic): retrying would
+                    // hold up every receipt behind these.
+                    metrics::counter!("pitboss_gateway_receipts_dropped_total", "reason" => "rejected")
+                        .increment(n);
+                    tracing::warn!(error = %e, topic = %config.topic, receipts = n, "the bus refused delivery receipts: dropped");
                     break;
                 }
                 Err(e) => {
@@ -275,14 +292,33 @@ mod tests {
             ..ReceiptConfig::default()
         };
         let r = Receipts::start(Arc::new(bus.clone()), config);
-        // The writer holds one batch (at most 5) while it retries; 10 more fit the queue.
-        for n in 0..100 {
+        // The writer takes the first and retries it; then 10 more fit the queue.
+        r.record(delivery(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for n in 1..100 {
             r.record(delivery(n));
         }
         bus.fail_publishes(None);
         r.finish(Duration::from_secs(10)).await;
-        let n = stored(&bus).len();
-        assert!((10..=15).contains(&n), "{n} stored");
+        let mut got: Vec<String> = stored(&bus).into_iter().map(|d| d.subscriber).collect();
+        got.sort_by_key(|s| s[1..].parse::<u32>().unwrap());
+        let want: Vec<String> = (0..=10).map(|n| format!("p{n}")).collect();
+        assert_eq!(got, want, "the first, and the ten that fitted");
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_bus_refuses_for_good_is_dropped_and_the_next_go_on() {
+        let bus = MemoryPublisher::new();
+        bus.create_topic("deliveries", 4);
+        bus.fail_publishes(Some(BusError::Rejected("too large".into())));
+        let r = Receipts::start(Arc::new(bus.clone()), ReceiptConfig::default());
+        r.record(delivery(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bus.fail_publishes(None);
+        r.record(delivery(2));
+        r.finish(Duration::from_secs(5)).await;
+        let got: Vec<String> = stored(&bus).into_iter().map(|d| d.subscriber).collect();
+        assert_eq!(got, vec!["p2".to_owned()]);
     }
 
     #[tokio::test]

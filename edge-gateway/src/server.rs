@@ -94,6 +94,8 @@ pub struct GatewayState {
     pub receipts: Receipts,
     /// Presence on the other instances.
     pub cluster: Arc<Mutex<crate::presence::Cluster>>,
+    /// The presence publisher, awaited on shutdown (it says `gone`).
+    pub presence_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// Connection ids are `<gateway>-<boot>-<n>`: `boot` (this start's time, base 36) keeps
     /// them unique across restarts, so receipts of two runs never collide.
     boot: Arc<str>,
@@ -118,6 +120,7 @@ impl GatewayState {
         receipts: Receipts,
     ) -> Self {
         let gateway_id = config.gateway_id.clone();
+        let boot = base36(Timestamp::now().as_millis().max(0) as u64);
         GatewayState {
             hub,
             verifier,
@@ -130,9 +133,19 @@ impl GatewayState {
             latency: Arc::new(NotifyLatency::default()),
             stats: None,
             receipts,
-            cluster: Arc::new(Mutex::new(crate::presence::Cluster::new(&gateway_id))),
-            boot: base36(Timestamp::now().as_millis().max(0) as u64).into(),
+            cluster: Arc::new(Mutex::new(crate::presence::Cluster::new(
+                &gateway_id,
+                &boot,
+                15_000,
+            ))),
+            presence_task: Arc::new(Mutex::new(None)),
+            boot: boot.into(),
         }
+    }
+
+    /// This start of the instance (base 36 ms), part of its connection ids.
+    pub fn boot(&self) -> &str {
+        &self.boot
     }
 
     /// Adds the source of the tenant's traffic figures `/v1/stats` answers with.
@@ -644,8 +657,9 @@ async fn handle(
                 );
             }
             let now = Timestamp::now().as_millis();
+            let local = lock(&st.hub).presence(&channel);
             let (connections, subjects, gateways) =
-                crate::presence::merged(&lock(&st.hub), &st.cluster, &channel, now);
+                crate::presence::merged(local, &st.cluster, &channel, now);
             vec![
                 ServerFrame::Presence {
                     id,
@@ -999,6 +1013,7 @@ pub async fn serve(
     let shutdown = state.shutdown.clone();
     let (sessions, drain) = (state.sessions.clone(), limits.drain_timeout);
     let receipts = state.receipts.clone();
+    let presence_task = state.presence_task.clone();
     pitboss_runtime::http::serve(listener, router(state), limits, shutdown).await?;
     // The HTTP drain does not wait for upgraded sockets: wait for every session to have sent
     // its `reconnect` and close (bounded by the drain deadline).
@@ -1011,6 +1026,14 @@ pub async fn serve(
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_secs(1));
     receipts.finish(left).await;
+    // And the other instances told this one is gone (presence).
+    let presence = presence_task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(task) = presence {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     Ok(())
 }
 
