@@ -165,9 +165,16 @@ async fn up_stores_the_live_path_once_through_sigkills() {
     let all = [N, N, N / 10, N / 10, N];
 
     // Killed as soon as it has stored something new, give or take a few milliseconds: in the
-    // middle of storing.
-    let mut seen = Vec::new();
-    for round in 0..4 {
+    // middle of storing. At least four kills, and more (up to twelve) until one fell while
+    // alerts or pushes were partly stored (how far each kill gets depends on the machine).
+    let mut seen: Vec<[u64; 5]> = Vec::new();
+    let partly = |seen: &[[u64; 5]]| {
+        seen.iter().any(|s| s[0] > 0 && s[0] < N) || seen.iter().any(|s| s[1] > 0 && s[1] < N)
+    };
+    for round in 0..12 {
+        if round >= 4 && (partly(&seen) || seen.last() == Some(&all)) {
+            break;
+        }
         let before = stored(dir.path());
         let mut child = up(dir.path());
         let start = Instant::now();
@@ -207,7 +214,7 @@ async fn up_stores_the_live_path_once_through_sigkills() {
         "rows after each kill (alerts, pushes, deliveries, acks, events): {seen:?}"
     );
     assert!(
-        seen.iter().any(|s| s[0] > 0 && s[0] < N) || seen.iter().any(|s| s[1] > 0 && s[1] < N),
+        partly(&seen),
         "some kills fell in the middle of storing: {seen:?}"
     );
 
