@@ -80,7 +80,8 @@ pub fn log_tails(dir: &std::path::Path, lines: usize) -> String {
         return format!("(no logs in {})", dir.display());
     };
     for path in entries.flatten().map(|e| e.path()) {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        // Lossy: a log that quotes a server's binary answer must still show.
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         out += &format!("--- {}\n", path.display());
         for l in tail.into_iter().rev() {
