@@ -361,11 +361,23 @@ pub async fn run(
         gone: true,
         rooms: Vec::new(),
     };
-    let _ = tokio::time::timeout(
+    match tokio::time::timeout(
         Duration::from_secs(2),
         publisher.publish(&topic, vec![record(&gone)]),
     )
-    .await;
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(topic, error = %e, "cannot say this instance is gone: the others forget it after their TTL");
+        }
+        Err(_) => {
+            tracing::warn!(
+                topic,
+                "saying this instance is gone took over 2 s: the others forget it after their TTL"
+            );
+        }
+    }
 }
 
 async fn read(

@@ -1031,9 +1031,14 @@ pub async fn serve(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
-    if let Some(task) = presence {
-        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    if let Some(task) = presence
+        && tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("presence not told this instance is gone within 3 s");
     }
+
     Ok(())
 }
 
