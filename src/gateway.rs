@@ -56,6 +56,18 @@ pub struct GatewayArgs {
     /// On SIGTERM/SIGINT, how long sockets get to take their `reconnect` and close.
     #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
+    /// ClickHouse HTTP URL the console's traffic figures are read from (events/s, active
+    /// players, GGR by game, alerts by rule, recent pushes, pipeline lag); without it the
+    /// console shows the live feeds and the time to notify only.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_STATS_CLICKHOUSE_URL",
+        hide_env_values = true
+    )]
+    pub stats_clickhouse_url: Option<String>,
+    /// ClickHouse database of the Pitboss tables, for `--stats-clickhouse-url`.
+    #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
+    pub stats_clickhouse_database: String,
 }
 
 /// Where connection-token keys come from.
@@ -204,6 +216,11 @@ fn host_id() -> String {
 }
 
 pub async fn gateway(args: GatewayArgs) -> Result<()> {
+    if !pitboss_processor::schema::valid_identifier(&args.stats_clickhouse_database) {
+        bail!(
+            "--stats-clickhouse-database must be letters, digits and '_' (not starting with a digit)"
+        );
+    }
     let spec = args.bus.spec()?;
     let verifier = args.keys.verifier().await?;
     let bus = spec.open().await?;
@@ -237,7 +254,13 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     );
     pitboss_runtime::http::raise_fd_limit();
     let stop = Shutdown::on_signals();
-    let state = pitboss_gateway::start(bus, verifier, config, stop.clone());
+    let mut state = pitboss_gateway::start(bus, verifier, config, stop.clone());
+    if let Some(url) = &args.stats_clickhouse_url {
+        let client = pitboss_processor::sink::client(url, &args.stats_clickhouse_database);
+        state = state.with_stats(std::sync::Arc::new(Cached::new(ClickHouseStats::new(
+            client,
+        ))));
+    }
     let admin_router = pitboss_gateway::server::admin_router(state.clone(), metrics);
     let limits = args
         .tuning
@@ -257,23 +280,32 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     Ok(())
 }
 
-/// The gateway inside `pitboss up`: over the embedded bus, HS256 with the secret in
-/// `data_dir/gateway-jwt-secret` (made once, readable by its owner only).
+/// The gateway inside `pitboss up`: over its bus (the embedded log or Kafka), topics named
+/// with `topic_prefix`, HS256 with the secret in `data_dir/gateway-jwt-secret` (made once,
+/// readable by its owner only), the console's figures from `stats`.
 pub async fn serve_in_up(
     bus: std::sync::Arc<dyn pitboss_bus::Bus>,
     data_dir: &Path,
     listener: tokio::net::TcpListener,
     tuning: &GatewayTuning,
-    store: PathBuf,
+    topic_prefix: &str,
+    stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
     stop: Shutdown,
 ) -> Result<()> {
     let secret = read_secret(&up_secret(data_dir)?)?;
     let verifier = Verifier::hs256(&secret)?;
     let mut config = tuning.config("up".into(), Keying::Crc32, false);
+    for topic in [
+        &mut config.alerts_topic,
+        &mut config.pushes_topic,
+        &mut config.acks_topic,
+        &mut config.receipts.topic,
+    ] {
+        *topic = format!("{topic_prefix}{topic}");
+    }
     // One gateway: presence is its own.
     config.presence.topic = None;
-    let state = pitboss_gateway::start(bus, verifier, config, stop)
-        .with_stats(std::sync::Arc::new(SqliteStats::new(store)));
+    let state = pitboss_gateway::start(bus, verifier, config, stop).with_stats(stats);
     let limits = tuning.limits(Duration::from_secs(5));
     pitboss_gateway::server::serve(state, listener, limits)
         .await
@@ -368,27 +400,66 @@ pub fn token(args: TokenArgs) -> Result<()> {
     Ok(())
 }
 
-/// The console's traffic figures from the embedded store of `pitboss up` (read-only queries
-/// on the rollups and the live-path tables, one short-lived connection per request). Answers
-/// are kept for a second per tenant and one refresh runs at a time, so any number of consoles
-/// cost at most one query set a second per tenant.
-#[derive(Debug)]
-pub struct SqliteStats {
-    pub path: PathBuf,
+/// The console's traffic figures for one tenant, from wherever the events are stored.
+#[async_trait::async_trait]
+pub trait Figures: Send + Sync + 'static {
+    async fn figures(&self, tenant: &str) -> Result<serde_json::Value, String>;
+}
+
+/// A [`Figures`] behind a cache: answers are kept for a second per tenant and one refresh
+/// runs at a time, so any number of consoles cost at most one query set a second per tenant.
+pub struct Cached<F> {
+    figures: F,
     cache: std::sync::Mutex<
         std::collections::HashMap<String, (std::time::Instant, serde_json::Value)>,
     >,
     refresh: tokio::sync::Mutex<()>,
 }
 
-impl SqliteStats {
-    pub fn new(path: PathBuf) -> Self {
-        SqliteStats {
-            path,
+impl<F: Figures> Cached<F> {
+    pub fn new(figures: F) -> Self {
+        Cached {
+            figures,
             cache: Default::default(),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
+
+    fn fresh(&self, tenant: &str) -> Option<serde_json::Value> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl<F: Figures> pitboss_gateway::StatsSource for Cached<F> {
+    async fn tenant_stats(&self, tenant: &str) -> Result<serde_json::Value, String> {
+        if let Some(v) = self.fresh(tenant) {
+            return Ok(v);
+        }
+        // Requests that missed the cache together wait for one refresh.
+        let _refreshing = self.refresh.lock().await;
+        if let Some(v) = self.fresh(tenant) {
+            return Ok(v);
+        }
+        let v = self.figures.figures(tenant).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_owned(), (std::time::Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
+/// The figures from the embedded store of `pitboss up` (read-only queries on the rollups and
+/// the live-path tables, one short-lived connection per request).
+#[derive(Debug)]
+pub struct SqliteStats {
+    pub path: PathBuf,
 }
 
 impl SqliteStats {
@@ -463,32 +534,148 @@ impl SqliteStats {
 }
 
 #[async_trait::async_trait]
-impl pitboss_gateway::StatsSource for SqliteStats {
-    async fn tenant_stats(&self, tenant: &str) -> Result<serde_json::Value, String> {
-        let fresh = |cache: &std::collections::HashMap<_, (std::time::Instant, _)>| {
-            cache
-                .get(tenant)
-                .filter(|(at, _): &&(std::time::Instant, serde_json::Value)| {
-                    at.elapsed() < Duration::from_secs(1)
-                })
-                .map(|(_, v)| v.clone())
-        };
-        if let Some(v) = fresh(&self.cache.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(v);
-        }
-        // Requests that missed the cache together wait for one refresh.
-        let _refreshing = self.refresh.lock().await;
-        if let Some(v) = fresh(&self.cache.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(v);
-        }
+impl Figures for SqliteStats {
+    async fn figures(&self, tenant: &str) -> Result<serde_json::Value, String> {
         let (path, owned) = (self.path.clone(), tenant.to_owned());
-        let v = tokio::task::spawn_blocking(move || SqliteStats::figures(&path, &owned))
+        tokio::task::spawn_blocking(move || SqliteStats::figures(&path, &owned))
             .await
-            .map_err(|e| e.to_string())??;
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_owned(), (std::time::Instant::now(), v.clone()));
-        Ok(v)
+            .map_err(|e| e.to_string())?
+    }
+}
+
+/// The figures from ClickHouse (the rollups `bets_per_minute`, `players_per_minute` and
+/// `alerts_per_minute`, and the `events` and `pushes` tables), for `pitboss up` on ClickHouse
+/// and `pitboss gateway --stats-clickhouse-url`. The same fields as [`SqliteStats`].
+pub struct ClickHouseStats {
+    client: pitboss_processor::sink::ClickHouseClient,
+}
+
+impl ClickHouseStats {
+    pub fn new(client: pitboss_processor::sink::ClickHouseClient) -> Self {
+        ClickHouseStats { client }
+    }
+
+    /// The rows of `sql` as JSON objects (64-bit integers as numbers); its `?` are the tenant,
+    /// then `times` (Unix seconds).
+    async fn rows(
+        &self,
+        sql: &str,
+        tenant: &str,
+        times: &[i64],
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let mut query = self.client.query(sql).bind(tenant);
+        for t in times {
+            query = query.bind(*t);
+        }
+        let bytes = query
+            .with_setting("output_format_json_quote_64bit_integers", "0")
+            .fetch_bytes("JSONEachRow")
+            .map_err(|e| e.to_string())?
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    /// The first column of the first row (an object's only field), or null.
+    async fn scalar(
+        &self,
+        sql: &str,
+        tenant: &str,
+        times: &[i64],
+    ) -> Result<serde_json::Value, String> {
+        Ok(self
+            .rows(sql, tenant, times)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|row| match row {
+                serde_json::Value::Object(o) => o.into_iter().next().map(|(_, v)| v),
+                _ => None,
+            })
+            .unwrap_or(serde_json::Value::Null))
+    }
+}
+
+#[async_trait::async_trait]
+impl Figures for ClickHouseStats {
+    async fn figures(&self, tenant: &str) -> Result<serde_json::Value, String> {
+        let now_ms = pitboss_model::Timestamp::now().as_millis();
+        let now = now_ms / 1000;
+        // The last ten whole seconds (the current one is still being stored).
+        let recent = self
+            .scalar(
+                "SELECT count() AS n FROM events WHERE tenant_id = ? \
+                 AND occurred_at >= toDateTime(?) AND occurred_at < toDateTime(?)",
+                tenant,
+                &[now - 11, now - 1],
+            )
+            .await?;
+        let events_per_second = recent.as_f64().unwrap_or(0.0) / 10.0;
+        let active_players = self
+            .scalar(
+                "SELECT uniqMerge(players) AS n FROM players_per_minute \
+                 WHERE tenant_id = ? AND minute >= toDateTime(?)",
+                tenant,
+                &[now - 300],
+            )
+            .await?;
+        let alerts_by_rule = self
+            .rows(
+                "SELECT rule_id, uniqExactMerge(alerts) AS alerts FROM alerts_per_minute \
+                 WHERE tenant_id = ? AND minute >= toDateTime(?) \
+                 GROUP BY rule_id ORDER BY alerts DESC, rule_id LIMIT 30",
+                tenant,
+                &[now - 3600],
+            )
+            .await?;
+        let alerts_last_hour: u64 = alerts_by_rule
+            .iter()
+            .filter_map(|r| r.get("alerts").and_then(serde_json::Value::as_u64))
+            .sum();
+        let ggr_by_game = self
+            .rows(
+                "SELECT game_id, currency, sum(bets) AS bets, sum(stakes_minor) AS stakes_minor, \
+                 sum(payouts_minor) AS payouts_minor, sum(ggr_minor) AS ggr_minor \
+                 FROM bets_per_minute WHERE tenant_id = ? AND minute >= toDateTime(?) \
+                 GROUP BY game_id, currency ORDER BY ggr_minor DESC, game_id LIMIT 30",
+                tenant,
+                &[now - 3600],
+            )
+            .await?;
+        // A push the table has not merged away yet appears once (LIMIT 1 BY).
+        let recent_pushes = self
+            .rows(
+                "SELECT push_id, target_type, target_id, kind, title, rule_id, created_at_ms \
+                 FROM pushes WHERE tenant_id = ? AND created_at >= toDateTime(?) \
+                 ORDER BY created_at_ms DESC LIMIT 1 BY push_id LIMIT 15",
+                tenant,
+                &[now - 86_400],
+            )
+            .await?;
+        // `max` of no rows is 0 here (NULL in SQLite).
+        let newest = self
+            .scalar(
+                "SELECT max(received_at_ms) AS m FROM events \
+                 WHERE tenant_id = ? AND occurred_at >= toDateTime(?)",
+                tenant,
+                &[now - 60],
+            )
+            .await?;
+        let newest = newest.as_i64().filter(|m| *m > 0);
+        let lag_ms = newest.map(|r| (now_ms - r).max(0));
+        Ok(serde_json::json!({
+            "events_per_second": events_per_second,
+            "active_players": active_players,
+            "alerts_last_hour": alerts_last_hour,
+            "alerts_by_rule": alerts_by_rule,
+            "ggr_by_game": ggr_by_game,
+            "recent_pushes": recent_pushes,
+            "pipeline": {"lag_ms": lag_ms, "newest_event_received_at_ms": newest},
+        }))
     }
 }

@@ -629,6 +629,36 @@ struct UpArgs {
     /// Share (0–0.5) of the events that come from injected fraud and risky-play patterns.
     #[arg(long, default_value_t = 0.05, requires = "demo")]
     demo_risky_share: f64,
+    /// Run on Kafka (bootstrap servers, `host:port[,…]`) instead of the embedded log in
+    /// `--data-dir`: the topics are created when missing (8 partitions), the processors and
+    /// the rules engine join their consumer groups there.
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_bootstrap: Option<String>,
+    /// Extra librdkafka property, `key=value` (repeatable), with `--kafka-bootstrap`.
+    #[arg(
+        long = "kafka-option",
+        value_delimiter = ',',
+        requires = "kafka_bootstrap"
+    )]
+    kafka_options: Vec<String>,
+    /// Prefix of every topic and consumer group on Kafka (`staging_` → `staging_events`,
+    /// `staging_pitboss-processor`), so several deployments share one cluster.
+    #[arg(long, default_value = "", requires = "kafka_bootstrap")]
+    topic_prefix: String,
+    /// Store in ClickHouse at this HTTP URL (`?user=…&password=…` for credentials) instead of
+    /// the embedded SQLite store: the database and its tables are created or migrated at
+    /// start, and the console reads its figures there.
+    #[arg(long, value_name = "URL")]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database of the Pitboss tables, with `--clickhouse-url`.
+    #[arg(long, default_value = "pitboss", requires = "clickhouse_url")]
+    clickhouse_database: String,
+}
+
+/// Where `pitboss up` stores what it reads.
+enum UpStore {
+    Sqlite(std::sync::Arc<pitboss_processor::SqliteSink>),
+    ClickHouse(std::sync::Arc<pitboss_processor::ClickHouseSink>),
 }
 
 /// The tenants of `pitboss up --demo`; the first is `pitboss up`'s own.
@@ -721,8 +751,22 @@ async fn up(
         demo_rate,
         demo_players,
         demo_risky_share,
+        kafka_bootstrap,
+        kafka_options,
+        topic_prefix,
+        clickhouse_url,
+        clickhouse_database,
     }: UpArgs,
 ) -> Result<()> {
+    if !topic_prefix
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        bail!(
+            "--topic-prefix may hold only letters, digits, '.', '_' and '-' (Kafka's topic names)"
+        );
+    }
+    let named = |name: &str| format!("{topic_prefix}{name}");
     let demo = demo.then(|| demo::DemoConfig {
         seed,
         tenants: DEMO_TENANTS.iter().map(|t| (*t).to_owned()).collect(),
@@ -761,31 +805,92 @@ async fn up(
             demo_keys.push(((*tenant).to_owned(), key));
         }
     }
-    let bus = EmbeddedBus::open(data_dir.join("log"), EmbeddedConfig::default())?;
+    ingest.topic = named(&ingest.topic);
+    // Before anything is served or created: a wrong address fails here, in one line.
+    let (bus, bus_note): (std::sync::Arc<dyn Bus>, String) = match &kafka_bootstrap {
+        None => (
+            std::sync::Arc::new(EmbeddedBus::open(
+                data_dir.join("log"),
+                EmbeddedConfig::default(),
+            )?),
+            format!("embedded log in {}", data_dir.join("log").display()),
+        ),
+        Some(bootstrap) => {
+            let spec = BusSpec::Kafka {
+                bootstrap: bootstrap.clone(),
+                options: pitboss_bus::parse_options(kafka_options.iter().map(String::as_str))?,
+            };
+            let bus = spec.open().await?;
+            // Kafka answers lookups of a topic that does not exist too; a broker that does not
+            // answer at all fails this within the bus's request timeout (10 s).
+            match bus.partition_count(&ingest.topic).await {
+                Ok(_) | Err(pitboss_bus::BusError::UnknownTopic(_)) => {}
+                Err(e) => bail!("Kafka at {bootstrap} does not answer: {e}"),
+            }
+            (bus, format!("Kafka at {bootstrap}"))
+        }
+    };
     bus.create_topic(&ingest.topic, 8).await?;
     bus.create_topic(&ingest.overflow_topic(), 8).await?;
-    check_copartitioned(&bus, &ingest.topic, &ingest.overflow_topic()).await?;
+    check_copartitioned(&*bus, &ingest.topic, &ingest.overflow_topic()).await?;
     let store_path = data_dir.join("pitboss.db");
-    let store = std::sync::Arc::new(
-        pitboss_processor::SqliteSink::open(&store_path)
-            .with_context(|| format!("opening {}", store_path.display()))?,
-    );
+    let (store, stats, store_note): (
+        UpStore,
+        std::sync::Arc<dyn pitboss_gateway::StatsSource>,
+        String,
+    ) = match &clickhouse_url {
+        None => (
+            UpStore::Sqlite(std::sync::Arc::new(
+                pitboss_processor::SqliteSink::open(&store_path)
+                    .with_context(|| format!("opening {}", store_path.display()))?,
+            )),
+            std::sync::Arc::new(gateway::Cached::new(gateway::SqliteStats {
+                path: store_path.clone(),
+            })),
+            format!("SQLite in {}", store_path.display()),
+        ),
+        Some(url) => {
+            let args = ClickHouseArgs {
+                clickhouse: url.clone(),
+                database: clickhouse_database.clone(),
+                cluster: None,
+            };
+            let client = clickhouse_client(&args).await.with_context(|| {
+                format!(
+                    "ClickHouse at {}",
+                    pitboss_processor::sink::redacted_url(url)
+                )
+            })?;
+            (
+                UpStore::ClickHouse(std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(
+                    client.clone(),
+                ))),
+                std::sync::Arc::new(gateway::Cached::new(gateway::ClickHouseStats::new(client))),
+                format!(
+                    "ClickHouse at {}, database {clickhouse_database}",
+                    pitboss_processor::sink::redacted_url(url)
+                ),
+            )
+        }
+    };
+    let processor_group = named("pitboss-processor");
     // Events (and their overflow) from ingest; the live path's topics, which the rules engine
     // and the gateway publish to, each stored in its table.
     let mut configs = vec![
         (
-            processor_config(&ingest.topic, "pitboss-processor"),
+            processor_config(&ingest.topic, &processor_group),
             Table::Events,
         ),
         (
-            processor_config(&ingest.overflow_topic(), "pitboss-processor"),
+            processor_config(&ingest.overflow_topic(), &processor_group),
             Table::Events,
         ),
     ];
     for topic in LIVE_TOPICS {
-        bus.create_topic(topic, 8).await?;
+        let name = named(topic);
+        bus.create_topic(&name, 8).await?;
         configs.push((
-            processor_config(topic, "pitboss-processor"),
+            processor_config(&name, &processor_group),
             Table::for_topic(topic),
         ));
     }
@@ -794,6 +899,10 @@ async fn up(
     }
     let antifraud = (!no_rules).then(|| {
         let mut c = antifraud_config(&ingest.topic, &ingest.overflow_topic(), rules);
+        c.group = named(&c.group);
+        c.alerts_topic = named(&c.alerts_topic);
+        c.pushes_topic = named(&c.pushes_topic);
+        c.dead_letter_topic = named(&c.dead_letter_topic);
         c.state_path = data_dir.join("antifraud.db");
         c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
         c.save_slice_units = save_slice_units;
@@ -804,14 +913,17 @@ async fn up(
         c.rules.load()?;
         bus.create_topic(&c.dead_letter_topic, 1).await?;
     }
-    let bus: std::sync::Arc<dyn Bus> = std::sync::Arc::new(bus);
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
     let stop = Shutdown::on_signals();
     recall_dedup(bus.clone(), &state).await;
-    let (processors, engine) = (
-        run_processors(bus.clone(), store, configs, stop.clone()),
-        run_antifraud(bus.clone(), antifraud, stop.clone()),
-    );
+    let processors: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> =
+        match store {
+            UpStore::Sqlite(s) => Box::pin(run_processors(bus.clone(), s, configs, stop.clone())),
+            UpStore::ClickHouse(s) => {
+                Box::pin(run_processors(bus.clone(), s, configs, stop.clone()))
+            }
+        };
+    let engine = run_antifraud(bus.clone(), antifraud, stop.clone());
     let processors = drain_processors(
         async { tokio::try_join!(processors, engine).map(|_| ()) },
         stop.clone(),
@@ -829,7 +941,8 @@ async fn up(
         &data_dir,
         gateway_listener,
         &gateway_tuning,
-        store_path.clone(),
+        &topic_prefix,
+        stats,
         stop.clone(),
     );
     // A ready-to-use console link only with the demo (its token can also publish pushes):
@@ -870,13 +983,20 @@ async fn up(
             path.display()
         );
     }
-    say!(
-        "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\"   (store: {})",
-        store_path.display()
-    );
-    say!(
-        "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
-    );
+    say!("  bus:     {bus_note}");
+    say!("  store:   {store_note}");
+    if clickhouse_url.is_none() {
+        say!(
+            "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\""
+        );
+        say!(
+            "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
+        );
+    } else {
+        say!(
+            "  alerts:  SELECT rule_id, severity, player_id, reason FROM {clickhouse_database}.alerts ORDER BY detected_at DESC LIMIT 10   (in ClickHouse)"
+        );
+    }
     say!(
         "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token --role operator --subject ops --data-dir {})   (docs/gateway.md)",
         data_dir.display()

@@ -798,7 +798,20 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     );
     // Two gateways and nginx in front of everything.
     let (pa, pb, pn) = (free_port(), free_port(), free_port());
-    let _a = gateway(pa, "gw-a", &secret, &topics, &logs.join("gw-a.log"));
+    // Gateway A serves the console's traffic figures from ClickHouse.
+    let _a = gateway_with(
+        pa,
+        "gw-a",
+        &secret,
+        &topics,
+        &logs.join("gw-a.log"),
+        &[
+            "--stats-clickhouse-url",
+            &clickhouse,
+            "--stats-clickhouse-database",
+            &database,
+        ],
+    );
     let _b = gateway(pb, "gw-b", &secret, &topics, &logs.join("gw-b.log"));
     let ng = tempfile::tempdir().unwrap();
     let _nginx = nginx(ng.path(), pn, &[pa, pb], &[pi]);
@@ -962,4 +975,45 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+
+    // The console's figures on gateway A, from ClickHouse: the alerts of the last hour (at
+    // least the expected ones: the simulator's normal play may raise more), the run's players
+    // and bets; gateway B has no store and says so.
+    let ops = pitboss_gateway::auth::sign_hs256(
+        &pitboss_gateway::auth::claims(
+            "demo",
+            "ops",
+            Role::Operator,
+            Vec::new(),
+            Duration::from_secs(300),
+        ),
+        SECRET.as_bytes(),
+    )
+    .unwrap();
+    let stats = |port: u16| {
+        let (client, ops) = (client.clone(), ops.clone());
+        async move {
+            client
+                .get(format!("http://127.0.0.1:{port}/v1/stats"))
+                .bearer_auth(&ops)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let a = stats(pa).await;
+    assert_eq!(a["store"], true, "{a}");
+    assert!(a.get("store_error").is_none(), "{a}");
+    assert!(
+        a["alerts_last_hour"].as_u64().unwrap() >= expected_alerts,
+        "{a}"
+    );
+    assert!(a["active_players"].as_u64().unwrap() > 0, "{a}");
+    assert!(!a["ggr_by_game"].as_array().unwrap().is_empty(), "{a}");
+    assert!(a["pipeline"]["lag_ms"].is_u64(), "{a}");
+    let b = stats(pb).await;
+    assert_eq!(b["store"], false, "{b}");
 }

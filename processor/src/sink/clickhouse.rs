@@ -68,6 +68,18 @@ pub fn client(url: &str, database: &str) -> Client {
     client
 }
 
+/// `url` without its `user` and `password` query parameters: what may be logged or printed.
+pub fn redacted_url(url: &str) -> String {
+    let url = credentials(url).0;
+    match url::Url::parse(&url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("redacted"));
+            parsed.into()
+        }
+        _ => url,
+    }
+}
+
 /// `url` without its `user` and `password` query parameters, and their (decoded) values. A URL
 /// that does not parse is left as it is: the client reports it on its first request.
 fn credentials(url: &str) -> (String, Option<String>, Option<String>) {

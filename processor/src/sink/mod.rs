@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use self::clickhouse::{
-    ClickHouseClient, ClickHouseSink, EventCursor, client, count_events, events_page,
+    ClickHouseClient, ClickHouseSink, EventCursor, client, count_events, events_page, redacted_url,
     replicas_cluster,
 };
 pub use self::memory::MemorySink;
