@@ -6,7 +6,9 @@
 #
 #   scripts/bench-live.sh [seconds per rate, default 60] [rates..., default 1000 10000]
 #   (PITBOSS_BENCH_SOCKETS=10000, PITBOSS_BENCH_RISKY_SHARE=0.02, PITBOSS_BENCH_BIN=path,
-#    PITBOSS_BENCH_UP_ARGS="--snapshot-interval-ms 60000" adds flags to `pitboss up`)
+#    PITBOSS_BENCH_UP_ARGS="--snapshot-interval-ms 60000" adds flags to `pitboss up`;
+#    PITBOSS_BENCH_KAFKA=host:port runs it on Kafka, PITBOSS_BENCH_CLICKHOUSE=url stores in
+#    ClickHouse: fresh topics (a prefix) and database per rate, the database dropped after)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_PER_RATE=${1:-60}
@@ -34,11 +36,15 @@ trap cleanup EXIT
 for rate in "${RATES[@]}"; do
   WORK=$(mktemp -d)
   API=$(port); GW=$(port); ADMIN=$(port)
+  RUN=bench_$(date +%s)_$RANDOM
+  DISTRIBUTED=()
+  [[ -n ${PITBOSS_BENCH_KAFKA:-} ]] && DISTRIBUTED+=(--kafka-bootstrap "$PITBOSS_BENCH_KAFKA" --topic-prefix "${RUN}_")
+  [[ -n ${PITBOSS_BENCH_CLICKHOUSE:-} ]] && DISTRIBUTED+=(--clickhouse-url "$PITBOSS_BENCH_CLICKHOUSE" --clickhouse-database "$RUN")
   RUST_LOG=warn "$BIN" up --data-dir "$WORK/data" --listen "127.0.0.1:$API" --admin-listen "127.0.0.1:$ADMIN" \
-    --gateway-listen "127.0.0.1:$GW" ${PITBOSS_BENCH_UP_ARGS:-} >"$WORK/up.log" 2>&1 &
+    --gateway-listen "127.0.0.1:$GW" "${DISTRIBUTED[@]}" ${PITBOSS_BENCH_UP_ARGS:-} >"$WORK/up.log" 2>&1 &
   SERVER=$!
   ready=0
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null 2>&1 && { ready=1; break; }; sleep 0.2; done
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$API/readyz" >/dev/null 2>&1 && { ready=1; break; }; sleep 0.2; done
   if ((!ready)); then cat "$WORK/up.log" >&2; echo "pitboss up did not get ready" >&2; exit 1; fi
   set +e
   RUST_BACKTRACE=0 RUST_LOG=warn "$BIN" loadgen --live --url "http://127.0.0.1:$API" --gateway "ws://127.0.0.1:$GW" \
@@ -48,6 +54,11 @@ for rate in "${RATES[@]}"; do
   rc=$?
   set -e
   cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVER/stat")
+  # PITBOSS_BENCH_METRICS=DIR keeps the server's /metrics after each rate (DIR/metrics-RATE.txt).
+  if [[ -n ${PITBOSS_BENCH_METRICS:-} ]]; then
+    mkdir -p "$PITBOSS_BENCH_METRICS"
+    curl -sf "http://127.0.0.1:$ADMIN/metrics" >"$PITBOSS_BENCH_METRICS/metrics-$rate.txt" || true
+  fi
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
   grep -v '^{' "$WORK/loadgen.out" >&2 || true
   grep -v '^\s' "$WORK/loadgen.err" | tail -5 >&2 || true
@@ -56,4 +67,7 @@ for rate in "${RATES[@]}"; do
     "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc" "$rate"
   SERVER=""
   rm -rf "$WORK"
+  if [[ -n ${PITBOSS_BENCH_CLICKHOUSE:-} ]]; then
+    curl -sf "$PITBOSS_BENCH_CLICKHOUSE" --data-binary "DROP DATABASE IF EXISTS $RUN" >/dev/null || true
+  fi
 done

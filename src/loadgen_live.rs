@@ -82,6 +82,12 @@ struct Received {
     /// acknowledged yet, which loadgen never acknowledges).
     replayed: bool,
     at: Instant,
+    /// When it arrived (Unix microseconds), and the message's own times (Unix milliseconds):
+    /// ingest's receipt of the triggering event and the rule's detection (an alert's
+    /// `detected_at`, a push's `created_at`), for the time per stage.
+    arrived_us: i64,
+    received_ms: Option<i64>,
+    produced_ms: Option<i64>,
 }
 
 /// What one socket subscribes to, as whom, and from which local address.
@@ -95,6 +101,13 @@ struct SocketSpec {
 
 /// Every event id sent, with when it left.
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// The wall clock in microseconds since the Unix epoch.
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
@@ -213,6 +226,9 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     let start_ms = pitboss_model::Timestamp::now().as_millis();
     let mut sim = Simulator::new(demo, start_ms);
     let sent: Sent = Arc::new(Mutex::new(HashMap::new()));
+    // The same moments on the wall clock (Unix microseconds), to compare with the times the
+    // server writes into alerts and pushes.
+    let mut sent_wall: HashMap<String, i64> = HashMap::new();
     let mut expected: Vec<Expected> = Vec::new();
     let mut pattern_players: HashSet<String> = HashSet::new();
     let mut next_socket = live.operators + live.sockets;
@@ -257,12 +273,13 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             }
         }
         for batch in events.chunks(2000) {
-            let now = Instant::now();
+            let (now, wall) = (Instant::now(), unix_micros());
             {
                 let mut s = sent.lock().unwrap_or_else(|e| e.into_inner());
                 for e in batch {
                     if let Some(id) = e["event_id"].as_str() {
                         s.insert(id.to_owned(), now);
+                        sent_wall.insert(id.to_owned(), wall);
                     }
                 }
             }
@@ -333,6 +350,21 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             }
         }
     }
+    // Where the time goes, per live delivery (both kinds): loadgen's send to ingest's receipt
+    // (the request's serialization and transfer), ingest's receipt to the rule firing (ingest,
+    // the bus, the rules engine), the rule firing to the socket (the bus, the gateway, the
+    // socket, loadgen reading it). Millisecond timestamps: each stage is ±1 ms.
+    let mut stages = [histogram(), histogram(), histogram()];
+    for r in received.iter().filter(|r| !r.replayed) {
+        if let (Some(sent), Some(received_ms), Some(produced_ms)) =
+            (sent_wall.get(&r.trigger), r.received_ms, r.produced_ms)
+        {
+            let points = [*sent, received_ms * 1000, produced_ms * 1000, r.arrived_us];
+            for (h, w) in stages.iter_mut().zip(points.windows(2)) {
+                h.saturating_record((w[1] - w[0]).max(1) as u64);
+            }
+        }
+    }
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let events_per_sec = accepted as f64 / send_secs;
     println!(
@@ -354,6 +386,19 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             h.max() as f64 / 1000.0
         );
     }
+    println!(
+        "where the time goes ({} deliveries; p50 / p95 / p99 ms): to ingest {:.1} / {:.1} / {:.1}, ingest to rule fired {:.1} / {:.1} / {:.1}, rule fired to socket {:.1} / {:.1} / {:.1}",
+        stages[0].len(),
+        ms(&stages[0], 0.5),
+        ms(&stages[0], 0.95),
+        ms(&stages[0], 0.99),
+        ms(&stages[1], 0.5),
+        ms(&stages[1], 0.95),
+        ms(&stages[1], 0.99),
+        ms(&stages[2], 0.5),
+        ms(&stages[2], 0.95),
+        ms(&stages[2], 0.99),
+    );
     println!(
         "pushes: {} expected, {} delivered, {} lost, {} duplicated; alerts: {} expected, {} delivered, {} lost, {} duplicated",
         m.pushes_expected,
@@ -380,6 +425,12 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
             "pushes_expected": m.pushes_expected, "pushes_lost": m.pushes_lost,
             "pushes_duplicated": m.pushes_duplicated, "alerts_expected": m.alerts_expected,
             "alerts_lost": m.alerts_lost, "alerts_duplicated": m.alerts_duplicated,
+            "stage_ingest_p50_ms": ms(&stages[0], 0.5), "stage_ingest_p95_ms": ms(&stages[0], 0.95),
+            "stage_ingest_p99_ms": ms(&stages[0], 0.99),
+            "stage_detect_p50_ms": ms(&stages[1], 0.5), "stage_detect_p95_ms": ms(&stages[1], 0.95),
+            "stage_detect_p99_ms": ms(&stages[1], 0.99),
+            "stage_deliver_p50_ms": ms(&stages[2], 0.5), "stage_deliver_p95_ms": ms(&stages[2], 0.95),
+            "stage_deliver_p99_ms": ms(&stages[2], 0.99),
         })
     );
     if let Some(path) = &live.expected_file {
@@ -710,7 +761,20 @@ async fn session(
                         &d["source"]["rule"]["trigger_event_id"],
                     )
                 };
+                let ms = |v: &Value| {
+                    v.as_str()
+                        .and_then(|t| pitboss_model::Timestamp::parse_rfc3339(t).ok())
+                        .map(|t| t.as_millis())
+                };
+                let produced = if alert {
+                    &d["detected_at"]
+                } else {
+                    &d["created_at"]
+                };
                 let _ = tx.send(Received {
+                    arrived_us: unix_micros(),
+                    received_ms: ms(&d["received_at"]),
+                    produced_ms: ms(produced),
                     alert,
                     id: f["id"].as_str().unwrap_or_default().to_owned(),
                     player: player.as_str().unwrap_or_default().to_owned(),
@@ -771,6 +835,9 @@ mod tests {
             socket,
             replayed: false,
             at: Instant::now(),
+            arrived_us: 0,
+            received_ms: None,
+            produced_ms: None,
         }
     }
 

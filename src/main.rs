@@ -298,6 +298,7 @@ async fn run_processors<S: pitboss_processor::AnySink>(
     sink: std::sync::Arc<S>,
     configs: Vec<(pitboss_processor::ProcessorConfig, Table)>,
     stop: Shutdown,
+    runtime: tokio::runtime::Handle,
 ) -> Result<()> {
     let runs = configs.into_iter().map(|(config, table)| {
         let topic = config.topic.clone();
@@ -306,7 +307,7 @@ async fn run_processors<S: pitboss_processor::AnySink>(
             async move { stop.wait().await }
         };
         let (bus, sink) = (bus.clone(), sink.clone());
-        on_worker("processor", async move {
+        on_runtime(&runtime, "processor", async move {
             let stats = pitboss_processor::run_table(table, bus, sink, config, stop)
                 .await
                 .with_context(|| format!("processor of {topic}"))?;
@@ -336,13 +337,22 @@ async fn on_worker<T: Send + 'static>(
     what: &'static str,
     task: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
+    on_runtime(&tokio::runtime::Handle::current(), what, task).await
+}
+
+/// [`on_worker`] on the workers of `runtime`.
+async fn on_runtime<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    what: &'static str,
+    task: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
     struct AbortOnDrop(tokio::task::AbortHandle);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
             self.0.abort();
         }
     }
-    let handle = tokio::spawn(task);
+    let handle = runtime.spawn(task);
     let _abort = AbortOnDrop(handle.abort_handle());
     match handle.await {
         Ok(done) => done,
@@ -560,7 +570,13 @@ async fn process(args: ProcessArgs) -> Result<()> {
         stop.clone(),
     );
     let processors = drain_processors(
-        run_processors(bus, sink, configs, stop.clone()),
+        run_processors(
+            bus,
+            sink,
+            configs,
+            stop.clone(),
+            tokio::runtime::Handle::current(),
+        ),
         stop.clone(),
         std::time::Duration::from_secs(args.drain_timeout_secs),
     );
@@ -653,6 +669,38 @@ struct UpArgs {
     /// ClickHouse database of the Pitboss tables, with `--clickhouse-url`.
     #[arg(long, default_value = "pitboss", requires = "clickhouse_url")]
     clickhouse_database: String,
+    /// CPU priority (nice, 0–19) of the threads that store (the processors, their reads of
+    /// the log, their writes), below the live path's (ingest, the rules engine, the gateway:
+    /// 0): when the cores are busy, storing waits and notifications do not.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    storage_nice: i32,
+}
+
+/// The runtime the processors of `pitboss up` run on, its threads (workers and blocking pool)
+/// at CPU priority `nice`. Never dropped: a runtime cannot be dropped inside another, and it
+/// lives as long as the process.
+fn storage_runtime(nice: i32) -> Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("pitboss-storage")
+        .on_thread_start(move || lower_thread_priority(nice))
+        .enable_all()
+        .build()
+        .context("starting the storage runtime")?;
+    let runtime: &'static tokio::runtime::Runtime = Box::leak(Box::new(runtime));
+    Ok(runtime.handle().clone())
+}
+
+/// Sets the calling thread's nice value (Linux: per thread). Elsewhere, or when refused,
+/// the thread keeps its priority.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice != 0
+        && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
+    {
+        tracing::debug!(error = %e, nice, "thread priority not lowered");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Where `pitboss up` stores what it reads.
@@ -756,6 +804,7 @@ async fn up(
         topic_prefix,
         clickhouse_url,
         clickhouse_database,
+        storage_nice,
     }: UpArgs,
 ) -> Result<()> {
     if !topic_prefix
@@ -916,12 +965,25 @@ async fn up(
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
     let stop = Shutdown::on_signals();
     recall_dedup(bus.clone(), &state).await;
+    // Storing yields the cores to the live path: its batches are measured in seconds of
+    // freshness, a notification in milliseconds.
+    let storage = storage_runtime(storage_nice)?;
     let processors: std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>> =
         match store {
-            UpStore::Sqlite(s) => Box::pin(run_processors(bus.clone(), s, configs, stop.clone())),
-            UpStore::ClickHouse(s) => {
-                Box::pin(run_processors(bus.clone(), s, configs, stop.clone()))
-            }
+            UpStore::Sqlite(s) => Box::pin(run_processors(
+                bus.clone(),
+                s,
+                configs,
+                stop.clone(),
+                storage,
+            )),
+            UpStore::ClickHouse(s) => Box::pin(run_processors(
+                bus.clone(),
+                s,
+                configs,
+                stop.clone(),
+                storage,
+            )),
         };
     let engine = run_antifraud(bus.clone(), antifraud, stop.clone());
     let processors = drain_processors(
@@ -1200,6 +1262,24 @@ async fn main() -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The processors of `pitboss up` run at the storage runtime's priority: its workers and
+    /// the blocking work they spawn (the store's writes, the log's reads), not the caller.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_storage_runtime_runs_tasks_and_their_blocking_work_at_its_lower_priority() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let here = nice();
+        let storage = storage_runtime(here + 7).unwrap();
+        let (worker, blocking) = storage
+            .block_on(storage.spawn(async move {
+                let blocking = tokio::task::spawn_blocking(nice).await.unwrap();
+                (nice(), blocking)
+            }))
+            .unwrap();
+        assert_eq!((worker, blocking), (here + 7, here + 7));
+        assert_eq!(nice(), here);
+    }
 
     /// What `main` merely awaits runs on the thread that runs `main`; `on_worker` puts it on
     /// a worker, so the parts of `pitboss up` use every core.
