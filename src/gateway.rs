@@ -446,7 +446,10 @@ impl<F: Figures> pitboss_gateway::StatsSource for Cached<F> {
         if let Some(v) = self.fresh(tenant) {
             return Ok(v);
         }
-        let v = self.figures.figures(tenant).await?;
+        // A store that hangs costs a console an error, not every console its answer.
+        let v = tokio::time::timeout(Duration::from_secs(5), self.figures.figures(tenant))
+            .await
+            .map_err(|_| "the store did not answer within 5 s".to_owned())??;
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -633,10 +636,14 @@ impl Figures for ClickHouseStats {
                 &[now - 3600],
             )
             .await?;
-        let alerts_last_hour: u64 = alerts_by_rule
-            .iter()
-            .filter_map(|r| r.get("alerts").and_then(serde_json::Value::as_u64))
-            .sum();
+        let alerts_last_hour = self
+            .scalar(
+                "SELECT uniqExactMerge(alerts) AS n FROM alerts_per_minute \
+                 WHERE tenant_id = ? AND minute >= toDateTime(?)",
+                tenant,
+                &[now - 3600],
+            )
+            .await?;
         let ggr_by_game = self
             .rows(
                 "SELECT game_id, currency, sum(bets) AS bets, sum(stakes_minor) AS stakes_minor, \

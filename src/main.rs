@@ -1,6 +1,7 @@
 //! The `pitboss` command.
 //!
-//! - `pitboss up`: Pitboss in one process over the embedded durable log — no servers needed.
+//! - `pitboss up`: Pitboss in one process over the embedded durable log — no servers needed —
+//!   or over Kafka and ClickHouse when given their addresses.
 //! - `pitboss ingest`: the ingest function as a standalone server over Kafka, Kinesis or the
 //!   embedded log.
 //! - `pitboss migrate` / `pitboss process`: the ClickHouse schema, and the processor from Kafka
@@ -55,7 +56,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Pitboss in one process over the embedded log (no servers needed).
+    /// Run Pitboss in one process over the embedded log (no servers needed), or on Kafka and
+    /// ClickHouse (`--kafka-bootstrap`, `--clickhouse-url`).
     Up(UpArgs),
     /// Run the ingest function as a standalone server.
     Ingest(IngestArgs),
@@ -588,7 +590,8 @@ async fn process(args: ProcessArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 struct UpArgs {
-    /// Where the embedded log and the demo API key live.
+    /// Where the embedded log and store (unless on Kafka and ClickHouse), the rules engine's
+    /// state, the demo API keys and the gateway's secret live.
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
     data_dir: PathBuf,
     /// Address of the HTTP API.
@@ -653,7 +656,9 @@ struct UpArgs {
     /// Extra librdkafka property, `key=value` (repeatable), with `--kafka-bootstrap`.
     #[arg(
         long = "kafka-option",
+        env = "PITBOSS_UP_KAFKA_OPTIONS",
         value_delimiter = ',',
+        hide_env_values = true,
         requires = "kafka_bootstrap"
     )]
     kafka_options: Vec<String>,
@@ -663,26 +668,80 @@ struct UpArgs {
     topic_prefix: String,
     /// Store in ClickHouse at this HTTP URL (`?user=…&password=…` for credentials) instead of
     /// the embedded SQLite store: the database and its tables are created or migrated at
-    /// start, and the console reads its figures there.
-    #[arg(long, value_name = "URL")]
+    /// start, and the console reads its figures there. Credentials are better given in the
+    /// environment (`PITBOSS_UP_CLICKHOUSE_URL`), where other users' `ps` does not show them.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PITBOSS_UP_CLICKHOUSE_URL",
+        hide_env_values = true
+    )]
     clickhouse_url: Option<String>,
     /// ClickHouse database of the Pitboss tables, with `--clickhouse-url`.
     #[arg(long, default_value = "pitboss", requires = "clickhouse_url")]
     clickhouse_database: String,
-    /// CPU priority (nice, 0–19) of the threads that store (the processors, their reads of
-    /// the log, their writes), below the live path's (ingest, the rules engine, the gateway:
-    /// 0): when the cores are busy, storing waits and notifications do not.
+    /// How many steps (nice, 0–19) below the live path (ingest, the rules engine, the gateway)
+    /// the threads that store run (the processors, their reads of the log, their writes):
+    /// when the cores are busy, storing waits and notifications do not.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     storage_nice: i32,
+}
+
+/// Creates `topic` with `partitions` unless it exists (as it is: topics made beforehand keep
+/// their own partition counts and settings).
+async fn ensure_topic(bus: &dyn Bus, topic: &str, partitions: u32) -> Result<()> {
+    match bus.partition_count(topic).await {
+        Ok(_) => Ok(()),
+        Err(pitboss_bus::BusError::UnknownTopic(_)) => bus
+            .create_topic(topic, partitions)
+            .await
+            .with_context(|| format!("creating topic {topic}")),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("looking up topic {topic}"))),
+    }
+}
+
+/// A data directory keeps read positions (the SQLite store's, the rules engine's) by topic
+/// name: they belong to one bus. The first start records which (`<data-dir>/bus`); a start on
+/// another is refused rather than skipping or replaying records by another bus's offsets.
+fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<()> {
+    let path = data_dir.join("bus");
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Made before this file existed: the embedded log, if anything.
+            let used = ["log", "pitboss.db", "antifraud.db"]
+                .iter()
+                .any(|f| data_dir.join(f).exists());
+            used.then(|| "embedded".to_owned())
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    match recorded {
+        Some(r) if r == identity => Ok(()),
+        Some(r) => bail!(
+            "{} was used with another bus ({r}); this start asks for {identity}: its stored \
+             positions would skip or replay records. Use another --data-dir",
+            data_dir.display()
+        ),
+        None => std::fs::write(&path, format!("{identity}\n"))
+            .with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 /// The runtime the processors of `pitboss up` run on, its threads (workers and blocking pool)
 /// at CPU priority `nice`. Never dropped: a runtime cannot be dropped inside another, and it
 /// lives as long as the process.
 fn storage_runtime(nice: i32) -> Result<tokio::runtime::Handle> {
+    // Relative to the caller's priority (threads inherit their creator's: a blocking thread
+    // started by a worker already has the lowered one).
+    let target = thread_priority().map(|now| now.saturating_add(nice).min(19));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("pitboss-storage")
-        .on_thread_start(move || lower_thread_priority(nice))
+        .on_thread_start(move || {
+            if let Some(target) = target.filter(|_| nice > 0) {
+                set_thread_priority(target);
+            }
+        })
         .enable_all()
         .build()
         .context("starting the storage runtime")?;
@@ -690,14 +749,20 @@ fn storage_runtime(nice: i32) -> Result<tokio::runtime::Handle> {
     Ok(runtime.handle().clone())
 }
 
-/// Sets the calling thread's nice value (Linux: per thread). Elsewhere, or when refused,
-/// the thread keeps its priority.
-fn lower_thread_priority(nice: i32) {
+/// The calling thread's nice value (Linux; None elsewhere or when it cannot be read).
+fn thread_priority() -> Option<i32> {
     #[cfg(target_os = "linux")]
-    if nice != 0
-        && let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
-    {
-        tracing::debug!(error = %e, nice, "thread priority not lowered");
+    return rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok();
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Sets the calling thread's nice value (Linux: per thread). Elsewhere, or when refused, the
+/// thread keeps its priority.
+fn set_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        tracing::debug!(error = %e, nice, "thread priority not set");
     }
     #[cfg(not(target_os = "linux"))]
     let _ = nice;
@@ -855,7 +920,51 @@ async fn up(
         }
     }
     ingest.topic = named(&ingest.topic);
+    ingest.overflow_topic = ingest.overflow_topic.as_deref().map(named);
+    // The bus this data directory's positions and engine state belong to.
+    let bus_identity = match &kafka_bootstrap {
+        None => "embedded".to_owned(),
+        Some(_) => format!("kafka, topic prefix {topic_prefix:?}"),
+    };
+    check_data_dir_bus(&data_dir, &bus_identity)?;
     // Before anything is served or created: a wrong address fails here, in one line.
+    let store_path = data_dir.join("pitboss.db");
+    let (store, stats, store_note): (
+        UpStore,
+        std::sync::Arc<dyn pitboss_gateway::StatsSource>,
+        String,
+    ) = match &clickhouse_url {
+        None => (
+            UpStore::Sqlite(std::sync::Arc::new(
+                pitboss_processor::SqliteSink::open(&store_path)
+                    .with_context(|| format!("opening {}", store_path.display()))?,
+            )),
+            std::sync::Arc::new(gateway::Cached::new(gateway::SqliteStats {
+                path: store_path.clone(),
+            })),
+            format!("SQLite in {}", store_path.display()),
+        ),
+        Some(url) => {
+            let args = ClickHouseArgs {
+                clickhouse: url.clone(),
+                database: clickhouse_database.clone(),
+                cluster: None,
+            };
+            let at = pitboss_processor::sink::redacted_url(url);
+            let client =
+                tokio::time::timeout(std::time::Duration::from_secs(30), clickhouse_client(&args))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("ClickHouse at {at} did not answer within 30 s"))?
+                    .with_context(|| format!("ClickHouse at {at}"))?;
+            (
+                UpStore::ClickHouse(std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(
+                    client.clone(),
+                ))),
+                std::sync::Arc::new(gateway::Cached::new(gateway::ClickHouseStats::new(client))),
+                format!("ClickHouse at {at}, database {clickhouse_database}"),
+            )
+        }
+    };
     let (bus, bus_note): (std::sync::Arc<dyn Bus>, String) = match &kafka_bootstrap {
         None => (
             std::sync::Arc::new(EmbeddedBus::open(
@@ -879,49 +988,9 @@ async fn up(
             (bus, format!("Kafka at {bootstrap}"))
         }
     };
-    bus.create_topic(&ingest.topic, 8).await?;
-    bus.create_topic(&ingest.overflow_topic(), 8).await?;
+    ensure_topic(&*bus, &ingest.topic, 8).await?;
+    ensure_topic(&*bus, &ingest.overflow_topic(), 8).await?;
     check_copartitioned(&*bus, &ingest.topic, &ingest.overflow_topic()).await?;
-    let store_path = data_dir.join("pitboss.db");
-    let (store, stats, store_note): (
-        UpStore,
-        std::sync::Arc<dyn pitboss_gateway::StatsSource>,
-        String,
-    ) = match &clickhouse_url {
-        None => (
-            UpStore::Sqlite(std::sync::Arc::new(
-                pitboss_processor::SqliteSink::open(&store_path)
-                    .with_context(|| format!("opening {}", store_path.display()))?,
-            )),
-            std::sync::Arc::new(gateway::Cached::new(gateway::SqliteStats {
-                path: store_path.clone(),
-            })),
-            format!("SQLite in {}", store_path.display()),
-        ),
-        Some(url) => {
-            let args = ClickHouseArgs {
-                clickhouse: url.clone(),
-                database: clickhouse_database.clone(),
-                cluster: None,
-            };
-            let client = clickhouse_client(&args).await.with_context(|| {
-                format!(
-                    "ClickHouse at {}",
-                    pitboss_processor::sink::redacted_url(url)
-                )
-            })?;
-            (
-                UpStore::ClickHouse(std::sync::Arc::new(pitboss_processor::ClickHouseSink::new(
-                    client.clone(),
-                ))),
-                std::sync::Arc::new(gateway::Cached::new(gateway::ClickHouseStats::new(client))),
-                format!(
-                    "ClickHouse at {}, database {clickhouse_database}",
-                    pitboss_processor::sink::redacted_url(url)
-                ),
-            )
-        }
-    };
     let processor_group = named("pitboss-processor");
     // Events (and their overflow) from ingest; the live path's topics, which the rules engine
     // and the gateway publish to, each stored in its table.
@@ -937,14 +1006,14 @@ async fn up(
     ];
     for topic in LIVE_TOPICS {
         let name = named(topic);
-        bus.create_topic(&name, 8).await?;
+        ensure_topic(&*bus, &name, 8).await?;
         configs.push((
             processor_config(&name, &processor_group),
             Table::for_topic(topic),
         ));
     }
     for (c, _) in &configs {
-        bus.create_topic(&c.dead_letter_topic, 1).await?;
+        ensure_topic(&*bus, &c.dead_letter_topic, 1).await?;
     }
     let antifraud = (!no_rules).then(|| {
         let mut c = antifraud_config(&ingest.topic, &ingest.overflow_topic(), rules);
@@ -960,7 +1029,7 @@ async fn up(
     if let Some(c) = &antifraud {
         // Refuse bad rules before serving anything.
         c.rules.load()?;
-        bus.create_topic(&c.dead_letter_topic, 1).await?;
+        ensure_topic(&*bus, &c.dead_letter_topic, 1).await?;
     }
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
     let stop = Shutdown::on_signals();
@@ -1263,6 +1332,41 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A data directory stays with the bus it was first used with: another is refused with
+    /// a message naming both; one made before the record existed counts as the embedded log's.
+    #[test]
+    fn a_data_directory_is_refused_on_another_bus() {
+        let dir = tempfile::tempdir().unwrap();
+        let kafka = "kafka, topic prefix \"a_\"";
+        check_data_dir_bus(dir.path(), kafka).unwrap();
+        check_data_dir_bus(dir.path(), kafka).unwrap();
+        let refused = check_data_dir_bus(dir.path(), "embedded")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("another bus (kafka, topic prefix \"a_\")"),
+            "{refused}"
+        );
+        assert!(check_data_dir_bus(dir.path(), "kafka, topic prefix \"b_\"").is_err());
+
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir(old.path().join("log")).unwrap();
+        assert!(check_data_dir_bus(old.path(), kafka).is_err());
+        check_data_dir_bus(old.path(), "embedded").unwrap();
+    }
+
+    /// A topic that exists is kept as it is, whatever its partition count.
+    #[tokio::test]
+    async fn existing_topics_keep_their_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+        bus.create_topic("events", 3).await.unwrap();
+        ensure_topic(&bus, "events", 8).await.unwrap();
+        ensure_topic(&bus, "alerts", 8).await.unwrap();
+        assert_eq!(bus.partition_count("events").await.unwrap(), 3);
+        assert_eq!(bus.partition_count("alerts").await.unwrap(), 8);
+    }
+
     /// The processors of `pitboss up` run at the storage runtime's priority: its workers and
     /// the blocking work they spawn (the store's writes, the log's reads), not the caller.
     #[cfg(target_os = "linux")]
@@ -1270,7 +1374,8 @@ mod tests {
     fn the_storage_runtime_runs_tasks_and_their_blocking_work_at_its_lower_priority() {
         let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
         let here = nice();
-        let storage = storage_runtime(here + 7).unwrap();
+        assert!(here <= 12, "run the tests at a nice value of 12 or less");
+        let storage = storage_runtime(7).unwrap();
         let (worker, blocking) = storage
             .block_on(storage.spawn(async move {
                 let blocking = tokio::task::spawn_blocking(nice).await.unwrap();

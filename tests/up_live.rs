@@ -720,12 +720,13 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
             .map(|r| r[col].as_str().unwrap().to_owned())
             .collect()
     };
-    // Rows, not distinct ids: a row stored twice would show.
+    // One row per id (FINAL: a message the engine published again after a SIGKILL is one id
+    // stored twice until the table merges it), and exactly the expected ids.
     let alerts = ids(
         clickhouse_rows(
             &clickhouse,
             &db,
-            "SELECT alert_id FROM alerts ORDER BY alert_id",
+            "SELECT alert_id FROM alerts FINAL ORDER BY alert_id",
         )
         .await,
         "alert_id",
@@ -735,7 +736,7 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
         clickhouse_rows(
             &clickhouse,
             &db,
-            "SELECT push_id FROM pushes ORDER BY push_id",
+            "SELECT push_id FROM pushes FINAL ORDER BY push_id",
         )
         .await,
         "push_id",
@@ -754,11 +755,12 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
         "{counts}"
     );
 
-    // Another deployment on the same cluster: its own topics, groups and database.
+    // Another deployment on the same cluster (another prefix and database): it stores what
+    // is posted to it and nothing of the first's topics, and the first's tables do not change.
     let other = tempfile::tempdir().unwrap();
     let other_db = pitboss_testkit::unique_name("up");
     let other_prefix = format!("{}_", pitboss_testkit::unique_name("up"));
-    let (mut child, _, _) = up_full(
+    let (mut child, addr, _) = up_full(
         other.path(),
         &[
             "--kafka-bootstrap",
@@ -771,14 +773,33 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
             &other_db,
         ],
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let n = &clickhouse_rows(
-        &clickhouse,
-        &other_db,
-        "SELECT (SELECT count() FROM events) + (SELECT count() FROM alerts) AS n",
-    )
-    .await[0];
-    assert_eq!(n["n"].as_u64(), Some(0), "{n}");
+    let key = std::fs::read_to_string(other.path().join("demo-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let own: Vec<serde_json::Value> = (100..108)
+        .map(|i| pitboss_testkit::client_bet(i, &at))
+        .collect();
+    assert!(post_until_answered(&client, &addr, &key, &own).await);
+    let count = |db: String| {
+        let clickhouse = clickhouse.clone();
+        async move {
+            clickhouse_rows(&clickhouse, &db, "SELECT count() AS n FROM events").await[0]["n"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let start = Instant::now();
+    while count(other_db.clone()).await < own.len() as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the second deployment stored nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // anything of the first would show now
+    assert_eq!(count(other_db.clone()).await, own.len() as u64);
+    assert_eq!(count(db.clone()).await, events.len() as u64);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -70,13 +70,15 @@ pub fn client(url: &str, database: &str) -> Client {
 
 /// `url` without its `user` and `password` query parameters: what may be logged or printed.
 pub fn redacted_url(url: &str) -> String {
-    let url = credentials(url).0;
-    match url::Url::parse(&url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("redacted"));
+    match url::Url::parse(&credentials(url).0) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("redacted"));
+            }
             parsed.into()
         }
-        _ => url,
+        // What cannot be parsed cannot be cleaned either.
+        Err(_) => "(an unparsable URL)".to_owned(),
     }
 }
 
@@ -525,6 +527,23 @@ fn check_replicas_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacted_urls_keep_no_password() {
+        assert_eq!(
+            redacted_url("http://ch:8123/?user=pitboss&password=s3cret&max_threads=2"),
+            "http://ch:8123/?max_threads=2"
+        );
+        assert_eq!(
+            redacted_url("http://pitboss:s3cret@ch:8123/"),
+            "http://pitboss:redacted@ch:8123/"
+        );
+        assert!(!redacted_url("ch:8123/?password=s3cret").contains("s3cret"));
+        assert_eq!(
+            redacted_url("http://ch:99999/?password=s3cret"),
+            "(an unparsable URL)"
+        );
+    }
 
     #[test]
     fn a_column_gone_or_of_another_type_is_a_mismatch_and_extra_columns_are_not() {
