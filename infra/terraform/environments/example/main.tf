@@ -19,6 +19,8 @@ locals {
   streams        = module.stream.stream_arns
   processor_read = ["events", "events_overflow", "alerts", "pushes", "deliveries", "alert_acks"]
   egress_cidrs   = concat([var.vpc_cidr], var.clickhouse_cidrs)
+  # Whether the gateway reads the console's figures from ClickHouse (not itself a secret).
+  console_stats = nonsensitive(var.clickhouse_stats_url != "")
 }
 
 module "observability" {
@@ -88,6 +90,21 @@ resource "aws_secretsmanager_secret" "clickhouse_url" {
 resource "aws_secretsmanager_secret_version" "clickhouse_url" {
   secret_id     = aws_secretsmanager_secret.clickhouse_url.id
   secret_string = var.clickhouse_url
+}
+
+resource "aws_secretsmanager_secret" "clickhouse_stats_url" {
+  count                   = local.console_stats ? 1 : 0
+  name                    = "${var.name}/clickhouse-stats-url"
+  description             = "PITBOSS_GATEWAY_STATS_CLICKHOUSE_URL of the edge gateway (a read-only user; credentials in its query)"
+  kms_key_id              = module.observability.kms_key_arn
+  recovery_window_in_days = 7
+  #checkov:skip=CKV2_AWS_57:The ClickHouse credentials belong to the ClickHouse service (ClickHouse Cloud or self-managed) and rotate there; update var.clickhouse_stats_url after a rotation.
+}
+
+resource "aws_secretsmanager_secret_version" "clickhouse_stats_url" {
+  count         = local.console_stats ? 1 : 0
+  secret_id     = aws_secretsmanager_secret.clickhouse_stats_url[0].id
+  secret_string = var.clickhouse_stats_url
 }
 
 resource "random_password" "gateway_jwt" {
@@ -240,8 +257,9 @@ module "gateway" {
   environment = merge(local.bus_env, {
     PITBOSS_GATEWAY_LISTEN       = "0.0.0.0:8081"
     PITBOSS_GATEWAY_ADMIN_LISTEN = "0.0.0.0:9467"
-  })
-  secrets               = merge(local.bus_secrets, { PITBOSS_GATEWAY_JWT_SECRET = aws_secretsmanager_secret.gateway_jwt.arn })
+  }, local.console_stats ? { PITBOSS_CLICKHOUSE_DATABASE = var.clickhouse_database } : {})
+  secrets = merge(local.bus_secrets, { PITBOSS_GATEWAY_JWT_SECRET = aws_secretsmanager_secret.gateway_jwt.arn },
+  local.console_stats ? { PITBOSS_GATEWAY_STATS_CLICKHOUSE_URL = aws_secretsmanager_secret.clickhouse_stats_url[0].arn } : {})
   task_policy_json      = data.aws_iam_policy_document.gateway.json
   desired_count         = var.gateway_count
   cpu                   = 1024
@@ -249,7 +267,7 @@ module "gateway" {
   cluster_arn           = aws_ecs_cluster.pitboss.arn
   vpc_id                = var.vpc_id
   subnet_ids            = var.private_subnet_ids
-  egress_cidrs          = [var.vpc_cidr]
+  egress_cidrs          = local.console_stats ? local.egress_cidrs : [var.vpc_cidr]
   kms_key_arn           = module.observability.kms_key_arn
   drain_timeout_seconds = 10
   load_balancer = {

@@ -179,6 +179,17 @@ variable "clickhouse_url" {
   }
 }
 
+variable "clickhouse_stats_url" {
+  description = "ClickHouse HTTP(S) URL of a read-only user (readonly = 2: it sets output settings) the edge gateway reads the operator console's figures with (https://host:8443/?user=console&password=...). Empty: the console shows the live alerts and time to notify only. Stored in Secrets Manager."
+  type        = string
+  sensitive   = true
+  default     = ""
+  validation {
+    condition     = var.clickhouse_stats_url == "" || can(regex("^https?://[^/?#]+(/)?\\?(.*&)?user=[^&]+&(.*&)?password=[^&]+", var.clickhouse_stats_url))
+    error_message = "clickhouse_stats_url must be empty or http(s)://host:port/?user=NAME&password=SECRET."
+  }
+}
+
 variable "clickhouse_database" {
   description = "Database of the Pitboss tables."
   type        = string
