@@ -227,6 +227,51 @@ async fn retention_by_size_and_age() {
     );
 }
 
+/// Age retention deletes exactly the records older than the age in every partition and keeps
+/// the newer ones; the byte counts left are theirs (size retention then goes by them).
+#[tokio::test]
+async fn retention_by_age_deletes_the_old_records_and_keeps_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EmbeddedConfig {
+        retention_age: Some(Duration::from_millis(300)),
+        retention_bytes_per_partition: None,
+        ..EmbeddedConfig::default()
+    };
+    let bus = EmbeddedBus::open(dir.path(), config).unwrap();
+    bus.create_topic("t", 3).await.unwrap();
+    let old: Vec<_> = (0..60)
+        .map(|i| OutRecord::new(format!("k{i}"), vec![b'o'; 1000]))
+        .collect();
+    bus.publish("t", old).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let new: Vec<_> = (0..30)
+        .map(|i| OutRecord::new(format!("k{i}"), format!("new-{i}")))
+        .collect();
+    bus.publish("t", new).await.unwrap();
+    bus.enforce_retention().await.unwrap();
+    let mut kept: Vec<String> = read_all(&bus, "t", "g")
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone()).unwrap())
+        .collect();
+    kept.sort();
+    let mut want: Vec<String> = (0..30).map(|i| format!("new-{i}")).collect();
+    want.sort();
+    assert_eq!(kept, want, "exactly the new records are kept");
+    drop(bus);
+
+    // 1 KB a partition holds all its new records (under 300 bytes) but none of the old
+    // (60 KB): size retention deletes nothing if the old records' bytes were subtracted.
+    let config = EmbeddedConfig {
+        retention_age: None,
+        retention_bytes_per_partition: Some(1_000),
+        ..EmbeddedConfig::default()
+    };
+    let bus = EmbeddedBus::open(dir.path(), config).unwrap();
+    bus.enforce_retention().await.unwrap();
+    assert_eq!(read_all(&bus, "t", "g2").await.len(), 30);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_never_hands_back_loses_its_partitions_after_the_timeout() {
     let dir = tempfile::tempdir().unwrap();

@@ -352,8 +352,20 @@ fn retention(
         .map(|a| now_ms() - a.as_millis() as i64);
     for (&(topic_id, partition), state) in parts.iter_mut() {
         if let Some(cutoff) = cutoff {
+            // A partition's timestamps never decrease with its offsets (`append` stamps each
+            // record with the later of now and the previous stamp), so what is too old is a
+            // prefix: walk it by the primary key from the oldest record and stop at the first
+            // one to keep. Filtering on `ts_ms` alone (no index) read the whole partition on
+            // the writer every `retention_interval`, holding every publish behind it for
+            // seconds once the log held a few gigabytes.
             let mut stmt = tx
-                .prepare_cached(&format!("DELETE FROM records WHERE topic_id=?1 AND partition=?2 AND ts_ms < ?3 RETURNING {RECORD_BYTES_SQL}"))
+                .prepare_cached(&format!(
+                    "DELETE FROM records WHERE topic_id=?1 AND partition=?2 AND offset < COALESCE(\
+                       (SELECT offset FROM records WHERE topic_id=?1 AND partition=?2 AND ts_ms >= ?3 \
+                        ORDER BY offset LIMIT 1), \
+                       (SELECT next_offset FROM partitions WHERE topic_id=?1 AND partition=?2), 0) \
+                     RETURNING {RECORD_BYTES_SQL}"
+                ))
                 .map_err(storage)?;
             let freed: i64 = stmt
                 .query_map(params![topic_id, partition, cutoff], |r| r.get::<_, i64>(0))
