@@ -701,31 +701,35 @@ async fn ensure_topic(bus: &dyn Bus, topic: &str, partitions: u32) -> Result<()>
 }
 
 /// A data directory keeps read positions (the SQLite store's, the rules engine's) by topic
-/// name: they belong to one bus. The first start records which (`<data-dir>/bus`); a start on
-/// another is refused rather than skipping or replaying records by another bus's offsets.
-fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<()> {
+/// name: they belong to one bus. The first start records which (`<data-dir>/bus`, once the bus
+/// answered: [`record_data_dir_bus`]); a start on another is refused rather than skipping or
+/// replaying records by another bus's offsets. True when nothing is recorded yet.
+fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<bool> {
     let path = data_dir.join("bus");
     let recorded = match std::fs::read_to_string(&path) {
         Ok(text) => Some(text.trim().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Made before this file existed: the embedded log, if anything.
-            let used = ["log", "pitboss.db", "antifraud.db"]
-                .iter()
-                .any(|f| data_dir.join(f).exists());
-            used.then(|| "embedded".to_owned())
+            // Made before this file existed, when the embedded log was the only bus.
+            data_dir.join("log").exists().then(|| "embedded".to_owned())
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     };
     match recorded {
-        Some(r) if r == identity => Ok(()),
+        Some(r) if r == identity => Ok(false),
         Some(r) => bail!(
             "{} was used with another bus ({r}); this start asks for {identity}: its stored \
              positions would skip or replay records. Use another --data-dir",
             data_dir.display()
         ),
-        None => std::fs::write(&path, format!("{identity}\n"))
-            .with_context(|| format!("writing {}", path.display())),
+        None => Ok(true),
     }
+}
+
+/// Records the bus of a data directory (see [`check_data_dir_bus`]).
+fn record_data_dir_bus(data_dir: &Path, identity: &str) -> Result<()> {
+    let path = data_dir.join("bus");
+    std::fs::write(&path, format!("{identity}\n"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The runtime the processors of `pitboss up` run on, its threads (workers and blocking pool)
@@ -926,7 +930,7 @@ async fn up(
         None => "embedded".to_owned(),
         Some(_) => format!("kafka, topic prefix {topic_prefix:?}"),
     };
-    check_data_dir_bus(&data_dir, &bus_identity)?;
+    let record_bus = check_data_dir_bus(&data_dir, &bus_identity)?;
     // Before anything is served or created: a wrong address fails here, in one line.
     let store_path = data_dir.join("pitboss.db");
     let (store, stats, store_note): (
@@ -990,6 +994,9 @@ async fn up(
     };
     ensure_topic(&*bus, &ingest.topic, 8).await?;
     ensure_topic(&*bus, &ingest.overflow_topic(), 8).await?;
+    if record_bus {
+        record_data_dir_bus(&data_dir, &bus_identity)?;
+    }
     check_copartitioned(&*bus, &ingest.topic, &ingest.overflow_topic()).await?;
     let processor_group = named("pitboss-processor");
     // Events (and their overflow) from ingest; the live path's topics, which the rules engine
@@ -1338,8 +1345,13 @@ mod tests {
     fn a_data_directory_is_refused_on_another_bus() {
         let dir = tempfile::tempdir().unwrap();
         let kafka = "kafka, topic prefix \"a_\"";
-        check_data_dir_bus(dir.path(), kafka).unwrap();
-        check_data_dir_bus(dir.path(), kafka).unwrap();
+        assert!(check_data_dir_bus(dir.path(), kafka).unwrap());
+        assert!(
+            check_data_dir_bus(dir.path(), "embedded").unwrap(),
+            "nothing recorded yet"
+        );
+        record_data_dir_bus(dir.path(), kafka).unwrap();
+        assert!(!check_data_dir_bus(dir.path(), kafka).unwrap());
         let refused = check_data_dir_bus(dir.path(), "embedded")
             .unwrap_err()
             .to_string();
@@ -1352,7 +1364,7 @@ mod tests {
         let old = tempfile::tempdir().unwrap();
         std::fs::create_dir(old.path().join("log")).unwrap();
         assert!(check_data_dir_bus(old.path(), kafka).is_err());
-        check_data_dir_bus(old.path(), "embedded").unwrap();
+        assert!(!check_data_dir_bus(old.path(), "embedded").unwrap());
     }
 
     /// A topic that exists is kept as it is, whatever its partition count.

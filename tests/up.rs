@@ -1142,3 +1142,77 @@ fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input
     .unwrap();
     refused(&[&base[..], &["--rules", rules]].concat(), "fraud.toml:");
 }
+
+/// `pitboss up` pointed at a Kafka or a ClickHouse that does not answer, or at a data
+/// directory of another bus, says so in one line naming it and exits non-zero, within the
+/// deadline of its first call (Kafka's lookups 10 s, ClickHouse 30 s): nothing hangs.
+#[test]
+fn up_on_a_stopped_kafka_or_clickhouse_or_another_bus_directory_says_so_and_exits() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        port
+    };
+    let run = |data_dir: &std::path::Path, args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "off")
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "{args:?} took {:?}",
+            started.elapsed()
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!("127.0.0.1:{closed}");
+    let said = run(dir.path(), &["--kafka-bootstrap", &kafka]);
+    assert!(
+        said.contains(&format!("Kafka at {kafka} does not answer")),
+        "{said}"
+    );
+    let said = run(
+        dir.path(),
+        &[
+            "--kafka-bootstrap",
+            &kafka,
+            "--clickhouse-url",
+            &format!("http://127.0.0.1:{closed}/?user=pitboss&password=s3cret"),
+        ],
+    );
+    assert!(
+        said.contains(&format!("ClickHouse at http://127.0.0.1:{closed}/")),
+        "{said}"
+    );
+    assert!(!said.contains("s3cret"), "{said}");
+
+    // Nothing was recorded by the starts that failed: the directory still takes any bus.
+    assert!(!dir.path().join("bus").exists());
+
+    // A data directory of the embedded log refused on Kafka, before anything connects.
+    let embedded = tempfile::tempdir().unwrap();
+    std::fs::create_dir(embedded.path().join("log")).unwrap();
+    let said = run(embedded.path(), &["--kafka-bootstrap", &kafka]);
+    assert!(
+        said.contains("was used with another bus (embedded)"),
+        "{said}"
+    );
+}
