@@ -72,8 +72,8 @@ pub fn client(url: &str, database: &str) -> Client {
 pub fn redacted_url(url: &str) -> String {
     match url::Url::parse(&credentials(url).0) {
         Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("redacted"));
+            if parsed.password().is_some() && parsed.set_password(Some("redacted")).is_err() {
+                return "(a URL whose password cannot be hidden)".to_owned();
             }
             parsed.into()
         }
