@@ -83,7 +83,12 @@ pub(crate) struct KeyState {
     /// reads one by one.
     pub entries: VecDeque<Entry>,
     /// Per measure (by index): totals over `entries` and `buckets`.
-    pub acc: Vec<Acc>,
+    pub acc: Box<[Acc]>,
+    /// At or before the time of the oldest entry in `entries` (`i64::MAX` when empty): lets
+    /// expiry and folding skip reading the front entry (a cache miss per rule and event) when
+    /// nothing is due. Never saved; `i64::MIN` (read the entry) after a load.
+    #[serde(skip)]
+    front: FrontHint,
     /// The currency of the key's money events, packed (0: none yet).
     pub cur: u32,
     /// The key has seen money in more than one currency: money totals need a scan.
@@ -96,6 +101,16 @@ pub(crate) struct KeyState {
     pub newest: i64,
     /// A bucketed window's older events, as per-bucket totals (`None` until one is folded).
     pub buckets: Option<Box<Buckets>>,
+}
+
+/// A lower bound of a window's oldest entry time ([`KeyState::front`]).
+#[derive(Debug, Clone, Copy)]
+struct FrontHint(i64);
+
+impl Default for FrontHint {
+    fn default() -> Self {
+        FrontHint(i64::MIN)
+    }
 }
 
 /// [`KeyState`] as units and snapshots wrote it before buckets (unit format 1, snapshot
@@ -115,7 +130,8 @@ impl From<KeyStateV1> for KeyState {
     fn from(v: KeyStateV1) -> KeyState {
         KeyState {
             entries: v.entries,
-            acc: v.acc,
+            acc: v.acc.into_boxed_slice(),
+            front: FrontHint::default(),
             cur: v.cur,
             mixed: v.mixed,
             last_hit: v.last_hit,
@@ -131,7 +147,7 @@ impl From<KeyStateV1> for KeyState {
 #[derive(serde::Serialize)]
 pub(crate) struct KeyStateV1Ref<'a> {
     entries: &'a VecDeque<Entry>,
-    acc: &'a Vec<Acc>,
+    acc: &'a [Acc],
     cur: u32,
     mixed: bool,
     last_hit: LastHit,
@@ -256,6 +272,7 @@ impl KeyState {
         if let Some(e) = self.entries.pop_front() {
             self.account(&e, rule, -1);
         }
+        self.front = FrontHint(self.entries.front().map_or(i64::MAX, |f| f.t));
     }
 
     /// Drops the oldest bucket and its totals.
@@ -293,7 +310,7 @@ impl KeyState {
     /// returns how many.
     pub fn expire(&mut self, horizon: i64, rule: &CompiledRule) -> usize {
         let mut n = 0;
-        while self.entries.front().is_some_and(|x| x.t <= horizon) {
+        while self.front.0 <= horizon && self.entries.front().is_some_and(|x| x.t <= horizon) {
             self.pop_front(rule);
             n += 1;
         }
@@ -408,10 +425,11 @@ impl KeyState {
     fn fold_due(&mut self, rule: &CompiledRule) {
         if let Some(w) = rule.bucket_ms {
             let h = self.newest.saturating_sub(w);
-            if self
-                .entries
-                .front()
-                .is_some_and(|f| f.t <= h.saturating_sub(w))
+            if self.front.0 <= h.saturating_sub(w)
+                && self
+                    .entries
+                    .front()
+                    .is_some_and(|f| f.t <= h.saturating_sub(w))
             {
                 self.fold_upto(h, rule);
             }
@@ -446,7 +464,7 @@ impl KeyState {
     /// Recomputes the running totals from the entries (buckets dropped).
     fn recount(&mut self, rule: &CompiledRule) {
         self.buckets = None;
-        self.acc = vec![Acc::default(); rule.measures.len()];
+        self.acc = vec![Acc::default(); rule.measures.len()].into_boxed_slice();
         let entries = std::mem::take(&mut self.entries);
         for e in &entries {
             self.account(e, rule, 1);
@@ -478,7 +496,7 @@ impl KeyState {
     pub fn insert(&mut self, e: Entry, rule: &CompiledRule) -> Inserted {
         if self.acc.len() != rule.measures.len() {
             if self.held() == 0 {
-                self.acc = vec![Acc::default(); rule.measures.len()];
+                self.acc = vec![Acc::default(); rule.measures.len()].into_boxed_slice();
             } else {
                 // Totals of another shape (not brought to this rule by `conform`): counted
                 // again from the entries; buckets, whose cells have that shape too, go.
@@ -487,7 +505,11 @@ impl KeyState {
         }
         let late =
             Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
-        if !late {
+        // Later than every event the key has seen (`newest` bounds the entries): it goes at the
+        // end and cannot be a duplicate (a duplicate has the same occurred_at), so the tail
+        // entry, most likely out of cache, is not read.
+        let after_all = self.entries.is_empty() || e.t > self.newest;
+        if !late && !after_all {
             let pos = match self.entries.back() {
                 Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
                 _ => self.entries.len(),
@@ -525,9 +547,16 @@ impl KeyState {
             self.add_to_bucket(&e, rule);
         } else {
             let pos = match self.entries.back() {
-                Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
+                Some(last) if !after_all && last.t > e.t => {
+                    self.entries.partition_point(|x| x.t <= e.t)
+                }
                 _ => self.entries.len(),
             };
+            self.front = FrontHint(if self.entries.is_empty() {
+                e.t
+            } else {
+                self.front.0.min(e.t)
+            });
             self.entries.insert(pos, e);
             self.fold_due(rule);
         }
@@ -578,7 +607,7 @@ impl KeyState {
         std::mem::size_of::<(u128, KeyState)>()
             + 1
             + self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.acc.capacity() * std::mem::size_of::<Acc>()
+            + self.acc.len() * std::mem::size_of::<Acc>()
             + labels
             + buckets
     }
