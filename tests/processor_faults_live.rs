@@ -761,3 +761,217 @@ fn events_processor(
         .spawn()
         .unwrap()
 }
+
+/// `pitboss antifraud` on Kafka for the one-engine-per-group test, logging to `log`.
+fn group_engine(kafka: &str, name: &str, state: &std::path::Path, log: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", kafka])
+        .args([
+            "--topic",
+            &format!("{name}_events"),
+            "--group",
+            &format!("{name}_af"),
+        ])
+        .args(["--alerts-topic", &format!("{name}_alerts")])
+        .args(["--pushes-topic", &format!("{name}_pushes")])
+        .args(["--dead-letter-topic", &format!("{name}_dead_letter")])
+        .arg("--state-dir")
+        .arg(state)
+        .args([
+            "--snapshot-interval-ms",
+            "500",
+            "--session-timeout-secs",
+            "6",
+        ])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// 30 bets within a minute by `player`: `fraud.bet_velocity` fires once, on the 30th.
+fn bet_burst(player: &str, n0: u64) -> Vec<OutRecord> {
+    let t0 = pitboss_model::Timestamp::now().as_millis();
+    (0..30u64)
+        .map(|i| {
+            let t = pitboss_model::Timestamp::from_millis(t0 + i as i64 * 1_000)
+                .to_rfc3339()
+                .unwrap();
+            let json = format!(
+                r#"{{"event_id":"0193735a-0000-7000-8000-{:012x}","tenant_id":"demo","player_id":"{player}","type":"bet_placed","occurred_at":"{t}","payload":{{"bet_id":"b-{player}-{i}","game_id":"roulette","stake":{{"amount_minor":100,"currency":"EUR"}}}}}}"#,
+                n0 + i
+            );
+            let e = pitboss_model::decode_event(json.as_bytes()).unwrap();
+            OutRecord::new(format!("demo:{player}"), pitboss_model::encode_proto(&e))
+        })
+        .collect()
+}
+
+/// The players of the alerts on `topic` so far (one per alert record).
+async fn alerted_players(bus: &KafkaBus, topic: &str, want: usize) -> Vec<String> {
+    use pitboss_bus::ReadFrom;
+    let mut reader = bus.reader_all(topic, ReadFrom::Earliest).await.unwrap();
+    let mut players = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(if want == 0 { 3 } else { 60 }) {
+        for r in reader.poll(100, Duration::from_millis(200)).await.unwrap() {
+            let a = pitboss_model::live::Alert::decode_proto(&r.value).unwrap();
+            players.push(a.player_id.unwrap_or_default());
+        }
+        if want > 0 && players.len() >= want {
+            // Anything more (a double) would come with these: read a little longer.
+            for r in reader.poll(100, Duration::from_secs(2)).await.unwrap() {
+                let a = pitboss_model::live::Alert::decode_proto(&r.value).unwrap();
+                players.push(a.player_id.unwrap_or_default());
+            }
+            break;
+        }
+    }
+    players.sort();
+    players
+}
+
+/// Waits until the group's members are exactly `n` (their client ids).
+async fn members_become(
+    bus: &KafkaBus,
+    group: &str,
+    n: usize,
+    logs: &[&std::path::Path],
+) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let m: Vec<String> = bus
+            .group_members(group)
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect();
+        if m.len() == n {
+            return m;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "group {group} has {m:?}, not {n} members\n{}",
+            logs.iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn wait_for_line(log: &std::path::Path, needle: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no {needle:?} in {}:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One rules engine per group (docs/rules.md, "One engine per group"): a second `pitboss
+/// antifraud` in the group stands by without joining it while the first runs; after the first
+/// is stopped (SIGTERM) it takes over and raises alerts; an engine restarted on the same state
+/// file after a SIGKILL is not held back by its own previous run; and the first engine, started
+/// again while the second runs, stands by. Every burst of bets raises its alert exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_first_leaves() {
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("one");
+    let group = format!("{name}_af");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    for (topic, partitions) in [
+        (format!("{name}_events"), 8),
+        (format!("{name}_events_overflow"), 8),
+        (format!("{name}_alerts"), 2),
+        (format!("{name}_pushes"), 2),
+        (format!("{name}_dead_letter"), 1),
+    ] {
+        bus.create_topic(&topic, partitions).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (state_a, state_b) = (dir.path().join("a"), dir.path().join("b"));
+    let logs: Vec<std::path::PathBuf> = (0..4)
+        .map(|i| dir.path().join(format!("engine-{i}.log")))
+        .collect();
+    let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+    let publisher = bus.publisher();
+    let events = format!("{name}_events");
+    let alerts = format!("{name}_alerts");
+
+    // A runs alone; B stands by without joining.
+    let mut a = Children(vec![group_engine(&kafka, &name, &state_a, &logs[0])]);
+    let first = members_become(&bus, &group, 1, &all_logs).await;
+    let mut b = Children(vec![group_engine(&kafka, &name, &state_b, &logs[1])]);
+    wait_for_line(&logs[1], "standing by until it leaves");
+    assert_eq!(
+        members_become(&bus, &group, 1, &all_logs).await,
+        first,
+        "B joined the group"
+    );
+    publisher
+        .publish(&events, bet_burst("p-1", 0))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&bus, &alerts, 1).await, ["p-1"]);
+
+    // A stops (SIGTERM): B takes over, with a name of its own.
+    let pid = a.0[0].id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        a.0[0].wait().unwrap().success(),
+        "A did not exit 0 on SIGTERM"
+    );
+    wait_for_line(&logs[1], "the group is free: taking over");
+    let second = members_become(&bus, &group, 1, &all_logs).await;
+    assert_ne!(second, first);
+    publisher
+        .publish(&events, bet_burst("p-2", 100))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&bus, &alerts, 2).await, ["p-1", "p-2"]);
+
+    // B is SIGKILLed and restarted on its state file: its own previous run does not hold it.
+    b.0[0].kill().unwrap();
+    b.0[0].wait().unwrap();
+    b.0.push(group_engine(&kafka, &name, &state_b, &logs[2]));
+    // A, started again meanwhile, finds B (the new run, or its previous one until the group
+    // drops it) and stands by.
+    a.0.push(group_engine(&kafka, &name, &state_a, &logs[3]));
+    wait_for_line(&logs[3], "standing by until it leaves");
+    publisher
+        .publish(&events, bet_burst("p-3", 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        alerted_players(&bus, &alerts, 3).await,
+        ["p-1", "p-2", "p-3"]
+    );
+    assert_eq!(
+        members_become(&bus, &group, 1, &all_logs).await,
+        second,
+        "A joined the group"
+    );
+    let restarted = std::fs::read_to_string(&logs[2]).unwrap();
+    assert!(
+        !restarted.contains("standing by"),
+        "B stood by for its own previous run:\n{restarted}"
+    );
+    drop(a);
+    drop(b);
+}

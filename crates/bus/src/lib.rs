@@ -341,6 +341,9 @@ pub struct ConsumerConfig {
     /// one key's records on all of them are read by one member. Pitboss follows `events` with
     /// its hot-key overflow topic this way (docs/bus.md, "Hot keys").
     pub companions: Vec<String>,
+    /// How this member names itself to the group (Kafka `client.id`, which
+    /// [`Bus::group_members`] reports); the bus's default when `None`.
+    pub client_id: Option<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -350,8 +353,18 @@ impl Default for ConsumerConfig {
             session_timeout: Duration::from_secs(10),
             start: StartFrom::Committed,
             companions: Vec::new(),
+            client_id: None,
         }
     }
+}
+
+/// One member of a consumer group, as [`Bus::group_members`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The name it gave itself ([`ConsumerConfig::client_id`]).
+    pub client_id: String,
+    /// Where it connects from, as the broker sees it.
+    pub host: String,
 }
 
 /// Where an ungrouped [`Reader`] starts in one partition.
@@ -421,6 +434,14 @@ pub trait Bus: Send + Sync + fmt::Debug {
     ) -> Result<Box<dyn Reader>, BusError>;
 
     /// An ungrouped reader of every partition of `topic`, all from `from`.
+    /// The members of consumer group `group` right now (an empty list: nobody is in it), or
+    /// `None` when this bus cannot tell (the embedded log's groups live in one process;
+    /// Kinesis leases are not reported).
+    async fn group_members(&self, group: &str) -> Result<Option<Vec<GroupMember>>, BusError> {
+        let _ = group;
+        Ok(None)
+    }
+
     async fn reader_all(&self, topic: &str, from: ReadFrom) -> Result<Box<dyn Reader>, BusError> {
         let n = self.partition_count(topic).await?;
         self.reader(topic, (0..n).map(|p| (p, from.clone())).collect())

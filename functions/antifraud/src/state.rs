@@ -167,7 +167,9 @@ impl StateStore {
                  group_id TEXT NOT NULL,
                  unit TEXT NOT NULL,
                  value BLOB NOT NULL,
-                 PRIMARY KEY (group_id, unit)) WITHOUT ROWID;",
+                 PRIMARY KEY (group_id, unit)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS instance (
+                 id TEXT NOT NULL);",
         )?;
         // Columns added with units (a file from before has neither).
         let columns: Vec<String> = conn
@@ -184,6 +186,23 @@ impl StateStore {
             conn,
             group: group.to_owned(),
         })
+    }
+
+    /// This state file's instance id, made (random) the first time it is asked for: the
+    /// engine that runs on this file names itself with it in its group, so a restart on the
+    /// same file is recognised as the same engine and any other member as another one.
+    pub fn instance_id(&self) -> Result<String, StateError> {
+        let found: Option<String> = self
+            .conn
+            .query_row("SELECT id FROM instance LIMIT 1", [], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = found {
+            return Ok(id);
+        }
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        self.conn
+            .execute("INSERT INTO instance (id) VALUES (?1)", params![id])?;
+        Ok(id)
     }
 
     /// The group's last snapshot, if any (its units: [`StateStore::for_each_unit`]).

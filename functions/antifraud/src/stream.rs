@@ -20,6 +20,14 @@
 //!
 //! A record that is not an event the engine can read goes to the dead-letter topic with the
 //! reason in its key; its partition keeps flowing.
+//!
+//! **One engine per group.** Windows of keys other than the player (device, IP) span
+//! partitions, and a partition's windows live in the memory of the engine that read it, so two
+//! engines splitting a group would each see part of the stream. Where the bus reports a group's
+//! members (Kafka), an engine names itself by its state file's instance id and stands by while
+//! another engine is in the group, taking over once it has left; an engine that joins at the
+//! same moment as another and finds it in the group at its first assignment leaves again
+//! before reading anything and stands by.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -176,6 +184,9 @@ pub enum StreamError {
     State(#[from] StateError),
     #[error(transparent)]
     Rules(#[from] AntifraudError),
+    /// Another engine was in the group at this one's first assignment: it leaves and stands by.
+    #[error("another rules engine is in group {group}: {others}")]
+    AnotherEngine { group: String, others: String },
 }
 
 /// Wraps a live-path message into its bus record with the four headers.
@@ -243,6 +254,13 @@ struct Work {
     replay_since: Instant,
     out: Output,
     stats: StreamStats,
+    /// The bus, for the group's members.
+    bus: Arc<dyn Bus>,
+    /// How this engine names itself in the group (from the state file's instance id).
+    client_id: String,
+    /// The engine found itself alone in the group at an assignment: it keeps its partitions
+    /// when another engine joins (that one leaves).
+    incumbent: bool,
 }
 
 /// Runs the engine on `bus` until `shutdown` resolves; then saves its state, commits and
@@ -254,6 +272,7 @@ pub async fn run(
 ) -> Result<StreamStats, StreamError> {
     let set = config.rules.load()?;
     let store = StateStore::open(&config.state_path, &config.group)?;
+    let client_id = format!("pitboss-antifraud-{}", store.instance_id()?);
     let Restored {
         engine,
         skip_upto,
@@ -283,25 +302,112 @@ pub async fn run(
         replay_since: Instant::now(),
         out: Output::default(),
         stats: StreamStats::default(),
+        bus: bus.clone(),
+        client_id,
+        incumbent: false,
         config,
     };
+    work.config.consumer.client_id = Some(work.client_id.clone());
     if !work.replay.is_empty() {
         tracing::info!(
             batches = work.replay.len(),
             "replaying the batches logged before the restart"
         );
     }
-    let mut consumer = bus
-        .consumer(
-            &work.config.group,
-            &work.config.topic,
-            work.config.consumer.clone(),
-        )
-        .await?;
     let poll_max = work.config.poll_max;
-    run_partitioned(&mut *consumer, &mut work, poll_max, shutdown).await?;
-    consumer.close().await?;
-    Ok(work.stats)
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let free = stand_by(
+            bus.clone(),
+            work.config.group.clone(),
+            work.client_id.clone(),
+            shutdown.as_mut(),
+        )
+        .await;
+        if !free {
+            return Ok(work.stats);
+        }
+        let mut consumer = bus
+            .consumer(
+                &work.config.group,
+                &work.config.topic,
+                work.config.consumer.clone(),
+            )
+            .await?;
+        match run_partitioned(&mut *consumer, &mut work, poll_max, shutdown.as_mut()).await {
+            Err(StreamError::AnotherEngine { group, others }) => {
+                // Nothing was read: leave, and wait for the group to empty.
+                consumer.close().await?;
+                tracing::warn!(%group, %others, "another rules engine joined the group with this one; leaving it and standing by");
+            }
+            r => {
+                r?;
+                consumer.close().await?;
+                return Ok(work.stats);
+            }
+        }
+    }
+}
+
+/// Other engines in the group (members with another name), as the bus reports them; `None`
+/// when it cannot tell.
+async fn other_engines(
+    bus: Arc<dyn Bus>,
+    group: String,
+    client_id: String,
+) -> Result<Option<Vec<pitboss_bus::GroupMember>>, BusError> {
+    Ok(bus
+        .group_members(&group)
+        .await?
+        .map(|m| m.into_iter().filter(|m| m.client_id != client_id).collect()))
+}
+
+fn describe(others: &[pitboss_bus::GroupMember]) -> String {
+    others
+        .iter()
+        .map(|m| format!("{} at {}", m.client_id, m.host))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits while another engine is in the group (checking every 1–2 s); false when `shutdown`
+/// came first. A member with this engine's own name is this engine's previous run (its state
+/// file), gone without leaving: the group drops it when its session times out.
+async fn stand_by(
+    bus: Arc<dyn Bus>,
+    group: String,
+    client_id: String,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> bool {
+    let mut standing = false;
+    loop {
+        match other_engines(bus.clone(), group.clone(), client_id.clone()).await {
+            Ok(Some(others)) if !others.is_empty() => {
+                if !standing {
+                    tracing::info!(%group, others = %describe(&others), "another rules engine is active in the group: standing by until it leaves");
+                    metrics::gauge!("pitboss_antifraud_standby").set(1.0);
+                    standing = true;
+                }
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, %group, "could not list the group's members; retrying");
+            }
+        }
+        // 1–2 s, different for each engine, so two that stand by do not join in step.
+        let jitter = u64::from(std::process::id()).wrapping_mul(2_654_435_761)
+            ^ Timestamp::now().as_millis() as u64;
+        let wait = Duration::from_millis(1_000 + jitter % 1_000);
+        tokio::select! {
+            () = shutdown.as_mut() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    if standing {
+        tracing::info!(%group, "the group is free: taking over");
+    }
+    metrics::gauge!("pitboss_antifraud_standby").set(0.0);
+    true
 }
 
 /// The engine as the state file left it: what it holds, the positions it covers, the batches
@@ -796,7 +902,27 @@ impl PartitionWork for Work {
     type Error = StreamError;
 
     async fn assigned(&mut self, _partitions: &[Partition]) -> Result<(), StreamError> {
-        Ok(())
+        if self.incumbent {
+            return Ok(());
+        }
+        // Two engines that left their stand-by together meet here, before either read
+        // anything: both leave (and stand by again, at different paces).
+        let others = other_engines(
+            self.bus.clone(),
+            self.config.group.clone(),
+            self.client_id.clone(),
+        )
+        .await?;
+        match others {
+            Some(others) if !others.is_empty() => Err(StreamError::AnotherEngine {
+                group: self.config.group.clone(),
+                others: describe(&others),
+            }),
+            _ => {
+                self.incumbent = true;
+                Ok(())
+            }
+        }
     }
 
     async fn records(&mut self, records: Vec<Record>) -> Result<(), StreamError> {

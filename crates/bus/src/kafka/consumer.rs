@@ -352,6 +352,10 @@ impl KafkaConsumer {
             // Per-partition lag for the metrics (see `Ctx::stats`).
             .set("statistics.interval.ms", "5000");
         kafka.apply_extra(&mut c);
+        if let Some(id) = &config.client_id {
+            // After the extra options: other members must be able to tell this one apart.
+            c.set("client.id", id);
+        }
         let topics: Vec<Arc<str>> = std::iter::once(topic)
             .chain(config.companions.iter().map(String::as_str))
             .map(Arc::from)

@@ -32,8 +32,8 @@ pub use publisher::KafkaPublisher;
 pub use reader::KafkaReader;
 
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Partition, Position, Publisher, ReadFrom, Reader,
-    Record,
+    Bus, BusError, Consumer, ConsumerConfig, GroupMember, Partition, Position, Publisher, ReadFrom,
+    Reader, Record,
 };
 
 /// Connection, producer and lookup settings for Kafka.
@@ -419,6 +419,29 @@ impl Bus for KafkaBus {
 
     async fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
         Ok(self.partition_counts(vec![topic.to_owned()]).await?[0])
+    }
+
+    async fn group_members(&self, group: &str) -> Result<Option<Vec<GroupMember>>, BusError> {
+        let meta = self.meta()?;
+        let timeout = self.config.request_timeout;
+        let group = group.to_owned();
+        blocking(move || {
+            let list = meta
+                .fetch_group_list(Some(&group), timeout)
+                .map_err(kafka_error)?;
+            Ok(Some(
+                list.groups()
+                    .iter()
+                    .filter(|g| g.name() == group)
+                    .flat_map(|g| g.members())
+                    .map(|m| GroupMember {
+                        client_id: m.client_id().to_owned(),
+                        host: m.client_host().trim_start_matches('/').to_owned(),
+                    })
+                    .collect(),
+            ))
+        })
+        .await
     }
 
     async fn consumer(
