@@ -120,6 +120,14 @@ struct AntifraudArgs {
     /// Seconds without heartbeats before the group gives a dead member's partitions away.
     #[arg(long, default_value_t = 10)]
     session_timeout_secs: u64,
+    /// On Kafka: the compacted topic the engine's state is mirrored to, so that an engine
+    /// taking the group over on another machine starts from these windows (docs/rules.md).
+    #[arg(long, default_value = "antifraud_state")]
+    state_topic: String,
+    /// On Kafka: keep the state only in the state directory (a takeover elsewhere starts
+    /// with empty windows).
+    #[arg(long)]
+    no_state_topic: bool,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
@@ -503,6 +511,9 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     config.pushes_topic = args.pushes_topic.clone();
     config.dead_letter_topic = args.dead_letter_topic.clone();
     config.state_path = args.state_dir.join("antifraud.db");
+    // Only Kafka compacts topics; elsewhere the state lives in the state directory.
+    config.state_topic = (matches!(args.bus.kind, BusKind::Kafka) && !args.no_state_topic)
+        .then(|| args.state_topic.clone());
     config.snapshot_interval = std::time::Duration::from_millis(args.snapshot_interval_ms.max(1));
     config.save_slice_units = args.save_slice_units;
     config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
@@ -1029,6 +1040,9 @@ async fn up(
         c.pushes_topic = named(&c.pushes_topic);
         c.dead_letter_topic = named(&c.dead_letter_topic);
         c.state_path = data_dir.join("antifraud.db");
+        // On Kafka the state is mirrored to the bus too: another `pitboss up` that takes the
+        // group over starts from it.
+        c.state_topic = kafka_bootstrap.is_some().then(|| named("antifraud_state"));
         c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
         c.save_slice_units = save_slice_units;
         c

@@ -793,8 +793,17 @@ fn group_engine(kafka: &str, name: &str, state: &std::path::Path, log: &std::pat
 
 /// 30 bets within a minute by `player`: `fraud.bet_velocity` fires once, on the 30th.
 fn bet_burst(player: &str, n0: u64) -> Vec<OutRecord> {
-    let t0 = pitboss_model::Timestamp::now().as_millis();
-    (0..30u64)
+    bets(
+        player,
+        n0,
+        0..30,
+        pitboss_model::Timestamp::now().as_millis(),
+    )
+}
+
+/// Bets `range` of 30 by `player`, one a second from `t0`.
+fn bets(player: &str, n0: u64, range: std::ops::Range<u64>, t0: i64) -> Vec<OutRecord> {
+    range
         .map(|i| {
             let t = pitboss_model::Timestamp::from_millis(t0 + i as i64 * 1_000)
                 .to_rfc3339()
@@ -974,4 +983,146 @@ async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_fi
     );
     drop(a);
     drop(b);
+}
+
+/// Events of `topic` a save in the changelog covers (the mark's positions: offset + 1 per
+/// partition).
+async fn saved_events(
+    bus: &std::sync::Arc<dyn Bus>,
+    state_topic: &str,
+    group: &str,
+    topic: &str,
+) -> i64 {
+    let Some((image, _)) = pitboss_antifraud::changelog::read(bus, state_topic, group)
+        .await
+        .unwrap()
+    else {
+        return 0;
+    };
+    image.mark.map_or(0, |m| {
+        m.positions
+            .iter()
+            .filter(|((t, _), _)| &**t == topic)
+            .map(|(_, p)| match p {
+                pitboss_bus::Position::Offset(o) => o + 1,
+                pitboss_bus::Position::Sequence(_) => 0,
+            })
+            .sum()
+    })
+}
+
+async fn wait_saved(bus: &std::sync::Arc<dyn Bus>, name: &str, n: i64, logs: &[&std::path::Path]) {
+    let start = Instant::now();
+    while saved_events(
+        bus,
+        "antifraud_state",
+        &format!("{name}_af"),
+        &format!("{name}_events"),
+    )
+    .await
+        < n
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no save covering {n} events in the changelog\n{}",
+            logs.iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The state changelog (docs/rules.md, "The state changelog"): an engine that takes the group
+/// over with a state directory of its own — after the first engine's SIGTERM, then after a
+/// SIGKILL — starts from the windows of the engine it replaces: a burst of 30 bets split 20
+/// before the takeover and 10 after raises its alert, once (with empty windows the new engine
+/// would count 10 bets and raise nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_taking_the_group_over_elsewhere_starts_from_the_windows_it_replaces() {
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("log");
+    let group = format!("{name}_af");
+    let bus: std::sync::Arc<dyn Bus> =
+        std::sync::Arc::new(KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap());
+    for (topic, partitions) in [
+        (format!("{name}_events"), 8),
+        (format!("{name}_events_overflow"), 8),
+        (format!("{name}_alerts"), 2),
+        (format!("{name}_pushes"), 2),
+        (format!("{name}_dead_letter"), 1),
+    ] {
+        bus.create_topic(&topic, partitions).await.unwrap();
+    }
+    let kbus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("engine-{i}.log")))
+        .collect();
+    let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+    let publisher = bus.publisher();
+    let events = format!("{name}_events");
+    let alerts = format!("{name}_alerts");
+    let t0 = pitboss_model::Timestamp::now().as_millis();
+
+    // A runs the group and sees 20 bets of p-1; its save reaches the changelog; SIGTERM.
+    let mut a = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("a"),
+        &logs[0],
+    )]);
+    members_become(&kbus, &group, 1, &all_logs).await;
+    publisher
+        .publish(&events, bets("p-1", 0, 0..20, t0))
+        .await
+        .unwrap();
+    wait_saved(&bus, &name, 20, &all_logs).await;
+    let pid = a.0[0].id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        a.0[0].wait().unwrap().success(),
+        "A did not exit 0 on SIGTERM"
+    );
+
+    // B, on a state directory of its own, takes over from the changelog: 10 more bets fire.
+    let mut b = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("b"),
+        &logs[1],
+    )]);
+    wait_for_line(&logs[1], "state taken from the changelog");
+    publisher
+        .publish(&events, bets("p-1", 0, 20..30, t0))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&kbus, &alerts, 1).await, ["p-1"]);
+
+    // B sees 20 bets of p-2, saves, and is SIGKILLed; C takes over from the changelog once
+    // the group has dropped B.
+    publisher
+        .publish(&events, bets("p-2", 100, 0..20, t0))
+        .await
+        .unwrap();
+    wait_saved(&bus, &name, 50, &all_logs).await;
+    b.0[0].kill().unwrap();
+    b.0[0].wait().unwrap();
+    let _c = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("c"),
+        &logs[2],
+    )]);
+    wait_for_line(&logs[2], "state taken from the changelog");
+    publisher
+        .publish(&events, bets("p-2", 100, 20..30, t0))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&kbus, &alerts, 2).await, ["p-1", "p-2"]);
+    drop(a);
 }

@@ -98,6 +98,10 @@ pub mod header {
     /// Set (to `1`) on an event whose `event_id` the client chose: the ids an ingest instance
     /// reads back into its dedup window when it starts (docs/api.md, "Duplicates").
     pub const CLIENT_ID: &str = "pitboss-client-id";
+    /// Set (to `1`) on a record whose key is deleted: on a compacted Kafka topic
+    /// ([`super::Bus::create_compacted_topic`]) the record is sent with no value (a tombstone),
+    /// so compaction drops the key; it is read back with an empty value.
+    pub const TOMBSTONE: &str = "pitboss-tombstone";
 }
 
 /// Record headers: names with byte values, in order (Kafka record headers; an envelope on
@@ -434,6 +438,15 @@ pub trait Bus: Send + Sync + fmt::Debug {
     ) -> Result<Box<dyn Reader>, BusError>;
 
     /// An ungrouped reader of every partition of `topic`, all from `from`.
+    /// Creates `topic` (when missing) with one partition and log compaction (the last record
+    /// of each key is kept, whatever its age; keys deleted with [`header::TOMBSTONE`] go): for
+    /// state mirrored onto the bus. Buses without compaction refuse ([`BusError::Config`]).
+    async fn create_compacted_topic(&self, topic: &str) -> Result<(), BusError> {
+        Err(BusError::Config(format!(
+            "{topic}: this bus has no compacted topics (Kafka has)"
+        )))
+    }
+
     /// The members of consumer group `group` right now (an empty list: nobody is in it), or
     /// `None` when this bus cannot tell (the embedded log's groups live in one process;
     /// Kinesis leases are not reported).

@@ -11,6 +11,7 @@
 //! described in `docs/rules.md`.
 
 pub mod backtest;
+pub mod changelog;
 pub mod duration;
 pub mod engine;
 pub mod error;

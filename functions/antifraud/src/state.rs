@@ -61,6 +61,16 @@ impl From<Pos> for Position {
 /// Per `(topic, partition)`: a position.
 pub type Positions = BTreeMap<(Arc<str>, Partition), Position>;
 
+/// Positions as the state file and the changelog write them.
+pub(crate) fn encode_positions(positions: &Positions) -> Result<Vec<u8>, StateError> {
+    encode(positions)
+}
+
+/// Positions written by [`encode_positions`].
+pub(crate) fn decode_positions(bytes: &[u8]) -> Result<Positions, StateError> {
+    decode(bytes)
+}
+
 fn encode(positions: &Positions) -> Result<Vec<u8>, StateError> {
     let rows: Vec<(&str, Partition, Pos)> = positions
         .iter()
@@ -135,6 +145,8 @@ pub struct LoggedBatch {
 pub struct StateStore {
     conn: Connection,
     group: String,
+    /// Written with the next [`StateStore::save`]: the save's sequence and writer.
+    next_mark: Option<(u64, String)>,
 }
 
 impl StateStore {
@@ -169,7 +181,11 @@ impl StateStore {
                  value BLOB NOT NULL,
                  PRIMARY KEY (group_id, unit)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS instance (
-                 id TEXT NOT NULL);",
+                 id TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS marks (
+                 group_id TEXT PRIMARY KEY,
+                 save_seq INTEGER NOT NULL,
+                 writer TEXT NOT NULL);",
         )?;
         // Columns added with units (a file from before has neither).
         let columns: Vec<String> = conn
@@ -185,7 +201,80 @@ impl StateStore {
         Ok(StateStore {
             conn,
             group: group.to_owned(),
+            next_mark: None,
         })
+    }
+
+    /// The sequence and writer of the group's last save as the changelog counts them (none:
+    /// no save was marked in this file).
+    pub fn mark(&self) -> Result<Option<(u64, String)>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT save_seq, writer FROM marks WHERE group_id = ?1",
+                params![self.group],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?
+            .map(|(s, w)| (u64::try_from(s).unwrap_or(0), w)))
+    }
+
+    /// Marks the next [`StateStore::save`] (in its transaction) with this sequence and writer.
+    pub fn mark_next_save(&mut self, save_seq: u64, writer: &str) {
+        self.next_mark = Some((save_seq, writer.to_owned()));
+    }
+
+    /// Replaces the group's state in this file with `image` (read from the changelog), in one
+    /// transaction.
+    pub fn import(&mut self, image: &crate::changelog::Image) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        for table in ["units", "snapshots", "batches", "marks"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE group_id = ?1"),
+                params![self.group],
+            )?;
+        }
+        {
+            let mut unit =
+                tx.prepare_cached("INSERT INTO units (group_id, unit, value) VALUES (?1, ?2, ?3)")?;
+            for (name, value) in &image.units {
+                unit.execute(params![self.group, name, value])?;
+            }
+            let mut batch = tx.prepare_cached(
+                "INSERT INTO batches (group_id, seq, logged_at_ms, ends) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for b in image.batches.values() {
+                batch.execute(params![
+                    self.group,
+                    i64::try_from(b.seq).unwrap_or(i64::MAX),
+                    b.logged_at_ms,
+                    encode(&b.ends)?
+                ])?;
+            }
+        }
+        if let Some(m) = &image.mark {
+            tx.execute(
+                "INSERT INTO snapshots (group_id, taken_at_ms, positions, engine, format, meta)
+                 VALUES (?1, ?2, ?3, X'', ?4, ?5)",
+                params![
+                    self.group,
+                    m.taken_at_ms,
+                    encode(&m.positions)?,
+                    FORMAT_UNITS,
+                    m.meta
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO marks (group_id, save_seq, writer) VALUES (?1, ?2, ?3)",
+                params![
+                    self.group,
+                    i64::try_from(m.save_seq).unwrap_or(i64::MAX),
+                    m.writer
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// This state file's instance id, made (random) the first time it is asked for: the
@@ -345,6 +434,12 @@ impl StateStore {
             tx.execute(
                 "DELETE FROM batches WHERE group_id = ?1 AND seq <= ?2",
                 params![self.group, i64::try_from(seq).unwrap_or(i64::MAX)],
+            )?;
+        }
+        if let Some((seq, writer)) = self.next_mark.take() {
+            tx.execute(
+                "INSERT OR REPLACE INTO marks (group_id, save_seq, writer) VALUES (?1, ?2, ?3)",
+                params![self.group, i64::try_from(seq).unwrap_or(i64::MAX), writer],
             )?;
         }
         tx.commit()?;

@@ -121,6 +121,10 @@ pub struct StreamConfig {
     pub rules: RulesSource,
     /// The state file (snapshot, the engine's units and the batch log).
     pub state_path: PathBuf,
+    /// The compacted topic the state file is mirrored to (Kafka), so an engine that takes the
+    /// group over elsewhere starts from this one's windows ([`crate::changelog`]); none: the
+    /// state lives only in the file.
+    pub state_topic: Option<String>,
     /// How often what changed in the engine's state is saved and the offsets committed.
     pub snapshot_interval: Duration,
     /// Units a save writes between two polls (a save of more units is spread over several,
@@ -146,6 +150,7 @@ impl Default for StreamConfig {
             dead_letter_topic: "antifraud_dead_letter".into(),
             rules: RulesSource::Shipped,
             state_path: PathBuf::from("antifraud-state.db"),
+            state_topic: None,
             snapshot_interval: Duration::from_secs(5),
             save_slice_units: 200,
             reload_interval: Duration::from_secs(2),
@@ -184,6 +189,8 @@ pub enum StreamError {
     State(#[from] StateError),
     #[error(transparent)]
     Rules(#[from] AntifraudError),
+    #[error("reading the state changelog: {0}")]
+    Changelog(#[from] crate::changelog::ReadError),
     /// Another engine was in the group at this one's first assignment: it leaves and stands by.
     #[error("another rules engine is in group {group}: {others}")]
     AnotherEngine { group: String, others: String },
@@ -261,6 +268,12 @@ struct Work {
     /// The engine found itself alone in the group at an assignment: it keeps its partitions
     /// when another engine joins (that one leaves).
     incumbent: bool,
+    /// The state file's instance id (the writer of the saves it marks).
+    instance: String,
+    /// The changelog the state file is mirrored to.
+    changelog: Option<crate::changelog::Changelog>,
+    /// Sequence of the last save (across every engine of the group, via the changelog).
+    save_seq: u64,
 }
 
 /// Runs the engine on `bus` until `shutdown` resolves; then saves its state, commits and
@@ -270,63 +283,30 @@ pub async fn run(
     config: StreamConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<StreamStats, StreamError> {
-    let set = config.rules.load()?;
-    let store = StateStore::open(&config.state_path, &config.group)?;
-    let client_id = format!("pitboss-antifraud-{}", store.instance_id()?);
-    let Restored {
-        engine,
-        skip_upto,
-        replay,
-    } = restore(set, &store)?;
-    // After the logged batches — or, starting cold, after any left in the log, so the first
-    // save drops them too rather than a new batch taking the sequence of a stale one.
-    let next_seq = store.batches()?.last().map_or(1, |b| b.seq + 1);
-    let mut work = Work {
-        fingerprint: config.rules.fingerprint(),
-        engine,
-        store,
-        publisher: bus.publisher(),
-        skip_upto,
-        replay,
-        buffer: HashMap::new(),
-        received: HashMap::new(),
-        processed: Positions::new(),
-        next_seq,
-        last_seq: None,
-        dirty: false,
-        last_snapshot: Instant::now(),
-        last_stats: None,
-        cycle: None,
-        durable: Vec::new(),
-        last_reload_check: Instant::now(),
-        replay_since: Instant::now(),
-        out: Output::default(),
-        stats: StreamStats::default(),
-        bus: bus.clone(),
-        client_id,
-        incumbent: false,
-        config,
-    };
-    work.config.consumer.client_id = Some(work.client_id.clone());
-    if !work.replay.is_empty() {
-        tracing::info!(
-            batches = work.replay.len(),
-            "replaying the batches logged before the restart"
-        );
+    // Bad rules and an unusable state file are refused before anything else.
+    config.rules.load()?;
+    let instance = StateStore::open(&config.state_path, &config.group)?.instance_id()?;
+    let client_id = format!("pitboss-antifraud-{instance}");
+    if let Some(topic) = &config.state_topic {
+        bus.create_compacted_topic(topic).await?;
     }
-    let poll_max = work.config.poll_max;
+    let poll_max = config.poll_max;
+    let mut stats = StreamStats::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let free = stand_by(
             bus.clone(),
-            work.config.group.clone(),
-            work.client_id.clone(),
+            config.group.clone(),
+            client_id.clone(),
             shutdown.as_mut(),
         )
         .await;
         if !free {
-            return Ok(work.stats);
+            return Ok(stats);
         }
+        // The state is read now, after any stand-by: the engine that ran the group until now
+        // may have saved since this process started.
+        let mut work = Work::start(bus.clone(), config.clone(), client_id.clone(), stats).await?;
         let mut consumer = bus
             .consumer(
                 &work.config.group,
@@ -339,6 +319,7 @@ pub async fn run(
                 // Nothing was read: leave, and wait for the group to empty.
                 consumer.close().await?;
                 tracing::warn!(%group, %others, "another rules engine joined the group with this one; leaving it and standing by");
+                stats = work.stats;
             }
             r => {
                 r?;
@@ -346,6 +327,111 @@ pub async fn run(
                 return Ok(work.stats);
             }
         }
+    }
+}
+
+impl Work {
+    /// The engine as the state file (or, when the group's last save is another engine's, the
+    /// changelog) left it.
+    async fn start(
+        bus: Arc<dyn Bus>,
+        mut config: StreamConfig,
+        client_id: String,
+        stats: StreamStats,
+    ) -> Result<Work, StreamError> {
+        let set = config.rules.load()?;
+        let mut store = StateStore::open(&config.state_path, &config.group)?;
+        let instance = store.instance_id()?;
+        let local = store.mark()?;
+        let mut save_seq = local.as_ref().map_or(0, |(s, _)| *s);
+        let mut changelog = None;
+        if let Some(topic) = &config.state_topic {
+            let mut log = crate::changelog::Changelog::new(topic.clone(), config.group.clone());
+            let mut logged: Vec<u64> = store.batches()?.iter().map(|b| b.seq).collect();
+            if let Some((image, chunked)) =
+                crate::changelog::read(&bus, topic, &config.group).await?
+            {
+                // The file is as new as the changelog when this engine wrote the changelog's
+                // last save (the file is written first); a save by another engine is newer.
+                let take = image.mark.as_ref().is_some_and(|m| {
+                    m.writer != instance || local.as_ref().is_none_or(|(s, _)| m.save_seq > *s)
+                });
+                if let Some(m) = &image.mark {
+                    save_seq = save_seq.max(m.save_seq);
+                }
+                if take {
+                    store.import(&image)?;
+                    tracing::info!(
+                        topic = %topic,
+                        units = image.units.len(),
+                        batches = image.batches.len(),
+                        save = image.mark.as_ref().map_or(0, |m| m.save_seq),
+                        "state taken from the changelog (the group's last save was another engine's)"
+                    );
+                }
+                logged.extend(image.batches.keys().copied());
+                logged.sort_unstable();
+                logged.dedup();
+                log.resume(chunked, logged);
+            } else {
+                log.resume(HashMap::new(), logged);
+            }
+            changelog = Some(log);
+        }
+        let Restored {
+            engine,
+            skip_upto,
+            replay,
+        } = restore(set, &store)?;
+        // After the logged batches — or, starting cold, after any left in the log, so the first
+        // save drops them too rather than a new batch taking the sequence of a stale one.
+        let next_seq = store.batches()?.last().map_or(1, |b| b.seq + 1);
+        if !replay.is_empty() {
+            tracing::info!(
+                batches = replay.len(),
+                "replaying the batches logged before the restart"
+            );
+        }
+        config.consumer.client_id = Some(client_id.clone());
+        Ok(Work {
+            fingerprint: config.rules.fingerprint(),
+            engine,
+            store,
+            publisher: bus.publisher(),
+            skip_upto,
+            replay,
+            buffer: HashMap::new(),
+            received: HashMap::new(),
+            processed: Positions::new(),
+            next_seq,
+            last_seq: None,
+            dirty: false,
+            last_snapshot: Instant::now(),
+            last_stats: None,
+            cycle: None,
+            durable: Vec::new(),
+            last_reload_check: Instant::now(),
+            replay_since: Instant::now(),
+            out: Output::default(),
+            stats,
+            bus,
+            client_id,
+            incumbent: false,
+            instance,
+            changelog,
+            save_seq,
+            config,
+        })
+    }
+
+    /// Publishes records to the changelog (in order, waiting until durable).
+    async fn mirror(&mut self, records: Vec<OutRecord>) -> Result<(), StreamError> {
+        let Some(topic) = self.changelog.as_ref().map(|l| l.topic.clone()) else {
+            return Ok(());
+        };
+        let backoff = (self.config.retry_initial, self.config.retry_max);
+        let publisher = self.publisher.clone();
+        publish(&publisher, &topic, records, backoff).await
     }
 }
 
@@ -586,6 +672,7 @@ impl Work {
         logged: Option<LoggedBatch>,
     ) -> Result<(), StreamError> {
         let records = canonical_order(records);
+        let mut mirrored = None;
         let seq = match logged {
             Some(b) => b.seq,
             None => {
@@ -608,6 +695,16 @@ impl Work {
                 };
                 self.next_seq += 1;
                 self.store.log_batch(&b)?;
+                // Durable in the changelog too before the batch's output is published: sent
+                // now, waited for after the evaluation.
+                if let Some(log) = &mut self.changelog {
+                    let record = log.batch(&b)?;
+                    let (publisher, topic) = (self.publisher.clone(), log.topic.clone());
+                    let backoff = (self.config.retry_initial, self.config.retry_max);
+                    mirrored = Some(tokio::spawn(async move {
+                        publish(&publisher, &topic, vec![record], backoff).await
+                    }));
+                }
                 b.seq
             }
         };
@@ -633,6 +730,10 @@ impl Work {
             }
         }
         let detected = Timestamp::now();
+        if let Some(m) = mirrored {
+            m.await
+                .map_err(|e| BusError::Unavailable(format!("changelog publish: {e}")))??;
+        }
         let (alerts, pushes) = output_records(&mut self.out, detected);
         let (na, np, nd) = (alerts.len() as u64, pushes.len() as u64, dead.len() as u64);
         let alerts_topic = self.config.alerts_topic.clone();
@@ -673,13 +774,13 @@ impl Work {
 
     /// Saves everything processed so far: finishes the save in progress, then saves what
     /// changed since it began (on shutdown and when partitions are revoked).
-    fn snapshot(&mut self) -> Result<(), StreamError> {
+    async fn snapshot(&mut self) -> Result<(), StreamError> {
         while self.cycle.is_some() {
-            self.write_slice()?;
+            self.write_slice().await?;
         }
-        self.begin_save()?;
+        self.begin_save().await?;
         while self.cycle.is_some() {
-            self.write_slice()?;
+            self.write_slice().await?;
         }
         Ok(())
     }
@@ -688,7 +789,7 @@ impl Work {
     /// now. A full save (the first, or after a reload) is written at once; otherwise the
     /// changed units are written in slices (`save_slice_units`) between batches
     /// ([`Work::write_slice`]), so the engine does not stop for the whole save.
-    fn begin_save(&mut self) -> Result<(), StreamError> {
+    async fn begin_save(&mut self) -> Result<(), StreamError> {
         self.last_snapshot = Instant::now();
         if !self.dirty {
             return Ok(());
@@ -712,7 +813,7 @@ impl Work {
             units: 0,
             bytes: 0,
         });
-        self.write_slice()
+        self.write_slice().await
     }
 
     /// Writes the next slice of the save in progress (all of it for a full save); the last
@@ -720,7 +821,7 @@ impl Work {
     /// them to the loop to commit. Units written in slices may already hold events after those
     /// positions, which a restart replays onto them harmlessly (docs/rules.md, "Across
     /// crashes").
-    fn write_slice(&mut self) -> Result<(), StreamError> {
+    async fn write_slice(&mut self) -> Result<(), StreamError> {
         let Some(cycle) = self.cycle.as_mut() else {
             return Ok(());
         };
@@ -737,6 +838,10 @@ impl Work {
             cycle.units += saved.upserted + saved.deleted;
             cycle.bytes += saved.bytes;
             cycle.work += started.elapsed();
+            if let Some(log) = &mut self.changelog {
+                let records = log.units(false, &units, self.save_seq);
+                self.mirror(records).await?;
+            }
             return Ok(());
         }
         let Some(cycle) = self.cycle.take() else {
@@ -747,12 +852,25 @@ impl Work {
             units,
             meta: self.engine.meta()?,
         };
-        let saved = self.store.save(
-            Timestamp::now().as_millis(),
-            &cycle.positions,
-            &changes,
-            cycle.covers_seq,
-        )?;
+        let taken_at_ms = Timestamp::now().as_millis();
+        self.save_seq += 1;
+        self.store.mark_next_save(self.save_seq, &self.instance);
+        let saved = self
+            .store
+            .save(taken_at_ms, &cycle.positions, &changes, cycle.covers_seq)?;
+        // The changelog holds the save before its positions are committed to the group.
+        if let Some(log) = &mut self.changelog {
+            let mut records = log.units(changes.full, &changes.units, self.save_seq);
+            records.extend(log.finish(&crate::changelog::SaveMark {
+                save_seq: self.save_seq,
+                writer: self.instance.clone(),
+                taken_at_ms,
+                positions: cycle.positions.clone(),
+                meta: changes.meta.clone(),
+                covers_seq: cycle.covers_seq,
+            })?);
+            self.mirror(records).await?;
+        }
         metrics::histogram!("pitboss_antifraud_snapshot_seconds")
             .record((cycle.work + started.elapsed()).as_secs_f64());
         metrics::gauge!("pitboss_antifraud_snapshot_bytes").set((cycle.bytes + saved.bytes) as f64);
@@ -934,7 +1052,7 @@ impl PartitionWork for Work {
         if !self.replay.is_empty() {
             self.replay_ready(true).await?;
         }
-        self.snapshot()?;
+        self.snapshot().await?;
         let gone = |tp: &Tp| partitions.contains(&tp.1);
         self.processed.retain(|tp, _| !gone(tp));
         self.received.retain(|tp, _| !gone(tp));
@@ -952,9 +1070,9 @@ impl PartitionWork for Work {
             self.replay_ready(true).await?;
         }
         if self.cycle.is_some() {
-            self.write_slice()?;
+            self.write_slice().await?;
         } else if self.last_snapshot.elapsed() >= self.config.snapshot_interval {
-            self.begin_save()?;
+            self.begin_save().await?;
         }
         Ok(())
     }
@@ -977,7 +1095,7 @@ impl PartitionWork for Work {
         if !self.replay.is_empty() {
             self.replay_ready(true).await?;
         }
-        self.snapshot()
+        self.snapshot().await
     }
 }
 

@@ -301,6 +301,76 @@ impl KafkaBus {
         Ok(created)
     }
 
+    /// Creates `topic` (when missing) with `partitions` and the topic settings `extra`; waits
+    /// until every partition has a leader.
+    async fn create(
+        &self,
+        topic: &str,
+        partitions: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<(), BusError> {
+        let mut c = self.config.client();
+        self.config.apply_extra(&mut c);
+        let admin: AdminClient<DefaultClientContext> =
+            c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        let mut new = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(self.config.replication_factor),
+        )
+        .set(
+            "min.insync.replicas",
+            if self.config.replication_factor >= 3 {
+                "2"
+            } else {
+                "1"
+            },
+        );
+        for (k, v) in extra {
+            new = new.set(k, v);
+        }
+
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(kafka_error)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(BusError::Unavailable(format!("create topic {t}: {code}")));
+                }
+            }
+        }
+        // Wait until every partition has a leader, so the first publish does not race metadata.
+        let producer = self.publisher.producer();
+        let topic = topic.to_owned();
+        blocking(move || {
+            for _ in 0..100 {
+                if let Ok(md) = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                {
+                    let ready = md.topics().iter().any(|t| {
+                        t.name() == topic
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    });
+                    if ready {
+                        return Ok(());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(BusError::Unavailable(format!(
+                "topic {topic} has no leaders after creation"
+            )))
+        })
+        .await
+    }
+
     /// Partition counts of `topics`, in order.
     async fn partition_counts(&self, topics: Vec<String>) -> Result<Vec<u32>, BusError> {
         let meta = self.meta()?;
@@ -355,62 +425,12 @@ impl KafkaBus {
 #[async_trait]
 impl Bus for KafkaBus {
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
-        let mut c = self.config.client();
-        self.config.apply_extra(&mut c);
-        let admin: AdminClient<DefaultClientContext> =
-            c.create().map_err(|e| BusError::Config(e.to_string()))?;
-        let new = NewTopic::new(
-            topic,
-            partitions as i32,
-            TopicReplication::Fixed(self.config.replication_factor),
-        )
-        .set(
-            "min.insync.replicas",
-            if self.config.replication_factor >= 3 {
-                "2"
-            } else {
-                "1"
-            },
-        );
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = admin
-            .create_topics([&new], &opts)
+        self.create(topic, partitions, &[]).await
+    }
+
+    async fn create_compacted_topic(&self, topic: &str) -> Result<(), BusError> {
+        self.create(topic, 1, &[("cleanup.policy", "compact")])
             .await
-            .map_err(kafka_error)?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((t, code)) => {
-                    return Err(BusError::Unavailable(format!("create topic {t}: {code}")));
-                }
-            }
-        }
-        // Wait until every partition has a leader, so the first publish does not race metadata.
-        let producer = self.publisher.producer();
-        let topic = topic.to_owned();
-        blocking(move || {
-            for _ in 0..100 {
-                if let Ok(md) = producer
-                    .client()
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                {
-                    let ready = md.topics().iter().any(|t| {
-                        t.name() == topic
-                            && t.error().is_none()
-                            && t.partitions().len() == partitions as usize
-                            && t.partitions().iter().all(|p| p.leader() >= 0)
-                    });
-                    if ready {
-                        return Ok(());
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(BusError::Unavailable(format!(
-                "topic {topic} has no leaders after creation"
-            )))
-        })
-        .await
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {

@@ -155,8 +155,10 @@ impl Publisher for KafkaPublisher {
                     index,
                 }),
             )
-            .key(r.key.as_bytes())
-            .payload(r.value.as_slice());
+            .key(r.key.as_bytes());
+            if r.headers.get(crate::header::TOMBSTONE).is_none() {
+                attempt = attempt.payload(r.value.as_slice());
+            }
             if let Some(headers) = kafka_headers(&r.headers) {
                 // librdkafka counts headers against `message.max.bytes` with key and value.
                 attempt = attempt.headers(headers);

@@ -1,0 +1,469 @@
+//! The state file mirrored onto a compacted Kafka topic, so that the engine that takes a group
+//! over on another machine (a stand-by, a replaced container) starts from the windows of the
+//! engine it replaces instead of empty ones (docs/rules.md, "The state changelog").
+//!
+//! Every write to the state file is also published, in the same order, to one partition of the
+//! changelog topic, under keys prefixed by the group (`<group>/…`), before what depends on it
+//! happens: a logged batch before the batch's alerts are published, a save's units and
+//! positions before the positions are committed to the group. Records:
+//!
+//! - `u/<unit>`: a unit's bytes; a tombstone when the unit is gone. A unit larger than
+//!   [`CHUNK`] is split: its parts go first as `c/<unit>/<version>/<i>` (i ≥ 1), then `u/<unit>`
+//!   with the first part and the headers `chunks` (how many) and `version`;
+//! - `b/<seq>`: a logged batch (`seq`, `logged_at_ms`, ends); a tombstone once a save covers it;
+//! - `full`: a full save begins (units before it are dropped);
+//! - `meta`: a save finished: its sequence, writer, time, positions, engine-wide values and the
+//!   last batch it covers.
+//!
+//! Reading the partition from its start and folding the records in order gives the state file
+//! as its writer had it ([`Image`]); compaction keeps the last record of each key, which folds
+//! to the same image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitboss_bus::{Bus, BusError, OutRecord, ReadFrom, header};
+
+use crate::Change;
+use crate::state::{LoggedBatch, Positions, StateError};
+
+/// Largest piece of a unit in one record (Kafka's default `max.message.bytes` is ~1 MB).
+pub const CHUNK: usize = 500_000;
+
+const CHUNKS: &str = "chunks";
+const VERSION: &str = "version";
+
+/// Units written in parts: name → (version, parts).
+pub type Chunked = HashMap<String, (u64, u32)>;
+
+/// A finished save, as the `meta` record carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveMark {
+    /// Saves of the group, counted across every engine that ran it.
+    pub save_seq: u64,
+    /// The state file (instance id) of the engine that wrote it.
+    pub writer: String,
+    pub taken_at_ms: i64,
+    pub positions: Positions,
+    /// [`crate::Engine::meta`].
+    pub meta: Vec<u8>,
+    pub covers_seq: Option<u64>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MarkWire {
+    save_seq: u64,
+    writer: String,
+    taken_at_ms: i64,
+    positions: Vec<u8>,
+    meta: Vec<u8>,
+    covers_seq: Option<u64>,
+}
+
+/// The state file as the changelog holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Image {
+    /// Unit name → bytes.
+    pub units: BTreeMap<String, Vec<u8>>,
+    pub batches: BTreeMap<u64, LoggedBatch>,
+    /// The last finished save (none: the group never saved).
+    pub mark: Option<SaveMark>,
+}
+
+/// Writes the changelog records of one group.
+#[derive(Debug)]
+pub struct Changelog {
+    pub topic: String,
+    group: String,
+    /// Units written in parts: the version and part count of their last write, so a later write
+    /// or delete also deletes those parts.
+    chunked: Chunked,
+    /// Batches logged and not yet covered by a save.
+    logged: Vec<u64>,
+    version: u64,
+}
+
+impl Changelog {
+    pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Changelog {
+        Changelog {
+            topic: topic.into(),
+            group: group.into(),
+            chunked: HashMap::new(),
+            logged: Vec::new(),
+            version: 0,
+        }
+    }
+
+    /// Continues after `image` (read at start): its split units and logged batches.
+    pub fn resume(&mut self, image_chunked: Chunked, logged: Vec<u64>) {
+        self.version = image_chunked.values().map(|(v, _)| *v).max().unwrap_or(0);
+        self.chunked = image_chunked;
+        self.logged = logged;
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.group)
+    }
+
+    fn tombstone(&self, rest: &str) -> OutRecord {
+        OutRecord::new(self.key(rest), Vec::new()).with_header(header::TOMBSTONE, "1")
+    }
+
+    /// The records of units written (a full save first drops every unit: `full`).
+    pub fn units(&mut self, full: bool, changes: &[Change], save_seq: u64) -> Vec<OutRecord> {
+        let mut out = Vec::with_capacity(changes.len() + usize::from(full));
+        if full {
+            out.push(OutRecord::new(self.key("full"), save_seq.to_string()));
+        }
+        for c in changes {
+            let name = c.unit.name();
+            // Parts of its previous write go (a new write has a new version).
+            if let Some((v, n)) = self.chunked.remove(&name) {
+                for i in 1..n {
+                    out.push(self.tombstone(&format!("c/{name}/{v}/{i}")));
+                }
+            }
+            match &c.value {
+                None => out.push(self.tombstone(&format!("u/{name}"))),
+                Some(v) if v.len() <= CHUNK => {
+                    out.push(OutRecord::new(self.key(&format!("u/{name}")), v.clone()));
+                }
+                Some(v) => {
+                    self.version += 1;
+                    let version = self.version;
+                    let parts: Vec<&[u8]> = v.chunks(CHUNK).collect();
+                    for (i, p) in parts.iter().enumerate().skip(1) {
+                        out.push(OutRecord::new(
+                            self.key(&format!("c/{name}/{version}/{i}")),
+                            p.to_vec(),
+                        ));
+                    }
+                    out.push(
+                        OutRecord::new(self.key(&format!("u/{name}")), parts[0].to_vec())
+                            .with_header(CHUNKS, parts.len().to_string())
+                            .with_header(VERSION, version.to_string()),
+                    );
+                    self.chunked
+                        .insert(name, (version, u32::try_from(parts.len()).unwrap_or(0)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The record of a logged batch.
+    pub fn batch(&mut self, b: &LoggedBatch) -> Result<OutRecord, StateError> {
+        self.logged.push(b.seq);
+        let wire = (
+            b.seq,
+            b.logged_at_ms,
+            crate::state::encode_positions(&b.ends)?,
+        );
+        let bytes = postcard::to_stdvec(&wire)
+            .map_err(|e| StateError(format!("encoding a logged batch: {e}")))?;
+        Ok(OutRecord::new(self.key(&format!("b/{}", b.seq)), bytes))
+    }
+
+    /// The records that finish a save: the batches it covers deleted, then its mark.
+    pub fn finish(&mut self, mark: &SaveMark) -> Result<Vec<OutRecord>, StateError> {
+        let mut out = Vec::new();
+        if let Some(c) = mark.covers_seq {
+            let (gone, kept): (Vec<u64>, Vec<u64>) = self.logged.iter().partition(|s| **s <= c);
+            for s in gone {
+                out.push(self.tombstone(&format!("b/{s}")));
+            }
+            self.logged = kept;
+        }
+        let wire = MarkWire {
+            save_seq: mark.save_seq,
+            writer: mark.writer.clone(),
+            taken_at_ms: mark.taken_at_ms,
+            positions: crate::state::encode_positions(&mark.positions)?,
+            meta: mark.meta.clone(),
+            covers_seq: mark.covers_seq,
+        };
+        let bytes = postcard::to_stdvec(&wire)
+            .map_err(|e| StateError(format!("encoding a save mark: {e}")))?;
+        out.push(OutRecord::new(self.key("meta"), bytes));
+        Ok(out)
+    }
+}
+
+/// Folds records of the changelog (in order) into the image of `group`'s state file; also
+/// returns the split units' versions and part counts (for [`Changelog::resume`]).
+pub fn fold<'a>(
+    group: &str,
+    records: impl IntoIterator<Item = (&'a str, &'a [u8], &'a pitboss_bus::Headers)>,
+) -> Result<(Image, Chunked), StateError> {
+    let prefix = format!("{group}/");
+    let mut image = Image::default();
+    let mut parts: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut chunked: Chunked = HashMap::new();
+    for (key, value, headers) in records {
+        let Some(rest) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let gone = headers.get(header::TOMBSTONE).is_some() || value.is_empty();
+        if rest == "full" {
+            image.units.clear();
+            chunked.clear();
+        } else if rest == "meta" {
+            let w: MarkWire = postcard::from_bytes(value)
+                .map_err(|e| StateError(format!("unreadable save mark in the changelog: {e}")))?;
+            image.mark = Some(SaveMark {
+                save_seq: w.save_seq,
+                writer: w.writer,
+                taken_at_ms: w.taken_at_ms,
+                positions: crate::state::decode_positions(&w.positions)?,
+                meta: w.meta,
+                covers_seq: w.covers_seq,
+            });
+        } else if let Some(seq) = rest.strip_prefix("b/") {
+            let seq: u64 = seq
+                .parse()
+                .map_err(|_| StateError(format!("a changelog key {key:?} of no batch")))?;
+            if gone {
+                image.batches.remove(&seq);
+            } else {
+                let (s, logged_at_ms, ends): (u64, i64, Vec<u8>) = postcard::from_bytes(value)
+                    .map_err(|e| StateError(format!("unreadable batch in the changelog: {e}")))?;
+                image.batches.insert(
+                    seq,
+                    LoggedBatch {
+                        seq: s,
+                        logged_at_ms,
+                        ends: crate::state::decode_positions(&ends)?,
+                    },
+                );
+            }
+        } else if let Some(part) = rest.strip_prefix("c/") {
+            if gone {
+                parts.remove(part);
+            } else {
+                parts.insert(part.to_owned(), value.to_vec());
+            }
+        } else if let Some(name) = rest.strip_prefix("u/") {
+            chunked.remove(name);
+            if gone {
+                image.units.remove(name);
+                continue;
+            }
+            let n: u32 = headers
+                .get_str(CHUNKS)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            if n <= 1 {
+                image.units.insert(name.to_owned(), value.to_vec());
+                continue;
+            }
+            let version: u64 = headers
+                .get_str(VERSION)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut whole = value.to_vec();
+            for i in 1..n {
+                let Some(p) = parts.get(&format!("{name}/{version}/{i}")) else {
+                    return Err(StateError(format!(
+                        "unit {name} in the changelog lacks part {i} of {n}"
+                    )));
+                };
+                whole.extend_from_slice(p);
+            }
+            chunked.insert(name.to_owned(), (version, n));
+            image.units.insert(name.to_owned(), whole);
+        }
+    }
+    Ok((image, chunked))
+}
+
+/// Reads the whole changelog `topic` (to where it ended when the read began) and folds
+/// `group`'s records. `Ok(None)`: the topic has nothing of the group.
+pub async fn read(
+    bus: &Arc<dyn Bus>,
+    topic: &str,
+    group: &str,
+) -> Result<Option<(Image, Chunked)>, ReadError> {
+    let mut reader = bus.reader_all(topic, ReadFrom::Earliest).await?;
+    let mut records = Vec::new();
+    while !reader.caught_up() {
+        records.extend(reader.poll(10_000, Duration::from_millis(500)).await?);
+    }
+    let prefix = format!("{group}/");
+    if !records.iter().any(|r| r.key.starts_with(&prefix)) {
+        return Ok(None);
+    }
+    let folded = fold(
+        group,
+        records
+            .iter()
+            .map(|r| (r.key.as_str(), r.value.as_slice(), &r.headers)),
+    )?;
+    Ok(Some(folded))
+}
+
+/// Reading the changelog failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Unit;
+    use pitboss_bus::Position;
+
+    fn unit(n: u8) -> Unit {
+        Unit::Bet(u64::from(n))
+    }
+
+    fn put(n: u8, v: Vec<u8>) -> Change {
+        Change {
+            unit: unit(n),
+            value: Some(v),
+            expires_at_ms: 0,
+        }
+    }
+
+    fn gone(n: u8) -> Change {
+        Change {
+            unit: unit(n),
+            value: None,
+            expires_at_ms: 0,
+        }
+    }
+
+    fn batch(seq: u64) -> LoggedBatch {
+        let mut ends = Positions::new();
+        ends.insert((Arc::from("events"), 1), Position::Offset(seq as i64 * 10));
+        LoggedBatch {
+            seq,
+            logged_at_ms: 7,
+            ends,
+        }
+    }
+
+    fn mark(save_seq: u64, covers: Option<u64>) -> SaveMark {
+        let mut positions = Positions::new();
+        positions.insert((Arc::from("events"), 1), Position::Offset(save_seq as i64));
+        SaveMark {
+            save_seq,
+            writer: "a".into(),
+            taken_at_ms: 5,
+            positions,
+            meta: vec![1, 2],
+            covers_seq: covers,
+        }
+    }
+
+    fn image(group: &str, records: &[OutRecord]) -> (Image, Chunked) {
+        fold(
+            group,
+            records
+                .iter()
+                .map(|r| (r.key.as_str(), r.value.as_slice(), &r.headers)),
+        )
+        .unwrap()
+    }
+
+    /// Keeps the last record of each key, in the order of those last records (what Kafka's
+    /// compaction leaves).
+    fn compacted(records: &[OutRecord]) -> Vec<OutRecord> {
+        let last: HashMap<&str, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key.as_str(), i))
+            .collect();
+        records
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| last[r.key.as_str()] == *i)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_folded_changelog_is_the_state_file_its_writer_had_and_compaction_keeps_it() {
+        let mut log = Changelog::new("state", "g");
+        let big: Vec<u8> = (0..(2 * CHUNK + 7)).map(|i| (i % 251) as u8).collect();
+        let mut rec = log.units(
+            true,
+            &[put(1, vec![1]), put(2, vec![2]), put(3, big.clone())],
+            1,
+        );
+        rec.push(log.batch(&batch(1)).unwrap());
+        rec.push(log.batch(&batch(2)).unwrap());
+        rec.extend(log.finish(&mark(1, Some(1))).unwrap());
+        // The next save: 1 changed, 2 gone, the big one rewritten smaller, batch 3 logged.
+        rec.extend(log.units(false, &[put(1, vec![9]), gone(2), put(3, vec![3])], 2));
+        rec.push(log.batch(&batch(3)).unwrap());
+        // Another group's records on the same topic are not this group's.
+        rec.extend(Changelog::new("state", "other").units(false, &[put(4, vec![4])], 1));
+        let (img, chunked) = image("g", &rec);
+        assert_eq!(
+            img.units.into_iter().collect::<Vec<_>>(),
+            vec![(unit(1).name(), vec![9]), (unit(3).name(), vec![3])]
+        );
+        assert_eq!(img.batches.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(img.mark, Some(mark(1, Some(1))));
+        assert!(chunked.is_empty());
+        // The rewrite deleted the big unit's parts: nothing of it is left after compaction.
+        let left = compacted(&rec);
+        assert!(
+            left.iter()
+                .filter(|r| r.key.starts_with("g/c/"))
+                .all(|r| r.headers.get(header::TOMBSTONE).is_some())
+        );
+        assert_eq!(image("g", &left).0, image("g", &rec).0);
+    }
+
+    #[test]
+    fn a_split_unit_is_put_back_together_and_a_full_save_drops_what_came_before() {
+        let mut log = Changelog::new("state", "g");
+        let big: Vec<u8> = (0..(CHUNK + 1)).map(|i| (i % 7) as u8).collect();
+        let mut rec = log.units(false, &[put(1, vec![1]), put(2, big.clone())], 1);
+        let (img, chunked) = image("g", &rec);
+        assert_eq!(img.units[&unit(2).name()], big);
+        assert_eq!(chunked[&unit(2).name()].1, 2);
+        assert!(img.mark.is_none());
+        // A reader resuming after this image deletes the parts when the unit is rewritten.
+        let mut resumed = Changelog::new("state", "g");
+        resumed.resume(chunked, vec![]);
+        rec.extend(resumed.units(true, &[put(3, vec![3])], 2));
+        rec.extend(resumed.units(false, &[gone(2)], 2));
+        let (img, _) = image("g", &rec);
+        assert_eq!(
+            img.units.keys().cloned().collect::<Vec<_>>(),
+            vec![unit(3).name()]
+        );
+        assert!(
+            compacted(&rec)
+                .iter()
+                .filter(|r| r.key.starts_with("g/c/"))
+                .all(|r| r.headers.get(header::TOMBSTONE).is_some())
+        );
+    }
+
+    #[test]
+    fn a_unit_whose_parts_are_missing_is_an_error_not_a_wrong_window() {
+        let mut log = Changelog::new("state", "g");
+        let big = vec![5u8; CHUNK + 1];
+        let rec: Vec<OutRecord> = log
+            .units(false, &[put(1, big)], 1)
+            .into_iter()
+            .filter(|r| !r.key.starts_with("g/c/"))
+            .collect();
+        let e = fold(
+            "g",
+            rec.iter()
+                .map(|r| (r.key.as_str(), r.value.as_slice(), &r.headers)),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("lacks part 1 of 2"), "{e}");
+    }
+}
