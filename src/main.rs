@@ -502,8 +502,26 @@ async fn run_antifraud(
     }
 }
 
+/// The rules engine's bus: on Kafka without the producer's linger (5 ms by default, which lets
+/// ingest's many small publishes share requests) unless `linger.ms` is given: the engine
+/// publishes each batch's output, and its changelog records, in one call and waits for them.
+fn engine_spec(spec: BusSpec) -> BusSpec {
+    match spec {
+        BusSpec::Kafka {
+            bootstrap,
+            mut options,
+        } => {
+            options
+                .entry("linger.ms".into())
+                .or_insert_with(|| "0".into());
+            BusSpec::Kafka { bootstrap, options }
+        }
+        other => other,
+    }
+}
+
 async fn antifraud(args: AntifraudArgs) -> Result<()> {
-    let spec = args.bus.spec()?;
+    let spec = engine_spec(args.bus.spec()?);
     let overflow = format!("{}_overflow", args.topic);
     let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
     config.group = args.group.clone();
@@ -691,6 +709,11 @@ struct UpArgs {
     /// ClickHouse database of the Pitboss tables, with `--clickhouse-url`.
     #[arg(long, default_value = "pitboss", requires = "clickhouse_url")]
     clickhouse_database: String,
+    /// On Kafka, keep the rules engine's state only in `--data-dir` instead of also mirroring
+    /// it to the compacted topic `<prefix>antifraud_state` (which lets another `pitboss up`
+    /// take the group over with the engine's windows, docs/rules.md).
+    #[arg(long, requires = "kafka_bootstrap")]
+    no_state_topic: bool,
     /// How many steps (nice, 0–19) below the live path (ingest, the rules engine, the gateway)
     /// the threads that store run (the processors, their reads of the log, their writes):
     /// when the cores are busy, storing waits and notifications do not.
@@ -884,6 +907,7 @@ async fn up(
         topic_prefix,
         clickhouse_url,
         clickhouse_database,
+        no_state_topic,
         storage_nice,
     }: UpArgs,
 ) -> Result<()> {
@@ -1042,7 +1066,8 @@ async fn up(
         c.state_path = data_dir.join("antifraud.db");
         // On Kafka the state is mirrored to the bus too: another `pitboss up` that takes the
         // group over starts from it.
-        c.state_topic = kafka_bootstrap.is_some().then(|| named("antifraud_state"));
+        c.state_topic =
+            (kafka_bootstrap.is_some() && !no_state_topic).then(|| named("antifraud_state"));
         c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
         c.save_slice_units = save_slice_units;
         c
@@ -1075,7 +1100,19 @@ async fn up(
                 storage,
             )),
         };
-    let engine = run_antifraud(bus.clone(), antifraud, stop.clone());
+    // On Kafka the engine has a producer of its own, without linger (`engine_spec`).
+    let engine_bus = match &kafka_bootstrap {
+        Some(bootstrap) if antifraud.is_some() => {
+            engine_spec(BusSpec::Kafka {
+                bootstrap: bootstrap.clone(),
+                options: pitboss_bus::parse_options(kafka_options.iter().map(String::as_str))?,
+            })
+            .open()
+            .await?
+        }
+        _ => bus.clone(),
+    };
+    let engine = run_antifraud(engine_bus, antifraud, stop.clone());
     let processors = drain_processors(
         async { tokio::try_join!(processors, engine).map(|_| ()) },
         stop.clone(),
