@@ -930,6 +930,15 @@ async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_fi
         first,
         "B joined the group"
     );
+    // A second process on A's state directory is refused: it would write A's rows.
+    let twin_log = dir.path().join("twin.log");
+    let mut twin = group_engine(&kafka, &name, &state_a, &twin_log);
+    let status = twin.wait().unwrap();
+    let said = std::fs::read_to_string(&twin_log).unwrap();
+    assert!(
+        !status.success() && said.contains("in use by another rules engine process"),
+        "{status}: {said}"
+    );
     publisher
         .publish(&events, bet_burst("p-1", 0))
         .await

@@ -210,6 +210,9 @@ pub fn live_record<M: LiveMessage>(m: &M) -> OutRecord {
 
 type Tp = (Arc<str>, Partition);
 
+/// How often a running engine checks that it is alone in its group.
+const MEMBER_CHECK: Duration = Duration::from_secs(5);
+
 /// How long the logged batches may wait for their records after a restart.
 const REPLAY_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -274,6 +277,10 @@ struct Work {
     changelog: Option<crate::changelog::Changelog>,
     /// Sequence of the last save (across every engine of the group, via the changelog).
     save_seq: u64,
+    /// When the group's members were last checked while running, and since when another
+    /// engine has been seen in it.
+    members_checked: Instant,
+    others_since: Option<Instant>,
 }
 
 /// Runs the engine on `bus` until `shutdown` resolves; then saves its state, commits and
@@ -285,6 +292,21 @@ pub async fn run(
 ) -> Result<StreamStats, StreamError> {
     // Bad rules and an unusable state file are refused before anything else.
     config.rules.load()?;
+    // One process per state file: a second one would write the same rows and, named alike,
+    // not see the first as another engine.
+    let lock_path = config.state_path.with_extension("lock");
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StateError(format!("{}: {e}", dir.display())))?;
+    }
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| StateError(format!("{}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(StateError(format!(
+            "{} is in use by another rules engine process (one process per state directory)",
+            config.state_path.display()
+        ))
+        .into());
+    }
     let instance = StateStore::open(&config.state_path, &config.group)?.instance_id()?;
     let client_id = format!("pitboss-antifraud-{instance}");
     if let Some(topic) = &config.state_topic {
@@ -293,11 +315,13 @@ pub async fn run(
     let poll_max = config.poll_max;
     let mut stats = StreamStats::default();
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut attempt = 0;
     loop {
         let free = stand_by(
             bus.clone(),
             config.group.clone(),
             client_id.clone(),
+            attempt,
             shutdown.as_mut(),
         )
         .await;
@@ -307,6 +331,13 @@ pub async fn run(
         // The state is read now, after any stand-by: the engine that ran the group until now
         // may have saved since this process started.
         let mut work = Work::start(bus.clone(), config.clone(), client_id.clone(), stats).await?;
+        // Reading the state may have taken a while: another engine may have joined meanwhile.
+        let others = other_engines(bus.clone(), config.group.clone(), client_id.clone()).await?;
+        if others.is_some_and(|o| !o.is_empty()) {
+            stats = work.stats;
+            attempt += 1;
+            continue;
+        }
         let mut consumer = bus
             .consumer(
                 &work.config.group,
@@ -318,12 +349,14 @@ pub async fn run(
             Err(StreamError::AnotherEngine { group, others }) => {
                 // Nothing was read: leave, and wait for the group to empty.
                 consumer.close().await?;
-                tracing::warn!(%group, %others, "another rules engine joined the group with this one; leaving it and standing by");
+                tracing::warn!(%group, %others, "another rules engine is in the group with this one; leaving it and standing by");
                 stats = work.stats;
+                attempt += 1;
             }
             r => {
                 r?;
                 consumer.close().await?;
+                drop(lock);
                 return Ok(work.stats);
             }
         }
@@ -345,47 +378,79 @@ impl Work {
         let local = store.mark()?;
         let mut save_seq = local.as_ref().map_or(0, |(s, _)| *s);
         let mut changelog = None;
+        // Records to put in the changelog before anything else, and whether the first save
+        // must be full (the file and the changelog may differ).
+        let mut catch_up = Vec::new();
+        let mut force_full = false;
+        let mut next_seq = 1;
         if let Some(topic) = &config.state_topic {
-            let mut log = crate::changelog::Changelog::new(topic.clone(), config.group.clone());
-            let mut logged: Vec<u64> = store.batches()?.iter().map(|b| b.seq).collect();
-            if let Some((image, chunked)) =
-                crate::changelog::read(&bus, topic, &config.group).await?
-            {
-                // The file is as new as the changelog when this engine wrote the changelog's
-                // last save (the file is written first); a save by another engine is newer.
-                let take = image.mark.as_ref().is_some_and(|m| {
-                    m.writer != instance || local.as_ref().is_none_or(|(s, _)| m.save_seq > *s)
-                });
-                if let Some(m) = &image.mark {
-                    save_seq = save_seq.max(m.save_seq);
-                }
-                if take {
-                    store.import(&image)?;
-                    tracing::info!(
-                        topic = %topic,
-                        units = image.units.len(),
-                        batches = image.batches.len(),
-                        save = image.mark.as_ref().map_or(0, |m| m.save_seq),
-                        "state taken from the changelog (the group's last save was another engine's)"
-                    );
-                }
-                logged.extend(image.batches.keys().copied());
-                logged.sort_unstable();
-                logged.dedup();
-                log.resume(chunked, logged);
+            let mut log = crate::changelog::Changelog::new(
+                topic.clone(),
+                config.group.clone(),
+                instance.clone(),
+            );
+            let local_batches: Vec<u64> = store.batches()?.iter().map(|b| b.seq).collect();
+            let read = crate::changelog::read(&bus, topic, &config.group).await?;
+            let (image, chunked) = read.unwrap_or_default();
+            if image.skipped > 0 {
+                tracing::warn!(topic = %topic, skipped = image.skipped, "changelog records that could not be read were left out");
+            }
+            // The file is as new as the changelog when this engine wrote the changelog's last
+            // save or batch (the file is written first); another engine's is newer.
+            let take = image.last_writer.as_ref().is_some_and(|w| *w != instance);
+            if let Some(m) = &image.mark {
+                save_seq = save_seq.max(m.save_seq);
+                next_seq = next_seq.max(m.covers_seq.map_or(1, |c| c + 1));
+            }
+            if let Some(last) = image.batches.keys().next_back() {
+                next_seq = next_seq.max(last + 1);
+            }
+            if take {
+                store.import(&image)?;
+                tracing::info!(
+                    topic = %topic,
+                    units = image.units.len(),
+                    batches = image.batches.len(),
+                    save = image.mark.as_ref().map_or(0, |m| m.save_seq),
+                    "state taken from the changelog (the group's last save or batch was another engine's)"
+                );
+                log.resume(chunked, image.batches.keys().copied().collect());
             } else {
-                log.resume(HashMap::new(), logged);
+                // This file is the newer: the changelog gets what it may lack — this file's
+                // logged batches, none of another run's, and a full save.
+                let same = match (&image.mark, &local) {
+                    (Some(m), Some((seq, w))) => m.save_seq == *seq && m.writer == *w,
+                    (None, None) => true,
+                    _ => false,
+                };
+                force_full = !same;
+                log.resume(chunked, local_batches.clone());
+                let stale: Vec<u64> = image
+                    .batches
+                    .keys()
+                    .filter(|s| !local_batches.contains(s))
+                    .copied()
+                    .collect();
+                catch_up.extend(log.forget_batches(&stale));
+                for b in store.batches()? {
+                    catch_up.push(log.batch(&b)?);
+                }
             }
             changelog = Some(log);
         }
         let Restored {
-            engine,
+            mut engine,
             skip_upto,
             replay,
         } = restore(set, &store)?;
-        // After the logged batches — or, starting cold, after any left in the log, so the first
-        // save drops them too rather than a new batch taking the sequence of a stale one.
-        let next_seq = store.batches()?.last().map_or(1, |b| b.seq + 1);
+        if force_full {
+            // Everything the file holds goes to the changelog with the first save.
+            engine.track_changes(true);
+        }
+        // After the logged batches and any the changelog knows of — or, starting cold, after
+        // any left in the log, so the first save drops them too rather than a new batch taking
+        // the sequence of a stale one.
+        next_seq = next_seq.max(store.batches()?.last().map_or(1, |b| b.seq + 1));
         if !replay.is_empty() {
             tracing::info!(
                 batches = replay.len(),
@@ -393,7 +458,7 @@ impl Work {
             );
         }
         config.consumer.client_id = Some(client_id.clone());
-        Ok(Work {
+        let mut work = Work {
             fingerprint: config.rules.fingerprint(),
             engine,
             store,
@@ -405,7 +470,7 @@ impl Work {
             processed: Positions::new(),
             next_seq,
             last_seq: None,
-            dirty: false,
+            dirty: force_full,
             last_snapshot: Instant::now(),
             last_stats: None,
             cycle: None,
@@ -420,8 +485,55 @@ impl Work {
             instance,
             changelog,
             save_seq,
+            members_checked: Instant::now(),
+            others_since: None,
             config,
-        })
+        };
+        if !catch_up.is_empty() {
+            work.mirror(catch_up).await?;
+        }
+        Ok(work)
+    }
+
+    /// Every 5 s while running: another engine that stays in the group for 10 s is not one
+    /// joining (those leave at their first assignment) but an engine that ran the group while
+    /// this one was cut off from it (a session lost without leaving). Both see the other; the
+    /// one whose name sorts last leaves and stands by, so one engine runs the group again.
+    async fn check_alone(&mut self) -> Result<(), StreamError> {
+        if !self.incumbent || self.members_checked.elapsed() < MEMBER_CHECK {
+            return Ok(());
+        }
+        self.members_checked = Instant::now();
+        let others = match other_engines(
+            self.bus.clone(),
+            self.config.group.clone(),
+            self.client_id.clone(),
+        )
+        .await
+        {
+            Ok(Some(o)) => o,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the group's members");
+                return Ok(());
+            }
+        };
+        if others.is_empty() {
+            self.others_since = None;
+            return Ok(());
+        }
+        let since = *self.others_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= 2 * MEMBER_CHECK
+            && others.iter().any(|o| o.client_id < self.client_id)
+        {
+            self.snapshot().await?;
+            self.incumbent = false;
+            return Err(StreamError::AnotherEngine {
+                group: self.config.group.clone(),
+                others: describe(&others),
+            });
+        }
+        Ok(())
     }
 
     /// Publishes records to the changelog (in order, waiting until durable).
@@ -463,9 +575,18 @@ async fn stand_by(
     bus: Arc<dyn Bus>,
     group: String,
     client_id: String,
+    attempt: u32,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> bool {
     let mut standing = false;
+    // After leaving a group it met another engine in, wait before looking: 1–2 s, then up to
+    // 8–16 s, different for each engine, so two that left together do not join in step again.
+    if attempt > 0 {
+        tokio::select! {
+            () = shutdown.as_mut() => return false,
+            () = tokio::time::sleep(jittered(attempt)) => {}
+        }
+    }
     loop {
         match other_engines(bus.clone(), group.clone(), client_id.clone()).await {
             Ok(Some(others)) if !others.is_empty() => {
@@ -480,13 +601,9 @@ async fn stand_by(
                 tracing::warn!(error = %e, %group, "could not list the group's members; retrying");
             }
         }
-        // 1–2 s, different for each engine, so two that stand by do not join in step.
-        let jitter = u64::from(std::process::id()).wrapping_mul(2_654_435_761)
-            ^ Timestamp::now().as_millis() as u64;
-        let wait = Duration::from_millis(1_000 + jitter % 1_000);
         tokio::select! {
             () = shutdown.as_mut() => return false,
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(jittered(1)) => {}
         }
     }
     if standing {
@@ -494,6 +611,15 @@ async fn stand_by(
     }
     metrics::gauge!("pitboss_antifraud_standby").set(0.0);
     true
+}
+
+/// `2^(attempt-1)` to twice that seconds (capped at 8–16 s), different for each process and
+/// call.
+fn jittered(attempt: u32) -> Duration {
+    let base = 1_000u64 << attempt.saturating_sub(1).min(3);
+    let jitter = u64::from(std::process::id()).wrapping_mul(2_654_435_761)
+        ^ (Timestamp::now().as_millis() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    Duration::from_millis(base + (jitter >> 7) % base)
 }
 
 /// The engine as the state file left it: what it holds, the positions it covers, the batches
@@ -1062,6 +1188,7 @@ impl PartitionWork for Work {
 
     async fn tick(&mut self) -> Result<(), StreamError> {
         self.maybe_reload();
+        self.check_alone().await?;
         if !self.replay.is_empty() && self.replay_since.elapsed() >= REPLAY_PATIENCE {
             tracing::warn!(
                 batches = self.replay.len(),

@@ -429,8 +429,42 @@ impl Bus for KafkaBus {
     }
 
     async fn create_compacted_topic(&self, topic: &str) -> Result<(), BusError> {
-        self.create(topic, 1, &[("cleanup.policy", "compact")])
+        match self.partition_count(topic).await {
+            Err(BusError::UnknownTopic(_)) => {
+                return self
+                    .create(topic, 1, &[("cleanup.policy", "compact")])
+                    .await;
+            }
+            Err(e) => return Err(e),
+            Ok(1) => {}
+            Ok(n) => {
+                return Err(BusError::Config(format!(
+                    "topic {topic} has {n} partitions; a compacted state topic has 1 (delete it or name another)"
+                )));
+            }
+        }
+        // It exists: it must compact, or old keys would expire with their records.
+        let mut c = self.config.client();
+        self.config.apply_extra(&mut c);
+        let admin: AdminClient<DefaultClientContext> =
+            c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        let opts = AdminOptions::new().request_timeout(Some(self.config.request_timeout));
+        let results = admin
+            .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &opts)
             .await
+            .map_err(kafka_error)?;
+        let policy = results
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()))
+            .unwrap_or_default();
+        if !policy.split(',').any(|p| p.trim() == "compact") {
+            return Err(BusError::Config(format!(
+                "topic {topic} has cleanup.policy={policy:?}; a state topic needs \"compact\" (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact)"
+            )));
+        }
+        Ok(())
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {

@@ -256,3 +256,53 @@ async fn companions_rebalance_without_loss() {
     a.consumer.close().await.unwrap();
     b.consumer.close().await.unwrap();
 }
+
+/// A compacted state topic: created with one partition and `cleanup.policy=compact`, accepted
+/// again as it is; an existing topic that would expire its keys, or has several partitions, is
+/// refused naming the problem; a tombstone reads back as an empty value and the record is kept
+/// (compaction removes it later).
+#[tokio::test]
+async fn a_compacted_state_topic_is_made_once_and_a_topic_that_is_not_one_is_refused() {
+    let bus = make_bus().await;
+    let name = pitboss_testkit::unique_name("state");
+    bus.create_compacted_topic(&name).await.unwrap();
+    bus.create_compacted_topic(&name).await.unwrap();
+    assert_eq!(bus.partition_count(&name).await.unwrap(), 1);
+    let publisher = bus.publisher();
+    publisher
+        .publish(
+            &name,
+            vec![
+                pitboss_bus::OutRecord::new("k", b"v".to_vec()),
+                pitboss_bus::OutRecord::new("k", Vec::new())
+                    .with_header(pitboss_bus::header::TOMBSTONE, "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let mut reader = bus
+        .reader_all(&name, pitboss_bus::ReadFrom::Earliest)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !reader.caught_up() {
+        got.extend(reader.poll(10, Duration::from_millis(500)).await.unwrap());
+    }
+    let values: Vec<&[u8]> = got.iter().map(|r| r.value.as_slice()).collect();
+    assert_eq!(values, [b"v".as_slice(), b"".as_slice()]);
+
+    let plain = pitboss_testkit::unique_name("plain");
+    bus.create_topic(&plain, 1).await.unwrap();
+    let e = bus.create_compacted_topic(&plain).await.unwrap_err();
+    assert!(
+        matches!(&e, BusError::Config(m) if m.contains("cleanup.policy") && m.contains(&plain)),
+        "{e}"
+    );
+    let wide = pitboss_testkit::unique_name("wide");
+    bus.create_topic(&wide, 3).await.unwrap();
+    let e = bus.create_compacted_topic(&wide).await.unwrap_err();
+    assert!(
+        matches!(&e, BusError::Config(m) if m.contains("3 partitions") && m.contains(&wide)),
+        "{e}"
+    );
+}
