@@ -762,6 +762,19 @@ fn events_processor(
         .unwrap()
 }
 
+/// The topics `group_engine` reads and writes under `name`.
+async fn group_topics(bus: &dyn Bus, name: &str) {
+    for (topic, partitions) in [
+        (format!("{name}_events"), 8),
+        (format!("{name}_events_overflow"), 8),
+        (format!("{name}_alerts"), 2),
+        (format!("{name}_pushes"), 2),
+        (format!("{name}_dead_letter"), 1),
+    ] {
+        bus.create_topic(&topic, partitions).await.unwrap();
+    }
+}
+
 /// `pitboss antifraud` on Kafka for the one-engine-per-group test, logging to `log`.
 fn group_engine(kafka: &str, name: &str, state: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pitboss"))
@@ -901,15 +914,7 @@ async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_fi
     let name = pitboss_testkit::unique_name("one");
     let group = format!("{name}_af");
     let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
-    for (topic, partitions) in [
-        (format!("{name}_events"), 8),
-        (format!("{name}_events_overflow"), 8),
-        (format!("{name}_alerts"), 2),
-        (format!("{name}_pushes"), 2),
-        (format!("{name}_dead_letter"), 1),
-    ] {
-        bus.create_topic(&topic, partitions).await.unwrap();
-    }
+    group_topics(&bus, &name).await;
     let dir = tempfile::tempdir().unwrap();
     let (state_a, state_b) = (dir.path().join("a"), dir.path().join("b"));
     let logs: Vec<std::path::PathBuf> = (0..4)
@@ -1055,15 +1060,7 @@ async fn an_engine_taking_the_group_over_elsewhere_starts_from_the_windows_it_re
     let group = format!("{name}_af");
     let bus: std::sync::Arc<dyn Bus> =
         std::sync::Arc::new(KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap());
-    for (topic, partitions) in [
-        (format!("{name}_events"), 8),
-        (format!("{name}_events_overflow"), 8),
-        (format!("{name}_alerts"), 2),
-        (format!("{name}_pushes"), 2),
-        (format!("{name}_dead_letter"), 1),
-    ] {
-        bus.create_topic(&topic, partitions).await.unwrap();
-    }
+    group_topics(&*bus, &name).await;
     let kbus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let logs: Vec<std::path::PathBuf> = (0..3)
