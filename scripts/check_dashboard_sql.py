@@ -5,9 +5,12 @@ schema and checks that it returns the columns its panel reads, on two engines:
     python3 scripts/check_dashboard_sql.py --chdb SCHEMA.sql
         current ClickHouse in-process (chDB): the DDL of `pitboss migrate --print-sql` applied
         to a scratch directory;
-    python3 scripts/check_dashboard_sql.py --server URL --database DB
+    python3 scripts/check_dashboard_sql.py --server URL --database DB [--cluster]
         a ClickHouse server (18.16 from the test stack) whose database DB was migrated with
-        `pitboss migrate` (scripts/deploy-check.sh makes a scratch one and drops it).
+        `pitboss migrate` (scripts/deploy-check.sh makes a scratch one and drops it); with
+        --cluster, one node of a cluster migrated with `--clickhouse-cluster` (Distributed
+        tables over Replicated ones, as compose deploys it): the sample rows are inserted
+        through the Distributed tables synchronously. URL may carry ?user=…&password=….
 
 Grafana's macros are expanded the way the ClickHouse plugin does ($__timeFilter(c) ->
 c >= toDateTime(from) AND c <= toDateTime(to); $__interval_s -> 60), ${tenant} -> 'acme'. A
@@ -127,10 +130,15 @@ def chdb_engine(schema_path):
     return execute, f"chdb {version}", tmp
 
 
-def server_engine(url, database):
-    def post(sql, fmt=True):
-        params = {"database": database, "max_execution_time": "30"}
-        full = url.rstrip("/") + "/?" + urllib.parse.urlencode(params)
+def server_engine(url, database, cluster=False):
+    parts = urllib.parse.urlsplit(url)
+    base = dict(urllib.parse.parse_qsl(parts.query))
+
+    def post(sql, fmt=True, extra=None):
+        params = {**base, "database": database, "max_execution_time": "30", **(extra or {})}
+        full = urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc, parts.path or "/", urllib.parse.urlencode(params), "")
+        )
         body = (sql + (" FORMAT JSONCompact" if fmt else "")).encode()
         try:
             with urllib.request.urlopen(urllib.request.Request(full, data=body), timeout=60) as r:
@@ -138,8 +146,11 @@ def server_engine(url, database):
         except urllib.error.HTTPError as e:
             raise RuntimeError(e.read().decode(errors="replace")) from None
     for s in sample_rows():
-        post(s, fmt=False)
+        post(s, fmt=False, extra={"insert_distributed_sync": "1"} if cluster else None)
     version = post("SELECT version()", fmt=False).decode().strip()
+    if cluster:
+        version += ", cluster"
+
 
     def execute(sql):
         return json.loads(post(sql))
@@ -150,8 +161,10 @@ def main():
     args = sys.argv[1:]
     if args[:1] == ["--chdb"] and len(args) == 2:
         execute, engine, keep = chdb_engine(args[1])
-    elif args[:1] == ["--server"] and len(args) == 4 and args[2] == "--database":
-        execute, engine, keep = server_engine(args[1], args[3])
+    elif args[:1] == ["--server"] and len(args) in (4, 5) and args[2] == "--database":
+        if len(args) == 5 and args[4] != "--cluster":
+            sys.exit(__doc__)
+        execute, engine, keep = server_engine(args[1], args[3], cluster=len(args) == 5)
     else:
         sys.exit(__doc__)
     sys.exit(1 if run_all(execute, engine) else 0)

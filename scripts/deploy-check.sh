@@ -257,6 +257,24 @@ check_sql_18() {
   return $rc
 }
 
+# The same queries on the test stack's ClickHouse cluster (2 shards x 2 replicas, 18.16), migrated
+# as compose deploys it (`--clickhouse-cluster`): Distributed tables over Replicated ones.
+check_sql_cluster() {
+  local bin url db=deploy_check_cluster_$$ rc name=${PITBOSS_TEST_CLICKHOUSE_CLUSTER_NAME:-pitboss}
+  if [[ -z ${PITBOSS_TEST_CLICKHOUSE_CLUSTER:-} ]]; then
+    echo "no cluster (scripts/stack.sh start --cluster): not run"
+    return 0
+  fi
+  bin=$(pitboss_bin) || { echo "no pitboss binary (PITBOSS_BIN, or cargo build): cannot migrate"; return 1; }
+  url=${PITBOSS_TEST_CLICKHOUSE_CLUSTER%%,*}
+  "$bin" migrate --clickhouse "$url" --database "$db" --clickhouse-cluster "$name" >"$WORK/migrate-cluster.log" 2>&1 \
+    || { cat "$WORK/migrate-cluster.log"; return 1; }
+  python3 scripts/check_dashboard_sql.py --server "$url" --database "$db" --cluster
+  rc=$?
+  curl -sf "$url" --data-binary "DROP DATABASE IF EXISTS $db ON CLUSTER $name" >/dev/null
+  return $rc
+}
+
 check_promql() {
   # Each dashboard PromQL expression as a recording rule, so promtool parses it.
   python3 deploy/grafana/dashboards.py --queries | "$VENV/bin/python" -c '
@@ -372,6 +390,7 @@ run dashboards-grafana-schema check_dashboards_schema
 run grafana-provisioning check_grafana_provisioning
 run dashboard-sql-current-clickhouse check_sql_current
 run dashboard-sql-clickhouse-18.16 check_sql_18
+run dashboard-sql-cluster check_sql_cluster
 run dashboard-promql check_promql
 run promtool-config check_prometheus
 run nginx-t check_nginx
