@@ -22,8 +22,9 @@
     python3 scripts/check_terraform.py --self-test
 
 Prints each failure with its file; exits 1 if there is any. --self-test runs the reference check
-on scripts/testdata/terraform-bad, which must fail with exactly the messages of its expected.txt
-(the check catches what it should, and flags none of the valid forms there).
+on scripts/testdata/terraform-bad and the assertions on scripts/testdata/terraform-insecure; each
+must fail with exactly the messages of its expected.txt (the check catches what it should, and
+flags none of the valid forms there).
 """
 import json
 import re
@@ -33,10 +34,12 @@ from pathlib import Path
 import hcl2
 
 failures = []
+# The directory whose parent paths are reported relative to (set before each check).
+root = Path("infra/terraform")
 
 
 def fail(path, msg):
-    failures.append(f"{path.relative_to(root.parent)}: {msg}")
+    failures.append(f"{path.resolve().relative_to(root.resolve().parent)}: {msg}")
 
 
 def unquote(v):
@@ -309,74 +312,90 @@ def check_references(root):
     return out
 
 
+def check_assertions(files):
+    """The security and shape assertions over `files`; returns the counts of what they saw."""
+    esm = albs = tgs = 0
+
+    for path in files:
+        with path.open() as f:
+            try:
+                doc = hcl2.load(f)
+            except Exception as e:  # the parser's own error types
+                fail(path, f"does not parse: {e}")
+                continue
+        text = path.read_text()
+        for action in walk_actions(doc):
+            if "*" in action:
+                fail(path, f"wildcard IAM action {action!r}")
+        for m in re.finditer(r'"Action"\s*:\s*"([^"]*\*[^"]*)"', text):
+            fail(path, f"wildcard IAM action {m.group(1)!r} in a JSON policy")
+        for rtype, name, body in blocks(doc, "resource"):
+            where = f"{rtype}.{name}"
+            if rtype == "aws_lambda_event_source_mapping":
+                esm += 1
+                if val(body, "function_response_types") != ["ReportBatchItemFailures"]:
+                    fail(path, f"{where}: function_response_types must be [\"ReportBatchItemFailures\"]")
+                if "true" not in str(val(body, "bisect_batch_on_function_error", "")).lower():
+                    fail(path, f"{where}: bisect_batch_on_function_error is not on")
+                dest = body.get("destination_config", [{}])
+                if not (dest and dest[0].get("on_failure")):
+                    fail(path, f"{where}: no destination_config.on_failure")
+            if rtype == "aws_lb":
+                albs += 1
+                if "idle_timeout" not in body:
+                    fail(path, f"{where}: idle_timeout not set (WebSockets idle between pings)")
+            if rtype == "aws_lb_target_group":
+                tgs += 1
+                st = body.get("stickiness", [{}])
+                if not st or str(val(st[0], "enabled")).lower() != "true":
+                    fail(path, f"{where}: stickiness not enabled")
+            if rtype == "aws_cloudwatch_log_group":
+                for attr in ("retention_in_days", "kms_key_id"):
+                    if attr not in body:
+                        fail(path, f"{where}: {attr} not set")
+            if rtype == "aws_secretsmanager_secret_version":
+                value = str(val(body, "secret_string", ""))
+                if not re.search(r"(var\.|random_password\.|jsonencode|join)", value):
+                    fail(path, f"{where}: secret_string is a literal")
+        example = "environments" in path.parts
+        for entry in doc.get("variable", []):
+            for name, body in entry.items():
+                name = unquote(name)
+                if ("default" not in body or example and val(body, "default") is not None) \
+                        and "validation" not in body and name not in ("tags",):
+                    fail(path, f"variable {name}: no validation block (a wrong value must fail naming it)")
+    return esm, albs, tgs
+
+
 if sys.argv[1:2] == ["--self-test"]:
-    fixture = Path(__file__).resolve().parent / "testdata" / "terraform-bad"
-    got = check_references(fixture)
-    want = [l for l in (fixture / "expected.txt").read_text().splitlines() if l and not l.startswith("#")]
-    for m in sorted(set(want) - set(got)):
-        print(f"FAIL self-test: not reported: {m}")
-    for m in sorted(set(got) - set(want)):
-        print(f"FAIL self-test: reported, not expected: {m}")
-    ok = set(got) == set(want) and len(got) == len(want)
-    print(f"reference check self-test on {fixture.name}: {len(got)} findings, {len(want)} expected: "
-          f"{'as expected' if ok else 'MISMATCH'}")
+    ok = True
+    fixtures = Path(__file__).resolve().parent / "testdata"
+    for name, run in (("terraform-bad", lambda f: check_references(f)),
+                      ("terraform-insecure", None)):
+        fixture = fixtures / name
+        root = fixture
+        if run is None:
+            failures.clear()
+            check_assertions(sorted(fixture.rglob("*.tf")))
+            got = list(failures)
+        else:
+            got = run(fixture)
+        want = [l for l in (fixture / "expected.txt").read_text().splitlines() if l and not l.startswith("#")]
+        for m in sorted(set(want) - set(got)):
+            print(f"FAIL self-test: not reported: {m}")
+        for m in sorted(set(got) - set(want)):
+            print(f"FAIL self-test: reported, not expected: {m}")
+        same = set(got) == set(want) and len(got) == len(want)
+        ok &= same
+        print(f"self-test on {fixture.name}: {len(got)} findings, {len(want)} expected: "
+              f"{'as expected' if same else 'MISMATCH'}")
     sys.exit(0 if ok else 1)
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "infra/terraform")
-
 files = sorted(root.rglob("*.tf"))
 if not files:
     sys.exit(f"no .tf files under {root}")
-esm = albs = tgs = 0
-for path in files:
-    with path.open() as f:
-        try:
-            doc = hcl2.load(f)
-        except Exception as e:  # the parser's own error types
-            fail(path, f"does not parse: {e}")
-            continue
-    text = path.read_text()
-    for action in walk_actions(doc):
-        if "*" in action:
-            fail(path, f"wildcard IAM action {action!r}")
-    for m in re.finditer(r'"Action"\s*:\s*"([^"]*\*[^"]*)"', text):
-        fail(path, f"wildcard IAM action {m.group(1)!r} in a JSON policy")
-    for rtype, name, body in blocks(doc, "resource"):
-        where = f"{rtype}.{name}"
-        if rtype == "aws_lambda_event_source_mapping":
-            esm += 1
-            if val(body, "function_response_types") != ["ReportBatchItemFailures"]:
-                fail(path, f"{where}: function_response_types must be [\"ReportBatchItemFailures\"]")
-            if "true" not in str(val(body, "bisect_batch_on_function_error", "")).lower():
-                fail(path, f"{where}: bisect_batch_on_function_error is not on")
-            dest = body.get("destination_config", [{}])
-            if not (dest and dest[0].get("on_failure")):
-                fail(path, f"{where}: no destination_config.on_failure")
-        if rtype == "aws_lb":
-            albs += 1
-            if "idle_timeout" not in body:
-                fail(path, f"{where}: idle_timeout not set (WebSockets idle between pings)")
-        if rtype == "aws_lb_target_group":
-            tgs += 1
-            st = body.get("stickiness", [{}])
-            if not st or str(val(st[0], "enabled")).lower() != "true":
-                fail(path, f"{where}: stickiness not enabled")
-        if rtype == "aws_cloudwatch_log_group":
-            for attr in ("retention_in_days", "kms_key_id"):
-                if attr not in body:
-                    fail(path, f"{where}: {attr} not set")
-        if rtype == "aws_secretsmanager_secret_version":
-            value = str(val(body, "secret_string", ""))
-            if not re.search(r"(var\.|random_password\.|jsonencode|join)", value):
-                fail(path, f"{where}: secret_string is a literal")
-    example = "environments" in path.parts
-    for entry in doc.get("variable", []):
-        for name, body in entry.items():
-            name = unquote(name)
-            if ("default" not in body or example and val(body, "default") is not None) \
-                    and "validation" not in body and name not in ("tags",):
-                fail(path, f"variable {name}: no validation block (a wrong value must fail naming it)")
-
+esm, albs, tgs = check_assertions(files)
 refs = check_references(root)
 failures.extend(refs)
 for what, n in (("event source mapping", esm), ("ALB", albs), ("target group", tgs),

@@ -158,8 +158,9 @@ check_checkov() {
   "$VENV/bin/checkov" -d infra/terraform --framework terraform --skip-download --quiet --compact
 }
 
-# The self-test first: the reference check must reject scripts/testdata/terraform-bad with
-# exactly the messages of its expected.txt (a check that cannot fail would pass anything).
+# The self-test first: the reference check must reject scripts/testdata/terraform-bad, and the
+# assertions scripts/testdata/terraform-insecure, with exactly the messages of their expected.txt
+# (a check that cannot fail would pass anything).
 check_terraform_assertions() {
   "$VENV/bin/python" scripts/check_terraform.py --self-test && "$VENV/bin/python" scripts/check_terraform.py infra/terraform
 }

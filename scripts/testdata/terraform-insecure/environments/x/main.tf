@@ -1,0 +1,100 @@
+variable "no_check" {
+  type = string
+}
+
+variable "checked" {
+  type = string
+  validation {
+    condition     = length(var.checked) > 0
+    error_message = "checked must not be empty."
+  }
+}
+
+variable "tags" {
+  type    = map(string)
+  default = {}
+}
+
+resource "aws_lambda_event_source_mapping" "bare" {
+  function_name    = "f"
+  event_source_arn = "arn:aws:kinesis:eu-west-1:111122223333:stream/events"
+}
+
+resource "aws_lambda_event_source_mapping" "good" {
+  function_name                  = "f"
+  event_source_arn               = "arn:aws:kinesis:eu-west-1:111122223333:stream/events"
+  function_response_types        = ["ReportBatchItemFailures"]
+  bisect_batch_on_function_error = true
+  destination_config {
+    on_failure {
+      destination_arn = "arn:aws:sqs:eu-west-1:111122223333:dlq"
+    }
+  }
+}
+
+resource "aws_lb" "bare" {
+  name = "bare"
+}
+
+resource "aws_lb" "good" {
+  name         = "good"
+  idle_timeout = 120
+}
+
+resource "aws_lb_target_group" "bare" {
+  name = "bare"
+}
+
+resource "aws_lb_target_group" "off" {
+  name = "off"
+  stickiness {
+    type    = "lb_cookie"
+    enabled = false
+  }
+}
+
+resource "aws_lb_target_group" "good" {
+  name = "good"
+  stickiness {
+    type    = "lb_cookie"
+    enabled = true
+  }
+}
+
+resource "aws_cloudwatch_log_group" "bare" {
+  name = "bare"
+}
+
+resource "aws_cloudwatch_log_group" "good" {
+  name              = "good"
+  retention_in_days = 30
+  kms_key_id        = "arn:aws:kms:eu-west-1:111122223333:key/k"
+}
+
+resource "aws_secretsmanager_secret_version" "literal" {
+  secret_id     = "s"
+  secret_string = "hunter2"
+}
+
+resource "aws_secretsmanager_secret_version" "good" {
+  secret_id     = "s"
+  secret_string = var.checked
+}
+
+data "aws_iam_policy_document" "wide" {
+  statement {
+    actions   = ["kinesis:*"]
+    resources = ["*"]
+  }
+  statement {
+    actions   = ["kinesis:GetRecords"]
+    resources = ["arn:aws:kinesis:eu-west-1:111122223333:stream/events"]
+  }
+}
+
+resource "aws_iam_policy" "json" {
+  name   = "json"
+  policy = <<-JSON
+    {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+  JSON
+}
