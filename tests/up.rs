@@ -46,21 +46,27 @@ struct Up {
     gateway: String,
 }
 
+/// `pitboss up` on free ports over `data_dir`, as a user would start it.
+fn up_command(data_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pitboss"));
+    c.args([
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--gateway-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    c
+}
+
 /// Starts `pitboss up` on free ports over `data_dir`, as a user would.
 fn up(data_dir: &std::path::Path) -> Up {
     let mut child = Guard(
-        Command::new(env!("CARGO_BIN_EXE_pitboss"))
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--gateway-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        up_command(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1156,18 +1162,7 @@ fn up_on_a_stopped_kafka_or_clickhouse_or_another_bus_directory_says_so_and_exit
     };
     let run = |data_dir: &std::path::Path, args: &[&str]| {
         let started = std::time::Instant::now();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitboss"))
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--gateway-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let out = up_command(data_dir)
             .args(args)
             .env("RUST_LOG", "off")
             .env_remove("RUST_BACKTRACE")

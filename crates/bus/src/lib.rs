@@ -450,8 +450,7 @@ pub trait Bus: Send + Sync + fmt::Debug {
     /// The members of consumer group `group` right now (an empty list: nobody is in it), or
     /// `None` when this bus cannot tell (the embedded log's groups live in one process;
     /// Kinesis leases are not reported).
-    async fn group_members(&self, group: &str) -> Result<Option<Vec<GroupMember>>, BusError> {
-        let _ = group;
+    async fn group_members(&self, _group: &str) -> Result<Option<Vec<GroupMember>>, BusError> {
         Ok(None)
     }
 
@@ -575,6 +574,13 @@ impl BusSpec {
             BusSpec::Kafka { bootstrap, options } => {
                 let mut config = kafka::KafkaConfig::new(bootstrap.clone());
                 config.extra = options.clone();
+                // A producer setting: given to the producer alone (librdkafka warns about it on
+                // every consumer that is handed it).
+                if let Some(v) = config.extra.remove("linger.ms") {
+                    config.linger = std::time::Duration::from_millis(v.parse().map_err(|_| {
+                        BusError::Config(format!("linger.ms={v:?} is not a number of milliseconds"))
+                    })?);
+                }
                 std::sync::Arc::new(kafka::KafkaBus::new(config)?)
             }
             #[cfg(feature = "kinesis")]
@@ -608,5 +614,21 @@ mod tests {
         assert!(Position::Offset(9) < Position::Offset(10));
         assert!(Position::Offset(i64::MAX) < seq("0"));
         assert_eq!(seq("42").cmp(&seq("42")), std::cmp::Ordering::Equal);
+    }
+
+    /// `linger.ms` goes to the producer only, and a value that is not milliseconds is refused
+    /// naming it (nothing connects: no broker is needed).
+    #[cfg(feature = "kafka")]
+    #[tokio::test]
+    async fn linger_is_the_producers_and_a_bad_one_is_refused() {
+        let spec = |v: &str| BusSpec::Kafka {
+            bootstrap: "127.0.0.1:9".into(),
+            options: [("linger.ms".to_owned(), v.to_owned())].into(),
+        };
+        assert!(spec("0").open().await.is_ok());
+        match spec("soon").open().await {
+            Err(BusError::Config(m)) => assert!(m.contains("linger.ms=\"soon\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -560,12 +560,15 @@ async fn other_engines(
         .map(|m| m.into_iter().filter(|m| m.client_id != client_id).collect()))
 }
 
+/// The other engines, each named once (a killed engine and its restart share a name).
 fn describe(others: &[pitboss_bus::GroupMember]) -> String {
-    others
+    let mut names: Vec<String> = others
         .iter()
         .map(|m| format!("{} at {}", m.client_id, m.host))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(", ")
 }
 
 /// Waits while another engine is in the group (checking every 1–2 s); false when `shutdown`
