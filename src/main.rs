@@ -6,6 +6,7 @@
 //!   embedded log.
 //! - `pitboss migrate` / `pitboss process`: the ClickHouse schema, and the processor from Kafka
 //!   into ClickHouse (events, and the live path's alerts, pushes, deliveries and acks).
+//! - `pitboss topics`: every topic the roles use, created where missing (MSK, compose).
 //! - `pitboss gateway`: the edge gateway (WebSocket pushes and alerts) over Kafka, Kinesis or
 //!   the embedded log (it also runs inside `pitboss up`); `pitboss token`: a connection token.
 //! - `pitboss antifraud`: the rules engine over Kafka, Kinesis or the embedded log, publishing
@@ -24,6 +25,7 @@ mod gateway;
 mod loadgen;
 mod loadgen_broadcast;
 mod loadgen_live;
+mod topics;
 
 /// mimalloc: the ingest path allocates per event; glibc malloc took a fifth of its CPU.
 #[global_allocator]
@@ -67,6 +69,9 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Bring the ClickHouse schema up to date (versioned, idempotent migrations).
     Migrate(MigrateArgs),
+    /// Create the topics every role reads and writes where missing (brokers that do not
+    /// create topics on first use: MSK, compose); idempotent.
+    Topics(topics::TopicsArgs),
     /// Run the processor: events (and alerts, pushes, deliveries, acks) from Kafka into
     /// ClickHouse, effectively once.
     Process(ProcessArgs),
@@ -1370,6 +1375,7 @@ async fn main() -> Result<()> {
         }
         Command::Migrate(args) => clickhouse_client(&args.clickhouse).await.map(|_| ()),
         Command::Process(args) => process(args).await,
+        Command::Topics(args) => topics::run(args).await,
         Command::Sql(args) => sql(&args),
         Command::Antifraud(args) => antifraud(args).await,
         Command::Gateway(args) => gateway::gateway(args).await,

@@ -1132,3 +1132,108 @@ async fn an_engine_taking_the_group_over_elsewhere_starts_from_the_windows_it_re
     assert_eq!(alerted_players(&kbus, &alerts, 2).await, ["p-1", "p-2"]);
     drop(a);
 }
+
+/// `pitboss topics` with `args` against the test broker.
+fn pitboss_topics(kafka: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["topics", "--bus", "kafka", "--kafka-bootstrap", kafka])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `pitboss topics` (docs/deploy.md: MSK and compose do not create topics on first use) makes
+/// every topic the roles use once — keyed ones with `--partitions`, dead letters and the
+/// compacted state topic with one — says so per topic, changes nothing on a second run, keeps
+/// a topic that exists with other partitions, and refuses, naming it, a state topic that is not
+/// one and an overflow topic not co-partitioned with the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work() {
+    let kafka = pitboss_testkit::kafka();
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    let p = format!("{}_", pitboss_testkit::unique_name("tp"));
+
+    let out = pitboss_topics(&kafka, &["--prefix", &p, "--partitions", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 15, "{stdout}");
+    assert!(lines.iter().all(|l| l.starts_with("created ")), "{stdout}");
+    for (topic, n) in [
+        ("events", 3),
+        ("events_overflow", 3),
+        ("alerts", 3),
+        ("pushes", 3),
+        ("deliveries", 3),
+        ("alert_acks", 3),
+        ("presence", 3),
+        ("events_dead_letter", 1),
+        ("events_overflow_dead_letter", 1),
+        ("alerts_dead_letter", 1),
+        ("pushes_dead_letter", 1),
+        ("deliveries_dead_letter", 1),
+        ("alert_acks_dead_letter", 1),
+        ("antifraud_dead_letter", 1),
+        ("antifraud_state", 1),
+    ] {
+        let topic = format!("{p}{topic}");
+        assert_eq!(bus.partition_count(&topic).await.unwrap(), n, "{topic}");
+    }
+    // The state topic compacts: the bus's own check of an existing state topic accepts it.
+    bus.create_compacted_topic(&format!("{p}antifraud_state"))
+        .await
+        .unwrap();
+
+    let again = pitboss_topics(&kafka, &["--prefix", &p, "--partitions", "5"]);
+    assert!(again.status.success(), "{again:?}");
+    let stdout = String::from_utf8(again.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 15, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "exists  {p}alerts (3 partitions, kept; --partitions 5 applies to new topics)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "exists  {p}antifraud_state (1 partition, compacted)"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(bus.partition_count(&format!("{p}alerts")).await.unwrap(), 3);
+
+    // A state topic that is not one: refused, naming it.
+    let q = format!("{}_", pitboss_testkit::unique_name("tq"));
+    bus.create_topic(&format!("{q}antifraud_state"), 2)
+        .await
+        .unwrap();
+    let out = pitboss_topics(&kafka, &["--prefix", &q]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{q}antifraud_state has 2 partitions")),
+        "{err}"
+    );
+
+    // An overflow topic with other partitions than the events: refused, naming both.
+    let r = format!("{}_", pitboss_testkit::unique_name("tr"));
+    bus.create_topic(&format!("{r}events_overflow"), 2)
+        .await
+        .unwrap();
+    let out = pitboss_topics(&kafka, &["--prefix", &r, "--partitions", "4"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "topic \"{r}events_overflow\" has 2 partitions and \"{r}events\" has 4"
+        )),
+        "{err}"
+    );
+
+    let out = pitboss_topics(&kafka, &["--prefix", "a b"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--prefix \"a b\""),
+        "{out:?}"
+    );
+}

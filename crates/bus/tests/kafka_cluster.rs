@@ -1,7 +1,8 @@
 //! Kafka fault test on the 3-broker cluster (RF 3, min.insync.replicas 2) started by
 //! `scripts/stack.sh start --cluster`: a broker is killed with SIGKILL in the middle of a
 //! stream of publishes; publishing goes on (two in-sync replicas remain) and every record
-//! acknowledged before and after the kill is consumed.
+//! acknowledged before and after the kill is consumed. The topic is created without a
+//! replication factor of Pitboss's own: it takes the brokers' default (3), as on MSK.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +13,23 @@ use std::time::Duration;
 
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, BusError, ConsumerConfig, Delivery};
+
+/// How many replicas each partition of `topic` has, from the brokers' metadata.
+fn replicas(topic: &str) -> Vec<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", pitboss_testkit::kafka_cluster())
+        .create()
+        .unwrap();
+    let md = client
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.replicas().len())
+        .collect()
+}
 
 fn broker_pid(node: u32) -> i32 {
     let dir =
@@ -26,11 +44,15 @@ fn broker_pid(node: u32) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_records_survive_losing_a_broker() {
     let mut config = KafkaConfig::new(pitboss_testkit::kafka_cluster());
-    config.replication_factor = 3;
     config.delivery_timeout = Duration::from_secs(60);
     let bus = KafkaBus::new(config).unwrap();
     let topic = pitboss_testkit::unique_name("fault");
     bus.create_topic(&topic, 6).await.unwrap();
+    assert_eq!(
+        replicas(&topic),
+        vec![3; 6],
+        "replicas per partition: the brokers' default.replication.factor"
+    );
 
     let before = contract::records(50, 20, "before");
     contract::publish_all(&bus, &topic, before.clone(), 100).await;

@@ -41,8 +41,9 @@ use crate::{
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub bootstrap_servers: String,
-    /// Replication factor of topics this bus creates (3 in production).
-    pub replication_factor: i32,
+    /// Replication factor of topics this bus creates; `None`: the brokers'
+    /// `default.replication.factor` (and `min.insync.replicas`), as MSK and a cluster set them.
+    pub replication_factor: Option<i32>,
     /// How long a record may wait for its acknowledgement before publish fails.
     pub delivery_timeout: Duration,
     /// Producer batching delay.
@@ -65,7 +66,7 @@ impl KafkaConfig {
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         KafkaConfig {
             bootstrap_servers: bootstrap_servers.into(),
-            replication_factor: 1,
+            replication_factor: None,
             delivery_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(5),
             compression: "lz4".into(),
@@ -313,19 +314,15 @@ impl KafkaBus {
         self.config.apply_extra(&mut c);
         let admin: AdminClient<DefaultClientContext> =
             c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        // -1: the brokers' default (KIP-464); their `min.insync.replicas` goes with it.
         let mut new = NewTopic::new(
             topic,
             partitions as i32,
-            TopicReplication::Fixed(self.config.replication_factor),
-        )
-        .set(
-            "min.insync.replicas",
-            if self.config.replication_factor >= 3 {
-                "2"
-            } else {
-                "1"
-            },
+            TopicReplication::Fixed(self.config.replication_factor.unwrap_or(-1)),
         );
+        if let Some(rf) = self.config.replication_factor {
+            new = new.set("min.insync.replicas", if rf >= 3 { "2" } else { "1" });
+        }
         for (k, v) in extra {
             new = new.set(k, v);
         }

@@ -1,6 +1,8 @@
 # Pitboss on AWS, an example environment (docs/deploy.md walks through it):
 #   API Gateway HTTP API -> ingest Lambda -> Kinesis (on-demand) or MSK  (var.bus)
-#   events -> antifraud Lambda (event source mapping; state in DynamoDB) -> alerts, pushes
+#   events -> the rules engine -> alerts, pushes  (var.antifraud_runtime): the antifraud Lambda
+#     (event source mapping; state in DynamoDB), or on MSK `pitboss antifraud` on ECS Fargate
+#     (one active task and a stand-by; state changelog on a compacted topic)
 #   events, live path -> processor (ECS Fargate, 2+ tasks, one group; either bus) -> ClickHouse
 #   (var.clickhouse_url: ClickHouse Cloud or self-managed) -> Grafana (var.grafana_url: Amazon
 #   Managed Grafana)
@@ -21,6 +23,12 @@ locals {
   egress_cidrs   = concat([var.vpc_cidr], var.clickhouse_cidrs)
   # Whether the gateway reads the console's figures from ClickHouse (not itself a secret).
   console_stats = nonsensitive(var.clickhouse_stats_url != "")
+  engine_on_ecs = var.antifraud_runtime == "ecs"
+  # MSK creates no topic on first use (auto.create.topics.enable=false): the processor and the
+  # engine run `pitboss topics` (idempotent; PITBOSS_PARTITIONS, the brokers' replication)
+  # before they start. Kinesis streams are the stream module's.
+  topics_env    = local.kinesis ? {} : { PITBOSS_PARTITIONS = tostring(var.partitions) }
+  processor_cmd = concat(["process"], flatten([for t in local.processor_read : ["--topic", t]]))
 }
 
 module "observability" {
@@ -31,16 +39,19 @@ module "observability" {
 }
 
 module "stream" {
-  source                    = "../../modules/stream"
-  name                      = var.name
-  kind                      = var.bus
-  topics                    = local.topics
-  kms_key_arn               = module.observability.kms_key_arn
-  partitions                = var.partitions
-  vpc_id                    = var.vpc_id
-  vpc_cidr                  = var.vpc_cidr
-  subnet_ids                = var.private_subnet_ids
-  client_security_group_ids = [module.ingest.security_group_id, module.antifraud.security_group_id, module.gateway.security_group_id, module.processor.security_group_id]
+  source      = "../../modules/stream"
+  name        = var.name
+  kind        = var.bus
+  topics      = local.topics
+  kms_key_arn = module.observability.kms_key_arn
+  partitions  = var.partitions
+  vpc_id      = var.vpc_id
+  vpc_cidr    = var.vpc_cidr
+  subnet_ids  = var.private_subnet_ids
+  client_security_group_ids = concat(
+    [module.ingest.security_group_id, module.gateway.security_group_id, module.processor.security_group_id],
+    module.antifraud[*].security_group_id, module.antifraud_engine[*].security_group_id,
+  )
 }
 
 module "ingest" {
@@ -59,7 +70,10 @@ module "ingest" {
   subnet_ids        = var.private_subnet_ids
 }
 
+# The rules engine runs in one place (two would raise every alert twice): the Lambda here, or
+# the ECS service below (antifraud_engine).
 module "antifraud" {
+  count                = local.engine_on_ecs ? 0 : 1
   source               = "../../modules/antifraud"
   name                 = "${var.name}-antifraud"
   lambda_zip           = var.antifraud_lambda_zip
@@ -76,6 +90,12 @@ module "antifraud" {
   vpc_cidr             = var.vpc_cidr
   subnet_ids           = var.private_subnet_ids
   # Its state table is "<name>-antifraud-state", with deletion protection on (the module's default).
+}
+
+# Before antifraud_runtime, the Lambda was the only engine: its resources keep their addresses.
+moved {
+  from = module.antifraud
+  to   = module.antifraud[0]
 }
 
 # ------------------------------------------------------------------ secrets
@@ -196,9 +216,10 @@ module "processor" {
   name               = "${var.name}-processor"
   image              = var.image
   ecr_repository_arn = var.ecr_repository_arn
-  command            = concat(["process"], flatten([for t in local.processor_read : ["--topic", t]]))
+  entry_point        = local.kinesis ? null : ["/bin/sh", "-c"]
+  command            = local.kinesis ? local.processor_cmd : ["pitboss topics && exec pitboss ${join(" ", local.processor_cmd)}"]
   admin_port         = 9465
-  environment = merge(local.bus_env, {
+  environment = merge(local.bus_env, local.topics_env, {
     PITBOSS_CLICKHOUSE_DATABASE    = var.clickhouse_database
     PITBOSS_PROCESSOR_ADMIN_LISTEN = "0.0.0.0:9465"
   }, var.clickhouse_cluster == "" ? {} : { PITBOSS_CLICKHOUSE_CLUSTER = var.clickhouse_cluster })
@@ -277,4 +298,35 @@ module "gateway" {
     idle_timeout_seconds = var.gateway_idle_timeout_seconds
     access_logs_bucket   = var.access_logs_bucket
   }
+}
+
+# The rules engine as a service (antifraud_runtime = "ecs", bus = "msk"; checks.tf): one task
+# runs the group, the other stands by until it leaves (docs/rules.md, "One engine per group"),
+# and the state is mirrored to the compacted topic antifraud_state, so a task replaced on an
+# empty disk (a deployment, a lost host) starts from the windows of the one it replaces. No AWS
+# call: MSK's SASL/SCRAM settings come in PITBOSS_KAFKA_OPTIONS, as for the processor.
+module "antifraud_engine" {
+  count              = local.engine_on_ecs ? 1 : 0
+  source             = "../../modules/service"
+  name               = "${var.name}-engine"
+  image              = var.image
+  ecr_repository_arn = var.ecr_repository_arn
+  entry_point        = ["/bin/sh", "-c"]
+  command            = ["pitboss topics && exec pitboss antifraud"]
+  admin_port         = 9466
+  environment = merge(local.bus_env, local.topics_env, {
+    PITBOSS_ANTIFRAUD_ADMIN_LISTEN = "0.0.0.0:9466"
+  })
+  secrets       = local.bus_secrets
+  desired_count = 2
+  # Memory bounds the engine (about 53 KB per tracked player); one core does ~550k events/s.
+  cpu       = var.antifraud_memory_mb > 16384 ? 4096 : 2048
+  memory_mb = var.antifraud_memory_mb
+  # The state file (snapshot and batch log) is about the size of the windows in memory.
+  ephemeral_storage_gib = min(200, max(21, 2 * ceil(var.antifraud_memory_mb / 1024)))
+  cluster_arn           = aws_ecs_cluster.pitboss.arn
+  vpc_id                = var.vpc_id
+  subnet_ids            = var.private_subnet_ids
+  egress_cidrs          = [var.vpc_cidr]
+  kms_key_arn           = module.observability.kms_key_arn
 }

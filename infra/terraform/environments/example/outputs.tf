@@ -9,13 +9,18 @@ output "gateway_host" {
 }
 
 output "antifraud_on_failure_queue" {
-  description = "SQS queue of events the rules engine gave up on."
-  value       = module.antifraud.on_failure_queue_url
+  description = "SQS queue of events the antifraud Lambda gave up on (null with antifraud_runtime = \"ecs\": the engine's dead letters go to the antifraud_dead_letter topic)."
+  value       = one(module.antifraud[*].on_failure_queue_url)
 }
 
 output "antifraud_state_table" {
-  description = "DynamoDB table of the rules engine's state (per-key windows; deletion protection on)."
-  value       = module.antifraud.state_table_name
+  description = "DynamoDB table of the antifraud Lambda's state (per-key windows; deletion protection on); null with antifraud_runtime = \"ecs\"."
+  value       = one(module.antifraud[*].state_table_name)
+}
+
+output "antifraud_engine" {
+  description = "The rules engine's ECS service (antifraud_runtime = \"ecs\"; null with the Lambda)."
+  value       = one(module.antifraud_engine[*].service_name)
 }
 
 output "time_to_notify_alarms" {
@@ -40,7 +45,8 @@ output "grafana_url" {
 
 output "log_groups" {
   description = "CloudWatch log groups of the ECS services."
-  value       = { processor = module.processor.log_group, gateway = module.gateway.log_group }
+  value = merge({ processor = module.processor.log_group, gateway = module.gateway.log_group },
+  local.engine_on_ecs ? { antifraud_engine = module.antifraud_engine[0].log_group } : {})
 }
 
 output "processor" {

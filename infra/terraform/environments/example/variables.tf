@@ -136,11 +136,32 @@ variable "ingest_lambda_zip" {
 }
 
 variable "antifraud_lambda_zip" {
-  description = "The antifraud Lambda zip: dist/lambda/antifraud.zip from scripts/lambda-zip.sh."
+  description = "The antifraud Lambda zip: dist/lambda/antifraud.zip from scripts/lambda-zip.sh (antifraud_runtime = \"lambda\"; null with \"ecs\")."
   type        = string
+  default     = null
   validation {
-    condition     = can(regex("\\.zip$", var.antifraud_lambda_zip)) && fileexists(var.antifraud_lambda_zip)
+    condition     = var.antifraud_lambda_zip == null || (can(regex("\\.zip$", var.antifraud_lambda_zip)) && try(fileexists(var.antifraud_lambda_zip), false))
     error_message = "antifraud_lambda_zip must name an existing .zip with the antifraud Lambda's bootstrap (run scripts/lambda-zip.sh)."
+  }
+}
+
+variable "antifraud_runtime" {
+  description = "Where the rules engine runs: \"lambda\" (the antifraud Lambda, state in DynamoDB; either bus) or \"ecs\" (pitboss antifraud on Fargate, one active task and a stand-by, state changelog on MSK; bus = \"msk\"). docs/deploy.md compares their cost."
+  type        = string
+  default     = "lambda"
+  validation {
+    condition     = contains(["lambda", "ecs"], var.antifraud_runtime)
+    error_message = "antifraud_runtime must be \"lambda\" or \"ecs\"."
+  }
+}
+
+variable "antifraud_memory_mb" {
+  description = "Memory of each rules engine task (antifraud_runtime = \"ecs\"): about 53 KB per tracked player (docs/deploy.md, sizing). Up to 16384 on 2 vCPU, above on 4 vCPU."
+  type        = number
+  default     = 16384
+  validation {
+    condition     = var.antifraud_memory_mb >= 4096 && var.antifraud_memory_mb <= 30720 && var.antifraud_memory_mb % 1024 == 0
+    error_message = "antifraud_memory_mb must be a multiple of 1024 between 4096 and 30720 (Fargate's range for 2 and 4 vCPU)."
   }
 }
 

@@ -97,6 +97,16 @@ variable "memory_mb" {
   }
 }
 
+variable "ephemeral_storage_gib" {
+  description = "The task's disk, GiB (null: Fargate's 20 GiB); the rules engine keeps its state file there."
+  type        = number
+  default     = null
+  validation {
+    condition     = var.ephemeral_storage_gib == null || try(var.ephemeral_storage_gib >= 21 && var.ephemeral_storage_gib <= 200, false)
+    error_message = "ephemeral_storage_gib must be null or between 21 and 200."
+  }
+}
+
 variable "cpu_architecture" {
   description = "X86_64 or ARM64 (the image's platform)."
   type        = string
