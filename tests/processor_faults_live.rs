@@ -1146,7 +1146,7 @@ fn pitboss_topics(kafka: &str, args: &[&str]) -> std::process::Output {
 /// every topic the roles use once — keyed ones with `--partitions`, dead letters and the
 /// compacted state topic with one — says so per topic, changes nothing on a second run, keeps
 /// a topic that exists with other partitions, and refuses, naming it, a state topic that is not
-/// one and an overflow topic not co-partitioned with the events.
+/// one and an overflow topic not co-partitioned with the events. Two runs at once both succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work() {
     let kafka = pitboss_testkit::kafka();
@@ -1201,6 +1201,33 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         "{stdout}"
     );
     assert_eq!(bus.partition_count(&format!("{p}alerts")).await.unwrap(), 3);
+
+    // Two at once on topics nobody made yet (every task of a deployment runs it as it starts):
+    // both succeed and the topics are as one would have made them.
+    let c = format!("{}_", pitboss_testkit::unique_name("tc"));
+    let two: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_pitboss"))
+                .args(["topics", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+                .args(["--prefix", &c, "--partitions", "2"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in two {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 15);
+    }
+    for (topic, n) in [("events", 2), ("presence", 2), ("pushes_dead_letter", 1)] {
+        let topic = format!("{c}{topic}");
+        assert_eq!(bus.partition_count(&topic).await.unwrap(), n, "{topic}");
+    }
+    bus.create_compacted_topic(&format!("{c}antifraud_state"))
+        .await
+        .unwrap();
 
     // A state topic that is not one: refused, naming it.
     let q = format!("{}_", pitboss_testkit::unique_name("tq"));

@@ -198,6 +198,19 @@ DASHBOARDS = {
             ("{{job}}", "sum by (job) (rate(pitboss_http_connections_refused_total[$__rate_interval]))")]),
         prom("ClickHouse rows inserted/s", [
             ("{{instance}}", "sum by (instance) (rate(ClickHouseProfileEvents_InsertedRows[$__rate_interval]))")]),
+        prom("Rules engines: running the group / standing by", [
+            ("running", "count(pitboss_antifraud_standby == 0)"),
+            ("standing by", "count(pitboss_antifraud_standby == 1)")], kind="stat", w=6,
+             description="One engine runs the consumer group, others stand by until it leaves "
+                         "(docs/rules.md, \"One engine per group\"); running should be 1."),
+        prom("Kafka brokers and under-replicated partitions", [
+            ("brokers", "max(kafka_brokers)"),
+            ("under-replicated", "sum(kafka_topic_partition_under_replicated_partition)")],
+             kind="stat", w=6),
+        prom("Kafka consumer group lag (records)", [
+            ("{{consumergroup}}", "sum by (consumergroup) (kafka_consumergroup_lag_sum)")]),
+        prom("nginx active connections", [
+            ("{{instance}}", "sum by (instance) (nginx_connections_active)")], w=24),
     ]),
 }
 
