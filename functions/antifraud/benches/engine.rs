@@ -217,12 +217,15 @@ fn memory_after_laps(records: &[Vec<u8>], laps: i64) {
     }
     let stats = engine.stats();
     println!(
-        "after {laps} laps ({:.1} h of stream time): {} keys, {} entries, {} bytes = {} bytes per tracked player",
+        "after {laps} laps ({:.1} h of stream time): {} keys, {} entries ({} allocated), {} bytes = {} bytes per tracked player (join {}, scores {})",
         (laps * span) as f64 / 3_600_000.0,
         stats.keys,
         stats.entries,
+        stats.entry_slots,
         stats.bytes,
-        stats.bytes / PLAYERS as usize
+        stats.bytes / PLAYERS as usize,
+        stats.join_bytes / PLAYERS as usize,
+        stats.score_bytes / PLAYERS as usize,
     );
 }
 

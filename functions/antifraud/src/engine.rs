@@ -108,6 +108,8 @@ pub struct EngineStats {
     pub keys: usize,
     /// Window entries across all rules (events kept one by one).
     pub entries: usize,
+    /// Entries the windows have room for (allocated; at least `entries`).
+    pub entry_slots: usize,
     /// Buckets of bucketed windows across all rules (`window.bucket`).
     pub buckets: usize,
     /// Bets remembered for the settlement join.
@@ -116,6 +118,10 @@ pub struct EngineStats {
     pub scored_players: usize,
     /// Approximate bytes of all of it (windows, join, scores).
     pub bytes: usize,
+    /// Of `bytes`, the settlement join's.
+    pub join_bytes: usize,
+    /// Of `bytes`, the scores'.
+    pub score_bytes: usize,
 }
 
 /// The rules engine.
@@ -364,7 +370,9 @@ impl Engine {
                         Value::Missing => 0,
                         other => hasher.hash_one(format!("{other:?}")),
                     };
-                    let label = rule.keep_labels.then(|| event.player_id.as_str().into());
+                    let label = rule
+                        .keep_labels
+                        .then(|| Box::new(event.player_id.as_str().into()));
                     (tag, label)
                 }
                 None => (0, None),
@@ -376,7 +384,7 @@ impl Engine {
                 let before = state.held();
                 let ins = state.insert(
                     Entry {
-                        id,
+                        id: Entry::halves(id),
                         t,
                         mask,
                         cur,
@@ -600,13 +608,16 @@ impl Engine {
             for k in map.values() {
                 s.bytes += k.bytes();
                 s.entries += k.entries.len();
+                s.entry_slots += k.entries.capacity();
                 s.buckets += k.held() - k.entries.len();
             }
         }
         s.bytes += self.idle.capacity() * std::mem::size_of::<Reverse<(i64, u32, Key)>>();
         s.joined_bets = self.join.len();
         s.scored_players = self.scores.len();
-        s.bytes += self.join.bytes() + self.scores.bytes();
+        s.join_bytes = self.join.bytes();
+        s.score_bytes = self.scores.bytes();
+        s.bytes += s.join_bytes + s.score_bytes;
         s
     }
 }
@@ -883,17 +894,17 @@ impl Hit<'_> {
                 .entries
                 .iter()
                 .rev()
-                .filter(|e| e.mask & cond_mask != 0 && e.id != trig)
+                .filter(|e| e.mask & cond_mask != 0 && e.id() != trig)
                 .take(MAX_EVIDENCE_EVENTS)
-                .map(|e| uuid_text(e.id))
+                .map(|e| uuid_text(e.id()))
                 .collect();
             evidence.reverse();
             let mut related: Vec<String> = Vec::new();
             if rule.group_by != GroupBy::Player {
                 for e in &self.state.entries {
                     if let Some(l) = &e.label
-                        && **l != *event.player_id
-                        && !related.iter().any(|r| **r == **l)
+                        && ***l != *event.player_id
+                        && !related.iter().any(|r| **r == ***l)
                         && related.len() < MAX_RELATED_PLAYERS
                     {
                         related.push(l.to_string());

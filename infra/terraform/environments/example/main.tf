@@ -319,8 +319,10 @@ module "antifraud_engine" {
   })
   secrets       = local.bus_secrets
   desired_count = 2
-  # Memory bounds the engine (about 53 KB per tracked player); one core does ~550k events/s.
-  cpu       = var.antifraud_memory_mb > 16384 ? 4096 : 2048
+  # Memory bounds the engine (about 37 KB per tracked player); one core does 450–550k events/s.
+  # The vCPUs are those Fargate requires for the memory.
+  cpu = (var.antifraud_memory_mb <= 16384 ? 2048 : var.antifraud_memory_mb <= 30720 ? 4096
+  : var.antifraud_memory_mb <= 61440 ? 8192 : 16384)
   memory_mb = var.antifraud_memory_mb
   # The state file (snapshot and batch log) is about the size of the windows in memory.
   ephemeral_storage_gib = min(200, max(21, 2 * ceil(var.antifraud_memory_mb / 1024)))

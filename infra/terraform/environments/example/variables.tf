@@ -156,12 +156,14 @@ variable "antifraud_runtime" {
 }
 
 variable "antifraud_memory_mb" {
-  description = "Memory of each rules engine task (antifraud_runtime = \"ecs\"): about 53 KB per tracked player (docs/deploy.md, sizing). Up to 16384 on 2 vCPU, above on 4 vCPU."
+  description = "Memory of each rules engine task (antifraud_runtime = \"ecs\"): about 37 KB per tracked player (docs/deploy.md, sizing). The task gets the vCPUs Fargate requires for it: 2 up to 16384, 4 up to 30720, 8 up to 61440, 16 above."
   type        = number
   default     = 16384
   validation {
-    condition     = var.antifraud_memory_mb >= 4096 && var.antifraud_memory_mb <= 30720 && var.antifraud_memory_mb % 1024 == 0
-    error_message = "antifraud_memory_mb must be a multiple of 1024 between 4096 and 30720 (Fargate's range for 2 and 4 vCPU)."
+    condition = var.antifraud_memory_mb >= 4096 && var.antifraud_memory_mb <= 122880 && var.antifraud_memory_mb % 1024 == 0 && (
+      var.antifraud_memory_mb <= 30720 || (var.antifraud_memory_mb <= 61440 && var.antifraud_memory_mb % 4096 == 0) || var.antifraud_memory_mb % 8192 == 0
+    )
+    error_message = "antifraud_memory_mb must be a Fargate memory size from 4096 to 122880: a multiple of 1024 up to 30720, of 4096 up to 61440, of 8192 above."
   }
 }
 
