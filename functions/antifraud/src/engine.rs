@@ -320,6 +320,13 @@ impl Engine {
             keeps,
             ..
         } = self;
+        // The key of `tenant:group`, 128 bits from two hashers; the player's is hashed once
+        // per event, not once per rule (most rules are by player).
+        let key_of = |group: &str| -> Key {
+            (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
+                | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)))
+        };
+        let mut player_key: Option<Key> = None;
         for &ri in &by_type[crate::filter::index(event.event_type())] {
             let rule = &set.rules[ri];
             let group = match &rule.key_field {
@@ -344,8 +351,11 @@ impl Engine {
             if mask == 0 {
                 continue;
             }
-            let k: Key = (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
-                | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)));
+            let k: Key = if rule.key_field.is_none() {
+                *player_key.get_or_insert_with(|| key_of(group))
+            } else {
+                key_of(group)
+            };
             let map = &mut states[ri];
             let state = match map.entry(k) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
