@@ -1,11 +1,12 @@
 //! `pitboss topics`: every topic the Pitboss roles read and write, created where missing and
 //! checked where present — what `pitboss up` does for itself, for a bus whose brokers do not
 //! create topics on first use (MSK, compose's cluster: `auto.create.topics.enable=false`).
-//! Idempotent, so several processes may run it at once (each deploy's first task does).
+//! Idempotent, so several processes may run it at once (every task of a deployment on MSK does
+//! as it starts); each topic is reported `created` by the one run that made it.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use pitboss_bus::{Bus, BusError};
+use pitboss_bus::Bus;
 use pitboss_model::live::{Alert, AlertAck, Delivery, LiveMessage, Push};
 
 use crate::{BusArgs, BusKind, check_copartitioned};
@@ -92,43 +93,47 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Creates `topic` unless it exists; returns the line that says which, and its partitions.
+/// Creates `topic` unless it exists; returns the line that says which, and its partitions
+/// (`created` only from the run that made it: another run at the same time says `exists`).
 async fn ensure(bus: &dyn Bus, topic: &str, kind: Kind, partitions: u32) -> Result<String> {
     let want = match kind {
         Kind::Keyed => partitions,
         Kind::DeadLetter | Kind::Compacted => 1,
     };
-    let existed = match bus.partition_count(topic).await {
-        Ok(n) => Some(n),
-        Err(BusError::UnknownTopic(_)) => None,
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("looking up topic {topic}")));
-        }
-    };
-    if kind == Kind::Compacted {
+    let made = if kind == Kind::Compacted {
         // Creates it, or checks that the one there has one partition and compacts.
         bus.create_compacted_topic(topic)
             .await
-            .with_context(|| format!("state topic {topic}"))?;
-    } else if existed.is_none() {
-        bus.create_topic(topic, want)
+            .with_context(|| format!("state topic {topic}"))?
+    } else {
+        bus.create_topic_if_missing(topic, want)
             .await
-            .with_context(|| format!("creating topic {topic}"))?;
-    }
+            .with_context(|| format!("creating topic {topic}"))?
+    };
     let note = if kind == Kind::Compacted {
         ", compacted"
     } else {
         ""
     };
-    Ok(match existed {
-        None => format!("created {topic} ({want} partition{}{note})", plural(want)),
-        Some(n) if n == want || kind != Kind::Keyed => {
-            format!("exists  {topic} ({n} partition{}{note})", plural(n))
+    if made {
+        return Ok(format!(
+            "created {topic} ({want} partition{}{note})",
+            plural(want)
+        ));
+    }
+    let n = match bus.partition_count(topic).await {
+        Ok(n) => n,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("looking up topic {topic}")));
         }
-        Some(n) => format!(
+    };
+    Ok(if n == want || kind != Kind::Keyed {
+        format!("exists  {topic} ({n} partition{}{note})", plural(n))
+    } else {
+        format!(
             "exists  {topic} ({n} partition{}, kept; --partitions {want} applies to new topics)",
             plural(n)
-        ),
+        )
     })
 }
 

@@ -1146,7 +1146,8 @@ fn pitboss_topics(kafka: &str, args: &[&str]) -> std::process::Output {
 /// every topic the roles use once — keyed ones with `--partitions`, dead letters and the
 /// compacted state topic with one — says so per topic, changes nothing on a second run, keeps
 /// a topic that exists with other partitions, and refuses, naming it, a state topic that is not
-/// one and an overflow topic not co-partitioned with the events. Two runs at once both succeed.
+/// one and an overflow topic not co-partitioned with the events. Two runs at once both succeed,
+/// and each topic is reported made by one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work() {
     let kafka = pitboss_testkit::kafka();
@@ -1216,11 +1217,22 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
                 .unwrap()
         })
         .collect();
+    let mut created = std::collections::BTreeMap::<String, usize>::new();
     for child in two {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 15);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 15, "{stdout}");
+        for line in stdout.lines() {
+            if let Some(rest) = line.strip_prefix("created ") {
+                let topic = rest.split(' ').next().unwrap().to_owned();
+                *created.entry(topic).or_default() += 1;
+            }
+        }
     }
+    // Each topic said `created` by exactly one of the two.
+    assert_eq!(created.len(), 15, "{created:?}");
+    assert!(created.values().all(|&n| n == 1), "{created:?}");
     for (topic, n) in [("events", 2), ("presence", 2), ("pushes_dead_letter", 1)] {
         let topic = format!("{c}{topic}");
         assert_eq!(bus.partition_count(&topic).await.unwrap(), n, "{topic}");

@@ -199,8 +199,8 @@ DASHBOARDS = {
         prom("ClickHouse rows inserted/s", [
             ("{{instance}}", "sum by (instance) (rate(ClickHouseProfileEvents_InsertedRows[$__rate_interval]))")]),
         prom("Rules engines: running the group / standing by", [
-            ("running", "count(pitboss_antifraud_standby == 0)"),
-            ("standing by", "count(pitboss_antifraud_standby == 1)")], kind="stat", w=6,
+            ("running", "count(pitboss_antifraud_standby == 0) or vector(0)"),
+            ("standing by", "count(pitboss_antifraud_standby == 1) or vector(0)")], kind="stat", w=6,
              description="One engine runs the consumer group, others stand by until it leaves "
                          "(docs/rules.md, \"One engine per group\"); running should be 1."),
         prom("Kafka brokers and under-replicated partitions", [

@@ -415,6 +415,23 @@ pub trait Bus: Send + Sync + fmt::Debug {
     /// Creates `topic` with `partitions` partitions if it does not exist (idempotent).
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError>;
 
+    /// As [`Bus::create_topic`], saying whether this call made the topic: `false` when it was
+    /// there, or another process made it while this call ran (Kafka and Kinesis tell; here,
+    /// looked up first).
+    async fn create_topic_if_missing(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<bool, BusError> {
+        match self.partition_count(topic).await {
+            Ok(_) => Ok(false),
+            Err(BusError::UnknownTopic(_)) => {
+                self.create_topic(topic, partitions).await.map(|()| true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A publisher; cheap to clone and share.
     fn publisher(&self) -> std::sync::Arc<dyn Publisher>;
 
@@ -437,11 +454,11 @@ pub trait Bus: Send + Sync + fmt::Debug {
         starts: Vec<(Partition, ReadFrom)>,
     ) -> Result<Box<dyn Reader>, BusError>;
 
-    /// An ungrouped reader of every partition of `topic`, all from `from`.
     /// Creates `topic` (when missing) with one partition and log compaction (the last record
     /// of each key is kept, whatever its age; keys deleted with [`header::TOMBSTONE`] go): for
-    /// state mirrored onto the bus. Buses without compaction refuse ([`BusError::Config`]).
-    async fn create_compacted_topic(&self, topic: &str) -> Result<(), BusError> {
+    /// state mirrored onto the bus; an existing one must have one partition and compact. True
+    /// when this call made it. Buses without compaction refuse ([`BusError::Config`]).
+    async fn create_compacted_topic(&self, topic: &str) -> Result<bool, BusError> {
         Err(BusError::Config(format!(
             "{topic}: this bus has no compacted topics (Kafka has)"
         )))

@@ -1255,6 +1255,34 @@ value = 1
         assert_eq!(std::mem::size_of::<(u128, KeyState)>(), 112);
     }
 
+    #[test]
+    fn a_window_grows_by_a_quarter_within_its_cap_and_gives_room_back() {
+        let r = rule(3_600_000, 200);
+        let mut k = KeyState::default();
+        let mut room = 0;
+        for i in 0..200u128 {
+            k.insert(entry(i, i as i64 * 10), &r);
+            let now = k.entries.capacity();
+            if now != room {
+                // A quarter more (at least 4), not twice as much.
+                assert!(now <= room + (room / 4).max(4), "{room} -> {now}");
+                room = now;
+            }
+        }
+        assert_eq!(k.entries.len(), 200);
+        assert!(room <= 201, "room {room} beyond the cap");
+        // Past the cap the oldest leave: no more room is taken.
+        for i in 200..300u128 {
+            k.insert(entry(i, i as i64 * 10), &r);
+        }
+        assert_eq!(k.entries.len(), 200);
+        assert!(k.entries.capacity() <= 201);
+        // An hour later the window holds one event: three quarters empty, half given back.
+        k.insert(entry(1_000, 3_000 + 3_600_001), &r);
+        assert_eq!(k.entries.len(), 1);
+        assert!(k.entries.capacity() <= 64, "{}", k.entries.capacity());
+    }
+
     /// The entry as it was written before its id was kept in halves and its label behind a
     /// thin pointer: what snapshots, the changelog and the Lambda's units hold.
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]

@@ -303,13 +303,13 @@ impl KafkaBus {
     }
 
     /// Creates `topic` (when missing) with `partitions` and the topic settings `extra`; waits
-    /// until every partition has a leader.
+    /// until every partition has a leader. True when this call made it.
     async fn create(
         &self,
         topic: &str,
         partitions: u32,
         extra: &[(&str, &str)],
-    ) -> Result<(), BusError> {
+    ) -> Result<bool, BusError> {
         let mut c = self.config.client();
         self.config.apply_extra(&mut c);
         let admin: AdminClient<DefaultClientContext> =
@@ -332,9 +332,12 @@ impl KafkaBus {
             .create_topics([&new], &opts)
             .await
             .map_err(kafka_error)?;
+        let mut made = false;
         for r in results {
             match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Ok(_) => made = true,
+                // Another creator's (or there before): its partitions are its own.
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
                 Err((t, code)) => {
                     return Err(BusError::Unavailable(format!("create topic {t}: {code}")));
                 }
@@ -356,7 +359,7 @@ impl KafkaBus {
                             && t.partitions().iter().all(|p| p.leader() >= 0)
                     });
                     if ready {
-                        return Ok(());
+                        return Ok(made);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -422,23 +425,40 @@ impl KafkaBus {
 #[async_trait]
 impl Bus for KafkaBus {
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
-        self.create(topic, partitions, &[]).await
+        self.create(topic, partitions, &[]).await.map(|_| ())
     }
 
-    async fn create_compacted_topic(&self, topic: &str) -> Result<(), BusError> {
+    async fn create_topic_if_missing(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<bool, BusError> {
         match self.partition_count(topic).await {
+            Ok(_) => Ok(false),
+            Err(BusError::UnknownTopic(_)) => self.create(topic, partitions, &[]).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_compacted_topic(&self, topic: &str) -> Result<bool, BusError> {
+        let n = match self.partition_count(topic).await {
             Err(BusError::UnknownTopic(_)) => {
-                return self
+                if self
                     .create(topic, 1, &[("cleanup.policy", "compact")])
-                    .await;
+                    .await?
+                {
+                    return Ok(true);
+                }
+                // Made by another process meanwhile: checked like any other.
+                self.partition_count(topic).await?
             }
             Err(e) => return Err(e),
-            Ok(1) => {}
-            Ok(n) => {
-                return Err(BusError::Config(format!(
-                    "topic {topic} has {n} partitions; a compacted state topic has 1 (delete it or name another)"
-                )));
-            }
+            Ok(n) => n,
+        };
+        if n != 1 {
+            return Err(BusError::Config(format!(
+                "topic {topic} has {n} partitions; a compacted state topic has 1 (delete it or name another)"
+            )));
         }
         // It exists: it must compact, or old keys would expire with their records.
         let mut c = self.config.client();
@@ -461,7 +481,7 @@ impl Bus for KafkaBus {
                 "topic {topic} has cleanup.policy={policy:?}; a state topic needs \"compact\" (kafka-configs.sh --alter --entity-type topics --entity-name {topic} --add-config cleanup.policy=compact)"
             )));
         }
-        Ok(())
+        Ok(false)
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {

@@ -191,20 +191,33 @@ impl Shared {
 #[async_trait]
 impl Bus for KinesisBus {
     async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.create_topic_if_missing(topic, partitions)
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_topic_if_missing(
+        &self,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<bool, BusError> {
         let kinesis = &self.shared.kinesis;
-        match kinesis
+        let made = match kinesis
             .create_stream()
             .stream_name(topic)
             .shard_count(partitions as i32)
             .send()
             .await
         {
-            Ok(_) => {}
+            Ok(_) => true,
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_in_use_exception()) => {}
+                    .is_some_and(|s| s.is_resource_in_use_exception()) =>
+            {
+                false
+            }
             Err(e) => return Err(unavailable(sdk(e))),
-        }
+        };
         for _ in 0..300 {
             let d = kinesis
                 .describe_stream_summary()
@@ -215,7 +228,7 @@ impl Bus for KinesisBus {
             if d.stream_description_summary()
                 .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
             {
-                return Ok(());
+                return Ok(made);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

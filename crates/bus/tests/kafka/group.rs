@@ -265,8 +265,8 @@ async fn companions_rebalance_without_loss() {
 async fn a_compacted_state_topic_is_made_once_and_a_topic_that_is_not_one_is_refused() {
     let bus = make_bus().await;
     let name = pitboss_testkit::unique_name("state");
-    bus.create_compacted_topic(&name).await.unwrap();
-    bus.create_compacted_topic(&name).await.unwrap();
+    assert!(bus.create_compacted_topic(&name).await.unwrap(), "made");
+    assert!(!bus.create_compacted_topic(&name).await.unwrap(), "there");
     assert_eq!(bus.partition_count(&name).await.unwrap(), 1);
     let publisher = bus.publisher();
     publisher

@@ -32,10 +32,11 @@ locals {
 }
 
 module "observability" {
-  source                       = "../../modules/observability"
-  name                         = var.name
-  alarm_topic_arns             = var.alarm_topic_arns
-  antifraud_failure_queue_name = "${var.name}-antifraud-on-failure"
+  source           = "../../modules/observability"
+  name             = var.name
+  alarm_topic_arns = var.alarm_topic_arns
+  # The Lambda's on-failure queue; the engine on ECS has alarms of its own (below).
+  antifraud_failure_queue_name = local.engine_on_ecs ? null : "${var.name}-antifraud-on-failure"
 }
 
 module "stream" {
@@ -217,7 +218,7 @@ module "processor" {
   image              = var.image
   ecr_repository_arn = var.ecr_repository_arn
   entry_point        = local.kinesis ? null : ["/bin/sh", "-c"]
-  command            = local.kinesis ? local.processor_cmd : ["pitboss topics && exec pitboss ${join(" ", local.processor_cmd)}"]
+  command            = local.kinesis ? local.processor_cmd : ["pitboss topics${local.engine_on_ecs ? "" : " --no-state-topic"} && exec pitboss ${join(" ", local.processor_cmd)}"]
   admin_port         = 9465
   environment = merge(local.bus_env, local.topics_env, {
     PITBOSS_CLICKHOUSE_DATABASE    = var.clickhouse_database
@@ -331,4 +332,39 @@ module "antifraud_engine" {
   subnet_ids            = var.private_subnet_ids
   egress_cidrs          = [var.vpc_cidr]
   kms_key_arn           = module.observability.kms_key_arn
+}
+
+# What the Lambda's on-failure queue alarm stands for, for the engine on ECS: no task running
+# (Container Insights; a stand-by counts as running), and events it could not evaluate (its
+# dead letters, from the admin /metrics the ADOT sidecar publishes).
+resource "aws_cloudwatch_metric_alarm" "engine_not_running" {
+  count               = local.engine_on_ecs ? 1 : 0
+  alarm_name          = "${var.name}-antifraud-engine-down"
+  alarm_description   = "No rules engine task runs: no alerts or pushes are raised (docs/deploy.md)."
+  namespace           = "ECS/ContainerInsights"
+  metric_name         = "RunningTaskCount"
+  dimensions          = { ClusterName = aws_ecs_cluster.pitboss.name, ServiceName = module.antifraud_engine[0].service_name }
+  statistic           = "Minimum"
+  period              = 60
+  evaluation_periods  = 3
+  threshold           = 1
+  comparison_operator = "LessThanThreshold"
+  treat_missing_data  = "breaching"
+  alarm_actions       = var.alarm_topic_arns
+  ok_actions          = var.alarm_topic_arns
+}
+
+resource "aws_cloudwatch_metric_alarm" "engine_dead_letters" {
+  count               = local.engine_on_ecs ? 1 : 0
+  alarm_name          = "${var.name}-antifraud-dead-letters"
+  alarm_description   = "The rules engine sent events it could not evaluate to antifraud_dead_letter."
+  namespace           = "Pitboss"
+  metric_name         = "pitboss_antifraud_dead_letters_total"
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_topic_arns
 }
