@@ -803,7 +803,10 @@ mod tests {
     fn unbucketed() -> RuleSet {
         let sources: Vec<(String, String)> = crate::stream::shipped_sources()
             .into_iter()
-            .map(|(n, t)| (n, t.replace(", bucket = \"5m\"", "")))
+            .map(|(n, t)| {
+                let t = t.replace(", bucket = \"5m\"", "");
+                (n, t.replace(", bucket = \"2m\"", ""))
+            })
             .collect();
         let set = RuleSet::from_sources(&sources).unwrap();
         assert!(set.rules.iter().all(|r| r.bucket_ms.is_none()));

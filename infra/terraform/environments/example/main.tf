@@ -320,7 +320,7 @@ module "antifraud_engine" {
   })
   secrets       = local.bus_secrets
   desired_count = 2
-  # Memory bounds the engine (about 37 KB per tracked player); one core does 450–550k events/s.
+  # Memory bounds the engine (about 26 KB per tracked player); one core does 450–550k events/s.
   # The vCPUs are those Fargate requires for the memory.
   cpu = (var.antifraud_memory_mb <= 16384 ? 2048 : var.antifraud_memory_mb <= 30720 ? 4096
   : var.antifraud_memory_mb <= 61440 ? 8192 : 16384)

@@ -156,7 +156,7 @@ variable "antifraud_runtime" {
 }
 
 variable "antifraud_memory_mb" {
-  description = "Memory of each rules engine task (antifraud_runtime = \"ecs\"): about 37 KB per tracked player (docs/deploy.md, sizing). The task gets the vCPUs Fargate requires for it: 2 up to 16384, 4 up to 30720, 8 up to 61440, 16 above."
+  description = "Memory of each rules engine task (antifraud_runtime = \"ecs\"): about 26 KB per tracked player (docs/deploy.md, sizing). The task gets the vCPUs Fargate requires for it: 2 up to 16384, 4 up to 30720, 8 up to 61440, 16 above."
   type        = number
   default     = 16384
   validation {
