@@ -4,6 +4,8 @@
 //! Idempotent, so several processes may run it at once (every task of a deployment on MSK does
 //! as it starts); each topic is reported `created` by the one run that made it.
 
+use std::io::Write as _;
+
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use pitboss_bus::Bus;
@@ -86,7 +88,9 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
     let bus = spec.open().await?;
     for (topic, kind) in topics(&prefix, state_topic) {
         let line = ensure(&*bus, &topic, kind, partitions).await?;
-        println!("{line}");
+        // Not `println!`: a closed stdout (`pitboss topics | head -3`) must not stop the run
+        // half way through the topics.
+        let _ = writeln!(std::io::stdout(), "{line}");
     }
     let events = format!("{prefix}events");
     check_copartitioned(&*bus, &events, &format!("{events}_overflow")).await?;

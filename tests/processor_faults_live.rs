@@ -1241,6 +1241,24 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         .await
         .unwrap();
 
+    // Its stdout closed at once (`pitboss topics | head -1`): it still makes every topic.
+    let d = format!("{}_", pitboss_testkit::unique_name("td"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["topics", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+        .args(["--prefix", &d])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        bus.partition_count(&format!("{d}antifraud_state"))
+            .await
+            .unwrap(),
+        1
+    );
+
     // A state topic that is not one: refused, naming it.
     let q = format!("{}_", pitboss_testkit::unique_name("tq"));
     bus.create_topic(&format!("{q}antifraud_state"), 2)
