@@ -133,6 +133,16 @@ struct AntifraudArgs {
     /// with empty windows).
     #[arg(long)]
     no_state_topic: bool,
+    /// Which part of the rules' keys this engine evaluates, `i/N`: N engines (0/N … N-1/N)
+    /// split the work, each reading every event in its own group `<group>-shard-i-of-N`, with
+    /// its own state file and state topic; a hit for a player another shard owns goes to it on
+    /// the forwards topic (docs/rules.md, "Several engines"). `0/1`: one engine does it all.
+    #[arg(long, env = "PITBOSS_ANTIFRAUD_SHARD", default_value = "0/1", value_parser = pitboss_antifraud::Shard::parse)]
+    shard: pitboss_antifraud::Shard,
+    /// Where split engines send each other the hits of players they do not own (made with the
+    /// events topic's partitions where missing).
+    #[arg(long, default_value = "antifraud_forwards")]
+    forwards_topic: String,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
@@ -540,13 +550,15 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     config.snapshot_interval = std::time::Duration::from_millis(args.snapshot_interval_ms.max(1));
     config.save_slice_units = args.save_slice_units;
     config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
+    config.shard = args.shard;
+    config.forwards_topic = args.forwards_topic.clone();
     // Refuse bad rules before connecting to anything.
     let set = config.rules.load()?;
     let bus = spec.open().await?;
     check_copartitioned(&*bus, &args.topic, &overflow).await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
-    tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus.kind, "rules engine starting");
+    tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus.kind, shard = %args.shard, "rules engine starting");
     let stop = Shutdown::on_signals();
     let serve_admin = pitboss_runtime::admin::serve(
         admin,

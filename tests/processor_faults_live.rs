@@ -209,6 +209,19 @@ fn free_port() -> u16 {
 /// a normal player.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_five_sigkills() {
+    scripted_alerts_through_five_sigkills(1).await;
+}
+
+/// The same with the rules split over three engines (`--shard i/3`): each reads every event in
+/// its own group and evaluates the keys it owns; hits of rules keyed by device or address for a
+/// player another shard owns travel on the forwards topic. Five SIGKILLs of shards picked at
+/// random while the others run; afterwards ClickHouse holds exactly what one pure engine raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_rules_engines_over_kafka_raise_exactly_the_scripted_alerts_through_five_sigkills() {
+    scripted_alerts_through_five_sigkills(3).await;
+}
+
+async fn scripted_alerts_through_five_sigkills(shards: u32) {
     let name = pitboss_testkit::unique_name("af");
     let stack = Stack {
         clickhouse: pitboss_testkit::clickhouse(),
@@ -282,9 +295,10 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
     }
 
     let state = tempfile::tempdir().unwrap();
-    let engine = |n: usize| {
+    let engine = |n: usize, shard: u32| {
         let log =
-            std::fs::File::create(stack.logs.path().join(format!("antifraud-{n}.log"))).unwrap();
+            std::fs::File::create(stack.logs.path().join(format!("antifraud-{shard}-{n}.log")))
+                .unwrap();
         Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args([
                 "antifraud",
@@ -313,6 +327,8 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
                 "6",
             ])
             .args(["--admin-listen", "127.0.0.1:0"])
+            .args(["--shard", &format!("{shard}/{shards}")])
+            .args(["--forwards-topic", &format!("{name}_forwards")])
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -367,20 +383,25 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
         })
     };
     let mut seen = Vec::new();
-    for n in 0..5 {
-        let mut child = engine(n);
+    // One engine per shard; each round SIGKILLs one of them (the only one when unsplit) at a
+    // random moment and starts it again.
+    let mut running = Children((0..shards).map(|s| engine(0, s)).collect());
+    for n in 1..=5 {
         let wait = rand::rng().random_range(3_000..10_000);
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        let victim = rand::rng().random_range(0..shards);
+        let child = &mut running.0[victim as usize];
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        seen.push(
+        *child = engine(n, victim);
+        seen.push((
+            victim,
             stack
                 .scalar("SELECT uniqExact(alert_id) FROM alerts")
                 .await
                 .unwrap_or(0),
-        );
+        ));
     }
-    children.0.push(engine(5));
     posting.await.unwrap();
 
     let want = want_alerts.len() as u64;
@@ -433,6 +454,25 @@ async fn the_rules_engine_over_kafka_raises_exactly_the_scripted_alerts_through_
         raised, scripted,
         "each pattern's player raised its rule, nobody else anything"
     );
+    if shards > 1 {
+        // Hits of the device and address rules crossed between shards on the forwards topic.
+        let mut reader = bus
+            .reader_all(&format!("{name}_forwards"), pitboss_bus::ReadFrom::Earliest)
+            .await
+            .unwrap();
+        let mut forwarded = Vec::new();
+        while !reader.caught_up() {
+            for r in reader.poll(1000, Duration::from_secs(1)).await.unwrap() {
+                forwarded.push(pitboss_antifraud::Forward::decode(&r.value).unwrap());
+            }
+        }
+        assert!(!forwarded.is_empty(), "no hit crossed between shards");
+        for f in &forwarded {
+            let a = f.alert.as_ref().unwrap();
+            assert!(a.rule_id.starts_with("fraud.multi_accounting"), "{a:?}");
+            assert!(want_alerts.contains(&a.alert_id));
+        }
+    }
 }
 
 /// Posts `body` until it is answered 200 (waiting out 429, 503 and a server not up yet);

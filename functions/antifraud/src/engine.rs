@@ -27,6 +27,7 @@ use crate::field::{Extra, Value, currency_of};
 use crate::join::StakeJoin;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
+use crate::shard::{Forward, Shard};
 use crate::template::Fill;
 use crate::window::{Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger};
 
@@ -71,6 +72,9 @@ pub struct Output {
     /// Messages a rule produced that break the live contract (a room template that renders to
     /// an invalid id, say): reported, never published.
     pub rejected: Vec<Rejected>,
+    /// Hits for players another shard owns, to send on the forwards topic
+    /// ([`crate::shard`]); always empty for an engine owning every key.
+    pub forwards: Vec<Forward>,
 }
 
 impl Output {
@@ -78,6 +82,7 @@ impl Output {
         self.alerts.clear();
         self.pushes.clear();
         self.rejected.clear();
+        self.forwards.clear();
     }
 }
 
@@ -148,6 +153,22 @@ pub struct Engine {
     tags: Vec<Arc<str>>,
     /// While tracking changes ([`Engine::track_changes`]): the windows touched.
     dirty: Option<Box<Dirty>>,
+    /// The part of the key space this engine evaluates ([`crate::shard`]).
+    shard: Shard,
+    /// Whether the stake join is kept for every player's bets, not only the owned players':
+    /// split, with a rule keyed by something else than the player that reads settlements.
+    join_everywhere: bool,
+    /// Where a hit to forward is drafted.
+    draft: Output,
+}
+
+/// Whether a split engine keeps the stake join for every bet: a rule keyed by something else
+/// than the player may evaluate settlements of players other shards own.
+fn join_everywhere(set: &RuleSet, shard: Shard) -> bool {
+    shard.is_split()
+        && set.rules.iter().any(|r| {
+            r.key_field.is_some() && r.types.contains(pitboss_model::EventType::BetSettled)
+        })
 }
 
 /// Keys checked for idleness per event, at most (the incremental sweep).
@@ -209,8 +230,31 @@ impl Engine {
             hasher: foldhash::fast::FixedState::with_seed(0x9e37_79b9),
             tags: rule_tags(&set),
             dirty: None,
+            shard: Shard::ALL,
+            join_everywhere: false,
+            draft: Output::default(),
             set,
         }
+    }
+
+    /// An engine running `set` over the keys `shard` owns ([`crate::shard`]), with empty
+    /// windows.
+    pub fn with_shard(set: RuleSet, shard: Shard) -> Engine {
+        let mut e = Engine::new(set);
+        e.set_shard(shard);
+        e
+    }
+
+    /// Sets the part of the key space this engine evaluates, before its first event (an
+    /// engine restored from a shard's state is given that shard).
+    pub fn set_shard(&mut self, shard: Shard) {
+        self.join_everywhere = join_everywhere(&self.set, shard);
+        self.shard = shard;
+    }
+
+    /// The part of the key space this engine evaluates.
+    pub fn shard(&self) -> Shard {
+        self.shard
     }
 
     /// The running rule set.
@@ -260,6 +304,7 @@ impl Engine {
         self.by_type = dispatch(&set);
         self.tags = rule_tags(&set);
         self.keeps = keeps(&set);
+        self.join_everywhere = join_everywhere(&set, self.shard);
         if let Some(d) = &mut self.dirty {
             // Rule indexes changed: the next changes are the whole state.
             d.full = true;
@@ -294,15 +339,19 @@ impl Engine {
             joined_stake: None,
             default_offset_min: self.set.limits.default_utc_offset_min,
         };
-        match &event.payload {
-            Payload::BetPlaced(b) => {
-                self.join
-                    .placed(&event.tenant_id, &b.bet_id, b.stake.amount_minor, t)
+        // Split ([`crate::shard`]): the player's rules and score only on the player's shard.
+        let player_owned = self.shard.owns(&event.tenant_id, &event.player_id);
+        if player_owned || self.join_everywhere {
+            match &event.payload {
+                Payload::BetPlaced(b) => {
+                    self.join
+                        .placed(&event.tenant_id, &b.bet_id, b.stake.amount_minor, t)
+                }
+                Payload::BetSettled(b) if b.stake.is_none() => {
+                    extra.joined_stake = self.join.stake(&event.tenant_id, &b.bet_id)
+                }
+                _ => {}
             }
-            Payload::BetSettled(b) if b.stake.is_none() => {
-                extra.joined_stake = self.join.stake(&event.tenant_id, &b.bet_id)
-            }
-            _ => {}
         }
         let cur = currency_of(event).map_or(0, |c| (self.hasher.hash_one(c) as u32) | 1);
         let now_ms = now.as_millis();
@@ -318,6 +367,8 @@ impl Engine {
             dirty,
             idle,
             keeps,
+            shard,
+            draft,
             ..
         } = self;
         // The key of `tenant:group`, 128 bits from two hashers; the player's is hashed once
@@ -330,9 +381,10 @@ impl Engine {
         for &ri in &by_type[crate::filter::index(event.event_type())] {
             let rule = &set.rules[ri];
             let group = match &rule.key_field {
-                None => event.player_id.as_str(),
+                None if player_owned => event.player_id.as_str(),
+                None => continue,
                 Some(f) => match f.get(event, &extra) {
-                    Value::Text(s) if !s.is_empty() => s,
+                    Value::Text(s) if !s.is_empty() && shard.owns(&event.tenant_id, s) => s,
                     _ => continue,
                 },
             };
@@ -474,25 +526,53 @@ impl Engine {
             }
             eval.all(scratch);
             state.last_hit = LastHit::at(t);
-            let total = scores.add(
-                key_player(&event.tenant_id, &event.player_id).as_str(),
-                t,
-                rule.score,
-                hasher.hash_one((&rule.id, id)) as u32,
-                &set.scoring,
-                set.limits.max_scored_players,
-            );
-            let hit = Hit {
-                rule,
-                event,
-                extra: &extra,
-                state,
-                group,
-                total,
-                now,
-                scratch,
-            };
-            hit.emit(set, out);
+            let tag = hasher.hash_one((&rule.id, id)) as u32;
+            if player_owned {
+                let total = scores.add(
+                    key_player(&event.tenant_id, &event.player_id).as_str(),
+                    t,
+                    rule.score,
+                    tag,
+                    &set.scoring,
+                    set.limits.max_scored_players,
+                );
+                let hit = Hit {
+                    rule,
+                    event,
+                    extra: &extra,
+                    state,
+                    group,
+                    total,
+                    now,
+                    scratch,
+                };
+                hit.emit(set, out);
+            } else {
+                // The player's shard adds the points and sets the total: drafted with this
+                // hit's points alone, sent there.
+                draft.clear();
+                let hit = Hit {
+                    rule,
+                    event,
+                    extra: &extra,
+                    state,
+                    group,
+                    total: rule.score,
+                    now,
+                    scratch,
+                };
+                hit.emit(set, draft);
+                out.rejected.append(&mut draft.rejected);
+                out.forwards.push(Forward {
+                    tenant_id: event.tenant_id.clone(),
+                    player_id: event.player_id.clone(),
+                    t,
+                    score: rule.score,
+                    tag,
+                    alert: draft.alerts.pop(),
+                    push: draft.pushes.pop(),
+                });
+            }
         }
         self.sweep_idle(now_ms, SWEEP_PER_EVENT);
         if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms {
@@ -503,6 +583,30 @@ impl Engine {
             self.evict_least_active();
         }
         Ok(())
+    }
+
+    /// Applies a hit another shard raised for a player this one owns ([`crate::shard`]): adds
+    /// its points to the player's score (once, however often it comes), sets the alert's total
+    /// and recommendation, and appends its alert and push to `out`. A forward for a player
+    /// this engine does not own is ignored.
+    pub fn apply_forward(&mut self, forward: Forward, out: &mut Output) {
+        if !self.shard.owns(&forward.tenant_id, &forward.player_id) {
+            return;
+        }
+        let total = self.scores.add(
+            key_player(&forward.tenant_id, &forward.player_id).as_str(),
+            forward.t,
+            forward.score,
+            forward.tag,
+            &self.set.scoring,
+            self.set.limits.max_scored_players,
+        );
+        if let Some(mut alert) = forward.alert {
+            alert.total_score = total;
+            alert.recommendation = recommend(total, &self.set.scoring);
+            out.alerts.push(alert);
+        }
+        out.pushes.extend(forward.push);
     }
 
     /// The incremental sweep: checks up to `budget` keys whose idle time is due, dropping those

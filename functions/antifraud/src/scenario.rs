@@ -180,6 +180,43 @@ pub fn script(tenant: &str, end_ms: i64, normal: usize, copies: usize) -> Vec<Pa
             events,
         });
 
+        // Multi-accounting: five accounts log in on one device and one address, a minute
+        // apart; the third raises the device rule (3 players), the fifth the address rule (5).
+        // Each account's login comes after 2k small bets of its own, so the logins sit at
+        // different positions of the interleaved script and reach an engine in this order
+        // whatever partitions the accounts' events travel on.
+        for k in 0..5i64 {
+            let p = format!("shared-{c}-{k}");
+            let mut events: Vec<Value> = (0..2 * k)
+                .map(|j| {
+                    b.event(
+                        &p,
+                        D + 14 * H + j * MIN,
+                        "bet_placed",
+                        bet(&format!("{p}-{j}"), 100),
+                        json!({}),
+                    )
+                })
+                .collect();
+            events.push(b.event(
+                &p,
+                D + 15 * H + k * MIN,
+                "login",
+                json!({"ip": format!("198.51.100.{}", 10 + c), "device_id": format!("shared-device-{c}")}),
+                json!({}),
+            ));
+            let fires = match k {
+                2 => vec!["fraud.multi_accounting.device"],
+                4 => vec!["fraud.multi_accounting.ip"],
+                _ => vec![],
+            };
+            parts.push(Part {
+                player: p,
+                fires,
+                events,
+            });
+        }
+
         // Loss chasing: five lost bets, then a stake of more than twice the average.
         let p = format!("chaser-{c}");
         let mut events = Vec::new();

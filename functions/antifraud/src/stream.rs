@@ -134,10 +134,48 @@ pub struct StreamConfig {
     pub reload_interval: Duration,
     /// Records fetched per poll (one batch).
     pub poll_max: usize,
+    /// The part of the key space this engine evaluates (`--shard i/N`, [`crate::shard`]).
+    /// Split, the engine reads the forwards topic with the events, and its group, state file
+    /// and state topic are named after its shard ([`StreamConfig::for_shard`]).
+    pub shard: crate::Shard,
+    /// Where hits for players another shard owns go (co-partitioned with the events topic).
+    pub forwards_topic: String,
     pub consumer: ConsumerConfig,
     /// First and largest wait between publish retries.
     pub retry_initial: Duration,
     pub retry_max: Duration,
+}
+
+impl StreamConfig {
+    /// The settings of this engine's shard: one shard (the default) runs as configured; shard
+    /// `i` of `N` (N > 1) joins `<group>-shard-i-of-N`, keeps `<state file>-shard-i-of-N.db`,
+    /// mirrors it to `<state topic>_shard_i_of_N` and reads the forwards topic with the
+    /// events, so shards never share a group or a state and a shard's standby takes over
+    /// exactly its windows.
+    pub fn for_shard(mut self) -> StreamConfig {
+        if !self.shard.is_split() {
+            return self;
+        }
+        self.group.push_str(&self.shard.suffix('-'));
+        let stem = self
+            .state_path
+            .file_stem()
+            .map_or_else(|| "antifraud".into(), |s| s.to_string_lossy().into_owned());
+        let ext = self
+            .state_path
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        self.state_path
+            .set_file_name(format!("{stem}{}{ext}", self.shard.suffix('-')));
+        if let Some(t) = &mut self.state_topic {
+            t.push_str(&self.shard.suffix('_'));
+        }
+        if !self.consumer.companions.contains(&self.forwards_topic) {
+            self.consumer.companions.push(self.forwards_topic.clone());
+        }
+        self
+    }
 }
 
 impl Default for StreamConfig {
@@ -155,6 +193,8 @@ impl Default for StreamConfig {
             save_slice_units: 200,
             reload_interval: Duration::from_secs(2),
             poll_max: 5_000,
+            shard: crate::Shard::ALL,
+            forwards_topic: "antifraud_forwards".into(),
             consumer: ConsumerConfig {
                 companions: vec!["events_overflow".into()],
                 ..ConsumerConfig::default()
@@ -178,6 +218,9 @@ pub struct StreamStats {
     pub replayed_batches: u64,
     pub snapshots: u64,
     pub reloads: u64,
+    /// Hits sent to, and received from, other shards ([`crate::shard`]).
+    pub forwards_sent: u64,
+    pub forwards_received: u64,
 }
 
 /// Why the streaming engine stopped.
@@ -290,6 +333,7 @@ pub async fn run(
     config: StreamConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<StreamStats, StreamError> {
+    let config = config.for_shard();
     // Bad rules and an unusable state file are refused before anything else.
     config.rules.load()?;
     // One process per state file: a second one would write the same rows and, named alike,
@@ -311,6 +355,9 @@ pub async fn run(
     let client_id = format!("pitboss-antifraud-{instance}");
     if let Some(topic) = &config.state_topic {
         bus.create_compacted_topic(topic).await?;
+    }
+    if config.shard.is_split() {
+        ensure_forwards_topic(&*bus, &config.topic, &config.forwards_topic).await?;
     }
     let poll_max = config.poll_max;
     let mut stats = StreamStats::default();
@@ -443,6 +490,7 @@ impl Work {
             skip_upto,
             replay,
         } = restore(set, &store)?;
+        engine.set_shard(config.shard);
         if force_full {
             // Everything the file holds goes to the changelog with the first save.
             engine.track_changes(true);
@@ -839,7 +887,19 @@ impl Work {
         };
         self.out.clear();
         let mut dead = Vec::new();
+        let split = self.config.shard.is_split();
+        let mut received = 0u64;
         for r in &records {
+            if split && *r.topic == *self.config.forwards_topic {
+                match crate::Forward::decode(&r.value) {
+                    Ok(f) => {
+                        received += 1;
+                        self.engine.apply_forward(f, &mut self.out);
+                    }
+                    Err(reason) => dead.push(dead_letter(r, &reason)),
+                }
+                continue;
+            }
             let reason = match pitboss_model::decode_proto(&r.value) {
                 Ok(event) => {
                     self.stats.events += 1;
@@ -864,16 +924,26 @@ impl Work {
                 .map_err(|e| BusError::Unavailable(format!("changelog publish: {e}")))??;
         }
         let (alerts, pushes) = output_records(&mut self.out, detected);
+        let forwards = forward_records(&mut self.out);
         let (na, np, nd) = (alerts.len() as u64, pushes.len() as u64, dead.len() as u64);
+        let nf = forwards.len() as u64;
         let alerts_topic = self.config.alerts_topic.clone();
         let pushes_topic = self.config.pushes_topic.clone();
         let dead_topic = self.config.dead_letter_topic.clone();
+        let forwards_topic = self.config.forwards_topic.clone();
         let backoff = (self.config.retry_initial, self.config.retry_max);
         tokio::try_join!(
             publish(&self.publisher, &alerts_topic, alerts, backoff),
             publish(&self.publisher, &pushes_topic, pushes, backoff),
             publish(&self.publisher, &dead_topic, dead, backoff),
+            publish(&self.publisher, &forwards_topic, forwards, backoff),
         )?;
+        if split {
+            metrics::counter!("pitboss_antifraud_forwards_sent_total").increment(nf);
+            metrics::counter!("pitboss_antifraud_forwards_received_total").increment(received);
+        }
+        self.stats.forwards_sent += nf;
+        self.stats.forwards_received += received;
         if let Some(first) = self.out.alerts.first() {
             metrics::histogram!("pitboss_antifraud_event_to_alert_seconds").record(
                 (detected.as_millis() - first.received_at.as_millis()).max(0) as f64 / 1000.0,
@@ -1065,6 +1135,40 @@ pub(crate) fn dead_letter(r: &Record, reason: &str) -> OutRecord {
         format!("{}:{}:{}: {reason}", r.topic, r.partition, r.position),
         r.value.clone(),
     )
+}
+
+/// The records of the hits a batch sends to other shards, keyed by player.
+fn forward_records(out: &mut Output) -> Vec<OutRecord> {
+    out.forwards
+        .drain(..)
+        .map(|f| {
+            OutRecord::new(f.bus_key(), f.encode())
+                .with_header(header::TYPE, crate::Forward::TYPE)
+                .with_header(header::TENANT, f.tenant_id.as_str())
+                .with_header(header::EVENT_TIME, f.t.to_string())
+        })
+        .collect()
+}
+
+/// The forwards topic of split engines: made with the events topic's partitions where missing
+/// (every shard reads it with the events, as a co-partitioned companion), refused when it has
+/// other partitions.
+async fn ensure_forwards_topic(
+    bus: &dyn Bus,
+    events: &str,
+    forwards: &str,
+) -> Result<(), StreamError> {
+    let n = bus.partition_count(events).await?;
+    bus.create_topic_if_missing(forwards, n).await?;
+    let m = bus.partition_count(forwards).await?;
+    if m != n {
+        return Err(BusError::Config(format!(
+            "topic {forwards:?} has {m} partitions and {events:?} has {n}: the forwards topic of \
+             split rules engines must be co-partitioned with the events topic; recreate it with {n}"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The bus records of what a batch raised (alerts stamped `detected_at`); messages that break

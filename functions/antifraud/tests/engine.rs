@@ -636,3 +636,157 @@ fn a_stateless_run_loading_only_the_units_each_batch_reads_raises_what_one_engin
     assert!(w.len() > 10);
     assert_eq!(g, w);
 }
+
+/// The scripted patterns among normal players (`scenario::script`), as events in send order.
+fn script_in_send_order() -> Vec<pitboss_model::Event> {
+    let parts = pitboss_antifraud::scenario::script("demo", 1_800_000_000_000, 200, 3);
+    let longest = parts.iter().map(|p| p.events.len()).max().unwrap();
+    let mut events = Vec::new();
+    for i in 0..longest {
+        for p in &parts {
+            if let Some(e) = p.events.get(i) {
+                events.push(pitboss_model::decode_event(e.to_string().as_bytes()).unwrap());
+            }
+        }
+    }
+    events
+}
+
+/// The engine's clock at the `i`th event: the bus time, after every event of the script.
+fn engine_time(i: usize) -> Timestamp {
+    Timestamp::from_millis(1_800_000_000_000 + i as i64)
+}
+
+/// Runs `events` through `n` shards, each forward handed to every shard right after the event
+/// that raised it (as the forwards topic does, a few milliseconds later); returns what the
+/// shards raised together, how many forwards went between them, and what each shard raised.
+fn through_shards(events: &[pitboss_model::Event], n: u32) -> (Output, usize, Vec<usize>) {
+    use pitboss_antifraud::Shard;
+    let mut shards: Vec<Engine> = (0..n)
+        .map(|i| Engine::with_shard(shipped(), Shard::new(i, n).unwrap()))
+        .collect();
+    let mut all = Output::default();
+    let mut per = vec![0; n as usize];
+    let mut forwarded = 0;
+    for (i, e) in events.iter().enumerate() {
+        let now = engine_time(i);
+        let mut forwards = Vec::new();
+        for (i, shard) in shards.iter_mut().enumerate() {
+            let mut out = Output::default();
+            shard.process(e, now, &mut out).unwrap();
+            per[i] += out.alerts.len() + out.pushes.len();
+            forwards.append(&mut out.forwards);
+            all.alerts.append(&mut out.alerts);
+            all.pushes.append(&mut out.pushes);
+        }
+        forwarded += forwards.len();
+        for f in forwards {
+            let mut applied = 0;
+            for (i, shard) in shards.iter_mut().enumerate() {
+                let mut out = Output::default();
+                shard.apply_forward(f.clone(), &mut out);
+                applied += usize::from(!out.alerts.is_empty() || !out.pushes.is_empty());
+                per[i] += out.alerts.len() + out.pushes.len();
+                all.alerts.append(&mut out.alerts);
+                all.pushes.append(&mut out.pushes);
+            }
+            assert_eq!(
+                applied, 1,
+                "a forward is applied by exactly one shard: {f:?}"
+            );
+        }
+    }
+    (all, forwarded, per)
+}
+
+#[test]
+fn shards_together_raise_exactly_what_one_engine_raises() {
+    let events = script_in_send_order();
+    let mut one = Engine::new(shipped());
+    let mut want = Output::default();
+    for (i, e) in events.iter().enumerate() {
+        let now = engine_time(i);
+        one.process(e, now, &mut want).unwrap();
+    }
+    assert!(want.forwards.is_empty(), "one engine owns every key");
+    let by_id = |o: &Output| {
+        let mut a: Vec<_> = o.alerts.clone();
+        a.sort_by(|x, y| x.alert_id.cmp(&y.alert_id));
+        let mut p: Vec<_> = o.pushes.clone();
+        p.sort_by(|x, y| x.push_id.cmp(&y.push_id));
+        (a, p)
+    };
+    let (want_alerts, want_pushes) = by_id(&want);
+    assert!(
+        want_alerts
+            .iter()
+            .any(|a| a.rule_id.starts_with("fraud.multi_accounting")),
+        "the script has rules keyed by device and IP: {:?}",
+        want_alerts
+            .iter()
+            .map(|a| (&a.rule_id, &a.player_id))
+            .collect::<Vec<_>>()
+    );
+    for n in [2, 3, 5] {
+        let (got, forwarded, per) = through_shards(&events, n);
+        let (alerts, pushes) = by_id(&got);
+        // Every field equal: ids, totals, recommendations, measures, evidence, related players.
+        assert_eq!(alerts, want_alerts, "{n} shards");
+        assert_eq!(pushes, want_pushes, "{n} shards");
+        assert!(
+            forwarded > 0,
+            "{n} shards: some hits went to the player's shard"
+        );
+        assert!(
+            per.iter().all(|c| *c > 0),
+            "{n} shards each raised some: {per:?}"
+        );
+    }
+}
+
+#[test]
+fn a_forwarded_hit_adds_to_the_players_score_once_and_only_on_its_shard() {
+    use pitboss_antifraud::Shard;
+    let events = script_in_send_order();
+    let n = 3;
+    let mut shards: Vec<Engine> = (0..n)
+        .map(|i| Engine::with_shard(shipped(), Shard::new(i, n).unwrap()))
+        .collect();
+    let mut first = None;
+    'events: for (i, e) in events.iter().enumerate() {
+        let now = engine_time(i);
+        for shard in shards.iter_mut() {
+            let mut out = Output::default();
+            shard.process(e, now, &mut out).unwrap();
+            if let Some(f) = out.forwards.pop() {
+                first = Some(f);
+                break 'events;
+            }
+        }
+    }
+    let f = first.expect("a forward");
+    assert!(f.alert.is_some());
+    let owner = Shard::of(n, &f.tenant_id, &f.player_id) as usize;
+    // Encoded as on the bus, read back the same.
+    assert_eq!(pitboss_antifraud::Forward::decode(&f.encode()).unwrap(), f);
+    assert!(
+        pitboss_antifraud::Forward::decode(b"{\"tenant_id\":1}")
+            .unwrap_err()
+            .starts_with("undecodable forward:")
+    );
+    for (i, shard) in shards.iter_mut().enumerate() {
+        let mut out = Output::default();
+        shard.apply_forward(f.clone(), &mut out);
+        if i == owner {
+            let a = &out.alerts[0];
+            assert_eq!(a.total_score, f.score);
+            // Applied again (a redelivered forward): the points count once.
+            let mut again = Output::default();
+            shard.apply_forward(f.clone(), &mut again);
+            assert_eq!(again.alerts[0].total_score, f.score);
+            assert_eq!(again.alerts[0].alert_id, a.alert_id);
+        } else {
+            assert!(out.alerts.is_empty() && out.pushes.is_empty());
+        }
+    }
+}
