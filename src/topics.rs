@@ -57,6 +57,9 @@ fn topics(prefix: &str, state_topic: bool) -> Vec<(String, Kind)> {
     ];
     let mut out: Vec<(String, Kind)> = stored.iter().map(|t| (named(t), Kind::Keyed)).collect();
     out.push((named("presence"), Kind::Keyed));
+    // Hits between split rules engines (`pitboss antifraud --shard i/N`), co-partitioned with
+    // the events.
+    out.push((named("antifraud_forwards"), Kind::Keyed));
     out.extend(
         stored
             .iter()
@@ -94,6 +97,7 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
     }
     let events = format!("{prefix}events");
     check_copartitioned(&*bus, &events, &format!("{events}_overflow")).await?;
+    check_copartitioned(&*bus, &events, &format!("{prefix}antifraud_forwards")).await?;
     Ok(())
 }
 
@@ -162,6 +166,7 @@ mod tests {
             "t_deliveries",
             "t_alert_acks",
             "t_presence",
+            "t_antifraud_forwards",
             "t_events_dead_letter",
             "t_alert_acks_dead_letter",
             "t_antifraud_dead_letter",

@@ -294,6 +294,44 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    if shards > 1 {
+        // A shard that does not exist, and a forwards topic not co-partitioned with the
+        // events: refused before anything is read, naming them.
+        let bad = format!("{name}_bad_forwards");
+        bus.create_topic(&bad, 3).await.unwrap();
+        for (shard, forwards, says) in [
+            (
+                "3/3",
+                bad.as_str(),
+                "shard 3 of 3 does not exist: shards are numbered 0 to 2".to_owned(),
+            ),
+            (
+                "1/3",
+                bad.as_str(),
+                format!("topic \"{bad}\" has 3 partitions and \"{events_topic}\" has 8"),
+            ),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+                .args([
+                    "antifraud",
+                    "--bus",
+                    "kafka",
+                    "--kafka-bootstrap",
+                    &stack.kafka,
+                ])
+                .args(["--topic", &events_topic, "--group", &format!("{name}_bad")])
+                .args(["--shard", shard, "--forwards-topic", forwards])
+                .args(["--admin-listen", "127.0.0.1:0"])
+                .arg("--state-dir")
+                .arg(stack.logs.path().join("bad-state"))
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "{out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&says), "{shard}: {err}");
+        }
+    }
     let state = tempfile::tempdir().unwrap();
     let engine = |n: usize, shard: u32| {
         let log =
@@ -1198,7 +1236,7 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 15, "{stdout}");
+    assert_eq!(lines.len(), 16, "{stdout}");
     assert!(lines.iter().all(|l| l.starts_with("created ")), "{stdout}");
     for (topic, n) in [
         ("events", 3),
@@ -1208,6 +1246,7 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         ("deliveries", 3),
         ("alert_acks", 3),
         ("presence", 3),
+        ("antifraud_forwards", 3),
         ("events_dead_letter", 1),
         ("events_overflow_dead_letter", 1),
         ("alerts_dead_letter", 1),
@@ -1228,7 +1267,7 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
     let again = pitboss_topics(&kafka, &["--prefix", &p, "--partitions", "5"]);
     assert!(again.status.success(), "{again:?}");
     let stdout = String::from_utf8(again.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 15, "{stdout}");
+    assert_eq!(stdout.lines().count(), 16, "{stdout}");
     assert!(
         stdout.contains(&format!(
             "exists  {p}alerts (3 partitions, kept; --partitions 5 applies to new topics)"
@@ -1262,7 +1301,7 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{out:?}");
         let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(stdout.lines().count(), 15, "{stdout}");
+        assert_eq!(stdout.lines().count(), 16, "{stdout}");
         for line in stdout.lines() {
             if let Some(rest) = line.strip_prefix("created ") {
                 let topic = rest.split(' ').next().unwrap().to_owned();
@@ -1271,7 +1310,7 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         }
     }
     // Each topic said `created` by exactly one of the two.
-    assert_eq!(created.len(), 15, "{created:?}");
+    assert_eq!(created.len(), 16, "{created:?}");
     assert!(created.values().all(|&n| n == 1), "{created:?}");
     for (topic, n) in [("events", 2), ("presence", 2), ("pushes_dead_letter", 1)] {
         let topic = format!("{c}{topic}");
@@ -1323,6 +1362,21 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
     assert!(
         err.contains(&format!(
             "topic \"{r}events_overflow\" has 2 partitions and \"{r}events\" has 4"
+        )),
+        "{err}"
+    );
+
+    // A forwards topic (split rules engines) not co-partitioned with the events: refused too.
+    let f = format!("{}_", pitboss_testkit::unique_name("tf"));
+    bus.create_topic(&format!("{f}antifraud_forwards"), 3)
+        .await
+        .unwrap();
+    let out = pitboss_topics(&kafka, &["--prefix", &f, "--partitions", "4"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "topic \"{f}antifraud_forwards\" has 3 partitions and \"{f}events\" has 4: the forwards topic"
         )),
         "{err}"
     );

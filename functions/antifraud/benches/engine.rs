@@ -138,6 +138,7 @@ fn bench(c: &mut Criterion) {
     lambda_store_calls(&records, 100, 4);
     memory_after_laps(&records, 9);
     evaluation_percentiles(&mut engine, &records);
+    shard_scaling(&records);
     // One sweep of idle keys over the warm windows (it runs every `sweep_every` of engine
     // time, on the event that finds it due): what it costs that event.
     let mut sweeps: Vec<u64> = (0..5)
@@ -256,6 +257,80 @@ fn evaluation_percentiles(engine: &mut Engine, records: &[Vec<u8>]) {
         at(0.999),
         at(1.0)
     );
+}
+
+/// The rules split over N engines (`--shard i/N`): each shard reads every event, skips
+/// undecoded those of players it does not own that no rule keyed otherwise reads (told from the
+/// record's type and tenant headers and its `tenant:player` key, as the bus adapter does), and
+/// evaluates the keys it owns. For each N, every shard warmed by one pass, then timed over three
+/// more laps (decode and evaluate, shifted forward in time with new ids, as the timed benchmark
+/// does): its time per event of the stream, the slowest shard's (which bounds the group) and
+/// the speed-up of the group against one engine measured the same way in the same run; with the
+/// hits forwarded between shards and each shard's memory.
+fn shard_scaling(records: &[Vec<u8>]) {
+    use pitboss_antifraud::Shard;
+    let span = EVENTS as i64 * 10;
+    // What the record's headers and key say (the adapter reads them; no decoding).
+    let meta: Vec<(pitboss_model::EventType, String, String)> = records
+        .iter()
+        .map(|r| {
+            let e = decode_proto(r).unwrap();
+            (e.event_type(), e.tenant_id.clone(), e.bus_key())
+        })
+        .collect();
+    let mut one = None;
+    for n in [1u32, 2, 4, 8] {
+        let mut per = Vec::new();
+        let (mut forwards, mut bytes, mut raised) = (0usize, 0usize, 0usize);
+        for i in 0..n {
+            let mut engine = Engine::with_shard(rules(), Shard::new(i, n).unwrap());
+            let mut out = Output::default();
+            for r in records {
+                let e = decode_proto(r).unwrap();
+                engine.process(&e, e.occurred_at, &mut out).unwrap();
+            }
+            let mut best = f64::MAX;
+            for lap in 1..=3i64 {
+                out.clear();
+                let started = std::time::Instant::now();
+                for (r, (t, tenant, key)) in records.iter().zip(&meta) {
+                    let player = key
+                        .strip_prefix(tenant.as_str())
+                        .unwrap()
+                        .strip_prefix(':')
+                        .unwrap();
+                    if !engine.reads_unowned(*t) && !engine.shard().owns(tenant, player) {
+                        continue;
+                    }
+                    let mut e = decode_proto(r).unwrap();
+                    e.occurred_at = Timestamp::from_millis(e.occurred_at.as_millis() + lap * span);
+                    let id = e.event_id.as_mut().unwrap();
+                    id.replace_range(19..23, &format!("{:04x}", 0x7000 + lap as u16));
+                    engine.process(&e, e.occurred_at, &mut out).unwrap();
+                }
+                let ns = started.elapsed().as_nanos() as f64 / records.len() as f64;
+                best = best.min(ns);
+                if lap == 3 {
+                    forwards += out.forwards.len();
+                    raised += out.alerts.len() + out.pushes.len() + out.forwards.len();
+                }
+            }
+            per.push(best);
+            bytes += engine.stats().bytes;
+        }
+        let slowest = per.iter().copied().fold(0.0, f64::max);
+        let base = *one.get_or_insert(slowest);
+        println!(
+            "{n} shard(s): per event of the stream, slowest shard {:.0} ns (shards {}); group {:.2}x one engine (ideal {n}x); {raised} messages a lap, {forwards} forwarded; memory {:.1} MB in all",
+            slowest,
+            per.iter()
+                .map(|ns| format!("{ns:.0}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            base / slowest,
+            bytes as f64 / 1e6
+        );
+    }
 }
 
 /// The Lambda adapter's cost in store calls: the stream in batches of `batch` (the Kinesis

@@ -162,13 +162,21 @@ pub struct Engine {
     draft: Output,
 }
 
+/// Whether a rule's windows live on the shard of the event's player: rules keyed by the player,
+/// and by the session (a session is one player's, docs/events.md). Others (device, IP, payment
+/// instrument, game) live on the shard owning their key.
+fn follows_player(rule: &CompiledRule) -> bool {
+    matches!(rule.group_by, GroupBy::Player | GroupBy::Session)
+}
+
 /// Whether a split engine keeps the stake join for every bet: a rule keyed by something else
 /// than the player may evaluate settlements of players other shards own.
 fn join_everywhere(set: &RuleSet, shard: Shard) -> bool {
     shard.is_split()
-        && set.rules.iter().any(|r| {
-            r.key_field.is_some() && r.types.contains(pitboss_model::EventType::BetSettled)
-        })
+        && set
+            .rules
+            .iter()
+            .any(|r| !follows_player(r) && r.types.contains(pitboss_model::EventType::BetSettled))
 }
 
 /// Keys checked for idleness per event, at most (the incremental sweep).
@@ -255,6 +263,17 @@ impl Engine {
     /// The part of the key space this engine evaluates.
     pub fn shard(&self) -> Shard {
         self.shard
+    }
+
+    /// Whether an event of type `t` from a player this (split) engine does not own can change
+    /// anything here: a rule keyed by something else than the player reads such events (or,
+    /// for bets, the stake join those rules read does). When it cannot, the bus adapter skips
+    /// the record without decoding it.
+    pub fn reads_unowned(&self, t: pitboss_model::EventType) -> bool {
+        self.by_type[crate::filter::index(t)]
+            .iter()
+            .any(|&ri| !follows_player(&self.set.rules[ri]))
+            || self.join_everywhere && t == pitboss_model::EventType::BetPlaced
     }
 
     /// The running rule set.
@@ -384,7 +403,16 @@ impl Engine {
                 None if player_owned => event.player_id.as_str(),
                 None => continue,
                 Some(f) => match f.get(event, &extra) {
-                    Value::Text(s) if !s.is_empty() && shard.owns(&event.tenant_id, s) => s,
+                    Value::Text(s)
+                        if !s.is_empty()
+                            && if rule.group_by == GroupBy::Session {
+                                player_owned
+                            } else {
+                                shard.owns(&event.tenant_id, s)
+                            } =>
+                    {
+                        s
+                    }
                     _ => continue,
                 },
             };

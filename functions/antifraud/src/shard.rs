@@ -2,8 +2,9 @@
 //!
 //! Every shard reads the whole event stream, each in its own consumer group, and evaluates only
 //! the windows it owns: a window key (`tenant`, group value — a player, a device, an IP…) belongs
-//! to shard `xxh3(tenant ␀ value) mod N`. A player's score belongs to the shard that owns the
-//! player. A rule keyed by something other than the player that fires on a shard not owning the
+//! to shard `xxh3(tenant ␀ value) mod N`, except a session's, which lives with its player (a
+//! session is one player's, docs/events.md). A player's score belongs to the shard that owns
+//! the player. A rule keyed by something other than the player that fires on a shard not owning the
 //! triggering event's player does not publish its alert or push: it sends them, with the hit's
 //! points, as a [`Forward`] on the forwards topic (keyed by the player, read by every shard with
 //! the events), and the player's shard adds the points to the player's score, sets the alert's

@@ -220,6 +220,8 @@ pub struct StreamStats {
     pub reloads: u64,
     /// Hits sent to, and received from, other shards ([`crate::shard`]).
     pub forwards_sent: u64,
+    /// Events of other shards' players skipped undecoded (no rule here reads them).
+    pub skipped_unowned: u64,
     pub forwards_received: u64,
 }
 
@@ -541,6 +543,24 @@ impl Work {
             work.mirror(catch_up).await?;
         }
         Ok(work)
+    }
+
+    /// Whether a record is an event of a player another shard owns, of a type no rule this
+    /// engine evaluates for such players reads — told from its headers and key (`tenant:player`,
+    /// as ingest publishes events) without decoding it. A record that does not say is decoded.
+    fn unowned_and_unread(&self, r: &Record) -> bool {
+        let (Some(t), Some(tenant)) = (
+            r.headers
+                .get_str(header::TYPE)
+                .and_then(pitboss_model::EventType::parse),
+            r.headers.get_str(header::TENANT),
+        ) else {
+            return false;
+        };
+        let Some(player) = r.key.strip_prefix(tenant).and_then(|k| k.strip_prefix(':')) else {
+            return false;
+        };
+        !self.engine.reads_unowned(t) && !self.engine.shard().owns(tenant, player)
     }
 
     /// Every 5 s while running: another engine that stays in the group for 10 s is not one
@@ -898,6 +918,12 @@ impl Work {
                     }
                     Err(reason) => dead.push(dead_letter(r, &reason)),
                 }
+                continue;
+            }
+            if split && self.unowned_and_unread(r) {
+                // Another shard's player, and nothing here reads its type: not even decoded.
+                self.stats.events += 1;
+                self.stats.skipped_unowned += 1;
                 continue;
             }
             let reason = match pitboss_model::decode_proto(&r.value) {

@@ -790,3 +790,54 @@ fn a_forwarded_hit_adds_to_the_players_score_once_and_only_on_its_shard() {
         }
     }
 }
+
+#[test]
+fn a_split_engine_reads_other_players_events_only_where_a_rule_keyed_otherwise_does() {
+    use pitboss_antifraud::Shard;
+    use pitboss_model::EventType;
+    let engine = Engine::with_shard(shipped(), Shard::new(0, 2).unwrap());
+    // The shipped device and address rules read logins, deposits and withdrawals.
+    for t in [EventType::Login, EventType::Deposit, EventType::Withdrawal] {
+        assert!(engine.reads_unowned(t), "{t:?}");
+    }
+    for t in [
+        EventType::BetPlaced,
+        EventType::BetSettled,
+        EventType::Bonus,
+    ] {
+        assert!(!engine.reads_unowned(t), "{t:?}");
+    }
+    // A rule keyed by game that reads settlements: the settlements, and the bets whose stakes
+    // the join gives them, of every player.
+    let by_game = RuleSet::from_sources(&[(
+        "g.toml".into(),
+        r#"
+[[rule]]
+id = "g.settled"
+version = 1
+category = "fraud"
+description = "Settlements per game."
+severity = "low"
+score = 1
+events = ["bet_settled"]
+group_by = "game"
+window = { duration = "1m", max_events = 100 }
+reason = "{n} settlements"
+
+  [[rule.measure]]
+  name = "n"
+  agg = "count"
+
+  [[rule.when]]
+  measure = "n"
+  op = "gte"
+  value = 1000
+"#
+        .into(),
+    )])
+    .unwrap();
+    let engine = Engine::with_shard(by_game, Shard::new(1, 2).unwrap());
+    assert!(engine.reads_unowned(EventType::BetSettled));
+    assert!(engine.reads_unowned(EventType::BetPlaced));
+    assert!(!engine.reads_unowned(EventType::Login));
+}
