@@ -731,6 +731,12 @@ struct UpArgs {
     /// take the group over with the engine's windows, docs/rules.md).
     #[arg(long, requires = "kafka_bootstrap")]
     no_state_topic: bool,
+    /// Rules engines splitting the rules' keys (`pitboss antifraud --shard i/N` each, on its
+    /// own thread): one core's worth of rule work per engine (docs/rules.md, "Several
+    /// engines").
+    #[arg(long, env = "PITBOSS_RULES_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "no_rules")]
+    rules_shards: u32,
     /// How many steps (nice, 0–19) below the live path (ingest, the rules engine, the gateway)
     /// the threads that store run (the processors, their reads of the log, their writes):
     /// when the cores are busy, storing waits and notifications do not.
@@ -925,6 +931,7 @@ async fn up(
         clickhouse_url,
         clickhouse_database,
         no_state_topic,
+        rules_shards,
         storage_nice,
     }: UpArgs,
 ) -> Result<()> {
@@ -1087,6 +1094,7 @@ async fn up(
             (kafka_bootstrap.is_some() && !no_state_topic).then(|| named("antifraud_state"));
         c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
         c.save_slice_units = save_slice_units;
+        c.forwards_topic = named(&c.forwards_topic);
         c
     });
     if let Some(c) = &antifraud {
@@ -1129,7 +1137,23 @@ async fn up(
         }
         _ => bus.clone(),
     };
-    let engine = run_antifraud(engine_bus, antifraud, stop.clone());
+    // One engine, or `--rules-shards` of them each owning part of the keys.
+    let engines = match antifraud {
+        Some(c) if rules_shards > 1 => (0..rules_shards)
+            .map(|i| {
+                let mut c = c.clone();
+                c.shard =
+                    pitboss_antifraud::Shard::new(i, rules_shards).map_err(anyhow::Error::msg)?;
+                Ok(Some(c))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        c => vec![c],
+    };
+    let engine = futures::future::try_join_all(
+        engines
+            .into_iter()
+            .map(|c| run_antifraud(engine_bus.clone(), c, stop.clone())),
+    );
     let processors = drain_processors(
         async { tokio::try_join!(processors, engine).map(|_| ()) },
         stop.clone(),

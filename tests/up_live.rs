@@ -265,6 +265,15 @@ async fn up_stores_the_live_path_once_through_sigkills() {
 /// Alert and push ids the shipped packs raise from `events` (in this order), computed by the
 /// pure engine.
 fn expected(events: &[serde_json::Value]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = pure(events);
+    (
+        out.alerts.iter().map(|a| a.alert_id.clone()).collect(),
+        out.pushes.iter().map(|p| p.push_id.clone()).collect(),
+    )
+}
+
+/// What the pure engine raises from `events` in this order.
+fn pure(events: &[serde_json::Value]) -> pitboss_antifraud::Output {
     let set =
         pitboss_antifraud::RuleSet::from_sources(&pitboss_antifraud::stream::shipped_sources())
             .unwrap();
@@ -275,10 +284,18 @@ fn expected(events: &[serde_json::Value]) -> (BTreeSet<String>, BTreeSet<String>
         let now = pitboss_model::Timestamp::now();
         engine.process(&event, now, &mut out).unwrap();
     }
-    (
-        out.alerts.iter().map(|a| a.alert_id.clone()).collect(),
-        out.pushes.iter().map(|p| p.push_id.clone()).collect(),
-    )
+    out
+}
+
+/// The ids of the multi-accounting alerts the pure engine raises from `events` in this order
+/// (another order of the shared logins raises them on another account).
+fn expected_shared(events: &[serde_json::Value]) -> BTreeSet<String> {
+    pure(events)
+        .alerts
+        .iter()
+        .filter(|a| a.rule_id.starts_with("fraud.multi_accounting"))
+        .map(|a| a.alert_id.clone())
+        .collect()
 }
 
 /// Posts `batch` until it is answered 200 (the server may be down between kills); false when
@@ -307,9 +324,50 @@ async fn post_until_answered(
 /// none missed, none twice, none for a normal player.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
+    let dir = scripted_alerts_through_five_sigkills_of_up(&[]).await;
+    assert!(dir.path().join("antifraud.db").exists());
+}
+
+/// The same with the rules split over three engines in the process (`--rules-shards 3`): the
+/// device and address rules' hits for players another shard owns cross on the forwards topic of
+/// the embedded log, and the store holds exactly what one pure engine raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_split_rules_engines_raises_exactly_the_scripted_alerts_through_five_sigkills() {
+    let dir = scripted_alerts_through_five_sigkills_of_up(&["--rules-shards", "3"]).await;
+    // Three engines ran, each with its own state.
+    for i in 0..3 {
+        let state = dir.path().join(format!("antifraud-shard-{i}-of-3.db"));
+        assert!(state.exists(), "{}", state.display());
+    }
+    assert!(!dir.path().join("antifraud.db").exists());
+}
+
+async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let now = pitboss_model::Timestamp::now().as_millis();
-    let parts = pitboss_antifraud::scenario::script("demo", now, 300, 3);
+    let mut parts = pitboss_antifraud::scenario::script("demo", now, 300, 3);
+    // Multi-accounting across partitions (and, split, across shards): which account raises the
+    // alert depends on the order the logins are read in; one alert per rule and shared key.
+    let copies = 2;
+    parts.extend(pitboss_antifraud::scenario::shared_accounts(
+        "demo", now, copies,
+    ));
+    let want_shared: Vec<(String, String)> = (0..copies)
+        .flat_map(|c| {
+            [
+                (
+                    "fraud.multi_accounting.device".to_owned(),
+                    format!("shared-device-{c}"),
+                ),
+                (
+                    "fraud.multi_accounting.ip".to_owned(),
+                    format!("198.51.100.{}", 10 + c),
+                ),
+            ]
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     // Interleave the players (each one's events stay in order), as concurrent play would.
     let mut events = Vec::new();
     let longest = parts.iter().map(|p| p.events.len()).max().unwrap();
@@ -318,8 +376,10 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
             events.extend(p.events.get(i).cloned());
         }
     }
-    let (want_alerts, want_pushes) = expected(&events);
+    let (mut want_alerts, want_pushes) = expected(&events);
     assert!(want_alerts.len() >= 21 && !want_pushes.is_empty());
+    let shared_ids = expected_shared(&events);
+    want_alerts.retain(|id| !shared_ids.contains(id));
 
     let client = reqwest::Client::new();
     let batches: Vec<&[serde_json::Value]> = events.chunks(40).collect();
@@ -327,10 +387,9 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
     let mut rounds = Vec::new();
     for round in 0..6 {
         // Snapshots every 700 ms: some kills land after one, most with batches logged since.
-        let (mut child, addr) = up_with(
-            dir.path(),
-            &["--snapshot-interval-ms", "700", "--save-slice-units", "20"],
-        );
+        let mut args = vec!["--snapshot-interval-ms", "700", "--save-slice-units", "20"];
+        args.extend(extra);
+        let (mut child, addr) = up_with(dir.path(), &args);
         let key = std::fs::read_to_string(dir.path().join("demo-api-key"))
             .unwrap()
             .trim()
@@ -354,7 +413,9 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
                 let n = sql(dir.path(), "SELECT count(*) AS n FROM alerts")[0]["n"]
                     .as_u64()
                     .unwrap();
-                if n as usize >= want_alerts.len() || start.elapsed() > Duration::from_secs(120) {
+                if n as usize >= want_alerts.len() + want_shared.len()
+                    || start.elapsed() > Duration::from_secs(120)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -379,7 +440,11 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
             .map(|r| r[col].as_str().unwrap().to_owned())
             .collect()
     };
-    let alerts = ids("SELECT alert_id FROM alerts ORDER BY alert_id", "alert_id");
+    let alerts = ids(
+        "SELECT alert_id FROM alerts WHERE rule_id NOT LIKE 'fraud.multi_accounting%' \
+         ORDER BY alert_id",
+        "alert_id",
+    );
     let pushes = ids("SELECT push_id FROM pushes ORDER BY push_id", "push_id");
     assert_eq!(
         alerts,
@@ -388,19 +453,53 @@ async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
     );
     assert_eq!(pushes, want_pushes.iter().cloned().collect::<Vec<_>>());
     // Each pattern's player raised its rule, and nobody else raised anything.
-    let raised: BTreeSet<(String, String)> =
-        sql(dir.path(), "SELECT DISTINCT rule_id, player_id FROM alerts")
+    // One alert per shared device and address, on one of the accounts that shared it.
+    let shared_raised: Vec<(String, String, String)> = sql(
+        dir.path(),
+        "SELECT rule_id, group_key, player_id FROM alerts \
+         WHERE rule_id LIKE 'fraud.multi_accounting%' ORDER BY rule_id, group_key",
+    )
+    .iter()
+    .map(|r| {
+        let s = |c: &str| r[c].as_str().unwrap().to_owned();
+        (s("rule_id"), s("group_key"), s("player_id"))
+    })
+    .collect();
+    assert_eq!(
+        shared_raised
             .iter()
-            .map(|r| {
-                let s = |c: &str| r[c].as_str().unwrap().to_owned();
-                (s("rule_id"), s("player_id"))
-            })
-            .collect();
+            .map(|(r, k, _)| (r.clone(), k.clone()))
+            .collect::<Vec<_>>(),
+        want_shared,
+        "{shared_raised:?}"
+    );
+    for (_, key, player) in &shared_raised {
+        let copy = match key.strip_prefix("shared-device-") {
+            Some(c) => c.to_owned(),
+            None => (key.rsplit('.').next().unwrap().parse::<usize>().unwrap() - 10).to_string(),
+        };
+        assert!(
+            player.starts_with(&format!("shared-{copy}-")),
+            "{key}: {player}"
+        );
+    }
+    let raised: BTreeSet<(String, String)> = sql(
+        dir.path(),
+        "SELECT DISTINCT rule_id, player_id FROM alerts \
+         WHERE rule_id NOT LIKE 'fraud.multi_accounting%'",
+    )
+    .iter()
+    .map(|r| {
+        let s = |c: &str| r[c].as_str().unwrap().to_owned();
+        (s("rule_id"), s("player_id"))
+    })
+    .collect();
     let scripted: BTreeSet<(String, String)> = parts
         .iter()
         .flat_map(|p| p.fires.iter().map(|r| ((*r).to_owned(), p.player.clone())))
         .collect();
     assert_eq!(raised, scripted);
+    dir
 }
 
 /// `pitboss token` for `pitboss up`'s gateway.

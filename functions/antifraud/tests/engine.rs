@@ -637,9 +637,15 @@ fn a_stateless_run_loading_only_the_units_each_batch_reads_raises_what_one_engin
     assert_eq!(g, w);
 }
 
-/// The scripted patterns among normal players (`scenario::script`), as events in send order.
+/// The scripted patterns among normal players (`scenario::script`) and the shared accounts
+/// (`scenario::shared_accounts`), as events in send order.
 fn script_in_send_order() -> Vec<pitboss_model::Event> {
-    let parts = pitboss_antifraud::scenario::script("demo", 1_800_000_000_000, 200, 3);
+    let mut parts = pitboss_antifraud::scenario::script("demo", 1_800_000_000_000, 200, 3);
+    parts.extend(pitboss_antifraud::scenario::shared_accounts(
+        "demo",
+        1_800_000_000_000,
+        3,
+    ));
     let longest = parts.iter().map(|p| p.events.len()).max().unwrap();
     let mut events = Vec::new();
     for i in 0..longest {
