@@ -31,6 +31,7 @@ BAD = {
     "tenants": "[]",
     "image": "111122223333.dkr.ecr.eu-west-1.amazonaws.com/pitboss:latest",
     "antifraud_memory_mb": "5000",
+    "antifraud_shards": "1.5",
 }
 
 # Rules between variables (checks.tf), each broken on top of the example (bus = "kinesis"), or
@@ -38,6 +39,7 @@ BAD = {
 CROSS = [
     (["-var=antifraud_runtime=ecs"], ["var.antifraud_runtime", "var.bus"]),
     (["-var-file=no-zip.tfvars"], ["var.antifraud_lambda_zip", "var.antifraud_runtime"]),
+    (["-var=antifraud_shards=2"], ["var.antifraud_shards", "var.antifraud_runtime"]),
 ]
 
 
@@ -89,7 +91,7 @@ def main():
             return 1
         open(os.path.join(work, "no-zip.tfvars"), "w").write(no_zip)
         ecs = re.sub(r'(?m)^bus\s*=\s*"kinesis".*$', 'bus = "msk"', no_zip)
-        open(os.path.join(work, "ecs.tfvars"), "w").write(ecs + '\nantifraud_runtime = "ecs"\n')
+        open(os.path.join(work, "ecs.tfvars"), "w").write(ecs + '\nantifraud_runtime = "ecs"\nantifraud_shards = 3\n')
         rc, out = terraform(work, "init", "-input=false", "-no-color")
         if rc != 0:
             print(out, file=sys.stderr)
@@ -100,7 +102,7 @@ def main():
             return 1
         rc, out = terraform(work, "plan", "-input=false", "-no-color", "-var-file=ecs.tfvars")
         if rc != 0:
-            print("the example on MSK with the engine on ECS does not plan:\n" + out, file=sys.stderr)
+            print("the example on MSK with the engine on ECS in 3 shards does not plan:\n" + out, file=sys.stderr)
             return 1
         for args, names in CROSS:
             # A var file of its own stands instead of the example (a file cannot unset a value).
@@ -124,7 +126,7 @@ def main():
     if failures:
         return 1
     print(
-        f"the example plans (and its MSK variant with the engine on ECS); each of {len(variables)} variables, "
+        f"the example plans (and its MSK variant with the engine on ECS in 3 shards); each of {len(variables)} variables, "
         f"left empty or malformed, and each of {len(CROSS)} rules between them broken, is refused naming them"
     )
     return 0

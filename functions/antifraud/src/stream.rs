@@ -663,7 +663,7 @@ async fn stand_by(
             Ok(Some(others)) if !others.is_empty() => {
                 if !standing {
                     tracing::info!(%group, others = %describe(&others), "another rules engine is active in the group: standing by until it leaves");
-                    metrics::gauge!("pitboss_antifraud_standby").set(1.0);
+                    metrics::gauge!("pitboss_antifraud_standby", "group" => group.clone()).set(1.0);
                     standing = true;
                 }
             }
@@ -680,7 +680,7 @@ async fn stand_by(
     if standing {
         tracing::info!(%group, "the group is free: taking over");
     }
-    metrics::gauge!("pitboss_antifraud_standby").set(0.0);
+    metrics::gauge!("pitboss_antifraud_standby", "group" => group.clone()).set(0.0);
     true
 }
 

@@ -8,6 +8,10 @@ resource "terraform_data" "inputs" {
       error_message = "antifraud_runtime = \"ecs\" needs bus = \"msk\": the standalone engine's stand-by and its state changelog are Kafka's (docs/rules.md); on Kinesis use \"lambda\"."
     }
     precondition {
+      condition     = var.antifraud_shards == 1 || var.antifraud_runtime == "ecs"
+      error_message = "antifraud_shards above 1 needs antifraud_runtime = \"ecs\": split engines are standalone processes (docs/rules.md, \"Several engines\"); the Lambda scales by its event source's batches."
+    }
+    precondition {
       condition     = var.antifraud_runtime != "lambda" || var.antifraud_lambda_zip != null
       error_message = "antifraud_lambda_zip must name the antifraud Lambda's zip when antifraud_runtime = \"lambda\" (run scripts/lambda-zip.sh)."
     }

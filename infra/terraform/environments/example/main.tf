@@ -306,10 +306,12 @@ module "gateway" {
 # and the state is mirrored to the compacted topic antifraud_state, so a task replaced on an
 # empty disk (a deployment, a lost host) starts from the windows of the one it replaces. No AWS
 # call: MSK's SASL/SCRAM settings come in PITBOSS_KAFKA_OPTIONS, as for the processor.
+# One service per shard (antifraud_shards): shard i of N owns part of the rules' keys; each
+# service runs two tasks, one active and one standing by.
 module "antifraud_engine" {
-  count              = local.engine_on_ecs ? 1 : 0
+  count              = local.engine_on_ecs ? var.antifraud_shards : 0
   source             = "../../modules/service"
-  name               = "${var.name}-engine"
+  name               = var.antifraud_shards == 1 ? "${var.name}-engine" : "${var.name}-engine-${count.index}"
   image              = var.image
   ecr_repository_arn = var.ecr_repository_arn
   entry_point        = ["/bin/sh", "-c"]
@@ -317,6 +319,7 @@ module "antifraud_engine" {
   admin_port         = 9466
   environment = merge(local.bus_env, local.topics_env, {
     PITBOSS_ANTIFRAUD_ADMIN_LISTEN = "0.0.0.0:9466"
+    PITBOSS_ANTIFRAUD_SHARD        = "${count.index}/${var.antifraud_shards}"
   })
   secrets       = local.bus_secrets
   desired_count = 2
@@ -338,12 +341,12 @@ module "antifraud_engine" {
 # (Container Insights; a stand-by counts as running), and events it could not evaluate (its
 # dead letters, from the admin /metrics the ADOT sidecar publishes).
 resource "aws_cloudwatch_metric_alarm" "engine_not_running" {
-  count               = local.engine_on_ecs ? 1 : 0
-  alarm_name          = "${var.name}-antifraud-engine-down"
-  alarm_description   = "No rules engine task runs: no alerts or pushes are raised (docs/deploy.md)."
+  count               = local.engine_on_ecs ? var.antifraud_shards : 0
+  alarm_name          = var.antifraud_shards == 1 ? "${var.name}-antifraud-engine-down" : "${var.name}-antifraud-engine-${count.index}-down"
+  alarm_description   = "No rules engine task runs${var.antifraud_shards == 1 ? "" : " for shard ${count.index}"}: no alerts or pushes are raised${var.antifraud_shards == 1 ? "" : " for its keys"} (docs/deploy.md)."
   namespace           = "ECS/ContainerInsights"
   metric_name         = "RunningTaskCount"
-  dimensions          = { ClusterName = aws_ecs_cluster.pitboss.name, ServiceName = module.antifraud_engine[0].service_name }
+  dimensions          = { ClusterName = aws_ecs_cluster.pitboss.name, ServiceName = module.antifraud_engine[count.index].service_name }
   statistic           = "Minimum"
   period              = 60
   evaluation_periods  = 3

@@ -19,8 +19,8 @@ output "antifraud_state_table" {
 }
 
 output "antifraud_engine" {
-  description = "The rules engine's ECS service (antifraud_runtime = \"ecs\"; null with the Lambda)."
-  value       = one(module.antifraud_engine[*].service_name)
+  description = "The rules engine's ECS services, one per shard in shard order (antifraud_runtime = \"ecs\"; empty with the Lambda)."
+  value       = module.antifraud_engine[*].service_name
 }
 
 output "time_to_notify_alarms" {
@@ -46,7 +46,7 @@ output "grafana_url" {
 output "log_groups" {
   description = "CloudWatch log groups of the ECS services."
   value = merge({ processor = module.processor.log_group, gateway = module.gateway.log_group },
-  local.engine_on_ecs ? { antifraud_engine = module.antifraud_engine[0].log_group } : {})
+  { for i, m in module.antifraud_engine : (var.antifraud_shards == 1 ? "antifraud_engine" : "antifraud_engine_${i}") => m.log_group })
 }
 
 output "processor" {

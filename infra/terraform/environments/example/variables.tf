@@ -167,6 +167,16 @@ variable "antifraud_memory_mb" {
   }
 }
 
+variable "antifraud_shards" {
+  description = "Rules engines splitting the rules' keys (antifraud_runtime = \"ecs\"): one ECS service per shard, each running `pitboss antifraud --shard i/N` with a stand-by (docs/rules.md, \"Several engines\"). Each shard holds about 1/N of the windows (size antifraud_memory_mb for it); changing N starts every shard's windows empty."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.antifraud_shards >= 1 && var.antifraud_shards <= 64 && floor(var.antifraud_shards) == var.antifraud_shards
+    error_message = "antifraud_shards must be a whole number from 1 to 64."
+  }
+}
+
 variable "lambda_architecture" {
   description = "Architecture of both zips: x86_64 or arm64."
   type        = string
