@@ -178,6 +178,6 @@ mod tests {
             Some(&("t_antifraud_state".to_owned(), Kind::Compacted))
         );
         assert!(!topics("", false).iter().any(|(_, k)| *k == Kind::Compacted));
-        assert_eq!(all.len(), 15);
+        assert_eq!(all.len(), 16);
     }
 }
