@@ -505,14 +505,30 @@ impl Engine {
             {
                 continue;
             }
+            // A key that spans partitions (a device, an address shared by players) can be read
+            // out of time order (partitions' backlogs read after a restart or a lag): an event
+            // read after later ones of its key is evaluated against the window up to the key's
+            // newest event, so a threshold it completes still fires — on it — rather than on
+            // neither (as of its own time it would miss the later events, and they, evaluated
+            // first, missed it). A player's events keep their order, so its windows end at the
+            // trigger.
+            let at = if follows_player(rule) {
+                t
+            } else {
+                t.max(state.newest)
+            };
             if let Some(d) = rule.duration_ms {
                 let before = state.held();
-                state.expire(t.saturating_sub(d), rule);
+                state.expire(at.saturating_sub(d), rule);
                 *entries = (*entries + state.held()).saturating_sub(before);
+                if t <= at.saturating_sub(d) {
+                    // Read so late that its own entry lies before the window.
+                    held = None;
+                }
             }
             let trig = Trigger {
                 id,
-                t,
+                t: at,
                 cur,
                 held,
                 folded,

@@ -279,11 +279,10 @@ pub fn script(tenant: &str, end_ms: i64, normal: usize, copies: usize) -> Vec<Pa
 ///
 /// Unlike the patterns of [`script`], these span players, so partitions: which account's login
 /// raises the alert depends on the order the engine reads the logins in, which the bus does not
-/// fix across partitions. The five logins share one event time, so whatever that order, the
-/// window holds all the logins read so far when each is evaluated (a window ends at its
-/// trigger's time), and the 3rd and 5th read raise the alerts: exactly one alert per rule and
-/// copy, on one of the five accounts. (Logins at different times read out of time order can
-/// each see too few: docs/rules.md, "Known limits".)
+/// fix across partitions. Whatever that order, the window holds all the logins read so far when
+/// each is evaluated (the five share one event time), and the 3rd and 5th read raise the
+/// alerts: exactly one alert per rule and copy, on one of the five accounts (docs/rules.md,
+/// "Known limits of the packs").
 pub fn shared_accounts(tenant: &str, end_ms: i64, copies: usize) -> Vec<Part> {
     let start = (end_ms - 5 * D).div_euclid(D) * D;
     let mut b = Builder {

@@ -248,6 +248,39 @@ fn five_players_on_one_ip_fire_four_do_not() {
     );
 }
 
+/// Five players' logins on one address read out of time order (their partitions' backlogs read
+/// after a restart): the fourth in time is read last. As of its own time it sees four players
+/// and the fifth, read before it, saw four too; evaluated against the window up to the
+/// address's newest login, it completes the five and fires. A player's own windows still end
+/// at the trigger.
+#[test]
+fn a_shared_address_read_out_of_time_order_still_fires_on_the_login_that_completes_it() {
+    let mut s = Script::default();
+    for p in [0, 1, 2, 4, 3] {
+        s.send(
+            &format!("p{p}"),
+            T0 + p * MIN,
+            "login",
+            login("198.51.100.7", &format!("d{p}"), true),
+        );
+        if p == 4 {
+            assert!(s.alerts("fraud.multi_accounting.ip").is_empty());
+        }
+    }
+    let a = s.alerts("fraud.multi_accounting.ip");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].player_id.as_deref(), Some("p3"));
+    assert_eq!(a[0].related_player_ids.len(), 4);
+    // Read again (a replay of the same order): nothing more.
+    let sent = s.sent.clone();
+    for e in &sent {
+        s.engine
+            .process(e, pitboss_model::Timestamp::from_millis(T0 + H), &mut s.out)
+            .unwrap();
+    }
+    assert_eq!(s.alerts("fraud.multi_accounting.ip").len(), 1);
+}
+
 fn bonus(action: &str, requirement: Option<i64>, wagered: Option<i64>) -> serde_json::Value {
     let mut b = json!({"bonus_id": "welcome", "action": action, "amount": eur(10_000)});
     if let Some(r) = requirement {
