@@ -516,21 +516,21 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
     // One alert per shared device and address, on one of the accounts that shared it.
     let shared_raised = pitboss_processor::sink::client(&stack.clickhouse, &stack.database)
         .query(
-            "SELECT rule_id, group_key, player_id FROM alerts FINAL \
+            "SELECT rule_id, group_key, player_id, alert_id FROM alerts FINAL \
              WHERE rule_id LIKE 'fraud.multi_accounting%' ORDER BY rule_id, group_key",
         )
-        .fetch_all::<(String, String, String)>()
+        .fetch_all::<(String, String, String, String)>()
         .await
         .unwrap();
     assert_eq!(
         shared_raised
             .iter()
-            .map(|(r, k, _)| (r.clone(), k.clone()))
+            .map(|(r, k, _, _)| (r.clone(), k.clone()))
             .collect::<Vec<_>>(),
         want_shared.iter().cloned().collect::<Vec<_>>(),
         "{shared_raised:?}"
     );
-    for (_, key, player) in &shared_raised {
+    for (_, key, player, _) in &shared_raised {
         let copy = if let Some(d) = key.strip_prefix("shared-device-") {
             d.to_owned()
         } else {
@@ -561,11 +561,24 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
                 forwarded.push(pitboss_antifraud::Forward::decode(&r.value).unwrap());
             }
         }
-        assert!(!forwarded.is_empty(), "no hit crossed between shards");
-        for f in &forwarded {
-            let a = f.alert.as_ref().unwrap();
-            assert!(shared(&a.rule_id), "{a:?}");
-        }
+        let forwarded: std::collections::BTreeSet<String> = forwarded
+            .iter()
+            .map(|f| {
+                let a = f.alert.as_ref().unwrap();
+                assert!(shared(&a.rule_id), "{a:?}");
+                a.alert_id.clone()
+            })
+            .collect();
+        // Exactly the hits whose key and player belong to different shards crossed.
+        let crossing: std::collections::BTreeSet<String> = shared_raised
+            .iter()
+            .filter(|(_, key, player, _)| {
+                pitboss_antifraud::Shard::of(shards, "demo", key)
+                    != pitboss_antifraud::Shard::of(shards, "demo", player)
+            })
+            .map(|(_, _, _, id)| id.clone())
+            .collect();
+        assert_eq!(forwarded, crossing, "{shared_raised:?}");
     }
 }
 

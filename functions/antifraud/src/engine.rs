@@ -497,38 +497,40 @@ impl Engine {
             if !triggers {
                 continue;
             }
-            if rule.cooldown_ms > 0
-                && state
-                    .last_hit
-                    .get()
-                    .is_some_and(|h| (t - h).abs() < rule.cooldown_ms)
-            {
-                continue;
-            }
             // A key that spans partitions (a device, an address shared by players) can be read
             // out of time order (partitions' backlogs read after a restart or a lag): an event
             // read after later ones of its key is evaluated against the window up to the key's
             // newest event, so a threshold it completes still fires — on it — rather than on
             // neither (as of its own time it would miss the later events, and they, evaluated
-            // first, missed it). A player's events keep their order, so its windows end at the
-            // trigger.
+            // first, missed it). Its cooldown counts from that time too. A player's events keep
+            // their order, so its windows end at the trigger.
             let at = if follows_player(rule) {
                 t
             } else {
                 t.max(state.newest)
             };
+            if rule.cooldown_ms > 0
+                && state
+                    .last_hit
+                    .get()
+                    .is_some_and(|h| (at - h).abs() < rule.cooldown_ms)
+            {
+                continue;
+            }
             if let Some(d) = rule.duration_ms {
+                if at > t && t <= at.saturating_sub(d) {
+                    // Read so late that it lies before the window up to the key's newest
+                    // event: nothing to evaluate it in.
+                    continue;
+                }
                 let before = state.held();
                 state.expire(at.saturating_sub(d), rule);
                 *entries = (*entries + state.held()).saturating_sub(before);
-                if t <= at.saturating_sub(d) {
-                    // Read so late that its own entry lies before the window.
-                    held = None;
-                }
             }
             let trig = Trigger {
                 id,
                 t: at,
+                own_t: t,
                 cur,
                 held,
                 folded,
@@ -569,7 +571,8 @@ impl Engine {
                 continue;
             }
             eval.all(scratch);
-            state.last_hit = LastHit::at(t);
+            // Never moved back by a late trigger (its cooldown counted from `at`).
+            state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
             let tag = hasher.hash_one((&rule.id, id)) as u32;
             if player_owned {
                 let total = scores.add(

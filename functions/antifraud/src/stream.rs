@@ -563,6 +563,11 @@ impl Work {
         !self.engine.reads_unowned(t) && !self.engine.shard().owns(tenant, player)
     }
 
+    /// Whether this engine dead-letters a record it cannot use ([`dead_letters_on`]).
+    fn dead_letters_here(&self, r: &Record, event: Option<&pitboss_model::Event>) -> bool {
+        dead_letters_on(self.config.shard, &r.key, event)
+    }
+
     /// Every 5 s while running: another engine that stays in the group for 10 s is not one
     /// joining (those leave at their first assignment) but an engine that ran the group while
     /// this one was cut off from it (a session lost without leaving). Both see the other; the
@@ -916,7 +921,11 @@ impl Work {
                         received += 1;
                         self.engine.apply_forward(f, &mut self.out);
                     }
-                    Err(reason) => dead.push(dead_letter(r, &reason)),
+                    // One shard dead-letters it: the one its key's player belongs to.
+                    Err(reason) if self.dead_letters_here(r, None) => {
+                        dead.push(dead_letter(r, &reason))
+                    }
+                    Err(_) => {}
                 }
                 continue;
             }
@@ -926,7 +935,7 @@ impl Work {
                 self.stats.skipped_unowned += 1;
                 continue;
             }
-            let reason = match pitboss_model::decode_proto(&r.value) {
+            let (reason, event) = match pitboss_model::decode_proto(&r.value) {
                 Ok(event) => {
                     self.stats.events += 1;
                     match self.engine.process(
@@ -934,13 +943,15 @@ impl Work {
                         Timestamp::from_millis(r.timestamp_ms),
                         &mut self.out,
                     ) {
-                        Ok(()) => None,
-                        Err(e) => Some(e.to_string()),
+                        Ok(()) => (None, None),
+                        Err(e) => (Some(e.to_string()), Some(event)),
                     }
                 }
-                Err(v) => Some(format!("undecodable event: {v}")),
+                Err(v) => (Some(format!("undecodable event: {v}")), None),
             };
-            if let Some(reason) = reason {
+            if let Some(reason) = reason
+                && self.dead_letters_here(r, event.as_ref())
+            {
                 dead.push(dead_letter(r, &reason));
             }
         }
@@ -1098,8 +1109,12 @@ impl Work {
         }
         metrics::histogram!("pitboss_antifraud_snapshot_seconds")
             .record((cycle.work + started.elapsed()).as_secs_f64());
-        metrics::gauge!("pitboss_antifraud_snapshot_bytes").set((cycle.bytes + saved.bytes) as f64);
-        metrics::gauge!("pitboss_antifraud_snapshot_units")
+        // Labelled by group: split engines in one process (`pitboss up --rules-shards`) each
+        // have their own.
+        let group = self.config.group.clone();
+        metrics::gauge!("pitboss_antifraud_snapshot_bytes", "group" => group.clone())
+            .set((cycle.bytes + saved.bytes) as f64);
+        metrics::gauge!("pitboss_antifraud_snapshot_units", "group" => group.clone())
             .set((cycle.units + saved.upserted + saved.deleted) as f64);
         if saved.full {
             tracing::info!(
@@ -1116,10 +1131,13 @@ impl Work {
         {
             self.last_stats = Some(Instant::now());
             let s = self.engine.stats();
-            metrics::gauge!("pitboss_antifraud_window_entries").set(s.entries as f64);
-            metrics::gauge!("pitboss_antifraud_window_buckets").set(s.buckets as f64);
-            metrics::gauge!("pitboss_antifraud_window_keys").set(s.keys as f64);
-            metrics::gauge!("pitboss_antifraud_state_bytes").set(s.bytes as f64);
+            metrics::gauge!("pitboss_antifraud_window_entries", "group" => group.clone())
+                .set(s.entries as f64);
+            metrics::gauge!("pitboss_antifraud_window_buckets", "group" => group.clone())
+                .set(s.buckets as f64);
+            metrics::gauge!("pitboss_antifraud_window_keys", "group" => group.clone())
+                .set(s.keys as f64);
+            metrics::gauge!("pitboss_antifraud_state_bytes", "group" => group).set(s.bytes as f64);
         }
         self.durable
             .extend(cycle.processed.into_iter().map(|((t, p), pos)| (t, p, pos)));
@@ -1161,6 +1179,23 @@ pub(crate) fn dead_letter(r: &Record, reason: &str) -> OutRecord {
         format!("{}:{}:{}: {reason}", r.topic, r.partition, r.position),
         r.value.clone(),
     )
+}
+
+/// Whether `shard` dead-letters a record (key `key`, decoded as `event` when it could be) that
+/// no engine can use: every record when it is the only engine; split, exactly one shard does —
+/// the one owning the event's player (from the decoded event, else from the record's
+/// `tenant:player` key), shard 0 when neither names one.
+fn dead_letters_on(shard: crate::Shard, key: &str, event: Option<&pitboss_model::Event>) -> bool {
+    if !shard.is_split() {
+        return true;
+    }
+    if let Some(e) = event {
+        return shard.owns(&e.tenant_id, &e.player_id);
+    }
+    match key.split_once(':') {
+        Some((tenant, player)) => shard.owns(tenant, player),
+        None => shard.index() == 0,
+    }
 }
 
 /// The records of the hits a batch sends to other shards, keyed by player.
@@ -1399,6 +1434,35 @@ mod tests {
     fn saved(engine: &mut Engine, store: &mut StateStore) {
         let c = engine.take_changes().unwrap();
         store.save(1, &positions(), &c, Some(1)).unwrap();
+    }
+
+    #[test]
+    fn a_record_no_engine_can_use_is_dead_lettered_by_exactly_one_shard() {
+        use crate::Shard;
+        let event = pitboss_model::decode_event(
+            br#"{"event_id":"not-a-uuid","tenant_id":"acme","player_id":"p9","type":"login","occurred_at":"2026-12-01T00:00:00Z","payload":{"ip":"10.0.0.1"}}"#,
+        )
+        .unwrap();
+        for n in [1u32, 2, 3, 7] {
+            let shards: Vec<Shard> = (0..n).map(|i| Shard::new(i, n).unwrap()).collect();
+            for (key, e) in [
+                ("acme:p1", None),
+                ("acme:p2", None),
+                ("no colon", None),
+                ("", None),
+                ("acme:whatever", Some(&event)),
+            ] {
+                let on: Vec<u32> = shards
+                    .iter()
+                    .filter(|s| dead_letters_on(**s, key, e))
+                    .map(|s| s.index())
+                    .collect();
+                assert_eq!(on.len(), 1, "{n} shards, {key:?}: {on:?}");
+                if let Some(e) = e {
+                    assert_eq!(on[0], Shard::of(n, &e.tenant_id, &e.player_id));
+                }
+            }
+        }
     }
 
     /// A save written in slices with events processed between them, and a crash before its

@@ -677,7 +677,11 @@ pub(crate) struct Scratch {
 /// The trigger event as evaluation sees it.
 pub(crate) struct Trigger {
     pub id: u128,
+    /// The time the window is evaluated at: the trigger's, or (a rule keyed across partitions,
+    /// the trigger read late) its key's newest event's.
     pub t: i64,
+    /// The trigger's own event time.
+    pub own_t: i64,
     pub cur: u32,
     /// The trigger's filter bits and values when the window holds it (for `exclude_trigger`
     /// on running totals).
@@ -813,7 +817,8 @@ fn windowed(
     {
         let cols = b.cols();
         let col = b.col(i);
-        let trig_slot = (b.width > 0).then(|| trig.t.div_euclid(b.width).saturating_mul(b.width));
+        let trig_slot =
+            (b.width > 0).then(|| trig.own_t.div_euclid(b.width).saturating_mul(b.width));
         let mut trig_counted = false;
         for (k, h) in b.heads.iter().enumerate().rev() {
             if h.start.saturating_add(b.width) <= lo.saturating_add(1) {
@@ -1066,6 +1071,7 @@ value = 1
         let trig = Trigger {
             id: 0,
             t,
+            own_t: t,
             cur: 7,
             held: None,
             folded: false,

@@ -271,14 +271,37 @@ fn a_shared_address_read_out_of_time_order_still_fires_on_the_login_that_complet
     assert_eq!(a.len(), 1);
     assert_eq!(a[0].player_id.as_deref(), Some("p3"));
     assert_eq!(a[0].related_player_ids.len(), 4);
-    // Read again (a replay of the same order): nothing more.
-    let sent = s.sent.clone();
-    for e in &sent {
-        s.engine
-            .process(e, pitboss_model::Timestamp::from_millis(T0 + H), &mut s.out)
-            .unwrap();
-    }
+    // Later logins read late on the same address: within the hour's cooldown of the hit, as of
+    // the address's newest login, nothing more — neither a login from an hour before the hit
+    // (as of its own time it is far from the hit) nor one 30 minutes after it.
+    s.send("p5", T0 - H, "login", login("198.51.100.7", "d5", true));
+    s.send(
+        "p6",
+        T0 + 30 * MIN,
+        "login",
+        login("198.51.100.7", "d6", true),
+    );
     assert_eq!(s.alerts("fraud.multi_accounting.ip").len(), 1);
+    // A login from before the address's day (older than the window up to its newest login):
+    // not evaluated, whatever the cooldown.
+    s.send(
+        "p7",
+        T0 + 4 * MIN - 25 * H,
+        "login",
+        login("198.51.100.7", "d7", true),
+    );
+    assert_eq!(s.alerts("fraud.multi_accounting.ip").len(), 1);
+    // Past the cooldown, counted from the hit (not moved back by the late logins), a new
+    // account fires again.
+    s.send(
+        "p8",
+        T0 + 4 * MIN + H + MIN,
+        "login",
+        login("198.51.100.7", "d8", true),
+    );
+    let a = s.alerts("fraud.multi_accounting.ip");
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[1].player_id.as_deref(), Some("p8"));
 }
 
 fn bonus(action: &str, requirement: Option<i64>, wagered: Option<i64>) -> serde_json::Value {
