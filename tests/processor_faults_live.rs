@@ -260,7 +260,7 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
     )
     .unwrap();
     let ingest_log = std::fs::File::create(stack.logs.path().join("ingest.log")).unwrap();
-    let mut children = Children(vec![
+    let _children = Children(vec![
         Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args([
                 "ingest",

@@ -574,40 +574,34 @@ impl Engine {
             // Never moved back by a late trigger (its cooldown counted from `at`).
             state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
             let tag = hasher.hash_one((&rule.id, id)) as u32;
-            if player_owned {
-                let total = scores.add(
+            // Split, a player another shard owns: that shard adds the points and sets the
+            // total, so the hit is drafted with its own points alone and sent there.
+            let total = if player_owned {
+                scores.add(
                     key_player(&event.tenant_id, &event.player_id).as_str(),
                     t,
                     rule.score,
                     tag,
                     &set.scoring,
                     set.limits.max_scored_players,
-                );
-                let hit = Hit {
-                    rule,
-                    event,
-                    extra: &extra,
-                    state,
-                    group,
-                    total,
-                    now,
-                    scratch,
-                };
+                )
+            } else {
+                rule.score
+            };
+            let hit = Hit {
+                rule,
+                event,
+                extra: &extra,
+                state,
+                group,
+                total,
+                now,
+                scratch,
+            };
+            if player_owned {
                 hit.emit(set, out);
             } else {
-                // The player's shard adds the points and sets the total: drafted with this
-                // hit's points alone, sent there.
                 draft.clear();
-                let hit = Hit {
-                    rule,
-                    event,
-                    extra: &extra,
-                    state,
-                    group,
-                    total: rule.score,
-                    now,
-                    scratch,
-                };
                 hit.emit(set, draft);
                 out.rejected.append(&mut draft.rejected);
                 out.forwards.push(Forward {
