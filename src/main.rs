@@ -1325,22 +1325,28 @@ async fn recall_dedup(bus: std::sync::Arc<dyn Bus>, state: &pitboss_ingest::http
     }
 }
 
-/// The hot-key overflow topic (and the forwards topic of split rules engines) must have the
-/// events topic's partition count, so a player's events sit at the same partition index on
-/// each and one group member reads them all (docs/bus.md, "Hot keys"). Topics not created yet
+/// The hot-key overflow topic must have the events topic's partition count, so a player's
+/// events sit at the same partition index on both and one group member reads them all
+/// (docs/bus.md, "Hot keys"). Topics not created yet are not checked.
+async fn check_copartitioned(bus: &dyn Bus, topic: &str, overflow: &str) -> Result<()> {
+    check_companion(
+        bus,
+        topic,
+        overflow,
+        "the overflow topic must be co-partitioned with the events topic (docs/bus.md, \"Hot keys\")",
+    )
+    .await
+}
+
+/// A companion topic (`why` it must be) has `topic`'s partition count; topics not created yet
 /// are not checked.
-async fn check_copartitioned(bus: &dyn Bus, topic: &str, companion: &str) -> Result<()> {
-    let what = if companion.ends_with("antifraud_forwards") {
-        "the forwards topic of split rules engines must be co-partitioned with the events topic (docs/rules.md, \"Several engines\")"
-    } else {
-        "the overflow topic must be co-partitioned with the events topic (docs/bus.md, \"Hot keys\")"
-    };
+async fn check_companion(bus: &dyn Bus, topic: &str, companion: &str, why: &str) -> Result<()> {
     match (
         bus.partition_count(topic).await,
         bus.partition_count(companion).await,
     ) {
         (Ok(a), Ok(b)) if a != b => anyhow::bail!(
-            "topic {companion:?} has {b} partitions and {topic:?} has {a}: {what}; recreate it with {a}"
+            "topic {companion:?} has {b} partitions and {topic:?} has {a}: {why}; recreate it with {a}"
         ),
         (Err(pitboss_bus::BusError::UnknownTopic(_)), _)
         | (_, Err(pitboss_bus::BusError::UnknownTopic(_))) => {

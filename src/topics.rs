@@ -11,7 +11,7 @@ use clap::Args;
 use pitboss_bus::Bus;
 use pitboss_model::live::{Alert, AlertAck, Delivery, LiveMessage, Push};
 
-use crate::{BusArgs, BusKind, check_copartitioned};
+use crate::{BusArgs, BusKind, check_companion, check_copartitioned};
 
 #[derive(Debug, Args)]
 pub(crate) struct TopicsArgs {
@@ -97,7 +97,13 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
     }
     let events = format!("{prefix}events");
     check_copartitioned(&*bus, &events, &format!("{events}_overflow")).await?;
-    check_copartitioned(&*bus, &events, &format!("{prefix}antifraud_forwards")).await?;
+    check_companion(
+        &*bus,
+        &events,
+        &format!("{prefix}antifraud_forwards"),
+        pitboss_antifraud::stream::FORWARDS_COPARTITIONED,
+    )
+    .await?;
     Ok(())
 }
 

@@ -1420,35 +1420,30 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         "{err}"
     );
 
-    // An overflow topic with other partitions than the events: refused, naming both.
-    let r = format!("{}_", pitboss_testkit::unique_name("tr"));
-    bus.create_topic(&format!("{r}events_overflow"), 2)
-        .await
-        .unwrap();
-    let out = pitboss_topics(&kafka, &["--prefix", &r, "--partitions", "4"]);
-    assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "topic \"{r}events_overflow\" has 2 partitions and \"{r}events\" has 4"
-        )),
-        "{err}"
-    );
-
-    // A forwards topic (split rules engines) not co-partitioned with the events: refused too.
-    let f = format!("{}_", pitboss_testkit::unique_name("tf"));
-    bus.create_topic(&format!("{f}antifraud_forwards"), 3)
-        .await
-        .unwrap();
-    let out = pitboss_topics(&kafka, &["--prefix", &f, "--partitions", "4"]);
-    assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!(
-            "topic \"{f}antifraud_forwards\" has 3 partitions and \"{f}events\" has 4: the forwards topic"
-        )),
-        "{err}"
-    );
+    // An overflow topic, and the forwards topic of split rules engines, with other partitions
+    // than the events: refused, naming both and why.
+    for (topic, why) in [
+        (
+            "events_overflow",
+            "the overflow topic must be co-partitioned",
+        ),
+        (
+            "antifraud_forwards",
+            "the forwards topic of split rules engines must be co-partitioned",
+        ),
+    ] {
+        let r = format!("{}_", pitboss_testkit::unique_name("tr"));
+        bus.create_topic(&format!("{r}{topic}"), 2).await.unwrap();
+        let out = pitboss_topics(&kafka, &["--prefix", &r, "--partitions", "4"]);
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "topic \"{r}{topic}\" has 2 partitions and \"{r}events\" has 4: {why}"
+            )),
+            "{err}"
+        );
+    }
 
     let out = pitboss_topics(&kafka, &["--prefix", "a b"]);
     assert!(!out.status.success(), "{out:?}");

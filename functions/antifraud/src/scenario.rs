@@ -43,6 +43,17 @@ struct Builder {
 }
 
 impl Builder {
+    /// Ids from `seed`; times from a midnight UTC five days before `end_ms`, so the
+    /// late-night pattern lands at night.
+    fn new(tenant: &str, end_ms: i64, seed: u64) -> Builder {
+        Builder {
+            tenant: tenant.to_owned(),
+            start: (end_ms - 5 * D).div_euclid(D) * D,
+            n: 0,
+            seed,
+        }
+    }
+
     fn id(&mut self) -> String {
         self.n += 1;
         // A UUIDv8-shaped id from the seed and a counter: the same script, the same ids.
@@ -77,14 +88,11 @@ impl Builder {
 /// each pattern per `copies`). Parts in the order they should be sent; within a part, events in
 /// time order.
 pub fn script(tenant: &str, end_ms: i64, normal: usize, copies: usize) -> Vec<Part> {
-    // Start at a midnight UTC five days back, so the late-night pattern lands at night.
-    let start = (end_ms - 5 * D).div_euclid(D) * D;
-    let mut b = Builder {
-        tenant: tenant.to_owned(),
-        start,
-        n: 0,
-        seed: 0x0195_0000_5ce0 ^ (end_ms as u64).rotate_left(17),
-    };
+    let mut b = Builder::new(
+        tenant,
+        end_ms,
+        0x0195_0000_5ce0 ^ (end_ms as u64).rotate_left(17),
+    );
     let mut parts = Vec::new();
     for c in 0..copies {
         // Bet velocity: 40 bets within a minute.
@@ -284,13 +292,11 @@ pub fn script(tenant: &str, end_ms: i64, normal: usize, copies: usize) -> Vec<Pa
 /// alerts: exactly one alert per rule and copy, on one of the five accounts (docs/rules.md,
 /// "Known limits of the packs").
 pub fn shared_accounts(tenant: &str, end_ms: i64, copies: usize) -> Vec<Part> {
-    let start = (end_ms - 5 * D).div_euclid(D) * D;
-    let mut b = Builder {
-        tenant: tenant.to_owned(),
-        start,
-        n: 0,
-        seed: 0x0195_0000_5a4e ^ (end_ms as u64).rotate_left(23),
-    };
+    let mut b = Builder::new(
+        tenant,
+        end_ms,
+        0x0195_0000_5a4e ^ (end_ms as u64).rotate_left(23),
+    );
     let mut parts = Vec::new();
     for c in 0..copies {
         for k in 0..5i64 {

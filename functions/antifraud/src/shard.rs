@@ -139,7 +139,8 @@ impl Forward {
         format!("{}:{}", self.tenant_id, self.player_id)
     }
 
-    /// The record's value (JSON).
+    /// The record's value (JSON). Cannot fail: every map in an alert or a push has string
+    /// keys, and every value serializes.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }

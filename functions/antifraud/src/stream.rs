@@ -1211,6 +1211,10 @@ fn forward_records(out: &mut Output) -> Vec<OutRecord> {
         .collect()
 }
 
+/// Why the forwards topic must have the events topic's partitions (in the refusals).
+pub const FORWARDS_COPARTITIONED: &str = "the forwards topic of split rules engines must be \
+    co-partitioned with the events topic (docs/rules.md, \"Several engines\")";
+
 /// The forwards topic of split engines: made with the events topic's partitions where missing
 /// (every shard reads it with the events, as a co-partitioned companion), refused when it has
 /// other partitions.
@@ -1224,8 +1228,8 @@ async fn ensure_forwards_topic(
     let m = bus.partition_count(forwards).await?;
     if m != n {
         return Err(BusError::Config(format!(
-            "topic {forwards:?} has {m} partitions and {events:?} has {n}: the forwards topic of \
-             split rules engines must be co-partitioned with the events topic; recreate it with {n}"
+            "topic {forwards:?} has {m} partitions and {events:?} has {n}: \
+             {FORWARDS_COPARTITIONED}; recreate it with {n}"
         ))
         .into());
     }
