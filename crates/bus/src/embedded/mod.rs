@@ -9,6 +9,8 @@
 //!   cooperative (the old owner sees [`Delivery::Revoking`], commits, then the new owner sees
 //!   [`Delivery::Assigned`]), and committed offsets live in the same database.
 //! - Retention by age and by size per partition, enforced by the writer thread.
+//! - The WAL is checkpointed by a thread of its own ([`Checkpointer`]), not in the commit that
+//!   fills it: no publish waits for the log to be copied back into the database.
 //!
 //! - Ungrouped readers ([`crate::Reader`]) read chosen partitions from a position or a time
 //!   and leave nothing behind; records carry headers (a column of their own).
@@ -18,6 +20,7 @@
 //! Modules: `storage` (schema, writer thread), `coordinator` (groups), `consumer` (group
 //! members), `reader` (ungrouped readers and the fetch both use).
 
+mod checkpoint;
 mod consumer;
 mod coordinator;
 mod reader;
@@ -33,6 +36,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, params};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use checkpoint::{CHECKPOINT_EVERY, Checkpointer};
 pub use consumer::EmbeddedConsumer;
 use coordinator::Coordinator;
 pub use reader::EmbeddedReader;
@@ -114,6 +118,8 @@ struct Inner {
     tails: Arc<Tails>,
     /// Database fetches made by consumers and readers (see [`EmbeddedBus::fetches`]).
     fetches: Arc<std::sync::atomic::AtomicU64>,
+    /// Checkpoints the log's WAL off the writer's thread (stops with the log).
+    _checkpointer: Checkpointer,
     _lock: File,
 }
 
@@ -167,7 +173,10 @@ impl EmbeddedBus {
         };
         conn.pragma_update(None, "synchronous", sync)
             .map_err(storage)?;
+        Checkpointer::writer_pragmas(&conn).map_err(storage)?;
         storage::migrate(&conn)?;
+        let checkpointer =
+            Checkpointer::spawn(&db_path, sync, CHECKPOINT_EVERY).map_err(storage)?;
 
         let mut topics = HashMap::new();
         {
@@ -219,6 +228,7 @@ impl EmbeddedBus {
             changed,
             tails,
             fetches: Arc::default(),
+            _checkpointer: checkpointer,
             _lock: lock,
         });
         spawn_retention(Arc::downgrade(&inner), config.retention_interval)?;
