@@ -54,6 +54,9 @@ for rate in "${RATES[@]}"; do
   rc=$?
   set -e
   cpu=$(awk '{print ($14 + $15) / 100}' "/proc/$SERVER/stat")
+  # The rules engine's own bus-to-alert histogram (the event on the bus to its alert or push
+  # on the bus): the bucket bounds under which half and 99 % of them fell.
+  curl -sf "http://127.0.0.1:$ADMIN/metrics" >"$WORK/metrics.txt" || true
   # PITBOSS_BENCH_METRICS=DIR keeps the server's /metrics after each rate (DIR/metrics-RATE.txt).
   if [[ -n ${PITBOSS_BENCH_METRICS:-} ]]; then
     mkdir -p "$PITBOSS_BENCH_METRICS"
@@ -63,8 +66,26 @@ for rate in "${RATES[@]}"; do
   grep -v '^{' "$WORK/loadgen.out" >&2 || true
   grep -v '^\s' "$WORK/loadgen.err" | tail -5 >&2 || true
   # A run that failed before its report still gets a line (and the next rate still runs).
-  python3 -c 'import json,sys; r=json.loads(sys.argv[1] or "{}"); r.update(rate=float(sys.argv[4]), server_cpu_s=float(sys.argv[2]), exit=int(sys.argv[3])); print(json.dumps(r))' \
-    "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc" "$rate"
+  python3 - "$(grep '^{' "$WORK/loadgen.out" | tail -1)" "$cpu" "$rc" "$rate" "$WORK/metrics.txt" <<'PY'
+import json, re, sys
+r = json.loads(sys.argv[1] or "{}")
+r.update(rate=float(sys.argv[4]), server_cpu_s=float(sys.argv[2]), exit=int(sys.argv[3]))
+buckets = []
+try:
+    for line in open(sys.argv[5]):
+        m = re.match(r'pitboss_antifraud_bus_to_alert_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            buckets.append((float(m.group(1)), float(m.group(2))))
+except OSError:
+    pass
+if buckets and buckets[-1][1] > 0:
+    total = buckets[-1][1]
+    for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        le = next(b for b, c in buckets if c >= q * total)
+        r[f"bus_to_alert_{name}_le_ms"] = le * 1000
+    r["bus_to_alert_count"] = int(total)
+print(json.dumps(r))
+PY
   SERVER=""
   rm -rf "$WORK"
   if [[ -n ${PITBOSS_BENCH_CLICKHOUSE:-} ]]; then

@@ -119,9 +119,14 @@ struct AntifraudArgs {
     /// How often the engine's state is saved and the offsets committed (milliseconds).
     #[arg(long, default_value_t = 5000)]
     snapshot_interval_ms: u64,
-    /// Units of state a save writes between two polls (a larger save is spread over several).
+    /// Units of state a save writes between two polls, at most (a larger save is spread over
+    /// several).
     #[arg(long, default_value_t = 200)]
     save_slice_units: usize,
+    /// How long one slice of a save may hold the engine between two polls (milliseconds; 0:
+    /// `--save-slice-units` alone sizes the slices).
+    #[arg(long, default_value_t = 2)]
+    save_slice_ms: u64,
     /// Seconds without heartbeats before the group gives a dead member's partitions away.
     #[arg(long, default_value_t = 10)]
     session_timeout_secs: u64,
@@ -549,6 +554,7 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
         .then(|| args.state_topic.clone());
     config.snapshot_interval = std::time::Duration::from_millis(args.snapshot_interval_ms.max(1));
     config.save_slice_units = args.save_slice_units;
+    config.save_slice_time = std::time::Duration::from_millis(args.save_slice_ms);
     config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
     config.shard = args.shard;
     config.forwards_topic = args.forwards_topic.clone();
@@ -665,13 +671,17 @@ struct UpArgs {
         default_value_t = 5000
     )]
     snapshot_interval_ms: u64,
-    /// Units of the rules engine's state a save writes between two polls.
+    /// Units of the rules engine's state a save writes between two polls, at most.
     #[arg(
         long,
         env = "PITBOSS_ANTIFRAUD_SAVE_SLICE_UNITS",
         default_value_t = 200
     )]
     save_slice_units: usize,
+    /// How long one slice of the rules engine's save may hold it between two polls
+    /// (milliseconds; 0: `--save-slice-units` alone sizes the slices).
+    #[arg(long, env = "PITBOSS_ANTIFRAUD_SAVE_SLICE_MS", default_value_t = 2)]
+    save_slice_ms: u64,
     /// Address of the edge gateway (WebSocket pushes and alerts, operator publish API).
     #[arg(long, env = "PITBOSS_GATEWAY_LISTEN", default_value = "127.0.0.1:8081")]
     gateway_listen: std::net::SocketAddr,
@@ -918,6 +928,7 @@ async fn up(
         no_rules,
         snapshot_interval_ms,
         save_slice_units,
+        save_slice_ms,
         gateway_listen,
         gateway: gateway_tuning,
         demo,
@@ -1094,6 +1105,7 @@ async fn up(
             (kafka_bootstrap.is_some() && !no_state_topic).then(|| named("antifraud_state"));
         c.snapshot_interval = std::time::Duration::from_millis(snapshot_interval_ms.max(1));
         c.save_slice_units = save_slice_units;
+        c.save_slice_time = std::time::Duration::from_millis(save_slice_ms);
         c.forwards_topic = named(&c.forwards_topic);
         c
     });

@@ -24,7 +24,8 @@ pub fn init_tracing() {
 /// Histogram buckets of every `*_seconds` metric: from half a millisecond to the owner's
 /// 10-second notification objective.
 pub const SECONDS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Buckets of the ingest batch-size histogram (events per request).

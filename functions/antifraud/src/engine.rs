@@ -31,8 +31,9 @@ use crate::shard::{Forward, Shard};
 use crate::template::Fill;
 use crate::window::{Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger};
 
+mod keymap;
 mod units;
-pub use units::{Change, Changes, Unit};
+pub use units::{Change, Changes, Pending, Unit};
 use units::{Dirty, rule_tags};
 
 /// A window key: a 128-bit hash of `(tenant, group value)` from two independently seeded
@@ -62,7 +63,7 @@ impl std::hash::Hasher for KeyHasher {
     }
 }
 
-type Map = HashMap<Key, KeyState, std::hash::BuildHasherDefault<KeyHasher>>;
+type Map = keymap::KeyMap<KeyState>;
 
 /// What one or more events produced.
 #[derive(Debug, Default)]
@@ -446,7 +447,7 @@ impl Engine {
                 }
             };
             if let Some(d) = dirty {
-                d.windows.insert((ri as u32, k));
+                d.windows.insert(ri as u32, k);
             }
             let mut vals = [f64::NAN; crate::rules::MAX_SLOTS];
             for (slot, f) in rule.slots.iter().enumerate() {
@@ -677,7 +678,7 @@ impl Engine {
                     self.entries = self.entries.saturating_sub(s.held());
                 }
                 if let Some(d) = &mut self.dirty {
-                    d.windows.insert((ri, k));
+                    d.windows.insert(ri, k);
                 }
             } else {
                 self.idle.push(Reverse((due, ri, k)));
@@ -710,7 +711,7 @@ impl Engine {
             map.retain(|k, s| {
                 let kept = now_ms.saturating_sub(s.last_active) <= keep;
                 if !kept && let Some(d) = dirty {
-                    d.windows.insert((ri as u32, *k));
+                    d.windows.insert(ri as u32, *k);
                 }
                 kept
             });
@@ -746,7 +747,7 @@ impl Engine {
                 if let Some(s) = self.states[ri].remove(&k) {
                     self.entries = self.entries.saturating_sub(s.held());
                     if let Some(d) = &mut self.dirty {
-                        d.windows.insert((ri as u32, k));
+                        d.windows.insert(ri as u32, k);
                     }
                 }
             }
@@ -757,24 +758,55 @@ impl Engine {
 
     /// What the engine holds now (walks every key: for diagnostics and benchmarks, not per event).
     pub fn stats(&self) -> EngineStats {
-        let mut s = EngineStats::default();
-        for map in &self.states {
-            s.keys += map.len();
-            for k in map.values() {
+        let mut walk = StatsWalk::default();
+        loop {
+            if let Some(s) = self.stats_step(&mut walk, usize::MAX) {
+                return s;
+            }
+        }
+    }
+
+    /// [`Engine::stats`] a few of the windows' map parts at a time (each a 256th of a rule's
+    /// keys), so a caller on the engine's thread spreads the walk over many calls: none takes
+    /// long however many keys the engine holds. Returns the totals on the call that completes
+    /// the walk; the state may change between calls, so they are as of no single instant.
+    pub fn stats_step(&self, walk: &mut StatsWalk, parts: usize) -> Option<EngineStats> {
+        let total = self.states.len() * keymap::PARTS;
+        let end = walk.next.saturating_add(parts).min(total);
+        let s = &mut walk.acc;
+        for i in walk.next..end {
+            let Some(map) = self.states.get(i / keymap::PARTS) else {
+                break;
+            };
+            let part = map.part(i % keymap::PARTS);
+            s.keys += part.len();
+            for k in part.values() {
                 s.bytes += k.bytes();
                 s.entries += k.entries.len();
                 s.entry_slots += k.entries.capacity();
                 s.buckets += k.held() - k.entries.len();
             }
         }
+        walk.next = end;
+        if end < total {
+            return None;
+        }
+        let mut s = std::mem::take(walk).acc;
         s.bytes += self.idle.capacity() * std::mem::size_of::<Reverse<(i64, u32, Key)>>();
         s.joined_bets = self.join.len();
         s.scored_players = self.scores.len();
         s.join_bytes = self.join.bytes();
         s.score_bytes = self.scores.bytes();
         s.bytes += s.join_bytes + s.score_bytes;
-        s
+        Some(s)
     }
+}
+
+/// Where a walk of [`Engine::stats_step`] got to, and its totals so far.
+#[derive(Debug, Default)]
+pub struct StatsWalk {
+    next: usize,
+    acc: EngineStats,
 }
 
 /// The snapshot format written; format 1 (before buckets: window states without them) is still
@@ -891,7 +923,7 @@ impl Engine {
                     for k in o.keys.values_mut() {
                         k.conform(r);
                     }
-                    *state = o.keys;
+                    *state = o.keys.into_iter().collect();
                 }
                 _ => report.fresh.push(r.id.clone()),
             }

@@ -29,7 +29,9 @@ pub mod stream;
 pub mod template;
 mod window;
 
-pub use engine::{Change, Changes, Engine, EngineStats, Output, Rejected, ReloadReport, Unit};
+pub use engine::{
+    Change, Changes, Engine, EngineStats, Output, Pending, Rejected, ReloadReport, StatsWalk, Unit,
+};
 pub use error::{AntifraudError, LoadError};
 pub use rules::{CompiledRule, RuleSet};
 pub use shard::{Forward, Shard};

@@ -334,6 +334,17 @@ impl StateStore {
         }))
     }
 
+    /// The names of the group's stored units.
+    pub fn unit_names(&self) -> Result<Vec<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT unit FROM units WHERE group_id = ?1")?;
+        let names = stmt
+            .query_map(params![self.group], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(names)
+    }
+
     /// Calls `f` with the name ([`crate::Unit::name`]) and bytes of every unit of the group, in
     /// name order, without holding them all in memory; stops at `f`'s first error.
     pub fn for_each_unit<E: From<StateError>>(
@@ -421,9 +432,29 @@ impl StateStore {
         changes: &Changes,
         covers_seq: Option<u64>,
     ) -> Result<SaveStats, StateError> {
+        self.save_dropping(taken_at_ms, positions, changes, &[], covers_seq)
+    }
+
+    /// [`StateStore::save`] that also deletes the units named in `drop` (the last slice of a
+    /// full save written in slices: what the file held that the engine does not).
+    pub fn save_dropping(
+        &mut self,
+        taken_at_ms: i64,
+        positions: &Positions,
+        changes: &Changes,
+        drop: &[String],
+        covers_seq: Option<u64>,
+    ) -> Result<SaveStats, StateError> {
         let positions = encode(positions)?;
         let tx = self.conn.transaction()?;
         let mut stats = write_units(&tx, &self.group, changes.full, &changes.units)?;
+        {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM units WHERE group_id = ?1 AND unit = ?2")?;
+            for name in drop {
+                stats.deleted += delete.execute(params![self.group, name])?;
+            }
+        }
         stats.bytes += positions.len() + changes.meta.len();
         tx.execute(
             "INSERT OR REPLACE INTO snapshots (group_id, taken_at_ms, positions, engine, format, meta)

@@ -29,7 +29,7 @@
 //! same moment as another and finds it in the group at its first assignment leaves again
 //! before reading anything and stands by.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +130,11 @@ pub struct StreamConfig {
     /// Units a save writes between two polls (a save of more units is spread over several,
     /// so the engine does not stop for all of it).
     pub save_slice_units: usize,
+    /// How long a slice of a save may hold the engine between two polls: a slice writes as
+    /// many units (at most `save_slice_units`) as the recent slices wrote in that time. While
+    /// a save lasts and no records wait, slices follow each other; a batch that arrives waits
+    /// for one slice at most. Zero: `save_slice_units` alone decides.
+    pub save_slice_time: Duration,
     /// How often the rules directory is checked for changes.
     pub reload_interval: Duration,
     /// Records fetched per poll (one batch).
@@ -191,6 +196,7 @@ impl Default for StreamConfig {
             state_topic: None,
             snapshot_interval: Duration::from_secs(5),
             save_slice_units: 200,
+            save_slice_time: Duration::from_millis(2),
             reload_interval: Duration::from_secs(2),
             poll_max: 5_000,
             shard: crate::Shard::ALL,
@@ -268,8 +274,15 @@ struct Cycle {
     processed: Positions,
     covers_seq: Option<u64>,
     full: bool,
-    /// Units still to write (taken from the end).
-    pending: Vec<Unit>,
+    /// A full save: the units the file holds that the engine does not (rules no longer
+    /// running, keys gone while no save tracked them), deleted by the last slice. A full save
+    /// is written in slices like any other and only becomes full there: a restart in between
+    /// finds the previous save's positions and units, some rewritten, and replays onto them.
+    stale: Vec<String>,
+    /// Whether a slice of this save has been written (a full save marks the changelog first).
+    begun: bool,
+    /// Units still to write.
+    pending: crate::Pending,
     /// Time spent writing so far, and what was written.
     work: Duration,
     units: usize,
@@ -299,8 +312,13 @@ struct Work {
     last_snapshot: Instant,
     /// When the state gauges were last refreshed.
     last_stats: Option<Instant>,
+    /// The gauges' walk of the state in progress ([`Work::step_gauges`]).
+    stats_walk: Option<crate::StatsWalk>,
     /// The save in progress.
     cycle: Option<Cycle>,
+    /// What writing one unit of a save has cost lately (ser + SQLite), which sizes the slices
+    /// to `save_slice_time`.
+    unit_cost: Option<Duration>,
     durable: Vec<(Arc<str>, Partition, Position)>,
     fingerprint: Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
     last_reload_check: Instant,
@@ -523,7 +541,9 @@ impl Work {
             dirty: force_full,
             last_snapshot: Instant::now(),
             last_stats: None,
+            stats_walk: None,
             cycle: None,
+            unit_cost: None,
             durable: Vec::new(),
             last_reload_check: Instant::now(),
             replay_since: Instant::now(),
@@ -914,6 +934,8 @@ impl Work {
         let mut dead = Vec::new();
         let split = self.config.shard.is_split();
         let mut received = 0u64;
+        // The bus time of the event behind each alert and push raised here.
+        let mut raised_at: Vec<i64> = Vec::new();
         for r in &records {
             if split && *r.topic == *self.config.forwards_topic {
                 match crate::Forward::decode(&r.value) {
@@ -938,11 +960,15 @@ impl Work {
             let (reason, event) = match pitboss_model::decode_proto(&r.value) {
                 Ok(event) => {
                     self.stats.events += 1;
-                    match self.engine.process(
+                    let before = self.out.alerts.len() + self.out.pushes.len();
+                    let done = self.engine.process(
                         &event,
                         Timestamp::from_millis(r.timestamp_ms),
                         &mut self.out,
-                    ) {
+                    );
+                    let raised = self.out.alerts.len() + self.out.pushes.len() - before;
+                    raised_at.extend(std::iter::repeat_n(r.timestamp_ms, raised));
+                    match done {
                         Ok(()) => (None, None),
                         Err(e) => (Some(e.to_string()), Some(event)),
                     }
@@ -975,6 +1001,11 @@ impl Work {
             publish(&self.publisher, &dead_topic, dead, backoff),
             publish(&self.publisher, &forwards_topic, forwards, backoff),
         )?;
+        let published = Timestamp::now().as_millis();
+        for at in raised_at {
+            metrics::histogram!("pitboss_antifraud_bus_to_alert_seconds")
+                .record((published - at).max(0) as f64 / 1000.0);
+        }
         if split {
             metrics::counter!("pitboss_antifraud_forwards_sent_total").increment(nf);
             metrics::counter!("pitboss_antifraud_forwards_received_total").increment(received);
@@ -1038,12 +1069,24 @@ impl Work {
         }
         // Taken units are gone from the engine's tracker: if the save fails the run stops,
         // and the next one restores from what the file holds.
-        let (full, units) = self.engine.take_dirty();
+        let (full, units) = self.engine.take_pending();
+        let stale = if full {
+            let keep: HashSet<String> = units.names().collect();
+            self.store
+                .unit_names()?
+                .into_iter()
+                .filter(|n| !keep.contains(n))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.cycle = Some(Cycle {
             positions,
             processed: self.processed.clone(),
             covers_seq: self.last_seq,
             full,
+            stale,
+            begun: false,
             pending: units,
             work: Duration::ZERO,
             units: 0,
@@ -1052,30 +1095,47 @@ impl Work {
         self.write_slice().await
     }
 
-    /// Writes the next slice of the save in progress (all of it for a full save); the last
-    /// slice writes the positions the save covers, drops the batch log up to them, and hands
-    /// them to the loop to commit. Units written in slices may already hold events after those
-    /// positions, which a restart replays onto them harmlessly (docs/rules.md, "Across
-    /// crashes").
+    /// Writes the next slice of the save in progress (as many units as `save_slice_time`
+    /// allows, at most `save_slice_units`); the last slice writes the positions the save
+    /// covers, drops the batch log up to them (a full save: also the units the engine does not
+    /// hold), and hands them to the loop to commit. Units written in slices may already hold
+    /// events after those positions, which a restart replays onto them harmlessly
+    /// (docs/rules.md, "Across crashes").
     async fn write_slice(&mut self) -> Result<(), StreamError> {
         let Some(cycle) = self.cycle.as_mut() else {
             return Ok(());
         };
         let started = Instant::now();
-        let take = if cycle.full {
-            cycle.pending.len()
-        } else {
-            self.config.save_slice_units.max(1).min(cycle.pending.len())
-        };
-        let slice = cycle.pending.split_off(cycle.pending.len() - take);
+        let most = self.config.save_slice_units.max(1);
+        let take = match self.unit_cost {
+            Some(cost) if !self.config.save_slice_time.is_zero() => {
+                let fit = self.config.save_slice_time.as_nanos() / cost.as_nanos().max(1);
+                usize::try_from(fit).unwrap_or(most).clamp(1, most)
+            }
+            _ => most,
+        }
+        .min(cycle.pending.len());
+        let slice = self.engine.next_slice(&mut cycle.pending, take);
         let units = self.engine.changes_of(slice)?;
+        // The changelog's full save begins with its first slice: units not written again
+        // before its mark are dropped when the mark arrives.
+        let marks_full = cycle.full && !cycle.begun;
+        cycle.begun = true;
         if !cycle.pending.is_empty() {
             let saved = self.store.save_units(&units)?;
             cycle.units += saved.upserted + saved.deleted;
             cycle.bytes += saved.bytes;
-            cycle.work += started.elapsed();
+            let spent = started.elapsed();
+            cycle.work += spent;
+            if let Some(n) = u32::try_from(units.len()).ok().filter(|n| *n > 0) {
+                let sample = spent / n;
+                self.unit_cost = Some(match self.unit_cost {
+                    Some(c) => (c * 3 + sample) / 4,
+                    None => sample,
+                });
+            }
             if let Some(log) = &mut self.changelog {
-                let records = log.units(false, &units, self.save_seq);
+                let records = log.units(marks_full, &units, self.save_seq + 1);
                 self.mirror(records).await?;
             }
             return Ok(());
@@ -1084,19 +1144,24 @@ impl Work {
             return Ok(());
         };
         let changes = Changes {
-            full: cycle.full,
+            full: false,
             units,
             meta: self.engine.meta()?,
         };
         let taken_at_ms = Timestamp::now().as_millis();
         self.save_seq += 1;
         self.store.mark_next_save(self.save_seq, &self.instance);
-        let saved = self
-            .store
-            .save(taken_at_ms, &cycle.positions, &changes, cycle.covers_seq)?;
+        let mut saved = self.store.save_dropping(
+            taken_at_ms,
+            &cycle.positions,
+            &changes,
+            &cycle.stale,
+            cycle.covers_seq,
+        )?;
+        saved.full = cycle.full;
         // The changelog holds the save before its positions are committed to the group.
         if let Some(log) = &mut self.changelog {
-            let mut records = log.units(changes.full, &changes.units, self.save_seq);
+            let mut records = log.units(marks_full, &changes.units, self.save_seq);
             records.extend(log.finish(&crate::changelog::SaveMark {
                 save_seq: self.save_seq,
                 writer: self.instance.clone(),
@@ -1123,26 +1188,39 @@ impl Work {
                 "antifraud state saved whole"
             );
         }
-        // Walking every key costs tens of milliseconds on a large state, on the engine's
-        // thread: the gauges are refreshed once a minute, not at every save.
-        if self
-            .last_stats
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-        {
-            self.last_stats = Some(Instant::now());
-            let s = self.engine.stats();
-            metrics::gauge!("pitboss_antifraud_window_entries", "group" => group.clone())
-                .set(s.entries as f64);
-            metrics::gauge!("pitboss_antifraud_window_buckets", "group" => group.clone())
-                .set(s.buckets as f64);
-            metrics::gauge!("pitboss_antifraud_window_keys", "group" => group.clone())
-                .set(s.keys as f64);
-            metrics::gauge!("pitboss_antifraud_state_bytes", "group" => group).set(s.bytes as f64);
-        }
         self.durable
             .extend(cycle.processed.into_iter().map(|((t, p), pos)| (t, p, pos)));
         self.stats.snapshots += 1;
         Ok(())
+    }
+
+    /// Refreshes the state gauges once a minute. Counting walks every key (tens of
+    /// milliseconds on a large state, on the engine's thread), so the walk is spread over the
+    /// loop's turns, 16 map parts (a 16th of a rule's keys) a turn.
+    fn step_gauges(&mut self) {
+        let walk = match &mut self.stats_walk {
+            Some(w) => w,
+            None if self
+                .last_stats
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) =>
+            {
+                self.last_stats = Some(Instant::now());
+                self.stats_walk.insert(crate::StatsWalk::default())
+            }
+            None => return,
+        };
+        let Some(s) = self.engine.stats_step(walk, 16) else {
+            return;
+        };
+        self.stats_walk = None;
+        let group = self.config.group.clone();
+        metrics::gauge!("pitboss_antifraud_window_entries", "group" => group.clone())
+            .set(s.entries as f64);
+        metrics::gauge!("pitboss_antifraud_window_buckets", "group" => group.clone())
+            .set(s.buckets as f64);
+        metrics::gauge!("pitboss_antifraud_window_keys", "group" => group.clone())
+            .set(s.keys as f64);
+        metrics::gauge!("pitboss_antifraud_state_bytes", "group" => group).set(s.bytes as f64);
     }
 
     fn maybe_reload(&mut self) {
@@ -1373,12 +1451,15 @@ impl PartitionWork for Work {
         } else if self.last_snapshot.elapsed() >= self.config.snapshot_interval {
             self.begin_save().await?;
         }
+        self.step_gauges();
+
         Ok(())
     }
 
     fn poll_wait(&self) -> Duration {
+        // While a save lasts, a slice follows every poll.
         if self.cycle.is_some() {
-            return Duration::from_millis(10);
+            return Duration::from_millis(5);
         }
         self.config
             .snapshot_interval
@@ -1499,51 +1580,182 @@ mod tests {
             p
         };
         let (n1, n2, n3) = (events.len() / 4, events.len() / 2, events.len() * 3 / 4);
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
-        let mut engine = Engine::new(shipped());
-        engine.track_changes(true);
-        let mut got = Output::default();
-        for e in &events[..n1] {
-            engine.process(e, now, &mut got).unwrap();
-        }
-        // A completed save covering events[..n1].
-        let c = engine.take_changes().unwrap();
-        store.save(1, &at(n1 - 1), &c, None).unwrap();
-        for e in &events[n1..n2] {
-            engine.process(e, now, &mut got).unwrap();
-        }
-        // A save begins (it would cover events[..n2]) and writes its first slice…
-        let (full, mut pending) = engine.take_dirty();
-        assert!(!full && pending.len() > 40, "{}", pending.len());
-        let slice = pending.split_off(pending.len() / 2);
-        store
-            .save_units(&engine.changes_of(slice).unwrap())
-            .unwrap();
-        // …events go on between slices, a second slice is written, then the process dies.
-        for e in &events[n2..n3] {
-            engine.process(e, now, &mut got).unwrap();
-        }
-        let slice = pending.split_off(pending.len() / 2);
-        store
-            .save_units(&engine.changes_of(slice).unwrap())
-            .unwrap();
-        drop(engine);
-        drop(store);
+        // Whichever units the slices hold (the order a save takes them in is the engine's):
+        // as taken, reversed, rotated.
+        for order in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+            let mut engine = Engine::new(shipped());
+            engine.track_changes(true);
+            let mut got = Output::default();
+            for e in &events[..n1] {
+                engine.process(e, now, &mut got).unwrap();
+            }
+            // A completed save covering events[..n1].
+            let c = engine.take_changes().unwrap();
+            store.save(1, &at(n1 - 1), &c, None).unwrap();
+            for e in &events[n1..n2] {
+                engine.process(e, now, &mut got).unwrap();
+            }
+            // A save begins (it would cover events[..n2]) and writes its first slice…
+            let (full, mut pending) = engine.take_pending();
+            assert!(!full && pending.len() > 40, "{}", pending.len());
+            let units = engine.name_all(&mut pending);
+            match order {
+                1 => units.reverse(),
+                2 => {
+                    let third = units.len() / 3;
+                    units.rotate_left(third);
+                }
+                _ => {}
+            }
+            let half = pending.len() / 2;
+            let slice = engine.next_slice(&mut pending, half);
+            store
+                .save_units(&engine.changes_of(slice).unwrap())
+                .unwrap();
+            // …events go on between slices, a second slice is written, then the process dies.
+            for e in &events[n2..n3] {
+                engine.process(e, now, &mut got).unwrap();
+            }
+            let half = pending.len() / 2;
+            let slice = engine.next_slice(&mut pending, half);
+            store
+                .save_units(&engine.changes_of(slice).unwrap())
+                .unwrap();
+            drop(engine);
+            drop(store);
 
-        let store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
-        let mut r = restore(shipped(), &store).unwrap();
-        assert_eq!(r.skip_upto, at(n1 - 1).into_iter().collect());
-        for e in &events[n1..] {
-            r.engine.process(e, now, &mut got).unwrap();
+            let store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+            let mut r = restore(shipped(), &store).unwrap();
+            assert_eq!(r.skip_upto, at(n1 - 1).into_iter().collect());
+            for e in &events[n1..] {
+                r.engine.process(e, now, &mut got).unwrap();
+            }
+            assert!(ids(&want).len() > 5);
+            assert_eq!(
+                ids(&got),
+                ids(&want),
+                "order {order}: none missed, none that one engine does not raise"
+            );
+            assert_eq!(held(r.engine.stats()), held(whole.stats()), "order {order}");
         }
-        assert!(ids(&want).len() > 5);
-        assert_eq!(
-            ids(&got),
-            ids(&want),
-            "none missed, none that one engine does not raise"
+    }
+
+    /// The first save of a cold engine is full (it rewrites the file); on a large state that
+    /// was one transaction with the engine stopped for it. It is written in slices like any
+    /// other, batches go on between them, and its last slice deletes what the file held that
+    /// the engine does not.
+    #[tokio::test]
+    async fn a_full_save_is_written_in_slices_between_batches_and_drops_what_the_engine_does_not_hold()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(
+            pitboss_bus::embedded::EmbeddedBus::open(dir.path().join("log"), Default::default())
+                .unwrap(),
         );
-        assert_eq!(held(r.engine.stats()), held(whole.stats()));
+        let config = StreamConfig {
+            group: "g".into(),
+            state_path: dir.path().join("s.db"),
+            save_slice_units: 25,
+            ..StreamConfig::default()
+        };
+        for t in [
+            &config.alerts_topic,
+            &config.pushes_topic,
+            &config.dead_letter_topic,
+        ] {
+            bus.create_topic(t, 1).await.unwrap();
+        }
+        // A unit of a rule's earlier definition, left in the file (no snapshot: a cold start).
+        let stale = Unit::Window {
+            rule: "fraud.bet_velocity@0.0000000000000000".into(),
+            key: 1,
+        };
+        StateStore::open(&config.state_path, "g")
+            .unwrap()
+            .save_units(&[Change {
+                unit: stale.clone(),
+                value: Some(vec![1, 0]),
+                expires_at_ms: 0,
+            }])
+            .unwrap();
+        let records: Vec<Record> = crate::scenario::script("acme", T0, 20, 1)
+            .iter()
+            .flat_map(|p| p.events.clone())
+            .enumerate()
+            .map(|(i, e)| {
+                let e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+                Record {
+                    topic: Arc::from("events"),
+                    partition: 0,
+                    position: Position::Offset(i as i64),
+                    key: format!("{}:{}", e.tenant_id, e.player_id),
+                    value: pitboss_model::encode_proto(&e),
+                    timestamp_ms: T0,
+                    headers: Default::default(),
+                }
+            })
+            .collect();
+        let half = records.len() / 2;
+        let mut work = Work::start(bus, config, "test".into(), StreamStats::default())
+            .await
+            .unwrap();
+        work.take(records[..half].to_vec()).await.unwrap();
+        work.begin_save().await.unwrap();
+        assert!(
+            work.cycle.as_ref().is_some_and(|c| c.full),
+            "the first save is full"
+        );
+        assert_eq!(
+            work.store.unit_count().unwrap(),
+            1 + 25 + work.engine.stats().scored_players,
+            "one slice written: the stale unit, 25 units and the scores (first, always)"
+        );
+        // Batches go on between the slices.
+        work.take(records[half..].to_vec()).await.unwrap();
+        let mut slices = 1;
+        while work.cycle.is_some() {
+            work.write_slice().await.unwrap();
+            slices += 1;
+        }
+        assert!(slices > 3, "{slices} slices");
+        let names = work.store.unit_names().unwrap();
+        assert!(!names.contains(&stale.name()), "the stale unit is gone");
+        let mut covered = Positions::new();
+        covered.insert((Arc::from("events"), 0), Position::Offset(half as i64 - 1));
+        assert_eq!(
+            work.store.snapshot().unwrap().unwrap().positions,
+            covered,
+            "the full save covers what was processed when it began"
+        );
+        // The next save brings the file up to the engine.
+        work.dirty = true;
+        work.snapshot().await.unwrap();
+        let r = restore(shipped(), &work.store).unwrap();
+        assert_eq!(held(r.engine.stats()), held(work.engine.stats()));
+        assert!(held(r.engine.stats()).0 > 50);
+    }
+
+    /// The gauges' walk, 16 map parts a turn, counts what one walk of every key counts, and
+    /// the next walk starts afresh.
+    #[test]
+    fn the_gauges_walk_in_steps_counts_what_one_walk_counts() {
+        let engine = busy_engine();
+        let rules = RulesSource::Shipped.load().unwrap().rules.len();
+        for _ in 0..2 {
+            let mut walk = crate::StatsWalk::default();
+            let mut turns = 1;
+            let s = loop {
+                if let Some(s) = engine.stats_step(&mut walk, 16) {
+                    break s;
+                }
+                turns += 1;
+            };
+            assert_eq!(s, engine.stats());
+            assert!(s.keys > 50 && s.entries > 50, "{s:?}");
+            assert_eq!(turns, (rules * 256).div_ceil(16));
+        }
     }
 
     #[test]

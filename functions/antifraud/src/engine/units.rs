@@ -93,10 +93,38 @@ pub struct Changes {
     pub meta: Vec<u8>,
 }
 
+/// A save's units still to write ([`Engine::take_pending`]).
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Players whose scores changed before the save began: all in its first slice.
+    scores: Vec<Unit>,
+    /// Units named and not yet written (taken from the end).
+    units: Vec<Unit>,
+    /// Windows that changed before the save began, not yet named: parts `part..`.
+    windows: super::keymap::KeySet,
+    part: usize,
+}
+
+impl Pending {
+    /// Units still to write.
+    pub fn len(&self) -> usize {
+        self.scores.len() + self.units.len() + self.windows.len_from(self.part)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The names of the units named so far (all of them, for a full save).
+    pub fn names(&self) -> impl Iterator<Item = String> + '_ {
+        self.scores.iter().chain(&self.units).map(Unit::name)
+    }
+}
+
 /// Windows touched while tracking.
 #[derive(Debug, Default)]
 pub(super) struct Dirty {
-    pub windows: HashSet<(u32, Key), foldhash::fast::FixedState>,
+    pub windows: super::keymap::KeySet,
     pub full: bool,
 }
 
@@ -286,48 +314,99 @@ impl Engine {
     /// reload: `full`), without encoding them; [`Engine::changes_of`] encodes them later,
     /// as they are then. Empty when not tracking.
     pub fn take_dirty(&mut self) -> (bool, Vec<Unit>) {
+        let (full, mut p) = self.take_pending();
+        let mut units = std::mem::take(&mut p.units);
+        self.name_windows(&mut p, usize::MAX);
+        units.append(&mut p.units);
+        units.append(&mut p.scores);
+        (full, units)
+    }
+
+    /// [`Engine::take_dirty`] for a save written in slices ([`Engine::next_slice`]): the
+    /// windows that changed are taken as the set they are in (nothing is copied or named, so
+    /// taking them costs nothing however many changed) and named a part at a time as the
+    /// slices need them. A full save names every unit now.
+    pub fn take_pending(&mut self) -> (bool, Pending) {
         let Some(dirty) = self.dirty.as_mut() else {
-            return (false, Vec::new());
+            return (false, Pending::default());
         };
         let full = std::mem::take(&mut dirty.full);
-        let windows: Vec<(u32, Key)> = if full {
+        let mut p = Pending::default();
+        if full {
             dirty.windows.clear();
-            self.states
-                .iter()
-                .enumerate()
-                .flat_map(|(ri, m)| m.keys().map(move |k| (ri as u32, *k)))
-                .collect()
+            for (ri, m) in self.states.iter().enumerate() {
+                if let Some(tag) = self.tags.get(ri) {
+                    p.units.extend(m.keys().map(|k| Unit::Window {
+                        rule: tag.clone(),
+                        key: *k,
+                    }));
+                }
+            }
+            p.part = super::keymap::PARTS;
         } else {
-            dirty.windows.drain().collect()
-        };
-        let bets: Vec<u64> = match (&mut self.join.changed, full) {
+            p.windows = std::mem::take(&mut dirty.windows);
+        }
+        match (&mut self.join.changed, full) {
             (Some(c), true) => {
                 c.clear();
-                self.join.keys().collect()
+                p.units.extend(self.join.keys().map(Unit::Bet));
             }
-            (Some(c), false) => c.drain().collect(),
-            (None, _) => Vec::new(),
-        };
-        let players: Vec<Box<str>> = match (&mut self.scores.changed, full) {
+            (Some(c), false) => p.units.extend(c.drain().map(Unit::Bet)),
+            (None, _) => {}
+        }
+        match (&mut self.scores.changed, full) {
             (Some(c), true) => {
                 c.clear();
-                self.scores.keys().map(Box::from).collect()
+                p.scores
+                    .extend(self.scores.keys().map(|k| Unit::Score(Box::from(k))));
             }
-            (Some(c), false) => c.drain().collect(),
-            (None, _) => Vec::new(),
-        };
-        let mut units = Vec::with_capacity(windows.len() + bets.len() + players.len());
-        for (ri, k) in windows {
-            if let Some(tag) = self.tags.get(ri as usize) {
-                units.push(Unit::Window {
-                    rule: tag.clone(),
-                    key: k,
-                });
+            (Some(c), false) => p.scores.extend(c.drain().map(Unit::Score)),
+            (None, _) => {}
+        }
+        (full, p)
+    }
+
+    /// Names windows of `p` a part at a time until it has `n` units ready (or none are left).
+    fn name_windows(&self, p: &mut Pending, n: usize) {
+        while p.units.len() < n && p.part < super::keymap::PARTS {
+            let part = p.part;
+            p.part += 1;
+            for (ri, k) in p.windows.drain_part(part) {
+                if let Some(tag) = self.tags.get(ri as usize) {
+                    p.units.push(Unit::Window {
+                        rule: tag.clone(),
+                        key: k,
+                    });
+                }
             }
         }
-        units.extend(bets.into_iter().map(Unit::Bet));
-        units.extend(players.into_iter().map(Unit::Score));
-        (full, units)
+    }
+
+    /// The next slice of a save in progress: up to `n` of its pending units — with, on the
+    /// first slice, the scores that changed before the save began — and the scores of every
+    /// player that scored since the last slice.
+    ///
+    /// A window written with a hit must not reach the file before the hit's points: a restart
+    /// replays the hit's event onto that window, which knows the event and does not fire
+    /// again, so the points would be lost. Writing, with each slice, the scores as they are
+    /// then keeps every player's score in the file at least as new as any window written
+    /// before it.
+    pub fn next_slice(&mut self, pending: &mut Pending, n: usize) -> Vec<Unit> {
+        let mut slice = std::mem::take(&mut pending.scores);
+        self.name_windows(pending, n);
+        let from = pending.units.len().saturating_sub(n);
+        slice.extend(pending.units.drain(from..));
+        if let Some(c) = &mut self.scores.changed {
+            slice.extend(c.drain().map(Unit::Score));
+        }
+        slice
+    }
+
+    /// Names every window of `p` now (tests reorder the units of a save).
+    #[cfg(test)]
+    pub(crate) fn name_all<'p>(&self, p: &'p mut Pending) -> &'p mut Vec<Unit> {
+        self.name_windows(p, usize::MAX);
+        &mut p.units
     }
 
     /// The engine-wide values, for [`Engine::set_meta`].
