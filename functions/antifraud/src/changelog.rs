@@ -77,6 +77,10 @@ pub struct Image {
     /// Units left out: a record that could not be read, a split unit missing a part (the
     /// engine starts those keys empty, as for an unreadable unit in the file).
     pub skipped: usize,
+    /// A full save began and its mark never came (its writer stopped between slices): the
+    /// next mark of any save would drop every unit not written since, so the next save must
+    /// be a full one.
+    pub full_open: bool,
 }
 
 /// Writes the changelog records of one group.
@@ -370,7 +374,8 @@ impl Folder {
     }
 
     /// The image, and the split units' versions and part counts (for [`Changelog::resume`]).
-    pub fn finish(self) -> (Image, Chunked) {
+    pub fn finish(mut self) -> (Image, Chunked) {
+        self.image.full_open = self.full.is_some();
         (self.image, self.chunked)
     }
 }
@@ -578,11 +583,16 @@ mod tests {
             [unit(1).name(), unit(2).name(), unit(3).name()]
         );
         assert_eq!(img.mark, Some(mark(1, None)));
+        assert!(
+            img.full_open,
+            "the cut-short full save is reported: the next save is full"
+        );
         // With its mark: only what it wrote is left, before and after compaction.
         rec.extend(full);
         rec.extend(log.finish(&mark(2, None)).unwrap());
         let (img, _) = image("g", &rec);
         assert_eq!(names(&img), [unit(3).name()]);
+        assert!(!img.full_open);
         assert_eq!(image("g", &compacted(&rec)).0, img);
     }
 

@@ -2,14 +2,15 @@
 //!
 //! SQLite copies a WAL database's log back into the database ("checkpoints") in the commit
 //! that takes the log past 1,000 pages, on the committing thread: every few megabytes one
-//! commit also writes the pages back and fsyncs the database. On the embedded log that commit
-//! holds every publish waiting behind it (ingest's acknowledgements, the rules engine's
-//! output); in the rules engine's state file it holds the engine between two batches. A
-//! [`Checkpointer`] turns the commit-time checkpoints off on the writer's connection
-//! ([`Checkpointer::writer_pragmas`]) and runs them on a thread of its own, with its own
-//! connection, in `PASSIVE` mode: it never waits for, nor blocks, the writer or the readers.
-//! Durability is unchanged: a commit is durable once in the log, and the checkpoint syncs the
-//! database before the log is reused (`synchronous` as on the writer).
+//! commit also writes the pages back and syncs the database. On the embedded log that commit
+//! held every publish waiting behind it (ingest's acknowledgements, the rules engine's
+//! output). A [`Checkpointer`] turns the commit-time checkpoints off on the writer's
+//! connection ([`Checkpointer::writer_pragmas`]) and runs them on a thread of its own, with its
+//! own connection, in `PASSIVE` mode: it does not wait for the writer or the readers.
+//! Durability is unchanged: a commit is in the log when it returns (synced as `synchronous`
+//! says), and the checkpoint syncs the database before the log is reused (`synchronous` as on
+//! the writer). (Tried on the rules engine's state file too and not kept there: its batch
+//! log's small commits then stalled behind the checkpoint's sync; docs/benchmarks.md.)
 
 use std::path::Path;
 use std::sync::Arc;

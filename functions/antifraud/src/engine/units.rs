@@ -103,9 +103,27 @@ pub struct Pending {
     /// Windows that changed before the save began, not yet named: parts `part..`.
     windows: super::keymap::KeySet,
     part: usize,
+    /// Each rule's tag when the save began (the windows' rule indexes are into these).
+    tags: Vec<Arc<str>>,
 }
 
 impl Pending {
+    /// Names windows a part at a time until `n` units are ready (or none are left).
+    fn name_windows(&mut self, n: usize) {
+        while self.units.len() < n && self.part < super::keymap::PARTS {
+            let part = self.part;
+            self.part += 1;
+            for (ri, k) in self.windows.drain_part(part) {
+                if let Some(tag) = self.tags.get(ri as usize) {
+                    self.units.push(Unit::Window {
+                        rule: tag.clone(),
+                        key: k,
+                    });
+                }
+            }
+        }
+    }
+
     /// Units still to write.
     pub fn len(&self) -> usize {
         self.scores.len() + self.units.len() + self.windows.len_from(self.part)
@@ -316,7 +334,7 @@ impl Engine {
     pub fn take_dirty(&mut self) -> (bool, Vec<Unit>) {
         let (full, mut p) = self.take_pending();
         let mut units = std::mem::take(&mut p.units);
-        self.name_windows(&mut p, usize::MAX);
+        p.name_windows(usize::MAX);
         units.append(&mut p.units);
         units.append(&mut p.scores);
         (full, units)
@@ -331,7 +349,12 @@ impl Engine {
             return (false, Pending::default());
         };
         let full = std::mem::take(&mut dirty.full);
-        let mut p = Pending::default();
+        // Windows are named with the rules as they are now, even if a reload renumbers them
+        // before the slices name the rest.
+        let mut p = Pending {
+            tags: self.tags.clone(),
+            ..Pending::default()
+        };
         if full {
             dirty.windows.clear();
             for (ri, m) in self.states.iter().enumerate() {
@@ -366,22 +389,6 @@ impl Engine {
         (full, p)
     }
 
-    /// Names windows of `p` a part at a time until it has `n` units ready (or none are left).
-    fn name_windows(&self, p: &mut Pending, n: usize) {
-        while p.units.len() < n && p.part < super::keymap::PARTS {
-            let part = p.part;
-            p.part += 1;
-            for (ri, k) in p.windows.drain_part(part) {
-                if let Some(tag) = self.tags.get(ri as usize) {
-                    p.units.push(Unit::Window {
-                        rule: tag.clone(),
-                        key: k,
-                    });
-                }
-            }
-        }
-    }
-
     /// The next slice of a save in progress: up to `n` of its pending units — with, on the
     /// first slice, the scores that changed before the save began — and the scores of every
     /// player that scored since the last slice.
@@ -391,21 +398,24 @@ impl Engine {
     /// again, so the points would be lost. Writing, with each slice, the scores as they are
     /// then keeps every player's score in the file at least as new as any window written
     /// before it.
+    ///
+    /// Scores come first in the slice, so a store that keeps a prefix of it (a changelog
+    /// publish cut short) keeps no window without its hits' points either.
     pub fn next_slice(&mut self, pending: &mut Pending, n: usize) -> Vec<Unit> {
         let mut slice = std::mem::take(&mut pending.scores);
-        self.name_windows(pending, n);
-        let from = pending.units.len().saturating_sub(n);
-        slice.extend(pending.units.drain(from..));
         if let Some(c) = &mut self.scores.changed {
             slice.extend(c.drain().map(Unit::Score));
         }
+        pending.name_windows(n);
+        let from = pending.units.len().saturating_sub(n);
+        slice.extend(pending.units.drain(from..));
         slice
     }
 
     /// Names every window of `p` now (tests reorder the units of a save).
     #[cfg(test)]
     pub(crate) fn name_all<'p>(&self, p: &'p mut Pending) -> &'p mut Vec<Unit> {
-        self.name_windows(p, usize::MAX);
+        p.name_windows(usize::MAX);
         &mut p.units
     }
 
