@@ -721,6 +721,9 @@ async fn every_delivery_to_a_player_or_an_operator_is_receipted_on_the_bus_live_
         .publish_push("acme", Target::Player("p1".into()))
         .await
         .2;
+    // The gateway has read it (published is not yet read: a resume before that gets it live,
+    // not replayed).
+    env.wait_until(|| async { gw.history_len().1 == 2 }).await;
     let mut p1 = gw.connect(&token).await;
     let second_conn = p1.welcome["connection"].as_str().unwrap().to_owned();
     assert_ne!(first_conn, second_conn);

@@ -341,6 +341,11 @@ impl Gw {
         pitboss_gateway::feed::lock(&self.state.hub).is_acked("acme", alert_id)
     }
 
+    /// How many messages the gateway's history holds (alerts, pushes): what it has read.
+    pub fn history_len(&self) -> (usize, usize) {
+        pitboss_gateway::feed::lock(&self.state.hub).history_len()
+    }
+
     pub fn presence(&self, channel: &str) -> usize {
         pitboss_gateway::feed::lock(&self.state.hub)
             .presence(channel)
