@@ -1786,6 +1786,75 @@ mod tests {
         }
     }
 
+    /// A reload between two slices of a save renumbers the rules (a new rule that sorts first
+    /// shifts every index): the windows the save took are still named after the rules they
+    /// belonged to when it began.
+    #[test]
+    fn a_reload_between_slices_does_not_rename_the_windows_a_save_took() {
+        let mut engine = busy_engine();
+        engine.track_changes(true);
+        let _ = engine.take_changes().unwrap();
+        let now = Timestamp::from_millis(T0 + 1_000);
+        let mut out = Output::default();
+        for p in crate::scenario::script("acme", T0 + 1_000, 5, 1) {
+            for e in &p.events {
+                let e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+                engine.process(&e, now, &mut out).unwrap();
+            }
+        }
+        let (full, mut pending) = engine.take_pending();
+        assert!(!full);
+        let first = r#"[[rule]]
+id = "aaa.first"
+version = 1
+category = "fraud"
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "1h" }
+reason = "{bets} bets"
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = 1000
+"#;
+        let mut sources = shipped_sources();
+        sources.insert(0, ("aaa.toml".into(), first.into()));
+        let report = engine.replace_rules(RuleSet::from_sources(&sources).unwrap());
+        assert!(report.fresh.contains(&"aaa.first".to_owned()), "{report:?}");
+        let mut named = Vec::new();
+        while !pending.is_empty() {
+            named.extend(engine.next_slice(&mut pending, 50));
+        }
+        let windows: Vec<&Unit> = named
+            .iter()
+            .filter(|u| matches!(u, Unit::Window { .. }))
+            .collect();
+        assert!(windows.len() > 20, "{}", windows.len());
+        for u in windows {
+            let Unit::Window { rule, .. } = u else {
+                continue;
+            };
+            assert!(
+                !rule.starts_with("aaa.first@"),
+                "{rule} did not exist when the save began"
+            );
+        }
+        // And each names the rule whose window it is: the engine, reloaded, holds it there.
+        let changes = engine.changes_of(named).unwrap();
+        assert!(
+            changes
+                .iter()
+                .filter(|c| matches!(c.unit, Unit::Window { .. }))
+                .all(|c| c.value.is_some()),
+            "every window named is one the engine holds"
+        );
+    }
+
     /// The gauges' walk, 16 map parts a turn, counts what one walk of every key counts, and
     /// the next walk starts afresh.
     #[test]
