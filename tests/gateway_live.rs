@@ -939,7 +939,7 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         assert!(
             Instant::now() < deadline,
             "expected alerts not stored: {missing:?}\n{}",
-            pitboss_testkit::log_tails(logs, 20)
+            pitboss_testkit::log_tails(logs, 400)
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

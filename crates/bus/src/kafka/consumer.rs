@@ -416,13 +416,8 @@ impl KafkaConsumer {
 
     async fn commit_stored(&self) -> Result<(), BusError> {
         let consumer = self.consumer()?.clone();
-        super::blocking(
-            move || match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-                Err(e) => Err(kafka_error(e)),
-            },
-        )
-        .await
+        super::blocking(move || commit_outcome(consumer.commit_consumer_state(CommitMode::Sync)))
+            .await
     }
 
     fn stop_thread(&mut self) -> Option<std::thread::JoinHandle<()>> {
@@ -432,6 +427,29 @@ impl KafkaConsumer {
         // closing the receiving side fails that send, so the thread sees the stop flag.
         self.events.close();
         self.thread.take()
+    }
+}
+
+/// What a commit's answer means here. Nothing to commit is fine. A commit refused because
+/// the group is rebalancing (another member joined or left: its generation moved on) commits
+/// nothing and is not an error either: the positions stay stored and go with the next commit
+/// if the partitions stay, and a member that takes them over reads again from the last
+/// committed position — what every reader of the bus already tolerates (at-least-once; the
+/// processor keeps one row per id, the rules engine its own positions). Failing on it stopped
+/// a whole `pitboss process` whose six processors joined one group at different moments.
+fn commit_outcome(r: rdkafka::error::KafkaResult<()>) -> Result<(), BusError> {
+    match r {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(KafkaError::ConsumerCommit(
+            code @ (RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::UnknownMemberId),
+        )) => {
+            metrics::counter!("pitboss_bus_commits_skipped_total").increment(1);
+            tracing::warn!(error = %code, "commit refused while the group rebalances; the positions go with a later commit");
+            Ok(())
+        }
+        Err(e) => Err(kafka_error(e)),
     }
 }
 
@@ -554,6 +572,36 @@ impl Drop for KafkaConsumer {
             // Dropped without close: behave like a crash and commit nothing more.
             self.flags.abandon.store(true, Ordering::SeqCst);
             self.stop_thread();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_refused_by_a_rebalance_is_skipped_and_other_failures_are_errors() {
+        assert!(commit_outcome(Ok(())).is_ok());
+        for code in [
+            RDKafkaErrorCode::NoOffset,
+            RDKafkaErrorCode::IllegalGeneration,
+            RDKafkaErrorCode::RebalanceInProgress,
+            RDKafkaErrorCode::UnknownMemberId,
+        ] {
+            assert!(
+                commit_outcome(Err(KafkaError::ConsumerCommit(code))).is_ok(),
+                "{code:?}"
+            );
+        }
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+        ] {
+            assert!(
+                commit_outcome(Err(KafkaError::ConsumerCommit(code))).is_err(),
+                "{code:?}"
+            );
         }
     }
 }
