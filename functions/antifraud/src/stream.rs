@@ -1804,26 +1804,9 @@ mod tests {
         }
         let (full, mut pending) = engine.take_pending();
         assert!(!full);
-        let first = r#"[[rule]]
-id = "aaa.first"
-version = 1
-category = "fraud"
-severity = "low"
-score = 1
-events = ["bet_placed"]
-group_by = "player"
-window = { duration = "1h" }
-reason = "{bets} bets"
-  [[rule.measure]]
-  name = "bets"
-  agg = "count"
-  [[rule.when]]
-  measure = "bets"
-  op = "gte"
-  value = 1000
-"#;
+        let first = crate::rules::tests::GOOD.replace("fraud.test", "aaa.first");
         let mut sources = shipped_sources();
-        sources.insert(0, ("aaa.toml".into(), first.into()));
+        sources.insert(0, ("aaa.toml".into(), first));
         let report = engine.replace_rules(RuleSet::from_sources(&sources).unwrap());
         assert!(report.fresh.contains(&"aaa.first".to_owned()), "{report:?}");
         let mut named = Vec::new();

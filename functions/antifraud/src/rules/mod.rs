@@ -373,4 +373,4 @@ fn limits(spec: spec::LimitsSpec) -> Result<Limits, SpanErr> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

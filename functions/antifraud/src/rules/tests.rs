@@ -2,7 +2,8 @@
 
 use super::*;
 
-const GOOD: &str = r#"
+/// A small valid rule (`fraud.test`: three bets a minute), for tests here and elsewhere.
+pub(crate) const GOOD: &str = r#"
 [[rule]]
 id = "fraud.test"
 version = 2
