@@ -13,6 +13,9 @@
 //! The stream: 2,000 players, each a login, a deposit, then bets and their settlements (no
 //! stake on the settlement: the join supplies it), sessions, the odd withdrawal and bonus;
 //! 100,000 events, in time order, 0.5 s apart per player on average.
+//!
+//! `PITBOSS_BENCH_RULES=DIR` runs another rule directory (the packs without one rule, to weigh
+//! it); `PITBOSS_BENCH_QUICK=1` skips the printed figures but the first pass and the sweep.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -108,8 +111,13 @@ fn stream() -> Vec<Vec<u8>> {
     out
 }
 
+/// The shipped packs, or the rule directory in `PITBOSS_BENCH_RULES` (to weigh a rule: the
+/// packs without it).
 fn rules() -> RuleSet {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
+    let dir = match std::env::var_os("PITBOSS_BENCH_RULES") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules"),
+    };
     RuleSet::load_dir(&dir).unwrap()
 }
 
@@ -134,11 +142,15 @@ fn bench(c: &mut Criterion) {
         stats.bytes / PLAYERS as usize
     );
 
-    lambda_store_calls(&records, 100, 1);
-    lambda_store_calls(&records, 100, 4);
-    memory_after_laps(&records, 9);
-    evaluation_percentiles(&mut engine, &records);
-    shard_scaling(&records);
+    // `PITBOSS_BENCH_QUICK=1`: the criterion figures alone.
+    let quick = std::env::var_os("PITBOSS_BENCH_QUICK").is_some();
+    if !quick {
+        lambda_store_calls(&records, 100, 1);
+        lambda_store_calls(&records, 100, 4);
+        memory_after_laps(&records, 9);
+        evaluation_percentiles(&mut engine, &records);
+        shard_scaling(&records);
+    }
     // One sweep of idle keys over the warm windows (it runs every `sweep_every` of engine
     // time, on the event that finds it due): what it costs that event.
     let mut sweeps: Vec<u64> = (0..5)

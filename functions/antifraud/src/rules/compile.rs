@@ -444,6 +444,12 @@ pub fn compile(
         .filter(|(i, m)| m.windowed && fold_mask & (1 << i) == 0)
         .fold(0, |acc, (i, _)| acc | 1 << i);
 
+    let interval_mask: u32 = measures
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m.agg, Agg::IntervalMean | Agg::IntervalCv))
+        .fold(0, |acc, (i, _)| acc | 1 << i);
+
     if r.when.is_empty() {
         return Err((
             whole.clone(),
@@ -596,6 +602,7 @@ pub fn compile(
         fold_mask,
         exact_mask,
         anchor_mask,
+        interval_mask,
         cooldown_ms,
         trigger,
         slots,

@@ -47,6 +47,9 @@ pub struct CompiledRule {
     pub(crate) exact_mask: u32,
     /// Measures a `since` reads the newest event of (bit `i`: measure `i`).
     pub(crate) anchor_mask: u32,
+    /// `interval_mean` and `interval_cv` measures (bit `i`: measure `i`): their running total
+    /// is the sum of squared gaps between their events ([`crate::window`]).
+    pub(crate) interval_mask: u32,
     pub cooldown_ms: i64,
     pub(crate) trigger: Filter,
     /// The fields kept per event, for the measures that aggregate them.
