@@ -31,8 +31,10 @@ use crate::shard::{Forward, Shard};
 use crate::template::Fill;
 use crate::window::{Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger};
 
+mod groups;
 mod keymap;
 mod units;
+use groups::{RuleWindows, Windows};
 pub use units::{Change, Changes, Pending, Unit};
 use units::{Dirty, rule_tags};
 
@@ -62,8 +64,6 @@ impl std::hash::Hasher for KeyHasher {
         self.0 = (v as u64) ^ ((v >> 64) as u64);
     }
 }
-
-type Map = keymap::KeyMap<KeyState>;
 
 /// What one or more events produced.
 #[derive(Debug, Default)]
@@ -134,7 +134,8 @@ pub struct EngineStats {
 #[derive(Debug)]
 pub struct Engine {
     set: RuleSet,
-    states: Vec<Map>,
+    /// The windows, by rule and key (in groups of rules keyed alike).
+    states: Windows,
     /// Rule indexes by event type (position in `EventType::ALL`).
     by_type: [Vec<usize>; 10],
     join: StakeJoin,
@@ -223,7 +224,7 @@ impl Engine {
     /// An engine running `set`, with empty windows.
     pub fn new(set: RuleSet) -> Engine {
         Engine {
-            states: set.rules.iter().map(|_| Map::default()).collect(),
+            states: Windows::new(&set),
             by_type: dispatch(&set),
             join: StakeJoin::new(set.limits.join_max_bets, set.limits.join_horizon_ms),
             scores: Scores::default(),
@@ -287,40 +288,40 @@ impl Engine {
     /// join and the scores carry over. Pure and infallible: a set that loaded is valid.
     pub fn replace_rules(&mut self, set: RuleSet) -> ReloadReport {
         let mut report = ReloadReport::default();
-        let mut old: HashMap<String, (Arc<CompiledRule>, Map)> = self
+        // Old rules by id: their index then, and whether their windows carry over.
+        let mut old: HashMap<String, (usize, Arc<CompiledRule>)> = self
             .set
             .rules
             .iter()
             .cloned()
-            .zip(std::mem::take(&mut self.states))
-            .map(|(r, m)| (r.id.clone(), (r, m)))
+            .enumerate()
+            .map(|(i, r)| (r.id.clone(), (i, r)))
             .collect();
-        let mut states = Vec::with_capacity(set.rules.len());
-        for r in &set.rules {
+        // Per old rule index: the new index its windows go to.
+        let mut moved: Vec<Option<usize>> = vec![None; self.set.rules.len()];
+        for (ni, r) in set.rules.iter().enumerate() {
             match old.remove(&r.id) {
-                Some((o, mut m)) if o.version == r.version && o.signature == r.signature => {
+                Some((oi, o)) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
-                    // A changed `window.bucket` (or measures) gives the state a new form.
-                    for k in m.values_mut() {
-                        k.conform(r);
-                    }
-                    states.push(m);
+                    moved[oi] = Some(ni);
                 }
-                _ => {
-                    report.fresh.push(r.id.clone());
-                    states.push(Map::default());
-                }
+                _ => report.fresh.push(r.id.clone()),
             }
         }
         report.removed = old.into_keys().collect();
         report.removed.sort();
+        let mut states = Windows::new(&set);
+        for (oi, k, mut state) in self.states.drain() {
+            if let Some(ni) = moved.get(oi).copied().flatten()
+                && let Some(r) = set.rules.get(ni)
+            {
+                // A changed `window.bucket` (or measures) gives the state a new form.
+                state.conform(r);
+                states.insert(ni, k, state);
+            }
+        }
         self.states = states;
-        self.entries = self
-            .states
-            .iter()
-            .flat_map(|m| m.values())
-            .map(KeyState::held)
-            .sum();
+        self.entries = self.states.iter().map(|(_, _, s)| s.held()).sum();
         self.by_type = dispatch(&set);
         self.tags = rule_tags(&set);
         self.keeps = keeps(&set);
@@ -437,15 +438,11 @@ impl Engine {
             } else {
                 key_of(group)
             };
-            let map = &mut states[ri];
-            let state = match map.entry(k) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let keep = keeps.get(ri).copied().unwrap_or(0);
-                    idle.push(Reverse((now_ms.saturating_add(keep), ri as u32, k)));
-                    v.insert(KeyState::default())
-                }
-            };
+            let state = states.open(ri, k).get_or_insert_with(|| {
+                let keep = keeps.get(ri).copied().unwrap_or(0);
+                idle.push(Reverse((now_ms.saturating_add(keep), ri as u32, k)));
+                KeyState::default()
+            });
             if let Some(d) = dirty {
                 d.windows.insert(ri as u32, k);
             }
@@ -490,10 +487,11 @@ impl Engine {
                 }
                 *entries = (*entries + state.held()).saturating_sub(before);
                 folded = ins.folded;
-                held = state
-                    .oldest()
-                    .is_some_and(|o| o <= t)
-                    .then_some((mask, vals));
+                // Read only for a trigger a measure excludes: the window's oldest event is
+                // one or two cache misses (the deque's front, a bucketed window's first head).
+                held =
+                    (triggers && rule.excludes_trigger && state.oldest().is_some_and(|o| o <= t))
+                        .then_some((mask, vals));
             }
             if !triggers {
                 continue;
@@ -616,6 +614,8 @@ impl Engine {
                 });
             }
         }
+        // The windows' groups this event opened go back to their maps.
+        self.states.close();
         self.sweep_idle(now_ms, SWEEP_PER_EVENT);
         if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms {
             self.last_sweep = now_ms;
@@ -664,17 +664,14 @@ impl Engine {
                 return;
             }
             self.idle.pop();
-            let Some(map) = self.states.get_mut(ri as usize) else {
-                continue;
-            };
-            let Some(s) = map.get(&k) else {
+            let Some(s) = self.states.get(ri as usize, &k) else {
                 // Gone already (evicted, reloaded).
                 continue;
             };
             let keep = self.keeps.get(ri as usize).copied().unwrap_or(0);
             let due = s.last_active.saturating_add(keep);
             if now_ms > due {
-                if let Some(s) = map.remove(&k) {
+                if let Some(s) = self.states.remove(ri as usize, &k) {
                     self.entries = self.entries.saturating_sub(s.held());
                 }
                 if let Some(d) = &mut self.dirty {
@@ -688,14 +685,14 @@ impl Engine {
 
     /// Queues every key afresh (after a reload, a restore, a full sweep).
     fn requeue_all(&mut self) {
-        let mut q = Vec::with_capacity(self.states.iter().map(|m| m.len()).sum());
-        for (ri, map) in self.states.iter().enumerate() {
-            let keep = self.keeps.get(ri).copied().unwrap_or(0);
-            q.extend(
-                map.iter()
-                    .map(|(k, s)| Reverse((s.last_active.saturating_add(keep), ri as u32, *k))),
-            );
-        }
+        let q: Vec<_> = self
+            .states
+            .iter()
+            .map(|(ri, k, s)| {
+                let keep = self.keeps.get(ri).copied().unwrap_or(0);
+                Reverse((s.last_active.saturating_add(keep), ri as u32, *k))
+            })
+            .collect();
         self.idle = BinaryHeap::from(q);
     }
 
@@ -705,24 +702,23 @@ impl Engine {
         let now_ms = now.as_millis();
         self.last_sweep = now_ms;
         let idle = self.set.limits.idle_after_ms;
-        for (ri, (r, map)) in self.set.rules.iter().zip(&mut self.states).enumerate() {
-            let keep = units::keep_ms(r, idle);
-            let dirty = &mut self.dirty;
-            map.retain(|k, s| {
-                let kept = now_ms.saturating_sub(s.last_active) <= keep;
-                if !kept && let Some(d) = dirty {
-                    d.windows.insert(ri as u32, *k);
-                }
-                kept
-            });
-        }
-        self.scores.sweep(now_ms, &self.set.scoring);
-        self.entries = self
-            .states
+        let keeps: Vec<i64> = self
+            .set
+            .rules
             .iter()
-            .flat_map(|m| m.values())
-            .map(KeyState::held)
-            .sum();
+            .map(|r| units::keep_ms(r, idle))
+            .collect();
+        let dirty = &mut self.dirty;
+        self.states.retain(|ri, k, s| {
+            let keep = keeps.get(ri).copied().unwrap_or(0);
+            let kept = now_ms.saturating_sub(s.last_active) <= keep;
+            if !kept && let Some(d) = dirty {
+                d.windows.insert(ri as u32, *k);
+            }
+            kept
+        });
+        self.scores.sweep(now_ms, &self.set.scoring);
+        self.entries = self.states.iter().map(|(_, _, s)| s.held()).sum();
         self.evict_least_active();
         self.requeue_all();
     }
@@ -735,8 +731,7 @@ impl Engine {
             let mut all: Vec<(i64, usize, Key)> = self
                 .states
                 .iter()
-                .enumerate()
-                .flat_map(|(ri, m)| m.iter().map(move |(k, s)| (s.last_active, ri, *k)))
+                .map(|(ri, k, s)| (s.last_active, ri, *k))
                 .collect();
             all.sort_unstable();
             let target = max / 10 * 9;
@@ -744,7 +739,7 @@ impl Engine {
                 if self.entries <= target {
                     break;
                 }
-                if let Some(s) = self.states[ri].remove(&k) {
+                if let Some(s) = self.states.remove(ri, &k) {
                     self.entries = self.entries.saturating_sub(s.held());
                     if let Some(d) = &mut self.dirty {
                         d.windows.insert(ri as u32, k);
@@ -771,20 +766,25 @@ impl Engine {
     /// long however many keys the engine holds. Returns the totals on the call that completes
     /// the walk; the state may change between calls, so they are as of no single instant.
     pub fn stats_step(&self, walk: &mut StatsWalk, parts: usize) -> Option<EngineStats> {
-        let total = self.states.len() * keymap::PARTS;
+        let total = self.states.parts();
         let end = walk.next.saturating_add(parts).min(total);
         let s = &mut walk.acc;
         for i in walk.next..end {
-            let Some(map) = self.states.get(i / keymap::PARTS) else {
+            let Some(part) = self.states.part(i) else {
                 break;
             };
-            let part = map.part(i % keymap::PARTS);
-            s.keys += part.len();
-            for k in part.values() {
-                s.bytes += k.bytes();
-                s.entries += k.entries.len();
-                s.entry_slots += k.entries.capacity();
-                s.buckets += k.held() - k.entries.len();
+            for group in part.values() {
+                // The map slot and the group's row of states.
+                s.bytes += std::mem::size_of::<(Key, groups::Group)>()
+                    + 1
+                    + std::mem::size_of_val::<[Option<KeyState>]>(group);
+                for k in group.iter().flatten() {
+                    s.keys += 1;
+                    s.bytes += k.heap_bytes();
+                    s.entries += k.entries.len();
+                    s.entry_slots += k.entries.capacity();
+                    s.buckets += k.held() - k.entries.len();
+                }
             }
         }
         walk.next = end;
@@ -819,7 +819,7 @@ struct RuleStateOut<'a> {
     id: &'a str,
     version: u32,
     signature: &'a str,
-    keys: &'a Map,
+    keys: RuleWindows<'a>,
 }
 
 #[derive(serde::Serialize)]
@@ -859,12 +859,15 @@ impl Engine {
                 .set
                 .rules
                 .iter()
-                .zip(&self.states)
-                .map(|(r, keys)| RuleStateOut {
+                .enumerate()
+                .map(|(ri, r)| RuleStateOut {
                     id: &r.id,
                     version: r.version,
                     signature: &r.signature,
-                    keys,
+                    keys: RuleWindows {
+                        windows: &self.states,
+                        rule: ri,
+                    },
                 })
                 .collect(),
             join: self.join.export(),
@@ -916,26 +919,21 @@ impl Engine {
         let mut old: HashMap<String, RuleStateIn<KeyState>> =
             snap.rules.into_iter().map(|r| (r.id.clone(), r)).collect();
         let mut report = ReloadReport::default();
-        for (r, state) in engine.set.rules.iter().zip(engine.states.iter_mut()) {
+        for (ri, r) in engine.set.rules.iter().enumerate() {
             match old.remove(&r.id) {
-                Some(mut o) if o.version == r.version && o.signature == r.signature => {
+                Some(o) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
-                    for k in o.keys.values_mut() {
-                        k.conform(r);
+                    for (k, mut state) in o.keys {
+                        state.conform(r);
+                        engine.states.insert(ri, k, state);
                     }
-                    *state = o.keys.into_iter().collect();
                 }
                 _ => report.fresh.push(r.id.clone()),
             }
         }
         report.removed = old.into_keys().collect();
         report.removed.sort();
-        engine.entries = engine
-            .states
-            .iter()
-            .flat_map(|m| m.values())
-            .map(KeyState::held)
-            .sum();
+        engine.entries = engine.states.iter().map(|(_, _, s)| s.held()).sum();
         engine.join.import(snap.join.0, snap.join.1);
         engine.scores.import(snap.scores);
         engine.last_sweep = snap.last_sweep;
@@ -971,13 +969,14 @@ impl Engine {
                 .set
                 .rules
                 .iter()
-                .zip(&self.states)
-                .map(|(r, m)| Rule {
+                .enumerate()
+                .map(|(ri, r)| Rule {
                     id: &r.id,
                     version: r.version,
                     signature: &r.signature,
-                    keys: m
-                        .iter()
+                    keys: self
+                        .states
+                        .rule(ri)
                         .map(|(k, s)| {
                             assert!(s.buckets.is_none());
                             (*k, KeyStateV1Ref::of(s))

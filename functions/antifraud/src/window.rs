@@ -521,6 +521,23 @@ impl KeyState {
         }
         let lo = self.entries.partition_point(|x| x.t <= done);
         let hi = self.entries.partition_point(|x| x.t <= horizon);
+        if self
+            .entries
+            .range(lo..hi)
+            .all(|e| Self::foldable(e.mask, rule))
+        {
+            // The common case: every entry due is folded. Taken out in one move (removing them
+            // one by one shifted the entries before each), and folded oldest first, so a new
+            // bucket goes after the others.
+            let due: Vec<Entry> = self.entries.drain(lo..hi).collect();
+            for e in &due {
+                self.add_to_bucket(e, rule);
+            }
+            if let Some(b) = self.buckets.as_mut() {
+                b.horizon = horizon;
+            }
+            return;
+        }
         let mut i = hi;
         while i > lo {
             i -= 1;
@@ -747,8 +764,9 @@ impl KeyState {
         }
     }
 
-    /// Approximate bytes held for this key (entries, labels, totals, buckets and the map slot).
-    pub fn bytes(&self) -> usize {
+    /// Approximate bytes this key's state holds outside itself (entries, labels, totals,
+    /// buckets).
+    pub fn heap_bytes(&self) -> usize {
         let labels: usize = self
             .entries
             .iter()
@@ -760,9 +778,7 @@ impl KeyState {
                 + b.heads.capacity() * std::mem::size_of::<Head>()
                 + b.cells.capacity() * std::mem::size_of::<Acc>()
         });
-        std::mem::size_of::<(u128, KeyState)>()
-            + 1
-            + self.entries.capacity() * std::mem::size_of::<Entry>()
+        self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.acc.len() * std::mem::size_of::<Acc>()
             + labels
             + buckets

@@ -50,6 +50,10 @@ impl<V> KeyMap<V> {
         self.parts[part(k)].get(k)
     }
 
+    pub fn get_mut(&mut self, k: &Key) -> Option<&mut V> {
+        self.parts[part(k)].get_mut(k)
+    }
+
     pub fn entry(&mut self, k: Key) -> Entry<'_, Key, V> {
         self.parts[part(&k)].entry(k)
     }
@@ -58,6 +62,7 @@ impl<V> KeyMap<V> {
         self.parts[part(&k)].insert(k, v)
     }
 
+    #[cfg(test)]
     pub fn remove(&mut self, k: &Key) -> Option<V> {
         self.parts[part(k)].remove(k)
     }
@@ -66,16 +71,22 @@ impl<V> KeyMap<V> {
         self.parts.iter().flat_map(HashMap::iter)
     }
 
+    #[cfg(test)]
     pub fn keys(&self) -> impl Iterator<Item = &Key> {
         self.parts.iter().flat_map(HashMap::keys)
     }
 
+    #[cfg(test)]
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.parts.iter().flat_map(HashMap::values)
     }
 
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
-        self.parts.iter_mut().flat_map(HashMap::values_mut)
+    /// Every entry, taken out.
+    pub fn into_iter_all(self) -> impl Iterator<Item = (Key, V)> {
+        self.parts
+            .into_vec()
+            .into_iter()
+            .flat_map(HashMap::into_iter)
     }
 
     pub fn retain(&mut self, mut f: impl FnMut(&Key, &mut V) -> bool) {

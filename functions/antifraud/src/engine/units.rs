@@ -292,7 +292,7 @@ impl Engine {
                 let due = state
                     .last_active
                     .saturating_add(self.keeps.get(ri).copied().unwrap_or(0));
-                match self.states[ri].insert(*key, state) {
+                match self.states.insert(ri, *key, state) {
                     Some(old) => self.entries = self.entries.saturating_sub(old.held()),
                     None => self.idle.push(std::cmp::Reverse((due, ri as u32, *key))),
                 }
@@ -357,12 +357,12 @@ impl Engine {
         };
         if full {
             dirty.windows.clear();
-            for (ri, m) in self.states.iter().enumerate() {
+            for (ri, k, _) in self.states.iter() {
                 if let Some(tag) = self.tags.get(ri) {
-                    p.units.extend(m.keys().map(|k| Unit::Window {
+                    p.units.push(Unit::Window {
                         rule: tag.clone(),
                         key: *k,
-                    }));
+                    });
                 }
             }
             p.part = super::keymap::PARTS;
@@ -442,9 +442,10 @@ impl Engine {
         for unit in units {
             out.push(match &unit {
                 Unit::Window { rule, key } => {
-                    let found = self.tags.iter().position(|t| t == rule).and_then(|ri| {
-                        Some((self.set.rules.get(ri)?, self.states.get(ri)?.get(key)?))
-                    });
+                    let found =
+                        self.tags.iter().position(|t| t == rule).and_then(|ri| {
+                            Some((self.set.rules.get(ri)?, self.states.get(ri, key)?))
+                        });
                     match found {
                         Some((r, s)) => Change {
                             value: Some(encode_window(s)?),

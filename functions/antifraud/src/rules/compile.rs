@@ -603,6 +603,7 @@ pub fn compile(
         exact_mask,
         anchor_mask,
         interval_mask,
+        excludes_trigger: measures.iter().any(|m| m.exclude_trigger),
         cooldown_ms,
         trigger,
         slots,
