@@ -15,7 +15,8 @@
 //! 100,000 events, in time order, 0.5 s apart per player on average.
 //!
 //! `PITBOSS_BENCH_RULES=DIR` runs another rule directory (the packs without one rule, to weigh
-//! it); `PITBOSS_BENCH_QUICK=1` skips the printed figures but the first pass and the sweep.
+//! it); `PITBOSS_BENCH_QUICK=1` skips the printed figures but the first pass and the sweep;
+//! `PITBOSS_BENCH_PLAYERS=N` plays the same number of events with N players instead of 2,000.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -28,7 +29,15 @@ use pitboss_model::{Event, Timestamp, decode_event, decode_proto, encode_proto};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PLAYERS: u64 = 2_000;
+/// Players in the stream: 2,000, or `PITBOSS_BENCH_PLAYERS` (fewer players, less state: how
+/// much of the cost is the memory the state spans).
+fn players() -> u64 {
+    std::env::var("PITBOSS_BENCH_PLAYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2_000)
+}
 const EVENTS: u64 = 100_000;
 const T0: i64 = 1_795_867_200_000;
 
@@ -44,13 +53,14 @@ fn event(n: u64, player: u64, t: i64, kind: &str, payload: String) -> Event {
 /// A realistic mix, deterministic.
 fn stream() -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(EVENTS as usize);
-    let mut seq = vec![0u64; PLAYERS as usize];
+    let players = players();
+    let mut seq = vec![0u64; players as usize];
     let mut x: u64 = 42;
     for n in 0..EVENTS {
         x = x
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let p = (x >> 33) % PLAYERS;
+        let p = (x >> 33) % players;
         let k = seq[p as usize];
         seq[p as usize] += 1;
         let t = T0 + (n as i64) * 10;
@@ -139,7 +149,7 @@ fn bench(c: &mut Criterion) {
         stats.entries,
         stats.joined_bets,
         stats.bytes,
-        stats.bytes / PLAYERS as usize
+        stats.bytes / players() as usize
     );
 
     // `PITBOSS_BENCH_QUICK=1`: the criterion figures alone.
@@ -207,7 +217,7 @@ fn bench(c: &mut Criterion) {
         stats.keys,
         stats.entries,
         stats.bytes,
-        stats.bytes / PLAYERS as usize
+        stats.bytes / players() as usize
     );
 }
 
@@ -236,9 +246,9 @@ fn memory_after_laps(records: &[Vec<u8>], laps: i64) {
         stats.entries,
         stats.entry_slots,
         stats.bytes,
-        stats.bytes / PLAYERS as usize,
-        stats.join_bytes / PLAYERS as usize,
-        stats.score_bytes / PLAYERS as usize,
+        stats.bytes / players() as usize,
+        stats.join_bytes / players() as usize,
+        stats.score_bytes / players() as usize,
     );
 }
 
