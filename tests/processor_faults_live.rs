@@ -961,15 +961,22 @@ fn bet_burst(player: &str, n0: u64) -> Vec<OutRecord> {
     )
 }
 
-/// Bets `range` of 30 by `player`, one a second from `t0`.
+/// Bets `range` of 30 by `player`, one a second from `t0`, at the player's midday: the bursts
+/// are for `fraud.bet_velocity` alone, and between 00:00 and 05:00 of the player's time
+/// `rg.late_night` would fire on them too.
 fn bets(player: &str, n0: u64, range: std::ops::Range<u64>, t0: i64) -> Vec<OutRecord> {
+    let utc_hour = t0.div_euclid(3_600_000).rem_euclid(24);
+    let offset_min = match (12 - utc_hour).rem_euclid(24) * 60 {
+        m if m > 720 => m - 1440,
+        m => m,
+    };
     range
         .map(|i| {
             let t = pitboss_model::Timestamp::from_millis(t0 + i as i64 * 1_000)
                 .to_rfc3339()
                 .unwrap();
             let json = format!(
-                r#"{{"event_id":"0193735a-0000-7000-8000-{:012x}","tenant_id":"demo","player_id":"{player}","type":"bet_placed","occurred_at":"{t}","payload":{{"bet_id":"b-{player}-{i}","game_id":"roulette","stake":{{"amount_minor":100,"currency":"EUR"}}}}}}"#,
+                r#"{{"event_id":"0193735a-0000-7000-8000-{:012x}","tenant_id":"demo","player_id":"{player}","type":"bet_placed","occurred_at":"{t}","utc_offset_min":{offset_min},"payload":{{"bet_id":"b-{player}-{i}","game_id":"roulette","stake":{{"amount_minor":100,"currency":"EUR"}}}}}}"#,
                 n0 + i
             );
             let e = pitboss_model::decode_event(json.as_bytes()).unwrap();

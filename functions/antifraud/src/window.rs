@@ -340,6 +340,9 @@ impl KeyState {
                     && let Some(a) = self.acc.get_mut(i)
                 {
                     gaps_add(a, -sq(e.t, next.t));
+                } else if let Some(a) = self.acc.get_mut(i) {
+                    // The measure's last entry: no gaps left (a total past exact is kept again).
+                    a.sum = 0.0;
                 }
             }
         }
@@ -527,10 +530,10 @@ impl KeyState {
             .all(|e| Self::foldable(e.mask, rule))
         {
             // The common case: every entry due is folded. Taken out in one move (removing them
-            // one by one shifted the entries before each), and folded oldest first, so a new
-            // bucket goes after the others.
+            // one by one shifted the entries before each), and folded newest first as the
+            // path below does (a bucket's sums add the same values in the same order).
             let due: Vec<Entry> = self.entries.drain(lo..hi).collect();
-            for e in &due {
+            for e in due.iter().rev() {
                 self.add_to_bucket(e, rule);
             }
             if let Some(b) = self.buckets.as_mut() {
@@ -1636,6 +1639,15 @@ value = 0.05
         k.insert(e, &r);
         assert_eq!(k.acc[1].sum, GAPS_UNKNOWN);
         assert_eq!(measure(&k, &r, 1, 1 << 27), Some((1u64 << 27) as f64));
+        // Once the measure's entries are gone, its totals are kept again.
+        k.expire(1 << 27, &r);
+        assert_eq!((k.entries.len(), k.acc[1].sum), (0, 0.0));
+        for (id, t) in [(3, (1 << 27) + 1_000), (4, (1 << 27) + 3_000)] {
+            let mut e = entry(id, t);
+            e.mask = 0b111;
+            k.insert(e, &r);
+        }
+        assert_eq!(k.acc[1].sum, 4_000_000.0);
     }
 
     #[test]

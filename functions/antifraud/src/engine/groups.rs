@@ -52,6 +52,8 @@ pub(crate) struct Windows {
     place: Vec<(usize, usize)>,
     /// Per group: how many rules it has.
     sizes: Vec<usize>,
+    /// Per group, per slot: the rule (by index).
+    rules_of: Vec<Vec<usize>>,
     /// Per group: the entry an event works on, taken out of its map until [`Windows::close`].
     open: Vec<Option<(Key, Group)>>,
 }
@@ -76,11 +78,16 @@ impl Windows {
             place.push((g, sizes[g]));
             sizes[g] += 1;
         }
+        let mut rules_of: Vec<Vec<usize>> = sizes.iter().map(|n| vec![0; *n]).collect();
+        for (ri, (g, s)) in place.iter().enumerate() {
+            rules_of[*g][*s] = ri;
+        }
         Windows {
             maps: sizes.iter().map(|_| KeyMap::default()).collect(),
             open: sizes.iter().map(|_| None).collect(),
             place,
             sizes,
+            rules_of,
         }
     }
 
@@ -131,17 +138,24 @@ impl Windows {
         self.rule(ri).count()
     }
 
-    /// Every window: `(rule, key, state)`.
+    /// Every window: `(rule, key, state)`, a group's map walked once (not once per rule).
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Key, &KeyState)> + '_ {
-        (0..self.place.len()).flat_map(move |ri| self.rule(ri).map(move |(k, s)| (ri, k, s)))
+        self.maps
+            .iter()
+            .zip(&self.rules_of)
+            .flat_map(|(map, rules)| {
+                map.iter().flat_map(move |(k, group)| {
+                    group
+                        .iter()
+                        .zip(rules)
+                        .filter_map(move |(st, ri)| Some((*ri, k, st.as_ref()?)))
+                })
+            })
     }
 
     /// Keeps the windows `f` says to keep; drops keys left without any.
     pub fn retain(&mut self, mut f: impl FnMut(usize, &Key, &mut KeyState) -> bool) {
-        let mut rules_of: Vec<Vec<usize>> = self.sizes.iter().map(|n| vec![0; *n]).collect();
-        for (ri, (g, s)) in self.place.iter().enumerate() {
-            rules_of[*g][*s] = ri;
-        }
+        let rules_of = &self.rules_of;
         for (g, map) in self.maps.iter_mut().enumerate() {
             map.retain(|k, group| {
                 let mut any = false;
@@ -163,10 +177,7 @@ impl Windows {
     pub fn drain(&mut self) -> Vec<(usize, Key, KeyState)> {
         self.close();
         let mut out = Vec::new();
-        let mut rules_of: Vec<Vec<usize>> = self.sizes.iter().map(|n| vec![0; *n]).collect();
-        for (ri, (g, s)) in self.place.iter().enumerate() {
-            rules_of[*g][*s] = ri;
-        }
+        let rules_of = &self.rules_of;
         for (g, map) in std::mem::take(&mut self.maps).into_iter().enumerate() {
             for (k, group) in map.into_iter_all() {
                 for (s, st) in group.into_vec().into_iter().enumerate() {
