@@ -134,6 +134,7 @@ impl Windows {
     }
 
     /// How many keys rule `ri` holds windows of.
+    #[cfg(test)]
     pub fn rule_len(&self, ri: usize) -> usize {
         self.rule(ri).count()
     }
@@ -197,21 +198,20 @@ impl Windows {
     /// windows.
     pub fn open(&mut self, ri: usize, k: Key) -> &mut Option<KeyState> {
         let (g, s) = self.place[ri];
-        let open = &mut self.open[g];
-        if open.as_ref().is_none_or(|(ok, _)| *ok != k) {
-            if let Some((ok, group)) = open.take() {
-                put_back(&mut self.maps[g], ok, group);
-            }
-            let group = match self.maps[g].get_mut(&k) {
+        if self.open[g].as_ref().is_some_and(|(ok, _)| *ok != k)
+            && let Some((ok, group)) = self.open[g].take()
+        {
+            put_back(&mut self.maps[g], ok, group);
+        }
+        let (maps, size) = (&mut self.maps, self.sizes[g]);
+        let (_, group) = self.open[g].get_or_insert_with(|| {
+            let group = match maps[g].get_mut(&k) {
                 Some(x) => std::mem::take(x),
-                None => empty(self.sizes[g]),
+                None => empty(size),
             };
-            *open = Some((k, group));
-        }
-        match open {
-            Some((_, group)) => &mut group[s],
-            None => unreachable!("opened above"),
-        }
+            (k, group)
+        });
+        &mut group[s]
     }
 
     /// Puts every entry [`Windows::open`] took back.
@@ -245,8 +245,10 @@ pub(crate) struct RuleWindows<'a> {
 impl serde::Serialize for RuleWindows<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
-        let mut m = s.serialize_map(Some(self.windows.rule_len(self.rule)))?;
-        for (k, v) in self.windows.rule(self.rule) {
+        // The map's length goes first: the rule's windows gathered in one walk of its group.
+        let windows: Vec<(&Key, &KeyState)> = self.windows.rule(self.rule).collect();
+        let mut m = s.serialize_map(Some(windows.len()))?;
+        for (k, v) in windows {
             m.serialize_entry(k, v)?;
         }
         m.end()
