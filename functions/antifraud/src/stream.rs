@@ -1651,6 +1651,144 @@ mod tests {
         }
     }
 
+    /// The stake join forgets bets placed before a save (over its count bound, past its
+    /// horizon) because of events after it. A save begun after that, its slices written, and a
+    /// crash before its positions: the restore replays, from the earlier save's positions, the
+    /// settlements that found those stakes the first time — they find them again — and the
+    /// bets placed after those positions are placed again, not held twice.
+    #[test]
+    fn a_restore_finds_the_stakes_the_join_forgot_after_the_save_s_positions() {
+        let rules = r#"
+[engine]
+join_max_bets = 3
+join_horizon = "1h"
+
+[[rule]]
+id = "t.settled_with_stake"
+version = 1
+category = "fraud"
+description = "A third settlement whose stake the join supplied within three hours."
+severity = "low"
+score = 1
+events = ["bet_settled"]
+group_by = "player"
+window = { duration = "3h", max_events = 10 }
+reason = "{settled} settlements with a stake"
+  [[rule.measure]]
+  name = "settled"
+  agg = "count"
+  where = { stake = { exists = true } }
+  [[rule.when]]
+  measure = "settled"
+  op = "gte"
+  value = 3
+"#;
+        let set = || RuleSet::from_sources(&[("t.toml".into(), rules.into())]).unwrap();
+        let ev = |n: u32, t: i64, kind: &str, payload: String| {
+            let json = format!(
+                r#"{{"event_id":"0193735a-0000-7000-8000-{n:012x}","tenant_id":"acme","player_id":"p-1","type":"{kind}","occurred_at":"{}","payload":{payload}}}"#,
+                Timestamp::from_millis(t).to_rfc3339().unwrap()
+            );
+            pitboss_model::decode_event(json.as_bytes()).unwrap()
+        };
+        let bet = |n, t, id: &str| {
+            ev(
+                n,
+                t,
+                "bet_placed",
+                format!(
+                    r#"{{"bet_id":"{id}","game_id":"g","stake":{{"amount_minor":500,"currency":"EUR"}}}}"#
+                ),
+            )
+        };
+        let settle = |n, t, id: &str| {
+            ev(
+                n,
+                t,
+                "bet_settled",
+                format!(
+                    r#"{{"bet_id":"{id}","game_id":"g","result":"loss","payout":{{"amount_minor":0,"currency":"EUR"}}}}"#
+                ),
+            )
+        };
+        let events = [
+            bet(1, T0, "b1"),
+            bet(2, T0 + 500, "bx"),
+            // The save covers the two above. Then b1 settles, and two more bets push it out
+            // (over 3 bets); bx settles, and a bet two hours on takes bx, b2 and b3 (horizon).
+            settle(3, T0 + 1_000, "b1"),
+            bet(4, T0 + 2_000, "b2"),
+            bet(5, T0 + 3_000, "b3"),
+            settle(6, T0 + 5_000, "bx"),
+            bet(7, T0 + 7_200_000, "b4"),
+            settle(8, T0 + 7_201_000, "b4"),
+        ];
+        let now = Timestamp::from_millis(T0);
+        let ids = |out: &Output| -> Vec<String> {
+            let mut v: Vec<String> = out.alerts.iter().map(|a| a.alert_id.clone()).collect();
+            v.sort();
+            v
+        };
+        let mut whole = Engine::new(set());
+        let mut want = Output::default();
+        for e in &events {
+            whole.process(e, now, &mut want).unwrap();
+        }
+        assert_eq!(want.alerts.len(), 1, "the third settlement with a stake");
+        let at = |i: usize| {
+            let mut p = Positions::new();
+            p.insert((Arc::from("events"), 0), Position::Offset(i as i64));
+            p
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut engine = Engine::new(set());
+        engine.track_changes(true);
+        let mut got = Output::default();
+        for e in &events[..2] {
+            engine.process(e, now, &mut got).unwrap();
+        }
+        let c = engine.take_changes().unwrap();
+        store.save(1, &at(1), &c, None).unwrap();
+        for e in &events[2..7] {
+            engine.process(e, now, &mut got).unwrap();
+        }
+        assert!(got.alerts.is_empty());
+        // The next save begins; a slice writes the join's units, and the process dies before
+        // the windows' (and the last slice's positions).
+        let (full, mut pending) = engine.take_pending();
+        assert!(!full);
+        let bets: Vec<Unit> = engine
+            .name_all(&mut pending)
+            .iter()
+            .filter(|u| matches!(u, Unit::Bet(_)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            bets.len(),
+            3,
+            "b2..b4 placed; b1 and bx forgotten, kept until covered"
+        );
+        store.save_units(&engine.changes_of(bets).unwrap()).unwrap();
+        drop(engine);
+        drop(store);
+
+        let store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut r = restore(set(), &store).unwrap();
+        assert_eq!(r.skip_upto, at(1).into_iter().collect());
+        assert_eq!(r.engine.stats().joined_bets, 2, "b1 and bx, as at the save");
+        for e in &events[2..] {
+            r.engine.process(e, now, &mut got).unwrap();
+        }
+        assert_eq!(
+            ids(&got),
+            ids(&want),
+            "the replay raises what one engine raises"
+        );
+        assert_eq!(held(r.engine.stats()), held(whole.stats()));
+        assert_eq!(r.engine.stats().joined_bets, 1, "b4 alone");
+    }
+
     /// The first save of a cold engine is full (it rewrites the file); on a large state that
     /// was one transaction with the engine stopped for it. It is written in slices like any
     /// other, batches go on between them, and its last slice deletes what the file held that

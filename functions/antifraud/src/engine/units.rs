@@ -21,6 +21,7 @@ use pitboss_model::{Event, Payload};
 use super::{Engine, Key, key_player};
 use crate::error::AntifraudError;
 use crate::field::{Extra, Value};
+use crate::join::Bounds;
 use crate::rules::{CompiledRule, RuleSet};
 use crate::window::{KeyState, KeyStateV1, KeyStateV1Ref};
 
@@ -192,6 +193,43 @@ fn decode_window(bytes: &[u8]) -> Result<KeyState, AntifraudError> {
     }
 }
 
+/// `v` as [`encode`] writes it, then `more` after it: a build that reads `v` alone (the unit
+/// and meta formats before `more`) ignores what follows.
+fn encode_then<T: serde::Serialize, U: serde::Serialize>(
+    v: &T,
+    more: &U,
+) -> Result<Vec<u8>, AntifraudError> {
+    let out = encode(v)?;
+    postcard::to_extend(more, out)
+        .map_err(|e| AntifraudError::Snapshot(format!("encoding a unit: {e}")))
+}
+
+/// What [`encode_then`] wrote: `v`, and `more` when it follows (`None` in bytes written
+/// before it).
+fn decode_then<'a, T: serde::Deserialize<'a>, U: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, Option<U>), AntifraudError> {
+    let unreadable = |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable unit: {e}"));
+    match bytes.split_first() {
+        Some((&UNIT_FORMAT, rest)) => {
+            let (v, rest) = postcard::take_from_bytes(rest).map_err(unreadable)?;
+            let more = if rest.is_empty() {
+                None
+            } else {
+                Some(postcard::from_bytes(rest).map_err(unreadable)?)
+            };
+            Ok((v, more))
+        }
+        _ => Ok((decode(bytes)?, None)),
+    }
+}
+
+/// A bet unit: `(stake, t)` and its number in the join (units written before numbers have
+/// none).
+fn decode_bet(bytes: &[u8]) -> Result<((i64, i64), Option<u64>), AntifraudError> {
+    decode_then(bytes)
+}
+
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, AntifraudError> {
     match bytes.split_first() {
         Some((&UNIT_FORMAT, rest)) => postcard::from_bytes(rest)
@@ -218,11 +256,11 @@ impl Engine {
                 full: true,
                 ..Dirty::default()
             }));
-            self.join.changed = Some(HashSet::default());
+            self.join.track(true);
             self.scores.changed = Some(HashSet::default());
         } else {
             self.dirty = None;
-            self.join.changed = None;
+            self.join.track(false);
             self.scores.changed = None;
         }
     }
@@ -298,8 +336,8 @@ impl Engine {
                 }
             }
             Unit::Bet(k) => {
-                let (stake, t): (i64, i64) = decode(bytes)?;
-                self.join.put(*k, stake, t);
+                let ((stake, t), seq) = decode_bet(bytes)?;
+                self.join.put(*k, stake, t, seq);
             }
             Unit::Score(p) => {
                 let hits: VecDeque<crate::scoring::Hit> = decode(bytes)?;
@@ -310,10 +348,11 @@ impl Engine {
     }
 
     /// Restores the engine-wide values saved in [`Changes::meta`].
+    /// Call it after the units are loaded: the join keeps the bets it held at the save.
     pub fn set_meta(&mut self, meta: &[u8]) -> Result<(), AntifraudError> {
-        let m: Meta = decode(meta)?;
+        let (m, bounds): (Meta, Option<Bounds>) = decode_then(meta)?;
         self.last_sweep = m.last_sweep;
-        self.join.put_newest(m.join_newest);
+        self.join.restore(m.join_newest, bounds);
         Ok(())
     }
 
@@ -369,14 +408,8 @@ impl Engine {
         } else {
             p.windows = std::mem::take(&mut dirty.windows);
         }
-        match (&mut self.join.changed, full) {
-            (Some(c), true) => {
-                c.clear();
-                p.units.extend(self.join.keys().map(Unit::Bet));
-            }
-            (Some(c), false) => p.units.extend(c.drain().map(Unit::Bet)),
-            (None, _) => {}
-        }
+        p.units
+            .extend(self.join.begin_save(full).into_iter().map(Unit::Bet));
         match (&mut self.scores.changed, full) {
             (Some(c), true) => {
                 c.clear();
@@ -421,10 +454,13 @@ impl Engine {
 
     /// The engine-wide values, for [`Engine::set_meta`].
     pub fn meta(&self) -> Result<Vec<u8>, AntifraudError> {
-        encode(&Meta {
-            last_sweep: self.last_sweep,
-            join_newest: self.join.newest(),
-        })
+        encode_then(
+            &Meta {
+                last_sweep: self.last_sweep,
+                join_newest: self.join.newest(),
+            },
+            &self.join.bounds(),
+        )
     }
 
     /// These units as they are now: bytes, or `None` for a unit that is gone (a window of a
@@ -456,9 +492,9 @@ impl Engine {
                     }
                 }
                 Unit::Bet(k) => match self.join.get(*k) {
-                    Some((stake, t)) => Change {
-                        value: Some(encode(&(stake, t))?),
-                        expires_at_ms: t.saturating_add(horizon),
+                    Some(b) => Change {
+                        value: Some(encode_then(&(b.stake, b.t), &b.seq)?),
+                        expires_at_ms: b.t.saturating_add(horizon),
                         unit,
                     },
                     None => gone(unit),
@@ -479,5 +515,44 @@ impl Engine {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A bet unit and the engine-wide values carry the join's numbers after what builds
+    /// before them wrote, so each reads the other's: an older build ignores the numbers, this
+    /// one reads an older unit as one without.
+    #[test]
+    fn bet_units_and_meta_read_both_ways_across_the_join_s_numbers() {
+        let new = encode_then(&(500i64, 1_000i64), &7u64).unwrap();
+        assert_eq!(
+            decode::<(i64, i64)>(&new).unwrap(),
+            (500, 1_000),
+            "as before"
+        );
+        assert_eq!(decode_bet(&new).unwrap(), ((500, 1_000), Some(7)));
+        let old = encode(&(500i64, 1_000i64)).unwrap();
+        assert_eq!(decode_bet(&old).unwrap(), ((500, 1_000), None));
+
+        let meta = Meta {
+            last_sweep: 3,
+            join_newest: 4,
+        };
+        let bounds = Bounds { floor: 5, next: 9 };
+        let new = encode_then(&meta, &bounds).unwrap();
+        let m: Meta = decode(&new).unwrap();
+        assert_eq!((m.last_sweep, m.join_newest), (3, 4));
+        let (m, b): (Meta, Option<Bounds>) = decode_then(&new).unwrap();
+        assert_eq!((m.last_sweep, m.join_newest, b), (3, 4, Some(bounds)));
+        let (_, b): (Meta, Option<Bounds>) = decode_then(&encode(&meta).unwrap()).unwrap();
+        assert_eq!(b, None);
+        assert!(
+            decode_bet(&[UNIT_FORMAT, 1, 2, 0xff]).is_err(),
+            "bytes after the bet that are not a number are refused"
+        );
     }
 }
