@@ -32,6 +32,7 @@ BAD = {
     "image": "111122223333.dkr.ecr.eu-west-1.amazonaws.com/pitboss:latest",
     "antifraud_memory_mb": "5000",
     "antifraud_shards": "1.5",
+    "antifraud_start_at": "yesterday",
 }
 
 # Rules between variables (checks.tf), each broken on top of the example (bus = "kinesis"), or

@@ -148,6 +148,12 @@ struct AntifraudArgs {
     /// events topic's partitions where missing).
     #[arg(long, default_value = "antifraud_forwards")]
     forwards_topic: String,
+    /// A group that has committed nothing yet (a first start, a new `--shard` split, a switch
+    /// from the Lambda) starts at the first event the bus stored at or after this time
+    /// (RFC 3339, e.g. `2026-12-05T10:00:00Z`) instead of the earliest retained one; once it
+    /// has committed, a restart resumes at its commit (docs/rules.md, "Several engines").
+    #[arg(long, env = "PITBOSS_ANTIFRAUD_START_AT", value_parser = parse_start_at)]
+    start_at: Option<pitboss_model::Timestamp>,
     /// Address of the admin listener (/metrics, /healthz, /readyz).
     #[arg(
         long,
@@ -540,6 +546,12 @@ fn engine_spec(spec: BusSpec) -> BusSpec {
     }
 }
 
+/// `--start-at`: an RFC 3339 time.
+fn parse_start_at(text: &str) -> Result<pitboss_model::Timestamp, String> {
+    pitboss_model::Timestamp::parse_rfc3339(text)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-12-05T10:00:00Z: {e}"))
+}
+
 async fn antifraud(args: AntifraudArgs) -> Result<()> {
     let spec = engine_spec(args.bus.spec()?);
     let overflow = format!("{}_overflow", args.topic);
@@ -558,6 +570,9 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     config.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
     config.shard = args.shard;
     config.forwards_topic = args.forwards_topic.clone();
+    if let Some(t) = args.start_at {
+        config.consumer.start = pitboss_bus::StartFrom::CommittedOrTimestamp(t.as_millis());
+    }
     // Refuse bad rules before connecting to anything.
     let set = config.rules.load()?;
     let bus = spec.open().await?;

@@ -924,6 +924,17 @@ async fn group_topics(bus: &dyn Bus, name: &str) {
 
 /// `pitboss antifraud` on Kafka for the one-engine-per-group test, logging to `log`.
 fn group_engine(kafka: &str, name: &str, state: &std::path::Path, log: &std::path::Path) -> Child {
+    group_engine_with(kafka, name, state, log, &[])
+}
+
+/// [`group_engine`] with more arguments.
+fn group_engine_with(
+    kafka: &str,
+    name: &str,
+    state: &std::path::Path,
+    log: &std::path::Path,
+    more: &[&str],
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", kafka])
         .args([
@@ -944,6 +955,7 @@ fn group_engine(kafka: &str, name: &str, state: &std::path::Path, log: &std::pat
             "6",
         ])
         .args(["--admin-listen", "127.0.0.1:0"])
+        .args(more)
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -1151,6 +1163,86 @@ async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_fi
     );
     drop(a);
     drop(b);
+}
+
+/// `--start-at`: an engine in a group that has committed nothing starts at the time — the
+/// events before it are not evaluated (no alert for them) — and, restarted once it has
+/// committed, resumes at its commit, not at the time again: with a new state directory (no
+/// positions of its own to skip by) it raises nothing a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_of_a_new_group_starts_at_the_time_it_is_given_and_resumes_at_its_commit() {
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("at");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    group_topics(&bus, &name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let publisher = bus.publisher();
+    let events = format!("{name}_events");
+    let alerts = format!("{name}_alerts");
+    // Before the switch: p-0's burst (another reader's business).
+    publisher
+        .publish(&events, bet_burst("p-0", 0))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let switch = pitboss_model::Timestamp::now();
+    let at = switch.to_rfc3339().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publisher
+        .publish(&events, bet_burst("p-1", 100))
+        .await
+        .unwrap();
+    let logs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("engine-{i}.log")))
+        .collect();
+    let more = ["--start-at", at.as_str()];
+    let mut first = Children(vec![group_engine_with(
+        &kafka,
+        &name,
+        &dir.path().join("a"),
+        &logs[0],
+        &more,
+    )]);
+    assert_eq!(
+        alerted_players(&bus, &alerts, 1).await,
+        ["p-1"],
+        "the events stored after the time only"
+    );
+    // SIGTERM: it saves and commits.
+    Command::new("kill")
+        .args(["-TERM", &first.0[0].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(first.0[0].wait().unwrap().success());
+    // Restarted with the same time but a state directory of its own that knows nothing.
+    let mut engine = Children(vec![group_engine_with(
+        &kafka,
+        &name,
+        &dir.path().join("b"),
+        &logs[1],
+        &more,
+    )]);
+    publisher
+        .publish(&events, bet_burst("p-2", 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        alerted_players(&bus, &alerts, 2).await,
+        ["p-1", "p-2"],
+        "resumed at the commit: p-1's burst not evaluated again"
+    );
+    engine.0[0].kill().unwrap();
+    // A time that is not one is refused, naming the flag's value.
+    let refused = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+        .args(["--start-at", "yesterday"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("\"yesterday\" is not an RFC 3339 time"),
+        "{said}"
+    );
 }
 
 /// Events of `topic` a save in the changelog covers (the mark's positions: offset + 1 per

@@ -326,6 +326,12 @@ pub enum StartFrom {
     /// The first record the bus stored at or after this time (ms since the Unix epoch),
     /// whatever the group committed; the end when there is none.
     Timestamp(i64),
+    /// Right after the group's committed offset, as [`StartFrom::Committed`]; where the group
+    /// has none (a new group, a partition it never committed), the first record stored at or
+    /// after this time (ms since the Unix epoch) instead of the earliest retained one. What a
+    /// consumer that takes over from another reader at a known moment needs: a restart resumes
+    /// where it committed.
+    CommittedOrTimestamp(i64),
 }
 
 /// Consumer tuning shared by the implementations.

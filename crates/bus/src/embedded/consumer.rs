@@ -167,16 +167,21 @@ impl EmbeddedConsumer {
         for &p in parts {
             for t in &self.topics {
                 let id = t.meta.id;
+                let committed = || {
+                    conn.query_row(
+                        "SELECT next_offset FROM group_offsets WHERE grp=?1 AND topic_id=?2 AND partition=?3",
+                        params![self.member.group, id, p],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()
+                    .map_err(storage)
+                };
                 let next = match self.start {
-                    StartFrom::Committed => conn
-                        .query_row(
-                            "SELECT next_offset FROM group_offsets WHERE grp=?1 AND topic_id=?2 AND partition=?3",
-                            params![self.member.group, id, p],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .optional()
-                        .map_err(storage)?
-                        .unwrap_or(0),
+                    StartFrom::Committed => committed()?.unwrap_or(0),
+                    StartFrom::CommittedOrTimestamp(ts) => match committed()? {
+                        Some(next) => next,
+                        None => offset_at_time(&conn, id, p, ts)?,
+                    },
                     StartFrom::Earliest => 0,
                     StartFrom::Latest => end_offset(&conn, id, p)?,
                     StartFrom::Timestamp(ts) => offset_at_time(&conn, id, p, ts)?,

@@ -132,6 +132,20 @@ impl Ctx {
                             .collect()
                     })
                 }
+                // The partitions the group never committed start at the time; the others stay
+                // at the commit (left unset in the assignment).
+                StartFrom::CommittedOrTimestamp(ms) => {
+                    uncommitted(consumer, tpl, self.request_timeout).and_then(|fresh| {
+                        if fresh.is_empty() {
+                            return Ok(BTreeMap::new());
+                        }
+                        start_offsets_at_time(consumer, &fresh, ms, self.request_timeout).map(|m| {
+                            m.into_iter()
+                                .map(|(tp, o)| (tp, Offset::Offset(o)))
+                                .collect()
+                        })
+                    })
+                }
             };
             match offsets {
                 Ok(offsets) => {
@@ -270,6 +284,23 @@ impl Ctx {
             tracing::error!(error = %e, "kafka unassign failed");
         }
     }
+}
+
+/// The partitions of `tpl` the consumer's group has no committed offset for.
+fn uncommitted(
+    consumer: &BaseConsumer<Ctx>,
+    tpl: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<Vec<TopicPart>, BusError> {
+    let committed = consumer
+        .committed_offsets(tpl.clone(), timeout)
+        .map_err(super::kafka_error)?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0))
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect())
 }
 
 fn poll_loop(consumer: &BaseConsumer<Ctx>, flags: &Flags) {

@@ -58,10 +58,12 @@ pub struct KinesisConsumer {
 /// checkpoint counts only for [`StartFrom::Committed`].
 fn start_of(start: StartFrom, checkpoint: Option<&String>) -> Start {
     match (start, checkpoint) {
-        (StartFrom::Committed, Some(seq)) => Start::After(seq.clone()),
+        (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), Some(seq)) => {
+            Start::After(seq.clone())
+        }
         (StartFrom::Committed | StartFrom::Earliest, _) => Start::TrimHorizon,
         (StartFrom::Latest, _) => Start::Latest,
-        (StartFrom::Timestamp(ms), _) => Start::Timestamp(ms),
+        (StartFrom::Timestamp(ms) | StartFrom::CommittedOrTimestamp(ms), _) => Start::Timestamp(ms),
     }
 }
 
@@ -388,6 +390,16 @@ mod tests {
             (StartFrom::Latest, Some(&seq), Start::Latest),
             (StartFrom::Timestamp(42), Some(&seq), Start::Timestamp(42)),
             (StartFrom::Timestamp(42), None, Start::Timestamp(42)),
+            (
+                StartFrom::CommittedOrTimestamp(42),
+                Some(&seq),
+                Start::After(seq.clone()),
+            ),
+            (
+                StartFrom::CommittedOrTimestamp(42),
+                None,
+                Start::Timestamp(42),
+            ),
         ];
         for (start, checkpoint, expected) in cases {
             assert_eq!(

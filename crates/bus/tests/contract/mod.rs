@@ -638,7 +638,8 @@ pub async fn headers_round_trip(bus: Arc<dyn Bus>) {
 }
 
 /// `StartFrom`: earliest ignores what the group committed, latest reads only what comes
-/// after the assignment, a time reads exactly the records stored at or after it.
+/// after the assignment, a time reads exactly the records stored at or after it, and
+/// committed-or-a-time reads from the time in a new group and from the commit after.
 pub async fn group_start_options(bus: Arc<dyn Bus>) {
     let topic = pitboss_testkit::unique_name("start");
     bus.create_topic(&topic, 2).await.expect("create topic");
@@ -689,6 +690,47 @@ pub async fn group_start_options(bus: Arc<dyn Bus>) {
     receive(&mut m, later.len()).await;
     m.step(Duration::from_millis(500)).await;
     assert_eq!(values(&m.received), out_values(&later));
+    m.consumer.close().await.expect("close");
+
+    // Committed, or a time: a new group starts at the time (not at the earliest record)…
+    let fresh = pitboss_testkit::unique_name("g");
+    let mut m = Member::join_with(
+        &*bus,
+        &fresh,
+        &topic,
+        config(StartFrom::CommittedOrTimestamp(t)),
+    )
+    .await;
+    let since_t: BTreeSet<Vec<u8>> = out_values(&new)
+        .union(&out_values(&later))
+        .cloned()
+        .collect();
+    receive(&mut m, since_t.len()).await;
+    m.step(Duration::from_millis(500)).await;
+    assert_eq!(
+        values(&m.received),
+        since_t,
+        "a new group: the records at or after the time"
+    );
+    m.flush_and_commit().await;
+    m.consumer.close().await.expect("close");
+    // …and, once it has committed, resumes at its commit, not at the time again.
+    let last = records(8, 1, "last");
+    publish_all(&*bus, &topic, last.clone(), 100).await;
+    let mut m = Member::join_with(
+        &*bus,
+        &fresh,
+        &topic,
+        config(StartFrom::CommittedOrTimestamp(t)),
+    )
+    .await;
+    receive(&mut m, last.len()).await;
+    m.step(Duration::from_millis(500)).await;
+    assert_eq!(
+        values(&m.received),
+        out_values(&last),
+        "a group that committed: after its commit"
+    );
     m.consumer.close().await.expect("close");
 }
 

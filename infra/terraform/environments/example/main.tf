@@ -320,6 +320,8 @@ module "antifraud_engine" {
   environment = merge(local.bus_env, local.topics_env, {
     PITBOSS_ANTIFRAUD_ADMIN_LISTEN = "0.0.0.0:9466"
     PITBOSS_ANTIFRAUD_SHARD        = "${count.index}/${var.antifraud_shards}"
+    }, var.antifraud_start_at == "" ? {} : {
+    PITBOSS_ANTIFRAUD_START_AT = var.antifraud_start_at
   })
   secrets       = local.bus_secrets
   desired_count = 2

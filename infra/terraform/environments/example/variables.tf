@@ -177,6 +177,16 @@ variable "antifraud_shards" {
   }
 }
 
+variable "antifraud_start_at" {
+  description = "RFC 3339 time (e.g. 2026-12-05T10:00:00Z) at which the rules engine's consumer groups that have committed nothing start, instead of the earliest retained event: set it to the time of a switch from the Lambda or of a change of antifraud_shards, so the new groups do not evaluate the retention again (docs/rules.md, \"Several engines\"). Groups that have committed resume at their commit whatever it says. Empty: the earliest retained event."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.antifraud_start_at == "" || can(regex("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$", var.antifraud_start_at))
+    error_message = "antifraud_start_at must be empty or an RFC 3339 time such as 2026-12-05T10:00:00Z."
+  }
+}
+
 variable "lambda_architecture" {
   description = "Architecture of both zips: x86_64 or arm64."
   type        = string
