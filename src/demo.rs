@@ -238,6 +238,10 @@ pub struct Simulator {
     /// pattern's shared address never joins another's (which would put the second under the
     /// first's cooldown, and its expected alert would never come).
     addresses: u64,
+    /// This run's tag (its start, in seconds): in every id it makes besides the normal players'
+    /// own, so a restarted demo's bets, transactions, sessions, devices and pattern players are
+    /// not the previous run's.
+    run: u64,
 }
 
 impl Simulator {
@@ -251,6 +255,10 @@ impl Simulator {
                 players.push(p);
             }
         }
+        // The players are the seed's; what they do is the seed's and the start's, so a
+        // restarted demo does not play the previous run's patterns again in the same order.
+        let run = start_ms.div_euclid(1000) as u64;
+        let rng = StdRng::seed_from_u64(cfg.seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let risky = cfg.risky_share.clamp(0.0, 0.5);
         let normal_rate = (cfg.events_per_second * (1.0 - risky)).max(1e-6);
         let pattern_rate = cfg.events_per_second * risky / EVENTS_PER_PATTERN;
@@ -273,7 +281,10 @@ impl Simulator {
             cycle: Vec::new(),
             expected: Vec::new(),
             unique: 0,
-            addresses: 0,
+            // Pattern addresses from a point of the run's own: a restart does not hand out
+            // the previous run's again.
+            addresses: run.wrapping_mul(2_654_435_761) % (1 << 22),
+            run,
             cfg,
         }
     }
@@ -356,7 +367,7 @@ impl Simulator {
     /// An address of its own for a pattern: `100.64.0.0/10` (shared address space, which no
     /// simulated player uses), about four million before it repeats.
     fn fresh_ip(&mut self) -> String {
-        let n = self.addresses;
+        let n = self.addresses % (1 << 22);
         self.addresses += 1;
         format!(
             "100.{}.{}.{}",
@@ -368,7 +379,12 @@ impl Simulator {
 
     fn next_id(&mut self, prefix: &str) -> String {
         self.unique += 1;
-        format!("{prefix}-{:x}-{}", self.cfg.seed & 0xffff, self.unique)
+        format!(
+            "{prefix}-{:x}-{:x}-{}",
+            self.cfg.seed & 0xffff,
+            self.run,
+            self.unique
+        )
     }
 
     // ------------------------------------------------------------------ normal play
@@ -452,7 +468,7 @@ impl Simulator {
         );
         let p = &mut self.players[i];
         p.sessions += 1;
-        let id = format!("s-{}-{}", p.id, p.sessions);
+        let id = format!("s-{}-{:x}-{}", p.id, self.run, p.sessions);
         let bets_left = self.rng.random_range(8..60);
         self.players[i].session = Some(Session {
             id,
@@ -561,6 +577,12 @@ impl Simulator {
         let utc_hour = ((self.start_ms + t).div_euclid(H)).rem_euclid(24);
         let mut p = new_player(&mut self.rng, tenant, n, utc_hour);
         p.median_stake = 500;
+        // Nobody's before: an id, a device and an address of this run's own (a restarted demo
+        // numbers its pattern players from the same point).
+        p.id = format!("p-{:x}-{}", self.run, self.extra_players[tenant]);
+        p.device = self.next_id("dev");
+        p.ip = self.fresh_ip();
+        (p.balance, p.deposited) = (0, 0);
         self.players.push(p);
         self.players.len() - 1
     }
@@ -802,6 +824,11 @@ fn new_player(rng: &mut StdRng, tenant: usize, n: usize, utc_hour: i64) -> Playe
     // Typical stakes: log-normal around 1.50, most between 0.40 and 6.00.
     let median_stake = ((150.0 * (0.7 * normal(rng)).exp()).round() as i64).clamp(10, 1_000);
     let offset = day_offset(rng, utc_hour);
+    // Players of a running casino: money in their accounts already (as much as a deposit),
+    // so the first thing a (re)started demo has them do is play, not all deposit at once —
+    // restarts would otherwise look like rising deposit frequency. Counted as deposited, so
+    // they wager it before they withdraw.
+    let balance = median_stake * rng.random_range(30..120) / 100 * 100;
     let k = tenant * 1_000_000 + n;
     Player {
         tenant,
@@ -819,8 +846,8 @@ fn new_player(rng: &mut StdRng, tenant: usize, n: usize, utc_hour: i64) -> Playe
             10 + tenant
         ),
         channel: CHANNELS[rng.random_range(0..CHANNELS.len())],
-        balance: 0,
-        deposited: 0,
+        balance,
+        deposited: balance,
         wagered: 0,
         session: None,
         sessions: 0,
@@ -1039,47 +1066,78 @@ mod tests {
 
     #[test]
     fn every_rule_fires_for_its_pattern_and_normal_play_raises_nothing() {
+        plays_as_expected(&[(T0, T0 + 12 * MIN)], true);
+    }
+
+    /// A demo restarted three times (a new simulator at each start, the same rules engine
+    /// throughout, as `pitboss up --demo` after a SIGKILL or SIGTERM): the same normal players
+    /// carry on without raising anything (they once all deposited again at each start, and
+    /// the fourth start looked like rising deposit frequency for hundreds of them), and every
+    /// run's patterns fire on players, devices and addresses of their own.
+    #[test]
+    fn a_restarted_demo_raises_nothing_for_normal_players_and_every_run_s_patterns_fire() {
+        let runs: Vec<(i64, i64)> = (0..4)
+            .map(|k| (T0 + k * 4 * MIN, T0 + (k + 1) * 4 * MIN))
+            .collect();
+        plays_as_expected(&runs, false);
+    }
+
+    /// Plays a simulator from each start to each end in turn through one rules engine: every
+    /// pattern due fires its rule (and push) — with `every_rule`, every shipped rule among them
+    /// — and no normal player raises anything.
+    fn plays_as_expected(runs: &[(i64, i64)], every_rule: bool) {
         let sources = pitboss_antifraud::stream::shipped_sources();
         let set = RuleSet::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"));
         let mut engine = Engine::new(set);
         let mut out = Output::default();
-        let mut sim = Simulator::new(config(42), T0);
-        let end = T0 + 12 * MIN;
         let mut fired: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
         let mut pushed: BTreeSet<(String, String)> = BTreeSet::new();
         let mut expected = Vec::new();
-        for ms in (0..=end - T0).step_by(1000) {
-            let events = sim.advance(T0 + ms);
-            expected.extend(sim.take_expected());
-            for e in events {
-                let event = pitboss_model::decode_event(e.to_string().as_bytes())
-                    .unwrap_or_else(|v| panic!("{v}"));
-                engine
-                    .process(
-                        &event,
-                        pitboss_model::Timestamp::from_millis(T0 + ms),
-                        &mut out,
-                    )
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
-            for a in out.alerts.drain(..) {
-                fired
-                    .entry((a.tenant_id.clone(), a.player_id.clone().unwrap_or_default()))
-                    .or_default()
-                    .insert(a.rule_id.clone());
-            }
-            for p in out.pushes.drain(..) {
-                if let pitboss_model::live::Target::Player(id) = &p.target {
-                    pushed.insert((p.tenant_id.clone(), id.clone()));
+        let mut due = Vec::new();
+        for &(start, end) in runs {
+            let mut sim = Simulator::new(config(42), start);
+            let mut this_run = Vec::new();
+            for ms in (0..=end - start).step_by(1000) {
+                let events = sim.advance(start + ms);
+                this_run.extend(sim.take_expected());
+                for e in events {
+                    let event = pitboss_model::decode_event(e.to_string().as_bytes())
+                        .unwrap_or_else(|v| panic!("{v}"));
+                    engine
+                        .process(
+                            &event,
+                            pitboss_model::Timestamp::from_millis(start + ms),
+                            &mut out,
+                        )
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+                for a in out.alerts.drain(..) {
+                    fired
+                        .entry((a.tenant_id.clone(), a.player_id.clone().unwrap_or_default()))
+                        .or_default()
+                        .insert(a.rule_id.clone());
+                }
+                for p in out.pushes.drain(..) {
+                    if let pitboss_model::live::Target::Player(id) = &p.target {
+                        pushed.insert((p.tenant_id.clone(), id.clone()));
+                    }
                 }
             }
+            // A run's patterns are due before it stops (the next run's simulator does not
+            // send what this one scheduled later).
+            due.extend(this_run.iter().filter(|x| x.due_ms + 2 * S <= end).cloned());
+            expected.extend(this_run);
         }
-        let due: Vec<_> = expected
-            .iter()
-            .filter(|x| x.due_ms + 2 * S <= end)
-            .collect();
+        let due: Vec<&Expected> = due.iter().collect();
         let rules: BTreeSet<_> = due.iter().map(|x| x.rule).collect();
-        assert_eq!(rules.len(), PATTERNS.len(), "patterns injected: {rules:?}");
+        if every_rule {
+            assert_eq!(rules.len(), PATTERNS.len(), "patterns injected: {rules:?}");
+        } else {
+            assert!(
+                rules.len() > PATTERNS.len() / 2,
+                "patterns injected: {rules:?}"
+            );
+        }
         for x in &due {
             let got = fired.get(&(x.tenant.clone(), x.player.clone()));
             assert!(
