@@ -58,13 +58,14 @@ pub enum RequestCode {
     UnsupportedMediaType,
     UnsupportedEncoding,
     RateLimited,
+    BatchOverRateLimit,
     BusRejected,
     BusUnavailable,
 }
 
 impl RequestCode {
     /// Every request-level code, in table order (`ALL[c as usize] == c`).
-    pub const ALL: [RequestCode; 12] = [
+    pub const ALL: [RequestCode; 13] = [
         RequestCode::EmptyBody,
         RequestCode::UnreadableBody,
         RequestCode::Unauthorized,
@@ -75,6 +76,7 @@ impl RequestCode {
         RequestCode::UnsupportedMediaType,
         RequestCode::UnsupportedEncoding,
         RequestCode::RateLimited,
+        RequestCode::BatchOverRateLimit,
         RequestCode::BusRejected,
         RequestCode::BusUnavailable,
     ];
@@ -213,6 +215,13 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         Some(Code::ResourceExhausted),
         Retry::AfterRetryAfter,
         "the tenant's events per second are used up",
+    ),
+    request(
+        "batch_over_rate_limit",
+        413,
+        Some(Code::ResourceExhausted),
+        Retry::No,
+        "more events in one request than the tenant's events per second (`events_per_second`): no wait makes it pass; split it",
     ),
     request(
         "bus_rejected",

@@ -29,6 +29,10 @@ pub enum IngestError {
     UnsupportedEncoding(String),
     #[error("tenant rate limit exceeded; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error(
+        "{events} events in one request, more than the tenant's rate limit of {per_second} events per second allows at once: no retry of it can pass; send at most {per_second} per request"
+    )]
+    BatchOverRateLimit { events: usize, per_second: u32 },
     #[error("the event bus did not acknowledge the events; nothing was accepted: {0}")]
     BusUnavailable(BusError),
     #[error("the event bus refused the events: {0}")]
@@ -51,6 +55,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => RequestCode::UnsupportedMediaType,
             IngestError::UnsupportedEncoding(_) => RequestCode::UnsupportedEncoding,
             IngestError::RateLimited { .. } => RequestCode::RateLimited,
+            IngestError::BatchOverRateLimit { .. } => RequestCode::BatchOverRateLimit,
             IngestError::BusUnavailable(_) => RequestCode::BusUnavailable,
             // A bus that refuses for good (unknown topic, broker-side limits) is a server fault.
             IngestError::BusRejected(_) => RequestCode::BusRejected,

@@ -297,8 +297,16 @@ async fn publish_plan(
         state
             .limits
             .admit(tenant, plan.publish.len())
-            .map_err(|secs| IngestError::RateLimited {
-                retry_after_secs: secs,
+            .map_err(|r| match r {
+                crate::limit::Refused::Wait(secs) => IngestError::RateLimited {
+                    retry_after_secs: secs,
+                },
+                crate::limit::Refused::OverBurst { per_second } => {
+                    IngestError::BatchOverRateLimit {
+                        events: plan.publish.len(),
+                        per_second,
+                    }
+                }
             })?;
         let client_ids: Vec<core::IdFingerprint> =
             plan.publish.iter().filter_map(|p| p.client_id).collect();

@@ -504,6 +504,16 @@ async fn every_code_is_produced_by_some_input() {
     let (_, body) = http.send(slow(2)).await;
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     seen.add("rate_limited", "HTTP: over the tenant's rate");
+    let (status, body) = http.send(slow(3)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (413, &"batch_over_rate_limit".into()),
+        "{body}"
+    );
+    seen.add(
+        "batch_over_rate_limit",
+        "HTTP: more events at once than the tenant's rate",
+    );
 
     bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
     let (_, body) = http.send(post(Some(KEY), json, good.clone())).await;
@@ -649,9 +659,19 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
         (
             "rate_limited",
             "over the tenant's rate",
+            authed(Some(SLOW_KEY), vec![proto("slow"); 2]),
+        ),
+        (
+            "batch_over_rate_limit",
+            "more events at once than the tenant's rate",
             authed(Some(SLOW_KEY), vec![proto("slow"); 3]),
         ),
     ];
+    // The tenant's budget for this second, used up.
+    client
+        .ingest_batch(authed(Some(SLOW_KEY), vec![proto("slow"); 2]))
+        .await
+        .unwrap();
     for (code, how, request) in calls {
         let status = client.ingest_batch(request).await.unwrap_err();
         assert_eq!(

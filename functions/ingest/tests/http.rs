@@ -641,6 +641,22 @@ async fn over_the_tenant_rate_is_429_with_retry_after() {
         .post(Some(ACME_KEY), "application/json", event(None, "acme", "p"))
         .await;
     assert_eq!(status, StatusCode::OK);
+    // More events in one request than the tenant's rate allows at once: no wait would let it
+    // pass, so it is not told to wait (it was 429 with `Retry-After: 1`, for ever).
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let six = format!("[{}]", vec![event(None, "lucky", "p"); 6].join(","));
+    let (status, headers, body) = api.post(Some(LUCKY_KEY), "application/json", six).await;
+    assert_eq!(
+        (status, err(&body).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "batch_over_rate_limit")
+    );
+    assert!(!headers.contains_key(header::RETRY_AFTER));
+    let said = String::from_utf8_lossy(&body);
+    assert!(
+        said.contains("6 events") && said.contains("at most 5 per request"),
+        "{said}"
+    );
+    assert_eq!(bus.len("events"), 6, "nothing of it published");
 }
 
 #[tokio::test]

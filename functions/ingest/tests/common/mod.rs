@@ -32,6 +32,10 @@ pub fn every_error() -> Vec<IngestError> {
         IngestError::RateLimited {
             retry_after_secs: 1,
         },
+        IngestError::BatchOverRateLimit {
+            events: 11,
+            per_second: 10,
+        },
         IngestError::BusUnavailable(BusError::Unavailable("x".into())),
         IngestError::BusRejected(BusError::UnknownTopic("x".into())),
     ];
@@ -49,6 +53,7 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::UnsupportedMediaType(_)
             | IngestError::UnsupportedEncoding(_)
             | IngestError::RateLimited { .. }
+            | IngestError::BatchOverRateLimit { .. }
             | IngestError::BusUnavailable(_)
             | IngestError::BusRejected(_) => {}
         }
