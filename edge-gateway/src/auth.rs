@@ -270,9 +270,30 @@ impl Verifier {
         a.join(", ")
     }
 
+    /// Why a token whose header the JWT library cannot read is refused: a well-formed header
+    /// naming an algorithm the library does not know (`none` among them) is refused for its
+    /// algorithm, anything else as malformed.
+    fn unreadable(&self, token: &str) -> AuthError {
+        use base64::Engine;
+        let alg = token
+            .split('.')
+            .next()
+            .and_then(|h| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(h)
+                    .ok()
+            })
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+            .and_then(|h| h.get("alg")?.as_str().map(str::to_owned));
+        match alg {
+            Some(alg) => AuthError::Algorithm(alg, self.accepted()),
+            None => AuthError::Malformed,
+        }
+    }
+
     /// Verifies `token`: signature, expiry, audience/issuer when configured, and the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| self.unreadable(token))?;
         let key = match header.alg {
             Algorithm::HS256 => self
                 .hs
@@ -439,7 +460,14 @@ mod tests {
             b64(r#"{"alg":"none","typ":"JWT"}"#),
             b64(&serde_json::to_string(&c).unwrap())
         );
-        assert!(v.verify(&none).is_err());
+        assert_eq!(v.verify(&none).unwrap_err().code(), "token_algorithm");
+        assert_eq!(
+            v.verify(&format!("{none}c2lnbmF0dXJl")).unwrap_err().code(),
+            "token_algorithm",
+            "signed or not"
+        );
+        let garbled = format!("{}.{}.", b64(r#"{"typ":"JWT"}"#), b64("{}"));
+        assert_eq!(v.verify(&garbled).unwrap_err().code(), "token_malformed");
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &c,

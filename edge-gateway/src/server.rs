@@ -323,6 +323,12 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
         let mut last_seen = Instant::now();
         let expiry = tokio::time::sleep(claims.expires_in());
         tokio::pin!(expiry);
+        // The idle timeout, to the millisecond after the last frame (checking it at the ping
+        // ticks closed a silent connection up to one ping interval late: at 75 s, not 60). A
+        // frame does not move the timer (that would cost a timer update per frame); when it
+        // fires on a connection that spoke meanwhile it is set again from the last frame.
+        let idle = tokio::time::sleep(st.config.idle_timeout);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 biased;
@@ -398,10 +404,13 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                         Some(Ok(_)) => {} // pings (answered by the library) and pongs
                     }
                 }
-                _ = ping.tick() => {
-                    if last_seen.elapsed() > st.config.idle_timeout {
+                () = &mut idle => {
+                    if last_seen.elapsed() >= st.config.idle_timeout {
                         break 'session Some(End { code: close::IDLE, reason: "idle: nothing received within the idle timeout".into() });
                     }
+                    idle.as_mut().reset(tokio::time::Instant::from_std(last_seen + st.config.idle_timeout));
+                }
+                _ = ping.tick() => {
                     if tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
                         break 'session None;
                     }

@@ -914,3 +914,32 @@ async fn presence_adds_up_across_instances_and_an_instance_that_drains_leaves_it
     assert_eq!(reply["subjects"], json!(["p1"]));
     assert_eq!(reply["gateways"], 1);
 }
+
+/// A connection from which nothing comes is closed 1001 at the idle timeout after its last
+/// frame — not at the next ping tick after it (with the default 25 s pings and 60 s timeout
+/// that was 75 s) — and one that keeps speaking is not.
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_idle_timeout_not_at_the_next_ping() {
+    let env = Env::new().await;
+    let gw = env
+        .gateway_with(|c| {
+            c.server.ping_interval = Duration::from_secs(600);
+            c.server.idle_timeout = Duration::from_millis(1_500);
+        })
+        .await;
+    let token = env.token("acme", "p1", Role::Player, &[]);
+    // Speaking every 500 ms for 3 s: past the timeout since connecting, never idle.
+    let mut talker = gw.connect(&token).await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reply = talker.request(json!({"type": "ping"})).await;
+        assert_ne!(reply["type"], "error", "{reply}");
+    }
+    // Silent: closed long before the first ping (600 s), at the timeout.
+    // (`close_code` waits 15 s at most: the ping tick would come at 600.)
+    let mut silent = gw.connect(&token).await;
+    let (code, reason) = silent.close_code().await;
+    assert_eq!(code, Some(1001), "{reason}");
+    assert!(reason.contains("idle"), "{reason}");
+    gw.stop().await;
+}
