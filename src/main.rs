@@ -1129,6 +1129,7 @@ async fn up(
         c.rules.load()?;
         ensure_topic(&*bus, &c.dead_letter_topic, 1).await?;
     }
+    let ingest_tenants: Vec<String> = ingest.tenants.iter().map(|t| t.id.clone()).collect();
     let state = pitboss_ingest::state(ingest, bus.publisher())?;
     let stop = Shutdown::on_signals();
     recall_dedup(bus.clone(), &state).await;
@@ -1254,15 +1255,21 @@ async fn up(
             "  alerts:  SELECT rule_id, severity, player_id, reason FROM {clickhouse_database}.alerts ORDER BY detected_at DESC LIMIT 10   (in ClickHouse)"
         );
     }
+    // A token for the first tenant the server knows (`pitboss token` makes `demo`'s unless
+    // told another).
+    let token_tenant = match ingest_tenants.first() {
+        Some(t) if t != "demo" => format!(" --tenant {t}"),
+        _ => String::new(),
+    };
     say!(
-        "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token --role operator --subject ops --data-dir {})   (docs/gateway.md)",
+        "  live:    ws://{gateway_addr}/v1/ws?token=$(pitboss token{token_tenant} --role operator --subject ops --data-dir {})   (docs/gateway.md)",
         data_dir.display()
     );
     match console_token {
         // The token rides in the fragment, which browsers never send to a server.
         Some(token) => say!("  console: http://{gateway_addr}/console#token={token}"),
         None => say!(
-            "  console: http://{gateway_addr}/console   (sign in with: pitboss token --role operator --subject ops --data-dir {})",
+            "  console: http://{gateway_addr}/console   (sign in with: pitboss token{token_tenant} --role operator --subject ops --data-dir {})",
             data_dir.display()
         ),
     }

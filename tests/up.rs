@@ -1211,3 +1211,41 @@ fn up_on_a_stopped_kafka_or_clickhouse_or_another_bus_directory_says_so_and_exit
         "{said}"
     );
 }
+
+/// `up --config` with tenants of its own: the banner's token commands make a token for the
+/// first of them (`pitboss token` makes `demo`'s unless told, and a console signed in as
+/// `demo` saw none of the configured tenant's alerts).
+#[test]
+fn up_with_a_config_tells_how_to_sign_in_as_its_first_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenants]]\nid = \"acme\"\napi_key_sha256 = [\"{}\"]\n",
+            pitboss_ingest::auth::hash_key("pk_test_acme_banner")
+        ),
+    )
+    .unwrap();
+    let mut child = Guard(
+        up_command(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut head: Vec<String> = Vec::new();
+    while !head.last().is_some_and(|l| l.starts_with("  console:")) {
+        head.push(lines.next().unwrap().unwrap());
+    }
+    for prefix in ["  live:", "  console:"] {
+        let line = head.iter().find(|l| l.starts_with(prefix)).unwrap();
+        assert!(
+            line.contains("pitboss token --tenant acme --role operator"),
+            "{line}"
+        );
+    }
+}
