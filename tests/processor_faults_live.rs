@@ -1551,3 +1551,297 @@ async fn pitboss_topics_makes_every_topic_once_and_refuses_ones_that_cannot_work
         "{out:?}"
     );
 }
+
+/// `--bus kinesis` needs the `aws` feature (on in scripts/test.sh: `--all-features`).
+#[cfg(feature = "aws")]
+mod kinesis {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The rules split over three engines on Kinesis (moto): `pitboss antifraud --bus kinesis
+    /// --shard i/3`, each reading every event stream shard under its own group, the forwards
+    /// stream between them. The scripted day is published to the events stream while shards
+    /// picked at random are SIGKILLed three times and restarted; afterwards the alerts and
+    /// pushes streams hold exactly the ids one pure engine raises (a kill may publish a batch
+    /// again, with the same ids: consumers keep one per id), one multi-accounting alert per
+    /// shared device and address, and the device and address hits of players another shard
+    /// owns crossed on the forwards stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn split_rules_engines_over_kinesis_raise_exactly_the_scripted_alerts_through_three_sigkills()
+     {
+        let endpoint = pitboss_testkit::kinesis();
+        let name = pitboss_testkit::unique_name("kaf");
+        let mut config = pitboss_bus::kinesis::KinesisConfig::new("us-east-1");
+        config.endpoint_url = Some(endpoint.clone());
+        config.static_credentials = Some(("test".into(), "test".into()));
+        let bus = pitboss_bus::kinesis::KinesisBus::new(config).await.unwrap();
+        let (events, alerts, pushes, forwards) = (
+            format!("{name}_events"),
+            format!("{name}_alerts"),
+            format!("{name}_pushes"),
+            format!("{name}_forwards"),
+        );
+        for (topic, shards) in [
+            (events.clone(), 4),
+            (format!("{events}_overflow"), 4),
+            (forwards.clone(), 4),
+            (alerts.clone(), 2),
+            (pushes.clone(), 2),
+            (format!("{name}_dead_letter"), 1),
+        ] {
+            bus.create_topic(&topic, shards).await.unwrap();
+        }
+        let logs = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let shards = 3u32;
+        let engine = |n: usize, shard: u32| {
+            let log = std::fs::File::create(logs.path().join(format!("antifraud-{shard}-{n}.log")))
+                .unwrap();
+            Command::new(env!("CARGO_BIN_EXE_pitboss"))
+                .args([
+                    "antifraud",
+                    "--bus",
+                    "kinesis",
+                    "--kinesis-endpoint",
+                    &endpoint,
+                ])
+                .args(["--topic", &events, "--group", &format!("{name}_af")])
+                .args(["--alerts-topic", &alerts, "--pushes-topic", &pushes])
+                .args(["--dead-letter-topic", &format!("{name}_dead_letter")])
+                .arg("--state-dir")
+                .arg(state.path())
+                .args([
+                    "--snapshot-interval-ms",
+                    "500",
+                    "--save-slice-units",
+                    "20",
+                    "--session-timeout-secs",
+                    "6",
+                ])
+                .args(["--admin-listen", "127.0.0.1:0"])
+                .args(["--shard", &format!("{shard}/{shards}")])
+                .args(["--forwards-topic", &forwards])
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        };
+        let logs_text = || {
+            let mut all = String::new();
+            for e in std::fs::read_dir(logs.path()).unwrap().flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                all.push_str(&format!("--- {}\n", e.path().display()));
+                for l in tail.into_iter().rev() {
+                    all.push_str(l);
+                    all.push('\n');
+                }
+            }
+            all
+        };
+
+        let now = pitboss_model::Timestamp::now().as_millis();
+        let mut parts = pitboss_antifraud::scenario::script("demo", now, 100, 2);
+        let copies = 2;
+        parts.extend(pitboss_antifraud::scenario::shared_accounts(
+            "demo", now, copies,
+        ));
+        let shared = |rule: &str| rule.starts_with("fraud.multi_accounting");
+        let mut script = Vec::new();
+        let longest = parts.iter().map(|p| p.events.len()).max().unwrap();
+        for i in 0..longest {
+            for p in &parts {
+                script.extend(p.events.get(i).cloned());
+            }
+        }
+        let script: Vec<pitboss_model::Event> = script
+            .iter()
+            .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
+            .collect();
+        let (want_alerts, want_pushes) = {
+            let set = pitboss_antifraud::RuleSet::from_sources(
+                &pitboss_antifraud::stream::shipped_sources(),
+            )
+            .unwrap();
+            let mut engine = pitboss_antifraud::Engine::new(set);
+            let mut out = pitboss_antifraud::Output::default();
+            for e in &script {
+                engine
+                    .process(e, pitboss_model::Timestamp::now(), &mut out)
+                    .unwrap();
+            }
+            let a: BTreeSet<String> = out
+                .alerts
+                .iter()
+                .filter(|a| !shared(&a.rule_id))
+                .map(|a| a.alert_id.clone())
+                .collect();
+            let p: BTreeSet<String> = out.pushes.iter().map(|p| p.push_id.clone()).collect();
+            (a, p)
+        };
+
+        assert!(
+            want_alerts.len() >= 10 && !want_pushes.is_empty(),
+            "{want_alerts:?}"
+        );
+        let mut running = Children((0..shards).map(|s| engine(0, s)).collect());
+        // Published at a steady pace (about 20 s) while shards are killed.
+        let posting = {
+            let publisher = bus.publisher();
+            let events = events.clone();
+            let batches: Vec<Vec<OutRecord>> = script
+                .chunks(40)
+                .map(|c| {
+                    c.iter()
+                        .map(|e| OutRecord::new(e.bus_key(), pitboss_model::encode_proto(e)))
+                        .collect()
+                })
+                .collect();
+            tokio::spawn(async move {
+                for b in batches {
+                    publisher.publish(&events, b).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            })
+        };
+        for n in 1..=3 {
+            let wait = rand::rng().random_range(3_000..8_000);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let victim = rand::rng().random_range(0..shards);
+            let child = &mut running.0[victim as usize];
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            *child = engine(n, victim);
+        }
+        posting.await.unwrap();
+
+        // Every alert and push id on the output streams (a batch published again after a kill
+        // repeats ids: one each).
+        let mut alert_reader = bus
+            .reader_all(&alerts, pitboss_bus::ReadFrom::Earliest)
+            .await
+            .unwrap();
+        let mut push_reader = bus
+            .reader_all(&pushes, pitboss_bus::ReadFrom::Earliest)
+            .await
+            .unwrap();
+        let mut got_alerts: Vec<pitboss_model::live::Alert> = Vec::new();
+        let mut got_pushes: BTreeSet<String> = BTreeSet::new();
+        let want = want_alerts.len() + 2 * copies;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            for r in alert_reader
+                .poll(500, Duration::from_millis(500))
+                .await
+                .unwrap()
+            {
+                got_alerts.push(pitboss_model::live::Alert::decode_proto(&r.value).unwrap());
+            }
+            for r in push_reader
+                .poll(500, Duration::from_millis(200))
+                .await
+                .unwrap()
+            {
+                let p = pitboss_model::live::Push::decode_proto(&r.value).unwrap();
+                got_pushes.insert(p.push_id);
+            }
+            let distinct: BTreeSet<&str> = got_alerts.iter().map(|a| a.alert_id.as_str()).collect();
+            if distinct.len() >= want && got_pushes.len() >= want_pushes.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {want} alerts, {} of {} pushes\n{}",
+                distinct.len(),
+                got_pushes.len(),
+                want_pushes.len(),
+                logs_text()
+            );
+        }
+        // Anything extra would come with these.
+        for _ in 0..6 {
+            for r in alert_reader
+                .poll(500, Duration::from_millis(500))
+                .await
+                .unwrap()
+            {
+                got_alerts.push(pitboss_model::live::Alert::decode_proto(&r.value).unwrap());
+            }
+            for r in push_reader
+                .poll(500, Duration::from_millis(200))
+                .await
+                .unwrap()
+            {
+                let p = pitboss_model::live::Push::decode_proto(&r.value).unwrap();
+                got_pushes.insert(p.push_id);
+            }
+        }
+        let alerts_got: BTreeSet<String> = got_alerts
+            .iter()
+            .filter(|a| !shared(&a.rule_id))
+            .map(|a| a.alert_id.clone())
+            .collect();
+        assert_eq!(alerts_got, want_alerts, "{}", logs_text());
+        assert_eq!(got_pushes, want_pushes);
+        // One multi-accounting alert per shared device and address, on one of its accounts.
+        let shared_got: BTreeSet<(String, String, String)> = got_alerts
+            .iter()
+            .filter(|a| shared(&a.rule_id))
+            .map(|a| (a.rule_id.clone(), a.group_key.clone(), a.alert_id.clone()))
+            .collect();
+        let keys: Vec<(String, String)> = shared_got
+            .iter()
+            .map(|(r, k, _)| (r.clone(), k.clone()))
+            .collect();
+        let want_shared: Vec<(String, String)> = (0..copies)
+            .flat_map(|c| {
+                [
+                    (
+                        "fraud.multi_accounting.device".to_owned(),
+                        format!("shared-device-{c}"),
+                    ),
+                    (
+                        "fraud.multi_accounting.ip".to_owned(),
+                        format!("198.51.100.{}", 10 + c),
+                    ),
+                ]
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(keys, want_shared, "{shared_got:?}");
+        // Hits of players another shard owns crossed on the forwards stream.
+        let mut reader = bus
+            .reader_all(&forwards, pitboss_bus::ReadFrom::Earliest)
+            .await
+            .unwrap();
+        let mut forwarded = BTreeSet::new();
+        for _ in 0..10 {
+            for r in reader.poll(1000, Duration::from_millis(300)).await.unwrap() {
+                let f = pitboss_antifraud::Forward::decode(&r.value).unwrap();
+                let a = f.alert.as_ref().unwrap();
+                assert!(shared(&a.rule_id), "{a:?}");
+                forwarded.insert(a.alert_id.clone());
+            }
+        }
+        let crossing: BTreeSet<String> = got_alerts
+            .iter()
+            .filter(|a| shared(&a.rule_id))
+            .filter(|a| {
+                pitboss_antifraud::Shard::of(shards, "demo", &a.group_key)
+                    != pitboss_antifraud::Shard::of(
+                        shards,
+                        "demo",
+                        a.player_id.as_deref().unwrap_or_default(),
+                    )
+            })
+            .map(|a| a.alert_id.clone())
+            .collect();
+        assert_eq!(forwarded, crossing);
+        drop(running);
+    }
+}
