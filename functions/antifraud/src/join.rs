@@ -57,7 +57,8 @@ pub(crate) struct StakeJoin {
     /// Bets forgotten while tracking, with the save count ([`StakeJoin::begin_save`]) when they
     /// were: a save keeps them in the store until a later save's positions cover that.
     retired: VecDeque<(u64, u64)>,
-    retired_bets: HashMap<u64, Bet, Fixed>,
+    /// Those bets (the latest forgetting of each, with its save count).
+    retired_bets: HashMap<u64, (Bet, u64), Fixed>,
     /// Saves begun ([`StakeJoin::begin_save`]).
     saves: u64,
     /// Bets loaded whose numbers are not this engine's yet ([`StakeJoin::put`]): sorted and
@@ -126,7 +127,7 @@ impl StakeJoin {
             self.floor = self.floor.max(b.seq);
             if self.changed.is_some() {
                 self.retired.push_back((self.saves, k));
-                self.retired_bets.insert(k, b);
+                self.retired_bets.insert(k, (b, self.saves));
             }
         }
     }
@@ -157,7 +158,7 @@ impl StakeJoin {
     pub fn get(&self, k: u64) -> Option<Bet> {
         self.stakes
             .get(&k)
-            .or_else(|| self.retired_bets.get(&k))
+            .or_else(|| self.retired_bets.get(&k).map(|(b, _)| b))
             .copied()
     }
 
@@ -238,9 +239,16 @@ impl StakeJoin {
                 break;
             }
             self.retired.pop_front();
-            self.retired_bets.remove(&k);
-            if let Some(c) = &mut self.changed {
-                c.insert(k);
+            // Placed again and forgotten again since: that later forgetting keeps it.
+            if self
+                .retired_bets
+                .get(&k)
+                .is_some_and(|(_, when)| *when == at)
+            {
+                self.retired_bets.remove(&k);
+                if let Some(c) = &mut self.changed {
+                    c.insert(k);
+                }
             }
         }
         let Some(c) = &mut self.changed else {
@@ -312,7 +320,7 @@ impl StakeJoin {
 
     pub fn bytes(&self) -> usize {
         (self.stakes.capacity() + self.retired_bets.capacity())
-            * (std::mem::size_of::<(u64, Bet)>() + 1)
+            * (std::mem::size_of::<(u64, (Bet, u64))>() + 1)
             + (self.order.capacity() + self.retired.capacity()) * std::mem::size_of::<(i64, u64)>()
     }
 }
@@ -435,11 +443,31 @@ mod tests {
         let r = load(&store, newest2, bounds2);
         assert_eq!(r.export(), j.export());
 
-        // A full save keeps a bet forgotten after it began as well.
-        j.placed("t", "b5", 500, 40);
+        // A bet placed again after it was forgotten, and forgotten again a save later: the
+        // first forgetting's release does not delete what the second keeps.
+        j.placed("t", "b1", 100, 45);
+        for (n, b) in ["c1", "c2", "c3"].iter().enumerate() {
+            j.placed("t", b, 100, 46 + n as i64);
+        }
+        let keys = j.begin_save(false);
+        write(&j, &mut store, keys);
+        j.placed("t", "b1", 100, 50);
+        for (n, b) in ["d1", "d2", "d3"].iter().enumerate() {
+            j.placed("t", b, 100, 51 + n as i64);
+        }
+        let keys = j.begin_save(false);
+        write(&j, &mut store, keys);
+        assert!(
+            store.contains_key(&j.key_of("t", "b1")),
+            "forgotten again in the last save's time: kept"
+        );
+
+        // A full save writes the bets forgotten since the save before it began as well.
+        j.placed("t", "e1", 500, 60);
+        assert_eq!(j.stake("t", "d1"), None);
         let full = j.begin_save(true);
         assert!(
-            full.contains(&j.key_of("t", "b2")),
+            full.contains(&j.key_of("t", "d1")),
             "retired, still written"
         );
     }

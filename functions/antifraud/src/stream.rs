@@ -271,6 +271,10 @@ const REPLAY_PATIENCE: Duration = Duration::from_secs(30);
 struct Cycle {
     /// What it covers, as of when it began.
     positions: Positions,
+    /// The engine-wide values (the last sweep, the join's newest bet and numbers) as of when it
+    /// began, with its positions: the state a restart from them rebuilds (later values would
+    /// count events after the positions — the join would leave out bets it held there).
+    meta: Vec<u8>,
     processed: Positions,
     covers_seq: Option<u64>,
     full: bool,
@@ -1085,6 +1089,7 @@ impl Work {
         };
         self.cycle = Some(Cycle {
             positions,
+            meta: self.engine.meta()?,
             processed: self.processed.clone(),
             covers_seq: self.last_seq,
             full,
@@ -1154,7 +1159,7 @@ impl Work {
         let changes = Changes {
             full: false,
             units,
-            meta: self.engine.meta()?,
+            meta: cycle.meta,
         };
         let taken_at_ms = Timestamp::now().as_millis();
         self.save_seq += 1;
@@ -1651,14 +1656,9 @@ mod tests {
         }
     }
 
-    /// The stake join forgets bets placed before a save (over its count bound, past its
-    /// horizon) because of events after it. A save begun after that, its slices written, and a
-    /// crash before its positions: the restore replays, from the earlier save's positions, the
-    /// settlements that found those stakes the first time — they find them again — and the
-    /// bets placed after those positions are placed again, not held twice.
-    #[test]
-    fn a_restore_finds_the_stakes_the_join_forgot_after_the_save_s_positions() {
-        let rules = r#"
+    /// A stake join of three bets and an hour, and a rule that fires on a player's third
+    /// settlement whose stake the join supplied within three hours.
+    const JOIN_RULES: &str = r#"
 [engine]
 join_max_bets = 3
 join_horizon = "1h"
@@ -1683,7 +1683,15 @@ reason = "{settled} settlements with a stake"
   op = "gte"
   value = 3
 "#;
-        let set = || RuleSet::from_sources(&[("t.toml".into(), rules.into())]).unwrap();
+
+    fn join_set() -> RuleSet {
+        RuleSet::from_sources(&[("t.toml".into(), JOIN_RULES.into())]).unwrap()
+    }
+
+    /// b1 and bx placed; b1 settles and two more bets push it out of the join (over three
+    /// bets); bx settles, and a bet two hours on takes bx, b2 and b3 (past the horizon); b4
+    /// settles: the third settlement with a stake.
+    fn join_events() -> Vec<pitboss_model::Event> {
         let ev = |n: u32, t: i64, kind: &str, payload: String| {
             let json = format!(
                 r#"{{"event_id":"0193735a-0000-7000-8000-{n:012x}","tenant_id":"acme","player_id":"p-1","type":"{kind}","occurred_at":"{}","payload":{payload}}}"#,
@@ -1711,7 +1719,7 @@ reason = "{settled} settlements with a stake"
                 ),
             )
         };
-        let events = [
+        vec![
             bet(1, T0, "b1"),
             bet(2, T0 + 500, "bx"),
             // The save covers the two above. Then b1 settles, and two more bets push it out
@@ -1722,7 +1730,18 @@ reason = "{settled} settlements with a stake"
             settle(6, T0 + 5_000, "bx"),
             bet(7, T0 + 7_200_000, "b4"),
             settle(8, T0 + 7_201_000, "b4"),
-        ];
+        ]
+    }
+
+    /// The stake join forgets bets placed before a save (over its count bound, past its
+    /// horizon) because of events after it. A save begun after that, its slices written, and a
+    /// crash before its positions: the restore replays, from the earlier save's positions, the
+    /// settlements that found those stakes the first time — they find them again — and the
+    /// bets placed after those positions are placed again, not held twice.
+    #[test]
+    fn a_restore_finds_the_stakes_the_join_forgot_after_the_save_s_positions() {
+        let set = join_set;
+        let events = join_events();
         let now = Timestamp::from_millis(T0);
         let ids = |out: &Output| -> Vec<String> {
             let mut v: Vec<String> = out.alerts.iter().map(|a| a.alert_id.clone()).collect();
@@ -1787,6 +1806,82 @@ reason = "{settled} settlements with a stake"
         );
         assert_eq!(held(r.engine.stats()), held(whole.stats()));
         assert_eq!(r.engine.stats().joined_bets, 1, "b4 alone");
+    }
+
+    /// A save through the engine's own loop: it begins covering two bets, the join forgets
+    /// both (and holds three later ones) while its slices are written between batches, and it
+    /// completes. The join's values it records are those of its positions — recorded at its
+    /// end they left the two bets out of a restart from those positions, and the replayed
+    /// settlements found no stake.
+    #[tokio::test]
+    async fn a_save_records_the_join_as_of_its_positions_so_a_restart_finds_what_it_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(
+            pitboss_bus::embedded::EmbeddedBus::open(dir.path().join("log"), Default::default())
+                .unwrap(),
+        );
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).unwrap();
+        std::fs::write(rules.join("t.toml"), JOIN_RULES).unwrap();
+        let config = StreamConfig {
+            group: "g".into(),
+            state_path: dir.path().join("s.db"),
+            rules: RulesSource::Dir(rules),
+            save_slice_units: 1,
+            ..StreamConfig::default()
+        };
+        for t in [
+            &config.alerts_topic,
+            &config.pushes_topic,
+            &config.dead_letter_topic,
+        ] {
+            bus.create_topic(t, 1).await.unwrap();
+        }
+        let events = join_events();
+        let records: Vec<Record> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Record {
+                topic: Arc::from("events"),
+                partition: 0,
+                position: Position::Offset(i as i64),
+                key: e.bus_key(),
+                value: pitboss_model::encode_proto(e),
+                timestamp_ms: T0,
+                headers: Default::default(),
+            })
+            .collect();
+        let mut work = Work::start(bus, config, "test".into(), StreamStats::default())
+            .await
+            .unwrap();
+        work.take(records[..2].to_vec()).await.unwrap();
+        work.begin_save().await.unwrap();
+        assert!(work.cycle.is_some(), "written in slices");
+        work.take(records[2..7].to_vec()).await.unwrap();
+        while work.cycle.is_some() {
+            work.write_slice().await.unwrap();
+        }
+        let mut covered = Positions::new();
+        covered.insert((Arc::from("events"), 0), Position::Offset(1));
+        assert_eq!(work.store.snapshot().unwrap().unwrap().positions, covered);
+        assert_eq!(work.engine.stats().joined_bets, 1, "b4 alone");
+        drop(work);
+
+        let store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut r = restore(join_set(), &store).unwrap();
+        assert_eq!(r.skip_upto, covered.into_iter().collect());
+        assert_eq!(
+            r.engine.stats().joined_bets,
+            2,
+            "b1 and bx, as at the save's positions"
+        );
+        let mut out = Output::default();
+        for e in &events[2..] {
+            r.engine
+                .process(e, Timestamp::from_millis(T0), &mut out)
+                .unwrap();
+        }
+        assert_eq!(out.alerts.len(), 1, "the third settlement with a stake");
     }
 
     /// The first save of a cold engine is full (it rewrites the file); on a large state that
