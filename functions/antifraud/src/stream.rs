@@ -1328,8 +1328,10 @@ async fn ensure_forwards_topic(
     Ok(())
 }
 
-/// The bus records of what a batch raised (alerts stamped `detected_at`); messages that break
-/// the live contract are logged and dropped.
+/// The bus records of what a batch raised, stamped with the time it was evaluated: alerts'
+/// `detected_at`, pushes' `created_at` and, as far after it as the rule says, `expires_at`
+/// (the engine's own clock is the records' bus time, which a replay repeats); messages that
+/// break the live contract are logged and dropped.
 pub(crate) fn output_records(
     out: &mut Output,
     detected: Timestamp,
@@ -1345,7 +1347,19 @@ pub(crate) fn output_records(
             live_record(&*a)
         })
         .collect();
-    let pushes = out.pushes.iter().map(live_record).collect();
+    let pushes = out
+        .pushes
+        .iter_mut()
+        .map(|p| {
+            let made = detected.max(p.created_at);
+            let later = made.as_millis().saturating_sub(p.created_at.as_millis());
+            p.created_at = made;
+            p.expires_at = p
+                .expires_at
+                .map(|e| Timestamp::from_millis(e.as_millis().saturating_add(later)));
+            live_record(&*p)
+        })
+        .collect();
     (alerts, pushes)
 }
 
@@ -1882,6 +1896,68 @@ reason = "{settled} settlements with a stake"
                 .unwrap();
         }
         assert_eq!(out.alerts.len(), 1, "the third settlement with a stake");
+    }
+
+    /// What a batch raises leaves stamped with the time it was evaluated: an alert's
+    /// `detected_at`, a push's `created_at`, and its `expires_at` as long after that as the
+    /// rule says (they were the trigger's bus time: a push raised on a replay 10 s late, or
+    /// read from a backlog, expired early).
+    #[test]
+    fn alerts_and_pushes_leave_stamped_with_the_time_they_were_evaluated() {
+        let sources = vec![(
+            "t.toml".to_owned(),
+            r#"
+[[rule]]
+id = "t.big"
+version = 1
+category = "responsible_gambling"
+description = "A big stake."
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "1m", max_events = 10 }
+reason = "stake {stake}"
+  [[rule.measure]]
+  name = "stake"
+  agg = "current"
+  field = "stake"
+  [[rule.when]]
+  measure = "stake"
+  op = "gte"
+  value = 1
+  [rule.push]
+  to = "player"
+  kind = "rg.notice"
+  title = "A notice"
+  body = "Stake {stake}"
+  expires_after = "1h"
+"#
+            .to_owned(),
+        )];
+        let mut engine = Engine::new(RuleSet::from_sources(&sources).unwrap());
+        let json = format!(
+            r#"{{"event_id":"0193735a-0000-7000-8000-000000000001","tenant_id":"acme","player_id":"p-1","type":"bet_placed","occurred_at":"{}","received_at":"{}","payload":{{"bet_id":"b","game_id":"g","stake":{{"amount_minor":500,"currency":"EUR"}}}}}}"#,
+            Timestamp::from_millis(T0).to_rfc3339().unwrap(),
+            Timestamp::from_millis(T0 + 40).to_rfc3339().unwrap()
+        );
+        let e = pitboss_model::decode_event(json.as_bytes()).unwrap();
+        let mut out = Output::default();
+        engine
+            .process(&e, Timestamp::from_millis(T0 + 40), &mut out)
+            .unwrap();
+        assert_eq!((out.alerts.len(), out.pushes.len()), (1, 1));
+        let evaluated = Timestamp::from_millis(T0 + 10_040);
+        let (alerts, pushes) = output_records(&mut out, evaluated);
+        let a = pitboss_model::live::Alert::decode_proto(&alerts[0].value).unwrap();
+        let p = pitboss_model::live::Push::decode_proto(&pushes[0].value).unwrap();
+        assert_eq!(a.detected_at, evaluated);
+        assert_eq!(p.created_at, evaluated);
+        assert_eq!(
+            p.expires_at,
+            Some(Timestamp::from_millis(T0 + 10_040 + 3_600_000))
+        );
+        assert_eq!(p.received_at, Timestamp::from_millis(T0 + 40));
     }
 
     /// The first save of a cold engine is full (it rewrites the file); on a large state that
