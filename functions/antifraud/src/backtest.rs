@@ -282,6 +282,21 @@ impl Backtest {
     fn count(&mut self, event: &Event) {
         let out = std::mem::take(&mut self.out);
         self.report.rejected += out.rejected.len() as u64;
+        for r in &out.rejected {
+            if self.report.problems.len() < MAX_PROBLEMS {
+                let why: Vec<String> = r
+                    .violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.path, v.message))
+                    .collect();
+                self.report.problems.push(format!(
+                    "rule {}: {} withheld (breaks the contract): {}",
+                    r.rule_id,
+                    r.message,
+                    why.join("; ")
+                ));
+            }
+        }
         // One hit per rule and event: its alert and its push share the trigger.
         let mut hit: Vec<usize> = Vec::new();
         for a in &out.alerts {

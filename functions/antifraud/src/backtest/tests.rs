@@ -257,3 +257,48 @@ block = 100
     assert_eq!(warmup_ms(&short), 2 * 60 * 60 * 1000);
     assert_eq!(edges(40, 100), vec![0, 20, 40, 70, 100, 200]);
 }
+
+/// A message the engine withholds because it breaks the contract (a room template rendering
+/// to an id that is not one) is counted and listed with its rule and reason.
+#[test]
+fn withheld_messages_are_listed_with_their_rule_and_reason() {
+    let text = r#"
+[[rule]]
+id = "t.room"
+version = 1
+category = "fraud"
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "1m" }
+reason = "a bet"
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = 1
+  [rule.push]
+  to = "room"
+  room = "{group_key} !"
+  kind = "ops.notice"
+  title = "A bet"
+  body = "A bet"
+"#;
+    let set = RuleSet::from_sources(&[("t.toml".into(), text.into())]).unwrap();
+    let events = events();
+    let from = Backtest::clock(&events[0]);
+    let to = Timestamp::from_millis(T0 + 1);
+    let report = run(set, &events, from, to, 3);
+    assert!(report.rejected > 0, "{report:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.starts_with("rule t.room: push withheld (breaks the contract): ")),
+        "{:?}",
+        report.problems
+    );
+}

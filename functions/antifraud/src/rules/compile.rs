@@ -518,6 +518,17 @@ pub fn compile(
         measures: &names,
         has_threshold: &has_threshold,
     };
+    // Text the contract requires to say something (a blank one would have every alert or
+    // push of the rule withheld at run time).
+    let blank = |text: &str, what: &str| -> Result<(), String> {
+        if text.trim().is_empty() {
+            Err(format!("{what} must not be blank"))
+        } else {
+            Ok(())
+        }
+    };
+    blank(r.reason.get_ref(), "reason: the alert's explanation")
+        .map_err(|e| (r.reason.span(), e))?;
     let reason = Template::compile(r.reason.get_ref(), &tnames)
         .map_err(|e| (r.reason.span(), format!("reason: {e}")))?;
     let push = match &r.push {
@@ -546,6 +557,8 @@ pub fn compile(
                 }
                 (PushTo::Player, None) => None,
             };
+            blank(&spec.title, "push: title").map_err(|e| (span.clone(), e))?;
+            blank(&spec.body, "push: body").map_err(|e| (span.clone(), e))?;
             let expires_ms = spec
                 .expires_after
                 .as_deref()

@@ -206,12 +206,33 @@ impl RuleSet {
             .collect();
         paths.sort();
         let mut files = Vec::new();
+        // A file that is not UTF-8 text is a problem of that file, listed with the others'.
+        let mut unreadable = Vec::new();
         for p in paths {
-            let text = std::fs::read_to_string(&p).map_err(|source| AntifraudError::Io {
+            let bytes = std::fs::read(&p).map_err(|source| AntifraudError::Io {
                 path: p.clone(),
                 source,
             })?;
-            files.push((p.display().to_string(), text));
+            match String::from_utf8(bytes) {
+                Ok(text) => files.push((p.display().to_string(), text)),
+                Err(e) => {
+                    let at = e.utf8_error().valid_up_to();
+                    let valid = String::from_utf8_lossy(&e.as_bytes()[..at]).into_owned();
+                    let err = located(
+                        &p.display().to_string(),
+                        &valid,
+                        at..at,
+                        "not UTF-8 text: a rule file must be UTF-8".into(),
+                    );
+                    unreadable.push(err);
+                }
+            }
+        }
+        if !unreadable.is_empty() {
+            return Err(AntifraudError::Rules(match RuleSet::from_sources(&files) {
+                Err(AntifraudError::Rules(more)) => unreadable.into_iter().chain(more).collect(),
+                _ => unreadable,
+            }));
         }
         if files.is_empty() {
             return Err(AntifraudError::Rules(vec![LoadError {
@@ -233,8 +254,19 @@ impl RuleSet {
             match toml::from_str::<spec::FileSpec>(text) {
                 Ok(f) => parsed.push((name, text, f)),
                 Err(e) => {
+                    // Parsing stops at a file's first problem. The message names what was
+                    // wrong ("expected u32"), the line it is on names the field.
                     let span = e.span().unwrap_or(0..0);
-                    let reason = e.message().trim().to_owned();
+                    let mut reason = e.message().trim().to_owned();
+                    let start = span.start.min(text.len());
+                    let before = text.get(..start).unwrap_or_default();
+                    let after = text.get(start..).unwrap_or_default();
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    let line_end = after.find('\n').map_or(text.len(), |i| start + i);
+                    let shown = text.get(line_start..line_end).unwrap_or_default().trim();
+                    if !shown.is_empty() && shown.chars().count() <= 120 {
+                        reason.push_str(&format!(" (in `{shown}`)"));
+                    }
                     errors.push(located(name, text, span, reason));
                 }
             }

@@ -252,3 +252,54 @@ fn a_missing_directory_is_an_io_error_and_retryable() {
     let e = RuleSet::load_dir(empty.path()).expect_err("empty");
     assert!(!e.retryable() && e.to_string().contains("no *.toml"), "{e}");
 }
+
+/// Text the contract requires (an alert's reason, a push's title and body) may not be blank:
+/// refused at load with its line, not withheld at run time on every hit.
+#[test]
+fn blank_reasons_titles_and_bodies_are_refused_at_load() {
+    let text = GOOD.replace("reason = \"{bets} bets\"", "reason = \"   \"");
+    let e = refused(&text, "reason: the alert's explanation must not be blank");
+    assert_eq!(e.line, line_of(&text, "reason = "));
+    for (field, what) in [("title", "push: title"), ("body", "push: body")] {
+        let push = format!(
+            "\n  [rule.push]\n  to = \"player\"\n  kind = \"rg.notice\"\n  title = \"{}\"\n  body = \"{}\"\n",
+            if field == "title" { "" } else { "Hello" },
+            if field == "body" { " " } else { "Hello" },
+        );
+        let e = refused(
+            &format!("{GOOD}{push}"),
+            &format!("{what} must not be blank"),
+        );
+        assert_eq!(e.file, "rules/x.toml");
+    }
+}
+
+/// A value of the wrong type names the line it is on (so the field), and a file that is not
+/// UTF-8 is listed with its file, line and column beside the other files' problems.
+#[test]
+fn type_errors_show_their_line_and_a_file_that_is_not_utf8_is_a_listed_problem() {
+    let text = GOOD.replace("score = 10", "score = -1");
+    let e = refused(&text, "(in `score = -1`)");
+    assert_eq!(e.line, line_of(&text, "score = -1"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = b"# rules\n# caf".to_vec();
+    bytes.push(0xe9); // Latin-1 é
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(dir.path().join("a.toml"), bytes).unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        GOOD.replace("version = 2", "version = 0"),
+    )
+    .unwrap();
+    let Err(AntifraudError::Rules(errors)) = RuleSet::load_dir(dir.path()) else {
+        panic!("must be refused")
+    };
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{shown:?}");
+    assert!(
+        shown[0].ends_with("a.toml:2:6: not UTF-8 text: a rule file must be UTF-8"),
+        "{shown:?}"
+    );
+    assert!(shown[1].contains("version must be at least 1"), "{shown:?}");
+}
