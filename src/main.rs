@@ -437,6 +437,19 @@ pub(crate) struct BusArgs {
 }
 
 impl BusArgs {
+    /// The bus of a role that reads what others wrote (the rules engine, the processor): an
+    /// embedded log must be there already — opening it would make an empty one in a mistyped
+    /// `--data-dir`, and the role would fail later on a topic that is not there.
+    pub(crate) fn existing_spec(&self) -> Result<BusSpec> {
+        if matches!(self.kind, BusKind::Embedded) && !self.data_dir.join("log").is_dir() {
+            bail!(
+                "no embedded log in {}: give --data-dir the directory `pitboss up` or `pitboss ingest --bus embedded` writes to",
+                self.data_dir.display()
+            );
+        }
+        self.spec()
+    }
+
     pub(crate) fn spec(&self) -> Result<BusSpec> {
         bus_spec(
             self.kind,
@@ -553,7 +566,7 @@ fn parse_start_at(text: &str) -> Result<pitboss_model::Timestamp, String> {
 }
 
 async fn antifraud(args: AntifraudArgs) -> Result<()> {
-    let spec = engine_spec(args.bus.spec()?);
+    let spec = engine_spec(args.bus.existing_spec()?);
     let overflow = format!("{}_overflow", args.topic);
     let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
     config.group = args.group.clone();
@@ -577,6 +590,19 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     let set = config.rules.load()?;
     let bus = spec.open().await?;
     check_copartitioned(&*bus, &args.topic, &overflow).await?;
+    // What it publishes to must be there before it reads anything (it would fail at the first
+    // alert, after dead-lettering records); the forwards topic it makes itself.
+    for (topic, flag) in [
+        (&args.alerts_topic, "--alerts-topic"),
+        (&args.pushes_topic, "--pushes-topic"),
+        (&args.dead_letter_topic, "--dead-letter-topic"),
+    ] {
+        if let Err(pitboss_bus::BusError::UnknownTopic(_)) = bus.partition_count(topic).await {
+            bail!(
+                "{flag} {topic:?}: no such topic on the bus; make the topics with `pitboss topics` (docs/deploy.md) or name one that exists"
+            );
+        }
+    }
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
     tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus.kind, shard = %args.shard, "rules engine starting");
@@ -605,8 +631,8 @@ async fn process(args: ProcessArgs) -> Result<()> {
     // From the start: a SIGTERM during start-up (migrations, joining the group) stops the
     // processors as soon as they run, and the process exits 0.
     let stop = Shutdown::on_signals();
+    let spec = args.bus.existing_spec()?;
     let client = clickhouse_client(&args.clickhouse).await?;
-    let spec = args.bus.spec()?;
     let bus = spec.open().await?;
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;

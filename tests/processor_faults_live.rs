@@ -320,6 +320,13 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
                     &stack.kafka,
                 ])
                 .args(["--topic", &events_topic, "--group", &format!("{name}_bad")])
+                .args([
+                    "--alerts-topic",
+                    &stack.alerts,
+                    "--pushes-topic",
+                    &stack.pushes,
+                ])
+                .args(["--dead-letter-topic", &format!("{name}_af_dead_letter")])
                 .args(["--shard", shard, "--forwards-topic", forwards])
                 .args(["--admin-listen", "127.0.0.1:0"])
                 .arg("--state-dir")
@@ -1232,6 +1239,24 @@ async fn an_engine_of_a_new_group_starts_at_the_time_it_is_given_and_resumes_at_
         "resumed at the commit: p-1's burst not evaluated again"
     );
     engine.0[0].kill().unwrap();
+    // An output topic that is not there is refused before anything is read, naming it.
+    let refused = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+        .args(["--topic", &events, "--group", &format!("{name}_af2")])
+        .args(["--alerts-topic", &format!("{name}_no_alerts")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(dir.path().join("c"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && said.contains(&format!(
+                "--alerts-topic \"{name}_no_alerts\": no such topic"
+            )),
+        "{said}"
+    );
     // A time that is not one is refused, naming the flag's value.
     let refused = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", &kafka])

@@ -1249,3 +1249,31 @@ fn up_with_a_config_tells_how_to_sign_in_as_its_first_tenant() {
         );
     }
 }
+
+/// The roles that read the embedded log others write (`pitboss antifraud`, `pitboss process`)
+/// refuse a `--data-dir` without one, naming it — opening it made an empty log there, and the
+/// role failed later on a topic that was not there.
+#[test]
+fn readers_of_the_embedded_log_refuse_a_directory_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo");
+    for args in [
+        vec!["antifraud", "--bus", "embedded"],
+        vec!["process", "--bus", "embedded"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&missing)
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && said.contains(&format!("no embedded log in {}", missing.display())),
+            "{args:?}: {said}"
+        );
+        assert!(!missing.exists(), "{args:?} made {}", missing.display());
+    }
+}

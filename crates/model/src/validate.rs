@@ -11,7 +11,7 @@ use crate::event::*;
 
 /// Why an event (or one of its fields) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
-#[error("{path}: {code}: {message}")]
+#[error("{}{code}: {message}", at(.path))]
 pub struct Violation {
     /// Dotted path of the offending field (`payload.stake.amount_minor`); empty for the whole event.
     pub path: String,
@@ -19,6 +19,15 @@ pub struct Violation {
     pub code: ViolationCode,
     /// Human-readable explanation.
     pub message: String,
+}
+
+/// `path: `, or nothing for the whole event.
+fn at(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
 }
 
 impl Violation {
@@ -569,6 +578,16 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A violation reads `path: code: message`, and without a path (the whole event)
+    /// `code: message` (it read `: code: message`).
+    #[test]
+    fn a_violation_reads_with_its_path_and_without_one() {
+        let v = Violation::new("payload.stake", ViolationCode::Required, "missing");
+        assert_eq!(v.to_string(), "payload.stake: required: missing");
+        let v = Violation::new("", ViolationCode::Malformed, "protobuf: truncated");
+        assert_eq!(v.to_string(), "malformed: protobuf: truncated");
+    }
 
     /// `as_str` is what serde writes, and `ALL` lists every code once, in order: the JSON
     /// Schema derived from the enum names every variant.
