@@ -282,16 +282,16 @@ fn type_errors_show_their_line_and_a_file_that_is_not_utf8_is_a_listed_problem()
     let e = refused(&text, "(in `score = -1`)");
     assert_eq!(e.line, line_of(&text, "score = -1"));
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
     let mut bytes = b"# rules\n# caf".to_vec();
     bytes.push(0xe9); // Latin-1 é
     bytes.extend_from_slice(b"\n");
-    std::fs::write(dir.path().join("a.toml"), bytes).unwrap();
+    std::fs::write(dir.path().join("a.toml"), bytes).expect("write");
     std::fs::write(
         dir.path().join("b.toml"),
         GOOD.replace("version = 2", "version = 0"),
     )
-    .unwrap();
+    .expect("write");
     let Err(AntifraudError::Rules(errors)) = RuleSet::load_dir(dir.path()) else {
         panic!("must be refused")
     };
