@@ -270,9 +270,9 @@ impl Verifier {
         a.join(", ")
     }
 
-    /// Why a token whose header the JWT library cannot read is refused: a well-formed header
-    /// naming an algorithm the library does not know (`none` among them) is refused for its
-    /// algorithm, anything else as malformed.
+    /// Why a token whose header the JWT library cannot read is refused: a header naming an
+    /// algorithm the library does not know (`none` among them) is refused for its algorithm,
+    /// anything else (a known algorithm with another field wrong) as malformed.
     fn unreadable(&self, token: &str) -> AuthError {
         use base64::Engine;
         let alg = token
@@ -286,6 +286,8 @@ impl Verifier {
             .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
             .and_then(|h| h.get("alg")?.as_str().map(str::to_owned));
         match alg {
+            // An algorithm the library knows: the header is wrong elsewhere.
+            Some(alg) if alg.parse::<Algorithm>().is_ok() => AuthError::Malformed,
             Some(alg) => AuthError::Algorithm(alg, self.accepted()),
             None => AuthError::Malformed,
         }
@@ -468,6 +470,12 @@ mod tests {
         );
         let garbled = format!("{}.{}.", b64(r#"{"typ":"JWT"}"#), b64("{}"));
         assert_eq!(v.verify(&garbled).unwrap_err().code(), "token_malformed");
+        let bad_kid = format!("{}.{}.", b64(r#"{"alg":"HS256","kid":5}"#), b64("{}"));
+        assert_eq!(
+            v.verify(&bad_kid).unwrap_err().code(),
+            "token_malformed",
+            "an accepted algorithm with a malformed header"
+        );
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &c,

@@ -924,13 +924,13 @@ async fn a_silent_connection_is_closed_at_the_idle_timeout_not_at_the_next_ping(
     let gw = env
         .gateway_with(|c| {
             c.server.ping_interval = Duration::from_secs(600);
-            c.server.idle_timeout = Duration::from_millis(1_500);
+            c.server.idle_timeout = Duration::from_secs(3);
         })
         .await;
     let token = env.token("acme", "p1", Role::Player, &[]);
-    // Speaking every 500 ms for 3 s: past the timeout since connecting, never idle.
+    // Speaking every 500 ms for 4 s: past the timeout since connecting, never idle.
     let mut talker = gw.connect(&token).await;
-    for _ in 0..6 {
+    for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let reply = talker.request(json!({"type": "ping"})).await;
         assert_ne!(reply["type"], "error", "{reply}");

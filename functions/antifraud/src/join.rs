@@ -67,6 +67,13 @@ pub(crate) struct StakeJoin {
     /// Bets to write (or delete) at the next save whatever happened to them: loaded bets
     /// numbered anew, or left out of a restore.
     rewrite: Vec<u64>,
+    /// Loaded with a unit: the version of a bet it held before it was forgotten and placed
+    /// again ([`StakeJoin::get`]), for [`StakeJoin::restore`] to choose from.
+    loaded_earlier: HashMap<u64, Bet, Fixed>,
+    /// Whether a forgotten bet is kept in the store until a later save covers its forgetting
+    /// (the streaming engine); otherwise (the Lambda's batch, written all or nothing) it is
+    /// deleted with the batch that forgot it.
+    retain: bool,
 }
 
 /// Bets forgotten this many saves ago may be deleted from the store: the save after the one
@@ -90,7 +97,16 @@ impl StakeJoin {
             saves: 0,
             loaded: false,
             rewrite: Vec::new(),
+            loaded_earlier: HashMap::default(),
+            retain: true,
         }
+    }
+
+    /// Forgotten bets are deleted from the store with the save that forgets them (a Lambda
+    /// batch: its state is written all or nothing, and a retried batch starts from the state
+    /// before it).
+    pub fn forget_at_once(&mut self) {
+        self.retain = false;
     }
 
     fn key(&self, tenant: &str, bet_id: &str) -> u64 {
@@ -125,9 +141,15 @@ impl StakeJoin {
                 continue;
             };
             self.floor = self.floor.max(b.seq);
-            if self.changed.is_some() {
-                self.retired.push_back((self.saves, k));
-                self.retired_bets.insert(k, (b, self.saves));
+            match &mut self.changed {
+                Some(_) if self.retain => {
+                    self.retired.push_back((self.saves, k));
+                    self.retired_bets.insert(k, (b, self.saves));
+                }
+                Some(c) => {
+                    c.insert(k);
+                }
+                None => {}
             }
         }
     }
@@ -154,20 +176,26 @@ impl StakeJoin {
         self.key(tenant, bet_id)
     }
 
-    /// One bet, held or forgotten but still to be kept in the store.
-    pub fn get(&self, k: u64) -> Option<Bet> {
-        self.stakes
-            .get(&k)
-            .or_else(|| self.retired_bets.get(&k).map(|(b, _)| b))
-            .copied()
+    /// One bet as the store keeps it: held, or forgotten but still kept; and, for a bet placed
+    /// again after it was forgotten, the version forgotten (a restart from a save before the
+    /// forgetting needs that one: the store keeps one row per bet).
+    pub fn get(&self, k: u64) -> Option<(Bet, Option<Bet>)> {
+        let retired = self.retired_bets.get(&k).map(|(b, _)| *b);
+        match self.stakes.get(&k) {
+            Some(b) => Some((*b, retired)),
+            None => retired.map(|b| (b, None)),
+        }
     }
 
     /// Loads one bet (as saved from [`StakeJoin::get`]; `seq` unknown in units written before
     /// numbers).
-    pub fn put(&mut self, k: u64, stake: i64, t: i64, seq: Option<u64>) {
+    pub fn put(&mut self, k: u64, stake: i64, t: i64, seq: Option<u64>, earlier: Option<Bet>) {
         let seq = seq.unwrap_or(0);
         if self.stakes.insert(k, Bet { stake, t, seq }).is_none() {
             self.order.push_back((t, k));
+        }
+        if let Some(e) = earlier {
+            self.loaded_earlier.insert(k, e);
         }
         self.loaded = true;
         self.newest = self.newest.max(t);
@@ -178,6 +206,7 @@ impl StakeJoin {
     /// — and the newest time the save saw. Without bounds (state saved before numbers) the bets
     /// are numbered anew by time and written again at the next save.
     pub fn restore(&mut self, newest: i64, bounds: Option<Bounds>) {
+        let earlier = std::mem::take(&mut self.loaded_earlier);
         let Some(b) = bounds else {
             self.newest = self.newest.max(newest);
             if self.loaded {
@@ -187,14 +216,24 @@ impl StakeJoin {
             return;
         };
         self.loaded = false;
+        let held = |bet: &Bet| bet.seq > b.floor && bet.seq < b.next;
         let mut kept: Vec<(u64, i64, u64)> = Vec::with_capacity(self.stakes.len());
         let mut dropped = Vec::new();
+        let mut chosen = Vec::new();
         for (k, bet) in &self.stakes {
-            if bet.seq > b.floor && bet.seq < b.next {
+            if held(bet) {
                 kept.push((bet.seq, bet.t, *k));
+            } else if let Some(e) = earlier.get(k).filter(|e| held(e)) {
+                // Placed again after the save: held as it was then.
+                kept.push((e.seq, e.t, *k));
+                chosen.push((*k, *e));
             } else {
                 dropped.push(*k);
             }
+        }
+        for (k, e) in chosen {
+            self.stakes.insert(k, e);
+            self.rewrite.push(k);
         }
         for k in &dropped {
             self.stakes.remove(k);
@@ -358,7 +397,7 @@ mod tests {
         j.placed("t", "b1", 150, 20);
         assert_eq!(j.stake("t", "b1"), Some(150), "the later stake");
         assert_eq!(
-            j.get(j.key_of("t", "b1")).map(|b| b.t),
+            j.get(j.key_of("t", "b1")).map(|b| b.0.t),
             Some(0),
             "the first time"
         );
@@ -367,8 +406,8 @@ mod tests {
         assert_eq!(j.len(), 2, "nothing held twice, nothing held for ever");
     }
 
-    /// What a save wrote, as a store holds it: key → bet.
-    type Store = HashMap<u64, Bet>;
+    /// What a save wrote, as a store holds it: key → bet (and the version forgotten).
+    type Store = HashMap<u64, (Bet, Option<Bet>)>;
 
     fn write(j: &StakeJoin, store: &mut Store, keys: Vec<u64>) {
         for k in keys {
@@ -381,8 +420,8 @@ mod tests {
 
     fn load(store: &Store, newest: i64, bounds: Bounds) -> StakeJoin {
         let mut j = StakeJoin::new(3, 1_000_000);
-        for (k, b) in store {
-            j.put(*k, b.stake, b.t, Some(b.seq));
+        for (k, (b, earlier)) in store {
+            j.put(*k, b.stake, b.t, Some(b.seq), *earlier);
         }
         j.restore(newest, Some(bounds));
         j.track(true);
@@ -475,16 +514,67 @@ mod tests {
     #[test]
     fn bets_loaded_without_numbers_are_numbered_by_time_and_written_again() {
         let mut j = StakeJoin::new(10, 1_000_000);
-        j.put(7, 100, 30, None);
-        j.put(5, 200, 10, None);
-        j.put(9, 300, 20, None);
+        j.put(7, 100, 30, None, None);
+        j.put(5, 200, 10, None, None);
+        j.put(9, 300, 20, None, None);
         j.restore(30, None);
         j.track(true);
         let keys = j.begin_save(false);
         assert_eq!(keys.len(), 3, "every loaded bet is written with its number");
-        assert_eq!(j.get(5).map(|b| b.seq), Some(1));
-        assert_eq!(j.get(9).map(|b| b.seq), Some(2));
-        assert_eq!(j.get(7).map(|b| b.seq), Some(3));
+        assert_eq!(j.get(5).map(|b| b.0.seq), Some(1));
+        assert_eq!(j.get(9).map(|b| b.0.seq), Some(2));
+        assert_eq!(j.get(7).map(|b| b.0.seq), Some(3));
         assert_eq!(j.bounds(), Bounds { floor: 0, next: 4 });
+    }
+}
+
+#[cfg(test)]
+mod placed_again {
+    use super::*;
+
+    /// A bet held at a save, forgotten after it, then placed again (a late duplicate) before
+    /// the next save writes it: the store's one row for it keeps the version the save held, so
+    /// a restart from that save holds it as it was — and from a later save, as placed again.
+    #[test]
+    fn a_bet_placed_again_after_it_was_forgotten_restores_as_each_save_held_it() {
+        let mut j = StakeJoin::new(2, 1_000_000);
+        j.track(true);
+        let mut store: HashMap<u64, (Bet, Option<Bet>)> = HashMap::new();
+        let write = |j: &StakeJoin, store: &mut HashMap<u64, (Bet, Option<Bet>)>, keys| {
+            for k in keys {
+                match j.get(k) {
+                    Some(b) => store.insert(k, b),
+                    None => store.remove(&k),
+                };
+            }
+        };
+        let load = |store: &HashMap<u64, (Bet, Option<Bet>)>, newest, bounds| {
+            let mut r = StakeJoin::new(2, 1_000_000);
+            for (k, (b, e)) in store {
+                r.put(*k, b.stake, b.t, Some(b.seq), *e);
+            }
+            r.restore(newest, Some(bounds));
+            r
+        };
+        j.placed("t", "b1", 100, 0);
+        let keys = j.begin_save(true);
+        write(&j, &mut store, keys);
+        let at_first = (j.newest(), j.bounds());
+        // b2, b3 push b1 out; b1 is placed again (a duplicate), then the next save writes.
+        j.placed("t", "b2", 200, 10);
+        j.placed("t", "b3", 300, 20);
+        assert_eq!(j.stake("t", "b1"), None);
+        j.placed("t", "b1", 150, 30);
+        let at_second = (j.newest(), j.bounds());
+        let keys = j.begin_save(false);
+        write(&j, &mut store, keys);
+        // A crash before that save completes: restored from the first.
+        let r = load(&store, at_first.0, at_first.1);
+        assert_eq!(r.stake("t", "b1"), Some(100), "as the first save held it");
+        assert_eq!(r.len(), 1);
+        // Had it completed: restored from the second, b1 as placed again.
+        let r = load(&store, at_second.0, at_second.1);
+        assert_eq!(r.stake("t", "b1"), Some(150));
+        assert_eq!(r.export(), j.export());
     }
 }

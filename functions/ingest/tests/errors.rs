@@ -643,7 +643,17 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
     };
     let mut client = pb::ingest_client::IngestClient::new(channel.clone());
     let mut out = Vec::new();
+    // The tenant's budget for this second, used up, and straight away asked again.
+    client
+        .ingest_batch(authed(Some(SLOW_KEY), vec![proto("slow"); 2]))
+        .await
+        .unwrap();
     let calls: Vec<(&str, &'static str, tonic::Request<pb::EventBatch>)> = vec![
+        (
+            "rate_limited",
+            "over the tenant's rate",
+            authed(Some(SLOW_KEY), vec![proto("slow"); 2]),
+        ),
         ("unauthorized", "no key", authed(None, vec![proto("acme")])),
         (
             "forbidden_tenant",
@@ -657,21 +667,11 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
             authed(Some(KEY), vec![proto("acme"); 6]),
         ),
         (
-            "rate_limited",
-            "over the tenant's rate",
-            authed(Some(SLOW_KEY), vec![proto("slow"); 2]),
-        ),
-        (
             "batch_over_rate_limit",
             "more events at once than the tenant's rate",
             authed(Some(SLOW_KEY), vec![proto("slow"); 3]),
         ),
     ];
-    // The tenant's budget for this second, used up.
-    client
-        .ingest_batch(authed(Some(SLOW_KEY), vec![proto("slow"); 2]))
-        .await
-        .unwrap();
     for (code, how, request) in calls {
         let status = client.ingest_batch(request).await.unwrap_err();
         assert_eq!(

@@ -160,7 +160,12 @@ impl Ctx {
                     tracing::debug!(error = %e, "start offsets not looked up: consumer closing");
                     return;
                 }
-                Err(e) if !e.is_retryable() => {
+                // Committed-or-a-time: the fallback, a new group's earliest record, is what
+                // the time is there to prevent (the retention evaluated again): keep trying.
+                Err(e)
+                    if !e.is_retryable()
+                        && !matches!(self.start, StartFrom::CommittedOrTimestamp(_)) =>
+                {
                     tracing::error!(error = %e, start = ?self.start, "cannot look up start offsets; starting at the group's commit");
                     return;
                 }
@@ -295,12 +300,15 @@ fn uncommitted(
     let committed = consumer
         .committed_offsets(tpl.clone(), timeout)
         .map_err(super::kafka_error)?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter(|e| !matches!(e.offset(), Offset::Offset(o) if o >= 0))
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect())
+    let mut fresh = Vec::new();
+    for e in committed.elements() {
+        // A partition whose commit could not be read is not taken for one never committed.
+        e.error().map_err(super::kafka_error)?;
+        if !matches!(e.offset(), Offset::Offset(o) if o >= 0) {
+            fresh.push((e.topic().to_owned(), e.partition()));
+        }
+    }
+    Ok(fresh)
 }
 
 fn poll_loop(consumer: &BaseConsumer<Ctx>, flags: &Flags) {

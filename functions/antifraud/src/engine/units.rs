@@ -21,7 +21,7 @@ use pitboss_model::{Event, Payload};
 use super::{Engine, Key, key_player};
 use crate::error::AntifraudError;
 use crate::field::{Extra, Value};
-use crate::join::Bounds;
+use crate::join::{Bet, Bounds};
 use crate::rules::{CompiledRule, RuleSet};
 use crate::window::{KeyState, KeyStateV1, KeyStateV1Ref};
 
@@ -224,10 +224,38 @@ fn decode_then<'a, T: serde::Deserialize<'a>, U: serde::Deserialize<'a>>(
     }
 }
 
-/// A bet unit: `(stake, t)` and its number in the join (units written before numbers have
-/// none).
-fn decode_bet(bytes: &[u8]) -> Result<((i64, i64), Option<u64>), AntifraudError> {
-    decode_then(bytes)
+/// A bet unit: `(stake, t)` as before numbers, then its number in the join, then — for a bet
+/// placed again after it was forgotten — the version forgotten, `(stake, t, number)`. Each
+/// part after the first is left out when absent (and ignored by builds that do not read it).
+fn encode_bet(b: &Bet, earlier: Option<&Bet>) -> Result<Vec<u8>, AntifraudError> {
+    let out = encode_then(&(b.stake, b.t), &b.seq)?;
+    match earlier {
+        None => Ok(out),
+        Some(e) => postcard::to_extend(&(e.stake, e.t, e.seq), out)
+            .map_err(|e| AntifraudError::Snapshot(format!("encoding a unit: {e}"))),
+    }
+}
+
+/// What [`encode_bet`] wrote: `(stake, t)`, its number (none in units written before numbers),
+/// and the version forgotten.
+#[allow(clippy::type_complexity)]
+fn decode_bet(bytes: &[u8]) -> Result<((i64, i64), Option<u64>, Option<Bet>), AntifraudError> {
+    let unreadable = |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable unit: {e}"));
+    match bytes.split_first() {
+        Some((&UNIT_FORMAT, rest)) => {
+            let (v, rest): ((i64, i64), _) = postcard::take_from_bytes(rest).map_err(unreadable)?;
+            if rest.is_empty() {
+                return Ok((v, None, None));
+            }
+            let (seq, rest): (u64, _) = postcard::take_from_bytes(rest).map_err(unreadable)?;
+            if rest.is_empty() {
+                return Ok((v, Some(seq), None));
+            }
+            let (stake, t, s): (i64, i64, u64) = postcard::from_bytes(rest).map_err(unreadable)?;
+            Ok((v, Some(seq), Some(Bet { stake, t, seq: s })))
+        }
+        _ => Ok((decode(bytes)?, None, None)),
+    }
 }
 
 fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, AntifraudError> {
@@ -263,6 +291,14 @@ impl Engine {
             self.join.track(false);
             self.scores.changed = None;
         }
+    }
+
+    /// Bets the stake join forgets are deleted from the store by the save that forgets them,
+    /// rather than kept until a later save covers their forgetting: for a store written all
+    /// or nothing per batch (the Lambda's), where a retried batch starts from the state before
+    /// it.
+    pub fn forget_bets_at_once(&mut self) {
+        self.join.forget_at_once();
     }
 
     /// Like [`Engine::track_changes`], but the state as it is counts as saved: only what
@@ -336,8 +372,8 @@ impl Engine {
                 }
             }
             Unit::Bet(k) => {
-                let ((stake, t), seq) = decode_bet(bytes)?;
-                self.join.put(*k, stake, t, seq);
+                let ((stake, t), seq, earlier) = decode_bet(bytes)?;
+                self.join.put(*k, stake, t, seq, earlier);
             }
             Unit::Score(p) => {
                 let hits: VecDeque<crate::scoring::Hit> = decode(bytes)?;
@@ -492,8 +528,8 @@ impl Engine {
                     }
                 }
                 Unit::Bet(k) => match self.join.get(*k) {
-                    Some(b) => Change {
-                        value: Some(encode_then(&(b.stake, b.t), &b.seq)?),
+                    Some((b, earlier)) => Change {
+                        value: Some(encode_bet(&b, earlier.as_ref())?),
                         expires_at_ms: b.t.saturating_add(horizon),
                         unit,
                     },
@@ -534,9 +570,32 @@ mod tests {
             (500, 1_000),
             "as before"
         );
-        assert_eq!(decode_bet(&new).unwrap(), ((500, 1_000), Some(7)));
+        assert_eq!(decode_bet(&new).unwrap(), ((500, 1_000), Some(7), None));
+        let earlier = Bet {
+            stake: 400,
+            t: 900,
+            seq: 3,
+        };
+        let both = encode_bet(
+            &Bet {
+                stake: 500,
+                t: 1_000,
+                seq: 7,
+            },
+            Some(&earlier),
+        )
+        .unwrap();
+        assert_eq!(
+            decode::<(i64, i64)>(&both).unwrap(),
+            (500, 1_000),
+            "as before"
+        );
+        assert_eq!(
+            decode_bet(&both).unwrap(),
+            ((500, 1_000), Some(7), Some(earlier))
+        );
         let old = encode(&(500i64, 1_000i64)).unwrap();
-        assert_eq!(decode_bet(&old).unwrap(), ((500, 1_000), None));
+        assert_eq!(decode_bet(&old).unwrap(), ((500, 1_000), None, None));
 
         let meta = Meta {
             last_sweep: 3,

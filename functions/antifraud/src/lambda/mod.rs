@@ -197,6 +197,8 @@ impl Function {
                 }
             }
             engine.track_changes_from_here();
+            // The batch's units are written all or nothing: a bet it forgets goes with it.
+            engine.forget_bets_at_once();
             out.clear();
             for (e, now) in &events {
                 engine.process(e, *now, &mut out)?;
