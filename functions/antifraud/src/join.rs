@@ -248,6 +248,15 @@ impl StakeJoin {
         self.newest = newest;
     }
 
+    /// Numbers the bets placed from now after `b`'s (an empty join beside a saved state it did
+    /// not load).
+    pub fn number_after(&mut self, b: Bounds) {
+        if self.stakes.is_empty() && b.next > self.next {
+            self.next = b.next;
+            self.floor = b.next - 1;
+        }
+    }
+
     /// The sequence bounds, for a save.
     pub fn bounds(&self) -> Bounds {
         Bounds {
@@ -531,6 +540,22 @@ mod tests {
 #[cfg(test)]
 mod placed_again {
     use super::*;
+
+    /// An empty join beside a state it did not load numbers after that state's numbers: that
+    /// state's bounds hold none of its bets.
+    #[test]
+    fn an_empty_join_numbers_after_a_state_it_did_not_load() {
+        let old = Bounds { floor: 3, next: 9 };
+        let mut j = StakeJoin::new(10, 1_000_000);
+        j.number_after(old);
+        j.placed("t", "b1", 100, 0);
+        let b = j.get(j.key_of("t", "b1")).map(|b| b.0.seq);
+        assert_eq!(b, Some(9));
+        let mut r = StakeJoin::new(10, 1_000_000);
+        r.put(j.key_of("t", "b1"), 100, 0, b, None);
+        r.restore(0, Some(old));
+        assert_eq!(r.len(), 0, "not one of the old state's bets");
+    }
 
     /// A bet held at a save, forgotten after it, then placed again (a late duplicate) before
     /// the next save writes it: the store's one row for it keeps the version the save held, so

@@ -795,7 +795,11 @@ fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, StreamError> {
             }
             Err(StreamError::Rules(e)) => {
                 tracing::warn!(error = %e, "antifraud state not restored; starting with empty windows");
-                return Ok(cold(set));
+                let mut fresh = cold(set);
+                // The file keeps that save's values until this engine's first save completes:
+                // bets numbered after its join's numbers are never taken for what it held.
+                fresh.engine.number_bets_after(&meta);
+                return Ok(fresh);
             }
             Err(e) => return Err(e),
         },

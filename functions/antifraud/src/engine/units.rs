@@ -293,6 +293,16 @@ impl Engine {
         }
     }
 
+    /// An engine starting empty beside a saved state it could not load: the join numbers its
+    /// bets after the numbers that state's values recorded (unreadable values: as it would),
+    /// so a restart from that state, should this engine's first save not complete, holds none
+    /// of this engine's bets for that state's.
+    pub fn number_bets_after(&mut self, meta: &[u8]) {
+        if let Ok((_, Some(b))) = decode_then::<Meta, Bounds>(meta) {
+            self.join.number_after(b);
+        }
+    }
+
     /// Bets the stake join forgets are deleted from the store by the save that forgets them,
     /// rather than kept until a later save covers their forgetting: for a store written all
     /// or nothing per batch (the Lambda's), where a retried batch starts from the state before
