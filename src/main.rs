@@ -597,11 +597,7 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
         (&args.pushes_topic, "--pushes-topic"),
         (&args.dead_letter_topic, "--dead-letter-topic"),
     ] {
-        if let Err(pitboss_bus::BusError::UnknownTopic(_)) = bus.partition_count(topic).await {
-            bail!(
-                "{flag} {topic:?}: no such topic on the bus; make the topics with `pitboss topics` (docs/deploy.md) or name one that exists"
-            );
-        }
+        require_topic(&*bus, topic, flag).await?;
     }
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
@@ -634,6 +630,11 @@ async fn process(args: ProcessArgs) -> Result<()> {
     let spec = args.bus.existing_spec()?;
     let client = clickhouse_client(&args.clickhouse).await?;
     let bus = spec.open().await?;
+    // A topic that is not there is refused now (it ran on, warning without naming it).
+    for arg in &args.topics {
+        let (topic, _) = Table::parse_topic(arg)?;
+        require_topic(&*bus, &topic, "--topic").await?;
+    }
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;
     tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, bus = ?args.bus.kind, "processor starting");
@@ -958,6 +959,35 @@ macro_rules! say {
     }};
 }
 
+/// Refuses a topic the bus does not have (`what`: the flag or setting that names it); other
+/// errors (a broker not answering yet) are left to the role's own retries.
+async fn require_topic(bus: &dyn Bus, topic: &str, what: &str) -> Result<()> {
+    if let Err(pitboss_bus::BusError::UnknownTopic(_)) = bus.partition_count(topic).await {
+        bail!(
+            "{what} {topic:?}: no such topic on the bus; make the topics with `pitboss topics` (docs/deploy.md) or name one that exists"
+        );
+    }
+    Ok(())
+}
+
+/// The lock of `pitboss up` on its data directory (`up.lock`), held while the file is open.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    let path = data_dir.join("up.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!(
+            "{} is in use by another `pitboss up`: one instance per data directory (give this one another --data-dir)",
+            data_dir.display()
+        );
+    }
+    Ok(file)
+}
+
 async fn up(
     UpArgs {
         data_dir,
@@ -1008,6 +1038,10 @@ async fn up(
     }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // One `up` per data directory, whatever its bus and store (on Kafka nothing else in it is
+    // locked: a second one joined the first's consumer groups and wrote the same store). Held
+    // until the process exits.
+    let _one_up = lock_data_dir(&data_dir)?;
     let mut ingest = match &config {
         Some(path) => load_config(path)?,
         None => IngestConfig::default(),
@@ -1348,6 +1382,10 @@ async fn ingest(args: IngestArgs) -> Result<()> {
         bus.create_topic(&config.overflow_topic(), n).await?;
     }
     check_copartitioned(&*bus, &config.topic, &config.overflow_topic()).await?;
+    // Events to a topic that is not there were answered 503 after the publish timeout, for
+    // ever; refused now, before the listener opens.
+    require_topic(&*bus, &config.topic, "the config's `topic`").await?;
+    require_topic(&*bus, &config.overflow_topic(), "its overflow topic").await?;
     let publisher = bus.publisher();
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     let state = pitboss_ingest::state(config, publisher)?;

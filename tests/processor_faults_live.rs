@@ -1257,6 +1257,21 @@ async fn an_engine_of_a_new_group_starts_at_the_time_it_is_given_and_resumes_at_
             )),
         "{said}"
     );
+    // So is a processor's topic that is not there (it ran on, warning without naming it).
+    let refused = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["process", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+        .args(["--clickhouse", &pitboss_testkit::clickhouse()])
+        .args(["--database", &format!("{name}_db")])
+        .args(["--topic", &format!("{name}_nosuch")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && said.contains(&format!("--topic \"{name}_nosuch\": no such topic")),
+        "{said}"
+    );
     // A time that is not one is refused, naming the flag's value.
     let refused = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", &kafka])

@@ -1277,3 +1277,56 @@ fn readers_of_the_embedded_log_refuse_a_directory_without_one() {
         assert!(!missing.exists(), "{args:?} made {}", missing.display());
     }
 }
+
+/// A second `pitboss up` on a data directory another one runs on is refused before it binds or
+/// opens anything, naming the directory — whatever the bus (on Kafka nothing else refused it:
+/// it joined the first one's consumer groups and wrote the same store).
+#[test]
+fn a_second_up_on_the_same_data_directory_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = up(dir.path());
+    let out = up_command(dir.path()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains(&format!(
+                "{} is in use by another `pitboss up`",
+                dir.path().display()
+            )),
+        "{said}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("Pitboss is up"),
+        "it started before it was refused"
+    );
+    drop(first);
+}
+
+/// `pitboss ingest` on a bus without its topic is refused at start, naming it (events to it
+/// were answered 503 after the publish timeout, for ever, while /readyz said ready).
+#[test]
+fn ingest_refuses_a_topic_the_bus_does_not_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntopic = \"nosuch\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
+            pitboss_ingest::auth::hash_key("pk_test_nosuch")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["ingest", "--bus", "embedded"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("the config's `topic` \"nosuch\": no such topic"),
+        "{said}"
+    );
+}
