@@ -1773,22 +1773,29 @@ mod kinesis {
         let mut got_pushes: BTreeSet<String> = BTreeSet::new();
         let want = want_alerts.len() + 2 * copies;
         let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            for r in alert_reader
-                .poll(500, Duration::from_millis(500))
-                .await
-                .unwrap()
-            {
+        // What the output streams hold by now, read on.
+        async fn read_on(
+            alerts: &mut Box<dyn pitboss_bus::Reader>,
+            pushes: &mut Box<dyn pitboss_bus::Reader>,
+            got_alerts: &mut Vec<pitboss_model::live::Alert>,
+            got_pushes: &mut BTreeSet<String>,
+        ) {
+            for r in alerts.poll(500, Duration::from_millis(500)).await.unwrap() {
                 got_alerts.push(pitboss_model::live::Alert::decode_proto(&r.value).unwrap());
             }
-            for r in push_reader
-                .poll(500, Duration::from_millis(200))
-                .await
-                .unwrap()
-            {
+            for r in pushes.poll(500, Duration::from_millis(200)).await.unwrap() {
                 let p = pitboss_model::live::Push::decode_proto(&r.value).unwrap();
                 got_pushes.insert(p.push_id);
             }
+        }
+        loop {
+            read_on(
+                &mut alert_reader,
+                &mut push_reader,
+                &mut got_alerts,
+                &mut got_pushes,
+            )
+            .await;
             let distinct: BTreeSet<&str> = got_alerts.iter().map(|a| a.alert_id.as_str()).collect();
             if distinct.len() >= want && got_pushes.len() >= want_pushes.len() {
                 break;
@@ -1804,21 +1811,13 @@ mod kinesis {
         }
         // Anything extra would come with these.
         for _ in 0..6 {
-            for r in alert_reader
-                .poll(500, Duration::from_millis(500))
-                .await
-                .unwrap()
-            {
-                got_alerts.push(pitboss_model::live::Alert::decode_proto(&r.value).unwrap());
-            }
-            for r in push_reader
-                .poll(500, Duration::from_millis(200))
-                .await
-                .unwrap()
-            {
-                let p = pitboss_model::live::Push::decode_proto(&r.value).unwrap();
-                got_pushes.insert(p.push_id);
-            }
+            read_on(
+                &mut alert_reader,
+                &mut push_reader,
+                &mut got_alerts,
+                &mut got_pushes,
+            )
+            .await;
         }
         let alerts_got: BTreeSet<String> = got_alerts
             .iter()

@@ -63,6 +63,18 @@ fn up_command(data_dir: &std::path::Path) -> Command {
     c
 }
 
+/// The banner `up` prints, up to the console link (the last line that is always printed); the
+/// rest of its output is drained.
+fn banner(child: &mut Guard) -> Vec<String> {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut head: Vec<String> = Vec::new();
+    while !head.last().is_some_and(|l| l.starts_with("  console:")) {
+        head.push(lines.next().unwrap().unwrap());
+    }
+    std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
+    head
+}
+
 /// Starts `pitboss up` on free ports over `data_dir`, as a user would.
 fn up(data_dir: &std::path::Path) -> Up {
     let mut child = Guard(
@@ -72,13 +84,7 @@ fn up(data_dir: &std::path::Path) -> Up {
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut head: Vec<String> = Vec::new();
-    // The banner, up to the console link (the last line that is always printed).
-    while !head.last().is_some_and(|l| l.starts_with("  console:")) {
-        head.push(lines.next().unwrap().unwrap());
-    }
-    std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
+    let head = banner(&mut child);
     let gateway = head
         .iter()
         .find_map(|l| l.strip_prefix("  console: http://"))
@@ -1236,11 +1242,7 @@ fn up_with_a_config_tells_how_to_sign_in_as_its_first_tenant() {
             .spawn()
             .unwrap(),
     );
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut head: Vec<String> = Vec::new();
-    while !head.last().is_some_and(|l| l.starts_with("  console:")) {
-        head.push(lines.next().unwrap().unwrap());
-    }
+    let head = banner(&mut child);
     for prefix in ["  live:", "  console:"] {
         let line = head.iter().find(|l| l.starts_with(prefix)).unwrap();
         assert!(
