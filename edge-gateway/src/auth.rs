@@ -50,11 +50,27 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// One audience or several (RFC 7519 allows both; identity providers send either).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+    /// Not before, seconds since the Unix epoch: checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
 }
+
+/// A token's `aud`: a string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Longest token accepted: JWTs of identity providers are well under it; a larger one is
+/// refused before it is decoded.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 impl Claims {
     /// Whether this token may subscribe to `channel`: only its tenant's channels; a player its
@@ -111,10 +127,14 @@ pub const MAX_ROOMS: usize = 256;
 /// Why a token was refused; `code` is what clients see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no token: send it as `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
+    #[error(
+        "no token: send it as `Authorization: Bearer <jwt>` (a WebSocket from a browser: `/v1/ws?token=<jwt>`)"
+    )]
     Missing,
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
     #[error("the token has expired")]
     Expired,
     #[error("the token's signature does not verify")]
@@ -134,7 +154,7 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             AuthError::Missing => "token_missing",
-            AuthError::Malformed => "token_malformed",
+            AuthError::Malformed | AuthError::TooLong => "token_malformed",
             AuthError::Expired => "token_expired",
             AuthError::Signature => "token_signature",
             AuthError::Algorithm(..) => "token_algorithm",
@@ -295,6 +315,9 @@ impl Verifier {
 
     /// Verifies `token`: signature, expiry, audience/issuer when configured, and the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLong);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| self.unreadable(token))?;
         let key = match header.alg {
             Algorithm::HS256 => self
@@ -321,6 +344,8 @@ impl Verifier {
         // closed for it (the issuer's clock is the reference).
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // RFC 7519: a token is not accepted before its `nbf`, when it has one.
+        validation.validate_nbf = true;
         match &self.source.audience {
             Some(aud) => {
                 validation.set_audience(&[aud]);
@@ -336,6 +361,9 @@ impl Verifier {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => {
+                    AuthError::Claims("`nbf` is in the future: the token is not valid yet".into())
+                }
                 K::InvalidSignature => AuthError::Signature,
                 K::InvalidAlgorithm => {
                     AuthError::Algorithm(format!("{:?}", header.alg), self.accepted())
@@ -418,6 +446,7 @@ pub fn claims(tenant: &str, sub: &str, role: Role, rooms: Vec<String>, ttl: Dura
         exp: now + ttl.as_secs(),
         iat: Some(now),
         aud: None,
+        nbf: None,
         iss: None,
     }
 }
@@ -483,6 +512,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v.verify(&hs512).unwrap_err().code(), "token_algorithm");
+
+        // `nbf` (RFC 7519): a token is refused before it, accepted from it on.
+        let mut early = c.clone();
+        early.nbf = Some(jsonwebtoken::get_current_timestamp() + 600);
+        let e = v.verify(&token(&early)).unwrap_err();
+        assert_eq!(e.code(), "token_claims");
+        assert!(e.to_string().contains("nbf"), "{e}");
+        early.nbf = Some(jsonwebtoken::get_current_timestamp() - 1);
+        assert_eq!(v.verify(&token(&early)).unwrap(), early);
+
+        // A token longer than identity providers make is refused before it is decoded.
+        let mut long = c.clone();
+        long.rooms = (0..200).map(|i| format!("room-{i:040}")).collect();
+        let t = token(&long);
+        assert!(t.len() > MAX_TOKEN_BYTES);
+        assert_eq!(v.verify(&t).unwrap_err(), AuthError::TooLong);
+        assert_eq!(AuthError::TooLong.code(), "token_malformed");
+    }
+
+    #[tokio::test]
+    async fn an_audience_is_one_string_or_an_array_of_them() {
+        let v = Verifier::new(KeySource {
+            hs256_secret: Some(SECRET.to_vec()),
+            audience: Some("pitboss-gw".into()),
+            ..KeySource::default()
+        })
+        .await
+        .unwrap();
+        let mut c = claims("acme", "p-1", Role::Player, vec![], Duration::from_secs(60));
+        assert_eq!(v.verify(&token(&c)).unwrap_err().code(), "token_claims");
+        c.aud = Some(Audience::One("pitboss-gw".into()));
+        assert_eq!(v.verify(&token(&c)).unwrap(), c);
+        c.aud = Some(Audience::Many(vec!["other".into(), "pitboss-gw".into()]));
+        assert_eq!(v.verify(&token(&c)).unwrap(), c);
+        c.aud = Some(Audience::Many(vec!["other".into()]));
+        assert_eq!(v.verify(&token(&c)).unwrap_err().code(), "token_claims");
+        c.aud = Some(Audience::One("other".into()));
+        assert_eq!(v.verify(&token(&c)).unwrap_err().code(), "token_claims");
     }
 
     fn b64(s: &str) -> String {

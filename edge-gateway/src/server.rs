@@ -220,10 +220,7 @@ fn auth_error(e: &AuthError) -> Response {
 fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Result<&'a str, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| AuthError::Malformed)?;
-        return v
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .ok_or(AuthError::Malformed);
+        return pitboss_runtime::http::bearer(v).ok_or(AuthError::Malformed);
     }
     query.token.as_deref().ok_or(AuthError::Missing)
 }
@@ -878,7 +875,7 @@ const MAX_PUBLISH_BODY: usize = 64 * 1024;
 async fn publish(
     State(st): State<GatewayState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let claims =
         match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
@@ -888,6 +885,18 @@ async fn publish(
     if claims.role != Role::Operator {
         return error_response(StatusCode::FORBIDDEN, "forbidden", "only operators publish");
     }
+    // Answered in the JSON form of every other error (axum's own answer is plain text).
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "a body is at most 1 MiB (an array of pushes; a single push, 64 KiB)",
+            );
+        }
+        Err(e) => return error_response(e.status(), "malformed", e.body_text()),
+    };
     // One push (an object) or several (an array, published together in one bus write).
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if !batch && body.len() > MAX_PUBLISH_BODY {

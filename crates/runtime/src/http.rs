@@ -46,6 +46,13 @@ impl Default for Limits {
     }
 }
 
+/// The credentials of an `Authorization: Bearer <credentials>` value. The scheme is matched
+/// without regard to case (RFC 7235: `bearer`, `BEARER`); `None` for another scheme.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 /// Raises the soft limit of open files to the hard limit, so the connection limit (not the
 /// descriptor table) is what refuses connections. Returns the limit now in force.
 pub fn raise_fd_limit() -> Option<u64> {
@@ -135,6 +142,16 @@ mod tests {
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for v in ["Bearer k1", "bearer k1", "BEARER  k1 ", " Bearer k1"] {
+            assert_eq!(super::bearer(v), Some("k1"), "{v:?}");
+        }
+        for v in ["Basic k1", "Bearerk1", "k1", ""] {
+            assert_eq!(super::bearer(v), None, "{v:?}");
+        }
+    }
 
     use super::*;
 

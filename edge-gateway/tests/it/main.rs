@@ -249,6 +249,27 @@ async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
         )
         .await;
     assert_eq!(status, 422, "{answer}");
+    // A rule push's id (a UUIDv5 anyone can derive from the rule, the trigger and the target)
+    // is refused: under it an operator push would take the rule push's place (the store and
+    // the history keep one message per id) and hide an intervention.
+    let rule_push = pitboss_model::live::push_id(
+        "rg.late_night",
+        1,
+        "0193735a-0000-7000-8000-000000000001",
+        &pitboss_model::live::Target::Player("p7".into()),
+    );
+    let mut taken = body.clone();
+    taken["push_id"] = json!(rule_push);
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &taken).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        answer["error"]["violations"][0]["path"], "push_id",
+        "{answer}"
+    );
+    taken["push_id"] = json!("0193d1a6-2c10-7e8f-8a9b-0c1d2e3f4a5b");
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &taken).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["push_id"], "0193d1a6-2c10-7e8f-8a9b-0c1d2e3f4a5b");
     let (status, answer) = gw
         .post(
             "/v1/publish",
@@ -322,6 +343,16 @@ async fn operators_publish_an_array_of_pushes_at_once_all_or_nothing() {
             .as_str()
             .unwrap()
             .contains("1001")
+    );
+    // A body over 1 MiB is answered in the JSON form of every other error.
+    let big: Vec<Value> = (0..400)
+        .map(|_| json!({"target": {"player": "p1"}, "kind": "operator.message", "title": "t", "body": "x".repeat(1000), "data": {"k": "y".repeat(2000)}}))
+        .collect();
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!(big)).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{answer}"
     );
 }
 

@@ -25,7 +25,7 @@ impl IngestService {
         let key = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(pitboss_runtime::http::bearer)
             .or_else(|| metadata.get("x-api-key").and_then(|v| v.to_str().ok()));
         key.map(str::trim)
             .and_then(|k| self.state.auth.tenant(k))

@@ -139,7 +139,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        return v.strip_prefix("Bearer ").map(str::trim);
+        return pitboss_runtime::http::bearer(v);
     }
     headers
         .get("x-api-key")
