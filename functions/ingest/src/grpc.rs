@@ -47,6 +47,38 @@ pub fn status(e: IngestError) -> Status {
     status
 }
 
+/// Metadata of a stream's error: how many of its batches were written before it.
+pub const BATCHES_WRITTEN_METADATA: &str = "pitboss-batches-written";
+/// Metadata of a stream's error: how many events those batches had accepted.
+pub const EVENTS_ACCEPTED_METADATA: &str = "pitboss-events-accepted";
+
+/// A stream's error after `done` batches were written (and acknowledged by the bus): the
+/// status says so, in its message and its metadata, so the client resends from the batch that
+/// failed and knows the earlier ones are stored (docs/api.md). With none written, the status
+/// is the plain whole-request error.
+fn after_batches(mut s: Status, done: u32, reply: &pb::IngestReply) -> Status {
+    if done == 0 {
+        return s;
+    }
+    let message = format!(
+        "{} (batch {} of the stream; its first {done} batches were written: {} events accepted, {} duplicates, {} rejected; resend from batch {})",
+        s.message(),
+        done + 1,
+        reply.accepted,
+        reply.duplicates,
+        reply.rejected,
+        done + 1
+    );
+    let mut out = Status::with_metadata(s.code(), message, std::mem::take(s.metadata_mut()));
+    out.metadata_mut()
+        .insert(BATCHES_WRITTEN_METADATA, MetadataValue::from(done));
+    out.metadata_mut().insert(
+        EVENTS_ACCEPTED_METADATA,
+        MetadataValue::from(reply.accepted),
+    );
+    out
+}
+
 fn to_reply(r: IngestResponse, into: &mut pb::IngestReply) {
     into.accepted += r.accepted as u32;
     into.duplicates += r.duplicates as u32;
@@ -104,12 +136,19 @@ impl pb::ingest_server::Ingest for IngestService {
         let tenant = self.tenant(request.metadata())?;
         let mut batches = request.into_inner();
         let mut reply = pb::IngestReply::default();
+        let mut done = 0u32;
         // One batch at a time: the next is read only after the bus acknowledged this one.
-        while let Some(batch) = batches.message().await? {
+        loop {
+            let batch = match batches.message().await {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => return Err(after_batches(e, done, &reply)),
+            };
             let response = ingest_events(&self.state, &tenant, batch.events)
                 .await
-                .map_err(status)?;
+                .map_err(|e| after_batches(status(e), done, &reply))?;
             to_reply(response, &mut reply);
+            done += 1;
         }
         Ok(Response::new(reply))
     }

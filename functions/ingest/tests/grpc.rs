@@ -120,6 +120,55 @@ async fn client_streaming_adds_up_every_batch() {
     assert_eq!(bus.len("events"), 12);
 }
 
+/// A batch that fails after earlier ones were written: the status says how many were, so
+/// the client resends from the failed one (not "nothing was written").
+#[tokio::test]
+async fn a_stream_that_fails_midway_says_which_batches_were_written() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let mut client = IngestClient::connect(serve(&bus).await).await.unwrap();
+    let batches = [
+        pb::EventBatch {
+            events: vec![event("acme", 1); 4],
+        },
+        pb::EventBatch {
+            events: vec![event("acme", 2), event("other", 3)],
+        },
+        pb::EventBatch {
+            events: vec![event("acme", 4)],
+        },
+    ];
+    let err = client
+        .ingest_stream(authed(futures::stream::iter(batches)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(common::check_grpc_status(&err), "forbidden_tenant");
+    let meta = |k: &str| {
+        err.metadata()
+            .get(k)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(meta("pitboss-batches-written").as_deref(), Some("1"));
+    assert_eq!(meta("pitboss-events-accepted").as_deref(), Some("4"));
+    assert!(err.message().contains("resend from batch 2"), "{err:?}");
+    assert_eq!(
+        bus.len("events"),
+        4,
+        "the first batch is written, nothing after it"
+    );
+    // Failing in the first batch: the plain whole-request error, nothing written.
+    let err = client
+        .ingest_stream(authed(futures::stream::iter([pb::EventBatch {
+            events: vec![event("other", 5)],
+        }])))
+        .await
+        .unwrap_err();
+    assert_eq!(common::check_grpc_status(&err), "forbidden_tenant");
+    assert!(err.metadata().get("pitboss-batches-written").is_none());
+    assert_eq!(bus.len("events"), 4);
+}
+
 #[tokio::test]
 async fn auth_tenants_and_bus_failures_map_to_grpc_codes() {
     let bus = MemoryPublisher::new();
