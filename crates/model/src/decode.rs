@@ -75,11 +75,30 @@ pub fn decode_event_exact(json: &[u8]) -> Result<Event, Violation> {
         return raw.into_event();
     }
     let mut de = serde_json::Deserializer::from_slice(json);
-    let raw: RawEvent =
-        serde_path_to_error::deserialize(&mut de).map_err(|e| path_violation(e, None))?;
+    let raw: RawEvent = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // A field the decoder refused before the parser reached the text's break (`{"x":`, an
+        // object followed by more text) does not hide that the text is not JSON.
+        let v = path_violation(e, None);
+        if v.code == ViolationCode::Malformed {
+            v
+        } else {
+            not_json(json).unwrap_or(v)
+        }
+    })?;
     de.end()
         .map_err(|e| Violation::new("", ViolationCode::Malformed, e.to_string()))?;
     raw.into_event()
+}
+
+/// `malformed` at the empty path, saying where, when `json` is not one JSON value (cut off,
+/// a syntax error, trailing text); `None` for JSON, and for nesting past the parser's limit
+/// (refused where it is, with its path).
+fn not_json(json: &[u8]) -> Option<Violation> {
+    let e = serde_json::from_slice::<serde::de::IgnoredAny>(json).err()?;
+    let message = e.to_string();
+    (e.classify() != serde_json::error::Category::Data
+        && !message.starts_with("recursion limit exceeded"))
+    .then(|| Violation::new("", ViolationCode::Malformed, message))
 }
 
 /// An event decoded in one pass: the payload is decoded by its type as soon as it is reached
@@ -347,6 +366,8 @@ pub(crate) fn path_violation(
                 ViolationCode::InvalidType
             } else if message.starts_with(NOT_RFC3339) {
                 ViolationCode::InvalidTimestamp
+            } else if message.starts_with(crate::event::AMOUNT_PAST_I64) {
+                ViolationCode::AmountTooLarge
             } else {
                 ViolationCode::InvalidValue
             }
@@ -445,6 +466,34 @@ mod tests {
     }
 
     #[test]
+    fn an_amount_past_64_bits_is_too_large_and_a_fraction_of_another_type() {
+        for amount in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1e30",
+        ] {
+            let v = err(&format!(
+                r#"{{{BASE},"type":"deposit","payload":{{"transaction_id":"t","amount":{{"amount_minor":{amount},"currency":"EUR"}}}}}}"#
+            ));
+            assert_eq!(
+                (v.path.as_str(), v.code),
+                ("payload.amount.amount_minor", ViolationCode::AmountTooLarge),
+                "{amount}: {v}"
+            );
+        }
+        let v = err(&format!(
+            r#"{{{BASE},"type":"deposit","payload":{{"transaction_id":"t","amount":{{"amount_minor":1.5,"currency":"EUR"}}}}}}"#
+        ));
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("payload.amount.amount_minor", ViolationCode::InvalidType),
+            "{v}"
+        );
+    }
+
+    #[test]
     fn malformed_and_trailing_garbage() {
         assert_eq!(err("{").code, ViolationCode::Malformed);
         assert_eq!(err("").code, ViolationCode::Malformed);
@@ -526,6 +575,27 @@ mod tests {
         assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
         let v = err("not json");
         assert_eq!((v.path.as_str(), v.code), ("", ViolationCode::Malformed));
+        // Also when a field the decoder refuses (unknown, missing) comes before the break.
+        for text in [
+            r#"{"x":"#.to_string(),
+            r#"{"x":1"#.to_string(),
+            r#"{"tenant_id":"acme"} trailing"#.to_string(),
+            format!(r#"{{{BASE},"why":1"#),
+            format!(r#"{{{BASE},"type":"bogus"}}}}"#),
+        ] {
+            let v = err(&text);
+            assert_eq!(
+                (v.path.as_str(), v.code),
+                ("", ViolationCode::Malformed),
+                "{text}: {v}"
+            );
+        }
+        // JSON with a refused field stays that field's violation.
+        let v = err(r#"{"x":1}"#);
+        assert_eq!(
+            (v.path.as_str(), v.code),
+            ("x", ViolationCode::UnknownField)
+        );
     }
 
     #[test]

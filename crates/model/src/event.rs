@@ -179,9 +179,51 @@ impl Event {
 #[serde(deny_unknown_fields)]
 pub struct Money {
     /// Amount in minor units (cents for EUR, yen for JPY).
+    #[serde(deserialize_with = "minor_units")]
     pub amount_minor: i64,
     /// ISO 4217 alphabetic code, upper case.
     pub currency: String,
+}
+
+/// The start of the message of an integer amount past what an `i64` holds: the decoder reports
+/// it as `amount_too_large`, like an amount over the configured ceiling.
+pub(crate) const AMOUNT_PAST_I64: &str = "amount too large";
+
+/// `amount_minor`: an integer. One past what 64 bits hold (an unsigned integer over 2⁶³ − 1,
+/// or an integer so large that JSON parsers read it as a float) is too large, not of another
+/// type; a fraction is of another type.
+fn minor_units<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct Minor;
+    impl serde::de::Visitor<'_> for Minor {
+        type Value = i64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("i64")
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| {
+                E::custom(format!(
+                    "{AMOUNT_PAST_I64}: {v} is past the largest amount, 2^63 - 1 minor units"
+                ))
+            })
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            if v.is_finite() && v.fract() == 0.0 && v.abs() >= 9.223_372_036_854_775_807e18 {
+                Err(E::custom(format!(
+                    "{AMOUNT_PAST_I64}: {v:e} is past the largest amount, 2^63 - 1 minor units"
+                )))
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_i64(Minor)
 }
 
 impl Money {

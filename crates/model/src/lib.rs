@@ -6,6 +6,7 @@
 //! Money is integer minor units plus an ISO 4217 code everywhere; there are no floats for money.
 
 pub mod convert;
+pub mod country;
 pub mod currency;
 pub mod decode;
 pub mod event;

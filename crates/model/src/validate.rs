@@ -469,12 +469,15 @@ impl Checker<'_> {
                     MAX_USER_AGENT,
                 );
                 if let Some(c) = &l.country
-                    && (c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()))
+                    && !crate::country::is_iso3166(c)
                 {
                     self.push(
                         "payload.country",
                         ViolationCode::InvalidCountry,
-                        "expected an ISO 3166-1 alpha-2 code like \"DE\"",
+                        format!(
+                            "{:?} is not an ISO 3166-1 alpha-2 country code (upper case, e.g. \"DE\"; \"GB\" for the United Kingdom)",
+                            c.chars().take(8).collect::<String>()
+                        ),
                     );
                 }
                 if l.success && l.failure_reason.is_some() {

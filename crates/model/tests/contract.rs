@@ -224,6 +224,18 @@ fn rule_odds_ip_country_duration_schema_version() {
             ("payload.country".into(), ViolationCode::InvalidCountry)
         ]
     );
+    // Two upper-case letters are not enough: the code must be assigned.
+    for bad in ["UK", "EU", "XX", "ZZ", "de"] {
+        let mut l = fixture("login.json");
+        if let Payload::Login(p) = &mut l.payload {
+            p.country = Some(bad.into());
+        }
+        assert_eq!(
+            violations(&l),
+            one("payload.country", ViolationCode::InvalidCountry),
+            "{bad}"
+        );
+    }
     let mut s = fixture("session_ended.json");
     if let Payload::SessionEnded(p) = &mut s.payload {
         p.duration_ms = Some(-1);
