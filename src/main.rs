@@ -1036,7 +1036,14 @@ async fn up(
     if let Some(d) = &demo {
         d.validate().map_err(anyhow::Error::msg)?;
     }
-    std::fs::create_dir_all(&data_dir)
+    // Readable by its owner alone when `up` makes it: the log and the store hold players' IP
+    // addresses and device ids, the secrets sit beside them. (An existing directory keeps its
+    // mode: the operator chose it.)
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     // One `up` per data directory, whatever its bus and store (on Kafka nothing else in it is
     // locked: a second one joined the first's consumer groups and wrote the same store). Held

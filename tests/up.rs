@@ -1285,15 +1285,22 @@ fn readers_of_the_embedded_log_refuse_a_directory_without_one() {
 /// it joined the first one's consumer groups and wrote the same store).
 #[test]
 fn a_second_up_on_the_same_data_directory_is_refused_up_front() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = up(dir.path());
-    let out = up_command(dir.path()).output().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // A directory `up` makes is its owner's alone (players' IPs and device ids, the secrets).
+    let dir = tmp.path().join("made-by-up");
+    let first = up(&dir);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+    }
+    let out = up_command(&dir).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
             && said.contains(&format!(
                 "{} is in use by another `pitboss up`",
-                dir.path().display()
+                dir.display()
             )),
         "{said}"
     );
