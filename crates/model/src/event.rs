@@ -214,7 +214,7 @@ fn minor_units<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> 
         }
 
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            if v.is_finite() && v.fract() == 0.0 && v.abs() >= 9.223_372_036_854_775_807e18 {
+            if v.is_finite() && v.fract() == 0.0 && v.abs() >= i64::MAX as f64 {
                 Err(E::custom(format!(
                     "{AMOUNT_PAST_I64}: {v:e} is past the largest amount, 2^63 - 1 minor units"
                 )))
