@@ -119,6 +119,17 @@ pub struct GatewayTuning {
     /// How often idle subscriptions get a fresh cursor (and old history is dropped).
     #[arg(long, default_value_t = 15)]
     pub cursor_refresh_secs: u64,
+    /// Operator pushes a tenant may publish per second through one gateway (`POST
+    /// /v1/publish`, each push of an array counted); past it, `429 rate_limited`…
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_PUBLISH_PER_SECOND",
+        default_value_t = 1_000
+    )]
+    pub publish_per_second: u32,
+    /// …after a burst of this many (at least 1,000, one full array).
+    #[arg(long, env = "PITBOSS_GATEWAY_PUBLISH_BURST", default_value_t = 10_000)]
+    pub publish_burst: u32,
     /// Which deliveries get a receipt on the `deliveries` topic: `direct` (player pushes and
     /// operator alerts), `all` (also every socket a room push reached), or `off`.
     #[arg(
@@ -152,6 +163,8 @@ impl GatewayTuning {
         c.server.queue_capacity = self.queue_capacity.max(1);
         c.server.ping_interval = Duration::from_secs(self.ping_interval_secs.max(1));
         c.server.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
+        c.server.publish_per_second = self.publish_per_second.max(1);
+        c.server.publish_burst = self.publish_burst.max(1);
         c.receipts.policy = match self.receipts {
             ReceiptsArg::Off => ReceiptPolicy::Off,
             ReceiptsArg::Direct => ReceiptPolicy::Direct,

@@ -55,6 +55,14 @@ pub struct ServerConfig {
     /// Topic operator pushes go to, and acks.
     pub pushes_topic: String,
     pub acks_topic: String,
+    /// Operator pushes a tenant may publish per second through this instance (`POST
+    /// /v1/publish`, each push of an array counted)…
+    pub publish_per_second: u32,
+    /// …and in a burst (at least one full array, [`MAX_PUBLISH_BATCH`]).
+    pub publish_burst: u32,
+    /// How long a `POST /v1/publish` body may stall between two of its pieces (then `408
+    /// body_timeout`).
+    pub publish_body_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +78,9 @@ impl Default for ServerConfig {
             max_errors: 50,
             pushes_topic: Push::TOPIC.into(),
             acks_topic: AlertAck::TOPIC.into(),
+            publish_per_second: 1_000,
+            publish_burst: 10_000,
+            publish_body_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -99,6 +110,8 @@ pub struct GatewayState {
     /// Connection ids are `<gateway>-<boot>-<n>`: `boot` (this start's time, base 36) keeps
     /// them unique across restarts, so receipts of two runs never collide.
     boot: Arc<str>,
+    /// Operator pushes per tenant (`publish_per_second`, `publish_burst`).
+    publish_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -121,6 +134,16 @@ impl GatewayState {
     ) -> Self {
         let gateway_id = config.gateway_id.clone();
         let boot = base36(Timestamp::now().as_millis().max(0) as u64);
+        let publish_limit = RateLimiter::keyed(
+            Quota::per_second(
+                std::num::NonZeroU32::new(config.publish_per_second.max(1))
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )
+            .allow_burst(
+                std::num::NonZeroU32::new(config.publish_burst.max(MAX_PUBLISH_BATCH as u32))
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            ),
+        );
         GatewayState {
             hub,
             verifier,
@@ -140,6 +163,7 @@ impl GatewayState {
             ))),
             presence_task: Arc::new(Mutex::new(None)),
             boot: boot.into(),
+            publish_limit: Arc::new(publish_limit),
         }
     }
 
@@ -174,7 +198,13 @@ fn base36(mut n: u64) -> String {
 pub fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
-        .route("/v1/publish", post(publish))
+        .route(
+            "/v1/publish",
+            // A body that stalls is cut (its token is read only once it has arrived).
+            post(publish).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                state.config.publish_body_timeout,
+            )),
+        )
         .route("/v1/stats", get(stats))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
@@ -867,6 +897,18 @@ async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
+/// Whether reading a body failed because it stalled (`RequestBodyTimeoutLayer`).
+fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if x.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
 /// Most pushes in one `POST /v1/publish` array (the body, at most 1 MiB).
 pub const MAX_PUBLISH_BATCH: usize = 1000;
 /// Largest body of a single push.
@@ -893,6 +935,16 @@ async fn publish(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 "a body is at most 1 MiB (an array of pushes; a single push, 64 KiB)",
+            );
+        }
+        Err(e) if stalled(&e) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body stalled: nothing of it arrived for {} ms; nothing was published",
+                    st.config.publish_body_timeout.as_millis()
+                ),
             );
         }
         Err(e) => return error_response(e.status(), "malformed", e.body_text()),
@@ -980,6 +1032,33 @@ async fn publish(
             axum::Json(serde_json::json!({"error": {"code": "invalid_push", "message": "the push breaks the contract (docs/alerts.md); nothing was published", "violations": invalid}})),
         )
             .into_response();
+    }
+    // The tenant's budget of pushes (a leaked or runaway operator tool cannot flood every
+    // player): an array takes one per push, all or none.
+    let n = std::num::NonZeroU32::new(u32::try_from(pushes.len()).unwrap_or(u32::MAX))
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    if let Err(wait) = match st.publish_limit.check_key_n(&claims.tenant, n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => Err(not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ))),
+        // Never: the burst holds a full array.
+        Err(_) => Err(Duration::from_secs(1)),
+    } {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "the tenant's operator pushes are over {} a second (bursts of {}); nothing was published, retry in {secs} s",
+                st.config.publish_per_second.max(1),
+                st.config.publish_burst.max(MAX_PUBLISH_BATCH as u32)
+            ),
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
     }
     let records = pushes.iter().map(|(p, _)| live_record(p)).collect();
     match st.publisher.publish(&st.config.pushes_topic, records).await {

@@ -283,6 +283,79 @@ async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
     );
 }
 
+/// A tenant's operator pushes are bounded per second (a leaked or runaway tool cannot flood
+/// every player): past the burst, `429 rate_limited` with `Retry-After`, nothing published;
+/// another tenant is unaffected.
+#[tokio::test]
+async fn a_tenants_operator_pushes_are_rate_limited_and_others_are_not() {
+    let env = Env::new().await;
+    let gw = env
+        .gateway_with(|c| {
+            c.server.publish_per_second = 1;
+            c.server.publish_burst = 1;
+        })
+        .await;
+    let ops = env.token("acme", "ops", Role::Operator, &[]);
+    let push = |p: &str| json!({"target": {"player": p}, "kind": "operator.message", "title": "t", "body": "b"});
+    // The burst is at least one full array: 1,000 pushes pass at once…
+    let full: Vec<Value> = (0..1000).map(|i| push(&format!("p{i}"))).collect();
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!(full)).await;
+    assert_eq!(status, 202, "{answer}");
+    // …and the next is over the budget.
+    let (status, headers, answer) = gw.post_full("/v1/publish", Some(&ops), &push("p1")).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{answer}"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert_eq!(
+        env.read_all::<pitboss_model::live::Push>("pushes")
+            .await
+            .len(),
+        1000,
+        "nothing of the refused request is published"
+    );
+    let other = env.token("other", "ops", Role::Operator, &[]);
+    let (status, answer) = gw.post("/v1/publish", Some(&other), &push("p1")).await;
+    assert_eq!(status, 202, "another tenant has its own budget: {answer}");
+}
+
+/// A publish body that stalls is cut with `408 body_timeout` (the token is read only once the
+/// body has arrived: without the cut, anyone could hold connections open).
+#[tokio::test]
+async fn a_publish_body_that_stalls_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new().await;
+    let gw = env
+        .gateway_with(|c| c.server.publish_body_timeout = std::time::Duration::from_millis(300))
+        .await;
+    let ops = env.token("acme", "ops", Role::Operator, &[]);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!("POST /v1/publish HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ops}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("body_timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "held: {text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"body_timeout\""), "{text}");
+}
+
 /// An array of pushes is one request and one bus write: each push reaches its own channel, the
 /// answers come in the array's order, and one invalid push refuses the whole array (nothing
 /// published, the violation named by its index).

@@ -290,6 +290,17 @@ impl Gw {
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let (status, _, answer) = self.post_full(path, token, body).await;
+        (status, answer)
+    }
+
+    /// [`Gw::post`] with the answer's headers.
+    pub async fn post_full(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let mut req = reqwest::Client::new()
             .post(format!("http://{}{path}", self.addr))
             .json(body);
@@ -298,7 +309,8 @@ impl Gw {
         }
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
+        let headers = res.headers().clone();
+        (status, headers, res.json().await.unwrap_or(Value::Null))
     }
 
     /// GETs `path` without following redirects: status, headers, body.

@@ -61,11 +61,12 @@ pub enum RequestCode {
     BatchOverRateLimit,
     BusRejected,
     BusUnavailable,
+    BodyTimeout,
 }
 
 impl RequestCode {
     /// Every request-level code, in table order (`ALL[c as usize] == c`).
-    pub const ALL: [RequestCode; 13] = [
+    pub const ALL: [RequestCode; 14] = [
         RequestCode::EmptyBody,
         RequestCode::UnreadableBody,
         RequestCode::Unauthorized,
@@ -79,6 +80,7 @@ impl RequestCode {
         RequestCode::BatchOverRateLimit,
         RequestCode::BusRejected,
         RequestCode::BusUnavailable,
+        RequestCode::BodyTimeout,
     ];
 
     /// Its row of [`ERROR_CODES`].
@@ -236,6 +238,13 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         Some(Code::Unavailable),
         Retry::AfterRetryAfter,
         "the bus did not acknowledge in time (`publish_timeout_ms`, 10 s)",
+    ),
+    request(
+        "body_timeout",
+        408,
+        None,
+        Retry::No,
+        "the body stalled: nothing of it arrived for `header_read_timeout_ms` (10 s); nothing was written",
     ),
     event(
         ViolationCode::Malformed,

@@ -37,6 +37,8 @@ pub enum IngestError {
     BusUnavailable(BusError),
     #[error("the event bus refused the events: {0}")]
     BusRejected(BusError),
+    #[error("the body stalled: nothing of it arrived for {after_ms} ms; nothing was written")]
+    BodyTimeout { after_ms: u64 },
 }
 
 impl IngestError {
@@ -59,6 +61,7 @@ impl IngestError {
             IngestError::BusUnavailable(_) => RequestCode::BusUnavailable,
             // A bus that refuses for good (unknown topic, broker-side limits) is a server fault.
             IngestError::BusRejected(_) => RequestCode::BusRejected,
+            IngestError::BodyTimeout { .. } => RequestCode::BodyTimeout,
         }
     }
 

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use pitboss_bus::{OutRecord, Publisher};
 use serde::{Deserialize, Serialize};
 use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticator;
@@ -103,10 +104,14 @@ impl IntoResponse for IngestError {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     // Outermost first: authenticate, check the encoding, decompress, limit the body.
+    // A body that stalls (a client that sent its head and a byte) is cut after the head's
+    // deadline without a frame, not held for ever.
+    let body_timeout = std::time::Duration::from_millis(state.config.header_read_timeout_ms);
     let events = post(post_events)
         .layer::<_, Infallible>(DefaultBodyLimit::max(max_body))
         .layer::<_, Infallible>(RequestDecompressionLayer::new())
         .layer::<_, Infallible>(middleware::from_fn(check_encoding))
+        .layer::<_, Infallible>(RequestBodyTimeoutLayer::new(body_timeout))
         .layer::<_, Infallible>(middleware::from_fn_with_state(state.clone(), authenticate));
     let ws = get(ws_ingest).layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -234,6 +239,10 @@ async fn post_events(
             IngestError::BodyTooLarge {
                 limit: state.config.max_body_bytes,
             }
+        } else if timed_out(&r) {
+            IngestError::BodyTimeout {
+                after_ms: state.config.header_read_timeout_ms,
+            }
         } else {
             IngestError::Request(core::RequestError::Unreadable(r.body_text()))
         }
@@ -248,6 +257,19 @@ async fn post_events(
     metrics::counter!("pitboss_ingest_requests_total", "status" => status.as_u16().to_string())
         .increment(1);
     Ok((status, Json(response)).into_response())
+}
+
+/// Whether reading the body failed because it stalled (`RequestBodyTimeoutLayer`), whatever
+/// wrapped the error on the way (decompression, axum's rejection).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if x.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
 }
 
 /// One batch, whatever transport it came by: plan it with the pure core, take it from the

@@ -47,6 +47,8 @@ fn config() -> IngestConfig {
             max_events: 5,
             ..CoreConfig::default()
         },
+        // Also how long a body may stall.
+        header_read_timeout_ms: 300,
         ..IngestConfig::default()
     }
 }
@@ -405,7 +407,30 @@ async fn every_code_is_produced_by_some_input() {
             .insert(header::CONTENT_ENCODING, encoding.parse().unwrap());
         r
     };
+    // A body that sends a byte and stalls: cut, not held for ever, plain and gzip alike.
+    let stalled = |gzip: bool| {
+        let first: Vec<u8> = if gzip {
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut z, good.as_bytes()).unwrap();
+            let all = z.finish().unwrap();
+            all[..all.len() / 2].to_vec()
+        } else {
+            b"[".to_vec()
+        };
+        let chunks = futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(first)]),
+            futures::stream::pending(),
+        );
+        let mut r = post(Some(KEY), json, Body::from_stream(chunks));
+        if gzip {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        }
+        r
+    };
     let cases: Vec<(&str, &str, Request<Body>)> = vec![
+        ("body_timeout", "a body that stalls", stalled(false)),
+        ("body_timeout", "a gzip body that stalls", stalled(true)),
         ("empty_body", "an empty body", post(Some(KEY), json, "")),
         ("empty_body", "[]", post(Some(KEY), json, "[]")),
         (

@@ -4,7 +4,7 @@
  * `POST /v1/publish`.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -198,7 +198,7 @@ export class Pitboss {
       kind: 'operator.message',
       title,
       body: `body of ${title}`,
-      push_id: randomUUID(),
+      push_id: uuidv7(),
     });
     let lastError: unknown;
     for (let attempt = 0; attempt < 20; attempt++) {
@@ -303,4 +303,19 @@ export async function blackhole(): Promise<{ port: number; close: () => Promise<
         server.close(() => resolve());
       }),
   };
+}
+
+/** A UUIDv7 (RFC 9562: 48-bit Unix ms, version 7, variant, random): an operator push's own id
+ * must be one (docs/gateway.md). */
+export function uuidv7(): string {
+  const b = randomBytes(16);
+  let ms = BigInt(Date.now());
+  for (let i = 5; i >= 0; i--) {
+    b[i] = Number(ms & 0xffn);
+    ms >>= 8n;
+  }
+  b[6] = (b[6] & 0x0f) | 0x70;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }

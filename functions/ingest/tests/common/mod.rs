@@ -38,6 +38,7 @@ pub fn every_error() -> Vec<IngestError> {
         },
         IngestError::BusUnavailable(BusError::Unavailable("x".into())),
         IngestError::BusRejected(BusError::UnknownTopic("x".into())),
+        IngestError::BodyTimeout { after_ms: 10_000 },
     ];
     for e in &all {
         match e {
@@ -55,7 +56,8 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::RateLimited { .. }
             | IngestError::BatchOverRateLimit { .. }
             | IngestError::BusUnavailable(_)
-            | IngestError::BusRejected(_) => {}
+            | IngestError::BusRejected(_)
+            | IngestError::BodyTimeout { .. } => {}
         }
     }
     all
