@@ -101,6 +101,13 @@ pub struct GatewayTuning {
     /// …for at most this long: a client away longer gets `too_old`.
     #[arg(long, default_value_t = 600)]
     pub history_max_age_secs: u64,
+    /// An alert not acknowledged is kept for its tenant's operators past the history, until
+    /// acknowledged or this old (a restart reads the alerts and acks of this span again)…
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub open_alerts_max_age_secs: u64,
+    /// …at most this many per tenant (the oldest go first).
+    #[arg(long, default_value_t = 10_000)]
+    pub open_alerts_max: usize,
     /// Frames queued per connection before it is closed as a slow consumer (4008).
     #[arg(long, default_value_t = 1024)]
     pub queue_capacity: usize,
@@ -159,6 +166,8 @@ impl GatewayTuning {
         };
         c.hub.history_max = self.history_max.max(1);
         c.hub.history_max_age_ms = (self.history_max_age_secs.max(1) * 1000) as i64;
+        c.hub.open_alerts_max_age_ms = (self.open_alerts_max_age_secs.max(1) * 1000) as i64;
+        c.hub.open_alerts_max = self.open_alerts_max.max(1);
         c.server.gateway_id = gateway_id;
         c.server.queue_capacity = self.queue_capacity.max(1);
         c.server.ping_interval = Duration::from_secs(self.ping_interval_secs.max(1));

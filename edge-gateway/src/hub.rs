@@ -57,6 +57,11 @@ pub struct HubConfig {
     pub max_replay: usize,
     /// Most subscriptions per connection.
     pub max_subscriptions: usize,
+    /// An alert not acknowledged yet is kept for its tenant's operators past the history, until
+    /// it is acknowledged or this old (by bus time), in milliseconds…
+    pub open_alerts_max_age_ms: i64,
+    /// …at most this many per tenant (the oldest go first).
+    pub open_alerts_max: usize,
 }
 
 impl Default for HubConfig {
@@ -66,6 +71,8 @@ impl Default for HubConfig {
             history_max_age_ms: 10 * 60 * 1000,
             max_replay: 10_000,
             max_subscriptions: 64,
+            open_alerts_max_age_ms: 24 * 60 * 60 * 1000,
+            open_alerts_max: 10_000,
         }
     }
 }
@@ -260,6 +267,11 @@ pub struct Hub {
     conns: HashMap<ConnId, Conn>,
     acked: HashSet<Arc<str>>,
     acked_order: VecDeque<Arc<str>>,
+    /// Alerts gone from the history but not acknowledged, per operator channel, oldest first
+    /// (an entry acknowledged since stays until it reaches the front: see `open_ids`).
+    open: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
+    /// Of those, the ones still open (`tenant` + `id`).
+    open_ids: HashSet<Arc<str>>,
     /// When the last tick listed the idle channels.
     last_tick_ms: i64,
 }
@@ -286,6 +298,8 @@ impl Hub {
             conns: HashMap::new(),
             acked: HashSet::new(),
             acked_order: VecDeque::new(),
+            open: HashMap::new(),
+            open_ids: HashSet::new(),
             last_tick_ms: i64::MIN,
         }
     }
@@ -582,7 +596,14 @@ impl Hub {
                     .insert(e.partition, Floor::After(e.position.clone()));
                 if kind == MessageType::Alert {
                     // Its place in `acked_order` goes when the order's bound passes it.
-                    self.acked.remove(&e.key);
+                    let acked = self.acked.remove(&e.key);
+                    // Not acknowledged: its tenant's operators still get it on subscribe.
+                    if !acked
+                        && e.bus_ms >= now_ms - self.config.open_alerts_max_age_ms
+                        && e.expires_at_ms.is_none_or(|x| x > now_ms)
+                    {
+                        self.keep_open(e.clone());
+                    }
                 }
                 if let Some(ch) = self.channels.get_mut(&e.channel) {
                     if ch.history.front().is_some_and(|f| Arc::ptr_eq(f, &e)) {
@@ -594,6 +615,47 @@ impl Hub {
                 }
             }
         }
+        self.evict_open(now_ms);
+    }
+
+    /// Keeps an alert that left the history unacknowledged for its operator channel, within
+    /// the tenant's bound.
+    fn keep_open(&mut self, e: Arc<Entry>) {
+        let max = self.config.open_alerts_max.max(1);
+        self.open_ids.insert(e.key.clone());
+        let q = self.open.entry(e.channel.clone()).or_default();
+        // In bus-time order (a gateway rebuilding them reads the partitions in turn), so the
+        // oldest are the front and a replay comes oldest first.
+        let at = q.len() - q.iter().rev().take_while(|x| x.bus_ms > e.bus_ms).count();
+        q.insert(at, e);
+        while q.len() > max {
+            if let Some(old) = q.pop_front() {
+                self.open_ids.remove(&old.key);
+            }
+        }
+    }
+
+    /// Drops open alerts past their age, and acknowledged ones at the front of their queue.
+    fn evict_open(&mut self, now_ms: i64) {
+        let oldest = now_ms - self.config.open_alerts_max_age_ms;
+        let ids = &mut self.open_ids;
+        self.open.retain(|_, q| {
+            while let Some(f) = q.front() {
+                if f.bus_ms >= oldest && ids.contains(&f.key) {
+                    break;
+                }
+                if f.bus_ms < oldest {
+                    ids.remove(&f.key);
+                }
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+    }
+
+    /// Alerts kept open for operators, past the history (for tests and gauges).
+    pub fn open_alerts(&self) -> usize {
+        self.open_ids.len()
     }
 
     /// Records acks read from `alert_acks`: acknowledged alerts are no longer redelivered.
@@ -604,6 +666,7 @@ impl Hub {
                 continue;
             };
             let id = scoped(&ack.tenant_id, &ack.alert_id);
+            self.open_ids.remove(&id);
             if self.acked.insert(id.clone()) {
                 self.acked_order.push_back(id);
                 n += 1;
@@ -718,6 +781,17 @@ impl Hub {
         let is_operator = matches!(channel, ChannelName::Operator { .. });
         let ch = self.channels.get(&name).expect("channel present");
         let mut replay = Vec::new();
+        // Alerts that left the history unacknowledged come first (they are older than it).
+        if is_operator && let Some(q) = self.open.get(&name) {
+            for e in q {
+                if self.open_ids.contains(&e.key)
+                    && !self.acked.contains(&e.key)
+                    && e.expires_at_ms.is_none_or(|x| x > now_ms)
+                {
+                    replay.push(e.clone());
+                }
+            }
+        }
         for e in &ch.history {
             if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
                 continue;
@@ -1384,6 +1458,61 @@ mod tests {
             ids,
             [alerts[0].alert_id.clone(), alerts[2].alert_id.clone()]
         );
+    }
+
+    /// An alert that leaves the history (by count or age) unacknowledged is still its
+    /// operators' on subscribe — an operator who reloads loses no open case — until it is
+    /// acknowledged, ages past `open_alerts_max_age_ms`, or is pushed out by the tenant's bound.
+    #[test]
+    fn unacknowledged_alerts_outlive_the_history_for_operators() {
+        let mut h = hub(HubConfig {
+            history_max: 2,
+            open_alerts_max: 3,
+            ..HubConfig::default()
+        });
+        let mut log = Log::default();
+        let alerts: Vec<_> = (1..=6).map(live::alert).collect();
+        let tenant = alerts[0].tenant_id.clone();
+        let ch = channel(&format!("operator:{tenant}"));
+        let ids = |v: &[usize]| -> Vec<String> {
+            v.iter().map(|i| alerts[*i].alert_id.clone()).collect()
+        };
+        // Alert 0 is acknowledged while still in the history.
+        h.apply(MessageType::Alert, &[log.record(&alerts[0])], now());
+        let mut ack = live::ack(1);
+        ack.alert_id = alerts[0].alert_id.clone();
+        h.apply_acks(&[log.record(&ack)]);
+        let recs: Vec<_> = alerts[1..].iter().map(|a| log.record(a)).collect();
+        h.apply(MessageType::Alert, &recs, now());
+        // History: 4 and 5. Open past it: 1, 2, 3 (0 was acknowledged).
+        assert_eq!(h.open_alerts(), 3);
+        let subscribe = |h: &mut Hub, conn: ConnId| {
+            let mut c = connect(h, conn, "ops", 64);
+            h.subscribe(conn, &ch, None, None, now()).unwrap();
+            let got = c.message_ids();
+            h.unregister(conn);
+            got
+        };
+        assert_eq!(subscribe(&mut h, 1), ids(&[1, 2, 3, 4, 5]));
+        // Acknowledged after it left the history: no longer delivered.
+        let mut ack = live::ack(2);
+        ack.alert_id = alerts[2].alert_id.clone();
+        h.apply_acks(&[log.record(&ack)]);
+        assert_eq!(subscribe(&mut h, 2), ids(&[1, 3, 4, 5]));
+        // The tenant's bound: the oldest open ones go first.
+        let more: Vec<_> = (7..=9).map(live::alert).collect();
+        let recs: Vec<_> = more.iter().map(|a| log.record(a)).collect();
+        h.apply(MessageType::Alert, &recs, now());
+        let got = subscribe(&mut h, 3);
+        assert_eq!(
+            got.len(),
+            3 + 2,
+            "three open past the history, two in it: {got:?}"
+        );
+        assert!(!got.contains(&alerts[1].alert_id), "the oldest went");
+        // Past their age: gone.
+        h.apply(MessageType::Alert, &[], now() + 25 * 3600 * 1000);
+        assert_eq!(h.open_alerts(), 0);
     }
 
     #[test]

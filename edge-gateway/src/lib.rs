@@ -90,6 +90,15 @@ pub fn start(
     config.server.acks_topic = config.acks_topic.clone();
     let hub = Arc::new(Mutex::new(Hub::new(config.hub.clone(), config.keying)));
     let history_age = Duration::from_millis(config.hub.history_max_age_ms.max(0) as u64);
+    // Alerts and acks are read from as far back as an alert stays open for operators (a
+    // restart rebuilds the open ones: the bus keeps them); pushes from the history's age.
+    let open_age = Duration::from_millis(
+        config
+            .hub
+            .open_alerts_max_age_ms
+            .max(config.hub.history_max_age_ms)
+            .max(0) as u64,
+    );
     let feeds = [
         (
             feed::FeedKind::Messages(MessageType::Alert),
@@ -105,10 +114,14 @@ pub fn start(
     for (kind, topic) in feeds {
         let (tx, rx) = watch::channel(false);
         waits.push(rx);
+        let from_age = match kind {
+            feed::FeedKind::Messages(MessageType::Push) => history_age,
+            _ => open_age,
+        };
         let spec = feed::Feed {
             kind,
             topic,
-            history_max_age: history_age,
+            history_max_age: from_age,
             sequences: config.sequences,
         };
         tokio::spawn(feed::run(

@@ -206,6 +206,52 @@ async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect
     assert_eq!(reply.replayed, vec![a2]);
 }
 
+/// An alert older than the history and not acknowledged is still delivered on subscribe — also
+/// by a gateway started afterwards (it reads the open span of `alerts` and `alert_acks` again);
+/// an acknowledged one is not.
+#[tokio::test]
+async fn unacknowledged_alerts_older_than_the_history_survive_a_restart() {
+    let env = Env::new().await;
+    let short = |c: &mut pitboss_gateway::GatewayConfig| c.hub.history_max_age_ms = 500;
+    let gw = env.gateway_with(short).await;
+    let token = env.token("acme", "ops", Role::Operator, &[]);
+    let mut ops = gw.connect(&token).await;
+    ops.subscribe("operator:acme", None).await;
+    let a1 = env.publish_alert("acme", "p1").await.2;
+    let a2 = env.publish_alert("acme", "p2").await.2;
+    assert_eq!(ops.messages(2).await, vec![a1.clone(), a2.clone()]);
+    let reply = ops
+        .request(json!({"type": "ack", "id": 3, "alert_id": a1, "outcome": "false_positive"}))
+        .await;
+    assert_eq!(reply["type"], "acked", "{reply}");
+    drop(ops);
+    // Past the history's age: a later record evicts both from the history.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut ops = gw.connect(&token).await;
+    ops.subscribe("operator:acme", None).await;
+    let a3 = env.publish_alert("acme", "p3").await.2;
+    assert_eq!(ops.messages(1).await, vec![a3.clone()]);
+    drop(ops);
+    let mut ops = gw.connect(&token).await;
+    let got = ops.subscribe_collect("operator:acme", None).await;
+    assert_eq!(
+        got.replayed,
+        vec![a2.clone(), a3.clone()],
+        "a2 outlived the history"
+    );
+    drop(ops);
+    gw.stop().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let gw = env.gateway_with(short).await;
+    let mut ops = gw.connect(&token).await;
+    let got = ops.subscribe_collect("operator:acme", None).await;
+    assert_eq!(
+        got.replayed,
+        vec![a2, a3],
+        "after a restart: the open alerts, not the acknowledged one"
+    );
+}
+
 #[tokio::test]
 async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
     let env = Env::new().await;
