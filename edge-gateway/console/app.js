@@ -13,7 +13,8 @@ const state = {
   cursor: null,
   attempt: 0,
   nextId: 1,
-  pendingAcks: new Map(), // request id -> alert id
+  pendingAcks: new Map(), // request id -> { alertId, outcome }
+  replaying: null, // alert ids replayed by the subscribe in flight (every open alert)
   ackIds: new Map(), // alert id -> ack_id (a retry is the same ack)
   alerts: new Map(), // alert id -> element
   statsTimer: null,
@@ -52,7 +53,11 @@ function setStatus(text, live) {
   const s = $('status');
   s.textContent = text;
   s.classList.toggle('live', !!live);
+  // Figures and alerts shown while the gateway is away are the last known, not current.
+  $('app').classList.toggle('stale', !live);
 }
+
+const OUTCOMES = { acknowledged: 'acknowledged', false_positive: 'false positive', confirmed: 'confirmed', escalated: 'escalated' };
 
 // ------------------------------------------------------------------ sign in / out
 
@@ -127,7 +132,7 @@ function connect() {
     if (state.ws !== ws) return;
     state.ws = null;
     // Acks in flight have no answer coming: let the operator send them again (same ack_id).
-    for (const alertId of state.pendingAcks.values()) {
+    for (const { alertId } of state.pendingAcks.values()) {
       const card = state.alerts.get(alertId);
       if (card && !card.classList.contains('acked')) {
         card.querySelector('.ack-status').textContent = 'not confirmed: connection lost, try again';
@@ -155,28 +160,56 @@ function onFrame(f) {
       $('status').title = 'gateway ' + f.gateway + ', connection ' + f.connection;
       const sub = { type: 'subscribe', id: state.nextId++, channel: 'operator:' + state.claims.tenant };
       if (state.cursor) sub.since = state.cursor;
+      state.replaying = new Set();
       send(sub);
       break;
     }
-    case 'subscribed':
+    case 'subscribed': {
       state.cursor = f.cursor || state.cursor;
+      // A subscribe replays every alert still open (docs/gateway.md, "Operator acks"): a card
+      // not among them was acknowledged while this console was away. (Not when the replay was
+      // cut short: then the gateway says too_old and some open ones may be missing.)
+      const replayed = state.replaying;
+      state.replaying = null;
+      if (replayed && f.recovery !== 'too_old') {
+        for (const [alertId, card] of state.alerts) {
+          if (!replayed.has(alertId) && !card.classList.contains('acked')) markAcked(alertId, 'acknowledged elsewhere');
+        }
+      }
+      // Messages of a send that failed while offline are stale now.
+      for (const card of state.alerts.values()) {
+        const st = card.querySelector('.ack-status');
+        if (!card.classList.contains('acked') && st.textContent.startsWith('offline')) st.textContent = '';
+      }
       setStatus('live', true);
       break;
+    }
     case 'cursor':
       state.cursor = f.cursor;
       break;
     case 'message':
       if (f.cursor) state.cursor = f.cursor;
-      if (f.kind === 'alert') addAlert(f.data);
+      if (f.kind === 'alert') {
+        if (f.replayed && state.replaying && f.data) state.replaying.add(f.data.alert_id);
+        addAlert(f.data);
+      }
       break;
     case 'acked': {
-      const alertId = state.pendingAcks.get(f.id) || f.alert_id;
+      const pending = state.pendingAcks.get(f.id);
       state.pendingAcks.delete(f.id);
-      markAcked(alertId, 'acknowledged');
+      const alertId = (pending && pending.alertId) || f.alert_id;
+      const card = state.alerts.get(alertId);
+      // `alert_acked` (with who and when) may have come first.
+      if (card && !card.classList.contains('acked')) markAcked(alertId, OUTCOMES[pending && pending.outcome] || 'acknowledged');
       break;
     }
+    case 'alert_acked':
+      // Any operator of the tenant, this console included, on any gateway instance.
+      markAcked(f.alert_id, (OUTCOMES[f.outcome] || f.outcome) + ' by ' + f.operator_id + ' at ' + time(Date.parse(f.acked_at)));
+      break;
     case 'error': {
-      const alertId = state.pendingAcks.get(f.id);
+      const pending = state.pendingAcks.get(f.id);
+      const alertId = pending && pending.alertId;
       if (alertId) {
         state.pendingAcks.delete(f.id);
         const card = state.alerts.get(alertId);
@@ -202,10 +235,12 @@ function addAlert(a) {
   const li = el('li', 'alert ' + (a.severity || ''));
   li.dataset.alertId = a.alert_id;
   li.dataset.rule = a.rule_id;
+  const detected = a.detected_at ? Date.parse(a.detected_at) : Date.now();
+  li.dataset.detected = String(detected);
   const top = el('div', 'top');
   const left = el('div');
   left.append(el('span', 'sev', a.severity), document.createTextNode(' '), el('span', 'rule', a.rule_id));
-  top.append(left, el('span', 'meta', time(a.detected_at ? Date.parse(a.detected_at) : Date.now())));
+  top.append(left, el('span', 'meta', time(detected)));
   const who = el('div', 'meta', 'player ' + (a.player_id || a.group_key) + ' · score ' + a.score + ' (total ' + a.total_score + ') · ' + a.recommendation);
   const why = el('div', 'why', a.reason);
   const actions = el('div', 'actions');
@@ -219,14 +254,24 @@ function addAlert(a) {
   actions.append(el('span', 'ack-status meta'));
   li.append(top, who, why, actions);
   state.alerts.set(a.alert_id, li);
-  $('alerts').prepend(li);
+  // Newest first by detection time: a replay comes partition by partition, not in time order.
+  let before = $('alerts').firstElementChild;
+  while (before && Number(before.dataset.detected) > detected) before = before.nextElementSibling;
+  $('alerts').insertBefore(li, before);
   while (state.alerts.size > MAX_ALERTS) {
     const last = $('alerts').lastElementChild;
     if (!last) break;
     state.alerts.delete(last.dataset.alertId);
     last.remove();
   }
-  $('alert-count').textContent = '(' + state.alerts.size + ')';
+  countOpen();
+}
+
+// The header counts the alerts still open, not every card shown.
+function countOpen() {
+  let open = 0;
+  for (const card of state.alerts.values()) if (!card.classList.contains('acked')) open += 1;
+  $('alert-count').textContent = '(' + open + ' open)';
 }
 
 function ack(alertId, outcome) {
@@ -238,7 +283,7 @@ function ack(alertId, outcome) {
     if (card) card.querySelector('.ack-status').textContent = 'offline: try again when live';
     return;
   }
-  state.pendingAcks.set(id, alertId);
+  state.pendingAcks.set(id, { alertId, outcome });
   if (card) {
     card.querySelectorAll('button').forEach((b) => (b.disabled = true));
     card.querySelector('.ack-status').textContent = 'saving…';
@@ -251,6 +296,7 @@ function markAcked(alertId, text) {
   card.classList.add('acked');
   card.querySelectorAll('button').forEach((b) => (b.disabled = true));
   card.querySelector('.ack-status').textContent = text;
+  countOpen();
 }
 
 // ------------------------------------------------------------------ figures

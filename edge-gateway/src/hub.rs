@@ -658,6 +658,35 @@ impl Hub {
         self.open_ids.len()
     }
 
+    /// Tells the subscribers of the ack's operator channel (consoles open at once agree).
+    fn tell_acked(&mut self, ack: &AlertAck) {
+        let name: Arc<str> = ChannelName::Operator {
+            tenant_id: ack.tenant_id.clone(),
+        }
+        .to_string()
+        .into();
+        let Some(ch) = self.channels.get(&name) else {
+            return;
+        };
+        if ch.subscribers.is_empty() {
+            return;
+        }
+        let text = Text::from(
+            ServerFrame::AlertAcked {
+                channel: name.to_string(),
+                alert_id: ack.alert_id.clone(),
+                ack_id: ack.ack_id.clone(),
+                outcome: ack.outcome,
+                operator_id: ack.operator_id.clone(),
+                acked_at: ack.acked_at,
+            }
+            .to_text(),
+        );
+        for conn in ch.subscribers.clone() {
+            self.offer(conn, Out::Frame(text.clone()));
+        }
+    }
+
     /// Records acks read from `alert_acks`: acknowledged alerts are no longer redelivered.
     pub fn apply_acks(&mut self, records: &[Record]) -> usize {
         let mut n = 0;
@@ -667,6 +696,7 @@ impl Hub {
             };
             let id = scoped(&ack.tenant_id, &ack.alert_id);
             self.open_ids.remove(&id);
+            self.tell_acked(&ack);
             if self.acked.insert(id.clone()) {
                 self.acked_order.push_back(id);
                 n += 1;

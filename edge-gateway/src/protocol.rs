@@ -205,6 +205,17 @@ pub enum ServerFrame {
         id: Option<RequestId>,
         expires_at: u64,
     },
+    /// An alert of the channel was acknowledged (by this operator or another, on any
+    /// instance): read from `alert_acks`, sent to every subscriber of the tenant's operator
+    /// channel, so consoles open at once agree. Not replayed (an acknowledged alert is not).
+    AlertAcked {
+        channel: String,
+        alert_id: String,
+        ack_id: String,
+        outcome: pitboss_model::live::AckOutcome,
+        operator_id: String,
+        acked_at: pitboss_model::Timestamp,
+    },
     Presence {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<RequestId>,

@@ -127,22 +127,36 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   // The simulator injects a pattern every few hundred milliseconds at this rate.
   const alerts = page.locator('#alerts li.alert');
   await eventually('three alerts in the feed', async () => (await alerts.count()) >= 3, 60_000);
-  // New alerts are prepended as they come: pin one card by its id.
+  // New alerts come on top as they arrive: pin one card by its id.
   const alertId = await alerts.first().getAttribute('data-alert-id');
   const first = page.locator(`#alerts li[data-alert-id="${alertId}"]`);
   const reason = await first.locator('.why').textContent();
   assert.ok(reason && reason.length > 10, `an alert says why: ${reason}`);
+  // A second console of the same tenant, open at the same time.
+  const other = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+  const otherErrors = watchErrors(other);
+  await other.goto(consoleUrl);
+  await other.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
+  const otherCard = other.locator(`#alerts li[data-alert-id="${alertId}"]`);
+  await otherCard.waitFor({ timeout: 30_000 });
 
-  // Acknowledge it as confirmed: the gateway answers `acked` once it is on the bus…
-  await first.getByRole('button', { name: 'Confirm' }).click();
-  await first.locator('.ack-status', { hasText: 'acknowledged' }).waitFor({ timeout: 30_000 });
+  // Acknowledge it as a false positive: the gateway answers `acked` once it is on the bus, and
+  // the card says which outcome was recorded…
+  await first.getByRole('button', { name: 'False positive' }).click();
+  await first.locator('.ack-status', { hasText: 'false positive' }).waitFor({ timeout: 30_000 });
   assert.match(await first.getAttribute('class'), /acked/);
+  // …the other console hears of it at once, with who…
+  await otherCard.locator('.ack-status', { hasText: 'false positive by console' }).waitFor({ timeout: 30_000 });
+  assert.match(await otherCard.getAttribute('class'), /acked/);
+  assert.equal(await otherCard.getByRole('button', { name: 'Confirm' }).isDisabled(), true);
+  assert.deepEqual(otherErrors, []);
+  await other.close();
   // …and the processor stores it.
   const rows = await eventually('the ack in alert_acks', async () => {
     const r = await sql(dataDir, `SELECT alert_id, outcome, operator_id FROM alert_acks WHERE alert_id = '${alertId}'`);
     return r.length > 0 ? r : null;
   });
-  assert.deepEqual(rows, [{ alert_id: alertId, outcome: 'confirmed', operator_id: 'console' }]);
+  assert.deepEqual(rows, [{ alert_id: alertId, outcome: 'false_positive', operator_id: 'console' }]);
 
   // The figures fill in from /v1/stats: events/s, GGR by game, time to notify.
   await eventually('events/s', async () => /\d/.test(await page.getByTestId('events-per-second').textContent()));
@@ -155,6 +169,10 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   await page.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
   await eventually('alerts after a reload', async () => (await alerts.count()) >= 1, 30_000);
   assert.equal(await page.locator(`#alerts li[data-alert-id="${alertId}"]`).count(), 0, 'the acknowledged alert is not redelivered');
+  // The replay comes partition by partition; the feed is newest first all the same.
+  const times = (await alerts.evaluateAll((cards) => cards.map((c) => Number(c.dataset.detected))));
+  assert.deepEqual(times, [...times].sort((a, b) => b - a), 'cards in detection order, newest first');
+  assert.match(await page.locator('#alert-count').textContent(), /^\(\d+ open\)$/);
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: join(ARTIFACTS, 'console.png'), fullPage: true });

@@ -175,14 +175,58 @@ async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect
     let token = env.token("acme", "ops", Role::Operator, &[]);
     let mut ops = gw.connect(&token).await;
     ops.subscribe("operator:acme", None).await;
+    // A second console of the tenant, on another instance, and one of another tenant.
+    let gw2 = env.gateway().await;
+    let mut other_console = gw2
+        .connect(&env.token("acme", "marina", Role::Operator, &[]))
+        .await;
+    other_console.subscribe("operator:acme", None).await;
+    let mut zeta = gw2
+        .connect(&env.token("zeta", "ops", Role::Operator, &[]))
+        .await;
+    zeta.subscribe("operator:zeta", None).await;
     let a1 = env.publish_alert("acme", "p1").await.2;
     let a2 = env.publish_alert("acme", "p2").await.2;
     assert_eq!(ops.messages(2).await, vec![a1.clone(), a2.clone()]);
+    assert_eq!(
+        other_console.messages(2).await,
+        vec![a1.clone(), a2.clone()]
+    );
     let reply = ops
         .request(json!({"type": "ack", "id": 9, "alert_id": a1, "outcome": "confirmed", "note": "called the player"}))
         .await;
     assert_eq!(reply["type"], "acked", "{reply}");
     assert_eq!(reply["id"], 9);
+    // Every console of the tenant hears of it, with the outcome and who; no other tenant does.
+    for c in [&mut ops, &mut other_console] {
+        let f = c.next_alert_acked().await;
+        assert_eq!(
+            (
+                f["channel"].as_str(),
+                f["alert_id"].as_str(),
+                f["outcome"].as_str(),
+                f["operator_id"].as_str()
+            ),
+            (
+                Some("operator:acme"),
+                Some(a1.as_str()),
+                Some("confirmed"),
+                Some("ops")
+            ),
+            "{f}"
+        );
+    }
+    let heard = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match zeta.next_frame().await {
+                Some(f) if f["type"] == "alert_acked" => return f,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_err(), "another tenant heard of the ack: {heard:?}");
     // The ack is on the bus, with the operator from the token.
     let acks = env
         .read_all::<pitboss_model::live::AlertAck>("alert_acks")

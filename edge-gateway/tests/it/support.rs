@@ -259,6 +259,7 @@ impl Gw {
             ws,
             cursor: None,
             pending: VecDeque::new(),
+            notices: VecDeque::new(),
             next_id: 100,
             welcome: Value::Null,
         };
@@ -379,6 +380,8 @@ pub struct Client {
     /// The newest cursor seen (of the last channel that sent one).
     pub cursor: Option<String>,
     pending: VecDeque<Value>,
+    /// `alert_acked` frames seen while waiting for something else.
+    pub notices: VecDeque<Value>,
     next_id: u64,
     /// The `welcome` frame.
     pub welcome: Value,
@@ -427,8 +430,24 @@ impl Client {
             let f = self.next_frame().await.expect("an answer");
             match f["type"].as_str() {
                 Some("message") => self.pending.push_back(f),
+                Some("alert_acked") => self.notices.push_back(f),
                 Some("cursor") => {}
                 _ => return f,
+            }
+        }
+    }
+
+    /// The next `alert_acked` frame (messages meanwhile are kept for [`Client::messages`]).
+    pub async fn next_alert_acked(&mut self) -> Value {
+        if let Some(f) = self.notices.pop_front() {
+            return f;
+        }
+        loop {
+            let f = self.next_frame().await.expect("a frame");
+            match f["type"].as_str() {
+                Some("alert_acked") => return f,
+                Some("message") => self.pending.push_back(f),
+                _ => {}
             }
         }
     }
