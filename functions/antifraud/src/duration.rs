@@ -37,9 +37,11 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     Ok(total)
 }
 
-/// Writes milliseconds the way a person reads them: `45s`, `12m`, `3h 05m`, `2d 04h`.
+/// Writes milliseconds the way a person reads them, with the precision the size calls for:
+/// `250ms`, `2.5s`, `45s`, `4m 30s`, `12m`, `3h 05m`, `2d 04h` (a bot betting every 2.5 s read
+/// "every 2s").
 pub fn human_ms(ms: f64) -> String {
-    let ms = ms.max(0.0) as i64;
+    let ms = ms.max(0.0).round() as i64;
     let (d, h, m, s) = (
         ms / 86_400_000,
         ms / 3_600_000 % 24,
@@ -50,8 +52,19 @@ pub fn human_ms(ms: f64) -> String {
         format!("{d}d {h:02}h")
     } else if h > 0 {
         format!("{h}h {m:02}m")
+    } else if m > 0 && s > 0 {
+        format!("{m}m {s:02}s")
     } else if m > 0 {
         format!("{m}m")
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 10_000 {
+        let tenths = (ms + 50) / 100;
+        if tenths % 10 == 0 {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        }
     } else {
         format!("{s}s")
     }
@@ -60,6 +73,24 @@ pub fn human_ms(ms: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_durations_with_the_precision_their_size_calls_for() {
+        for (ms, text) in [
+            (0.0, "0ms"),
+            (250.4, "250ms"),
+            (2500.0, "2.5s"),
+            (2000.0, "2s"),
+            (9_960.0, "10s"),
+            (45_000.0, "45s"),
+            (270_000.0, "4m 30s"),
+            (720_000.0, "12m"),
+            (11_100_000.0, "3h 05m"),
+            (187_200_000.0, "2d 04h"),
+        ] {
+            assert_eq!(human_ms(ms), text, "{ms}");
+        }
+    }
 
     #[test]
     fn parses_units_and_sums() {
