@@ -603,7 +603,8 @@ async fn an_operator_console_sees_alerts_live_and_resumes_after_a_sigkill_with_e
                 send(&mut ws, serde_json::json!({"type": "ack", "alert_id": id})).await;
             }
             Some("cursor") => cursor = f["cursor"].as_str().unwrap().to_owned(),
-            Some("acked") => {}
+            // The answer to an ack, and its news to every console of the tenant.
+            Some("acked" | "alert_acked") => {}
             other => panic!("{other:?}: {f}"),
         }
     }
@@ -614,6 +615,7 @@ async fn an_operator_console_sees_alerts_live_and_resumes_after_a_sigkill_with_e
         let f = frame(&mut ws).await;
         match f["type"].as_str() {
             Some("acked") => acked += 1,
+            Some("alert_acked") => {}
             Some("cursor") => cursor = f["cursor"].as_str().unwrap().to_owned(),
             other => panic!("{other:?}: {f}"),
         }
@@ -656,6 +658,7 @@ async fn an_operator_console_sees_alerts_live_and_resumes_after_a_sigkill_with_e
                 let id = f["id"].as_str().unwrap().to_owned();
                 assert!(replayed.insert(id.clone()), "{id} replayed twice");
             }
+            Some("alert_acked") => {}
             _ => break f,
         }
     };

@@ -14,7 +14,6 @@ const state = {
   attempt: 0,
   nextId: 1,
   pendingAcks: new Map(), // request id -> { alertId, outcome }
-  replaying: null, // alert ids replayed by the subscribe in flight (every open alert)
   ackIds: new Map(), // alert id -> ack_id (a retry is the same ack)
   alerts: new Map(), // alert id -> element
   statsTimer: null,
@@ -160,22 +159,12 @@ function onFrame(f) {
       $('status').title = 'gateway ' + f.gateway + ', connection ' + f.connection;
       const sub = { type: 'subscribe', id: state.nextId++, channel: 'operator:' + state.claims.tenant };
       if (state.cursor) sub.since = state.cursor;
-      state.replaying = new Set();
       send(sub);
       break;
     }
     case 'subscribed': {
+      // The subscription's whole cursor (replayed messages carry older ones).
       state.cursor = f.cursor || state.cursor;
-      // A subscribe replays every alert still open (docs/gateway.md, "Operator acks"): a card
-      // not among them was acknowledged while this console was away. (Not when the replay was
-      // cut short: then the gateway says too_old and some open ones may be missing.)
-      const replayed = state.replaying;
-      state.replaying = null;
-      if (replayed && f.recovery !== 'too_old') {
-        for (const [alertId, card] of state.alerts) {
-          if (!replayed.has(alertId) && !card.classList.contains('acked')) markAcked(alertId, 'acknowledged elsewhere');
-        }
-      }
       // Messages of a send that failed while offline are stale now.
       for (const card of state.alerts.values()) {
         const st = card.querySelector('.ack-status');
@@ -188,11 +177,10 @@ function onFrame(f) {
       state.cursor = f.cursor;
       break;
     case 'message':
-      if (f.cursor) state.cursor = f.cursor;
-      if (f.kind === 'alert') {
-        if (f.replayed && state.replaying && f.data) state.replaying.add(f.data.alert_id);
-        addAlert(f.data);
-      }
+      // A replayed message's cursor is of when it was read (an open alert's may be hours
+      // old): the `subscribed` frame after the replay carries the subscription's.
+      if (f.cursor && !f.replayed) state.cursor = f.cursor;
+      if (f.kind === 'alert') addAlert(f.data);
       break;
     case 'acked': {
       const pending = state.pendingAcks.get(f.id);
@@ -259,7 +247,9 @@ function addAlert(a) {
   while (before && Number(before.dataset.detected) > detected) before = before.nextElementSibling;
   $('alerts').insertBefore(li, before);
   while (state.alerts.size > MAX_ALERTS) {
-    const last = $('alerts').lastElementChild;
+    // The oldest acknowledged card goes first; an open one only when none is acknowledged.
+    const acked = $('alerts').querySelectorAll('li.alert.acked');
+    const last = acked.length > 0 ? acked[acked.length - 1] : $('alerts').lastElementChild;
     if (!last) break;
     state.alerts.delete(last.dataset.alertId);
     last.remove();
@@ -267,7 +257,7 @@ function addAlert(a) {
   countOpen();
 }
 
-// The header counts the alerts still open, not every card shown.
+// The header counts the alerts still open among the cards kept (the newest MAX_ALERTS).
 function countOpen() {
   let open = 0;
   for (const card of state.alerts.values()) if (!card.classList.contains('acked')) open += 1;

@@ -68,6 +68,9 @@ pub enum Audience {
     Many(Vec<String>),
 }
 
+/// How far in the future a token's `nbf` may be (the issuer's clock ahead of ours).
+pub const NBF_LEEWAY_SECS: u64 = 60;
+
 /// Longest token accepted: JWTs of identity providers are well under it; a larger one is
 /// refused before it is decoded.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -344,8 +347,7 @@ impl Verifier {
         // closed for it (the issuer's clock is the reference).
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        // RFC 7519: a token is not accepted before its `nbf`, when it has one.
-        validation.validate_nbf = true;
+        // `nbf` is checked below, with leeway (`exp` has none).
         match &self.source.audience {
             Some(aud) => {
                 validation.set_audience(&[aud]);
@@ -361,9 +363,6 @@ impl Verifier {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::ExpiredSignature => AuthError::Expired,
-                K::ImmatureSignature => {
-                    AuthError::Claims("`nbf` is in the future: the token is not valid yet".into())
-                }
                 K::InvalidSignature => AuthError::Signature,
                 K::InvalidAlgorithm => {
                     AuthError::Algorithm(format!("{:?}", header.alg), self.accepted())
@@ -373,6 +372,15 @@ impl Verifier {
                 other => AuthError::Claims(format!("{other:?}")),
             }
         })?;
+        // RFC 7519: not accepted before its `nbf`, when it has one. Identity providers often set
+        // `nbf = iat`, so a minute of leeway for their clock being ahead of ours.
+        if let Some(nbf) = data.claims.nbf
+            && nbf > jsonwebtoken::get_current_timestamp().saturating_add(NBF_LEEWAY_SECS)
+        {
+            return Err(AuthError::Claims(
+                "`nbf` is in the future: the token is not valid yet".into(),
+            ));
+        }
         data.claims.check()?;
         Ok(data.claims)
     }
@@ -520,6 +528,9 @@ mod tests {
         assert_eq!(e.code(), "token_claims");
         assert!(e.to_string().contains("nbf"), "{e}");
         early.nbf = Some(jsonwebtoken::get_current_timestamp() - 1);
+        assert_eq!(v.verify(&token(&early)).unwrap(), early);
+        // An issuer's clock a little ahead of ours (`nbf = iat`): within the leeway.
+        early.nbf = Some(jsonwebtoken::get_current_timestamp() + NBF_LEEWAY_SECS / 2);
         assert_eq!(v.verify(&token(&early)).unwrap(), early);
 
         // A token longer than identity providers make is refused before it is decoded.

@@ -266,7 +266,9 @@ pub struct Hub {
     channels: HashMap<Arc<str>, Channel>,
     conns: HashMap<ConnId, Conn>,
     acked: HashSet<Arc<str>>,
-    acked_order: VecDeque<Arc<str>>,
+    /// Acks in the order read, with their bus time: forgotten once older than an alert stays
+    /// open (or past [`Hub::acked_max`]).
+    acked_order: VecDeque<(i64, Arc<str>)>,
     /// Alerts gone from the history but not acknowledged, per operator channel, oldest first
     /// (an entry acknowledged since stays until it reaches the front: see `open_ids`).
     open: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
@@ -469,6 +471,13 @@ impl Hub {
             return;
         };
         let key = scoped(channel.tenant_id(), &id);
+        // A copy of an alert that left the history acknowledged, or open (a republished batch,
+        // an engine taking over, a restart reading the open span): the same alert, not new.
+        if kind == MessageType::Alert && (self.acked.contains(&key) || self.open_ids.contains(&key))
+        {
+            applied.duplicates += 1;
+            return;
+        }
         let t = self.topic_mut(kind);
         if t.ids.contains(&key) {
             applied.duplicates += 1;
@@ -595,10 +604,10 @@ impl Hub {
                 t.floor
                     .insert(e.partition, Floor::After(e.position.clone()));
                 if kind == MessageType::Alert {
-                    // Its place in `acked_order` goes when the order's bound passes it.
-                    let acked = self.acked.remove(&e.key);
-                    // Not acknowledged: its tenant's operators still get it on subscribe.
-                    if !acked
+                    // Not acknowledged: its tenant's operators still get it on subscribe. (An
+                    // ack is kept as long as an alert stays open, not with the history: a copy
+                    // of the alert read later is known acknowledged.)
+                    if !self.acked.contains(&e.key)
                         && e.bus_ms >= now_ms - self.config.open_alerts_max_age_ms
                         && e.expires_at_ms.is_none_or(|x| x > now_ms)
                     {
@@ -628,9 +637,14 @@ impl Hub {
         // oldest are the front and a replay comes oldest first.
         let at = q.len() - q.iter().rev().take_while(|x| x.bus_ms > e.bus_ms).count();
         q.insert(at, e);
-        while q.len() > max {
-            if let Some(old) = q.pop_front() {
-                self.open_ids.remove(&old.key);
+        if q.len() > max {
+            // The bound counts open alerts: acknowledged ones still queued go first.
+            let ids = &self.open_ids;
+            q.retain(|x| ids.contains(&x.key));
+            while q.len() > max {
+                if let Some(old) = q.pop_front() {
+                    self.open_ids.remove(&old.key);
+                }
             }
         }
     }
@@ -638,6 +652,15 @@ impl Hub {
     /// Drops open alerts past their age, and acknowledged ones at the front of their queue.
     fn evict_open(&mut self, now_ms: i64) {
         let oldest = now_ms - self.config.open_alerts_max_age_ms;
+        // Acks are kept as long as the alerts they close could be read again.
+        while let Some((t, _)) = self.acked_order.front() {
+            if *t >= oldest && self.acked_order.len() <= self.acked_max() {
+                break;
+            }
+            if let Some((_, id)) = self.acked_order.pop_front() {
+                self.acked.remove(&id);
+            }
+        }
         let ids = &mut self.open_ids;
         self.open.retain(|_, q| {
             while let Some(f) = q.front() {
@@ -651,6 +674,16 @@ impl Hub {
             }
             !q.is_empty()
         });
+        metrics::gauge!("pitboss_gateway_open_alerts").set(self.open_ids.len() as f64);
+    }
+
+    /// Most acks remembered: enough for the history and every tenant's open alerts many times
+    /// over (an ack is a few dozen bytes).
+    fn acked_max(&self) -> usize {
+        self.config
+            .history_max
+            .saturating_add(self.config.open_alerts_max.saturating_mul(20))
+            .max(100_000)
     }
 
     /// Alerts kept open for operators, past the history (for tests and gauges).
@@ -698,13 +731,13 @@ impl Hub {
             self.open_ids.remove(&id);
             self.tell_acked(&ack);
             if self.acked.insert(id.clone()) {
-                self.acked_order.push_back(id);
+                self.acked_order.push_back((r.timestamp_ms, id));
                 n += 1;
             }
         }
-        // Acks of alerts long gone are forgotten with them; the bound covers early acks.
-        while self.acked_order.len() > self.config.history_max {
-            if let Some(old) = self.acked_order.pop_front() {
+        // By age in `evict_open`; by count here.
+        while self.acked_order.len() > self.acked_max() {
+            if let Some((_, old)) = self.acked_order.pop_front() {
                 self.acked.remove(&old);
             }
         }
@@ -839,9 +872,17 @@ impl Hub {
             (Some(_), true) => Recovery::Complete,
             (Some(_), false) => Recovery::TooOld,
         };
-        if replay.len() > self.config.max_replay {
+        // An operator channel replays its open alerts besides what the history holds.
+        let max_replay = if is_operator {
+            self.config
+                .max_replay
+                .saturating_add(self.config.open_alerts_max)
+        } else {
+            self.config.max_replay
+        };
+        if replay.len() > max_replay {
             recovery = Recovery::TooOld;
-            let skip = replay.len() - self.config.max_replay;
+            let skip = replay.len() - max_replay;
             replay.drain(..skip);
         }
         let cursor = self.topic(kind).cursor_with(&partitions, &ahead);
@@ -1524,6 +1565,12 @@ mod tests {
             got
         };
         assert_eq!(subscribe(&mut h, 1), ids(&[1, 2, 3, 4, 5]));
+        // A copy read again (a republished batch, a restart reading the open span) of an alert
+        // acknowledged or open past the history is the same alert: not delivered, not open twice.
+        let copies = [log.record(&alerts[0]), log.record(&alerts[1])];
+        assert_eq!(h.apply(MessageType::Alert, &copies, now()).duplicates, 2);
+        assert_eq!(h.open_alerts(), 3);
+        assert_eq!(subscribe(&mut h, 9), ids(&[1, 2, 3, 4, 5]));
         // Acknowledged after it left the history: no longer delivered.
         let mut ack = live::ack(2);
         ack.alert_id = alerts[2].alert_id.clone();

@@ -60,7 +60,7 @@ pub struct ServerConfig {
     pub publish_per_second: u32,
     /// …and in a burst (at least one full array, [`MAX_PUBLISH_BATCH`]).
     pub publish_burst: u32,
-    /// How long a `POST /v1/publish` body may stall between two of its pieces (then `408
+    /// How long a `POST /v1/publish` body may take to arrive, whole (then `408
     /// body_timeout`).
     pub publish_body_timeout: Duration,
 }
@@ -198,13 +198,7 @@ fn base36(mut n: u64) -> String {
 pub fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
-        .route(
-            "/v1/publish",
-            // A body that stalls is cut (its token is read only once it has arrived).
-            post(publish).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                state.config.publish_body_timeout,
-            )),
-        )
+        .route("/v1/publish", post(publish))
         .route("/v1/stats", get(stats))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
@@ -897,11 +891,14 @@ async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
-/// Whether reading a body failed because it stalled (`RequestBodyTimeoutLayer`).
-fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
+/// Largest `POST /v1/publish` body (an array of pushes).
+const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
+
+/// Whether reading a body failed on its length limit.
+fn too_long(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(x) = cur {
-        if x.is::<tower_http::timeout::TimeoutError>() {
+        if x.is::<http_body_util::LengthLimitError>() {
             return true;
         }
         cur = x.source();
@@ -917,8 +914,9 @@ const MAX_PUBLISH_BODY: usize = 64 * 1024;
 async fn publish(
     State(st): State<GatewayState>,
     headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
+    // The token before the body: nobody without one holds a connection sending a body.
     let claims =
         match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
             Ok(c) => c,
@@ -927,27 +925,39 @@ async fn publish(
     if claims.role != Role::Operator {
         return error_response(StatusCode::FORBIDDEN, "forbidden", "only operators publish");
     }
-    // Answered in the JSON form of every other error (axum's own answer is plain text).
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    // The whole body within `publish_body_timeout`, at most 1 MiB; errors in the JSON form of
+    // every other answer (axum's own are plain text).
+    let body = match tokio::time::timeout(
+        st.config.publish_body_timeout,
+        axum::body::to_bytes(body, MAX_PUBLISH_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if too_long(&e) => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 "a body is at most 1 MiB (an array of pushes; a single push, 64 KiB)",
             );
         }
-        Err(e) if stalled(&e) => {
+        Ok(Err(e)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("the body could not be read: {e}"),
+            );
+        }
+        Err(_) => {
             return error_response(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 format!(
-                    "the body stalled: nothing of it arrived for {} ms; nothing was published",
+                    "the body did not arrive within {} ms; nothing was published",
                     st.config.publish_body_timeout.as_millis()
                 ),
             );
         }
-        Err(e) => return error_response(e.status(), "malformed", e.body_text()),
     };
     // One push (an object) or several (an array, published together in one bus write).
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
@@ -1011,7 +1021,25 @@ async fn publish(
             created_at: now,
             expires_at: req.expires_at,
         };
-        if let Err(violations) = push.validate() {
+        let mut violations = push.validate().err().unwrap_or_default();
+        // A rule push's id is a UUIDv5 anyone can derive (docs/alerts.md): an operator push under
+        // one would take the rule push's place in the store and the channel history (both keep
+        // one message per id), hiding an intervention. Checked here, where operators publish,
+        // not in the contract: pushes already on the bus stay readable.
+        if let Ok(u) = uuid::Uuid::try_parse(&push.push_id)
+            && push.push_id.len() == 36
+            && u.get_version_num() != 7
+        {
+            violations.push(pitboss_model::validate::Violation::new(
+                "push_id",
+                pitboss_model::ViolationCode::InvalidValue,
+                format!(
+                    "an operator push's id is a UUIDv7 (this one is version {}); rule pushes' ids are UUIDv5s derived from the hit",
+                    u.get_version_num()
+                ),
+            ));
+        }
+        if !violations.is_empty() {
             for v in violations {
                 // In a batch, each violation names its push: `[3].title`.
                 let path = if batch {

@@ -391,15 +391,19 @@ async fn a_tenants_operator_pushes_are_rate_limited_and_others_are_not() {
     let full: Vec<Value> = (0..1000).map(|i| push(&format!("p{i}"))).collect();
     let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!(full)).await;
     assert_eq!(status, 202, "{answer}");
-    // …and the next is over the budget.
-    let (status, headers, answer) = gw.post_full("/v1/publish", Some(&ops), &push("p1")).await;
+    // …and the next ten are over the budget (one a second: ten seconds away), all of them.
+    let ten: Vec<Value> = (0..10).map(|i| push(&format!("q{i}"))).collect();
+    let (status, headers, answer) = gw.post_full("/v1/publish", Some(&ops), &json!(ten)).await;
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (429, Some("rate_limited")),
         "{answer}"
     );
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!(retry >= 1, "{retry}");
+    assert!(
+        (5..=11).contains(&retry),
+        "the wait for ten pushes at one a second: {retry}"
+    );
     assert_eq!(
         env.read_all::<pitboss_model::live::Push>("pushes")
             .await
@@ -508,7 +512,9 @@ async fn operators_publish_an_array_of_pushes_at_once_all_or_nothing() {
             .contains("1001")
     );
     // A body over 1 MiB is answered in the JSON form of every other error.
-    let big: Vec<Value> = (0..400)
+    // (Just over the limit: the part the gateway does not read fits the socket's buffers, so
+    // the client reads the answer rather than a reset.)
+    let big: Vec<Value> = (0..345)
         .map(|_| json!({"target": {"player": "p1"}, "kind": "operator.message", "title": "t", "body": "x".repeat(1000), "data": {"k": "y".repeat(2000)}}))
         .collect();
     let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!(big)).await;

@@ -486,6 +486,7 @@ impl Client {
                     replayed.push(f["id"].as_str().unwrap().to_owned())
                 }
                 Some("message") => self.pending.push_back(f),
+                Some("alert_acked") => self.notices.push_back(f),
                 Some("cursor") => {}
                 _ => {
                     return Collected {

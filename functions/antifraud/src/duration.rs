@@ -42,6 +42,12 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
 /// "every 2s").
 pub fn human_ms(ms: f64) -> String {
     let ms = ms.max(0.0).round() as i64;
+    // Past 10 s, to the nearest second (below, to the nearest tenth or millisecond).
+    let ms = if ms >= 10_000 {
+        (ms + 500) / 1000 * 1000
+    } else {
+        ms
+    };
     let (d, h, m, s) = (
         ms / 86_400_000,
         ms / 3_600_000 % 24,
@@ -84,6 +90,8 @@ mod tests {
             (9_960.0, "10s"),
             (45_000.0, "45s"),
             (270_000.0, "4m 30s"),
+            (270_900.0, "4m 31s"),
+            (59_900.0, "1m"),
             (720_000.0, "12m"),
             (11_100_000.0, "3h 05m"),
             (187_200_000.0, "2d 04h"),

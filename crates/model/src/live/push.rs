@@ -195,25 +195,7 @@ impl LiveMessage for Push {
                     );
                 }
             }
-            PushSource::Operator(o) => {
-                c.id("source.operator.operator_id", &o.operator_id, MAX_ID);
-                // A rule push's id is a UUIDv5 anyone can derive (docs/alerts.md): an operator
-                // push under such an id would take the rule push's place in the store and the
-                // gateway's history (both deduplicate by id), hiding an intervention.
-                if let Ok(u) = uuid::Uuid::try_parse(&self.push_id)
-                    && self.push_id.len() == 36
-                    && u.get_version_num() != 7
-                {
-                    c.push(
-                        "push_id",
-                        ViolationCode::InvalidValue,
-                        format!(
-                            "an operator push's id is a UUIDv7 (this one is version {}); rule pushes' ids are UUIDv5s derived from the hit",
-                            u.get_version_num()
-                        ),
-                    );
-                }
-            }
+            PushSource::Operator(o) => c.id("source.operator.operator_id", &o.operator_id, MAX_ID),
         }
         c.time("event_time", self.event_time);
         c.time("received_at", self.received_at);

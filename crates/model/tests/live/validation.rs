@@ -282,21 +282,6 @@ fn push_sources_and_expiry() {
             v("created_at", ViolationCode::InvalidTimestamp),
         ]
     );
-    // An operator push under a rule push's id (a UUIDv5 anyone can derive) would take its
-    // place in the store and the gateway's history: only a UUIDv7 is an operator's.
-    let o: Push = fixture("push_operator_room.json");
-    assert_eq!(violations(&o), vec![]);
-    for id in [
-        p.push_id.clone(),
-        "a8098c1a-f86e-41da-bd1a-00c04fd430c8".to_string(),
-    ] {
-        let mut q = o.clone();
-        q.push_id = id;
-        assert_eq!(
-            violations(&q),
-            vec![v("push_id", ViolationCode::InvalidValue)]
-        );
-    }
 }
 
 #[test]
