@@ -1057,6 +1057,11 @@ impl Hit<'_> {
                             .then(|| m.within_ms.or(rule.duration_ms))
                             .flatten()
                             .map(|w| w as u64),
+                        // A threshold relative to another measure says which, and how.
+                        baseline: (c.value.is_none())
+                            .then(|| c.baseline.map(|b| rule.measures[b].name.clone()))
+                            .flatten(),
+                        factor: (c.value.is_none() && c.baseline.is_some()).then_some(c.factor),
                     })
                 })
                 .collect();

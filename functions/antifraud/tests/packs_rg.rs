@@ -182,9 +182,30 @@ fn deposits_speeding_up_get_a_push() {
         p[0].body,
         "You have made 4 deposits today. You can set a daily deposit limit in your account."
     );
+    let a = &s.alerts("rg.deposit_frequency_rising")[0];
     assert_eq!(
-        s.alerts("rg.deposit_frequency_rising")[0].reason,
+        a.reason,
         "4 deposits in the last 24 hours against 6 in 7 days."
+    );
+    // `day` is compared twice: to 4, and to 0.6 × `week` — the measures say which is which.
+    let m: Vec<_> = a
+        .measures
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.threshold,
+                m.baseline.as_deref(),
+                m.factor,
+            )
+        })
+        .collect();
+    assert_eq!(
+        m,
+        [
+            ("day", 4.0, None, None),
+            ("day", 3.5999999999999996, Some("week"), Some(0.6))
+        ]
     );
 }
 

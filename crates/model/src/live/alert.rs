@@ -182,6 +182,12 @@ pub struct Measure {
     /// measure is not windowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_ms: Option<u64>,
+    /// When the threshold is relative: the measure it derives from (a dotted name), and…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// …the factor: `threshold` = `factor` × the baseline's value (`day >= 0.6 × week`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
 }
 
 impl LiveMessage for Alert {
@@ -320,6 +326,25 @@ impl Measure {
                     "expected an upper-case currency code like EUR or USDT",
                 );
             }
+        }
+        if let Some(b) = &self.baseline {
+            c.dotted_name(&format!("{path}.baseline"), b, 1);
+        }
+        if let Some(f) = self.factor
+            && !f.is_finite()
+        {
+            c.push(
+                &format!("{path}.factor"),
+                ViolationCode::InvalidValue,
+                "must be a finite number",
+            );
+        }
+        if self.factor.is_some() != self.baseline.is_some() {
+            c.push(
+                &format!("{path}.factor"),
+                ViolationCode::InvalidValue,
+                "a factor goes with a baseline, and a baseline with a factor",
+            );
         }
         if let Some(w) = self.window_ms
             && !(1..=MAX_WINDOW_MS).contains(&w)

@@ -54,6 +54,8 @@ impl From<Measure> for pb::Measure {
             comparison: comparison_to(m.comparison),
             currency: m.currency.unwrap_or_default(),
             window_ms: m.window_ms.unwrap_or(0),
+            baseline: m.baseline.unwrap_or_default(),
+            factor: m.factor,
         }
     }
 }
@@ -66,6 +68,8 @@ fn measure_from(m: pb::Measure, path: &str) -> Result<Measure, Violation> {
         comparison: comparison_from(m.comparison, &format!("{path}.comparison"))?,
         currency: none_if_empty(m.currency),
         window_ms: (m.window_ms != 0).then_some(m.window_ms),
+        baseline: none_if_empty(m.baseline),
+        factor: m.factor,
     })
 }
 

@@ -58,11 +58,15 @@ proptest! {
         value in any::<f64>().prop_filter("finite", |f| f.is_finite()),
         threshold in any::<f64>().prop_filter("finite", |f| f.is_finite()),
         window in 1..=MAX_WINDOW_MS,
+        factor in prop::option::of(any::<f64>().prop_filter("finite", |f| f.is_finite())),
     ) {
         let mut a: Alert = fixture("alert_loss_chasing.json");
         a.measures[0].value = value;
         a.measures[0].threshold = threshold;
         a.measures[0].window_ms = Some(window);
+        // A relative threshold names its baseline and factor (0.0 included).
+        a.measures[1].baseline = factor.map(|_| "net_loss".to_owned());
+        a.measures[1].factor = factor;
         prop_assert_eq!(a.validate(), Ok(()));
         let back = Alert::decode_proto(&a.encode_proto());
         prop_assert_eq!(back.as_ref(), Ok(&a));

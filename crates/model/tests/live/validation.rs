@@ -137,6 +137,23 @@ fn alert_measures_are_finite_named_and_bounded() {
     b.measures[0].currency = Some("USDT".into());
     b.measures[0].window_ms = Some(MAX_WINDOW_MS);
     assert_eq!(violations(&b), vec![]);
+    // A relative threshold: a baseline (a measure's name) with a finite factor, both or neither.
+    let mut b = a.clone();
+    b.measures[0].baseline = Some("deposits".into());
+    b.measures[0].factor = Some(0.6);
+    assert_eq!(violations(&b), vec![]);
+    b.measures[0].factor = Some(f64::NAN);
+    b.measures[1].baseline = Some("Week Total".into());
+    b.measures[2].factor = Some(2.0);
+    assert_eq!(
+        violations(&b),
+        vec![
+            v("measures[0].factor", ViolationCode::InvalidValue),
+            v("measures[1].baseline", ViolationCode::InvalidCharacters),
+            v("measures[1].factor", ViolationCode::InvalidValue),
+            v("measures[2].factor", ViolationCode::InvalidValue),
+        ]
+    );
     let mut b = a.clone();
     b.measures = vec![a.measures[0].clone(); MAX_MEASURES + 1];
     assert_eq!(violations(&b), one("measures", ViolationCode::TooLong));
