@@ -245,9 +245,15 @@ struct Conn {
     kill: Option<oneshot::Sender<(u16, String)>>,
     subject: Arc<str>,
     subscriptions: HashSet<Arc<str>>,
-    /// Per channel, positions this connection already has beyond the feed (see `subscribe`).
-    ahead: HashMap<Arc<str>, BTreeMap<Partition, Position>>,
+    /// Per channel, positions this connection already has beyond the feed (see `subscribe`),
+    /// and when it said so: a mark the feed has not reached after [`AHEAD_GRACE_MS`] is dropped.
+    ahead: HashMap<Arc<str>, (i64, BTreeMap<Partition, Position>)>,
 }
+
+/// How long a cursor ahead of this instance's feed holds messages back. Instances' feeds are
+/// seconds apart at most; a cursor further ahead than any of them (a bus wiped and refilled, a
+/// made-up cursor) would otherwise hold the channel's messages back until the bus reached it.
+pub const AHEAD_GRACE_MS: i64 = 30_000;
 
 /// What a `subscribe` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -514,7 +520,7 @@ impl Hub {
         ch.last_message_ms = now_ms;
         let subscribers = ch.subscribers.clone();
         for conn in subscribers {
-            if self.already_has(conn, &name, r.partition, &r.position) {
+            if self.already_has(conn, &name, r.partition, &r.position, now_ms) {
                 continue;
             }
             let out = Out::Live {
@@ -536,6 +542,7 @@ impl Hub {
         channel: &Arc<str>,
         p: Partition,
         pos: &Position,
+        now_ms: i64,
     ) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else {
             return false;
@@ -543,7 +550,15 @@ impl Hub {
         if c.ahead.is_empty() {
             return false;
         }
-        let Some(marks) = c.ahead.get_mut(channel) else {
+        let expired = match c.ahead.get(channel) {
+            None => return false,
+            Some((since, _)) => now_ms.saturating_sub(*since) > AHEAD_GRACE_MS,
+        };
+        if expired {
+            c.ahead.remove(channel);
+            return false;
+        }
+        let Some((_, marks)) = c.ahead.get_mut(channel) else {
             return false;
         };
         let Some(mark) = marks.get(&p) else {
@@ -910,7 +925,7 @@ impl Hub {
         if ahead.is_empty() {
             c.ahead.remove(&name);
         } else {
-            c.ahead.insert(name.clone(), ahead);
+            c.ahead.insert(name.clone(), (now_ms, ahead));
         }
         if c.subscriptions.insert(name.clone()) {
             metrics::gauge!("pitboss_gateway_subscriptions").increment(1.0);
@@ -999,6 +1014,14 @@ impl Hub {
     /// live path.
     pub fn idle_channels(&mut self, now_ms: i64) -> Vec<Arc<str>> {
         self.evict(now_ms);
+        // Marks ahead of the feed that it has not reached in time stop holding anything back
+        // (and the connection gets cursor frames again).
+        for c in self.conns.values_mut() {
+            if !c.ahead.is_empty() {
+                c.ahead
+                    .retain(|_, (since, _)| now_ms.saturating_sub(*since) <= AHEAD_GRACE_MS);
+            }
+        }
         let since = self.last_tick_ms;
         self.last_tick_ms = now_ms;
         // A message in the last half interval is fresh enough; one older gets a refresh, so a
@@ -1472,6 +1495,38 @@ mod tests {
             "its own cursor, not behind it"
         );
         h.apply(MessageType::Push, &recs[1..], now());
+        assert_eq!(a.message_ids(), ["push-3"]);
+    }
+
+    /// A cursor further ahead than any instance gets (a bus wiped and refilled, a made-up
+    /// cursor) holds the channel's messages back for a grace period only.
+    #[test]
+    fn a_cursor_far_ahead_of_every_feed_stops_holding_messages_back() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("player:{tenant}:a"));
+        let first = log.record(&player_push(1, "a"));
+        let p = first.partition;
+        h.apply(MessageType::Push, &[first], now());
+        let mut a = connect(&mut h, 1, "a", 64);
+        h.subscribe(1, &ch, Some(&format!("{p}=999999999")), None, now())
+            .unwrap();
+        a.frames();
+        // Within the grace: held back as a client from a further instance would have it.
+        h.apply(
+            MessageType::Push,
+            &[log.record(&player_push(2, "a"))],
+            now(),
+        );
+        assert_eq!(a.message_ids(), Vec::<String>::new());
+        // Past it: delivered.
+        let later = now() + AHEAD_GRACE_MS + 1;
+        h.apply(
+            MessageType::Push,
+            &[log.record(&player_push(3, "a"))],
+            later,
+        );
         assert_eq!(a.message_ids(), ["push-3"]);
     }
 
