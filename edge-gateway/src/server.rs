@@ -327,6 +327,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
             ),
         ),
         errors: 0,
+        limited: 0,
     };
     let write_timeout = st.config.write_timeout;
     let mut ready = st.ready.clone();
@@ -411,7 +412,9 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                                     break 'session None;
                                 }
                             }
-                            if conn_state.errors > st.config.max_errors {
+                            if conn_state.errors > st.config.max_errors
+                                || conn_state.limited > st.config.max_errors.saturating_mul(10)
+                            {
                                 break 'session Some(End { code: close::POLICY, reason: "too many invalid requests".into() });
                             }
                         }
@@ -466,6 +469,9 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
 struct ConnState {
     limiter: DefaultDirectRateLimiter,
     errors: u32,
+    /// `rate_limited` answers, counted apart: a burst a client retries (an "acknowledge all")
+    /// is not an invalid request; only ten times `max_errors` of them close the connection.
+    limited: u32,
 }
 
 type WsSink = futures::stream::SplitSink<WebSocket, Message>;
@@ -607,7 +613,7 @@ async fn handle(
     };
     let id = msg.id().cloned();
     if cs.limiter.check().is_err() {
-        cs.errors += 1;
+        cs.limited += 1;
         return vec![
             ServerFrame::Error(
                 ProtocolError::new(
@@ -1026,7 +1032,18 @@ async fn publish(
         // one would take the rule push's place in the store and the channel history (both keep
         // one message per id), hiding an intervention. Checked here, where operators publish,
         // not in the contract: pushes already on the bus stay readable.
-        if let Ok(u) = uuid::Uuid::try_parse(&push.push_id)
+        // Ids are matched as text (store, history): one UUID is one id, in its canonical
+        // lower-case form (an upper-case copy was a second push).
+        if push.push_id.len() == 36
+            && uuid::Uuid::try_parse(&push.push_id).is_ok()
+            && push.push_id.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            violations.push(pitboss_model::validate::Violation::new(
+                "push_id",
+                pitboss_model::ViolationCode::InvalidUuid,
+                "a UUID in its canonical lower-case form",
+            ));
+        } else if let Ok(u) = uuid::Uuid::try_parse(&push.push_id)
             && push.push_id.len() == 36
             && u.get_version_num() != 7
         {

@@ -356,6 +356,14 @@ async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
         answer["error"]["violations"][0]["path"], "push_id",
         "{answer}"
     );
+    // The same UUID in upper case would be a second push: refused.
+    taken["push_id"] = json!("0193D1A6-2C10-7E8F-8A9B-0C1D2E3F4A5B");
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &taken).await;
+    assert_eq!(
+        (status, answer["error"]["violations"][0]["code"].as_str()),
+        (422, Some("invalid_uuid")),
+        "{answer}"
+    );
     taken["push_id"] = json!("0193d1a6-2c10-7e8f-8a9b-0c1d2e3f4a5b");
     let (status, answer) = gw.post("/v1/publish", Some(&ops), &taken).await;
     assert_eq!(status, 202, "{answer}");
@@ -587,12 +595,30 @@ async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_una
         assert_eq!(reply["type"], "error", "{frame}: {reply}");
         assert_eq!(reply["code"], code, "{frame}: {reply}");
     }
+    // A burst over the rate (an "acknowledge all" a client retries) is answered rate_limited
+    // and the connection stays: rate-limited answers are not invalid requests.
+    let mut burst = gw
+        .connect(&env.token("acme", "p5", Role::Player, &[]))
+        .await;
+    let mut limited = 0;
+    for i in 0..180 {
+        let reply = burst.raw(&format!(r#"{{"type":"ping","id":{i}}}"#)).await;
+        if reply["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 60, "{limited} of 180 over a burst of 100");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        burst.raw(r#"{"type":"ping","id":"after"}"#).await["type"],
+        "pong"
+    );
     // A flood of requests is rate limited, then the connection is closed (1008).
     let mut flood = gw
         .connect(&env.token("acme", "p3", Role::Player, &[]))
         .await;
     let (code, seen) = flood
-        .flood(r#"{"type":"subscribe","channel":"player:acme:p3"}"#, 400)
+        .flood(r#"{"type":"subscribe","channel":"player:acme:p3"}"#, 2000)
         .await;
     assert!(
         seen.iter().any(|c| c == "rate_limited"),
