@@ -124,6 +124,25 @@ export interface PresenceResult {
   gateways: number;
 }
 
+/**
+ * How long `token` has left, in ms: by its `exp` on this clock, and — when it has an `iat` and
+ * was obtained at `obtainedAt` (this clock) — by its lifetime counted from then, which does not
+ * depend on this clock agreeing with the issuer's. A clock ahead makes the first say expired;
+ * the second says what is left. `undefined` without `exp`.
+ */
+function tokenLeftMs(token: string, obtainedAt: number, now: number): number | undefined {
+  const { exp, iat } = jwtTimes(token);
+  if (exp === undefined) {
+    return undefined;
+  }
+  const byClock = exp * 1000 - now;
+  if (iat === undefined || obtainedAt <= 0) {
+    return byClock;
+  }
+  const byLifetime = obtainedAt + (exp - iat) * 1000 - now;
+  return byClock > 0 ? Math.min(byClock, byLifetime) : byLifetime;
+}
+
 export interface ClientEvents {
   /** The WebSocket opened (the `welcome` frame follows). */
   open: [];
@@ -141,6 +160,23 @@ export interface ClientEvents {
   unsubscribed: [{ channel: string; reason: string }];
   /** The token was refreshed on the live connection; `expiresAt` in seconds since the epoch. */
   refreshed: [{ expiresAt: number }];
+  /**
+   * An alert of a subscribed operator channel was acknowledged — by this client or another
+   * operator of the tenant, on any gateway instance — so consoles open at once agree. Not
+   * replayed: after a reconnect, alerts acknowledged meanwhile are simply not sent again.
+   */
+  alertAcked: [AlertAckedEvent];
+}
+
+/** An acknowledgement of an alert, as the `alertAcked` event gives it. */
+export interface AlertAckedEvent {
+  channel: string;
+  alertId: string;
+  ackId: string;
+  outcome: string;
+  operatorId: string;
+  /** Milliseconds since the epoch. */
+  ackedAt: number;
 }
 
 export interface PitbossClientOptions {
@@ -378,6 +414,17 @@ export class PitbossClient extends Emitter<ClientEvents> {
     handler: MessageHandler<T>,
     options: SubscribeOptions = {},
   ): () => void {
+    // Never sent over the gateway's frame limit (it would close the connection with 1009, and
+    // every reconnect would send it again): refused here, before it is kept.
+    const tooBig = this.checkSize({
+      type: 'subscribe',
+      id: Number.MAX_SAFE_INTEGER,
+      channel,
+      ...(options.since === undefined ? {} : { since: options.since }),
+    });
+    if (tooBig !== null) {
+      throw tooBig;
+    }
     let sub = this.subs.get(channel);
     const isNew = sub === undefined;
     if (sub === undefined) {
@@ -669,8 +716,8 @@ export class PitbossClient extends Emitter<ClientEvents> {
   private async tokenForConnect(): Promise<string> {
     const now = Date.now();
     if (this.getToken !== undefined) {
-      const exp = this.token === null ? undefined : jwtExpiry(this.token);
-      const expiring = exp !== undefined && exp * 1000 - now < 2000;
+      const left = this.token === null ? undefined : tokenLeftMs(this.token, this.tokenObtainedAt, now);
+      const expiring = left !== undefined && left < 2000;
       if (this.token === null || this.tokenStale || expiring) {
         const t = await this.getToken();
         if (typeof t !== 'string' || t === '') {
@@ -679,8 +726,10 @@ export class PitbossClient extends Emitter<ClientEvents> {
         this.token = t;
         this.tokenObtainedAt = Date.now();
         this.tokenStale = false;
-        const texp = jwtExpiry(t);
-        if (texp !== undefined && texp * 1000 <= Date.now()) {
+        // Judged with its `iat` too: a token just issued for 5 minutes is not expired because
+        // this clock runs 10 minutes ahead of the issuer's (that looped on getToken).
+        const tleft = tokenLeftMs(t, this.tokenObtainedAt, Date.now());
+        if (tleft !== undefined && tleft <= 0) {
           throw new PitbossError('token_expired', 'getToken returned an expired token');
         }
       }
@@ -924,6 +973,16 @@ export class PitbossClient extends Emitter<ClientEvents> {
         }
         break;
       }
+      case 'alert_acked':
+        this.emit('alertAcked', {
+          channel: frame.channel,
+          alertId: frame.alert_id,
+          ackId: frame.ack_id,
+          outcome: frame.outcome,
+          operatorId: frame.operator_id,
+          ackedAt: Date.parse(frame.acked_at),
+        });
+        break;
       case 'refreshed': {
         this.expiresAtMs = frame.expires_at * 1000;
         if (this.welcomeInfo !== null) {

@@ -7,6 +7,7 @@ export {
   PitbossClient,
   refreshDelay,
   type AckResult,
+  type AlertAckedEvent,
   type ClientEvents,
   type ClientState,
   type CloseInfo,

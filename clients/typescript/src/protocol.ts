@@ -87,6 +87,19 @@ export interface AckedFrame {
   ack_id: string;
 }
 
+/** An alert of an operator channel was acknowledged, by any operator of the tenant. */
+export interface AlertAckedFrame {
+  type: 'alert_acked';
+  channel: string;
+  alert_id: string;
+  ack_id: string;
+  /** `acknowledged`, `false_positive`, `confirmed` or `escalated`. */
+  outcome: string;
+  operator_id: string;
+  /** RFC 3339. */
+  acked_at: string;
+}
+
 export interface RefreshedFrame {
   type: 'refreshed';
   id?: RequestId;
@@ -129,6 +142,7 @@ export type ServerFrame =
   | CursorFrame
   | UnsubscribedFrame
   | AckedFrame
+  | AlertAckedFrame
   | RefreshedFrame
   | PresenceFrame
   | PongFrame

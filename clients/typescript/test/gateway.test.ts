@@ -9,6 +9,7 @@ import WebSocket from 'ws';
 
 import {
   PitbossClient,
+  type AlertAckedEvent,
   type CloseInfo,
   type PitbossClientOptions,
   type PitbossError,
@@ -382,8 +383,22 @@ describe('PitbossClient against pitboss up', () => {
     await waitFor('the operator subscription', () => ops.recoveries.length === 1);
     assert.equal(ops.recoveries[0]!.recovery, 'none');
 
+    // A second console of the tenant hears of every ack (alertAcked), with who and the outcome.
+    const other = newClient({ url: pb.wsUrl, token: await pb.token({ role: 'operator', subject: 'marina' }) });
+    const heard: AlertAckedEvent[] = [];
+    other.client.on('alertAcked', (e) => heard.push(e));
+    other.subscribe('operator:demo');
+    await other.client.connect();
+    await waitFor('the other subscription', () => other.recoveries.length === 1);
+
     const alertId = randomUUID();
     const acked = await ops.client.ack(alertId, 'false_positive', 'checked with the player');
+    await waitFor('the other console hears of the ack', () => heard.length === 1);
+    assert.deepEqual(
+      [heard[0]!.channel, heard[0]!.alertId, heard[0]!.ackId, heard[0]!.outcome, heard[0]!.operatorId],
+      ['operator:demo', alertId, acked.ackId, 'false_positive', 'ops'],
+    );
+    assert.ok(Math.abs(heard[0]!.ackedAt - Date.now()) < 60_000, `${heard[0]!.ackedAt}`);
     assert.equal(acked.alertId, alertId);
     assert.match(acked.ackId, UUID);
     const again = await ops.client.ack(alertId);

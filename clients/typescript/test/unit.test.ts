@@ -282,6 +282,35 @@ describe('PitbossClient (scripted gateway)', () => {
     await assert.rejects(bad, (e: PitbossError) => e.code === 'invalid_ack' && e.requestId === a3.id);
   });
 
+  it('refuses a subscribe over 16 KiB at once, and keeps nothing of it', async () => {
+    const c = make();
+    assert.throws(
+      () => c.subscribe('room:demo:' + 'y'.repeat(17_000), () => {}),
+      (e: PitbossError) => e.code === 'frame_too_large',
+    );
+    assert.deepEqual(c.channels(), []);
+  });
+
+  it('connects with getToken tokens when its clock runs ahead of the issuer (no loop)', async () => {
+    // The issuer's clock is 10 minutes behind this one: its 5-minute tokens look expired here.
+    const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const issuerNow = Math.floor(Date.now() / 1000) - 600;
+    let calls = 0;
+    const c = make({
+      token: undefined,
+      getToken: async () => {
+        calls += 1;
+        return `${b64({ alg: 'HS256' })}.${b64({ sub: 'ops', iat: issuerNow, exp: issuerNow + 300 })}.sig`;
+      },
+    });
+    void c.connect();
+    const ws = await socketNo(1);
+    ws.accept({ role: 'operator' });
+    await waitFor('open', () => c.state === 'open', 5000);
+    assert.equal(calls, 1);
+    assert.deepEqual(errors, []);
+  });
+
   it('does not send a request over 16 KiB (the gateway would close with 1009)', async () => {
     const c = make();
     void c.connect();
