@@ -63,21 +63,48 @@ async fn publish(data_dir: &std::path::Path) {
     publisher.publish("alert_acks", acks).await.unwrap();
 }
 
+/// A `pitboss up` the test started: killed when dropped, so a test that fails (panics) leaves
+/// no process behind (one was found running after a failed CI run). Used as the `Child` it
+/// holds.
+struct Up(Child);
+
+impl std::ops::Deref for Up {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Up {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `pitboss up` on free ports over `data_dir` without the rules engine (the messages
 /// stored here are published by the test); returns once it is up.
-fn up(data_dir: &std::path::Path) -> Child {
+fn up(data_dir: &std::path::Path) -> Up {
     up_with(data_dir, &["--no-rules"]).0
 }
 
 /// Starts `pitboss up` on free ports over `data_dir` with `extra` arguments; returns once it is
 /// up, with the address of its API.
-fn up_with(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String) {
+fn up_with(data_dir: &std::path::Path, extra: &[&str]) -> (Up, String) {
     let (child, addr, _) = up_full(data_dir, extra);
     (child, addr)
 }
 
 /// As [`up_with`], also returning the gateway's address.
-fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String, String) {
+fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Up, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args([
             "up",
@@ -110,7 +137,7 @@ fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Child, String, String
         }
     };
     std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
-    (child, addr, gateway)
+    (Up(child), addr, gateway)
 }
 
 /// `pitboss sql --format json` over `data_dir`: one JSON object per row.
