@@ -900,18 +900,6 @@ async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
 /// Largest `POST /v1/publish` body (an array of pushes).
 const MAX_PUBLISH_BYTES: usize = 1024 * 1024;
 
-/// Whether reading a body failed on its length limit.
-fn too_long(e: &axum::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(x) = cur {
-        if x.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = x.source();
-    }
-    false
-}
-
 /// Most pushes in one `POST /v1/publish` array (the body, at most 1 MiB).
 pub const MAX_PUBLISH_BATCH: usize = 1000;
 /// Largest body of a single push.
@@ -940,7 +928,7 @@ async fn publish(
     .await
     {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) if too_long(&e) => {
+        Ok(Err(e)) if pitboss_runtime::http::caused_by::<http_body_util::LengthLimitError>(&e) => {
             return error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

@@ -53,6 +53,19 @@ pub fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
+/// Whether `e`, or an error in its chain of sources, is an `E` (a body timeout or length limit
+/// under the layers and rejections that wrap it).
+pub fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if x.is::<E>() {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
 /// Raises the soft limit of open files to the hard limit, so the connection limit (not the
 /// descriptor table) is what refuses connections. Returns the limit now in force.
 pub fn raise_fd_limit() -> Option<u64> {

@@ -239,7 +239,7 @@ async fn post_events(
             IngestError::BodyTooLarge {
                 limit: state.config.max_body_bytes,
             }
-        } else if timed_out(&r) {
+        } else if pitboss_runtime::http::caused_by::<tower_http::timeout::TimeoutError>(&r) {
             IngestError::BodyTimeout {
                 after_ms: state.config.header_read_timeout_ms,
             }
@@ -257,19 +257,6 @@ async fn post_events(
     metrics::counter!("pitboss_ingest_requests_total", "status" => status.as_u16().to_string())
         .increment(1);
     Ok((status, Json(response)).into_response())
-}
-
-/// Whether reading the body failed because it stalled (`RequestBodyTimeoutLayer`), whatever
-/// wrapped the error on the way (decompression, axum's rejection).
-fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        if x.is::<tower_http::timeout::TimeoutError>() {
-            return true;
-        }
-        cur = x.source();
-    }
-    false
 }
 
 /// One batch, whatever transport it came by: plan it with the pure core, take it from the
