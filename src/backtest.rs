@@ -21,6 +21,12 @@ pub enum RulesCommand {
     /// Replay stored events through a rule set and report hits per rule, example alerts and
     /// the score distribution.
     Backtest(BacktestArgs),
+    /// Load a rule set and list its rules, or every problem with file, line and reason (exit
+    /// status 1).
+    Check(crate::ruletest::CheckArgs),
+    /// Run rule test files: each case's events through a fresh engine, its expected hits
+    /// compared with what fired (docs/rules.md, "Testing rules"); exit status 1 when one fails.
+    Test(crate::ruletest::TestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +93,8 @@ fn progress(len: u64) -> indicatif::ProgressBar {
 pub async fn rules(args: RulesArgs) -> Result<()> {
     match args.command {
         RulesCommand::Backtest(args) => backtest(args).await,
+        RulesCommand::Check(args) => crate::ruletest::check(args),
+        RulesCommand::Test(args) => crate::ruletest::test(args),
     }
 }
 

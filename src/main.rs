@@ -11,7 +11,8 @@
 //!   the embedded log (it also runs inside `pitboss up`); `pitboss token`: a connection token.
 //! - `pitboss antifraud`: the rules engine over Kafka, Kinesis or the embedded log, publishing
 //!   alerts and pushes (it also runs inside `pitboss up`).
-//! - `pitboss rules backtest`: stored events replayed through a rule set, with hits per rule,
+//! - `pitboss rules check` / `test` / `backtest`: a rule set checked, its test files run, or
+//!   stored events replayed through it, with hits per rule,
 //!   example alerts and the score distribution.
 //! - `pitboss sql "SELECT …"`: a read-only query against the embedded store of `pitboss up`.
 //! - `pitboss hash-key KEY`: the `api_key_sha256` entry for an API key.
@@ -25,6 +26,7 @@ mod gateway;
 mod loadgen;
 mod loadgen_broadcast;
 mod loadgen_live;
+mod ruletest;
 mod topics;
 
 /// mimalloc: the ingest path allocates per event; glibc malloc took a fifth of its CPU.
@@ -83,7 +85,7 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Print a signed connection token for the gateway (HS256).
     Token(gateway::TokenArgs),
-    /// Work with rule sets: `pitboss rules backtest` replays stored events through one.
+    /// Work with rule sets: check them, test them on scripted events, backtest them on history.
     Rules(backtest::RulesArgs),
 }
 

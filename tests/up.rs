@@ -1103,6 +1103,9 @@ fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input
     std::fs::create_dir(&lowered).unwrap();
     for f in std::fs::read_dir(&shipped_dir).unwrap() {
         let f = f.unwrap().path();
+        if !f.is_file() {
+            continue; // rules/tests/
+        }
         let mut text = std::fs::read_to_string(&f).unwrap();
         if f.ends_with("fraud.toml") {
             text = text.replacen("value = 30", "value = 3", 1);
@@ -1337,5 +1340,101 @@ fn ingest_refuses_a_topic_the_bus_does_not_have() {
     assert!(
         !out.status.success() && said.contains("the config's `topic` \"nosuch\": no such topic"),
         "{said}"
+    );
+}
+
+fn rules_cmd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .arg("rules")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rules_check_lists_a_set_or_refuses_it_with_file_and_line() {
+    let (ok, out, _) = rules_cmd(&["check", "--rules", "rules"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .starts_with("fraud.bet_velocity v1 ")
+            && out.contains("window 1m, 200 events; cooldown 10m; alert (rules/fraud.toml:4)"),
+        "{out}"
+    );
+    assert!(out.contains("push rg.loss_chasing to the player"), "{out}");
+    assert!(
+        out.ends_with("rules: 14 rules, ok (scoring: review at 40, block at 100, within 1d)\n"),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string("rules/fraud.toml").unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        rules.replacen("cooldown = \"10m\"", "cooldown = \"10 minutes\"", 1),
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = rules_cmd(&["check", "--rules", d]);
+    assert!(!ok);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains(&format!("{d}/a.toml:14:"))
+            && err.contains("\"10 minutes\" is not a duration")
+            && err.contains("is refused: 1 problem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn rules_test_runs_the_shipped_packs_tests_and_fails_with_what_differed() {
+    let (ok, out, err) = rules_cmd(&["test", "rules/tests"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("rules/tests/fraud.toml\n  ok    "), "{out}");
+    let last = out.lines().last().unwrap();
+    assert!(last.ends_with("passed, 0 failed"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("velocity.toml"),
+        r#"
+[[case]]
+name = "bets too slow"
+events = [
+  { type = "bet_placed", at = "0s", repeat = 40, every = "1500ms", payload = { bet_id = "b{n}", game_id = "g", stake = { amount_minor = 100, currency = "EUR" } } },
+]
+expect = [{ rule = "fraud.bet_velocity", at = "40s" }]
+only_rules = ["fraud.bet_velocity"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("typo.toml"),
+        "[[case]]\nname = \"x\"\nevents = []\nexpect = [{ rule = \"fraud.bet_velocty\" }]\n",
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = rules_cmd(&["test", d]);
+    assert!(!ok, "{out}");
+    assert!(err.is_empty(), "{err}");
+    assert!(
+        out.contains("  FAIL  bets too slow (line 2, 40 events, 2 hits)\n")
+            && out.contains("missing (line 7): { rule = \"fraud.bet_velocity\", at = \"40s\" }")
+            && out.contains("the rule fired instead: fraud.bet_velocity at 43s500ms for player p1")
+            && out.contains(&format!(
+                "{d}/typo.toml:4: case \"x\": rule \"fraud.bet_velocty\" is not in the rule set"
+            ))
+            && out.ends_with("1 case: 0 passed, 1 failed; 1 file refused\n"),
+        "{out}"
     );
 }

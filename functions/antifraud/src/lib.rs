@@ -21,6 +21,7 @@ mod join;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod rules;
+pub mod ruletest;
 pub mod scenario;
 mod scoring;
 pub mod shard;

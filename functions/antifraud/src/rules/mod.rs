@@ -72,6 +72,15 @@ pub struct CompiledRule {
     pub line: usize,
 }
 
+impl CompiledRule {
+    /// The push a hit sends: its `kind` and whether it goes to a room (else the player).
+    pub fn push_kind(&self) -> Option<(&str, bool)> {
+        self.push
+            .as_ref()
+            .map(|p| (p.kind.as_str(), p.room.is_some()))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Measure {
     pub name: String,

@@ -1,0 +1,249 @@
+//! `pitboss rules check` (a rule set loaded and summarised, or refused with file, line and
+//! reason) and `pitboss rules test` (rule test files played through a fresh engine; docs/rules.md,
+//! "Testing rules").
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use pitboss_antifraud::ruletest;
+use pitboss_antifraud::stream::RulesSource;
+use pitboss_antifraud::{AntifraudError, RuleSet};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of rule files (`*.toml`); the shipped packs without it.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files, or directories of them (`*.toml`, not recursive).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The rule directory for test files that name none (`rules = "…"`); the shipped packs
+    /// without it.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Also list every hit of the cases that passed.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+fn source(dir: &Option<PathBuf>) -> Result<RulesSource> {
+    Ok(match dir {
+        Some(d) if !d.is_dir() => bail!("--rules {}: not a directory", d.display()),
+        Some(d) => RulesSource::Dir(d.clone()),
+        None => RulesSource::Shipped,
+    })
+}
+
+fn name<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".into(),
+    }
+}
+
+/// `pitboss rules check`: every rule with what it reads and does, or every problem.
+pub fn check(args: CheckArgs) -> Result<()> {
+    let src = source(&args.rules)?;
+    let what = match &args.rules {
+        Some(d) => d.display().to_string(),
+        None => "the shipped packs".into(),
+    };
+    let set = match src.load() {
+        Ok(set) => set,
+        Err(AntifraudError::Rules(errors)) => {
+            let mut err = std::io::stderr().lock();
+            for e in &errors {
+                writeln!(err, "{e}")?;
+            }
+            bail!(
+                "the rule set in {what} is refused: {} problem{}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {what}")),
+    };
+    let mut out = std::io::stdout().lock();
+    let d = |ms: i64| ruletest::fmt_offset(ms);
+    let width = set
+        .rules
+        .iter()
+        .map(|r| r.id.len() + r.version.to_string().len() + 2)
+        .max()
+        .unwrap_or(0);
+    for r in &set.rules {
+        let window = match (r.duration_ms, r.bucket_ms) {
+            (Some(w), Some(b)) => format!("{}, {} events, buckets of {}", d(w), r.cap, d(b)),
+            (Some(w), None) => format!("{}, {} events", d(w), r.cap),
+            (None, _) => format!("{} events", r.cap),
+        };
+        let push = r.push_kind().map(|(kind, room)| {
+            format!(
+                "push {kind} to the {}",
+                if room { "room" } else { "player" }
+            )
+        });
+        let action = match (r.alert, push) {
+            (true, Some(p)) => format!("alert + {p}"),
+            (true, None) => "alert".into(),
+            (false, Some(p)) => p,
+            (false, None) => "nothing".into(),
+        };
+        writeln!(
+            out,
+            "{:width$}  {} {}, score {}; by {}; window {}; cooldown {}; {} ({}:{})",
+            format!("{} v{}", r.id, r.version),
+            name(&r.category),
+            name(&r.severity),
+            r.score,
+            name(&r.group_by),
+            window,
+            if r.cooldown_ms > 0 {
+                d(r.cooldown_ms)
+            } else {
+                "none".into()
+            },
+            action,
+            r.file,
+            r.line,
+        )?;
+    }
+    writeln!(
+        out,
+        "{what}: {} rule{}, ok (scoring: review at {}, block at {}, within {})",
+        set.rules.len(),
+        if set.rules.len() == 1 { "" } else { "s" },
+        set.scoring.review,
+        set.scoring.block,
+        d(set.scoring.window_ms)
+    )?;
+    Ok(())
+}
+
+/// `pitboss rules test`: every case of every file, and a summary; fails when one does.
+pub fn test(args: TestArgs) -> Result<()> {
+    let fallback = source(&args.rules)?;
+    let mut files = Vec::new();
+    for p in &args.paths {
+        if !p.exists() {
+            bail!("{}: no such file or directory", p.display());
+        }
+        let found = ruletest::test_files(p).with_context(|| format!("reading {}", p.display()))?;
+        if found.is_empty() {
+            bail!("{}: no *.toml test files", p.display());
+        }
+        files.extend(found);
+    }
+    let mut sets: HashMap<Option<PathBuf>, Result<RuleSet, String>> = HashMap::new();
+    let mut out = std::io::stdout().lock();
+    let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
+    for path in &files {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                writeln!(out, "{shown}: {e}")?;
+                broken += 1;
+                continue;
+            }
+        };
+        let file = match ruletest::parse(&shown, &text) {
+            Ok(f) => f,
+            Err(errors) => {
+                for e in errors {
+                    writeln!(out, "{e}")?;
+                }
+                broken += 1;
+                continue;
+            }
+        };
+        let set = sets.entry(file.rules.clone()).or_insert_with(|| {
+            let src = match &file.rules {
+                Some(d) => RulesSource::Dir(d.clone()),
+                None => fallback.clone(),
+            };
+            src.load().map_err(|e| e.to_string())
+        });
+        let set = match set {
+            Ok(s) => s,
+            Err(e) => {
+                let which = file
+                    .rules
+                    .as_ref()
+                    .map_or("its rule set".to_owned(), |d| d.display().to_string());
+                writeln!(out, "{shown}: {which}: {e}")?;
+                broken += 1;
+                continue;
+            }
+        };
+        let unknown = ruletest::unknown_rules(&file, set);
+        if !unknown.is_empty() {
+            for e in unknown {
+                writeln!(out, "{e}")?;
+            }
+            broken += 1;
+            continue;
+        }
+        writeln!(out, "{shown}")?;
+        for case in &file.cases {
+            let r = ruletest::run_case(set, file.start, case);
+            let hits = r.hits.len();
+            if r.passed() {
+                passed += 1;
+                writeln!(
+                    out,
+                    "  ok    {} ({} events, {hits} hit{})",
+                    r.name,
+                    r.events,
+                    if hits == 1 { "" } else { "s" }
+                )?;
+                if args.verbose {
+                    for h in &r.hits {
+                        writeln!(out, "        {}", h.describe())?;
+                    }
+                }
+            } else {
+                failed += 1;
+                writeln!(
+                    out,
+                    "  FAIL  {} (line {}, {} events, {hits} hit{})",
+                    r.name,
+                    r.line,
+                    r.events,
+                    if hits == 1 { "" } else { "s" }
+                )?;
+                for f in &r.failures {
+                    writeln!(out, "        {f}")?;
+                }
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{} case{}: {passed} passed, {failed} failed{}",
+        passed + failed,
+        if passed + failed == 1 { "" } else { "s" },
+        if broken > 0 {
+            format!(
+                "; {broken} file{} refused",
+                if broken == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    out.flush()?;
+    if failed > 0 || broken > 0 {
+        // The summary above says what failed; the status says that something did.
+        drop(out);
+        std::process::exit(1);
+    }
+    Ok(())
+}
