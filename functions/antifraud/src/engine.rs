@@ -1092,8 +1092,19 @@ impl Hit<'_> {
             evidence.reverse();
             let mut related: Vec<String> = Vec::new();
             if rule.group_by != GroupBy::Player {
+                // The players the distinct count counted (its events and `where`), not every
+                // player some other measure keeps in the window.
+                let distinct_mask = (0..rule.measures.len())
+                    .filter(|i| rule.measures[*i].agg == crate::rules::Agg::CountDistinct)
+                    .fold(0u32, |acc, i| acc | 1 << i);
+                let mask = if distinct_mask != 0 {
+                    distinct_mask
+                } else {
+                    cond_mask
+                };
                 for e in &self.state.entries {
                     if let Some(l) = &e.label
+                        && e.mask & mask != 0
                         && ***l != *event.player_id
                         && !related.iter().any(|r| **r == ***l)
                         && related.len() < MAX_RELATED_PLAYERS

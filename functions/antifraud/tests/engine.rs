@@ -847,3 +847,45 @@ reason = "{n} settlements"
     assert!(engine.reads_unowned(EventType::BetPlaced));
     assert!(!engine.reads_unowned(EventType::Login));
 }
+
+/// `related_player_ids` lists the players the distinct count counted: a player whose bets
+/// another measure of the rule keeps (a median over every stake) but the count's `where`
+/// leaves out is not named as linked.
+#[test]
+fn related_players_are_the_ones_the_distinct_count_counted() {
+    let text = r#"
+[[rule]]
+id = "t.big_bettors_on_a_game"
+version = 1
+category = "fraud"
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "game"
+window = { duration = "1h" }
+reason = "{players} players bet big"
+  [[rule.measure]]
+  name = "players"
+  agg = "count_distinct"
+  field = "player_id"
+  where = { stake = { gte = 10000 } }
+  [[rule.measure]]
+  name = "median"
+  agg = "median"
+  field = "stake"
+  [[rule.when]]
+  measure = "players"
+  op = "gte"
+  value = 2
+"#;
+    let set = RuleSet::from_sources(&[("t.toml".into(), text.into())]).unwrap();
+    let mut s = Script::new(set);
+    s.send("relA", T0, "bet_placed", bet("a", 100));
+    s.send("relB", T0 + 1000, "bet_placed", bet("b", 20_000));
+    s.send("relC", T0 + 2000, "bet_placed", bet("c", 20_000));
+    let a = s.alerts("t.big_bettors_on_a_game");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].reason, "2 players bet big");
+    assert_eq!(a[0].player_id.as_deref(), Some("relC"));
+    assert_eq!(a[0].related_player_ids, ["relB"]);
+}
