@@ -127,6 +127,14 @@ pub fn check(args: CheckArgs) -> Result<()> {
     Ok(())
 }
 
+fn late(n: u64) -> String {
+    format!(
+        "{n} trigger{} read later than {} window, not evaluated (docs/rules.md, \"Windows\")",
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "its" } else { "their" }
+    )
+}
+
 /// `pitboss rules test`: every case of every file, and a summary; fails when one does.
 pub fn test(args: TestArgs) -> Result<()> {
     let fallback = source(&args.rules)?;
@@ -204,6 +212,9 @@ pub fn test(args: TestArgs) -> Result<()> {
                     r.events,
                     if hits == 1 { "" } else { "s" }
                 )?;
+                if r.late_triggers > 0 {
+                    writeln!(out, "        note: {}", late(r.late_triggers))?;
+                }
                 if args.verbose {
                     for h in &r.hits {
                         writeln!(out, "        {}", h.describe())?;
@@ -221,6 +232,9 @@ pub fn test(args: TestArgs) -> Result<()> {
                 )?;
                 for f in &r.failures {
                     writeln!(out, "        {f}")?;
+                }
+                if r.late_triggers > 0 {
+                    writeln!(out, "        note: {}", late(r.late_triggers))?;
                 }
             }
         }

@@ -76,6 +76,10 @@ pub struct Output {
     /// Hits for players another shard owns, to send on the forwards topic
     /// ([`crate::shard`]); always empty for an engine owning every key.
     pub forwards: Vec<Forward>,
+    /// Triggers not evaluated because they arrived later than their window: older than the
+    /// rule's duration before their key's newest event, whose arrival already dropped what
+    /// the trigger's own window held (docs/rules.md, "Windows").
+    pub late_triggers: u64,
 }
 
 impl Output {
@@ -84,6 +88,7 @@ impl Output {
         self.pushes.clear();
         self.rejected.clear();
         self.forwards.clear();
+        self.late_triggers = 0;
     }
 }
 
@@ -517,9 +522,12 @@ impl Engine {
                 continue;
             }
             if let Some(d) = rule.duration_ms {
-                if at > t && t <= at.saturating_sub(d) {
+                if state.newest > t && t <= state.newest.saturating_sub(d) {
                     // Read so late that it lies before the window up to the key's newest
-                    // event: nothing to evaluate it in.
+                    // event (a player's withdrawal sent an hour after later events, say):
+                    // what its own window held is gone, so it is not evaluated — counted, so
+                    // it is seen (`Output::late_triggers`).
+                    out.late_triggers += 1;
                     continue;
                 }
                 let before = state.held();

@@ -589,6 +589,8 @@ pub struct CaseResult {
     pub hits: Vec<Hit>,
     /// Empty when the case passed.
     pub failures: Vec<String>,
+    /// Triggers read later than their window, not evaluated ([`Output::late_triggers`]).
+    pub late_triggers: u64,
 }
 
 impl CaseResult {
@@ -705,6 +707,7 @@ pub fn run_case(set: &RuleSet, start: Timestamp, case: &Case) -> CaseResult {
         events: case.events.len(),
         hits,
         failures,
+        late_triggers: out.late_triggers,
     }
 }
 

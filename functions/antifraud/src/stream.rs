@@ -1342,6 +1342,16 @@ pub(crate) fn output_records(
 ) -> (Vec<OutRecord>, Vec<OutRecord>) {
     for rej in out.rejected.drain(..) {
         tracing::warn!(rule = %rej.rule_id, message = rej.message, violations = ?rej.violations, "rule output breaks the contract; not published");
+        metrics::counter!("pitboss_antifraud_rejected_total", "rule" => rej.rule_id, "message" => rej.message)
+            .increment(1);
+    }
+    if out.late_triggers > 0 {
+        tracing::warn!(
+            triggers = out.late_triggers,
+            "events read later than their rule's window (older than its duration before their key's newest event): not evaluated"
+        );
+        metrics::counter!("pitboss_antifraud_late_triggers_total").increment(out.late_triggers);
+        out.late_triggers = 0;
     }
     let alerts = out
         .alerts

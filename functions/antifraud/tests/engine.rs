@@ -889,3 +889,45 @@ reason = "{players} players bet big"
     assert_eq!(a[0].player_id.as_deref(), Some("relC"));
     assert_eq!(a[0].related_player_ids, ["relB"]);
 }
+
+/// A withdrawal sent after later events of its player: within the hour of the newest event it
+/// is evaluated on what its window holds; older than that, what its window held is gone, and
+/// it is counted as a late trigger instead of passing unseen.
+#[test]
+fn a_trigger_later_than_its_window_is_counted_not_evaluated_in_silence() {
+    for (extra_login_at, fires) in [(50 * MIN, true), (75 * MIN, false)] {
+        let mut s = Script::default();
+        for i in 0..5 {
+            s.send(
+                "p1",
+                T0 + i * MIN,
+                "login",
+                login("203.0.113.9", "d", false),
+            );
+        }
+        s.send(
+            "p1",
+            T0 + extra_login_at,
+            "login",
+            login("203.0.113.9", "d", false),
+        );
+        let late_before = s.out.late_triggers;
+        s.send(
+            "p1",
+            T0 + 10 * MIN,
+            "withdrawal",
+            withdrawal("w1", 90_000, "requested"),
+        );
+        let a = s.alerts("fraud.account_takeover");
+        assert_eq!(
+            a.len(),
+            usize::from(fires),
+            "extra login at {extra_login_at}"
+        );
+        let late = s.out.late_triggers - late_before;
+        // fraud.account_takeover (1 h) and fraud.deposit_withdrawal_no_play /
+        // fraud.bonus_withdrawal_before_wagering (longer windows) read the withdrawal: only the
+        // hour-long one lost it.
+        assert_eq!(late, u64::from(!fires), "extra login at {extra_login_at}");
+    }
+}
