@@ -179,6 +179,16 @@ impl Field {
         )
     }
 
+    /// Whether the field holds a number a measure can add up (money, hours, odds, durations,
+    /// and custom properties, which may).
+    pub fn is_numeric(&self) -> bool {
+        self.is_money()
+            || matches!(
+                self,
+                Field::LocalHour | Field::Odds | Field::DurationMs | Field::Property(_)
+            )
+    }
+
     /// Reads the field from an event.
     pub fn get<'e>(&self, e: &'e Event, extra: &Extra) -> Value<'e> {
         use Value::{Missing, Money as M, Num, Text};

@@ -252,7 +252,132 @@ pub fn compile(table: &toml::Table, types: Types) -> Result<Vec<Pred>, String> {
             }),
         }
     }
+    for p in &out {
+        never(p, types)?;
+    }
+    // Every predicate must hold on one event: some event type has to carry every field a
+    // predicate needs (`exists = false` is met by a field's absence).
+    let needs = |p: &Pred| !(p.op == Op::Exists && p.operand == Operand::Bool(false));
+    if !types.iter().any(|t| {
+        out.iter()
+            .filter(|p| needs(p))
+            .all(|p| p.field.possible_on(t))
+    }) {
+        let list: Vec<_> = types.iter().map(EventType::as_str).collect();
+        let fields: Vec<_> = table.keys().map(|k| format!("`{k}`")).collect();
+        return Err(format!(
+            "no event of [{}] has all of {}: every predicate must hold on one event, so \
+             nothing would pass",
+            list.join(", "),
+            fields.join(", ")
+        ));
+    }
+    // Bounds of one field that no value meets (`stake = { gte = 500, lt = 100 }`).
+    for (name, v) in table {
+        let toml::Value::Table(ops) = v else { continue };
+        let num = |k: &str| match ops.get(k) {
+            Some(toml::Value::Integer(i)) => Some(*i as f64),
+            Some(toml::Value::Float(f)) => Some(*f),
+            _ => None,
+        };
+        let low = [(num("gt"), true), (num("gte"), false)]
+            .into_iter()
+            .filter_map(|(v, strict)| v.map(|v| (v, strict)))
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let high = [(num("lt"), true), (num("lte"), false)]
+            .into_iter()
+            .filter_map(|(v, strict)| v.map(|v| (v, strict)))
+            .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        if let (Some((lo, ls)), Some((hi, hs))) = (low, high)
+            && (lo > hi || (lo == hi && (ls || hs)))
+        {
+            return Err(format!(
+                "`{name}`: no value is both {} {lo} and {} {hi}",
+                if ls { ">" } else { ">=" },
+                if hs { "<" } else { "<=" }
+            ));
+        }
+    }
     Ok(out)
+}
+
+/// Refuses a predicate no event of `types` can meet: a `type` the filter's events do not
+/// include, an hour outside 0–23, a country that is not ISO 3166-1, an address that is not
+/// one, a currency code in lower case.
+fn never(p: &Pred, types: Types) -> Result<(), String> {
+    let texts: Vec<&str> = match (&p.op, &p.operand) {
+        (Op::Eq | Op::In, Operand::Text(t)) => vec![t.as_str()],
+        (Op::Eq | Op::In, Operand::List(l)) => l
+            .iter()
+            .filter_map(|o| match o {
+                Operand::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    for t in texts {
+        let why = match &p.field {
+            Field::Type if !types.iter().any(|x| x.as_str() == t) => {
+                let list: Vec<_> = types.iter().map(EventType::as_str).collect();
+                Some(format!(
+                    "`type` is never {t:?} here: the filter's events are [{}]",
+                    list.join(", ")
+                ))
+            }
+            Field::Country if !pitboss_model::country::is_iso3166(t) => Some(format!(
+                "`country` {t:?} is not an ISO 3166-1 alpha-2 code (ingest refuses it)"
+            )),
+            Field::Ip if t.parse::<std::net::IpAddr>().is_err() => {
+                Some(format!("`ip` {t:?} is not an IPv4 or IPv6 address"))
+            }
+            Field::Currency
+                if !t
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) =>
+            {
+                Some(format!(
+                    "`currency` {t:?} never matches: currency codes are in upper case"
+                ))
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(why);
+        }
+    }
+    if p.field == Field::LocalHour {
+        let nums: Vec<f64> = match &p.operand {
+            Operand::Num(n) => vec![*n],
+            Operand::List(l) => l
+                .iter()
+                .filter_map(|o| match o {
+                    Operand::Num(n) => Some(*n),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let impossible = nums.iter().any(|&h| match p.op {
+            Op::Eq | Op::In => !(0.0..=23.0).contains(&h) || h.fract() != 0.0,
+            Op::Gt => h >= 23.0,
+            Op::Gte => h > 23.0,
+            Op::Lt => h <= 0.0,
+            Op::Lte => h < 0.0,
+            Op::Ne | Op::Exists => false,
+        });
+        if impossible {
+            return Err(format!(
+                "`local_hour` is a whole hour from 0 to 23: `{} = {}` never holds",
+                op_name(p.op),
+                nums.iter()
+                    .map(f64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn pred(field: Field, op: &str, arg: &toml::Value, name: &str) -> Result<Pred, String> {
@@ -367,9 +492,56 @@ method = { exists = false }"#,
                 "no event of [withdrawal] has a field `result`",
             ),
             (r#"amount = { in = [] }"#, "non-empty array"),
+            (r#"type = "deposit""#, "`type` is never \"deposit\" here"),
+            (r#"ip = "10.0.0.999""#, "`ip` \"10.0.0.999\" is not an IPv4"),
+            (r#"currency = "eur""#, "currency codes are in upper case"),
+            (r#"local_hour = { gte = 25 }"#, "`gte = 25` never holds"),
+            (r#"local_hour = [1, 24]"#, "`in = 1, 24` never holds"),
+            (
+                r#"amount = { gte = 500, lt = 100 }"#,
+                "no value is both >= 500 and < 100",
+            ),
+            (
+                r#"amount = { gt = 100, lte = 100 }"#,
+                "no value is both > 100 and <= 100",
+            ),
         ] {
             let err = compile(&table(src), types).expect_err(src);
             assert!(err.contains(needle), "{src}: {err}");
+        }
+        // Fields of two event types, both required: no one event passes.
+        let two = Types(Types::of(EventType::Login).0 | Types::of(EventType::Withdrawal).0);
+        let err = compile(
+            &table(
+                r#"success = false
+status = "requested""#,
+            ),
+            two,
+        )
+        .expect_err("fields of two types");
+        assert!(
+            err.contains("no event of [withdrawal, login] has all of `status`, `success`")
+                || err.contains("no event of [login, withdrawal] has all of"),
+            "{err}"
+        );
+        let login = Types::of(EventType::Login);
+        let err = compile(&table(r#"country = "UK""#), login).expect_err("UK");
+        assert!(
+            err.contains("`country` \"UK\" is not an ISO 3166-1"),
+            "{err}"
+        );
+        compile(&table(r#"country = ["XK", "GB"]"#), login).expect("ISO countries");
+        // What can hold still compiles: one field of each type when the other may be absent,
+        // a range that meets, hours in range, an ISO country, an address.
+        for src in [
+            r#"success = false
+status = { exists = false }"#,
+            "amount = { gte = 100, lte = 100 }",
+            "local_hour = { lt = 5 }",
+            r#"ip = ["10.0.0.1", "2001:db8::1"]"#,
+            r#"type = "login""#,
+        ] {
+            compile(&table(src), two).expect(src);
         }
     }
 }

@@ -297,8 +297,11 @@ pub fn compile(
                 if !mtypes.iter().any(|t| field.possible_on(t)) {
                     return Err(at(format!("none of its events has a field `{f}`")));
                 }
-                if agg != Agg::CountDistinct && matches!(field, Field::Success) {
-                    return Err(at(format!("`{f}` is not a number")));
+                if agg != Agg::CountDistinct && !field.is_numeric() {
+                    return Err(at(format!(
+                        "`{f}` is not a number: {} needs one (count_distinct counts text)",
+                        agg_name(agg)
+                    )));
                 }
                 Some(field)
             }
@@ -307,6 +310,19 @@ pub fn compile(
             (None, false) => None,
         };
         let money = field.as_ref().is_some_and(Field::is_money) && agg != Agg::CountDistinct;
+        // Money adds up within the trigger's currency: a trigger without money has none.
+        if money
+            && agg != Agg::Current
+            && let Some(t) = trigger.types.iter().find(|t| !carries_money(*t))
+        {
+            return Err(at(format!(
+                "adds money (`{}`), which is added up within the trigger's currency, but a \
+                 `{}` trigger carries no currency (several currencies would be added as one); \
+                 trigger on events with an amount, or count them",
+                spec.field.as_deref().unwrap_or_default(),
+                t.as_str()
+            )));
+        }
         let of = match (agg, &spec.of) {
             (Agg::Ratio, Some(pair)) if pair.len() == 2 => {
                 let find = |n: &String| measures.iter().position(|x| &x.name == n);
@@ -478,6 +494,9 @@ pub fn compile(
         })?;
         let (value, baseline) = match (&spec.value, &spec.baseline) {
             (Some(v), None) if v.is_finite() => (Some(*v), None),
+            (Some(_), None) => {
+                return Err(at("`value` must be a finite number (not nan or inf)".into()));
+            }
             (None, Some(b)) => (
                 None,
                 Some(find(b).ok_or_else(|| at(format!("no baseline measure `{b}`")))?),
@@ -631,4 +650,36 @@ pub fn compile(
         file: file.to_owned(),
         line,
     })
+}
+
+/// Whether events of this type carry money (and so a currency).
+fn carries_money(t: EventType) -> bool {
+    matches!(
+        t,
+        EventType::BetPlaced
+            | EventType::BetSettled
+            | EventType::Deposit
+            | EventType::Withdrawal
+            | EventType::Bonus
+    )
+}
+
+/// An aggregate's name in a rule file.
+fn agg_name(a: Agg) -> &'static str {
+    match a {
+        Agg::Count => "count",
+        Agg::Sum => "sum",
+        Agg::Avg => "avg",
+        Agg::Min => "min",
+        Agg::Max => "max",
+        Agg::Last => "last",
+        Agg::Median => "median",
+        Agg::Stddev => "stddev",
+        Agg::CountDistinct => "count_distinct",
+        Agg::Ratio => "ratio",
+        Agg::IntervalMean => "interval_mean",
+        Agg::IntervalCv => "interval_cv",
+        Agg::Age => "age",
+        Agg::Current => "current",
+    }
 }

@@ -150,6 +150,21 @@ fn semantic_errors_name_the_part() {
             "neither a measure",
         ),
         ("group_by = \"player\"", "group_by = \"ip\"", "grouped by"),
+        (
+            "value = 3",
+            "value = nan",
+            "`value` must be a finite number",
+        ),
+        (
+            "value = 3",
+            "value = inf",
+            "`value` must be a finite number",
+        ),
+        (
+            "agg = \"count\"",
+            "agg = \"sum\"\n  field = \"game_id\"",
+            "`game_id` is not a number: sum needs one",
+        ),
     ] {
         let text = GOOD.replace(from, to);
         assert_ne!(text, GOOD, "{from}");
@@ -162,6 +177,37 @@ fn semantic_errors_name_the_part() {
     );
     let e = refused(&text, "unknown field `stats`");
     assert_eq!(e.line, line_of(&text, "[[rule.measure]]"));
+}
+
+/// Money is added up in the trigger's currency; a trigger without money would add EUR and
+/// JPY as one number.
+#[test]
+fn money_measures_need_a_trigger_with_a_currency() {
+    let text = GOOD
+        .replace(
+            "events = [\"bet_placed\"]",
+            "events = [\"deposit\", \"login\"]\ntrigger = { events = [\"login\"] }",
+        )
+        .replace(
+            "agg = \"count\"",
+            "agg = \"sum\"\n  field = \"amount\"\n  events = [\"deposit\"]",
+        );
+    let e = refused(&text, "adds money (`amount`)");
+    assert!(
+        e.reason.contains("a `login` trigger carries no currency"),
+        "{e}"
+    );
+    // Triggered on the deposits themselves, the same sum loads; by default every event of
+    // the rule triggers it, logins too.
+    load(&text.replace(
+        "trigger = { events = [\"login\"] }",
+        "trigger = { events = [\"deposit\"] }",
+    ))
+    .expect("money trigger");
+    refused(
+        &text.replace("trigger = { events = [\"login\"] }\n", ""),
+        "a `login` trigger",
+    );
 }
 
 #[test]
