@@ -24,6 +24,23 @@ pub fn is_iso4217(code: &str) -> bool {
     ISO_4217.binary_search(&code).is_ok()
 }
 
+/// Digits after the decimal point of the currency's minor unit (its ISO 4217 exponent): how
+/// many minor units make one major unit (`amount_minor` 12345 of EUR is 123.45, of JPY 12345,
+/// of BHD 12.345, of CLF 1.2345). Codes without a minor unit (precious metals, units of
+/// account) count whole units: 0. Codes outside ISO 4217 (a tenant's extra currencies): 2.
+pub fn minor_unit_digits(code: &str) -> u32 {
+    match code {
+        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        // No minor unit in ISO 4217 ("N.A."): gold, silver, palladium, platinum, SDR, bond
+        // market units, Sucre, ADB unit.
+        "XAU" | "XAG" | "XPD" | "XPT" | "XDR" | "XBA" | "XBB" | "XBC" | "XBD" | "XSU" | "XUA" => 0,
+        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+        "CLF" | "UYW" => 4,
+        _ => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

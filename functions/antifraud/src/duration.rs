@@ -5,6 +5,7 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let bad =
         || format!("{text:?} is not a duration like \"30s\", \"5m\", \"2h\", \"7d\" or \"1h30m\"");
     let mut total: i64 = 0;
+    let mut last_unit = i64::MAX;
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -26,6 +27,12 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
             _ => return Err(bad()),
         };
         rest = &rest[unit_len..];
+        if unit >= last_unit {
+            return Err(format!(
+                "{text:?}: units go from the largest down, each once (\"1h30m\", not \"30m1h\" or \"5m5m\")"
+            ));
+        }
+        last_unit = unit;
         total = n
             .checked_mul(unit)
             .and_then(|v| total.checked_add(v))
@@ -119,9 +126,18 @@ mod tests {
             "0s",
             "99999999999999999d",
             "-1s",
+            "30m1h",
+            "5m5m",
+            "1s1s",
         ] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
+        assert!(
+            parse_duration_ms("30m1h")
+                .unwrap_err()
+                .contains("units go from the largest down")
+        );
+        assert_eq!(parse_duration_ms("1d2h3m4s5ms"), Ok(93_784_005));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use pitboss_model::Event;
 
 use crate::duration::human_ms;
 use crate::field::{Extra, Field, Value};
+use crate::filter::Types;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -42,6 +43,11 @@ pub struct Names<'a> {
     pub measures: &'a [String],
     /// Whether measure `i` has a condition (so a threshold), by index.
     pub has_threshold: &'a [bool],
+    /// Whether measure `i` is money (`:money` applies), by index.
+    pub money: &'a [bool],
+    /// The events a template is filled from (the rule's triggers): an event field must be on
+    /// one of them.
+    pub types: Types,
 }
 
 /// What a hit supplies to fill a template.
@@ -97,6 +103,14 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The template's fixed text, between its placeholders.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+    }
+
     /// Fills the template.
     pub fn render(&self, fill: &Fill<'_>) -> String {
         let mut out = String::new();
@@ -146,9 +160,17 @@ fn resolve(spec: &str, names: &Names<'_>) -> Result<Part, String> {
         None => (spec, Format::Plain),
     };
     let measure = |n: &str| names.measures.iter().position(|m| m == n);
+    let not_money = |what: &str| {
+        Err(format!(
+            "placeholder `{{{spec}}}`: {what} is not money, so `:money` does not apply"
+        ))
+    };
     if let Some(base) = name.strip_suffix(".threshold") {
         return match measure(base) {
             Some(i) if names.has_threshold.get(i).copied().unwrap_or(false) => {
+                if format == Format::Money && !names.money.get(i).copied().unwrap_or(false) {
+                    return not_money(&format!("measure `{base}`"));
+                }
                 Ok(Part::Threshold(i, format))
             }
             Some(_) => Err(format!(
@@ -158,6 +180,9 @@ fn resolve(spec: &str, names: &Names<'_>) -> Result<Part, String> {
         };
     }
     if let Some(i) = measure(name) {
+        if format == Format::Money && !names.money.get(i).copied().unwrap_or(false) {
+            return not_money(&format!("measure `{name}`"));
+        }
         return Ok(Part::Measure(i, format));
     }
     match name {
@@ -167,21 +192,20 @@ fn resolve(spec: &str, names: &Names<'_>) -> Result<Part, String> {
         _ => {}
     }
     match Field::parse(name) {
+        Some(f) if !names.types.iter().any(|t| f.possible_on(t)) => {
+            let list: Vec<_> = names.types.iter().map(|t| t.as_str()).collect();
+            Err(format!(
+                "placeholder `{{{spec}}}`: no event that triggers the rule ([{}]) has a field \
+                 `{name}` (it would always read \"?\")",
+                list.join(", ")
+            ))
+        }
+        Some(f) if format == Format::Money && !f.is_money() => not_money(&format!("`{name}`")),
         Some(f) => Ok(Part::Field(f, format)),
         None => Err(format!(
             "placeholder `{{{spec}}}` is neither a measure ({}) nor an event field",
             names.measures.join(", ")
         )),
-    }
-}
-
-/// Digits after the decimal point of a currency's minor unit (ISO 4217 exponent).
-fn exponent(currency: &str) -> i32 {
-    match currency {
-        "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
-        | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
-        "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
-        _ => 2,
     }
 }
 
@@ -193,19 +217,64 @@ fn number(out: &mut String, v: Option<f64>, format: Format, currency: Option<&st
     };
     let _ = match (format, currency) {
         (Format::Money, Some(cur)) => {
-            let e = exponent(cur);
-            write!(out, "{:.*} {cur}", e as usize, v / 10f64.powi(e))
+            let e = pitboss_model::currency::minor_unit_digits(cur);
+            write!(out, "{:.*} {cur}", e as usize, v / 10f64.powi(e as i32))
         }
         (Format::Duration, _) => write!(out, "{}", human_ms(v)),
-        (Format::Pct, _) => write!(out, "{:.0}%", v * 100.0),
+        (Format::Pct, _) => write!(out, "{}%", pct(v * 100.0)),
         _ if v.fract() == 0.0 && v.abs() < 1e15 => write!(out, "{}", v as i64),
         _ => write!(out, "{v:.2}"),
     };
 }
 
+/// A percentage with the precision its size calls for: `85`, `4.5`, `0.5`, `0.04` (two
+/// significant digits below 10, so a turnover of 0.5 % does not read "0%").
+fn pct(p: f64) -> String {
+    if p == 0.0 || !p.is_finite() || p.abs() >= 10.0 {
+        return format!("{p:.0}");
+    }
+    let digits = (1.0 - p.abs().log10().floor()).clamp(0.0, 6.0) as usize;
+    let text = format!("{p:.digits$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentages_and_money_keep_what_their_size_needs() {
+        for (v, want) in [
+            (0.85, "85%"),
+            (1.0, "100%"),
+            (0.045, "4.5%"),
+            (0.05, "5%"),
+            (0.005, "0.5%"),
+            (0.000_4, "0.04%"),
+            (0.0, "0%"),
+            (-0.25, "-25%"),
+        ] {
+            let mut out = String::new();
+            number(&mut out, Some(v), Format::Pct, None);
+            assert_eq!(out, want, "{v}");
+        }
+        for (minor, cur, want) in [
+            (123_456.0, "UYW", "12.3456 UYW"),
+            (1_234.0, "CLF", "0.1234 CLF"),
+            (3.0, "XAU", "3 XAU"),
+            (12_345.0, "BHD", "12.345 BHD"),
+            (500.0, "JPY", "500 JPY"),
+            (61_250.0, "EUR", "612.50 EUR"),
+        ] {
+            let mut out = String::new();
+            number(&mut out, Some(minor), Format::Money, Some(cur));
+            assert_eq!(out, want);
+        }
+    }
 
     fn names() -> (Vec<String>, Vec<bool>) {
         (vec!["bets".into(), "net_loss".into()], vec![true, false])
@@ -217,6 +286,8 @@ mod tests {
         let n = Names {
             measures: &measures,
             has_threshold: &has,
+            money: &[false, true],
+            types: Types::of(pitboss_model::EventType::BetPlaced),
         };
         let t = Template::compile(
             "{bets} bets (>= {bets.threshold}) lost {net_loss:money} on {game_id} as {player_id} {{ok}}",
@@ -248,6 +319,8 @@ mod tests {
         let n = Names {
             measures: &measures,
             has_threshold: &has,
+            money: &[false, true],
+            types: Types::of(pitboss_model::EventType::BetPlaced),
         };
         for (src, needle) in [
             ("{bts}", "neither a measure"),
@@ -255,6 +328,13 @@ mod tests {
             ("{bets:euros}", "unknown format"),
             ("{bets", "unclosed"),
             ("}", "unmatched"),
+            (
+                "{amount}",
+                "no event that triggers the rule ([bet_placed]) has a field `amount`",
+            ),
+            ("{bets:money}", "measure `bets` is not money"),
+            ("{bets.threshold:money}", "measure `bets` is not money"),
+            ("{odds:money}", "`odds` is not money"),
         ] {
             let err = Template::compile(src, &n).expect_err(src);
             assert!(err.contains(needle), "{src}: {err}");

@@ -259,7 +259,8 @@ block = 100
 }
 
 /// A message the engine withholds because it breaks the contract (a room template rendering
-/// to an id that is not one) is counted and listed with its rule and reason.
+/// to an id that is not one: a bet without the device the room is named after) is counted and
+/// listed with its rule and reason.
 #[test]
 fn withheld_messages_are_listed_with_their_rule_and_reason() {
     let text = r#"
@@ -282,7 +283,7 @@ reason = "a bet"
   value = 1
   [rule.push]
   to = "room"
-  room = "{group_key} !"
+  room = "{device_id}"
   kind = "ops.notice"
   title = "A bet"
   body = "A bet"

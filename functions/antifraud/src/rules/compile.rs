@@ -533,9 +533,12 @@ pub fn compile(
     let has_threshold: Vec<bool> = (0..measures.len())
         .map(|i| conditions.iter().any(|c| c.measure == i))
         .collect();
+    let money: Vec<bool> = measures.iter().map(|m| m.money).collect();
     let tnames = Names {
         measures: &names,
         has_threshold: &has_threshold,
+        money: &money,
+        types: trigger.types,
     };
     // Text the contract requires to say something (a blank one would have every alert or
     // push of the rule withheld at run time).
@@ -564,7 +567,20 @@ pub fn compile(
             }
             let room = match (spec.to, &spec.room) {
                 (PushTo::Room, Some(t)) => {
-                    Some(Template::compile(t, &tnames).map_err(|e| at(format!("room: {e}")))?)
+                    let room =
+                        Template::compile(t, &tnames).map_err(|e| at(format!("room: {e}")))?;
+                    // The fixed text of a room id must be id text itself, or every push of
+                    // the rule is withheld at run time.
+                    if let Some(bad) = room.literals().flat_map(str::chars).find(|c| {
+                        !(c.is_ascii_alphanumeric()
+                            || matches!(c, '.' | '_' | '~' | '@' | '+' | '-'))
+                    }) {
+                        return Err(at(format!(
+                            "room: {bad:?} is not allowed in a room id ([A-Za-z0-9._~@+-]), so \
+                             every push of the rule would be withheld"
+                        )));
+                    }
+                    Some(room)
                 }
                 (PushTo::Room, None) => {
                     return Err(at(

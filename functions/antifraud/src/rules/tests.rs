@@ -349,3 +349,12 @@ fn type_errors_show_their_line_and_a_file_that_is_not_utf8_is_a_listed_problem()
     );
     assert!(shown[1].contains("version must be at least 1"), "{shown:?}");
 }
+
+#[test]
+fn a_room_template_whose_fixed_text_no_room_id_can_hold_is_refused() {
+    let push = "\n  [rule.push]\n  to = \"room\"\n  room = \"table:{game_id}\"\n  kind = \"ops.notice\"\n  title = \"t\"\n  body = \"b\"\n";
+    let text = format!("{GOOD}{push}");
+    let e = refused(&text, "room: ':' is not allowed in a room id");
+    assert_eq!(e.line, line_of(&text, "[rule.push]"));
+    load(&text.replace("table:{game_id}", "table-{game_id}")).expect("a valid room template");
+}
