@@ -445,6 +445,15 @@ impl Work {
         stats: StreamStats,
     ) -> Result<Work, StreamError> {
         let set = config.rules.load()?;
+        tracing::info!(
+            rules = set.rules.len(),
+            from = %match &config.rules {
+                RulesSource::Shipped => "the shipped packs".to_owned(),
+                RulesSource::Dir(d) => d.display().to_string(),
+            },
+            ids = ?set.rules.iter().map(|r| format!("{}@{}", r.id, r.version)).collect::<Vec<_>>(),
+            "rule set loaded"
+        );
         let mut store = StateStore::open(&config.state_path, &config.group)?;
         let instance = store.instance_id()?;
         let local = store.mark()?;

@@ -189,13 +189,18 @@ fn a_malformed_reload_is_refused_and_the_running_set_stays() {
         1,
         "the old rule and its window still run"
     );
-    let report = s.engine.replace_rules(
-        RuleSet::from_sources(&[(
-            "e.toml".into(),
-            "[scoring]\nwindow = \"1h\"\nreview = 1\nblock = 2\n".into(),
-        )])
-        .unwrap(),
+    // A set of scoring alone is refused at load (it would raise nothing); replaced by an
+    // empty set directly, the rule is removed.
+    let e = RuleSet::from_sources(&[(
+        "e.toml".into(),
+        "[scoring]\nwindow = \"1h\"\nreview = 1\nblock = 2\n".into(),
+    )])
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("e.toml: no [[rule]] in the set"),
+        "{e}"
     );
+    let report = s.engine.replace_rules(RuleSet::default());
     assert_eq!(report.removed, ["fraud.velocity"]);
 }
 

@@ -359,6 +359,19 @@ impl RuleSet {
                 }
             }
         }
+        if errors.is_empty() && set.rules.is_empty() {
+            // A set of scoring and limits alone evaluates nothing: a directory left with
+            // only `scoring.toml` would start an engine that never raises anything.
+            let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+            errors.push(LoadError {
+                file: names.join(", "),
+                line: 0,
+                column: 0,
+                reason: "no [[rule]] in the set: an engine without rules raises nothing \
+                         (`pitboss up --no-rules` runs without the engine)"
+                    .into(),
+            });
+        }
         if errors.is_empty() {
             Ok(set)
         } else {
