@@ -234,6 +234,9 @@ fn text(out: &mut impl Write, r: &Report, source: &RulesSource) -> Result<()> {
             String::new()
         }
     )?;
+    for warning in &r.warnings {
+        writeln!(out, "warning: {warning}")?;
+    }
     writeln!(out)?;
     let w = r.rules.iter().map(|x| x.id.len()).max().unwrap_or(4).max(4);
     writeln!(

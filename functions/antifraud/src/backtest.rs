@@ -59,6 +59,9 @@ pub struct Report {
     /// The scoring thresholds of the set.
     pub review: u32,
     pub block: u32,
+    /// What makes this replay differ from the live engine (rules reading what the store does
+    /// not keep), and hints when nothing was read.
+    pub warnings: Vec<String>,
 }
 
 /// One rule's figures.
@@ -220,6 +223,7 @@ impl Backtest {
             score_distribution,
             review: set.scoring.review,
             block: set.scoring.block,
+            warnings: local_hour_warnings(&set),
         };
         let seen = (0..report.rules.len()).map(|_| Seen::default()).collect();
         Backtest {
@@ -383,8 +387,41 @@ impl Backtest {
             r.players = s.players.len() as u64;
             r.keys = s.keys.len() as u64;
         }
+        if self.report.events_read == 0 {
+            self.report.warnings.push(
+                "no stored event was received in the range or its warm-up: check --from, --to \
+                 (times the events were received) and --tenant"
+                    .into(),
+            );
+        } else if self.report.events_counted == 0 {
+            self.report.warnings.push(
+                "no stored event was received within [from, to): only warm-up events were read"
+                    .into(),
+            );
+        }
         self.report
     }
+}
+
+/// The rules a replay sees differently from the live engine: the store keeps no
+/// `utc_offset_min`, so `local_hour` is read at the set's default offset.
+fn local_hour_warnings(set: &RuleSet) -> Vec<String> {
+    let ids: Vec<&str> = set
+        .rules
+        .iter()
+        .filter(|r| r.reads(&crate::field::Field::LocalHour))
+        .map(|r| r.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "{} read{} local_hour: the store keeps no utc_offset_min, so every replayed event is \
+         at [engine] default_utc_offset_min ({} min) and hits may differ from the live engine's",
+        ids.join(", "),
+        if ids.len() == 1 { "s" } else { "" },
+        set.limits.default_utc_offset_min
+    )]
 }
 
 /// Runs a whole backtest over `events` (in the order they were received).

@@ -101,6 +101,23 @@ fn hits_per_rule_are_what_one_engine_raises() {
     // The JSON form is one object.
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["rules"][0]["id"], "fraud.bet_velocity");
+    // rg.late_night reads local_hour, which the store does not keep: said, not hidden.
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0]
+            .starts_with("rg.late_night reads local_hour: the store keeps no utc_offset_min"),
+        "{:?}",
+        report.warnings
+    );
+    // An empty range says what to check.
+    let none = run(shipped(), &[], from, to, 3);
+    assert!(
+        none.warnings
+            .iter()
+            .any(|w| w.starts_with("no stored event was received in the range")),
+        "{:?}",
+        none.warnings
+    );
 }
 
 #[test]

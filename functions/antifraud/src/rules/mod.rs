@@ -73,6 +73,20 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// Whether the rule reads `field` anywhere: its trigger, a measure's filter or value, its
+    /// key, or its distinct count.
+    pub fn reads(&self, field: &Field) -> bool {
+        let in_filter = |f: &Filter| f.preds.iter().any(|p| &p.field == field);
+        in_filter(&self.trigger)
+            || self
+                .measures
+                .iter()
+                .any(|m| in_filter(&m.filter) || m.field.as_ref() == Some(field))
+            || self.slots.contains(field)
+            || self.key_field.as_ref() == Some(field)
+            || self.distinct.as_ref() == Some(field)
+    }
+
     /// The push a hit sends: its `kind` and whether it goes to a room (else the player).
     pub fn push_kind(&self) -> Option<(&str, bool)> {
         self.push
