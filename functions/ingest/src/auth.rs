@@ -37,6 +37,19 @@ impl Authenticator {
                 hex::decode_to_slice(h.trim(), &mut hash).map_err(|_| {
                     ConfigError(format!("tenant {:?}: api_key_sha256 entries must be 64 hex digits (sha256 of the key)", t.id))
                 })?;
+                // One key, one tenant: a hash listed under two tenants would write the events
+                // of its key under whichever came last, and refuse the other tenant's own key.
+                if let Some((_, first)) = keys.iter().find(|(k, _)| *k == hash) {
+                    return Err(ConfigError(if *first == t.id {
+                        format!("tenant {:?}: an api_key_sha256 entry is listed twice", t.id)
+                    } else {
+                        format!(
+                            "tenants {first:?} and {:?} list the same api_key_sha256 entry: a key \
+                             belongs to one tenant",
+                            t.id
+                        )
+                    }));
+                }
                 keys.push((hash, t.id.clone()));
             }
         }
@@ -93,6 +106,19 @@ mod tests {
             events_per_second: None,
         }];
         assert!(Authenticator::new(&bad).is_err());
+        // A key under two tenants, or twice under one, is refused, naming them (not the hash).
+        let mut shared = tenants();
+        shared[1].api_key_sha256.push(hash_key("k-acme-2"));
+        let e = Authenticator::new(&shared).expect_err("shared key").0;
+        assert!(
+            e.contains("tenants \"acme\" and \"lucky\" list the same api_key_sha256 entry"),
+            "{e}"
+        );
+        assert!(!e.contains(&hash_key("k-acme-2")));
+        let mut twice = tenants();
+        twice[0].api_key_sha256.push(hash_key("k-acme-1"));
+        let e = Authenticator::new(&twice).expect_err("listed twice").0;
+        assert!(e.contains("tenant \"acme\": an api_key_sha256 entry is listed twice"), "{e}");
         let a = Authenticator::new(&tenants()).expect("config");
         assert!(!format!("{a:?}").contains(&hash_key("k-lucky")));
     }
