@@ -351,6 +351,23 @@ impl Checker<'_> {
         }
     }
 
+    /// Two amounts of one payload that are compared or subtracted (a settlement's stake and
+    /// payout, a bonus and its wagering) must be in one currency.
+    fn same_currency(&mut self, path: &str, m: &Money, other: &Money, other_name: &str) {
+        // A code already refused is not refused twice.
+        if m.currency != other.currency && !self.out.iter().any(|v| v.path == path) {
+            self.push(
+                path,
+                ViolationCode::InvalidCurrency,
+                format!(
+                    "{:?} differs from the {other_name}'s {:?}: both are in one currency",
+                    m.currency.chars().take(16).collect::<String>(),
+                    other.currency.chars().take(16).collect::<String>()
+                ),
+            );
+        }
+    }
+
     fn money(&mut self, path: &str, m: &Money) {
         if m.amount_minor < 0 {
             self.push(
@@ -434,6 +451,7 @@ impl Checker<'_> {
                 self.money("payload.payout", &b.payout);
                 if let Some(stake) = &b.stake {
                     self.money("payload.stake", stake);
+                    self.same_currency("payload.stake.currency", stake, &b.payout, "payout");
                 }
             }
             Payload::Deposit(d) => {
@@ -509,9 +527,16 @@ impl Checker<'_> {
                 self.money("payload.amount", &b.amount);
                 if let Some(m) = &b.wagering_requirement {
                     self.money("payload.wagering_requirement", m);
+                    self.same_currency(
+                        "payload.wagering_requirement.currency",
+                        m,
+                        &b.amount,
+                        "amount",
+                    );
                 }
                 if let Some(m) = &b.wagered {
                     self.money("payload.wagered", m);
+                    self.same_currency("payload.wagered.currency", m, &b.amount, "amount");
                 }
             }
             Payload::Custom(c) => self.custom(c),

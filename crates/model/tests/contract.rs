@@ -310,6 +310,27 @@ fn rule_fields_the_rules_engine_reads() {
             ),
         ]
     );
+    // Amounts one payload compares or subtracts are in one currency: a settlement's stake and
+    // payout (the engine's loss is stake − payout), a bonus and its wagering.
+    let mut s = fixture("bet_settled_cashout.json");
+    if let Payload::BetSettled(p) = &mut s.payload {
+        p.stake = Some(Money::new(5, "USD"));
+        p.payout = Money::new(7, "EUR");
+    }
+    assert_eq!(
+        violations(&s),
+        one("payload.stake.currency", ViolationCode::InvalidCurrency)
+    );
+    let mut b = fixture("bonus_wagered.json");
+    if let Payload::Bonus(p) = &mut b.payload {
+        p.amount = Money::new(1000, "EUR");
+        p.wagering_requirement = Some(Money::new(5000, "EUR"));
+        p.wagered = Some(Money::new(10, "GBP"));
+    }
+    assert_eq!(
+        violations(&b),
+        one("payload.wagered.currency", ViolationCode::InvalidCurrency)
+    );
     let mut s = fixture("bet_settled_cashout.json");
     if let Payload::BetSettled(p) = &mut s.payload {
         p.stake = Some(Money::new(-5, "GBP"));
