@@ -55,6 +55,7 @@ fn event(i: u64) -> Event {
             bet_type: None,
             channel: None,
             device_id: None,
+            autoplay: false,
         }),
     }
 }

@@ -37,6 +37,7 @@ fn event_in(i: u64, currency: &str) -> OutRecord {
             bet_type: None,
             channel: None,
             device_id: None,
+            autoplay: false,
         })
     } else {
         Payload::BetSettled(pitboss_model::BetSettled {

@@ -36,6 +36,7 @@ fn event(i: u64) -> Event {
             bet_type: None,
             channel: None,
             device_id: None,
+            autoplay: false,
         })
     } else {
         Payload::BetSettled(BetSettled {

@@ -148,6 +148,7 @@ impl From<Event> for pb::Event {
                 bet_type: b.bet_type.map_or(0, bet_type_to),
                 channel: b.channel.map_or(0, channel_to),
                 device_id: b.device_id.unwrap_or_default(),
+                autoplay: b.autoplay,
             }),
             Payload::BetSettled(b) => P::BetSettled(pb::BetSettled {
                 bet_id: b.bet_id,
@@ -252,6 +253,7 @@ impl TryFrom<pb::Event> for Event {
                 bet_type: bet_type_from(b.bet_type, "payload.bet_type")?,
                 channel: channel_from(b.channel, "payload.channel")?,
                 device_id: none_if_empty(b.device_id),
+                autoplay: b.autoplay,
             }),
             Some(P::BetSettled(b)) => Payload::BetSettled(BetSettled {
                 bet_id: b.bet_id,

@@ -276,6 +276,10 @@ pub struct BetPlaced {
     pub channel: Option<Channel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// Placed by the game's autoplay (a slot spinning on its own), not by a click: machine-
+    /// regular by design, so rules that look for bots can leave it out. Absent: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub autoplay: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

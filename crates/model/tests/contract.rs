@@ -521,7 +521,7 @@ proptest! {
             payload: Payload::BetPlaced(BetPlaced {
                 bet_id: "b".into(), game_id: "g".into(), round_id: None,
                 stake: Money { amount_minor: amount, currency },
-                odds: Some(odds), bet_type: None, channel: None, device_id: None,
+                odds: Some(odds), bet_type: None, channel: None, device_id: None, autoplay: false,
             }),
         };
         let _ = validate(&event, &ValidationConfig::default(), now);

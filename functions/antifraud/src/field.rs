@@ -28,6 +28,8 @@ pub enum Field {
     Odds,
     DurationMs,
     Success,
+    /// `bet_placed`: placed by the game's autoplay (false when the client does not say).
+    Autoplay,
     BetId,
     GameId,
     RoundId,
@@ -67,6 +69,7 @@ pub const NAMES: &[&str] = &[
     "odds",
     "duration_ms",
     "success",
+    "autoplay",
     "bet_id",
     "game_id",
     "round_id",
@@ -141,6 +144,7 @@ impl Field {
             "odds" => Field::Odds,
             "duration_ms" => Field::DurationMs,
             "success" => Field::Success,
+            "autoplay" => Field::Autoplay,
             "bet_id" => Field::BetId,
             "game_id" => Field::GameId,
             "round_id" => Field::RoundId,
@@ -241,6 +245,7 @@ impl Field {
                 s.duration_ms.map_or(Missing, |d| Num(d as f64))
             }
             (Field::Success, Payload::Login(l)) => Value::Bool(l.success),
+            (Field::Autoplay, Payload::BetPlaced(b)) => Value::Bool(b.autoplay),
             (Field::BetId, Payload::BetPlaced(b)) => Text(&b.bet_id),
             (Field::BetId, Payload::BetSettled(b)) => Text(&b.bet_id),
             (Field::GameId, Payload::BetPlaced(b)) => Text(&b.game_id),
@@ -314,7 +319,7 @@ impl Field {
             Field::WageringRequirement | Field::Wagered | Field::BonusId | Field::Action => {
                 t == T::Bonus
             }
-            Field::Odds | Field::BetType => t == T::BetPlaced,
+            Field::Odds | Field::BetType | Field::Autoplay => t == T::BetPlaced,
             Field::DurationMs => t == T::SessionEnded,
             Field::Success | Field::Country | Field::UserAgent | Field::FailureReason => {
                 t == T::Login

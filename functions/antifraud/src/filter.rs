@@ -128,7 +128,7 @@ fn kind(f: &Field) -> Kind {
     match f {
         Field::LocalHour | Field::Odds | Field::DurationMs => Kind::Number,
         f if f.is_money() => Kind::Number,
-        Field::Success => Kind::Flag,
+        Field::Success | Field::Autoplay => Kind::Flag,
         Field::Property(_) => Kind::Any,
         _ => Kind::Text,
     }

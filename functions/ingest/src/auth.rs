@@ -118,7 +118,10 @@ mod tests {
         let mut twice = tenants();
         twice[0].api_key_sha256.push(hash_key("k-acme-1"));
         let e = Authenticator::new(&twice).expect_err("listed twice").0;
-        assert!(e.contains("tenant \"acme\": an api_key_sha256 entry is listed twice"), "{e}");
+        assert!(
+            e.contains("tenant \"acme\": an api_key_sha256 entry is listed twice"),
+            "{e}"
+        );
         let a = Authenticator::new(&tenants()).expect("config");
         assert!(!format!("{a:?}").contains(&hash_key("k-lucky")));
     }

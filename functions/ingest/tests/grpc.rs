@@ -57,6 +57,7 @@ fn event(tenant: &str, amount: i64) -> pb::Event {
             bet_type: None,
             channel: None,
             device_id: None,
+            autoplay: false,
         }),
     };
     pb::Event::from(&e)

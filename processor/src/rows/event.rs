@@ -324,6 +324,7 @@ mod tests {
                 bet_type: None,
                 channel: None,
                 device_id: None,
+                autoplay: false,
             }),
         }
     }
