@@ -133,9 +133,7 @@ mod tests {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
         assert!(
-            parse_duration_ms("30m1h")
-                .unwrap_err()
-                .contains("units go from the largest down")
+            parse_duration_ms("30m1h").is_err_and(|e| e.contains("units go from the largest down"))
         );
         assert_eq!(parse_duration_ms("1d2h3m4s5ms"), Ok(93_784_005));
     }
