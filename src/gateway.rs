@@ -287,25 +287,32 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let limits = args
         .tuning
         .limits(Duration::from_secs(args.drain_timeout_secs));
-    tokio::try_join!(
+    // The admin listener answers through the drain (`/readyz` 503 `draining`) and stops once
+    // the gateway has.
+    let done = Shutdown::new();
+    let (gateway, admin) = tokio::join!(
         async {
-            pitboss_gateway::server::serve(state, listener, limits)
+            let r = pitboss_gateway::server::serve(state, listener, limits)
                 .await
-                .context("gateway listener")
+                .context("gateway listener");
+            done.trigger("drained");
+            r
         },
         async {
-            pitboss_runtime::admin::serve(admin, admin_router, stop.clone())
+            pitboss_runtime::admin::serve(admin, admin_router, done.clone())
                 .await
                 .context("admin listener")
         },
-    )?;
+    );
+    gateway?;
+    admin?;
     Ok(())
 }
 
 /// The gateway inside `pitboss up`: over its bus (the embedded log or Kafka), topics named
 /// with `topic_prefix`, HS256 with the secret in `data_dir/gateway-jwt-secret` (made once,
 /// readable by its owner only), the console's figures from `stats`.
-pub async fn serve_in_up(
+pub fn serve_in_up(
     bus: std::sync::Arc<dyn pitboss_bus::Bus>,
     data_dir: &Path,
     listener: tokio::net::TcpListener,
@@ -313,7 +320,10 @@ pub async fn serve_in_up(
     topic_prefix: &str,
     stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
     stop: Shutdown,
-) -> Result<()> {
+) -> Result<(
+    tokio::sync::watch::Receiver<bool>,
+    impl std::future::Future<Output = Result<()>>,
+)> {
     let secret = read_secret(&up_secret(data_dir)?)?;
     let verifier = Verifier::hs256(&secret)?;
     let mut config = tuning.config("up".into(), Keying::Crc32, false);
@@ -329,9 +339,12 @@ pub async fn serve_in_up(
     config.presence.topic = None;
     let state = pitboss_gateway::start(bus, verifier, config, stop).with_stats(stats);
     let limits = tuning.limits(Duration::from_secs(5));
-    pitboss_gateway::server::serve(state, listener, limits)
-        .await
-        .context("gateway listener")
+    let ready = state.ready.clone();
+    Ok((ready, async move {
+        pitboss_gateway::server::serve(state, listener, limits)
+            .await
+            .context("gateway listener")
+    }))
 }
 
 /// An operator token of `tenant` for the console link `pitboss up` prints (12 hours).

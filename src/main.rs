@@ -65,7 +65,7 @@ enum Command {
     Up(UpArgs),
     /// Run the ingest function as a standalone server.
     Ingest(IngestArgs),
-    /// Print the api_key_sha256 config entry for an API key.
+    /// Print the SHA-256 of an API key: the value of an `api_key_sha256` entry of the ingest config.
     HashKey { key: String },
     /// Send sustained load to an ingest API and report events/s and latency.
     Loadgen(loadgen::LoadgenArgs),
@@ -605,19 +605,26 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     let admin = bind(args.admin_listen).await?;
     tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus.kind, shard = %args.shard, "rules engine starting");
     let stop = Shutdown::on_signals();
+    // The admin listener answers through the drain (`/readyz` 503 `draining`).
+    let done = Shutdown::new();
     let serve_admin = pitboss_runtime::admin::serve(
         admin,
         pitboss_runtime::admin::router(metrics, stop.clone()),
-        stop.clone(),
+        done.clone(),
     );
-    let engine = drain_processors(
-        run_antifraud(bus, Some(config), stop.clone()),
-        stop.clone(),
-        std::time::Duration::from_secs(args.drain_timeout_secs),
-    );
-    tokio::try_join!(engine, async {
-        serve_admin.await.context("admin listener")
-    })?;
+    let engine = async {
+        let r = drain_processors(
+            run_antifraud(bus, Some(config), stop.clone()),
+            stop.clone(),
+            std::time::Duration::from_secs(args.drain_timeout_secs),
+        )
+        .await;
+        done.trigger("drained");
+        r
+    };
+    let (engine, admin) = tokio::join!(engine, serve_admin);
+    engine?;
+    admin.context("admin listener")?;
     Ok(())
 }
 
@@ -662,25 +669,32 @@ async fn process(args: ProcessArgs) -> Result<()> {
                 .await?
         }
     });
+    // The admin listener answers through the drain (`/readyz` 503 `draining`).
+    let done = Shutdown::new();
     let serve_admin = pitboss_runtime::admin::serve(
         admin,
         pitboss_runtime::admin::router(metrics, stop.clone()),
-        stop.clone(),
+        done.clone(),
     );
-    let processors = drain_processors(
-        run_processors(
-            bus,
-            sink,
-            configs,
+    let processors = async {
+        let r = drain_processors(
+            run_processors(
+                bus,
+                sink,
+                configs,
+                stop.clone(),
+                tokio::runtime::Handle::current(),
+            ),
             stop.clone(),
-            tokio::runtime::Handle::current(),
-        ),
-        stop.clone(),
-        std::time::Duration::from_secs(args.drain_timeout_secs),
-    );
-    tokio::try_join!(processors, async {
-        serve_admin.await.context("admin listener")
-    })?;
+            std::time::Duration::from_secs(args.drain_timeout_secs),
+        )
+        .await;
+        done.trigger("drained");
+        r
+    };
+    let (processors, admin) = tokio::join!(processors, serve_admin);
+    processors?;
+    admin.context("admin listener")?;
     Ok(())
 }
 
@@ -699,9 +713,11 @@ struct UpArgs {
     /// Ingest config (TOML); without one, a "demo" tenant with a generated key is used.
     #[arg(long, env = "PITBOSS_CONFIG")]
     config: Option<PathBuf>,
-    /// On SIGTERM/SIGINT, how long the processors may take to store what they hold.
-    #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
-    drain_timeout_secs: u64,
+    /// On SIGTERM/SIGINT, how long requests in flight and the processors may take to finish
+    /// and store what they hold (seconds); without it, the config's `drain_timeout_secs`
+    /// (30 by default).
+    #[arg(long, env = "PITBOSS_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: Option<u64>,
     /// Directory of rule files (`*.toml`, reloaded on change); the shipped packs without it.
     #[arg(long, env = "PITBOSS_RULES")]
     rules: Option<PathBuf>,
@@ -791,6 +807,14 @@ struct UpArgs {
     #[arg(long, env = "PITBOSS_RULES_SHARDS", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64), conflicts_with = "no_rules")]
     rules_shards: u32,
+    /// A rules engine group that has committed nothing yet — after `--rules-shards` changed,
+    /// each shard's group is new — starts at the first event stored at or after this time
+    /// (RFC 3339) instead of the earliest the log keeps, which would raise every alert and
+    /// push of the retained log again (docs/rules.md, "Several engines"). Once a group has
+    /// committed, a restart resumes at its commit.
+    #[arg(long, env = "PITBOSS_RULES_START_AT", value_parser = parse_start_at,
+          conflicts_with = "no_rules")]
+    rules_start_at: Option<pitboss_model::Timestamp>,
     /// How many steps (nice, 0–19) below the live path (ingest, the rules engine, the gateway)
     /// the threads that store run (the processors, their reads of the log, their writes):
     /// when the cores are busy, storing waits and notifications do not.
@@ -834,6 +858,45 @@ fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<bool> {
         ),
         None => Ok(true),
     }
+}
+
+/// Whether `--rules-shards` differs from the last start's (recorded in `data_dir/rules-shards`).
+/// A changed split without `--rules-start-at` is refused: its groups would start at the
+/// earliest retained event (or at a commit from when that split last ran) and raise the
+/// retained log's alerts and pushes again.
+fn check_rules_shards(
+    data_dir: &Path,
+    shards: u32,
+    start_at: Option<pitboss_model::Timestamp>,
+) -> Result<bool> {
+    let path = data_dir.join("rules-shards");
+    let before: Option<u32> = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    match before {
+        Some(b) if b != shards && start_at.is_none() => bail!(
+            "{} ran {b} rules engine{} and this start asks for {shards}: the new split's \
+             groups would read the retained log again and raise its alerts and pushes a second \
+             time. Give --rules-start-at the time the old split stopped (e.g. --rules-start-at \
+             {}), or start with --rules-shards {b}",
+            data_dir.display(),
+            if b == 1 { "" } else { "s" },
+            pitboss_model::Timestamp::now()
+                .to_rfc3339()
+                .unwrap_or_else(|| "2026-12-05T10:00:00Z".into())
+        ),
+        Some(b) => Ok(b != shards),
+        None => Ok(false),
+    }
+}
+
+/// Records the split of the rules engines (see [`check_rules_shards`]).
+fn record_rules_shards(data_dir: &Path, shards: u32) -> Result<()> {
+    let path = data_dir.join("rules-shards");
+    std::fs::write(&path, format!("{shards}\n"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Records the bus of a data directory (see [`check_data_dir_bus`]).
@@ -1016,6 +1079,7 @@ async fn up(
         clickhouse_database,
         no_state_topic,
         rules_shards,
+        rules_start_at,
         storage_nice,
     }: UpArgs,
 ) -> Result<()> {
@@ -1047,6 +1111,19 @@ async fn up(
     std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
     dir.create(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(&data_dir)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                dir = %data_dir.display(),
+                mode = format!("{:o}", m.permissions().mode() & 0o777),
+                "the data directory is open to other users: its log and store hold players' IP addresses and device ids (chmod 700 it)"
+            );
+        }
+    }
     // One `up` per data directory, whatever its bus and store (on Kafka nothing else in it is
     // locked: a second one joined the first's consumer groups and wrote the same store). Held
     // until the process exits.
@@ -1057,6 +1134,11 @@ async fn up(
     };
     ingest.listen = listen;
     ingest.admin_listen = admin_listen;
+    // One drain bound for the whole process: requests in flight as well as the processors.
+    if let Some(secs) = drain_timeout_secs {
+        ingest.drain_timeout_secs = secs;
+    }
+    let drain_timeout_secs = ingest.drain_timeout_secs;
     let mut key_note = None;
     let mut demo_keys = Vec::new();
     if ingest.tenants.is_empty() {
@@ -1093,10 +1175,21 @@ async fn up(
         String,
     ) = match &clickhouse_url {
         None => (
-            UpStore::Sqlite(std::sync::Arc::new(
-                pitboss_processor::SqliteSink::open(&store_path)
-                    .with_context(|| format!("opening {}", store_path.display()))?,
-            )),
+            UpStore::Sqlite(std::sync::Arc::new({
+                let sink = pitboss_processor::SqliteSink::open(&store_path)
+                    .with_context(|| format!("opening {}", store_path.display()))?;
+                // The store is its owner's alone, whatever the umask (SQLite gives its -wal
+                // and -shm files the database's mode).
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(
+                        &store_path,
+                        std::fs::Permissions::from_mode(0o600),
+                    );
+                }
+                sink
+            })),
             std::sync::Arc::new(gateway::Cached::new(gateway::SqliteStats {
                 path: store_path.clone(),
             })),
@@ -1235,6 +1328,20 @@ async fn up(
         _ => bus.clone(),
     };
     // One engine, or `--rules-shards` of them each owning part of the keys.
+    let mut antifraud = antifraud;
+    if let Some(c) = &mut antifraud {
+        let changed = check_rules_shards(&data_dir, rules_shards, rules_start_at)?;
+        if let Some(t) = rules_start_at {
+            // The first start of a new split reads from `t` whatever its groups committed (a
+            // split used before holds old commits); later starts resume at their commits.
+            c.consumer.start = if changed {
+                pitboss_bus::StartFrom::Timestamp(t.as_millis())
+            } else {
+                pitboss_bus::StartFrom::CommittedOrTimestamp(t.as_millis())
+            };
+        }
+        record_rules_shards(&data_dir, rules_shards)?;
+    }
     let engines = match antifraud {
         Some(c) if rules_shards > 1 => (0..rules_shards)
             .map(|i| {
@@ -1263,7 +1370,7 @@ async fn up(
     let gateway_listener = bind(gateway_listen).await?;
     let gateway_addr = gateway_listener.local_addr()?;
     gateway::up_secret(&data_dir)?;
-    let gateway = gateway::serve_in_up(
+    let (gateway_ready, gateway) = gateway::serve_in_up(
         bus.clone(),
         &data_dir,
         gateway_listener,
@@ -1271,7 +1378,14 @@ async fn up(
         &topic_prefix,
         stats,
         stop.clone(),
-    );
+    )?;
+    // `/readyz` (public and admin) waits for the gateway's history too, and says `draining`
+    // through the drain.
+    let mut state = state;
+    state.readiness = state
+        .readiness
+        .draining_on(stop.clone())
+        .with_part("gateway", gateway_ready);
     // A ready-to-use console link only with the demo (its token can also publish pushes):
     // otherwise the console asks for a token.
     let console_token = match &demo {
@@ -1346,13 +1460,32 @@ async fn up(
         say!("{line}");
     }
     // The processors stop on the same signal, after storing what they hold; one that stops
-    // on its own stops the server too (run_processors).
-    tokio::try_join!(
-        serve_both(state, listener, admin, stop),
-        processors,
-        gateway,
-        simulator
-    )?;
+    // on its own stops the server too (run_processors). The admin listener answers through the
+    // drain (`/readyz` 503 `draining`) and stops when everything else has.
+    let done = Shutdown::new();
+    let work = async {
+        let r = tokio::try_join!(
+            async {
+                pitboss_runtime::http::raise_fd_limit();
+                pitboss_ingest::serve(state.clone(), listener, stop.clone())
+                    .await
+                    .context("public listener")
+            },
+            processors,
+            gateway,
+            simulator
+        );
+        done.trigger("drained");
+        r
+    };
+    let admin = async {
+        pitboss_ingest::serve_admin(state.clone(), admin, done.clone())
+            .await
+            .context("admin listener")
+    };
+    let (work, admin) = tokio::join!(work, admin);
+    work?;
+    admin?;
     Ok(())
 }
 
@@ -1362,7 +1495,8 @@ async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("binding {addr}"))
 }
 
-/// The public API and the admin listener, stopped together by `stop`.
+/// The public API until `stop`, and the admin listener until the public one has drained
+/// (its `/readyz` answering 503 `draining` meanwhile).
 async fn serve_both(
     state: pitboss_ingest::http::AppState,
     public: tokio::net::TcpListener,
@@ -1370,10 +1504,19 @@ async fn serve_both(
     stop: Shutdown,
 ) -> Result<()> {
     pitboss_runtime::http::raise_fd_limit();
-    tokio::try_join!(
-        pitboss_ingest::serve(state.clone(), public, stop.clone()),
-        pitboss_ingest::serve_admin(state, admin, stop),
-    )?;
+    let mut state = state;
+    state.readiness = state.readiness.draining_on(stop.clone());
+    let done = Shutdown::new();
+    let (public, admin) = tokio::join!(
+        async {
+            let r = pitboss_ingest::serve(state.clone(), public, stop.clone()).await;
+            done.trigger("drained");
+            r
+        },
+        pitboss_ingest::serve_admin(state.clone(), admin, done.clone()),
+    );
+    public.context("public listener")?;
+    admin.context("admin listener")?;
     Ok(())
 }
 
@@ -1385,6 +1528,8 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     } = args;
     let config = load_config(&config)?;
     let spec = bus.spec()?;
+    // What the bus is (option values never shown), not the open bus's internals.
+    let bus_kind = format!("{spec:?}");
     let bus = spec.open().await?;
     if let Some(n) = ensure_topic_partitions {
         bus.create_topic(&config.topic, n).await?;
@@ -1403,7 +1548,7 @@ async fn ingest(args: IngestArgs) -> Result<()> {
     recall_dedup(bus.clone(), &state).await;
     let listener = bind(listen).await?;
     let admin = bind(admin_listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, ?bus, "ingest listening");
+    tracing::info!(addr = %listener.local_addr()?, admin = %admin.local_addr()?, bus = %bus_kind, "ingest listening");
     serve_both(state, listener, admin, stop).await
 }
 

@@ -20,10 +20,11 @@ pub(crate) struct TopicsArgs {
     /// Partitions of the keyed topics (events and their overflow, alerts, pushes, deliveries,
     /// acks, presence; Kinesis: shards); dead-letter topics get one. On Kafka the replication
     /// factor and `min.insync.replicas` are the brokers' defaults. A topic that exists keeps
-    /// what it has.
-    #[arg(long, env = "PITBOSS_PARTITIONS", default_value_t = 12,
+    /// what it has. Without it: the partitions of `events` when it exists (the topics read
+    /// beside it must match it: `pitboss up` makes 8), else 12.
+    #[arg(long, env = "PITBOSS_PARTITIONS",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    partitions: u32,
+    partitions: Option<u32>,
     /// Prefix of every topic name (as `pitboss up --topic-prefix`).
     #[arg(long, default_value = "")]
     prefix: String,
@@ -89,6 +90,15 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
     let state_topic = matches!(bus_args.kind, BusKind::Kafka) && !no_state_topic;
     let spec = bus_args.spec()?;
     let bus = spec.open().await?;
+    // New topics match the events topic that is there (the overflow and the forwards topic
+    // are read beside it, partition by partition).
+    let partitions = match partitions {
+        Some(n) => n,
+        None => match bus.partition_count(&format!("{prefix}events")).await {
+            Ok(n) if n > 0 => n,
+            _ => 12,
+        },
+    };
     for (topic, kind) in topics(&prefix, state_topic) {
         let line = ensure(&*bus, &topic, kind, partitions).await?;
         // Not `println!`: a closed stdout (`pitboss topics | head -3`) must not stop the run

@@ -268,12 +268,22 @@ async fn up_accepts_events_and_keeps_them_across_shutdown() {
         .await
         .unwrap();
     assert_eq!(unauthorized.status(), 401);
-    let ready = client
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    // Ready once the gateway has rebuilt its history too (503 `gateway: catching up` before).
+    let mut ready = 0;
+    for _ in 0..100 {
+        let r = client
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        ready = r.status().as_u16();
+        if ready == 200 {
+            break;
+        }
+        assert_eq!(r.text().await.unwrap(), "gateway: catching up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
 
     // Graceful shutdown on SIGTERM.
     Command::new("kill")
@@ -1436,5 +1446,114 @@ only_rules = ["fraud.bet_velocity"]
             ))
             && out.ends_with("1 case: 0 passed, 1 failed; 1 file refused\n"),
         "{out}"
+    );
+}
+
+/// On SIGTERM the admin listener keeps answering through the drain, `/readyz` 503 `draining`
+/// (it closed at once, so a load balancer saw a refused connection, not "draining"), and
+/// `--drain-timeout-secs` bounds a request still in flight (the config's 30 s did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_says_draining_through_the_drain_and_its_drain_flag_bounds_requests() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Guard(
+        up_command(dir.path())
+            .args(["--drain-timeout-secs", "3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let head = banner(&mut child);
+    let addr = head[0]
+        .strip_prefix("Pitboss is up: http://")
+        .unwrap()
+        .to_owned();
+    let readyz = head[2]
+        .split_whitespace()
+        .find(|w| w.ends_with("/metrics"))
+        .unwrap()
+        .replace("/metrics", "/readyz");
+    let key = std::fs::read_to_string(dir.path().join("demo-api-key")).unwrap();
+    let client = reqwest::Client::new();
+    // Ready once the gateway has rebuilt its history (an empty log: at once).
+    let mut ready = false;
+    for _ in 0..100 {
+        if client.get(&readyz).send().await.unwrap().status() == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "up never became ready");
+    // A request whose body trickles: in flight through the drain.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n[",
+        key.trim()
+    )
+    .unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..60 {
+            if slow.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut draining = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(r) = client.get(&readyz).send().await {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            if status == 503 {
+                draining = Some(text);
+                break;
+            }
+        }
+    }
+    assert_eq!(draining.as_deref(), Some("draining"));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // Cut at the flag's 3 s, not the config's 30.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "up took {:?} to drain with --drain-timeout-secs 3",
+        started.elapsed()
+    );
+    let _ = trickle.join();
+}
+
+/// `up --rules-shards` with another split than the data directory's last start is refused
+/// unless `--rules-start-at` says from when the new split reads (it re-raised every alert and
+/// push of the retained log).
+#[test]
+fn up_refuses_a_changed_rules_split_without_a_start_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules-shards"), "1\n").unwrap();
+    let out = up_command(dir.path())
+        .args(["--rules-shards", "2"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ran 1 rules engine and this start asks for 2")
+            && err.contains("Give --rules-start-at"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rules-shards")).unwrap(),
+        "1\n",
+        "a refused start records nothing"
     );
 }

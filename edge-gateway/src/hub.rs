@@ -342,7 +342,15 @@ impl Hub {
         let sequences = t.sequences;
         for (p, floor) in t.floor.iter_mut() {
             if *floor == Floor::Pending {
-                *floor = match ends.get(p).cloned().flatten() {
+                let end = ends.get(p).cloned().flatten();
+                // A partition with nothing to read (all it holds is older than the history):
+                // the feed stands at its end, so a cursor it gives out is that end — not the
+                // client's own stale position echoed back, which was `too_old` again on every
+                // reconnect after a restart.
+                if let Some(end) = &end {
+                    t.head.entry(*p).or_insert_with(|| end.clone());
+                }
+                *floor = match end {
                     Some(end) => Floor::After(end),
                     None if !sequences => Floor::After(Position::Offset(-1)),
                     None => Floor::Unknown,
@@ -1330,6 +1338,39 @@ mod tests {
             now(),
         );
         assert_eq!(back.message_ids(), ["push-5"]);
+    }
+
+    /// After a restart whose feed found nothing to read on a partition (all it holds is older
+    /// than the history), a stale cursor is `too_old` once: the cursor given back is the
+    /// partition's end, from which the next subscribe is complete.
+    #[test]
+    fn a_stale_cursor_after_a_restart_gets_the_partitions_end_and_then_resumes() {
+        let mut h = Hub::new(HubConfig::default(), Keying::Crc32);
+        for kind in [MessageType::Alert, MessageType::Push] {
+            h.open_topic(kind, PARTITIONS, false);
+            h.caught_up(
+                kind,
+                &(0..PARTITIONS)
+                    .map(|p| (p, Some(Position::Offset(1))))
+                    .collect(),
+            );
+        }
+        let tenant = live::push(0).tenant_id;
+        let ch = channel(&format!("player:{tenant}:a"));
+        let p = pitboss_bus::partition::partition_for(&format!("{tenant}:a"), PARTITIONS);
+        let mut a = connect(&mut h, 1, "a", 64);
+        let s = h
+            .subscribe(1, &ch, Some(&format!("{p}=0")), None, now())
+            .unwrap();
+        assert_eq!(s.recovery, Recovery::TooOld);
+        let frame = a.frames().last().unwrap().clone();
+        assert_eq!(frame["cursor"], format!("{p}=1"), "{frame}");
+        let mut b = connect(&mut h, 2, "a", 64);
+        let s = h
+            .subscribe(2, &ch, Some(&format!("{p}=1")), None, now())
+            .unwrap();
+        assert_eq!(s.recovery, Recovery::Complete);
+        assert_eq!(b.frames().last().unwrap()["recovery"], "complete");
     }
 
     #[test]

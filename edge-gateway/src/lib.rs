@@ -78,6 +78,24 @@ impl Default for GatewayConfig {
 /// Idle channels refreshed per hold of the hub lock by the periodic tick.
 const TICK_CHUNK: usize = 256;
 
+/// The counters a scrape should show before their first event (an alert on their rate needs
+/// a series), with their help text.
+fn describe_metrics() {
+    metrics::describe_gauge!(
+        "pitboss_gateway_open_alerts",
+        "Unacknowledged alerts kept for operators past the history (those still in the history are not counted)."
+    );
+    for name in [
+        "pitboss_gateway_messages_replayed_total",
+        "pitboss_gateway_slow_consumers_closed_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for kind in ["alert", "push"] {
+        metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind).increment(0);
+    }
+}
+
 /// Starts the feeds and the periodic tick on `bus`; the state the handlers serve. Everything
 /// stops with `shutdown`.
 pub fn start(
@@ -86,6 +104,7 @@ pub fn start(
     mut config: GatewayConfig,
     shutdown: Shutdown,
 ) -> GatewayState {
+    describe_metrics();
     config.server.pushes_topic = config.pushes_topic.clone();
     config.server.acks_topic = config.acks_topic.clone();
     let hub = Arc::new(Mutex::new(Hub::new(config.hub.clone(), config.keying)));

@@ -137,11 +137,18 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Registers the help text of [`METRICS`] with the metrics recorder (idempotent).
+/// Registers the help text of [`METRICS`] with the metrics recorder (idempotent), and the
+/// counters without labels at zero, so a scrape shows them (and an alert on their rate has a
+/// series) before their first event.
 pub fn describe_metrics() {
     for &(name, kind, help) in METRICS {
         match kind {
-            "counter" => metrics::describe_counter!(name, help),
+            "counter" => {
+                metrics::describe_counter!(name, help);
+                if name != "pitboss_processor_copies_dropped_total" {
+                    metrics::counter!(name).increment(0);
+                }
+            }
             "gauge" => metrics::describe_gauge!(name, help),
             _ => metrics::describe_histogram!(name, help),
         }
@@ -198,6 +205,7 @@ pub async fn run<R: StoredRow>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunStats, ProcessorError> {
     describe_metrics();
+    metrics::counter!("pitboss_processor_copies_dropped_total", "table" => R::TABLE).increment(0);
     let mut consumer = bus
         .consumer(&config.group, &config.topic, config.consumer.clone())
         .await?;

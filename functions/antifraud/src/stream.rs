@@ -361,6 +361,20 @@ pub async fn run(
     let config = config.for_shard();
     // Bad rules and an unusable state file are refused before anything else.
     config.rules.load()?;
+    // The counters a scrape should show (and an alert on their rate find) before their first
+    // event.
+    for name in [
+        "pitboss_antifraud_events_total",
+        "pitboss_antifraud_alerts_total",
+        "pitboss_antifraud_pushes_total",
+        "pitboss_antifraud_dead_letters_total",
+        "pitboss_antifraud_late_triggers_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for result in ["ok", "refused"] {
+        metrics::counter!("pitboss_antifraud_reloads_total", "result" => result).increment(0);
+    }
     // One process per state file: a second one would write the same rows and, named alike,
     // not see the first as another engine.
     let lock_path = config.state_path.with_extension("lock");

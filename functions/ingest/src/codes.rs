@@ -62,11 +62,12 @@ pub enum RequestCode {
     BusRejected,
     BusUnavailable,
     BodyTimeout,
+    Draining,
 }
 
 impl RequestCode {
     /// Every request-level code, in table order (`ALL[c as usize] == c`).
-    pub const ALL: [RequestCode; 14] = [
+    pub const ALL: [RequestCode; 15] = [
         RequestCode::EmptyBody,
         RequestCode::UnreadableBody,
         RequestCode::Unauthorized,
@@ -81,6 +82,7 @@ impl RequestCode {
         RequestCode::BusRejected,
         RequestCode::BusUnavailable,
         RequestCode::BodyTimeout,
+        RequestCode::Draining,
     ];
 
     /// Its row of [`ERROR_CODES`].
@@ -245,6 +247,13 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         None,
         Retry::No,
         "the body stalled: nothing of it arrived for `header_read_timeout_ms` (10 s); nothing was written",
+    ),
+    request(
+        "draining",
+        503,
+        Some(Code::Unavailable),
+        Retry::AfterRetryAfter,
+        "the server is shutting down (SIGTERM): an `IngestStream` reads no further batch; the batches before were written (`pitboss-batches-written`); resend the rest on a new connection",
     ),
     event(
         ViolationCode::Malformed,

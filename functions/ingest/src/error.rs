@@ -39,6 +39,10 @@ pub enum IngestError {
     BusRejected(BusError),
     #[error("the body stalled: nothing of it arrived for {after_ms} ms; nothing was written")]
     BodyTimeout { after_ms: u64 },
+    #[error(
+        "the server is shutting down: no further batch of this stream is read; resend the rest on a new connection"
+    )]
+    Draining,
 }
 
 impl IngestError {
@@ -62,6 +66,7 @@ impl IngestError {
             // A bus that refuses for good (unknown topic, broker-side limits) is a server fault.
             IngestError::BusRejected(_) => RequestCode::BusRejected,
             IngestError::BodyTimeout { .. } => RequestCode::BodyTimeout,
+            IngestError::Draining => RequestCode::Draining,
         }
     }
 
@@ -80,7 +85,7 @@ impl IngestError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             IngestError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            IngestError::BusUnavailable(_) => Some(1),
+            IngestError::BusUnavailable(_) | IngestError::Draining => Some(1),
             _ => None,
         }
     }

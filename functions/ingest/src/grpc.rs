@@ -134,15 +134,30 @@ impl pb::ingest_server::Ingest for IngestService {
         request: Request<Streaming<pb::EventBatch>>,
     ) -> Result<Response<pb::IngestReply>, Status> {
         let tenant = self.tenant(request.metadata())?;
+        // The server's shutdown signal (`serve` puts it on every request): on SIGTERM the
+        // stream reads no further batch, as a WebSocket reads no further frame.
+        let stop = request
+            .extensions()
+            .get::<pitboss_runtime::Shutdown>()
+            .cloned();
         let mut batches = request.into_inner();
         let mut reply = pb::IngestReply::default();
         let mut done = 0u32;
         // One batch at a time: the next is read only after the bus acknowledged this one.
         loop {
-            let batch = match batches.message().await {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
-                Err(e) => return Err(after_batches(e, done, &reply)),
+            let next = match &stop {
+                Some(stop) => tokio::select! {
+                    biased;
+                    () = stop.wait() => None,
+                    m = batches.message() => Some(m),
+                },
+                None => Some(batches.message().await),
+            };
+            let batch = match next {
+                None => return Err(after_batches(status(IngestError::Draining), done, &reply)),
+                Some(Ok(Some(b))) => b,
+                Some(Ok(None)) => break,
+                Some(Err(e)) => return Err(after_batches(e, done, &reply)),
             };
             let response = ingest_events(&self.state, &tenant, batch.events)
                 .await

@@ -38,6 +38,50 @@ pub struct AppState {
     /// Hot-key rerouting (None: off).
     pub hot_keys: Option<Arc<crate::hot::HotKeys>>,
     pub metrics: PrometheusHandle,
+    /// What else `/readyz` waits for besides the bus ([`Readiness`]).
+    pub readiness: Readiness,
+}
+
+/// What `/readyz` answers besides the bus: 503 `draining` once the process drains (SIGTERM),
+/// and 503 with a part's name while a part it runs beside ingest is not ready (`pitboss up`'s
+/// gateway while it rebuilds its history).
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    draining: Option<pitboss_runtime::Shutdown>,
+    parts: Vec<(&'static str, tokio::sync::watch::Receiver<bool>)>,
+}
+
+impl Readiness {
+    /// `/readyz` answers 503 `draining` once `stop` is triggered.
+    pub fn draining_on(mut self, stop: pitboss_runtime::Shutdown) -> Readiness {
+        self.draining = Some(stop);
+        self
+    }
+
+    /// `/readyz` answers 503 `<name> not ready` until `ready` holds true.
+    pub fn with_part(
+        mut self,
+        name: &'static str,
+        ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Readiness {
+        self.parts.push((name, ready));
+        self
+    }
+
+    /// Why the process is not ready, if it is not.
+    fn not_ready(&self) -> Option<String> {
+        if self
+            .draining
+            .as_ref()
+            .is_some_and(pitboss_runtime::Shutdown::is_triggered)
+        {
+            return Some("draining".into());
+        }
+        self.parts
+            .iter()
+            .find(|(_, r)| !*r.borrow())
+            .map(|(name, _)| format!("{name}: catching up"))
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -529,6 +573,9 @@ async fn ws_session(
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(why) = state.readiness.not_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")).into_response(),

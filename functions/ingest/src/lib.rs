@@ -59,6 +59,7 @@ pub fn state(
         limits,
         dedup,
         metrics: pitboss_runtime::telemetry::prometheus(),
+        readiness: http::Readiness::default(),
     })
 }
 

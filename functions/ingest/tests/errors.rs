@@ -789,6 +789,28 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
             "a message that is not an EventBatch",
         ));
     }
+
+    // A stream open when the server shuts down reads no further batch.
+    let stop = pitboss_runtime::Shutdown::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
+    tokio::spawn(pitboss_ingest::serve(state, listener, stop.clone()));
+    let mut client = pb::ingest_client::IngestClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (_open, rx) = futures::channel::mpsc::channel::<pb::EventBatch>(1);
+    let mut stream = tonic::Request::new(rx);
+    stream
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let call = tokio::spawn(async move { client.ingest_stream(stream).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stop.trigger("test");
+    let status = call.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), "draining");
+    out.push(("draining".into(), "a stream open at SIGTERM"));
     out
 }
 

@@ -18,6 +18,10 @@ mod common;
 const KEY: &str = "pk_test_grpc_0a1b2c3d4e5f";
 
 async fn serve(bus: &MemoryPublisher) -> String {
+    serve_until(bus, pitboss_runtime::Shutdown::new()).await
+}
+
+async fn serve_until(bus: &MemoryPublisher, stop: pitboss_runtime::Shutdown) -> String {
     let config = IngestConfig {
         tenants: vec![TenantConfig {
             id: "acme".into(),
@@ -29,12 +33,58 @@ async fn serve(bus: &MemoryPublisher) -> String {
     let state = pitboss_ingest::state(config, bus.publisher()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(pitboss_ingest::serve(
-        state,
-        listener,
-        pitboss_runtime::Shutdown::new(),
-    ));
+    tokio::spawn(pitboss_ingest::serve(state, listener, stop));
     format!("http://{addr}")
+}
+
+/// On SIGTERM a stream reads no further batch (as a WebSocket reads no further frame): the
+/// client gets `UNAVAILABLE` `draining` with how many batches were written, and resends the
+/// rest on a new connection. It read batches for the whole drain, then was cut without it.
+#[tokio::test]
+async fn a_stream_open_at_shutdown_stops_reading_and_says_which_batches_were_written() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let stop = pitboss_runtime::Shutdown::new();
+    let mut client = IngestClient::connect(serve_until(&bus, stop.clone()).await)
+        .await
+        .unwrap();
+    use futures::SinkExt as _;
+    let (mut tx, rx) = futures::channel::mpsc::channel::<pb::EventBatch>(4);
+    let call = tokio::spawn(async move { client.ingest_stream(authed(rx)).await });
+    for i in 0..2 {
+        tx.send(pb::EventBatch {
+            events: vec![event("acme", i)],
+        })
+        .await
+        .unwrap();
+    }
+    // Both written before the signal.
+    for _ in 0..100 {
+        if bus.len("events") == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.len("events"), 2);
+    stop.trigger("test");
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(common::check_grpc_status(&err), "draining");
+    assert_eq!(
+        err.metadata()
+            .get("pitboss-batches-written")
+            .map(|v| v.to_str().unwrap()),
+        Some("2")
+    );
+    assert!(err.message().contains("resend from batch 3"), "{err:?}");
+    // A batch sent now is not read.
+    let _ = tx
+        .send(pb::EventBatch {
+            events: vec![event("acme", 9)],
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(bus.len("events"), 2);
 }
 
 fn event(tenant: &str, amount: i64) -> pb::Event {

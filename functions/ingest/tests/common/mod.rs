@@ -39,6 +39,7 @@ pub fn every_error() -> Vec<IngestError> {
         IngestError::BusUnavailable(BusError::Unavailable("x".into())),
         IngestError::BusRejected(BusError::UnknownTopic("x".into())),
         IngestError::BodyTimeout { after_ms: 10_000 },
+        IngestError::Draining,
     ];
     for e in &all {
         match e {
@@ -57,7 +58,8 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::BatchOverRateLimit { .. }
             | IngestError::BusUnavailable(_)
             | IngestError::BusRejected(_)
-            | IngestError::BodyTimeout { .. } => {}
+            | IngestError::BodyTimeout { .. }
+            | IngestError::Draining => {}
         }
     }
     all
