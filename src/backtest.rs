@@ -25,7 +25,7 @@ pub enum RulesCommand {
     /// status 1).
     Check(crate::ruletest::CheckArgs),
     /// Run rule test files: each case's events through a fresh engine, its expected hits
-    /// compared with what fired (docs/rules.md, "Testing rules"); exit status 1 when one fails.
+    /// compared with what fired (docs/rules.md, "Checking and testing rules"); exit status 1 when one fails.
     Test(crate::ruletest::TestArgs),
 }
 

@@ -299,9 +299,13 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             r
         },
         async {
-            pitboss_runtime::admin::serve(admin, admin_router, done.clone())
+            let r = pitboss_runtime::admin::serve(admin, admin_router, done.clone())
                 .await
-                .context("admin listener")
+                .context("admin listener");
+            if r.is_err() {
+                stop.trigger("the admin listener failed");
+            }
+            r
         },
     );
     gateway?;

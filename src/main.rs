@@ -622,6 +622,13 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
         done.trigger("drained");
         r
     };
+    let serve_admin = async {
+        let r = serve_admin.await;
+        if r.is_err() {
+            stop.trigger("the admin listener failed");
+        }
+        r
+    };
     let (engine, admin) = tokio::join!(engine, serve_admin);
     engine?;
     admin.context("admin listener")?;
@@ -690,6 +697,13 @@ async fn process(args: ProcessArgs) -> Result<()> {
         )
         .await;
         done.trigger("drained");
+        r
+    };
+    let serve_admin = async {
+        let r = serve_admin.await;
+        if r.is_err() {
+            stop.trigger("the admin listener failed");
+        }
         r
     };
     let (processors, admin) = tokio::join!(processors, serve_admin);
@@ -860,23 +874,42 @@ fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<bool> {
     }
 }
 
-/// Whether `--rules-shards` differs from the last start's (recorded in `data_dir/rules-shards`).
-/// A changed split without `--rules-start-at` is refused: its groups would start at the
-/// earliest retained event (or at a commit from when that split last ran) and raise the
-/// retained log's alerts and pushes again.
-fn check_rules_shards(
+/// Where `up`'s rules engines start, from the split this start asks for and the last one
+/// (recorded in `data_dir/rules-shards` as `N` and the time of the last switch, or worked out
+/// from the engines' state files of a directory made before the record). A changed split
+/// without `--rules-start-at` is refused: its groups would start at the earliest retained event
+/// (or at a commit from when that split last ran) and raise the retained log's alerts and
+/// pushes again. Returns the start and what to record.
+fn plan_rules_start(
     data_dir: &Path,
     shards: u32,
     start_at: Option<pitboss_model::Timestamp>,
-) -> Result<bool> {
+) -> Result<(Option<pitboss_bus::StartFrom>, String)> {
     let path = data_dir.join("rules-shards");
-    let before: Option<u32> = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().ok(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    let (before, switched): (Option<u32>, Option<pitboss_model::Timestamp>) =
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut words = text.split_whitespace();
+                (
+                    words.next().and_then(|w| w.parse().ok()),
+                    words
+                        .next()
+                        .and_then(|w| pitboss_model::Timestamp::parse_rfc3339(w).ok()),
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (split_of_state_files(data_dir), None)
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())));
+            }
+        };
+    let record = |t: Option<pitboss_model::Timestamp>| match t.and_then(|t| t.to_rfc3339()) {
+        Some(t) => format!("{shards} {t}\n"),
+        None => format!("{shards}\n"),
     };
-    match before {
-        Some(b) if b != shards && start_at.is_none() => bail!(
+    match (before, start_at) {
+        (Some(b), None) if b != shards => bail!(
             "{} ran {b} rules engine{} and this start asks for {shards}: the new split's \
              groups would read the retained log again and raise its alerts and pushes a second \
              time. Give --rules-start-at the time the old split stopped (e.g. --rules-start-at \
@@ -887,16 +920,47 @@ fn check_rules_shards(
                 .to_rfc3339()
                 .unwrap_or_else(|| "2026-12-05T10:00:00Z".into())
         ),
-        Some(b) => Ok(b != shards),
-        None => Ok(false),
+        // The first start of a new split reads from `t` whatever its groups committed (a split
+        // used before holds old commits).
+        (Some(b), Some(t)) if b != shards => Ok((
+            Some(pitboss_bus::StartFrom::Timestamp(t.as_millis())),
+            record(Some(t)),
+        )),
+        // The same split: its commits, and where a group has none (a first start cut short)
+        // the time of the switch, so it does not go back to the earliest event either.
+        _ => {
+            let t = start_at.or(switched);
+            Ok((
+                t.map(|t| pitboss_bus::StartFrom::CommittedOrTimestamp(t.as_millis())),
+                record(t),
+            ))
+        }
     }
 }
 
-/// Records the split of the rules engines (see [`check_rules_shards`]).
-fn record_rules_shards(data_dir: &Path, shards: u32) -> Result<()> {
-    let path = data_dir.join("rules-shards");
-    std::fs::write(&path, format!("{shards}\n"))
-        .with_context(|| format!("writing {}", path.display()))
+/// The split of the engines whose state files a data directory holds (`antifraud.db`: one,
+/// `antifraud-shard-i-of-N.db`: N), the newest if several; for directories made before
+/// `rules-shards` was recorded.
+fn split_of_state_files(data_dir: &Path) -> Option<u32> {
+    std::fs::read_dir(data_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = if name == "antifraud.db" {
+                1
+            } else {
+                name.strip_prefix("antifraud-shard-")?
+                    .strip_suffix(".db")?
+                    .rsplit("-of-")
+                    .next()?
+                    .parse()
+                    .ok()?
+            };
+            Some((e.metadata().and_then(|m| m.modified()).ok(), n))
+        })
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, n)| n)
 }
 
 /// Records the bus of a data directory (see [`check_data_dir_bus`]).
@@ -1330,17 +1394,12 @@ async fn up(
     // One engine, or `--rules-shards` of them each owning part of the keys.
     let mut antifraud = antifraud;
     if let Some(c) = &mut antifraud {
-        let changed = check_rules_shards(&data_dir, rules_shards, rules_start_at)?;
-        if let Some(t) = rules_start_at {
-            // The first start of a new split reads from `t` whatever its groups committed (a
-            // split used before holds old commits); later starts resume at their commits.
-            c.consumer.start = if changed {
-                pitboss_bus::StartFrom::Timestamp(t.as_millis())
-            } else {
-                pitboss_bus::StartFrom::CommittedOrTimestamp(t.as_millis())
-            };
+        let (start, record) = plan_rules_start(&data_dir, rules_shards, rules_start_at)?;
+        if let Some(start) = start {
+            c.consumer.start = start;
         }
-        record_rules_shards(&data_dir, rules_shards)?;
+        let path = data_dir.join("rules-shards");
+        std::fs::write(&path, record).with_context(|| format!("writing {}", path.display()))?;
     }
     let engines = match antifraud {
         Some(c) if rules_shards > 1 => (0..rules_shards)
@@ -1479,9 +1538,14 @@ async fn up(
         r
     };
     let admin = async {
-        pitboss_ingest::serve_admin(state.clone(), admin, done.clone())
+        let r = pitboss_ingest::serve_admin(state.clone(), admin, done.clone())
             .await
-            .context("admin listener")
+            .context("admin listener");
+        if r.is_err() {
+            // Without probes and metrics the process stops, as it did before the drain.
+            stop.trigger("the admin listener failed");
+        }
+        r
     };
     let (work, admin) = tokio::join!(work, admin);
     work?;
@@ -1513,7 +1577,13 @@ async fn serve_both(
             done.trigger("drained");
             r
         },
-        pitboss_ingest::serve_admin(state.clone(), admin, done.clone()),
+        async {
+            let r = pitboss_ingest::serve_admin(state.clone(), admin, done.clone()).await;
+            if r.is_err() {
+                stop.trigger("the admin listener failed");
+            }
+            r
+        },
     );
     public.context("public listener")?;
     admin.context("admin listener")?;

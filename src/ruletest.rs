@@ -1,6 +1,6 @@
 //! `pitboss rules check` (a rule set loaded and summarised, or refused with file, line and
 //! reason) and `pitboss rules test` (rule test files played through a fresh engine; docs/rules.md,
-//! "Testing rules").
+//! "Checking and testing rules").
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -96,7 +96,12 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
         Some(n) => n,
         None => match bus.partition_count(&format!("{prefix}events")).await {
             Ok(n) if n > 0 => n,
-            _ => 12,
+            Ok(_) | Err(pitboss_bus::BusError::UnknownTopic(_)) => 12,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "looking up topic {prefix}events (its partitions size the new topics)"
+                )));
+            }
         },
     };
     for (topic, kind) in topics(&prefix, state_topic) {

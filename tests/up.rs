@@ -1556,4 +1556,42 @@ fn up_refuses_a_changed_rules_split_without_a_start_time() {
         "1\n",
         "a refused start records nothing"
     );
+    // With the time of the switch it starts, and records both (a later start without the flag
+    // reads from that time where a group has no commit yet).
+    let mut child = Guard(
+        up_command(dir.path())
+            .args([
+                "--rules-shards",
+                "2",
+                "--rules-start-at",
+                "2026-01-01T00:00:00Z",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    banner(&mut child);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("rules-shards")).unwrap(),
+        "2 2026-01-01T00:00:00.000Z\n"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // A directory from before the record: the split is read from the engines' state files.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::write(old.path().join("antifraud-shard-0-of-3.db"), b"").unwrap();
+    let out = up_command(old.path())
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ran 3 rules engines and this start asks for 1"),
+        "{err}"
+    );
 }

@@ -1,5 +1,5 @@
-//! Unit tests for rule sets, written as files (`pitboss rules test`, docs/rules.md "Testing
-//! rules"): each case plays a few events through a fresh engine and says exactly which hits
+//! Unit tests for rule sets, written as files (`pitboss rules test`, docs/rules.md "Checking
+//! and testing rules"): each case plays a few events through a fresh engine and says exactly which hits
 //! must come out — and, by omission, that nothing else may. Like `promtool test rules`: a rule
 //! author checks that a pattern fires, that its near miss does not, and what the alert says,
 //! before the rule meets live traffic.
@@ -38,8 +38,10 @@ use crate::{Engine, LoadError, Output, RuleSet};
 /// `start` when a file gives none: a Wednesday, noon UTC (no late-night rule fires).
 pub const DEFAULT_START: &str = "2026-01-07T12:00:00Z";
 
-/// Most events one case may expand to (`repeat` included).
+/// Most events one case may expand to (`repeat` included)…
 pub const MAX_EVENTS: usize = 1_000_000;
+/// …and one file.
+pub const MAX_FILE_EVENTS: usize = 2_000_000;
 
 /// One test file, checked.
 #[derive(Debug, Clone)]
@@ -161,18 +163,38 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// An offset from `start`: `0`, or a duration (`90s`, `1h30m`, `43s500ms`).
 fn offset_ms(text: &str) -> Result<i64, String> {
-    match text.trim() {
-        "0" | "0s" | "0ms" => Ok(0),
-        t => parse_duration_ms(t),
+    let t = text.trim();
+    // `0`, `0s`, `0m`…: the start itself (a duration in a rule may not be zero; an offset may).
+    if t == "0" {
+        return Ok(0);
     }
+    if let Some(unit) = t.strip_prefix('0')
+        && !unit.is_empty()
+        && unit.chars().all(|c| c.is_ascii_alphabetic())
+        && parse_duration_ms(&format!("1{unit}")).is_ok()
+    {
+        return Ok(0);
+    }
+    let ms = parse_duration_ms(t)?;
+    if ms > MAX_OFFSET_MS {
+        return Err(format!("{t:?} is more than 100 years"));
+    }
+    Ok(ms)
 }
+
+/// The furthest an event of a test may lie from `start`.
+const MAX_OFFSET_MS: i64 = 100 * 365 * 86_400_000;
 
 /// Writes an offset the way `at` reads it back (`1h2m3s500ms`, `0s`).
 pub fn fmt_offset(ms: i64) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    let (sign, mut ms) = if ms < 0 { ("-", -ms) } else { ("", ms) };
+    let (sign, mut ms) = if ms < 0 {
+        ("-", ms.unsigned_abs())
+    } else {
+        ("", ms.unsigned_abs())
+    };
     let mut out = String::from(sign);
     for (unit, size) in [
         ("d", 86_400_000),
@@ -258,6 +280,7 @@ pub fn parse(path: &str, text: &str) -> Result<TestFile, Vec<LoadError>> {
         });
     }
     let mut names: HashMap<String, usize> = HashMap::new();
+    let mut file_events = 0usize;
     let mut cases = Vec::new();
     for c in &spec.case {
         let line = line_of(text, c.span().start);
@@ -281,19 +304,54 @@ pub fn parse(path: &str, text: &str) -> Result<TestFile, Vec<LoadError>> {
             .as_deref()
             .or(spec.player.as_deref())
             .unwrap_or("p1");
-        let mut events = Vec::new();
+        let mut events: Vec<Event> = Vec::new();
+        // An id names one event: the same id again must be the same event (a redelivery,
+        // received later), or hits could not be told apart.
+        let mut ids: HashMap<String, Event> = HashMap::new();
         for (i, entry) in spec_case.events.iter().enumerate() {
             let at = entry.span().start;
             let where_ = format!("case {:?}, event {}", spec_case.name, i + 1);
+            // Counted before anything is built.
+            let repeat = match entry.get_ref().get("repeat") {
+                Some(toml::Value::Integer(n)) => usize::try_from(*n).unwrap_or(0),
+                _ => 1,
+            };
+            if events.len() + repeat > MAX_EVENTS || file_events + repeat > MAX_FILE_EVENTS {
+                errors.push(err(
+                    at,
+                    format!(
+                        "{where_}: more than {MAX_EVENTS} events in a case or {MAX_FILE_EVENTS} in a file"
+                    ),
+                ));
+                break;
+            }
             match expand(entry.get_ref(), tenant, player, start, &spec_case.name, i) {
-                Ok(evs) if events.len() + evs.len() > MAX_EVENTS => {
-                    errors.push(err(
-                        at,
-                        format!("{where_}: the case holds more than {MAX_EVENTS} events"),
-                    ));
-                    break;
+                Ok(evs) => {
+                    for e in &evs {
+                        let id = e.event_id.clone().unwrap_or_default();
+                        let mut same = e.clone();
+                        same.received_at = None;
+                        match ids.get(&id) {
+                            Some(first) if *first != same => {
+                                errors.push(err(
+                                    at,
+                                    format!(
+                                        "{where_}: event_id {id} names another event already \
+                                         (the same id again must be the same event: a \
+                                         redelivery, with a later received_after)"
+                                    ),
+                                ));
+                                break;
+                            }
+                            Some(_) => {}
+                            None => {
+                                ids.insert(id, same);
+                            }
+                        }
+                    }
+                    file_events += evs.len();
+                    events.extend(evs);
                 }
-                Ok(evs) => events.extend(evs),
                 Err(why) => errors.push(err(at, format!("{where_}: {why}"))),
             }
         }
@@ -334,6 +392,20 @@ pub fn parse(path: &str, text: &str) -> Result<TestFile, Vec<LoadError>> {
                 room: s.room.clone(),
                 count: s.count.unwrap_or(1).max(1),
             });
+        }
+        // An expectation of a rule `only_rules` leaves out could never be met.
+        if let Some(only) = &spec_case.only_rules {
+            for e in expect.iter().filter(|e| !only.contains(&e.rule)) {
+                errors.push(LoadError {
+                    file: path.to_owned(),
+                    line: e.line,
+                    column: 0,
+                    reason: format!(
+                        "case {:?}: expects {:?}, which only_rules leaves out",
+                        spec_case.name, e.rule
+                    ),
+                });
+            }
         }
         cases.push(Case {
             name: spec_case.name.clone(),
@@ -415,10 +487,22 @@ fn expand(
         json.entry("event_id")
             .or_insert_with(|| event_id(case, index, n).into());
         if let Some(a) = at_ms {
-            let t = start.as_millis() + a + every_ms * n as i64;
-            let Some(text) = Timestamp::from_millis(t).to_rfc3339() else {
-                return Err(format!("at: {} is out of range", fmt_offset(t)));
-            };
+            let offset = every_ms
+                .checked_mul(n as i64)
+                .and_then(|x| x.checked_add(a))
+                .filter(|x| *x <= MAX_OFFSET_MS)
+                .ok_or_else(|| {
+                    format!(
+                        "repetition {n} lies more than 100 years after start (at {} + {n} × every {})",
+                        fmt_offset(a),
+                        fmt_offset(every_ms)
+                    )
+                })?;
+            let text = start
+                .as_millis()
+                .checked_add(offset)
+                .and_then(|t| Timestamp::from_millis(t).to_rfc3339())
+                .ok_or_else(|| format!("at {}: out of range", fmt_offset(offset)))?;
             json.insert("occurred_at".into(), text.into());
         }
         let text = serde_json::Value::Object(json).to_string();
@@ -443,9 +527,16 @@ fn expand(
             return Err(why.join("; "));
         }
         if ev.received_at.is_none() {
-            ev.received_at = Some(Timestamp::from_millis(
-                ev.occurred_at.as_millis() + received_ms,
-            ));
+            let at = ev
+                .occurred_at
+                .as_millis()
+                .checked_add(received_ms)
+                .ok_or_else(|| {
+                    format!("received_after {}: out of range", fmt_offset(received_ms))
+                })?;
+            ev.received_at = Some(Timestamp::from_millis(at));
+        } else if received_after.is_some() {
+            return Err("give `received_after` or `received_at`, not both".into());
         }
         out.push(ev);
     }
@@ -585,7 +676,7 @@ pub struct CaseResult {
     pub name: String,
     pub line: usize,
     pub events: usize,
-    /// Every hit, in the order the engine raised them.
+    /// Every hit, by the time of its trigger (those `only_rules` leaves out included).
     pub hits: Vec<Hit>,
     /// Empty when the case passed.
     pub failures: Vec<String>,
@@ -655,28 +746,33 @@ pub fn run_case(set: &RuleSet, start: Timestamp, case: &Case) -> CaseResult {
                 .is_none_or(|only| only.contains(&h.rule))
         })
         .collect();
-    let mut used = vec![false; considered.len()];
-    // The most specific expectations take their hits first, so a loose one does not take
-    // the hit a precise one needs.
-    let mut order: Vec<usize> = (0..case.expect.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(specificity(&case.expect[i])));
-    let mut missing = Vec::new();
-    for i in order {
-        let e = &case.expect[i];
-        let mut found = 0;
-        for (j, h) in considered.iter().enumerate() {
-            if found == e.count {
-                break;
-            }
-            if !used[j] && h.matches(e) {
-                used[j] = true;
-                found += 1;
-            }
-        }
-        if found < e.count {
-            missing.push((i, found));
-        }
+    // Expectations and hits paired as a maximum matching (each `count` a slot per hit), so a
+    // pairing is found whenever one exists, whatever order the expectations are written in.
+    let slots: Vec<usize> = (0..case.expect.len())
+        .flat_map(|i| std::iter::repeat_n(i, case.expect[i].count))
+        .collect();
+    let fits: Vec<Vec<usize>> = slots
+        .iter()
+        .map(|&i| {
+            (0..considered.len())
+                .filter(|&j| considered[j].matches(&case.expect[i]))
+                .collect()
+        })
+        .collect();
+    let mut hit_slot: Vec<Option<usize>> = vec![None; considered.len()];
+    for s in 0..slots.len() {
+        let mut seen = vec![false; considered.len()];
+        augment(s, &fits, &mut hit_slot, &mut seen);
     }
+    let used: Vec<bool> = hit_slot.iter().map(Option::is_some).collect();
+    let mut found = vec![0usize; case.expect.len()];
+    for s in hit_slot.iter().flatten() {
+        found[slots[*s]] += 1;
+    }
+    let mut missing: Vec<(usize, usize)> = (0..case.expect.len())
+        .filter(|&i| found[i] < case.expect[i].count)
+        .map(|i| (i, found[i]))
+        .collect();
     missing.sort_unstable();
     for (i, found) in missing {
         let e = &case.expect[i];
@@ -711,23 +807,24 @@ pub fn run_case(set: &RuleSet, start: Timestamp, case: &Case) -> CaseResult {
     }
 }
 
-fn specificity(e: &Expect) -> usize {
-    [
-        e.player.is_some(),
-        e.at_ms.is_some(),
-        e.kind.is_some(),
-        e.severity.is_some(),
-        e.recommendation.is_some(),
-        e.total_score.is_some(),
-        e.reason.is_some(),
-        e.reason_contains.is_some(),
-        e.push_kind.is_some(),
-        e.push_title.is_some(),
-        e.room.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count()
+/// Kuhn's augmenting path from slot `s`: whether it got a hit (moving others' where needed).
+fn augment(
+    s: usize,
+    fits: &[Vec<usize>],
+    hit_slot: &mut [Option<usize>],
+    seen: &mut [bool],
+) -> bool {
+    for &j in &fits[s] {
+        if seen[j] {
+            continue;
+        }
+        seen[j] = true;
+        if hit_slot[j].is_none_or(|other| augment(other, fits, hit_slot, seen)) {
+            hit_slot[j] = Some(s);
+            return true;
+        }
+    }
+    false
 }
 
 /// The alerts and pushes of `out` as hits (one per rule and trigger event), in order.

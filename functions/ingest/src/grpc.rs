@@ -154,7 +154,12 @@ impl pb::ingest_server::Ingest for IngestService {
                 None => Some(batches.message().await),
             };
             let batch = match next {
-                None => return Err(after_batches(status(IngestError::Draining), done, &reply)),
+                // Draining: unless the client has already ended the stream (then its reply,
+                // with every batch written, is what it should get).
+                None => match futures::FutureExt::now_or_never(batches.message()) {
+                    Some(Ok(None)) => break,
+                    _ => return Err(after_batches(status(IngestError::Draining), done, &reply)),
+                },
                 Some(Ok(Some(b))) => b,
                 Some(Ok(None)) => break,
                 Some(Err(e)) => return Err(after_batches(e, done, &reply)),

@@ -58,7 +58,7 @@ impl Readiness {
         self
     }
 
-    /// `/readyz` answers 503 `<name> not ready` until `ready` holds true.
+    /// `/readyz` answers 503 `<name>: catching up` until `ready` holds true.
     pub fn with_part(
         mut self,
         name: &'static str,

@@ -799,13 +799,29 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
     let mut client = pb::ingest_client::IngestClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    let (_open, rx) = futures::channel::mpsc::channel::<pb::EventBatch>(1);
+    let (mut open, rx) = futures::channel::mpsc::channel::<pb::EventBatch>(1);
     let mut stream = tonic::Request::new(rx);
     stream
         .metadata_mut()
         .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
     let call = tokio::spawn(async move { client.ingest_stream(stream).await });
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The stream is open once its first batch is written.
+    let before = bus.len("events");
+    futures::SinkExt::send(
+        &mut open,
+        pb::EventBatch {
+            events: vec![proto("acme")],
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..200 {
+        if bus.len("events") > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(bus.len("events"), before + 1);
     stop.trigger("test");
     let status = call.await.unwrap().unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");

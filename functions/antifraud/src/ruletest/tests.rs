@@ -191,18 +191,18 @@ fn mistakes_in_a_file_are_refused_with_their_line_and_a_reason() {
 fn a_rule_id_the_set_does_not_hold_is_refused_so_a_typo_cannot_pass() {
     let f = parse(
         "t.toml",
-        "[[case]]\nname = \"x\"\nevents = []\nexpect = [{ rule = \"fraud.bet_velocty\" }]\nonly_rules = [\"rg.nope\"]\n",
+        "[[case]]\nname = \"x\"\nevents = []\nexpect = [{ rule = \"fraud.bet_velocty\" }]\nonly_rules = [\"fraud.bet_velocty\", \"rg.nope\"]\n",
     )
     .unwrap();
     let errs = unknown_rules(&f, &shipped());
-    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(errs.len(), 3, "{errs:?}");
     assert_eq!(errs[0].line, 4);
     assert!(
         errs[0]
             .reason
             .contains("rule \"fraud.bet_velocty\" is not in the rule set")
     );
-    assert!(errs[1].reason.contains("\"rg.nope\""));
+    assert!(errs[2].reason.contains("\"rg.nope\""));
 }
 
 #[test]
@@ -233,4 +233,86 @@ fn the_shipped_rule_tests_pass() {
         }
     }
     assert!(cases >= 8);
+}
+
+/// Expectations are paired with hits as a maximum matching: a loose expectation written first
+/// does not take the hit a later, narrower one needs.
+#[test]
+fn expectations_find_a_pairing_whatever_their_order() {
+    let t = r#"
+[[case]]
+name = "two bettors"
+events = [
+  { type = "bet_placed", player_id = "p2", at = "0s", repeat = 40, every = "1500ms", payload = { bet_id = "x{n}", game_id = "g", stake = { amount_minor = 100, currency = "EUR" } } },
+  { type = "bet_placed", player_id = "p1", at = "0s", repeat = 40, every = "1500ms", payload = { bet_id = "y{n}", game_id = "g", stake = { amount_minor = 100, currency = "EUR" } } },
+]
+expect = [
+  { rule = "fraud.bet_velocity", at = "43s500ms" },
+  { rule = "fraud.bet_velocity", player = "p2" },
+]
+only_rules = ["fraud.bet_velocity"]
+"#;
+    let r = run(t);
+    assert!(r[0].passed(), "{:?}", r[0].failures);
+}
+
+#[test]
+fn ids_offsets_and_only_rules_are_checked_before_anything_runs() {
+    let cases = [
+        (
+            r#"[[case]]
+name = "x"
+events = [{ type = "login", at = "0s", repeat = 2, every = "1s", event_id = "00000000-0000-4000-8000-000000000001", payload = { ip = "10.0.0.1" } }]
+expect = []
+"#,
+            "names another event already",
+        ),
+        (
+            r#"[[case]]
+name = "x"
+events = [{ type = "login", at = "0s", repeat = 12, every = "10000000d", payload = { ip = "10.0.0.1" } }]
+expect = []
+"#,
+            "more than 100 years",
+        ),
+        (
+            r#"[[case]]
+name = "x"
+events = [{ type = "login", at = "0s", received_after = "40000d", payload = { ip = "10.0.0.1" } }]
+expect = []
+"#,
+            "more than 100 years",
+        ),
+        (
+            r#"[[case]]
+name = "x"
+events = []
+expect = [{ rule = "fraud.bet_velocity" }]
+only_rules = ["fraud.stake_spike"]
+"#,
+            "expects \"fraud.bet_velocity\", which only_rules leaves out",
+        ),
+    ];
+    for (text, needle) in cases {
+        let errs = parse("t.toml", text).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.reason.contains(needle)),
+            "{text}: {errs:?}"
+        );
+    }
+    // The same event delivered twice (a later received_after) is a redelivery, not a clash;
+    // `0m` is the start.
+    parse(
+        "t.toml",
+        r#"[[case]]
+name = "x"
+events = [
+  { type = "login", at = "0m", event_id = "00000000-0000-4000-8000-000000000001", payload = { ip = "10.0.0.1" } },
+  { type = "login", at = "0s", event_id = "00000000-0000-4000-8000-000000000001", received_after = "5s", payload = { ip = "10.0.0.1" } },
+]
+expect = []
+"#,
+    )
+    .unwrap();
+    assert!(fmt_offset(i64::MIN).starts_with("-106751991167d"));
 }
