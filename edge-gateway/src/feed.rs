@@ -140,7 +140,7 @@ pub async fn run(
         }
         if !reported && reader.caught_up() {
             if let FeedKind::Messages(m) = kind {
-                lock(&hub).caught_up(m, &reader.end_positions());
+                lock(&hub).caught_up(m, &reader.end_positions(), Timestamp::now().as_millis());
             }
             reported = true;
             let _ = caught_up.send(true);

@@ -337,7 +337,12 @@ impl Hub {
     /// The feed of `kind` has read every partition up to where it ended when it opened
     /// (`ends`: the newest position then, None for an empty partition). Partitions that gave no
     /// record are held from their end on.
-    pub fn caught_up(&mut self, kind: MessageType, ends: &BTreeMap<Partition, Option<Position>>) {
+    pub fn caught_up(
+        &mut self,
+        kind: MessageType,
+        ends: &BTreeMap<Partition, Option<Position>>,
+        now_ms: i64,
+    ) {
         let t = self.topic_mut(kind);
         let sequences = t.sequences;
         for (p, floor) in t.floor.iter_mut() {
@@ -358,6 +363,24 @@ impl Hub {
             }
         }
         t.caught_up = true;
+        if kind == MessageType::Alert {
+            // The rebuild read the partitions in turn, and kept every alert within the
+            // history's age: in bus-time order now, the count bound evicts the oldest first,
+            // as it does live, so the alerts past the history (kept open for operators) are the
+            // same ones as before a restart.
+            let by_time = |e: &Arc<Entry>| (e.bus_ms, e.partition, e.position.clone());
+            t.history.make_contiguous().sort_by_key(by_time);
+            for ch in self.channels.values_mut() {
+                if ch
+                    .history
+                    .front()
+                    .is_some_and(|e| e.kind == MessageType::Alert)
+                {
+                    ch.history.make_contiguous().sort_by_key(by_time);
+                }
+            }
+            self.evict(now_ms);
+        }
     }
 
     /// Whether both feeds have caught up (the gateway is ready for resumes).
@@ -617,7 +640,11 @@ impl Hub {
                 let Some(front) = t.history.front() else {
                     break;
                 };
-                if t.history.len() <= max && front.bus_ms >= now_ms - age {
+                // While the alerts are rebuilt (read partition after partition, not in time
+                // order) only age evicts; the count bound waits for `caught_up`, which puts
+                // them in time order first.
+                let over = t.history.len() > max && (kind == MessageType::Push || t.caught_up);
+                if !over && front.bus_ms >= now_ms - age {
                     break;
                 }
                 let Some(e) = t.history.pop_front() else {
@@ -1154,7 +1181,7 @@ mod tests {
         let mut h = Hub::new(config, Keying::Crc32);
         for kind in [MessageType::Alert, MessageType::Push] {
             h.open_topic(kind, PARTITIONS, false);
-            h.caught_up(kind, &(0..PARTITIONS).map(|p| (p, None)).collect());
+            h.caught_up(kind, &(0..PARTITIONS).map(|p| (p, None)).collect(), now());
         }
         h
     }
@@ -1340,6 +1367,59 @@ mod tests {
         assert_eq!(back.message_ids(), ["push-5"]);
     }
 
+    /// A restart reads the partitions in turn, not in time order: the alerts kept open past the
+    /// history are still the ones a live feed kept (a newer open alert vanished and an evicted
+    /// one came back, with both bounds exceeded).
+    #[test]
+    fn a_rebuild_read_partition_by_partition_keeps_the_open_alerts_a_live_feed_keeps() {
+        let config = HubConfig {
+            history_max: 3,
+            open_alerts_max: 5,
+            ..HubConfig::default()
+        };
+        let alerts: Vec<_> = (1..=20).map(live::alert).collect();
+        let tenant = alerts[0].tenant_id.clone();
+        let ch = channel(&format!("operator:{tenant}"));
+        let mut log = Log::default();
+        let base = now() - 60_000;
+        let mut recs: Vec<Record> = alerts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut r = log.record(a);
+                r.timestamp_ms = base + i as i64 * 1000;
+                r
+            })
+            .collect();
+        let replay = |h: &mut Hub| {
+            let mut c = connect(h, 1, "ops", 64);
+            h.subscribe(1, &ch, None, None, now()).unwrap();
+            c.message_ids()
+        };
+        let mut live = hub(config.clone());
+        live.apply(MessageType::Alert, &recs, now());
+        let want = replay(&mut live);
+        let newest: Vec<String> = alerts[12..].iter().map(|a| a.alert_id.clone()).collect();
+        assert_eq!(want, newest, "the newest 3 + 5");
+        recs.sort_by_key(|r| (r.partition, r.position.clone()));
+        assert_ne!(
+            recs.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(),
+            (0..20).map(|i| base + i * 1000).collect::<Vec<_>>(),
+            "the partitions interleave in time"
+        );
+        let mut rebuilt = Hub::new(config, Keying::Crc32);
+        for kind in [MessageType::Alert, MessageType::Push] {
+            rebuilt.open_topic(kind, PARTITIONS, false);
+        }
+        for r in &recs {
+            rebuilt.apply(MessageType::Alert, std::slice::from_ref(r), now());
+        }
+        for kind in [MessageType::Alert, MessageType::Push] {
+            rebuilt.caught_up(kind, &(0..PARTITIONS).map(|p| (p, None)).collect(), now());
+        }
+        assert_eq!(replay(&mut rebuilt), want);
+    }
+
     /// After a restart whose feed found nothing to read on a partition (all it holds is older
     /// than the history), a stale cursor is `too_old` once: the cursor given back is the
     /// partition's end, from which the next subscribe is complete.
@@ -1353,6 +1433,7 @@ mod tests {
                 &(0..PARTITIONS)
                     .map(|p| (p, Some(Position::Offset(1))))
                     .collect(),
+                now(),
             );
         }
         let tenant = live::push(0).tenant_id;
