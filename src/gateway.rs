@@ -287,30 +287,12 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let limits = args
         .tuning
         .limits(Duration::from_secs(args.drain_timeout_secs));
-    // The admin listener answers through the drain (`/readyz` 503 `draining`) and stops once
-    // the gateway has.
-    let done = Shutdown::new();
-    let (gateway, admin) = tokio::join!(
-        async {
-            let r = pitboss_gateway::server::serve(state, listener, limits)
-                .await
-                .context("gateway listener");
-            done.trigger("drained");
-            r
-        },
-        async {
-            let r = pitboss_runtime::admin::serve(admin, admin_router, done.clone())
-                .await
-                .context("admin listener");
-            if r.is_err() {
-                stop.trigger("the admin listener failed");
-            }
-            r
-        },
-    );
-    gateway?;
-    admin?;
-    Ok(())
+    let gateway = async {
+        pitboss_gateway::server::serve(state, listener, limits)
+            .await
+            .context("gateway listener")
+    };
+    crate::with_admin(gateway, admin, admin_router, stop).await
 }
 
 /// The gateway inside `pitboss up`: over its bus (the embedded log or Kafka), topics named

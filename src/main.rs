@@ -605,34 +605,42 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     let admin = bind(args.admin_listen).await?;
     tracing::info!(admin = %admin.local_addr()?, rules = set.rules.len(), bus = ?args.bus.kind, shard = %args.shard, "rules engine starting");
     let stop = Shutdown::on_signals();
-    // The admin listener answers through the drain (`/readyz` 503 `draining`).
-    let done = Shutdown::new();
-    let serve_admin = pitboss_runtime::admin::serve(
-        admin,
-        pitboss_runtime::admin::router(metrics, stop.clone()),
-        done.clone(),
+    let router = pitboss_runtime::admin::router(metrics, stop.clone());
+    let engine = drain_processors(
+        run_antifraud(bus, Some(config), stop.clone()),
+        stop.clone(),
+        std::time::Duration::from_secs(args.drain_timeout_secs),
     );
-    let engine = async {
-        let r = drain_processors(
-            run_antifraud(bus, Some(config), stop.clone()),
-            stop.clone(),
-            std::time::Duration::from_secs(args.drain_timeout_secs),
-        )
-        .await;
+    with_admin(engine, admin, router, stop).await
+}
+
+/// Runs `work` with the admin listener beside it: the listener answers through the drain (its
+/// `/readyz` 503 `draining`: `router` reads `stop`) and stops once `work` is done; if it fails,
+/// `stop` stops the process too.
+pub(crate) async fn with_admin(
+    work: impl std::future::Future<Output = Result<()>>,
+    admin: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: Shutdown,
+) -> Result<()> {
+    let done = Shutdown::new();
+    let work = async {
+        let r = work.await;
         done.trigger("drained");
         r
     };
-    let serve_admin = async {
-        let r = serve_admin.await;
+    let admin = async {
+        let r = pitboss_runtime::admin::serve(admin, router, done.clone())
+            .await
+            .context("admin listener");
         if r.is_err() {
             stop.trigger("the admin listener failed");
         }
         r
     };
-    let (engine, admin) = tokio::join!(engine, serve_admin);
-    engine?;
-    admin.context("admin listener")?;
-    Ok(())
+    let (work, admin) = tokio::join!(work, admin);
+    work?;
+    admin
 }
 
 async fn process(args: ProcessArgs) -> Result<()> {
@@ -676,40 +684,19 @@ async fn process(args: ProcessArgs) -> Result<()> {
                 .await?
         }
     });
-    // The admin listener answers through the drain (`/readyz` 503 `draining`).
-    let done = Shutdown::new();
-    let serve_admin = pitboss_runtime::admin::serve(
-        admin,
-        pitboss_runtime::admin::router(metrics, stop.clone()),
-        done.clone(),
-    );
-    let processors = async {
-        let r = drain_processors(
-            run_processors(
-                bus,
-                sink,
-                configs,
-                stop.clone(),
-                tokio::runtime::Handle::current(),
-            ),
+    let router = pitboss_runtime::admin::router(metrics, stop.clone());
+    let processors = drain_processors(
+        run_processors(
+            bus,
+            sink,
+            configs,
             stop.clone(),
-            std::time::Duration::from_secs(args.drain_timeout_secs),
-        )
-        .await;
-        done.trigger("drained");
-        r
-    };
-    let serve_admin = async {
-        let r = serve_admin.await;
-        if r.is_err() {
-            stop.trigger("the admin listener failed");
-        }
-        r
-    };
-    let (processors, admin) = tokio::join!(processors, serve_admin);
-    processors?;
-    admin.context("admin listener")?;
-    Ok(())
+            tokio::runtime::Handle::current(),
+        ),
+        stop.clone(),
+        std::time::Duration::from_secs(args.drain_timeout_secs),
+    );
+    with_admin(processors, admin, router, stop).await
 }
 
 #[derive(Debug, Args)]
