@@ -62,11 +62,15 @@ pub fn check(args: CheckArgs) -> Result<()> {
             for e in &errors {
                 writeln!(err, "{e}")?;
             }
-            bail!(
+            writeln!(
+                err,
                 "the rule set in {what} is refused: {} problem{}",
                 errors.len(),
                 if errors.len() == 1 { "" } else { "s" }
-            );
+            )?;
+            // The list says what is wrong; the status that something is (no backtrace).
+            drop(err);
+            std::process::exit(1);
         }
         Err(e) => return Err(e).with_context(|| format!("reading {what}")),
     };
@@ -199,7 +203,14 @@ pub fn test(args: TestArgs) -> Result<()> {
             broken += 1;
             continue;
         }
-        writeln!(out, "{shown}")?;
+        let under = match &file.rules {
+            Some(d) => d.display().to_string(),
+            None => match &fallback {
+                RulesSource::Dir(d) => format!("{} (--rules)", d.display()),
+                RulesSource::Shipped => "the shipped packs (built in)".into(),
+            },
+        };
+        writeln!(out, "{shown}  (rules: {under})")?;
         for case in &file.cases {
             let r = ruletest::run_case(set, file.start, case);
             let hits = r.hits.len();
@@ -207,9 +218,10 @@ pub fn test(args: TestArgs) -> Result<()> {
                 passed += 1;
                 writeln!(
                     out,
-                    "  ok    {} ({} events, {hits} hit{})",
+                    "  ok    {} ({} event{}, {hits} hit{})",
                     r.name,
                     r.events,
+                    if r.events == 1 { "" } else { "s" },
                     if hits == 1 { "" } else { "s" }
                 )?;
                 if r.late_triggers > 0 {
@@ -224,10 +236,11 @@ pub fn test(args: TestArgs) -> Result<()> {
                 failed += 1;
                 writeln!(
                     out,
-                    "  FAIL  {} (line {}, {} events, {hits} hit{})",
+                    "  FAIL  {} (line {}, {} event{}, {hits} hit{})",
                     r.name,
                     r.line,
                     r.events,
+                    if r.events == 1 { "" } else { "s" },
                     if hits == 1 { "" } else { "s" }
                 )?;
                 for f in &r.failures {

@@ -1410,7 +1410,10 @@ fn rules_check_lists_a_set_or_refuses_it_with_file_and_line() {
 fn rules_test_runs_the_shipped_packs_tests_and_fails_with_what_differed() {
     let (ok, out, err) = rules_cmd(&["test", "rules/tests"]);
     assert!(ok, "{out}{err}");
-    assert!(out.contains("rules/tests/fraud.toml\n  ok    "), "{out}");
+    assert!(
+        out.contains("rules/tests/fraud.toml  (rules: rules/tests/..)\n  ok    "),
+        "{out}"
+    );
     let last = out.lines().last().unwrap();
     assert!(last.ends_with("passed, 0 failed"), "{out}");
 
@@ -1430,7 +1433,7 @@ only_rules = ["fraud.bet_velocity"]
     .unwrap();
     std::fs::write(
         dir.path().join("typo.toml"),
-        "[[case]]\nname = \"x\"\nevents = []\nexpect = [{ rule = \"fraud.bet_velocty\" }]\n",
+        "[[case]]\nname = \"x\"\nevents = [{ type = \"login\", at = \"0s\", payload = { ip = \"10.0.0.1\" } }]\nexpect = [{ rule = \"fraud.bet_velocty\" }]\n",
     )
     .unwrap();
     let d = dir.path().to_str().unwrap();

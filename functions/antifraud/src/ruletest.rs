@@ -248,7 +248,20 @@ pub fn parse(path: &str, text: &str) -> Result<TestFile, Vec<LoadError>> {
     };
     let spec: FileSpec = toml::from_str(text).map_err(|e| {
         let at = e.span().map_or(0, |s| s.start);
-        vec![err(at, e.message().trim().to_owned())]
+        // A rule file given where a test file was expected (`rules test rules/`).
+        let rule_file = toml::from_str::<toml::Table>(text)
+            .is_ok_and(|t| t.contains_key("rule") && !t.contains_key("case"));
+        if rule_file {
+            vec![err(
+                at,
+                "this is a rule file ([[rule]]), not a test file: `pitboss rules test` takes test \
+                 files ([[case]], e.g. rules/tests/); rules go in the directory a test file's \
+                 `rules` (or --rules) names"
+                    .into(),
+            )]
+        } else {
+            vec![err(at, e.message().trim().to_owned())]
+        }
     })?;
     let mut errors = Vec::new();
     let start = match &spec.start {
@@ -393,6 +406,36 @@ pub fn parse(path: &str, text: &str) -> Result<TestFile, Vec<LoadError>> {
                 count: s.count.unwrap_or(1).max(1),
             });
         }
+        // A hit is one rule firing on one event: more of them than events cannot come.
+        for e in &expect {
+            if e.count > events.len() {
+                errors.push(LoadError {
+                    file: path.to_owned(),
+                    line: e.line,
+                    column: 0,
+                    reason: format!(
+                        "case {:?}: expects {} hit{} of {:?}, but the case has {} event{}: a hit is one rule firing on one event",
+                        spec_case.name,
+                        e.count,
+                        if e.count == 1 { "" } else { "s" },
+                        e.rule,
+                        events.len(),
+                        if events.len() == 1 { "" } else { "s" }
+                    ),
+                });
+            }
+        }
+        if spec_case.only_rules.as_ref().is_some_and(Vec::is_empty) {
+            errors.push(LoadError {
+                file: path.to_owned(),
+                line,
+                column: 0,
+                reason: format!(
+                    "case {:?}: only_rules = [] compares nothing (every hit would pass unseen); leave it out to compare every rule's hits",
+                    spec_case.name
+                ),
+            });
+        }
         // An expectation of a rule `only_rules` leaves out could never be met.
         if let Some(only) = &spec_case.only_rules {
             for e in expect.iter().filter(|e| !only.contains(&e.rule)) {
@@ -465,6 +508,12 @@ fn expand(
         (None, true) => None,
     };
     let every_ms = match (&every, repeat) {
+        (Some(_), 1) => {
+            return Err(
+                "`every` without `repeat` plays one event: give `repeat = N` (or leave `every` out)"
+                    .into(),
+            );
+        }
         (Some(e), _) => parse_duration_ms(e).map_err(|e| format!("every: {e}"))?,
         (None, 1) => 0,
         (None, _) => return Err("repeat needs `every` (the time between the events)".into()),
@@ -547,6 +596,7 @@ fn expand(
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub rule: String,
+    /// The alert's player, or the trigger event's for a push to a room.
     pub player: Option<String>,
     pub room: Option<String>,
     pub trigger_event_id: String,
@@ -731,13 +781,27 @@ pub fn run_case(set: &RuleSet, start: Timestamp, case: &Case) -> CaseResult {
     for r in &out.rejected {
         let why: Vec<String> = r.violations.iter().map(ToString::to_string).collect();
         failures.push(format!(
-            "{} produced an {} that breaks the contract (never published): {}",
+            "{} produced {} {} that breaks the contract (never published): {}",
             r.rule_id,
+            if r.message == "alert" { "an" } else { "a" },
             r.message,
             why.join("; ")
         ));
     }
-    let hits = hits(&out, start);
+    let mut hits = hits(&out, start);
+    // A push to a room names no player: the trigger event's is the hit's.
+    if hits.iter().any(|h| h.player.is_none()) {
+        let players: HashMap<&str, &str> = case
+            .events
+            .iter()
+            .filter_map(|e| Some((e.event_id.as_deref()?, e.player_id.as_str())))
+            .collect();
+        for h in hits.iter_mut().filter(|h| h.player.is_none()) {
+            h.player = players
+                .get(h.trigger_event_id.as_str())
+                .map(|p| (*p).to_owned());
+        }
+    }
     let considered: Vec<&Hit> = hits
         .iter()
         .filter(|h| {

@@ -191,7 +191,7 @@ fn mistakes_in_a_file_are_refused_with_their_line_and_a_reason() {
 fn a_rule_id_the_set_does_not_hold_is_refused_so_a_typo_cannot_pass() {
     let f = parse(
         "t.toml",
-        "[[case]]\nname = \"x\"\nevents = []\nexpect = [{ rule = \"fraud.bet_velocty\" }]\nonly_rules = [\"fraud.bet_velocty\", \"rg.nope\"]\n",
+        "[[case]]\nname = \"x\"\nevents = [{ type = \"login\", at = \"0s\", payload = { ip = \"10.0.0.1\" } }]\nexpect = [{ rule = \"fraud.bet_velocty\" }]\nonly_rules = [\"fraud.bet_velocty\", \"rg.nope\"]\n",
     )
     .unwrap();
     let errs = unknown_rules(&f, &shipped());
@@ -315,4 +315,45 @@ expect = []
     )
     .unwrap();
     assert!(fmt_offset(i64::MIN).starts_with("-106751991167d"));
+}
+
+#[test]
+fn cases_that_could_only_pass_unseen_are_refused() {
+    for (text, needle) in [
+        (
+            r#"[[case]]
+name = "x"
+events = [{ type = "login", at = "0s", payload = { ip = "10.0.0.1" } }]
+expect = []
+only_rules = []
+"#,
+            "only_rules = [] compares nothing",
+        ),
+        (
+            r#"[[case]]
+name = "x"
+events = [{ type = "login", at = "0s", every = "1s", payload = { ip = "10.0.0.1" } }]
+expect = []
+"#,
+            "`every` without `repeat` plays one event",
+        ),
+        (
+            r#"[[case]]
+name = "x"
+events = [{ type = "login", at = "0s", payload = { ip = "10.0.0.1" } }]
+expect = [{ rule = "fraud.account_takeover", count = 9223372036854775807 }]
+"#,
+            "but the case has 1 event",
+        ),
+        (
+            "[[rule]]\nid = \"a.b\"\n",
+            "this is a rule file ([[rule]]), not a test file",
+        ),
+    ] {
+        let errs = parse("t.toml", text).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.reason.contains(needle)),
+            "{text}: {errs:?}"
+        );
+    }
 }
