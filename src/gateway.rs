@@ -292,7 +292,12 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             .await
             .context("gateway listener")
     };
-    crate::with_admin(gateway, admin, admin_router, stop).await
+    crate::with_admin(
+        gateway,
+        |done| pitboss_runtime::admin::serve(admin, admin_router, done),
+        stop,
+    )
+    .await
 }
 
 /// The gateway inside `pitboss up`: over its bus (the embedded log or Kafka), topics named

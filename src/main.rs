@@ -611,29 +611,36 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
         stop.clone(),
         std::time::Duration::from_secs(args.drain_timeout_secs),
     );
-    with_admin(engine, admin, router, stop).await
+    with_admin(
+        engine,
+        |done| pitboss_runtime::admin::serve(admin, router, done),
+        stop,
+    )
+    .await
 }
 
 /// Runs `work` with the admin listener beside it: the listener answers through the drain (its
-/// `/readyz` 503 `draining`: `router` reads `stop`) and stops once `work` is done; if it fails,
-/// `stop` stops the process too.
-pub(crate) async fn with_admin(
+/// `/readyz` 503 `draining`: its router reads `stop`) and stops once `work` is done; if it
+/// fails, `stop` stops the process too. `serve_admin` serves until the shutdown it is given.
+pub(crate) async fn with_admin<A>(
     work: impl std::future::Future<Output = Result<()>>,
-    admin: tokio::net::TcpListener,
-    router: axum::Router,
+    serve_admin: impl FnOnce(Shutdown) -> A,
     stop: Shutdown,
-) -> Result<()> {
+) -> Result<()>
+where
+    A: std::future::Future<Output = std::io::Result<()>>,
+{
     let done = Shutdown::new();
+    let admin = serve_admin(done.clone());
     let work = async {
         let r = work.await;
         done.trigger("drained");
         r
     };
     let admin = async {
-        let r = pitboss_runtime::admin::serve(admin, router, done.clone())
-            .await
-            .context("admin listener");
+        let r = admin.await.context("admin listener");
         if r.is_err() {
+            // Without probes and metrics the process stops, as it did before the drain.
             stop.trigger("the admin listener failed");
         }
         r
@@ -696,7 +703,12 @@ async fn process(args: ProcessArgs) -> Result<()> {
         stop.clone(),
         std::time::Duration::from_secs(args.drain_timeout_secs),
     );
-    with_admin(processors, admin, router, stop).await
+    with_admin(
+        processors,
+        |done| pitboss_runtime::admin::serve(admin, router, done),
+        stop,
+    )
+    .await
 }
 
 #[derive(Debug, Args)]
@@ -1234,10 +1246,12 @@ async fn up(
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
-                    let _ = std::fs::set_permissions(
+                    if let Err(e) = std::fs::set_permissions(
                         &store_path,
                         std::fs::Permissions::from_mode(0o600),
-                    );
+                    ) {
+                        tracing::warn!(path = %store_path.display(), error = %e, "could not make the store readable by its owner alone");
+                    }
                 }
                 sink
             })),
@@ -1508,9 +1522,8 @@ async fn up(
     // The processors stop on the same signal, after storing what they hold; one that stops
     // on its own stops the server too (run_processors). The admin listener answers through the
     // drain (`/readyz` 503 `draining`) and stops when everything else has.
-    let done = Shutdown::new();
     let work = async {
-        let r = tokio::try_join!(
+        tokio::try_join!(
             async {
                 pitboss_runtime::http::raise_fd_limit();
                 pitboss_ingest::serve(state.clone(), listener, stop.clone())
@@ -1520,24 +1533,16 @@ async fn up(
             processors,
             gateway,
             simulator
-        );
-        done.trigger("drained");
-        r
+        )
+        .map(|_| ())
     };
-    let admin = async {
-        let r = pitboss_ingest::serve_admin(state.clone(), admin, done.clone())
-            .await
-            .context("admin listener");
-        if r.is_err() {
-            // Without probes and metrics the process stops, as it did before the drain.
-            stop.trigger("the admin listener failed");
-        }
-        r
-    };
-    let (work, admin) = tokio::join!(work, admin);
-    work?;
-    admin?;
-    Ok(())
+    let admin_state = state.clone();
+    with_admin(
+        work,
+        |done| pitboss_ingest::serve_admin(admin_state, admin, done),
+        stop.clone(),
+    )
+    .await
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -1557,24 +1562,18 @@ async fn serve_both(
     pitboss_runtime::http::raise_fd_limit();
     let mut state = state;
     state.readiness = state.readiness.draining_on(stop.clone());
-    let done = Shutdown::new();
-    let (public, admin) = tokio::join!(
-        async {
-            let r = pitboss_ingest::serve(state.clone(), public, stop.clone()).await;
-            done.trigger("drained");
-            r
-        },
-        async {
-            let r = pitboss_ingest::serve_admin(state.clone(), admin, done.clone()).await;
-            if r.is_err() {
-                stop.trigger("the admin listener failed");
-            }
-            r
-        },
-    );
-    public.context("public listener")?;
-    admin.context("admin listener")?;
-    Ok(())
+    let work = async {
+        pitboss_ingest::serve(state.clone(), public, stop.clone())
+            .await
+            .context("public listener")
+    };
+    let admin_state = state.clone();
+    with_admin(
+        work,
+        |done| pitboss_ingest::serve_admin(admin_state, admin, done),
+        stop.clone(),
+    )
+    .await
 }
 
 async fn ingest(args: IngestArgs) -> Result<()> {
