@@ -38,6 +38,7 @@ install_apt() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v curl >/dev/null || missing+=(curl)
+  command -v openssl >/dev/null || missing+=(openssl)
   [[ -f /usr/share/java/zookeeper.jar ]] || missing+=(zookeeper)
   # nginx in front of the gateways (tests/gateway_live.rs); run as a plain process.
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
@@ -113,18 +114,27 @@ wait_for() { # description, seconds, command...
 port_open() { (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---------------------------------------------------------------- kafka
-kafka_node() { # dir, node id, broker port, controller port, voters, cluster id, replication
-  local dir=$1 id=$2 port=$3 cport=$4 voters=$5 cid=$6 rf=$7
+kafka_node() { # dir, node id, broker port, controller port, voters, cluster id, replication[, SASL_SSL port]
+  local dir=$1 id=$2 port=$3 cport=$4 voters=$5 cid=$6 rf=$7 sport=${8:-}
   mkdir -p "$dir/data"
   local isr=$(( rf >= 3 ? 2 : 1 ))
+  local listeners="PLAINTEXT://127.0.0.1:$port" scram=()
+  if [[ -n $sport ]]; then
+    # A SASL_SSL listener with SCRAM-SHA-512, as MSK serves clients (crates/bus/tests/kafka.rs,
+    # `tls`): a throwaway CA, a server certificate for 127.0.0.1, and the user `pitboss` with a
+    # random password, set when the storage is formatted.
+    kafka_tls "$dir"
+    listeners+=",SASL_SSL://127.0.0.1:$sport"
+    scram=(--add-scram "SCRAM-SHA-512=[name=pitboss,password=$(cat "$dir/tls/password")]")
+  fi
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 auto.create.topics.enable=false
@@ -140,6 +150,14 @@ num.network.threads=2
 num.io.threads=4
 log.segment.bytes=67108864
 EOF
+  if [[ -n $sport ]]; then
+    cat >>"$dir/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/tls/server.pem
+EOF
+  fi
   cat >"$dir/log4j.properties" <<EOF
 log4j.rootLogger=INFO, F
 log4j.appender.F=org.apache.log4j.FileAppender
@@ -149,10 +167,28 @@ log4j.appender.F.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.request.logger=WARN
 log4j.logger.org.apache.kafka.raft=WARN
 EOF
-  java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" \
+  java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$cid" -c "$dir/server.properties" "${scram[@]}" \
     >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; die "kafka storage format failed"; }
   spawn "kafka-$id" "$dir/stdout.log" java -Xms256m -Xmx768m -XX:+UseG1GC \
     -Dlog4j.configuration="file:$dir/log4j.properties" -cp "$KAFKA_LIBS/*" kafka.Kafka "$dir/server.properties"
+}
+
+kafka_tls() { # dir: tls/{ca.pem, server.pem (key, then certificate), password}
+  local t=$1/tls
+  mkdir -p "$t"
+  (
+    cd "$t"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pitboss test CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile san.ext -out server.crt 2>/dev/null
+    openssl pkcs8 -topk8 -nocrypt -in server.key >server.pem
+    cat server.crt >>server.pem
+    python3 -c 'import secrets; print(secrets.token_hex(16), end="")' >password
+    chmod 600 ca.key server.key server.pem password
+  ) || die "could not make the test TLS certificates"
 }
 
 kafka_ready() { # dir, port
@@ -172,10 +208,15 @@ while True:
 }
 
 start_kafka() {
-  local port cport
-  port=$(free_port); cport=$(free_port)
-  kafka_node "$STACK/kafka" 1 "$port" "$cport" "1@127.0.0.1:$cport" "$(cluster_id)" 1
-  echo "export PITBOSS_TEST_KAFKA=127.0.0.1:$port" >>"$STACK/env"
+  local port cport sport
+  port=$(free_port); cport=$(free_port); sport=$(free_port)
+  kafka_node "$STACK/kafka" 1 "$port" "$cport" "1@127.0.0.1:$cport" "$(cluster_id)" 1 "$sport"
+  {
+    echo "export PITBOSS_TEST_KAFKA=127.0.0.1:$port"
+    echo "export PITBOSS_TEST_KAFKA_SASL_SSL=127.0.0.1:$sport"
+    echo "export PITBOSS_TEST_KAFKA_SASL_PASSWORD=$(cat "$STACK/kafka/tls/password")"
+    echo "export PITBOSS_TEST_KAFKA_CA=$STACK/kafka/tls/ca.pem"
+  } >>"$STACK/env"
   KAFKA_WAIT+=("$STACK/kafka:$port")
 }
 

@@ -9,6 +9,8 @@ mod contract;
 mod group;
 #[path = "kafka/reader.rs"]
 mod reader;
+#[path = "kafka/tls.rs"]
+mod tls;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -237,3 +237,19 @@ impl ClickHouseProcess {
             .unwrap_or_else(|e| panic!("{}: {e}", self.pid_file));
     }
 }
+
+/// The single broker's SASL_SSL listener (SCRAM-SHA-512, as MSK serves clients): its address,
+/// the password of user `pitboss`, and the file of the CA that signed its certificate.
+pub fn kafka_sasl_ssl() -> (String, String, String) {
+    (
+        required(
+            "PITBOSS_TEST_KAFKA_SASL_SSL",
+            "the broker's SASL_SSL listener",
+        ),
+        required(
+            "PITBOSS_TEST_KAFKA_SASL_PASSWORD",
+            "the broker's SCRAM password",
+        ),
+        required("PITBOSS_TEST_KAFKA_CA", "the broker's CA certificate"),
+    )
+}

@@ -87,6 +87,17 @@ impl KafkaConfig {
         for (k, v) in &self.extra {
             c.set(k, v);
         }
+        // librdkafka's OpenSSL is built in (rdkafka's `ssl-vendored`: the same client in the
+        // image, the Lambda zips and `pitboss up`), so its compiled-in certificate directory is
+        // not the system's: over TLS (MSK's SASL_SSL, say) it looks for the system's CA bundle
+        // where the distributions keep it, unless `ssl.ca.location` says where.
+        let tls = self
+            .extra
+            .iter()
+            .any(|(k, v)| k == "security.protocol" && v.to_ascii_lowercase().ends_with("ssl"));
+        if tls && !self.extra.contains_key("ssl.ca.location") {
+            c.set("ssl.ca.location", "probe");
+        }
     }
 }
 

@@ -47,9 +47,58 @@ pub(super) struct Slot {
     index: usize,
 }
 
-pub(super) struct BatchContext;
+/// The producer's context: delivery reports settle their batch; errors of the client itself
+/// (a refused login, a certificate it does not trust, brokers down) are logged and kept, so
+/// a record that times out says why instead of only "Message timed out".
+#[derive(Default)]
+pub(super) struct BatchContext {
+    last_error: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
 
-impl ClientContext for BatchContext {}
+impl BatchContext {
+    /// `e`, with the client's last error when `e` is a delivery timeout.
+    fn explain(&self, e: &KafkaError) -> BusError {
+        let timed_out = e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
+        self.explain_if(timed_out, e)
+    }
+
+    /// `e`, with the client's last error when `add` (and there is one).
+    fn explain_if(&self, add: bool, e: &KafkaError) -> BusError {
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        match (add, last) {
+            (true, Some((at, why))) => BusError::Unavailable(format!(
+                "{e}; the client's last error ({} s ago): {why}",
+                at.elapsed().as_secs()
+            )),
+            _ => kafka_error(e.clone()),
+        }
+    }
+}
+
+impl ClientContext for BatchContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+        let mut last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // "All brokers are down" follows the error that brought them down (a refused login,
+        // a failed handshake): the first says why, so it is kept for a minute.
+        let summary = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        if summary
+            && last
+                .as_ref()
+                .is_some_and(|(at, _)| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        *last = Some((std::time::Instant::now(), format!("{error}: {reason}")));
+    }
+}
 
 impl ProducerContext for BatchContext {
     type DeliveryOpaque = Box<Slot>;
@@ -68,9 +117,9 @@ impl ProducerContext for BatchContext {
                 });
             }
             Err((e, _)) => {
-                state
-                    .first_error
-                    .get_or_insert_with(|| kafka_error(e.clone()));
+                if state.first_error.is_none() {
+                    state.first_error = Some(self.explain(e));
+                }
             }
         }
         state.remaining -= 1;
@@ -114,7 +163,7 @@ impl KafkaPublisher {
             .set("queue.buffering.max.kbytes", "1048576");
         config.apply_extra(&mut c);
         let producer: ThreadedProducer<BatchContext> = c
-            .create_with_context(BatchContext)
+            .create_with_context(BatchContext::default())
             .map_err(|e| BusError::Config(e.to_string()))?;
         Ok(KafkaPublisher {
             producer: Arc::new(producer),
@@ -211,7 +260,8 @@ impl Publisher for KafkaPublisher {
                 .client()
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map(|_| ())
-                .map_err(kafka_error)
+                // Metadata that does not come says nothing of why: the client's last error does.
+                .map_err(|e| producer.context().explain_if(true, &e))
         })
         .await
     }
