@@ -78,9 +78,18 @@ impl Default for GatewayConfig {
 /// Idle channels refreshed per hold of the hub lock by the periodic tick.
 const TICK_CHUNK: usize = 256;
 
+/// The owner's objective: 95 % of notifications within 10 s. A message written live later than
+/// this after its event was received counts in `pitboss_gateway_messages_late_total{kind}`
+/// (a counter any metrics backend can alarm on as a ratio of the delivered ones).
+pub const NOTIFY_OBJECTIVE_MS: i64 = 10_000;
+
 /// The counters a scrape should show before their first event (an alert on their rate needs
 /// a series), with their help text.
 fn describe_metrics() {
+    metrics::describe_counter!(
+        "pitboss_gateway_messages_late_total",
+        "Messages written live more than 10 s (the objective) after their event was received."
+    );
     metrics::describe_gauge!(
         "pitboss_gateway_open_alerts",
         "Unacknowledged alerts kept for operators past the history (those still in the history are not counted)."
@@ -93,6 +102,7 @@ fn describe_metrics() {
     }
     for kind in ["alert", "push"] {
         metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind).increment(0);
+        metrics::counter!("pitboss_gateway_messages_late_total", "kind" => kind).increment(0);
     }
 }
 

@@ -544,27 +544,37 @@ async fn write_queued(
     }
     let now = Timestamp::now().as_millis();
     let tenant = &to.claims.tenant;
-    let (mut alerts, mut pushes) = (0u64, 0u64);
+    let (mut alerts, mut pushes, mut late_alerts, mut late_pushes) = (0u64, 0u64, 0u64, 0u64);
     for m in &live {
+        let ms = (now - m.received_at_ms()).max(0);
+        let late = u64::from(ms > crate::NOTIFY_OBJECTIVE_MS);
         let kind = match m.kind() {
             MessageType::Alert => {
                 alerts += 1;
+                late_alerts += late;
                 "alert"
             }
             MessageType::Push => {
                 pushes += 1;
+                late_pushes += late;
                 "push"
             }
         };
-        let ms = (now - m.received_at_ms()).max(0);
         metrics::histogram!("pitboss_time_to_notify_seconds", "kind" => kind)
             .record(ms as f64 / 1000.0);
         to.st.latency.record(tenant, ms, now);
     }
-    for (kind, n) in [("alert", alerts), ("push", pushes)] {
+    for (kind, n, late) in [
+        ("alert", alerts, late_alerts),
+        ("push", pushes, late_pushes),
+    ] {
         if n > 0 {
             metrics::counter!("pitboss_gateway_messages_delivered_total", "kind" => kind)
                 .increment(n);
+        }
+        if late > 0 {
+            metrics::counter!("pitboss_gateway_messages_late_total", "kind" => kind)
+                .increment(late);
         }
     }
     let receipts = &to.st.receipts;

@@ -161,6 +161,18 @@ impl Env {
         }
     }
 
+    /// A push to `target` as [`Env::publish_push`] sends it, to change before publishing.
+    pub fn push_for(&self, tenant: &str, target: Target) -> pitboss_model::live::Push {
+        self.push(tenant, target, None)
+    }
+
+    /// Publishes a push made by [`Env::push_for`].
+    pub async fn publish_built_push(&self, p: &pitboss_model::live::Push) {
+        publish_message(&*self.bus.publisher(), "pushes", p)
+            .await
+            .unwrap();
+    }
+
     /// Publishes a push; (tenant, channel, push id).
     pub async fn publish_push(&self, tenant: &str, target: Target) -> (String, String, String) {
         let p = self.push(tenant, target.clone(), None);
