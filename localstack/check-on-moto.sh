@@ -2,7 +2,7 @@
 # CI stand-in for LocalStack (which needs Docker): runs localstack/ready.d/*.sh against a moto
 # server, twice (the hooks must be idempotent), then checks that the streams, the lease table,
 # the antifraud state table, the on-failure queue, both functions (and their environments) and
-# the event source mapping exist as specified.
+# the event source mappings (events and events_overflow) exist as specified.
 # moto creates Lambda functions without Docker (it needs Docker only to invoke them), so the
 # zips here are stand-ins: this checks the scripts, not the functions' code.
 #
@@ -103,8 +103,10 @@ if wrong:
 if "PITBOSS_CONFIG_TOML" in env:
     problems.append("pitboss-antifraud has the ingest config (PITBOSS_CONFIG_TOML) in its environment")
 maps = lam.list_event_source_mappings(FunctionName="pitboss-antifraud")["EventSourceMappings"]
-if len(maps) != 1:
-    problems.append(f"{len(maps)} event source mappings on pitboss-antifraud, expected 1 (idempotent hooks)")
+sources = sorted(m.get("EventSourceArn", "").rsplit("/", 1)[-1] for m in maps)
+if sources != ["events", "events_overflow"]:
+    problems.append(f"event source mappings on pitboss-antifraud from {sources}, expected one from "
+                    "events and one from events_overflow (idempotent hooks)")
 for m in maps:
     if m.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
         problems.append(f"mapping without ReportBatchItemFailures: {m.get('FunctionResponseTypes')}")
@@ -115,6 +117,6 @@ for m in maps:
 for p in problems:
     print(f"FAIL {p}")
 print(f"localstack hooks on moto: {len(topics)} streams, lease table, state table, {len(functions)} functions, "
-      f"{len(maps)} event source mapping; {len(problems)} problems")
+      f"{len(maps)} event source mappings; {len(problems)} problems")
 sys.exit(1 if problems else 0)
 PY

@@ -315,6 +315,7 @@ def check_references(root):
 def check_assertions(files):
     """The security and shape assertions over `files`; returns the counts of what they saw."""
     esm = albs = tgs = 0
+    mappings = {}  # directory (module) -> its event source mappings
 
     for path in files:
         with path.open() as f:
@@ -340,6 +341,9 @@ def check_assertions(files):
                 dest = body.get("destination_config", [{}])
                 if not (dest and dest[0].get("on_failure")):
                     fail(path, f"{where}: no destination_config.on_failure")
+                mappings.setdefault(path.parent, []).append((path, where, str(body)))
+            if rtype == "aws_kinesis_stream" and "ON_DEMAND" in str(body):
+                fail(path, f"{where}: on-demand (its shards split by themselves; the bus needs events' and its companions' counts fixed and equal)")
             if rtype == "aws_lb":
                 albs += 1
                 if "idle_timeout" not in body:
@@ -364,6 +368,12 @@ def check_assertions(files):
                 if ("default" not in body or example and val(body, "default") is not None) \
                         and "validation" not in body and name not in ("tags",):
                     fail(path, f"variable {name}: no validation block (a wrong value must fail naming it)")
+    # Ingest moves a hot player's excess to events_overflow: a module whose function reads the
+    # events must read that stream too, or the rules miss what a fast bot sends.
+    for ms in mappings.values():
+        if not any("events_overflow" in body for _, _, body in ms):
+            for path, where, _ in ms:
+                fail(path, f"{where}: no mapping of its module reads events_overflow (a hot player's excess)")
     return esm, albs, tgs
 
 

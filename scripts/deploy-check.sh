@@ -288,6 +288,9 @@ print(f"{len(rules)} PromQL expressions")' "$WORK/dashboard-rules.yml" && promto
 
 check_prometheus() { promtool check config deploy/prometheus/prometheus.yml; }
 
+# The alerts' unit tests: each fires when it should, once, with its labels (deploy/prometheus/rules.test.yml).
+check_prometheus_rules() { promtool test rules deploy/prometheus/rules.test.yml; }
+
 check_nginx() {
   # The shipped configs name compose hosts (gateway-1, clickhouse-s1r1, …) that do not resolve
   # here: the test copy points every upstream server at loopback, nothing else changes.
@@ -394,6 +397,7 @@ run dashboard-sql-clickhouse-18.16 check_sql_18
 run dashboard-sql-cluster check_sql_cluster
 run dashboard-promql check_promql
 run promtool-config check_prometheus
+run promtool-rules-test check_prometheus_rules
 run nginx-t check_nginx
 run clickhouse-xml check_clickhouse_xml
 run localstack-on-moto check_localstack

@@ -122,18 +122,22 @@ fi
 
 if [[ -f $LAMBDA_DIR/antifraud.zip ]]; then
   create_function pitboss-antifraud "$LAMBDA_DIR/antifraud.zip" "$antifraud_env"
-  events_arn=$(aws_ kinesis describe-stream-summary --stream-name events \
-    --query StreamDescriptionSummary.StreamARN --output text)
-  existing=$(aws_ lambda list-event-source-mappings --function-name pitboss-antifraud \
-    --event-source-arn "$events_arn" --query 'length(EventSourceMappings)' --output text)
-  if [[ $existing == 0 ]]; then
-    aws_ lambda create-event-source-mapping --function-name pitboss-antifraud \
-      --event-source-arn "$events_arn" --starting-position TRIM_HORIZON --batch-size 500 \
-      --function-response-types ReportBatchItemFailures --bisect-batch-on-function-error \
-      --maximum-retry-attempts 10 --maximum-record-age-in-seconds 3600 \
-      --destination-config "{\"OnFailure\":{\"Destination\":\"$queue_arn\"}}" >/dev/null
-    log "event source mapping events -> pitboss-antifraud"
-  fi
+  # Both streams a player's events travel on: ingest moves a hot player's excess to
+  # events_overflow (docs/api.md), and rules must see those events too (docs/rules.md).
+  for stream in events events_overflow; do
+    stream_arn=$(aws_ kinesis describe-stream-summary --stream-name "$stream" \
+      --query StreamDescriptionSummary.StreamARN --output text)
+    existing=$(aws_ lambda list-event-source-mappings --function-name pitboss-antifraud \
+      --event-source-arn "$stream_arn" --query 'length(EventSourceMappings)' --output text)
+    if [[ $existing == 0 ]]; then
+      aws_ lambda create-event-source-mapping --function-name pitboss-antifraud \
+        --event-source-arn "$stream_arn" --starting-position TRIM_HORIZON --batch-size 500 \
+        --function-response-types ReportBatchItemFailures --bisect-batch-on-function-error \
+        --maximum-retry-attempts 10 --maximum-record-age-in-seconds 3600 \
+        --destination-config "{\"OnFailure\":{\"Destination\":\"$queue_arn\"}}" >/dev/null
+      log "event source mapping $stream -> pitboss-antifraud"
+    fi
+  done
 else
   log "no $LAMBDA_DIR/antifraud.zip: run scripts/lambda-zip.sh first (pitboss-antifraud not created)"
 fi

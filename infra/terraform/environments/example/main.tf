@@ -1,5 +1,5 @@
 # Pitboss on AWS, an example environment (docs/deploy.md walks through it):
-#   API Gateway HTTP API -> ingest Lambda -> Kinesis (on-demand) or MSK  (var.bus)
+#   API Gateway HTTP API -> ingest Lambda -> Kinesis (provisioned shards) or MSK  (var.bus)
 #   events -> the rules engine -> alerts, pushes  (var.antifraud_runtime): the antifraud Lambda
 #     (event source mapping; state in DynamoDB), or on MSK `pitboss antifraud` on ECS Fargate
 #     (one active task and a stand-by; state changelog on a compacted topic)
@@ -81,6 +81,7 @@ module "antifraud" {
   architecture         = var.lambda_architecture
   bus                  = local.kinesis ? "kinesis" : "kafka"
   events_stream_arn    = local.kinesis ? local.streams["events"] : null
+  overflow_stream_arn  = local.kinesis ? local.streams["events_overflow"] : null
   output_stream_arns   = local.kinesis ? [local.streams["alerts"], local.streams["pushes"], local.streams["antifraud_dead_letter"]] : []
   msk_cluster_arn      = module.stream.msk_cluster_arn
   msk_scram_secret_arn = module.stream.scram_secret_arn
@@ -212,11 +213,18 @@ data "aws_ec2_managed_prefix_list" "dynamodb" {
   name  = "com.amazonaws.${var.region}.dynamodb"
 }
 
+# ECR serves image layers from S3: a task pulling its images through the ECR endpoints fetches
+# the layers at S3's addresses (its gateway endpoint), which its security group must allow.
+data "aws_ec2_managed_prefix_list" "s3" {
+  name = "com.amazonaws.${var.region}.s3"
+}
+
 module "processor" {
   source             = "../../modules/service"
   name               = "${var.name}-processor"
   image              = var.image
   ecr_repository_arn = var.ecr_repository_arn
+  adot_image         = var.adot_image
   entry_point        = local.kinesis ? null : ["/bin/sh", "-c"]
   command            = local.kinesis ? local.processor_cmd : ["pitboss topics${local.engine_on_ecs ? "" : " --no-state-topic"} && exec pitboss ${join(" ", local.processor_cmd)}"]
   admin_port         = 9465
@@ -235,7 +243,7 @@ module "processor" {
   egress_cidrs     = local.egress_cidrs
   kms_key_arn      = module.observability.kms_key_arn
 
-  egress_prefix_list_ids = data.aws_ec2_managed_prefix_list.dynamodb[*].id
+  egress_prefix_list_ids = concat([data.aws_ec2_managed_prefix_list.s3.id], data.aws_ec2_managed_prefix_list.dynamodb[*].id)
 }
 
 data "aws_iam_policy_document" "gateway" {
@@ -270,6 +278,7 @@ module "gateway" {
   name               = "${var.name}-gateway"
   image              = var.image
   ecr_repository_arn = var.ecr_repository_arn
+  adot_image         = var.adot_image
   # The gateway reads its HS256 secret from a file: the task writes it (mode 600) from the
   # secret environment variable before starting.
   entry_point = ["/bin/sh", "-c"]
@@ -282,16 +291,17 @@ module "gateway" {
   }, local.console_stats ? { PITBOSS_CLICKHOUSE_DATABASE = var.clickhouse_database } : {})
   secrets = merge(local.bus_secrets, { PITBOSS_GATEWAY_JWT_SECRET = aws_secretsmanager_secret.gateway_jwt.arn },
   local.console_stats ? { PITBOSS_GATEWAY_STATS_CLICKHOUSE_URL = aws_secretsmanager_secret.clickhouse_stats_url[0].arn } : {})
-  task_policy_json      = data.aws_iam_policy_document.gateway.json
-  desired_count         = var.gateway_count
-  cpu                   = 1024
-  memory_mb             = 4096
-  cluster_arn           = aws_ecs_cluster.pitboss.arn
-  vpc_id                = var.vpc_id
-  subnet_ids            = var.private_subnet_ids
-  egress_cidrs          = local.console_stats ? local.egress_cidrs : [var.vpc_cidr]
-  kms_key_arn           = module.observability.kms_key_arn
-  drain_timeout_seconds = 10
+  task_policy_json       = data.aws_iam_policy_document.gateway.json
+  desired_count          = var.gateway_count
+  cpu                    = 1024
+  memory_mb              = 4096
+  cluster_arn            = aws_ecs_cluster.pitboss.arn
+  vpc_id                 = var.vpc_id
+  subnet_ids             = var.private_subnet_ids
+  egress_cidrs           = local.console_stats ? local.egress_cidrs : [var.vpc_cidr]
+  egress_prefix_list_ids = [data.aws_ec2_managed_prefix_list.s3.id]
+  kms_key_arn            = module.observability.kms_key_arn
+  drain_timeout_seconds  = 10
   load_balancer = {
     public_subnet_ids    = var.public_subnet_ids
     certificate_arn      = var.certificate_arn
@@ -314,6 +324,7 @@ module "antifraud_engine" {
   name               = var.antifraud_shards == 1 ? "${var.name}-engine" : "${var.name}-engine-${count.index}"
   image              = var.image
   ecr_repository_arn = var.ecr_repository_arn
+  adot_image         = var.adot_image
   entry_point        = ["/bin/sh", "-c"]
   command            = ["pitboss topics && exec pitboss antifraud"]
   admin_port         = 9466
@@ -331,12 +342,13 @@ module "antifraud_engine" {
   : var.antifraud_memory_mb <= 61440 ? 8192 : 16384)
   memory_mb = var.antifraud_memory_mb
   # The state file (snapshot and batch log) is about the size of the windows in memory.
-  ephemeral_storage_gib = min(200, max(21, 2 * ceil(var.antifraud_memory_mb / 1024)))
-  cluster_arn           = aws_ecs_cluster.pitboss.arn
-  vpc_id                = var.vpc_id
-  subnet_ids            = var.private_subnet_ids
-  egress_cidrs          = [var.vpc_cidr]
-  kms_key_arn           = module.observability.kms_key_arn
+  ephemeral_storage_gib  = min(200, max(21, 2 * ceil(var.antifraud_memory_mb / 1024)))
+  cluster_arn            = aws_ecs_cluster.pitboss.arn
+  vpc_id                 = var.vpc_id
+  subnet_ids             = var.private_subnet_ids
+  egress_cidrs           = [var.vpc_cidr]
+  egress_prefix_list_ids = [data.aws_ec2_managed_prefix_list.s3.id]
+  kms_key_arn            = module.observability.kms_key_arn
 }
 
 # What the Lambda's on-failure queue alarm stands for, for the engine on ECS: no task running
@@ -360,11 +372,13 @@ resource "aws_cloudwatch_metric_alarm" "engine_not_running" {
 }
 
 resource "aws_cloudwatch_metric_alarm" "engine_dead_letters" {
-  count               = local.engine_on_ecs ? 1 : 0
-  alarm_name          = "${var.name}-antifraud-dead-letters"
-  alarm_description   = "The rules engine sent events it could not evaluate to antifraud_dead_letter."
-  namespace           = "Pitboss"
-  metric_name         = "pitboss_antifraud_dead_letters_total"
+  count             = local.engine_on_ecs ? var.antifraud_shards : 0
+  alarm_name        = var.antifraud_shards == 1 ? "${var.name}-antifraud-dead-letters" : "${var.name}-antifraud-engine-${count.index}-dead-letters"
+  alarm_description = "The rules engine${var.antifraud_shards == 1 ? "" : " of shard ${count.index}"} sent events it could not evaluate to antifraud_dead_letter."
+  namespace         = "Pitboss"
+  metric_name       = "pitboss_antifraud_dead_letters_total"
+  # The one dimension the ADOT sidecar gives this metric: its scrape job, the service's name.
+  dimensions          = { "service.name" = module.antifraud_engine[count.index].service_name }
   statistic           = "Sum"
   period              = 300
   evaluation_periods  = 1

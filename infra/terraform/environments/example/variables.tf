@@ -17,7 +17,7 @@ variable "region" {
 }
 
 variable "bus" {
-  description = "The bus: \"kinesis\" (on-demand streams, DynamoDB leases) or \"msk\" (Amazon MSK, 3 brokers)."
+  description = "The bus: \"kinesis\" (provisioned streams, DynamoDB leases) or \"msk\" (Amazon MSK, 3 brokers)."
   type        = string
   validation {
     condition     = contains(["kinesis", "msk"], var.bus)
@@ -26,7 +26,7 @@ variable "bus" {
 }
 
 variable "partitions" {
-  description = "MSK topic partitions (docs/deploy.md: sizing)."
+  description = "MSK topic partitions; Kinesis: shards of events and events_overflow (docs/deploy.md: sizing)."
   type        = number
   default     = 12
   validation {
@@ -114,6 +114,15 @@ variable "image" {
   validation {
     condition     = can(regex("^[0-9]{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com/[^:@]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.image)) && !can(regex(":latest$", var.image))
     error_message = "image must be an ECR image reference with a tag (not latest) or a digest."
+  }
+}
+
+variable "adot_image" {
+  description = "The ADOT collector (the services' metrics sidecar) copied into this account's ECR, by tag or digest: public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3 pushed to a private repository (docs/deploy.md, step 1); private subnets reach ECR through its VPC endpoints, not public.ecr.aws."
+  type        = string
+  validation {
+    condition     = can(regex("^[0-9]{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com/[^:@]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.adot_image)) && !can(regex(":latest$", var.adot_image))
+    error_message = "adot_image must be a private ECR image reference with a tag (not latest) or a digest."
   }
 }
 

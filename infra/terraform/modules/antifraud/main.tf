@@ -77,7 +77,7 @@ data "aws_iam_policy_document" "antifraud" {
         "kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:GetRecords",
         "kinesis:GetShardIterator", "kinesis:ListShards", "kinesis:ListStreams", "kinesis:SubscribeToShard",
       ]
-      resources = [var.events_stream_arn]
+      resources = [var.events_stream_arn, var.overflow_stream_arn]
     }
   }
   dynamic "statement" {
@@ -152,10 +152,17 @@ module "function" {
   egress_prefix_list_ids = [data.aws_ec2_managed_prefix_list.dynamodb.id]
 }
 
+# One mapping per stream a player's events travel on: ingest moves a hot player's excess
+# (above its hot-key rate, docs/api.md) to events_overflow, and the rules must see those events
+# too (a bot fast enough to trip the velocity rules would otherwise half escape them).
 resource "aws_lambda_event_source_mapping" "events" {
+  for_each = {
+    events          = var.events_stream_arn
+    events_overflow = var.overflow_stream_arn
+  }
   function_name     = module.function.arn
-  event_source_arn  = local.kinesis ? var.events_stream_arn : var.msk_cluster_arn
-  topics            = local.kinesis ? null : ["events"]
+  event_source_arn  = local.kinesis ? each.value : var.msk_cluster_arn
+  topics            = local.kinesis ? null : [each.key]
   starting_position = var.starting_position
   batch_size        = var.batch_size
 
@@ -182,4 +189,10 @@ resource "aws_lambda_event_source_mapping" "events" {
       uri  = var.msk_scram_secret_arn
     }
   }
+}
+
+# Before the events_overflow mapping, the events mapping was the only one.
+moved {
+  from = aws_lambda_event_source_mapping.events
+  to   = aws_lambda_event_source_mapping.events["events"]
 }

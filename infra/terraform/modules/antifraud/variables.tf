@@ -61,6 +61,12 @@ variable "events_stream_arn" {
   default     = null
 }
 
+variable "overflow_stream_arn" {
+  description = "The events_overflow stream, where ingest moves a hot player's excess (bus = kinesis)."
+  type        = string
+  default     = null
+}
+
 variable "output_stream_arns" {
   description = "The alerts, pushes and antifraud_dead_letter streams (bus = kinesis)."
   type        = list(string)

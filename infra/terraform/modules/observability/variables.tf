@@ -13,13 +13,13 @@ variable "metrics_namespace" {
   default     = "Pitboss"
 }
 
-variable "time_to_notify_objective_seconds" {
-  description = "The objective: p95 time to notify at or below this (the owner's floor is 10 s)."
+variable "time_to_notify_within_objective_ratio" {
+  description = "The objective: this share of notifications delivered within 10 s (the owner's floor: 0.95). The alarm fires when the late share (pitboss_gateway_messages_late_total over pitboss_gateway_messages_delivered_total) stays above 1 minus it for 5 minutes."
   type        = number
-  default     = 10
+  default     = 0.95
   validation {
-    condition     = var.time_to_notify_objective_seconds > 0 && var.time_to_notify_objective_seconds <= 10
-    error_message = "time_to_notify_objective_seconds must be above 0 and at most 10 (the owner's floor)."
+    condition     = var.time_to_notify_within_objective_ratio >= 0.95 && var.time_to_notify_within_objective_ratio < 1
+    error_message = "time_to_notify_within_objective_ratio must be at least 0.95 (the owner's floor) and below 1."
   }
 }
 

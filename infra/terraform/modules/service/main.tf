@@ -6,9 +6,14 @@
 # front of the service.
 
 data "aws_region" "current" {}
+data "aws_partition" "current" {}
 
 locals {
   lb = var.load_balancer != null
+  # The collector's image lives in a private ECR repository (variables.tf, adot_image): the
+  # tasks pull through the VPC's ECR endpoints, which cannot reach public.ecr.aws.
+  adot_image_parts    = regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", var.adot_image)
+  adot_repository_arn = "arn:${data.aws_partition.current.partition}:ecr:${local.adot_image_parts[1]}:${local.adot_image_parts[0]}:repository/${local.adot_image_parts[2]}"
   environment = [for k, v in merge(var.environment, {
     RUST_LOG                   = "info"
     PITBOSS_ADMIN_PORT         = tostring(var.admin_port)
@@ -21,11 +26,25 @@ locals {
       scrape_interval = "30s"
       static_configs  = [{ targets = ["127.0.0.1:${var.admin_port}"] }]
     }] } } }
+    # Every scrape goes to the metrics log group (EMF: Logs Insights reads all of it); only the
+    # declared metrics become CloudWatch metrics, each with exactly the declared dimensions
+    # (the alarms name them; without declarations every label, and the collector's OTelLib,
+    # would be a dimension no alarm matches). `service.name` is the scrape job: this service.
     exporters = { awsemf = {
       namespace                        = var.metrics_namespace
       log_group_name                   = "/pitboss/${var.name}/metrics"
       dimension_rollup_option          = "NoDimensionRollup"
-      resource_to_telemetry_conversion = { enabled = false }
+      resource_to_telemetry_conversion = { enabled = true }
+      metric_declarations = [
+        {
+          dimensions            = [["kind"]]
+          metric_name_selectors = ["^pitboss_gateway_messages_(delivered|late)_total$"]
+        },
+        {
+          dimensions            = [["service.name"]]
+          metric_name_selectors = ["^pitboss_antifraud_dead_letters_total$"]
+        },
+      ]
     } }
     service = { pipelines = { metrics = { receivers = ["prometheus"], exporters = ["awsemf"] } } }
   })
@@ -65,7 +84,7 @@ data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "PullImage"
     actions   = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
-    resources = [var.ecr_repository_arn]
+    resources = distinct([var.ecr_repository_arn, local.adot_repository_arn])
   }
   statement {
     # GetAuthorizationToken has no resource-level permissions.

@@ -211,9 +211,12 @@ variable "metrics_namespace" {
 }
 
 variable "adot_image" {
-  description = "AWS Distro for OpenTelemetry collector image (the metrics sidecar)."
+  description = "AWS Distro for OpenTelemetry collector image (the metrics sidecar), copied into a private ECR repository of the account (public.ecr.aws/aws-observability/aws-otel-collector, docs/deploy.md): tasks in private subnets pull through ECR's VPC endpoints, which do not reach public.ecr.aws."
   type        = string
-  default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3"
+  validation {
+    condition     = can(regex("^[0-9]{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com/[^:@]+(:[A-Za-z0-9_.-]+|@sha256:[0-9a-f]{64})$", var.adot_image)) && !can(regex(":latest$", var.adot_image))
+    error_message = "adot_image must be a private ECR image reference with a tag (not latest) or a digest."
+  }
 }
 
 variable "kms_key_arn" {

@@ -1,4 +1,4 @@
-# The bus on AWS: Kinesis Data Streams (on-demand) or Amazon MSK, chosen by `kind`.
+# The bus on AWS: Kinesis Data Streams (provisioned shards) or Amazon MSK, chosen by `kind`.
 # Kinesis: one stream per topic, KMS-encrypted, plus the DynamoDB lease table the Pitboss
 # Kinesis bus coordinates its consumer groups with (crates/bus/src/kinesis/leases.rs:
 # pk/sk strings, pay per request). MSK: one cluster (3 brokers, TLS, SASL/SCRAM) whose
@@ -9,15 +9,22 @@ locals {
   msk     = var.kind == "msk"
 }
 
+# Provisioned, not on-demand: the Kinesis bus pairs shard p of `events` with shard p of its
+# companion `events_overflow` (one player's records land on the same index of both), so both
+# need the same, fixed shard count; an on-demand stream splits its shards by itself, each
+# stream on its own, and the bus does not follow splits yet (docs/bus.md). Resharding is an
+# operator's step (docs/deploy.md, sizing). The other streams carry a small share of the
+# traffic: `other_shards` each.
 resource "aws_kinesis_stream" "topic" {
   for_each         = local.kinesis ? toset(var.topics) : toset([])
   name             = each.key # the topic names the Pitboss binaries use by default
   retention_period = var.retention_hours
   encryption_type  = "KMS"
   kms_key_id       = var.kms_key_arn
+  shard_count      = contains(["events", "events_overflow"], each.key) ? var.partitions : var.other_shards
 
   stream_mode_details {
-    stream_mode = "ON_DEMAND"
+    stream_mode = "PROVISIONED"
   }
 
   tags = var.tags
@@ -62,6 +69,16 @@ resource "aws_security_group" "msk" {
     to_port         = 9096
     protocol        = "tcp"
     security_groups = var.client_security_group_ids
+  }
+
+  # A Lambda trigger on MSK (the antifraud function's event source mapping) polls the brokers
+  # from network interfaces in the cluster's own subnets and security group.
+  ingress {
+    description = "Kafka SASL/SCRAM over TLS from the Lambda event source pollers"
+    from_port   = 9096
+    to_port     = 9096
+    protocol    = "tcp"
+    self        = true
   }
 
   egress {

@@ -8,7 +8,7 @@ variable "name" {
 }
 
 variable "kind" {
-  description = "The bus: \"kinesis\" (on-demand streams + DynamoDB leases) or \"msk\" (Amazon MSK)."
+  description = "The bus: \"kinesis\" (provisioned streams + DynamoDB leases) or \"msk\" (Amazon MSK)."
   type        = string
   validation {
     condition     = contains(["kinesis", "msk"], var.kind)
@@ -55,12 +55,22 @@ variable "kms_key_arn" {
 }
 
 variable "partitions" {
-  description = "Default partitions of an MSK topic (docs/deploy.md sizes them)."
+  description = "Partitions of an MSK topic; Kinesis: shards of events and of events_overflow (the same count: docs/bus.md). docs/deploy.md sizes them."
   type        = number
   default     = 12
   validation {
     condition     = var.partitions >= 1 && var.partitions <= 1000
     error_message = "partitions must be between 1 and 1000."
+  }
+}
+
+variable "other_shards" {
+  description = "Kinesis: shards of every stream but events and events_overflow (alerts, pushes, acks, dead letters)."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.other_shards >= 1 && var.other_shards <= 500
+    error_message = "other_shards must be between 1 and 500."
   }
 }
 

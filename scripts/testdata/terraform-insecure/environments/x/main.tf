@@ -98,3 +98,10 @@ resource "aws_iam_policy" "json" {
     {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
   JSON
 }
+
+resource "aws_kinesis_stream" "on_demand" {
+  name = "events"
+  stream_mode_details {
+    stream_mode = "ON_DEMAND"
+  }
+}
