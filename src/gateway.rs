@@ -484,6 +484,11 @@ impl<F: Figures> pitboss_gateway::StatsSource for Cached<F> {
     }
 }
 
+/// How far back (by the clients' `occurred_at`) the console's events/s and pipeline lag look
+/// for events stored recently: clients whose clocks run minutes behind are counted, a batch of
+/// day-old events is not live traffic, and the index on `occurred_at` bounds what is read.
+const WINDOW_SECS: i64 = 300;
+
 /// The figures from the embedded store of `pitboss up` (read-only queries on the rollups and
 /// the live-path tables, one short-lived connection per request).
 #[derive(Debug)]
@@ -514,11 +519,23 @@ impl SqliteStats {
                 .and_then(|r| r.into_iter().next())
                 .unwrap_or(Value::Null)
         };
-        // The last ten whole seconds (the current one is still being stored).
-        let recent = scalar(ask(
-            "SELECT count(*) FROM events WHERE tenant_id = ?1 AND occurred_at >= ?2 AND occurred_at < ?2 + 10",
-            now - 11,
-        )?);
+        // Stored in the last ten whole seconds (the current one is still being stored), by
+        // `received_at`: the clients' clocks (`occurred_at`) may run behind or send in batches.
+        // `occurred_at` within the window (the index's range) bounds what is read.
+        let recent = scalar(
+            query_with(
+                path,
+                "SELECT count(*) FROM events WHERE tenant_id = ?1 AND occurred_at >= ?2 \
+                 AND received_at >= ?3 AND received_at < ?3 + 10",
+                &[
+                    t(),
+                    SqlValue::Integer(now - WINDOW_SECS),
+                    SqlValue::Integer(now - 11),
+                ],
+                100,
+            )
+            .map_err(|e| e.to_string())?,
+        );
         let events_per_second = recent.as_f64().unwrap_or(0.0) / 10.0;
         let active_players = scalar(ask(
             "SELECT count(DISTINCT player_id) FROM player_minutes WHERE tenant_id = ?1 AND minute >= ?2",
@@ -547,7 +564,7 @@ impl SqliteStats {
         )?);
         let newest = scalar(ask(
             "SELECT max(received_at_ms) FROM events WHERE tenant_id = ?1 AND occurred_at >= ?2",
-            now - 60,
+            now - WINDOW_SECS,
         )?);
         let lag_ms = newest.as_i64().map(|r| (now_ms - r).max(0));
         Ok(json!({
@@ -635,13 +652,14 @@ impl Figures for ClickHouseStats {
     async fn figures(&self, tenant: &str) -> Result<serde_json::Value, String> {
         let now_ms = pitboss_model::Timestamp::now().as_millis();
         let now = now_ms / 1000;
-        // The last ten whole seconds (the current one is still being stored).
+        // Stored in the last ten whole seconds, as for SQLite above.
         let recent = self
             .scalar(
                 "SELECT count() AS n FROM events WHERE tenant_id = ? \
-                 AND occurred_at >= toDateTime(?) AND occurred_at < toDateTime(?)",
+                 AND occurred_at >= toDateTime(?) \
+                 AND received_at >= toDateTime(?) AND received_at < toDateTime(?)",
                 tenant,
-                &[now - 11, now - 1],
+                &[now - WINDOW_SECS, now - 11, now - 1],
             )
             .await?;
         let events_per_second = recent.as_f64().unwrap_or(0.0) / 10.0;
@@ -696,7 +714,7 @@ impl Figures for ClickHouseStats {
                 "SELECT max(received_at_ms) AS m FROM events \
                  WHERE tenant_id = ? AND occurred_at >= toDateTime(?)",
                 tenant,
-                &[now - 60],
+                &[now - WINDOW_SECS],
             )
             .await?;
         let newest = newest.as_i64().filter(|m| *m > 0);

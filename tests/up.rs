@@ -1598,3 +1598,71 @@ fn up_refuses_a_changed_rules_split_without_a_start_time() {
         "{err}"
     );
 }
+
+/// The console's events/s and pipeline lag count events by when they were stored, not by the
+/// clients' clocks: a backend whose clock runs two minutes behind showed 0 events/s and no lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_figures_count_events_by_when_they_were_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = up(dir.path());
+    let client = reqwest::Client::new();
+    let behind = pitboss_model::Timestamp::now().as_millis() - 120_000;
+    let events: Vec<serde_json::Value> = (0..40)
+        .map(|i| {
+            serde_json::json!({
+                "tenant_id": "demo", "player_id": format!("p-{}", i % 4), "type": "login",
+                "occurred_at": pitboss_model::Timestamp::from_millis(behind + i).to_rfc3339().unwrap(),
+                "payload": {"ip": "203.0.113.7"}
+            })
+        })
+        .collect();
+    let answer = post_events(&client, &up.addr, &up.key, &events).await;
+    assert_eq!(answer["accepted"], 40, "{answer}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args([
+            "token",
+            "--tenant",
+            "demo",
+            "--role",
+            "operator",
+            "--subject",
+            "ops",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // Within the ten seconds after they are stored, they are counted.
+    let start = std::time::Instant::now();
+    let mut last = serde_json::Value::Null;
+    while start.elapsed() < Duration::from_secs(9) {
+        last = client
+            .get(format!("http://{}/v1/stats", up.gateway))
+            .bearer_auth(&ops)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if last["events_per_second"].as_f64().unwrap_or(0.0) >= 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        last["events_per_second"].as_f64(),
+        Some(4.0),
+        "40 stored in 10 s: {last}"
+    );
+    let lag = last["pipeline"]["lag_ms"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{last}"));
+    assert!(lag < 60_000, "stored seconds ago, not two minutes: {last}");
+}
