@@ -54,8 +54,8 @@ pub struct BacktestArgs {
     /// ClickHouse database of the Pitboss tables.
     #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
     database: String,
-    /// Rows per ClickHouse query (keyset pages).
-    #[arg(long, default_value_t = 50_000)]
+    /// Rows per ClickHouse query (keyset pages; ClickHouse only).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     page_rows: u64,
     /// Example alerts per rule.
     #[arg(long, default_value_t = 3)]

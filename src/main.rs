@@ -175,11 +175,12 @@ struct SqlArgs {
     /// The data directory of `pitboss up`.
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
     data_dir: PathBuf,
-    /// Output: tab-separated with a header row (NULL as \N), or one JSON object per row.
+    /// Output: tab-separated with a header row (NULL as \N), or one JSON object per row (keys
+    /// in the columns' order; a name repeated in one answer gets `:2`, `:3`… after it).
     #[arg(long, value_enum, default_value_t = SqlFormat::Tsv)]
     format: SqlFormat,
     /// Refuse answers longer than this (add a LIMIT).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
     max_rows: usize,
 }
 
@@ -1677,7 +1678,9 @@ fn sql(args: &SqlArgs) -> Result<()> {
     let path = args.data_dir.join("pitboss.db");
     if !path.exists() {
         bail!(
-            "no embedded store at {} (start `pitboss up` with this --data-dir first)",
+            "no embedded store at {}: `pitboss sql` reads what `pitboss up` stores in SQLite \
+             (start it with this --data-dir first); an `up` given --clickhouse-url stores in \
+             ClickHouse instead: query it there (docs/processor.md)",
             path.display()
         );
     }
@@ -1692,15 +1695,65 @@ fn sql(args: &SqlArgs) -> Result<()> {
             }
         }
         SqlFormat::Json => {
-            for row in answer.rows {
-                let object: serde_json::Map<String, serde_json::Value> =
-                    answer.columns.iter().cloned().zip(row).collect();
-                writeln!(out, "{}", serde_json::Value::Object(object))?;
+            let keys = json_keys(&answer.columns);
+            for row in &answer.rows {
+                writeln!(out, "{}", json_row(&keys, row))?;
             }
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// The JSON keys of an answer's columns: each column's name, and for a name an earlier column
+/// has (`SELECT p.bus_topic, d.bus_topic`, `p.*, d.*`) the name with `:2`, `:3`… (a JSON
+/// object keeps one value per key: the second column's value replaced the first's).
+fn json_keys(columns: &[String]) -> Vec<String> {
+    use std::collections::HashSet;
+    // Every column's own name is reserved first, then each repeat takes the next free `:k`.
+    let mut used: HashSet<String> = columns.iter().cloned().collect();
+    let mut first: HashSet<&str> = HashSet::new();
+    columns
+        .iter()
+        .map(|c| {
+            if first.insert(c.as_str()) {
+                return c.clone();
+            }
+            let mut k = 2;
+            loop {
+                let key = format!("{c}:{k}");
+                if used.insert(key.clone()) {
+                    return key;
+                }
+                k += 1;
+            }
+        })
+        .collect()
+}
+
+/// One answer row as a JSON object, its keys in the columns' order.
+fn json_row(keys: &[String], row: &[serde_json::Value]) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in keys.iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::from(k.as_str()).to_string());
+        out.push(':');
+        out.push_str(&v.to_string());
+    }
+    out.push('}');
+    out
+}
+
+/// A count that must be at least 1 (`--max-rows`, `--page-rows`: 0 answered nothing, or was
+/// taken as 1 without a word).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn tsv_cell(v: &serde_json::Value) -> String {
@@ -1750,6 +1803,49 @@ async fn main() -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn sql_json_keeps_every_column_in_order() {
+        let cols: Vec<String> = [
+            "z",
+            "bus_topic",
+            "a",
+            "bus_topic",
+            "bus_topic:2",
+            "bus_topic",
+        ]
+        .map(String::from)
+        .to_vec();
+        let keys = super::json_keys(&cols);
+        assert_eq!(
+            keys,
+            [
+                "z",
+                "bus_topic",
+                "a",
+                "bus_topic:3",
+                "bus_topic:2",
+                "bus_topic:4"
+            ]
+        );
+        let row = [
+            1.into(),
+            "pushes".into(),
+            serde_json::Value::Null,
+            "deliveries".into(),
+            2.into(),
+            "x\"y".into(),
+        ];
+        let line = super::json_row(&keys, &row);
+        assert_eq!(
+            line,
+            r#"{"z":1,"bus_topic":"pushes","a":null,"bus_topic:3":"deliveries","bus_topic:2":2,"bus_topic:4":"x\"y"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 6);
+        assert!(super::at_least_one("0").is_err());
+        assert_eq!(super::at_least_one("3"), Ok(3));
+    }
 
     /// A data directory stays with the bus it was first used with: another is refused with
     /// a message naming both; one made before the record existed counts as the embedded log's.

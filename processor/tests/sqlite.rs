@@ -375,6 +375,19 @@ fn queries_are_read_only_and_bounded() {
     sqlite::open(&db).unwrap();
     let err = sqlite::query(&db, "DELETE FROM events", 10).unwrap_err();
     assert!(err.to_string().contains("readonly"), "{err}");
+    // Nothing written elsewhere either: no copy of the store, no temporary table, no setting.
+    let copy = dir.path().join("copy.db");
+    for sql in [
+        format!("VACUUM INTO '{}'", copy.display()),
+        "CREATE TEMP TABLE t (x)".into(),
+        "PRAGMA user_version = 7".into(),
+    ] {
+        let err = sqlite::query(&db, &sql, 10).unwrap_err();
+        assert!(err.to_string().contains("readonly"), "{sql}: {err}");
+    }
+    assert!(!copy.exists(), "VACUUM INTO wrote a copy of the store");
+    let ok = sqlite::query(&db, "PRAGMA user_version", 10).unwrap();
+    assert_eq!(ok.columns, ["user_version"]);
     let err = sqlite::query(&db, "SELECT * FROM no_such_table", 10).unwrap_err();
     assert!(err.to_string().contains("no such table"), "{err}");
     let err = sqlite::query(

@@ -204,8 +204,10 @@ pub struct Answer {
     pub rows: Vec<Vec<serde_json::Value>>,
 }
 
-/// Runs one read-only statement against the store at `path` (`pitboss sql`). Writes are
-/// refused by SQLite itself (the connection is opened read-only).
+/// Runs one read-only statement against the store at `path` (`pitboss sql`). Writes to the
+/// store are refused by SQLite itself (the connection is opened read-only), and so is every
+/// statement SQLite does not call read-only: `VACUUM INTO` (a copy of the store, players' IP
+/// addresses and all, in a file of its own), temporary tables, `PRAGMA` settings.
 pub fn query(path: &Path, sql: &str, max_rows: usize) -> Result<Answer, ProcessorError> {
     query_with(path, sql, &[], max_rows)
 }
@@ -228,6 +230,13 @@ pub fn query_with(
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(store)?;
     let mut stmt = conn.prepare(sql).map_err(store)?;
+    if !stmt.readonly() {
+        return Err(ProcessorError::Store(
+            "attempt to write a readonly database: only statements that read are run here \
+             (SELECT, WITH, EXPLAIN; not VACUUM INTO, CREATE TEMP, or PRAGMA settings)"
+                .into(),
+        ));
+    }
     let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
     let n = columns.len();
     let mut rows = Vec::new();
