@@ -79,19 +79,25 @@ DASHBOARDS = {
         ch("Sessions and logins", f"""
             SELECT {bucket('occurred_at')} AS t,
                    countIf(type = 'session_started') AS sessions_started,
-                   countIf(type = 'login') AS logins
+                   countIf(type = 'login' AND success = 1) AS logins,
+                   countIf(type = 'login' AND success = 0) AS failed_logins
             FROM events WHERE {TENANT} AND $__timeFilter(occurred_at)
               AND type IN ('session_started', 'login')
-            GROUP BY t ORDER BY t""", ["t", "sessions_started", "logins"]),
+            GROUP BY t ORDER BY t""", ["t", "sessions_started", "logins", "failed_logins"],
+           description="Logins that succeeded, and failed attempts apart (a burst of them is credential stuffing, not traffic)."),
         ch("Deposits and withdrawals by currency", f"""
             SELECT currency, countIf(type = 'deposit') AS deposits,
                    sumIf(amount_minor, type = 'deposit') AS deposits_minor,
-                   countIf(type = 'withdrawal') AS withdrawals,
-                   sumIf(amount_minor, type = 'withdrawal') AS withdrawals_minor
+                   countIf(type = 'withdrawal' AND status = 'approved') AS withdrawals_paid,
+                   sumIf(amount_minor, type = 'withdrawal' AND status = 'approved') AS withdrawals_paid_minor,
+                   countIf(type = 'withdrawal' AND status = 'requested') AS withdrawals_requested,
+                   countIf(type = 'withdrawal' AND status = 'cancelled') AS withdrawals_cancelled
             FROM events WHERE {TENANT} AND $__timeFilter(occurred_at)
               AND type IN ('deposit', 'withdrawal')
             GROUP BY currency ORDER BY deposits_minor DESC""",
-           ["currency", "deposits", "deposits_minor", "withdrawals", "withdrawals_minor"], kind="table"),
+           ["currency", "deposits", "deposits_minor", "withdrawals_paid", "withdrawals_paid_minor",
+            "withdrawals_requested", "withdrawals_cancelled"], kind="table",
+           description="A withdrawal is a request, then its approval (paid) or cancellation, under one transaction_id (docs/events.md): paid money is the approved ones."),
     ]),
     "antifraud": ("Pitboss · Antifraud", [
         ch("Alerts by rule", f"""
@@ -154,9 +160,10 @@ DASHBOARDS = {
         prom("Notified within 10 s", [
             ("within 10 s", "sum(rate(pitboss_time_to_notify_seconds_bucket{le=\"10\"}[$__rate_interval])) / sum(rate(pitboss_time_to_notify_seconds_count[$__rate_interval]))"),
         ], kind="stat", unit="percentunit", w=6, thresholds=[("red", None), ("green", 0.95)]),
-        prom("Processor freshness (newest stored event's age)", [
-            ("{{instance}}", "max by (instance) (pitboss_processor_freshness_last_seconds)"),
-        ], kind="stat", unit="s", w=6, thresholds=SLO_10S),
+        prom("Ingest to stored, p95 (processor freshness)", [
+            ("p95", "histogram_quantile(0.95, sum by (le) (rate(pitboss_processor_freshness_seconds_bucket[$__rate_interval])))"),
+        ], kind="stat", unit="s", w=6, thresholds=SLO_10S,
+            description="How long stored rows waited between ingest accepting them and the store holding them. A processor that stores nothing shows no data here: the age of the newest stored event is the next panel."),
         ch("Time to notify from stored deliveries", f"""
             SELECT {bucket('delivered_at')} AS t,
                    quantile(0.95)((toInt64(delivered_at_ms) - toInt64(received_at_ms)) / 1000) AS p95_seconds,
@@ -164,7 +171,7 @@ DASHBOARDS = {
             FROM deliveries WHERE {TENANT} AND $__timeFilter(delivered_at) AND replayed = 0
             GROUP BY t ORDER BY t""", ["t", "p95_seconds", "p99_seconds"], unit="s"),
         ch("Freshness in ClickHouse (seconds since the newest event)", f"""
-            SELECT toInt64(now()) - toInt64(max(received_at)) AS freshness_seconds
+            SELECT if(count() = 0, NULL, toInt64(now()) - toInt64(max(received_at))) AS freshness_seconds
             FROM events WHERE {TENANT} AND received_at >= now() - 86400""",
            ["freshness_seconds"], kind="stat", unit="s", w=6),
         prom("Consumer lag by topic (records)", [
