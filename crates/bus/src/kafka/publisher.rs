@@ -48,33 +48,31 @@ pub(super) struct Slot {
 }
 
 /// The producer's context: delivery reports settle their batch; errors of the client itself
-/// (a refused login, a certificate it does not trust, brokers down) are logged and kept, so
-/// a record that times out says why instead of only "Message timed out".
+/// (a refused login, a certificate it does not trust, brokers down) are logged and kept, so the
+/// readiness check (`check`, what a process reports at start and on `/readyz`) says why the
+/// brokers do not answer instead of only that they do not. A publish that fails keeps its own
+/// error: its text reaches clients (ingest's 503 body), which have no business with broker
+/// addresses; the reason is in the log.
 #[derive(Default)]
 pub(super) struct BatchContext {
     last_error: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
-impl BatchContext {
-    /// `e`, with the client's last error when `e` is a delivery timeout.
-    fn explain(&self, e: &KafkaError) -> BusError {
-        let timed_out = e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageTimedOut);
-        self.explain_if(timed_out, e)
-    }
+/// How long a client error explains a failed check: an old disconnect says nothing of now.
+const LAST_ERROR_FRESH: Duration = Duration::from_secs(30);
 
-    /// `e`, with the client's last error when `add` (and there is one).
-    fn explain_if(&self, add: bool, e: &KafkaError) -> BusError {
+impl BatchContext {
+    /// `e`, with the client's last error if it is recent.
+    fn explain(&self, e: &KafkaError) -> BusError {
         let last = self
             .last_error
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        match (add, last) {
-            (true, Some((at, why))) => BusError::Unavailable(format!(
-                "{e}; the client's last error ({} s ago): {why}",
-                at.elapsed().as_secs()
-            )),
-            _ => kafka_error(e.clone()),
+            .clone()
+            .filter(|(at, _)| at.elapsed() < LAST_ERROR_FRESH);
+        match last {
+            Some((_, why)) => BusError::Unavailable(format!("{e}; the client's last error: {why}")),
+            None => kafka_error(e.clone()),
         }
     }
 }
@@ -117,9 +115,9 @@ impl ProducerContext for BatchContext {
                 });
             }
             Err((e, _)) => {
-                if state.first_error.is_none() {
-                    state.first_error = Some(self.explain(e));
-                }
+                state
+                    .first_error
+                    .get_or_insert_with(|| kafka_error(e.clone()));
             }
         }
         state.remaining -= 1;
@@ -261,7 +259,7 @@ impl Publisher for KafkaPublisher {
                 .fetch_metadata(None, Duration::from_secs(2))
                 .map(|_| ())
                 // Metadata that does not come says nothing of why: the client's last error does.
-                .map_err(|e| producer.context().explain_if(true, &e))
+                .map_err(|e| producer.context().explain(&e))
         })
         .await
     }
