@@ -178,11 +178,11 @@ kafka_tls() { # dir: tls/{ca.pem, server.pem (key, then certificate), password}
   mkdir -p "$t"
   (
     cd "$t"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=pitboss test CA" \
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=pitboss test CA" \
       -keyout ca.key -out ca.pem 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
     printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 \
       -extfile san.ext -out server.crt 2>/dev/null
     openssl pkcs8 -topk8 -nocrypt -in server.key >server.pem
     cat server.crt >>server.pem

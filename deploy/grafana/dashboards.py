@@ -163,7 +163,7 @@ DASHBOARDS = {
         prom("Ingest to stored, p95 (processor freshness)", [
             ("p95", "histogram_quantile(0.95, sum by (le) (rate(pitboss_processor_freshness_seconds_bucket[$__rate_interval])))"),
         ], kind="stat", unit="s", w=6, thresholds=SLO_10S,
-            description="How long stored rows waited between ingest accepting them and the store holding them. A processor that stores nothing shows no data here: the age of the newest stored event is the next panel."),
+            description="Per stored batch, how long its oldest row waited between ingest accepting it and the store holding it: the p95 over batches. A processor that stores nothing shows no data here: the age of the newest stored event is the next panel."),
         ch("Time to notify from stored deliveries", f"""
             SELECT {bucket('delivered_at')} AS t,
                    quantile(0.95)((toInt64(delivered_at_ms) - toInt64(received_at_ms)) / 1000) AS p95_seconds,

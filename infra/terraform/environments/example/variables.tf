@@ -214,10 +214,10 @@ variable "tenants" {
   }))
   validation {
     condition = length(var.tenants) > 0 && alltrue([
-      for t in var.tenants : length(t.id) > 0 && length(t.api_key_sha256) > 0 &&
+      for t in var.tenants : can(regex("^[A-Za-z0-9._~@+-]{1,64}$", t.id)) && length(t.api_key_sha256) > 0 &&
       alltrue([for h in t.api_key_sha256 : can(regex("^[0-9a-f]{64}$", h))])
     ])
-    error_message = "tenants must list at least one tenant with api_key_sha256 entries of 64 lowercase hex digits (pitboss hash-key)."
+    error_message = "tenants must list at least one tenant, each id 1-64 characters of [A-Za-z0-9._~@+-] (the events' tenant_id), with api_key_sha256 entries of 64 lowercase hex digits (pitboss hash-key)."
   }
 }
 

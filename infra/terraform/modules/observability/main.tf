@@ -1,7 +1,8 @@
 # What the other modules share for operations: the customer managed KMS key (logs, streams,
 # secrets, queues) and the alarms on the time-to-notify objective (95% of notifications
-# within 10 s: p95 of `pitboss_time_to_notify_seconds`, which the gateways' metrics sidecar
-# publishes to CloudWatch, per message kind) and on the rules engine's failure queue.
+# within 10 s: the share of messages the gateways delivered later than 10 s, from the counters
+# their metrics sidecar publishes to CloudWatch, per message kind) and on the rules engine's
+# failure queue.
 
 data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
@@ -69,7 +70,7 @@ resource "aws_kms_alias" "pitboss" {
 resource "aws_cloudwatch_metric_alarm" "time_to_notify" {
   for_each            = toset(["push", "alert"])
   alarm_name          = "${var.name}-time-to-notify-${each.key}"
-  alarm_description   = "More than ${format("%.4g", (1 - var.time_to_notify_within_objective_ratio) * 100)} % of ${each.key}s delivered later than 10 s for 5 minutes (docs/deploy.md)."
+  alarm_description   = "More than ${format("%.4g", (1 - var.time_to_notify_within_objective_ratio) * 100)} % of ${each.key} messages delivered later than 10 s for 5 minutes (docs/deploy.md)."
   evaluation_periods  = 5
   datapoints_to_alarm = 5
   threshold           = 1 - var.time_to_notify_within_objective_ratio
@@ -82,7 +83,7 @@ resource "aws_cloudwatch_metric_alarm" "time_to_notify" {
   metric_query {
     id          = "late_share"
     expression  = "IF(delivered > 0, late / delivered, 0)"
-    label       = "share of ${each.key}s later than 10 s"
+    label       = "share of ${each.key} messages later than 10 s"
     return_data = true
   }
   metric_query {
