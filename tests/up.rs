@@ -441,6 +441,13 @@ async fn up_keeps_queryable_history_with_rollups() {
         .parse()
         .unwrap();
     assert_eq!(inserted, 30.0);
+    // Registered at 0 before any refusal (an alert on its rate needs the series).
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "pitboss_http_connections_refused_total 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("pitboss_processor_freshness_seconds"),
         "{metrics}"

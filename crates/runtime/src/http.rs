@@ -87,6 +87,9 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // There from the first scrape at 0: an alert on the refusals' rate needs a series.
+    metrics::counter!("pitboss_http_connections_refused_total").increment(0);
+    metrics::gauge!("pitboss_http_connections").increment(0.0);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
