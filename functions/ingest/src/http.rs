@@ -166,7 +166,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(crate::openapi::document()) }),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz_public))
         .layer(TraceLayer::new_for_http())
         .with_state(state.clone())
         .merge(crate::grpc::routes(state))
@@ -572,13 +572,32 @@ async fn ws_session(
     tokio::join!(serve, writer);
 }
 
+/// `/readyz` of the admin listener: why the bus is not ready, the client's own words (a
+/// refused login, an untrusted certificate, with the broker's address).
 async fn readyz(State(state): State<AppState>) -> Response {
+    ready(&state, true).await
+}
+
+/// `/readyz` of the public listener: the same answer, without the bus's error text (broker
+/// addresses and why a login failed are the operator's, not the internet's).
+async fn readyz_public(State(state): State<AppState>) -> Response {
+    ready(&state, false).await
+}
+
+async fn ready(state: &AppState, detail: bool) -> Response {
     if let Some(why) = state.readiness.not_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
     match tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")).into_response(),
+        Ok(Err(e)) if detail => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")).into_response()
+        }
+        Ok(Err(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "bus: unavailable (the admin listener's /readyz says why)",
+        )
+            .into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus: no answer within 3 s").into_response(),
     }
 }

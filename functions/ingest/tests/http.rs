@@ -712,11 +712,21 @@ async fn health_readiness_and_metrics() {
     let api = Api::new(config(), bus.publisher());
     assert_eq!(api.send(get("/healthz")).await.0, StatusCode::OK);
     assert_eq!(api.send(get("/readyz")).await.0, StatusCode::OK);
-    bus.fail_publishes(Some(BusError::Unavailable("down".into())));
-    assert_eq!(
-        api.send(get("/readyz")).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
+    bus.fail_publishes(Some(BusError::Unavailable(
+        "sasl_ssl://b-1.internal:9096: Authentication failed".into(),
+    )));
+    let (status, _, body) = api.send(get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.starts_with("bus: unavailable") && !body.contains("b-1.internal"),
+        "the public listener keeps the bus's error text to itself: {body}"
     );
+    // The admin listener says why.
+    let (status, _, body) = api.admin(get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("Authentication failed"), "{body}");
     bus.fail_publishes(None);
     bus.create_topic("events", 1);
     api.post(Some(ACME_KEY), "application/json", event(None, "acme", "p"))
