@@ -11,6 +11,9 @@
 - every variable without a default has a validation block, so an empty or malformed value
   fails naming it; and the example environment's variables all have one;
 - no secret version holds a literal: secret_string comes from a variable or a generated value;
+- no plain environment (a module call's `environment`, a Lambda's `environment.variables`)
+  holds a credential (PITBOSS_KAFKA_OPTIONS, *PASSWORD*, *SECRET_ACCESS_KEY): those come
+  through Secrets Manager (ECS `secrets`, the Lambdas' PITBOSS_KAFKA_OPTIONS_SECRET);
 - references, what `terraform validate` would reject without needing the providers (it cannot
   run here: no provider registry): in each directory of .tf files, every var.X, local.X, data.T.N,
   resource T.N (T of a provider in required_providers), module.N and module.N.OUT is declared
@@ -312,6 +315,21 @@ def check_references(root):
     return out
 
 
+CREDENTIAL_KEY = re.compile(r"\b(PITBOSS_KAFKA_OPTIONS|\w*PASSWORD\w*|\w*SECRET_ACCESS_KEY)\b")
+
+
+def plain_environments(doc):
+    """(where, text) of every plain environment in a parsed file."""
+    for entry in doc.get("module", []):
+        for name, body in entry.items():
+            if "environment" in body:
+                yield f"module.{unquote(name)}", str(val(body, "environment"))
+    for rtype, name, body in blocks(doc, "resource"):
+        if rtype == "aws_lambda_function":
+            for env in body.get("environment", []):
+                yield f"{rtype}.{name}", str(env.get("variables", ""))
+
+
 def check_assertions(files):
     """The security and shape assertions over `files`; returns the counts of what they saw."""
     esm = albs = tgs = 0
@@ -361,6 +379,9 @@ def check_assertions(files):
                 value = str(val(body, "secret_string", ""))
                 if not re.search(r"(var\.|random_password\.|jsonencode|join)", value):
                     fail(path, f"{where}: secret_string is a literal")
+        for where, env in plain_environments(doc):
+            for key in sorted(set(CREDENTIAL_KEY.findall(env))):
+                fail(path, f"{where}: plain environment holds {key} (a credential: pass it through Secrets Manager)")
         example = "environments" in path.parts
         for entry in doc.get("variable", []):
             for name, body in entry.items():

@@ -36,6 +36,8 @@ pub mod kafka;
 pub mod kinesis;
 pub mod memory;
 pub mod partition;
+#[cfg(feature = "secrets")]
+pub mod secrets;
 
 /// Partition (Kafka) or shard index (Kinesis) within a topic.
 pub type Partition = u32;
@@ -582,6 +584,32 @@ impl BusSpec {
             }),
             other => Err(BusError::Config(format!(
                 "PITBOSS_BUS={other:?}: expected kafka, kinesis or embedded"
+            ))),
+        }
+    }
+
+    /// [`BusSpec::from_env`], then the librdkafka options kept in the Secrets Manager secret
+    /// named by `PITBOSS_KAFKA_OPTIONS_SECRET` (ARN or name), if set, over those of
+    /// `PITBOSS_KAFKA_OPTIONS`: how the Lambda functions get MSK's SASL/SCRAM credentials
+    /// without them in their environment ([`secrets`]).
+    #[cfg(feature = "secrets")]
+    pub async fn from_env_with_secrets() -> Result<BusSpec, BusError> {
+        let mut spec = BusSpec::from_env()?;
+        let Some(id) = std::env::var(secrets::KAFKA_OPTIONS_SECRET)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Ok(spec);
+        };
+        match &mut spec {
+            BusSpec::Kafka { options, .. } => {
+                let text = secrets::secret_string(&id).await?;
+                options.extend(secrets::parse_secret_options(&id, &text)?);
+                Ok(spec)
+            }
+            _ => Err(BusError::Config(format!(
+                "{} is set but PITBOSS_BUS is not kafka: the secret holds Kafka options",
+                secrets::KAFKA_OPTIONS_SECRET
             ))),
         }
     }

@@ -1,7 +1,7 @@
 //! The antifraud Lambda binary (`pitboss-antifraud-lambda`) driven through a fake Lambda
 //! Runtime API with Kinesis and MSK event payloads of the scripted day of play: its window state
 //! in DynamoDB (moto), its alerts and pushes on Kinesis (moto) or Kafka (the test stack's
-//! broker). The function is SIGKILLed while it evaluates batches and the batch redelivered, as
+//! broker, over SASL_SSL with the options from Secrets Manager, as on MSK). The function is SIGKILLed while it evaluates batches and the batch redelivered, as
 //! Lambda does; the published ids are exactly those one engine raises over the whole stream.
 
 #![allow(clippy::unwrap_used)]
@@ -62,6 +62,28 @@ async fn state_table(endpoint: &str) -> String {
         .await
         .unwrap();
     name
+}
+
+/// A Secrets Manager secret in moto holding `value`; its ARN.
+async fn put_secret(endpoint: &str, value: &str) -> String {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+        .create_secret()
+        .name(pitboss_testkit::unique_name("kafka-options"))
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned()
 }
 
 fn kinesis_bus_config(endpoint: &str) -> pitboss_bus::kinesis::KinesisConfig {
@@ -290,6 +312,17 @@ async fn msk_batches_over_two_partitions_publish_to_kafka_exactly_one_engines_al
     let moto = pitboss_testkit::kinesis();
     let table = state_table(&moto).await;
     let bootstrap = pitboss_testkit::kafka();
+    // The function publishes as on MSK: SASL/SCRAM over TLS, the options (the password among
+    // them) read at start from Secrets Manager, none in its environment (docs/deploy.md).
+    let (sasl_ssl, password, ca) = pitboss_testkit::kafka_sasl_ssl();
+    let secret = put_secret(
+        &moto,
+        &format!(
+            "security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,sasl.username=pitboss,\
+             sasl.password={password},ssl.ca.location={ca}"
+        ),
+    )
+    .await;
     let bus: Arc<dyn Bus> = Arc::new(
         pitboss_bus::kafka::KafkaBus::new(pitboss_bus::kafka::KafkaConfig::new(&bootstrap))
             .unwrap(),
@@ -307,9 +340,11 @@ async fn msk_batches_over_two_partitions_publish_to_kafka_exactly_one_engines_al
         runtime_api,
         env: vec![
             ("PITBOSS_STATE_TABLE".into(), table),
-            ("PITBOSS_DYNAMODB_ENDPOINT".into(), moto),
+            ("PITBOSS_DYNAMODB_ENDPOINT".into(), moto.clone()),
             ("PITBOSS_BUS".into(), "kafka".into()),
-            ("PITBOSS_KAFKA_BOOTSTRAP".into(), bootstrap),
+            ("PITBOSS_KAFKA_BOOTSTRAP".into(), sasl_ssl),
+            ("PITBOSS_KAFKA_OPTIONS_SECRET".into(), secret),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER".into(), moto),
             ("PITBOSS_ALERTS_TOPIC".into(), alerts.clone()),
             ("PITBOSS_PUSHES_TOPIC".into(), pushes.clone()),
             ("PITBOSS_DEAD_LETTER_TOPIC".into(), dead),

@@ -180,9 +180,3 @@ pub fn config_from_env() -> Result<IngestConfig, ConfigError> {
     config.validate()?;
     Ok(config)
 }
-
-/// Reads the bus choice from `PITBOSS_BUS` (`kafka`, `kinesis`, `embedded`) and its settings
-/// (`PITBOSS_KAFKA_BOOTSTRAP`; `AWS_REGION`, `PITBOSS_KINESIS_ENDPOINT`; `PITBOSS_DATA_DIR`).
-pub fn bus_from_env() -> Result<pitboss_bus::BusSpec, ConfigError> {
-    pitboss_bus::BusSpec::from_env().map_err(|e| ConfigError(e.to_string()))
-}

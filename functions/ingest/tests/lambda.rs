@@ -1,6 +1,7 @@
 //! The Lambda binary driven through a fake Lambda Runtime API (what AWS runs it against), with
 //! real API Gateway HTTP API v2 and function-URL events, writing to the real Kafka broker of the
-//! test stack: the answers are the router's answers, and accepted events are on the topic.
+//! test stack (also over SASL_SSL with its options from Secrets Manager, moto, as on MSK): the
+//! answers are the router's answers, and accepted events are on the topic.
 
 #![allow(clippy::unwrap_used)]
 
@@ -123,6 +124,143 @@ async fn api_gateway_and_function_url_events_reach_kafka() {
     consumer.close().await.unwrap();
     function.kill().unwrap();
     function.wait().unwrap();
+}
+
+/// A Secrets Manager secret in moto holding `value`, named `name`; its ARN.
+async fn put_secret(endpoint: &str, name: &str, value: &str) -> String {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned()
+}
+
+/// The function as on MSK: it publishes over SASL/SCRAM and TLS with the options (the password
+/// among them) read at start from Secrets Manager, in the console's JSON form, none in its
+/// environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_options_from_secrets_manager_take_events_over_sasl_ssl() {
+    let moto = pitboss_testkit::kinesis();
+    let (sasl_ssl, password, ca) = pitboss_testkit::kafka_sasl_ssl();
+    let bootstrap = pitboss_testkit::kafka();
+    let topic = pitboss_testkit::unique_name("lambda_secret_events");
+    let bus = KafkaBus::new(KafkaConfig::new(&bootstrap)).unwrap();
+    bus.create_topic(&topic, 1).await.unwrap();
+    let secret = serde_json::json!({
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "pitboss",
+        "sasl.password": password,
+        "ssl.ca.location": ca,
+    });
+    let arn = put_secret(
+        &moto,
+        &pitboss_testkit::unique_name("kafka-options"),
+        &secret.to_string(),
+    )
+    .await;
+    let config = format!(
+        "topic = \"{topic}\"\n[[tenants]]\nid = \"acme\"\napi_key_sha256 = [\"{}\"]\n",
+        hash_key(KEY)
+    );
+    let runtime = Runtime::default();
+    let addr = runtime.start().await;
+    let mut function = std::process::Command::new(env!("CARGO_BIN_EXE_pitboss-ingest-lambda"))
+        .env("AWS_LAMBDA_RUNTIME_API", &addr)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "pitboss-ingest")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto)
+        .env("PITBOSS_CONFIG_TOML", &config)
+        .env("PITBOSS_BUS", "kafka")
+        .env("PITBOSS_KAFKA_BOOTSTRAP", &sasl_ssl)
+        .env("PITBOSS_KAFKA_OPTIONS_SECRET", &arn)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut event = fixture("apigw-http-v2-post-events.json");
+    event["headers"]["authorization"] = format!("Bearer {KEY}").into();
+    event["body"] = serde_json::to_string(&events("acme", 2)).unwrap().into();
+    let answer = runtime.invoke("req-1", event).await;
+    function.kill().unwrap();
+    function.wait().unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let mut reader = bus
+        .reader_all(&topic, pitboss_bus::ReadFrom::Earliest)
+        .await
+        .unwrap();
+    let mut seen = 0;
+    let start = std::time::Instant::now();
+    while seen < 2 && start.elapsed() < Duration::from_secs(60) {
+        seen += reader
+            .poll(100, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .len();
+    }
+    assert_eq!(seen, 2, "both events reached the topic over SASL_SSL");
+}
+
+/// A secret that cannot be read, or holds a malformed option, stops the cold start with a
+/// message naming the variable and the secret; no value of the secret is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_or_malformed_secret_fails_at_init_naming_it() {
+    let moto = pitboss_testkit::kinesis();
+    let malformed = put_secret(
+        &moto,
+        &pitboss_testkit::unique_name("kafka-options"),
+        "sasl.username=pitboss,hunter2-not-an-option",
+    )
+    .await;
+    let missing = pitboss_testkit::unique_name("no-such-secret");
+    for (secret, want) in [
+        (malformed.as_str(), "item 2 is not key=value"),
+        (missing.as_str(), "cannot read secret"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitboss-ingest-lambda"))
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto)
+            .env(
+                "PITBOSS_CONFIG_TOML",
+                format!(
+                    "topic = \"events\"\n[[tenants]]\nid = \"acme\"\napi_key_sha256 = [\"{}\"]\n",
+                    hash_key(KEY)
+                ),
+            )
+            .env("PITBOSS_BUS", "kafka")
+            .env("PITBOSS_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+            .env("PITBOSS_KAFKA_OPTIONS_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("PITBOSS_KAFKA_OPTIONS_SECRET"), "{stderr}");
+        assert!(stderr.contains(secret), "{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        if secret == missing {
+            assert!(stderr.contains("ResourceNotFoundException"), "{stderr}");
+        }
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //!
 //! Environment: `PITBOSS_STATE_TABLE` (required), `PITBOSS_DYNAMODB_ENDPOINT` (LocalStack and
 //! moto only), `PITBOSS_BUS` with its settings (`PITBOSS_KAFKA_BOOTSTRAP`; `AWS_REGION`,
-//! `PITBOSS_KINESIS_ENDPOINT`) for the alerts, pushes and dead letters, `PITBOSS_RULES_DIR`
+//! `PITBOSS_KINESIS_ENDPOINT`; `PITBOSS_KAFKA_OPTIONS_SECRET`, a Secrets Manager secret holding
+//! the Kafka options with credentials) for the alerts, pushes and dead letters, `PITBOSS_RULES_DIR`
 //! (default: the shipped packs built in), `PITBOSS_ALERTS_TOPIC`, `PITBOSS_PUSHES_TOPIC`,
 //! `PITBOSS_DEAD_LETTER_TOPIC`.
 
@@ -39,7 +40,10 @@ async fn function() -> Result<Function, lambda_runtime::Error> {
         pushes: var("PITBOSS_PUSHES_TOPIC").unwrap_or(defaults.pushes),
         dead_letter: var("PITBOSS_DEAD_LETTER_TOPIC").unwrap_or(defaults.dead_letter),
     };
-    let publisher = pitboss_bus::BusSpec::from_env()?.publisher().await?;
+    let publisher = pitboss_bus::BusSpec::from_env_with_secrets()
+        .await?
+        .publisher()
+        .await?;
     let store = DynamoUnits::from_env(&table, var("PITBOSS_DYNAMODB_ENDPOINT").as_deref()).await;
     tracing::info!(rules = set.rules.len(), %table, "antifraud function ready");
     Ok(Function {

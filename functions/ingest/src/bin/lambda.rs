@@ -3,9 +3,10 @@
 //!
 //! Configuration comes from the environment: `PITBOSS_CONFIG_TOML` or `PITBOSS_CONFIG` (see
 //! docs/api.md) and `PITBOSS_BUS` with its settings (`PITBOSS_KAFKA_BOOTSTRAP`, or
-//! `AWS_REGION` + optional `PITBOSS_KINESIS_ENDPOINT`).
+//! `AWS_REGION` + optional `PITBOSS_KINESIS_ENDPOINT`); `PITBOSS_KAFKA_OPTIONS_SECRET` names a
+//! Secrets Manager secret holding the Kafka options with credentials (MSK's SASL/SCRAM).
 
-use pitboss_ingest::config::{bus_from_env, config_from_env};
+use pitboss_ingest::config::config_from_env;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -19,7 +20,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         .without_time() // CloudWatch stamps every line
         .init();
     let config = config_from_env()?;
-    let publisher = bus_from_env()?.publisher().await?;
+    let publisher = pitboss_bus::BusSpec::from_env_with_secrets()
+        .await?
+        .publisher()
+        .await?;
     let state = pitboss_ingest::state(config, publisher)?;
     lambda_http::run(pitboss_ingest::http::router(state)).await
 }

@@ -56,41 +56,41 @@ module "stream" {
 }
 
 module "ingest" {
-  source            = "../../modules/ingest"
-  name              = "${var.name}-ingest"
-  lambda_zip        = var.ingest_lambda_zip
-  architecture      = var.lambda_architecture
-  tenants           = var.tenants
-  bus               = local.kinesis ? "kinesis" : "kafka"
-  event_stream_arns = local.kinesis ? [local.streams["events"], local.streams["events_overflow"]] : []
-  kafka_bootstrap   = module.stream.kafka_bootstrap
-  kafka_options     = module.stream.kafka_options
-  kms_key_arn       = module.observability.kms_key_arn
-  vpc_id            = var.vpc_id
-  vpc_cidr          = var.vpc_cidr
-  subnet_ids        = var.private_subnet_ids
+  source                   = "../../modules/ingest"
+  name                     = "${var.name}-ingest"
+  lambda_zip               = var.ingest_lambda_zip
+  architecture             = var.lambda_architecture
+  tenants                  = var.tenants
+  bus                      = local.kinesis ? "kinesis" : "kafka"
+  event_stream_arns        = local.kinesis ? [local.streams["events"], local.streams["events_overflow"]] : []
+  kafka_bootstrap          = module.stream.kafka_bootstrap
+  kafka_options_secret_arn = module.stream.kafka_options_secret_arn
+  kms_key_arn              = module.observability.kms_key_arn
+  vpc_id                   = var.vpc_id
+  vpc_cidr                 = var.vpc_cidr
+  subnet_ids               = var.private_subnet_ids
 }
 
 # The rules engine runs in one place (two would raise every alert twice): the Lambda here, or
 # the ECS service below (antifraud_engine).
 module "antifraud" {
-  count                = local.engine_on_ecs ? 0 : 1
-  source               = "../../modules/antifraud"
-  name                 = "${var.name}-antifraud"
-  lambda_zip           = var.antifraud_lambda_zip
-  architecture         = var.lambda_architecture
-  bus                  = local.kinesis ? "kinesis" : "kafka"
-  events_stream_arn    = local.kinesis ? local.streams["events"] : null
-  overflow_stream_arn  = local.kinesis ? local.streams["events_overflow"] : null
-  output_stream_arns   = local.kinesis ? [local.streams["alerts"], local.streams["pushes"], local.streams["antifraud_dead_letter"]] : []
-  msk_cluster_arn      = module.stream.msk_cluster_arn
-  msk_scram_secret_arn = module.stream.scram_secret_arn
-  kafka_bootstrap      = module.stream.kafka_bootstrap
-  kafka_options        = module.stream.kafka_options
-  kms_key_arn          = module.observability.kms_key_arn
-  vpc_id               = var.vpc_id
-  vpc_cidr             = var.vpc_cidr
-  subnet_ids           = var.private_subnet_ids
+  count                    = local.engine_on_ecs ? 0 : 1
+  source                   = "../../modules/antifraud"
+  name                     = "${var.name}-antifraud"
+  lambda_zip               = var.antifraud_lambda_zip
+  architecture             = var.lambda_architecture
+  bus                      = local.kinesis ? "kinesis" : "kafka"
+  events_stream_arn        = local.kinesis ? local.streams["events"] : null
+  overflow_stream_arn      = local.kinesis ? local.streams["events_overflow"] : null
+  output_stream_arns       = local.kinesis ? [local.streams["alerts"], local.streams["pushes"], local.streams["antifraud_dead_letter"]] : []
+  msk_cluster_arn          = module.stream.msk_cluster_arn
+  msk_scram_secret_arn     = module.stream.scram_secret_arn
+  kafka_bootstrap          = module.stream.kafka_bootstrap
+  kafka_options_secret_arn = module.stream.kafka_options_secret_arn
+  kms_key_arn              = module.observability.kms_key_arn
+  vpc_id                   = var.vpc_id
+  vpc_cidr                 = var.vpc_cidr
+  subnet_ids               = var.private_subnet_ids
   # Its state table is "<name>-antifraud-state", with deletion protection on (the module's default).
 }
 

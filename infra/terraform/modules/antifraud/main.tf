@@ -99,9 +99,10 @@ data "aws_iam_policy_document" "antifraud" {
   dynamic "statement" {
     for_each = local.kinesis ? [] : [1]
     content {
+      # The trigger's SCRAM secret; the options the function publishes with.
       sid       = "MskCredentials"
       actions   = ["secretsmanager:GetSecretValue"]
-      resources = [var.msk_scram_secret_arn]
+      resources = [var.msk_scram_secret_arn, var.kafka_options_secret_arn]
     }
   }
   statement {
@@ -136,8 +137,8 @@ module "function" {
     PITBOSS_STATE_TABLE = aws_dynamodb_table.state.name
     RUST_LOG            = "info"
     }, local.topics, local.kinesis ? {} : {
-    PITBOSS_KAFKA_BOOTSTRAP = var.kafka_bootstrap
-    PITBOSS_KAFKA_OPTIONS   = var.kafka_options
+    PITBOSS_KAFKA_BOOTSTRAP      = var.kafka_bootstrap
+    PITBOSS_KAFKA_OPTIONS_SECRET = var.kafka_options_secret_arn
   })
   kms_key_arn        = var.kms_key_arn
   vpc_id             = var.vpc_id

@@ -91,11 +91,14 @@ variable "kafka_bootstrap" {
   default     = null
 }
 
-variable "kafka_options" {
-  description = "librdkafka options for MSK, PITBOSS_KAFKA_OPTIONS (bus = kafka: SASL/SCRAM to publish alerts and pushes); the Lambda environment is encrypted with kms_key_arn."
+variable "kafka_options_secret_arn" {
+  description = "Secrets Manager secret holding the librdkafka options for MSK (bus = kafka: SASL/SCRAM to publish alerts and pushes), read by the function at start (PITBOSS_KAFKA_OPTIONS_SECRET): the password never sits in its environment. Encrypted with kms_key_arn."
   type        = string
   default     = null
-  sensitive   = true
+  validation {
+    condition     = var.kafka_options_secret_arn == null || can(regex("^arn:aws[a-z-]*:secretsmanager:", var.kafka_options_secret_arn))
+    error_message = "kafka_options_secret_arn must be a Secrets Manager secret ARN (or null for Kinesis)."
+  }
 }
 
 variable "state_table_name" {

@@ -24,6 +24,15 @@ data "aws_iam_policy_document" "ingest" {
       resources = var.event_stream_arns
     }
   }
+  dynamic "statement" {
+    for_each = local.kinesis ? [] : [1]
+    content {
+      # The librdkafka options with MSK's SCRAM credentials, read at start.
+      sid       = "MskCredentials"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [var.kafka_options_secret_arn]
+    }
+  }
 }
 
 module "function" {
@@ -40,8 +49,8 @@ module "function" {
     PITBOSS_BUS         = var.bus
     RUST_LOG            = "info"
     }, local.kinesis ? {} : {
-    PITBOSS_KAFKA_BOOTSTRAP = var.kafka_bootstrap
-    PITBOSS_KAFKA_OPTIONS   = var.kafka_options
+    PITBOSS_KAFKA_BOOTSTRAP      = var.kafka_bootstrap
+    PITBOSS_KAFKA_OPTIONS_SECRET = var.kafka_options_secret_arn
   })
   kms_key_arn        = var.kms_key_arn
   vpc_id             = var.vpc_id

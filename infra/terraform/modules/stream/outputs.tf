@@ -33,8 +33,3 @@ output "scram_secret_arn" {
   value       = try(aws_secretsmanager_secret.scram[0].arn, null)
 }
 
-output "kafka_options" {
-  description = "PITBOSS_KAFKA_OPTIONS for MSK, for the Lambda environment (KMS-encrypted there; null for Kinesis)."
-  value       = try(aws_secretsmanager_secret_version.kafka_options[0].secret_string, null)
-  sensitive   = true
-}

@@ -105,3 +105,30 @@ resource "aws_kinesis_stream" "on_demand" {
     stream_mode = "ON_DEMAND"
   }
 }
+
+# Credentials in a plain environment (two flagged), and the forms that are not: a secret's ARN
+# in the environment, credentials as ECS secrets.
+module "leaky" {
+  source = "./nowhere"
+  environment = merge({
+    PITBOSS_BUS = "kafka"
+    }, {
+    PITBOSS_KAFKA_OPTIONS = "security.protocol=SASL_SSL"
+    DB_PASSWORD           = "x"
+  })
+}
+
+module "tidy" {
+  source = "./nowhere"
+  environment = {
+    PITBOSS_KAFKA_OPTIONS_SECRET = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:o"
+  }
+  secrets = { PITBOSS_KAFKA_OPTIONS = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:o" }
+}
+
+resource "aws_lambda_function" "leaky" {
+  function_name = "leaky"
+  environment {
+    variables = { MSK_PASSWORD = "x" }
+  }
+}
