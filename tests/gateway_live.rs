@@ -2,7 +2,8 @@
 //! `deploy/nginx/nginx.conf`: players connect through nginx from many source addresses (so
 //! both gateways hold some), pushes flow, one gateway is SIGKILLed under traffic, its clients
 //! reconnect through nginx to the other and resume from their cursors — and every player gets
-//! every push for it exactly once: zero missed, zero duplicated.
+//! every push for it exactly once: zero missed, zero duplicated. Ingest's gRPC goes through
+//! the config's gRPC port too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,8 +38,15 @@ impl Drop for Killed {
 }
 
 /// The shipped nginx.conf with its upstreams pointed at `gateways` and `ingests` (an unused
-/// port when there is none), listening on `port`, with every path inside `dir`.
-fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16]) -> String {
+/// port when there is none), listening on `port` (HTTP) and `grpc` (ingest's gRPC), with every
+/// path inside `dir`.
+fn nginx_conf(
+    dir: &std::path::Path,
+    port: u16,
+    grpc: u16,
+    gateways: &[u16],
+    ingests: &[u16],
+) -> String {
     let shipped = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/nginx/nginx.conf"
@@ -52,6 +60,10 @@ fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16
         }
         if t.starts_with("listen 80;") {
             out.push_str(&format!("        listen 127.0.0.1:{port};\n"));
+            continue;
+        }
+        if t.starts_with("listen 50051 http2;") {
+            out.push_str(&format!("        listen 127.0.0.1:{grpc} http2;\n"));
             continue;
         }
         if t.starts_with("error_log") {
@@ -113,12 +125,16 @@ fn nginx_conf(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16
         out.contains("hash $remote_addr consistent"),
         "the shipped config hashes by address"
     );
+    assert!(
+        out.contains(&format!(":{grpc} http2;")),
+        "the shipped config serves gRPC on 50051"
+    );
     out
 }
 
 /// nginx, stopped with SIGTERM so its master takes its workers with it (a SIGKILLed master
-/// leaves them running, holding the port).
-struct Nginx(Child);
+/// leaves them running, holding the port); `.1` is its gRPC port.
+struct Nginx(Child, u16);
 impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -130,7 +146,8 @@ impl Drop for Nginx {
 
 fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16]) -> Nginx {
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, port, gateways, ingests)).unwrap();
+    let grpc = free_port();
+    std::fs::write(&conf, nginx_conf(dir, port, grpc, gateways, ingests)).unwrap();
     let bin = if std::path::Path::new("/usr/sbin/nginx").exists() {
         "/usr/sbin/nginx"
     } else {
@@ -158,7 +175,7 @@ fn nginx(dir: &std::path::Path, port: u16, gateways: &[u16], ingests: &[u16]) ->
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Nginx(child)
+    Nginx(child, grpc)
 }
 
 fn gateway(
@@ -1016,4 +1033,82 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     assert!(a["pipeline"].is_object(), "{a}");
     let b = stats(pb).await;
     assert_eq!(b["store"], false, "{b}");
+
+    // Ingest's gRPC through nginx's own gRPC port (h2c, as the shipped config serves it): a
+    // batch and a stream of two batches answered by the ingest behind it and their events
+    // stored; without the key, UNAUTHENTICATED and its code in the metadata, through the proxy.
+    let grpc = format!("http://127.0.0.1:{}", _nginx.1);
+    let mut ingest = pitboss_proto::v1::ingest_client::IngestClient::connect(grpc)
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..6).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let batch = |ids: &[String]| pitboss_proto::v1::EventBatch {
+        events: ids
+            .iter()
+            .map(|id| {
+                let json = serde_json::json!({
+                    "event_id": id, "tenant_id": "demo", "player_id": "grpc-player",
+                    "type": "session_started", "occurred_at": now, "payload": {"channel": "web"},
+                });
+                let e = pitboss_model::decode_event(json.to_string().as_bytes()).unwrap();
+                pitboss_proto::v1::Event::from(&e)
+            })
+            .collect(),
+    };
+    let authed = |m| {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    let reply = ingest
+        .ingest_batch(authed(batch(&ids[..2])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((reply.accepted, reply.rejected), (2, 0), "{reply:?}");
+    let mut stream =
+        tonic::Request::new(futures::stream::iter([batch(&ids[2..4]), batch(&ids[4..])]));
+    stream
+        .metadata_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    let reply = ingest.ingest_stream(stream).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.rejected), (4, 0), "{reply:?}");
+    let err = ingest
+        .ingest_batch(tonic::Request::new(batch(&ids[..1])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert_eq!(
+        err.metadata()
+            .get("pitboss-error-code")
+            .and_then(|v| v.to_str().ok()),
+        Some("unauthorized"),
+        "{err:?}"
+    );
+    let list = ids
+        .iter()
+        .map(|i| format!("'{i}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = ch
+            .query(&format!(
+                "SELECT count() FROM events WHERE toString(event_id) IN ({list})"
+            ))
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or_default();
+        if stored == 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} of the 6 gRPC events stored\n{}",
+            pitboss_testkit::log_tails(logs, 20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
