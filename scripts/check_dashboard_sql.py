@@ -13,7 +13,8 @@ schema and checks that it returns the columns its panel reads, on two engines:
         through the Distributed tables synchronously. URL may carry ?user=…&password=….
 
 Grafana's macros are expanded the way the ClickHouse plugin does ($__timeFilter(c) ->
-c >= toDateTime(from) AND c <= toDateTime(to); $__interval_s -> 60), ${tenant} -> 'acme'. A
+c >= toDateTime(from) AND c <= toDateTime(to); $__interval_s -> 60), ${tenant} -> 'acme',
+${currency:singlequote} -> 'EUR'; the dashboards' variable queries are run too. A
 few rows are inserted first (events, which fill the rollups through their materialized views,
 alerts, an ack, pushes, deliveries) so every query also has to return at least one row.
 Prints one line per query; exits 1 naming every query that failed.
@@ -58,6 +59,8 @@ SAMPLE = [
 
 def expand(sql):
     sql = sql.replace("${tenant}", "acme").replace("$__interval_s", "60")
+    # A multi-value variable as the plugin writes it with the singlequote format.
+    sql = sql.replace("${currency:singlequote}", "'EUR'")
     while "$__timeFilter(" in sql:
         start = sql.index("$__timeFilter(")
         end = sql.index(")", start)

@@ -9,8 +9,9 @@ Each ClickHouse query names the columns its panel reads (`cols`); scripts/deploy
 runs every query against the real schema on ClickHouse 18.16 and on current ClickHouse (chDB)
 and compares the columns it gets. The SQL keeps to what both understand: no
 toStartOfInterval, explicit join strictness, GLOBAL for subqueries over Distributed tables.
-Grafana ClickHouse plugin macros: $__timeFilter(col), $__interval_s; the dashboard variable
-${tenant}. Prometheus panels query the admin /metrics of every component.
+Grafana ClickHouse plugin macros: $__timeFilter(col), $__interval_s; the dashboard variables
+${tenant} and, on the dashboards that show money, ${currency} (several at once, or all);
+their own queries are checked too. Prometheus panels query the admin /metrics of every component.
 """
 import json
 import sys
@@ -20,6 +21,17 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 CH = {"type": "grafana-clickhouse-datasource", "uid": "pitboss-clickhouse"}
 PROM = {"type": "prometheus", "uid": "pitboss-prometheus"}
 TENANT = "tenant_id = '${tenant}'"
+# The money panels' currencies (amounts of two currencies are never added: each panel groups by
+# currency, and this narrows which it shows).
+CURRENCY = "currency IN (${currency:singlequote})"
+VARIABLES = {
+    "tenant": ("Tenant", "SELECT DISTINCT tenant_id FROM players_per_minute ORDER BY tenant_id",
+               False),
+    # Every currency of the range's bets, deposits and withdrawals (one column of the events
+    # in the range: "All" then leaves none out).
+    "currency": ("Currency", "SELECT DISTINCT currency FROM events WHERE tenant_id = '${tenant}'"
+                 " AND $__timeFilter(occurred_at) AND currency != '' ORDER BY currency", True),
+}
 
 
 def bucket(col):
@@ -48,16 +60,16 @@ DASHBOARDS = {
         ch("Stakes and payouts by currency (minor units)", f"""
             SELECT {bucket('minute')} AS t, currency, sum(stakes_minor) AS stakes_minor,
                    sum(payouts_minor) AS payouts_minor
-            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            FROM bets_per_minute WHERE {TENANT} AND {CURRENCY} AND $__timeFilter(minute)
             GROUP BY t, currency ORDER BY t""", ["t", "currency", "stakes_minor", "payouts_minor"]),
         ch("GGR by currency (minor units)", f"""
             SELECT {bucket('minute')} AS t, currency, sum(ggr_minor) AS ggr_minor
-            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            FROM bets_per_minute WHERE {TENANT} AND {CURRENCY} AND $__timeFilter(minute)
             GROUP BY t, currency ORDER BY t""", ["t", "currency", "ggr_minor"]),
         ch("GGR by game and currency", f"""
             SELECT game_id, currency, sum(bets) AS bets, sum(stakes_minor) AS stakes_minor,
                    sum(payouts_minor) AS payouts_minor, sum(ggr_minor) AS ggr_minor
-            FROM bets_per_minute WHERE {TENANT} AND $__timeFilter(minute)
+            FROM bets_per_minute WHERE {TENANT} AND {CURRENCY} AND $__timeFilter(minute)
             GROUP BY game_id, currency ORDER BY ggr_minor DESC LIMIT 100""",
            ["game_id", "currency", "bets", "stakes_minor", "payouts_minor", "ggr_minor"], kind="table"),
     ]),
@@ -93,7 +105,7 @@ DASHBOARDS = {
                    countIf(type = 'withdrawal' AND status = 'requested') AS withdrawals_requested,
                    countIf(type = 'withdrawal' AND status = 'cancelled') AS withdrawals_cancelled
             FROM events WHERE {TENANT} AND $__timeFilter(occurred_at)
-              AND type IN ('deposit', 'withdrawal')
+              AND type IN ('deposit', 'withdrawal') AND {CURRENCY}
             GROUP BY currency ORDER BY deposits_minor DESC""",
            ["currency", "deposits", "deposits_minor", "withdrawals_paid", "withdrawals_paid_minor",
             "withdrawals_requested", "withdrawals_cancelled"], kind="table",
@@ -258,6 +270,13 @@ def panel(spec, pid, x, y):
     return p
 
 
+def used_variables(specs):
+    """The variables a dashboard's ClickHouse queries name, in VARIABLES' order; a variable's
+    own query may name an earlier one (currency's names the tenant)."""
+    sql = " ".join(s["sql"] for s in specs if s["ds"] == "ch")
+    return [n for n in VARIABLES if "${" + n + "}" in sql or "${" + n + ":" in sql]
+
+
 def dashboard(uid, title, specs):
     panels, x, y, row_h = [], 0, 0, 0
     for i, spec in enumerate(specs, 1):
@@ -266,13 +285,12 @@ def dashboard(uid, title, specs):
         panels.append(panel(spec, i, x, y))
         x += spec["w"]
         row_h = max(row_h, spec["h"])
-    uses_ch = any(s["ds"] == "ch" for s in specs)
     variables = []
-    if uses_ch:
+    for name in used_variables(specs):
+        label, query, multi = VARIABLES[name]
         variables.append({
-            "name": "tenant", "label": "Tenant", "type": "query", "datasource": CH,
-            "query": "SELECT DISTINCT tenant_id FROM players_per_minute ORDER BY tenant_id",
-            "refresh": 2, "multi": False, "includeAll": False})
+            "name": name, "label": label, "type": "query", "datasource": CH, "query": query,
+            "refresh": 2, "multi": multi, "includeAll": multi})
     return {
         "uid": f"pitboss-{uid}", "title": title, "tags": ["pitboss"], "editable": False,
         "schemaVersion": 41, "version": 1, "timezone": "utc", "refresh": "30s",
@@ -289,6 +307,9 @@ def render():
 
 def queries():
     for uid, (_, specs) in DASHBOARDS.items():
+        for name in used_variables(specs):
+            yield {"dashboard": uid, "panel": f"variable {name}", "kind": "variable",
+                   "sql": VARIABLES[name][1], "cols": [VARIABLES[name][1].split()[2]]}
         for spec in specs:
             if spec["ds"] == "ch":
                 yield {"dashboard": uid, "panel": spec["title"], "kind": spec["kind"],
