@@ -411,9 +411,8 @@ impl KafkaConsumer {
             request_timeout: kafka.request_timeout,
             flags: flags.clone(),
         };
-        let consumer: BaseConsumer<Ctx> = c
-            .create_with_context(ctx)
-            .map_err(|e| BusError::Config(e.to_string()))?;
+        let consumer: BaseConsumer<Ctx> =
+            c.create_with_context(ctx).map_err(super::create_error)?;
         let names: Vec<&str> = topics.iter().map(|t| &**t).collect();
         consumer.subscribe(&names).map_err(kafka_error)?;
         let consumer = Arc::new(consumer);

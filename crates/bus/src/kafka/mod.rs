@@ -36,8 +36,9 @@ use crate::{
     Reader, Record,
 };
 
-/// Connection, producer and lookup settings for Kafka.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Connection, producer and lookup settings for Kafka. Its `Debug` shows the keys of `extra`,
+/// never their values (`sasl.password`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub bootstrap_servers: String,
@@ -59,6 +60,39 @@ pub struct KafkaConfig {
     pub reader_group_prefix: String,
     /// Extra librdkafka properties (security.protocol, sasl.*, …), applied last.
     pub extra: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("replication_factor", &self.replication_factor)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("linger", &self.linger)
+            .field("compression", &self.compression)
+            .field("request_timeout", &self.request_timeout)
+            .field("reader_group_prefix", &self.reader_group_prefix)
+            .field("extra", &self.extra.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A client librdkafka would not create, as a configuration error that names the property and
+/// librdkafka's reason but not the value (rdkafka's own text ends with it: a misspelt
+/// `sasl.pasword=…` would print the password).
+pub(crate) fn create_error(e: rdkafka::error::KafkaError) -> BusError {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, desc, key, value) => {
+            // librdkafka's reason quotes an invalid value ("Invalid value \"…\" for …").
+            let desc = if value.is_empty() {
+                desc
+            } else {
+                desc.replace(&value, "(the value)")
+            };
+            BusError::Config(format!("Kafka option {key}: {desc}"))
+        }
+        other => BusError::Config(other.to_string()),
+    }
 }
 
 impl KafkaConfig {
@@ -307,8 +341,7 @@ impl KafkaBus {
         let mut c = self.config.client();
         c.set("allow.auto.create.topics", "false");
         self.config.apply_extra(&mut c);
-        let created: Arc<BaseConsumer> =
-            Arc::new(c.create().map_err(|e| BusError::Config(e.to_string()))?);
+        let created: Arc<BaseConsumer> = Arc::new(c.create().map_err(create_error)?);
         *meta = Some(created.clone());
         Ok(created)
     }
@@ -323,8 +356,7 @@ impl KafkaBus {
     ) -> Result<bool, BusError> {
         let mut c = self.config.client();
         self.config.apply_extra(&mut c);
-        let admin: AdminClient<DefaultClientContext> =
-            c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> = c.create().map_err(create_error)?;
         // -1: the brokers' default (KIP-464); their `min.insync.replicas` goes with it.
         let mut new = NewTopic::new(
             topic,
@@ -474,8 +506,7 @@ impl Bus for KafkaBus {
         // It exists: it must compact, or old keys would expire with their records.
         let mut c = self.config.client();
         self.config.apply_extra(&mut c);
-        let admin: AdminClient<DefaultClientContext> =
-            c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> = c.create().map_err(create_error)?;
         let opts = AdminOptions::new().request_timeout(Some(self.config.request_timeout));
         let results = admin
             .describe_configs([&rdkafka::admin::ResourceSpecifier::Topic(topic)], &opts)

@@ -162,7 +162,7 @@ impl KafkaPublisher {
         config.apply_extra(&mut c);
         let producer: ThreadedProducer<BatchContext> = c
             .create_with_context(BatchContext::default())
-            .map_err(|e| BusError::Config(e.to_string()))?;
+            .map_err(super::create_error)?;
         Ok(KafkaPublisher {
             producer: Arc::new(producer),
         })

@@ -91,7 +91,7 @@ impl KafkaReader {
             // A position the partition no longer has (retention) starts at the oldest record.
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = c.create().map_err(|e| BusError::Config(e.to_string()))?;
+        let consumer: BaseConsumer = c.create().map_err(super::create_error)?;
         let timeout = config.request_timeout;
 
         let count = partition_count_with(&consumer, topic, timeout)?;
