@@ -16,7 +16,14 @@ pub const KAFKA_OPTIONS_SECRET: &str = "PITBOSS_KAFKA_OPTIONS_SECRET";
 /// Reads secret `id`'s string from Secrets Manager (the default AWS configuration: region,
 /// credentials, and `AWS_ENDPOINT_URL_SECRETS_MANAGER` or `AWS_ENDPOINT_URL` for LocalStack).
 pub async fn secret_string(id: &str) -> Result<String, BusError> {
+    // A missing VPC endpoint or a security group dropping the call fails in seconds, naming
+    // the secret, not at Lambda's init deadline.
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .operation_timeout(std::time::Duration::from_secs(5))
+        .build();
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
         .load()
         .await;
     let client = aws_sdk_secretsmanager::Client::new(&config);
@@ -62,6 +69,9 @@ pub fn parse_secret_options(id: &str, text: &str) -> Result<BTreeMap<String, Str
                     e.column()
                 ))
             })?;
+        if object.is_empty() {
+            return Err(bad("holds no options".into()));
+        }
         return object
             .into_iter()
             .map(|(k, v)| match v {
@@ -135,5 +145,6 @@ mod tests {
         assert!(e.contains("not a JSON object"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
         assert!(parse_secret_options("s", " , ").is_err());
+        assert!(parse_secret_options("s", "{}").is_err());
     }
 }

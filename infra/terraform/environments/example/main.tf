@@ -65,6 +65,7 @@ module "ingest" {
   event_stream_arns        = local.kinesis ? [local.streams["events"], local.streams["events_overflow"]] : []
   kafka_bootstrap          = module.stream.kafka_bootstrap
   kafka_options_secret_arn = module.stream.kafka_options_secret_arn
+  kafka_options_version    = module.stream.kafka_options_version
   kms_key_arn              = module.observability.kms_key_arn
   vpc_id                   = var.vpc_id
   vpc_cidr                 = var.vpc_cidr
@@ -87,6 +88,7 @@ module "antifraud" {
   msk_scram_secret_arn     = module.stream.scram_secret_arn
   kafka_bootstrap          = module.stream.kafka_bootstrap
   kafka_options_secret_arn = module.stream.kafka_options_secret_arn
+  kafka_options_version    = module.stream.kafka_options_version
   kms_key_arn              = module.observability.kms_key_arn
   vpc_id                   = var.vpc_id
   vpc_cidr                 = var.vpc_cidr

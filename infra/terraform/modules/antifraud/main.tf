@@ -139,6 +139,10 @@ module "function" {
     }, local.topics, local.kinesis ? {} : {
     PITBOSS_KAFKA_BOOTSTRAP      = var.kafka_bootstrap
     PITBOSS_KAFKA_OPTIONS_SECRET = var.kafka_options_secret_arn
+    # Not read by the function: a new secret version changes the configuration, so every
+    # instance starts again and reads the new password (warm ones would keep the old one).
+    }, var.kafka_options_version == null ? {} : {
+    PITBOSS_KAFKA_OPTIONS_VERSION = var.kafka_options_version
   })
   kms_key_arn        = var.kms_key_arn
   vpc_id             = var.vpc_id
@@ -196,4 +200,15 @@ resource "aws_lambda_event_source_mapping" "events" {
 moved {
   from = aws_lambda_event_source_mapping.events
   to   = aws_lambda_event_source_mapping.events["events"]
+}
+
+# On MSK the function needs the brokers and the secret of its options: fail the plan naming
+# them rather than start a function that cannot log in.
+resource "terraform_data" "kafka_inputs" {
+  lifecycle {
+    precondition {
+      condition     = local.kinesis || (var.kafka_bootstrap != null && var.kafka_options_secret_arn != null)
+      error_message = "bus = \"kafka\" needs kafka_bootstrap and kafka_options_secret_arn."
+    }
+  }
 }

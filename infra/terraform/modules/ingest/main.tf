@@ -51,6 +51,10 @@ module "function" {
     }, local.kinesis ? {} : {
     PITBOSS_KAFKA_BOOTSTRAP      = var.kafka_bootstrap
     PITBOSS_KAFKA_OPTIONS_SECRET = var.kafka_options_secret_arn
+    # Not read by the function: a new secret version changes the configuration, so every
+    # instance starts again and reads the new password (warm ones would keep the old one).
+    }, var.kafka_options_version == null ? {} : {
+    PITBOSS_KAFKA_OPTIONS_VERSION = var.kafka_options_version
   })
   kms_key_arn        = var.kms_key_arn
   vpc_id             = var.vpc_id
@@ -120,4 +124,15 @@ resource "aws_lambda_permission" "api" {
   function_name = module.function.function_name
   principal     = "apigateway.amazonaws.com"
   source_arn    = "${aws_apigatewayv2_api.ingest.execution_arn}/*/*"
+}
+
+# On MSK the function needs the brokers and the secret of its options: fail the plan naming
+# them rather than start a function that cannot log in.
+resource "terraform_data" "kafka_inputs" {
+  lifecycle {
+    precondition {
+      condition     = local.kinesis || (var.kafka_bootstrap != null && var.kafka_options_secret_arn != null)
+      error_message = "bus = \"kafka\" needs kafka_bootstrap and kafka_options_secret_arn."
+    }
+  }
 }

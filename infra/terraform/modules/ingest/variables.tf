@@ -112,6 +112,12 @@ variable "kafka_options_secret_arn" {
   }
 }
 
+variable "kafka_options_version" {
+  description = "Version id of that secret's current value (the stream module's kafka_options_version): set as PITBOSS_KAFKA_OPTIONS_VERSION, so a changed password restarts the function's instances. null: not set."
+  type        = string
+  default     = null
+}
+
 variable "kms_key_arn" {
   description = "KMS key for the function's environment and logs."
   type        = string

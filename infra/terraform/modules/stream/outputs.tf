@@ -28,6 +28,11 @@ output "kafka_options_secret_arn" {
   value       = try(aws_secretsmanager_secret.kafka_options[0].arn, null)
 }
 
+output "kafka_options_version" {
+  description = "Version id of the kafka-options secret's current value (null for Kinesis): changes with the password."
+  value       = try(aws_secretsmanager_secret_version.kafka_options[0].version_id, null)
+}
+
 output "scram_secret_arn" {
   description = "ARN of the AmazonMSK_* SCRAM secret (null for Kinesis)."
   value       = try(aws_secretsmanager_secret.scram[0].arn, null)
