@@ -14,7 +14,8 @@ schema and checks that it returns the columns its panel reads, on two engines:
 
 Grafana's macros are expanded the way the ClickHouse plugin does ($__timeFilter(c) ->
 c >= toDateTime(from) AND c <= toDateTime(to); $__interval_s -> 60), ${tenant} -> 'acme',
-${currency:singlequote} -> 'EUR'; the dashboards' variable queries are run too. A
+${currency:csv} -> EUR (then also EUR,USD and nothing, which must run); the dashboards'
+variable queries are run too. A
 few rows are inserted first (events, which fill the rollups through their materialized views,
 alerts, an ack, pushes, deliveries) so every query also has to return at least one row.
 Prints one line per query; exits 1 naming every query that failed.
@@ -57,10 +58,10 @@ SAMPLE = [
 ]
 
 
-def expand(sql):
+def expand(sql, currency="EUR"):
     sql = sql.replace("${tenant}", "acme").replace("$__interval_s", "60")
-    # A multi-value variable as the plugin writes it with the singlequote format.
-    sql = sql.replace("${currency:singlequote}", "'EUR'")
+    # A multi-value variable as the plugin writes it with the csv format.
+    sql = sql.replace("${currency:csv}", currency)
     while "$__timeFilter(" in sql:
         start = sql.index("$__timeFilter(")
         end = sql.index(")", start)
@@ -102,6 +103,11 @@ def run_all(execute, engine):
         label = f"{q['dashboard']} / {q['panel']}"
         try:
             problems = check(execute(expand(q["sql"])), q)
+            # Other selections must run too: several currencies, and none (no currency in the
+            # range: Grafana writes an empty list).
+            if "${currency:csv}" in q["sql"]:
+                for other in ("EUR,USD", ""):
+                    execute(expand(q["sql"], other))
         except Exception as e:  # server errors and chDB's own error types
             problems = [str(e).strip().splitlines()[0][:400]]
         if problems:

@@ -22,15 +22,18 @@ CH = {"type": "grafana-clickhouse-datasource", "uid": "pitboss-clickhouse"}
 PROM = {"type": "prometheus", "uid": "pitboss-prometheus"}
 TENANT = "tenant_id = '${tenant}'"
 # The money panels' currencies (amounts of two currencies are never added: each panel groups by
-# currency, and this narrows which it shows).
-CURRENCY = "currency IN (${currency:singlequote})"
+# currency, and this narrows which it shows). As a comma-separated list split in SQL, not
+# `IN (…)`: with nothing to choose from Grafana writes an empty list, and `IN ()` is a syntax
+# error on ClickHouse 18.16 where this is "no rows".
+CURRENCY = "has(splitByChar(',', '${currency:csv}'), currency)"
 VARIABLES = {
     "tenant": ("Tenant", "SELECT DISTINCT tenant_id FROM players_per_minute ORDER BY tenant_id",
-               False),
+               False, 2),
     # Every currency of the range's bets, deposits and withdrawals (one column of the events
-    # in the range: "All" then leaves none out).
+    # in the range: "All" then leaves none out), read when the dashboard loads (refresh 1), not
+    # at every auto-refresh.
     "currency": ("Currency", "SELECT DISTINCT currency FROM events WHERE tenant_id = '${tenant}'"
-                 " AND $__timeFilter(occurred_at) AND currency != '' ORDER BY currency", True),
+                 " AND $__timeFilter(occurred_at) AND currency != '' ORDER BY currency", True, 1),
 }
 
 
@@ -287,10 +290,10 @@ def dashboard(uid, title, specs):
         row_h = max(row_h, spec["h"])
     variables = []
     for name in used_variables(specs):
-        label, query, multi = VARIABLES[name]
+        label, query, multi, refresh = VARIABLES[name]
         variables.append({
             "name": name, "label": label, "type": "query", "datasource": CH, "query": query,
-            "refresh": 2, "multi": multi, "includeAll": multi})
+            "refresh": refresh, "multi": multi, "includeAll": multi})
     return {
         "uid": f"pitboss-{uid}", "title": title, "tags": ["pitboss"], "editable": False,
         "schemaVersion": 41, "version": 1, "timezone": "utc", "refresh": "30s",
