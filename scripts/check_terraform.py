@@ -13,7 +13,9 @@
 - no secret version holds a literal: secret_string comes from a variable or a generated value;
 - no plain environment (a module call's `environment`, a Lambda's `environment.variables`)
   holds a credential (PITBOSS_KAFKA_OPTIONS, *PASSWORD*, *SECRET_ACCESS_KEY): those come
-  through Secrets Manager (ECS `secrets`, the Lambdas' PITBOSS_KAFKA_OPTIONS_SECRET);
+  through Secrets Manager (ECS `secrets`, the Lambdas' PITBOSS_KAFKA_OPTIONS_SECRET). Keys
+  written in the file only (not those of a local or variable it passes), upper case as
+  environment variables are; values are not inspected;
 - references, what `terraform validate` would reject without needing the providers (it cannot
   run here: no provider registry): in each directory of .tf files, every var.X, local.X, data.T.N,
   resource T.N (T of a provider in required_providers), module.N and module.N.OUT is declared
