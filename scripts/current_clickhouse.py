@@ -116,6 +116,11 @@ def main():
                 "AND name IN ('alerts', 'pushes', 'deliveries', 'alert_acks') ORDER BY name)"
             ),
             "ledger": scalar("SELECT groupArray(version) FROM (SELECT DISTINCT version FROM pitboss_migrations ORDER BY version)"),
+            # Version 6's column, last, in the table's CREATE (no ALTER on an empty database).
+            "utc_offset_min": scalar(
+                "SELECT concat(name, ' ', type) FROM system.columns WHERE database = 'pitboss' "
+                "AND table = 'events' ORDER BY position DESC LIMIT 1"
+            ),
         }
         expected = {
             "events": "120",
@@ -133,7 +138,8 @@ def main():
             "alerts_per_minute": '"[2,1]"',
             "alerts_high_water": "4,3",
             "live_tables": "\"['ReplacingMergeTree','ReplacingMergeTree','ReplacingMergeTree','ReplacingMergeTree']\"",
-            "ledger": '"[1,2,3,4,5]"',
+            "ledger": '"[1,2,3,4,5,6]"',
+            "utc_offset_min": '"utc_offset_min Nullable(Int16)"',
         }
         failed = {k: (checks[k], v) for k, v in expected.items() if checks[k] != v}
         print(json.dumps({"clickhouse": version, "statements": len(statements), "checks": checks}))

@@ -216,6 +216,74 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
     );
 }
 
+/// A cluster at version 5 (its events written before `utc_offset_min`): two `migrate` at once
+/// from two servers add the column to every server's local and Distributed `events` (each
+/// ALTER only where it is missing), the old rows read NULL, and a third finds nothing to do.
+#[tokio::test]
+async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
+    let c = Cluster::new().await;
+    let first = c.client(0);
+    schema::applied(&first, &c.layout).await.unwrap(); // the ledger
+    for m in &schema::MIGRATIONS[..5] {
+        for sql in m.sql(&c.layout) {
+            first.query(&sql).execute().await.unwrap();
+        }
+        first
+            .query(
+                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .unwrap();
+    }
+    first
+        .query(
+            "INSERT INTO events_local (tenant_id, event_id, player_id, type, occurred_at, \
+             occurred_at_ms, received_at, received_at_ms, payload) VALUES ('acme', 'old', 'p1', \
+             'login', now(), 0, now(), 0, '{}')",
+        )
+        .execute()
+        .await
+        .unwrap();
+    let (one, four) = (c.client(0), c.client(3));
+    let (a, b) = tokio::join!(
+        schema::migrate(&one, &c.layout),
+        schema::migrate(&four, &c.layout)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a == [6] || b == [6], "{a:?} {b:?}");
+    for i in 0..4 {
+        for table in ["events_local", "events"] {
+            let n = c
+                .scalar(
+                    i,
+                    &format!(
+                        "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+                         AND table = '{table}' AND name = 'utc_offset_min' AND type = 'Nullable(Int16)'"
+                    ),
+                )
+                .await;
+            assert_eq!(n, 1, "server {} {table}", i + 1);
+        }
+    }
+    assert_eq!(
+        c.scalar(
+            0,
+            "SELECT count() FROM events_local WHERE utc_offset_min IS NULL"
+        )
+        .await,
+        1
+    );
+    assert!(
+        schema::migrate(&c.client(1), &c.layout)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn the_high_water_mark_comes_from_every_replica_and_a_retried_batch_is_dropped() {
     let c = Cluster::new().await;

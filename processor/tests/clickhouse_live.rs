@@ -271,7 +271,7 @@ async fn a_database_at_version_4_gets_the_live_tables_in_place_of_version_2s() {
         schema::migrate(&client, &Layout::Single)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(a == [5] || b == [5], "{a:?} {b:?}");
+    assert!(a == [5, 6] || b == [5, 6], "{a:?} {b:?}");
     use clickhouse::Row;
     for (table, expected) in [
         ("alerts", AlertRow::COLUMN_NAMES),
@@ -287,6 +287,89 @@ async fn a_database_at_version_4_gets_the_live_tables_in_place_of_version_2s() {
         .await
         .unwrap();
     assert_eq!(engine, "ReplacingMergeTree");
+    assert!(
+        schema::migrate(&client, &Layout::Single)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A database at version 5 holding events gets `utc_offset_min` (version 6): the rows it held
+/// read NULL, a row written after keeps its offset, and the backtest's reader gives it back
+/// on the event.
+#[tokio::test]
+async fn a_database_at_version_5_keeps_utc_offsets_from_version_6_on() {
+    let client = database().await;
+    schema::applied(&client, &Layout::Single).await.unwrap(); // the ledger
+    for m in &schema::MIGRATIONS[..5] {
+        for sql in m.sql(&Layout::Single) {
+            client.query(&sql).execute().await.unwrap();
+        }
+        client
+            .query(
+                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .unwrap();
+    }
+    let now_ms = pitboss_model::Timestamp::now().as_millis() as u64;
+    client
+        .query(&format!(
+            "INSERT INTO events (tenant_id, event_id, player_id, type, occurred_at, occurred_at_ms, \
+             received_at, received_at_ms, schema_version, payload) VALUES ('acme', \
+             '0193735a-0000-7000-8000-000000000001', 'p1', 'login', toDateTime({s}), {now_ms}, \
+             toDateTime({s}), {now_ms}, 1, '{{\"ip\":\"10.0.0.1\",\"success\":true}}')",
+            s = now_ms / 1000
+        ))
+        .execute()
+        .await
+        .unwrap();
+    assert!(
+        !columns(&client, "events")
+            .await
+            .contains(&"utc_offset_min".into())
+    );
+    assert_eq!(
+        schema::migrate(&client, &Layout::Single).await.unwrap(),
+        [6]
+    );
+    use clickhouse::Row;
+    assert_eq!(
+        columns(&client, "events").await,
+        pitboss_processor::EventRow::COLUMN_NAMES
+    );
+    // Written as the processor writes: an event sent with its offset.
+    let at = pitboss_model::Timestamp::from_millis(now_ms as i64 + 1);
+    let mut event = pitboss_model::decode_event(
+        format!(
+            r#"{{"event_id":"0193735a-0000-7000-8000-000000000002","tenant_id":"acme","player_id":"p1",
+                "type":"login","occurred_at":"{}","utc_offset_min":-300,"payload":{{"ip":"10.0.0.1"}}}}"#,
+            at.to_rfc3339().unwrap()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    event.received_at = Some(at);
+    let row = pitboss_processor::rows::from_event(event, "events", 0, 1).unwrap();
+    assert_eq!(row.utc_offset_min, Some(-300));
+    let mut insert = client
+        .insert::<pitboss_processor::EventRow>("events")
+        .await
+        .unwrap();
+    insert.write(&row).await.unwrap();
+    insert.end().await.unwrap();
+    let stored = sink::events_page(&client, 0, u64::MAX, Some("acme"), None, 10)
+        .await
+        .unwrap();
+    let offsets: Vec<Option<i32>> = stored
+        .iter()
+        .map(|s| s.to_event().unwrap().utc_offset_min)
+        .collect();
+    assert_eq!(offsets, [None, Some(-300)]);
     assert!(
         schema::migrate(&client, &Layout::Single)
             .await

@@ -345,6 +345,51 @@ async fn migrating_to_one_event_per_id_drops_stored_copies_and_rebuilds_the_roll
     assert_rollups_are_those_of(&db, 0..n);
 }
 
+/// Events keep the `utc_offset_min` they were sent with (version 6) and the backtest's reader
+/// gives it back; a store from before version 6 migrates with its rows at NULL.
+#[tokio::test]
+async fn events_keep_their_utc_offset_and_a_store_from_before_reads_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pitboss.db");
+    let bus = bus(dir.path()).await;
+    let offset = |i: u64| (!i.is_multiple_of(3)).then_some(i as i32 * 15 - 600);
+    let records: Vec<OutRecord> = (0..30)
+        .map(|i| {
+            let mut e = event(i);
+            e.utc_offset_min = offset(i);
+            OutRecord::new(format!("{}:{}", e.tenant_id, e.player_id), encode_proto(&e))
+        })
+        .collect();
+    bus.publisher().publish("events", records).await.unwrap();
+    run_until(bus.clone(), &db, 30).await;
+    let read = |db: &std::path::Path| {
+        let mut got = std::collections::BTreeMap::new();
+        sqlite::scan_events(db, 0, i64::MAX, None, |e| {
+            let e = e.unwrap();
+            got.insert(e.event_id.unwrap(), e.utc_offset_min);
+        })
+        .unwrap();
+        got
+    };
+    let want: std::collections::BTreeMap<String, Option<i32>> = (0..30)
+        .map(|i| (event(i).event_id.unwrap(), offset(i)))
+        .collect();
+    assert_eq!(read(&db), want);
+    // Back to version 5's shape: the column gone, the migration not recorded.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "ALTER TABLE events DROP COLUMN utc_offset_min;
+             DELETE FROM pitboss_migrations WHERE version = 6;",
+        )
+        .unwrap();
+    }
+    let (_, ran) = sqlite::open(&db).unwrap();
+    assert_eq!(ran, vec![6]);
+    assert!(read(&db).values().all(Option::is_none));
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 30);
+}
+
 #[test]
 fn migrations_are_recorded_once_when_two_processes_open_the_store_at_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,6 +45,9 @@ pub struct Report {
     pub events_unreadable: u64,
     /// The first of those problems, with their reason.
     pub problems: Vec<String>,
+    /// Evaluated events without `utc_offset_min` (sent without one, or stored before the store
+    /// kept it): `local_hour` reads them at the set's default offset.
+    pub events_without_utc_offset: u64,
     /// Messages the engine withheld because they broke the contract (`Output::rejected`).
     pub rejected: u64,
     pub alerts: u64,
@@ -59,8 +62,8 @@ pub struct Report {
     /// The scoring thresholds of the set.
     pub review: u32,
     pub block: u32,
-    /// What makes this replay differ from the live engine (rules reading what the store does
-    /// not keep), and hints when nothing was read.
+    /// What may make this replay differ from the live engine (rules reading the local hour of
+    /// events without an offset), and hints when nothing was read.
     pub warnings: Vec<String>,
 }
 
@@ -166,6 +169,8 @@ pub struct Backtest {
     edges: Vec<u32>,
     examples: usize,
     out: Output,
+    /// The rules reading `local_hour` (warned about when events come without an offset).
+    local_hour_rules: Vec<String>,
 }
 
 impl Backtest {
@@ -215,6 +220,7 @@ impl Backtest {
             events_outside: 0,
             events_unreadable: 0,
             problems: Vec::new(),
+            events_without_utc_offset: 0,
             rejected: 0,
             alerts: 0,
             pushes: 0,
@@ -223,10 +229,17 @@ impl Backtest {
             score_distribution,
             review: set.scoring.review,
             block: set.scoring.block,
-            warnings: local_hour_warnings(&set),
+            warnings: Vec::new(),
         };
+        let local_hour_rules = set
+            .rules
+            .iter()
+            .filter(|r| r.reads(&crate::field::Field::LocalHour))
+            .map(|r| r.id.clone())
+            .collect();
         let seen = (0..report.rules.len()).map(|_| Seen::default()).collect();
         Backtest {
+            local_hour_rules,
             engine: Engine::new(set),
             report,
             index,
@@ -268,6 +281,9 @@ impl Backtest {
         if now < self.report.warmup_from || now >= self.report.to {
             self.report.events_outside += 1;
             return;
+        }
+        if event.utc_offset_min.is_none() {
+            self.report.events_without_utc_offset += 1;
         }
         self.out.clear();
         if let Err(e) = self.engine.process(event, now, &mut self.out) {
@@ -387,6 +403,18 @@ impl Backtest {
             r.players = s.players.len() as u64;
             r.keys = s.keys.len() as u64;
         }
+        if !self.local_hour_rules.is_empty() && self.report.events_without_utc_offset > 0 {
+            let ids = &self.local_hour_rules;
+            self.report.warnings.push(format!(
+                "{} read{} local_hour: {} of the events replayed have no utc_offset_min (sent \
+                 without one, as the live engine read them too, or stored before the store kept \
+                 it: store schema version 6), read at [engine] default_utc_offset_min ({} min)",
+                ids.join(", "),
+                if ids.len() == 1 { "s" } else { "" },
+                self.report.events_without_utc_offset,
+                self.engine.rules().limits.default_utc_offset_min
+            ));
+        }
         if self.report.events_read == 0 {
             self.report.warnings.push(
                 "no stored event was received in the range or its warm-up: check --from, --to \
@@ -401,27 +429,6 @@ impl Backtest {
         }
         self.report
     }
-}
-
-/// The rules a replay sees differently from the live engine: the store keeps no
-/// `utc_offset_min`, so `local_hour` is read at the set's default offset.
-fn local_hour_warnings(set: &RuleSet) -> Vec<String> {
-    let ids: Vec<&str> = set
-        .rules
-        .iter()
-        .filter(|r| r.reads(&crate::field::Field::LocalHour))
-        .map(|r| r.id.as_str())
-        .collect();
-    if ids.is_empty() {
-        return Vec::new();
-    }
-    vec![format!(
-        "{} read{} local_hour: the store keeps no utc_offset_min, so every replayed event is \
-         at [engine] default_utc_offset_min ({} min) and hits may differ from the live engine's",
-        ids.join(", "),
-        if ids.len() == 1 { "s" } else { "" },
-        set.limits.default_utc_offset_min
-    )]
 }
 
 /// Runs a whole backtest over `events` (in the order they were received).

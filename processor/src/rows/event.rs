@@ -42,6 +42,8 @@ pub struct EventRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
+    /// The player's offset from UTC in minutes, as sent (schema version 6).
+    pub utc_offset_min: Option<i16>,
     /// Whether the client chose `event_id` (the record's `pitboss-client-id` header): only such
     /// an id can come back in a retry, so only such rows are looked up before an insert. Not
     /// a column.
@@ -173,6 +175,8 @@ pub fn from_event(
         bus_topic: topic.to_owned(),
         bus_partition: partition,
         bus_offset: offset,
+        // Validated at ingest (±840 min); anything else is not kept rather than wrapped.
+        utc_offset_min: event.utc_offset_min.and_then(|m| i16::try_from(m).ok()),
         client_id: false,
     };
     match event.payload {
@@ -242,16 +246,17 @@ pub struct StoredEvent {
     pub schema_version: u32,
     pub late: u8,
     pub payload: String,
+    pub utc_offset_min: Option<i16>,
 }
 
 impl StoredEvent {
     /// The columns, in the order of the struct (for a `SELECT`).
     pub const COLUMNS: &'static str = "tenant_id, event_id, player_id, session_id, type, \
-        occurred_at_ms, received_at_ms, schema_version, late, payload";
+        occurred_at_ms, received_at_ms, schema_version, late, payload, utc_offset_min";
 
     /// Rebuilds the event: its canonical JSON (the stored payload under its `type`) decoded by
-    /// the contract's decoder, then `received_at` and `late` from the row. The stored row does
-    /// not keep `utc_offset_min`, so the event has none. A row that is not a valid event says
+    /// the contract's decoder, then `received_at`, `late` and `utc_offset_min` from the row
+    /// (none for a row stored before the store kept it). A row that is not a valid event says
     /// why.
     pub fn to_event(&self) -> Result<Event, String> {
         #[derive(Serialize)]
@@ -294,6 +299,7 @@ impl StoredEvent {
         let mut event = pitboss_model::decode_event(&json).map_err(|v| why(v.to_string()))?;
         event.received_at = Some(received_at);
         event.late = self.late != 0;
+        event.utc_offset_min = self.utc_offset_min.map(i32::from);
         Ok(event)
     }
 }
@@ -381,6 +387,7 @@ mod tests {
         let mut event = bet();
         event.session_id = Some("s-1".into());
         event.late = true;
+        event.utc_offset_min = Some(-210);
         let row = from_event(event.clone(), "events", 0, 0).unwrap();
         let stored = StoredEvent {
             tenant_id: row.tenant_id,
@@ -393,6 +400,7 @@ mod tests {
             schema_version: row.schema_version,
             late: row.late,
             payload: row.payload,
+            utc_offset_min: row.utc_offset_min,
         };
         assert_eq!(stored.to_event().unwrap(), event);
         let broken = StoredEvent {

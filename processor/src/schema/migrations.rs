@@ -347,6 +347,18 @@ GROUP BY tenant_id, minute, rule_id",
             },
         ],
     },
+    Migration {
+        version: 6,
+        name: "events keep utc_offset_min",
+        // The player's offset from UTC when the event happened (docs/events.md), for what
+        // reads local time: a replay of the rules (`rules backtest`) reads it as the live
+        // engine did. NULL: sent without one, or stored before this version.
+        statements: &[Statement::AddColumn {
+            table: "events",
+            column: "utc_offset_min",
+            ty: "Nullable(Int16)",
+        }],
+    },
 ];
 
 #[cfg(test)]

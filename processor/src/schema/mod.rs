@@ -140,16 +140,110 @@ pub enum Statement {
         name: &'static str,
         old_column: &'static str,
     },
+    /// Adds a column at the end of a table an earlier migration created (and, in the cluster
+    /// layout, of its local table and its `Distributed` one); rows already stored read its
+    /// default (`NULL` for a `Nullable` type). ClickHouse 18.16 has no `ADD COLUMN IF NOT
+    /// EXISTS`: [`migrate`] runs each `ALTER` only where the column is missing.
+    AddColumn {
+        table: &'static str,
+        column: &'static str,
+        ty: &'static str,
+    },
+}
+
+/// A planned statement: what [`plan`] keeps, with the columns later migrations of the same plan
+/// add to it when it is a table created in that plan (created with them, not altered after).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub statement: &'static Statement,
+    pub added: Vec<(&'static str, &'static str)>,
+}
+
+impl Planned {
+    /// The SQL for `layout`, in order.
+    pub fn render(&self, layout: &Layout) -> Vec<String> {
+        self.statement.render_with(layout, &self.added)
+    }
 }
 
 impl Statement {
     /// The SQL for `layout`, in order.
     pub fn render(&self, layout: &Layout) -> Vec<String> {
+        self.render_with(layout, &[])
+    }
+
+    /// An `AddColumn`'s steps: the table each one gives the column, and its SQL. In the
+    /// cluster layout the local tables are altered (replicated: `ON CLUSTER` reaches every
+    /// replica), then the `Distributed` table is made anew beside the old one and swapped in by
+    /// one `RENAME` (ClickHouse 18.16 refuses `ALTER … ON CLUSTER` on a table that is not
+    /// replicated when the cluster's shards replicate internally). A `Distributed` table holds
+    /// no rows (the processor inserts synchronously), so nothing is lost in the swap.
+    fn add_column_steps(&self, layout: &Layout) -> Vec<(String, Vec<String>)> {
+        let Statement::AddColumn { table, column, ty } = *self else {
+            return Vec::new();
+        };
+        match layout {
+            Layout::Single => vec![(
+                table.to_owned(),
+                vec![format!("ALTER TABLE {table} ADD COLUMN {column} {ty}")],
+            )],
+            Layout::Cluster { cluster, database } => {
+                let on = layout.on_cluster();
+                let shard_by = MIGRATIONS
+                    .iter()
+                    .flat_map(|m| m.statements)
+                    .filter_map(|s| match s {
+                        Statement::Table { name, shard_by, .. } if *name == table => {
+                            Some(*shard_by)
+                        }
+                        _ => None,
+                    })
+                    .next_back()
+                    .unwrap_or("rand()");
+                let (t, swap, old) = (
+                    format!("{database}.{table}"),
+                    format!("{database}.{table}_pitboss_swap"),
+                    format!("{database}.{table}_pitboss_old"),
+                );
+                vec![
+                    (
+                        format!("{table}_local"),
+                        vec![format!(
+                            "ALTER TABLE {t}_local{on} ADD COLUMN {column} {ty}"
+                        )],
+                    ),
+                    (
+                        table.to_owned(),
+                        vec![
+                            format!(
+                                "CREATE TABLE IF NOT EXISTS {swap}{on} AS {t}_local \
+                                 ENGINE = Distributed({cluster}, {database}, {table}_local, {shard_by})"
+                            ),
+                            format!("DROP TABLE IF EXISTS {old}{on}"),
+                            format!("RENAME TABLE {t} TO {old}, {swap} TO {t}{on}"),
+                            format!("DROP TABLE IF EXISTS {old}{on}"),
+                        ],
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// The SQL for `layout`, a `Table` with the columns `added` after its own.
+    fn render_with(&self, layout: &Layout, added: &[(&str, &str)]) -> Vec<String> {
+        let mut columns_text = String::new();
+        if let Statement::Table { columns, .. } = self {
+            columns_text = columns.trim_end().to_owned();
+            for (name, ty) in added {
+                columns_text += &format!(",\n    {name} {ty}");
+            }
+            columns_text.push('\n');
+        }
+        let columns = columns_text.as_str();
         match (*self, layout) {
             (
                 Statement::Table {
                     name,
-                    columns,
                     engine,
                     partition_by,
                     order_by,
@@ -165,11 +259,11 @@ impl Statement {
             (
                 Statement::Table {
                     name,
-                    columns,
                     engine,
                     partition_by,
                     order_by,
                     shard_by,
+                    ..
                 },
                 Layout::Cluster { cluster, database },
             ) => vec![
@@ -220,6 +314,11 @@ impl Statement {
             (Statement::Drop { name, .. }, Layout::Single) => {
                 vec![format!("DROP TABLE IF EXISTS {name}")]
             }
+            (Statement::AddColumn { .. }, _) => self
+                .add_column_steps(layout)
+                .into_iter()
+                .flat_map(|(_, sql)| sql)
+                .collect(),
             (Statement::Drop { name, .. }, Layout::Cluster { database, .. }) => vec![
                 format!(
                     "DROP TABLE IF EXISTS {database}.{name}{on}",
@@ -252,24 +351,36 @@ impl Migration {
     }
 }
 
-/// The columns of `table` as its latest migration creates it — name and type, in order — for a
-/// check that the server's table still reads rows as the processor writes them.
+/// The columns of `table` as the migrations leave it — name and type, in order: the latest
+/// `Table` statement's, then the columns added after it — for a check that the server's table
+/// still reads rows as the processor writes them.
 pub fn columns(table: &str) -> Option<Vec<(&'static str, &'static str)>> {
-    MIGRATIONS
-        .iter()
-        .rev()
-        .flat_map(|m| m.statements.iter().rev())
-        .find_map(|s| match s {
-            Statement::Table { name, columns, .. } if *name == table => Some(*columns),
-            _ => None,
-        })
-        .map(|columns| {
-            columns
-                .lines()
-                .map(|line| line.trim().trim_end_matches(','))
-                .filter_map(|line| line.split_once(' '))
-                .collect()
-        })
+    let mut found: Option<Vec<(&'static str, &'static str)>> = None;
+    for statement in MIGRATIONS.iter().flat_map(|m| m.statements) {
+        match statement {
+            Statement::Table { name, columns, .. } if *name == table => {
+                found = Some(
+                    columns
+                        .lines()
+                        .map(|line| line.trim().trim_end_matches(','))
+                        .filter_map(|line| line.split_once(' '))
+                        .collect(),
+                );
+            }
+            Statement::Drop { name, .. } if *name == table => found = None,
+            Statement::AddColumn {
+                table: t,
+                column,
+                ty,
+            } if *t == table => {
+                if let Some(cols) = found.as_mut() {
+                    cols.push((*column, *ty));
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 const LEDGER_COLUMNS: &str = "version UInt32, name String, applied_at DateTime";
@@ -315,9 +426,11 @@ pub async fn create_database(
 }
 
 /// The migrations not in `done` and, for each, the statements to run, in order: a table (or
-/// a view on one) that a pending migration drops again is not created, and a table is dropped
-/// only if a migration in `done` created it — on an empty database nothing is dropped.
-pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<&'static Statement>)> {
+/// a view on one) that a pending migration drops again is not created, a table is dropped
+/// only if a migration in `done` created it — on an empty database nothing is dropped — and a
+/// table created in this plan is created with the columns later pending migrations add to it
+/// (no `ALTER` then: the script of an empty database stays `IF NOT EXISTS` throughout).
+pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<Planned>)> {
     let pending: Vec<(usize, &'static Migration)> = MIGRATIONS
         .iter()
         .enumerate()
@@ -338,6 +451,31 @@ pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<&'static Statement>)> 
             .flat_map(|m| m.statements)
             .any(|s| matches!(s, Statement::Table { name, .. } if *name == table))
     };
+    // A pending migration before `i` creates `table` (and no later one drops it).
+    let created_in_plan = |i: usize, table: &str| {
+        pending.iter().any(|(j, m)| {
+            *j < i
+                && !dropped_after(*j, table)
+                && m.statements
+                    .iter()
+                    .any(|s| matches!(s, Statement::Table { name, .. } if *name == table))
+        })
+    };
+    let added_after = |i: usize, table: &str| -> Vec<(&'static str, &'static str)> {
+        pending
+            .iter()
+            .filter(|(j, _)| *j > i)
+            .flat_map(|(_, m)| m.statements)
+            .filter_map(|s| match s {
+                Statement::AddColumn {
+                    table: t,
+                    column,
+                    ty,
+                } if *t == table => Some((*column, *ty)),
+                _ => None,
+            })
+            .collect()
+    };
     pending
         .iter()
         .map(|(i, m)| {
@@ -350,6 +488,16 @@ pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<&'static Statement>)> 
                         !dropped_after(*i, from) && !dropped_after(*i, to)
                     }
                     Statement::Drop { name, .. } => created(name),
+                    Statement::AddColumn { table, .. } => {
+                        !dropped_after(*i, table) && !created_in_plan(*i, table)
+                    }
+                })
+                .map(|s| Planned {
+                    statement: s,
+                    added: match s {
+                        Statement::Table { name, .. } => added_after(*i, name),
+                        _ => Vec::new(),
+                    },
                 })
                 .collect();
             (*m, statements)
@@ -359,7 +507,8 @@ pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<&'static Statement>)> 
 
 /// Every migration as one SQL script for `layout`, ledger included (`;`-terminated
 /// statements, `-- version` comments): what [`migrate`] runs on an empty database, for review
-/// or for another tool to apply. Every statement is `IF NOT EXISTS`, so it may run twice.
+/// or for another tool to apply. Every statement is `IF NOT EXISTS` (columns a later version adds
+/// are in the tables' `CREATE`), so it may run twice.
 pub fn script(layout: &Layout) -> String {
     let mut out = format!("-- the migrations ledger\n{};\n\n", ledger(layout));
     for (m, statements) in plan(&[]) {
@@ -390,13 +539,22 @@ pub async fn applied(client: &Client, layout: &Layout) -> Result<Vec<u32>, Proce
 /// Whether `table` (or, in the cluster layout, `<table>_local`) of the client's database has
 /// the column `column`.
 async fn has_column(client: &Client, table: &str, column: &str) -> Result<bool, ProcessorError> {
+    Ok(table_has_column(client, table, column).await?
+        || table_has_column(client, &format!("{table}_local"), column).await?)
+}
+
+/// Whether exactly `table` of the client's database has the column `column`.
+async fn table_has_column(
+    client: &Client,
+    table: &str,
+    column: &str,
+) -> Result<bool, ProcessorError> {
     let n: u64 = client
         .query(
             "SELECT count() FROM system.columns WHERE database = currentDatabase() \
-             AND table IN (?, ?) AND name = ?",
+             AND table = ? AND name = ?",
         )
         .bind(table)
-        .bind(format!("{table}_local"))
         .bind(column)
         .fetch_one()
         .await?;
@@ -411,7 +569,8 @@ pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, Proce
         let failed = |e: String| {
             ProcessorError::Migration(format!("version {} ({}): {e}", m.version, m.name))
         };
-        for statement in statements {
+        for planned in statements {
+            let statement = planned.statement;
             if let Statement::Drop { name, old_column } = statement
                 && !has_column(client, name, old_column)
                     .await
@@ -419,7 +578,26 @@ pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, Proce
             {
                 continue;
             }
-            for sql in statement.render(layout) {
+            // Each step only where the column is missing; one that fails because another
+            // `migrate` gave the table the column meanwhile is done.
+            if let Statement::AddColumn { column, .. } = statement {
+                for (target, sqls) in statement.add_column_steps(layout) {
+                    let there = |client| table_has_column(client, &target, column);
+                    if there(client).await.map_err(|e| failed(e.to_string()))? {
+                        continue;
+                    }
+                    for sql in sqls {
+                        if let Err(e) = client.query(&sql).execute().await {
+                            if there(client).await.map_err(|e| failed(e.to_string()))? {
+                                break;
+                            }
+                            return Err(failed(e.to_string()));
+                        }
+                    }
+                }
+                continue;
+            }
+            for sql in planned.render(layout) {
                 client
                     .query(&sql)
                     .execute()
@@ -528,9 +706,16 @@ mod tests {
         let all = planned(&[]);
         assert_eq!(
             all.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5]
+            [1, 2, 3, 4, 5, 6]
         );
         assert!(all[1].1.is_empty(), "version 2 is superseded: {:?}", all[1]);
+        // Version 6's column is in the table's CREATE: no ALTER on an empty database.
+        assert!(all[5].1.is_empty(), "version 6 is folded: {:?}", all[5]);
+        assert!(
+            all[0].1[0].ends_with("    bus_offset UInt64,\n    utc_offset_min Nullable(Int16)\n) ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY (tenant_id, occurred_at, player_id, event_id)"),
+            "{}",
+            all[0].1[0]
+        );
         let sql: Vec<&String> = all.iter().flat_map(|(_, sql)| sql).collect();
         assert!(
             sql.iter().all(|s| !s.starts_with("DROP")),
@@ -550,7 +735,14 @@ mod tests {
         // A database at version 4 has version 2's tables: version 5 drops them (if they still
         // have that shape, which `migrate` checks) and creates the new ones.
         let from_4 = planned(&[1, 2, 3, 4]);
-        assert_eq!(from_4.len(), 1);
+        assert_eq!(from_4.len(), 2);
+        assert_eq!(
+            from_4[1],
+            (
+                6,
+                vec!["ALTER TABLE events ADD COLUMN utc_offset_min Nullable(Int16)".to_owned()]
+            )
+        );
         let (version, sql) = &from_4[0];
         assert_eq!(*version, 5);
         assert_eq!(
@@ -559,6 +751,39 @@ mod tests {
         );
         assert!(sql[2].starts_with("CREATE TABLE IF NOT EXISTS alerts (\n    tenant_id String,"));
         assert_eq!(sql.len(), 8);
+    }
+
+    /// In the cluster layout a column is added to the local tables, then the Distributed table
+    /// is made anew with it and swapped in; the columns the processor checks include it, at
+    /// the end.
+    #[test]
+    fn an_added_column_alters_both_tables_of_a_cluster_and_ends_the_columns() {
+        let layout = Layout::cluster("pitboss", "analytics").expect("valid names");
+        let v6 = plan(&[1, 2, 3, 4, 5])
+            .into_iter()
+            .flat_map(|(_, s)| s)
+            .flat_map(|p| p.render(&layout))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            v6,
+            [
+                "ALTER TABLE analytics.events_local ON CLUSTER pitboss ADD COLUMN utc_offset_min Nullable(Int16)",
+                "CREATE TABLE IF NOT EXISTS analytics.events_pitboss_swap ON CLUSTER pitboss AS analytics.events_local \
+                 ENGINE = Distributed(pitboss, analytics, events_local, cityHash64(bus_topic, bus_partition))",
+                "DROP TABLE IF EXISTS analytics.events_pitboss_old ON CLUSTER pitboss",
+                "RENAME TABLE analytics.events TO analytics.events_pitboss_old, analytics.events_pitboss_swap TO analytics.events ON CLUSTER pitboss",
+                "DROP TABLE IF EXISTS analytics.events_pitboss_old ON CLUSTER pitboss",
+            ]
+        );
+        let events = columns("events").expect("events");
+        assert_eq!(events.last(), Some(&("utc_offset_min", "Nullable(Int16)")));
+        assert_eq!(events.len(), 31);
+        // An empty cluster gets it in the local table's CREATE (the Distributed one copies it).
+        let script = script(&layout);
+        assert!(!script.contains("ALTER"), "{script}");
+        assert!(script.contains(
+            "bus_offset UInt64,\n    utc_offset_min Nullable(Int16)\n) ENGINE = ReplicatedMergeTree"
+        ));
     }
 
     #[test]

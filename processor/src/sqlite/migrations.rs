@@ -239,4 +239,13 @@ INSERT INTO bets_per_minute
     FROM events WHERE type IN ('bet_placed', 'bet_settled')
     GROUP BY tenant_id, minute, game_id, currency;",
     },
+    Migration {
+        version: 6,
+        name: "events keep utc_offset_min",
+        // As ClickHouse's version 6: the player's offset from UTC, for what reads local time
+        // (a replay of the rules reads it as the live engine did). NULL: sent without one, or
+        // stored before this version.
+        sql: r"
+ALTER TABLE events ADD COLUMN utc_offset_min INTEGER;",
+    },
 ];

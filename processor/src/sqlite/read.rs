@@ -75,6 +75,7 @@ pub fn scan_events(
                 schema_version: r.get(7)?,
                 late: r.get(8)?,
                 payload: r.get(9)?,
+                utc_offset_min: r.get(10)?,
             })
         })();
         f(match row {

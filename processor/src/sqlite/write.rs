@@ -42,7 +42,8 @@ impl SqliteRow for EventRow {
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                 ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+                 ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30,
+                 ?31)
                  ON CONFLICT (tenant_id, event_id) DO NOTHING",
             )
             .map_err(store)?;
@@ -82,6 +83,7 @@ impl SqliteRow for EventRow {
                     r.bus_topic,
                     r.bus_partition,
                     r.bus_offset as i64,
+                    r.utc_offset_min,
                 ])
                 .map_err(store)?;
             if stored == 0 {

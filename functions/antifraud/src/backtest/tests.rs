@@ -101,11 +101,24 @@ fn hits_per_rule_are_what_one_engine_raises() {
     // The JSON form is one object.
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["rules"][0]["id"], "fraud.bet_velocity");
-    // rg.late_night reads local_hour, which the store does not keep: said, not hidden.
+    // rg.late_night reads local_hour, and most of these events come without an offset (the
+    // late-night players' carry one): said, with how many, not hidden.
     assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let evaluated: Vec<&Event> = events
+        .iter()
+        .filter(|e| Backtest::clock(e) >= report.warmup_from && Backtest::clock(e) < report.to)
+        .collect();
+    let without = evaluated
+        .iter()
+        .filter(|e| e.utc_offset_min.is_none())
+        .count() as u64;
+    assert!(without > 0 && without < evaluated.len() as u64, "{without}");
+    assert_eq!(report.events_without_utc_offset, without);
     assert!(
-        report.warnings[0]
-            .starts_with("rg.late_night reads local_hour: the store keeps no utc_offset_min"),
+        report.warnings[0].starts_with(&format!(
+            "rg.late_night reads local_hour: {} of the events replayed have no utc_offset_min",
+            report.events_without_utc_offset
+        )),
         "{:?}",
         report.warnings
     );
@@ -118,6 +131,47 @@ fn hits_per_rule_are_what_one_engine_raises() {
         "{:?}",
         none.warnings
     );
+}
+
+/// Events stored with their offset (store schema version 6) are replayed at it: no warning, and
+/// the late-night rule fires on the hours the live engine saw, which move with the offset.
+#[test]
+fn events_with_their_offset_replay_at_it_without_a_warning() {
+    let base = events();
+    let (from, to) = (Backtest::clock(&base[0]), Timestamp::from_millis(T0 + 1));
+    let at = |offset: i32| {
+        let events: Vec<Event> = base
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                e.utc_offset_min = Some(offset);
+                e
+            })
+            .collect();
+        (
+            run(shipped(), &events, from, to, 3),
+            engine_hits(shipped(), &events),
+        )
+    };
+    let (utc, live_utc) = at(0);
+    assert_eq!(utc.events_without_utc_offset, 0);
+    assert!(utc.warnings.is_empty(), "{:?}", utc.warnings);
+    let (east, live_east) = at(600);
+    let late = |r: &Report| {
+        r.rules
+            .iter()
+            .find(|r| r.id == "rg.late_night")
+            .map(|r| r.hits)
+    };
+    assert_eq!(
+        late(&utc),
+        Some(live_utc.get("rg.late_night").map_or(0, |h| h.len() as u64))
+    );
+    assert_eq!(
+        late(&east),
+        Some(live_east.get("rg.late_night").map_or(0, |h| h.len() as u64))
+    );
+    assert_ne!(late(&utc), late(&east), "the offset moves the local hour");
 }
 
 #[test]
