@@ -42,6 +42,11 @@ use crate::split::Split;
 /// beyond both.
 pub const REPLAY_MARGIN_MS: i64 = 24 * 3600 * 1000;
 
+/// How long an insert the store refuses as not fitting its schema is tried again before the
+/// processor stops: a migration in flight answers so for a moment (a cluster's `Distributed`
+/// table swapped in by `RENAME`, a replica applying an `ALTER`).
+pub const SCHEMA_GRACE: Duration = Duration::from_secs(5);
+
 /// Settings of one processor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessorConfig {
@@ -660,10 +665,20 @@ impl<R: StoredRow> Inserter<R> {
         let (initial, max) = self.backoff;
         let mut delay = initial;
         let mut piece = piece.clone();
+        let mut schema_since: Option<Instant> = None;
         loop {
             let error = match self.sink.insert(&piece).await {
                 Ok(()) => return Ok(()),
                 Err(e @ ProcessorError::Refused(_)) => e,
+                Err(ProcessorError::Schema(reason))
+                    if schema_since.get_or_insert_with(Instant::now).elapsed() < SCHEMA_GRACE =>
+                {
+                    // Nothing was written: the same piece again, the landed check not needed.
+                    tracing::warn!(partition = piece.partition, %reason, retry_in_ms = delay.as_millis() as u64, "insert refused by the schema; trying again (a migration in flight?)");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                    continue;
+                }
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     self.stats.insert_retries += 1;

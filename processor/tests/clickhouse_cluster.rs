@@ -216,9 +216,10 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
     );
 }
 
-/// A cluster at version 5 (its events written before `utc_offset_min`): two `migrate` at once
-/// from two servers add the column to every server's local and Distributed `events` (each
-/// ALTER only where it is missing), the old rows read NULL, and a third finds nothing to do.
+/// A cluster at version 5 (its events written before `utc_offset_min`): three `migrate` at
+/// once from three servers add the column to every server's local and Distributed `events`
+/// (each step only where it is missing, each swap under names of its own), leave none of the
+/// swaps' tables, the old rows read NULL, and a fourth finds nothing to do.
 #[tokio::test]
 async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
     let c = Cluster::new().await;
@@ -247,13 +248,19 @@ async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
         .execute()
         .await
         .unwrap();
-    let (one, four) = (c.client(0), c.client(3));
-    let (a, b) = tokio::join!(
-        schema::migrate(&one, &c.layout),
-        schema::migrate(&four, &c.layout)
-    );
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(a == [6] || b == [6], "{a:?} {b:?}");
+    // Three at once from three servers, started 0, 150 and 400 ms apart (so one swaps while
+    // another is mid-way).
+    let (one, three, four) = (c.client(0), c.client(2), c.client(3));
+    let after = |ms: u64, client: &Client| {
+        let (client, layout) = (client.clone(), c.layout.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            schema::migrate(&client, &layout).await
+        }
+    };
+    let (a, b, d) = tokio::join!(after(0, &one), after(150, &four), after(400, &three));
+    let ran = [a.unwrap(), b.unwrap(), d.unwrap()];
+    assert!(ran.iter().any(|r| *r == [6]), "{ran:?}");
     for i in 0..4 {
         for table in ["events_local", "events"] {
             let n = c
@@ -274,6 +281,25 @@ async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
             "SELECT count() FROM events_local WHERE utc_offset_min IS NULL"
         )
         .await,
+        1
+    );
+    // Nothing the swaps made is left, and the old row reads through the Distributed table.
+    for i in 0..4 {
+        assert_eq!(
+            c.scalar(
+                i,
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() \
+                 AND name LIKE 'events_pitboss_%'"
+            )
+            .await,
+            0,
+            "server {}",
+            i + 1
+        );
+    }
+    assert_eq!(
+        c.scalar(0, "SELECT count() FROM events WHERE utc_offset_min IS NULL")
+            .await,
         1
     );
     assert!(

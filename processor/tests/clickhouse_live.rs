@@ -333,6 +333,12 @@ async fn a_database_at_version_5_keeps_utc_offsets_from_version_6_on() {
             .await
             .contains(&"utc_offset_min".into())
     );
+    // The backtest's reader on a database not migrated yet: the event, without an offset.
+    let before = sink::events_page(&client, 0, u64::MAX, Some("acme"), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].to_event().unwrap().utc_offset_min, None);
     assert_eq!(
         schema::migrate(&client, &Layout::Single).await.unwrap(),
         [6]

@@ -384,6 +384,9 @@ async fn events_keep_their_utc_offset_and_a_store_from_before_reads_none() {
         )
         .unwrap();
     }
+    // Read before anything migrates it (a backtest opens the store read-only): none.
+    assert!(read(&db).values().all(Option::is_none));
+    assert_eq!(read(&db).len(), 30);
     let (_, ran) = sqlite::open(&db).unwrap();
     assert_eq!(ran, vec![6]);
     assert!(read(&db).values().all(Option::is_none));

@@ -175,7 +175,7 @@ pub fn from_event(
         bus_topic: topic.to_owned(),
         bus_partition: partition,
         bus_offset: offset,
-        // Validated at ingest (±840 min); anything else is not kept rather than wrapped.
+        // Validated at ingest (−720 … 840 min); anything else is not kept rather than wrapped.
         utc_offset_min: event.utc_offset_min.and_then(|m| i16::try_from(m).ok()),
         client_id: false,
     };
@@ -253,6 +253,12 @@ impl StoredEvent {
     /// The columns, in the order of the struct (for a `SELECT`).
     pub const COLUMNS: &'static str = "tenant_id, event_id, player_id, session_id, type, \
         occurred_at_ms, received_at_ms, schema_version, late, payload, utc_offset_min";
+
+    /// [`Self::COLUMNS`] for a store whose `events` has no `utc_offset_min` yet (one not
+    /// migrated to version 6, read by an older process's side): `null` in its place.
+    pub fn columns_without_offset(null: &str) -> String {
+        Self::COLUMNS.replace("utc_offset_min", &format!("{null} AS utc_offset_min"))
+    }
 
     /// Rebuilds the event: its canonical JSON (the stored payload under its `type`) decoded by
     /// the contract's decoder, then `received_at`, `late` and `utc_offset_min` from the row

@@ -152,11 +152,23 @@ pub enum Statement {
 }
 
 /// A planned statement: what [`plan`] keeps, with the columns later migrations of the same plan
-/// add to it when it is a table created in that plan (created with them, not altered after).
+/// add to it when it is a table created in that plan (created with them), and, for such an
+/// `AddColumn`, `folded`: [`script`] leaves it out, [`migrate`] still runs it (where the
+/// column is missing: a table an interrupted run made before this version).
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub statement: &'static Statement,
     pub added: Vec<(&'static str, &'static str)>,
+    pub folded: bool,
+}
+
+/// One step of an `AddColumn`: the table it gives the column, its SQL, and the SQL that runs
+/// after it whatever happened (dropping what a swap left).
+#[derive(Debug, Clone)]
+struct AddStep {
+    target: String,
+    sql: Vec<String>,
+    cleanup: Vec<String>,
 }
 
 impl Planned {
@@ -172,21 +184,26 @@ impl Statement {
         self.render_with(layout, &[])
     }
 
-    /// An `AddColumn`'s steps: the table each one gives the column, and its SQL. In the
-    /// cluster layout the local tables are altered (replicated: `ON CLUSTER` reaches every
-    /// replica), then the `Distributed` table is made anew beside the old one and swapped in by
-    /// one `RENAME` (ClickHouse 18.16 refuses `ALTER … ON CLUSTER` on a table that is not
-    /// replicated when the cluster's shards replicate internally). A `Distributed` table holds
-    /// no rows (the processor inserts synchronously), so nothing is lost in the swap.
-    fn add_column_steps(&self, layout: &Layout) -> Vec<(String, Vec<String>)> {
+    /// An `AddColumn`'s steps: the table each one gives the column, its SQL, and the SQL that
+    /// always runs after it (cleanup). In the cluster layout the local tables are altered
+    /// (replicated: `ON CLUSTER` reaches every replica), then the `Distributed` table is made
+    /// anew beside the old one — its columns written out, not copied from a replica that may
+    /// not have applied the ALTER yet — and swapped in by `RENAME` (ClickHouse 18.16 refuses
+    /// `ALTER … ON CLUSTER` on a table that is not replicated when the cluster's shards
+    /// replicate internally). The swap's names end with `tag`, one per call, so two `migrate`
+    /// at once never touch each other's tables. A `Distributed` table holds no rows (the
+    /// processor inserts synchronously), so nothing is lost in the swap; for the moment of the
+    /// `RENAME` the table is missing on each server, which inserts ride out (`run.rs`).
+    fn add_column_steps(&self, layout: &Layout, tag: &str) -> Vec<AddStep> {
         let Statement::AddColumn { table, column, ty } = *self else {
             return Vec::new();
         };
         match layout {
-            Layout::Single => vec![(
-                table.to_owned(),
-                vec![format!("ALTER TABLE {table} ADD COLUMN {column} {ty}")],
-            )],
+            Layout::Single => vec![AddStep {
+                target: table.to_owned(),
+                sql: vec![format!("ALTER TABLE {table} ADD COLUMN {column} {ty}")],
+                cleanup: Vec::new(),
+            }],
             Layout::Cluster { cluster, database } => {
                 let on = layout.on_cluster();
                 let shard_by = MIGRATIONS
@@ -200,35 +217,46 @@ impl Statement {
                     })
                     .next_back()
                     .unwrap_or("rand()");
+                let columns = columns_through(table, self)
+                    .iter()
+                    .map(|(name, ty)| format!("{name} {ty}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let engine = format!(
+                    "ENGINE = Distributed({cluster}, {database}, {table}_local, {shard_by})"
+                );
                 let (t, swap, old) = (
                     format!("{database}.{table}"),
-                    format!("{database}.{table}_pitboss_swap"),
-                    format!("{database}.{table}_pitboss_old"),
+                    format!("{database}.{table}_pitboss_swap_{tag}"),
+                    format!("{database}.{table}_pitboss_old_{tag}"),
                 );
                 vec![
-                    (
-                        format!("{table}_local"),
-                        vec![format!(
+                    AddStep {
+                        target: format!("{table}_local"),
+                        sql: vec![format!(
                             "ALTER TABLE {t}_local{on} ADD COLUMN {column} {ty}"
                         )],
-                    ),
-                    (
-                        table.to_owned(),
-                        vec![
-                            format!(
-                                "CREATE TABLE IF NOT EXISTS {swap}{on} AS {t}_local \
-                                 ENGINE = Distributed({cluster}, {database}, {table}_local, {shard_by})"
-                            ),
-                            format!("DROP TABLE IF EXISTS {old}{on}"),
+                        cleanup: Vec::new(),
+                    },
+                    AddStep {
+                        target: table.to_owned(),
+                        sql: vec![
+                            format!("CREATE TABLE IF NOT EXISTS {swap}{on} ({columns}) {engine}"),
                             format!("RENAME TABLE {t} TO {old}, {swap} TO {t}{on}"),
-                            format!("DROP TABLE IF EXISTS {old}{on}"),
                         ],
-                    ),
+                        // A RENAME renames pair by pair: one that failed halfway (another
+                        // `migrate` swapping at once) may leave the table missing, made here
+                        // with the new columns.
+                        cleanup: vec![
+                            format!("CREATE TABLE IF NOT EXISTS {t}{on} ({columns}) {engine}"),
+                            format!("DROP TABLE IF EXISTS {old}{on}"),
+                            format!("DROP TABLE IF EXISTS {swap}{on}"),
+                        ],
+                    },
                 ]
             }
         }
     }
-
     /// The SQL for `layout`, a `Table` with the columns `added` after its own.
     fn render_with(&self, layout: &Layout, added: &[(&str, &str)]) -> Vec<String> {
         let mut columns_text = String::new();
@@ -315,9 +343,9 @@ impl Statement {
                 vec![format!("DROP TABLE IF EXISTS {name}")]
             }
             (Statement::AddColumn { .. }, _) => self
-                .add_column_steps(layout)
+                .add_column_steps(layout, "0")
                 .into_iter()
-                .flat_map(|(_, sql)| sql)
+                .flat_map(|step| step.sql.into_iter().chain(step.cleanup))
                 .collect(),
             (Statement::Drop { name, .. }, Layout::Cluster { database, .. }) => vec![
                 format!(
@@ -355,6 +383,19 @@ impl Migration {
 /// `Table` statement's, then the columns added after it — for a check that the server's table
 /// still reads rows as the processor writes them.
 pub fn columns(table: &str) -> Option<Vec<(&'static str, &'static str)>> {
+    columns_until(table, None)
+}
+
+/// The columns of `table` once `last` (an `AddColumn` of it) has run.
+fn columns_through(table: &str, last: &Statement) -> Vec<(&'static str, &'static str)> {
+    columns_until(table, Some(last)).unwrap_or_default()
+}
+
+/// The columns of `table` after every migration, or up to and including `last`.
+fn columns_until(
+    table: &str,
+    last: Option<&Statement>,
+) -> Option<Vec<(&'static str, &'static str)>> {
     let mut found: Option<Vec<(&'static str, &'static str)>> = None;
     for statement in MIGRATIONS.iter().flat_map(|m| m.statements) {
         match statement {
@@ -378,6 +419,9 @@ pub fn columns(table: &str) -> Option<Vec<(&'static str, &'static str)>> {
                 }
             }
             _ => {}
+        }
+        if last.is_some_and(|l| std::ptr::eq(l, statement)) {
+            break;
         }
     }
     found
@@ -488,9 +532,7 @@ pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<Planned>)> {
                         !dropped_after(*i, from) && !dropped_after(*i, to)
                     }
                     Statement::Drop { name, .. } => created(name),
-                    Statement::AddColumn { table, .. } => {
-                        !dropped_after(*i, table) && !created_in_plan(*i, table)
-                    }
+                    Statement::AddColumn { table, .. } => !dropped_after(*i, table),
                 })
                 .map(|s| Planned {
                     statement: s,
@@ -498,6 +540,7 @@ pub fn plan(done: &[u32]) -> Vec<(&'static Migration, Vec<Planned>)> {
                         Statement::Table { name, .. } => added_after(*i, name),
                         _ => Vec::new(),
                     },
+                    folded: matches!(s, Statement::AddColumn { table, .. } if created_in_plan(*i, table)),
                 })
                 .collect();
             (*m, statements)
@@ -513,7 +556,11 @@ pub fn script(layout: &Layout) -> String {
     let mut out = format!("-- the migrations ledger\n{};\n\n", ledger(layout));
     for (m, statements) in plan(&[]) {
         out += &format!("-- version {}: {}\n", m.version, m.name);
-        for statement in statements.iter().flat_map(|s| s.render(layout)) {
+        for statement in statements
+            .iter()
+            .filter(|s| !s.folded)
+            .flat_map(|s| s.render(layout))
+        {
             out += &statement;
             out += ";\n\n";
         }
@@ -578,21 +625,34 @@ pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, Proce
             {
                 continue;
             }
-            // Each step only where the column is missing; one that fails because another
-            // `migrate` gave the table the column meanwhile is done.
+            // Each step only where the column is missing (also after a CREATE that had it); one
+            // that fails because another `migrate` gave the table the column meanwhile is done;
+            // what a step leaves is dropped whatever happened; the version is recorded only
+            // once every table has the column.
             if let Statement::AddColumn { column, .. } = statement {
-                for (target, sqls) in statement.add_column_steps(layout) {
-                    let there = |client| table_has_column(client, &target, column);
+                // The random end of a UUIDv7 (its start is the time: two at once would share it).
+                let tag = uuid::Uuid::now_v7().simple().to_string()[20..].to_owned();
+                for step in statement.add_column_steps(layout, &tag) {
+                    let there = |client| table_has_column(client, &step.target, column);
                     if there(client).await.map_err(|e| failed(e.to_string()))? {
                         continue;
                     }
-                    for sql in sqls {
-                        if let Err(e) = client.query(&sql).execute().await {
-                            if there(client).await.map_err(|e| failed(e.to_string()))? {
-                                break;
-                            }
-                            return Err(failed(e.to_string()));
+                    let mut error = None;
+                    for sql in &step.sql {
+                        if let Err(e) = client.query(sql).execute().await {
+                            error = Some(e.to_string());
+                            break;
                         }
+                    }
+                    for sql in &step.cleanup {
+                        if let Err(e) = client.query(sql).execute().await {
+                            tracing::warn!(%sql, error = %e, "migration cleanup failed");
+                        }
+                    }
+                    if !there(client).await.map_err(|e| failed(e.to_string()))? {
+                        return Err(failed(error.unwrap_or_else(|| {
+                            format!("{} has no column {column} after the migration", step.target)
+                        })));
                     }
                 }
                 continue;
@@ -709,8 +769,11 @@ mod tests {
             [1, 2, 3, 4, 5, 6]
         );
         assert!(all[1].1.is_empty(), "version 2 is superseded: {:?}", all[1]);
-        // Version 6's column is in the table's CREATE: no ALTER on an empty database.
-        assert!(all[5].1.is_empty(), "version 6 is folded: {:?}", all[5]);
+        // Version 6's column is in the table's CREATE; its ALTER stays in the plan (`migrate`
+        // runs it only where the column is missing) but not in the script.
+        assert_eq!(all[5].1.len(), 1, "{:?}", all[5]);
+        assert!(plan(&[])[5].1[0].folded);
+        assert!(!script(&Layout::Single).contains("ALTER"));
         assert!(
             all[0].1[0].ends_with("    bus_offset UInt64,\n    utc_offset_min Nullable(Int16)\n) ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY (tenant_id, occurred_at, player_id, event_id)"),
             "{}",
@@ -729,7 +792,7 @@ mod tests {
         );
         assert_eq!(
             script(&Layout::Single).matches("CREATE").count(),
-            sql.len() + 1
+            sql.iter().filter(|s| !s.starts_with("ALTER")).count() + 1
         );
 
         // A database at version 4 has version 2's tables: version 5 drops them (if they still
@@ -764,16 +827,34 @@ mod tests {
             .flat_map(|(_, s)| s)
             .flat_map(|p| p.render(&layout))
             .collect::<Vec<_>>();
+        assert_eq!(v6.len(), 6, "{v6:#?}");
         assert_eq!(
-            v6,
-            [
-                "ALTER TABLE analytics.events_local ON CLUSTER pitboss ADD COLUMN utc_offset_min Nullable(Int16)",
-                "CREATE TABLE IF NOT EXISTS analytics.events_pitboss_swap ON CLUSTER pitboss AS analytics.events_local \
-                 ENGINE = Distributed(pitboss, analytics, events_local, cityHash64(bus_topic, bus_partition))",
-                "DROP TABLE IF EXISTS analytics.events_pitboss_old ON CLUSTER pitboss",
-                "RENAME TABLE analytics.events TO analytics.events_pitboss_old, analytics.events_pitboss_swap TO analytics.events ON CLUSTER pitboss",
-                "DROP TABLE IF EXISTS analytics.events_pitboss_old ON CLUSTER pitboss",
-            ]
+            v6[0],
+            "ALTER TABLE analytics.events_local ON CLUSTER pitboss ADD COLUMN utc_offset_min Nullable(Int16)"
+        );
+        let engine = "ENGINE = Distributed(pitboss, analytics, events_local, cityHash64(bus_topic, bus_partition))";
+        // The Distributed table's columns written out, the new one last.
+        assert!(
+            v6[1].starts_with("CREATE TABLE IF NOT EXISTS analytics.events_pitboss_swap_0 ON CLUSTER pitboss (tenant_id String, event_id String, ")
+                && v6[1].ends_with(&format!("bus_offset UInt64, utc_offset_min Nullable(Int16)) {engine}")),
+            "{}",
+            v6[1]
+        );
+        assert_eq!(
+            v6[2],
+            "RENAME TABLE analytics.events TO analytics.events_pitboss_old_0, analytics.events_pitboss_swap_0 TO analytics.events ON CLUSTER pitboss"
+        );
+        // Cleanup: the table made if a RENAME halfway left none, then what the swap left.
+        assert!(v6[3].starts_with(
+            "CREATE TABLE IF NOT EXISTS analytics.events ON CLUSTER pitboss (tenant_id String"
+        ));
+        assert_eq!(
+            v6[4],
+            "DROP TABLE IF EXISTS analytics.events_pitboss_old_0 ON CLUSTER pitboss"
+        );
+        assert_eq!(
+            v6[5],
+            "DROP TABLE IF EXISTS analytics.events_pitboss_swap_0 ON CLUSTER pitboss"
         );
         let events = columns("events").expect("events");
         assert_eq!(events.last(), Some(&("utc_offset_min", "Nullable(Int16)")));

@@ -688,10 +688,22 @@ pub async fn events_page(
     after: Option<&EventCursor>,
     limit: u64,
 ) -> Result<Vec<crate::rows::StoredEvent>, ProcessorError> {
-    let mut sql = format!(
-        "SELECT {} FROM events WHERE received_at_ms >= ? AND received_at_ms < ?",
-        crate::rows::StoredEvent::COLUMNS
-    );
+    // A database not migrated to version 6 yet (older processors still serving it) has no
+    // `utc_offset_min`: read as none.
+    let has_offset: u64 = client
+        .query(
+            "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+             AND table = 'events' AND name = 'utc_offset_min'",
+        )
+        .fetch_one()
+        .await?;
+    let columns = if has_offset > 0 {
+        crate::rows::StoredEvent::COLUMNS.to_owned()
+    } else {
+        crate::rows::StoredEvent::columns_without_offset("CAST(NULL AS Nullable(Int16))")
+    };
+    let mut sql =
+        format!("SELECT {columns} FROM events WHERE received_at_ms >= ? AND received_at_ms < ?");
     if tenant.is_some() {
         sql.push_str(" AND tenant_id = ?");
     }

@@ -53,10 +53,23 @@ pub fn scan_events(
     mut f: impl FnMut(Result<pitboss_model::Event, String>),
 ) -> Result<u64, ProcessorError> {
     let conn = open_read_only(path)?;
+    // A store last written before version 6 (opened read-only: not migrated here) has no
+    // `utc_offset_min`: read as none.
+    let has_offset: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('events') WHERE name = 'utc_offset_min'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(store)?;
+    let columns = if has_offset {
+        StoredEvent::COLUMNS.to_owned()
+    } else {
+        StoredEvent::columns_without_offset("NULL")
+    };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {} FROM events WHERE {RANGE} ORDER BY received_at_ms, event_id, tenant_id",
-            StoredEvent::COLUMNS
+            "SELECT {columns} FROM events WHERE {RANGE} ORDER BY received_at_ms, event_id, tenant_id"
         ))
         .map_err(store)?;
     let mut rows = stmt.query(params![from_ms, to_ms, tenant]).map_err(store)?;
