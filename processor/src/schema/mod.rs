@@ -2,9 +2,10 @@
 //! alike (DESIGN.md, "ClickHouse": no DateTime64, Map, LowCardinality, TTL or CODEC; times as
 //! `DateTime` plus epoch milliseconds as `UInt64`).
 //!
-//! Every statement is idempotent (`IF NOT EXISTS`), so two processors starting at once may both
-//! run a migration: the second run changes nothing. Applied versions are recorded in
-//! `pitboss_migrations`; a version already recorded is skipped.
+//! Every statement is idempotent (`IF NOT EXISTS`; a `DROP` or an added column checked first,
+//! see [`migrate`]), so two processors starting at once may both run a migration: the second
+//! run changes nothing. Applied versions are recorded in `pitboss_migrations`; a version
+//! already recorded is skipped.
 //!
 //! Tables:
 //! - `events`: the envelope plus typed payload columns, and the bus position of each row
