@@ -224,21 +224,7 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
 async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
     let c = Cluster::new().await;
     let first = c.client(0);
-    schema::applied(&first, &c.layout).await.unwrap(); // the ledger
-    for m in &schema::MIGRATIONS[..5] {
-        for sql in m.sql(&c.layout) {
-            first.query(&sql).execute().await.unwrap();
-        }
-        first
-            .query(
-                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .execute()
-            .await
-            .unwrap();
-    }
+    common::migrated_through(&first, &c.layout, 5).await;
     first
         .query(
             "INSERT INTO events_local (tenant_id, event_id, player_id, type, occurred_at, \

@@ -246,21 +246,7 @@ async fn columns(client: &Client, table: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_database_at_version_4_gets_the_live_tables_in_place_of_version_2s() {
     let client = database().await;
-    schema::applied(&client, &Layout::Single).await.unwrap(); // the ledger
-    for m in &schema::MIGRATIONS[..4] {
-        for sql in m.sql(&Layout::Single) {
-            client.query(&sql).execute().await.unwrap();
-        }
-        client
-            .query(
-                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .execute()
-            .await
-            .unwrap();
-    }
+    common::migrated_through(&client, &Layout::Single, 4).await;
     assert!(
         columns(&client, "alerts")
             .await
@@ -301,21 +287,7 @@ async fn a_database_at_version_4_gets_the_live_tables_in_place_of_version_2s() {
 #[tokio::test]
 async fn a_database_at_version_5_keeps_utc_offsets_from_version_6_on() {
     let client = database().await;
-    schema::applied(&client, &Layout::Single).await.unwrap(); // the ledger
-    for m in &schema::MIGRATIONS[..5] {
-        for sql in m.sql(&Layout::Single) {
-            client.query(&sql).execute().await.unwrap();
-        }
-        client
-            .query(
-                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .execute()
-            .await
-            .unwrap();
-    }
+    common::migrated_through(&client, &Layout::Single, 5).await;
     let now_ms = pitboss_model::Timestamp::now().as_millis() as u64;
     client
         .query(&format!(

@@ -56,3 +56,29 @@ pub fn live_record<M: pitboss_model::live::LiveMessage>(m: &M) -> OutRecord {
     }
     r
 }
+
+/// Brings the database of `client` to version `through` by hand (each migration's statements
+/// and its ledger row), as a processor of that version left it: where a later migration starts.
+#[allow(dead_code)] // not every test binary starts from an older version
+pub async fn migrated_through(
+    client: &clickhouse::Client,
+    layout: &pitboss_processor::schema::Layout,
+    through: u32,
+) {
+    use pitboss_processor::schema;
+    schema::applied(client, layout).await.unwrap(); // the ledger
+    for m in schema::MIGRATIONS.iter().filter(|m| m.version <= through) {
+        for sql in m.sql(layout) {
+            client.query(&sql).execute().await.unwrap();
+        }
+        client
+            .query(
+                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .unwrap();
+    }
+}
