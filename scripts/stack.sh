@@ -27,8 +27,33 @@ KAFKA_LIBS=$CACHE/kafka-$KAFKA_VERSION/libs
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
+# A port free now, below the kernel's ephemeral range and not handed out before in this start.
+# About 30 are picked before any server binds one: a port from the ephemeral range can be
+# taken meanwhile by any outgoing connection (the brokers', moto's, a test's), and the kernel
+# can hand the same closed port out twice; either way a server fails with "Address already
+# in use", as one CI run did. Called in $(subshells): the ports handed out are kept in a file.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  local p _
+  for _ in $(seq 1 50); do
+    p=$(python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+s = socket.socket()
+port = random.randrange(10000, max(low, 10001))
+try:
+    s.bind(("127.0.0.1", port))
+    print(port)
+except OSError:
+    print(0)
+s.close()')
+    [[ $p != 0 ]] || continue
+    if ! grep -qx "$p" "$STACK/ports.given" 2>/dev/null; then
+      echo "$p" >>"$STACK/ports.given"
+      echo "$p"
+      return 0
+    fi
+  done
+  die "no free port in 50 tries"
 }
 
 # ---------------------------------------------------------------- install
