@@ -157,10 +157,14 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("counting the events in ClickHouse at {url}"))?;
             let bar = progress(total);
+            let columns = pitboss_processor::sink::stored_event_columns(&client)
+                .await
+                .with_context(|| format!("reading the events' columns from ClickHouse at {url}"))?;
             let mut after: Option<pitboss_processor::sink::EventCursor> = None;
             loop {
                 let page = pitboss_processor::sink::events_page(
                     &client,
+                    &columns,
                     lo,
                     hi,
                     tenant,

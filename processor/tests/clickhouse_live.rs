@@ -306,7 +306,8 @@ async fn a_database_at_version_5_keeps_utc_offsets_from_version_6_on() {
             .contains(&"utc_offset_min".into())
     );
     // The backtest's reader on a database not migrated yet: the event, without an offset.
-    let before = sink::events_page(&client, 0, u64::MAX, Some("acme"), None, 10)
+    let read = sink::stored_event_columns(&client).await.unwrap();
+    let before = sink::events_page(&client, &read, 0, u64::MAX, Some("acme"), None, 10)
         .await
         .unwrap();
     assert_eq!(before.len(), 1);
@@ -340,7 +341,8 @@ async fn a_database_at_version_5_keeps_utc_offsets_from_version_6_on() {
         .unwrap();
     insert.write(&row).await.unwrap();
     insert.end().await.unwrap();
-    let stored = sink::events_page(&client, 0, u64::MAX, Some("acme"), None, 10)
+    let read = sink::stored_event_columns(&client).await.unwrap();
+    let stored = sink::events_page(&client, &read, 0, u64::MAX, Some("acme"), None, 10)
         .await
         .unwrap();
     let offsets: Vec<Option<i32>> = stored

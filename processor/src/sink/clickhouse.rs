@@ -676,20 +676,10 @@ pub async fn count_events(
     Ok(q.fetch_one::<u64>().await?)
 }
 
-/// One page of the events received in `[from_ms, to_ms)` (of `tenant`, or all), after
-/// `after`, ordered by `(received_at_ms, event_id, tenant_id)` (keyset pagination: each page
-/// costs the same). Without `FINAL`: a copy the table has not merged away yet comes back as
-/// the same key twice, and the caller drops it ([`EventCursor`] of the previous row).
-pub async fn events_page(
-    client: &Client,
-    from_ms: u64,
-    to_ms: u64,
-    tenant: Option<&str>,
-    after: Option<&EventCursor>,
-    limit: u64,
-) -> Result<Vec<crate::rows::StoredEvent>, ProcessorError> {
-    // A database not migrated to version 6 yet (older processors still serving it) has no
-    // `utc_offset_min`: read as none.
+/// The columns [`events_page`] reads for [`crate::rows::StoredEvent`]: a database not migrated
+/// to version 6 yet (older processors still serving it) has no `utc_offset_min`, read as none.
+/// Asked once per scan, not per page.
+pub async fn stored_event_columns(client: &Client) -> Result<String, ProcessorError> {
     let has_offset: u64 = client
         .query(
             "SELECT count() FROM system.columns WHERE database = currentDatabase() \
@@ -697,11 +687,27 @@ pub async fn events_page(
         )
         .fetch_one()
         .await?;
-    let columns = if has_offset > 0 {
+    Ok(if has_offset > 0 {
         crate::rows::StoredEvent::COLUMNS.to_owned()
     } else {
         crate::rows::StoredEvent::columns_without_offset("CAST(NULL AS Nullable(Int16))")
-    };
+    })
+}
+
+/// One page of the events received in `[from_ms, to_ms)` (of `tenant`, or all), after
+/// `after`, ordered by `(received_at_ms, event_id, tenant_id)` (keyset pagination: each page
+/// costs the same), reading `columns` ([`stored_event_columns`]). Without `FINAL`: a copy the
+/// table has not merged away yet comes back as the same key twice, and the caller drops it
+/// ([`EventCursor`] of the previous row).
+pub async fn events_page(
+    client: &Client,
+    columns: &str,
+    from_ms: u64,
+    to_ms: u64,
+    tenant: Option<&str>,
+    after: Option<&EventCursor>,
+    limit: u64,
+) -> Result<Vec<crate::rows::StoredEvent>, ProcessorError> {
     let mut sql =
         format!("SELECT {columns} FROM events WHERE received_at_ms >= ? AND received_at_ms < ?");
     if tenant.is_some() {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 pub use self::clickhouse::{
     ClickHouseClient, ClickHouseSink, EventCursor, client, count_events, events_page, redacted_url,
-    replicas_cluster,
+    replicas_cluster, stored_event_columns,
 };
 pub use self::memory::MemorySink;
 
