@@ -609,6 +609,17 @@ async fn table_has_column(
     Ok(n > 0)
 }
 
+/// Records `m` as applied in the ledger.
+pub async fn record(client: &Client, m: &Migration) -> Result<(), ProcessorError> {
+    client
+        .query("INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())")
+        .bind(m.version)
+        .bind(m.name)
+        .execute()
+        .await?;
+    Ok(())
+}
+
 /// Brings the schema up to date ([`plan`]); returns the versions this call applied.
 pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, ProcessorError> {
     let done = applied(client, layout).await?;
@@ -666,14 +677,7 @@ pub async fn migrate(client: &Client, layout: &Layout) -> Result<Vec<u32>, Proce
                     .map_err(|e| failed(e.to_string()))?;
             }
         }
-        client
-            .query(
-                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .execute()
-            .await?;
+        record(client, m).await?;
         tracing::info!(version = m.version, name = m.name, "migration applied");
         ran.push(m.version);
     }

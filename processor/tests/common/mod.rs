@@ -71,14 +71,6 @@ pub async fn migrated_through(
         for sql in m.sql(layout) {
             client.query(&sql).execute().await.unwrap();
         }
-        client
-            .query(
-                "INSERT INTO pitboss_migrations (version, name, applied_at) VALUES (?, ?, now())",
-            )
-            .bind(m.version)
-            .bind(m.name)
-            .execute()
-            .await
-            .unwrap();
+        schema::record(client, m).await.unwrap();
     }
 }
