@@ -37,11 +37,15 @@ pub async fn secret_string(id: &str) -> Result<String, BusError> {
             // AWS's code and message (AccessDeniedException: …); the whole chain for a call
             // that got no answer (no route to the endpoint, a timeout).
             let why = match &e {
-                SdkError::ServiceError(s) => format!(
+                SdkError::ServiceError(s) if s.err().code().is_some() => format!(
                     "{}: {}",
-                    s.err().code().unwrap_or("error"),
+                    s.err().code().unwrap_or_default(),
                     s.err().message().unwrap_or("(no message)")
                 ),
+                // No AWS error code: not Secrets Manager answering (a proxy, a wrong endpoint).
+                SdkError::ServiceError(s) => {
+                    format!("HTTP {} without an AWS error", s.raw().status().as_u16())
+                }
                 other => aws_sdk_secretsmanager::error::DisplayErrorContext(other).to_string(),
             };
             BusError::Config(format!(
