@@ -831,7 +831,7 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     );
     let _b = gateway(pb, "gw-b", &secret, &topics, &logs.join("gw-b.log"));
     let ng = tempfile::tempdir().unwrap();
-    let _nginx = nginx(ng.path(), pn, &[pa, pb], &[pi]);
+    let edge = nginx(ng.path(), pn, &[pa, pb], &[pi]);
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     for url in [
@@ -1037,7 +1037,7 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
     // Ingest's gRPC through nginx's own gRPC port (h2c, as the shipped config serves it): a
     // batch and a stream of two batches answered by the ingest behind it and their events
     // stored; without the key, UNAUTHENTICATED and its code in the metadata, through the proxy.
-    let grpc = format!("http://127.0.0.1:{}", _nginx.1);
+    let grpc = format!("http://127.0.0.1:{}", edge.1);
     let mut ingest = pitboss_proto::v1::ingest_client::IngestClient::connect(grpc)
         .await
         .unwrap();
