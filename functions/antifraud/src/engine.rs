@@ -367,6 +367,29 @@ impl Engine {
         };
         // Split ([`crate::shard`]): the player's rules and score only on the player's shard.
         let player_owned = self.shard.owns(&event.tenant_id, &event.player_id);
+        // The key of `tenant:group`, 128 bits from two hashers; the player's is hashed once
+        // per event, not once per rule (most rules are by player).
+        let hashers = &self.key_hashers;
+        let key_of = |group: &str| -> Key {
+            (u128::from(hashers.0.hash_one((&event.tenant_id, group))) << 64)
+                | u128::from(hashers.1.hash_one((&event.tenant_id, group)))
+        };
+        let here = &self.by_type[crate::filter::index(event.event_type())];
+        let mut player_key: Option<Key> = None;
+        if player_owned && here.len() > 1 {
+            // Every window of the player this event will work on, read ahead at once (before
+            // the stake join's own lookup): their cache misses overlap rather than come one
+            // after another, rule by rule.
+            let k = key_of(event.player_id.as_str());
+            player_key = Some(k);
+            let rules = &self.set.rules;
+            self.states.touch(
+                here.iter()
+                    .copied()
+                    .filter(|&ri| rules[ri].key_field.is_none()),
+                &k,
+            );
+        }
         if player_owned || self.join_everywhere {
             match &event.payload {
                 Payload::BetPlaced(b) => {
@@ -397,13 +420,10 @@ impl Engine {
             draft,
             ..
         } = self;
-        // The key of `tenant:group`, 128 bits from two hashers; the player's is hashed once
-        // per event, not once per rule (most rules are by player).
         let key_of = |group: &str| -> Key {
             (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
                 | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)))
         };
-        let mut player_key: Option<Key> = None;
         for &ri in &by_type[crate::filter::index(event.event_type())] {
             let rule = &set.rules[ri];
             let group = match &rule.key_field {

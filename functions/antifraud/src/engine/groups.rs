@@ -192,6 +192,26 @@ impl Windows {
         out
     }
 
+    /// Reads, without using them, the first bytes of every window of `k` that the rules in
+    /// `rules` keep ([`KeyState::touch`]): issued together before the event works on them, their
+    /// cache misses overlap instead of coming one after another, rule by rule.
+    pub fn touch(&self, rules: impl Iterator<Item = usize>, k: &Key) {
+        let mut group: Option<(usize, &Group)> = None;
+        for ri in rules {
+            let Some((g, s)) = self.slot(ri) else {
+                continue;
+            };
+            if group.is_none_or(|(og, _)| og != g) {
+                group = self.maps[g].get(k).map(|x| (g, x));
+            }
+            if let Some((_, grp)) = group
+                && let Some(Some(state)) = grp.get(s)
+            {
+                state.touch();
+            }
+        }
+    }
+
     /// The hot path: rule `ri`'s slot for `k`, its group's entry taken out of the map on the
     /// first call of an event for that group (one probe for all the group's rules) and kept
     /// open until [`Windows::close`], which the engine calls before anything else reads the
