@@ -420,6 +420,7 @@ impl Engine {
             draft,
             ..
         } = self;
+        // The same key as the `key_of` above (that one borrows `self`, taken apart here).
         let key_of = |group: &str| -> Key {
             (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
                 | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)))

@@ -736,8 +736,9 @@ impl KeyState {
             let n = self.entries.len();
             if n == self.entries.capacity() {
                 // A small window (a cap below 64 events) takes room for 8, then its whole
-                // room at once: growing it a quarter at a time moved it up to a dozen times on
-                // the way to a cap an active player reaches within a session.
+                // room at once: growing it a quarter at a time moved it ten times on the way
+                // to a cap of 51 (4, 8, 12, …, 47, 52), which an active player reaches within
+                // a session.
                 let more = if rule.cap <= SMALL_CAP {
                     if n < SMALL_FIRST {
                         SMALL_FIRST - n
