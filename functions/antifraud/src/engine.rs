@@ -367,28 +367,15 @@ impl Engine {
         };
         // Split ([`crate::shard`]): the player's rules and score only on the player's shard.
         let player_owned = self.shard.owns(&event.tenant_id, &event.player_id);
-        // The key of `tenant:group`, 128 bits from two hashers; the player's is hashed once
-        // per event, not once per rule (most rules are by player).
-        let hashers = &self.key_hashers;
-        let key_of = |group: &str| -> Key {
-            (u128::from(hashers.0.hash_one((&event.tenant_id, group))) << 64)
-                | u128::from(hashers.1.hash_one((&event.tenant_id, group)))
-        };
         let here = &self.by_type[crate::filter::index(event.event_type())];
         let mut player_key: Option<Key> = None;
         if player_owned && here.len() > 1 {
             // Every window of the player this event will work on, read ahead at once (before
             // the stake join's own lookup): their cache misses overlap rather than come one
             // after another, rule by rule.
-            let k = key_of(event.player_id.as_str());
+            let k = key_with(&self.key_hashers, &event.tenant_id, &event.player_id);
             player_key = Some(k);
-            let rules = &self.set.rules;
-            self.states.touch(
-                here.iter()
-                    .copied()
-                    .filter(|&ri| rules[ri].key_field.is_none()),
-                &k,
-            );
+            self.touch_player(here, &k);
         }
         if player_owned || self.join_everywhere {
             match &event.payload {
@@ -420,11 +407,7 @@ impl Engine {
             draft,
             ..
         } = self;
-        // The same key as the `key_of` above (that one borrows `self`, taken apart here).
-        let key_of = |group: &str| -> Key {
-            (u128::from(key_hashers.0.hash_one((&event.tenant_id, group))) << 64)
-                | u128::from(key_hashers.1.hash_one((&event.tenant_id, group)))
-        };
+        let key_of = |group: &str| -> Key { key_with(key_hashers, &event.tenant_id, group) };
         for &ri in &by_type[crate::filter::index(event.event_type())] {
             let rule = &set.rules[ri];
             let group = match &rule.key_field {
@@ -654,6 +637,17 @@ impl Engine {
             self.evict_least_active();
         }
         Ok(())
+    }
+
+    /// Reads ahead the windows of player key `k` of the rules in `here` keyed by player.
+    fn touch_player(&self, here: &[usize], k: &Key) {
+        let rules = &self.set.rules;
+        self.states.touch(
+            here.iter()
+                .copied()
+                .filter(|&ri| rules[ri].key_field.is_none()),
+            k,
+        );
     }
 
     /// Applies a hit another shard raised for a player this one owns ([`crate::shard`]): adds
@@ -1019,6 +1013,16 @@ impl Engine {
         };
         postcard::to_stdvec(&snap).expect("encoding")
     }
+}
+
+/// The window key of `tenant:group`: 128 bits from two hashers.
+fn key_with(
+    hashers: &(foldhash::fast::FixedState, foldhash::fast::FixedState),
+    tenant: &str,
+    group: &str,
+) -> Key {
+    (u128::from(hashers.0.hash_one((tenant, group))) << 64)
+        | u128::from(hashers.1.hash_one((tenant, group)))
 }
 
 fn key_player(tenant: &str, player: &str) -> String {
