@@ -1,6 +1,7 @@
 //! gRPC adapter (tonic) for the `pitboss.v1.Ingest` service: unary batches and client
 //! streaming. It authenticates from metadata and translates between protobuf and the shared
-//! ingest path; error codes map to gRPC codes in `status`, through the error table. Served on the same port as HTTP.
+//! ingest path; error codes map to gRPC codes in `status`, through the error table. Served on the same port as HTTP,
+//! with the standard health service (`grpc.health.v1.Health`, [`HealthService`]).
 
 use pitboss_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
@@ -174,13 +175,130 @@ impl pb::ingest_server::Ingest for IngestService {
     }
 }
 
-/// The gRPC routes, to merge into the HTTP router (one port serves both; gRPC needs HTTP/2).
+/// How often a `Watch` call of the health service checks again.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The standard gRPC health service (`grpc.health.v1.Health`), for load balancers and
+/// orchestrators that probe over gRPC: `SERVING` when `/readyz` would answer 200 (not draining,
+/// caught up, the bus answering), `NOT_SERVING` otherwise, for the service `""` (the server)
+/// and `pitboss.v1.Ingest`; any other name is `NOT_FOUND` (`Check`) or `SERVICE_UNKNOWN`
+/// (`Watch`). Like `/readyz`, it asks for no key and says nothing of why.
+///
+/// Every call and watcher shares one answer a second old at most: however many clients watch,
+/// the bus is asked at most once a second on their behalf.
+#[derive(Debug, Clone)]
+pub struct HealthService {
+    state: AppState,
+    last: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, ServingStatus)>>>,
+}
+
+impl HealthService {
+    pub fn new(state: AppState) -> Self {
+        HealthService {
+            state,
+            last: std::sync::Arc::default(),
+        }
+    }
+
+    /// The status, asked again when the last answer is a second old (callers meanwhile wait
+    /// for the one asking, then share its answer).
+    async fn status(&self) -> ServingStatus {
+        let mut last = self.last.lock().await;
+        if let Some((at, status)) = *last
+            && at.elapsed() < WATCH_EVERY
+        {
+            return status;
+        }
+        let status = serving_status(&self.state).await;
+        *last = Some((std::time::Instant::now(), status));
+        status
+    }
+}
+
+type ServingStatus = tonic_health::pb::health_check_response::ServingStatus;
+
+fn known(service: &str) -> bool {
+    service.is_empty() || service == pb::ingest_server::SERVICE_NAME
+}
+
+async fn serving_status(state: &AppState) -> ServingStatus {
+    if crate::http::serving(state).await {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+fn health_response(status: ServingStatus) -> tonic_health::pb::HealthCheckResponse {
+    tonic_health::pb::HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+type HealthStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = Result<tonic_health::pb::HealthCheckResponse, Status>>
+            + Send
+            + 'static,
+    >,
+>;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for HealthService {
+    async fn check(
+        &self,
+        request: Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<Response<tonic_health::pb::HealthCheckResponse>, Status> {
+        if !known(&request.get_ref().service) {
+            return Err(Status::not_found("unknown service"));
+        }
+        Ok(Response::new(health_response(self.status().await)))
+    }
+
+    type WatchStream = HealthStream;
+
+    /// The status now, then each change (checked every second), until the client leaves.
+    async fn watch(
+        &self,
+        request: Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<Response<HealthStream>, Status> {
+        use futures::StreamExt as _;
+        if !known(&request.get_ref().service) {
+            // The protocol: SERVICE_UNKNOWN, and the call stays open.
+            let unknown =
+                futures::stream::once(async { Ok(health_response(ServingStatus::ServiceUnknown)) })
+                    .chain(futures::stream::pending());
+            return Ok(Response::new(Box::pin(unknown)));
+        }
+        let changes = futures::stream::unfold(
+            (self.clone(), None::<ServingStatus>),
+            |(health, last)| async move {
+                loop {
+                    if last.is_some() {
+                        tokio::time::sleep(WATCH_EVERY).await;
+                    }
+                    let now = health.status().await;
+                    if Some(now) != last {
+                        return Some((Ok(health_response(now)), (health, Some(now))));
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(changes)))
+    }
+}
+
+/// The gRPC routes, to merge into the HTTP router (one port serves both; gRPC needs HTTP/2):
+/// the ingest and the health service.
 pub fn routes(state: AppState) -> axum::Router {
     let max = state.config.max_body_bytes;
     tonic::service::Routes::new(
-        pb::ingest_server::IngestServer::new(IngestService::new(state))
+        pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
             .max_decoding_message_size(max),
     )
+    .add_service(tonic_health::pb::health_server::HealthServer::new(
+        HealthService::new(state),
+    ))
     .into_axum_router()
     .layer(axum::middleware::map_response(
         move |response: axum::response::Response| async move { too_large(response, max) },

@@ -584,6 +584,16 @@ async fn readyz_public(State(state): State<AppState>) -> Response {
     ready(&state, false).await
 }
 
+/// Whether the ingest takes events now: the answer of `/readyz` (not draining, every part
+/// caught up, the bus answering within 3 s), for the gRPC health service.
+pub(crate) async fn serving(state: &AppState) -> bool {
+    state.readiness.not_ready().is_none()
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await,
+            Ok(Ok(()))
+        )
+}
+
 async fn ready(state: &AppState, detail: bool) -> Response {
     if let Some(why) = state.readiness.not_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();

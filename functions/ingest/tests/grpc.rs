@@ -257,3 +257,70 @@ async fn auth_tenants_and_bus_failures_map_to_grpc_codes() {
     );
     assert_eq!(bus.len("events"), 0);
 }
+
+/// The standard health service (`grpc.health.v1.Health`), without a key: `Check` and `Watch`
+/// say SERVING while `/readyz` would say ready, NOT_SERVING while the bus fails and once the
+/// ingest drains; an unknown service name is NOT_FOUND (`Check`) or SERVICE_UNKNOWN (`Watch`).
+#[tokio::test]
+async fn the_health_service_follows_readiness_without_a_key() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let stop = pitboss_runtime::Shutdown::new();
+    // As `pitboss ingest` runs it: readiness turns to draining on the shutdown signal.
+    let mut state = pitboss_ingest::state(IngestConfig::default(), bus.publisher()).unwrap();
+    state.readiness = state.readiness.draining_on(stop.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(pitboss_ingest::serve(state, listener, stop.clone()));
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let ask = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    for service in ["", "pitboss.v1.Ingest"] {
+        let status = health
+            .check(ask(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let err = health.check(ask("pitboss.v1.Nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let mut unknown = health
+        .watch(ask("pitboss.v1.Nope"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        unknown.message().await.unwrap().unwrap().status,
+        ServingStatus::ServiceUnknown as i32
+    );
+
+    let mut watch = health.watch(ask("")).await.unwrap().into_inner();
+    async fn next(w: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>) -> i32 {
+        tokio::time::timeout(std::time::Duration::from_secs(10), w.message())
+            .await
+            .expect("a change within 10 s")
+            .unwrap()
+            .unwrap()
+            .status
+    }
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+    let status = health.check(ask("")).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    bus.fail_publishes(None);
+    assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    stop.trigger("test");
+    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+}
