@@ -12,6 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ["."],
     )?;
+    // The contract as a descriptor set, for the gRPC reflection service (`FILE_DESCRIPTOR_SET`).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("pitboss_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     tonic_prost_build::configure()
         // Deterministic encoding of maps: the same event always encodes to the same bytes.
         .btree_map(".")

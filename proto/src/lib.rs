@@ -12,6 +12,11 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pitboss.v1.rs"));
 }
 
+/// The contract's files and everything they import, as an encoded `FileDescriptorSet`: what
+/// the ingest's gRPC reflection service describes (`grpcurl` without the .proto files).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/pitboss_descriptor.bin"));
+
 /// The contract's file descriptor path, for tools that want to locate the sources.
 pub const PROTO_FILES: &[&str] = &[
     "pitboss/v1/events.proto",

@@ -288,6 +288,30 @@ impl tonic_health::pb::health_server::Health for HealthService {
     }
 }
 
+/// The gRPC reflection service (`grpc.reflection.v1`): what `grpcurl` and other tools ask for
+/// the services and messages without the .proto files. The contract is public (it is in the
+/// repository), so it needs no key, like the health service.
+fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pitboss_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the contract's descriptor set, checked by a test")
+}
+
+/// The same in the older `grpc.reflection.v1alpha`, which some tools still ask first.
+fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
+    impl tonic_reflection::server::v1alpha::ServerReflection,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pitboss_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the contract's descriptor set, checked by a test")
+}
+
 /// The gRPC routes, to merge into the HTTP router (one port serves both; gRPC needs HTTP/2):
 /// the ingest and the health service.
 pub fn routes(state: AppState) -> axum::Router {
@@ -299,6 +323,8 @@ pub fn routes(state: AppState) -> axum::Router {
     .add_service(tonic_health::pb::health_server::HealthServer::new(
         HealthService::new(state),
     ))
+    .add_service(reflection_v1())
+    .add_service(reflection_v1alpha())
     .into_axum_router()
     .layer(axum::middleware::map_response(
         move |response: axum::response::Response| async move { too_large(response, max) },

@@ -324,3 +324,124 @@ async fn the_health_service_follows_readiness_without_a_key() {
     stop.trigger("test");
     assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
 }
+
+/// The reflection service (`grpc.reflection.v1`, and `v1alpha` for older tools), without a
+/// key: it lists the ingest, health and reflection (v1) services, and gives the file that defines
+/// `pitboss.v1.Ingest` and every file it imports — what `grpcurl` needs without the .proto
+/// files.
+#[tokio::test]
+async fn reflection_lists_the_services_and_describes_the_ingest() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let channel = tonic::transport::Channel::from_shared(serve(&bus).await)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel.clone());
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = futures::stream::iter([
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "pitboss.v1.Ingest".into(),
+        )),
+        ask(MessageRequest::FileContainingSymbol(
+            "pitboss.v1.Nope".into(),
+        )),
+    ]);
+    let mut answers = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a list of services");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "pitboss.v1.Ingest"
+        ]
+    );
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a file descriptor");
+    };
+    let files: Vec<prost_types::FileDescriptorProto> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| prost::Message::decode(b.as_slice()).unwrap())
+        .collect();
+    let ingest = files
+        .iter()
+        .find(|f| f.name() == "pitboss/v1/ingest.proto")
+        .expect("the file of the service");
+    let service = &ingest.service[0];
+    assert_eq!(service.name(), "Ingest");
+    let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+    assert_eq!(methods, ["IngestBatch", "IngestStream"]);
+    // An unknown symbol ends the call with NOT_FOUND (tonic's reflection, rather than an error
+    // message on the stream).
+    let err = answers.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    // Every file it imports is there too, by name (as a client asks for them next).
+    assert!(!ingest.dependency.is_empty());
+    let requests = futures::stream::iter(
+        ingest
+            .dependency
+            .clone()
+            .into_iter()
+            .map(move |d| ask(MessageRequest::FileByFilename(d))),
+    );
+    let mut answers = client
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    for dep in &ingest.dependency {
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("{dep} missing");
+        };
+        let file: prost_types::FileDescriptorProto =
+            prost::Message::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
+        assert_eq!(file.name(), dep);
+    }
+
+    // The older version, as some tools ask it first.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let mut alpha = Alpha::new(channel);
+    let requests =
+        futures::stream::iter([tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        }]);
+    let mut answers = alpha
+        .server_reflection_info(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(AlphaResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a list of services");
+    };
+    assert!(list.service.iter().any(|s| s.name == "pitboss.v1.Ingest"));
+}
