@@ -3,6 +3,9 @@
 //! ingest path; error codes map to gRPC codes in `status`, through the error table. Served on the same port as HTTP,
 //! with the standard health service (`grpc.health.v1.Health`, [`HealthService`]).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use pitboss_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
@@ -175,8 +178,18 @@ impl pb::ingest_server::Ingest for IngestService {
     }
 }
 
-/// How often a `Watch` call of the health service checks again.
-const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the health service asks again while someone asks it.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// The health service stops asking this long after the last `Check` when nobody watches.
+const HEALTH_IDLE: Duration = Duration::from_secs(10);
+
+/// `Watch` calls open at once, per process; one more is `RESOURCE_EXHAUSTED`.
+pub const MAX_HEALTH_WATCHERS: usize = 256;
+
+/// How long a `Check` waits for the first answer after a pause (the bus check's own bound is
+/// 3 s).
+const FIRST_ANSWER: Duration = Duration::from_secs(4);
 
 /// The standard gRPC health service (`grpc.health.v1.Health`), for load balancers and
 /// orchestrators that probe over gRPC: `SERVING` when `/readyz` would answer 200 (not draining,
@@ -184,34 +197,88 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// and `pitboss.v1.Ingest`; any other name is `NOT_FOUND` (`Check`) or `SERVICE_UNKNOWN`
 /// (`Watch`). Like `/readyz`, it asks for no key and says nothing of why.
 ///
-/// Every call and watcher shares one answer a second old at most: however many clients watch,
-/// the bus is asked at most once a second on their behalf.
+/// One task asks once a second while anyone uses the service (a `Check` in the last 10 s, an
+/// open `Watch`) and stops otherwise: however many clients ask, the bus is asked at most once a
+/// second on their behalf, and not at all when nobody does. At most
+/// [`MAX_HEALTH_WATCHERS`] `Watch` calls are open at once; on shutdown each says
+/// `NOT_SERVING` and ends.
 #[derive(Debug, Clone)]
 pub struct HealthService {
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Debug)]
+struct HealthInner {
     state: AppState,
-    last: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, ServingStatus)>>>,
+    /// The latest answer (`None`: being asked after a pause).
+    status: tokio::sync::watch::Sender<Option<ServingStatus>>,
+    watchers: Arc<tokio::sync::Semaphore>,
+    /// When a `Check` or `Watch` last came.
+    asked: std::sync::Mutex<std::time::Instant>,
+    /// Whether the asking task runs.
+    polling: std::sync::atomic::AtomicBool,
+}
+
+impl HealthInner {
+    fn in_use(&self) -> bool {
+        self.watchers.available_permits() < MAX_HEALTH_WATCHERS
+            || self
+                .asked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .elapsed()
+                <= HEALTH_IDLE
+    }
 }
 
 impl HealthService {
     pub fn new(state: AppState) -> Self {
         HealthService {
-            state,
-            last: std::sync::Arc::default(),
+            inner: Arc::new(HealthInner {
+                state,
+                status: tokio::sync::watch::Sender::new(None),
+                watchers: Arc::new(tokio::sync::Semaphore::new(MAX_HEALTH_WATCHERS)),
+                asked: std::sync::Mutex::new(std::time::Instant::now()),
+                polling: std::sync::atomic::AtomicBool::new(false),
+            }),
         }
     }
 
-    /// The status, asked again when the last answer is a second old (callers meanwhile wait
-    /// for the one asking, then share its answer).
-    async fn status(&self) -> ServingStatus {
-        let mut last = self.last.lock().await;
-        if let Some((at, status)) = *last
-            && at.elapsed() < WATCH_EVERY
-        {
-            return status;
+    /// Marks the service in use, and starts the asking task if it does not run.
+    fn demand(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        *self
+            .inner
+            .asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        if !self.inner.polling.swap(true, SeqCst) {
+            // A fresh answer, not the one from before the pause.
+            self.inner.status.send_replace(None);
+            tokio::spawn(poll_health(self.inner.clone()));
         }
-        let status = serving_status(&self.state).await;
-        *last = Some((std::time::Instant::now(), status));
-        status
+    }
+}
+
+/// Asks once a second until the service has not been used for a while.
+async fn poll_health(inner: Arc<HealthInner>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    loop {
+        let now = serving_status(&inner.state).await;
+        inner.status.send_if_modified(|s| {
+            let changed = *s != Some(now);
+            *s = Some(now);
+            changed
+        });
+        tokio::time::sleep(HEALTH_EVERY).await;
+        if !inner.in_use() {
+            inner.polling.store(false, SeqCst);
+            // A call that came meanwhile saw this task running and started none: go on for it
+            // (unless it started one after all).
+            if !inner.in_use() || inner.polling.swap(true, SeqCst) {
+                return;
+            }
+        }
     }
 }
 
@@ -222,7 +289,7 @@ fn known(service: &str) -> bool {
 }
 
 async fn serving_status(state: &AppState) -> ServingStatus {
-    if crate::http::serving(state).await {
+    if crate::http::check_ready(state).await.is_ok() {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
@@ -243,6 +310,14 @@ type HealthStream = std::pin::Pin<
     >,
 >;
 
+/// Waits for the server's shutdown (forever without one).
+async fn stopped(stop: &Option<pitboss_runtime::Shutdown>) {
+    match stop {
+        Some(stop) => stop.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[tonic::async_trait]
 impl tonic_health::pb::health_server::Health for HealthService {
     async fn check(
@@ -252,34 +327,77 @@ impl tonic_health::pb::health_server::Health for HealthService {
         if !known(&request.get_ref().service) {
             return Err(Status::not_found("unknown service"));
         }
-        Ok(Response::new(health_response(self.status().await)))
+        self.demand();
+        let mut rx = self.inner.status.subscribe();
+        let status = match tokio::time::timeout(FIRST_ANSWER, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(v)) => v.unwrap_or(ServingStatus::NotServing),
+            _ => ServingStatus::NotServing,
+        };
+        Ok(Response::new(health_response(status)))
     }
 
     type WatchStream = HealthStream;
 
-    /// The status now, then each change (checked every second), until the client leaves.
+    /// The status now, then each change, until the client leaves or the server shuts down
+    /// (then `NOT_SERVING` and the end).
     async fn watch(
         &self,
         request: Request<tonic_health::pb::HealthCheckRequest>,
     ) -> Result<Response<HealthStream>, Status> {
         use futures::StreamExt as _;
+        let permit = self
+            .inner
+            .watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("too many health watchers"))?;
+        let stop = request
+            .extensions()
+            .get::<pitboss_runtime::Shutdown>()
+            .cloned();
         if !known(&request.get_ref().service) {
-            // The protocol: SERVICE_UNKNOWN, and the call stays open.
+            // The protocol: SERVICE_UNKNOWN, and the call stays open (here until shutdown).
             let unknown =
                 futures::stream::once(async { Ok(health_response(ServingStatus::ServiceUnknown)) })
-                    .chain(futures::stream::pending());
+                    .chain(
+                        futures::stream::once(async move {
+                            stopped(&stop).await;
+                            drop(permit);
+                        })
+                        .filter_map(|()| async {
+                            None::<Result<tonic_health::pb::HealthCheckResponse, Status>>
+                        }),
+                    );
             return Ok(Response::new(Box::pin(unknown)));
         }
+        self.demand();
+        let rx = self.inner.status.subscribe();
         let changes = futures::stream::unfold(
-            (self.clone(), None::<ServingStatus>),
-            |(health, last)| async move {
+            Some((rx, stop, permit, None::<ServingStatus>)),
+            |at| async move {
+                let (mut rx, stop, permit, last) = at?;
                 loop {
-                    if last.is_some() {
-                        tokio::time::sleep(WATCH_EVERY).await;
+                    let now = *rx.borrow_and_update();
+                    if let Some(now) = now
+                        && Some(now) != last
+                    {
+                        return Some((
+                            Ok(health_response(now)),
+                            Some((rx, stop, permit, Some(now))),
+                        ));
                     }
-                    let now = health.status().await;
-                    if Some(now) != last {
-                        return Some((Ok(health_response(now)), (health, Some(now))));
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
+                        () = stopped(&stop) => {
+                            // Draining: say so (unless already said), then end.
+                            return (last != Some(ServingStatus::NotServing)).then(|| {
+                                (Ok(health_response(ServingStatus::NotServing)), None)
+                            });
+                        }
                     }
                 }
             },
@@ -288,15 +406,20 @@ impl tonic_health::pb::health_server::Health for HealthService {
     }
 }
 
-/// The gRPC reflection service (`grpc.reflection.v1`): what `grpcurl` and other tools ask for
-/// the services and messages without the .proto files. The contract is public (it is in the
-/// repository), so it needs no key, like the health service.
-fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
+/// The gRPC reflection service's contents: the contract and the health service. The contract
+/// is public (it is in the repository), so reflection needs no key, like the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pitboss_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// `grpc.reflection.v1`: what `grpcurl` and other tools ask for the services and messages
+/// without the .proto files.
+fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
+    impl tonic_reflection::server::v1::ServerReflection,
+> {
+    reflection()
         .build_v1()
         .expect("the contract's descriptor set, checked by a test")
 }
@@ -305,26 +428,26 @@ fn reflection_v1() -> tonic_reflection::server::v1::ServerReflectionServer<
 fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionServer<
     impl tonic_reflection::server::v1alpha::ServerReflection,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pitboss_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    reflection()
         .build_v1alpha()
         .expect("the contract's descriptor set, checked by a test")
 }
 
 /// The gRPC routes, to merge into the HTTP router (one port serves both; gRPC needs HTTP/2):
-/// the ingest and the health service.
+/// the ingest, health and reflection services.
 pub fn routes(state: AppState) -> axum::Router {
     let max = state.config.max_body_bytes;
     tonic::service::Routes::new(
         pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
             .max_decoding_message_size(max),
     )
-    .add_service(tonic_health::pb::health_server::HealthServer::new(
-        HealthService::new(state),
-    ))
-    .add_service(reflection_v1())
-    .add_service(reflection_v1alpha())
+    // Every service with the same bound on a message, so an answer over it is the one below.
+    .add_service(
+        tonic_health::pb::health_server::HealthServer::new(HealthService::new(state))
+            .max_decoding_message_size(max),
+    )
+    .add_service(reflection_v1().max_decoding_message_size(max))
+    .add_service(reflection_v1alpha().max_decoding_message_size(max))
     .into_axum_router()
     .layer(axum::middleware::map_response(
         move |response: axum::response::Response| async move { too_large(response, max) },
@@ -336,7 +459,8 @@ pub fn routes(state: AppState) -> axum::Router {
 
 /// tonic refuses a message over `max_decoding_message_size` with OUT_OF_RANGE before any
 /// handler sees it; the documented answer (docs/api.md) is RESOURCE_EXHAUSTED `body_too_large`,
-/// as for HTTP. Nothing else here answers OUT_OF_RANGE, so every such answer is that one.
+/// as for HTTP. Nothing else here answers OUT_OF_RANGE (the health and reflection services
+/// have the same bound), so every such answer is that one.
 fn too_large(mut response: axum::response::Response, limit: usize) -> axum::response::Response {
     let headers = response.headers_mut();
     if headers

@@ -584,30 +584,43 @@ async fn readyz_public(State(state): State<AppState>) -> Response {
     ready(&state, false).await
 }
 
-/// Whether the ingest takes events now: the answer of `/readyz` (not draining, every part
-/// caught up, the bus answering within 3 s), for the gRPC health service.
-pub(crate) async fn serving(state: &AppState) -> bool {
-    state.readiness.not_ready().is_none()
-        && matches!(
-            tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await,
-            Ok(Ok(()))
-        )
+/// Why the ingest takes no events now.
+pub(crate) enum NotReady {
+    /// Draining, or a part catching up: the reason.
+    Part(String),
+    /// The bus answered with an error.
+    Bus(pitboss_bus::BusError),
+    /// The bus did not answer within 3 s.
+    NoAnswer,
+}
+
+/// Whether the ingest takes events now: not draining, every part caught up, the bus answering
+/// within 3 s (`/readyz`, and the gRPC health service).
+pub(crate) async fn check_ready(state: &AppState) -> Result<(), NotReady> {
+    if let Some(why) = state.readiness.not_ready() {
+        return Err(NotReady::Part(why));
+    }
+    match tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(NotReady::Bus(e)),
+        Err(_) => Err(NotReady::NoAnswer),
+    }
 }
 
 async fn ready(state: &AppState, detail: bool) -> Response {
-    if let Some(why) = state.readiness.not_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
-    }
-    match tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready").into_response(),
-        Ok(Err(e)) if detail => {
+    match check_ready(state).await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(NotReady::Part(why)) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
+        Err(NotReady::Bus(e)) if detail => {
             (StatusCode::SERVICE_UNAVAILABLE, format!("bus: {e}")).into_response()
         }
-        Ok(Err(_)) => (
+        Err(NotReady::Bus(_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "bus: unavailable (the admin listener's /readyz says why)",
         )
             .into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus: no answer within 3 s").into_response(),
+        Err(NotReady::NoAnswer) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "bus: no answer within 3 s").into_response()
+        }
     }
 }

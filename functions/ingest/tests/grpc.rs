@@ -321,8 +321,83 @@ async fn the_health_service_follows_readiness_without_a_key() {
     assert_eq!(status, ServingStatus::NotServing as i32);
     bus.fail_publishes(None);
     assert_eq!(next(&mut watch).await, ServingStatus::Serving as i32);
+    let mut second = health.watch(ask("")).await.unwrap().into_inner();
+    assert_eq!(next(&mut second).await, ServingStatus::Serving as i32);
+    // An unknown name's call stays open: nothing more within two checks.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), unknown.message())
+            .await
+            .is_err()
+    );
+    // On SIGTERM every watch says NOT_SERVING and ends (an unknown name's too), so a load
+    // balancer's watch does not hold the drain up.
     stop.trigger("test");
-    assert_eq!(next(&mut watch).await, ServingStatus::NotServing as i32);
+    for w in [&mut watch, &mut second] {
+        assert_eq!(next(w).await, ServingStatus::NotServing as i32);
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), w.message()).await;
+        assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+    }
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), unknown.message()).await;
+    assert!(matches!(end, Ok(Ok(None))), "{end:?}");
+}
+
+/// At most `MAX_HEALTH_WATCHERS` watches are open at once (they need no key): one more is
+/// RESOURCE_EXHAUSTED, and a place freed is taken again.
+#[tokio::test]
+async fn health_watches_are_bounded() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve(&bus).await;
+    let max = pitboss_ingest::grpc::MAX_HEALTH_WATCHERS;
+    let mut open = Vec::new();
+    // A connection carries up to 100 streams here (below the server's per-connection bound).
+    for _ in 0..max.div_ceil(100) + 1 {
+        let channel = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        for _ in 0..100 {
+            if open.len() == max {
+                break;
+            }
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            open.push(health.watch(request).await.unwrap().into_inner());
+        }
+        if open.len() == max {
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            let err = health.watch(request).await.unwrap_err();
+            assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+            // One leaves: its place is free again (once the server sees the call gone).
+            drop(open.pop());
+            let mut again = None;
+            for _ in 0..100 {
+                let request = HealthCheckRequest {
+                    service: String::new(),
+                };
+                match health.watch(request).await {
+                    Ok(w) => {
+                        again = Some(w);
+                        break;
+                    }
+                    Err(e) => {
+                        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            assert!(again.is_some(), "the freed place was not taken again");
+            return;
+        }
+    }
+    panic!("never reached {max} watches");
 }
 
 /// The reflection service (`grpc.reflection.v1`, and `v1alpha` for older tools), without a
