@@ -1087,6 +1087,25 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         Some("unauthorized"),
         "{err:?}"
     );
+    // The standard health service through the same port, without a key (what a gRPC load
+    // balancer or grpc_health_probe asks, docs/deploy.md).
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", edge.1))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pitboss.v1.Ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     let list = ids
         .iter()
         .map(|i| format!("'{i}'"))
