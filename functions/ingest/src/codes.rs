@@ -4,7 +4,7 @@
 //! codes are the model's [`ViolationCode`]s, one result per refused event. The error tables of
 //! docs/api.md and docs/events.md and the code lists of docs/openapi.json are generated from this
 //! table, and tests keep them equal (`PITBOSS_UPDATE_SCHEMA=1 cargo test -p pitboss-ingest
-//! --test errors --test openapi` rewrites them).
+//! --test ingest -- errors:: openapi::` rewrites them).
 
 use std::fmt::Write as _;
 

@@ -21,7 +21,7 @@ use pitboss_ingest::{IngestConfig, TenantConfig};
 use pitboss_model::{ViolationCode, decode_proto};
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 const ACME_KEY: &str = "pk_test_acme_7f3a9c";
 const LUCKY_KEY: &str = "pk_test_lucky_1b2c3d";

@@ -13,7 +13,7 @@ use pitboss_proto::v1::ingest_client::IngestClient;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
-mod common;
+use crate::common;
 
 const KEY: &str = "pk_test_grpc_0a1b2c3d4e5f";
 

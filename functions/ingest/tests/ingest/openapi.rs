@@ -14,7 +14,7 @@ use pitboss_bus::memory::MemoryPublisher;
 use pitboss_ingest::openapi::{document, document_text};
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 #[test]
 fn checked_in_document_matches_the_code() {

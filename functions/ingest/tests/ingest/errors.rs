@@ -21,7 +21,7 @@ use pitboss_model::ViolationCode;
 use pitboss_proto::v1 as pb;
 use tower::ServiceExt;
 
-mod common;
+use crate::common;
 
 const KEY: &str = "pk_test_errors_acme";
 const SLOW_KEY: &str = "pk_test_errors_slow";
@@ -112,7 +112,7 @@ fn the_table_is_consistent_and_every_mapping_comes_from_it() {
 }
 
 /// docs/api.md and docs/events.md carry the table between their markers, as generated.
-/// `PITBOSS_UPDATE_SCHEMA=1 cargo test -p pitboss-ingest --test errors` rewrites them.
+/// `PITBOSS_UPDATE_SCHEMA=1 cargo test -p pitboss-ingest --test ingest -- errors::` rewrites them.
 #[test]
 fn the_markdown_docs_carry_the_table() {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");

@@ -15,7 +15,7 @@ use pitboss_ingest::{IngestConfig, TenantConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-mod common;
+use crate::common;
 
 const KEY: &str = "pk_test_ws_5e4d3c2b1a09";
 
