@@ -30,7 +30,7 @@ use pitboss_processor::rows::{AlertRow, EventRow};
 use pitboss_processor::schema::{self, Layout};
 use pitboss_processor::{Batch, ClickHouseSink, Sink, run, sink};
 
-mod common;
+use crate::common;
 
 struct Cluster {
     urls: Vec<String>,

@@ -17,7 +17,7 @@ use pitboss_processor::{
     BatchConfig, ClickHouseSink, EventRow, ProcessorConfig, run, schema, sink,
 };
 
-mod common;
+use crate::common;
 
 fn event(i: u64) -> OutRecord {
     event_in(i, "EUR")

@@ -23,7 +23,7 @@ use pitboss_processor::{
 };
 use pitboss_testkit::live;
 
-mod common;
+use crate::common;
 
 use common::live_record;
 

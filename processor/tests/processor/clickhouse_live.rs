@@ -22,7 +22,7 @@ use pitboss_processor::{
 };
 use pitboss_testkit::live;
 
-mod common;
+use crate::common;
 
 async fn database() -> Client {
     let url = pitboss_testkit::clickhouse();
