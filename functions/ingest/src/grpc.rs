@@ -441,26 +441,38 @@ pub fn routes(state: AppState) -> axum::Router {
         pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
             .max_decoding_message_size(max),
     )
-    // Every service with the same bound on a message, so an answer over it is the one below.
+    // A health request is a service name, a reflection request a symbol or file name: a
+    // small bound (tonic's reflection echoes an unknown symbol in its error).
     .add_service(
         tonic_health::pb::health_server::HealthServer::new(HealthService::new(state))
-            .max_decoding_message_size(max),
+            .max_decoding_message_size(MAX_TOOL_MESSAGE),
     )
-    .add_service(reflection_v1().max_decoding_message_size(max))
-    .add_service(reflection_v1alpha().max_decoding_message_size(max))
+    .add_service(reflection_v1().max_decoding_message_size(MAX_TOOL_MESSAGE))
+    .add_service(reflection_v1alpha().max_decoding_message_size(MAX_TOOL_MESSAGE))
     .into_axum_router()
-    .layer(axum::middleware::map_response(
-        move |response: axum::response::Response| async move { too_large(response, max) },
+    .layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let limit = if request.uri().path().starts_with("/grpc.") {
+                MAX_TOOL_MESSAGE
+            } else {
+                max
+            };
+            too_large(next.run(request).await, limit)
+        },
     ))
     // tonic's fallback answers every unknown path with HTTP 200 + grpc-status 12; REST clients
     // (and scanners) must see a 404 instead.
     .fallback(|| async { axum::http::StatusCode::NOT_FOUND })
 }
 
+/// The bound on a message to the health and reflection services (`/grpc.*`), bytes.
+pub const MAX_TOOL_MESSAGE: usize = 64 * 1024;
+
 /// tonic refuses a message over `max_decoding_message_size` with OUT_OF_RANGE before any
 /// handler sees it; the documented answer (docs/api.md) is RESOURCE_EXHAUSTED `body_too_large`,
-/// as for HTTP. Nothing else here answers OUT_OF_RANGE (the health and reflection services
-/// have the same bound), so every such answer is that one.
+/// as for HTTP, with the bound of the service asked (the ingest's `max_body_bytes`, or
+/// [`MAX_TOOL_MESSAGE`] for health and reflection). Nothing else here answers OUT_OF_RANGE, so
+/// every such answer is that one.
 fn too_large(mut response: axum::response::Response, limit: usize) -> axum::response::Response {
     let headers = response.headers_mut();
     if headers

@@ -498,6 +498,33 @@ async fn reflection_lists_the_services_and_describes_the_ingest() {
         assert_eq!(file.name(), dep);
     }
 
+    // A request over the tools' bound (64 KiB) gets no answer: the call ends (tonic's
+    // reflection stops reading at a message it cannot decode), nothing of it echoed.
+    let mut client = ServerReflectionClient::new(channel.clone());
+    let huge = "x".repeat(pitboss_ingest::grpc::MAX_TOOL_MESSAGE + 1);
+    let requests = futures::stream::iter([ask(MessageRequest::FileContainingSymbol(huge.clone()))]);
+    let end = match client.server_reflection_info(requests).await {
+        Ok(r) => r.into_inner().message().await,
+        Err(e) => Err(e),
+    };
+    match end {
+        Ok(None) => {}
+        Err(e) => assert!(
+            e.message().len() < 1_000,
+            "echoed: {} bytes",
+            e.message().len()
+        ),
+        Ok(Some(m)) => panic!("answered: {:?}", m.message_response.map(|_| ())),
+    }
+    // A health request over it is refused as any oversized body is, with that bound.
+    let err = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: huge })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(common::check_grpc_status(&err), "body_too_large");
+    assert!(err.message().contains("65536"), "{}", err.message());
+
     // The older version, as some tools ask it first.
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as Alpha;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
