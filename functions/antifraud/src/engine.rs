@@ -467,9 +467,7 @@ impl Engine {
                         Value::Missing => 0,
                         other => hasher.hash_one(format!("{other:?}")),
                     };
-                    let label = rule
-                        .keep_labels
-                        .then(|| Box::new(event.player_id.as_str().into()));
+                    let label = rule.keep_labels.then(|| event.player_id.as_str().into());
                     (tag, label)
                 }
                 None => (0, None),
@@ -480,15 +478,7 @@ impl Engine {
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
                 let before = state.held();
                 let ins = state.insert(
-                    Entry {
-                        id: Entry::halves(id),
-                        t,
-                        mask,
-                        cur,
-                        vals,
-                        tag,
-                        label,
-                    },
+                    Entry::new(id, t, mask, cur, vals, tag, label),
                     rule,
                 );
                 if !ins.fresh {
@@ -1136,10 +1126,10 @@ impl Hit<'_> {
                     cond_mask
                 };
                 for e in &self.state.entries {
-                    if let Some(l) = &e.label
+                    if let Some(l) = e.label()
                         && e.mask & mask != 0
-                        && ***l != *event.player_id
-                        && !related.iter().any(|r| **r == ***l)
+                        && l != event.player_id
+                        && !related.iter().any(|r| *r == l)
                         && related.len() < MAX_RELATED_PLAYERS
                     {
                         related.push(l.to_string());
