@@ -258,6 +258,7 @@ async fn ws(
     State(st): State<GatewayState>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
+    slot: Option<axum::Extension<pitboss_runtime::http::ConnSlot>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if st.shutdown.is_triggered() {
@@ -284,7 +285,11 @@ async fn ws(
         // per idle connection against 4 KiB). The write buffer grows only when written to.
         .read_buffer_size(1024)
         .write_buffer_size(4096)
-        .on_upgrade(move |socket| session(st, claims, socket))
+        .on_upgrade(move |socket| async move {
+            // The socket counts under `--max-connections` while it lives.
+            let _slot = slot;
+            session(st, claims, socket).await;
+        })
 }
 
 /// Why a session ended, and what to tell the client.

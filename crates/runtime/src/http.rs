@@ -4,6 +4,10 @@
 //! wait for the next head is the same wait — HTTP/2 keep-alive pings with a dead-peer
 //! timeout, and a graceful stop: on shutdown no new connection is accepted, requests already
 //! read are answered, and connections still open after the drain deadline are dropped.
+//!
+//! A connection upgraded to a WebSocket still counts: hyper ends its connection future at the
+//! upgrade, so every request carries the connection's [`ConnSlot`], and a WebSocket handler
+//! keeps it for as long as its socket lives ([`ConnSlot`]). The drain waits for those too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::Shutdown;
 
@@ -78,8 +83,26 @@ pub fn raise_fd_limit() -> Option<u64> {
     }
 }
 
+/// A connection's place under `max_connections`, in every request's extensions: the place is
+/// given back when the connection ends and every clone of its slot is dropped. A WebSocket
+/// handler moves its request's slot into the socket's task, so the socket keeps counting after
+/// the upgrade ends hyper's connection (without it, upgraded sockets were not counted at all).
+#[derive(Debug, Clone)]
+pub struct ConnSlot(#[allow(dead_code)] Arc<Place>);
+
+/// What a [`ConnSlot`] holds.
+#[derive(Debug)]
+struct Place(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        metrics::gauge!("pitboss_http_connections").decrement(1.0);
+    }
+}
+
 /// Serves `router` on `listener` within `limits` until `shutdown` is triggered; then stops
-/// accepting and drains (see the module doc). WebSocket upgrades are supported.
+/// accepting and drains (see the module doc). WebSocket upgrades are supported, and counted
+/// while they live if their handler keeps the request's [`ConnSlot`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -124,7 +147,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         metrics::gauge!("pitboss_http_connections").increment(1.0);
-        let service = TowerToHyperService::new(router.clone());
+        let slot = ConnSlot(Arc::new(Place(permit)));
+        let for_requests = slot.clone();
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut req: axum::http::Request<_>| {
+                req.extensions_mut().insert(for_requests.clone());
+                req
+            },
+        ));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -133,15 +163,19 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            metrics::gauge!("pitboss_http_connections").decrement(1.0);
-            drop(permit);
+            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let deadline = tokio::time::Instant::now() + limits.drain_timeout;
+    let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    // Requests read are answered, then every upgraded socket ends (its handler saw the
+    // shutdown): all places are back.
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = permits.acquire_many(all).await;
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!(
             timeout = ?limits.drain_timeout,
             "connections still open at the drain deadline were dropped"

@@ -381,6 +381,45 @@ async fn operators_publish_pushes_through_the_bus_and_players_may_not() {
     );
 }
 
+/// Open sockets count under `--max-connections` (hyper ends a connection's own count at the
+/// WebSocket upgrade): with 2 allowed and 2 players connected, a third connection is closed
+/// unanswered; when a player leaves, the place is free again and deliveries go on.
+#[tokio::test]
+async fn open_sockets_count_under_max_connections() {
+    let env = Env::new().await;
+    let gw = env.gateway_max_connections(2).await;
+    let mut p1 = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    let p2 = gw
+        .connect(&env.token("acme", "p2", Role::Player, &[]))
+        .await;
+    let token = env.token("acme", "p3", Role::Player, &[]);
+    let third = tokio::time::timeout(Duration::from_secs(10), gw.try_connect(&token))
+        .await
+        .expect("refused at once, not left waiting");
+    assert!(
+        third.is_none(),
+        "a third socket was let in over the limit of 2"
+    );
+    drop(p2);
+    let mut p3 = None;
+    for _ in 0..50 {
+        p3 = gw.try_connect(&token).await;
+        if p3.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut p3 = p3.expect("a player connects once another left");
+    p1.subscribe("player:acme:p1", None).await;
+    p3.subscribe("player:acme:p3", None).await;
+    let (_, _, m1) = env.publish_push("acme", Target::Player("p1".into())).await;
+    let (_, _, m3) = env.publish_push("acme", Target::Player("p3".into())).await;
+    assert_eq!(p1.messages(1).await, vec![m1]);
+    assert_eq!(p3.messages(1).await, vec![m3]);
+}
+
 /// A tenant's operator pushes are bounded per second (a leaked or runaway tool cannot flood
 /// every player): past the burst, `429 rate_limited` with `Retry-After`, nothing published;
 /// another tenant is unaffected.

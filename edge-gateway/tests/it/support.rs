@@ -70,7 +70,12 @@ impl Env {
     }
 
     pub async fn gateway_with(&self, edit: impl FnOnce(&mut GatewayConfig)) -> Gw {
-        self.gateway_full(edit, None).await
+        self.gateway_full(edit, None, None).await
+    }
+
+    /// A gateway that takes at most `n` connections at once (`--max-connections`).
+    pub async fn gateway_max_connections(&self, n: usize) -> Gw {
+        self.gateway_full(|_| {}, None, Some(n)).await
     }
 
     /// A gateway whose `/v1/stats` adds the figures of `stats`.
@@ -78,13 +83,14 @@ impl Env {
         &self,
         stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
     ) -> Gw {
-        self.gateway_full(|_| {}, Some(stats)).await
+        self.gateway_full(|_| {}, Some(stats), None).await
     }
 
     async fn gateway_full(
         &self,
         edit: impl FnOnce(&mut GatewayConfig),
         stats: Option<std::sync::Arc<dyn pitboss_gateway::StatsSource>>,
+        max_connections: Option<usize>,
     ) -> Gw {
         pitboss_runtime::telemetry::init_tracing();
         let mut config = GatewayConfig {
@@ -103,10 +109,13 @@ impl Env {
         let addr = listener.local_addr().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
-        let limits = pitboss_runtime::http::Limits {
+        let mut limits = pitboss_runtime::http::Limits {
             drain_timeout: Duration::from_secs(3),
             ..Default::default()
         };
+        if let Some(n) = max_connections {
+            limits.max_connections = n;
+        }
         let task = tokio::spawn(pitboss_gateway::server::serve(
             state.clone(),
             listener,
@@ -265,8 +274,13 @@ pub struct Gw {
 
 impl Gw {
     pub async fn connect(&self, token: &str) -> Client {
+        self.try_connect(token).await.expect("connected")
+    }
+
+    /// [`Gw::connect`], or `None` when the connection fails (closed unanswered).
+    pub async fn try_connect(&self, token: &str) -> Option<Client> {
         let url = format!("ws://{}/v1/ws?token={token}", self.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
         let mut c = Client {
             ws,
             cursor: None,
@@ -279,7 +293,7 @@ impl Gw {
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         assert_eq!(welcome["protocol"], 1);
         c.welcome = welcome;
-        c
+        Some(c)
     }
 
     /// Tries to connect; the refusal's status and error code.

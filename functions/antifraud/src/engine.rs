@@ -477,10 +477,7 @@ impl Engine {
             let mut folded = false;
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
                 let before = state.held();
-                let ins = state.insert(
-                    Entry::new(id, t, mask, cur, vals, tag, label),
-                    rule,
-                );
+                let ins = state.insert(Entry::new(id, t, mask, cur, vals, tag, label), rule);
                 if !ins.fresh {
                     continue;
                 }

@@ -452,6 +452,7 @@ async fn ws_ingest(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
     shutdown: Option<Extension<pitboss_runtime::Shutdown>>,
+    slot: Option<Extension<pitboss_runtime::http::ConnSlot>>,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
     let max = state.config.max_body_bytes;
@@ -463,7 +464,11 @@ async fn ws_ingest(
         // grows its buffers as frames need.
         .read_buffer_size(WS_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
-        .on_upgrade(move |socket| ws_session(state, tenant, socket, shutdown))
+        .on_upgrade(move |socket| async move {
+            // The socket counts under `max_connections` while it lives.
+            let _slot = slot;
+            ws_session(state, tenant, socket, shutdown).await;
+        })
 }
 
 /// Initial read and write buffer of a WebSocket.

@@ -50,11 +50,20 @@ async fn serve_with(
     config: IngestConfig,
     shutdown: pitboss_runtime::Shutdown,
 ) -> String {
+    serve_task(bus, config, shutdown).await.0
+}
+
+/// [`serve_with`], and the task serving (it ends when `serve` returns).
+async fn serve_task(
+    bus: &MemoryPublisher,
+    config: IngestConfig,
+    shutdown: pitboss_runtime::Shutdown,
+) -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
     let state = pitboss_ingest::state(config, bus.publisher()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(pitboss_ingest::serve(state, listener, shutdown));
-    format!("ws://{addr}/v1/ingest/ws")
+    let task = tokio::spawn(pitboss_ingest::serve(state, listener, shutdown));
+    (format!("ws://{addr}/v1/ingest/ws"), task)
 }
 
 #[tokio::test]
@@ -177,13 +186,20 @@ async fn shutdown_answers_the_frame_in_flight_then_closes_with_1012() {
     let bus = MemoryPublisher::new();
     bus.create_topic("events", 2);
     let shutdown = pitboss_runtime::Shutdown::new();
-    let url = serve_with(&bus, config(), shutdown.clone()).await;
+    let (url, serving) = serve_task(&bus, config(), shutdown.clone()).await;
     let mut socket = connect(&url).await;
     bus.hold_publishes(true);
     socket.send(Message::text(events(2))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     shutdown.trigger("test");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `serve` waits for the socket (a process exits when it returns, and the answer and the
+    // 1012 would be lost): it had returned at once, the upgrade having ended hyper's
+    // connection.
+    assert!(
+        !serving.is_finished(),
+        "serve returned with a WebSocket frame still in flight"
+    );
     bus.hold_publishes(false);
     let reply = next_message(&mut socket).await.expect("the reply");
     let reply: FrameReply = serde_json::from_str(reply.to_text().unwrap()).unwrap();
@@ -196,6 +212,75 @@ async fn shutdown_answers_the_frame_in_flight_then_closes_with_1012() {
         other => panic!("expected a close frame, got {other:?}"),
     }
     assert_eq!(bus.len("events"), 2);
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve returns once the socket is closed")
+        .unwrap()
+        .unwrap();
+}
+
+/// Open WebSockets count under `max_connections` (hyper ends a connection's own count at the
+/// upgrade): with 2 allowed and 2 sockets open, a third connection is closed unanswered; once
+/// a socket closes, its place is free again.
+#[tokio::test]
+async fn open_sockets_count_under_max_connections() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve_with(
+        &bus,
+        IngestConfig {
+            max_connections: 2,
+            ..config()
+        },
+        pitboss_runtime::Shutdown::new(),
+    )
+    .await;
+    let mut first = connect(&url).await;
+    let mut second = connect(&url).await;
+    for s in [&mut first, &mut second] {
+        s.send(Message::text(events(1))).await.unwrap();
+        let reply = next_message(s).await.expect("served");
+        assert!(reply.to_text().unwrap().contains("\"accepted\":1"));
+    }
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let third = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("refused at once, not left waiting");
+    assert!(
+        third.is_err(),
+        "a third socket was let in over the limit of 2"
+    );
+    first.close(None).await.unwrap();
+    drop(first);
+    // The place comes back when the server's side of the socket ends.
+    let mut again = None;
+    for _ in 0..50 {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        if let Ok((s, _)) = tokio_tungstenite::connect_async(request).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = again.expect("a socket connects once one of the two closed");
+    again.send(Message::text(events(1))).await.unwrap();
+    assert!(
+        next_message(&mut again)
+            .await
+            .expect("served")
+            .to_text()
+            .unwrap()
+            .contains("\"accepted\":1")
+    );
 }
 
 /// A peer that stops reading (it never answers pings) is closed after the idle timeout, with
