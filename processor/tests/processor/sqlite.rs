@@ -452,3 +452,16 @@ fn queries_are_read_only_and_bounded() {
         [[serde_json::json!(1), serde_json::Value::Null, "x".into()]]
     );
 }
+
+/// The store's commits are on disk when they return (`synchronous=FULL`, 2): the bus offsets
+/// committed right after a batch's rows cannot outlive the rows in an OS crash or power cut.
+#[test]
+fn the_store_syncs_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pitboss.db");
+    let (conn, _) = sqlite::open(&db).unwrap();
+    let sync: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous is not FULL");
+}
