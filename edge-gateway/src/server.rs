@@ -810,7 +810,10 @@ async fn handle(
                     Err(e) => ServerFrame::Error(
                         ProtocolError::new(
                             "bus_unavailable",
-                            format!("the ack was not stored; retry with the same ack_id: {e}"),
+                            format!(
+                                "the ack was not stored; retry with ack_id {:?}: {e}",
+                                ack.ack_id
+                            ),
                         )
                         .for_request(id.as_ref()),
                     ),
