@@ -483,6 +483,8 @@ enum WsEnd {
     Idle,
     /// The server is shutting down.
     Shutdown,
+    /// A frame over `max_body_bytes`.
+    TooBig,
 }
 
 async fn ws_session(
@@ -495,6 +497,7 @@ async fn ws_session(
     use futures::{SinkExt, StreamExt};
     let idle = Duration::from_secs(state.config.ws_idle_timeout_secs);
     let ping_every = Duration::from_secs(state.config.ws_ping_interval_secs);
+    let max_frame = state.config.max_body_bytes;
     let (mut sink, stream) = socket.split();
     let ended = Arc::new(std::sync::Mutex::new(WsEnd::Client));
     let end = |why: WsEnd, ended: &Arc<std::sync::Mutex<WsEnd>>| {
@@ -520,7 +523,16 @@ async fn ws_session(
                         end(WsEnd::Idle, &reader_end);
                         return None;
                     }
-                    Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+                    Ok(Some(Err(e))) => {
+                        // tungstenite refuses a frame over the bound as it reads it (a
+                        // capacity error: "Space limit exceeded: Message too long").
+                        let text = e.to_string();
+                        if text.contains("Space limit") || text.contains("too long") {
+                            end(WsEnd::TooBig, &reader_end);
+                        }
+                        return None;
+                    }
+                    Ok(None | Some(Ok(Message::Close(_)))) => return None,
                     Ok(Some(Ok(Message::Text(t)))) => return Some((t.as_bytes().to_vec(), stream)),
                     Ok(Some(Ok(Message::Binary(b)))) => return Some((b.to_vec(), stream)),
                     // Pings (answered by axum) and pongs: the peer is alive.
@@ -555,8 +567,12 @@ async fn ws_session(
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (code, reason) = match why {
-            WsEnd::Shutdown => (1012, "server restarting: reconnect"),
-            WsEnd::Idle => (1001, "idle: nothing received within the idle timeout"),
+            WsEnd::Shutdown => (1012, "server restarting: reconnect".to_owned()),
+            WsEnd::Idle => (
+                1001,
+                "idle: nothing received within the idle timeout".into(),
+            ),
+            WsEnd::TooBig => (1009, format!("frame larger than {max_frame} bytes")),
             WsEnd::Client => return,
         };
         let _ = sink

@@ -338,3 +338,40 @@ async fn a_17_mib_frame_is_answered() {
     let reply: FrameReply = serde_json::from_str(reply.to_text().unwrap()).unwrap();
     assert_eq!(reply.seq, 1);
 }
+
+/// A frame over `max_body_bytes` closes the socket with 1009, after the frame before it was
+/// answered.
+#[tokio::test]
+async fn a_frame_over_the_bound_closes_with_1009() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve_with(
+        &bus,
+        IngestConfig {
+            max_body_bytes: 1 << 20,
+            ..config()
+        },
+        pitboss_runtime::Shutdown::new(),
+    )
+    .await;
+    let mut socket = connect(&url).await;
+    socket.send(Message::text(events(1))).await.unwrap();
+    let _ = socket
+        .send(Message::text(format!("[{}]", " ".repeat(2 << 20))))
+        .await;
+    let reply = next_message(&mut socket)
+        .await
+        .expect("the first frame's answer");
+    assert!(
+        reply.to_text().unwrap().contains("\"accepted\":1"),
+        "{reply:?}"
+    );
+    match next_message(&mut socket).await {
+        Some(Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1009, "{frame:?}");
+            assert!(frame.reason.contains("1048576"), "{frame:?}");
+        }
+        other => panic!("expected a 1009 close, got {other:?}"),
+    }
+    assert_eq!(bus.len("events"), 1);
+}
