@@ -670,6 +670,33 @@ async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_una
         .await;
     let text = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(64 * 1024));
     assert_eq!(big.send_and_close_code(&text).await, Some(1009));
+    // 64 subscriptions per connection: the 65th channel is refused, the connection stays.
+    let mut many = gw
+        .connect(&env.token("acme", "ops", Role::Operator, &["*"]))
+        .await;
+    for i in 0..64 {
+        let reply = many
+            .raw(&format!(r#"{{"type":"subscribe","id":{i},"channel":"room:acme:r{i}"}}"#))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{i}: {reply}");
+    }
+    let reply = many
+        .raw(r#"{"type":"subscribe","id":64,"channel":"room:acme:r64"}"#)
+        .await;
+    assert_eq!(reply["code"], "too_many_subscriptions", "{reply}");
+    assert_eq!(many.raw(r#"{"type":"ping","id":1}"#).await["type"], "pong");
+    // Invalid requests (not rate-limited ones) are answered up to 50; the 51st closes (1008).
+    let mut wrong = gw
+        .connect(&env.token("acme", "p6", Role::Player, &[]))
+        .await;
+    for i in 0..50 {
+        let reply = wrong.raw(r#"{"type":"teleport"}"#).await;
+        assert_eq!(reply["code"], "unknown_type", "{i}: {reply}");
+    }
+    assert_eq!(
+        wrong.send_and_close_code(r#"{"type":"teleport"}"#).await,
+        Some(1008)
+    );
     // The well-behaved client still gets its pushes.
     let id = env
         .publish_push("acme", Target::Player("p1".into()))
