@@ -676,7 +676,9 @@ async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_una
         .await;
     for i in 0..64 {
         let reply = many
-            .raw(&format!(r#"{{"type":"subscribe","id":{i},"channel":"room:acme:r{i}"}}"#))
+            .raw(&format!(
+                r#"{{"type":"subscribe","id":{i},"channel":"room:acme:r{i}"}}"#
+            ))
             .await;
         assert_eq!(reply["type"], "subscribed", "{i}: {reply}");
     }

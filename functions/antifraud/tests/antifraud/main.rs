@@ -8,3 +8,4 @@ mod engine;
 mod lambda;
 mod packs_fraud;
 mod packs_rg;
+mod stream;

@@ -1,0 +1,189 @@
+//! The streaming engine (`stream::run`, what `pitboss antifraud` and `pitboss up` run) on a
+//! real embedded log: a record it cannot decode goes to the dead-letter topic while the
+//! partition keeps flowing, and a rules directory is reloaded while it runs — a changed rule
+//! takes effect with its windows kept, a broken file is refused and the running set stays.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pitboss_antifraud::stream::{RulesSource, StreamConfig, run};
+use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
+use pitboss_bus::{Bus, ConsumerConfig, Delivery, OutRecord, Record};
+use pitboss_model::live::{Alert, LiveMessage};
+use pitboss_model::{Timestamp, encode_proto};
+use serde_json::json;
+
+use crate::common::{Script, bet};
+
+/// A rule: `limit` bets by one player within an hour.
+fn rule(limit: u32) -> String {
+    format!(
+        r#"[[rule]]
+id = "t.bets"
+version = 1
+category = "fraud"
+description = "Many bets."
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = {{ duration = "1h", max_events = 100 }}
+reason = "{{bets}} bets."
+
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = {limit}
+"#
+    )
+}
+
+async fn read(bus: &EmbeddedBus, topic: &str, group: &str) -> Vec<Record> {
+    let mut c = bus
+        .consumer(group, topic, ConsumerConfig::default())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        match c.poll(10_000, Duration::from_millis(300)).await.unwrap() {
+            Delivery::Records(rs) if rs.is_empty() => break,
+            Delivery::Records(rs) => out.extend(rs),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The players the alerts on the bus name, in order (a fresh reader each time).
+async fn alerted(bus: &EmbeddedBus) -> Vec<String> {
+    static CHECKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    read(bus, "alerts", &format!("check-{n}"))
+        .await
+        .iter()
+        .map(|r| {
+            Alert::decode_proto(&r.value)
+                .unwrap()
+                .player_id
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds (10 s at most).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("t.toml"), rule(3)).unwrap();
+    let bus =
+        Arc::new(EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap());
+    for t in [
+        "events",
+        "events_overflow",
+        "alerts",
+        "pushes",
+        "antifraud_dead_letter",
+    ] {
+        bus.create_topic(t, 1).await.unwrap();
+    }
+    let config = StreamConfig {
+        rules: RulesSource::Dir(rules.clone()),
+        state_path: dir.path().join("antifraud.db"),
+        reload_interval: Duration::from_millis(100),
+        snapshot_interval: Duration::from_millis(500),
+        ..StreamConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = tokio::spawn(run(bus.clone() as Arc<dyn Bus>, config, async {
+        let _ = stopped.await;
+    }));
+    let mut script = Script::new(
+        pitboss_antifraud::RuleSet::from_sources(&[("t.toml".into(), rule(3))]).unwrap(),
+    );
+    let now = Timestamp::now().as_millis();
+    let bets = |player: &str, n: usize, script: &mut Script| -> Vec<OutRecord> {
+        (0..n)
+            .map(|i| {
+                let e = script.event(
+                    player,
+                    now + i as i64,
+                    "bet_placed",
+                    bet(&format!("{player}-{i}"), 500),
+                    json!({}),
+                );
+                OutRecord::new(e.bus_key(), encode_proto(&e))
+            })
+            .collect()
+    };
+    let publisher = bus.publisher();
+
+    // Garbage between two of p1's bets: dead-lettered, and the bets after it still count.
+    let mut batch = bets("p1", 3, &mut script);
+    batch.insert(
+        1,
+        OutRecord::new("p1", b"\x08\xff\xff not protobuf".to_vec()),
+    );
+    publisher.publish("events", batch).await.unwrap();
+    eventually("p1's alert", || async { alerted(&bus).await == ["p1"] }).await;
+    let dead = read(&bus, "antifraud_dead_letter", "dead").await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].value, b"\x08\xff\xff not protobuf".to_vec());
+    assert!(dead[0].key.starts_with("events:0:"), "{}", dead[0].key);
+
+    // The threshold lowered to 2 (same id, version and window: the windows are kept): p2's
+    // second bet fires.
+    std::fs::write(rules.join("t.toml"), rule(2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publisher
+        .publish("events", bets("p2", 2, &mut script))
+        .await
+        .unwrap();
+    eventually("p2's alert under the reloaded rule", || async {
+        alerted(&bus).await == ["p1", "p2"]
+    })
+    .await;
+
+    // A broken file is refused; the running set (threshold 2) stays in force.
+    std::fs::write(
+        rules.join("t.toml"),
+        rule(2).replace("op = \"gte\"", "op = \"sort-of\""),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    publisher
+        .publish("events", bets("p3", 2, &mut script))
+        .await
+        .unwrap();
+    eventually("p3's alert under the rules still running", || async {
+        alerted(&bus).await == ["p1", "p2", "p3"]
+    })
+    .await;
+
+    stop.send(()).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(30), engine)
+        .await
+        .expect("the engine stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stats.reloads, 1, "{stats:?}");
+}
