@@ -3,6 +3,8 @@
 //! partition keeps flowing, and a rules directory is reloaded while it runs — a changed rule
 //! takes effect with its windows kept, a broken file is refused and the running set stays.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
