@@ -1037,14 +1037,18 @@ async fn members_become(
 ) -> Vec<String> {
     let start = Instant::now();
     loop {
-        let m: Vec<String> = bus
-            .group_members(group)
-            .await
-            .unwrap()
-            .unwrap()
-            .into_iter()
-            .map(|m| m.client_id)
-            .collect();
+        // A broker just started answers "coordinator load in progress" for a moment.
+        let m: Vec<String> = match bus.group_members(group).await {
+            Ok(members) => members.unwrap().into_iter().map(|m| m.client_id).collect(),
+            Err(pitboss_bus::BusError::Unavailable(e))
+                if start.elapsed() < Duration::from_secs(60) =>
+            {
+                eprintln!("group members not known yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
         if m.len() == n {
             return m;
         }
@@ -1170,6 +1174,100 @@ async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_fi
     );
     drop(a);
     drop(b);
+}
+
+/// Two engines started at the same moment on an empty group (docs/rules.md, "One active
+/// engine"): they may both find it free, but they end with one in the group and the other
+/// standing by, each burst raises its alert once, and when the active one stops the other
+/// takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rules_engines_started_together_end_with_one_in_the_group() {
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("two");
+    let group = format!("{name}_af");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    group_topics(&bus, &name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("engine-{i}.log")))
+        .collect();
+    let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+    let publisher = bus.publisher();
+    let events = format!("{name}_events");
+    let alerts = format!("{name}_alerts");
+    let mut engines = Children(vec![
+        group_engine(&kafka, &name, &dir.path().join("a"), &logs[0]),
+        group_engine(&kafka, &name, &dir.path().join("b"), &logs[1]),
+    ]);
+    let active = members_become(&bus, &group, 1, &all_logs).await;
+    publisher
+        .publish(&events, bet_burst("p-1", 0))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&bus, &alerts, 1).await, ["p-1"]);
+    // Still one, the same, a while later (a stand-by that had joined too would show by now:
+    // engines check their group every 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(members_become(&bus, &group, 1, &all_logs).await, active);
+    publisher
+        .publish(&events, bet_burst("p-2", 100))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&bus, &alerts, 2).await, ["p-1", "p-2"]);
+    // Which one is active: the one whose last word on the group is not standing by (it
+    // joined at once, or took over since).
+    let last = |log: &std::path::Path, needle: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .rfind(needle)
+    };
+    let is_active = |log: &std::path::Path| {
+        last(log, "standing by") <= last(log, "the group is free: taking over")
+    };
+    let states: Vec<bool> = logs.iter().map(|l| is_active(l)).collect();
+    assert_eq!(
+        states.iter().filter(|a| **a).count(),
+        1,
+        "not exactly one active: {states:?}\n{}\n{}",
+        std::fs::read_to_string(&logs[0]).unwrap_or_default(),
+        std::fs::read_to_string(&logs[1]).unwrap_or_default()
+    );
+    let (on, off) = if states[0] { (0, 1) } else { (1, 0) };
+    // Counted before the signal: the stand-by may take over before `wait` returns.
+    let before = std::fs::read_to_string(&logs[off])
+        .unwrap_or_default()
+        .matches("the group is free: taking over")
+        .count();
+    Command::new("kill")
+        .args(["-TERM", &engines.0[on].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(engines.0[on].wait().unwrap().success());
+    let start = Instant::now();
+    while std::fs::read_to_string(&logs[off])
+        .unwrap_or_default()
+        .matches("the group is free: taking over")
+        .count()
+        == before
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the stand-by did not take over:\n{}\n---\n{}",
+            std::fs::read_to_string(&logs[on]).unwrap_or_default(),
+            std::fs::read_to_string(&logs[off]).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(members_become(&bus, &group, 1, &all_logs).await, active);
+    publisher
+        .publish(&events, bet_burst("p-3", 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        alerted_players(&bus, &alerts, 3).await,
+        ["p-1", "p-2", "p-3"]
+    );
+    drop(engines);
 }
 
 /// `--start-at`: an engine in a group that has committed nothing starts at the time — the

@@ -563,6 +563,111 @@ async fn standalone_ingest_drains_on_sigterm_under_load_and_exits_0_every_time()
     assert_all_logged(dir.path(), &accepted, unanswered).await;
 }
 
+/// SIGTERM with an ingest WebSocket open on the standalone `pitboss ingest`: the frame in
+/// flight is answered and the socket closed with 1012 ("reconnect") before the process exits 0
+/// (docs/api.md; the drain waits for open sockets, `ws::shutdown_answers_the_frame_in_flight_then_closes_with_1012`
+/// shows it in process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_ingest_closes_its_websockets_with_1012_on_sigterm() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let key = "standalone-ws-key";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
+            pitboss_ingest::auth::hash_key(key)
+        ),
+    )
+    .unwrap();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "ingest",
+                "--bus",
+                "embedded",
+                "--ensure-topic-partitions",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("ws://127.0.0.1:{port}/v1/ingest/ws");
+    let start = std::time::Instant::now();
+    let mut ws = loop {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => break ws,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "ingest did not start: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let frame = serde_json::json!([{
+        "tenant_id": "demo", "player_id": "p1", "type": "login", "occurred_at": now,
+        "payload": {"ip": "203.0.113.9"}
+    }]);
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    let mut reply = None;
+    while reply.is_none() {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("an answer")
+        {
+            Some(Ok(Message::Text(t))) => reply = Some(t.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected the frame's answer, got {other:?}"),
+        }
+    }
+    assert!(reply.unwrap().contains("\"accepted\":1"));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("a close")
+        {
+            Some(Ok(Message::Close(Some(f)))) => break Some(u16::from(f.code)),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => break None,
+            Some(Ok(_)) => {}
+        }
+    };
+    assert_eq!(code, Some(1012), "the socket was not closed with 1012");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "ingest did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 /// Four clients post batches of 10 bets to `addr` until `child` has been sent SIGTERM at a
 /// random moment and exited: it must exit 0, and every answer is 200 (all accepted) or 503.
 /// Returns the ids answered accepted and the requests that got no answer (refused or cut
