@@ -548,17 +548,21 @@ async fn ws_session(
         loop {
             tokio::select! {
                 reply = outgoing.next() => match reply {
+                    // A peer that reads nothing for the idle timeout is gone: the session
+                    // ends (its connection's place is given back) rather than wait on it.
                     Some(text) => {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            return;
+                        match tokio::time::timeout(idle, sink.send(Message::Text(text.into()))).await {
+                            Ok(Ok(())) => {}
+                            _ => return,
                         }
                     }
                     // Every frame read has been answered: the session is over.
                     None => break,
                 },
                 _ = ping.tick() => {
-                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return;
+                    match tokio::time::timeout(idle, sink.send(Message::Ping(Bytes::new()))).await {
+                        Ok(Ok(())) => {}
+                        _ => return,
                     }
                 }
             }
@@ -575,12 +579,14 @@ async fn ws_session(
             WsEnd::TooBig => (1009, format!("frame larger than {max_frame} bytes")),
             WsEnd::Client => return,
         };
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
+        let _ = tokio::time::timeout(
+            idle,
+            sink.send(Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
-            })))
-            .await;
+            }))),
+        )
+        .await;
     };
     let replies = replies.sink_map_err(axum::Error::new);
     let serve = async {

@@ -375,3 +375,52 @@ async fn a_frame_over_the_bound_closes_with_1009() {
     }
     assert_eq!(bus.len("events"), 1);
 }
+
+/// A client that sends frames but never reads its answers: once the server's writes have
+/// waited for the idle timeout, the session ends and the connection's place under
+/// `max_connections` is free again (it was held for good: the writer waited forever, and the
+/// reader behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_gives_its_place_back_after_the_idle_timeout() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve_with(
+        &bus,
+        IngestConfig {
+            max_connections: 1,
+            ws_ping_interval_secs: 1,
+            ws_idle_timeout_secs: 2,
+            ..config()
+        },
+        pitboss_runtime::Shutdown::new(),
+    )
+    .await;
+    let stuck = connect(&url).await;
+    let (mut sink, stream) = stuck.split();
+    // Replies pile up unread until the socket buffers are full and the server's write waits.
+    let frame = events(1);
+    let sender = tokio::spawn(async move {
+        while sink.send(Message::text(frame.clone())).await.is_ok() {}
+        sink
+    });
+    let mut again = None;
+    for _ in 0..300 {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        if let Ok((s, _)) = tokio_tungstenite::connect_async(request).await {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = again.expect("the place of a client that never reads is given back");
+    again.send(Message::text(events(1))).await.unwrap();
+    // Answered (accepted, or rate_limited after the flood: the tenant's rate is shared).
+    let reply = next_message(&mut again).await.expect("served");
+    let reply: FrameReply = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply.seq, 1);
+    drop(stream);
+    sender.abort();
+}
