@@ -1147,7 +1147,7 @@ async fn publish(
         Err(e) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "bus_unavailable",
-            format!("not stored; retry with the same push_id: {e}"),
+            format!("not confirmed (some may be stored); retry with the same push_ids: {e}"),
         ),
     }
 }
@@ -1162,10 +1162,22 @@ pub async fn serve(
     let (sessions, drain) = (state.sessions.clone(), limits.drain_timeout);
     let receipts = state.receipts.clone();
     let presence_task = state.presence_task.clone();
+    // One deadline for the whole drain, from the stop signal: the HTTP drain (which waits for
+    // the sockets too, each holding its connection's slot), then the receipts.
+    let drain_started = {
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            s.wait().await;
+            tokio::time::Instant::now()
+        })
+    };
     pitboss_runtime::http::serve(listener, router(state), limits, shutdown).await?;
-    // The HTTP drain does not wait for upgraded sockets: wait for every session to have sent
-    // its `reconnect` and close (bounded by the drain deadline).
-    let deadline = tokio::time::Instant::now() + drain;
+    let deadline = drain_started
+        .await
+        .unwrap_or_else(|_| tokio::time::Instant::now())
+        + drain;
+    // A session still finishing its `reconnect` after its socket's slot went (bounded by the
+    // same deadline).
     while sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
