@@ -1199,7 +1199,31 @@ async fn two_rules_engines_started_together_end_with_one_in_the_group() {
         group_engine(&kafka, &name, &dir.path().join("a"), &logs[0]),
         group_engine(&kafka, &name, &dir.path().join("b"), &logs[1]),
     ]);
-    let active = members_become(&bus, &group, 1, &all_logs).await;
+    // Settled: one member, and the other engine's last word is standing by for that member
+    // (each names the engine it yields to: `others=<client id>`).
+    let standby_for = |member: &str| -> Option<usize> {
+        logs.iter().position(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .lines()
+                .rfind(|x| x.contains("standing by"))
+                .is_some_and(|x| x.contains(&format!("others={member} ")))
+        })
+    };
+    let start = Instant::now();
+    let (active, standby) = loop {
+        let members = members_become(&bus, &group, 1, &all_logs).await;
+        if let Some(i) = standby_for(&members[0]) {
+            break (members, i);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no engine stands by for {members:?}:\n{}\n---\n{}",
+            std::fs::read_to_string(&logs[0]).unwrap_or_default(),
+            std::fs::read_to_string(&logs[1]).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     publisher
         .publish(&events, bet_burst("p-1", 0))
         .await
@@ -1214,51 +1238,22 @@ async fn two_rules_engines_started_together_end_with_one_in_the_group() {
         .await
         .unwrap();
     assert_eq!(alerted_players(&bus, &alerts, 2).await, ["p-1", "p-2"]);
-    // Which one is active: the one whose last word on the group is not standing by (it
-    // joined at once, or took over since).
-    let last = |log: &std::path::Path, needle: &str| {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .rfind(needle)
-    };
-    let is_active = |log: &std::path::Path| {
-        last(log, "standing by") <= last(log, "the group is free: taking over")
-    };
-    let states: Vec<bool> = logs.iter().map(|l| is_active(l)).collect();
-    assert_eq!(
-        states.iter().filter(|a| **a).count(),
-        1,
-        "not exactly one active: {states:?}\n{}\n{}",
-        std::fs::read_to_string(&logs[0]).unwrap_or_default(),
-        std::fs::read_to_string(&logs[1]).unwrap_or_default()
-    );
-    let (on, off) = if states[0] { (0, 1) } else { (1, 0) };
-    // Counted before the signal: the stand-by may take over before `wait` returns.
-    let before = std::fs::read_to_string(&logs[off])
-        .unwrap_or_default()
-        .matches("the group is free: taking over")
-        .count();
+    // The active one stops (SIGTERM): the stand-by takes over.
+    let on = 1 - standby;
     Command::new("kill")
         .args(["-TERM", &engines.0[on].id().to_string()])
         .status()
         .unwrap();
     assert!(engines.0[on].wait().unwrap().success());
     let start = Instant::now();
-    while std::fs::read_to_string(&logs[off])
-        .unwrap_or_default()
-        .matches("the group is free: taking over")
-        .count()
-        == before
-    {
+    while members_become(&bus, &group, 1, &all_logs).await == active {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "the stand-by did not take over:\n{}\n---\n{}",
-            std::fs::read_to_string(&logs[on]).unwrap_or_default(),
-            std::fs::read_to_string(&logs[off]).unwrap_or_default()
+            "the stand-by did not take over:\n{}",
+            std::fs::read_to_string(&logs[standby]).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_ne!(members_become(&bus, &group, 1, &all_logs).await, active);
     publisher
         .publish(&events, bet_burst("p-3", 200))
         .await

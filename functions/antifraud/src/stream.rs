@@ -223,7 +223,9 @@ pub struct StreamStats {
     /// Logged batches replayed after a restart.
     pub replayed_batches: u64,
     pub snapshots: u64,
+    /// Rule-set reloads that took effect, and those refused (the running set stayed).
     pub reloads: u64,
+    pub reloads_refused: u64,
     /// Hits sent to, and received from, other shards ([`crate::shard`]).
     pub forwards_sent: u64,
     /// Events of other shards' players skipped undecoded (no rule here reads them).
@@ -732,7 +734,9 @@ async fn stand_by(
             () = tokio::time::sleep(jittered(1)) => {}
         }
     }
-    if standing {
+    // Said whenever this engine had stood aside (for another, or after meeting one), so the
+    // logs always show which engine took the group.
+    if standing || attempt > 0 {
         tracing::info!(%group, "the group is free: taking over");
     }
     metrics::gauge!("pitboss_antifraud_standby", "group" => group.clone()).set(0.0);
@@ -1282,6 +1286,7 @@ impl Work {
                 tracing::info!(kept = report.kept.len(), fresh = ?report.fresh, removed = ?report.removed, "rules reloaded");
             }
             Err(e) => {
+                self.stats.reloads_refused += 1;
                 metrics::counter!("pitboss_antifraud_reloads_total", "result" => "refused")
                     .increment(1);
                 tracing::error!(error = %e, "rules not reloaded; the running set stays in force");

@@ -1640,6 +1640,26 @@ value = 1
         assert_eq!(json, serde_json::to_string(&before).unwrap());
         let back: EntryBefore = serde_json::from_str(&json).unwrap();
         assert_eq!(back, before);
+        // The common entry: two values, no third or fourth, no label (nothing behind `more`).
+        let plain = EntryBefore {
+            vals: [12.5, -3.0, f64::NAN, f64::NAN],
+            label: None,
+            ..before
+        };
+        let now = Entry::new(
+            id, plain.t, plain.mask, plain.cur, plain.vals, plain.tag, None,
+        );
+        assert_eq!(now.heap_bytes(), 0);
+        let old_bytes = postcard::to_stdvec(&plain).unwrap();
+        assert_eq!(postcard::to_stdvec(&now).unwrap(), old_bytes);
+        let read: Entry = postcard::from_bytes(&old_bytes).unwrap();
+        assert_eq!(postcard::to_stdvec(&read).unwrap(), old_bytes);
+        assert_eq!((read.val(0), read.val(1)), (12.5, -3.0));
+        assert!(read.val(2).is_nan() && read.val(3).is_nan() && read.label().is_none());
+        assert_eq!(
+            serde_json::to_string(&now).unwrap(),
+            serde_json::to_string(&plain).unwrap()
+        );
     }
 
     /// A rule with two interval measures over a part of its events (bit 1: bets, bit 2:

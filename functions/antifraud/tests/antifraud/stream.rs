@@ -17,10 +17,12 @@ use serde_json::json;
 
 use crate::common::{Script, bet};
 
-/// A rule: `limit` bets by one player within an hour.
+/// A rule: `limit` bets by one player within an hour (a file of its own length per limit, so
+/// a change shows in the size as well as the time).
 fn rule(limit: u32) -> String {
     format!(
-        r#"[[rule]]
+        r#"# {}
+[[rule]]
 id = "t.bets"
 version = 1
 category = "fraud"
@@ -40,7 +42,8 @@ reason = "{{bets}} bets."
   measure = "bets"
   op = "gte"
   value = {limit}
-"#
+"#,
+        "x".repeat(limit as usize)
     )
 }
 
@@ -152,14 +155,16 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
     assert_eq!(dead[0].value, b"\x08\xff\xff not protobuf".to_vec());
     assert!(dead[0].key.starts_with("events:0:"), "{}", dead[0].key);
 
-    // The threshold lowered to 2 (same id, version and window: the windows are kept): p2's
-    // second bet fires.
+    // p2 bets once under the threshold of 3; then the threshold is lowered to 2 (same id,
+    // version and window: the windows are kept), and p2's second bet fires on the first.
+    let mut p2 = bets("p2", 2, &mut script);
+    let second = p2.pop().unwrap();
+    publisher.publish("events", p2).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(alerted(&bus).await, ["p1"]);
     std::fs::write(rules.join("t.toml"), rule(2)).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
-    publisher
-        .publish("events", bets("p2", 2, &mut script))
-        .await
-        .unwrap();
+    publisher.publish("events", vec![second]).await.unwrap();
     eventually("p2's alert under the reloaded rule", || async {
         alerted(&bus).await == ["p1", "p2"]
     })
@@ -187,5 +192,5 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
         .expect("the engine stops")
         .unwrap()
         .unwrap();
-    assert_eq!(stats.reloads, 1, "{stats:?}");
+    assert_eq!((stats.reloads, stats.reloads_refused), (1, 1), "{stats:?}");
 }
