@@ -502,17 +502,15 @@ async fn sigterm_under_load_drains_and_exits_0_every_time() {
     assert_all_logged(dir.path(), &accepted, unanswered).await;
 }
 
-/// The same for the standalone `pitboss ingest` (here on the embedded log).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_ingest_drains_on_sigterm_under_load_and_exits_0_every_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = "standalone-ingest-key";
+/// A config for the standalone `pitboss ingest` in `dir`: a free port, tenant `demo` with
+/// `key`. The port and the file.
+fn ingest_config(dir: &std::path::Path, key: &str) -> (u16, std::path::PathBuf) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let config = dir.path().join("ingest.toml");
+    let config = dir.join("ingest.toml");
     std::fs::write(
         &config,
         format!(
@@ -521,6 +519,15 @@ async fn standalone_ingest_drains_on_sigterm_under_load_and_exits_0_every_time()
         ),
     )
     .unwrap();
+    (port, config)
+}
+
+/// The same for the standalone `pitboss ingest` (here on the embedded log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_ingest_drains_on_sigterm_under_load_and_exits_0_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "standalone-ingest-key";
+    let (port, config) = ingest_config(dir.path(), key);
     let addr = format!("127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let (mut accepted, mut unanswered) = (Vec::new(), 0);
@@ -574,20 +581,7 @@ async fn standalone_ingest_closes_its_websockets_with_1012_on_sigterm() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let dir = tempfile::tempdir().unwrap();
     let key = "standalone-ws-key";
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("ingest.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n[[tenants]]\nid = \"demo\"\napi_key_sha256 = [\"{}\"]\n",
-            pitboss_ingest::auth::hash_key(key)
-        ),
-    )
-    .unwrap();
+    let (port, config) = ingest_config(dir.path(), key);
     let mut child = Guard(
         Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args([

@@ -151,14 +151,38 @@ async fn a_slow_bus_slows_the_sender_down() {
     assert_eq!(bus.len("events"), 6);
 }
 
-async fn connect(
-    url: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Socket {
+    try_connect(url).await.expect("connected")
+}
+
+/// A socket with the test key, or `None` when the connection is refused (within 10 s).
+async fn try_connect(url: &str) -> Option<Socket> {
     let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    tokio_tungstenite::connect_async(request).await.unwrap().0
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("refused at once, not left waiting")
+    .ok()
+    .map(|(s, _)| s)
+}
+
+/// A socket once the server lets one in (every 100 ms, `tries` times).
+async fn connect_when_let_in(url: &str, tries: usize) -> Option<Socket> {
+    for _ in 0..tries {
+        if let Some(s) = try_connect(url).await {
+            return Some(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }
 
 /// The next message that is not a ping, within 10 s.
@@ -242,36 +266,16 @@ async fn open_sockets_count_under_max_connections() {
         let reply = next_message(s).await.expect("served");
         assert!(reply.to_text().unwrap().contains("\"accepted\":1"));
     }
-    let mut request = url.as_str().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    let third = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
-    )
-    .await
-    .expect("refused at once, not left waiting");
     assert!(
-        third.is_err(),
+        try_connect(&url).await.is_none(),
         "a third socket was let in over the limit of 2"
     );
     first.close(None).await.unwrap();
     drop(first);
     // The place comes back when the server's side of the socket ends.
-    let mut again = None;
-    for _ in 0..50 {
-        let mut request = url.as_str().into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-        if let Ok((s, _)) = tokio_tungstenite::connect_async(request).await {
-            again = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut again = again.expect("a socket connects once one of the two closed");
+    let mut again = connect_when_let_in(&url, 50)
+        .await
+        .expect("a socket connects once one of the two closed");
     again.send(Message::text(events(1))).await.unwrap();
     assert!(
         next_message(&mut again)
@@ -403,19 +407,9 @@ async fn a_client_that_never_reads_gives_its_place_back_after_the_idle_timeout()
         while sink.send(Message::text(frame.clone())).await.is_ok() {}
         sink
     });
-    let mut again = None;
-    for _ in 0..300 {
-        let mut request = url.as_str().into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-        if let Ok((s, _)) = tokio_tungstenite::connect_async(request).await {
-            again = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut again = again.expect("the place of a client that never reads is given back");
+    let mut again = connect_when_let_in(&url, 300)
+        .await
+        .expect("the place of a client that never reads is given back");
     again.send(Message::text(events(1))).await.unwrap();
     // Answered (accepted, or rate_limited after the flood: the tenant's rate is shared).
     let reply = next_message(&mut again).await.expect("served");
