@@ -167,6 +167,52 @@ fn hot_reload_keeps_windows_of_unchanged_rules_and_resets_changed_ones() {
     assert_eq!(s.engine.stats().entries, 0);
 }
 
+/// A kept rule keeps its keys' cooldowns, and the players' scores carry over a reload
+/// (docs/rules.md, "Hot reload").
+#[test]
+fn a_reload_keeps_cooldowns_and_scores() {
+    let rule = |threshold: u32| {
+        let text = format!(
+            r#"
+[[rule]]
+id = "fraud.velocity"
+version = 1
+category = "fraud"
+severity = "low"
+score = 5
+events = ["bet_placed"]
+group_by = "player"
+window = {{ duration = "1h" }}
+cooldown = "10m"
+reason = "{{bets}} bets"
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = {threshold}
+"#
+        );
+        RuleSet::from_sources(&[("v.toml".into(), text)]).unwrap()
+    };
+    let mut s = Script::new(rule(2));
+    s.send("p1", T0, "bet_placed", bet("b0", 1));
+    assert_eq!(s.send("p1", T0 + MIN, "bet_placed", bet("b1", 1)), 1);
+    assert_eq!(s.alerts("fraud.velocity")[0].total_score, 5);
+    let report = s.engine.replace_rules(rule(3));
+    assert_eq!(report.kept, ["fraud.velocity"]);
+    // 3 bets now, within the 10 minutes of the last hit: the cooldown carried over.
+    assert_eq!(
+        s.send("p1", T0 + 2 * MIN, "bet_placed", bet("b2", 1)),
+        0,
+        "fired again within its cooldown after a reload"
+    );
+    // Past the cooldown it fires, and the player's score goes on from before the reload.
+    assert_eq!(s.send("p1", T0 + 12 * MIN, "bet_placed", bet("b3", 1)), 1);
+    assert_eq!(s.alerts("fraud.velocity")[1].total_score, 10);
+}
+
 #[test]
 fn a_malformed_reload_is_refused_and_the_running_set_stays() {
     let mut s = Script::new(velocity(3, 1, "1h"));
