@@ -1265,6 +1265,97 @@ async fn two_rules_engines_started_together_end_with_one_in_the_group() {
     drop(engines);
 }
 
+/// An engine frozen (SIGSTOP: a process cut off from the broker) past the session timeout
+/// loses the group to its stand-by; woken (SIGCONT), it rejoins, both are in the group until
+/// the running check sees it (docs/rules.md: another engine seen for 10 s, the one whose name
+/// sorts last stands by), and the group ends with one member. No burst is alerted twice or
+/// missed on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_frozen_past_its_session_wakes_to_a_group_that_ends_with_one_member() {
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("frozen");
+    let group = format!("{name}_af");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    group_topics(&bus, &name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("engine-{i}.log")))
+        .collect();
+    let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+    let publisher = bus.publisher();
+    let events = format!("{name}_events");
+    let alerts = format!("{name}_alerts");
+    let a = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("a"),
+        &logs[0],
+    )]);
+    let first = members_become(&bus, &group, 1, &all_logs).await;
+    let b = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("b"),
+        &logs[1],
+    )]);
+    wait_for_line(&logs[1], "standing by until it leaves");
+    publisher
+        .publish(&events, bet_burst("p-1", 0))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&bus, &alerts, 1).await, ["p-1"]);
+
+    // A freezes; past its session (6 s) the group drops it and B takes over.
+    let signal = |sig: &str, pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let pid_a = a.0[0].id();
+    signal("-STOP", pid_a);
+    wait_for_line(&logs[1], "the group is free: taking over");
+    let second = members_become(&bus, &group, 1, &all_logs).await;
+    assert_ne!(second, first);
+    publisher
+        .publish(&events, bet_burst("p-2", 100))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&bus, &alerts, 2).await, ["p-1", "p-2"]);
+
+    // A wakes and rejoins: two members, then one again once the check has seen the other.
+    signal("-CONT", pid_a);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let last = members_become(&bus, &group, 1, &all_logs).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        members_become(&bus, &group, 1, &all_logs).await,
+        last,
+        "the group did not settle on one engine"
+    );
+    let said: String = logs
+        .iter()
+        .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+        .collect();
+    assert!(
+        said.contains("another rules engine is in the group with this one; leaving it"),
+        "neither engine saw the other in the group after the wake:\n{said}"
+    );
+    publisher
+        .publish(&events, bet_burst("p-3", 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        alerted_players(&bus, &alerts, 3).await,
+        ["p-1", "p-2", "p-3"]
+    );
+    drop(a);
+    drop(b);
+}
+
 /// `--start-at`: an engine in a group that has committed nothing starts at the time — the
 /// events before it are not evaluated (no alert for them) — and, restarted once it has
 /// committed, resumes at its commit, not at the time again: with a new state directory (no
