@@ -1176,25 +1176,62 @@ async fn a_second_rules_engine_in_the_group_stands_by_and_takes_over_when_the_fi
     drop(b);
 }
 
+/// What a test of two rules engines in one Kafka group starts from: its topics (a prefix of
+/// its own), the group's name, a directory for the engines' states and their two logs.
+struct GroupRig {
+    kafka: String,
+    name: String,
+    group: String,
+    bus: KafkaBus,
+    dir: tempfile::TempDir,
+    logs: Vec<std::path::PathBuf>,
+    publisher: std::sync::Arc<dyn pitboss_bus::Publisher>,
+    events: String,
+    alerts: String,
+}
+
+impl GroupRig {
+    async fn new(prefix: &str) -> GroupRig {
+        let kafka = pitboss_testkit::kafka();
+        let name = pitboss_testkit::unique_name(prefix);
+        let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+        group_topics(&bus, &name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let logs = (0..2)
+            .map(|i| dir.path().join(format!("engine-{i}.log")))
+            .collect();
+        GroupRig {
+            kafka,
+            group: format!("{name}_af"),
+            publisher: bus.publisher(),
+            bus,
+            dir,
+            logs,
+            events: format!("{name}_events"),
+            alerts: format!("{name}_alerts"),
+            name,
+        }
+    }
+}
+
 /// Two engines started at the same moment on an empty group (docs/rules.md, "One active
 /// engine"): they may both find it free, but they end with one in the group and the other
 /// standing by, each burst raises its alert once, and when the active one stops the other
 /// takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rules_engines_started_together_end_with_one_in_the_group() {
-    let kafka = pitboss_testkit::kafka();
-    let name = pitboss_testkit::unique_name("two");
-    let group = format!("{name}_af");
-    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
-    group_topics(&bus, &name).await;
-    let dir = tempfile::tempdir().unwrap();
-    let logs: Vec<std::path::PathBuf> = (0..2)
-        .map(|i| dir.path().join(format!("engine-{i}.log")))
-        .collect();
+    let GroupRig {
+        kafka,
+        name,
+        group,
+        bus,
+        dir,
+        logs,
+        publisher,
+        events,
+        alerts,
+    } = GroupRig::new("two").await;
     let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
-    let publisher = bus.publisher();
-    let events = format!("{name}_events");
-    let alerts = format!("{name}_alerts");
     let mut engines = Children(vec![
         group_engine(&kafka, &name, &dir.path().join("a"), &logs[0]),
         group_engine(&kafka, &name, &dir.path().join("b"), &logs[1]),
@@ -1272,19 +1309,18 @@ async fn two_rules_engines_started_together_end_with_one_in_the_group() {
 /// missed on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_frozen_past_its_session_wakes_to_a_group_that_ends_with_one_member() {
-    let kafka = pitboss_testkit::kafka();
-    let name = pitboss_testkit::unique_name("frozen");
-    let group = format!("{name}_af");
-    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
-    group_topics(&bus, &name).await;
-    let dir = tempfile::tempdir().unwrap();
-    let logs: Vec<std::path::PathBuf> = (0..2)
-        .map(|i| dir.path().join(format!("engine-{i}.log")))
-        .collect();
+    let GroupRig {
+        kafka,
+        name,
+        group,
+        bus,
+        dir,
+        logs,
+        publisher,
+        events,
+        alerts,
+    } = GroupRig::new("frozen").await;
     let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
-    let publisher = bus.publisher();
-    let events = format!("{name}_events");
-    let alerts = format!("{name}_alerts");
     let a = Children(vec![group_engine(
         &kafka,
         &name,
