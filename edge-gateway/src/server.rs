@@ -400,9 +400,8 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                             break 'session None;
                         }
                         Some(Err(e)) => {
-                            let text = e.to_string();
-                            tracing::debug!(conn, error = %text, "websocket read failed");
-                            if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
+                            tracing::debug!(conn, error = %e, "websocket read failed");
+                            if pitboss_runtime::http::ws_frame_too_large(&e) {
                                 break 'session Some(End { code: close::TOO_BIG, reason: format!("frame larger than {MAX_CLIENT_FRAME} bytes") });
                             }
                             break 'session None;

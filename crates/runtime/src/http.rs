@@ -71,6 +71,14 @@ pub fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 's
     false
 }
 
+/// Whether a WebSocket read failed because the frame was over the size bound (tungstenite's
+/// capacity error, "Space limit exceeded: Message too long: N > M", as axum wraps it): the
+/// ingest and the gateway close with 1009 then.
+pub fn ws_frame_too_large(e: &dyn std::fmt::Display) -> bool {
+    let text = e.to_string();
+    text.contains("Space limit") || text.contains("too long") || text.contains("too big")
+}
+
 /// Raises the soft limit of open files to the hard limit, so the connection limit (not the
 /// descriptor table) is what refuses connections. Returns the limit now in force.
 pub fn raise_fd_limit() -> Option<u64> {
@@ -173,6 +181,7 @@ pub async fn serve(
     // shutdown): all places are back.
     let drained = async {
         graceful.shutdown().await;
+        // An error means the semaphore was closed: nothing left to wait for (never closed).
         let _ = permits.acquire_many(all).await;
     };
     if tokio::time::timeout_at(deadline, drained).await.is_err() {

@@ -524,10 +524,8 @@ async fn ws_session(
                         return None;
                     }
                     Ok(Some(Err(e))) => {
-                        // tungstenite refuses a frame over the bound as it reads it (a
-                        // capacity error: "Space limit exceeded: Message too long").
-                        let text = e.to_string();
-                        if text.contains("Space limit") || text.contains("too long") {
+                        // tungstenite refuses a frame over the bound as it reads it.
+                        if pitboss_runtime::http::ws_frame_too_large(&e) {
                             end(WsEnd::TooBig, &reader_end);
                         }
                         return None;
