@@ -250,6 +250,72 @@ async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect
     assert_eq!(reply.replayed, vec![a2]);
 }
 
+/// docs/gateway.md, "Operator acks": an ack the bus does not confirm answers `bus_unavailable`
+/// naming the `ack_id` the gateway chose; the connection goes on delivering meanwhile; a retry
+/// with that id is acked under it and stored once; the alert is then acknowledged.
+#[tokio::test]
+async fn an_ack_the_bus_refuses_names_its_ack_id_and_a_retry_with_it_is_stored_once() {
+    let (env, failing) = Env::failing("alert_acks").await;
+    let gw = env.gateway().await;
+    let token = env.token("acme", "ops", Role::Operator, &[]);
+    let mut ops = gw.connect(&token).await;
+    ops.subscribe("operator:acme", None).await;
+    let a1 = env.publish_alert("acme", "p1").await.2;
+    assert_eq!(ops.messages(1).await, vec![a1.clone()]);
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let reply = ops
+        .request(json!({"type": "ack", "id": 5, "alert_id": a1, "outcome": "confirmed"}))
+        .await;
+    assert_eq!(
+        (
+            reply["type"].as_str(),
+            reply["code"].as_str(),
+            reply["id"].as_i64()
+        ),
+        (Some("error"), Some("bus_unavailable"), Some(5)),
+        "{reply}"
+    );
+    let message = reply["message"].as_str().unwrap();
+    let ack_id = message
+        .split("retry with ack_id \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no ack_id in {message:?}"))
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&ack_id).is_ok(), "{ack_id}");
+    // Still delivering.
+    let a2 = env.publish_alert("acme", "p2").await.2;
+    assert_eq!(ops.messages(1).await, vec![a2.clone()]);
+    assert!(
+        env.read_all::<pitboss_model::live::AlertAck>("alert_acks")
+            .await
+            .is_empty()
+    );
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let reply = ops
+        .request(json!({"type": "ack", "id": 6, "alert_id": a1, "outcome": "confirmed", "ack_id": ack_id}))
+        .await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["ack_id"].as_str()),
+        (Some("acked"), Some(ack_id.as_str())),
+        "{reply}"
+    );
+    let acks = env
+        .read_all::<pitboss_model::live::AlertAck>("alert_acks")
+        .await;
+    assert_eq!(
+        acks.iter()
+            .map(|a| (a.ack_id.as_str(), a.alert_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(ack_id.as_str(), a1.as_str())]
+    );
+    drop(ops);
+    env.wait_until(|| async { gw.hub_acked(&a1) }).await;
+    let mut ops = gw.connect(&token).await;
+    let got = ops.subscribe_collect("operator:acme", None).await;
+    assert_eq!(got.replayed, vec![a2], "the acked alert is not replayed");
+}
+
 /// An alert older than the history and not acknowledged is still delivered on subscribe — also
 /// by a gateway started afterwards (it reads the open span of `alerts` and `alert_acks` again);
 /// an acknowledged one is not.
@@ -801,6 +867,31 @@ async fn on_shutdown_clients_are_told_to_reconnect_and_closed_with_1012() {
     assert_eq!(next["type"], "reconnect");
     assert_eq!(c.close_code().await.0, Some(1012));
     assert_ne!(gw.ready().await, 200, "not ready while draining");
+}
+
+/// docs/gateway.md, "Operations": on SIGTERM the process exits once every socket has closed, or
+/// when the drain timeout (3 s here) has passed: a client that never answers the close frame
+/// holds the drain open, but not past the deadline.
+#[tokio::test]
+async fn a_client_that_never_closes_holds_the_drain_until_its_deadline_and_no_longer() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    // Connected, then never read again: the close frame is never answered.
+    let silent = gw
+        .connect(&env.token("acme", "p1", Role::Player, &[]))
+        .await;
+    gw.shutdown.trigger("test");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !gw.task.is_finished(),
+        "the gateway stopped with a socket still open, before its drain timeout"
+    );
+    tokio::time::timeout(Duration::from_secs(15), gw.task)
+        .await
+        .expect("the gateway stopped at its drain deadline")
+        .unwrap()
+        .unwrap();
+    drop(silent);
 }
 
 #[tokio::test]

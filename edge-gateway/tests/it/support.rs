@@ -2,12 +2,14 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use pitboss_bus::embedded::{EmbeddedBus, EmbeddedConfig};
-use pitboss_bus::{Bus, ReadFrom};
+use pitboss_bus::{
+    Ack, Bus, BusError, Consumer, ConsumerConfig, OutRecord, Partition, Publisher, ReadFrom, Reader,
+};
 use pitboss_gateway::auth::{Claims, claims, sign_hs256};
 use pitboss_gateway::server::publish_message;
 use pitboss_gateway::{GatewayConfig, GatewayState, Role, Verifier};
@@ -29,6 +31,19 @@ pub struct Env {
 }
 
 impl Env {
+    /// An [`Env`] whose publishes to `topic` fail (`bus unavailable`) while the flag it returns
+    /// is set: the gateways' and the test's, as a bus that cannot confirm a write answers.
+    pub async fn failing(topic: &str) -> (Env, Arc<AtomicBool>) {
+        let mut env = Env::new().await;
+        let failing = Arc::new(AtomicBool::new(false));
+        env.bus = Arc::new(Failing {
+            inner: env.bus.clone(),
+            topic: topic.into(),
+            failing: failing.clone(),
+        });
+        (env, failing)
+    }
+
     pub async fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
@@ -263,13 +278,80 @@ impl Env {
     }
 }
 
+/// A bus that fails publishes to one topic on demand ([`Env::failing`]).
+#[derive(Debug)]
+struct Failing {
+    inner: Arc<dyn Bus>,
+    topic: String,
+    failing: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Bus for Failing {
+    async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+        self.inner.create_topic(topic, partitions).await
+    }
+
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        Arc::new(FailingPublisher {
+            inner: self.inner.publisher(),
+            topic: self.topic.clone(),
+            failing: self.failing.clone(),
+        })
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
+        self.inner.partition_count(topic).await
+    }
+
+    async fn consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        config: ConsumerConfig,
+    ) -> Result<Box<dyn Consumer>, BusError> {
+        self.inner.consumer(group, topic, config).await
+    }
+
+    async fn reader(
+        &self,
+        topic: &str,
+        starts: Vec<(Partition, ReadFrom)>,
+    ) -> Result<Box<dyn Reader>, BusError> {
+        self.inner.reader(topic, starts).await
+    }
+}
+
+#[derive(Debug)]
+struct FailingPublisher {
+    inner: Arc<dyn Publisher>,
+    topic: String,
+    failing: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl Publisher for FailingPublisher {
+    async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Ack>, BusError> {
+        if topic == self.topic && self.failing.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable(
+                "no broker confirmed the write".into(),
+            ));
+        }
+        self.inner.publish(topic, records).await
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        self.inner.check().await
+    }
+}
+
 /// A running gateway.
 pub struct Gw {
     pub addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
     pub shutdown: Shutdown,
     pub state: GatewayState,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Gw {
