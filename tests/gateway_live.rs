@@ -3,7 +3,8 @@
 //! both gateways hold some), pushes flow, one gateway is SIGKILLed under traffic, its clients
 //! reconnect through nginx to the other and resume from their cursors — and every player gets
 //! every push for it exactly once: zero missed, zero duplicated. Ingest's gRPC goes through
-//! the config's gRPC port too.
+//! the config's gRPC port too. And the config's ingest location never resends a POST an ingest
+//! took (`nginx_never_resends_an_ingest_post_an_instance_took`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -38,7 +39,7 @@ impl Drop for Killed {
 }
 
 /// The shipped nginx.conf with its upstreams pointed at `gateways` and `ingests` (an unused
-/// port when there is none), listening on `port` (HTTP) and `grpc` (ingest's gRPC), with every
+/// port where there are none), listening on `port` (HTTP) and `grpc` (ingest's gRPC), with every
 /// path inside `dir`.
 fn nginx_conf(
     dir: &std::path::Path,
@@ -96,7 +97,13 @@ fn nginx_conf(
         out.push_str(line);
         out.push('\n');
         if t.starts_with("upstream pitboss_gateway") {
-            for p in gateways {
+            let unused = [free_port()];
+            let ports = if gateways.is_empty() {
+                &unused[..]
+            } else {
+                gateways
+            };
+            for p in ports {
                 out.push_str(&format!(
                     "        server 127.0.0.1:{p} max_fails=1 fail_timeout=10s;\n"
                 ));
@@ -1130,4 +1137,119 @@ async fn the_distributed_stack_behind_nginx_delivers_every_expected_push_once_an
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A stand-in ingest behind nginx: reads each request whole (headers and `Content-Length`
+/// body), counts it, then answers `200` — or, with `answer` false, closes the connection
+/// unanswered, as an ingest SIGKILLed after taking a POST does.
+async fn stand_in_ingest(answer: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if answer {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    (port, taken)
+}
+
+/// deploy/nginx/nginx.conf: an ingest POST goes to the next ingest only if it was never sent.
+/// One ingest takes a POST and dies before answering: the client gets nginx's 502 (and retries
+/// with its own ids, docs/api.md), and the other ingest never sees that request — resent, events
+/// without a client `event_id` would be stored twice. (Clients come from several addresses: the
+/// upstream hashes by address.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_never_resends_an_ingest_post_an_instance_took() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dying, died_with) = stand_in_ingest(false).await;
+    let (healthy, served) = stand_in_ingest(true).await;
+    let ng = tempfile::tempdir().unwrap();
+    let pn = free_port();
+    let _nginx = nginx(ng.path(), pn, &[], &[dying, healthy]);
+    let post = |source: [u8; 4]| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((source, 0).into()).unwrap();
+            if let Ok(mut s) = socket.connect(([127, 0, 0, 1], pn).into()).await {
+                let body = r#"{"events":[]}"#;
+                let req = format!(
+                    "POST /v1/events HTTP/1.1\r\nHost: pitboss\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).await.unwrap();
+                return answer
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .unwrap_or(0);
+            }
+            assert!(Instant::now() < deadline, "nginx never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut dead_hits = 0;
+    for host in 2..40u8 {
+        let (died, served_before) = (
+            died_with.load(std::sync::atomic::Ordering::SeqCst),
+            served.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        let status = post([127, 0, 0, host]).await;
+        let (died_after, served_after) = (
+            died_with.load(std::sync::atomic::Ordering::SeqCst),
+            served.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        if died_after > died {
+            assert_eq!(status, 502, "the client is told the request failed");
+            assert_eq!(
+                served_after, served_before,
+                "the POST the dying ingest took was resent to the other"
+            );
+            dead_hits += 1;
+            break;
+        }
+        assert_eq!((status, served_after), (200, served_before + 1));
+    }
+    assert_eq!(dead_hits, 1, "no address hashed to the dying ingest");
 }
