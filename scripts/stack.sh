@@ -114,7 +114,21 @@ cmd_install() {
   install_moto
   install_chdb
   install_kafka
+  install_grpcurl
   log "installed: kafka $KAFKA_VERSION, $(clickhouse-client --version 2>/dev/null | head -1), moto $(python3 -c 'import moto; print(moto.__version__)')"
+}
+
+# grpcurl, the client docs/api.md shows for gRPC (tests/up.rs runs its examples), built from the
+# Go module proxy with the machine's Go into the cache.
+GRPCURL_VERSION=1.9.3
+GRPCURL=$CACHE/grpcurl-$GRPCURL_VERSION/grpcurl
+install_grpcurl() {
+  if [[ ! -x $GRPCURL ]]; then
+    command -v go >/dev/null || die "go not found: grpcurl is built with Go (install Go 1.22 or later)"
+    log "go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v$GRPCURL_VERSION"
+    GOBIN=$(dirname "$GRPCURL") go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@v$GRPCURL_VERSION" >&2
+    [[ -x $GRPCURL ]] || die "grpcurl not built"
+  fi
 }
 
 # ---------------------------------------------------------------- processes
@@ -421,6 +435,7 @@ cmd_start() {
   mkdir -p "$STACK"
   : >"$STACK/env"
   chmod 600 "$STACK/env" # with --cluster, it holds the ClickHouse cluster's password
+  echo "export PITBOSS_TEST_GRPCURL=$GRPCURL" >>"$STACK/env"
   KAFKA_WAIT=()
   CLICKHOUSE_WAIT=()
   local t0=$SECONDS
