@@ -24,6 +24,7 @@ use pitboss_model::{Event, Payload, Timestamp};
 
 use crate::error::AntifraudError;
 use crate::field::{Extra, Value, currency_of};
+use crate::filter::SharedPreds;
 use crate::join::StakeJoin;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
@@ -143,6 +144,8 @@ pub struct Engine {
     states: Windows,
     /// Rule indexes by event type (position in `EventType::ALL`).
     by_type: [Vec<usize>; 10],
+    /// The rules' filter predicates, each tested once per event.
+    preds: SharedPreds,
     join: StakeJoin,
     scores: Scores,
     entries: usize,
@@ -231,6 +234,7 @@ impl Engine {
         Engine {
             states: Windows::new(&set),
             by_type: dispatch(&set),
+            preds: SharedPreds::new(&set),
             join: StakeJoin::new(set.limits.join_max_bets, set.limits.join_horizon_ms),
             scores: Scores::default(),
             entries: 0,
@@ -328,6 +332,7 @@ impl Engine {
         self.states = states;
         self.entries = self.states.iter().map(|(_, _, s)| s.held()).sum();
         self.by_type = dispatch(&set);
+        self.preds = SharedPreds::new(&set);
         self.tags = rule_tags(&set);
         self.keeps = keeps(&set);
         self.join_everywhere = join_everywhere(&set, self.shard);
@@ -367,15 +372,15 @@ impl Engine {
         };
         // Split ([`crate::shard`]): the player's rules and score only on the player's shard.
         let player_owned = self.shard.owns(&event.tenant_id, &event.player_id);
-        let here = &self.by_type[crate::filter::index(event.event_type())];
+        let ti = crate::filter::index(event.event_type());
         let mut player_key: Option<Key> = None;
-        if player_owned && here.len() > 1 {
+        if player_owned && self.by_type[ti].len() > 1 {
             // Every window of the player this event will work on, read ahead at once (before
             // the stake join's own lookup): their cache misses overlap rather than come one
             // after another, rule by rule.
             let k = key_with(&self.key_hashers, &event.tenant_id, &event.player_id);
             player_key = Some(k);
-            self.touch_player(here, &k);
+            self.touch_player(&self.by_type[ti], &k);
         }
         if player_owned || self.join_everywhere {
             match &event.payload {
@@ -395,6 +400,7 @@ impl Engine {
             set,
             states,
             by_type,
+            preds,
             scores,
             entries,
             key_hashers,
@@ -408,6 +414,7 @@ impl Engine {
             ..
         } = self;
         let key_of = |group: &str| -> Key { key_with(key_hashers, &event.tenant_id, group) };
+        preds.start(event);
         for &ri in &by_type[crate::filter::index(event.event_type())] {
             let rule = &set.rules[ri];
             let group = match &rule.key_field {
@@ -427,15 +434,9 @@ impl Engine {
                     _ => continue,
                 },
             };
-            let mut mask = 0u32;
             // Trigger-only events are kept (so a redelivered one is recognised) unless the
             // rule has a cooldown, which already stops a redelivered trigger from firing twice.
-            for (i, m) in rule.measures.iter().enumerate() {
-                if m.windowed && m.filter.matches(event, &extra) {
-                    mask |= 1 << i;
-                }
-            }
-            let triggers = rule.trigger.matches(event, &extra);
+            let (mut mask, triggers) = preds.rule(ri, event, &extra);
             if triggers {
                 mask |= TRIGGER_BIT;
             }

@@ -32,9 +32,11 @@ impl Types {
     }
 }
 
-/// The position of an event type in [`EventType::ALL`].
+/// The position of an event type in [`EventType::ALL`] (its declaration order, which `ALL`
+/// follows: tested).
+#[inline]
 pub fn index(t: EventType) -> usize {
-    EventType::ALL.iter().position(|x| *x == t).unwrap_or(0)
+    t as usize
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -432,9 +434,187 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
+/// Every distinct predicate of a rule set once, and for each rule what its trigger and its
+/// windowed measures test, so that an event tests each predicate once however many filters
+/// share it (the shipped packs: `autoplay = false` in four filters of one rule, `stake >=
+/// 10000` in four of another, `status = "requested"` in three rules' triggers), and a measure
+/// whose filter is its event types alone costs nothing but a bit per type.
+#[derive(Debug, Default)]
+pub(crate) struct SharedPreds {
+    preds: Vec<Pred>,
+    /// Per rule (by index).
+    rules: Vec<RulePreds>,
+    /// Per predicate, for the event being evaluated: 0 not tested yet, 1 false, 2 true.
+    memo: Vec<u8>,
+    /// The event's type: its place in [`EventType::ALL`] and its [`Types`] bit.
+    ty: (usize, u16),
+}
+
+/// A windowed measure whose filter has predicates.
+#[derive(Debug)]
+struct Guarded {
+    /// The measure's bit.
+    bit: u32,
+    /// Its filter's event types.
+    types: u16,
+    /// Its filter's predicates.
+    ids: Box<[u16]>,
+}
+
+/// [`SharedPreds`] of one rule.
+#[derive(Debug, Default)]
+struct RulePreds {
+    /// Per event type: the windowed measures (bit `i`: measure `i`) whose filter takes that
+    /// type and has no predicate.
+    plain: [u32; 10],
+    /// The windowed measures with predicates.
+    guarded: Box<[Guarded]>,
+    trigger_types: u16,
+    trigger: Box<[u16]>,
+}
+
+impl SharedPreds {
+    pub fn new(set: &crate::rules::RuleSet) -> SharedPreds {
+        let mut preds: Vec<Pred> = Vec::new();
+        let mut ids = |f: &Filter| -> Box<[u16]> {
+            f.preds
+                .iter()
+                .map(|p| {
+                    let i = preds.iter().position(|q| q == p).unwrap_or_else(|| {
+                        preds.push(p.clone());
+                        preds.len() - 1
+                    });
+                    u16::try_from(i).unwrap_or(u16::MAX)
+                })
+                .collect()
+        };
+        let rules = set
+            .rules
+            .iter()
+            .map(|r| {
+                let mut plain = [0u32; 10];
+                let mut guarded = Vec::new();
+                for (i, m) in r.measures.iter().enumerate().filter(|(_, m)| m.windowed) {
+                    if m.filter.preds.is_empty() {
+                        for t in m.filter.types.iter() {
+                            plain[index(t)] |= 1 << i;
+                        }
+                    } else {
+                        guarded.push(Guarded {
+                            bit: 1u32 << i,
+                            types: m.filter.types.0,
+                            ids: ids(&m.filter),
+                        });
+                    }
+                }
+                RulePreds {
+                    plain,
+                    guarded: guarded.into_boxed_slice(),
+                    trigger_types: r.trigger.types.0,
+                    trigger: ids(&r.trigger),
+                }
+            })
+            .collect();
+        let memo = vec![0; preds.len()];
+        SharedPreds {
+            preds,
+            rules,
+            memo,
+            ty: (0, 0),
+        }
+    }
+
+    /// Starts on a new event: nothing tested yet.
+    #[inline]
+    pub fn start(&mut self, e: &Event) {
+        self.memo.fill(0);
+        let t = index(e.event_type());
+        self.ty = (t, 1 << t);
+    }
+
+    /// The windowed measures of rule `ri` whose filter the event passes (bit `i`: measure `i`),
+    /// and whether it passes the rule's trigger.
+    #[inline]
+    pub fn rule(&mut self, ri: usize, e: &Event, extra: &Extra) -> (u32, bool) {
+        let Some(r) = self.rules.get(ri) else {
+            return (0, false);
+        };
+        let mut mask = r.plain.get(self.ty.0).copied().unwrap_or(0);
+        for m in r.guarded.iter() {
+            if m.types & self.ty.1 != 0 && test_all(&m.ids, &self.preds, &mut self.memo, e, extra) {
+                mask |= m.bit;
+            }
+        }
+        let triggers = r.trigger_types & self.ty.1 != 0
+            && test_all(&r.trigger, &self.preds, &mut self.memo, e, extra);
+        (mask, triggers)
+    }
+}
+
+/// Whether the event passes every predicate of `ids`, each tested once per event.
+#[inline]
+fn test_all(ids: &[u16], preds: &[Pred], memo: &mut [u8], e: &Event, extra: &Extra) -> bool {
+    ids.iter().all(|&id| {
+        let id = usize::from(id);
+        match (memo.get_mut(id), preds.get(id)) {
+            (Some(m), Some(p)) => {
+                if *m == 0 {
+                    *m = 1 + u8::from(p.holds(e, extra));
+                }
+                *m == 2
+            }
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shared predicates answer for every rule of the shipped packs exactly what each
+    /// measure's and trigger's own filter does, on every event of the scripted day (its
+    /// patterns and normal play), with and without a joined stake.
+    #[test]
+    fn shared_predicates_answer_as_each_filter_does() {
+        let set = crate::rules::RuleSet::from_sources(&crate::stream::shipped_sources())
+            .expect("the shipped packs");
+        let mut shared = SharedPreds::new(&set);
+        let events: Vec<Event> = crate::scenario::script("acme", 1_767_787_200_000, 50, 1)
+            .into_iter()
+            .flat_map(|p| p.events)
+            .map(|v| pitboss_model::decode_event_str(&v.to_string()).expect("an event"))
+            .collect();
+        let mut checked = 0;
+        for e in &events {
+            for joined_stake in [None, Some(20_000)] {
+                let extra = Extra {
+                    joined_stake,
+                    ..Extra::default()
+                };
+                shared.start(e);
+                for (ri, r) in set.rules.iter().enumerate() {
+                    let mut mask = 0u32;
+                    for (i, m) in r.measures.iter().enumerate() {
+                        if m.windowed && m.filter.matches(e, &extra) {
+                            mask |= 1 << i;
+                        }
+                    }
+                    let want = (mask, r.trigger.matches(e, &extra));
+                    assert_eq!(shared.rule(ri, e, &extra), want, "{} on {e:?}", r.id);
+                    checked += usize::from(want.0 != 0 || want.1);
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    #[test]
+    fn an_event_types_index_is_its_place_in_all() {
+        for (i, t) in EventType::ALL.into_iter().enumerate() {
+            assert_eq!(index(t), i, "{t:?}");
+        }
+    }
 
     fn table(text: &str) -> toml::Table {
         toml::from_str(text).expect("toml")

@@ -536,7 +536,8 @@ impl KeyState {
         rule.bucket_ms.is_some() && mask & rule.exact_mask == 0
     }
 
-    /// Adds `e` (folded, already counted in `acc`) to its bucket.
+    /// Adds `e` (folded, already counted in `acc`) to its bucket, looking up the newest
+    /// `since` anchor before it among the entries held.
     fn add_to_bucket(&mut self, e: &Entry, rule: &CompiledRule) {
         let Some(w) = rule.bucket_ms.filter(|w| *w > 0) else {
             return;
@@ -559,73 +560,7 @@ impl KeyState {
         } else {
             start
         };
-        let b = self.buckets.get_or_insert_with(|| {
-            Box::new(Buckets {
-                width: w,
-                mask: rule.fold_mask,
-                horizon: i64::MIN,
-                ..Buckets::default()
-            })
-        });
-        let cols = b.cols();
-        let key = (start, from, e.cur);
-        let mut pos = b.heads.len();
-        while pos > 0
-            && (
-                b.heads[pos - 1].start,
-                b.heads[pos - 1].from,
-                b.heads[pos - 1].cur,
-            ) > key
-        {
-            pos -= 1;
-        }
-        let found = pos > 0
-            && (
-                b.heads[pos - 1].start,
-                b.heads[pos - 1].from,
-                b.heads[pos - 1].cur,
-            ) == key;
-        let at = if found {
-            pos - 1
-        } else {
-            b.heads.insert(
-                pos,
-                Head {
-                    start,
-                    from,
-                    cur: e.cur,
-                    n: 0,
-                },
-            );
-            let c = (pos * cols).min(b.cells.len());
-            if c == b.cells.len() {
-                // The common case: a bucket newer than every other.
-                b.cells.resize(c + cols, Acc::default());
-            } else {
-                b.cells
-                    .splice(c..c, std::iter::repeat_n(Acc::default(), cols));
-            }
-            pos
-        };
-        b.heads[at].n = b.heads[at].n.saturating_add(1);
-        b.events = b.events.saturating_add(1);
-        for (i, m) in rule.measures.iter().enumerate() {
-            if e.mask & b.mask & (1 << i) == 0 {
-                continue;
-            }
-            let col = b.col(i);
-            let Some(cell) = b.cells.get_mut(at * cols + col) else {
-                continue;
-            };
-            cell.n += 1;
-            if let Some(slot) = m.slot {
-                let v = e.val(slot);
-                if !v.is_nan() {
-                    cell.n_vals += 1;
-                    cell.sum += v;
-                }
-            }
-        }
+        fold_into(&mut self.buckets, e, rule, w, start, from);
     }
 
     /// Folds in batches: once the oldest entry held one by one is two bucket widths older than
@@ -662,9 +597,33 @@ impl KeyState {
             // The common case: every entry due is folded. Taken out in one move (removing them
             // one by one shifted the entries before each), and folded newest first as the
             // path below does (a bucket's sums add the same values in the same order).
-            let due: Vec<Entry> = self.entries.drain(lo..hi).collect();
-            for e in due.iter().rev() {
-                self.add_to_bucket(e, rule);
+            // `since` anchors are never folded, so none is due: the newest anchor at or before
+            // an entry due is the newest of those older than the range (every later entry is
+            // later than it too), found once for the whole range.
+            let anchor = if rule.anchor_mask != 0 {
+                self.entries
+                    .range(..lo)
+                    .rev()
+                    .find(|x| x.mask & rule.anchor_mask != 0)
+                    .map(|x| x.t)
+            } else {
+                None
+            };
+            let KeyState {
+                entries, buckets, ..
+            } = self;
+            if let Some(w) = rule.bucket_ms.filter(|w| *w > 0) {
+                for e in entries.drain(lo..hi).rev() {
+                    if e.mask & rule.fold_mask == 0 {
+                        // Kept only as a trigger: nothing to add up.
+                        continue;
+                    }
+                    let start = e.t.div_euclid(w).saturating_mul(w);
+                    let from = anchor.filter(|a| *a >= start).unwrap_or(start);
+                    fold_into(buckets, &e, rule, w, start, from);
+                }
+            } else {
+                entries.drain(lo..hi);
             }
             if let Some(b) = self.buckets.as_mut() {
                 b.horizon = horizon;
@@ -926,6 +885,85 @@ impl KeyState {
             + self.acc.len() * std::mem::size_of::<Acc>()
             + labels
             + buckets
+    }
+}
+
+/// Adds folded entry `e` to bucket `start` (`from`: the newest `since` anchor of the slot at or
+/// before it, else `start`) of a window with buckets `width` wide.
+fn fold_into(
+    buckets: &mut Option<Box<Buckets>>,
+    e: &Entry,
+    rule: &CompiledRule,
+    width: i64,
+    start: i64,
+    from: i64,
+) {
+    let b = buckets.get_or_insert_with(|| {
+        Box::new(Buckets {
+            width,
+            mask: rule.fold_mask,
+            horizon: i64::MIN,
+            ..Buckets::default()
+        })
+    });
+    let cols = b.cols();
+    let key = (start, from, e.cur);
+    let mut pos = b.heads.len();
+    while pos > 0
+        && (
+            b.heads[pos - 1].start,
+            b.heads[pos - 1].from,
+            b.heads[pos - 1].cur,
+        ) > key
+    {
+        pos -= 1;
+    }
+    let found = pos > 0
+        && (
+            b.heads[pos - 1].start,
+            b.heads[pos - 1].from,
+            b.heads[pos - 1].cur,
+        ) == key;
+    let at = if found {
+        pos - 1
+    } else {
+        b.heads.insert(
+            pos,
+            Head {
+                start,
+                from,
+                cur: e.cur,
+                n: 0,
+            },
+        );
+        let c = (pos * cols).min(b.cells.len());
+        if c == b.cells.len() {
+            // The common case: a bucket newer than every other.
+            b.cells.resize(c + cols, Acc::default());
+        } else {
+            b.cells
+                .splice(c..c, std::iter::repeat_n(Acc::default(), cols));
+        }
+        pos
+    };
+    b.heads[at].n = b.heads[at].n.saturating_add(1);
+    b.events = b.events.saturating_add(1);
+    for (i, m) in rule.measures.iter().enumerate() {
+        if e.mask & b.mask & (1 << i) == 0 {
+            continue;
+        }
+        let col = b.col(i);
+        let Some(cell) = b.cells.get_mut(at * cols + col) else {
+            continue;
+        };
+        cell.n += 1;
+        if let Some(slot) = m.slot {
+            let v = e.val(slot);
+            if !v.is_nan() {
+                cell.n_vals += 1;
+                cell.sum += v;
+            }
+        }
     }
 }
 
