@@ -1523,6 +1523,59 @@ value = 1
         assert_eq!(k.acc[0].n, 16);
     }
 
+    /// Every folded bet lands in the bucket of its slot and of the newest `since` anchor at or
+    /// before it within that slot (the slot's start when there is none), however the folds'
+    /// batches fall: anchors before a batch, inside one, in the slot of a later batch.
+    #[test]
+    fn folded_bets_land_under_the_newest_anchor_of_their_slot_whatever_the_batches() {
+        let r = bucketed(10_000);
+        let width = 5 * MIN;
+        for seed in 1..=20u64 {
+            let mut x = seed;
+            let mut next = |n: u64| {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (x >> 33) % n
+            };
+            let t0 = 1_000 * 60 * MIN;
+            let (mut t, mut id) = (t0, 0u128);
+            let mut k = KeyState::default();
+            let (mut bets, mut anchors) = (Vec::new(), Vec::new());
+            // 50 minutes of play: nothing leaves the 1 h window.
+            while t < t0 + 50 * MIN {
+                t += 1_000 + next(40_000) as i64;
+                id += 1;
+                let anchor = next(20) == 0;
+                k.insert(ev(id, t, 1.0, anchor), &r);
+                if anchor {
+                    anchors.push(t);
+                } else {
+                    bets.push((id, t));
+                }
+            }
+            let exact: std::collections::HashSet<u128> = k.entries.iter().map(Entry::id).collect();
+            let mut want: std::collections::BTreeMap<(i64, i64), u32> = Default::default();
+            for (id, t) in bets.iter().filter(|(id, _)| !exact.contains(id)) {
+                let start = t.div_euclid(width) * width;
+                let from = anchors
+                    .iter()
+                    .copied()
+                    .filter(|a| *a >= start && a <= t)
+                    .max()
+                    .unwrap_or(start);
+                *want.entry((start, from)).or_default() += 1;
+            }
+            let got: std::collections::BTreeMap<(i64, i64), u32> = k
+                .buckets
+                .as_ref()
+                .map(|b| b.heads.iter().map(|h| ((h.start, h.from), h.n)).collect())
+                .unwrap_or_default();
+            assert!(!want.is_empty(), "seed {seed}: nothing folded");
+            assert_eq!(got, want, "seed {seed}");
+        }
+    }
+
     #[test]
     fn an_exact_state_takes_the_bucketed_form_of_its_rule_and_foreign_buckets_are_dropped() {
         let exact_rule = {
