@@ -1556,7 +1556,7 @@ value = 1
             }
             let exact: std::collections::HashSet<u128> = k.entries.iter().map(Entry::id).collect();
             let mut want: std::collections::BTreeMap<(i64, i64), u32> = Default::default();
-            for (id, t) in bets.iter().filter(|(id, _)| !exact.contains(id)) {
+            for (_, t) in bets.iter().filter(|(id, _)| !exact.contains(id)) {
                 let start = t.div_euclid(width) * width;
                 let from = anchors
                     .iter()
