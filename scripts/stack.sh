@@ -124,7 +124,9 @@ GRPCURL_VERSION=1.9.3
 GRPCURL=$CACHE/grpcurl-$GRPCURL_VERSION/grpcurl
 install_grpcurl() {
   if [[ ! -x $GRPCURL ]]; then
-    command -v go >/dev/null || die "go not found: grpcurl is built with Go (install Go 1.22 or later)"
+    # A non-login shell may not have the machine's Go on PATH.
+    command -v go >/dev/null || [[ ! -x /usr/local/go/bin/go ]] || PATH=$PATH:/usr/local/go/bin
+    command -v go >/dev/null || die "go not found: grpcurl is built with Go (install Go from go.dev)"
     log "go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v$GRPCURL_VERSION"
     GOBIN=$(dirname "$GRPCURL") go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@v$GRPCURL_VERSION" >&2
     [[ -x $GRPCURL ]] || die "grpcurl not built"

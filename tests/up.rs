@@ -1779,17 +1779,19 @@ async fn console_figures_count_events_by_when_they_were_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_checks_and_ingests_as_docs_api_md_shows() {
     let grpcurl = std::env::var("PITBOSS_TEST_GRPCURL")
-        .expect("PITBOSS_TEST_GRPCURL: source the env of scripts/stack.sh start");
+        .expect("PITBOSS_TEST_GRPCURL: run scripts/stack.sh install and start, and source its env");
+    assert!(
+        std::path::Path::new(&grpcurl).is_file(),
+        "{grpcurl} missing: run scripts/stack.sh install"
+    );
     let dir = tempfile::tempdir().unwrap();
     let up = up(dir.path());
+    // Success and stdout, or failure and stderr.
     let run = |args: &[&str]| {
         let out = Command::new(&grpcurl).args(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let ok = out.status.success();
+        let text = if ok { out.stdout } else { out.stderr };
+        (ok, String::from_utf8_lossy(&text).into_owned())
     };
     let (ok, listed) = run(&["-plaintext", &up.addr, "list"]);
     assert!(ok, "{listed}");

@@ -251,10 +251,12 @@ async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect
 }
 
 /// docs/gateway.md, "Operator acks": an ack the bus does not confirm answers `bus_unavailable`
-/// naming the `ack_id` the gateway chose; the connection goes on delivering meanwhile; a retry
-/// with that id is acked under it and stored once; the alert is then acknowledged.
+/// naming the `ack_id` the gateway chose; a retry with that id is acked under it. The write the
+/// bus stored without confirming it and the retry are one ack: every record on `alert_acks`
+/// carries that one `ack_id` (the processor keeps one row per `(tenant, ack_id)`), and the
+/// alert is acknowledged.
 #[tokio::test]
-async fn an_ack_the_bus_refuses_names_its_ack_id_and_a_retry_with_it_is_stored_once() {
+async fn an_unconfirmed_ack_names_its_ack_id_and_a_retry_with_it_is_the_same_ack() {
     let (env, failing) = Env::failing("alert_acks").await;
     let gw = env.gateway().await;
     let token = env.token("acme", "ops", Role::Operator, &[]);
@@ -283,14 +285,6 @@ async fn an_ack_the_bus_refuses_names_its_ack_id_and_a_retry_with_it_is_stored_o
         .unwrap_or_else(|| panic!("no ack_id in {message:?}"))
         .to_owned();
     assert!(uuid::Uuid::parse_str(&ack_id).is_ok(), "{ack_id}");
-    // Still delivering.
-    let a2 = env.publish_alert("acme", "p2").await.2;
-    assert_eq!(ops.messages(1).await, vec![a2.clone()]);
-    assert!(
-        env.read_all::<pitboss_model::live::AlertAck>("alert_acks")
-            .await
-            .is_empty()
-    );
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
     let reply = ops
         .request(json!({"type": "ack", "id": 6, "alert_id": a1, "outcome": "confirmed", "ack_id": ack_id}))
@@ -303,14 +297,15 @@ async fn an_ack_the_bus_refuses_names_its_ack_id_and_a_retry_with_it_is_stored_o
     let acks = env
         .read_all::<pitboss_model::live::AlertAck>("alert_acks")
         .await;
-    assert_eq!(
+    assert_eq!(acks.len(), 2, "the unconfirmed write and the retry");
+    assert!(
         acks.iter()
-            .map(|a| (a.ack_id.as_str(), a.alert_id.as_str()))
-            .collect::<Vec<_>>(),
-        vec![(ack_id.as_str(), a1.as_str())]
+            .all(|a| (a.ack_id.as_str(), a.alert_id.as_str()) == (ack_id.as_str(), a1.as_str())),
+        "{acks:?}"
     );
     drop(ops);
     env.wait_until(|| async { gw.hub_acked(&a1) }).await;
+    let a2 = env.publish_alert("acme", "p2").await.2;
     let mut ops = gw.connect(&token).await;
     let got = ops.subscribe_collect("operator:acme", None).await;
     assert_eq!(got.replayed, vec![a2], "the acked alert is not replayed");
@@ -869,29 +864,49 @@ async fn on_shutdown_clients_are_told_to_reconnect_and_closed_with_1012() {
     assert_ne!(gw.ready().await, 200, "not ready while draining");
 }
 
-/// docs/gateway.md, "Operations": on SIGTERM the process exits once every socket has closed, or
-/// when the drain timeout (3 s here) has passed: a client that never answers the close frame
-/// holds the drain open, but not past the deadline.
+/// docs/gateway.md, "Operations": on SIGTERM the process exits once every connection has
+/// closed, or when the drain timeout (3 s here) has passed. A publish whose body stalls (its
+/// body timeout set to 30 s) holds the drain open until that deadline and no longer; a
+/// WebSocket client that never answers the close frame beside it does not hold it past the
+/// deadline either.
 #[tokio::test]
-async fn a_client_that_never_closes_holds_the_drain_until_its_deadline_and_no_longer() {
+async fn a_stalled_request_holds_the_drain_until_its_deadline_and_no_longer() {
+    use tokio::io::AsyncWriteExt;
     let env = Env::new().await;
-    let gw = env.gateway().await;
+    let gw = env
+        .gateway_with(|c| c.server.publish_body_timeout = Duration::from_secs(30))
+        .await;
     // Connected, then never read again: the close frame is never answered.
     let silent = gw
         .connect(&env.token("acme", "p1", Role::Player, &[]))
         .await;
-    gw.shutdown.trigger("test");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        !gw.task.is_finished(),
-        "the gateway stopped with a socket still open, before its drain timeout"
-    );
-    tokio::time::timeout(Duration::from_secs(15), gw.task)
+    let ops = env.token("acme", "ops", Role::Operator, &[]);
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!("POST /v1/publish HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ops}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{").as_bytes(),
+        )
         .await
-        .expect("the gateway stopped at its drain deadline")
+        .unwrap();
+    // The request is in its handler (its body being read) before the stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = std::time::Instant::now();
+    gw.shutdown.trigger("test");
+    tokio::time::timeout(Duration::from_secs(25), gw.task)
+        .await
+        .expect("the gateway stopped")
         .unwrap()
         .unwrap();
-    drop(silent);
+    let took = stop.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped after {took:?} with a request in flight, before its 3 s drain deadline"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "stopped after {took:?}: held past its 3 s drain deadline (the body timeout is 30 s)"
+    );
+    drop((silent, stalled));
 }
 
 #[tokio::test]

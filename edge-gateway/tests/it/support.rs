@@ -31,8 +31,9 @@ pub struct Env {
 }
 
 impl Env {
-    /// An [`Env`] whose publishes to `topic` fail (`bus unavailable`) while the flag it returns
-    /// is set: the gateways' and the test's, as a bus that cannot confirm a write answers.
+    /// An [`Env`] whose publishes to `topic` are written but answered `bus unavailable` while
+    /// the flag it returns is set (the gateways' and the test's): a write the bus stored and
+    /// could not confirm, the case a retry must not turn into a second ack.
     pub async fn failing(topic: &str) -> (Env, Arc<AtomicBool>) {
         let mut env = Env::new().await;
         let failing = Arc::new(AtomicBool::new(false));
@@ -278,7 +279,7 @@ impl Env {
     }
 }
 
-/// A bus that fails publishes to one topic on demand ([`Env::failing`]).
+/// A bus whose publishes to one topic go unconfirmed on demand ([`Env::failing`]).
 #[derive(Debug)]
 struct Failing {
     inner: Arc<dyn Bus>,
@@ -332,12 +333,13 @@ struct FailingPublisher {
 #[async_trait::async_trait]
 impl Publisher for FailingPublisher {
     async fn publish(&self, topic: &str, records: Vec<OutRecord>) -> Result<Vec<Ack>, BusError> {
+        let acks = self.inner.publish(topic, records).await?;
         if topic == self.topic && self.failing.load(Ordering::SeqCst) {
             return Err(BusError::Unavailable(
                 "no broker confirmed the write".into(),
             ));
         }
-        self.inner.publish(topic, records).await
+        Ok(acks)
     }
 
     async fn check(&self) -> Result<(), BusError> {

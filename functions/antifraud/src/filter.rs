@@ -458,7 +458,7 @@ struct Guarded {
     /// Its filter's event types.
     types: u16,
     /// Its filter's predicates.
-    ids: Box<[u16]>,
+    ids: Box<[u32]>,
 }
 
 /// [`SharedPreds`] of one rule.
@@ -470,13 +470,13 @@ struct RulePreds {
     /// The windowed measures with predicates.
     guarded: Box<[Guarded]>,
     trigger_types: u16,
-    trigger: Box<[u16]>,
+    trigger: Box<[u32]>,
 }
 
 impl SharedPreds {
     pub fn new(set: &crate::rules::RuleSet) -> SharedPreds {
         let mut preds: Vec<Pred> = Vec::new();
-        let mut ids = |f: &Filter| -> Box<[u16]> {
+        let mut ids = |f: &Filter| -> Box<[u32]> {
             f.preds
                 .iter()
                 .map(|p| {
@@ -484,7 +484,7 @@ impl SharedPreds {
                         preds.push(p.clone());
                         preds.len() - 1
                     });
-                    u16::try_from(i).unwrap_or(u16::MAX)
+                    u32::try_from(i).unwrap_or(u32::MAX)
                 })
                 .collect()
         };
@@ -553,9 +553,9 @@ impl SharedPreds {
 
 /// Whether the event passes every predicate of `ids`, each tested once per event.
 #[inline]
-fn test_all(ids: &[u16], preds: &[Pred], memo: &mut [u8], e: &Event, extra: &Extra) -> bool {
+fn test_all(ids: &[u32], preds: &[Pred], memo: &mut [u8], e: &Event, extra: &Extra) -> bool {
     ids.iter().all(|&id| {
-        let id = usize::from(id);
+        let id = id as usize;
         match (memo.get_mut(id), preds.get(id)) {
             (Some(m), Some(p)) => {
                 if *m == 0 {
