@@ -889,7 +889,7 @@ async fn a_stalled_request_holds_the_drain_until_its_deadline_and_no_longer() {
         .await
         .unwrap();
     // The request is in its handler (its body being read) before the stop.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let stop = std::time::Instant::now();
     gw.shutdown.trigger("test");
     tokio::time::timeout(Duration::from_secs(25), gw.task)
