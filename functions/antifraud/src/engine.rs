@@ -596,6 +596,8 @@ impl Engine {
                 total,
                 now,
                 scratch,
+                at,
+                cur,
             };
             if player_owned {
                 hit.emit(set, out);
@@ -1035,9 +1037,97 @@ struct Hit<'a> {
     total: u32,
     now: Timestamp,
     scratch: &'a Scratch,
+    /// The time the window was evaluated at and the trigger's currency (packed), which bound
+    /// what the measures counted.
+    at: i64,
+    cur: u32,
+}
+
+/// What one condition measure counts ([`Hit::evidence`]).
+struct Counted {
+    bit: u32,
+    /// Events at or before this are older than the measure's span (`within`, else the window).
+    lo: i64,
+    /// Events before this precede the measure's `since` anchor.
+    from: i64,
+    /// A money measure counts only events in the trigger's currency (0: any).
+    cur: u32,
+    /// What is left of the measure's `last`.
+    left: usize,
+    exclude_trigger: bool,
 }
 
 impl Hit<'_> {
+    /// The window's events the conditions' measures counted, newest first as they count them,
+    /// returned oldest first, the trigger left out: each within its measure's span, after its
+    /// `since` anchor, in the trigger's currency for a money measure and among its `last`.
+    fn evidence(&self, cond_mask: u32, trig: u128) -> Vec<String> {
+        let rule = self.rule;
+        let entries = &self.state.entries;
+        let mut counted: Vec<Counted> = Vec::new();
+        for (i, m) in rule.measures.iter().enumerate() {
+            let bit = 1u32 << i;
+            if cond_mask & bit == 0 {
+                continue;
+            }
+            let lo = m
+                .within_ms
+                .or(rule.duration_ms)
+                .map_or(i64::MIN, |w| self.at.saturating_sub(w));
+            let from = match m.since {
+                Some(a) => {
+                    let abit = 1u32 << a;
+                    match entries
+                        .iter()
+                        .rev()
+                        .find(|e| e.mask & abit != 0 && e.t <= self.at && e.t > lo)
+                    {
+                        Some(e) => e.t,
+                        // No anchor: the measure counts nothing.
+                        None => continue,
+                    }
+                }
+                None => i64::MIN,
+            };
+            counted.push(Counted {
+                bit,
+                lo,
+                from,
+                cur: if m.money { self.cur } else { 0 },
+                left: m.last.unwrap_or(usize::MAX),
+                exclude_trigger: m.exclude_trigger,
+            });
+        }
+        let mut evidence: Vec<String> = Vec::new();
+        for e in entries.iter().rev() {
+            if e.t > self.at {
+                continue;
+            }
+            let is_trigger = e.id() == trig;
+            let mut any = false;
+            for c in &mut counted {
+                if e.mask & c.bit != 0
+                    && e.t > c.lo
+                    && e.t >= c.from
+                    && (c.cur == 0 || e.cur == c.cur)
+                    && c.left > 0
+                    && !(is_trigger && c.exclude_trigger)
+                {
+                    c.left -= 1;
+                    any = true;
+                }
+            }
+            if any && !is_trigger {
+                evidence.push(uuid_text(e.id()));
+                if evidence.len() == MAX_EVIDENCE_EVENTS {
+                    break;
+                }
+            }
+        }
+        evidence.reverse();
+        evidence
+    }
+
     fn emit(&self, set: &RuleSet, out: &mut Output) {
         let rule = self.rule;
         let event = self.event;
@@ -1101,16 +1191,7 @@ impl Hit<'_> {
                 .filter(|i| rule.measures[*i].windowed)
                 .fold(0, |acc, i| acc | 1 << i);
             let trig = uuid::Uuid::try_parse(&trigger_id).map_or(0, |u| u.as_u128());
-            let mut evidence: Vec<String> = self
-                .state
-                .entries
-                .iter()
-                .rev()
-                .filter(|e| e.mask & cond_mask != 0 && e.id() != trig)
-                .take(MAX_EVIDENCE_EVENTS)
-                .map(|e| uuid_text(e.id()))
-                .collect();
-            evidence.reverse();
+            let evidence = self.evidence(cond_mask, trig);
             let mut related: Vec<String> = Vec::new();
             if rule.group_by != GroupBy::Player {
                 // The players the distinct count counted (its events and `where`), not every

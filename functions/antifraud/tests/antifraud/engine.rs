@@ -988,3 +988,116 @@ fn a_trigger_later_than_its_window_is_counted_not_evaluated_in_silence() {
         assert_eq!(late, u64::from(!fires), "extra login at {extra_login_at}");
     }
 }
+
+/// An alert's evidence is the events its conditions' measures counted: a measure's `within`,
+/// `last` and `since` bound it as they bound the measure, not the whole window.
+#[test]
+fn evidence_lists_what_the_measures_counted_not_the_whole_window() {
+    let text = r#"
+[[rule]]
+id = "t.recent_bets"
+version = 1
+category = "fraud"
+description = "Three bets within ten minutes, in a day's window."
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "24h", max_events = 1000 }
+reason = "{recent} bets within ten minutes."
+
+  [[rule.measure]]
+  name = "recent"
+  agg = "count"
+  within = "10m"
+
+  [[rule.when]]
+  measure = "recent"
+  op = "gte"
+  value = 3
+
+[[rule]]
+id = "t.last_two"
+version = 1
+category = "fraud"
+description = "The last two bets before this one add up to 300 or more."
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "24h", max_events = 1000 }
+reason = "{staked} staked on the last two bets."
+
+  [[rule.measure]]
+  name = "staked"
+  agg = "sum"
+  field = "stake"
+  last = 2
+  exclude_trigger = true
+
+  [[rule.when]]
+  measure = "staked"
+  op = "gte"
+  value = 300
+
+[[rule]]
+id = "t.since_cancel"
+version = 1
+category = "responsible_gambling"
+description = "Two bets since a cancelled withdrawal."
+severity = "low"
+score = 1
+events = ["bet_placed", "withdrawal"]
+group_by = "player"
+window = { duration = "24h", max_events = 1000 }
+trigger = { events = ["bet_placed"] }
+reason = "{bets} bets since a cancelled withdrawal."
+
+  [[rule.measure]]
+  name = "cancelled"
+  agg = "count"
+  events = ["withdrawal"]
+  where = { status = "cancelled" }
+
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+  events = ["bet_placed"]
+  since = "cancelled"
+
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = 2
+"#
+    .to_string();
+    let set = RuleSet::from_sources(&[("t.toml".into(), text)]).unwrap();
+    let mut s = Script::new(set);
+    // Two early bets (an hour before), a cancelled withdrawal, then three bets within minutes.
+    s.send("p1", T0, "bet_placed", bet("a", 100));
+    s.send("p1", T0 + MIN, "bet_placed", bet("b", 100));
+    s.send(
+        "p1",
+        T0 + H,
+        "withdrawal",
+        withdrawal("w", 500, "cancelled"),
+    );
+    s.send("p1", T0 + H + MIN, "bet_placed", bet("c", 100));
+    s.send("p1", T0 + H + 2 * MIN, "bet_placed", bet("d", 200));
+    s.send("p1", T0 + H + 3 * MIN, "bet_placed", bet("e", 100));
+    let ids = |n: &[u64]| -> Vec<String> { n.iter().map(|n| Script::id(*n)).collect() };
+    let recent = s.alerts("t.recent_bets");
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].trigger_event_id, Script::id(6));
+    // Not the bets an hour before: the measure counted the three within ten minutes.
+    assert_eq!(recent[0].evidence_event_ids, ids(&[4, 5]));
+    // The bets before the trigger: 100 + 200 (d and c), not the earlier ones.
+    let last_two = s.alerts("t.last_two");
+    assert_eq!(last_two[0].trigger_event_id, Script::id(6));
+    assert_eq!(last_two[0].evidence_event_ids, ids(&[4, 5]));
+    // Bets since the cancellation (and the cancellation the anchor measure counted), not the
+    // bets before it.
+    let since = s.alerts("t.since_cancel");
+    assert_eq!(since[0].trigger_event_id, Script::id(5));
+    assert_eq!(since[0].evidence_event_ids, ids(&[4]));
+}
