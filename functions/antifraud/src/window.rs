@@ -908,71 +908,99 @@ fn fold_into(
     });
     let cols = b.cols();
     let key = (start, from, e.cur);
-    let mut pos = b.heads.len();
-    while pos > 0
-        && (
-            b.heads[pos - 1].start,
-            b.heads[pos - 1].from,
-            b.heads[pos - 1].cur,
-        ) > key
-    {
-        pos -= 1;
-    }
-    let found = pos > 0
-        && (
-            b.heads[pos - 1].start,
-            b.heads[pos - 1].from,
-            b.heads[pos - 1].cur,
-        ) == key;
-    let at = if found {
-        pos - 1
-    } else {
-        b.heads.insert(
-            pos,
-            Head {
-                start,
-                from,
-                cur: e.cur,
-                n: 0,
-            },
-        );
-        let c = (pos * cols).min(b.cells.len());
-        if c == b.cells.len() {
-            // The common case: a bucket newer than every other.
-            b.cells.resize(c + cols, Acc::default());
-        } else {
-            b.cells
-                .splice(c..c, std::iter::repeat_n(Acc::default(), cols));
-        }
-        pos
-    };
-    b.heads[at].n = b.heads[at].n.saturating_add(1);
-    b.events = b.events.saturating_add(1);
-    for (i, m) in rule.measures.iter().enumerate() {
-        if e.mask & b.mask & (1 << i) == 0 {
-            continue;
-        }
-        let col = b.col(i);
-        let Some(cell) = b.cells.get_mut(at * cols + col) else {
-            continue;
-        };
-        cell.n += 1;
-        if let Some(slot) = m.slot {
-            let v = e.val(slot);
-            if !v.is_nan() {
-                cell.n_vals += 1;
-                cell.sum += v;
+    let newest = b.heads.last().map(|h| (h.start, h.from, h.cur));
+    let at = match newest {
+        // The common cases: the newest bucket, or a bucket newer than every other.
+        Some(k) if k == key => b.heads.len() - 1,
+        None => push_bucket(b, key, cols),
+        Some(k) if k < key => push_bucket(b, key, cols),
+        Some(_) => {
+            let mut pos = b.heads.len();
+            while pos > 0
+                && (
+                    b.heads[pos - 1].start,
+                    b.heads[pos - 1].from,
+                    b.heads[pos - 1].cur,
+                ) > key
+            {
+                pos -= 1;
+            }
+            let found = pos > 0
+                && (
+                    b.heads[pos - 1].start,
+                    b.heads[pos - 1].from,
+                    b.heads[pos - 1].cur,
+                ) == key;
+            if found {
+                pos - 1
+            } else {
+                b.heads.insert(
+                    pos,
+                    Head {
+                        start,
+                        from,
+                        cur: e.cur,
+                        n: 0,
+                    },
+                );
+                let c = (pos * cols).min(b.cells.len());
+                b.cells
+                    .splice(c..c, std::iter::repeat_n(Acc::default(), cols));
+                pos
             }
         }
+    };
+    if let Some(h) = b.heads.get_mut(at) {
+        h.n = h.n.saturating_add(1);
     }
+    b.events = b.events.saturating_add(1);
+    // The folded measures' cells in measure order: column `col` is the `col`-th bit of the
+    // buckets' mask.
+    let base = at * cols;
+    let mut bits = b.mask;
+    let mut col = 0;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        if e.mask & (1 << i) != 0
+            && let Some(m) = rule.measures.get(i)
+            && let Some(cell) = b.cells.get_mut(base + col)
+        {
+            cell.n += 1;
+            if let Some(slot) = m.slot {
+                let v = e.val(slot);
+                if !v.is_nan() {
+                    cell.n_vals += 1;
+                    cell.sum += v;
+                }
+            }
+        }
+        col += 1;
+    }
+}
+
+/// Appends an empty bucket `(start, from, cur)` newer than every other; returns its index.
+fn push_bucket(b: &mut Buckets, (start, from, cur): (i64, i64, u32), cols: usize) -> usize {
+    b.heads.push(Head {
+        start,
+        from,
+        cur,
+        n: 0,
+    });
+    b.cells.resize(b.cells.len() + cols, Acc::default());
+    b.heads.len() - 1
 }
 
 /// Reusable buffers for evaluation (no allocation per event).
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
+    /// Measure values by index; `values[i]` is this evaluation's when `known[i] == stamp`
+    /// (longer than the rule's measures when an earlier rule had more).
     pub values: Vec<Option<f64>>,
-    /// Whether `values[i]` is computed.
-    pub known: Vec<bool>,
+    /// The evaluation that computed `values[i]`: a new evaluation forgets them all by moving
+    /// `stamp` on, without clearing anything.
+    known: Vec<u32>,
+    stamp: u32,
     pub thresholds: Vec<Option<f64>>,
     /// The threshold of each condition, by condition.
     pub cond_thresholds: Vec<Option<f64>>,
@@ -1011,15 +1039,22 @@ pub(crate) struct Eval<'a, F: Fn(usize) -> Option<f64>> {
 impl<F: Fn(usize) -> Option<f64>> Eval<'_, F> {
     /// Forgets the previous evaluation.
     pub fn reset(&self, s: &mut Scratch) {
-        s.values.clear();
-        s.values.resize(self.rule.measures.len(), None);
-        s.known.clear();
-        s.known.resize(self.rule.measures.len(), false);
+        let n = self.rule.measures.len();
+        if s.values.len() < n {
+            s.values.resize(n, None);
+            s.known.resize(n, 0);
+        }
+        s.stamp = s.stamp.wrapping_add(1);
+        if s.stamp == 0 {
+            // Wrapped: stamps of 4 billion evaluations ago would read as this one's.
+            s.known.fill(0);
+            s.stamp = 1;
+        }
     }
 
     /// Measure `i` (its `default` when undefined).
     pub fn get(&self, i: usize, s: &mut Scratch) -> Option<f64> {
-        if s.known[i] {
+        if s.known[i] == s.stamp {
             return s.values[i];
         }
         let m = &self.rule.measures[i];
@@ -1036,7 +1071,7 @@ impl<F: Fn(usize) -> Option<f64>> Eval<'_, F> {
         }
         .or(m.default);
         s.values[i] = v;
-        s.known[i] = true;
+        s.known[i] = s.stamp;
         v
     }
 
