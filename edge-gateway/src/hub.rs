@@ -271,7 +271,8 @@ pub struct Hub {
     pushes: TopicState,
     channels: HashMap<Arc<str>, Channel>,
     conns: HashMap<ConnId, Conn>,
-    acked: HashSet<Arc<str>>,
+    /// Acknowledged alerts (`tenant` + `id`): the latest ack read for each.
+    acked: HashMap<Arc<str>, Acked>,
     /// Acks in the order read, with their bus time: forgotten once older than an alert stays
     /// open (or past [`Hub::acked_max`]).
     acked_order: VecDeque<(i64, Arc<str>)>,
@@ -282,6 +283,14 @@ pub struct Hub {
     open_ids: HashSet<Arc<str>>,
     /// When the last tick listed the idle channels.
     last_tick_ms: i64,
+}
+
+/// The latest ack of an alert, as the hub remembers it.
+#[derive(Debug, Clone)]
+struct Acked {
+    ack_id: Arc<str>,
+    /// Its `alert_acked` frame, for a console resuming on a cursor from before it.
+    frame: Text,
 }
 
 /// Counts of what `apply` did, for metrics and tests.
@@ -304,7 +313,7 @@ impl Hub {
             pushes: TopicState::new(),
             channels: HashMap::new(),
             conns: HashMap::new(),
-            acked: HashSet::new(),
+            acked: HashMap::new(),
             acked_order: VecDeque::new(),
             open: HashMap::new(),
             open_ids: HashSet::new(),
@@ -510,7 +519,8 @@ impl Hub {
         let key = scoped(channel.tenant_id(), &id);
         // A copy of an alert that left the history acknowledged, or open (a republished batch,
         // an engine taking over, a restart reading the open span): the same alert, not new.
-        if kind == MessageType::Alert && (self.acked.contains(&key) || self.open_ids.contains(&key))
+        if kind == MessageType::Alert
+            && (self.acked.contains_key(&key) || self.open_ids.contains(&key))
         {
             applied.duplicates += 1;
             return;
@@ -657,7 +667,7 @@ impl Hub {
                     // Not acknowledged: its tenant's operators still get it on subscribe. (An
                     // ack is kept as long as an alert stays open, not with the history: a copy
                     // of the alert read later is known acknowledged.)
-                    if !self.acked.contains(&e.key)
+                    if !self.acked.contains_key(&e.key)
                         && e.bus_ms >= now_ms - self.config.open_alerts_max_age_ms
                         && e.expires_at_ms.is_none_or(|x| x > now_ms)
                     {
@@ -728,7 +738,7 @@ impl Hub {
     }
 
     /// Most acks remembered: enough for the history and every tenant's open alerts many times
-    /// over (an ack is a few dozen bytes).
+    /// over (an ack is its id and its `alert_acked` frame, a few hundred bytes).
     fn acked_max(&self) -> usize {
         self.config
             .history_max
@@ -741,8 +751,27 @@ impl Hub {
         self.open_ids.len()
     }
 
+    /// The `alert_acked` frame of `ack`.
+    fn acked_frame(ack: &AlertAck) -> Text {
+        let name = ChannelName::Operator {
+            tenant_id: ack.tenant_id.clone(),
+        }
+        .to_string();
+        Text::from(
+            ServerFrame::AlertAcked {
+                channel: name,
+                alert_id: ack.alert_id.clone(),
+                ack_id: ack.ack_id.clone(),
+                outcome: ack.outcome,
+                operator_id: ack.operator_id.clone(),
+                acked_at: ack.acked_at,
+            }
+            .to_text(),
+        )
+    }
+
     /// Tells the subscribers of the ack's operator channel (consoles open at once agree).
-    fn tell_acked(&mut self, ack: &AlertAck) {
+    fn tell_acked(&mut self, ack: &AlertAck, text: &Text) {
         let name: Arc<str> = ChannelName::Operator {
             tenant_id: ack.tenant_id.clone(),
         }
@@ -754,23 +783,13 @@ impl Hub {
         if ch.subscribers.is_empty() {
             return;
         }
-        let text = Text::from(
-            ServerFrame::AlertAcked {
-                channel: name.to_string(),
-                alert_id: ack.alert_id.clone(),
-                ack_id: ack.ack_id.clone(),
-                outcome: ack.outcome,
-                operator_id: ack.operator_id.clone(),
-                acked_at: ack.acked_at,
-            }
-            .to_text(),
-        );
         for conn in ch.subscribers.clone() {
             self.offer(conn, Out::Frame(text.clone()));
         }
     }
 
-    /// Records acks read from `alert_acks`: acknowledged alerts are no longer redelivered.
+    /// Records acks read from `alert_acks`: acknowledged alerts are no longer redelivered. A
+    /// record of an ack already read (the same `ack_id`: a publish retried) changes nothing.
     pub fn apply_acks(&mut self, records: &[Record]) -> usize {
         let mut n = 0;
         for r in records {
@@ -778,9 +797,21 @@ impl Hub {
                 continue;
             };
             let id = scoped(&ack.tenant_id, &ack.alert_id);
+            if self
+                .acked
+                .get(&id)
+                .is_some_and(|a| *a.ack_id == *ack.ack_id)
+            {
+                continue;
+            }
             self.open_ids.remove(&id);
-            self.tell_acked(&ack);
-            if self.acked.insert(id.clone()) {
+            let frame = Self::acked_frame(&ack);
+            self.tell_acked(&ack, &frame);
+            let known = Acked {
+                ack_id: ack.ack_id.as_str().into(),
+                frame,
+            };
+            if self.acked.insert(id.clone(), known).is_none() {
                 self.acked_order.push_back((r.timestamp_ms, id));
                 n += 1;
             }
@@ -898,23 +929,33 @@ impl Hub {
         if is_operator && let Some(q) = self.open.get(&name) {
             for e in q {
                 if self.open_ids.contains(&e.key)
-                    && !self.acked.contains(&e.key)
+                    && !self.acked.contains_key(&e.key)
                     && e.expires_at_ms.is_none_or(|x| x > now_ms)
                 {
                     replay.push(e.clone());
                 }
             }
         }
+        // A resume on an operator channel: the acks of alerts the client had (at or before its
+        // cursor), as `alert_acked` frames, since it may have missed them while away; an alert
+        // acknowledged before the client saw it is not sent at all.
+        let mut acks: Vec<Text> = Vec::new();
         for e in &ch.history {
             if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
                 continue;
             }
+            let acked = if is_operator {
+                self.acked.get(&e.key)
+            } else {
+                None
+            };
             let missed = since.as_ref().is_some_and(|s| {
                 recoverable && s.get(&e.partition).is_none_or(|pos| e.position > *pos)
             });
-            let unacked = is_operator && !self.acked.contains(&e.key);
-            if missed || unacked {
-                replay.push(e.clone());
+            match acked {
+                None if missed || is_operator => replay.push(e.clone()),
+                Some(a) if recoverable && since.is_some() && !missed => acks.push(a.frame.clone()),
+                _ => {}
             }
         }
         let mut recovery = match (&since, recoverable) {
@@ -945,6 +986,7 @@ impl Hub {
             })
             .collect();
         let replayed = batch.len();
+        batch.extend(acks);
         batch.push(
             ServerFrame::Subscribed {
                 id,
@@ -1113,7 +1155,14 @@ impl Hub {
 
     /// Whether an ack of `tenant`'s alert `alert_id` has been read.
     pub fn is_acked(&self, tenant: &str, alert_id: &str) -> bool {
-        self.acked.contains(&scoped(tenant, alert_id))
+        self.acked.contains_key(&scoped(tenant, alert_id))
+    }
+
+    /// Whether `tenant`'s alert `alert_id` is acknowledged by the ack `ack_id` (its latest).
+    pub fn has_ack(&self, tenant: &str, alert_id: &str, ack_id: &str) -> bool {
+        self.acked
+            .get(&scoped(tenant, alert_id))
+            .is_some_and(|a| *a.ack_id == *ack_id)
     }
 
     /// How many messages the history holds (alerts, pushes).
@@ -1706,6 +1755,81 @@ mod tests {
             ids,
             [alerts[0].alert_id.clone(), alerts[2].alert_id.clone()]
         );
+    }
+
+    /// A console resuming on its cursor learns the acks made while it was away (an
+    /// `alert_acked` for each alert it had that was acknowledged since), and is not sent an
+    /// alert that was acknowledged before it ever saw it; a record of an ack already read (the
+    /// same `ack_id`, a publish retried) changes nothing and tells no one twice.
+    #[test]
+    fn a_console_resuming_gets_the_acks_it_missed_and_not_the_alerts_acknowledged_meanwhile() {
+        let mut h = hub(HubConfig::default());
+        let mut log = Log::default();
+        let alerts: Vec<_> = (1..=4).map(live::alert).collect();
+        let tenant = alerts[0].tenant_id.clone();
+        let ch = channel(&format!("operator:{tenant}"));
+        h.apply(
+            MessageType::Alert,
+            &[log.record(&alerts[0]), log.record(&alerts[1])],
+            now(),
+        );
+        let mut anna = connect(&mut h, 1, "anna", 64);
+        h.subscribe(1, &ch, None, None, now()).unwrap();
+        let frames = anna.frames();
+        let cursor = frames.last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        h.unregister(1);
+        // While she is away: alert 0, which she has, is acknowledged; alerts 2 and 3 arrive
+        // and 3 is acknowledged at once.
+        let mut ack0 = live::ack(1);
+        ack0.alert_id = alerts[0].alert_id.clone();
+        let ack0_rec = log.record(&ack0);
+        assert_eq!(h.apply_acks(std::slice::from_ref(&ack0_rec)), 1);
+        h.apply(
+            MessageType::Alert,
+            &[log.record(&alerts[2]), log.record(&alerts[3])],
+            now(),
+        );
+        let mut ack3 = live::ack(3);
+        ack3.alert_id = alerts[3].alert_id.clone();
+        h.apply_acks(&[log.record(&ack3)]);
+        let mut anna = connect(&mut h, 2, "anna", 64);
+        let s = h.subscribe(2, &ch, Some(&cursor), None, now()).unwrap();
+        assert_eq!(s.recovery, Recovery::Complete);
+        let got: Vec<(String, String)> = anna
+            .frames()
+            .iter()
+            .map(|f| {
+                let id = f
+                    .get("alert_id")
+                    .or_else(|| f.get("id"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                (f["type"].as_str().unwrap().to_string(), id)
+            })
+            .collect();
+        let at = |t: &str, i: usize| (t.to_string(), alerts[i].alert_id.clone());
+        assert_eq!(
+            got,
+            [
+                // Open: the one she had and the one she missed.
+                at("message", 1),
+                at("message", 2),
+                // Acknowledged while she was away: its ack, not the alert again.
+                at("alert_acked", 0),
+                ("subscribed".to_string(), String::new()),
+            ],
+            "alert 3, acknowledged before she saw it, is not sent"
+        );
+        assert_eq!(s.replayed, 2);
+        // The same ack read again: nothing new, no second `alert_acked`.
+        assert_eq!(h.apply_acks(&[ack0_rec]), 0);
+        assert!(anna.frames().is_empty());
+        assert!(h.has_ack(&tenant, &alerts[0].alert_id, &ack0.ack_id));
+        assert!(!h.has_ack(&tenant, &alerts[0].alert_id, &ack3.ack_id));
     }
 
     /// An alert that leaves the history (by count or age) unacknowledged is still its

@@ -775,6 +775,21 @@ async fn handle(
                     ProtocolError::new("forbidden", "only operators acknowledge alerts"),
                 );
             }
+            // A retry of an ack already read back from the bus (the first answer was lost, or
+            // was `bus_unavailable` though the record was stored): the same ack, not a second
+            // record (which would move its time and could drop its note).
+            if let Some(a) = &ack_id
+                && lock(&st.hub).has_ack(&claims.tenant, &alert_id, a)
+            {
+                return vec![
+                    ServerFrame::Acked {
+                        id,
+                        alert_id,
+                        ack_id: a.clone(),
+                    }
+                    .to_text(),
+                ];
+            }
             let ack = AlertAck {
                 ack_id: ack_id.unwrap_or_else(pitboss_model::live::new_message_id),
                 alert_id,
