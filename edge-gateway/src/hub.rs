@@ -1004,10 +1004,20 @@ impl Hub {
         } else {
             c.ahead.insert(name.clone(), (now_ms, ahead));
         }
+        let fresh = !c.ahead.contains_key(&name);
         if c.subscriptions.insert(name.clone()) {
             metrics::gauge!("pitboss_gateway_subscriptions").increment(1.0);
             let ch = self.channels.get_mut(&name).expect("channel present");
             ch.subscribers.push(conn);
+        }
+        // A channel no tick has refreshed yet: its first subscriber's `subscribed` carried the
+        // cursor, so the tick sends one only once the partitions move.
+        let plain = self.topic(kind).cursor(&partitions);
+        if let Some(ch) = self.channels.get_mut(&name)
+            && ch.last_cursor.is_empty()
+            && fresh
+        {
+            ch.last_cursor = plain;
         }
         let out = Out::Batch {
             frames: batch,
@@ -1602,6 +1612,11 @@ mod tests {
         let mut idle = connect(&mut h, 1, "idle", 64);
         h.subscribe(1, &ch, None, None, now()).unwrap();
         idle.frames();
+        assert_eq!(
+            h.tick(now()),
+            0,
+            "nothing moved since `subscribed` gave the cursor: nothing sent"
+        );
         // Other players' pushes on the idle player's partition turn the history over.
         let p_idle = pitboss_bus::partition::partition_for(&format!("{tenant}:idle"), PARTITIONS);
         let mut n = 0;

@@ -995,12 +995,12 @@ async fn publish(
         );
     }
     let requests: Vec<PublishRequest> = if batch {
-        match serde_json::from_slice(&body) {
+        match from_json(&body) {
             Ok(r) => r,
             Err(e) => return error_response(StatusCode::BAD_REQUEST, "malformed", e),
         }
     } else {
-        match serde_json::from_slice(&body) {
+        match from_json(&body) {
             Ok(r) => vec![r],
             Err(e) => return error_response(StatusCode::BAD_REQUEST, "malformed", e),
         }
@@ -1235,4 +1235,21 @@ impl Drop for Running {
 /// The address a listener is bound to, for logs.
 pub fn describe(addr: SocketAddr) -> String {
     format!("ws://{addr}/v1/ws")
+}
+
+/// A JSON body as `T`; a refusal names where it broke: the field's path (`[1].title`) when a
+/// value has the wrong shape, and the line and column.
+fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        }
+    })?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }

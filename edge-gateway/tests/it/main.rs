@@ -610,6 +610,21 @@ async fn operators_publish_an_array_of_pushes_at_once_all_or_nothing() {
         assert_eq!(frame["id"], answers[i]["push_id"]);
         assert_eq!(frame["data"]["title"], title);
     }
+    // A value of the wrong type is refused naming its place in the array and its field.
+    let mut wrong = push("p2", "two");
+    wrong["title"] = json!(5);
+    let body = json!([push("p1", "one"), wrong]);
+    let (status, answer) = gw.post("/v1/publish", Some(&ops), &body).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("malformed")),
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("[1].title: invalid type: integer `5`, expected a string at line 1"),
+        "{message}"
+    );
     // Empty and oversized arrays are refused precisely.
     let (status, answer) = gw.post("/v1/publish", Some(&ops), &json!([])).await;
     assert_eq!(
