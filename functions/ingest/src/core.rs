@@ -363,10 +363,12 @@ fn plan_decoded(
         let verdict = match validate(&event, &config.validation, now_ms) {
             Ok(v) => v,
             Err(errors) => {
-                outcomes.push(Outcome::Rejected {
-                    event_id: event.event_id,
-                    errors,
+                // Echoed in the canonical (lower-case) form every other answer gives.
+                let event_id = event.event_id.map(|mut id| {
+                    id.make_ascii_lowercase();
+                    id
                 });
+                outcomes.push(Outcome::Rejected { event_id, errors });
                 continue;
             }
         };
@@ -495,9 +497,10 @@ mod tests {
 
     #[test]
     fn rejects_single_events_with_reasons_and_keeps_order() {
+        // The id in upper case: answered in its canonical form, as accepted ones are.
         let body = format!(
             "[{},{},{{\"nope\":1}}]",
-            bet(Some(ID1), "acme", -5),
+            bet(Some(&ID1.to_ascii_uppercase()), "acme", -5),
             bet(Some(ID2), "acme", 5)
         );
         let plan = run(&body, BodyFormat::Json).expect("plan");
