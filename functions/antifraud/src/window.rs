@@ -253,6 +253,9 @@ impl<'de> serde::Deserialize<'de> for LastHit {
     }
 }
 
+/// Entries a fold reads from the front before it searches instead.
+const SCAN_MAX: usize = 64;
+
 /// A key's state within one rule.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct KeyState {
@@ -587,8 +590,26 @@ impl KeyState {
         if horizon <= done {
             return;
         }
-        let lo = self.entries.partition_point(|x| x.t <= done);
-        let hi = self.entries.partition_point(|x| x.t <= horizon);
+        // Entries left at or before the last fold's horizon (kept one by one) are few or none,
+        // and those due are about a bucket width's: both are found by reading from the front,
+        // which the fold reads anyway, rather than by binary searches over the whole exact
+        // part (a cache miss a probe); past 64 entries, by the search.
+        let lo = if self.entries.front().is_none_or(|f| f.t > done) {
+            0
+        } else {
+            self.entries.partition_point(|x| x.t <= done)
+        };
+        let run = self
+            .entries
+            .range(lo..)
+            .take(SCAN_MAX)
+            .take_while(|x| x.t <= horizon)
+            .count();
+        let hi = if run == SCAN_MAX {
+            self.entries.partition_point(|x| x.t <= horizon)
+        } else {
+            lo + run
+        };
         if self
             .entries
             .range(lo..hi)
