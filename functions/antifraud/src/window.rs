@@ -1469,6 +1469,42 @@ value = 1
         inside.fold((0.0, 0.0), |(n, s), (_, v)| (n + 1.0, s + v))
     }
 
+    /// A fold of more entries than it reads from the front (a burst: hundreds of bets within a
+    /// bucket width) finds them by searching, and folds every one: the totals and the buckets
+    /// hold them all, each under its slot.
+    #[test]
+    fn a_burst_longer_than_the_fold_s_scan_is_folded_whole() {
+        let r = bucketed(5000);
+        let mut k = KeyState::default();
+        let mut events = Vec::new();
+        // 300 bets within the first two minutes, then 40 more over the next minute.
+        for i in 0..340u128 {
+            let t = if i < 300 {
+                i as i64 * 400
+            } else {
+                120_000 + (i as i64 - 300) * 1500
+            };
+            let v = 100.0 + i as f64;
+            assert!(k.insert(ev(i + 1, t, v, false), &r).fresh);
+            events.push((t, v));
+        }
+        // Twelve minutes later: everything before it is due.
+        let t = 12 * 60_000;
+        k.insert(ev(1000, t, 1.0, false), &r);
+        events.push((t, 1.0));
+        let b = k.buckets.as_ref().expect("folded");
+        assert_eq!(b.events, 340, "every entry of the burst is folded");
+        assert_eq!(
+            b.heads.iter().map(|h| (h.start, h.n)).collect::<Vec<_>>(),
+            [(0, 340)],
+            "all in the slot of [0, 5 min)"
+        );
+        assert_eq!(k.entries.len(), 1);
+        let (n, sum) = exact(&events, t);
+        assert_eq!(measure(&k, &r, 0, t), Some(n));
+        assert_eq!(measure(&k, &r, 1, t), Some(sum));
+    }
+
     #[test]
     fn a_bucketed_window_keeps_the_newest_bucket_exact_and_folds_the_rest() {
         let r = bucketed(1000);
