@@ -660,12 +660,47 @@ async fn process(args: ProcessArgs) -> Result<()> {
     // processors as soon as they run, and the process exits 0.
     let stop = Shutdown::on_signals();
     let spec = args.bus.existing_spec()?;
-    let client = clickhouse_client(&args.clickhouse).await?;
+    // A ClickHouse that does not answer yet (started after the processor, restarting) is
+    // waited for; a SIGTERM meanwhile exits 0. Anything else it says (a refused login, a
+    // migration it cannot run) stops the processor at once.
+    let mut wait = std::time::Duration::from_secs(1);
+    let client = loop {
+        match clickhouse_client(&args.clickhouse).await {
+            Ok(c) => break c,
+            Err(e)
+                if e.downcast_ref::<pitboss_processor::ProcessorError>()
+                    .is_some_and(pitboss_processor::ProcessorError::is_retryable) =>
+            {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "ClickHouse does not answer yet; retrying"
+                );
+                tokio::select! {
+                    () = stop.wait() => {
+                        tracing::info!("stopped before ClickHouse answered");
+                        return Ok(());
+                    }
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let bus = spec.open().await?;
-    // A topic that is not there is refused now (it ran on, warning without naming it).
+    // A topic that is not there is refused now (it ran on, warning without naming it); so is
+    // its dead-letter topic, which the first bad record would otherwise find missing and stop
+    // the processor on.
     for arg in &args.topics {
         let (topic, _) = Table::parse_topic(arg)?;
         require_topic(&*bus, &topic, "--topic").await?;
+        require_topic(
+            &*bus,
+            &format!("{topic}_dead_letter"),
+            &format!("the dead-letter topic of --topic {topic:?},"),
+        )
+        .await?;
     }
     let metrics = pitboss_runtime::telemetry::prometheus();
     let admin = bind(args.admin_listen).await?;

@@ -1492,6 +1492,27 @@ async fn an_engine_of_a_new_group_starts_at_the_time_it_is_given_and_resumes_at_
             && said.contains(&format!("--topic \"{name}_nosuch\": no such topic")),
         "{said}"
     );
+    // And a topic without its dead-letter topic: the first bad record would find it missing
+    // and stop the processor, so it is refused at start, naming it.
+    let nodl = format!("{name}_nodl");
+    bus.create_topic(&nodl, 1).await.unwrap();
+    // (Under `timeout`: a processor that was not refused would run on.)
+    let refused = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["process", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+        .args(["--clickhouse", &pitboss_testkit::clickhouse()])
+        .args(["--database", &format!("{name}_db")])
+        .args(["--topic", &nodl])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && said.contains(&format!("\"{nodl}_dead_letter\": no such topic")),
+        "{said}"
+    );
     // A time that is not one is refused, naming the flag's value.
     let refused = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args(["antifraud", "--bus", "kafka", "--kafka-bootstrap", &kafka])
@@ -2103,4 +2124,104 @@ mod kinesis {
         assert_eq!(forwarded, crossing);
         drop(running);
     }
+}
+
+/// A ClickHouse that does not answer yet when `pitboss process` starts (started after it, or
+/// restarting) is waited for (docs/processor.md): the processor warns and retries; a SIGTERM
+/// while it waits exits 0; once ClickHouse answers it goes on and stores the topic's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_that_does_not_answer_yet_at_start_is_waited_for() {
+    let kafka = pitboss_testkit::kafka();
+    let clickhouse = pitboss_testkit::clickhouse();
+    let name = pitboss_testkit::unique_name("late_ch");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    bus.create_topic(&name, 1).await.unwrap();
+    bus.create_topic(&format!("{name}_dead_letter"), 1)
+        .await
+        .unwrap();
+    let events: Vec<OutRecord> = (0..3)
+        .map(|i| {
+            let e = pitboss_testkit::deposit(i, 500);
+            OutRecord::new(
+                format!("acme:{}", e.player_id),
+                pitboss_model::encode_proto(&e),
+            )
+        })
+        .collect();
+    bus.publisher().publish(&name, events).await.unwrap();
+    // Nothing listens here until the test says so.
+    let port = free_port();
+    let logs = tempfile::tempdir().unwrap();
+    let spawn = |log: &std::path::Path| {
+        let file = std::fs::File::create(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["process", "--kafka-bootstrap", &kafka, "--topic", &name])
+            .args(["--clickhouse", &format!("http://127.0.0.1:{port}")])
+            .args(["--database", &name, "--group", &format!("{name}_p")])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (logs.path().join("a.log"), logs.path().join("b.log"));
+    let mut first = spawn(&a);
+    wait_for_line(&a, "ClickHouse does not answer yet; retrying");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "it waits, it does not exit:\n{}",
+        std::fs::read_to_string(&a).unwrap_or_default()
+    );
+    Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        first.wait().unwrap().success(),
+        "a SIGTERM while waiting exits 0"
+    );
+
+    let mut second = Children(vec![spawn(&b)]);
+    wait_for_line(&b, "ClickHouse does not answer yet; retrying");
+    // ClickHouse answers now, on that port.
+    let target = clickhouse
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let count = || async {
+        pitboss_processor::sink::client(&clickhouse, &name)
+            .query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+            .ok()
+    };
+    let start = Instant::now();
+    while count().await != Some(3) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the events were not stored once ClickHouse answered:\n{}",
+            std::fs::read_to_string(&b).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &second.0[0].id().to_string()])
+        .status()
+        .unwrap();
+    assert!(second.0[0].wait().unwrap().success());
 }
