@@ -90,7 +90,7 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
             (0..2).all(|p| {
                 metric(
                     &text,
-                    &format!("pitboss_consumer_lag_records{{topic=\"{t}\",partition=\"{p}\"}} "),
+                    &format!("pitboss_consumer_lag_records{{group=\"{topic}_processor\",topic=\"{t}\",partition=\"{p}\"}} "),
                 ) == Some(0.0)
             })
         });
@@ -121,7 +121,7 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
     }
     assert!(
         text.contains(&format!(
-            "pitboss_consumer_lag_records{{topic=\"{overflow}\",partition=\"1\"}} 0"
+            "pitboss_consumer_lag_records{{group=\"{topic}_processor\",topic=\"{overflow}\",partition=\"1\"}} 0"
         )),
         "lag of every owned partition, caught up: {text}"
     );

@@ -452,12 +452,15 @@ async fn up_keeps_queryable_history_with_rollups() {
         metrics.contains("pitboss_processor_freshness_seconds"),
         "{metrics}"
     );
-    // Consumer lag of the embedded log, every 5 s: all 8 partitions of `events` caught up.
+    // Consumer lag of the embedded log, every 5 s: all 8 partitions of `events` caught up, for
+    // the processor and the rules engine each (one process holds both groups: a series each).
     let caught_up = |m: &str| {
-        (0..8).all(|p| {
-            m.contains(&format!(
-                "pitboss_consumer_lag_records{{topic=\"events\",partition=\"{p}\"}} 0\n"
-            ))
+        ["pitboss-processor", "pitboss-antifraud"].iter().all(|g| {
+            (0..8).all(|p| {
+                m.contains(&format!(
+                    "pitboss_consumer_lag_records{{group=\"{g}\",topic=\"events\",partition=\"{p}\"}} 0\n"
+                ))
+            })
         })
     };
     let mut metrics = metrics;

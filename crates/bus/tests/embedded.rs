@@ -369,10 +369,10 @@ fn acknowledged_records_survive_sigkill() {
 }
 
 fn lag_of(text: &str, partition: u32) -> Option<f64> {
-    let prefix =
-        format!("pitboss_consumer_lag_records{{topic=\"lagged\",partition=\"{partition}\"}} ");
+    let labels = format!("topic=\"lagged\",partition=\"{partition}\"}} ");
     text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
+        .filter(|l| l.starts_with("pitboss_consumer_lag_records{group=\""))
+        .find_map(|l| l.split_once(&labels).map(|(_, v)| v))
         .and_then(|v| v.trim().parse().ok())
 }
 

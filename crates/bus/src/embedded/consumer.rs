@@ -197,7 +197,7 @@ impl EmbeddedConsumer {
         Ok(out)
     }
 
-    /// Every 5 s: `pitboss_consumer_lag_records{topic, partition}` — records between each owned
+    /// Every 5 s: `pitboss_consumer_lag_records{group, topic, partition}` — records between each owned
     /// partition's end and the next offset not yet processed (as for Kafka).
     async fn report_lag(&mut self) -> Result<(), BusError> {
         if self
@@ -223,6 +223,7 @@ impl EmbeddedConsumer {
             };
             metrics::gauge!(
                 "pitboss_consumer_lag_records",
+                "group" => self.member.group.clone(),
                 "topic" => name.name.to_string(),
                 "partition" => p.to_string(),
             )

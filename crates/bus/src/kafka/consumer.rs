@@ -48,6 +48,8 @@ pub(super) struct Ctx {
     revoke_timeout: Duration,
     /// The topic first, then its companions.
     topics: Vec<Arc<str>>,
+    /// The consumer group (a label of the lag gauge: a process may hold members of several).
+    group: Arc<str>,
     start: StartFrom,
     request_timeout: Duration,
     flags: Arc<Flags>,
@@ -225,6 +227,7 @@ impl ClientContext for Ctx {
                 }
                 metrics::gauge!(
                     "pitboss_consumer_lag_records",
+                    "group" => self.group.to_string(),
                     "topic" => name.to_string(),
                     "partition" => id.to_string(),
                 )
@@ -407,6 +410,7 @@ impl KafkaConsumer {
             staged: std::sync::Mutex::new(Vec::with_capacity(POLL_CHUNK)),
             revoke_timeout: config.revoke_timeout,
             topics: topics.clone(),
+            group: Arc::from(group),
             start: config.start,
             request_timeout: kafka.request_timeout,
             flags: flags.clone(),
