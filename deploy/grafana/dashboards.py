@@ -189,8 +189,8 @@ DASHBOARDS = {
             SELECT if(count() = 0, NULL, toInt64(now()) - toInt64(max(received_at))) AS freshness_seconds
             FROM events WHERE {TENANT} AND received_at >= now() - 86400""",
            ["freshness_seconds"], kind="stat", unit="s", w=6),
-        prom("Consumer lag by topic (records)", [
-            ("{{topic}}", "sum by (topic) (pitboss_consumer_lag_records)"),
+        prom("Consumer lag by group and topic (records)", [
+            ("{{group}} {{topic}}", "sum by (group, topic) (pitboss_consumer_lag_records)"),
         ], w=18),
     ]),
     "platform-health": ("Pitboss · Platform health", [
