@@ -656,17 +656,104 @@ async fn process(args: ProcessArgs) -> Result<()> {
     for arg in &args.topics {
         Table::parse_topic(arg)?;
     }
-    // From the start: a SIGTERM during start-up (migrations, joining the group) stops the
-    // processors as soon as they run, and the process exits 0.
+    // From the start: a SIGTERM during start-up (waiting for ClickHouse, migrations, joining
+    // the group) stops the processors as soon as they run, and the process exits 0.
     let stop = Shutdown::on_signals();
     let spec = args.bus.existing_spec()?;
-    // A ClickHouse that does not answer yet (started after the processor, restarting) is
-    // waited for; a SIGTERM meanwhile exits 0. Anything else it says (a refused login, a
-    // migration it cannot run) stops the processor at once.
+    // The admin listener (metrics, /healthz, /readyz) from the start: a processor waiting for
+    // ClickHouse is alive, and says so to a health check.
+    let metrics = pitboss_runtime::telemetry::prometheus();
+    let admin = bind(args.admin_listen).await?;
+    let admin_at = admin.local_addr()?;
+    tracing::info!(admin = %admin_at, "admin listening");
+    let router = pitboss_runtime::admin::router(metrics, stop.clone());
+    let work = {
+        let stop = stop.clone();
+        async move {
+            let Some(client) = wait_for_clickhouse(&args.clickhouse, &stop).await? else {
+                tracing::info!("stopped before ClickHouse answered");
+                return Ok(());
+            };
+            let bus = spec.open().await?;
+            // A topic that is not there is refused now (it ran on, warning without naming
+            // it); so is its dead-letter topic, which the first bad record would otherwise
+            // find missing and stop the processor on.
+            for arg in &args.topics {
+                let (topic, _) = Table::parse_topic(arg)?;
+                require_topic(&*bus, &topic, "--topic").await?;
+                require_topic(
+                    &*bus,
+                    &format!("{topic}_dead_letter"),
+                    &format!("the dead-letter topic of --topic {topic:?},"),
+                )
+                .await?;
+            }
+            tracing::info!(admin = %admin_at, topics = ?args.topics, bus = ?args.bus.kind, "processor starting");
+            let configs = args
+                .topics
+                .iter()
+                .map(|arg| {
+                    let (topic, table) = Table::parse_topic(arg)?;
+                    let mut c = processor_config(&topic, &args.group);
+                    c.consumer.session_timeout =
+                        std::time::Duration::from_secs(args.session_timeout_secs);
+                    c.batch = pitboss_processor::BatchConfig {
+                        max_rows: args.batch_max_rows.max(1),
+                        max_bytes: args.batch_max_bytes.max(1),
+                        max_age: std::time::Duration::from_millis(args.batch_max_age_ms),
+                    };
+                    Ok((c, table))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let sink = std::sync::Arc::new(match &args.clickhouse.cluster {
+                None => pitboss_processor::ClickHouseSink::new(client),
+                Some(cluster) => {
+                    pitboss_processor::ClickHouseSink::cluster(
+                        client,
+                        cluster,
+                        &args.clickhouse.database,
+                    )
+                    .await?
+                }
+            });
+            drain_processors(
+                run_processors(
+                    bus,
+                    sink,
+                    configs,
+                    stop.clone(),
+                    tokio::runtime::Handle::current(),
+                ),
+                stop.clone(),
+                std::time::Duration::from_secs(args.drain_timeout_secs),
+            )
+            .await
+        }
+    };
+    with_admin(
+        work,
+        |done| pitboss_runtime::admin::serve(admin, router, done),
+        stop,
+    )
+    .await
+}
+
+/// ClickHouse's client once it answers and the schema is up to date; `None` when `stop` comes
+/// first. A ClickHouse that does not answer yet (started after the processor, restarting) is
+/// retried every 1 s, backing off to 10 s, with a warning each time; anything else it says (a
+/// refused login, a migration it cannot run) is returned at once.
+async fn wait_for_clickhouse(
+    args: &ClickHouseArgs,
+    stop: &Shutdown,
+) -> Result<Option<pitboss_processor::sink::ClickHouseClient>> {
     let mut wait = std::time::Duration::from_secs(1);
-    let client = loop {
-        match clickhouse_client(&args.clickhouse).await {
-            Ok(c) => break c,
+    loop {
+        let attempt = tokio::select! {
+            () = stop.wait() => return Ok(None),
+            r = clickhouse_client(args) => r,
+        };
+        match attempt {
+            Ok(c) => return Ok(Some(c)),
             Err(e)
                 if e.downcast_ref::<pitboss_processor::ProcessorError>()
                     .is_some_and(pitboss_processor::ProcessorError::is_retryable) =>
@@ -677,74 +764,14 @@ async fn process(args: ProcessArgs) -> Result<()> {
                     "ClickHouse does not answer yet; retrying"
                 );
                 tokio::select! {
-                    () = stop.wait() => {
-                        tracing::info!("stopped before ClickHouse answered");
-                        return Ok(());
-                    }
+                    () = stop.wait() => return Ok(None),
                     () = tokio::time::sleep(wait) => {}
                 }
                 wait = (wait * 2).min(std::time::Duration::from_secs(10));
             }
             Err(e) => return Err(e),
         }
-    };
-    let bus = spec.open().await?;
-    // A topic that is not there is refused now (it ran on, warning without naming it); so is
-    // its dead-letter topic, which the first bad record would otherwise find missing and stop
-    // the processor on.
-    for arg in &args.topics {
-        let (topic, _) = Table::parse_topic(arg)?;
-        require_topic(&*bus, &topic, "--topic").await?;
-        require_topic(
-            &*bus,
-            &format!("{topic}_dead_letter"),
-            &format!("the dead-letter topic of --topic {topic:?},"),
-        )
-        .await?;
     }
-    let metrics = pitboss_runtime::telemetry::prometheus();
-    let admin = bind(args.admin_listen).await?;
-    tracing::info!(admin = %admin.local_addr()?, topics = ?args.topics, bus = ?args.bus.kind, "processor starting");
-    let configs = args
-        .topics
-        .iter()
-        .map(|arg| {
-            let (topic, table) = Table::parse_topic(arg)?;
-            let mut c = processor_config(&topic, &args.group);
-            c.consumer.session_timeout = std::time::Duration::from_secs(args.session_timeout_secs);
-            c.batch = pitboss_processor::BatchConfig {
-                max_rows: args.batch_max_rows.max(1),
-                max_bytes: args.batch_max_bytes.max(1),
-                max_age: std::time::Duration::from_millis(args.batch_max_age_ms),
-            };
-            Ok((c, table))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let sink = std::sync::Arc::new(match &args.clickhouse.cluster {
-        None => pitboss_processor::ClickHouseSink::new(client),
-        Some(cluster) => {
-            pitboss_processor::ClickHouseSink::cluster(client, cluster, &args.clickhouse.database)
-                .await?
-        }
-    });
-    let router = pitboss_runtime::admin::router(metrics, stop.clone());
-    let processors = drain_processors(
-        run_processors(
-            bus,
-            sink,
-            configs,
-            stop.clone(),
-            tokio::runtime::Handle::current(),
-        ),
-        stop.clone(),
-        std::time::Duration::from_secs(args.drain_timeout_secs),
-    );
-    with_admin(
-        processors,
-        |done| pitboss_runtime::admin::serve(admin, router, done),
-        stop,
-    )
-    .await
 }
 
 #[derive(Debug, Args)]

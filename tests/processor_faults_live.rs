@@ -2174,6 +2174,18 @@ async fn a_clickhouse_that_does_not_answer_yet_at_start_is_waited_for() {
         "it waits, it does not exit:\n{}",
         std::fs::read_to_string(&a).unwrap_or_default()
     );
+    // Alive meanwhile, as a health check sees it.
+    let log = std::fs::read_to_string(&a).unwrap();
+    let admin = log
+        .split("admin=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no admin address in:\n{log}"))
+        .to_owned();
+    let health = reqwest::get(format!("http://{admin}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
     Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status()

@@ -288,9 +288,29 @@ pub struct Hub {
 /// The latest ack of an alert, as the hub remembers it.
 #[derive(Debug, Clone)]
 struct Acked {
-    ack_id: Arc<str>,
-    /// Its `alert_acked` frame, for a console resuming on a cursor from before it.
-    frame: Text,
+    ack_id: Box<str>,
+    /// The rest of its `alert_acked` frame (made again for a console resuming on a cursor from
+    /// before it): a few dozen bytes, not the frame's few hundred.
+    outcome: pitboss_model::live::AckOutcome,
+    operator_id: Box<str>,
+    acked_at: pitboss_model::Timestamp,
+}
+
+impl Acked {
+    /// The `alert_acked` frame of alert `alert_id` on operator channel `channel`.
+    fn frame(&self, channel: &str, alert_id: &str) -> Text {
+        Text::from(
+            ServerFrame::AlertAcked {
+                channel: channel.to_owned(),
+                alert_id: alert_id.to_owned(),
+                ack_id: self.ack_id.to_string(),
+                outcome: self.outcome,
+                operator_id: self.operator_id.to_string(),
+                acked_at: self.acked_at,
+            }
+            .to_text(),
+        )
+    }
 }
 
 /// Counts of what `apply` did, for metrics and tests.
@@ -751,27 +771,8 @@ impl Hub {
         self.open_ids.len()
     }
 
-    /// The `alert_acked` frame of `ack`.
-    fn acked_frame(ack: &AlertAck) -> Text {
-        let name = ChannelName::Operator {
-            tenant_id: ack.tenant_id.clone(),
-        }
-        .to_string();
-        Text::from(
-            ServerFrame::AlertAcked {
-                channel: name,
-                alert_id: ack.alert_id.clone(),
-                ack_id: ack.ack_id.clone(),
-                outcome: ack.outcome,
-                operator_id: ack.operator_id.clone(),
-                acked_at: ack.acked_at,
-            }
-            .to_text(),
-        )
-    }
-
     /// Tells the subscribers of the ack's operator channel (consoles open at once agree).
-    fn tell_acked(&mut self, ack: &AlertAck, text: &Text) {
+    fn tell_acked(&mut self, ack: &AlertAck, known: &Acked) {
         let name: Arc<str> = ChannelName::Operator {
             tenant_id: ack.tenant_id.clone(),
         }
@@ -783,6 +784,7 @@ impl Hub {
         if ch.subscribers.is_empty() {
             return;
         }
+        let text = known.frame(&name, &ack.alert_id);
         for conn in ch.subscribers.clone() {
             self.offer(conn, Out::Frame(text.clone()));
         }
@@ -805,12 +807,13 @@ impl Hub {
                 continue;
             }
             self.open_ids.remove(&id);
-            let frame = Self::acked_frame(&ack);
-            self.tell_acked(&ack, &frame);
             let known = Acked {
                 ack_id: ack.ack_id.as_str().into(),
-                frame,
+                outcome: ack.outcome,
+                operator_id: ack.operator_id.as_str().into(),
+                acked_at: ack.acked_at,
             };
+            self.tell_acked(&ack, &known);
             if self.acked.insert(id.clone(), known).is_none() {
                 self.acked_order.push_back((r.timestamp_ms, id));
                 n += 1;
@@ -925,21 +928,30 @@ impl Hub {
         let is_operator = matches!(channel, ChannelName::Operator { .. });
         let ch = self.channels.get(&name).expect("channel present");
         let mut replay = Vec::new();
+        // A resume on an operator channel: the acks of alerts the client had (at or before its
+        // cursor), as `alert_acked` frames, since it may have missed them while away (in the
+        // history or older, open until acknowledged); an alert acknowledged before the client
+        // saw it is not sent at all.
+        let resume = recoverable && since.is_some();
+        let had = |e: &Entry| {
+            since
+                .as_ref()
+                .is_some_and(|s| s.get(&e.partition).is_some_and(|pos| e.position <= *pos))
+        };
+        let mut acks: Vec<(Arc<str>, &Acked)> = Vec::new();
         // Alerts that left the history unacknowledged come first (they are older than it).
         if is_operator && let Some(q) = self.open.get(&name) {
             for e in q {
-                if self.open_ids.contains(&e.key)
-                    && !self.acked.contains_key(&e.key)
-                    && e.expires_at_ms.is_none_or(|x| x > now_ms)
-                {
-                    replay.push(e.clone());
+                if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
+                    continue;
+                }
+                match self.acked.get(&e.key) {
+                    None if self.open_ids.contains(&e.key) => replay.push(e.clone()),
+                    Some(a) if resume && had(e) => acks.push((e.id.clone(), a)),
+                    _ => {}
                 }
             }
         }
-        // A resume on an operator channel: the acks of alerts the client had (at or before its
-        // cursor), as `alert_acked` frames, since it may have missed them while away; an alert
-        // acknowledged before the client saw it is not sent at all.
-        let mut acks: Vec<Text> = Vec::new();
         for e in &ch.history {
             if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
                 continue;
@@ -954,10 +966,18 @@ impl Hub {
             });
             match acked {
                 None if missed || is_operator => replay.push(e.clone()),
-                Some(a) if recoverable && since.is_some() && !missed => acks.push(a.frame.clone()),
+                Some(a) if resume && had(e) => acks.push((e.id.clone(), a)),
                 _ => {}
             }
         }
+        // At most as many as the replay (the newest), like it.
+        if acks.len() > self.config.max_replay {
+            acks.drain(..acks.len() - self.config.max_replay);
+        }
+        let acks: Vec<Text> = acks
+            .into_iter()
+            .map(|(id, a)| a.frame(&name, &id))
+            .collect();
         let mut recovery = match (&since, recoverable) {
             (None, _) => Recovery::None,
             (Some(_), true) => Recovery::Complete,
@@ -1845,6 +1865,53 @@ mod tests {
         assert!(anna.frames().is_empty());
         assert!(h.has_ack(&tenant, &alerts[0].alert_id, &ack0.ack_id));
         assert!(!h.has_ack(&tenant, &alerts[0].alert_id, &ack3.ack_id));
+    }
+
+    /// The same for an alert that had left the history (open until acknowledged): a console
+    /// resuming gets its ack too.
+    #[test]
+    fn a_console_resuming_gets_the_ack_of_an_alert_older_than_the_history() {
+        let mut h = hub(HubConfig {
+            history_max: 2,
+            ..HubConfig::default()
+        });
+        let mut log = Log::default();
+        let alerts: Vec<_> = (1..=4).map(live::alert).collect();
+        let tenant = alerts[0].tenant_id.clone();
+        let ch = channel(&format!("operator:{tenant}"));
+        let recs: Vec<_> = alerts.iter().map(|a| log.record(a)).collect();
+        h.apply(MessageType::Alert, &recs, now());
+        // History: 2 and 3; 0 and 1 open past it.
+        assert_eq!(h.open_alerts(), 2);
+        let mut c = connect(&mut h, 1, "anna", 64);
+        h.subscribe(1, &ch, None, None, now()).unwrap();
+        let cursor = c.frames().last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        h.unregister(1);
+        let mut ack = live::ack(1);
+        ack.alert_id = alerts[0].alert_id.clone();
+        h.apply_acks(&[log.record(&ack)]);
+        let mut c = connect(&mut h, 2, "anna", 64);
+        h.subscribe(2, &ch, Some(&cursor), None, now()).unwrap();
+        let frames = c.frames();
+        let acked: Vec<&str> = frames
+            .iter()
+            .filter(|f| f["type"] == "alert_acked")
+            .map(|f| f["alert_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(acked, [alerts[0].alert_id.as_str()], "{frames:?}");
+        let messages: Vec<&str> = frames
+            .iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            messages,
+            [1, 2, 3].map(|i| alerts[i].alert_id.as_str()),
+            "the open ones, not the acknowledged one"
+        );
     }
 
     /// An alert that leaves the history (by count or age) unacknowledged is still its

@@ -251,10 +251,9 @@ async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect
 }
 
 /// docs/gateway.md, "Operator acks": an ack the bus does not confirm answers `bus_unavailable`
-/// naming the `ack_id` the gateway chose; a retry with that id is acked under it. The write the
-/// bus stored without confirming it and the retry are one ack: every record on `alert_acks`
-/// carries that one `ack_id` (the processor keeps one row per `(tenant, ack_id)`), and the
-/// alert is acknowledged.
+/// naming the `ack_id` the gateway chose; a retry with that id, once the gateway has read the
+/// stored write back, is acked under it without a second write (the ack keeps its note), and
+/// the alert is acknowledged.
 #[tokio::test]
 async fn an_unconfirmed_ack_names_its_ack_id_and_a_retry_with_it_is_the_same_ack() {
     let (env, failing) = Env::failing("alert_acks").await;

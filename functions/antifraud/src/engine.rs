@@ -1058,16 +1058,17 @@ struct Counted {
 }
 
 impl Hit<'_> {
-    /// The window's events the conditions' measures counted, newest first as they count them,
-    /// returned oldest first, the trigger left out: each within its measure's span, after its
-    /// `since` anchor, in the trigger's currency for a money measure and among its `last`.
-    fn evidence(&self, cond_mask: u32, trig: u128) -> Vec<String> {
+    /// The window's events the measures in `mask` counted, newest first as they count them,
+    /// the trigger left out: each within its measure's span, after its `since` anchor, in the
+    /// trigger's currency for a money measure and among its `last`. The walk stops once every
+    /// measure has counted all it can.
+    fn counted(&self, mask: u32, trig: u128) -> Vec<&Entry> {
         let rule = self.rule;
         let entries = &self.state.entries;
         let mut counted: Vec<Counted> = Vec::new();
         for (i, m) in rule.measures.iter().enumerate() {
             let bit = 1u32 << i;
-            if cond_mask & bit == 0 {
+            if mask & bit == 0 {
                 continue;
             }
             let lo = m
@@ -1098,10 +1099,16 @@ impl Hit<'_> {
                 exclude_trigger: m.exclude_trigger,
             });
         }
-        let mut evidence: Vec<String> = Vec::new();
+        let mut out = Vec::new();
         for e in entries.iter().rev() {
             if e.t > self.at {
                 continue;
+            }
+            if counted
+                .iter()
+                .all(|c| c.left == 0 || e.t <= c.lo || e.t < c.from)
+            {
+                break;
             }
             let is_trigger = e.id() == trig;
             let mut any = false;
@@ -1118,14 +1125,10 @@ impl Hit<'_> {
                 }
             }
             if any && !is_trigger {
-                evidence.push(uuid_text(e.id()));
-                if evidence.len() == MAX_EVIDENCE_EVENTS {
-                    break;
-                }
+                out.push(e);
             }
         }
-        evidence.reverse();
-        evidence
+        out
     }
 
     fn emit(&self, set: &RuleSet, out: &mut Output) {
@@ -1191,11 +1194,17 @@ impl Hit<'_> {
                 .filter(|i| rule.measures[*i].windowed)
                 .fold(0, |acc, i| acc | 1 << i);
             let trig = uuid::Uuid::try_parse(&trigger_id).map_or(0, |u| u.as_u128());
-            let evidence = self.evidence(cond_mask, trig);
+            let mut evidence: Vec<String> = self
+                .counted(cond_mask, trig)
+                .into_iter()
+                .take(MAX_EVIDENCE_EVENTS)
+                .map(|e| uuid_text(e.id()))
+                .collect();
+            evidence.reverse();
             let mut related: Vec<String> = Vec::new();
             if rule.group_by != GroupBy::Player {
-                // The players the distinct count counted (its events and `where`), not every
-                // player some other measure keeps in the window.
+                // The players the distinct count counted (its events and `where`, span, `since`
+                // and `last`), not every player some other measure keeps in the window.
                 let distinct_mask = (0..rule.measures.len())
                     .filter(|i| rule.measures[*i].agg == crate::rules::Agg::CountDistinct)
                     .fold(0u32, |acc, i| acc | 1 << i);
@@ -1204,7 +1213,8 @@ impl Hit<'_> {
                 } else {
                     cond_mask
                 };
-                for e in &self.state.entries {
+                // As the measures counted them (span, `since`, `last`), oldest first.
+                for e in self.counted(mask, trig).into_iter().rev() {
                     if let Some(l) = e.label()
                         && e.mask & mask != 0
                         && l != event.player_id

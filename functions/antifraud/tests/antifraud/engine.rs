@@ -989,6 +989,58 @@ fn a_trigger_later_than_its_window_is_counted_not_evaluated_in_silence() {
     }
 }
 
+/// A multi-accounting alert's related players are those its distinct count counted: a
+/// `within` bounds them as it bounds the count.
+#[test]
+fn related_players_are_the_ones_counted_within_the_measure_s_span() {
+    let text = r#"
+[[rule]]
+id = "t.device_burst"
+version = 1
+category = "fraud"
+description = "Three players on one device within ten minutes, in a day's window."
+severity = "low"
+score = 1
+events = ["login"]
+group_by = "device"
+window = { duration = "24h", max_events = 1000 }
+reason = "{players} players within ten minutes."
+
+  [[rule.measure]]
+  name = "players"
+  agg = "count_distinct"
+  field = "player_id"
+  within = "10m"
+
+  [[rule.when]]
+  measure = "players"
+  op = "gte"
+  value = 3
+"#
+    .to_string();
+    let set = RuleSet::from_sources(&[("t.toml".into(), text)]).unwrap();
+    let mut s = Script::new(set);
+    s.send("early", T0, "login", login("203.0.113.1", "dev-1", true));
+    s.send("p2", T0 + H, "login", login("203.0.113.1", "dev-1", true));
+    s.send(
+        "p3",
+        T0 + H + MIN,
+        "login",
+        login("203.0.113.1", "dev-1", true),
+    );
+    s.send(
+        "p4",
+        T0 + H + 2 * MIN,
+        "login",
+        login("203.0.113.1", "dev-1", true),
+    );
+    let a = s.alerts("t.device_burst");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].player_id.as_deref(), Some("p4"));
+    // The count saw p2, p3 and the trigger's p4: not `early`, an hour before.
+    assert_eq!(a[0].related_player_ids, ["p2", "p3"]);
+}
+
 /// An alert's evidence is the events its conditions' measures counted: a measure's `within`,
 /// `last` and `since` bound it as they bound the measure, not the whole window.
 #[test]
@@ -1095,7 +1147,7 @@ reason = "{bets} bets since a cancelled withdrawal."
     let last_two = s.alerts("t.last_two");
     assert_eq!(last_two[0].trigger_event_id, Script::id(6));
     assert_eq!(last_two[0].evidence_event_ids, ids(&[4, 5]));
-    // Bets since the cancellation (and the cancellation the anchor measure counted), not the
+    // Bets since the cancellation (the anchor is not a condition's measure), not the
     // bets before it.
     let since = s.alerts("t.since_cancel");
     assert_eq!(since[0].trigger_event_id, Script::id(5));
