@@ -162,8 +162,10 @@ export interface ClientEvents {
   refreshed: [{ expiresAt: number }];
   /**
    * An alert of a subscribed operator channel was acknowledged — by this client or another
-   * operator of the tenant, on any gateway instance — so consoles open at once agree. Not
-   * replayed: after a reconnect, alerts acknowledged meanwhile are simply not sent again.
+   * operator of the tenant, on any gateway instance — so consoles open at once agree. After a
+   * reconnect that resumes (a cursor), it is also emitted for each alert the client had that
+   * was acknowledged meanwhile (the gateway sends those acks before `subscribed`); an alert
+   * acknowledged before the client saw it is not sent at all.
    */
   alertAcked: [AlertAckedEvent];
 }
@@ -530,7 +532,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
   }
 
   /**
-   * Who is in a room on this gateway instance. `room` is a room id of the token's tenant or a
+   * Who is in a room, across every gateway instance. `room` is a room id of the token's tenant or a
    * full `room:<tenant>:<room>` channel name.
    */
   presence(room: string): Promise<PresenceResult> {
