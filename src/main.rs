@@ -1830,9 +1830,21 @@ fn tsv_cell(v: &serde_json::Value) -> String {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     pitboss_runtime::telemetry::init_tracing();
-    match Cli::parse().command {
+    // A refusal is one line — the error and its causes — whatever RUST_BACKTRACE says (the
+    // default report would add a stack trace a user has no use for).
+    match run(Cli::parse().command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
         Command::Up(args) => up(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Loadgen(args) => loadgen::run(args).await,

@@ -943,12 +943,13 @@ async fn loadgen_live_matches_every_expected_push_and_alert_and_refuses_bad_targ
     ));
     assert!(e.contains("cannot read the gateway's secret"), "{e}");
 
-    // The demo refuses settings it cannot run, naming them.
+    // The demo refuses settings it cannot run, naming them, in one line even with backtraces
+    // asked for (a user's shell may set RUST_BACKTRACE).
     let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
         .args(["up", "--demo", "--demo-rate", "0", "--data-dir"])
         .arg(dir.path().join("other"))
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LIB_BACKTRACE", "1")
         .output()
         .unwrap();
     let e = one_line_error(&out);
