@@ -69,6 +69,8 @@ install_apt() {
   [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
   # Headless Chromium for the console test (tests/browser, driven by npm playwright-core).
   command -v chromium >/dev/null || missing+=(chromium)
+  # FUSE for the power-cut file system (scripts/powercut_fs.py, tests/up_live.rs).
+  command -v fusermount3 >/dev/null || missing+=(fuse3)
   if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -83,6 +85,17 @@ install_moto() {
     python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5.1,<6' 2>&1 | grep -v 'WARNING: Running pip as' >&2 || true
     hash -r
     command -v moto_server >/dev/null || die "moto_server not on PATH after pip install"
+  fi
+}
+
+# mfusepy: the Python binding of libfuse 3 that scripts/powercut_fs.py (a file system losing
+# what was not fsynced: power cuts in tests/up_live.rs) is written with.
+MFUSEPY_VERSION=3.1.1
+install_mfusepy() {
+  if [[ $(python3 -c 'import importlib.metadata as m; print(m.version("mfusepy"))' 2>/dev/null) != "$MFUSEPY_VERSION" ]]; then
+    log "pip install mfusepy==$MFUSEPY_VERSION"
+    python3 -m pip install -q --disable-pip-version-check "mfusepy==$MFUSEPY_VERSION" 2>&1 | grep -v 'WARNING: Running pip as' >&2 || true
+    python3 -c 'import mfusepy' || die "mfusepy not importable after pip install"
   fi
 }
 
@@ -112,6 +125,7 @@ install_kafka() {
 cmd_install() {
   install_apt
   install_moto
+  install_mfusepy
   install_chdb
   install_kafka
   install_grpcurl

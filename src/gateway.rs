@@ -354,11 +354,18 @@ pub fn console_token(data_dir: &Path, tenant: &str) -> Result<String> {
 /// The HS256 secret of `pitboss up`'s gateway: created on first use.
 pub fn up_secret(data_dir: &Path) -> Result<PathBuf> {
     let path = data_dir.join("gateway-jwt-secret");
-    if path.exists() {
-        return Ok(path);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > 0 => return Ok(path),
+        // Empty: made by a build that did not sync it, and the power went before the OS wrote
+        // it back. The secret was never kept: a new one is made (tokens signed with the lost
+        // one are refused, as after any change of secret).
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "the gateway's secret file is empty: a new secret is made")
+        }
+        Err(_) => {}
     }
     let secret = hex::encode(rand::random::<[u8; 32]>());
-    crate::write_private(&path, &secret)?;
+    crate::write_durably(&path, secret.as_bytes(), true)?;
     Ok(path)
 }
 

@@ -918,7 +918,10 @@ async fn ensure_topic(bus: &dyn Bus, topic: &str, partitions: u32) -> Result<()>
 fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<bool> {
     let path = data_dir.join("bus");
     let recorded = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(text.trim().to_owned()),
+        Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+        // Empty: written by a build that did not sync it, and the power went before the OS
+        // wrote it back. Worked out again, as for a directory made before the file.
+        Ok(_) => data_dir.join("log").exists().then(|| "embedded".to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Made before this file existed, when the embedded log was the only bus.
             data_dir.join("log").exists().then(|| "embedded".to_owned())
@@ -1027,9 +1030,11 @@ fn split_of_state_files(data_dir: &Path) -> Option<u32> {
 
 /// Records the bus of a data directory (see [`check_data_dir_bus`]).
 fn record_data_dir_bus(data_dir: &Path, identity: &str) -> Result<()> {
-    let path = data_dir.join("bus");
-    std::fs::write(&path, format!("{identity}\n"))
-        .with_context(|| format!("writing {}", path.display()))
+    write_durably(
+        &data_dir.join("bus"),
+        format!("{identity}\n").as_bytes(),
+        false,
+    )
 }
 
 /// The runtime the processors of `pitboss up` run on, its threads (workers and blocking pool)
@@ -1114,30 +1119,61 @@ fn load_config(path: &Path) -> Result<IngestConfig> {
 /// can read, never logged.
 fn demo_key(data_dir: &Path, tenant: &str) -> Result<(String, PathBuf)> {
     let path = data_dir.join(format!("{tenant}-api-key"));
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok((existing.trim().to_owned(), path));
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if !existing.trim().is_empty() => {
+            return Ok((existing.trim().to_owned(), path));
+        }
+        // Empty: made by a build that did not sync it, and the power went before the OS wrote
+        // it back. The key was never kept: a new one is made.
+        Ok(_) => {
+            tracing::warn!(file = %path.display(), "the API key file is empty: a new key is made")
+        }
+        Err(_) => {}
     }
     let key = format!("pb_{tenant}_{}", hex::encode(rand::random::<[u8; 24]>()));
-    write_private(&path, &key)?;
+    write_durably(&path, key.as_bytes(), true)?;
     Ok((key, path))
 }
 
-/// Creates `path` with `content`, readable by its owner only; fails if it exists.
-fn write_private(path: &Path, content: &str) -> Result<()> {
+/// Writes `content` to `path` so that a crash or a power cut leaves either no file (or the one
+/// before) or all of `content`, never an empty or partial file: a temporary file beside it,
+/// fsynced, renamed over `path`, and the directory fsynced. `private`: readable by its owner
+/// only (keys, secrets).
+fn write_durably(path: &Path, content: &[u8], private: bool) -> Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    // Left by a crash: made again, so that it gets this call's mode.
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    {
-        use std::io::Write;
+    if private {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(content.as_bytes())?;
+        options.mode(0o600);
     }
     #[cfg(not(unix))]
-    std::fs::write(path, content)?;
+    let _ = private;
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(content)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", dir.display()))?;
+    }
     Ok(())
 }
 
@@ -1462,8 +1498,7 @@ async fn up(
         if let Some(start) = start {
             c.consumer.start = start;
         }
-        let path = data_dir.join("rules-shards");
-        std::fs::write(&path, record).with_context(|| format!("writing {}", path.display()))?;
+        write_durably(&data_dir.join("rules-shards"), record.as_bytes(), false)?;
     }
     let engines = match antifraud {
         Some(c) if rules_shards > 1 => (0..rules_shards)

@@ -119,11 +119,24 @@ fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Up, String, String) {
         .arg(data_dir)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Its log, drained; a start that fails shows its refusal (the last line).
+    let errors = BufReader::new(child.stderr.take().unwrap());
+    let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let keep = last.clone();
+    std::thread::spawn(move || {
+        for line in errors.lines().map_while(Result::ok) {
+            *keep.lock().unwrap() = line;
+        }
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    let Some(Ok(first)) = lines.next() else {
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        panic!("`pitboss up` did not start: {}", last.lock().unwrap());
+    };
     let addr = first
         .strip_prefix("Pitboss is up: http://")
         .unwrap_or_else(|| panic!("{first}"))
@@ -335,14 +348,13 @@ fn expected_shared(events: &[serde_json::Value]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Posts `batch` until it is answered 200 (the server may be down between kills); false when
-/// it was never answered within the deadline.
+/// Posts `batch`: Ok once it is answered 200, else what came back instead.
 async fn post_until_answered(
     client: &reqwest::Client,
     addr: &str,
     key: &str,
     batch: &[serde_json::Value],
-) -> bool {
+) -> Result<(), String> {
     match client
         .post(format!("http://{addr}/v1/events"))
         .bearer_auth(key)
@@ -350,8 +362,13 @@ async fn post_until_answered(
         .send()
         .await
     {
-        Ok(r) => r.status() == 200,
-        Err(_) => false,
+        Ok(r) if r.status() == 200 => Ok(()),
+        Ok(r) => Err(format!(
+            "{}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -363,6 +380,18 @@ async fn post_until_answered(
 async fn up_raises_exactly_the_scripted_alerts_through_five_sigkills() {
     let dir = scripted_alerts_through_five_sigkills_of_up(&[]).await;
     assert!(dir.path().join("antifraud.db").exists());
+}
+
+/// The same across power cuts: the data directory is on a file system that keeps what is
+/// written in memory until it is fsynced (`scripts/powercut_fs.py`), and each stop kills the
+/// process and that file system together, so only what was fsynced survives, as after the power
+/// goes. Every event answered `accepted` is stored once, and the alerts and pushes are exactly
+/// the pure engine's (docs/bus.md, docs/processor.md, docs/rules.md: acknowledged events, the
+/// store's rows and offsets, the engine's log and state survive a power cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_raises_exactly_the_scripted_alerts_through_five_power_cuts() {
+    let dir = scripted_alerts_through_five_stops_of_up(&[], Stop::PowerCut).await;
+    assert!(dir.path().join("disk/antifraud.db").exists());
 }
 
 /// The same with the rules split over three engines in the process (`--rules-shards 3`): the
@@ -379,8 +408,94 @@ async fn up_with_split_rules_engines_raises_exactly_the_scripted_alerts_through_
     assert!(!dir.path().join("antifraud.db").exists());
 }
 
+/// How a round of [`scripted_alerts_through_five_stops_of_up`] ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGKILL: the process dies, what it wrote stays in the OS's cache.
+    Kill,
+    /// A power cut: the data directory is on `scripts/powercut_fs.py`, and the process and the
+    /// file system are SIGKILLed together, so nothing that was not fsynced survives.
+    PowerCut,
+}
+
+/// A data directory on `scripts/powercut_fs.py`: `mnt` shows `disk` with what is written held
+/// in the file system's memory until it is fsynced.
+struct Mounted {
+    fs: Child,
+    mnt: std::path::PathBuf,
+}
+
+impl Mounted {
+    fn new(disk: &std::path::Path, mnt: &std::path::Path) -> Mounted {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::create_dir_all(disk).unwrap();
+        std::fs::create_dir_all(mnt).unwrap();
+        let parent = std::fs::metadata(mnt.parent().unwrap()).unwrap().dev();
+        let fs = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/powercut_fs.py"
+            ))
+            .args([disk, mnt])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut mounted = Mounted {
+            fs,
+            mnt: mnt.to_owned(),
+        };
+        let start = Instant::now();
+        while std::fs::metadata(mnt).unwrap().dev() == parent {
+            assert!(
+                mounted.fs.try_wait().unwrap().is_none(),
+                "scripts/powercut_fs.py exited (fuse3 and mfusepy are installed by scripts/stack.sh)"
+            );
+            assert!(start.elapsed() < Duration::from_secs(30), "not mounted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mounted
+    }
+
+    /// The power goes: the file system dies with what it held, and is unmounted.
+    fn cut(&mut self) {
+        let _ = self.fs.kill();
+        let _ = self.fs.wait();
+        let out = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fusermount3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if matches!(self.fs.try_wait(), Ok(None)) {
+            self.cut();
+        }
+    }
+}
+
 async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile::TempDir {
+    scripted_alerts_through_five_stops_of_up(extra, Stop::Kill).await
+}
+
+/// The scripted day posted to `pitboss up`, stopped five times by `stop`: afterwards the store
+/// holds every event once and exactly the alerts and pushes the pure engine raises. Returns the
+/// directory whose `disk` (power cuts) or itself (kills) is the data directory.
+async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
+    // Where `pitboss up` writes (a mount of the disk for power cuts) and where it is read after.
+    let (disk, mnt) = match stop {
+        Stop::Kill => (dir.path().to_owned(), dir.path().to_owned()),
+        Stop::PowerCut => (dir.path().join("disk"), dir.path().join("mnt")),
+    };
     let now = pitboss_model::Timestamp::now().as_millis();
     let mut parts = pitboss_antifraud::scenario::script("demo", now, 300, 3);
     // Multi-accounting across partitions (and, split, across shards): which account raises the
@@ -426,8 +541,11 @@ async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile
         // Snapshots every 700 ms: some kills land after one, most with batches logged since.
         let mut args = vec!["--snapshot-interval-ms", "700", "--save-slice-units", "20"];
         args.extend(extra);
-        let (mut child, addr) = up_with(dir.path(), &args);
-        let key = std::fs::read_to_string(dir.path().join("demo-api-key"))
+        // The last round runs on the disk itself: what the cuts left there.
+        let mut mounted = (stop == Stop::PowerCut && round < 5).then(|| Mounted::new(&disk, &mnt));
+        let data = if mounted.is_some() { &mnt } else { &disk };
+        let (mut child, addr) = up_with(data, &args);
+        let key = std::fs::read_to_string(data.join("demo-api-key"))
             .unwrap()
             .trim()
             .to_owned();
@@ -438,19 +556,21 @@ async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile
             (next + batches.len() / 6).min(batches.len())
         };
         while next < until {
-            assert!(
-                post_until_answered(&client, &addr, &key, batches[next]).await,
-                "round {round}: batch {next} not answered"
-            );
+            if let Err(e) = post_until_answered(&client, &addr, &key, batches[next]).await {
+                panic!("round {round}: batch {next} not answered: {e}");
+            }
             next += 1;
         }
         if round == 5 {
             let start = Instant::now();
             loop {
-                let n = sql(dir.path(), "SELECT count(*) AS n FROM alerts")[0]["n"]
-                    .as_u64()
-                    .unwrap();
-                if n as usize >= want_alerts.len() + want_shared.len()
+                let row = &sql(
+                    &disk,
+                    "SELECT (SELECT count(*) FROM alerts) AS n, (SELECT count(*) FROM events) AS e",
+                )[0];
+                let (n, e) = (row["n"].as_u64().unwrap(), row["e"].as_u64().unwrap());
+                if (n as usize >= want_alerts.len() + want_shared.len()
+                    && e as usize >= events.len())
                     || start.elapsed() > Duration::from_secs(120)
                 {
                     break;
@@ -463,16 +583,42 @@ async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile
             break;
         }
         // Killed while the engine works through what was just posted, or soon after: before
-        // or after its next snapshot.
+        // or after its next snapshot; and while the next batches are being posted, so that one
+        // is in flight. A batch not answered is posted again after the restart, as a client
+        // retries (the same ids); one answered must survive.
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let poster = {
+            let (client, addr, key, answered) =
+                (client.clone(), addr.clone(), key.clone(), answered.clone());
+            let ahead: Vec<Vec<serde_json::Value>> =
+                batches[next..].iter().map(|b| b.to_vec()).collect();
+            tokio::spawn(async move {
+                for batch in &ahead {
+                    if post_until_answered(&client, &addr, &key, batch)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
         let wait = rand::rng().random_range(0..900);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        rounds.push(stored(dir.path())[0]);
+        if let Some(m) = mounted.as_mut() {
+            m.cut();
+        }
+        poster.abort();
+        let _ = poster.await;
+        next += answered.load(std::sync::atomic::Ordering::SeqCst);
+        rounds.push(stored(&disk)[0]);
     }
 
     let ids = |q: &str, col: &str| -> Vec<String> {
-        sql(dir.path(), q)
+        sql(&disk, q)
             .iter()
             .map(|r| r[col].as_str().unwrap().to_owned())
             .collect()
@@ -483,6 +629,18 @@ async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile
         "alert_id",
     );
     let pushes = ids("SELECT push_id FROM pushes ORDER BY push_id", "push_id");
+    // Every event was answered accepted: each is stored, once.
+    let posted: BTreeSet<String> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(posted.len(), events.len());
+    let kept = ids("SELECT event_id FROM events ORDER BY event_id", "event_id");
+    assert_eq!(
+        kept,
+        posted.into_iter().collect::<Vec<_>>(),
+        "events stored once each"
+    );
     assert_eq!(
         alerts,
         want_alerts.iter().cloned().collect::<Vec<_>>(),
@@ -492,7 +650,7 @@ async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile
     // Each pattern's player raised its rule, and nobody else raised anything.
     // One alert per shared device and address, on one of the accounts that shared it.
     let shared_raised: Vec<(String, String, String)> = sql(
-        dir.path(),
+        &disk,
         "SELECT rule_id, group_key, player_id FROM alerts \
          WHERE rule_id LIKE 'fraud.multi_accounting%' ORDER BY rule_id, group_key",
     )
@@ -521,7 +679,7 @@ async fn scripted_alerts_through_five_sigkills_of_up(extra: &[&str]) -> tempfile
         );
     }
     let raised: BTreeSet<(String, String)> = sql(
-        dir.path(),
+        &disk,
         "SELECT DISTINCT rule_id, player_id FROM alerts \
          WHERE rule_id NOT LIKE 'fraud.multi_accounting%'",
     )
@@ -625,7 +783,9 @@ async fn an_operator_console_sees_alerts_live_and_resumes_after_a_sigkill_with_e
     .await;
     assert_eq!(frame(&mut ws).await["type"], "subscribed");
     for batch in first.chunks(40) {
-        assert!(post_until_answered(&client, &addr, &key, batch).await);
+        post_until_answered(&client, &addr, &key, batch)
+            .await
+            .unwrap();
     }
     // Live: every alert of the first half, each acknowledged as it arrives.
     let mut seen = BTreeSet::new();
@@ -663,7 +823,9 @@ async fn an_operator_console_sees_alerts_live_and_resumes_after_a_sigkill_with_e
 
     let (mut child, addr, gateway) = up_full(dir.path(), &["--snapshot-interval-ms", "500"]);
     for batch in second.chunks(40) {
-        assert!(post_until_answered(&client, &addr, &key, batch).await);
+        post_until_answered(&client, &addr, &key, batch)
+            .await
+            .unwrap();
     }
     let start = Instant::now();
     while (sql(dir.path(), "SELECT count(*) AS n FROM alerts")[0]["n"]
@@ -790,10 +952,9 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
             (next + batches.len() / 4).min(batches.len())
         };
         while next < until {
-            assert!(
-                post_until_answered(&client, &addr, &key, batches[next]).await,
-                "round {round}: batch {next} not answered"
-            );
+            if let Err(e) = post_until_answered(&client, &addr, &key, batches[next]).await {
+                panic!("round {round}: batch {next} not answered: {e}");
+            }
             next += 1;
         }
         match round {
@@ -919,7 +1080,9 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
     let own: Vec<serde_json::Value> = (100..108)
         .map(|i| pitboss_testkit::client_bet(i, &at))
         .collect();
-    assert!(post_until_answered(&client, &addr, &key, &own).await);
+    post_until_answered(&client, &addr, &key, &own)
+        .await
+        .unwrap();
     let count = |db: String| {
         let clickhouse = clickhouse.clone();
         async move {
