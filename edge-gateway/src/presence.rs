@@ -149,11 +149,18 @@ struct Instance {
     next: Option<Pending>,
 }
 
+/// How far a previous process's clock may run ahead of this one's (a restart on another host)
+/// before its last records read as another process with this id.
+const RESTART_SKEW_MS: i64 = 2_000;
+
 /// What the other instances said, by instance.
 #[derive(Debug)]
 pub struct Cluster {
     own: String,
     own_boot: String,
+    /// When this process started (ms): records with its id dated before are its previous
+    /// process's.
+    own_start_ms: i64,
     ttl_ms: i64,
     instances: HashMap<String, Instance>,
     /// Records with this instance's id from another process were seen (a misconfiguration).
@@ -177,6 +184,8 @@ impl Cluster {
         Cluster {
             own: own.to_owned(),
             own_boot: own_boot.to_owned(),
+            // The boot is the start's time, ms in base 36 ([`crate::server::GatewayState::boot`]).
+            own_start_ms: i64::from_str_radix(own_boot, 36).unwrap_or(0),
             ttl_ms,
             instances: HashMap::new(),
             id_conflicts: 0,
@@ -189,7 +198,9 @@ impl Cluster {
             return Applied::Invalid;
         }
         if s.gateway == self.own {
-            if s.boot == self.own_boot {
+            // This process's own, or its previous process's (dated before this one started: a
+            // restart reads them back from the bus) are no conflict.
+            if s.boot == self.own_boot || s.at_ms <= self.own_start_ms + RESTART_SKEW_MS {
                 return Applied::Taken;
             }
             self.id_conflicts += 1;
@@ -579,9 +590,28 @@ mod tests {
         let mut c = Cluster::new("me", "0", 15_000);
         let own = parts("me", "0", 1000, vec![room("room:t:a", &["p1"])]).remove(0);
         assert_eq!(c.apply(own, 1000), Applied::Taken);
-        let other = parts("me", "9", 1000, vec![room("room:t:a", &["p1"])]).remove(0);
-        assert_eq!(c.apply(other, 1000), Applied::IdConflict);
-        assert_eq!(c.room("room:t:a", 1000).0, 0);
+        let other = parts("me", "9", 5000, vec![room("room:t:a", &["p1"])]).remove(0);
+        assert_eq!(c.apply(other, 5000), Applied::IdConflict);
+        assert_eq!(c.room("room:t:a", 5000).0, 0);
+    }
+
+    #[test]
+    fn the_previous_process_of_a_restarted_instance_is_no_conflict() {
+        // Started at 100,000 ms ("255s" in base 36); the previous process published until
+        // just before, and its records are read back on start.
+        let boot = crate::server::base36(100_000);
+        let mut c = Cluster::new("me", &boot, 15_000);
+        let before = parts("me", "1", 99_000, vec![room("room:t:a", &["p1"])]).remove(0);
+        assert_eq!(c.apply(before, 100_100), Applied::Taken);
+        assert_eq!(c.id_conflicts, 0);
+        assert_eq!(
+            c.room("room:t:a", 100_100).0,
+            0,
+            "its own figures are exact"
+        );
+        // A process with this id still publishing after this one started is one.
+        let later = parts("me", "1", 105_000, vec![room("room:t:a", &["p1"])]).remove(0);
+        assert_eq!(c.apply(later, 105_000), Applied::IdConflict);
     }
 
     #[test]
