@@ -276,6 +276,13 @@ pub struct Hub {
     /// Acks in the order read, with their bus time: forgotten once older than an alert stays
     /// open (or past [`Hub::acked_max`]).
     acked_order: VecDeque<(i64, Arc<str>)>,
+    /// The same, per operator channel: what a console resuming there may have missed, whether
+    /// or not the alert is still held (keys no longer in `acked` are skipped, and trimmed from
+    /// the front).
+    acked_in: HashMap<Arc<str>, VecDeque<Arc<str>>>,
+    /// The alert (`tenant` + `id`) each remembered ack (`tenant` + `ack_id`) closed: an
+    /// `ack_id` used again for another alert is refused.
+    ack_ids: HashMap<Arc<str>, Arc<str>>,
     /// Alerts gone from the history but not acknowledged, per operator channel, oldest first
     /// (an entry acknowledged since stays until it reaches the front: see `open_ids`).
     open: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
@@ -294,6 +301,9 @@ struct Acked {
     outcome: pitboss_model::live::AckOutcome,
     operator_id: Box<str>,
     acked_at: pitboss_model::Timestamp,
+    /// Where the alert is on the bus, once read (before or after its ack: a restarting
+    /// instance reads both topics at once): a console whose cursor is at or past it had it.
+    at: Option<(Partition, Position)>,
 }
 
 impl Acked {
@@ -335,6 +345,8 @@ impl Hub {
             conns: HashMap::new(),
             acked: HashMap::new(),
             acked_order: VecDeque::new(),
+            acked_in: HashMap::new(),
+            ack_ids: HashMap::new(),
             open: HashMap::new(),
             open_ids: HashSet::new(),
             last_tick_ms: i64::MIN,
@@ -539,9 +551,16 @@ impl Hub {
         let key = scoped(channel.tenant_id(), &id);
         // A copy of an alert that left the history acknowledged, or open (a republished batch,
         // an engine taking over, a restart reading the open span): the same alert, not new.
+        // An acknowledged one read for the first time (a restart read its ack first) gives
+        // the ack its place, for consoles resuming.
         if kind == MessageType::Alert
             && (self.acked.contains_key(&key) || self.open_ids.contains(&key))
         {
+            if let Some(a) = self.acked.get_mut(&key)
+                && a.at.is_none()
+            {
+                a.at = Some((r.partition, r.position.clone()));
+            }
             applied.duplicates += 1;
             return;
         }
@@ -741,6 +760,7 @@ impl Hub {
                 self.acked.remove(&id);
             }
         }
+        self.trim_acked_in();
         let ids = &mut self.open_ids;
         self.open.retain(|_, q| {
             while let Some(f) = q.front() {
@@ -807,15 +827,32 @@ impl Hub {
                 continue;
             }
             self.open_ids.remove(&id);
+            let channel: Arc<str> = ChannelName::Operator {
+                tenant_id: ack.tenant_id.clone(),
+            }
+            .to_string()
+            .into();
+            let at = match self.acked.get(&id) {
+                Some(a) => a.at.clone(),
+                None => self.place_of(&channel, &id),
+            };
             let known = Acked {
                 ack_id: ack.ack_id.as_str().into(),
                 outcome: ack.outcome,
                 operator_id: ack.operator_id.as_str().into(),
                 acked_at: ack.acked_at,
+                at,
             };
             self.tell_acked(&ack, &known);
-            if self.acked.insert(id.clone(), known).is_none() {
-                self.acked_order.push_back((r.timestamp_ms, id));
+            self.ack_ids
+                .insert(scoped(&ack.tenant_id, &ack.ack_id), id.clone());
+            if let Some(old) = self.acked.insert(id.clone(), known) {
+                // Replaced by a later ack: the earlier ack id no longer names it.
+                let tenant = id.split_once('\u{1f}').map_or("", |(t, _)| t);
+                self.ack_ids.remove(&scoped(tenant, &old.ack_id));
+            } else {
+                self.acked_order.push_back((r.timestamp_ms, id.clone()));
+                self.acked_in.entry(channel).or_default().push_back(id);
                 n += 1;
             }
         }
@@ -825,7 +862,33 @@ impl Hub {
                 self.acked.remove(&old);
             }
         }
+        self.trim_acked_in();
         n
+    }
+
+    /// Where alert `key` of operator channel `channel` is on the bus, if this instance holds
+    /// it (in the history or open past it).
+    fn place_of(&self, channel: &Arc<str>, key: &Arc<str>) -> Option<(Partition, Position)> {
+        let held = self.channels.get(channel).map(|ch| ch.history.iter());
+        let open = self.open.get(channel).map(|q| q.iter());
+        held.into_iter()
+            .flatten()
+            .chain(open.into_iter().flatten())
+            .find(|e| e.key == *key)
+            .map(|e| (e.partition, e.position.clone()))
+    }
+
+    /// Drops, per operator channel, the acks no longer remembered (oldest first, as they go),
+    /// and their ack ids.
+    fn trim_acked_in(&mut self) {
+        let acked = &self.acked;
+        self.ack_ids.retain(|_, key| acked.contains_key(key));
+        self.acked_in.retain(|_, q| {
+            while q.front().is_some_and(|k| !acked.contains_key(k)) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
     }
 
     /// Registers a connection; `kill` is how the hub closes it (slow consumer).
@@ -933,22 +996,37 @@ impl Hub {
         // history or older, open until acknowledged); an alert acknowledged before the client
         // saw it is not sent at all.
         let resume = recoverable && since.is_some();
-        let had = |e: &Entry| {
-            since
-                .as_ref()
-                .is_some_and(|s| s.get(&e.partition).is_some_and(|pos| e.position <= *pos))
-        };
-        let mut acks: Vec<(Arc<str>, &Acked)> = Vec::new();
+        // Every ack of the channel whose alert is at or before the cursor, held or not (an
+        // alert older than the history, acknowledged, or read back after its ack by a
+        // restarted instance), in the order they came.
+        let mut acks: Vec<(&str, &Acked)> = Vec::new();
+        if is_operator
+            && resume
+            && let Some(q) = self.acked_in.get(&name)
+        {
+            let had_at = |(p, pos): &(Partition, Position)| {
+                since
+                    .as_ref()
+                    .is_some_and(|s| s.get(p).is_some_and(|c| pos <= c))
+            };
+            for key in q {
+                if let Some(a) = self.acked.get(key)
+                    && a.at.as_ref().is_some_and(had_at)
+                {
+                    // The alert id is the key's part after the tenant.
+                    let id = key.split_once('\u{1f}').map_or(&**key, |(_, id)| id);
+                    acks.push((id, a));
+                }
+            }
+        }
         // Alerts that left the history unacknowledged come first (they are older than it).
         if is_operator && let Some(q) = self.open.get(&name) {
             for e in q {
                 if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
                     continue;
                 }
-                match self.acked.get(&e.key) {
-                    None if self.open_ids.contains(&e.key) => replay.push(e.clone()),
-                    Some(a) if resume && had(e) => acks.push((e.id.clone(), a)),
-                    _ => {}
+                if !self.acked.contains_key(&e.key) && self.open_ids.contains(&e.key) {
+                    replay.push(e.clone());
                 }
             }
         }
@@ -964,20 +1042,15 @@ impl Hub {
             let missed = since.as_ref().is_some_and(|s| {
                 recoverable && s.get(&e.partition).is_none_or(|pos| e.position > *pos)
             });
-            match acked {
-                None if missed || is_operator => replay.push(e.clone()),
-                Some(a) if resume && had(e) => acks.push((e.id.clone(), a)),
-                _ => {}
+            if acked.is_none() && (missed || is_operator) {
+                replay.push(e.clone());
             }
         }
         // At most as many as the replay (the newest), like it.
         if acks.len() > self.config.max_replay {
             acks.drain(..acks.len() - self.config.max_replay);
         }
-        let acks: Vec<Text> = acks
-            .into_iter()
-            .map(|(id, a)| a.frame(&name, &id))
-            .collect();
+        let acks: Vec<Text> = acks.into_iter().map(|(id, a)| a.frame(&name, id)).collect();
         let mut recovery = match (&since, recoverable) {
             (None, _) => Recovery::None,
             (Some(_), true) => Recovery::Complete,
@@ -1193,6 +1266,13 @@ impl Hub {
         self.acked
             .get(&scoped(tenant, alert_id))
             .is_some_and(|a| *a.ack_id == *ack_id)
+    }
+
+    /// The alert id another of `tenant`'s acks with `ack_id` closed, if it is not `alert_id`.
+    pub fn ack_id_taken(&self, tenant: &str, ack_id: &str, alert_id: &str) -> Option<String> {
+        let key = self.ack_ids.get(&scoped(tenant, ack_id))?;
+        let id = key.split_once('\u{1f}').map_or(&**key, |(_, id)| id);
+        (id != alert_id).then(|| id.to_owned())
     }
 
     /// How many messages the history holds (alerts, pushes).
@@ -1869,6 +1949,76 @@ mod tests {
 
     /// The same for an alert that had left the history (open until acknowledged): a console
     /// resuming gets its ack too.
+    /// A restarted instance reads `alerts` and `alert_acks` at once, so an ack may come before
+    /// its alert, and an acknowledged alert is then never held (neither in the history nor open
+    /// past it). A console resuming there is still told of every ack of an alert it had, as on
+    /// the instance that ran all along, whichever topic the restart read first; also once the
+    /// acknowledged alerts have left the open queue.
+    #[test]
+    fn a_restarted_instance_tells_a_resuming_console_of_the_acks_whatever_it_read_first() {
+        let config = HubConfig {
+            history_max: 2,
+            ..HubConfig::default()
+        };
+        let mut log = Log::default();
+        let alerts: Vec<_> = (1..=4).map(live::alert).collect();
+        let tenant = alerts[0].tenant_id.clone();
+        let ch = channel(&format!("operator:{tenant}"));
+        let recs: Vec<_> = alerts.iter().map(|a| log.record(a)).collect();
+        // The console's cursor, from the instance before the restart.
+        let mut before = hub(config.clone());
+        before.apply(MessageType::Alert, &recs, now());
+        let mut c = connect(&mut before, 1, "anna", 64);
+        before.subscribe(1, &ch, None, None, now()).unwrap();
+        let cursor = c.frames().last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // While it is away: alert 0 (open past the history) and alert 2 (in it) acknowledged.
+        let acks: Vec<_> = [0, 2]
+            .iter()
+            .map(|&i| {
+                let mut ack = live::ack(i as u64);
+                ack.alert_id = alerts[i].alert_id.clone();
+                log.record(&ack)
+            })
+            .collect();
+        for acks_first in [true, false] {
+            let mut h = hub(config.clone());
+            if acks_first {
+                h.apply_acks(&acks);
+                h.apply(MessageType::Alert, &recs, now());
+            } else {
+                h.apply(MessageType::Alert, &recs, now());
+                h.apply_acks(&acks);
+            }
+            // Acknowledged alerts leave the open queue.
+            h.tick(now() + 1);
+            let mut c = connect(&mut h, 2, "anna", 64);
+            h.subscribe(2, &ch, Some(&cursor), None, now()).unwrap();
+            let frames = c.frames();
+            let mut acked: Vec<&str> = frames
+                .iter()
+                .filter(|f| f["type"] == "alert_acked")
+                .map(|f| f["alert_id"].as_str().unwrap())
+                .collect();
+            acked.sort_unstable();
+            let mut want = [0, 2].map(|i| alerts[i].alert_id.as_str());
+            want.sort_unstable();
+            assert_eq!(acked, want, "acks first: {acks_first}: {frames:?}");
+            let messages: Vec<&str> = frames
+                .iter()
+                .filter(|f| f["type"] == "message")
+                .map(|f| f["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                messages,
+                [1, 3].map(|i| alerts[i].alert_id.as_str()),
+                "acks first: {acks_first}: the open ones"
+            );
+        }
+    }
+
     #[test]
     fn a_console_resuming_gets_the_ack_of_an_alert_older_than_the_history() {
         let mut h = hub(HubConfig {

@@ -775,6 +775,21 @@ async fn handle(
                     ProtocolError::new("forbidden", "only operators acknowledge alerts"),
                 );
             }
+            // An ack id already used for another alert: a second record under it would replace
+            // that ack where acks are stored one per id.
+            if let Some(a) = &ack_id
+                && let Some(other) = lock(&st.hub).ack_id_taken(&claims.tenant, a, &alert_id)
+            {
+                return fail(
+                    cs,
+                    ProtocolError::new(
+                        "invalid_ack",
+                        format!(
+                            "ack_id {a} already acknowledged alert {other}: a retry repeats the same alert; another alert needs its own ack_id"
+                        ),
+                    ),
+                );
+            }
             // A retry of an ack already read back from the bus (the first answer was lost, or
             // was `bus_unavailable` though the record was stored): the same ack, not a second
             // record (which would move its time and could drop its note).

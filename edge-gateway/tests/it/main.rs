@@ -315,9 +315,33 @@ async fn an_unconfirmed_ack_names_its_ack_id_and_a_retry_with_it_is_the_same_ack
     );
     drop(ops);
     let a2 = env.publish_alert("acme", "p2").await.2;
+    env.wait_until(|| async { gw.history_len().0 == 2 }).await;
     let mut ops = gw.connect(&token).await;
     let got = ops.subscribe_collect("operator:acme", None).await;
-    assert_eq!(got.replayed, vec![a2], "the acked alert is not replayed");
+    assert_eq!(
+        got.replayed,
+        vec![a2.clone()],
+        "the acked alert is not replayed"
+    );
+    // The same ack_id for another alert is refused: acks are stored one per ack id, so it
+    // would replace the first.
+    let reply = ops
+        .request(json!({"type": "ack", "id": 7, "alert_id": a2, "outcome": "confirmed", "ack_id": ack_id}))
+        .await;
+    assert_eq!(
+        (
+            reply["type"].as_str(),
+            reply["code"].as_str(),
+            reply["id"].as_i64()
+        ),
+        (Some("error"), Some("invalid_ack"), Some(7)),
+        "{reply}"
+    );
+    assert!(reply["message"].as_str().unwrap().contains(&a1), "{reply}");
+    let acks = env
+        .read_all::<pitboss_model::live::AlertAck>("alert_acks")
+        .await;
+    assert_eq!(acks.len(), 1, "nothing written: {acks:?}");
 }
 
 /// An alert older than the history and not acknowledged is still delivered on subscribe — also
