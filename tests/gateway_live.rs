@@ -17,19 +17,11 @@ use futures::{SinkExt, StreamExt};
 use pitboss_bus::{BusSpec, OutRecord, header};
 use pitboss_gateway::Role;
 use pitboss_model::live::{LiveMessage, Target};
+use pitboss_testkit::free_port;
 use tokio_tungstenite::tungstenite::Message;
 
 const PLAYERS: usize = 24;
 const SECRET: &str = "nginx-failover-test-secret-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Killed(Child);
 impl Drop for Killed {
     fn drop(&mut self) {

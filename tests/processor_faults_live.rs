@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use pitboss_bus::kafka::{KafkaBus, KafkaConfig};
 use pitboss_bus::{Bus, OutRecord, header};
 use pitboss_model::live::LiveMessage;
+use pitboss_testkit::free_port;
 use pitboss_testkit::live;
 use rand::Rng;
 
@@ -190,15 +191,6 @@ impl Drop for Children {
             let _ = c.wait();
         }
     }
-}
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The rules engine over Kafka, SIGKILLed five times at random moments while a scripted day of

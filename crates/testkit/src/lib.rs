@@ -20,6 +20,31 @@ fn required(var: &str, what: &str) -> String {
     }
 }
 
+/// A loopback port free now, for a process a test starts on it (or restarts on it), below the
+/// kernel's ephemeral range and never handed out twice by this process. A port the kernel
+/// hands out for `127.0.0.1:0` (the usual pick) can be handed out again, between its release
+/// and the child's bind, to anything that binds port 0 meanwhile (another test's server: one
+/// CI run's gateway found another test's server on its port and got 404), or be taken by an
+/// outgoing connection.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(10_001);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1_000 {
+        let port = rand::rng().random_range(10_000..low);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port below {low} in 1,000 tries")
+}
+
 /// Kafka bootstrap servers (one broker).
 pub fn kafka() -> String {
     required("PITBOSS_TEST_KAFKA", "a Kafka broker")
