@@ -204,6 +204,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
                 spec.clone(),
                 tx.clone(),
                 stop_rx.clone(),
+                FirstConnect::Fatal,
             ));
         }
         for ready in starting {
@@ -231,6 +232,9 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     let mut sent_wall: HashMap<String, i64> = HashMap::new();
     let mut expected: Vec<Expected> = Vec::new();
     let mut pattern_players: HashSet<String> = HashSet::new();
+    // Players some of whose events were not accepted (a request failed: the server restarting):
+    // what their patterns would raise is not expected of the server.
+    let mut unsent_players: HashSet<String> = HashSet::new();
     let mut next_socket = live.operators + live.sockets;
     let (mut accepted, mut refused, mut failed_requests) = (0u64, 0u64, 0u64);
     let started = Instant::now();
@@ -261,15 +265,22 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
                     spec,
                     tx.clone(),
                     stop_rx.clone(),
+                    FirstConnect::Retried,
                 ));
             }
         }
         expected.extend(fresh);
+        // The pattern's events wait for its player's socket: through a gateway restart, until
+        // it is back (or the run is over).
         for ready in starting {
-            match ready.await {
-                Ok(Ok(())) => connected += 1,
-                Ok(Err(e)) => bail!("{e}"),
-                Err(_) => bail!("a socket task ended before connecting"),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left.max(CONNECT_TIMEOUT), ready).await {
+                Ok(Ok(Ok(()))) => connected += 1,
+                Ok(Ok(Err(e))) => bail!("{e}"),
+                Ok(Err(_)) => bail!("a socket task ended before connecting"),
+                Err(_) => bail!(
+                    "the gateway at {ws_url} did not take a pattern player's socket before the run ended"
+                ),
             }
         }
         for batch in events.chunks(2000) {
@@ -292,10 +303,12 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
                 }
                 Ok(resp) => {
                     failed_requests += 1;
+                    unsent_players.extend(players_of(batch));
                     progress.println(format!("ingest answered {}", resp.status()));
                 }
                 Err(e) => {
                     failed_requests += 1;
+                    unsent_players.extend(players_of(batch));
                     progress.println(format!("ingest request failed: {e}"));
                 }
             }
@@ -318,8 +331,12 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
     let settle_until = Instant::now() + Duration::from_secs(live.settle_secs);
     let due: Vec<&Expected> = expected
         .iter()
-        .filter(|x| x.due_ms <= advanced_to)
+        .filter(|x| x.due_ms <= advanced_to && !unsent_players.contains(&x.player))
         .collect();
+    let unsent = expected
+        .iter()
+        .filter(|x| x.due_ms <= advanced_to && unsent_players.contains(&x.player))
+        .count();
     loop {
         while let Ok(r) = rx.try_recv() {
             received.push(r);
@@ -372,7 +389,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
         args.rate, live.operators
     );
     println!(
-        "requests: {failed_requests} failed; events refused: {refused}; patterns injected: {} ({} due)",
+        "requests: {failed_requests} failed; events refused: {refused}; patterns injected: {} ({} due, {unsent} more whose events were not all accepted, not expected)",
         expected.len(),
         due.len()
     );
@@ -415,7 +432,7 @@ pub async fn run(args: &LoadgenArgs, key: String) -> Result<()> {
         json!({
             "rate": args.rate, "seconds": send_secs, "sockets": connected, "operators": live.operators,
             "accepted": accepted, "events_per_sec": events_per_sec.round(), "refused": refused,
-            "failed_requests": failed_requests,
+            "failed_requests": failed_requests, "not_expected": unsent,
             "push_p50_ms": ms(&pushes_h, 0.5), "push_p95_ms": ms(&pushes_h, 0.95),
             "push_p99_ms": ms(&pushes_h, 0.99), "push_max_ms": pushes_h.max() as f64 / 1000.0,
             "pushes_measured": pushes_h.len(),
@@ -578,6 +595,7 @@ fn start_socket(
     spec: SocketSpec,
     tx: mpsc::UnboundedSender<Received>,
     mut stop: watch::Receiver<bool>,
+    first: FirstConnect,
 ) -> tokio::sync::oneshot::Receiver<Result<()>> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     tasks.spawn(async move {
@@ -589,7 +607,9 @@ fn start_socket(
                 Ok(true) => return, // stopped
                 Ok(false) => attempt = 0,
                 Err(e) => {
-                    if let Some(r) = ready.take() {
+                    if first == FirstConnect::Fatal
+                        && let Some(r) = ready.take()
+                    {
                         let _ = r.send(Err(e));
                         return;
                     }
@@ -608,6 +628,16 @@ fn start_socket(
         }
     });
     ready_rx
+}
+
+/// What a socket's first connection failing means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstConnect {
+    /// The run stops with its error (before the run: a wrong address or token).
+    Fatal,
+    /// It is tried again like a reconnect (during the run: the gateway restarting), and the
+    /// socket is ready once it has subscribed.
+    Retried,
 }
 
 type Ws =
@@ -892,4 +922,11 @@ mod tests {
         let m = Matching::new(&due, &received, false, &run);
         assert_eq!((m.alerts_expected, m.alerts_lost, m.missing()), (0, 0, 0));
     }
+}
+
+/// The players of a batch of events.
+fn players_of(batch: &[Value]) -> impl Iterator<Item = String> + '_ {
+    batch
+        .iter()
+        .filter_map(|e| e["player_id"].as_str().map(str::to_owned))
 }

@@ -1585,11 +1585,17 @@ async fn up(
     say!("  bus:     {bus_note}");
     say!("  store:   {store_note}");
     if clickhouse_url.is_none() {
+        // Runnable as printed: `pitboss sql` reads `.pitboss` unless told another directory.
+        let dir = if data_dir == Path::new(".pitboss") {
+            String::new()
+        } else {
+            format!(" --data-dir {}", data_dir.display())
+        };
         say!(
-            "  history: pitboss sql \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\""
+            "  history: pitboss sql{dir} \"SELECT * FROM bets_per_minute ORDER BY minute DESC LIMIT 10\""
         );
         say!(
-            "  alerts:  pitboss sql \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
+            "  alerts:  pitboss sql{dir} \"SELECT rule_id, severity, player_id, reason FROM alerts ORDER BY detected_at DESC LIMIT 10\""
         );
     } else {
         say!(
