@@ -820,6 +820,13 @@ async fn session(
     }
 }
 
+/// The players of a batch of events.
+fn players_of(batch: &[Value]) -> impl Iterator<Item = String> + '_ {
+    batch
+        .iter()
+        .filter_map(|e| e["player_id"].as_str().map(str::to_owned))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -922,11 +929,4 @@ mod tests {
         let m = Matching::new(&due, &received, false, &run);
         assert_eq!((m.alerts_expected, m.alerts_lost, m.missing()), (0, 0, 0));
     }
-}
-
-/// The players of a batch of events.
-fn players_of(batch: &[Value]) -> impl Iterator<Item = String> + '_ {
-    batch
-        .iter()
-        .filter_map(|e| e["player_id"].as_str().map(str::to_owned))
 }
