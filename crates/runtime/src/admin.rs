@@ -45,16 +45,24 @@ pub fn router(metrics: PrometheusHandle, shutdown: Shutdown) -> Router {
     )
 }
 
-/// Serves `router` on `listener` until `shutdown` is triggered.
+/// Serves `router` on `listener` until `shutdown` is triggered, within [`LIMITS`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    crate::http::serve(listener, router, LIMITS, shutdown).await
 }
+
+/// The admin listener's bounds (a few probes and a scraper): 64 connections, 10 s for a
+/// request head (and to send a first byte), 5 s to finish on shutdown.
+pub const LIMITS: crate::http::Limits = crate::http::Limits {
+    max_connections: 64,
+    header_read_timeout: std::time::Duration::from_secs(10),
+    http2_keepalive_interval: std::time::Duration::from_secs(30),
+    http2_keepalive_timeout: std::time::Duration::from_secs(20),
+    drain_timeout: std::time::Duration::from_secs(5),
+};
 
 #[cfg(test)]
 mod tests {

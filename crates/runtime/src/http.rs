@@ -1,7 +1,7 @@
 //! Serving an axum router with bounded connections: at most `max_connections` at once (a
 //! connection over the limit is closed at once, before the process runs out of descriptors),
 //! a deadline for a request head — which also ends an idle keep-alive connection, since the
-//! wait for the next head is the same wait — HTTP/2 keep-alive pings with a dead-peer
+//! wait for the next head is the same wait, and a connection that sends nothing at all — HTTP/2 keep-alive pings with a dead-peer
 //! timeout, and a graceful stop: on shutdown no new connection is accepted, requests already
 //! read are answered, and connections still open after the drain deadline are dropped.
 //!
@@ -120,6 +120,7 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // There from the first scrape at 0: an alert on the refusals' rate needs a series.
     metrics::counter!("pitboss_http_connections_refused_total").increment(0);
+    metrics::counter!("pitboss_http_connections_idle_closed_total").increment(0);
     metrics::gauge!("pitboss_http_connections").increment(0.0);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -163,12 +164,28 @@ pub async fn serve(
                 req
             },
         ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, stop) = (builder.clone(), graceful.watcher(), shutdown.clone());
+        let first_byte = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The first byte within the head's deadline: while hyper-util's connection picks
+            // HTTP/1 or HTTP/2 it has no timer, so a client that connects and sends nothing
+            // would hold its place for good (and `max_connections` of them, the listener).
+            let mut first = [0u8; 1];
+            let sent = tokio::select! {
+                () = stop.wait() => false,
+                peeked = tokio::time::timeout(first_byte, stream.peek(&mut first)) => {
+                    matches!(peeked, Ok(Ok(n)) if n > 0)
+                }
+            };
+            if !sent {
+                metrics::counter!("pitboss_http_connections_idle_closed_total").increment(1);
+                drop(slot);
+                return;
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);
@@ -266,6 +283,16 @@ mod tests {
         let started = Instant::now();
         let got = read_to_close(&mut half).await;
         assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "not before the deadline"
+        );
+
+        // A connection that never sends a byte is closed too (it held its place for good).
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let got = read_to_close(&mut silent).await;
+        assert!(got.is_empty(), "{got:?}");
         assert!(
             started.elapsed() >= Duration::from_millis(250),
             "not before the deadline"
