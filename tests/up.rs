@@ -878,6 +878,52 @@ async fn loadgen_live_rides_out_a_restart_of_up() {
     }
 }
 
+/// No secret in the logs (the standard): with `RUST_LOG=debug`, a client that also puts its
+/// API key in the query string (a common habit) does not get it written to the log; before,
+/// every request's debug lines carried the whole URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_is_not_logged_at_debug_even_from_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("up.log");
+    let mut child = Guard(
+        up_command(&dir.path().join("data"))
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let head = banner(&mut child);
+    let addr = head[0]
+        .strip_prefix("Pitboss is up: http://")
+        .unwrap_or_else(|| panic!("{head:?}"))
+        .to_owned();
+    let key = std::fs::read_to_string(dir.path().join("data/demo-api-key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let now = pitboss_model::Timestamp::now().to_rfc3339().unwrap();
+    let batch = serde_json::json!([{"tenant_id": "demo", "player_id": "p1", "type": "deposit",
+        "occurred_at": now, "payload": {"transaction_id": "t1",
+        "amount": {"amount_minor": 5000, "currency": "EUR"}}}]);
+    for query in ["api_key", "key", "token"] {
+        let r = client
+            .post(format!("http://{addr}/v1/events?{query}={key}"))
+            .bearer_auth(&key)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("/v1/events"), "the requests were logged");
+    assert!(!log.contains(&key), "the key is in the log");
+}
+
 /// The error a failed command printed: one line, after `Error: `.
 fn one_line_error(out: &std::process::Output) -> String {
     assert!(!out.status.success(), "it should have failed");

@@ -26,16 +26,19 @@ impl IngestService {
     }
 
     fn tenant(&self, metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
-        let key = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(pitboss_runtime::http::bearer)
-            .or_else(|| metadata.get("x-api-key").and_then(|v| v.to_str().ok()));
-        key.map(str::trim)
+        api_key(|name| metadata.get(name).and_then(|v| v.to_str().ok()))
             .and_then(|k| self.state.auth.tenant(k))
             .map(str::to_owned)
             .ok_or_else(|| status(IngestError::Unauthorized))
     }
+}
+
+/// The API key of a call: `authorization: Bearer …`, else `x-api-key`.
+fn api_key<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+    header("authorization")
+        .and_then(pitboss_runtime::http::bearer)
+        .or_else(|| header("x-api-key"))
+        .map(str::trim)
 }
 
 /// The gRPC status for an ingest error, from its row of the error table: the table's gRPC
@@ -437,6 +440,7 @@ fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionSe
 /// the ingest, health and reflection services.
 pub fn routes(state: AppState) -> axum::Router {
     let max = state.config.max_body_bytes;
+    let auth = state.auth.clone();
     tonic::service::Routes::new(
         pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
             .max_decoding_message_size(max),
@@ -451,13 +455,25 @@ pub fn routes(state: AppState) -> axum::Router {
     .add_service(reflection_v1alpha().max_decoding_message_size(MAX_TOOL_MESSAGE))
     .into_axum_router()
     .layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
-            let limit = if request.uri().path().starts_with("/grpc.") {
-                MAX_TOOL_MESSAGE
-            } else {
-                max
-            };
-            too_large(next.run(request).await, limit)
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            // The key before the body (docs/api.md): a call without a valid one is
+            // UNAUTHENTICATED whatever it sends, and nothing of its message is read or
+            // decoded (tonic reads it before a method could look at the key).
+            let refused = request.uri().path().starts_with("/pitboss.v1.Ingest/")
+                && api_key(|name| request.headers().get(name).and_then(|v| v.to_str().ok()))
+                    .and_then(|k| auth.tenant(k))
+                    .is_none();
+            async move {
+                if refused {
+                    return status(IngestError::Unauthorized).into_http();
+                }
+                let limit = if request.uri().path().starts_with("/grpc.") {
+                    MAX_TOOL_MESSAGE
+                } else {
+                    max
+                };
+                too_large(next.run(request).await, limit)
+            }
         },
     ))
     // tonic's fallback answers every unknown path with HTTP 200 + grpc-status 12; REST clients

@@ -167,7 +167,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz_public))
-        .layer(TraceLayer::new_for_http())
+        // The span names the path, never the query: a client that puts its key there (or a
+        // browser's `?token=`) would have it in every debug line.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |request: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    version = ?request.version(),
+                )
+            },
+        ))
         .with_state(state.clone())
         .merge(crate::grpc::routes(state))
 }

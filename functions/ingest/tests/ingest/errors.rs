@@ -788,6 +788,39 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
             "unreadable_body".into(),
             "a message that is not an EventBatch",
         ));
+        // The key is checked before the message is read: without one, the same bytes, or a
+        // message over the bound, are UNAUTHENTICATED (they were decoded, or refused for
+        // their size, first).
+        let mut big = proto("acme");
+        big.player_id = "p".repeat(70 * 1024);
+        let codec = || tonic_prost::ProstCodec::<NotABatch, pb::IngestReply>::default();
+        let batch_codec = || tonic_prost::ProstCodec::<pb::EventBatch, pb::IngestReply>::default();
+        grpc.ready().await.unwrap();
+        let unkeyed = grpc
+            .unary(
+                tonic::Request::new(NotABatch { events: 7 }),
+                path.parse().unwrap(),
+                codec(),
+            )
+            .await
+            .unwrap_err();
+        grpc.ready().await.unwrap();
+        let unkeyed_big = grpc
+            .unary(
+                tonic::Request::new(pb::EventBatch { events: vec![big] }),
+                path.parse().unwrap(),
+                batch_codec(),
+            )
+            .await
+            .unwrap_err();
+        for (what, status) in [("not a batch", unkeyed), ("over the bound", unkeyed_big)] {
+            assert_eq!(
+                status.code(),
+                tonic::Code::Unauthenticated,
+                "{path}, {what}: {status:?}"
+            );
+            assert_eq!(common::check_grpc_status(&status), "unauthorized");
+        }
     }
 
     // A stream open when the server shuts down reads no further batch.
