@@ -115,14 +115,20 @@ impl Claims {
         Ok(())
     }
 
-    /// Seconds until the token expires (0 when it has).
+    /// Seconds until the token expires (0 when it has), at most [`MAX_EXPIRES_IN`]: an issuer
+    /// writing the largest `exp` for "never" gets a connection that lives a century, not a
+    /// deadline past what the clock can add.
     pub fn expires_in(&self) -> Duration {
         Duration::from_secs(
             self.exp
-                .saturating_sub(jsonwebtoken::get_current_timestamp()),
+                .saturating_sub(jsonwebtoken::get_current_timestamp())
+                .min(MAX_EXPIRES_IN.as_secs()),
         )
     }
 }
+
+/// The longest a token's expiry is waited for (100 years).
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Most rooms one token may list.
 pub const MAX_ROOMS: usize = 256;
@@ -705,6 +711,21 @@ mod tests {
         for (name, p, o) in matrix {
             assert_eq!(player.may_subscribe(&ch(name)), p, "player on {name}");
             assert_eq!(operator.may_subscribe(&ch(name)), o, "operator on {name}");
+        }
+    }
+
+    /// The largest `exp` (an issuer's "never") is a deadline the clock can hold: the session
+    /// adds it to now on every refresh and frame (it panicked, leaving the socket's
+    /// subscriptions behind).
+    #[test]
+    fn the_largest_expiry_is_a_deadline_the_clock_can_hold() {
+        for exp in [u64::MAX, 1 << 63, u64::MAX / 2] {
+            let mut c = claims("acme", "p1", Role::Player, vec![], Duration::from_secs(60));
+            c.exp = exp;
+            let left = c.expires_in();
+            assert_eq!(left, MAX_EXPIRES_IN);
+            let _ = tokio::time::Instant::now() + left;
+            let _ = std::time::Instant::now() + left;
         }
     }
 }
