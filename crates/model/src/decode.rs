@@ -368,6 +368,8 @@ pub(crate) fn path_violation(
                 ViolationCode::InvalidTimestamp
             } else if message.starts_with(crate::event::AMOUNT_PAST_I64) {
                 ViolationCode::AmountTooLarge
+            } else if message.starts_with(crate::event::AMOUNT_BELOW_I64) {
+                ViolationCode::NegativeAmount
             } else {
                 ViolationCode::InvalidValue
             }
@@ -471,7 +473,6 @@ mod tests {
             "9223372036854775808",
             "18446744073709551615",
             "18446744073709551616",
-            "-9223372036854775809",
             "1e30",
         ] {
             let v = err(&format!(
@@ -480,6 +481,17 @@ mod tests {
             assert_eq!(
                 (v.path.as_str(), v.code),
                 ("payload.amount.amount_minor", ViolationCode::AmountTooLarge),
+                "{amount}: {v}"
+            );
+        }
+        // Below what 64 bits hold: negative, as -1 is.
+        for amount in ["-9223372036854775809", "-1e30"] {
+            let v = err(&format!(
+                r#"{{{BASE},"type":"deposit","payload":{{"transaction_id":"t","amount":{{"amount_minor":{amount},"currency":"EUR"}}}}}}"#
+            ));
+            assert_eq!(
+                (v.path.as_str(), v.code),
+                ("payload.amount.amount_minor", ViolationCode::NegativeAmount),
                 "{amount}: {v}"
             );
         }

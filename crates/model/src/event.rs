@@ -189,6 +189,10 @@ pub struct Money {
 /// it as `amount_too_large`, like an amount over the configured ceiling.
 pub(crate) const AMOUNT_PAST_I64: &str = "amount too large";
 
+/// The start of the message of an integer amount below what an `i64` holds: the decoder
+/// reports it as `negative_amount`, like any amount below zero.
+pub(crate) const AMOUNT_BELOW_I64: &str = "negative amount";
+
 /// `amount_minor`: an integer. One past what 64 bits hold (an unsigned integer over 2⁶³ − 1,
 /// or an integer so large that JSON parsers read it as a float) is too large, not of another
 /// type; a fraction is of another type.
@@ -214,7 +218,11 @@ fn minor_units<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> 
         }
 
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            if v.is_finite() && v.fract() == 0.0 && v.abs() >= i64::MAX as f64 {
+            if v.is_finite() && v.fract() == 0.0 && v <= i64::MIN as f64 {
+                Err(E::custom(format!(
+                    "{AMOUNT_BELOW_I64}: {v:e} is below zero (an amount is never negative)"
+                )))
+            } else if v.is_finite() && v.fract() == 0.0 && v.abs() >= i64::MAX as f64 {
                 Err(E::custom(format!(
                     "{AMOUNT_PAST_I64}: {v:e} is past the largest amount, 2^63 - 1 minor units"
                 )))
