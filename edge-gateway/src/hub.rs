@@ -144,7 +144,8 @@ struct TopicState {
     floor: BTreeMap<Partition, Floor>,
     head: BTreeMap<Partition, Position>,
     history: VecDeque<Arc<Entry>>,
-    ids: HashSet<Arc<str>>,
+    /// The history's entries by key (`tenant` + `id`).
+    ids: HashMap<Arc<str>, Arc<Entry>>,
     caught_up: bool,
 }
 
@@ -156,7 +157,7 @@ impl TopicState {
             floor: BTreeMap::new(),
             head: BTreeMap::new(),
             history: VecDeque::new(),
-            ids: HashSet::new(),
+            ids: HashMap::new(),
             caught_up: false,
         }
     }
@@ -287,7 +288,7 @@ pub struct Hub {
     /// (an entry acknowledged since stays until it reaches the front: see `open_ids`).
     open: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
     /// Of those, the ones still open (`tenant` + `id`).
-    open_ids: HashSet<Arc<str>>,
+    open_ids: HashMap<Arc<str>, Arc<Entry>>,
     /// When the last tick listed the idle channels.
     last_tick_ms: i64,
 }
@@ -348,7 +349,7 @@ impl Hub {
             acked_in: HashMap::new(),
             ack_ids: HashMap::new(),
             open: HashMap::new(),
-            open_ids: HashSet::new(),
+            open_ids: HashMap::new(),
             last_tick_ms: i64::MIN,
         }
     }
@@ -554,7 +555,7 @@ impl Hub {
         // An acknowledged one read for the first time (a restart read its ack first) gives
         // the ack its place, for consoles resuming.
         if kind == MessageType::Alert
-            && (self.acked.contains_key(&key) || self.open_ids.contains(&key))
+            && (self.acked.contains_key(&key) || self.open_ids.contains_key(&key))
         {
             if let Some(a) = self.acked.get_mut(&key)
                 && a.at.is_none()
@@ -565,7 +566,7 @@ impl Hub {
             return;
         }
         let t = self.topic_mut(kind);
-        if t.ids.contains(&key) {
+        if t.ids.contains_key(&key) {
             applied.duplicates += 1;
             return;
         }
@@ -574,7 +575,6 @@ impl Hub {
             return;
         }
         let id: Arc<str> = id.into();
-        t.ids.insert(key.clone());
         let name: Arc<str> = channel.to_string().into();
         let partitions = self.channel_entry(&name, &channel).partitions.clone();
         let cursor: Arc<str> = self.topic(kind).cursor(&partitions).into();
@@ -592,7 +592,9 @@ impl Hub {
             expires_at_ms,
             received_at_ms,
         });
-        self.topic_mut(kind).history.push_back(entry.clone());
+        let t = self.topic_mut(kind);
+        t.ids.insert(entry.key.clone(), entry.clone());
+        t.history.push_back(entry.clone());
         applied.messages += 1;
         let ch = self.channels.get_mut(&name).expect("channel present");
         ch.history.push_back(entry.clone());
@@ -730,7 +732,7 @@ impl Hub {
     /// the tenant's bound.
     fn keep_open(&mut self, e: Arc<Entry>) {
         let max = self.config.open_alerts_max.max(1);
-        self.open_ids.insert(e.key.clone());
+        self.open_ids.insert(e.key.clone(), e.clone());
         let q = self.open.entry(e.channel.clone()).or_default();
         // In bus-time order (a gateway rebuilding them reads the partitions in turn), so the
         // oldest are the front and a replay comes oldest first.
@@ -739,7 +741,7 @@ impl Hub {
         if q.len() > max {
             // The bound counts open alerts: acknowledged ones still queued go first.
             let ids = &self.open_ids;
-            q.retain(|x| ids.contains(&x.key));
+            q.retain(|x| ids.contains_key(&x.key));
             while q.len() > max {
                 if let Some(old) = q.pop_front() {
                     self.open_ids.remove(&old.key);
@@ -757,14 +759,14 @@ impl Hub {
                 break;
             }
             if let Some((_, id)) = self.acked_order.pop_front() {
-                self.acked.remove(&id);
+                self.forget_ack(&id);
             }
         }
         self.trim_acked_in();
         let ids = &mut self.open_ids;
         self.open.retain(|_, q| {
             while let Some(f) = q.front() {
-                if f.bus_ms >= oldest && ids.contains(&f.key) {
+                if f.bus_ms >= oldest && ids.contains_key(&f.key) {
                     break;
                 }
                 if f.bus_ms < oldest {
@@ -826,7 +828,6 @@ impl Hub {
             {
                 continue;
             }
-            self.open_ids.remove(&id);
             let channel: Arc<str> = ChannelName::Operator {
                 tenant_id: ack.tenant_id.clone(),
             }
@@ -834,8 +835,9 @@ impl Hub {
             .into();
             let at = match self.acked.get(&id) {
                 Some(a) => a.at.clone(),
-                None => self.place_of(&channel, &id),
+                None => self.place_of(&id),
             };
+            self.open_ids.remove(&id);
             let known = Acked {
                 ack_id: ack.ack_id.as_str().into(),
                 outcome: ack.outcome,
@@ -847,9 +849,12 @@ impl Hub {
             self.ack_ids
                 .insert(scoped(&ack.tenant_id, &ack.ack_id), id.clone());
             if let Some(old) = self.acked.insert(id.clone(), known) {
-                // Replaced by a later ack: the earlier ack id no longer names it.
-                let tenant = id.split_once('\u{1f}').map_or("", |(t, _)| t);
-                self.ack_ids.remove(&scoped(tenant, &old.ack_id));
+                // Replaced by a later ack: the earlier ack id no longer names it (unless a
+                // record from elsewhere reused it for another alert since).
+                let by_id = scoped(tenant_of(&id), &old.ack_id);
+                if self.ack_ids.get(&by_id).is_some_and(|k| *k == id) {
+                    self.ack_ids.remove(&by_id);
+                }
             } else {
                 self.acked_order.push_back((r.timestamp_ms, id.clone()));
                 self.acked_in.entry(channel).or_default().push_back(id);
@@ -859,30 +864,36 @@ impl Hub {
         // By age in `evict_open`; by count here.
         while self.acked_order.len() > self.acked_max() {
             if let Some((_, old)) = self.acked_order.pop_front() {
-                self.acked.remove(&old);
+                self.forget_ack(&old);
             }
         }
         self.trim_acked_in();
         n
     }
 
+    /// Forgets the ack of alert `key` and its ack id (if that id still names this alert).
+    fn forget_ack(&mut self, key: &Arc<str>) {
+        if let Some(a) = self.acked.remove(key) {
+            let by_id = scoped(tenant_of(key), &a.ack_id);
+            if self.ack_ids.get(&by_id).is_some_and(|k| k == key) {
+                self.ack_ids.remove(&by_id);
+            }
+        }
+    }
+
     /// Where alert `key` of operator channel `channel` is on the bus, if this instance holds
     /// it (in the history or open past it).
-    fn place_of(&self, channel: &Arc<str>, key: &Arc<str>) -> Option<(Partition, Position)> {
-        let held = self.channels.get(channel).map(|ch| ch.history.iter());
-        let open = self.open.get(channel).map(|q| q.iter());
-        held.into_iter()
-            .flatten()
-            .chain(open.into_iter().flatten())
-            .find(|e| e.key == *key)
+    fn place_of(&self, key: &Arc<str>) -> Option<(Partition, Position)> {
+        self.alerts
+            .ids
+            .get(key)
+            .or_else(|| self.open_ids.get(key))
             .map(|e| (e.partition, e.position.clone()))
     }
 
-    /// Drops, per operator channel, the acks no longer remembered (oldest first, as they go),
-    /// and their ack ids.
+    /// Drops, per operator channel, the acks no longer remembered (oldest first, as they go).
     fn trim_acked_in(&mut self) {
         let acked = &self.acked;
-        self.ack_ids.retain(|_, key| acked.contains_key(key));
         self.acked_in.retain(|_, q| {
             while q.front().is_some_and(|k| !acked.contains_key(k)) {
                 q.pop_front();
@@ -1009,7 +1020,11 @@ impl Hub {
                     .as_ref()
                     .is_some_and(|s| s.get(p).is_some_and(|c| pos <= c))
             };
-            for key in q {
+            // The newest first, as many as a replay, then back in their order.
+            for key in q.iter().rev() {
+                if acks.len() >= self.config.max_replay {
+                    break;
+                }
                 if let Some(a) = self.acked.get(key)
                     && a.at.as_ref().is_some_and(had_at)
                 {
@@ -1018,6 +1033,7 @@ impl Hub {
                     acks.push((id, a));
                 }
             }
+            acks.reverse();
         }
         // Alerts that left the history unacknowledged come first (they are older than it).
         if is_operator && let Some(q) = self.open.get(&name) {
@@ -1025,7 +1041,7 @@ impl Hub {
                 if e.expires_at_ms.is_some_and(|x| x <= now_ms) {
                     continue;
                 }
-                if !self.acked.contains_key(&e.key) && self.open_ids.contains(&e.key) {
+                if !self.acked.contains_key(&e.key) && self.open_ids.contains_key(&e.key) {
                     replay.push(e.clone());
                 }
             }
@@ -1290,6 +1306,11 @@ impl Hub {
 enum Offer {
     Sent,
     Closed,
+}
+
+/// The tenant of a key made by [`scoped`].
+fn tenant_of(key: &str) -> &str {
+    key.split_once('\u{1f}').map_or("", |(t, _)| t)
 }
 
 /// `tenant` and `id` as one key (the separator cannot occur in either).
