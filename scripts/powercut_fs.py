@@ -11,8 +11,10 @@ descriptors). Reads see what was written, as on a real disk's page cache.
 
 A power cut is: SIGKILL every program writing under MOUNTPOINT, SIGKILL this process (what it
 held is gone), then `fusermount3 -u -z MOUNTPOINT`. BACKING is then what a disk holds after
-losing power at that moment, in the strictest case POSIX allows: nothing that was not synced
-is there (a file written but never synced reads as its last synced bytes, or is empty).
+losing power at that moment, for file data: nothing that was not synced is there (a file
+written but never synced reads as its last synced bytes, or is empty). Directory operations
+are kept at once, as a journaling file system usually does: a missing directory fsync is not
+caught.
 
 Used by tests/up_live.rs (`pitboss up` across power cuts); needs fuse3 (Debian) and mfusepy
 (PyPI), which scripts/stack.sh installs.
@@ -109,14 +111,24 @@ class PowerCutFS(fuse.Operations):
 
     def unlink(self, path):
         full = self._full(path)
-        st = os.lstat(full)
-        os.unlink(full)
-        if st.st_nlink <= 1:
-            with self.mutex:
+        with self.mutex:
+            st = os.lstat(full)
+            os.unlink(full)
+            if st.st_nlink <= 1:
                 self.dirty.pop(st.st_ino, None)
 
     def rename(self, old, new):
-        os.rename(self._full(old), self._full(new))
+        with self.mutex:
+            # A file replaced by the rename goes with what it held unsynced (its inode number
+            # may be used again by a new file).
+            try:
+                replaced = os.lstat(self._full(new))
+            except FileNotFoundError:
+                replaced = None
+            os.rename(self._full(old), self._full(new))
+            if replaced is not None and replaced.st_nlink <= 1:
+                if replaced.st_ino != os.lstat(self._full(new)).st_ino:
+                    self.dirty.pop(replaced.st_ino, None)
 
     def statfs(self, path):
         sv = os.statvfs(self._full(path))
@@ -140,14 +152,22 @@ class PowerCutFS(fuse.Operations):
 
     def open(self, path, flags):
         # Read and write are both needed to fill partial blocks; O_APPEND is the kernel's to
-        # apply (it passes the offset), O_TRUNC was applied by the kernel through truncate.
+        # apply (it passes the offset). O_TRUNC comes here (libfuse 3 asks for atomic O_TRUNC):
+        # applied as a truncate to 0, unsynced bytes included.
         full = self._full(path)
         keep = flags & ~(os.O_APPEND | os.O_TRUNC | os.O_ACCMODE | os.O_CREAT | os.O_EXCL)
         mode = os.O_RDWR if os.access(full, os.W_OK) else os.O_RDONLY
-        return os.open(full, keep | mode)
+        fh = os.open(full, keep | mode)
+        if flags & os.O_TRUNC:
+            self.truncate(path, 0, fh)
+        return fh
 
     def create(self, path, mode, flags=None):
-        return os.open(self._full(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+        with self.mutex:
+            fh = os.open(self._full(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+            # A new file: nothing held for an inode number used before.
+            self.dirty.pop(os.fstat(fh).st_ino, None)
+            return fh
 
     def release(self, path, fh):
         os.close(fh)
