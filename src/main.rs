@@ -920,7 +920,9 @@ fn check_data_dir_bus(data_dir: &Path, identity: &str) -> Result<bool> {
     let recorded = match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
         // Empty: written by a build that did not sync it, and the power went before the OS
-        // wrote it back. Worked out again, as for a directory made before the file.
+        // wrote it back. Worked out again, as for a directory made before the file, and
+        // written again.
+        Ok(_) if identity == "embedded" && data_dir.join("log").exists() => return Ok(true),
         Ok(_) => data_dir.join("log").exists().then(|| "embedded".to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Made before this file existed, when the embedded log was the only bus.
@@ -953,7 +955,7 @@ fn plan_rules_start(
     let path = data_dir.join("rules-shards");
     let (before, switched): (Option<u32>, Option<pitboss_model::Timestamp>) =
         match std::fs::read_to_string(&path) {
-            Ok(text) => {
+            Ok(text) if !text.trim().is_empty() => {
                 let mut words = text.split_whitespace();
                 (
                     words.next().and_then(|w| w.parse().ok()),
@@ -962,6 +964,9 @@ fn plan_rules_start(
                         .and_then(|w| pitboss_model::Timestamp::parse_rfc3339(w).ok()),
                 )
             }
+            // Missing, or empty (written by a build that did not sync it before a power cut):
+            // worked out from the state files.
+            Ok(_) => (split_of_state_files(data_dir), None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (split_of_state_files(data_dir), None)
             }
@@ -1962,6 +1967,19 @@ mod tests {
         assert_eq!(super::at_least_one("3"), Ok(3));
     }
 
+    /// An empty `rules-shards` (an older build's record lost to a power cut) counts as
+    /// missing: the split is worked out from the engines' state files, and a changed one is
+    /// still refused (it was taken for "no record", and the new split allowed).
+    #[test]
+    fn an_empty_rules_shards_record_is_worked_out_from_the_state_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("antifraud-shard-0-of-3.db"), "").unwrap();
+        std::fs::write(dir.path().join("rules-shards"), "").unwrap();
+        assert!(plan_rules_start(dir.path(), 1, None).is_err());
+        let (_, record) = plan_rules_start(dir.path(), 3, None).unwrap();
+        assert_eq!(record, "3\n");
+    }
+
     /// A data directory stays with the bus it was first used with: another is refused with
     /// a message naming both; one made before the record existed counts as the embedded log's.
     #[test]
@@ -1988,6 +2006,15 @@ mod tests {
         std::fs::create_dir(old.path().join("log")).unwrap();
         assert!(check_data_dir_bus(old.path(), kafka).is_err());
         assert!(!check_data_dir_bus(old.path(), "embedded").unwrap());
+
+        // Empty (an older build's record lost to a power cut): worked out as if missing, and
+        // to be written again when it is the embedded log's.
+        std::fs::write(old.path().join("bus"), "").unwrap();
+        assert!(check_data_dir_bus(old.path(), kafka).is_err());
+        assert!(check_data_dir_bus(old.path(), "embedded").unwrap());
+        let fresh = tempfile::tempdir().unwrap();
+        std::fs::write(fresh.path().join("bus"), "").unwrap();
+        assert!(check_data_dir_bus(fresh.path(), kafka).unwrap());
     }
 
     /// A topic that exists is kept as it is, whatever its partition count.
