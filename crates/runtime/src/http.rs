@@ -174,11 +174,14 @@ pub async fn serve(
             let sent = tokio::select! {
                 () = stop.wait() => false,
                 peeked = tokio::time::timeout(first_byte, stream.peek(&mut first)) => {
+                    if peeked.is_err() {
+                        metrics::counter!("pitboss_http_connections_idle_closed_total")
+                            .increment(1);
+                    }
                     matches!(peeked, Ok(Ok(n)) if n > 0)
                 }
             };
             if !sent {
-                metrics::counter!("pitboss_http_connections_idle_closed_total").increment(1);
                 drop(slot);
                 return;
             }

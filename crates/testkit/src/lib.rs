@@ -29,20 +29,33 @@ fn required(var: &str, what: &str) -> String {
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let range: Vec<u16> = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768)
-        .max(10_001);
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (low, high) = match range[..] {
+        [low, high] => (low, high),
+        _ => (32_768, 60_999),
+    };
+    // Below the range, or above it where a tuned range starts low.
+    let band = if low > 12_000 {
+        10_000..low
+    } else {
+        high.saturating_add(1).min(64_000)..65_535
+    };
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1_000 {
-        let port = rand::rng().random_range(10_000..low);
+        let port = rand::rng().random_range(band.clone());
         if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.insert(port);
             return port;
         }
     }
-    panic!("no free port below {low} in 1,000 tries")
+    panic!("no free port in {band:?} in 1,000 tries")
 }
 
 /// Kafka bootstrap servers (one broker).
