@@ -79,6 +79,9 @@ pub struct Expected {
     pub push: bool,
     /// Virtual time of the pattern's last event.
     pub due_ms: i64,
+    /// The other players whose events the pattern needs (the accounts sharing a device or an
+    /// address with `player`).
+    pub others: Vec<String>,
 }
 
 /// The patterns, one per shipped rule (`rules/`): the rule each must fire and whether it pushes.
@@ -588,6 +591,11 @@ impl Simulator {
     }
 
     fn expect(&mut self, player: usize, pattern: usize, due: i64) {
+        self.expect_with(player, pattern, due, &[]);
+    }
+
+    /// [`Self::expect`] of a pattern that also needs `others`' events.
+    fn expect_with(&mut self, player: usize, pattern: usize, due: i64, others: &[usize]) {
         let (rule, push) = PATTERNS[pattern];
         let p = &self.players[player];
         self.expected.push(Expected {
@@ -596,6 +604,11 @@ impl Simulator {
             rule,
             push,
             due_ms: self.start_ms + due,
+            others: others
+                .iter()
+                .filter(|&&o| o != player)
+                .map(|&o| self.players[o].id.clone())
+                .collect(),
         });
     }
 
@@ -655,6 +668,7 @@ impl Simulator {
                 // Three accounts on one device.
                 let device = self.next_id("dev-shared");
                 let mut last = i;
+                let mut sharing = Vec::new();
                 let mut t = t;
                 for n in 0..3 {
                     let j = if n == 0 {
@@ -670,15 +684,17 @@ impl Simulator {
                         json!({"ip": ip, "device_id": device, "success": true}),
                     );
                     last = j;
+                    sharing.push(j);
                     t += 2 * S;
                 }
-                self.expect(last, k, t);
+                self.expect_with(last, k, t, &sharing);
                 return t;
             }
             "fraud.multi_accounting.ip" => {
                 // Five accounts from one address.
                 let ip = self.fresh_ip();
                 let mut last = i;
+                let mut sharing = Vec::new();
                 let mut t = t;
                 for n in 0..5 {
                     let j = if n == 0 {
@@ -694,9 +710,10 @@ impl Simulator {
                         json!({"ip": ip, "device_id": device, "success": true}),
                     );
                     last = j;
+                    sharing.push(j);
                     t += 1_500;
                 }
-                self.expect(last, k, t);
+                self.expect_with(last, k, t, &sharing);
                 return t;
             }
             "fraud.bonus_withdrawal_before_wagering" => {
