@@ -247,6 +247,10 @@ pub enum StreamError {
     /// Another engine was in the group at this one's first assignment: it leaves and stands by.
     #[error("another rules engine is in group {group}: {others}")]
     AnotherEngine { group: String, others: String },
+    /// The engine was frozen or cut off past its session: it leaves without evaluating what
+    /// it read, and stands by.
+    #[error("this rules engine was paused for {paused:?}, past its session in group {group}")]
+    PausedPastSession { group: String, paused: Duration },
 }
 
 /// Wraps a live-path message into its bus record with the four headers.
@@ -351,6 +355,12 @@ struct Work {
     /// engine has been seen in it.
     members_checked: Instant,
     others_since: Option<Instant>,
+    /// When the last turn of the loop (a poll and what followed) ended, and whether this
+    /// turn's wait was checked already ([`Work::check_paused`]); how long the engine was
+    /// paused, once it found it was.
+    last_turn: Instant,
+    turn_checked: bool,
+    paused: Option<Duration>,
 }
 
 /// Runs the engine on `bus` until `shutdown` resolves; then saves its state, commits and
@@ -438,6 +448,12 @@ pub async fn run(
                 // Nothing was read: leave, and wait for the group to empty.
                 consumer.close().await?;
                 tracing::warn!(%group, %others, "another rules engine is in the group with this one; leaving it and standing by");
+                stats = work.stats;
+                attempt += 1;
+            }
+            Err(StreamError::PausedPastSession { group, paused }) => {
+                tracing::warn!(%group, ?paused, "this rules engine was paused past its session (frozen, or cut off from the broker): leaving the group without evaluating what it read, and standing by");
+                consumer.close().await?;
                 stats = work.stats;
                 attempt += 1;
             }
@@ -589,6 +605,9 @@ impl Work {
             save_seq,
             members_checked: Instant::now(),
             others_since: None,
+            last_turn: Instant::now(),
+            turn_checked: false,
+            paused: None,
             config,
         };
         if !catch_up.is_empty() {
@@ -659,6 +678,33 @@ impl Work {
             });
         }
         Ok(())
+    }
+
+    /// A poll that came back later than the session timeout after the last turn (records or
+    /// not: the first poll after a wake may bring none): the process was frozen, or its commit
+    /// hung on a broker it was cut off from, long enough for the group to drop it, and a
+    /// stand-by may have taken over and evaluated the records this engine would read next —
+    /// evaluating them here would raise their alerts a second time, and a save would put an
+    /// older state after the new owner's. Neither: it leaves and stands by (the group's owner,
+    /// or this engine once the group is free, goes on from the last commit and the newest
+    /// save). Checked once a turn, before what the turn evaluates (its time does not count).
+    fn check_paused(&mut self) -> Result<(), StreamError> {
+        if self.paused.is_none() && !std::mem::replace(&mut self.turn_checked, true) {
+            let waited = self.last_turn.elapsed();
+            if self.incumbent && waited > self.config.consumer.session_timeout {
+                self.paused = Some(waited);
+            }
+        }
+        match self.paused {
+            Some(paused) => {
+                self.incumbent = false;
+                Err(StreamError::PausedPastSession {
+                    group: self.config.group.clone(),
+                    paused,
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     /// Publishes records to the changelog (in order, waiting until durable).
@@ -1484,16 +1530,32 @@ impl PartitionWork for Work {
             }),
             _ => {
                 self.incumbent = true;
+                // The wait to join (a rebalance waits out a dead member's session) is no pause.
+                self.last_turn = Instant::now();
+                self.turn_checked = true;
                 Ok(())
             }
         }
     }
 
     async fn records(&mut self, records: Vec<Record>) -> Result<(), StreamError> {
+        self.check_paused()?;
         self.take(records).await
     }
 
     async fn revoking(&mut self, partitions: &[Partition]) -> Result<(), StreamError> {
+        if self.check_paused().is_err() {
+            // After a pause the partitions were lost, not handed over: nothing is evaluated,
+            // saved or committed for them (the group's owner went on from its own commits),
+            // but the revocation completes, so the consumer can leave; the next turn ends the
+            // run ([`Work::tick`]).
+            self.durable.clear();
+            let gone = |tp: &Tp| partitions.contains(&tp.1);
+            self.processed.retain(|tp, _| !gone(tp));
+            self.received.retain(|tp, _| !gone(tp));
+            self.skip_upto.retain(|tp, _| !gone(tp));
+            return Ok(());
+        }
         // Whatever was filed for a logged batch is processed now, then everything is saved.
         if !self.replay.is_empty() {
             self.replay_ready(true).await?;
@@ -1507,6 +1569,7 @@ impl PartitionWork for Work {
     }
 
     async fn tick(&mut self) -> Result<(), StreamError> {
+        self.check_paused()?;
         self.maybe_reload();
         self.check_alone().await?;
         if !self.replay.is_empty() && self.replay_since.elapsed() >= REPLAY_PATIENCE {
@@ -1522,7 +1585,8 @@ impl PartitionWork for Work {
             self.begin_save().await?;
         }
         self.step_gauges();
-
+        self.last_turn = Instant::now();
+        self.turn_checked = false;
         Ok(())
     }
 
