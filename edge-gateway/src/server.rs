@@ -333,6 +333,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
         ),
         errors: 0,
         limited: 0,
+        limited_since: std::time::Instant::now(),
     };
     let write_timeout = st.config.write_timeout;
     let mut ready = st.ready.clone();
@@ -474,9 +475,14 @@ struct ConnState {
     limiter: DefaultDirectRateLimiter,
     errors: u32,
     /// `rate_limited` answers, counted apart: a burst a client retries (an "acknowledge all")
-    /// is not an invalid request; only ten times `max_errors` of them close the connection.
+    /// is not an invalid request; only ten times `max_errors` of them within
+    /// [`LIMITED_WINDOW`] close the connection (a flood), never the sum of a long session.
     limited: u32,
+    limited_since: std::time::Instant,
 }
+
+/// The span over which `rate_limited` answers are counted towards closing a connection.
+const LIMITED_WINDOW: Duration = Duration::from_secs(10);
 
 type WsSink = futures::stream::SplitSink<WebSocket, Message>;
 
@@ -627,6 +633,10 @@ async fn handle(
     };
     let id = msg.id().cloned();
     if cs.limiter.check().is_err() {
+        if cs.limited_since.elapsed() > LIMITED_WINDOW {
+            cs.limited = 0;
+            cs.limited_since = std::time::Instant::now();
+        }
         cs.limited += 1;
         return vec![
             ServerFrame::Error(

@@ -761,6 +761,29 @@ async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_una
         burst.raw(r#"{"type":"ping","id":"after"}"#).await["type"],
         "pong"
     );
+    // What closes is a flood within 10 s, not the sum of a session: two bursts of a few hundred
+    // rate-limited answers, more than 10 s apart (more than 500 in all), leave it open.
+    let mut long = gw
+        .connect(&env.token("acme", "p6", Role::Player, &[]))
+        .await;
+    let mut total = 0;
+    for round in 0..2 {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(10_500)).await;
+        }
+        for i in 0..420 {
+            let reply = long.raw(&format!(r#"{{"type":"ping","id":{i}}}"#)).await;
+            if reply["code"] == "rate_limited" {
+                total += 1;
+            }
+        }
+    }
+    assert!(total > 500, "{total} rate-limited answers in all");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        long.raw(r#"{"type":"ping","id":"still"}"#).await["type"],
+        "pong"
+    );
     // A flood of requests is rate limited, then the connection is closed (1008).
     let mut flood = gw
         .connect(&env.token("acme", "p3", Role::Player, &[]))
