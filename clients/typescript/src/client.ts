@@ -222,6 +222,12 @@ export interface PitbossClientOptions {
   connectTimeoutMs?: number;
   /** How often an ack answered `bus_unavailable` or `rate_limited` is retried (default 5). */
   ackRetries?: number;
+  /**
+   * Acks sent per second, after a first burst (defaults 15 and 50: below the gateway's 20 and
+   * 100 per connection, docs/gateway.md). Acks past it wait their turn in the client, so an
+   * "acknowledge all" of thousands of alerts goes through instead of being refused.
+   */
+  ackRate?: { perSecond: number; burst: number };
   /** The random source of the backoff jitter (tests). */
   random?: () => number;
 }
@@ -317,6 +323,14 @@ export class PitbossClient extends Emitter<ClientEvents> {
   private readonly subs = new Map<string, Subscription>();
   private readonly pending = new Map<RequestId, Pending>();
   private readonly acks = new Set<AckJob>();
+  /** Acks waiting for their turn ([`ackRate`]), and the tokens of the pace. */
+  private ackQueue: AckJob[] = [];
+  private ackTokens: number;
+  private ackTokensAt = Date.now();
+  private ackDrainTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly ackRate: { perSecond: number; burst: number };
+  /** Acks reported by `alertAcked` (alert and ack id): each is reported once. */
+  private readonly reportedAcks = new RecentIds(20_000);
   private queued: Queued[] = [];
   private connectWaiters: { resolve: (w: WelcomeInfo) => void; reject: (e: PitbossError) => void }[] =
     [];
@@ -351,6 +365,9 @@ export class PitbossClient extends Emitter<ClientEvents> {
     this.connectTimeoutMs = options.connectTimeoutMs ?? 20_000;
     this.ackRetries = options.ackRetries ?? 5;
     this.random = options.random ?? Math.random;
+    const rate = options.ackRate ?? { perSecond: 15, burst: 50 };
+    this.ackRate = { perSecond: Math.max(0.1, rate.perSecond), burst: Math.max(1, Math.floor(rate.burst)) };
+    this.ackTokens = this.ackRate.burst;
   }
 
   /** `idle` (before connect), `connecting`, `open` (welcomed), `reconnecting`, `closed`. */
@@ -855,6 +872,14 @@ export class PitbossClient extends Emitter<ClientEvents> {
     this.clearTimer('refreshTimer');
     this.clearTimer('connectTimer');
     this.stopHeartbeat();
+    // A new connection has a fresh pace at the gateway; what waited is sent after its welcome.
+    if (this.ackDrainTimer !== undefined) {
+      clearTimeout(this.ackDrainTimer);
+      this.ackDrainTimer = undefined;
+    }
+    this.ackQueue = [];
+    this.ackTokens = this.ackRate.burst;
+    this.ackTokensAt = Date.now();
     for (const [, p] of this.pending) {
       switch (p.kind) {
         case 'ack':
@@ -883,6 +908,11 @@ export class PitbossClient extends Emitter<ClientEvents> {
   }
 
   private failEverything(error: PitbossError): void {
+    if (this.ackDrainTimer !== undefined) {
+      clearTimeout(this.ackDrainTimer);
+      this.ackDrainTimer = undefined;
+    }
+    this.ackQueue = [];
     for (const job of this.acks) {
       if (job.retryTimer !== undefined) {
         clearTimeout(job.retryTimer);
@@ -975,7 +1005,18 @@ export class PitbossClient extends Emitter<ClientEvents> {
         }
         break;
       }
-      case 'alert_acked':
+      case 'alert_acked': {
+        // Each ack once (a resume sends again the ack of every alert before its cursor, and
+        // the gateway cannot tell which a client was told of); on a resume, only for an alert
+        // this client delivered (the gateway cannot tell which alerts a client had).
+        if (!this.reportedAcks.add(`${frame.alert_id} ${frame.ack_id}`)) {
+          break;
+        }
+        const sub = this.subs.get(frame.channel);
+        const resuming = sub !== undefined && sub.requestId !== null && sub.since !== undefined;
+        if (resuming && !sub.recent.has(frame.alert_id)) {
+          break;
+        }
         this.emit('alertAcked', {
           channel: frame.channel,
           alertId: frame.alert_id,
@@ -985,6 +1026,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
           ackedAt: Date.parse(frame.acked_at),
         });
         break;
+      }
       case 'refreshed': {
         this.expiresAtMs = frame.expires_at * 1000;
         if (this.welcomeInfo !== null) {
@@ -1291,10 +1333,60 @@ export class PitbossClient extends Emitter<ClientEvents> {
   }
 
   private sendAck(job: AckJob): void {
+    if (!this.takeAckToken()) {
+      if (!this.ackQueue.includes(job)) {
+        this.ackQueue.push(job);
+      }
+      this.scheduleAckDrain();
+      return;
+    }
     const id = this.newRequestId();
     job.requestId = id;
     this.pending.set(id, { kind: 'ack', job });
     this.sendFrame({ ...job.frame, id });
+  }
+
+  /** One ack's turn, if the pace has one now. */
+  private takeAckToken(): boolean {
+    const now = Date.now();
+    const { perSecond, burst } = this.ackRate;
+    this.ackTokens = Math.min(burst, this.ackTokens + ((now - this.ackTokensAt) / 1000) * perSecond);
+    this.ackTokensAt = now;
+    if (this.ackTokens >= 1) {
+      this.ackTokens -= 1;
+      return true;
+    }
+    return false;
+  }
+
+  /** Sends the queued acks as their turns come. */
+  private scheduleAckDrain(): void {
+    if (this.ackDrainTimer !== undefined || this.ackQueue.length === 0) {
+      return;
+    }
+    const wait = Math.max(1, Math.ceil(((1 - this.ackTokens) / this.ackRate.perSecond) * 1000));
+    this.ackDrainTimer = setTimeout(() => {
+      this.ackDrainTimer = undefined;
+      if (!this.isWelcomed()) {
+        return; // sent again after the next welcome
+      }
+      while (this.ackQueue.length > 0) {
+        const job = this.ackQueue[0]!;
+        if (!this.acks.has(job) || job.requestId !== undefined || job.retryTimer !== undefined) {
+          this.ackQueue.shift();
+          continue;
+        }
+        if (!this.takeAckToken()) {
+          break;
+        }
+        this.ackQueue.shift();
+        const id = this.newRequestId();
+        job.requestId = id;
+        this.pending.set(id, { kind: 'ack', job });
+        this.sendFrame({ ...job.frame, id });
+      }
+      this.scheduleAckDrain();
+    }, wait);
   }
 
   /** A request answered by one frame; waits for a connection if there is none yet. */

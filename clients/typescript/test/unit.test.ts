@@ -282,6 +282,59 @@ describe('PitbossClient (scripted gateway)', () => {
     await assert.rejects(bad, (e: PitbossError) => e.code === 'invalid_ack' && e.requestId === a3.id);
   });
 
+  it('paces acks: a first burst at once, the rest as turns come, all of them sent', async () => {
+    const c = make({ ackRate: { perSecond: 40, burst: 3 } });
+    void c.connect();
+    const ws = await socketNo(1);
+    ws.accept({ role: 'operator' });
+    const ids = Array.from({ length: 8 }, (_, i) => `0193a1b2-0000-7000-8000-00000000010${i}`);
+    const acks = ids.map((id) => c.ack(id));
+    assert.equal(ws.sentOf('ack').length, 3, 'the burst, no more at once');
+    await waitFor('every ack sent', () => ws.sentOf('ack').length === 8, 5000);
+    for (const a of ws.sentOf('ack')) {
+      ws.frame({ type: 'acked', id: a.id, alert_id: a.alert_id, ack_id: a.ack_id });
+    }
+    const done = await Promise.all(acks);
+    assert.deepEqual(
+      done.map((d) => d.alertId),
+      ids,
+    );
+  });
+
+  it('reports an ack once, and on a resume only for an alert it delivered', async () => {
+    const c = make();
+    const acked: string[] = [];
+    c.on('alertAcked', (a) => acked.push(`${a.alertId} ${a.ackId}`));
+    c.subscribe('operator:demo', () => {});
+    void c.connect();
+    let ws = await socketNo(1);
+    ws.accept({ role: 'operator' });
+    ws.frame({ type: 'subscribed', id: ws.sentOf('subscribe')[0]!.id, channel: 'operator:demo', cursor: '0=-1', recovery: 'none', replayed: 0 });
+    const alert = (id: string, cursor: string): Record<string, unknown> => ({
+      type: 'message', channel: 'operator:demo', cursor, kind: 'alert', id, data: { alert_id: id },
+    });
+    const ackFrame = (alertId: string, ackId: string): Record<string, unknown> => ({
+      type: 'alert_acked', channel: 'operator:demo', alert_id: alertId, ack_id: ackId,
+      outcome: 'confirmed', operator_id: 'dora', acked_at: '2026-12-06T04:00:00Z',
+    });
+    ws.frame(alert('a1', '0=0'));
+    ws.frame(alert('a2', '0=1'));
+    // Live: a1 acknowledged by a colleague.
+    ws.frame(ackFrame('a1', 'k1'));
+    ws.drop(1006);
+    ws = await socketNo(2);
+    ws.accept({ role: 'operator', connection: 'fake-2' });
+    const resub = ws.sentOf('subscribe')[0]!;
+    assert.equal(resub.since, '0=1');
+    // The resume: the acks of every alert before the cursor — a1's again, a2's (missed while
+    // away), and a0's, an alert this client never delivered.
+    ws.frame(ackFrame('a1', 'k1'));
+    ws.frame(ackFrame('a2', 'k2'));
+    ws.frame(ackFrame('a0', 'k0'));
+    ws.frame({ type: 'subscribed', id: resub.id, channel: 'operator:demo', cursor: '0=1', recovery: 'complete', replayed: 0 });
+    assert.deepEqual(acked, ['a1 k1', 'a2 k2']);
+  });
+
   it('refuses a subscribe over 16 KiB at once, and keeps nothing of it', async () => {
     const c = make();
     assert.throws(
