@@ -324,7 +324,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
   private readonly pending = new Map<RequestId, Pending>();
   private readonly acks = new Set<AckJob>();
   /** Acks waiting for their turn ([`ackRate`]), and the tokens of the pace. */
-  private ackQueue: AckJob[] = [];
+  private readonly ackQueue = new Set<AckJob>();
   private ackTokens: number;
   private ackTokensAt = Date.now();
   private ackDrainTimer: ReturnType<typeof setTimeout> | undefined;
@@ -877,7 +877,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
       clearTimeout(this.ackDrainTimer);
       this.ackDrainTimer = undefined;
     }
-    this.ackQueue = [];
+    this.ackQueue.clear();
     this.ackTokens = this.ackRate.burst;
     this.ackTokensAt = Date.now();
     for (const [, p] of this.pending) {
@@ -912,7 +912,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
       clearTimeout(this.ackDrainTimer);
       this.ackDrainTimer = undefined;
     }
-    this.ackQueue = [];
+    this.ackQueue.clear();
     for (const job of this.acks) {
       if (job.retryTimer !== undefined) {
         clearTimeout(job.retryTimer);
@@ -1334,9 +1334,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
 
   private sendAck(job: AckJob): void {
     if (!this.takeAckToken()) {
-      if (!this.ackQueue.includes(job)) {
-        this.ackQueue.push(job);
-      }
+      this.ackQueue.add(job);
       this.scheduleAckDrain();
       return;
     }
@@ -1361,7 +1359,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
 
   /** Sends the queued acks as their turns come. */
   private scheduleAckDrain(): void {
-    if (this.ackDrainTimer !== undefined || this.ackQueue.length === 0) {
+    if (this.ackDrainTimer !== undefined || this.ackQueue.size === 0) {
       return;
     }
     const wait = Math.max(1, Math.ceil(((1 - this.ackTokens) / this.ackRate.perSecond) * 1000));
@@ -1370,16 +1368,16 @@ export class PitbossClient extends Emitter<ClientEvents> {
       if (!this.isWelcomed()) {
         return; // sent again after the next welcome
       }
-      while (this.ackQueue.length > 0) {
-        const job = this.ackQueue[0]!;
+      // In the order they came (a Set iterates in insertion order).
+      for (const job of this.ackQueue) {
         if (!this.acks.has(job) || job.requestId !== undefined || job.retryTimer !== undefined) {
-          this.ackQueue.shift();
+          this.ackQueue.delete(job);
           continue;
         }
         if (!this.takeAckToken()) {
           break;
         }
-        this.ackQueue.shift();
+        this.ackQueue.delete(job);
         const id = this.newRequestId();
         job.requestId = id;
         this.pending.set(id, { kind: 'ack', job });
