@@ -1272,6 +1272,14 @@ async fn up(
     // Readable by its owner alone when `up` makes it: the log and the store hold players' IP
     // addresses and device ids, the secrets sit beside them. (An existing directory keeps its
     // mode: the operator chose it.)
+    // A port another process holds fails the start before anything is made or opened: before
+    // the directory when `up` would make it, else once the directory is locked (a second `up`
+    // on it is told so, not that its ports are taken).
+    let listeners = [listen, admin_listen, gateway_listen];
+    let existed = data_dir.exists();
+    if !existed {
+        probe_listeners(&listeners)?;
+    }
     let mut dir = std::fs::DirBuilder::new();
     dir.recursive(true);
     #[cfg(unix)]
@@ -1295,6 +1303,9 @@ async fn up(
     // locked: a second one joined the first's consumer groups and wrote the same store). Held
     // until the process exits.
     let _one_up = lock_data_dir(&data_dir)?;
+    if existed {
+        probe_listeners(&listeners)?;
+    }
     let mut ingest = match &config {
         Some(path) => load_config(path)?,
         None => IngestConfig::default(),
@@ -1652,6 +1663,27 @@ async fn up(
         stop.clone(),
     )
     .await
+}
+
+/// Binds each fixed address (port 0 is any free port: nothing to check) and lets it go, so a
+/// port in use fails the start with the same line `bind` gives, before anything is opened.
+fn probe_listeners(addrs: &[std::net::SocketAddr]) -> Result<()> {
+    for addr in addrs.iter().filter(|a| a.port() != 0) {
+        let probe = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .with_context(|| format!("binding {addr}"))?;
+        // As tokio's listener does: a port whose last connections are in TIME_WAIT is free.
+        probe
+            .set_reuseaddr(true)
+            .with_context(|| format!("binding {addr}"))?;
+        probe
+            .bind(*addr)
+            .with_context(|| format!("binding {addr}"))?;
+    }
+    Ok(())
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {

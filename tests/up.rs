@@ -1527,6 +1527,42 @@ fn readers_of_the_embedded_log_refuse_a_directory_without_one() {
     }
 }
 
+/// A port another process holds fails `up` before it makes anything: a data directory it would
+/// make is not left behind (an outside audit found an empty one after "address in use"); on a
+/// directory another `up` runs on, the directory's lock is what it names, not the ports.
+#[test]
+fn an_up_whose_port_is_taken_makes_nothing_and_a_second_up_is_told_of_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", pitboss_testkit::free_port());
+    let gateway = format!("127.0.0.1:{}", pitboss_testkit::free_port());
+    let first_dir = tmp.path().join("first");
+    let first = up_from(up_command_at(&first_dir, &listen, &gateway), &first_dir);
+    for (l, g) in [(listen.as_str(), "127.0.0.1:0"), ("127.0.0.1:0", gateway.as_str())] {
+        let dir = tmp.path().join("second");
+        let out = up_command_at(&dir, l, g).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        let taken = if l == listen { l } else { g };
+        assert!(
+            !out.status.success() && said.contains(&format!("binding {taken}")),
+            "{said}"
+        );
+        assert!(!dir.exists(), "{} was made: {said}", dir.display());
+    }
+    let out = up_command_at(&first_dir, &listen, &gateway)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains(&format!(
+                "{} is in use by another `pitboss up`",
+                first_dir.display()
+            )),
+        "{said}"
+    );
+    drop(first);
+}
+
 /// A second `pitboss up` on a data directory another one runs on is refused before it binds or
 /// opens anything, naming the directory — whatever the bus (on Kafka nothing else refused it:
 /// it joined the first one's consumer groups and wrote the same store).
