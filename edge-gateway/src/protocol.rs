@@ -262,6 +262,11 @@ pub mod close {
     pub const IDLE: u16 = 1001;
     /// Too many bad requests, or requests faster than the limit.
     pub const POLICY: u16 = 1008;
+    /// A frame the WebSocket protocol does not allow (a control frame over 125 bytes, reserved
+    /// bits, an unknown opcode…).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1).
+    pub const NOT_UTF8: u16 = 1007;
     /// A frame larger than the limit.
     pub const TOO_BIG: u16 = 1009;
     /// The gateway is restarting: reconnect (elsewhere) with your cursors.

@@ -22,6 +22,7 @@ use pitboss_model::live::{
     Target,
 };
 use serde::{Deserialize, Serialize};
+use pitboss_runtime::http::WsBroken;
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{AuthError, Claims, Role, Verifier};
@@ -402,10 +403,12 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                         }
                         Some(Err(e)) => {
                             tracing::debug!(conn, error = %e, "websocket read failed");
-                            if pitboss_runtime::http::ws_frame_too_large(&e) {
-                                break 'session Some(End { code: close::TOO_BIG, reason: format!("frame larger than {MAX_CLIENT_FRAME} bytes") });
-                            }
-                            break 'session None;
+                            break 'session match pitboss_runtime::http::ws_broken(&e) {
+                                None => None,
+                                Some(WsBroken::TooBig) => Some(End { code: close::TOO_BIG, reason: format!("frame larger than {MAX_CLIENT_FRAME} bytes") }),
+                                Some(WsBroken::NotUtf8) => Some(End { code: close::NOT_UTF8, reason: "a text frame that is not UTF-8".into() }),
+                                Some(WsBroken::Protocol(what)) => Some(End { code: close::PROTOCOL, reason: format!("protocol error: {what}") }),
+                            };
                         }
                         Some(Ok(Message::Text(t))) => {
                             let is_ready = *ready.borrow_and_update();

@@ -71,12 +71,52 @@ pub fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 's
     false
 }
 
-/// Whether a WebSocket read failed because the frame was over the size bound (tungstenite's
-/// capacity error, "Space limit exceeded: Message too long: N > M", as axum wraps it): the
-/// ingest and the gateway close with 1009 then.
-pub fn ws_frame_too_large(e: &dyn std::fmt::Display) -> bool {
+/// Why a WebSocket read failed, when the peer broke the protocol (rather than the connection
+/// dropping): the close code the ingest and the gateway answer with (RFC 6455 §7.4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsBroken {
+    /// A frame over the size bound (tungstenite's capacity error, "Space limit exceeded:
+    /// Message too long: N > M", as axum wraps it): 1009.
+    TooBig,
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1): 1007.
+    NotUtf8,
+    /// A frame the protocol does not allow (a control frame over 125 bytes, reserved bits set,
+    /// an unmasked frame from a client, an unknown opcode, a stray continuation…): 1002, with
+    /// what it was.
+    Protocol(String),
+}
+
+impl WsBroken {
+    /// The close code for it.
+    pub fn code(&self) -> u16 {
+        match self {
+            WsBroken::TooBig => 1009,
+            WsBroken::NotUtf8 => 1007,
+            WsBroken::Protocol(_) => 1002,
+        }
+    }
+}
+
+/// Classifies a failed WebSocket read by its text (axum wraps tungstenite's error, of another
+/// version than the gateway's): `None` for a connection that dropped or reset.
+pub fn ws_broken(e: &dyn std::fmt::Display) -> Option<WsBroken> {
     let text = e.to_string();
-    text.contains("Space limit") || text.contains("too long") || text.contains("too big")
+    const PROTOCOL: &str = "WebSocket protocol error: ";
+    if let Some(at) = text.find(PROTOCOL) {
+        let what = &text[at + PROTOCOL.len()..];
+        // A peer that went away without a close frame broke nothing worth answering.
+        if what.contains("without closing handshake") {
+            return None;
+        }
+        return Some(WsBroken::Protocol(what.to_owned()));
+    }
+    if text.contains("Space limit") || text.contains("too long") || text.contains("too big") {
+        return Some(WsBroken::TooBig);
+    }
+    if text.contains("UTF-8") || text.contains("utf-8") {
+        return Some(WsBroken::NotUtf8);
+    }
+    None
 }
 
 /// Raises the soft limit of open files to the hard limit, so the connection limit (not the

@@ -802,6 +802,32 @@ async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_una
         .await;
     let text = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(64 * 1024));
     assert_eq!(big.send_and_close_code(&text).await, Some(1009));
+    // A frame the protocol does not allow closes with 1002 and says what it was; a text frame
+    // that is not UTF-8 with 1007 (RFC 6455 §7.4.1, §8.1): both were dropped without a close
+    // frame, and a 200-byte ping was closed as "too big" (1009).
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let mut pinger = gw
+        .connect(&env.token("acme", "p4", Role::Player, &[]))
+        .await;
+    let (code, reason) = pinger
+        .send_frame_and_close(Frame::ping(vec![b'x'; 200]))
+        .await;
+    assert_eq!(code, Some(1002), "{reason}");
+    assert!(reason.contains("Control frame too big"), "{reason}");
+    let mut garbled = gw
+        .connect(&env.token("acme", "p4", Role::Player, &[]))
+        .await;
+    let (code, reason) = garbled
+        .send_frame_and_close(Frame::message(
+            vec![b'{', 0xff, 0xfe, b'}'],
+            OpCode::Data(Data::Text),
+            true,
+        ))
+        .await;
+    assert_eq!(code, Some(1007), "{reason}");
     // 64 subscriptions per connection: the 65th channel is refused, the connection stays.
     let mut many = gw
         .connect(&env.token("acme", "ops", Role::Operator, &["*"]))

@@ -681,6 +681,16 @@ impl Client {
         self.close_code().await.0
     }
 
+    /// Sends a raw frame (one a client library would not send: a control frame over 125
+    /// bytes, a text frame that is not UTF-8) and reads to the close: (code, reason).
+    pub async fn send_frame_and_close(
+        &mut self,
+        frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
+    ) -> (Option<u16>, String) {
+        let _ = self.ws.send(Message::Frame(frame)).await;
+        self.close_code().await
+    }
+
     /// Reads to the close: (code, reason).
     pub async fn close_code(&mut self) -> (Option<u16>, String) {
         loop {

@@ -486,7 +486,7 @@ async fn ws_ingest(
 const WS_BUFFER_BYTES: usize = 4096;
 
 /// Why the server ended a WebSocket session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum WsEnd {
     /// The client closed, or the socket failed.
     Client,
@@ -494,8 +494,9 @@ enum WsEnd {
     Idle,
     /// The server is shutting down.
     Shutdown,
-    /// A frame over `max_body_bytes`.
-    TooBig,
+    /// A frame over `max_body_bytes` (1009), a text frame that is not UTF-8 (1007), or one the
+    /// protocol does not allow (1002).
+    Broken(pitboss_runtime::http::WsBroken),
 }
 
 async fn ws_session(
@@ -536,8 +537,8 @@ async fn ws_session(
                     }
                     Ok(Some(Err(e))) => {
                         // tungstenite refuses a frame over the bound as it reads it.
-                        if pitboss_runtime::http::ws_frame_too_large(&e) {
-                            end(WsEnd::TooBig, &reader_end);
+                        if let Some(broken) = pitboss_runtime::http::ws_broken(&e) {
+                            end(WsEnd::Broken(broken), &reader_end);
                         }
                         return None;
                     }
@@ -576,16 +577,32 @@ async fn ws_session(
                 }
             }
         }
-        let why = *ended
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let why = std::mem::replace(
+            &mut *ended
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            WsEnd::Client,
+        );
         let (code, reason) = match why {
             WsEnd::Shutdown => (1012, "server restarting: reconnect".to_owned()),
             WsEnd::Idle => (
                 1001,
                 "idle: nothing received within the idle timeout".into(),
             ),
-            WsEnd::TooBig => (1009, format!("frame larger than {max_frame} bytes")),
+            WsEnd::Broken(b) => (
+                b.code(),
+                match b {
+                    pitboss_runtime::http::WsBroken::TooBig => {
+                        format!("frame larger than {max_frame} bytes")
+                    }
+                    pitboss_runtime::http::WsBroken::NotUtf8 => {
+                        "a text frame that is not UTF-8".to_owned()
+                    }
+                    pitboss_runtime::http::WsBroken::Protocol(what) => {
+                        format!("protocol error: {what}")
+                    }
+                },
+            ),
             WsEnd::Client => return,
         };
         let _ = tokio::time::timeout(

@@ -380,6 +380,42 @@ async fn a_frame_over_the_bound_closes_with_1009() {
     assert_eq!(bus.len("events"), 1);
 }
 
+/// A frame the WebSocket protocol does not allow closes the socket with 1002, saying what it
+/// was; a text frame that is not UTF-8 with 1007 (RFC 6455 §7.4.1, §8.1). Both were dropped
+/// without a close frame (and a 200-byte ping was closed as "too big", 1009).
+#[tokio::test]
+async fn a_frame_that_breaks_the_protocol_closes_with_1002_and_one_not_utf8_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let url = serve_with(&bus, config(), pitboss_runtime::Shutdown::new()).await;
+    for (frame, code, says) in [
+        (Frame::ping(vec![b'x'; 200]), 1002, "Control frame too big"),
+        (
+            Frame::message(vec![b'[', 0xff, 0xfe, b']'], OpCode::Data(Data::Text), true),
+            1007,
+            "not UTF-8",
+        ),
+    ] {
+        let mut socket = connect(&url).await;
+        socket.send(Message::text(events(1))).await.unwrap();
+        let reply = next_message(&mut socket).await.expect("an answer");
+        assert!(reply.to_text().unwrap().contains("\"accepted\":1"), "{reply:?}");
+        let _ = socket.send(Message::Frame(frame)).await;
+        match next_message(&mut socket).await {
+            Some(Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), code, "{frame:?}");
+                assert!(frame.reason.contains(says), "{frame:?}");
+            }
+            other => panic!("expected a {code} close, got {other:?}"),
+        }
+    }
+    assert_eq!(bus.len("events"), 2);
+}
+
 /// A client that sends frames but never reads its answers: once the server's writes have
 /// waited for the idle timeout, the session ends and the connection's place under
 /// `max_connections` is free again (it was held for good: the writer waited forever, and the
