@@ -1537,7 +1537,10 @@ fn an_up_whose_port_is_taken_makes_nothing_and_a_second_up_is_told_of_the_lock()
     let gateway = format!("127.0.0.1:{}", pitboss_testkit::free_port());
     let first_dir = tmp.path().join("first");
     let first = up_from(up_command_at(&first_dir, &listen, &gateway), &first_dir);
-    for (l, g) in [(listen.as_str(), "127.0.0.1:0"), ("127.0.0.1:0", gateway.as_str())] {
+    for (l, g) in [
+        (listen.as_str(), "127.0.0.1:0"),
+        ("127.0.0.1:0", gateway.as_str()),
+    ] {
         let dir = tmp.path().join("second");
         let out = up_command_at(&dir, l, g).output().unwrap();
         let said = String::from_utf8_lossy(&out.stderr);

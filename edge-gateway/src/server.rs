@@ -21,8 +21,8 @@ use pitboss_model::live::{
     AlertAck, ChannelName, Delivery, LiveMessage, MessageType, OperatorSource, Push, PushSource,
     Target,
 };
-use serde::{Deserialize, Serialize};
 use pitboss_runtime::http::WsBroken;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::auth::{AuthError, Claims, Role, Verifier};

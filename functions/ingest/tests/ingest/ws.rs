@@ -403,7 +403,10 @@ async fn a_frame_that_breaks_the_protocol_closes_with_1002_and_one_not_utf8_with
         let mut socket = connect(&url).await;
         socket.send(Message::text(events(1))).await.unwrap();
         let reply = next_message(&mut socket).await.expect("an answer");
-        assert!(reply.to_text().unwrap().contains("\"accepted\":1"), "{reply:?}");
+        assert!(
+            reply.to_text().unwrap().contains("\"accepted\":1"),
+            "{reply:?}"
+        );
         let _ = socket.send(Message::Frame(frame)).await;
         match next_message(&mut socket).await {
             Some(Message::Close(Some(frame))) => {
