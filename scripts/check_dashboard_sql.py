@@ -14,7 +14,8 @@ schema and checks that it returns the columns its panel reads, on two engines:
 
 Grafana's macros are expanded the way the ClickHouse plugin does ($__timeFilter(c) ->
 c >= toDateTime(from) AND c <= toDateTime(to); $__interval_s -> 60), ${tenant} -> 'acme',
-${currency:csv} -> EUR (then also EUR,USD and nothing, which must run); the dashboards'
+${currency:csv} -> EUR (then also EUR,USD and nothing, which must run, and __all, the
+"All" value, which must return rows too); the dashboards'
 variable queries are run too. A
 few rows are inserted first (events, which fill the rollups through their materialized views,
 alerts, an ack, pushes, deliveries) so every query also has to return at least one row.
@@ -108,6 +109,8 @@ def run_all(execute, engine):
             if "${currency:csv}" in q["sql"]:
                 for other in ("EUR,USD", ""):
                     execute(expand(q["sql"], other))
+                # "All" (the variable's allValue): every currency, rows and all.
+                problems += check(execute(expand(q["sql"], "__all")), q)
         except Exception as e:  # server errors and chDB's own error types
             problems = [str(e).strip().splitlines()[0][:400]]
         if problems:

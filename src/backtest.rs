@@ -42,18 +42,27 @@ pub struct BacktestArgs {
     #[arg(long)]
     to: String,
     /// Only this tenant's events.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     tenant: Option<String>,
     /// The data directory of `pitboss up` (its embedded store, `pitboss.db`), read unless
     /// `--clickhouse-url` is given.
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
     data_dir: PathBuf,
     /// Read the events from ClickHouse at this HTTP URL instead of the embedded store.
-    #[arg(long)]
+    #[arg(long, visible_alias = "clickhouse")]
     clickhouse_url: Option<String>,
     /// ClickHouse database of the Pitboss tables.
-    #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
+    #[arg(
+        long,
+        visible_alias = "clickhouse-database",
+        env = "PITBOSS_CLICKHOUSE_DATABASE",
+        default_value = "pitboss"
+    )]
     database: String,
+    /// Seconds one ClickHouse query may take to answer in full (a page of `--page-rows`): a
+    /// server that takes the connection and never answers fails the run.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    query_timeout_secs: u64,
     /// Rows per ClickHouse query (keyset pages; ClickHouse only).
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     page_rows: u64,
@@ -152,27 +161,40 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
                 bail!("--database must be letters, digits and '_' (not starting with a digit)");
             }
             let client = pitboss_processor::sink::client(url, &args.database);
+            // Printed without its password; a server that takes the connection but never
+            // answers (stopped, or behind a proxy that holds it) fails the run, not hangs it.
+            let at = pitboss_processor::sink::redacted_url(url);
             let (lo, hi) = (start.max(0) as u64, to.as_millis().max(0) as u64);
-            let total = pitboss_processor::sink::count_events(&client, lo, hi, tenant)
-                .await
-                .with_context(|| format!("counting the events in ClickHouse at {url}"))?;
+            let wait = std::time::Duration::from_secs(args.query_timeout_secs);
+            let total = answered(
+                wait,
+                pitboss_processor::sink::count_events(&client, lo, hi, tenant),
+                || format!("counting the events in ClickHouse at {at}"),
+            )
+            .await?;
             let bar = progress(total);
-            let columns = pitboss_processor::sink::stored_event_columns(&client)
-                .await
-                .with_context(|| format!("reading the events' columns from ClickHouse at {url}"))?;
+            let columns = answered(
+                wait,
+                pitboss_processor::sink::stored_event_columns(&client),
+                || format!("reading the events' columns from ClickHouse at {at}"),
+            )
+            .await?;
             let mut after: Option<pitboss_processor::sink::EventCursor> = None;
             loop {
-                let page = pitboss_processor::sink::events_page(
-                    &client,
-                    &columns,
-                    lo,
-                    hi,
-                    tenant,
-                    after.as_ref(),
-                    args.page_rows.max(1),
+                let page = answered(
+                    wait,
+                    pitboss_processor::sink::events_page(
+                        &client,
+                        &columns,
+                        lo,
+                        hi,
+                        tenant,
+                        after.as_ref(),
+                        args.page_rows.max(1),
+                    ),
+                    || format!("reading the events from ClickHouse at {at}"),
                 )
-                .await
-                .with_context(|| format!("reading the events from ClickHouse at {url}"))?;
+                .await?;
                 let Some(last) = page.last() else { break };
                 let next = pitboss_processor::sink::EventCursor::after(last);
                 for row in &page {
@@ -268,8 +290,9 @@ fn text(out: &mut impl Write, r: &Report, source: &RulesSource) -> Result<()> {
             };
             writeln!(
                 out,
-                "    {} player {} key {}{score}: {}",
+                "    {} tenant {} player {} key {}{score}: {}",
                 ts(e.event_time),
+                e.tenant_id,
                 e.player_id,
                 e.group_key,
                 e.reason
@@ -315,4 +338,24 @@ fn text(out: &mut impl Write, r: &Report, source: &RulesSource) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `query`'s answer within `wait` (`--query-timeout-secs`), its failure or the wait named by
+/// `what`.
+async fn answered<T, E>(
+    wait: std::time::Duration,
+    query: impl std::future::Future<Output = std::result::Result<T, E>>,
+    what: impl Fn() -> String,
+) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(wait, query).await {
+        Ok(answer) => answer.with_context(what),
+        Err(_) => Err(anyhow::anyhow!(
+            "{}: no answer within {} s (--query-timeout-secs)",
+            what(),
+            wait.as_secs()
+        )),
+    }
 }

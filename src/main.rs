@@ -192,15 +192,23 @@ enum SqlFormat {
 
 #[derive(Debug, Args)]
 struct ClickHouseArgs {
-    /// ClickHouse HTTP URL.
+    /// ClickHouse HTTP URL (`--clickhouse-url`, as `up` and `rules backtest` spell it, works
+    /// too).
     #[arg(
         long,
+        visible_alias = "clickhouse-url",
         env = "PITBOSS_CLICKHOUSE_URL",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:8123"
     )]
     clickhouse: String,
     /// Database of the Pitboss tables (created if missing).
-    #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
+    #[arg(
+        long,
+        visible_alias = "clickhouse-database",
+        env = "PITBOSS_CLICKHOUSE_DATABASE",
+        default_value = "pitboss"
+    )]
     database: String,
     /// Cluster (from the servers' `remote_servers`) for the replicated, sharded layout:
     /// `ON CLUSTER` migrations, `Replicated*MergeTree` tables behind `Distributed` ones.
@@ -870,7 +878,12 @@ struct UpArgs {
     )]
     clickhouse_url: Option<String>,
     /// ClickHouse database of the Pitboss tables, with `--clickhouse-url`.
-    #[arg(long, default_value = "pitboss", requires = "clickhouse_url")]
+    #[arg(
+        long,
+        visible_alias = "database",
+        default_value = "pitboss",
+        requires = "clickhouse_url"
+    )]
     clickhouse_database: String,
     /// On Kafka, keep the rules engine's state only in `--data-dir` instead of also mirroring
     /// it to the compacted topic `<prefix>antifraud_state` (which lets another `pitboss up`

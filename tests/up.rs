@@ -1394,6 +1394,48 @@ fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input
         ],
         "no embedded store at",
     );
+    refused(
+        &[
+            "--data-dir",
+            data_dir,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--tenant",
+            "",
+        ],
+        "a value is required for '--tenant <TENANT>'",
+    );
+    // A ClickHouse that takes the connection and never answers fails the run within
+    // --query-timeout-secs, its URL printed without the password (it waited for good, an
+    // outside audit found).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://pitboss:s3cret@127.0.0.1:{}",
+        silent.local_addr().unwrap().port()
+    );
+    let started = std::time::Instant::now();
+    let out = backtest(&[
+        "--clickhouse-url",
+        &url,
+        "--query-timeout-secs",
+        "1",
+        "--from",
+        &from,
+        "--to",
+        &to,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("counting the events in ClickHouse at")
+            && err.contains("no answer within 1 s")
+            && !err.contains("s3cret"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    drop(silent);
     std::fs::write(
         lowered.join("fraud.toml"),
         "[[rule]]\nid = \"fraud.x\"\nversion = 0\n",

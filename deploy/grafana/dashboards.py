@@ -25,7 +25,11 @@ TENANT = "tenant_id = '${tenant}'"
 # currency, and this narrows which it shows). As a comma-separated list split in SQL, not
 # `IN (…)`: with nothing to choose from Grafana writes an empty list, and `IN ()` is a syntax
 # error on ClickHouse 18.16 where this is "no rows".
-CURRENCY = "has(splitByChar(',', '${currency:csv}'), currency)"
+# "All" is the value `__all` (the variable's allValue), every currency whatever the list held
+# when it was read: the list is read when the dashboard loads, and a currency that appeared
+# since, or only in a range chosen later, was left out of "All" until a reload.
+CURRENCY = ("('${currency:csv}' = '__all' OR"
+            " has(splitByChar(',', '${currency:csv}'), currency))")
 VARIABLES = {
     "tenant": ("Tenant", "SELECT DISTINCT tenant_id FROM players_per_minute ORDER BY tenant_id",
                False, 2),
@@ -293,7 +297,8 @@ def dashboard(uid, title, specs):
         label, query, multi, refresh = VARIABLES[name]
         variables.append({
             "name": name, "label": label, "type": "query", "datasource": CH, "query": query,
-            "refresh": refresh, "multi": multi, "includeAll": multi})
+            "refresh": refresh, "multi": multi, "includeAll": multi,
+            **({"allValue": "__all"} if multi else {})})
     return {
         "uid": f"pitboss-{uid}", "title": title, "tags": ["pitboss"], "editable": False,
         "schemaVersion": 41, "version": 1, "timezone": "utc", "refresh": "30s",

@@ -79,9 +79,11 @@ pub struct RuleReport {
     pub hits: u64,
     pub alerts: u64,
     pub pushes: u64,
-    /// Distinct players whose events fired the rule.
+    /// Distinct players whose events fired the rule (a player of each tenant apart: ids are
+    /// unique within a tenant).
     pub players: u64,
-    /// Distinct group keys (players, devices, addresses…) the rule fired for.
+    /// Distinct group keys (players, devices, addresses…) the rule fired for, of each tenant
+    /// apart.
     pub keys: u64,
     /// The first alerts (or, for a push-only rule, pushes) of the rule, oldest first.
     pub examples: Vec<Example>,
@@ -90,6 +92,7 @@ pub struct RuleReport {
 /// One hit, as an analyst reads it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Example {
+    pub tenant_id: String,
     pub player_id: String,
     pub group_key: String,
     pub trigger_event_id: String,
@@ -154,8 +157,10 @@ fn edges(review: u32, block: u32) -> Vec<u32> {
 
 #[derive(Debug, Default)]
 struct Seen {
-    players: HashSet<String>,
-    keys: HashSet<String>,
+    /// `(tenant, player)`.
+    players: HashSet<(String, String)>,
+    /// `(tenant, group key)`.
+    keys: HashSet<(String, String)>,
 }
 
 /// A backtest in progress: feed it events in the order they were received, then
@@ -342,9 +347,12 @@ impl Backtest {
             if !hit.contains(&i) {
                 hit.push(i);
             }
-            self.seen[i].keys.insert(a.group_key.clone());
+            self.seen[i]
+                .keys
+                .insert((a.tenant_id.clone(), a.group_key.clone()));
             if r.examples.len() < self.examples {
                 r.examples.push(Example {
+                    tenant_id: a.tenant_id.clone(),
                     player_id: a.player_id.clone().unwrap_or_default(),
                     group_key: a.group_key.clone(),
                     trigger_event_id: a.trigger_event_id.clone(),
@@ -375,9 +383,12 @@ impl Backtest {
             let key = match &p.target {
                 Target::Player(k) | Target::Room(k) => k.clone(),
             };
-            self.seen[i].keys.insert(key.clone());
+            self.seen[i]
+                .keys
+                .insert((event.tenant_id.clone(), key.clone()));
             if r.examples.len() < self.examples {
                 r.examples.push(Example {
+                    tenant_id: event.tenant_id.clone(),
                     player_id: event.player_id.clone(),
                     group_key: key,
                     trigger_event_id: src.trigger_event_id.clone(),
@@ -392,7 +403,9 @@ impl Backtest {
         }
         for i in hit {
             self.report.rules[i].hits += 1;
-            self.seen[i].players.insert(event.player_id.clone());
+            self.seen[i]
+                .players
+                .insert((event.tenant_id.clone(), event.player_id.clone()));
         }
         self.out = out;
     }

@@ -356,4 +356,17 @@ expect = [{ rule = "fraud.account_takeover", count = 9223372036854775807 }]
             "{text}: {errs:?}"
         );
     }
+    // A refused event is the case's one error: not also a count of hits against the events
+    // that were built (an outside audit saw "the case has 0 events" for three repeated ones).
+    let errs = parse(
+        "t.toml",
+        r#"[[case]]
+name = "x"
+events = [{ type = "bet_placed", at = "0s", repeat = 3, every = "1s", payload = { stake = { amount_minor = 100, currency = "eur" } } }]
+expect = [{ rule = "fraud.bet_velocity", count = 3 }]
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].reason.contains("event 1"), "{errs:?}");
 }
