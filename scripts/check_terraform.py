@@ -2,8 +2,8 @@
 """Assertions on infra/terraform that checkov does not make, on the parsed HCL (python-hcl2):
 
 - every Lambda event source mapping reports partial batch failures
-  (function_response_types = ["ReportBatchItemFailures"]), bisects a failing batch on Kinesis
-  and has an on-failure destination;
+  (function_response_types = ["ReportBatchItemFailures"]), bisects a failing batch, has an
+  on-failure destination, and on Kafka runs in provisioned mode (which those controls need);
 - no IAM action anywhere is a wildcard ("*", "service:*", "service:Get*"): policy documents,
   inline JSON policies;
 - every ALB sets idle_timeout (WebSockets) and every target group has stickiness on;
@@ -358,6 +358,10 @@ def check_assertions(files):
                     fail(path, f"{where}: function_response_types must be [\"ReportBatchItemFailures\"]")
                 if "true" not in str(val(body, "bisect_batch_on_function_error", "")).lower():
                     fail(path, f"{where}: bisect_batch_on_function_error is not on")
+                # Kafka (MSK) honours batchItemFailures, bisection, retries and record age only
+                # in provisioned mode.
+                if "topics" in body and "provisioned_poller_config" not in str(body):
+                    fail(path, f"{where}: a Kafka mapping without provisioned_poller_config ignores partial batch responses")
                 dest = body.get("destination_config", [{}])
                 if not (dest and dest[0].get("on_failure")):
                     fail(path, f"{where}: no destination_config.on_failure")

@@ -171,15 +171,26 @@ resource "aws_lambda_event_source_mapping" "events" {
   starting_position = var.starting_position
   batch_size        = var.batch_size
 
-  # Only the failed records (and those after them on their shard) are retried.
+  # Only the failed records (and those after them on their shard or partition) are retried.
   function_response_types = ["ReportBatchItemFailures"]
 
-  # Kinesis only: split a failing batch in two to isolate a poison record, give up on a record
-  # after its retries or its age, then send its description to the on-failure queue.
-  bisect_batch_on_function_error = local.kinesis ? true : null
-  maximum_retry_attempts         = local.kinesis ? var.maximum_retry_attempts : null
-  maximum_record_age_in_seconds  = local.kinesis ? var.maximum_record_age_seconds : null
+  # Split a failing batch in two to isolate a poison record, give up on a record after its
+  # retries or its age, then send its description to the on-failure queue. On MSK these, and
+  # the partial batch response above, are the error handling controls of provisioned mode
+  # (below): without it a Kafka mapping ignores the function's batchItemFailures.
+  bisect_batch_on_function_error = true
+  maximum_retry_attempts         = var.maximum_retry_attempts
+  maximum_record_age_in_seconds  = var.maximum_record_age_seconds
   parallelization_factor         = local.kinesis ? 1 : null
+
+  # MSK: provisioned mode, pollers kept between the bounds (each ~5 MB/s).
+  dynamic "provisioned_poller_config" {
+    for_each = local.kinesis ? [] : [1]
+    content {
+      minimum_pollers = var.msk_minimum_pollers
+      maximum_pollers = var.msk_maximum_pollers
+    }
+  }
 
   destination_config {
     on_failure {

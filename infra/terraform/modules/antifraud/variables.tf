@@ -149,7 +149,7 @@ variable "batch_size" {
 }
 
 variable "maximum_retry_attempts" {
-  description = "Retries of a failing record before it goes to the on-failure queue (Kinesis)."
+  description = "Retries of a failing record before it goes to the on-failure queue (Kinesis and MSK)."
   type        = number
   default     = 10
   validation {
@@ -159,7 +159,7 @@ variable "maximum_retry_attempts" {
 }
 
 variable "maximum_record_age_seconds" {
-  description = "A record older than this goes to the on-failure queue (Kinesis; 60-604800)."
+  description = "A record older than this goes to the on-failure queue (Kinesis and MSK; 60-604800)."
   type        = number
   default     = 3600
   validation {
@@ -214,4 +214,24 @@ variable "tags" {
   description = "Tags of every resource."
   type        = map(string)
   default     = {}
+}
+
+variable "msk_minimum_pollers" {
+  description = "MSK: the fewest event pollers of each mapping (provisioned mode, which Kafka's error handling controls need; about 5 MB/s a poller)."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.msk_minimum_pollers >= 1 && var.msk_minimum_pollers <= 200
+    error_message = "msk_minimum_pollers must be between 1 and 200."
+  }
+}
+
+variable "msk_maximum_pollers" {
+  description = "MSK: the most event pollers of each mapping (provisioned mode), at least msk_minimum_pollers."
+  type        = number
+  default     = 4
+  validation {
+    condition     = var.msk_maximum_pollers >= 1 && var.msk_maximum_pollers <= 2000
+    error_message = "msk_maximum_pollers must be between 1 and 2000."
+  }
 }

@@ -32,6 +32,19 @@ resource "aws_lambda_event_source_mapping" "good" {
   }
 }
 
+resource "aws_lambda_event_source_mapping" "kafka_on_demand" {
+  function_name                  = "f"
+  event_source_arn               = "arn:aws:kafka:eu-west-1:111122223333:cluster/c/1"
+  topics                         = ["events"]
+  function_response_types        = ["ReportBatchItemFailures"]
+  bisect_batch_on_function_error = true
+  destination_config {
+    on_failure {
+      destination_arn = "arn:aws:sqs:eu-west-1:111122223333:dlq"
+    }
+  }
+}
+
 resource "aws_lb" "bare" {
   name = "bare"
 }
