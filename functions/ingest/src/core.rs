@@ -241,7 +241,7 @@ pub fn plan(
                 Ok(text) => (decode_event_str(text), text.as_bytes()),
                 Err(bytes) => (decode_event(bytes), *bytes),
             };
-            result.map_err(|v| locate(v, body, bytes))
+            result.map_err(|v| (locate(v, body, bytes), client_id_of(bytes)))
         })
         .collect();
     plan_decoded(decoded, tenant, config, now_ms, seen)
@@ -299,7 +299,13 @@ pub fn plan_proto(
         return Err(RequestError::Empty);
     }
     check_limits(events.iter().map(prost::Message::encoded_len), config)?;
-    let decoded = events.into_iter().map(Event::try_from).collect();
+    let decoded = events
+        .into_iter()
+        .map(|e| {
+            let id = (!e.event_id.is_empty()).then(|| e.event_id.clone());
+            Event::try_from(e).map_err(|v| (v, id))
+        })
+        .collect();
     plan_decoded(decoded, tenant, config, now_ms, seen)
 }
 
@@ -325,8 +331,21 @@ fn check_limits(
     Ok(())
 }
 
+/// The `event_id` of an event that could not be decoded, when it has a string one (a
+/// refusal names the event the client sent, whatever else is wrong with it).
+fn client_id_of(event: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        event_id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(event).ok()?.event_id
+}
+
+/// Decoded events, or why each could not be, with the client's `event_id` when it had one.
+type Decoded = Vec<Result<Event, (Violation, Option<String>)>>;
+
 fn plan_decoded(
-    decoded: Vec<Result<Event, Violation>>,
+    decoded: Decoded,
     tenant: &str,
     config: &CoreConfig,
     now_ms: i64,
@@ -352,9 +371,10 @@ fn plan_decoded(
     for (index, d) in decoded.into_iter().enumerate() {
         let mut event = match d {
             Ok(e) => e,
-            Err(v) => {
+            Err((v, event_id)) => {
                 outcomes.push(Outcome::Rejected {
-                    event_id: None,
+                    // Echoed in the canonical (lower-case) form every other answer gives.
+                    event_id: event_id.map(|id| id.to_ascii_lowercase()),
                     errors: vec![v],
                 });
                 continue;
@@ -519,6 +539,38 @@ mod tests {
         );
         assert_eq!(plan.publish.len(), 1);
         assert_eq!(plan.publish[0].index, 1);
+    }
+
+    /// An event refused while it is decoded (a required field missing, a field of the wrong
+    /// type) still names the client's id, lower-cased as every answer gives it: docs/api.md
+    /// says a result's `event_id` is the client's (it was left out of these).
+    #[test]
+    fn an_event_refused_as_it_is_decoded_names_the_clients_id() {
+        let missing_player = format!(
+            r#"{{"event_id":"{}","tenant_id":"acme","type":"login","occurred_at":"2026-11-28T12:00:00Z","payload":{{}}}}"#,
+            ID1.to_ascii_uppercase()
+        );
+        let body = format!(r#"[{missing_player},{{"event_id":7,"tenant_id":"acme"}}]"#);
+        let plan = run(&body, BodyFormat::Json).expect("plan");
+        assert_eq!(plan.counts(), (0, 0, 2));
+        match &plan.outcomes[0] {
+            Outcome::Rejected { event_id, errors } => {
+                assert_eq!(event_id.as_deref(), Some(ID1));
+                assert_eq!(errors[0].path, "player_id", "{errors:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An id that is not a string is not echoed.
+        assert!(matches!(
+            &plan.outcomes[1],
+            Outcome::Rejected { event_id: None, .. }
+        ));
+        let ndjson = format!("{missing_player}\n");
+        let plan = run(&ndjson, BodyFormat::Ndjson).expect("plan");
+        assert!(matches!(
+            &plan.outcomes[0],
+            Outcome::Rejected { event_id: Some(id), .. } if id == ID1
+        ));
     }
 
     #[test]

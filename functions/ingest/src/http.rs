@@ -144,6 +144,29 @@ impl IntoResponse for IngestError {
     }
 }
 
+/// The paths [`router`] serves over HTTP/1 (gRPC's are its own).
+pub const PATHS: [&str; 5] = [
+    "/v1/events",
+    "/v1/ingest/ws",
+    "/v1/openapi.json",
+    "/healthz",
+    "/readyz",
+];
+
+/// The path an API Gateway request is for, without the stage lambda_http puts in front of it
+/// (`/prod/v1/events` from a REST API's stage `prod`; an HTTP API's named stage is in its raw
+/// path already): `None` when `path` is one of [`PATHS`] as it is, or does not start with the
+/// stage, or is not one of them without it either. A stage named like a path's first segment
+/// (`v1`) is told apart by the same rule.
+pub fn without_stage(path: &str, stage: Option<&str>) -> Option<String> {
+    let stage = stage.filter(|s| !s.is_empty() && *s != "$default")?;
+    if PATHS.contains(&path) {
+        return None;
+    }
+    let rest = path.strip_prefix('/')?.strip_prefix(stage)?;
+    PATHS.contains(&rest).then(|| rest.to_owned())
+}
+
 /// The router, for the standalone server and (through lambda_http) for AWS Lambda alike.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
@@ -675,5 +698,39 @@ async fn ready(state: &AppState, detail: bool) -> Response {
         Err(NotReady::NoAnswer) => {
             (StatusCode::SERVICE_UNAVAILABLE, "bus: no answer within 3 s").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_stage;
+
+    #[test]
+    fn the_stage_goes_only_when_the_path_is_served_without_it() {
+        // REST API stage `prod` (lambda_http puts it in front); HTTP API named stage (in the raw
+        // path already): the same path without it.
+        assert_eq!(
+            without_stage("/prod/v1/events", Some("prod")).as_deref(),
+            Some("/v1/events")
+        );
+        assert_eq!(
+            without_stage("/prod/healthz", Some("prod")).as_deref(),
+            Some("/healthz")
+        );
+        // `$default` and no stage: nothing in front of the path.
+        assert_eq!(without_stage("/v1/events", Some("$default")), None);
+        assert_eq!(without_stage("/v1/events", None), None);
+        // A stage named like the path's first segment: a served path stays, the stage in
+        // front of one goes.
+        assert_eq!(without_stage("/v1/events", Some("v1")), None);
+        assert_eq!(
+            without_stage("/v1/v1/events", Some("v1")).as_deref(),
+            Some("/v1/events")
+        );
+        // Not a path it serves either way, or a stage only as a prefix of a segment: left
+        // for the router's 404.
+        assert_eq!(without_stage("/prod/v2/events", Some("prod")), None);
+        assert_eq!(without_stage("/production/v1/events", Some("prod")), None);
+        assert_eq!(without_stage("/elsewhere", Some("prod")), None);
     }
 }

@@ -59,6 +59,9 @@ async fn api_gateway_and_function_url_events_reach_kafka() {
     let topic = pitboss_testkit::unique_name("lambda_events");
     let bus = KafkaBus::new(KafkaConfig::new(&bootstrap)).unwrap();
     bus.create_topic(&topic, 3).await.unwrap();
+    bus.create_topic(&format!("{topic}_overflow"), 3)
+        .await
+        .unwrap();
     let config = format!(
         "topic = \"{topic}\"\n[[tenants]]\nid = \"acme\"\napi_key_sha256 = [\"{}\"]\n",
         hash_key(KEY)
@@ -84,6 +87,29 @@ async fn api_gateway_and_function_url_events_reach_kafka() {
     let answer = runtime.invoke("req-2", event).await;
     assert_eq!(answer["statusCode"], 401, "{answer}");
 
+    // A REST API (payload v1) on its stage `prod`, and an HTTP API on a named stage (in its raw
+    // path): the stage is not part of the route (both were a 404 with an empty body).
+    let mut rest = fixture("apigw-rest-v1-post-events.json");
+    rest["headers"]["Authorization"] = format!("Bearer {KEY}").into();
+    rest["multiValueHeaders"]["Authorization"] = serde_json::json!([format!("Bearer {KEY}")]);
+    rest["body"] = serde_json::to_string(&events("acme", 2)).unwrap().into();
+    let answer = runtime.invoke("req-rest", rest.clone()).await;
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    // A stage named like the route's first segment.
+    rest["requestContext"]["stage"] = "v1".into();
+    rest["requestContext"]["path"] = "/v1/v1/events".into();
+    rest["body"] = serde_json::to_string(&events("acme", 1)).unwrap().into();
+    let answer = runtime.invoke("req-rest-v1", rest).await;
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let mut staged = fixture("apigw-http-v2-post-events.json");
+    staged["headers"]["authorization"] = format!("Bearer {KEY}").into();
+    staged["rawPath"] = "/prod/v1/events".into();
+    staged["requestContext"]["http"]["path"] = "/prod/v1/events".into();
+    staged["requestContext"]["stage"] = "prod".into();
+    staged["body"] = serde_json::to_string(&events("acme", 1)).unwrap().into();
+    let answer = runtime.invoke("req-staged", staged).await;
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+
     // A function URL with a gzip-compressed NDJSON body (base64, as Lambda delivers binary).
     let ndjson: String = events("acme", 2).iter().map(|e| format!("{e}\n")).collect();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -106,7 +132,7 @@ async fn api_gateway_and_function_url_events_reach_kafka() {
         .unwrap();
     let mut seen = 0;
     let start = std::time::Instant::now();
-    while seen < 5 && start.elapsed() < Duration::from_secs(60) {
+    while seen < 9 && start.elapsed() < Duration::from_secs(60) {
         if let Delivery::Records(rs) = consumer
             .poll(100, Duration::from_millis(300))
             .await
@@ -120,7 +146,7 @@ async fn api_gateway_and_function_url_events_reach_kafka() {
             seen += rs.len();
         }
     }
-    assert_eq!(seen, 5, "every accepted event is on the topic");
+    assert_eq!(seen, 9, "every accepted event is on the topic");
     consumer.close().await.unwrap();
     function.kill().unwrap();
     function.wait().unwrap();
@@ -159,6 +185,9 @@ async fn kafka_options_from_secrets_manager_take_events_over_sasl_ssl() {
     let topic = pitboss_testkit::unique_name("lambda_secret_events");
     let bus = KafkaBus::new(KafkaConfig::new(&bootstrap)).unwrap();
     bus.create_topic(&topic, 1).await.unwrap();
+    bus.create_topic(&format!("{topic}_overflow"), 1)
+        .await
+        .unwrap();
     let secret = serde_json::json!({
         "security.protocol": "SASL_SSL",
         "sasl.mechanisms": "SCRAM-SHA-512",
@@ -274,4 +303,51 @@ fn a_function_without_config_fails_at_init_with_a_clear_message() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PITBOSS_CONFIG_TOML"), "{stderr}");
+}
+
+/// A function whose overflow topic does not exist, or is not co-partitioned with the events
+/// topic, fails at init naming it, as the standalone server refuses to start (it served, and
+/// a hot player's request wrote part of its events and then failed: a 500 after a write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_mispartitioned_overflow_topic_fails_at_init_naming_it() {
+    let bootstrap = pitboss_testkit::kafka();
+    let topic = pitboss_testkit::unique_name("lambda_no_overflow");
+    let bus = KafkaBus::new(KafkaConfig::new(&bootstrap)).unwrap();
+    bus.create_topic(&topic, 3).await.unwrap();
+    let init = |config: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pitboss-ingest-lambda"))
+            .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
+            .env("PITBOSS_CONFIG_TOML", config)
+            .env("PITBOSS_BUS", "kafka")
+            .env("PITBOSS_KAFKA_BOOTSTRAP", &bootstrap)
+            .output()
+            .unwrap()
+    };
+    let config = |overflow: &str| {
+        format!(
+            "topic = \"{topic}\"\noverflow_topic = \"{overflow}\"\n[[tenants]]\nid = \"acme\"\napi_key_sha256 = [\"{}\"]\n",
+            hash_key(KEY)
+        )
+    };
+    let missing = format!("{topic}_missing_overflow");
+    let out = init(config(&missing));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "overflow_topic {missing:?}: no such topic on the bus"
+            )),
+        "{stderr}"
+    );
+    let narrow = format!("{topic}_narrow_overflow");
+    bus.create_topic(&narrow, 1).await.unwrap();
+    let out = init(config(&narrow));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "topic {narrow:?} has 1 partitions and {topic:?} has 3"
+            )),
+        "{stderr}"
+    );
 }
