@@ -75,6 +75,31 @@ impl Stack {
         pitboss_testkit::log_tails(self.logs.path(), 15)
     }
 
+    /// Every warning and error the processes logged (at most 80 lines), each with its file:
+    /// what a failure needs that the tails may have scrolled past.
+    fn warnings(&self) -> String {
+        let mut out = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(self.logs.path()) {
+            let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+            files.sort();
+            for f in files {
+                let text = std::fs::read_to_string(&f).unwrap_or_default();
+                let name = f
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                out.extend(
+                    text.lines()
+                        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                        .map(|l| format!("{name}: {l}")),
+                );
+            }
+        }
+        out.truncate(80);
+        out.join("\n")
+    }
+
     async fn scalar(&self, sql: &str) -> Option<u64> {
         pitboss_processor::sink::client(&self.clickhouse, &self.database)
             .query(sql)
@@ -501,7 +526,16 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
     assert_eq!(
         stack.scalar("SELECT count() FROM alerts FINAL").await,
         Some(want),
-        "one row per alert id once collapsed"
+        "one row per alert id once collapsed: {:?}\n{}",
+        pitboss_processor::sink::client(&stack.clickhouse, &stack.database)
+            .query(
+                "SELECT rule_id, group_key, player_id, alert_id, trigger_event_id FROM alerts \
+                 FINAL WHERE rule_id LIKE 'fraud.multi_accounting%' ORDER BY rule_id, group_key"
+            )
+            .fetch_all::<(String, String, String, String, String)>()
+            .await
+            .unwrap_or_default(),
+        stack.warnings()
     );
     let raised: std::collections::BTreeSet<(String, String)> =
         pitboss_processor::sink::client(&stack.clickhouse, &stack.database)

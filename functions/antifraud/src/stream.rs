@@ -333,8 +333,9 @@ struct Work {
     durable: Vec<(Arc<str>, Partition, Position)>,
     fingerprint: Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
     last_reload_check: Instant,
-    /// When replaying began: past [`REPLAY_PATIENCE`], the logged batches are replayed with
-    /// whatever arrived (a partition whose records never come cannot hold the rest back).
+    /// When replaying began (the first assignment): past [`REPLAY_PATIENCE`], the logged
+    /// batches are replayed with whatever arrived (a partition whose records never come cannot
+    /// hold the rest back).
     replay_since: Instant,
     out: Output,
     stats: StreamStats,
@@ -1530,8 +1531,12 @@ impl PartitionWork for Work {
             }),
             _ => {
                 self.incumbent = true;
-                // The wait to join (a rebalance waits out a dead member's session) is no pause.
+                // The wait to join (a rebalance waits out a dead member's session) is no pause,
+                // and no part of the logged batches' patience: their records can only come
+                // from now on (counted from the start, a slow join left them 30 s spent, and
+                // the batches were replayed with nothing, out of their order).
                 self.last_turn = Instant::now();
+                self.replay_since = Instant::now();
                 self.turn_checked = true;
                 Ok(())
             }
