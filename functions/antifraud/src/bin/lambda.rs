@@ -55,7 +55,7 @@ async fn function() -> Result<Function, lambda_runtime::Error> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -63,36 +63,55 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .without_time() // CloudWatch stamps every line
         .init();
     let function = Arc::new(function().await?);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let function = function.clone();
-        async move {
-            let invocation = parse_event(event.payload)?;
-            // Answer before Lambda's deadline: a batch still running then is reported failed
-            // (and retried) rather than timed out.
-            let left = event
-                .context
-                .deadline()
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-                .saturating_sub(Duration::from_millis(1500));
-            let outcome =
-                tokio::time::timeout(left, function.handle(invocation.records.clone())).await;
-            let failed = match outcome {
-                Ok(Ok(stats)) => {
-                    tracing::info!(?stats, "batch evaluated");
-                    false
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "batch failed; reported for retry");
-                    true
-                }
-                Err(_) => {
-                    tracing::error!("batch not done before the deadline; reported for retry");
-                    true
-                }
-            };
-            Ok::<Value, lambda_runtime::Error>(response(&invocation, failed))
-        }
-    }))
-    .await
+    Ok(
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+            let function = function.clone();
+            async move {
+                let invocation = parse_event(event.payload)?;
+                // Answer before Lambda's deadline: a batch still running then is reported failed
+                // (and retried) rather than timed out.
+                let left = event
+                    .context
+                    .deadline()
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default()
+                    .saturating_sub(Duration::from_millis(1500));
+                let outcome =
+                    tokio::time::timeout(left, function.handle(invocation.records.clone())).await;
+                let failed = match outcome {
+                    Ok(Ok(stats)) => {
+                        tracing::info!(?stats, "batch evaluated");
+                        false
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "batch failed; reported for retry");
+                        true
+                    }
+                    Err(_) => {
+                        tracing::error!("batch not done before the deadline; reported for retry");
+                        true
+                    }
+                };
+                Ok::<Value, lambda_runtime::Error>(response(&invocation, failed))
+            }
+        }))
+        .await?,
+    )
+}
+
+/// Why the function could not start or run, printed as its message: Rust prints the error
+/// `main` returns in its `Debug` form, which for a message is the message quoted with every
+/// quote in it escaped (`Error: "overflow_topic \"events_x\": …"`).
+struct Failure(lambda_runtime::Error);
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<E: Into<lambda_runtime::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure(e.into())
+    }
 }

@@ -12,7 +12,7 @@ use pitboss_ingest::config::config_from_env;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+async fn main() -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -45,11 +45,13 @@ async fn main() -> Result<(), lambda_http::Error> {
     }
     let state = pitboss_ingest::state(config, bus.publisher())?;
     let router = pitboss_ingest::http::router(state);
-    lambda_http::run(lambda_http::tower::ServiceExt::map_request(
-        router,
-        without_stage,
-    ))
-    .await
+    Ok(
+        lambda_http::run(lambda_http::tower::ServiceExt::map_request(
+            router,
+            without_stage,
+        ))
+        .await?,
+    )
 }
 
 /// Refuses a topic the bus does not have, or an overflow topic with another partition count
@@ -111,4 +113,21 @@ fn without_stage(mut request: lambda_http::Request) -> lambda_http::Request {
         }
     }
     request
+}
+
+/// Why the function could not start or run, printed as its message: Rust prints the error
+/// `main` returns in its `Debug` form, which for a message is the message quoted with every
+/// quote in it escaped (`Error: "overflow_topic \"events_x\": …"`).
+struct Failure(lambda_http::Error);
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<E: Into<lambda_http::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure(e.into())
+    }
 }
