@@ -81,13 +81,25 @@ pub async fn run_partitioned<W: PartitionWork>(
     store_and_commit(consumer, work).await
 }
 
-/// Stores the durable positions; true when there were any.
+/// Stores the durable positions; true when any was stored. A partition the member no longer
+/// holds (its assignment was lost: a broker that stopped answering past the session, and the
+/// group went on without it) is skipped, not an error: its next owner reads again from the
+/// last commit, as after any rebalance, and this member gets its new assignment on a later
+/// poll. (Failing on it stopped the rules engine and the processor after a broker stall.)
 fn store<W: PartitionWork>(consumer: &mut dyn Consumer, work: &mut W) -> Result<bool, W::Error> {
     let durable = work.take_durable();
+    let mut stored = false;
     for (topic, partition, position) in &durable {
-        consumer.store(topic, *partition, position)?;
+        match consumer.store(topic, *partition, position) {
+            Ok(()) => stored = true,
+            Err(BusError::NotAssigned(p)) => {
+                metrics::counter!("pitboss_bus_commits_skipped_total").increment(1);
+                tracing::warn!(%topic, partition = p, "position not stored: the partition's assignment was lost; its next owner reads again from the last commit");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(!durable.is_empty())
+    Ok(stored)
 }
 
 async fn store_and_commit<W: PartitionWork>(
@@ -115,6 +127,8 @@ mod tests {
         committed: Vec<BTreeMap<Partition, i64>>,
         /// What was stored when each poll came.
         at_poll: Vec<BTreeMap<Partition, i64>>,
+        /// Partitions whose assignment was lost: storing a position of one is refused.
+        lost: Vec<Partition>,
     }
 
     #[async_trait]
@@ -133,6 +147,9 @@ mod tests {
             let Position::Offset(o) = pos else {
                 return Err(BusError::Config("offset".into()));
             };
+            if self.lost.contains(&p) {
+                return Err(BusError::NotAssigned(p));
+            }
             self.stored.insert(p, *o);
             Ok(())
         }
@@ -258,6 +275,41 @@ mod tests {
             consumer.committed.last().unwrap(),
             &BTreeMap::from([(0, 4), (1, 0)]),
             "everything durable is committed at shutdown"
+        );
+    }
+
+    /// A partition whose assignment was lost (a broker that stopped answering past the
+    /// session) refuses its position: the loop skips it and goes on with the others (it
+    /// stopped the rules engine and the processor after a broker stall).
+    #[tokio::test]
+    async fn a_position_of_a_lost_partition_is_skipped_and_the_loop_goes_on() {
+        let mut consumer = Scripted {
+            script: VecDeque::from([
+                Delivery::Assigned(vec![0, 1]),
+                Delivery::Records(vec![rec(0, 0), rec(1, 0)]),
+                Delivery::Records(vec![rec(0, 1), rec(1, 1)]),
+            ]),
+            lost: vec![1],
+            ..Scripted::default()
+        };
+        let mut work = Batching {
+            flush_every: 2,
+            ..Batching::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = run_partitioned(&mut consumer, &mut work, 100, async {
+            let _ = stopped.await;
+        });
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = stop.send(());
+        };
+        let (ran, ()) = tokio::join!(run, stopper);
+        ran.unwrap();
+        assert_eq!(
+            consumer.committed.last().unwrap(),
+            &BTreeMap::from([(0, 1)]),
+            "partition 0 went on; the lost one was not stored"
         );
     }
 

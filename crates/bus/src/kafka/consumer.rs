@@ -485,7 +485,10 @@ fn commit_outcome(r: rdkafka::error::KafkaResult<()>) -> Result<(), BusError> {
         Err(KafkaError::ConsumerCommit(
             code @ (RDKafkaErrorCode::IllegalGeneration
             | RDKafkaErrorCode::RebalanceInProgress
-            | RDKafkaErrorCode::UnknownMemberId),
+            | RDKafkaErrorCode::UnknownMemberId
+            // The member was out of touch past its session (a broker that stopped answering):
+            // the group went on without it, and it rejoins on a later poll.
+            | RDKafkaErrorCode::AssignmentLost),
         )) => {
             metrics::counter!("pitboss_bus_commits_skipped_total").increment(1);
             tracing::warn!(error = %code, "commit refused while the group rebalances; the positions go with a later commit");
@@ -630,6 +633,7 @@ mod tests {
             RDKafkaErrorCode::IllegalGeneration,
             RDKafkaErrorCode::RebalanceInProgress,
             RDKafkaErrorCode::UnknownMemberId,
+            RDKafkaErrorCode::AssignmentLost,
         ] {
             assert!(
                 commit_outcome(Err(KafkaError::ConsumerCommit(code))).is_ok(),
