@@ -11,6 +11,7 @@
 mod consumer;
 mod publisher;
 mod reader;
+mod revival;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -13,13 +13,21 @@ use rdkafka::producer::{
 };
 use rdkafka::util::Timeout;
 
+use super::revival::Revival;
 use super::{KafkaConfig, blocking, kafka_error};
 use crate::{Ack, BusError, Headers, OutRecord, Partition, Position, Publisher};
 
 /// The producer side of a [`super::KafkaBus`].
 pub struct KafkaPublisher {
-    producer: Arc<ThreadedProducer<BatchContext>>,
+    /// Replaced whole when it stopped reconnecting ([`super::revival`]).
+    producer: std::sync::RwLock<Arc<ThreadedProducer<BatchContext>>>,
+    config: KafkaConfig,
+    revival: std::sync::Mutex<Revival>,
 }
+
+/// How long a producer may fail every publish before it is replaced: a few delivery
+/// timeouts, so a broker that is only slow to come back is given its time.
+const REPLACE_AFTER: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +155,14 @@ fn kafka_headers(headers: &Headers) -> Option<OwnedHeaders> {
 
 impl KafkaPublisher {
     pub(super) fn new(config: &KafkaConfig) -> Result<Self, BusError> {
+        Ok(KafkaPublisher {
+            producer: std::sync::RwLock::new(Arc::new(Self::build(config)?)),
+            config: config.clone(),
+            revival: std::sync::Mutex::new(Revival::new(REPLACE_AFTER)),
+        })
+    }
+
+    fn build(config: &KafkaConfig) -> Result<ThreadedProducer<BatchContext>, BusError> {
         let mut c = config.client();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -160,22 +176,64 @@ impl KafkaPublisher {
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576");
         config.apply_extra(&mut c);
-        let producer: ThreadedProducer<BatchContext> = c
-            .create_with_context(BatchContext::default())
-            .map_err(super::create_error)?;
-        Ok(KafkaPublisher {
-            producer: Arc::new(producer),
-        })
+        c.create_with_context(BatchContext::default())
+            .map_err(super::create_error)
     }
 
     pub(super) fn producer(&self) -> Arc<ThreadedProducer<BatchContext>> {
-        self.producer.clone()
+        self.producer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(super) fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        self.producer
+        self.producer()
             .flush(Timeout::After(timeout))
             .map_err(kafka_error)
+    }
+
+    /// Notes how a publish went; a producer that has failed every publish for
+    /// [`REPLACE_AFTER`] is replaced by a new one (the old one's records still in flight are
+    /// purged: their publishes fail, and their callers retry).
+    fn note(&self, outcome: &Result<Vec<Ack>, BusError>) {
+        let now = std::time::Instant::now();
+        let mut revival = self
+            .revival
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            Ok(_) => return revival.ok(),
+            Err(BusError::Unavailable(_)) => revival.failed(now),
+            // A record refused, a topic missing: the client is not what fails.
+            Err(_) => return,
+        }
+        if !revival.due(now) {
+            return;
+        }
+        revival.replaced(now);
+        drop(revival);
+        match Self::build(&self.config) {
+            Ok(fresh) => {
+                let old = std::mem::replace(
+                    &mut *self
+                        .producer
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    Arc::new(fresh),
+                );
+                metrics::counter!("pitboss_bus_clients_replaced_total", "client" => "producer")
+                    .increment(1);
+                tracing::warn!(
+                    "every publish failed for {REPLACE_AFTER:?}: the Kafka producer was replaced by a new one (a client can stop reconnecting after a broker stall)"
+                );
+                // Its drop purges and waits for its threads: not on the async runtime.
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn_blocking(move || drop(old));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "a new Kafka producer could not be made"),
+        }
     }
 }
 
@@ -185,6 +243,33 @@ impl Publisher for KafkaPublisher {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        let outcome = self.publish_with(&self.producer(), topic, records).await;
+        self.note(&outcome);
+        outcome
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        let producer = self.producer();
+        blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                // Metadata that does not come says nothing of why: the client's last error does.
+                .map_err(|e| producer.context().explain(&e))
+        })
+        .await
+    }
+}
+
+impl KafkaPublisher {
+    /// One batch through `producer`, resolved when every record has its delivery report.
+    async fn publish_with(
+        &self,
+        producer: &ThreadedProducer<BatchContext>,
+        topic: &str,
+        records: Vec<OutRecord>,
+    ) -> Result<Vec<Ack>, BusError> {
         let (done, settled) = tokio::sync::oneshot::channel();
         let batch = Arc::new(Batch {
             state: std::sync::Mutex::new(BatchState {
@@ -211,7 +296,7 @@ impl Publisher for KafkaPublisher {
                 attempt = attempt.headers(headers);
             }
             loop {
-                match self.producer.send(attempt) {
+                match producer.send(attempt) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: let deliveries drain, then try again.
@@ -250,17 +335,46 @@ impl Publisher for KafkaPublisher {
             })
             .collect()
     }
+}
 
-    async fn check(&self) -> Result<(), BusError> {
-        let producer = self.producer.clone();
-        blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Duration::from_secs(2))
-                .map(|_| ())
-                // Metadata that does not come says nothing of why: the client's last error does.
-                .map_err(|e| producer.context().explain(&e))
-        })
-        .await
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Bus as _;
+
+    /// A producer that failed every publish for the span is replaced, once, and the new one
+    /// publishes (on the test broker). A refused record is not the client failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_producer_failing_for_the_span_is_replaced_by_one_that_publishes() {
+        let config = KafkaConfig::new(pitboss_testkit::kafka());
+        let bus = super::super::KafkaBus::new(config.clone()).unwrap();
+        let topic = pitboss_testkit::unique_name("replaced_producer");
+        bus.create_topic(&topic, 1).await.unwrap();
+        let publisher = KafkaPublisher::new(&config).unwrap();
+        let first = Arc::as_ptr(&publisher.producer());
+        let unavailable: Result<Vec<Ack>, BusError> = Err(BusError::Unavailable("down".into()));
+        let refused: Result<Vec<Ack>, BusError> = Err(BusError::Rejected("too large".into()));
+        // Failing, but not for the span yet; refusals do not count.
+        publisher.note(&unavailable);
+        publisher.note(&refused);
+        assert_eq!(Arc::as_ptr(&publisher.producer()), first);
+        // Failing since a span ago.
+        *publisher.revival.lock().unwrap() = {
+            let mut r = Revival::new(REPLACE_AFTER);
+            r.failed(std::time::Instant::now() - REPLACE_AFTER);
+            r
+        };
+        publisher.note(&unavailable);
+        let second = Arc::as_ptr(&publisher.producer());
+        assert_ne!(second, first, "replaced");
+        // Not again within the span.
+        publisher.note(&unavailable);
+        assert_eq!(Arc::as_ptr(&publisher.producer()), second);
+        let acks = publisher
+            .publish(&topic, vec![OutRecord::new("k", "v")])
+            .await
+            .unwrap();
+        assert_eq!(acks.len(), 1);
     }
 }

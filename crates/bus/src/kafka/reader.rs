@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::revival::Revival;
 use super::{
     KafkaConfig, POLL_CHUNK, TopicPart, kafka_error, offsets_at_time, partition_count_with,
     record_of, watermarks,
@@ -81,17 +83,7 @@ impl KafkaReader {
             )));
         }
         let group_id = unique_group_id(&config.reader_group_prefix);
-        let mut c = config.client();
-        config.apply_extra(&mut c);
-        // What makes the reader leave nothing behind, whatever the extra options say.
-        c.set("group.id", &group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("allow.auto.create.topics", "false")
-            // A position the partition no longer has (retention) starts at the oldest record.
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        let consumer: BaseConsumer = c.create().map_err(super::create_error)?;
+        let consumer = client(config, &group_id)?;
         let timeout = config.request_timeout;
 
         let count = partition_count_with(&consumer, topic, timeout)?;
@@ -123,6 +115,7 @@ impl KafkaReader {
         let mut tpl = TopicPartitionList::with_capacity(starts.len());
         let mut next = BTreeMap::new();
         let mut high = BTreeMap::new();
+        let mut starts_at = BTreeMap::new();
         let mut ends = BTreeMap::new();
         for (p, from) in starts {
             let tp = (topic.to_owned(), p as i32);
@@ -147,6 +140,7 @@ impl KafkaReader {
             tpl.add_partition_offset(topic, p as i32, Offset::Offset(start))
                 .map_err(kafka_error)?;
             next.insert(p, start);
+            starts_at.insert(p as i32, start);
             high.insert(p, hw);
             ends.insert(p, (hw > low).then(|| Position::Offset(hw - 1)));
         }
@@ -158,9 +152,14 @@ impl KafkaReader {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let thread_topic = topic.clone();
+        let revive = Revive {
+            config: config.clone(),
+            group_id: group_id.clone(),
+            next: starts_at,
+        };
         let thread = std::thread::Builder::new()
             .name("pitboss-kafka-read".into())
-            .spawn(move || read_loop(consumer, &thread_topic, &tx, &thread_stop))
+            .spawn(move || read_loop(consumer, revive, &thread_topic, &tx, &thread_stop))
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         Ok(KafkaReader {
             topic,
@@ -202,25 +201,82 @@ impl KafkaReader {
     }
 }
 
+/// A reader's client settings: what makes it leave nothing behind, whatever the extra
+/// options say.
+fn client(config: &KafkaConfig, group_id: &str) -> Result<BaseConsumer, BusError> {
+    let mut c = config.client();
+    config.apply_extra(&mut c);
+    c.set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("allow.auto.create.topics", "false")
+        // A position the partition no longer has (retention) starts at the oldest record.
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    c.create().map_err(super::create_error)
+}
+
+/// What the poll thread needs to replace its client: the settings, and per partition the
+/// offset of the next record to read.
+struct Revive {
+    config: KafkaConfig,
+    group_id: String,
+    next: BTreeMap<i32, i64>,
+}
+
+/// How long a reader may go without a record after an error before its client is replaced
+/// ([`super::revival`]): a gateway's feed that stopped after a broker stall delivered nothing
+/// for ten minutes, with nothing to say so.
+const REPLACE_AFTER: Duration = Duration::from_secs(30);
+
 /// Polls until told to stop, handing records over in chunks; the client is destroyed on this
-/// thread, off the async runtime.
+/// thread, off the async runtime. A client that reported an error and then read nothing for
+/// [`REPLACE_AFTER`] is replaced by a new one assigned where the old one got to (once per
+/// span: a quiet topic after a passing error costs one new client).
 fn read_loop(
-    consumer: BaseConsumer,
+    mut consumer: BaseConsumer,
+    mut revive: Revive,
     topic: &Arc<str>,
     tx: &mpsc::Sender<Vec<Record>>,
     stop: &AtomicBool,
 ) {
+    let mut revival = Revival::new(REPLACE_AFTER);
     while !stop.load(Ordering::SeqCst) {
+        let now = std::time::Instant::now();
+        if revival.due(now) {
+            revival.replaced(now);
+            match replace(&revive, topic) {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut consumer, fresh);
+                    // Its destruction waits for its broker threads: not on this loop.
+                    let _ = std::thread::Builder::new()
+                        .name("pitboss-kafka-drop".into())
+                        .spawn(move || drop(old));
+                    metrics::counter!("pitboss_bus_clients_replaced_total", "client" => "reader")
+                        .increment(1);
+                    tracing::warn!(%topic, "a Kafka reader read nothing for {REPLACE_AFTER:?} after an error: its client was replaced by a new one, from where it got to");
+                }
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "a new Kafka reader client could not be made")
+                }
+            }
+        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(m)) => {
+                revival.ok();
                 let mut chunk = Vec::with_capacity(POLL_CHUNK);
+                revive.next.insert(m.partition(), m.offset() + 1);
                 chunk.push(record_of(&m, topic.clone()));
                 drop(m);
                 while chunk.len() < POLL_CHUNK {
                     match consumer.poll(Duration::ZERO) {
-                        Some(Ok(m)) => chunk.push(record_of(&m, topic.clone())),
+                        Some(Ok(m)) => {
+                            revive.next.insert(m.partition(), m.offset() + 1);
+                            chunk.push(record_of(&m, topic.clone()));
+                        }
                         Some(Err(e)) => {
+                            revival.failed(std::time::Instant::now());
                             tracing::warn!(error = %e, %topic, "kafka reader error");
                             break;
                         }
@@ -231,10 +287,25 @@ fn read_loop(
                     break;
                 }
             }
-            Some(Err(e)) => tracing::warn!(error = %e, %topic, "kafka reader error"),
+            Some(Err(e)) => {
+                revival.failed(std::time::Instant::now());
+                tracing::warn!(error = %e, %topic, "kafka reader error");
+            }
         }
     }
     drop(consumer);
+}
+
+/// A new client for the reader, assigned at the next offset of each partition.
+fn replace(revive: &Revive, topic: &str) -> Result<BaseConsumer, BusError> {
+    let consumer = client(&revive.config, &revive.group_id)?;
+    let mut tpl = TopicPartitionList::with_capacity(revive.next.len());
+    for (p, o) in &revive.next {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .map_err(kafka_error)?;
+    }
+    consumer.assign(&tpl).map_err(kafka_error)?;
+    Ok(consumer)
 }
 
 #[async_trait]
@@ -291,5 +362,80 @@ impl Reader for KafkaReader {
 impl Drop for KafkaReader {
     fn drop(&mut self) {
         self.stop_thread();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{Bus as _, OutRecord};
+
+    /// The client that replaces a stuck one (see [`read_loop`]) reads on from exactly where the
+    /// old one got to in each partition: nothing skipped, nothing read twice. On the test
+    /// broker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replacement_client_reads_on_from_where_the_old_one_got_to() {
+        let config = KafkaConfig::new(pitboss_testkit::kafka());
+        let bus = super::super::KafkaBus::new(config.clone()).unwrap();
+        let topic = pitboss_testkit::unique_name("revive");
+        bus.create_topic(&topic, 2).await.unwrap();
+        for p in 0..2 {
+            let records = (0..5)
+                .map(|i| OutRecord::new(format!("k{p}"), format!("{p}-{i}")))
+                .collect();
+            bus.publisher().publish(&topic, records).await.unwrap();
+        }
+        // Where the records went (their keys decide): read everything once.
+        let revive = |next: BTreeMap<i32, i64>| Revive {
+            config: config.clone(),
+            group_id: unique_group_id("pitboss-test-revive"),
+            next,
+        };
+        let read_all = |consumer: BaseConsumer, want: usize| {
+            let mut got: Vec<(i32, i64)> = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while got.len() < want && std::time::Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                    got.push((m.partition(), m.offset()));
+                }
+            }
+            // Nothing more comes.
+            let extra = consumer
+                .poll(Duration::from_millis(500))
+                .and_then(Result::ok)
+                .is_some();
+            (got, extra)
+        };
+        let all = tokio::task::spawn_blocking({
+            let fresh = replace(&revive(BTreeMap::from([(0, 0), (1, 0)])), &topic).unwrap();
+            move || read_all(fresh, 10)
+        })
+        .await
+        .unwrap();
+        assert_eq!(all.0.len(), 10, "{all:?}");
+        let ends: BTreeMap<i32, i64> = all.0.iter().fold(BTreeMap::new(), |mut m, (p, o)| {
+            let e = m.entry(*p).or_insert(0);
+            *e = (*e).max(o + 1);
+            m
+        });
+        // A client that had read the first two records of each partition is replaced.
+        let from: BTreeMap<i32, i64> = ends.keys().map(|p| (*p, 2)).collect();
+        let (got, extra) = tokio::task::spawn_blocking({
+            let fresh = replace(&revive(from.clone()), &topic).unwrap();
+            let want = ends.values().map(|e| (*e - 2) as usize).sum();
+            move || read_all(fresh, want)
+        })
+        .await
+        .unwrap();
+        let mut want: Vec<(i32, i64)> = ends
+            .iter()
+            .flat_map(|(p, e)| (2..*e).map(move |o| (*p, o)))
+            .collect();
+        let mut got = got;
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+        assert!(!extra, "read past the end");
     }
 }
