@@ -853,7 +853,9 @@ async fn handle(
                         ProtocolError::new(
                             "bus_unavailable",
                             format!(
-                                "the ack was not stored; retry with ack_id {:?}: {e}",
+                                // Most often stored after all (a broker that answered
+                                // late): the retry with the same ack_id is the same ack.
+                                "the bus did not confirm the ack (it may be stored all the same); retry with ack_id {:?}, which is the same ack: {e}",
                                 ack.ack_id
                             ),
                         )
