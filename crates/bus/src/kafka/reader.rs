@@ -277,6 +277,7 @@ fn read_loop(
                         }
                         Some(Err(e)) => {
                             revival.failed(std::time::Instant::now());
+                            metrics::counter!("pitboss_bus_reader_errors_total").increment(1);
                             tracing::warn!(error = %e, %topic, "kafka reader error");
                             break;
                         }
@@ -289,6 +290,7 @@ fn read_loop(
             }
             Some(Err(e)) => {
                 revival.failed(std::time::Instant::now());
+                metrics::counter!("pitboss_bus_reader_errors_total").increment(1);
                 tracing::warn!(error = %e, %topic, "kafka reader error");
             }
         }
