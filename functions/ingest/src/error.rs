@@ -33,7 +33,9 @@ pub enum IngestError {
         "{events} events in one request, more than the tenant's rate limit of {per_second} events per second allows at once: no retry of it can pass; send at most {per_second} per request"
     )]
     BatchOverRateLimit { events: usize, per_second: u32 },
-    #[error("the event bus did not acknowledge the events; nothing was accepted: {0}")]
+    #[error(
+        "the event bus did not acknowledge the events in time; some may be stored all the same: retry with the same event ids (those stored are answered duplicate): {0}"
+    )]
     BusUnavailable(BusError),
     #[error("the event bus refused the events: {0}")]
     BusRejected(BusError),

@@ -243,7 +243,15 @@ impl Publisher for KafkaPublisher {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        // A publish its caller gives up on (ingest waits 10 s, the producer 30 s) counts as a
+        // failure too: otherwise a producer that never delivers again is never found failing
+        // by a caller that always gives up first (ingest answered 503 for 13 minutes).
+        let mut pending = Pending {
+            publisher: self,
+            settled: false,
+        };
         let outcome = self.publish_with(&self.producer(), topic, records).await;
+        pending.settled = true;
         self.note(&outcome);
         outcome
     }
@@ -259,6 +267,23 @@ impl Publisher for KafkaPublisher {
                 .map_err(|e| producer.context().explain(&e))
         })
         .await
+    }
+}
+
+/// A publish in progress: dropped before it settled (its caller gave up), it is noted as a
+/// failure.
+struct Pending<'a> {
+    publisher: &'a KafkaPublisher,
+    settled: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.publisher.note(&Err(BusError::Unavailable(
+                "the caller gave up waiting for the delivery".into(),
+            )));
+        }
     }
 }
 
@@ -376,5 +401,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(acks.len(), 1);
+    }
+
+    /// A publish its caller gives up on before the producer does (ingest's 10 s against the
+    /// delivery timeout's 30 s) counts as a failure: a producer that never delivers again is
+    /// replaced even when every caller gives up first. (On a broker that stopped answering:
+    /// a topic of the test broker, the publisher pointed at a port nobody answers on.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publish_given_up_on_counts_as_a_failure() {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = KafkaConfig::new(format!("127.0.0.1:{}", dead.local_addr().unwrap().port()));
+        drop(dead);
+        let publisher = KafkaPublisher::new(&config).unwrap();
+        let first = Arc::as_ptr(&publisher.producer());
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            publisher.publish("t", vec![OutRecord::new("k", "v")]),
+        )
+        .await;
+        assert!(gave_up.is_err(), "no broker: the caller gave up");
+        assert!(
+            publisher
+                .revival
+                .lock()
+                .unwrap()
+                .due(std::time::Instant::now() + REPLACE_AFTER),
+            "noted as failing"
+        );
+        assert_eq!(Arc::as_ptr(&publisher.producer()), first);
     }
 }
