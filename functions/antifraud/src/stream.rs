@@ -1577,7 +1577,11 @@ impl PartitionWork for Work {
         self.check_paused()?;
         self.maybe_reload();
         self.check_alone().await?;
-        if !self.replay.is_empty() && self.replay_since.elapsed() >= REPLAY_PATIENCE {
+        // Only once the partitions came (before the first assignment, nothing can arrive).
+        if self.incumbent
+            && !self.replay.is_empty()
+            && self.replay_since.elapsed() >= REPLAY_PATIENCE
+        {
             tracing::warn!(
                 batches = self.replay.len(),
                 "logged batches incomplete after {REPLAY_PATIENCE:?}; replaying what arrived"

@@ -250,7 +250,7 @@ impl Publisher for KafkaPublisher {
             publisher: self,
             settled: false,
         };
-        let outcome = self.publish_with(&self.producer(), topic, records).await;
+        let outcome = self.publish_with(self.producer(), topic, records).await;
         pending.settled = true;
         self.note(&outcome);
         outcome
@@ -291,7 +291,7 @@ impl KafkaPublisher {
     /// One batch through `producer`, resolved when every record has its delivery report.
     async fn publish_with(
         &self,
-        producer: &ThreadedProducer<BatchContext>,
+        producer: Arc<ThreadedProducer<BatchContext>>,
         topic: &str,
         records: Vec<OutRecord>,
     ) -> Result<Vec<Ack>, BusError> {
@@ -343,6 +343,9 @@ impl KafkaPublisher {
                 }
             }
         }
+        // Not held while the deliveries are awaited: a producer replaced meanwhile is dropped
+        // by the replacement (off the async threads), whose purge settles them.
+        drop(producer);
         settled
             .await
             .map_err(|_| BusError::Unavailable("producer dropped the delivery".into()))?;

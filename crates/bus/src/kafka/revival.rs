@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub(super) struct Revival {
     after: Duration,
-    /// The first failure since the last success (or replacement).
+    /// The first failure since the last success (or replacement), of failures each within
+    /// `after` of the one before.
     failing_since: Option<Instant>,
+    last_failed: Option<Instant>,
     last_replaced: Option<Instant>,
 }
 
@@ -23,6 +25,7 @@ impl Revival {
         Revival {
             after,
             failing_since: None,
+            last_failed: None,
             last_replaced: None,
         }
     }
@@ -32,9 +35,18 @@ impl Revival {
         self.failing_since = None;
     }
 
-    /// The client failed (a publish, a poll error).
+    /// The client failed (a publish, a poll error). A failure long after the one before (a
+    /// quiet client, a caller that went away once) starts the count again: only failures
+    /// that keep coming make a client due.
     pub(super) fn failed(&mut self, now: Instant) {
+        if self
+            .last_failed
+            .is_some_and(|t| now.saturating_duration_since(t) > self.after)
+        {
+            self.failing_since = None;
+        }
         self.failing_since.get_or_insert(now);
+        self.last_failed = Some(now);
     }
 
     /// Whether to replace the client now: failing for `after`, and not replaced within it.
@@ -77,7 +89,17 @@ mod tests {
         // The new client fails at once (the broker is really down): replaced again only a
         // whole span after the last replacement.
         r.failed(s(81));
+        r.failed(s(100));
         assert!(!r.due(s(109)));
         assert!(r.due(s(111)));
+        // A failure, then nothing for longer than the span, then another: not a client that
+        // keeps failing (a caller that went away once on a quiet instance).
+        let mut r = Revival::new(Duration::from_secs(30));
+        r.failed(s(0));
+        r.failed(s(300));
+        assert!(!r.due(s(300)));
+        assert!(!r.due(s(329)));
+        r.failed(s(320));
+        assert!(r.due(s(330)));
     }
 }
