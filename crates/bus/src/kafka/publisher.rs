@@ -387,10 +387,12 @@ mod tests {
         publisher.note(&unavailable);
         publisher.note(&refused);
         assert_eq!(Arc::as_ptr(&publisher.producer()), first);
-        // Failing since a span ago.
+        // Failing since a span ago, and all along.
         *publisher.revival.lock().unwrap() = {
+            let now = std::time::Instant::now();
             let mut r = Revival::new(REPLACE_AFTER);
-            r.failed(std::time::Instant::now() - REPLACE_AFTER);
+            r.failed(now - REPLACE_AFTER);
+            r.failed(now - REPLACE_AFTER / 2);
             r
         };
         publisher.note(&unavailable);
