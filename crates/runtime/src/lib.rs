@@ -17,3 +17,21 @@ pub mod telemetry;
 pub mod worker;
 
 pub use shutdown::Shutdown;
+
+/// Why a process could not start or run, printed as its message when `main` returns it: Rust
+/// prints the error `main` returns in its `Debug` form, which for a message is the message
+/// quoted with every quote in it escaped (`Error: "overflow_topic \"events_x\": …"`). The
+/// Lambda binaries return it.
+pub struct Failure(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure(e.into())
+    }
+}

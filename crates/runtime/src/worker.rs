@@ -221,6 +221,20 @@ mod tests {
         }
     }
 
+    /// Runs the loop over `consumer` for 200 ms, then shuts it down; it must end cleanly.
+    async fn run_for_200_ms(consumer: &mut Scripted, work: &mut Batching) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = run_partitioned(consumer, work, 100, async {
+            let _ = stopped.await;
+        });
+        let stopper = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = stop.send(());
+        };
+        let (ran, ()) = tokio::join!(run, stopper);
+        ran.unwrap();
+    }
+
     fn rec(p: Partition, o: i64) -> Record {
         Record {
             topic: "t".into(),
@@ -250,16 +264,7 @@ mod tests {
             flush_every: 4,
             ..Batching::default()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = run_partitioned(&mut consumer, &mut work, 100, async {
-            let _ = stopped.await;
-        });
-        let stopper = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = stop.send(());
-        };
-        let (ran, ()) = tokio::join!(run, stopper);
-        ran.unwrap();
+        run_for_200_ms(&mut consumer, &mut work).await;
         assert_eq!(
             work.log,
             ["assigned [0, 1]", "revoking [1]", "finish"],
@@ -296,16 +301,7 @@ mod tests {
             flush_every: 2,
             ..Batching::default()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = run_partitioned(&mut consumer, &mut work, 100, async {
-            let _ = stopped.await;
-        });
-        let stopper = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = stop.send(());
-        };
-        let (ran, ()) = tokio::join!(run, stopper);
-        ran.unwrap();
+        run_for_200_ms(&mut consumer, &mut work).await;
         assert_eq!(
             consumer.committed.last().unwrap(),
             &BTreeMap::from([(0, 1)]),

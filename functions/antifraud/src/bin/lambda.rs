@@ -55,7 +55,7 @@ async fn function() -> Result<Function, lambda_runtime::Error> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Failure> {
+async fn main() -> Result<(), pitboss_runtime::Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -97,21 +97,4 @@ async fn main() -> Result<(), Failure> {
         }))
         .await?,
     )
-}
-
-/// Why the function could not start or run, printed as its message: Rust prints the error
-/// `main` returns in its `Debug` form, which for a message is the message quoted with every
-/// quote in it escaped (`Error: "overflow_topic \"events_x\": …"`).
-struct Failure(lambda_runtime::Error);
-
-impl std::fmt::Debug for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl<E: Into<lambda_runtime::Error>> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        Failure(e.into())
-    }
 }

@@ -12,7 +12,7 @@ use pitboss_ingest::config::config_from_env;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> Result<(), Failure> {
+async fn main() -> Result<(), pitboss_runtime::Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -113,21 +113,4 @@ fn without_stage(mut request: lambda_http::Request) -> lambda_http::Request {
         }
     }
     request
-}
-
-/// Why the function could not start or run, printed as its message: Rust prints the error
-/// `main` returns in its `Debug` form, which for a message is the message quoted with every
-/// quote in it escaped (`Error: "overflow_topic \"events_x\": …"`).
-struct Failure(lambda_http::Error);
-
-impl std::fmt::Debug for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl<E: Into<lambda_http::Error>> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        Failure(e.into())
-    }
 }
