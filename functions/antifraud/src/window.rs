@@ -377,10 +377,11 @@ pub(crate) struct Buckets {
     pub horizon: i64,
     /// Events held in buckets.
     pub events: u32,
-    /// In (start, from, cur) order.
-    pub heads: Vec<Head>,
+    /// In (start, from, cur) order. A ring: the oldest bucket leaves from the front without
+    /// moving the others (a 72 h window of 5 min buckets holds 864 of them).
+    pub heads: VecDeque<Head>,
     /// Per bucket, one cell per folded measure (in measure order): its totals.
-    pub cells: Vec<Acc>,
+    pub cells: VecDeque<Acc>,
 }
 
 impl Buckets {
@@ -433,7 +434,7 @@ impl KeyState {
         std::hint::black_box(self.entries.back().map(|e| e.t));
         std::hint::black_box(self.entries.front().map(|e| e.t));
         if let Some(b) = &self.buckets {
-            std::hint::black_box(b.heads.first().map(|h| h.start));
+            std::hint::black_box(b.heads.front().map(|h| h.start));
         }
     }
 
@@ -453,7 +454,7 @@ impl KeyState {
         let b = self
             .buckets
             .as_ref()
-            .and_then(|b| b.heads.first())
+            .and_then(|b| b.heads.front())
             .map(|h| h.start);
         match (e, b) {
             (Some(x), Some(y)) => Some(x.min(y)),
@@ -487,10 +488,9 @@ impl KeyState {
         let Some(b) = self.buckets.as_mut() else {
             return;
         };
-        if b.heads.is_empty() {
+        let Some(head) = b.heads.pop_front() else {
             return;
-        }
-        let head = b.heads.remove(0);
+        };
         let cols = b.cols().min(b.cells.len());
         b.events = b.events.saturating_sub(head.n);
         // The oldest bucket's cells are the first `cols`: subtracted where they lie, then
@@ -524,7 +524,7 @@ impl KeyState {
         }
         while let Some(b) = &self.buckets
             && b.heads
-                .first()
+                .front()
                 .is_some_and(|h| h.start.saturating_add(b.width) <= horizon.saturating_add(1))
         {
             self.pop_bucket();
@@ -870,7 +870,7 @@ impl KeyState {
             // The oldest leave first; a bucket leaves whole.
             let bucket_first = match (
                 self.entries.front(),
-                self.buckets.as_ref().and_then(|b| b.heads.first()),
+                self.buckets.as_ref().and_then(|b| b.heads.front()),
             ) {
                 (_, None) => false,
                 (None, Some(_)) => true,
@@ -929,7 +929,7 @@ fn fold_into(
     });
     let cols = b.cols();
     let key = (start, from, e.cur);
-    let newest = b.heads.last().map(|h| (h.start, h.from, h.cur));
+    let newest = b.heads.back().map(|h| (h.start, h.from, h.cur));
     let at = match newest {
         // The common cases: the newest bucket, or a bucket newer than every other.
         Some(k) if k == key => b.heads.len() - 1,
@@ -965,8 +965,9 @@ fn fold_into(
                     },
                 );
                 let c = (pos * cols).min(b.cells.len());
-                b.cells
-                    .splice(c..c, std::iter::repeat_n(Acc::default(), cols));
+                for _ in 0..cols {
+                    b.cells.insert(c, Acc::default());
+                }
                 pos
             }
         }
@@ -1002,7 +1003,7 @@ fn fold_into(
 
 /// Appends an empty bucket `(start, from, cur)` newer than every other; returns its index.
 fn push_bucket(b: &mut Buckets, (start, from, cur): (i64, i64, u32), cols: usize) -> usize {
-    b.heads.push(Head {
+    b.heads.push_back(Head {
         start,
         from,
         cur,
