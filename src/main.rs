@@ -217,9 +217,25 @@ struct ClickHouseArgs {
     /// Without it, the schema lives on the one server of `--clickhouse`.
     #[arg(long = "clickhouse-cluster", env = "PITBOSS_CLICKHOUSE_CLUSTER")]
     cluster: Option<String>,
+    /// How long one call to ClickHouse (an insert with its lookups, a read, the start-up's
+    /// database and migrations) waits for the answer: past it the call counts as failed — the
+    /// processor retries it (and asks whether an insert landed all the same), `migrate` exits
+    /// non-zero. A server that takes the connection and never answers is then named in the
+    /// logs, not waited for without a word.
+    #[arg(
+        long = "clickhouse-timeout-secs",
+        env = "PITBOSS_CLICKHOUSE_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    timeout_secs: u64,
 }
 
 impl ClickHouseArgs {
+    fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_secs)
+    }
+
     fn layout(&self) -> Result<pitboss_processor::schema::Layout> {
         Ok(match &self.cluster {
             None => pitboss_processor::schema::Layout::Single,
@@ -713,17 +729,23 @@ async fn process(args: ProcessArgs) -> Result<()> {
                     Ok((c, table))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let sink = std::sync::Arc::new(match &args.clickhouse.cluster {
-                None => pitboss_processor::ClickHouseSink::new(client),
-                Some(cluster) => {
-                    pitboss_processor::ClickHouseSink::cluster(
-                        client,
-                        cluster,
-                        &args.clickhouse.database,
-                    )
-                    .await?
+            let sink = std::sync::Arc::new(
+                match &args.clickhouse.cluster {
+                    None => pitboss_processor::ClickHouseSink::new(client),
+                    Some(cluster) => {
+                        pitboss_processor::sink::within(
+                            args.clickhouse.timeout(),
+                            pitboss_processor::ClickHouseSink::cluster(
+                                client,
+                                cluster,
+                                &args.clickhouse.database,
+                            ),
+                        )
+                        .await?
+                    }
                 }
-            });
+                .with_timeout(args.clickhouse.timeout()),
+            );
             drain_processors(
                 run_processors(
                     bus,
@@ -758,7 +780,9 @@ async fn wait_for_clickhouse(
     loop {
         let attempt = tokio::select! {
             () = stop.wait() => return Ok(None),
-            r = clickhouse_client(args) => r,
+            r = tokio::time::timeout(args.timeout(), clickhouse_client(args)) => r.unwrap_or_else(|_| {
+                Err(pitboss_processor::sink::no_answer(args.timeout()).into())
+            }),
         };
         match attempt {
             Ok(c) => return Ok(Some(c)),
@@ -1393,6 +1417,7 @@ async fn up(
                 clickhouse: url.clone(),
                 database: clickhouse_database.clone(),
                 cluster: None,
+                timeout_secs: pitboss_processor::sink::DEFAULT_TIMEOUT.as_secs(),
             };
             let at = pitboss_processor::sink::redacted_url(url);
             let client =
@@ -1946,7 +1971,19 @@ async fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Migrate(args) => clickhouse_client(&args.clickhouse).await.map(|_| ()),
+        Command::Migrate(args) => {
+            let wait = args.clickhouse.timeout();
+            let at = pitboss_processor::sink::redacted_url(&args.clickhouse.clickhouse);
+            tokio::time::timeout(wait, clickhouse_client(&args.clickhouse))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "ClickHouse at {at}: no answer within {} s (--clickhouse-timeout-secs)",
+                        wait.as_secs()
+                    )
+                })?
+                .map(|_| ())
+        }
         Command::Process(args) => process(args).await,
         Command::Topics(args) => topics::run(args).await,
         Command::Sql(args) => sql(&args),

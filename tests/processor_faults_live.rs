@@ -2263,3 +2263,179 @@ async fn a_clickhouse_that_does_not_answer_yet_at_start_is_waited_for() {
         .unwrap();
     assert!(second.0[0].wait().unwrap().success());
 }
+
+/// A TCP proxy to `target` that can be frozen: while frozen it takes connections and passes
+/// nothing either way, on new connections and on those already open (a hung server, a
+/// half-open connection), holding every socket open.
+struct Freezer {
+    frozen: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    port: u16,
+}
+
+impl Freezer {
+    async fn start(target: String) -> Freezer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(tokio::sync::watch::Sender::new(false));
+        let state = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = target.clone();
+                let mut rx = state.subscribe();
+                tokio::spawn(async move {
+                    // Frozen from its start: nothing passes until the thaw, then it is dropped
+                    // (the client's request, never answered, has timed out by then).
+                    let frozen_now = *rx.borrow();
+                    if frozen_now {
+                        drop(rx.wait_for(|f| !*f).await);
+                        drop(client);
+                        return;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = async { drop(rx.wait_for(|f| *f).await) } => {
+                            // Held, silent, until the test ends (connections after the thaw
+                            // pass; these stay hung like half-open ones).
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Freezer { frozen, port }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+/// A ClickHouse that takes the connection and never answers, in the middle of a run
+/// (docs/processor.md, `--clickhouse-timeout-secs`): the processor's insert fails after the
+/// timeout with a warning naming it, and is retried; once ClickHouse answers again every
+/// event is stored once. Without the timeout the insert waited for ever without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_that_stops_answering_mid_run_is_timed_out_named_and_retried() {
+    let kafka = pitboss_testkit::kafka();
+    let clickhouse = pitboss_testkit::clickhouse();
+    let name = pitboss_testkit::unique_name("hung_ch");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    bus.create_topic(&name, 1).await.unwrap();
+    bus.create_topic(&format!("{name}_dead_letter"), 1)
+        .await
+        .unwrap();
+    let publish = |range: std::ops::Range<u64>| {
+        let records: Vec<OutRecord> = range
+            .map(|i| {
+                let e = pitboss_testkit::deposit(i, 500);
+                OutRecord::new(
+                    format!("acme:{}", e.player_id),
+                    pitboss_model::encode_proto(&e),
+                )
+            })
+            .collect();
+        let publisher = bus.publisher();
+        let name = name.clone();
+        async move { publisher.publish(&name, records).await.unwrap() }
+    };
+    let proxy = Freezer::start(
+        clickhouse
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+    )
+    .await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("p.log");
+    // Hung from the start: the start-up's calls time out too, and are retried.
+    proxy.freeze(true);
+    let running = Children(vec![
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["process", "--kafka-bootstrap", &kafka, "--topic", &name])
+            .args(["--clickhouse", &format!("http://127.0.0.1:{}", proxy.port)])
+            .args(["--database", &name, "--group", &format!("{name}_p")])
+            .args([
+                "--clickhouse-timeout-secs",
+                "2",
+                "--batch-max-age-ms",
+                "100",
+            ])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ]);
+    let count = || async {
+        pitboss_processor::sink::client(&clickhouse, &name)
+            .query("SELECT count() FROM events")
+            .fetch_one::<u64>()
+            .await
+            .ok()
+    };
+    let wait_count = |want: u64| {
+        let log = log.clone();
+        async move {
+            let start = Instant::now();
+            while count().await != Some(want) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{want} events not stored (now {:?}):\n{}",
+                    count().await,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_for_line(&log, "ClickHouse does not answer yet; retrying");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("no answer within 2 s (--clickhouse-timeout-secs)"),
+        "the wait is named"
+    );
+    proxy.freeze(false);
+    publish(0..3).await;
+    wait_count(3).await;
+
+    // ClickHouse hangs mid-run: the next batch's insert is timed out and retried, and the log
+    // says so.
+    proxy.freeze(true);
+    publish(3..6).await;
+    wait_for_line(&log, "insert failed");
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let failed = seen
+        .lines()
+        .find(|l| l.contains("insert failed"))
+        .unwrap_or_default();
+    assert!(
+        failed.contains("no answer within 2 s (--clickhouse-timeout-secs)"),
+        "the failed insert names the timeout: {failed}"
+    );
+    assert_eq!(
+        count().await,
+        Some(3),
+        "nothing more was stored while it hung"
+    );
+
+    // It answers again: the batch lands, once.
+    proxy.freeze(false);
+    wait_count(6).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count().await, Some(6), "every event stored once");
+    let mut running = running;
+    let child = running.0.pop().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut child = child;
+    assert!(child.wait().unwrap().success(), "a SIGTERM exits 0");
+}

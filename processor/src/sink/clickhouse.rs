@@ -36,6 +36,38 @@ pub struct ClickHouseSink {
     replicas: Option<(String, String)>,
     /// Held while a batch of a table with copy keys (`events`) is looked up and inserted.
     lookups: Arc<tokio::sync::Mutex<()>>,
+    /// How long one call (an insert with its lookups, a high-water read) may wait for
+    /// ClickHouse's answer ([`DEFAULT_TIMEOUT`], or [`ClickHouseSink::with_timeout`]).
+    timeout: std::time::Duration,
+}
+
+/// How long a call of the sink waits for ClickHouse by default: a server that takes the
+/// connection and never answers (hung, a half-open connection through a proxy, a network that
+/// drops packets) is a failure to retry after this, not a processor stopped for good without
+/// a word.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The error of a call ClickHouse did not answer within `wait`: transient (retried; after an
+/// insert, the high-water mark says whether it landed all the same).
+pub fn no_answer(wait: std::time::Duration) -> ProcessorError {
+    ProcessorError::ClickHouse(clickhouse::error::Error::Other(
+        format!(
+            "no answer within {} s (--clickhouse-timeout-secs)",
+            wait.as_secs_f64()
+        )
+        .into(),
+    ))
+}
+
+/// `call`'s outcome, or [`no_answer`] once `wait` has passed (the call is dropped: its
+/// connection closes).
+pub async fn within<T>(
+    wait: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, ProcessorError>>,
+) -> Result<T, ProcessorError> {
+    tokio::time::timeout(wait, call)
+        .await
+        .unwrap_or_else(|_| Err(no_answer(wait)))
 }
 
 impl std::fmt::Debug for ClickHouseSink {
@@ -118,7 +150,14 @@ impl ClickHouseSink {
             table: None,
             replicas: None,
             lookups: Arc::default(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Waits at most `wait` for ClickHouse's answer to each call (at least 1 ms).
+    pub fn with_timeout(mut self, wait: std::time::Duration) -> Self {
+        self.timeout = wait.max(std::time::Duration::from_millis(1));
+        self
     }
 
     /// Into the cluster layout's tables (`Distributed` ones) of `database`: inserts wait
@@ -163,6 +202,7 @@ impl ClickHouseSink {
             table: None,
             replicas: Some((all, database.to_owned())),
             lookups: Arc::default(),
+            timeout: DEFAULT_TIMEOUT,
         })
     }
 
@@ -221,7 +261,7 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
         // The stamp is in the partition key, so every part keeps its min/max: parts entirely
         // older than `since` are not read.
         let since_s = since_ms.map_or(0, |ms| ms.div_euclid(1000).max(0));
-        let hw: HighWater = self
+        let read = self
             .client
             .query(&format!(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM {} \
@@ -232,19 +272,22 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
             .bind(topic)
             .bind(partition)
             .bind(since_s)
-            .fetch_one()
-            .await?;
+            .fetch_one::<HighWater>();
+        let hw = within(self.timeout, async { Ok(read.await?) }).await?;
         Ok((hw.rows > 0).then_some(hw.top))
     }
 
     async fn insert(&self, batch: &Arc<Batch<R>>) -> Result<(), ProcessorError> {
-        match self.write(batch).await {
-            Err(ProcessorError::Refused(reason)) => {
-                self.check_columns::<R>().await?;
-                Err(ProcessorError::Refused(reason))
+        within(self.timeout, async {
+            match self.write(batch).await {
+                Err(ProcessorError::Refused(reason)) => {
+                    self.check_columns::<R>().await?;
+                    Err(ProcessorError::Refused(reason))
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     /// Only in the cluster layout: its replicated tables drop a duplicate block. On one
@@ -253,17 +296,20 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
         let (Some(_), Some((first, last))) = (&self.replicas, batch.intent()) else {
             return Ok(());
         };
-        let mut insert = self.client.insert::<Intent>("pitboss_batches").await?;
-        insert
-            .write(&Intent {
-                bus_topic: batch.topic.clone(),
-                bus_partition: batch.partition,
-                first_offset: first,
-                last_offset: last,
-            })
-            .await?;
-        insert.end().await?;
-        Ok(())
+        within(self.timeout, async {
+            let mut insert = self.client.insert::<Intent>("pitboss_batches").await?;
+            insert
+                .write(&Intent {
+                    bus_topic: batch.topic.clone(),
+                    bus_partition: batch.partition,
+                    first_offset: first,
+                    last_offset: last,
+                })
+                .await?;
+            insert.end().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn intended(
@@ -274,7 +320,7 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
         if self.replicas.is_none() {
             return Ok(None);
         }
-        let i: LastIntent = self
+        let read = self
             .client
             .query(&format!(
                 "SELECT count() AS rows, argMax(first_offset, last_offset) AS first, \
@@ -283,8 +329,8 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
             ))
             .bind(topic)
             .bind(partition)
-            .fetch_one()
-            .await?;
+            .fetch_one::<LastIntent>();
+        let i = within(self.timeout, async { Ok(read.await?) }).await?;
         Ok((i.rows > 0).then_some((i.first, i.last)))
     }
 }
