@@ -1312,7 +1312,11 @@ async fn up(
     // A port another process holds fails the start before anything is made or opened: before
     // the directory when `up` would make it, else once the directory is locked (a second `up`
     // on it is told so, not that its ports are taken).
-    let listeners = [listen, admin_listen, gateway_listen];
+    let listeners = [
+        ("--listen", listen),
+        ("--admin-listen", admin_listen),
+        ("--gateway-listen", gateway_listen),
+    ];
     let existed = data_dir.exists();
     if !existed {
         probe_listeners(&listeners)?;
@@ -1703,10 +1707,19 @@ async fn up(
     .await
 }
 
-/// Binds each fixed address (port 0 is any free port: nothing to check) and lets it go, so a
-/// port in use fails the start with the same line `bind` gives, before anything is opened.
-fn probe_listeners(addrs: &[std::net::SocketAddr]) -> Result<()> {
-    for addr in addrs.iter().filter(|a| a.port() != 0) {
+/// Binds each fixed address (port 0 is any free port: nothing to check) and listens on it,
+/// holding them all until the last is bound, so a port in use — by another process or by an
+/// earlier listener of the same list (`--admin-listen` given the address of `--listen`) —
+/// fails the start with the same line `bind` gives, before anything is opened.
+fn probe_listeners(addrs: &[(&str, std::net::SocketAddr)]) -> Result<()> {
+    let mut held = Vec::with_capacity(addrs.len());
+    for (i, (flag, addr)) in addrs.iter().enumerate() {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some((other, _)) = addrs[..i].iter().find(|(_, a)| a == addr) {
+            bail!("binding {addr}: given to both {other} and {flag}");
+        }
         let probe = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
@@ -1720,6 +1733,13 @@ fn probe_listeners(addrs: &[std::net::SocketAddr]) -> Result<()> {
         probe
             .bind(*addr)
             .with_context(|| format!("binding {addr}"))?;
+        // Listening: a later probe of the same port (0.0.0.0 against 127.0.0.1, say) is
+        // refused as the real listener would be.
+        held.push(
+            probe
+                .listen(1)
+                .with_context(|| format!("binding {addr} ({flag})"))?,
+        );
     }
     Ok(())
 }

@@ -1593,6 +1593,20 @@ fn an_up_whose_port_is_taken_makes_nothing_and_a_second_up_is_told_of_the_lock()
         );
         assert!(!dir.exists(), "{} was made: {said}", dir.display());
     }
+    // One free address given to two listeners: refused the same way, naming both flags (it
+    // passed the probe, made the directory, then failed on the second bind).
+    let twice = format!("127.0.0.1:{}", pitboss_testkit::free_port());
+    let dir = tmp.path().join("twice");
+    let out = up_command_at(&dir, &twice, &twice).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains(&format!(
+                "binding {twice}: given to both --listen and --gateway-listen"
+            )),
+        "{said}"
+    );
+    assert!(!dir.exists(), "{} was made: {said}", dir.display());
     let out = up_command_at(&first_dir, &listen, &gateway)
         .output()
         .unwrap();
