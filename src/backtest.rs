@@ -180,6 +180,11 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
             )
             .await?;
             let mut after: Option<pitboss_processor::sink::EventCursor> = None;
+            // The events of the millisecond being read, to drop a copy the table has not
+            // merged away yet (a publish retried: the same event, received at the same time,
+            // at another offset).
+            let mut this_ms: (u64, std::collections::HashSet<(String, String)>) =
+                (u64::MAX, std::collections::HashSet::new());
             loop {
                 let page = answered(
                     wait,
@@ -199,13 +204,16 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
                 let next = pitboss_processor::sink::EventCursor::after(last);
                 for row in &page {
                     bar.inc(1);
-                    let key = pitboss_processor::sink::EventCursor::after(row);
-                    // A copy the table has not merged away yet: the same key again.
-                    if after.as_ref() == Some(&key) {
+                    if this_ms.0 != row.received_at_ms {
+                        this_ms = (row.received_at_ms, std::collections::HashSet::new());
+                    }
+                    if !this_ms
+                        .1
+                        .insert((row.tenant_id.clone(), row.event_id.clone()))
+                    {
                         continue;
                     }
                     feed(&mut bt, row.to_event());
-                    after = Some(key);
                 }
                 after = Some(next);
             }

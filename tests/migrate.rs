@@ -62,15 +62,22 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
         String::from_utf8_lossy(&out.stderr)
     );
     let now = Timestamp::now().as_millis();
-    let events: Vec<pitboss_model::Event> = pitboss_antifraud::scenario::script("demo", now, 10, 1)
-        .into_iter()
-        .flat_map(|p| p.events)
-        .map(|e| {
-            let mut e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
-            e.received_at = Some(Timestamp::from_millis(e.occurred_at.as_millis() + 250));
-            e
-        })
-        .collect();
+    let mut events: Vec<pitboss_model::Event> =
+        pitboss_antifraud::scenario::script("demo", now, 10, 1)
+            .into_iter()
+            .flat_map(|p| p.events)
+            .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
+            .collect();
+    // Sent in time order in requests of ten seconds' play (each received in one millisecond),
+    // with ids in the reverse of the order sent: pages must end and resume inside a request,
+    // in bus order.
+    events.sort_by_key(|e| (e.occurred_at, e.event_id.clone()));
+    let n = events.len();
+    for (i, e) in events.iter_mut().enumerate() {
+        let t = e.occurred_at.as_millis();
+        e.received_at = Some(Timestamp::from_millis(t - t.rem_euclid(10_000) + 10_000));
+        e.event_id = Some(format!("{:08x}-0000-4000-8000-000000000000", n - i));
+    }
     let rows: Vec<_> = events
         .iter()
         .enumerate()
@@ -114,7 +121,7 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
 
     let first = events.iter().filter_map(|e| e.received_at).min().unwrap();
     let from = first.to_rfc3339().unwrap();
-    let to = Timestamp::from_millis(now + 1000).to_rfc3339().unwrap();
+    let to = Timestamp::from_millis(now + 20_000).to_rfc3339().unwrap();
     let run = |store: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args([

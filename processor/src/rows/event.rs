@@ -247,12 +247,25 @@ pub struct StoredEvent {
     pub late: u8,
     pub payload: String,
     pub utc_offset_min: Option<i16>,
+    /// Where the event was on the bus: the backtest replays events received in the same
+    /// millisecond (one request's) in their bus order, as the live engine read them.
+    pub bus_topic: String,
+    pub bus_partition: u32,
+    /// 0 on Kinesis (sequence numbers are not kept): such ties fall back to the event id.
+    pub bus_offset: u64,
 }
 
 impl StoredEvent {
     /// The columns, in the order of the struct (for a `SELECT`).
     pub const COLUMNS: &'static str = "tenant_id, event_id, player_id, session_id, type, \
-        occurred_at_ms, received_at_ms, schema_version, late, payload, utc_offset_min";
+        occurred_at_ms, received_at_ms, schema_version, late, payload, utc_offset_min, \
+        bus_topic, bus_partition, bus_offset";
+
+    /// The order events are replayed in: received, then as on the bus (one request's events
+    /// share their `received_at`; a player's are on one partition, in the order sent), then
+    /// by id.
+    pub const REPLAY_ORDER: &'static str =
+        "received_at_ms, bus_topic, bus_partition, bus_offset, event_id, tenant_id";
 
     /// [`Self::COLUMNS`] for a store whose `events` has no `utc_offset_min` yet (one not
     /// migrated to version 6, read by an older process's side): `null` in its place.

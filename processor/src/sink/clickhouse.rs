@@ -680,10 +680,14 @@ mod tests {
     }
 }
 
-/// Where a page of [`events_page`] ended: the key of its last row.
+/// Where a page of [`events_page`] ended: the key of its last row, in
+/// [`crate::rows::StoredEvent::REPLAY_ORDER`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventCursor {
     pub received_at_ms: u64,
+    pub bus_topic: String,
+    pub bus_partition: u32,
+    pub bus_offset: u64,
     pub event_id: String,
     pub tenant_id: String,
 }
@@ -693,6 +697,9 @@ impl EventCursor {
     pub fn after(row: &crate::rows::StoredEvent) -> Self {
         EventCursor {
             received_at_ms: row.received_at_ms,
+            bus_topic: row.bus_topic.clone(),
+            bus_partition: row.bus_partition,
+            bus_offset: row.bus_offset,
             event_id: row.event_id.clone(),
             tenant_id: row.tenant_id.clone(),
         }
@@ -741,10 +748,10 @@ pub async fn stored_event_columns(client: &Client) -> Result<String, ProcessorEr
 }
 
 /// One page of the events received in `[from_ms, to_ms)` (of `tenant`, or all), after
-/// `after`, ordered by `(received_at_ms, event_id, tenant_id)` (keyset pagination: each page
-/// costs the same), reading `columns` ([`stored_event_columns`]). Without `FINAL`: a copy the
-/// table has not merged away yet comes back as the same key twice, and the caller drops it
-/// ([`EventCursor`] of the previous row).
+/// `after`, in [`crate::rows::StoredEvent::REPLAY_ORDER`] (keyset pagination: each page costs
+/// the same), reading `columns` ([`stored_event_columns`]). Without `FINAL`: a copy the table
+/// has not merged away yet comes back too (the same event id, received at the same time), and
+/// the caller drops it.
 pub async fn events_page(
     client: &Client,
     columns: &str,
@@ -760,12 +767,17 @@ pub async fn events_page(
         sql.push_str(" AND tenant_id = ?");
     }
     if after.is_some() {
+        // (k1, …, k6) > (c1, …, c6), spelled out (ClickHouse 18.16 compares no tuples).
         sql.push_str(
-            " AND (received_at_ms > ? OR (received_at_ms = ? AND (event_id > ? \
-             OR (event_id = ? AND tenant_id > ?))))",
+            " AND (received_at_ms > ? OR (received_at_ms = ? AND (bus_topic > ? \
+             OR (bus_topic = ? AND (bus_partition > ? OR (bus_partition = ? AND (bus_offset > ? \
+             OR (bus_offset = ? AND (event_id > ? OR (event_id = ? AND tenant_id > ?))))))))))",
         );
     }
-    sql.push_str(" ORDER BY received_at_ms, event_id, tenant_id LIMIT ?");
+    sql.push_str(&format!(
+        " ORDER BY {} LIMIT ?",
+        crate::rows::StoredEvent::REPLAY_ORDER
+    ));
     let mut q = client.query(&sql).bind(from_ms).bind(to_ms);
     if let Some(t) = tenant {
         q = q.bind(t);
@@ -774,6 +786,12 @@ pub async fn events_page(
         q = q
             .bind(c.received_at_ms)
             .bind(c.received_at_ms)
+            .bind(c.bus_topic.as_str())
+            .bind(c.bus_topic.as_str())
+            .bind(c.bus_partition)
+            .bind(c.bus_partition)
+            .bind(c.bus_offset)
+            .bind(c.bus_offset)
             .bind(c.event_id.as_str())
             .bind(c.event_id.as_str())
             .bind(c.tenant_id.as_str());

@@ -41,8 +41,8 @@ pub fn count_events(
     Ok(n.max(0) as u64)
 }
 
-/// Calls `f` with each event received in `[from_ms, to_ms)` (of `tenant`, or all), ordered by
-/// `received_at_ms`, then `event_id`, rebuilt by [`StoredEvent::to_event`]: a row that is not
+/// Calls `f` with each event received in `[from_ms, to_ms)` (of `tenant`, or all), in
+/// [`StoredEvent::REPLAY_ORDER`] (received, then as on the bus), rebuilt by [`StoredEvent::to_event`]: a row that is not
 /// a valid event is passed as `Err` with the reason. Rows are streamed from one read
 /// transaction (a consistent view; `pitboss up` keeps writing meanwhile).
 pub fn scan_events(
@@ -69,7 +69,8 @@ pub fn scan_events(
     };
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {columns} FROM events WHERE {RANGE} ORDER BY received_at_ms, event_id, tenant_id"
+            "SELECT {columns} FROM events WHERE {RANGE} ORDER BY {}",
+            StoredEvent::REPLAY_ORDER
         ))
         .map_err(store)?;
     let mut rows = stmt.query(params![from_ms, to_ms, tenant]).map_err(store)?;
@@ -89,6 +90,9 @@ pub fn scan_events(
                 late: r.get(8)?,
                 payload: r.get(9)?,
                 utc_offset_min: r.get(10)?,
+                bus_topic: r.get(11)?,
+                bus_partition: r.get::<_, i64>(12)?.clamp(0, i64::from(u32::MAX)) as u32,
+                bus_offset: r.get::<_, i64>(13)?.max(0) as u64,
             })
         })();
         f(match row {
