@@ -6,6 +6,9 @@
   on-failure destination, and on Kafka runs in provisioned mode (which those controls need);
 - no IAM action anywhere is a wildcard ("*", "service:*", "service:Get*"): policy documents,
   inline JSON policies;
+- every policy statement that lets a role publish to Kinesis (kinesis:PutRecord/PutRecords)
+  also grants kinesis:ListShards: the bus lists a stream's shards before its first publish to
+  it, so without it every publish is refused;
 - every ALB sets idle_timeout (WebSockets) and every target group has stickiness on;
 - every CloudWatch log group has a retention and a KMS key;
 - every variable without a default has a validation block, so an empty or malformed value
@@ -71,6 +74,19 @@ def flatten(v):
             yield from flatten(x)
     else:
         yield v
+
+
+def action_lists(value):
+    """Every `actions` list of a policy document statement, anywhere in value (dynamic ones too)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if unquote(k) == "actions":
+                yield [unquote(a) for a in flatten(v) if isinstance(a, str)]
+            else:
+                yield from action_lists(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from action_lists(v)
 
 
 def walk_actions(value):
@@ -348,6 +364,10 @@ def check_assertions(files):
         for action in walk_actions(doc):
             if "*" in action:
                 fail(path, f"wildcard IAM action {action!r}")
+        for actions in action_lists(doc):
+            if {"kinesis:PutRecord", "kinesis:PutRecords"} & set(actions) \
+                    and "kinesis:ListShards" not in actions:
+                fail(path, f"a statement allows {', '.join(a for a in actions if a.startswith('kinesis:Put'))} without kinesis:ListShards (the bus lists a stream's shards before it publishes)")
         for m in re.finditer(r'"Action"\s*:\s*"([^"]*\*[^"]*)"', text):
             fail(path, f"wildcard IAM action {m.group(1)!r} in a JSON policy")
         for rtype, name, body in blocks(doc, "resource"):

@@ -177,7 +177,7 @@ DASHBOARDS = {
             ("p99", "histogram_quantile(0.99, sum by (le) (rate(pitboss_time_to_notify_seconds_bucket[$__rate_interval])))"),
         ], unit="s", thresholds=SLO_10S),
         prom("Notified within 10 s", [
-            ("within 10 s", "sum(rate(pitboss_time_to_notify_seconds_bucket{le=\"10\"}[$__rate_interval])) / sum(rate(pitboss_time_to_notify_seconds_count[$__rate_interval]))"),
+            ("within 10 s", "sum(rate(pitboss_time_to_notify_seconds_bucket{le=~\"10(\\\\.0)?\"}[$__rate_interval])) / sum(rate(pitboss_time_to_notify_seconds_count[$__rate_interval]))"),
         ], kind="stat", unit="percentunit", w=6, thresholds=[("red", None), ("green", 0.95)]),
         prom("Ingest to stored, p95 (processor freshness)", [
             ("p95", "histogram_quantile(0.95, sum by (le) (rate(pitboss_processor_freshness_seconds_bucket[$__rate_interval])))"),

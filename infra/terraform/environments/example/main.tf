@@ -260,8 +260,10 @@ data "aws_iam_policy_document" "gateway" {
   dynamic "statement" {
     for_each = local.kinesis ? [1] : []
     content {
-      sid       = "PublishAcksOperatorPushesAndReceipts"
-      actions   = ["kinesis:PutRecord", "kinesis:PutRecords"]
+      sid = "PublishAcksOperatorPushesAndReceipts"
+      # ListShards: the bus lists a stream's shards before it publishes (deliveries is not
+      # read, so the statement above does not cover it).
+      actions   = ["kinesis:PutRecord", "kinesis:PutRecords", "kinesis:ListShards"]
       resources = [local.streams["alert_acks"], local.streams["pushes"], local.streams["deliveries"], local.streams["presence"]]
     }
   }

@@ -100,6 +100,14 @@ data "aws_iam_policy_document" "wide" {
     resources = ["*"]
   }
   statement {
+    actions   = ["kinesis:PutRecords"]
+    resources = ["arn:aws:kinesis:eu-west-1:111122223333:stream/deliveries"]
+  }
+  statement {
+    actions   = ["kinesis:PutRecord", "kinesis:ListShards"]
+    resources = ["arn:aws:kinesis:eu-west-1:111122223333:stream/alerts"]
+  }
+  statement {
     actions   = ["kinesis:GetRecords"]
     resources = ["arn:aws:kinesis:eu-west-1:111122223333:stream/events"]
   }
