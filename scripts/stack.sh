@@ -320,12 +320,43 @@ $extra
 EOF
 }
 
+# A test CA and a certificate it signed for 127.0.0.1 (not a CA itself: TLS clients refuse a CA
+# certificate as a server's), for ClickHouse's HTTPS port.
+clickhouse_tls() { # dir
+  local dir=$1
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 3650 \
+    -subj "/CN=Pitboss test CA" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$dir/server.key" -out "$dir/server.csr" \
+    -subj "/CN=127.0.0.1" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >"$dir/ext.cnf"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial \
+    -out "$dir/server.pem" -days 3650 -extfile "$dir/ext.cnf" 2>/dev/null
+  chmod 600 "$dir/server.key" "$dir/ca.key"
+}
+
 start_clickhouse() {
-  local dir=$STACK/clickhouse http tcp
-  http=$(free_port); tcp=$(free_port)
-  clickhouse_config "$dir" "$http" "$tcp"
+  local dir=$STACK/clickhouse http tcp https
+  http=$(free_port); tcp=$(free_port); https=$(free_port)
+  # HTTPS too (docs/deploy.md: ClickHouse Cloud answers HTTPS alone), with a test CA that
+  # clients trust through SSL_CERT_FILE.
+  clickhouse_tls "$dir/tls"
+  clickhouse_config "$dir" "$http" "$tcp" "    <https_port>$https</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>$dir/tls/server.pem</certificateFile>
+            <privateKeyFile>$dir/tls/server.key</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>"
   spawn clickhouse "$dir/stdout.log" clickhouse-server --config-file="$dir/config.xml"
   echo "export PITBOSS_TEST_CLICKHOUSE=http://127.0.0.1:$http" >>"$STACK/env"
+  echo "export PITBOSS_TEST_CLICKHOUSE_HTTPS=https://127.0.0.1:$https" >>"$STACK/env"
+  echo "export PITBOSS_TEST_CLICKHOUSE_CA=$dir/tls/ca.pem" >>"$STACK/env"
   # For fault tests that stop and restart ClickHouse (tests/processor_faults.rs).
   echo "export PITBOSS_TEST_CLICKHOUSE_PIDFILE=$STACK/pids/clickhouse.pid" >>"$STACK/env"
   echo "export PITBOSS_TEST_CLICKHOUSE_CONFIG=$dir/config.xml" >>"$STACK/env"

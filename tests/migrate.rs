@@ -162,3 +162,77 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
         .count();
     assert!(fired >= 7, "{embedded}");
 }
+
+/// ClickHouse over HTTPS (ClickHouse Cloud answers nothing else; docs/deploy.md): `migrate`
+/// creates the schema through a certificate the client trusts (a private CA given by
+/// `SSL_CERT_FILE`, as the system's roots would be), and the backtest reads through it; a
+/// certificate it does not trust is refused, saying so. (The client had no TLS at all:
+/// "invalid URL, scheme is not http".)
+#[test]
+fn migrate_and_backtest_reach_clickhouse_over_https_and_refuse_an_untrusted_certificate() {
+    let (https, ca) = pitboss_testkit::clickhouse_https();
+    let db = pitboss_testkit::unique_name("https");
+    let run = |args: &[&str], ca: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pitboss"));
+        c.args(args)
+            .env_remove("PITBOSS_DATA_DIR")
+            .env_remove("SSL_CERT_DIR")
+            .env("RUST_LOG", "warn");
+        match ca {
+            Some(ca) => c.env("SSL_CERT_FILE", ca),
+            None => c.env_remove("SSL_CERT_FILE"),
+        };
+        c.output().unwrap()
+    };
+    let out = run(
+        &["migrate", "--clickhouse", &https, "--database", &db],
+        Some(&ca),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables = std::process::Command::new("curl")
+        .args(["-sf", "--cacert", &ca])
+        .arg(format!("{https}/?query=SHOW+TABLES+FROM+{db}"))
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(tables.lines().any(|t| t == "events"), "{tables}");
+    let out = run(
+        &[
+            "rules",
+            "backtest",
+            "--clickhouse-url",
+            &https,
+            "--database",
+            &db,
+            "--from",
+            "2026-01-01T00:00:00Z",
+            "--to",
+            "2026-01-02T00:00:00Z",
+            "--format",
+            "json",
+        ],
+        Some(&ca),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["events_read"], 0);
+
+    // Not trusted: refused at once, naming the certificate.
+    let out = run(
+        &["migrate", "--clickhouse", &https, "--database", &db],
+        None,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("invalid peer certificate"),
+        "{said}"
+    );
+}

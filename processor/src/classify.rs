@@ -135,6 +135,22 @@ pub fn classify(error: &Error) -> Class {
 }
 
 /// The server's own words where there are some (the answer), else the client's.
+/// `error` and what caused it, each once: a refused TLS certificate or a reset connection
+/// says so, where the crate's own message stops at "client error (Connect)".
+pub fn with_causes(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 pub fn reason(error: &Error) -> String {
     match error {
         Error::BadResponse(answer) => answer.clone(),

@@ -28,7 +28,7 @@ pub enum ProcessorError {
     Bus(#[from] pitboss_bus::BusError),
     /// ClickHouse unreachable, overloaded or busy, or an answer without an exception code
     /// (see [`classify`]): the same call may succeed later.
-    #[error("clickhouse: {0}")]
+    #[error("clickhouse: {}", classify::with_causes(.0))]
     ClickHouse(clickhouse::error::Error),
     /// ClickHouse refused values of the rows of an insert (the server's answer): the same rows
     /// are refused again, so the batch is split to find them (run.rs).

@@ -73,6 +73,18 @@ pub fn clickhouse() -> String {
     required("PITBOSS_TEST_CLICKHOUSE", "a ClickHouse server")
 }
 
+/// The same ClickHouse server's HTTPS URL, and the file of the test CA its certificate comes
+/// from (for `SSL_CERT_FILE`).
+pub fn clickhouse_https() -> (String, String) {
+    (
+        required("PITBOSS_TEST_CLICKHOUSE_HTTPS", "ClickHouse's HTTPS port"),
+        required(
+            "PITBOSS_TEST_CLICKHOUSE_CA",
+            "ClickHouse's HTTPS port (its test CA)",
+        ),
+    )
+}
+
 /// HTTP URLs of the 2-shard x 2-replica ClickHouse cluster, in the order shard 1 replica 1,
 /// shard 1 replica 2, shard 2 replica 1, shard 2 replica 2; and the cluster's name.
 pub fn clickhouse_cluster() -> (Vec<String>, String) {
