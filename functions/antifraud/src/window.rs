@@ -1259,6 +1259,9 @@ fn windowed(
         count += 1;
         newest_t.get_or_insert(e.t);
         match m.agg {
+            // A missing field is no value: it fails every predicate, and counts as no
+            // distinct value either (tag 0; a present value hashes to 0 with chance 2⁻⁶⁴).
+            Agg::CountDistinct if e.tag == 0 => {}
             Agg::CountDistinct => s.tags.push(e.tag),
             Agg::IntervalMean | Agg::IntervalCv => s.nums.push(e.t as f64),
             _ => {

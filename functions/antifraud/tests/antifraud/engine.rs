@@ -947,6 +947,53 @@ reason = "{players} players bet big"
     assert_eq!(a[0].related_player_ids, ["relB"]);
 }
 
+/// `count_distinct` counts the values of its field: an event without it adds no value (two
+/// payment instruments and a deposit that names none are two, not three). Such an event is
+/// still counted by a plain `count` of the same rule.
+#[test]
+fn a_missing_field_is_not_a_distinct_value() {
+    let text = r#"
+[[rule]]
+id = "t.many_instruments"
+version = 1
+category = "fraud"
+severity = "low"
+score = 1
+events = ["deposit"]
+group_by = "player"
+window = { duration = "1h" }
+reason = "{deposits} deposits with {instruments} payment instruments"
+  [[rule.measure]]
+  name = "instruments"
+  agg = "count_distinct"
+  field = "payment_instrument"
+  [[rule.measure]]
+  name = "deposits"
+  agg = "count"
+  [[rule.when]]
+  measure = "instruments"
+  op = "gte"
+  value = 3
+"#;
+    let set = RuleSet::from_sources(&[("t.toml".into(), text.into())]).unwrap();
+    let mut s = Script::new(set);
+    let with = |tx: &str, card: Option<&str>| {
+        let mut d = deposit(tx, 5_000);
+        if let Some(c) = card {
+            d["payment_instrument"] = serde_json::json!(c);
+        }
+        d
+    };
+    s.send("mi", T0, "deposit", with("d1", Some("card-A")));
+    s.send("mi", T0 + 1000, "deposit", with("d2", Some("card-B")));
+    s.send("mi", T0 + 2000, "deposit", with("d3", None));
+    assert!(s.alerts("t.many_instruments").is_empty());
+    s.send("mi", T0 + 3000, "deposit", with("d4", Some("card-C")));
+    let a = s.alerts("t.many_instruments");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].reason, "4 deposits with 3 payment instruments");
+}
+
 /// A withdrawal sent after later events of its player: within the hour of the newest event it
 /// is evaluated on what its window holds; older than that, what its window held is gone, and
 /// it is counted as a late trigger instead of passing unseen.
