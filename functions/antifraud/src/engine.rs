@@ -493,83 +493,93 @@ impl Engine {
             if !triggers {
                 continue;
             }
-            // A key that spans partitions (a device, an address shared by players) can be read
-            // out of time order (partitions' backlogs read after a restart or a lag): an event
-            // read after later ones of its key is evaluated against the window up to the key's
-            // newest event, so a threshold it completes still fires — on it — rather than on
-            // neither (as of its own time it would miss the later events, and they, evaluated
-            // first, missed it). Its cooldown counts from that time too. A player's events keep
-            // their order, so its windows end at the trigger.
-            let at = if follows_player(rule) {
-                t
-            } else {
-                t.max(state.newest)
-            };
-            if rule.cooldown_ms > 0
-                && state
-                    .last_hit
-                    .get()
-                    .is_some_and(|h| (at - h).abs() < rule.cooldown_ms)
+            // An event read after later ones of its key (a device or an address shared by
+            // players, read across partitions out of time order; a player's event a client
+            // sent again late, with its first `occurred_at`) is evaluated against the window up
+            // to the key's newest event, so a threshold it completes still fires — on it —
+            // rather than on neither (as of its own time it would miss the later events, and
+            // they, evaluated first, missed it). Its cooldown counts from that time too. A
+            // player's late event is evaluated as of its own time first (what a withdrawal
+            // follows is what came before it), and up to the newest event only if that does
+            // not fire.
+            let newest = t.max(state.newest);
+            let first = if follows_player(rule) { t } else { newest };
+            if let Some(d) = rule.duration_ms
+                && state.newest > t
+                && t <= state.newest.saturating_sub(d)
             {
+                // Read so late that it lies before the window up to the key's newest
+                // event (a player's withdrawal sent an hour after later events, say):
+                // what its own window held is gone, so it is not evaluated — counted, so
+                // it is seen (`Output::late_triggers`).
+                out.late_triggers += 1;
                 continue;
             }
-            if let Some(d) = rule.duration_ms {
-                if state.newest > t && t <= state.newest.saturating_sub(d) {
-                    // Read so late that it lies before the window up to the key's newest
-                    // event (a player's withdrawal sent an hour after later events, say):
-                    // what its own window held is gone, so it is not evaluated — counted, so
-                    // it is seen (`Output::late_triggers`).
-                    out.late_triggers += 1;
+            let times = [first, newest];
+            let mut fired = None;
+            for &at in &times[..if first < newest { 2 } else { 1 }] {
+                if rule.cooldown_ms > 0
+                    && state
+                        .last_hit
+                        .get()
+                        .is_some_and(|h| (at - h).abs() < rule.cooldown_ms)
+                {
                     continue;
                 }
-                let before = state.held();
-                state.expire(at.saturating_sub(d), rule);
-                *entries = (*entries + state.held()).saturating_sub(before);
-            }
-            let trig = Trigger {
-                id,
-                t: at,
-                own_t: t,
-                cur,
-                held,
-                folded,
-            };
-            let current = |i: usize| {
-                let m = &rule.measures[i];
-                m.field.as_ref().and_then(|f| f.get(event, &extra).number())
-            };
-            let eval = Eval {
-                rule,
-                state,
-                trig: &trig,
-                current,
-            };
-            eval.reset(scratch);
-            scratch.thresholds.clear();
-            scratch.thresholds.resize(rule.measures.len(), None);
-            scratch.cond_thresholds.clear();
-            let mut all = true;
-            for c in &rule.conditions {
-                let threshold = match (c.value, c.baseline) {
-                    (Some(v), _) => Some(v),
-                    (None, Some(b)) => eval.get(b, scratch).map(|v| v * c.factor),
-                    (None, None) => None,
+                if let Some(d) = rule.duration_ms {
+                    let before = state.held();
+                    state.expire(at.saturating_sub(d), rule);
+                    *entries = (*entries + state.held()).saturating_sub(before);
+                }
+                let trig = Trigger {
+                    id,
+                    t: at,
+                    own_t: t,
+                    cur,
+                    held,
+                    folded,
                 };
-                let holds = match (eval.get(c.measure, scratch), threshold) {
-                    (Some(v), Some(th)) => c.cmp.holds(v, th),
-                    _ => false,
+                let current = |i: usize| {
+                    let m = &rule.measures[i];
+                    m.field.as_ref().and_then(|f| f.get(event, &extra).number())
                 };
-                scratch.thresholds[c.measure] = threshold;
-                scratch.cond_thresholds.push(threshold);
-                if !holds {
-                    all = false;
+                let eval = Eval {
+                    rule,
+                    state,
+                    trig: &trig,
+                    current,
+                };
+                eval.reset(scratch);
+                scratch.thresholds.clear();
+                scratch.thresholds.resize(rule.measures.len(), None);
+                scratch.cond_thresholds.clear();
+                let mut all = true;
+                for c in &rule.conditions {
+                    let threshold = match (c.value, c.baseline) {
+                        (Some(v), _) => Some(v),
+                        (None, Some(b)) => eval.get(b, scratch).map(|v| v * c.factor),
+                        (None, None) => None,
+                    };
+                    let holds = match (eval.get(c.measure, scratch), threshold) {
+                        (Some(v), Some(th)) => c.cmp.holds(v, th),
+                        _ => false,
+                    };
+                    scratch.thresholds[c.measure] = threshold;
+                    scratch.cond_thresholds.push(threshold);
+                    if !holds {
+                        all = false;
+                        break;
+                    }
+                }
+                if all {
+                    eval.all(scratch);
+                    fired = Some(at);
                     break;
                 }
             }
-            if !all {
+            let Some(at) = fired else {
                 continue;
-            }
-            eval.all(scratch);
+            };
             // Never moved back by a late trigger (its cooldown counted from `at`).
             state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
             let tag = hasher.hash_one((&rule.id, id)) as u32;

@@ -994,6 +994,29 @@ reason = "{deposits} deposits with {instruments} payment instruments"
     assert_eq!(a[0].reason, "4 deposits with 3 payment instruments");
 }
 
+/// A player's burst of 30 bets in 30 s, one of them sent again late by the client (after the
+/// last, with its first `occurred_at`): the threshold the late bet completes fires on it. As
+/// of its own time it saw 15 bets, and the last bet, read before it, saw 29: no alert at all
+/// (an outside analyst's audit). A withdrawal read late is still judged on what came before
+/// it first (its own time), which the other tests of late triggers hold.
+#[test]
+fn a_players_bet_sent_late_still_completes_the_burst_it_belongs_to() {
+    let mut s = Script::default();
+    for i in (0..30).filter(|&i| i != 14) {
+        s.send(
+            "late1",
+            T0 + i * 1000,
+            "bet_placed",
+            bet(&format!("b{i}"), 100),
+        );
+    }
+    assert!(s.alerts("fraud.bet_velocity").is_empty());
+    s.send("late1", T0 + 14 * 1000, "bet_placed", bet("b14", 100));
+    let a = s.alerts("fraud.bet_velocity");
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert!(a[0].reason.contains("30"), "{}", a[0].reason);
+}
+
 /// A withdrawal sent after later events of its player: within the hour of the newest event it
 /// is evaluated on what its window holds; older than that, what its window held is gone, and
 /// it is counted as a late trigger instead of passing unseen.
