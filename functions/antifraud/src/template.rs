@@ -117,9 +117,10 @@ impl Template {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Measure(i, f) => number(
+                Part::Measure(i, f) => number_apart(
                     &mut out,
                     fill.values.get(*i).copied().flatten(),
+                    fill.thresholds.get(*i).copied().flatten(),
                     *f,
                     fill.currency,
                 ),
@@ -227,6 +228,52 @@ fn number(out: &mut String, v: Option<f64>, format: Format, currency: Option<&st
     };
 }
 
+/// A measure's value as [`number`] writes it, with more digits when that would read the same as
+/// its threshold while it is not (a wagering progress of 99.95 % under a threshold of 100 %
+/// read "100%", contradicting the condition that fired).
+fn number_apart(
+    out: &mut String,
+    v: Option<f64>,
+    threshold: Option<f64>,
+    format: Format,
+    currency: Option<&str>,
+) {
+    let (Some(value), Some(th)) = (v, threshold) else {
+        return number(out, v, format, currency);
+    };
+    let (mut mine, mut theirs) = (String::new(), String::new());
+    number(&mut mine, Some(value), format, currency);
+    number(&mut theirs, Some(th), format, currency);
+    if value == th || mine != theirs || !value.is_finite() {
+        out.push_str(&mine);
+        return;
+    }
+    let (scaled, th_scaled, suffix, from) = match format {
+        Format::Pct => (value * 100.0, th * 100.0, "%", 1),
+        Format::Plain => (value, th, "", 3),
+        // Money is whole minor units, durations read to the second: equal text, equal value
+        // as far as the reader is concerned.
+        Format::Money | Format::Duration => {
+            out.push_str(&mine);
+            return;
+        }
+    };
+    // The first precision at which the two differ (both rounded alike).
+    for digits in from..=8 {
+        let mut text = format!("{scaled:.digits$}");
+        if text == format!("{th_scaled:.digits$}") {
+            continue;
+        }
+        if format == Format::Pct {
+            text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
+        }
+        text.push_str(suffix);
+        out.push_str(&text);
+        return;
+    }
+    out.push_str(&mine);
+}
+
 /// A percentage with the precision its size calls for: `85`, `4.5`, `0.5`, `0.04` (two
 /// significant digits below 10, so a turnover of 0.5 % does not read "0%").
 fn pct(p: f64) -> String {
@@ -245,6 +292,25 @@ fn pct(p: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_that_is_not_its_threshold_never_reads_as_it() {
+        let fmt = |v: f64, th: Option<f64>, f: Format| {
+            let mut out = String::new();
+            number_apart(&mut out, Some(v), th, f, Some("EUR"));
+            out
+        };
+        // The wagering progress and turnover an analyst saw read "100%" under "< 100%".
+        assert_eq!(fmt(0.9995, Some(1.0), Format::Pct), "99.95%");
+        assert_eq!(fmt(0.996, Some(1.0), Format::Pct), "99.6%");
+        assert_eq!(fmt(0.8004, Some(0.8), Format::Pct), "80.04%");
+        assert_eq!(fmt(0.0999, Some(0.1), Format::Plain), "0.0999");
+        // Apart already, equal, or no threshold: as before.
+        assert_eq!(fmt(0.25, Some(1.0), Format::Pct), "25%");
+        assert_eq!(fmt(1.0, Some(1.0), Format::Pct), "100%");
+        assert_eq!(fmt(0.9995, None, Format::Pct), "100%");
+        assert_eq!(fmt(99950.0, Some(100_000.0), Format::Money), "999.50 EUR");
+    }
 
     #[test]
     fn percentages_and_money_keep_what_their_size_needs() {
