@@ -85,9 +85,12 @@ impl RulesSource {
         }
     }
 
-    /// What identifies the files' current content (names, sizes, modification times); `None`
-    /// for the built-in packs, which never change.
-    fn fingerprint(&self) -> Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>> {
+    /// What identifies the files' current content (names, sizes and a hash of what they
+    /// hold); `None` for the built-in packs, which never change. By content, not modification
+    /// time: a deploy that keeps times (`cp -p`, `rsync -a`) of a file of the same size
+    /// changed the rules without a reload.
+    fn fingerprint(&self) -> Option<Vec<(PathBuf, u64, u64)>> {
+        use std::hash::{Hash, Hasher};
         let RulesSource::Dir(d) = self else {
             return None;
         };
@@ -96,12 +99,10 @@ impl RulesSource {
             .filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
             .map(|e| {
-                let m = e.metadata().ok();
-                (
-                    e.path(),
-                    m.as_ref().map_or(0, std::fs::Metadata::len),
-                    m.and_then(|m| m.modified().ok()),
-                )
+                let text = std::fs::read(e.path()).unwrap_or_default();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                text.hash(&mut h);
+                (e.path(), text.len() as u64, h.finish())
             })
             .collect();
         out.sort();
@@ -331,7 +332,7 @@ struct Work {
     /// to `save_slice_time`.
     unit_cost: Option<Duration>,
     durable: Vec<(Arc<str>, Partition, Position)>,
-    fingerprint: Option<Vec<(PathBuf, u64, Option<std::time::SystemTime>)>>,
+    fingerprint: Option<Vec<(PathBuf, u64, u64)>>,
     last_reload_check: Instant,
     /// When replaying began (the first assignment): past [`REPLAY_PATIENCE`], the logged
     /// batches are replayed with whatever arrived (a partition whose records never come cannot
@@ -1633,6 +1634,31 @@ mod tests {
 
     fn shipped() -> RuleSet {
         RulesSource::Shipped.load().unwrap()
+    }
+
+    /// A rule file replaced by one of the same size with the old modification time (`cp -p`,
+    /// `rsync -a` of a changed threshold: 25 → 28) is a change; the same bytes written again
+    /// are not.
+    #[test]
+    fn the_rules_fingerprint_follows_content_not_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("fraud.toml");
+        std::fs::write(&file, "value = 25\n").unwrap();
+        let when = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let source = RulesSource::Dir(dir.path().to_owned());
+        let before = source.fingerprint();
+        std::fs::write(&file, "value = 28\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), when);
+        let after = source.fingerprint();
+        assert_ne!(before, after);
+        std::fs::write(&file, "value = 28\n").unwrap();
+        assert_eq!(source.fingerprint(), after);
     }
 
     fn positions() -> Positions {
