@@ -1278,11 +1278,25 @@ impl Hit<'_> {
             };
             let mut data = serde_json::Map::new();
             for (i, m) in rule.measures.iter().enumerate() {
-                if let Some(v) = self.scratch.values[i]
-                    && let Some(n) = serde_json::Number::from_f64(v)
-                {
+                // Whole numbers (counts, money in minor units) as integers: 50000, not 50000.0.
+                let n = match self.scratch.values[i] {
+                    Some(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                        Some(serde_json::Number::from(v as i64))
+                    }
+                    Some(v) => serde_json::Number::from_f64(v),
+                    None => None,
+                };
+                if let Some(n) = n {
                     data.insert(m.name.clone(), serde_json::Value::Number(n));
                 }
+            }
+            // Money measures are minor units of the trigger's currency: named, so a game
+            // client can format them (unless a measure has that name).
+            if rule.measures.iter().any(|m| m.money)
+                && let Some(c) = currency
+            {
+                data.entry("currency")
+                    .or_insert_with(|| serde_json::Value::String(c.to_owned()));
             }
             let push = Push {
                 push_id: push_id(&rule.id, rule.version, &trigger_id, &target),

@@ -57,7 +57,8 @@ fn loss_chasing_pushes_to_the_player_and_alerts() {
         a[0].alert_id,
         alert_id("rg.loss_chasing", 1, &src.trigger_event_id)
     );
-    assert_eq!(p[0].data["lost"], json!(25000.0));
+    assert_eq!(p[0].data["lost"], json!(25000));
+    assert_eq!(p[0].data["currency"], "EUR");
 }
 
 #[test]
@@ -180,7 +181,7 @@ fn deposits_speeding_up_get_a_push() {
     assert_eq!(p.len(), 1);
     assert_eq!(
         p[0].body,
-        "You have made 4 deposits today. You can set a daily deposit limit in your account."
+        "You have made 4 deposits in the last 24 hours. You can set a daily deposit limit in your account."
     );
     let a = &s.alerts("rg.deposit_frequency_rising")[0];
     assert_eq!(
@@ -262,11 +263,25 @@ fn a_cancelled_withdrawal_staked_away_gets_a_push() {
     assert_eq!(p.len(), 1);
     assert!(
         p[0].body.starts_with(
-            "You cancelled a withdrawal of 300.00 EUR and have staked 300.00 EUR since."
+            "A withdrawal of 300.00 EUR was cancelled and 300.00 EUR has been staked since."
         ),
         "{}",
         p[0].body
     );
+    // What a game client formats the amounts with: minor units as integers, and their currency.
+    assert_eq!(
+        p[0].data["cancelled"],
+        serde_json::json!(30_000),
+        "{:?}",
+        p[0].data
+    );
+    assert_eq!(
+        p[0].data["staked"],
+        serde_json::json!(30_000),
+        "{:?}",
+        p[0].data
+    );
+    assert_eq!(p[0].data["currency"], "EUR", "{:?}", p[0].data);
 }
 
 #[test]
