@@ -75,11 +75,15 @@ module "ingest" {
 # The rules engine runs in one place (two would raise every alert twice): the Lambda here, or
 # the ECS service below (antifraud_engine).
 module "antifraud" {
-  count                    = local.engine_on_ecs ? 0 : 1
-  source                   = "../../modules/antifraud"
-  name                     = "${var.name}-antifraud"
-  lambda_zip               = var.antifraud_lambda_zip
-  architecture             = var.lambda_architecture
+  count        = local.engine_on_ecs ? 0 : 1
+  source       = "../../modules/antifraud"
+  name         = "${var.name}-antifraud"
+  lambda_zip   = var.antifraud_lambda_zip
+  architecture = var.lambda_architecture
+  # One invocation per shard of events and of events_overflow at a time (parallelization
+  # factor 1), on MSK at most one per partition of each: 2 x partitions at full load. Fewer
+  # throttles the engine and alerts come late (the account's limit, 1000 by default, bounds it).
+  reserved_concurrency     = max(100, 2 * var.partitions)
   bus                      = local.kinesis ? "kinesis" : "kafka"
   events_stream_arn        = local.kinesis ? local.streams["events"] : null
   overflow_stream_arn      = local.kinesis ? local.streams["events_overflow"] : null
