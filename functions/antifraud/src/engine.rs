@@ -582,7 +582,14 @@ impl Engine {
             };
             // Never moved back by a late trigger (its cooldown counted from `at`).
             state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
-            let tag = hasher.hash_one((&rule.id, id)) as u32;
+            // A shared key's finding (a device, an address) adds its points to a player once
+            // per scoring window: raised again every cooldown while a family shares a tablet,
+            // it took the son to `block` with nothing new found.
+            let tag = if follows_player(rule) {
+                hasher.hash_one((&rule.id, id)) as u32 & !crate::scoring::ONCE
+            } else {
+                hasher.hash_one((&rule.id, group)) as u32 | crate::scoring::ONCE
+            };
             // Split, a player another shard owns: that shard adds the points and sets the
             // total, so the hit is drafted with its own points alone and sent there.
             let total = if player_owned {

@@ -15,8 +15,13 @@ pub(crate) const MAX_HITS: usize = 64;
 pub(crate) type PlayerHits = (Box<str>, VecDeque<(i64, u32)>);
 
 /// One hit: event time, points, and a hash of (rule id, trigger event id) so the same hit
-/// applied twice (an evaluation repeated over partly saved state) counts once.
+/// applied twice (an evaluation repeated over partly saved state) counts once; or, with
+/// [`ONCE`] set, of (rule id, group key): a finding about a shared key (a device, an address)
+/// that counts once per scoring window however often it is raised again.
 pub(crate) type Hit = (i64, u32, u32);
+
+/// The tag bit of a hit that counts once per scoring window ([`Hit`]).
+pub(crate) const ONCE: u32 = 1 << 31;
 
 #[derive(Debug, Default)]
 pub(crate) struct Scores {
@@ -28,8 +33,8 @@ pub(crate) struct Scores {
 
 impl Scores {
     /// Adds a hit of `score` points at event time `t` to `key`'s score (unless the hit with this
-    /// `tag` at `t` is already there) and returns the total within the window (this hit
-    /// included).
+    /// `tag` at `t` is already there; for a tag with [`ONCE`], a hit with it anywhere in the
+    /// window) and returns the total within the window (this hit included).
     pub fn add(
         &mut self,
         key: &str,
@@ -53,7 +58,14 @@ impl Scores {
         };
         let from = t.saturating_sub(cfg.window_ms);
         hits.retain(|(ht, _, _)| *ht > from);
-        if !hits.iter().any(|(ht, _, hg)| *ht == t && *hg == tag) {
+        let counted = if tag & ONCE != 0 {
+            // The same finding about a shared key, raised again (its cooldown passed while the
+            // same accounts still share the device): its points are in already.
+            hits.iter().any(|(_, _, hg)| *hg == tag)
+        } else {
+            hits.iter().any(|(ht, _, hg)| *ht == t && *hg == tag)
+        };
+        if !counted {
             hits.push_back((t, score, tag));
         }
         while hits.len() > MAX_HITS {

@@ -1017,6 +1017,32 @@ fn a_players_bet_sent_late_still_completes_the_burst_it_belongs_to() {
     assert!(a[0].reason.contains("30"), "{}", a[0].reason);
 }
 
+/// A family sharing a tablet: the device rule is raised again every cooldown (1 h) while the
+/// three accounts still share it, but the same finding adds its points to a player once per
+/// scoring window: the son stays at 40 (`review`), where he reached 80, 120 and 160 (`block`)
+/// with nothing new found (an outside analyst's audit).
+#[test]
+fn a_shared_devices_finding_raised_again_adds_its_points_once() {
+    let mut s = Script::default();
+    let at = |m: i64| T0 + m * MIN;
+    s.send("mum", at(0), "login", login("198.51.100.1", "tablet", true));
+    s.send(
+        "dad",
+        at(10),
+        "login",
+        login("198.51.100.2", "tablet", true),
+    );
+    for (n, m) in [20, 85, 150, 215].into_iter().enumerate() {
+        s.send("son", at(m), "login", login("198.51.100.3", "tablet", true));
+        let a = s.alerts("fraud.multi_accounting.device");
+        assert_eq!(a.len(), n + 1, "at {m} min");
+        let last = a.last().unwrap();
+        assert_eq!(last.player_id.as_deref(), Some("son"));
+        assert_eq!(last.total_score, 40, "at {m} min");
+        assert_eq!(last.recommendation, Recommendation::Review, "at {m} min");
+    }
+}
+
 /// A withdrawal sent after later events of its player: within the hour of the newest event it
 /// is evaluated on what its window holds; older than that, what its window held is gone, and
 /// it is counted as a late trigger instead of passing unseen.
