@@ -420,6 +420,9 @@ mod tests {
             late: row.late,
             payload: row.payload,
             utc_offset_min: row.utc_offset_min,
+            bus_topic: row.bus_topic,
+            bus_partition: row.bus_partition,
+            bus_offset: row.bus_offset,
         };
         assert_eq!(stored.to_event().unwrap(), event);
         let broken = StoredEvent {
