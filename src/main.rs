@@ -332,13 +332,18 @@ async fn clickhouse_client(
         bail!("--database must be letters, digits and '_' (not starting with a digit)");
     }
     let layout = args.layout()?;
-    pitboss_processor::schema::create_database(
-        &pitboss_processor::sink::client(&args.clickhouse, "default"),
-        &args.database,
-        &layout,
-    )
+    let server = pitboss_processor::sink::client(&args.clickhouse, "default");
+    // Bounded: a server that takes the connection and never answers is found by this first
+    // call. What follows is not cut short (an `ON CLUSTER` statement may wait minutes for every
+    // replica, and a migration stopped between its steps would leave them half done).
+    pitboss_processor::sink::within(args.timeout(), async {
+        Ok(server.query("SELECT 1").fetch_one::<u8>().await?)
+    })
     .await
-    .context("creating the database")?;
+    .context("asking ClickHouse")?;
+    pitboss_processor::schema::create_database(&server, &args.database, &layout)
+        .await
+        .context("creating the database")?;
     let client = pitboss_processor::sink::client(&args.clickhouse, &args.database);
     let ran = pitboss_processor::schema::migrate(&client, &layout).await?;
     tracing::info!(database = %args.database, cluster = ?args.cluster, applied = ?ran, "schema up to date");
@@ -780,9 +785,7 @@ async fn wait_for_clickhouse(
     loop {
         let attempt = tokio::select! {
             () = stop.wait() => return Ok(None),
-            r = tokio::time::timeout(args.timeout(), clickhouse_client(args)) => r.unwrap_or_else(|_| {
-                Err(pitboss_processor::sink::no_answer(args.timeout()).into())
-            }),
+            r = clickhouse_client(args) => r,
         };
         match attempt {
             Ok(c) => return Ok(Some(c)),
@@ -1991,19 +1994,7 @@ async fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Migrate(args) => {
-            let wait = args.clickhouse.timeout();
-            let at = pitboss_processor::sink::redacted_url(&args.clickhouse.clickhouse);
-            tokio::time::timeout(wait, clickhouse_client(&args.clickhouse))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "ClickHouse at {at}: no answer within {} s (--clickhouse-timeout-secs)",
-                        wait.as_secs()
-                    )
-                })?
-                .map(|_| ())
-        }
+        Command::Migrate(args) => clickhouse_client(&args.clickhouse).await.map(|_| ()),
         Command::Process(args) => process(args).await,
         Command::Topics(args) => topics::run(args).await,
         Command::Sql(args) => sql(&args),

@@ -85,11 +85,20 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
             pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
         })
         .collect();
-    // ClickHouse: every row, and a second copy of the first 30 in another insert (two parts,
-    // not merged yet).
+    // ClickHouse: every row, a second copy of the first 30 in another insert (two parts, not
+    // merged yet), and a third at other offsets (a publish retried: the same events received
+    // in the same millisecond, later in the partition), read pages apart.
     let url = pitboss_testkit::clickhouse();
     let http = reqwest::Client::new();
-    for part in [&rows[..], &rows[..30]] {
+    let moved: Vec<_> = rows[..30]
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.bus_offset += 1_000_000;
+            r
+        })
+        .collect();
+    for part in [&rows[..], &rows[..30], &moved[..]] {
         let body: String = part
             .iter()
             .map(|r| serde_json::to_string(r).unwrap() + "\n")
@@ -200,6 +209,39 @@ fn migrate_and_backtest_reach_clickhouse_over_https_and_refuse_an_untrusted_cert
         .unwrap();
     let tables = String::from_utf8_lossy(&tables.stdout);
     assert!(tables.lines().any(|t| t == "events"), "{tables}");
+    // A few events (inserted over plain HTTP), read back over HTTPS by the backtest.
+    let now = pitboss_model::Timestamp::now().as_millis();
+    let rows: Vec<_> = pitboss_antifraud::scenario::script("demo", now, 2, 1)
+        .into_iter()
+        .flat_map(|p| p.events)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+            e.received_at = Some(pitboss_model::Timestamp::from_millis(
+                e.occurred_at.as_millis() + 250,
+            ));
+            pitboss_processor::rows::from_event(e, "events", 0, i as u64).unwrap()
+        })
+        .collect();
+    let body: String = rows
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    let inserted = std::process::Command::new("curl")
+        .args(["-sf", "--data-binary", &body])
+        .arg(format!(
+            "{}/?query=INSERT+INTO+{db}.events+FORMAT+JSONEachRow",
+            pitboss_testkit::clickhouse()
+        ))
+        .status()
+        .unwrap();
+    assert!(inserted.success());
+    let first = rows.iter().map(|r| r.received_at_ms).min().unwrap();
+    let ts = |ms: u64| {
+        pitboss_model::Timestamp::from_millis(ms as i64)
+            .to_rfc3339()
+            .unwrap()
+    };
     let out = run(
         &[
             "rules",
@@ -209,9 +251,11 @@ fn migrate_and_backtest_reach_clickhouse_over_https_and_refuse_an_untrusted_cert
             "--database",
             &db,
             "--from",
-            "2026-01-01T00:00:00Z",
+            &ts(first),
             "--to",
-            "2026-01-02T00:00:00Z",
+            &ts(now as u64 + 1000),
+            "--page-rows",
+            "5",
             "--format",
             "json",
         ],
@@ -223,7 +267,27 @@ fn migrate_and_backtest_reach_clickhouse_over_https_and_refuse_an_untrusted_cert
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["events_read"], 0);
+    assert_eq!(report["events_counted"], rows.len() as u64, "{report}");
+    assert!(rows.len() > 10, "{}", rows.len());
+
+    // A trust store that cannot be read (a wrong SSL_CERT_FILE, a host without a CA bundle)
+    // costs nothing to `http://` (the client panicked at start while building its TLS) and
+    // leaves Mozilla's roots for `https://`.
+    let out = run(
+        &[
+            "migrate",
+            "--clickhouse",
+            &pitboss_testkit::clickhouse(),
+            "--database",
+            &db,
+        ],
+        Some("/nonexistent/ca.pem"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Not trusted: refused at once, naming the certificate.
     let out = run(

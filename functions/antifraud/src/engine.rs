@@ -499,11 +499,19 @@ impl Engine {
             // to the key's newest event, so a threshold it completes still fires — on it —
             // rather than on neither (as of its own time it would miss the later events, and
             // they, evaluated first, missed it). Its cooldown counts from that time too. A
-            // player's late event is evaluated as of its own time first (what a withdrawal
-            // follows is what came before it), and up to the newest event only if that does
-            // not fire.
+            // player's late event is evaluated as of its own time first, and up to the newest
+            // event only if that does not fire and the window counts the event itself (a bet
+            // of a burst completes the burst); a trigger the window only judges (a withdrawal
+            // after failed logins, deposits, bonuses) is judged on what came before it alone:
+            // logins stamped after a withdrawal are not "failed logins, then a withdrawal".
             let newest = t.max(state.newest);
+            let counted = mask & !TRIGGER_BIT != 0;
             let first = if follows_player(rule) { t } else { newest };
+            let newest = if follows_player(rule) && !counted {
+                t
+            } else {
+                newest
+            };
             if let Some(d) = rule.duration_ms
                 && state.newest > t
                 && t <= state.newest.saturating_sub(d)
@@ -585,8 +593,11 @@ impl Engine {
             // A shared key's finding (a device, an address) adds its points to a player once
             // per scoring window: raised again every cooldown while a family shares a tablet,
             // it took the son to `block` with nothing new found.
+            // (A player rule's tag is the hash as before the bit existed, so hits saved by an
+            // older engine still match; one that happens to have the bit set dedups the same:
+            // its tag recurs only for the same rule and event, so at the same time.)
             let tag = if follows_player(rule) {
-                hasher.hash_one((&rule.id, id)) as u32 & !crate::scoring::ONCE
+                hasher.hash_one((&rule.id, id)) as u32
             } else {
                 hasher.hash_one((&rule.id, group)) as u32 | crate::scoring::ONCE
             };

@@ -244,13 +244,11 @@ fn number_apart(
     let (mut mine, mut theirs) = (String::new(), String::new());
     number(&mut mine, Some(value), format, currency);
     number(&mut theirs, Some(th), format, currency);
-    if value == th || mine != theirs || !value.is_finite() {
-        out.push_str(&mine);
-        return;
-    }
+    // What a reader takes each text for: "30.00" and "30" are the same number.
+    let read = |t: &str| t.trim_end_matches('%').parse::<f64>().ok();
     let (scaled, th_scaled, suffix, from) = match format {
         Format::Pct => (value * 100.0, th * 100.0, "%", 1),
-        Format::Plain => (value, th, "", 3),
+        Format::Plain => (value, th, "", 2),
         // Money is whole minor units, durations read to the second: equal text, equal value
         // as far as the reader is concerned.
         Format::Money | Format::Duration => {
@@ -258,17 +256,27 @@ fn number_apart(
             return;
         }
     };
-    // The first precision at which the two differ (both rounded alike).
+    if value == th || !value.is_finite() || read(&mine) != read(&theirs) {
+        out.push_str(&mine);
+        return;
+    }
+    // The first precision at which the two read differently (both rounded alike).
     for digits in from..=8 {
-        let mut text = format!("{scaled:.digits$}");
-        if text == format!("{th_scaled:.digits$}") {
+        let text = format!("{scaled:.digits$}");
+        let other = format!("{th_scaled:.digits$}");
+        if read(&text) == read(&other) {
             continue;
         }
-        if format == Format::Pct {
-            text = text.trim_end_matches('0').trim_end_matches('.').to_owned();
-        }
-        text.push_str(suffix);
-        out.push_str(&text);
+        // Trailing zeros dropped from a percentage unless that makes it read as the
+        // threshold does ("100.0000%" under a threshold of 100.004 % stays).
+        let trimmed = text.trim_end_matches('0').trim_end_matches('.');
+        let text = if format == Format::Pct && read(trimmed) != read(&theirs) {
+            trimmed
+        } else {
+            text.as_str()
+        };
+        out.push_str(text);
+        out.push_str(suffix);
         return;
     }
     out.push_str(&mine);
@@ -305,6 +313,8 @@ mod tests {
         assert_eq!(fmt(0.996, Some(1.0), Format::Pct), "99.6%");
         assert_eq!(fmt(0.8004, Some(0.8), Format::Pct), "80.04%");
         assert_eq!(fmt(0.0999, Some(0.1), Format::Plain), "0.0999");
+        assert_eq!(fmt(29.999, Some(30.0), Format::Plain), "29.999");
+        assert_eq!(fmt(1.0, Some(1.000_04), Format::Pct), "100.000%");
         // Apart already, equal, or no threshold: as before.
         assert_eq!(fmt(0.25, Some(1.0), Format::Pct), "25%");
         assert_eq!(fmt(1.0, Some(1.0), Format::Pct), "100%");

@@ -78,6 +78,47 @@ impl std::fmt::Debug for ClickHouseSink {
     }
 }
 
+/// The HTTP client under every ClickHouse client: `http://`, and `https://` verified against
+/// Mozilla's roots together with the system's (or those of the file `SSL_CERT_FILE` names: a
+/// private CA). Built here rather than by the `clickhouse` crate's TLS features, whose client
+/// panicked at start when the system offered no roots (a wrong `SSL_CERT_FILE`) — for
+/// `http://` URLs too. An error only if the TLS provider offers no protocol version (never
+/// with ring).
+fn http_client() -> Result<Client, rustls::Error> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    let roots = ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            tracing::warn!(error = %e, "reading the system's trusted certificates");
+        }
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(added, "system certificates trusted for ClickHouse");
+        Arc::new(roots)
+    });
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots.clone())
+    .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::with_http_client(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            // ClickHouse closes idle connections after 3 s.
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build(connector),
+    ))
+}
+
 /// A client for `url`, whose query may carry `user` and `password` (as ClickHouse's HTTP
 /// interface takes them; docker-compose.yml and the terraform pass them so). The `clickhouse`
 /// crate drops the URL's query from every request, so they are taken out of it here and sent
@@ -85,7 +126,14 @@ impl std::fmt::Debug for ClickHouseSink {
 /// releases): never in a request line that a proxy logs, and never logged by Pitboss.
 pub fn client(url: &str, database: &str) -> Client {
     let (url, user, password) = credentials(url);
-    let mut client = Client::default()
+    let base = match http_client() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS for ClickHouse: http:// URLs only");
+            Client::default()
+        }
+    };
+    let mut client = base
         .with_url(url)
         .with_database(database)
         .with_validation(false)

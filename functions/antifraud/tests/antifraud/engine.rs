@@ -1017,6 +1017,30 @@ fn a_players_bet_sent_late_still_completes_the_burst_it_belongs_to() {
     assert!(a[0].reason.contains("30"), "{}", a[0].reason);
 }
 
+/// A withdrawal read after failed logins stamped later than it (the payments service slower
+/// than the login service) is judged on what came before it: no account takeover — the logins
+/// did not precede it. (A second evaluation up to the newest event is only for triggers the
+/// window counts, as the late bet above.)
+#[test]
+fn a_withdrawal_read_after_later_failed_logins_is_judged_on_what_came_before_it() {
+    let mut s = Script::default();
+    for i in 1..=5 {
+        s.send(
+            "p1",
+            T0 + i * 1000,
+            "login",
+            login("203.0.113.9", "d", false),
+        );
+    }
+    s.send(
+        "p1",
+        T0,
+        "withdrawal",
+        withdrawal("w1", 90_000, "requested"),
+    );
+    assert!(s.alerts("fraud.account_takeover").is_empty());
+}
+
 /// A family sharing a tablet: the device rule is raised again every cooldown (1 h) while the
 /// three accounts still share it, but the same finding adds its points to a player once per
 /// scoring window: the son stays at 40 (`review`), where he reached 80, 120 and 160 (`block`)
