@@ -68,16 +68,9 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
             .flat_map(|p| p.events)
             .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
             .collect();
-    // Sent in time order in requests of ten seconds' play (each received in one millisecond),
-    // with ids in the reverse of the order sent: pages must end and resume inside a request,
-    // in bus order.
-    events.sort_by_key(|e| (e.occurred_at, e.event_id.clone()));
-    let n = events.len();
-    for (i, e) in events.iter_mut().enumerate() {
-        let t = e.occurred_at.as_millis();
-        e.received_at = Some(Timestamp::from_millis(t - t.rem_euclid(10_000) + 10_000));
-        e.event_id = Some(format!("{:08x}-0000-4000-8000-000000000000", n - i));
-    }
+    // Sent in requests (each received in one millisecond), ids in the reverse of the order
+    // sent: pages must end and resume inside a request, in bus order.
+    pitboss_testkit::sent_in_requests(&mut events);
     let rows: Vec<_> = events
         .iter()
         .enumerate()

@@ -1245,13 +1245,50 @@ fn report_hits(out: &std::process::Output) -> std::collections::BTreeMap<String,
         .collect()
 }
 
+/// Per rule, the trigger events of what one engine with the shipped packs raises on `events`
+/// read in this order, engine time at each one's `received_at`.
+fn live_triggers(
+    events: &[pitboss_model::Event],
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    use pitboss_antifraud::{Engine, Output, RuleSet};
+    let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut engine = Engine::new(RuleSet::load_dir(&shipped_dir).unwrap());
+    let mut out = Output::default();
+    for e in events {
+        engine.process(e, e.received_at.unwrap(), &mut out).unwrap();
+    }
+    let mut hits = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for a in &out.alerts {
+        hits.entry(a.rule_id.clone())
+            .or_default()
+            .insert(a.trigger_event_id.clone());
+    }
+    for p in &out.pushes {
+        if let pitboss_model::live::PushSource::Rule(r) = &p.source {
+            hits.entry(r.rule_id.clone())
+                .or_default()
+                .insert(r.trigger_event_id.clone());
+        }
+    }
+    hits
+}
+
+/// Hits per rule (triggers, each once) as a backtest report counts them.
+fn hit_counts(
+    triggers: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> std::collections::BTreeMap<String, u64> {
+    triggers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len() as u64))
+        .collect()
+}
+
 /// Events sent in one request share their `received_at`; a client's own ids need not sort in
 /// the order it sent them (UUIDv4). The backtest replays such a request's events as the bus
 /// holds them — the order sent — not by id: it reports exactly what the live engine raised.
 /// (It ordered them by id: 8 hits where the live engine had raised 16.)
 #[test]
 fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
-    use pitboss_antifraud::{Engine, Output, RuleSet};
     use pitboss_model::Timestamp;
     use pitboss_processor::sqlite::SqliteRow;
 
@@ -1263,15 +1300,9 @@ fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
             .flat_map(|p| p.events)
             .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
             .collect();
-    // Sent in time order, in requests of ten seconds' play: each request's events received
-    // in the same millisecond; ids (v4) in the reverse of the order sent.
-    events.sort_by_key(|e| (e.occurred_at, e.event_id.clone()));
-    let n = events.len();
-    for (i, e) in events.iter_mut().enumerate() {
-        let t = e.occurred_at.as_millis();
-        e.received_at = Some(Timestamp::from_millis(t - t.rem_euclid(10_000) + 10_000));
-        e.event_id = Some(format!("{:08x}-0000-4000-8000-000000000000", n - i));
-    }
+    // Sent in requests of ten seconds' play, each received in one millisecond, ids (v4) in
+    // the reverse of the order sent.
+    pitboss_testkit::sent_in_requests(&mut events);
     let rows: Vec<_> = events
         .iter()
         .enumerate()
@@ -1286,28 +1317,8 @@ fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
     drop(conn);
 
     // The live engine reads them as the bus holds them.
-    let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let mut engine = Engine::new(RuleSet::load_dir(&shipped_dir).unwrap());
-    let mut out = Output::default();
-    for e in &events {
-        engine.process(e, e.received_at.unwrap(), &mut out).unwrap();
-    }
-    let mut want = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
-    for a in &out.alerts {
-        want.entry(a.rule_id.clone())
-            .or_default()
-            .insert(a.trigger_event_id.clone());
-    }
-    for p in &out.pushes {
-        if let pitboss_model::live::PushSource::Rule(r) = &p.source {
-            want.entry(r.rule_id.clone())
-                .or_default()
-                .insert(r.trigger_event_id.clone());
-        }
-    }
-    let triggers = want.clone();
-    let want: std::collections::BTreeMap<String, u64> =
-        want.into_iter().map(|(k, v)| (k, v.len() as u64)).collect();
+    let triggers = live_triggers(&events);
+    let want = hit_counts(&triggers);
     assert!(want.len() >= 7, "{want:?}");
     let ms = |t: i64| Timestamp::from_millis(t).to_rfc3339().unwrap();
     let json = backtest(&[
@@ -1342,7 +1353,6 @@ fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
 
 #[test]
 fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input_precisely() {
-    use pitboss_antifraud::{Engine, Output, RuleSet};
     use pitboss_model::Timestamp;
     use pitboss_processor::sqlite::SqliteRow;
 
@@ -1375,28 +1385,12 @@ fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input
     drop(conn);
 
     // What one engine raises on tenant demo's events, per rule.
-    let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
-    let mut engine = Engine::new(RuleSet::load_dir(&shipped_dir).unwrap());
-    let mut out = Output::default();
-    let demo: Vec<_> = events.iter().filter(|e| e.tenant_id == "demo").collect();
-    for e in &demo {
-        engine.process(e, e.received_at.unwrap(), &mut out).unwrap();
-    }
-    let mut want = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
-    for a in &out.alerts {
-        want.entry(a.rule_id.clone())
-            .or_default()
-            .insert(a.trigger_event_id.clone());
-    }
-    for p in &out.pushes {
-        if let pitboss_model::live::PushSource::Rule(r) = &p.source {
-            want.entry(r.rule_id.clone())
-                .or_default()
-                .insert(r.trigger_event_id.clone());
-        }
-    }
-    let want: std::collections::BTreeMap<String, u64> =
-        want.into_iter().map(|(k, v)| (k, v.len() as u64)).collect();
+    let demo: Vec<_> = events
+        .iter()
+        .filter(|e| e.tenant_id == "demo")
+        .cloned()
+        .collect();
+    let want = hit_counts(&live_triggers(&demo));
     assert!(want.len() >= 7, "{want:?}");
 
     let ms = |t: i64| Timestamp::from_millis(t).to_rfc3339().unwrap();
@@ -1438,6 +1432,7 @@ fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input
     }
 
     // A rules directory with the bet velocity threshold lowered: more hits.
+    let shipped_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
     let lowered = dir.path().join("rules");
     std::fs::create_dir(&lowered).unwrap();
     for f in std::fs::read_dir(&shipped_dir).unwrap() {

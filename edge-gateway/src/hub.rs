@@ -220,7 +220,9 @@ impl TopicState {
                         .ok_or_else(|| format!("{pos:?}: not an offset"))?,
                 )
             };
-            out.insert(p, pos);
+            if out.insert(p, pos).is_some() {
+                return Err(format!("partition {p} is given twice"));
+            }
         }
         Ok(out)
     }
@@ -1674,6 +1676,13 @@ mod tests {
         assert_eq!(e.code, "invalid_cursor");
         let e = h.subscribe(2, &ch, Some("99=1"), None, now()).unwrap_err();
         assert_eq!(e.code, "invalid_cursor");
+        // A partition given twice: which position the client meant is unknown (the last one
+        // was taken).
+        let e = h
+            .subscribe(2, &ch, Some("0=2,0=0"), None, now())
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_cursor");
+        assert!(e.message.contains("given twice"), "{}", e.message);
     }
 
     #[test]

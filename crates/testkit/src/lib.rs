@@ -303,3 +303,19 @@ pub fn kafka_sasl_ssl() -> (String, String, String) {
         required("PITBOSS_TEST_KAFKA_CA", "the broker's CA certificate"),
     )
 }
+
+/// `events` as a game backend sends them in requests of ten seconds' play: in time order, each
+/// request's events received in the same millisecond (its `received_at`), their ids UUIDv4s in
+/// the reverse of the order sent — so an id order and the order sent (the bus's) disagree
+/// within every request.
+pub fn sent_in_requests(events: &mut [pitboss_model::Event]) {
+    events.sort_by_key(|e| (e.occurred_at, e.event_id.clone()));
+    let n = events.len();
+    for (i, e) in events.iter_mut().enumerate() {
+        let t = e.occurred_at.as_millis();
+        e.received_at = Some(pitboss_model::Timestamp::from_millis(
+            t - t.rem_euclid(10_000) + 10_000,
+        ));
+        e.event_id = Some(format!("{:08x}-0000-4000-8000-000000000000", n - i));
+    }
+}

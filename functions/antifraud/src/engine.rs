@@ -1289,7 +1289,11 @@ impl Hit<'_> {
                 }),
             }
         }
-        if let Some(p) = &rule.push {
+        // No push for an event flagged late by ingest (older than its lateness horizon, 7 days
+        // by default): a backlog replayed after an outage must not nudge players about last
+        // week's play as if it were now ("you have lost … in the last hour"). The alert is
+        // raised as for any event; operators see its event time.
+        if let Some(p) = rule.push.as_ref().filter(|_| !event.late) {
             let target = match &p.room {
                 Some(room) => Target::Room(room.render(&fill)),
                 None => Target::Player(event.player_id.clone()),

@@ -61,6 +61,41 @@ fn loss_chasing_pushes_to_the_player_and_alerts() {
     assert_eq!(p[0].data["currency"], "EUR");
 }
 
+/// The same play sent a week late (a backlog replayed after an outage: ingest flags each event
+/// `late`): operators get the alert, the player gets no "you have lost 250.00 EUR in the last
+/// hour" about last week (an outside developer's audit saw it pushed at once).
+#[test]
+fn play_flagged_late_raises_the_alert_but_pushes_nothing_to_the_player() {
+    let mut s = Script::default();
+    let late = serde_json::json!({"late": true});
+    for i in 0..5 {
+        let id = format!("p1-{i}");
+        s.send_env(
+            "p1",
+            T0 + i * 2 * MIN,
+            "bet_placed",
+            bet(&id, 5000),
+            late.clone(),
+        );
+        s.send_env(
+            "p1",
+            T0 + i * 2 * MIN + MIN,
+            "bet_settled",
+            settle(&id, "loss", 0),
+            late.clone(),
+        );
+    }
+    s.send_env(
+        "p1",
+        T0 + 15 * MIN,
+        "bet_placed",
+        bet("chase", 12_000),
+        late,
+    );
+    assert_eq!(s.alerts("rg.loss_chasing").len(), 1);
+    assert!(s.pushes("rg.loss_chasing").is_empty());
+}
+
 #[test]
 fn rising_stakes_after_wins_or_flat_stakes_after_losses_are_not_loss_chasing() {
     let mut s = Script::default();
