@@ -509,3 +509,34 @@ async fn readers_of_a_quiet_topic_do_not_query_when_another_topic_grows() {
         "the reader and the member each read the new record"
     );
 }
+
+/// Another connection holding the log file's write lock for 8 s (an operator's `sqlite3` on
+/// it) makes a publish wait, not the writer stop: it goes through once the lock is let go,
+/// and so do the publishes after it. (Without a busy timeout the writer failed at once with
+/// "database is locked" and stopped: "embedded log writer has stopped", and `pitboss up` exited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_locked_a_moment_by_another_connection_makes_publishes_wait_not_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+    bus.create_topic("t", 1).await.unwrap();
+    let publisher = bus.publisher();
+    let one = |v: &str| vec![OutRecord::new("k".to_owned(), v.as_bytes().to_vec())];
+    publisher.publish("t", one("a")).await.unwrap();
+    let other = rusqlite::Connection::open(dir.path().join("log.sqlite")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let waiting = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move { publisher.publish("t", one("b")).await })
+    };
+    // Longer than SQLite's default wait (rusqlite's 5 s).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(!waiting.is_finished(), "the publish waits for the lock");
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    publisher.publish("t", one("c")).await.unwrap();
+}

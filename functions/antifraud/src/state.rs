@@ -166,7 +166,9 @@ impl StateStore {
         // cut differently on replay raises its alerts on other events). One fsync per batch
         // read and per save slice, ~0.3 ms each here.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // A lock held a while by another connection (an operator's `sqlite3` on the file)
+        // makes a save wait, rather than stop the engine (and with it `pitboss up`).
+        conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS snapshots (
                  group_id TEXT PRIMARY KEY,

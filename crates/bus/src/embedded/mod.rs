@@ -165,6 +165,11 @@ impl EmbeddedBus {
         })?;
         let db_path = dir.join("log.sqlite");
         let conn = Connection::open(&db_path).map_err(storage)?;
+        // Another connection holding the file's write lock for a moment (an operator's
+        // `sqlite3` on it, docs/bus.md) makes writes wait: failing at once stopped the writer,
+        // and with it every role of `pitboss up`.
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(storage)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(storage)?;
         let sync = match config.durability {
