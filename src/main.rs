@@ -794,6 +794,9 @@ async fn wait_for_clickhouse(
                     .is_some_and(pitboss_processor::ProcessorError::is_retryable) =>
             {
                 tracing::warn!(
+                    // Which server (without its password): a name that does not resolve is
+                    // otherwise told only as "failed to lookup address information".
+                    clickhouse = %pitboss_processor::sink::redacted_url(&args.clickhouse),
                     error = %format!("{e:#}"),
                     retry_in_ms = wait.as_millis() as u64,
                     "ClickHouse does not answer yet; retrying"

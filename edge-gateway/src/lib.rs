@@ -118,6 +118,10 @@ pub fn start(
     config.server.pushes_topic = config.pushes_topic.clone();
     config.server.acks_topic = config.acks_topic.clone();
     let hub = Arc::new(Mutex::new(Hub::new(config.hub.clone(), config.keying)));
+    // Exported from the start (a dashboard's "connections" reads 0, not "No data", until the
+    // first client connects).
+    metrics::gauge!("pitboss_gateway_connections").set(0.0);
+    metrics::gauge!("pitboss_gateway_subscriptions").set(0.0);
     let history_age = Duration::from_millis(config.hub.history_max_age_ms.max(0) as u64);
     // Alerts and acks are read from as far back as an alert stays open for operators (a
     // restart rebuilds the open ones: the bus keeps them); pushes from the history's age.

@@ -153,6 +153,17 @@ impl StateStore {
     /// Opens (creating) the state of `group` in `path`; a file written before units gets the
     /// new columns and table (its blob snapshot stays readable).
     pub fn open(path: &Path, group: &str) -> Result<StateStore, StateError> {
+        Self::open_file(path, group).map_err(|e| {
+            StateError(format!(
+                "{}: {} (a damaged file can be moved aside: the engine then starts with empty \
+                 windows from the bus's commits, docs/rules.md \"A damaged state file\")",
+                path.display(),
+                e.0
+            ))
+        })
+    }
+
+    fn open_file(path: &Path, group: &str) -> Result<StateStore, StateError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StateError(format!("creating {}: {e}", dir.display())))?;
@@ -621,6 +632,16 @@ mod tests {
     /// A commit is on disk when it returns (`synchronous=FULL`, 2): the offsets committed
     /// after a save, and the output published after a batch's log row, cannot outlive them in
     /// an OS crash.
+    #[test]
+    fn a_damaged_state_file_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("antifraud.db");
+        std::fs::write(&path, vec![7u8; 8192]).unwrap();
+        let e = StateStore::open(&path, "g").err().unwrap().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("moved aside"), "{e}");
+    }
+
     #[test]
     fn commits_are_synced_to_disk() {
         let dir = tempfile::tempdir().unwrap();
