@@ -2228,19 +2228,7 @@ async fn a_clickhouse_that_does_not_answer_yet_at_start_is_waited_for() {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_owned();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
+    let _proxy = Freezer::start_on(port, target).await;
     let count = || async {
         pitboss_processor::sink::client(&clickhouse, &name)
             .query("SELECT count() FROM events")
@@ -2274,7 +2262,12 @@ struct Freezer {
 
 impl Freezer {
     async fn start(target: String) -> Freezer {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        Freezer::start_on(0, target).await
+    }
+
+    /// On `port` (0: any free one).
+    async fn start_on(port: u16, target: String) -> Freezer {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -1245,6 +1245,22 @@ fn report_hits(out: &std::process::Output) -> std::collections::BTreeMap<String,
         .collect()
 }
 
+/// `events` into the embedded store of `dir`, at bus offsets in their order (partition 0).
+fn store_in_bus_order(dir: &std::path::Path, events: &[pitboss_model::Event]) {
+    use pitboss_processor::sqlite::SqliteRow;
+    let rows: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
+        })
+        .collect();
+    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.join("pitboss.db")).unwrap();
+    let tx = conn.transaction().unwrap();
+    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
+    tx.commit().unwrap();
+}
+
 /// Per rule, the trigger events of what one engine with the shipped packs raises on `events`
 /// read in this order, engine time at each one's `received_at`.
 fn live_triggers(
@@ -1290,7 +1306,6 @@ fn hit_counts(
 #[test]
 fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
     use pitboss_model::Timestamp;
-    use pitboss_processor::sqlite::SqliteRow;
 
     let dir = tempfile::tempdir().unwrap();
     let now = Timestamp::now().as_millis();
@@ -1303,18 +1318,7 @@ fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
     // Sent in requests of ten seconds' play, each received in one millisecond, ids (v4) in
     // the reverse of the order sent.
     pitboss_testkit::sent_in_requests(&mut events);
-    let rows: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
-        })
-        .collect();
-    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
-    let tx = conn.transaction().unwrap();
-    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
-    tx.commit().unwrap();
-    drop(conn);
+    store_in_bus_order(dir.path(), &events);
 
     // The live engine reads them as the bus holds them.
     let triggers = live_triggers(&events);
@@ -1354,7 +1358,6 @@ fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
 #[test]
 fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input_precisely() {
     use pitboss_model::Timestamp;
-    use pitboss_processor::sqlite::SqliteRow;
 
     let dir = tempfile::tempdir().unwrap();
     let now = Timestamp::now().as_millis();
@@ -1371,18 +1374,7 @@ fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input
             })
             .collect();
     events.sort_by_key(|e| (e.received_at, e.event_id.clone(), e.tenant_id.clone()));
-    let rows: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
-        })
-        .collect();
-    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
-    let tx = conn.transaction().unwrap();
-    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
-    tx.commit().unwrap();
-    drop(conn);
+    store_in_bus_order(dir.path(), &events);
 
     // What one engine raises on tenant demo's events, per rule.
     let demo: Vec<_> = events
