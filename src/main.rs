@@ -695,11 +695,17 @@ async fn process(args: ProcessArgs) -> Result<()> {
     let admin = bind(args.admin_listen).await?;
     let admin_at = admin.local_addr()?;
     tracing::info!(admin = %admin_at, "admin listening");
-    let router = pitboss_runtime::admin::router(metrics, stop.clone());
+    // `/readyz` answers 503 while ClickHouse is not reached yet, and while its calls fail.
+    let health = pitboss_processor::StoreHealth::default();
+    health.unreached("no answer yet");
+    let router = pitboss_runtime::admin::router_with(metrics, stop.clone(), {
+        let health = health.clone();
+        move || health.not_ready()
+    });
     let work = {
         let stop = stop.clone();
         async move {
-            let Some(client) = wait_for_clickhouse(&args.clickhouse, &stop).await? else {
+            let Some(client) = wait_for_clickhouse(&args.clickhouse, &stop, &health).await? else {
                 tracing::info!("stopped before ClickHouse answered");
                 return Ok(());
             };
@@ -724,6 +730,7 @@ async fn process(args: ProcessArgs) -> Result<()> {
                 .map(|arg| {
                     let (topic, table) = Table::parse_topic(arg)?;
                     let mut c = processor_config(&topic, &args.group);
+                    c.health = health.clone();
                     c.consumer.session_timeout =
                         std::time::Duration::from_secs(args.session_timeout_secs);
                     c.batch = pitboss_processor::BatchConfig {
@@ -780,6 +787,7 @@ async fn process(args: ProcessArgs) -> Result<()> {
 async fn wait_for_clickhouse(
     args: &ClickHouseArgs,
     stop: &Shutdown,
+    health: &pitboss_processor::StoreHealth,
 ) -> Result<Option<pitboss_processor::sink::ClickHouseClient>> {
     let mut wait = std::time::Duration::from_secs(1);
     loop {
@@ -788,11 +796,15 @@ async fn wait_for_clickhouse(
             r = clickhouse_client(args) => r,
         };
         match attempt {
-            Ok(c) => return Ok(Some(c)),
+            Ok(c) => {
+                health.reached();
+                return Ok(Some(c));
+            }
             Err(e)
                 if e.downcast_ref::<pitboss_processor::ProcessorError>()
                     .is_some_and(pitboss_processor::ProcessorError::is_retryable) =>
             {
+                health.unreached(format!("{e:#}"));
                 tracing::warn!(
                     // Which server (without its password): a name that does not resolve is
                     // otherwise told only as "failed to lookup address information".

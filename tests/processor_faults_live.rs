@@ -2312,6 +2312,10 @@ impl Freezer {
 /// (docs/processor.md, `--clickhouse-timeout-secs`): the processor's insert fails after the
 /// timeout with a warning naming it, and is retried; once ClickHouse answers again every
 /// event is stored once. Without the timeout the insert waited for ever without a word.
+/// Meanwhile the stall shows from outside (docs/processor.md, "Health"): `/readyz` answers 503
+/// `store: not reached yet: …` at start and `store: failing for N s: …` mid-run, and
+/// `pitboss_processor_unstored_seconds` climbs (the processor stops polling, so neither the
+/// consumer lag nor the freshness gauge moves).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clickhouse_that_stops_answering_mid_run_is_timed_out_named_and_retried() {
     let kafka = pitboss_testkit::kafka();
@@ -2389,6 +2393,48 @@ async fn a_clickhouse_that_stops_answering_mid_run_is_timed_out_named_and_retrie
     };
     wait_for_line(&log, "ClickHouse does not answer yet; retrying");
     let seen = std::fs::read_to_string(&log).unwrap();
+    let admin = seen
+        .lines()
+        .find_map(|l| l.split("admin=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let readyz = || {
+        let (http, admin) = (http.clone(), admin.clone());
+        async move {
+            let r = http
+                .get(format!("http://{admin}/readyz"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let unstored = || {
+        let (http, admin, name) = (http.clone(), admin.clone(), name.clone());
+        async move {
+            let text = http
+                .get(format!("http://{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let prefix = format!("pitboss_processor_unstored_seconds{{topic=\"{name}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        }
+    };
+    let (status, why) = readyz().await;
+    assert!(
+        status == 503
+            && why.starts_with("store: not reached yet: ")
+            && why.contains("no answer within 2 s"),
+        "not ready before ClickHouse answers, and why: {status} {why}"
+    );
     let warning = seen
         .lines()
         .find(|l| l.contains("ClickHouse does not answer yet"))
@@ -2401,6 +2447,16 @@ async fn a_clickhouse_that_stops_answering_mid_run_is_timed_out_named_and_retrie
     proxy.freeze(false);
     publish(0..3).await;
     wait_count(3).await;
+    let start = Instant::now();
+    while (readyz().await, unstored().await) != ((200, "ready".to_owned()), Some(0.0)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ready, and nothing held, once stored: {:?} {:?}",
+            readyz().await,
+            unstored().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // ClickHouse hangs mid-run: the next batch's insert is timed out and retried, and the log
     // says so.
@@ -2421,12 +2477,28 @@ async fn a_clickhouse_that_stops_answering_mid_run_is_timed_out_named_and_retrie
         Some(3),
         "nothing more was stored while it hung"
     );
+    let (status, why) = readyz().await;
+    assert!(
+        status == 503
+            && why.starts_with("store: failing for ")
+            && why.contains("no answer within 2 s"),
+        "not ready while inserts fail, and why: {status} {why}"
+    );
+    let before = unstored().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = unstored().await.unwrap();
+    assert!(
+        before > 0.0 && after >= before + 1.0,
+        "the oldest unstored row's age climbs while the store hangs: {before} then {after}"
+    );
 
     // It answers again: the batch lands, once.
     proxy.freeze(false);
     wait_count(6).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count().await, Some(6), "every event stored once");
+    assert_eq!(readyz().await, (200, "ready".to_owned()), "ready again");
+    assert_eq!(unstored().await, Some(0.0), "nothing held once stored");
     let mut running = running;
     let child = running.0.pop().unwrap();
     Command::new("kill")

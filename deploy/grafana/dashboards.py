@@ -212,6 +212,12 @@ DASHBOARDS = {
         prom("ClickHouse insert p95", [
             ("p95", "histogram_quantile(0.95, sum by (le) (rate(pitboss_processor_insert_seconds_bucket[$__rate_interval])))")],
              unit="s"),
+        prom("Processor: oldest row not stored yet, by topic", [
+            ("{{instance}} {{topic}}", "max by (instance, topic) (pitboss_processor_unstored_seconds)")],
+             unit="s", thresholds=[("green", None), ("red", 300)],
+             description="Age of the oldest row a processor took from the bus and has not stored yet, "
+                         "set every second: it climbs while the store hangs or fails (docs/processor.md, "
+                         "\"Health\"); under load it stays near the batch age plus the insert time."),
         prom("Dead letters/s", [
             ("processor", "sum(rate(pitboss_processor_dead_letters_total[$__rate_interval]))"),
             ("antifraud", "sum(rate(pitboss_antifraud_dead_letters_total[$__rate_interval]))")]),

@@ -110,6 +110,8 @@ impl<R: StoredRow> Batch<R> {
 struct Open<R> {
     batch: Batch<R>,
     month: Option<u32>,
+    /// The stamp of its oldest row (`u64::MAX`: none yet).
+    oldest_ms: u64,
 }
 
 /// Open batches by partition.
@@ -181,6 +183,7 @@ impl<R: StoredRow> Batcher<R> {
                 uncertain: false,
             },
             month: None,
+            oldest_ms: u64::MAX,
         })
     }
 
@@ -215,6 +218,7 @@ impl<R: StoredRow> Batcher<R> {
         let max_bytes = self.config.max_bytes;
         let open = self.entry(partition, &position, now);
         open.month = Some(row_month);
+        open.oldest_ms = open.oldest_ms.min(row.stamped_at_ms());
         open.batch.bytes += row.size();
         open.batch.rows.push(row);
         open.batch.values.push(value);
@@ -260,6 +264,15 @@ impl<R: StoredRow> Batcher<R> {
             .map(|(p, _)| *p)
             .collect();
         due.into_iter().filter_map(|p| self.close(p)).collect()
+    }
+
+    /// The stamp of the oldest row of the open batches, if they hold any.
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.open
+            .values()
+            .map(|o| o.oldest_ms)
+            .min()
+            .filter(|&ms| ms != u64::MAX)
     }
 
     /// When the oldest open batch becomes due.

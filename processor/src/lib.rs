@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod classify;
+pub mod health;
 pub mod rows;
 pub mod run;
 pub mod schema;
@@ -15,6 +16,7 @@ pub mod sqlite;
 pub mod table;
 
 pub use batch::{Batch, BatchConfig, Recut};
+pub use health::StoreHealth;
 pub use rows::{AckRow, AlertRow, DeliveryRow, EventRow, Poison, PushRow, StoredEvent, StoredRow};
 pub use run::{ProcessorConfig, RunStats, run};
 pub use sink::{ClickHouseSink, MemorySink, Sink};

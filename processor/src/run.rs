@@ -30,6 +30,7 @@ use pitboss_runtime::worker::{PartitionWork, run_partitioned};
 
 use crate::ProcessorError;
 use crate::batch::{Batch, BatchConfig, Batcher, Recut};
+use crate::health::{StoreHealth, Unstored};
 use crate::rows::{StoredRow, offset_of};
 use crate::sink::Sink;
 use crate::split::Split;
@@ -64,6 +65,8 @@ pub struct ProcessorConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub consumer: ConsumerConfig,
+    /// Where the processor reports its store's failures (a process's `/readyz`).
+    pub health: StoreHealth,
 }
 
 impl Default for ProcessorConfig {
@@ -78,6 +81,7 @@ impl Default for ProcessorConfig {
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             consumer: ConsumerConfig::default(),
+            health: StoreHealth::default(),
         }
     }
 }
@@ -140,6 +144,11 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "gauge",
         "pitboss_processor_freshness_seconds of the latest stored batch.",
     ),
+    (
+        "pitboss_processor_unstored_seconds",
+        "gauge",
+        "Seconds since the stamp of the oldest row the processor took from the bus and has not stored yet (open batches, and batches being inserted, retries included), 0 when it holds none; set every second whatever the store does, so it climbs while the store stalls.",
+    ),
 ];
 
 /// Registers the help text of [`METRICS`] with the metrics recorder (idempotent), and the
@@ -186,6 +195,8 @@ struct Processor<R: StoredRow> {
     /// Batches the inserter finished, in the order they were sent.
     inserted: mpsc::UnboundedReceiver<Result<Inserted, ProcessorError>>,
     in_flight: usize,
+    /// What it holds unstored (read every second for `pitboss_processor_unstored_seconds`).
+    unstored: Arc<Unstored>,
 }
 
 /// A batch that landed: its partition may now be stored up to `last`.
@@ -216,7 +227,13 @@ pub async fn run<R: StoredRow>(
         .await?;
     let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
     let (report, inserted) = mpsc::unbounded_channel();
+    let unstored = Arc::new(Unstored::default());
+    let _gauge = AbortOnDrop(tokio::spawn(report_unstored(
+        config.topic.clone(),
+        unstored.clone(),
+    )));
     let inserter = Inserter {
+        health: config.health.clone(),
         sink: sink.clone(),
         topic: config.topic.clone(),
         backoff: (config.retry_initial, config.retry_max),
@@ -237,6 +254,7 @@ pub async fn run<R: StoredRow>(
         to_insert: Some(to_insert),
         inserted,
         in_flight: 0,
+        unstored,
     };
     let poll_max = p.config.poll_max;
     if let Err(e) = run_partitioned(&mut *consumer, &mut p, poll_max, shutdown).await {
@@ -281,6 +299,7 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
                 self.send(batch).await?;
             }
         }
+        self.held();
         self.collect(true).await?;
         for part in parts {
             self.high_water.remove(part);
@@ -293,6 +312,7 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
         for batch in due {
             self.send(batch).await?;
         }
+        self.held();
         self.collect(false).await
     }
 
@@ -320,15 +340,26 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
         for batch in self.batcher.take_all() {
             self.send(batch).await?;
         }
+        self.held();
         self.collect(true).await
     }
 }
 
 impl<R: StoredRow> Processor<R> {
+    /// Tells [`Unstored`] what the open batches hold now.
+    fn held(&self) {
+        self.unstored.set_open(self.batcher.oldest_ms());
+    }
+
     /// Hands a closed batch to the inserter (waiting while its queue is full).
     async fn send(&mut self, batch: Batch<R>) -> Result<(), ProcessorError> {
         metrics::histogram!("pitboss_processor_batch_age_seconds")
             .record(batch.opened.elapsed().as_secs_f64());
+        let oldest = batch.rows.iter().map(StoredRow::stamped_at_ms).min();
+        // Counted while it waits for room in the queue, too.
+        if let Some(ms) = oldest {
+            self.unstored.taking(ms);
+        }
         let Some(queue) = self.to_insert.clone() else {
             return Err(ProcessorError::Store("inserter stopped".into()));
         };
@@ -349,6 +380,7 @@ impl<R: StoredRow> Processor<R> {
                 }
             }
         }
+        self.unstored.sent(oldest);
         self.in_flight += 1;
         Ok(())
     }
@@ -389,6 +421,7 @@ impl<R: StoredRow> Processor<R> {
 
     fn landed(&mut self, done: Result<Inserted, ProcessorError>) -> Result<(), ProcessorError> {
         let done = done?;
+        self.unstored.landed();
         self.in_flight -= 1;
         self.durable
             .push((self.topic.clone(), done.partition, done.last));
@@ -406,7 +439,9 @@ impl<R: StoredRow> Processor<R> {
             return Ok(*hw);
         }
         let backoff = (self.config.retry_initial, self.config.retry_max);
+        let health = &self.config.health;
         let hw = with_retry(
+            health,
             self.sink.clone(),
             self.config.topic.clone(),
             backoff,
@@ -416,6 +451,7 @@ impl<R: StoredRow> Processor<R> {
         // A batch begun past the mark may still land (its member died mid-insert): cut the
         // same one, so that whichever insert comes second is a duplicate block.
         let intended = with_retry(
+            health,
             self.sink.clone(),
             self.config.topic.clone(),
             backoff,
@@ -437,9 +473,20 @@ impl<R: StoredRow> Processor<R> {
         let now = Instant::now();
         let mut poison = Vec::new();
         let mut full = Vec::new();
-        for record in records {
+        let decoded: Vec<_> = records
+            .iter()
+            .map(|r| R::decode(&self.config.topic, r))
+            .collect();
+        // Held from now on, while the store's high-water mark is asked too.
+        if let Some(ms) = decoded
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(StoredRow::stamped_at_ms))
+            .min()
+        {
+            self.unstored.taking(ms);
+        }
+        for (record, decoded) in records.into_iter().zip(decoded) {
             let offset = offset_of(&record.position);
-            let decoded = R::decode(&self.config.topic, &record);
             let since = decoded
                 .as_ref()
                 .ok()
@@ -488,7 +535,29 @@ impl<R: StoredRow> Processor<R> {
         for batch in full {
             self.send(batch).await?;
         }
+        self.held();
         Ok(())
+    }
+}
+
+/// Aborts the task when dropped (the gauge's reporter ends with its processor).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sets `pitboss_processor_unstored_seconds{topic}` every second from what the processor holds:
+/// from a task of its own, so it moves while the processor waits on its store.
+async fn report_unstored(topic: String, unstored: Arc<Unstored>) {
+    let gauge = metrics::gauge!("pitboss_processor_unstored_seconds", "topic" => topic);
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        gauge.set(unstored.age_seconds(pitboss_model::Timestamp::now().as_millis()));
     }
 }
 
@@ -529,6 +598,7 @@ struct InsertStats {
 /// the store refuses some of its rows), and reports each. Stops at the first error that
 /// neither a retry nor a split can fix, or when the queue closes.
 struct Inserter<R: StoredRow> {
+    health: StoreHealth,
     sink: Arc<dyn Sink<R>>,
     topic: String,
     backoff: (Duration, Duration),
@@ -569,6 +639,7 @@ impl<R: StoredRow> Inserter<R> {
         let started = Instant::now();
         let intent = batch.clone();
         with_retry(
+            &self.health,
             self.sink.clone(),
             self.topic.clone(),
             self.backoff,
@@ -667,7 +738,12 @@ impl<R: StoredRow> Inserter<R> {
         let mut piece = piece.clone();
         let mut schema_since: Option<Instant> = None;
         loop {
-            let error = match self.sink.insert(&piece).await {
+            let result = self.sink.insert(&piece).await;
+            match &result {
+                Ok(()) | Err(ProcessorError::Refused(_)) => self.health.succeeded(),
+                Err(e) => self.health.failed(e),
+            }
+            let error = match result {
                 Ok(()) => return Ok(()),
                 Err(e @ ProcessorError::Refused(_)) => e,
                 Err(ProcessorError::Schema(reason))
@@ -698,6 +774,7 @@ impl<R: StoredRow> Inserter<R> {
                 .min()
                 .map(|ms| ms - REPLAY_MARGIN_MS);
             let landed = with_retry(
+                &self.health,
                 self.sink.clone(),
                 self.topic.clone(),
                 self.backoff,
@@ -733,6 +810,7 @@ impl<R: StoredRow> Inserter<R> {
 /// Calls the store until it answers (it may be down for a while); an error that a retry
 /// cannot fix is returned at once.
 async fn with_retry<S: ?Sized, T, F, Fut>(
+    health: &StoreHealth,
     sink: Arc<S>,
     topic: String,
     (initial, max): (Duration, Duration),
@@ -745,8 +823,12 @@ where
     let mut delay = initial;
     loop {
         match f(sink.clone(), topic.clone()).await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                health.succeeded();
+                return Ok(v);
+            }
             Err(e) if e.is_retryable() => {
+                health.failed(&e);
                 tracing::warn!(error = %e, "store unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);

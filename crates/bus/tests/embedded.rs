@@ -531,6 +531,14 @@ async fn a_log_locked_a_moment_by_another_connection_makes_publishes_wait_not_fa
     // Longer than SQLite's default wait (rusqlite's 5 s).
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(!waiting.is_finished(), "the publish waits for the lock");
+    // The readiness check (ingest's `/readyz`) waits too: it says the log takes no writes now
+    // rather than `ready` while every publish waits.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), publisher.check())
+            .await
+            .is_err(),
+        "the check waits for the lock as publishes do"
+    );
     other.execute_batch("COMMIT").unwrap();
     drop(other);
     tokio::time::timeout(Duration::from_secs(20), waiting)
@@ -539,4 +547,5 @@ async fn a_log_locked_a_moment_by_another_connection_makes_publishes_wait_not_fa
         .unwrap()
         .unwrap();
     publisher.publish("t", one("c")).await.unwrap();
+    publisher.check().await.unwrap();
 }

@@ -30,15 +30,28 @@ pub fn metrics_router(metrics: PrometheusHandle) -> Router {
 /// `/metrics`, `/healthz`, and a `/readyz` that answers 200 `ready` until `shutdown` is
 /// triggered and 503 `draining` after (so a load balancer stops sending traffic first).
 pub fn router(metrics: PrometheusHandle, shutdown: Shutdown) -> Router {
+    router_with(metrics, shutdown, || None)
+}
+
+/// [`router`], whose `/readyz` also answers 503 with what `not_ready` says while it says
+/// something (a processor whose store fails: `store: failing for 12 s: …`).
+pub fn router_with(
+    metrics: PrometheusHandle,
+    shutdown: Shutdown,
+    not_ready: impl Fn() -> Option<String> + Clone + Send + Sync + 'static,
+) -> Router {
     metrics_router(metrics).route(
         "/readyz",
         get(move || {
-            let draining = shutdown.is_triggered();
+            let why = if shutdown.is_triggered() {
+                Some("draining".to_owned())
+            } else {
+                not_ready()
+            };
             async move {
-                if draining {
-                    (StatusCode::SERVICE_UNAVAILABLE, "draining")
-                } else {
-                    (StatusCode::OK, "ready")
+                match why {
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    None => (StatusCode::OK, "ready".to_owned()),
                 }
             }
         }),

@@ -365,12 +365,16 @@ impl Publisher for EmbeddedBus {
         rx.await.map_err(|_| closed())?
     }
 
+    /// Through the writer: answers once it could take the log's write lock (so it waits
+    /// while another connection holds the lock: publishes wait as long then).
     async fn check(&self) -> Result<(), BusError> {
-        if self.inner.ops.is_closed() {
-            Err(closed())
-        } else {
-            Ok(())
-        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .ops
+            .send(WriteOp::Check { reply })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 }
 

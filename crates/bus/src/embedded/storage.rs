@@ -170,6 +170,11 @@ pub(super) enum WriteOp {
     },
     /// Runs retention; answers when done (if anyone is waiting).
     Retention { reply: Option<oneshot::Sender<()>> },
+    /// Writes nothing: answers once a transaction holding the log's write lock committed (the
+    /// readiness check: the writer can write now).
+    Check {
+        reply: oneshot::Sender<Result<(), BusError>>,
+    },
 }
 
 /// Loads every partition's state from the database.
@@ -294,6 +299,14 @@ impl Writer {
                             stmt.execute(params![member.group, topic_id, p, off])
                                 .map_err(storage)?;
                         }
+                        answers.push(Box::new(move |err| {
+                            let _ = reply.send(match err {
+                                None => Ok(()),
+                                Some(e) => Err(BusError::Storage(e.to_string())),
+                            });
+                        }));
+                    }
+                    WriteOp::Check { reply } => {
                         answers.push(Box::new(move |err| {
                             let _ = reply.send(match err {
                                 None => Ok(()),

@@ -252,6 +252,27 @@ module "processor" {
   egress_prefix_list_ids = concat([data.aws_ec2_managed_prefix_list.s3.id], data.aws_ec2_managed_prefix_list.dynamodb[*].id)
 }
 
+# A processor whose store stalls (ClickHouse hung, failing, or refusing it): the age of the
+# oldest row it holds unstored climbs (pitboss_processor_unstored_seconds, set every second;
+# docs/processor.md, "Health"). Missing data is breaching: no processor reports at all.
+resource "aws_cloudwatch_metric_alarm" "processor_stalled" {
+  for_each          = toset(local.processor_read)
+  alarm_name        = "${var.name}-processor-stalled-${each.key}"
+  alarm_description = "The processor has held rows of ${each.key} unstored for over 5 minutes, or reports nothing: its store hangs or fails (its /readyz says why)."
+  namespace         = "Pitboss"
+  metric_name       = "pitboss_processor_unstored_seconds"
+  # The dimensions the ADOT sidecar gives this metric: its scrape job (the service) and topic.
+  dimensions          = { "service.name" = module.processor.service_name, topic = each.key }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 5
+  threshold           = 300
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "breaching"
+  alarm_actions       = var.alarm_topic_arns
+  ok_actions          = var.alarm_topic_arns
+}
+
 data "aws_iam_policy_document" "gateway" {
   dynamic "statement" {
     for_each = local.kinesis ? [1] : []

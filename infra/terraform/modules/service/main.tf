@@ -44,6 +44,10 @@ locals {
           dimensions            = [["service.name"]]
           metric_name_selectors = ["^pitboss_antifraud_dead_letters_total$"]
         },
+        {
+          dimensions            = [["service.name", "topic"]]
+          metric_name_selectors = ["^pitboss_processor_unstored_seconds$"]
+        },
       ]
     } }
     service = { pipelines = { metrics = { receivers = ["prometheus"], exporters = ["awsemf"] } } }
