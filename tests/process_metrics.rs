@@ -24,6 +24,16 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The sum of every series of `name` (each processor's, labelled by topic and table).
+fn total(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_consumes_both_topics_and_serves_its_metrics() {
     let kafka = pitboss_testkit::kafka();
@@ -85,7 +95,7 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
     // Lag comes from librdkafka's statistics every 5 s.
     while start.elapsed() < Duration::from_secs(60) {
         text = client.get(&url).send().await.unwrap().text().await.unwrap();
-        let done = metric(&text, "pitboss_processor_rows_inserted_total ") == Some(1000.0);
+        let done = total(&text, "pitboss_processor_rows_inserted_total") == Some(1000.0);
         let lag_seen = [&topic, &overflow].iter().all(|t| {
             (0..2).all(|p| {
                 metric(
@@ -99,26 +109,42 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(
-        metric(&text, "pitboss_processor_rows_inserted_total "),
-        Some(1000.0),
-        "{text}"
-    );
-    assert!(
-        metric(&text, "pitboss_processor_batches_total ").is_some_and(|b| b >= 10.0),
-        "--batch-max-rows 100 cuts 1,000 rows into at least 10 batches: {text}"
-    );
-    for name in [
-        "pitboss_processor_batch_rows_count ",
-        "pitboss_processor_batch_age_seconds_count ",
-        "pitboss_processor_insert_seconds_count ",
-        "pitboss_processor_freshness_seconds_count ",
-    ] {
-        assert!(
-            metric(&text, name).is_some_and(|v| v > 0.0),
-            "{name}: {text}"
+    // Per processor: each topic's own figures, labelled with the table it writes.
+    for (t, rows) in [(&topic, 900.0), (&overflow, 100.0)] {
+        let labels = format!("{{topic=\"{t}\",table=\"events\"}} ");
+        assert_eq!(
+            metric(
+                &text,
+                &format!("pitboss_processor_rows_inserted_total{labels}")
+            ),
+            Some(rows),
+            "{text}"
+        );
+        for name in [
+            "pitboss_processor_batches_total",
+            "pitboss_processor_batch_rows_count",
+            "pitboss_processor_batch_age_seconds_count",
+            "pitboss_processor_insert_seconds_count",
+            "pitboss_processor_freshness_seconds_count",
+        ] {
+            assert!(
+                metric(&text, &format!("{name}{labels}")).is_some_and(|v| v > 0.0),
+                "{name}{labels}: {text}"
+            );
+        }
+        assert_eq!(
+            metric(
+                &text,
+                &format!("pitboss_processor_dead_letters_total{labels}")
+            ),
+            Some(0.0),
+            "registered at 0: {text}"
         );
     }
+    assert!(
+        total(&text, "pitboss_processor_batches_total").is_some_and(|b| b >= 10.0),
+        "--batch-max-rows 100 cuts 1,000 rows into at least 10 batches: {text}"
+    );
     assert!(
         text.contains(&format!(
             "pitboss_consumer_lag_records{{group=\"{topic}_processor\",topic=\"{overflow}\",partition=\"1\"}} 0"
@@ -208,7 +234,7 @@ mod kinesis {
             .text()
             .await
             .unwrap();
-        metric(&text, "pitboss_processor_rows_inserted_total ").unwrap_or(0.0)
+        total(&text, "pitboss_processor_rows_inserted_total").unwrap_or(0.0)
     }
 
     /// `pitboss process --bus kinesis` (moto): every event published to the stream and its overflow

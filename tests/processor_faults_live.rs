@@ -2422,7 +2422,8 @@ async fn a_clickhouse_that_stops_answering_mid_run_is_timed_out_named_and_retrie
                 .text()
                 .await
                 .unwrap();
-            let prefix = format!("pitboss_processor_unstored_seconds{{topic=\"{name}\"}} ");
+            let prefix =
+                format!("pitboss_processor_unstored_seconds{{topic=\"{name}\",table=\"events\"}} ");
             text.lines()
                 .find_map(|l| l.strip_prefix(&prefix))
                 .and_then(|v| v.trim().parse::<f64>().ok())

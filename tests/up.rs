@@ -453,7 +453,11 @@ async fn up_keeps_queryable_history_with_rollups() {
         .unwrap();
     let inserted: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("pitboss_processor_rows_inserted_total "))
+        .find_map(|l| {
+            l.strip_prefix(
+                "pitboss_processor_rows_inserted_total{topic=\"events\",table=\"events\"} ",
+            )
+        })
         .unwrap_or_else(|| panic!("{metrics}"))
         .parse()
         .unwrap();

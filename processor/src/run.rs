@@ -151,20 +151,57 @@ pub const METRICS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Registers the help text of [`METRICS`] with the metrics recorder (idempotent), and the
-/// counters without labels at zero, so a scrape shows them (and an alert on their rate has a
-/// series) before their first event.
+/// Registers the help text of [`METRICS`] with the metrics recorder (idempotent).
 pub fn describe_metrics() {
     for &(name, kind, help) in METRICS {
         match kind {
-            "counter" => {
-                metrics::describe_counter!(name, help);
-                if name != "pitboss_processor_copies_dropped_total" {
-                    metrics::counter!(name).increment(0);
-                }
-            }
+            "counter" => metrics::describe_counter!(name, help),
             "gauge" => metrics::describe_gauge!(name, help),
             _ => metrics::describe_histogram!(name, help),
+        }
+    }
+}
+
+/// One processor's metrics, labelled with the topic it reads and the table it writes
+/// (`{topic="alerts", table="alerts"}`): a process runs one processor per topic. Its counters
+/// are registered at zero when it starts, so a scrape shows them (and an alert on their rate
+/// has a series) before their first event.
+#[derive(Clone)]
+struct Meters {
+    rows_inserted: metrics::Counter,
+    batches: metrics::Counter,
+    batch_rows: metrics::Histogram,
+    batch_age: metrics::Histogram,
+    insert_seconds: metrics::Histogram,
+    insert_retries: metrics::Counter,
+    dead_letters: metrics::Counter,
+    batches_split: metrics::Counter,
+    freshness: metrics::Histogram,
+    freshness_last: metrics::Gauge,
+    unstored: metrics::Gauge,
+}
+
+impl Meters {
+    fn new(topic: &str, table: &'static str) -> Meters {
+        let counter = |name: &'static str| {
+            let c = metrics::counter!(name, "topic" => topic.to_owned(), "table" => table);
+            c.increment(0);
+            c
+        };
+        let histogram = |name: &'static str| metrics::histogram!(name, "topic" => topic.to_owned(), "table" => table);
+        let gauge = |name: &'static str| metrics::gauge!(name, "topic" => topic.to_owned(), "table" => table);
+        Meters {
+            rows_inserted: counter("pitboss_processor_rows_inserted_total"),
+            batches: counter("pitboss_processor_batches_total"),
+            batch_rows: histogram("pitboss_processor_batch_rows"),
+            batch_age: histogram("pitboss_processor_batch_age_seconds"),
+            insert_seconds: histogram("pitboss_processor_insert_seconds"),
+            insert_retries: counter("pitboss_processor_insert_retries_total"),
+            dead_letters: counter("pitboss_processor_dead_letters_total"),
+            batches_split: counter("pitboss_processor_batches_split_total"),
+            freshness: histogram("pitboss_processor_freshness_seconds"),
+            freshness_last: gauge("pitboss_processor_freshness_last_seconds"),
+            unstored: gauge("pitboss_processor_unstored_seconds"),
         }
     }
 }
@@ -197,6 +234,7 @@ struct Processor<R: StoredRow> {
     in_flight: usize,
     /// What it holds unstored (read every second for `pitboss_processor_unstored_seconds`).
     unstored: Arc<Unstored>,
+    meters: Meters,
 }
 
 /// A batch that landed: its partition may now be stored up to `last`.
@@ -227,12 +265,14 @@ pub async fn run<R: StoredRow>(
         .await?;
     let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
     let (report, inserted) = mpsc::unbounded_channel();
+    let meters = Meters::new(&config.topic, R::TABLE);
     let unstored = Arc::new(Unstored::default());
     let _gauge = AbortOnDrop(tokio::spawn(report_unstored(
-        config.topic.clone(),
+        meters.unstored.clone(),
         unstored.clone(),
     )));
     let inserter = Inserter {
+        meters: meters.clone(),
         health: config.health.clone(),
         sink: sink.clone(),
         topic: config.topic.clone(),
@@ -255,6 +295,7 @@ pub async fn run<R: StoredRow>(
         inserted,
         in_flight: 0,
         unstored,
+        meters,
     };
     let poll_max = p.config.poll_max;
     if let Err(e) = run_partitioned(&mut *consumer, &mut p, poll_max, shutdown).await {
@@ -353,7 +394,8 @@ impl<R: StoredRow> Processor<R> {
 
     /// Hands a closed batch to the inserter (waiting while its queue is full).
     async fn send(&mut self, batch: Batch<R>) -> Result<(), ProcessorError> {
-        metrics::histogram!("pitboss_processor_batch_age_seconds")
+        self.meters
+            .batch_age
             .record(batch.opened.elapsed().as_secs_f64());
         let oldest = batch.rows.iter().map(StoredRow::stamped_at_ms).min();
         // Counted while it waits for room in the queue, too.
@@ -524,6 +566,7 @@ impl<R: StoredRow> Processor<R> {
             // Durable before any offset past them is stored.
             let n = poison.len() as u64;
             dead_letter(
+                &self.meters.dead_letters,
                 &self.dead_letters,
                 &self.config.dead_letter_topic,
                 poison,
@@ -549,10 +592,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sets `pitboss_processor_unstored_seconds{topic}` every second from what the processor holds:
-/// from a task of its own, so it moves while the processor waits on its store.
-async fn report_unstored(topic: String, unstored: Arc<Unstored>) {
-    let gauge = metrics::gauge!("pitboss_processor_unstored_seconds", "topic" => topic);
+/// Sets `pitboss_processor_unstored_seconds{topic,table}` every second from what the processor
+/// holds: from a task of its own, so it moves while the processor waits on its store.
+async fn report_unstored(gauge: metrics::Gauge, unstored: Arc<Unstored>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -563,6 +605,7 @@ async fn report_unstored(topic: String, unstored: Arc<Unstored>) {
 
 /// Publishes dead letters, retrying while the bus may take them later.
 async fn dead_letter(
+    counted: &metrics::Counter,
     publisher: &Arc<dyn Publisher>,
     topic: &str,
     records: Vec<OutRecord>,
@@ -581,7 +624,7 @@ async fn dead_letter(
             Err(e) => return Err(e.into()),
         }
     }
-    metrics::counter!("pitboss_processor_dead_letters_total").increment(n);
+    counted.increment(n);
     Ok(())
 }
 
@@ -598,6 +641,7 @@ struct InsertStats {
 /// the store refuses some of its rows), and reports each. Stops at the first error that
 /// neither a retry nor a split can fix, or when the queue closes.
 struct Inserter<R: StoredRow> {
+    meters: Meters,
     health: StoreHealth,
     sink: Arc<dyn Sink<R>>,
     topic: String,
@@ -668,7 +712,7 @@ impl<R: StoredRow> Inserter<R> {
                 Err(ProcessorError::Refused(reason)) => {
                     if !split_up {
                         split_up = true;
-                        metrics::counter!("pitboss_processor_batches_split_total").increment(1);
+                        self.meters.batches_split.increment(1);
                     }
                     if split.refused() {
                         tracing::warn!(partition = batch.partition, rows = range.len(), %reason, "store refused the rows; splitting");
@@ -681,17 +725,18 @@ impl<R: StoredRow> Inserter<R> {
         }
         self.stats.rows_inserted += rows;
         self.stats.batches += 1;
-        metrics::counter!("pitboss_processor_rows_inserted_total").increment(rows);
-        metrics::counter!("pitboss_processor_batches_total").increment(1);
-        metrics::histogram!("pitboss_processor_batch_rows").record(rows as f64);
-        metrics::histogram!("pitboss_processor_insert_seconds")
+        self.meters.rows_inserted.increment(rows);
+        self.meters.batches.increment(1);
+        self.meters.batch_rows.record(rows as f64);
+        self.meters
+            .insert_seconds
             .record(started.elapsed().as_secs_f64());
         // The oldest row of the batch: what the client that sent it waited longest for.
         if let Some(oldest) = batch.rows.iter().map(StoredRow::stamped_at_ms).min() {
             let now_ms = pitboss_model::Timestamp::now().as_millis();
             let freshness = (now_ms - oldest as i64).max(0) as f64 / 1000.0;
-            metrics::histogram!("pitboss_processor_freshness_seconds").record(freshness);
-            metrics::gauge!("pitboss_processor_freshness_last_seconds").set(freshness);
+            self.meters.freshness.record(freshness);
+            self.meters.freshness_last.set(freshness);
         }
         Ok(())
     }
@@ -718,6 +763,7 @@ impl<R: StoredRow> Inserter<R> {
         );
         let value = batch.values.get(index).cloned().unwrap_or_default();
         dead_letter(
+            &self.meters.dead_letters,
             &self.dead_letters,
             &self.dead_letter_topic,
             vec![OutRecord::new(key, value)],
@@ -758,7 +804,7 @@ impl<R: StoredRow> Inserter<R> {
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     self.stats.insert_retries += 1;
-                    metrics::counter!("pitboss_processor_insert_retries_total").increment(1);
+                    self.meters.insert_retries.increment(1);
                     tracing::warn!(partition = piece.partition, rows = piece.rows.len(), error = %e, retry_in_ms = delay.as_millis() as u64, "insert failed");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(max);
