@@ -4,7 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'pitboss.console.token';
-const MAX_ALERTS = 300;
+// Cards kept: acknowledged ones go first; past this many open ones, the oldest are counted in
+// the header instead of shown (the gateway keeps up to 10,000 open per tenant).
+const MAX_ALERTS = 1000;
 
 const state = {
   token: null,
@@ -14,8 +16,10 @@ const state = {
   attempt: 0,
   nextId: 1,
   pendingAcks: new Map(), // request id -> { alertId, outcome }
-  ackIds: new Map(), // alert id -> ack_id (a retry is the same ack)
+  ackIds: new Map(), // alert id + outcome -> ack_id (a retry is the same ack; another outcome is a new one)
   alerts: new Map(), // alert id -> element
+  hidden: new Set(), // open alerts past MAX_ALERTS, not shown
+  replayed: null, // during a subscribe: the ids of the alerts it replays
   statsTimer: null,
   reconnectTimer: null,
   stopped: false,
@@ -32,13 +36,41 @@ function decodeClaims(token) {
   return claims;
 }
 
-function money(minor, currency) {
-  const v = (Number(minor) / 100).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-  return currency ? v + ' ' + currency : v;
+// A currency's minor-unit digits (ISO 4217: JPY 0, EUR 2, KWD 3), from the browser's tables.
+function exponent(currency) {
+  try {
+    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits;
+  } catch {
+    return 2;
+  }
 }
 
+// An amount in minor units, in major units with the currency's own digits.
+function amount(minor, currency) {
+  const digits = currency ? exponent(currency) : 2;
+  return (Number(minor) / 10 ** digits).toLocaleString(undefined, { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+// Today's times as the time of day; older ones with their date; the zone is the browser's
+// (the title gives the UTC instant).
 function time(ms) {
-  return new Date(ms).toLocaleTimeString();
+  const d = new Date(ms);
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString() : d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+}
+
+// A UUIDv7 (RFC 9562): time-ordered, as docs/alerts.md says the console's ack ids are.
+function uuidv7() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  let ms = Date.now();
+  for (let i = 5; i >= 0; i--) {
+    b[i] = ms % 256;
+    ms = Math.floor(ms / 256);
+  }
+  b[6] = (b[6] & 0x0f) | 0x70;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  return h.slice(0, 8) + '-' + h.slice(8, 12) + '-' + h.slice(12, 16) + '-' + h.slice(16, 20) + '-' + h.slice(20);
 }
 
 function el(tag, cls, text) {
@@ -98,6 +130,7 @@ function signOut(message) {
   state.token = null;
   state.cursor = null;
   state.alerts.clear();
+  state.hidden.clear();
   $('alerts').replaceChildren();
   showLogin(message);
 }
@@ -159,12 +192,24 @@ function onFrame(f) {
       $('status').title = 'gateway ' + f.gateway + ', connection ' + f.connection;
       const sub = { type: 'subscribe', id: state.nextId++, channel: 'operator:' + state.claims.tenant };
       if (state.cursor) sub.since = state.cursor;
+      state.replayed = new Set();
       send(sub);
       break;
     }
     case 'subscribed': {
       // The subscription's whole cursor (replayed messages carry older ones).
       state.cursor = f.cursor || state.cursor;
+      // Not a complete resume (away too long, or a gateway that lost its history): the replay
+      // was every alert still open, so a card it left out was closed meanwhile — by another
+      // operator, whose `alert_acked` this console could not be sent.
+      if (f.recovery && f.recovery !== 'complete' && state.replayed) {
+        for (const [alertId, card] of state.alerts) {
+          if (!card.classList.contains('acked') && !state.replayed.has(alertId)) markAcked(alertId, 'closed while this console was away');
+        }
+        for (const alertId of state.hidden) if (!state.replayed.has(alertId)) state.hidden.delete(alertId);
+        countOpen();
+      }
+      state.replayed = null;
       // Messages of a send that failed while offline are stale now.
       for (const card of state.alerts.values()) {
         const st = card.querySelector('.ack-status');
@@ -180,7 +225,10 @@ function onFrame(f) {
       // A replayed message's cursor is of when it was read (an open alert's may be hours
       // old): the `subscribed` frame after the replay carries the subscription's.
       if (f.cursor && !f.replayed) state.cursor = f.cursor;
-      if (f.kind === 'alert') addAlert(f.data);
+      if (f.kind === 'alert' && f.data) {
+        if (f.replayed && state.replayed) state.replayed.add(f.data.alert_id);
+        addAlert(f.data);
+      }
       break;
     case 'acked': {
       const pending = state.pendingAcks.get(f.id);
@@ -193,6 +241,7 @@ function onFrame(f) {
     }
     case 'alert_acked':
       // Any operator of the tenant, this console included, on any gateway instance.
+      if (state.hidden.delete(f.alert_id)) countOpen();
       markAcked(f.alert_id, (OUTCOMES[f.outcome] || f.outcome) + ' by ' + f.operator_id + ' at ' + time(Date.parse(f.acked_at)));
       break;
     case 'error': {
@@ -219,7 +268,7 @@ function onFrame(f) {
 }
 
 function addAlert(a) {
-  if (!a || !a.alert_id || state.alerts.has(a.alert_id)) return;
+  if (!a || !a.alert_id || state.alerts.has(a.alert_id) || state.hidden.has(a.alert_id)) return;
   const li = el('li', 'alert ' + (a.severity || ''));
   li.dataset.alertId = a.alert_id;
   li.dataset.rule = a.rule_id;
@@ -228,11 +277,17 @@ function addAlert(a) {
   const top = el('div', 'top');
   const left = el('div');
   left.append(el('span', 'sev', a.severity), document.createTextNode(' '), el('span', 'rule', a.rule_id));
-  top.append(left, el('span', 'meta', time(detected)));
-  const who = el('div', 'meta', 'player ' + (a.player_id || a.group_key) + ' · score ' + a.score + ' (total ' + a.total_score + ') · ' + a.recommendation);
+  const when = el('span', 'meta', time(detected));
+  when.title = new Date(detected).toISOString();
+  top.append(left, when);
+  const subject = a.player_id ? 'player ' + a.player_id : (a.group_key || '');
+  const who = el('div', 'meta', subject + ' · score ' + a.score + ' (total ' + a.total_score + ') · ' + a.recommendation);
+  const linked = Array.isArray(a.related_player_ids) && a.related_player_ids.length > 0
+    ? el('div', 'meta', 'linked players: ' + a.related_player_ids.join(', '))
+    : null;
   const why = el('div', 'why', a.reason);
   const actions = el('div', 'actions');
-  for (const [label, outcome] of [['Acknowledge', 'acknowledged'], ['False positive', 'false_positive'], ['Confirm', 'confirmed']]) {
+  for (const [label, outcome] of [['Acknowledge', 'acknowledged'], ['False positive', 'false_positive'], ['Confirm', 'confirmed'], ['Escalate', 'escalated']]) {
     const b = el('button', null, label);
     b.type = 'button';
     b.dataset.outcome = outcome;
@@ -240,35 +295,43 @@ function addAlert(a) {
     actions.append(b);
   }
   actions.append(el('span', 'ack-status meta'));
-  li.append(top, who, why, actions);
+  li.append(...[top, who, linked, why, actions].filter(Boolean));
   state.alerts.set(a.alert_id, li);
   // Newest first by detection time: a replay comes partition by partition, not in time order.
   let before = $('alerts').firstElementChild;
   while (before && Number(before.dataset.detected) > detected) before = before.nextElementSibling;
   $('alerts').insertBefore(li, before);
   while (state.alerts.size > MAX_ALERTS) {
-    // The oldest acknowledged card goes first; an open one only when none is acknowledged.
+    // The oldest acknowledged card goes first; an open one only when none is acknowledged,
+    // and it is counted in the header (not dropped without a word).
     const acked = $('alerts').querySelectorAll('li.alert.acked');
     const last = acked.length > 0 ? acked[acked.length - 1] : $('alerts').lastElementChild;
     if (!last) break;
+    if (!last.classList.contains('acked')) state.hidden.add(last.dataset.alertId);
     state.alerts.delete(last.dataset.alertId);
     last.remove();
   }
   countOpen();
 }
 
-// The header counts the alerts still open among the cards kept (the newest MAX_ALERTS).
+// The header counts the open alerts: the cards shown, and the oldest ones past MAX_ALERTS.
 function countOpen() {
   let open = 0;
   for (const card of state.alerts.values()) if (!card.classList.contains('acked')) open += 1;
-  $('alert-count').textContent = '(' + open + ' open)';
+  const hidden = state.hidden.size;
+  $('alert-count').textContent = hidden === 0
+    ? '(' + open + ' open)'
+    : '(' + (open + hidden) + ' open; the ' + hidden + ' oldest not shown)';
 }
 
 function ack(alertId, outcome) {
   const id = state.nextId++;
   const card = state.alerts.get(alertId);
-  if (!state.ackIds.has(alertId)) state.ackIds.set(alertId, crypto.randomUUID());
-  const frame = { type: 'ack', id, alert_id: alertId, outcome, ack_id: state.ackIds.get(alertId) };
+  // One ack_id per alert and outcome: a retry after a lost answer is the same ack; another
+  // outcome is a new ack (the gateway refuses an ack_id reused with another outcome).
+  const key = alertId + ' ' + outcome;
+  if (!state.ackIds.has(key)) state.ackIds.set(key, uuidv7());
+  const frame = { type: 'ack', id, alert_id: alertId, outcome, ack_id: state.ackIds.get(key) };
   if (!send(frame)) {
     if (card) card.querySelector('.ack-status').textContent = 'offline: try again when live';
     return;
@@ -328,7 +391,7 @@ function renderStats(s) {
   ggr.replaceChildren(
     ...(s.ggr_by_game || []).map((g) => {
       const tr = el('tr');
-      tr.append(el('td', null, g.game_id), el('td', null, g.currency), el('td', 'num', g.bets), el('td', 'num', money(g.stakes_minor)), el('td', 'num', money(g.ggr_minor)));
+      tr.append(el('td', null, g.game_id), el('td', null, g.currency), el('td', 'num', g.bets), el('td', 'num', amount(g.stakes_minor, g.currency)), el('td', 'num', amount(g.ggr_minor, g.currency)));
       return tr;
     }),
   );
@@ -366,5 +429,8 @@ function start() {
   if (saved) signIn(saved);
   else showLogin('');
 }
+
+// Reached from the devtools and the browser test (tests/browser): a module's names are its own.
+window.pitbossConsole = { state, onFrame, addAlert, amount };
 
 start();

@@ -307,6 +307,24 @@ struct Acked {
     /// Where the alert is on the bus, once read (before or after its ack: a restarting
     /// instance reads both topics at once): a console whose cursor is at or past it had it.
     at: Option<(Partition, Position)>,
+    /// The ack ids of the alert's earlier acks, oldest first (at most [`EARLIER_ACKS`]): each
+    /// still names its stored row, so none may be reused for another alert.
+    earlier: Vec<Box<str>>,
+}
+
+/// Earlier ack ids remembered per alert (a few re-acks: acknowledged, then escalated, then
+/// confirmed); past this many the oldest is forgotten.
+const EARLIER_ACKS: usize = 16;
+
+/// What a gateway knows of an ack id on an alert (the `ack` handler's retry check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckSeen {
+    /// The alert's latest ack has this id, with this outcome.
+    Latest(pitboss_model::live::AckOutcome),
+    /// One of the alert's earlier acks (superseded since) has this id.
+    Earlier,
+    /// Not an ack id of this alert that the gateway has read.
+    No,
 }
 
 impl Acked {
@@ -840,24 +858,36 @@ impl Hub {
                 None => self.place_of(&id),
             };
             self.open_ids.remove(&id);
+            let mut earlier = self
+                .acked
+                .get(&id)
+                .map(|a| {
+                    let mut e = a.earlier.clone();
+                    e.push(a.ack_id.clone());
+                    e
+                })
+                .unwrap_or_default();
+            if earlier.len() > EARLIER_ACKS {
+                let gone = earlier.remove(0);
+                let by_id = scoped(&ack.tenant_id, &gone);
+                if self.ack_ids.get(&by_id).is_some_and(|k| *k == id) {
+                    self.ack_ids.remove(&by_id);
+                }
+            }
             let known = Acked {
                 ack_id: ack.ack_id.as_str().into(),
                 outcome: ack.outcome,
                 operator_id: ack.operator_id.as_str().into(),
                 acked_at: ack.acked_at,
                 at,
+                earlier,
             };
             self.tell_acked(&ack, &known);
             self.ack_ids
                 .insert(scoped(&ack.tenant_id, &ack.ack_id), id.clone());
-            if let Some(old) = self.acked.insert(id.clone(), known) {
-                // Replaced by a later ack: the earlier ack id no longer names it (unless a
-                // record from elsewhere reused it for another alert since).
-                let by_id = scoped(tenant_of(&id), &old.ack_id);
-                if self.ack_ids.get(&by_id).is_some_and(|k| *k == id) {
-                    self.ack_ids.remove(&by_id);
-                }
-            } else {
+            // Replaced by a later ack, the earlier ack id still names this alert (its row is
+            // stored under it: reused for another alert, that row would be replaced).
+            if self.acked.insert(id.clone(), known).is_none() {
                 self.acked_order.push_back((r.timestamp_ms, id.clone()));
                 self.acked_in.entry(channel).or_default().push_back(id);
                 n += 1;
@@ -876,9 +906,11 @@ impl Hub {
     /// Forgets the ack of alert `key` and its ack id (if that id still names this alert).
     fn forget_ack(&mut self, key: &Arc<str>) {
         if let Some(a) = self.acked.remove(key) {
-            let by_id = scoped(tenant_of(key), &a.ack_id);
-            if self.ack_ids.get(&by_id).is_some_and(|k| k == key) {
-                self.ack_ids.remove(&by_id);
+            for ack_id in a.earlier.iter().chain(std::iter::once(&a.ack_id)) {
+                let by_id = scoped(tenant_of(key), ack_id);
+                if self.ack_ids.get(&by_id).is_some_and(|k| k == key) {
+                    self.ack_ids.remove(&by_id);
+                }
             }
         }
     }
@@ -1274,6 +1306,15 @@ impl Hub {
         sent
     }
 
+    /// Whether this instance holds `tenant`'s alert `alert_id`: in the history, open past it,
+    /// or acknowledged (what an ack may name: one of the tenant's alerts, not any id).
+    pub fn knows_alert(&self, tenant: &str, alert_id: &str) -> bool {
+        let key = scoped(tenant, alert_id);
+        self.alerts.ids.contains_key(&key)
+            || self.open_ids.contains_key(&key)
+            || self.acked.contains_key(&key)
+    }
+
     /// Whether an ack of `tenant`'s alert `alert_id` has been read.
     pub fn is_acked(&self, tenant: &str, alert_id: &str) -> bool {
         self.acked.contains_key(&scoped(tenant, alert_id))
@@ -1281,9 +1322,17 @@ impl Hub {
 
     /// Whether `tenant`'s alert `alert_id` is acknowledged by the ack `ack_id` (its latest).
     pub fn has_ack(&self, tenant: &str, alert_id: &str, ack_id: &str) -> bool {
-        self.acked
-            .get(&scoped(tenant, alert_id))
-            .is_some_and(|a| *a.ack_id == *ack_id)
+        matches!(self.ack_seen(tenant, alert_id, ack_id), AckSeen::Latest(_))
+    }
+
+    /// Whether `ack_id` is the latest ack of `tenant`'s alert `alert_id` (and with which
+    /// outcome), one of its earlier ones, or neither.
+    pub fn ack_seen(&self, tenant: &str, alert_id: &str, ack_id: &str) -> AckSeen {
+        match self.acked.get(&scoped(tenant, alert_id)) {
+            Some(a) if *a.ack_id == *ack_id => AckSeen::Latest(a.outcome),
+            Some(a) if a.earlier.iter().any(|e| **e == *ack_id) => AckSeen::Earlier,
+            _ => AckSeen::No,
+        }
     }
 
     /// The alert id another of `tenant`'s acks with `ack_id` closed, if it is not `alert_id`.

@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::auth::{AuthError, Claims, Role, Verifier};
 use crate::feed::lock;
-use crate::hub::{ConnId, Entry, Hub, Out};
+use crate::hub::{AckSeen, ConnId, Entry, Hub, Out};
 use crate::protocol::{
     ClientMessage, MAX_CLIENT_FRAME, PROTOCOL_VERSION, ProtocolError, ServerFrame, close,
     parse_client,
@@ -805,18 +805,58 @@ async fn handle(
             }
             // A retry of an ack already read back from the bus (the first answer was lost, or
             // was `bus_unavailable` though the record was stored): the same ack, not a second
-            // record (which would move its time and could drop its note).
-            if let Some(a) = &ack_id
-                && lock(&st.hub).has_ack(&claims.tenant, &alert_id, a)
-            {
-                return vec![
-                    ServerFrame::Acked {
-                        id,
-                        alert_id,
-                        ack_id: a.clone(),
+            // record (which would move its time and could drop its note). A retry of an
+            // earlier ack that a later one superseded is that ack too (written again, it would
+            // undo the later one). The same id with another outcome is not a retry: it would
+            // be answered `acked` and change nothing.
+            if let Some(a) = &ack_id {
+                let seen = lock(&st.hub).ack_seen(&claims.tenant, &alert_id, a);
+                match seen {
+                    AckSeen::Latest(o) if o != outcome => {
+                        return fail(
+                            cs,
+                            ProtocolError::new(
+                                "invalid_ack",
+                                format!(
+                                    "ack_id {a} already acknowledged alert {alert_id} as {}: a retry repeats the same ack; another outcome needs its own ack_id",
+                                    serde_json::to_value(o)
+                                        .ok()
+                                        .and_then(|v| v.as_str().map(str::to_owned))
+                                        .unwrap_or_default()
+                                ),
+                            ),
+                        );
                     }
-                    .to_text(),
-                ];
+                    AckSeen::Latest(_) | AckSeen::Earlier => {
+                        return vec![
+                            ServerFrame::Acked {
+                                id,
+                                alert_id,
+                                ack_id: a.clone(),
+                            }
+                            .to_text(),
+                        ];
+                    }
+                    AckSeen::No => {}
+                }
+            }
+            // Only an alert of the tenant that this gateway holds (in the history, open, or
+            // acknowledged): an ack of any made-up id was stored and remembered, and enough of
+            // them pushed other tenants' acks out of memory, reopening their alerts.
+            if !is_ready {
+                let _ = ready.wait_for(|r| *r).await;
+            }
+            if !lock(&st.hub).knows_alert(&claims.tenant, &alert_id) {
+                return fail(
+                    cs,
+                    ProtocolError::new(
+                        "unknown_alert",
+                        format!(
+                            "alert {alert_id} is not an alert of tenant {} that this gateway holds (an alert can be acknowledged while it is in the history or open: unacknowledged and at most --open-alerts-max-age-secs old)",
+                            claims.tenant
+                        ),
+                    ),
+                );
             }
             let ack = AlertAck {
                 ack_id: ack_id.unwrap_or_else(pitboss_model::live::new_message_id),

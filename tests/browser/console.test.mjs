@@ -153,9 +153,12 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   await other.close();
   // …and the processor stores it.
   const rows = await eventually('the ack in alert_acks', async () => {
-    const r = await sql(dataDir, `SELECT alert_id, outcome, operator_id FROM alert_acks WHERE alert_id = '${alertId}'`);
+    const r = await sql(dataDir, `SELECT alert_id, outcome, operator_id, ack_id FROM alert_acks WHERE alert_id = '${alertId}'`);
     return r.length > 0 ? r : null;
   });
+  const ackId = rows[0].ack_id;
+  assert.match(ackId, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'the console chooses a UUIDv7');
+  delete rows[0].ack_id;
   assert.deepEqual(rows, [{ alert_id: alertId, outcome: 'false_positive', operator_id: 'console' }]);
 
   // The figures fill in from /v1/stats: events/s, GGR by game, time to notify.
@@ -173,9 +176,37 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   const times = (await alerts.evaluateAll((cards) => cards.map((c) => Number(c.dataset.detected))));
   assert.deepEqual(times, [...times].sort((a, b) => b - a), 'cards in detection order, newest first');
   assert.match(await page.locator('#alert-count').textContent(), /^\(\d+ open\)$/);
+  assert.equal(await alerts.first().getByRole('button', { name: 'Escalate' }).count(), 1);
+  // Amounts with their currency's digits (the GGR table divided every currency by 100).
+  assert.deepEqual(
+    await page.evaluate(() => { const { amount } = window.pitbossConsole; return [amount(15000, 'JPY'), amount(15000, 'KWD'), amount(15000, 'EUR')]; }),
+    ['15,000', '15.000', '150.00'],
+  );
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: join(ARTIFACTS, 'console.png'), fullPage: true });
+
+  // A resume that is not complete (away longer than the gateway's history) replays every alert
+  // still open: a card it leaves out was closed meanwhile by another operator, and says so
+  // (it stayed open with live buttons).
+  const resumed = await page.evaluate(() => {
+    const { state, onFrame } = window.pitbossConsole;
+    const card = document.querySelector('#alerts li.alert:not(.acked)');
+    state.replayed = new Set(); // a subscribe whose replay did not hold this card
+    onFrame({ type: 'subscribed', channel: 'operator:demo', cursor: state.cursor, recovery: 'too_old', replayed: 0 });
+    return [card.classList.contains('acked'), card.querySelector('.ack-status').textContent];
+  });
+  assert.deepEqual(resumed, [true, 'closed while this console was away']);
+  // Past the cards kept, the oldest open alerts are counted, not dropped without a word.
+  const header = await page.evaluate(() => {
+    const { addAlert } = window.pitbossConsole;
+    const t0 = Date.parse('2026-01-01T00:00:00Z');
+    for (let i = 0; i < 1005; i++) {
+      addAlert({ alert_id: 'synthetic-' + i, rule_id: 'test.rule', severity: 'low', detected_at: new Date(t0 + i * 1000).toISOString(), player_id: 'p' + i, score: 1, total_score: 1, recommendation: 'review', reason: 'synthetic' });
+    }
+    return document.getElementById('alert-count').textContent;
+  });
+  assert.equal(header, '(1005 open; the 5 oldest not shown)');
   assert.deepEqual(errors, []);
   await page.close();
 });

@@ -227,6 +227,24 @@ async fn operators_ack_alerts_and_get_the_unacknowledged_ones_again_on_reconnect
     })
     .await;
     assert!(heard.is_err(), "another tenant heard of the ack: {heard:?}");
+    // An ack names one of the tenant's alerts that the gateway holds: not another tenant's,
+    // and not a made-up id (any number of those were stored, and remembered until they pushed
+    // other tenants' acks out of memory). Nothing of either reaches the bus.
+    let reply = zeta
+        .request(json!({"type": "ack", "id": 3, "alert_id": a2}))
+        .await;
+    assert_eq!(reply["code"], "unknown_alert", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(a2.as_str()) && m.contains("tenant zeta")),
+        "{reply}"
+    );
+    let made_up = "0193a1b2-0000-7000-8000-000000000000";
+    let reply = ops
+        .request(json!({"type": "ack", "id": 4, "alert_id": made_up}))
+        .await;
+    assert_eq!(reply["code"], "unknown_alert", "{reply}");
     // The ack is on the bus, with the operator from the token.
     let acks = env
         .read_all::<pitboss_model::live::AlertAck>("alert_acks")
@@ -342,6 +360,69 @@ async fn an_unconfirmed_ack_names_its_ack_id_and_a_retry_with_it_is_the_same_ack
         .read_all::<pitboss_model::live::AlertAck>("alert_acks")
         .await;
     assert_eq!(acks.len(), 1, "nothing written: {acks:?}");
+}
+
+/// An ack id names its ack for as long as the gateway remembers the alert's acks, also once a
+/// later ack superseded it (an outside audit: reused for another alert, it was accepted and
+/// replaced the first ack's stored row). Its retry is answered without a write (written again
+/// it would undo the later ack); the same id with another outcome is refused (it was answered
+/// `acked` and changed nothing).
+#[tokio::test]
+async fn a_superseded_ack_id_still_names_its_ack_and_an_outcome_needs_its_own_id() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let mut ops = gw
+        .connect(&env.token("acme", "ops", Role::Operator, &[]))
+        .await;
+    ops.subscribe("operator:acme", None).await;
+    let a1 = env.publish_alert("acme", "p1").await.2;
+    let a2 = env.publish_alert("acme", "p2").await.2;
+    assert_eq!(ops.messages(2).await, vec![a1.clone(), a2.clone()]);
+    let (k, l) = (
+        "0193d1a7-5e21-7b40-9c3d-4e5f6a7b8c01",
+        "0193d1a7-5e21-7b40-9c3d-4e5f6a7b8c02",
+    );
+    let ack = |id: i64, alert: &str, outcome: &str, ack_id: &str| json!({"type": "ack", "id": id, "alert_id": alert, "outcome": outcome, "ack_id": ack_id});
+    let reply = ops.request(ack(1, &a1, "acknowledged", k)).await;
+    assert_eq!(reply["type"], "acked", "{reply}");
+    env.wait_until(|| async { gw.hub_acked(&a1) }).await;
+    // The same id with another outcome: not a retry.
+    let reply = ops.request(ack(2, &a1, "escalated", k)).await;
+    assert_eq!(reply["code"], "invalid_ack", "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("as acknowledged") && m.contains("its own ack_id")),
+        "{reply}"
+    );
+    // A later ack of a1 under its own id supersedes the first.
+    let reply = ops.request(ack(3, &a1, "confirmed", l)).await;
+    assert_eq!(reply["type"], "acked", "{reply}");
+    let read = || async {
+        env.read_all::<pitboss_model::live::AlertAck>("alert_acks")
+            .await
+    };
+    env.wait_until(|| async { read().await.len() == 2 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // k still names a1's first ack: refused for a2, and a retry of it writes nothing.
+    let reply = ops.request(ack(4, &a2, "confirmed", k)).await;
+    assert_eq!(reply["code"], "invalid_ack", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains(&a1), "{reply}");
+    let reply = ops.request(ack(5, &a1, "acknowledged", k)).await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["ack_id"].as_str()),
+        (Some("acked"), Some(k)),
+        "{reply}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let acks = read().await;
+    assert_eq!(
+        acks.iter()
+            .map(|a| (a.ack_id.as_str(), a.alert_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(k, a1.as_str()), (l, a1.as_str())],
+        "two acks of a1, nothing more"
+    );
 }
 
 /// An alert older than the history and not acknowledged is still delivered on subscribe — also
