@@ -66,7 +66,10 @@ enum Command {
     /// Run the ingest function as a standalone server.
     Ingest(IngestArgs),
     /// Print the SHA-256 of an API key: the value of an `api_key_sha256` entry of the ingest config.
-    HashKey { key: String },
+    HashKey {
+        /// The key, or `-` to read it from standard input (kept out of `ps` and shell history).
+        key: String,
+    },
     /// Send sustained load to an ingest API and report events/s and latency.
     Loadgen(loadgen::LoadgenArgs),
     /// Bring the ClickHouse schema up to date (versioned, idempotent migrations).
@@ -606,6 +609,7 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     config.pushes_topic = args.pushes_topic.clone();
     config.dead_letter_topic = args.dead_letter_topic.clone();
     config.state_path = args.state_dir.join("antifraud.db");
+    keep_private(std::slice::from_ref(&args.state_dir));
     // Only Kafka compacts topics; elsewhere the state lives in the state directory.
     config.state_topic = (matches!(args.bus.kind, BusKind::Kafka) && !args.no_state_topic)
         .then(|| args.state_topic.clone());
@@ -1063,6 +1067,41 @@ fn plan_rules_start(
     }
 }
 
+/// What `up` and the rules engine write (the log, the store, the engines' state) holds players'
+/// IP addresses and device ids: their owner's alone. Files made from now on are (umask 077:
+/// SQLite gives a new database's `-wal` and `-shm` files the database's mode), and SQLite files
+/// already in `dirs` (an older version's, or copied in) are made so before they are opened:
+/// SQLite gives a new `-wal` the mode of its database, whatever the umask.
+fn keep_private(dirs: &[PathBuf]) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let sqlite = [".db", ".sqlite", "-wal", "-shm", "-journal"]
+                    .iter()
+                    .any(|end| name.ends_with(end));
+                let open = entry
+                    .metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o077 != 0);
+                if sqlite && open {
+                    let path = entry.path();
+                    if let Err(e) =
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    {
+                        tracing::warn!(path = %path.display(), error = %e, "could not make the file readable by its owner alone");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The split of the engines whose state files a data directory holds (`antifraud.db`: one,
 /// `antifraud-shard-i-of-N.db`: N), the newest if several; for directories made before
 /// `rules-shards` was recorded.
@@ -1361,6 +1400,7 @@ async fn up(
     // One `up` per data directory, whatever its bus and store (on Kafka nothing else in it is
     // locked: a second one joined the first's consumer groups and wrote the same store). Held
     // until the process exits.
+    keep_private(&[data_dir.clone(), data_dir.join("log")]);
     let _one_up = lock_data_dir(&data_dir)?;
     if existed {
         probe_listeners(&listeners)?;
@@ -1415,18 +1455,7 @@ async fn up(
             UpStore::Sqlite(std::sync::Arc::new({
                 let sink = pitboss_processor::SqliteSink::open(&store_path)
                     .with_context(|| format!("opening {}", store_path.display()))?;
-                // The store is its owner's alone, whatever the umask (SQLite gives its -wal
-                // and -shm files the database's mode).
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    if let Err(e) = std::fs::set_permissions(
-                        &store_path,
-                        std::fs::Permissions::from_mode(0o600),
-                    ) {
-                        tracing::warn!(path = %store_path.display(), error = %e, "could not make the store readable by its owner alone");
-                    }
-                }
+                // Its owner's alone: made under `keep_private`'s umask, or made so before.
                 sink
             })),
             std::sync::Arc::new(gateway::Cached::new(gateway::SqliteStats {
@@ -2018,6 +2047,16 @@ async fn run(command: Command) -> Result<()> {
         Command::Token(args) => gateway::token(args),
         Command::Rules(args) => backtest::rules(args).await,
         Command::HashKey { key } => {
+            // `-`: the key from standard input (its first line), out of `ps` and shell history.
+            let key = if key == "-" {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the key from standard input")?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                key
+            };
             if key.len() < 16 {
                 bail!("use a key of at least 16 random characters");
             }

@@ -1739,6 +1739,87 @@ fn a_second_up_on_the_same_data_directory_is_refused_up_front() {
     drop(first);
 }
 
+/// Whatever the umask and the directory's mode, `up` writes its log, store and engine state —
+/// the SQLite files and their `-wal` and `-shm` — for its owner alone, and makes files already
+/// there (an older version's) so before it opens them. An outside audit read players' IPs from
+/// a 0644 `pitboss.db-wal` and `log/log.sqlite` in a directory made beforehand (0755).
+#[test]
+fn up_keeps_every_sqlite_file_of_its_data_directory_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("premade");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let files = |dir: &std::path::Path| {
+        let mut out = Vec::new();
+        for d in [dir.to_path_buf(), dir.join("log")] {
+            for e in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if [".db", ".sqlite", "-wal", "-shm"]
+                    .iter()
+                    .any(|x| name.ends_with(x))
+                {
+                    let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                    out.push((e.path().display().to_string(), mode));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let private = |files: &[(String, u32)]| files.iter().all(|(_, m)| m & 0o077 == 0);
+    let first = up(&dir);
+    // The engine opens its state a moment after the banner.
+    let start = std::time::Instant::now();
+    while !files(&dir)
+        .iter()
+        .any(|(p, _)| p.ends_with("antifraud.db-wal"))
+        && start.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = files(&dir);
+    assert!(
+        seen.iter().filter(|(p, _)| p.ends_with("-wal")).count() >= 3 && private(&seen),
+        "the log's, the store's and the engine's files with their -wal and -shm, private: {seen:?}"
+    );
+    drop(first);
+    // Files an older version left open to others are made private before they are opened.
+    for (path, _) in files(&dir) {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let again = up(&dir);
+    let seen = files(&dir);
+    assert!(private(&seen), "{seen:?}");
+    drop(again);
+}
+
+/// `pitboss hash-key -` reads the key from standard input (an argument shows in `ps` and shell
+/// history) and prints the same hash as the argument form.
+#[test]
+fn hash_key_reads_the_key_from_standard_input() {
+    use std::io::Write;
+    let key = "pk_live_0123456789abcdef";
+    let by_arg = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["hash-key", key])
+        .output()
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["hash-key", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    let by_stdin = child.wait_with_output().unwrap();
+    assert!(by_stdin.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&by_stdin.stdout).trim(),
+        pitboss_ingest::auth::hash_key(key)
+    );
+    assert_eq!(by_stdin.stdout, by_arg.stdout);
+}
+
 /// `pitboss ingest` on a bus without its topic is refused at start, naming it (events to it
 /// were answered 503 after the publish timeout, for ever, while /readyz said ready).
 #[test]
