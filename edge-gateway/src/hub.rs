@@ -13,6 +13,9 @@
 //! (rebuilt from the bus when the gateway starts), indexed per channel. For each partition the
 //! hub knows a *floor*: every record after it is in the history. A resume from a cursor at or
 //! after the floor of each of the channel's partitions is complete; one before it is `too_old`.
+//! The count bound is shared fairly: past it, the tenant holding the most records loses its
+//! oldest (and gets a floor of its own for that partition), so a tenant within its share of
+//! the history never loses a record to another tenant's volume.
 //! So that an idle subscription's cursor does not fall behind the floor, the hub sends it a
 //! fresh `cursor` frame on every tick when its channel's partitions moved.
 
@@ -143,7 +146,13 @@ struct TopicState {
     sequences: bool,
     floor: BTreeMap<Partition, Floor>,
     head: BTreeMap<Partition, Position>,
-    history: VecDeque<Arc<Entry>>,
+    /// The history, per tenant, in the order read (by time once the alerts are rebuilt).
+    history: HashMap<Arc<str>, VecDeque<Arc<Entry>>>,
+    /// Records held, over every tenant.
+    held: usize,
+    /// Per tenant and partition, past the topic's floor: the newest of the tenant's records
+    /// the count bound evicted (its history there is complete only after it).
+    tenant_floor: HashMap<Arc<str>, BTreeMap<Partition, Position>>,
     /// The history's entries by key (`tenant` + `id`).
     ids: HashMap<Arc<str>, Arc<Entry>>,
     caught_up: bool,
@@ -156,10 +165,40 @@ impl TopicState {
             sequences: false,
             floor: BTreeMap::new(),
             head: BTreeMap::new(),
-            history: VecDeque::new(),
+            history: HashMap::new(),
+            held: 0,
+            tenant_floor: HashMap::new(),
             ids: HashMap::new(),
             caught_up: false,
         }
+    }
+
+    /// Whether everything of `tenant` after `pos` on `p` is held (the topic's floor, and the
+    /// tenant's own past it).
+    fn holds_after(&self, tenant: &str, p: Partition, pos: Option<&Position>) -> bool {
+        let topic = match (pos, self.floor.get(&p)) {
+            (Some(pos), Some(Floor::After(f))) => pos >= f,
+            (None, Some(Floor::After(Position::Offset(-1)))) => true,
+            _ => false,
+        };
+        topic
+            && self
+                .tenant_floor
+                .get(tenant)
+                .and_then(|f| f.get(&p))
+                .is_none_or(|f| pos.is_some_and(|pos| pos >= f))
+    }
+
+    /// Takes `e` (the front of its tenant's history) out of the history: `floor` raised past it.
+    fn take_front(&mut self, tenant: &Arc<str>) -> Option<Arc<Entry>> {
+        let q = self.history.get_mut(tenant)?;
+        let e = q.pop_front()?;
+        if q.is_empty() {
+            self.history.remove(tenant);
+        }
+        self.held -= 1;
+        self.ids.remove(&e.key);
+        Some(e)
     }
 
     /// The cursor over `partitions` as they stand.
@@ -431,7 +470,9 @@ impl Hub {
             // as it does live, so the alerts past the history (kept open for operators) are the
             // same ones as before a restart.
             let by_time = |e: &Arc<Entry>| (e.bus_ms, e.partition, e.position.clone());
-            t.history.make_contiguous().sort_by_key(by_time);
+            for q in t.history.values_mut() {
+                q.make_contiguous().sort_by_key(by_time);
+            }
             for ch in self.channels.values_mut() {
                 if ch
                     .history
@@ -614,7 +655,11 @@ impl Hub {
         });
         let t = self.topic_mut(kind);
         t.ids.insert(entry.key.clone(), entry.clone());
-        t.history.push_back(entry.clone());
+        t.history
+            .entry(Arc::from(tenant_of(&entry.key)))
+            .or_default()
+            .push_back(entry.clone());
+        t.held += 1;
         applied.messages += 1;
         let ch = self.channels.get_mut(&name).expect("channel present");
         ch.history.push_back(entry.clone());
@@ -705,25 +750,51 @@ impl Hub {
 
     fn evict(&mut self, now_ms: i64) {
         for kind in [MessageType::Alert, MessageType::Push] {
-            loop {
-                let (max, age) = (self.config.history_max, self.config.history_max_age_ms);
-                let t = self.topic_mut(kind);
-                let Some(front) = t.history.front() else {
-                    break;
-                };
-                // While the alerts are rebuilt (read partition after partition, not in time
-                // order) only age evicts; the count bound waits for `caught_up`, which puts
-                // them in time order first.
-                let over = t.history.len() > max && (kind == MessageType::Push || t.caught_up);
-                if !over && front.bus_ms >= now_ms - age {
-                    break;
+            let (max, age) = (self.config.history_max, self.config.history_max_age_ms);
+            let mut gone = Vec::new();
+            let t = self.topic_mut(kind);
+            // By age, every tenant's: the topic's floor rises past them.
+            let tenants: Vec<Arc<str>> = t.history.keys().cloned().collect();
+            for tenant in tenants {
+                while t
+                    .history
+                    .get(&tenant)
+                    .and_then(VecDeque::front)
+                    .is_some_and(|f| f.bus_ms < now_ms - age)
+                {
+                    let Some(e) = t.take_front(&tenant) else {
+                        break;
+                    };
+                    let floor = t.floor.entry(e.partition).or_insert(Floor::Pending);
+                    if !matches!(floor, Floor::After(f) if *f >= e.position) {
+                        *floor = Floor::After(e.position.clone());
+                    }
+                    gone.push(e);
                 }
-                let Some(e) = t.history.pop_front() else {
+            }
+            // By count: the tenant holding the most loses its oldest, and that tenant alone
+            // gets a floor past it. While the alerts are rebuilt (read partition after
+            // partition, not in time order) only age evicts; the count bound waits for
+            // `caught_up`, which puts them in time order first.
+            while t.held > max && (kind == MessageType::Push || t.caught_up) {
+                let Some(tenant) = t
+                    .history
+                    .iter()
+                    .max_by_key(|(_, q)| q.len())
+                    .map(|(tenant, _)| tenant.clone())
+                else {
                     break;
                 };
-                t.ids.remove(&e.key);
-                t.floor
-                    .insert(e.partition, Floor::After(e.position.clone()));
+                let Some(e) = t.take_front(&tenant) else {
+                    break;
+                };
+                let floors = t.tenant_floor.entry(tenant).or_default();
+                if floors.get(&e.partition).is_none_or(|f| *f < e.position) {
+                    floors.insert(e.partition, e.position.clone());
+                }
+                gone.push(e);
+            }
+            for e in gone {
                 if kind == MessageType::Alert {
                     // Not acknowledged: its tenant's operators still get it on subscribe. (An
                     // ack is kept as long as an alert stays open, not with the history: a copy
@@ -736,8 +807,11 @@ impl Hub {
                     }
                 }
                 if let Some(ch) = self.channels.get_mut(&e.channel) {
+                    // The tenant's oldest is its channel's oldest (both in the order read).
                     if ch.history.front().is_some_and(|f| Arc::ptr_eq(f, &e)) {
                         ch.history.pop_front();
+                    } else if let Some(i) = ch.history.iter().position(|f| Arc::ptr_eq(f, &e)) {
+                        ch.history.remove(i);
                     }
                     if ch.history.is_empty() && ch.subscribers.is_empty() {
                         self.channels.remove(&e.channel);
@@ -1015,14 +1089,11 @@ impl Hub {
                     .map_err(|m| ProtocolError::new("invalid_cursor", format!("since: {m}")))?,
             ),
         };
+        let tenant = channel.tenant_id();
         let recoverable = since.as_ref().is_none_or(|s| {
             partitions
                 .iter()
-                .all(|p| match (s.get(p), topic.floor.get(p)) {
-                    (Some(pos), Some(Floor::After(f))) => pos >= f,
-                    (None, Some(Floor::After(Position::Offset(-1)))) => true,
-                    _ => false,
-                })
+                .all(|p| topic.holds_after(tenant, *p, s.get(p)))
         });
         // A cursor ahead of this instance's feed (the client came from an instance that had
         // read further): live messages up to it are not sent again.
@@ -1344,7 +1415,7 @@ impl Hub {
 
     /// How many messages the history holds (alerts, pushes).
     pub fn history_len(&self) -> (usize, usize) {
-        (self.alerts.history.len(), self.pushes.history.len())
+        (self.alerts.held, self.pushes.held)
     }
 
     /// The current cursor of a channel (tests, the publish API's answer).
@@ -1683,6 +1754,84 @@ mod tests {
             .unwrap();
         assert_eq!(s.recovery, Recovery::Complete);
         assert_eq!(b.frames().last().unwrap()["recovery"], "complete");
+    }
+
+    /// The count bound is shared fairly between tenants (an outside audit: one tenant
+    /// publishing 3,000 pushes to its own players made another tenant's player's resume
+    /// `too_old`, her pushes lost to her): past it, the tenant holding the most loses its
+    /// oldest, and only its own resumes from before them are `too_old`.
+    #[test]
+    fn one_tenants_volume_does_not_evict_another_tenants_history() {
+        let mut h = hub(HubConfig {
+            history_max: 10,
+            ..HubConfig::default()
+        });
+        let mut log = Log::default();
+        let push_to = |tenant: &str, i: u64, player: &str| {
+            let mut p = player_push(i, player);
+            p.tenant_id = tenant.into();
+            p
+        };
+        let victim = channel("player:victimco:alice");
+        let mut a = connect(&mut h, 1, "alice", 64);
+        h.subscribe(1, &victim, None, None, now()).unwrap();
+        let cursor = a.frames().last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        h.unregister(1);
+        for i in 0..3 {
+            h.apply(
+                MessageType::Push,
+                &[log.record(&push_to("victimco", i, "alice"))],
+                now(),
+            );
+        }
+        // The other tenant floods its own players, far past the bound.
+        let attacker = channel("player:attackerco:mallory");
+        let mut m = connect(&mut h, 2, "mallory", 64);
+        h.subscribe(2, &attacker, None, None, now()).unwrap();
+        let mallory_cursor = m.frames().last().unwrap()["cursor"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        h.unregister(2);
+        for i in 100..130 {
+            h.apply(
+                MessageType::Push,
+                &[log.record(&push_to("attackerco", i, "mallory"))],
+                now(),
+            );
+        }
+        assert_eq!(h.history_len().1, 10, "the bound holds");
+        let mut back = connect(&mut h, 3, "alice", 64);
+        let s = h.subscribe(3, &victim, Some(&cursor), None, now()).unwrap();
+        assert_eq!(
+            (s.recovery, s.replayed),
+            (Recovery::Complete, 3),
+            "alice's pushes are hers"
+        );
+        assert_eq!(back.message_ids(), ["push-0", "push-1", "push-2"]);
+        // The flooding tenant's own resume from before its evicted pushes is too old.
+        let mut again = connect(&mut h, 4, "mallory", 64);
+        let s = h
+            .subscribe(4, &attacker, Some(&mallory_cursor), None, now())
+            .unwrap();
+        assert_eq!(s.recovery, Recovery::TooOld);
+        assert_eq!(again.frames().last().unwrap()["recovery"], "too_old");
+        // Both at their share: the one holding more loses its oldest.
+        for i in 3..10 {
+            h.apply(
+                MessageType::Push,
+                &[log.record(&push_to("victimco", i, "alice"))],
+                now(),
+            );
+        }
+        assert_eq!(h.history_len().1, 10);
+        let mut last = connect(&mut h, 5, "alice", 64);
+        let s = h.subscribe(5, &victim, Some(&cursor), None, now()).unwrap();
+        assert_eq!(s.recovery, Recovery::TooOld, "past her share, hers go too");
+        drop(last.frames());
     }
 
     #[test]
