@@ -840,24 +840,6 @@ async fn handle(
                     AckSeen::No => {}
                 }
             }
-            // Only an alert of the tenant that this gateway holds (in the history, open, or
-            // acknowledged): an ack of any made-up id was stored and remembered, and enough of
-            // them pushed other tenants' acks out of memory, reopening their alerts.
-            if !is_ready {
-                let _ = ready.wait_for(|r| *r).await;
-            }
-            if !lock(&st.hub).knows_alert(&claims.tenant, &alert_id) {
-                return fail(
-                    cs,
-                    ProtocolError::new(
-                        "unknown_alert",
-                        format!(
-                            "alert {alert_id} is not an alert of tenant {} that this gateway holds (an alert can be acknowledged while it is in the history or open: unacknowledged and at most --open-alerts-max-age-secs old)",
-                            claims.tenant
-                        ),
-                    ),
-                );
-            }
             let ack = AlertAck {
                 ack_id: ack_id.unwrap_or_else(pitboss_model::live::new_message_id),
                 alert_id,
@@ -874,6 +856,24 @@ async fn handle(
                     .collect::<Vec<_>>()
                     .join("; ");
                 return fail(cs, ProtocolError::new("invalid_ack", m));
+            }
+            // Only an alert of the tenant that this gateway holds (in the history, open, or
+            // acknowledged): an ack of any made-up id was stored and remembered, and enough of
+            // them pushed other tenants' acks out of memory, reopening their alerts.
+            if !is_ready {
+                let _ = ready.wait_for(|r| *r).await;
+            }
+            if !lock(&st.hub).knows_alert(&claims.tenant, &ack.alert_id) {
+                return fail(
+                    cs,
+                    ProtocolError::new(
+                        "unknown_alert",
+                        format!(
+                            "alert {} is not an alert of tenant {} that this gateway holds (an alert can be acknowledged while it is in the history or open: unacknowledged and at most --open-alerts-max-age-secs old)",
+                            ack.alert_id, claims.tenant
+                        ),
+                    ),
+                );
             }
             // Stored in the background, so the connection keeps delivering (and pinging) while
             // the bus confirms; the answer follows in the connection's queue.

@@ -79,9 +79,9 @@ after(async () => {
   await cleanup();
 });
 
-async function upWithOperator(): Promise<{ pb: Pitboss; dir: string; op: string }> {
+async function upWithOperator(options: { rules?: boolean } = {}): Promise<{ pb: Pitboss; dir: string; op: string }> {
   const dir = tempDir();
-  const pb = await Pitboss.start(dir);
+  const pb = await Pitboss.start(dir, 0, options);
   const op = await pb.token({ role: 'operator', subject: 'ops' });
   return { pb, dir, op };
 }
@@ -376,7 +376,7 @@ describe('PitbossClient against pitboss up', () => {
   });
 
   it('acks: an operator gets acked with its ack_id; a player is refused with forbidden', async () => {
-    const { pb } = await upWithOperator();
+    const { pb } = await upWithOperator({ rules: true });
     const ops = newClient({ url: pb.wsUrl, token: await pb.token({ role: 'operator', subject: 'ops' }) });
     ops.subscribe('operator:demo');
     await ops.client.connect();
@@ -391,7 +391,11 @@ describe('PitbossClient against pitboss up', () => {
     await other.client.connect();
     await waitFor('the other subscription', () => other.recoveries.length === 1);
 
-    const alertId = randomUUID();
+    // A real alert (the gateway refuses an ack of an alert it does not hold: unknown_alert).
+    await assert.rejects(ops.client.ack(randomUUID()), (e: PitbossError) => e.code === 'unknown_alert');
+    await pb.betBurst('p-burst');
+    await waitFor('an alert', () => ops.messages.length >= 1);
+    const alertId = (ops.messages[0]!.data as unknown as { alert_id: string }).alert_id;
     const acked = await ops.client.ack(alertId, 'false_positive', 'checked with the player');
     await waitFor('the other console hears of the ack', () => heard.length === 1);
     assert.deepEqual(
@@ -415,14 +419,17 @@ describe('PitbossClient against pitboss up', () => {
   });
 
   it('an ack made while the gateway is down is sent when it is back', async () => {
-    const { pb, dir } = await upWithOperator();
+    const { pb, dir } = await upWithOperator({ rules: true });
     const ops = newClient({ url: pb.wsUrl, token: await pb.token({ role: 'operator', subject: 'ops' }) });
+    ops.subscribe('operator:demo');
     await ops.client.connect();
+    await pb.betBurst('p-burst');
+    await waitFor('an alert', () => ops.messages.length >= 1);
+    const alertId = (ops.messages[0]!.data as unknown as { alert_id: string }).alert_id;
     await pb.kill();
     await waitFor('the close', () => ops.closes.length >= 1);
-    const alertId = randomUUID();
     const pending = ops.client.ack(alertId, 'escalated');
-    await Pitboss.start(dir, pb.gatewayPort);
+    await Pitboss.start(dir, pb.gatewayPort, { rules: true });
     const acked = await pending;
     assert.equal(acked.alertId, alertId);
     assert.match(acked.ackId, UUID);

@@ -5,7 +5,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -91,11 +91,11 @@ export class Pitboss {
    * Starts `pitboss up` on `dataDir`; with `gatewayPort`, the gateway listens there (a restart
    * on the port the first run got: retried while the port is still busy).
    */
-  static async start(dataDir: string, gatewayPort = 0): Promise<Pitboss> {
+  static async start(dataDir: string, gatewayPort = 0, options: { rules?: boolean } = {}): Promise<Pitboss> {
     let lastError: unknown;
     for (let attempt = 0; attempt < 40; attempt++) {
       try {
-        return await Pitboss.startOnce(dataDir, gatewayPort);
+        return await Pitboss.startOnce(dataDir, gatewayPort, options.rules ?? false);
       } catch (e) {
         lastError = e;
         if (!(e instanceof PortBusy)) {
@@ -107,10 +107,10 @@ export class Pitboss {
     throw lastError;
   }
 
-  private static startOnce(dataDir: string, gatewayPort: number): Promise<Pitboss> {
+  private static startOnce(dataDir: string, gatewayPort: number, rules: boolean): Promise<Pitboss> {
     const args = [
       'up',
-      '--no-rules',
+      ...(rules ? [] : ['--no-rules']),
       '--data-dir',
       dataDir,
       '--listen',
@@ -189,6 +189,31 @@ export class Pitboss {
   /** A token signed with this data dir's secret. */
   token(options: TokenOptions): Promise<string> {
     return token(this.dataDir, options);
+  }
+
+  /**
+   * Sends 30 bets of `player` within a second through ingest (the demo tenant's key): with the
+   * rules running (`start(…, { rules: true })`), `fraud.bet_velocity` raises an alert — a real
+   * one, which the gateway lets an operator acknowledge.
+   */
+  async betBurst(player: string): Promise<void> {
+    const key = readFileSync(join(this.dataDir, 'demo-api-key'), 'utf8').trim();
+    const now = new Date().toISOString();
+    const events = Array.from({ length: 30 }, (_, i) => ({
+      tenant_id: 'demo',
+      player_id: player,
+      type: 'bet_placed',
+      occurred_at: now,
+      payload: { bet_id: `${player}-bet-${i}`, game_id: 'roulette', stake: { amount_minor: 500, currency: 'EUR' } },
+    }));
+    const res = await fetch(`http://${this.httpAddr}/v1/events`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+      body: JSON.stringify(events),
+    });
+    if (!res.ok) {
+      throw new Error(`ingest answered ${res.status}: ${await res.text()}`);
+    }
   }
 
   /** Publishes a push as an operator; retried on network errors (same push_id: idempotent). */
