@@ -239,11 +239,23 @@ function onFrame(f) {
       if (card && !card.classList.contains('acked')) markAcked(alertId, OUTCOMES[pending && pending.outcome] || 'acknowledged');
       break;
     }
-    case 'alert_acked':
-      // Any operator of the tenant, this console included, on any gateway instance.
+    case 'alert_acked': {
+      // Any operator of the tenant, this console included, on any gateway instance. A later
+      // conclusion that differs from the one shown says what it replaced (two operators who
+      // disagree both see it).
       if (state.hidden.delete(f.alert_id)) countOpen();
-      markAcked(f.alert_id, (OUTCOMES[f.outcome] || f.outcome) + ' by ' + f.operator_id + ' at ' + time(Date.parse(f.acked_at)));
+      let text = (OUTCOMES[f.outcome] || f.outcome) + ' by ' + f.operator_id + ' at ' + time(Date.parse(f.acked_at));
+      const card = state.alerts.get(f.alert_id);
+      if (card && card.dataset.outcome && card.dataset.outcome !== f.outcome) {
+        text += ' (was ' + (OUTCOMES[card.dataset.outcome] || card.dataset.outcome) + ' by ' + card.dataset.by + ')';
+      }
+      if (card) {
+        card.dataset.outcome = f.outcome;
+        card.dataset.by = f.operator_id;
+      }
+      markAcked(f.alert_id, text);
       break;
+    }
     case 'error': {
       const pending = state.pendingAcks.get(f.id);
       const alertId = pending && pending.alertId;

@@ -207,6 +207,16 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
     return document.getElementById('alert-count').textContent;
   });
   assert.equal(header, '(1005 open; the 5 oldest not shown)');
+  // Two operators who conclude differently both see it: the later ack says what it replaced.
+  const changed = await page.evaluate(() => {
+    const { addAlert, onFrame, state } = window.pitbossConsole;
+    addAlert({ alert_id: 'conflict-1', rule_id: 'test.rule', severity: 'low', detected_at: new Date().toISOString(), player_id: 'p', score: 1, total_score: 1, recommendation: 'review', reason: 'synthetic' });
+    const acked = (outcome, by) => ({ type: 'alert_acked', channel: 'operator:demo', alert_id: 'conflict-1', ack_id: by, outcome, operator_id: by, acked_at: new Date().toISOString() });
+    onFrame(acked('confirmed', 'opA'));
+    onFrame(acked('false_positive', 'opB'));
+    return state.alerts.get('conflict-1').querySelector('.ack-status').textContent;
+  });
+  assert.match(changed, /^false positive by opB at .+ \(was confirmed by opA\)$/);
   assert.deepEqual(errors, []);
   await page.close();
 });

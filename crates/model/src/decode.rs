@@ -72,7 +72,7 @@ pub fn decode_event_exact(json: &[u8]) -> Result<Event, Violation> {
         );
     }
     if let Ok(raw) = serde_json::from_slice::<RawEvent>(json) {
-        return raw.into_event();
+        return raw.into_event().map_err(|v| in_event(json, v));
     }
     let mut de = serde_json::Deserializer::from_slice(json);
     let raw: RawEvent = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -87,7 +87,53 @@ pub fn decode_event_exact(json: &[u8]) -> Result<Event, Violation> {
     })?;
     de.end()
         .map_err(|e| Violation::new("", ViolationCode::Malformed, e.to_string()))?;
-    raw.into_event()
+    raw.into_event().map_err(|v| in_event(json, v))
+}
+
+/// A `malformed` violation of the payload (a number out of range: text the envelope's parse
+/// let through) places itself in the payload's text ("at line 1 column 9"); this places it in
+/// the event's, as every other violation is placed.
+fn in_event(json: &[u8], mut v: Violation) -> Violation {
+    #[derive(Deserialize)]
+    struct PayloadAt<'a> {
+        #[serde(borrow, default)]
+        payload: Option<&'a RawValue>,
+    }
+    if v.code != ViolationCode::Malformed {
+        return v;
+    }
+    let Some(head) = v.message.rfind(" at line ") else {
+        return v;
+    };
+    let Some((line, column)) = v.message[head + " at line ".len()..]
+        .split_once(" column ")
+        .and_then(|(l, c)| Some((l.parse::<usize>().ok()?, c.parse::<usize>().ok()?)))
+    else {
+        return v;
+    };
+    let Ok(PayloadAt { payload: Some(raw) }) = serde_json::from_slice::<PayloadAt<'_>>(json) else {
+        return v;
+    };
+    let Some(start) = (raw.get().as_ptr() as usize)
+        .checked_sub(json.as_ptr() as usize)
+        .filter(|s| *s <= json.len())
+    else {
+        return v;
+    };
+    let before = &json[..start];
+    let first_line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let (line, column) = if line == 1 {
+        (first_line, start - line_start + column)
+    } else {
+        (first_line + line - 1, column)
+    };
+    v.message.truncate(head);
+    v.message = format!("{} at line {line} column {column}", v.message);
+    v
 }
 
 /// `malformed` at the empty path, saying where, when `json` is not one JSON value (cut off,
@@ -414,6 +460,32 @@ mod tests {
 
     fn err(json: &str) -> Violation {
         decode_event(json.as_bytes()).expect_err("must not decode")
+    }
+
+    /// A number out of range inside the payload is placed in the event's text (it was placed
+    /// in the payload's: "column 45" of an event whose payload began at column 112).
+    #[test]
+    fn a_number_out_of_range_in_the_payload_is_placed_in_the_event() {
+        let payload =
+            r#"{"bet_id":"b1","game_id":"g","stake":{"amount_minor":1e400,"currency":"EUR"}}"#;
+        let alone = serde_json::from_str::<BetPlaced>(payload).unwrap_err();
+        let event = format!(r#"{{{BASE},"type":"bet_placed","payload":{payload}}}"#);
+        let v = err(&event);
+        assert_eq!(v.code, ViolationCode::Malformed, "{v:?}");
+        let offset = event.find(payload).unwrap();
+        assert!(
+            v.message
+                .ends_with(&format!("at line 1 column {}", offset + alone.column())),
+            "{v:?} (alone: {alone})"
+        );
+        // On a later line of the event, the line and the column are the event's.
+        let event = format!("{{{BASE},\n\"type\":\"bet_placed\",\n\"payload\":\n{payload}}}");
+        let v = err(&event);
+        assert!(
+            v.message
+                .ends_with(&format!("at line 4 column {}", alone.column())),
+            "{v:?}"
+        );
     }
 
     const BASE: &str =
