@@ -160,6 +160,8 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
             if !pitboss_processor::schema::valid_identifier(&args.database) {
                 bail!("--database must be letters, digits and '_' (not starting with a digit)");
             }
+            pitboss_processor::sink::check_url(url)
+                .map_err(|e| anyhow::anyhow!("--clickhouse-url: {e}"))?;
             let client = pitboss_processor::sink::client(url, &args.database);
             // Printed without its password; a server that takes the connection but never
             // answers (stopped, or behind a proxy that holds it) fails the run, not hangs it.

@@ -246,6 +246,22 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     let spec = args.bus.spec()?;
     let verifier = args.keys.verifier().await?;
     let bus = spec.open().await?;
+    // A topic that is not there is refused now, as by the other roles (the feed retried it for
+    // ever, and receipts to a missing `deliveries` were dropped a while later).
+    let mut needed = vec![
+        (&args.alerts_topic, "--alerts-topic"),
+        (&args.pushes_topic, "--pushes-topic"),
+        (&args.acks_topic, "--acks-topic"),
+    ];
+    if !matches!(args.tuning.receipts, ReceiptsArg::Off) {
+        needed.push((&args.deliveries_topic, "--deliveries-topic"));
+    }
+    if args.presence_topic != "none" {
+        needed.push((&args.presence_topic, "--presence-topic"));
+    }
+    for (topic, flag) in needed {
+        crate::require_topic(&*bus, topic, flag).await?;
+    }
     let (keying, sequences) = match args.bus.kind {
         BusKind::Kinesis => (Keying::Unknown, true),
         BusKind::Kafka | BusKind::Embedded => (Keying::Crc32, false),
@@ -276,6 +292,10 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     );
     pitboss_runtime::http::raise_fd_limit();
     let stop = Shutdown::on_signals();
+    if let Some(url) = &args.stats_clickhouse_url {
+        pitboss_processor::sink::check_url(url)
+            .map_err(|e| anyhow::anyhow!("--stats-clickhouse-url: {e}"))?;
+    }
     let mut state = pitboss_gateway::start(bus, verifier, config, stop.clone());
     if let Some(url) = &args.stats_clickhouse_url {
         let client = pitboss_processor::sink::client(url, &args.stats_clickhouse_database);

@@ -334,6 +334,8 @@ async fn clickhouse_client(
     if !pitboss_processor::schema::valid_identifier(&args.database) {
         bail!("--database must be letters, digits and '_' (not starting with a digit)");
     }
+    pitboss_processor::sink::check_url(&args.clickhouse)
+        .map_err(|e| anyhow::anyhow!("--clickhouse: {e}"))?;
     let layout = args.layout()?;
     let server = pitboss_processor::sink::client(&args.clickhouse, "default");
     // Bounded: a server that takes the connection and never answers is found by this first
@@ -1287,7 +1289,7 @@ macro_rules! say {
 
 /// Refuses a topic the bus does not have (`what`: the flag or setting that names it); other
 /// errors (a broker not answering yet) are left to the role's own retries.
-async fn require_topic(bus: &dyn Bus, topic: &str, what: &str) -> Result<()> {
+pub(crate) async fn require_topic(bus: &dyn Bus, topic: &str, what: &str) -> Result<()> {
     if let Err(pitboss_bus::BusError::UnknownTopic(_)) = bus.partition_count(topic).await {
         bail!(
             "{what} {topic:?}: no such topic on the bus; make the topics with `pitboss topics` (docs/deploy.md) or name one that exists"

@@ -1794,6 +1794,26 @@ fn up_keeps_every_sqlite_file_of_its_data_directory_private() {
     drop(again);
 }
 
+/// A ClickHouse URL that is not http:// or https:// is refused at start, naming it without its
+/// password (`process` retried `ftp://…` for ever as a server that did not answer yet).
+#[test]
+fn a_clickhouse_url_of_another_scheme_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["process", "--kafka-bootstrap", "127.0.0.1:1"])
+        .args(["--clickhouse", "ftp://127.0.0.1:2121/?password=s3cret"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said
+                .contains("--clickhouse: ftp://127.0.0.1:2121/ is not an http:// or https:// URL")
+            && !said.contains("s3cret"),
+        "{said}"
+    );
+}
+
 /// `pitboss hash-key -` reads the key from standard input (an argument shows in `ps` and shell
 /// history) and prints the same hash as the argument form.
 #[test]

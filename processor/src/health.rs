@@ -7,9 +7,11 @@
 //!   insert hangs or is retried (the processor then stops polling, so neither the consumer
 //!   lag nor the freshness of stored batches moves).
 //! - [`StoreHealth`]: whether the store answers, for a process's `/readyz` (`pitboss process`):
-//!   not reached yet at start, or failing since when and why.
+//!   not reached yet at start, failing since when and why, or a call under way without an
+//!   answer for [`NO_ANSWER`] (a store that hangs fails only at `--clickhouse-timeout-secs`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -96,9 +98,17 @@ impl Eq for StoreHealth {}
 struct State {
     /// Set while the process has not reached its store yet: why.
     unreached: Option<String>,
-    /// Since when the store's calls have failed without one succeeding, and the latest error.
+    /// Since when the store's calls have failed without one succeeding (when the first failed
+    /// call began), and the latest error.
     failing: Option<(Instant, String)>,
+    /// Calls to the store under way, by when each began.
+    calls: BTreeMap<u64, Instant>,
+    next_call: u64,
 }
+
+/// How long a call to the store may go without an answer before `/readyz` says so (a store
+/// that hangs would otherwise read ready until the call times out).
+pub const NO_ANSWER: Duration = Duration::from_secs(10);
 
 impl StoreHealth {
     /// A store the process is still trying to reach at start; `why` is the latest attempt's
@@ -114,12 +124,48 @@ impl StoreHealth {
 
     /// A call to the store failed (and is retried).
     pub fn failed(&self, error: &dyn std::fmt::Display) {
+        self.failed_since(Instant::now(), error);
+    }
+
+    /// A call to the store begun at `began` failed.
+    fn failed_since(&self, began: Instant, error: &dyn std::fmt::Display) {
         let mut state = lock(&self.0);
         let since = state
             .failing
             .as_ref()
-            .map_or_else(Instant::now, |(s, _)| *s);
+            .map_or(began, |(s, _)| (*s).min(began));
         state.failing = Some((since, error.to_string()));
+    }
+
+    /// Runs a call to the store, counted as under way meanwhile: it succeeded (or the store
+    /// answered by refusing rows), or it failed since it began.
+    pub(crate) async fn watch<T>(
+        &self,
+        call: impl Future<Output = Result<T, crate::ProcessorError>>,
+    ) -> Result<T, crate::ProcessorError> {
+        /// Unregisters the call however it ends (a cancelled future included).
+        struct Done<'a>(&'a StoreHealth, u64);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                lock(&(self.0).0).calls.remove(&self.1);
+            }
+        }
+        let began = Instant::now();
+        let id = {
+            let mut state = lock(&self.0);
+            state.next_call += 1;
+            let id = state.next_call;
+            state.calls.insert(id, began);
+            id
+        };
+        let done = Done(self, id);
+        let result = call.await;
+        drop(done);
+        match &result {
+            Ok(_) | Err(crate::ProcessorError::Refused(_)) => self.succeeded(),
+            Err(e) => self.failed_since(began, e),
+        }
+        result
     }
 
     /// A call to the store succeeded.
@@ -130,17 +176,29 @@ impl StoreHealth {
         }
     }
 
-    /// Why the processors do not store now, if they do not: `store: not reached yet: …` or
-    /// `store: failing for 12 s: …` (the latest error).
+    /// Why the processors do not store now, if they do not: `store: not reached yet: …`,
+    /// `store: failing for 12 s: …` (the latest error), or `store: no answer for 12 s` (a call
+    /// under way for [`NO_ANSWER`] or longer).
     pub fn not_ready(&self) -> Option<String> {
+        self.not_ready_after(NO_ANSWER)
+    }
+
+    fn not_ready_after(&self, no_answer: Duration) -> Option<String> {
         let state = lock(&self.0);
         if let Some(why) = &state.unreached {
             return Some(format!("store: not reached yet: {why}"));
         }
-        state.failing.as_ref().map(|(since, why)| {
-            format!(
+        if let Some((since, why)) = &state.failing {
+            return Some(format!(
                 "store: failing for {} s: {why}",
-                Duration::as_secs(&since.elapsed())
+                since.elapsed().as_secs()
+            ));
+        }
+        let oldest = state.calls.values().min()?;
+        (oldest.elapsed() >= no_answer).then(|| {
+            format!(
+                "store: no answer for {} s (a call under way)",
+                oldest.elapsed().as_secs()
             )
         })
     }
@@ -198,5 +256,38 @@ mod tests {
         );
         h.succeeded();
         assert_eq!(h.not_ready(), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_an_answer_is_not_ready_and_a_failure_counts_from_its_start() {
+        let h = StoreHealth::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), crate::ProcessorError>>();
+        let call = tokio::spawn({
+            let h = h.clone();
+            async move { h.watch(async { rx.await.unwrap() }).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(h.not_ready(), None, "under way, not for long");
+        let why = h.not_ready_after(Duration::from_millis(10)).unwrap();
+        assert!(why.starts_with("store: no answer for 0 s"), "{why}");
+        tx.send(Err(crate::ProcessorError::Store("timed out".into())))
+            .unwrap();
+        assert!(call.await.unwrap().is_err());
+        let why = h.not_ready().unwrap();
+        assert!(
+            why.starts_with("store: failing for 0 s: store: timed out"),
+            "{why}"
+        );
+        // The next call that succeeds ends it; a finished call is no longer under way.
+        h.watch(async { Ok(()) }).await.unwrap();
+        assert_eq!(h.not_ready_after(Duration::ZERO), None);
+        // A call dropped before it answered is not counted as under way.
+        let pending = h.watch(std::future::pending::<Result<(), crate::ProcessorError>>());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), pending)
+                .await
+                .is_err()
+        );
+        assert_eq!(h.not_ready_after(Duration::ZERO), None);
     }
 }

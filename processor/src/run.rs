@@ -784,11 +784,7 @@ impl<R: StoredRow> Inserter<R> {
         let mut piece = piece.clone();
         let mut schema_since: Option<Instant> = None;
         loop {
-            let result = self.sink.insert(&piece).await;
-            match &result {
-                Ok(()) | Err(ProcessorError::Refused(_)) => self.health.succeeded(),
-                Err(e) => self.health.failed(e),
-            }
+            let result = self.health.watch(self.sink.insert(&piece)).await;
             let error = match result {
                 Ok(()) => return Ok(()),
                 Err(e @ ProcessorError::Refused(_)) => e,
@@ -868,13 +864,9 @@ where
 {
     let mut delay = initial;
     loop {
-        match f(sink.clone(), topic.clone()).await {
-            Ok(v) => {
-                health.succeeded();
-                return Ok(v);
-            }
+        match health.watch(f(sink.clone(), topic.clone())).await {
+            Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => {
-                health.failed(&e);
                 tracing::warn!(error = %e, "store unavailable; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);

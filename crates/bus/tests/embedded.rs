@@ -432,6 +432,64 @@ fn consumer_lag_per_partition_follows_what_is_processed() {
     });
 }
 
+/// A partition taken away from a member (a second member joined) reads 0 in the old member's
+/// lag gauge: the new owner reports it now, and the old member's last value was counted for
+/// ever in the group's sum (an outside audit: 42 records of lag on an idle group, Kafka too).
+#[test]
+fn a_revoked_partitions_lag_is_no_longer_reported_by_its_old_member() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let lag = |text: &str, p: u32| {
+        let labels = format!("topic=\"moved\",partition=\"{p}\"}} ");
+        text.lines()
+            .filter(|l| l.starts_with("pitboss_consumer_lag_records{group=\""))
+            .find_map(|l| l.split_once(&labels).map(|(_, v)| v))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+            bus.create_topic("moved", 2).await.unwrap();
+            let records = (0..40)
+                .map(|i| OutRecord::new(format!("k{i}"), vec![1]))
+                .collect();
+            bus.publisher().publish("moved", records).await.unwrap();
+            let mut first = bus
+                .consumer("g", "moved", ConsumerConfig::default())
+                .await
+                .unwrap();
+            // Owns both, reports their lag (nothing is stored).
+            let start = std::time::Instant::now();
+            while lag(&handle.render(), 0).is_none() || lag(&handle.render(), 1).is_none() {
+                assert!(start.elapsed() < Duration::from_secs(20));
+                first.poll(1000, Duration::from_millis(100)).await.unwrap();
+            }
+            let _second = bus
+                .consumer("g", "moved", ConsumerConfig::default())
+                .await
+                .unwrap();
+            let revoked = loop {
+                assert!(start.elapsed() < Duration::from_secs(20));
+                if let Delivery::Revoking(parts) =
+                    first.poll(1000, Duration::from_millis(100)).await.unwrap()
+                {
+                    break parts;
+                }
+            };
+            assert_eq!(revoked.len(), 1, "{revoked:?}");
+            let text = handle.render();
+            let (gone, kept) = (revoked[0], 1 - revoked[0]);
+            assert_eq!(lag(&text, gone), Some(0.0), "{text}");
+            assert!(lag(&text, kept).is_some_and(|v| v > 0.0), "{text}");
+        });
+    });
+}
+
 /// Every append wakes every reader of the log; a reader (or group member) whose partitions did
 /// not grow goes back to waiting without querying the database. Without that, each record
 /// published cost every consumer of every topic a query on a blocking thread (`pitboss up`

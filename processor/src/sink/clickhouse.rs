@@ -148,6 +148,24 @@ pub fn client(url: &str, database: &str) -> Client {
     client
 }
 
+/// Whether `url` can name a ClickHouse server: an `http://` or `https://` URL with a host
+/// (any other is refused at start, naming it without its password; it was retried for ever).
+pub fn check_url(url: &str) -> Result<(), String> {
+    match url::Url::parse(&credentials(url).0) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(format!(
+            "{} is not an http:// or https:// URL of a ClickHouse server",
+            redacted_url(url)
+        )),
+        Err(e) => Err(format!("{}: not a URL ({e})", redacted_url(url))),
+    }
+}
+
 /// `url` without its `user` and `password` query parameters: what may be logged or printed.
 pub fn redacted_url(url: &str) -> String {
     match url::Url::parse(&credentials(url).0) {
@@ -621,6 +639,19 @@ fn check_replicas_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host_name_a_server() {
+        assert!(check_url("http://127.0.0.1:8123").is_ok());
+        assert!(check_url("https://ch.example.com:8443/?user=u&password=p").is_ok());
+        let e = check_url("ftp://ch:21/?password=s3cret").unwrap_err();
+        assert!(
+            e.contains("not an http:// or https:// URL") && !e.contains("s3cret"),
+            "{e}"
+        );
+        assert!(check_url("127.0.0.1:8123").is_err());
+        assert!(check_url("").is_err());
+    }
 
     #[test]
     fn redacted_urls_keep_no_password() {

@@ -256,6 +256,22 @@ impl Consumer for EmbeddedConsumer {
             match self.sync_with_group() {
                 Change::Revoking(parts) => {
                     self.cursors.retain(|c| !parts.contains(&c.partition));
+                    // Another member reports them now: their last value here would be counted
+                    // for ever in the group's sum.
+                    for (t, p) in self.processed.keys() {
+                        if !parts.contains(p) {
+                            continue;
+                        }
+                        if let Some(name) = self.topics.iter().find(|f| f.meta.id == *t) {
+                            metrics::gauge!(
+                                "pitboss_consumer_lag_records",
+                                "group" => self.member.group.clone(),
+                                "topic" => name.name.to_string(),
+                                "partition" => p.to_string(),
+                            )
+                            .set(0.0);
+                        }
+                    }
                     self.processed.retain(|(_, p), _| !parts.contains(p));
                     self.releasing = parts.clone();
                     return Ok(Delivery::Revoking(parts));

@@ -53,6 +53,8 @@ pub(super) struct Ctx {
     start: StartFrom,
     request_timeout: Duration,
     flags: Arc<Flags>,
+    /// The partitions whose lag this member reported (set to 0 once they are no longer its).
+    lag_reported: std::sync::Mutex<std::collections::HashSet<(Arc<str>, i32)>>,
 }
 
 impl Ctx {
@@ -215,23 +217,41 @@ impl ClientContext for Ctx {
     /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each partition this
     /// member owns, as records between the partition's end and the offset stored as processed.
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut reported = self
+            .lag_reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for name in &self.topics {
             let Some(topic) = statistics.topics.get(&**name) else {
                 continue;
             };
             for (id, p) in &topic.partitions {
-                // -1 is librdkafka's internal "unassigned" partition; a negative lag means
-                // unknown (not owned, or nothing fetched yet).
-                if *id < 0 || p.consumer_lag_stored < 0 {
+                // -1 is librdkafka's internal "unassigned" partition.
+                if *id < 0 {
                     continue;
                 }
-                metrics::gauge!(
-                    "pitboss_consumer_lag_records",
-                    "group" => self.group.to_string(),
-                    "topic" => name.to_string(),
-                    "partition" => id.to_string(),
-                )
-                .set(p.consumer_lag_stored as f64);
+                let gauge = || {
+                    metrics::gauge!(
+                        "pitboss_consumer_lag_records",
+                        "group" => self.group.to_string(),
+                        "topic" => name.to_string(),
+                        "partition" => id.to_string(),
+                    )
+                };
+                let key = (name.clone(), *id);
+                if !p.desired {
+                    // Taken away (another member owns it now, and reports it): its last value
+                    // here would be counted for ever in the group's sum.
+                    if reported.remove(&key) {
+                        gauge().set(0.0);
+                    }
+                    continue;
+                }
+                // A negative lag is unknown (nothing fetched yet): the last value stands.
+                if p.consumer_lag_stored >= 0 {
+                    gauge().set(p.consumer_lag_stored as f64);
+                    reported.insert(key);
+                }
             }
         }
     }
@@ -414,6 +434,7 @@ impl KafkaConsumer {
             start: config.start,
             request_timeout: kafka.request_timeout,
             flags: flags.clone(),
+            lag_reported: std::sync::Mutex::default(),
         };
         let consumer: BaseConsumer<Ctx> =
             c.create_with_context(ctx).map_err(super::create_error)?;
