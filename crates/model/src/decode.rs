@@ -465,6 +465,7 @@ mod tests {
     /// A number out of range inside the payload is placed in the event's text (it was placed
     /// in the payload's: "column 45" of an event whose payload began at column 112).
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn a_number_out_of_range_in_the_payload_is_placed_in_the_event() {
         let payload =
             r#"{"bet_id":"b1","game_id":"g","stake":{"amount_minor":1e400,"currency":"EUR"}}"#;
