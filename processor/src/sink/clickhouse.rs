@@ -641,6 +641,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn only_http_and_https_urls_with_a_host_name_a_server() {
         assert!(check_url("http://127.0.0.1:8123").is_ok());
         assert!(check_url("https://ch.example.com:8443/?user=u&password=p").is_ok());
