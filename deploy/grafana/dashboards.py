@@ -84,11 +84,21 @@ DASHBOARDS = {
         ch("Active players", f"""
             SELECT {bucket('minute')} AS t, uniqMerge(players) AS active_players
             FROM players_per_minute WHERE {TENANT} AND $__timeFilter(minute)
-            GROUP BY t ORDER BY t""", ["t", "active_players"]),
+            GROUP BY t ORDER BY t""", ["t", "active_players"],
+           description="Players with any stored event in the interval: logins (failed ones too), "
+                       "sessions, money movements, bets. Bettors: the next panels."),
         ch("Active players in the range", f"""
             SELECT uniqMerge(players) AS active_players
             FROM players_per_minute WHERE {TENANT} AND $__timeFilter(minute)""",
-           ["active_players"], kind="stat", w=6),
+           ["active_players"], kind="stat", w=6,
+           description="Players with any stored event in the range (failed logins included)."),
+        ch("Bettors and depositors in the range", f"""
+            SELECT uniqExactIf(player_id, type = 'bet_placed') AS bettors,
+                   uniqExactIf(player_id, type = 'deposit') AS depositors
+            FROM events WHERE {TENANT} AND $__timeFilter(occurred_at)
+              AND type IN ('bet_placed', 'deposit')""",
+           ["bettors", "depositors"], kind="stat", w=6,
+           description="Players who placed a bet, and who made a deposit, in the range (scans the tenant's events)."),
         ch("New players (first event in the range)", f"""
             SELECT count() AS new_players FROM (
                 SELECT player_id, min(occurred_at) AS first_seen FROM events
@@ -148,6 +158,25 @@ DASHBOARDS = {
                 USING alert_id)
             GROUP BY rule_id ORDER BY p95_seconds DESC""",
            ["rule_id", "acknowledged", "p50_seconds", "p95_seconds"], kind="table"),
+        ch("Operators' conclusions by rule (tuning: false positives)", f"""
+            SELECT rule_id, count() AS concluded,
+                   countIf(outcome = 'false_positive') AS false_positives,
+                   countIf(outcome = 'confirmed') AS confirmed,
+                   countIf(outcome = 'escalated') AS escalated,
+                   round(false_positives / concluded, 3) AS false_positive_share
+            FROM (
+                SELECT alert_id, argMax(outcome, acked_at_ms) AS outcome
+                FROM alert_acks WHERE {TENANT} GROUP BY alert_id) AS k
+            GLOBAL ALL INNER JOIN (
+                SELECT alert_id, any(rule_id) AS rule_id
+                FROM alerts WHERE {TENANT} AND $__timeFilter(detected_at) GROUP BY alert_id) AS a
+            USING alert_id
+            GROUP BY rule_id ORDER BY false_positive_share DESC, concluded DESC""",
+           ["rule_id", "concluded", "false_positives", "confirmed", "escalated", "false_positive_share"],
+           kind="table",
+           description="Each alert detected in the range counted once, by its operators' latest conclusion "
+                       "(the latest ack): a rule with a high false-positive share is one to tune "
+                       "(`pitboss rules backtest`, docs/rules.md)."),
         ch("Alerts not acknowledged", f"""
             SELECT alert_id, any(rule_id) AS rule_id, any(severity) AS severity,
                    any(player_id) AS player_id, min(detected_at) AS first_detected_at, any(reason) AS reason
@@ -160,11 +189,24 @@ DASHBOARDS = {
         ch("Pushes by marker", f"""
             SELECT {bucket('created_at')} AS t, kind, uniqExact(push_id) AS pushes
             FROM pushes WHERE {TENANT} AND $__timeFilter(created_at) AND kind LIKE 'rg.%'
-            GROUP BY t, kind ORDER BY t""", ["t", "kind", "pushes"]),
-        ch("Markers in the range", f"""
-            SELECT kind, uniqExact(push_id) AS pushes, uniqExact(target_id) AS players
-            FROM pushes WHERE {TENANT} AND $__timeFilter(created_at) AND kind LIKE 'rg.%'
-            GROUP BY kind ORDER BY pushes DESC""", ["kind", "pushes", "players"], kind="table"),
+              AND source_type = 'rule'
+            GROUP BY t, kind ORDER BY t""", ["t", "kind", "pushes"],
+           description="The rules' interventions only: an operator may publish a push of any kind."),
+        ch("Markers in the range, and whether the player saw them", f"""
+            SELECT kind, uniqExact(push_id) AS pushes, uniqExact(target_id) AS players,
+                   uniqExactIf(push_id, delivered = 1) AS delivered
+            FROM (
+                SELECT tenant_id, push_id, kind, target_id FROM pushes
+                WHERE {TENANT} AND $__timeFilter(created_at) AND kind LIKE 'rg.%'
+                  AND source_type = 'rule') AS p
+            ALL LEFT JOIN (
+                SELECT DISTINCT tenant_id, message_id AS push_id, toUInt8(1) AS delivered
+                FROM deliveries WHERE {TENANT} AND message_type = 'push') AS d
+            USING (tenant_id, push_id)
+            GROUP BY kind ORDER BY pushes DESC""", ["kind", "pushes", "players", "delivered"],
+           kind="table",
+           description="Rule pushes, and how many reached a player's screen (a delivery receipt, "
+                       "docs/gateway.md): the rest found the player offline."),
         ch("Responsible-gambling alerts by rule", f"""
             SELECT rule_id, uniqExact(alert_id) AS alerts, uniqExact(player_id) AS players
             FROM alerts WHERE {TENANT} AND $__timeFilter(detected_at)
