@@ -557,56 +557,6 @@ type Ws =
 
 /// A player of `acme` allowed in `rooms`, connected to the gateway on `port` (retrying while it
 /// starts) and subscribed to `channel`.
-/// A gateway whose topic is missing is refused at start, naming the flag and the topic, as the
-/// other roles are (its feed retried a missing `--alerts-topic` for ever; receipts to a missing
-/// `--deliveries-topic` were dropped a while later, /readyz 200 meanwhile).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_whose_topic_is_missing_is_refused_at_start() {
-    let (_bus, topics) = kafka_topics("gwmissing", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
-    for flag in ["--alerts-topic", "--deliveries-topic"] {
-        let log = dir.path().join("gw.log");
-        let missing = Topics {
-            alerts: if flag == "--alerts-topic" {
-                "nosuch_topic_here".into()
-            } else {
-                topics.alerts.clone()
-            },
-            pushes: topics.pushes.clone(),
-            acks: topics.acks.clone(),
-            deliveries: if flag == "--deliveries-topic" {
-                "nosuch_topic_here".into()
-            } else {
-                topics.deliveries.clone()
-            },
-            presence: topics.presence.clone(),
-        };
-        let mut child = gateway_with(0, "gw-missing", &secret, &missing, &log, &[]);
-        let status = tokio::task::spawn_blocking(move || {
-            let start = std::time::Instant::now();
-            loop {
-                if let Some(status) = child.0.try_wait().unwrap() {
-                    return Some(status);
-                }
-                if start.elapsed() > Duration::from_secs(30) {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-        .await
-        .unwrap();
-        let said = std::fs::read_to_string(&log).unwrap();
-        assert!(
-            status.is_some_and(|s| !s.success())
-                && said.contains(&format!("{flag} \"nosuch_topic_here\": no such topic")),
-            "{flag}: {status:?} {said}"
-        );
-    }
-}
-
 async fn subscribed(port: u16, player: &str, rooms: &[&str], channel: &str) -> Ws {
     let claims = pitboss_gateway::auth::claims(
         "acme",

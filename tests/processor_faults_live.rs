@@ -2308,6 +2308,53 @@ impl Freezer {
     }
 }
 
+/// A standalone gateway whose topic is missing is refused at start, naming the flag and the
+/// topic, as the other roles are (its feed retried a missing `--alerts-topic` for ever;
+/// receipts to a missing `--deliveries-topic` were dropped a while later, /readyz 200
+/// meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_topic_is_missing_is_refused_at_start() {
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("gwmissing");
+    let bus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    for t in ["alerts", "pushes", "acks", "deliveries", "presence"] {
+        bus.create_topic(&format!("{name}_{t}"), 1).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    for missing in ["alerts", "deliveries"] {
+        let topic = |t: &str| {
+            if t == missing {
+                "nosuch_topic_here".to_owned()
+            } else {
+                format!("{name}_{t}")
+            }
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["gateway", "--bus", "kafka", "--kafka-bootstrap", &kafka])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--jwt-secret-file")
+            .arg(&secret)
+            .args(["--alerts-topic", &topic("alerts")])
+            .args(["--pushes-topic", &topic("pushes")])
+            .args(["--acks-topic", &topic("acks")])
+            .args(["--deliveries-topic", &topic("deliveries")])
+            .args(["--presence-topic", &topic("presence")])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && said.contains(&format!(
+                    "--{missing}-topic \"nosuch_topic_here\": no such topic"
+                )),
+            "{missing}: {said}"
+        );
+    }
+}
+
 /// A ClickHouse that takes the connection and never answers, in the middle of a run
 /// (docs/processor.md, `--clickhouse-timeout-secs`): the processor's insert fails after the
 /// timeout with a warning naming it, and is retried; once ClickHouse answers again every

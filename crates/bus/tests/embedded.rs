@@ -369,7 +369,11 @@ fn acknowledged_records_survive_sigkill() {
 }
 
 fn lag_of(text: &str, partition: u32) -> Option<f64> {
-    let labels = format!("topic=\"lagged\",partition=\"{partition}\"}} ");
+    lag_on(text, "lagged", partition)
+}
+
+fn lag_on(text: &str, topic: &str, partition: u32) -> Option<f64> {
+    let labels = format!("topic=\"{topic}\",partition=\"{partition}\"}} ");
     text.lines()
         .filter(|l| l.starts_with("pitboss_consumer_lag_records{group=\""))
         .find_map(|l| l.split_once(&labels).map(|(_, v)| v))
@@ -444,13 +448,7 @@ fn a_revoked_partitions_lag_is_no_longer_reported_by_its_old_member() {
         .build()
         .unwrap();
     let dir = TempDir::new().unwrap();
-    let lag = |text: &str, p: u32| {
-        let labels = format!("topic=\"moved\",partition=\"{p}\"}} ");
-        text.lines()
-            .filter(|l| l.starts_with("pitboss_consumer_lag_records{group=\""))
-            .find_map(|l| l.split_once(&labels).map(|(_, v)| v))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let lag = |text: &str, p: u32| lag_on(text, "moved", p);
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
             let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
