@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod http;
+pub mod lambda;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -61,7 +61,32 @@ async fn respond(State(rt): State<Runtime>, Path(id): Path<String>, body: String
     "{}"
 }
 
+/// `/runtime/init/error`: kept as the answer of invocation `init/error`, its
+/// `Lambda-Runtime-Function-Error-Type` header under `"header"`.
+async fn init_error(State(rt): State<Runtime>, headers: HeaderMap, body: String) -> &'static str {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+    if let Some(obj) = value.as_object_mut() {
+        let header = headers
+            .get("lambda-runtime-function-error-type")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        obj.insert("header".into(), header.into());
+    }
+    rt.answers
+        .lock()
+        .expect("fake runtime")
+        .insert("init/error".into(), value);
+    rt.answered.notify_waiters();
+    "{}"
+}
+
 impl Runtime {
+    /// What the function posted to `/runtime/init/error`, waiting up to `wait`.
+    pub async fn init_error(&self, wait: Duration) -> Option<serde_json::Value> {
+        self.answer("init/error", wait).await
+    }
+
     /// Serves on a loopback port; returns `host:port` for `AWS_LAMBDA_RUNTIME_API`.
     pub async fn start(&self) -> String {
         let app = axum::Router::new()
@@ -71,6 +96,7 @@ impl Runtime {
                 post(respond),
             )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(respond))
+            .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

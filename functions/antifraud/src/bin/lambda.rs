@@ -61,13 +61,28 @@ async fn main() -> Result<(), pitboss_runtime::Failure> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .without_time() // CloudWatch stamps every line
+        .with_ansi(false) // CloudWatch shows escape codes as they are
         .init();
-    let function = Arc::new(function().await?);
+    let function = match function().await {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            // To the Runtime API as well as the log: the invoker sees why.
+            let failure = pitboss_runtime::Failure::from(e);
+            pitboss_runtime::lambda::report_init_error(&format!("{failure:?}")).await;
+            return Err(failure);
+        }
+    };
     Ok(
         lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
             let function = function.clone();
             async move {
-                let invocation = parse_event(event.payload)?;
+                // Not a batch of a Kinesis or Kafka mapping: named as such (its error type
+                // read as a Rust type name).
+                let invocation =
+                    parse_event(event.payload).map_err(|e| lambda_runtime::Diagnostic {
+                        error_type: "Pitboss.InvalidEvent".into(),
+                        error_message: e.to_string(),
+                    })?;
                 // Answer before Lambda's deadline: a batch still running then is reported failed
                 // (and retried) rather than timed out.
                 let left = event
@@ -92,7 +107,7 @@ async fn main() -> Result<(), pitboss_runtime::Failure> {
                         true
                     }
                 };
-                Ok::<Value, lambda_runtime::Error>(response(&invocation, failed))
+                Ok::<Value, lambda_runtime::Diagnostic>(response(&invocation, failed))
             }
         }))
         .await?,

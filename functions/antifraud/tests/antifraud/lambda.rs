@@ -394,6 +394,64 @@ async fn msk_batches_over_two_partitions_publish_to_kafka_exactly_one_engines_al
     assert_eq!(got, want);
 }
 
+/// The function's failures as the Runtime API contract asks: an init failure (no state table)
+/// posted to `/runtime/init/error` naming the variable (the invoker saw `Runtime.ExitError`
+/// only), and a payload that is no mapping's batch answered with a readable error type (it
+/// was a Rust type name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_failures_and_unreadable_payloads_are_reported_as_the_runtime_api_asks() {
+    let moto = pitboss_testkit::kinesis();
+    let runtime = Runtime::default();
+    let runtime_api = runtime.start().await;
+    let without_table = Setup {
+        runtime,
+        runtime_api,
+        env: vec![("PITBOSS_BUS".into(), "kinesis".into())],
+    };
+    let mut function = without_table.spawn();
+    let reported = without_table
+        .runtime
+        .init_error(Duration::from_secs(20))
+        .await
+        .expect("the failure posted to /runtime/init/error");
+    assert_eq!(reported["header"], "Runtime.InitError", "{reported}");
+    assert!(
+        reported["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("PITBOSS_STATE_TABLE")),
+        "{reported}"
+    );
+    assert!(!function.wait().unwrap().success());
+
+    let table = state_table(&moto).await;
+    let runtime = Runtime::default();
+    let runtime_api = runtime.start().await;
+    let setup = Setup {
+        runtime,
+        runtime_api,
+        env: vec![
+            ("PITBOSS_STATE_TABLE".into(), table),
+            ("PITBOSS_DYNAMODB_ENDPOINT".into(), moto.clone()),
+            ("PITBOSS_BUS".into(), "kinesis".into()),
+            ("PITBOSS_KINESIS_ENDPOINT".into(), moto.clone()),
+        ],
+    };
+    let mut function = setup.spawn();
+    let answer = setup
+        .runtime
+        .invoke("not-a-batch", serde_json::json!({"foo": 1}))
+        .await;
+    function.kill().unwrap();
+    function.wait().unwrap();
+    assert_eq!(answer["errorType"], "Pitboss.InvalidEvent", "{answer}");
+    assert!(
+        answer["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("not a Kinesis or Kafka event")),
+        "{answer}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_units_are_chunked_versioned_and_written_all_or_none() {
     use pitboss_antifraud::lambda::dynamo::DynamoUnits;

@@ -18,7 +18,27 @@ async fn main() -> Result<(), pitboss_runtime::Failure> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .without_time() // CloudWatch stamps every line
+        .with_ansi(false) // CloudWatch shows escape codes as they are
         .init();
+    let router = match init().await {
+        Ok(router) => router,
+        Err(failure) => {
+            // To the Runtime API as well as the log: the invoker sees why.
+            pitboss_runtime::lambda::report_init_error(&format!("{failure:?}")).await;
+            return Err(failure);
+        }
+    };
+    Ok(
+        lambda_http::run(lambda_http::tower::ServiceExt::map_request(
+            router,
+            without_stage,
+        ))
+        .await?,
+    )
+}
+
+/// Everything before the first invocation: the config, the bus, its topics.
+async fn init() -> Result<axum::Router, pitboss_runtime::Failure> {
     let config = config_from_env()?;
     let bus = pitboss_bus::BusSpec::from_env_with_secrets()
         .await?
@@ -44,14 +64,7 @@ async fn main() -> Result<(), pitboss_runtime::Failure> {
         ),
     }
     let state = pitboss_ingest::state(config, bus.publisher())?;
-    let router = pitboss_ingest::http::router(state);
-    Ok(
-        lambda_http::run(lambda_http::tower::ServiceExt::map_request(
-            router,
-            without_stage,
-        ))
-        .await?,
-    )
+    Ok(pitboss_ingest::http::router(state))
 }
 
 /// Refuses a topic the bus does not have, or an overflow topic with another partition count

@@ -292,17 +292,37 @@ async fn an_unreadable_or_malformed_secret_fails_at_init_naming_it() {
     }
 }
 
-#[test]
-fn a_function_without_config_fails_at_init_with_a_clear_message() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitboss-ingest-lambda"))
-        .env_remove("PITBOSS_CONFIG_TOML")
-        .env_remove("PITBOSS_CONFIG")
-        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
-        .output()
-        .unwrap();
+/// A function without its config fails at init, naming what is missing in its log and to the
+/// Runtime API's `/init/error` (so the invoker sees it, not `Runtime.ExitError`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_without_config_fails_at_init_with_a_clear_message() {
+    let runtime = pitboss_testkit::lambda::Runtime::default();
+    let api = runtime.start().await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pitboss-ingest-lambda"))
+            .env_remove("PITBOSS_CONFIG_TOML")
+            .env_remove("PITBOSS_CONFIG")
+            .env("AWS_LAMBDA_RUNTIME_API", api)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PITBOSS_CONFIG_TOML"), "{stderr}");
+    let reported = runtime
+        .init_error(Duration::from_secs(5))
+        .await
+        .expect("the failure posted to /runtime/init/error");
+    assert_eq!(reported["header"], "Runtime.InitError", "{reported}");
+    assert_eq!(reported["errorType"], "Pitboss.InitError", "{reported}");
+    assert!(
+        reported["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("PITBOSS_CONFIG_TOML")),
+        "{reported}"
+    );
 }
 
 /// A function whose overflow topic does not exist, or is not co-partitioned with the events

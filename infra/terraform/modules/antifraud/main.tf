@@ -22,7 +22,8 @@ locals {
 
 # The rules engine's state, one item per unit: partition key `unit` (S) only, no sort key.
 # The function writes `v` (N, a version for its conditional writes), `d` (B, the data), `n`
-# (N, the number of chunks) and `ttl` (N, epoch seconds): with TTL on `ttl`, DynamoDB deletes
+# (N, the number of chunks), `c` (S, the names of the write's extra chunks) and `ttl` (N, epoch
+# seconds): with TTL on `ttl`, DynamoDB deletes
 # expired units instead of the table keeping every key ever seen. Only `unit` has an
 # `attribute` block: DynamoDB takes definitions of key attributes only.
 resource "aws_dynamodb_table" "state" {
