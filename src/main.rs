@@ -307,11 +307,13 @@ struct ProcessArgs {
     /// (the broker's minimum is usually 6).
     #[arg(long, default_value_t = 10)]
     session_timeout_secs: u64,
-    /// A partition's batch is inserted when it holds this many rows…
-    #[arg(long, default_value_t = 100_000)]
+    /// A partition's batch is inserted when it holds this many rows (at least 1)…
+    #[arg(long, default_value_t = 100_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_max_rows: usize,
-    /// …or this many bytes…
-    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    /// …or this many bytes (at least 1)…
+    #[arg(long, default_value_t = 64 * 1024 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     batch_max_bytes: usize,
     /// …or its first record is this old (milliseconds).
     #[arg(long, default_value_t = 1000)]
@@ -740,8 +742,8 @@ async fn process(args: ProcessArgs) -> Result<()> {
                     c.consumer.session_timeout =
                         std::time::Duration::from_secs(args.session_timeout_secs);
                     c.batch = pitboss_processor::BatchConfig {
-                        max_rows: args.batch_max_rows.max(1),
-                        max_bytes: args.batch_max_bytes.max(1),
+                        max_rows: args.batch_max_rows,
+                        max_bytes: args.batch_max_bytes,
                         max_age: std::time::Duration::from_millis(args.batch_max_age_ms),
                     };
                     Ok((c, table))

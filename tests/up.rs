@@ -1814,6 +1814,22 @@ fn a_clickhouse_url_of_another_scheme_is_refused_at_start() {
     );
 }
 
+/// `--batch-max-rows 0` (or bytes) is refused by the flag's parser (it was taken as 1).
+#[test]
+fn a_batch_of_zero_rows_is_refused() {
+    for flag in ["--batch-max-rows", "--batch-max-bytes"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["process", "--kafka-bootstrap", "127.0.0.1:1", flag, "0"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(2) && said.contains(flag) && said.contains("0 is not in 1.."),
+            "{flag}: {said}"
+        );
+    }
+}
+
 /// `pitboss hash-key -` reads the key from standard input (an argument shows in `ps` and shell
 /// history) and prints the same hash as the argument form.
 #[test]
