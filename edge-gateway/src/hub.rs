@@ -346,9 +346,10 @@ struct Acked {
     /// Where the alert is on the bus, once read (before or after its ack: a restarting
     /// instance reads both topics at once): a console whose cursor is at or past it had it.
     at: Option<(Partition, Position)>,
-    /// The ack ids of the alert's earlier acks, oldest first (at most [`EARLIER_ACKS`]): each
-    /// still names its stored row, so none may be reused for another alert.
-    earlier: Vec<Box<str>>,
+    /// The ack ids of the alert's earlier acks with their outcomes, oldest first (at most
+    /// [`EARLIER_ACKS`]): each still names its stored row, so none may be reused for another
+    /// alert or another outcome.
+    earlier: Vec<(Box<str>, pitboss_model::live::AckOutcome)>,
 }
 
 /// Earlier ack ids remembered per alert (a few re-acks: acknowledged, then escalated, then
@@ -360,8 +361,8 @@ const EARLIER_ACKS: usize = 16;
 pub enum AckSeen {
     /// The alert's latest ack has this id, with this outcome.
     Latest(pitboss_model::live::AckOutcome),
-    /// One of the alert's earlier acks (superseded since) has this id.
-    Earlier,
+    /// One of the alert's earlier acks (superseded since) has this id, with this outcome.
+    Earlier(pitboss_model::live::AckOutcome),
     /// Not an ack id of this alert that the gateway has read.
     No,
 }
@@ -915,11 +916,11 @@ impl Hub {
                 continue;
             };
             let id = scoped(&ack.tenant_id, &ack.alert_id);
-            if self
-                .acked
-                .get(&id)
-                .is_some_and(|a| *a.ack_id == *ack.ack_id)
-            {
+            // Already read: the latest ack, or an earlier one a later ack superseded (a record
+            // of it written again — a retry from elsewhere — must not undo the later one).
+            if self.acked.get(&id).is_some_and(|a| {
+                *a.ack_id == *ack.ack_id || a.earlier.iter().any(|(e, _)| **e == *ack.ack_id)
+            }) {
                 continue;
             }
             let channel: Arc<str> = ChannelName::Operator {
@@ -937,12 +938,12 @@ impl Hub {
                 .get(&id)
                 .map(|a| {
                     let mut e = a.earlier.clone();
-                    e.push(a.ack_id.clone());
+                    e.push((a.ack_id.clone(), a.outcome));
                     e
                 })
                 .unwrap_or_default();
             if earlier.len() > EARLIER_ACKS {
-                let gone = earlier.remove(0);
+                let (gone, _) = earlier.remove(0);
                 let by_id = scoped(&ack.tenant_id, &gone);
                 if self.ack_ids.get(&by_id).is_some_and(|k| *k == id) {
                     self.ack_ids.remove(&by_id);
@@ -980,7 +981,12 @@ impl Hub {
     /// Forgets the ack of alert `key` and its ack id (if that id still names this alert).
     fn forget_ack(&mut self, key: &Arc<str>) {
         if let Some(a) = self.acked.remove(key) {
-            for ack_id in a.earlier.iter().chain(std::iter::once(&a.ack_id)) {
+            for ack_id in a
+                .earlier
+                .iter()
+                .map(|(id, _)| id)
+                .chain(std::iter::once(&a.ack_id))
+            {
                 let by_id = scoped(tenant_of(key), ack_id);
                 if self.ack_ids.get(&by_id).is_some_and(|k| k == key) {
                     self.ack_ids.remove(&by_id);
@@ -1401,7 +1407,11 @@ impl Hub {
     pub fn ack_seen(&self, tenant: &str, alert_id: &str, ack_id: &str) -> AckSeen {
         match self.acked.get(&scoped(tenant, alert_id)) {
             Some(a) if *a.ack_id == *ack_id => AckSeen::Latest(a.outcome),
-            Some(a) if a.earlier.iter().any(|e| **e == *ack_id) => AckSeen::Earlier,
+            Some(a) => a
+                .earlier
+                .iter()
+                .find(|(e, _)| **e == *ack_id)
+                .map_or(AckSeen::No, |(_, o)| AckSeen::Earlier(*o)),
             _ => AckSeen::No,
         }
     }

@@ -788,6 +788,12 @@ async fn handle(
                     ProtocolError::new("forbidden", "only operators acknowledge alerts"),
                 );
             }
+            // Every check below reads the acks and alerts read back from the bus: a gateway
+            // still rebuilding them answers once it has (a retry checked before would be
+            // written again, undoing a later ack).
+            if !is_ready {
+                let _ = ready.wait_for(|r| *r).await;
+            }
             // An ack id already used for another alert: a second record under it would replace
             // that ack where acks are stored one per id.
             if let Some(a) = &ack_id
@@ -812,7 +818,7 @@ async fn handle(
             if let Some(a) = &ack_id {
                 let seen = lock(&st.hub).ack_seen(&claims.tenant, &alert_id, a);
                 match seen {
-                    AckSeen::Latest(o) if o != outcome => {
+                    AckSeen::Latest(o) | AckSeen::Earlier(o) if o != outcome => {
                         return fail(
                             cs,
                             ProtocolError::new(
@@ -827,7 +833,7 @@ async fn handle(
                             ),
                         );
                     }
-                    AckSeen::Latest(_) | AckSeen::Earlier => {
+                    AckSeen::Latest(_) | AckSeen::Earlier(_) => {
                         return vec![
                             ServerFrame::Acked {
                                 id,
@@ -860,9 +866,6 @@ async fn handle(
             // Only an alert of the tenant that this gateway holds (in the history, open, or
             // acknowledged): an ack of any made-up id was stored and remembered, and enough of
             // them pushed other tenants' acks out of memory, reopening their alerts.
-            if !is_ready {
-                let _ = ready.wait_for(|r| *r).await;
-            }
             if !lock(&st.hub).knows_alert(&claims.tenant, &ack.alert_id) {
                 return fail(
                     cs,

@@ -414,6 +414,9 @@ async fn a_superseded_ack_id_still_names_its_ack_and_an_outcome_needs_its_own_id
         (Some("acked"), Some(k)),
         "{reply}"
     );
+    // …and with another outcome it is refused, superseded or not.
+    let reply = ops.request(ack(6, &a1, "escalated", k)).await;
+    assert_eq!(reply["code"], "invalid_ack", "{reply}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let acks = read().await;
     assert_eq!(
