@@ -36,13 +36,18 @@ function decodeClaims(token) {
   return claims;
 }
 
-// A currency's minor-unit digits (ISO 4217: JPY 0, EUR 2, KWD 3), from the browser's tables.
+// A currency's minor-unit digits as the platform counts amounts (ISO 4217, the same table as
+// crates/model/src/currency.rs, kept equal by a test in edge-gateway/src/console.rs): 2 unless
+// listed. Not the browser's display digits, which differ for HUF, COP, IDR, IQD and others.
+const MINOR_DIGITS = {
+  BIF: 0, CLP: 0, DJF: 0, GNF: 0, ISK: 0, JPY: 0, KMF: 0, KRW: 0, PYG: 0, RWF: 0, UGX: 0, UYI: 0, VND: 0, VUV: 0, XAF: 0, XOF: 0, XPF: 0,
+  XAU: 0, XAG: 0, XPD: 0, XPT: 0, XDR: 0, XBA: 0, XBB: 0, XBC: 0, XBD: 0, XSU: 0, XUA: 0,
+  BHD: 3, IQD: 3, JOD: 3, KWD: 3, LYD: 3, OMR: 3, TND: 3,
+  CLF: 4, UYW: 4,
+};
+
 function exponent(currency) {
-  try {
-    return new Intl.NumberFormat('en', { style: 'currency', currency }).resolvedOptions().maximumFractionDigits;
-  } catch {
-    return 2;
-  }
+  return MINOR_DIGITS[currency] ?? 2;
 }
 
 // An amount in minor units, in major units with the currency's own digits.
@@ -204,7 +209,10 @@ function onFrame(f) {
       // operator, whose `alert_acked` this console could not be sent.
       if (f.recovery && f.recovery !== 'complete' && state.replayed) {
         for (const [alertId, card] of state.alerts) {
-          if (!card.classList.contains('acked') && !state.replayed.has(alertId)) markAcked(alertId, 'closed while this console was away');
+          if (!card.classList.contains('acked') && !state.replayed.has(alertId)) {
+            markAcked(alertId, CLOSED_AWAY);
+            card.dataset.away = '1';
+          }
         }
         for (const alertId of state.hidden) if (!state.replayed.has(alertId)) state.hidden.delete(alertId);
         countOpen();
@@ -240,6 +248,8 @@ function onFrame(f) {
       break;
     }
     case 'alert_acked': {
+      const acked = state.alerts.get(f.alert_id);
+      if (acked) delete acked.dataset.away;
       // Any operator of the tenant, this console included, on any gateway instance. A later
       // conclusion that differs from the one shown says what it replaced (two operators who
       // disagree both see it).
@@ -279,8 +289,22 @@ function onFrame(f) {
   }
 }
 
+const CLOSED_AWAY = 'closed while this console was away';
+
 function addAlert(a) {
-  if (!a || !a.alert_id || state.alerts.has(a.alert_id) || state.hidden.has(a.alert_id)) return;
+  if (!a || !a.alert_id) return;
+  const known = state.alerts.get(a.alert_id);
+  if (known && known.dataset.away === '1') {
+    // Inferred closed after a resume that was not complete, and sent again as open (a replay
+    // cut short, or an instance a moment behind): open again.
+    delete known.dataset.away;
+    known.classList.remove('acked');
+    known.querySelectorAll('button').forEach((b) => (b.disabled = false));
+    known.querySelector('.ack-status').textContent = '';
+    countOpen();
+    return;
+  }
+  if (known || state.hidden.has(a.alert_id)) return;
   const li = el('li', 'alert ' + (a.severity || ''));
   li.dataset.alertId = a.alert_id;
   li.dataset.rule = a.rule_id;

@@ -53,3 +53,37 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             get(|| async { file("text/css; charset=utf-8", APP_CSS) }),
         )
 }
+
+#[cfg(test)]
+mod currency_digits {
+    /// The console's `MINOR_DIGITS` (app.js) is the platform's ISO 4217 table
+    /// (`pitboss_model::currency::minor_unit_digits`) for every code: the browser's own digits
+    /// differ (HUF, COP, IDR 0; IQD 0), and the console showed HUF amounts 100 times too large.
+    #[test]
+    fn the_consoles_minor_digits_are_the_platforms() {
+        let app = super::APP_JS;
+        let start = app
+            .find("const MINOR_DIGITS = {")
+            .expect("MINOR_DIGITS in app.js");
+        let body = &app[start..app[start..].find("};").map_or(app.len(), |e| start + e)];
+        let listed: std::collections::BTreeMap<&str, u32> = body
+            .split([',', '{', '\n'])
+            .filter_map(|entry| {
+                let (code, digits) = entry.split_once(':')?;
+                Some((code.trim(), digits.trim().parse().ok()?))
+            })
+            .collect();
+        assert!(listed.len() > 30, "{listed:?}");
+        for code in pitboss_model::currency::ISO_4217
+            .iter()
+            .chain(&["BTC", "EUR"])
+        {
+            let console = listed.get(code).copied().unwrap_or(2);
+            assert_eq!(
+                console,
+                pitboss_model::currency::minor_unit_digits(code),
+                "{code}"
+            );
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! - [`Unstored`]: the rows a processor has taken from the bus and not stored yet (in open
 //!   batches, or batches being inserted, retries included). `run` sets
-//!   `pitboss_processor_unstored_seconds{topic}` from it every second — the age of the oldest
+//!   `pitboss_processor_unstored_seconds{topic,table}` from it every second — the age of the oldest
 //!   such row, 0 when there is none — from a task of its own, so the figure climbs while an
 //!   insert hangs or is retried (the processor then stops polling, so neither the consumer
 //!   lag nor the freshness of stored batches moves).
@@ -10,7 +10,7 @@
 //!   not reached yet at start, failing since when and why, or a call under way without an
 //!   answer for [`NO_ANSWER`] (a store that hangs fails only at `--clickhouse-timeout-secs`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -98,12 +98,29 @@ impl Eq for StoreHealth {}
 struct State {
     /// Set while the process has not reached its store yet: why.
     unreached: Option<String>,
-    /// Since when the store's calls have failed without one succeeding (when the first failed
-    /// call began), and the latest error.
-    failing: Option<(Instant, String)>,
+    /// Per processor (by the topic it reads): its store calls failing.
+    failing: HashMap<String, Failing>,
     /// Calls to the store under way, by when each began.
     calls: BTreeMap<u64, Instant>,
     next_call: u64,
+}
+
+/// A processor's store calls failing: since when the first failed call began, the latest
+/// error, and whether an insert failed (then only an insert that lands ends it: reads that
+/// work while inserts fail do not).
+#[derive(Debug)]
+struct Failing {
+    since: Instant,
+    why: String,
+    insert: bool,
+}
+
+/// What a call to the store does, for [`StoreHealth::watch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Insert,
+    /// A read, or recording a batch's range.
+    Other,
 }
 
 /// How long a call to the store may go without an answer before `/readyz` says so (a store
@@ -122,25 +139,41 @@ impl StoreHealth {
         lock(&self.0).unreached = None;
     }
 
-    /// A call to the store failed (and is retried).
-    pub fn failed(&self, error: &dyn std::fmt::Display) {
-        self.failed_since(Instant::now(), error);
+    /// A call of `topic`'s processor, begun at `began`, failed.
+    fn failed(&self, topic: &str, call: Call, began: Instant, error: &dyn std::fmt::Display) {
+        let mut state = lock(&self.0);
+        let f = state
+            .failing
+            .entry(topic.to_owned())
+            .or_insert_with(|| Failing {
+                since: began,
+                why: String::new(),
+                insert: false,
+            });
+        f.since = f.since.min(began);
+        f.why = error.to_string();
+        f.insert |= call == Call::Insert;
     }
 
-    /// A call to the store begun at `began` failed.
-    fn failed_since(&self, began: Instant, error: &dyn std::fmt::Display) {
+    /// A call of `topic`'s processor succeeded: it ends the failing unless an insert failed
+    /// and this was not an insert.
+    fn succeeded(&self, topic: &str, call: Call) {
         let mut state = lock(&self.0);
-        let since = state
+        if state
             .failing
-            .as_ref()
-            .map_or(began, |(s, _)| (*s).min(began));
-        state.failing = Some((since, error.to_string()));
+            .get(topic)
+            .is_some_and(|f| call == Call::Insert || !f.insert)
+        {
+            state.failing.remove(topic);
+        }
     }
 
     /// Runs a call to the store, counted as under way meanwhile: it succeeded (or the store
     /// answered by refusing rows), or it failed since it began.
     pub(crate) async fn watch<T>(
         &self,
+        topic: &str,
+        kind: Call,
         call: impl Future<Output = Result<T, crate::ProcessorError>>,
     ) -> Result<T, crate::ProcessorError> {
         /// Unregisters the call however it ends (a cancelled future included).
@@ -162,18 +195,10 @@ impl StoreHealth {
         let result = call.await;
         drop(done);
         match &result {
-            Ok(_) | Err(crate::ProcessorError::Refused(_)) => self.succeeded(),
-            Err(e) => self.failed_since(began, e),
+            Ok(_) | Err(crate::ProcessorError::Refused(_)) => self.succeeded(topic, kind),
+            Err(e) => self.failed(topic, kind, began, e),
         }
         result
-    }
-
-    /// A call to the store succeeded.
-    pub fn succeeded(&self) {
-        let mut state = lock(&self.0);
-        if state.failing.is_some() {
-            state.failing = None;
-        }
     }
 
     /// Why the processors do not store now, if they do not: `store: not reached yet: …`,
@@ -188,10 +213,11 @@ impl StoreHealth {
         if let Some(why) = &state.unreached {
             return Some(format!("store: not reached yet: {why}"));
         }
-        if let Some((since, why)) = &state.failing {
+        if let Some((topic, f)) = state.failing.iter().min_by_key(|(_, f)| f.since) {
             return Some(format!(
-                "store: failing for {} s: {why}",
-                since.elapsed().as_secs()
+                "store: failing for {} s (topic {topic}): {}",
+                f.since.elapsed().as_secs(),
+                f.why
             ));
         }
         let oldest = state.calls.values().min()?;
@@ -247,14 +273,41 @@ mod tests {
         );
         h.reached();
         assert_eq!(h.not_ready(), None);
-        h.failed(&"timed out");
-        h.failed(&"connection reset");
+        let now = Instant::now();
+        h.failed("events", Call::Other, now, &"timed out");
+        h.failed("events", Call::Other, now, &"connection reset");
         let why = h.not_ready().unwrap();
         assert!(
-            why.starts_with("store: failing for 0 s: connection reset"),
+            why.starts_with("store: failing for 0 s (topic events): connection reset"),
             "{why}"
         );
-        h.succeeded();
+        h.succeeded("events", Call::Other);
+        assert_eq!(h.not_ready(), None);
+    }
+
+    /// Reads that work while inserts fail (a table refusing inserts: too many parts, a
+    /// read-only replica) do not end the failing, nor does another processor's success (a
+    /// review found /readyz flipping to 200 every retry cycle).
+    #[test]
+    fn only_an_insert_that_lands_ends_an_insert_failing_and_only_for_its_topic() {
+        let h = StoreHealth::default();
+        let began = Instant::now() - Duration::from_secs(30);
+        h.failed("alerts", Call::Insert, began, &"too many parts");
+        h.succeeded("alerts", Call::Other);
+        h.succeeded("events", Call::Insert);
+        let why = h.not_ready().unwrap();
+        assert!(
+            why.starts_with("store: failing for 30 s (topic alerts): too many parts"),
+            "{why}"
+        );
+        // A later failure keeps the start of the first.
+        h.failed("alerts", Call::Other, Instant::now(), &"read timed out");
+        assert!(
+            h.not_ready()
+                .unwrap()
+                .starts_with("store: failing for 30 s")
+        );
+        h.succeeded("alerts", Call::Insert);
         assert_eq!(h.not_ready(), None);
     }
 
@@ -264,7 +317,10 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), crate::ProcessorError>>();
         let call = tokio::spawn({
             let h = h.clone();
-            async move { h.watch(async { rx.await.unwrap() }).await }
+            async move {
+                h.watch("events", Call::Insert, async { rx.await.unwrap() })
+                    .await
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(h.not_ready(), None, "under way, not for long");
@@ -275,14 +331,20 @@ mod tests {
         assert!(call.await.unwrap().is_err());
         let why = h.not_ready().unwrap();
         assert!(
-            why.starts_with("store: failing for 0 s: store: timed out"),
+            why.starts_with("store: failing for 0 s (topic events): store: timed out"),
             "{why}"
         );
         // The next call that succeeds ends it; a finished call is no longer under way.
-        h.watch(async { Ok(()) }).await.unwrap();
+        h.watch("events", Call::Insert, async { Ok(()) })
+            .await
+            .unwrap();
         assert_eq!(h.not_ready_after(Duration::ZERO), None);
         // A call dropped before it answered is not counted as under way.
-        let pending = h.watch(std::future::pending::<Result<(), crate::ProcessorError>>());
+        let pending = h.watch(
+            "events",
+            Call::Other,
+            std::future::pending::<Result<(), crate::ProcessorError>>(),
+        );
         assert!(
             tokio::time::timeout(Duration::from_millis(20), pending)
                 .await

@@ -30,7 +30,7 @@ use pitboss_runtime::worker::{PartitionWork, run_partitioned};
 
 use crate::ProcessorError;
 use crate::batch::{Batch, BatchConfig, Batcher, Recut};
-use crate::health::{StoreHealth, Unstored};
+use crate::health::{Call, StoreHealth, Unstored};
 use crate::rows::{StoredRow, offset_of};
 use crate::sink::Sink;
 use crate::split::Split;
@@ -492,14 +492,18 @@ impl<R: StoredRow> Processor<R> {
         .await?;
         // A batch begun past the mark may still land (its member died mid-insert): cut the
         // same one, so that whichever insert comes second is a duplicate block.
-        let intended = with_retry(
-            health,
-            self.sink.clone(),
-            self.config.topic.clone(),
-            backoff,
-            |sink, topic| async move { sink.intended(&topic, partition).await },
-        )
-        .await?;
+        let intended = if self.sink.records_intents() {
+            with_retry(
+                health,
+                self.sink.clone(),
+                self.config.topic.clone(),
+                backoff,
+                |sink, topic| async move { sink.intended(&topic, partition).await },
+            )
+            .await?
+        } else {
+            None
+        };
         if let Some((first, last)) = intended
             && hw.is_none_or(|hw| last > hw)
         {
@@ -682,17 +686,19 @@ impl<R: StoredRow> Inserter<R> {
         }
         let started = Instant::now();
         let intent = batch.clone();
-        with_retry(
-            &self.health,
-            self.sink.clone(),
-            self.topic.clone(),
-            self.backoff,
-            |sink, _| {
-                let intent = intent.clone();
-                async move { sink.intend(&intent).await }
-            },
-        )
-        .await?;
+        if self.sink.records_intents() {
+            with_retry(
+                &self.health,
+                self.sink.clone(),
+                self.topic.clone(),
+                self.backoff,
+                |sink, _| {
+                    let intent = intent.clone();
+                    async move { sink.intend(&intent).await }
+                },
+            )
+            .await?;
+        }
         let offsets = batch.rows.iter().map(StoredRow::bus_offset).collect();
         let recut = batch.recut;
         let mut split = Split::new(
@@ -784,7 +790,10 @@ impl<R: StoredRow> Inserter<R> {
         let mut piece = piece.clone();
         let mut schema_since: Option<Instant> = None;
         loop {
-            let result = self.health.watch(self.sink.insert(&piece)).await;
+            let result = self
+                .health
+                .watch(&self.topic, Call::Insert, self.sink.insert(&piece))
+                .await;
             let error = match result {
                 Ok(()) => return Ok(()),
                 Err(e @ ProcessorError::Refused(_)) => e,
@@ -864,7 +873,10 @@ where
 {
     let mut delay = initial;
     loop {
-        match health.watch(f(sink.clone(), topic.clone())).await {
+        match health
+            .watch(&topic, Call::Other, f(sink.clone(), topic.clone()))
+            .await
+        {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, "store unavailable; retrying");

@@ -179,8 +179,8 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   assert.equal(await alerts.first().getByRole('button', { name: 'Escalate' }).count(), 1);
   // Amounts with their currency's digits (the GGR table divided every currency by 100).
   assert.deepEqual(
-    await page.evaluate(() => { const { amount } = window.pitbossConsole; return [amount(15000, 'JPY'), amount(15000, 'KWD'), amount(15000, 'EUR')]; }),
-    ['15,000', '15.000', '150.00'],
+    await page.evaluate(() => { const { amount } = window.pitbossConsole; return [amount(15000, 'JPY'), amount(15000, 'KWD'), amount(15000, 'EUR'), amount(15000, 'HUF')]; }),
+    ['15,000', '15.000', '150.00', '150.00'],
   );
 
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -197,6 +197,17 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
     return [card.classList.contains('acked'), card.querySelector('.ack-status').textContent];
   });
   assert.deepEqual(resumed, [true, 'closed while this console was away']);
+  // Sent again as open (a replay cut short, an instance a moment behind): open again.
+  const reopened = await page.evaluate(() => {
+    const { addAlert, onFrame, state } = window.pitbossConsole;
+    const [id, card] = [...state.alerts].find(([, c]) => c.dataset.away === '1');
+    addAlert({ alert_id: id });
+    const open = [card.classList.contains('acked'), card.querySelector('button').disabled];
+    // (closed for the steps below)
+    onFrame({ type: 'alert_acked', channel: 'operator:demo', alert_id: id, ack_id: 'x', outcome: 'acknowledged', operator_id: 'test', acked_at: new Date().toISOString() });
+    return open;
+  });
+  assert.deepEqual(reopened, [false, false]);
   // Past the cards kept, the oldest open alerts are counted, not dropped without a word.
   const header = await page.evaluate(() => {
     const { addAlert } = window.pitbossConsole;

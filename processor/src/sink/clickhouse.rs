@@ -356,6 +356,10 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
         .await
     }
 
+    fn records_intents(&self) -> bool {
+        self.replicas.is_some()
+    }
+
     /// Only in the cluster layout: its replicated tables drop a duplicate block. On one
     /// 18.16 server nothing would drop it, so the extra insert would buy nothing.
     async fn intend(&self, batch: &Batch<R>) -> Result<(), ProcessorError> {

@@ -54,6 +54,12 @@ pub trait Sink<R: StoredRow>: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Whether [`Sink::intend`] and [`Sink::intended`] reach the store (false: they answer at
+    /// once, so the processor does not call them, and they do not count as the store answering).
+    fn records_intents(&self) -> bool {
+        true
+    }
+
     /// The offset range (first, last row) of the partition's last recorded batch, if any.
     async fn intended(
         &self,

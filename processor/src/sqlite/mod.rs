@@ -164,6 +164,11 @@ fn write_batch<R: StoredRow>(
 
 #[async_trait]
 impl<R: StoredRow> Sink<R> for SqliteSink {
+    /// Positions are committed with the rows: nothing to record.
+    fn records_intents(&self) -> bool {
+        false
+    }
+
     /// Exact from `bus_positions` (one row per partition): `since_ms` is not needed.
     async fn high_water(
         &self,
