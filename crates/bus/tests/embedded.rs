@@ -488,6 +488,49 @@ fn a_revoked_partitions_lag_is_no_longer_reported_by_its_old_member() {
     });
 }
 
+/// The same when the partition is taken away by a revoke timeout (its member did not poll in
+/// time, so it never heard of the revoke): its lag here reads 0 at its next poll, not the last
+/// value for ever.
+#[test]
+fn a_partition_taken_by_a_revoke_timeout_is_no_longer_reported_by_its_old_member() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new().unwrap();
+    let lag = |text: &str, p: u32| lag_on(text, "expired", p);
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
+            bus.create_topic("expired", 2).await.unwrap();
+            let records = (0..40)
+                .map(|i| OutRecord::new(format!("k{i}"), vec![1]))
+                .collect();
+            bus.publisher().publish("expired", records).await.unwrap();
+            let config = ConsumerConfig {
+                revoke_timeout: Duration::from_millis(200),
+                ..ConsumerConfig::default()
+            };
+            let mut first = bus.consumer("g", "expired", config.clone()).await.unwrap();
+            let start = std::time::Instant::now();
+            while lag(&handle.render(), 0).is_none() || lag(&handle.render(), 1).is_none() {
+                assert!(start.elapsed() < Duration::from_secs(20));
+                first.poll(1000, Duration::from_millis(100)).await.unwrap();
+            }
+            let mut second = bus.consumer("g", "expired", config).await.unwrap();
+            // The first does not poll past the revoke timeout; the second's polls expire it.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            second.poll(10, Duration::from_millis(50)).await.unwrap();
+            first.poll(10, Duration::from_millis(50)).await.unwrap();
+            let text = handle.render();
+            let zeros = (0..2).filter(|p| lag(&text, *p) == Some(0.0)).count();
+            assert_eq!(zeros, 1, "one partition moved to the second member: {text}");
+        });
+    });
+}
+
 /// Every append wakes every reader of the log; a reader (or group member) whose partitions did
 /// not grow goes back to waiting without querying the database. Without that, each record
 /// published cost every consumer of every topic a query on a blocking thread (`pitboss up`

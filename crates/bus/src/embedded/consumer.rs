@@ -134,7 +134,8 @@ impl EmbeddedConsumer {
     }
 
     fn sync_with_group(&mut self) -> Change {
-        let mut coord = lock(&self.inner.coord);
+        let inner = self.inner.clone();
+        let mut coord = lock(&inner.coord);
         let Some(g) = coord.group(&self.member) else {
             return Change::None;
         };
@@ -145,6 +146,8 @@ impl EmbeddedConsumer {
         let releasing = &self.releasing;
         self.stored
             .retain(|(_, p), _| owned.contains(p) || releasing.contains(p));
+        let releasing = self.releasing.clone();
+        self.forget_lag(|p| owned.contains(&p) || releasing.contains(&p));
         let Some(m) = g.members.get_mut(&self.member.id) else {
             return Change::None;
         };
@@ -232,6 +235,30 @@ impl EmbeddedConsumer {
         Ok(())
     }
 
+    /// Stops reporting the lag of partitions `keep` refuses (revoked, or taken away by a
+    /// revoke timeout): another member reports them now, and their last value here would be
+    /// counted for ever in the group's sum, so it is set to 0.
+    fn forget_lag(&mut self, keep: impl Fn(Partition) -> bool) {
+        let gone: Vec<(i64, Partition)> = self
+            .processed
+            .keys()
+            .filter(|(_, p)| !keep(*p))
+            .copied()
+            .collect();
+        for (t, p) in gone {
+            self.processed.remove(&(t, p));
+            if let Some(name) = self.topics.iter().find(|f| f.meta.id == t) {
+                metrics::gauge!(
+                    "pitboss_consumer_lag_records",
+                    "group" => self.member.group.clone(),
+                    "topic" => name.name.to_string(),
+                    "partition" => p.to_string(),
+                )
+                .set(0.0);
+            }
+        }
+    }
+
     fn leave(&mut self) {
         if !self.left {
             self.left = true;
@@ -256,23 +283,7 @@ impl Consumer for EmbeddedConsumer {
             match self.sync_with_group() {
                 Change::Revoking(parts) => {
                     self.cursors.retain(|c| !parts.contains(&c.partition));
-                    // Another member reports them now: their last value here would be counted
-                    // for ever in the group's sum.
-                    for (t, p) in self.processed.keys() {
-                        if !parts.contains(p) {
-                            continue;
-                        }
-                        if let Some(name) = self.topics.iter().find(|f| f.meta.id == *t) {
-                            metrics::gauge!(
-                                "pitboss_consumer_lag_records",
-                                "group" => self.member.group.clone(),
-                                "topic" => name.name.to_string(),
-                                "partition" => p.to_string(),
-                            )
-                            .set(0.0);
-                        }
-                    }
-                    self.processed.retain(|(_, p), _| !parts.contains(p));
+                    self.forget_lag(|p| !parts.contains(&p));
                     self.releasing = parts.clone();
                     return Ok(Delivery::Revoking(parts));
                 }
