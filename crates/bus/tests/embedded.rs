@@ -436,6 +436,30 @@ fn consumer_lag_per_partition_follows_what_is_processed() {
     });
 }
 
+/// A member of group `g` owning both partitions of `topic` (made, with 40 records it has not
+/// processed), once it has reported their lag.
+async fn lagging_member(
+    bus: &EmbeddedBus,
+    topic: &str,
+    config: ConsumerConfig,
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+) -> Box<dyn pitboss_bus::Consumer> {
+    bus.create_topic(topic, 2).await.unwrap();
+    let records = (0..40)
+        .map(|i| OutRecord::new(format!("k{i}"), vec![1]))
+        .collect();
+    bus.publisher().publish(topic, records).await.unwrap();
+    let mut member = bus.consumer("g", topic, config).await.unwrap();
+    let start = std::time::Instant::now();
+    while lag_on(&handle.render(), topic, 0).is_none()
+        || lag_on(&handle.render(), topic, 1).is_none()
+    {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        member.poll(1000, Duration::from_millis(100)).await.unwrap();
+    }
+    member
+}
+
 /// A partition taken away from a member (a second member joined) reads 0 in the old member's
 /// lag gauge: the new owner reports it now, and the old member's last value was counted for
 /// ever in the group's sum (an outside audit: 42 records of lag on an idle group, Kafka too).
@@ -452,21 +476,8 @@ fn a_revoked_partitions_lag_is_no_longer_reported_by_its_old_member() {
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
             let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
-            bus.create_topic("moved", 2).await.unwrap();
-            let records = (0..40)
-                .map(|i| OutRecord::new(format!("k{i}"), vec![1]))
-                .collect();
-            bus.publisher().publish("moved", records).await.unwrap();
-            let mut first = bus
-                .consumer("g", "moved", ConsumerConfig::default())
-                .await
-                .unwrap();
-            // Owns both, reports their lag (nothing is stored).
+            let mut first = lagging_member(&bus, "moved", ConsumerConfig::default(), &handle).await;
             let start = std::time::Instant::now();
-            while lag(&handle.render(), 0).is_none() || lag(&handle.render(), 1).is_none() {
-                assert!(start.elapsed() < Duration::from_secs(20));
-                first.poll(1000, Duration::from_millis(100)).await.unwrap();
-            }
             let _second = bus
                 .consumer("g", "moved", ConsumerConfig::default())
                 .await
@@ -504,21 +515,11 @@ fn a_partition_taken_by_a_revoke_timeout_is_no_longer_reported_by_its_old_member
     metrics::with_local_recorder(&recorder, || {
         runtime.block_on(async {
             let bus = EmbeddedBus::open(dir.path(), EmbeddedConfig::default()).unwrap();
-            bus.create_topic("expired", 2).await.unwrap();
-            let records = (0..40)
-                .map(|i| OutRecord::new(format!("k{i}"), vec![1]))
-                .collect();
-            bus.publisher().publish("expired", records).await.unwrap();
             let config = ConsumerConfig {
                 revoke_timeout: Duration::from_millis(200),
                 ..ConsumerConfig::default()
             };
-            let mut first = bus.consumer("g", "expired", config.clone()).await.unwrap();
-            let start = std::time::Instant::now();
-            while lag(&handle.render(), 0).is_none() || lag(&handle.render(), 1).is_none() {
-                assert!(start.elapsed() < Duration::from_secs(20));
-                first.poll(1000, Duration::from_millis(100)).await.unwrap();
-            }
+            let mut first = lagging_member(&bus, "expired", config.clone(), &handle).await;
             let mut second = bus.consumer("g", "expired", config).await.unwrap();
             // The first does not poll past the revoke timeout; the second's polls expire it.
             tokio::time::sleep(Duration::from_millis(400)).await;
