@@ -277,6 +277,44 @@ fn shard_number(shard: &str) -> Partition {
         .map_or(0, |n| n as Partition)
 }
 
+/// Each Kinesis record's `approximateArrivalTimestamp` (seconds since the epoch, a JSON number
+/// or a string) in milliseconds, sub-millisecond digits truncated; the field is then written
+/// back as whole seconds for the event types' own parser. That parser reads the digits after
+/// the point as milliseconds whatever their count: `1700321084.47` (AWS's JSON drops trailing
+/// zeros: .470) read as 47 ms, and six digits (microseconds, as an emulator's Python
+/// `datetime.timestamp()` can write) failed the whole batch.
+fn arrival_millis(event: &mut Value) -> Result<Vec<i64>, EventShapeError> {
+    let Some(records) = event.get_mut("Records").and_then(Value::as_array_mut) else {
+        return Ok(Vec::new());
+    };
+    records
+        .iter_mut()
+        .enumerate()
+        .map(|(i, r)| {
+            let Some(at) = r.pointer_mut("/kinesis/approximateArrivalTimestamp") else {
+                // Left to the event types' parser, which names the missing field.
+                return Ok(0);
+            };
+            let seconds = match &*at {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            }
+            .filter(|x| x.is_finite() && (0.0..1e12).contains(x))
+            .ok_or_else(|| {
+                EventShapeError(format!(
+                    "Records[{i}].kinesis.approximateArrivalTimestamp: {at} is not a time in seconds since the epoch"
+                ))
+            })?;
+            // Microseconds first, rounded (1700321084.47 is 1700321084.4699999… as a
+            // binary fraction), then truncated to milliseconds.
+            let micros = (seconds * 1e6).round() as i64;
+            *at = Value::from(micros.div_euclid(1_000_000));
+            Ok(micros.div_euclid(1000))
+        })
+        .collect()
+}
+
 /// Reads a Kinesis (`Records`, `aws:kinesis`) or Kafka (`records` by topic-partition,
 /// `aws:kafka` / `SelfManagedKafka`) event into bus records.
 pub fn parse_event(event: Value) -> Result<Invocation, EventShapeError> {
@@ -293,9 +331,11 @@ pub fn parse_event(event: Value) -> Result<Invocation, EventShapeError> {
     let mut records = Vec::new();
     let mut ids = Vec::new();
     if kinesis {
+        let mut event = event;
+        let arrivals = arrival_millis(&mut event)?;
         let ev: aws_lambda_events::event::kinesis::KinesisEvent =
             serde_json::from_value(event).map_err(|e| EventShapeError(e.to_string()))?;
-        for r in ev.records {
+        for (r, arrived_ms) in ev.records.into_iter().zip(arrivals) {
             let stream = r
                 .event_source_arn
                 .as_deref()
@@ -317,7 +357,7 @@ pub fn parse_event(event: Value) -> Result<Invocation, EventShapeError> {
                 position: Position::Sequence(r.kinesis.sequence_number),
                 key: r.kinesis.partition_key,
                 value,
-                timestamp_ms: r.kinesis.approximate_arrival_timestamp.0.timestamp_millis(),
+                timestamp_ms: arrived_ms,
                 headers,
             });
         }

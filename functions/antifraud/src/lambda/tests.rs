@@ -281,5 +281,38 @@ fn kinesis_and_kafka_events_parse_and_failures_name_each_partitions_first_record
         assert_eq!(parse_event(v).unwrap().records.len(), 1, "{f}");
     }
     assert!(parse_event(json!({"Records": [{"eventSource": "aws:sqs"}]})).is_err());
+
+    // Arrival times as AWS's JSON writes them (trailing zeros dropped), with microseconds (as
+    // an emulator's Python `datetime.timestamp()` can write them), and as strings: milliseconds, sub-millisecond digits dropped.
+    let mut e = events::kinesis("events", 0, &[(b"a".to_vec(), "1".into(), T0)]);
+    let template = e["Records"][0].clone();
+    let cases = [
+        (json!(1_700_321_084.47), 1_700_321_084_470),
+        (json!(1_700_321_084.4), 1_700_321_084_400),
+        (json!(1_700_321_084.005), 1_700_321_084_005),
+        (json!(1_733_480_000.123_456), 1_733_480_000_123),
+        (json!(1_733_480_000.999_999), 1_733_480_000_999),
+        (json!(1_700_321_084), 1_700_321_084_000),
+        (json!("1700321084.47"), 1_700_321_084_470),
+    ];
+    e["Records"] = cases
+        .iter()
+        .map(|(at, _)| {
+            let mut r = template.clone();
+            r["kinesis"]["approximateArrivalTimestamp"] = at.clone();
+            r
+        })
+        .collect();
+    let inv = parse_event(e.clone()).unwrap();
+    let got: Vec<i64> = inv.records.iter().map(|r| r.timestamp_ms).collect();
+    let want: Vec<i64> = cases.iter().map(|(_, ms)| *ms).collect();
+    assert_eq!(got, want);
+    // Not a time: refused naming the record and the field.
+    e["Records"][2]["kinesis"]["approximateArrivalTimestamp"] = json!("soon");
+    let err = parse_event(e).unwrap_err().to_string();
+    assert!(
+        err.contains("Records[2].kinesis.approximateArrivalTimestamp"),
+        "{err}"
+    );
     assert!(parse_event(json!({"hello": 1})).is_err());
 }
