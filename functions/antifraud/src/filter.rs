@@ -551,12 +551,21 @@ impl SharedPreds {
         };
         let mut mask = r.plain.get(self.ty.0).copied().unwrap_or(0);
         for m in r.guarded.iter() {
-            if m.types & self.ty.1 != 0 && test_all(&m.ids, &self.preds, &mut self.memo, self.stamp, e, extra) {
+            if m.types & self.ty.1 != 0
+                && test_all(&m.ids, &self.preds, &mut self.memo, self.stamp, e, extra)
+            {
                 mask |= m.bit;
             }
         }
         let triggers = r.trigger_types & self.ty.1 != 0
-            && test_all(&r.trigger, &self.preds, &mut self.memo, self.stamp, e, extra);
+            && test_all(
+                &r.trigger,
+                &self.preds,
+                &mut self.memo,
+                self.stamp,
+                e,
+                extra,
+            );
         (mask, triggers)
     }
 }

@@ -306,3 +306,124 @@ async fn a_compacted_state_topic_is_made_once_and_a_topic_that_is_not_one_is_ref
         "{e}"
     );
 }
+
+/// The lag a member reports for `partition` of `topic` in `group`, from the process's
+/// Prometheus text.
+fn lag_of(text: &str, group: &str, topic: &str, partition: Partition) -> Option<f64> {
+    let series = format!(
+        "pitboss_consumer_lag_records{{group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The process-wide recorder (librdkafka reports statistics on the member's own poll thread,
+/// which a thread-local recorder does not reach).
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("no other global recorder in this binary");
+        handle
+    })
+}
+
+/// A partition a rebalance takes away reads 0 in its old member's lag gauge (librdkafka keeps
+/// reporting it, no longer `desired`): its last value stayed for ever and the group's summed
+/// lag never came back to 0 (docs/processor.md, metrics). The new owner is a plain librdkafka
+/// member here, so the only reports of these series are the old member's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_a_rebalance_takes_away_reads_zero_lag_on_its_old_member() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+    let handle = recorder();
+    let mut config = super::kafka_config();
+    config
+        .extra
+        .insert("statistics.interval.ms".into(), "300".into());
+    let bus = pitboss_bus::kafka::KafkaBus::new(config).unwrap();
+    let bus: &dyn pitboss_bus::Bus = &bus;
+    let topic = pitboss_testkit::unique_name("lagmoved");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 2).await.unwrap();
+    contract::publish_all(bus, &topic, contract::records(20, 2, "l"), 100).await;
+
+    // The first member reads both partitions and processes one record of each: the rest of
+    // each is its lag, reported.
+    let mut a = bus
+        .consumer(&group, &topic, ConsumerConfig::default())
+        .await
+        .unwrap();
+    let mut stored = BTreeSet::new();
+    let start = Instant::now();
+    let before = loop {
+        assert!(start.elapsed() < PATIENCE, "lag never reported on both");
+        if let Delivery::Records(rs) = a.poll(1000, Duration::from_millis(100)).await.unwrap() {
+            for r in rs {
+                if stored.insert(r.partition) {
+                    a.store(&r.topic, r.partition, &r.position).unwrap();
+                }
+            }
+        }
+        let text = handle.render();
+        let lags: Vec<_> = (0..2).map(|p| lag_of(&text, &group, &topic, p)).collect();
+        if lags.iter().all(|l| l.is_some_and(|v| v > 0.0)) {
+            break lags;
+        }
+    };
+
+    // A second member joins (cooperative-sticky, as the first): one partition moves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (stop, group, topic) = (stop.clone(), group.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let b: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", pitboss_testkit::kafka())
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .create()
+                .unwrap();
+            b.subscribe(&[&topic]).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = b.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    let start = Instant::now();
+    let gone = loop {
+        assert!(start.elapsed() < PATIENCE, "no partition moved");
+        if let Delivery::Revoking(parts) = a.poll(1000, Duration::from_millis(100)).await.unwrap() {
+            assert_eq!(parts.len(), 1, "{parts:?}");
+            break parts[0];
+        }
+    };
+    let kept = 1 - gone;
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the moved partition's lag still reads {:?} on its old member",
+            lag_of(&handle.render(), &group, &topic, gone)
+        );
+        // Polling hands the partition over; the statistics after it report the change.
+        let _ = a.poll(1000, Duration::from_millis(100)).await.unwrap();
+        let text = handle.render();
+        if lag_of(&text, &group, &topic, gone) == Some(0.0) {
+            // The partition it kept: as before (nothing more was processed).
+            assert_eq!(
+                lag_of(&text, &group, &topic, kept),
+                before[kept as usize],
+                "{text}"
+            );
+            assert_eq!(a.assignment(), vec![kept]);
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    other.join().unwrap();
+    a.close().await.unwrap();
+}
