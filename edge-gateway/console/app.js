@@ -242,9 +242,19 @@ function onFrame(f) {
       const pending = state.pendingAcks.get(f.id);
       state.pendingAcks.delete(f.id);
       const alertId = (pending && pending.alertId) || f.alert_id;
+      const outcome = pending && pending.outcome;
+      // On the bus: choosing this outcome again later (after another) is a new ack, not a
+      // retry of this one (the gateway keeps a superseded ack_id to its own ack).
+      if (outcome) state.ackIds.delete(alertId + ' ' + outcome);
       const card = state.alerts.get(alertId);
       // `alert_acked` (with who and when) may have come first.
-      if (card && !card.classList.contains('acked')) markAcked(alertId, OUTCOMES[pending && pending.outcome] || 'acknowledged');
+      if (card && !card.classList.contains('acked')) markAcked(alertId, OUTCOMES[outcome] || 'acknowledged', outcome);
+      else if (card) {
+        // A changed conclusion: its `alert_acked` (who, when, what it replaced) says more.
+        const status = card.querySelector('.ack-status');
+        if (status.textContent === 'saving…') status.textContent = OUTCOMES[outcome] || 'acknowledged';
+        setButtons(card, outcome || card.dataset.outcome);
+      }
       break;
     }
     case 'alert_acked': {
@@ -263,7 +273,7 @@ function onFrame(f) {
         card.dataset.outcome = f.outcome;
         card.dataset.by = f.operator_id;
       }
-      markAcked(f.alert_id, text);
+      markAcked(f.alert_id, text, f.outcome);
       break;
     }
     case 'error': {
@@ -274,7 +284,7 @@ function onFrame(f) {
         const card = state.alerts.get(alertId);
         if (card) {
           card.querySelector('.ack-status').textContent = 'not saved: ' + f.message;
-          card.querySelectorAll('button').forEach((b) => (b.disabled = false));
+          setButtons(card, card.classList.contains('acked') ? card.dataset.outcome : undefined);
         }
       } else if (f.code && f.code.startsWith('token_')) {
         signOut('The gateway refused the token: ' + f.message);
@@ -379,13 +389,20 @@ function ack(alertId, outcome) {
   }
 }
 
-function markAcked(alertId, text) {
+// A closed card keeps the buttons of the other outcomes: an operator may change the
+// conclusion (acknowledged, then confirmed or escalated), which the gateway records as a later
+// ack that supersedes the first. The outcome recorded is the one button off.
+function markAcked(alertId, text, outcome) {
   const card = state.alerts.get(alertId);
   if (!card) return;
   card.classList.add('acked');
-  card.querySelectorAll('button').forEach((b) => (b.disabled = true));
+  setButtons(card, outcome);
   card.querySelector('.ack-status').textContent = text;
   countOpen();
+}
+
+function setButtons(card, outcome) {
+  card.querySelectorAll('button').forEach((b) => (b.disabled = outcome !== undefined && b.dataset.outcome === outcome));
 }
 
 // ------------------------------------------------------------------ figures

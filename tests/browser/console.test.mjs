@@ -148,14 +148,29 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   // …the other console hears of it at once, with who…
   await otherCard.locator('.ack-status', { hasText: 'false positive by console' }).waitFor({ timeout: 30_000 });
   assert.match(await otherCard.getAttribute('class'), /acked/);
-  assert.equal(await otherCard.getByRole('button', { name: 'Confirm' }).isDisabled(), true);
-  assert.deepEqual(otherErrors, []);
-  await other.close();
+  // The outcome recorded is the one button off: the conclusion can still change.
+  assert.equal(await otherCard.getByRole('button', { name: 'False positive' }).isDisabled(), true);
+  assert.equal(await otherCard.getByRole('button', { name: 'Confirm' }).isDisabled(), false);
   // …and the processor stores it.
   const rows = await eventually('the ack in alert_acks', async () => {
     const r = await sql(dataDir, `SELECT alert_id, outcome, operator_id, ack_id FROM alert_acks WHERE alert_id = '${alertId}'`);
     return r.length > 0 ? r : null;
   });
+  // Changed on second thoughts: escalated. A new ack (its own id) that supersedes the first;
+  // both consoles say what it replaced, and the store's latest ack of the alert is it.
+  await first.getByRole('button', { name: 'Escalate' }).click();
+  await first.locator('.ack-status', { hasText: /^escalated by console at .+ \(was false positive by console\)$/ }).waitFor({ timeout: 30_000 });
+  await otherCard.locator('.ack-status', { hasText: /^escalated by console at .+ \(was false positive by console\)$/ }).waitFor({ timeout: 30_000 });
+  assert.equal(await first.getByRole('button', { name: 'Escalate' }).isDisabled(), true);
+  assert.equal(await first.getByRole('button', { name: 'False positive' }).isDisabled(), false);
+  assert.deepEqual(otherErrors, []);
+  await other.close();
+  const latest = await eventually('the second ack in alert_acks', async () => {
+    const r = await sql(dataDir, `SELECT outcome, ack_id FROM alert_acks WHERE alert_id = '${alertId}' ORDER BY acked_at_ms DESC, ack_id DESC`);
+    return r.length === 2 ? r : null;
+  });
+  assert.equal(latest[0].outcome, 'escalated');
+  assert.notEqual(latest[0].ack_id, rows[0].ack_id, 'another outcome is another ack');
   const ackId = rows[0].ack_id;
   assert.match(ackId, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'the console chooses a UUIDv7');
   delete rows[0].ack_id;
