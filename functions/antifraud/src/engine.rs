@@ -81,6 +81,8 @@ pub struct Output {
     /// rule's duration before their key's newest event, whose arrival already dropped what
     /// the trigger's own window held (docs/rules.md, "Windows").
     pub late_triggers: u64,
+    /// The first of those: its rule and event id (what the log names).
+    pub late_first: Option<(String, String)>,
 }
 
 impl Output {
@@ -90,6 +92,7 @@ impl Output {
         self.rejected.clear();
         self.forwards.clear();
         self.late_triggers = 0;
+        self.late_first = None;
     }
 }
 
@@ -111,6 +114,9 @@ pub struct ReloadReport {
     pub fresh: Vec<String>,
     /// Rules no longer in the set: their state is gone.
     pub removed: Vec<String>,
+    /// Kept rules whose `window.bucket` changed or went: the events folded into the old
+    /// buckets (all but the newest bucket width's) are dropped.
+    pub refolded: Vec<String>,
 }
 
 /// What the engine holds.
@@ -312,6 +318,9 @@ impl Engine {
             match old.remove(&r.id) {
                 Some((oi, o)) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
+                    if o.bucket_ms.is_some() && o.bucket_ms != r.bucket_ms {
+                        report.refolded.push(r.id.clone());
+                    }
                     moved[oi] = Some(ni);
                 }
                 _ => report.fresh.push(r.id.clone()),
@@ -448,8 +457,21 @@ impl Engine {
             } else {
                 key_of(group)
             };
-            let state = states.open(ri, k).get_or_insert_with(|| {
-                let keep = keeps.get(ri).copied().unwrap_or(0);
+            let keep = keeps.get(ri).copied().unwrap_or(0);
+            let slot = states.open(ri, k);
+            if let Some(s) = slot.as_mut()
+                && now_ms > s.last_active.saturating_add(keep)
+            {
+                // Idle past its keep: what the idle sweep drops. The sweep runs on the clock of
+                // whatever events come (other players', other tenants'), so without this the
+                // key's own history decided nothing: a player back after a long break kept or
+                // lost a `max_events` window as unrelated traffic happened to pass (a backtest
+                // of one tenant, or a quiet hour, disagreed with the live engine). Reset in
+                // place: its idle-queue entry stays, and is requeued when it comes due.
+                *entries = entries.saturating_sub(s.held());
+                *s = KeyState::default();
+            }
+            let state = slot.get_or_insert_with(|| {
                 idle.push(Reverse((now_ms.saturating_add(keep), ri as u32, k)));
                 KeyState::default()
             });
@@ -473,7 +495,9 @@ impl Engine {
                 }
                 None => (0, None),
             };
-            state.last_active = now_ms;
+            // Never moved back: an event read late (a shared key across partitions) must not
+            // make the key look idle since long ago.
+            state.last_active = state.last_active.max(now_ms);
             let mut held = None;
             let mut folded = false;
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
@@ -521,6 +545,10 @@ impl Engine {
                 // what its own window held is gone, so it is not evaluated — counted, so
                 // it is seen (`Output::late_triggers`).
                 out.late_triggers += 1;
+                if out.late_first.is_none() {
+                    out.late_first =
+                        Some((rule.id.clone(), event.event_id.clone().unwrap_or_default()));
+                }
                 continue;
             }
             let times = [first, newest];
