@@ -999,6 +999,17 @@ mod tests {
         let entries = e.stats().entries;
         let report = e.replace_rules(unbucketed());
         assert!(report.fresh.is_empty(), "{report:?}");
+        // Said in the reload's log line: their folded events are gone.
+        let mut refolded = report.refolded.clone();
+        refolded.sort();
+        assert_eq!(
+            refolded,
+            [
+                "fraud.deposit_withdrawal_no_play",
+                "rg.cancelled_withdrawal_gambled",
+                "rg.loss_chasing"
+            ]
+        );
         let s = e.stats();
         assert_eq!((s.buckets, s.entries), (0, entries));
     }

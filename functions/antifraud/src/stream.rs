@@ -1331,7 +1331,19 @@ impl Work {
                 let report = self.engine.replace_rules(set);
                 self.stats.reloads += 1;
                 metrics::counter!("pitboss_antifraud_reloads_total", "result" => "ok").increment(1);
-                tracing::info!(kept = report.kept.len(), fresh = ?report.fresh, removed = ?report.removed, "rules reloaded");
+                if report.removed.is_empty() && report.refolded.is_empty() {
+                    tracing::info!(kept = report.kept.len(), fresh = ?report.fresh, "rules reloaded");
+                } else {
+                    // State went with the change: said louder than a routine reload (a file
+                    // emptied or cut short by a tool mid-write removes every rule it held).
+                    tracing::warn!(
+                        kept = report.kept.len(),
+                        fresh = ?report.fresh,
+                        removed = ?report.removed,
+                        buckets_dropped = ?report.refolded,
+                        "rules reloaded: the windows of removed rules, and the folded events of rules whose bucket changed, are dropped"
+                    );
+                }
             }
             Err(e) => {
                 self.stats.reloads_refused += 1;
@@ -1339,7 +1351,7 @@ impl Work {
                     .increment(1);
                 // One line (each problem after "; "): a log pipeline taking one event a line
                 // kept "rule set refused:" and lost the reasons on the lines after it.
-                let error = e.to_string().replace('\n', "; ");
+                let error = e.to_string().replacen(":\n", ": ", 1).replace('\n', "; ");
                 tracing::error!(%error, "rules not reloaded; the running set stays in force");
             }
         }
@@ -1425,8 +1437,11 @@ pub(crate) fn output_records(
             .increment(1);
     }
     if out.late_triggers > 0 {
+        let (rule, event_id) = out.late_first.take().unwrap_or_default();
         tracing::warn!(
             triggers = out.late_triggers,
+            first_rule = %rule,
+            first_event_id = %event_id,
             "events read later than their rule's window (older than its duration before their key's newest event): not evaluated"
         );
         metrics::counter!("pitboss_antifraud_late_triggers_total").increment(out.late_triggers);

@@ -165,7 +165,8 @@ pub fn compile(
     };
     let cooldown_ms = r.cooldown.as_ref().map(duration).transpose()?.unwrap_or(0);
 
-    let group_by = match r.group_by {
+    let group_span = r.group_by.span();
+    let group_by = match r.group_by.get_ref() {
         GroupBySpec::Player => GroupBy::Player,
         GroupBySpec::Device => GroupBy::Device,
         GroupBySpec::Ip => GroupBy::Ip,
@@ -184,9 +185,20 @@ pub fn compile(
     if let Some(k) = &key_field
         && !types.iter().any(|t| k.possible_on(t))
     {
+        let field = match group_by {
+            GroupBy::Device => "device_id",
+            GroupBy::Ip => "ip",
+            GroupBy::PaymentInstrument => "payment_instrument",
+            GroupBy::Game => "game_id",
+            GroupBy::Session | GroupBy::Player => "session_id",
+        };
+        let events: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
         return Err((
-            whole.clone(),
-            "none of the rule's events carries the field it is grouped by".into(),
+            group_span,
+            format!(
+                "grouped by `{field}`, which none of the rule's events ({}) carries",
+                events.join(", ")
+            ),
         ));
     }
 
@@ -510,8 +522,16 @@ pub fn compile(
             return Err(at("`factor` applies to a `baseline`".into()));
         }
         let factor = spec.factor.unwrap_or(1.0);
-        if !factor.is_finite() {
-            return Err(at("`factor` must be finite".into()));
+        if !factor.is_finite() || factor <= 0.0 {
+            return Err(at(
+                "`factor` must be a finite number above 0 (a baseline times 0 or less compares with nothing of the baseline)".into(),
+            ));
+        }
+        if baseline == Some(measure) {
+            return Err(at(
+                "the baseline is the measure itself: the condition would always hold or never"
+                    .into(),
+            ));
         }
         let cmp = match spec.op {
             CmpSpec::Gt => Comparison::Gt,

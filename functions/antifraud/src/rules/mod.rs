@@ -215,7 +215,8 @@ fn located(file: &str, text: &str, span: std::ops::Range<usize>, reason: String)
 }
 
 impl RuleSet {
-    /// Loads every `*.toml` file of a directory (sorted by name, not recursive).
+    /// Loads every `*.toml` file of a directory (sorted by name, not recursive; hidden files
+    /// left out).
     pub fn load_dir(dir: &Path) -> Result<RuleSet, AntifraudError> {
         let io = |source| AntifraudError::Io {
             path: dir.to_owned(),
@@ -225,7 +226,15 @@ impl RuleSet {
             .map_err(io)?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            // Hidden files (an editor's or a tool's copy, `.fraud.toml`) are not rules: loaded,
+            // a backup beside its original refused the whole set for duplicate ids.
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "toml")
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    && p.is_file()
+            })
             .collect();
         paths.sort();
         let mut files = Vec::new();
@@ -252,8 +261,13 @@ impl RuleSet {
             }
         }
         if !unreadable.is_empty() {
+            // The readable files' own problems too; not that the set has no rule (the
+            // unreadable file may hold them).
             return Err(AntifraudError::Rules(match RuleSet::from_sources(&files) {
-                Err(AntifraudError::Rules(more)) => unreadable.into_iter().chain(more).collect(),
+                Err(AntifraudError::Rules(more)) if !files.is_empty() => unreadable
+                    .into_iter()
+                    .chain(more.into_iter().filter(|e| e.line > 0))
+                    .collect(),
                 _ => unreadable,
             }));
         }
@@ -274,6 +288,19 @@ impl RuleSet {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
         for (name, text) in files {
+            if text.trim().is_empty() {
+                // Most often a file caught while a tool rewrites it (truncated, then written):
+                // loaded, a reload would drop every rule it held and their windows.
+                errors.push(LoadError {
+                    file: name.clone(),
+                    line: 1,
+                    column: 1,
+                    reason: "the file is empty: a rule file holds [[rule]], [scoring] or [engine] \
+                             (delete the file to remove its rules)"
+                        .into(),
+                });
+                continue;
+            }
             match toml::from_str::<spec::FileSpec>(text) {
                 Ok(f) => parsed.push((name, text, f)),
                 Err(e) => {
@@ -329,19 +356,26 @@ impl RuleSet {
                 }
                 seen_scoring = Some(name.to_string());
                 let s = s.into_inner();
+                let (review, block) = (*s.review.get_ref(), *s.block.get_ref());
                 match parse_duration_ms(s.window.get_ref()) {
                     Err(m) => errors.push(located(name, text, s.window.span(), m)),
-                    Ok(_) if s.review == 0 || s.review > s.block => errors.push(located(
+                    Ok(_) if review == 0 => errors.push(located(
                         name,
                         text,
-                        span,
-                        "scoring needs 0 < review <= block".into(),
+                        s.review.span(),
+                        "scoring needs 0 < review <= block: review is 0".into(),
+                    )),
+                    Ok(_) if review > block => errors.push(located(
+                        name,
+                        text,
+                        s.block.span(),
+                        format!("scoring needs 0 < review <= block: block {block} is below review {review}"),
                     )),
                     Ok(w) => {
                         set.scoring = ScoringConfig {
                             window_ms: w,
-                            review: s.review,
-                            block: s.block,
+                            review,
+                            block,
                         }
                     }
                 }
@@ -409,19 +443,28 @@ fn limits(spec: spec::LimitsSpec) -> Result<Limits, SpanErr> {
             None => Ok(default),
         }
     };
-    let positive = |v: Option<usize>, default: usize, what: &str| -> Result<usize, SpanErr> {
-        match v {
-            Some(0) => Err((None, format!("[engine] {what} must be at least 1"))),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        }
-    };
-    let offset = spec.default_utc_offset_min.unwrap_or(0);
+    let positive =
+        |v: Option<toml::Spanned<usize>>, default: usize, what: &str| -> Result<usize, SpanErr> {
+            match v {
+                Some(v) if *v.get_ref() == 0 => Err((
+                    Some(v.span()),
+                    format!("[engine] {what} must be at least 1"),
+                )),
+                Some(v) => Ok(v.into_inner()),
+                None => Ok(default),
+            }
+        };
+    let offset = spec
+        .default_utc_offset_min
+        .as_ref()
+        .map_or(0, |o| *o.get_ref());
     if !(pitboss_model::validate::MIN_UTC_OFFSET_MIN..=pitboss_model::validate::MAX_UTC_OFFSET_MIN)
         .contains(&offset)
     {
         return Err((
-            None,
+            spec.default_utc_offset_min
+                .as_ref()
+                .map(toml::Spanned::span),
             "[engine] default_utc_offset_min must be between -720 and 840".into(),
         ));
     }

@@ -26,7 +26,7 @@ pub struct RuleSpec {
     pub severity: SeveritySpec,
     pub score: u32,
     pub events: Spanned<Vec<String>>,
-    pub group_by: GroupBySpec,
+    pub group_by: Spanned<GroupBySpec>,
     pub window: Spanned<WindowSpec>,
     pub cooldown: Option<Spanned<String>>,
     pub trigger: Option<Spanned<FilterSpec>>,
@@ -168,19 +168,19 @@ pub struct PushSpec {
 #[serde(deny_unknown_fields)]
 pub struct ScoringSpec {
     pub window: Spanned<String>,
-    pub review: u32,
-    pub block: u32,
+    pub review: Spanned<u32>,
+    pub block: Spanned<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
-    pub max_entries: Option<usize>,
-    pub max_events_per_key: Option<usize>,
+    pub max_entries: Option<Spanned<usize>>,
+    pub max_events_per_key: Option<Spanned<usize>>,
     pub idle_after: Option<Spanned<String>>,
     pub sweep_every: Option<Spanned<String>>,
-    pub join_max_bets: Option<usize>,
+    pub join_max_bets: Option<Spanned<usize>>,
     pub join_horizon: Option<Spanned<String>>,
-    pub max_scored_players: Option<usize>,
-    pub default_utc_offset_min: Option<i32>,
+    pub max_scored_players: Option<Spanned<usize>>,
+    pub default_utc_offset_min: Option<Spanned<i32>>,
 }

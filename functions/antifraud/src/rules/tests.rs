@@ -358,3 +358,76 @@ fn a_room_template_whose_fixed_text_no_room_id_can_hold_is_refused() {
     assert_eq!(e.line, line_of(&text, "[rule.push]"));
     load(&text.replace("table:{game_id}", "table-{game_id}")).expect("a valid room template");
 }
+
+/// What an outside rules author's audit found unsafe or hard to act on at load: an empty file
+/// (a tool's rewrite caught midway) is refused rather than removing its rules; hidden files are
+/// not rules; a file that is not UTF-8 is one problem, not also "no rule in the set"; limits
+/// and scoring point at the value that is wrong; a grouping no event carries names the field
+/// and the events; a condition against itself, or a baseline times 0 or less, is refused.
+#[test]
+fn load_time_mistakes_are_refused_where_they_are() {
+    let e = load_err(&[("rules/x.toml", GOOD), ("rules/empty.toml", " \n\n")]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].file.as_str(), e[0].line), ("rules/empty.toml", 1));
+    assert!(e[0].reason.contains("the file is empty"), "{e:?}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("fraud.toml"), GOOD).expect("write");
+    std::fs::write(dir.path().join(".fraud.toml"), GOOD).expect("write");
+    let set = RuleSet::load_dir(dir.path()).expect("the hidden copy is not loaded");
+    assert_eq!(set.rules.len(), 1);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("only.toml"), b"# r\n\xff\xfe\n").expect("write");
+    let Err(AntifraudError::Rules(errors)) = RuleSet::load_dir(dir.path()) else {
+        panic!("must be refused")
+    };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].to_string().contains("only.toml:2:1: not UTF-8"),
+        "{errors:?}"
+    );
+
+    let scoring = "[scoring]\nwindow = \"24h\"\nreview = 50\nblock = 40\n";
+    let e = load_err(&[("rules/x.toml", GOOD), ("rules/s.toml", scoring)]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].line, 4, "{e:?}");
+    assert!(e[0].reason.contains("block 40 is below review 50"), "{e:?}");
+    let engine = "[engine]\nidle_after = \"1h\"\nmax_entries = 0\n";
+    let e = load_err(&[("rules/x.toml", GOOD), ("rules/e.toml", engine)]);
+    assert_eq!((e.len(), e[0].line), (1, 3), "{e:?}");
+    let engine = "[engine]\n\ndefault_utc_offset_min = 900\n";
+    let e = load_err(&[("rules/x.toml", GOOD), ("rules/e.toml", engine)]);
+    assert_eq!((e.len(), e[0].line), (1, 3), "{e:?}");
+
+    let text = GOOD
+        .replace("group_by = \"player\"", "group_by = \"game\"")
+        .replace(
+            "events = [\"bet_placed\"]",
+            "events = [\"deposit\", \"login\"]",
+        );
+    let e = refused(
+        &text,
+        "grouped by `game_id`, which none of the rule's events (deposit, login) carries",
+    );
+    assert_eq!(e.line, line_of(&text, "group_by"));
+
+    let with_baseline = |cond: &str| GOOD.replace("value = 3", cond);
+    let text = with_baseline("baseline = \"bets\"");
+    refused(&text, "the baseline is the measure itself");
+    for factor in ["0", "-1"] {
+        let text = with_baseline(&format!("baseline = \"bets\"\n  factor = {factor}"));
+        refused(&text, "`factor` must be a finite number above 0");
+    }
+}
+
+fn load_err(files: &[(&str, &str)]) -> Vec<LoadError> {
+    let files: Vec<(String, String)> = files
+        .iter()
+        .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+        .collect();
+    match RuleSet::from_sources(&files) {
+        Err(AntifraudError::Rules(v)) => v,
+        other => panic!("must be refused: {other:?}"),
+    }
+}
