@@ -402,8 +402,8 @@ pub struct TokenArgs {
     /// Rooms the token allows (comma-separated; `*` for all).
     #[arg(long, value_delimiter = ',')]
     pub rooms: Vec<String>,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
+    /// Lifetime in seconds (at least 1: a token of 0 was expired when made).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl_secs: u64,
     /// The HS256 secret file; `pitboss up`'s (`<data-dir>/gateway-jwt-secret`) by default.
     #[arg(long, env = "PITBOSS_GATEWAY_JWT_SECRET_FILE")]

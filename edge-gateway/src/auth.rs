@@ -378,6 +378,12 @@ impl Verifier {
                 other => AuthError::Claims(format!("{other:?}")),
             }
         })?;
+        // RFC 7519 §4.1.4: `exp` is the time *on or after which* the token is refused (the
+        // library accepts it for the whole second of `exp`; a live connection would be closed
+        // for it at once).
+        if data.claims.exp <= jsonwebtoken::get_current_timestamp() {
+            return Err(AuthError::Expired);
+        }
         // RFC 7519: not accepted before its `nbf`, when it has one. Identity providers often set
         // `nbf = iat`, so a minute of leeway for their clock being ahead of ours.
         if let Some(nbf) = data.claims.nbf
@@ -484,6 +490,9 @@ mod tests {
 
         let mut expired = c.clone();
         expired.exp = jsonwebtoken::get_current_timestamp() - 60;
+        assert_eq!(v.verify(&token(&expired)).unwrap_err(), AuthError::Expired);
+        // `exp` this very second: refused too (on or after `exp`, RFC 7519).
+        expired.exp = jsonwebtoken::get_current_timestamp();
         assert_eq!(v.verify(&token(&expired)).unwrap_err(), AuthError::Expired);
 
         let forged = sign_hs256(&c, b"another-secret-another-secret-xx").unwrap();

@@ -423,7 +423,12 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
                             if conn_state.errors > st.config.max_errors
                                 || conn_state.limited > st.config.max_errors.saturating_mul(10)
                             {
-                                break 'session Some(End { code: close::POLICY, reason: "too many invalid requests".into() });
+                                let reason = if conn_state.errors > st.config.max_errors {
+                                    "too many invalid requests"
+                                } else {
+                                    "flooding: too many requests past the rate limit"
+                                };
+                                break 'session Some(End { code: close::POLICY, reason: reason.into() });
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
@@ -453,8 +458,17 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
     lock(&st.hub).unregister(conn);
     if let Some(End { code, reason }) = end {
         metrics::counter!("pitboss_gateway_closes_total", "code" => code.to_string()).increment(1);
+        // A slow consumer's close frame waits behind what the socket already holds: it goes
+        // out (and its answer comes back) only as the client reads that, so it gets the write
+        // timeout rather than a second — a client that paused a moment learns it was too slow
+        // (4008) instead of seeing the connection drop (1006).
+        let patience = if code == close::SLOW_CONSUMER {
+            write_timeout
+        } else {
+            Duration::from_secs(1)
+        };
         let _ = tokio::time::timeout(
-            Duration::from_secs(1),
+            patience,
             sink.send(Message::Close(Some(CloseFrame {
                 code,
                 reason: reason.into(),
@@ -463,7 +477,7 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
         .await;
         // Read on until the client answers the close (or a second passes): closing while its
         // frames are still arriving would reset the connection and lose the close frame.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(patience, async {
             while let Some(Ok(m)) = stream.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;

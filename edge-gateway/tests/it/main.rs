@@ -880,6 +880,11 @@ async fn bad_tokens_and_bad_frames_get_precise_answers_and_other_clients_are_una
         "{code:?} {seen:?}"
     );
     assert_eq!(code, Some(1008));
+    // Said as a flood, not as invalid requests (it sent none).
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("close: flooding: too many requests past the rate limit")
+    );
     // An oversized frame closes with 1009.
     let mut big = gw
         .connect(&env.token("acme", "p4", Role::Player, &[]))
@@ -987,6 +992,37 @@ async fn a_client_that_never_reads_is_closed_and_the_others_get_everything() {
     );
     let (code, reason) = stalled.close_code().await;
     assert!(code.is_none() || code == Some(4008), "{code:?} {reason}");
+}
+
+/// A client that stops reading for a moment, long enough for its queue to fill, and then reads
+/// again gets the close frame that says why (4008, "slow consumer") behind what its socket
+/// held: the gateway gave that frame a second and dropped the connection, so a client reading
+/// again after two seen only the connection end (1006), like a network drop (an outside
+/// client developer's audit).
+#[tokio::test]
+async fn a_client_that_pauses_too_long_is_told_it_was_a_slow_consumer() {
+    let env = Env::new().await;
+    let gw = env
+        .gateway_with(|c| {
+            c.server.queue_capacity = 100;
+        })
+        .await;
+    let token = env.token("acme", "p1", Role::Player, &["hall"]);
+    let mut slow = gw.connect(&token).await;
+    slow.subscribe("room:acme:hall", None).await;
+    let slow = slow.stop_reading();
+    // About 8 MB: past its queue and what the kernel's socket buffers hold, so the gateway
+    // closes it partway (the metrics are the process's, shared with the other tests: no
+    // signal of this connection's close). Then two seconds more before it reads again.
+    let body = "x".repeat(990);
+    for chunk in 0..80 {
+        env.publish_pushes("acme", Target::Room("hall".into()), 100, &body, chunk)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, reason) = slow.close_code().await;
+    assert_eq!(code, Some(4008), "{reason}");
+    assert!(reason.contains("slow consumer"), "{reason}");
 }
 
 #[tokio::test]

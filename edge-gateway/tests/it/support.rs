@@ -667,7 +667,13 @@ impl Client {
                             break;
                         }
                     }
-                    Some(Ok(Message::Close(f))) => return (f.map(|f| u16::from(f.code)), codes),
+                    Some(Ok(Message::Close(f))) => {
+                        // The close's reason last, after the answers' codes.
+                        if let Some(f) = &f {
+                            codes.push(format!("close: {}", f.reason));
+                        }
+                        return (f.map(|f| u16::from(f.code)), codes);
+                    }
                     None | Some(Err(_)) => return (None, codes),
                     Some(Ok(_)) => {}
                 }
