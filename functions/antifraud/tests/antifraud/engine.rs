@@ -112,6 +112,11 @@ fn an_event_without_a_uuid_is_refused_for_the_dead_letter_topic() {
 }
 
 fn velocity(threshold: u32, version: u32, window: &str) -> RuleSet {
+    counting(threshold, version, &format!("duration = \"{window}\""))
+}
+
+/// A rule counting bets in the window `window` (the inside of its inline table).
+fn counting(threshold: u32, version: u32, window: &str) -> RuleSet {
     let text = format!(
         r#"
 [[rule]]
@@ -122,7 +127,7 @@ severity = "low"
 score = 1
 events = ["bet_placed"]
 group_by = "player"
-window = {{ duration = "{window}" }}
+window = {{ {window} }}
 reason = "{{bets}} bets"
   [[rule.measure]]
   name = "bets"
@@ -340,30 +345,6 @@ fn idle_keys_leave_a_few_per_event_without_a_full_sweep() {
     assert_eq!(gone, busy, "every swept key is a unit to delete");
 }
 
-/// A rule over the last 5 bets, no duration (kept `idle_after`, 1 h, past the key's last event).
-fn last_five() -> RuleSet {
-    let text = r#"
-[[rule]]
-id = "x.last_five"
-version = 1
-category = "fraud"
-severity = "low"
-score = 1
-events = ["bet_placed"]
-group_by = "player"
-window = { max_events = 5 }
-reason = "{bets} bets"
-  [[rule.measure]]
-  name = "bets"
-  agg = "count"
-  [[rule.when]]
-  measure = "bets"
-  op = "gte"
-  value = 5
-"#;
-    RuleSet::from_sources(&[("l.toml".into(), text.into())]).unwrap()
-}
-
 /// A key idle past its keep starts empty on its next event whatever else the engine saw
 /// meanwhile: the idle sweep runs on other events' clock, so a player back after a 2 h break
 /// kept its four earlier bets when nothing else came, and lost them when another player's or
@@ -388,7 +369,7 @@ fn a_key_idle_past_its_keep_starts_empty_whatever_other_keys_did() {
         (None, 30 * MIN, true),
         (Some(("p2", "acme")), 30 * MIN, true),
     ] {
-        let mut s = Script::new(last_five());
+        let mut s = Script::new(counting(5, 1, "max_events = 5"));
         for i in 0..4 {
             bet_at(&mut s, "p1", "acme", T0 + i * 1000, &format!("b{i}"));
         }
