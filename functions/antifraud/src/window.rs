@@ -739,6 +739,7 @@ impl KeyState {
     /// are folded as the rule would have folded them; buckets of another width or another set
     /// of folded measures cannot be split again and are dropped (with their events).
     pub fn conform(&mut self, rule: &CompiledRule) {
+        self.narrow_buckets(rule);
         let same = match &self.buckets {
             None => true,
             Some(b) => Some(b.width) == rule.bucket_ms && b.mask == rule.fold_mask,
@@ -750,6 +751,62 @@ impl KeyState {
             self.count_gaps(rule);
         }
         self.fold_due(rule);
+    }
+
+    /// Buckets of the rule's width that fold more measures than the rule now does (a measure
+    /// made `exact`) keep the columns of the measures still folded: the others' folded events
+    /// are dropped, not every bucket (72 h of bets). The totals are counted again from what
+    /// is kept.
+    fn narrow_buckets(&mut self, rule: &CompiledRule) {
+        let Some(b) = self.buckets.as_mut() else {
+            return;
+        };
+        let (old, new) = (b.mask, rule.fold_mask);
+        if Some(b.width) != rule.bucket_ms
+            || old == new
+            || old & new != new
+            || self.acc.len() != rule.measures.len()
+        {
+            return;
+        }
+        let old_cols = b.cols();
+        if b.cells.len() != b.heads.len() * old_cols {
+            return;
+        }
+        let keep: Vec<usize> = (0..rule.measures.len())
+            .filter(|i| new & (1 << i) != 0)
+            .map(|i| b.col(i))
+            .collect();
+        let cells: std::collections::VecDeque<Acc> = (0..b.heads.len())
+            .flat_map(|k| keep.iter().map(move |c| k * old_cols + c))
+            .filter_map(|at| b.cells.get(at).copied())
+            .collect();
+        b.cells = cells;
+        b.mask = new;
+        // Totals: the entries', then the kept buckets' cells.
+        self.acc = vec![Acc::default(); rule.measures.len()].into_boxed_slice();
+        let entries = std::mem::take(&mut self.entries);
+        for e in &entries {
+            self.account(e, rule, 1);
+        }
+        self.entries = entries;
+        if let Some(b) = &self.buckets {
+            let cols = b.cols();
+            for (k, _) in b.heads.iter().enumerate() {
+                let mut mask = b.mask;
+                let mut c = 0;
+                while mask != 0 {
+                    let i = mask.trailing_zeros() as usize;
+                    mask &= mask - 1;
+                    if let (Some(a), Some(x)) = (self.acc.get_mut(i), b.cells.get(k * cols + c)) {
+                        a.n = a.n.wrapping_add(x.n);
+                        a.n_vals = a.n_vals.wrapping_add(x.n_vals);
+                        a.sum += x.sum;
+                    }
+                    c += 1;
+                }
+            }
+        }
     }
 
     /// Inserts in time order, unless the id is already in the window; then drops what fell
@@ -1720,6 +1777,40 @@ value = 1
             b.acc[0].n as usize,
             b.entries.iter().filter(|e| e.mask & 1 != 0).count()
         );
+    }
+
+    /// A measure made `exact` (no longer folded) leaves the buckets and the other measures'
+    /// folded totals as they were: only its own folded events go (they were 72 h of bets of
+    /// the shipped deposit rule, all dropped with the buckets).
+    #[test]
+    fn buckets_folding_fewer_measures_keep_the_others_totals() {
+        let r = bucketed(1000);
+        assert_eq!(r.fold_mask, 0b1011);
+        let mut narrow = r.clone();
+        narrow.fold_mask = 0b0011;
+        narrow.exact_mask |= 0b1000;
+        let t0 = 1_000 * 60 * MIN;
+        let mut k = KeyState::default();
+        for i in 0..40 {
+            k.insert(ev(i, t0 + i as i64 * MIN, i as f64, false), &r);
+        }
+        let heads = k.buckets.as_ref().map(|b| b.heads.len()).unwrap_or(0);
+        assert!(heads > 3, "{heads}");
+        let before: Vec<_> = (0..2).map(|i| measure(&k, &r, i, t0 + 39 * MIN)).collect();
+        k.conform(&narrow);
+        let b = k.buckets.as_ref().expect("buckets kept");
+        assert_eq!(
+            (b.heads.len(), b.mask, b.cells.len()),
+            (heads, 0b0011, 2 * heads)
+        );
+        let after: Vec<_> = (0..2)
+            .map(|i| measure(&k, &narrow, i, t0 + 39 * MIN))
+            .collect();
+        assert_eq!(after, before);
+        // The measure no longer folded counts what is still held one by one.
+        let exact: f64 = k.entries.iter().map(|e| e.val(0)).sum();
+        assert_eq!(k.acc[3].sum, exact);
+        assert_eq!(k.acc[0].n as usize, 40);
     }
 
     #[test]

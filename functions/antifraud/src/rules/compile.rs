@@ -248,6 +248,8 @@ pub fn compile(
         ));
     }
     let measure_names: Vec<String> = r.measure.iter().map(|m| m.get_ref().name.clone()).collect();
+    // Measures kept one by one in a bucketed window (`exact = true`), by index.
+    let mut exact_asked = 0u32;
     for m in &r.measure {
         let span = m.span();
         let spec = m.get_ref();
@@ -358,9 +360,15 @@ pub fn compile(
                 || spec.within.is_some()
                 || spec.last.is_some()
                 || spec.since.is_some()
-                || spec.exclude_trigger)
+                || spec.exclude_trigger
+                || spec.exact)
         {
-            return Err(at("a ratio or current value reads no window: events, where, within, last, since and exclude_trigger do not apply".into()));
+            return Err(at("a ratio or current value reads no window: events, where, within, last, since, exclude_trigger and exact do not apply".into()));
+        }
+        // Without a `bucket` every event is kept one by one already: no effect (so removing a
+        // window's `bucket` needs no other edit).
+        if spec.exact {
+            exact_asked |= 1 << measures.len();
         }
         let within_ms = match &spec.within {
             Some(s) => {
@@ -457,13 +465,14 @@ pub fn compile(
                     && matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg)
                     && m.last.is_none()
                     && anchor_mask & (1 << i) == 0
+                    && exact_asked & (1 << i) == 0
             })
             .fold(0, |acc, (i, _)| acc | 1 << i),
     };
     if let (Some(b), 0) = (&w.bucket, fold_mask) {
         return Err((
             b.span(),
-            "window.bucket: no measure of this rule can be kept in buckets (only count, sum and avg without `last`, and not named by a `since`)".into(),
+            "window.bucket: no measure of this rule can be kept in buckets (only count, sum and avg without `last`, not named by a `since` and not `exact`)".into(),
         ));
     }
     let exact_mask: u32 = measures

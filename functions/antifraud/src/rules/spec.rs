@@ -121,6 +121,10 @@ pub struct MeasureSpec {
     pub last: Option<usize>,
     #[serde(default)]
     pub exclude_trigger: bool,
+    /// In a bucketed window: keep this measure's events one by one, never folded (few events
+    /// whose ids an alert should list as evidence: the deposits of a laundering pattern).
+    #[serde(default)]
+    pub exact: bool,
     pub since: Option<String>,
     pub of: Option<Vec<String>>,
     pub default: Option<f64>,

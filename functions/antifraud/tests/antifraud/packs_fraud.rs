@@ -151,6 +151,42 @@ fn deposit_then_withdrawal_with_little_play_fires() {
     );
 }
 
+/// Hours later, the deposits and bets older than one bucket width (5 min) are folded: the
+/// deposits, kept one by one (`exact`), are still the alert's evidence — the events an
+/// operator checks first (they were left out with the folded bets).
+#[test]
+fn the_deposits_stay_the_evidence_once_the_bets_are_folded() {
+    let mut s = Script::default();
+    s.send("p1", T0, "deposit", deposit("d1", 30_000));
+    s.send("p1", T0 + 10 * MIN, "deposit", deposit("d2", 20_000));
+    let deposits: Vec<String> = s.sent.iter().filter_map(|e| e.event_id.clone()).collect();
+    s.send("p1", T0 + 20 * MIN, "bet_placed", bet("b1", 5000));
+    s.send("p1", T0 + 3 * H, "bet_placed", bet("b2", 5000));
+    s.send(
+        "p1",
+        T0 + 5 * H,
+        "withdrawal",
+        withdrawal("w1", 45_000, "requested"),
+    );
+    let a = s.alerts("fraud.deposit_withdrawal_no_play");
+    assert_eq!(a.len(), 1);
+    assert!(
+        a[0].reason
+            .contains("after depositing 500.00 EUR and staking only 100.00 EUR"),
+        "{}",
+        a[0].reason
+    );
+    // Oldest first: both deposits (kept one by one), then what is still exact of the bets
+    // (b2: folded in batches, later); b1, folded, is not listed.
+    assert_eq!(a[0].evidence_event_ids[..2], deposits[..]);
+    let b1 = s.sent[2].event_id.clone().unwrap();
+    assert!(
+        !a[0].evidence_event_ids.contains(&b1),
+        "{:?}",
+        a[0].evidence_event_ids
+    );
+}
+
 #[test]
 fn deposit_then_withdrawal_after_real_play_or_small_or_approved_does_not_fire() {
     let mut s = Script::default();
