@@ -114,8 +114,9 @@ pub struct ReloadReport {
     pub fresh: Vec<String>,
     /// Rules no longer in the set: their state is gone.
     pub removed: Vec<String>,
-    /// Kept rules whose `window.bucket` changed or went: the events folded into the old
-    /// buckets (all but the newest bucket width's) are dropped.
+    /// Kept rules whose `window.bucket` changed or went, or that fold other measures (one
+    /// made `exact`): events folded into the old buckets (older than the newest bucket
+    /// width) are dropped, all of them or those of the measures no longer folded.
     pub refolded: Vec<String>,
 }
 
@@ -318,7 +319,9 @@ impl Engine {
             match old.remove(&r.id) {
                 Some((oi, o)) if o.version == r.version && o.signature == r.signature => {
                     report.kept.push(r.id.clone());
-                    if o.bucket_ms.is_some() && o.bucket_ms != r.bucket_ms {
+                    if o.bucket_ms.is_some()
+                        && (o.bucket_ms != r.bucket_ms || o.fold_mask != r.fold_mask)
+                    {
                         report.refolded.push(r.id.clone());
                     }
                     moved[oi] = Some(ni);
