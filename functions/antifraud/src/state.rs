@@ -1012,6 +1012,15 @@ mod tests {
         );
         let s = e.stats();
         assert_eq!((s.buckets, s.entries), (0, entries));
+        // Back to buckets, then a deposit rule that folds its deposits too (no `exact`): the
+        // change of folded measures is reported as well.
+        e.replace_rules(shipped());
+        let folding: Vec<(String, String)> = crate::stream::shipped_sources()
+            .into_iter()
+            .map(|(n, t)| (n, t.replace("  exact = true\n", "")))
+            .collect();
+        let report = e.replace_rules(RuleSet::from_sources(&folding).unwrap());
+        assert_eq!(report.refolded, ["fraud.deposit_withdrawal_no_play"]);
     }
 
     #[test]
