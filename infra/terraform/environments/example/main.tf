@@ -278,7 +278,7 @@ data "aws_iam_policy_document" "gateway" {
     for_each = local.kinesis ? [1] : []
     content {
       sid       = "ReadLivePath"
-      actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
+      actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
       resources = [local.streams["alerts"], local.streams["pushes"], local.streams["alert_acks"], local.streams["presence"]]
     }
   }

@@ -85,7 +85,7 @@ data "aws_iam_policy_document" "antifraud" {
     for_each = local.kinesis ? [1] : []
     content {
       sid       = "PublishAlertsAndPushes"
-      actions   = ["kinesis:PutRecord", "kinesis:PutRecords", "kinesis:DescribeStreamSummary", "kinesis:ListShards"]
+      actions   = ["kinesis:PutRecord", "kinesis:PutRecords", "kinesis:ListShards"]
       resources = var.output_stream_arns
     }
   }
@@ -109,9 +109,10 @@ data "aws_iam_policy_document" "antifraud" {
   statement {
     # The state units, and only this table: the calls the function makes (no Scan, no Query).
     sid = "StateTable"
+    # BatchGetItem (loads), PutItem (a lone unit), TransactWriteItems of Put and Delete
+    # (checked as PutItem and DeleteItem).
     actions = [
-      "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem",
-      "dynamodb:BatchWriteItem",
+      "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:DeleteItem",
     ]
     resources = [aws_dynamodb_table.state.arn]
   }

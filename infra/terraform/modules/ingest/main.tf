@@ -20,7 +20,7 @@ data "aws_iam_policy_document" "ingest" {
     for_each = local.kinesis ? [1] : []
     content {
       sid       = "PublishEvents"
-      actions   = ["kinesis:PutRecord", "kinesis:PutRecords", "kinesis:DescribeStreamSummary", "kinesis:ListShards"]
+      actions   = ["kinesis:PutRecord", "kinesis:PutRecords", "kinesis:ListShards"]
       resources = var.event_stream_arns
     }
   }
