@@ -470,6 +470,14 @@ pub(crate) struct BusArgs {
     /// Custom Kinesis endpoint (LocalStack).
     #[arg(long, env = "PITBOSS_KINESIS_ENDPOINT")]
     pub kinesis_endpoint: Option<String>,
+    /// DynamoDB table of the Kinesis consumer groups' leases (created on first use; every
+    /// member of a group must name the same one).
+    #[arg(
+        long,
+        env = "PITBOSS_KINESIS_LEASE_TABLE",
+        default_value = "pitboss-leases"
+    )]
+    pub kinesis_lease_table: String,
     /// Directory of the embedded log (with `--bus embedded`) and of local files.
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
     pub data_dir: PathBuf,
@@ -493,8 +501,11 @@ impl BusArgs {
         bus_spec(
             self.kind,
             &self.kafka,
-            self.kinesis_region.clone(),
-            self.kinesis_endpoint.clone(),
+            (
+                self.kinesis_region.clone(),
+                self.kinesis_endpoint.clone(),
+                self.kinesis_lease_table.clone(),
+            ),
             &self.data_dir,
         )
     }
@@ -504,8 +515,7 @@ impl BusArgs {
 fn bus_spec(
     kind: BusKind,
     kafka: &KafkaArgs,
-    kinesis_region: String,
-    kinesis_endpoint: Option<String>,
+    (kinesis_region, kinesis_endpoint, kinesis_lease_table): (String, Option<String>, String),
     data_dir: &Path,
 ) -> Result<BusSpec> {
     Ok(match kind {
@@ -517,10 +527,11 @@ fn bus_spec(
         BusKind::Kinesis => BusSpec::Kinesis {
             region: kinesis_region,
             endpoint: kinesis_endpoint,
+            lease_table: Some(kinesis_lease_table),
         },
         #[cfg(not(feature = "aws"))]
         BusKind::Kinesis => {
-            let _ = (kinesis_region, kinesis_endpoint);
+            let _ = (kinesis_region, kinesis_endpoint, kinesis_lease_table);
             bail!("{NO_KINESIS}")
         }
     })
@@ -2249,8 +2260,7 @@ mod tests {
         bus_spec(
             BusKind::Kinesis,
             &kafka,
-            "eu-west-1".into(),
-            None,
+            ("eu-west-1".into(), None, "pitboss-leases".into()),
             Path::new(".pitboss"),
         )
     }
@@ -2262,9 +2272,31 @@ mod tests {
             kinesis_spec().unwrap(),
             BusSpec::Kinesis {
                 region: "eu-west-1".into(),
-                endpoint: None
+                endpoint: None,
+                lease_table: Some("pitboss-leases".into()),
             }
         );
+        // `--kinesis-lease-table` (PITBOSS_KINESIS_LEASE_TABLE, what terraform's
+        // `lease_table_name` passes): the table the groups' leases are kept in.
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "pitboss",
+            "process",
+            "--bus",
+            "kinesis",
+            "--kinesis-lease-table",
+            "staging-leases",
+            "--clickhouse-url",
+            "http://127.0.0.1:8123",
+        ])
+        .unwrap();
+        let Command::Process(args) = cli.command else {
+            panic!("process")
+        };
+        assert!(matches!(
+            args.bus.spec().unwrap(),
+            BusSpec::Kinesis { lease_table: Some(t), .. } if t == "staging-leases"
+        ));
     }
 
     /// Without the `aws` feature `--bus kinesis` is still an option, and says how to get it.

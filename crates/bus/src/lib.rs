@@ -498,11 +498,13 @@ pub enum BusSpec {
         bootstrap: String,
         options: std::collections::BTreeMap<String, String>,
     },
-    /// Kinesis in a region, optionally at a custom endpoint (LocalStack).
+    /// Kinesis in a region, optionally at a custom endpoint (LocalStack), with the consumer
+    /// groups' leases in a DynamoDB table (`pitboss-leases` unless named).
     #[cfg(feature = "kinesis")]
     Kinesis {
         region: String,
         endpoint: Option<String>,
+        lease_table: Option<String>,
     },
 }
 
@@ -538,10 +540,15 @@ impl std::fmt::Debug for BusSpec {
                 .field("options", &options.keys().collect::<Vec<_>>())
                 .finish(),
             #[cfg(feature = "kinesis")]
-            BusSpec::Kinesis { region, endpoint } => f
+            BusSpec::Kinesis {
+                region,
+                endpoint,
+                lease_table,
+            } => f
                 .debug_struct("Kinesis")
                 .field("region", region)
                 .field("endpoint", endpoint)
+                .field("lease_table", lease_table)
                 .finish(),
         }
     }
@@ -550,7 +557,8 @@ impl std::fmt::Debug for BusSpec {
 impl BusSpec {
     /// The bus named by the environment, as the Lambda functions are configured: `PITBOSS_BUS`
     /// (`kafka` by default, `kinesis`, `embedded`) and its settings (`PITBOSS_KAFKA_BOOTSTRAP`
-    /// and `PITBOSS_KAFKA_OPTIONS`; `AWS_REGION` and `PITBOSS_KINESIS_ENDPOINT`;
+    /// and `PITBOSS_KAFKA_OPTIONS`; `AWS_REGION`, `PITBOSS_KINESIS_ENDPOINT` and
+    /// `PITBOSS_KINESIS_LEASE_TABLE`;
     /// `PITBOSS_DATA_DIR`).
     pub fn from_env() -> Result<BusSpec, BusError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -572,6 +580,7 @@ impl BusSpec {
             "kinesis" => Ok(BusSpec::Kinesis {
                 region: required("AWS_REGION")?,
                 endpoint: var("PITBOSS_KINESIS_ENDPOINT"),
+                lease_table: var("PITBOSS_KINESIS_LEASE_TABLE"),
             }),
             #[cfg(not(feature = "kafka"))]
             "kafka" => Err(BusError::Config(
@@ -637,9 +646,16 @@ impl BusSpec {
                 std::sync::Arc::new(kafka::KafkaBus::new(config)?)
             }
             #[cfg(feature = "kinesis")]
-            BusSpec::Kinesis { region, endpoint } => {
+            BusSpec::Kinesis {
+                region,
+                endpoint,
+                lease_table,
+            } => {
                 let mut config = kinesis::KinesisConfig::new(region.clone());
                 config.endpoint_url = endpoint.clone();
+                if let Some(t) = lease_table {
+                    config.lease_table = t.clone();
+                }
                 std::sync::Arc::new(kinesis::KinesisBus::new(config).await?)
             }
         })

@@ -11,7 +11,7 @@
 
 locals {
   kinesis     = var.bus == "kinesis"
-  bus_env     = local.kinesis ? { PITBOSS_BUS = "kinesis", AWS_REGION = var.region } : { PITBOSS_BUS = "kafka", PITBOSS_KAFKA_BOOTSTRAP = module.stream.kafka_bootstrap }
+  bus_env     = local.kinesis ? { PITBOSS_BUS = "kinesis", AWS_REGION = var.region, PITBOSS_KINESIS_LEASE_TABLE = module.stream.lease_table_name } : { PITBOSS_BUS = "kafka", PITBOSS_KAFKA_BOOTSTRAP = module.stream.kafka_bootstrap }
   bus_secrets = local.kinesis ? {} : { PITBOSS_KAFKA_OPTIONS = module.stream.kafka_options_secret_arn }
   topics = [
     "events", "events_overflow", "alerts", "pushes", "deliveries", "alert_acks", "presence",

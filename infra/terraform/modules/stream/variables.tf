@@ -36,7 +36,7 @@ variable "retention_hours" {
 }
 
 variable "lease_table_name" {
-  description = "DynamoDB lease table of the Kinesis bus (the bus's default is pitboss-leases)."
+  description = "DynamoDB lease table of the Kinesis bus (the bus's default is pitboss-leases; the example passes it to every task as PITBOSS_KINESIS_LEASE_TABLE)."
   type        = string
   default     = "pitboss-leases"
   validation {
