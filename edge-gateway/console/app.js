@@ -173,7 +173,12 @@ function connect() {
       const card = state.alerts.get(alertId);
       if (card && !card.classList.contains('acked')) {
         card.querySelector('.ack-status').textContent = 'not confirmed: connection lost, try again';
-        card.querySelectorAll('button').forEach((b) => (b.disabled = false));
+        setButtons(card);
+      } else if (card) {
+        // A change of conclusion in flight: the recorded one stands (shown again) until it is
+        // sent again.
+        card.querySelector('.ack-status').textContent = card.dataset.shown + ' (change not confirmed: connection lost, try again)';
+        setButtons(card);
       }
     }
     state.pendingAcks.clear();
@@ -221,7 +226,7 @@ function onFrame(f) {
       // Messages of a send that failed while offline are stale now.
       for (const card of state.alerts.values()) {
         const st = card.querySelector('.ack-status');
-        if (!card.classList.contains('acked') && st.textContent.startsWith('offline')) st.textContent = '';
+        if (st.textContent.startsWith('offline')) st.textContent = card.classList.contains('acked') ? card.dataset.shown : '';
       }
       setStatus('live', true);
       break;
@@ -247,13 +252,10 @@ function onFrame(f) {
       // retry of this one (the gateway keeps a superseded ack_id to its own ack).
       if (outcome) state.ackIds.delete(alertId + ' ' + outcome);
       const card = state.alerts.get(alertId);
-      // `alert_acked` (with who and when) may have come first.
-      if (card && !card.classList.contains('acked')) markAcked(alertId, OUTCOMES[outcome] || 'acknowledged', outcome);
-      else if (card) {
-        // A changed conclusion: its `alert_acked` (who, when, what it replaced) says more.
-        const status = card.querySelector('.ack-status');
-        if (status.textContent === 'saving…') status.textContent = OUTCOMES[outcome] || 'acknowledged';
-        setButtons(card, outcome || card.dataset.outcome);
+      // `alert_acked` (with who and when) may have come first, and says more (who, when, what
+      // it replaced).
+      if (card && (!card.classList.contains('acked') || card.querySelector('.ack-status').textContent === 'saving…')) {
+        markAcked(alertId, OUTCOMES[outcome] || 'acknowledged', outcome);
       }
       break;
     }
@@ -273,6 +275,10 @@ function onFrame(f) {
         card.dataset.outcome = f.outcome;
         card.dataset.by = f.operator_id;
       }
+      // Its ack ids of outcomes not in flight name stored acks now: choosing one of those
+      // outcomes again later is a new ack (a retry of a stored one would change nothing, and
+      // the console would show it as the conclusion).
+      forgetAckIds(f.alert_id);
       markAcked(f.alert_id, text, f.outcome);
       break;
     }
@@ -284,7 +290,7 @@ function onFrame(f) {
         const card = state.alerts.get(alertId);
         if (card) {
           card.querySelector('.ack-status').textContent = 'not saved: ' + f.message;
-          setButtons(card, card.classList.contains('acked') ? card.dataset.outcome : undefined);
+          setButtons(card);
         }
       } else if (f.code && f.code.startsWith('token_')) {
         signOut('The gateway refused the token: ' + f.message);
@@ -309,7 +315,7 @@ function addAlert(a) {
     // cut short, or an instance a moment behind): open again.
     delete known.dataset.away;
     known.classList.remove('acked');
-    known.querySelectorAll('button').forEach((b) => (b.disabled = false));
+    setButtons(known);
     known.querySelector('.ack-status').textContent = '';
     countOpen();
     return;
@@ -391,18 +397,32 @@ function ack(alertId, outcome) {
 
 // A closed card keeps the buttons of the other outcomes: an operator may change the
 // conclusion (acknowledged, then confirmed or escalated), which the gateway records as a later
-// ack that supersedes the first. The outcome recorded is the one button off.
+// ack that supersedes the first. The outcome recorded is the one button off; a card closed
+// with no outcome known here (closed while this console was away) has none on: a change
+// would replace a conclusion this console never saw.
 function markAcked(alertId, text, outcome) {
   const card = state.alerts.get(alertId);
   if (!card) return;
   card.classList.add('acked');
-  setButtons(card, outcome);
+  card.dataset.recorded = outcome || '';
+  card.dataset.shown = text;
+  setButtons(card);
   card.querySelector('.ack-status').textContent = text;
   countOpen();
 }
 
-function setButtons(card, outcome) {
-  card.querySelectorAll('button').forEach((b) => (b.disabled = outcome !== undefined && b.dataset.outcome === outcome));
+function setButtons(card) {
+  const acked = card.classList.contains('acked');
+  const recorded = card.dataset.recorded || '';
+  card.querySelectorAll('button').forEach((b) => (b.disabled = acked && (recorded === '' || b.dataset.outcome === recorded)));
+}
+
+function forgetAckIds(alertId) {
+  const inFlight = new Set([...state.pendingAcks.values()].filter((p) => p.alertId === alertId).map((p) => p.outcome));
+  for (const key of [...state.ackIds.keys()]) {
+    const [id, outcome] = key.split(' ');
+    if (id === alertId && !inFlight.has(outcome)) state.ackIds.delete(key);
+  }
 }
 
 // ------------------------------------------------------------------ figures

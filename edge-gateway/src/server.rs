@@ -462,29 +462,39 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
         // out (and its answer comes back) only as the client reads that, so it gets the write
         // timeout rather than a second — a client that paused a moment learns it was too slow
         // (4008) instead of seeing the connection drop (1006).
-        let patience = if code == close::SLOW_CONSUMER {
+        // The queue's frames (and the history entries they hold) are not sent now.
+        drop(rx);
+        let slow = code == close::SLOW_CONSUMER;
+        let patience = if slow {
             write_timeout
         } else {
             Duration::from_secs(1)
         };
-        let _ = tokio::time::timeout(
-            patience,
-            sink.send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }))),
-        )
-        .await;
-        // Read on until the client answers the close (or a second passes): closing while its
-        // frames are still arriving would reset the connection and lose the close frame.
-        let _ = tokio::time::timeout(patience, async {
+        let linger = async {
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+            // Read on until the client answers the close: closing while its frames are still
+            // arriving would reset the connection and lose the close frame.
             while let Some(Ok(m)) = stream.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
             }
-        })
-        .await;
+        };
+        // One deadline for both; a slow consumer's wait ends within a second of a shutdown
+        // (the drain does not wait on a client that does not read).
+        let deadline = tokio::time::Instant::now() + patience;
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, linger) => {}
+            () = async {
+                st.shutdown.wait().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }, if slow => {}
+        }
     }
 }
 

@@ -243,6 +243,19 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
     return state.alerts.get('conflict-1').querySelector('.ack-status').textContent;
   });
   assert.match(changed, /^false positive by opB at .+ \(was confirmed by opA\)$/);
+  // An ack stored whose answer was lost (the connection dropped) and heard of on resume: its
+  // id is forgotten, so choosing that outcome again after a change is a new ack, not a retry
+  // the gateway would answer without storing; a card closed while away offers no change.
+  const afterLoss = await page.evaluate(() => {
+    const { addAlert, onFrame, state } = window.pitbossConsole;
+    addAlert({ alert_id: 'lost-1', rule_id: 'test.rule', severity: 'low', detected_at: new Date().toISOString(), player_id: 'p', score: 1, total_score: 1, recommendation: 'review', reason: 'synthetic' });
+    state.ackIds.set('lost-1 false_positive', 'stored-before-the-drop');
+    onFrame({ type: 'alert_acked', channel: 'operator:demo', alert_id: 'lost-1', ack_id: 'stored-before-the-drop', outcome: 'false_positive', operator_id: 'console', acked_at: new Date().toISOString() });
+    const card = state.alerts.get('lost-1');
+    const off = [...card.querySelectorAll('button')].filter((b) => b.disabled).map((b) => b.dataset.outcome);
+    return [state.ackIds.has('lost-1 false_positive'), off];
+  });
+  assert.deepEqual(afterLoss, [false, ['false_positive']]);
   assert.deepEqual(errors, []);
   await page.close();
 });

@@ -114,6 +114,9 @@ pub struct ReloadReport {
     pub fresh: Vec<String>,
     /// Rules no longer in the set: their state is gone.
     pub removed: Vec<String>,
+    /// Of `fresh`, the rules that were there before (their version or window changed): their
+    /// state is gone.
+    pub reset: Vec<String>,
     /// Kept rules whose `window.bucket` changed or went, or that fold other measures (one
     /// made `exact`): events folded into the old buckets (older than the newest bucket
     /// width) are dropped, all of them or those of the measures no longer folded.
@@ -326,7 +329,11 @@ impl Engine {
                     }
                     moved[oi] = Some(ni);
                 }
-                _ => report.fresh.push(r.id.clone()),
+                Some(_) => {
+                    report.fresh.push(r.id.clone());
+                    report.reset.push(r.id.clone());
+                }
+                None => report.fresh.push(r.id.clone()),
             }
         }
         report.removed = old.into_keys().collect();

@@ -524,7 +524,7 @@ impl SharedPreds {
             preds,
             rules,
             memo,
-            stamp: 0,
+            stamp: 2,
             ty: (0, 0),
         }
     }
@@ -606,6 +606,9 @@ mod tests {
         let set = crate::rules::RuleSet::from_sources(&crate::stream::shipped_sources())
             .expect("the shipped packs");
         let mut shared = SharedPreds::new(&set);
+        // The memo's stamp wraps after the 10th start (answers of before must not be read as
+        // this event's).
+        shared.stamp = u32::MAX - 21;
         let events: Vec<Event> = crate::scenario::script("acme", 1_767_787_200_000, 50, 1)
             .into_iter()
             .flat_map(|p| p.events)

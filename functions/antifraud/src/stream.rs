@@ -97,7 +97,11 @@ impl RulesSource {
         let mut out: Vec<_> = std::fs::read_dir(d)
             .ok()?
             .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            // As loading reads them: an editor's hidden copy changes nothing.
+            .filter(|e| {
+                e.path().extension().is_some_and(|x| x == "toml")
+                    && !e.file_name().to_string_lossy().starts_with('.')
+            })
             .map(|e| {
                 let text = std::fs::read(e.path()).unwrap_or_default();
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -333,6 +337,9 @@ struct Work {
     unit_cost: Option<Duration>,
     durable: Vec<(Arc<str>, Partition, Position)>,
     fingerprint: Option<Vec<(PathBuf, u64, u64)>>,
+    /// A changed fingerprint seen at the last check, loaded once a check sees it again: files
+    /// caught mid-write (truncated, cut at a rule) are not loaded, only what stays.
+    settling: Option<Option<Vec<(PathBuf, u64, u64)>>>,
     last_reload_check: Instant,
     /// When replaying began (the first assignment): past [`REPLAY_PATIENCE`], the logged
     /// batches are replayed with whatever arrived (a partition whose records never come cannot
@@ -578,6 +585,7 @@ impl Work {
         config.consumer.client_id = Some(client_id.clone());
         let mut work = Work {
             fingerprint: config.rules.fingerprint(),
+            settling: None,
             engine,
             store,
             publisher: bus.publisher(),
@@ -1323,15 +1331,25 @@ impl Work {
         self.last_reload_check = Instant::now();
         let now = self.config.rules.fingerprint();
         if now == self.fingerprint {
+            self.settling = None;
             return;
         }
+        if self.settling.as_ref() != Some(&now) {
+            // Changed since the last check: loaded when the next check finds it unchanged.
+            self.settling = Some(now);
+            return;
+        }
+        self.settling = None;
         self.fingerprint = now;
         match self.config.rules.load() {
             Ok(set) => {
                 let report = self.engine.replace_rules(set);
                 self.stats.reloads += 1;
                 metrics::counter!("pitboss_antifraud_reloads_total", "result" => "ok").increment(1);
-                if report.removed.is_empty() && report.refolded.is_empty() {
+                if report.removed.is_empty()
+                    && report.refolded.is_empty()
+                    && report.reset.is_empty()
+                {
                     tracing::info!(kept = report.kept.len(), fresh = ?report.fresh, "rules reloaded");
                 } else {
                     // State went with the change: said louder than a routine reload (a file
@@ -1340,8 +1358,9 @@ impl Work {
                         kept = report.kept.len(),
                         fresh = ?report.fresh,
                         removed = ?report.removed,
+                        reset = ?report.reset,
                         buckets_dropped = ?report.refolded,
-                        "rules reloaded: the windows of removed rules, and the folded events of rules whose bucket changed, are dropped"
+                        "rules reloaded: the windows of removed rules and of rules whose version or window changed (reset), and the folded events of rules whose buckets changed, are dropped"
                     );
                 }
             }

@@ -531,14 +531,14 @@ pub fn compile(
             return Err(at("`factor` applies to a `baseline`".into()));
         }
         let factor = spec.factor.unwrap_or(1.0);
-        if !factor.is_finite() || factor <= 0.0 {
+        if !factor.is_finite() || factor == 0.0 {
             return Err(at(
-                "`factor` must be a finite number above 0 (a baseline times 0 or less compares with nothing of the baseline)".into(),
+                "`factor` must be a finite number other than 0 (a baseline times 0 is the threshold 0: give `value = 0`)".into(),
             ));
         }
         if baseline == Some(measure) {
             return Err(at(
-                "the baseline is the measure itself: the condition would always hold or never"
+                "the baseline is the measure itself: compare it with a `value` or another measure"
                     .into(),
             ));
         }

@@ -302,6 +302,17 @@ impl RuleSet {
                 continue;
             }
             match toml::from_str::<spec::FileSpec>(text) {
+                Ok(f) if f.rule.is_empty() && f.scoring.is_none() && f.engine.is_none() => {
+                    // Comments alone: as an empty file (a rewrite cut after its header).
+                    errors.push(LoadError {
+                        file: name.clone(),
+                        line: 1,
+                        column: 1,
+                        reason: "the file holds no [[rule]], [scoring] or [engine] \
+                                 (delete the file to remove its rules)"
+                            .into(),
+                    });
+                }
                 Ok(f) => parsed.push((name, text, f)),
                 Err(e) => {
                     // Parsing stops at a file's first problem. The message names what was

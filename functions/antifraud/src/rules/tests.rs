@@ -415,10 +415,21 @@ fn load_time_mistakes_are_refused_where_they_are() {
     let with_baseline = |cond: &str| GOOD.replace("value = 3", cond);
     let text = with_baseline("baseline = \"bets\"");
     refused(&text, "the baseline is the measure itself");
-    for factor in ["0", "-1"] {
-        let text = with_baseline(&format!("baseline = \"bets\"\n  factor = {factor}"));
-        refused(&text, "`factor` must be a finite number above 0");
-    }
+    let text = with_baseline("baseline = \"bets\"\n  factor = 0");
+    refused(&text, "`factor` must be a finite number other than 0");
+    // A negative factor is a threshold below a signed baseline (`net`, `loss`): loaded.
+    let two = GOOD.replace(
+        "  [[rule.when]]",
+        "  [[rule.measure]]\n  name = \"other\"\n  agg = \"count\"\n\n  [[rule.when]]",
+    );
+    load(&two.replace("value = 3", "baseline = \"other\"\n  factor = -0.5"))
+        .expect("a negative factor");
+    let e = load_err(&[
+        ("rules/x.toml", GOOD),
+        ("rules/c.toml", "# only a comment\n"),
+    ]);
+    assert_eq!((e.len(), e[0].file.as_str()), (1, "rules/c.toml"), "{e:?}");
+    assert!(e[0].reason.contains("holds no [[rule]]"), "{e:?}");
 }
 
 fn load_err(files: &[(&str, &str)]) -> Vec<LoadError> {

@@ -163,7 +163,9 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(alerted(&bus).await, ["p1"]);
     std::fs::write(rules.join("t.toml"), rule(2)).unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Loaded once two checks in a row see it (a file mid-write is not): two checks past the
+    // engine's next idle polls.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     publisher.publish("events", vec![second]).await.unwrap();
     eventually("p2's alert under the reloaded rule", || async {
         alerted(&bus).await == ["p1", "p2"]
@@ -176,7 +178,7 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
         rule(2).replace("op = \"gte\"", "op = \"sort-of\""),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     publisher
         .publish("events", bets("p3", 2, &mut script))
         .await
