@@ -278,7 +278,8 @@ fn shard_number(shard: &str) -> Partition {
 }
 
 /// Each Kinesis record's `approximateArrivalTimestamp` (seconds since the epoch, a JSON number
-/// or a string) in milliseconds, sub-millisecond digits truncated; the field is then written
+/// or a string) in milliseconds: rounded to the microsecond (what an `f64` of today's epoch
+/// seconds resolves), then truncated to the millisecond; the field is then written
 /// back as whole seconds for the event types' own parser. That parser reads the digits after
 /// the point as milliseconds whatever their count: `1700321084.47` (AWS's JSON drops trailing
 /// zeros: .470) read as 47 ms, and six digits (microseconds, as an emulator's Python
