@@ -260,9 +260,27 @@ pub async fn run<R: StoredRow>(
 ) -> Result<RunStats, ProcessorError> {
     describe_metrics();
     metrics::counter!("pitboss_processor_copies_dropped_total", "table" => R::TABLE).increment(0);
-    let mut consumer = bus
-        .consumer(&config.group, &config.topic, config.consumer.clone())
-        .await?;
+    tokio::pin!(shutdown);
+    // A bus that does not answer yet (Kinesis or its lease table unreachable a moment) is
+    // waited out, as a broker that does not answer yet is on Kafka.
+    let mut wait = Duration::from_millis(200);
+    let mut consumer = loop {
+        match bus
+            .consumer(&config.group, &config.topic, config.consumer.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(topic = %config.topic, error = %e, retry_in = ?wait, "the bus does not answer yet; retrying");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(RunStats::default()),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
     let (report, inserted) = mpsc::unbounded_channel();
     let meters = Meters::new(&config.topic, R::TABLE);
@@ -298,7 +316,7 @@ pub async fn run<R: StoredRow>(
         meters,
     };
     let poll_max = p.config.poll_max;
-    if let Err(e) = run_partitioned(&mut *consumer, &mut p, poll_max, shutdown).await {
+    if let Err(e) = run_partitioned(&mut *consumer, &mut p, poll_max, shutdown.as_mut()).await {
         // Nothing more is stored or committed: what is in flight is replayed by the next owner.
         inserter.abort();
         return Err(e);

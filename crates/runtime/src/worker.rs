@@ -55,12 +55,35 @@ pub async fn run_partitioned<W: PartitionWork>(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), W::Error> {
     tokio::pin!(shutdown);
+    // A bus that does not answer (Kinesis or DynamoDB unreachable a moment, an embedded log
+    // busy) is waited out, the time-based work going on: it stopped the processor and the
+    // rules engine at its first failed call (an SRE's audit of the Kinesis path).
+    let mut backoff = RETRY_FIRST;
+    let mut commit_due = false;
     loop {
-        store_and_commit(consumer, work).await?;
+        commit_retrying(consumer, work, &mut commit_due).await?;
         let wait = work.poll_wait();
         let delivery = tokio::select! {
             () = &mut shutdown => break,
-            d = consumer.poll(poll_max, wait) => d?,
+            d = consumer.poll(poll_max, wait) => d,
+        };
+        let delivery = match delivery {
+            Ok(d) => {
+                backoff = RETRY_FIRST;
+                d
+            }
+            Err(e) if e.is_retryable() => {
+                metrics::counter!("pitboss_bus_poll_retries_total").increment(1);
+                tracing::warn!(error = %e, retry_in = ?backoff, "the bus did not answer a poll; retrying");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+                work.tick().await?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         match delivery {
             Delivery::Records(records) => {
@@ -78,7 +101,39 @@ pub async fn run_partitioned<W: PartitionWork>(
         work.tick().await?;
     }
     work.finish().await?;
-    store_and_commit(consumer, work).await
+    // The last positions, and any a commit the bus did not answer left due.
+    if store(consumer, work)? || commit_due {
+        consumer.commit().await?;
+    }
+    Ok(())
+}
+
+/// The first wait after a poll the bus did not answer, doubled up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Stores the durable positions and commits them; a commit the bus did not answer is tried
+/// again on the next turn (`due`), what it covers staying stored.
+async fn commit_retrying<W: PartitionWork>(
+    consumer: &mut dyn Consumer,
+    work: &mut W,
+    due: &mut bool,
+) -> Result<(), W::Error> {
+    if store(consumer, work)? {
+        *due = true;
+    }
+    if !*due {
+        return Ok(());
+    }
+    match consumer.commit().await {
+        Ok(()) => *due = false,
+        Err(e) if e.is_retryable() => {
+            metrics::counter!("pitboss_bus_commit_retries_total").increment(1);
+            tracing::warn!(error = %e, "the bus did not answer a commit; retried on the next turn");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Stores the durable positions; true when any was stored. A partition the member no longer
@@ -102,16 +157,6 @@ fn store<W: PartitionWork>(consumer: &mut dyn Consumer, work: &mut W) -> Result<
     Ok(stored)
 }
 
-async fn store_and_commit<W: PartitionWork>(
-    consumer: &mut dyn Consumer,
-    work: &mut W,
-) -> Result<(), W::Error> {
-    if store(consumer, work)? {
-        consumer.commit().await?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -129,11 +174,18 @@ mod tests {
         at_poll: Vec<BTreeMap<Partition, i64>>,
         /// Partitions whose assignment was lost: storing a position of one is refused.
         lost: Vec<Partition>,
+        /// The next polls and commits that fail as a bus that does not answer.
+        failing_polls: usize,
+        failing_commits: usize,
     }
 
     #[async_trait]
     impl Consumer for Scripted {
         async fn poll(&mut self, _: usize, _: Duration) -> Result<Delivery, BusError> {
+            if self.failing_polls > 0 {
+                self.failing_polls -= 1;
+                return Err(BusError::Unavailable("connection refused".into()));
+            }
             self.at_poll.push(self.stored.clone());
             match self.script.pop_front() {
                 Some(d) => Ok(d),
@@ -154,6 +206,10 @@ mod tests {
             Ok(())
         }
         async fn commit(&mut self) -> Result<(), BusError> {
+            if self.failing_commits > 0 {
+                self.failing_commits -= 1;
+                return Err(BusError::Unavailable("connection refused".into()));
+            }
             self.committed.push(self.stored.clone());
             Ok(())
         }
@@ -306,6 +362,32 @@ mod tests {
             consumer.committed.last().unwrap(),
             &BTreeMap::from([(0, 1)]),
             "partition 0 went on; the lost one was not stored"
+        );
+    }
+
+    /// Polls and commits the bus does not answer are tried again: the loop goes on and what
+    /// was made durable is committed once the bus answers.
+    #[tokio::test]
+    async fn a_bus_that_does_not_answer_a_moment_is_waited_out() {
+        let mut consumer = Scripted {
+            script: VecDeque::from([
+                Delivery::Assigned(vec![0]),
+                Delivery::Records(vec![rec(0, 0), rec(0, 1)]),
+            ]),
+            failing_polls: 1,
+            failing_commits: 1,
+            ..Scripted::default()
+        };
+        let mut work = Batching {
+            flush_every: 2,
+            ..Batching::default()
+        };
+        run_for_200_ms(&mut consumer, &mut work).await;
+        assert_eq!((consumer.failing_polls, consumer.failing_commits), (0, 0));
+        assert_eq!(
+            consumer.committed.last().unwrap(),
+            &BTreeMap::from([(0, 1)]),
+            "committed once the bus answered"
         );
     }
 
