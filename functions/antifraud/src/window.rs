@@ -671,13 +671,18 @@ impl KeyState {
     /// Recomputes the running totals from the entries (buckets dropped).
     fn recount(&mut self, rule: &CompiledRule) {
         self.buckets = None;
+        self.count_entries(rule);
+        self.count_gaps(rule);
+    }
+
+    /// Totals counted again from the entries alone.
+    fn count_entries(&mut self, rule: &CompiledRule) {
         self.acc = vec![Acc::default(); rule.measures.len()].into_boxed_slice();
         let entries = std::mem::take(&mut self.entries);
         for e in &entries {
             self.account(e, rule, 1);
         }
         self.entries = entries;
-        self.count_gaps(rule);
     }
 
     /// Sets each interval measure's sum of squared gaps from the entries.
@@ -784,12 +789,7 @@ impl KeyState {
         b.cells = cells;
         b.mask = new;
         // Totals: the entries', then the kept buckets' cells.
-        self.acc = vec![Acc::default(); rule.measures.len()].into_boxed_slice();
-        let entries = std::mem::take(&mut self.entries);
-        for e in &entries {
-            self.account(e, rule, 1);
-        }
-        self.entries = entries;
+        self.count_entries(rule);
         if let Some(b) = &self.buckets {
             let cols = b.cols();
             for (k, _) in b.heads.iter().enumerate() {
