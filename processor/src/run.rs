@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use async_trait::async_trait;
 use pitboss_bus::{Bus, ConsumerConfig, OutRecord, Partition, Position, Publisher, Record};
-use pitboss_runtime::worker::{PartitionWork, run_partitioned};
+use pitboss_runtime::worker::{PartitionWork, join_retrying, run_partitioned};
 
 use crate::ProcessorError;
 use crate::batch::{Batch, BatchConfig, Batcher, Recut};
@@ -261,25 +261,16 @@ pub async fn run<R: StoredRow>(
     describe_metrics();
     metrics::counter!("pitboss_processor_copies_dropped_total", "table" => R::TABLE).increment(0);
     tokio::pin!(shutdown);
-    // A bus that does not answer yet (Kinesis or its lease table unreachable a moment) is
-    // waited out, as a broker that does not answer yet is on Kafka.
-    let mut wait = Duration::from_millis(200);
-    let mut consumer = loop {
-        match bus
-            .consumer(&config.group, &config.topic, config.consumer.clone())
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(topic = %config.topic, error = %e, retry_in = ?wait, "the bus does not answer yet; retrying");
-                tokio::select! {
-                    () = &mut shutdown => return Ok(RunStats::default()),
-                    () = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let Some(mut consumer) = join_retrying(
+        &*bus,
+        &config.group,
+        &config.topic,
+        &config.consumer,
+        shutdown.as_mut(),
+    )
+    .await?
+    else {
+        return Ok(RunStats::default());
     };
     let (to_insert, queue) = mpsc::channel(config.max_in_flight.max(1));
     let (report, inserted) = mpsc::unbounded_channel();

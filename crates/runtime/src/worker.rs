@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pitboss_bus::{BusError, Consumer, Delivery, Partition, Position, Record};
+use pitboss_bus::{Bus, BusError, Consumer, ConsumerConfig, Delivery, Partition, Position, Record};
 
 /// What a worker does with what its group member receives. Implementations keep their own
 /// state per partition; the loop only moves records in and durable positions out.
@@ -106,6 +106,33 @@ pub async fn run_partitioned<W: PartitionWork>(
         consumer.commit().await?;
     }
     Ok(())
+}
+
+/// Joins `group` on `topic`, waiting out a bus that does not answer yet (Kinesis or its lease
+/// table unreachable a moment; a Kafka broker is retried inside librdkafka) as
+/// [`run_partitioned`] waits out a poll; `None` when `shutdown` resolves first.
+pub async fn join_retrying<F: std::future::Future<Output = ()>>(
+    bus: &dyn Bus,
+    group: &str,
+    topic: &str,
+    config: &ConsumerConfig,
+    mut shutdown: std::pin::Pin<&mut F>,
+) -> Result<Option<Box<dyn Consumer>>, BusError> {
+    let mut backoff = RETRY_FIRST;
+    loop {
+        match bus.consumer(group, topic, config.clone()).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(%topic, %group, error = %e, retry_in = ?backoff, "the bus does not answer yet; retrying");
+                tokio::select! {
+                    () = shutdown.as_mut() => return Ok(None),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The first wait after a poll the bus did not answer, doubled up to [`RETRY_MAX`].
@@ -389,6 +416,68 @@ mod tests {
             &BTreeMap::from([(0, 1)]),
             "committed once the bus answered"
         );
+    }
+
+    /// A bus whose first `failing` joins fail as a bus that does not answer.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: pitboss_bus::embedded::EmbeddedBus,
+        failing: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Bus for Flaky {
+        async fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), BusError> {
+            self.inner.create_topic(topic, partitions).await
+        }
+        fn publisher(&self) -> Arc<dyn pitboss_bus::Publisher> {
+            self.inner.publisher()
+        }
+        async fn partition_count(&self, topic: &str) -> Result<u32, BusError> {
+            self.inner.partition_count(topic).await
+        }
+        async fn consumer(
+            &self,
+            group: &str,
+            topic: &str,
+            config: ConsumerConfig,
+        ) -> Result<Box<dyn Consumer>, BusError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self
+                .failing
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(BusError::Unavailable("connection refused".into()));
+            }
+            self.inner.consumer(group, topic, config).await
+        }
+        async fn reader(
+            &self,
+            topic: &str,
+            starts: Vec<(Partition, pitboss_bus::ReadFrom)>,
+        ) -> Result<Box<dyn pitboss_bus::Reader>, BusError> {
+            self.inner.reader(topic, starts).await
+        }
+    }
+
+    /// Joining waits out a bus that does not answer yet, and gives up when shut down.
+    #[tokio::test]
+    async fn a_join_the_bus_does_not_answer_yet_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = Flaky {
+            inner: pitboss_bus::embedded::EmbeddedBus::open(dir.path(), Default::default())
+                .unwrap(),
+            failing: 2.into(),
+        };
+        bus.create_topic("t", 1).await.unwrap();
+        let config = ConsumerConfig::default();
+        let never = std::pin::pin!(std::future::pending::<()>());
+        let joined = join_retrying(&bus, "g", "t", &config, never).await.unwrap();
+        assert!(joined.is_some());
+        bus.failing.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        let soon = std::pin::pin!(tokio::time::sleep(Duration::from_millis(300)));
+        assert!(join_retrying(&bus, "g", "t", &config, soon).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ use pitboss_bus::{
 };
 use pitboss_model::Timestamp;
 use pitboss_model::live::{Alert, LiveMessage, Push};
-use pitboss_runtime::worker::{PartitionWork, run_partitioned};
+use pitboss_runtime::worker::{PartitionWork, join_retrying, run_partitioned};
 
 use crate::state::{LoggedBatch, Positions, Saved, StateError, StateStore};
 use crate::{AntifraudError, Changes, Engine, Output, RuleSet, Unit};
@@ -445,13 +445,17 @@ pub async fn run(
             attempt += 1;
             continue;
         }
-        let mut consumer = bus
-            .consumer(
-                &work.config.group,
-                &work.config.topic,
-                work.config.consumer.clone(),
-            )
-            .await?;
+        let Some(mut consumer) = join_retrying(
+            &*bus,
+            &work.config.group,
+            &work.config.topic,
+            &work.config.consumer,
+            shutdown.as_mut(),
+        )
+        .await?
+        else {
+            return Ok(work.stats);
+        };
         match run_partitioned(&mut *consumer, &mut work, poll_max, shutdown.as_mut()).await {
             Err(StreamError::AnotherEngine { group, others }) => {
                 // Nothing was read: leave, and wait for the group to empty.
