@@ -475,9 +475,15 @@ mod tests {
         let never = std::pin::pin!(std::future::pending::<()>());
         let joined = join_retrying(&bus, "g", "t", &config, never).await.unwrap();
         assert!(joined.is_some());
-        bus.failing.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        bus.failing
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
         let soon = std::pin::pin!(tokio::time::sleep(Duration::from_millis(300)));
-        assert!(join_retrying(&bus, "g", "t", &config, soon).await.unwrap().is_none());
+        assert!(
+            join_retrying(&bus, "g", "t", &config, soon)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
