@@ -163,10 +163,18 @@ impl EmbeddedConsumer {
         Change::None
     }
 
-    /// Where each followed topic's partition starts, for newly assigned partitions.
-    fn starts(&self, parts: &[Partition]) -> Result<Vec<Cursor>, BusError> {
+    /// Where each followed topic's partition starts, for newly assigned partitions; and the
+    /// starts to commit at once: those a start option chose in a partition the group never
+    /// committed (else a member started at the commit later, a restart without `--start-at`,
+    /// would read such a partition from its first record if no record came in between).
+    #[allow(clippy::type_complexity)]
+    fn starts(
+        &self,
+        parts: &[Partition],
+    ) -> Result<(Vec<Cursor>, Vec<(i64, Partition, i64)>), BusError> {
         let conn = lock(&self.reader);
         let mut out = Vec::with_capacity(parts.len() * self.topics.len());
+        let mut keep = Vec::new();
         for &p in parts {
             for t in &self.topics {
                 let id = t.meta.id;
@@ -179,15 +187,28 @@ impl EmbeddedConsumer {
                     .optional()
                     .map_err(storage)
                 };
-                let next = match self.start {
-                    StartFrom::Committed => committed()?.unwrap_or(0),
-                    StartFrom::CommittedOrTimestamp(ts) => match committed()? {
-                        Some(next) => next,
-                        None => offset_at_time(&conn, id, p, ts)?,
-                    },
-                    StartFrom::Earliest => 0,
-                    StartFrom::Latest => end_offset(&conn, id, p)?,
-                    StartFrom::Timestamp(ts) => offset_at_time(&conn, id, p, ts)?,
+                let commit = match self.start {
+                    StartFrom::Earliest => None,
+                    _ => committed()?,
+                };
+                let next = match (self.start, commit) {
+                    (StartFrom::Committed, c) => c.unwrap_or(0),
+                    (StartFrom::CommittedOrTimestamp(_), Some(c)) => c,
+                    (StartFrom::Earliest, _) => 0,
+                    (StartFrom::Latest, c) => {
+                        let next = end_offset(&conn, id, p)?;
+                        if c.is_none() {
+                            keep.push((id, p, next));
+                        }
+                        next
+                    }
+                    (StartFrom::Timestamp(ts) | StartFrom::CommittedOrTimestamp(ts), c) => {
+                        let next = offset_at_time(&conn, id, p, ts)?;
+                        if c.is_none() {
+                            keep.push((id, p, next));
+                        }
+                        next
+                    }
                 };
                 out.push(Cursor {
                     topic: t.name.clone(),
@@ -197,7 +218,7 @@ impl EmbeddedConsumer {
                 });
             }
         }
-        Ok(out)
+        Ok((out, keep))
     }
 
     /// Every 5 s: `pitboss_consumer_lag_records{group, topic, partition}` — records between each owned
@@ -288,7 +309,21 @@ impl Consumer for EmbeddedConsumer {
                     return Ok(Delivery::Revoking(parts));
                 }
                 Change::Assigned(parts) => {
-                    for c in self.starts(&parts)? {
+                    let (cursors, keep) = self.starts(&parts)?;
+                    if !keep.is_empty() {
+                        let (reply, rx) = oneshot::channel();
+                        self.inner
+                            .ops
+                            .send(WriteOp::Commit {
+                                member: self.member.clone(),
+                                offsets: keep,
+                                reply,
+                            })
+                            .await
+                            .map_err(|_| closed())?;
+                        rx.await.map_err(|_| closed())??;
+                    }
+                    for c in cursors {
                         self.processed.insert((c.topic_id, c.partition), c.next);
                         self.cursors.push(c);
                     }

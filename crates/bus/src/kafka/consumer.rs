@@ -104,10 +104,19 @@ impl Ctx {
     /// pass later (broker unreachable) are retried until they succeed or the consumer stops:
     /// assigning from anywhere else would skip or replay records. One that cannot (the topic
     /// is gone) leaves the partitions at the group's commit.
-    fn set_start(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    ///
+    /// Returns the starts to commit once assigned: those the option chose (a time, the end)
+    /// in partitions the group never committed. Else a member started at the commit later (a
+    /// restart without `--start-at`) would read such a partition from its earliest record if
+    /// no record came there in between (nothing processed, nothing committed).
+    fn set_start(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+    ) -> BTreeMap<TopicPart, i64> {
         // A member joining a cooperative group is first assigned nothing.
         if tpl.count() == 0 {
-            return;
+            return BTreeMap::new();
         }
         let parts: Vec<TopicPart> = tpl
             .elements()
@@ -117,7 +126,7 @@ impl Ctx {
         let mut backoff = Duration::from_millis(100);
         loop {
             let offsets = match self.start {
-                StartFrom::Committed => return,
+                StartFrom::Committed => return BTreeMap::new(),
                 StartFrom::Earliest => Ok(parts
                     .iter()
                     .map(|tp| (tp.clone(), Offset::Beginning))
@@ -153,16 +162,32 @@ impl Ctx {
             };
             match offsets {
                 Ok(offsets) => {
+                    let mut keep = BTreeMap::new();
                     for ((topic, p), offset) in offsets {
                         if let Err(e) = tpl.set_partition_offset(&topic, p, offset) {
                             tracing::error!(error = %e, topic, partition = p, "cannot set the start offset");
+                        } else if let Offset::Offset(o) = offset {
+                            keep.insert((topic, p), o);
                         }
                     }
-                    return;
+                    // A time or the end in a partition the group committed: the commit stays
+                    // (Committed-or-a-time only looked up partitions without one).
+                    if !keep.is_empty()
+                        && matches!(self.start, StartFrom::Latest | StartFrom::Timestamp(_))
+                    {
+                        match uncommitted(consumer, tpl, self.request_timeout) {
+                            Ok(fresh) => keep.retain(|tp, _| fresh.contains(tp)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot tell which partitions the group committed; their starts are not committed at once");
+                                keep.clear();
+                            }
+                        }
+                    }
+                    return keep;
                 }
                 Err(e) if self.flags.stop.load(Ordering::SeqCst) => {
                     tracing::debug!(error = %e, "start offsets not looked up: consumer closing");
-                    return;
+                    return BTreeMap::new();
                 }
                 // Committed-or-a-time: the fallback, a new group's earliest record, is what
                 // the time is there to prevent (the retention evaluated again): keep trying.
@@ -171,7 +196,7 @@ impl Ctx {
                         && !matches!(self.start, StartFrom::CommittedOrTimestamp(_)) =>
                 {
                     tracing::error!(error = %e, start = ?self.start, "cannot look up start offsets; starting at the group's commit");
-                    return;
+                    return BTreeMap::new();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, start = ?self.start, "looking up start offsets failed; retrying");
@@ -272,7 +297,7 @@ impl ConsumerContext for Ctx {
         );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.set_start(consumer, tpl);
+                let keep = self.set_start(consumer, tpl);
                 let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -282,6 +307,7 @@ impl ConsumerContext for Ctx {
                     tracing::error!(error = %e, "kafka assign failed");
                     return;
                 }
+                self.keep_starts(consumer, &keep);
                 let parts = self.partitions(tpl);
                 if !parts.is_empty() {
                     // Fails only when the consumer is closing: nobody is left to tell.
@@ -302,6 +328,26 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
+    /// Commits the starts [`Ctx::set_start`] chose in partitions the group never committed.
+    /// A failure leaves them as before (the start is committed with the first record read).
+    fn keep_starts(&self, consumer: &BaseConsumer<Self>, keep: &BTreeMap<TopicPart, i64>) {
+        if keep.is_empty() || self.flags.abandon.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, p), o) in keep {
+            if let Err(e) = tpl.add_partition_offset(topic, *p, Offset::Offset(*o)) {
+                tracing::warn!(error = %e, topic, partition = p, "cannot commit the start offset");
+            }
+        }
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => tracing::debug!(partitions = keep.len(), "start offsets committed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "committing the start offsets failed; a member started at the group's commit reads a partition with no record since from its earliest record")
+            }
+        }
+    }
+
     fn release(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList, cooperative: bool) {
         let released = if cooperative {
             consumer.incremental_unassign(tpl)

@@ -54,10 +54,23 @@ pub struct KinesisConsumer {
     rotation: usize,
 }
 
+/// A checkpoint that is a start, not a record: [`START_MARK`] and a time, ms. Written on a
+/// lease row when a member starts a shard the group never checkpointed at a time or at its
+/// end, so a member started at the checkpoint later (a restart without `--start-at`) starts
+/// there too if no record came in between, not at TRIM_HORIZON. (Sequence numbers are
+/// digits: the two cannot be confused.)
+const START_MARK: &str = "at:";
+
 /// Where a stream's cursor starts in a lease just taken, given the stream's checkpoint: the
-/// checkpoint counts only for [`StartFrom::Committed`].
+/// checkpoint counts only for [`StartFrom::Committed`] (and for committed-or-a-time).
 fn start_of(start: StartFrom, checkpoint: Option<&String>) -> Start {
+    let mark = checkpoint.and_then(|c| c.strip_prefix(START_MARK)?.parse::<i64>().ok());
     match (start, checkpoint) {
+        (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), Some(_))
+            if let Some(ms) = mark =>
+        {
+            Start::Timestamp(ms)
+        }
         (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), Some(seq)) => {
             Start::After(seq.clone())
         }
@@ -208,6 +221,36 @@ impl KinesisConsumer {
                     )
                 })
                 .collect();
+            // A start the option chose where the group has no checkpoint is written as one at
+            // once (see [`START_MARK`]).
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let marks: Vec<(String, String)> = self
+                .streams
+                .iter()
+                .zip(&committed)
+                .filter(|(_, c)| c.is_none())
+                .filter_map(|(s, _)| {
+                    let at = match self.start {
+                        StartFrom::Timestamp(ms) | StartFrom::CommittedOrTimestamp(ms) => ms,
+                        StartFrom::Latest => now_ms,
+                        StartFrom::Committed | StartFrom::Earliest => return None,
+                    };
+                    Some((s.checkpoint.clone(), format!("{START_MARK}{at}")))
+                })
+                .collect();
+            let mut committed = committed;
+            if !marks.is_empty() {
+                if !self.leases.checkpoint(self.lease_shard(p), &marks).await? {
+                    continue; // taken from us already
+                }
+                for (s, c) in self.streams.iter().zip(committed.iter_mut()) {
+                    if let Some((_, mark)) = marks.iter().find(|(a, _)| *a == s.checkpoint) {
+                        *c = Some(mark.clone());
+                    }
+                }
+            }
             let lease = self.owned.entry(p).or_insert(Lease {
                 cursors,
                 stored: vec![None; committed.len()],
@@ -383,6 +426,7 @@ mod tests {
     #[test]
     fn a_cursor_starts_where_the_start_option_says() {
         let seq = "49590338271490256608559692538361571095921575989136588898".to_owned();
+        let mark = format!("{START_MARK}1700");
         let cases = [
             (StartFrom::Committed, Some(&seq), Start::After(seq.clone())),
             (StartFrom::Committed, None, Start::TrimHorizon),
@@ -400,6 +444,15 @@ mod tests {
                 None,
                 Start::Timestamp(42),
             ),
+            // A start kept as the checkpoint of a shard that got no record since.
+            (StartFrom::Committed, Some(&mark), Start::Timestamp(1_700)),
+            (
+                StartFrom::CommittedOrTimestamp(42),
+                Some(&mark),
+                Start::Timestamp(1_700),
+            ),
+            (StartFrom::Latest, Some(&mark), Start::Latest),
+            (StartFrom::Timestamp(42), Some(&mark), Start::Timestamp(42)),
         ];
         for (start, checkpoint, expected) in cases {
             assert_eq!(

@@ -734,6 +734,62 @@ pub async fn group_start_options(bus: Arc<dyn Bus>) {
     m.consumer.close().await.expect("close");
 }
 
+/// A member started anywhere but at its group's commit leaves its start as the group's
+/// position in every partition it was given, whether a record came there or not: a later
+/// member started at the commit (a restart without `--start-at`) reads nothing from before
+/// the start, not even in a partition that got no record in between (it read those from the
+/// earliest record on Kafka and from TRIM_HORIZON on Kinesis).
+pub async fn a_start_is_kept_where_no_record_came(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("kept");
+    bus.create_topic(&topic, 4).await.expect("create topic");
+    let old = records(16, 2, "old");
+    // One key: one partition gets records after the time, the others none.
+    let new = records(1, 3, "new");
+    let t = publish_around_a_time(&*bus, &topic, old.clone(), new.clone()).await;
+    let starts = [
+        StartFrom::CommittedOrTimestamp(t),
+        StartFrom::Timestamp(t),
+        StartFrom::Latest,
+    ];
+    let mut groups = Vec::new();
+    for start in starts {
+        let group = pitboss_testkit::unique_name("g");
+        let latest = start == StartFrom::Latest;
+        let config = ConsumerConfig {
+            start,
+            ..ConsumerConfig::default()
+        };
+        let mut m = Member::join_with(&*bus, &group, &topic, config).await;
+        if latest {
+            until_assigned(&mut m).await;
+        } else {
+            receive(&mut m, new.len()).await;
+        }
+        m.step(Duration::from_millis(500)).await;
+        m.flush_and_commit().await;
+        m.consumer.close().await.expect("close");
+        groups.push((start, group));
+    }
+    let last = records(16, 1, "last");
+    publish_all(&*bus, &topic, last.clone(), 100).await;
+    for (start, group) in &groups {
+        let mut m = Member::join(&*bus, group, &topic).await;
+        receive(&mut m, last.len()).await;
+        m.step(Duration::from_millis(1000)).await;
+        let text = |v: BTreeSet<Vec<u8>>| -> Vec<String> {
+            v.into_iter()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect()
+        };
+        assert_eq!(
+            text(values(&m.received)),
+            text(out_values(&last)),
+            "a member at the commit of a group started with {start:?}: what came after, only"
+        );
+        m.consumer.close().await.expect("close");
+    }
+}
+
 /// Members started at a time, across a rebalance (a second member joins midway): every record
 /// at or after the time is read by some member (redelivery allowed), none before it.
 pub async fn start_at_a_time_across_a_rebalance(bus: Arc<dyn Bus>) {
@@ -1076,6 +1132,10 @@ macro_rules! contract_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_group_start_options() {
             contract::group_start_options($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_a_start_is_kept_where_no_record_came() {
+            contract::a_start_is_kept_where_no_record_came($make().await).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_start_at_a_time_across_a_rebalance() {
