@@ -63,11 +63,12 @@ pub enum RequestCode {
     BusUnavailable,
     BodyTimeout,
     Draining,
+    StreamTooLong,
 }
 
 impl RequestCode {
     /// Every request-level code, in table order (`ALL[c as usize] == c`).
-    pub const ALL: [RequestCode; 15] = [
+    pub const ALL: [RequestCode; 16] = [
         RequestCode::EmptyBody,
         RequestCode::UnreadableBody,
         RequestCode::Unauthorized,
@@ -83,6 +84,7 @@ impl RequestCode {
         RequestCode::BusUnavailable,
         RequestCode::BodyTimeout,
         RequestCode::Draining,
+        RequestCode::StreamTooLong,
     ];
 
     /// Its row of [`ERROR_CODES`].
@@ -254,6 +256,13 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         Some(Code::Unavailable),
         Retry::AfterRetryAfter,
         "the server is shutting down (SIGTERM): an `IngestStream` reads no further batch; the batches before were written (`pitboss-batches-written`); resend the rest on a new connection",
+    ),
+    request(
+        "stream_too_long",
+        413,
+        Some(Code::ResourceExhausted),
+        Retry::No,
+        "gRPC `IngestStream` only: the batch would take the stream past 10 × `core.max_events` (100,000) events, the most one reply adds up; the batches before were written (`pitboss-batches-written`); send the rest on a new stream",
     ),
     event(
         ViolationCode::Malformed,

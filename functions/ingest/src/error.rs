@@ -45,6 +45,10 @@ pub enum IngestError {
         "the server is shutting down: no further batch of this stream is read; resend the rest on a new connection"
     )]
     Draining,
+    #[error(
+        "a stream carries at most {limit} events (its reply holds a result for each): this batch would take it to {events}; send it and the rest on a new stream"
+    )]
+    StreamTooLong { events: usize, limit: usize },
 }
 
 impl IngestError {
@@ -69,6 +73,7 @@ impl IngestError {
             IngestError::BusRejected(_) => RequestCode::BusRejected,
             IngestError::BodyTimeout { .. } => RequestCode::BodyTimeout,
             IngestError::Draining => RequestCode::Draining,
+            IngestError::StreamTooLong { .. } => RequestCode::StreamTooLong,
         }
     }
 

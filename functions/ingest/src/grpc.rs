@@ -150,6 +150,14 @@ impl pb::ingest_server::Ingest for IngestService {
         let mut batches = request.into_inner();
         let mut reply = pb::IngestReply::default();
         let mut done = 0u32;
+        // The reply holds a result per event of the stream: bounded, as a request is.
+        let limit = self
+            .state
+            .config
+            .core
+            .max_events
+            .saturating_mul(STREAM_BATCHES);
+        let mut events = 0usize;
         // One batch at a time: the next is read only after the bus acknowledged this one.
         loop {
             let next = match &stop {
@@ -171,6 +179,14 @@ impl pb::ingest_server::Ingest for IngestService {
                 Some(Ok(None)) => break,
                 Some(Err(e)) => return Err(after_batches(e, done, &reply)),
             };
+            events = events.saturating_add(batch.events.len());
+            if events > limit {
+                return Err(after_batches(
+                    status(IngestError::StreamTooLong { events, limit }),
+                    done,
+                    &reply,
+                ));
+            }
             let response = ingest_events(&self.state, &tenant, batch.events)
                 .await
                 .map_err(|e| after_batches(status(e), done, &reply))?;
@@ -180,6 +196,11 @@ impl pb::ingest_server::Ingest for IngestService {
         Ok(Response::new(reply))
     }
 }
+
+/// A stream carries at most this many times `core.max_events` events: its reply holds a result
+/// for each (unbounded, an endless stream of refused events grew the reply until the process
+/// ran out of memory).
+pub const STREAM_BATCHES: usize = 10;
 
 /// How often the health service asks again while someone asks it.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
@@ -440,6 +461,14 @@ fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflectionSe
 /// the ingest, health and reflection services.
 pub fn routes(state: AppState) -> axum::Router {
     let max = state.config.max_body_bytes;
+    let batch_limit = pitboss_proto::codec::BatchLimit {
+        max_events: state.config.core.max_events,
+        refuse: |count, limit| {
+            status(IngestError::Request(
+                crate::core::RequestError::TooManyEvents { count, limit },
+            ))
+        },
+    };
     let auth = state.auth.clone();
     tonic::service::Routes::new(
         pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
@@ -472,7 +501,12 @@ pub fn routes(state: AppState) -> axum::Router {
                 } else {
                     max
                 };
-                too_large(next.run(request).await, limit)
+                // A batch of more events than a request may hold is refused before it is
+                // decoded (`pitboss_proto::codec`), as an HTTP body is before its events are.
+                let response = pitboss_proto::codec::BATCH_LIMIT
+                    .scope(batch_limit, next.run(request))
+                    .await;
+                too_large(response, limit)
             }
         },
     ))

@@ -637,6 +637,13 @@ struct NotABatch {
     events: u64,
 }
 
+/// An `EventBatch` as the wire has it: each event as its bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawBatch {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    events: Vec<Vec<u8>>,
+}
+
 /// gRPC calls that fail, each with the code it must produce; returns (code, how).
 async fn grpc_cases() -> Vec<(String, &'static str)> {
     let bus = MemoryPublisher::new();
@@ -742,6 +749,30 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
         "body_too_large".into(),
         "a gRPC message over max_body_bytes",
     ));
+    // A stream carries at most 10 x max_events (5) events: the eleventh full batch is
+    // refused, the ten before written.
+    let batches: Vec<pb::EventBatch> = (0..12)
+        .map(|_| pb::EventBatch {
+            events: vec![proto("acme"); 5],
+        })
+        .collect();
+    let mut stream = tonic::Request::new(futures::stream::iter(batches));
+    stream
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let status = client.ingest_stream(stream).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), "stream_too_long");
+    assert_eq!(
+        status
+            .metadata()
+            .get("pitboss-batches-written")
+            .and_then(|v| v.to_str().ok()),
+        Some("10"),
+        "{status:?}"
+    );
+    assert!(status.message().contains("take it to 55"), "{status:?}");
+    out.push(("stream_too_long".into(), "a stream of more than 50 events"));
 
     bus.fail_publishes(Some(BusError::Unavailable("broker down".into())));
     let status = client
@@ -788,6 +819,39 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
             "unreadable_body".into(),
             "a message that is not an EventBatch",
         ));
+        // More events than a batch may hold are counted on the wire and refused before any
+        // is decoded: six that are not protobuf are too many, not unreadable (decoded first,
+        // 20 MiB of empty events took gigabytes before the count was checked).
+        for events in [vec![vec![0x07]; 6], vec![Vec::new(); 6]] {
+            grpc.ready().await.unwrap();
+            let mut request = tonic::Request::new(RawBatch { events });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+            let codec = tonic_prost::ProstCodec::<RawBatch, pb::IngestReply>::default();
+            let status = if path.ends_with("Stream") {
+                grpc.client_streaming(
+                    request.map(|m| futures::stream::iter([m])),
+                    path.parse().unwrap(),
+                    codec,
+                )
+                .await
+                .unwrap_err()
+            } else {
+                grpc.unary(request, path.parse().unwrap(), codec)
+                    .await
+                    .unwrap_err()
+            };
+            assert_eq!(
+                common::check_grpc_status(&status),
+                "too_many_events",
+                "{path}: {status:?}"
+            );
+            assert!(
+                status.message().contains("6 events in one request"),
+                "{status:?}"
+            );
+        }
         // The key is checked before the message is read: without one, the same bytes, or a
         // message over the bound, are UNAUTHENTICATED (they were decoded, or refused for
         // their size, first).

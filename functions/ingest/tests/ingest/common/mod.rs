@@ -40,6 +40,10 @@ pub fn every_error() -> Vec<IngestError> {
         IngestError::BusRejected(BusError::UnknownTopic("x".into())),
         IngestError::BodyTimeout { after_ms: 10_000 },
         IngestError::Draining,
+        IngestError::StreamTooLong {
+            events: 55,
+            limit: 50,
+        },
     ];
     for e in &all {
         match e {
@@ -59,7 +63,8 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::BusUnavailable(_)
             | IngestError::BusRejected(_)
             | IngestError::BodyTimeout { .. }
-            | IngestError::Draining => {}
+            | IngestError::Draining
+            | IngestError::StreamTooLong { .. } => {}
         }
     }
     all
