@@ -185,9 +185,56 @@ fn raw_len(raw: &RawEvent<'_>) -> usize {
     raw.map_or_else(<[u8]>::len, str::len)
 }
 
+/// A JSON array's elements as raw text, at most `max` of them kept: past that the rest are
+/// only counted (parsed without being kept), so a body of millions of tiny elements costs no
+/// memory beyond the limit before it is refused.
+struct BoundedArray<'a> {
+    kept: Vec<&'a RawValue>,
+    count: usize,
+}
+
+struct BoundedSeed(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BoundedSeed {
+    type Value = BoundedArray<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedSeed {
+    type Value = BoundedArray<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
+        let mut count = 0;
+        while count < self.0 {
+            match seq.next_element::<&'de RawValue>()? {
+                Some(v) => kept.push(v),
+                None => return Ok(BoundedArray { kept, count }),
+            }
+            count += 1;
+        }
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            count += 1;
+        }
+        Ok(BoundedArray { kept, count })
+    }
+}
+
 /// Splits a body into the raw JSON text of each event. The body is checked for UTF-8 once, so
-/// the events are decoded as text (serde_json then skips its per-string UTF-8 checks).
-pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, RequestError> {
+/// the events are decoded as text (serde_json then skips its per-string UTF-8 checks). More
+/// than `max_events` events are refused (`TooManyEvents`) without keeping more than that many.
+pub fn split(
+    body: &[u8],
+    format: BodyFormat,
+    max_events: usize,
+) -> Result<Vec<RawEvent<'_>>, RequestError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(RequestError::Empty);
@@ -204,20 +251,38 @@ pub fn split(body: &[u8], format: BodyFormat) -> Result<Vec<RawEvent<'_>>, Reque
                         .map_or_else(|| "invalid UTF-8".to_owned(), |e| e.to_string()),
                 )
             })?;
-            let raws: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| RequestError::Unreadable(e.to_string()))?;
-            if raws.is_empty() {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let raws = serde::de::DeserializeSeed::deserialize(BoundedSeed(max_events), &mut de)
+                .and_then(|r| de.end().map(|()| r))
+                .map_err(|e| RequestError::Unreadable(e.to_string()))?;
+            if raws.count > max_events {
+                return Err(RequestError::TooManyEvents {
+                    count: raws.count,
+                    limit: max_events,
+                });
+            }
+            if raws.kept.is_empty() {
                 // `[]`: no events, like an empty body.
                 return Err(RequestError::Empty);
             }
-            Ok(raws.into_iter().map(|r| Ok(r.get())).collect())
+            Ok(raws.kept.into_iter().map(|r| Ok(r.get())).collect())
         }
-        BodyFormat::Ndjson => Ok(trimmed
-            .split(|b| *b == b'\n')
-            .map(<[u8]>::trim_ascii)
-            .filter(|l| !l.is_empty())
-            .map(utf8)
-            .collect()),
+        BodyFormat::Ndjson => {
+            let lines = || {
+                trimmed
+                    .split(|b| *b == b'\n')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|l| !l.is_empty())
+            };
+            let count = lines().count();
+            if count > max_events {
+                return Err(RequestError::TooManyEvents {
+                    count,
+                    limit: max_events,
+                });
+            }
+            Ok(lines().map(utf8).collect())
+        }
     }
 }
 
@@ -232,7 +297,7 @@ pub fn plan(
     now_ms: i64,
     seen: &dyn SeenIds,
 ) -> Result<Plan, RequestError> {
-    let raws = split(body, format)?;
+    let raws = split(body, format, config.max_events)?;
     check_limits(raws.iter().map(raw_len), config)?;
     let decoded = raws
         .iter()
@@ -644,6 +709,37 @@ mod tests {
                 limit: 10_000
             })
         );
+        // Millions of tiny events are counted, not kept, before the refusal (the array's
+        // elements and the lines were all held first: ~7 million in a 20 MiB body).
+        let tiny = format!("[{}{{}}]", "{},".repeat(2_999_999));
+        assert_eq!(
+            split(tiny.as_bytes(), BodyFormat::Json, 10_000),
+            Err(RequestError::TooManyEvents {
+                count: 3_000_000,
+                limit: 10_000
+            })
+        );
+        let lines = "{}\n".repeat(3_000_000);
+        assert_eq!(
+            split(lines.as_bytes(), BodyFormat::Ndjson, 10_000),
+            Err(RequestError::TooManyEvents {
+                count: 3_000_000,
+                limit: 10_000
+            })
+        );
+        // Within the limit, and malformed past it: as before.
+        assert_eq!(
+            split(b"[{},{}]", BodyFormat::Json, 2).map(|r| r.len()),
+            Ok(2)
+        );
+        assert!(matches!(
+            split(b"[{},{},{]", BodyFormat::Json, 2),
+            Err(RequestError::Unreadable(_))
+        ));
+        assert!(matches!(
+            split(b"[{}] x", BodyFormat::Json, 2),
+            Err(RequestError::Unreadable(_))
+        ));
         let huge = bet(None, "acme", 1).replace("\"g1\"", &format!("\"{}\"", "g".repeat(40_000)));
         assert!(matches!(
             run(&huge, BodyFormat::Json),
