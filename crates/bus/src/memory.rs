@@ -24,6 +24,8 @@ struct Inner {
     failure: Option<BusError>,
     /// While true, publishes wait (a bus that is slow to acknowledge).
     held: tokio::sync::watch::Sender<bool>,
+    /// How many times `check` was asked.
+    checks: usize,
 }
 
 impl Default for Inner {
@@ -32,6 +34,7 @@ impl Default for Inner {
             topics: HashMap::new(),
             failure: None,
             held: tokio::sync::watch::channel(false).0,
+            checks: 0,
         }
     }
 }
@@ -55,6 +58,11 @@ impl MemoryPublisher {
     }
 
     /// From now on every publish and readiness check fails with `failure` (None: recover).
+    /// How many times [`Publisher::check`] was asked.
+    pub fn checks(&self) -> usize {
+        self.lock().checks
+    }
+
     pub fn fail_publishes(&self, failure: Option<BusError>) {
         self.lock().failure = failure;
     }
@@ -122,7 +130,9 @@ impl Publisher for MemoryPublisher {
     }
 
     async fn check(&self) -> Result<(), BusError> {
-        match &self.lock().failure {
+        let mut inner = self.lock();
+        inner.checks += 1;
+        match &inner.failure {
             Some(f) => Err(f.clone()),
             None => Ok(()),
         }

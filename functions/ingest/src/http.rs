@@ -40,6 +40,40 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// What else `/readyz` waits for besides the bus ([`Readiness`]).
     pub readiness: Readiness,
+    /// The bus's last answer to a check, shared by every probe ([`BusCheck`]).
+    pub bus_check: Arc<BusCheck>,
+}
+
+/// How long the bus's answer to a readiness check is reused.
+pub const BUS_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The bus's answer to a readiness check, shared by `/readyz` (both listeners) and the gRPC
+/// health service: at most one check at a time (callers meanwhile wait for its answer), and its
+/// answer reused for [`BUS_CHECK_EVERY`]. The public `/readyz` needs no key, and each check was
+/// a metadata request to the brokers (on a blocking thread) or a `ListStreams` call (5 a second
+/// per AWS account): a flood of probes loaded the bus and could throttle every instance's
+/// checks.
+#[derive(Debug, Default)]
+pub struct BusCheck {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), NotReady>)>>,
+}
+
+impl BusCheck {
+    async fn answer(&self, publisher: &dyn Publisher) -> Result<(), NotReady> {
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < BUS_CHECK_EVERY
+        {
+            return answer.clone();
+        }
+        let answer = match tokio::time::timeout(Duration::from_secs(3), publisher.check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NotReady::Bus(e.to_string())),
+            Err(_) => Err(NotReady::NoAnswer),
+        };
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
+    }
 }
 
 /// What `/readyz` answers besides the bus: 503 `draining` once the process drains (SIGTERM),
@@ -661,26 +695,23 @@ async fn readyz_public(State(state): State<AppState>) -> Response {
 }
 
 /// Why the ingest takes no events now.
-pub(crate) enum NotReady {
+#[derive(Debug, Clone)]
+pub enum NotReady {
     /// Draining, or a part catching up: the reason.
     Part(String),
-    /// The bus answered with an error.
-    Bus(pitboss_bus::BusError),
+    /// The bus answered with an error (its text).
+    Bus(String),
     /// The bus did not answer within 3 s.
     NoAnswer,
 }
 
 /// Whether the ingest takes events now: not draining, every part caught up, the bus answering
-/// within 3 s (`/readyz`, and the gRPC health service).
+/// within 3 s (`/readyz`, and the gRPC health service; the bus's answer shared, [`BusCheck`]).
 pub(crate) async fn check_ready(state: &AppState) -> Result<(), NotReady> {
     if let Some(why) = state.readiness.not_ready() {
         return Err(NotReady::Part(why));
     }
-    match tokio::time::timeout(Duration::from_secs(3), state.publisher.check()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(NotReady::Bus(e)),
-        Err(_) => Err(NotReady::NoAnswer),
-    }
+    state.bus_check.answer(&*state.publisher).await
 }
 
 async fn ready(state: &AppState, detail: bool) -> Response {

@@ -60,6 +60,7 @@ pub fn state(
         dedup,
         metrics: pitboss_runtime::telemetry::prometheus(),
         readiness: http::Readiness::default(),
+        bus_check: Arc::default(),
     })
 }
 
