@@ -554,6 +554,11 @@ async fn write_queued(
                     frames,
                     replayed: messages,
                 } => {
+                    for m in &messages {
+                        sink.feed(Message::Text(m.replay_frame()))
+                            .await
+                            .map_err(|_| ())?;
+                    }
                     for t in frames {
                         sink.feed(Message::Text(t)).await.map_err(|_| ())?;
                     }
