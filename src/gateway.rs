@@ -118,6 +118,14 @@ pub struct GatewayTuning {
         default_value_t = 200_000
     )]
     pub max_connections: usize,
+    /// Connections one subject (a tenant's player or operator: the token's `tenant` and `sub`)
+    /// may hold at once on this instance; one more is refused `429 too_many_connections`.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_MAX_CONNECTIONS_PER_SUBJECT",
+        default_value_t = 32
+    )]
+    pub max_connections_per_subject: usize,
     /// WebSocket ping period; a connection silent for `--idle-timeout-secs` is closed (1001).
     #[arg(long, default_value_t = 25)]
     pub ping_interval_secs: u64,
@@ -174,6 +182,7 @@ impl GatewayTuning {
         c.server.idle_timeout = Duration::from_secs(self.idle_timeout_secs.max(1));
         c.server.publish_per_second = self.publish_per_second.max(1);
         c.server.publish_burst = self.publish_burst.max(1);
+        c.server.max_connections_per_subject = self.max_connections_per_subject.max(1);
         c.receipts.policy = match self.receipts {
             ReceiptsArg::Off => ReceiptPolicy::Off,
             ReceiptsArg::Direct => ReceiptPolicy::Direct,

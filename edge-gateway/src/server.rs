@@ -2,6 +2,7 @@
 //! through the bus like any push), and the admin listener (`/healthz`, `/readyz` — ready once
 //! the feeds have rebuilt the history, 503 while draining —, `/metrics`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +65,10 @@ pub struct ServerConfig {
     /// How long a `POST /v1/publish` body may take to arrive, whole (then `408
     /// body_timeout`).
     pub publish_body_timeout: Duration,
+    /// Sockets one subject (a tenant's player or operator) may hold at once on this instance;
+    /// one more is refused `429 too_many_connections`. Without it one token could take every
+    /// place under `--max-connections`, each replaying and queueing.
+    pub max_connections_per_subject: usize,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +87,64 @@ impl Default for ServerConfig {
             publish_per_second: 1_000,
             publish_burst: 10_000,
             publish_body_timeout: Duration::from_secs(10),
+            max_connections_per_subject: 32,
+        }
+    }
+}
+
+/// Sockets held per subject ([`ServerConfig::max_connections_per_subject`]).
+#[derive(Debug, Default)]
+pub struct SubjectCounts(Mutex<HashMap<(Arc<str>, Arc<str>), usize>>);
+
+/// A subject's place among its sockets, given back when dropped.
+#[derive(Debug)]
+struct SubjectSlot {
+    counts: Arc<SubjectCounts>,
+    key: (Arc<str>, Arc<str>),
+}
+
+impl SubjectCounts {
+    /// A place for one more socket of `sub` in `tenant`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, tenant: &str, sub: &str, max: usize) -> Option<SubjectSlot> {
+        let key: (Arc<str>, Arc<str>) = (tenant.into(), sub.into());
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SubjectSlot {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    /// Sockets `sub` of `tenant` holds.
+    pub fn held(&self, tenant: &str, sub: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(Arc::from(tenant), Arc::from(sub)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut o) = counts.entry(self.key.clone()) {
+            *o.get_mut() -= 1;
+            if *o.get() == 0 {
+                o.remove();
+            }
         }
     }
 }
@@ -113,6 +176,8 @@ pub struct GatewayState {
     boot: Arc<str>,
     /// Operator pushes per tenant (`publish_per_second`, `publish_burst`).
     publish_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
+    /// Sockets held per subject.
+    pub subjects: Arc<SubjectCounts>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -165,6 +230,7 @@ impl GatewayState {
             presence_task: Arc::new(Mutex::new(None)),
             boot: boot.into(),
             publish_limit: Arc::new(publish_limit),
+            subjects: Arc::default(),
         }
     }
 
@@ -277,6 +343,19 @@ async fn ws(
             return auth_error(&e);
         }
     };
+    let max = st.config.max_connections_per_subject.max(1);
+    let Some(place) = st.subjects.take(&claims.tenant, &claims.sub, max) else {
+        metrics::counter!("pitboss_gateway_connections_refused_total", "reason" => "per_subject")
+            .increment(1);
+        return error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "{} already holds {max} connections to this gateway, the most one subject may: close one first",
+                claims.sub
+            ),
+        );
+    };
     upgrade
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
@@ -287,8 +366,10 @@ async fn ws(
         .read_buffer_size(1024)
         .write_buffer_size(4096)
         .on_upgrade(move |socket| async move {
-            // The socket counts under `--max-connections` while it lives.
+            // The socket counts under `--max-connections` and its subject's limit while it
+            // lives.
             let _slot = slot;
+            let _place = place;
             session(st, claims, socket).await;
         })
 }

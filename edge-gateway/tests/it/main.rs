@@ -598,6 +598,48 @@ async fn open_sockets_count_under_max_connections() {
     assert_eq!(p3.messages(1).await, vec![m3]);
 }
 
+/// One subject holds at most `max_connections_per_subject` sockets at once on an instance:
+/// one more is refused `429 too_many_connections` (one token could otherwise take every place
+/// under `--max-connections`); other subjects, and the same subject id in another tenant, are
+/// unaffected; a closed socket frees its place.
+#[tokio::test]
+async fn one_subject_holds_at_most_its_share_of_sockets() {
+    let env = Env::new().await;
+    let gw = env
+        .gateway_with(|c| c.server.max_connections_per_subject = 2)
+        .await;
+    let token = env.token("acme", "p1", Role::Player, &[]);
+    let first = gw.connect(&token).await;
+    let mut second = gw.connect(&token).await;
+    assert_eq!(
+        gw.refused(Some(&token)).await,
+        (429, "too_many_connections".to_owned())
+    );
+    assert_eq!(gw.state.subjects.held("acme", "p1"), 2);
+    let mut other = gw
+        .connect(&env.token("acme", "p2", Role::Player, &[]))
+        .await;
+    let _elsewhere = gw
+        .connect(&env.token("lucky", "p1", Role::Player, &[]))
+        .await;
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        again = gw.try_connect(&token).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = again.expect("a place frees when a socket closes");
+    second.subscribe("player:acme:p1", None).await;
+    again.subscribe("player:acme:p1", None).await;
+    other.subscribe("player:acme:p2", None).await;
+    let (_, _, m1) = env.publish_push("acme", Target::Player("p1".into())).await;
+    assert_eq!(second.messages(1).await, vec![m1.clone()]);
+    assert_eq!(again.messages(1).await, vec![m1]);
+}
+
 /// A tenant's operator pushes are bounded per second (a leaked or runaway tool cannot flood
 /// every player): past the burst, `429 rate_limited` with `Retry-After`, nothing published;
 /// another tenant is unaffected.
