@@ -220,7 +220,7 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         429,
         Some(Code::ResourceExhausted),
         Retry::AfterRetryAfter,
-        "the tenant's events per second are used up",
+        "the tenant's events per second are used up (accepted and refused events count; duplicates, a client's retries, do not)",
     ),
     request(
         "batch_over_rate_limit",

@@ -414,21 +414,28 @@ async fn publish_plan(
 ) -> Result<IngestResponse, IngestError> {
     metrics::histogram!("pitboss_ingest_batch_events").record(plan.outcomes.len() as f64);
 
-    if !plan.publish.is_empty() {
+    // Refused events count against the rate as accepted ones do (they cost the decoding and
+    // the checks; uncounted, a stream of invalid events was never limited); duplicates (a
+    // client's retry) do not.
+    let (_, _, rejected) = plan.counts();
+    let charged = plan.publish.len() + rejected;
+    if charged > 0 {
         state
             .limits
-            .admit(tenant, plan.publish.len())
+            .admit(tenant, charged)
             .map_err(|r| match r {
                 crate::limit::Refused::Wait(secs) => IngestError::RateLimited {
                     retry_after_secs: secs,
                 },
                 crate::limit::Refused::OverBurst { per_second } => {
                     IngestError::BatchOverRateLimit {
-                        events: plan.publish.len(),
+                        events: charged,
                         per_second,
                     }
                 }
             })?;
+    }
+    if !plan.publish.is_empty() {
         let client_ids: Vec<core::IdFingerprint> =
             plan.publish.iter().filter_map(|p| p.client_id).collect();
         let records: Vec<OutRecord> = std::mem::take(&mut plan.publish)

@@ -657,6 +657,23 @@ async fn over_the_tenant_rate_is_429_with_retry_after() {
         "{said}"
     );
     assert_eq!(bus.len("events"), 6, "nothing of it published");
+    // Refused events count against the rate too (uncounted, a flood of invalid events was
+    // never limited); a client's retry answered `duplicate` does not.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let bad = event(None, "lucky", "p").replace("\"type\"", "\"kind\"");
+    let four_bad = format!("[{}]", vec![bad; 4].join(","));
+    let (status, _, body) = api
+        .post(Some(LUCKY_KEY), "application/json", four_bad)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(ok(&body).rejected, 4);
+    let two = format!("[{}]", vec![event(None, "lucky", "p"); 2].join(","));
+    let (status, _, body) = api.post(Some(LUCKY_KEY), "application/json", two).await;
+    assert_eq!(
+        (status, err(&body).as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        "4 refused + 2 over the 5 a second"
+    );
 }
 
 #[tokio::test]
