@@ -153,7 +153,8 @@ function send(frame) {
 function connect() {
   if (state.stopped) return;
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(scheme + '://' + location.host + '/v1/ws?token=' + encodeURIComponent(state.token));
+  // The token goes as a subprotocol, not in the URL (proxies and load balancers log URLs).
+  const ws = new WebSocket(scheme + '://' + location.host + '/v1/ws', ['pitboss.v1', 'pitboss.token.' + state.token]);
   state.ws = ws;
   setStatus('connecting', false);
   ws.onmessage = (ev) => {

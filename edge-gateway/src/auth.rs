@@ -137,7 +137,7 @@ pub const MAX_ROOMS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error(
-        "no token: send it as `Authorization: Bearer <jwt>` (a WebSocket from a browser: `/v1/ws?token=<jwt>`)"
+        "no token: send it as `Authorization: Bearer <jwt>` (a WebSocket from a browser: the subprotocols `pitboss.v1` and `pitboss.token.<jwt>`)"
     )]
     Missing,
     #[error("the token is not a well-formed JWT")]

@@ -306,12 +306,34 @@ fn auth_error(e: &AuthError) -> Response {
     error_response(StatusCode::UNAUTHORIZED, e.code(), e)
 }
 
-/// The bearer token of a request, or its `token` query parameter (browsers cannot set headers
-/// on a WebSocket).
+/// The WebSocket subprotocol the gateway speaks, selected when a client offers it (a browser
+/// that offers subprotocols needs one selected).
+pub const SUBPROTOCOL: &str = "pitboss.v1";
+
+/// A client offering `pitboss.token.<jwt>` among its subprotocols sends its token that way: a
+/// browser cannot set headers on a WebSocket, and a token in the URL's query is written to the
+/// access logs of whatever proxy or load balancer records URLs (an AWS ALB's do).
+pub const TOKEN_SUBPROTOCOL_PREFIX: &str = "pitboss.token.";
+
+/// The token a request offers as a subprotocol ([`TOKEN_SUBPROTOCOL_PREFIX`]).
+fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL_PREFIX))
+}
+
+/// The bearer token of a request, the one it offers as a subprotocol, or its `token` query
+/// parameter, in that order.
 fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Result<&'a str, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| AuthError::Malformed)?;
         return pitboss_runtime::http::bearer(v).ok_or(AuthError::Malformed);
+    }
+    if let Some(t) = subprotocol_token(headers) {
+        return Ok(t);
     }
     query.token.as_deref().ok_or(AuthError::Missing)
 }
@@ -357,6 +379,7 @@ async fn ws(
         );
     };
     upgrade
+        .protocols([SUBPROTOCOL])
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         // tungstenite's default buffers (128 KiB each) would make an idle connection cost

@@ -118,11 +118,19 @@ function watchErrors(page) {
 test('the console fills with live alerts and an acknowledgement reaches storage', async () => {
   const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
   const errors = watchErrors(page);
+  // The socket's URL carries no token (proxies and load balancers log URLs): it goes as a
+  // subprotocol.
+  const sockets = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
   await page.goto(consoleUrl);
   // The token leaves the address bar (and history) at once.
   assert.equal(new URL(page.url()).hash, '');
   await page.getByTestId('status').filter({ hasText: 'live' }).waitFor({ timeout: 30_000 });
   assert.equal(await page.getByTestId('tenant').textContent(), 'demo');
+  assert.ok(sockets.length >= 1, 'a socket opened');
+  for (const url of sockets) {
+    assert.equal(new URL(url).search, '', `no token in the socket's URL: ${url}`);
+  }
 
   // The simulator injects a pattern every few hundred milliseconds at this rate.
   const alerts = page.locator('#alerts li.alert');

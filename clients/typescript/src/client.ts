@@ -18,7 +18,7 @@ import {
   type SubscribedFrame,
   type WelcomeFrame,
 } from './protocol.js';
-import { jwtExpiry, jwtTimes, randomUUID, utf8Length, withToken } from './util.js';
+import { jwtExpiry, jwtTimes, randomUUID, tokenProtocols, utf8Length } from './util.js';
 
 /**
  * What the client needs of a WebSocket: the browser's `WebSocket`, or the `ws` package's
@@ -38,7 +38,8 @@ export interface WebSocketLike {
   terminate?: () => void;
 }
 
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
+/** A WebSocket class: the browser's, or the `ws` package's in Node. */
+export type WebSocketConstructor = new (url: string, protocols?: string[]) => WebSocketLike;
 
 /** A message as the application gets it. */
 export interface PitbossMessage<T = unknown> {
@@ -688,7 +689,7 @@ export class PitbossClient extends Emitter<ClientEvents> {
     }
     let ws: WebSocketLike;
     try {
-      ws = new Ctor(withToken(this.url, token));
+      ws = new Ctor(this.url, tokenProtocols(token));
     } catch (e) {
       this.giveUp(
         new PitbossError('connect_failed', `cannot open ${this.url}: ${String(e)}`, { cause: e }),

@@ -64,9 +64,11 @@ export function utf8Length(text: string): number {
   return n;
 }
 
-/** `url` with its `token` query parameter set (browsers cannot set headers on a WebSocket). */
-export function withToken(url: string, token: string): string {
-  const u = new URL(url);
-  u.searchParams.set('token', token);
-  return u.toString();
+/**
+ * The subprotocols that carry `token` (browsers cannot set headers on a WebSocket, and a token in
+ * the URL is written to the access logs of proxies and load balancers): `pitboss.v1`, which the
+ * gateway selects, and `pitboss.token.<jwt>`.
+ */
+export function tokenProtocols(token: string): string[] {
+  return ['pitboss.v1', `pitboss.token.${token}`];
 }

@@ -160,13 +160,13 @@ describe('PitbossClient against pitboss up', () => {
     let gateOpen = true;
     let refusedAttempts = 0;
     class GatedWebSocket extends WebSocket {
-      constructor(url: string) {
+      constructor(url: string, protocols?: string[]) {
         const u = new URL(url);
         if (!gateOpen) {
           refusedAttempts++;
           u.host = `127.0.0.1:${hole.port}`;
         }
-        super(u.toString());
+        super(u.toString(), protocols);
       }
     }
     try {

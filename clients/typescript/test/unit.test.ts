@@ -161,7 +161,7 @@ describe('PitbossClient (scripted gateway)', () => {
     };
   }
 
-  it('sends the token in the query and resolves connect() on welcome', async () => {
+  it('sends the token as a subprotocol, not in the URL, and resolves connect() on welcome', async () => {
     const c = make();
     const connected = c.connect();
     const ws = await socketNo(1);

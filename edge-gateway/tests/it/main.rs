@@ -598,6 +598,43 @@ async fn open_sockets_count_under_max_connections() {
     assert_eq!(p3.messages(1).await, vec![m3]);
 }
 
+/// A browser sends its token as a subprotocol (`pitboss.token.<jwt>` beside `pitboss.v1`, which
+/// the gateway selects), not in the URL, where proxies and load balancers log it; the
+/// connection is the token's; a bad token offered that way is refused as any other.
+#[tokio::test]
+async fn a_token_offered_as_a_subprotocol_connects_without_being_in_the_url() {
+    let env = Env::new().await;
+    let gw = env.gateway().await;
+    let token = env.token("acme", "p1", Role::Player, &[]);
+    let (mut c, selected) = gw
+        .connect_offering(&format!("pitboss.v1, pitboss.token.{token}"))
+        .await;
+    assert_eq!(selected.as_deref(), Some("pitboss.v1"));
+    assert_eq!(c.welcome["subject"], "p1");
+    assert_eq!(c.welcome["tenant"], "acme");
+    c.subscribe("player:acme:p1", None).await;
+    let (_, _, m) = env.publish_push("acme", Target::Player("p1".into())).await;
+    assert_eq!(c.messages(1).await, vec![m]);
+    // Refused like a token in the URL: before the upgrade, with its code.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = format!("ws://{}/v1/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "pitboss.v1, pitboss.token.not-a-jwt".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status().as_u16(), 401);
+            let body: Value =
+                serde_json::from_slice(res.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "token_malformed");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// One subject holds at most `max_connections_per_subject` sockets at once on an instance:
 /// one more is refused `429 too_many_connections` (one token could otherwise take every place
 /// under `--max-connections`); other subjects, and the same subject id in another tenant, are

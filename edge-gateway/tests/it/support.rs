@@ -365,6 +365,35 @@ impl Gw {
     pub async fn try_connect(&self, token: &str) -> Option<Client> {
         let url = format!("ws://{}/v1/ws?token={token}", self.addr);
         let (ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+        Some(Client::welcomed(ws).await)
+    }
+
+    /// Connects as a browser without the token in the URL does: the subprotocols `protocols`
+    /// offered (`pitboss.v1`, `pitboss.token.<jwt>`). The client, and the subprotocol the
+    /// gateway selected.
+    pub async fn connect_offering(&self, protocols: &str) -> (Client, Option<String>) {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = format!("ws://{}/v1/ws", self.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().unwrap());
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let selected = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (Client::welcomed(ws).await, selected)
+    }
+}
+
+impl Client {
+    async fn welcomed(
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Client {
         let mut c = Client {
             ws,
             cursor: None,
@@ -377,9 +406,11 @@ impl Gw {
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         assert_eq!(welcome["protocol"], 1);
         c.welcome = welcome;
-        Some(c)
+        c
     }
+}
 
+impl Gw {
     /// Tries to connect; the refusal's status and error code.
     pub async fn refused(&self, token: Option<&str>) -> (u16, String) {
         let url = match token {

@@ -420,20 +420,15 @@ async fn publish_plan(
     let (_, _, rejected) = plan.counts();
     let charged = plan.publish.len() + rejected;
     if charged > 0 {
-        state
-            .limits
-            .admit(tenant, charged)
-            .map_err(|r| match r {
-                crate::limit::Refused::Wait(secs) => IngestError::RateLimited {
-                    retry_after_secs: secs,
-                },
-                crate::limit::Refused::OverBurst { per_second } => {
-                    IngestError::BatchOverRateLimit {
-                        events: charged,
-                        per_second,
-                    }
-                }
-            })?;
+        state.limits.admit(tenant, charged).map_err(|r| match r {
+            crate::limit::Refused::Wait(secs) => IngestError::RateLimited {
+                retry_after_secs: secs,
+            },
+            crate::limit::Refused::OverBurst { per_second } => IngestError::BatchOverRateLimit {
+                events: charged,
+                per_second,
+            },
+        })?;
     }
     if !plan.publish.is_empty() {
         let client_ids: Vec<core::IdFingerprint> =

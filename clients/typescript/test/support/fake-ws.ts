@@ -30,14 +30,24 @@ export class FakeWebSocket implements WebSocketLike {
   onerror: ((event: any) => void) | null = null;
   /* eslint-enable @typescript-eslint/no-explicit-any */
 
-  constructor(url: string) {
+  readonly protocols: string[];
+
+  constructor(url: string, protocols?: string[]) {
     this.url = url;
+    this.protocols = protocols ?? [];
     FakeWebSocket.instances.push(this);
   }
 
-  /** The token in the URL. */
+  /**
+   * The token the client offered as a subprotocol (`pitboss.token.<jwt>`, beside `pitboss.v1`);
+   * null when it did not offer both, or put a token in the URL.
+   */
   get token(): string | null {
-    return new URL(this.url).searchParams.get('token');
+    if (new URL(this.url).searchParams.has('token') || !this.protocols.includes('pitboss.v1')) {
+      return null;
+    }
+    const p = this.protocols.find((x) => x.startsWith('pitboss.token.'));
+    return p === undefined ? null : p.slice('pitboss.token.'.length);
   }
 
   send(data: string): void {
