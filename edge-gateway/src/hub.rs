@@ -314,6 +314,9 @@ struct Conn {
     tx: flume::Sender<Out>,
     kill: Option<oneshot::Sender<(u16, String)>>,
     subject: Arc<str>,
+    /// Presence counts and lists it (a player); an operator watching a room is not shown to
+    /// the room's players.
+    listed: bool,
     subscriptions: HashSet<Arc<str>>,
     /// Per channel, positions this connection already has beyond the feed (see `subscribe`),
     /// and when it said so: a mark the feed has not reached after [`AHEAD_GRACE_MS`] is dropped.
@@ -1049,6 +1052,7 @@ impl Hub {
         &mut self,
         conn: ConnId,
         subject: &str,
+        listed: bool,
         tx: flume::Sender<Out>,
         kill: oneshot::Sender<(u16, String)>,
     ) {
@@ -1059,6 +1063,7 @@ impl Hub {
                 tx,
                 kill: Some(kill),
                 subject: subject.into(),
+                listed,
                 subscriptions: HashSet::new(),
                 ahead: HashMap::new(),
             },
@@ -1304,24 +1309,32 @@ impl Hub {
                     subjects,
                 }
             })
+            .filter(|r| r.connections > 0)
             .collect()
     }
 
-    /// Connections subscribed to `channel` on this instance, and their distinct subjects.
+    /// Players' connections subscribed to `channel` on this instance, and their distinct
+    /// subjects (operators watching are neither counted nor listed: a room's players would see
+    /// who from the operator's staff is watching them).
     pub fn presence(&self, channel: &str) -> (usize, Vec<String>) {
         let Some(ch) = self.channels.get(channel) else {
             return (0, Vec::new());
         };
-        let mut subjects: Vec<String> = ch
+        let players: Vec<&Conn> = ch
             .subscribers
             .iter()
-            .filter_map(|c| self.conns.get(c).map(|c| c.subject.to_string()))
+            .filter_map(|c| self.conns.get(c))
+            .filter(|c| c.listed)
+            .collect();
+        let mut subjects: Vec<String> = players
+            .iter()
+            .map(|c| c.subject.to_string())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         subjects.sort();
         subjects.truncate(crate::presence::MAX_SUBJECTS);
-        (ch.subscribers.len(), subjects)
+        (players.len(), subjects)
     }
 
     /// Periodic work: evicts history past its age, and sends each subscription whose channel
@@ -1575,7 +1588,7 @@ mod tests {
     fn connect(h: &mut Hub, conn: ConnId, subject: &str, capacity: usize) -> Client {
         let (tx, rx) = flume::bounded(capacity);
         let (kill_tx, kill) = oneshot::channel();
-        h.register(conn, subject, tx, kill_tx);
+        h.register(conn, subject, true, tx, kill_tx);
         Client { rx, kill }
     }
 

@@ -412,7 +412,8 @@ async fn session(st: GatewayState, claims: Claims, socket: WebSocket) {
     let (kill_tx, mut kill_rx) = oneshot::channel::<(u16, String)>();
     // Answers that finish later (an ack stored on the bus) are queued behind the messages.
     let own = tx.clone();
-    lock(&st.hub).register(conn, &claims.sub, tx, kill_tx);
+    let listed = claims.role == crate::auth::Role::Player;
+    lock(&st.hub).register(conn, &claims.sub, listed, tx, kill_tx);
     let (mut sink, mut stream) = socket.split();
     let mut claims = claims;
     let connection_id: Arc<str> = format!("{}-{}-{conn}", st.config.gateway_id, st.boot).into();

@@ -1384,10 +1384,19 @@ async fn presence_lists_who_is_in_a_room() {
         .await;
     a.subscribe("room:acme:vip", None).await;
     b.subscribe("room:acme:vip", None).await;
+    // An operator watching the room is not shown to its players (nor counted).
+    let mut ops = gw
+        .connect(&env.token("acme", "staff-7", Role::Operator, &["vip"]))
+        .await;
+    ops.subscribe("room:acme:vip", None).await;
     let reply = a
         .request(json!({"type": "presence", "channel": "room:acme:vip"}))
         .await;
     assert_eq!(reply["connections"], 2);
+    assert_eq!(reply["subjects"], json!(["p1", "p2"]));
+    let reply = ops
+        .request(json!({"type": "presence", "channel": "room:acme:vip"}))
+        .await;
     assert_eq!(reply["subjects"], json!(["p1", "p2"]));
     drop(b);
     env.wait_until(|| async { gw.presence("room:acme:vip") == 1 })
