@@ -238,6 +238,10 @@ DASHBOARDS = {
         prom("Consumer lag by group and topic (records)", [
             ("{{group}} {{topic}}", "sum by (group, topic) (pitboss_consumer_lag_records)"),
         ], w=18),
+        prom("Consumer lag on Kinesis (seconds behind the newest record)", [
+            ("{{group}} {{topic}}", "max by (group, topic) (pitboss_consumer_lag_seconds)"),
+        ], unit="s", w=24,
+            description="Kinesis members: how far behind each shard's newest record their reads are (GetRecords' MillisBehindLatest), the worst shard per group and stream. Kafka and the embedded log report records instead (the panel above)."),
     ]),
     "platform-health": ("Pitboss · Platform health", [
         prom("Targets up", [("{{job}} {{instance}}", "up")], kind="stat", w=24, h=5,

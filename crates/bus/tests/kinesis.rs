@@ -922,3 +922,104 @@ async fn two_hundred_short_lived_readers_leave_nothing_in_dynamodb() {
         "the group's lease rows"
     );
 }
+
+/// The process-wide recorder of this test binary.
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("no other global recorder in this binary");
+        handle
+    })
+}
+
+/// A group member reports how far behind each shard's newest record its reads are
+/// (`pitboss_consumer_lag_seconds`, from GetRecords' `MillisBehindLatest`), as Kafka's members
+/// report their lag in records: behind while records wait, 0 once read up, 0 once it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_reports_how_far_behind_its_reads_are() {
+    let handle = recorder();
+    let bus = make_bus().await;
+    let topic = pitboss_testkit::unique_name("klag");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 1).await.unwrap();
+    let publisher = bus.publisher();
+    let batch = |tag: &str| -> Vec<OutRecord> {
+        (0..3)
+            .map(|i| OutRecord::new("k".to_owned(), format!("{tag}-{i}")))
+            .collect()
+    };
+    publisher.publish(&topic, batch("first")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    publisher.publish(&topic, batch("second")).await.unwrap();
+    let lag = || {
+        let series = format!(
+            "pitboss_consumer_lag_seconds{{group=\"{group}\",topic=\"{topic}\",partition=\"0\"}} "
+        );
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let mut member = bus
+        .consumer(&group, &topic, ConsumerConfig::default())
+        .await
+        .unwrap();
+    // One record read: the shard's newest arrived 2.5 s after it.
+    let mut read = 0;
+    let start = Instant::now();
+    while read == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "nothing read");
+        if let Delivery::Records(rs) = member.poll(1, Duration::from_millis(200)).await.unwrap() {
+            read += rs.len();
+        }
+    }
+    let behind = lag().expect("a lag reported");
+    assert!(
+        behind >= 1.0,
+        "{behind} s behind with the second batch unread"
+    );
+    // Everything read: 0 at the next report (every 5 s).
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "lag stayed at {:?}",
+            lag()
+        );
+        if let Delivery::Records(rs) = member.poll(100, Duration::from_millis(200)).await.unwrap() {
+            read += rs.len();
+        }
+        if read == 6 && lag() == Some(0.0) {
+            break;
+        }
+    }
+    member.close().await.unwrap();
+    assert_eq!(lag(), Some(0.0));
+    // A member that leaves while behind: 0 (the next owner reports the shard).
+    let group = pitboss_testkit::unique_name("g");
+    let lag = || {
+        let series = format!(
+            "pitboss_consumer_lag_seconds{{group=\"{group}\",topic=\"{topic}\",partition=\"0\"}} "
+        );
+        handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let mut member = bus
+        .consumer(&group, &topic, ConsumerConfig::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while lag().is_none_or(|l| l < 1.0) {
+        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", lag());
+        member.poll(1, Duration::from_millis(200)).await.unwrap();
+    }
+    member.close().await.unwrap();
+    assert_eq!(lag(), Some(0.0));
+}

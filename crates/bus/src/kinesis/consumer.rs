@@ -52,7 +52,17 @@ pub struct KinesisConsumer {
     to_assign: Vec<Partition>,
     next_maintenance: Instant,
     rotation: usize,
+    /// The consumer group (a label of the lag gauge).
+    group: Arc<str>,
+    /// When the lag gauge is next set.
+    next_lag_report: Instant,
+    /// The (stream, shard) pairs whose lag this member reported (set to 0 once they are no
+    /// longer its own: the new owner reports them).
+    lag_reported: BTreeSet<(Arc<str>, Partition)>,
 }
+
+/// How often a member sets `pitboss_consumer_lag_seconds` (as Kafka's statistics come).
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// A checkpoint that is a start, not a record: [`START_MARK`] and a time, ms. Written on a
 /// lease row when a member starts a shard the group never checkpointed at a time or at its
@@ -137,6 +147,9 @@ impl KinesisConsumer {
             to_assign: Vec::new(),
             next_maintenance: Instant::now(),
             rotation: 0,
+            group: Arc::from(group),
+            next_lag_report: Instant::now(),
+            lag_reported: BTreeSet::new(),
         })
     }
 
@@ -146,6 +159,43 @@ impl KinesisConsumer {
     }
 
     /// Forgets a lease another member owns now (its stored offsets go with it).
+    /// Sets `pitboss_consumer_lag_seconds{group, topic, partition}` for every shard of every
+    /// stream this member holds a lease on, from the last GetRecords answer's
+    /// `MillisBehindLatest` (how far behind the shard's newest record its reads are: what
+    /// CloudWatch's `GetRecords.IteratorAgeMilliseconds` says for the stream as a whole); a
+    /// shard no longer held reads 0 here.
+    fn report_lag(&mut self) {
+        let now = Instant::now();
+        if now < self.next_lag_report {
+            return;
+        }
+        self.next_lag_report = now + LAG_EVERY;
+        let gauge = |topic: &Arc<str>, p: Partition| {
+            metrics::gauge!(
+                "pitboss_consumer_lag_seconds",
+                "group" => self.group.to_string(),
+                "topic" => topic.to_string(),
+                "partition" => p.to_string(),
+            )
+        };
+        let mut held = BTreeSet::new();
+        for (&p, lease) in &self.owned {
+            if self.releasing.contains(&p) {
+                continue;
+            }
+            for cursor in &lease.cursors {
+                if let Some(ms) = cursor.behind_ms() {
+                    gauge(cursor.topic(), p).set(ms.max(0) as f64 / 1000.0);
+                    held.insert((cursor.topic().clone(), p));
+                }
+            }
+        }
+        for (topic, p) in self.lag_reported.difference(&held) {
+            gauge(topic, *p).set(0.0);
+        }
+        self.lag_reported = held;
+    }
+
     fn lost(&mut self, p: Partition) {
         self.owned.remove(&p);
         self.releasing.retain(|r| *r != p);
@@ -353,6 +403,7 @@ impl Consumer for KinesisConsumer {
                 return Ok(Delivery::Assigned(std::mem::take(&mut self.to_assign)));
             }
             let records = self.fetch(max).await?;
+            self.report_lag();
             if !records.is_empty() {
                 return Ok(Delivery::Records(records));
             }
@@ -415,6 +466,9 @@ impl Consumer for KinesisConsumer {
         self.commit_stored().await?;
         let all: Vec<Partition> = self.owned.keys().copied().collect();
         self.release(&all).await?;
+        // Gone: another member reports these shards now.
+        self.next_lag_report = Instant::now();
+        self.report_lag();
         self.leases.leave().await
     }
 }

@@ -60,6 +60,9 @@ pub(super) struct ShardCursor {
     finished: bool,
     /// Set once an answer said nothing was left behind: the newest position seen then.
     end: Option<Option<String>>,
+    /// The last GetRecords answer's `MillisBehindLatest`: how far behind the shard's newest
+    /// record this cursor reads.
+    behind_ms: Option<i64>,
 }
 
 impl ShardCursor {
@@ -80,6 +83,22 @@ impl ShardCursor {
             latest_since: None,
             finished: false,
             end: None,
+            behind_ms: None,
+        }
+    }
+
+    /// The stream it reads.
+    pub(super) fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// How far behind the shard's newest record its reads were at the last GetRecords (ms);
+    /// 0 once the shard is closed and read to its end.
+    pub(super) fn behind_ms(&self) -> Option<i64> {
+        if self.finished {
+            Some(0)
+        } else {
+            self.behind_ms
         }
     }
 
@@ -210,6 +229,9 @@ impl ShardCursor {
             }
         };
         let behind = got.millis_behind_latest;
+        if behind.is_some() {
+            self.behind_ms = behind;
+        }
         self.iterator = got.next_shard_iterator;
         let mut out = Vec::with_capacity(got.records.len());
         for r in got.records {
