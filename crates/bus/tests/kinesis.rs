@@ -1023,3 +1023,51 @@ async fn a_member_reports_how_far_behind_its_reads_are() {
     member.close().await.unwrap();
     assert_eq!(lag(), Some(0.0));
 }
+
+/// A member killed (dropped without `close`, so it never deleted its row) leaves a member row
+/// behind; a live member of the group deletes it once it has been expired a session past, and
+/// the group goes on (the dead member's shard taken over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_member_deletes_the_row_of_a_member_that_was_killed() {
+    let bus = make_bus().await;
+    let topic = pitboss_testkit::unique_name("dead");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 2).await.unwrap();
+    let config = ConsumerConfig {
+        session_timeout: Duration::from_millis(1_500),
+        ..ConsumerConfig::default()
+    };
+    let (_, dynamo) = raw().await;
+    let members = || async {
+        rows_of(&dynamo, &topic)
+            .await
+            .into_iter()
+            .filter(|r| r.contains(" member#"))
+            .count()
+    };
+    let mut killed = join(&*bus, &group, &topic, config.clone()).await;
+    killed.poll(10, Duration::from_millis(300)).await.unwrap();
+    let mut live = join(&*bus, &group, &topic, config).await;
+    live.poll(10, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(members().await, 2);
+    drop(killed);
+    let start = Instant::now();
+    while members().await > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the killed member's row is still there"
+        );
+        live.poll(10, Duration::from_millis(300)).await.unwrap();
+    }
+    // The live member holds both shards now.
+    while live.assignment().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            live.assignment()
+        );
+        live.poll(10, Duration::from_millis(300)).await.unwrap();
+    }
+    live.close().await.unwrap();
+    assert_eq!(members().await, 0);
+}

@@ -61,6 +61,9 @@ pub struct KinesisConsumer {
     lag_reported: BTreeSet<(Arc<str>, Partition)>,
 }
 
+/// Rows of dead members a member deletes per maintenance round.
+const DEAD_PER_ROUND: usize = 4;
+
 /// How often a member sets `pitboss_consumer_lag_seconds` (as Kafka's statistics come).
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
@@ -215,6 +218,13 @@ impl KinesisConsumer {
         }
 
         let view = self.leases.view().await?;
+        // Rows of members killed (they never left) are deleted once expired a session past,
+        // a few a round: they were counted out already, but stayed in the table for good.
+        for (sk, expires) in view.dead_members.iter().take(DEAD_PER_ROUND) {
+            if self.leases.bury(sk, *expires).await? {
+                tracing::info!(stream = %self.streams[0].name, row = %sk, "deleted the row of a member that died");
+            }
+        }
         let now = super::now_ms();
         let shard_count = self.streams[0].shards.len();
         let fair = shard_count.div_ceil(view.live_members);

@@ -107,6 +107,8 @@ pub(super) struct LeaseRow {
 pub(super) struct GroupView {
     /// Members whose row has not expired (at least 1: the reader itself).
     pub live_members: usize,
+    /// Rows of members expired for over a session (killed, never left): `(sk, expiry)`.
+    pub dead_members: Vec<(String, i64)>,
     /// Shard id -> lease row.
     pub leases: HashMap<String, LeaseRow>,
 }
@@ -174,6 +176,26 @@ impl Leases {
         Ok(())
     }
 
+    /// Deletes the row `sk` of a member that died (killed, so it never left), if its expiry is
+    /// still `expires` (a member that came back has heartbeated since). `Ok(false)`: it had.
+    pub async fn bury(&self, sk: &str, expires: i64) -> Result<bool, BusError> {
+        let deleted = self
+            .dynamo
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(&self.pk))
+            .key("sk", s(sk))
+            .condition_expression("lease_expires = :seen")
+            .expression_attribute_values(":seen", n(expires))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(true),
+            Err(e) if conditional_failed(&e) => Ok(false),
+            Err(e) => Err(unavailable(sdk(e))),
+        }
+    }
+
     /// Deletes this member's row.
     pub async fn leave(&self) -> Result<(), BusError> {
         self.dynamo
@@ -214,8 +236,11 @@ impl Leases {
                 };
                 let sk = text("sk").unwrap_or_default();
                 if sk.starts_with("member#") {
-                    if num("lease_expires") > now {
+                    let expires = num("lease_expires");
+                    if expires > now {
                         view.live_members += 1;
+                    } else if expires.saturating_add(self.lease_ms) < now {
+                        view.dead_members.push((sk.clone(), expires));
                     }
                 } else if let Some(shard) = sk.strip_prefix("shard#") {
                     let checkpoints = item
