@@ -94,19 +94,22 @@ impl Default for ServerConfig {
 
 /// Sockets held per subject ([`ServerConfig::max_connections_per_subject`]).
 #[derive(Debug, Default)]
-pub struct SubjectCounts(Mutex<HashMap<(Arc<str>, Arc<str>), usize>>);
+pub struct SubjectCounts(Mutex<HashMap<SubjectKey, usize>>);
+
+/// A subject: its tenant and `sub`.
+type SubjectKey = (Arc<str>, Arc<str>);
 
 /// A subject's place among its sockets, given back when dropped.
 #[derive(Debug)]
 struct SubjectSlot {
     counts: Arc<SubjectCounts>,
-    key: (Arc<str>, Arc<str>),
+    key: SubjectKey,
 }
 
 impl SubjectCounts {
     /// A place for one more socket of `sub` in `tenant`, unless it holds `max` already.
     fn take(self: &Arc<Self>, tenant: &str, sub: &str, max: usize) -> Option<SubjectSlot> {
-        let key: (Arc<str>, Arc<str>) = (tenant.into(), sub.into());
+        let key: SubjectKey = (tenant.into(), sub.into());
         let mut counts = self
             .0
             .lock()

@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(count_entries(&[0x0a, 0xff], 1), 0);
         assert_eq!(count_entries(&[], 1), 0);
         // Two bytes on the wire each: a million of them are counted without decoding one.
-        let empties = vec![0x0au8, 0x00].repeat(1_000_000);
+        let empties = [0x0au8, 0x00].repeat(1_000_000);
         assert_eq!(count_entries(&empties, 1), 1_000_000);
     }
 }
