@@ -76,7 +76,8 @@ for server in $SERVERS; do
     pitboss)
       API=$(port); GW=$(port); ADMIN=$(port)
       RUST_LOG=warn "$BIN" up --no-rules --data-dir "$WORK/data" --listen "127.0.0.1:$API" \
-        --admin-listen "127.0.0.1:$ADMIN" --gateway-listen "127.0.0.1:$GW" ${PITBOSS_BENCH_UP_ARGS:-} \
+        --admin-listen "127.0.0.1:$ADMIN" --gateway-listen "127.0.0.1:$GW" \
+        --max-connections-per-subject "$SOCKETS" ${PITBOSS_BENCH_UP_ARGS:-} \
         >"$WORK/up.log" 2>&1 &
       SERVER=$!
       if ! wait_for "http://127.0.0.1:$API/readyz"; then cat "$WORK/up.log" >&2; echo "pitboss up did not get ready" >&2; exit 1; fi

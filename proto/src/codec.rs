@@ -39,16 +39,30 @@ tokio::task_local! {
 }
 
 /// How many length-delimited entries of field `field` the top level of the protobuf message
-/// `b` holds: each entry's bytes are skipped, nothing is decoded. Stops (and counts what it
-/// saw) at anything that is not well-formed: the decoder says what is wrong.
+/// `b` holds: each entry's bytes are skipped, nothing is decoded; groups (wire types 3 and 4,
+/// which prost skips whole) are read through to their end. Stops (and counts what it saw) at
+/// anything that is not well-formed: the decoder says what is wrong.
 pub fn count_entries(mut b: &[u8], field: u64) -> usize {
     use prost::encoding::decode_varint;
     let mut n = 0;
+    // Groups open around the current field (entries inside one are not the message's own).
+    let mut depth = 0usize;
     while !b.is_empty() {
         let Ok(key) = decode_varint(&mut b) else {
             break;
         };
         let skip = match key & 7 {
+            3 => {
+                depth += 1;
+                0
+            }
+            4 => {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1;
+                0
+            }
             0 => {
                 if decode_varint(&mut b).is_err() {
                     break;
@@ -71,7 +85,7 @@ pub fn count_entries(mut b: &[u8], field: u64) -> usize {
         let Some(rest) = b.get(skip..) else {
             break;
         };
-        if key & 7 == 2 && key >> 3 == field {
+        if depth == 0 && key & 7 == 2 && key >> 3 == field {
             n += 1;
         }
         b = rest;
@@ -186,6 +200,14 @@ mod tests {
         bytes.extend([0x25, 1, 2, 3, 4]); // field 4, fixed32
         bytes.extend([0x0a, 0x02, 0xff, 0xff]); // field 1 again, two bytes that are not protobuf
         assert_eq!(count_entries(&bytes, 1), 4);
+        // A group (field 2) around entries of field 1 is skipped whole, as prost skips it; the
+        // entries after it count.
+        let mut grouped = vec![0x13, 0x0a, 0x00, 0x0a, 0x00, 0x14];
+        grouped.extend([0x0au8, 0x00].repeat(5));
+        assert_eq!(count_entries(&grouped, 1), 5);
+        let mut leading = vec![0x13, 0x14];
+        leading.extend([0x0au8, 0x00].repeat(1_000));
+        assert_eq!(count_entries(&leading, 1), 1_000);
         // Cut short or not protobuf: what was seen before.
         assert_eq!(count_entries(&bytes[..bytes.len() - 1], 1), 3);
         assert_eq!(count_entries(&[0x0a, 0xff], 1), 0);

@@ -57,12 +57,12 @@ impl MemoryPublisher {
             .or_insert_with(|| vec![Vec::new(); partitions.max(1) as usize]);
     }
 
-    /// From now on every publish and readiness check fails with `failure` (None: recover).
     /// How many times [`Publisher::check`] was asked.
     pub fn checks(&self) -> usize {
         self.lock().checks
     }
 
+    /// From now on every publish and readiness check fails with `failure` (None: recover).
     pub fn fail_publishes(&self, failure: Option<BusError>) {
         self.lock().failure = failure;
     }

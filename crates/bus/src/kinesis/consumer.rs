@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::leases::{Leases, checkpoint_attribute};
+use super::leases::{Leases, checkpoint_attribute, start_attribute};
 use super::reader::{ShardCursor, Start, fetch_round};
 use crate::{BusError, Consumer, ConsumerConfig, Delivery, Partition, Position, StartFrom};
 
@@ -67,25 +67,20 @@ const DEAD_PER_ROUND: usize = 4;
 /// How often a member sets `pitboss_consumer_lag_seconds` (as Kafka's statistics come).
 const LAG_EVERY: Duration = Duration::from_secs(5);
 
-/// A checkpoint that is a start, not a record: [`START_MARK`] and a time, ms. Written on a
-/// lease row when a member starts a shard the group never checkpointed at a time or at its
-/// end, so a member started at the checkpoint later (a restart without `--start-at`) starts
-/// there too if no record came in between, not at TRIM_HORIZON. (Sequence numbers are
-/// digits: the two cannot be confused.)
-const START_MARK: &str = "at:";
-
-/// Where a stream's cursor starts in a lease just taken, given the stream's checkpoint: the
-/// checkpoint counts only for [`StartFrom::Committed`] (and for committed-or-a-time).
-fn start_of(start: StartFrom, checkpoint: Option<&String>) -> Start {
-    let mark = checkpoint.and_then(|c| c.strip_prefix(START_MARK)?.parse::<i64>().ok());
+/// Where a stream's cursor starts in a lease just taken, given the stream's checkpoint and its
+/// start mark (the time a member started it at when it had no checkpoint, written on the lease
+/// row so a member started at the checkpoint later — a restart without `--start-at` — starts
+/// there too if no record came in between, not at TRIM_HORIZON): both count only for
+/// [`StartFrom::Committed`] (and for committed-or-a-time).
+fn start_of(start: StartFrom, checkpoint: Option<&String>, mark: Option<i64>) -> Start {
     match (start, checkpoint) {
-        (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), Some(_))
+        (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), Some(seq)) => {
+            Start::After(seq.clone())
+        }
+        (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), None)
             if let Some(ms) = mark =>
         {
             Start::Timestamp(ms)
-        }
-        (StartFrom::Committed | StartFrom::CommittedOrTimestamp(_), Some(seq)) => {
-            Start::After(seq.clone())
         }
         (StartFrom::Committed | StartFrom::Earliest, _) => Start::TrimHorizon,
         (StartFrom::Latest, _) => Start::Latest,
@@ -161,7 +156,6 @@ impl KinesisConsumer {
         &self.streams[0].shards[p as usize]
     }
 
-    /// Forgets a lease another member owns now (its stored offsets go with it).
     /// Sets `pitboss_consumer_lag_seconds{group, topic, partition}` for every shard of every
     /// stream this member holds a lease on, from the last GetRecords answer's
     /// `MillisBehindLatest` (how far behind the shard's newest record its reads are: what
@@ -199,6 +193,7 @@ impl KinesisConsumer {
         self.lag_reported = held;
     }
 
+    /// Forgets a lease another member owns now (its stored offsets go with it).
     fn lost(&mut self, p: Partition) {
         self.owned.remove(&p);
         self.releasing.retain(|r| *r != p);
@@ -221,8 +216,15 @@ impl KinesisConsumer {
         // Rows of members killed (they never left) are deleted once expired a session past,
         // a few a round: they were counted out already, but stayed in the table for good.
         for (sk, expires) in view.dead_members.iter().take(DEAD_PER_ROUND) {
-            if self.leases.bury(sk, *expires).await? {
-                tracing::info!(stream = %self.streams[0].name, row = %sk, "deleted the row of a member that died");
+            match self.leases.bury(sk, *expires).await {
+                Ok(true) => {
+                    tracing::info!(stream = %self.streams[0].name, row = %sk, "deleted the row of a member that died");
+                }
+                Ok(false) => {}
+                // Housekeeping: the lease work of the round goes on (the next round retries).
+                Err(e) => {
+                    tracing::warn!(stream = %self.streams[0].name, row = %sk, error = %e, "could not delete the row of a member that died");
+                }
             }
         }
         let now = super::now_ms();
@@ -277,15 +279,22 @@ impl KinesisConsumer {
                         s.name.clone(),
                         p,
                         s.shards[p as usize].clone(),
-                        start_of(self.start, checkpoint.as_ref()),
+                        start_of(
+                            self.start,
+                            checkpoint.as_ref(),
+                            row.starts.get(&s.checkpoint).copied(),
+                        ),
                     )
                 })
                 .collect();
-            // A start the option chose where the group has no checkpoint is written as one at
-            // once (see [`START_MARK`]).
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            // Where the option starts a stream that has no checkpoint is marked on the row at
+            // once (a start mark: see `start_of`); a committed-or-a-time member keeps a mark
+            // there is (it starts there).
+            // `Latest`: the time of the take, by this host's clock against Kinesis's arrival
+            // times (a clock ahead of Kinesis's by d would skip, after a restart at the mark,
+            // what arrived within d of the take: keep hosts synchronised, as AWS's time sync
+            // does).
+            let now_ms = super::now_ms();
             let marks: Vec<(String, String)> = self
                 .streams
                 .iter()
@@ -293,24 +302,18 @@ impl KinesisConsumer {
                 .filter(|(_, c)| c.is_none())
                 .filter_map(|(s, _)| {
                     let at = match self.start {
+                        StartFrom::CommittedOrTimestamp(_)
+                            if row.starts.contains_key(&s.checkpoint) =>
+                        {
+                            return None;
+                        }
                         StartFrom::Timestamp(ms) | StartFrom::CommittedOrTimestamp(ms) => ms,
                         StartFrom::Latest => now_ms,
                         StartFrom::Committed | StartFrom::Earliest => return None,
                     };
-                    Some((s.checkpoint.clone(), format!("{START_MARK}{at}")))
+                    Some((start_attribute(&s.checkpoint), at.to_string()))
                 })
                 .collect();
-            let mut committed = committed;
-            if !marks.is_empty() {
-                if !self.leases.checkpoint(self.lease_shard(p), &marks).await? {
-                    continue; // taken from us already
-                }
-                for (s, c) in self.streams.iter().zip(committed.iter_mut()) {
-                    if let Some((_, mark)) = marks.iter().find(|(a, _)| *a == s.checkpoint) {
-                        *c = Some(mark.clone());
-                    }
-                }
-            }
             let lease = self.owned.entry(p).or_insert(Lease {
                 cursors,
                 stored: vec![None; committed.len()],
@@ -319,6 +322,21 @@ impl KinesisConsumer {
             self.to_assign.push(p);
             for cursor in &mut lease.cursors {
                 cursor.prime(&self.shared).await?;
+            }
+            // Written once the lease is held (a failure here must not leave it unrenewed).
+            if !marks.is_empty() {
+                match self.leases.checkpoint(self.lease_shard(p), &marks).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(stream = %self.streams[0].name, shard = p, "lease lost while marking its start; another member owns it now");
+                        self.lost(p);
+                    }
+                    // Without the mark, a later start at the checkpoint reads this shard from
+                    // TRIM_HORIZON if no record comes before it: as before marks.
+                    Err(e) => {
+                        tracing::warn!(stream = %self.streams[0].name, shard = p, error = %e, "could not mark where this shard starts");
+                    }
+                }
             }
         }
         Ok(())
@@ -490,40 +508,79 @@ mod tests {
     #[test]
     fn a_cursor_starts_where_the_start_option_says() {
         let seq = "49590338271490256608559692538361571095921575989136588898".to_owned();
-        let mark = format!("{START_MARK}1700");
         let cases = [
-            (StartFrom::Committed, Some(&seq), Start::After(seq.clone())),
-            (StartFrom::Committed, None, Start::TrimHorizon),
-            (StartFrom::Earliest, Some(&seq), Start::TrimHorizon),
-            (StartFrom::Latest, Some(&seq), Start::Latest),
-            (StartFrom::Timestamp(42), Some(&seq), Start::Timestamp(42)),
-            (StartFrom::Timestamp(42), None, Start::Timestamp(42)),
+            (
+                StartFrom::Committed,
+                Some(&seq),
+                None,
+                Start::After(seq.clone()),
+            ),
+            (StartFrom::Committed, None, None, Start::TrimHorizon),
+            (StartFrom::Earliest, Some(&seq), None, Start::TrimHorizon),
+            (StartFrom::Latest, Some(&seq), None, Start::Latest),
+            (
+                StartFrom::Timestamp(42),
+                Some(&seq),
+                None,
+                Start::Timestamp(42),
+            ),
+            (StartFrom::Timestamp(42), None, None, Start::Timestamp(42)),
             (
                 StartFrom::CommittedOrTimestamp(42),
                 Some(&seq),
+                None,
                 Start::After(seq.clone()),
             ),
             (
                 StartFrom::CommittedOrTimestamp(42),
                 None,
+                None,
                 Start::Timestamp(42),
             ),
-            // A start kept as the checkpoint of a shard that got no record since.
-            (StartFrom::Committed, Some(&mark), Start::Timestamp(1_700)),
+            // A start mark (a shard that got no record since a member started it at a time)…
             (
-                StartFrom::CommittedOrTimestamp(42),
-                Some(&mark),
+                StartFrom::Committed,
+                None,
+                Some(1_700),
                 Start::Timestamp(1_700),
             ),
-            (StartFrom::Latest, Some(&mark), Start::Latest),
-            (StartFrom::Timestamp(42), Some(&mark), Start::Timestamp(42)),
+            (
+                StartFrom::CommittedOrTimestamp(42),
+                None,
+                Some(1_700),
+                Start::Timestamp(1_700),
+            ),
+            // …gives way to a checkpoint, and to the options that ignore the group's position.
+            (
+                StartFrom::Committed,
+                Some(&seq),
+                Some(1_700),
+                Start::After(seq.clone()),
+            ),
+            (StartFrom::Earliest, None, Some(1_700), Start::TrimHorizon),
+            (StartFrom::Latest, None, Some(1_700), Start::Latest),
+            (
+                StartFrom::Timestamp(42),
+                None,
+                Some(1_700),
+                Start::Timestamp(42),
+            ),
         ];
-        for (start, checkpoint, expected) in cases {
+        for (start, checkpoint, mark, expected) in cases {
             assert_eq!(
-                start_of(start, checkpoint),
+                start_of(start, checkpoint, mark),
                 expected,
-                "{start:?} {checkpoint:?}"
+                "{start:?} {checkpoint:?} {mark:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_start_mark_lives_beside_its_checkpoint_not_in_it() {
+        assert_eq!(start_attribute("checkpoint"), "start_at");
+        assert_eq!(
+            start_attribute("checkpoint#events_overflow"),
+            "start_at#events_overflow"
+        );
     }
 }

@@ -19,6 +19,20 @@ use crate::BusError;
 /// Attribute holding the checkpoint of the main stream (the name rows had before companions).
 const MAIN_CHECKPOINT: &str = "checkpoint";
 
+/// Prefix of the attribute holding a stream's start mark: where (a time, ms) the group started
+/// reading it when it had no checkpoint (`start_at`, `start_at#<stream>` for a companion). A
+/// separate attribute, not a checkpoint value: builds before it read only checkpoints, and a
+/// mark there would have been taken for a sequence number.
+const START_AT: &str = "start_at";
+
+/// The start-mark attribute belonging to the checkpoint attribute `checkpoint`.
+pub(super) fn start_attribute(checkpoint: &str) -> String {
+    format!(
+        "{START_AT}{}",
+        &checkpoint[MAIN_CHECKPOINT.len().min(checkpoint.len())..]
+    )
+}
+
 /// The checkpoint attribute of a stream read under a lease: `checkpoint` for the main stream,
 /// `checkpoint#<stream>` for a companion.
 pub(super) fn checkpoint_attribute(stream: &str, main: bool) -> String {
@@ -100,6 +114,8 @@ pub(super) struct LeaseRow {
     pub counter: i64,
     /// Checkpoint attribute -> sequence number.
     pub checkpoints: HashMap<String, String>,
+    /// Checkpoint attribute -> the start mark of its stream (ms), when there is one.
+    pub starts: HashMap<String, i64>,
 }
 
 /// The group's rows as read by one member.
@@ -251,6 +267,14 @@ impl Leases {
                         })
                         .filter_map(|(k, v)| Some((k.clone(), v.as_s().ok()?.clone())))
                         .collect();
+                    let starts = item
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            let rest = k.strip_prefix(START_AT)?;
+                            let ms = v.as_s().ok()?.parse::<i64>().ok()?;
+                            Some((format!("{MAIN_CHECKPOINT}{rest}"), ms))
+                        })
+                        .collect();
                     view.leases.insert(
                         shard.to_owned(),
                         LeaseRow {
@@ -258,6 +282,7 @@ impl Leases {
                             expires: num("lease_expires"),
                             counter: num("lease_counter"),
                             checkpoints,
+                            starts,
                         },
                     );
                 }
