@@ -31,6 +31,12 @@ pub(crate) struct TopicsArgs {
     /// Leave out the rules engine's compacted state topic (`antifraud_state`, Kafka only).
     #[arg(long)]
     no_state_topic: bool,
+    /// Kinesis only: how long the streams it makes keep their records, hours (24 to 8760;
+    /// Kinesis makes them with 24, which a processor stopped over a weekend outlives). The
+    /// terraform module's `retention_hours` is 168 too. Streams that exist keep theirs.
+    #[arg(long, env = "PITBOSS_RETENTION_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u32).range(24..=8760))]
+    retention_hours: u32,
 }
 
 /// What one topic is for, and how it is made.
@@ -79,7 +85,9 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
         partitions,
         prefix,
         no_state_topic,
+        retention_hours,
     } = args;
+    let retention = matches!(bus_args.kind, BusKind::Kinesis).then_some(retention_hours);
     if !prefix
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -105,7 +113,7 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
         },
     };
     for (topic, kind) in topics(&prefix, state_topic) {
-        let line = ensure(&*bus, &topic, kind, partitions).await?;
+        let line = ensure(&*bus, &topic, kind, partitions, retention).await?;
         // Not `println!`: a closed stdout (`pitboss topics | head -3`) must not stop the run
         // half way through the topics.
         let _ = writeln!(std::io::stdout(), "{line}");
@@ -124,7 +132,13 @@ pub(crate) async fn run(args: TopicsArgs) -> Result<()> {
 
 /// Creates `topic` unless it exists; returns the line that says which, and its partitions
 /// (`created` only from the run that made it: another run at the same time says `exists`).
-async fn ensure(bus: &dyn Bus, topic: &str, kind: Kind, partitions: u32) -> Result<String> {
+async fn ensure(
+    bus: &dyn Bus,
+    topic: &str,
+    kind: Kind,
+    partitions: u32,
+    retention: Option<u32>,
+) -> Result<String> {
     let want = match kind {
         Kind::Keyed => partitions,
         Kind::DeadLetter | Kind::Compacted => 1,
@@ -145,8 +159,17 @@ async fn ensure(bus: &dyn Bus, topic: &str, kind: Kind, partitions: u32) -> Resu
         ""
     };
     if made {
+        let kept = match retention {
+            Some(hours) => {
+                bus.set_retention_hours(topic, hours)
+                    .await
+                    .with_context(|| format!("setting the retention of {topic}"))?;
+                format!(", {hours} h")
+            }
+            None => String::new(),
+        };
         return Ok(format!(
-            "created {topic} ({want} partition{}{note})",
+            "created {topic} ({want} partition{}{note}{kept})",
             plural(want)
         ));
     }

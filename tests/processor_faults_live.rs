@@ -1865,6 +1865,55 @@ mod kinesis {
     use super::*;
     use std::collections::BTreeSet;
 
+    /// `pitboss topics --bus kinesis` makes every stream with the retention asked (168 h by
+    /// default: Kinesis's own is 24), and a second run finds them all, keeping what they have.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topics_on_kinesis_makes_streams_that_keep_their_records_as_long_as_asked() {
+        let endpoint = pitboss_testkit::kinesis();
+        let prefix = format!("{}_", pitboss_testkit::unique_name("kt"));
+        let run = |extra: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+                .args([
+                    "topics",
+                    "--bus",
+                    "kinesis",
+                    "--kinesis-endpoint",
+                    &endpoint,
+                ])
+                .args(["--prefix", &prefix, "--partitions", "1"])
+                .args(extra)
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let first = run(&["--retention-hours", "72"]);
+        assert!(
+            first.contains(&format!("created {prefix}events (1 partition, 72 h)")),
+            "{first}"
+        );
+        assert!(
+            first
+                .lines()
+                .filter(|l| l.starts_with("created"))
+                .all(|l| l.ends_with(", 72 h)")),
+            "{first}"
+        );
+        let again = run(&[]);
+        assert!(!again.contains("created"), "{again}");
+        assert!(
+            again.contains(&format!("exists  {prefix}events")),
+            "{again}"
+        );
+    }
+
     /// The rules split over three engines on Kinesis (moto): `pitboss antifraud --bus kinesis
     /// --shard i/3`, each reading every event stream shard under its own group, the forwards
     /// stream between them. The scripted day is published to the events stream while shards

@@ -472,6 +472,15 @@ pub trait Bus: Send + Sync + fmt::Debug {
         )))
     }
 
+    /// Sets how long `topic` keeps its records, in hours. Only Kinesis streams have it as a
+    /// property of their own (24 h when made; Kafka topics take the brokers' `log.retention`,
+    /// the embedded log its `--retention-hours`): other buses refuse ([`BusError::Config`]).
+    async fn set_retention_hours(&self, topic: &str, _hours: u32) -> Result<(), BusError> {
+        Err(BusError::Config(format!(
+            "{topic}: this bus sets no retention per topic (Kinesis does)"
+        )))
+    }
+
     /// The members of consumer group `group` right now (an empty list: nobody is in it), or
     /// `None` when this bus cannot tell (the embedded log's groups live in one process;
     /// Kinesis leases are not reported).

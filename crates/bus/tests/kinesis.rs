@@ -1071,3 +1071,37 @@ async fn a_live_member_deletes_the_row_of_a_member_that_was_killed() {
     live.close().await.unwrap();
     assert_eq!(members().await, 0);
 }
+
+/// A stream's retention is set (raised and lowered) and waited for; outside Kinesis's bounds it
+/// is refused. (`pitboss topics --bus kinesis` gives the streams it makes 168 h with it: Kinesis
+/// makes them with 24.)
+#[tokio::test]
+async fn a_streams_retention_is_set_both_ways_within_kinesiss_bounds() {
+    let bus = make_bus().await;
+    let topic = pitboss_testkit::unique_name("keep");
+    bus.create_topic(&topic, 1).await.unwrap();
+    let (kinesis, _) = raw().await;
+    let retention = || async {
+        kinesis
+            .describe_stream_summary()
+            .stream_name(&topic)
+            .send()
+            .await
+            .unwrap()
+            .stream_description_summary()
+            .unwrap()
+            .retention_period_hours()
+    };
+    assert_eq!(retention().await, 24);
+    bus.set_retention_hours(&topic, 168).await.unwrap();
+    assert_eq!(retention().await, 168);
+    bus.set_retention_hours(&topic, 72).await.unwrap();
+    assert_eq!(retention().await, 72);
+    bus.set_retention_hours(&topic, 72).await.unwrap();
+    let e = bus.set_retention_hours(&topic, 12).await.unwrap_err();
+    assert!(
+        matches!(&e, BusError::Config(m) if m.contains("24 to 8760")),
+        "{e}"
+    );
+    assert_eq!(retention().await, 72);
+}

@@ -245,6 +245,67 @@ impl Bus for KinesisBus {
         Ok(self.shared.shard_ids(topic).await?.len() as u32)
     }
 
+    /// Raises or lowers the stream's retention to `hours` (24 to 8760), then waits until it is
+    /// active again (a retention change updates the stream).
+    async fn set_retention_hours(&self, topic: &str, hours: u32) -> Result<(), BusError> {
+        if !(24..=8760).contains(&hours) {
+            return Err(BusError::Config(format!(
+                "{topic}: a Kinesis stream keeps its records 24 to 8760 hours, not {hours}"
+            )));
+        }
+        let kinesis = &self.shared.kinesis;
+        let now = kinesis
+            .describe_stream_summary()
+            .stream_name(topic)
+            .send()
+            .await
+            .map_err(|e| unavailable(sdk(e)))?
+            .stream_description_summary()
+            .map(|s| s.retention_period_hours())
+            .unwrap_or(24);
+        let hours = hours as i32;
+        if now == hours {
+            return Ok(());
+        }
+        let changed = if hours > now {
+            kinesis
+                .increase_stream_retention_period()
+                .stream_name(topic)
+                .retention_period_hours(hours)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable(sdk(e)))
+        } else {
+            kinesis
+                .decrease_stream_retention_period()
+                .stream_name(topic)
+                .retention_period_hours(hours)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable(sdk(e)))
+        };
+        changed?;
+        for _ in 0..300 {
+            let d = kinesis
+                .describe_stream_summary()
+                .stream_name(topic)
+                .send()
+                .await
+                .map_err(|e| unavailable(sdk(e)))?;
+            if d.stream_description_summary()
+                .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BusError::Unavailable(format!(
+            "stream {topic} did not become active after its retention changed"
+        )))
+    }
+
     async fn consumer(
         &self,
         group: &str,
