@@ -474,7 +474,8 @@ pub trait Bus: Send + Sync + fmt::Debug {
 
     /// Sets how long `topic` keeps its records, in hours. Only Kinesis streams have it as a
     /// property of their own (24 h when made; Kafka topics take the brokers' `log.retention`,
-    /// the embedded log its `--retention-hours`): other buses refuse ([`BusError::Config`]).
+    /// the embedded log its `EmbeddedConfig` retention): other buses refuse
+    /// ([`BusError::Config`]).
     async fn set_retention_hours(&self, topic: &str, _hours: u32) -> Result<(), BusError> {
         Err(BusError::Config(format!(
             "{topic}: this bus sets no retention per topic (Kinesis does)"
