@@ -923,24 +923,15 @@ async fn two_hundred_short_lived_readers_leave_nothing_in_dynamodb() {
     );
 }
 
-/// The process-wide recorder of this test binary.
-fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::set_global_recorder(recorder).expect("no other global recorder in this binary");
-        handle
-    })
-}
+/// Kinesis members' lag gauge.
+const LAG: &str = "pitboss_consumer_lag_seconds";
 
 /// A group member reports how far behind each shard's newest record its reads are
 /// (`pitboss_consumer_lag_seconds`, from GetRecords' `MillisBehindLatest`), as Kafka's members
 /// report their lag in records: behind while records wait, 0 once read up, 0 once it leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_reports_how_far_behind_its_reads_are() {
-    let handle = recorder();
+    let handle = contract::recorder();
     let bus = make_bus().await;
     let topic = pitboss_testkit::unique_name("klag");
     let group = pitboss_testkit::unique_name("g");
@@ -954,16 +945,7 @@ async fn a_member_reports_how_far_behind_its_reads_are() {
     publisher.publish(&topic, batch("first")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     publisher.publish(&topic, batch("second")).await.unwrap();
-    let lag = || {
-        let series = format!(
-            "pitboss_consumer_lag_seconds{{group=\"{group}\",topic=\"{topic}\",partition=\"0\"}} "
-        );
-        handle
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let lag = || contract::gauge_of(&handle.render(), LAG, &group, &topic, 0);
     let mut member = bus
         .consumer(&group, &topic, ConsumerConfig::default())
         .await
@@ -1001,16 +983,7 @@ async fn a_member_reports_how_far_behind_its_reads_are() {
     assert_eq!(lag(), Some(0.0));
     // A member that leaves while behind: 0 (the next owner reports the shard).
     let group = pitboss_testkit::unique_name("g");
-    let lag = || {
-        let series = format!(
-            "pitboss_consumer_lag_seconds{{group=\"{group}\",topic=\"{topic}\",partition=\"0\"}} "
-        );
-        handle
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
+    let lag = || contract::gauge_of(&handle.render(), LAG, &group, &topic, 0);
     let mut member = bus
         .consumer(&group, &topic, ConsumerConfig::default())
         .await

@@ -151,6 +151,28 @@ impl KinesisBus {
             }),
         })
     }
+    /// Waits (up to 30 s) until `topic` is active: made, or updated (a retention change).
+    async fn until_active(&self, topic: &str) -> Result<(), BusError> {
+        for _ in 0..300 {
+            let d = self
+                .shared
+                .kinesis
+                .describe_stream_summary()
+                .stream_name(topic)
+                .send()
+                .await
+                .map_err(|e| unavailable(sdk(e)))?;
+            if d.stream_description_summary()
+                .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(BusError::Unavailable(format!(
+            "stream {topic} did not become active"
+        )))
+    }
 }
 
 impl Shared {
@@ -218,23 +240,8 @@ impl Bus for KinesisBus {
             }
             Err(e) => return Err(unavailable(sdk(e))),
         };
-        for _ in 0..300 {
-            let d = kinesis
-                .describe_stream_summary()
-                .stream_name(topic)
-                .send()
-                .await
-                .map_err(|e| unavailable(sdk(e)))?;
-            if d.stream_description_summary()
-                .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
-            {
-                return Ok(made);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(BusError::Unavailable(format!(
-            "stream {topic} did not become active"
-        )))
+        self.until_active(topic).await?;
+        Ok(made)
     }
 
     fn publisher(&self) -> Arc<dyn Publisher> {
@@ -287,23 +294,7 @@ impl Bus for KinesisBus {
                 .map_err(|e| unavailable(sdk(e)))
         };
         changed?;
-        for _ in 0..300 {
-            let d = kinesis
-                .describe_stream_summary()
-                .stream_name(topic)
-                .send()
-                .await
-                .map_err(|e| unavailable(sdk(e)))?;
-            if d.stream_description_summary()
-                .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(BusError::Unavailable(format!(
-            "stream {topic} did not become active after its retention changed"
-        )))
+        self.until_active(topic).await
     }
 
     async fn consumer(

@@ -1155,3 +1155,32 @@ macro_rules! contract_suite {
         }
     };
 }
+
+/// The process-wide recorder of a test binary (librdkafka reports statistics on the member's
+/// own poll thread, and a Kinesis member runs on the runtime's threads: a thread-local
+/// recorder reaches neither).
+pub fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).expect("no other global recorder in this binary");
+        handle
+    })
+}
+
+/// The value of gauge `name{group, topic, partition}` in a Prometheus text.
+pub fn gauge_of(
+    text: &str,
+    name: &str,
+    group: &str,
+    topic: &str,
+    partition: Partition,
+) -> Option<f64> {
+    let series =
+        format!("{name}{{group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -307,29 +307,18 @@ async fn a_compacted_state_topic_is_made_once_and_a_topic_that_is_not_one_is_ref
     );
 }
 
-/// The lag a member reports for `partition` of `topic` in `group`, from the process's
-/// Prometheus text.
+/// The records lag a member reports for `partition` of `topic` in `group`.
 fn lag_of(text: &str, group: &str, topic: &str, partition: Partition) -> Option<f64> {
-    let series = format!(
-        "pitboss_consumer_lag_records{{group=\"{group}\",topic=\"{topic}\",partition=\"{partition}\"}} "
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
+    crate::contract::gauge_of(
+        text,
+        "pitboss_consumer_lag_records",
+        group,
+        topic,
+        partition,
+    )
 }
 
-/// The process-wide recorder (librdkafka reports statistics on the member's own poll thread,
-/// which a thread-local recorder does not reach).
-fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::set_global_recorder(recorder).expect("no other global recorder in this binary");
-        handle
-    })
-}
+use crate::contract::recorder;
 
 /// A partition a rebalance takes away reads 0 in its old member's lag gauge (librdkafka keeps
 /// reporting it, no longer `desired`): its last value stayed for ever and the group's summed

@@ -644,6 +644,34 @@ struct RawBatch {
     events: Vec<Vec<u8>>,
 }
 
+/// `message` sent with the key to `path` (a unary call, or a stream of it for
+/// `IngestStream`), as bytes the server must decode itself; the status it fails with.
+async fn keyed_call<M: prost::Message + Send + Sync + 'static>(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    path: &str,
+    message: M,
+) -> tonic::Status {
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let codec = tonic_prost::ProstCodec::<M, pb::IngestReply>::default();
+    if path.ends_with("Stream") {
+        grpc.client_streaming(
+            request.map(|m| futures::stream::iter([m])),
+            path.parse().unwrap(),
+            codec,
+        )
+        .await
+        .unwrap_err()
+    } else {
+        grpc.unary(request, path.parse().unwrap(), codec)
+            .await
+            .unwrap_err()
+    }
+}
+
 /// gRPC calls that fail, each with the code it must produce; returns (code, how).
 async fn grpc_cases() -> Vec<(String, &'static str)> {
     let bus = MemoryPublisher::new();
@@ -790,25 +818,7 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
         "/pitboss.v1.Ingest/IngestBatch",
         "/pitboss.v1.Ingest/IngestStream",
     ] {
-        grpc.ready().await.unwrap();
-        let mut request = tonic::Request::new(NotABatch { events: 7 });
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-        let codec = tonic_prost::ProstCodec::<NotABatch, pb::IngestReply>::default();
-        let status = if path.ends_with("Stream") {
-            grpc.client_streaming(
-                request.map(|m| futures::stream::iter([m])),
-                path.parse().unwrap(),
-                codec,
-            )
-            .await
-            .unwrap_err()
-        } else {
-            grpc.unary(request, path.parse().unwrap(), codec)
-                .await
-                .unwrap_err()
-        };
+        let status = keyed_call(&mut grpc, path, NotABatch { events: 7 }).await;
         assert_eq!(
             status.code(),
             tonic::Code::InvalidArgument,
@@ -823,25 +833,7 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
         // is decoded: six that are not protobuf are too many, not unreadable (decoded first,
         // 20 MiB of empty events took gigabytes before the count was checked).
         for events in [vec![vec![0x07]; 6], vec![Vec::new(); 6]] {
-            grpc.ready().await.unwrap();
-            let mut request = tonic::Request::new(RawBatch { events });
-            request
-                .metadata_mut()
-                .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-            let codec = tonic_prost::ProstCodec::<RawBatch, pb::IngestReply>::default();
-            let status = if path.ends_with("Stream") {
-                grpc.client_streaming(
-                    request.map(|m| futures::stream::iter([m])),
-                    path.parse().unwrap(),
-                    codec,
-                )
-                .await
-                .unwrap_err()
-            } else {
-                grpc.unary(request, path.parse().unwrap(), codec)
-                    .await
-                    .unwrap_err()
-            };
+            let status = keyed_call(&mut grpc, path, RawBatch { events }).await;
             assert_eq!(
                 common::check_grpc_status(&status),
                 "too_many_events",
