@@ -581,15 +581,10 @@ async fn open_sockets_count_under_max_connections() {
         "a third socket was let in over the limit of 2"
     );
     drop(p2);
-    let mut p3 = None;
-    for _ in 0..50 {
-        p3 = gw.try_connect(&token).await;
-        if p3.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut p3 = p3.expect("a player connects once another left");
+    let mut p3 = gw
+        .connect_within(&token, Duration::from_secs(5))
+        .await
+        .expect("a player connects once another left");
     p1.subscribe("player:acme:p1", None).await;
     p3.subscribe("player:acme:p3", None).await;
     let (_, _, m1) = env.publish_push("acme", Target::Player("p1".into())).await;
@@ -660,15 +655,10 @@ async fn one_subject_holds_at_most_its_share_of_sockets() {
         .connect(&env.token("lucky", "p1", Role::Player, &[]))
         .await;
     drop(first);
-    let mut again = None;
-    for _ in 0..50 {
-        again = gw.try_connect(&token).await;
-        if again.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut again = again.expect("a place frees when a socket closes");
+    let mut again = gw
+        .connect_within(&token, Duration::from_secs(5))
+        .await
+        .expect("a place frees when a socket closes");
     second.subscribe("player:acme:p1", None).await;
     again.subscribe("player:acme:p1", None).await;
     other.subscribe("player:acme:p2", None).await;

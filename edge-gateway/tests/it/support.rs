@@ -368,6 +368,21 @@ impl Gw {
         Some(Client::welcomed(ws).await)
     }
 
+    /// [`Gw::try_connect`] again every 100 ms until it connects or `within` passed (a place
+    /// that frees when another socket closes).
+    pub async fn connect_within(&self, token: &str, within: Duration) -> Option<Client> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(c) = self.try_connect(token).await {
+                return Some(c);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Connects as a browser without the token in the URL does: the subprotocols `protocols`
     /// offered (`pitboss.v1`, `pitboss.token.<jwt>`). The client, and the subprotocol the
     /// gateway selected.
