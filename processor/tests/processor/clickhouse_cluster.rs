@@ -866,6 +866,9 @@ async fn an_insert_that_lands_after_the_takeover_is_not_written_twice() {
     }
     first.abort();
     let _ = first.await;
+    // The first batch's part may not have reached the replica the read goes to yet (a CI run
+    // read 0 here once).
+    c.sync_replicas("events_local").await;
     assert_eq!(c.scalar(0, "SELECT count() FROM events").await, 300);
 
     // Second member: batches of up to 10,000 — but its first is [300, 599] again.
