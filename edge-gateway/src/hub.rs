@@ -51,8 +51,10 @@ pub enum Out {
     },
 }
 
+#[cfg(test)]
 impl Out {
-    /// The frames it writes, in order.
+    /// The frames it writes, in order (the writer, `server::write_queued`, feeds them one by
+    /// one as it goes).
     pub fn texts(self) -> Vec<Text> {
         match self {
             Out::Frame(t) | Out::Live { text: t, .. } => vec![t],

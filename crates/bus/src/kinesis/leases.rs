@@ -27,10 +27,10 @@ const START_AT: &str = "start_at";
 
 /// The start-mark attribute belonging to the checkpoint attribute `checkpoint`.
 pub(super) fn start_attribute(checkpoint: &str) -> String {
-    format!(
-        "{START_AT}{}",
-        &checkpoint[MAIN_CHECKPOINT.len().min(checkpoint.len())..]
-    )
+    let stream = checkpoint
+        .strip_prefix(MAIN_CHECKPOINT)
+        .unwrap_or(checkpoint);
+    format!("{START_AT}{stream}")
 }
 
 /// The checkpoint attribute of a stream read under a lease: `checkpoint` for the main stream,
