@@ -82,7 +82,8 @@ pub struct KeyArgs {
     /// JWKS URL, fetched at start and every `--jwks-refresh-secs`.
     #[arg(long, env = "PITBOSS_GATEWAY_JWKS_URL")]
     pub jwks_url: Option<String>,
-    #[arg(long, default_value_t = 300)]
+    /// How often the JWKS URL is fetched again (and the `--tenant-keys` file read again).
+    #[arg(long, env = "PITBOSS_GATEWAY_JWKS_REFRESH_SECS", default_value_t = 300)]
     pub jwks_refresh_secs: u64,
     /// Required `aud` claim.
     #[arg(long, env = "PITBOSS_GATEWAY_JWT_AUDIENCE")]
@@ -90,6 +91,15 @@ pub struct KeyArgs {
     /// Required `iss` claim.
     #[arg(long, env = "PITBOSS_GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// Keys per tenant instead (a TOML file, docs/gateway.md "Keys per tenant"): a token
+    /// verifies only with the keys of the tenant it names. Read again every
+    /// `--jwks-refresh-secs`.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_TENANT_KEYS",
+        conflicts_with_all = ["jwt_secret_file", "jwks_file", "jwks_url", "jwt_audience", "jwt_issuer"]
+    )]
+    pub tenant_keys: Option<PathBuf>,
 }
 
 /// Limits and history of the gateway (the same in `pitboss up`).
@@ -215,6 +225,11 @@ fn read_secret(path: &Path) -> Result<Vec<u8>> {
 
 impl KeyArgs {
     async fn verifier(&self) -> Result<Verifier> {
+        if let Some(path) = &self.tenant_keys {
+            let v = Verifier::tenants(path, Duration::from_secs(self.jwks_refresh_secs)).await?;
+            v.spawn_refresh();
+            return Ok(v);
+        }
         let source = KeySource {
             hs256_secret: self
                 .jwt_secret_file

@@ -2286,3 +2286,125 @@ async fn grpcurl_lists_checks_and_ingests_as_docs_api_md_shows() {
     }
     assert_eq!(stored, 1);
 }
+
+/// `pitboss gateway --tenant-keys`: a tenant's tokens open a socket with its own key alone —
+/// one signed with another tenant's secret, or naming a tenant the file does not list, is
+/// refused before the upgrade with the documented code; the file cannot be mixed with keys for
+/// every tenant. Tokens are made as an operator's backend would, by `pitboss token
+/// --secret-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alone() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let made = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["topics", "--bus", "embedded", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let secret = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let acme = secret("acme.secret", "acme-secret-0123456789abcdef0123456789");
+    let lucky = secret("lucky.secret", "lucky-secret-0123456789abcdef012345678");
+    let tenants = secret(
+        "tenants.toml",
+        "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\n\
+         [[tenant]]\nid = \"lucky\"\nhs256_secret_file = \"lucky.secret\"\n",
+    );
+    let token = |tenant: &str, secret: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "token",
+                "--tenant",
+                tenant,
+                "--role",
+                "player",
+                "--subject",
+                "p1",
+            ])
+            .arg("--secret-file")
+            .arg(secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+
+    // Keys for every tenant and keys per tenant at once: refused by the flags.
+    let mixed = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["gateway", "--bus", "embedded", "--data-dir"])
+        .arg(&data)
+        .arg("--tenant-keys")
+        .arg(&tenants)
+        .arg("--jwt-secret-file")
+        .arg(&acme)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        !mixed.status.success() && said.contains("cannot be used with"),
+        "{said}"
+    );
+
+    let port = pitboss_testkit::free_port();
+    let _gateway = Guard(
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["gateway", "--bus", "embedded", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", "127.0.0.1:0", "--presence-topic", "none"])
+            .arg("--tenant-keys")
+            .arg(&tenants)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    // The answer to a connect with `token`: Ok, or the refusal's status and code.
+    let connect = |token: String| {
+        let url = url.clone();
+        async move {
+            let mut request = url.as_str().into_client_request().unwrap();
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => Ok(()),
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(r.body().as_deref().unwrap_or(b"{}")).unwrap();
+                    Err(Some((
+                        r.status().as_u16(),
+                        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                    )))
+                }
+                Err(_) => Err(None),
+            }
+        }
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match connect(token("acme", &acme)).await {
+            Ok(()) => break,
+            Err(None) if start.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => panic!("acme's own token: {other:?}"),
+        }
+    }
+    assert_eq!(connect(token("lucky", &lucky)).await, Ok(()));
+    assert_eq!(
+        connect(token("lucky", &acme)).await,
+        Err(Some((401, "token_signature".into()))),
+        "acme's secret signs nothing for lucky"
+    );
+    assert_eq!(
+        connect(token("ghost", &acme)).await,
+        Err(Some((401, "token_unknown_tenant".into())))
+    );
+}

@@ -3,10 +3,14 @@
 //! (`player` | `operator`), `rooms` (room ids the holder may join; `"*"` for every room of the
 //! tenant), `exp` (required). Optional `aud`/`iss` are checked when configured.
 //!
+//! The keys sign for every tenant, or each tenant has its own (a file of tenants and their keys,
+//! [`TenantFile`]): a token then verifies only with the keys of the tenant it names.
+//!
 //! What a token allows is decided here too ([`Claims::may_subscribe`]), so the rule is one pure
 //! function with a test matrix beside it.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -152,6 +156,8 @@ pub enum AuthError {
     Algorithm(String, String),
     #[error("no key for the token (kid {0:?})")]
     UnknownKey(Option<String>),
+    #[error("no keys for the token's tenant {0:?} here")]
+    UnknownTenant(String),
     #[error("the token's claims are invalid: {0}")]
     Claims(String),
     #[error("the new token is for another {0}: a refresh keeps the tenant, subject and role")]
@@ -168,6 +174,7 @@ impl AuthError {
             AuthError::Signature => "token_signature",
             AuthError::Algorithm(..) => "token_algorithm",
             AuthError::UnknownKey(_) => "token_unknown_key",
+            AuthError::UnknownTenant(_) => "token_unknown_tenant",
             AuthError::Claims(_) => "token_claims",
             AuthError::Mismatch(_) => "token_mismatch",
         }
@@ -197,27 +204,58 @@ struct PublicKey {
     key: DecodingKey,
 }
 
-/// Verifies connection tokens. Cheap to clone.
+/// One issuer's keys: an HS256 secret and/or JWKS keys, and the `aud`/`iss` it requires.
 #[derive(Clone)]
-pub struct Verifier {
+struct Keys {
     hs: Option<DecodingKey>,
     jwks: Arc<RwLock<Vec<PublicKey>>>,
     source: Arc<KeySource>,
 }
 
+/// Verifies connection tokens. Cheap to clone.
+///
+/// Either one set of keys signs for every tenant ([`Verifier::new`]: `--jwt-secret-file`,
+/// `--jwks-*`), or each tenant has its own ([`Verifier::tenants`]: `--tenant-keys`): a token
+/// then verifies only with the keys of the tenant it names, so one tenant's signing key cannot
+/// let anybody into another tenant's channels.
+#[derive(Clone)]
+pub struct Verifier {
+    keys: Signers,
+}
+
+#[derive(Clone)]
+enum Signers {
+    Shared(Keys),
+    PerTenant(Arc<TenantKeys>),
+}
+
+/// Each tenant's keys, read from a file and read again every refresh.
+struct TenantKeys {
+    path: PathBuf,
+    refresh: Duration,
+    by_tenant: RwLock<Arc<HashMap<String, Keys>>>,
+}
+
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier")
-            .field("hs256", &self.hs.is_some())
-            .field("jwks_keys", &self.jwks.read().map(|k| k.len()).unwrap_or(0))
-            .finish()
+        match &self.keys {
+            Signers::Shared(k) => f
+                .debug_struct("Verifier")
+                .field("hs256", &k.hs.is_some())
+                .field("jwks_keys", &k.jwks.read().map(|k| k.len()).unwrap_or(0))
+                .finish(),
+            Signers::PerTenant(t) => f
+                .debug_struct("Verifier")
+                .field("tenant_keys", &t.path)
+                .field("tenants", &t.current().len())
+                .finish(),
+        }
     }
 }
 
-impl Verifier {
-    /// Loads the keys (fetching the JWKS URL once); fails when there is no key at all or a key
-    /// source cannot be read.
-    pub async fn new(source: KeySource) -> anyhow::Result<Verifier> {
+impl Keys {
+    /// Reads the secret and the JWKS file, fetches the JWKS URL; fails when there is no key.
+    async fn load(source: KeySource) -> anyhow::Result<Keys> {
         let hs = match &source.hs256_secret {
             Some(s) if s.len() < 32 => anyhow::bail!("the HS256 secret must be at least 32 bytes"),
             Some(s) => Some(DecodingKey::from_secret(s)?),
@@ -235,10 +273,160 @@ impl Verifier {
         if hs.is_none() && keys.is_empty() {
             anyhow::bail!("no token keys: give an HS256 secret, a JWKS file or a JWKS URL");
         }
-        Ok(Verifier {
+        Ok(Keys {
             hs,
             jwks: Arc::new(RwLock::new(keys)),
             source: Arc::new(source),
+        })
+    }
+
+    fn accepted(&self, into: &mut Vec<&'static str>) {
+        if self.hs.is_some() && !into.contains(&"HS256") {
+            into.push("HS256");
+        }
+        if self.jwks.read().is_ok_and(|k| !k.is_empty()) && !into.contains(&"RS256") {
+            into.extend(["RS256", "ES256"]);
+        }
+    }
+
+    fn accepted_here(&self) -> String {
+        let mut a = Vec::new();
+        self.accepted(&mut a);
+        a.join(", ")
+    }
+
+    /// Verifies `token` (its header already read): signature, expiry, audience/issuer when
+    /// configured, and the claims.
+    fn verify(&self, token: &str, header: &Header) -> Result<Claims, AuthError> {
+        let key = match header.alg {
+            Algorithm::HS256 => self
+                .hs
+                .clone()
+                .ok_or_else(|| AuthError::Algorithm("HS256".into(), self.accepted_here()))?,
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let keys = self.jwks.read().map_err(|_| AuthError::UnknownKey(None))?;
+                keys.iter()
+                    .find(|k| k.alg == alg && (header.kid.is_none() || k.kid == header.kid))
+                    .map(|k| k.key.clone())
+                    .ok_or_else(|| {
+                        if keys.is_empty() {
+                            AuthError::Algorithm(format!("{alg:?}"), self.accepted_here())
+                        } else {
+                            AuthError::UnknownKey(header.kid.clone())
+                        }
+                    })?
+            }
+            other => {
+                return Err(AuthError::Algorithm(
+                    format!("{other:?}"),
+                    self.accepted_here(),
+                ));
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        // No leeway: a token is refused at connect exactly when the live connection would be
+        // closed for it (the issuer's clock is the reference).
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `nbf` is checked below, with leeway (`exp` has none).
+        match &self.source.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.source.issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::InvalidSignature => AuthError::Signature,
+                K::InvalidAlgorithm => {
+                    AuthError::Algorithm(format!("{:?}", header.alg), self.accepted_here())
+                }
+                K::InvalidToken | K::Base64(_) | K::Utf8(_) => AuthError::Malformed,
+                K::Json(e) => AuthError::Claims(e.to_string()),
+                other => AuthError::Claims(format!("{other:?}")),
+            }
+        })?;
+        // RFC 7519 §4.1.4: `exp` is the time *on or after which* the token is refused (the
+        // library accepts it for the whole second of `exp`; a live connection would be closed
+        // for it at once).
+        if data.claims.exp <= jsonwebtoken::get_current_timestamp() {
+            return Err(AuthError::Expired);
+        }
+        // RFC 7519: not accepted before its `nbf`, when it has one. Identity providers often set
+        // `nbf = iat`, so a minute of leeway for their clock being ahead of ours.
+        if let Some(nbf) = data.claims.nbf
+            && nbf > jsonwebtoken::get_current_timestamp().saturating_add(NBF_LEEWAY_SECS)
+        {
+            return Err(AuthError::Claims(
+                "`nbf` is in the future: the token is not valid yet".into(),
+            ));
+        }
+        data.claims.check()?;
+        Ok(data.claims)
+    }
+
+    /// Fetches the JWKS URL again (the JWKS file read again beside it); a failure keeps the
+    /// keys it had.
+    async fn refresh_jwks(&self) {
+        let Some(url) = &self.source.jwks_url else {
+            return;
+        };
+        match fetch_jwks(url).await {
+            Ok(mut keys) => {
+                if let Some(path) = &self.source.jwks_file
+                    && let Ok(text) = std::fs::read_to_string(path)
+                    && let Ok(file_keys) = parse_jwks(&text)
+                {
+                    keys.extend(file_keys);
+                }
+                if let Ok(mut k) = self.jwks.write() {
+                    *k = keys;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "JWKS refresh failed; keeping the old keys")
+            }
+        }
+    }
+}
+
+impl TenantKeys {
+    fn current(&self) -> Arc<HashMap<String, Keys>> {
+        match self.by_tenant.read() {
+            Ok(m) => Arc::clone(&m),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+}
+
+impl Verifier {
+    /// Loads the keys (fetching the JWKS URL once); fails when there is no key at all or a key
+    /// source cannot be read. These keys sign for every tenant.
+    pub async fn new(source: KeySource) -> anyhow::Result<Verifier> {
+        Ok(Verifier {
+            keys: Signers::Shared(Keys::load(source).await?),
+        })
+    }
+
+    /// Each tenant's own keys, from the TOML file at `path` ([`TenantFile`]): fails when the
+    /// file is malformed (with its line), names no tenant, or a tenant's key cannot be read.
+    /// `refresh`: how often the file is read again (and JWKS URLs fetched again) by
+    /// [`Verifier::spawn_refresh`].
+    pub async fn tenants(path: &Path, refresh: Duration) -> anyhow::Result<Verifier> {
+        let by_tenant = load_tenants(path, refresh, None).await?;
+        Ok(Verifier {
+            keys: Signers::PerTenant(Arc::new(TenantKeys {
+                path: path.to_owned(),
+                refresh,
+                by_tenant: RwLock::new(Arc::new(by_tenant)),
+            })),
         })
     }
 
@@ -248,53 +436,59 @@ impl Verifier {
             anyhow::bail!("the HS256 secret must be at least 32 bytes");
         }
         Ok(Verifier {
-            hs: Some(DecodingKey::from_secret(secret)?),
-            jwks: Arc::new(RwLock::new(Vec::new())),
-            source: Arc::new(KeySource {
-                hs256_secret: Some(secret.to_vec()),
-                ..KeySource::default()
+            keys: Signers::Shared(Keys {
+                hs: Some(DecodingKey::from_secret(secret)?),
+                jwks: Arc::new(RwLock::new(Vec::new())),
+                source: Arc::new(KeySource {
+                    hs256_secret: Some(secret.to_vec()),
+                    ..KeySource::default()
+                }),
             }),
         })
     }
 
-    /// Re-fetches the JWKS URL every `jwks_refresh` until the process ends (keys rotate); a
-    /// failed fetch keeps the keys it had. Nothing to do without a URL.
+    /// Until the process ends: re-fetches the JWKS URL every `jwks_refresh` (keys rotate; a
+    /// failed fetch keeps the keys it had), or with keys per tenant, reads the tenants' file
+    /// again as often (tenants come and go, keys rotate; a file that no longer reads keeps
+    /// the keys in force, a tenant whose JWKS URL fails keeps its old keys). Nothing to do
+    /// with shared keys and no URL.
     pub fn spawn_refresh(&self) {
-        let Some(url) = self.source.jwks_url.clone() else {
-            return;
-        };
-        let every = self.source.jwks_refresh.max(Duration::from_secs(10));
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match fetch_jwks(&url).await {
-                    Ok(mut keys) => {
-                        if let Some(path) = &this.source.jwks_file
-                            && let Ok(text) = std::fs::read_to_string(path)
-                            && let Ok(file_keys) = parse_jwks(&text)
-                        {
-                            keys.extend(file_keys);
-                        }
-                        if let Ok(mut k) = this.jwks.write() {
-                            *k = keys;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the old keys")
-                    }
+        match &self.keys {
+            Signers::Shared(keys) => {
+                if keys.source.jwks_url.is_none() {
+                    return;
                 }
+                let every = keys.source.jwks_refresh.max(Duration::from_secs(10));
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        keys.refresh_jwks().await;
+                    }
+                });
             }
-        });
+            Signers::PerTenant(t) => {
+                let t = Arc::clone(t);
+                let every = t.refresh.max(Duration::from_secs(10));
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        t.reload().await;
+                    }
+                });
+            }
+        }
     }
 
     fn accepted(&self) -> String {
         let mut a = Vec::new();
-        if self.hs.is_some() {
-            a.push("HS256");
-        }
-        if self.jwks.read().is_ok_and(|k| !k.is_empty()) {
-            a.extend(["RS256", "ES256"]);
+        match &self.keys {
+            Signers::Shared(k) => k.accepted(&mut a),
+            Signers::PerTenant(t) => {
+                for k in t.current().values() {
+                    k.accepted(&mut a);
+                }
+            }
         }
         a.join(", ")
     }
@@ -322,79 +516,201 @@ impl Verifier {
         }
     }
 
-    /// Verifies `token`: signature, expiry, audience/issuer when configured, and the claims.
+    /// Verifies `token`: signature, expiry, audience/issuer when configured, and the claims;
+    /// with keys per tenant, by the keys of the tenant the token names (read before the
+    /// signature only to choose them: a token verifies with no other tenant's keys).
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLong);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| self.unreadable(token))?;
-        let key = match header.alg {
-            Algorithm::HS256 => self
-                .hs
-                .clone()
-                .ok_or_else(|| AuthError::Algorithm("HS256".into(), self.accepted()))?,
-            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
-                let keys = self.jwks.read().map_err(|_| AuthError::UnknownKey(None))?;
-                keys.iter()
-                    .find(|k| k.alg == alg && (header.kid.is_none() || k.kid == header.kid))
-                    .map(|k| k.key.clone())
-                    .ok_or_else(|| {
-                        if keys.is_empty() {
-                            AuthError::Algorithm(format!("{alg:?}"), self.accepted())
-                        } else {
-                            AuthError::UnknownKey(header.kid.clone())
-                        }
-                    })?
+        match &self.keys {
+            Signers::Shared(keys) => keys.verify(token, &header),
+            Signers::PerTenant(t) => {
+                let tenant = named_tenant(token)?;
+                let keys = t
+                    .current()
+                    .get(&tenant)
+                    .cloned()
+                    .ok_or(AuthError::UnknownTenant(tenant))?;
+                keys.verify(token, &header)
             }
-            other => return Err(AuthError::Algorithm(format!("{other:?}"), self.accepted())),
-        };
-        let mut validation = Validation::new(header.alg);
-        // No leeway: a token is refused at connect exactly when the live connection would be
-        // closed for it (the issuer's clock is the reference).
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        // `nbf` is checked below, with leeway (`exp` has none).
-        match &self.source.audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                validation.required_spec_claims.insert("aud".into());
-            }
-            None => validation.validate_aud = false,
         }
-        if let Some(iss) = &self.source.issuer {
-            validation.set_issuer(&[iss]);
-            validation.required_spec_claims.insert("iss".into());
+    }
+}
+
+/// The `tenant` a token's payload names, unverified (to choose the keys that verify it).
+fn named_tenant(token: &str) -> Result<String, AuthError> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Named {
+        tenant: Option<serde_json::Value>,
+    }
+    let payload = token.split('.').nth(1).ok_or(AuthError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| AuthError::Malformed)?;
+    let named: Named = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    match named.tenant {
+        Some(serde_json::Value::String(t)) => Ok(t),
+        Some(_) => Err(AuthError::Claims("tenant: must be a string".into())),
+        None => Err(AuthError::Claims(
+            "missing field `tenant`: with keys per tenant, the tenant chooses the key".into(),
+        )),
+    }
+}
+
+/// The file of keys per tenant (`pitboss gateway --tenant-keys`), TOML:
+///
+/// ```toml
+/// [[tenant]]
+/// id = "acme"
+/// hs256_secret_file = "acme.secret"   # relative to this file; at least 32 bytes
+///
+/// [[tenant]]
+/// id = "lucky"
+/// jwks_url = "https://auth.lucky.example/.well-known/jwks.json"
+/// issuer = "https://auth.lucky.example/"   # required `iss` (optional)
+/// audience = "pitboss"                      # required `aud` (optional)
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    #[serde(default)]
+    pub tenant: Vec<TenantSpec>,
+}
+
+/// One tenant of a [`TenantFile`]: at least one of its three key sources.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub id: toml::Spanned<String>,
+    /// A file holding the HS256 secret (surrounding whitespace ignored), never the secret
+    /// itself: the file of tenants can be read by whoever deploys, the secrets by the gateway.
+    pub hs256_secret_file: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+}
+
+/// `path:line: message` for a place in the tenants' file.
+fn at_line(path: &Path, text: &str, span: Option<std::ops::Range<usize>>, msg: &str) -> String {
+    match span {
+        Some(r) => {
+            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            format!("{}:{line}: {msg}", path.display())
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => AuthError::Expired,
-                K::InvalidSignature => AuthError::Signature,
-                K::InvalidAlgorithm => {
-                    AuthError::Algorithm(format!("{:?}", header.alg), self.accepted())
+        None => format!("{}: {msg}", path.display()),
+    }
+}
+
+/// Reads the tenants' file. `previous` (a reload): a tenant whose JWKS URL cannot be fetched
+/// keeps the keys it had, and a new one is left out until a later reload fetches it.
+async fn load_tenants(
+    path: &Path,
+    refresh: Duration,
+    previous: Option<&HashMap<String, Keys>>,
+) -> anyhow::Result<HashMap<String, Keys>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    // The parser's own message, without the line it quotes (which could hold a secret
+    // written where a file name belongs).
+    let file: TenantFile = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!(at_line(path, &text, e.span(), e.message().trim())))?;
+    if file.tenant.is_empty() {
+        anyhow::bail!(
+            "{}: no [[tenant]]: list each tenant with its keys",
+            path.display()
+        );
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = HashMap::new();
+    for t in file.tenant {
+        let span = Some(t.id.span());
+        let id = t.id.into_inner();
+        let bad = |m: String| anyhow::anyhow!(at_line(path, &text, span.clone(), &m));
+        if let Some(v) = id_violation("id", &id, MAX_TENANT_ID) {
+            return Err(bad(format!("tenant {id:?}: {}", v.message)));
+        }
+        if out.contains_key(&id) {
+            return Err(bad(format!("tenant {id:?} is listed twice")));
+        }
+        if t.hs256_secret_file.is_none() && t.jwks_file.is_none() && t.jwks_url.is_none() {
+            return Err(bad(format!(
+                "tenant {id:?} has no key: give hs256_secret_file, jwks_file or jwks_url"
+            )));
+        }
+        let hs256_secret = match &t.hs256_secret_file {
+            Some(f) => {
+                let f = dir.join(f);
+                let secret = std::fs::read_to_string(&f)
+                    .map_err(|e| bad(format!("tenant {id:?}: reading {}: {e}", f.display())))?
+                    .trim()
+                    .as_bytes()
+                    .to_vec();
+                if secret.len() < 32 {
+                    return Err(bad(format!(
+                        "tenant {id:?}: {}: the HS256 secret must be at least 32 bytes",
+                        f.display()
+                    )));
                 }
-                K::InvalidToken | K::Base64(_) | K::Utf8(_) => AuthError::Malformed,
-                K::Json(e) => AuthError::Claims(e.to_string()),
-                other => AuthError::Claims(format!("{other:?}")),
+                Some(secret)
             }
-        })?;
-        // RFC 7519 §4.1.4: `exp` is the time *on or after which* the token is refused (the
-        // library accepts it for the whole second of `exp`; a live connection would be closed
-        // for it at once).
-        if data.claims.exp <= jsonwebtoken::get_current_timestamp() {
-            return Err(AuthError::Expired);
+            None => None,
+        };
+        let source = KeySource {
+            hs256_secret,
+            jwks_file: t.jwks_file.map(|f| dir.join(f)),
+            jwks_url: t.jwks_url,
+            jwks_refresh: refresh,
+            audience: t.audience,
+            issuer: t.issuer,
+        };
+        let url = source.jwks_url.clone();
+        match Keys::load(source).await {
+            Ok(k) => {
+                out.insert(id, k);
+            }
+            Err(e) => match (previous, &url) {
+                (Some(old), Some(url)) => match old.get(&id) {
+                    Some(k) => {
+                        tracing::warn!(tenant = %id, %url, error = %e, "tenant keys: keeping the old keys");
+                        out.insert(id, k.clone());
+                    }
+                    None => {
+                        tracing::warn!(tenant = %id, %url, error = %e, "tenant keys: the new tenant is left out until its keys can be read");
+                    }
+                },
+                _ => return Err(bad(format!("tenant {id:?}: {e}"))),
+            },
         }
-        // RFC 7519: not accepted before its `nbf`, when it has one. Identity providers often set
-        // `nbf = iat`, so a minute of leeway for their clock being ahead of ours.
-        if let Some(nbf) = data.claims.nbf
-            && nbf > jsonwebtoken::get_current_timestamp().saturating_add(NBF_LEEWAY_SECS)
-        {
-            return Err(AuthError::Claims(
-                "`nbf` is in the future: the token is not valid yet".into(),
-            ));
+    }
+    Ok(out)
+}
+
+impl TenantKeys {
+    /// Reads the file again; keeps the keys in force when it cannot be read.
+    async fn reload(&self) {
+        let old = self.current();
+        match load_tenants(&self.path, self.refresh, Some(&old)).await {
+            Ok(new) => {
+                if new.len() != old.len() {
+                    tracing::info!(
+                        tenants = new.len(),
+                        before = old.len(),
+                        "tenant keys reloaded"
+                    );
+                }
+                match self.by_tenant.write() {
+                    Ok(mut m) => *m = Arc::new(new),
+                    Err(p) => *p.into_inner() = Arc::new(new),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tenant keys: the file does not read; keeping the keys in force")
+            }
         }
-        data.claims.check()?;
-        Ok(data.claims)
     }
 }
 
@@ -682,6 +998,209 @@ mod tests {
             .await
             .is_err()
         );
+    }
+
+    const OTHER: &[u8] = b"another-tenant-s-secret-0123456789";
+
+    /// A file of tenants in `dir`: acme and other (HS256, each its own secret), lucky (the test
+    /// JWKS, with its issuer).
+    fn tenant_file(dir: &Path, extra: &str) -> PathBuf {
+        std::fs::write(dir.join("acme.secret"), SECRET).unwrap();
+        std::fs::write(dir.join("other.secret"), [OTHER, b"\n"].concat()).unwrap();
+        std::fs::copy(keys("jwks.json"), dir.join("lucky-jwks.json")).unwrap();
+        let file = dir.join("tenants.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+[[tenant]]
+id = "acme"
+hs256_secret_file = "acme.secret"
+
+[[tenant]]
+id = "lucky"
+jwks_file = "lucky-jwks.json"
+issuer = "https://auth.lucky.example/"
+{extra}"#
+            ),
+        )
+        .unwrap();
+        file
+    }
+
+    const OTHER_TENANT: &str =
+        "\n[[tenant]]\nid = \"other\"\nhs256_secret_file = \"other.secret\"\n";
+
+    #[tokio::test]
+    async fn with_keys_per_tenant_a_token_verifies_only_with_its_own_tenant_s_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tenant_file(dir.path(), OTHER_TENANT);
+        let v = Verifier::tenants(&file, Duration::from_secs(300))
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        let acme = claims("acme", "p-1", Role::Player, vec![], ttl);
+        assert_eq!(v.verify(&token(&acme)).unwrap(), acme);
+        let other = claims("other", "ops", Role::Operator, vec![], ttl);
+        assert_eq!(
+            v.verify(&sign_hs256(&other, OTHER).unwrap()).unwrap(),
+            other
+        );
+        // acme's secret signs for acme alone: a token it signed naming another tenant fails
+        // the other tenant's secret.
+        assert_eq!(v.verify(&token(&other)).unwrap_err(), AuthError::Signature);
+        let mut lucky = claims("lucky", "p-9", Role::Player, vec![], ttl);
+        assert_eq!(
+            v.verify(&token(&lucky)).unwrap_err().code(),
+            "token_algorithm",
+            "lucky has no HS256 secret"
+        );
+        // lucky's own keys, with its issuer.
+        assert_eq!(
+            v.verify(&sign(Algorithm::ES256, Some("ec-1"), "es256.pem", &lucky))
+                .unwrap_err()
+                .code(),
+            "token_claims",
+            "without lucky's `iss`"
+        );
+        lucky.iss = Some("https://auth.lucky.example/".into());
+        assert_eq!(
+            v.verify(&sign(Algorithm::ES256, Some("ec-1"), "es256.pem", &lucky))
+                .unwrap(),
+            lucky
+        );
+        // lucky's keys sign nothing for acme.
+        let mut acme_by_lucky = acme.clone();
+        acme_by_lucky.iss = lucky.iss.clone();
+        assert_eq!(
+            v.verify(&sign(
+                Algorithm::RS256,
+                Some("rsa-1"),
+                "rs256.pem",
+                &acme_by_lucky
+            ))
+            .unwrap_err()
+            .code(),
+            "token_algorithm"
+        );
+        // A tenant without keys here, a token naming no tenant, a payload that is not JSON.
+        let ghost = claims("ghost", "p-1", Role::Player, vec![], ttl);
+        let e = v.verify(&token(&ghost)).unwrap_err();
+        assert_eq!(e, AuthError::UnknownTenant("ghost".into()));
+        assert_eq!(e.code(), "token_unknown_tenant");
+        let nameless = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "p-1", "role": "player", "exp": acme.exp}),
+            &EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap();
+        let e = v.verify(&nameless).unwrap_err();
+        assert_eq!(e.code(), "token_claims");
+        assert!(e.to_string().contains("tenant"), "{e}");
+        let numbered = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "p-1", "tenant": 7, "role": "player", "exp": acme.exp}),
+            &EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&numbered).unwrap_err().code(), "token_claims");
+        let head = b64(r#"{"alg":"HS256","typ":"JWT"}"#);
+        assert_eq!(
+            v.verify(&format!("{head}.{}.c2ln", b64("not json")))
+                .unwrap_err()
+                .code(),
+            "token_malformed"
+        );
+        assert_eq!(
+            v.verify(&format!("{head}.%%%.c2ln")).unwrap_err().code(),
+            "token_malformed"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_file_of_tenant_keys_is_read_again_and_a_bad_one_keeps_the_keys_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tenant_file(dir.path(), "");
+        let v = Verifier::tenants(&file, Duration::from_secs(300))
+            .await
+            .unwrap();
+        let Signers::PerTenant(t) = &v.keys else {
+            panic!("keys per tenant")
+        };
+        let ttl = Duration::from_secs(60);
+        let acme = claims("acme", "p-1", Role::Player, vec![], ttl);
+        let other = claims("other", "ops", Role::Operator, vec![], ttl);
+        let other_token = sign_hs256(&other, OTHER).unwrap();
+        assert_eq!(
+            v.verify(&other_token).unwrap_err().code(),
+            "token_unknown_tenant"
+        );
+        // A tenant added to the file: its tokens verify after the next read.
+        tenant_file(dir.path(), OTHER_TENANT);
+        t.reload().await;
+        assert_eq!(v.verify(&other_token).unwrap(), other);
+        // A file that no longer reads: the keys in force stay.
+        std::fs::write(&file, "[[tenant]\nid = ").unwrap();
+        t.reload().await;
+        assert_eq!(v.verify(&token(&acme)).unwrap(), acme);
+        assert_eq!(v.verify(&other_token).unwrap(), other);
+        // A tenant removed from the file: its tokens are refused after the next read.
+        tenant_file(dir.path(), "");
+        t.reload().await;
+        assert_eq!(
+            v.verify(&other_token).unwrap_err().code(),
+            "token_unknown_tenant"
+        );
+        assert_eq!(v.verify(&token(&acme)).unwrap(), acme);
+    }
+
+    #[tokio::test]
+    async fn a_bad_file_of_tenant_keys_is_refused_with_its_line_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("acme.secret"), SECRET).unwrap();
+        std::fs::write(dir.path().join("short.secret"), "too short").unwrap();
+        let file = dir.path().join("tenants.toml");
+        let secret = std::str::from_utf8(SECRET).unwrap();
+        let cases = [
+            (
+                format!("[[tenant]]\nid = \"acme\"\nhs256_secret = \"{secret}\"\n"),
+                "tenants.toml:3: unknown field `hs256_secret`",
+            ),
+            (
+                "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\n[[tenant]]\nid = \"acme\"\njwks_url = \"http://127.0.0.1:9/jwks\"\n".into(),
+                "tenants.toml:6: tenant \"acme\" is listed twice",
+            ),
+            (
+                "[[tenant]]\nid = \"acme\"\n".into(),
+                "tenants.toml:2: tenant \"acme\" has no key",
+            ),
+            (
+                "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"short.secret\"\n".into(),
+                "the HS256 secret must be at least 32 bytes",
+            ),
+            (
+                "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"missing.secret\"\n".into(),
+                "tenants.toml:2: tenant \"acme\": reading",
+            ),
+            (
+                "[[tenant]]\nid = \"ac me\"\nhs256_secret_file = \"acme.secret\"\n".into(),
+                "tenants.toml:2: tenant \"ac me\"",
+            ),
+            (
+                "[[tenant]]\nid = \"acme\"\njwks_url = \"http://127.0.0.1:9/jwks\"\n".into(),
+                "tenants.toml:2: tenant \"acme\": fetching JWKS",
+            ),
+            ("".into(), "no [[tenant]]"),
+        ];
+        for (text, want) in cases {
+            std::fs::write(&file, &text).unwrap();
+            let e = Verifier::tenants(&file, Duration::from_secs(300))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(!e.contains(secret), "the secret is not repeated: {e}");
+        }
     }
 
     #[test]
