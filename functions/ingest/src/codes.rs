@@ -64,11 +64,12 @@ pub enum RequestCode {
     BodyTimeout,
     Draining,
     StreamTooLong,
+    Overloaded,
 }
 
 impl RequestCode {
     /// Every request-level code, in table order (`ALL[c as usize] == c`).
-    pub const ALL: [RequestCode; 16] = [
+    pub const ALL: [RequestCode; 17] = [
         RequestCode::EmptyBody,
         RequestCode::UnreadableBody,
         RequestCode::Unauthorized,
@@ -85,6 +86,7 @@ impl RequestCode {
         RequestCode::BodyTimeout,
         RequestCode::Draining,
         RequestCode::StreamTooLong,
+        RequestCode::Overloaded,
     ];
 
     /// Its row of [`ERROR_CODES`].
@@ -263,6 +265,13 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         Some(Code::ResourceExhausted),
         Retry::No,
         "gRPC `IngestStream` only: the batch would take the stream past 10 × `core.max_events` (100,000) events, the most one reply adds up; the batches before were written (`pitboss-batches-written`); send the rest on a new stream",
+    ),
+    request(
+        "overloaded",
+        503,
+        Some(Code::Unavailable),
+        Retry::AfterRetryAfter,
+        "the process holds `max_inflight_body_bytes` (256 MiB) of request bodies, all requests, gRPC batches and WebSocket frames together, and has no room for this one now; nothing of it was written",
     ),
     event(
         ViolationCode::Malformed,

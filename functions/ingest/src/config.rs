@@ -32,6 +32,9 @@ pub struct IngestConfig {
     pub topic: String,
     /// Largest request body after decompression (PostHog's /batch: 20 MB).
     pub max_body_bytes: usize,
+    /// Request-body bytes the process holds at once, all requests, gRPC batches and WebSocket
+    /// frames together (after decompression); a body that finds no room is `overloaded`.
+    pub max_inflight_body_bytes: usize,
     /// Per-event and per-request limits and validation.
     pub core: CoreConfig,
     /// How long accepted event ids are remembered for edge dedup, in seconds.
@@ -70,6 +73,7 @@ impl Default for IngestConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             topic: "events".into(),
             max_body_bytes: 20 * 1024 * 1024,
+            max_inflight_body_bytes: 256 * 1024 * 1024,
             core: CoreConfig::default(),
             dedup_window_secs: 15 * 60,
             dedup_capacity: 1_000_000,
@@ -132,6 +136,12 @@ impl IngestConfig {
                 "max_connections, header_read_timeout_ms and ws_ping_interval_secs must be positive, and ws_idle_timeout_secs longer than the ping interval".into(),
             );
         }
+        if self.max_inflight_body_bytes < self.max_body_bytes {
+            return err(format!(
+                "max_inflight_body_bytes ({}) must be at least max_body_bytes ({}): a body of the largest size could never be read",
+                self.max_inflight_body_bytes, self.max_body_bytes
+            ));
+        }
         if self.core.max_event_bytes == 0 || self.core.max_events == 0 || self.max_body_bytes == 0 {
             return err("limits must be positive".into());
         }
@@ -179,4 +189,42 @@ pub fn config_from_env() -> Result<IngestConfig, ConfigError> {
         toml::from_str(&text).map_err(|e| ConfigError(format!("ingest config: {e}")))?;
     config.validate()?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_tenant() -> IngestConfig {
+        IngestConfig {
+            tenants: vec![TenantConfig {
+                id: "acme".into(),
+                api_key_sha256: vec![crate::auth::hash_key("k")],
+                events_per_second: None,
+            }],
+            ..IngestConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_budget_of_bodies_held_at_once_holds_at_least_the_largest_body() {
+        with_tenant().validate().unwrap();
+        let small = IngestConfig {
+            max_inflight_body_bytes: 1024 * 1024,
+            ..with_tenant()
+        };
+        let e = small.validate().unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "max_inflight_body_bytes (1048576) must be at least max_body_bytes (20971520)"
+            ),
+            "{e}"
+        );
+        let equal = IngestConfig {
+            max_inflight_body_bytes: 20 * 1024 * 1024,
+            ..with_tenant()
+        };
+        equal.validate().unwrap();
+    }
 }

@@ -49,6 +49,10 @@ pub enum IngestError {
         "a stream carries at most {limit} events (its reply holds a result for each): this batch would take it to {events}; send it and the rest on a new stream"
     )]
     StreamTooLong { events: usize, limit: usize },
+    #[error(
+        "the server holds its {budget} bytes of request bodies (all requests together) and has no room for this one now; nothing of it was written: retry in a second"
+    )]
+    Overloaded { budget: usize },
 }
 
 impl IngestError {
@@ -74,6 +78,7 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => RequestCode::BodyTimeout,
             IngestError::Draining => RequestCode::Draining,
             IngestError::StreamTooLong { .. } => RequestCode::StreamTooLong,
+            IngestError::Overloaded { .. } => RequestCode::Overloaded,
         }
     }
 
@@ -92,7 +97,9 @@ impl IngestError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             IngestError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            IngestError::BusUnavailable(_) | IngestError::Draining => Some(1),
+            IngestError::BusUnavailable(_)
+            | IngestError::Draining
+            | IngestError::Overloaded { .. } => Some(1),
             _ => None,
         }
     }

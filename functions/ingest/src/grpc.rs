@@ -147,6 +147,14 @@ impl pb::ingest_server::Ingest for IngestService {
             .extensions()
             .get::<pitboss_runtime::Shutdown>()
             .cloned();
+        // What the stream's bytes hold of the process's budget (`routes` charges them as they
+        // are read): given back after each batch is written, so a long stream holds one
+        // batch's worth, not all it sent.
+        let held = request
+            .extensions()
+            .get::<crate::budget::Held>()
+            .cloned()
+            .unwrap_or_default();
         let mut batches = request.into_inner();
         let mut reply = pb::IngestReply::default();
         let mut done = 0u32;
@@ -177,6 +185,15 @@ impl pb::ingest_server::Ingest for IngestService {
                 },
                 Some(Ok(Some(b))) => b,
                 Some(Ok(None)) => break,
+                Some(Err(_)) if held.refused() => {
+                    return Err(after_batches(
+                        status(IngestError::Overloaded {
+                            budget: self.state.body_budget.bytes(),
+                        }),
+                        done,
+                        &reply,
+                    ));
+                }
                 Some(Err(e)) => return Err(after_batches(e, done, &reply)),
             };
             events = events.saturating_add(batch.events.len());
@@ -192,6 +209,7 @@ impl pb::ingest_server::Ingest for IngestService {
                 .map_err(|e| after_batches(status(e), done, &reply))?;
             to_reply(response, &mut reply);
             done += 1;
+            held.release();
         }
         Ok(Response::new(reply))
     }
@@ -470,6 +488,7 @@ pub fn routes(state: AppState) -> axum::Router {
         },
     };
     let auth = state.auth.clone();
+    let budget = state.body_budget.clone();
     tonic::service::Routes::new(
         pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
             .max_decoding_message_size(max),
@@ -488,14 +507,27 @@ pub fn routes(state: AppState) -> axum::Router {
             // The key before the body (docs/api.md): a call without a valid one is
             // UNAUTHENTICATED whatever it sends, and nothing of its message is read or
             // decoded (tonic reads it before a method could look at the key).
-            let refused = request.uri().path().starts_with("/pitboss.v1.Ingest/")
+            let ingest = request.uri().path().starts_with("/pitboss.v1.Ingest/");
+            let refused = ingest
                 && api_key(|name| request.headers().get(name).and_then(|v| v.to_str().ok()))
                     .and_then(|k| auth.tenant(k))
                     .is_none();
+            let budget = budget.clone();
             async move {
                 if refused {
                     return status(IngestError::Unauthorized).into_http();
                 }
+                // An ingest call's bytes are charged to the process's budget as they are read
+                // (a unary call holds them until its answer; a stream gives them back after
+                // each batch).
+                let held = crate::budget::Held::default();
+                let request = if ingest {
+                    let (mut parts, body) = request.into_parts();
+                    parts.extensions.insert(held.clone());
+                    axum::extract::Request::from_parts(parts, budget.body(body, held.clone()))
+                } else {
+                    request
+                };
                 let limit = if request.uri().path().starts_with("/grpc.") {
                     MAX_TOOL_MESSAGE
                 } else {
@@ -506,6 +538,21 @@ pub fn routes(state: AppState) -> axum::Router {
                 let response = pitboss_proto::codec::BATCH_LIMIT
                     .scope(batch_limit, next.run(request))
                     .await;
+                if held.refused()
+                    && response.headers().contains_key("grpc-status")
+                    && response
+                        .headers()
+                        .get(pitboss_proto::codec::ERROR_CODE_METADATA)
+                        .is_none_or(|c| c.as_bytes() != b"overloaded")
+                {
+                    // tonic read the message and failed on the body's error before the method
+                    // ran (a unary call): the documented answer instead of its own. (A stream's
+                    // method answers it itself, with the batches it wrote.)
+                    return status(IngestError::Overloaded {
+                        budget: budget.bytes(),
+                    })
+                    .into_http();
+                }
                 too_large(response, limit)
             }
         },

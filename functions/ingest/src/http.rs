@@ -42,6 +42,8 @@ pub struct AppState {
     pub readiness: Readiness,
     /// The bus's last answer to a check, shared by every probe ([`BusCheck`]).
     pub bus_check: Arc<BusCheck>,
+    /// Request-body bytes held at once, process-wide ([`crate::budget`]).
+    pub body_budget: Arc<crate::budget::BodyBudget>,
 }
 
 /// How long the bus's answer to a readiness check is reused.
@@ -210,6 +212,11 @@ pub fn router(state: AppState) -> Router {
     let body_timeout = std::time::Duration::from_millis(state.config.header_read_timeout_ms);
     let events = post(post_events)
         .layer::<_, Infallible>(DefaultBodyLimit::max(max_body))
+        // Inside the decompression: what is charged is what is held.
+        .layer::<_, Infallible>(middleware::from_fn_with_state(
+            state.clone(),
+            hold_body_budget,
+        ))
         .layer::<_, Infallible>(RequestDecompressionLayer::new())
         .layer::<_, Infallible>(middleware::from_fn(check_encoding))
         .layer::<_, Infallible>(RequestBodyTimeoutLayer::new(body_timeout))
@@ -339,6 +346,17 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Charges a request's body to the process's budget as it is read, and holds it until the
+/// answer is made ([`crate::budget`]).
+async fn hold_body_budget(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let held = crate::budget::Held::default();
+    let (parts, body) = request.into_parts();
+    let body = state.body_budget.body(body, held.clone());
+    let response = next.run(Request::from_parts(parts, body)).await;
+    drop(held);
+    response
+}
+
 async fn post_events(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
@@ -350,6 +368,10 @@ async fn post_events(
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             IngestError::BodyTooLarge {
                 limit: state.config.max_body_bytes,
+            }
+        } else if pitboss_runtime::http::caused_by::<crate::budget::OverBudget>(&r) {
+            IngestError::Overloaded {
+                budget: state.body_budget.bytes(),
             }
         } else if pitboss_runtime::http::caused_by::<tower_http::timeout::TimeoutError>(&r) {
             IngestError::BodyTimeout {

@@ -5,6 +5,7 @@
 //! rate-limits, publishes, and answers 2xx only after the bus acknowledged every accepted event.
 
 pub mod auth;
+pub mod budget;
 pub mod codes;
 pub mod config;
 pub mod core;
@@ -51,6 +52,7 @@ pub fn state(
             config.hot_key_sticky_secs,
         ))
     });
+    let config_budget = config.max_inflight_body_bytes;
     Ok(http::AppState {
         publisher,
         hot_keys,
@@ -61,6 +63,7 @@ pub fn state(
         metrics: pitboss_runtime::telemetry::prometheus(),
         readiness: http::Readiness::default(),
         bus_check: Arc::default(),
+        body_budget: Arc::new(budget::BodyBudget::new(config_budget)),
     })
 }
 

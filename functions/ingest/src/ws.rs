@@ -48,7 +48,20 @@ where
     let mut seq = 0;
     while let Some(frame) = frames.next().await {
         seq += 1;
-        let result = match ingest_batch(state, tenant, &frame, BodyFormat::Json).await {
+        // The frame is in memory already (the socket read it whole); charged while it is
+        // worked on, it counts against what requests and streams may take meanwhile.
+        let held = crate::budget::Held::default();
+        let taken = state.body_budget.charge(&held, frame.len()).map_err(|_| {
+            crate::error::IngestError::Overloaded {
+                budget: state.body_budget.bytes(),
+            }
+        });
+        let result = match async {
+            taken?;
+            ingest_batch(state, tenant, &frame, BodyFormat::Json).await
+        }
+        .await
+        {
             Ok(response) => FrameResult::Done(response),
             Err(e) => FrameResult::Failed {
                 retry_after_secs: e.retry_after(),

@@ -617,6 +617,9 @@ async fn every_code_is_produced_by_some_input() {
     for (code, how) in grpc_cases().await {
         seen.add(&code, format!("gRPC: {how}"));
     }
+    for (code, how) in overloaded_cases().await {
+        seen.add(&code, how);
+    }
 
     let missing: Vec<&str> = ERROR_CODES
         .iter()
@@ -627,6 +630,188 @@ async fn every_code_is_produced_by_some_input() {
     for code in seen.0.keys() {
         assert!(lookup(code).is_some(), "{code} is not in the table");
     }
+}
+
+/// The process's budget of body bytes (`max_inflight_body_bytes`, 100 KiB here) held by one
+/// request that sent 60 KiB and stalls: the next 50 KiB body is `overloaded` (503, retry after
+/// a second) over HTTP, a WebSocket frame and gRPC (unary, and a stream after its first batch
+/// was written); once the stalled request is gone, the same bodies are read again. Returns
+/// (code, how).
+async fn overloaded_cases() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let cfg = IngestConfig {
+        max_inflight_body_bytes: 100 * 1024,
+        header_read_timeout_ms: 30_000,
+        ..config()
+    };
+    let state = pitboss_ingest::state(cfg, bus.publisher()).unwrap();
+    let app = pitboss_ingest::http::router(state.clone());
+    let json = "application/json";
+    // 60 KiB of a body, then nothing: the request holds them while it waits for the rest.
+    let stalled = post(
+        Some(KEY),
+        json,
+        Body::from_stream(futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(vec![b' '; 60 * 1024])]),
+            futures::stream::pending(),
+        )),
+    );
+    let holder = tokio::spawn(app.clone().oneshot(stalled));
+    let start = std::time::Instant::now();
+    while state.body_budget.held() < 60 * 1024 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // One event with a 50 KiB player id: event_too_large once read, overloaded before.
+    let big_event = with(|e| e["player_id"] = "p".repeat(50 * 1024).into());
+    let big = format!("[{big_event}]");
+    let answer = |r: axum::response::Response| async move {
+        let status = r.status().as_u16();
+        let retry = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            retry,
+            common::check_json_answer(Some(status), &body),
+        )
+    };
+    let (status, retry, codes) = answer(
+        app.clone()
+            .oneshot(post(Some(KEY), json, big.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, retry.as_deref(), codes),
+        (503, Some("1"), vec!["overloaded".to_owned()])
+    );
+    out.push((
+        "overloaded".into(),
+        "HTTP: a 50 KiB body while another request holds 60 KiB of the 100 KiB budget".into(),
+    ));
+    // The refused body gave back what it had taken.
+    assert_eq!(state.body_budget.held(), 60 * 1024);
+
+    let (tx, rx) = futures::channel::mpsc::unbounded::<String>();
+    pitboss_ingest::ws::serve_frames(
+        &state,
+        "acme",
+        futures::stream::iter([big.clone().into_bytes()]),
+        tx,
+    )
+    .await
+    .unwrap();
+    let replies: Vec<String> = futures::StreamExt::collect(rx).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!(
+        common::check_json_answer(None, replies[0].as_bytes()),
+        ["overloaded"]
+    );
+    let reply: serde_json::Value = serde_json::from_str(&replies[0]).unwrap();
+    assert_eq!(reply["retry_after_secs"], 1, "{reply}");
+    out.push((
+        "overloaded".into(),
+        "WebSocket: a 50 KiB frame, the same".into(),
+    ));
+
+    // gRPC on a listener sharing the state (and so the budget).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(pitboss_ingest::serve(
+        state.clone(),
+        listener,
+        pitboss_runtime::Shutdown::new(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::ingest_client::IngestClient::new(channel);
+    let event = |player: String| {
+        let mut e = pitboss_model::decode_event(deposit("acme").to_string().as_bytes()).unwrap();
+        e.player_id = player;
+        pb::Event::from(&e)
+    };
+    let keyed = |events: Vec<pb::Event>| {
+        let mut r = tonic::Request::new(pb::EventBatch { events });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        r
+    };
+    let status = client
+        .ingest_batch(keyed(vec![event("p".repeat(50 * 1024))]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), "overloaded");
+    out.push((
+        "overloaded".into(),
+        "gRPC: a 50 KiB message, the same".into(),
+    ));
+    // A stream: its first batch (small) is written and gives its bytes back (with what of the
+    // next batch came in the same read, up to 16 KiB); the second (62 KiB) finds no room.
+    let mut stream = tonic::Request::new(futures::stream::iter([
+        pb::EventBatch {
+            events: vec![event("p-1".into())],
+        },
+        pb::EventBatch {
+            events: vec![event("p".repeat(62 * 1024))],
+        },
+    ]));
+    stream
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let status = client.ingest_stream(stream).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), "overloaded");
+    assert_eq!(
+        status
+            .metadata()
+            .get("pitboss-batches-written")
+            .and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "{status:?}"
+    );
+    out.push((
+        "overloaded".into(),
+        "gRPC: a stream's 62 KiB batch, the same".into(),
+    ));
+
+    // The stalled request gone, its bytes are given back and the same bodies are read.
+    holder.abort();
+    let _ = holder.await;
+    let start = std::time::Instant::now();
+    while state.body_budget.held() > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (status, _, codes) = answer(
+        app.clone()
+            .oneshot(post(Some(KEY), json, big.clone()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, codes), (413, vec!["event_too_large".to_owned()]));
+    let status = client
+        .ingest_batch(keyed(vec![event("p".repeat(50 * 1024))]))
+        .await
+        .unwrap_err();
+    assert_eq!(common::check_grpc_status(&status), "event_too_large");
+    out
 }
 
 /// A message the client encodes that is not an `EventBatch`: field 1 (`events`, a

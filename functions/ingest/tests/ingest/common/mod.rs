@@ -44,6 +44,7 @@ pub fn every_error() -> Vec<IngestError> {
             events: 55,
             limit: 50,
         },
+        IngestError::Overloaded { budget: 1024 },
     ];
     for e in &all {
         match e {
@@ -64,7 +65,8 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::BusRejected(_)
             | IngestError::BodyTimeout { .. }
             | IngestError::Draining
-            | IngestError::StreamTooLong { .. } => {}
+            | IngestError::StreamTooLong { .. }
+            | IngestError::Overloaded { .. } => {}
         }
     }
     all
