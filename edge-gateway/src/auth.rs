@@ -532,8 +532,13 @@ impl Verifier {
                     .current()
                     .get(&tenant)
                     .cloned()
-                    .ok_or(AuthError::UnknownTenant(tenant))?;
-                keys.verify(token, &header)
+                    .ok_or_else(|| AuthError::UnknownTenant(tenant.clone()))?;
+                let claims = keys.verify(token, &header)?;
+                // The same payload read twice; checked all the same.
+                if claims.tenant != tenant {
+                    return Err(AuthError::Claims("tenant: read two ways".into()));
+                }
+                Ok(claims)
             }
         }
     }
@@ -598,15 +603,33 @@ pub struct TenantSpec {
 fn at_line(path: &Path, text: &str, span: Option<std::ops::Range<usize>>, msg: &str) -> String {
     match span {
         Some(r) => {
-            let line = text[..r.start.min(text.len())].matches('\n').count() + 1;
+            let end = r.start.min(text.len());
+            let line = text.as_bytes()[..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
             format!("{}:{line}: {msg}", path.display())
         }
         None => format!("{}: {msg}", path.display()),
     }
 }
 
-/// Reads the tenants' file. `previous` (a reload): a tenant whose JWKS URL cannot be fetched
-/// keeps the keys it had, and a new one is left out until a later reload fetches it.
+/// One tenant of the file, read: what is local (secret, JWKS file), and the URL to fetch.
+struct Listed {
+    id: String,
+    at: String,
+    hs: Option<DecodingKey>,
+    file_keys: Vec<PublicKey>,
+    source: KeySource,
+}
+
+/// Reads the tenants' file. A file that does not read (its syntax, a tenant without keys, a
+/// secret or JWKS file missing or malformed) fails whole, with its line. A tenant whose JWKS URL
+/// cannot be fetched does not stop the others: it keeps the keys it had (`previous`, a re-read:
+/// its URL's keys, with what the file says now), or, new, is served with its other keys if it
+/// has some, else left out until a later read fetches it (an error in the log). Fails when no
+/// tenant is left.
 async fn load_tenants(
     path: &Path,
     refresh: Duration,
@@ -625,66 +648,107 @@ async fn load_tenants(
         );
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut out = HashMap::new();
+    let mut listed: Vec<Listed> = Vec::new();
     for t in file.tenant {
         let span = Some(t.id.span());
         let id = t.id.into_inner();
-        let bad = |m: String| anyhow::anyhow!(at_line(path, &text, span.clone(), &m));
+        let at = at_line(path, &text, span, &format!("tenant {id:?}"));
+        let bad = |m: String| anyhow::anyhow!("{at}: {m}");
         if let Some(v) = id_violation("id", &id, MAX_TENANT_ID) {
-            return Err(bad(format!("tenant {id:?}: {}", v.message)));
+            return Err(bad(v.message));
         }
-        if out.contains_key(&id) {
-            return Err(bad(format!("tenant {id:?} is listed twice")));
+        if listed.iter().any(|l| l.id == id) {
+            return Err(bad("listed twice".into()));
         }
         if t.hs256_secret_file.is_none() && t.jwks_file.is_none() && t.jwks_url.is_none() {
-            return Err(bad(format!(
-                "tenant {id:?} has no key: give hs256_secret_file, jwks_file or jwks_url"
-            )));
+            return Err(bad(
+                "has no key: give hs256_secret_file, jwks_file or jwks_url".into(),
+            ));
         }
-        let hs256_secret = match &t.hs256_secret_file {
+        let hs = match &t.hs256_secret_file {
             Some(f) => {
                 let f = dir.join(f);
                 let secret = std::fs::read_to_string(&f)
-                    .map_err(|e| bad(format!("tenant {id:?}: reading {}: {e}", f.display())))?
+                    .map_err(|e| bad(format!("reading {}: {e}", f.display())))?
                     .trim()
                     .as_bytes()
                     .to_vec();
                 if secret.len() < 32 {
                     return Err(bad(format!(
-                        "tenant {id:?}: {}: the HS256 secret must be at least 32 bytes",
+                        "{}: the HS256 secret must be at least 32 bytes",
                         f.display()
                     )));
                 }
-                Some(secret)
+                Some(DecodingKey::from_secret(&secret).map_err(|e| bad(e.to_string()))?)
             }
             None => None,
         };
-        let source = KeySource {
-            hs256_secret,
-            jwks_file: t.jwks_file.map(|f| dir.join(f)),
-            jwks_url: t.jwks_url,
-            jwks_refresh: refresh,
-            audience: t.audience,
-            issuer: t.issuer,
-        };
-        let url = source.jwks_url.clone();
-        match Keys::load(source).await {
-            Ok(k) => {
-                out.insert(id, k);
+        let jwks_file = t.jwks_file.map(|f| dir.join(f));
+        let file_keys = match &jwks_file {
+            Some(f) => {
+                let body = std::fs::read_to_string(f)
+                    .map_err(|e| bad(format!("reading {}: {e}", f.display())))?;
+                parse_jwks(&body).map_err(|e| bad(format!("{}: {e}", f.display())))?
             }
-            Err(e) => match (previous, &url) {
-                (Some(old), Some(url)) => match old.get(&id) {
-                    Some(k) => {
-                        tracing::warn!(tenant = %id, %url, error = %e, "tenant keys: keeping the old keys");
-                        out.insert(id, k.clone());
-                    }
-                    None => {
-                        tracing::warn!(tenant = %id, %url, error = %e, "tenant keys: the new tenant is left out until its keys can be read");
-                    }
-                },
-                _ => return Err(bad(format!("tenant {id:?}: {e}"))),
+            None => Vec::new(),
+        };
+        listed.push(Listed {
+            id,
+            at,
+            hs,
+            file_keys,
+            source: KeySource {
+                hs256_secret: None,
+                jwks_file,
+                jwks_url: t.jwks_url,
+                jwks_refresh: refresh,
+                audience: t.audience,
+                issuer: t.issuer,
             },
+        });
+    }
+    // Every tenant's URL at once (each fetch has its own 10 s bound).
+    let fetched = futures::future::join_all(listed.iter().map(|l| async {
+        match &l.source.jwks_url {
+            Some(url) => Some(fetch_jwks(url).await),
+            None => None,
         }
+    }))
+    .await;
+    let mut out = HashMap::new();
+    let mut failures = Vec::new();
+    for (l, fetched) in listed.into_iter().zip(fetched) {
+        let mut keys = l.file_keys;
+        match fetched {
+            None => {}
+            Some(Ok(url_keys)) => keys.extend(url_keys),
+            Some(Err(e)) => {
+                let old = previous.and_then(|p| p.get(&l.id));
+                if let Some(old) = old
+                    && let Ok(old_keys) = old.jwks.read()
+                {
+                    tracing::warn!(tenant = %l.id, error = %e, "tenant keys: the JWKS URL failed; keeping its keys from the last read");
+                    keys.extend(old_keys.iter().cloned());
+                } else if l.hs.is_some() || !keys.is_empty() {
+                    tracing::error!(tenant = %l.id, error = %e, "tenant keys: the JWKS URL failed; serving the tenant with its other keys until it is fetched");
+                } else {
+                    tracing::error!(tenant = %l.id, error = %e, "tenant keys: the JWKS URL failed; the tenant is left out until it is fetched");
+                    failures.push(format!("{}: {e}", l.at));
+                    continue;
+                }
+            }
+        }
+        out.insert(
+            l.id,
+            Keys {
+                hs: l.hs,
+                jwks: Arc::new(RwLock::new(keys)),
+                source: Arc::new(l.source),
+            },
+        );
+    }
+    if out.is_empty() {
+        anyhow::bail!("no tenant's keys could be read: {}", failures.join("; "));
     }
     Ok(out)
 }
@@ -751,16 +815,31 @@ async fn fetch_jwks(url: &str) -> anyhow::Result<Vec<PublicKey>> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let text = client
+    let mut response = client
         .get(url)
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| anyhow::anyhow!("fetching JWKS {url}: {e}"))?;
+    // A key set is a few KiB; the URL may be another company's: read at most this much.
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
         .map_err(|e| anyhow::anyhow!("fetching JWKS {url}: {e}"))?
-        .text()
-        .await?;
+    {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            anyhow::bail!("fetching JWKS {url}: longer than {MAX_JWKS_BYTES} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let text =
+        String::from_utf8(body).map_err(|_| anyhow::anyhow!("fetching JWKS {url}: not UTF-8"))?;
     parse_jwks(&text)
 }
+
+/// The longest JWKS document fetched.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 /// Signs an HS256 token (for `pitboss token`, tests and the demo).
 pub fn sign_hs256(claims: &Claims, secret: &[u8]) -> anyhow::Result<String> {
@@ -1168,11 +1247,11 @@ issuer = "https://auth.lucky.example/"
             ),
             (
                 "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\n[[tenant]]\nid = \"acme\"\njwks_url = \"http://127.0.0.1:9/jwks\"\n".into(),
-                "tenants.toml:6: tenant \"acme\" is listed twice",
+                "tenants.toml:6: tenant \"acme\": listed twice",
             ),
             (
                 "[[tenant]]\nid = \"acme\"\n".into(),
-                "tenants.toml:2: tenant \"acme\" has no key",
+                "tenants.toml:2: tenant \"acme\": has no key",
             ),
             (
                 "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"short.secret\"\n".into(),
@@ -1188,7 +1267,7 @@ issuer = "https://auth.lucky.example/"
             ),
             (
                 "[[tenant]]\nid = \"acme\"\njwks_url = \"http://127.0.0.1:9/jwks\"\n".into(),
-                "tenants.toml:2: tenant \"acme\": fetching JWKS",
+                "no tenant's keys could be read: /",
             ),
             ("".into(), "no [[tenant]]"),
         ];
@@ -1201,6 +1280,38 @@ issuer = "https://auth.lucky.example/"
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(!e.contains(secret), "the secret is not repeated: {e}");
         }
+    }
+
+    /// One tenant's identity provider down at start does not keep the others out: a tenant
+    /// with only that URL is left out (and read again later), one with other keys is served
+    /// with them.
+    #[tokio::test]
+    async fn a_tenant_whose_jwks_url_fails_at_start_leaves_the_others_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = "jwks_url = \"http://127.0.0.1:9/jwks\"";
+        let file = tenant_file(
+            dir.path(),
+            &format!(
+                "\n[[tenant]]\nid = \"other\"\nhs256_secret_file = \"other.secret\"\n{down}\n\n[[tenant]]\nid = \"down\"\n{down}\n"
+            ),
+        );
+        let v = Verifier::tenants(&file, Duration::from_secs(300))
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(60);
+        let acme = claims("acme", "p-1", Role::Player, vec![], ttl);
+        assert_eq!(v.verify(&token(&acme)).unwrap(), acme);
+        let other = claims("other", "p-1", Role::Player, vec![], ttl);
+        assert_eq!(
+            v.verify(&sign_hs256(&other, OTHER).unwrap()).unwrap(),
+            other,
+            "served with its secret"
+        );
+        let down = claims("down", "p-1", Role::Player, vec![], ttl);
+        assert_eq!(
+            v.verify(&token(&down)).unwrap_err().code(),
+            "token_unknown_tenant"
+        );
     }
 
     #[test]

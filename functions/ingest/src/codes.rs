@@ -248,9 +248,9 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
     request(
         "body_timeout",
         408,
-        None,
+        Some(Code::DeadlineExceeded),
         Retry::No,
-        "the body stalled: nothing of it arrived for `header_read_timeout_ms` (10 s); nothing was written",
+        "the body stalled: nothing of it arrived for `header_read_timeout_ms` (10 s) (gRPC: within a message, once part of it was read); nothing was written (a gRPC stream: its batches before were, `pitboss-batches-written`)",
     ),
     request(
         "draining",
@@ -271,7 +271,7 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         503,
         Some(Code::Unavailable),
         Retry::AfterRetryAfter,
-        "the process holds `max_inflight_body_bytes` (256 MiB) of request bodies, all requests, gRPC batches and WebSocket frames together, and has no room for this one now; nothing of it was written",
+        "the process holds `max_inflight_body_bytes` (256 MiB) of request bodies, all requests, gRPC batches and WebSocket frames together, or the tenant's requests their share of it (`max_inflight_body_bytes_per_tenant`, 64 MiB), and there is no room for this one now; nothing of it was written",
     ),
     event(
         ViolationCode::Malformed,

@@ -35,6 +35,8 @@ pub struct IngestConfig {
     /// Request-body bytes the process holds at once, all requests, gRPC batches and WebSocket
     /// frames together (after decompression); a body that finds no room is `overloaded`.
     pub max_inflight_body_bytes: usize,
+    /// The most of it one tenant's requests hold at once.
+    pub max_inflight_body_bytes_per_tenant: usize,
     /// Per-event and per-request limits and validation.
     pub core: CoreConfig,
     /// How long accepted event ids are remembered for edge dedup, in seconds.
@@ -74,6 +76,7 @@ impl Default for IngestConfig {
             topic: "events".into(),
             max_body_bytes: 20 * 1024 * 1024,
             max_inflight_body_bytes: 256 * 1024 * 1024,
+            max_inflight_body_bytes_per_tenant: 64 * 1024 * 1024,
             core: CoreConfig::default(),
             dedup_window_secs: 15 * 60,
             dedup_capacity: 1_000_000,
@@ -136,10 +139,14 @@ impl IngestConfig {
                 "max_connections, header_read_timeout_ms and ws_ping_interval_secs must be positive, and ws_idle_timeout_secs longer than the ping interval".into(),
             );
         }
-        if self.max_inflight_body_bytes < self.max_body_bytes {
+        if self.max_inflight_body_bytes_per_tenant < self.max_body_bytes
+            || self.max_inflight_body_bytes < self.max_inflight_body_bytes_per_tenant
+        {
             return err(format!(
-                "max_inflight_body_bytes ({}) must be at least max_body_bytes ({}): a body of the largest size could never be read",
-                self.max_inflight_body_bytes, self.max_body_bytes
+                "max_body_bytes ({}) <= max_inflight_body_bytes_per_tenant ({}) <= max_inflight_body_bytes ({}) must hold: a body of the largest size could never be read",
+                self.max_body_bytes,
+                self.max_inflight_body_bytes_per_tenant,
+                self.max_inflight_body_bytes
             ));
         }
         if self.core.max_event_bytes == 0 || self.core.max_events == 0 || self.max_body_bytes == 0 {
@@ -216,13 +223,17 @@ mod tests {
         };
         let e = small.validate().unwrap_err().to_string();
         assert!(
-            e.contains(
-                "max_inflight_body_bytes (1048576) must be at least max_body_bytes (20971520)"
-            ),
+            e.contains("max_body_bytes (20971520) <= max_inflight_body_bytes_per_tenant (67108864) <= max_inflight_body_bytes (1048576) must hold"),
             "{e}"
         );
+        let share = IngestConfig {
+            max_inflight_body_bytes_per_tenant: 1024 * 1024,
+            ..with_tenant()
+        };
+        assert!(share.validate().is_err());
         let equal = IngestConfig {
             max_inflight_body_bytes: 20 * 1024 * 1024,
+            max_inflight_body_bytes_per_tenant: 20 * 1024 * 1024,
             ..with_tenant()
         };
         equal.validate().unwrap();

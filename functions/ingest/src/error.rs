@@ -49,10 +49,8 @@ pub enum IngestError {
         "a stream carries at most {limit} events (its reply holds a result for each): this batch would take it to {events}; send it and the rest on a new stream"
     )]
     StreamTooLong { events: usize, limit: usize },
-    #[error(
-        "the server holds its {budget} bytes of request bodies (all requests together) and has no room for this one now; nothing of it was written: retry in a second"
-    )]
-    Overloaded { budget: usize },
+    #[error("{0}; nothing of it was written: retry in a second")]
+    Overloaded(crate::budget::OverBudget),
 }
 
 impl IngestError {
@@ -78,7 +76,7 @@ impl IngestError {
             IngestError::BodyTimeout { .. } => RequestCode::BodyTimeout,
             IngestError::Draining => RequestCode::Draining,
             IngestError::StreamTooLong { .. } => RequestCode::StreamTooLong,
-            IngestError::Overloaded { .. } => RequestCode::Overloaded,
+            IngestError::Overloaded(_) => RequestCode::Overloaded,
         }
     }
 
@@ -97,9 +95,9 @@ impl IngestError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             IngestError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            IngestError::BusUnavailable(_)
-            | IngestError::Draining
-            | IngestError::Overloaded { .. } => Some(1),
+            IngestError::BusUnavailable(_) | IngestError::Draining | IngestError::Overloaded(_) => {
+                Some(1)
+            }
             _ => None,
         }
     }

@@ -185,14 +185,14 @@ impl pb::ingest_server::Ingest for IngestService {
                 },
                 Some(Ok(Some(b))) => b,
                 Some(Ok(None)) => break,
-                Some(Err(_)) if held.refused() => {
-                    return Err(after_batches(
-                        status(IngestError::Overloaded {
-                            budget: self.state.body_budget.bytes(),
-                        }),
-                        done,
-                        &reply,
-                    ));
+                Some(Err(_)) if held.refused() || held.stalled() => {
+                    let why = match held.refusal() {
+                        Some(why) => IngestError::Overloaded(why),
+                        None => IngestError::BodyTimeout {
+                            after_ms: self.state.config.header_read_timeout_ms,
+                        },
+                    };
+                    return Err(after_batches(status(why), done, &reply));
                 }
                 Some(Err(e)) => return Err(after_batches(e, done, &reply)),
             };
@@ -489,6 +489,7 @@ pub fn routes(state: AppState) -> axum::Router {
     };
     let auth = state.auth.clone();
     let budget = state.body_budget.clone();
+    let stall_ms = state.config.header_read_timeout_ms;
     tonic::service::Routes::new(
         pb::ingest_server::IngestServer::new(IngestService::new(state.clone()))
             .max_decoding_message_size(max),
@@ -508,10 +509,14 @@ pub fn routes(state: AppState) -> axum::Router {
             // UNAUTHENTICATED whatever it sends, and nothing of its message is read or
             // decoded (tonic reads it before a method could look at the key).
             let ingest = request.uri().path().starts_with("/pitboss.v1.Ingest/");
-            let refused = ingest
-                && api_key(|name| request.headers().get(name).and_then(|v| v.to_str().ok()))
+            let tenant = if ingest {
+                api_key(|name| request.headers().get(name).and_then(|v| v.to_str().ok()))
                     .and_then(|k| auth.tenant(k))
-                    .is_none();
+                    .map(str::to_owned)
+            } else {
+                None
+            };
+            let refused = ingest && tenant.is_none();
             let budget = budget.clone();
             async move {
                 if refused {
@@ -524,7 +529,8 @@ pub fn routes(state: AppState) -> axum::Router {
                 let request = if ingest {
                     let (mut parts, body) = request.into_parts();
                     parts.extensions.insert(held.clone());
-                    axum::extract::Request::from_parts(parts, budget.body(body, held.clone()))
+                    let body = budget.body(body, tenant.unwrap_or_default(), held.clone());
+                    axum::extract::Request::from_parts(parts, body)
                 } else {
                     request
                 };
@@ -538,20 +544,24 @@ pub fn routes(state: AppState) -> axum::Router {
                 let response = pitboss_proto::codec::BATCH_LIMIT
                     .scope(batch_limit, next.run(request))
                     .await;
-                if held.refused()
+                let answered = response
+                    .headers()
+                    .get(pitboss_proto::codec::ERROR_CODE_METADATA)
+                    .is_some_and(|c| {
+                        c.as_bytes() == b"overloaded" || c.as_bytes() == b"body_timeout"
+                    });
+                if (held.refused() || held.stalled())
                     && response.headers().contains_key("grpc-status")
-                    && response
-                        .headers()
-                        .get(pitboss_proto::codec::ERROR_CODE_METADATA)
-                        .is_none_or(|c| c.as_bytes() != b"overloaded")
+                    && !answered
                 {
                     // tonic read the message and failed on the body's error before the method
                     // ran (a unary call): the documented answer instead of its own. (A stream's
                     // method answers it itself, with the batches it wrote.)
-                    return status(IngestError::Overloaded {
-                        budget: budget.bytes(),
-                    })
-                    .into_http();
+                    let why = match held.refusal() {
+                        Some(why) => IngestError::Overloaded(why),
+                        None => IngestError::BodyTimeout { after_ms: stall_ms },
+                    };
+                    return status(why).into_http();
                 }
                 too_large(response, limit)
             }

@@ -351,10 +351,29 @@ fn now_ms() -> i64 {
 async fn hold_body_budget(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let held = crate::budget::Held::default();
     let (parts, body) = request.into_parts();
-    let body = state.body_budget.body(body, held.clone());
+    let tenant = parts
+        .extensions
+        .get::<Tenant>()
+        .map(|Tenant(t)| t.clone())
+        .unwrap_or_default();
+    let body = state.body_budget.body(body, tenant, held.clone());
     let response = next.run(Request::from_parts(parts, body)).await;
     drop(held);
     response
+}
+
+/// The budget's refusal in an error's chain, if that is what it is.
+pub(crate) fn over_budget(
+    e: &(dyn std::error::Error + 'static),
+) -> Option<crate::budget::OverBudget> {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        if let Some(why) = x.downcast_ref::<crate::budget::OverBudget>() {
+            return Some(*why);
+        }
+        cur = x.source();
+    }
+    None
 }
 
 async fn post_events(
@@ -369,11 +388,11 @@ async fn post_events(
             IngestError::BodyTooLarge {
                 limit: state.config.max_body_bytes,
             }
-        } else if pitboss_runtime::http::caused_by::<crate::budget::OverBudget>(&r) {
-            IngestError::Overloaded {
-                budget: state.body_budget.bytes(),
-            }
-        } else if pitboss_runtime::http::caused_by::<tower_http::timeout::TimeoutError>(&r) {
+        } else if let Some(why) = over_budget(&r) {
+            IngestError::Overloaded(why)
+        } else if pitboss_runtime::http::caused_by::<tower_http::timeout::TimeoutError>(&r)
+            || pitboss_runtime::http::caused_by::<crate::budget::Stalled>(&r)
+        {
             IngestError::BodyTimeout {
                 after_ms: state.config.header_read_timeout_ms,
             }

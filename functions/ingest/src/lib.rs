@@ -52,7 +52,12 @@ pub fn state(
             config.hot_key_sticky_secs,
         ))
     });
-    let config_budget = config.max_inflight_body_bytes;
+    let body_budget = Arc::new(budget::BodyBudget::new(
+        config.max_inflight_body_bytes,
+        config.max_inflight_body_bytes_per_tenant,
+        config.tenants.iter().map(|t| t.id.as_str()),
+        Duration::from_millis(config.header_read_timeout_ms),
+    ));
     Ok(http::AppState {
         publisher,
         hot_keys,
@@ -63,7 +68,7 @@ pub fn state(
         metrics: pitboss_runtime::telemetry::prometheus(),
         readiness: http::Readiness::default(),
         bus_check: Arc::default(),
-        body_budget: Arc::new(budget::BodyBudget::new(config_budget)),
+        body_budget,
     })
 }
 

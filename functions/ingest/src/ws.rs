@@ -51,11 +51,10 @@ where
         // The frame is in memory already (the socket read it whole); charged while it is
         // worked on, it counts against what requests and streams may take meanwhile.
         let held = crate::budget::Held::default();
-        let taken = state.body_budget.charge(&held, frame.len()).map_err(|_| {
-            crate::error::IngestError::Overloaded {
-                budget: state.body_budget.bytes(),
-            }
-        });
+        let taken = state
+            .body_budget
+            .charge(&held, tenant, frame.len())
+            .map_err(crate::error::IngestError::Overloaded);
         let result = match async {
             taken?;
             ingest_batch(state, tenant, &frame, BodyFormat::Json).await

@@ -632,17 +632,19 @@ async fn every_code_is_produced_by_some_input() {
     }
 }
 
-/// The process's budget of body bytes (`max_inflight_body_bytes`, 100 KiB here) held by one
-/// request that sent 60 KiB and stalls: the next 50 KiB body is `overloaded` (503, retry after
-/// a second) over HTTP, a WebSocket frame and gRPC (unary, and a stream after its first batch
-/// was written); once the stalled request is gone, the same bodies are read again. Returns
-/// (code, how).
+/// acme's share of the body budget (`max_inflight_body_bytes_per_tenant`, 100 KiB here, of
+/// 200 KiB) held by one request that sent 60 KiB and stalls: acme's next 50 KiB body is
+/// `overloaded` (503, retry after a second) over HTTP, a WebSocket frame and gRPC (unary, and
+/// a stream after its batches that fit, each giving its bytes back once written), while another
+/// tenant's body of the same size is read; once the stalled request is gone, acme's bodies are
+/// read again. Returns (code, how).
 async fn overloaded_cases() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let bus = MemoryPublisher::new();
     bus.create_topic("events", 1);
     let cfg = IngestConfig {
-        max_inflight_body_bytes: 100 * 1024,
+        max_inflight_body_bytes: 200 * 1024,
+        max_inflight_body_bytes_per_tenant: 100 * 1024,
         header_read_timeout_ms: 30_000,
         ..config()
     };
@@ -660,7 +662,7 @@ async fn overloaded_cases() -> Vec<(String, String)> {
     );
     let holder = tokio::spawn(app.clone().oneshot(stalled));
     let start = std::time::Instant::now();
-    while state.body_budget.held() < 60 * 1024 {
+    while state.body_budget.held_by("acme") < 60 * 1024 {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(10),
             "never held"
@@ -677,29 +679,62 @@ async fn overloaded_cases() -> Vec<(String, String)> {
             .get(header::RETRY_AFTER)
             .map(|v| v.to_str().unwrap().to_owned());
         let body = r.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body).into_owned();
         (
             status,
             retry,
             common::check_json_answer(Some(status), &body),
+            text,
         )
     };
-    let (status, retry, codes) = answer(
+    // Sent in two pieces: the first (30 KiB) fits, the second does not; both go back.
+    let halves = Body::from_stream(futures::stream::iter([
+        Ok::<_, std::io::Error>(big.as_bytes()[..30 * 1024].to_vec()),
+        Ok(big.as_bytes()[30 * 1024..].to_vec()),
+    ]));
+    let (status, retry, codes, text) = answer(
         app.clone()
-            .oneshot(post(Some(KEY), json, big.clone()))
+            .oneshot(post(Some(KEY), json, halves))
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(
         (status, retry.as_deref(), codes),
-        (503, Some("1"), vec!["overloaded".to_owned()])
+        (503, Some("1"), vec!["overloaded".to_owned()]),
+        "{text}"
+    );
+    assert!(
+        text.contains("this tenant's requests hold their share"),
+        "{text}"
     );
     out.push((
         "overloaded".into(),
-        "HTTP: a 50 KiB body while another request holds 60 KiB of the 100 KiB budget".into(),
+        "HTTP: a 50 KiB body while another request of the tenant holds 60 KiB of its 100 KiB"
+            .into(),
     ));
-    // The refused body gave back what it had taken.
-    assert_eq!(state.body_budget.held(), 60 * 1024);
+    assert_eq!(
+        state.body_budget.held(),
+        60 * 1024,
+        "the refused body gave back the piece it had taken"
+    );
+    // Another tenant's body of the same size is read (and answered for what it is).
+    let (status, _, codes, text) = answer(
+        app.clone()
+            .oneshot(post(
+                Some(SLOW_KEY),
+                json,
+                big.replace("\"acme\"", "\"slow\""),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, codes),
+        (413, vec!["event_too_large".to_owned()]),
+        "{text}"
+    );
 
     let (tx, rx) = futures::channel::mpsc::unbounded::<String>();
     pitboss_ingest::ws::serve_frames(
@@ -758,12 +793,17 @@ async fn overloaded_cases() -> Vec<(String, String)> {
         "overloaded".into(),
         "gRPC: a 50 KiB message, the same".into(),
     ));
-    // A stream: its first batch (small) is written and gives its bytes back (with what of the
-    // next batch came in the same read, up to 16 KiB); the second (62 KiB) finds no room.
+    // A stream of four batches of about 16 KiB (five events with a 3,200-byte player id, each
+    // refused for it, which ends nothing): 40 KiB of room take them only if each gives its
+    // bytes back once written. Then a 62 KiB batch finds no room.
+    let small = || pb::EventBatch {
+        events: vec![event("p".repeat(3200)); 5],
+    };
     let mut stream = tonic::Request::new(futures::stream::iter([
-        pb::EventBatch {
-            events: vec![event("p-1".into())],
-        },
+        small(),
+        small(),
+        small(),
+        small(),
         pb::EventBatch {
             events: vec![event("p".repeat(62 * 1024))],
         },
@@ -779,7 +819,7 @@ async fn overloaded_cases() -> Vec<(String, String)> {
             .metadata()
             .get("pitboss-batches-written")
             .and_then(|v| v.to_str().ok()),
-        Some("1"),
+        Some("4"),
         "{status:?}"
     );
     out.push((
@@ -798,14 +838,18 @@ async fn overloaded_cases() -> Vec<(String, String)> {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let (status, _, codes) = answer(
+    let (status, _, codes, text) = answer(
         app.clone()
             .oneshot(post(Some(KEY), json, big.clone()))
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!((status, codes), (413, vec!["event_too_large".to_owned()]));
+    assert_eq!(
+        (status, codes),
+        (413, vec!["event_too_large".to_owned()]),
+        "{text}"
+    );
     let status = client
         .ingest_batch(keyed(vec![event("p".repeat(50 * 1024))]))
         .await
@@ -998,7 +1042,7 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
 
     // Bytes that are not an EventBatch: INVALID_ARGUMENT unreadable_body (tonic-prost says
     // INTERNAL), unary and streaming.
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
     for path in [
         "/pitboss.v1.Ingest/IngestBatch",
         "/pitboss.v1.Ingest/IngestStream",
@@ -1101,6 +1145,63 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(common::check_grpc_status(&status), "draining");
     out.push(("draining".into(), "a stream open at SIGTERM"));
+
+    // Part of a message, then nothing (the connection kept alive by HTTP/2 pings): cut after
+    // `header_read_timeout_ms` (300 ms here), unary and streaming, rather than held with its
+    // bytes of the body budget for as long as the client likes.
+    for path in [
+        "/pitboss.v1.Ingest/IngestBatch",
+        "/pitboss.v1.Ingest/IngestStream",
+    ] {
+        let mut first = vec![0u8];
+        first.extend_from_slice(&1000u32.to_be_bytes());
+        first.extend_from_slice(&[0u8; 100]);
+        let body = axum::body::Body::from_stream(futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(first)]),
+            futures::stream::pending(),
+        ));
+        let request = axum::http::Request::post(format!("http://{addr}{path}"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
+            .body(tonic::body::Body::new(body))
+            .unwrap();
+        let response = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            channel.clone().oneshot(request),
+        )
+        .await
+        .expect("answered, not held")
+        .unwrap();
+        let (parts, body) = response.into_parts();
+        // The status is in the head (a trailers-only answer) or the trailers.
+        let trailers = body
+            .collect()
+            .await
+            .ok()
+            .and_then(|c| c.trailers().cloned())
+            .unwrap_or_default();
+        let field = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .or_else(|| trailers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            (
+                field("grpc-status").as_deref(),
+                field("pitboss-error-code").as_deref()
+            ),
+            (Some("4"), Some("body_timeout")),
+            "{path}: {parts:?} {trailers:?}"
+        );
+    }
+    out.push((
+        "body_timeout".into(),
+        "part of a message, then nothing for header_read_timeout_ms",
+    ));
     out
 }
 

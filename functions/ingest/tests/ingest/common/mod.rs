@@ -44,7 +44,8 @@ pub fn every_error() -> Vec<IngestError> {
             events: 55,
             limit: 50,
         },
-        IngestError::Overloaded { budget: 1024 },
+        IngestError::Overloaded(pitboss_ingest::budget::OverBudget::Process(1024)),
+        IngestError::Overloaded(pitboss_ingest::budget::OverBudget::Tenant(1024)),
     ];
     for e in &all {
         match e {
@@ -66,7 +67,7 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::BodyTimeout { .. }
             | IngestError::Draining
             | IngestError::StreamTooLong { .. }
-            | IngestError::Overloaded { .. } => {}
+            | IngestError::Overloaded(_) => {}
         }
     }
     all
