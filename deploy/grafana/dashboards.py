@@ -253,6 +253,16 @@ DASHBOARDS = {
         prom("Bus acknowledgement p99 (ingest)", [
             ("p99", "histogram_quantile(0.99, sum by (le) (rate(pitboss_ingest_bus_ack_seconds_bucket[$__rate_interval])))")],
              unit="s"),
+        prom("Ingest request bodies held", [
+            ("{{instance}}", "sum by (instance) (pitboss_ingest_body_bytes_held)")], unit="bytes",
+             description="Bytes of request bodies each ingest instance holds at once (at most "
+                         "max_inflight_body_bytes, 256 MiB; one tenant's requests at most their share, "
+                         "64 MiB; docs/api.md, \"Operations\")."),
+        prom("Ingest bodies refused/s for a full body budget", [
+            ("{{instance}} ({{bound}})",
+             "sum by (instance, bound) (rate(pitboss_ingest_body_budget_refused_total[$__rate_interval]))")],
+             description="Bodies answered 503 overloaded: the instance's whole budget (process) or "
+                         "one tenant's share (tenant) was full (alert PitbossIngestOverloaded)."),
         prom("Processor rows inserted/s", [
             ("{{instance}}", "sum by (instance) (rate(pitboss_processor_rows_inserted_total[$__rate_interval]))")]),
         prom("ClickHouse insert p95", [

@@ -273,6 +273,7 @@ impl Keys {
         if hs.is_none() && keys.is_empty() {
             anyhow::bail!("no token keys: give an HS256 secret, a JWKS file or a JWKS URL");
         }
+        warn_any_audience(None, &source);
         Ok(Keys {
             hs,
             jwks: Arc::new(RwLock::new(keys)),
@@ -421,6 +422,9 @@ impl Verifier {
     /// [`Verifier::spawn_refresh`].
     pub async fn tenants(path: &Path, refresh: Duration) -> anyhow::Result<Verifier> {
         let by_tenant = load_tenants(path, refresh, None).await?;
+        for (tenant, keys) in &by_tenant {
+            warn_any_audience(Some(tenant), &keys.source);
+        }
         Ok(Verifier {
             keys: Signers::PerTenant(Arc::new(TenantKeys {
                 path: path.to_owned(),
@@ -541,6 +545,18 @@ impl Verifier {
                 Ok(claims)
             }
         }
+    }
+}
+
+/// An identity provider's keys (JWKS) sign tokens for every application it serves: without a
+/// required `aud`, a token it made for another application opens a socket here too. Said once,
+/// at start.
+fn warn_any_audience(tenant: Option<&str>, source: &KeySource) {
+    if (source.jwks_file.is_some() || source.jwks_url.is_some()) && source.audience.is_none() {
+        tracing::warn!(
+            tenant = tenant.unwrap_or("(every tenant)"),
+            "JWKS keys without a required audience: a token the identity provider made for another of its applications is accepted too; set --jwt-audience (or `audience` in the tenant keys file)"
+        );
     }
 }
 

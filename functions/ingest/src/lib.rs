@@ -58,6 +58,13 @@ pub fn state(
         config.tenants.iter().map(|t| t.id.as_str()),
         Duration::from_millis(config.header_read_timeout_ms),
     ));
+    let metrics = pitboss_runtime::telemetry::prometheus();
+    // There from the start at 0, so an alert on their increase sees the first refusal.
+    for bound in ["process", "tenant"] {
+        metrics::counter!("pitboss_ingest_body_budget_refused_total", "bound" => bound)
+            .increment(0);
+    }
+    metrics::gauge!("pitboss_ingest_body_bytes_held").set(body_budget.held() as f64);
     Ok(http::AppState {
         publisher,
         hot_keys,
@@ -65,7 +72,7 @@ pub fn state(
         auth,
         limits,
         dedup,
-        metrics: pitboss_runtime::telemetry::prometheus(),
+        metrics,
         readiness: http::Readiness::default(),
         bus_check: Arc::default(),
         body_budget,

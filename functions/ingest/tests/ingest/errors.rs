@@ -827,6 +827,23 @@ async fn overloaded_cases() -> Vec<(String, String)> {
         "gRPC: a stream's 62 KiB batch, the same".into(),
     ));
 
+    // Seen by the operator: the refusals by bound, and the bytes held.
+    let text = state.metrics.render();
+    let series = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert!(
+        series("pitboss_ingest_body_budget_refused_total{bound=\"tenant\"}") >= Some(4.0),
+        "{text}"
+    );
+    assert!(
+        series("pitboss_ingest_body_budget_refused_total{bound=\"process\"}").is_some(),
+        "there at 0 from the start: {text}"
+    );
+    assert!(series("pitboss_ingest_body_bytes_held").is_some(), "{text}");
+
     // The stalled request gone, its bytes are given back and the same bodies are read.
     holder.abort();
     let _ = holder.await;
