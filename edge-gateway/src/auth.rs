@@ -1123,14 +1123,10 @@ issuer = "https://auth.lucky.example/"
         file
     }
 
-    const OTHER_TENANT: &str =
-        "\n[[tenant]]\nid = \"other\"\nhs256_secret_file = \"other.secret\"\n";
-
-    #[tokio::test]
-    async fn with_keys_per_tenant_a_token_verifies_only_with_its_own_tenant_s_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = tenant_file(dir.path(), OTHER_TENANT);
-        let v = Verifier::tenants(&file, Duration::from_secs(300))
+    /// The verifier of `file`, checked to let in acme and other with their own secrets; their
+    /// claims.
+    async fn acme_and_other(file: &Path) -> (Verifier, Claims, Claims) {
+        let v = Verifier::tenants(file, Duration::from_secs(300))
             .await
             .unwrap();
         let ttl = Duration::from_secs(60);
@@ -1141,6 +1137,17 @@ issuer = "https://auth.lucky.example/"
             v.verify(&sign_hs256(&other, OTHER).unwrap()).unwrap(),
             other
         );
+        (v, acme, other)
+    }
+
+    const OTHER_TENANT: &str =
+        "\n[[tenant]]\nid = \"other\"\nhs256_secret_file = \"other.secret\"\n";
+
+    #[tokio::test]
+    async fn with_keys_per_tenant_a_token_verifies_only_with_its_own_tenant_s_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, acme, other) = acme_and_other(&tenant_file(dir.path(), OTHER_TENANT)).await;
+        let ttl = Duration::from_secs(60);
         // acme's secret signs for acme alone: a token it signed naming another tenant fails
         // the other tenant's secret.
         assert_eq!(v.verify(&token(&other)).unwrap_err(), AuthError::Signature);
@@ -1311,18 +1318,9 @@ issuer = "https://auth.lucky.example/"
                 "\n[[tenant]]\nid = \"other\"\nhs256_secret_file = \"other.secret\"\n{down}\n\n[[tenant]]\nid = \"down\"\n{down}\n"
             ),
         );
-        let v = Verifier::tenants(&file, Duration::from_secs(300))
-            .await
-            .unwrap();
+        // "other" is served with its secret.
+        let (v, _, _) = acme_and_other(&file).await;
         let ttl = Duration::from_secs(60);
-        let acme = claims("acme", "p-1", Role::Player, vec![], ttl);
-        assert_eq!(v.verify(&token(&acme)).unwrap(), acme);
-        let other = claims("other", "p-1", Role::Player, vec![], ttl);
-        assert_eq!(
-            v.verify(&sign_hs256(&other, OTHER).unwrap()).unwrap(),
-            other,
-            "served with its secret"
-        );
         let down = claims("down", "p-1", Role::Player, vec![], ttl);
         assert_eq!(
             v.verify(&token(&down)).unwrap_err().code(),

@@ -687,6 +687,19 @@ async fn overloaded_cases() -> Vec<(String, String)> {
             text,
         )
     };
+    // A body with `key` read whole: its 50 KiB event is then too large.
+    let read_whole = |key: &'static str, body: String| {
+        let app = app.clone();
+        async move {
+            let (status, _, codes, text) =
+                answer(app.oneshot(post(Some(key), json, body)).await.unwrap()).await;
+            assert_eq!(
+                (status, codes),
+                (413, vec!["event_too_large".to_owned()]),
+                "{text}"
+            );
+        }
+    };
     // Sent in two pieces: the first (30 KiB) fits, the second does not; both go back.
     let halves = Body::from_stream(futures::stream::iter([
         Ok::<_, std::io::Error>(big.as_bytes()[..30 * 1024].to_vec()),
@@ -719,22 +732,7 @@ async fn overloaded_cases() -> Vec<(String, String)> {
         "the refused body gave back the piece it had taken"
     );
     // Another tenant's body of the same size is read (and answered for what it is).
-    let (status, _, codes, text) = answer(
-        app.clone()
-            .oneshot(post(
-                Some(SLOW_KEY),
-                json,
-                big.replace("\"acme\"", "\"slow\""),
-            ))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, codes),
-        (413, vec!["event_too_large".to_owned()]),
-        "{text}"
-    );
+    read_whole(SLOW_KEY, big.replace("\"acme\"", "\"slow\"")).await;
 
     let (tx, rx) = futures::channel::mpsc::unbounded::<String>();
     pitboss_ingest::ws::serve_frames(
@@ -759,18 +757,7 @@ async fn overloaded_cases() -> Vec<(String, String)> {
     ));
 
     // gRPC on a listener sharing the state (and so the budget).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(pitboss_ingest::serve(
-        state.clone(),
-        listener,
-        pitboss_runtime::Shutdown::new(),
-    ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (_, channel) = serve_grpc(state.clone()).await;
     let mut client = pb::ingest_client::IngestClient::new(channel);
     let event = |player: String| {
         let mut e = pitboss_model::decode_event(deposit("acme").to_string().as_bytes()).unwrap();
@@ -799,29 +786,18 @@ async fn overloaded_cases() -> Vec<(String, String)> {
     let small = || pb::EventBatch {
         events: vec![event("p".repeat(3200)); 5],
     };
-    let mut stream = tonic::Request::new(futures::stream::iter([
-        small(),
-        small(),
-        small(),
-        small(),
-        pb::EventBatch {
-            events: vec![event("p".repeat(62 * 1024))],
-        },
-    ]));
-    stream
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    let status = client.ingest_stream(stream).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert_eq!(common::check_grpc_status(&status), "overloaded");
-    assert_eq!(
-        status
-            .metadata()
-            .get("pitboss-batches-written")
-            .and_then(|v| v.to_str().ok()),
-        Some("4"),
-        "{status:?}"
-    );
+    let large = pb::EventBatch {
+        events: vec![event("p".repeat(62 * 1024))],
+    };
+    let status = stream_refusal(
+        &mut client,
+        vec![small(), small(), small(), small(), large],
+        tonic::Code::Unavailable,
+        "overloaded",
+        4,
+    )
+    .await;
+    assert!(status.message().contains("their share"), "{status:?}");
     out.push((
         "overloaded".into(),
         "gRPC: a stream's 62 KiB batch, the same".into(),
@@ -855,24 +831,59 @@ async fn overloaded_cases() -> Vec<(String, String)> {
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let (status, _, codes, text) = answer(
-        app.clone()
-            .oneshot(post(Some(KEY), json, big.clone()))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, codes),
-        (413, vec!["event_too_large".to_owned()]),
-        "{text}"
-    );
+    read_whole(KEY, big.clone()).await;
     let status = client
         .ingest_batch(keyed(vec![event("p".repeat(50 * 1024))]))
         .await
         .unwrap_err();
     assert_eq!(common::check_grpc_status(&status), "event_too_large");
     out
+}
+
+/// `state` served on a loopback port; its address and a channel to it.
+async fn serve_grpc(
+    state: pitboss_ingest::http::AppState,
+) -> (std::net::SocketAddr, tonic::transport::Channel) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(pitboss_ingest::serve(
+        state,
+        listener,
+        pitboss_runtime::Shutdown::new(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (addr, channel)
+}
+
+/// `batches` sent as one keyed `IngestStream`, refused with `grpc` and `code` after `written`
+/// batches were written (its `pitboss-batches-written`); the status.
+async fn stream_refusal(
+    client: &mut pb::ingest_client::IngestClient<tonic::transport::Channel>,
+    batches: Vec<pb::EventBatch>,
+    grpc: tonic::Code,
+    code: &str,
+    written: u32,
+) -> tonic::Status {
+    let mut stream = tonic::Request::new(futures::stream::iter(batches));
+    stream
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+    let status = client.ingest_stream(stream).await.unwrap_err();
+    assert_eq!(status.code(), grpc, "{status:?}");
+    assert_eq!(common::check_grpc_status(&status), code);
+    assert_eq!(
+        status
+            .metadata()
+            .get("pitboss-batches-written")
+            .and_then(|v| v.to_str().ok()),
+        Some(written.to_string().as_str()),
+        "{status:?}"
+    );
+    status
 }
 
 /// A message the client encodes that is not an `EventBatch`: field 1 (`events`, a
@@ -923,18 +934,7 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
     let bus = MemoryPublisher::new();
     bus.create_topic("events", 1);
     let state = pitboss_ingest::state(config(), bus.publisher()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(pitboss_ingest::serve(
-        state,
-        listener,
-        pitboss_runtime::Shutdown::new(),
-    ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let (grpc_addr, channel) = serve_grpc(state).await;
     let authed = |key: Option<&str>, events: Vec<pb::Event>| {
         let mut r = tonic::Request::new(pb::EventBatch { events });
         if let Some(key) = key {
@@ -1030,21 +1030,14 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
             events: vec![proto("acme"); 5],
         })
         .collect();
-    let mut stream = tonic::Request::new(futures::stream::iter(batches));
-    stream
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    let status = client.ingest_stream(stream).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert_eq!(common::check_grpc_status(&status), "stream_too_long");
-    assert_eq!(
-        status
-            .metadata()
-            .get("pitboss-batches-written")
-            .and_then(|v| v.to_str().ok()),
-        Some("10"),
-        "{status:?}"
-    );
+    let status = stream_refusal(
+        &mut client,
+        batches,
+        tonic::Code::ResourceExhausted,
+        "stream_too_long",
+        10,
+    )
+    .await;
     assert!(status.message().contains("take it to 55"), "{status:?}");
     out.push(("stream_too_long".into(), "a stream of more than 50 events"));
 
@@ -1177,7 +1170,7 @@ async fn grpc_cases() -> Vec<(String, &'static str)> {
             futures::stream::iter([Ok::<_, std::io::Error>(first)]),
             futures::stream::pending(),
         ));
-        let request = axum::http::Request::post(format!("http://{addr}{path}"))
+        let request = axum::http::Request::post(format!("http://{grpc_addr}{path}"))
             .header(header::CONTENT_TYPE, "application/grpc")
             .header("te", "trailers")
             .header(header::AUTHORIZATION, format!("Bearer {KEY}"))
