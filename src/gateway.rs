@@ -82,8 +82,14 @@ pub struct KeyArgs {
     /// JWKS URL, fetched at start and every `--jwks-refresh-secs`.
     #[arg(long, env = "PITBOSS_GATEWAY_JWKS_URL")]
     pub jwks_url: Option<String>,
-    /// How often the JWKS URL is fetched again (and the `--tenant-keys` file read again).
-    #[arg(long, env = "PITBOSS_GATEWAY_JWKS_REFRESH_SECS", default_value_t = 300)]
+    /// How often the JWKS URL is fetched again (and the `--tenant-keys` file read again);
+    /// at least 10.
+    #[arg(
+        long,
+        env = "PITBOSS_GATEWAY_JWKS_REFRESH_SECS",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(10..)
+    )]
     pub jwks_refresh_secs: u64,
     /// Required `aud` claim.
     #[arg(long, env = "PITBOSS_GATEWAY_JWT_AUDIENCE")]

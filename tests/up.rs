@@ -2349,6 +2349,20 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
         !mixed.status.success() && said.contains("cannot be used with"),
         "{said}"
     );
+    // Read again at most every 10 s: a shorter period is refused, not quietly raised.
+    let eager = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["gateway", "--bus", "embedded", "--data-dir"])
+        .arg(&data)
+        .arg("--tenant-keys")
+        .arg(&tenants)
+        .args(["--jwks-refresh-secs", "5"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&eager.stderr);
+    assert!(
+        !eager.status.success() && said.contains("--jwks-refresh-secs"),
+        "{said}"
+    );
 
     let port = pitboss_testkit::free_port();
     let _gateway = Guard(

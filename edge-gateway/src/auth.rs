@@ -573,7 +573,12 @@ fn named_tenant(token: &str) -> Result<String, AuthError> {
         .map_err(|_| AuthError::Malformed)?;
     let named: Named = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
     match named.tenant {
-        Some(serde_json::Value::String(t)) => Ok(t),
+        // Checked before it is looked up (and named in an answer): what a claims check after
+        // the signature would refuse anyway.
+        Some(serde_json::Value::String(t)) => match id_violation("tenant", &t, MAX_TENANT_ID) {
+            Some(v) => Err(AuthError::Claims(format!("{}: {}", v.path, v.message))),
+            None => Ok(t),
+        },
         Some(_) => Err(AuthError::Claims("tenant: must be a string".into())),
         None => Err(AuthError::Claims(
             "missing field `tenant`: with keys per tenant, the tenant chooses the key".into(),
@@ -775,11 +780,16 @@ impl TenantKeys {
         let old = self.current();
         match load_tenants(&self.path, self.refresh, Some(&old)).await {
             Ok(new) => {
-                if new.len() != old.len() {
+                let added: Vec<&String> = new.keys().filter(|t| !old.contains_key(*t)).collect();
+                let removed: Vec<&String> = old.keys().filter(|t| !new.contains_key(*t)).collect();
+                if added.is_empty() && removed.is_empty() {
+                    tracing::debug!(tenants = new.len(), "tenant keys read again");
+                } else {
                     tracing::info!(
                         tenants = new.len(),
-                        before = old.len(),
-                        "tenant keys reloaded"
+                        ?added,
+                        ?removed,
+                        "tenant keys read again: tenants changed"
                     );
                 }
                 match self.by_tenant.write() {
@@ -1190,6 +1200,15 @@ issuer = "https://auth.lucky.example/"
         let e = v.verify(&token(&ghost)).unwrap_err();
         assert_eq!(e, AuthError::UnknownTenant("ghost".into()));
         assert_eq!(e.code(), "token_unknown_tenant");
+        // A tenant no token may name is refused for its claims before any lookup, and not
+        // repeated in the answer.
+        for bad in ["ac me".to_owned(), "<script>".to_owned(), "t".repeat(5000)] {
+            let mut c = ghost.clone();
+            c.tenant = bad.clone();
+            let e = v.verify(&token(&c)).unwrap_err();
+            assert_eq!(e.code(), "token_claims", "{bad:?}");
+            assert!(!e.to_string().contains(&bad), "{e}");
+        }
         let nameless = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &serde_json::json!({"sub": "p-1", "role": "player", "exp": acme.exp}),

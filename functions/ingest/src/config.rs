@@ -139,14 +139,16 @@ impl IngestConfig {
                 "max_connections, header_read_timeout_ms and ws_ping_interval_secs must be positive, and ws_idle_timeout_secs longer than the ping interval".into(),
             );
         }
-        if self.max_inflight_body_bytes_per_tenant < self.max_body_bytes
-            || self.max_inflight_body_bytes < self.max_inflight_body_bytes_per_tenant
-        {
+        if self.max_inflight_body_bytes_per_tenant < self.max_body_bytes {
             return err(format!(
-                "max_body_bytes ({}) <= max_inflight_body_bytes_per_tenant ({}) <= max_inflight_body_bytes ({}) must hold: a body of the largest size could never be read",
-                self.max_body_bytes,
-                self.max_inflight_body_bytes_per_tenant,
-                self.max_inflight_body_bytes
+                "max_inflight_body_bytes_per_tenant ({}) must be at least max_body_bytes ({}): a body of the largest size could never be read (raise both together)",
+                self.max_inflight_body_bytes_per_tenant, self.max_body_bytes
+            ));
+        }
+        if self.max_inflight_body_bytes < self.max_inflight_body_bytes_per_tenant {
+            return err(format!(
+                "max_inflight_body_bytes ({}) must be at least max_inflight_body_bytes_per_tenant ({}): a tenant's share is part of the whole",
+                self.max_inflight_body_bytes, self.max_inflight_body_bytes_per_tenant
             ));
         }
         if self.core.max_event_bytes == 0 || self.core.max_events == 0 || self.max_body_bytes == 0 {
@@ -223,14 +225,18 @@ mod tests {
         };
         let e = small.validate().unwrap_err().to_string();
         assert!(
-            e.contains("max_body_bytes (20971520) <= max_inflight_body_bytes_per_tenant (67108864) <= max_inflight_body_bytes (1048576) must hold"),
+            e.contains("max_inflight_body_bytes (1048576) must be at least max_inflight_body_bytes_per_tenant (67108864): a tenant's share is part of the whole"),
             "{e}"
         );
         let share = IngestConfig {
             max_inflight_body_bytes_per_tenant: 1024 * 1024,
             ..with_tenant()
         };
-        assert!(share.validate().is_err());
+        let e = share.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("max_inflight_body_bytes_per_tenant (1048576) must be at least max_body_bytes (20971520)"),
+            "{e}"
+        );
         let equal = IngestConfig {
             max_inflight_body_bytes: 20 * 1024 * 1024,
             max_inflight_body_bytes_per_tenant: 20 * 1024 * 1024,
