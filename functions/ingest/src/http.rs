@@ -233,18 +233,67 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz_public))
         // The span names the path, never the query: a client that puts its key there (or a
         // browser's `?token=`) would have it in every debug line.
-        .layer(TraceLayer::new_for_http().make_span_with(
-            |request: &axum::http::Request<axum::body::Body>| {
-                tracing::debug_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                    version = ?request.version(),
-                )
-            },
-        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(FailureLog::default())
+                .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        version = ?request.version(),
+                    )
+                }),
+        )
         .with_state(state.clone())
         .merge(crate::grpc::routes(state))
+}
+
+/// tower-http's "response failed" line for a 5xx answer, at most one a second: a burst of
+/// `503 overloaded` or `bus_unavailable` answers (thousands a second, each counted in
+/// `pitboss_ingest_requests_total`) wrote one ERROR line each; now one line a second says how
+/// many it stands for.
+#[derive(Debug, Clone, Default)]
+pub struct FailureLog(Arc<std::sync::Mutex<(u64, u64)>>);
+
+impl FailureLog {
+    /// A failure at second `now`: `Some(n)` when a line is due, `n` the failures since the
+    /// last line that had none.
+    pub fn note(&self, now: u64) -> Option<u64> {
+        let mut g = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, suppressed) = *g;
+        if last == now && last != 0 {
+            g.1 = suppressed.saturating_add(1);
+            None
+        } else {
+            *g = (now, 0);
+            Some(suppressed)
+        }
+    }
+}
+
+impl tower_http::trace::OnFailure<tower_http::classify::ServerErrorsFailureClass> for FailureLog {
+    fn on_failure(
+        &mut self,
+        class: tower_http::classify::ServerErrorsFailureClass,
+        latency: Duration,
+        _span: &tracing::Span,
+    ) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs().max(1));
+        if let Some(more) = self.note(now) {
+            tracing::error!(
+                classification = %class,
+                latency_ms = latency.as_millis() as u64,
+                not_logged_since_last = more,
+                "response failed"
+            );
+        }
+    }
 }
 
 /// The operator's router, for the admin listener only (loopback or a private network; never
@@ -777,7 +826,24 @@ async fn ready(state: &AppState, detail: bool) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::without_stage;
+    use super::{FailureLog, without_stage};
+
+    #[test]
+    fn failures_are_logged_once_a_second_with_how_many_were_not() {
+        let log = FailureLog::default();
+        // The first of a second is logged; the rest of that second are counted.
+        assert_eq!(log.note(100), Some(0));
+        assert_eq!(log.note(100), None);
+        assert_eq!(log.note(100), None);
+        assert_eq!(
+            log.note(101),
+            Some(2),
+            "the next second's first says two were not"
+        );
+        assert_eq!(log.note(101), None);
+        assert_eq!(log.note(250), Some(1));
+        assert_eq!(log.note(251), Some(0));
+    }
 
     #[test]
     fn the_stage_goes_only_when_the_path_is_served_without_it() {
