@@ -9,6 +9,8 @@ open-file limit first (`prlimit --nofile=250000 --pid $$`, for the server too).
 
 usage: [WS_PATH=/v1/ws] [SOURCE_ADDRESSES=a,b,...] scripts/ws-idle-memory.py ADDR API_KEY_OR_TOKEN SERVER_PID [N]
 e.g.   scripts/ws-idle-memory.py 127.0.0.1:8080 "$(cat .pitboss/demo-api-key)" "$(pgrep -f 'pitboss up')" 2000
+(ingest holds at most 2,500 sockets of one tenant, `max_websockets_per_tenant`: more need a
+config raising it, docs/benchmarks.md)
 """
 import base64, os, resource, socket, sys, time
 

@@ -254,6 +254,75 @@ impl BodyBudget {
     }
 }
 
+/// The ingest WebSockets each tenant holds open, bounded per tenant.
+#[derive(Debug)]
+pub struct SocketSlots {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One socket's place: given back when dropped.
+#[derive(Debug)]
+pub struct SocketSlot {
+    slots: Arc<SocketSlots>,
+    tenant: String,
+}
+
+impl SocketSlots {
+    /// At most `max` sockets a tenant.
+    pub fn new(max: usize) -> Arc<SocketSlots> {
+        Arc::new(SocketSlots {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The bound.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A place for one more socket of `tenant`, or none.
+    pub fn take(self: &Arc<Self>, tenant: &str) -> Option<SocketSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(tenant.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot {
+            slots: Arc::clone(self),
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    /// Sockets `tenant` holds open.
+    pub fn open(&self, tenant: &str) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -284,6 +353,19 @@ mod tests {
         assert_eq!((b.held(), two.bytes(), b.held_by("b")), (0, 0, 0));
         b.charge(&two, "b", 0).unwrap();
         assert_eq!(b.held(), 0);
+    }
+
+    #[test]
+    fn a_tenant_holds_at_most_its_sockets_and_a_closed_one_frees_its_place() {
+        let slots = SocketSlots::new(2);
+        let a1 = slots.take("a").unwrap();
+        let _a2 = slots.take("a").unwrap();
+        assert!(slots.take("a").is_none());
+        let _b = slots.take("b").unwrap();
+        assert_eq!((slots.open("a"), slots.open("b")), (2, 1));
+        drop(a1);
+        assert_eq!(slots.open("a"), 1);
+        assert!(slots.take("a").is_some());
     }
 
     #[test]

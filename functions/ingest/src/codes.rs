@@ -65,11 +65,12 @@ pub enum RequestCode {
     Draining,
     StreamTooLong,
     Overloaded,
+    TooManyWebSockets,
 }
 
 impl RequestCode {
     /// Every request-level code, in table order (`ALL[c as usize] == c`).
-    pub const ALL: [RequestCode; 17] = [
+    pub const ALL: [RequestCode; 18] = [
         RequestCode::EmptyBody,
         RequestCode::UnreadableBody,
         RequestCode::Unauthorized,
@@ -87,6 +88,7 @@ impl RequestCode {
         RequestCode::Draining,
         RequestCode::StreamTooLong,
         RequestCode::Overloaded,
+        RequestCode::TooManyWebSockets,
     ];
 
     /// Its row of [`ERROR_CODES`].
@@ -272,6 +274,13 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         Some(Code::Unavailable),
         Retry::AfterRetryAfter,
         "the process holds `max_inflight_body_bytes` (256 MiB) of request bodies, all requests, gRPC batches and WebSocket frames together, or the tenant's requests their share of it (`max_inflight_body_bytes_per_tenant`, 64 MiB), and there is no room for this one now; nothing of it was written",
+    ),
+    request(
+        "too_many_websockets",
+        429,
+        None,
+        Retry::AfterRetryAfter,
+        "`GET /v1/ingest/ws` only: the tenant holds `max_websockets_per_tenant` (2,500) ingest WebSockets on this instance already; refused before the upgrade (a socket closing frees its place)",
     ),
     event(
         ViolationCode::Malformed,

@@ -37,6 +37,9 @@ pub struct IngestConfig {
     pub max_inflight_body_bytes: usize,
     /// The most of it one tenant's requests hold at once.
     pub max_inflight_body_bytes_per_tenant: usize,
+    /// Ingest WebSockets one tenant holds open at once on an instance (a part of
+    /// `max_connections`, so one tenant's sockets leave room for the others').
+    pub max_websockets_per_tenant: usize,
     /// Per-event and per-request limits and validation.
     pub core: CoreConfig,
     /// How long accepted event ids are remembered for edge dedup, in seconds.
@@ -77,6 +80,7 @@ impl Default for IngestConfig {
             max_body_bytes: 20 * 1024 * 1024,
             max_inflight_body_bytes: 256 * 1024 * 1024,
             max_inflight_body_bytes_per_tenant: 64 * 1024 * 1024,
+            max_websockets_per_tenant: 2_500,
             core: CoreConfig::default(),
             dedup_window_secs: 15 * 60,
             dedup_capacity: 1_000_000,
@@ -131,12 +135,13 @@ impl IngestConfig {
             return err("overflow_topic must differ from topic".into());
         }
         if self.max_connections == 0
+            || self.max_websockets_per_tenant == 0
             || self.header_read_timeout_ms == 0
             || self.ws_ping_interval_secs == 0
             || self.ws_idle_timeout_secs <= self.ws_ping_interval_secs
         {
             return err(
-                "max_connections, header_read_timeout_ms and ws_ping_interval_secs must be positive, and ws_idle_timeout_secs longer than the ping interval".into(),
+                "max_connections, max_websockets_per_tenant, header_read_timeout_ms and ws_ping_interval_secs must be positive, and ws_idle_timeout_secs longer than the ping interval".into(),
             );
         }
         if self.max_inflight_body_bytes_per_tenant < self.max_body_bytes {

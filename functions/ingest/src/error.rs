@@ -51,6 +51,10 @@ pub enum IngestError {
     StreamTooLong { events: usize, limit: usize },
     #[error("{0}; nothing of it was written: retry in a second")]
     Overloaded(crate::budget::OverBudget),
+    #[error(
+        "the tenant holds its {limit} ingest WebSockets on this instance already: close one or send over fewer (a socket closing frees its place)"
+    )]
+    TooManyWebSockets { limit: usize },
 }
 
 impl IngestError {
@@ -77,6 +81,7 @@ impl IngestError {
             IngestError::Draining => RequestCode::Draining,
             IngestError::StreamTooLong { .. } => RequestCode::StreamTooLong,
             IngestError::Overloaded(_) => RequestCode::Overloaded,
+            IngestError::TooManyWebSockets { .. } => RequestCode::TooManyWebSockets,
         }
     }
 
@@ -98,6 +103,9 @@ impl IngestError {
             IngestError::BusUnavailable(_) | IngestError::Draining | IngestError::Overloaded(_) => {
                 Some(1)
             }
+            // A client reconnecting before the server has seen its old socket die: the idle
+            // timeout reaps that one.
+            IngestError::TooManyWebSockets { .. } => Some(5),
             _ => None,
         }
     }

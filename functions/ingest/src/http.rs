@@ -44,6 +44,8 @@ pub struct AppState {
     pub bus_check: Arc<BusCheck>,
     /// Request-body bytes held at once, process-wide ([`crate::budget`]).
     pub body_budget: Arc<crate::budget::BodyBudget>,
+    /// Ingest WebSockets open, per tenant.
+    pub sockets: Arc<crate::budget::SocketSlots>,
 }
 
 /// How long the bus's answer to a readiness check is reused.
@@ -617,6 +619,13 @@ async fn ws_ingest(
 ) -> Response {
     let max = state.config.max_body_bytes;
     let shutdown = shutdown.map_or_else(pitboss_runtime::Shutdown::new, |Extension(s)| s);
+    // One tenant's sockets leave room for the others' under `max_connections`.
+    let Some(place) = state.sockets.take(&tenant) else {
+        return IngestError::TooManyWebSockets {
+            limit: state.sockets.max(),
+        }
+        .into_response();
+    };
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
@@ -625,8 +634,10 @@ async fn ws_ingest(
         .read_buffer_size(WS_BUFFER_BYTES)
         .write_buffer_size(WS_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
-            // The socket counts under `max_connections` while it lives.
+            // The socket counts under `max_connections`, and its tenant's bound, while it
+            // lives.
             let _slot = slot;
+            let _place = place;
             ws_session(state, tenant, socket, shutdown).await;
         })
 }

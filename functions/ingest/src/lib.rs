@@ -58,6 +58,7 @@ pub fn state(
         config.tenants.iter().map(|t| t.id.as_str()),
         Duration::from_millis(config.header_read_timeout_ms),
     ));
+    let config_sockets = config.max_websockets_per_tenant;
     let metrics = pitboss_runtime::telemetry::prometheus();
     // There from the start at 0, so an alert on their increase sees the first refusal.
     for bound in ["process", "tenant"] {
@@ -76,6 +77,7 @@ pub fn state(
         readiness: http::Readiness::default(),
         bus_check: Arc::default(),
         body_budget,
+        sockets: budget::SocketSlots::new(config_sockets),
     })
 }
 

@@ -620,6 +620,9 @@ async fn every_code_is_produced_by_some_input() {
     for (code, how) in overloaded_cases().await {
         seen.add(&code, how);
     }
+    for (code, how) in websocket_cases().await {
+        seen.add(&code, how);
+    }
 
     let missing: Vec<&str> = ERROR_CODES
         .iter()
@@ -838,6 +841,67 @@ async fn overloaded_cases() -> Vec<(String, String)> {
         .unwrap_err();
     assert_eq!(common::check_grpc_status(&status), "event_too_large");
     out
+}
+
+/// A tenant holds at most `max_websockets_per_tenant` (2 here) ingest sockets: the third is
+/// refused before the upgrade (`429 too_many_websockets`, retry after 5 s), another tenant's
+/// is not, and a closed socket frees its place. Returns (code, how).
+async fn websocket_cases() -> Vec<(String, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 1);
+    let state = pitboss_ingest::state(
+        IngestConfig {
+            max_websockets_per_tenant: 2,
+            ..config()
+        },
+        bus.publisher(),
+    )
+    .unwrap();
+    let (addr, _) = serve_grpc(state.clone()).await;
+    let connect = |key: &'static str| async move {
+        let mut request = format!("ws://{addr}/v1/ingest/ws")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        tokio_tungstenite::connect_async(request).await
+    };
+    let first = connect(KEY).await.unwrap().0;
+    let _second = connect(KEY).await.unwrap().0;
+    let refused = match connect(KEY).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r,
+        other => panic!("the third socket: {other:?}"),
+    };
+    assert_eq!(refused.status().as_u16(), 429);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("5")
+    );
+    assert_eq!(
+        common::check_json_answer(Some(429), refused.body().as_deref().unwrap_or_default()),
+        ["too_many_websockets"]
+    );
+    let _other_tenant = connect(SLOW_KEY).await.unwrap().0;
+    // One closed: once the server has seen it go, its place is free.
+    drop(first);
+    let start = std::time::Instant::now();
+    while state.sockets.open("acme") > 1 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the closed socket's place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _third = connect(KEY).await.unwrap().0;
+    vec![(
+        "too_many_websockets".into(),
+        "WebSocket: a tenant's third socket with max_websockets_per_tenant 2".into(),
+    )]
 }
 
 /// `state` served on a loopback port; its address and a channel to it.

@@ -46,6 +46,7 @@ pub fn every_error() -> Vec<IngestError> {
         },
         IngestError::Overloaded(pitboss_ingest::budget::OverBudget::Process(1024)),
         IngestError::Overloaded(pitboss_ingest::budget::OverBudget::Tenant(1024)),
+        IngestError::TooManyWebSockets { limit: 2 },
     ];
     for e in &all {
         match e {
@@ -67,7 +68,8 @@ pub fn every_error() -> Vec<IngestError> {
             | IngestError::BodyTimeout { .. }
             | IngestError::Draining
             | IngestError::StreamTooLong { .. }
-            | IngestError::Overloaded(_) => {}
+            | IngestError::Overloaded(_)
+            | IngestError::TooManyWebSockets { .. } => {}
         }
     }
     all
