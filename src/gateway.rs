@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use pitboss_gateway::auth::read_secret;
 use pitboss_gateway::{GatewayConfig, KeySource, Keying, ReceiptPolicy, Role, Verifier};
 use pitboss_runtime::Shutdown;
 
@@ -214,19 +215,6 @@ impl GatewayTuning {
             ..pitboss_runtime::http::Limits::default()
         }
     }
-}
-
-fn read_secret(path: &Path) -> Result<Vec<u8>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let secret = text.trim().as_bytes().to_vec();
-    if secret.len() < 32 {
-        bail!(
-            "{}: the HS256 secret must be at least 32 bytes",
-            path.display()
-        );
-    }
-    Ok(secret)
 }
 
 impl KeyArgs {

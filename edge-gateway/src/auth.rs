@@ -688,18 +688,7 @@ async fn load_tenants(
         }
         let hs = match &t.hs256_secret_file {
             Some(f) => {
-                let f = dir.join(f);
-                let secret = std::fs::read_to_string(&f)
-                    .map_err(|e| bad(format!("reading {}: {e}", f.display())))?
-                    .trim()
-                    .as_bytes()
-                    .to_vec();
-                if secret.len() < 32 {
-                    return Err(bad(format!(
-                        "{}: the HS256 secret must be at least 32 bytes",
-                        f.display()
-                    )));
-                }
+                let secret = read_secret(&dir.join(f)).map_err(|e| bad(e.to_string()))?;
                 Some(DecodingKey::from_secret(&secret).map_err(|e| bad(e.to_string()))?)
             }
             None => None,
@@ -866,6 +855,21 @@ async fn fetch_jwks(url: &str) -> anyhow::Result<Vec<PublicKey>> {
 
 /// The longest JWKS document fetched.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// An HS256 secret from the file at `path`: its text without surrounding whitespace, at least
+/// 32 bytes.
+pub fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let secret = text.trim().as_bytes().to_vec();
+    if secret.len() < 32 {
+        anyhow::bail!(
+            "{}: the HS256 secret must be at least 32 bytes",
+            path.display()
+        );
+    }
+    Ok(secret)
+}
 
 /// Signs an HS256 token (for `pitboss token`, tests and the demo).
 pub fn sign_hs256(claims: &Claims, secret: &[u8]) -> anyhow::Result<String> {

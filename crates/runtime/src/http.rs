@@ -61,14 +61,21 @@ pub fn bearer(value: &str) -> Option<&str> {
 /// Whether `e`, or an error in its chain of sources, is an `E` (a body timeout or length limit
 /// under the layers and rejections that wrap it).
 pub fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    cause::<E>(e).is_some()
+}
+
+/// The first `E` in `e`'s chain of sources, `e` included.
+pub fn cause<'a, E: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
     let mut cur = Some(e);
     while let Some(x) = cur {
-        if x.is::<E>() {
-            return true;
+        if let Some(found) = x.downcast_ref::<E>() {
+            return Some(found);
         }
         cur = x.source();
     }
-    false
+    None
 }
 
 /// Why a WebSocket read failed, when the peer broke the protocol (rather than the connection

@@ -413,20 +413,6 @@ async fn hold_body_budget(State(state): State<AppState>, request: Request, next:
     response
 }
 
-/// The budget's refusal in an error's chain, if that is what it is.
-pub(crate) fn over_budget(
-    e: &(dyn std::error::Error + 'static),
-) -> Option<crate::budget::OverBudget> {
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        if let Some(why) = x.downcast_ref::<crate::budget::OverBudget>() {
-            return Some(*why);
-        }
-        cur = x.source();
-    }
-    None
-}
-
 async fn post_events(
     State(state): State<AppState>,
     Extension(Tenant(tenant)): Extension<Tenant>,
@@ -439,8 +425,8 @@ async fn post_events(
             IngestError::BodyTooLarge {
                 limit: state.config.max_body_bytes,
             }
-        } else if let Some(why) = over_budget(&r) {
-            IngestError::Overloaded(why)
+        } else if let Some(why) = pitboss_runtime::http::cause::<crate::budget::OverBudget>(&r) {
+            IngestError::Overloaded(*why)
         } else if pitboss_runtime::http::caused_by::<tower_http::timeout::TimeoutError>(&r)
             || pitboss_runtime::http::caused_by::<crate::budget::Stalled>(&r)
         {
