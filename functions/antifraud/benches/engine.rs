@@ -10,6 +10,9 @@
 //!   windows warmed by a first pass over the stream;
 //! - after the run: memory per tracked player (`Engine::stats`), printed.
 //!
+//! `engine_bound` runs the same stream (`common`) through the packs written by hand: the bound
+//! the engine is measured against (docs/benchmarks.md, "The bound").
+//!
 //! The stream: 2,000 players, each a login, a deposit, then bets and their settlements (no
 //! stake on the settlement: the join supplies it), sessions, the odd withdrawal and bonus;
 //! 100,000 events, in time order, 0.5 s apart per player on average.
@@ -24,102 +27,14 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pitboss_antifraud::{Engine, Output, RuleSet};
-use pitboss_model::{Event, Timestamp, decode_event, decode_proto, encode_proto};
+use pitboss_model::{Event, Timestamp, decode_proto};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Players in the stream: 2,000, or `PITBOSS_BENCH_PLAYERS` (fewer players, less state: how
-/// much of the cost is the memory the state spans).
-fn players() -> u64 {
-    std::env::var("PITBOSS_BENCH_PLAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2_000)
-}
-const EVENTS: u64 = 100_000;
-const T0: i64 = 1_795_867_200_000;
+mod common;
 
-fn event(n: u64, player: u64, t: i64, kind: &str, payload: String) -> Event {
-    let json = format!(
-        r#"{{"event_id":"0193735a-0000-7000-8000-{n:012x}","tenant_id":"acme","player_id":"p-{player}","session_id":"s-{player}","type":"{kind}","occurred_at":"{}","received_at":"{}","payload":{payload}}}"#,
-        Timestamp::from_millis(t).to_rfc3339().unwrap(),
-        Timestamp::from_millis(t + 40).to_rfc3339().unwrap(),
-    );
-    decode_event(json.as_bytes()).unwrap()
-}
-
-/// A realistic mix, deterministic.
-fn stream() -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(EVENTS as usize);
-    let players = players();
-    let mut seq = vec![0u64; players as usize];
-    let mut x: u64 = 42;
-    for n in 0..EVENTS {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let p = (x >> 33) % players;
-        let k = seq[p as usize];
-        seq[p as usize] += 1;
-        let t = T0 + (n as i64) * 10;
-        let stake = 100 + ((x >> 20) % 5000) as i64;
-        let (kind, payload) = match k {
-            0 => (
-                "login",
-                format!(
-                    r#"{{"ip":"10.{}.{}.1","device_id":"dev-{p}"}}"#,
-                    p / 250,
-                    p % 250
-                ),
-            ),
-            1 => ("session_started", r#"{"channel":"web"}"#.to_string()),
-            2 => (
-                "deposit",
-                format!(
-                    r#"{{"transaction_id":"d-{p}-{k}","amount":{{"amount_minor":20000,"currency":"EUR"}},"device_id":"dev-{p}","ip":"10.0.0.1","payment_instrument":"card-{p}"}}"#
-                ),
-            ),
-            k if k % 97 == 0 => (
-                "withdrawal",
-                format!(
-                    r#"{{"transaction_id":"w-{p}-{k}","amount":{{"amount_minor":5000,"currency":"EUR"}},"status":"requested"}}"#
-                ),
-            ),
-            k if k % 89 == 0 => (
-                "bonus",
-                format!(
-                    r#"{{"bonus_id":"b-{p}","action":"granted","amount":{{"amount_minor":1000,"currency":"EUR"}},"wagering_requirement":{{"amount_minor":35000,"currency":"EUR"}}}}"#
-                ),
-            ),
-            k if k % 2 == 1 => (
-                "bet_placed",
-                format!(
-                    r#"{{"bet_id":"bet-{p}-{k}","game_id":"roulette-{}","stake":{{"amount_minor":{stake},"currency":"EUR"}}}}"#,
-                    p % 7
-                ),
-            ),
-            k => {
-                let (result, payout) = if x.is_multiple_of(3) {
-                    ("win", 2 * stake)
-                } else {
-                    ("loss", 0)
-                };
-                (
-                    "bet_settled",
-                    format!(
-                        r#"{{"bet_id":"bet-{p}-{}","game_id":"roulette-{}","result":"{result}","payout":{{"amount_minor":{payout},"currency":"EUR"}}}}"#,
-                        k - 1,
-                        p % 7
-                    ),
-                )
-            }
-        };
-        out.push(encode_proto(&event(n, p, t, kind, payload)));
-    }
-    out
-}
+use common::{EVENTS, T0, players, stream};
 
 /// The shipped packs, or the rule directory in `PITBOSS_BENCH_RULES` (to weigh a rule: the
 /// packs without it).
