@@ -97,13 +97,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("antifraud_engine");
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
-    let mut i = 0usize;
-    g.bench_function("decode", |b| {
-        b.iter(|| {
-            i = (i + 1) % records.len();
-            decode_proto(&records[i]).unwrap()
-        })
-    });
+    common::decode_baseline(&mut g, &records);
     // Replays of the stream, shifted by its length each lap so the windows move forward and
     // ids stay new (a replay of the same ids would be dropped as duplicates: too cheap).
     let span = EVENTS as i64 * 10;

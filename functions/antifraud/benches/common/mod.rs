@@ -1,7 +1,9 @@
 //! The bench's stream, shared by `engine` (the engine) and `engine_bound` (the hand-written
 //! bound of what the packs' work can cost): the same records in both.
 
-use pitboss_model::{Event, Timestamp, decode_event, encode_proto};
+use criterion::BenchmarkGroup;
+use criterion::measurement::WallTime;
+use pitboss_model::{Event, Timestamp, decode_event, decode_proto, encode_proto};
 
 /// Players in the stream: 2,000, or `PITBOSS_BENCH_PLAYERS` (fewer players, less state: how
 /// much of the cost is the memory the state spans).
@@ -93,4 +95,16 @@ pub fn stream() -> Vec<Vec<u8>> {
         out.push(encode_proto(&event(n, p, t, kind, payload)));
     }
     out
+}
+
+/// The baseline both benches measure against: `decode`, the stream's records decoded one
+/// after another (protobuf bytes → `Event`, what the consumer does anyway).
+pub fn decode_baseline(g: &mut BenchmarkGroup<'_, WallTime>, records: &[Vec<u8>]) {
+    let mut i = 0usize;
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            i = (i + 1) % records.len();
+            decode_proto(&records[i]).unwrap()
+        })
+    });
 }
