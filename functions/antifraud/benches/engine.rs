@@ -100,29 +100,10 @@ fn bench(c: &mut Criterion) {
     common::decode_baseline(&mut g, &records);
     // Replays of the stream, shifted by its length each lap so the windows move forward and
     // ids stay new (a replay of the same ids would be dropped as duplicates: too cheap).
-    let span = EVENTS as i64 * 10;
-    let mut lap = 1i64;
-    let mut j = 0usize;
-    // The lap's id digits, formatted once a lap (not on every event: that is the bench's work,
-    // not the engine's).
-    let lap_digits = |lap: i64| format!("{:04x}", 0x8000 + lap as u16 % 0x7fff);
-    let mut digits = lap_digits(lap);
-    g.bench_function("decode_and_evaluate", |b| {
-        b.iter(|| {
-            j += 1;
-            if j == records.len() {
-                j = 0;
-                lap += 1;
-                digits = lap_digits(lap);
-            }
-            let mut e = decode_proto(&records[j]).unwrap();
-            e.occurred_at = Timestamp::from_millis(e.occurred_at.as_millis() + lap * span);
-            let id = e.event_id.as_mut().unwrap();
-            id.replace_range(19..23, &digits);
-            out.clear();
-            engine.process(&e, e.occurred_at, &mut out).unwrap();
-            out.alerts.len()
-        })
+    common::decode_and_evaluate(&mut g, &records, |e| {
+        out.clear();
+        engine.process(e, e.occurred_at, &mut out).unwrap();
+        out.alerts.len()
     });
     g.finish();
     let stats = engine.stats();

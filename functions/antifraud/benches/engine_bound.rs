@@ -40,11 +40,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::time::Duration;
 
-use common::{EVENTS, stream};
+use common::{lap_digits, lapped, stream};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pitboss_antifraud::{Engine, Output, RuleSet};
 use pitboss_model::live::PushSource;
-use pitboss_model::{Event, Payload, Timestamp, decode_proto};
+use pitboss_model::{Event, Payload, decode_proto};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -637,18 +637,6 @@ fn checked_laps() -> i64 {
     }
 }
 
-/// The stream `lap` times on, as the timed loop plays it: shifted by its length, new ids.
-fn lapped(record: &[u8], lap: i64, digits: &str) -> Event {
-    let mut e = decode_proto(record).unwrap();
-    e.occurred_at = Timestamp::from_millis(e.occurred_at.as_millis() + lap * EVENTS as i64 * 10);
-    e.event_id.as_mut().unwrap().replace_range(19..23, digits);
-    e
-}
-
-fn lap_digits(lap: i64) -> String {
-    format!("{:04x}", 0x8000 + lap as u16 % 0x7fff)
-}
-
 /// The bound's hits and the engine's (with the shipped packs), rule by rule, over
 /// [`checked_laps`]: they must be the same, or the bound no longer does the packs' work.
 fn same_hits_as_the_engine(records: &[Vec<u8>], per_rule: bool) -> BTreeMap<String, u64> {
@@ -716,21 +704,9 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.measurement_time(Duration::from_secs(8));
     common::decode_baseline(&mut g, &records);
-    // Laps as the engine's bench runs them ([`lapped`]).
-    let mut lap = 1i64;
-    let mut j = 0usize;
-    let mut digits = lap_digits(lap);
-    g.bench_function("decode_and_evaluate", |b| {
-        b.iter(|| {
-            j += 1;
-            if j == records.len() {
-                j = 0;
-                lap += 1;
-                digits = lap_digits(lap);
-            }
-            bound.process(&lapped(&records[j], lap, &digits));
-            bound.hits.velocity
-        })
+    common::decode_and_evaluate(&mut g, &records, |e| {
+        bound.process(e);
+        bound.hits.velocity
     });
     g.finish();
 }
