@@ -138,7 +138,6 @@ struct Player {
     log: VecDeque<Logged>,
     base: u64,
     newest: i64,
-    last_active: i64,
     // fraud.bet_velocity: bets in the last minute.
     vel_from: u64,
     vel_n: u32,
@@ -383,7 +382,6 @@ impl Bound {
                 self.multi_accounting(e, d.device_id.as_deref(), d.ip.as_deref(), who);
                 let p = self.players.entry(pk).or_default();
                 p.newest = p.newest.max(t);
-                p.last_active = t;
                 p.deposits.push_back((t, d.amount.amount_minor as f64));
                 while p.deposits.front().is_some_and(|x| x.0 <= t - 3 * DAY) {
                     p.deposits.pop_front();
@@ -404,7 +402,6 @@ impl Bound {
                 self.multi_accounting(e, l.device_id.as_deref(), Some(&l.ip), who);
                 let p = self.players.entry(pk).or_default();
                 p.newest = p.newest.max(t);
-                p.last_active = t;
                 if !l.success {
                     trail(&mut p.failed, t, HOUR);
                 }
@@ -436,7 +433,6 @@ fn fresh(p: &mut Player, id: u128, t: i64) -> bool {
         return false;
     }
     p.newest = p.newest.max(t);
-    p.last_active = t;
     true
 }
 
