@@ -654,11 +654,12 @@ impl KeyState {
             .all(|e| Self::foldable(e.mask, rule))
         {
             // The common case: every entry due is folded. Taken out in one move (removing them
-            // one by one shifted the entries before each), and folded newest first as the
-            // path below does (a bucket's sums add the same values in the same order).
-            // `since` anchors are never folded, so none is due: the newest anchor at or before
-            // an entry due is the newest of those older than the range (every later entry is
-            // later than it too), found once for the whole range.
+            // one by one shifted the entries before each), oldest first, each run of entries
+            // of one bucket added up and then to its bucket at once (the bucket found or made
+            // once a run, not once an entry; runs come in bucket order, so a new bucket goes
+            // at the end). `since` anchors are never folded, so none is due: the newest anchor
+            // at or before an entry due is the newest of those older than the range (every
+            // later entry is later than it too), found once for the whole range.
             let anchor = if rule.anchor_mask != 0 {
                 self.entries
                     .range(..lo)
@@ -672,15 +673,22 @@ impl KeyState {
                 entries, buckets, ..
             } = self;
             if let Some(w) = rule.bucket_ms.filter(|w| *w > 0) {
-                for e in entries.drain(lo..hi).rev() {
+                let mut run = Run::default();
+                for e in entries.drain(lo..hi) {
                     if e.mask & rule.fold_mask == 0 {
                         // Kept only as a trigger: nothing to add up.
                         continue;
                     }
                     let start = e.t.div_euclid(w).saturating_mul(w);
                     let from = anchor.filter(|a| *a >= start).unwrap_or(start);
-                    fold_into(buckets, &e, rule, w, start, from);
+                    let key = (start, from, e.cur);
+                    if run.key != Some(key) {
+                        run.flush(buckets, rule, w);
+                        run.key = Some(key);
+                    }
+                    run.add(&e, rule);
                 }
+                run.flush(buckets, rule, w);
             } else {
                 entries.drain(lo..hi);
             }
@@ -1018,28 +1026,27 @@ impl KeyState {
     }
 }
 
-/// Adds folded entry `e` to bucket `start` (`from`: the newest `since` anchor of the slot at or
-/// before it, else `start`) of a window with buckets `width` wide.
-fn fold_into(
-    buckets: &mut Option<Box<Buckets>>,
-    e: &Entry,
+/// The buckets of a window `width` wide, made on the first fold.
+fn buckets_of<'a>(
+    buckets: &'a mut Option<Box<Buckets>>,
     rule: &CompiledRule,
     width: i64,
-    start: i64,
-    from: i64,
-) {
-    let b = buckets.get_or_insert_with(|| {
+) -> &'a mut Buckets {
+    buckets.get_or_insert_with(|| {
         Box::new(Buckets {
             width,
             mask: rule.fold_mask,
             horizon: i64::MIN,
             ..Buckets::default()
         })
-    });
+    })
+}
+
+/// The index of bucket `key` (start, from, currency), made where it belongs if there is none.
+fn bucket_at(b: &mut Buckets, key: (i64, i64, u32)) -> usize {
     let cols = b.cols();
-    let key = (start, from, e.cur);
     let newest = b.heads.back().map(|h| (h.start, h.from, h.cur));
-    let at = match newest {
+    match newest {
         // The common cases: the newest bucket, or a bucket newer than every other.
         Some(k) if k == key => b.heads.len() - 1,
         None => push_bucket(b, key, cols),
@@ -1064,12 +1071,13 @@ fn fold_into(
             if found {
                 pos - 1
             } else {
+                let (start, from, cur) = key;
                 b.heads.insert(
                     pos,
                     Head {
                         start,
                         from,
-                        cur: e.cur,
+                        cur,
                         n: 0,
                     },
                 );
@@ -1080,33 +1088,114 @@ fn fold_into(
                 pos
             }
         }
-    };
-    if let Some(h) = b.heads.get_mut(at) {
-        h.n = h.n.saturating_add(1);
     }
-    b.events = b.events.saturating_add(1);
+}
+
+/// Adds `n` events to bucket `at`, with `cells(i)` the totals they add to measure `i`.
+fn add_to(b: &mut Buckets, at: usize, n: u32, cells: impl Fn(usize) -> Option<Acc>) {
+    if let Some(h) = b.heads.get_mut(at) {
+        h.n = h.n.saturating_add(n);
+    }
+    b.events = b.events.saturating_add(n);
     // The folded measures' cells in measure order: column `col` is the `col`-th bit of the
     // buckets' mask.
+    let cols = b.cols();
     let base = at * cols;
     let mut bits = b.mask;
     let mut col = 0;
     while bits != 0 {
         let i = bits.trailing_zeros() as usize;
         bits &= bits - 1;
-        if e.mask & (1 << i) != 0
-            && let Some(m) = rule.measures.get(i)
+        if let Some(add) = cells(i)
             && let Some(cell) = b.cells.get_mut(base + col)
         {
-            cell.n += 1;
-            if let Some(slot) = m.slot {
-                let v = e.val(slot);
-                if !v.is_nan() {
-                    cell.n_vals += 1;
-                    cell.sum += v;
-                }
-            }
+            cell.n += add.n;
+            cell.n_vals += add.n_vals;
+            cell.sum += add.sum;
         }
         col += 1;
+    }
+}
+
+/// What entry `e` adds to measure `i`'s totals, if it passes the measure's filter.
+fn entry_acc(e: &Entry, rule: &CompiledRule, i: usize) -> Option<Acc> {
+    if e.mask & (1 << i) == 0 {
+        return None;
+    }
+    let m = rule.measures.get(i)?;
+    let v = m.slot.map_or(f64::NAN, |slot| e.val(slot));
+    Some(if v.is_nan() {
+        Acc {
+            n: 1,
+            n_vals: 0,
+            sum: 0.0,
+        }
+    } else {
+        Acc {
+            n: 1,
+            n_vals: 1,
+            sum: v,
+        }
+    })
+}
+
+/// Adds folded entry `e` to bucket `start` (`from`: the newest `since` anchor of the slot at or
+/// before it, else `start`) of a window with buckets `width` wide.
+fn fold_into(
+    buckets: &mut Option<Box<Buckets>>,
+    e: &Entry,
+    rule: &CompiledRule,
+    width: i64,
+    start: i64,
+    from: i64,
+) {
+    let b = buckets_of(buckets, rule, width);
+    let at = bucket_at(b, (start, from, e.cur));
+    add_to(b, at, 1, |i| entry_acc(e, rule, i));
+}
+
+/// Entries of one bucket folded in a row, added up before they go to their bucket at once.
+#[derive(Default)]
+struct Run {
+    /// Their bucket: (start, from, currency).
+    key: Option<(i64, i64, u32)>,
+    n: u32,
+    /// By measure: their totals (the rule's folded measures').
+    cells: [Acc; 32],
+}
+
+impl Run {
+    fn add(&mut self, e: &Entry, rule: &CompiledRule) {
+        self.n += 1;
+        let mut bits = rule.fold_mask & e.mask;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let (Some(add), Some(cell)) = (entry_acc(e, rule, i), self.cells.get_mut(i)) {
+                cell.n += add.n;
+                cell.n_vals += add.n_vals;
+                cell.sum += add.sum;
+            }
+        }
+    }
+
+    /// Adds the run to its bucket and starts the next one empty.
+    fn flush(&mut self, buckets: &mut Option<Box<Buckets>>, rule: &CompiledRule, width: i64) {
+        if let Some(key) = self.key.take() {
+            let b = buckets_of(buckets, rule, width);
+            let at = bucket_at(b, key);
+            let cells = &self.cells;
+            add_to(b, at, self.n, |i| cells.get(i).copied());
+        }
+        self.n = 0;
+        let mut bits = rule.fold_mask;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if let Some(c) = self.cells.get_mut(i) {
+                *c = Acc::default();
+            }
+        }
     }
 }
 
@@ -1118,7 +1207,9 @@ fn push_bucket(b: &mut Buckets, (start, from, cur): (i64, i64, u32), cols: usize
         cur,
         n: 0,
     });
-    b.cells.resize(b.cells.len() + cols, Acc::default());
+    for _ in 0..cols {
+        b.cells.push_back(Acc::default());
+    }
     b.heads.len() - 1
 }
 
