@@ -389,37 +389,13 @@ impl Engine {
             joined_stake: None,
             default_offset_min: self.set.limits.default_utc_offset_min,
         };
-        // Split ([`crate::shard`]): the player's rules and score only on the player's shard.
-        let player_owned = self.shard.owns(&event.tenant_id, &event.player_id);
-        let ti = crate::filter::index(event.event_type());
-        let mut player_key: Option<Key> = None;
-        if player_owned && self.by_type[ti].len() > 1 {
-            // Every window of the player this event will work on, read ahead at once (before
-            // the stake join's own lookup): their cache misses overlap rather than come one
-            // after another, rule by rule.
-            let k = key_with(&self.key_hashers, &event.tenant_id, &event.player_id);
-            player_key = Some(k);
-            self.touch_player(&self.by_type[ti], &k);
-        }
-        if player_owned || self.join_everywhere {
-            match &event.payload {
-                Payload::BetPlaced(b) => {
-                    self.join
-                        .placed(&event.tenant_id, &b.bet_id, b.stake.amount_minor, t)
-                }
-                Payload::BetSettled(b) if b.stake.is_none() => {
-                    extra.joined_stake = self.join.stake(&event.tenant_id, &b.bet_id)
-                }
-                _ => {}
-            }
-        }
-        let cur = currency_of(event).map_or(0, |c| (self.hasher.hash_one(c) as u32) | 1);
-        let now_ms = now.as_millis();
         let Engine {
             set,
             states,
             by_type,
             preds,
+            join,
+            join_everywhere,
             scores,
             entries,
             key_hashers,
@@ -432,9 +408,43 @@ impl Engine {
             draft,
             ..
         } = self;
+        // Split ([`crate::shard`]): the player's rules and score only on the player's shard.
+        let player_owned = shard.owns(&event.tenant_id, &event.player_id);
+        let here = &by_type[crate::filter::index(event.event_type())];
+        let mut windows = states.begin();
+        let mut player_key: Option<Key> = None;
+        if player_owned && here.len() > 1 {
+            // Every window of the player this event will work on, read ahead at once (before
+            // the stake join's own lookup): their cache misses overlap rather than come one
+            // after another, rule by rule.
+            let k = key_with(key_hashers, &event.tenant_id, &event.player_id);
+            player_key = Some(k);
+            let mut players = here
+                .iter()
+                .copied()
+                .filter(|&ri| set.rules[ri].key_field.is_none());
+            if let Some(first) = players.next() {
+                windows.find(first, k);
+                windows.touch(first);
+                players.for_each(|ri| windows.touch(ri));
+            }
+        }
+        if player_owned || *join_everywhere {
+            match &event.payload {
+                Payload::BetPlaced(b) => {
+                    join.placed(&event.tenant_id, &b.bet_id, b.stake.amount_minor, t)
+                }
+                Payload::BetSettled(b) if b.stake.is_none() => {
+                    extra.joined_stake = join.stake(&event.tenant_id, &b.bet_id)
+                }
+                _ => {}
+            }
+        }
+        let cur = currency_of(event).map_or(0, |c| (hasher.hash_one(c) as u32) | 1);
+        let now_ms = now.as_millis();
         let key_of = |group: &str| -> Key { key_with(key_hashers, &event.tenant_id, group) };
         preds.start(event);
-        for &ri in &by_type[crate::filter::index(event.event_type())] {
+        for &ri in here {
             let rule = &set.rules[ri];
             let group = match &rule.key_field {
                 None if player_owned => event.player_id.as_str(),
@@ -468,7 +478,9 @@ impl Engine {
                 key_of(group)
             };
             let keep = keeps.get(ri).copied().unwrap_or(0);
-            let slot = states.open(ri, k);
+            let Some(slot) = windows.slot(ri, k) else {
+                continue;
+            };
             if let Some(s) = slot.as_mut()
                 && now_ms > s.last_active.saturating_add(keep)
             {
@@ -682,8 +694,6 @@ impl Engine {
                 });
             }
         }
-        // The windows' groups this event opened go back to their maps.
-        self.states.close();
         self.sweep_idle(now_ms, SWEEP_PER_EVENT);
         if now_ms.saturating_sub(self.last_sweep) >= self.set.limits.sweep_every_ms {
             self.last_sweep = now_ms;
@@ -693,17 +703,6 @@ impl Engine {
             self.evict_least_active();
         }
         Ok(())
-    }
-
-    /// Reads ahead the windows of player key `k` of the rules in `here` keyed by player.
-    fn touch_player(&self, here: &[usize], k: &Key) {
-        let rules = &self.set.rules;
-        self.states.touch(
-            here.iter()
-                .copied()
-                .filter(|&ri| rules[ri].key_field.is_none()),
-            k,
-        );
     }
 
     /// Applies a hit another shard raised for a player this one owns ([`crate::shard`]): adds

@@ -4,6 +4,9 @@
 //! engine's costliest loads (a cache miss for the control bytes and one for the slot, per rule:
 //! eight rules read a bet).
 //!
+//! An event works on its groups' entries in place ([`Windows::begin`], [`Opened`]): each found
+//! once for the event, with no copy taken out and put back.
+//!
 //! Everything outside the engine's hot path sees windows by `(rule, key)`, as before: units,
 //! snapshots and the idle queue are unchanged.
 
@@ -28,21 +31,9 @@ fn empty(size: usize) -> Group {
     (0..size).map(|_| None).collect()
 }
 
-/// Puts a group's entry back into its map: written over what is there, inserted, or removed
-/// when no rule holds state for the key any more.
-fn put_back(map: &mut KeyMap<Group>, k: Key, g: Group) {
-    let held = g.iter().any(Option::is_some);
-    match map.entry(k) {
-        Entry::Occupied(mut o) if held => *o.get_mut() = g,
-        Entry::Occupied(o) => {
-            o.remove();
-        }
-        Entry::Vacant(v) if held => {
-            v.insert(g);
-        }
-        Entry::Vacant(_) => {}
-    }
-}
+/// Groups there can be: one per way of keying a rule (`group_by`, which decides the key's
+/// field).
+const MAX_GROUPS: usize = 6;
 
 /// Every rule's windows, in groups.
 #[derive(Debug)]
@@ -54,8 +45,82 @@ pub(crate) struct Windows {
     sizes: Vec<usize>,
     /// Per group, per slot: the rule (by index).
     rules_of: Vec<Vec<usize>>,
-    /// Per group: the entry an event works on, taken out of its map until [`Windows::close`].
-    open: Vec<Option<(Key, Group)>>,
+}
+
+/// A group's entry as an event works on it ([`Opened`]).
+#[derive(Debug)]
+enum Row<'a> {
+    /// Not looked up yet: the group's map.
+    Closed(&'a mut KeyMap<Group>),
+    /// The event's key's entry, in its map.
+    Open(Key, &'a mut Group),
+    /// A group past [`MAX_GROUPS`] (there is none: `group_by` has six values).
+    None,
+}
+
+/// The windows one event works on ([`Windows::begin`]): each group's entry for the event's key
+/// is found once (one probe for every rule of the group) and worked on where it lies in its map.
+#[derive(Debug)]
+pub(crate) struct Opened<'a> {
+    rows: [Row<'a>; MAX_GROUPS],
+    place: &'a [(usize, usize)],
+    sizes: &'a [usize],
+}
+
+impl<'a> Opened<'a> {
+    /// Finds the entry of `k` in the group of rule `ri`, if there is one, ahead of the rules'
+    /// [`Opened::slot`] calls (which then find it open), so [`Opened::touch`] can read it ahead.
+    pub fn find(&mut self, ri: usize, k: Key) {
+        let Some(&(g, _)) = self.place.get(ri) else {
+            return;
+        };
+        let Some(row) = self.rows.get_mut(g) else {
+            return;
+        };
+        if let Row::Closed(map) = row
+            && map.get(&k).is_some()
+        {
+            let Row::Closed(map) = std::mem::replace(row, Row::None) else {
+                return;
+            };
+            if let Some(group) = map.get_mut(&k) {
+                *row = Row::Open(k, group);
+            }
+        }
+    }
+
+    /// Reads, without using them, the first bytes of rule `ri`'s window if its group's entry is
+    /// open ([`KeyState::touch`]): issued together for the rules an event will work on, before
+    /// it does, their cache misses overlap instead of coming one after another, rule by rule.
+    pub fn touch(&self, ri: usize) {
+        if let Some(&(g, s)) = self.place.get(ri)
+            && let Some(Row::Open(_, group)) = self.rows.get(g)
+            && let Some(Some(state)) = group.get(s)
+        {
+            state.touch();
+        }
+    }
+
+    /// The hot path: rule `ri`'s window of `k` — its group's entry found (or made) on the first
+    /// call of the event for the group, then reused by the group's other rules. An entry made
+    /// here is for the caller to put a state in (one left without any is dropped by the next
+    /// [`Windows::retain`]). `None` for a key other than the one the group is open for: an
+    /// event has one key per group (its rules read the same field), so that does not happen.
+    pub fn slot(&mut self, ri: usize, k: Key) -> Option<&mut Option<KeyState>> {
+        let &(g, s) = self.place.get(ri)?;
+        let size = self.sizes.get(g).copied().unwrap_or(0);
+        let row = self.rows.get_mut(g)?;
+        if let Row::Closed(_) = row {
+            let Row::Closed(map) = std::mem::replace(row, Row::None) else {
+                return None;
+            };
+            *row = Row::Open(k, map.entry(k).or_insert_with(|| empty(size)));
+        }
+        match row {
+            Row::Open(open, group) if *open == k => group.get_mut(s),
+            _ => None,
+        }
+    }
 }
 
 impl Windows {
@@ -82,12 +147,23 @@ impl Windows {
         for (ri, (g, s)) in place.iter().enumerate() {
             rules_of[*g][*s] = ri;
         }
+        debug_assert!(sizes.len() <= MAX_GROUPS);
         Windows {
             maps: sizes.iter().map(|_| KeyMap::default()).collect(),
-            open: sizes.iter().map(|_| None).collect(),
             place,
             sizes,
             rules_of,
+        }
+    }
+
+    /// The windows of one event, their groups' entries found as its rules ask for them
+    /// ([`Opened`]).
+    pub fn begin(&mut self) -> Opened<'_> {
+        let mut maps = self.maps.iter_mut();
+        Opened {
+            rows: std::array::from_fn(|_| maps.next().map_or(Row::None, Row::Closed)),
+            place: &self.place,
+            sizes: &self.sizes,
         }
     }
 
@@ -176,7 +252,6 @@ impl Windows {
 
     /// Every window, taken out, by rule: `(rule, key, state)`.
     pub fn drain(&mut self) -> Vec<(usize, Key, KeyState)> {
-        self.close();
         let mut out = Vec::new();
         let rules_of = &self.rules_of;
         for (g, map) in std::mem::take(&mut self.maps).into_iter().enumerate() {
@@ -190,57 +265,6 @@ impl Windows {
         }
         self.maps = self.sizes.iter().map(|_| KeyMap::default()).collect();
         out
-    }
-
-    /// Reads, without using them, the first bytes of every window of `k` that the rules in
-    /// `rules` keep ([`KeyState::touch`]): issued together before the event works on them, their
-    /// cache misses overlap instead of coming one after another, rule by rule.
-    pub fn touch(&self, rules: impl Iterator<Item = usize>, k: &Key) {
-        let mut group: Option<(usize, &Group)> = None;
-        for ri in rules {
-            let Some((g, s)) = self.slot(ri) else {
-                continue;
-            };
-            if group.is_none_or(|(og, _)| og != g) {
-                group = self.maps[g].get(k).map(|x| (g, x));
-            }
-            if let Some((_, grp)) = group
-                && let Some(Some(state)) = grp.get(s)
-            {
-                state.touch();
-            }
-        }
-    }
-
-    /// The hot path: rule `ri`'s slot for `k`, its group's entry taken out of the map on the
-    /// first call of an event for that group (one probe for all the group's rules) and kept
-    /// open until [`Windows::close`], which the engine calls before anything else reads the
-    /// windows.
-    pub fn open(&mut self, ri: usize, k: Key) -> &mut Option<KeyState> {
-        let (g, s) = self.place[ri];
-        if self.open[g].as_ref().is_some_and(|(ok, _)| *ok != k)
-            && let Some((ok, group)) = self.open[g].take()
-        {
-            put_back(&mut self.maps[g], ok, group);
-        }
-        let (maps, size) = (&mut self.maps, self.sizes[g]);
-        let (_, group) = self.open[g].get_or_insert_with(|| {
-            let group = match maps[g].get_mut(&k) {
-                Some(x) => std::mem::take(x),
-                None => empty(size),
-            };
-            (k, group)
-        });
-        &mut group[s]
-    }
-
-    /// Puts every entry [`Windows::open`] took back.
-    pub fn close(&mut self) {
-        for (g, open) in self.open.iter_mut().enumerate() {
-            if let Some((k, group)) = open.take() {
-                put_back(&mut self.maps[g], k, group);
-            }
-        }
     }
 
     /// How many map parts a walk of every group covers ([`Windows::part`]).
@@ -314,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn an_opened_group_goes_back_on_close_and_a_key_left_without_state_goes() {
+    fn an_event_s_rules_work_on_their_group_s_entry_in_place() {
         let set = shipped();
         let (a, b) = (
             index(&set, "fraud.bet_velocity"),
@@ -323,30 +347,57 @@ mod tests {
         let d = index(&set, "fraud.multi_accounting.device");
         let mut w = Windows::new(&set);
         let k: Key = 42 << 64 | 7;
-        *w.open(a, k) = Some(state(1));
-        w.open(b, k).get_or_insert_with(|| state(2)).last_active += 10;
-        // Another group, another key, in the same event.
-        *w.open(d, 99) = Some(state(3));
-        // Nothing is in the maps while open; everything after close.
-        assert!(w.get(a, &k).is_none());
-        w.close();
+        {
+            let mut ev = w.begin();
+            *ev.slot(a, k).unwrap() = Some(state(1));
+            ev.slot(b, k)
+                .unwrap()
+                .get_or_insert_with(|| state(2))
+                .last_active += 10;
+            // Another group, another key, in the same event.
+            *ev.slot(d, 99).unwrap() = Some(state(3));
+            // The group is open for `k`: another key of it is not worked on (an event has one
+            // key per group).
+            assert!(ev.slot(a, 43).is_none());
+        }
         assert_eq!(w.get(a, &k).map(|s| s.last_active), Some(1));
         assert_eq!(w.get(b, &k).map(|s| s.last_active), Some(12));
         assert_eq!(w.get(d, &99).map(|s| s.last_active), Some(3));
         assert!(w.get(d, &k).is_none() && w.get(a, &99).is_none());
         assert_eq!((w.rule_len(a), w.rule_len(b), w.rule_len(d)), (1, 1, 1));
 
-        // Reopened for a second key of the same group: the first goes back first.
-        let k2: Key = 43 << 64;
-        w.open(a, k).take();
-        *w.open(a, k2) = Some(state(5));
-        w.close();
+        // Found ahead (and read ahead): the rules' slots are that entry's.
+        {
+            let mut ev = w.begin();
+            ev.find(a, k);
+            ev.touch(a);
+            ev.touch(b);
+            assert_eq!(
+                ev.slot(b, k).unwrap().as_ref().map(|s| s.last_active),
+                Some(12)
+            );
+            ev.slot(a, k).unwrap().take();
+        }
         assert!(w.get(a, &k).is_none());
         assert_eq!(w.get(b, &k).map(|s| s.last_active), Some(12));
-        // The last state of a key taken: the key goes.
-        w.open(b, k).take();
-        w.close();
-        assert_eq!(w.maps[w.place[a].0].len(), 1, "only k2 is left");
+        // A key without windows is not made by looking ahead; made by a slot and left without
+        // any state, it holds nothing and goes at the next retain.
+        let (new, empty): (Key, Key) = (5, 6);
+        {
+            let mut ev = w.begin();
+            ev.find(a, new);
+            ev.touch(a);
+            assert!(ev.slot(a, empty).unwrap().is_none());
+        }
+        let keys = |w: &Windows| w.maps[w.place[a].0].len();
+        assert_eq!(
+            keys(&w),
+            2,
+            "k and the empty entry; nothing for the key looked ahead"
+        );
+        assert!(w.get(a, &empty).is_none() && w.get(b, &empty).is_none());
+        w.retain(|_, _, _| true);
+        assert_eq!(keys(&w), 1, "only k is left");
         assert_eq!(w.iter().count(), 2);
     }
 
