@@ -416,11 +416,12 @@ pub(crate) struct Inserted {
 
 impl KeyState {
     fn account(&mut self, e: &Entry, rule: &CompiledRule, sign: i32) {
-        for (i, m) in rule.measures.iter().enumerate() {
-            if e.mask & (1 << i) == 0 || !m.windowed {
-                continue;
-            }
-            let Some(a) = self.acc.get_mut(i) else {
+        // The windowed measures whose filter the entry passed, bit by bit.
+        let mut bits = e.mask & rule.windowed_mask;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let (Some(m), Some(a)) = (rule.measures.get(i), self.acc.get_mut(i)) else {
                 continue;
             };
             a.n = a.n.wrapping_add_signed(sign);
@@ -436,7 +437,7 @@ impl KeyState {
 
     /// Reads the first bytes of what an event's work on this window reads first (its totals,
     /// its newest and oldest entries, its buckets), for nothing but to have them on their way
-    /// to the cache ([`crate::engine`]'s `Windows::touch`).
+    /// to the cache ([`crate::engine`]'s `Opened::touch`).
     pub fn touch(&self) {
         std::hint::black_box(self.acc.first().map(|a| a.n));
         std::hint::black_box(self.entries.back().map(|e| e.t));
@@ -648,68 +649,75 @@ impl KeyState {
         } else {
             lo + run
         };
-        if self
-            .entries
-            .range(lo..hi)
-            .all(|e| Self::foldable(e.mask, rule))
-        {
-            // The common case: every entry due is folded. Taken out in one move (removing them
-            // one by one shifted the entries before each), oldest first, each run of entries
-            // of one bucket added up and then to its bucket at once (the bucket found or made
-            // once a run, not once an entry; runs come in bucket order, so a new bucket goes
-            // at the end). `since` anchors are never folded, so none is due: the newest anchor
-            // at or before an entry due is the newest of those older than the range (every
-            // later entry is later than it too), found once for the whole range.
-            let anchor = if rule.anchor_mask != 0 {
-                self.entries
-                    .range(..lo)
-                    .rev()
-                    .find(|x| x.mask & rule.anchor_mask != 0)
-                    .map(|x| x.t)
-            } else {
-                None
-            };
-            let KeyState {
-                entries, buckets, ..
-            } = self;
-            if let Some(w) = rule.bucket_ms.filter(|w| *w > 0) {
-                let mut run = Run::default();
-                for e in entries.drain(lo..hi) {
-                    if e.mask & rule.fold_mask == 0 {
-                        // Kept only as a trigger: nothing to add up.
-                        continue;
-                    }
-                    let start = e.t.div_euclid(w).saturating_mul(w);
-                    let from = anchor.filter(|a| *a >= start).unwrap_or(start);
-                    let key = (start, from, e.cur);
-                    if run.key != Some(key) {
-                        run.flush(buckets, rule, w);
-                        run.key = Some(key);
-                    }
-                    run.add(&e, rule);
+        // Oldest first, each run of entries of one bucket added up and then to its bucket at
+        // once (the bucket found or made once a run, not once an entry; runs come in bucket
+        // order, so a new bucket goes at the end). An entry's bucket starts at its `since`
+        // anchor when the slot has one at or before it: the anchors (never folded) are read
+        // as the entries are, a cursor running ahead through those of the same time; the
+        // newest older than the range is found once.
+        let KeyState {
+            entries, buckets, ..
+        } = self;
+        let mut anchor = if rule.anchor_mask != 0 {
+            entries
+                .range(..lo)
+                .rev()
+                .find(|x| x.mask & rule.anchor_mask != 0)
+                .map(|x| x.t)
+        } else {
+            None
+        };
+        let mut cursor = lo;
+        let mut kept = 0;
+        if let Some(w) = rule.bucket_ms.filter(|w| *w > 0) {
+            let mut run = Run::default();
+            for e in entries.range(lo..hi) {
+                if !Self::foldable(e.mask, rule) {
+                    kept += 1;
+                    continue;
                 }
-                run.flush(buckets, rule, w);
-            } else {
-                entries.drain(lo..hi);
+                if e.mask & rule.fold_mask == 0 {
+                    // Kept only as a trigger: nothing to add up.
+                    continue;
+                }
+                if rule.anchor_mask != 0 {
+                    while let Some(x) = entries.get(cursor).filter(|x| x.t <= e.t) {
+                        if x.mask & rule.anchor_mask != 0 {
+                            anchor = Some(x.t);
+                        }
+                        cursor += 1;
+                    }
+                }
+                let start = e.t.div_euclid(w).saturating_mul(w);
+                let from = anchor.filter(|a| *a >= start).unwrap_or(start);
+                let key = (start, from, e.cur);
+                if run.key != Some(key) {
+                    run.flush(buckets, rule, w);
+                    run.key = Some(key);
+                }
+                run.add(e, rule);
             }
-            self.folded_upto(horizon, lo);
-            return;
+            run.flush(buckets, rule, w);
+        } else {
+            kept = entries
+                .range(lo..hi)
+                .filter(|e| !Self::foldable(e.mask, rule))
+                .count();
         }
-        let mut i = hi;
-        let mut next = hi;
-        while i > lo {
-            i -= 1;
-            if self
-                .entries
-                .get(i)
-                .is_some_and(|e| Self::foldable(e.mask, rule))
-                && let Some(e) = self.entries.remove(i)
-            {
-                next -= 1;
-                self.add_to_bucket(&e, rule);
+        if kept == 0 {
+            // The common case: every entry due is folded, taken out in one move.
+            entries.drain(lo..hi);
+        } else {
+            // Those a measure reads one by one stay, in order; the others go in one move.
+            let stay: Vec<Entry> = entries
+                .drain(lo..hi)
+                .filter(|e| !Self::foldable(e.mask, rule))
+                .collect();
+            for (j, e) in stay.into_iter().enumerate() {
+                entries.insert(lo + j, e);
             }
         }
-        self.folded_upto(horizon, next);
+        self.folded_upto(horizon, lo + kept);
     }
 
     /// After a fold up to `horizon`: the buckets' horizon, and the time of the oldest entry
@@ -1870,6 +1878,42 @@ value = 1
             assert!(!want.is_empty(), "seed {seed}: nothing folded");
             assert_eq!(got, want, "seed {seed}");
         }
+    }
+
+    /// A fold whose due entries include ones it keeps (a `since` anchor): the anchor stays, in
+    /// order, and starts the bucket of the bets at or after it — one stamped the same
+    /// millisecond too, though it came before the anchor.
+    #[test]
+    fn a_fold_keeps_the_anchors_in_order_and_cuts_buckets_at_them_ties_included() {
+        let r = bucketed(10_000);
+        let t0 = 1_000 * 60 * MIN;
+        let mut k = KeyState::default();
+        k.insert(ev(1, t0 + MIN, 10.0, false), &r);
+        k.insert(ev(2, t0 + 2 * MIN, 20.0, false), &r);
+        k.insert(ev(3, t0 + 2 * MIN, 500.0, true), &r);
+        k.insert(ev(4, t0 + 3 * MIN, 40.0, false), &r);
+        assert!(k.buckets.is_none());
+        // Ten minutes after the first bet: the first slot's five minutes are folded.
+        k.insert(ev(5, t0 + 11 * MIN, 50.0, false), &r);
+        let ids: Vec<u128> = k.entries.iter().map(Entry::id).collect();
+        assert_eq!(ids, [3, 5], "the anchor stays, before the newer bet");
+        let heads: Vec<(i64, i64, u32)> = k
+            .buckets
+            .as_ref()
+            .unwrap()
+            .heads
+            .iter()
+            .map(|h| (h.start, h.from, h.n))
+            .collect();
+        assert_eq!(heads, [(t0, t0, 1), (t0, t0 + 2 * MIN, 2)]);
+        let at = t0 + 11 * MIN;
+        assert_eq!(measure(&k, &r, 0, at), Some(4.0));
+        assert_eq!(measure(&k, &r, 1, at), Some(120.0));
+        assert_eq!(
+            measure(&k, &r, 3, at),
+            Some(110.0),
+            "20 + 40 + 50, from the anchor on"
+        );
     }
 
     #[test]

@@ -680,6 +680,11 @@ pub fn compile(
         exact_mask,
         anchor_mask,
         interval_mask,
+        windowed_mask: measures
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.windowed)
+            .fold(0, |acc, (i, _)| acc | 1 << i),
         excludes_trigger: measures.iter().any(|m| m.exclude_trigger),
         cooldown_ms,
         trigger,

@@ -50,6 +50,9 @@ pub struct CompiledRule {
     /// `interval_mean` and `interval_cv` measures (bit `i`: measure `i`): their running total
     /// is the sum of squared gaps between their events ([`crate::window`]).
     pub(crate) interval_mask: u32,
+    /// Measures over the window (bit `i`: measure `i` is [`Measure::windowed`]): the running
+    /// totals an entry adds to.
+    pub(crate) windowed_mask: u32,
     /// Some measure has `exclude_trigger`.
     pub(crate) excludes_trigger: bool,
     pub cooldown_ms: i64,
