@@ -30,7 +30,9 @@ use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
 use crate::shard::{Forward, Shard};
 use crate::template::Fill;
-use crate::window::{Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger};
+use crate::window::{
+    Entry, Eval, KeyState, KeyStateV1, LastHit, Scratch, TRIGGER_BIT, Trigger, from_totals,
+};
 
 mod groups;
 mod keymap;
@@ -588,6 +590,21 @@ impl Engine {
                     let before = state.held();
                     state.expire(at.saturating_sub(d), rule);
                     *entries = (*entries + state.held()).saturating_sub(before);
+                }
+                // The conditions the window's running totals decide, judged first: most
+                // triggers fail one (a burst not reached, too few bets before), and are done
+                // without evaluating the rule.
+                let fails = rule.conditions.iter().any(|c| {
+                    let (true, Some(m), Some(th)) =
+                        (c.totals, rule.measures.get(c.measure), c.value)
+                    else {
+                        return false;
+                    };
+                    from_totals(c.measure, m, state, at, cur, held.as_ref())
+                        .is_some_and(|v| !v.or(m.default).is_some_and(|v| c.cmp.holds(v, th)))
+                });
+                if fails {
+                    continue;
                 }
                 let trig = Trigger {
                     id,

@@ -1313,6 +1313,54 @@ impl<F: Fn(usize) -> Option<f64>> Eval<'_, F> {
     }
 }
 
+/// Measure `i` (`m`) of a trigger at `t` in currency `cur` (`held`: its filter bits and values
+/// when the window holds it), from the window's running totals when they give it: a `count`,
+/// `sum` or `avg` no event of the window passes, or over the whole window (no `within`, `last`
+/// or `since`), the window not newer than `t` (the engine expired what lies before the
+/// trigger's window), its money in one currency, the trigger's. What [`Eval::get`] computes
+/// for it before its `default`; `None` when the totals do not give it.
+pub(crate) fn from_totals(
+    i: usize,
+    m: &Measure,
+    state: &KeyState,
+    t: i64,
+    cur: u32,
+    held: Option<&(u32, [f64; MAX_SLOTS])>,
+) -> Option<Option<f64>> {
+    if !matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg) {
+        return None;
+    }
+    let acc = state.acc.get(i).copied().unwrap_or_default();
+    if acc.n == 0 {
+        // Nothing in the whole window passes the filter: the aggregate of nothing.
+        return Some((m.agg != Agg::Avg).then_some(0.0));
+    }
+    let plain = m.within_ms.is_none()
+        && m.last.is_none()
+        && m.since.is_none()
+        && state.newest <= t
+        && !(m.money && (state.mixed || state.cur != cur));
+    if !plain {
+        return None;
+    }
+    let (mut n, mut nv, mut sum) = (f64::from(acc.n), f64::from(acc.n_vals), acc.sum);
+    if m.exclude_trigger
+        && let Some((mask, vals)) = held
+        && mask & (1u32 << i) != 0
+    {
+        n -= 1.0;
+        if let Some(v) = m.slot.map(|s| vals[s]).filter(|v| !v.is_nan()) {
+            nv -= 1.0;
+            sum -= v;
+        }
+    }
+    Some(match m.agg {
+        Agg::Count => Some(n),
+        Agg::Sum => Some(sum),
+        _ => (nv > 0.0).then(|| sum / nv),
+    })
+}
+
 fn windowed(
     i: usize,
     m: &Measure,
@@ -1330,30 +1378,8 @@ fn windowed(
             _ => None,
         };
     }
-    let plain = matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg)
-        && m.within_ms.is_none()
-        && m.last.is_none()
-        && m.since.is_none()
-        && state.newest <= trig.t
-        && !(m.money && (state.mixed || state.cur != trig.cur));
-    if plain {
-        // Running totals: the engine expired what lies before the trigger's window.
-        let (mut n, mut nv, mut sum) = (f64::from(acc.n), f64::from(acc.n_vals), acc.sum);
-        if m.exclude_trigger
-            && let Some((mask, vals)) = &trig.held
-            && mask & bit != 0
-        {
-            n -= 1.0;
-            if let Some(v) = m.slot.map(|s| vals[s]).filter(|v| !v.is_nan()) {
-                nv -= 1.0;
-                sum -= v;
-            }
-        }
-        return match m.agg {
-            Agg::Count => Some(n),
-            Agg::Sum => Some(sum),
-            _ => (nv > 0.0).then(|| sum / nv),
-        };
+    if let Some(v) = from_totals(i, m, state, trig.t, trig.cur, trig.held.as_ref()) {
+        return v;
     }
     if matches!(m.agg, Agg::IntervalMean | Agg::IntervalCv)
         && m.within_ms.is_none()
@@ -1878,6 +1904,61 @@ value = 1
             assert!(!want.is_empty(), "seed {seed}: nothing folded");
             assert_eq!(got, want, "seed {seed}");
         }
+    }
+
+    /// What the engine judges a condition by before it evaluates a rule is what the rule's
+    /// evaluation computes, for every measure the running totals give; the others (`since`, a
+    /// `last`, a window newer than the trigger) are left to the evaluation.
+    #[test]
+    fn the_totals_give_what_evaluation_gives_or_nothing() {
+        let r = bucketed(10_000);
+        let t0 = 1_000 * 60 * MIN;
+        let mut k = KeyState::default();
+        let check = |k: &KeyState, t: i64| {
+            for i in 0..r.measures.len() {
+                let got = from_totals(i, &r.measures[i], k, t, 7, None);
+                if let Some(v) = got {
+                    assert_eq!(v, measure(k, &r, i, t), "measure {i} at {t}");
+                }
+                match i {
+                    0 | 1 => assert!(got.is_some(), "measure {i} at {t}"),
+                    // `last`; `since`, once it has an anchor.
+                    2 => assert!(got.is_none()),
+                    _ => assert!(got.is_none() || k.acc.get(i).is_none_or(|a| a.n == 0)),
+                }
+            }
+        };
+        check(&k, t0);
+        for n in 0..40u128 {
+            let t = t0 + n as i64 * 20_000;
+            k.insert(ev(n + 1, t, 10.0 + n as f64, n % 13 == 5), &r);
+            check(&k, t);
+        }
+        // A trigger older than the window's newest event: the totals hold later events.
+        assert_eq!(from_totals(0, &r.measures[0], &k, t0, 7, None), None);
+        // A trigger in another currency: sums are the evaluation's (a scan); counts are not
+        // money.
+        assert!(from_totals(0, &r.measures[0], &k, t0 + 40 * 20_000, 9, None).is_some());
+        assert_eq!(
+            from_totals(1, &r.measures[1], &k, t0 + 40 * 20_000, 9, None).map(|_| ()),
+            if r.measures[1].money { None } else { Some(()) }
+        );
+        // The trigger held by the window and excluded: one event and its value less.
+        let mut ex = r.clone();
+        ex.measures[1].exclude_trigger = true;
+        let t = t0 + 39 * 20_000;
+        let held = (0b1011, {
+            let mut v = [f64::NAN; MAX_SLOTS];
+            v[0] = 49.0;
+            v
+        });
+        let all = from_totals(1, &r.measures[1], &k, t, 7, None)
+            .flatten()
+            .unwrap();
+        let less = from_totals(1, &ex.measures[1], &k, t, 7, Some(&held))
+            .flatten()
+            .unwrap();
+        assert_eq!(all - less, 49.0);
     }
 
     /// A fold whose due entries include ones it keeps (a `since` anchor): the anchor stays, in

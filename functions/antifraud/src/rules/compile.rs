@@ -549,12 +549,20 @@ pub fn compile(
             CmpSpec::Lte => Comparison::Lte,
             CmpSpec::Eq => Comparison::Eq,
         };
+        let totals = value.is_some()
+            && measures.get(measure).is_some_and(|m| {
+                matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg)
+                    && m.within_ms.is_none()
+                    && m.last.is_none()
+                    && m.since.is_none()
+            });
         conditions.push(Condition {
             measure,
             cmp,
             value,
             baseline,
             factor,
+            totals,
         });
     }
 

@@ -123,6 +123,10 @@ pub(crate) struct Condition {
     pub value: Option<f64>,
     pub baseline: Option<usize>,
     pub factor: f64,
+    /// Its measure is a `count`, `sum` or `avg` over the whole window and its threshold a
+    /// value: the engine can judge it from the window's running totals before it evaluates
+    /// the rule ([`crate::window::from_totals`]).
+    pub totals: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
