@@ -524,6 +524,10 @@ impl Engine {
             state.last_active = state.last_active.max(now_ms);
             let mut held = None;
             let mut folded = false;
+            // The horizon the window was last expired to in this event: expiring to one at or
+            // before it again does nothing (the usual trigger, the key's newest event, after
+            // its own insertion), and is not done.
+            let mut expired: Option<i64> = None;
             if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
                 let before = state.held();
                 let ins = state.insert(Entry::new(id, t, mask, cur, vals, tag, label), rule);
@@ -532,6 +536,7 @@ impl Engine {
                 }
                 *entries = (*entries + state.held()).saturating_sub(before);
                 folded = ins.folded;
+                expired = ins.expired;
                 // Read only for a trigger a measure excludes: the window's oldest event is
                 // one or two cache misses (the deque's front, a bucketed window's first head).
                 held =
@@ -586,9 +591,12 @@ impl Engine {
                 {
                     continue;
                 }
-                if let Some(d) = rule.duration_ms {
+                if let Some(d) = rule.duration_ms
+                    && expired.is_none_or(|e| e < at.saturating_sub(d))
+                {
                     let before = state.held();
                     state.expire(at.saturating_sub(d), rule);
+                    expired = Some(at.saturating_sub(d));
                     *entries = (*entries + state.held()).saturating_sub(before);
                 }
                 // The conditions the window's running totals decide, judged first: most

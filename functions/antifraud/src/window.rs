@@ -412,6 +412,9 @@ pub(crate) struct Inserted {
     pub evicted: usize,
     /// The event went straight into a bucket (it is older than the window's exact part).
     pub folded: bool,
+    /// The horizon the window was expired to after the insertion (the key's newest event less
+    /// the rule's duration), if it has a duration: everything at or before it is gone.
+    pub expired: Option<i64>,
 }
 
 impl KeyState {
@@ -911,6 +914,7 @@ impl KeyState {
                     #[cfg(test)]
                     evicted: 0,
                     folded: false,
+                    expired: None,
                 };
             }
         }
@@ -983,8 +987,9 @@ impl KeyState {
             self.fold_due(rule);
         }
         let mut evicted = 0;
-        if let Some(d) = rule.duration_ms {
-            evicted += self.expire(self.newest.saturating_sub(d), rule);
+        let expired = rule.duration_ms.map(|d| self.newest.saturating_sub(d));
+        if let Some(h) = expired {
+            evicted += self.expire(h, rule);
         }
         // A window that emptied out (a session over, a burst gone) gives back what it held.
         let (n, room) = (self.entries.len(), self.entries.capacity());
@@ -1015,6 +1020,7 @@ impl KeyState {
             #[cfg(test)]
             evicted,
             folded: late,
+            expired,
         }
     }
 
