@@ -538,10 +538,13 @@ impl Engine {
                 folded = ins.folded;
                 expired = ins.expired;
                 // Read only for a trigger a measure excludes: the window's oldest event is
-                // one or two cache misses (the deque's front, a bucketed window's first head).
-                held =
-                    (triggers && rule.excludes_trigger && state.oldest().is_some_and(|o| o <= t))
-                        .then_some((mask, vals));
+                // one or two cache misses (the deque's front, a bucketed window's first head),
+                // and not read for the key's newest event (the window, which it joined, holds
+                // nothing later).
+                held = (triggers
+                    && rule.excludes_trigger
+                    && (t >= state.newest || state.oldest().is_some_and(|o| o <= t)))
+                .then_some((mask, vals));
             }
             if !triggers {
                 continue;
