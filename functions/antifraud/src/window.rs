@@ -413,7 +413,8 @@ pub(crate) struct Inserted {
     /// The event went straight into a bucket (it is older than the window's exact part).
     pub folded: bool,
     /// The horizon the window was expired to after the insertion (the key's newest event less
-    /// the rule's duration), if it has a duration: everything at or before it is gone.
+    /// the rule's duration), if it has a duration: entries at or before it, and buckets whose
+    /// slot ends at or before it, are gone ([`KeyState::expire`]).
     pub expired: Option<i64>,
 }
 
@@ -653,8 +654,12 @@ impl KeyState {
             lo + run
         };
         // Oldest first, each run of entries of one bucket added up and then to its bucket at
-        // once (the bucket found or made once a run, not once an entry; runs come in bucket
-        // order, so a new bucket goes at the end). An entry's bucket starts at its `since`
+        // once (the bucket found or made once a run, not once an entry; runs come in time
+        // order, so a new bucket mostly goes at the end). A decimal field's bucket sum may
+        // round differently in its last bits than when entries were added one by one newest
+        // first (whole numbers, money in minor units and counts, add up exactly either way),
+        // as the window's running totals, kept by adding and subtracting, already do.
+        // An entry's bucket starts at its `since`
         // anchor when the slot has one at or before it: the anchors (never folded) are read
         // as the entries are, a cursor running ahead through those of the same time; the
         // newest older than the range is found once.

@@ -4,8 +4,8 @@
 //! engine's costliest loads (a cache miss for the control bytes and one for the slot, per rule:
 //! eight rules read a bet).
 //!
-//! An event works on its groups' entries in place ([`Windows::begin`], [`Opened`]): each found
-//! once for the event, with no copy taken out and put back.
+//! An event works on its groups' entries in place ([`Windows::begin`], [`Opened`]): each looked
+//! up once for the event, not also taken out of its map and put back.
 //!
 //! Everything outside the engine's hot path sees windows by `(rule, key)`, as before: units,
 //! snapshots and the idle queue are unchanged.
@@ -54,7 +54,7 @@ enum Row<'a> {
     Closed(&'a mut KeyMap<Group>),
     /// The event's key's entry, in its map.
     Open(Key, &'a mut Group),
-    /// A group past [`MAX_GROUPS`] (there is none: `group_by` has six values).
+    /// No group (past the set's groups), or the place of one while its entry is looked up.
     None,
 }
 
@@ -147,7 +147,13 @@ impl Windows {
         for (ri, (g, s)) in place.iter().enumerate() {
             rules_of[*g][*s] = ri;
         }
-        debug_assert!(sizes.len() <= MAX_GROUPS);
+        // Rules are grouped by `group_by` (the key's field follows from it): a group past
+        // MAX_GROUPS would mean a `GroupBy` added without raising it, and its rules never run.
+        assert!(
+            sizes.len() <= MAX_GROUPS,
+            "{} groups of rules: raise MAX_GROUPS",
+            sizes.len()
+        );
         Windows {
             maps: sizes.iter().map(|_| KeyMap::default()).collect(),
             place,
