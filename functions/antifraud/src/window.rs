@@ -1346,11 +1346,8 @@ pub(crate) fn from_totals(
         // Nothing in the whole window passes the filter: the aggregate of nothing.
         return Some((m.agg != Agg::Avg).then_some(0.0));
     }
-    let plain = m.within_ms.is_none()
-        && m.last.is_none()
-        && m.since.is_none()
-        && state.newest <= t
-        && !(m.money && (state.mixed || state.cur != cur));
+    let plain =
+        m.whole_window() && state.newest <= t && !(m.money && (state.mixed || state.cur != cur));
     if !plain {
         return None;
     }
@@ -1393,9 +1390,7 @@ fn windowed(
         return v;
     }
     if matches!(m.agg, Agg::IntervalMean | Agg::IntervalCv)
-        && m.within_ms.is_none()
-        && m.last.is_none()
-        && m.since.is_none()
+        && m.whole_window()
         && !m.exclude_trigger
         && state.newest <= trig.t
         && acc.sum >= 0.0

@@ -551,10 +551,7 @@ pub fn compile(
         };
         let totals = value.is_some()
             && measures.get(measure).is_some_and(|m| {
-                matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg)
-                    && m.within_ms.is_none()
-                    && m.last.is_none()
-                    && m.since.is_none()
+                matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg) && m.whole_window()
             });
         conditions.push(Condition {
             measure,

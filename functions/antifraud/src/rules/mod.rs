@@ -116,6 +116,14 @@ pub(crate) struct Measure {
     pub money: bool,
 }
 
+impl Measure {
+    /// Reads the whole window: no `within`, `last` or `since` narrows it (what running totals
+    /// over the window can give).
+    pub fn whole_window(&self) -> bool {
+        self.within_ms.is_none() && self.last.is_none() && self.since.is_none()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Condition {
     pub measure: usize,
