@@ -9,6 +9,9 @@
 //! - `decode_and_evaluate`: the same, then `Engine::process` with every shipped rule, over
 //!   windows warmed by a first pass over the stream;
 //! - after the run: memory per tracked player (`Engine::stats`), printed.
+//! - the ratio again with decode and decode-and-evaluate timed in turns (printed; alone with
+//!   `PITBOSS_BENCH_INTERLEAVED=1`): steadier than criterion's one-after-the-other on a
+//!   shared machine.
 //!
 //! `engine_bound` runs the same stream (`common`) through the packs written by hand: the bound
 //! the engine is measured against (docs/benchmarks.md, "The bound").
@@ -67,6 +70,11 @@ fn bench(c: &mut Criterion) {
         stats.bytes / players() as usize
     );
 
+    // `PITBOSS_BENCH_INTERLEAVED=1`: that figure alone.
+    if std::env::var_os("PITBOSS_BENCH_INTERLEAVED").is_some() {
+        interleaved(&records);
+        return;
+    }
     // `PITBOSS_BENCH_QUICK=1`: the criterion figures alone.
     let quick = std::env::var_os("PITBOSS_BENCH_QUICK").is_some();
     if !quick {
@@ -74,6 +82,7 @@ fn bench(c: &mut Criterion) {
         lambda_store_calls(&records, 100, 4);
         memory_after_laps(&records, 9);
         evaluation_percentiles(&mut engine, &records);
+        interleaved(&records);
         shard_scaling(&records);
     }
     // One sweep of idle keys over the warm windows (it runs every `sweep_every` of engine
@@ -173,6 +182,62 @@ fn evaluation_percentiles(engine: &mut Engine, records: &[Vec<u8>]) {
         at(0.99),
         at(0.999),
         at(1.0)
+    );
+}
+
+/// The ratio again, timed in turns: criterion times `decode` for its whole measurement, then
+/// `decode_and_evaluate`, and a neighbour's load on this shared machine that comes or goes in
+/// between moves the ratio by a third. Here both run in turns of 20,000 events (30 rounds, the
+/// order alternating), on an engine of their own warmed by one pass and playing the stream lap
+/// after lap as the timed loop does; each round's ratio is taken within the round.
+fn interleaved(records: &[Vec<u8>]) {
+    const TURN: usize = 20_000;
+    const ROUNDS: usize = 30;
+    let mut engine = Engine::new(rules());
+    let mut out = Output::default();
+    for r in records {
+        let e = decode_proto(r).unwrap();
+        engine.process(&e, e.occurred_at, &mut out).unwrap();
+    }
+    let (mut lap, mut j, mut k) = (1i64, 0usize, 0usize);
+    let mut digits = common::lap_digits(lap);
+    let (mut decode, mut both, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let mut ns = [0.0f64; 2];
+        for which in [round % 2, 1 - round % 2] {
+            let started = std::time::Instant::now();
+            for _ in 0..TURN {
+                if which == 0 {
+                    k = (k + 1) % records.len();
+                    std::hint::black_box(decode_proto(&records[k]).unwrap());
+                } else {
+                    j += 1;
+                    if j == records.len() {
+                        j = 0;
+                        lap += 1;
+                        digits = common::lap_digits(lap);
+                    }
+                    let e = common::lapped(&records[j], lap, &digits);
+                    out.clear();
+                    engine.process(&e, e.occurred_at, &mut out).unwrap();
+                    std::hint::black_box(out.alerts.len());
+                }
+            }
+            ns[which] = started.elapsed().as_nanos() as f64 / TURN as f64;
+        }
+        decode.push(ns[0]);
+        both.push(ns[1]);
+        ratios.push(ns[0] / ns[1]);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (d, b, r) = (median(&mut decode), median(&mut both), median(&mut ratios));
+    println!(
+        "in turns ({ROUNDS} rounds of {TURN} events each): decode {d:.0} ns, decode and evaluate {b:.0} ns (medians); ratio median {r:.3}, rounds {:.3}–{:.3}",
+        ratios[0],
+        ratios[ROUNDS - 1]
     );
 }
 
