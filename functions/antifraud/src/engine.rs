@@ -917,7 +917,9 @@ pub struct StatsWalk {
 
 /// The snapshot format written; format 1 (before buckets: window states without them) is still
 /// read. A snapshot of another format is refused (the caller starts cold).
-const SNAPSHOT_FORMAT: u32 = 2;
+/// The whole-engine snapshot's format: 3 since hits keep their tags (2: buckets; 1: before
+/// them). Formats 1 and 2 are still read.
+const SNAPSHOT_FORMAT: u32 = 3;
 
 /// A rule's state in a snapshot, written from borrowed state.
 #[derive(serde::Serialize)]
@@ -929,11 +931,11 @@ struct RuleStateOut<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct SnapshotOut<'a> {
+struct SnapshotOut<'a, S> {
     format: u32,
     rules: Vec<RuleStateOut<'a>>,
     join: (Vec<(u64, i64, i64)>, i64),
-    scores: Vec<(&'a str, std::collections::VecDeque<(i64, u32)>)>,
+    scores: Vec<S>,
     last_sweep: i64,
 }
 
@@ -945,13 +947,29 @@ struct RuleStateIn<K> {
     keys: HashMap<Key, K, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
+/// A player's hits with their tags (snapshot format 3).
+type TaggedHits = (Box<str>, std::collections::VecDeque<crate::scoring::Hit>);
+
 #[derive(serde::Deserialize)]
-struct SnapshotIn<K> {
+struct SnapshotIn<K, S = TaggedHits> {
     format: u32,
     rules: Vec<RuleStateIn<K>>,
     join: (Vec<(u64, i64, i64)>, i64),
-    scores: Vec<crate::scoring::PlayerHits>,
+    scores: Vec<S>,
     last_sweep: i64,
+}
+
+impl<K> SnapshotIn<K, crate::scoring::PlayerHits> {
+    /// Formats 1 and 2: hits without tags.
+    fn tagged(self) -> SnapshotIn<K> {
+        SnapshotIn {
+            format: self.format,
+            rules: self.rules,
+            join: self.join,
+            scores: crate::scoring::Scores::tag_untagged(self.scores),
+            last_sweep: self.last_sweep,
+        }
+    }
 }
 
 impl Engine {
@@ -959,8 +977,17 @@ impl Engine {
     /// restored with [`Engine::restore`] after a restart: the same events then raise the same
     /// alerts and pushes (same ids) as if the engine had never stopped.
     pub fn snapshot(&self) -> Result<Vec<u8>, AntifraudError> {
+        self.snapshot_as(SNAPSHOT_FORMAT, self.scores.export())
+    }
+
+    /// The snapshot in `format`, with the scores as given (this build writes format 3, tagged).
+    fn snapshot_as<S: serde::Serialize>(
+        &self,
+        format: u32,
+        scores: Vec<S>,
+    ) -> Result<Vec<u8>, AntifraudError> {
         let out = SnapshotOut {
-            format: SNAPSHOT_FORMAT,
+            format,
             rules: self
                 .set
                 .rules
@@ -977,7 +1004,7 @@ impl Engine {
                 })
                 .collect(),
             join: self.join.export(),
-            scores: self.scores.export(),
+            scores,
             last_sweep: self.last_sweep,
         };
         postcard::to_stdvec(&out).map_err(|e| AntifraudError::Snapshot(format!("encoding: {e}")))
@@ -995,8 +1022,11 @@ impl Engine {
         let (format, _) = postcard::take_from_bytes::<u32>(snapshot).map_err(unreadable)?;
         let snap: SnapshotIn<KeyState> = match format {
             SNAPSHOT_FORMAT => postcard::from_bytes(snapshot).map_err(unreadable)?,
+            2 => postcard::from_bytes::<SnapshotIn<KeyState, crate::scoring::PlayerHits>>(snapshot)
+                .map_err(unreadable)?
+                .tagged(),
             1 => {
-                let old: SnapshotIn<KeyStateV1> =
+                let old: SnapshotIn<KeyStateV1, crate::scoring::PlayerHits> =
                     postcard::from_bytes(snapshot).map_err(unreadable)?;
                 SnapshotIn {
                     format: old.format,
@@ -1014,10 +1044,11 @@ impl Engine {
                     scores: old.scores,
                     last_sweep: old.last_sweep,
                 }
+                .tagged()
             }
             f => {
                 return Err(AntifraudError::Snapshot(format!(
-                    "format {f} (this build reads 1 and {SNAPSHOT_FORMAT})"
+                    "format {f} (this build reads 1 to {SNAPSHOT_FORMAT})"
                 )));
             }
         };
@@ -1050,6 +1081,21 @@ impl Engine {
 
 #[cfg(test)]
 impl Engine {
+    /// Every scored hit's tag, for tests.
+    pub(crate) fn hit_tags(&self) -> Vec<u32> {
+        self.scores
+            .export()
+            .iter()
+            .flat_map(|(_, h)| h.iter().map(|x| x.2))
+            .collect()
+    }
+
+    /// The whole state as a build before hit tags wrote it (snapshot format 2), for tests.
+    pub(crate) fn snapshot_format2(&self) -> Vec<u8> {
+        self.snapshot_as(2, self.scores.export_untagged())
+            .expect("encoding")
+    }
+
     /// The whole state as a build before buckets wrote it (snapshot format 1), for tests; the
     /// windows must have no buckets.
     pub(crate) fn snapshot_format1(&self) -> Vec<u8> {
@@ -1091,7 +1137,7 @@ impl Engine {
                 })
                 .collect(),
             join: self.join.export(),
-            scores: self.scores.export(),
+            scores: self.scores.export_untagged(),
             last_sweep: self.last_sweep,
         };
         postcard::to_stdvec(&snap).expect("encoding")

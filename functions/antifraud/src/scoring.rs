@@ -105,8 +105,14 @@ impl Scores {
         });
     }
 
-    /// Every player's hits, for a snapshot.
-    pub fn export(&self) -> Vec<(&str, VecDeque<(i64, u32)>)> {
+    /// Every player's hits with their tags, for a snapshot.
+    pub fn export(&self) -> Vec<(&str, &VecDeque<Hit>)> {
+        self.players.iter().map(|(k, h)| (&**k, h)).collect()
+    }
+
+    /// Every player's hits without their tags, as snapshot formats 1 and 2 held them.
+    #[cfg(test)]
+    pub fn export_untagged(&self) -> Vec<(&str, VecDeque<(i64, u32)>)> {
         self.players
             .iter()
             .map(|(k, h)| (&**k, h.iter().map(|(t, s, _)| (*t, *s)).collect()))
@@ -114,12 +120,17 @@ impl Scores {
     }
 
     /// Refills from [`Scores::export`]'s output.
-    pub fn import(&mut self, players: Vec<PlayerHits>) {
-        self.players.extend(
-            players
-                .into_iter()
-                .map(|(k, h)| (k, h.into_iter().map(|(t, s)| (t, s, 0)).collect())),
-        );
+    pub fn import(&mut self, players: Vec<(Box<str>, VecDeque<Hit>)>) {
+        self.players.extend(players);
+    }
+
+    /// Hits without their tags (snapshot formats 1 and 2), each tagged 0: a hit applied again
+    /// after such a restore counts again, as those formats could not tell.
+    pub fn tag_untagged(players: Vec<PlayerHits>) -> Vec<(Box<str>, VecDeque<Hit>)> {
+        players
+            .into_iter()
+            .map(|(k, h)| (k, h.into_iter().map(|(t, s)| (t, s, 0)).collect()))
+            .collect()
     }
 
     /// One player's hits.

@@ -1117,4 +1117,43 @@ mod tests {
         assert!(store.batches().unwrap().is_empty());
         assert_eq!(held(reloaded(&store).stats()), held(engine.stats()));
     }
+
+    /// A whole-engine blob of format 2 (before hits kept their tags in it) is still restored:
+    /// windows, cooldowns, the join and the scores, each hit tagged 0 (so one applied again
+    /// after such a restore counts again, as that format could not tell). Format 3 keeps the
+    /// tags: a shared device's finding raised again after the restore adds no points.
+    #[test]
+    fn a_format_2_blob_is_still_restored_and_format_3_keeps_the_hits_tags() {
+        let events = crate::scenario::script("acme", T0, 4, 1);
+        let events: Vec<pitboss_model::Event> = events
+            .iter()
+            .flat_map(|p| p.events.iter())
+            .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
+            .collect();
+        let now = pitboss_model::Timestamp::from_millis(T0);
+        let mut engine = Engine::new(shipped());
+        let mut out = Output::default();
+        for e in &events {
+            engine.process(e, now, &mut out).unwrap();
+        }
+        assert!(engine.stats().scored_players > 0);
+        for (blob, tagged) in [
+            (engine.snapshot_format2(), false),
+            (engine.snapshot().unwrap(), true),
+        ] {
+            let (restored, report) = Engine::restore(shipped(), &blob).unwrap();
+            assert!(
+                report.fresh.is_empty() && report.removed.is_empty(),
+                "{report:?}"
+            );
+            let (a, b) = (restored.stats(), engine.stats());
+            assert_eq!(
+                (a.keys, a.entries, a.joined_bets, a.scored_players),
+                (b.keys, b.entries, b.joined_bets, b.scored_players)
+            );
+            let tags = restored.hit_tags();
+            assert!(!tags.is_empty());
+            assert_eq!(tags.iter().all(|t| *t == 0), !tagged, "{tags:?}");
+        }
+    }
 }

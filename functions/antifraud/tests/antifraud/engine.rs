@@ -1319,3 +1319,314 @@ reason = "{bets} bets since a cancelled withdrawal."
     assert_eq!(since[0].trigger_event_id, Script::id(5));
     assert_eq!(since[0].evidence_event_ids, ids(&[4]));
 }
+
+/// A long random stream for the shipped packs: 40 players sharing a dozen devices and seven
+/// addresses, each logging in (a fifth of the time failing), depositing, betting and settling
+/// (with and without the stake), withdrawing (requested, then cancelled or approved under one
+/// transaction id) and taking bonuses; time moving by seconds with pauses of hours, some events
+/// stamped up to two hours late and some sent again as they were. Seeded: the same stream.
+fn random_events(seed: u64, n: usize) -> Vec<pitboss_model::Event> {
+    let mut x = seed | 1;
+    let mut next = move |m: u64| {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) % m.max(1)
+    };
+    let mut t = T0 - 3 * D + 21 * H;
+    let mut sent: Vec<String> = Vec::new();
+    let mut open_bets: Vec<Vec<(String, i64)>> = vec![Vec::new(); 40];
+    let mut open_withdrawals: Vec<Vec<String>> = vec![Vec::new(); 40];
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        if !sent.is_empty() && next(100) < 3 {
+            let again = sent[next(sent.len() as u64) as usize].clone();
+            out.push(again);
+            continue;
+        }
+        t += match next(1000) {
+            0..=9 => (1 + next(4)) as i64 * H,
+            _ => next(30_000) as i64,
+        };
+        let at = if next(100) < 3 {
+            t - next(2 * H as u64) as i64
+        } else {
+            t
+        };
+        let p = next(40) as usize;
+        let eur = |v: i64| format!(r#"{{"amount_minor":{v},"currency":"EUR"}}"#);
+        let (kind, payload) = match next(100) {
+            0..=5 => {
+                let ok = next(5) != 0;
+                let fail = if ok {
+                    String::new()
+                } else {
+                    r#","failure_reason":"bad_credentials""#.into()
+                };
+                (
+                    "login",
+                    format!(
+                        r#"{{"ip":"10.0.{}.1","device_id":"dev-{}","success":{ok}{fail}}}"#,
+                        p % 7,
+                        p % 12
+                    ),
+                )
+            }
+            6..=8 => ("session_started", r#"{"channel":"web"}"#.into()),
+            9..=16 => (
+                "deposit",
+                format!(
+                    r#"{{"transaction_id":"d-{k}","amount":{},"method":"card","ip":"10.0.{}.1","device_id":"dev-{}"}}"#,
+                    eur(1000 + next(50_000) as i64),
+                    p % 7,
+                    p % 12
+                ),
+            ),
+            17..=21 => {
+                let status = match open_withdrawals[p].pop() {
+                    Some(w) if next(2) == 0 => {
+                        let s = if next(2) == 0 {
+                            "cancelled"
+                        } else {
+                            "approved"
+                        };
+                        (w, s)
+                    }
+                    _ => {
+                        let w = format!("w-{k}");
+                        open_withdrawals[p].push(w.clone());
+                        (w, "requested")
+                    }
+                };
+                (
+                    "withdrawal",
+                    format!(
+                        r#"{{"transaction_id":"{}","amount":{},"status":"{}"}}"#,
+                        status.0,
+                        eur(1000 + next(40_000) as i64),
+                        status.1
+                    ),
+                )
+            }
+            22..=23 => (
+                "bonus",
+                format!(
+                    r#"{{"bonus_id":"b-{p}","action":"granted","amount":{},"wagering_requirement":{}}}"#,
+                    eur(1000),
+                    eur(35_000)
+                ),
+            ),
+            24..=59 => {
+                let stake = if next(20) == 0 {
+                    20_000 + next(100_000) as i64
+                } else {
+                    100 + next(3000) as i64
+                };
+                let bet = format!("bet-{k}");
+                open_bets[p].push((bet.clone(), stake));
+                (
+                    "bet_placed",
+                    format!(
+                        r#"{{"bet_id":"{bet}","game_id":"roulette-{}","stake":{}}}"#,
+                        p % 3,
+                        eur(stake)
+                    ),
+                )
+            }
+            _ => {
+                let Some((bet, stake)) = open_bets[p].pop() else {
+                    continue;
+                };
+                let win = next(3) == 0;
+                let (result, payout) = if win { ("win", 2 * stake) } else { ("loss", 0) };
+                let with_stake = if next(4) == 0 {
+                    format!(r#","stake":{}"#, eur(stake))
+                } else {
+                    String::new()
+                };
+                (
+                    "bet_settled",
+                    format!(
+                        r#"{{"bet_id":"{bet}","game_id":"roulette-{}","result":"{result}","payout":{}{with_stake}}}"#,
+                        p % 3,
+                        eur(payout)
+                    ),
+                )
+            }
+        };
+        let json = format!(
+            r#"{{"event_id":"0193735a-0000-7000-8000-{k:012x}","tenant_id":"acme","player_id":"p-{p}","session_id":"s-{p}-{}","type":"{kind}","occurred_at":"{}","payload":{payload}}}"#,
+            at / (6 * H),
+            Timestamp::from_millis(at).to_rfc3339().unwrap(),
+        );
+        sent.push(json.clone());
+        out.push(json);
+    }
+    out.iter()
+        .map(|j| pitboss_model::decode_event(j.as_bytes()).unwrap())
+        .collect()
+}
+
+/// Every alert and push the same, field for field (scores, recommendations, measures,
+/// evidence), not only their ids.
+fn assert_same_messages(got: &Output, want: &Output, case: &str) {
+    for (g, w) in got.alerts.iter().zip(&want.alerts) {
+        assert_eq!(
+            serde_json::to_value(g).unwrap(),
+            serde_json::to_value(w).unwrap(),
+            "{case}: {}",
+            g.rule_id
+        );
+    }
+    for (g, w) in got.pushes.iter().zip(&want.pushes) {
+        assert_eq!(
+            serde_json::to_value(g).unwrap(),
+            serde_json::to_value(w).unwrap(),
+            "{case}: {}",
+            g.push_id
+        );
+    }
+}
+
+/// Random streams through one engine, and through engines stopped at random points and
+/// brought back — from a whole snapshot, and from the units saved incrementally as the
+/// standalone engine saves them — raise the same alerts and pushes and end with the same state,
+/// with rules of both packs firing (so the comparison is not of nothing).
+#[test]
+fn random_streams_restored_at_random_points_raise_what_one_engine_raises() {
+    use pitboss_antifraud::Unit;
+    for seed in [7u64, 1_234_567, 0xdead_beef] {
+        let events = random_events(seed, 6_000);
+        let mut cut = seed;
+        let mut stops = |len: usize| -> Vec<usize> {
+            let mut v: Vec<usize> = (0..6)
+                .map(|_| {
+                    cut = cut.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    1 + (cut >> 33) as usize % (len - 1)
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        // The engine's clock: when each event reached the bus (the newest stamp so far).
+        let mut clock = Vec::with_capacity(events.len());
+        let mut newest = i64::MIN;
+        for e in &events {
+            newest = newest.max(e.occurred_at.as_millis());
+            clock.push(Timestamp::from_millis(newest + 40));
+        }
+        let mut whole = Engine::new(shipped());
+        let mut want = Output::default();
+        for (e, now) in events.iter().zip(&clock) {
+            whole.process(e, *now, &mut want).unwrap();
+        }
+        let mut rules: Vec<&str> = want.alerts.iter().map(|a| a.rule_id.as_str()).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        assert!(
+            rules.len() >= 5 && rules.iter().any(|r| r.starts_with("rg.")),
+            "seed {seed}: {rules:?}"
+        );
+        let held = |s: pitboss_antifraud::EngineStats| {
+            (s.keys, s.entries, s.joined_bets, s.scored_players)
+        };
+
+        // From whole snapshots.
+        let at = stops(events.len());
+        let mut engine = Engine::new(shipped());
+        let mut got = Output::default();
+        for (i, (e, now)) in events.iter().zip(&clock).enumerate() {
+            if at.contains(&i) {
+                let (restored, _) =
+                    Engine::restore(shipped(), &engine.snapshot().unwrap()).unwrap();
+                engine = restored;
+            }
+            engine.process(e, *now, &mut got).unwrap();
+        }
+        assert_eq!(
+            message_ids(&got),
+            message_ids(&want),
+            "seed {seed}, snapshots at {at:?}"
+        );
+        assert_same_messages(&got, &want, &format!("seed {seed}, snapshots at {at:?}"));
+        assert_eq!(held(engine.stats()), held(whole.stats()), "seed {seed}");
+
+        // From the units saved incrementally.
+        let at = stops(events.len());
+        let mut engine = Engine::new(shipped());
+        engine.track_changes(true);
+        let mut store = std::collections::HashMap::new();
+        let mut got = Output::default();
+        for (i, (e, now)) in events.iter().zip(&clock).enumerate() {
+            engine.process(e, *now, &mut got).unwrap();
+            if i % 97 == 0 || at.contains(&i) {
+                let c = engine.take_changes().unwrap();
+                let meta = c.meta.clone();
+                apply(&mut store, c);
+                if at.contains(&i) {
+                    let mut restored = Engine::new(shipped());
+                    for (name, bytes) in &store {
+                        assert!(
+                            restored
+                                .load_unit(&Unit::parse(name).unwrap(), bytes)
+                                .unwrap()
+                        );
+                    }
+                    restored.set_meta(&meta).unwrap();
+                    restored.track_changes_from_here();
+                    engine = restored;
+                }
+            }
+        }
+        assert_eq!(
+            message_ids(&got),
+            message_ids(&want),
+            "seed {seed}, units at {at:?}"
+        );
+        assert_same_messages(&got, &want, &format!("seed {seed}, units at {at:?}"));
+        assert_eq!(held(engine.stats()), held(whole.stats()), "seed {seed}");
+
+        // Stateless, as the Lambda function runs: a fresh engine per batch (of 1 to 100
+        // events), loaded with the units its events read, writing back what changed.
+        let mut store: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        let mut got = Output::default();
+        let mut i = 0;
+        while i < events.len() {
+            cut = cut.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let n = (1 + (cut >> 33) as usize % 100).min(events.len() - i);
+            let mut engine = Engine::new(shipped());
+            let mut units = Vec::new();
+            for e in &events[i..i + n] {
+                engine.units_for(e, &mut units);
+            }
+            units.sort();
+            units.dedup();
+            for u in &units {
+                if let Some(bytes) = store.get(&u.name()) {
+                    engine.load_unit(u, bytes).unwrap();
+                }
+            }
+            engine.track_changes_from_here();
+            for (e, now) in events[i..i + n].iter().zip(&clock[i..i + n]) {
+                engine.process(e, *now, &mut got).unwrap();
+            }
+            apply(&mut store, engine.take_changes().unwrap());
+            i += n;
+        }
+        let by_id = |out: &Output| {
+            let mut v: Vec<(String, serde_json::Value)> = out
+                .alerts
+                .iter()
+                .map(|a| (a.alert_id.clone(), serde_json::to_value(a).unwrap()))
+                .chain(
+                    out.pushes
+                        .iter()
+                        .map(|p| (p.push_id.clone(), serde_json::to_value(p).unwrap())),
+                )
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        assert_eq!(by_id(&got), by_id(&want), "seed {seed}, stateless");
+    }
+}
