@@ -36,7 +36,7 @@ use crate::window::{
 
 mod groups;
 mod keymap;
-mod units;
+pub(crate) mod units;
 use groups::{RuleWindows, Windows};
 pub use units::{Change, Changes, Pending, Unit};
 use units::{Dirty, rule_tags};
@@ -528,9 +528,16 @@ impl Engine {
             // before it again does nothing (the usual trigger, the key's newest event, after
             // its own insertion), and is not done.
             let mut expired: Option<i64> = None;
-            if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
+            let mut unkept = Some(Entry::new(id, t, mask, cur, vals, tag, label));
+            if mask & !TRIGGER_BIT == 0 && rule.cooldown_ms > 0 && state.holds(id, t) {
+                // A trigger not kept, sent again after it fired (kept since, below).
+                continue;
+            }
+            if (mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0)
+                && let Some(entry) = unkept.take()
+            {
                 let before = state.held();
-                let ins = state.insert(Entry::new(id, t, mask, cur, vals, tag, label), rule);
+                let ins = state.insert(entry, rule);
                 if !ins.fresh {
                     continue;
                 }
@@ -666,6 +673,14 @@ impl Engine {
             let Some(at) = fired else {
                 continue;
             };
+            // A trigger the window does not keep (a rule with a cooldown keeps only what its
+            // measures read, the cooldown stopping a redelivery at the same time) is kept once
+            // it fired: sent again after a later hit moved the cooldown on, it fired again.
+            if let Some(entry) = unkept.take() {
+                let before = state.held();
+                state.insert(entry, rule);
+                *entries = (*entries + state.held()).saturating_sub(before);
+            }
             // Never moved back by a late trigger (its cooldown counted from `at`).
             state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
             // A shared key's finding (a device, an address) adds its points to a player once
@@ -917,8 +932,8 @@ pub struct StatsWalk {
 
 /// The snapshot format written; format 1 (before buckets: window states without them) is still
 /// read. A snapshot of another format is refused (the caller starts cold).
-/// The whole-engine snapshot's format: 3 since hits keep their tags (2: buckets; 1: before
-/// them). Formats 1 and 2 are still read.
+/// The whole-engine snapshot's format: 3 since hits keep their tags and windows the ids of
+/// events folded on arrival (2: buckets; 1: before them). Formats 1 and 2 are still read.
 const SNAPSHOT_FORMAT: u32 = 3;
 
 /// A rule's state in a snapshot, written from borrowed state.
@@ -1000,6 +1015,7 @@ impl Engine {
                     keys: RuleWindows {
                         windows: &self.states,
                         rule: ri,
+                        late: format >= 3,
                     },
                 })
                 .collect(),
@@ -1021,7 +1037,33 @@ impl Engine {
         let unreadable = |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable: {e}"));
         let (format, _) = postcard::take_from_bytes::<u32>(snapshot).map_err(unreadable)?;
         let snap: SnapshotIn<KeyState> = match format {
-            SNAPSHOT_FORMAT => postcard::from_bytes(snapshot).map_err(unreadable)?,
+            SNAPSHOT_FORMAT => {
+                let snap: SnapshotIn<(KeyState, Vec<crate::window::Late>)> =
+                    postcard::from_bytes(snapshot).map_err(unreadable)?;
+                SnapshotIn {
+                    format: snap.format,
+                    rules: snap
+                        .rules
+                        .into_iter()
+                        .map(|r| RuleStateIn {
+                            id: r.id,
+                            version: r.version,
+                            signature: r.signature,
+                            keys: r
+                                .keys
+                                .into_iter()
+                                .map(|(k, (mut s, late))| {
+                                    s.set_late_ids(late);
+                                    (k, s)
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                    join: snap.join,
+                    scores: snap.scores,
+                    last_sweep: snap.last_sweep,
+                }
+            }
             2 => postcard::from_bytes::<SnapshotIn<KeyState, crate::scoring::PlayerHits>>(snapshot)
                 .map_err(unreadable)?
                 .tagged(),

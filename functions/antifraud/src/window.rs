@@ -390,6 +390,19 @@ pub(crate) struct Buckets {
     /// Never saved.
     #[serde(skip)]
     unfolded: FrontHint,
+    /// The events that went straight into their buckets (older than `horizon` when they
+    /// came): their ids, kept while their buckets are, so that one sent again is recognised
+    /// ([`KeyState::insert`]). Few: events arriving later than a bucket width after newer
+    /// ones of their key. Written after the window (unit format 3, [`KeyState::late_ids`]).
+    #[serde(skip)]
+    late: Vec<Late>,
+}
+
+/// An event folded on arrival ([`Buckets::late`]): its time and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Late {
+    t: i64,
+    id: [u64; 2],
 }
 
 impl Buckets {
@@ -450,6 +463,33 @@ impl KeyState {
         std::hint::black_box(self.entries.front().map(|e| e.t));
         if let Some(b) = &self.buckets {
             std::hint::black_box(b.heads.front().map(|h| h.start));
+        }
+    }
+
+    /// Whether the event `id` of time `t` is held one by one (a duplicate has the same
+    /// `occurred_at`).
+    pub fn holds(&self, id: u128, t: i64) -> bool {
+        if self.entries.is_empty() || t > self.newest {
+            return false;
+        }
+        let id = Entry::halves(id);
+        let pos = self.entries.partition_point(|x| x.t <= t);
+        self.entries
+            .range(..pos)
+            .rev()
+            .take_while(|x| x.t == t)
+            .any(|x| x.id == id)
+    }
+
+    /// The ids of the events folded on arrival ([`Buckets::late`]): saved after the window.
+    pub fn late_ids(&self) -> &[Late] {
+        self.buckets.as_ref().map_or(&[], |b| &b.late)
+    }
+
+    /// Sets what [`KeyState::late_ids`] gave when the window was saved (none without buckets).
+    pub fn set_late_ids(&mut self, late: Vec<Late>) {
+        if let Some(b) = self.buckets.as_mut() {
+            b.late = late;
         }
     }
 
@@ -523,6 +563,10 @@ impl KeyState {
             c += 1;
         }
         b.cells.drain(..cols);
+        if let Some(first) = b.heads.front().map(|h| h.start) {
+            // The ids of events in the bucket gone go with it.
+            b.late.retain(|l| l.t >= first);
+        }
         if b.heads.is_empty() {
             // Nothing folded is held: the state is written as before buckets again.
             self.buckets = None;
@@ -928,6 +972,21 @@ impl KeyState {
         }
         let late =
             Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
+        if late
+            && self
+                .buckets
+                .as_ref()
+                .is_some_and(|b| b.late.iter().any(|l| l.t == e.t && l.id == e.id))
+        {
+            // Sent again after it went straight into its bucket.
+            return Inserted {
+                fresh: false,
+                #[cfg(test)]
+                evicted: 0,
+                folded: false,
+                expired: None,
+            };
+        }
         // Later than every event the key has seen (`newest` bounds the entries): it goes at the
         // end and cannot be a duplicate (a duplicate has the same occurred_at), so the tail
         // entry, most likely out of cache, is not read.
@@ -968,6 +1027,11 @@ impl KeyState {
         };
         self.account(&e, rule, 1);
         if late {
+            if e.mask & rule.fold_mask != 0
+                && let Some(b) = self.buckets.as_mut()
+            {
+                b.late.push(Late { t: e.t, id: e.id });
+            }
             self.add_to_bucket(&e, rule);
         } else {
             let pos = match self.entries.back() {
@@ -1068,6 +1132,7 @@ impl KeyState {
             std::mem::size_of::<Buckets>()
                 + b.heads.capacity() * std::mem::size_of::<Head>()
                 + b.cells.capacity() * std::mem::size_of::<Acc>()
+                + b.late.capacity() * std::mem::size_of::<Late>()
         });
         self.entries.capacity() * std::mem::size_of::<Entry>()
             + self.acc.len() * std::mem::size_of::<Acc>()
@@ -2001,6 +2066,50 @@ value = 1
     /// A fold whose due entries include ones it keeps (a `since` anchor): the anchor stays, in
     /// order, and starts the bucket of the bets at or after it — one stamped the same
     /// millisecond too, though it came before the anchor.
+    /// An event that goes straight into its bucket (it came later than a bucket width after
+    /// newer events of its key) counts once when sent again: its id is kept while its bucket
+    /// is, and saved with the window (unit format 3; format 2, as before, while there is none).
+    #[test]
+    fn an_event_folded_on_arrival_counts_once_when_sent_again_and_across_a_save() {
+        use crate::engine::units::{decode_window, encode_window};
+        let r = bucketed(5_000);
+        let t0 = 1_000 * 60 * MIN;
+        let mut k = KeyState::default();
+        for n in 0..40u128 {
+            k.insert(ev(n + 1, t0 + n as i64 * 20_000, 10.0, false), &r);
+        }
+        assert!(k.buckets.is_some());
+        assert_eq!(encode_window(&k).unwrap()[0], 2, "no id to keep: format 2");
+        let sum = |k: &KeyState| measure(k, &r, 1, k.newest);
+        let before = sum(&k);
+        let late = ev(100, t0 + 60_000, 7.0, false);
+        assert!(
+            k.insert(late.clone(), &r).folded,
+            "straight into its bucket"
+        );
+        assert_eq!(sum(&k), before.map(|v| v + 7.0));
+        assert!(!k.insert(late.clone(), &r).fresh, "sent again");
+        assert_eq!(sum(&k), before.map(|v| v + 7.0));
+        let bytes = encode_window(&k).unwrap();
+        assert_eq!(bytes[0], 3);
+        let mut loaded = decode_window(&bytes).unwrap();
+        loaded.conform(&r);
+        assert_eq!(loaded.late_ids(), k.late_ids());
+        assert!(
+            !loaded.insert(late.clone(), &r).fresh,
+            "sent again after a restart"
+        );
+        assert_eq!(sum(&loaded), before.map(|v| v + 7.0));
+        // Its bucket gone (the key an hour further on), its id goes too.
+        loaded.insert(ev(200, t0 + 2 * 60 * MIN, 1.0, false), &r);
+        assert!(loaded.late_ids().is_empty());
+        assert_eq!(
+            encode_window(&loaded).unwrap()[0],
+            1,
+            "no buckets left: format 1"
+        );
+    }
+
     /// What the running totals should be, counted from what the window holds: each windowed
     /// measure over the entries (as [`KeyState::account`] adds them) and, for a folded one, its
     /// column of every bucket; an interval measure's gaps counted again on a copy.

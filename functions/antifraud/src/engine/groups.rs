@@ -290,6 +290,8 @@ impl Windows {
 pub(crate) struct RuleWindows<'a> {
     pub windows: &'a Windows,
     pub rule: usize,
+    /// Each state with the ids of its events folded on arrival (snapshot format 3).
+    pub late: bool,
 }
 
 impl serde::Serialize for RuleWindows<'_> {
@@ -299,7 +301,11 @@ impl serde::Serialize for RuleWindows<'_> {
         let windows: Vec<(&Key, &KeyState)> = self.windows.rule(self.rule).collect();
         let mut m = s.serialize_map(Some(windows.len()))?;
         for (k, v) in windows {
-            m.serialize_entry(k, v)?;
+            if self.late {
+                m.serialize_entry(k, &(v, v.late_ids()))?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
         }
         m.end()
     }
@@ -460,6 +466,7 @@ mod tests {
         let bytes = postcard::to_stdvec(&RuleWindows {
             windows: &w,
             rule: a,
+            late: false,
         })
         .unwrap();
         let one: std::collections::HashMap<Key, KeyState> = postcard::from_bytes(&bytes).unwrap();

@@ -31,6 +31,10 @@ const UNIT_FORMAT: u8 = 1;
 /// Windows without buckets are still written in format 1, byte for byte as before buckets, so
 /// a build from before them reads every unit but those.
 const UNIT_FORMAT_BUCKETS: u8 = 2;
+/// A window unit with buckets that holds the ids of events folded on arrival (so a redelivery
+/// of one is recognised): the format-2 window followed by those ids. Written only when there
+/// are some; otherwise format 2, byte for byte as before.
+const UNIT_FORMAT_LATE: u8 = 3;
 
 /// One unit of engine state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -172,8 +176,11 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, AntifraudError> {
 }
 
 /// A window's bytes: format 1 without buckets, 2 with.
-fn encode_window(s: &KeyState) -> Result<Vec<u8>, AntifraudError> {
-    let out = if s.buckets.is_some() {
+pub(crate) fn encode_window(s: &KeyState) -> Result<Vec<u8>, AntifraudError> {
+    let out = if !s.late_ids().is_empty() {
+        postcard::to_extend(s, vec![UNIT_FORMAT_LATE])
+            .and_then(|v| postcard::to_extend(s.late_ids(), v))
+    } else if s.buckets.is_some() {
         postcard::to_extend(s, vec![UNIT_FORMAT_BUCKETS])
     } else {
         postcard::to_extend(&KeyStateV1Ref::of(s), vec![UNIT_FORMAT])
@@ -181,13 +188,20 @@ fn encode_window(s: &KeyState) -> Result<Vec<u8>, AntifraudError> {
     out.map_err(|e| AntifraudError::Snapshot(format!("encoding a unit: {e}")))
 }
 
-fn decode_window(bytes: &[u8]) -> Result<KeyState, AntifraudError> {
+pub(crate) fn decode_window(bytes: &[u8]) -> Result<KeyState, AntifraudError> {
     match bytes.split_first() {
         Some((&UNIT_FORMAT_BUCKETS, rest)) => postcard::from_bytes(rest)
             .map_err(|e| AntifraudError::Snapshot(format!("unreadable unit: {e}"))),
+        Some((&UNIT_FORMAT_LATE, rest)) => {
+            let unreadable =
+                |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable unit: {e}"));
+            let (mut s, tail) = postcard::take_from_bytes::<KeyState>(rest).map_err(unreadable)?;
+            s.set_late_ids(postcard::from_bytes(tail).map_err(unreadable)?);
+            Ok(s)
+        }
         Some((&UNIT_FORMAT, _)) => decode::<KeyStateV1>(bytes).map(KeyState::from),
         Some((f, _)) => Err(AntifraudError::Snapshot(format!(
-            "window unit format {f} (this build reads {UNIT_FORMAT} and {UNIT_FORMAT_BUCKETS})"
+            "window unit format {f} (this build reads {UNIT_FORMAT} to {UNIT_FORMAT_LATE})"
         ))),
         None => Err(AntifraudError::Snapshot("empty unit".into())),
     }

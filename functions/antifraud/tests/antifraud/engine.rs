@@ -1476,6 +1476,78 @@ fn random_events(seed: u64, n: usize) -> Vec<pitboss_model::Event> {
         .collect()
 }
 
+/// What differs between two runs' messages, for a failure's message.
+fn diff_messages(got: &Output, want: &Output) -> String {
+    let g: std::collections::BTreeMap<_, _> = messages_by_id(got).into_iter().collect();
+    let w: std::collections::BTreeMap<_, _> = messages_by_id(want).into_iter().collect();
+    let mut out = String::new();
+    for (k, v) in &g {
+        match w.get(k) {
+            None => {
+                out += &format!(
+                    "\n  only in the first: {} {} {}",
+                    v["rule_id"], v["kind"], v["player_id"]
+                )
+            }
+            Some(x) if x != v => {
+                let fields: Vec<String> = v
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(f, y)| x.get(*f) != Some(*y))
+                    .map(|(f, y)| format!("{f}: {y} / {}", x[f]))
+                    .collect();
+                out += &format!(
+                    "\n  {} {}: {}",
+                    v["rule_id"],
+                    v["player_id"],
+                    fields.join("; ")
+                );
+            }
+            _ => {}
+        }
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for (k, v) in messages_by_id(got) {
+        seen.entry(k).or_insert((0, v)).0 += 1;
+    }
+    let mut seen_w = std::collections::BTreeMap::new();
+    for (k, _) in messages_by_id(want) {
+        *seen_w.entry(k).or_insert(0) += 1;
+    }
+    for (k, (n, v)) in seen.iter().filter(|(k, (n, _))| seen_w.get(*k) != Some(n)) {
+        out += &format!(
+            "\n  {n} times in the first: {k} {} {} {} {}",
+            v["rule_id"], v["kind"], v["player_id"], v["event_time"]
+        );
+    }
+    for (k, v) in &w {
+        if !g.contains_key(k) {
+            out += &format!(
+                "\n  only in the second: {} {} {} {}",
+                v["rule_id"], v["kind"], v["player_id"], v["event_time"]
+            );
+        }
+    }
+    out
+}
+
+/// Every alert and push as JSON, by id.
+fn messages_by_id(out: &Output) -> Vec<(String, serde_json::Value)> {
+    let mut v: Vec<(String, serde_json::Value)> = out
+        .alerts
+        .iter()
+        .map(|a| (a.alert_id.clone(), serde_json::to_value(a).unwrap()))
+        .chain(
+            out.pushes
+                .iter()
+                .map(|p| (p.push_id.clone(), serde_json::to_value(p).unwrap())),
+        )
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 /// Every alert and push the same, field for field (scores, recommendations, measures,
 /// evidence), not only their ids.
 fn assert_same_messages(got: &Output, want: &Output, case: &str) {
@@ -1541,6 +1613,17 @@ fn random_streams_restored_at_random_points_raise_what_one_engine_raises() {
         let held = |s: pitboss_antifraud::EngineStats| {
             (s.keys, s.entries, s.joined_bets, s.scored_players)
         };
+        // Exactly once: the stream's redeliveries (late ones too) raise nothing again.
+        let ids = message_ids(&want);
+        let mut once = ids.clone();
+        once.sort_unstable();
+        once.dedup();
+        assert_eq!(
+            once.len(),
+            ids.len(),
+            "seed {seed}: {}",
+            diff_messages(&want, &Output::default())
+        );
 
         // From whole snapshots.
         let at = stops(events.len());
@@ -1597,6 +1680,30 @@ fn random_streams_restored_at_random_points_raise_what_one_engine_raises() {
         assert_same_messages(&got, &want, &format!("seed {seed}, units at {at:?}"));
         assert_eq!(held(engine.stats()), held(whole.stats()), "seed {seed}");
 
+        // Every event delivered twice in a row (a bus that redelivers), and idle keys swept at
+        // random moments: nothing more, nothing less.
+        let at = stops(events.len());
+        let mut engine = Engine::new(shipped());
+        let mut got = Output::default();
+        for (i, (e, now)) in events.iter().zip(&clock).enumerate() {
+            if at.contains(&i) {
+                engine.sweep(*now);
+            }
+            engine.process(e, *now, &mut got).unwrap();
+            engine.process(e, *now, &mut got).unwrap();
+        }
+        if messages_by_id(&got) != messages_by_id(&want) {
+            panic!(
+                "seed {seed}, each event twice, swept at {at:?}: {}",
+                diff_messages(&got, &want)
+            );
+        }
+        assert_eq!(
+            messages_by_id(&got),
+            messages_by_id(&want),
+            "seed {seed}, twice, swept at {at:?}"
+        );
+
         // Stateless, as the Lambda function runs: a fresh engine per batch (of 1 to 100
         // events), loaded with the units its events read, writing back what changed.
         let mut store: std::collections::HashMap<String, Vec<u8>> = Default::default();
@@ -1624,21 +1731,11 @@ fn random_streams_restored_at_random_points_raise_what_one_engine_raises() {
             apply(&mut store, engine.take_changes().unwrap());
             i += n;
         }
-        let by_id = |out: &Output| {
-            let mut v: Vec<(String, serde_json::Value)> = out
-                .alerts
-                .iter()
-                .map(|a| (a.alert_id.clone(), serde_json::to_value(a).unwrap()))
-                .chain(
-                    out.pushes
-                        .iter()
-                        .map(|p| (p.push_id.clone(), serde_json::to_value(p).unwrap())),
-                )
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
-        };
-        assert_eq!(by_id(&got), by_id(&want), "seed {seed}, stateless");
+        assert_eq!(
+            messages_by_id(&got),
+            messages_by_id(&want),
+            "seed {seed}, stateless"
+        );
 
         // Split over two and three shards, the hits on players another shard owns forwarded.
         for n in [2, 3] {
@@ -1662,8 +1759,8 @@ fn random_streams_restored_at_random_points_raise_what_one_engine_raises() {
                     .collect::<Vec<_>>()
             };
             assert_eq!(
-                timeless(by_id(&got)),
-                timeless(by_id(&want)),
+                timeless(messages_by_id(&got)),
+                timeless(messages_by_id(&want)),
                 "seed {seed}, {n} shards"
             );
         }
