@@ -673,14 +673,6 @@ impl Engine {
             let Some(at) = fired else {
                 continue;
             };
-            // A trigger the window does not keep (a rule with a cooldown keeps only what its
-            // measures read, the cooldown stopping a redelivery at the same time) is kept once
-            // it fired: sent again after a later hit moved the cooldown on, it fired again.
-            if let Some(entry) = unkept.take() {
-                let before = state.held();
-                state.insert(entry, rule);
-                *entries = (*entries + state.held()).saturating_sub(before);
-            }
             // Never moved back by a late trigger (its cooldown counted from `at`).
             state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
             // A shared key's finding (a device, an address) adds its points to a player once
@@ -735,6 +727,15 @@ impl Engine {
                     alert: draft.alerts.pop(),
                     push: draft.pushes.pop(),
                 });
+            }
+            // A trigger the window does not keep (a rule with a cooldown keeps only what its
+            // measures read, the cooldown stopping a redelivery at the same time) is kept once
+            // it fired, after its alert is built from the window as it was: sent again after a
+            // later hit moved the cooldown on, it fired again.
+            if let Some(entry) = unkept.take() {
+                let before = state.held();
+                state.insert(entry, rule);
+                *entries = (*entries + state.held()).saturating_sub(before);
             }
         }
         self.sweep_idle(now_ms, SWEEP_PER_EVENT);
@@ -974,6 +975,28 @@ struct SnapshotIn<K, S = TaggedHits> {
     last_sweep: i64,
 }
 
+impl<K, S> SnapshotIn<K, S> {
+    /// The same snapshot with each window's state made by `f`.
+    fn map_states<L>(self, f: impl Fn(K) -> L) -> SnapshotIn<L, S> {
+        SnapshotIn {
+            format: self.format,
+            rules: self
+                .rules
+                .into_iter()
+                .map(|r| RuleStateIn {
+                    id: r.id,
+                    version: r.version,
+                    signature: r.signature,
+                    keys: r.keys.into_iter().map(|(k, v)| (k, f(v))).collect(),
+                })
+                .collect(),
+            join: self.join,
+            scores: self.scores,
+            last_sweep: self.last_sweep,
+        }
+    }
+}
+
 impl<K> SnapshotIn<K, crate::scoring::PlayerHits> {
     /// Formats 1 and 2: hits without tags.
     fn tagged(self) -> SnapshotIn<K> {
@@ -1038,55 +1061,21 @@ impl Engine {
         let (format, _) = postcard::take_from_bytes::<u32>(snapshot).map_err(unreadable)?;
         let snap: SnapshotIn<KeyState> = match format {
             SNAPSHOT_FORMAT => {
-                let snap: SnapshotIn<(KeyState, Vec<crate::window::Late>)> =
-                    postcard::from_bytes(snapshot).map_err(unreadable)?;
-                SnapshotIn {
-                    format: snap.format,
-                    rules: snap
-                        .rules
-                        .into_iter()
-                        .map(|r| RuleStateIn {
-                            id: r.id,
-                            version: r.version,
-                            signature: r.signature,
-                            keys: r
-                                .keys
-                                .into_iter()
-                                .map(|(k, (mut s, late))| {
-                                    s.set_late_ids(late);
-                                    (k, s)
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                    join: snap.join,
-                    scores: snap.scores,
-                    last_sweep: snap.last_sweep,
-                }
+                postcard::from_bytes::<SnapshotIn<(KeyState, Vec<crate::window::Late>)>>(snapshot)
+                    .map_err(unreadable)?
+                    .map_states(|(mut s, late)| {
+                        s.set_late_ids(late);
+                        s
+                    })
             }
             2 => postcard::from_bytes::<SnapshotIn<KeyState, crate::scoring::PlayerHits>>(snapshot)
                 .map_err(unreadable)?
                 .tagged(),
             1 => {
-                let old: SnapshotIn<KeyStateV1, crate::scoring::PlayerHits> =
-                    postcard::from_bytes(snapshot).map_err(unreadable)?;
-                SnapshotIn {
-                    format: old.format,
-                    rules: old
-                        .rules
-                        .into_iter()
-                        .map(|r| RuleStateIn {
-                            id: r.id,
-                            version: r.version,
-                            signature: r.signature,
-                            keys: r.keys.into_iter().map(|(k, v)| (k, v.into())).collect(),
-                        })
-                        .collect(),
-                    join: old.join,
-                    scores: old.scores,
-                    last_sweep: old.last_sweep,
-                }
-                .tagged()
+                postcard::from_bytes::<SnapshotIn<KeyStateV1, crate::scoring::PlayerHits>>(snapshot)
+                    .map_err(unreadable)?
+                    .map_states(KeyState::from)
+                    .tagged()
             }
             f => {
                 return Err(AntifraudError::Snapshot(format!(

@@ -1121,7 +1121,8 @@ mod tests {
     /// A whole-engine blob of format 2 (before hits kept their tags in it) is still restored:
     /// windows, cooldowns, the join and the scores, each hit tagged 0 (so one applied again
     /// after such a restore counts again, as that format could not tell). Format 3 keeps the
-    /// tags: a shared device's finding raised again after the restore adds no points.
+    /// tags (what they do across a restore — a shared device's finding raised again adds no
+    /// points — is `random_streams_restored_at_random_points_raise_what_one_engine_raises`).
     #[test]
     fn a_format_2_blob_is_still_restored_and_format_3_keeps_the_hits_tags() {
         let events = crate::scenario::script("acme", T0, 4, 1);

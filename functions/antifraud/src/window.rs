@@ -393,7 +393,8 @@ pub(crate) struct Buckets {
     /// The events that went straight into their buckets (older than `horizon` when they
     /// came): their ids, kept while their buckets are, so that one sent again is recognised
     /// ([`KeyState::insert`]). Few: events arriving later than a bucket width after newer
-    /// ones of their key. Written after the window (unit format 3, [`KeyState::late_ids`]).
+    /// ones of their key. In time order. Written after the window (unit format 3,
+    /// [`KeyState::late_ids`]).
     #[serde(skip)]
     late: Vec<Late>,
 }
@@ -431,6 +432,20 @@ pub(crate) struct Inserted {
     pub expired: Option<i64>,
 }
 
+impl Inserted {
+    /// An insertion that changed nothing: the event was `fresh` but lies outside the window,
+    /// or it was a duplicate.
+    fn nothing(fresh: bool) -> Inserted {
+        Inserted {
+            fresh,
+            #[cfg(test)]
+            evicted: 0,
+            folded: false,
+            expired: None,
+        }
+    }
+}
+
 impl KeyState {
     fn account(&mut self, e: &Entry, rule: &CompiledRule, sign: i32) {
         // The windowed measures whose filter the entry passed, bit by bit.
@@ -466,14 +481,19 @@ impl KeyState {
         }
     }
 
-    /// Whether the event `id` of time `t` is held one by one (a duplicate has the same
-    /// `occurred_at`).
+    /// Whether the event `id` of time `t` is held one by one.
     pub fn holds(&self, id: u128, t: i64) -> bool {
-        if self.entries.is_empty() || t > self.newest {
-            return false;
-        }
-        let id = Entry::halves(id);
-        let pos = self.entries.partition_point(|x| x.t <= t);
+        !self.entries.is_empty() && t <= self.newest && self.held_at(Entry::halves(id), t)
+    }
+
+    /// [`KeyState::holds`] for an id in halves: a duplicate has the same `occurred_at`, so it
+    /// sits just before the first entry later than `t` (found without a search when the
+    /// newest entry is not later).
+    fn held_at(&self, id: [u64; 2], t: i64) -> bool {
+        let pos = match self.entries.back() {
+            Some(last) if last.t > t => self.entries.partition_point(|x| x.t <= t),
+            _ => self.entries.len(),
+        };
         self.entries
             .range(..pos)
             .rev()
@@ -564,8 +584,9 @@ impl KeyState {
         }
         b.cells.drain(..cols);
         if let Some(first) = b.heads.front().map(|h| h.start) {
-            // The ids of events in the bucket gone go with it.
-            b.late.retain(|l| l.t >= first);
+            // The ids of events in the bucket gone go with it (they are in time order).
+            let gone = b.late.partition_point(|l| l.t < first);
+            b.late.drain(..gone);
         }
         if b.heads.is_empty() {
             // Nothing folded is held: the state is written as before buckets again.
@@ -593,9 +614,13 @@ impl KeyState {
     }
 
     /// Whether an entry is folded into buckets once it is older than the exact part: no
-    /// measure that reads events one by one wants it.
+    /// measure that reads events one by one wants it, and it is not a trigger a rule with a
+    /// cooldown keeps because it fired (nothing else reads it, and folded it would be dropped:
+    /// sent again once a later hit moved the cooldown on, it would fire again).
     fn foldable(mask: u32, rule: &CompiledRule) -> bool {
-        rule.bucket_ms.is_some() && mask & rule.exact_mask == 0
+        rule.bucket_ms.is_some()
+            && mask & rule.exact_mask == 0
+            && !(rule.cooldown_ms > 0 && mask & !TRIGGER_BIT == 0)
     }
 
     /// Adds `e` (folded, already counted in `acc`) to its bucket, looking up the newest
@@ -929,8 +954,8 @@ impl KeyState {
     /// out of the window (older than the rule's duration before the newest event, or over its
     /// cap). In a bucketed window, entries more than one bucket width older than the newest
     /// event are folded into their buckets (in batches, [`KeyState::fold_due`]), and an event
-    /// older than what was folded goes straight into its bucket (its id cannot be checked
-    /// there).
+    /// older than what was folded goes straight into its bucket (its id kept beside the
+    /// buckets while its bucket is, so that it counts once if sent again, [`Buckets::late`]).
     pub fn insert(&mut self, e: Entry, rule: &CompiledRule) -> Inserted {
         if self.acc.len() != rule.measures.len() {
             if self.held() == 0 {
@@ -941,6 +966,8 @@ impl KeyState {
                 self.recount(rule);
             }
         }
+        let late =
+            Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
         if let Some(d) = rule.duration_ms
             && self.held() > 0
         {
@@ -949,69 +976,40 @@ impl KeyState {
             // had never come. Not put in at all: in and out, it made an interval measure's
             // sum of squared gaps pass what is kept exactly (its gap to the window's oldest
             // entry), so every later evaluation scanned, and marked the key's money as mixed
-            // when in another currency. A bucketed window's slot ends after the event: its
-            // bucket is kept while the slot's end is in the window (the old edge counts
-            // generously), so only an event whose whole slot is gone is left out there.
+            // when in another currency. An event that would go straight into a bucket is in
+            // the window while its bucket's slot ends in it (the old edge counts generously),
+            // so only one whose whole slot is gone is left out.
             let horizon = self.newest.saturating_sub(d);
             let gone = match rule.bucket_ms.filter(|w| *w > 0) {
-                None => e.t <= horizon,
-                Some(w) => {
+                Some(w) if late => {
                     e.t.div_euclid(w).saturating_mul(w).saturating_add(w)
                         <= horizon.saturating_add(1)
                 }
+                _ => e.t <= horizon,
             };
             if gone {
-                return Inserted {
-                    fresh: true,
-                    #[cfg(test)]
-                    evicted: 0,
-                    folded: false,
-                    expired: None,
-                };
+                return Inserted::nothing(true);
             }
         }
-        let late =
-            Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
         if late
-            && self
-                .buckets
-                .as_ref()
-                .is_some_and(|b| b.late.iter().any(|l| l.t == e.t && l.id == e.id))
+            && self.buckets.as_ref().is_some_and(|b| {
+                let at = b.late.partition_point(|l| l.t < e.t);
+                b.late
+                    .iter()
+                    .skip(at)
+                    .take_while(|l| l.t == e.t)
+                    .any(|l| l.id == e.id)
+            })
         {
             // Sent again after it went straight into its bucket.
-            return Inserted {
-                fresh: false,
-                #[cfg(test)]
-                evicted: 0,
-                folded: false,
-                expired: None,
-            };
+            return Inserted::nothing(false);
         }
         // Later than every event the key has seen (`newest` bounds the entries): it goes at the
         // end and cannot be a duplicate (a duplicate has the same occurred_at), so the tail
         // entry, most likely out of cache, is not read.
         let after_all = self.entries.is_empty() || e.t > self.newest;
-        if !late && !after_all {
-            let pos = match self.entries.back() {
-                Some(last) if last.t > e.t => self.entries.partition_point(|x| x.t <= e.t),
-                _ => self.entries.len(),
-            };
-            // A duplicate has the same occurred_at, so it sits just before `pos`.
-            let dup = self
-                .entries
-                .range(..pos)
-                .rev()
-                .take_while(|x| x.t == e.t)
-                .any(|x| x.id == e.id);
-            if dup {
-                return Inserted {
-                    fresh: false,
-                    #[cfg(test)]
-                    evicted: 0,
-                    folded: false,
-                    expired: None,
-                };
-            }
+        if !late && !after_all && self.held_at(e.id, e.t) {
+            return Inserted::nothing(false);
         }
         if e.cur != 0 {
             if self.cur == 0 {
@@ -1030,7 +1028,8 @@ impl KeyState {
             if e.mask & rule.fold_mask != 0
                 && let Some(b) = self.buckets.as_mut()
             {
-                b.late.push(Late { t: e.t, id: e.id });
+                let at = b.late.partition_point(|l| l.t <= e.t);
+                b.late.insert(at, Late { t: e.t, id: e.id });
             }
             self.add_to_bucket(&e, rule);
         } else {
@@ -2063,9 +2062,6 @@ value = 1
         assert_eq!(all - less, 49.0);
     }
 
-    /// A fold whose due entries include ones it keeps (a `since` anchor): the anchor stays, in
-    /// order, and starts the bucket of the bets at or after it — one stamped the same
-    /// millisecond too, though it came before the anchor.
     /// An event that goes straight into its bucket (it came later than a bucket width after
     /// newer events of its key) counts once when sent again: its id is kept while its bucket
     /// is, and saved with the window (unit format 3; format 2, as before, while there is none).
@@ -2075,7 +2071,7 @@ value = 1
         let r = bucketed(5_000);
         let t0 = 1_000 * 60 * MIN;
         let mut k = KeyState::default();
-        for n in 0..40u128 {
+        for n in 0..60u128 {
             k.insert(ev(n + 1, t0 + n as i64 * 20_000, 10.0, false), &r);
         }
         assert!(k.buckets.is_some());
@@ -2100,8 +2096,19 @@ value = 1
             "sent again after a restart"
         );
         assert_eq!(sum(&loaded), before.map(|v| v + 7.0));
-        // Its bucket gone (the key an hour further on), its id goes too.
-        loaded.insert(ev(200, t0 + 2 * 60 * MIN, 1.0, false), &r);
+        // Another folded on arrival (20 min of bets were folded up to t0 + 10 min), in the
+        // next bucket's slot ([t0 + 5 min, t0 + 10 min)).
+        let other = ev(101, t0 + 7 * MIN, 3.0, false);
+        assert!(loaded.insert(other.clone(), &r).folded);
+        assert_eq!(loaded.late_ids().len(), 2);
+        // The first one's bucket gone (the window's old edge past t0 + 5 min), its id goes
+        // too; the other's bucket stays, and its id with it.
+        loaded.insert(ev(200, t0 + 66 * MIN, 1.0, false), &r);
+        assert!(loaded.buckets.is_some());
+        assert_eq!(loaded.late_ids().len(), 1);
+        assert!(!loaded.insert(other, &r).fresh);
+        // No bucket left (the key two hours on): no id, and no buckets to write.
+        loaded.insert(ev(201, t0 + 3 * 60 * MIN, 1.0, false), &r);
         assert!(loaded.late_ids().is_empty());
         assert_eq!(
             encode_window(&loaded).unwrap()[0],
@@ -2291,6 +2298,9 @@ value = 1
         }
     }
 
+    /// A fold whose due entries include ones it keeps (a `since` anchor): the anchor stays, in
+    /// order, and starts the bucket of the bets at or after it — one stamped the same
+    /// millisecond too, though it came before the anchor.
     #[test]
     fn a_fold_keeps_the_anchors_in_order_and_cuts_buckets_at_them_ties_included() {
         let r = bucketed(10_000);

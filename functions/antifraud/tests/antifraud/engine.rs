@@ -1766,3 +1766,42 @@ fn random_streams_restored_at_random_points_raise_what_one_engine_raises() {
         }
     }
 }
+
+/// A withdrawal that fired the deposit rule — a bucketed window, a cooldown, the withdrawal read
+/// by no measure — is kept one by one once it fired: sent again two hours later, after a
+/// second withdrawal fired and moved the cooldown on and the bets between were folded into
+/// buckets, it raises nothing.
+#[test]
+fn a_fired_withdrawal_sent_again_after_a_later_hit_raises_nothing() {
+    use serde_json::json;
+    let rule = "fraud.deposit_withdrawal_no_play";
+    let mut s = Script::default();
+    let p = "p-wd";
+    let t0 = T0 - 10 * H;
+    let deposit = |id: &str| json!({"transaction_id": id, "amount": eur(20_000), "method": "card"});
+    let withdrawal =
+        |id: &str, v: i64| json!({"transaction_id": id, "amount": eur(v), "status": "requested"});
+    s.send(p, t0, "deposit", deposit("d1"));
+    s.send(p, t0 + MIN, "bet_placed", bet("b0", 100));
+    let first = s.sent.len();
+    s.send(p, t0 + 2 * MIN, "withdrawal", withdrawal("w1", 15_000));
+    assert_eq!(s.alerts(rule).len(), 1);
+    for i in 0..24 {
+        s.send(
+            p,
+            t0 + 3 * MIN + i * 5 * MIN,
+            "bet_placed",
+            bet(&format!("b{}", i + 1), 100),
+        );
+    }
+    s.send(p, t0 + 2 * H + 5 * MIN, "deposit", deposit("d2"));
+    s.send(
+        p,
+        t0 + 2 * H + 6 * MIN,
+        "withdrawal",
+        withdrawal("w2", 25_000),
+    );
+    assert_eq!(s.alerts(rule).len(), 2);
+    assert_eq!(s.redeliver(first), 0, "the first withdrawal sent again");
+    assert_eq!(s.alerts(rule).len(), 2);
+}
