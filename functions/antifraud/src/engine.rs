@@ -528,16 +528,10 @@ impl Engine {
             // before it again does nothing (the usual trigger, the key's newest event, after
             // its own insertion), and is not done.
             let mut expired: Option<i64> = None;
-            let mut unkept = Some(Entry::new(id, t, mask, cur, vals, tag, label));
-            if mask & !TRIGGER_BIT == 0 && rule.cooldown_ms > 0 && state.holds(id, t) {
-                // A trigger not kept, sent again after it fired (kept since, below).
-                continue;
-            }
-            if (mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0)
-                && let Some(entry) = unkept.take()
-            {
+            let mut unkept = None;
+            if mask & !TRIGGER_BIT != 0 || rule.cooldown_ms == 0 {
                 let before = state.held();
-                let ins = state.insert(entry, rule);
+                let ins = state.insert(Entry::new(id, t, mask, cur, vals, tag, label), rule);
                 if !ins.fresh {
                     continue;
                 }
@@ -552,6 +546,11 @@ impl Engine {
                     && rule.excludes_trigger
                     && (t >= state.newest || state.oldest().is_some_and(|o| o <= t)))
                 .then_some((mask, vals));
+            } else if state.holds(id, t) {
+                // A trigger not kept, sent again after it fired (kept since, below).
+                continue;
+            } else {
+                unkept = Some(Entry::new(id, t, mask, cur, vals, tag, label));
             }
             if !triggers {
                 continue;

@@ -968,7 +968,8 @@ impl KeyState {
         }
         let late =
             Self::foldable(e.mask, rule) && self.buckets.as_ref().is_some_and(|b| e.t <= b.horizon);
-        if let Some(d) = rule.duration_ms
+        if e.t < self.newest
+            && let Some(d) = rule.duration_ms
             && self.held() > 0
         {
             // Older than the window up to the key's newest event (a late event, sent again
