@@ -962,11 +962,8 @@ struct RuleStateIn<K> {
     keys: HashMap<Key, K, std::hash::BuildHasherDefault<KeyHasher>>,
 }
 
-/// A player's hits with their tags (snapshot format 3).
-type TaggedHits = (Box<str>, std::collections::VecDeque<crate::scoring::Hit>);
-
 #[derive(serde::Deserialize)]
-struct SnapshotIn<K, S = TaggedHits> {
+struct SnapshotIn<K, S = crate::scoring::TaggedHits> {
     format: u32,
     rules: Vec<RuleStateIn<K>>,
     join: (Vec<(u64, i64, i64)>, i64),

@@ -14,6 +14,9 @@ pub(crate) const MAX_HITS: usize = 64;
 /// A player's key and hits (time, points), as a snapshot holds them.
 pub(crate) type PlayerHits = (Box<str>, VecDeque<(i64, u32)>);
 
+/// A player's key and hits with their tags, as snapshot format 3 holds them.
+pub(crate) type TaggedHits = (Box<str>, VecDeque<Hit>);
+
 /// One hit: event time, points, and a hash of (rule id, trigger event id) so the same hit
 /// applied twice (an evaluation repeated over partly saved state) counts once; or, with
 /// [`ONCE`] set, of (rule id, group key): a finding about a shared key (a device, an address)
@@ -120,13 +123,13 @@ impl Scores {
     }
 
     /// Refills from [`Scores::export`]'s output.
-    pub fn import(&mut self, players: Vec<(Box<str>, VecDeque<Hit>)>) {
+    pub fn import(&mut self, players: Vec<TaggedHits>) {
         self.players.extend(players);
     }
 
     /// Hits without their tags (snapshot formats 1 and 2), each tagged 0: a hit applied again
     /// after such a restore counts again, as those formats could not tell.
-    pub fn tag_untagged(players: Vec<PlayerHits>) -> Vec<(Box<str>, VecDeque<Hit>)> {
+    pub fn tag_untagged(players: Vec<PlayerHits>) -> Vec<TaggedHits> {
         players
             .into_iter()
             .map(|(k, h)| (k, h.into_iter().map(|(t, s)| (t, s, 0)).collect()))

@@ -189,12 +189,10 @@ pub(crate) fn encode_window(s: &KeyState) -> Result<Vec<u8>, AntifraudError> {
 }
 
 pub(crate) fn decode_window(bytes: &[u8]) -> Result<KeyState, AntifraudError> {
+    let unreadable = |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable unit: {e}"));
     match bytes.split_first() {
-        Some((&UNIT_FORMAT_BUCKETS, rest)) => postcard::from_bytes(rest)
-            .map_err(|e| AntifraudError::Snapshot(format!("unreadable unit: {e}"))),
+        Some((&UNIT_FORMAT_BUCKETS, rest)) => postcard::from_bytes(rest).map_err(unreadable),
         Some((&UNIT_FORMAT_LATE, rest)) => {
-            let unreadable =
-                |e: postcard::Error| AntifraudError::Snapshot(format!("unreadable unit: {e}"));
             let (mut s, tail) = postcard::take_from_bytes::<KeyState>(rest).map_err(unreadable)?;
             s.set_late_ids(postcard::from_bytes(tail).map_err(unreadable)?);
             Ok(s)
