@@ -23,6 +23,8 @@
 //! `PITBOSS_BENCH_RULES=DIR` runs another rule directory (the packs without one rule, to weigh
 //! it); `PITBOSS_BENCH_QUICK=1` skips the printed figures but the first pass and the sweep;
 //! `PITBOSS_BENCH_PLAYERS=N` plays the same number of events with N players instead of 2,000.
+//! `PITBOSS_BENCH_CRAFTED=N` times logins from N device ids searched to collide, alone
+//! ([`crafted`]).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -70,6 +72,13 @@ fn bench(c: &mut Criterion) {
         stats.bytes / players() as usize
     );
 
+    if let Some(n) = std::env::var("PITBOSS_BENCH_CRAFTED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        crafted(n);
+        return;
+    }
     // `PITBOSS_BENCH_INTERLEAVED=1`: that figure alone.
     if std::env::var_os("PITBOSS_BENCH_INTERLEAVED").is_some() {
         interleaved(&records);
@@ -239,6 +248,147 @@ fn interleaved(records: &[Vec<u8>]) {
         ratios[0],
         ratios[ROUNDS - 1]
     );
+}
+
+/// `PITBOSS_BENCH_CRAFTED=N`: what device ids chosen to collide cost the engine. Device ids
+/// come from clients, and a window's key is a hash with fixed seeds ([`window_key`]: it names
+/// saved state), so anyone can search for ids whose keys share bits. Searched here (on two
+/// threads): N ids whose keys fall into one of the 256 parts of a map of windows and share the
+/// low 12 bits of `low half ^ high half`, which the tables took as their hash before they were
+/// seeded at random — about 2²⁰ tries an id. N players then log in twice (a minute apart, new
+/// event ids), on a fresh engine each with plain ids (`dev-N`) and with the searched ones; the
+/// time per login of each pass is printed (the first puts each device's windows in, the second
+/// finds them), the median of 5 runs.
+///
+/// What more such ids cost grows with their number, which a search here cannot reach in a
+/// bench's time. So the table alone follows: a `HashMap` as the engine's (128-bit keys) filled
+/// with 1,000, 10,000 and 100,000 keys whose folded halves share their low 20 bits — what a
+/// longer search gives — hashed as the tables did (the halves folded) and as they do now
+/// (foldhash, seeded at random), in the same run.
+fn crafted(n: usize) {
+    use pitboss_antifraud::engine::window_key;
+    let started = std::time::Instant::now();
+    let wanted = |k: u128| k >> 120 == 0x5a && ((k as u64) ^ ((k >> 64) as u64)) & 0xfff == 0;
+    let searched: Vec<String> = std::thread::scope(|s| {
+        let halves: Vec<_> = (0..2u64)
+            .map(|h| {
+                s.spawn(move || {
+                    let mut found = Vec::new();
+                    let mut id = String::new();
+                    for i in (h..).step_by(2) {
+                        use std::fmt::Write as _;
+                        id.clear();
+                        write!(id, "d{i:x}").unwrap();
+                        if wanted(window_key("acme", &id)) {
+                            found.push(id.clone());
+                            if found.len() == n.div_ceil(2) {
+                                return found;
+                            }
+                        }
+                    }
+                    found
+                })
+            })
+            .collect();
+        halves
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .take(n)
+            .collect()
+    });
+    println!(
+        "searched {n} colliding device ids in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let logins = |devices: &[String], pass: i64| -> Vec<Event> {
+        devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let t = T0 + pass * 60_000 + i as i64;
+                let json = format!(
+                    r#"{{"event_id":"0193735a-0000-7000-{pass:04x}-{i:012x}","tenant_id":"acme","player_id":"p-{i}","type":"login","occurred_at":"{}","payload":{{"ip":"10.{}.{}.9","device_id":"{d}"}}}}"#,
+                    Timestamp::from_millis(t).to_rfc3339().unwrap(),
+                    i / 250,
+                    i % 250
+                );
+                pitboss_model::decode_event(json.as_bytes()).unwrap()
+            })
+            .collect()
+    };
+    let plain: Vec<String> = (0..n).map(|i| format!("dev-{i}")).collect();
+    for (name, devices) in [("plain", &plain), ("searched", &searched)] {
+        let passes = [logins(devices, 0), logins(devices, 1)];
+        let mut ns = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            let mut engine = Engine::new(rules());
+            let mut out = Output::default();
+            for (p, events) in passes.iter().enumerate() {
+                let started = std::time::Instant::now();
+                for e in events {
+                    out.clear();
+                    engine.process(e, e.occurred_at, &mut out).unwrap();
+                }
+                ns[p].push(started.elapsed().as_nanos() as f64 / n as f64);
+            }
+        }
+        for v in &mut ns {
+            v.sort_by(f64::total_cmp);
+        }
+        println!(
+            "{n} logins, {name} device ids: {:.0} ns a login putting the devices in, {:.0} ns finding them (medians of 5)",
+            ns[0][2], ns[1][2]
+        );
+    }
+    colliding_keys_in_one_table();
+}
+
+/// The hash the engine's tables took of a key until they were seeded at random: its halves
+/// folded, kept here to compare against.
+#[derive(Default)]
+struct FoldedHalves(u64);
+
+impl std::hash::Hasher for FoldedHalves {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only 128-bit keys")
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
+fn colliding_keys_in_one_table() {
+    fn time<S: std::hash::BuildHasher + Default>(keys: &[u128]) -> (f64, f64) {
+        let mut m: std::collections::HashMap<u128, u64, S> = Default::default();
+        let started = std::time::Instant::now();
+        for (i, k) in keys.iter().enumerate() {
+            m.insert(*k, i as u64);
+        }
+        let put = started.elapsed().as_nanos() as f64 / keys.len() as f64;
+        let started = std::time::Instant::now();
+        let found: u64 = keys.iter().map(|k| m[k]).sum();
+        std::hint::black_box(found);
+        (put, started.elapsed().as_nanos() as f64 / keys.len() as f64)
+    }
+    for n in [1_000u64, 10_000, 100_000] {
+        // Folded, the halves of every key share their low 20 bits (0), the bits a table of up
+        // to 2²⁰ slots starts its probe from; the rest differ.
+        let keys: Vec<u128> = (1..=n)
+            .map(|i| {
+                let hi = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let lo = hi ^ (i.wrapping_mul(0xbf58_476d_1ce4_e5b9) << 20);
+                (u128::from(hi) << 64) | u128::from(lo)
+            })
+            .collect();
+        let (fp, ff) = time::<std::hash::BuildHasherDefault<FoldedHalves>>(&keys);
+        let (rp, rf) = time::<foldhash::fast::RandomState>(&keys);
+        println!(
+            "{n} keys chosen to collide in one table: halves folded {fp:.0} ns an insert, {ff:.0} ns a lookup; seeded at random {rp:.0} / {rf:.0} ns"
+        );
+    }
 }
 
 /// The rules split over N engines (`--shard i/N`): each shard reads every event, skips

@@ -46,27 +46,13 @@ use units::{Dirty, rule_tags};
 /// hash with probability about n² / 2¹²⁹, i.e. never in practice.
 type Key = u128;
 
-/// Hashes an already well-mixed [`Key`] by folding it to 64 bits.
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
-        }
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
-    }
-}
+/// How the engine's tables hash a [`Key`]: seeded at random per table (foldhash). A key's own
+/// seeds are fixed (saved state and shards name windows by it, across restarts and
+/// processes), so whoever can choose group values — device ids, addresses, bet ids come from
+/// clients — can compute their keys; with the table's hash keyed by a seed they cannot know,
+/// they still cannot pile their keys into one probe sequence and make every lookup of the
+/// table a scan (docs/rules.md "Keys chosen to collide").
+pub(crate) type KeyHashing = foldhash::fast::RandomState;
 
 /// What one or more events produced.
 #[derive(Debug, Default)]
@@ -253,10 +239,7 @@ impl Engine {
             last_sweep: i64::MIN,
             idle: BinaryHeap::new(),
             keeps: keeps(&set),
-            key_hashers: (
-                foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
-                foldhash::fast::FixedState::with_seed(0x1319_8a2e_0370_7344),
-            ),
+            key_hashers: KEY_HASHERS,
             scratch: Scratch::default(),
             hasher: foldhash::fast::FixedState::with_seed(0x9e37_79b9),
             tags: rule_tags(&set),
@@ -959,7 +942,7 @@ struct RuleStateIn<K> {
     id: String,
     version: u32,
     signature: String,
-    keys: HashMap<Key, K, std::hash::BuildHasherDefault<KeyHasher>>,
+    keys: HashMap<Key, K, KeyHashing>,
 }
 
 #[derive(serde::Deserialize)]
@@ -1169,6 +1152,21 @@ impl Engine {
         };
         postcard::to_stdvec(&snap).expect("encoding")
     }
+}
+
+/// The two hashers of a window key: fixed seeds, since saved state and shards name a window by
+/// its key.
+const KEY_HASHERS: (foldhash::fast::FixedState, foldhash::fast::FixedState) = (
+    foldhash::fast::FixedState::with_seed(0x243f_6a88_85a3_08d3),
+    foldhash::fast::FixedState::with_seed(0x1319_8a2e_0370_7344),
+);
+
+/// The key the windows of group value `value` (a player, device, address…) of `tenant` are
+/// kept under: the same in every process and version, as saved state names windows by it.
+/// Anyone can compute it; the engine's tables hash it again with seeds of their own
+/// ([`KeyHashing`]). For tools and benchmarks.
+pub fn window_key(tenant: &str, value: &str) -> u128 {
+    key_with(&KEY_HASHERS, tenant, value)
 }
 
 /// The window key of `tenant:group`: 128 bits from two hashers.

@@ -16,7 +16,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 
+/// The seed a bet's id is hashed with: fixed, since saved state names a bet by it.
 type Fixed = foldhash::fast::FixedState;
+/// The tables' own hash of those ids, seeded at random per table: bet ids come from clients,
+/// and ids chosen so that their fixed-seed hashes fall into one probe sequence would make
+/// every lookup a scan (see `KeyHashing` in the engine).
+type Tables = foldhash::fast::RandomState;
 
 /// One remembered bet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +45,7 @@ pub(crate) struct Bounds {
 /// Remembered stakes, oldest first out.
 #[derive(Debug)]
 pub(crate) struct StakeJoin {
-    stakes: HashMap<u64, Bet, Fixed>,
+    stakes: HashMap<u64, Bet, Tables>,
     /// `(t, key)` in placing order (unless `loaded`).
     order: VecDeque<(i64, u64)>,
     hasher: Fixed,
@@ -53,12 +58,12 @@ pub(crate) struct StakeJoin {
     floor: u64,
     /// When tracking (the engine's [`crate::engine::Unit`] changes): bets placed, or gone and
     /// safe to delete.
-    pub changed: Option<HashSet<u64, Fixed>>,
+    pub changed: Option<HashSet<u64, Tables>>,
     /// Bets forgotten while tracking, with the save count ([`StakeJoin::begin_save`]) when they
     /// were: a save keeps them in the store until a later save's positions cover that.
     retired: VecDeque<(u64, u64)>,
     /// Those bets (the latest forgetting of each, with its save count).
-    retired_bets: HashMap<u64, (Bet, u64), Fixed>,
+    retired_bets: HashMap<u64, (Bet, u64), Tables>,
     /// Saves begun ([`StakeJoin::begin_save`]).
     saves: u64,
     /// Bets loaded whose numbers are not this engine's yet ([`StakeJoin::put`]): sorted and
@@ -69,7 +74,7 @@ pub(crate) struct StakeJoin {
     rewrite: Vec<u64>,
     /// Loaded with a unit: the version of a bet it held before it was forgotten and placed
     /// again ([`StakeJoin::get`]), for [`StakeJoin::restore`] to choose from.
-    loaded_earlier: HashMap<u64, Bet, Fixed>,
+    loaded_earlier: HashMap<u64, Bet, Tables>,
     /// Whether a forgotten bet is kept in the store until a later save covers its forgetting
     /// (the streaming engine); otherwise (the Lambda's batch, written all or nothing) it is
     /// deleted with the batch that forgot it.
@@ -268,7 +273,7 @@ impl StakeJoin {
     /// Starts tracking changes (or stops): `Some` set, keeping the bets to write anew.
     pub fn track(&mut self, on: bool) {
         if on {
-            let mut c: HashSet<u64, Fixed> = HashSet::default();
+            let mut c: HashSet<u64, Tables> = HashSet::default();
             c.extend(self.rewrite.drain(..));
             self.changed = Some(c);
         } else {
@@ -376,6 +381,39 @@ impl StakeJoin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bet ids are the client's, and a bet's key is a hash with a fixed seed (it names saved
+    /// state), as the tables' hash of it was: ids picked (here by brute force) so that their
+    /// keys share the low bits of that hash all went into one probe sequence. With each table's
+    /// hash seeded at random they spread over its slots.
+    #[test]
+    fn bet_ids_chosen_to_collide_still_spread_over_the_table() {
+        let mut j = StakeJoin::new(10_000, i64::MAX);
+        let fixed = Fixed::default();
+        let chosen: Vec<String> = (0u64..)
+            .map(|i| format!("bet-{i}"))
+            .filter(|id| fixed.hash_one(j.key("t", id)) & 0xff == 0)
+            .take(500)
+            .collect();
+        for (i, id) in chosen.iter().enumerate() {
+            j.placed("t", id, i as i64, 0);
+        }
+        assert!(
+            chosen
+                .iter()
+                .enumerate()
+                .all(|(i, id)| j.stake("t", id) == Some(i as i64))
+        );
+        let slots: HashSet<u64> = chosen
+            .iter()
+            .map(|id| j.stakes.hasher().hash_one(j.key("t", id)) & 0xff)
+            .collect();
+        assert!(
+            slots.len() >= 180,
+            "500 bets over {} of 256 slots",
+            slots.len()
+        );
+    }
 
     #[test]
     fn remembers_within_bounds() {

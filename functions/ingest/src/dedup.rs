@@ -17,7 +17,6 @@
 //! tenth of the ingest CPU.)
 
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,26 +26,11 @@ use crate::core::{IdFingerprint, SeenIds};
 
 const SHARDS: usize = 64;
 
-/// A fingerprint is already a uniform hash: use its low bits as the table hash.
-#[derive(Default)]
-struct Passthrough(u64);
-
-impl Hasher for Passthrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for non-u128 keys, which this table never has; stay correct anyway.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
-type Set = HashSet<u128, BuildHasherDefault<Passthrough>>;
+/// The tables hash a fingerprint again, with a seed of their own drawn at random (foldhash).
+/// The fingerprint is XXH3 without a secret and event ids are the client's choice, so its low
+/// bits used as they are (as before) let a client pick ids that all land in one probe
+/// sequence, and every lookup of that shard — every tenant's — become a scan.
+type Set = HashSet<u128, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 struct Shard {
@@ -219,5 +203,35 @@ mod tests {
             "every one of the last 1,000 ids is remembered"
         );
         assert!(!w.seen_id("t", "id-0", T0), "the oldest were let go");
+    }
+
+    /// Event ids are the client's, and the fingerprint has no secret: anyone can pick ids (here
+    /// by brute force) whose fingerprints share a shard and their low bits — the bits a table
+    /// used as its hash, so every such id went into one probe sequence. Hashed again with the
+    /// table's own random seed, they spread over its slots.
+    #[test]
+    fn ids_chosen_to_collide_still_spread_over_the_table() {
+        use std::hash::BuildHasher as _;
+        let w = DedupWindow::new(Duration::from_secs(60), 1 << 20);
+        let chosen: Vec<String> = (0u64..)
+            .map(|i| format!("x-{i}"))
+            .filter(|id| {
+                let fp = fingerprint("t", id).0;
+                ((fp >> 64) as usize).is_multiple_of(SHARDS) && fp & 0x3f == 0
+            })
+            .take(500)
+            .collect();
+        w.remember_ids("t", chosen.iter().map(String::as_str), T0);
+        assert!(chosen.iter().all(|id| w.seen_id("t", id, T0)));
+        let shard = w.shards[0].lock().expect("not poisoned");
+        let slots: std::collections::HashSet<u64> = chosen
+            .iter()
+            .map(|id| shard.current.hasher().hash_one(fingerprint("t", id).0) & 0x3f)
+            .collect();
+        assert!(
+            slots.len() >= 48,
+            "500 ids over {} of 64 slots",
+            slots.len()
+        );
     }
 }

@@ -13,14 +13,14 @@
 use std::collections::hash_map::Entry;
 
 use super::keymap::{self, KeyMap};
-use super::{Key, KeyHasher};
+use super::{Key, KeyHashing};
 use crate::rules::{CompiledRule, RuleSet};
 use crate::window::KeyState;
 
 /// One key's states across the rules of a group, by their slot in it.
 pub(crate) type Group = Box<[Option<KeyState>]>;
 
-type Part = std::collections::HashMap<Key, Group, std::hash::BuildHasherDefault<KeyHasher>>;
+type Part = std::collections::HashMap<Key, Group, KeyHashing>;
 
 /// What keys a rule's windows: rules alike here share a group.
 fn keyed_by(rule: &CompiledRule) -> (pitboss_model::live::GroupBy, Option<crate::field::Field>) {

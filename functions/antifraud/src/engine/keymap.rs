@@ -7,16 +7,14 @@
 //! into [`PARTS`] maps by the key's top bits, each growth moves a 256th of the entries, and
 //! the parts, filled at random, reach their thresholds on different events.
 
+use super::{Key, KeyHashing};
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasherDefault;
-
-use super::{Key, KeyHasher};
 
 /// How many maps a [`KeyMap`] is split into.
 pub(crate) const PARTS: usize = 256;
 
-type Part<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+type Part<V> = HashMap<Key, V, KeyHashing>;
 
 #[derive(Debug, Clone)]
 pub(crate) struct KeyMap<V> {
@@ -31,7 +29,8 @@ impl<V> Default for KeyMap<V> {
     }
 }
 
-/// The part of `k`: its top 8 bits (the table within a part hashes all 128, folded).
+/// The part of `k`: its top 8 bits (the table within a part hashes all 128, with its own
+/// random seed).
 fn part(k: &Key) -> usize {
     (*k >> 120) as usize
 }
@@ -42,7 +41,7 @@ impl<V> KeyMap<V> {
     }
 
     /// Part `i` (of [`PARTS`]).
-    pub fn part(&self, i: usize) -> &HashMap<Key, V, BuildHasherDefault<KeyHasher>> {
+    pub fn part(&self, i: usize) -> &HashMap<Key, V, KeyHashing> {
         &self.parts[i]
     }
 
@@ -122,7 +121,7 @@ impl<V: serde::Serialize> serde::Serialize for KeyMap<V> {
 /// save is to write, which grows with the keys touched between two saves.
 #[derive(Debug)]
 pub(crate) struct KeySet {
-    parts: Box<[HashSet<(u32, Key), foldhash::fast::FixedState>]>,
+    parts: Box<[HashSet<(u32, Key), KeyHashing>]>,
 }
 
 impl Default for KeySet {
@@ -232,5 +231,41 @@ mod tests {
         let biggest = m.parts.iter().map(HashMap::len).max().unwrap();
         let smallest = m.parts.iter().map(HashMap::len).min().unwrap();
         assert!(smallest > 20 && biggest < 120, "{smallest}..{biggest}");
+    }
+
+    /// Keys are hashes with fixed seeds (they name saved state), so a sender who picks group
+    /// values can pick keys. Keys whose halves are equal all folded to one table hash (0) when
+    /// the tables hashed a key by folding its halves; in one part, every lookup of those keys
+    /// scanned them all. With each table's hash seeded at random they spread over its slots.
+    #[test]
+    fn keys_chosen_to_collide_still_spread_over_the_table() {
+        use std::hash::BuildHasher as _;
+        let chosen: Vec<Key> = (0..10_000u64)
+            .map(|i| {
+                let half = (0xab << 56) | i;
+                (u128::from(half) << 64) | u128::from(half)
+            })
+            .collect();
+        let m: KeyMap<u64> = chosen.iter().zip(0..).map(|(k, i)| (*k, i)).collect();
+        assert!(chosen.iter().zip(0..).all(|(k, i)| m.get(k) == Some(&i)));
+        let table = m.part(part(&chosen[0]));
+        assert_eq!(table.len(), 10_000, "all in one part");
+        let slots: HashSet<u64> = chosen
+            .iter()
+            .map(|k| table.hasher().hash_one(k) & 0x3ff)
+            .collect();
+        assert!(
+            slots.len() >= 900,
+            "10,000 keys over {} of 1,024 slots",
+            slots.len()
+        );
+        // Another table draws another seed.
+        let other: KeyMap<u64> = chosen.iter().map(|k| (*k, 0)).collect();
+        let theirs = other.part(part(&chosen[0])).hasher();
+        assert!(
+            chosen
+                .iter()
+                .any(|k| theirs.hash_one(k) != table.hasher().hash_one(k))
+        );
     }
 }

@@ -13,7 +13,6 @@
 //! that key empty, as a reload does).
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use pitboss_model::{Event, Payload};
@@ -368,8 +367,7 @@ impl Engine {
     }
 
     pub(super) fn key_of(&self, tenant: &str, group: &str) -> Key {
-        (u128::from(self.key_hashers.0.hash_one((tenant, group))) << 64)
-            | u128::from(self.key_hashers.1.hash_one((tenant, group)))
+        super::key_with(&self.key_hashers, tenant, group)
     }
 
     /// Loads one unit saved by [`Engine::take_changes`]. A window of a rule that is not
