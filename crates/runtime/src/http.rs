@@ -8,8 +8,13 @@
 //! A connection upgraded to a WebSocket still counts: hyper ends its connection future at the
 //! upgrade, so every request carries the connection's [`ConnSlot`], and a WebSocket handler
 //! keeps it for as long as its socket lives ([`ConnSlot`]). The drain waits for those too.
+//! Through the slot the handler can also have the connection's reads charged from then on
+//! ([`ConnSlot::charge_reads`]): an upgraded socket's frames count against a budget as they are
+//! read, not once whole.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,7 +22,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -142,8 +148,93 @@ pub fn raise_fd_limit() -> Option<u64> {
 /// given back when the connection ends and every clone of its slot is dropped. A WebSocket
 /// handler moves its request's slot into the socket's task, so the socket keeps counting after
 /// the upgrade ends hyper's connection (without it, upgraded sockets were not counted at all).
-#[derive(Debug, Clone)]
-pub struct ConnSlot(#[allow(dead_code)] Arc<Place>);
+#[derive(Clone)]
+pub struct ConnSlot {
+    #[allow(dead_code)]
+    place: Arc<Place>,
+    reads: Arc<OnceLock<ReadCharge>>,
+}
+
+impl std::fmt::Debug for ConnSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnSlot")
+            .field("reads_charged", &self.reads.get().is_some())
+            .finish()
+    }
+}
+
+/// What a connection's reads are charged to once its handler asks
+/// ([`ConnSlot::charge_reads`]): called with the byte count of each read; an error ends that
+/// read, and so the connection, with it.
+pub type ReadCharge = Box<dyn Fn(usize) -> std::io::Result<()> + Send + Sync>;
+
+impl ConnSlot {
+    /// From now on, every read of the connection is charged to `charge` (an upgraded
+    /// WebSocket's frames, as they are read: bytes hyper read ahead before the upgrade, at
+    /// most its read buffer, are not). Once per connection: `false` if already set.
+    pub fn charge_reads(&self, charge: ReadCharge) -> bool {
+        self.reads.set(charge).is_ok()
+    }
+}
+
+/// An accepted stream whose reads are charged once its handler asks ([`ConnSlot`]).
+struct Metered {
+    inner: TcpStream,
+    reads: Arc<OnceLock<ReadCharge>>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read
+            && let Some(charge) = this.reads.get()
+        {
+            let n = buf.filled().len() - before;
+            if n > 0
+                && let Err(e) = charge(n)
+            {
+                return Poll::Ready(Err(e));
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
 
 /// What a [`ConnSlot`] holds.
 #[derive(Debug)]
@@ -203,7 +294,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         metrics::gauge!("pitboss_http_connections").increment(1.0);
-        let slot = ConnSlot(Arc::new(Place(permit)));
+        let slot = ConnSlot {
+            place: Arc::new(Place(permit)),
+            reads: Arc::new(OnceLock::new()),
+        };
+        let reads = Arc::clone(&slot.reads);
         let for_requests = slot.clone();
         let service = TowerToHyperService::new(router.clone().map_request(
             move |mut req: axum::http::Request<_>| {
@@ -233,7 +328,13 @@ pub async fn serve(
                 return;
             }
             let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(Metered {
+                        inner: stream,
+                        reads,
+                    }),
+                    service,
+                )
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

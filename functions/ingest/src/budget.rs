@@ -110,6 +110,19 @@ impl Held {
         self.lock().stalled
     }
 
+    /// What it holds, moved into a new `Held`; this one holds nothing after and takes further
+    /// charges (a socket's reads: the frame read takes them over).
+    pub fn take(&self) -> Held {
+        let mut h = self.lock();
+        Held(Arc::new(Mutex::new(HeldInner {
+            process: h.process.take(),
+            tenant: h.tenant.take(),
+            refused: None,
+            stalled: false,
+            gauge: h.gauge.clone(),
+        })))
+    }
+
     /// Bytes it holds.
     pub fn bytes(&self) -> usize {
         self.lock().process.as_ref().map_or(0, |p| p.num_permits())

@@ -622,9 +622,21 @@ async fn ws_ingest(
         .on_upgrade(move |socket| async move {
             // The socket counts under `max_connections`, and its tenant's bound, while it
             // lives.
-            let _slot = slot;
             let _place = place;
-            ws_session(state, tenant, socket, shutdown).await;
+            // Its frames count against the body budget as they are read, not once whole: a
+            // tenant's sockets reading frames hold its share at most, whatever their number.
+            let reads = crate::budget::Held::default();
+            let charged = slot.as_ref().is_some_and(|Extension(slot)| {
+                let (budget, tenant, held) =
+                    (state.body_budget.clone(), tenant.clone(), reads.clone());
+                slot.charge_reads(Box::new(move |n| {
+                    budget
+                        .charge(&held, &tenant, n)
+                        .map_err(std::io::Error::other)
+                }))
+            });
+            let _slot = slot;
+            ws_session(state, tenant, socket, shutdown, charged.then_some(reads)).await;
         })
 }
 
@@ -638,6 +650,8 @@ enum WsEnd {
     Client,
     /// Nothing came for the idle timeout: a dead peer.
     Idle,
+    /// A frame being read found no room in the body budget.
+    Overloaded(crate::budget::OverBudget),
     /// The server is shutting down.
     Shutdown,
     /// A frame over `max_body_bytes` (1009), a text frame that is not UTF-8 (1007), or one the
@@ -645,11 +659,14 @@ enum WsEnd {
     Broken(pitboss_runtime::http::WsBroken),
 }
 
+/// `reads`: what the socket's reads are charged to as they come, when they are (the frame read
+/// last takes it over; without it each frame is charged once read).
 async fn ws_session(
     state: AppState,
     tenant: String,
     socket: axum::extract::ws::WebSocket,
     shutdown: pitboss_runtime::Shutdown,
+    reads: Option<crate::budget::Held>,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
@@ -666,7 +683,7 @@ async fn ws_session(
     let reader_end = ended.clone();
     let stop = shutdown.clone();
     let frames = futures::stream::unfold(stream, move |mut stream| {
-        let (stop, reader_end) = (stop.clone(), reader_end.clone());
+        let (stop, reader_end, reads) = (stop.clone(), reader_end.clone(), reads.clone());
         async move {
             loop {
                 let next = tokio::select! {
@@ -682,15 +699,37 @@ async fn ws_session(
                         return None;
                     }
                     Ok(Some(Err(e))) => {
-                        // tungstenite refuses a frame over the bound as it reads it.
-                        if let Some(broken) = pitboss_runtime::http::ws_broken(&e) {
+                        if let Some(why) = reads.as_ref().and_then(crate::budget::Held::refusal) {
+                            end(WsEnd::Overloaded(why), &reader_end);
+                        } else if let Some(broken) = pitboss_runtime::http::ws_broken(&e) {
+                            // tungstenite refuses a frame over the bound as it reads it.
                             end(WsEnd::Broken(broken), &reader_end);
                         }
                         return None;
                     }
                     Ok(None | Some(Ok(Message::Close(_)))) => return None,
-                    Ok(Some(Ok(Message::Text(t)))) => return Some((t.as_bytes().to_vec(), stream)),
-                    Ok(Some(Ok(Message::Binary(b)))) => return Some((b.to_vec(), stream)),
+                    // The frame takes over what its reads were charged (and a few bytes of
+                    // the next read ahead with it, at most the socket's read buffer).
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let held = reads.as_ref().map(crate::budget::Held::take);
+                        return Some((
+                            crate::ws::Frame {
+                                bytes: t.as_bytes().to_vec(),
+                                held,
+                            },
+                            stream,
+                        ));
+                    }
+                    Ok(Some(Ok(Message::Binary(b)))) => {
+                        let held = reads.as_ref().map(crate::budget::Held::take);
+                        return Some((
+                            crate::ws::Frame {
+                                bytes: b.to_vec(),
+                                held,
+                            },
+                            stream,
+                        ));
+                    }
                     // Pings (answered by axum) and pongs: the peer is alive.
                     Ok(Some(Ok(_))) => {}
                 }
@@ -734,6 +773,18 @@ async fn ws_session(
             WsEnd::Idle => (
                 1001,
                 "idle: nothing received within the idle timeout".into(),
+            ),
+            // "Try Again Later" (the IANA registry of close codes): as `503 overloaded`.
+            WsEnd::Overloaded(why) => (
+                1013,
+                match why {
+                    crate::budget::OverBudget::Tenant(n) => format!(
+                        "overloaded: this tenant's bodies hold their {n} bytes; retry later"
+                    ),
+                    crate::budget::OverBudget::Process(n) => format!(
+                        "overloaded: the server's {n} bytes of bodies are held; retry later"
+                    ),
+                },
             ),
             WsEnd::Broken(b) => (
                 b.code(),

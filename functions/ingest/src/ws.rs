@@ -9,6 +9,7 @@
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Held;
 use crate::core::BodyFormat;
 use crate::http::{AppState, ErrorDetail, IngestResponse, ingest_batch};
 
@@ -33,28 +34,50 @@ pub enum FrameResult {
     },
 }
 
+/// One frame read, and what it holds of the body budget when its reads were charged as they
+/// came (a socket served by `pitboss_runtime::http::serve`); without, it is charged whole here.
+#[derive(Debug)]
+pub struct Frame {
+    pub bytes: Vec<u8>,
+    pub held: Option<Held>,
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(bytes: Vec<u8>) -> Frame {
+        Frame { bytes, held: None }
+    }
+}
+
 /// Ingests every frame of `frames` (a JSON array of events, or one event) for `tenant`,
 /// sending one reply per frame to `replies`, in order. Ends when `frames` ends.
-pub async fn serve_frames<S, K>(
+pub async fn serve_frames<S, F, K>(
     state: &AppState,
     tenant: &str,
     mut frames: S,
     mut replies: K,
 ) -> Result<(), K::Error>
 where
-    S: Stream<Item = Vec<u8>> + Unpin,
+    S: Stream<Item = F> + Unpin,
+    F: Into<Frame>,
     K: Sink<String> + Unpin,
 {
     let mut seq = 0;
     while let Some(frame) = frames.next().await {
         seq += 1;
-        // The frame is in memory already (the socket read it whole); charged while it is
-        // worked on, it counts against what requests and streams may take meanwhile.
-        let held = crate::budget::Held::default();
-        let taken = state
-            .body_budget
-            .charge(&held, tenant, frame.len())
-            .map_err(crate::error::IngestError::Overloaded);
+        let Frame { bytes: frame, held } = frame.into();
+        // Held while the frame is worked on (to the end of this turn, its answer sent), it
+        // counts against what requests and streams may take meanwhile.
+        let (_held, taken) = match held {
+            Some(held) => (held, Ok(())),
+            None => {
+                let held = Held::default();
+                let taken = state
+                    .body_budget
+                    .charge(&held, tenant, frame.len())
+                    .map_err(crate::error::IngestError::Overloaded);
+                (held, taken)
+            }
+        };
         let result = match async {
             taken?;
             ingest_batch(state, tenant, &frame, BodyFormat::Json).await

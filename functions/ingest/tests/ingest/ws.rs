@@ -457,3 +457,105 @@ async fn a_client_that_never_reads_gives_its_place_back_after_the_idle_timeout()
     drop(stream);
     sender.abort();
 }
+
+/// Writes `bytes` on the socket's connection as they are: part of a frame, which the client
+/// library would only send whole.
+async fn send_raw(socket: &mut Socket, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = socket.get_mut() else {
+        panic!("a plain connection")
+    };
+    tcp.write_all(bytes).await.unwrap();
+}
+
+/// The head of a client's whole text frame of `len` bytes, masked with a zero key (so its
+/// payload is sent as it is).
+fn text_frame_head(len: usize) -> Vec<u8> {
+    let mut head = vec![0x81, 0x80 | 127];
+    head.extend_from_slice(&(len as u64).to_be_bytes());
+    head.extend_from_slice(&[0; 4]);
+    head
+}
+
+/// Waits (10 s at most) until `done`.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 10 s: {what}");
+}
+
+/// A frame counts against its tenant's share of the body budget as it is read, not once whole:
+/// frames half sent on many sockets held connections × `max_body_bytes` of the server's memory
+/// before any of them was charged. A socket whose read finds the share full is closed with
+/// 1013 ("try again later", as `503 overloaded`), saying so; the tenant's other sockets read
+/// on, and a frame answered gives back what it held.
+#[tokio::test]
+async fn frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_close_with_1013() {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let state = pitboss_ingest::state(
+        IngestConfig {
+            max_body_bytes: 128 << 10,
+            max_inflight_body_bytes: 1 << 20,
+            max_inflight_body_bytes_per_tenant: 256 << 10,
+            ..config()
+        },
+        bus.publisher(),
+    )
+    .unwrap();
+    let budget = state.body_budget.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/ingest/ws", listener.local_addr().unwrap());
+    tokio::spawn(pitboss_ingest::serve(
+        state,
+        listener,
+        pitboss_runtime::Shutdown::new(),
+    ));
+    // One event, padded in front to 120 KiB; 100 KiB of it sent on each socket.
+    let one = events(1);
+    let frame = format!("{}{one}", " ".repeat((120 << 10) - one.len()));
+    let (head, part) = (text_frame_head(frame.len()), &frame.as_bytes()[..100 << 10]);
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut socket = connect(&url).await;
+        send_raw(&mut socket, &head).await;
+        send_raw(&mut socket, part).await;
+        sockets.push(socket);
+    }
+    wait_until("both halves charged", || {
+        budget.held_by("acme") >= 200 << 10
+    })
+    .await;
+    let mut third = connect(&url).await;
+    send_raw(&mut third, &head).await;
+    send_raw(&mut third, part).await;
+    match next_message(&mut third).await {
+        Some(Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1013, "{frame:?}");
+            assert!(
+                frame
+                    .reason
+                    .contains("this tenant's bodies hold their 262144 bytes"),
+                "{frame:?}"
+            );
+        }
+        other => panic!("expected a 1013 close, got {other:?}"),
+    }
+    assert!(budget.held_by("acme") <= 256 << 10);
+    // The first frame's rest: answered, and what it held given back.
+    send_raw(&mut sockets[0], &frame.as_bytes()[100 << 10..]).await;
+    let reply = next_message(&mut sockets[0]).await.expect("an answer");
+    assert!(
+        reply.to_text().unwrap().contains("\"accepted\":1"),
+        "{reply:?}"
+    );
+    wait_until("the answered frame's bytes given back", || {
+        budget.held_by("acme") < 110 << 10
+    })
+    .await;
+    assert_eq!(bus.len("events"), 1);
+}
