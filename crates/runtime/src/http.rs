@@ -171,7 +171,9 @@ pub type ReadCharge = Box<dyn Fn(usize) -> std::io::Result<()> + Send + Sync>;
 impl ConnSlot {
     /// From now on, every read of the connection is charged to `charge` (an upgraded
     /// WebSocket's frames, as they are read: bytes hyper read ahead before the upgrade, at
-    /// most its read buffer, are not). Once per connection: `false` if already set.
+    /// most its read buffer, are not). Once per connection: `false` if already set. Only for a
+    /// connection that carries one stream (HTTP/1, upgraded): on HTTP/2 it would charge every
+    /// stream's reads to one hook (this server does not offer WebSockets over HTTP/2).
     pub fn charge_reads(&self, charge: ReadCharge) -> bool {
         self.reads.set(charge).is_ok()
     }

@@ -123,6 +123,25 @@ impl Held {
         })))
     }
 
+    /// Gives back `n` of the bytes it holds (all it holds, if fewer): a socket's reads that
+    /// were a ping or a pong, not part of a frame.
+    pub fn give_back_bytes(&self, n: usize) {
+        let mut h = self.lock();
+        let n = n.min(h.process.as_ref().map_or(0, |p| p.num_permits()));
+        if n == 0 {
+            return;
+        }
+        if let Some(p) = h.process.as_mut() {
+            drop(p.split(n));
+        }
+        if let Some(t) = h.tenant.as_mut() {
+            drop(t.split(n.min(t.num_permits())));
+        }
+        if let Some((sem, bytes)) = &h.gauge {
+            set_gauge(sem, *bytes);
+        }
+    }
+
     /// Bytes it holds.
     pub fn bytes(&self) -> usize {
         self.lock().process.as_ref().map_or(0, |p| p.num_permits())

@@ -17,6 +17,7 @@
 //! tenth of the ingest CPU.)
 
 use std::collections::HashSet;
+use std::hash::BuildHasher as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -54,6 +55,10 @@ pub struct DedupWindow {
     shards: Box<[Mutex<Shard>]>,
     window_ms: u64,
     per_generation: usize,
+    /// Picks an id's shard: a seed of its own too, or ids picked to share one shard would
+    /// all wait on its lock and turn its generations over early (the other tenants' ids in it
+    /// forgotten sooner).
+    seed: foldhash::fast::RandomState,
 }
 
 impl DedupWindow {
@@ -74,14 +79,19 @@ impl DedupWindow {
                 .collect(),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1),
             per_generation,
+            seed: foldhash::fast::RandomState::default(),
         }
+    }
+
+    fn shard_of(&self, fp: u128) -> usize {
+        self.seed.hash_one(fp) as usize % SHARDS
     }
 
     /// The shard of `fp`, its generations turned over to `now_ms`'s time slice. (The caller's
     /// clock: one reading per request rather than one per id. A clock that steps back leaves
     /// the generations as they are.)
     fn shard(&self, fp: u128, now_ms: i64) -> std::sync::MutexGuard<'_, Shard> {
-        let shard = &self.shards[(fp >> 64) as usize % SHARDS];
+        let shard = &self.shards[self.shard_of(fp)];
         // A panic while holding the lock cannot leave the sets inconsistent: keep using them.
         let mut s = shard
             .lock()
@@ -206,11 +216,11 @@ mod tests {
     }
 
     /// Event ids are the client's, and the fingerprint has no secret: anyone can pick ids (here
-    /// by brute force) whose fingerprints share a shard and their low bits — the bits a table
-    /// used as its hash, so every such id went into one probe sequence. Hashed again with the
-    /// table's own random seed, they spread over its slots.
+    /// by brute force) whose fingerprints share the bits that chose their shard and the low bits
+    /// a table used as its hash, so every such id went into one shard's lock and one probe
+    /// sequence. Hashed again with random seeds, they spread over the shards and the slots.
     #[test]
-    fn ids_chosen_to_collide_still_spread_over_the_table() {
+    fn ids_chosen_to_collide_still_spread_over_the_shards_and_the_table() {
         use std::hash::BuildHasher as _;
         let w = DedupWindow::new(Duration::from_secs(60), 1 << 20);
         let chosen: Vec<String> = (0u64..)
@@ -223,10 +233,22 @@ mod tests {
             .collect();
         w.remember_ids("t", chosen.iter().map(String::as_str), T0);
         assert!(chosen.iter().all(|id| w.seen_id("t", id, T0)));
-        let shard = w.shards[0].lock().expect("not poisoned");
+        let shards: std::collections::HashSet<usize> = chosen
+            .iter()
+            .map(|id| w.shard_of(fingerprint("t", id).0))
+            .collect();
+        assert!(
+            shards.len() >= 40,
+            "500 ids over {} of 64 shards",
+            shards.len()
+        );
         let slots: std::collections::HashSet<u64> = chosen
             .iter()
-            .map(|id| shard.current.hasher().hash_one(fingerprint("t", id).0) & 0x3f)
+            .map(|id| {
+                let fp = fingerprint("t", id).0;
+                let shard = w.shards[w.shard_of(fp)].lock().expect("not poisoned");
+                shard.current.hasher().hash_one(fp) & 0x3f
+            })
             .collect();
         assert!(
             slots.len() >= 48,

@@ -625,11 +625,17 @@ async fn ws_ingest(
             let _place = place;
             // Its frames count against the body budget as they are read, not once whole: a
             // tenant's sockets reading frames hold its share at most, whatever their number.
+            // (A frame is charged at most its largest size: what it holds in memory, whatever
+            // its heads cost on the wire, so a frame of `max_body_bytes` fits in any share.)
             let reads = crate::budget::Held::default();
             let charged = slot.as_ref().is_some_and(|Extension(slot)| {
                 let (budget, tenant, held) =
                     (state.body_budget.clone(), tenant.clone(), reads.clone());
                 slot.charge_reads(Box::new(move |n| {
+                    let n = n.min(max.saturating_sub(held.bytes()));
+                    if n == 0 {
+                        return Ok(());
+                    }
                     budget
                         .charge(&held, &tenant, n)
                         .map_err(std::io::Error::other)
@@ -652,6 +658,8 @@ enum WsEnd {
     Idle,
     /// A frame being read found no room in the body budget.
     Overloaded(crate::budget::OverBudget),
+    /// Part of a frame was held and nothing more of it came for the stall bound.
+    Stalled,
     /// The server is shutting down.
     Shutdown,
     /// A frame over `max_body_bytes` (1009), a text frame that is not UTF-8 (1007), or one the
@@ -671,6 +679,7 @@ async fn ws_session(
     use axum::extract::ws::{CloseFrame, Message};
     use futures::{SinkExt, StreamExt};
     let idle = Duration::from_secs(state.config.ws_idle_timeout_secs);
+    let stall = Duration::from_millis(state.config.header_read_timeout_ms);
     let ping_every = Duration::from_secs(state.config.ws_ping_interval_secs);
     let max_frame = state.config.max_body_bytes;
     let (mut sink, stream) = socket.split();
@@ -685,13 +694,29 @@ async fn ws_session(
     let frames = futures::stream::unfold(stream, move |mut stream| {
         let (stop, reader_end, reads) = (stop.clone(), reader_end.clone(), reads.clone());
         async move {
+            // While part of a frame is held, its bytes must grow between two looks `stall`
+            // apart (pings and pongs do not count: their bytes are given back), as a body's
+            // pieces must come within it.
+            let mut look = tokio::time::interval_at(tokio::time::Instant::now() + stall, stall);
+            let mut held_before = 0;
+            let mut idle_at = tokio::time::Instant::now() + idle;
             loop {
                 let next = tokio::select! {
                     () = stop.wait() => {
                         end(WsEnd::Shutdown, &reader_end);
                         return None;
                     }
-                    next = tokio::time::timeout(idle, stream.next()) => next,
+                    _ = look.tick(), if reads.is_some() => None,
+                    next = tokio::time::timeout_at(idle_at, stream.next()) => Some(next),
+                };
+                let Some(next) = next else {
+                    let held = reads.as_ref().map_or(0, crate::budget::Held::bytes);
+                    if held > 0 && held <= held_before {
+                        end(WsEnd::Stalled, &reader_end);
+                        return None;
+                    }
+                    held_before = held;
+                    continue;
                 };
                 match next {
                     Err(_) => {
@@ -710,28 +735,20 @@ async fn ws_session(
                     Ok(None | Some(Ok(Message::Close(_)))) => return None,
                     // The frame takes over what its reads were charged (and a few bytes of
                     // the next read ahead with it, at most the socket's read buffer).
-                    Ok(Some(Ok(Message::Text(t)))) => {
+                    Ok(Some(Ok(message @ (Message::Text(_) | Message::Binary(_))))) => {
                         let held = reads.as_ref().map(crate::budget::Held::take);
-                        return Some((
-                            crate::ws::Frame {
-                                bytes: t.as_bytes().to_vec(),
-                                held,
-                            },
-                            stream,
-                        ));
+                        let bytes = message.into_data().to_vec();
+                        return Some((crate::ws::Frame { bytes, held }, stream));
                     }
-                    Ok(Some(Ok(Message::Binary(b)))) => {
-                        let held = reads.as_ref().map(crate::budget::Held::take);
-                        return Some((
-                            crate::ws::Frame {
-                                bytes: b.to_vec(),
-                                held,
-                            },
-                            stream,
-                        ));
+                    // Pings (answered by axum) and pongs: the peer is alive. Their bytes (a
+                    // client's control frame: 2 bytes of head, 4 of mask, the payload) are
+                    // given back, or an idle socket's pongs would pile up in its tenant's share.
+                    Ok(Some(Ok(Message::Ping(p) | Message::Pong(p)))) => {
+                        if let Some(reads) = &reads {
+                            reads.give_back_bytes(6 + p.len());
+                        }
+                        idle_at = tokio::time::Instant::now() + idle;
                     }
-                    // Pings (answered by axum) and pongs: the peer is alive.
-                    Ok(Some(Ok(_))) => {}
                 }
             }
         }
@@ -773,6 +790,14 @@ async fn ws_session(
             WsEnd::Idle => (
                 1001,
                 "idle: nothing received within the idle timeout".into(),
+            ),
+            // As `408 body_timeout`.
+            WsEnd::Stalled => (
+                1008,
+                format!(
+                    "body_timeout: the frame sent nothing for {} ms while part of it was held",
+                    stall.as_millis()
+                ),
             ),
             // "Try Again Later" (the IANA registry of close codes): as `503 overloaded`.
             WsEnd::Overloaded(why) => (

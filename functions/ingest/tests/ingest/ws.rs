@@ -545,7 +545,10 @@ async fn frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_cl
         }
         other => panic!("expected a 1013 close, got {other:?}"),
     }
-    assert!(budget.held_by("acme") <= 256 << 10);
+    wait_until("the refused socket's bytes given back", || {
+        budget.held_by("acme") < 201 << 10
+    })
+    .await;
     // The first frame's rest: answered, and what it held given back.
     send_raw(&mut sockets[0], &frame.as_bytes()[100 << 10..]).await;
     let reply = next_message(&mut sockets[0]).await.expect("an answer");
@@ -557,5 +560,120 @@ async fn frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_cl
         budget.held_by("acme") < 110 << 10
     })
     .await;
+    // A socket gone half-way through a frame gives back what it held.
+    drop(sockets.remove(1));
+    wait_until("the dropped socket's bytes given back", || {
+        budget.held_by("acme") == 0
+    })
+    .await;
     assert_eq!(bus.len("events"), 1);
+}
+
+/// A server for [`frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_close_with_1013`]'s
+/// neighbours: `max_body_bytes` and the tenant's share both 128 KiB, a stall bound of 300 ms.
+async fn serve_charged() -> (
+    String,
+    Arc<pitboss_ingest::budget::BodyBudget>,
+    MemoryPublisher,
+) {
+    let bus = MemoryPublisher::new();
+    bus.create_topic("events", 2);
+    let state = pitboss_ingest::state(
+        IngestConfig {
+            max_body_bytes: 128 << 10,
+            max_inflight_body_bytes: 1 << 20,
+            max_inflight_body_bytes_per_tenant: 128 << 10,
+            header_read_timeout_ms: 300,
+            ..config()
+        },
+        bus.publisher(),
+    )
+    .unwrap();
+    let budget = state.body_budget.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/ingest/ws", listener.local_addr().unwrap());
+    tokio::spawn(pitboss_ingest::serve(
+        state,
+        listener,
+        pitboss_runtime::Shutdown::new(),
+    ));
+    (url, budget, bus)
+}
+
+/// Pings and pongs are read too, but they are not frames: their bytes are given back at once
+/// (an idle socket's pongs, one every ping interval, stayed charged until its next frame and
+/// piled up in its tenant's share). And a frame is charged what it holds, not its heads: one
+/// of `max_body_bytes` is read and answered when the share is that size.
+#[tokio::test]
+async fn pings_hold_nothing_and_a_frame_of_the_largest_size_fits_the_smallest_share() {
+    let (url, budget, bus) = serve_charged().await;
+    let mut socket = connect(&url).await;
+    for _ in 0..50 {
+        socket
+            .send(Message::Ping(vec![7; 100].into()))
+            .await
+            .unwrap();
+    }
+    let mut pongs = 0;
+    while pongs < 50 {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+            Ok(Some(Ok(Message::Pong(_)))) => pongs += 1,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected pongs, got {other:?}"),
+        }
+    }
+    wait_until("the pings' bytes given back", || {
+        budget.held_by("acme") == 0
+    })
+    .await;
+    let one = events(1);
+    let largest = format!("{}{one}", " ".repeat((128 << 10) - one.len()));
+    socket.send(Message::text(largest)).await.unwrap();
+    let reply = next_message(&mut socket).await.expect("an answer");
+    assert!(
+        reply.to_text().unwrap().contains("\"accepted\":1"),
+        "{reply:?}"
+    );
+    assert_eq!(bus.len("events"), 1);
+}
+
+/// A frame of which part is held and nothing more comes for the stall bound
+/// (`header_read_timeout_ms`) is cut as a body is (`408 body_timeout`): the socket closed with
+/// 1008, its bytes given back. Pings meanwhile do not keep it (they only keep an idle socket
+/// open).
+#[tokio::test]
+async fn a_frame_that_stalls_while_held_closes_with_1008() {
+    let (url, budget, bus) = serve_charged().await;
+    let mut socket = connect(&url).await;
+    send_raw(&mut socket, &text_frame_head(100 << 10)).await;
+    send_raw(&mut socket, &[b' '; 50 << 10]).await;
+    // A client's ping (masked with a zero key) every 100 ms, until the server closes.
+    let pinging = async {
+        use tokio::io::AsyncWriteExt;
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = socket.get_mut() else {
+            panic!("a plain connection")
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tcp.write_all(&[0x89, 0x80, 0, 0, 0, 0]).await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1_500), pinging).await;
+    match next_message(&mut socket).await {
+        Some(Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+            assert!(
+                frame.reason.contains("body_timeout") && frame.reason.contains("300 ms"),
+                "{frame:?}"
+            );
+        }
+        other => panic!("expected a 1008 close, got {other:?}"),
+    }
+    wait_until("the stalled frame's bytes given back", || {
+        budget.held_by("acme") == 0
+    })
+    .await;
+    assert_eq!(bus.len("events"), 0);
 }
