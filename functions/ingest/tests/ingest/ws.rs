@@ -495,26 +495,7 @@ async fn wait_until(what: &str, done: impl Fn() -> bool) {
 /// on, and a frame answered gives back what it held.
 #[tokio::test]
 async fn frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_close_with_1013() {
-    let bus = MemoryPublisher::new();
-    bus.create_topic("events", 2);
-    let state = pitboss_ingest::state(
-        IngestConfig {
-            max_body_bytes: 128 << 10,
-            max_inflight_body_bytes: 1 << 20,
-            max_inflight_body_bytes_per_tenant: 256 << 10,
-            ..config()
-        },
-        bus.publisher(),
-    )
-    .unwrap();
-    let budget = state.body_budget.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/v1/ingest/ws", listener.local_addr().unwrap());
-    tokio::spawn(pitboss_ingest::serve(
-        state,
-        listener,
-        pitboss_runtime::Shutdown::new(),
-    ));
+    let (url, budget, bus) = serve_charged(256 << 10, 10_000).await;
     // One event, padded in front to 120 KiB; 100 KiB of it sent on each socket.
     let one = events(1);
     let frame = format!("{}{one}", " ".repeat((120 << 10) - one.len()));
@@ -569,9 +550,12 @@ async fn frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_cl
     assert_eq!(bus.len("events"), 1);
 }
 
-/// A server for [`frames_are_charged_to_the_tenants_share_as_they_are_read_and_past_it_close_with_1013`]'s
-/// neighbours: `max_body_bytes` and the tenant's share both 128 KiB, a stall bound of 300 ms.
-async fn serve_charged() -> (
+/// A server whose frames are charged as they are read: `max_body_bytes` 128 KiB, the tenant's
+/// share `share` bytes (of 1 MiB), the stall bound `stall_ms`.
+async fn serve_charged(
+    share: usize,
+    stall_ms: u64,
+) -> (
     String,
     Arc<pitboss_ingest::budget::BodyBudget>,
     MemoryPublisher,
@@ -582,8 +566,8 @@ async fn serve_charged() -> (
         IngestConfig {
             max_body_bytes: 128 << 10,
             max_inflight_body_bytes: 1 << 20,
-            max_inflight_body_bytes_per_tenant: 128 << 10,
-            header_read_timeout_ms: 300,
+            max_inflight_body_bytes_per_tenant: share,
+            header_read_timeout_ms: stall_ms,
             ..config()
         },
         bus.publisher(),
@@ -606,7 +590,7 @@ async fn serve_charged() -> (
 /// of `max_body_bytes` is read and answered when the share is that size.
 #[tokio::test]
 async fn pings_hold_nothing_and_a_frame_of_the_largest_size_fits_the_smallest_share() {
-    let (url, budget, bus) = serve_charged().await;
+    let (url, budget, bus) = serve_charged(128 << 10, 300).await;
     let mut socket = connect(&url).await;
     for _ in 0..50 {
         socket
@@ -643,7 +627,7 @@ async fn pings_hold_nothing_and_a_frame_of_the_largest_size_fits_the_smallest_sh
 /// open).
 #[tokio::test]
 async fn a_frame_that_stalls_while_held_closes_with_1008() {
-    let (url, budget, bus) = serve_charged().await;
+    let (url, budget, bus) = serve_charged(128 << 10, 300).await;
     let mut socket = connect(&url).await;
     send_raw(&mut socket, &text_frame_head(100 << 10)).await;
     send_raw(&mut socket, &[b' '; 50 << 10]).await;
@@ -660,6 +644,7 @@ async fn a_frame_that_stalls_while_held_closes_with_1008() {
             }
         }
     };
+    // The pings go on until the server closes, or for 1.5 s.
     let _ = tokio::time::timeout(Duration::from_millis(1_500), pinging).await;
     match next_message(&mut socket).await {
         Some(Message::Close(Some(frame))) => {
