@@ -27,6 +27,40 @@ pub enum RulesCommand {
     /// Run rule test files: each case's events through a fresh engine, its expected hits
     /// compared with what fired (docs/rules.md, "Checking and testing rules"); exit status 1 when one fails.
     Test(crate::ruletest::TestArgs),
+    /// Build an engine's state file from stored history, so `pitboss antifraud` (or `pitboss
+    /// up`) starts with full windows instead of empty ones (docs/rules.md, "Starting warm").
+    Warm(WarmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Directory of rule files (`*.toml`): the set the engine will run; the shipped packs
+    /// without it.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// The engine's state directory (`pitboss antifraud --state-dir`; `pitboss up` keeps its
+    /// state in its data directory): its `antifraud.db` is written.
+    #[arg(
+        long,
+        env = "PITBOSS_ANTIFRAUD_STATE_DIR",
+        default_value = ".pitboss-antifraud"
+    )]
+    state_dir: PathBuf,
+    /// The engine's consumer group (`pitboss antifraud --group`).
+    #[arg(long, default_value = "pitboss-antifraud")]
+    group: String,
+    /// Read the events received from this time on (RFC 3339); by default the set's longest
+    /// window before now (at most 7 days).
+    #[arg(long)]
+    from: Option<String>,
+    /// Replace the state the file holds for the group (refused without it).
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Output: a text report, or one JSON object.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +78,19 @@ pub struct BacktestArgs {
     /// Only this tenant's events.
     #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     tenant: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Example alerts per rule.
+    #[arg(long, default_value_t = 3)]
+    examples: usize,
+    /// Output: a text report, or one JSON object.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+/// Where stored events are read: the embedded store of `pitboss up`, or ClickHouse.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
     /// The data directory of `pitboss up` (its embedded store, `pitboss.db`), read unless
     /// `--clickhouse-url` is given.
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
@@ -66,12 +113,122 @@ pub struct BacktestArgs {
     /// Rows per ClickHouse query (keyset pages; ClickHouse only).
     #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
     page_rows: u64,
-    /// Example alerts per rule.
-    #[arg(long, default_value_t = 3)]
-    examples: usize,
-    /// Output: a text report, or one JSON object.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
+}
+
+/// A ClickHouse server to read stored events from.
+struct Stored {
+    client: pitboss_processor::sink::ClickHouseClient,
+    /// The URL without its password, for messages.
+    at: String,
+    wait: std::time::Duration,
+    page_rows: u64,
+}
+
+impl StoreArgs {
+    /// The embedded store's file, when ClickHouse is not named; refused when it is not there.
+    fn embedded(&self) -> Result<Option<PathBuf>> {
+        if self.clickhouse_url.is_some() {
+            return Ok(None);
+        }
+        let path = self.data_dir.join("pitboss.db");
+        if !path.exists() {
+            bail!(
+                "no embedded store at {} (give the --data-dir of `pitboss up`, or \
+                 --clickhouse-url)",
+                path.display()
+            );
+        }
+        Ok(Some(path))
+    }
+
+    fn clickhouse(&self) -> Result<Option<Stored>> {
+        let Some(url) = &self.clickhouse_url else {
+            return Ok(None);
+        };
+        if !pitboss_processor::schema::valid_identifier(&self.database) {
+            bail!("--database must be letters, digits and '_' (not starting with a digit)");
+        }
+        pitboss_processor::sink::check_url(url)
+            .map_err(|e| anyhow::anyhow!("--clickhouse-url: {e}"))?;
+        Ok(Some(Stored {
+            client: pitboss_processor::sink::client(url, &self.database),
+            // Printed without its password; a server that takes the connection but never
+            // answers (stopped, or behind a proxy that holds it) fails the run, not hangs it.
+            at: pitboss_processor::sink::redacted_url(url),
+            wait: std::time::Duration::from_secs(self.query_timeout_secs),
+            page_rows: self.page_rows.max(1),
+        }))
+    }
+}
+
+impl Stored {
+    async fn ask<T, E>(
+        &self,
+        query: impl std::future::Future<Output = std::result::Result<T, E>>,
+        what: &str,
+    ) -> Result<T>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        answered(self.wait, query, || {
+            format!("{what} in ClickHouse at {}", self.at)
+        })
+        .await
+    }
+
+    /// Each event received in `[lo, hi)` (of `tenant`, or all), in replay order, a copy the
+    /// table has not merged away yet left out.
+    async fn scan(
+        &self,
+        lo: u64,
+        hi: u64,
+        tenant: Option<&str>,
+        mut f: impl FnMut(&pitboss_processor::rows::StoredEvent),
+    ) -> Result<()> {
+        let columns = self
+            .ask(
+                pitboss_processor::sink::stored_event_columns(&self.client),
+                "reading the events' columns",
+            )
+            .await?;
+        let mut after: Option<pitboss_processor::sink::EventCursor> = None;
+        // The events of the millisecond being read, to drop a copy the table has not
+        // merged away yet (a publish retried: the same event, received at the same time,
+        // at another offset).
+        let mut this_ms: (u64, std::collections::HashSet<(String, String)>) =
+            (u64::MAX, std::collections::HashSet::new());
+        loop {
+            let page = self
+                .ask(
+                    pitboss_processor::sink::events_page(
+                        &self.client,
+                        &columns,
+                        lo,
+                        hi,
+                        tenant,
+                        after.as_ref(),
+                        self.page_rows,
+                    ),
+                    "reading the events",
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            let next = pitboss_processor::sink::EventCursor::after(last);
+            for row in &page {
+                if this_ms.0 != row.received_at_ms {
+                    this_ms = (row.received_at_ms, std::collections::HashSet::new());
+                }
+                if this_ms
+                    .1
+                    .insert((row.tenant_id.clone(), row.event_id.clone()))
+                {
+                    f(row);
+                }
+            }
+            after = Some(next);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,7 +268,198 @@ pub async fn rules(args: RulesArgs) -> Result<()> {
         RulesCommand::Backtest(args) => backtest(args).await,
         RulesCommand::Check(args) => crate::ruletest::check(args),
         RulesCommand::Test(args) => crate::ruletest::test(args),
+        RulesCommand::Warm(args) => warm(args).await,
     }
+}
+
+/// The rule set `--rules` names (the shipped packs without it), refused with why.
+fn load_rules(rules: Option<&PathBuf>) -> Result<(RulesSource, pitboss_antifraud::RuleSet)> {
+    let source = match rules {
+        Some(d) => {
+            if !d.is_dir() {
+                bail!("--rules {}: not a directory", d.display());
+            }
+            RulesSource::Dir(d.clone())
+        }
+        None => RulesSource::Shipped,
+    };
+    let set = source.load().with_context(|| match rules {
+        Some(d) => format!("the rule set in {} is refused", d.display()),
+        None => "the shipped rule set is refused".to_owned(),
+    })?;
+    Ok((source, set))
+}
+
+/// Per stored `(topic, partition)`, the newest offset as the position a warm state covers;
+/// refused for a store that keeps no offsets (fed from Kinesis).
+fn covered(ends: &[(String, u32, u64, u64)]) -> Result<pitboss_antifraud::state::Positions> {
+    let mut upto = pitboss_antifraud::state::Positions::new();
+    for (topic, partition, newest, rows) in ends {
+        if *newest == 0 && *rows > 1 {
+            bail!(
+                "the store keeps no bus offsets for {topic}:{partition} ({rows} events, all at \
+                 offset 0: a store fed from Kinesis, whose sequence numbers are not kept); a \
+                 warm start needs events stored from Kafka or the embedded log"
+            );
+        }
+        upto.insert(
+            (std::sync::Arc::from(topic.as_str()), *partition),
+            pitboss_bus::Position::Offset(i64::try_from(*newest).unwrap_or(i64::MAX)),
+        );
+    }
+    Ok(upto)
+}
+
+async fn warm(args: WarmArgs) -> Result<()> {
+    let (source, set) = load_rules(args.rules.as_ref())?;
+    let from = match &args.from {
+        Some(t) => time("--from", t)?,
+        None => pitboss_model::Timestamp::from_millis(
+            pitboss_model::Timestamp::now().as_millis()
+                - pitboss_antifraud::backtest::warmup_ms(&set),
+        ),
+    };
+    let embedded = args.store.embedded()?;
+    let clickhouse = args.store.clickhouse()?;
+    // `pitboss up` holds its data directory's lock while it runs: its engine's state is not
+    // written under it.
+    let up_lock = args.state_dir.join("up.lock");
+    let _held = if up_lock.exists() {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&up_lock)
+            .with_context(|| format!("opening {}", up_lock.display()))?;
+        if file.try_lock().is_err() {
+            bail!(
+                "{} is in use by a running `pitboss up`: stop it before warming its engine's state",
+                args.state_dir.display()
+            );
+        }
+        Some(file)
+    } else {
+        None
+    };
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    crate::keep_private(std::slice::from_ref(&args.state_dir));
+    let path = args.state_dir.join("antifraud.db");
+    let mut state = pitboss_antifraud::state::StateStore::open(&path, &args.group)?;
+    let held = state.snapshot()?.map(|s| s.taken_at_ms);
+    if !args.replace && (held.is_some() || !state.batches()?.is_empty()) {
+        bail!(
+            "{} already holds the state of group {}{}: an engine's state is replaced only with \
+             --replace (stop the engine first)",
+            path.display(),
+            args.group,
+            held.map(|t| format!(" saved at {}", ts(pitboss_model::Timestamp::from_millis(t))))
+                .unwrap_or_default()
+        );
+    }
+    let mut warm: Option<pitboss_antifraud::warm::Warm> = None;
+    let push = |warm: &mut pitboss_antifraud::warm::Warm,
+                row: Result<&pitboss_processor::rows::StoredEvent, String>| {
+        match row.and_then(|r| r.to_event().map(|e| (r, e))) {
+            Ok((r, e)) => warm.push(
+                &r.bus_topic,
+                r.bus_partition,
+                i64::try_from(r.bus_offset).unwrap_or(i64::MAX),
+                &e,
+            ),
+            Err(why) => warm.unreadable(why),
+        }
+    };
+    if let Some(db) = embedded {
+        let mut refused = None;
+        pitboss_processor::sqlite::scan_to_ends(&db, from.as_millis(), |scanned| match scanned {
+            pitboss_processor::sqlite::Scanned::Ends(ends) => match covered(&ends) {
+                Ok(upto) => {
+                    warm = Some(pitboss_antifraud::warm::Warm::new(set.clone(), from, upto))
+                }
+                Err(e) => refused = Some(e),
+            },
+            pitboss_processor::sqlite::Scanned::Row(row) => {
+                if let Some(w) = warm.as_mut() {
+                    push(w, row.as_ref().map_err(Clone::clone));
+                }
+            }
+        })?;
+        if let Some(e) = refused {
+            return Err(e);
+        }
+    } else if let Some(ch) = clickhouse {
+        let ends = ch
+            .ask(
+                pitboss_processor::sink::stored_ends(&ch.client),
+                "reading where the stored events end",
+            )
+            .await?;
+        let w = warm.insert(pitboss_antifraud::warm::Warm::new(
+            set.clone(),
+            from,
+            covered(&ends)?,
+        ));
+        ch.scan(from.as_millis().max(0) as u64, u64::MAX, None, |row| {
+            push(w, Ok(row));
+        })
+        .await?;
+    }
+    let Some(warm) = warm else {
+        bail!("the store was not read");
+    };
+    let report = warm.save(&mut state)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string(&report)?)?,
+        Format::Text => {
+            let rules = match &source {
+                RulesSource::Shipped => "the shipped packs".to_owned(),
+                RulesSource::Dir(d) => d.display().to_string(),
+            };
+            writeln!(
+                out,
+                "Warmed {} (group {}) with {rules} from the events received since {}",
+                path.display(),
+                args.group,
+                ts(report.from)
+            )?;
+            writeln!(
+                out,
+                "{} events read: {} evaluated, {} stored after the positions below (left to \
+                 the engine), {} unreadable",
+                report.events_read,
+                report.events_warmed,
+                report.events_after,
+                report.events_unreadable
+            )?;
+            for p in &report.problems {
+                writeln!(out, "  unreadable: {p}")?;
+            }
+            writeln!(
+                out,
+                "state: {} windows holding {} events, {} placed bets, {} players with a score \
+                 ({} units); {} alerts and {} pushes the replay raised were not published",
+                report.windows,
+                report.entries,
+                report.joined_bets,
+                report.scored_players,
+                report.units,
+                report.alerts_withheld,
+                report.pushes_withheld
+            )?;
+            for (tp, offset) in &report.positions {
+                writeln!(out, "covers {tp} up to offset {offset}")?;
+            }
+            writeln!(
+                out,
+                "Start the engine on it (--state-dir {} --group {}): it skips the records up to \
+                 those offsets and evaluates the ones after.",
+                args.state_dir.display(),
+                args.group
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 async fn backtest(args: BacktestArgs) -> Result<()> {
@@ -124,19 +472,7 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
             args.to
         );
     }
-    let source = match &args.rules {
-        Some(d) => {
-            if !d.is_dir() {
-                bail!("--rules {}: not a directory", d.display());
-            }
-            RulesSource::Dir(d.clone())
-        }
-        None => RulesSource::Shipped,
-    };
-    let set = source.load().with_context(|| match &args.rules {
-        Some(d) => format!("the rule set in {} is refused", d.display()),
-        None => "the shipped rule set is refused".to_owned(),
-    })?;
+    let (source, set) = load_rules(args.rules.as_ref())?;
     let mut bt = Backtest::new(set, from, to, args.examples);
     let start = bt.start().as_millis();
     let tenant = args.tenant.as_deref();
@@ -144,90 +480,31 @@ async fn backtest(args: BacktestArgs) -> Result<()> {
         Ok(e) => bt.push(&e),
         Err(why) => bt.unreadable(why),
     };
-    match &args.clickhouse_url {
-        None => {
-            let path = args.data_dir.join("pitboss.db");
-            if !path.exists() {
-                bail!(
-                    "no embedded store at {} (give the --data-dir of `pitboss up`, or \
-                     --clickhouse-url)",
-                    path.display()
-                );
-            }
-            let total =
-                pitboss_processor::sqlite::count_events(&path, start, to.as_millis(), tenant)?;
-            let bar = progress(total);
-            pitboss_processor::sqlite::scan_events(&path, start, to.as_millis(), tenant, |row| {
-                bar.inc(1);
-                feed(&mut bt, row);
-            })?;
-            bar.finish_and_clear();
-        }
-        Some(url) => {
-            if !pitboss_processor::schema::valid_identifier(&args.database) {
-                bail!("--database must be letters, digits and '_' (not starting with a digit)");
-            }
-            pitboss_processor::sink::check_url(url)
-                .map_err(|e| anyhow::anyhow!("--clickhouse-url: {e}"))?;
-            let client = pitboss_processor::sink::client(url, &args.database);
-            // Printed without its password; a server that takes the connection but never
-            // answers (stopped, or behind a proxy that holds it) fails the run, not hangs it.
-            let at = pitboss_processor::sink::redacted_url(url);
-            let (lo, hi) = (start.max(0) as u64, to.as_millis().max(0) as u64);
-            let wait = std::time::Duration::from_secs(args.query_timeout_secs);
-            let total = answered(
-                wait,
-                pitboss_processor::sink::count_events(&client, lo, hi, tenant),
-                || format!("counting the events in ClickHouse at {at}"),
+    if let Some(path) = args.store.embedded()? {
+        let total = pitboss_processor::sqlite::count_events(&path, start, to.as_millis(), tenant)?;
+        let bar = progress(total);
+        pitboss_processor::sqlite::scan_events(&path, start, to.as_millis(), tenant, |row| {
+            bar.inc(1);
+            feed(&mut bt, row);
+        })?;
+        bar.finish_and_clear();
+    } else if let Some(ch) = args.store.clickhouse()? {
+        let (lo, hi) = (start.max(0) as u64, to.as_millis().max(0) as u64);
+        let total = ch
+            .ask(
+                pitboss_processor::sink::count_events(&ch.client, lo, hi, tenant),
+                "counting the events",
             )
             .await?;
-            let bar = progress(total);
-            let columns = answered(
-                wait,
-                pitboss_processor::sink::stored_event_columns(&client),
-                || format!("reading the events' columns from ClickHouse at {at}"),
-            )
-            .await?;
-            let mut after: Option<pitboss_processor::sink::EventCursor> = None;
-            // The events of the millisecond being read, to drop a copy the table has not
-            // merged away yet (a publish retried: the same event, received at the same time,
-            // at another offset).
-            let mut this_ms: (u64, std::collections::HashSet<(String, String)>) =
-                (u64::MAX, std::collections::HashSet::new());
-            loop {
-                let page = answered(
-                    wait,
-                    pitboss_processor::sink::events_page(
-                        &client,
-                        &columns,
-                        lo,
-                        hi,
-                        tenant,
-                        after.as_ref(),
-                        args.page_rows.max(1),
-                    ),
-                    || format!("reading the events from ClickHouse at {at}"),
-                )
-                .await?;
-                let Some(last) = page.last() else { break };
-                let next = pitboss_processor::sink::EventCursor::after(last);
-                for row in &page {
-                    bar.inc(1);
-                    if this_ms.0 != row.received_at_ms {
-                        this_ms = (row.received_at_ms, std::collections::HashSet::new());
-                    }
-                    if !this_ms
-                        .1
-                        .insert((row.tenant_id.clone(), row.event_id.clone()))
-                    {
-                        continue;
-                    }
-                    feed(&mut bt, row.to_event());
-                }
-                after = Some(next);
-            }
-            bar.finish_and_clear();
-        }
+        let bar = progress(total);
+        let mut read = 0;
+        ch.scan(lo, hi, tenant, |row| {
+            read += 1;
+            bar.set_position(read);
+            feed(&mut bt, row.to_event());
+        })
+        .await?;
+        bar.finish_and_clear();
     }
     let report = bt.finish();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

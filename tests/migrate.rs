@@ -165,6 +165,131 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
     assert!(fired >= 7, "{embedded}");
 }
 
+/// `pitboss rules warm` reads ClickHouse (in pages, copies not merged away yet left out) as it
+/// reads the embedded store: the same report and the same state, unit for unit, covering the
+/// newest offset stored.
+#[tokio::test]
+async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
+    use pitboss_processor::sqlite::SqliteRow;
+
+    let db = pitboss_testkit::unique_name("warm");
+    let out = migrate(&db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let now = pitboss_model::Timestamp::now().as_millis();
+    let mut events: Vec<pitboss_model::Event> =
+        pitboss_antifraud::scenario::script("demo", now, 10, 1)
+            .into_iter()
+            .flat_map(|p| p.events)
+            .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
+            .collect();
+    pitboss_testkit::sent_in_requests(&mut events);
+    let rows: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
+        })
+        .collect();
+    let url = pitboss_testkit::clickhouse();
+    let http = reqwest::Client::new();
+    for part in [&rows[..], &rows[..30]] {
+        let body: String = part
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        let answer = http
+            .post(&url)
+            .query(&[(
+                "query",
+                format!("INSERT INTO {db}.events FORMAT JSONEachRow"),
+            )])
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            answer.text().await.unwrap()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+    let tx = conn.transaction().unwrap();
+    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let from = events
+        .iter()
+        .filter_map(|e| e.received_at)
+        .min()
+        .unwrap()
+        .to_rfc3339()
+        .unwrap();
+    let run = |state: &str, store: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["rules", "warm", "--from", &from, "--format", "json"])
+            .args(["--state-dir", dir.path().join(state).to_str().unwrap()])
+            .args(store)
+            .env_remove("PITBOSS_DATA_DIR")
+            .env_remove("PITBOSS_ANTIFRAUD_STATE_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let clickhouse = run(
+        "ch",
+        &[
+            "--clickhouse-url",
+            &url,
+            "--database",
+            &db,
+            "--page-rows",
+            "7",
+        ],
+    );
+    let embedded = run("embedded", &["--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(
+        clickhouse["events_warmed"],
+        events.len() as u64,
+        "{clickhouse}"
+    );
+    assert_eq!(
+        clickhouse["positions"],
+        serde_json::json!({"events:0": events.len() - 1})
+    );
+    assert_eq!(clickhouse, embedded);
+    let state = |name: &str| {
+        let store = pitboss_antifraud::state::StateStore::open(
+            &dir.path().join(name).join("antifraud.db"),
+            "pitboss-antifraud",
+        )
+        .unwrap();
+        let mut units = std::collections::BTreeMap::new();
+        store
+            .for_each_unit::<pitboss_antifraud::state::StateError>(|name, value| {
+                units.insert(name.to_owned(), value.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        (store.snapshot().unwrap().unwrap().positions, units)
+    };
+    let (ch, embedded) = (state("ch"), state("embedded"));
+    assert!(ch.1.len() > 50, "{}", ch.1.len());
+    assert!(ch == embedded, "the two states differ");
+}
+
 /// ClickHouse over HTTPS (ClickHouse Cloud answers nothing else; docs/deploy.md): `migrate`
 /// creates the schema through a certificate the client trusts (a private CA given by
 /// `SSL_CERT_FILE`, as the system's roots would be), and the backtest reads through it; a

@@ -1359,6 +1359,237 @@ fn rules_backtest_replays_one_requests_events_in_bus_order_not_by_id() {
     assert!(examples >= 7, "{report}");
 }
 
+/// A rule for the warm start's tests: three bets by one player within an hour.
+const THREE_BETS: &str = r#"[[rule]]
+id = "t.three_bets"
+version = 1
+category = "fraud"
+description = "Three bets within an hour."
+severity = "low"
+score = 1
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "1h", max_events = 100 }
+reason = "{bets} bets."
+
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = 3
+"#;
+
+/// Bet `n` of `player`, received at `t` (ms), as ingest puts it on the bus.
+fn warm_bet(player: &str, n: u64, t: i64) -> pitboss_model::Event {
+    let at = |t: i64| {
+        pitboss_model::Timestamp::from_millis(t)
+            .to_rfc3339()
+            .unwrap()
+    };
+    let e = serde_json::json!({
+        "event_id": format!("0193735a-0000-7000-8000-{:012x}", n),
+        "tenant_id": "demo", "player_id": player, "type": "bet_placed",
+        "occurred_at": at(t), "received_at": at(t),
+        "payload": {"bet_id": format!("b{n}"), "game_id": "roulette",
+            "stake": {"amount_minor": 500, "currency": "EUR"}},
+    });
+    pitboss_model::decode_event(e.to_string().as_bytes()).unwrap()
+}
+
+/// The players the alerts on `topic` name, in order (read by a group of its own).
+async fn alerted_players(bus: &EmbeddedBus, topic: &str) -> Vec<String> {
+    let mut c = bus
+        .consumer(
+            &pitboss_testkit::unique_name("check"),
+            topic,
+            ConsumerConfig::default(),
+        )
+        .await
+        .unwrap();
+    let mut players = Vec::new();
+    loop {
+        match c.poll(1000, Duration::from_millis(300)).await.unwrap() {
+            Delivery::Records(rs) if rs.is_empty() => break,
+            Delivery::Records(rs) => players.extend(rs.iter().map(|r| {
+                <pitboss_model::live::Alert as pitboss_model::live::LiveMessage>::decode_proto(
+                    &r.value,
+                )
+                .unwrap()
+                .player_id
+                .unwrap_or_default()
+            })),
+            _ => {}
+        }
+    }
+    c.close().await.unwrap();
+    players
+}
+
+/// An engine that lost its state (its group committed on the bus, its state file gone) starts
+/// cold: the windows of what it read before are empty. `pitboss rules warm` builds its state
+/// file from the embedded store, covering what the store holds; the engine started on it
+/// skips those records and raises what one that never stopped raises. The same engine
+/// started cold (a group committed at the same place, no state) misses the alert whose
+/// window reaches back into the history. A second warm on the file is refused without
+/// `--replace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_warm_gives_an_engine_without_state_the_windows_of_the_stored_history() {
+    use pitboss_antifraud::stream::{RulesSource, StreamConfig, run};
+    use pitboss_bus::{OutRecord, Position};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("t.toml"), THREE_BETS).unwrap();
+    let now = pitboss_model::Timestamp::now().as_millis();
+    // History (stored, read and committed by both groups): p1 bets twice, p2 once. Then p1's
+    // third bet (the alert needs the two before), p2's second (no alert) and p3's three
+    // (an alert of its own, either way).
+    let history = [
+        warm_bet("p1", 1, now - 3000),
+        warm_bet("p1", 2, now - 2900),
+        warm_bet("p2", 3, now - 2800),
+    ];
+    let rest = [
+        warm_bet("p1", 4, now - 100),
+        warm_bet("p2", 5, now - 90),
+        warm_bet("p3", 6, now - 80),
+        warm_bet("p3", 7, now - 70),
+        warm_bet("p3", 8, now - 60),
+    ];
+    store_in_bus_order(dir.path(), &history);
+    let records = |events: &[pitboss_model::Event]| -> Vec<OutRecord> {
+        events
+            .iter()
+            .map(|e| OutRecord::new(e.bus_key(), pitboss_model::encode_proto(e)))
+            .collect()
+    };
+    {
+        let bus = EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap();
+        for t in ["events", "events_overflow", "antifraud_dead_letter"] {
+            bus.create_topic(t, 1).await.unwrap();
+        }
+        bus.publisher()
+            .publish("events", records(&history))
+            .await
+            .unwrap();
+        // Both engines' groups read the history before (and committed it).
+        for group in ["warm", "cold"] {
+            let mut c = bus
+                .consumer(group, "events", ConsumerConfig::default())
+                .await
+                .unwrap();
+            let mut read = 0;
+            while read < history.len() {
+                if let Delivery::Records(rs) = c.poll(10, Duration::from_secs(1)).await.unwrap() {
+                    read += rs.len();
+                }
+            }
+            c.store("events", 0, &Position::Offset(history.len() as i64 - 1))
+                .unwrap();
+            c.commit().await.unwrap();
+            c.close().await.unwrap();
+        }
+        bus.publisher()
+            .publish("events", records(&rest))
+            .await
+            .unwrap();
+    }
+
+    let warm = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["rules", "warm", "--rules"])
+            .arg(&rules)
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args(["--state-dir", dir.path().join("warm").to_str().unwrap()])
+            .args(["--group", "warm"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = warm(&["--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["events_read"], 3, "{report}");
+    assert_eq!(report["events_warmed"], 3, "{report}");
+    assert_eq!(report["positions"], serde_json::json!({"events:0": 2}));
+    assert_eq!(report["windows"], 2, "{report}");
+    // The file now holds a state: not replaced without being told.
+    let again = warm(&[]);
+    assert!(!again.status.success());
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        why.contains("already holds the state of group warm saved at") && why.contains("--replace"),
+        "{why}"
+    );
+    let text = warm(&["--replace"]);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("3 events read: 3 evaluated")
+            && text.contains("covers events:0 up to offset 2"),
+        "{text}"
+    );
+
+    // Each engine in turn on the log: its alerts on a topic of its own.
+    let bus = std::sync::Arc::new(
+        EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap(),
+    );
+    for (group, want) in [
+        ("warm", ["p1", "p3"].as_slice()),
+        ("cold", ["p3"].as_slice()),
+    ] {
+        let alerts = format!("alerts_{group}");
+        let config = StreamConfig {
+            rules: RulesSource::Dir(rules.clone()),
+            group: group.into(),
+            alerts_topic: alerts.clone(),
+            pushes_topic: format!("pushes_{group}"),
+            state_path: dir.path().join(group).join("antifraud.db"),
+            snapshot_interval: Duration::from_millis(200),
+            ..StreamConfig::default()
+        };
+        std::fs::create_dir_all(dir.path().join(group)).unwrap();
+        for t in [alerts.as_str(), &format!("pushes_{group}")] {
+            bus.create_topic(t, 1).await.unwrap();
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let engine = tokio::spawn(run(bus.clone() as std::sync::Arc<dyn Bus>, config, async {
+            let _ = stopped.await;
+        }));
+        // p3's alert comes last in the stream: every earlier record has been evaluated by then.
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            got = alerted_players(&bus, &alerts).await;
+            if got.last().is_some_and(|p| p == "p3") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(()).unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(30), engine)
+            .await
+            .expect("the engine stops")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, want, "group {group}: {stats:?}");
+        // The warmed engine skipped nothing it had not covered and read nothing twice.
+        assert_eq!(stats.events, rest.len() as u64, "group {group}: {stats:?}");
+    }
+}
+
 #[test]
 fn rules_backtest_replays_the_embedded_store_as_one_engine_and_refuses_bad_input_precisely() {
     use pitboss_model::Timestamp;

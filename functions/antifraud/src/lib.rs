@@ -28,6 +28,7 @@ pub mod shard;
 pub mod state;
 pub mod stream;
 pub mod template;
+pub mod warm;
 mod window;
 
 pub use engine::{

@@ -147,6 +147,8 @@ pub struct StateStore {
     group: String,
     /// Written with the next [`StateStore::save`]: the save's sequence and writer.
     next_mark: Option<(u64, String)>,
+    /// The next [`StateStore::save`] deletes the group's mark.
+    forget_mark: bool,
 }
 
 impl StateStore {
@@ -219,6 +221,7 @@ impl StateStore {
             conn,
             group: group.to_owned(),
             next_mark: None,
+            forget_mark: false,
         })
     }
 
@@ -234,6 +237,14 @@ impl StateStore {
             )
             .optional()?
             .map(|(s, w)| (u64::try_from(s).unwrap_or(0), w)))
+    }
+
+    /// Makes the next [`StateStore::save`] (in its transaction) forget the group's mark: the
+    /// state it writes is none the changelog has seen, so an engine that starts on this file
+    /// writes all of it to the changelog with its first save ([`crate::warm`]).
+    pub fn forget_mark_with_next_save(&mut self) {
+        self.next_mark = None;
+        self.forget_mark = true;
     }
 
     /// Marks the next [`StateStore::save`] (in its transaction) with this sequence and writer.
@@ -483,6 +494,9 @@ impl StateStore {
                 "DELETE FROM batches WHERE group_id = ?1 AND seq <= ?2",
                 params![self.group, i64::try_from(seq).unwrap_or(i64::MAX)],
             )?;
+        }
+        if std::mem::take(&mut self.forget_mark) {
+            tx.execute("DELETE FROM marks WHERE group_id = ?1", params![self.group])?;
         }
         if let Some((seq, writer)) = self.next_mark.take() {
             tx.execute(

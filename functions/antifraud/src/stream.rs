@@ -814,8 +814,8 @@ fn jittered(attempt: u32) -> Duration {
 
 /// The engine as the state file left it: what it holds, the positions it covers, the batches
 /// to replay.
-struct Restored {
-    engine: Engine,
+pub(crate) struct Restored {
+    pub(crate) engine: Engine,
     skip_upto: HashMap<Tp, Position>,
     replay: VecDeque<LoggedBatch>,
 }
@@ -834,7 +834,7 @@ struct Restored {
 /// State that cannot be read (a unit or blob of another format, corrupt bytes) is dropped: the
 /// engine starts with empty windows, as before any snapshot, and its first save is full. A
 /// failing state file (I/O) is an error.
-fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, StreamError> {
+pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, StreamError> {
     let cold = |set: RuleSet| {
         let mut engine = Engine::new(set);
         engine.track_changes(true);

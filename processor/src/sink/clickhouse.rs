@@ -790,6 +790,31 @@ impl EventCursor {
     }
 }
 
+/// Where the stored events end on the bus: per `(bus topic, partition)`, the newest offset
+/// stored and the number of rows (copies not yet merged away counted; a Kinesis-fed store
+/// keeps no offsets: all 0). `pitboss rules warm` reads up to these.
+pub async fn stored_ends(client: &Client) -> Result<Vec<(String, u32, u64, u64)>, ProcessorError> {
+    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+    struct End {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        rows: u64,
+    }
+    let ends: Vec<End> = client
+        .query(
+            "SELECT bus_topic AS topic, bus_partition AS partition, max(bus_offset) AS offset, \
+             count() AS rows FROM events GROUP BY bus_topic, bus_partition \
+             ORDER BY bus_topic, bus_partition",
+        )
+        .fetch_all()
+        .await?;
+    Ok(ends
+        .into_iter()
+        .map(|e| (e.topic, e.partition, e.offset, e.rows))
+        .collect())
+}
+
 /// How many events of `events` were received in `[from_ms, to_ms)` (of `tenant`, or all),
 /// copies not yet merged away included.
 pub async fn count_events(

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 
 pub use self::clickhouse::{
     ClickHouseClient, ClickHouseSink, DEFAULT_TIMEOUT, EventCursor, check_url, client,
-    count_events, events_page, no_answer, redacted_url, replicas_cluster, stored_event_columns,
-    within,
+    count_events, events_page, no_answer, redacted_url, replicas_cluster, stored_ends,
+    stored_event_columns, within,
 };
 pub use self::memory::MemorySink;
 

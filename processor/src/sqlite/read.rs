@@ -53,6 +53,67 @@ pub fn scan_events(
     mut f: impl FnMut(Result<pitboss_model::Event, String>),
 ) -> Result<u64, ProcessorError> {
     let conn = open_read_only(path)?;
+    scan_rows(&conn, from_ms, to_ms, tenant, |row| {
+        f(row.and_then(|r| r.to_event()));
+    })
+}
+
+/// Where the store's events end on the bus: per `(bus topic, partition)`, the newest offset
+/// stored and the number of rows (a Kinesis-fed store keeps no offsets: all 0).
+pub type StoredEnds = Vec<(String, u32, u64, u64)>;
+
+/// The store's [`StoredEnds`], then each event received from `from_ms` on as stored (with
+/// where it was on the bus), in [`StoredEvent::REPLAY_ORDER`], passed to `f` in that order
+/// ([`Scanned`]), both read in one read transaction: every row passed lies at or before the ends returned, however `pitboss up`
+/// writes meanwhile (`pitboss rules warm`).
+pub fn scan_to_ends(
+    path: &Path,
+    from_ms: i64,
+    mut f: impl FnMut(Scanned),
+) -> Result<u64, ProcessorError> {
+    let conn = open_read_only(path)?;
+    conn.execute_batch("BEGIN").map_err(store)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT bus_topic, bus_partition, max(bus_offset), count(*) FROM events \
+             GROUP BY bus_topic, bus_partition ORDER BY bus_topic, bus_partition",
+        )
+        .map_err(store)?;
+    let ends = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
+                r.get::<_, i64>(2)?.max(0) as u64,
+                r.get::<_, i64>(3)?.max(0) as u64,
+            ))
+        })
+        .map_err(store)?
+        .collect::<Result<StoredEnds, _>>()
+        .map_err(store)?;
+    drop(stmt);
+    f(Scanned::Ends(ends));
+    let n = scan_rows(&conn, from_ms, i64::MAX, None, |row| f(Scanned::Row(row)))?;
+    conn.execute_batch("COMMIT").map_err(store)?;
+    Ok(n)
+}
+
+/// What [`scan_to_ends`] passes on: the ends first, then the rows.
+#[derive(Debug)]
+pub enum Scanned {
+    Ends(StoredEnds),
+    Row(Result<StoredEvent, String>),
+}
+
+/// Calls `f` with each stored row received in `[from_ms, to_ms)` (of `tenant`, or all), in
+/// [`StoredEvent::REPLAY_ORDER`]; a row that cannot be read is passed as `Err` with the reason.
+fn scan_rows(
+    conn: &Connection,
+    from_ms: i64,
+    to_ms: i64,
+    tenant: Option<&str>,
+    mut f: impl FnMut(Result<StoredEvent, String>),
+) -> Result<u64, ProcessorError> {
     // A store last written before version 6 (opened read-only: not migrated here) has no
     // `utc_offset_min`: read as none.
     let has_offset: bool = conn
@@ -95,10 +156,7 @@ pub fn scan_events(
                 bus_offset: r.get::<_, i64>(13)?.max(0) as u64,
             })
         })();
-        f(match row {
-            Ok(row) => row.to_event(),
-            Err(e) => Err(format!("row {n}: {e}")),
-        });
+        f(row.map_err(|e| format!("row {n}: {e}")));
     }
     Ok(n)
 }
