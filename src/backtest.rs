@@ -49,6 +49,10 @@ pub struct WarmArgs {
     /// The engine's consumer group (`pitboss antifraud --group`).
     #[arg(long, default_value = "pitboss-antifraud")]
     group: String,
+    /// The events topic the engine reads (`pitboss antifraud --topic`; its overflow topic
+    /// `<topic>_overflow` with it).
+    #[arg(long, default_value = "events")]
+    topic: String,
     /// Read the events received from this time on (RFC 3339); by default the set's longest
     /// window before now (at most 7 days).
     #[arg(long)]
@@ -56,8 +60,16 @@ pub struct WarmArgs {
     /// Replace the state the file holds for the group (refused without it).
     #[arg(long)]
     replace: bool,
+    /// Warm even where the group has committed past the stored events (the records in between
+    /// would be read by neither; by default refused, naming them).
+    #[arg(long)]
+    allow_gap: bool,
+    /// The bus the engine reads (where its group's commits are read; `--bus embedded` for
+    /// `pitboss up`'s log, whose `--data-dir` holds the embedded store too).
     #[command(flatten)]
-    store: StoreArgs,
+    bus: crate::BusArgs,
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
     /// Output: a text report, or one JSON object.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -95,6 +107,13 @@ pub struct StoreArgs {
     /// `--clickhouse-url` is given.
     #[arg(long, env = "PITBOSS_DATA_DIR", default_value = ".pitboss")]
     data_dir: PathBuf,
+    #[command(flatten)]
+    clickhouse: ClickHouseArgs,
+}
+
+/// ClickHouse, when stored events are read from it.
+#[derive(Debug, Args)]
+pub struct ClickHouseArgs {
     /// Read the events from ClickHouse at this HTTP URL instead of the embedded store.
     #[arg(long, visible_alias = "clickhouse")]
     clickhouse_url: Option<String>,
@@ -125,12 +144,23 @@ struct Stored {
 }
 
 impl StoreArgs {
-    /// The embedded store's file, when ClickHouse is not named; refused when it is not there.
     fn embedded(&self) -> Result<Option<PathBuf>> {
+        self.clickhouse.embedded(&self.data_dir)
+    }
+
+    fn clickhouse(&self) -> Result<Option<Stored>> {
+        self.clickhouse.open()
+    }
+}
+
+impl ClickHouseArgs {
+    /// The embedded store's file in `data_dir`, when ClickHouse is not named; refused when it
+    /// is not there.
+    fn embedded(&self, data_dir: &std::path::Path) -> Result<Option<PathBuf>> {
         if self.clickhouse_url.is_some() {
             return Ok(None);
         }
-        let path = self.data_dir.join("pitboss.db");
+        let path = data_dir.join("pitboss.db");
         if !path.exists() {
             bail!(
                 "no embedded store at {} (give the --data-dir of `pitboss up`, or \
@@ -141,7 +171,7 @@ impl StoreArgs {
         Ok(Some(path))
     }
 
-    fn clickhouse(&self) -> Result<Option<Stored>> {
+    fn open(&self) -> Result<Option<Stored>> {
         let Some(url) = &self.clickhouse_url else {
             return Ok(None);
         };
@@ -290,12 +320,50 @@ fn load_rules(rules: Option<&PathBuf>) -> Result<(RulesSource, pitboss_antifraud
     Ok((source, set))
 }
 
-/// Per stored `(topic, partition)`, the newest offset as the position a warm state covers;
-/// refused for a store that keeps no offsets (fed from Kinesis).
-fn covered(ends: &[(String, u32, u64, u64)]) -> Result<pitboss_antifraud::state::Positions> {
+/// Where the engine's group resumes: per `(topic, partition)` of the events topic and its
+/// overflow topic, the next offset it committed.
+type Commits = std::collections::BTreeMap<(String, u32), i64>;
+
+/// The positions a warm state covers, per stored `(topic, partition)`: up to the offset before
+/// the group's commit, where the store holds that far (the stored events after it are the
+/// engine's to read), else the newest stored — a gap, refused unless `allow_gap` (then
+/// reported). Refused for a store that keeps no offsets (fed from Kinesis).
+fn covered(
+    ends: &[(String, u32, u64, u64)],
+    commits: &Commits,
+    allow_gap: bool,
+) -> Result<(pitboss_antifraud::state::Positions, Vec<String>)> {
     let mut upto = pitboss_antifraud::state::Positions::new();
+    let mut gaps = Vec::new();
+    let mut gap = |topic: &str, partition: u32, committed: i64, stored: Option<i64>| {
+        let held = stored.map_or_else(
+            || "no events of it".to_owned(),
+            |s| format!("its events up to offset {s}"),
+        );
+        let missing = committed - 1 - stored.unwrap_or(-1);
+        gaps.push(format!(
+            "{topic}:{partition}: the group committed offset {committed} and the store holds \
+             {held}: {missing} records would be read by neither the warm start nor the engine"
+        ));
+    };
+    for ((topic, partition), committed) in commits {
+        if *committed > 0 && !ends.iter().any(|(t, p, ..)| t == topic && p == partition) {
+            gap(topic, *partition, *committed, None);
+        }
+    }
     for (topic, partition, newest, rows) in ends {
-        if *newest == 0 && *rows > 1 {
+        let newest = i64::try_from(*newest).unwrap_or(i64::MAX);
+        let last = match commits.get(&(topic.clone(), *partition)) {
+            // The group read nothing here: the engine reads it all.
+            Some(0) => continue,
+            Some(c) if newest >= c - 1 => c - 1,
+            Some(c) => {
+                gap(topic, *partition, *c, Some(newest));
+                newest
+            }
+            None => newest,
+        };
+        if newest == 0 && *rows > 1 {
             bail!(
                 "the store keeps no bus offsets for {topic}:{partition} ({rows} events, all at \
                  offset 0: a store fed from Kinesis, whose sequence numbers are not kept); a \
@@ -304,10 +372,47 @@ fn covered(ends: &[(String, u32, u64, u64)]) -> Result<pitboss_antifraud::state:
         }
         upto.insert(
             (std::sync::Arc::from(topic.as_str()), *partition),
-            pitboss_bus::Position::Offset(i64::try_from(*newest).unwrap_or(i64::MAX)),
+            pitboss_bus::Position::Offset(last),
         );
     }
-    Ok(upto)
+    if !gaps.is_empty() && !allow_gap {
+        bail!(
+            "{}\nLet the processor store what the group has read (its lag: \
+             pitboss_processor_unstored_seconds) and run again, or give --allow-gap to warm \
+             without those records",
+            gaps.join("\n")
+        );
+    }
+    Ok((upto, gaps))
+}
+
+/// Where the engine's group resumes in `topic` and its overflow topic (one the bus does not
+/// have yet is left out).
+async fn commits(bus: &crate::BusArgs, group: &str, topic: &str) -> Result<Commits> {
+    let spec = bus.existing_spec()?;
+    let at = format!("{spec:?}");
+    let bus = spec
+        .open()
+        .await
+        .with_context(|| format!("opening the bus ({at}) to read group {group}'s commits"))?;
+    let mut out = Commits::new();
+    for (t, required) in [
+        (topic.to_owned(), true),
+        (format!("{topic}_overflow"), false),
+    ] {
+        match bus.committed_offsets(group, &t).await {
+            Ok(Some(c)) => out.extend(c.into_iter().map(|(p, o)| ((t.clone(), p), o))),
+            Ok(None) => bail!(
+                "this bus does not tell a group's commits (Kinesis): a warm start needs Kafka or \
+                 the embedded log"
+            ),
+            Err(pitboss_bus::BusError::UnknownTopic(_)) if !required => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading group {group}'s commits on {t}"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn warm(args: WarmArgs) -> Result<()> {
@@ -319,8 +424,8 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 - pitboss_antifraud::backtest::warmup_ms(&set),
         ),
     };
-    let embedded = args.store.embedded()?;
-    let clickhouse = args.store.clickhouse()?;
+    let embedded = args.clickhouse.embedded(&args.bus.data_dir)?;
+    let clickhouse = args.clickhouse.open()?;
     // `pitboss up` holds its data directory's lock while it runs: its engine's state is not
     // written under it.
     let up_lock = args.state_dir.join("up.lock");
@@ -355,6 +460,12 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    // Where the group resumes, read before the store: the engine is stopped, so it stays.
+    let commits = commits(&args.bus, &args.group, &args.topic).await?;
+    let committed: std::collections::BTreeMap<String, i64> = commits
+        .iter()
+        .map(|((t, p), o)| (format!("{t}:{p}"), *o))
+        .collect();
     let mut warm: Option<pitboss_antifraud::warm::Warm> = None;
     let push = |warm: &mut pitboss_antifraud::warm::Warm,
                 row: Result<&pitboss_processor::rows::StoredEvent, String>| {
@@ -371,12 +482,19 @@ async fn warm(args: WarmArgs) -> Result<()> {
     if let Some(db) = embedded {
         let mut refused = None;
         pitboss_processor::sqlite::scan_to_ends(&db, from.as_millis(), |scanned| match scanned {
-            pitboss_processor::sqlite::Scanned::Ends(ends) => match covered(&ends) {
-                Ok(upto) => {
-                    warm = Some(pitboss_antifraud::warm::Warm::new(set.clone(), from, upto))
+            pitboss_processor::sqlite::Scanned::Ends(ends) => {
+                match covered(&ends, &commits, args.allow_gap) {
+                    Ok((upto, gaps)) => {
+                        let w = warm.insert(pitboss_antifraud::warm::Warm::new(
+                            set.clone(),
+                            from,
+                            upto,
+                        ));
+                        w.commits(committed.clone(), gaps);
+                    }
+                    Err(e) => refused = Some(e),
                 }
-                Err(e) => refused = Some(e),
-            },
+            }
             pitboss_processor::sqlite::Scanned::Row(row) => {
                 if let Some(w) = warm.as_mut() {
                     push(w, row.as_ref().map_err(Clone::clone));
@@ -393,11 +511,9 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 "reading where the stored events end",
             )
             .await?;
-        let w = warm.insert(pitboss_antifraud::warm::Warm::new(
-            set.clone(),
-            from,
-            covered(&ends)?,
-        ));
+        let (upto, gaps) = covered(&ends, &commits, args.allow_gap)?;
+        let w = warm.insert(pitboss_antifraud::warm::Warm::new(set.clone(), from, upto));
+        w.commits(committed.clone(), gaps);
         ch.scan(from.as_millis().max(0) as u64, u64::MAX, None, |row| {
             push(w, Ok(row));
         })
@@ -447,7 +563,15 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 report.pushes_withheld
             )?;
             for (tp, offset) in &report.positions {
-                writeln!(out, "covers {tp} up to offset {offset}")?;
+                let resumes = report
+                    .committed
+                    .get(tp)
+                    .map(|c| format!(" (the group resumes at {c})"))
+                    .unwrap_or_default();
+                writeln!(out, "covers {tp} up to offset {offset}{resumes}")?;
+            }
+            for g in &report.gaps {
+                writeln!(out, "gap: {g}")?;
             }
             writeln!(
                 out,

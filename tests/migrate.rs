@@ -224,6 +224,17 @@ async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
     pitboss_processor::EventRow::write(&tx, &rows).unwrap();
     tx.commit().unwrap();
     drop(conn);
+    // The engine's bus (where its group's commits are read): an embedded log whose group has
+    // committed nothing.
+    {
+        use pitboss_bus::Bus;
+        let bus = pitboss_bus::embedded::EmbeddedBus::open(
+            dir.path().join("log"),
+            pitboss_bus::embedded::EmbeddedConfig::default(),
+        )
+        .unwrap();
+        bus.create_topic("events", 1).await.unwrap();
+    }
 
     let from = events
         .iter()
@@ -235,9 +246,16 @@ async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
     let run = |state: &str, store: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args(["rules", "warm", "--from", &from, "--format", "json"])
+            .args([
+                "--bus",
+                "embedded",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+            ])
             .args(["--state-dir", dir.path().join(state).to_str().unwrap()])
             .args(store)
             .env_remove("PITBOSS_DATA_DIR")
+            .env_remove("PITBOSS_BUS")
             .env_remove("PITBOSS_ANTIFRAUD_STATE_DIR")
             .output()
             .unwrap();
@@ -259,7 +277,7 @@ async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
             "7",
         ],
     );
-    let embedded = run("embedded", &["--data-dir", dir.path().to_str().unwrap()]);
+    let embedded = run("embedded", &[]);
     assert_eq!(
         clickhouse["events_warmed"],
         events.len() as u64,

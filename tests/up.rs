@@ -1476,41 +1476,78 @@ async fn rules_warm_gives_an_engine_without_state_the_windows_of_the_stored_hist
             .publish("events", records(&history))
             .await
             .unwrap();
-        // Both engines' groups read the history before (and committed it).
-        for group in ["warm", "cold"] {
+        bus.publisher()
+            .publish("events", records(&rest))
+            .await
+            .unwrap();
+        // Both engines' groups read the history before (and committed it); a group that read
+        // one record, and one that read everything (past what the store holds).
+        for (group, n) in [("warm", 3), ("cold", 3), ("behind", 1), ("ahead", 8)] {
             let mut c = bus
                 .consumer(group, "events", ConsumerConfig::default())
                 .await
                 .unwrap();
             let mut read = 0;
-            while read < history.len() {
-                if let Delivery::Records(rs) = c.poll(10, Duration::from_secs(1)).await.unwrap() {
+            while read < n {
+                if let Delivery::Records(rs) =
+                    c.poll(n - read, Duration::from_secs(1)).await.unwrap()
+                {
                     read += rs.len();
                 }
             }
-            c.store("events", 0, &Position::Offset(history.len() as i64 - 1))
+            c.store("events", 0, &Position::Offset(n as i64 - 1))
                 .unwrap();
             c.commit().await.unwrap();
             c.close().await.unwrap();
         }
-        bus.publisher()
-            .publish("events", records(&rest))
-            .await
-            .unwrap();
     }
 
-    let warm = |extra: &[&str]| {
+    let warm_group = |group: &str, extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_pitboss"))
-            .args(["rules", "warm", "--rules"])
+            .args(["rules", "warm", "--bus", "embedded", "--rules"])
             .arg(&rules)
             .args(["--data-dir", dir.path().to_str().unwrap()])
-            .args(["--state-dir", dir.path().join("warm").to_str().unwrap()])
-            .args(["--group", "warm"])
+            .args(["--state-dir", dir.path().join(group).to_str().unwrap()])
+            .args(["--group", group])
             .args(extra)
+            .env_remove("PITBOSS_BUS")
             .env("RUST_LOG", "warn")
             .output()
             .unwrap()
     };
+    let json = |out: std::process::Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // A group that read one record: the state covers that one, the rest is the engine's.
+    let behind = json(warm_group("behind", &["--format", "json"]));
+    assert_eq!(behind["positions"], serde_json::json!({"events:0": 0}));
+    assert_eq!(behind["committed"], serde_json::json!({"events:0": 1}));
+    assert_eq!(
+        (&behind["events_warmed"], &behind["events_after"]),
+        (&serde_json::json!(1), &serde_json::json!(2))
+    );
+    // A group that read past the store: refused, naming the records neither would read,
+    // unless told to go on.
+    let ahead = warm_group("ahead", &[]);
+    assert!(!ahead.status.success());
+    let why = String::from_utf8_lossy(&ahead.stderr);
+    assert!(
+        why.contains(
+            "events:0: the group committed offset 8 and the store holds its events up to offset \
+             2: 5 records would be read by neither"
+        ) && why.contains("--allow-gap"),
+        "{why}"
+    );
+    let ahead = json(warm_group("ahead", &["--allow-gap", "--format", "json"]));
+    assert_eq!(ahead["positions"], serde_json::json!({"events:0": 2}));
+    assert_eq!(ahead["gaps"].as_array().unwrap().len(), 1, "{ahead}");
+
+    let warm = |extra: &[&str]| warm_group("warm", extra);
     let out = warm(&["--format", "json"]);
     assert!(
         out.status.success(),
@@ -1539,7 +1576,7 @@ async fn rules_warm_gives_an_engine_without_state_the_windows_of_the_stored_hist
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(
         text.contains("3 events read: 3 evaluated")
-            && text.contains("covers events:0 up to offset 2"),
+            && text.contains("covers events:0 up to offset 2 (the group resumes at 3)"),
         "{text}"
     );
 
@@ -1587,7 +1624,45 @@ async fn rules_warm_gives_an_engine_without_state_the_windows_of_the_stored_hist
         assert_eq!(got, want, "group {group}: {stats:?}");
         // The warmed engine skipped nothing it had not covered and read nothing twice.
         assert_eq!(stats.events, rest.len() as u64, "group {group}: {stats:?}");
+        assert_eq!(stats.state_gap_records, 0, "group {group}: {stats:?}");
     }
+
+    // The state warmed over a gap (`--allow-gap` above: it covers offset 2, the group resumes
+    // at 8): the engine says how many records are in no window.
+    bus.publisher()
+        .publish("events", records(&[warm_bet("p9", 9, now)]))
+        .await
+        .unwrap();
+    for t in ["alerts_ahead", "pushes_ahead"] {
+        bus.create_topic(t, 1).await.unwrap();
+    }
+    let config = StreamConfig {
+        rules: RulesSource::Dir(rules.clone()),
+        group: "ahead".into(),
+        alerts_topic: "alerts_ahead".into(),
+        pushes_topic: "pushes_ahead".into(),
+        state_path: dir.path().join("ahead").join("antifraud.db"),
+        snapshot_interval: Duration::from_millis(200),
+        ..StreamConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = tokio::spawn(run(bus.clone() as std::sync::Arc<dyn Bus>, config, async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..100 {
+        let committed = bus.committed_offsets("ahead", "events").await.unwrap();
+        if committed == Some(std::collections::BTreeMap::from([(0, 9)])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(30), engine)
+        .await
+        .expect("the engine stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!((stats.events, stats.state_gap_records), (1, 5), "{stats:?}");
 }
 
 #[test]

@@ -489,6 +489,17 @@ pub trait Bus: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// The next offset consumer group `group` reads in each partition of `topic` it has
+    /// committed (a partition it never committed is left out), or `None` when this bus cannot
+    /// tell (Kinesis, whose leases hold sequence numbers). Read without joining the group.
+    async fn committed_offsets(
+        &self,
+        _group: &str,
+        _topic: &str,
+    ) -> Result<Option<std::collections::BTreeMap<Partition, i64>>, BusError> {
+        Ok(None)
+    }
+
     async fn reader_all(&self, topic: &str, from: ReadFrom) -> Result<Box<dyn Reader>, BusError> {
         let n = self.partition_count(topic).await?;
         self.reader(topic, (0..n).map(|p| (p, from.clone())).collect())

@@ -225,6 +225,9 @@ pub struct StreamStats {
     pub dead_lettered: u64,
     /// Records skipped at start because the restored snapshot already held them.
     pub skipped: u64,
+    /// Records between the restored state's positions and the first record read after them,
+    /// in no window (`pitboss_antifraud_state_gap_records_total`).
+    pub state_gap_records: u64,
     /// Logged batches replayed after a restart.
     pub replayed_batches: u64,
     pub snapshots: u64,
@@ -318,6 +321,8 @@ struct Work {
     buffer: HashMap<Tp, VecDeque<Record>>,
     /// Highest position received per partition.
     received: HashMap<Tp, Position>,
+    /// Partitions whose first record of this run was checked against the restored positions.
+    started: HashSet<Tp>,
     /// Last position processed per partition (what a snapshot covers).
     processed: Positions,
     next_seq: u64,
@@ -390,6 +395,7 @@ pub async fn run(
         "pitboss_antifraud_pushes_total",
         "pitboss_antifraud_dead_letters_total",
         "pitboss_antifraud_late_triggers_total",
+        "pitboss_antifraud_state_gap_records_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -597,6 +603,7 @@ impl Work {
             replay,
             buffer: HashMap::new(),
             received: HashMap::new(),
+            started: HashSet::new(),
             processed: Positions::new(),
             next_seq,
             last_seq: None,
@@ -930,6 +937,10 @@ impl Work {
         let mut fresh = Vec::with_capacity(records.len());
         for r in records {
             let tp = (r.topic.clone(), r.partition);
+            if !self.started.contains(&tp) {
+                self.first_record(&tp, &r.position);
+                self.started.insert(tp.clone());
+            }
             if self.skip_upto.get(&tp).is_some_and(|s| r.position <= *s) {
                 self.stats.skipped += 1;
                 continue;
@@ -950,6 +961,35 @@ impl Work {
                 .push_back(r);
         }
         self.replay_ready(false).await
+    }
+
+    /// The first record of a partition in this run, after the state restored covers it up to
+    /// an offset: when it comes later than the next one, the records in between are in no
+    /// window — the group committed past the state (a state file older than the group's
+    /// commits, a warm start over a gap) or the bus no longer holds them (retention). Said, and
+    /// counted (`pitboss_antifraud_state_gap_records_total`).
+    fn first_record(&mut self, tp: &Tp, at: &Position) {
+        let (Some(Position::Offset(covered)), Position::Offset(first)) =
+            (self.skip_upto.get(tp), at)
+        else {
+            return;
+        };
+        let missing = first.saturating_sub(covered.saturating_add(1));
+        if missing > 0 {
+            tracing::warn!(
+                topic = %tp.0,
+                partition = tp.1,
+                covered,
+                first,
+                missing,
+                "the engine's state covers this partition up to an offset, and the first record \
+                 read comes later: the records in between are in no window (the group \
+                 committed past the state, or the bus no longer holds them)"
+            );
+            metrics::counter!("pitboss_antifraud_state_gap_records_total")
+                .increment(u64::try_from(missing).unwrap_or(0));
+            self.stats.state_gap_records += u64::try_from(missing).unwrap_or(0);
+        }
     }
 
     /// Replays every logged batch whose records have all arrived (`force`: whatever arrived).

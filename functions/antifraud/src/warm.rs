@@ -49,6 +49,12 @@ pub struct WarmReport {
     /// Per `topic:partition`, the last bus offset the state covers: the engine skips records
     /// up to it and evaluates the next ones.
     pub positions: BTreeMap<String, i64>,
+    /// Per `topic:partition`, the next offset the engine's group had committed (where it
+    /// resumes), as read from the bus before the store.
+    pub committed: BTreeMap<String, i64>,
+    /// Partitions whose group committed past the stored events (warmed anyway, as asked):
+    /// the records in between are read by neither.
+    pub gaps: Vec<String>,
     /// What the state holds: windows (a rule's window of one key), events in them, placed
     /// bets of the stake join, players with a score.
     pub windows: usize,
@@ -88,6 +94,8 @@ impl Warm {
                 alerts_withheld: 0,
                 pushes_withheld: 0,
                 positions: BTreeMap::new(),
+                committed: BTreeMap::new(),
+                gaps: Vec::new(),
                 windows: 0,
                 entries: 0,
                 joined_bets: 0,
@@ -95,6 +103,12 @@ impl Warm {
                 units: 0,
             },
         }
+    }
+
+    /// Records where the engine's group had committed, and the gaps warmed over.
+    pub fn commits(&mut self, committed: BTreeMap<String, i64>, gaps: Vec<String>) {
+        self.report.committed = committed;
+        self.report.gaps = gaps;
     }
 
     /// Records a stored row that could not be rebuilt into an event.

@@ -409,6 +409,32 @@ impl Bus for EmbeddedBus {
         Ok(self.inner.topic(topic)?.partitions)
     }
 
+    async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<std::collections::BTreeMap<Partition, i64>>, BusError> {
+        let meta = self.inner.topic(topic)?;
+        let conn = self.inner.reader()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT partition, next_offset FROM group_offsets WHERE grp=?1 AND topic_id=?2",
+            )
+            .map_err(storage)?;
+        let got = stmt
+            .query_map(params![group, meta.id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(storage)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(Some(
+            got.into_iter()
+                .filter_map(|(p, o)| Some((Partition::try_from(p).ok()?, o)))
+                .collect(),
+        ))
+    }
+
     async fn consumer(
         &self,
         group: &str,

@@ -558,6 +558,59 @@ impl Bus for KafkaBus {
         .await
     }
 
+    async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<BTreeMap<Partition, i64>>, BusError> {
+        let partitions = self.partition_count(topic).await?;
+        // A consumer that never subscribes asks the group's coordinator without joining.
+        let mut c = self.config.client();
+        c.set("group.id", group);
+        c.set("enable.auto.commit", "false");
+        self.config.apply_extra(&mut c);
+        let consumer: BaseConsumer = c.create().map_err(create_error)?;
+        let timeout = self.config.request_timeout;
+        let topic = topic.to_owned();
+        blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, i32::try_from(p).unwrap_or(i32::MAX));
+            }
+            // A group's coordinator is found on the first ask (a new group's is made then):
+            // "not coordinator" and "loading" pass within the request timeout.
+            let deadline = std::time::Instant::now() + timeout;
+            let got = loop {
+                match consumer.committed_offsets(tpl.clone(), timeout) {
+                    Ok(got) => break got,
+                    Err(e)
+                        if matches!(
+                            e.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::NotCoordinator
+                                    | RDKafkaErrorCode::CoordinatorLoadInProgress
+                                    | RDKafkaErrorCode::CoordinatorNotAvailable
+                            )
+                        ) && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(kafka_error(e)),
+                }
+            };
+            Ok(Some(
+                got.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((u32::try_from(e.partition()).ok()?, o)),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        })
+        .await
+    }
+
     async fn consumer(
         &self,
         group: &str,

@@ -216,6 +216,49 @@ pub async fn no_loss_across_consumer_restart(bus: Arc<dyn Bus>) {
     b.consumer.close().await.expect("close");
 }
 
+/// What a group committed is read back without joining it (`Bus::committed_offsets`): per
+/// partition, the offset after the last record it stored; a group that never committed has
+/// none. A bus that cannot tell (Kinesis) says so with `None`.
+pub async fn committed_offsets_are_what_the_group_committed(bus: Arc<dyn Bus>) {
+    let topic = pitboss_testkit::unique_name("committed");
+    let group = pitboss_testkit::unique_name("g");
+    bus.create_topic(&topic, 3).await.expect("create topic");
+    let recs = records(10, 20, "c");
+    publish_all(&*bus, &topic, recs.clone(), 50).await;
+    let Some(none) = bus
+        .committed_offsets(&group, &topic)
+        .await
+        .expect("committed offsets")
+    else {
+        return;
+    };
+    assert!(none.is_empty(), "{none:?}");
+
+    let mut a = Member::join(&*bus, &group, &topic).await;
+    let start = Instant::now();
+    while a.received.len() < recs.len() {
+        assert!(start.elapsed() < PATIENCE);
+        a.step(Duration::from_millis(200)).await;
+    }
+    a.flush_and_commit().await;
+    a.consumer.close().await.expect("close");
+    let mut want = BTreeMap::new();
+    for r in &a.durable {
+        let Position::Offset(o) = r.position else {
+            panic!("{:?}", r.position)
+        };
+        let next = want.entry(r.partition).or_insert(0);
+        *next = (*next).max(o + 1);
+    }
+    assert_eq!(want.len(), 3, "{want:?}");
+    let got = bus
+        .committed_offsets(&group, &topic)
+        .await
+        .expect("committed offsets")
+        .expect("told once");
+    assert_eq!(got, want);
+}
+
 /// A member that stored offsets but died before committing: everything it had is redelivered.
 pub async fn redelivery_after_crash_before_commit(bus: Arc<dyn Bus>) {
     let topic = pitboss_testkit::unique_name("crash");
@@ -1100,6 +1143,10 @@ macro_rules! contract_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_no_loss_across_consumer_restart() {
             contract::no_loss_across_consumer_restart($make().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn contract_committed_offsets_are_what_the_group_committed() {
+            contract::committed_offsets_are_what_the_group_committed($make().await).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn contract_redelivery_after_crash_before_commit() {
