@@ -324,15 +324,25 @@ fn load_rules(rules: Option<&PathBuf>) -> Result<(RulesSource, pitboss_antifraud
 /// overflow topic, the next offset it committed.
 type Commits = std::collections::BTreeMap<(String, u32), i64>;
 
-/// The positions a warm state covers, per stored `(topic, partition)`: up to the offset before
-/// the group's commit, where the store holds that far (the stored events after it are the
-/// engine's to read), else the newest stored — a gap, refused unless `allow_gap` (then
-/// reported). Refused for a store that keeps no offsets (fed from Kinesis).
+/// What a warm state covers: per `(topic, partition)` of the topics the engine reads, the last
+/// offset, and the gaps found.
+struct Cover {
+    upto: pitboss_antifraud::state::Positions,
+    gaps: Vec<String>,
+}
+
+/// The positions a warm state covers, per stored partition of `topics` (the events topic the
+/// engine reads and its overflow topic; other topics the store holds are not the engine's):
+/// up to the offset before the group's commit where the store holds that far (the stored
+/// events after it are the engine's to read), else the newest stored — a gap, refused unless
+/// `allow_gap` (then reported). Refused for a store that keeps no offsets (fed from Kinesis).
 fn covered(
-    ends: &[(String, u32, u64, u64)],
+    ends: &[pitboss_processor::rows::StoredEnd],
+    topics: &[String],
     commits: &Commits,
     allow_gap: bool,
-) -> Result<(pitboss_antifraud::state::Positions, Vec<String>)> {
+) -> Result<Cover> {
+    let ends: Vec<_> = ends.iter().filter(|e| topics.contains(&e.topic)).collect();
     let mut upto = pitboss_antifraud::state::Positions::new();
     let mut gaps = Vec::new();
     let mut gap = |topic: &str, partition: u32, committed: i64, stored: Option<i64>| {
@@ -347,31 +357,43 @@ fn covered(
         ));
     };
     for ((topic, partition), committed) in commits {
-        if *committed > 0 && !ends.iter().any(|(t, p, ..)| t == topic && p == partition) {
+        if *committed > 0
+            && !ends
+                .iter()
+                .any(|e| &e.topic == topic && e.partition == *partition)
+        {
             gap(topic, *partition, *committed, None);
+            // Covered up to nothing: the engine's first record there shows the gap too.
+            upto.insert(
+                (std::sync::Arc::from(topic.as_str()), *partition),
+                pitboss_bus::Position::Offset(-1),
+            );
         }
     }
-    for (topic, partition, newest, rows) in ends {
-        let newest = i64::try_from(*newest).unwrap_or(i64::MAX);
-        let last = match commits.get(&(topic.clone(), *partition)) {
+    for e in ends {
+        if e.newest == 0 && e.events > 1 {
+            bail!(
+                "the store keeps no bus offsets for {}:{} ({} events, all at offset 0: a store \
+                 fed from Kinesis, whose sequence numbers are not kept); a warm start needs \
+                 events stored from Kafka or the embedded log",
+                e.topic,
+                e.partition,
+                e.events
+            );
+        }
+        let newest = i64::try_from(e.newest).unwrap_or(i64::MAX);
+        let last = match commits.get(&(e.topic.clone(), e.partition)) {
             // The group read nothing here: the engine reads it all.
             Some(0) => continue,
             Some(c) if newest >= c - 1 => c - 1,
             Some(c) => {
-                gap(topic, *partition, *c, Some(newest));
+                gap(&e.topic, e.partition, *c, Some(newest));
                 newest
             }
             None => newest,
         };
-        if newest == 0 && *rows > 1 {
-            bail!(
-                "the store keeps no bus offsets for {topic}:{partition} ({rows} events, all at \
-                 offset 0: a store fed from Kinesis, whose sequence numbers are not kept); a \
-                 warm start needs events stored from Kafka or the embedded log"
-            );
-        }
         upto.insert(
-            (std::sync::Arc::from(topic.as_str()), *partition),
+            (std::sync::Arc::from(e.topic.as_str()), e.partition),
             pitboss_bus::Position::Offset(last),
         );
     }
@@ -383,30 +405,41 @@ fn covered(
             gaps.join("\n")
         );
     }
-    Ok((upto, gaps))
+    Ok(Cover { upto, gaps })
 }
 
-/// Where the engine's group resumes in `topic` and its overflow topic (one the bus does not
-/// have yet is left out).
-async fn commits(bus: &crate::BusArgs, group: &str, topic: &str) -> Result<Commits> {
+/// Where the engine's group resumes in `topics`, read from the bus without joining it; refused
+/// while the group has members (an engine running: its commits move, and its state file is
+/// its own). A topic the bus does not have yet (the overflow topic) has no commits.
+async fn commits(bus: &crate::BusArgs, group: &str, topics: &[String]) -> Result<Commits> {
     let spec = bus.existing_spec()?;
     let at = format!("{spec:?}");
     let bus = spec
         .open()
         .await
         .with_context(|| format!("opening the bus ({at}) to read group {group}'s commits"))?;
+    if let Some(members) = bus.group_members(group).await?
+        && !members.is_empty()
+    {
+        bail!(
+            "group {group} has {} member(s) ({}): stop the engine before warming its state",
+            members.len(),
+            members
+                .iter()
+                .map(|m| format!("{} on {}", m.client_id, m.host))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let mut out = Commits::new();
-    for (t, required) in [
-        (topic.to_owned(), true),
-        (format!("{topic}_overflow"), false),
-    ] {
-        match bus.committed_offsets(group, &t).await {
+    for (i, t) in topics.iter().enumerate() {
+        match bus.committed_offsets(group, t).await {
             Ok(Some(c)) => out.extend(c.into_iter().map(|(p, o)| ((t.clone(), p), o))),
             Ok(None) => bail!(
                 "this bus does not tell a group's commits (Kinesis): a warm start needs Kafka or \
                  the embedded log"
             ),
-            Err(pitboss_bus::BusError::UnknownTopic(_)) if !required => {}
+            Err(pitboss_bus::BusError::UnknownTopic(_)) if i > 0 => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("reading group {group}'s commits on {t}"));
             }
@@ -415,39 +448,57 @@ async fn commits(bus: &crate::BusArgs, group: &str, topic: &str) -> Result<Commi
     Ok(out)
 }
 
+/// Takes `path`'s lock when the file is there (`pitboss up`'s data directory lock): refused
+/// while another process holds it.
+fn lock_if_there(path: &std::path::Path, who: &str) -> Result<Option<std::fs::File>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is held by a running {who}: stop it before warming its engine's state",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("taking the lock {}", path.display()))
+        }
+    }
+}
+
+/// The earliest `received_at` among the events a state covers (where the engine resumes, at
+/// the latest): the default `--from` counts back from it.
+fn resume_time(received: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
+    received.into_iter().flatten().min()
+}
+
 async fn warm(args: WarmArgs) -> Result<()> {
     let (source, set) = load_rules(args.rules.as_ref())?;
-    let from = match &args.from {
-        Some(t) => time("--from", t)?,
-        None => pitboss_model::Timestamp::from_millis(
-            pitboss_model::Timestamp::now().as_millis()
-                - pitboss_antifraud::backtest::warmup_ms(&set),
-        ),
+    let given_from = args
+        .from
+        .as_deref()
+        .map(|t| time("--from", t))
+        .transpose()?;
+    let span = pitboss_antifraud::backtest::warmup_ms(&set);
+    let from_before = |resume: Option<i64>| {
+        given_from.unwrap_or_else(|| {
+            let at = resume.unwrap_or_else(|| pitboss_model::Timestamp::now().as_millis());
+            pitboss_model::Timestamp::from_millis(at.saturating_sub(span))
+        })
     };
     let embedded = args.clickhouse.embedded(&args.bus.data_dir)?;
     let clickhouse = args.clickhouse.open()?;
-    // `pitboss up` holds its data directory's lock while it runs: its engine's state is not
-    // written under it.
-    let up_lock = args.state_dir.join("up.lock");
-    let _held = if up_lock.exists() {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&up_lock)
-            .with_context(|| format!("opening {}", up_lock.display()))?;
-        if file.try_lock().is_err() {
-            bail!(
-                "{} is in use by a running `pitboss up`: stop it before warming its engine's state",
-                args.state_dir.display()
-            );
-        }
-        Some(file)
-    } else {
-        None
-    };
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating {}", args.state_dir.display()))?;
-    crate::keep_private(std::slice::from_ref(&args.state_dir));
+    let topics = [args.topic.clone(), format!("{}_overflow", args.topic)];
+    // Nothing else writes the state file meanwhile: neither `pitboss up` on its data directory
+    // nor an engine on its state directory.
+    let _up = lock_if_there(&args.state_dir.join("up.lock"), "`pitboss up`")?;
     let path = args.state_dir.join("antifraud.db");
+    let _engine = pitboss_antifraud::state::lock(&path)?;
+    crate::keep_private(std::slice::from_ref(&args.state_dir));
     let mut state = pitboss_antifraud::state::StateStore::open(&path, &args.group)?;
     let held = state.snapshot()?.map(|s| s.taken_at_ms);
     if !args.replace && (held.is_some() || !state.batches()?.is_empty()) {
@@ -460,13 +511,12 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    // Where the group resumes, read before the store: the engine is stopped, so it stays.
-    let commits = commits(&args.bus, &args.group, &args.topic).await?;
+    // Where the group resumes, read before the store; no engine is in the group, so it stays.
+    let commits = commits(&args.bus, &args.group, &topics).await?;
     let committed: std::collections::BTreeMap<String, i64> = commits
         .iter()
         .map(|((t, p), o)| (format!("{t}:{p}"), *o))
         .collect();
-    let mut warm: Option<pitboss_antifraud::warm::Warm> = None;
     let push = |warm: &mut pitboss_antifraud::warm::Warm,
                 row: Result<&pitboss_processor::rows::StoredEvent, String>| {
         match row.and_then(|r| r.to_event().map(|e| (r, e))) {
@@ -479,31 +529,27 @@ async fn warm(args: WarmArgs) -> Result<()> {
             Err(why) => warm.unreadable(why),
         }
     };
-    if let Some(db) = embedded {
-        let mut refused = None;
-        pitboss_processor::sqlite::scan_to_ends(&db, from.as_millis(), |scanned| match scanned {
-            pitboss_processor::sqlite::Scanned::Ends(ends) => {
-                match covered(&ends, &commits, args.allow_gap) {
-                    Ok((upto, gaps)) => {
-                        let w = warm.insert(pitboss_antifraud::warm::Warm::new(
-                            set.clone(),
-                            from,
-                            upto,
-                        ));
-                        w.commits(committed.clone(), gaps);
-                    }
-                    Err(e) => refused = Some(e),
-                }
+    let ours = |r: &pitboss_processor::rows::StoredEvent| topics.contains(&r.bus_topic);
+    let warm = if let Some(db) = embedded {
+        let view = pitboss_processor::sqlite::ReadView::open(&db)?;
+        let cover = covered(&view.ends()?, &topics, &commits, args.allow_gap)?;
+        let mut resumes = Vec::new();
+        for ((t, p), pos) in &cover.upto {
+            if let pitboss_bus::Position::Offset(o) = pos
+                && let Ok(o) = u64::try_from(*o)
+            {
+                resumes.push(view.received_at(t, *p, o)?);
             }
-            pitboss_processor::sqlite::Scanned::Row(row) => {
-                if let Some(w) = warm.as_mut() {
-                    push(w, row.as_ref().map_err(Clone::clone));
-                }
-            }
-        })?;
-        if let Some(e) = refused {
-            return Err(e);
         }
+        let from = from_before(resume_time(resumes));
+        let mut w = pitboss_antifraud::warm::Warm::new(set.clone(), from, cover.upto);
+        w.commits(committed, cover.gaps);
+        view.scan(from.as_millis(), |row| match row {
+            Ok(r) if !ours(&r) => {}
+            Ok(r) => push(&mut w, Ok(&r)),
+            Err(why) => push(&mut w, Err(why)),
+        })?;
+        w
     } else if let Some(ch) = clickhouse {
         let ends = ch
             .ask(
@@ -511,16 +557,33 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 "reading where the stored events end",
             )
             .await?;
-        let (upto, gaps) = covered(&ends, &commits, args.allow_gap)?;
-        let w = warm.insert(pitboss_antifraud::warm::Warm::new(set.clone(), from, upto));
-        w.commits(committed.clone(), gaps);
+        let cover = covered(&ends, &topics, &commits, args.allow_gap)?;
+        let mut resumes = Vec::new();
+        for ((t, p), pos) in &cover.upto {
+            if let pitboss_bus::Position::Offset(o) = pos
+                && let Ok(o) = u64::try_from(*o)
+            {
+                let at = ch
+                    .ask(
+                        pitboss_processor::sink::stored_received_at(&ch.client, t, *p, o),
+                        "reading when the last covered event was received",
+                    )
+                    .await?;
+                resumes.push(at.and_then(|a| i64::try_from(a).ok()));
+            }
+        }
+        let from = from_before(resume_time(resumes));
+        let mut w = pitboss_antifraud::warm::Warm::new(set.clone(), from, cover.upto);
+        w.commits(committed, cover.gaps);
         ch.scan(from.as_millis().max(0) as u64, u64::MAX, None, |row| {
-            push(w, Ok(row));
+            if ours(row) {
+                push(&mut w, Ok(row));
+            }
         })
         .await?;
-    }
-    let Some(warm) = warm else {
-        bail!("the store was not read");
+        w
+    } else {
+        bail!("no store to read: give the --data-dir of an embedded store, or --clickhouse-url");
     };
     let report = warm.save(&mut state)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -541,10 +604,12 @@ async fn warm(args: WarmArgs) -> Result<()> {
             writeln!(
                 out,
                 "{} events read: {} evaluated, {} stored after the positions below (left to \
-                 the engine), {} unreadable",
+                 the engine), {} received before {}, {} unreadable",
                 report.events_read,
                 report.events_warmed,
                 report.events_after,
+                report.events_before,
+                ts(report.from),
                 report.events_unreadable
             )?;
             for p in &report.problems {

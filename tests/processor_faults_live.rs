@@ -1686,6 +1686,143 @@ async fn an_engine_taking_the_group_over_elsewhere_starts_from_the_windows_it_re
     drop(a);
 }
 
+/// `pitboss rules warm` (docs/rules.md, "Starting warm") on a Kafka group with an empty
+/// changelog: the engine started on the warmed file writes the whole state to the changelog
+/// with its first save, so an engine taking the group over elsewhere starts warm too — 20
+/// bets of a burst stored before the warm start, 10 after the takeover: the alert needs all 30.
+/// (Marked as no engine's, the warmed file's first save is full; without the mark it was
+/// incremental and the changelog never held the warmed windows.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warmed_state_reaches_the_changelog_whole_and_an_engine_taking_over_starts_warm() {
+    use pitboss_processor::sqlite::SqliteRow;
+
+    let kafka = pitboss_testkit::kafka();
+    let name = pitboss_testkit::unique_name("warm");
+    let group = format!("{name}_af");
+    let bus: std::sync::Arc<dyn Bus> =
+        std::sync::Arc::new(KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap());
+    group_topics(&*bus, &name).await;
+    let kbus = KafkaBus::new(KafkaConfig::new(kafka.clone())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let logs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("engine-{i}.log")))
+        .collect();
+    let all_logs: Vec<&std::path::Path> = logs.iter().map(|p| p.as_path()).collect();
+    let events = format!("{name}_events");
+    let alerts = format!("{name}_alerts");
+    let t0 = pitboss_model::Timestamp::now().as_millis();
+
+    // 20 bets of p-1 on the bus, and in the store as the processor keeps them.
+    let history = bets("p-1", 0, 0..20, t0);
+    let acks = bus
+        .publisher()
+        .publish(&events, history.clone())
+        .await
+        .unwrap();
+    let rows: Vec<_> = history
+        .iter()
+        .zip(&acks)
+        .map(|(r, ack)| {
+            let mut e = pitboss_model::decode_proto(&r.value).unwrap();
+            e.received_at = Some(e.occurred_at);
+            let pitboss_bus::Position::Offset(o) = ack.position else {
+                panic!("{:?}", ack.position)
+            };
+            pitboss_processor::rows::from_event(e, &events, ack.partition, o as u64).unwrap()
+        })
+        .collect();
+    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+    let tx = conn.transaction().unwrap();
+    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
+    tx.commit().unwrap();
+    drop(conn);
+
+    let warmed = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args([
+            "rules",
+            "warm",
+            "--bus",
+            "kafka",
+            "--kafka-bootstrap",
+            &kafka,
+        ])
+        .args(["--topic", &events, "--group", &group, "--format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--state-dir")
+        .arg(dir.path().join("a"))
+        .env_remove("PITBOSS_BUS")
+        .output()
+        .unwrap();
+    assert!(
+        warmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warmed.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&warmed.stdout).unwrap();
+    assert_eq!(report["events_warmed"], 20, "{report}");
+    let units: std::collections::BTreeSet<String> = pitboss_antifraud::state::StateStore::open(
+        &dir.path().join("a").join("antifraud.db"),
+        &group,
+    )
+    .unwrap()
+    .unit_names()
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(units.len() as u64, report["units"].as_u64().unwrap());
+
+    // A starts on the warmed file: its first save puts every unit in the changelog.
+    let mut a = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("a"),
+        &logs[0],
+    )]);
+    let start = Instant::now();
+    loop {
+        // The engine makes the changelog topic as it starts: not there before.
+        let image = pitboss_antifraud::changelog::read(&bus, "antifraud_state", &group)
+            .await
+            .ok()
+            .flatten()
+            .map(|(image, _)| image);
+        let held: std::collections::BTreeSet<String> =
+            image.iter().flat_map(|i| i.units.keys().cloned()).collect();
+        if image.as_ref().is_some_and(|i| i.mark.is_some()) && held == units {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the changelog holds {} of the {} warmed units\n{}",
+            held.len(),
+            units.len(),
+            all_logs
+                .iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.0[0].kill().unwrap();
+    a.0[0].wait().unwrap();
+
+    // B, on a state directory of its own, takes over from the changelog: 10 more bets fire.
+    let _b = Children(vec![group_engine(
+        &kafka,
+        &name,
+        &dir.path().join("b"),
+        &logs[1],
+    )]);
+    wait_for_line(&logs[1], "state taken from the changelog");
+    bus.publisher()
+        .publish(&events, bets("p-1", 0, 20..30, t0))
+        .await
+        .unwrap();
+    assert_eq!(alerted_players(&kbus, &alerts, 1).await, ["p-1"]);
+}
+
 /// `pitboss topics` with `args` against the test broker.
 fn pitboss_topics(kafka: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pitboss"))

@@ -1649,13 +1649,19 @@ async fn rules_warm_gives_an_engine_without_state_the_windows_of_the_stored_hist
     let engine = tokio::spawn(run(bus.clone() as std::sync::Arc<dyn Bus>, config, async {
         let _ = stopped.await;
     }));
+    let mut committed = None;
     for _ in 0..100 {
-        let committed = bus.committed_offsets("ahead", "events").await.unwrap();
+        committed = bus.committed_offsets("ahead", "events").await.unwrap();
         if committed == Some(std::collections::BTreeMap::from([(0, 9)])) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        committed,
+        Some(std::collections::BTreeMap::from([(0, 9)])),
+        "the engine did not read p9's bet"
+    );
     stop.send(()).unwrap();
     let stats = tokio::time::timeout(Duration::from_secs(30), engine)
         .await

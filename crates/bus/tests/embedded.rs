@@ -51,6 +51,13 @@ impl Bus for TempBus {
     ) -> Result<Box<dyn pitboss_bus::Reader>, BusError> {
         self.bus.reader(topic, starts).await
     }
+    async fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Option<std::collections::BTreeMap<pitboss_bus::Partition, i64>>, BusError> {
+        self.bus.committed_offsets(group, topic).await
+    }
 }
 
 async fn make_bus() -> Arc<dyn Bus> {

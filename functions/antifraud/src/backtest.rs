@@ -24,6 +24,15 @@ pub const MAX_WARMUP_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// How many refused or unreadable events are kept with their reason.
 const MAX_PROBLEMS: usize = 20;
 
+/// Counts an event not evaluated, keeping the first [`MAX_PROBLEMS`] reasons (the backtest's
+/// and the warm start's reports).
+pub(crate) fn note_problem(count: &mut u64, problems: &mut Vec<String>, reason: String) {
+    *count += 1;
+    if problems.len() < MAX_PROBLEMS {
+        problems.push(reason);
+    }
+}
+
 /// What a backtest found. Counts cover the events received in `[from, to)`; the warm-up's
 /// hits are not in them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -272,10 +281,11 @@ impl Backtest {
     }
 
     fn problem(&mut self, reason: String) {
-        self.report.events_unreadable += 1;
-        if self.report.problems.len() < MAX_PROBLEMS {
-            self.report.problems.push(reason);
-        }
+        note_problem(
+            &mut self.report.events_unreadable,
+            &mut self.report.problems,
+            reason,
+        );
     }
 
     /// Evaluates one event (the next received); counts its hits when it was received within

@@ -147,8 +147,29 @@ pub struct StateStore {
     group: String,
     /// Written with the next [`StateStore::save`]: the save's sequence and writer.
     next_mark: Option<(u64, String)>,
-    /// The next [`StateStore::save`] deletes the group's mark.
-    forget_mark: bool,
+}
+
+/// Takes the lock beside the state file (`<state>.lock`, made with its directory when
+/// missing): one process per state file — the engine's, or `pitboss rules warm` writing it.
+/// Held while the returned file is open.
+pub fn lock(state_path: &Path) -> Result<std::fs::File, StateError> {
+    let lock_path = state_path.with_extension("lock");
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StateError(format!("{}: {e}", dir.display())))?;
+    }
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| StateError(format!("{}: {e}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StateError(format!(
+            "{} is in use by another rules engine process (one process per state directory)",
+            state_path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StateError(format!(
+            "{}: taking its lock: {e}",
+            lock_path.display()
+        ))),
+    }
 }
 
 impl StateStore {
@@ -221,7 +242,6 @@ impl StateStore {
             conn,
             group: group.to_owned(),
             next_mark: None,
-            forget_mark: false,
         })
     }
 
@@ -237,14 +257,6 @@ impl StateStore {
             )
             .optional()?
             .map(|(s, w)| (u64::try_from(s).unwrap_or(0), w)))
-    }
-
-    /// Makes the next [`StateStore::save`] (in its transaction) forget the group's mark: the
-    /// state it writes is none the changelog has seen, so an engine that starts on this file
-    /// writes all of it to the changelog with its first save ([`crate::warm`]).
-    pub fn forget_mark_with_next_save(&mut self) {
-        self.next_mark = None;
-        self.forget_mark = true;
     }
 
     /// Marks the next [`StateStore::save`] (in its transaction) with this sequence and writer.
@@ -494,9 +506,6 @@ impl StateStore {
                 "DELETE FROM batches WHERE group_id = ?1 AND seq <= ?2",
                 params![self.group, i64::try_from(seq).unwrap_or(i64::MAX)],
             )?;
-        }
-        if std::mem::take(&mut self.forget_mark) {
-            tx.execute("DELETE FROM marks WHERE group_id = ?1", params![self.group])?;
         }
         if let Some((seq, writer)) = self.next_mark.take() {
             tx.execute(

@@ -404,19 +404,7 @@ pub async fn run(
     }
     // One process per state file: a second one would write the same rows and, named alike,
     // not see the first as another engine.
-    let lock_path = config.state_path.with_extension("lock");
-    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StateError(format!("{}: {e}", dir.display())))?;
-    }
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| StateError(format!("{}: {e}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(StateError(format!(
-            "{} is in use by another rules engine process (one process per state directory)",
-            config.state_path.display()
-        ))
-        .into());
-    }
+    let lock = crate::state::lock(&config.state_path)?;
     let instance = StateStore::open(&config.state_path, &config.group)?.instance_id()?;
     let client_id = format!("pitboss-antifraud-{instance}");
     if let Some(topic) = &config.state_topic {

@@ -22,17 +22,23 @@ use serde::Serialize;
 use crate::state::{Positions, StateError, StateStore};
 use crate::{Engine, Output, RuleSet};
 
-/// How many refused or unreadable events are kept with their reason.
-const MAX_PROBLEMS: usize = 20;
+/// The writer a warm start marks its save with: no engine's instance, so the engine that
+/// starts on the file writes the whole state to its changelog topic with its first save
+/// ([`crate::stream`]: a file whose mark is not the changelog's).
+pub const WARM_WRITER: &str = "pitboss-rules-warm";
 
 /// What a warm start read and wrote.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WarmReport {
-    /// Events received from here on were read (the set's longest window before the newest
-    /// stored event, at most [`crate::backtest::MAX_WARMUP_MS`], unless given).
+    /// Events received from here on were evaluated (by default the set's longest window, at
+    /// most [`crate::backtest::MAX_WARMUP_MS`], before the earliest of the last events the
+    /// state covers per partition: where the engine resumes).
     pub from: Timestamp,
     /// Every stored event read.
     pub events_read: u64,
+    /// Of those, events received before `from` (read with their partition's others): not
+    /// evaluated.
+    pub events_before: u64,
     /// Of those, the events evaluated into the state.
     pub events_warmed: u64,
     /// Events stored after the positions the state covers (the store kept writing while it
@@ -87,6 +93,7 @@ impl Warm {
             report: WarmReport {
                 from,
                 events_read: 0,
+                events_before: 0,
                 events_warmed: 0,
                 events_after: 0,
                 events_unreadable: 0,
@@ -118,10 +125,11 @@ impl Warm {
     }
 
     fn problem(&mut self, reason: String) {
-        self.report.events_unreadable += 1;
-        if self.report.problems.len() < MAX_PROBLEMS {
-            self.report.problems.push(reason);
-        }
+        crate::backtest::note_problem(
+            &mut self.report.events_unreadable,
+            &mut self.report.problems,
+            reason,
+        );
     }
 
     /// Evaluates the event stored at `offset` of `topic`'s `partition` (the next in the
@@ -138,6 +146,7 @@ impl Warm {
         }
         let now = crate::backtest::Backtest::clock(event);
         if now < self.report.from {
+            self.report.events_before += 1;
             return;
         }
         self.out.clear();
@@ -157,8 +166,8 @@ impl Warm {
     }
 
     /// Writes the state into `store` (its group's snapshot) as a full save covering the
-    /// positions given to [`Warm::new`], dropping whatever the group held there, its logged
-    /// batches and its changelog mark (so the engine's first save mirrors all of it to a
+    /// positions given to [`Warm::new`], dropping whatever the group held there and its logged
+    /// batches, marked by [`WARM_WRITER`] (so the engine's first save mirrors all of it to a
     /// changelog topic). The caller decides beforehand whether the store may be replaced.
     pub fn save(mut self, store: &mut StateStore) -> Result<WarmReport, StateError> {
         self.engine.track_changes(true);
@@ -166,7 +175,7 @@ impl Warm {
             .engine
             .take_changes()
             .map_err(|e| StateError(format!("encoding the warmed state: {e}")))?;
-        store.forget_mark_with_next_save();
+        store.mark_next_save(0, WARM_WRITER);
         store.save(
             Timestamp::now().as_millis(),
             &self.upto,
@@ -335,7 +344,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
         // A state an engine saved and marked for its changelog: the warm state replaces it,
-        // and its mark goes (the changelog has not seen the new state).
+        // marked as no engine's (the changelog has not seen it).
         let mut before = Engine::new(set());
         before.track_changes(true);
         let changes = before.take_changes().unwrap();
@@ -343,7 +352,7 @@ mod tests {
         store.save(1, &upto(3), &changes, None).unwrap();
         assert!(store.mark().unwrap().is_some());
         let r = warm.save(&mut store).unwrap();
-        assert_eq!(store.mark().unwrap(), None);
+        assert_eq!(store.mark().unwrap(), Some((0, WARM_WRITER.to_owned())));
         assert_eq!(store.snapshot().unwrap().unwrap().positions, upto(9));
         assert_eq!(
             (
@@ -358,5 +367,22 @@ mod tests {
         let r2 = warm2.save(&mut store).unwrap();
         assert_eq!((r2.events_warmed, r2.events_unreadable), (0, 1));
         assert!(r2.problems[0].contains("(no id)"), "{:?}", r2.problems);
+
+        // Events received before `from` are read, counted, and not evaluated.
+        let from = events[5].received_at.unwrap();
+        let before = events[..10]
+            .iter()
+            .filter(|e| e.received_at.unwrap() < from)
+            .count() as u64;
+        let mut warm3 = Warm::new(set(), from, upto(9));
+        for (i, e) in events.iter().take(10).enumerate() {
+            warm3.push("events", 0, i as i64, e);
+        }
+        let r3 = warm3.save(&mut store).unwrap();
+        assert_eq!(
+            (r3.events_read, r3.events_before, r3.events_warmed),
+            (10, before, 10 - before)
+        );
+        assert!(before > 0);
     }
 }

@@ -231,6 +231,18 @@ pub fn from_event(
     Ok(row)
 }
 
+/// Where the stored events of one bus partition end (`pitboss rules warm`).
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
+pub struct StoredEnd {
+    pub topic: String,
+    pub partition: u32,
+    /// The newest offset stored (0 on a store fed from Kinesis, whose sequence numbers are not
+    /// kept).
+    pub newest: u64,
+    /// Distinct events stored (copies not merged away yet counted once).
+    pub events: u64,
+}
+
 /// The columns an event is rebuilt from ([`StoredEvent::to_event`]), as the backtest reads
 /// them back (`SELECT` in this order).
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]

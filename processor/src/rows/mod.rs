@@ -12,7 +12,7 @@ pub mod push;
 pub use ack::AckRow;
 pub use alert::AlertRow;
 pub use delivery::DeliveryRow;
-pub use event::{EventRow, StoredEvent, from_event, row};
+pub use event::{EventRow, StoredEnd, StoredEvent, from_event, row};
 pub use push::PushRow;
 
 use pitboss_bus::{Position, Record, header};

@@ -790,29 +790,37 @@ impl EventCursor {
     }
 }
 
-/// Where the stored events end on the bus: per `(bus topic, partition)`, the newest offset
-/// stored and the number of rows (copies not yet merged away counted; a Kinesis-fed store
-/// keeps no offsets: all 0). `pitboss rules warm` reads up to these.
-pub async fn stored_ends(client: &Client) -> Result<Vec<(String, u32, u64, u64)>, ProcessorError> {
-    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
-    struct End {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        rows: u64,
-    }
-    let ends: Vec<End> = client
+/// Where the stored events end on the bus, per `(bus topic, partition)` (`pitboss rules warm`
+/// reads up to these).
+pub async fn stored_ends(client: &Client) -> Result<Vec<crate::rows::StoredEnd>, ProcessorError> {
+    Ok(client
         .query(
-            "SELECT bus_topic AS topic, bus_partition AS partition, max(bus_offset) AS offset, \
-             count() AS rows FROM events GROUP BY bus_topic, bus_partition \
+            "SELECT bus_topic AS topic, bus_partition AS partition, max(bus_offset) AS newest, \
+             uniqExact(event_id) AS events FROM events GROUP BY bus_topic, bus_partition \
              ORDER BY bus_topic, bus_partition",
         )
         .fetch_all()
+        .await?)
+}
+
+/// When the event stored at `offset` of `topic`'s `partition` was received (ms).
+pub async fn stored_received_at(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<Option<u64>, ProcessorError> {
+    let at: Vec<u64> = client
+        .query(
+            "SELECT received_at_ms FROM events \
+             WHERE bus_topic = ? AND bus_partition = ? AND bus_offset = ? LIMIT 1",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .fetch_all()
         .await?;
-    Ok(ends
-        .into_iter()
-        .map(|e| (e.topic, e.partition, e.offset, e.rows))
-        .collect())
+    Ok(at.into_iter().next())
 }
 
 /// How many events of `events` were received in `[from_ms, to_ms)` (of `tenant`, or all),

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 pub use self::clickhouse::{
     ClickHouseClient, ClickHouseSink, DEFAULT_TIMEOUT, EventCursor, check_url, client,
     count_events, events_page, no_answer, redacted_url, replicas_cluster, stored_ends,
-    stored_event_columns, within,
+    stored_event_columns, stored_received_at, within,
 };
 pub use self::memory::MemorySink;
 

@@ -27,7 +27,7 @@ mod read;
 mod write;
 
 pub use migrations::{MIGRATIONS, Migration};
-pub use read::{Scanned, StoredEnds, count_events, scan_events, scan_to_ends};
+pub use read::{ReadView, count_events, scan_events};
 pub use write::SqliteRow;
 
 /// Opens (creating if needed) the store at `path` and brings its schema up to date; returns

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::store;
 use crate::ProcessorError;
-use crate::rows::StoredEvent;
+use crate::rows::{StoredEnd, StoredEvent};
 
 fn open_read_only(path: &Path) -> Result<Connection, ProcessorError> {
     let conn = Connection::open_with_flags(
@@ -58,51 +58,73 @@ pub fn scan_events(
     })
 }
 
-/// Where the store's events end on the bus: per `(bus topic, partition)`, the newest offset
-/// stored and the number of rows (a Kinesis-fed store keeps no offsets: all 0).
-pub type StoredEnds = Vec<(String, u32, u64, u64)>;
-
-/// The store's [`StoredEnds`], then each event received from `from_ms` on as stored (with
-/// where it was on the bus), in [`StoredEvent::REPLAY_ORDER`], passed to `f` in that order
-/// ([`Scanned`]), both read in one read transaction: every row passed lies at or before the ends returned, however `pitboss up`
-/// writes meanwhile (`pitboss rules warm`).
-pub fn scan_to_ends(
-    path: &Path,
-    from_ms: i64,
-    mut f: impl FnMut(Scanned),
-) -> Result<u64, ProcessorError> {
-    let conn = open_read_only(path)?;
-    conn.execute_batch("BEGIN").map_err(store)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT bus_topic, bus_partition, max(bus_offset), count(*) FROM events \
-             GROUP BY bus_topic, bus_partition ORDER BY bus_topic, bus_partition",
-        )
-        .map_err(store)?;
-    let ends = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
-                r.get::<_, i64>(2)?.max(0) as u64,
-                r.get::<_, i64>(3)?.max(0) as u64,
-            ))
-        })
-        .map_err(store)?
-        .collect::<Result<StoredEnds, _>>()
-        .map_err(store)?;
-    drop(stmt);
-    f(Scanned::Ends(ends));
-    let n = scan_rows(&conn, from_ms, i64::MAX, None, |row| f(Scanned::Row(row)))?;
-    conn.execute_batch("COMMIT").map_err(store)?;
-    Ok(n)
+/// One consistent view of the store (a read transaction, begun at its first read): where its
+/// events end on the bus, and its events, as of the same instant however `pitboss up` writes
+/// meanwhile (`pitboss rules warm`).
+#[derive(Debug)]
+pub struct ReadView {
+    conn: Connection,
 }
 
-/// What [`scan_to_ends`] passes on: the ends first, then the rows.
-#[derive(Debug)]
-pub enum Scanned {
-    Ends(StoredEnds),
-    Row(Result<StoredEvent, String>),
+impl ReadView {
+    pub fn open(path: &Path) -> Result<ReadView, ProcessorError> {
+        let conn = open_read_only(path)?;
+        conn.execute_batch("BEGIN").map_err(store)?;
+        Ok(ReadView { conn })
+    }
+
+    /// Per `(bus topic, partition)`, where its stored events end.
+    pub fn ends(&self) -> Result<Vec<StoredEnd>, ProcessorError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT bus_topic, bus_partition, max(bus_offset), count(DISTINCT event_id) \
+                 FROM events GROUP BY bus_topic, bus_partition ORDER BY bus_topic, bus_partition",
+            )
+            .map_err(store)?;
+        stmt.query_map([], |r| {
+            Ok(StoredEnd {
+                topic: r.get(0)?,
+                partition: r.get::<_, i64>(1)?.clamp(0, i64::from(u32::MAX)) as u32,
+                newest: r.get::<_, i64>(2)?.max(0) as u64,
+                events: r.get::<_, i64>(3)?.max(0) as u64,
+            })
+        })
+        .map_err(store)?
+        .collect::<Result<_, _>>()
+        .map_err(store)
+    }
+
+    /// When the event stored at `offset` of `topic`'s `partition` was received (ms).
+    pub fn received_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<i64>, ProcessorError> {
+        self.conn
+            .query_row(
+                "SELECT max(received_at_ms) FROM events \
+                 WHERE bus_topic = ?1 AND bus_partition = ?2 AND bus_offset = ?3",
+                params![
+                    topic,
+                    i64::from(partition),
+                    i64::try_from(offset).unwrap_or(i64::MAX)
+                ],
+                |r| r.get(0),
+            )
+            .map_err(store)
+    }
+
+    /// Calls `f` with each stored row received from `from_ms` on, in
+    /// [`StoredEvent::REPLAY_ORDER`]; a row that cannot be read is passed as `Err`.
+    pub fn scan(
+        &self,
+        from_ms: i64,
+        f: impl FnMut(Result<StoredEvent, String>),
+    ) -> Result<u64, ProcessorError> {
+        scan_rows(&self.conn, from_ms, i64::MAX, None, f)
+    }
 }
 
 /// Calls `f` with each stored row received in `[from_ms, to_ms)` (of `tenant`, or all), in
