@@ -34,27 +34,12 @@ pub enum RulesCommand {
 
 #[derive(Debug, Args)]
 pub struct WarmArgs {
-    /// Directory of rule files (`*.toml`): the set the engine will run; the shipped packs
-    /// without it.
-    #[arg(long)]
-    rules: Option<PathBuf>,
-    /// The engine's state directory (`pitboss antifraud --state-dir`; `pitboss up` keeps its
-    /// state in its data directory): its `antifraud.db` is written.
-    #[arg(
-        long,
-        env = "PITBOSS_ANTIFRAUD_STATE_DIR",
-        default_value = ".pitboss-antifraud"
-    )]
-    state_dir: PathBuf,
-    /// The engine's consumer group (`pitboss antifraud --group`).
-    #[arg(long, default_value = "pitboss-antifraud")]
-    group: String,
-    /// The events topic the engine reads (`pitboss antifraud --topic`; its overflow topic
-    /// `<topic>_overflow` with it).
-    #[arg(long, default_value = "events")]
-    topic: String,
-    /// Read the events received from this time on (RFC 3339); by default the set's longest
-    /// window before now (at most 7 days).
+    /// The engine the state is for: its rules (the set it will run), state directory (its
+    /// `antifraud.db` is written), events topic and group, as `pitboss antifraud` is given them.
+    #[command(flatten)]
+    engine: crate::EngineArgs,
+    /// Evaluate the events received from this time on (RFC 3339); by default the set's longest
+    /// window (at most 7 days) before where the engine resumes.
     #[arg(long)]
     from: Option<String>,
     /// Replace the state the file holds for the group (refused without it).
@@ -477,7 +462,7 @@ fn resume_time(received: impl IntoIterator<Item = Option<i64>>) -> Option<i64> {
 }
 
 async fn warm(args: WarmArgs) -> Result<()> {
-    let (source, set) = load_rules(args.rules.as_ref())?;
+    let (source, set) = load_rules(args.engine.rules.as_ref())?;
     let given_from = args
         .from
         .as_deref()
@@ -492,27 +477,30 @@ async fn warm(args: WarmArgs) -> Result<()> {
     };
     let embedded = args.clickhouse.embedded(&args.bus.data_dir)?;
     let clickhouse = args.clickhouse.open()?;
-    let topics = [args.topic.clone(), format!("{}_overflow", args.topic)];
+    let topics = [
+        args.engine.topic.clone(),
+        format!("{}_overflow", args.engine.topic),
+    ];
     // Nothing else writes the state file meanwhile: neither `pitboss up` on its data directory
     // nor an engine on its state directory.
-    let _up = lock_if_there(&args.state_dir.join("up.lock"), "`pitboss up`")?;
-    let path = args.state_dir.join("antifraud.db");
+    let _up = lock_if_there(&args.engine.state_dir.join("up.lock"), "`pitboss up`")?;
+    let path = args.engine.state_dir.join("antifraud.db");
     let _engine = pitboss_antifraud::state::lock(&path)?;
-    crate::keep_private(std::slice::from_ref(&args.state_dir));
-    let mut state = pitboss_antifraud::state::StateStore::open(&path, &args.group)?;
+    crate::keep_private(std::slice::from_ref(&args.engine.state_dir));
+    let mut state = pitboss_antifraud::state::StateStore::open(&path, &args.engine.group)?;
     let held = state.snapshot()?.map(|s| s.taken_at_ms);
     if !args.replace && (held.is_some() || !state.batches()?.is_empty()) {
         bail!(
             "{} already holds the state of group {}{}: an engine's state is replaced only with \
              --replace (stop the engine first)",
             path.display(),
-            args.group,
+            args.engine.group,
             held.map(|t| format!(" saved at {}", ts(pitboss_model::Timestamp::from_millis(t))))
                 .unwrap_or_default()
         );
     }
     // Where the group resumes, read before the store; no engine is in the group, so it stays.
-    let commits = commits(&args.bus, &args.group, &topics).await?;
+    let commits = commits(&args.bus, &args.engine.group, &topics).await?;
     let committed: std::collections::BTreeMap<String, i64> = commits
         .iter()
         .map(|((t, p), o)| (format!("{t}:{p}"), *o))
@@ -598,7 +586,7 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 out,
                 "Warmed {} (group {}) with {rules} from the events received since {}",
                 path.display(),
-                args.group,
+                args.engine.group,
                 ts(report.from)
             )?;
             writeln!(
@@ -642,8 +630,8 @@ async fn warm(args: WarmArgs) -> Result<()> {
                 out,
                 "Start the engine on it (--state-dir {} --group {}): it skips the records up to \
                  those offsets and evaluates the ones after.",
-                args.state_dir.display(),
-                args.group
+                args.engine.state_dir.display(),
+                args.engine.group
             )?;
         }
     }

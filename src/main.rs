@@ -96,22 +96,8 @@ enum Command {
 struct AntifraudArgs {
     #[command(flatten)]
     bus: BusArgs,
-    /// Directory of rule files (`*.toml`, reloaded on change); the shipped packs without it.
-    #[arg(long, env = "PITBOSS_RULES")]
-    rules: Option<PathBuf>,
-    /// Where the engine keeps its snapshot and batch log (one instance's own).
-    #[arg(
-        long,
-        env = "PITBOSS_ANTIFRAUD_STATE_DIR",
-        default_value = ".pitboss-antifraud"
-    )]
-    state_dir: PathBuf,
-    /// Events topic (its hot-key overflow topic `<topic>_overflow` is read with it).
-    #[arg(long, default_value = "events")]
-    topic: String,
-    /// Consumer group.
-    #[arg(long, default_value = "pitboss-antifraud")]
-    group: String,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Topic the alerts are published to.
     #[arg(long, default_value = "alerts")]
     alerts_topic: String,
@@ -455,6 +441,29 @@ async fn drain_processors(
     }
 }
 
+/// Which rules engine: its rules, state directory, events topic and group (`pitboss
+/// antifraud`, and `pitboss rules warm` that writes its state).
+#[derive(Debug, Args)]
+pub(crate) struct EngineArgs {
+    /// Directory of rule files (`*.toml`, reloaded on change); the shipped packs without it.
+    #[arg(long, env = "PITBOSS_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Where the engine keeps its snapshot and batch log (one instance's own; `pitboss up`
+    /// keeps them in its data directory).
+    #[arg(
+        long,
+        env = "PITBOSS_ANTIFRAUD_STATE_DIR",
+        default_value = ".pitboss-antifraud"
+    )]
+    pub state_dir: PathBuf,
+    /// Events topic (its hot-key overflow topic `<topic>_overflow` is read with it).
+    #[arg(long, default_value = "events")]
+    pub topic: String,
+    /// Consumer group.
+    #[arg(long, default_value = "pitboss-antifraud")]
+    pub group: String,
+}
+
 /// The bus flags of every service (ingest, antifraud, process, gateway).
 #[derive(Debug, Args)]
 pub(crate) struct BusArgs {
@@ -617,14 +626,14 @@ fn parse_start_at(text: &str) -> Result<pitboss_model::Timestamp, String> {
 
 async fn antifraud(args: AntifraudArgs) -> Result<()> {
     let spec = engine_spec(args.bus.existing_spec()?);
-    let overflow = format!("{}_overflow", args.topic);
-    let mut config = antifraud_config(&args.topic, &overflow, args.rules.clone());
-    config.group = args.group.clone();
+    let overflow = format!("{}_overflow", args.engine.topic);
+    let mut config = antifraud_config(&args.engine.topic, &overflow, args.engine.rules.clone());
+    config.group = args.engine.group.clone();
     config.alerts_topic = args.alerts_topic.clone();
     config.pushes_topic = args.pushes_topic.clone();
     config.dead_letter_topic = args.dead_letter_topic.clone();
-    config.state_path = args.state_dir.join("antifraud.db");
-    keep_private(std::slice::from_ref(&args.state_dir));
+    config.state_path = args.engine.state_dir.join("antifraud.db");
+    keep_private(std::slice::from_ref(&args.engine.state_dir));
     // Only Kafka compacts topics; elsewhere the state lives in the state directory.
     config.state_topic = (matches!(args.bus.kind, BusKind::Kafka) && !args.no_state_topic)
         .then(|| args.state_topic.clone());
@@ -640,7 +649,7 @@ async fn antifraud(args: AntifraudArgs) -> Result<()> {
     // Refuse bad rules before connecting to anything.
     let set = config.rules.load()?;
     let bus = spec.open().await?;
-    check_copartitioned(&*bus, &args.topic, &overflow).await?;
+    check_copartitioned(&*bus, &args.engine.topic, &overflow).await?;
     // What it publishes to must be there before it reads anything (it would fail at the first
     // alert, after dead-lettering records); the forwards topic it makes itself.
     for (topic, flag) in [

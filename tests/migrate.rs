@@ -52,7 +52,6 @@ fn a_hostile_database_name_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store() {
     use pitboss_model::Timestamp;
-    use pitboss_processor::sqlite::SqliteRow;
 
     let db = pitboss_testkit::unique_name("backtest");
     let out = migrate(&db);
@@ -61,28 +60,11 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let now = Timestamp::now().as_millis();
-    let mut events: Vec<pitboss_model::Event> =
-        pitboss_antifraud::scenario::script("demo", now, 10, 1)
-            .into_iter()
-            .flat_map(|p| p.events)
-            .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
-            .collect();
-    // Sent in requests (each received in one millisecond), ids in the reverse of the order
-    // sent: pages must end and resume inside a request, in bus order.
-    pitboss_testkit::sent_in_requests(&mut events);
-    let rows: Vec<_> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
-        })
-        .collect();
+    let (events, rows) = scripted_day();
     // ClickHouse: every row, a second copy of the first 30 in another insert (two parts, not
     // merged yet), and a third at other offsets (a publish retried: the same events received
     // in the same millisecond, later in the partition), read pages apart.
     let url = pitboss_testkit::clickhouse();
-    let http = reqwest::Client::new();
     let moved: Vec<_> = rows[..30]
         .iter()
         .map(|r| {
@@ -91,39 +73,16 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
             r
         })
         .collect();
-    for part in [&rows[..], &rows[..30], &moved[..]] {
-        let body: String = part
-            .iter()
-            .map(|r| serde_json::to_string(r).unwrap() + "\n")
-            .collect();
-        let answer = http
-            .post(&url)
-            .query(&[(
-                "query",
-                format!("INSERT INTO {db}.events FORMAT JSONEachRow"),
-            )])
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = answer.status();
-        assert!(
-            status.is_success(),
-            "{status}: {}",
-            answer.text().await.unwrap()
-        );
-    }
+    insert_apart(&url, &db, &[&rows[..], &rows[..30], &moved[..]]).await;
     // The embedded store: the same rows.
     let dir = tempfile::tempdir().unwrap();
-    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
-    let tx = conn.transaction().unwrap();
-    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
-    tx.commit().unwrap();
-    drop(conn);
+    embedded_store(dir.path(), &rows);
 
     let first = events.iter().filter_map(|e| e.received_at).min().unwrap();
     let from = first.to_rfc3339().unwrap();
-    let to = Timestamp::from_millis(now + 20_000).to_rfc3339().unwrap();
+    let to = Timestamp::from_millis(Timestamp::now().as_millis() + 20_000)
+        .to_rfc3339()
+        .unwrap();
     let run = |store: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args([
@@ -165,20 +124,10 @@ async fn rules_backtest_reads_clickhouse_in_pages_as_it_reads_the_embedded_store
     assert!(fired >= 7, "{embedded}");
 }
 
-/// `pitboss rules warm` reads ClickHouse (in pages, copies not merged away yet left out) as it
-/// reads the embedded store: the same report and the same state, unit for unit, covering the
-/// newest offset stored.
-#[tokio::test]
-async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
-    use pitboss_processor::sqlite::SqliteRow;
-
-    let db = pitboss_testkit::unique_name("warm");
-    let out = migrate(&db);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The scripted day (10 normal players, one of each pattern) sent in requests (each received
+/// in one millisecond, ids in the reverse of the order sent: pages must end and resume inside
+/// a request, in bus order), and its rows at offsets 0.. of `events` partition 0.
+fn scripted_day() -> (Vec<pitboss_model::Event>, Vec<pitboss_processor::EventRow>) {
     let now = pitboss_model::Timestamp::now().as_millis();
     let mut events: Vec<pitboss_model::Event> =
         pitboss_antifraud::scenario::script("demo", now, 10, 1)
@@ -187,22 +136,26 @@ async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
             .map(|e| pitboss_model::decode_event(e.to_string().as_bytes()).unwrap())
             .collect();
     pitboss_testkit::sent_in_requests(&mut events);
-    let rows: Vec<_> = events
+    let rows = events
         .iter()
         .enumerate()
         .map(|(i, e)| {
             pitboss_processor::rows::from_event(e.clone(), "events", 0, i as u64).unwrap()
         })
         .collect();
-    let url = pitboss_testkit::clickhouse();
+    (events, rows)
+}
+
+/// Each of `parts` inserted into `db.events` on its own (parts ClickHouse has not merged).
+async fn insert_apart(url: &str, db: &str, parts: &[&[pitboss_processor::EventRow]]) {
     let http = reqwest::Client::new();
-    for part in [&rows[..], &rows[..30]] {
+    for part in parts {
         let body: String = part
             .iter()
             .map(|r| serde_json::to_string(r).unwrap() + "\n")
             .collect();
         let answer = http
-            .post(&url)
+            .post(url)
             .query(&[(
                 "query",
                 format!("INSERT INTO {db}.events FORMAT JSONEachRow"),
@@ -218,12 +171,36 @@ async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
             answer.text().await.unwrap()
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+}
+
+/// `rows` in the embedded store of `dir`.
+fn embedded_store(dir: &std::path::Path, rows: &[pitboss_processor::EventRow]) {
+    use pitboss_processor::sqlite::SqliteRow;
+    let (mut conn, _) = pitboss_processor::sqlite::open(&dir.join("pitboss.db")).unwrap();
     let tx = conn.transaction().unwrap();
-    pitboss_processor::EventRow::write(&tx, &rows).unwrap();
+    pitboss_processor::EventRow::write(&tx, rows).unwrap();
     tx.commit().unwrap();
-    drop(conn);
+}
+
+/// `pitboss rules warm` reads ClickHouse (in pages, copies not merged away yet left out) as it
+/// reads the embedded store: the same report and the same state, unit for unit, covering the
+/// newest offset stored.
+#[tokio::test]
+async fn rules_warm_reads_clickhouse_as_it_reads_the_embedded_store() {
+    let db = pitboss_testkit::unique_name("warm");
+    let out = migrate(&db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (events, rows) = scripted_day();
+    // ClickHouse: every row, and a second copy of the first 30 in another insert (two parts,
+    // not merged yet).
+    let url = pitboss_testkit::clickhouse();
+    insert_apart(&url, &db, &[&rows[..], &rows[..30]]).await;
+    let dir = tempfile::tempdir().unwrap();
+    embedded_store(dir.path(), &rows);
     // The engine's bus (where its group's commits are read): an embedded log whose group has
     // committed nothing.
     {
