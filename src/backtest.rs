@@ -403,7 +403,10 @@ async fn commits(bus: &crate::BusArgs, group: &str, topics: &[String]) -> Result
         .open()
         .await
         .with_context(|| format!("opening the bus ({at}) to read group {group}'s commits"))?;
-    if let Some(members) = bus.group_members(group).await?
+    if let Some(members) = bus
+        .group_members(group)
+        .await
+        .with_context(|| format!("asking the bus ({at}) who is in group {group}"))?
         && !members.is_empty()
     {
         bail!(
@@ -488,15 +491,23 @@ async fn warm(args: WarmArgs) -> Result<()> {
     let _engine = pitboss_antifraud::state::lock(&path)?;
     crate::keep_private(std::slice::from_ref(&args.engine.state_dir));
     let mut state = pitboss_antifraud::state::StateStore::open(&path, &args.engine.group)?;
-    let held = state.snapshot()?.map(|s| s.taken_at_ms);
-    if !args.replace && (held.is_some() || !state.batches()?.is_empty()) {
-        bail!(
-            "{} already holds the state of group {}{}: an engine's state is replaced only with \
-             --replace (stop the engine first)",
-            path.display(),
+    let held = match (state.snapshot()?, state.batches()?.len()) {
+        (Some(s), _) => Some(format!(
+            "the state of group {} saved at {}",
             args.engine.group,
-            held.map(|t| format!(" saved at {}", ts(pitboss_model::Timestamp::from_millis(t))))
-                .unwrap_or_default()
+            ts(pitboss_model::Timestamp::from_millis(s.taken_at_ms))
+        )),
+        (None, 0) => None,
+        (None, n) => Some(format!(
+            "{n} batches group {} logged before its first save",
+            args.engine.group
+        )),
+    };
+    if let Some(held) = held.filter(|_| !args.replace) {
+        bail!(
+            "{} already holds {held}: an engine's state is replaced only with --replace (stop \
+             the engine first)",
+            path.display()
         );
     }
     // Where the group resumes, read before the store; no engine is in the group, so it stays.

@@ -321,8 +321,9 @@ struct Work {
     buffer: HashMap<Tp, VecDeque<Record>>,
     /// Highest position received per partition.
     received: HashMap<Tp, Position>,
-    /// Partitions whose first record of this run was checked against the restored positions.
-    started: HashSet<Tp>,
+    /// Partitions the restored state covers whose first record of this run has not come yet
+    /// (checked against the positions when it does: [`Work::first_record`]).
+    unchecked: HashSet<Tp>,
     /// Last position processed per partition (what a snapshot covers).
     processed: Positions,
     next_seq: u64,
@@ -581,6 +582,7 @@ impl Work {
             );
         }
         config.consumer.client_id = Some(client_id.clone());
+        let unchecked = skip_upto.keys().cloned().collect();
         let mut work = Work {
             fingerprint: config.rules.fingerprint(),
             settling: None,
@@ -591,7 +593,7 @@ impl Work {
             replay,
             buffer: HashMap::new(),
             received: HashMap::new(),
-            started: HashSet::new(),
+            unchecked,
             processed: Positions::new(),
             next_seq,
             last_seq: None,
@@ -925,9 +927,9 @@ impl Work {
         let mut fresh = Vec::with_capacity(records.len());
         for r in records {
             let tp = (r.topic.clone(), r.partition);
-            if !self.started.contains(&tp) {
+            // Once every covered partition has shown its first record, one test a record.
+            if !self.unchecked.is_empty() && self.unchecked.remove(&tp) {
                 self.first_record(&tp, &r.position);
-                self.started.insert(tp.clone());
             }
             if self.skip_upto.get(&tp).is_some_and(|s| r.position <= *s) {
                 self.stats.skipped += 1;

@@ -12,8 +12,7 @@
 //! raises is not published: those alerts and pushes belong to the past (the store holds them
 //! already, or the engine that read them then was not running).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 
 use pitboss_bus::{Partition, Position};
 use pitboss_model::{Event, Timestamp};
@@ -77,6 +76,9 @@ pub struct WarmReport {
 pub struct Warm {
     engine: Engine,
     upto: Positions,
+    /// `upto` by topic name, then partition: the offset each event is checked against (a
+    /// lookup by `&str`, with no key made per event).
+    last: HashMap<String, HashMap<Partition, i64>>,
     out: Output,
     report: WarmReport,
 }
@@ -86,9 +88,18 @@ impl Warm {
     /// the positions in `upto` (the newest stored offset of each when reading began): an event
     /// of a partition not in `upto`, or after its position, is left to the engine.
     pub fn new(set: RuleSet, from: Timestamp, upto: Positions) -> Warm {
+        let mut last: HashMap<String, HashMap<Partition, i64>> = HashMap::new();
+        for ((topic, partition), at) in &upto {
+            if let Position::Offset(o) = at {
+                last.entry(topic.to_string())
+                    .or_default()
+                    .insert(*partition, *o);
+            }
+        }
         Warm {
             engine: Engine::new(set),
             upto,
+            last,
             out: Output::default(),
             report: WarmReport {
                 from,
@@ -137,9 +148,10 @@ impl Warm {
     pub fn push(&mut self, topic: &str, partition: Partition, offset: i64, event: &Event) {
         self.report.events_read += 1;
         let covered = self
-            .upto
-            .get(&(Arc::from(topic), partition))
-            .is_some_and(|p| *p >= Position::Offset(offset));
+            .last
+            .get(topic)
+            .and_then(|parts| parts.get(&partition))
+            .is_some_and(|last| *last >= offset);
         if !covered {
             self.report.events_after += 1;
             return;
@@ -158,11 +170,6 @@ impl Warm {
         self.report.events_warmed += 1;
         self.report.alerts_withheld += self.out.alerts.len() as u64;
         self.report.pushes_withheld += self.out.pushes.len() as u64;
-    }
-
-    /// The engine as warmed (for tests and tools).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     /// Writes the state into `store` (its group's snapshot) as a full save covering the
@@ -254,7 +261,10 @@ mod tests {
 
     fn upto(last: usize) -> Positions {
         let mut p = Positions::new();
-        p.insert((Arc::from("events"), 0), Position::Offset(last as i64));
+        p.insert(
+            (std::sync::Arc::from("events"), 0),
+            Position::Offset(last as i64),
+        );
         p
     }
 
