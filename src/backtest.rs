@@ -729,13 +729,18 @@ fn text(out: &mut impl Write, r: &Report, source: &RulesSource) -> Result<()> {
     )?;
     writeln!(
         out,
-        "{} events read: {} counted, {} warm-up, {} unreadable; {} alerts, {} pushes{}",
+        "{} events read: {} counted, {} warm-up, {} unreadable; {} alerts, {} pushes{}{}",
         r.events_read,
         r.events_counted,
         r.events_warmup,
         r.events_unreadable,
         r.alerts,
         r.pushes,
+        if r.snoozed > 0 {
+            format!(", {} hits snoozed", r.snoozed)
+        } else {
+            String::new()
+        },
         if r.rejected > 0 {
             format!(", {} withheld (broke the contract)", r.rejected)
         } else {
@@ -747,16 +752,40 @@ fn text(out: &mut impl Write, r: &Report, source: &RulesSource) -> Result<()> {
     }
     writeln!(out)?;
     let w = r.rules.iter().map(|x| x.id.len()).max().unwrap_or(4).max(4);
+    // A SNOOZED column when the set's snoozes silenced something.
+    let snoozed = |n: u64| {
+        if r.snoozed > 0 {
+            format!("  {n:>7}")
+        } else {
+            String::new()
+        }
+    };
     writeln!(
         out,
-        "{:<w$}  {:>3}  {:>5}  {:>8}  {:>7}  {:>6}  {:>6}  {:>5}",
-        "RULE", "VER", "SCORE", "HITS", "PLAYERS", "KEYS", "ALERTS", "PUSHES"
+        "{:<w$}  {:>3}  {:>5}  {:>8}  {:>7}  {:>6}  {:>6}  {:>5}{}",
+        "RULE",
+        "VER",
+        "SCORE",
+        "HITS",
+        "PLAYERS",
+        "KEYS",
+        "ALERTS",
+        "PUSHES",
+        if r.snoozed > 0 { "  SNOOZED" } else { "" }
     )?;
     for x in &r.rules {
         writeln!(
             out,
-            "{:<w$}  {:>3}  {:>5}  {:>8}  {:>7}  {:>6}  {:>6}  {:>5}",
-            x.id, x.version, x.score, x.hits, x.players, x.keys, x.alerts, x.pushes
+            "{:<w$}  {:>3}  {:>5}  {:>8}  {:>7}  {:>6}  {:>6}  {:>5}{}",
+            x.id,
+            x.version,
+            x.score,
+            x.hits,
+            x.players,
+            x.keys,
+            x.alerts,
+            x.pushes,
+            snoozed(x.snoozed)
         )?;
     }
     let fired: Vec<_> = r.rules.iter().filter(|x| !x.examples.is_empty()).collect();

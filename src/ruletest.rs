@@ -119,9 +119,37 @@ pub fn check(args: CheckArgs) -> Result<()> {
             r.line,
         )?;
     }
+    // Snoozes end by the engine's clock (the triggers' time); a past one silences nothing
+    // live, and is listed so it can be removed.
+    let now = pitboss_model::Timestamp::now();
+    let mut ended = 0;
+    for z in &set.snoozes {
+        let past = z.until <= now;
+        ended += usize::from(past);
+        writeln!(
+            out,
+            "snooze  {} for tenant {:?}, key {:?}, until {}{}{}: {} ({}:{})",
+            z.rule_id,
+            z.tenant_id,
+            z.key,
+            z.until.to_rfc3339().unwrap_or_default(),
+            if past { " (ended)" } else { "" },
+            z.by.as_deref()
+                .map(|b| format!(", by {b}"))
+                .unwrap_or_default(),
+            z.reason,
+            z.file,
+            z.line,
+        )?;
+    }
+    let snoozes = match (set.snoozes.len(), ended) {
+        (0, _) => String::new(),
+        (n, 0) => format!(", {n} snooze{}", if n == 1 { "" } else { "s" }),
+        (n, e) => format!(", {n} snooze{} ({e} ended)", if n == 1 { "" } else { "s" }),
+    };
     writeln!(
         out,
-        "{what}: {} rule{}, ok (scoring: review at {}, block at {}, within {})",
+        "{what}: {} rule{}{snoozes}, ok (scoring: review at {}, block at {}, within {})",
         set.rules.len(),
         if set.rules.len() == 1 { "" } else { "s" },
         set.scoring.review,
@@ -136,6 +164,13 @@ fn late(n: u64) -> String {
         "{n} trigger{} read later than {} window, not evaluated (docs/rules.md, \"Windows\")",
         if n == 1 { "" } else { "s" },
         if n == 1 { "its" } else { "their" }
+    )
+}
+
+fn snoozed(n: u64) -> String {
+    format!(
+        "{n} hit{} silenced by a [[snooze]] of the rule set (docs/rules.md, \"Snoozes\")",
+        if n == 1 { "" } else { "s" }
     )
 }
 
@@ -227,6 +262,9 @@ pub fn test(args: TestArgs) -> Result<()> {
                 if r.late_triggers > 0 {
                     writeln!(out, "        note: {}", late(r.late_triggers))?;
                 }
+                if r.snoozed > 0 {
+                    writeln!(out, "        note: {}", snoozed(r.snoozed))?;
+                }
                 if args.verbose {
                     for h in &r.hits {
                         writeln!(out, "        {}", h.describe())?;
@@ -248,6 +286,9 @@ pub fn test(args: TestArgs) -> Result<()> {
                 }
                 if r.late_triggers > 0 {
                     writeln!(out, "        note: {}", late(r.late_triggers))?;
+                }
+                if r.snoozed > 0 {
+                    writeln!(out, "        note: {}", snoozed(r.snoozed))?;
                 }
             }
         }

@@ -61,6 +61,8 @@ pub struct Report {
     pub rejected: u64,
     pub alerts: u64,
     pub pushes: u64,
+    /// Hits the set's `[[snooze]]`s silenced (no alert, no push).
+    pub snoozed: u64,
     /// Every rule of the set, in the set's order, also those that never fired.
     pub rules: Vec<RuleReport>,
     /// Alerts per recommendation.
@@ -88,6 +90,8 @@ pub struct RuleReport {
     pub hits: u64,
     pub alerts: u64,
     pub pushes: u64,
+    /// Hits a `[[snooze]]` silenced (not in `hits`).
+    pub snoozed: u64,
     /// Distinct players whose events fired the rule (a player of each tenant apart: ids are
     /// unique within a tenant).
     pub players: u64,
@@ -204,6 +208,7 @@ impl Backtest {
                 hits: 0,
                 alerts: 0,
                 pushes: 0,
+                snoozed: 0,
                 players: 0,
                 keys: 0,
                 examples: Vec::new(),
@@ -238,6 +243,7 @@ impl Backtest {
             rejected: 0,
             alerts: 0,
             pushes: 0,
+            snoozed: 0,
             rules,
             recommendations: Recommendations::default(),
             score_distribution,
@@ -330,6 +336,12 @@ impl Backtest {
                     r.message,
                     why.join("; ")
                 ));
+            }
+        }
+        for z in &out.snoozed {
+            if let Some(&i) = self.index.get(&(z.rule_id.clone(), z.rule_version)) {
+                self.report.snoozed += 1;
+                self.report.rules[i].snoozed += 1;
             }
         }
         // One hit per rule and event: its alert and its push share the trigger.

@@ -71,6 +71,18 @@ pub struct Output {
     pub late_triggers: u64,
     /// The first of those: its rule and event id (what the log names).
     pub late_first: Option<(String, String)>,
+    /// Hits a `[[snooze]]` of the set silenced: no alert, no push, no points.
+    pub snoozed: Vec<Snoozed>,
+}
+
+/// A hit a snooze silenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snoozed {
+    pub rule_id: String,
+    pub rule_version: u32,
+    pub trigger_event_id: String,
+    /// The snooze: its index in the set's `snoozes`.
+    pub snooze: usize,
 }
 
 impl Output {
@@ -81,6 +93,7 @@ impl Output {
         self.forwards.clear();
         self.late_triggers = 0;
         self.late_first = None;
+        self.snoozed.clear();
     }
 }
 
@@ -340,8 +353,16 @@ impl Engine {
         self.tags = rule_tags(&set);
         self.keeps = keeps(&set);
         self.join_everywhere = join_everywhere(&set, self.shard);
-        if let Some(d) = &mut self.dirty {
-            // Rule indexes changed: the next changes are the whole state.
+        // Every rule where it was, its windows as they were (a snooze, a threshold, a reason
+        // edited; a rule added after the others): the windows marked changed stay so, and the
+        // next save is not the whole state.
+        let same_layout =
+            moved.iter().enumerate().all(|(oi, ni)| *ni == Some(oi)) && report.refolded.is_empty();
+        if let Some(d) = &mut self.dirty
+            && !same_layout
+        {
+            // Rule indexes changed, or windows were dropped or refolded: the next changes are
+            // the whole state (units of rules gone are deleted with it).
             d.full = true;
             d.windows.clear();
         }
@@ -655,6 +676,19 @@ impl Engine {
             let Some(at) = fired else {
                 continue;
             };
+            // Snoozed for this group value (docs/rules.md, "Snoozes"): as if it had not fired
+            // (no cooldown starts, no points), counted. Looked up on hits alone.
+            if !set.snoozes.is_empty()
+                && let Some(snooze) = set.snoozed(&rule.id, &event.tenant_id, group, k, at)
+            {
+                out.snoozed.push(Snoozed {
+                    rule_id: rule.id.clone(),
+                    rule_version: rule.version,
+                    trigger_event_id: event.event_id.clone().unwrap_or_default(),
+                    snooze,
+                });
+                continue;
+            }
             // Never moved back by a late trigger (its cooldown counted from `at`).
             state.last_hit = LastHit::at(state.last_hit.get().map_or(at, |h| h.max(at)));
             // A shared key's finding (a device, an address) adds its points to a player once

@@ -32,8 +32,9 @@ pub mod warm;
 mod window;
 
 pub use engine::{
-    Change, Changes, Engine, EngineStats, Output, Pending, Rejected, ReloadReport, StatsWalk, Unit,
+    Change, Changes, Engine, EngineStats, Output, Pending, Rejected, ReloadReport, Snoozed,
+    StatsWalk, Unit,
 };
 pub use error::{AntifraudError, LoadError};
-pub use rules::{CompiledRule, RuleSet};
+pub use rules::{CompiledRule, RuleSet, Snooze};
 pub use shard::{Forward, Shard};

@@ -739,6 +739,8 @@ pub struct CaseResult {
     pub failures: Vec<String>,
     /// Triggers read later than their window, not evaluated ([`Output::late_triggers`]).
     pub late_triggers: u64,
+    /// Hits a `[[snooze]]` of the set silenced ([`Output::snoozed`]): not in `hits`.
+    pub snoozed: u64,
 }
 
 impl CaseResult {
@@ -875,6 +877,7 @@ pub fn run_case(set: &RuleSet, start: Timestamp, case: &Case) -> CaseResult {
         hits,
         failures,
         late_triggers: out.late_triggers,
+        snoozed: out.snoozed.len() as u64,
     }
 }
 

@@ -1500,6 +1500,17 @@ pub(crate) fn output_records(
         metrics::counter!("pitboss_antifraud_late_triggers_total").increment(out.late_triggers);
         out.late_triggers = 0;
     }
+    if let Some(first) = out.snoozed.first() {
+        tracing::debug!(
+            hits = out.snoozed.len(),
+            first_rule = %first.rule_id,
+            first_event_id = %first.trigger_event_id,
+            "hits silenced by a [[snooze]] of the rule set: not published"
+        );
+        for z in out.snoozed.drain(..) {
+            metrics::counter!("pitboss_antifraud_snoozed_total", "rule" => z.rule_id).increment(1);
+        }
+    }
     let alerts = out
         .alerts
         .iter_mut()
@@ -2401,6 +2412,58 @@ reason = "stake {stake}"
             !next.full && next.units.is_empty(),
             "the loaded state counts as saved"
         );
+    }
+
+    /// A snooze added (or a threshold edited) leaves every rule where it was: the windows
+    /// changed since the last save are what the next one writes, not the whole state (a
+    /// whole save of a large state stalls the partition for seconds). A rule taken out makes
+    /// it whole, which deletes that rule's windows.
+    #[test]
+    fn a_reload_that_keeps_every_rule_in_place_saves_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(&dir.path().join("s.db"), "g").unwrap();
+        let mut engine = busy_engine();
+        engine.track_changes(true);
+        saved(&mut engine, &mut store);
+        let n = store.unit_count().unwrap();
+        let mut sources = shipped_sources();
+        sources.push((
+            "rules/snoozes.toml".into(),
+            "[[snooze]]\nrule = \"fraud.bet_velocity\"\ntenant = \"acme\"\nkey = \"p-1\"\n\
+             until = \"2030-01-01T00:00:00Z\"\nreason = \"a test account\"\n"
+                .into(),
+        ));
+        let report = engine.replace_rules(RuleSet::from_sources(&sources).unwrap());
+        assert!(
+            report.fresh.is_empty() && report.removed.is_empty(),
+            "{report:?}"
+        );
+        let next = engine.take_changes().unwrap();
+        assert!(
+            !next.full && next.units.is_empty(),
+            "nothing changed since the save"
+        );
+        let now = Timestamp::from_millis(T0 + 1_000);
+        let mut out = Output::default();
+        for p in crate::scenario::script("acme", T0 + 1_000, 1, 1) {
+            for e in &p.events {
+                let e = pitboss_model::decode_event(e.to_string().as_bytes()).unwrap();
+                engine.process(&e, now, &mut out).unwrap();
+            }
+        }
+        let next = engine.take_changes().unwrap();
+        assert!(
+            !next.full && !next.units.is_empty(),
+            "the windows one player moved"
+        );
+        // The responsible-gambling pack taken out: whole, its windows deleted.
+        sources.retain(|(name, _)| !name.contains("responsible_gambling"));
+        let report = engine.replace_rules(RuleSet::from_sources(&sources).unwrap());
+        assert!(!report.removed.is_empty());
+        let next = engine.take_changes().unwrap();
+        assert!(next.full);
+        store.save(2, &positions(), &next, Some(2)).unwrap();
+        assert!(store.unit_count().unwrap() < n);
     }
 
     #[test]

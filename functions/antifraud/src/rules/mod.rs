@@ -208,7 +208,34 @@ pub struct RuleSet {
     pub rules: Vec<Arc<CompiledRule>>,
     pub scoring: ScoringConfig,
     pub limits: Limits,
+    /// `[[snooze]]`: rules silenced for one group value until a time (docs/rules.md,
+    /// "Snoozes"), in the order the files give them.
+    pub snoozes: Vec<Snooze>,
+    /// Indexes of `snoozes` by the window key of their tenant and group value.
+    snoozed: HashMap<u128, Vec<usize>>,
 }
+
+/// One rule silenced for one group value (a player, a device, an address…) of one tenant,
+/// until a time: its hits there raise no alert, no push and no points, and are counted as
+/// snoozed. Its window keeps counting; the hit after `until` fires as usual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snooze {
+    pub rule_id: String,
+    pub tenant_id: String,
+    /// The group value, as alerts give it in `group_key`.
+    pub key: String,
+    /// Hits at or after this time (the engine's clock: the trigger's time) fire again.
+    pub until: pitboss_model::Timestamp,
+    pub reason: String,
+    pub by: Option<String>,
+    /// The alert that led to it.
+    pub alert: Option<String>,
+    pub file: String,
+    pub line: usize,
+}
+
+/// The longest a group value may be: what an alert's `group_key` may hold.
+const MAX_SNOOZE_KEY: usize = pitboss_model::validate::MAX_TEXT;
 
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -310,20 +337,25 @@ impl RuleSet {
                     file: name.clone(),
                     line: 1,
                     column: 1,
-                    reason: "the file is empty: a rule file holds [[rule]], [scoring] or [engine] \
-                             (delete the file to remove its rules)"
+                    reason: "the file is empty: a rule file holds [[rule]], [[snooze]], [scoring] \
+                             or [engine] (delete the file to remove its rules)"
                         .into(),
                 });
                 continue;
             }
             match toml::from_str::<spec::FileSpec>(text) {
-                Ok(f) if f.rule.is_empty() && f.scoring.is_none() && f.engine.is_none() => {
+                Ok(f)
+                    if f.rule.is_empty()
+                        && f.snooze.is_empty()
+                        && f.scoring.is_none()
+                        && f.engine.is_none() =>
+                {
                     // Comments alone: as an empty file (a rewrite cut after its header).
                     errors.push(LoadError {
                         file: name.clone(),
                         line: 1,
                         column: 1,
-                        reason: "the file holds no [[rule]], [scoring] or [engine] \
+                        reason: "the file holds no [[rule]], [[snooze]], [scoring] or [engine] \
                                  (delete the file to remove its rules)"
                             .into(),
                     });
@@ -408,11 +440,16 @@ impl RuleSet {
             }
         }
         let mut ids: HashMap<String, (String, usize)> = HashMap::new();
+        let mut snoozes = Vec::new();
+        // Every rule id written, also of rules refused: a snooze of one is not a second error.
+        let mut declared = std::collections::HashSet::new();
         for (name, text, f) in parsed {
+            snoozes.push((name, text, f.snooze));
             for r in f.rule {
                 let (line, _) = line_col(text, r.span().start);
                 let id_span = r.get_ref().id.span();
                 let id = r.get_ref().id.get_ref().clone();
+                declared.insert(id.clone());
                 match compile::compile(r, &set.limits, name, line) {
                     Err((span, m)) => {
                         errors.push(located(name, text, span, format!("rule {id:?}: {m}")))
@@ -428,6 +465,39 @@ impl RuleSet {
                         } else {
                             ids.insert(rule.id.clone(), (name.to_string(), line));
                             set.rules.push(Arc::new(rule));
+                        }
+                    }
+                }
+            }
+        }
+        // Snoozes name rules of the set: checked once every rule is known.
+        let mut seen: HashMap<(String, String, String), (String, usize)> = HashMap::new();
+        for (name, text, specs) in snoozes {
+            for sp in specs {
+                let (line, _) = line_col(text, sp.span().start);
+                match snooze(sp.into_inner(), &declared, name, line) {
+                    Err((span, m)) => errors.push(located(
+                        name,
+                        text,
+                        span.unwrap_or_else(|| line_span(text, line)),
+                        format!("snooze: {m}"),
+                    )),
+                    Ok(z) => {
+                        let id = (z.rule_id.clone(), z.tenant_id.clone(), z.key.clone());
+                        if let Some((f0, l0)) = seen.get(&id) {
+                            errors.push(located(
+                                name,
+                                text,
+                                line_span(text, line),
+                                format!(
+                                    "snooze: rule {:?} for tenant {:?} and key {:?} is already \
+                                     snoozed at {f0}:{l0}",
+                                    z.rule_id, z.tenant_id, z.key
+                                ),
+                            ));
+                        } else {
+                            seen.insert(id, (name.to_string(), line));
+                            set.add_snooze(z);
                         }
                     }
                 }
@@ -457,6 +527,118 @@ impl RuleSet {
     pub fn rule(&self, id: &str) -> Option<&Arc<CompiledRule>> {
         self.rules.iter().find(|r| r.id == id)
     }
+
+    /// Adds a snooze (the loader's checks are the caller's).
+    pub fn add_snooze(&mut self, z: Snooze) {
+        let k = crate::engine::window_key(&z.tenant_id, &z.key);
+        self.snoozed.entry(k).or_default().push(self.snoozes.len());
+        self.snoozes.push(z);
+    }
+
+    /// The snooze (its index in `snoozes`) silencing rule `rule_id` for group value `group` of
+    /// `tenant`, whose window key is `key`, at time `at_ms`: one whose `until` is later.
+    pub(crate) fn snoozed(
+        &self,
+        rule_id: &str,
+        tenant: &str,
+        group: &str,
+        key: u128,
+        at_ms: i64,
+    ) -> Option<usize> {
+        self.snoozed.get(&key)?.iter().copied().find(|&i| {
+            let z = &self.snoozes[i];
+            z.rule_id == rule_id
+                && z.tenant_id == tenant
+                && z.key == group
+                && at_ms < z.until.as_millis()
+        })
+    }
+}
+
+/// The span of line `line` (1-based) of `text`.
+fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
+    let start = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum::<usize>();
+    start..start
+}
+
+/// Checks one `[[snooze]]` against the set's rule ids.
+fn snooze(
+    sp: spec::SnoozeSpec,
+    ids: &std::collections::HashSet<String>,
+    file: &str,
+    line: usize,
+) -> Result<Snooze, SpanErr> {
+    let rule_id = sp.rule.get_ref();
+    if !ids.contains(rule_id) {
+        return Err((
+            Some(sp.rule.span()),
+            format!("no rule {rule_id:?} in the set (a snooze names a rule by its id)"),
+        ));
+    }
+    if let Some(v) = pitboss_model::validate::id_violation(
+        "tenant",
+        sp.tenant.get_ref(),
+        pitboss_model::validate::MAX_TENANT_ID,
+    ) {
+        return Err((Some(sp.tenant.span()), format!("tenant {}", v.message)));
+    }
+    let key = sp.key.get_ref();
+    if key.is_empty() {
+        return Err((
+            Some(sp.key.span()),
+            "key must not be empty: it is the alert's group_key (a player, device, address…)"
+                .into(),
+        ));
+    }
+    if key.len() > MAX_SNOOZE_KEY {
+        return Err((
+            Some(sp.key.span()),
+            format!("key is longer than {MAX_SNOOZE_KEY} bytes"),
+        ));
+    }
+    let until_text = match sp.until.get_ref() {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) => d.to_string(),
+        other => {
+            return Err((
+                Some(sp.until.span()),
+                format!(
+                    "until must be a date-time (RFC 3339), not a {}",
+                    other.type_str()
+                ),
+            ));
+        }
+    };
+    let until = pitboss_model::Timestamp::parse_rfc3339(&until_text).map_err(|e| {
+        (
+            Some(sp.until.span()),
+            format!(
+                "until {until_text:?} is not an RFC 3339 date-time with an offset \
+                 (2027-01-31T00:00:00Z): {e}"
+            ),
+        )
+    })?;
+    if sp.reason.get_ref().trim().is_empty() {
+        return Err((
+            Some(sp.reason.span()),
+            "reason must say why the rule is silenced (whoever reads the set next needs it)".into(),
+        ));
+    }
+    Ok(Snooze {
+        rule_id: rule_id.clone(),
+        tenant_id: sp.tenant.into_inner(),
+        key: sp.key.into_inner(),
+        until,
+        reason: sp.reason.into_inner(),
+        by: sp.by,
+        alert: sp.alert,
+        file: file.to_owned(),
+        line,
+    })
 }
 
 type SpanErr = (Option<std::ops::Range<usize>>, String);

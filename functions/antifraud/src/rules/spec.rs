@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-/// One `*.toml` file of a rule set: rules, and at most once in the whole set the `[scoring]`
-/// and `[engine]` tables.
+/// One `*.toml` file of a rule set: rules, snoozes, and at most once in the whole set the
+/// `[scoring]` and `[engine]` tables.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
@@ -13,6 +13,25 @@ pub struct FileSpec {
     pub rule: Vec<Spanned<RuleSpec>>,
     pub scoring: Option<Spanned<ScoringSpec>>,
     pub engine: Option<Spanned<LimitsSpec>>,
+    #[serde(default)]
+    pub snooze: Vec<Spanned<SnoozeSpec>>,
+}
+
+/// `[[snooze]]`: one rule silenced for one group value of one tenant until a time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnoozeSpec {
+    pub rule: Spanned<String>,
+    pub tenant: Spanned<String>,
+    /// The group value, as the alert's `group_key` gives it.
+    pub key: Spanned<String>,
+    /// RFC 3339, as a string or a TOML date-time.
+    pub until: Spanned<toml::Value>,
+    pub reason: Spanned<String>,
+    /// Who decided it (an operator id); free text.
+    pub by: Option<String>,
+    /// The alert that led to it.
+    pub alert: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

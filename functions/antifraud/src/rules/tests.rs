@@ -442,3 +442,130 @@ fn load_err(files: &[(&str, &str)]) -> Vec<LoadError> {
         other => panic!("must be refused: {other:?}"),
     }
 }
+
+/// A snooze of `fraud.test` for one player (`until` and the rest as given).
+fn snooze(fields: &str) -> String {
+    format!("{GOOD}\n[[snooze]]\n{fields}\n")
+}
+
+const SNOOZE: &str = r#"rule = "fraud.test"
+tenant = "acme"
+key = "p-7"
+until = "2027-01-31T00:00:00Z"
+reason = "a tester's account (ticket 4411)"
+by = "ops.anna""#;
+
+#[test]
+fn a_snooze_loads_with_its_place_and_a_toml_date_time_is_read_as_a_string_is() {
+    let set = load(&snooze(SNOOZE)).expect("loads");
+    let z = &set.snoozes[0];
+    assert_eq!(
+        (z.rule_id.as_str(), z.tenant_id.as_str(), z.key.as_str()),
+        ("fraud.test", "acme", "p-7")
+    );
+    assert_eq!(
+        z.until.to_rfc3339().expect("formats"),
+        "2027-01-31T00:00:00.000Z"
+    );
+    assert_eq!(z.by.as_deref(), Some("ops.anna"));
+    assert_eq!(
+        (z.file.as_str(), z.line),
+        ("rules/x.toml", line_of(&snooze(SNOOZE), "[[snooze]]"))
+    );
+    let bare = snooze(&SNOOZE.replace(r#""2027-01-31T00:00:00Z""#, "2027-01-31T01:00:00+01:00"));
+    assert_eq!(load(&bare).expect("loads").snoozes[0].until, z.until);
+    let k = crate::engine::window_key("acme", "p-7");
+    let until = z.until.as_millis();
+    assert_eq!(
+        set.snoozed("fraud.test", "acme", "p-7", k, until - 1),
+        Some(0)
+    );
+    assert_eq!(
+        set.snoozed("fraud.test", "acme", "p-7", k, until),
+        None,
+        "until is when it ends"
+    );
+    assert_eq!(set.snoozed("fraud.other", "acme", "p-7", k, 0), None);
+    // The key's hash alone does not decide: another value under the same hash is not it.
+    assert_eq!(set.snoozed("fraud.test", "acme", "p-8", k, 0), None);
+
+    // A file of snoozes alone is a file of the set.
+    let set = RuleSet::from_sources(&[
+        ("rules/a.toml".into(), GOOD.into()),
+        (
+            "rules/snoozes.toml".into(),
+            format!("[[snooze]]\n{SNOOZE}\n"),
+        ),
+    ])
+    .expect("loads");
+    assert_eq!((set.snoozes.len(), set.snoozes[0].line), (1, 1));
+}
+
+#[test]
+fn a_snooze_is_refused_with_its_line_when_it_names_no_rule_or_lacks_what_it_needs() {
+    for (from, to, needle) in [
+        (
+            r#""fraud.test""#,
+            r#""fraud.tset""#,
+            "no rule \"fraud.tset\" in the set",
+        ),
+        (r#""acme""#, r#""ac me""#, "tenant character ' '"),
+        (r#""p-7""#, r#""""#, "key must not be empty"),
+        (
+            r#""2027-01-31T00:00:00Z""#,
+            r#""next week""#,
+            "until \"next week\" is not an RFC 3339",
+        ),
+        (
+            r#""2027-01-31T00:00:00Z""#,
+            "2027-01-31",
+            "is not an RFC 3339",
+        ),
+        (
+            r#""2027-01-31T00:00:00Z""#,
+            "30",
+            "until must be a date-time (RFC 3339), not a integer",
+        ),
+        (
+            r#""a tester's account (ticket 4411)""#,
+            r#"" ""#,
+            "reason must say why",
+        ),
+    ] {
+        let text = snooze(&SNOOZE.replace(from, to));
+        let e = refused(&text, needle);
+        let field = to.trim_matches('"');
+        let at = if field.is_empty() || field == " " {
+            text.lines()
+                .position(|l| l.contains(to))
+                .expect("in the text")
+                + 1
+        } else {
+            line_of(&text, field)
+        };
+        assert_eq!(e.line, at, "{e}");
+        assert!(e.reason.starts_with("snooze: "), "{e}");
+    }
+    let text = snooze(&SNOOZE.replace("reason = \"a tester's account (ticket 4411)\"\n", ""));
+    refused(&text, "missing field `reason`");
+    // The same rule, tenant and key twice: which one holds would be a guess.
+    let text = format!(
+        "{}\n[[snooze]]\n{}\n",
+        snooze(SNOOZE),
+        SNOOZE.replace("2027", "2028")
+    );
+    let e = refused(&text, "is already snoozed at rules/x.toml:");
+    assert_eq!(
+        e.line,
+        text.lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| *l == "[[snooze]]")
+            .expect("a second snooze")
+            + 1
+    );
+    // A snooze of a rule refused for its own reasons is not a second problem.
+    let errors =
+        load(&snooze(SNOOZE).replace("value = 3", "value = \"three\"")).expect_err("refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+}

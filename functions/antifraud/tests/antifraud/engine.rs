@@ -1805,3 +1805,153 @@ fn a_fired_withdrawal_sent_again_after_a_later_hit_raises_nothing() {
     assert_eq!(s.redeliver(first), 0, "the first withdrawal sent again");
     assert_eq!(s.alerts(rule).len(), 2);
 }
+
+/// The shipped packs and a snoozes file holding `snoozes`.
+fn shipped_with(snoozes: &str) -> RuleSet {
+    let mut sources = pitboss_antifraud::stream::shipped_sources();
+    sources.push(("rules/snoozes.toml".into(), snoozes.into()));
+    RuleSet::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn snooze_of(rule: &str, key: &str, until: i64) -> String {
+    format!(
+        "[[snooze]]\nrule = \"{rule}\"\ntenant = \"acme\"\nkey = \"{key}\"\nuntil = \"{}\"\n\
+         reason = \"checked by hand\"\n",
+        Timestamp::from_millis(until).to_rfc3339().unwrap()
+    )
+}
+
+fn thirty_bets(s: &mut Script, player: &str, from: i64) {
+    for i in 0..30 {
+        s.send(
+            player,
+            from + i * 1000,
+            "bet_placed",
+            bet(&format!("{player}-{from}-{i}"), 100),
+        );
+    }
+}
+
+#[test]
+fn a_snoozed_rule_raises_nothing_for_its_key_until_the_snooze_ends() {
+    let mut s = Script::new(shipped_with(&snooze_of(
+        "fraud.bet_velocity",
+        "p1",
+        T0 + 10 * MIN,
+    )));
+    busy(&mut s);
+    // The velocity hit is silenced, its 20 points with it; the player's other rules fire.
+    let seen: Vec<_> = s
+        .out
+        .alerts
+        .iter()
+        .map(|a| (a.rule_id.as_str(), a.total_score))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("fraud.deposit_withdrawal_no_play", 40),
+            ("fraud.account_takeover", 100)
+        ]
+    );
+    let z: Vec<_> = s
+        .out
+        .snoozed
+        .iter()
+        .map(|z| (z.rule_id.as_str(), z.snooze))
+        .collect();
+    assert_eq!(z, [("fraud.bet_velocity", 0)]);
+    assert_eq!(
+        s.out.snoozed[0].trigger_event_id,
+        s.sent[30].event_id.clone().unwrap()
+    );
+    // Another player's burst fires.
+    thirty_bets(&mut s, "p2", T0 + 4 * MIN);
+    assert_eq!(s.alerts("fraud.bet_velocity").len(), 1);
+    assert_eq!(
+        s.alerts("fraud.bet_velocity")[0].player_id.as_deref(),
+        Some("p2")
+    );
+    // While it lasts, every hit of the key is silenced (no cooldown starts from one).
+    thirty_bets(&mut s, "p1", T0 + 6 * MIN);
+    for i in 0..3 {
+        s.send(
+            "p1",
+            T0 + 6 * MIN + 40 * S + i,
+            "bet_placed",
+            bet(&format!("more-{i}"), 1),
+        );
+    }
+    assert_eq!(
+        s.out.snoozed.len(),
+        5,
+        "the burst's hit, and one on each bet after it"
+    );
+    // From `until` on, the rule fires at once: a silenced hit started no cooldown.
+    thirty_bets(&mut s, "p1", T0 + 10 * MIN);
+    let fired = s.alerts("fraud.bet_velocity");
+    assert_eq!(fired.len(), 2);
+    assert_eq!(fired[1].player_id.as_deref(), Some("p1"));
+    assert!(fired[1].event_time.as_millis() >= T0 + 10 * MIN);
+}
+
+#[test]
+fn a_snooze_of_a_shared_key_silences_that_device_alone_and_a_reload_adds_or_ends_it() {
+    let devices = |s: &mut Script, device: &str, at: i64| {
+        for p in ["p1", "p2", "p3"] {
+            s.send(p, at, "login", login("203.0.113.9", device, true));
+        }
+    };
+    let mut s = Script::new(shipped_with(&snooze_of(
+        "fraud.multi_accounting.device",
+        "tablet-1",
+        T0 + D,
+    )));
+    devices(&mut s, "tablet-1", T0);
+    devices(&mut s, "tablet-2", T0);
+    let keys: Vec<_> = s
+        .alerts("fraud.multi_accounting.device")
+        .iter()
+        .map(|a| a.group_key.clone())
+        .collect();
+    assert_eq!(keys, ["tablet-2"]);
+    assert_eq!(s.out.snoozed.len(), 1);
+
+    // The snooze taken out by a reload: every window stays, and the device's fourth account
+    // fires on what the window already held.
+    let report = s.engine.replace_rules(shipped());
+    assert!(
+        report.fresh.is_empty() && report.removed.is_empty(),
+        "{report:?}"
+    );
+    s.send(
+        "p4",
+        T0 + MIN,
+        "login",
+        login("203.0.113.9", "tablet-1", true),
+    );
+    let a = s.alerts("fraud.multi_accounting.device");
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[1].group_key, "tablet-1");
+    assert_eq!(
+        a[1].related_player_ids.len(),
+        3,
+        "{:?}",
+        a[1].related_player_ids
+    );
+
+    // And put back by a reload, it silences the device again from the next hit.
+    s.engine.replace_rules(shipped_with(&snooze_of(
+        "fraud.multi_accounting.device",
+        "tablet-2",
+        T0 + D,
+    )));
+    s.send(
+        "p5",
+        T0 + 2 * H,
+        "login",
+        login("203.0.113.9", "tablet-2", true),
+    );
+    assert_eq!(s.alerts("fraud.multi_accounting.device").len(), 2);
+    assert_eq!(s.out.snoozed.len(), 2);
+}

@@ -196,3 +196,118 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
         .unwrap();
     assert_eq!((stats.reloads, stats.reloads_refused), (1, 1), "{stats:?}");
 }
+
+/// Operators silence a rule for one player by dropping a snoozes file into the rules
+/// directory: the running engine picks it up, the player's hits raise nothing while others'
+/// fire; an engine started again on the same directory and state keeps it (it is in the
+/// files); the file taken away, the player's next bet fires on the windows kept all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snoozes_file_silences_one_player_while_running_and_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("t.toml"), rule(3)).unwrap();
+    let bus =
+        Arc::new(EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap());
+    for t in ["events", "events_overflow", "alerts", "pushes"] {
+        bus.create_topic(t, 1).await.unwrap();
+    }
+    let start = || {
+        let config = StreamConfig {
+            rules: RulesSource::Dir(rules.clone()),
+            state_path: dir.path().join("antifraud.db"),
+            reload_interval: Duration::from_millis(100),
+            snapshot_interval: Duration::from_millis(300),
+            ..StreamConfig::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let engine = tokio::spawn(run(bus.clone() as Arc<dyn Bus>, config, async {
+            let _ = stopped.await;
+        }));
+        (stop, engine)
+    };
+    let stop_engine = |(stop, engine): (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<_, _>>,
+    )| async move {
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), engine)
+            .await
+            .expect("the engine stops")
+            .unwrap()
+            .unwrap()
+    };
+    let mut script = Script::new(
+        pitboss_antifraud::RuleSet::from_sources(&[("t.toml".into(), rule(3))]).unwrap(),
+    );
+    let now = Timestamp::now().as_millis();
+    let mut n = 0;
+    let mut bets = |player: &str, count: usize| -> Vec<OutRecord> {
+        (0..count)
+            .map(|_| {
+                n += 1;
+                let e = script.event(
+                    player,
+                    now + n,
+                    "bet_placed",
+                    bet(&format!("{player}-{n}"), 500),
+                    json!({}),
+                );
+                OutRecord::new(e.bus_key(), encode_proto(&e))
+            })
+            .collect()
+    };
+    let publisher = bus.publisher();
+
+    let engine = start();
+    // Running: p0's burst fires.
+    publisher.publish("events", bets("p0", 3)).await.unwrap();
+    eventually("p0's alert", || async { alerted(&bus).await == ["p0"] }).await;
+    std::fs::write(
+        rules.join("snoozes.toml"),
+        "[[snooze]]\nrule = \"t.bets\"\ntenant = \"acme\"\nkey = \"p1\"\n\
+         until = \"2099-01-01T00:00:00Z\"\nreason = \"the operator's own test account\"\n",
+    )
+    .unwrap();
+    // Loaded once two checks in a row see it.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // p1 first, then p2 on the same partition: p2's alert means p1's bets were evaluated.
+    let mut batch = bets("p1", 3);
+    batch.extend(bets("p2", 3));
+    publisher.publish("events", batch).await.unwrap();
+    eventually("p2's alert", || async {
+        alerted(&bus).await == ["p0", "p2"]
+    })
+    .await;
+    let stats = stop_engine(engine).await;
+    assert_eq!(
+        (stats.events, stats.alerts, stats.reloads),
+        (9, 2, 1),
+        "{stats:?}"
+    );
+
+    // Started again on the same directory and state: still silenced.
+    let engine = start();
+    let mut batch = bets("p1", 1);
+    batch.extend(bets("p3", 3));
+    publisher.publish("events", batch).await.unwrap();
+    eventually("p3's alert", || async {
+        alerted(&bus).await == ["p0", "p2", "p3"]
+    })
+    .await;
+
+    // Unsnoozed: p1's fifth bet fires at once on the four its window kept (through the
+    // restart, and the reload), and no cooldown started by a silenced hit holds it back.
+    std::fs::remove_file(rules.join("snoozes.toml")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    publisher.publish("events", bets("p1", 1)).await.unwrap();
+    eventually("p1's alert", || async {
+        alerted(&bus).await == ["p0", "p2", "p3", "p1"]
+    })
+    .await;
+    let alerts = read(&bus, "alerts", "last-check").await;
+    let last = Alert::decode_proto(&alerts[3].value).unwrap();
+    assert_eq!(last.reason, "5 bets.");
+    let stats = stop_engine(engine).await;
+    assert_eq!(stats.reloads, 1, "{stats:?}");
+}
