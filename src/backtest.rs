@@ -30,6 +30,10 @@ pub enum RulesCommand {
     /// Build an engine's state file from stored history, so `pitboss antifraud` (or `pitboss
     /// up`) starts with full windows instead of empty ones (docs/rules.md, "Starting warm").
     Warm(WarmArgs),
+    /// Silence a rule for one player, device, address… of a tenant until a time: a
+    /// `[[snooze]]` added to the rules directory's snoozes.toml, checked with the whole set
+    /// first; a running engine takes it on its next reload (docs/rules.md, "Snoozes").
+    Snooze(crate::snooze::SnoozeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -120,8 +124,8 @@ pub struct ClickHouseArgs {
 }
 
 /// A ClickHouse server to read stored events from.
-struct Stored {
-    client: pitboss_processor::sink::ClickHouseClient,
+pub(crate) struct Stored {
+    pub(crate) client: pitboss_processor::sink::ClickHouseClient,
     /// The URL without its password, for messages.
     at: String,
     wait: std::time::Duration,
@@ -129,11 +133,11 @@ struct Stored {
 }
 
 impl StoreArgs {
-    fn embedded(&self) -> Result<Option<PathBuf>> {
+    pub(crate) fn embedded(&self) -> Result<Option<PathBuf>> {
         self.clickhouse.embedded(&self.data_dir)
     }
 
-    fn clickhouse(&self) -> Result<Option<Stored>> {
+    pub(crate) fn clickhouse(&self) -> Result<Option<Stored>> {
         self.clickhouse.open()
     }
 }
@@ -177,7 +181,7 @@ impl ClickHouseArgs {
 }
 
 impl Stored {
-    async fn ask<T, E>(
+    pub(crate) async fn ask<T, E>(
         &self,
         query: impl std::future::Future<Output = std::result::Result<T, E>>,
         what: &str,
@@ -284,6 +288,7 @@ pub async fn rules(args: RulesArgs) -> Result<()> {
         RulesCommand::Check(args) => crate::ruletest::check(args),
         RulesCommand::Test(args) => crate::ruletest::test(args),
         RulesCommand::Warm(args) => warm(args).await,
+        RulesCommand::Snooze(args) => crate::snooze::snooze(args).await,
     }
 }
 

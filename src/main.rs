@@ -27,6 +27,7 @@ mod loadgen;
 mod loadgen_broadcast;
 mod loadgen_live;
 mod ruletest;
+mod snooze;
 mod topics;
 
 /// mimalloc: the ingest path allocates per event; glibc malloc took a fifth of its CPU.

@@ -413,3 +413,124 @@ fn migrate_and_backtest_reach_clickhouse_over_https_and_refuse_an_untrusted_cert
         "{said}"
     );
 }
+
+/// `pitboss rules snooze --alert` reads the alert from ClickHouse as from the embedded store
+/// (a copy not merged away yet counted once) and writes the same snooze; an alert id two
+/// tenants hold (ids derive from event ids, unique within a tenant) needs `--tenant`.
+#[tokio::test]
+async fn rules_snooze_reads_an_alert_from_clickhouse_as_from_the_embedded_store() {
+    let db = pitboss_testkit::unique_name("snooze");
+    let out = migrate(&db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The alerts the shipped packs raise on the scripted day; the first.
+    let (events, _) = scripted_day();
+    let mut engine = pitboss_antifraud::Engine::new(
+        pitboss_antifraud::stream::RulesSource::Shipped
+            .load()
+            .unwrap(),
+    );
+    let mut out = pitboss_antifraud::Output::default();
+    for e in &events {
+        engine.process(e, e.received_at.unwrap(), &mut out).unwrap();
+    }
+    let alert = out.alerts.first().expect("the scripted day fires").clone();
+    let row = |tenant: &str| {
+        let mut a = alert.clone();
+        a.tenant_id = tenant.into();
+        pitboss_processor::AlertRow::from_alert(a, "alerts", 0, 1).unwrap()
+    };
+    let url = pitboss_testkit::clickhouse();
+    let http = reqwest::Client::new();
+    for rows in [vec![row("demo")], vec![row("demo"), row("other")]] {
+        let body: String = rows
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        let answer = http
+            .post(&url)
+            .query(&[(
+                "query",
+                format!("INSERT INTO {db}.alerts FORMAT JSONEachRow"),
+            )])
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{}",
+            answer.text().await.unwrap()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    {
+        use pitboss_processor::sqlite::SqliteRow;
+        let (mut conn, _) =
+            pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+        let tx = conn.transaction().unwrap();
+        pitboss_processor::AlertRow::write(&tx, &[row("demo")]).unwrap();
+        tx.commit().unwrap();
+    }
+    let snooze = |name: &str, store: &[&str]| {
+        let rules = dir.path().join(name);
+        std::fs::create_dir_all(&rules).unwrap();
+        for f in ["fraud.toml", "responsible_gambling.toml", "scoring.toml"] {
+            std::fs::copy(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("rules")
+                    .join(f),
+                rules.join(f),
+            )
+            .unwrap();
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args(["rules", "snooze", "--until", "2099-01-01T00:00:00Z"])
+            .args(["--reason", "a family tablet", "--alert", &alert.alert_id])
+            .arg("--rules")
+            .arg(&rules)
+            .args(store)
+            .env_remove("PITBOSS_DATA_DIR")
+            .env_remove("PITBOSS_RULES")
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(rules.join("snoozes.toml")).unwrap_or_default();
+        (out, text)
+    };
+    let ch = ["--clickhouse-url", &url, "--database", &db];
+    let (out, text) = snooze("ch-any", &ch);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "Error: alerts of several tenants have the id {} (demo, other): give --tenant",
+            alert.alert_id
+        ),
+    );
+    assert_eq!(text, "", "nothing written");
+    let (out, from_clickhouse) = snooze("ch", &[&ch[..], &["--tenant", "demo"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (out, from_embedded) = snooze("embedded", &["--data-dir", dir.path().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(from_clickhouse, from_embedded);
+    let expected = format!(
+        "[[snooze]]\nrule = \"{}\"\ntenant = \"demo\"\nkey = \"{}\"\n\
+         until = \"2099-01-01T00:00:00.000Z\"\nreason = \"a family tablet\"\nalert = \"{}\"\n",
+        alert.rule_id, alert.group_key, alert.alert_id
+    );
+    assert!(from_embedded.ends_with(&expected), "{from_embedded}");
+    // And the set with it loads.
+    let set = pitboss_antifraud::RuleSet::load_dir(&dir.path().join("embedded")).unwrap();
+    assert_eq!(set.snoozes.len(), 1);
+}

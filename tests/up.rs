@@ -2732,3 +2732,163 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
         Err(Some((401, "token_unknown_tenant".into())))
     );
 }
+
+/// The value of the series `series` (name and labels, as Prometheus prints them) at
+/// `metrics_url`; 0 before it is registered.
+async fn metric(client: &reqwest::Client, metrics_url: &str, series: &str) -> f64 {
+    let text = client
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Polls until `check` holds (20 s at most).
+async fn until_holds<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 20 s: {what}");
+}
+
+/// An operator silences a false positive by its alert id while `pitboss up` runs: `pitboss
+/// rules snooze --alert` reads the alert from the store and adds the snooze to the rules
+/// directory; the running engine reloads it, and the player's next hit raises nothing (counted
+/// as snoozed) while another player's fires. SIGKILLed and started again, `up` keeps it (it is
+/// in the files). The snooze taken out, the player's next bet fires on every bet its window
+/// kept through all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(rules.join("three.toml"), THREE_BETS).unwrap();
+    let start = || {
+        let mut c = up_command(&data);
+        c.arg("--rules").arg(&rules);
+        up_from(c, &data)
+    };
+    let client = reqwest::Client::new();
+    let mut n = 0;
+    let mut bets = |player: &str, count: usize| -> Vec<serde_json::Value> {
+        (0..count)
+            .map(|_| {
+                n += 1;
+                serde_json::json!({
+                    "tenant_id": "demo", "player_id": player, "type": "bet_placed",
+                    "occurred_at": pitboss_model::Timestamp::now().to_rfc3339().unwrap(),
+                    "payload": {"bet_id": format!("b{n}"), "game_id": "roulette",
+                        "stake": {"amount_minor": 500, "currency": "EUR"}}
+                })
+            })
+            .collect()
+    };
+    let alerts = |data: &std::path::Path| -> Vec<(String, String)> {
+        json_rows(&pitboss_sql(
+            data,
+            "SELECT player_id, reason FROM alerts ORDER BY detected_at_ms",
+        ))
+        .iter()
+        .map(|r| {
+            (
+                r["player_id"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+    };
+    const SNOOZED: &str = "pitboss_antifraud_snoozed_total{rule=\"t.three_bets\"}";
+    const RELOADED: &str = "pitboss_antifraud_reloads_total{result=\"ok\"}";
+
+    let up1 = start();
+    post_events(&client, &up1.addr, &up1.key, &bets("p1", 3)).await;
+    until_holds("p1's alert stored", || async { alerts(&data).len() == 1 }).await;
+    let id = json_rows(&pitboss_sql(&data, "SELECT alert_id FROM alerts"))[0]["alert_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["rules", "snooze", "--for", "1d", "--by", "ops.anna"])
+        .args([
+            "--reason",
+            "the operator's own test account",
+            "--alert",
+            &id,
+        ])
+        .arg("--rules")
+        .arg(&rules)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.starts_with("snoozed t.three_bets for tenant \"demo\", player \"p1\", until "),
+        "{said}"
+    );
+    let file = std::fs::read_to_string(rules.join("snoozes.toml")).unwrap();
+    assert!(file.contains(&format!("alert = \"{id}\"")), "{file}");
+
+    until_holds("the snooze reloaded", || async {
+        metric(&client, &up1.metrics_url, RELOADED).await == 1.0
+    })
+    .await;
+    post_events(&client, &up1.addr, &up1.key, &bets("p1", 1)).await;
+    post_events(&client, &up1.addr, &up1.key, &bets("p2", 3)).await;
+    until_holds("p1's fourth bet snoozed", || async {
+        metric(&client, &up1.metrics_url, SNOOZED).await == 1.0
+    })
+    .await;
+    until_holds("p2's alert stored", || async { alerts(&data).len() == 2 }).await;
+    let mut up1 = up1;
+    up1.child.kill().unwrap();
+    up1.child.wait().unwrap();
+
+    // Started again: still snoozed.
+    let up2 = start();
+    post_events(&client, &up2.addr, &up2.key, &bets("p1", 1)).await;
+    until_holds("p1's fifth bet snoozed", || async {
+        metric(&client, &up2.metrics_url, SNOOZED).await == 1.0
+    })
+    .await;
+    assert_eq!(
+        alerts(&data),
+        [
+            ("p1".to_owned(), "3 bets.".to_owned()),
+            ("p2".to_owned(), "3 bets.".to_owned())
+        ]
+    );
+
+    // The snooze taken out: p1's sixth bet fires on all six.
+    std::fs::remove_file(rules.join("snoozes.toml")).unwrap();
+    until_holds("the snooze's end reloaded", || async {
+        metric(&client, &up2.metrics_url, RELOADED).await == 1.0
+    })
+    .await;
+    post_events(&client, &up2.addr, &up2.key, &bets("p1", 1)).await;
+    until_holds("p1's alert on six bets", || async {
+        alerts(&data).len() == 3
+    })
+    .await;
+    assert_eq!(alerts(&data)[2], ("p1".to_owned(), "6 bets.".to_owned()));
+}

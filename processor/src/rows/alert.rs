@@ -176,3 +176,17 @@ mod tests {
         );
     }
 }
+
+/// What a stored alert fired on: its tenant, rule and group value, which a snooze names
+/// (`pitboss rules snooze --alert`).
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, Serialize, Deserialize)]
+pub struct AlertOrigin {
+    pub tenant_id: String,
+    pub rule_id: String,
+    pub rule_version: u32,
+    /// `player`, `device`, `ip`… as the alert's `group_by`.
+    pub group_by: String,
+    pub group_key: String,
+    /// Empty when the alert has no player.
+    pub player_id: String,
+}

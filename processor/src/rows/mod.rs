@@ -10,7 +10,7 @@ pub mod event;
 pub mod push;
 
 pub use ack::AckRow;
-pub use alert::AlertRow;
+pub use alert::{AlertOrigin, AlertRow};
 pub use delivery::DeliveryRow;
 pub use event::{EventRow, StoredEnd, StoredEvent, from_event, row};
 pub use push::PushRow;

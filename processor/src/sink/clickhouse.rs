@@ -803,6 +803,29 @@ pub async fn stored_ends(client: &Client) -> Result<Vec<crate::rows::StoredEnd>,
         .await?)
 }
 
+/// What the stored alert `alert_id` fired on (of `tenant`, or of every tenant holding an alert
+/// of that id), copies not merged away yet counted once.
+pub async fn alert_origins(
+    client: &Client,
+    alert_id: &str,
+    tenant: Option<&str>,
+) -> Result<Vec<crate::rows::AlertOrigin>, ProcessorError> {
+    let sql = format!(
+        "SELECT DISTINCT tenant_id, rule_id, rule_version, group_by, group_key, player_id \
+         FROM alerts WHERE alert_id = ?{} ORDER BY tenant_id",
+        if tenant.is_some() {
+            " AND tenant_id = ?"
+        } else {
+            ""
+        }
+    );
+    let mut q = client.query(&sql).bind(alert_id);
+    if let Some(t) = tenant {
+        q = q.bind(t);
+    }
+    Ok(q.fetch_all().await?)
+}
+
 /// When the event stored at `offset` of `topic`'s `partition` was received (ms).
 pub async fn stored_received_at(
     client: &Client,

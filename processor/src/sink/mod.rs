@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use self::clickhouse::{
-    ClickHouseClient, ClickHouseSink, DEFAULT_TIMEOUT, EventCursor, check_url, client,
-    count_events, events_page, no_answer, redacted_url, replicas_cluster, stored_ends,
+    ClickHouseClient, ClickHouseSink, DEFAULT_TIMEOUT, EventCursor, alert_origins, check_url,
+    client, count_events, events_page, no_answer, redacted_url, replicas_cluster, stored_ends,
     stored_event_columns, stored_received_at, within,
 };
 pub use self::memory::MemorySink;

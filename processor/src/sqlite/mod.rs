@@ -27,7 +27,7 @@ mod read;
 mod write;
 
 pub use migrations::{MIGRATIONS, Migration};
-pub use read::{ReadView, count_events, scan_events};
+pub use read::{ReadView, alert_origins, count_events, scan_events};
 pub use write::SqliteRow;
 
 /// Opens (creating if needed) the store at `path` and brings its schema up to date; returns

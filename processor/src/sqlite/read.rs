@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use super::store;
 use crate::ProcessorError;
-use crate::rows::{StoredEnd, StoredEvent};
+use crate::rows::{AlertOrigin, StoredEnd, StoredEvent};
 
 fn open_read_only(path: &Path) -> Result<Connection, ProcessorError> {
     let conn = Connection::open_with_flags(
@@ -56,6 +56,36 @@ pub fn scan_events(
     scan_rows(&conn, from_ms, to_ms, tenant, |row| {
         f(row.and_then(|r| r.to_event()));
     })
+}
+
+/// What the stored alert `alert_id` fired on (of `tenant`, or of every tenant holding an alert
+/// of that id: ids derive from the trigger's event id, which is unique only within a tenant).
+pub fn alert_origins(
+    path: &Path,
+    alert_id: &str,
+    tenant: Option<&str>,
+) -> Result<Vec<AlertOrigin>, ProcessorError> {
+    let conn = open_read_only(path)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT DISTINCT tenant_id, rule_id, rule_version, group_by, group_key, player_id \
+             FROM alerts WHERE alert_id = ?1 AND (?2 IS NULL OR tenant_id = ?2) \
+             ORDER BY tenant_id",
+        )
+        .map_err(store)?;
+    stmt.query_map(params![alert_id, tenant], |r| {
+        Ok(AlertOrigin {
+            tenant_id: r.get(0)?,
+            rule_id: r.get(1)?,
+            rule_version: r.get::<_, i64>(2)?.clamp(0, i64::from(u32::MAX)) as u32,
+            group_by: r.get(3)?,
+            group_key: r.get(4)?,
+            player_id: r.get(5)?,
+        })
+    })
+    .map_err(store)?
+    .collect::<Result<_, _>>()
+    .map_err(store)
 }
 
 /// One consistent view of the store (a read transaction, begun at its first read): where its

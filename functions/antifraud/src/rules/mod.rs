@@ -260,6 +260,12 @@ impl RuleSet {
     /// Loads every `*.toml` file of a directory (sorted by name, not recursive; hidden files
     /// left out).
     pub fn load_dir(dir: &Path) -> Result<RuleSet, AntifraudError> {
+        RuleSet::from_sources(&RuleSet::read_dir(dir)?)
+    }
+
+    /// The `(file name, text)` of every file [`RuleSet::load_dir`] loads; refused when one is
+    /// not UTF-8 (with the others' problems) or there is none.
+    pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, AntifraudError> {
         let io = |source| AntifraudError::Io {
             path: dir.to_owned(),
             source,
@@ -321,7 +327,7 @@ impl RuleSet {
                 reason: "no *.toml rule files".into(),
             }]));
         }
-        RuleSet::from_sources(&files)
+        Ok(files)
     }
 
     /// Builds a set from `(file name, text)` pairs: the pure part of loading. Every problem of

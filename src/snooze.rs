@@ -1,0 +1,261 @@
+//! `pitboss rules snooze`: a rule silenced for one group value (a player, a device, an
+//! address…) of a tenant until a time, written as a `[[snooze]]` to the rules directory's
+//! `snoozes.toml` once the whole set with it loads (docs/rules.md, "Snoozes").
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use pitboss_antifraud::{AntifraudError, RuleSet};
+use pitboss_model::Timestamp;
+
+/// The file of a rules directory snoozes are written to.
+pub const SNOOZES_FILE: &str = "snoozes.toml";
+
+#[derive(Debug, Args)]
+pub struct SnoozeArgs {
+    /// The rules directory the engine runs (`pitboss antifraud --rules`, `pitboss up
+    /// --rules`); the snooze is added to its snoozes.toml.
+    #[arg(long, env = "PITBOSS_RULES")]
+    rules: PathBuf,
+    /// The alert whose rule to silence for its group value (its player, device, address…),
+    /// read from the store.
+    #[arg(long, required_unless_present = "rule", conflicts_with_all = ["rule", "key"])]
+    alert: Option<String>,
+    /// The rule to silence (with --tenant and --key), instead of --alert.
+    #[arg(long, requires_all = ["tenant", "key"])]
+    rule: Option<String>,
+    /// The group value: the alert's `group_key` (a player id for rules grouped by player).
+    #[arg(long)]
+    key: Option<String>,
+    /// The tenant; with --alert, needed only when alerts of several tenants have its id.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// For how long from now: 30m, 12h, 30d…
+    #[arg(
+        long = "for",
+        value_name = "DURATION",
+        required_unless_present = "until",
+        conflicts_with = "until"
+    )]
+    duration: Option<String>,
+    /// Until this time (RFC 3339), instead of --for.
+    #[arg(long)]
+    until: Option<String>,
+    /// Why (kept with the snooze, for whoever reads the set next).
+    #[arg(long)]
+    reason: String,
+    /// Who decided it (an operator id).
+    #[arg(long)]
+    by: Option<String>,
+    /// Where --alert is read from.
+    #[command(flatten)]
+    store: crate::backtest::StoreArgs,
+}
+
+/// What a snooze names.
+struct Target {
+    tenant: String,
+    rule: String,
+    key: String,
+    /// `player`, `device`… when known (from the alert).
+    group_by: Option<String>,
+    alert: Option<String>,
+}
+
+pub async fn snooze(args: SnoozeArgs) -> Result<()> {
+    if !args.rules.is_dir() {
+        bail!(
+            "--rules {}: not a directory (snoozes live beside the rules an engine runs: copy the \
+             shipped packs, rules/, and run the engine with --rules DIR)",
+            args.rules.display()
+        );
+    }
+    let now = Timestamp::now();
+    let until = match (&args.duration, &args.until) {
+        (Some(d), _) => {
+            let ms = pitboss_antifraud::duration::parse_duration_ms(d)
+                .map_err(|e| anyhow::anyhow!("--for {d:?}: {e}"))?;
+            if ms <= 0 {
+                bail!("--for {d:?}: must be longer than 0");
+            }
+            Timestamp::from_millis(now.as_millis().saturating_add(ms))
+        }
+        (None, Some(u)) => Timestamp::parse_rfc3339(u).map_err(|e| {
+            anyhow::anyhow!(
+                "--until {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
+            )
+        })?,
+        (None, None) => bail!("give --for or --until"),
+    };
+    if until <= now {
+        bail!(
+            "--until {}: already past, it would silence nothing",
+            until.to_rfc3339().unwrap_or_default()
+        );
+    }
+    let target = target(&args).await?;
+
+    let mut sources = RuleSet::read_dir(&args.rules).map_err(|e| refused(&args.rules, e))?;
+    if let Err(e) = RuleSet::from_sources(&sources) {
+        return Err(refused(&args.rules, e));
+    }
+    let path = args.rules.join(SNOOZES_FILE);
+    let name = path.display().to_string();
+    let old = match sources.iter().position(|(n, _)| Path::new(n) == path) {
+        Some(i) => sources.remove(i).1,
+        None => String::new(),
+    };
+    let mut text = if old.is_empty() {
+        "# Snoozes: rules silenced for one group value of a tenant until a time (docs/rules.md,\n\
+         # \"Snoozes\"). Written by `pitboss rules snooze`; edit a block's `until` to change it,\n\
+         # delete the block to end it.\n"
+            .to_owned()
+    } else {
+        old.clone()
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push('\n');
+    let line = text.lines().count() + 1;
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    text.push_str("[[snooze]]\n");
+    text.push_str(&format!("rule = {}\n", q(&target.rule)));
+    text.push_str(&format!("tenant = {}\n", q(&target.tenant)));
+    text.push_str(&format!("key = {}\n", q(&target.key)));
+    text.push_str(&format!(
+        "until = {}\n",
+        q(&until.to_rfc3339().unwrap_or_default())
+    ));
+    text.push_str(&format!("reason = {}\n", q(&args.reason)));
+    if let Some(by) = &args.by {
+        text.push_str(&format!("by = {}\n", q(by)));
+    }
+    if let Some(alert) = &target.alert {
+        text.push_str(&format!("alert = {}\n", q(alert)));
+    }
+    sources.push((name.clone(), text.clone()));
+    sources.sort();
+    RuleSet::from_sources(&sources).map_err(|e| match e {
+        AntifraudError::Rules(errors) => anyhow::anyhow!(
+            "the snooze is refused; {} is left as it was:\n{}{}",
+            name,
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            if errors.iter().any(|e| e.reason.contains("is already snoozed")) {
+                "\n(to lengthen or shorten it, edit that snooze's `until`; delete its block to end it)"
+            } else {
+                ""
+            }
+        ),
+        other => other.into(),
+    })?;
+    write_atomically(&args.rules, &path, &text)?;
+    let what = match &target.group_by {
+        Some(g) => format!("{g} {:?}", target.key),
+        None => format!("key {:?}", target.key),
+    };
+    println!(
+        "snoozed {} for tenant {:?}, {what}, until {}: {name}:{line}",
+        target.rule,
+        target.tenant,
+        until.to_rfc3339().unwrap_or_default()
+    );
+    println!(
+        "an engine running {} takes it on its next reload (it looks every 2 s)",
+        args.rules.display()
+    );
+    Ok(())
+}
+
+fn refused(dir: &Path, e: AntifraudError) -> anyhow::Error {
+    match e {
+        AntifraudError::Rules(errors) => anyhow::anyhow!(
+            "the rule set in {} is refused as it is; fix it first:\n{}",
+            dir.display(),
+            errors
+                .iter()
+                .map(|e| format!("  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        other => anyhow::Error::from(other).context(format!("reading {}", dir.display())),
+    }
+}
+
+/// The rule, tenant and key: given, or read from the stored alert.
+async fn target(args: &SnoozeArgs) -> Result<Target> {
+    let Some(id) = &args.alert else {
+        return Ok(Target {
+            tenant: args.tenant.clone().unwrap_or_default(),
+            rule: args.rule.clone().unwrap_or_default(),
+            key: args.key.clone().unwrap_or_default(),
+            group_by: None,
+            alert: None,
+        });
+    };
+    let tenant = args.tenant.as_deref();
+    let (origins, at) = match args.store.embedded()? {
+        Some(path) => (
+            pitboss_processor::sqlite::alert_origins(&path, id, tenant)
+                .with_context(|| format!("reading alert {id} from {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => {
+            let Some(stored) = args.store.clickhouse()? else {
+                bail!("give --data-dir (the embedded store) or --clickhouse-url");
+            };
+            let origins = stored
+                .ask(
+                    pitboss_processor::sink::alert_origins(&stored.client, id, tenant),
+                    &format!("reading alert {id}"),
+                )
+                .await?;
+            (origins, "ClickHouse".to_owned())
+        }
+    };
+    let mut tenants: Vec<&str> = origins.iter().map(|o| o.tenant_id.as_str()).collect();
+    tenants.dedup();
+    match (origins.first(), tenants.len()) {
+        (None, _) => bail!(
+            "no alert {id}{} in {at}",
+            tenant
+                .map(|t| format!(" of tenant {t:?}"))
+                .unwrap_or_default()
+        ),
+        (Some(o), 1) => Ok(Target {
+            tenant: o.tenant_id.clone(),
+            rule: o.rule_id.clone(),
+            key: o.group_key.clone(),
+            group_by: Some(o.group_by.clone()),
+            alert: Some(id.clone()),
+        }),
+        (Some(_), _) => bail!(
+            "alerts of several tenants have the id {id} ({}): give --tenant",
+            tenants.join(", ")
+        ),
+    }
+}
+
+/// Writes `text` to `path` in `dir` so that a reader sees the old file or the new one, never a
+/// part (an engine reloading meanwhile), and the new one survives a power cut.
+fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<()> {
+    // Hidden: the loader leaves it out while it exists.
+    let tmp = dir.join(format!(".{SNOOZES_FILE}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
