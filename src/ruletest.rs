@@ -123,7 +123,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
     // live, and is listed so it can be removed.
     let now = pitboss_model::Timestamp::now();
     let mut ended = 0;
-    for z in &set.snoozes {
+    for z in set.snoozes() {
         let past = z.until <= now;
         ended += usize::from(past);
         writeln!(
@@ -133,7 +133,11 @@ pub fn check(args: CheckArgs) -> Result<()> {
             z.tenant_id,
             z.key,
             z.until.to_rfc3339().unwrap_or_default(),
-            if past { " (ended)" } else { "" },
+            match (past, set.rule(&z.rule_id).is_some()) {
+                (true, false) => " (ended; its rule is no longer in the set)",
+                (true, true) => " (ended)",
+                _ => "",
+            },
             z.by.as_deref()
                 .map(|b| format!(", by {b}"))
                 .unwrap_or_default(),
@@ -142,7 +146,7 @@ pub fn check(args: CheckArgs) -> Result<()> {
             z.line,
         )?;
     }
-    let snoozes = match (set.snoozes.len(), ended) {
+    let snoozes = match (set.snoozes().len(), ended) {
         (0, _) => String::new(),
         (n, 0) => format!(", {n} snooze{}", if n == 1 { "" } else { "s" }),
         (n, e) => format!(", {n} snooze{} ({e} ended)", if n == 1 { "" } else { "s" }),

@@ -7,11 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use pitboss_antifraud::{AntifraudError, RuleSet};
+use pitboss_antifraud::{AntifraudError, RuleSet, SNOOZES_FILE};
 use pitboss_model::Timestamp;
-
-/// The file of a rules directory snoozes are written to.
-pub const SNOOZES_FILE: &str = "snoozes.toml";
 
 #[derive(Debug, Args)]
 pub struct SnoozeArgs {
@@ -89,13 +86,24 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
         })?,
         (None, None) => bail!("give --for or --until"),
     };
+    let Some(until_text) = until
+        .to_rfc3339()
+        .filter(|_| until.as_millis() < MAX_UNTIL_MS)
+    else {
+        bail!("--for or --until: past the year 9999");
+    };
     if until <= now {
-        bail!(
-            "--until {}: already past, it would silence nothing",
-            until.to_rfc3339().unwrap_or_default()
-        );
+        bail!("--until {until_text}: already past, it would silence nothing");
     }
     let target = target(&args).await?;
+
+    // One writer at a time: two operators snoozing at once would each write the file as they
+    // read it, and one snooze would be lost.
+    let lock_path = args.rules.join(format!(".{SNOOZES_FILE}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
 
     let mut sources = RuleSet::read_dir(&args.rules).map_err(|e| refused(&args.rules, e))?;
     if let Err(e) = RuleSet::from_sources(&sources) {
@@ -125,10 +133,7 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
     text.push_str(&format!("rule = {}\n", q(&target.rule)));
     text.push_str(&format!("tenant = {}\n", q(&target.tenant)));
     text.push_str(&format!("key = {}\n", q(&target.key)));
-    text.push_str(&format!(
-        "until = {}\n",
-        q(&until.to_rfc3339().unwrap_or_default())
-    ));
+    text.push_str(&format!("until = {}\n", q(&until_text)));
     text.push_str(&format!("reason = {}\n", q(&args.reason)));
     if let Some(by) = &args.by {
         text.push_str(&format!("by = {}\n", q(by)));
@@ -156,18 +161,18 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
         other => other.into(),
     })?;
     write_atomically(&args.rules, &path, &text)?;
+    drop(lock);
     let what = match &target.group_by {
         Some(g) => format!("{g} {:?}", target.key),
         None => format!("key {:?}", target.key),
     };
     println!(
-        "snoozed {} for tenant {:?}, {what}, until {}: {name}:{line}",
-        target.rule,
-        target.tenant,
-        until.to_rfc3339().unwrap_or_default()
+        "snoozed {} for tenant {:?}, {what}, until {until_text}: {name}:{line}",
+        target.rule, target.tenant,
     );
     println!(
-        "an engine running {} takes it on its next reload (it looks every 2 s)",
+        "an engine running {} takes it on its next reload (within about 4 s: it loads a change \
+         two checks 2 s apart agree on)",
         args.rules.display()
     );
     Ok(())
@@ -242,20 +247,35 @@ async fn target(args: &SnoozeArgs) -> Result<Target> {
     }
 }
 
+/// 10000-01-01T00:00:00Z: RFC 3339 has four digits for the year.
+const MAX_UNTIL_MS: i64 = 253_402_300_800_000;
+
 /// Writes `text` to `path` in `dir` so that a reader sees the old file or the new one, never a
-/// part (an engine reloading meanwhile), and the new one survives a power cut.
+/// part (an engine reloading meanwhile), with the old file's permissions, and the new one
+/// survives a power cut.
 fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<()> {
     // Hidden: the loader leaves it out while it exists.
     let tmp = dir.join(format!(".{SNOOZES_FILE}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
+        if let Ok(old) = std::fs::metadata(path) {
+            f.set_permissions(old.permissions())?;
+        }
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("writing {}", path.display()))
+    result.with_context(|| format!("writing {}", path.display()))?;
+    // The rename made durable; the file is in place whatever this says.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        eprintln!(
+            "warning: {} is written, but syncing {} failed ({e}): a power cut now could undo it",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -532,5 +532,5 @@ async fn rules_snooze_reads_an_alert_from_clickhouse_as_from_the_embedded_store(
     assert!(from_embedded.ends_with(&expected), "{from_embedded}");
     // And the set with it loads.
     let set = pitboss_antifraud::RuleSet::load_dir(&dir.path().join("embedded")).unwrap();
-    assert_eq!(set.snoozes.len(), 1);
+    assert_eq!(set.snoozes().len(), 1);
 }

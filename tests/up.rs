@@ -2867,8 +2867,11 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     // Started again: still snoozed.
     let up2 = start();
     post_events(&client, &up2.addr, &up2.key, &bets("p1", 1)).await;
+    // (At least one: p1's fourth bet is read again before it when no save covered it before
+    // the SIGKILL. Either would have raised "4 bets." or "5 bets."; the snooze's end is
+    // loaded two checks 2 s apart after the file goes, long after the fifth is read.)
     until_holds("p1's fifth bet snoozed", || async {
-        metric(&client, &up2.metrics_url, SNOOZED).await == 1.0
+        metric(&client, &up2.metrics_url, SNOOZED).await >= 1.0
     })
     .await;
     assert_eq!(

@@ -678,7 +678,7 @@ impl Engine {
             };
             // Snoozed for this group value (docs/rules.md, "Snoozes"): as if it had not fired
             // (no cooldown starts, no points), counted. Looked up on hits alone.
-            if !set.snoozes.is_empty()
+            if !set.snoozes().is_empty()
                 && let Some(snooze) = set.snoozed(&rule.id, &event.tenant_id, group, k, at)
             {
                 out.snoozed.push(Snoozed {
@@ -687,6 +687,12 @@ impl Engine {
                     trigger_event_id: event.event_id.clone().unwrap_or_default(),
                     snooze,
                 });
+                // Kept as a fired trigger is (below): sent again, it is recognised.
+                if let Some(entry) = unkept.take() {
+                    let before = state.held();
+                    state.insert(entry, rule);
+                    *entries = (*entries + state.held()).saturating_sub(before);
+                }
                 continue;
             }
             // Never moved back by a late trigger (its cooldown counted from `at`).

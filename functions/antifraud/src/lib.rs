@@ -36,5 +36,5 @@ pub use engine::{
     StatsWalk, Unit,
 };
 pub use error::{AntifraudError, LoadError};
-pub use rules::{CompiledRule, RuleSet, Snooze};
+pub use rules::{CompiledRule, RuleSet, SNOOZES_FILE, Snooze};
 pub use shard::{Forward, Shard};

@@ -1181,7 +1181,8 @@ impl Work {
     }
 
     /// Begins a save of what changed since the last one, covering the positions processed
-    /// now. A full save (the first, or after a reload) is written at once; otherwise the
+    /// now. A full save (the first, or after a reload that moved, dropped or refolded rules)
+    /// is written at once; otherwise the
     /// changed units are written in slices (`save_slice_units`) between batches
     /// ([`Work::write_slice`]), so the engine does not stop for the whole save.
     async fn begin_save(&mut self) -> Result<(), StreamError> {

@@ -89,7 +89,7 @@ pub struct Change {
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     /// The units are the whole state: a store should drop every unit not among them (after
-    /// the first call, and after a rule reload).
+    /// the first call, and after a rule reload that moved, dropped or refolded rules).
     pub full: bool,
     pub units: Vec<Change>,
     /// The engine-wide values (the last sweep, the join's newest bet), for

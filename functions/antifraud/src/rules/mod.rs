@@ -209,8 +209,8 @@ pub struct RuleSet {
     pub scoring: ScoringConfig,
     pub limits: Limits,
     /// `[[snooze]]`: rules silenced for one group value until a time (docs/rules.md,
-    /// "Snoozes"), in the order the files give them.
-    pub snoozes: Vec<Snooze>,
+    /// "Snoozes"), in the order the files give them ([`RuleSet::snoozes`]).
+    snoozes: Vec<Snooze>,
     /// Indexes of `snoozes` by the window key of their tenant and group value.
     snoozed: HashMap<u128, Vec<usize>>,
 }
@@ -236,6 +236,16 @@ pub struct Snooze {
 
 /// The longest a group value may be: what an alert's `group_key` may hold.
 const MAX_SNOOZE_KEY: usize = pitboss_model::validate::MAX_TEXT;
+
+/// The file of a rules directory `pitboss rules snooze` writes: it may hold no snooze at all
+/// (comments alone, or nothing), as it does once its last block is deleted.
+pub const SNOOZES_FILE: &str = "snoozes.toml";
+
+fn is_snoozes_file(name: &str) -> bool {
+    Path::new(name)
+        .file_name()
+        .is_some_and(|n| n == SNOOZES_FILE)
+}
 
 /// 1-based line and column of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -330,12 +340,33 @@ impl RuleSet {
         Ok(files)
     }
 
-    /// Builds a set from `(file name, text)` pairs: the pure part of loading. Every problem of
-    /// every file is reported; nothing of a refused set is used.
+    /// Builds a set from `(file name, text)` pairs: the pure part of loading (but for the
+    /// clock, which tells snoozes in force from ended ones: [`RuleSet::from_sources_at`]).
+    /// Every problem of every file is reported; nothing of a refused set is used.
     pub fn from_sources(files: &[(String, String)]) -> Result<RuleSet, AntifraudError> {
+        RuleSet::from_sources_at(files, pitboss_model::Timestamp::now())
+    }
+
+    /// [`RuleSet::from_sources`] at time `now`: a snooze whose `until` is past by then may name
+    /// a rule the set no longer has, and another snooze of its rule, tenant and key may follow
+    /// it.
+    pub fn from_sources_at(
+        files: &[(String, String)],
+        now: pitboss_model::Timestamp,
+    ) -> Result<RuleSet, AntifraudError> {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
         for (name, text) in files {
+            if is_snoozes_file(name)
+                && text.lines().all(|l| {
+                    let l = l.trim();
+                    l.is_empty() || l.starts_with('#')
+                })
+            {
+                // Its last snooze deleted: no snooze, not a file caught mid-write (losing a
+                // snooze that way is safe: the rule fires again).
+                continue;
+            }
             if text.trim().is_empty() {
                 // Most often a file caught while a tool rewrites it (truncated, then written):
                 // loaded, a reload would drop every rule it held and their windows.
@@ -476,12 +507,15 @@ impl RuleSet {
                 }
             }
         }
-        // Snoozes name rules of the set: checked once every rule is known.
+        // Snoozes name rules of the set: checked once every rule is known. One that has ended
+        // may name a rule since removed (it silences nothing), and may be followed by another of
+        // its rule, tenant and key; two in force at once may not.
         let mut seen: HashMap<(String, String, String), (String, usize)> = HashMap::new();
         for (name, text, specs) in snoozes {
             for sp in specs {
                 let (line, _) = line_col(text, sp.span().start);
-                match snooze(sp.into_inner(), &declared, name, line) {
+                match snooze(sp.into_inner(), &declared, now, name, line) {
+                    Ok(z) if z.until <= now => set.add_snooze(z),
                     Err((span, m)) => errors.push(located(
                         name,
                         text,
@@ -534,6 +568,11 @@ impl RuleSet {
         self.rules.iter().find(|r| r.id == id)
     }
 
+    /// The snoozes of the set, in the order its files give them, ended ones included.
+    pub fn snoozes(&self) -> &[Snooze] {
+        &self.snoozes
+    }
+
     /// Adds a snooze (the loader's checks are the caller's).
     pub fn add_snooze(&mut self, z: Snooze) {
         let k = crate::engine::window_key(&z.tenant_id, &z.key);
@@ -575,16 +614,11 @@ fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
 fn snooze(
     sp: spec::SnoozeSpec,
     ids: &std::collections::HashSet<String>,
+    now: pitboss_model::Timestamp,
     file: &str,
     line: usize,
 ) -> Result<Snooze, SpanErr> {
     let rule_id = sp.rule.get_ref();
-    if !ids.contains(rule_id) {
-        return Err((
-            Some(sp.rule.span()),
-            format!("no rule {rule_id:?} in the set (a snooze names a rule by its id)"),
-        ));
-    }
     if let Some(v) = pitboss_model::validate::id_violation(
         "tenant",
         sp.tenant.get_ref(),
@@ -628,6 +662,16 @@ fn snooze(
             ),
         )
     })?;
+    // An ended snooze of a rule since removed silences nothing: kept, for `rules check` to list.
+    if until > now && !ids.contains(rule_id) {
+        return Err((
+            Some(sp.rule.span()),
+            format!(
+                "no rule {rule_id:?} in the set (a snooze names a rule by its id; when a rule \
+                 leaves the set, delete its snoozes still in force)"
+            ),
+        ));
+    }
     if sp.reason.get_ref().trim().is_empty() {
         return Err((
             Some(sp.reason.span()),

@@ -569,3 +569,47 @@ fn a_snooze_is_refused_with_its_line_when_it_names_no_rule_or_lacks_what_it_need
         load(&snooze(SNOOZE).replace("value = 3", "value = \"three\"")).expect_err("refused");
     assert_eq!(errors.len(), 1, "{errors:?}");
 }
+
+#[test]
+fn an_ended_snooze_may_name_a_rule_since_removed_and_be_followed_by_another() {
+    let now = pitboss_model::Timestamp::parse_rfc3339("2027-03-01T00:00:00Z").expect("a time");
+    let at = |text: &str| RuleSet::from_sources_at(&[("rules/x.toml".into(), text.into())], now);
+    // Ended (January) and naming a rule the set no longer has: kept, silencing nothing.
+    let gone = snooze(&SNOOZE.replace("fraud.test\"", "fraud.gone\""));
+    let set = at(&gone).expect("an ended snooze of a removed rule loads");
+    assert_eq!(set.snoozes()[0].rule_id, "fraud.gone");
+    // In force, it is refused.
+    let later = gone.replace("2027-01-31", "2027-04-30");
+    let Err(AntifraudError::Rules(e)) = at(&later) else {
+        panic!("refused")
+    };
+    assert!(e[0].reason.contains("no rule \"fraud.gone\""), "{e:?}");
+    // An ended snooze, then a new one of the same rule, tenant and key: both kept.
+    let again = format!(
+        "{}\n[[snooze]]\n{}\n",
+        snooze(SNOOZE),
+        SNOOZE.replace("2027-01-31", "2027-06-30")
+    );
+    let set = at(&again).expect("loads");
+    assert_eq!(set.snoozes().len(), 2);
+    let k = crate::engine::window_key("acme", "p-7");
+    let june = pitboss_model::Timestamp::parse_rfc3339("2027-06-01T00:00:00Z").expect("a time");
+    assert_eq!(
+        set.snoozed("fraud.test", "acme", "p-7", k, june.as_millis()),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_snoozes_file_of_comments_alone_holds_no_snooze_where_another_file_is_refused() {
+    let header = "# Snoozes: written by `pitboss rules snooze`.\n\n";
+    for (name, ok) in [("rules/snoozes.toml", true), ("rules/other.toml", false)] {
+        for text in [header, ""] {
+            let got = RuleSet::from_sources(&[
+                ("rules/a.toml".into(), GOOD.into()),
+                (name.into(), text.into()),
+            ]);
+            assert_eq!(got.is_ok(), ok, "{name} holding {text:?}: {got:?}");
+        }
+    }
+}

@@ -1895,6 +1895,24 @@ fn a_snoozed_rule_raises_nothing_for_its_key_until_the_snooze_ends() {
     assert!(fired[1].event_time.as_millis() >= T0 + 10 * MIN);
 }
 
+/// A trigger a rule with a cooldown does not keep (a withdrawal after failed logins) is kept
+/// once a snooze silenced it, as once it fired: sent again, it is recognised, not silenced (and
+/// counted) a second time.
+#[test]
+fn a_silenced_trigger_sent_again_is_recognised() {
+    let mut s = Script::new(shipped_with(&snooze_of(
+        "fraud.account_takeover",
+        "p1",
+        T0 + D,
+    )));
+    busy(&mut s);
+    let silenced: Vec<_> = s.out.snoozed.iter().map(|z| z.rule_id.as_str()).collect();
+    assert_eq!(silenced, ["fraud.account_takeover"]);
+    let withdrawal = s.sent.len() - 1;
+    assert_eq!(s.redeliver(withdrawal), 0);
+    assert_eq!(s.out.snoozed.len(), 1, "{:?}", s.out.snoozed);
+}
+
 #[test]
 fn a_snooze_of_a_shared_key_silences_that_device_alone_and_a_reload_adds_or_ends_it() {
     let devices = |s: &mut Script, device: &str, at: i64| {
