@@ -2895,3 +2895,142 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     .await;
     assert_eq!(alerts(&data)[2], ("p1".to_owned(), "6 bets.".to_owned()));
 }
+
+/// Each bad `pitboss rules snooze` is refused in a line naming what is wrong, and writes
+/// nothing; a snooze written is listed by `rules check`, and a second of the same rule, tenant
+/// and key is refused with the first's place and how to change it.
+#[test]
+fn rules_snooze_refuses_bad_input_precisely_and_rules_check_lists_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for f in ["fraud.toml", "responsible_gambling.toml", "scoring.toml"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("rules")
+                .join(f),
+            rules.join(f),
+        )
+        .unwrap();
+    }
+    // An embedded store without alerts.
+    pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
+    let r = rules.to_str().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let snooze = |extra: &[&str]| {
+        rules_cmd(&[&["snooze", "--rules", r, "--reason", "checked"][..], extra].concat())
+    };
+    let by_rule = [
+        "--rule",
+        "fraud.bet_velocity",
+        "--tenant",
+        "acme",
+        "--key",
+        "p1",
+    ];
+    for (args, says) in [
+        (
+            &[
+                "--rule",
+                "fraud.nope",
+                "--tenant",
+                "acme",
+                "--key",
+                "p1",
+                "--for",
+                "1d",
+            ][..],
+            "snooze: no rule \"fraud.nope\" in the set",
+        ),
+        (
+            &[&by_rule[..], &["--for", "soon"]].concat()[..],
+            "--for \"soon\":",
+        ),
+        (
+            &[&by_rule[..], &["--until", "2020-01-01T00:00:00Z"]].concat()[..],
+            "--until 2020-01-01T00:00:00.000Z: already past, it would silence nothing",
+        ),
+        (
+            &[&by_rule[..], &["--for", "5000000d"]].concat()[..],
+            "past the year 9999",
+        ),
+        (
+            &[
+                "--rule",
+                "fraud.bet_velocity",
+                "--tenant",
+                "ac me",
+                "--key",
+                "p1",
+                "--for",
+                "1d",
+            ][..],
+            "snooze: tenant character ' ' is not allowed",
+        ),
+        (
+            &[
+                "--alert",
+                "0193d1a7-5e21-7b40-9c3d-4e5f6a7b8c9d",
+                "--for",
+                "1d",
+                "--data-dir",
+                d,
+            ][..],
+            "no alert 0193d1a7-5e21-7b40-9c3d-4e5f6a7b8c9d in ",
+        ),
+        (
+            &["--alert", "x", "--for", "1d", "--data-dir", "/nonexistent"][..],
+            "no embedded store at /nonexistent/pitboss.db",
+        ),
+    ] {
+        let (ok, out, err) = snooze(args);
+        assert!(!ok, "{args:?}: {out}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !rules.join("snoozes.toml").exists(),
+            "{args:?} wrote the file"
+        );
+    }
+    let (ok, _, err) = rules_cmd(&[
+        "snooze",
+        "--rules",
+        "/nonexistent",
+        "--reason",
+        "x",
+        "--for",
+        "1d",
+        "--rule",
+        "a",
+        "--tenant",
+        "t",
+        "--key",
+        "k",
+    ]);
+    assert!(
+        !ok && err.contains("--rules /nonexistent: not a directory"),
+        "{err}"
+    );
+
+    let (ok, out, err) = snooze(&[&by_rule[..], &["--until", "2099-01-01T00:00:00Z"]].concat());
+    assert!(ok, "{err}");
+    assert!(out.contains(".toml:5"), "{out}");
+    let (ok, out, _) = rules_cmd(&["check", "--rules", r]);
+    assert!(ok);
+    assert!(
+        out.contains(
+            "snooze  fraud.bet_velocity for tenant \"acme\", key \"p1\", until \
+             2099-01-01T00:00:00.000Z: checked ("
+        ),
+        "{out}"
+    );
+    assert!(out.contains("14 rules, 1 snooze, ok"), "{out}");
+    let before = std::fs::read_to_string(rules.join("snoozes.toml")).unwrap();
+    let (ok, _, err) = snooze(&[&by_rule[..], &["--for", "1d"]].concat());
+    assert!(!ok);
+    assert!(err.contains("is already snoozed at "), "{err}");
+    assert!(err.contains("edit that snooze's `until`"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(rules.join("snoozes.toml")).unwrap(),
+        before
+    );
+}
