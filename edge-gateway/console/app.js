@@ -325,6 +325,7 @@ function addAlert(a) {
   const li = el('li', 'alert ' + (a.severity || ''));
   li.dataset.alertId = a.alert_id;
   li.dataset.rule = a.rule_id;
+  li.dataset.groupBy = a.group_by || '';
   const detected = a.detected_at ? Date.parse(a.detected_at) : Date.now();
   li.dataset.detected = String(detected);
   const top = el('div', 'top');
@@ -409,6 +410,23 @@ function markAcked(alertId, text, outcome) {
   card.dataset.shown = text;
   setButtons(card);
   card.querySelector('.ack-status').textContent = text;
+  // A finding cleared as a false positive comes back (a family's shared device, after every
+  // cooldown) until its rule is snoozed for the key: the command that does it (docs/rules.md,
+  // "Snoozes"), to copy.
+  let hint = card.querySelector('.snooze-hint');
+  if (outcome === 'false_positive') {
+    if (!hint) {
+      hint = el('div', 'snooze-hint meta');
+      card.append(hint);
+    }
+    const key = card.dataset.groupBy ? 'this ' + card.dataset.groupBy.replace(/_/g, ' ') : 'its key';
+    hint.replaceChildren(
+      document.createTextNode('To silence ' + card.dataset.rule + ' for ' + key + ': '),
+      el('code', null, 'pitboss rules snooze --rules DIR --alert ' + alertId + ' --for 30d --reason "…"'),
+    );
+  } else if (hint) {
+    hint.remove();
+  }
   countOpen();
 }
 

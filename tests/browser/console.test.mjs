@@ -153,6 +153,15 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   await first.getByRole('button', { name: 'False positive' }).click();
   await first.locator('.ack-status', { hasText: 'false positive' }).waitFor({ timeout: 30_000 });
   assert.match(await first.getAttribute('class'), /acked/);
+  // …with the command that snoozes its rule for the alert's key, to copy (docs/rules.md).
+  const rule = await first.getAttribute('data-rule');
+  assert.equal(
+    await first.locator('.snooze-hint code').textContent(),
+    `pitboss rules snooze --rules DIR --alert ${alertId} --for 30d --reason "…"`,
+  );
+  const groupBy = (await first.getAttribute('data-group-by')).replace(/_/g, ' ');
+  assert.ok(groupBy, 'the card knows what its alert is grouped by');
+  assert.ok((await first.locator('.snooze-hint').textContent()).startsWith(`To silence ${rule} for this ${groupBy}: `));
   // …the other console hears of it at once, with who…
   await otherCard.locator('.ack-status', { hasText: 'false positive by console' }).waitFor({ timeout: 30_000 });
   assert.match(await otherCard.getAttribute('class'), /acked/);
@@ -171,6 +180,7 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   await otherCard.locator('.ack-status', { hasText: /^escalated by console at .+ \(was false positive by console\)$/ }).waitFor({ timeout: 30_000 });
   assert.equal(await first.getByRole('button', { name: 'Escalate' }).isDisabled(), true);
   assert.equal(await first.getByRole('button', { name: 'False positive' }).isDisabled(), false);
+  assert.equal(await first.locator('.snooze-hint').count(), 0, 'no longer a false positive: no hint');
   assert.deepEqual(otherErrors, []);
   await other.close();
   const latest = await eventually('the second ack in alert_acks', async () => {
