@@ -181,8 +181,9 @@ DASHBOARDS = {
             ("{{rule}}", "sum by (rule) (rate(pitboss_antifraud_snoozed_total[$__rate_interval]))")],
              description="Hits of a rule a [[snooze]] silenced for a player, device or address an "
                          "operator cleared (`pitboss rules snooze --alert ID`, docs/rules.md "
-                         "\"Snoozes\"): no alert, no push, no points. A rule silenced often for "
-                         "many keys is one to tune rather than snooze."),
+                         "\"Snoozes\"): no alert, no push, no points. All tenants (Prometheus has "
+                         "no tenant label). A rule silenced often for many keys is one to tune "
+                         "rather than snooze."),
         ch("Alerts not acknowledged", f"""
             SELECT alert_id, any(rule_id) AS rule_id, any(severity) AS severity,
                    any(player_id) AS player_id, min(detected_at) AS first_detected_at, any(reason) AS reason

@@ -397,6 +397,22 @@ impl RuleSet {
                             .into(),
                     });
                 }
+                Ok(f)
+                    if is_snoozes_file(name)
+                        && (!f.rule.is_empty() || f.scoring.is_some() || f.engine.is_some()) =>
+                {
+                    // Emptied or cut short, it may lose snoozes only (the rules fire again),
+                    // never rules, scoring or limits: it is read as such when it holds none.
+                    errors.push(LoadError {
+                        file: name.clone(),
+                        line: 1,
+                        column: 1,
+                        reason: format!(
+                            "{SNOOZES_FILE} holds snoozes alone ([[snooze]]): move its [[rule]], \
+                             [scoring] or [engine] to another file"
+                        ),
+                    });
+                }
                 Ok(f) => parsed.push((name, text, f)),
                 Err(e) => {
                     // Parsing stops at a file's first problem. The message names what was

@@ -25,8 +25,10 @@ reason = "{bets} bets"
   value = 3
 "#;
 
+/// Loads `text` as the set's one file, at a fixed time (snoozes in force or ended by it).
 fn load(text: &str) -> Result<RuleSet, Vec<LoadError>> {
-    RuleSet::from_sources(&[("rules/x.toml".into(), text.into())]).map_err(|e| match e {
+    let now = pitboss_model::Timestamp::parse_rfc3339("2026-12-01T00:00:00Z").expect("a time");
+    RuleSet::from_sources_at(&[("rules/x.toml".into(), text.into())], now).map_err(|e| match e {
         AntifraudError::Rules(v) => v,
         other => panic!("unexpected {other}"),
     })
@@ -598,6 +600,30 @@ fn an_ended_snooze_may_name_a_rule_since_removed_and_be_followed_by_another() {
         set.snoozed("fraud.test", "acme", "p-7", k, june.as_millis()),
         Some(1)
     );
+}
+
+/// A snoozes file holds snoozes alone: cut short by a tool, it can then lose nothing but
+/// snoozes (the rules fire again), never rules, scoring or limits.
+#[test]
+fn a_snoozes_file_holds_snoozes_alone() {
+    for table in [
+        "[scoring]\nwindow = \"1d\"\nreview = 1\nblock = 2\n",
+        "[engine]\nmax_entries = 10\n",
+        GOOD,
+    ] {
+        let Err(AntifraudError::Rules(e)) = RuleSet::from_sources(&[
+            (
+                "rules/a.toml".into(),
+                GOOD.replace("fraud.test", "fraud.other"),
+            ),
+            ("rules/snoozes.toml".into(), table.into()),
+        ]) else {
+            panic!("refused: {table}")
+        };
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].reason.contains("holds snoozes alone"), "{e:?}");
+        assert_eq!(e[0].file, "rules/snoozes.toml");
+    }
 }
 
 #[test]
