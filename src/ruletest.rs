@@ -119,6 +119,36 @@ pub fn check(args: CheckArgs) -> Result<()> {
             r.line,
         )?;
     }
+    for l in set.lists() {
+        let mut held = vec![format!("{} for every tenant", l.len_global())];
+        held.extend(
+            l.tenants()
+                .into_iter()
+                .map(|(t, n)| format!("{n} for {t:?}")),
+        );
+        let readers: Vec<&str> = set
+            .rules
+            .iter()
+            .filter(|r| r.reads_list(&l.name))
+            .map(|r| r.id.as_str())
+            .collect();
+        writeln!(
+            out,
+            "list  {} ({}): {} entr{} ({}); read by {} ({}:{})",
+            l.name,
+            l.kind.as_str(),
+            l.len(),
+            if l.len() == 1 { "y" } else { "ies" },
+            held.join(", "),
+            if readers.is_empty() {
+                "no rule".to_owned()
+            } else {
+                readers.join(", ")
+            },
+            l.file,
+            l.line,
+        )?;
+    }
     // Snoozes end by the engine's clock (the triggers' time); a past one silences nothing
     // live, and is listed so it can be removed.
     let now = pitboss_model::Timestamp::now();
@@ -151,9 +181,13 @@ pub fn check(args: CheckArgs) -> Result<()> {
         (n, 0) => format!(", {n} snooze{}", if n == 1 { "" } else { "s" }),
         (n, e) => format!(", {n} snooze{} ({e} ended)", if n == 1 { "" } else { "s" }),
     };
+    let lists = match set.lists().len() {
+        0 => String::new(),
+        n => format!(", {n} list{}", if n == 1 { "" } else { "s" }),
+    };
     writeln!(
         out,
-        "{what}: {} rule{}{snoozes}, ok (scoring: review at {}, block at {}, within {})",
+        "{what}: {} rule{}{lists}{snoozes}, ok (scoring: review at {}, block at {}, within {})",
         set.rules.len(),
         if set.rules.len() == 1 { "" } else { "s" },
         set.scoring.review,
@@ -192,7 +226,9 @@ pub fn test(args: TestArgs) -> Result<()> {
         }
         files.extend(found);
     }
-    let mut sets: HashMap<Option<PathBuf>, Result<RuleSet, String>> = HashMap::new();
+    // By rule directory, and by test file for one with lists of its own.
+    let mut sets: HashMap<(Option<PathBuf>, Option<String>), Result<RuleSet, String>> =
+        HashMap::new();
     let mut out = std::io::stdout().lock();
     let (mut passed, mut failed, mut broken) = (0usize, 0usize, 0usize);
     for path in &files {
@@ -215,12 +251,18 @@ pub fn test(args: TestArgs) -> Result<()> {
                 continue;
             }
         };
-        let set = sets.entry(file.rules.clone()).or_insert_with(|| {
+        let key = (
+            file.rules.clone(),
+            file.lists.as_ref().map(|(p, _)| p.clone()),
+        );
+        let set = sets.entry(key).or_insert_with(|| {
             let src = match &file.rules {
                 Some(d) => RulesSource::Dir(d.clone()),
                 None => fallback.clone(),
             };
-            src.load().map_err(|e| e.to_string())
+            src.sources()
+                .and_then(|files| file.rule_set(&files))
+                .map_err(|e| e.to_string())
         });
         let set = match set {
             Ok(s) => s,

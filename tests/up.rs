@@ -2225,7 +2225,16 @@ fn rules_check_lists_a_set_or_refuses_it_with_file_and_line() {
     );
     assert!(out.contains("push rg.loss_chasing to the player"), "{out}");
     assert!(
-        out.ends_with("rules: 14 rules, ok (scoring: review at 40, block at 100, within 1d)\n"),
+        out.ends_with(
+            "rules: 17 rules, 3 lists, ok (scoring: review at 40, block at 100, within 1d)\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "list  blocked_ips (ip): 0 entries (0 for every tenant); read by fraud.blocklist.ip \
+             (rules/fraud.toml:379)\n"
+        ),
         "{out}"
     );
 
@@ -2896,6 +2905,127 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     assert_eq!(alerts(&data)[2], ("p1".to_owned(), "6 bets.".to_owned()));
 }
 
+/// A list edited while `pitboss up --rules DIR` runs: the next deposit with a listed payment
+/// instrument raises the block-list alert; an edit refused (with file and line) keeps the
+/// lists in force; after a SIGKILL the engine starts on the files as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_survives_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&rules).unwrap();
+    for f in ["fraud.toml", "scoring.toml"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("rules")
+                .join(f),
+            rules.join(f),
+        )
+        .unwrap();
+    }
+    // The operator's own file beside the pack (which declares the lists empty), written as a
+    // tool writes it: the whole file at once.
+    let write_lists = |text: &str| {
+        let tmp = rules.join(".lists.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, rules.join("lists.toml")).unwrap();
+    };
+    let start = || {
+        let mut c = up_command(&data);
+        c.arg("--rules").arg(&rules);
+        up_from(c, &data)
+    };
+    let client = reqwest::Client::new();
+    let mut n = 0;
+    let mut deposit = |player: &str, instrument: &str| -> Vec<serde_json::Value> {
+        n += 1;
+        vec![serde_json::json!({
+            "tenant_id": "demo", "player_id": player, "type": "deposit",
+            "occurred_at": pitboss_model::Timestamp::now().to_rfc3339().unwrap(),
+            "payload": {"transaction_id": format!("d{n}"),
+                "amount": {"amount_minor": 5000, "currency": "EUR"},
+                "payment_instrument": instrument}
+        })]
+    };
+    let blocked = |data: &std::path::Path| -> Vec<(String, String)> {
+        json_rows(&pitboss_sql(
+            data,
+            "SELECT player_id, recommendation FROM alerts \
+             WHERE rule_id = 'fraud.blocklist.payment_instrument' ORDER BY detected_at_ms",
+        ))
+        .iter()
+        .map(|r| {
+            (
+                r["player_id"].as_str().unwrap().to_owned(),
+                r["recommendation"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+    };
+    const RELOADED: &str = "pitboss_antifraud_reloads_total{result=\"ok\"}";
+    const REFUSED: &str = "pitboss_antifraud_reloads_total{result=\"refused\"}";
+    const STORED: &str = "SELECT count(*) AS n FROM events WHERE type = 'deposit'";
+    let deposits = |data: &std::path::Path| json_rows(&pitboss_sql(data, STORED))[0]["n"].as_i64();
+
+    let up1 = start();
+    post_events(&client, &up1.addr, &up1.key, &deposit("p1", "card-9c1e")).await;
+    until_holds("the first deposit stored", || async {
+        deposits(&data) == Some(1)
+    })
+    .await;
+
+    const LISTED: &str = "[[list]]\nname = \"blocked_payment_instruments\"\ntenant = \"demo\"\n\
+                          values = [\"card-9c1e\", \"card-77aa\"]\n";
+    write_lists(LISTED);
+    until_holds("the list reloaded", || async {
+        metric(&client, &up1.metrics_url, RELOADED).await == 1.0
+    })
+    .await;
+    post_events(&client, &up1.addr, &up1.key, &deposit("p1", "card-9c1e")).await;
+    post_events(&client, &up1.addr, &up1.key, &deposit("p2", "card-0000")).await;
+    until_holds("p1's block-list alert stored", || async {
+        blocked(&data).len() == 1
+    })
+    .await;
+    assert_eq!(blocked(&data), [("p1".to_owned(), "block".to_owned())]);
+
+    // A refused edit: `rules check` names the line; the running lists stay in force.
+    write_lists(&format!(
+        "{LISTED}\n[[list]]\nname = \"blocked_ips\"\nkind = \"ip\"\nvalues = [\"10.0.0.1/8\"]\n"
+    ));
+    let (ok, _, err) = rules_cmd(&["check", "--rules", rules.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("lists.toml:")
+            && err.contains("list \"blocked_ips\": \"10.0.0.1/8\" has bits set past its prefix: the network is 10.0.0.0/8"),
+        "{err}"
+    );
+    until_holds("the edit refused", || async {
+        metric(&client, &up1.metrics_url, REFUSED).await >= 1.0
+    })
+    .await;
+    // (Another card: card-9c1e's alert holds its key's cooldown for an hour.)
+    post_events(&client, &up1.addr, &up1.key, &deposit("p3", "card-77aa")).await;
+    until_holds("p3's alert under the lists in force", || async {
+        blocked(&data).len() == 2
+    })
+    .await;
+    let mut up1 = up1;
+    up1.child.kill().unwrap();
+    up1.child.wait().unwrap();
+
+    // Fixed and started again: the lists are the files'; nothing raised twice.
+    write_lists(&LISTED.replace("\"card-77aa\"", "\"card-77aa\", \"card-0000\""));
+    let up2 = start();
+    post_events(&client, &up2.addr, &up2.key, &deposit("p4", "card-0000")).await;
+    until_holds("p4's alert after the restart", || async {
+        blocked(&data).len() == 3
+    })
+    .await;
+    let players: Vec<String> = blocked(&data).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(players, ["p1", "p3", "p4"]);
+}
+
 /// Each bad `pitboss rules snooze` is refused in a line naming what is wrong, and writes
 /// nothing; a snooze written is listed by `rules check`, and a second of the same rule, tenant
 /// and key is refused with the first's place and how to change it.
@@ -3023,7 +3153,7 @@ fn rules_snooze_refuses_bad_input_precisely_and_rules_check_lists_what_it_wrote(
         ),
         "{out}"
     );
-    assert!(out.contains("14 rules, 1 snooze, ok"), "{out}");
+    assert!(out.contains("17 rules, 3 lists, 1 snooze, ok"), "{out}");
     let before = std::fs::read_to_string(rules.join("snoozes.toml")).unwrap();
     let (ok, _, err) = snooze(&[&by_rule[..], &["--for", "1d"]].concat());
     assert!(!ok);

@@ -2,9 +2,13 @@
 //! In a rule file a predicate list is a TOML table, `{ status = "requested", stake = { gte =
 //! 10000 }, result = ["win", "cashout"], device_id = { exists = true } }`: a scalar means `eq`,
 //! an array `in`, a table names operators (`eq`, `ne`, `in`, `gt`, `gte`, `lt`, `lte`,
-//! `exists`).
+//! `exists`, `in_list`, `not_in_list`: membership of a `[[list]]`, [`crate::lists`]).
+
+use std::sync::Arc;
 
 use pitboss_model::{Event, EventType};
+
+use crate::lists::{ListKind, Lists, NamedList};
 
 use crate::field::{Extra, Field, Value};
 
@@ -49,6 +53,9 @@ pub enum Op {
     Lt,
     Lte,
     Exists,
+    /// The value is on a `[[list]]` (for the event's tenant).
+    InList,
+    NotInList,
 }
 
 /// A constant a field is compared with.
@@ -58,6 +65,8 @@ pub enum Operand {
     Text(String),
     Bool(bool),
     List(Vec<Operand>),
+    /// A `[[list]]` of the rule set (compared by name).
+    Set(Arc<NamedList>),
 }
 
 /// One predicate: `field op operand`. A missing field fails every predicate but
@@ -105,6 +114,12 @@ impl Pred {
             (Op::Eq, o) => same(v, o),
             (Op::Ne, o) => !same(v, o),
             (Op::In, Operand::List(list)) => list.iter().any(|o| same(v, o)),
+            (Op::InList, Operand::Set(l)) => {
+                matches!(v, Value::Text(t) if l.contains(&e.tenant_id, t))
+            }
+            (Op::NotInList, Operand::Set(l)) => {
+                matches!(v, Value::Text(t) if !l.contains(&e.tenant_id, t))
+            }
             (op, Operand::Num(b)) => v.number().is_some_and(|a| match op {
                 Op::Gt => a > *b,
                 Op::Gte => a >= *b,
@@ -221,7 +236,7 @@ fn operand(v: &toml::Value, field: &Field, name: &str) -> Result<Operand, String
 }
 
 /// Compiles a predicate table, checking each field exists on at least one of `types`.
-pub fn compile(table: &toml::Table, types: Types) -> Result<Vec<Pred>, String> {
+pub fn compile(table: &toml::Table, types: Types, lists: &Lists) -> Result<Vec<Pred>, String> {
     let mut out = Vec::new();
     for (name, v) in table {
         let field = Field::parse(name).ok_or_else(|| {
@@ -243,10 +258,10 @@ pub fn compile(table: &toml::Table, types: Types) -> Result<Vec<Pred>, String> {
                     return Err(format!("`{name}`: an empty table compares nothing"));
                 }
                 for (op, arg) in ops {
-                    out.push(pred(field.clone(), op, arg, name)?);
+                    out.push(pred(field.clone(), op, arg, name, lists)?);
                 }
             }
-            toml::Value::Array(_) => out.push(pred(field, "in", v, name)?),
+            toml::Value::Array(_) => out.push(pred(field, "in", v, name, lists)?),
             scalar => out.push(Pred {
                 operand: operand(scalar, &field, name)?,
                 field,
@@ -366,7 +381,7 @@ fn never(p: &Pred, types: Types) -> Result<(), String> {
             Op::Gte => h > 23.0,
             Op::Lt => h <= 0.0,
             Op::Lte => h < 0.0,
-            Op::Ne | Op::Exists => false,
+            Op::Ne | Op::Exists | Op::InList | Op::NotInList => false,
         });
         if impossible {
             return Err(format!(
@@ -382,7 +397,13 @@ fn never(p: &Pred, types: Types) -> Result<(), String> {
     Ok(())
 }
 
-fn pred(field: Field, op: &str, arg: &toml::Value, name: &str) -> Result<Pred, String> {
+fn pred(
+    field: Field,
+    op: &str,
+    arg: &toml::Value,
+    name: &str,
+    lists: &Lists,
+) -> Result<Pred, String> {
     let op = match op {
         "eq" => Op::Eq,
         "ne" => Op::Ne,
@@ -392,9 +413,12 @@ fn pred(field: Field, op: &str, arg: &toml::Value, name: &str) -> Result<Pred, S
         "lt" => Op::Lt,
         "lte" => Op::Lte,
         "exists" => Op::Exists,
+        "in_list" => Op::InList,
+        "not_in_list" => Op::NotInList,
         other => {
             return Err(format!(
-                "`{name}`: unknown operator `{other}`; use eq, ne, in, gt, gte, lt, lte or exists"
+                "`{name}`: unknown operator `{other}`; use eq, ne, in, gt, gte, lt, lte, exists, \
+                 in_list or not_in_list"
             ));
         }
     };
@@ -417,8 +441,57 @@ fn pred(field: Field, op: &str, arg: &toml::Value, name: &str) -> Result<Pred, S
             _ => return Err(format!("`{name}`: `{}` compares numbers", op_name(op))),
         },
         Op::Eq | Op::Ne => operand(arg, &field, name)?,
+        Op::InList | Op::NotInList => Operand::Set(list_operand(&field, op, arg, name, lists)?),
     };
     Ok(Pred { field, op, operand })
+}
+
+/// The list `in_list` / `not_in_list` names, if the set has it and it can hold the field's
+/// values: an `ip` list for `ip`, a `text` list for other text fields.
+fn list_operand(
+    field: &Field,
+    op: Op,
+    arg: &toml::Value,
+    name: &str,
+    lists: &Lists,
+) -> Result<Arc<NamedList>, String> {
+    let toml::Value::String(list) = arg else {
+        return Err(format!(
+            "`{name}`: `{}` takes the name of a [[list]]",
+            op_name(op)
+        ));
+    };
+    let Some(l) = lists.get(list) else {
+        let mut names: Vec<&str> = lists.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        return Err(if names.is_empty() {
+            format!("`{name}`: no [[list]] named {list:?}: the set has no list")
+        } else {
+            format!(
+                "`{name}`: no [[list]] named {list:?}; lists are: {}",
+                names.join(", ")
+            )
+        });
+    };
+    if matches!(kind(field), Kind::Number | Kind::Flag) {
+        return Err(format!(
+            "`{name}`: lists hold text; `{}` compares text fields",
+            op_name(op)
+        ));
+    }
+    match (l.kind, *field == Field::Ip) {
+        (ListKind::Ip, true) | (ListKind::Text, false) => Ok(l.clone()),
+        (ListKind::Ip, false) => Err(format!(
+            "`{name}`: list {list:?} holds IP addresses and networks ({}:{}): only `ip` is \
+             tested against it",
+            l.file, l.line
+        )),
+        (ListKind::Text, true) => Err(format!(
+            "`{name}`: list {list:?} is of kind \"text\" ({}:{}): `ip` is tested against a list \
+             of kind = \"ip\" (addresses and networks, read as addresses, not compared as text)",
+            l.file, l.line
+        )),
+    }
 }
 
 fn op_name(op: Op) -> &'static str {
@@ -431,6 +504,8 @@ fn op_name(op: Op) -> &'static str {
         Op::Lt => "lt",
         Op::Lte => "lte",
         Op::Exists => "exists",
+        Op::InList => "in_list",
+        Op::NotInList => "not_in_list",
     }
 }
 
@@ -639,6 +714,62 @@ mod tests {
     }
 
     #[test]
+    fn in_list_and_not_in_list_test_the_events_tenants_entries() {
+        let types = Types::of(EventType::Withdrawal);
+        let mut ips = NamedList::new("blocked_ips", ListKind::Ip, "lists.toml", 3);
+        ips.add(Some("t"), "10.0.0.0/24").expect("net");
+        let mut devices = NamedList::new("devices", ListKind::Text, "lists.toml", 9);
+        devices.add(None, "d1").expect("text");
+        let lists: Lists = [
+            ("blocked_ips".to_owned(), Arc::new(ips)),
+            ("devices".to_owned(), Arc::new(devices)),
+        ]
+        .into_iter()
+        .collect();
+        let x = Extra::default();
+        let f = |src: &str| Filter {
+            types,
+            preds: compile(&table(src), types, &lists).expect(src),
+        };
+        let on = f(r#"ip = { in_list = "blocked_ips" }"#);
+        let off = f(r#"ip = { not_in_list = "blocked_ips" }"#);
+        let w = withdrawal("requested", 1);
+        assert!(on.matches(&w, &x) && !off.matches(&w, &x));
+        // Another tenant's event: the entries are tenant t's alone.
+        let mut other = w.clone();
+        other.tenant_id = "u".into();
+        assert!(!on.matches(&other, &x) && off.matches(&other, &x));
+        // A missing field fails both, as it fails `ne`.
+        let no_device = f(r#"device_id = { not_in_list = "devices" }"#);
+        assert!(!no_device.matches(&w, &x));
+        for (src, needle) in [
+            (
+                r#"ip = { in_list = "nope" }"#,
+                "no [[list]] named \"nope\"; lists are: blocked_ips, devices",
+            ),
+            (
+                r#"transaction_id = { in_list = "blocked_ips" }"#,
+                "holds IP addresses and networks (lists.toml:3)",
+            ),
+            (
+                r#"ip = { in_list = "devices" }"#,
+                "is of kind \"text\" (lists.toml:9)",
+            ),
+            (r#"amount = { in_list = "devices" }"#, "lists hold text"),
+            (
+                r#"ip = { in_list = ["blocked_ips"] }"#,
+                "takes the name of a [[list]]",
+            ),
+        ] {
+            let err = compile(&table(src), types, &lists).expect_err(src);
+            assert!(err.contains(needle), "{src}: {err}");
+        }
+        let err =
+            compile(&table(r#"ip = { in_list = "x" }"#), types, &Lists::new()).expect_err("none");
+        assert!(err.contains("the set has no list"), "{err}");
+    }
+
+    #[test]
     fn an_event_types_index_is_its_place_in_all() {
         for (i, t) in EventType::ALL.into_iter().enumerate() {
             assert_eq!(index(t), i, "{t:?}");
@@ -667,6 +798,7 @@ ip = { exists = true }
 method = { exists = false }"#,
             ),
             types,
+            &Lists::new(),
         )
         .expect("compiles");
         let f = Filter { types, preds };
@@ -677,13 +809,23 @@ method = { exists = false }"#,
         assert!(!f.matches(&withdrawal("requested", 99), &x));
         let any = Filter {
             types,
-            preds: compile(&table(r#"status = ["approved", "cancelled"]"#), types).expect("in"),
+            preds: compile(
+                &table(r#"status = ["approved", "cancelled"]"#),
+                types,
+                &Lists::new(),
+            )
+            .expect("in"),
         };
         assert!(any.matches(&withdrawal("cancelled", 1), &x));
         assert!(!any.matches(&withdrawal("requested", 1), &x));
         let ne = Filter {
             types,
-            preds: compile(&table(r#"status = { ne = "requested" }"#), types).expect("ne"),
+            preds: compile(
+                &table(r#"status = { ne = "requested" }"#),
+                types,
+                &Lists::new(),
+            )
+            .expect("ne"),
         };
         assert!(ne.matches(&withdrawal("approved", 1), &x));
     }
@@ -715,7 +857,7 @@ method = { exists = false }"#,
                 "no value is both > 100 and <= 100",
             ),
         ] {
-            let err = compile(&table(src), types).expect_err(src);
+            let err = compile(&table(src), types, &Lists::new()).expect_err(src);
             assert!(err.contains(needle), "{src}: {err}");
         }
         // Fields of two event types, both required: no one event passes.
@@ -726,6 +868,7 @@ method = { exists = false }"#,
 status = "requested""#,
             ),
             two,
+            &Lists::new(),
         )
         .expect_err("fields of two types");
         assert!(
@@ -734,12 +877,12 @@ status = "requested""#,
             "{err}"
         );
         let login = Types::of(EventType::Login);
-        let err = compile(&table(r#"country = "UK""#), login).expect_err("UK");
+        let err = compile(&table(r#"country = "UK""#), login, &Lists::new()).expect_err("UK");
         assert!(
             err.contains("`country` \"UK\" is not an ISO 3166-1"),
             "{err}"
         );
-        compile(&table(r#"country = ["XK", "GB"]"#), login).expect("ISO countries");
+        compile(&table(r#"country = ["XK", "GB"]"#), login, &Lists::new()).expect("ISO countries");
         // What can hold still compiles: one field of each type when the other may be absent,
         // a range that meets, hours in range, an ISO country, an address.
         for src in [
@@ -750,7 +893,7 @@ status = { exists = false }"#,
             r#"ip = ["10.0.0.1", "2001:db8::1"]"#,
             r#"type = "login""#,
         ] {
-            compile(&table(src), two).expect(src);
+            compile(&table(src), two, &Lists::new()).expect(src);
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod filter;
 mod join;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod lists;
 pub mod rules;
 pub mod ruletest;
 pub mod scenario;

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::duration::parse_duration_ms;
-use crate::{Engine, LoadError, Output, RuleSet};
+use crate::{AntifraudError, Engine, LoadError, Output, RuleSet};
 
 /// `start` when a file gives none: a Wednesday, noon UTC (no late-night rule fires).
 pub const DEFAULT_START: &str = "2026-01-07T12:00:00Z";
@@ -51,6 +51,17 @@ pub struct TestFile {
     pub rules: Option<PathBuf>,
     pub start: Timestamp,
     pub cases: Vec<Case>,
+    /// The file's path and text when it holds `[[list]]` blocks: lists added to the rule
+    /// set's for its cases ([`TestFile::rule_set`]).
+    pub lists: Option<(String, String)>,
+}
+
+impl TestFile {
+    /// The rule set of `sources` (the files of the set the test file runs against) with this
+    /// file's `[[list]]` blocks added to its lists.
+    pub fn rule_set(&self, sources: &[(String, String)]) -> Result<RuleSet, AntifraudError> {
+        RuleSet::from_sources_with_lists(sources, self.lists.as_slice())
+    }
 }
 
 /// One case: events in, the hits that must come out.
@@ -106,6 +117,9 @@ struct FileSpec {
     player: Option<String>,
     #[serde(default)]
     case: Vec<Spanned<CaseSpec>>,
+    /// Read by the rule loader ([`TestFile::rule_set`]).
+    #[serde(default)]
+    list: Vec<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -471,6 +485,7 @@ pub fn parse(path: &str, text: &str) -> Result<TestFile, Vec<LoadError>> {
             rules,
             start,
             cases,
+            lists: (!spec.list.is_empty()).then(|| (path.to_owned(), text.to_owned())),
         })
     } else {
         Err(errors)

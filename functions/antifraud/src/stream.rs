@@ -79,9 +79,14 @@ pub enum RulesSource {
 impl RulesSource {
     /// Loads the rule set (refused with file, line and reason).
     pub fn load(&self) -> Result<RuleSet, AntifraudError> {
+        RuleSet::from_sources(&self.sources()?)
+    }
+
+    /// The `(file name, text)` of every file of the set.
+    pub fn sources(&self) -> Result<Vec<(String, String)>, AntifraudError> {
         match self {
-            RulesSource::Shipped => RuleSet::from_sources(&shipped_sources()),
-            RulesSource::Dir(d) => RuleSet::load_dir(d),
+            RulesSource::Shipped => Ok(shipped_sources()),
+            RulesSource::Dir(d) => RuleSet::read_dir(d),
         }
     }
 
@@ -2388,9 +2393,10 @@ reason = "stake {stake}"
             };
             assert_eq!(s, engine.stats());
             assert!(s.keys > 50 && s.entries > 50, "{s:?}");
-            // A map per field the rules key by (player, session, device, ip), not per rule.
-            assert!(rules > 4);
-            assert_eq!(turns, (4 * 256usize).div_ceil(16));
+            // A map per field the rules key by (player, session, device, ip, payment
+            // instrument), not per rule.
+            assert!(rules > 5);
+            assert_eq!(turns, (5 * 256usize).div_ceil(16));
         }
     }
 

@@ -335,8 +335,8 @@ mod tests {
     fn rules_keyed_alike_share_a_group_and_each_keeps_its_own_slot() {
         let set = shipped();
         let w = Windows::new(&set);
-        // Player, session, device, ip.
-        assert_eq!(w.parts(), 4 * keymap::PARTS);
+        // Player, session, device, ip, payment instrument.
+        assert_eq!(w.parts(), 5 * keymap::PARTS);
         let velocity = w.place[index(&set, "fraud.bet_velocity")];
         let spike = w.place[index(&set, "fraud.stake_spike")];
         let device = w.place[index(&set, "fraud.multi_accounting.device")];

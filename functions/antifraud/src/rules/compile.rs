@@ -88,6 +88,7 @@ fn duration(s: &Spanned<String>) -> Result<i64, Located> {
 pub fn compile(
     spec: Spanned<RuleSpec>,
     limits: &Limits,
+    lists: &crate::lists::Lists,
     file: &str,
     line: usize,
 ) -> Result<CompiledRule, Located> {
@@ -219,7 +220,7 @@ pub fn compile(
                 ));
             }
             let preds = match &t.get_ref().filter {
-                Some(w) => filter::compile(w, ttypes)
+                Some(w) => filter::compile(w, ttypes, lists)
                     .map_err(|e| (t.span(), format!("trigger.where: {e}")))?,
                 None => Vec::new(),
             };
@@ -290,7 +291,7 @@ pub fn compile(
             return Err(at("its events must be among the rule's events".into()));
         }
         let preds = match &spec.filter {
-            Some(w) => filter::compile(w, mtypes).map_err(|e| at(format!("where: {e}")))?,
+            Some(w) => filter::compile(w, mtypes, lists).map_err(|e| at(format!("where: {e}")))?,
             None => Vec::new(),
         };
         let needs_field = matches!(

@@ -90,6 +90,16 @@ impl CompiledRule {
             || self.distinct.as_ref() == Some(field)
     }
 
+    /// Whether a filter of the rule (its trigger's, a measure's) tests the list `name`.
+    pub fn reads_list(&self, name: &str) -> bool {
+        let in_filter = |f: &Filter| {
+            f.preds
+                .iter()
+                .any(|p| matches!(&p.operand, crate::filter::Operand::Set(l) if l.name == name))
+        };
+        in_filter(&self.trigger) || self.measures.iter().any(|m| in_filter(&m.filter))
+    }
+
     /// The push a hit sends: its `kind` and whether it goes to a room (else the player).
     pub fn push_kind(&self) -> Option<(&str, bool)> {
         self.push
@@ -213,7 +223,15 @@ pub struct RuleSet {
     snoozes: Vec<Snooze>,
     /// Indexes of `snoozes` by the window key of their tenant and group value.
     snoozed: HashMap<u128, Vec<usize>>,
+    /// `[[list]]`: values filters test membership of (docs/rules.md, "Lists").
+    lists: crate::lists::Lists,
 }
+
+/// The most entries the lists of a set may hold together.
+pub const MAX_LIST_ENTRIES: usize = 1_000_000;
+
+/// The most refused values a list block reports one by one.
+const MAX_VALUE_ERRORS: usize = 10;
 
 /// One rule silenced for one group value (a player, a device, an address…) of one tenant,
 /// until a time: its hits there raise no alert, no push and no points, and are counted as
@@ -354,8 +372,47 @@ impl RuleSet {
         files: &[(String, String)],
         now: pitboss_model::Timestamp,
     ) -> Result<RuleSet, AntifraudError> {
+        RuleSet::from_sources_with_lists_at(files, &[], now)
+    }
+
+    /// [`RuleSet::from_sources`] with the `[[list]]` blocks of other files added to the set's
+    /// lists (their other tables are not read): a test file's lists (docs/rules.md, "Checking
+    /// and testing rules").
+    pub fn from_sources_with_lists(
+        files: &[(String, String)],
+        lists_from: &[(String, String)],
+    ) -> Result<RuleSet, AntifraudError> {
+        RuleSet::from_sources_with_lists_at(files, lists_from, pitboss_model::Timestamp::now())
+    }
+
+    fn from_sources_with_lists_at(
+        files: &[(String, String)],
+        lists_from: &[(String, String)],
+        now: pitboss_model::Timestamp,
+    ) -> Result<RuleSet, AntifraudError> {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
+        for (name, text) in lists_from {
+            match toml::from_str::<spec::ListsOnly>(text) {
+                Ok(l) => parsed.push((
+                    name,
+                    text,
+                    spec::FileSpec {
+                        rule: Vec::new(),
+                        scoring: None,
+                        engine: None,
+                        snooze: Vec::new(),
+                        list: l.list,
+                    },
+                )),
+                Err(e) => errors.push(located(
+                    name,
+                    text,
+                    e.span().unwrap_or(0..0),
+                    e.message().trim().to_owned(),
+                )),
+            }
+        }
         for (name, text) in files {
             if is_snoozes_file(name)
                 && text.lines().all(|l| {
@@ -374,8 +431,8 @@ impl RuleSet {
                     file: name.clone(),
                     line: 1,
                     column: 1,
-                    reason: "the file is empty: a rule file holds [[rule]], [[snooze]], [scoring] \
-                             or [engine] (delete the file to remove its rules)"
+                    reason: "the file is empty: a rule file holds [[rule]], [[snooze]], [[list]], \
+                             [scoring] or [engine] (delete the file to remove its rules)"
                         .into(),
                 });
                 continue;
@@ -384,6 +441,7 @@ impl RuleSet {
                 Ok(f)
                     if f.rule.is_empty()
                         && f.snooze.is_empty()
+                        && f.list.is_empty()
                         && f.scoring.is_none()
                         && f.engine.is_none() =>
                 {
@@ -392,14 +450,17 @@ impl RuleSet {
                         file: name.clone(),
                         line: 1,
                         column: 1,
-                        reason: "the file holds no [[rule]], [[snooze]], [scoring] or [engine] \
-                                 (delete the file to remove its rules)"
+                        reason: "the file holds no [[rule]], [[snooze]], [[list]], [scoring] or \
+                                 [engine] (delete the file to remove its rules)"
                             .into(),
                     });
                 }
                 Ok(f)
                     if is_snoozes_file(name)
-                        && (!f.rule.is_empty() || f.scoring.is_some() || f.engine.is_some()) =>
+                        && (!f.rule.is_empty()
+                            || !f.list.is_empty()
+                            || f.scoring.is_some()
+                            || f.engine.is_some()) =>
                 {
                     // Emptied or cut short, it may lose snoozes only (the rules fire again),
                     // never rules, scoring or limits: it is read as such when it holds none.
@@ -409,7 +470,7 @@ impl RuleSet {
                         column: 1,
                         reason: format!(
                             "{SNOOZES_FILE} holds snoozes alone ([[snooze]]): move its [[rule]], \
-                             [scoring] or [engine] to another file"
+                             [[list]], [scoring] or [engine] to another file"
                         ),
                     });
                 }
@@ -492,6 +553,8 @@ impl RuleSet {
                 }
             }
         }
+        // Lists before rules: filters name them.
+        set.lists = lists(&mut parsed, &mut errors);
         let mut ids: HashMap<String, (String, usize)> = HashMap::new();
         let mut snoozes = Vec::new();
         // Every rule id written, also of rules refused: a snooze of one is not a second error.
@@ -503,7 +566,7 @@ impl RuleSet {
                 let id_span = r.get_ref().id.span();
                 let id = r.get_ref().id.get_ref().clone();
                 declared.insert(id.clone());
-                match compile::compile(r, &set.limits, name, line) {
+                match compile::compile(r, &set.limits, &set.lists, name, line) {
                     Err((span, m)) => {
                         errors.push(located(name, text, span, format!("rule {id:?}: {m}")))
                     }
@@ -584,6 +647,13 @@ impl RuleSet {
         self.rules.iter().find(|r| r.id == id)
     }
 
+    /// The lists of the set, by name.
+    pub fn lists(&self) -> Vec<&Arc<crate::lists::NamedList>> {
+        let mut v: Vec<_> = self.lists.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// The snoozes of the set, in the order its files give them, ended ones included.
     pub fn snoozes(&self) -> &[Snooze] {
         &self.snoozes
@@ -627,6 +697,132 @@ fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
 }
 
 /// Checks one `[[snooze]]` against the set's rule ids.
+/// Every `[[list]]` block of the parsed files, merged by name; problems go to `errors`.
+fn lists(
+    parsed: &mut [(&String, &String, spec::FileSpec)],
+    errors: &mut Vec<LoadError>,
+) -> crate::lists::Lists {
+    use crate::lists::{ListKind, NamedList};
+    let mut lists: HashMap<String, NamedList> = HashMap::new();
+    let mut total = 0usize;
+    let mut first: Option<(String, usize)> = None;
+    for (name, text, f) in parsed.iter_mut() {
+        let (name, text) = (name.as_str(), text.as_str());
+        for block in std::mem::take(&mut f.list) {
+            let (line, _) = line_col(text, block.span().start);
+            let l = block.into_inner();
+            let lname = l.name.get_ref().clone();
+            if !dotted_name_ok(&lname, 1) {
+                errors.push(located(
+                    name,
+                    text,
+                    l.name.span(),
+                    format!(
+                        "list name {lname:?} must be [a-z0-9_] segments joined by dots, starting \
+                         with a letter, at most 64 bytes (like \"blocked_ips\")"
+                    ),
+                ));
+                continue;
+            }
+            let kind = match l.kind.as_ref().map(|k| k.get_ref().as_str()) {
+                None | Some("text") => ListKind::Text,
+                Some("ip") => ListKind::Ip,
+                Some(other) => {
+                    let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
+                    errors.push(located(
+                        name,
+                        text,
+                        span,
+                        format!("list {lname:?}: kind {other:?} is not \"text\" or \"ip\""),
+                    ));
+                    continue;
+                }
+            };
+            let tenant = l.tenant.as_ref().map(|t| t.get_ref().as_str());
+            if let (Some(t), Some(span)) = (tenant, l.tenant.as_ref().map(|t| t.span()))
+                && let Some(v) = pitboss_model::validate::id_violation(
+                    "tenant",
+                    t,
+                    pitboss_model::validate::MAX_TENANT_ID,
+                )
+            {
+                errors.push(located(
+                    name,
+                    text,
+                    span,
+                    format!("list {lname:?}: tenant {}", v.message),
+                ));
+                continue;
+            }
+            let list = lists
+                .entry(lname.clone())
+                .or_insert_with(|| NamedList::new(&lname, kind, name, line));
+            if list.kind != kind {
+                let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
+                errors.push(located(
+                    name,
+                    text,
+                    span,
+                    format!(
+                        "list {lname:?} is of kind {:?} at {}:{}: every block of a list has its kind",
+                        list.kind.as_str(),
+                        list.file,
+                        list.line
+                    ),
+                ));
+                continue;
+            }
+            if list.description.is_empty() {
+                list.description = l.description.clone();
+            }
+            list.touch(tenant);
+            let values = l.values.into_inner();
+            total += values.len();
+            if first.is_none() && !values.is_empty() {
+                first = Some((name.to_owned(), line));
+            }
+            let mut refused = 0usize;
+            for v in &values {
+                if let Err(m) = list.add(tenant, v.get_ref()) {
+                    refused += 1;
+                    if refused <= MAX_VALUE_ERRORS {
+                        errors.push(located(
+                            name,
+                            text,
+                            v.span(),
+                            format!("list {lname:?}: {m}"),
+                        ));
+                    }
+                }
+            }
+            if refused > MAX_VALUE_ERRORS {
+                errors.push(LoadError {
+                    file: name.to_owned(),
+                    line,
+                    column: 1,
+                    reason: format!(
+                        "list {lname:?}: {} more values of this block refused",
+                        refused - MAX_VALUE_ERRORS
+                    ),
+                });
+            }
+        }
+    }
+    if total > MAX_LIST_ENTRIES {
+        let (file, line) = first.unwrap_or_default();
+        errors.push(LoadError {
+            file,
+            line,
+            column: 1,
+            reason: format!(
+                "the set's lists hold {total} values; at most {MAX_LIST_ENTRIES} (they are held \
+                 in memory by every engine)"
+            ),
+        });
+    }
+    lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+}
+
 fn snooze(
     sp: spec::SnoozeSpec,
     ids: &std::collections::HashSet<String>,

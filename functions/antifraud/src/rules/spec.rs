@@ -15,6 +15,29 @@ pub struct FileSpec {
     pub engine: Option<Spanned<LimitsSpec>>,
     #[serde(default)]
     pub snooze: Vec<Spanned<SnoozeSpec>>,
+    #[serde(default)]
+    pub list: Vec<Spanned<ListSpec>>,
+}
+
+/// The `[[list]]` blocks of a file holding other tables too (a test file's).
+#[derive(Debug, Deserialize)]
+pub struct ListsOnly {
+    #[serde(default)]
+    pub list: Vec<Spanned<ListSpec>>,
+}
+
+/// `[[list]]`: values filters test membership of (`in_list`, `not_in_list`). Blocks of one
+/// name are one list; a block with a `tenant` holds entries for that tenant's events alone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSpec {
+    pub name: Spanned<String>,
+    /// `text` (the default) or `ip`.
+    pub kind: Option<Spanned<String>>,
+    pub tenant: Option<Spanned<String>>,
+    #[serde(default)]
+    pub description: String,
+    pub values: Spanned<Vec<Spanned<String>>>,
 }
 
 /// `[[snooze]]`: one rule silenced for one group value of one tenant until a time.

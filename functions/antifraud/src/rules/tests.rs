@@ -281,7 +281,20 @@ fn every_problem_of_every_file_is_listed() {
 fn the_shipped_packs_load() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rules");
     let set = RuleSet::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(set.rules.len(), 14);
+    assert_eq!(set.rules.len(), 17);
+    let lists: Vec<_> = set
+        .lists()
+        .iter()
+        .map(|l| (l.name.as_str(), l.len()))
+        .collect();
+    assert_eq!(
+        lists,
+        [
+            ("blocked_devices", 0),
+            ("blocked_ips", 0),
+            ("blocked_payment_instruments", 0)
+        ]
+    );
     assert_eq!(
         set.scoring,
         ScoringConfig {
@@ -638,4 +651,174 @@ fn a_snoozes_file_of_comments_alone_holds_no_snooze_where_another_file_is_refuse
             assert_eq!(got.is_ok(), ok, "{name} holding {text:?}: {got:?}");
         }
     }
+}
+
+/// [`GOOD`] reading only bets from devices on list `devices`.
+fn good_with_list(op: &str) -> String {
+    GOOD.replace(
+        r#"events = ["bet_placed"]"#,
+        &format!(
+            "events = [\"bet_placed\"]\ntrigger = {{ where = {{ device_id = {{ {op} = \"devices\" }} }} }}"
+        ),
+    )
+}
+
+#[test]
+fn lists_merge_their_blocks_by_name_and_a_rule_reads_them() {
+    let text = format!(
+        r#"{}
+[[list]]
+name = "devices"
+description = "Devices the operator has closed accounts on"
+values = ["d1", "d2"]
+
+[[list]]
+name = "devices"
+tenant = "acme"
+values = ["d3"]
+
+[[list]]
+name = "blocked.ips"
+kind = "ip"
+tenant = "zeta"
+values = []
+"#,
+        good_with_list("in_list")
+    );
+    let set = load(&text).expect("loads");
+    let lists = set.lists();
+    let names: Vec<&str> = lists.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["blocked.ips", "devices"]);
+    let d = lists[1];
+    assert_eq!(
+        (d.len(), d.len_global(), d.line),
+        (3, 2, line_of(&text, "[[list]]"))
+    );
+    assert_eq!(d.description, "Devices the operator has closed accounts on");
+    assert_eq!(d.tenants(), vec![("acme", 1)]);
+    assert!(d.contains("acme", "d3") && !d.contains("other", "d3") && d.contains("other", "d1"));
+    assert_eq!(lists[0].tenants(), vec![("zeta", 0)]);
+    assert!(
+        set.rules[0]
+            .trigger
+            .preds
+            .iter()
+            .any(|p| p.op == crate::filter::Op::InList)
+    );
+}
+
+#[test]
+fn a_list_is_refused_with_its_line_when_it_cannot_hold_what_it_is_given() {
+    let list = |body: &str| format!("{GOOD}\n[[list]]\n{body}\n");
+    for (body, needle, at) in [
+        (
+            "name = \"Bad Name\"\nvalues = []",
+            "must be [a-z0-9_] segments",
+            "Bad Name",
+        ),
+        (
+            "name = \"l\"\nkind = \"cidr\"\nvalues = []",
+            "kind \"cidr\" is not \"text\" or \"ip\"",
+            "kind =",
+        ),
+        (
+            "name = \"l\"\ntenant = \"a b\"\nvalues = []",
+            "list \"l\": tenant",
+            "tenant =",
+        ),
+        (
+            "name = \"l\"\nkind = \"ip\"\nvalues = [\n\"10.0.0.1\",\n\"10.0.0.1/8\",\n]",
+            "the network is 10.0.0.0/8",
+            "10.0.0.1/8",
+        ),
+        (
+            "name = \"l\"\nvalues = [\"ok\",\n\" padded\"]",
+            "spaces at its start or end",
+            "padded",
+        ),
+        (
+            "name = \"l\"\nvalues = [\"\"]",
+            "an empty value matches nothing",
+            "values =",
+        ),
+        ("name = \"l\"\nvalues = \"d1\"", "invalid type", "values ="),
+        (
+            "name = \"l\"\nvalue = [\"d1\"]",
+            "unknown field `value`",
+            "value = [",
+        ),
+    ] {
+        let text = list(body);
+        let e = refused(&text, needle);
+        assert_eq!(e.line, line_of(&text, at), "{body}: {e}");
+    }
+    // Two blocks of one name disagreeing on the kind: the second is refused, naming the first.
+    let text =
+        list("name = \"l\"\nvalues = []\n\n[[list]]\nname = \"l\"\nkind = \"ip\"\nvalues = []");
+    let e = refused(&text, "list \"l\" is of kind \"text\" at rules/x.toml:");
+    assert_eq!(e.line, line_of(&text, "kind = \"ip\""));
+    // A rule naming a list the set lacks, or of the wrong kind for its field.
+    let e = refused(
+        &good_with_list("in_list"),
+        "no [[list]] named \"devices\": the set has no list",
+    );
+    assert!(
+        e.reason.starts_with("rule \"fraud.test\": trigger.where:"),
+        "{e}"
+    );
+    let text = format!(
+        "{}\n[[list]]\nname = \"devices\"\nkind = \"ip\"\nvalues = []\n",
+        good_with_list("not_in_list")
+    );
+    refused(&text, "holds IP addresses and networks");
+}
+
+#[test]
+fn a_lists_refused_values_are_reported_ten_at_most_and_the_sets_total_is_bounded() {
+    let values: Vec<String> = (0..25).map(|i| format!("\"10.0.{i}.1/16\"")).collect();
+    let text = format!(
+        "{GOOD}\n[[list]]\nname = \"l\"\nkind = \"ip\"\nvalues = [\n{}\n]\n",
+        values.join(",\n")
+    );
+    let errors = load(&text).expect_err("refused");
+    assert_eq!(errors.len(), 11, "{errors:?}");
+    assert!(
+        errors[10]
+            .reason
+            .contains("15 more values of this block refused"),
+        "{}",
+        errors[10]
+    );
+    // Over the bound: one error naming the total (values are counted as given).
+    let many = vec!["\"x\""; MAX_LIST_ENTRIES + 1].join(",");
+    let text = format!("{GOOD}\n[[list]]\nname = \"l\"\nvalues = [{many}]\n");
+    let e = refused(
+        &text,
+        &format!(
+            "hold {} values; at most {MAX_LIST_ENTRIES}",
+            MAX_LIST_ENTRIES + 1
+        ),
+    );
+    assert_eq!(e.line, line_of(&text, "[[list]]"));
+}
+
+#[test]
+fn a_file_of_lists_alone_loads_and_a_snoozes_file_may_not_hold_one() {
+    let files = |name: &str| {
+        RuleSet::from_sources(&[
+            ("rules/a.toml".into(), good_with_list("in_list")),
+            (
+                name.into(),
+                "[[list]]\nname = \"devices\"\nvalues = [\"d1\"]\n".into(),
+            ),
+        ])
+    };
+    assert!(files("rules/lists.toml").is_ok());
+    let Err(AntifraudError::Rules(e)) = files("rules/snoozes.toml") else {
+        panic!("a list in snoozes.toml is refused")
+    };
+    assert!(
+        e.iter().any(|e| e.reason.contains("holds snoozes alone")),
+        "{e:?}"
+    );
 }

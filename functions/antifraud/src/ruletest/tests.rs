@@ -224,7 +224,9 @@ fn the_shipped_rule_tests_pass() {
     for p in files {
         let text = std::fs::read_to_string(&p).unwrap();
         let f = parse(&p.display().to_string(), &text).unwrap();
-        let set = RuleSet::load_dir(f.rules.as_ref().unwrap()).unwrap();
+        let set = f
+            .rule_set(&RuleSet::read_dir(f.rules.as_ref().unwrap()).unwrap())
+            .unwrap();
         assert!(unknown_rules(&f, &set).is_empty());
         for c in &f.cases {
             let r = run_case(&set, f.start, c);

@@ -1973,3 +1973,73 @@ fn a_snooze_of_a_shared_key_silences_that_device_alone_and_a_reload_adds_or_ends
     assert_eq!(s.alerts("fraud.multi_accounting.device").len(), 2);
     assert_eq!(s.out.snoozed.len(), 2);
 }
+
+/// The shipped packs with `blocked_devices` holding `devices` for tenant acme, in a file of
+/// the operator's beside them.
+fn shipped_blocking(devices: &[&str]) -> RuleSet {
+    let mut sources = pitboss_antifraud::stream::shipped_sources();
+    let quoted: Vec<String> = devices.iter().map(|d| format!("{d:?}")).collect();
+    sources.push((
+        "rules/lists.toml".into(),
+        format!(
+            "[[list]]\nname = \"blocked_devices\"\ntenant = \"acme\"\nvalues = [{}]\n",
+            quoted.join(", ")
+        ),
+    ));
+    RuleSet::from_sources(&sources).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_list_changed_by_a_reload_keeps_every_window_and_judges_the_next_event() {
+    let mut s = Script::new(shipped_blocking(&[]));
+    for p in ["p1", "p2"] {
+        s.send(p, T0, "login", login("203.0.113.9", "tablet-1", true));
+    }
+    assert!(s.alerts("fraud.blocklist.device").is_empty());
+
+    // The device blocked: no rule starts afresh (the lists are read as events arrive), so the
+    // multi-accounting window still holds p1 and p2 when p3 comes.
+    let report = s.engine.replace_rules(shipped_blocking(&["tablet-1"]));
+    assert!(
+        report.fresh.is_empty() && report.reset.is_empty() && report.removed.is_empty(),
+        "{report:?}"
+    );
+    s.send(
+        "p3",
+        T0 + MIN,
+        "login",
+        login("203.0.113.9", "tablet-1", true),
+    );
+    s.send(
+        "p4",
+        T0 + MIN,
+        "login",
+        login("203.0.113.10", "tablet-2", true),
+    );
+    let blocked = s.alerts("fraud.blocklist.device");
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    let a = blocked[0];
+    assert_eq!(
+        (a.player_id.as_deref(), a.group_key.as_str()),
+        (Some("p3"), "tablet-1")
+    );
+    assert_eq!(a.recommendation, Recommendation::Block);
+    // Events from before the device was listed were judged then: the window counts p3's.
+    assert_eq!(
+        a.reason,
+        "Device tablet-1 is on the block list blocked_devices; events from it within the hour: 1."
+    );
+    let multi = s.alerts("fraud.multi_accounting.device");
+    assert_eq!(multi.len(), 1);
+    assert_eq!(multi[0].group_key, "tablet-1");
+
+    // Taken off the list: past the cooldown, the device raises nothing more.
+    s.engine.replace_rules(shipped_blocking(&[]));
+    s.send(
+        "p3",
+        T0 + 2 * H,
+        "login",
+        login("203.0.113.9", "tablet-1", true),
+    );
+    assert_eq!(s.alerts("fraud.blocklist.device").len(), 1);
+}

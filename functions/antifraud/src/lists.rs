@@ -1,0 +1,313 @@
+//! `[[list]]`: named sets of values — devices, addresses and networks, payment instruments,
+//! players — that filters test membership of (`where = { ip = { in_list = "blocked_ips" } }`).
+//! A list may be scoped to one tenant; an event is tested against its own tenant's entries and
+//! the entries of blocks without a tenant. Lists change with the rule files (hot reload) and are
+//! read when an event arrives: an event already in a window keeps what it was judged then.
+//! Described in docs/rules.md, "Lists".
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+/// A rule set's lists by name.
+pub type Lists = HashMap<String, Arc<NamedList>>;
+
+/// What a list's values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// Strings compared exactly (devices, payment instruments, players, games…).
+    Text,
+    /// IP addresses and CIDR networks, for the `ip` field: `203.0.113.7` and
+    /// `198.51.100.0/24`; IPv4-mapped IPv6 addresses are read as the IPv4 address.
+    Ip,
+}
+
+impl ListKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListKind::Text => "text",
+            ListKind::Ip => "ip",
+        }
+    }
+}
+
+/// The entries of one list for one tenant, or for every tenant.
+#[derive(Default)]
+struct Entries {
+    texts: HashSet<Box<str>>,
+    addrs: HashSet<IpAddr>,
+    /// Networks by prefix length (a handful of lengths in practice): a lookup is one probe
+    /// per length of the address's family.
+    nets: Vec<(u8, HashSet<IpNet>)>,
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        self.texts.len() + self.addrs.len() + self.nets.iter().map(|(_, s)| s.len()).sum::<usize>()
+    }
+
+    fn contains_addr(&self, a: IpAddr) -> bool {
+        self.addrs.contains(&a)
+            || self
+                .nets
+                .iter()
+                .any(|(len, set)| IpNet::new(a, *len).is_ok_and(|n| set.contains(&n.trunc())))
+    }
+}
+
+/// One list of a rule set: every `[[list]]` block of its name, merged.
+pub struct NamedList {
+    pub name: String,
+    pub kind: ListKind,
+    /// The first block's `description` that is not empty.
+    pub description: String,
+    /// Where it is first defined.
+    pub file: String,
+    pub line: usize,
+    global: Entries,
+    tenants: HashMap<String, Entries>,
+}
+
+// Filters compare lists by name: a reload that changes a list's entries keeps the windows of
+// the rules that read it (their events were judged on arrival).
+impl PartialEq for NamedList {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.kind == other.kind
+    }
+}
+
+impl fmt::Debug for NamedList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "list {:?} ({})", self.name, self.kind.as_str())
+    }
+}
+
+/// Why a value cannot be an entry of a list of `kind`.
+pub fn check_value(kind: ListKind, v: &str) -> Result<(), String> {
+    parse(kind, v).map(|_| ())
+}
+
+enum Parsed {
+    Text,
+    Addr(IpAddr),
+    Net(IpNet),
+}
+
+/// The longest an entry may be: what an event's text field may hold.
+pub const MAX_VALUE: usize = pitboss_model::validate::MAX_TEXT;
+
+fn parse(kind: ListKind, v: &str) -> Result<Parsed, String> {
+    if v.is_empty() {
+        return Err("an empty value matches nothing".into());
+    }
+    if v.trim() != v {
+        return Err(format!(
+            "{v:?} has spaces at its start or end: events' values never do"
+        ));
+    }
+    if v.len() > MAX_VALUE {
+        return Err(format!("a value is longer than {MAX_VALUE} bytes"));
+    }
+    match kind {
+        ListKind::Text => Ok(Parsed::Text),
+        ListKind::Ip => {
+            if let Ok(a) = v.parse::<IpAddr>() {
+                return Ok(Parsed::Addr(a.to_canonical()));
+            }
+            let n: IpNet = v.parse().map_err(|_| {
+                format!(
+                    "{v:?} is not an IP address or a CIDR network (like 203.0.113.7, \
+                     2001:db8::1 or 198.51.100.0/24)"
+                )
+            })?;
+            if n.trunc() != n {
+                return Err(format!(
+                    "{v:?} has bits set past its prefix: the network is {}",
+                    n.trunc()
+                ));
+            }
+            Ok(canonical_net(n))
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the IPv4 one, so that it matches
+/// the addresses events carry either way; a network of one address as that address.
+fn canonical_net(n: IpNet) -> Parsed {
+    let n = match n {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(n),
+            None => n,
+        },
+        _ => n,
+    };
+    if n.prefix_len() == n.max_prefix_len() {
+        Parsed::Addr(n.addr())
+    } else {
+        Parsed::Net(n)
+    }
+}
+
+impl NamedList {
+    pub fn new(name: &str, kind: ListKind, file: &str, line: usize) -> NamedList {
+        NamedList {
+            name: name.to_owned(),
+            kind,
+            description: String::new(),
+            file: file.to_owned(),
+            line,
+            global: Entries::default(),
+            tenants: HashMap::new(),
+        }
+    }
+
+    /// Adds an entry for `tenant` (`None`: every tenant). Refuses a value the kind cannot
+    /// hold, with the reason.
+    pub fn add(&mut self, tenant: Option<&str>, v: &str) -> Result<(), String> {
+        let parsed = parse(self.kind, v)?;
+        let e = match tenant {
+            None => &mut self.global,
+            Some(t) => self.tenants.entry(t.to_owned()).or_default(),
+        };
+        match parsed {
+            Parsed::Text => {
+                e.texts.insert(v.into());
+            }
+            Parsed::Addr(a) => {
+                e.addrs.insert(a);
+            }
+            Parsed::Net(n) => {
+                let len = n.prefix_len();
+                match e.nets.iter_mut().find(|(l, _)| *l == len) {
+                    Some((_, set)) => {
+                        set.insert(n);
+                    }
+                    None => e.nets.push((len, HashSet::from([n]))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure `tenant` is listed even with no entry (a block of no values).
+    pub fn touch(&mut self, tenant: Option<&str>) {
+        if let Some(t) = tenant {
+            self.tenants.entry(t.to_owned()).or_default();
+        }
+    }
+
+    /// Whether `value`, carried by an event of `tenant`, is on the list: among the entries
+    /// of blocks without a tenant or of that tenant's. An `ip` list holds an address that is
+    /// one of its addresses or inside one of its networks; a value that is not an address is
+    /// on no `ip` list.
+    pub fn contains(&self, tenant: &str, value: &str) -> bool {
+        let scoped = self.tenants.get(tenant);
+        match self.kind {
+            ListKind::Text => {
+                self.global.texts.contains(value) || scoped.is_some_and(|e| e.texts.contains(value))
+            }
+            ListKind::Ip => {
+                let Ok(a) = value.parse::<IpAddr>() else {
+                    return false;
+                };
+                let a = a.to_canonical();
+                self.global.contains_addr(a) || scoped.is_some_and(|e| e.contains_addr(a))
+            }
+        }
+    }
+
+    /// Entries in all, every tenant's counted.
+    pub fn len(&self) -> usize {
+        self.global.len() + self.tenants.values().map(Entries::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries for every tenant (blocks without a tenant).
+    pub fn len_global(&self) -> usize {
+        self.global.len()
+    }
+
+    /// The tenants with blocks of their own and their entries' count, by tenant.
+    pub fn tenants(&self) -> Vec<(&str, usize)> {
+        let mut v: Vec<_> = self
+            .tenants
+            .iter()
+            .map(|(t, e)| (t.as_str(), e.len()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn an_ip_list_holds_addresses_and_networks_of_both_families_read_canonically() {
+        let mut l = NamedList::new("blocked_ips", ListKind::Ip, "f.toml", 1);
+        for v in [
+            "203.0.113.7",
+            "198.51.100.0/24",
+            "2001:db8::/32",
+            "::ffff:192.0.2.0/120",
+            "10.1.2.3/32",
+        ] {
+            l.add(None, v).unwrap();
+        }
+        assert!(l.contains("t", "203.0.113.7"));
+        assert!(!l.contains("t", "203.0.113.8"));
+        assert!(l.contains("t", "198.51.100.200"));
+        assert!(!l.contains("t", "198.51.101.1"));
+        assert!(l.contains("t", "2001:db8:1::5"));
+        assert!(!l.contains("t", "2001:db9::5"));
+        // The mapped network is read as 192.0.2.0/24; a mapped address as its IPv4 one.
+        assert!(l.contains("t", "192.0.2.9"));
+        assert!(l.contains("t", "::ffff:198.51.100.1"));
+        assert!(l.contains("t", "10.1.2.3"));
+        assert!(!l.contains("t", "not an address"));
+        assert_eq!(l.len(), 5);
+    }
+
+    #[test]
+    fn a_tenants_entries_hold_for_its_events_alone_and_a_blocks_without_one_for_all() {
+        let mut l = NamedList::new("blocked_devices", ListKind::Text, "f.toml", 1);
+        l.add(None, "emulator-1").unwrap();
+        l.add(Some("acme"), "tablet-7f3a").unwrap();
+        l.touch(Some("zeta"));
+        assert!(l.contains("acme", "tablet-7f3a"));
+        assert!(!l.contains("other", "tablet-7f3a"));
+        assert!(l.contains("acme", "emulator-1") && l.contains("other", "emulator-1"));
+        assert!(!l.contains("acme", "Tablet-7f3a"), "compared exactly");
+        assert_eq!(l.tenants(), vec![("acme", 1), ("zeta", 0)]);
+        assert_eq!((l.len(), l.len_global()), (2, 1));
+    }
+
+    #[test]
+    fn values_a_list_cannot_hold_are_refused_with_why() {
+        let ip = |v| check_value(ListKind::Ip, v).unwrap_err();
+        assert!(ip("10.0.0.1/8").contains("the network is 10.0.0.0/8"));
+        assert!(ip("10.0.0.300").contains("not an IP address or a CIDR network"));
+        assert!(ip("").contains("empty"));
+        assert!(
+            check_value(ListKind::Text, " dev-1")
+                .unwrap_err()
+                .contains("spaces")
+        );
+        assert!(
+            check_value(ListKind::Text, &"x".repeat(MAX_VALUE + 1))
+                .unwrap_err()
+                .contains("longer than")
+        );
+        assert!(check_value(ListKind::Text, "dev-1").is_ok());
+    }
+}
