@@ -2981,6 +2981,15 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
         metric(&client, &up1.metrics_url, RELOADED).await == 1.0
     })
     .await;
+    assert_eq!(
+        metric(
+            &client,
+            &up1.metrics_url,
+            "pitboss_antifraud_list_entries{list=\"blocked_payment_instruments\"}"
+        )
+        .await,
+        2.0
+    );
     post_events(&client, &up1.addr, &up1.key, &deposit("p1", "card-9c1e")).await;
     post_events(&client, &up1.addr, &up1.key, &deposit("p2", "card-0000")).await;
     until_holds("p1's block-list alert stored", || async {

@@ -34,14 +34,18 @@ impl ListKind {
     }
 }
 
+/// Sets hashed with foldhash, seeded per process: several times faster than the standard
+/// hasher on short keys, and the values probed (from events) never insert.
+type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// The entries of one list for one tenant, or for every tenant.
 #[derive(Default)]
 struct Entries {
-    texts: HashSet<Box<str>>,
-    addrs: HashSet<IpAddr>,
+    texts: Set<Box<str>>,
+    addrs: Set<IpAddr>,
     /// Networks by prefix length (a handful of lengths in practice): a lookup is one probe
     /// per length of the address's family.
-    nets: Vec<(u8, HashSet<IpNet>)>,
+    nets: Vec<(u8, Set<IpNet>)>,
 }
 
 impl Entries {
@@ -68,7 +72,7 @@ pub struct NamedList {
     pub file: String,
     pub line: usize,
     global: Entries,
-    tenants: HashMap<String, Entries>,
+    tenants: HashMap<String, Entries, foldhash::fast::RandomState>,
 }
 
 // Filters compare lists by name: a reload that changes a list's entries keeps the windows of
@@ -162,7 +166,7 @@ impl NamedList {
             file: file.to_owned(),
             line,
             global: Entries::default(),
-            tenants: HashMap::new(),
+            tenants: HashMap::default(),
         }
     }
 
@@ -187,7 +191,11 @@ impl NamedList {
                     Some((_, set)) => {
                         set.insert(n);
                     }
-                    None => e.nets.push((len, HashSet::from([n]))),
+                    None => {
+                        let mut set = Set::default();
+                        set.insert(n);
+                        e.nets.push((len, set));
+                    }
                 }
             }
         }

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use pitboss_bus::{
     Bus, BusError, ConsumerConfig, OutRecord, Partition, Position, Publisher, Record, header,
 };
@@ -94,8 +95,7 @@ impl RulesSource {
     /// hold); `None` for the built-in packs, which never change. By content, not modification
     /// time: a deploy that keeps times (`cp -p`, `rsync -a`) of a file of the same size
     /// changed the rules without a reload.
-    fn fingerprint(&self) -> Option<Vec<(PathBuf, u64, u64)>> {
-        use std::hash::{Hash, Hasher};
+    fn fingerprint(&self) -> Option<Fingerprint> {
         let RulesSource::Dir(d) = self else {
             return None;
         };
@@ -109,14 +109,24 @@ impl RulesSource {
             })
             .map(|e| {
                 let text = std::fs::read(e.path()).unwrap_or_default();
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                text.hash(&mut h);
-                (e.path(), text.len() as u64, h.finish())
+                let h = twox_hash::XxHash3_128::oneshot(&text) as u64;
+                (e.path(), text.len() as u64, h)
             })
             .collect();
         out.sort();
         Some(out)
     }
+}
+
+/// What identifies a rule directory's content: per file, its path, length and a hash.
+type Fingerprint = Vec<(PathBuf, u64, u64)>;
+
+/// A check of the rule files made off the engine's thread ([`Work::maybe_reload`]).
+#[derive(Debug)]
+struct ReloadCheck {
+    fingerprint: Option<Fingerprint>,
+    /// The set, loaded when the check found the files changed and settled.
+    loaded: Option<Result<RuleSet, AntifraudError>>,
 }
 
 /// Settings of the streaming engine.
@@ -347,11 +357,15 @@ struct Work {
     /// to `save_slice_time`.
     unit_cost: Option<Duration>,
     durable: Vec<(Arc<str>, Partition, Position)>,
-    fingerprint: Option<Vec<(PathBuf, u64, u64)>>,
+    fingerprint: Option<Fingerprint>,
     /// A changed fingerprint seen at the last check, loaded once a check sees it again: files
     /// caught mid-write (truncated, cut at a rule) are not loaded, only what stays.
-    settling: Option<Option<Vec<(PathBuf, u64, u64)>>>,
+    settling: Option<Option<Fingerprint>>,
     last_reload_check: Instant,
+    /// The check of the rule files in progress, off the engine's thread: reading and hashing
+    /// them, and loading a changed set (a set whose lists hold a million values takes about a
+    /// second), would stall the events behind it.
+    reload_check: Option<tokio::task::JoinHandle<ReloadCheck>>,
     /// When replaying began (the first assignment): past [`REPLAY_PATIENCE`], the logged
     /// batches are replayed with whatever arrived (a partition whose records never come cannot
     /// hold the rest back).
@@ -499,6 +513,7 @@ impl Work {
             ids = ?set.rules.iter().map(|r| format!("{}@{}", r.id, r.version)).collect::<Vec<_>>(),
             "rule set loaded"
         );
+        publish_lists(None, &set);
         let mut store = StateStore::open(&config.state_path, &config.group)?;
         let instance = store.instance_id()?;
         let local = store.mark()?;
@@ -610,6 +625,7 @@ impl Work {
             unit_cost: None,
             durable: Vec::new(),
             last_reload_check: Instant::now(),
+            reload_check: None,
             replay_since: Instant::now(),
             out: Output::default(),
             stats,
@@ -1364,25 +1380,64 @@ impl Work {
         metrics::gauge!("pitboss_antifraud_state_bytes", "group" => group).set(s.bytes as f64);
     }
 
+    /// Every `reload_interval`, checks the rule files off the engine's thread; a turn after
+    /// the check is done, applies what it found: a set changed and then unchanged for one more
+    /// check (files caught mid-write are not loaded, only what stays) is swapped in.
     fn maybe_reload(&mut self) {
+        if let Some(task) = &self.reload_check {
+            if !task.is_finished() {
+                return;
+            }
+            let done = self.reload_check.take().and_then(FutureExt::now_or_never);
+            match done {
+                Some(Ok(check)) => self.apply_reload_check(check),
+                Some(Err(e)) => {
+                    // A panic in the loader: the running set stays; the next check tries again.
+                    self.stats.reloads_refused += 1;
+                    metrics::counter!("pitboss_antifraud_reloads_total", "result" => "refused")
+                        .increment(1);
+                    tracing::error!(error = %e, "rules not reloaded; the running set stays in force");
+                }
+                None => {}
+            }
+            return;
+        }
         if self.last_reload_check.elapsed() < self.config.reload_interval {
             return;
         }
         self.last_reload_check = Instant::now();
-        let now = self.config.rules.fingerprint();
-        if now == self.fingerprint {
+        let source = self.config.rules.clone();
+        let (before, settling) = (self.fingerprint.clone(), self.settling.clone());
+        self.reload_check = Some(tokio::task::spawn_blocking(move || {
+            let fingerprint = source.fingerprint();
+            let loaded = (fingerprint != before && settling.as_ref() == Some(&fingerprint))
+                .then(|| source.load());
+            ReloadCheck {
+                fingerprint,
+                loaded,
+            }
+        }));
+    }
+
+    fn apply_reload_check(&mut self, check: ReloadCheck) {
+        let ReloadCheck {
+            fingerprint,
+            loaded,
+        } = check;
+        if fingerprint == self.fingerprint {
             self.settling = None;
             return;
         }
-        if self.settling.as_ref() != Some(&now) {
+        let Some(loaded) = loaded else {
             // Changed since the last check: loaded when the next check finds it unchanged.
-            self.settling = Some(now);
+            self.settling = Some(fingerprint);
             return;
-        }
+        };
         self.settling = None;
-        self.fingerprint = now;
-        match self.config.rules.load() {
+        self.fingerprint = fingerprint;
+        match loaded {
             Ok(set) => {
+                publish_lists(Some(self.engine.rules()), &set);
                 let report = self.engine.replace_rules(set);
                 self.stats.reloads += 1;
                 metrics::counter!("pitboss_antifraud_reloads_total", "result" => "ok").increment(1);
@@ -1414,6 +1469,21 @@ impl Work {
                 tracing::error!(%error, "rules not reloaded; the running set stays in force");
             }
         }
+    }
+}
+
+/// `pitboss_antifraud_list_entries{list}`: the entries of each list of `set` (every tenant's
+/// counted), and 0 for the lists of the set it replaces that it no longer has.
+fn publish_lists(before: Option<&RuleSet>, set: &RuleSet) {
+    let now = set.lists();
+    for gone in before.into_iter().flat_map(RuleSet::lists) {
+        if !now.iter().any(|l| l.name == gone.name) {
+            metrics::gauge!("pitboss_antifraud_list_entries", "list" => gone.name.clone()).set(0.0);
+        }
+    }
+    for l in now {
+        metrics::gauge!("pitboss_antifraud_list_entries", "list" => l.name.clone())
+            .set(l.len() as f64);
     }
 }
 
