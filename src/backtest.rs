@@ -34,6 +34,11 @@ pub enum RulesCommand {
     /// `[[snooze]]` added to the rules directory's snoozes.toml, checked with the whole set
     /// first; a running engine takes it on its next reload (docs/rules.md, "Snoozes").
     Snooze(crate::snooze::SnoozeArgs),
+    /// Put values on a `[[list]]` of the rules directory, or take them off, in its
+    /// lists.toml, checked with the whole set first; a running engine takes it on its next
+    /// reload (docs/rules.md, "Lists").
+    #[command(subcommand)]
+    List(crate::lists::ListCommand),
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +294,7 @@ pub async fn rules(args: RulesArgs) -> Result<()> {
         RulesCommand::Test(args) => crate::ruletest::test(args),
         RulesCommand::Warm(args) => warm(args).await,
         RulesCommand::Snooze(args) => crate::snooze::snooze(args).await,
+        RulesCommand::List(cmd) => crate::lists::run(cmd),
     }
 }
 

@@ -23,6 +23,7 @@
 mod backtest;
 mod demo;
 mod gateway;
+mod lists;
 mod loadgen;
 mod loadgen_broadcast;
 mod loadgen_live;

@@ -99,11 +99,7 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
 
     // One writer at a time: two operators snoozing at once would each write the file as they
     // read it, and one snooze would be lost.
-    let lock_path = args.rules.join(format!(".{SNOOZES_FILE}.lock"));
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("creating {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let lock = lock_beside(&args.rules, SNOOZES_FILE)?;
 
     let mut sources = RuleSet::read_dir(&args.rules).map_err(|e| refused(&args.rules, e))?;
     if let Err(e) = RuleSet::from_sources(&sources) {
@@ -178,7 +174,18 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
     Ok(())
 }
 
-fn refused(dir: &Path, e: AntifraudError) -> anyhow::Error {
+/// Takes the lock of `file` of the rules directory `dir` (a hidden file beside it): the
+/// commands that rewrite a file of the set take turns.
+pub(crate) fn lock_beside(dir: &Path, file: &str) -> Result<std::fs::File> {
+    let lock_path = dir.join(format!(".{file}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok(lock)
+}
+
+pub(crate) fn refused(dir: &Path, e: AntifraudError) -> anyhow::Error {
     match e {
         AntifraudError::Rules(errors) => anyhow::anyhow!(
             "the rule set in {} is refused as it is; fix it first:\n{}",
@@ -253,9 +260,12 @@ const MAX_UNTIL_MS: i64 = 253_402_300_800_000;
 /// Writes `text` to `path` in `dir` so that a reader sees the old file or the new one, never a
 /// part (an engine reloading meanwhile), with the old file's permissions, and the new one
 /// survives a power cut.
-fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<()> {
     // Hidden: the loader leaves it out while it exists.
-    let tmp = dir.join(format!(".{SNOOZES_FILE}.{}.tmp", std::process::id()));
+    let file = path
+        .file_name()
+        .map_or_else(|| SNOOZES_FILE.into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{file}.{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(text.as_bytes())?;

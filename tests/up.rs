@@ -2905,9 +2905,10 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     assert_eq!(alerts(&data)[2], ("p1".to_owned(), "6 bets.".to_owned()));
 }
 
-/// A list edited while `pitboss up --rules DIR` runs: the next deposit with a listed payment
-/// instrument raises the block-list alert; an edit refused (with file and line) keeps the
-/// lists in force; after a SIGKILL the engine starts on the files as they are.
+/// A list changed while `pitboss up --rules DIR` runs (by `pitboss rules list add`): the next
+/// deposit with a listed payment instrument raises the block-list alert; an edit by hand that
+/// is refused (with file and line) keeps the lists in force, and the command refuses to write
+/// over it; after a SIGKILL the engine starts on the files as they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_survives_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -2923,8 +2924,8 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
         )
         .unwrap();
     }
-    // The operator's own file beside the pack (which declares the lists empty), written as a
-    // tool writes it: the whole file at once.
+    // The operator's file beside the pack (which declares the lists empty), by hand: the
+    // whole file at once, as an editor or a tool writes it.
     let write_lists = |text: &str| {
         let tmp = rules.join(".lists.toml.tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -2974,9 +2975,32 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
     })
     .await;
 
-    const LISTED: &str = "[[list]]\nname = \"blocked_payment_instruments\"\ntenant = \"demo\"\n\
-                          values = [\"card-9c1e\", \"card-77aa\"]\n";
-    write_lists(LISTED);
+    let r = rules.to_str().unwrap();
+    let list = |verb: &str, values: &[&str]| {
+        let args = [
+            &[
+                "list",
+                verb,
+                "--rules",
+                r,
+                "--list",
+                "blocked_payment_instruments",
+            ][..],
+            &["--tenant", "demo"],
+            values,
+        ]
+        .concat();
+        rules_cmd(&args)
+    };
+    let (ok, out, err) = list("add", &["card-9c1e", "card-77aa"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "added 2 values to list blocked_payment_instruments for tenant \"demo\": {r}/lists.toml\n"
+        )),
+        "{out}"
+    );
+    let listed = std::fs::read_to_string(rules.join("lists.toml")).unwrap();
     until_holds("the list reloaded", || async {
         metric(&client, &up1.metrics_url, RELOADED).await == 1.0
     })
@@ -3000,7 +3024,7 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
 
     // A refused edit: `rules check` names the line; the running lists stay in force.
     write_lists(&format!(
-        "{LISTED}\n[[list]]\nname = \"blocked_ips\"\nkind = \"ip\"\nvalues = [\"10.0.0.1/8\"]\n"
+        "{listed}\n[[list]]\nname = \"blocked_ips\"\nkind = \"ip\"\nvalues = [\"10.0.0.1/8\"]\n"
     ));
     let (ok, _, err) = rules_cmd(&["check", "--rules", rules.to_str().unwrap()]);
     assert!(!ok);
@@ -3023,8 +3047,18 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
     up1.child.kill().unwrap();
     up1.child.wait().unwrap();
 
+    // The command does not write over a set that is refused as it is.
+    let (ok, out, err) = list("add", &["card-0000"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("is refused as it is; fix it first") && err.contains("10.0.0.1/8"),
+        "{err}"
+    );
+
     // Fixed and started again: the lists are the files'; nothing raised twice.
-    write_lists(&LISTED.replace("\"card-77aa\"", "\"card-77aa\", \"card-0000\""));
+    write_lists(&listed);
+    let (ok, out, err) = list("add", &["card-0000"]);
+    assert!(ok, "{out}{err}");
     let up2 = start();
     post_events(&client, &up2.addr, &up2.key, &deposit("p4", "card-0000")).await;
     until_holds("p4's alert after the restart", || async {
@@ -3033,6 +3067,136 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
     .await;
     let players: Vec<String> = blocked(&data).into_iter().map(|(p, _)| p).collect();
     assert_eq!(players, ["p1", "p3", "p4"]);
+}
+
+/// `pitboss rules list add|remove` writes lists.toml keeping what an operator wrote in it
+/// (comments, other blocks), counts what was there already, and refuses bad input precisely,
+/// writing nothing.
+#[test]
+fn rules_list_adds_and_removes_values_keeping_comments_and_refuses_bad_input_precisely() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    for f in ["fraud.toml", "scoring.toml"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("rules")
+                .join(f),
+            rules.join(f),
+        )
+        .unwrap();
+    }
+    let r = rules.to_str().unwrap();
+    let file = rules.join("lists.toml");
+    let read = || std::fs::read_to_string(&file).unwrap();
+    let list = |args: &[&str]| rules_cmd(&[&["list"][..], args].concat());
+
+    // Written first by hand, with a comment inside the array.
+    std::fs::write(
+        &file,
+        "# our lists\n[[list]]\nname = \"blocked_devices\"\nvalues = [\n  # ticket 88\n  \"emu-1\",\n]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = list(&[
+        "add",
+        "--rules",
+        r,
+        "--list",
+        "blocked_devices",
+        "emu-1",
+        "emu-2",
+        "emu-2",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "added 1 value to list blocked_devices for every tenant (2 listed already): {r}/lists.toml"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        read(),
+        "# our lists\n[[list]]\nname = \"blocked_devices\"\nvalues = [\n  # ticket 88\n  \"emu-1\",\n  \"emu-2\",\n]\n"
+    );
+    let feed = dir.path().join("feed.txt");
+    std::fs::write(&feed, "# proxies\n203.0.113.7\n\n2001:db8:bad::/48\n").unwrap();
+    let (ok, out, err) = list(&[
+        "add",
+        "--rules",
+        r,
+        "--list",
+        "blocked_ips",
+        "--tenant",
+        "acme",
+        "--file",
+        feed.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(read().ends_with(
+        "[[list]]\nname = \"blocked_ips\"\nkind = \"ip\"\ntenant = \"acme\"\nvalues = [\n  \"203.0.113.7\",\n  \"2001:db8:bad::/48\",\n]\n"
+    ), "{}", read());
+    let (_, out, _) = rules_cmd(&["check", "--rules", r]);
+    assert!(
+        out.contains("list  blocked_ips (ip): 2 entries (0 for every tenant, 2 for \"acme\")"),
+        "{out}"
+    );
+
+    let before = read();
+    for (args, needle) in [
+        (
+            &["add", "--list", "blocked_ips", "10.0.0.1/8", "nope"][..],
+            "list blocked_ips (ip) cannot hold 2 of these values; nothing is written:\n  \"10.0.0.1/8\" has bits set past its prefix: the network is 10.0.0.0/8\n  \"nope\" is not an IP address",
+        ),
+        (
+            &["add", "--list", "blocked_cards", "c1"],
+            "has no list \"blocked_cards\"; its lists are blocked_devices, blocked_ips, blocked_payment_instruments",
+        ),
+        (
+            &["add", "--list", "blocked_devices", " padded"],
+            "has spaces at its start or end",
+        ),
+        (
+            &["add", "--list", "blocked_devices", "--tenant", "a b", "d"],
+            "--tenant ",
+        ),
+        (
+            &["add", "--list", "blocked_devices"],
+            "no values: give them after the options, or --file",
+        ),
+        (
+            &[
+                "remove",
+                "--list",
+                "blocked_devices",
+                "--tenant",
+                "acme",
+                "emu-1",
+            ],
+            "holds none of these values for tenant \"acme\"",
+        ),
+    ] {
+        let (ok, out, err) = list(&[&args[..1], &["--rules", r], &args[1..]].concat());
+        assert!(!ok, "{args:?}: {out}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(read(), before, "{args:?} wrote nothing");
+    }
+
+    let (ok, out, err) = list(&[
+        "remove",
+        "--rules",
+        r,
+        "--list",
+        "blocked_devices",
+        "emu-1",
+        "emu-9",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("removed 1 value from list blocked_devices for every tenant")
+            && out.contains("left as they are: \"emu-9\""),
+        "{out}"
+    );
+    assert!(read().contains("values = [\n  \"emu-2\",\n]"), "{}", read());
 }
 
 /// Each bad `pitboss rules snooze` is refused in a line naming what is wrong, and writes
