@@ -184,6 +184,11 @@ DASHBOARDS = {
                          "\"Snoozes\"): no alert, no push, no points. All tenants (Prometheus has "
                          "no tenant label). A rule silenced often for many keys is one to tune "
                          "rather than snooze."),
+        prom("Values on lists, by list", [
+            ("{{list}}", "max by (list) (pitboss_antifraud_list_entries)")],
+             description="The values each [[list]] of the engine's rule set holds, every tenant's "
+                         "counted (`pitboss rules list add`, docs/rules.md \"Lists\"): a block list "
+                         "that drops to 0 after a reload lost its file."),
         ch("Alerts not acknowledged", f"""
             SELECT alert_id, any(rule_id) AS rule_id, any(severity) AS severity,
                    any(player_id) AS player_id, min(detected_at) AS first_detected_at, any(reason) AS reason

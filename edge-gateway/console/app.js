@@ -326,6 +326,8 @@ function addAlert(a) {
   li.dataset.alertId = a.alert_id;
   li.dataset.rule = a.rule_id;
   li.dataset.groupBy = a.group_by || '';
+  li.dataset.groupKey = a.group_key || '';
+  li.dataset.tenant = a.tenant_id || '';
   const detected = a.detected_at ? Date.parse(a.detected_at) : Date.now();
   li.dataset.detected = String(detected);
   const top = el('div', 'top');
@@ -427,7 +429,32 @@ function markAcked(alertId, text, outcome) {
   } else if (hint) {
     hint.remove();
   }
+  // A finding confirmed on a device, an address or a payment instrument: the command that puts
+  // it on the tenant's block list, which the shipped fraud.blocklist rules read (docs/rules.md,
+  // "Lists"), to copy.
+  let block = card.querySelector('.block-hint');
+  const list = BLOCK_LISTS[card.dataset.groupBy];
+  if (outcome === 'confirmed' && list && card.dataset.groupKey && card.dataset.tenant) {
+    if (!block) {
+      block = el('div', 'block-hint meta');
+      card.append(block);
+    }
+    block.replaceChildren(
+      document.createTextNode('To block this ' + card.dataset.groupBy.replace(/_/g, ' ') + ' for tenant ' + card.dataset.tenant + ': '),
+      el('code', null, 'pitboss rules list add --rules DIR --list ' + list + ' --tenant ' + shellWord(card.dataset.tenant) + ' ' + shellWord(card.dataset.groupKey)),
+    );
+  } else if (block) {
+    block.remove();
+  }
   countOpen();
+}
+
+// The block list of the shipped fraud pack for what an alert is grouped by.
+const BLOCK_LISTS = { device: 'blocked_devices', ip: 'blocked_ips', payment_instrument: 'blocked_payment_instruments' };
+
+// A word a POSIX shell reads back as it is: quoted unless it is plainly safe.
+function shellWord(s) {
+  return /^[A-Za-z0-9._:\/@+=-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\\''") + "'";
 }
 
 function setButtons(card) {

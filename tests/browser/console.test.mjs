@@ -194,6 +194,27 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   delete rows[0].ack_id;
   assert.deepEqual(rows, [{ alert_id: alertId, outcome: 'false_positive', operator_id: 'console' }]);
 
+  // A finding on a shared device, confirmed: the card gives the command that puts the device
+  // on the tenant's block list (docs/rules.md, "Lists"); concluded otherwise, it goes.
+  const unconcluded = page.locator('#alerts li.alert[data-group-by="device"]:not(.acked)').first();
+  await unconcluded.waitFor({ timeout: 120_000 });
+  // Pinned by its id (once concluded, the selector above no longer finds it).
+  const device = page.locator(`#alerts li[data-alert-id="${await unconcluded.getAttribute('data-alert-id')}"]`);
+  const deviceKey = await device.getAttribute('data-group-key');
+  assert.ok(deviceKey, 'the card knows its key');
+  await device.getByRole('button', { name: 'Confirm' }).click();
+  const blockHint = device.locator('.block-hint');
+  await blockHint.waitFor({ timeout: 30_000 });
+  assert.equal(
+    await blockHint.locator('code').textContent(),
+    `pitboss rules list add --rules DIR --list blocked_devices --tenant demo ${deviceKey}`,
+  );
+  assert.ok((await blockHint.textContent()).startsWith('To block this device for tenant demo: '));
+  assert.equal(await device.locator('.snooze-hint').count(), 0);
+  await device.getByRole('button', { name: 'False positive' }).click();
+  await device.locator('.snooze-hint').waitFor({ timeout: 30_000 });
+  assert.equal(await device.locator('.block-hint').count(), 0, 'no longer confirmed: no block hint');
+
   // The figures fill in from /v1/stats: events/s, GGR by game, time to notify.
   await eventually('events/s', async () => /\d/.test(await page.getByTestId('events-per-second').textContent()));
   await eventually('GGR rows', async () => (await page.locator('#ggr tbody tr').count()) > 0);
