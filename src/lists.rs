@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use pitboss_antifraud::lists::check_value;
+use pitboss_antifraud::lists::{canonical, check_value};
 use pitboss_antifraud::{AntifraudError, RuleSet};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 
@@ -147,14 +147,12 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
         t.get("name").and_then(Item::as_str) == Some(args.list.as_str())
             && t.get("tenant").and_then(Item::as_str) == args.tenant.as_deref()
     };
+    // Values compare as the list reads them: `2001:0DB8::1` is `2001:db8::1`.
+    let same = |v: &str| canonical(list.kind, v).unwrap_or_else(|| v.to_owned());
     let held = |t: &Table| -> Vec<String> {
         t.get("values")
             .and_then(Item::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).map(same).collect())
             .unwrap_or_default()
     };
     let scope = match &args.tenant {
@@ -167,7 +165,10 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         let new: Vec<&String> = wanted
             .iter()
-            .filter(|v| !already.contains(*v) && seen.insert(v.as_str()))
+            .filter(|v| {
+                let v = same(v);
+                !already.contains(&v) && seen.insert(v)
+            })
             .collect();
         let there = wanted.len() - new.len();
         if new.is_empty() {
@@ -221,21 +222,27 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
             }
         )
     } else {
-        let drop: std::collections::HashSet<&str> = wanted.iter().map(String::as_str).collect();
+        let drop: std::collections::HashSet<String> = wanted.iter().map(|v| same(v)).collect();
         let mut removed = std::collections::HashSet::new();
         for t in blocks.iter_mut().filter(|t| ours(t)) {
             if let Some(values) = t.get_mut("values").and_then(Item::as_array_mut) {
-                values.retain(|v| match v.as_str() {
-                    Some(s) if drop.contains(s) => {
-                        removed.insert(s.to_owned());
+                let before = values.len();
+                values.retain(|v| match v.as_str().map(same) {
+                    Some(s) if drop.contains(&s) => {
+                        removed.insert(s);
                         false
                     }
                     _ => true,
                 });
-                close(values);
+                if values.len() != before {
+                    close(values);
+                }
             }
         }
-        let missing: Vec<&String> = wanted.iter().filter(|v| !removed.contains(*v)).collect();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|v| !removed.contains(&same(v)))
+            .collect();
         let elsewhere: Vec<&&String> = missing
             .iter()
             .filter(|v| match &args.tenant {
@@ -291,7 +298,7 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
     };
     sources.push((name.clone(), text.clone()));
     sources.sort();
-    RuleSet::from_sources(&sources).map_err(|e| match e {
+    let changed = RuleSet::from_sources(&sources).map_err(|e| match e {
         AntifraudError::Rules(errors) => anyhow::anyhow!(
             "the change is refused; {name} is left as it was:\n{}",
             errors
@@ -304,9 +311,35 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
     })?;
     crate::snooze::write_atomically(&args.rules, &path, &text)?;
     println!("{said}");
+    if !add {
+        // Taken off here, still on there: another file's block, or one for every tenant.
+        let tenant = args.tenant.as_deref().unwrap_or("");
+        let still: Vec<String> = changed
+            .lists()
+            .iter()
+            .find(|l| l.name == args.list)
+            .map(|l| {
+                wanted
+                    .iter()
+                    .filter(|v| l.contains(tenant, v))
+                    .map(|v| format!("{v:?}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !still.is_empty() {
+            println!(
+                "still on list {} for {scope}: {} (listed by another block: another file's, or \
+                 one for every tenant; `pitboss rules check` says where the list is declared)",
+                args.list,
+                still.join(", ")
+            );
+        }
+    }
     println!(
-        "an engine running {} takes it on its next reload (within about 4 s: it loads a change \
-         two checks 2 s apart agree on); events are judged against the lists as they arrive",
+        "an engine running {} (`pitboss antifraud`, `pitboss up`) takes it on its next reload \
+         (within about 4 s by default: it loads a change two checks 2 s apart agree on); a \
+         Lambda's bundled rules, on its next deploy. Events are judged against the lists as they \
+         arrive",
         args.rules.display()
     );
     Ok(())
@@ -315,6 +348,9 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
 /// Ends an array laid out a value a line: a trailing comma and the bracket on its own line
 /// (none for an empty one).
 fn close(values: &mut Array) {
-    values.set_trailing(if values.is_empty() { "" } else { "\n" });
+    // A comment after the last value (`# "b", disabled`) stays.
+    if !values.trailing().as_str().is_some_and(|t| t.contains('#')) {
+        values.set_trailing(if values.is_empty() { "" } else { "\n" });
+    }
     values.set_trailing_comma(!values.is_empty());
 }

@@ -3197,6 +3197,75 @@ fn rules_list_adds_and_removes_values_keeping_comments_and_refuses_bad_input_pre
         "{out}"
     );
     assert!(read().contains("values = [\n  \"emu-2\",\n]"), "{}", read());
+
+    // Addresses compare as the list reads them: written otherwise, the same address or network.
+    let ips = |verb: &str, values: &[&str]| {
+        list(
+            &[
+                &[
+                    verb,
+                    "--rules",
+                    r,
+                    "--list",
+                    "blocked_ips",
+                    "--tenant",
+                    "acme",
+                ][..],
+                values,
+            ]
+            .concat(),
+        )
+    };
+    let (ok, out, err) = ips("add", &["2001:0DB8:BAD::/48", "::ffff:203.0.113.7"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("list blocked_ips already holds these 2 values for tenant \"acme\""),
+        "{out}"
+    );
+    let (ok, out, err) = ips("remove", &["2001:0db8:0bad::/48"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("removed 1 value from list blocked_ips for tenant \"acme\""),
+        "{out}"
+    );
+    assert!(!read().contains("2001:db8:bad::/48"), "{}", read());
+
+    // A comment after the last value stays; a value still listed by another block is named.
+    let text = read().replace(
+        "values = [\n  \"emu-2\",\n]",
+        "values = [\n  \"emu-2\",\n  \"emu-3\", # seen 2026-12-01\n]",
+    );
+    std::fs::write(&file, format!("{text}\n[[list]]\nname = \"blocked_devices\"\ntenant = \"acme\"\nvalues = [\"emu-4\"]\n")).unwrap();
+    let (ok, out, err) = list(&[
+        "remove",
+        "--rules",
+        r,
+        "--list",
+        "blocked_devices",
+        "--tenant",
+        "acme",
+        "emu-4",
+        "emu-2",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "still on list blocked_devices for tenant \"acme\": \"emu-2\" (listed by another block"
+        ),
+        "{out}"
+    );
+    assert!(
+        read().contains("  \"emu-3\", # seen 2026-12-01\n]"),
+        "{}",
+        read()
+    );
+    let (ok, _, err) = list(&["remove", "--rules", r, "--list", "blocked_devices", "emu-2"]);
+    assert!(ok, "{err}");
+    assert!(
+        read().contains("values = [\n  \"emu-3\", # seen 2026-12-01\n]"),
+        "{}",
+        read()
+    );
 }
 
 /// Each bad `pitboss rules snooze` is refused in a line naming what is wrong, and writes

@@ -441,7 +441,8 @@ function markAcked(alertId, text, outcome) {
     }
     block.replaceChildren(
       document.createTextNode('To block this ' + card.dataset.groupBy.replace(/_/g, ' ') + ' for tenant ' + card.dataset.tenant + ': '),
-      el('code', null, 'pitboss rules list add --rules DIR --list ' + list + ' --tenant ' + shellWord(card.dataset.tenant) + ' ' + shellWord(card.dataset.groupKey)),
+      // (`--` before a key that starts like an option.)
+      el('code', null, 'pitboss rules list add --rules DIR --list ' + list + ' --tenant ' + shellWord(card.dataset.tenant) + (card.dataset.groupKey.startsWith('-') ? ' -- ' : ' ') + shellWord(card.dataset.groupKey)),
     );
   } else if (block) {
     block.remove();

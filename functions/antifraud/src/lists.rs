@@ -94,6 +94,17 @@ pub fn check_value(kind: ListKind, v: &str) -> Result<(), String> {
     parse(kind, v).map(|_| ())
 }
 
+/// The form two values of a list of `kind` compare equal in: an address or network as the
+/// list reads it (`2001:0DB8::1` and `2001:db8::1` alike, an IPv4-mapped address as the IPv4
+/// one), text as it is; `None` for a value the kind cannot hold.
+pub fn canonical(kind: ListKind, v: &str) -> Option<String> {
+    match parse(kind, v).ok()? {
+        Parsed::Text => Some(v.to_owned()),
+        Parsed::Addr(a) => Some(a.to_string()),
+        Parsed::Net(n) => Some(n.to_string()),
+    }
+}
+
 enum Parsed {
     Text,
     Addr(IpAddr),
@@ -107,13 +118,13 @@ fn parse(kind: ListKind, v: &str) -> Result<Parsed, String> {
     if v.is_empty() {
         return Err("an empty value matches nothing".into());
     }
+    if v.len() > MAX_VALUE {
+        return Err(format!("a value is longer than {MAX_VALUE} bytes"));
+    }
     if v.trim() != v {
         return Err(format!(
             "{v:?} has spaces at its start or end: events' values never do"
         ));
-    }
-    if v.len() > MAX_VALUE {
-        return Err(format!("a value is longer than {MAX_VALUE} bytes"));
     }
     match kind {
         ListKind::Text => Ok(Parsed::Text),
@@ -317,5 +328,10 @@ mod tests {
                 .contains("longer than")
         );
         assert!(check_value(ListKind::Text, "dev-1").is_ok());
+        let c = |v| canonical(ListKind::Ip, v);
+        assert_eq!(c("2001:0DB8::1"), c("2001:db8::1"));
+        assert_eq!(c("::ffff:192.0.2.1").as_deref(), Some("192.0.2.1"));
+        assert_eq!(c("10.0.0.0/32").as_deref(), Some("10.0.0.0"));
+        assert_eq!(c("nope"), None);
     }
 }

@@ -96,6 +96,35 @@ impl RulesSource {
     /// time: a deploy that keeps times (`cp -p`, `rsync -a`) of a file of the same size
     /// changed the rules without a reload.
     fn fingerprint(&self) -> Option<Fingerprint> {
+        self.read().0
+    }
+
+    /// The files of the set as they are now, and what identifies them: read once, so that a
+    /// set loaded from them is the very bytes the fingerprint describes (a file rewritten
+    /// between a check and a load is not loaded unseen).
+    fn read(&self) -> (Option<Fingerprint>, Result<Sources, AntifraudError>) {
+        match self {
+            RulesSource::Shipped => (None, Ok(shipped_sources())),
+            RulesSource::Dir(d) => match RuleSet::read_dir(d) {
+                Ok(files) => {
+                    let mut fp: Fingerprint = files
+                        .iter()
+                        .map(|(name, text)| {
+                            let h = twox_hash::XxHash3_128::oneshot(text.as_bytes()) as u64;
+                            (PathBuf::from(name), text.len() as u64, h)
+                        })
+                        .collect();
+                    fp.sort();
+                    (Some(fp), Ok(files))
+                }
+                // Unreadable as a set (a file not UTF-8, the directory gone): identified by
+                // its bytes, so that a change to it is seen.
+                Err(e) => (self.raw_fingerprint(), Err(e)),
+            },
+        }
+    }
+
+    fn raw_fingerprint(&self) -> Option<Fingerprint> {
         let RulesSource::Dir(d) = self else {
             return None;
         };
@@ -121,12 +150,15 @@ impl RulesSource {
 /// What identifies a rule directory's content: per file, its path, length and a hash.
 type Fingerprint = Vec<(PathBuf, u64, u64)>;
 
+/// The `(file name, text)` of a set's files.
+type Sources = Vec<(String, String)>;
+
 /// A check of the rule files made off the engine's thread ([`Work::maybe_reload`]).
 #[derive(Debug)]
 struct ReloadCheck {
     fingerprint: Option<Fingerprint>,
-    /// The set, loaded when the check found the files changed and settled.
-    loaded: Option<Result<RuleSet, AntifraudError>>,
+    /// The set, loaded when the check found the files changed and settled, or why not.
+    loaded: Option<Result<RuleSet, String>>,
 }
 
 /// Settings of the streaming engine.
@@ -1384,21 +1416,21 @@ impl Work {
     /// the check is done, applies what it found: a set changed and then unchanged for one more
     /// check (files caught mid-write are not loaded, only what stays) is swapped in.
     fn maybe_reload(&mut self) {
-        if let Some(task) = &self.reload_check {
+        if let Some(task) = &mut self.reload_check {
             if !task.is_finished() {
                 return;
             }
-            let done = self.reload_check.take().and_then(FutureExt::now_or_never);
+            // Unconstrained: a finished task answers at once whatever budget this turn has left.
+            let Some(done) = tokio::task::unconstrained(&mut *task).now_or_never() else {
+                return;
+            };
+            self.reload_check = None;
             match done {
-                Some(Ok(check)) => self.apply_reload_check(check),
-                Some(Err(e)) => {
-                    // A panic in the loader: the running set stays; the next check tries again.
-                    self.stats.reloads_refused += 1;
-                    metrics::counter!("pitboss_antifraud_reloads_total", "result" => "refused")
-                        .increment(1);
-                    tracing::error!(error = %e, "rules not reloaded; the running set stays in force");
+                Ok(check) => self.apply_reload_check(check),
+                Err(e) => {
+                    // Cancelled (the runtime going down): the next check tries again.
+                    tracing::warn!(error = %e, "a check of the rule files did not finish");
                 }
-                None => {}
             }
             return;
         }
@@ -1409,13 +1441,32 @@ impl Work {
         let source = self.config.rules.clone();
         let (before, settling) = (self.fingerprint.clone(), self.settling.clone());
         self.reload_check = Some(tokio::task::spawn_blocking(move || {
-            let fingerprint = source.fingerprint();
-            let loaded = (fingerprint != before && settling.as_ref() == Some(&fingerprint))
-                .then(|| source.load());
-            ReloadCheck {
-                fingerprint,
-                loaded,
-            }
+            let check = || {
+                let (fingerprint, files) = source.read();
+                let settled = fingerprint != before && settling.as_ref() == Some(&fingerprint);
+                let loaded = settled.then(|| {
+                    files
+                        .and_then(|f| RuleSet::from_sources(&f))
+                        .map_err(|e| e.to_string())
+                });
+                ReloadCheck {
+                    fingerprint,
+                    loaded,
+                }
+            };
+            // A loader that panics refuses these files once, as a refused set is; it is not
+            // tried again every check.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).unwrap_or_else(|p| {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                ReloadCheck {
+                    fingerprint: source.raw_fingerprint(),
+                    loaded: Some(Err(format!("loading the rule set panicked: {why}"))),
+                }
+            })
         }));
     }
 

@@ -392,27 +392,6 @@ impl RuleSet {
     ) -> Result<RuleSet, AntifraudError> {
         let mut errors = Vec::new();
         let mut parsed = Vec::new();
-        for (name, text) in lists_from {
-            match toml::from_str::<spec::ListsOnly>(text) {
-                Ok(l) => parsed.push((
-                    name,
-                    text,
-                    spec::FileSpec {
-                        rule: Vec::new(),
-                        scoring: None,
-                        engine: None,
-                        snooze: Vec::new(),
-                        list: l.list,
-                    },
-                )),
-                Err(e) => errors.push(located(
-                    name,
-                    text,
-                    e.span().unwrap_or(0..0),
-                    e.message().trim().to_owned(),
-                )),
-            }
-        }
         for (name, text) in files {
             if is_snoozes_file(name)
                 && text.lines().all(|l| {
@@ -491,6 +470,28 @@ impl RuleSet {
                     }
                     errors.push(located(name, text, span, reason));
                 }
+            }
+        }
+        // Lists of other files (a test file's) after the set's own: a conflict is theirs.
+        for (name, text) in lists_from {
+            match toml::from_str::<spec::ListsOnly>(text) {
+                Ok(l) => parsed.push((
+                    name,
+                    text,
+                    spec::FileSpec {
+                        rule: Vec::new(),
+                        scoring: None,
+                        engine: None,
+                        snooze: Vec::new(),
+                        list: l.list,
+                    },
+                )),
+                Err(e) => errors.push(located(
+                    name,
+                    text,
+                    e.span().unwrap_or(0..0),
+                    e.message().trim().to_owned(),
+                )),
             }
         }
         // [engine] and [scoring] first: rules are checked against the limits.
@@ -696,16 +697,35 @@ fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
     start..start
 }
 
-/// Checks one `[[snooze]]` against the set's rule ids.
-/// Every `[[list]]` block of the parsed files, merged by name; problems go to `errors`.
+/// Every `[[list]]` block of the parsed files, merged by name; problems go to `errors`. A
+/// block without `kind` takes the kind another block of its list gives (wherever it stands),
+/// else `text`.
 fn lists(
     parsed: &mut [(&String, &String, spec::FileSpec)],
     errors: &mut Vec<LoadError>,
 ) -> crate::lists::Lists {
     use crate::lists::{ListKind, NamedList};
+    let kind_of = |k: &str| match k {
+        "text" => Some(ListKind::Text),
+        "ip" => Some(ListKind::Ip),
+        _ => None,
+    };
+    // The kinds the blocks give, by list: the first one given, and where.
+    let mut declared: HashMap<String, (ListKind, String, usize)> = HashMap::new();
+    for (name, text, f) in parsed.iter() {
+        for block in &f.list {
+            let l = block.get_ref();
+            if let Some(kind) = l.kind.as_ref().and_then(|k| kind_of(k.get_ref())) {
+                let (line, _) = line_col(text, block.span().start);
+                declared
+                    .entry(l.name.get_ref().clone())
+                    .or_insert_with(|| (kind, name.to_string(), line));
+            }
+        }
+    }
     let mut lists: HashMap<String, NamedList> = HashMap::new();
     let mut total = 0usize;
-    let mut first: Option<(String, usize)> = None;
+    let mut over = false;
     for (name, text, f) in parsed.iter_mut() {
         let (name, text) = (name.as_str(), text.as_str());
         for block in std::mem::take(&mut f.list) {
@@ -724,20 +744,41 @@ fn lists(
                 ));
                 continue;
             }
-            let kind = match l.kind.as_ref().map(|k| k.get_ref().as_str()) {
-                None | Some("text") => ListKind::Text,
-                Some("ip") => ListKind::Ip,
-                Some(other) => {
-                    let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
-                    errors.push(located(
-                        name,
-                        text,
-                        span,
-                        format!("list {lname:?}: kind {other:?} is not \"text\" or \"ip\""),
-                    ));
-                    continue;
-                }
+            let first = declared.get(&lname);
+            let kind = match l.kind.as_ref() {
+                None => first.map_or(ListKind::Text, |(k, _, _)| *k),
+                Some(k) => match kind_of(k.get_ref()) {
+                    Some(kind) => kind,
+                    None => {
+                        errors.push(located(
+                            name,
+                            text,
+                            k.span(),
+                            format!(
+                                "list {lname:?}: kind {:?} is not \"text\" or \"ip\"",
+                                k.get_ref()
+                            ),
+                        ));
+                        continue;
+                    }
+                },
             };
+            if let Some((k0, f0, l0)) = first
+                && *k0 != kind
+            {
+                let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
+                errors.push(located(
+                    name,
+                    text,
+                    span,
+                    format!(
+                        "list {lname:?} is of kind {:?} at {f0}:{l0}: every block of a list has \
+                         its kind",
+                        k0.as_str()
+                    ),
+                ));
+                continue;
+            }
             let tenant = l.tenant.as_ref().map(|t| t.get_ref().as_str());
             if let (Some(t), Some(span)) = (tenant, l.tenant.as_ref().map(|t| t.span()))
                 && let Some(v) = pitboss_model::validate::id_violation(
@@ -757,29 +798,29 @@ fn lists(
             let list = lists
                 .entry(lname.clone())
                 .or_insert_with(|| NamedList::new(&lname, kind, name, line));
-            if list.kind != kind {
-                let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
-                errors.push(located(
-                    name,
-                    text,
-                    span,
-                    format!(
-                        "list {lname:?} is of kind {:?} at {}:{}: every block of a list has its kind",
-                        list.kind.as_str(),
-                        list.file,
-                        list.line
-                    ),
-                ));
-                continue;
-            }
             if list.description.is_empty() {
                 list.description = l.description.clone();
             }
             list.touch(tenant);
             let values = l.values.into_inner();
             total += values.len();
-            if first.is_none() && !values.is_empty() {
-                first = Some((name.to_owned(), line));
+            if total > MAX_LIST_ENTRIES {
+                // Counted on, not held: a file far past the bound is refused without building
+                // it (a running engine holds its set meanwhile).
+                if !over {
+                    over = true;
+                    errors.push(LoadError {
+                        file: name.to_owned(),
+                        line,
+                        column: 1,
+                        reason: format!(
+                            "list {lname:?}: with this block the set's lists hold more than \
+                             {MAX_LIST_ENTRIES} values, the most they may (every engine holds \
+                             them in memory; duplicates count)"
+                        ),
+                    });
+                }
+                continue;
             }
             let mut refused = 0usize;
             for v in &values {
@@ -808,21 +849,20 @@ fn lists(
             }
         }
     }
-    if total > MAX_LIST_ENTRIES {
-        let (file, line) = first.unwrap_or_default();
-        errors.push(LoadError {
-            file,
-            line,
-            column: 1,
-            reason: format!(
-                "the set's lists hold {total} values; at most {MAX_LIST_ENTRIES} (they are held \
-                 in memory by every engine)"
-            ),
-        });
+    if over {
+        // The total, for the message above.
+        if let Some(e) = errors
+            .iter_mut()
+            .rev()
+            .find(|e| e.reason.contains("the most they may"))
+        {
+            e.reason.push_str(&format!(" ({total} in all)"));
+        }
     }
     lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
 }
 
+/// Checks one `[[snooze]]` against the set's rule ids.
 fn snooze(
     sp: spec::SnoozeSpec,
     ids: &std::collections::HashSet<String>,

@@ -752,9 +752,10 @@ fn a_list_is_refused_with_its_line_when_it_cannot_hold_what_it_is_given() {
         let e = refused(&text, needle);
         assert_eq!(e.line, line_of(&text, at), "{body}: {e}");
     }
-    // Two blocks of one name disagreeing on the kind: the second is refused, naming the first.
-    let text =
-        list("name = \"l\"\nvalues = []\n\n[[list]]\nname = \"l\"\nkind = \"ip\"\nvalues = []");
+    // Two blocks of one name giving different kinds: the second is refused, naming the first.
+    let text = list(
+        "name = \"l\"\nkind = \"text\"\nvalues = []\n\n[[list]]\nname = \"l\"\nkind = \"ip\"\nvalues = []",
+    );
     let e = refused(&text, "list \"l\" is of kind \"text\" at rules/x.toml:");
     assert_eq!(e.line, line_of(&text, "kind = \"ip\""));
     // A rule naming a list the set lacks, or of the wrong kind for its field.
@@ -774,6 +775,35 @@ fn a_list_is_refused_with_its_line_when_it_cannot_hold_what_it_is_given() {
 }
 
 #[test]
+fn a_block_without_kind_takes_its_lists_kind_wherever_that_is_given() {
+    // As docs/rules.md shows it: a tenant's block of an `ip` list, before or after the block
+    // that says `kind = "ip"`, in another file.
+    let tenant =
+        "[[list]]\nname = \"blocked_ips\"\ntenant = \"acme\"\nvalues = [\"192.0.2.0/24\"]\n";
+    let declared =
+        format!("{GOOD}\n[[list]]\nname = \"blocked_ips\"\nkind = \"ip\"\nvalues = []\n");
+    for files in [
+        [
+            ("rules/a.toml", tenant),
+            ("rules/b.toml", declared.as_str()),
+        ],
+        [
+            ("rules/a.toml", declared.as_str()),
+            ("rules/b.toml", tenant),
+        ],
+    ] {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        let set = RuleSet::from_sources(&files).unwrap_or_else(|e| panic!("{e}"));
+        let l = set.lists()[0];
+        assert_eq!(l.kind, crate::lists::ListKind::Ip);
+        assert!(l.contains("acme", "192.0.2.9"));
+    }
+}
+
+#[test]
 fn a_lists_refused_values_are_reported_ten_at_most_and_the_sets_total_is_bounded() {
     let values: Vec<String> = (0..25).map(|i| format!("\"10.0.{i}.1/16\"")).collect();
     let text = format!(
@@ -789,17 +819,21 @@ fn a_lists_refused_values_are_reported_ten_at_most_and_the_sets_total_is_bounded
         "{}",
         errors[10]
     );
-    // Over the bound: one error naming the total (values are counted as given).
-    let many = vec!["\"x\""; MAX_LIST_ENTRIES + 1].join(",");
-    let text = format!("{GOOD}\n[[list]]\nname = \"l\"\nvalues = [{many}]\n");
+    // Over the bound: one error at the block that crossed it, with the total (values are
+    // counted as given).
+    let many = vec!["\"x\""; MAX_LIST_ENTRIES].join(",");
+    let text = format!(
+        "{GOOD}\n[[list]]\nname = \"l\"\nvalues = [{many}]\n\n[[list]]\nname = \"m\"\nvalues = [\"y\", \"z\"]\n"
+    );
     let e = refused(
         &text,
         &format!(
-            "hold {} values; at most {MAX_LIST_ENTRIES}",
-            MAX_LIST_ENTRIES + 1
+            "list \"m\": with this block the set's lists hold more than {MAX_LIST_ENTRIES} values, \
+             the most they may (every engine holds them in memory; duplicates count) ({} in all)",
+            MAX_LIST_ENTRIES + 2
         ),
     );
-    assert_eq!(e.line, line_of(&text, "[[list]]"));
+    assert_eq!(e.line, line_of(&text, "name = \"m\"") - 1);
 }
 
 #[test]
