@@ -410,3 +410,67 @@ fn players_and_keys_of_two_tenants_are_counted_apart() {
         .collect();
     assert!(tenants.contains("acme"), "{tenants:?}");
 }
+
+/// A block list tried on history: the set's lists are what a backtest judges events with, so
+/// an analyst sees what listing a device would have raised before listing it.
+#[test]
+fn a_block_list_tried_on_history_reports_what_it_would_have_raised() {
+    let events = events();
+    // The devices the scripted logins, sessions and payments came from, most used first.
+    let mut used: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &events {
+        let v = serde_json::to_value(e).unwrap();
+        if let Some(d) = v["payload"]["device_id"].as_str()
+            && e.event_type() != pitboss_model::EventType::BetPlaced
+        {
+            *used.entry(d.to_owned()).or_default() += 1;
+        }
+    }
+    let device = used
+        .iter()
+        .max_by_key(|(d, n)| (**n, std::cmp::Reverse((*d).clone())))
+        .map(|(d, _)| d.clone())
+        .expect("the script's events carry devices");
+    let with_list = |tenant: &str| {
+        let mut sources = shipped_sources();
+        sources.push((
+            "rules/lists.toml".into(),
+            format!(
+                "[[list]]\nname = \"blocked_devices\"\ntenant = \"{tenant}\"\nvalues = [\"{device}\"]\n"
+            ),
+        ));
+        RuleSet::from_sources(&sources).unwrap()
+    };
+    let from = Backtest::clock(&events[0]);
+    let to = Timestamp::from_millis(T0 + 1);
+    let blocked = |r: &Report| {
+        r.rules
+            .iter()
+            .find(|r| r.id == "fraud.blocklist.device")
+            .map(|r| (r.hits, r.alerts))
+            .unwrap()
+    };
+    let report = run(with_list("acme"), &events, from, to, 3);
+    let want = engine_hits(with_list("acme"), &events)
+        .get("fraud.blocklist.device")
+        .map_or(0, |h| h.len() as u64);
+    assert!(want > 0, "{device} raised nothing");
+    assert_eq!(blocked(&report), (want, want));
+    let ex = &report
+        .rules
+        .iter()
+        .find(|r| r.id == "fraud.blocklist.device")
+        .unwrap()
+        .examples[0];
+    assert!(
+        ex.reason
+            .starts_with(&format!("Device {device} is on the block list")),
+        "{ex:?}"
+    );
+    // Listed for another tenant, or not at all: nothing.
+    assert_eq!(
+        blocked(&run(with_list("zeta"), &events, from, to, 3)),
+        (0, 0)
+    );
+    assert_eq!(blocked(&run(shipped(), &events, from, to, 3)), (0, 0));
+}
