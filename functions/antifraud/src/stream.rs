@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::FutureExt;
 use pitboss_bus::{
     Bus, BusError, ConsumerConfig, OutRecord, Partition, Position, Publisher, Record, header,
 };
@@ -394,10 +393,10 @@ struct Work {
     /// caught mid-write (truncated, cut at a rule) are not loaded, only what stays.
     settling: Option<Option<Fingerprint>>,
     last_reload_check: Instant,
-    /// The check of the rule files in progress, off the engine's thread: reading and hashing
-    /// them, and loading a changed set (a set whose lists hold a million values takes about a
-    /// second), would stall the events behind it.
-    reload_check: Option<tokio::task::JoinHandle<ReloadCheck>>,
+    /// The check of the rule files in progress, on a thread of its own at a lower priority:
+    /// reading and hashing them, and loading a changed set (a set whose lists hold a million
+    /// values takes about half a second), would stall the events behind it.
+    reload_check: Option<std::thread::JoinHandle<ReloadCheck>>,
     /// When replaying began (the first assignment): past [`REPLAY_PATIENCE`], the logged
     /// batches are replayed with whatever arrived (a partition whose records never come cannot
     /// hold the rest back).
@@ -1416,20 +1415,27 @@ impl Work {
     /// the check is done, applies what it found: a set changed and then unchanged for one more
     /// check (files caught mid-write are not loaded, only what stays) is swapped in.
     fn maybe_reload(&mut self) {
-        if let Some(task) = &mut self.reload_check {
+        if let Some(task) = &self.reload_check {
             if !task.is_finished() {
                 return;
             }
-            // Unconstrained: a finished task answers at once whatever budget this turn has left.
-            let Some(done) = tokio::task::unconstrained(&mut *task).now_or_never() else {
+            let Some(task) = self.reload_check.take() else {
                 return;
             };
-            self.reload_check = None;
-            match done {
+            match task.join() {
                 Ok(check) => self.apply_reload_check(check),
-                Err(e) => {
-                    // Cancelled (the runtime going down): the next check tries again.
-                    tracing::warn!(error = %e, "a check of the rule files did not finish");
+                Err(p) => {
+                    // A loader that panics refuses the files as they are once, as a refused
+                    // set is: they are not loaded again until they change.
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    self.apply_reload_check(ReloadCheck {
+                        fingerprint: self.config.rules.raw_fingerprint(),
+                        loaded: Some(Err(format!("loading the rule set panicked: {why}"))),
+                    });
                 }
             }
             return;
@@ -1440,8 +1446,12 @@ impl Work {
         self.last_reload_check = Instant::now();
         let source = self.config.rules.clone();
         let (before, settling) = (self.fingerprint.clone(), self.settling.clone());
-        self.reload_check = Some(tokio::task::spawn_blocking(move || {
-            let check = || {
+        let spawned = std::thread::Builder::new()
+            .name("pitboss-rules-check".into())
+            .spawn(move || {
+                // Behind the events: on a busy machine the check waits, not the engine.
+                #[cfg(target_os = "linux")]
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10);
                 let (fingerprint, files) = source.read();
                 let settled = fingerprint != before && settling.as_ref() == Some(&fingerprint);
                 let loaded = settled.then(|| {
@@ -1453,21 +1463,11 @@ impl Work {
                     fingerprint,
                     loaded,
                 }
-            };
-            // A loader that panics refuses these files once, as a refused set is; it is not
-            // tried again every check.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)).unwrap_or_else(|p| {
-                let why = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                ReloadCheck {
-                    fingerprint: source.raw_fingerprint(),
-                    loaded: Some(Err(format!("loading the rule set panicked: {why}"))),
-                }
-            })
-        }));
+            });
+        match spawned {
+            Ok(t) => self.reload_check = Some(t),
+            Err(e) => tracing::warn!(error = %e, "the rule files not checked: no thread"),
+        }
     }
 
     fn apply_reload_check(&mut self, check: ReloadCheck) {
@@ -1489,7 +1489,16 @@ impl Work {
         match loaded {
             Ok(set) => {
                 publish_lists(Some(self.engine.rules()), &set);
+                // The old lists are dropped on a thread of their own: a million values take
+                // tens of milliseconds to free.
+                let old_lists: Vec<_> = self.engine.rules().lists().into_iter().cloned().collect();
                 let report = self.engine.replace_rules(set);
+                if old_lists.iter().any(|l| !l.is_empty()) {
+                    // (No thread to be had: they are dropped here, as before.)
+                    let _ = std::thread::Builder::new()
+                        .name("pitboss-rules-drop".into())
+                        .spawn(move || drop(old_lists));
+                }
                 self.stats.reloads += 1;
                 metrics::counter!("pitboss_antifraud_reloads_total", "result" => "ok").increment(1);
                 if report.removed.is_empty()
