@@ -2905,6 +2905,19 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     assert_eq!(alerts(&data)[2], ("p1".to_owned(), "6 bets.".to_owned()));
 }
 
+/// Copies these files of the shipped packs (`rules/`) into `rules`.
+fn copy_shipped_rules(rules: &std::path::Path, files: &[&str]) {
+    for f in files {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("rules")
+                .join(f),
+            rules.join(f),
+        )
+        .unwrap();
+    }
+}
+
 /// A list changed while `pitboss up --rules DIR` runs (by `pitboss rules list add`): the next
 /// deposit with a listed payment instrument raises the block-list alert; an edit by hand that
 /// is refused (with file and line) keeps the lists in force, and the command refuses to write
@@ -2915,15 +2928,7 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
     let rules = dir.path().join("rules");
     let data = dir.path().join("data");
     std::fs::create_dir_all(&rules).unwrap();
-    for f in ["fraud.toml", "scoring.toml"] {
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("rules")
-                .join(f),
-            rules.join(f),
-        )
-        .unwrap();
-    }
+    copy_shipped_rules(&rules, &["fraud.toml", "scoring.toml"]);
     // The operator's file beside the pack (which declares the lists empty), by hand: the
     // whole file at once, as an editor or a tool writes it.
     let write_lists = |text: &str| {
@@ -3077,15 +3082,7 @@ fn rules_list_adds_and_removes_values_keeping_comments_and_refuses_bad_input_pre
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    for f in ["fraud.toml", "scoring.toml"] {
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("rules")
-                .join(f),
-            rules.join(f),
-        )
-        .unwrap();
-    }
+    copy_shipped_rules(&rules, &["fraud.toml", "scoring.toml"]);
     let r = rules.to_str().unwrap();
     let file = rules.join("lists.toml");
     let read = || std::fs::read_to_string(&file).unwrap();
@@ -3276,15 +3273,10 @@ fn rules_snooze_refuses_bad_input_precisely_and_rules_check_lists_what_it_wrote(
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
-    for f in ["fraud.toml", "responsible_gambling.toml", "scoring.toml"] {
-        std::fs::copy(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("rules")
-                .join(f),
-            rules.join(f),
-        )
-        .unwrap();
-    }
+    copy_shipped_rules(
+        &rules,
+        &["fraud.toml", "responsible_gambling.toml", "scoring.toml"],
+    );
     // An embedded store without alerts.
     pitboss_processor::sqlite::open(&dir.path().join("pitboss.db")).unwrap();
     let r = rules.to_str().unwrap();
