@@ -2,9 +2,10 @@
 # Bus to alert while the rule set reloads (docs/benchmarks.md, "Lists"): scripts/bench-live.sh
 # at one rate, with `pitboss up --rules DIR`, DIR the shipped packs plus a lists.toml of
 # 1,000,000 values (500,000 devices for every tenant, 400,000 addresses and 100,000 networks
-# for tenant demo), rewritten every RELOAD_EVERY seconds from 15 s into the run (a comment line
-# changes: each rewrite is a reload of the whole set). RELOAD_EVERY=0 never rewrites it: the
-# baseline, same set.
+# for tenant demo, all distinct), rewritten every RELOAD_EVERY seconds from 15 s after this
+# script starts until the run's end (its settle time included; a comment line changes: each
+# rewrite is a reload of the whole set). RELOAD_EVERY=0 never rewrites it: the baseline, same
+# set.
 #
 #   scripts/bench-live-reload.sh [seconds, default 60] [rate, default 10000]
 #   (RELOAD_EVERY=10, PITBOSS_BENCH_BIN=path and the rest as bench-live.sh)
@@ -15,7 +16,11 @@ RATE=${2:-10000}
 EVERY=${RELOAD_EVERY:-10}
 W=$(mktemp -d); R=$W/rules; mkdir -p "$R"; cp "$ROOT"/rules/*.toml "$R"/
 LOOP=""
-cleanup() { [[ -n $LOOP ]] && kill "$LOOP" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"; }
+cleanup() {
+  [[ -n $LOOP ]] && { pkill -P "$LOOP" 2>/dev/null; kill "$LOOP" 2>/dev/null; }
+  wait 2>/dev/null
+  rm -rf "$W"
+}
 trap cleanup EXIT
 python3 - "$W/lists.base" <<'PY'
 import sys
@@ -27,8 +32,9 @@ out.write(']\n\n[[list]]\nname = "blocked_ips"\nkind = "ip"\ntenant = "demo"\nva
 for i in range(400_000):
     out.write('  "10.%d.%d.%d",\n' % ((i >> 16) & 255, (i >> 8) & 255, i & 255))
 for i in range(100_000):
-    out.write('  "%s",\n' % ("172.%d.%d.%d/28" % (16 + ((i >> 12) & 15), (i >> 4) & 255, (i & 15) << 4)
-                             if i % 2 == 0 else "2001:db8:%x::/48" % (i & 0xffff)))
+    j = i >> 1  # 50,000 of each family, all distinct
+    out.write('  "%s",\n' % ("172.%d.%d.%d/28" % (16 + ((j >> 12) & 15), (j >> 4) & 255, (j & 15) << 4)
+                             if i % 2 == 0 else "2001:db8:%x::/48" % j))
 out.write(']\n')
 PY
 cp "$W/lists.base" "$R/lists.toml"

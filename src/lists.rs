@@ -245,10 +245,7 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
             .collect();
         let elsewhere: Vec<&&String> = missing
             .iter()
-            .filter(|v| match &args.tenant {
-                Some(t) => list.contains(t, v),
-                None => list.len_global() > 0 && list.contains("", v),
-            })
+            .filter(|v| list.holds(args.tenant.as_deref().unwrap_or(""), v))
             .collect();
         if removed.is_empty() {
             bail!(
@@ -321,7 +318,7 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
             .map(|l| {
                 wanted
                     .iter()
-                    .filter(|v| l.contains(tenant, v))
+                    .filter(|v| l.holds(tenant, v))
                     .map(|v| format!("{v:?}"))
                     .collect()
             })

@@ -240,6 +240,24 @@ impl NamedList {
         }
     }
 
+    /// Whether `value` itself is an entry for `tenant`'s events (its own or every tenant's):
+    /// the same text, address or network, read as the list reads it — not an address inside a
+    /// listed network, as [`NamedList::contains`] answers.
+    pub fn holds(&self, tenant: &str, value: &str) -> bool {
+        let Ok(parsed) = parse(self.kind, value) else {
+            return false;
+        };
+        let has = |e: &Entries| match &parsed {
+            Parsed::Text => e.texts.contains(value),
+            Parsed::Addr(a) => e.addrs.contains(a),
+            Parsed::Net(n) => e
+                .nets
+                .iter()
+                .any(|(len, set)| *len == n.prefix_len() && set.contains(n)),
+        };
+        has(&self.global) || self.tenants.get(tenant).is_some_and(has)
+    }
+
     /// Entries in all, every tenant's counted.
     pub fn len(&self) -> usize {
         self.global.len() + self.tenants.values().map(Entries::len).sum::<usize>()
@@ -295,6 +313,10 @@ mod tests {
         assert!(l.contains("t", "10.1.2.3"));
         assert!(!l.contains("t", "not an address"));
         assert_eq!(l.len(), 5);
+        // Entries themselves, as written otherwise; an address inside a network is not one.
+        assert!(l.holds("t", "198.51.100.0/24") && l.holds("t", "2001:DB8::/32"));
+        assert!(l.holds("t", "10.1.2.3") && l.holds("t", "::ffff:203.0.113.7"));
+        assert!(!l.holds("t", "198.51.100.200") && !l.holds("t", "198.51.0.0/16"));
     }
 
     #[test]

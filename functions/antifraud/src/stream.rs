@@ -94,10 +94,7 @@ impl RulesSource {
     /// hold); `None` for the built-in packs, which never change. By content, not modification
     /// time: a deploy that keeps times (`cp -p`, `rsync -a`) of a file of the same size
     /// changed the rules without a reload.
-    fn fingerprint(&self) -> Option<Fingerprint> {
-        self.read().0
-    }
-
+    ///
     /// The files of the set as they are now, and what identifies them: read once, so that a
     /// set loaded from them is the very bytes the fingerprint describes (a file rewritten
     /// between a check and a load is not loaded unseen).
@@ -134,6 +131,7 @@ impl RulesSource {
             .filter(|e| {
                 e.path().extension().is_some_and(|x| x == "toml")
                     && !e.file_name().to_string_lossy().starts_with('.')
+                    && e.path().is_file()
             })
             .map(|e| {
                 let text = std::fs::read(e.path()).unwrap_or_default();
@@ -534,7 +532,10 @@ impl Work {
         client_id: String,
         stats: StreamStats,
     ) -> Result<Work, StreamError> {
-        let set = config.rules.load()?;
+        // The files read once: the fingerprint the reload checks start from is of the very
+        // bytes loaded (a change made while the state is restored is a change).
+        let (fingerprint, files) = config.rules.read();
+        let set = RuleSet::from_sources(&files?)?;
         tracing::info!(
             rules = set.rules.len(),
             from = %match &config.rules {
@@ -635,7 +636,7 @@ impl Work {
         config.consumer.client_id = Some(client_id.clone());
         let unchecked = skip_upto.keys().cloned().collect();
         let mut work = Work {
-            fingerprint: config.rules.fingerprint(),
+            fingerprint,
             settling: None,
             engine,
             store,
@@ -1424,19 +1425,9 @@ impl Work {
             };
             match task.join() {
                 Ok(check) => self.apply_reload_check(check),
-                Err(p) => {
-                    // A loader that panics refuses the files as they are once, as a refused
-                    // set is: they are not loaded again until they change.
-                    let why = p
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    self.apply_reload_check(ReloadCheck {
-                        fingerprint: self.config.rules.raw_fingerprint(),
-                        loaded: Some(Err(format!("loading the rule set panicked: {why}"))),
-                    });
-                }
+                // Reading the files panicked (a load that panics is caught in the check and
+                // refused with the fingerprint it read): the next check tries again.
+                Err(_) => tracing::error!("a check of the rule files panicked"),
             }
             return;
         }
@@ -1455,8 +1446,18 @@ impl Work {
                 let (fingerprint, files) = source.read();
                 let settled = fingerprint != before && settling.as_ref() == Some(&fingerprint);
                 let loaded = settled.then(|| {
-                    files
-                        .and_then(|f| RuleSet::from_sources(&f))
+                    let files = files.map_err(|e| e.to_string())?;
+                    // A loader that panics refuses these files once, as a refused set is:
+                    // they are not loaded again until they change.
+                    std::panic::catch_unwind(|| RuleSet::from_sources(&files))
+                        .map_err(|p| {
+                            let why = p
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            format!("loading the rule set panicked: {why}")
+                        })?
                         .map_err(|e| e.to_string())
                 });
                 ReloadCheck {
@@ -1864,7 +1865,7 @@ mod tests {
         std::fs::write(&file, "value = 25\n").unwrap();
         let when = std::fs::metadata(&file).unwrap().modified().unwrap();
         let source = RulesSource::Dir(dir.path().to_owned());
-        let before = source.fingerprint();
+        let before = source.read().0;
         std::fs::write(&file, "value = 28\n").unwrap();
         std::fs::File::options()
             .write(true)
@@ -1873,10 +1874,10 @@ mod tests {
             .set_modified(when)
             .unwrap();
         assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), when);
-        let after = source.fingerprint();
+        let after = source.read().0;
         assert_ne!(before, after);
         std::fs::write(&file, "value = 28\n").unwrap();
-        assert_eq!(source.fingerprint(), after);
+        assert_eq!(source.read().0, after);
     }
 
     fn positions() -> Positions {

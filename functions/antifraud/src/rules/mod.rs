@@ -473,6 +473,7 @@ impl RuleSet {
             }
         }
         // Lists of other files (a test file's) after the set's own: a conflict is theirs.
+        let own = parsed.len();
         for (name, text) in lists_from {
             match toml::from_str::<spec::ListsOnly>(text) {
                 Ok(l) => parsed.push((
@@ -555,7 +556,7 @@ impl RuleSet {
             }
         }
         // Lists before rules: filters name them.
-        set.lists = lists(&mut parsed, &mut errors);
+        set.lists = lists(&mut parsed, own, &mut errors);
         let mut ids: HashMap<String, (String, usize)> = HashMap::new();
         let mut snoozes = Vec::new();
         // Every rule id written, also of rules refused: a snooze of one is not a second error.
@@ -698,10 +699,12 @@ fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
 }
 
 /// Every `[[list]]` block of the parsed files, merged by name; problems go to `errors`. A
-/// block without `kind` takes the kind another block of its list gives (wherever it stands),
-/// else `text`.
+/// block without `kind` takes the kind another block of its list gives (wherever it stands in
+/// the set's own files, the first `own` of `parsed`), else `text`; the files after them (a test
+/// file's lists) take kinds, and give none.
 fn lists(
     parsed: &mut [(&String, &String, spec::FileSpec)],
+    own: usize,
     errors: &mut Vec<LoadError>,
 ) -> crate::lists::Lists {
     use crate::lists::{ListKind, NamedList};
@@ -712,7 +715,7 @@ fn lists(
     };
     // The kinds the blocks give, by list: the first one given, and where.
     let mut declared: HashMap<String, (ListKind, String, usize)> = HashMap::new();
-    for (name, text, f) in parsed.iter() {
+    for (name, text, f) in parsed.iter().take(own) {
         for block in &f.list {
             let l = block.get_ref();
             if let Some(kind) = l.kind.as_ref().and_then(|k| kind_of(k.get_ref())) {
@@ -725,7 +728,8 @@ fn lists(
     }
     let mut lists: HashMap<String, NamedList> = HashMap::new();
     let mut total = 0usize;
-    let mut over = false;
+    // The error of the block that went past the bound, which the total is added to.
+    let mut over: Option<usize> = None;
     for (name, text, f) in parsed.iter_mut() {
         let (name, text) = (name.as_str(), text.as_str());
         for block in std::mem::take(&mut f.list) {
@@ -798,6 +802,22 @@ fn lists(
             let list = lists
                 .entry(lname.clone())
                 .or_insert_with(|| NamedList::new(&lname, kind, name, line));
+            if list.kind != kind {
+                // A kind given by a test file's block only, against the set's own.
+                let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
+                errors.push(located(
+                    name,
+                    text,
+                    span,
+                    format!(
+                        "list {lname:?} is of kind {:?} at {}:{}: every block of a list has its kind",
+                        list.kind.as_str(),
+                        list.file,
+                        list.line
+                    ),
+                ));
+                continue;
+            }
             if list.description.is_empty() {
                 list.description = l.description.clone();
             }
@@ -805,10 +825,10 @@ fn lists(
             let values = l.values.into_inner();
             total += values.len();
             if total > MAX_LIST_ENTRIES {
-                // Counted on, not held: a file far past the bound is refused without building
-                // it (a running engine holds its set meanwhile).
-                if !over {
-                    over = true;
+                // Counted on, not put in lists: past the bound, a set's values are parsed but
+                // no list is built of them (a running engine holds its set meanwhile).
+                if over.is_none() {
+                    over = Some(errors.len());
                     errors.push(LoadError {
                         file: name.to_owned(),
                         line,
@@ -816,7 +836,7 @@ fn lists(
                         reason: format!(
                             "list {lname:?}: with this block the set's lists hold more than \
                              {MAX_LIST_ENTRIES} values, the most they may (every engine holds \
-                             them in memory; duplicates count)"
+                             them in memory; duplicates count"
                         ),
                     });
                 }
@@ -849,15 +869,8 @@ fn lists(
             }
         }
     }
-    if over {
-        // The total, for the message above.
-        if let Some(e) = errors
-            .iter_mut()
-            .rev()
-            .find(|e| e.reason.contains("the most they may"))
-        {
-            e.reason.push_str(&format!(" ({total} in all)"));
-        }
+    if let Some(e) = over.and_then(|i| errors.get_mut(i)) {
+        e.reason.push_str(&format!("; {total} in all)"));
     }
     lists.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
 }

@@ -829,7 +829,7 @@ fn a_lists_refused_values_are_reported_ten_at_most_and_the_sets_total_is_bounded
         &text,
         &format!(
             "list \"m\": with this block the set's lists hold more than {MAX_LIST_ENTRIES} values, \
-             the most they may (every engine holds them in memory; duplicates count) ({} in all)",
+             the most they may (every engine holds them in memory; duplicates count; {} in all)",
             MAX_LIST_ENTRIES + 2
         ),
     );
@@ -855,4 +855,37 @@ fn a_file_of_lists_alone_loads_and_a_snoozes_file_may_not_hold_one() {
         e.iter().any(|e| e.reason.contains("holds snoozes alone")),
         "{e:?}"
     );
+}
+
+#[test]
+fn a_test_files_lists_take_the_sets_kinds_and_give_none() {
+    let set = |kind: &str| format!("{GOOD}\n[[list]]\nname = \"l\"\n{kind}values = []\n");
+    let with = |set: &str, test: &str| {
+        RuleSet::from_sources_with_lists(
+            &[("rules/a.toml".into(), set.into())],
+            &[("rules/tests/t.toml".into(), test.into())],
+        )
+    };
+    // The set's list is text (no kind given): a test file's `kind = "ip"` does not make it an
+    // address list; it is refused, naming the set's block.
+    let Err(AntifraudError::Rules(e)) = with(
+        &set(""),
+        "[[case]]\nname = \"x\"\n\n[[list]]\nname = \"l\"\nkind = \"ip\"\nvalues = [\"10.0.0.0/8\"]\n",
+    ) else {
+        panic!("refused")
+    };
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].reason.contains("is of kind \"text\" at rules/a.toml:"),
+        "{}",
+        e[0]
+    );
+    assert_eq!(e[0].file, "rules/tests/t.toml");
+    // The set's list is `ip`: a test file's block without kind is one of its blocks.
+    let ok = with(
+        &set("kind = \"ip\"\n"),
+        "[[list]]\nname = \"l\"\nvalues = [\"10.0.0.0/8\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ok.lists()[0].contains("t", "10.1.2.3"));
 }
