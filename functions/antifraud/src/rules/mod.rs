@@ -713,16 +713,13 @@ fn lists(
         "ip" => Some(ListKind::Ip),
         _ => None,
     };
-    // The kinds the blocks give, by list: the first one given, and where.
-    let mut declared: HashMap<String, (ListKind, String, usize)> = HashMap::new();
-    for (name, text, f) in parsed.iter().take(own) {
+    // The kind the set's own blocks give each list: the first one given.
+    let mut declared: HashMap<String, ListKind> = HashMap::new();
+    for (_, _, f) in parsed.iter().take(own) {
         for block in &f.list {
             let l = block.get_ref();
             if let Some(kind) = l.kind.as_ref().and_then(|k| kind_of(k.get_ref())) {
-                let (line, _) = line_col(text, block.span().start);
-                declared
-                    .entry(l.name.get_ref().clone())
-                    .or_insert_with(|| (kind, name.to_string(), line));
+                declared.entry(l.name.get_ref().clone()).or_insert(kind);
             }
         }
     }
@@ -748,9 +745,8 @@ fn lists(
                 ));
                 continue;
             }
-            let first = declared.get(&lname);
             let kind = match l.kind.as_ref() {
-                None => first.map_or(ListKind::Text, |(k, _, _)| *k),
+                None => declared.get(&lname).copied().unwrap_or(ListKind::Text),
                 Some(k) => match kind_of(k.get_ref()) {
                     Some(kind) => kind,
                     None => {
@@ -767,22 +763,6 @@ fn lists(
                     }
                 },
             };
-            if let Some((k0, f0, l0)) = first
-                && *k0 != kind
-            {
-                let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
-                errors.push(located(
-                    name,
-                    text,
-                    span,
-                    format!(
-                        "list {lname:?} is of kind {:?} at {f0}:{l0}: every block of a list has \
-                         its kind",
-                        k0.as_str()
-                    ),
-                ));
-                continue;
-            }
             let tenant = l.tenant.as_ref().map(|t| t.get_ref().as_str());
             if let (Some(t), Some(span)) = (tenant, l.tenant.as_ref().map(|t| t.span()))
                 && let Some(v) = pitboss_model::validate::id_violation(
@@ -803,7 +783,8 @@ fn lists(
                 .entry(lname.clone())
                 .or_insert_with(|| NamedList::new(&lname, kind, name, line));
             if list.kind != kind {
-                // A kind given by a test file's block only, against the set's own.
+                // Two kinds given (or a test file's against the set's): the list's first
+                // block names it.
                 let span = l.kind.as_ref().map_or(l.name.span(), |k| k.span());
                 errors.push(located(
                     name,
