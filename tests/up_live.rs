@@ -65,8 +65,8 @@ async fn publish(data_dir: &std::path::Path) {
 
 /// A `pitboss up` the test started: killed when dropped, so a test that fails (panics) leaves
 /// no process behind (one was found running after a failed CI run). Used as the `Child` it
-/// holds.
-struct Up(Child);
+/// holds; the second field is the address of its admin listener (`/metrics`).
+struct Up(Child, String);
 
 impl std::ops::Deref for Up {
     type Target = Child;
@@ -126,8 +126,21 @@ fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Up, String, String) {
     let errors = BufReader::new(child.stderr.take().unwrap());
     let last = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let keep = last.clone();
+    // With `PITBOSS_TEST_UP_LOG` set, every line is also appended to that file (to read a
+    // failure's runs afterwards).
+    let mut log = std::env::var_os("PITBOSS_TEST_UP_LOG").map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    });
     std::thread::spawn(move || {
+        use std::io::Write;
         for line in errors.lines().map_while(Result::ok) {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             *keep.lock().unwrap() = line;
         }
     });
@@ -141,16 +154,22 @@ fn up_full(data_dir: &std::path::Path, extra: &[&str]) -> (Up, String, String) {
         .strip_prefix("Pitboss is up: http://")
         .unwrap_or_else(|| panic!("{first}"))
         .to_owned();
-    // The last line of the banner names the gateway: `  live:    ws://ADDR/v1/ws?token=…`.
+    // The banner names the admin listener (`admin: http://ADDR/metrics`), then the gateway:
+    // `  live:    ws://ADDR/v1/ws?token=…`.
+    let mut admin = String::new();
     let gateway = loop {
         let line = lines.next().unwrap().unwrap();
+        if let Some((_, rest)) = line.split_once("admin: http://") {
+            admin = rest.split('/').next().unwrap().to_owned();
+        }
         if let Some(rest) = line.trim_start().strip_prefix("live:") {
             let url = rest.trim_start().strip_prefix("ws://").unwrap();
             break url.split('/').next().unwrap().to_owned();
         }
     };
     std::thread::spawn(move || for _ in lines {}); // keep the pipe drained
-    (Up(child), addr, gateway)
+    assert!(!admin.is_empty(), "the banner names the admin listener");
+    (Up(child, admin), addr, gateway)
 }
 
 /// `pitboss sql --format json` over `data_dir`: one JSON object per row.
@@ -171,6 +190,52 @@ fn sql(data_dir: &std::path::Path, query: &str) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// The series of `name` on the admin listener `admin` of a `pitboss up`: (labels, value).
+async fn series(admin: &str, name: &str) -> Vec<(String, f64)> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            (labels.is_empty() || labels.starts_with('{'))
+                .then(|| (labels.to_owned(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Waits until each of the `engines` rules engines of the `pitboss up` whose admin listener is
+/// `admin` has completed a save in this run (`pitboss_antifraud_snapshot_units{group}` is set
+/// at the end of each).
+async fn saved(admin: &str, engines: usize) {
+    let start = Instant::now();
+    while series(admin, "pitboss_antifraud_snapshot_units")
+        .await
+        .len()
+        < engines
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{engines} engines did not save in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Batches the rules engines of the `pitboss up` whose admin listener is `admin` replayed
+/// since it started (`pitboss_antifraud_replayed_batches_total`, all groups).
+async fn replayed_batches(admin: &str) -> f64 {
+    series(admin, "pitboss_antifraud_replayed_batches_total")
+        .await
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Rows stored so far: (alerts, pushes, deliveries, acks, events); zeros while the store does
@@ -578,6 +643,12 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
     let batches: Vec<&[serde_json::Value]> = events.chunks(40).collect();
     let mut next = 0;
     let mut rounds = Vec::new();
+    // Engines in the process (one per shard), and batches they replayed after a restart.
+    let engines = extra
+        .iter()
+        .position(|a| *a == "--rules-shards")
+        .map_or(1, |i| extra[i + 1].parse::<usize>().unwrap());
+    let mut replayed = 0.0;
     for round in 0..6 {
         // Snapshots every 700 ms: some kills land after one, most with batches logged since.
         let mut args = vec!["--snapshot-interval-ms", "700", "--save-slice-units", "20"];
@@ -596,6 +667,7 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
         } else {
             (next + batches.len() / 6).min(batches.len())
         };
+        let posted_from = next;
         while next < until {
             if let Err(e) = post_until_answered(&client, &addr, &key, batches[next]).await {
                 panic!("round {round}: batch {next} not answered: {e}");
@@ -619,9 +691,17 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await; // anything extra would show now
+            replayed += replayed_batches(&child.1).await;
             child.kill().unwrap();
             child.wait().unwrap();
             break;
+        }
+        if matches!(round, 1 | 3 | 4) && next > posted_from {
+            // These kills come after a save of this run: the next start restores its units
+            // and replays the batches logged since. The others may come before this run's
+            // first save (a start with no state, every batch logged from the beginning
+            // replayed by the next). A run given nothing new may have nothing to save.
+            saved(&child.1, engines).await;
         }
         // Killed while the engine works through what was just posted, or soon after: before
         // or after its next snapshot; and while the next batches are being posted, so that one
@@ -631,8 +711,12 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
         let poster = {
             let (client, addr, key, answered) =
                 (client.clone(), addr.clone(), key.clone(), answered.clone());
-            let ahead: Vec<Vec<serde_json::Value>> =
-                batches[next..].iter().map(|b| b.to_vec()).collect();
+            // A few batches, paced, so the stream lasts through the rounds.
+            let ahead: Vec<Vec<serde_json::Value>> = batches[next..]
+                .iter()
+                .take(10)
+                .map(|b| b.to_vec())
+                .collect();
             tokio::spawn(async move {
                 for batch in &ahead {
                     if post_until_answered(&client, &addr, &key, batch)
@@ -642,11 +726,14 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
                         break;
                     }
                     answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(40)).await;
                 }
             })
         };
         let wait = rand::rng().random_range(0..900);
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        eprintln!("round {round}: killed {wait} ms after batch {next} was answered");
+        replayed += replayed_batches(&child.1).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if let Some(m) = mounted.as_mut() {
@@ -657,6 +744,12 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
         next += answered.load(std::sync::atomic::Ordering::SeqCst);
         rounds.push(stored(&disk)[0]);
     }
+
+    // Restarts rebuilt what was evaluated before the kills (not only re-read it afresh).
+    assert!(
+        replayed > 0.0,
+        "no start replayed a logged batch: {rounds:?}"
+    );
 
     let ids = |q: &str, col: &str| -> Vec<String> {
         sql(&disk, q)

@@ -623,9 +623,10 @@ impl Work {
             // Everything the file holds goes to the changelog with the first save.
             engine.track_changes(true);
         }
-        // After the logged batches and any the changelog knows of — or, starting cold, after
-        // any left in the log, so the first save drops them too rather than a new batch taking
-        // the sequence of a stale one.
+        // After the logged batches and any the changelog knows of — or, starting from state
+        // that could not be read (its batches not replayed), after any left in the log, so the
+        // first save drops them too rather than a new batch taking the sequence of a stale
+        // one.
         next_seq = next_seq.max(store.batches()?.last().map_or(1, |b| b.seq + 1));
         if !replay.is_empty() {
             tracing::info!(
@@ -873,7 +874,8 @@ pub(crate) struct Restored {
 /// Rebuilds the engine from the state file, tracking its changes so each save writes only what
 /// changed since the one before:
 ///
-/// - no snapshot: empty windows, and the first save writes the whole state;
+/// - no snapshot: empty windows, the batches logged since the start replayed, and the first
+///   save writes the whole state;
 /// - a snapshot of units: every stored unit loaded, then the engine-wide values. When a unit
 ///   could not be loaded because its rule is not running any more (removed, or another version
 ///   or window definition) the next save is full — it rewrites every unit, which drops those —
@@ -895,7 +897,14 @@ pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, Stre
         }
     };
     let Some(s) = store.snapshot()? else {
-        return Ok(cold(set));
+        // Never saved, but batches may have been evaluated and their output published (a
+        // crash before the first save completes): the group has committed nothing either, so
+        // their records come again from where the last run began, and are replayed in the
+        // logged batches (re-read in other batches, a key shared across partitions could read
+        // them in another order and raise its alert on another event: a second alert).
+        let mut restored = cold(set);
+        restored.replay = store.batches()?.into();
+        return Ok(restored);
     };
     let engine = match s.engine {
         Saved::Whole(bytes) => match Engine::restore(set.clone(), &bytes) {
@@ -1058,6 +1067,8 @@ impl Work {
                 }
             }
             self.stats.replayed_batches += 1;
+            metrics::counter!("pitboss_antifraud_replayed_batches_total", "group" => self.config.group.clone())
+                .increment(1);
             self.batch(records, Some(b)).await?;
         }
         let rest: Vec<Record> = self.buffer.drain().flat_map(|(_, q)| q).collect();
@@ -2256,6 +2267,122 @@ reason = "{settled} settlements with a stake"
                 .unwrap();
         }
         assert_eq!(out.alerts.len(), 1, "the third settlement with a stake");
+    }
+
+    /// Two players on one device, read from two partitions: the second player read raises the
+    /// alert. The first run reads them in two batches, the later-stamped record first, and
+    /// dies before its first save; the next reads both at once (so their canonical order is
+    /// the other way round). The batches logged by the first run are replayed as they were,
+    /// so the alert raised again is the same one — re-read as one new batch it was raised on
+    /// the other player's event: a second alert for one device.
+    #[tokio::test]
+    async fn batches_logged_before_the_first_save_are_replayed_as_they_were_after_a_crash() {
+        const RULE: &str = r#"
+[[rule]]
+id = "t.shared_device"
+version = 1
+category = "fraud"
+description = "Two players on one device."
+severity = "high"
+score = 10
+events = ["login"]
+group_by = "device"
+window = { duration = "1h", max_events = 10 }
+cooldown = "1h"
+reason = "{players} players"
+  [[rule.measure]]
+  name = "players"
+  agg = "count_distinct"
+  field = "player_id"
+  [[rule.when]]
+  measure = "players"
+  op = "gte"
+  value = 2
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(
+            pitboss_bus::embedded::EmbeddedBus::open(dir.path().join("log"), Default::default())
+                .unwrap(),
+        );
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).unwrap();
+        std::fs::write(rules.join("t.toml"), RULE).unwrap();
+        let config = StreamConfig {
+            group: "g".into(),
+            state_path: dir.path().join("s.db"),
+            rules: RulesSource::Dir(rules),
+            ..StreamConfig::default()
+        };
+        for t in [
+            &config.alerts_topic,
+            &config.pushes_topic,
+            &config.dead_letter_topic,
+        ] {
+            bus.create_topic(t, 1).await.unwrap();
+        }
+        let login = |n: u32, player: &str, partition: u32, bus_ms: i64| {
+            let json = format!(
+                r#"{{"event_id":"0193735a-0000-7000-8000-{n:012x}","tenant_id":"acme","player_id":"{player}","type":"login","occurred_at":"{}","payload":{{"device_id":"d-1","ip":"192.0.2.1"}}}}"#,
+                Timestamp::from_millis(T0).to_rfc3339().unwrap()
+            );
+            let e = pitboss_model::decode_event(json.as_bytes()).unwrap();
+            Record {
+                topic: Arc::from("events"),
+                partition,
+                position: Position::Offset(0),
+                key: e.bus_key(),
+                value: pitboss_model::encode_proto(&e),
+                timestamp_ms: bus_ms,
+                headers: Default::default(),
+            }
+        };
+        // Stamped first on partition 0, later on partition 1; the later one read first.
+        let (a, b) = (login(1, "p-a", 0, T0), login(2, "p-b", 1, T0 + 5));
+        let alerts = |bus: Arc<dyn Bus>| async move {
+            let mut reader = bus
+                .reader_all("alerts", pitboss_bus::ReadFrom::Earliest)
+                .await
+                .unwrap();
+            let mut ids = Vec::new();
+            for r in reader.poll(100, Duration::from_millis(200)).await.unwrap() {
+                ids.push(
+                    pitboss_model::live::Alert::decode_proto(&r.value)
+                        .unwrap()
+                        .alert_id,
+                );
+            }
+            ids
+        };
+
+        let mut work = Work::start(
+            bus.clone(),
+            config.clone(),
+            "one".into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        work.take(vec![b.clone()]).await.unwrap();
+        work.take(vec![a.clone()]).await.unwrap();
+        let first = alerts(bus.clone()).await;
+        assert_eq!(first.len(), 1, "{first:?}");
+        drop(work); // killed: nothing saved, nothing committed
+        assert!(
+            StateStore::open(&config.state_path, "g")
+                .unwrap()
+                .snapshot()
+                .unwrap()
+                .is_none()
+        );
+
+        let mut work = Work::start(bus.clone(), config, "two".into(), Default::default())
+            .await
+            .unwrap();
+        work.take(vec![a, b]).await.unwrap();
+        let again = alerts(bus).await;
+        assert_eq!(again.len(), 2, "raised again on the replay: {again:?}");
+        assert_eq!(again[1], again[0], "the same alert, on the same event");
+        assert_eq!(work.stats.replayed_batches, 2, "the two logged batches");
     }
 
     /// What a batch raises leaves stamped with the time it was evaluated: an alert's
