@@ -493,6 +493,23 @@ async fn scripted_alerts_through_five_sigkills(shards: u32) {
 
     let want = (want_alerts.len() + want_shared.len()) as u64;
     let deadline = Instant::now() + Duration::from_secs(180);
+    // The restarts rebuilt what was evaluated before the kills from a saved state (not only
+    // re-read the topic afresh). (Whether one also replayed batches logged since depends on
+    // where its kill fell between saves and batches: not asserted.)
+    let logs: String = std::fs::read_dir(stack.logs.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("antifraud-") && !n.ends_with("-0.log"))
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(
+        logs.contains("antifraud state restored"),
+        "no restarted engine restored a saved state: {seen:?}"
+    );
     while stack.scalar("SELECT uniqExact(alert_id) FROM alerts").await != Some(want)
         && Instant::now() < deadline
     {

@@ -831,7 +831,14 @@ async fn loadgen_live_rides_out_a_restart_of_up() {
     // Ports of its own, so that nothing else takes them while it is down.
     let addr = format!("127.0.0.1:{}", pitboss_testkit::free_port());
     let gateway = format!("127.0.0.1:{}", pitboss_testkit::free_port());
-    let mut first = up_from(up_command_at(dir.path(), &addr, &gateway), dir.path());
+    // Saves every 500 ms, so the kill (4 s in) comes after some: the second start restores
+    // the engine's state and replays what it logged since.
+    let command = || {
+        let mut c = up_command_at(dir.path(), &addr, &gateway);
+        c.args(["--snapshot-interval-ms", "500"]);
+        c
+    };
+    let mut first = up_from(command(), dir.path());
     let key_file = dir.path().join("demo-api-key");
     let secret = dir.path().join("gateway-jwt-secret");
     let run = Command::new(env!("CARGO_BIN_EXE_pitboss"))
@@ -853,7 +860,7 @@ async fn loadgen_live_rides_out_a_restart_of_up() {
     first.child.kill().unwrap(); // SIGKILL
     first.child.wait().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _second = up_from(up_command_at(dir.path(), &addr, &gateway), dir.path());
+    let _second = up_from(command(), dir.path());
     let out = tokio::task::spawn_blocking(move || run.wait_with_output())
         .await
         .unwrap()
@@ -2788,7 +2795,10 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     std::fs::write(rules.join("three.toml"), THREE_BETS).unwrap();
     let start = || {
         let mut c = up_command(&data);
-        c.arg("--rules").arg(&rules);
+        // Saves every 300 ms: the restart after the SIGKILL restores the windows saved.
+        c.arg("--rules")
+            .arg(&rules)
+            .args(["--snapshot-interval-ms", "300"]);
         up_from(c, &data)
     };
     let client = reqwest::Client::new();
@@ -2821,6 +2831,8 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
         .collect()
     };
     const SNOOZED: &str = "pitboss_antifraud_snoozed_total{rule=\"t.three_bets\"}";
+    const SAVED: &str = "pitboss_antifraud_snapshot_units{group=\"pitboss-antifraud\"}";
+    const RESTORED: &str = "pitboss_antifraud_restored_units{group=\"pitboss-antifraud\"}";
     const RELOADED: &str = "pitboss_antifraud_reloads_total{result=\"ok\"}";
 
     let up1 = start();
@@ -2869,12 +2881,20 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     })
     .await;
     until_holds("p2's alert stored", || async { alerts(&data).len() == 2 }).await;
+    until_holds("a save", || async {
+        metric(&client, &up1.metrics_url, SAVED).await > 0.0
+    })
+    .await;
     let mut up1 = up1;
     up1.child.kill().unwrap();
     up1.child.wait().unwrap();
 
-    // Started again: still snoozed.
+    // Started again (from the state saved): still snoozed.
     let up2 = start();
+    until_holds("the state restored", || async {
+        metric(&client, &up2.metrics_url, RESTORED).await > 0.0
+    })
+    .await;
     post_events(&client, &up2.addr, &up2.key, &bets("p1", 1)).await;
     // (At least one: p1's fourth bet is read again before it when no save covered it before
     // the SIGKILL. Either would have raised "4 bets." or "5 bets."; the snooze's end is

@@ -228,14 +228,14 @@ async fn saved(admin: &str, engines: usize) {
     }
 }
 
-/// Batches the rules engines of the `pitboss up` whose admin listener is `admin` replayed
-/// since it started (`pitboss_antifraud_replayed_batches_total`, all groups).
-async fn replayed_batches(admin: &str) -> f64 {
-    series(admin, "pitboss_antifraud_replayed_batches_total")
-        .await
-        .iter()
-        .map(|(_, v)| v)
-        .sum()
+/// What the rules engines of the `pitboss up` whose admin listener is `admin` rebuilt at their
+/// start: (units of state restored, batches replayed so far), all groups summed.
+async fn rebuilt(admin: &str) -> (f64, f64) {
+    let sum = |s: Vec<(String, f64)>| s.iter().map(|(_, v)| v).sum();
+    (
+        sum(series(admin, "pitboss_antifraud_restored_units").await),
+        sum(series(admin, "pitboss_antifraud_replayed_batches_total").await),
+    )
 }
 
 /// Rows stored so far: (alerts, pushes, deliveries, acks, events); zeros while the store does
@@ -648,7 +648,7 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
         .iter()
         .position(|a| *a == "--rules-shards")
         .map_or(1, |i| extra[i + 1].parse::<usize>().unwrap());
-    let mut replayed = 0.0;
+    let (mut restored, mut replayed) = (0.0, 0.0);
     for round in 0..6 {
         // Snapshots every 700 ms: some kills land after one, most with batches logged since.
         let mut args = vec!["--snapshot-interval-ms", "700", "--save-slice-units", "20"];
@@ -691,7 +691,8 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await; // anything extra would show now
-            replayed += replayed_batches(&child.1).await;
+            let (u, b) = rebuilt(&child.1).await;
+            (restored, replayed) = (restored + u, replayed + b);
             child.kill().unwrap();
             child.wait().unwrap();
             break;
@@ -733,7 +734,8 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
         let wait = rand::rng().random_range(0..900);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         eprintln!("round {round}: killed {wait} ms after batch {next} was answered");
-        replayed += replayed_batches(&child.1).await;
+        let (u, b) = rebuilt(&child.1).await;
+        (restored, replayed) = (restored + u, replayed + b);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         if let Some(m) = mounted.as_mut() {
@@ -745,10 +747,11 @@ async fn scripted_alerts_through_five_stops_of_up(extra: &[&str], stop: Stop) ->
         rounds.push(stored(&disk)[0]);
     }
 
-    // Restarts rebuilt what was evaluated before the kills (not only re-read it afresh).
+    // Restarts rebuilt what was evaluated before the kills from saved state and logged
+    // batches (not only re-read the log afresh, as a start with no state does).
     assert!(
-        replayed > 0.0,
-        "no start replayed a logged batch: {rounds:?}"
+        restored > 0.0 && replayed > 0.0,
+        "units restored {restored}, batches replayed {replayed}: {rounds:?}"
     );
 
     let ids = |q: &str, col: &str| -> Vec<String> {
@@ -1074,6 +1077,7 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
     let client = reqwest::Client::new();
     let batches: Vec<&[serde_json::Value]> = events.chunks(40).collect();
     let mut next = 0;
+    let mut restored = 0.0;
     for round in 0..4 {
         let (mut child, addr, gateway) = up_full(dir.path(), &args);
         let key = std::fs::read_to_string(dir.path().join("demo-api-key"))
@@ -1090,6 +1094,14 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
                 panic!("round {round}: batch {next} not answered: {e}");
             }
             next += 1;
+        }
+        // Each stop comes after the engine saved in this run (a restarted member waits out the
+        // dead one's session before it gets partitions): the next start restores.
+        if round < 3 {
+            saved(&child.1, 1).await;
+        }
+        if round > 0 {
+            restored += rebuilt(&child.1).await.0;
         }
         match round {
             0 | 1 => {
@@ -1148,6 +1160,7 @@ async fn up_on_kafka_and_clickhouse_stores_exactly_the_scripted_alerts_through_s
             }
         }
     }
+    assert!(restored > 0.0, "no start restored the engine's state");
 
     let ids = |rows: Vec<serde_json::Value>, col: &str| -> Vec<String> {
         rows.iter()

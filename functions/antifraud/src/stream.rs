@@ -617,7 +617,11 @@ impl Work {
             mut engine,
             skip_upto,
             replay,
+            units,
         } = restore(set, &store)?;
+        // Units of state this start took from the file (0: it started with empty windows).
+        metrics::gauge!("pitboss_antifraud_restored_units", "group" => config.group.clone())
+            .set(units as f64);
         engine.set_shard(config.shard);
         if force_full {
             // Everything the file holds goes to the changelog with the first save.
@@ -869,6 +873,8 @@ pub(crate) struct Restored {
     pub(crate) engine: Engine,
     skip_upto: HashMap<Tp, Position>,
     replay: VecDeque<LoggedBatch>,
+    /// Units of state taken from the file (a whole-engine blob: the units it would be).
+    units: usize,
 }
 
 /// Rebuilds the engine from the state file, tracking its changes so each save writes only what
@@ -894,6 +900,7 @@ pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, Stre
             engine,
             skip_upto: HashMap::new(),
             replay: VecDeque::new(),
+            units: 0,
         }
     };
     let Some(s) = store.snapshot()? else {
@@ -906,7 +913,7 @@ pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, Stre
         restored.replay = store.batches()?.into();
         return Ok(restored);
     };
-    let engine = match s.engine {
+    let (engine, units) = match s.engine {
         Saved::Whole(bytes) => match Engine::restore(set.clone(), &bytes) {
             Ok((mut engine, report)) => {
                 tracing::info!(
@@ -917,7 +924,9 @@ pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, Stre
                     "antifraud state restored from a whole-engine snapshot; the next save writes it as units"
                 );
                 engine.track_changes(true);
-                engine
+                // Its windows' keys, bets and scored players: what units would have held.
+                let st = engine.stats();
+                (engine, st.keys + st.joined_bets + st.scored_players)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "antifraud snapshot not restored; starting with empty windows");
@@ -937,7 +946,7 @@ pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, Stre
                         ""
                     }
                 );
-                engine
+                (engine, loaded)
             }
             Err(StreamError::Rules(e)) => {
                 tracing::warn!(error = %e, "antifraud state not restored; starting with empty windows");
@@ -954,6 +963,7 @@ pub(crate) fn restore(set: RuleSet, store: &StateStore) -> Result<Restored, Stre
         engine,
         skip_upto: s.positions.into_iter().collect(),
         replay: store.batches()?.into(),
+        units,
     })
 }
 
