@@ -16,10 +16,23 @@ pub const LISTS_FILE: &str = "lists.toml";
 
 #[derive(Debug, Subcommand)]
 pub enum ListCommand {
-    /// Put values on a list (for one tenant with --tenant, else for every tenant).
-    Add(ListArgs),
+    /// Put values on a list (for one tenant with --tenant, else for every tenant), for ever or
+    /// with --for / --until for events before a time.
+    Add(AddArgs),
     /// Take values off a list: from the blocks of lists.toml of that list and tenant.
     Remove(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    list: ListArgs,
+    /// Listed for events within this long from now: 30m, 12h, 30d… (else for ever).
+    #[arg(long = "for", value_name = "DURATION", conflicts_with = "until")]
+    duration: Option<String>,
+    /// Listed for events before this time (RFC 3339), instead of --for.
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -44,9 +57,73 @@ pub struct ListArgs {
 
 pub fn run(cmd: ListCommand) -> Result<()> {
     match cmd {
-        ListCommand::Add(a) => change(a, true),
-        ListCommand::Remove(a) => change(a, false),
+        ListCommand::Add(a) => {
+            let until = until(&a)?;
+            change(a.list, Some(until))
+        }
+        ListCommand::Remove(a) => change(a, None),
     }
+}
+
+/// The end `--for` / `--until` give (RFC 3339, as it is written), or `None`: for ever.
+fn until(a: &AddArgs) -> Result<Option<String>> {
+    let now = pitboss_model::Timestamp::now();
+    let until = match (&a.duration, &a.until) {
+        (Some(d), _) => {
+            let ms = pitboss_antifraud::duration::parse_duration_ms(d)
+                .map_err(|e| anyhow::anyhow!("--for {d:?}: {e}"))?;
+            if ms <= 0 {
+                bail!("--for {d:?}: must be longer than 0");
+            }
+            // To the second: a time someone reads and edits.
+            let at = now.as_millis().saturating_add(ms);
+            pitboss_model::Timestamp::from_millis(at - at.rem_euclid(1000))
+        }
+        (None, Some(u)) => pitboss_model::Timestamp::parse_rfc3339(u).map_err(|e| {
+            anyhow::anyhow!(
+                "--until {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
+            )
+        })?,
+        (None, None) => return Ok(None),
+    };
+    let Some(text) = until
+        .to_rfc3339()
+        .filter(|_| until.as_millis() < crate::snooze::MAX_UNTIL_MS)
+    else {
+        bail!("--for or --until: past the year 9999");
+    };
+    // Whole seconds are written without a fraction.
+    let text = text.replace(".000Z", "Z");
+    if until <= now {
+        bail!("--until {text}: already past, it would list nothing");
+    }
+    Ok(Some(text))
+}
+
+/// A value of a `values` array: a string, or `{ value = …, until = … }` (its end as written).
+fn entry(v: &Value) -> Option<(&str, Option<String>)> {
+    match v {
+        Value::String(s) => Some((s.value(), None)),
+        Value::InlineTable(t) => Some((
+            t.get("value")?.as_str()?,
+            Some(t.get("until").map(|u| match u {
+                Value::String(s) => s.value().clone(),
+                other => other.to_string().trim().to_owned(),
+            })?),
+        )),
+        _ => None,
+    }
+}
+
+/// `{ value = "v", until = <until> }`, the end a TOML date-time.
+fn ending(v: &str, until: &str) -> Result<Value> {
+    let mut t = toml_edit::InlineTable::new();
+    t.insert("value", Value::from(v));
+    let at: toml_edit::Datetime = until
+        .parse()
+        .with_context(|| format!("{until} as a TOML date-time"))?;
+    t.insert("until", Value::from(at));
+    Ok(Value::InlineTable(t))
 }
 
 fn values(args: &ListArgs) -> Result<Vec<String>> {
@@ -73,7 +150,10 @@ fn values(args: &ListArgs) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn change(args: ListArgs, add: bool) -> Result<()> {
+/// `until`: `None` to remove, `Some(None)` to add for ever, `Some(Some(end))` until `end`.
+fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
+    let add = until.is_some();
+    let until = until.flatten();
     if !args.rules.is_dir() {
         bail!(
             "--rules {}: not a directory (lists live beside the rules an engine runs: copy the \
@@ -152,7 +232,7 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
     let held = |t: &Table| -> Vec<String> {
         t.get("values")
             .and_then(Item::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(same).collect())
+            .map(|a| a.iter().filter_map(entry).map(|(v, _)| same(v)).collect())
             .unwrap_or_default()
     };
     let scope = match &args.tenant {
@@ -160,6 +240,30 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
         None => "every tenant".to_owned(),
     };
     let said = if add {
+        // Values already in these blocks get the end asked for (or lose theirs): one entry a
+        // value, as `pitboss rules check` counts it.
+        let mut changed = 0usize;
+        for t in blocks.iter_mut().filter(|t| ours(t)) {
+            let Some(values) = t.get_mut("values").and_then(Item::as_array_mut) else {
+                continue;
+            };
+            for v in values.iter_mut() {
+                let Some((value, end)) = entry(v) else {
+                    continue;
+                };
+                if !wanted.iter().any(|w| same(w) == same(value)) || end == until {
+                    continue;
+                }
+                let decor = v.decor().clone();
+                let mut new = match &until {
+                    Some(u) => ending(value, u)?,
+                    None => Value::from(value),
+                };
+                *new.decor_mut() = decor;
+                *v = new;
+                changed += 1;
+            }
+        }
         let already: std::collections::HashSet<String> =
             blocks.iter().filter(|t| ours(t)).flat_map(held).collect();
         let mut seen = std::collections::HashSet::new();
@@ -171,7 +275,7 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
             })
             .collect();
         let there = wanted.len() - new.len();
-        if new.is_empty() {
+        if new.is_empty() && changed == 0 {
             println!(
                 "list {} already holds {} for {scope} in {name}: nothing to write",
                 args.list,
@@ -207,27 +311,52 @@ fn change(args: ListArgs, add: bool) -> Result<()> {
         };
         for v in &new {
             // A value a line; the values already there keep their layout and comments.
-            values.push_formatted(Value::from(v.as_str()).decorated("\n  ", ""));
+            let value = match &until {
+                Some(u) => ending(v, u)?,
+                None => Value::from(v.as_str()),
+            };
+            values.push_formatted(value.decorated("\n  ", ""));
         }
         close(values);
-        format!(
-            "added {} value{} to list {} for {scope}{}: {name}",
-            new.len(),
-            if new.len() == 1 { "" } else { "s" },
-            args.list,
-            if there > 0 {
-                format!(" ({there} listed already)")
-            } else {
-                String::new()
-            }
-        )
+        let mut lines = Vec::new();
+        if !new.is_empty() {
+            lines.push(format!(
+                "added {} value{} to list {} for {scope}{}{}: {name}",
+                new.len(),
+                if new.len() == 1 { "" } else { "s" },
+                args.list,
+                match &until {
+                    Some(u) => format!(", for events before {u}"),
+                    None => String::new(),
+                },
+                if there > changed {
+                    format!(" ({} listed already)", there - changed)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if changed > 0 {
+            lines.push(format!(
+                "{changed} value{} of list {} for {scope} listed already now {}: {name}",
+                if changed == 1 { "" } else { "s" },
+                args.list,
+                match (&until, changed) {
+                    (Some(u), 1) => format!("ends at {u}"),
+                    (Some(u), _) => format!("end at {u}"),
+                    (None, 1) => "ends no more".to_owned(),
+                    (None, _) => "end no more".to_owned(),
+                }
+            ));
+        }
+        lines.join("\n")
     } else {
         let drop: std::collections::HashSet<String> = wanted.iter().map(|v| same(v)).collect();
         let mut removed = std::collections::HashSet::new();
         for t in blocks.iter_mut().filter(|t| ours(t)) {
             if let Some(values) = t.get_mut("values").and_then(Item::as_array_mut) {
                 let before = values.len();
-                values.retain(|v| match v.as_str().map(same) {
+                values.retain(|v| match entry(v).map(|(v, _)| same(v)) {
                     Some(s) if drop.contains(&s) => {
                         removed.insert(s);
                         false

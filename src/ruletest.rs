@@ -126,6 +126,11 @@ pub fn check(args: CheckArgs) -> Result<()> {
                 .into_iter()
                 .map(|(t, n)| format!("{n} for {t:?}")),
         );
+        // Entries with an end: how many, and how many have ended (events now are not on them).
+        let (ending, ended) = l.ending(pitboss_model::Timestamp::now().as_millis());
+        if ending > 0 {
+            held.push(format!("{ending} with an end, {ended} of them past"));
+        }
         let readers: Vec<&str> = set
             .rules
             .iter()

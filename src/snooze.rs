@@ -255,7 +255,7 @@ async fn target(args: &SnoozeArgs) -> Result<Target> {
 }
 
 /// 10000-01-01T00:00:00Z: RFC 3339 has four digits for the year.
-const MAX_UNTIL_MS: i64 = 253_402_300_800_000;
+pub(crate) const MAX_UNTIL_MS: i64 = 253_402_300_800_000;
 
 /// Writes `text` to `path` in `dir` so that a reader sees the old file or the new one, never a
 /// part (an engine reloading meanwhile), with the old file's permissions, and the new one

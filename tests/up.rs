@@ -3182,6 +3182,36 @@ fn rules_list_adds_and_removes_values_keeping_comments_and_refuses_bad_input_pre
         ),
         (
             &[
+                "add",
+                "--list",
+                "blocked_devices",
+                "--until",
+                "2020-01-01T00:00:00Z",
+                "d",
+            ],
+            "--until 2020-01-01T00:00:00Z: already past, it would list nothing",
+        ),
+        (
+            &["add", "--list", "blocked_devices", "--until", "soon", "d"],
+            "--until \"soon\" is not an RFC 3339 time",
+        ),
+        (
+            &["add", "--list", "blocked_devices", "--for", "0s", "d"],
+            "--for \"0s\": \"0s\" is zero; a duration must be positive",
+        ),
+        (
+            &[
+                "remove",
+                "--list",
+                "blocked_devices",
+                "--for",
+                "1d",
+                "emu-1",
+            ],
+            "unexpected argument '--for'",
+        ),
+        (
+            &[
                 "remove",
                 "--list",
                 "blocked_devices",
@@ -3283,6 +3313,56 @@ fn rules_list_adds_and_removes_values_keeping_comments_and_refuses_bad_input_pre
         "{}",
         read()
     );
+
+    // Listed until a time: an entry with an end, counted by `rules check`; given again for
+    // ever or with another end, the entry changes (one entry a value); removed like any other.
+    let devices = |args: &[&str]| {
+        list(
+            &[
+                &["add", "--rules", r, "--list", "blocked_devices"][..],
+                args,
+            ]
+            .concat(),
+        )
+    };
+    let (ok, out, err) = devices(&["--until", "2030-01-01T00:00:00Z", "emu-7", "emu-3"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "added 1 value to list blocked_devices for every tenant, for events before \
+             2030-01-01T00:00:00Z: {r}/lists.toml\n1 value of list blocked_devices for every \
+             tenant listed already now ends at 2030-01-01T00:00:00Z"
+        )),
+        "{out}"
+    );
+    assert!(
+        read().contains(
+            "  { value = \"emu-3\", until = 2030-01-01T00:00:00Z },\n  \
+             { value = \"emu-7\", until = 2030-01-01T00:00:00Z }, # seen 2026-12-01\n]"
+        ),
+        "{}",
+        read()
+    );
+    let (_, out, _) = rules_cmd(&["check", "--rules", r]);
+    assert!(
+        out.contains("list  blocked_devices (text): 2 entries (2 for every tenant, 0 for \"acme\", 2 with an end, 0 of them past)"),
+        "{out}"
+    );
+    let (ok, out, err) = devices(&["emu-7"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("listed already now ends no more"), "{out}");
+    assert!(
+        read().contains("  \"emu-7\", # seen 2026-12-01\n]"),
+        "{}",
+        read()
+    );
+    let (ok, out, err) = devices(&["--for", "1d", "emu-7"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("listed already now ends at 20"), "{out}");
+    let (ok, out, err) = list(&["remove", "--rules", r, "--list", "blocked_devices", "emu-7"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("removed 1 value"), "{out}");
+    assert!(!read().contains("emu-7"), "{}", read());
 }
 
 /// Each bad `pitboss rules snooze` is refused in a line naming what is wrong, and writes

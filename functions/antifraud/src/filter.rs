@@ -115,10 +115,10 @@ impl Pred {
             (Op::Ne, o) => !same(v, o),
             (Op::In, Operand::List(list)) => list.iter().any(|o| same(v, o)),
             (Op::InList, Operand::Set(l)) => {
-                matches!(v, Value::Text(t) if l.contains(&e.tenant_id, t))
+                matches!(v, Value::Text(t) if l.contains(&e.tenant_id, t, e.occurred_at.as_millis()))
             }
             (Op::NotInList, Operand::Set(l)) => {
-                matches!(v, Value::Text(t) if !l.contains(&e.tenant_id, t))
+                matches!(v, Value::Text(t) if !l.contains(&e.tenant_id, t, e.occurred_at.as_millis()))
             }
             (op, Operand::Num(b)) => v.number().is_some_and(|a| match op {
                 Op::Gt => a > *b,

@@ -702,6 +702,52 @@ fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
 /// block without `kind` takes the kind another block of its list gives (wherever it stands in
 /// the set's own files, the first `own` of `parsed`), else `text`; the files after them (a test
 /// file's lists) take kinds, and give none.
+/// A `[[list]]` value: a string, or `{ value = "…", until = … }` with its end (ms since the
+/// epoch).
+fn list_value(v: &toml::Value) -> Result<(&str, Option<i64>), String> {
+    const FORMS: &str =
+        "a list value is a string or { value = \"…\", until = 2027-01-31T00:00:00Z }";
+    match v {
+        toml::Value::String(s) => Ok((s, None)),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| *k != "value" && *k != "until") {
+                return Err(format!("{k:?} is not a key of a list value ({FORMS})"));
+            }
+            let Some(toml::Value::String(value)) = t.get("value") else {
+                return Err(format!("value missing or not a string ({FORMS})"));
+            };
+            let until = match t.get("until") {
+                Some(u) => until_ms(u).map_err(|m| format!("{value:?}: {m}"))?,
+                None => return Err(format!("{value:?}: until missing ({FORMS})")),
+            };
+            Ok((value, Some(until)))
+        }
+        other => Err(format!("{FORMS}, not a {}", other.type_str())),
+    }
+}
+
+/// An `until`: a TOML date-time or an RFC 3339 string, with an offset; ms since the epoch.
+fn until_ms(v: &toml::Value) -> Result<i64, String> {
+    let text = match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) => d.to_string(),
+        other => {
+            return Err(format!(
+                "until must be a date-time (RFC 3339), not a {}",
+                other.type_str()
+            ));
+        }
+    };
+    pitboss_model::Timestamp::parse_rfc3339(&text)
+        .map(|t| t.as_millis())
+        .map_err(|e| {
+            format!(
+                "until {text:?} is not an RFC 3339 date-time with an offset \
+                 (2027-01-31T00:00:00Z): {e}"
+            )
+        })
+}
+
 fn lists(
     parsed: &mut [(&String, &String, spec::FileSpec)],
     own: usize,
@@ -825,7 +871,9 @@ fn lists(
             }
             let mut refused = 0usize;
             for v in &values {
-                if let Err(m) = list.add(tenant, v.get_ref()) {
+                let added = list_value(v.get_ref())
+                    .and_then(|(value, until)| list.add_until(tenant, value, until));
+                if let Err(m) = added {
                     refused += 1;
                     if refused <= MAX_VALUE_ERRORS {
                         errors.push(located(

@@ -37,7 +37,9 @@ pub struct ListSpec {
     pub tenant: Option<Spanned<String>>,
     #[serde(default)]
     pub description: String,
-    pub values: Spanned<Vec<Spanned<String>>>,
+    /// Each a string, or `{ value = "…", until = <RFC 3339 date-time> }` (an entry that holds
+    /// for events before that time): read by the loader, which says what is wrong with one.
+    pub values: Spanned<Vec<Spanned<toml::Value>>>,
 }
 
 /// `[[snooze]]`: one rule silenced for one group value of one tenant until a time.

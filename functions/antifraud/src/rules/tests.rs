@@ -696,7 +696,11 @@ values = []
     );
     assert_eq!(d.description, "Devices the operator has closed accounts on");
     assert_eq!(d.tenants(), vec![("acme", 1)]);
-    assert!(d.contains("acme", "d3") && !d.contains("other", "d3") && d.contains("other", "d1"));
+    assert!(
+        d.contains("acme", "d3", 0)
+            && !d.contains("other", "d3", 0)
+            && d.contains("other", "d1", 0)
+    );
     assert_eq!(lists[0].tenants(), vec![("zeta", 0)]);
     assert!(
         set.rules[0]
@@ -705,6 +709,33 @@ values = []
             .iter()
             .any(|p| p.op == crate::filter::Op::InList)
     );
+}
+
+/// A value may end: `{ value = …, until = … }` (a TOML date-time or an RFC 3339 string) holds
+/// for events before that time, beside plain values in the same array.
+#[test]
+fn a_list_value_with_an_end_holds_for_events_before_it() {
+    let text = format!(
+        r#"{}
+[[list]]
+name = "devices"
+values = [
+  "d1",
+  {{ value = "d2", until = 2027-01-31T00:00:00Z }},
+  {{ value = "d3", until = "2027-01-31T01:00:00+01:00" }},
+]
+"#,
+        good_with_list("in_list")
+    );
+    let set = load(&text).expect("loads");
+    let d = set.lists()[0];
+    let end = pitboss_model::Timestamp::parse_rfc3339("2027-01-31T00:00:00Z")
+        .expect("a time")
+        .as_millis();
+    assert!(d.contains("t", "d2", end - 1) && !d.contains("t", "d2", end));
+    assert!(d.contains("t", "d3", end - 1) && !d.contains("t", "d3", end));
+    assert!(d.contains("t", "d1", i64::MAX - 1));
+    assert_eq!((d.len(), d.ending(end)), (3, (2, 2)));
 }
 
 #[test]
@@ -742,6 +773,31 @@ fn a_list_is_refused_with_its_line_when_it_cannot_hold_what_it_is_given() {
             "values =",
         ),
         ("name = \"l\"\nvalues = \"d1\"", "invalid type", "values ="),
+        (
+            "name = \"l\"\nvalues = [\n\"ok\",\n{ value = \"d1\" },\n]",
+            "\"d1\": until missing",
+            "{ value = \"d1\" }",
+        ),
+        (
+            "name = \"l\"\nvalues = [\n\"ok\",\n{ value = \"d1\", until = \"tomorrow\" },\n]",
+            "until \"tomorrow\" is not an RFC 3339 date-time",
+            "tomorrow",
+        ),
+        (
+            "name = \"l\"\nvalues = [\n\"ok\",\n{ value = \"d1\", until = 2027-01-31T00:00:00Z, why = \"x\" },\n]",
+            "\"why\" is not a key of a list value",
+            "why =",
+        ),
+        (
+            "name = \"l\"\nvalues = [\n\"ok\",\nfalse,\n]",
+            "a list value is a string or { value = \"…\", until = 2027-01-31T00:00:00Z }, not a boolean",
+            "false,",
+        ),
+        (
+            "name = \"l\"\nkind = \"ip\"\nvalues = [\n{ value = \"10.0.0.1/8\", until = 2027-01-31T00:00:00Z },\n]",
+            "the network is 10.0.0.0/8",
+            "10.0.0.1/8",
+        ),
         (
             "name = \"l\"\nvalue = [\"d1\"]",
             "unknown field `value`",
@@ -799,7 +855,7 @@ fn a_block_without_kind_takes_its_lists_kind_wherever_that_is_given() {
         let set = RuleSet::from_sources(&files).unwrap_or_else(|e| panic!("{e}"));
         let l = set.lists()[0];
         assert_eq!(l.kind, crate::lists::ListKind::Ip);
-        assert!(l.contains("acme", "192.0.2.9"));
+        assert!(l.contains("acme", "192.0.2.9", 0));
     }
 }
 
@@ -887,5 +943,5 @@ fn a_test_files_lists_take_the_sets_kinds_and_give_none() {
         "[[list]]\nname = \"l\"\nvalues = [\"10.0.0.0/8\"]\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(ok.lists()[0].contains("t", "10.1.2.3"));
+    assert!(ok.lists()[0].contains("t", "10.1.2.3", 0));
 }
