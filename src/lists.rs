@@ -75,9 +75,11 @@ fn until(a: &AddArgs) -> Result<Option<String>> {
             if ms <= 0 {
                 bail!("--for {d:?}: must be longer than 0");
             }
-            // To the second: a time someone reads and edits.
+            // To the second (up): a time someone reads and edits.
             let at = now.as_millis().saturating_add(ms);
-            pitboss_model::Timestamp::from_millis(at - at.rem_euclid(1000))
+            pitboss_model::Timestamp::from_millis(
+                at.saturating_add((1000 - at.rem_euclid(1000)) % 1000),
+            )
         }
         (None, Some(u)) => pitboss_model::Timestamp::parse_rfc3339(u).map_err(|e| {
             anyhow::anyhow!(
@@ -437,6 +439,35 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
     })?;
     crate::snooze::write_atomically(&args.rules, &path, &text)?;
     println!("{said}");
+    if let Some(end) = until
+        .as_deref()
+        .and_then(|u| pitboss_model::Timestamp::parse_rfc3339(u).ok())
+    {
+        // Given an end here, listed longer by another block: another file's, or one for every
+        // tenant (an entry for ever beats an end).
+        let tenant = args.tenant.as_deref().unwrap_or("");
+        let longer: Vec<String> = changed
+            .lists()
+            .iter()
+            .find(|l| l.name == args.list)
+            .map(|l| {
+                wanted
+                    .iter()
+                    .filter(|v| l.contains(tenant, v, end.as_millis()))
+                    .map(|v| format!("{v:?}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !longer.is_empty() {
+            println!(
+                "still on list {} for {scope} after that: {} (listed for ever or until later by \
+                 another block: another file's, or one for every tenant; `pitboss rules check` \
+                 says where the list is declared)",
+                args.list,
+                longer.join(", ")
+            );
+        }
+    }
     if !add {
         // Taken off here, still on there: another file's block, or one for every tenant.
         let tenant = args.tenant.as_deref().unwrap_or("");

@@ -3363,6 +3363,24 @@ fn rules_list_adds_and_removes_values_keeping_comments_and_refuses_bad_input_pre
     assert!(ok, "{err}");
     assert!(out.starts_with("removed 1 value"), "{out}");
     assert!(!read().contains("emu-7"), "{}", read());
+    // Given an end for one tenant while every tenant's block lists it for ever: said.
+    let (ok, out, err) = list(&[
+        "add",
+        "--rules",
+        r,
+        "--list",
+        "blocked_devices",
+        "--tenant",
+        "acme",
+        "--for",
+        "1d",
+        "emu-3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("still on list blocked_devices for tenant \"acme\" after that: \"emu-3\""),
+        "{out}"
+    );
 }
 
 /// Each bad `pitboss rules snooze` is refused in a line naming what is wrong, and writes

@@ -698,10 +698,6 @@ fn line_span(text: &str, line: usize) -> std::ops::Range<usize> {
     start..start
 }
 
-/// Every `[[list]]` block of the parsed files, merged by name; problems go to `errors`. A
-/// block without `kind` takes the kind another block of its list gives (wherever it stands in
-/// the set's own files, the first `own` of `parsed`), else `text`; the files after them (a test
-/// file's lists) take kinds, and give none.
 /// A `[[list]]` value: a string, or `{ value = "…", until = … }` with its end (ms since the
 /// epoch).
 fn list_value(v: &toml::Value) -> Result<(&str, Option<i64>), String> {
@@ -748,6 +744,10 @@ fn until_ms(v: &toml::Value) -> Result<i64, String> {
         })
 }
 
+/// Every `[[list]]` block of the parsed files, merged by name; problems go to `errors`. A
+/// block without `kind` takes the kind another block of its list gives (wherever it stands in
+/// the set's own files, the first `own` of `parsed`), else `text`; the files after them (a test
+/// file's lists) take kinds, and give none.
 fn lists(
     parsed: &mut [(&String, &String, spec::FileSpec)],
     own: usize,
