@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use pitboss_antifraud::lists::{canonical, check_value};
+use pitboss_antifraud::lists::{NamedList, canonical, check_value};
 use pitboss_antifraud::{AntifraudError, RuleSet};
 use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 
@@ -439,58 +439,43 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
     })?;
     crate::snooze::write_atomically(&args.rules, &path, &text)?;
     println!("{said}");
-    if let Some(end) = until
-        .as_deref()
-        .and_then(|u| pitboss_model::Timestamp::parse_rfc3339(u).ok())
-    {
-        // Given an end here, listed longer by another block: another file's, or one for every
-        // tenant (an entry for ever beats an end).
-        let tenant = args.tenant.as_deref().unwrap_or("");
-        let longer: Vec<String> = changed
+    // A value another block keeps on the list: past the end given here (for ever, or until
+    // later), or after it was taken off here.
+    let tenant = args.tenant.as_deref().unwrap_or("");
+    let still = |on: &dyn Fn(&NamedList, &str) -> bool| -> String {
+        changed
             .lists()
             .iter()
             .find(|l| l.name == args.list)
             .map(|l| {
                 wanted
                     .iter()
-                    .filter(|v| l.contains(tenant, v, end.as_millis()))
+                    .filter(|v| on(l, v))
                     .map(|v| format!("{v:?}"))
-                    .collect()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             })
-            .unwrap_or_default();
-        if !longer.is_empty() {
-            println!(
-                "still on list {} for {scope} after that: {} (listed for ever or until later by \
-                 another block: another file's, or one for every tenant; `pitboss rules check` \
-                 says where the list is declared)",
-                args.list,
-                longer.join(", ")
-            );
-        }
-    }
-    if !add {
-        // Taken off here, still on there: another file's block, or one for every tenant.
-        let tenant = args.tenant.as_deref().unwrap_or("");
-        let still: Vec<String> = changed
-            .lists()
-            .iter()
-            .find(|l| l.name == args.list)
-            .map(|l| {
-                wanted
-                    .iter()
-                    .filter(|v| l.holds(tenant, v))
-                    .map(|v| format!("{v:?}"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !still.is_empty() {
-            println!(
-                "still on list {} for {scope}: {} (listed by another block: another file's, or \
-                 one for every tenant; `pitboss rules check` says where the list is declared)",
-                args.list,
-                still.join(", ")
-            );
-        }
+            .unwrap_or_default()
+    };
+    let (longer, how) = match (add, until.as_deref()) {
+        (false, _) => (still(&|l, v| l.holds(tenant, v)), ""),
+        (true, Some(u)) => match pitboss_model::Timestamp::parse_rfc3339(u) {
+            Ok(end) => (
+                still(&|l, v| l.contains(tenant, v, end.as_millis())),
+                " after that",
+            ),
+            Err(_) => (String::new(), ""),
+        },
+        (true, None) => (String::new(), ""),
+    };
+    if !longer.is_empty() {
+        println!(
+            "still on list {} for {scope}{how}: {longer} (listed {}by another block: another \
+             file's, or one for every tenant; `pitboss rules check` says where the list is \
+             declared)",
+            args.list,
+            if add { "for ever or until later " } else { "" },
+        );
     }
     println!(
         "an engine running {} (`pitboss antifraud`, `pitboss up`) takes it on its next reload \

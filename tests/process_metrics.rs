@@ -24,16 +24,6 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The sum of every series of `name` (each processor's, labelled by topic and table).
-fn total(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_consumes_both_topics_and_serves_its_metrics() {
     let kafka = pitboss_testkit::kafka();
@@ -95,7 +85,8 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
     // Lag comes from librdkafka's statistics every 5 s.
     while start.elapsed() < Duration::from_secs(60) {
         text = client.get(&url).send().await.unwrap().text().await.unwrap();
-        let done = total(&text, "pitboss_processor_rows_inserted_total") == Some(1000.0);
+        let done = pitboss_testkit::metrics::total(&text, "pitboss_processor_rows_inserted_total")
+            == Some(1000.0);
         let lag_seen = [&topic, &overflow].iter().all(|t| {
             (0..2).all(|p| {
                 metric(
@@ -142,7 +133,8 @@ async fn process_consumes_both_topics_and_serves_its_metrics() {
         );
     }
     assert!(
-        total(&text, "pitboss_processor_batches_total").is_some_and(|b| b >= 10.0),
+        pitboss_testkit::metrics::total(&text, "pitboss_processor_batches_total")
+            .is_some_and(|b| b >= 10.0),
         "--batch-max-rows 100 cuts 1,000 rows into at least 10 batches: {text}"
     );
     assert!(
@@ -234,7 +226,8 @@ mod kinesis {
             .text()
             .await
             .unwrap();
-        total(&text, "pitboss_processor_rows_inserted_total").unwrap_or(0.0)
+        pitboss_testkit::metrics::total(&text, "pitboss_processor_rows_inserted_total")
+            .unwrap_or(0.0)
     }
 
     /// `pitboss process --bus kinesis` (moto): every event published to the stream and its overflow

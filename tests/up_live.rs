@@ -200,14 +200,7 @@ async fn series(admin: &str, name: &str) -> Vec<(String, f64)> {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = rest.rsplit_once(' ')?;
-            (labels.is_empty() || labels.starts_with('{'))
-                .then(|| (labels.to_owned(), value.parse().unwrap()))
-        })
-        .collect()
+    pitboss_testkit::metrics::series(&text, name)
 }
 
 /// Waits until each of the `engines` rules engines of the `pitboss up` whose admin listener is

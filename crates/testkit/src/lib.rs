@@ -6,6 +6,7 @@
 
 pub mod lambda;
 pub mod live;
+pub mod metrics;
 
 use rand::Rng;
 
