@@ -55,5 +55,5 @@ sum0=$(m pitboss_antifraud_snapshot_seconds_sum); c0=$(m pitboss_antifraud_snaps
 # One bet after the reload: the next save writes what changed since the last one.
 bet x2
 echo "the save after the reload: $(python3 -c "print(round($(m pitboss_antifraud_snapshot_seconds_sum) - $sum0, 3))") s"
-echo "after:  saves $(m pitboss_antifraud_snapshot_seconds_count) sum $(m pitboss_antifraud_snapshot_seconds_sum) units $(m 'pitboss_antifraud_snapshot_units') bytes $(m pitboss_antifraud_snapshot_bytes) reloads $(m 'pitboss_antifraud_reloads_total\{result=\"ok\"\}')"
+echo "after:  saves $(m pitboss_antifraud_snapshot_seconds_count) sum $(m pitboss_antifraud_snapshot_seconds_sum) units $(m 'pitboss_antifraud_snapshot_units') bytes $(m pitboss_antifraud_snapshot_bytes) reloads $(m 'pitboss_antifraud_reloads_total\{.*result=\"ok\"\}')"
 grep -E "rules reloaded|saved whole" $W/err.log | sed 's/\x1b\[[0-9;]*m//g' | cut -c1-300

@@ -2833,7 +2833,8 @@ async fn rules_snooze_silences_an_alerts_player_in_a_running_up_and_across_a_sig
     const SNOOZED: &str = "pitboss_antifraud_snoozed_total{rule=\"t.three_bets\"}";
     const SAVED: &str = "pitboss_antifraud_snapshot_units{group=\"pitboss-antifraud\"}";
     const RESTORED: &str = "pitboss_antifraud_restored_units{group=\"pitboss-antifraud\"}";
-    const RELOADED: &str = "pitboss_antifraud_reloads_total{result=\"ok\"}";
+    const RELOADED: &str =
+        "pitboss_antifraud_reloads_total{group=\"pitboss-antifraud\",result=\"ok\"}";
 
     let up1 = start();
     post_events(&client, &up1.addr, &up1.key, &bets("p1", 3)).await;
@@ -2988,8 +2989,10 @@ async fn a_block_list_edited_while_up_runs_alerts_on_the_next_deposit_and_surviv
         })
         .collect()
     };
-    const RELOADED: &str = "pitboss_antifraud_reloads_total{result=\"ok\"}";
-    const REFUSED: &str = "pitboss_antifraud_reloads_total{result=\"refused\"}";
+    const RELOADED: &str =
+        "pitboss_antifraud_reloads_total{group=\"pitboss-antifraud\",result=\"ok\"}";
+    const REFUSED: &str =
+        "pitboss_antifraud_reloads_total{group=\"pitboss-antifraud\",result=\"refused\"}";
     const STORED: &str = "SELECT count(*) AS n FROM events WHERE type = 'deposit'";
     let deposits = |data: &std::path::Path| json_rows(&pitboss_sql(data, STORED))[0]["n"].as_i64();
 

@@ -449,7 +449,8 @@ pub async fn run(
         metrics::counter!(name).increment(0);
     }
     for result in ["ok", "refused"] {
-        metrics::counter!("pitboss_antifraud_reloads_total", "result" => result).increment(0);
+        metrics::counter!("pitboss_antifraud_reloads_total", "group" => config.group.clone(), "result" => result)
+            .increment(0);
     }
     // One process per state file: a second one would write the same rows and, named alike,
     // not see the first as another engine.
@@ -1522,7 +1523,8 @@ impl Work {
                         .spawn(move || drop(old_lists));
                 }
                 self.stats.reloads += 1;
-                metrics::counter!("pitboss_antifraud_reloads_total", "result" => "ok").increment(1);
+                metrics::counter!("pitboss_antifraud_reloads_total", "group" => self.config.group.clone(), "result" => "ok")
+                    .increment(1);
                 if report.removed.is_empty()
                     && report.refolded.is_empty()
                     && report.reset.is_empty()
@@ -1543,7 +1545,7 @@ impl Work {
             }
             Err(e) => {
                 self.stats.reloads_refused += 1;
-                metrics::counter!("pitboss_antifraud_reloads_total", "result" => "refused")
+                metrics::counter!("pitboss_antifraud_reloads_total", "group" => self.config.group.clone(), "result" => "refused")
                     .increment(1);
                 // One line (each problem after "; "): a log pipeline taking one event a line
                 // kept "rule set refused:" and lost the reasons on the lines after it.

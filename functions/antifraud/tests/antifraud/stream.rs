@@ -79,6 +79,40 @@ async fn alerted(bus: &EmbeddedBus) -> Vec<String> {
         .collect()
 }
 
+/// The metrics of the engines this test binary runs (a recorder installed once, for all).
+fn metrics_page() -> String {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap()
+        })
+        .render()
+}
+
+/// Waits until the engines of `group` have made `n` reloads with `result` (`ok`, `refused`):
+/// a check of the files runs behind the events (at a lower priority), so on a busy machine a
+/// change can take seconds to be loaded, and an event published before it is judged by the
+/// rules before it.
+async fn reloaded(group: &str, result: &str, n: u64) {
+    let series = format!("{{group=\"{group}\",result=\"{result}\"}}");
+    let count = || {
+        pitboss_testkit::metrics::series(&metrics_page(), "pitboss_antifraud_reloads_total")
+            .into_iter()
+            .find(|(labels, _)| *labels == series)
+            .map_or(0, |(_, v)| v as u64)
+    };
+    for _ in 0..600 {
+        if count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 60 s: {n} reloads of {group} with {result}");
+}
+
 /// Polls `check` until it holds (10 s at most).
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -100,6 +134,7 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("t.toml"), rule(3)).unwrap();
+    metrics_page();
     let bus =
         Arc::new(EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap());
     for t in [
@@ -116,6 +151,7 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
         state_path: dir.path().join("antifraud.db"),
         reload_interval: Duration::from_millis(100),
         snapshot_interval: Duration::from_millis(500),
+        group: "reloads-test".into(),
         ..StreamConfig::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -163,9 +199,8 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(alerted(&bus).await, ["p1"]);
     std::fs::write(rules.join("t.toml"), rule(2)).unwrap();
-    // Loaded once two checks in a row see it (a file mid-write is not): two checks past the
-    // engine's next idle polls.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Loaded once two checks in a row see it (a file mid-write is not).
+    reloaded("reloads-test", "ok", 1).await;
     publisher.publish("events", vec![second]).await.unwrap();
     eventually("p2's alert under the reloaded rule", || async {
         alerted(&bus).await == ["p1", "p2"]
@@ -178,7 +213,7 @@ async fn undecodable_records_are_dead_lettered_and_a_rules_directory_reloads_whi
         rule(2).replace("op = \"gte\"", "op = \"sort-of\""),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    reloaded("reloads-test", "refused", 1).await;
     publisher
         .publish("events", bets("p3", 2, &mut script))
         .await
@@ -207,6 +242,7 @@ async fn a_snoozes_file_silences_one_player_while_running_and_across_a_restart()
     let rules = dir.path().join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::write(rules.join("t.toml"), rule(3)).unwrap();
+    metrics_page();
     let bus =
         Arc::new(EmbeddedBus::open(dir.path().join("log"), EmbeddedConfig::default()).unwrap());
     for t in ["events", "events_overflow", "alerts", "pushes"] {
@@ -218,6 +254,7 @@ async fn a_snoozes_file_silences_one_player_while_running_and_across_a_restart()
             state_path: dir.path().join("antifraud.db"),
             reload_interval: Duration::from_millis(100),
             snapshot_interval: Duration::from_millis(300),
+            group: "snoozes-test".into(),
             ..StreamConfig::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -270,7 +307,7 @@ async fn a_snoozes_file_silences_one_player_while_running_and_across_a_restart()
     )
     .unwrap();
     // Loaded once two checks in a row see it.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    reloaded("snoozes-test", "ok", 1).await;
     // p1 first, then p2 on the same partition: p2's alert means p1's bets were evaluated.
     let mut batch = bets("p1", 3);
     batch.extend(bets("p2", 3));
@@ -299,7 +336,7 @@ async fn a_snoozes_file_silences_one_player_while_running_and_across_a_restart()
     // Unsnoozed: p1's fifth bet fires at once on the four its window kept (through the
     // restart, and the reload), and no cooldown started by a silenced hit holds it back.
     std::fs::remove_file(rules.join("snoozes.toml")).unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    reloaded("snoozes-test", "ok", 2).await;
     publisher.publish("events", bets("p1", 1)).await.unwrap();
     eventually("p1's alert", || async {
         alerted(&bus).await == ["p0", "p2", "p3", "p1"]
