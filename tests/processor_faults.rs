@@ -107,12 +107,28 @@ async fn a_million_events_exactly_once_through_five_sigkills_and_a_clickhouse_ou
         async move { scalar(&c, &d, sql).await }
     };
 
-    // Five processors SIGKILLed at random moments (2–9 s: some before, some after they got
-    // their partitions, some in the middle of an insert).
+    // Five processors SIGKILLed at random moments: the first 2–9 s after it started (before
+    // or after it got its partitions), the others 0–2 s after their first rows are in (a
+    // member taking over waits out its predecessor's 6 s session first; killed at random
+    // from their start, most died before they stored anything) — between inserts or in the
+    // middle of one.
     let mut seen = Vec::new();
     for n in 0..5 {
         let mut child = stack.processor(n);
-        let wait = rand::rng().random_range(2_000..9_000);
+        let wait = if n == 0 {
+            rand::rng().random_range(2_000..9_000)
+        } else {
+            let before = count("SELECT count() FROM events").await.unwrap_or(0);
+            pitboss_testkit::until_storing(
+                || async { count("SELECT count() FROM events").await.unwrap_or(0) },
+                before,
+                N,
+                Duration::from_secs(90),
+                || format!("processor {n}\n{}", stack.logs()),
+            )
+            .await;
+            rand::rng().random_range(0..2_000)
+        };
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

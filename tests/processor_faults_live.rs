@@ -143,12 +143,34 @@ async fn alerts_and_pushes_exactly_once_through_four_sigkills() {
         }
     });
 
-    // Four processors SIGKILLed at random moments (2–9 s: some before, some after they got
-    // their partitions, some in the middle of an insert).
+    // Four processors SIGKILLed at random moments: the first 2–9 s after it started (before
+    // or after it got its partitions), the others 0–2 s after their first rows are in (a
+    // member taking over waits out its predecessor's 6 s session first; killed at random
+    // from their start, most died before they stored anything) — between inserts or in the
+    // middle of one.
+    let stored = || async {
+        stack
+            .scalar("SELECT count() FROM alerts")
+            .await
+            .unwrap_or(0)
+            + stack
+                .scalar("SELECT count() FROM pushes")
+                .await
+                .unwrap_or(0)
+    };
     let mut seen = Vec::new();
     for n in 0..4 {
         let mut child = stack.processor(n);
-        let wait = rand::rng().random_range(2_000..9_000);
+        let wait = if n == 0 {
+            rand::rng().random_range(2_000..9_000)
+        } else {
+            let before = stored().await;
+            pitboss_testkit::until_storing(stored, before, 2 * N, Duration::from_secs(90), || {
+                format!("processor {n}\n{}", stack.logs())
+            })
+            .await;
+            rand::rng().random_range(0..2_000)
+        };
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

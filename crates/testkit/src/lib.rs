@@ -143,6 +143,36 @@ pub fn log_tails(dir: &std::path::Path, lines: usize) -> String {
     out
 }
 
+/// Waits until a process just started has stored rows of its own: `count()` above `before`
+/// (the count when it started), or at `all` (everything was stored already: nothing is left
+/// to catch it in the middle of). A fault test's kill that follows lands on a process at work,
+/// not on one still joining its group (a member taking over waits out a killed one's session
+/// first). Panics after `within`, with `context()` (the processes' logs, say).
+pub async fn until_storing<C, F>(
+    mut count: C,
+    before: u64,
+    all: u64,
+    within: std::time::Duration,
+    context: impl Fn() -> String,
+) where
+    C: FnMut() -> F,
+    F: std::future::Future<Output = u64>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let now = count().await;
+        if now > before || now >= all {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stored nothing within {within:?} (still {now})\n{}",
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Event `i` as a client posts it (JSON) for tenant `demo`, with its own event id
 /// `0193735a-0000-7000-8000-{i:012x}`, occurred `at` (RFC 3339), player `p{i % 50}`: even `i`
 /// bet `100 + i` minor units of EUR on roulette, odd `i` settle the previous bet with a payout
