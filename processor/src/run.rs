@@ -226,6 +226,8 @@ struct Processor<R: StoredRow> {
     topic: Arc<str>,
     /// Per assigned partition: the store's high-water mark (None: nothing stored yet).
     high_water: HashMap<Partition, Option<u64>>,
+    /// The same for partitions whose positions are Kinesis sequence numbers.
+    high_water_sequence: HashMap<Partition, Option<Position>>,
     stats: RunStats,
     /// Closed batches on their way to the inserter (bounded: a slow store pauses consumption).
     to_insert: Option<mpsc::Sender<Batch<R>>>,
@@ -299,6 +301,7 @@ pub async fn run<R: StoredRow>(
         config,
         sink,
         high_water: HashMap::new(),
+        high_water_sequence: HashMap::new(),
         stats: RunStats::default(),
         to_insert: Some(to_insert),
         inserted,
@@ -334,6 +337,7 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
         // of theirs is in flight; their marks are asked afresh.
         for part in parts {
             self.high_water.remove(part);
+            self.high_water_sequence.remove(part);
         }
         Ok(())
     }
@@ -353,6 +357,7 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
         self.collect(true).await?;
         for part in parts {
             self.high_water.remove(part);
+            self.high_water_sequence.remove(part);
         }
         Ok(())
     }
@@ -524,6 +529,47 @@ impl<R: StoredRow> Processor<R> {
         Ok(hw)
     }
 
+    /// [`Self::high_water`] for a partition whose positions are Kinesis sequence numbers (no
+    /// batch intents: they are recorded as offset ranges).
+    async fn high_water_sequence(
+        &mut self,
+        partition: Partition,
+        since_ms: Option<i64>,
+    ) -> Result<Option<Position>, ProcessorError> {
+        if let Some(hw) = self.high_water_sequence.get(&partition) {
+            return Ok(hw.clone());
+        }
+        let hw = with_retry(
+            &self.config.health,
+            self.sink.clone(),
+            self.config.topic.clone(),
+            (self.config.retry_initial, self.config.retry_max),
+            |sink, topic| async move { sink.high_water_sequence(&topic, partition, since_ms).await },
+        )
+        .await?
+        .map(Position::Sequence);
+        self.high_water_sequence.insert(partition, hw.clone());
+        Ok(hw)
+    }
+
+    /// Whether `record` is at or below its partition's high-water mark: stored already.
+    async fn stored_already(
+        &mut self,
+        record: &Record,
+        since_ms: Option<i64>,
+    ) -> Result<bool, ProcessorError> {
+        Ok(match &record.position {
+            Position::Sequence(_) => self
+                .high_water_sequence(record.partition, since_ms)
+                .await?
+                .is_some_and(|hw| record.position <= hw),
+            Position::Offset(_) => {
+                let hw = self.high_water(record.partition, since_ms).await?;
+                matches!((offset_of(&record.position), hw), (Some(o), Some(hw)) if o <= hw)
+            }
+        })
+    }
+
     async fn take_records(&mut self, records: Vec<Record>) -> Result<(), ProcessorError> {
         let now = Instant::now();
         let mut poison = Vec::new();
@@ -541,15 +587,11 @@ impl<R: StoredRow> Processor<R> {
             self.unstored.taking(ms);
         }
         for (record, decoded) in records.into_iter().zip(decoded) {
-            let offset = offset_of(&record.position);
             let since = decoded
                 .as_ref()
                 .ok()
                 .map(|r| r.stamped_at_ms() as i64 - REPLAY_MARGIN_MS);
-            let hw = self.high_water(record.partition, since).await?;
-            if let (Some(o), Some(hw)) = (offset, hw)
-                && o <= hw
-            {
+            if self.stored_already(&record, since).await? {
                 self.stats.skipped_replays += 1;
                 self.batcher.skip(record.partition, record.position, now);
                 continue;

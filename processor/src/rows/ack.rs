@@ -5,7 +5,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::AlertAck;
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, live_message, position, seconds, text};
+use super::{Poison, StoredRow, live_message, position, seconds, sequence_of, text};
 
 /// One row of `alert_acks`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -23,6 +23,9 @@ pub struct AckRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
+    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
+    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    pub bus_sequence: String,
 }
 
 impl AckRow {
@@ -41,6 +44,7 @@ impl AckRow {
             bus_topic: topic.to_owned(),
             bus_partition: partition,
             bus_offset: offset,
+            bus_sequence: String::new(),
         })
     }
 }
@@ -52,7 +56,9 @@ impl StoredRow for AckRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let ack: AlertAck = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        Self::from_ack(ack, &topic, partition, offset)
+        let mut row = Self::from_ack(ack, &topic, partition, offset)?;
+        row.bus_sequence = sequence_of(&record.position);
+        Ok(row)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -63,8 +69,13 @@ impl StoredRow for AckRow {
         self.bus_offset
     }
 
+    fn bus_sequence(&self) -> &str {
+        &self.bus_sequence
+    }
+
     fn size(&self) -> usize {
-        128 + self.tenant_id.len()
+        128 + self.bus_sequence.len()
+            + self.tenant_id.len()
             + self.ack_id.len()
             + self.alert_id.len()
             + self.operator_id.len()

@@ -6,7 +6,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::Alert;
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, json, live_message, position, seconds, text};
+use super::{Poison, StoredRow, json, live_message, position, seconds, sequence_of, text};
 
 /// One row of `alerts`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -39,6 +39,9 @@ pub struct AlertRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
+    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
+    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    pub bus_sequence: String,
 }
 
 impl AlertRow {
@@ -74,6 +77,7 @@ impl AlertRow {
             bus_topic: topic.to_owned(),
             bus_partition: partition,
             bus_offset: offset,
+            bus_sequence: String::new(),
         })
     }
 }
@@ -85,7 +89,9 @@ impl StoredRow for AlertRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let alert: Alert = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        Self::from_alert(alert, &topic, partition, offset)
+        let mut row = Self::from_alert(alert, &topic, partition, offset)?;
+        row.bus_sequence = sequence_of(&record.position);
+        Ok(row)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -96,8 +102,13 @@ impl StoredRow for AlertRow {
         self.bus_offset
     }
 
+    fn bus_sequence(&self) -> &str {
+        &self.bus_sequence
+    }
+
     fn size(&self) -> usize {
-        160 + self.tenant_id.len()
+        160 + self.bus_sequence.len()
+            + self.tenant_id.len()
             + self.player_id.len()
             + self.rule_id.len()
             + self.group_key.len()

@@ -7,7 +7,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::Delivery;
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, live_message, position, seconds, text};
+use super::{Poison, StoredRow, live_message, position, seconds, sequence_of, text};
 
 /// One row of `deliveries`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -30,6 +30,9 @@ pub struct DeliveryRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
+    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
+    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    pub bus_sequence: String,
 }
 
 impl DeliveryRow {
@@ -58,6 +61,7 @@ impl DeliveryRow {
             bus_topic: topic.to_owned(),
             bus_partition: partition,
             bus_offset: offset,
+            bus_sequence: String::new(),
         })
     }
 }
@@ -69,7 +73,9 @@ impl StoredRow for DeliveryRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let delivery: Delivery = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        Self::from_delivery(delivery, &topic, partition, offset)
+        let mut row = Self::from_delivery(delivery, &topic, partition, offset)?;
+        row.bus_sequence = sequence_of(&record.position);
+        Ok(row)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -80,8 +86,13 @@ impl StoredRow for DeliveryRow {
         self.bus_offset
     }
 
+    fn bus_sequence(&self) -> &str {
+        &self.bus_sequence
+    }
+
     fn size(&self) -> usize {
-        128 + self.tenant_id.len()
+        128 + self.bus_sequence.len()
+            + self.tenant_id.len()
             + self.message_id.len()
             + self.channel.len()
             + self.subscriber.len()

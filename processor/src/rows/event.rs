@@ -5,7 +5,7 @@ use pitboss_bus::{Record, header};
 use pitboss_model::{Event, Payload, decode_proto};
 use serde::{Deserialize, Serialize};
 
-use super::{CopyKey, Poison, StoredRow, check_type, offset_of, seconds, text};
+use super::{CopyKey, Poison, StoredRow, check_type, offset_of, seconds, sequence_of, text};
 
 /// One row of `events`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -44,6 +44,10 @@ pub struct EventRow {
     pub bus_offset: u64,
     /// The player's offset from UTC in minutes, as sent (schema version 6).
     pub utc_offset_min: Option<i16>,
+    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
+    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis
+    /// (schema version 7).
+    pub bus_sequence: String,
     /// Whether the client chose `event_id` (the record's `pitboss-client-id` header): only such
     /// an id can come back in a retry, so only such rows are looked up before an insert. Not
     /// a column.
@@ -85,8 +89,13 @@ impl StoredRow for EventRow {
         self.bus_offset
     }
 
+    fn bus_sequence(&self) -> &str {
+        &self.bus_sequence
+    }
+
     fn size(&self) -> usize {
-        128 + self.tenant_id.len()
+        128 + self.bus_sequence.len()
+            + self.tenant_id.len()
             + self.event_id.len()
             + self.player_id.len()
             + self.session_id.len()
@@ -128,6 +137,7 @@ pub fn row(topic: &str, record: &Record) -> Result<EventRow, Poison> {
         offset_of(&record.position).unwrap_or(0),
     )?;
     row.client_id = record.headers.get(header::CLIENT_ID).is_some();
+    row.bus_sequence = sequence_of(&record.position);
     Ok(row)
 }
 
@@ -177,6 +187,7 @@ pub fn from_event(
         bus_offset: offset,
         // Validated at ingest (−720 … 840 min); anything else is not kept rather than wrapped.
         utc_offset_min: event.utc_offset_min.and_then(|m| i16::try_from(m).ok()),
+        bus_sequence: String::new(),
         client_id: false,
     };
     match event.payload {
@@ -263,7 +274,8 @@ pub struct StoredEvent {
     /// millisecond (one request's) in their bus order, as the live engine read them.
     pub bus_topic: String,
     pub bus_partition: u32,
-    /// 0 on Kinesis (sequence numbers are not kept): such ties fall back to the event id.
+    /// 0 on Kinesis (its sequence number, `bus_sequence` in ClickHouse, is not read here):
+    /// such ties fall back to the event id.
     pub bus_offset: u64,
 }
 

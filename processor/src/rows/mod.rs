@@ -59,6 +59,9 @@ pub trait StoredRow:
     /// The `bus_offset` column.
     fn bus_offset(&self) -> u64;
 
+    /// The `bus_sequence` column (a Kinesis sequence number; empty elsewhere).
+    fn bus_sequence(&self) -> &str;
+
     /// Approximate bytes of the row (for the batch byte limit).
     fn size(&self) -> usize;
 
@@ -152,6 +155,14 @@ pub fn offset_of(position: &Position) -> Option<u64> {
     match position {
         Position::Offset(o) => u64::try_from(*o).ok(),
         Position::Sequence(_) => None,
+    }
+}
+
+/// The bus position as the `bus_sequence` column: a Kinesis sequence number, or empty.
+pub fn sequence_of(position: &Position) -> String {
+    match position {
+        Position::Offset(_) => String::new(),
+        Position::Sequence(s) => s.clone(),
     }
 }
 

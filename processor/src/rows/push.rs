@@ -7,7 +7,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::{Push, PushSource, Target};
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, json, live_message, millis, position, seconds};
+use super::{Poison, StoredRow, json, live_message, millis, position, seconds, sequence_of};
 
 /// One row of `pushes`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms;
 /// `expires_at_ms` only in ms (0: never), since it may lie past what `DateTime` holds.
@@ -43,6 +43,9 @@ pub struct PushRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
+    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
+    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    pub bus_sequence: String,
 }
 
 impl PushRow {
@@ -101,7 +104,9 @@ impl StoredRow for PushRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let push: Push = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        Self::from_push(push, &topic, partition, offset)
+        let mut row = Self::from_push(push, &topic, partition, offset)?;
+        row.bus_sequence = sequence_of(&record.position);
+        Ok(row)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -112,8 +117,13 @@ impl StoredRow for PushRow {
         self.bus_offset
     }
 
+    fn bus_sequence(&self) -> &str {
+        &self.bus_sequence
+    }
+
     fn size(&self) -> usize {
-        200 + self.tenant_id.len()
+        200 + self.bus_sequence.len()
+            + self.tenant_id.len()
             + self.target_id.len()
             + self.kind.len()
             + self.title.len()

@@ -359,6 +359,41 @@ GROUP BY tenant_id, minute, rule_id",
             ty: "Nullable(Int16)",
         }],
     },
+    Migration {
+        version: 7,
+        name: "rows keep the Kinesis sequence number",
+        // A Kinesis record's position is a sequence number (decimal text, up to 128 digits),
+        // which `bus_offset` cannot hold: kept here, it is the high-water mark a processor
+        // taking a shard over skips what is stored by (docs/processor.md, "Effectively
+        // once"). Empty on Kafka and the embedded log, and in rows stored before this version.
+        statements: &[
+            Statement::AddColumn {
+                table: "events",
+                column: "bus_sequence",
+                ty: "String",
+            },
+            Statement::AddColumn {
+                table: "alerts",
+                column: "bus_sequence",
+                ty: "String",
+            },
+            Statement::AddColumn {
+                table: "pushes",
+                column: "bus_sequence",
+                ty: "String",
+            },
+            Statement::AddColumn {
+                table: "deliveries",
+                column: "bus_sequence",
+                ty: "String",
+            },
+            Statement::AddColumn {
+                table: "alert_acks",
+                column: "bus_sequence",
+                ty: "String",
+            },
+        ],
+    },
 ];
 
 #[cfg(test)]

@@ -771,19 +771,32 @@ mod tests {
         let all = planned(&[]);
         assert_eq!(
             all.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5, 6]
+            [1, 2, 3, 4, 5, 6, 7]
         );
         assert!(all[1].1.is_empty(), "version 2 is superseded: {:?}", all[1]);
-        // Version 6's column is in the table's CREATE; its ALTER stays in the plan (`migrate`
-        // runs it only where the column is missing) but not in the script.
+        // Version 6's and 7's columns are in their tables' CREATE; their ALTERs stay in the
+        // plan (`migrate` runs each only where the column is missing) but not in the script.
         assert_eq!(all[5].1.len(), 1, "{:?}", all[5]);
+        assert_eq!(all[6].1.len(), 5, "{:?}", all[6]);
         assert!(plan(&[])[5].1[0].folded);
+        assert!(plan(&[])[6].1.iter().all(|p| p.folded));
         assert!(!script(&Layout::Single).contains("ALTER"));
         assert!(
-            all[0].1[0].ends_with("    bus_offset UInt64,\n    utc_offset_min Nullable(Int16)\n) ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY (tenant_id, occurred_at, player_id, event_id)"),
+            all[0].1[0].ends_with("    bus_offset UInt64,\n    utc_offset_min Nullable(Int16),\n    bus_sequence String\n) ENGINE = MergeTree\nPARTITION BY toYYYYMM(received_at)\nORDER BY (tenant_id, occurred_at, player_id, event_id)"),
             "{}",
             all[0].1[0]
         );
+        for table in ["alerts", "pushes", "deliveries", "alert_acks"] {
+            let create = all[4]
+                .1
+                .iter()
+                .find(|s| s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")))
+                .expect(table);
+            assert!(
+                create.contains("    bus_offset UInt64,\n    bus_sequence String\n)"),
+                "{create}"
+            );
+        }
         let sql: Vec<&String> = all.iter().flat_map(|(_, sql)| sql).collect();
         assert!(
             sql.iter().all(|s| !s.starts_with("DROP")),
@@ -803,7 +816,16 @@ mod tests {
         // A database at version 4 has version 2's tables: version 5 drops them (if they still
         // have that shape, which `migrate` checks) and creates the new ones.
         let from_4 = planned(&[1, 2, 3, 4]);
-        assert_eq!(from_4.len(), 2);
+        assert_eq!(from_4.len(), 3);
+        assert_eq!(
+            from_4[2],
+            (
+                7,
+                ["events", "alerts", "pushes", "deliveries", "alert_acks"]
+                    .map(|t| format!("ALTER TABLE {t} ADD COLUMN bus_sequence String"))
+                    .to_vec()
+            )
+        );
         assert_eq!(
             from_4[1],
             (
@@ -829,6 +851,7 @@ mod tests {
         let layout = Layout::cluster("pitboss", "analytics").expect("valid names");
         let v6 = plan(&[1, 2, 3, 4, 5])
             .into_iter()
+            .filter(|(m, _)| m.version == 6)
             .flat_map(|(_, s)| s)
             .flat_map(|p| p.render(&layout))
             .collect::<Vec<_>>();
@@ -862,13 +885,13 @@ mod tests {
             "DROP TABLE IF EXISTS analytics.events_pitboss_swap_0 ON CLUSTER pitboss"
         );
         let events = columns("events").expect("events");
-        assert_eq!(events.last(), Some(&("utc_offset_min", "Nullable(Int16)")));
-        assert_eq!(events.len(), 31);
+        assert_eq!(events.last(), Some(&("bus_sequence", "String")));
+        assert_eq!(events.len(), 32);
         // An empty cluster gets it in the local table's CREATE (the Distributed one copies it).
         let script = script(&layout);
         assert!(!script.contains("ALTER"), "{script}");
         assert!(script.contains(
-            "bus_offset UInt64,\n    utc_offset_min Nullable(Int16)\n) ENGINE = ReplicatedMergeTree"
+            "bus_offset UInt64,\n    utc_offset_min Nullable(Int16),\n    bus_sequence String\n) ENGINE = ReplicatedMergeTree"
         ));
     }
 

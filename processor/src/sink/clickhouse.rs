@@ -343,6 +343,31 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
         Ok((hw.rows > 0).then_some(hw.top))
     }
 
+    async fn high_water_sequence(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        let since_s = since_ms.map_or(0, |ms| ms.div_euclid(1000).max(0));
+        // Decimal text without leading zeros: the longest, then the greatest as text.
+        let read = self
+            .client
+            .query(&format!(
+                "SELECT bus_sequence FROM {} \
+                 WHERE bus_topic = ? AND bus_partition = ? AND {} >= toDateTime(?) \
+                 AND bus_sequence != '' \
+                 ORDER BY length(bus_sequence) DESC, bus_sequence DESC LIMIT 1",
+                self.source(self.table_of::<R>()),
+                R::STAMP_COLUMN,
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(since_s)
+            .fetch_optional::<String>();
+        within(self.timeout, async { Ok(read.await?) }).await
+    }
+
     async fn insert(&self, batch: &Arc<Batch<R>>) -> Result<(), ProcessorError> {
         within(self.timeout, async {
             match self.write(batch).await {

@@ -151,6 +151,31 @@ impl<R: StoredRow> Sink<R> for MemorySink<R> {
             .max())
     }
 
+    async fn high_water_sequence(
+        &self,
+        topic: &str,
+        partition: u32,
+        since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        let since = since_ms.unwrap_or(i64::MIN);
+        let inner = self.lock();
+        if let Some(reason) = &inner.broken_schema {
+            return Err(ProcessorError::Schema(reason.clone()));
+        }
+        Ok(inner
+            .rows
+            .iter()
+            .filter(|(t, p, r)| {
+                t == topic
+                    && *p == partition
+                    && r.stamped_at_ms() as i64 >= since
+                    && !r.bus_sequence().is_empty()
+            })
+            .map(|(_, _, r)| r.bus_sequence())
+            .max_by_key(|s| (s.len(), *s))
+            .map(str::to_owned))
+    }
+
     async fn insert(&self, batch: &Arc<Batch<R>>) -> Result<(), ProcessorError> {
         let hang = {
             let mut inner = self.lock();

@@ -38,6 +38,20 @@ pub trait Sink<R: StoredRow>: Send + Sync + std::fmt::Debug {
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, ProcessorError>;
 
+    /// The highest Kinesis sequence number stored for (topic, partition), if any: as
+    /// [`Sink::high_water`], for records whose position is a sequence number (they do not fit
+    /// `bus_offset`; rows keep them in `bus_sequence`). Ordered as numbers: the longer is the
+    /// higher, then the text. A store that commits its positions with the rows, or keeps no
+    /// sequence numbers, answers `None` (nothing is skipped: at-least-once, as before).
+    async fn high_water_sequence(
+        &self,
+        _topic: &str,
+        _partition: u32,
+        _since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        Ok(None)
+    }
+
     /// Inserts the batch, all or nothing. [`ProcessorError::Refused`] when the store refuses
     /// values of its rows (the same rows fail again; the caller splits the batch);
     /// [`ProcessorError::Schema`] when the store cannot take such rows at all.

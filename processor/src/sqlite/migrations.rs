@@ -248,4 +248,16 @@ INSERT INTO bets_per_minute
         sql: r"
 ALTER TABLE events ADD COLUMN utc_offset_min INTEGER;",
     },
+    Migration {
+        version: 7,
+        name: "live rows keep the Kinesis sequence number",
+        // As ClickHouse's version 7, for the live tables, whose rows are written column by
+        // column as ClickHouse's are. Events keep none here: the embedded store commits its
+        // positions with its rows and keeps one row per event id.
+        sql: r"
+ALTER TABLE alerts ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';
+ALTER TABLE pushes ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';
+ALTER TABLE deliveries ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';
+ALTER TABLE alert_acks ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';",
+    },
 ];

@@ -314,6 +314,96 @@ async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
     assert_eq!(mark(1, Some(since)).await.unwrap(), None);
 }
 
+/// Over Kinesis the mark is the greatest sequence number stored for the partition, compared
+/// as a number (longer is greater; "10" above "9"), within the same time bound, in every table
+/// (an alert's here); rows of other partitions, and rows with offsets (an empty sequence), do
+/// not count.
+#[tokio::test]
+async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored() {
+    use pitboss_processor::Sink;
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    let now_ms = Timestamp::now().as_millis();
+    let row = |partition: u32, sequence: &str, received_ms: i64| EventRow {
+        event_id: format!("e{partition}-{sequence}"),
+        received_at: (received_ms / 1000) as u32,
+        received_at_ms: received_ms as u64,
+        occurred_at: (received_ms / 1000) as u32,
+        occurred_at_ms: received_ms as u64,
+        bus_topic: "t".into(),
+        bus_partition: partition,
+        bus_sequence: sequence.into(),
+        ..EventRow::default()
+    };
+    let aws = "49590338271490256608559692538361571095921575989136588898";
+    let mut insert = client.insert::<EventRow>("events").await.unwrap();
+    for r in [
+        row(0, "9", now_ms),
+        row(0, "10", now_ms),
+        row(0, "", now_ms), // a row stored with an offset
+        row(1, aws, now_ms),
+        row(
+            1,
+            "49590338271490256608559692538361571095921575989136588897",
+            now_ms,
+        ),
+        row(
+            1,
+            "999999999999999999999999999999999999999999999999999999",
+            now_ms,
+        ),
+        // Above every other, but received 3 days before them: outside the bound.
+        row(2, "77", now_ms - 3 * 86_400_000),
+        row(2, "8", now_ms),
+    ] {
+        insert.write(&r).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    let sink = ClickHouseSink::new(client.clone());
+    let since = Some(now_ms - pitboss_processor::run::REPLAY_MARGIN_MS);
+    let mark =
+        |partition, since| Sink::<EventRow>::high_water_sequence(&sink, "t", partition, since);
+    assert_eq!(mark(0, since).await.unwrap().as_deref(), Some("10"));
+    assert_eq!(mark(1, since).await.unwrap().as_deref(), Some(aws));
+    assert_eq!(mark(2, since).await.unwrap().as_deref(), Some("8"));
+    assert_eq!(mark(2, None).await.unwrap().as_deref(), Some("77"));
+    assert_eq!(mark(3, since).await.unwrap(), None);
+    // The offsets' mark is not the sequences' (every row above has `bus_offset` 0).
+    assert_eq!(
+        Sink::<EventRow>::high_water(&sink, "t", 0, since)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+
+    // The live tables keep theirs too.
+    let alert = pitboss_processor::rows::AlertRow {
+        tenant_id: "acme".into(),
+        alert_id: "a1".into(),
+        detected_at: (now_ms / 1000) as u32,
+        detected_at_ms: now_ms as u64,
+        bus_topic: "t".into(),
+        bus_partition: 0,
+        bus_sequence: "12".into(),
+        ..Default::default()
+    };
+    let mut insert = client
+        .insert::<pitboss_processor::rows::AlertRow>("alerts")
+        .await
+        .unwrap();
+    insert.write(&alert).await.unwrap();
+    insert.end().await.unwrap();
+    assert_eq!(
+        Sink::<pitboss_processor::rows::AlertRow>::high_water_sequence(&sink, "t", 0, since)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("12")
+    );
+}
+
 /// Every record of `topic` (one partition) on Kafka, read until `n` are in (or 30 s).
 async fn read_all(bus: &KafkaBus, topic: &str, n: usize) -> Vec<pitboss_bus::Record> {
     let mut consumer = bus

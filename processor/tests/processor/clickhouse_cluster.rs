@@ -218,10 +218,11 @@ async fn migrations_on_cluster_from_two_servers_at_once_create_everything_everyw
 
 /// A cluster at version 5 (its events written before `utc_offset_min`): three `migrate` at
 /// once from three servers add the column to every server's local and Distributed `events`
-/// (each step only where it is missing, each swap under names of its own), leave none of the
-/// swaps' tables, the old rows read NULL, and a fourth finds nothing to do.
+/// (each step only where it is missing, each swap under names of its own), and version 7's
+/// `bus_sequence` to the five tables of the bus, leave none of the swaps' tables, the old
+/// rows read NULL, and a fourth finds nothing to do.
 #[tokio::test]
-async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
+async fn a_cluster_at_version_5_gets_utc_offset_min_and_bus_sequence_on_every_server() {
     let c = Cluster::new().await;
     let first = c.client(0);
     common::migrated_through(&first, &c.layout, 5).await;
@@ -246,7 +247,7 @@ async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
     };
     let (a, b, d) = tokio::join!(after(0, &one), after(150, &four), after(400, &three));
     let ran = [a.unwrap(), b.unwrap(), d.unwrap()];
-    assert!(ran.iter().any(|r| *r == [6]), "{ran:?}");
+    assert!(ran.iter().any(|r| *r == [6, 7]), "{ran:?}");
     for i in 0..4 {
         for table in ["events_local", "events"] {
             let n = c
@@ -259,6 +260,20 @@ async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
                 )
                 .await;
             assert_eq!(n, 1, "server {} {table}", i + 1);
+        }
+        for table in ["events", "alerts", "pushes", "deliveries", "alert_acks"] {
+            for t in [format!("{table}_local"), table.to_owned()] {
+                let n = c
+                    .scalar(
+                        i,
+                        &format!(
+                            "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+                             AND table = '{t}' AND name = 'bus_sequence' AND type = 'String'"
+                        ),
+                    )
+                    .await;
+                assert_eq!(n, 1, "server {} {t}", i + 1);
+            }
         }
     }
     assert_eq!(
@@ -275,7 +290,7 @@ async fn a_cluster_at_version_5_gets_utc_offset_min_on_every_server() {
             c.scalar(
                 i,
                 "SELECT count() FROM system.tables WHERE database = currentDatabase() \
-                 AND name LIKE 'events_pitboss_%'"
+                 AND name LIKE '%_pitboss_%'"
             )
             .await,
             0,

@@ -257,7 +257,7 @@ async fn a_database_at_version_4_gets_the_live_tables_in_place_of_version_2s() {
         schema::migrate(&client, &Layout::Single)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert!(a == [5, 6] || b == [5, 6], "{a:?} {b:?}");
+    assert!(a == [5, 6, 7] || b == [5, 6, 7], "{a:?} {b:?}");
     use clickhouse::Row;
     for (table, expected) in [
         ("alerts", AlertRow::COLUMN_NAMES),
@@ -314,13 +314,24 @@ async fn a_database_at_version_5_keeps_utc_offsets_from_version_6_on() {
     assert_eq!(before[0].to_event().unwrap().utc_offset_min, None);
     assert_eq!(
         schema::migrate(&client, &Layout::Single).await.unwrap(),
-        [6]
+        [6, 7]
     );
     use clickhouse::Row;
     assert_eq!(
         columns(&client, "events").await,
         pitboss_processor::EventRow::COLUMN_NAMES
     );
+    // Version 7 gave every table of the bus its `bus_sequence`, at the end.
+    for (table, expected) in [
+        ("alerts", AlertRow::COLUMN_NAMES),
+        ("pushes", PushRow::COLUMN_NAMES),
+        ("deliveries", DeliveryRow::COLUMN_NAMES),
+        ("alert_acks", AckRow::COLUMN_NAMES),
+    ] {
+        let got = columns(&client, table).await;
+        assert_eq!(got, expected, "{table}");
+        assert_eq!(got.last().map(String::as_str), Some("bus_sequence"));
+    }
     // Written as the processor writes: an event sent with its offset.
     let at = pitboss_model::Timestamp::from_millis(now_ms as i64 + 1);
     let mut event = pitboss_model::decode_event(

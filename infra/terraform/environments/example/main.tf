@@ -162,9 +162,10 @@ resource "aws_ecs_cluster" "pitboss" {
   }
 }
 
-# The processor reads either bus (PITBOSS_BUS in local.bus_env): on Kinesis it is
-# at-least-once (docs/processor.md), its consumer group's leases in the stream module's table,
-# which is the bus's default name (pitboss-leases).
+# The processor reads either bus (PITBOSS_BUS in local.bus_env): on Kinesis it skips what
+# is stored by the greatest sequence number in its table (docs/processor.md, "Effectively
+# once"), its consumer group's leases in the stream module's table, which is the bus's default
+# name (pitboss-leases).
 data "aws_iam_policy_document" "processor" {
   # What the Kinesis bus calls for a consumer group and its dead letters (crates/bus/src/
   # kinesis): ListShards, GetShardIterator and GetRecords on the streams it reads; ListShards
