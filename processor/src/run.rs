@@ -218,6 +218,10 @@ pub struct RunStats {
 
 struct Processor<R: StoredRow> {
     config: ProcessorConfig,
+    /// For a look at a partition's newest record ([`Processor::check_mark_on_bus`]).
+    bus: Arc<dyn Bus>,
+    /// Assigned partitions whose mark was checked against the bus (at their first skip).
+    mark_checked: std::collections::HashSet<Partition>,
     sink: Arc<dyn Sink<R>>,
     dead_letters: Arc<dyn Publisher>,
     batcher: Batcher<R>,
@@ -299,6 +303,8 @@ pub async fn run<R: StoredRow>(
         durable: Vec::new(),
         topic: Arc::from(config.topic.as_str()),
         config,
+        bus: bus.clone(),
+        mark_checked: std::collections::HashSet::new(),
         sink,
         high_water: HashMap::new(),
         high_water_sequence: HashMap::new(),
@@ -338,6 +344,7 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
         for part in parts {
             self.high_water.remove(part);
             self.high_water_sequence.remove(part);
+            self.mark_checked.remove(part);
         }
         Ok(())
     }
@@ -358,6 +365,7 @@ impl<R: StoredRow> PartitionWork for Processor<R> {
         for part in parts {
             self.high_water.remove(part);
             self.high_water_sequence.remove(part);
+            self.mark_checked.remove(part);
         }
         Ok(())
     }
@@ -565,9 +573,56 @@ impl<R: StoredRow> Processor<R> {
                 .is_some_and(|hw| record.position <= hw),
             Position::Offset(_) => {
                 let hw = self.high_water(record.partition, since_ms).await?;
-                matches!((offset_of(&record.position), hw), (Some(o), Some(hw)) if o <= hw)
+                let skip =
+                    matches!((offset_of(&record.position), hw), (Some(o), Some(hw)) if o <= hw);
+                if let Some(mark) = hw.filter(|_| skip)
+                    && self.mark_checked.insert(record.partition)
+                {
+                    self.check_mark_on_bus(record.partition, mark).await?;
+                }
+                skip
             }
         })
+    }
+
+    /// Before the first record of a partition is skipped as stored: whether the bus holds the
+    /// store's mark at all. A partition whose newest record comes before the mark cannot have
+    /// been where those rows came from — the topic was made anew under the same name (its
+    /// offsets start again at 0), or the broker lost records — and every new record up to the
+    /// mark would be skipped as stored, silently. The processor stops instead, saying so
+    /// (docs/processor.md, "Operations"). A bus that cannot tell (a reader that does not open,
+    /// an emptied partition) lets the skip go on, as before.
+    async fn check_mark_on_bus(
+        &self,
+        partition: Partition,
+        mark: u64,
+    ) -> Result<(), ProcessorError> {
+        let topic = &self.config.topic;
+        let newest = match self
+            .bus
+            .reader(topic, vec![(partition, pitboss_bus::ReadFrom::Latest)])
+            .await
+        {
+            Ok(reader) => reader.end_positions().get(&partition).cloned().flatten(),
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "the store's mark not checked against the bus");
+                return Ok(());
+            }
+        };
+        match newest {
+            Some(Position::Offset(n)) if n < 0 || (n as u64) < mark => {
+                Err(ProcessorError::Config(format!(
+                    "topic {topic} partition {partition}: the store ({table}) holds rows of it up to \
+                     offset {mark}, but the newest record on the bus is at offset {n}: the topic \
+                     was made anew under the same name (or the broker lost records), and its new \
+                     records up to offset {mark} would be skipped as stored. Give the new topic \
+                     another name, or delete the topic's old rows from the store first \
+                     (docs/processor.md, \"Operations\")",
+                    table = R::TABLE,
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn take_records(&mut self, records: Vec<Record>) -> Result<(), ProcessorError> {

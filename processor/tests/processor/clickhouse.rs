@@ -404,6 +404,58 @@ async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored() {
     );
 }
 
+/// The store holds rows of a topic up to offset 1,000 (as a topic made anew under the same
+/// name finds them: the rows of the old one) and the topic on Kafka holds 5 records: the
+/// processor stops, naming the partition, the mark and the newest offset, and stores none of
+/// them, where it would have skipped all five as stored.
+#[tokio::test]
+async fn a_kafka_topic_below_the_stores_mark_stops_the_processor_rather_than_being_skipped() {
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = one_partition(&bus, (0..5).map(event).collect()).await;
+    let now_ms = Timestamp::now().as_millis();
+    let old = EventRow {
+        event_id: "old".into(),
+        received_at: (now_ms / 1000) as u32,
+        received_at_ms: now_ms as u64,
+        occurred_at: (now_ms / 1000) as u32,
+        occurred_at_ms: now_ms as u64,
+        bus_topic: topic.clone(),
+        bus_partition: 0,
+        bus_offset: 1_000,
+        ..EventRow::default()
+    };
+    let mut insert = client.insert::<EventRow>("events").await.unwrap();
+    insert.write(&old).await.unwrap();
+    insert.end().await.unwrap();
+
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(60),
+        run::<EventRow>(
+            bus.clone(),
+            Arc::new(ClickHouseSink::new(client.clone())),
+            common::config(&topic, 500),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the processor stops on its own");
+    let Err(pitboss_processor::ProcessorError::Config(why)) = stopped else {
+        panic!("{stopped:?}");
+    };
+    assert!(
+        why.contains(&format!(
+            "topic {topic} partition 0: the store (events) holds rows of it up to offset 1000, \
+             but the newest record on the bus is at offset 4"
+        )),
+        "{why}"
+    );
+    assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
+}
+
 /// Every record of `topic` (one partition) on Kafka, read until `n` are in (or 30 s).
 async fn read_all(bus: &KafkaBus, topic: &str, n: usize) -> Vec<pitboss_bus::Record> {
     let mut consumer = bus

@@ -201,6 +201,43 @@ async fn the_high_water_mark_is_asked_only_about_rows_received_since_the_first_r
     assert_eq!(stats.skipped_replays, 0);
 }
 
+/// A topic made anew under the same name (here: another log, as after its directory was
+/// wiped) starts its offsets at 0 again, below the marks of the rows the store holds from the
+/// old one: the processor stops saying so, and stores nothing of it, rather than skipping its
+/// records as stored.
+#[tokio::test]
+async fn a_topic_made_anew_under_the_same_name_stops_the_processor_rather_than_being_skipped() {
+    let (old, _old_dir) = bus().await;
+    publish(&old, 0..300).await;
+    let sink = MemorySink::<EventRow>::new();
+    run_until(old, &sink, 300).await;
+    assert_eq!(sink.rows().len(), 300);
+
+    let (new, _new_dir) = bus().await;
+    publish(&new, 300..330).await;
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(
+            new,
+            Arc::new(sink.clone()),
+            config(),
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the processor stops on its own");
+    let Err(ProcessorError::Config(why)) = stopped else {
+        panic!("{stopped:?}");
+    };
+    assert!(
+        why.contains("topic events partition ")
+            && why.contains("the newest record on the bus is at offset")
+            && why.contains("made anew under the same name"),
+        "{why}"
+    );
+    assert_eq!(sink.rows().len(), 300, "nothing of the new topic stored");
+}
+
 /// A bus whose `events` topic has one partition, holding `event(0..n)` (offset = i), and
 /// the values published.
 async fn one_partition(n: u64) -> (Arc<EmbeddedBus>, tempfile::TempDir, Vec<Vec<u8>>) {
