@@ -370,7 +370,7 @@ fn covered(
         if e.newest == 0 && e.events > 1 {
             bail!(
                 "the store keeps no bus offsets for {}:{} ({} events, all at offset 0: a store \
-                 fed from Kinesis, whose sequence numbers are not kept); a warm start needs \
+                 fed from Kinesis, whose positions are sequence numbers); a warm start needs \
                  events stored from Kafka or the embedded log",
                 e.topic,
                 e.partition,

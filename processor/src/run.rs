@@ -232,6 +232,8 @@ struct Processor<R: StoredRow> {
     high_water: HashMap<Partition, Option<u64>>,
     /// The same for partitions whose positions are Kinesis sequence numbers.
     high_water_sequence: HashMap<Partition, Option<Position>>,
+    /// The shard id of each partition read with sequence numbers ([`Bus::partition_id`]).
+    shards: HashMap<Partition, String>,
     stats: RunStats,
     /// Closed batches on their way to the inserter (bounded: a slow store pauses consumption).
     to_insert: Option<mpsc::Sender<Batch<R>>>,
@@ -308,6 +310,7 @@ pub async fn run<R: StoredRow>(
         sink,
         high_water: HashMap::new(),
         high_water_sequence: HashMap::new(),
+        shards: HashMap::new(),
         stats: RunStats::default(),
         to_insert: Some(to_insert),
         inserted,
@@ -547,17 +550,36 @@ impl<R: StoredRow> Processor<R> {
         if let Some(hw) = self.high_water_sequence.get(&partition) {
             return Ok(hw.clone());
         }
+        let shard = self.shard(partition).await?;
         let hw = with_retry(
             &self.config.health,
             self.sink.clone(),
             self.config.topic.clone(),
             (self.config.retry_initial, self.config.retry_max),
-            |sink, topic| async move { sink.high_water_sequence(&topic, partition, since_ms).await },
+            |sink, topic| {
+                let shard = shard.clone();
+                async move { sink.high_water_sequence(&topic, &shard, since_ms).await }
+            },
         )
         .await?
         .map(Position::Sequence);
         self.high_water_sequence.insert(partition, hw.clone());
         Ok(hw)
+    }
+
+    /// The shard id of a partition read with sequence numbers (the number is its index among
+    /// the stream's shards, which a reshard moves; rows keep the id).
+    async fn shard(&mut self, partition: Partition) -> Result<String, ProcessorError> {
+        if let Some(id) = self.shards.get(&partition) {
+            return Ok(id.clone());
+        }
+        let id = self
+            .bus
+            .partition_id(&self.config.topic, partition)
+            .await?
+            .unwrap_or_else(|| partition.to_string());
+        self.shards.insert(partition, id.clone());
+        Ok(id)
     }
 
     /// Whether `record` is at or below its partition's high-water mark: stored already.
@@ -641,7 +663,11 @@ impl<R: StoredRow> Processor<R> {
         {
             self.unstored.taking(ms);
         }
-        for (record, decoded) in records.into_iter().zip(decoded) {
+        for (record, mut decoded) in records.into_iter().zip(decoded) {
+            if let (Position::Sequence(seq), Ok(row)) = (&record.position, decoded.as_mut()) {
+                let shard = self.shard(record.partition).await?;
+                row.set_bus_sequence(format!("{shard}:{seq}"));
+            }
             let since = decoded
                 .as_ref()
                 .ok()
@@ -862,10 +888,12 @@ impl<R: StoredRow> Inserter<R> {
         reason: &str,
     ) -> Result<(), ProcessorError> {
         let row = &batch.rows[index];
-        // Without offsets (Kinesis) the row does not know its position.
-        let position = batch
-            .offsets
-            .map_or_else(|| "?".to_owned(), |_| row.bus_offset().to_string());
+        // Without offsets (Kinesis) the row's position is its sequence number.
+        let position = match (batch.offsets, row.bus_sequence().split_once(':')) {
+            (Some(_), _) => row.bus_offset().to_string(),
+            (None, Some((_, sequence))) => sequence.to_owned(),
+            (None, None) => "?".to_owned(),
+        };
         tracing::warn!(partition = batch.partition, %position, %reason, "row refused by the store; dead-lettered");
         let key = format!(
             "{}:{}:{position}: {}",
@@ -930,17 +958,40 @@ impl<R: StoredRow> Inserter<R> {
                 .map(|r| r.stamped_at_ms() as i64)
                 .min()
                 .map(|ms| ms - REPLAY_MARGIN_MS);
-            let landed = with_retry(
-                &self.health,
-                self.sink.clone(),
-                self.topic.clone(),
-                self.backoff,
-                |sink, topic| async move { sink.high_water(&topic, partition, since).await },
-            )
-            .await?;
-            if let (Some(last), Some(hw)) = (last, landed)
-                && hw >= last
-            {
+            let landed = match (last, piece.rows.last().map(|r| r.bus_sequence().to_owned())) {
+                (Some(last), _) => with_retry(
+                    &self.health,
+                    self.sink.clone(),
+                    self.topic.clone(),
+                    self.backoff,
+                    |sink, topic| async move { sink.high_water(&topic, partition, since).await },
+                )
+                .await?
+                .is_some_and(|hw| hw >= last),
+                // Over Kinesis: the piece's last row's sequence number against its shard's mark.
+                (None, Some(tagged)) => match tagged.split_once(':') {
+                    Some((shard, sequence)) => {
+                        let shard = shard.to_owned();
+                        let mark = with_retry(
+                            &self.health,
+                            self.sink.clone(),
+                            self.topic.clone(),
+                            self.backoff,
+                            |sink, topic| {
+                                let shard = shard.clone();
+                                async move { sink.high_water_sequence(&topic, &shard, since).await }
+                            },
+                        )
+                        .await?;
+                        mark.is_some_and(|m| {
+                            Position::Sequence(m) >= Position::Sequence(sequence.to_owned())
+                        })
+                    }
+                    None => false,
+                },
+                (None, None) => false,
+            };
+            if landed {
                 if let ProcessorError::Refused(reason) = &error {
                     tracing::warn!(partition, %reason, "the store refused rows it had stored (a materialized view?); kept as stored");
                 } else {

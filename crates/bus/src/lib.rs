@@ -500,6 +500,19 @@ pub trait Bus: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// What partition `partition` of `topic` is, by a name that stays with it when the
+    /// topic's partitions are numbered anew: on Kinesis the shard id (a shard's number is its
+    /// index in shard-id order, which moves when a reshard's closed parent shards leave the
+    /// list); `None` where the number is the partition (Kafka, the embedded log). The same
+    /// numbering as this bus's consumers and readers.
+    async fn partition_id(
+        &self,
+        _topic: &str,
+        _partition: Partition,
+    ) -> Result<Option<String>, BusError> {
+        Ok(None)
+    }
+
     async fn reader_all(&self, topic: &str, from: ReadFrom) -> Result<Box<dyn Reader>, BusError> {
         let n = self.partition_count(topic).await?;
         self.reader(topic, (0..n).map(|p| (p, from.clone())).collect())

@@ -5,7 +5,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::AlertAck;
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, live_message, position, seconds, sequence_of, text};
+use super::{Poison, StoredRow, live_message, position, seconds, text};
 
 /// One row of `alert_acks`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -23,8 +23,9 @@ pub struct AckRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
-    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
-    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    /// Over Kinesis, the record's shard and sequence number, `<shard id>:<sequence number>`
+    /// (empty on Kafka and the embedded log, whose offsets are in `bus_offset`): the
+    /// high-water mark over Kinesis.
     pub bus_sequence: String,
 }
 
@@ -56,9 +57,7 @@ impl StoredRow for AckRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let ack: AlertAck = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        let mut row = Self::from_ack(ack, &topic, partition, offset)?;
-        row.bus_sequence = sequence_of(&record.position);
-        Ok(row)
+        Self::from_ack(ack, &topic, partition, offset)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -71,6 +70,10 @@ impl StoredRow for AckRow {
 
     fn bus_sequence(&self) -> &str {
         &self.bus_sequence
+    }
+
+    fn set_bus_sequence(&mut self, value: String) {
+        self.bus_sequence = value;
     }
 
     fn size(&self) -> usize {

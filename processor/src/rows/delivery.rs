@@ -7,7 +7,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::Delivery;
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, live_message, position, seconds, sequence_of, text};
+use super::{Poison, StoredRow, live_message, position, seconds, text};
 
 /// One row of `deliveries`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -30,8 +30,9 @@ pub struct DeliveryRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
-    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
-    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    /// Over Kinesis, the record's shard and sequence number, `<shard id>:<sequence number>`
+    /// (empty on Kafka and the embedded log, whose offsets are in `bus_offset`): the
+    /// high-water mark over Kinesis.
     pub bus_sequence: String,
 }
 
@@ -73,9 +74,7 @@ impl StoredRow for DeliveryRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let delivery: Delivery = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        let mut row = Self::from_delivery(delivery, &topic, partition, offset)?;
-        row.bus_sequence = sequence_of(&record.position);
-        Ok(row)
+        Self::from_delivery(delivery, &topic, partition, offset)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -88,6 +87,10 @@ impl StoredRow for DeliveryRow {
 
     fn bus_sequence(&self) -> &str {
         &self.bus_sequence
+    }
+
+    fn set_bus_sequence(&mut self, value: String) {
+        self.bus_sequence = value;
     }
 
     fn size(&self) -> usize {

@@ -5,7 +5,7 @@ use pitboss_bus::{Record, header};
 use pitboss_model::{Event, Payload, decode_proto};
 use serde::{Deserialize, Serialize};
 
-use super::{CopyKey, Poison, StoredRow, check_type, offset_of, seconds, sequence_of, text};
+use super::{CopyKey, Poison, StoredRow, check_type, offset_of, seconds, text};
 
 /// One row of `events`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms.
 #[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -44,9 +44,9 @@ pub struct EventRow {
     pub bus_offset: u64,
     /// The player's offset from UTC in minutes, as sent (schema version 6).
     pub utc_offset_min: Option<i16>,
-    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
-    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis
-    /// (schema version 7).
+    /// Over Kinesis, the record's shard and sequence number, `<shard id>:<sequence number>`
+    /// (empty on Kafka and the embedded log, whose offsets are in `bus_offset`): the
+    /// high-water mark over Kinesis (schema version 7).
     pub bus_sequence: String,
     /// Whether the client chose `event_id` (the record's `pitboss-client-id` header): only such
     /// an id can come back in a retry, so only such rows are looked up before an insert. Not
@@ -93,6 +93,10 @@ impl StoredRow for EventRow {
         &self.bus_sequence
     }
 
+    fn set_bus_sequence(&mut self, value: String) {
+        self.bus_sequence = value;
+    }
+
     fn size(&self) -> usize {
         128 + self.bus_sequence.len()
             + self.tenant_id.len()
@@ -137,7 +141,6 @@ pub fn row(topic: &str, record: &Record) -> Result<EventRow, Poison> {
         offset_of(&record.position).unwrap_or(0),
     )?;
     row.client_id = record.headers.get(header::CLIENT_ID).is_some();
-    row.bus_sequence = sequence_of(&record.position);
     Ok(row)
 }
 
@@ -247,8 +250,8 @@ pub fn from_event(
 pub struct StoredEnd {
     pub topic: String,
     pub partition: u32,
-    /// The newest offset stored (0 on a store fed from Kinesis, whose sequence numbers are not
-    /// kept).
+    /// The newest offset stored (0 on a store fed from Kinesis, whose positions are sequence
+    /// numbers, kept in `bus_sequence`).
     pub newest: u64,
     /// Distinct events stored (copies not merged away yet counted once).
     pub events: u64,

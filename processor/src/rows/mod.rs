@@ -59,8 +59,12 @@ pub trait StoredRow:
     /// The `bus_offset` column.
     fn bus_offset(&self) -> u64;
 
-    /// The `bus_sequence` column (a Kinesis sequence number; empty elsewhere).
+    /// The `bus_sequence` column: over Kinesis `<shard id>:<sequence number>`, set by the
+    /// processor (which knows the shard); empty elsewhere.
     fn bus_sequence(&self) -> &str;
+
+    /// Sets the `bus_sequence` column.
+    fn set_bus_sequence(&mut self, value: String);
 
     /// Approximate bytes of the row (for the batch byte limit).
     fn size(&self) -> usize;
@@ -155,14 +159,6 @@ pub fn offset_of(position: &Position) -> Option<u64> {
     match position {
         Position::Offset(o) => u64::try_from(*o).ok(),
         Position::Sequence(_) => None,
-    }
-}
-
-/// The bus position as the `bus_sequence` column: a Kinesis sequence number, or empty.
-pub fn sequence_of(position: &Position) -> String {
-    match position {
-        Position::Offset(_) => String::new(),
-        Position::Sequence(s) => s.clone(),
     }
 }
 

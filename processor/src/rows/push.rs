@@ -7,7 +7,7 @@ use pitboss_bus::Record;
 use pitboss_model::live::{Push, PushSource, Target};
 use serde::{Deserialize, Serialize};
 
-use super::{Poison, StoredRow, json, live_message, millis, position, seconds, sequence_of};
+use super::{Poison, StoredRow, json, live_message, millis, position, seconds};
 
 /// One row of `pushes`, in column order (RowBinary). Times: `DateTime` seconds and epoch ms;
 /// `expires_at_ms` only in ms (0: never), since it may lie past what `DateTime` holds.
@@ -43,8 +43,9 @@ pub struct PushRow {
     pub bus_topic: String,
     pub bus_partition: u32,
     pub bus_offset: u64,
-    /// The Kinesis sequence number of the record (decimal text; empty on Kafka and the
-    /// embedded log, whose offsets are in `bus_offset`): the high-water mark over Kinesis.
+    /// Over Kinesis, the record's shard and sequence number, `<shard id>:<sequence number>`
+    /// (empty on Kafka and the embedded log, whose offsets are in `bus_offset`): the
+    /// high-water mark over Kinesis.
     pub bus_sequence: String,
 }
 
@@ -104,9 +105,7 @@ impl StoredRow for PushRow {
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let push: Push = live_message(record, Self::TABLE)?;
         let (topic, partition, offset) = position(topic, record);
-        let mut row = Self::from_push(push, &topic, partition, offset)?;
-        row.bus_sequence = sequence_of(&record.position);
-        Ok(row)
+        Self::from_push(push, &topic, partition, offset)
     }
 
     fn stamped_at_ms(&self) -> u64 {
@@ -119,6 +118,10 @@ impl StoredRow for PushRow {
 
     fn bus_sequence(&self) -> &str {
         &self.bus_sequence
+    }
+
+    fn set_bus_sequence(&mut self, value: String) {
+        self.bus_sequence = value;
     }
 
     fn size(&self) -> usize {

@@ -346,26 +346,28 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
     async fn high_water_sequence(
         &self,
         topic: &str,
-        partition: u32,
+        shard: &str,
         since_ms: Option<i64>,
     ) -> Result<Option<String>, ProcessorError> {
         let since_s = since_ms.map_or(0, |ms| ms.div_euclid(1000).max(0));
-        // Decimal text without leading zeros: the longest, then the greatest as text.
+        let prefix = format!("{shard}:");
+        // One shard's values share their prefix: the longest, then the greatest as text, is
+        // the greatest number (decimal text without leading zeros).
         let read = self
             .client
             .query(&format!(
                 "SELECT bus_sequence FROM {} \
-                 WHERE bus_topic = ? AND bus_partition = ? AND {} >= toDateTime(?) \
-                 AND bus_sequence != '' \
+                 WHERE bus_topic = ? AND startsWith(bus_sequence, ?) AND {} >= toDateTime(?) \
                  ORDER BY length(bus_sequence) DESC, bus_sequence DESC LIMIT 1",
                 self.source(self.table_of::<R>()),
                 R::STAMP_COLUMN,
             ))
             .bind(topic)
-            .bind(partition)
+            .bind(&prefix)
             .bind(since_s)
             .fetch_optional::<String>();
-        within(self.timeout, async { Ok(read.await?) }).await
+        let top = within(self.timeout, async { Ok(read.await?) }).await?;
+        Ok(top.and_then(|s| s.strip_prefix(&prefix).map(str::to_owned)))
     }
 
     async fn insert(&self, batch: &Arc<Batch<R>>) -> Result<(), ProcessorError> {

@@ -154,10 +154,11 @@ impl<R: StoredRow> Sink<R> for MemorySink<R> {
     async fn high_water_sequence(
         &self,
         topic: &str,
-        partition: u32,
+        shard: &str,
         since_ms: Option<i64>,
     ) -> Result<Option<String>, ProcessorError> {
         let since = since_ms.unwrap_or(i64::MIN);
+        let prefix = format!("{shard}:");
         let inner = self.lock();
         if let Some(reason) = &inner.broken_schema {
             return Err(ProcessorError::Schema(reason.clone()));
@@ -165,13 +166,8 @@ impl<R: StoredRow> Sink<R> for MemorySink<R> {
         Ok(inner
             .rows
             .iter()
-            .filter(|(t, p, r)| {
-                t == topic
-                    && *p == partition
-                    && r.stamped_at_ms() as i64 >= since
-                    && !r.bus_sequence().is_empty()
-            })
-            .map(|(_, _, r)| r.bus_sequence())
+            .filter(|(t, _, r)| t == topic && r.stamped_at_ms() as i64 >= since)
+            .filter_map(|(_, _, r)| r.bus_sequence().strip_prefix(&prefix))
             .max_by_key(|s| (s.len(), *s))
             .map(str::to_owned))
     }

@@ -38,15 +38,17 @@ pub trait Sink<R: StoredRow>: Send + Sync + std::fmt::Debug {
         since_ms: Option<i64>,
     ) -> Result<Option<u64>, ProcessorError>;
 
-    /// The highest Kinesis sequence number stored for (topic, partition), if any: as
+    /// The highest Kinesis sequence number stored for (topic, shard), if any: as
     /// [`Sink::high_water`], for records whose position is a sequence number (they do not fit
-    /// `bus_offset`; rows keep them in `bus_sequence`). Ordered as numbers: the longer is the
-    /// higher, then the text. A store that commits its positions with the rows, or keeps no
-    /// sequence numbers, answers `None` (nothing is skipped: at-least-once, as before).
+    /// `bus_offset`). Rows keep `<shard id>:<sequence number>` in `bus_sequence`: a shard's
+    /// number moves when a reshard's closed parents leave the list, its id does not, and
+    /// sequence numbers of two shards do not compare. Ordered as numbers: the longer is the
+    /// higher, then the text. The sequence number alone is returned. A store that keeps no
+    /// sequence numbers answers `None` (nothing is skipped: at-least-once).
     async fn high_water_sequence(
         &self,
         _topic: &str,
-        _partition: u32,
+        _shard: &str,
         _since_ms: Option<i64>,
     ) -> Result<Option<String>, ProcessorError> {
         Ok(None)

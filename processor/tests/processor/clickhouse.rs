@@ -314,62 +314,75 @@ async fn the_high_water_query_reads_only_rows_received_since_the_bound() {
     assert_eq!(mark(1, Some(since)).await.unwrap(), None);
 }
 
-/// Over Kinesis the mark is the greatest sequence number stored for the partition, compared
-/// as a number (longer is greater; "10" above "9"), within the same time bound, in every table
-/// (an alert's here); rows of other partitions, and rows with offsets (an empty sequence), do
-/// not count.
+/// Over Kinesis the mark is the greatest sequence number stored for the shard, compared as a
+/// number (longer is greater; "10" above "9"), within the same time bound, in every table (an
+/// alert's here). The shard is named by its id, not its number: a reshard renumbers shards
+/// (a child stored as number 2 becomes number 0 once the closed parents leave the list), and
+/// two shards' sequence numbers do not compare. Rows of other shards, or with offsets (no
+/// sequence), do not count.
 #[tokio::test]
-async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored() {
+async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored_for_the_shard() {
     use pitboss_processor::Sink;
     let client = database().await;
     schema::migrate(&client, &schema::Layout::Single)
         .await
         .unwrap();
     let now_ms = Timestamp::now().as_millis();
-    let row = |partition: u32, sequence: &str, received_ms: i64| EventRow {
-        event_id: format!("e{partition}-{sequence}"),
+    let row = |partition: u32, shard: &str, sequence: &str, received_ms: i64| EventRow {
+        event_id: format!("e{partition}-{shard}-{sequence}"),
         received_at: (received_ms / 1000) as u32,
         received_at_ms: received_ms as u64,
         occurred_at: (received_ms / 1000) as u32,
         occurred_at_ms: received_ms as u64,
         bus_topic: "t".into(),
         bus_partition: partition,
-        bus_sequence: sequence.into(),
+        bus_sequence: if shard.is_empty() {
+            String::new()
+        } else {
+            format!("{shard}:{sequence}")
+        },
         ..EventRow::default()
     };
+    let (s0, s2, s3) = (
+        "shardId-000000000000",
+        "shardId-000000000002",
+        "shardId-000000000003",
+    );
     let aws = "49590338271490256608559692538361571095921575989136588898";
     let mut insert = client.insert::<EventRow>("events").await.unwrap();
     for r in [
-        row(0, "9", now_ms),
-        row(0, "10", now_ms),
-        row(0, "", now_ms), // a row stored with an offset
-        row(1, aws, now_ms),
+        row(0, s0, "9", now_ms),
+        row(0, s0, "10", now_ms),
+        row(0, "", "", now_ms), // a row stored with an offset
+        // Shard 2 stored as number 2, then (renumbered) as number 0: one shard.
         row(
-            1,
+            2,
+            s2,
             "49590338271490256608559692538361571095921575989136588897",
             now_ms,
         ),
+        row(0, s2, aws, now_ms),
         row(
-            1,
+            2,
+            s2,
             "999999999999999999999999999999999999999999999999999999",
             now_ms,
         ),
         // Above every other, but received 3 days before them: outside the bound.
-        row(2, "77", now_ms - 3 * 86_400_000),
-        row(2, "8", now_ms),
+        row(3, s3, "77", now_ms - 3 * 86_400_000),
+        row(3, s3, "8", now_ms),
     ] {
         insert.write(&r).await.unwrap();
     }
     insert.end().await.unwrap();
     let sink = ClickHouseSink::new(client.clone());
     let since = Some(now_ms - pitboss_processor::run::REPLAY_MARGIN_MS);
-    let mark =
-        |partition, since| Sink::<EventRow>::high_water_sequence(&sink, "t", partition, since);
-    assert_eq!(mark(0, since).await.unwrap().as_deref(), Some("10"));
-    assert_eq!(mark(1, since).await.unwrap().as_deref(), Some(aws));
-    assert_eq!(mark(2, since).await.unwrap().as_deref(), Some("8"));
-    assert_eq!(mark(2, None).await.unwrap().as_deref(), Some("77"));
-    assert_eq!(mark(3, since).await.unwrap(), None);
+    let mark = |shard, since| Sink::<EventRow>::high_water_sequence(&sink, "t", shard, since);
+    assert_eq!(mark(s0, since).await.unwrap().as_deref(), Some("10"));
+    assert_eq!(mark(s2, since).await.unwrap().as_deref(), Some(aws));
+    assert_eq!(mark(s3, since).await.unwrap().as_deref(), Some("8"));
+    assert_eq!(mark(s3, None).await.unwrap().as_deref(), Some("77"));
+    assert_eq!(mark("shardId-000000000001", since).await.unwrap(), None);
     // The offsets' mark is not the sequences' (every row above has `bus_offset` 0).
     assert_eq!(
         Sink::<EventRow>::high_water(&sink, "t", 0, since)
@@ -386,7 +399,7 @@ async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored() {
         detected_at_ms: now_ms as u64,
         bus_topic: "t".into(),
         bus_partition: 0,
-        bus_sequence: "12".into(),
+        bus_sequence: format!("{s0}:12"),
         ..Default::default()
     };
     let mut insert = client
@@ -396,7 +409,7 @@ async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored() {
     insert.write(&alert).await.unwrap();
     insert.end().await.unwrap();
     assert_eq!(
-        Sink::<pitboss_processor::rows::AlertRow>::high_water_sequence(&sink, "t", 0, since)
+        Sink::<pitboss_processor::rows::AlertRow>::high_water_sequence(&sink, "t", s0, since)
             .await
             .unwrap()
             .as_deref(),

@@ -252,6 +252,22 @@ impl Bus for KinesisBus {
         Ok(self.shared.shard_ids(topic).await?.len() as u32)
     }
 
+    async fn partition_id(
+        &self,
+        topic: &str,
+        partition: Partition,
+    ) -> Result<Option<String>, BusError> {
+        let ids = self.shared.shard_ids(topic).await?;
+        ids.get(partition as usize)
+            .map(|id| Some(id.clone()))
+            .ok_or_else(|| {
+                BusError::Config(format!(
+                    "{topic} has {} shards: no shard {partition}",
+                    ids.len()
+                ))
+            })
+    }
+
     /// Raises or lowers the stream's retention to `hours` (24 to 8760), then waits until it is
     /// active again (a retention change updates the stream).
     async fn set_retention_hours(&self, topic: &str, hours: u32) -> Result<(), BusError> {
