@@ -68,6 +68,17 @@ def main():
             "received_at, received_at_ms, game_id, currency, amount_minor, payout_minor, "
             "bus_topic, bus_partition, bus_offset) VALUES " + ", ".join(rows)
         )
+        # Rows from Kinesis (schema version 7): a shard's sequence numbers, another shard's.
+        db.query(
+            "INSERT INTO events (tenant_id, event_id, player_id, type, occurred_at, occurred_at_ms, "
+            "received_at, received_at_ms, bus_topic, bus_partition, bus_sequence) VALUES "
+            + ", ".join(
+                f"('acme', 'k{n}', 'p1', 'login', {now}, {now * 1000}, {now}, {now * 1000}, 'k', 0, '{s}')"
+                for n, s in enumerate(
+                    ["shardId-000000000000:9", "shardId-000000000000:10", "shardId-000000000001:99"]
+                )
+            )
+        )
         # Alerts: a1 twice (a second rules engine, detected later), a2 and a3 of another rule.
         alerts = []
         for n, (alert, rule, detected) in enumerate(
@@ -95,7 +106,19 @@ def main():
             # The processor's high-water query, as sink/clickhouse.rs sends it.
             "high_water": scalar(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM events "
-                "WHERE bus_topic = 't' AND bus_partition = 3 AND received_at >= toDateTime(0)"
+                "WHERE bus_topic = 't' AND bus_partition = 3 AND received_at >= toDateTime(0) "
+                "AND bus_sequence = ''"
+            ),
+            # The Kinesis one (high_water_sequence): the shard's greatest sequence number.
+            "high_water_sequence": scalar(
+                "SELECT bus_sequence FROM events WHERE bus_topic = 'k' "
+                "AND startsWith(bus_sequence, 'shardId-000000000000:') AND received_at >= toDateTime(0) "
+                "ORDER BY length(bus_sequence) DESC, bus_sequence DESC LIMIT 1"
+            ),
+            # And the row at an offset (id_at), before anything is skipped.
+            "id_at": scalar(
+                "SELECT event_id FROM events WHERE bus_topic = 't' AND bus_partition = 3 "
+                "AND bus_offset = 119 AND bus_sequence = '' AND received_at >= toDateTime(0) LIMIT 1"
             ),
             "rollup_objects": scalar(
                 "SELECT count() FROM system.tables WHERE database = 'pitboss' AND name LIKE '%per_minute%'"
@@ -116,14 +139,14 @@ def main():
                 "AND name IN ('alerts', 'pushes', 'deliveries', 'alert_acks') ORDER BY name)"
             ),
             "ledger": scalar("SELECT groupArray(version) FROM (SELECT DISTINCT version FROM pitboss_migrations ORDER BY version)"),
-            # Version 6's column, last, in the table's CREATE (no ALTER on an empty database).
-            "utc_offset_min": scalar(
+            # Version 7's column, last, in the table's CREATE (no ALTER on an empty database).
+            "last_column": scalar(
                 "SELECT concat(name, ' ', type) FROM system.columns WHERE database = 'pitboss' "
                 "AND table = 'events' ORDER BY position DESC LIMIT 1"
             ),
         }
         expected = {
-            "events": "120",
+            "events": "123",
             "bets": "40",
             "settlements": "40",
             "stakes_minor": "4000",
@@ -131,6 +154,8 @@ def main():
             "minutes": "2",
             "players": "7",
             "high_water": "30,119",
+            "high_water_sequence": '"shardId-000000000000:10"',
+            "id_at": '"e119"',
             "rollup_objects": "6",
             "alerts": "4",
             "alerts_final": "3",
@@ -138,8 +163,8 @@ def main():
             "alerts_per_minute": '"[2,1]"',
             "alerts_high_water": "4,3",
             "live_tables": "\"['ReplacingMergeTree','ReplacingMergeTree','ReplacingMergeTree','ReplacingMergeTree']\"",
-            "ledger": '"[1,2,3,4,5,6]"',
-            "utc_offset_min": '"utc_offset_min Nullable(Int16)"',
+            "ledger": '"[1,2,3,4,5,6,7]"',
+            "last_column": '"bus_sequence String"',
         }
         failed = {k: (checks[k], v) for k, v in expected.items() if checks[k] != v}
         print(json.dumps({"clickhouse": version, "statements": len(statements), "checks": checks}))

@@ -27,7 +27,7 @@ fn print_sql(extra: &[&str]) -> String {
 #[test]
 fn the_schema_applies_and_fills_its_rollups_on_current_clickhouse() {
     let report = current_clickhouse(&print_sql(&[]), &[]);
-    assert_eq!(report["statements"], 19, "ledger + 12 objects + 6 records");
+    assert_eq!(report["statements"], 20, "ledger + 12 objects + 7 records");
 }
 
 /// Runs scripts/current_clickhouse.py on `sql` with `args`; its report.
@@ -87,7 +87,7 @@ fn the_cluster_script_shards_the_live_tables_by_bus_partition_and_parses_on_curr
     );
     let report = current_clickhouse(&sql, &["--parse-only"]);
     assert_eq!(report["parsed"], true);
-    assert_eq!(report["statements"], 28, "ledger + 21 objects + 6 records");
+    assert_eq!(report["statements"], 29, "ledger + 21 objects + 7 records");
 }
 
 #[test]

@@ -206,6 +206,10 @@ impl Meters {
     }
 }
 
+/// How long the check of a partition's mark waits for the record at the mark
+/// ([`Processor::check_mark_on_bus`]).
+const MARK_READ_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What a run did (for tests and logs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunStats {
@@ -267,6 +271,14 @@ pub async fn run<R: StoredRow>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunStats, ProcessorError> {
     describe_metrics();
+    // One topic per processor: a companion's records would be stored, and their positions
+    // compared, as the topic's (`pitboss process` runs one processor per topic).
+    if !config.consumer.companions.is_empty() {
+        return Err(ProcessorError::Config(format!(
+            "a processor reads one topic ({}), not companions: {:?}",
+            config.topic, config.consumer.companions
+        )));
+    }
     metrics::counter!("pitboss_processor_copies_dropped_total", "table" => R::TABLE).increment(0);
     tokio::pin!(shutdown);
     let Some(mut consumer) = join_retrying(
@@ -573,11 +585,18 @@ impl<R: StoredRow> Processor<R> {
         if let Some(id) = self.shards.get(&partition) {
             return Ok(id.clone());
         }
+        // A bus whose positions are sequence numbers names its partitions (Kinesis): by the
+        // number alone, a reshard's renumbering would compare another shard's mark.
         let id = self
             .bus
             .partition_id(&self.config.topic, partition)
             .await?
-            .unwrap_or_else(|| partition.to_string());
+            .ok_or_else(|| {
+                ProcessorError::Config(format!(
+                    "topic {}: the bus gives sequence numbers but no name for partition {partition}",
+                    self.config.topic
+                ))
+            })?;
         self.shards.insert(partition, id.clone());
         Ok(id)
     }
@@ -600,7 +619,8 @@ impl<R: StoredRow> Processor<R> {
                 if let Some(mark) = hw.filter(|_| skip)
                     && self.mark_checked.insert(record.partition)
                 {
-                    self.check_mark_on_bus(record.partition, mark).await?;
+                    self.check_mark_on_bus(record.partition, mark, since_ms)
+                        .await?;
                 }
                 skip
             }
@@ -608,43 +628,97 @@ impl<R: StoredRow> Processor<R> {
     }
 
     /// Before the first record of a partition is skipped as stored: whether the bus holds the
-    /// store's mark at all. A partition whose newest record comes before the mark cannot have
-    /// been where those rows came from — the topic was made anew under the same name (its
-    /// offsets start again at 0), or the broker lost records — and every new record up to the
-    /// mark would be skipped as stored, silently. The processor stops instead, saying so
-    /// (docs/processor.md, "Operations"). A bus that cannot tell (a reader that does not open,
-    /// an emptied partition) lets the skip go on, as before.
+    /// store's mark at all, and the same record there. A partition whose newest record comes
+    /// before the mark, or whose record at the mark is another one than the row stored from it
+    /// (another id), cannot have been where those rows came from — the topic was made anew
+    /// under the same name (its offsets start again at 0), or the broker lost records — and
+    /// every new record up to the mark would be skipped as stored, silently. The processor
+    /// stops instead, saying so (docs/processor.md, "Operations"). What cannot tell (a reader
+    /// that does not open, an emptied partition, the record at the mark gone or undecodable,
+    /// a store that cannot look a row up by offset) lets the skip go on, as before.
     async fn check_mark_on_bus(
         &self,
         partition: Partition,
         mark: u64,
+        since_ms: Option<i64>,
     ) -> Result<(), ProcessorError> {
         let topic = &self.config.topic;
-        let newest = match self
+        let made_anew = |what: String| {
+            ProcessorError::Config(format!(
+                "topic {topic} partition {partition}: the store ({table}) holds rows of it up to \
+                 offset {mark}, but {what}: the topic was made anew under the same name (or the \
+                 broker lost records), and its records up to offset {mark} would be skipped as \
+                 stored. Give the new topic another name, or delete the topic's old rows from the \
+                 store first (docs/processor.md, \"Operations\")",
+                table = R::TABLE,
+            ))
+        };
+        let at_mark = Position::Offset(i64::try_from(mark).unwrap_or(i64::MAX));
+        let mut reader = match self
             .bus
-            .reader(topic, vec![(partition, pitboss_bus::ReadFrom::Latest)])
+            .reader(
+                topic,
+                vec![(partition, pitboss_bus::ReadFrom::At(at_mark.clone()))],
+            )
             .await
         {
-            Ok(reader) => reader.end_positions().get(&partition).cloned().flatten(),
+            Ok(reader) => reader,
             Err(e) => {
                 tracing::warn!(partition, error = %e, "the store's mark not checked against the bus");
                 return Ok(());
             }
         };
-        match newest {
+        match reader.end_positions().get(&partition).cloned().flatten() {
             Some(Position::Offset(n)) if n < 0 || (n as u64) < mark => {
-                Err(ProcessorError::Config(format!(
-                    "topic {topic} partition {partition}: the store ({table}) holds rows of it up to \
-                     offset {mark}, but the newest record on the bus is at offset {n}: the topic \
-                     was made anew under the same name (or the broker lost records), and its new \
-                     records up to offset {mark} would be skipped as stored. Give the new topic \
-                     another name, or delete the topic's old rows from the store first \
-                     (docs/processor.md, \"Operations\")",
-                    table = R::TABLE,
-                )))
+                return Err(made_anew(format!(
+                    "the newest record on the bus is at offset {n}"
+                )));
             }
-            _ => Ok(()),
+            None => return Ok(()),
+            Some(_) => {}
         }
+        // The same record at the mark? (Asked only of a store that can look it up.)
+        let stored = with_retry(
+            &self.config.health,
+            self.sink.clone(),
+            topic.clone(),
+            (self.config.retry_initial, self.config.retry_max),
+            |sink, topic| async move { sink.id_at(&topic, partition, mark, since_ms).await },
+        )
+        .await?;
+        let Some(stored) = stored else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + MARK_READ_PATIENCE;
+        while Instant::now() < deadline {
+            let records = match reader.poll(1, Duration::from_millis(200)).await {
+                Ok(records) => records,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "the record at the store's mark not read");
+                    return Ok(());
+                }
+            };
+            let Some(record) = records.into_iter().next() else {
+                continue;
+            };
+            if record.position != at_mark {
+                return Ok(()); // gone (retention, compaction): cannot tell
+            }
+            return match R::decode(topic, &record) {
+                Ok(row) if row.id() != stored => Err(made_anew(format!(
+                    "the record at that offset on the bus is another one ({} {}, where the \
+                     store has {stored})",
+                    R::TABLE,
+                    row.id()
+                ))),
+                _ => Ok(()),
+            };
+        }
+        tracing::warn!(
+            partition,
+            "the record at the store's mark not read in time; not checked"
+        );
+        Ok(())
     }
 
     async fn take_records(&mut self, records: Vec<Record>) -> Result<(), ProcessorError> {

@@ -53,6 +53,7 @@ impl AckRow {
 impl StoredRow for AckRow {
     const TABLE: &'static str = "alert_acks";
     const STAMP_COLUMN: &'static str = "acked_at";
+    const ID_SQL: &'static str = "ack_id";
 
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let ack: AlertAck = live_message(record, Self::TABLE)?;

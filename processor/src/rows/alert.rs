@@ -86,6 +86,7 @@ impl AlertRow {
 impl StoredRow for AlertRow {
     const TABLE: &'static str = "alerts";
     const STAMP_COLUMN: &'static str = "detected_at";
+    const ID_SQL: &'static str = "alert_id";
 
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let alert: Alert = live_message(record, Self::TABLE)?;

@@ -70,6 +70,7 @@ impl DeliveryRow {
 impl StoredRow for DeliveryRow {
     const TABLE: &'static str = "deliveries";
     const STAMP_COLUMN: &'static str = "delivered_at";
+    const ID_SQL: &'static str = "concat(message_id, '/', connection_id)";
 
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let delivery: Delivery = live_message(record, Self::TABLE)?;

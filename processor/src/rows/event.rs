@@ -76,6 +76,7 @@ fn payload_json(payload: &Payload) -> String {
 impl StoredRow for EventRow {
     const TABLE: &'static str = "events";
     const STAMP_COLUMN: &'static str = "received_at";
+    const ID_SQL: &'static str = "event_id";
 
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         row(topic, record)

@@ -73,6 +73,9 @@ pub trait StoredRow:
     /// `message_id/connection_id` for a delivery…): for tests and test stores.
     fn id(&self) -> String;
 
+    /// [`StoredRow::id`] as SQL over the table's columns.
+    const ID_SQL: &'static str;
+
     /// For a table whose store does not keep one row per id by itself (`events`, a plain
     /// MergeTree with rollups fed by its inserts): the row's sort key, by which the
     /// ClickHouse sink finds a copy already stored and drops it before the insert (see

@@ -101,6 +101,7 @@ impl PushRow {
 impl StoredRow for PushRow {
     const TABLE: &'static str = "pushes";
     const STAMP_COLUMN: &'static str = "created_at";
+    const ID_SQL: &'static str = "push_id";
 
     fn decode(topic: &str, record: &Record) -> Result<Self, Poison> {
         let push: Push = live_message(record, Self::TABLE)?;

@@ -331,7 +331,8 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
             .client
             .query(&format!(
                 "SELECT count() AS rows, max(bus_offset) AS top FROM {} \
-                 WHERE bus_topic = ? AND bus_partition = ? AND {} >= toDateTime(?)",
+                 WHERE bus_topic = ? AND bus_partition = ? AND {} >= toDateTime(?) \
+                 AND bus_sequence = ''",
                 self.source(self.table_of::<R>()),
                 R::STAMP_COLUMN,
             ))
@@ -341,6 +342,32 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
             .fetch_one::<HighWater>();
         let hw = within(self.timeout, async { Ok(read.await?) }).await?;
         Ok((hw.rows > 0).then_some(hw.top))
+    }
+
+    async fn id_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        let since_s = since_ms.map_or(0, |ms| ms.div_euclid(1000).max(0));
+        let read = self
+            .client
+            .query(&format!(
+                "SELECT {} FROM {} \
+                 WHERE bus_topic = ? AND bus_partition = ? AND bus_offset = ? \
+                 AND bus_sequence = '' AND {} >= toDateTime(?) LIMIT 1",
+                R::ID_SQL,
+                self.source(self.table_of::<R>()),
+                R::STAMP_COLUMN,
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(offset)
+            .bind(since_s)
+            .fetch_optional::<String>();
+        within(self.timeout, async { Ok(read.await?) }).await
     }
 
     async fn high_water_sequence(

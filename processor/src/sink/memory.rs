@@ -146,9 +146,36 @@ impl<R: StoredRow> Sink<R> for MemorySink<R> {
         Ok(inner
             .rows
             .iter()
-            .filter(|(t, p, r)| t == topic && *p == partition && r.stamped_at_ms() as i64 >= since)
+            .filter(|(t, p, r)| {
+                t == topic
+                    && *p == partition
+                    && r.stamped_at_ms() as i64 >= since
+                    && r.bus_sequence().is_empty()
+            })
             .map(|(_, _, r)| r.bus_offset())
             .max())
+    }
+
+    async fn id_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        let since = since_ms.unwrap_or(i64::MIN);
+        Ok(self
+            .lock()
+            .rows
+            .iter()
+            .find(|(t, p, r)| {
+                t == topic
+                    && *p == partition
+                    && r.bus_offset() == offset
+                    && r.bus_sequence().is_empty()
+                    && r.stamped_at_ms() as i64 >= since
+            })
+            .map(|(_, _, r)| r.id()))
     }
 
     async fn high_water_sequence(

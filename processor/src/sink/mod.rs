@@ -26,7 +26,8 @@ use crate::rows::StoredRow;
 #[async_trait]
 pub trait Sink<R: StoredRow>: Send + Sync + std::fmt::Debug {
     /// The highest bus offset stored for (topic, partition), if any: everything at or below it
-    /// is already in the store (inserts are all-or-nothing), so a replay skips it.
+    /// is already in the store (inserts are all-or-nothing), so a replay skips it. Rows stored
+    /// from Kinesis (a `bus_sequence`, offset 0) do not count.
     ///
     /// `since_ms`: rows stamped (`R::STAMP_COLUMN`) before it cannot hold a higher offset, so
     /// a store may leave them unread (ClickHouse skips whole parts by their stamp range; without
@@ -49,6 +50,20 @@ pub trait Sink<R: StoredRow>: Send + Sync + std::fmt::Debug {
         &self,
         _topic: &str,
         _shard: &str,
+        _since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        Ok(None)
+    }
+
+    /// The id ([`StoredRow::id`]) of the row stored from (topic, partition, offset), stamped
+    /// since `since_ms`, if the store can tell cheaply; `None` when it holds none or cannot
+    /// tell. The processor compares it with the record at that offset on the bus before it
+    /// skips anything: another record there means the topic was made anew.
+    async fn id_at(
+        &self,
+        _topic: &str,
+        _partition: u32,
+        _offset: u64,
         _since_ms: Option<i64>,
     ) -> Result<Option<String>, ProcessorError> {
         Ok(None)

@@ -469,6 +469,59 @@ async fn a_kafka_topic_below_the_stores_mark_stops_the_processor_rather_than_bei
     assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
 }
 
+/// The same, with the topic on Kafka grown past the store's mark (5 records, the store's rows
+/// up to offset 2): the record at offset 2 is another event than the row stored from it, so
+/// the processor stops rather than skip offsets 0-2 — and again when started again.
+#[tokio::test]
+async fn a_kafka_topic_grown_past_the_stores_mark_with_other_records_stops_the_processor() {
+    let client = database().await;
+    schema::migrate(&client, &schema::Layout::Single)
+        .await
+        .unwrap();
+    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
+    let topic = one_partition(&bus, (0..5).map(event).collect()).await;
+    let now_ms = Timestamp::now().as_millis();
+    let old = EventRow {
+        event_id: "0193735a-0000-7000-8000-0000000000ff".into(),
+        received_at: (now_ms / 1000) as u32,
+        received_at_ms: now_ms as u64,
+        occurred_at: (now_ms / 1000) as u32,
+        occurred_at_ms: now_ms as u64,
+        bus_topic: topic.clone(),
+        bus_partition: 0,
+        bus_offset: 2,
+        ..EventRow::default()
+    };
+    let mut insert = client.insert::<EventRow>("events").await.unwrap();
+    insert.write(&old).await.unwrap();
+    insert.end().await.unwrap();
+
+    for _ in 0..2 {
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(60),
+            run::<EventRow>(
+                bus.clone(),
+                Arc::new(ClickHouseSink::new(client.clone())),
+                common::config(&topic, 500),
+                std::future::pending(),
+            ),
+        )
+        .await
+        .expect("the processor stops on its own");
+        let Err(pitboss_processor::ProcessorError::Config(why)) = stopped else {
+            panic!("{stopped:?}");
+        };
+        assert!(
+            why.contains(&format!(
+                "topic {topic} partition 0: the store (events) holds rows of it up to offset 2, \
+                 but the record at that offset on the bus is another one (events "
+            )) && why.contains("where the store has 0193735a-0000-7000-8000-0000000000ff"),
+            "{why}"
+        );
+        assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
+    }
+}
+
 /// Every record of `topic` (one partition) on Kafka, read until `n` are in (or 30 s).
 async fn read_all(bus: &KafkaBus, topic: &str, n: usize) -> Vec<pitboss_bus::Record> {
     let mut consumer = bus

@@ -201,11 +201,15 @@ impl Shared {
             }
         }
         ids.sort();
-        let ids = Arc::new(ids);
-        self.shards
+        // The first listing stays: every consumer, reader and `partition_id` of this bus
+        // numbers the shards alike (one listing that finished later does not renumber them).
+        let ids = self
+            .shards
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(stream.to_owned(), ids.clone());
+            .entry(stream.to_owned())
+            .or_insert_with(|| Arc::new(ids))
+            .clone();
         Ok(ids)
     }
 }
