@@ -334,4 +334,90 @@ mod kinesis {
             "both members stored rows: {by_a} and {by_b}"
         );
     }
+
+    /// Over Kinesis as over Kafka, a materialized view that refuses a row after the table took
+    /// the batch fails the insert with the rows landed: the processor sees them landed by the
+    /// shard's mark and does not split the batch (a split would write them again; the events'
+    /// ids are the server's, so no lookup by id would drop the copies).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_a_view_refuses_after_the_table_took_them_are_stored_once_over_kinesis() {
+        const N: u64 = 300;
+        let endpoint = pitboss_testkit::kinesis();
+        let clickhouse = pitboss_testkit::clickhouse();
+        let topic = pitboss_testkit::unique_name("events");
+        let mut config = pitboss_bus::kinesis::KinesisConfig::new("us-east-1");
+        config.endpoint_url = Some(endpoint.clone());
+        config.static_credentials = Some(("test".into(), "test".into()));
+        let bus = pitboss_bus::kinesis::KinesisBus::new(config).await.unwrap();
+        bus.create_topic(&topic, 1).await.unwrap();
+        bus.create_topic(&format!("{topic}_dead_letter"), 1)
+            .await
+            .unwrap();
+
+        let database = pitboss_testkit::unique_name("pitboss");
+        let admin = pitboss_processor::sink::client(&clickhouse, "default");
+        admin
+            .query(&format!("CREATE DATABASE {database}"))
+            .execute()
+            .await
+            .unwrap();
+        let client = pitboss_processor::sink::client(&clickhouse, &database);
+        pitboss_processor::schema::migrate(&client, &pitboss_processor::schema::Layout::Single)
+            .await
+            .unwrap();
+        for ddl in [
+            "CREATE TABLE currencies (currency FixedString(3)) ENGINE = MergeTree ORDER BY currency",
+            "CREATE MATERIALIZED VIEW currencies_mv TO currencies AS \
+             SELECT toFixedString(currency, 3) AS currency FROM events",
+        ] {
+            client.query(ddl).execute().await.unwrap();
+        }
+        let records: Vec<OutRecord> = (0..N)
+            .map(|i| {
+                let mut e = pitboss_testkit::deposit(i, 50);
+                if i == 150 {
+                    e.payload = pitboss_model::Payload::Deposit(pitboss_model::Deposit {
+                        transaction_id: format!("tx{i}"),
+                        amount: pitboss_model::Money::new(100, "EURO"),
+                        method: None,
+                        device_id: None,
+                        ip: None,
+                        payment_instrument: None,
+                    });
+                }
+                OutRecord::new(format!("acme:{}", e.player_id), encode_proto(&e))
+            })
+            .collect();
+        bus.publisher().publish(&topic, records).await.unwrap();
+
+        let mut p = kinesis_processor(&endpoint, &clickhouse, &database, &[topic.as_str()]);
+        let count = |sql: &'static str| {
+            let client = client.clone();
+            async move { client.query(sql).fetch_one::<u64>().await.ok() }
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count("SELECT count() FROM events").await.unwrap_or(0) < N
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await; // anything written twice shows now
+        let stored = (
+            count("SELECT count() FROM events").await,
+            count("SELECT uniqExact(event_id) FROM events").await,
+        );
+        let dead = pitboss_testkit::metrics::total(
+            &reqwest::get(format!("http://{}/metrics", p.admin))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "pitboss_processor_dead_letters_total",
+        );
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        assert_eq!(stored, (Some(N), Some(N)), "one row per event");
+        assert_eq!(dead.unwrap_or(0.0), 0.0, "nothing dead-lettered");
+    }
 }
