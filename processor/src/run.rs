@@ -740,7 +740,7 @@ impl<R: StoredRow> Processor<R> {
         for (record, mut decoded) in records.into_iter().zip(decoded) {
             if let (Position::Sequence(seq), Ok(row)) = (&record.position, decoded.as_mut()) {
                 let shard = self.shard(record.partition).await?;
-                row.set_bus_sequence(format!("{shard}:{seq}"));
+                row.set_bus_sequence(crate::rows::tag_sequence(&shard, seq));
             }
             let since = decoded
                 .as_ref()
@@ -963,7 +963,10 @@ impl<R: StoredRow> Inserter<R> {
     ) -> Result<(), ProcessorError> {
         let row = &batch.rows[index];
         // Without offsets (Kinesis) the row's position is its sequence number.
-        let position = match (batch.offsets, row.bus_sequence().split_once(':')) {
+        let position = match (
+            batch.offsets,
+            crate::rows::split_sequence(row.bus_sequence()),
+        ) {
             (Some(_), _) => row.bus_offset().to_string(),
             (None, Some((_, sequence))) => sequence.to_owned(),
             (None, None) => "?".to_owned(),
@@ -1043,7 +1046,7 @@ impl<R: StoredRow> Inserter<R> {
                 .await?
                 .is_some_and(|hw| hw >= last),
                 // Over Kinesis: the piece's last row's sequence number against its shard's mark.
-                (None, Some(tagged)) => match tagged.split_once(':') {
+                (None, Some(tagged)) => match crate::rows::split_sequence(&tagged) {
                     Some((shard, sequence)) => {
                         let shard = shard.to_owned();
                         let mark = with_retry(

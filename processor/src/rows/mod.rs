@@ -165,6 +165,16 @@ pub fn offset_of(position: &Position) -> Option<u64> {
     }
 }
 
+/// The `bus_sequence` of a record read from Kinesis shard `shard` at `sequence`.
+pub fn tag_sequence(shard: &str, sequence: &str) -> String {
+    format!("{shard}:{sequence}")
+}
+
+/// A `bus_sequence`'s shard id and sequence number ([`tag_sequence`]); `None` when empty.
+pub fn split_sequence(tagged: &str) -> Option<(&str, &str)> {
+    tagged.split_once(':')
+}
+
 /// The `pitboss-type` of every live-path message, which an event record never carries.
 const LIVE_TYPES: [&str; 4] = ["alert", "push", "delivery", "alert_ack"];
 

@@ -377,7 +377,7 @@ impl<R: StoredRow> Sink<R> for ClickHouseSink {
         since_ms: Option<i64>,
     ) -> Result<Option<String>, ProcessorError> {
         let since_s = since_ms.map_or(0, |ms| ms.div_euclid(1000).max(0));
-        let prefix = format!("{shard}:");
+        let prefix = crate::rows::tag_sequence(shard, "");
         // One shard's values share their prefix: the longest, then the greatest as text, is
         // the greatest number (decimal text without leading zeros).
         let read = self

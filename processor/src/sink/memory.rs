@@ -185,7 +185,7 @@ impl<R: StoredRow> Sink<R> for MemorySink<R> {
         since_ms: Option<i64>,
     ) -> Result<Option<String>, ProcessorError> {
         let since = since_ms.unwrap_or(i64::MIN);
-        let prefix = format!("{shard}:");
+        let prefix = crate::rows::tag_sequence(shard, "");
         let inner = self.lock();
         if let Some(reason) = &inner.broken_schema {
             return Err(ProcessorError::Schema(reason.clone()));

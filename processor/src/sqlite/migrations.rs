@@ -253,8 +253,11 @@ ALTER TABLE events ADD COLUMN utc_offset_min INTEGER;",
         name: "live rows keep the Kinesis sequence number",
         // As ClickHouse's version 7, for the live tables, whose rows are written column by
         // column as ClickHouse's are. Events keep none here: the embedded store commits its
-        // positions with its rows and keeps one row per event id.
+        // positions with its rows and keeps one row per event id. And each partition's mark
+        // keeps the id of the record at it, so a log made anew is told from a replay (NULL:
+        // marked before this version, cannot tell).
         sql: r"
+ALTER TABLE bus_positions ADD COLUMN last_id TEXT;
 ALTER TABLE alerts ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';
 ALTER TABLE pushes ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';
 ALTER TABLE deliveries ADD COLUMN bus_sequence TEXT NOT NULL DEFAULT '';

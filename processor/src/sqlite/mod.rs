@@ -151,11 +151,15 @@ fn write_batch<R: StoredRow>(
         .map_err(store)?;
     R::write(&tx, &batch.rows)?;
     if let Some((_, last)) = batch.offsets {
+        // The record at the mark is the batch's last row's (the offsets are its rows').
+        let last_id = batch.rows.last().map(StoredRow::id);
         tx.execute(
-            "INSERT INTO bus_positions VALUES (?1, ?2, ?3)
+            "INSERT INTO bus_positions (topic, partition, high_water, last_id) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (topic, partition) DO UPDATE SET
+                last_id = CASE WHEN excluded.high_water >= high_water
+                          THEN excluded.last_id ELSE last_id END,
                 high_water = max(high_water, excluded.high_water)",
-            params![batch.topic, batch.partition, last as i64],
+            params![batch.topic, batch.partition, last as i64, last_id],
         )
         .map_err(store)?;
     }
@@ -187,6 +191,34 @@ impl<R: StoredRow> Sink<R> for SqliteSink {
                 )
                 .optional()
                 .map(|hw| hw.map(|v| v as u64))
+                .map_err(store)
+            })
+        })
+        .await
+        .map_err(|e| ProcessorError::Store(format!("sqlite task: {e}")))?
+    }
+
+    /// The id of the record at the partition's mark, kept with it (`bus_positions.last_id`):
+    /// only for `offset` at the mark.
+    async fn id_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        _since_ms: Option<i64>,
+    ) -> Result<Option<String>, ProcessorError> {
+        let conn = self.conn.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            Self::with_conn(&conn, |c| {
+                c.query_row(
+                    "SELECT last_id FROM bus_positions \
+                     WHERE topic = ?1 AND partition = ?2 AND high_water = ?3",
+                    params![topic, partition, offset as i64],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+                .optional()
+                .map(Option::flatten)
                 .map_err(store)
             })
         })

@@ -417,63 +417,11 @@ async fn the_kinesis_high_water_is_the_greatest_sequence_number_stored_for_the_s
     );
 }
 
-/// The store holds rows of a topic up to offset 1,000 (as a topic made anew under the same
-/// name finds them: the rows of the old one) and the topic on Kafka holds 5 records: the
-/// processor stops, naming the partition, the mark and the newest offset, and stores none of
-/// them, where it would have skipped all five as stored.
-#[tokio::test]
-async fn a_kafka_topic_below_the_stores_mark_stops_the_processor_rather_than_being_skipped() {
-    let client = database().await;
-    schema::migrate(&client, &schema::Layout::Single)
-        .await
-        .unwrap();
-    let bus = Arc::new(KafkaBus::new(KafkaConfig::new(pitboss_testkit::kafka())).unwrap());
-    let topic = one_partition(&bus, (0..5).map(event).collect()).await;
-    let now_ms = Timestamp::now().as_millis();
-    let old = EventRow {
-        event_id: "old".into(),
-        received_at: (now_ms / 1000) as u32,
-        received_at_ms: now_ms as u64,
-        occurred_at: (now_ms / 1000) as u32,
-        occurred_at_ms: now_ms as u64,
-        bus_topic: topic.clone(),
-        bus_partition: 0,
-        bus_offset: 1_000,
-        ..EventRow::default()
-    };
-    let mut insert = client.insert::<EventRow>("events").await.unwrap();
-    insert.write(&old).await.unwrap();
-    insert.end().await.unwrap();
-
-    let stopped = tokio::time::timeout(
-        Duration::from_secs(60),
-        run::<EventRow>(
-            bus.clone(),
-            Arc::new(ClickHouseSink::new(client.clone())),
-            common::config(&topic, 500),
-            std::future::pending(),
-        ),
-    )
-    .await
-    .expect("the processor stops on its own");
-    let Err(pitboss_processor::ProcessorError::Config(why)) = stopped else {
-        panic!("{stopped:?}");
-    };
-    assert!(
-        why.contains(&format!(
-            "topic {topic} partition 0: the store (events) holds rows of it up to offset 1000, \
-             but the newest record on the bus is at offset 4"
-        )),
-        "{why}"
-    );
-    assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
-}
-
-/// The same, with the topic on Kafka grown past the store's mark (5 records, the store's rows
-/// up to offset 2): the record at offset 2 is another event than the row stored from it, so
-/// the processor stops rather than skip offsets 0-2 — and again when started again.
-#[tokio::test]
-async fn a_kafka_topic_grown_past_the_stores_mark_with_other_records_stops_the_processor() {
+/// A store holding one row of a new Kafka topic of 5 records (`event(0..5)`), stored from
+/// `offset` with another event's id, as a topic made anew under the same name finds the rows
+/// of the old one; then a processor of the topic run `runs` times, each to the error it
+/// stops with (60 s at most), and the topic's name.
+async fn stopped_beside_an_old_row(offset: u64, runs: usize) -> (String, Vec<String>, Client) {
     let client = database().await;
     schema::migrate(&client, &schema::Layout::Single)
         .await
@@ -489,14 +437,14 @@ async fn a_kafka_topic_grown_past_the_stores_mark_with_other_records_stops_the_p
         occurred_at_ms: now_ms as u64,
         bus_topic: topic.clone(),
         bus_partition: 0,
-        bus_offset: 2,
+        bus_offset: offset,
         ..EventRow::default()
     };
     let mut insert = client.insert::<EventRow>("events").await.unwrap();
     insert.write(&old).await.unwrap();
     insert.end().await.unwrap();
-
-    for _ in 0..2 {
+    let mut errors = Vec::new();
+    for _ in 0..runs {
         let stopped = tokio::time::timeout(
             Duration::from_secs(60),
             run::<EventRow>(
@@ -511,6 +459,35 @@ async fn a_kafka_topic_grown_past_the_stores_mark_with_other_records_stops_the_p
         let Err(pitboss_processor::ProcessorError::Config(why)) = stopped else {
             panic!("{stopped:?}");
         };
+        errors.push(why);
+    }
+    (topic, errors, client)
+}
+
+/// The store holds rows of a topic up to offset 1,000 and the topic on Kafka holds 5 records:
+/// the processor stops, naming the partition, the mark and the newest offset, and stores none
+/// of them, where it would have skipped all five as stored.
+#[tokio::test]
+async fn a_kafka_topic_below_the_stores_mark_stops_the_processor_rather_than_being_skipped() {
+    let (topic, errors, client) = stopped_beside_an_old_row(1_000, 1).await;
+    assert!(
+        errors[0].contains(&format!(
+            "topic {topic} partition 0: the store (events) holds rows of it up to offset 1000, \
+             but the newest record on the bus is at offset 4"
+        )),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
+}
+
+/// The same, with the topic grown past the store's mark (its row from offset 2): the record at
+/// offset 2 is another event than the row stored from it, so the processor stops rather than
+/// skip offsets 0-2 — and again when started again.
+#[tokio::test]
+async fn a_kafka_topic_grown_past_the_stores_mark_with_other_records_stops_the_processor() {
+    let (topic, errors, client) = stopped_beside_an_old_row(2, 2).await;
+    for why in &errors {
         assert!(
             why.contains(&format!(
                 "topic {topic} partition 0: the store (events) holds rows of it up to offset 2, \
@@ -518,8 +495,8 @@ async fn a_kafka_topic_grown_past_the_stores_mark_with_other_records_stops_the_p
             )) && why.contains("where the store has 0193735a-0000-7000-8000-0000000000ff"),
             "{why}"
         );
-        assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
     }
+    assert_eq!(counts(&client).await.rows, 1, "nothing of the topic stored");
 }
 
 /// Every record of `topic` (one partition) on Kafka, read until `n` are in (or 30 s).

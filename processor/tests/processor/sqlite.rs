@@ -314,6 +314,49 @@ async fn an_event_id_retried_after_a_restart_is_stored_and_rolled_up_once() {
 
 /// A store written before version 5 may hold an event twice (a retry after a restart):
 /// migrating keeps its first row and rebuilds the bets rollup from what is left.
+/// `pitboss up` on a log made anew beside the store of the old one (its directory removed, the
+/// store kept), the new log already past the old marks: each partition's mark keeps the id of
+/// the record at it, so the record now at that offset shows another event, and the processor
+/// stops saying so rather than skip the new log's records up to the marks as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_made_anew_past_the_stores_marks_stops_the_processor_rather_than_being_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pitboss.db");
+    let old = bus(dir.path()).await;
+    old.publisher()
+        .publish("events", (0..300).map(record).collect())
+        .await
+        .unwrap();
+    run_until(old.clone(), &db, 300).await;
+    drop(old);
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+
+    let new = bus(dir.path()).await;
+    new.publisher()
+        .publish("events", (1_000..1_900).map(record).collect())
+        .await
+        .unwrap();
+    let sink = Arc::new(SqliteSink::open(&db).unwrap());
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(20),
+        run::<EventRow>(new, sink, config(), std::future::pending()),
+    )
+    .await
+    .expect("the processor stops on its own");
+    let Err(ProcessorError::Config(why)) = stopped else {
+        panic!("{stopped:?}");
+    };
+    assert!(
+        why.contains("but the record at that offset on the bus is another one (events "),
+        "{why}"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM events"),
+        300,
+        "nothing new stored"
+    );
+}
+
 #[tokio::test]
 async fn migrating_to_one_event_per_id_drops_stored_copies_and_rebuilds_the_rollups() {
     let dir = tempfile::tempdir().unwrap();
