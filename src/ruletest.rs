@@ -154,6 +154,24 @@ pub fn check(args: CheckArgs) -> Result<()> {
             l.line,
         )?;
     }
+    // `[money]`: what the rules' money values are in, and which currencies convert.
+    if let Some(c) = set.money.currency() {
+        let rates: Vec<String> = set
+            .money
+            .rates()
+            .iter()
+            .map(|(code, rate)| format!("1 {code} = {rate} {c}"))
+            .collect();
+        writeln!(
+            out,
+            "money  values in minor units of {c}; {}; other currencies compared as written",
+            if rates.is_empty() {
+                "no rates".to_owned()
+            } else {
+                format!("converted for {}", rates.join(", "))
+            }
+        )?;
+    }
     // Snoozes end by the engine's clock (the triggers' time); a past one silences nothing
     // live, and is listed so it can be removed.
     let now = pitboss_model::Timestamp::now();

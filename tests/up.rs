@@ -2262,6 +2262,27 @@ fn rules_check_lists_a_set_or_refuses_it_with_file_and_line() {
             && err.contains("is refused: 1 problem"),
         "{err}"
     );
+
+    // A `[money]` table beside the packs: what their money values are in, and which
+    // currencies convert (docs/rules.md, "Money in several currencies").
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["fraud.toml", "responsible_gambling.toml", "scoring.toml"] {
+        std::fs::copy(format!("rules/{f}"), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("money.toml"),
+        "[money]\ncurrency = \"EUR\"\nrates = { USD = 0.92, JPY = 0.0061 }\n",
+    )
+    .unwrap();
+    let (ok, out, err) = rules_cmd(&["check", "--rules", dir.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "money  values in minor units of EUR; converted for 1 JPY = 0.0061 EUR, 1 USD = 0.92 \
+             EUR; other currencies compared as written\n"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

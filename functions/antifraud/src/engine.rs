@@ -26,6 +26,7 @@ use crate::error::AntifraudError;
 use crate::field::{Extra, Value, currency_of};
 use crate::filter::SharedPreds;
 use crate::join::StakeJoin;
+use crate::money::Scale;
 use crate::rules::{Agg, CompiledRule, RuleSet};
 use crate::scoring::{Scores, recommend};
 use crate::shard::{Forward, Shard};
@@ -71,6 +72,12 @@ pub struct Output {
     pub late_triggers: u64,
     /// The first of those: its rule and event id (what the log names).
     pub late_first: Option<(String, String)>,
+    /// Events with money in a currency the set's `[money]` table has no rate for: the rules'
+    /// money values were compared with it as written (docs/rules.md, "Money in several
+    /// currencies").
+    pub unpriced: u64,
+    /// The first such event's currency (what the log names).
+    pub unpriced_first: Option<String>,
     /// Hits a `[[snooze]]` of the set silenced: no alert, no push, no points.
     pub snoozed: Vec<Snoozed>,
 }
@@ -93,6 +100,8 @@ impl Output {
         self.forwards.clear();
         self.late_triggers = 0;
         self.late_first = None;
+        self.unpriced = 0;
+        self.unpriced_first = None;
         self.snoozed.clear();
     }
 }
@@ -394,6 +403,7 @@ impl Engine {
         let mut extra = Extra {
             joined_stake: None,
             default_offset_min: self.set.limits.default_utc_offset_min,
+            money: Scale::Same,
         };
         let Engine {
             set,
@@ -446,7 +456,18 @@ impl Engine {
                 _ => {}
             }
         }
-        let cur = currency_of(event).map_or(0, |c| (hasher.hash_one(c) as u32) | 1);
+        let currency = currency_of(event);
+        let cur = currency.map_or(0, |c| (hasher.hash_one(c) as u32) | 1);
+        // Money values of the rules are in the set's `[money]` currency: converted into the
+        // event's where they are compared (`crate::money`).
+        let money = set.money.scale(currency);
+        if money == Scale::Unpriced {
+            out.unpriced += 1;
+            if out.unpriced_first.is_none() {
+                out.unpriced_first = currency.map(str::to_owned);
+            }
+        }
+        extra.money = money;
         let now_ms = now.as_millis();
         let key_of = |group: &str| -> Key { key_with(key_hashers, &event.tenant_id, group) };
         preds.start(event);
@@ -621,6 +642,11 @@ impl Engine {
                     else {
                         return false;
                     };
+                    let th = if c.money {
+                        money.threshold(th, c.cmp)
+                    } else {
+                        th
+                    };
                     from_totals(c.measure, m, state, at, cur, held.as_ref())
                         .is_some_and(|v| !v.or(m.default).is_some_and(|v| c.cmp.holds(v, th)))
                 });
@@ -652,6 +678,7 @@ impl Engine {
                 let mut all = true;
                 for c in &rule.conditions {
                     let threshold = match (c.value, c.baseline) {
+                        (Some(v), _) if c.money => Some(money.threshold(v, c.cmp)),
                         (Some(v), _) => Some(v),
                         (None, Some(b)) => eval.get(b, scratch).map(|v| v * c.factor),
                         (None, None) => None,

@@ -120,6 +120,8 @@ pub struct Extra {
     pub joined_stake: Option<i64>,
     /// The offset used when the event has no `utc_offset_min`.
     pub default_offset_min: i32,
+    /// What a rule's money values are in the event's currency (`[money]`).
+    pub money: crate::money::Scale,
 }
 
 impl Field {

@@ -11,6 +11,8 @@ use pitboss_model::{Event, EventType};
 use crate::lists::{ListKind, Lists, NamedList};
 
 use crate::field::{Extra, Field, Value};
+use crate::money::Scale;
+use pitboss_model::live::Comparison;
 
 /// A set of event types, as a bit mask over [`EventType::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -92,11 +94,13 @@ impl Filter {
     }
 }
 
-fn same(v: Value<'_>, o: &Operand) -> bool {
+/// Whether `v` is `o`; a number compared with money is in the set's `[money]` currency,
+/// converted with `money` ([`crate::money`]).
+fn same(v: Value<'_>, o: &Operand, money: Scale) -> bool {
     match (v, o) {
         (Value::Text(a), Operand::Text(b)) => a == b,
         (Value::Bool(a), Operand::Bool(b)) => a == *b,
-        (v, Operand::Num(b)) => v.number() == Some(*b),
+        (v, Operand::Num(b)) => v.number() == Some(money.threshold(*b, Comparison::Eq)),
         _ => false,
     }
 }
@@ -110,10 +114,14 @@ impl Pred {
         if v == Value::Missing {
             return false;
         }
+        let money = match v {
+            Value::Money(..) => extra.money,
+            _ => Scale::Same,
+        };
         match (self.op, &self.operand) {
-            (Op::Eq, o) => same(v, o),
-            (Op::Ne, o) => !same(v, o),
-            (Op::In, Operand::List(list)) => list.iter().any(|o| same(v, o)),
+            (Op::Eq, o) => same(v, o, money),
+            (Op::Ne, o) => !same(v, o, money),
+            (Op::In, Operand::List(list)) => list.iter().any(|o| same(v, o, money)),
             (Op::InList, Operand::Set(l)) => {
                 matches!(v, Value::Text(t) if l.contains(&e.tenant_id, t, e.occurred_at.as_millis()))
             }
@@ -121,10 +129,10 @@ impl Pred {
                 matches!(v, Value::Text(t) if !l.contains(&e.tenant_id, t, e.occurred_at.as_millis()))
             }
             (op, Operand::Num(b)) => v.number().is_some_and(|a| match op {
-                Op::Gt => a > *b,
-                Op::Gte => a >= *b,
-                Op::Lt => a < *b,
-                Op::Lte => a <= *b,
+                Op::Gt => a > money.threshold(*b, Comparison::Gt),
+                Op::Gte => a >= money.threshold(*b, Comparison::Gte),
+                Op::Lt => a < money.threshold(*b, Comparison::Lt),
+                Op::Lte => a <= money.threshold(*b, Comparison::Lte),
                 _ => false,
             }),
             _ => false,

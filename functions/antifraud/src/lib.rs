@@ -21,6 +21,7 @@ mod join;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod lists;
+pub mod money;
 pub mod rules;
 pub mod ruletest;
 pub mod scenario;

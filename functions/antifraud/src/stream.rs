@@ -444,6 +444,7 @@ pub async fn run(
         "pitboss_antifraud_pushes_total",
         "pitboss_antifraud_dead_letters_total",
         "pitboss_antifraud_late_triggers_total",
+        "pitboss_antifraud_unpriced_events_total",
         "pitboss_antifraud_state_gap_records_total",
     ] {
         metrics::counter!(name).increment(0);
@@ -1659,6 +1660,16 @@ pub(crate) fn output_records(
         );
         metrics::counter!("pitboss_antifraud_late_triggers_total").increment(out.late_triggers);
         out.late_triggers = 0;
+    }
+    if out.unpriced > 0 {
+        let currency = out.unpriced_first.take().unwrap_or_default();
+        tracing::warn!(
+            events = out.unpriced,
+            first_currency = %currency,
+            "events in a currency the rule set's [money] table has no rate for: the rules' money values compared with them as written (docs/rules.md, \"Money in several currencies\")"
+        );
+        metrics::counter!("pitboss_antifraud_unpriced_events_total").increment(out.unpriced);
+        out.unpriced = 0;
     }
     if let Some(first) = out.snoozed.first() {
         tracing::debug!(

@@ -337,6 +337,7 @@ impl Engine {
         let extra = Extra {
             joined_stake: None,
             default_offset_min: self.set.limits.default_utc_offset_min,
+            money: Default::default(),
         };
         for &ri in &self.by_type[crate::filter::index(event.event_type())] {
             let rule = &self.set.rules[ri];

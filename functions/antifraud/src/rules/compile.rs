@@ -554,6 +554,9 @@ pub fn compile(
             && measures.get(measure).is_some_and(|m| {
                 matches!(m.agg, Agg::Count | Agg::Sum | Agg::Avg) && m.whole_window()
             });
+        // A value compared with money is written in the set's `[money]` currency and converted
+        // to the trigger's (a baseline is in the trigger's currency already).
+        let money = value.is_some() && measures.get(measure).is_some_and(|m| m.money);
         conditions.push(Condition {
             measure,
             cmp,
@@ -561,6 +564,7 @@ pub fn compile(
             baseline,
             factor,
             totals,
+            money,
         });
     }
 

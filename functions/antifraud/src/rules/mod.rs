@@ -1,7 +1,7 @@
 //! Rule sets: a directory of `*.toml` files holding `[[rule]]` tables, plus (once in the set)
-//! `[scoring]` and `[engine]`. Loading parses and checks everything and refuses the whole set
-//! on any problem, listing each with file, line, column and reason; a set that loads is ready
-//! to run. The language is documented in docs/rules.md.
+//! `[scoring]`, `[engine]` and `[money]`. Loading parses and checks everything and refuses the
+//! whole set on any problem, listing each with file, line, column and reason; a set that loads
+//! is ready to run. The language is documented in docs/rules.md.
 
 mod compile;
 mod spec;
@@ -145,6 +145,9 @@ pub(crate) struct Condition {
     /// value: the engine can judge it from the window's running totals before it evaluates
     /// the rule ([`crate::window::from_totals`]).
     pub totals: bool,
+    /// Its threshold is a `value` compared with money: written in the set's `[money]` currency
+    /// ([`crate::money`]), converted into the trigger's.
+    pub money: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -225,6 +228,9 @@ pub struct RuleSet {
     snoozed: HashMap<u128, Vec<usize>>,
     /// `[[list]]`: values filters test membership of (docs/rules.md, "Lists").
     lists: crate::lists::Lists,
+    /// `[money]`: the currency money values are written in (docs/rules.md, "Money in several
+    /// currencies").
+    pub money: crate::money::Money,
 }
 
 /// The most entries the lists of a set may hold together.
@@ -411,7 +417,7 @@ impl RuleSet {
                     line: 1,
                     column: 1,
                     reason: "the file is empty: a rule file holds [[rule]], [[snooze]], [[list]], \
-                             [scoring] or [engine] (delete the file to remove its rules)"
+                             [scoring], [engine] or [money] (delete the file to remove its rules)"
                         .into(),
                 });
                 continue;
@@ -422,15 +428,16 @@ impl RuleSet {
                         && f.snooze.is_empty()
                         && f.list.is_empty()
                         && f.scoring.is_none()
-                        && f.engine.is_none() =>
+                        && f.engine.is_none()
+                        && f.money.is_none() =>
                 {
                     // Comments alone: as an empty file (a rewrite cut after its header).
                     errors.push(LoadError {
                         file: name.clone(),
                         line: 1,
                         column: 1,
-                        reason: "the file holds no [[rule]], [[snooze]], [[list]], [scoring] or \
-                                 [engine] (delete the file to remove its rules)"
+                        reason: "the file holds no [[rule]], [[snooze]], [[list]], [scoring], \
+                                 [engine] or [money] (delete the file to remove its rules)"
                             .into(),
                     });
                 }
@@ -439,7 +446,8 @@ impl RuleSet {
                         && (!f.rule.is_empty()
                             || !f.list.is_empty()
                             || f.scoring.is_some()
-                            || f.engine.is_some()) =>
+                            || f.engine.is_some()
+                            || f.money.is_some()) =>
                 {
                     // Emptied or cut short, it may lose snoozes only (the rules fire again),
                     // never rules, scoring or limits: it is read as such when it holds none.
@@ -449,7 +457,7 @@ impl RuleSet {
                         column: 1,
                         reason: format!(
                             "{SNOOZES_FILE} holds snoozes alone ([[snooze]]): move its [[rule]], \
-                             [[list]], [scoring] or [engine] to another file"
+                             [[list]], [scoring], [engine] or [money] to another file"
                         ),
                     });
                 }
@@ -483,6 +491,7 @@ impl RuleSet {
                         rule: Vec::new(),
                         scoring: None,
                         engine: None,
+                        money: None,
                         snooze: Vec::new(),
                         list: l.list,
                     },
@@ -499,7 +508,37 @@ impl RuleSet {
         let mut set = RuleSet::default();
         let mut seen_engine: Option<String> = None;
         let mut seen_scoring: Option<String> = None;
+        let mut seen_money: Option<String> = None;
         for (name, text, f) in &mut parsed {
+            if let Some(m) = f.money.take() {
+                let span = m.span();
+                if let Some(first) = &seen_money {
+                    errors.push(located(
+                        name,
+                        text,
+                        span,
+                        format!("[money] is already set in {first}"),
+                    ));
+                } else {
+                    seen_money = Some(name.to_string());
+                    let m = m.into_inner();
+                    let rates = m
+                        .rates
+                        .as_ref()
+                        .map(|r| r.get_ref().clone())
+                        .unwrap_or_default();
+                    match crate::money::Money::new(m.currency.get_ref(), &rates) {
+                        Ok(money) => set.money = money,
+                        Err((in_rates, reason)) => {
+                            let at = match (in_rates, &m.rates) {
+                                (true, Some(r)) => r.span(),
+                                _ => m.currency.span(),
+                            };
+                            errors.push(located(name, text, at, reason))
+                        }
+                    }
+                }
+            }
             if let Some(e) = f.engine.take() {
                 let span = e.span();
                 if let Some(first) = &seen_engine {

@@ -4,8 +4,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-/// One `*.toml` file of a rule set: rules, snoozes, and at most once in the whole set the
-/// `[scoring]` and `[engine]` tables.
+/// One `*.toml` file of a rule set: rules, snoozes, lists, and at most once in the whole set
+/// the `[scoring]`, `[engine]` and `[money]` tables.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
@@ -13,6 +13,7 @@ pub struct FileSpec {
     pub rule: Vec<Spanned<RuleSpec>>,
     pub scoring: Option<Spanned<ScoringSpec>>,
     pub engine: Option<Spanned<LimitsSpec>>,
+    pub money: Option<Spanned<MoneySpec>>,
     #[serde(default)]
     pub snooze: Vec<Spanned<SnoozeSpec>>,
     #[serde(default)]
@@ -231,4 +232,14 @@ pub struct LimitsSpec {
     pub join_horizon: Option<Spanned<String>>,
     pub max_scored_players: Option<Spanned<usize>>,
     pub default_utc_offset_min: Option<Spanned<i32>>,
+}
+
+/// `[money]`: the currency the set's money values are written in, and what other currencies
+/// are worth in it (docs/rules.md, "Money in several currencies").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneySpec {
+    pub currency: Spanned<String>,
+    /// One unit of each currency, in units of `currency`.
+    pub rates: Option<Spanned<std::collections::BTreeMap<String, f64>>>,
 }

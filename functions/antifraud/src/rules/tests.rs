@@ -945,3 +945,146 @@ fn a_test_files_lists_take_the_sets_kinds_and_give_none() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(ok.lists()[0].contains("t", "10.1.2.3", 0));
 }
+
+/// `[money]` (docs/rules.md, "Money in several currencies"): once in a set, its currency and
+/// rates checked, a bad one named with its line; which conditions it converts.
+#[test]
+fn a_money_table_is_read_once_and_its_mistakes_are_named_on_their_line() {
+    let money = "[money]\ncurrency = \"EUR\"\nrates = { USD = 0.92, JPY = 0.0061 }\n";
+    let set = load(&format!("{GOOD}\n{money}")).expect("loads");
+    assert_eq!(set.money.currency(), Some("EUR"));
+    assert_eq!(
+        set.money.rates().iter().collect::<Vec<_>>(),
+        [(&"JPY".to_string(), &0.0061), (&"USD".to_string(), &0.92)]
+    );
+    assert_eq!(
+        set.money.scale(Some("USD")),
+        crate::money::Scale::By(0.92),
+        "cents to cents"
+    );
+    // Without the table every currency is its own.
+    assert!(!load(GOOD).expect("loads").money.is_set());
+
+    for (table, needle, on) in [
+        (
+            "[money]\ncurrency = \"eur\"\n",
+            "currency codes are in upper case",
+            "currency =",
+        ),
+        (
+            "[money]\ncurrency = \"EUR\"\nrates = { USD = 0 }\n",
+            "USD = 0: a rate is what one USD is worth in EUR, a number above 0",
+            "rates =",
+        ),
+        (
+            "[money]\ncurrency = \"EUR\"\nrates = { EUR = 2 }\n",
+            "worth 1 of itself",
+            "rates =",
+        ),
+        (
+            "[money]\ncurrency = \"EUR\"\nrates = { \"U S\" = 1.1 }\n",
+            "not a currency code",
+            "rates =",
+        ),
+        (
+            "[money]\nrates = { USD = 1.1 }\n",
+            "missing field `currency`",
+            "[money]",
+        ),
+        (
+            "[money]\ncurrency = \"EUR\"\nrate = { USD = 1.1 }\n",
+            "unknown field `rate`",
+            "rate =",
+        ),
+    ] {
+        let text = format!("{GOOD}\n{table}");
+        let e = refused(&text, needle);
+        assert_eq!(e.line, line_of(&text, on), "{e}");
+    }
+
+    // Once in the set, and never in the snoozes file.
+    let twice = RuleSet::from_sources(&[
+        ("s.toml".into(), format!("{GOOD}\n{money}")),
+        ("t.toml".into(), money.into()),
+    ]);
+    let Err(AntifraudError::Rules(errors)) = twice else {
+        panic!("must be refused")
+    };
+    assert!(
+        errors[0]
+            .reason
+            .contains("[money] is already set in s.toml"),
+        "{errors:?}"
+    );
+    assert_eq!(errors[0].file, "t.toml");
+    let in_snoozes = RuleSet::from_sources(&[
+        ("s.toml".into(), GOOD.into()),
+        (SNOOZES_FILE.into(), money.into()),
+    ]);
+    let Err(AntifraudError::Rules(errors)) = in_snoozes else {
+        panic!("must be refused")
+    };
+    assert!(
+        errors[0].reason.contains("[money] to another file"),
+        "{errors:?}"
+    );
+    // A file of the table alone is a file of the set.
+    assert!(
+        RuleSet::from_sources(&[
+            ("s.toml".into(), GOOD.into()),
+            ("m.toml".into(), money.into())
+        ])
+        .is_ok()
+    );
+}
+
+/// A condition's `value` is converted when its measure is money, and only then: a count's, a
+/// ratio's and a baseline's are not.
+#[test]
+fn only_values_compared_with_money_are_converted() {
+    let text = r#"
+[[rule]]
+id = "fraud.money"
+version = 1
+category = "fraud"
+severity = "low"
+score = 10
+events = ["bet_placed"]
+group_by = "player"
+window = { duration = "1h" }
+reason = "{stake:money}"
+
+  [[rule.measure]]
+  name = "bets"
+  agg = "count"
+
+  [[rule.measure]]
+  name = "stake"
+  agg = "current"
+  field = "stake"
+
+  [[rule.measure]]
+  name = "total"
+  agg = "sum"
+  field = "stake"
+
+  [[rule.when]]
+  measure = "bets"
+  op = "gte"
+  value = 3
+
+  [[rule.when]]
+  measure = "stake"
+  op = "gte"
+  value = 10000
+
+  [[rule.when]]
+  measure = "total"
+  op = "gte"
+  baseline = "stake"
+  factor = 2
+"#;
+    let set = load(text).expect("loads");
+    let converted: Vec<bool> = set.rules[0].conditions.iter().map(|c| c.money).collect();
+    assert_eq!(converted, [false, true, false]);
+}

@@ -6,6 +6,7 @@ mod common;
 mod engine;
 #[cfg(feature = "lambda")]
 mod lambda;
+mod money;
 mod packs_fraud;
 mod packs_rg;
 mod stream;
