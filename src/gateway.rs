@@ -69,6 +69,11 @@ pub struct GatewayArgs {
     /// ClickHouse database of the Pitboss tables, for `--stats-clickhouse-url`.
     #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
     pub stats_clickhouse_database: String,
+    /// The rules directory the engine runs (shared with it): operators change its lists
+    /// through `POST /v1/lists/{list}/add|remove` (docs/gateway.md, "Lists"); without it the
+    /// gateway changes no lists.
+    #[arg(long = "rules", value_name = "DIR", env = "PITBOSS_GATEWAY_RULES")]
+    pub rules: Option<PathBuf>,
 }
 
 /// Where connection-token keys come from.
@@ -315,6 +320,18 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--stats-clickhouse-url: {e}"))?;
     }
     let mut state = pitboss_gateway::start(bus, verifier, config, stop.clone());
+    if let Some(rules) = &args.rules {
+        if !rules.is_dir() {
+            anyhow::bail!(
+                "--rules {}: not a directory (the rules directory the engine runs, whose lists \
+                 operators change through POST /v1/lists/…)",
+                rules.display()
+            );
+        }
+        state = state.with_lists(std::sync::Arc::new(crate::lists::RulesDirLists {
+            rules: rules.clone(),
+        }));
+    }
     if let Some(url) = &args.stats_clickhouse_url {
         let client = pitboss_processor::sink::client(url, &args.stats_clickhouse_database);
         state = state.with_stats(std::sync::Arc::new(Cached::new(ClickHouseStats::new(
@@ -338,16 +355,24 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
     .await
 }
 
+/// What the gateway inside `pitboss up` gives operators besides the live feeds.
+pub struct Operators {
+    /// The console's figures (`/v1/stats`).
+    pub stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
+    /// List changes (`POST /v1/lists/…`), with `--rules DIR`.
+    pub lists: Option<std::sync::Arc<dyn pitboss_gateway::ListAdmin>>,
+}
+
 /// The gateway inside `pitboss up`: over its bus (the embedded log or Kafka), topics named
 /// with `topic_prefix`, HS256 with the secret in `data_dir/gateway-jwt-secret` (made once,
-/// readable by its owner only), the console's figures from `stats`.
+/// readable by its owner only), the console's figures and list changes from `operators`.
 pub fn serve_in_up(
     bus: std::sync::Arc<dyn pitboss_bus::Bus>,
     data_dir: &Path,
     listener: tokio::net::TcpListener,
     tuning: &GatewayTuning,
     topic_prefix: &str,
-    stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
+    operators: Operators,
     stop: Shutdown,
 ) -> Result<(
     tokio::sync::watch::Receiver<bool>,
@@ -366,7 +391,10 @@ pub fn serve_in_up(
     }
     // One gateway: presence is its own.
     config.presence.topic = None;
-    let state = pitboss_gateway::start(bus, verifier, config, stop).with_stats(stats);
+    let mut state = pitboss_gateway::start(bus, verifier, config, stop).with_stats(operators.stats);
+    if let Some(lists) = operators.lists {
+        state = state.with_lists(lists);
+    }
     let limits = tuning.limits(Duration::from_secs(5));
     let ready = state.ready.clone();
     Ok((ready, async move {

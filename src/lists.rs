@@ -56,24 +56,60 @@ pub struct ListArgs {
 }
 
 pub fn run(cmd: ListCommand) -> Result<()> {
-    match cmd {
+    let (args, until) = match cmd {
         ListCommand::Add(a) => {
-            let until = until(&a)?;
-            change(a.list, Some(until))
+            let until = end(
+                a.duration.as_deref(),
+                a.until.as_deref(),
+                ("--for", "--until"),
+            )?;
+            (a.list, Some(until))
         }
-        ListCommand::Remove(a) => change(a, None),
+        ListCommand::Remove(a) => (a, None),
+    };
+    let values = values(&args)?;
+    let said = change(
+        &Change {
+            rules: args.rules,
+            list: args.list,
+            tenant: args.tenant,
+            values,
+        },
+        until,
+    )?;
+    for line in said {
+        println!("{line}");
     }
+    Ok(())
 }
 
-/// The end `--for` / `--until` give (RFC 3339, as it is written), or `None`: for ever.
-fn until(a: &AddArgs) -> Result<Option<String>> {
+/// A change to one list of a rules directory: what `pitboss rules list add|remove` and the
+/// gateway's `POST /v1/lists/{list}/add|remove` (docs/gateway.md, "Lists") ask for.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub rules: PathBuf,
+    pub list: String,
+    /// `None`: for every tenant.
+    pub tenant: Option<String>,
+    pub values: Vec<String>,
+}
+
+/// The end a duration (`30d`) or a time (RFC 3339) gives, as it is written in the file, or
+/// `None`: for ever. `names` are what the caller calls the two (`--for`, `--until`).
+pub fn end(
+    duration: Option<&str>,
+    until: Option<&str>,
+    names: (&str, &str),
+) -> Result<Option<String>> {
+    let (for_, until_) = names;
     let now = pitboss_model::Timestamp::now();
-    let until = match (&a.duration, &a.until) {
+    let until = match (duration, until) {
+        (Some(_), Some(_)) => bail!("{for_} or {until_}, not both"),
         (Some(d), _) => {
             let ms = pitboss_antifraud::duration::parse_duration_ms(d)
-                .map_err(|e| anyhow::anyhow!("--for {d:?}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{for_} {d:?}: {e}"))?;
             if ms <= 0 {
-                bail!("--for {d:?}: must be longer than 0");
+                bail!("{for_} {d:?}: must be longer than 0");
             }
             // To the second (up): a time someone reads and edits.
             let at = now.as_millis().saturating_add(ms);
@@ -83,7 +119,7 @@ fn until(a: &AddArgs) -> Result<Option<String>> {
         }
         (None, Some(u)) => pitboss_model::Timestamp::parse_rfc3339(u).map_err(|e| {
             anyhow::anyhow!(
-                "--until {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
+                "{until_} {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
             )
         })?,
         (None, None) => return Ok(None),
@@ -92,12 +128,12 @@ fn until(a: &AddArgs) -> Result<Option<String>> {
         .to_rfc3339()
         .filter(|_| until.as_millis() < crate::snooze::MAX_UNTIL_MS)
     else {
-        bail!("--for or --until: past the year 9999");
+        bail!("{for_} or {until_}: past the year 9999");
     };
     // Whole seconds are written without a fraction.
     let text = text.replace(".000Z", "Z");
     if until <= now {
-        bail!("--until {text}: already past, it would list nothing");
+        bail!("{until_} {text}: already past, it would list nothing");
     }
     Ok(Some(text))
 }
@@ -152,9 +188,14 @@ fn values(args: &ListArgs) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// `until`: `None` to remove, `Some(None)` to add for ever, `Some(Some(end))` until `end`.
-fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
+/// Writes a change to the directory's lists.toml once the whole set with it loads; the lines
+/// returned say what was done. `until`: `None` to remove, `Some(None)` to add for ever,
+/// `Some(Some(end))` until `end` (RFC 3339, [`end`]).
+pub fn change(args: &Change, until: Option<Option<String>>) -> Result<Vec<String>> {
     let add = until.is_some();
+    if args.values.is_empty() {
+        bail!("no values: give them after the options, or --file");
+    }
     let until = until.flatten();
     if !args.rules.is_dir() {
         bail!(
@@ -172,7 +213,7 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
     {
         bail!("--tenant {}", v.message);
     }
-    let wanted = values(&args)?;
+    let wanted = &args.values;
     let _lock = crate::snooze::lock_beside(&args.rules, LISTS_FILE)?;
     let mut sources =
         RuleSet::read_dir(&args.rules).map_err(|e| crate::snooze::refused(&args.rules, e))?;
@@ -194,7 +235,7 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
         );
     };
     let mut bad = Vec::new();
-    for v in &wanted {
+    for v in wanted {
         if let Err(e) = check_value(list.kind, v) {
             bad.push(format!("  {e}"));
         }
@@ -278,7 +319,7 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
             .collect();
         let there = wanted.len() - new.len();
         if new.is_empty() && changed == 0 {
-            println!(
+            return Ok(vec![format!(
                 "list {} already holds {} for {scope} in {name}: nothing to write",
                 args.list,
                 if wanted.len() == 1 {
@@ -286,8 +327,7 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
                 } else {
                     format!("these {} values", wanted.len())
                 }
-            );
-            return Ok(());
+            )]);
         }
         if !blocks.iter().any(&ours) {
             let mut t = Table::new();
@@ -419,7 +459,8 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
     let text = if old.is_empty() {
         format!(
             "# Values of the rule set's lists, per tenant or for every tenant (docs/rules.md,\n\
-             # \"Lists\"). Written by `pitboss rules list add|remove`; edit by hand if you like.\n\n{doc}"
+             # \"Lists\"). Written by `pitboss rules list add|remove` and the gateway's\n\
+             # POST /v1/lists/…/add|remove (docs/gateway.md); edit by hand if you like.\n\n{doc}"
         )
     } else {
         doc.to_string()
@@ -438,7 +479,7 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
         other => other.into(),
     })?;
     crate::snooze::write_atomically(&args.rules, &path, &text)?;
-    println!("{said}");
+    let mut lines = vec![said];
     // A value another block keeps on the list: past the end given here (for ever, or until
     // later), or after it was taken off here.
     let tenant = args.tenant.as_deref().unwrap_or("");
@@ -469,22 +510,22 @@ fn change(args: ListArgs, until: Option<Option<String>>) -> Result<()> {
         (true, None) => (String::new(), ""),
     };
     if !longer.is_empty() {
-        println!(
+        lines.push(format!(
             "still on list {} for {scope}{how}: {longer} (listed {}by another block: another \
              file's, or one for every tenant; `pitboss rules check` says where the list is \
              declared)",
             args.list,
             if add { "for ever or until later " } else { "" },
-        );
+        ));
     }
-    println!(
+    lines.push(format!(
         "an engine running {} (`pitboss antifraud`, `pitboss up`) takes it on its next reload \
          (within about 4 s by default: it loads a change two checks 2 s apart agree on); a \
          Lambda's bundled rules, on its next deploy. Events are judged against the lists as they \
          arrive",
         args.rules.display()
-    );
-    Ok(())
+    ));
+    Ok(lines)
 }
 
 /// Ends an array laid out a value a line: a trailing comma and the bracket on its own line
@@ -495,4 +536,54 @@ fn close(values: &mut Array) {
         values.set_trailing(if values.is_empty() { "" } else { "\n" });
     }
     values.set_trailing_comma(!values.is_empty());
+}
+
+/// The gateway's list changes (`POST /v1/lists/{list}/add|remove`, docs/gateway.md "Lists"),
+/// made in a rules directory as `pitboss rules list add|remove` makes them: for the operator's
+/// tenant alone, once the whole set with the change loads, under the same lock.
+pub struct RulesDirLists {
+    pub rules: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl pitboss_gateway::ListAdmin for RulesDirLists {
+    async fn change(
+        &self,
+        c: pitboss_gateway::ListChange,
+    ) -> std::result::Result<Vec<String>, pitboss_gateway::ListRefusal> {
+        let rules = self.rules.clone();
+        tokio::task::spawn_blocking(move || {
+            let until = if c.add {
+                Some(
+                    end(
+                        c.duration.as_deref(),
+                        c.until.as_deref(),
+                        ("`for`", "`until`"),
+                    )
+                    .map_err(refusal)?,
+                )
+            } else {
+                None
+            };
+            let change_of = Change {
+                rules,
+                list: c.list,
+                tenant: Some(c.tenant),
+                values: c.values,
+            };
+            change(&change_of, until).map_err(refusal)
+        })
+        .await
+        .map_err(|e| pitboss_gateway::ListRefusal::Failed(e.to_string()))?
+    }
+}
+
+/// A failed change: the directory not readable or writable is a failure, anything else a
+/// refusal of the request (nothing is written either way).
+fn refusal(e: anyhow::Error) -> pitboss_gateway::ListRefusal {
+    if e.chain().any(|c| c.is::<std::io::Error>()) {
+        pitboss_gateway::ListRefusal::Failed(format!("{e:#}"))
+    } else {
+        pitboss_gateway::ListRefusal::Refused(format!("{e:#}"))
+    }
 }

@@ -87,7 +87,7 @@ enum Command {
     /// Run the rules engine: events in, alerts and pushes out (docs/rules.md).
     Antifraud(AntifraudArgs),
     /// Run the edge gateway: WebSocket pushes to players and alerts to operators (docs/gateway.md).
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
     /// Print a signed connection token for the gateway (HS256).
     Token(gateway::TokenArgs),
     /// Work with rule sets: check them, test them on scripted events, backtest them on history.
@@ -1564,6 +1564,13 @@ async fn up(
     for (c, _) in &configs {
         ensure_topic(&*bus, &c.dead_letter_topic, 1).await?;
     }
+    // Operators change the lists of the rules directory through the gateway (the built-in
+    // packs, without one, are not changed).
+    let lists: Option<std::sync::Arc<dyn pitboss_gateway::ListAdmin>> =
+        rules.clone().map(|rules| {
+            std::sync::Arc::new(lists::RulesDirLists { rules })
+                as std::sync::Arc<dyn pitboss_gateway::ListAdmin>
+        });
     let antifraud = (!no_rules).then(|| {
         let mut c = antifraud_config(&ingest.topic, &ingest.overflow_topic(), rules);
         c.group = named(&c.group);
@@ -1665,7 +1672,7 @@ async fn up(
         gateway_listener,
         &gateway_tuning,
         &topic_prefix,
-        stats,
+        gateway::Operators { stats, lists },
         stop.clone(),
     )?;
     // `/readyz` (public and admin) waits for the gateway's history too, and says `draining`
@@ -2075,7 +2082,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Topics(args) => topics::run(args).await,
         Command::Sql(args) => sql(&args),
         Command::Antifraud(args) => antifraud(args).await,
-        Command::Gateway(args) => gateway::gateway(args).await,
+        Command::Gateway(args) => gateway::gateway(*args).await,
         Command::Token(args) => gateway::token(args),
         Command::Rules(args) => backtest::rules(args).await,
         Command::HashKey { key } => {

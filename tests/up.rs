@@ -2638,7 +2638,8 @@ async fn grpcurl_lists_checks_and_ingests_as_docs_api_md_shows() {
 /// one signed with another tenant's secret, or naming a tenant the file does not list, is
 /// refused before the upgrade with the documented code; the file cannot be mixed with keys for
 /// every tenant. Tokens are made as an operator's backend would, by `pitboss token
-/// --secret-file`.
+/// --secret-file`. Beside a rules directory (`--rules DIR`), an operator of one tenant changes
+/// that tenant's lists (docs/gateway.md, "Lists").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alone() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -2662,14 +2663,14 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
         "[[tenant]]\nid = \"acme\"\nhs256_secret_file = \"acme.secret\"\n\n\
          [[tenant]]\nid = \"lucky\"\nhs256_secret_file = \"lucky.secret\"\n",
     );
-    let token = |tenant: &str, secret: &std::path::Path| {
+    let token_as = |tenant: &str, secret: &std::path::Path, role: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
             .args([
                 "token",
                 "--tenant",
                 tenant,
                 "--role",
-                "player",
+                role,
                 "--subject",
                 "p1",
             ])
@@ -2680,6 +2681,10 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
+    let token = |tenant: &str, secret: &std::path::Path| token_as(tenant, secret, "player");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    copy_shipped_rules(&rules, &["fraud.toml", "scoring.toml"]);
 
     // Keys for every tenant and keys per tenant at once: refused by the flags.
     let mixed = Command::new(env!("CARGO_BIN_EXE_pitboss"))
@@ -2710,6 +2715,21 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
         !eager.status.success() && said.contains("--jwks-refresh-secs"),
         "{said}"
     );
+    // Lists beside a directory that is not there: refused at start.
+    let nowhere = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+        .args(["gateway", "--bus", "embedded", "--data-dir"])
+        .arg(&data)
+        .arg("--tenant-keys")
+        .arg(&tenants)
+        .arg("--rules")
+        .arg(dir.path().join("nosuch"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(
+        !nowhere.status.success() && said.contains("nosuch: not a directory"),
+        "{said}"
+    );
 
     let port = pitboss_testkit::free_port();
     let _gateway = Guard(
@@ -2720,6 +2740,8 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
             .args(["--admin-listen", "127.0.0.1:0", "--presence-topic", "none"])
             .arg("--tenant-keys")
             .arg(&tenants)
+            .arg("--rules")
+            .arg(&rules)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -2767,6 +2789,25 @@ async fn a_gateway_with_keys_per_tenant_lets_each_tenant_in_with_its_own_key_alo
     assert_eq!(
         connect(token("ghost", &acme)).await,
         Err(Some((401, "token_unknown_tenant".into())))
+    );
+
+    // An operator of lucky blocks a device for lucky, in the rules directory's lists.toml.
+    let blocked = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{port}/v1/lists/blocked_devices/add"
+        ))
+        .bearer_auth(token_as("lucky", &lucky, "operator"))
+        .json(&serde_json::json!({"values": ["tablet-7f3a"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status(), 200);
+    let listed = std::fs::read_to_string(rules.join("lists.toml")).unwrap();
+    assert!(
+        listed.contains(
+            "name = \"blocked_devices\"\ntenant = \"lucky\"\nvalues = [\n  \"tablet-7f3a\",\n]"
+        ),
+        "{listed}"
     );
 }
 
@@ -2958,6 +2999,143 @@ fn copy_shipped_rules(rules: &std::path::Path, files: &[&str]) {
         )
         .unwrap();
     }
+}
+
+/// docs/gateway.md, "Lists": an operator puts a payment instrument on the tenant's block list
+/// through the gateway of `pitboss up --rules DIR` (what the console's *Block* button does),
+/// the engine reloads, and the next deposit with it raises the block-list alert; the file says
+/// what `pitboss rules list add` would have written; a value taken off goes from the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_blocks_a_card_through_the_gateway_and_the_next_deposit_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&rules).unwrap();
+    copy_shipped_rules(&rules, &["fraud.toml", "scoring.toml"]);
+    let mut c = up_command(&data);
+    c.arg("--rules").arg(&rules);
+    let up = up_from(c, &data);
+    let token = |role: &str, subject: &str| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_pitboss"))
+            .args([
+                "token",
+                "--tenant",
+                "demo",
+                "--role",
+                role,
+                "--subject",
+                subject,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (ops, player) = (token("operator", "ops.anna"), token("player", "p1"));
+    let client = reqwest::Client::new();
+    let change = |action: &str, token: &str, body: serde_json::Value| {
+        let req = client
+            .post(format!(
+                "http://{}/v1/lists/blocked_payment_instruments/{action}",
+                up.gateway
+            ))
+            .bearer_auth(token)
+            .json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    const RELOADED: &str =
+        "pitboss_antifraud_reloads_total{group=\"pitboss-antifraud\",result=\"ok\"}";
+
+    // A player may not; a value the list cannot hold is refused with why, nothing written.
+    let (status, body) = change("add", &player, serde_json::json!({"values": ["card-9c1e"]})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, body) = change("add", &ops, serde_json::json!({"values": [" card "]})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("refused")),
+        "{body}"
+    );
+    assert!(!rules.join("lists.toml").exists());
+
+    let (status, body) = change(
+        "add",
+        &ops,
+        serde_json::json!({"values": ["card-9c1e", "card-77aa"], "for": "30d"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["tenant"].as_str(), body["action"].as_str()),
+        (Some("demo"), Some("add"))
+    );
+    let said = body["message"].as_str().unwrap();
+    assert!(
+        said.starts_with("added 2 values to list blocked_payment_instruments for tenant \"demo\", for events before "),
+        "{said}"
+    );
+    let listed = std::fs::read_to_string(rules.join("lists.toml")).unwrap();
+    assert!(
+        listed.contains("name = \"blocked_payment_instruments\"\ntenant = \"demo\"")
+            && listed.contains("{ value = \"card-9c1e\", until = ")
+            && listed.contains("{ value = \"card-77aa\", until = "),
+        "{listed}"
+    );
+    until_holds("the list reloaded", || async {
+        metric(&client, &up.metrics_url, RELOADED).await == 1.0
+    })
+    .await;
+    let deposit = serde_json::json!([{
+        "tenant_id": "demo", "player_id": "p1", "type": "deposit",
+        "occurred_at": pitboss_model::Timestamp::now().to_rfc3339().unwrap(),
+        "payload": {"transaction_id": "d1", "amount": {"amount_minor": 5000, "currency": "EUR"},
+                    "payment_instrument": "card-9c1e"}
+    }]);
+    post_events(&client, &up.addr, &up.key, deposit.as_array().unwrap()).await;
+    let blocked = || {
+        json_rows(&pitboss_sql(
+            &data,
+            "SELECT player_id, recommendation FROM alerts \
+             WHERE rule_id = 'fraud.blocklist.payment_instrument'",
+        ))
+    };
+    until_holds("p1's block-list alert stored", || async {
+        blocked().len() == 1
+    })
+    .await;
+    assert_eq!(blocked()[0]["recommendation"], "block");
+
+    // Taken off: the file no longer holds it, the other value stays.
+    let (status, body) = change("remove", &ops, serde_json::json!({"values": ["card-77aa"]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with(
+            "removed 1 value from list blocked_payment_instruments for tenant \"demo\""
+        ),
+        "{body}"
+    );
+    let listed = std::fs::read_to_string(rules.join("lists.toml")).unwrap();
+    assert!(
+        listed.contains("card-9c1e") && !listed.contains("card-77aa"),
+        "{listed}"
+    );
+    until_holds("the removal reloaded", || async {
+        metric(&client, &up.metrics_url, RELOADED).await == 2.0
+    })
+    .await;
 }
 
 /// A list changed while `pitboss up --rules DIR` runs (by `pitboss rules list add`): the next

@@ -21,6 +21,7 @@ const state = {
   hidden: new Set(), // open alerts past MAX_ALERTS, not shown
   replayed: null, // during a subscribe: the ids of the alerts it replays
   statsTimer: null,
+  lists: false, // the gateway changes lists (/v1/stats `lists`): the Block button
   reconnectTimer: null,
   stopped: false,
 };
@@ -444,10 +445,45 @@ function markAcked(alertId, text, outcome) {
       // (`--` before a key that starts like an option.)
       el('code', null, 'pitboss rules list add --rules DIR --list ' + list + ' --tenant ' + shellWord(card.dataset.tenant) + (card.dataset.groupKey.startsWith('-') ? ' -- ' : ' ') + shellWord(card.dataset.groupKey)),
     );
+    block.dataset.list = list;
+    blockButton(card, block);
   } else if (block) {
     block.remove();
   }
   countOpen();
+}
+
+// A gateway beside the rules directory makes the change itself (docs/gateway.md, "Lists"):
+// the hint gets a Block button once /v1/stats says so.
+function blockButton(card, block) {
+  if (!state.lists || block.querySelector('.block-now')) return;
+  const button = el('button', 'block-now', 'Block');
+  const said = el('span', 'block-status');
+  button.addEventListener('click', () => blockKey(card.dataset.groupKey, block.dataset.list, button, said));
+  block.append(document.createTextNode(' '), button, document.createTextNode(' '), said);
+}
+
+// Puts `key` on the tenant's `list` through the gateway (POST /v1/lists/{list}/add): the
+// tenant is the token's. The answer's first line says what was done, or why not.
+async function blockKey(key, list, button, said) {
+  button.disabled = true;
+  said.textContent = 'blocking…';
+  try {
+    const res = await fetch('/v1/lists/' + encodeURIComponent(list) + '/add', {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ' + state.token, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ values: [key] }),
+    });
+    const body = await res.json().catch(() => ({}));
+    if (res.ok) {
+      said.textContent = 'blocked: ' + String(body.message || '').split('\n')[0];
+      return;
+    }
+    said.textContent = 'not blocked: ' + ((body.error && body.error.message) || 'HTTP ' + res.status);
+  } catch {
+    said.textContent = 'not blocked: the gateway did not answer; try again';
+  }
+  button.disabled = false;
 }
 
 // The block list of the shipped fraud pack for what an alert is grouped by.
@@ -491,6 +527,13 @@ async function pollStats() {
 }
 
 function renderStats(s) {
+  if (s.lists === true && !state.lists) {
+    state.lists = true;
+    for (const card of state.alerts.values()) {
+      const block = card.querySelector('.block-hint');
+      if (block) blockButton(card, block);
+    }
+  }
   const t = s.time_to_notify;
   $('kpi-ttn').textContent = t ? t.p50_ms + ' / ' + t.p95_ms + ' / ' + t.p99_ms + ' ms' : '–';
   const note = $('store-note');

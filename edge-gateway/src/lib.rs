@@ -11,12 +11,14 @@
 //! - [`receipts`]: delivery receipts onto the `deliveries` topic.
 //! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`, `/v1/stats`) and the admin listener.
 //! - [`console`]: the operator console (`/console`), its files embedded in the binary.
+//! - [`lists`]: operators' changes to the rules' lists (`/v1/lists/{list}/add|remove`).
 //! - [`stats`]: the console's figures: time to notify per tenant, and the store's traffic.
 
 pub mod auth;
 pub mod console;
 pub mod feed;
 pub mod hub;
+pub mod lists;
 pub mod presence;
 pub mod protocol;
 pub mod receipts;
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 
 pub use auth::{Claims, KeySource, Role, Verifier};
 pub use hub::{Hub, HubConfig, Keying};
+pub use lists::{ListAdmin, ListChange, ListRefusal};
 pub use presence::PresenceConfig;
 pub use receipts::{ReceiptConfig, ReceiptPolicy, Receipts};
 pub use server::{GatewayState, ServerConfig};

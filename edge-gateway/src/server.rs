@@ -181,6 +181,11 @@ pub struct GatewayState {
     publish_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
     /// Sockets held per subject.
     pub subjects: Arc<SubjectCounts>,
+    /// Where list changes are made (`POST /v1/lists/…`), when the gateway runs beside the
+    /// rules: `pitboss up --rules DIR`, `pitboss gateway --rules DIR`.
+    pub lists: Option<Arc<dyn crate::lists::ListAdmin>>,
+    /// List changes per tenant ([`crate::lists::LIST_CHANGES_PER_MINUTE`]).
+    pub(crate) lists_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -234,6 +239,14 @@ impl GatewayState {
             boot: boot.into(),
             publish_limit: Arc::new(publish_limit),
             subjects: Arc::default(),
+            lists: None,
+            lists_limit: Arc::new(RateLimiter::keyed(
+                Quota::per_minute(
+                    std::num::NonZeroU32::new(crate::lists::LIST_CHANGES_PER_MINUTE)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
+                )
+                .allow_burst(std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN)),
+            )),
         }
     }
 
@@ -245,6 +258,12 @@ impl GatewayState {
     /// Adds the source of the tenant's traffic figures `/v1/stats` answers with.
     pub fn with_stats(mut self, source: Arc<dyn StatsSource>) -> Self {
         self.stats = Some(source);
+        self
+    }
+
+    /// Lets operators change the lists of the rules the engine runs (`POST /v1/lists/…`).
+    pub fn with_lists(mut self, admin: Arc<dyn crate::lists::ListAdmin>) -> Self {
+        self.lists = Some(admin);
         self
     }
 }
@@ -263,13 +282,14 @@ pub(crate) fn base36(mut n: u64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The public router: `/v1/ws`, `/v1/publish`, `/v1/stats` and the operator console
-/// (`/console`).
+/// The public router: `/v1/ws`, `/v1/publish`, `/v1/stats`, `/v1/lists/{list}/add|remove`
+/// and the operator console (`/console`).
 pub fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
         .route("/v1/publish", post(publish))
         .route("/v1/stats", get(stats))
+        .route("/v1/lists/{list}/{action}", post(crate::lists::change_list))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
         .merge(crate::console::router())
@@ -297,7 +317,11 @@ pub fn admin_router(
 }
 
 /// `{"error":{"code","message"}}` with a status.
-fn error_response(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: impl std::fmt::Display,
+) -> Response {
     (
         status,
         axum::Json(serde_json::json!({"error": {"code": code, "message": message.to_string()}})),
@@ -305,7 +329,7 @@ fn error_response(status: StatusCode, code: &str, message: impl std::fmt::Displa
         .into_response()
 }
 
-fn auth_error(e: &AuthError) -> Response {
+pub(crate) fn auth_error(e: &AuthError) -> Response {
     error_response(StatusCode::UNAUTHORIZED, e.code(), e)
 }
 
@@ -330,7 +354,10 @@ fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
 
 /// The bearer token of a request, the one it offers as a subprotocol, or its `token` query
 /// parameter, in that order.
-fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Result<&'a str, AuthError> {
+pub(crate) fn token<'a>(
+    headers: &'a HeaderMap,
+    query: &'a TokenQuery,
+) -> Result<&'a str, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| AuthError::Malformed)?;
         return pitboss_runtime::http::bearer(v).ok_or(AuthError::Malformed);
@@ -342,8 +369,8 @@ fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Result<&'a str, A
 }
 
 #[derive(Debug, Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+pub(crate) struct TokenQuery {
+    pub(crate) token: Option<String>,
 }
 
 async fn ws(
@@ -1124,6 +1151,8 @@ async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
         "gateway": st.config.gateway_id,
         "time_to_notify": st.latency.summary(&claims.tenant, now),
         "store": st.stats.is_some(),
+        // Whether operators can change lists here (`POST /v1/lists/…`).
+        "lists": st.lists.is_some(),
     });
     if let Some(source) = &st.stats {
         match source.tenant_stats(&claims.tenant).await {

@@ -8,7 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -60,6 +60,7 @@ async function eventually(what, fn, timeoutMs = 60_000) {
 
 let up;
 let dataDir;
+let rulesDir;
 let consoleUrl;
 let gatewayBase;
 let browser;
@@ -67,10 +68,17 @@ let stderr = '';
 
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'pitboss-console-'));
+  // A rules directory (the shipped packs), whose lists the console's Block button changes.
+  rulesDir = join(dataDir, 'rules');
+  mkdirSync(rulesDir);
+  for (const f of ['fraud.toml', 'responsible_gambling.toml', 'scoring.toml']) {
+    copyFileSync(resolve(HERE, '../../rules', f), join(rulesDir, f));
+  }
   up = spawn(
     PITBOSS_BIN,
     [
       'up', '--demo', '--seed', '7', '--demo-rate', '300', '--demo-players', '3000', '--demo-risky-share', '0.2',
+      '--rules', rulesDir,
       '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--gateway-listen', '127.0.0.1:0',
     ],
     { env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
@@ -211,6 +219,17 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   );
   assert.ok((await blockHint.textContent()).startsWith('To block this device for tenant demo: '));
   assert.equal(await device.locator('.snooze-hint').count(), 0);
+  // This gateway runs beside the rules directory: the Block button puts the device on the
+  // tenant's list itself (POST /v1/lists/blocked_devices/add), in the directory's lists.toml.
+  await blockHint.getByRole('button', { name: 'Block' }).click();
+  await eventually('the block answered', async () => /^(blocked|not blocked)/.test(await blockHint.locator('.block-status').textContent()), 30_000);
+  assert.equal(
+    await blockHint.locator('.block-status').textContent(),
+    `blocked: added 1 value to list blocked_devices for tenant "demo": ${join(rulesDir, 'lists.toml')}`,
+  );
+  assert.ok(await blockHint.getByRole('button', { name: 'Block' }).isDisabled(), 'done: the button stays off');
+  const lists = readFileSync(join(rulesDir, 'lists.toml'), 'utf8');
+  assert.ok(lists.includes('name = "blocked_devices"\ntenant = "demo"') && lists.includes(JSON.stringify(deviceKey)), lists);
   await device.getByRole('button', { name: 'False positive' }).click();
   await device.locator('.snooze-hint').waitFor({ timeout: 30_000 });
   assert.equal(await device.locator('.block-hint').count(), 0, 'no longer confirmed: no block hint');

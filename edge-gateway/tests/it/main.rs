@@ -1671,3 +1671,232 @@ async fn a_silent_connection_is_closed_at_the_idle_timeout_not_at_the_next_ping(
     assert!(reason.contains("idle"), "{reason}");
     gw.stop().await;
 }
+
+/// Where list changes would be made: records them, refuses a list named `nosuch`, fails on
+/// `broken`.
+#[derive(Default)]
+struct FakeLists(std::sync::Mutex<Vec<pitboss_gateway::ListChange>>);
+
+#[async_trait::async_trait]
+impl pitboss_gateway::ListAdmin for FakeLists {
+    async fn change(
+        &self,
+        change: pitboss_gateway::ListChange,
+    ) -> Result<Vec<String>, pitboss_gateway::ListRefusal> {
+        match change.list.as_str() {
+            "nosuch" => Err(pitboss_gateway::ListRefusal::Refused(
+                "the rule set has no list \"nosuch\"".into(),
+            )),
+            "broken" => Err(pitboss_gateway::ListRefusal::Failed(
+                "rules/lists.toml: permission denied".into(),
+            )),
+            _ => {
+                let said = format!("changed {}", change.values.len());
+                self.0.lock().unwrap().push(change);
+                Ok(vec![said, "reloaded soon".into()])
+            }
+        }
+    }
+}
+
+/// docs/gateway.md, "Lists": an operator changes a list of the rules for the operator's own
+/// tenant (the token's: the body cannot name another), players and strangers cannot, a
+/// gateway beside no rules says where lists are changed, a bad request is refused precisely
+/// and passed on to nothing, and a tenant's changes are rate-limited.
+#[tokio::test]
+async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
+    let env = Env::new().await;
+    let ops = env.token("acme", "ops.anna", Role::Operator, &[]);
+    // Beside no rules directory: said, in the figures too.
+    let gw = env.gateway().await;
+    let add = json!({"values": ["tablet-7f3a"]});
+    let (status, body) = gw
+        .post("/v1/lists/blocked_devices/add", Some(&ops), &add)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "no_rules");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pitboss rules list add|remove --rules DIR"),
+        "{body}"
+    );
+    let (_, _, stats) = gw.get("/v1/stats", Some(&ops)).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stats).unwrap()["lists"],
+        false
+    );
+    gw.stop().await;
+
+    let lists = std::sync::Arc::new(FakeLists::default());
+    let gw = env.gateway_with_lists(lists.clone()).await;
+    let (_, _, stats) = gw.get("/v1/stats", Some(&ops)).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stats).unwrap()["lists"],
+        true
+    );
+    let (status, body) = gw
+        .post(
+            "/v1/lists/blocked_devices/add",
+            Some(&ops),
+            &json!({"values": ["tablet-7f3a", "emu-0041"], "for": "30d"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"list": "blocked_devices", "tenant": "acme", "action": "add",
+               "message": "changed 2\nreloaded soon"})
+    );
+    let (status, body) = gw
+        .post(
+            "/v1/lists/blocked_devices/remove",
+            Some(&ops),
+            &json!({"values": ["emu-0041"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let made = lists.0.lock().unwrap().clone();
+    assert_eq!(
+        made,
+        [
+            pitboss_gateway::ListChange {
+                tenant: "acme".into(),
+                operator: "ops.anna".into(),
+                list: "blocked_devices".into(),
+                add: true,
+                values: vec!["tablet-7f3a".into(), "emu-0041".into()],
+                duration: Some("30d".into()),
+                until: None,
+            },
+            pitboss_gateway::ListChange {
+                tenant: "acme".into(),
+                operator: "ops.anna".into(),
+                list: "blocked_devices".into(),
+                add: false,
+                values: vec!["emu-0041".into()],
+                duration: None,
+                until: None,
+            },
+        ]
+    );
+
+    // Who may not, and what is refused: nothing reaches the lists.
+    let player = env.token("acme", "p1", Role::Player, &[]);
+    let too_many: Vec<String> = (0..1001).map(|i| format!("d{i}")).collect();
+    for (path, token, body, status, code) in [
+        (
+            "/v1/lists/blocked_devices/add",
+            None,
+            add.clone(),
+            401,
+            "token_missing",
+        ),
+        (
+            "/v1/lists/blocked_devices/add",
+            Some(&player),
+            add.clone(),
+            403,
+            "forbidden",
+        ),
+        // The tenant is the token's: a body naming one is not a request of this API.
+        (
+            "/v1/lists/blocked_devices/add",
+            Some(&ops),
+            json!({"values": ["x"], "tenant": "globex"}),
+            400,
+            "malformed",
+        ),
+        (
+            "/v1/lists/blocked_devices/add",
+            Some(&ops),
+            json!({"values": []}),
+            400,
+            "malformed",
+        ),
+        (
+            "/v1/lists/blocked_devices/add",
+            Some(&ops),
+            json!({"values": too_many}),
+            400,
+            "malformed",
+        ),
+        (
+            "/v1/lists/blocked_devices/add",
+            Some(&ops),
+            json!(["x"]),
+            400,
+            "malformed",
+        ),
+        (
+            "/v1/lists/blocked_devices/remove",
+            Some(&ops),
+            json!({"values": ["x"], "for": "1d"}),
+            400,
+            "malformed",
+        ),
+        (
+            "/v1/lists/blocked_devices/block",
+            Some(&ops),
+            add.clone(),
+            404,
+            "not_found",
+        ),
+        (
+            "/v1/lists/nosuch/add",
+            Some(&ops),
+            add.clone(),
+            400,
+            "refused",
+        ),
+        (
+            "/v1/lists/broken/add",
+            Some(&ops),
+            add.clone(),
+            500,
+            "failed",
+        ),
+    ] {
+        let (got, answer) = gw.post(path, token.map(String::as_str), &body).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}: {answer}"
+        );
+    }
+    assert_eq!(lists.0.lock().unwrap().len(), 2, "nothing more was changed");
+    let metrics = gw.metrics().await;
+    for (result, n) in [("ok", 2), ("refused", 1), ("failed", 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "pitboss_gateway_list_changes_total{{result=\"{result}\"}} {n}"
+            )),
+            "{metrics}"
+        );
+    }
+
+    // A tenant's changes come ten at once at most, then one a second: another tenant's are
+    // not held back.
+    let mut limited = None;
+    for _ in 0..20 {
+        let (status, headers, body) = gw
+            .post_full("/v1/lists/blocked_devices/add", Some(&ops), &add)
+            .await;
+        if status == 429 {
+            limited = Some((headers, body));
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    let (headers, body) = limited.expect("rate-limited within 20 changes");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(headers.contains_key("retry-after"));
+    let other = env.token("globex", "ops", Role::Operator, &[]);
+    let (status, body) = gw
+        .post("/v1/lists/blocked_devices/add", Some(&other), &add)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(lists.0.lock().unwrap().last().unwrap().tenant, "globex");
+    gw.stop().await;
+}

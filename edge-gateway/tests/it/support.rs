@@ -86,12 +86,12 @@ impl Env {
     }
 
     pub async fn gateway_with(&self, edit: impl FnOnce(&mut GatewayConfig)) -> Gw {
-        self.gateway_full(edit, None, None).await
+        self.gateway_full(edit, None, None, None).await
     }
 
     /// A gateway that takes at most `n` connections at once (`--max-connections`).
     pub async fn gateway_max_connections(&self, n: usize) -> Gw {
-        self.gateway_full(|_| {}, None, Some(n)).await
+        self.gateway_full(|_| {}, None, Some(n), None).await
     }
 
     /// A gateway whose `/v1/stats` adds the figures of `stats`.
@@ -99,7 +99,15 @@ impl Env {
         &self,
         stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
     ) -> Gw {
-        self.gateway_full(|_| {}, Some(stats), None).await
+        self.gateway_full(|_| {}, Some(stats), None, None).await
+    }
+
+    /// A gateway whose `POST /v1/lists/…` changes go to `lists`.
+    pub async fn gateway_with_lists(
+        &self,
+        lists: std::sync::Arc<dyn pitboss_gateway::ListAdmin>,
+    ) -> Gw {
+        self.gateway_full(|_| {}, None, None, Some(lists)).await
     }
 
     async fn gateway_full(
@@ -107,6 +115,7 @@ impl Env {
         edit: impl FnOnce(&mut GatewayConfig),
         stats: Option<std::sync::Arc<dyn pitboss_gateway::StatsSource>>,
         max_connections: Option<usize>,
+        lists: Option<std::sync::Arc<dyn pitboss_gateway::ListAdmin>>,
     ) -> Gw {
         pitboss_runtime::telemetry::init_tracing();
         let mut config = GatewayConfig {
@@ -120,6 +129,9 @@ impl Env {
             pitboss_gateway::start(self.bus.clone(), verifier, config, shutdown.clone());
         if let Some(stats) = stats {
             state = state.with_stats(stats);
+        }
+        if let Some(lists) = lists {
+            state = state.with_lists(lists);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
