@@ -642,11 +642,7 @@ impl Engine {
                     else {
                         return false;
                     };
-                    let th = if c.money {
-                        money.threshold(th, c.cmp)
-                    } else {
-                        th
-                    };
+                    let th = c.threshold(th, money);
                     from_totals(c.measure, m, state, at, cur, held.as_ref())
                         .is_some_and(|v| !v.or(m.default).is_some_and(|v| c.cmp.holds(v, th)))
                 });
@@ -678,8 +674,7 @@ impl Engine {
                 let mut all = true;
                 for c in &rule.conditions {
                     let threshold = match (c.value, c.baseline) {
-                        (Some(v), _) if c.money => Some(money.threshold(v, c.cmp)),
-                        (Some(v), _) => Some(v),
+                        (Some(v), _) => Some(c.threshold(v, money)),
                         (None, Some(b)) => eval.get(b, scratch).map(|v| v * c.factor),
                         (None, None) => None,
                     };

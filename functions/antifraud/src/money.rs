@@ -150,6 +150,16 @@ impl Money {
 }
 
 impl Scale {
+    /// A value written in a rule as compared with a measure that is not a whole amount (an
+    /// `avg`, a `median`, a `stddev` of money): converted, not rounded.
+    #[inline]
+    pub fn converted(self, value: f64) -> f64 {
+        match self {
+            Scale::By(s) => value / s,
+            _ => value,
+        }
+    }
+
     /// A value written in a rule (minor units of the set's currency) as compared with an
     /// event's money under `cmp`: converted into minor units of the event's currency and
     /// rounded to a whole one on the side that leaves the comparison of a whole amount as the
@@ -161,9 +171,9 @@ impl Scale {
         };
         let v = value / s;
         // What a rate's binary fraction leaves (10000 / 0.1 = 99999.99999999999) is not a
-        // fraction of a minor unit.
+        // fraction of a minor unit: a few units in the last place of the quotient.
         let near = v.round();
-        if (v - near).abs() <= 1e-9 * v.abs().max(1.0) {
+        if (v - near).abs() <= 4.0 * f64::EPSILON * v.abs() {
             return near;
         }
         match cmp {
@@ -211,6 +221,15 @@ mod tests {
         let sek = m.scale(Some("SEK"));
         assert_eq!(sek.threshold(10_000.0, Comparison::Gt), 100_000.0);
         assert_eq!(sek.threshold(10_000.0, Comparison::Gte), 100_000.0);
+        // Unrounded for a measure that is not a whole amount.
+        assert_eq!(jpy.converted(10_000.0), 10_000.0 / 0.61);
+        assert_eq!(Scale::Same.converted(10_000.5), 10_000.5);
+        // Large amounts (rupiah, dong) keep their side of the comparison.
+        let m = money("EUR", &[("IDR", 0.000_057)]).unwrap();
+        let idr = m.scale(Some("IDR"));
+        let v: f64 = 1_000_000_000.0 / 0.000_057;
+        assert_eq!(idr.threshold(1_000_000_000.0, Comparison::Gte), v.ceil());
+        assert_eq!(idr.threshold(1_000_000_000.0, Comparison::Gt), v.floor());
         // Not converted: as written.
         assert_eq!(Scale::Same.threshold(10_000.5, Comparison::Gte), 10_000.5);
         assert_eq!(

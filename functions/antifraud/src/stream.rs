@@ -1663,11 +1663,21 @@ pub(crate) fn output_records(
     }
     if out.unpriced > 0 {
         let currency = out.unpriced_first.take().unwrap_or_default();
-        tracing::warn!(
-            events = out.unpriced,
-            first_currency = %currency,
-            "events in a currency the rule set's [money] table has no rate for: the rules' money values compared with them as written (docs/rules.md, \"Money in several currencies\")"
-        );
+        // Once per currency and process: the counter keeps counting.
+        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let first = WARNED.lock().is_ok_and(|mut w| {
+            let first = !w.contains(&currency) && w.len() < 64;
+            if first {
+                w.push(currency.clone());
+            }
+            first
+        });
+        if first {
+            tracing::warn!(
+                currency = %currency,
+                "events in a currency the rule set's [money] table has no rate for: the rules' money values are compared with them as written (docs/rules.md, \"Money in several currencies\"); said once per currency, counted in pitboss_antifraud_unpriced_events_total"
+            );
+        }
         metrics::counter!("pitboss_antifraud_unpriced_events_total").increment(out.unpriced);
         out.unpriced = 0;
     }

@@ -557,6 +557,15 @@ pub fn compile(
         // A value compared with money is written in the set's `[money]` currency and converted
         // to the trigger's (a baseline is in the trigger's currency already).
         let money = value.is_some() && measures.get(measure).is_some_and(|m| m.money);
+        // Whole minor units (a sum, a min, a max, a last or the current amount), compared
+        // with a converted value rounded to a whole one; an avg, a median or a stddev with
+        // the converted value as it is.
+        let whole = measures.get(measure).is_some_and(|m| {
+            matches!(
+                m.agg,
+                Agg::Sum | Agg::Min | Agg::Max | Agg::Last | Agg::Current
+            )
+        });
         conditions.push(Condition {
             measure,
             cmp,
@@ -565,6 +574,7 @@ pub fn compile(
             factor,
             totals,
             money,
+            whole,
         });
     }
 

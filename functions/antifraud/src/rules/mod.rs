@@ -148,6 +148,21 @@ pub(crate) struct Condition {
     /// Its threshold is a `value` compared with money: written in the set's `[money]` currency
     /// ([`crate::money`]), converted into the trigger's.
     pub money: bool,
+    /// Its measure is a whole number of minor units (`sum`, `min`, `max`, `last`, `current`):
+    /// a converted value is rounded to a whole one ([`crate::money::Scale::threshold`]).
+    pub whole: bool,
+}
+
+impl Condition {
+    /// Its `value` as compared with an event whose money is at `money` ([`crate::money`]).
+    #[inline]
+    pub fn threshold(&self, value: f64, money: crate::money::Scale) -> f64 {
+        match (self.money, self.whole) {
+            (false, _) => value,
+            (true, true) => money.threshold(value, self.cmp),
+            (true, false) => money.converted(value),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1078,13 +1078,30 @@ reason = "{stake:money}"
   op = "gte"
   value = 10000
 
+  [[rule.measure]]
+  name = "avg_stake"
+  agg = "avg"
+  field = "stake"
+
   [[rule.when]]
   measure = "total"
   op = "gte"
   baseline = "stake"
   factor = 2
+
+  [[rule.when]]
+  measure = "avg_stake"
+  op = "gte"
+  value = 5000
 "#;
     let set = load(text).expect("loads");
-    let converted: Vec<bool> = set.rules[0].conditions.iter().map(|c| c.money).collect();
-    assert_eq!(converted, [false, true, false]);
+    let c = &set.rules[0].conditions;
+    let converted: Vec<bool> = c.iter().map(|c| c.money).collect();
+    assert_eq!(converted, [false, true, false, true]);
+    // At 0.61 (a yen in euro cents): the current stake's value rounded to a whole yen, the
+    // average's not.
+    let jpy = crate::money::Scale::By(0.61);
+    assert_eq!(c[1].threshold(10_000.0, jpy), 16_394.0);
+    assert_eq!(c[3].threshold(5_000.0, jpy), 5_000.0 / 0.61);
+    assert_eq!(c[0].threshold(3.0, jpy), 3.0);
 }

@@ -134,7 +134,9 @@ fn a_currency_without_a_rate_is_compared_as_written_and_counted() {
 }
 
 /// Loss chasing sums an hour's losses within the trigger's currency and asks for 20000 (200.00
-/// EUR) of them: 32,787 yen. Losses in euros do not add to a yen bet's window.
+/// EUR) of them: 32,787 yen; 17,095 pence at 1 GBP = 1.17 EUR (a value converted to less
+/// than written: the running totals' early check converts it too, or 17,095 pence would be
+/// judged against 20,000 and never fire).
 #[test]
 fn a_windows_sum_is_judged_in_its_currency_against_the_converted_value() {
     let chase = |s: &mut Script, player: &str, lost_each: i64, currency: &str| {
@@ -155,22 +157,59 @@ fn a_windows_sum_is_judged_in_its_currency_against_the_converted_value() {
             bet_in(&id, lost_each * 3, currency),
         );
     };
-    let mut s = Script::new(with_money(RATES));
+    let mut s = Script::new(with_money(
+        "[money]\ncurrency = \"EUR\"\nrates = { JPY = 0.0061, GBP = 1.17 }\n",
+    ));
     // 5 × 6,557 = 32,785 yen lost: under 32,787. 5 × 6,558 = 32,790: over.
     chase(&mut s, "short", 6_557, "JPY");
     chase(&mut s, "over", 6_558, "JPY");
+    // 5 × 3,418 = 17,090 pence: under 17,095. 5 × 3,419 = 17,095: at it.
+    chase(&mut s, "pence_short", 3_418, "GBP");
+    chase(&mut s, "pence_at", 3_419, "GBP");
     let fired: Vec<_> = s
         .pushes("rg.loss_chasing")
         .iter()
         .map(|p| p.target.clone())
         .collect();
-    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired.len(), 2, "{fired:?}");
     let a = s.alerts("rg.loss_chasing");
-    assert_eq!(a.len(), 1);
-    assert_eq!(a[0].player_id.as_deref(), Some("over"));
+    let players: Vec<_> = a.iter().map(|a| a.player_id.as_deref().unwrap()).collect();
+    assert_eq!(players, ["over", "pence_at"]);
     let lost = a[0].measures.iter().find(|m| m.name == "lost").unwrap();
     assert_eq!(
         (lost.value, lost.threshold, lost.currency.as_deref()),
         (32_790.0, 32_787.0, Some("JPY"))
     );
+    let lost = a[1].measures.iter().find(|m| m.name == "lost").unwrap();
+    assert_eq!(
+        (lost.value, lost.threshold, lost.currency.as_deref()),
+        (17_095.0, 17_095.0, Some("GBP"))
+    );
+}
+
+/// A baseline is in the trigger's currency already and is not converted: loss chasing's
+/// "twice the hour's average stake" after 7,000 yen bets is 14,000 yen (converted as if it
+/// were euro cents, it would be 22,951 yen, and the bet would not fire).
+#[test]
+fn a_baseline_stays_in_the_events_currency() {
+    let mut s = Script::new(with_money(RATES));
+    for i in 0..5 {
+        let id = format!("b{i}");
+        let t = T0 + i * 5 * MIN;
+        s.send("p1", t, "bet_placed", bet_in(&id, 7_000, "JPY"));
+        let settle = json!({"bet_id": id, "game_id": "roulette-1", "result": "loss",
+                            "payout": cash(0, "JPY")});
+        s.send("p1", t + MIN, "bet_settled", settle);
+    }
+    // 35,000 yen lost (over 32,787); a stake of 14,000 is twice the average of 7,000.
+    s.send(
+        "p1",
+        T0 + 30 * MIN,
+        "bet_placed",
+        bet_in("up", 14_000, "JPY"),
+    );
+    let a = s.alerts("rg.loss_chasing");
+    assert_eq!(a.len(), 1);
+    let stake = a[0].measures.iter().find(|m| m.name == "stake").unwrap();
+    assert_eq!((stake.value, stake.threshold), (14_000.0, 14_000.0));
 }
