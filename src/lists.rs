@@ -74,6 +74,7 @@ pub fn run(cmd: ListCommand) -> Result<()> {
             list: args.list,
             tenant: args.tenant,
             values,
+            max_tenant_entries: None,
         },
         until,
     )?;
@@ -92,6 +93,10 @@ pub struct Change {
     /// `None`: for every tenant.
     pub tenant: Option<String>,
     pub values: Vec<String>,
+    /// The most entries the tenant may hold in the set's lists after the change (the gateway's
+    /// bound, so that one tenant cannot fill the set's 1,000,000 for all); `None`: the set's
+    /// bound alone.
+    pub max_tenant_entries: Option<usize>,
 }
 
 /// The end a duration (`30d`) or a time (RFC 3339) gives, as it is written in the file, or
@@ -478,6 +483,24 @@ pub fn change(args: &Change, until: Option<Option<String>>) -> Result<Vec<String
         ),
         other => other.into(),
     })?;
+    if let (Some(most), Some(tenant)) = (args.max_tenant_entries, &args.tenant) {
+        let held: usize = changed
+            .lists()
+            .iter()
+            .flat_map(|l| l.tenants())
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, n)| n)
+            .sum();
+        if held > most && add {
+            bail!(
+                "tenant {tenant:?} would hold {held} list entries, past the {most} a tenant may \
+                 hold through the gateway (the set's lists hold {MAX_LIST_ENTRIES} for all \
+                 tenants); nothing is written: remove some, or add them where the rules are \
+                 (pitboss rules list add)",
+                MAX_LIST_ENTRIES = pitboss_antifraud::rules::MAX_LIST_ENTRIES,
+            );
+        }
+    }
     crate::snooze::write_atomically(&args.rules, &path, &text)?;
     let mut lines = vec![said];
     // A value another block keeps on the list: past the end given here (for ever, or until
@@ -566,24 +589,154 @@ impl pitboss_gateway::ListAdmin for RulesDirLists {
                 None
             };
             let change_of = Change {
-                rules,
+                rules: rules.clone(),
                 list: c.list,
                 tenant: Some(c.tenant),
                 values: c.values,
+                max_tenant_entries: Some(MAX_TENANT_ENTRIES),
             };
-            change(&change_of, until).map_err(refusal)
+            // Told without the server's paths: the file is `lists.toml` of the directory.
+            let dir = rules.display().to_string();
+            let plain = |text: String| {
+                text.replace(&format!("{dir}/"), "")
+                    .replace(&dir, "the rules directory")
+            };
+            match change(&change_of, until) {
+                Ok(lines) => Ok(lines.into_iter().map(plain).collect()),
+                Err(e) => Err(match refusal(e) {
+                    pitboss_gateway::ListRefusal::Refused(why) => {
+                        pitboss_gateway::ListRefusal::Refused(plain(why))
+                    }
+                    failed => failed,
+                }),
+            }
         })
         .await
         .map_err(|e| pitboss_gateway::ListRefusal::Failed(e.to_string()))?
     }
 }
 
-/// A failed change: the directory not readable or writable is a failure, anything else a
-/// refusal of the request (nothing is written either way).
+/// The most list entries a tenant may hold through the gateway (the set holds
+/// [`pitboss_antifraud::rules::MAX_LIST_ENTRIES`] for every tenant together).
+pub const MAX_TENANT_ENTRIES: usize = 100_000;
+
+/// A failed change: the directory not readable or writable is a failure, a set refused as it
+/// is too (the operator's request is not what is wrong; its problems, which may quote other
+/// tenants' entries, go to the log), anything else a refusal of the request. Nothing is
+/// written either way.
 fn refusal(e: anyhow::Error) -> pitboss_gateway::ListRefusal {
+    let text = format!("{e:#}");
     if e.chain().any(|c| c.is::<std::io::Error>()) {
-        pitboss_gateway::ListRefusal::Failed(format!("{e:#}"))
+        tracing::error!(error = %text, "a list change through the gateway could not be made");
+        pitboss_gateway::ListRefusal::Failed(
+            "the rules directory could not be read or written (the gateway's log says why)".into(),
+        )
+    } else if text.contains("is refused as it is; fix it first") {
+        tracing::error!(error = %text, "a list change through the gateway found the rule set refused");
+        pitboss_gateway::ListRefusal::Failed(
+            "the rule set is refused as it is, so no list can change until it is fixed \
+             (`pitboss rules check` where the rules are; the gateway's log says why)"
+                .into(),
+        )
     } else {
-        pitboss_gateway::ListRefusal::Refused(format!("{e:#}"))
+        pitboss_gateway::ListRefusal::Refused(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use pitboss_gateway::{ListAdmin, ListChange, ListRefusal};
+
+    fn dir_with_fraud_pack() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let packs = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+        for f in ["fraud.toml", "scoring.toml"] {
+            std::fs::copy(packs.join(f), dir.path().join(f)).unwrap();
+        }
+        dir
+    }
+
+    fn ask(list: &str, tenant: &str, values: &[&str]) -> ListChange {
+        ListChange {
+            tenant: tenant.into(),
+            operator: "ops".into(),
+            list: list.into(),
+            add: true,
+            values: values.iter().map(|v| v.to_string()).collect(),
+            duration: None,
+            until: None,
+        }
+    }
+
+    /// Through the gateway a tenant holds at most `max_tenant_entries` (another tenant's
+    /// entries, and those for every tenant, do not count against it); answers name the file,
+    /// not the server's directory; a set refused as it is is the server's failure, its
+    /// problems (which may quote other tenants' values) left to the log.
+    #[tokio::test]
+    async fn the_gateways_changes_are_bounded_per_tenant_and_answered_without_server_paths() {
+        let dir = dir_with_fraud_pack();
+        let of = |tenant: &str, values: &[&str]| Change {
+            rules: dir.path().to_path_buf(),
+            list: "blocked_devices".into(),
+            tenant: Some(tenant.into()),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            max_tenant_entries: Some(2),
+        };
+        change(&of("acme", &["d1", "d2"]), Some(None)).unwrap();
+        change(&of("globex", &["d1", "d2"]), Some(None)).unwrap();
+        let e = change(&of("acme", &["d3"]), Some(None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("tenant \"acme\" would hold 3 list entries, past the 2"),
+            "{e}"
+        );
+        // Values already listed add nothing; a removal is never held back.
+        change(&of("acme", &["d1"]), Some(None)).unwrap();
+        change(&of("acme", &["d2"]), None).unwrap();
+        change(&of("acme", &["d3"]), Some(None)).unwrap();
+
+        let admin = RulesDirLists {
+            rules: dir.path().to_path_buf(),
+        };
+        let shown = dir.path().display().to_string();
+        let said = admin
+            .change(ask("blocked_devices", "acme", &["tablet-1"]))
+            .await
+            .unwrap()
+            .join("\n");
+        assert!(
+            said.starts_with(
+                "added 1 value to list blocked_devices for tenant \"acme\": lists.toml"
+            ),
+            "{said}"
+        );
+        assert!(!said.contains(&shown), "{said}");
+        let Err(ListRefusal::Refused(why)) = admin.change(ask("nosuch", "acme", &["x"])).await
+        else {
+            panic!("refused")
+        };
+        assert!(
+            why.starts_with("the rule set in the rules directory has no list \"nosuch\"")
+                && !why.contains(&shown),
+            "{why}"
+        );
+        // A set refused as it is (another tenant's bad entry): no detail of it in the answer.
+        std::fs::write(
+            dir.path().join("other.toml"),
+            "[[list]]\nname = \"blocked_ips\"\ntenant = \"globex\"\nvalues = [\"10.0.0.1/8\"]\n",
+        )
+        .unwrap();
+        let Err(ListRefusal::Failed(why)) =
+            admin.change(ask("blocked_devices", "acme", &["x"])).await
+        else {
+            panic!("failed")
+        };
+        assert!(
+            why.starts_with("the rule set is refused as it is") && !why.contains("10.0.0.1"),
+            "{why}"
+        );
     }
 }

@@ -9,8 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::auth::Role;
-use crate::server::{GatewayState, TokenQuery, auth_error, error_response, token};
+use crate::server::{GatewayState, error_response, operator, read_body};
 
 /// Most values one request may name.
 pub const MAX_LIST_VALUES: usize = 1000;
@@ -70,18 +69,10 @@ pub(crate) async fn change_list(
     body: axum::body::Body,
 ) -> Response {
     // The token before the body, as for publishing.
-    let claims =
-        match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
-            Ok(c) => c,
-            Err(e) => return auth_error(&e),
-        };
-    if claims.role != Role::Operator {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only operators change lists",
-        );
-    }
+    let claims = match operator(&st, &headers, "only operators change lists") {
+        Ok(c) => c,
+        Err(answer) => return *answer,
+    };
     let add = match action.as_str() {
         "add" => true,
         "remove" => false,
@@ -122,37 +113,17 @@ pub(crate) async fn change_list(
         }
         return r;
     }
-    let body = match tokio::time::timeout(
-        st.config.publish_body_timeout,
-        axum::body::to_bytes(body, MAX_LIST_BODY),
+    let body = match read_body(
+        &st,
+        body,
+        MAX_LIST_BODY,
+        &format!("a body is at most {MAX_LIST_BODY} bytes"),
+        "changed",
     )
     .await
     {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if pitboss_runtime::http::caused_by::<http_body_util::LengthLimitError>(&e) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("a body is at most {MAX_LIST_BODY} bytes"),
-            );
-        }
-        Ok(Err(e)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("the body could not be read: {e}"),
-            );
-        }
-        Err(_) => {
-            return error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the body did not arrive within {} ms; nothing was changed",
-                    st.config.publish_body_timeout.as_millis()
-                ),
-            );
-        }
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let req: ListRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -177,6 +148,20 @@ pub(crate) async fn change_list(
             ),
         );
     }
+    if let Some((i, _)) = req
+        .values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.chars().any(char::is_control))
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!(
+                "`values[{i}]` holds a control character (a line break, a tab…): no device, address or instrument does"
+            ),
+        );
+    }
     if !add && (req.duration.is_some() || req.until.is_some()) {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -193,19 +178,27 @@ pub(crate) async fn change_list(
         duration: req.duration,
         until: req.until,
     };
-    let (count, what) = (change.values.len(), change.values.join(", "));
-    match admin.change(change).await {
+    // Who asked for what: the log is the trail (the file says what, not who). The values
+    // quoted (escaped), the first 20 of them.
+    let count = change.values.len();
+    let shown: Vec<String> = change.values.iter().take(20).cloned().collect();
+    let outcome = admin.change(change).await;
+    tracing::info!(
+        tenant = %claims.tenant,
+        operator = %claims.sub,
+        list = ?list,
+        action = %action,
+        values = count,
+        first = ?shown,
+        result = match &outcome {
+            Ok(_) => "ok",
+            Err(ListRefusal::Refused(_)) => "refused",
+            Err(ListRefusal::Failed(_)) => "failed",
+        },
+        "list change asked through the gateway"
+    );
+    match outcome {
         Ok(lines) => {
-            // Who changed what: the log is the trail (the file says what, not who).
-            tracing::info!(
-                tenant = %claims.tenant,
-                operator = %claims.sub,
-                list = %list,
-                action = %action,
-                values = count,
-                listed = %what,
-                "list changed through the gateway"
-            );
             metrics::counter!("pitboss_gateway_list_changes_total", "result" => "ok").increment(1);
             (
                 StatusCode::OK,
@@ -224,7 +217,7 @@ pub(crate) async fn change_list(
             error_response(StatusCode::BAD_REQUEST, "refused", why)
         }
         Err(ListRefusal::Failed(why)) => {
-            tracing::error!(tenant = %claims.tenant, list = %list, error = %why, "list change failed");
+            tracing::error!(tenant = %claims.tenant, list = ?list, error = %why, "list change failed");
             metrics::counter!("pitboss_gateway_list_changes_total", "result" => "failed")
                 .increment(1);
             error_response(

@@ -316,6 +316,66 @@ pub fn admin_router(
     )
 }
 
+/// The claims of an operator's `Authorization: Bearer` token; else the answer: `401 token_*`,
+/// or `403 forbidden` saying `only` (a player's token).
+pub(crate) fn operator(
+    st: &GatewayState,
+    headers: &HeaderMap,
+    only: &str,
+) -> Result<crate::auth::Claims, Box<Response>> {
+    let claims = token(headers, &TokenQuery { token: None })
+        .and_then(|t| st.verifier.verify(t))
+        .map_err(|e| Box::new(auth_error(&e)))?;
+    if claims.role != Role::Operator {
+        return Err(Box::new(error_response(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            only,
+        )));
+    }
+    Ok(claims)
+}
+
+/// An operator request's whole body within `publish_body_timeout`, at most `max` bytes; else
+/// the answer, in the JSON form of every other (axum's own are plain text): `413 too_large`
+/// saying `too_large`, `400 malformed`, `408 body_timeout` (nothing was `done`).
+pub(crate) async fn read_body(
+    st: &GatewayState,
+    body: axum::body::Body,
+    max: usize,
+    too_large: &str,
+    done: &str,
+) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(
+        st.config.publish_body_timeout,
+        axum::body::to_bytes(body, max),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) if pitboss_runtime::http::caused_by::<http_body_util::LengthLimitError>(&e) => {
+            Err(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                too_large,
+            ))
+        }
+        Ok(Err(e)) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("the body could not be read: {e}"),
+        )),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} ms; nothing was {done}",
+                st.config.publish_body_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 /// `{"error":{"code","message"}}` with a status.
 pub(crate) fn error_response(
     status: StatusCode,
@@ -329,7 +389,7 @@ pub(crate) fn error_response(
         .into_response()
 }
 
-pub(crate) fn auth_error(e: &AuthError) -> Response {
+fn auth_error(e: &AuthError) -> Response {
     error_response(StatusCode::UNAUTHORIZED, e.code(), e)
 }
 
@@ -354,10 +414,7 @@ fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
 
 /// The bearer token of a request, the one it offers as a subprotocol, or its `token` query
 /// parameter, in that order.
-pub(crate) fn token<'a>(
-    headers: &'a HeaderMap,
-    query: &'a TokenQuery,
-) -> Result<&'a str, AuthError> {
+fn token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Result<&'a str, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().map_err(|_| AuthError::Malformed)?;
         return pitboss_runtime::http::bearer(v).ok_or(AuthError::Malformed);
@@ -369,8 +426,8 @@ pub(crate) fn token<'a>(
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct TokenQuery {
-    pub(crate) token: Option<String>,
+struct TokenQuery {
+    token: Option<String>,
 }
 
 async fn ws(
@@ -1132,18 +1189,10 @@ pub struct PublishResponse {
 
 /// `GET /v1/stats`: the console's figures for the operator's own tenant.
 async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
-    let claims =
-        match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
-            Ok(c) => c,
-            Err(e) => return auth_error(&e),
-        };
-    if claims.role != Role::Operator {
-        return error_response(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only operators read the tenant's figures",
-        );
-    }
+    let claims = match operator(&st, &headers, "only operators read the tenant's figures") {
+        Ok(c) => c,
+        Err(answer) => return *answer,
+    };
     let now = Timestamp::now().as_millis();
     let mut body = serde_json::json!({
         "tenant": claims.tenant,
@@ -1182,47 +1231,21 @@ async fn publish(
     body: axum::body::Body,
 ) -> Response {
     // The token before the body: nobody without one holds a connection sending a body.
-    let claims =
-        match token(&headers, &TokenQuery { token: None }).and_then(|t| st.verifier.verify(t)) {
-            Ok(c) => c,
-            Err(e) => return auth_error(&e),
-        };
-    if claims.role != Role::Operator {
-        return error_response(StatusCode::FORBIDDEN, "forbidden", "only operators publish");
-    }
-    // The whole body within `publish_body_timeout`, at most 1 MiB; errors in the JSON form of
-    // every other answer (axum's own are plain text).
-    let body = match tokio::time::timeout(
-        st.config.publish_body_timeout,
-        axum::body::to_bytes(body, MAX_PUBLISH_BYTES),
+    let claims = match operator(&st, &headers, "only operators publish") {
+        Ok(c) => c,
+        Err(answer) => return *answer,
+    };
+    let body = match read_body(
+        &st,
+        body,
+        MAX_PUBLISH_BYTES,
+        "a body is at most 1 MiB (an array of pushes; a single push, 64 KiB)",
+        "published",
     )
     .await
     {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if pitboss_runtime::http::caused_by::<http_body_util::LengthLimitError>(&e) => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "a body is at most 1 MiB (an array of pushes; a single push, 64 KiB)",
-            );
-        }
-        Ok(Err(e)) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("the body could not be read: {e}"),
-            );
-        }
-        Err(_) => {
-            return error_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the body did not arrive within {} ms; nothing was published",
-                    st.config.publish_body_timeout.as_millis()
-                ),
-            );
-        }
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     // One push (an object) or several (an array, published together in one bus write).
     let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');

@@ -1836,6 +1836,14 @@ async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
             400,
             "malformed",
         ),
+        // (A line break would forge lines of the log that says who changed what.)
+        (
+            "/v1/lists/blocked_devices/add",
+            Some(&ops),
+            json!({"values": ["ok", "x\n2026-12-08 INFO list changed"]}),
+            400,
+            "malformed",
+        ),
         (
             "/v1/lists/blocked_devices/block",
             Some(&ops),
