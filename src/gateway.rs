@@ -69,9 +69,9 @@ pub struct GatewayArgs {
     /// ClickHouse database of the Pitboss tables, for `--stats-clickhouse-url`.
     #[arg(long, env = "PITBOSS_CLICKHOUSE_DATABASE", default_value = "pitboss")]
     pub stats_clickhouse_database: String,
-    /// The rules directory the engine runs (shared with it): operators change its lists
-    /// through `POST /v1/lists/{list}/add|remove` (docs/gateway.md, "Lists"); without it the
-    /// gateway changes no lists.
+    /// The rules directory the engine runs (shared with it): operators change its lists and
+    /// snoozes through `POST /v1/lists/{list}/add|remove` and `POST /v1/snoozes`
+    /// (docs/gateway.md, "Lists", "Snoozes"); without it the gateway changes neither.
     #[arg(long = "rules", value_name = "DIR", env = "PITBOSS_GATEWAY_RULES")]
     pub rules: Option<PathBuf>,
 }
@@ -324,11 +324,11 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
         if !rules.is_dir() {
             anyhow::bail!(
                 "--rules {}: not a directory (the rules directory the engine runs, whose lists \
-                 operators change through POST /v1/lists/…)",
+                 and snoozes operators change through POST /v1/lists/… and /v1/snoozes)",
                 rules.display()
             );
         }
-        state = state.with_lists(std::sync::Arc::new(crate::lists::RulesDirLists {
+        state = state.with_rules(std::sync::Arc::new(crate::rules_dir::RulesDir {
             rules: rules.clone(),
         }));
     }
@@ -359,8 +359,8 @@ pub async fn gateway(args: GatewayArgs) -> Result<()> {
 pub struct Operators {
     /// The console's figures (`/v1/stats`).
     pub stats: std::sync::Arc<dyn pitboss_gateway::StatsSource>,
-    /// List changes (`POST /v1/lists/…`), with `--rules DIR`.
-    pub lists: Option<std::sync::Arc<dyn pitboss_gateway::ListAdmin>>,
+    /// Changes to lists and snoozes (`POST /v1/lists/…`, `/v1/snoozes`), with `--rules DIR`.
+    pub rules: Option<std::sync::Arc<dyn pitboss_gateway::RulesAdmin>>,
 }
 
 /// The gateway inside `pitboss up`: over its bus (the embedded log or Kafka), topics named
@@ -392,8 +392,8 @@ pub fn serve_in_up(
     // One gateway: presence is its own.
     config.presence.topic = None;
     let mut state = pitboss_gateway::start(bus, verifier, config, stop).with_stats(operators.stats);
-    if let Some(lists) = operators.lists {
-        state = state.with_lists(lists);
+    if let Some(rules) = operators.rules {
+        state = state.with_rules(rules);
     }
     let limits = tuning.limits(Duration::from_secs(5));
     let ready = state.ready.clone();

@@ -27,6 +27,7 @@ mod lists;
 mod loadgen;
 mod loadgen_broadcast;
 mod loadgen_live;
+mod rules_dir;
 mod ruletest;
 mod snooze;
 mod topics;
@@ -1564,12 +1565,12 @@ async fn up(
     for (c, _) in &configs {
         ensure_topic(&*bus, &c.dead_letter_topic, 1).await?;
     }
-    // Operators change the lists of the rules directory through the gateway (the built-in
-    // packs, without one, are not changed).
-    let lists: Option<std::sync::Arc<dyn pitboss_gateway::ListAdmin>> =
+    // Operators change the lists and snoozes of the rules directory through the gateway (the
+    // built-in packs, without one, are not changed).
+    let rules_dir: Option<std::sync::Arc<dyn pitboss_gateway::RulesAdmin>> =
         rules.clone().map(|rules| {
-            std::sync::Arc::new(lists::RulesDirLists { rules })
-                as std::sync::Arc<dyn pitboss_gateway::ListAdmin>
+            std::sync::Arc::new(rules_dir::RulesDir { rules })
+                as std::sync::Arc<dyn pitboss_gateway::RulesAdmin>
         });
     let antifraud = (!no_rules).then(|| {
         let mut c = antifraud_config(&ingest.topic, &ingest.overflow_topic(), rules);
@@ -1672,7 +1673,10 @@ async fn up(
         gateway_listener,
         &gateway_tuning,
         &topic_prefix,
-        gateway::Operators { stats, lists },
+        gateway::Operators {
+            stats,
+            rules: rules_dir,
+        },
         stop.clone(),
     )?;
     // `/readyz` (public and admin) waits for the gateway's history too, and says `draining`

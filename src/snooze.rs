@@ -52,13 +52,13 @@ pub struct SnoozeArgs {
 }
 
 /// What a snooze names.
-struct Target {
-    tenant: String,
-    rule: String,
-    key: String,
+pub(crate) struct Target {
+    pub tenant: String,
+    pub rule: String,
+    pub key: String,
     /// `player`, `device`… when known (from the alert).
-    group_by: Option<String>,
-    alert: Option<String>,
+    pub group_by: Option<String>,
+    pub alert: Option<String>,
 }
 
 pub async fn snooze(args: SnoozeArgs) -> Result<()> {
@@ -69,43 +69,86 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
             args.rules.display()
         );
     }
+    let until = until(
+        args.duration.as_deref(),
+        args.until.as_deref(),
+        ("--for", "--until"),
+    )?;
+    let target = target(&args).await?;
+    for line in write(
+        &args.rules,
+        &target,
+        until,
+        &args.reason,
+        args.by.as_deref(),
+        None,
+    )? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The end a duration (`30d`) or a time (RFC 3339) gives; `names` are what the caller calls
+/// the two (`--for`, `--until`).
+pub(crate) fn until(
+    duration: Option<&str>,
+    until: Option<&str>,
+    names: (&str, &str),
+) -> Result<Timestamp> {
+    let (for_, until_) = names;
     let now = Timestamp::now();
-    let until = match (&args.duration, &args.until) {
+    let until = match (duration, until) {
+        (Some(_), Some(_)) => bail!("{for_} or {until_}, not both"),
         (Some(d), _) => {
             let ms = pitboss_antifraud::duration::parse_duration_ms(d)
-                .map_err(|e| anyhow::anyhow!("--for {d:?}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{for_} {d:?}: {e}"))?;
             if ms <= 0 {
-                bail!("--for {d:?}: must be longer than 0");
+                bail!("{for_} {d:?}: must be longer than 0");
             }
             Timestamp::from_millis(now.as_millis().saturating_add(ms))
         }
         (None, Some(u)) => Timestamp::parse_rfc3339(u).map_err(|e| {
             anyhow::anyhow!(
-                "--until {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
+                "{until_} {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
             )
         })?,
-        (None, None) => bail!("give --for or --until"),
+        (None, None) => bail!("give {for_} or {until_}"),
     };
-    let Some(until_text) = until
-        .to_rfc3339()
-        .filter(|_| until.as_millis() < MAX_UNTIL_MS)
-    else {
-        bail!("--for or --until: past the year 9999");
-    };
-    if until <= now {
-        bail!("--until {until_text}: already past, it would silence nothing");
+    if until.as_millis() >= MAX_UNTIL_MS {
+        bail!("{for_} or {until_}: past the year 9999");
     }
-    let target = target(&args).await?;
+    if until <= now {
+        bail!(
+            "{until_} {}: already past, it would silence nothing",
+            until.to_rfc3339().unwrap_or_default()
+        );
+    }
+    Ok(until)
+}
 
+/// Adds a `[[snooze]]` of `target` until `until` to the directory's snoozes.toml once the whole
+/// set with it loads (under the file's lock, replaced atomically); the lines returned say what
+/// was done.
+pub(crate) fn write(
+    rules: &Path,
+    target: &Target,
+    until: Timestamp,
+    reason: &str,
+    by: Option<&str>,
+    max_tenant_snoozes: Option<usize>,
+) -> Result<Vec<String>> {
+    let Some(until_text) = until.to_rfc3339() else {
+        bail!("the end is past the year 9999");
+    };
     // One writer at a time: two operators snoozing at once would each write the file as they
     // read it, and one snooze would be lost.
-    let lock = lock_beside(&args.rules, SNOOZES_FILE)?;
+    let lock = lock_beside(rules, SNOOZES_FILE)?;
 
-    let mut sources = RuleSet::read_dir(&args.rules).map_err(|e| refused(&args.rules, e))?;
+    let mut sources = RuleSet::read_dir(rules).map_err(|e| refused(rules, e))?;
     if let Err(e) = RuleSet::from_sources(&sources) {
-        return Err(refused(&args.rules, e));
+        return Err(refused(rules, e));
     }
-    let path = args.rules.join(SNOOZES_FILE);
+    let path = rules.join(SNOOZES_FILE);
     let name = path.display().to_string();
     let old = match sources.iter().position(|(n, _)| Path::new(n) == path) {
         Some(i) => sources.remove(i).1,
@@ -130,8 +173,8 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
     text.push_str(&format!("tenant = {}\n", q(&target.tenant)));
     text.push_str(&format!("key = {}\n", q(&target.key)));
     text.push_str(&format!("until = {}\n", q(&until_text)));
-    text.push_str(&format!("reason = {}\n", q(&args.reason)));
-    if let Some(by) = &args.by {
+    text.push_str(&format!("reason = {}\n", q(reason)));
+    if let Some(by) = by {
         text.push_str(&format!("by = {}\n", q(by)));
     }
     if let Some(alert) = &target.alert {
@@ -139,7 +182,7 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
     }
     sources.push((name.clone(), text.clone()));
     sources.sort();
-    RuleSet::from_sources(&sources).map_err(|e| match e {
+    let set = RuleSet::from_sources(&sources).map_err(|e| match e {
         AntifraudError::Rules(errors) => anyhow::anyhow!(
             "the snooze is refused; {} is left as it was:\n{}{}",
             name,
@@ -156,22 +199,39 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
         ),
         other => other.into(),
     })?;
-    write_atomically(&args.rules, &path, &text)?;
+    if let Some(most) = max_tenant_snoozes {
+        let now = Timestamp::now();
+        let held = set
+            .snoozes()
+            .iter()
+            .filter(|z| z.tenant_id == target.tenant && z.until > now)
+            .count();
+        if held > most {
+            bail!(
+                "tenant {:?} would hold {held} snoozes in force, past the {most} a tenant may \
+                 hold through the gateway; nothing is written: end some (delete their blocks), \
+                 or add it where the rules are (pitboss rules snooze)",
+                target.tenant
+            );
+        }
+    }
+    write_atomically(rules, &path, &text)?;
     drop(lock);
     let what = match &target.group_by {
         Some(g) => format!("{g} {:?}", target.key),
         None => format!("key {:?}", target.key),
     };
-    println!(
-        "snoozed {} for tenant {:?}, {what}, until {until_text}: {name}:{line}",
-        target.rule, target.tenant,
-    );
-    println!(
-        "an engine running {} takes it on its next reload (within about 4 s: it loads a change \
-         two checks 2 s apart agree on)",
-        args.rules.display()
-    );
-    Ok(())
+    Ok(vec![
+        format!(
+            "snoozed {} for tenant {:?}, {what}, until {until_text}: {name}:{line}",
+            target.rule, target.tenant,
+        ),
+        format!(
+            "an engine running {} takes it on its next reload (within about 4 s: it loads a \
+             change two checks 2 s apart agree on)",
+            rules.display()
+        ),
+    ])
 }
 
 /// Takes the lock of `file` of the rules directory `dir` (a hidden file beside it): the

@@ -22,6 +22,7 @@ const state = {
   replayed: null, // during a subscribe: the ids of the alerts it replays
   statsTimer: null,
   lists: false, // the gateway changes lists (/v1/stats `lists`): the Block button
+  snoozes: false, // and snoozes (`snoozes`): the Snooze button
   reconnectTimer: null,
   stopped: false,
 };
@@ -427,6 +428,7 @@ function markAcked(alertId, text, outcome) {
       document.createTextNode('To silence ' + card.dataset.rule + ' for ' + key + ': '),
       el('code', null, 'pitboss rules snooze --rules DIR --alert ' + alertId + ' --for 30d --reason "…"'),
     );
+    snoozeButton(card, hint);
   } else if (hint) {
     hint.remove();
   }
@@ -453,35 +455,54 @@ function markAcked(alertId, text, outcome) {
   countOpen();
 }
 
+// A gateway beside the rules directory snoozes itself (docs/gateway.md, "Snoozes"): the hint
+// gets a button once /v1/stats says so. 30 days, as the command shows; the operator's id is
+// the snooze's `by` (the token's).
+function snoozeButton(card, hint) {
+  if (!state.snoozes || hint.querySelector('.snooze-now')) return;
+  const button = el('button', 'snooze-now', 'Snooze 30 days');
+  const said = el('span', 'snooze-status');
+  button.addEventListener('click', () =>
+    rulesChange('/v1/snoozes', {
+      rule: card.dataset.rule,
+      key: card.dataset.groupKey,
+      alert: card.dataset.alertId,
+      for: '30d',
+      reason: 'concluded a false positive in the console',
+    }, button, said, 'snoozed'));
+  hint.append(document.createTextNode(' '), button, document.createTextNode(' '), said);
+}
+
 // A gateway beside the rules directory makes the change itself (docs/gateway.md, "Lists"):
 // the hint gets a Block button once /v1/stats says so.
 function blockButton(card, block) {
   if (!state.lists || block.querySelector('.block-now')) return;
   const button = el('button', 'block-now', 'Block');
   const said = el('span', 'block-status');
-  button.addEventListener('click', () => blockKey(card.dataset.groupKey, block.dataset.list, button, said));
+  button.addEventListener('click', () =>
+    rulesChange('/v1/lists/' + encodeURIComponent(block.dataset.list) + '/add', { values: [card.dataset.groupKey] }, button, said, 'blocked'));
   block.append(document.createTextNode(' '), button, document.createTextNode(' '), said);
 }
 
-// Puts `key` on the tenant's `list` through the gateway (POST /v1/lists/{list}/add): the
-// tenant is the token's. The answer's first line says what was done, or why not.
-async function blockKey(key, list, button, said) {
+// Asks the gateway for a change to the rules (a list, a snooze) of the token's tenant; the
+// answer's first line says what was done, or why not.
+async function rulesChange(path, body, button, said, done) {
   button.disabled = true;
-  said.textContent = 'blocking…';
+  said.textContent = 'saving…';
   try {
-    const res = await fetch('/v1/lists/' + encodeURIComponent(list) + '/add', {
+    const res = await fetch(path, {
       method: 'POST',
       headers: { Authorization: 'Bearer ' + state.token, 'Content-Type': 'application/json' },
-      body: JSON.stringify({ values: [key] }),
+      body: JSON.stringify(body),
     });
-    const body = await res.json().catch(() => ({}));
+    const answer = await res.json().catch(() => ({}));
     if (res.ok) {
-      said.textContent = 'blocked: ' + String(body.message || '').split('\n')[0];
+      said.textContent = done + ': ' + String(answer.message || '').split('\n')[0];
       return;
     }
-    said.textContent = 'not blocked: ' + ((body.error && body.error.message) || 'HTTP ' + res.status);
+    said.textContent = 'not ' + done + ': ' + ((answer.error && answer.error.message) || 'HTTP ' + res.status);
   } catch {
-    said.textContent = 'not blocked: the gateway did not answer; try again';
+    said.textContent = 'not ' + done + ': the gateway did not answer; try again';
   }
   button.disabled = false;
 }
@@ -527,11 +548,14 @@ async function pollStats() {
 }
 
 function renderStats(s) {
-  if (s.lists === true && !state.lists) {
-    state.lists = true;
+  if ((s.lists === true && !state.lists) || (s.snoozes === true && !state.snoozes)) {
+    state.lists = s.lists === true;
+    state.snoozes = s.snoozes === true;
     for (const card of state.alerts.values()) {
       const block = card.querySelector('.block-hint');
       if (block) blockButton(card, block);
+      const hint = card.querySelector('.snooze-hint');
+      if (hint) snoozeButton(card, hint);
     }
   }
   const t = s.time_to_notify;

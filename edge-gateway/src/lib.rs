@@ -11,17 +11,18 @@
 //! - [`receipts`]: delivery receipts onto the `deliveries` topic.
 //! - [`server`]: axum handlers (`/v1/ws`, `/v1/publish`, `/v1/stats`) and the admin listener.
 //! - [`console`]: the operator console (`/console`), its files embedded in the binary.
-//! - [`lists`]: operators' changes to the rules' lists (`/v1/lists/{list}/add|remove`).
+//! - [`rules`]: operators' changes to the rules' lists and snoozes (`/v1/lists/…`,
+//!   `/v1/snoozes`).
 //! - [`stats`]: the console's figures: time to notify per tenant, and the store's traffic.
 
 pub mod auth;
 pub mod console;
 pub mod feed;
 pub mod hub;
-pub mod lists;
 pub mod presence;
 pub mod protocol;
 pub mod receipts;
+pub mod rules;
 pub mod server;
 pub mod stats;
 
@@ -35,9 +36,9 @@ use tokio::sync::watch;
 
 pub use auth::{Claims, KeySource, Role, Verifier};
 pub use hub::{Hub, HubConfig, Keying};
-pub use lists::{ListAdmin, ListChange, ListRefusal};
 pub use presence::PresenceConfig;
 pub use receipts::{ReceiptConfig, ReceiptPolicy, Receipts};
+pub use rules::{ListChange, Refusal, RulesAdmin, SnoozeRequest};
 pub use server::{GatewayState, ServerConfig};
 pub use stats::{NotifyLatency, StatsSource};
 

@@ -181,11 +181,12 @@ pub struct GatewayState {
     publish_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
     /// Sockets held per subject.
     pub subjects: Arc<SubjectCounts>,
-    /// Where list changes are made (`POST /v1/lists/…`), when the gateway runs beside the
-    /// rules: `pitboss up --rules DIR`, `pitboss gateway --rules DIR`.
-    pub lists: Option<Arc<dyn crate::lists::ListAdmin>>,
-    /// List changes per tenant ([`crate::lists::LIST_CHANGES_PER_MINUTE`]).
-    pub(crate) lists_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
+    /// Where changes to lists and snoozes are made (`POST /v1/lists/…`, `/v1/snoozes`), when
+    /// the gateway runs beside the rules: `pitboss up --rules DIR`, `pitboss gateway --rules
+    /// DIR`.
+    pub rules: Option<Arc<dyn crate::rules::RulesAdmin>>,
+    /// Those changes per tenant ([`crate::rules::RULES_CHANGES_PER_MINUTE`]).
+    pub(crate) rules_limit: Arc<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl std::fmt::Debug for GatewayState {
@@ -239,10 +240,10 @@ impl GatewayState {
             boot: boot.into(),
             publish_limit: Arc::new(publish_limit),
             subjects: Arc::default(),
-            lists: None,
-            lists_limit: Arc::new(RateLimiter::keyed(
+            rules: None,
+            rules_limit: Arc::new(RateLimiter::keyed(
                 Quota::per_minute(
-                    std::num::NonZeroU32::new(crate::lists::LIST_CHANGES_PER_MINUTE)
+                    std::num::NonZeroU32::new(crate::rules::RULES_CHANGES_PER_MINUTE)
                         .unwrap_or(std::num::NonZeroU32::MIN),
                 )
                 .allow_burst(std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN)),
@@ -261,9 +262,10 @@ impl GatewayState {
         self
     }
 
-    /// Lets operators change the lists of the rules the engine runs (`POST /v1/lists/…`).
-    pub fn with_lists(mut self, admin: Arc<dyn crate::lists::ListAdmin>) -> Self {
-        self.lists = Some(admin);
+    /// Lets operators change the lists and snoozes of the rules the engine runs (`POST
+    /// /v1/lists/…`, `/v1/snoozes`).
+    pub fn with_rules(mut self, admin: Arc<dyn crate::rules::RulesAdmin>) -> Self {
+        self.rules = Some(admin);
         self
     }
 }
@@ -282,14 +284,15 @@ pub(crate) fn base36(mut n: u64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The public router: `/v1/ws`, `/v1/publish`, `/v1/stats`, `/v1/lists/{list}/add|remove`
-/// and the operator console (`/console`).
+/// The public router: `/v1/ws`, `/v1/publish`, `/v1/stats`, `/v1/lists/{list}/add|remove`,
+/// `/v1/snoozes` and the operator console (`/console`).
 pub fn router(state: GatewayState) -> Router {
     Router::new()
         .route("/v1/ws", get(ws))
         .route("/v1/publish", post(publish))
         .route("/v1/stats", get(stats))
-        .route("/v1/lists/{list}/{action}", post(crate::lists::change_list))
+        .route("/v1/lists/{list}/{action}", post(crate::rules::change_list))
+        .route("/v1/snoozes", post(crate::rules::snooze))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
         .merge(crate::console::router())
@@ -1200,8 +1203,10 @@ async fn stats(State(st): State<GatewayState>, headers: HeaderMap) -> Response {
         "gateway": st.config.gateway_id,
         "time_to_notify": st.latency.summary(&claims.tenant, now),
         "store": st.stats.is_some(),
-        // Whether operators can change lists here (`POST /v1/lists/…`).
-        "lists": st.lists.is_some(),
+        // Whether operators can change lists and snoozes here (`POST /v1/lists/…`,
+        // `/v1/snoozes`).
+        "lists": st.rules.is_some(),
+        "snoozes": st.rules.is_some(),
     });
     if let Some(source) = &st.stats {
         match source.tenant_stats(&claims.tenant).await {

@@ -233,6 +233,18 @@ test('the console fills with live alerts and an acknowledgement reaches storage'
   await device.getByRole('button', { name: 'False positive' }).click();
   await device.locator('.snooze-hint').waitFor({ timeout: 30_000 });
   assert.equal(await device.locator('.block-hint').count(), 0, 'no longer confirmed: no block hint');
+  // And the Snooze button silences the card's rule for its device, in snoozes.toml, by the
+  // console's operator (POST /v1/snoozes, docs/gateway.md "Snoozes").
+  const deviceRule = await device.getAttribute('data-rule');
+  await device.locator('.snooze-hint').getByRole('button', { name: 'Snooze 30 days' }).click();
+  const snoozed = device.locator('.snooze-hint .snooze-status');
+  await eventually('the snooze answered', async () => /^(snoozed|not snoozed)/.test(await snoozed.textContent()), 30_000);
+  assert.match(
+    await snoozed.textContent(),
+    new RegExp(`^snoozed: snoozed ${deviceRule.replace(/\./g, '\\.')} for tenant "demo", key ${JSON.stringify(deviceKey)}, until \\S+: snoozes\\.toml:\\d+$`),
+  );
+  const snoozes = readFileSync(join(rulesDir, 'snoozes.toml'), 'utf8');
+  assert.ok(snoozes.includes(`key = ${JSON.stringify(deviceKey)}`) && snoozes.includes('by = "console"') && snoozes.includes(`alert = "${await device.getAttribute('data-alert-id')}"`), snoozes);
 
   // The figures fill in from /v1/stats: events/s, GGR by game, time to notify.
   await eventually('events/s', async () => /\d/.test(await page.getByTestId('events-per-second').textContent()));

@@ -1672,30 +1672,45 @@ async fn a_silent_connection_is_closed_at_the_idle_timeout_not_at_the_next_ping(
     gw.stop().await;
 }
 
-/// Where list changes would be made: records them, refuses a list named `nosuch`, fails on
+/// Where changes would be made: records them, refuses a list or rule named `nosuch`, fails on
 /// `broken`.
 #[derive(Default)]
-struct FakeLists(std::sync::Mutex<Vec<pitboss_gateway::ListChange>>);
+struct FakeRules {
+    lists: std::sync::Mutex<Vec<pitboss_gateway::ListChange>>,
+    snoozes: std::sync::Mutex<Vec<pitboss_gateway::SnoozeRequest>>,
+}
+
+fn fake_outcome(name: &str) -> Result<(), pitboss_gateway::Refusal> {
+    match name {
+        "nosuch" => Err(pitboss_gateway::Refusal::Refused(
+            "the rule set has no \"nosuch\"".into(),
+        )),
+        "broken" => Err(pitboss_gateway::Refusal::Failed(
+            "rules/lists.toml: permission denied".into(),
+        )),
+        _ => Ok(()),
+    }
+}
 
 #[async_trait::async_trait]
-impl pitboss_gateway::ListAdmin for FakeLists {
-    async fn change(
+impl pitboss_gateway::RulesAdmin for FakeRules {
+    async fn change_list(
         &self,
         change: pitboss_gateway::ListChange,
-    ) -> Result<Vec<String>, pitboss_gateway::ListRefusal> {
-        match change.list.as_str() {
-            "nosuch" => Err(pitboss_gateway::ListRefusal::Refused(
-                "the rule set has no list \"nosuch\"".into(),
-            )),
-            "broken" => Err(pitboss_gateway::ListRefusal::Failed(
-                "rules/lists.toml: permission denied".into(),
-            )),
-            _ => {
-                let said = format!("changed {}", change.values.len());
-                self.0.lock().unwrap().push(change);
-                Ok(vec![said, "reloaded soon".into()])
-            }
-        }
+    ) -> Result<Vec<String>, pitboss_gateway::Refusal> {
+        fake_outcome(&change.list)?;
+        let said = format!("changed {}", change.values.len());
+        self.lists.lock().unwrap().push(change);
+        Ok(vec![said, "reloaded soon".into()])
+    }
+
+    async fn snooze(
+        &self,
+        snooze: pitboss_gateway::SnoozeRequest,
+    ) -> Result<Vec<String>, pitboss_gateway::Refusal> {
+        fake_outcome(&snooze.rule)?;
+        self.snoozes.lock().unwrap().push(snooze);
+        Ok(vec!["snoozed".into()])
     }
 }
 
@@ -1719,7 +1734,7 @@ async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("pitboss rules list add|remove --rules DIR"),
+            .contains("with `pitboss rules list add|remove` or `pitboss rules snooze` --rules DIR"),
         "{body}"
     );
     let (_, _, stats) = gw.get("/v1/stats", Some(&ops)).await;
@@ -1729,8 +1744,8 @@ async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
     );
     gw.stop().await;
 
-    let lists = std::sync::Arc::new(FakeLists::default());
-    let gw = env.gateway_with_lists(lists.clone()).await;
+    let lists = std::sync::Arc::new(FakeRules::default());
+    let gw = env.gateway_with_rules(lists.clone()).await;
     let (_, _, stats) = gw.get("/v1/stats", Some(&ops)).await;
     assert_eq!(
         serde_json::from_str::<Value>(&stats).unwrap()["lists"],
@@ -1757,7 +1772,7 @@ async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let made = lists.0.lock().unwrap().clone();
+    let made = lists.lists.lock().unwrap().clone();
     assert_eq!(
         made,
         [
@@ -1873,12 +1888,16 @@ async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
             "{path} {body}: {answer}"
         );
     }
-    assert_eq!(lists.0.lock().unwrap().len(), 2, "nothing more was changed");
+    assert_eq!(
+        lists.lists.lock().unwrap().len(),
+        2,
+        "nothing more was changed"
+    );
     let metrics = gw.metrics().await;
     for (result, n) in [("ok", 2), ("refused", 1), ("failed", 1)] {
         assert!(
             metrics.contains(&format!(
-                "pitboss_gateway_list_changes_total{{result=\"{result}\"}} {n}"
+                "pitboss_gateway_rules_changes_total{{kind=\"list\",result=\"{result}\"}} {n}"
             )),
             "{metrics}"
         );
@@ -1905,6 +1924,121 @@ async fn operators_change_their_own_tenants_lists_and_nobody_else_can() {
         .post("/v1/lists/blocked_devices/add", Some(&other), &add)
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(lists.0.lock().unwrap().last().unwrap().tenant, "globex");
+    assert_eq!(lists.lists.lock().unwrap().last().unwrap().tenant, "globex");
+    gw.stop().await;
+}
+
+/// docs/gateway.md, "Snoozes": an operator silences a rule for one group value of the
+/// operator's own tenant, as the operator (`by`); players and strangers cannot; a gateway
+/// beside no rules says where snoozes are made; a bad request is refused precisely and passed
+/// on to nothing.
+#[tokio::test]
+async fn operators_snooze_a_rule_for_their_own_tenant_and_nobody_else_can() {
+    let env = Env::new().await;
+    let ops = env.token("acme", "ops.anna", Role::Operator, &[]);
+    let snooze = json!({"rule": "fraud.multi_accounting.device", "key": "tablet-7f3a",
+                        "alert": "0193735a-1111-5222-8333-444455556666", "for": "30d",
+                        "reason": "a family's shared tablet"});
+    let gw = env.gateway().await;
+    let (status, body) = gw.post("/v1/snoozes", Some(&ops), &snooze).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("no_rules")),
+        "{body}"
+    );
+    let (_, _, stats) = gw.get("/v1/stats", Some(&ops)).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stats).unwrap()["snoozes"],
+        false
+    );
+    gw.stop().await;
+
+    let rules = std::sync::Arc::new(FakeRules::default());
+    let gw = env.gateway_with_rules(rules.clone()).await;
+    let (_, _, stats) = gw.get("/v1/stats", Some(&ops)).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&stats).unwrap()["snoozes"],
+        true
+    );
+    let (status, body) = gw.post("/v1/snoozes", Some(&ops), &snooze).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"rule": "fraud.multi_accounting.device", "tenant": "acme", "key": "tablet-7f3a",
+               "message": "snoozed"})
+    );
+    assert_eq!(
+        rules.snoozes.lock().unwrap().clone(),
+        [pitboss_gateway::SnoozeRequest {
+            tenant: "acme".into(),
+            operator: "ops.anna".into(),
+            rule: "fraud.multi_accounting.device".into(),
+            key: "tablet-7f3a".into(),
+            alert: Some("0193735a-1111-5222-8333-444455556666".into()),
+            duration: Some("30d".into()),
+            until: None,
+            reason: "a family's shared tablet".into(),
+        }]
+    );
+
+    let player = env.token("acme", "p1", Role::Player, &[]);
+    let with = |k: &str, v: Value| {
+        let mut b = snooze.clone();
+        b[k] = v;
+        b
+    };
+    let without = |k: &str| {
+        let mut b = snooze.clone();
+        b.as_object_mut().unwrap().remove(k);
+        b
+    };
+    for (token, body, status, code) in [
+        (None, snooze.clone(), 401, "token_missing"),
+        (Some(&player), snooze.clone(), 403, "forbidden"),
+        // The tenant and who decided are the token's.
+        (
+            Some(&ops),
+            with("tenant", json!("globex")),
+            400,
+            "malformed",
+        ),
+        (Some(&ops), with("by", json!("someone")), 400, "malformed"),
+        (Some(&ops), without("reason"), 400, "malformed"),
+        (Some(&ops), with("reason", json!("  ")), 400, "malformed"),
+        (Some(&ops), with("key", json!("")), 400, "malformed"),
+        (
+            Some(&ops),
+            with("key", json!("x".repeat(300))),
+            400,
+            "malformed",
+        ),
+        (
+            Some(&ops),
+            with("reason", json!("ok\nforged line")),
+            400,
+            "malformed",
+        ),
+        (Some(&ops), with("rule", json!("nosuch")), 400, "refused"),
+        (Some(&ops), with("rule", json!("broken")), 500, "failed"),
+    ] {
+        let (got, answer) = gw
+            .post("/v1/snoozes", token.map(String::as_str), &body)
+            .await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(
+        rules.snoozes.lock().unwrap().len(),
+        1,
+        "nothing more was asked"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("pitboss_gateway_rules_changes_total{kind=\"snooze\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
     gw.stop().await;
 }

@@ -102,12 +102,13 @@ impl Env {
         self.gateway_full(|_| {}, Some(stats), None, None).await
     }
 
-    /// A gateway whose `POST /v1/lists/…` changes go to `lists`.
-    pub async fn gateway_with_lists(
+    /// A gateway whose changes to lists and snoozes (`POST /v1/lists/…`, `/v1/snoozes`) go
+    /// to `rules`.
+    pub async fn gateway_with_rules(
         &self,
-        lists: std::sync::Arc<dyn pitboss_gateway::ListAdmin>,
+        rules: std::sync::Arc<dyn pitboss_gateway::RulesAdmin>,
     ) -> Gw {
-        self.gateway_full(|_| {}, None, None, Some(lists)).await
+        self.gateway_full(|_| {}, None, None, Some(rules)).await
     }
 
     async fn gateway_full(
@@ -115,7 +116,7 @@ impl Env {
         edit: impl FnOnce(&mut GatewayConfig),
         stats: Option<std::sync::Arc<dyn pitboss_gateway::StatsSource>>,
         max_connections: Option<usize>,
-        lists: Option<std::sync::Arc<dyn pitboss_gateway::ListAdmin>>,
+        rules: Option<std::sync::Arc<dyn pitboss_gateway::RulesAdmin>>,
     ) -> Gw {
         pitboss_runtime::telemetry::init_tracing();
         let mut config = GatewayConfig {
@@ -130,8 +131,8 @@ impl Env {
         if let Some(stats) = stats {
             state = state.with_stats(stats);
         }
-        if let Some(lists) = lists {
-            state = state.with_lists(lists);
+        if let Some(rules) = rules {
+            state = state.with_rules(rules);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
