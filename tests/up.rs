@@ -3172,6 +3172,108 @@ async fn an_operator_blocks_a_card_through_the_gateway_and_the_next_deposit_aler
     .await;
 }
 
+/// docs/rules.md, "Money in several currencies": a `[money]` table added while `pitboss up
+/// --rules DIR` runs is loaded by the hot reload, and the next yen stake is judged against the
+/// pack's euro threshold converted (100.00 EUR = 16,394 yen at 0.0061), where before it the
+/// same stake was judged against 10,000 yen; the stored alert gives its threshold in yen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_money_table_added_while_up_runs_judges_the_next_yen_stake_in_euros() {
+    let (_dir, rules, data) = fraud_pack_dir();
+    let up = up_with_rules(&data, &rules);
+    let client = reqwest::Client::new();
+    // 20 bets of 1,000 yen a second apart, then a big one: a stake spike when it is at least
+    // 10000 and ten times the median.
+    let spike = |player: &str, big: i64| -> Vec<serde_json::Value> {
+        let start = pitboss_model::Timestamp::now().as_millis() - 60_000;
+        (0..21)
+            .map(|i| {
+                let stake = if i == 20 { big } else { 1_000 };
+                serde_json::json!({
+                    "tenant_id": "demo", "player_id": player, "type": "bet_placed",
+                    "occurred_at": pitboss_model::Timestamp::from_millis(start + i * 2_500)
+                        .to_rfc3339().unwrap(),
+                    "payload": {"bet_id": format!("{player}-{i}"), "game_id": "slot-1",
+                        "stake": {"amount_minor": stake, "currency": "JPY"}}
+                })
+            })
+            .collect()
+    };
+    let spikes = |data: &std::path::Path| -> Vec<serde_json::Value> {
+        json_rows(&pitboss_sql(
+            data,
+            "SELECT player_id, reason FROM alerts WHERE rule_id = 'fraud.stake_spike' \
+             ORDER BY detected_at_ms",
+        ))
+    };
+    let judged = "pitboss_antifraud_events_total";
+    post_events(&client, &up.addr, &up.key, &spike("before", 16_393)).await;
+    until_holds("the yen spike judged as written", || async {
+        spikes(&data).len() == 1
+    })
+    .await;
+
+    std::fs::write(
+        rules.join("money.toml"),
+        "[money]\ncurrency = \"EUR\"\nrates = { JPY = 0.0061 }\n",
+    )
+    .unwrap();
+    until_holds("the table reloaded", || async {
+        metric(&client, &up.metrics_url, RULES_RELOADED).await == 1.0
+    })
+    .await;
+    let seen = metric(&client, &up.metrics_url, judged).await;
+    post_events(&client, &up.addr, &up.key, &spike("below", 16_393)).await;
+    post_events(&client, &up.addr, &up.key, &spike("at", 16_394)).await;
+    until_holds("at's spike", || async { spikes(&data).len() == 2 }).await;
+    // Every event of both players judged before the count is read.
+    until_holds("both players' bets judged", || async {
+        metric(&client, &up.metrics_url, judged).await >= seen + 42.0
+    })
+    .await;
+    let found: Vec<(String, String)> = spikes(&data)
+        .iter()
+        .map(|r| {
+            (
+                r["player_id"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (
+                "before".to_owned(),
+                "Stake 16393 JPY is 1639% of the player's median stake 1000 JPY over 20 earlier bets."
+                    .to_owned()
+            ),
+            (
+                "at".to_owned(),
+                "Stake 16394 JPY is 1639% of the player's median stake 1000 JPY over 20 earlier bets."
+                    .to_owned()
+            ),
+        ]
+    );
+    let threshold = json_rows(&pitboss_sql(
+        &data,
+        "SELECT measures FROM alerts WHERE player_id = 'at'",
+    ));
+    let measures: serde_json::Value =
+        serde_json::from_str(threshold[0]["measures"].as_str().unwrap()).unwrap();
+    // The stake against the converted value (the other is against ten times the median).
+    assert!(
+        measures
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "stake"
+                && m["value"].as_f64() == Some(16_394.0)
+                && m["threshold"].as_f64() == Some(16_394.0)
+                && m["currency"] == "JPY"),
+        "{measures}"
+    );
+}
+
 /// A list changed while `pitboss up --rules DIR` runs (by `pitboss rules list add`): the next
 /// deposit with a listed payment instrument raises the block-list alert; an edit by hand that
 /// is refused (with file and line) keeps the lists in force, and the command refuses to write
