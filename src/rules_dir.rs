@@ -26,7 +26,9 @@ impl RulesDir {
         &self,
         work: impl FnOnce(PathBuf) -> anyhow::Result<Vec<String>> + Send + 'static,
     ) -> Result<Vec<String>, Refusal> {
-        let rules = self.rules.clone();
+        // Absolute, so that the directory's name in an answer is its path and nothing else
+        // (`--rules .` would otherwise match every dot).
+        let rules = std::fs::canonicalize(&self.rules).unwrap_or_else(|_| self.rules.clone());
         // Told without the server's paths: the files are the directory's.
         let dir = rules.display().to_string();
         let plain = move |text: String| {
@@ -259,6 +261,48 @@ mod tests {
             };
             assert!(why.contains(want) && !why.contains(&shown), "{why}");
         }
+
+        // Through the gateway a tenant's snoozes in the file are bounded, ended ones counted,
+        // another tenant's not.
+        let target = |tenant: &str, key: &str| crate::snooze::Target {
+            tenant: tenant.into(),
+            rule: "fraud.multi_accounting.ip".into(),
+            key: key.into(),
+            group_by: None,
+            alert: None,
+        };
+        let soon = pitboss_model::Timestamp::from_millis(
+            pitboss_model::Timestamp::now().as_millis() + 60_000,
+        );
+        let ended = pitboss_model::Timestamp::from_millis(
+            pitboss_model::Timestamp::now().as_millis() - 60_000,
+        );
+        for (tenant, key, until) in [
+            ("acme", "a1", ended),
+            ("globex", "g1", soon),
+            ("globex", "g2", soon),
+        ] {
+            crate::snooze::write(dir.path(), &target(tenant, key), until, "r", None, Some(2))
+                .unwrap();
+        }
+        // acme: tablet-7f3a and a1 (ended, still in the file) — a third is past 2.
+        let e = crate::snooze::write(dir.path(), &target("acme", "a2"), soon, "r", None, Some(2))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("tenant \"acme\" would hold 3 snoozes in the rule set"),
+            "{e}"
+        );
+        let e = crate::snooze::write(
+            dir.path(),
+            &target("globex", "g3"),
+            soon,
+            "r",
+            None,
+            Some(2),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("would hold 3 snoozes"), "{e}");
 
         // A set refused as it is (another tenant's bad entry): no detail of it in the answer.
         std::fs::write(

@@ -200,17 +200,19 @@ pub(crate) fn write(
         other => other.into(),
     })?;
     if let Some(most) = max_tenant_snoozes {
-        let now = Timestamp::now();
+        // Ended ones count too: they stay in the file (and are read at every reload) until
+        // someone deletes their blocks.
         let held = set
             .snoozes()
             .iter()
-            .filter(|z| z.tenant_id == target.tenant && z.until > now)
+            .filter(|z| z.tenant_id == target.tenant)
             .count();
         if held > most {
             bail!(
-                "tenant {:?} would hold {held} snoozes in force, past the {most} a tenant may \
-                 hold through the gateway; nothing is written: end some (delete their blocks), \
-                 or add it where the rules are (pitboss rules snooze)",
+                "tenant {:?} would hold {held} snoozes in the rule set (ended ones count until \
+                 their blocks are deleted), past the {most} a tenant may hold through the \
+                 gateway; nothing is written: ask whoever keeps the rules directory to delete \
+                 ended ones",
                 target.tenant
             );
         }

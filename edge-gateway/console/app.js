@@ -396,7 +396,7 @@ function ack(alertId, outcome) {
   }
   state.pendingAcks.set(id, { alertId, outcome });
   if (card) {
-    card.querySelectorAll('button').forEach((b) => (b.disabled = true));
+    card.querySelectorAll('button[data-outcome]').forEach((b) => (b.disabled = true));
     card.querySelector('.ack-status').textContent = 'saving…';
   }
 }
@@ -419,15 +419,17 @@ function markAcked(alertId, text, outcome) {
   // "Snoozes"), to copy.
   let hint = card.querySelector('.snooze-hint');
   if (outcome === 'false_positive') {
+    // Made once: an ack of the same conclusion again (a replay, another console) keeps the
+    // button and what it said.
     if (!hint) {
       hint = el('div', 'snooze-hint meta');
       card.append(hint);
+      const key = card.dataset.groupBy ? 'this ' + card.dataset.groupBy.replace(/_/g, ' ') : 'its key';
+      hint.replaceChildren(
+        document.createTextNode('To silence ' + card.dataset.rule + ' for ' + key + ': '),
+        el('code', null, 'pitboss rules snooze --rules DIR --alert ' + alertId + ' --for 30d --reason "…"'),
+      );
     }
-    const key = card.dataset.groupBy ? 'this ' + card.dataset.groupBy.replace(/_/g, ' ') : 'its key';
-    hint.replaceChildren(
-      document.createTextNode('To silence ' + card.dataset.rule + ' for ' + key + ': '),
-      el('code', null, 'pitboss rules snooze --rules DIR --alert ' + alertId + ' --for 30d --reason "…"'),
-    );
     snoozeButton(card, hint);
   } else if (hint) {
     hint.remove();
@@ -441,13 +443,13 @@ function markAcked(alertId, text, outcome) {
     if (!block) {
       block = el('div', 'block-hint meta');
       card.append(block);
+      block.replaceChildren(
+        document.createTextNode('To block this ' + card.dataset.groupBy.replace(/_/g, ' ') + ' for tenant ' + card.dataset.tenant + ': '),
+        // (`--` before a key that starts like an option.)
+        el('code', null, 'pitboss rules list add --rules DIR --list ' + list + ' --tenant ' + shellWord(card.dataset.tenant) + (card.dataset.groupKey.startsWith('-') ? ' -- ' : ' ') + shellWord(card.dataset.groupKey)),
+      );
+      block.dataset.list = list;
     }
-    block.replaceChildren(
-      document.createTextNode('To block this ' + card.dataset.groupBy.replace(/_/g, ' ') + ' for tenant ' + card.dataset.tenant + ': '),
-      // (`--` before a key that starts like an option.)
-      el('code', null, 'pitboss rules list add --rules DIR --list ' + list + ' --tenant ' + shellWord(card.dataset.tenant) + (card.dataset.groupKey.startsWith('-') ? ' -- ' : ' ') + shellWord(card.dataset.groupKey)),
-    );
-    block.dataset.list = list;
     blockButton(card, block);
   } else if (block) {
     block.remove();
@@ -459,7 +461,7 @@ function markAcked(alertId, text, outcome) {
 // gets a button once /v1/stats says so. 30 days, as the command shows; the operator's id is
 // the snooze's `by` (the token's).
 function snoozeButton(card, hint) {
-  if (!state.snoozes || hint.querySelector('.snooze-now')) return;
+  if (!state.snoozes || !card.dataset.groupKey || hint.querySelector('.snooze-now')) return;
   const button = el('button', 'snooze-now', 'Snooze 30 days');
   const said = el('span', 'snooze-status');
   button.addEventListener('click', () =>
@@ -518,7 +520,8 @@ function shellWord(s) {
 function setButtons(card) {
   const acked = card.classList.contains('acked');
   const recorded = card.dataset.recorded || '';
-  card.querySelectorAll('button').forEach((b) => (b.disabled = acked && (recorded === '' || b.dataset.outcome === recorded)));
+  // The ack buttons (Block and Snooze keep their own state).
+  card.querySelectorAll('button[data-outcome]').forEach((b) => (b.disabled = acked && (recorded === '' || b.dataset.outcome === recorded)));
 }
 
 function forgetAckIds(alertId) {

@@ -1982,6 +1982,7 @@ async fn operators_snooze_a_rule_for_their_own_tenant_and_nobody_else_can() {
     );
 
     let player = env.token("acme", "p1", Role::Player, &[]);
+    let globex = env.token("globex", "ops", Role::Operator, &[]);
     let with = |k: &str, v: Value| {
         let mut b = snooze.clone();
         b[k] = v;
@@ -2015,6 +2016,19 @@ async fn operators_snooze_a_rule_for_their_own_tenant_and_nobody_else_can() {
         (
             Some(&ops),
             with("reason", json!("ok\nforged line")),
+            400,
+            "malformed",
+        ),
+        // (Another tenant's operator: each tenant has a budget of ten at once.)
+        (
+            Some(&globex),
+            with("alert", json!("a\tb")),
+            400,
+            "malformed",
+        ),
+        (
+            Some(&globex),
+            with("alert", json!("x".repeat(257))),
             400,
             "malformed",
         ),
