@@ -106,41 +106,11 @@ pub fn end(
     until: Option<&str>,
     names: (&str, &str),
 ) -> Result<Option<String>> {
-    let (for_, until_) = names;
-    let now = pitboss_model::Timestamp::now();
-    let until = match (duration, until) {
-        (Some(_), Some(_)) => bail!("{for_} or {until_}, not both"),
-        (Some(d), _) => {
-            let ms = pitboss_antifraud::duration::parse_duration_ms(d)
-                .map_err(|e| anyhow::anyhow!("{for_} {d:?}: {e}"))?;
-            if ms <= 0 {
-                bail!("{for_} {d:?}: must be longer than 0");
-            }
-            // To the second (up): a time someone reads and edits.
-            let at = now.as_millis().saturating_add(ms);
-            pitboss_model::Timestamp::from_millis(
-                at.saturating_add((1000 - at.rem_euclid(1000)) % 1000),
-            )
-        }
-        (None, Some(u)) => pitboss_model::Timestamp::parse_rfc3339(u).map_err(|e| {
-            anyhow::anyhow!(
-                "{until_} {u:?} is not an RFC 3339 time (e.g. 2027-01-31T00:00:00Z): {e}"
-            )
-        })?,
-        (None, None) => return Ok(None),
-    };
-    let Some(text) = until
-        .to_rfc3339()
-        .filter(|_| until.as_millis() < crate::snooze::MAX_UNTIL_MS)
-    else {
-        bail!("{for_} or {until_}: past the year 9999");
-    };
-    // Whole seconds are written without a fraction.
-    let text = text.replace(".000Z", "Z");
-    if until <= now {
-        bail!("{until_} {text}: already past, it would list nothing");
+    if duration.is_none() && until.is_none() {
+        return Ok(None);
     }
-    Ok(Some(text))
+    let at = crate::snooze::until(duration, until, names, "list nothing")?;
+    Ok(crate::snooze::rfc3339(at))
 }
 
 /// A value of a `values` array: a string, or `{ value = …, until = … }` (its end as written).

@@ -77,6 +77,7 @@ impl RulesAdmin for RulesDir {
                 z.duration.as_deref(),
                 z.until.as_deref(),
                 ("`for`", "`until`"),
+                "silence nothing",
             )?;
             let target = crate::snooze::Target {
                 tenant: z.tenant,
@@ -109,7 +110,7 @@ fn refusal(e: anyhow::Error) -> Refusal {
         Refusal::Failed(
             "the rules directory could not be read or written (the gateway's log says why)".into(),
         )
-    } else if text.contains("is refused as it is; fix it first") {
+    } else if e.chain().any(|c| c.is::<crate::snooze::SetRefused>()) {
         tracing::error!(error = %text, "a change to the rules through the gateway found the rule set refused");
         Refusal::Failed(
             "the rule set is refused as it is, so nothing can change until it is fixed \

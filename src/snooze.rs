@@ -73,6 +73,7 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
         args.duration.as_deref(),
         args.until.as_deref(),
         ("--for", "--until"),
+        "silence nothing",
     )?;
     let target = target(&args).await?;
     for line in write(
@@ -88,12 +89,15 @@ pub async fn snooze(args: SnoozeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The end a duration (`30d`) or a time (RFC 3339) gives; `names` are what the caller calls
-/// the two (`--for`, `--until`).
+/// The end a duration (`30d`, from now, rounded up to the second: a time someone reads and
+/// edits) or a time (RFC 3339) gives; `names` are what the caller calls the two (`--for`,
+/// `--until`), `nothing` what an end already past would do (`silence nothing`). One of the two
+/// is needed unless the caller handles neither first.
 pub(crate) fn until(
     duration: Option<&str>,
     until: Option<&str>,
     names: (&str, &str),
+    nothing: &str,
 ) -> Result<Timestamp> {
     let (for_, until_) = names;
     let now = Timestamp::now();
@@ -105,7 +109,8 @@ pub(crate) fn until(
             if ms <= 0 {
                 bail!("{for_} {d:?}: must be longer than 0");
             }
-            Timestamp::from_millis(now.as_millis().saturating_add(ms))
+            let at = now.as_millis().saturating_add(ms);
+            Timestamp::from_millis(at.saturating_add((1000 - at.rem_euclid(1000)) % 1000))
         }
         (None, Some(u)) => Timestamp::parse_rfc3339(u).map_err(|e| {
             anyhow::anyhow!(
@@ -114,16 +119,21 @@ pub(crate) fn until(
         })?,
         (None, None) => bail!("give {for_} or {until_}"),
     };
-    if until.as_millis() >= MAX_UNTIL_MS {
+    let Some(text) = rfc3339(until) else {
         bail!("{for_} or {until_}: past the year 9999");
-    }
+    };
     if until <= now {
-        bail!(
-            "{until_} {}: already past, it would silence nothing",
-            until.to_rfc3339().unwrap_or_default()
-        );
+        bail!("{until_} {text}: already past, it would {nothing}");
     }
     Ok(until)
+}
+
+/// `t` as written in a rules file: RFC 3339, whole seconds without a fraction; `None` past the
+/// year 9999.
+pub(crate) fn rfc3339(t: Timestamp) -> Option<String> {
+    t.to_rfc3339()
+        .filter(|_| t.as_millis() < MAX_UNTIL_MS)
+        .map(|text| text.replace(".000Z", "Z"))
 }
 
 /// Adds a `[[snooze]]` of `target` until `until` to the directory's snoozes.toml once the whole
@@ -137,7 +147,7 @@ pub(crate) fn write(
     by: Option<&str>,
     max_tenant_snoozes: Option<usize>,
 ) -> Result<Vec<String>> {
-    let Some(until_text) = until.to_rfc3339() else {
+    let Some(until_text) = rfc3339(until) else {
         bail!("the end is past the year 9999");
     };
     // One writer at a time: two operators snoozing at once would each write the file as they
@@ -247,9 +257,21 @@ pub(crate) fn lock_beside(dir: &Path, file: &str) -> Result<std::fs::File> {
     Ok(lock)
 }
 
+/// A rule set that does not load as it is, before any change: not the asker's doing.
+#[derive(Debug)]
+pub(crate) struct SetRefused(String);
+
+impl std::fmt::Display for SetRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetRefused {}
+
 pub(crate) fn refused(dir: &Path, e: AntifraudError) -> anyhow::Error {
     match e {
-        AntifraudError::Rules(errors) => anyhow::anyhow!(
+        AntifraudError::Rules(errors) => anyhow::Error::new(SetRefused(format!(
             "the rule set in {} is refused as it is; fix it first:\n{}",
             dir.display(),
             errors
@@ -257,7 +279,7 @@ pub(crate) fn refused(dir: &Path, e: AntifraudError) -> anyhow::Error {
                 .map(|e| format!("  {e}"))
                 .collect::<Vec<_>>()
                 .join("\n")
-        ),
+        ))),
         other => anyhow::Error::from(other).context(format!("reading {}", dir.display())),
     }
 }

@@ -3738,7 +3738,7 @@ fn rules_snooze_refuses_bad_input_precisely_and_rules_check_lists_what_it_wrote(
         ),
         (
             &[&by_rule[..], &["--until", "2020-01-01T00:00:00Z"]].concat()[..],
-            "--until 2020-01-01T00:00:00.000Z: already past, it would silence nothing",
+            "--until 2020-01-01T00:00:00Z: already past, it would silence nothing",
         ),
         (
             &[&by_rule[..], &["--for", "5000000d"]].concat()[..],
