@@ -526,7 +526,7 @@ async fn rules_snooze_reads_an_alert_from_clickhouse_as_from_the_embedded_store(
     assert_eq!(from_clickhouse, from_embedded);
     let expected = format!(
         "[[snooze]]\nrule = \"{}\"\ntenant = \"demo\"\nkey = \"{}\"\n\
-         until = \"2099-01-01T00:00:00.000Z\"\nreason = \"a family tablet\"\nalert = \"{}\"\n",
+         until = \"2099-01-01T00:00:00Z\"\nreason = \"a family tablet\"\nalert = \"{}\"\n",
         alert.rule_id, alert.group_key, alert.alert_id
     );
     assert!(from_embedded.ends_with(&expected), "{from_embedded}");
